@@ -1,0 +1,5 @@
+import sys
+
+from nlc.cli import main
+
+sys.exit(main())

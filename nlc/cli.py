@@ -1,0 +1,137 @@
+"""`nlc`: the command line. Every user error prints ``file:line:col: error: ...`` with the
+source line and a caret and exits 2; ``NLC_DEBUG=1`` re-raises the raw exception instead."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nlc import __version__
+from nlc.errors import NlcError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 3, 2
+
+
+def _add_spec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a dim or hyper of the spec (repeatable)")
+
+
+def _overrides(args) -> dict:
+    from nlc.levels import parse_overrides
+    return parse_overrides(args.defines)
+
+
+def cmd_check(args) -> int:
+    from nlc import pipeline
+    options = {"overrides": _overrides(args)}
+    if args.stop_after:
+        for path in args.files:
+            out = pipeline.run(path, args.stop_after, options)
+            if args.dump:
+                sys.stdout.write(pipeline.STAGES[args.stop_after].dump(out))
+        return EXIT_OK
+    for path in args.files:
+        specs = pipeline.run(path, "check", options)
+        summary = ", ".join(f"{s.kind.value} {s.name} ({len(s.levels)} level"
+                            f"{'' if len(s.levels) == 1 else 's'})" for s in specs)
+        print(f"{path}: ok: {summary}")
+    return EXIT_OK
+
+
+def cmd_fmt(args) -> int:
+    from nlc.pipeline import read_spec
+    from nlc.syntax import format_module, parse
+    status = EXIT_OK
+    for path in args.files:
+        text = read_spec(path)
+        comments: list = []
+        formatted = format_module(parse(text, path, comments), comments)
+        if args.check:
+            if formatted != text:
+                print(f"{path}: would reformat")
+                status = 1
+        elif args.write:
+            if formatted != text:
+                from nlc.fileio import write_atomic
+                write_atomic(path, formatted)
+                print(f"{path}: reformatted")
+        else:
+            sys.stdout.write(formatted)
+    return status
+
+
+def cmd_graph(args) -> int:
+    from nlc import pipeline
+    specs = pipeline.run(args.file, "check", {"overrides": _overrides(args)})
+    for spec in specs:
+        if spec.blocks:
+            if args.format == "json":
+                import json
+                print(json.dumps({"name": spec.name, "blocks": list(spec.blocks)}, indent=2))
+            else:
+                print(f"model {spec.name}: {' -> '.join(spec.blocks)}")
+            continue
+        render = {"text": spec.graph.to_text, "dot": spec.graph.to_dot,
+                  "json": spec.graph.to_json, "mermaid": spec.graph.to_mermaid}[args.format]
+        sys.stdout.write(render())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nlc.pipeline import STAGES
+    parser = argparse.ArgumentParser(prog="nlc", description="nested-learning architecture compiler")
+    parser.add_argument("--version", action="version", version=f"nlc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("check", help="parse and validate specs; located errors")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _add_spec_options(p)
+    p.add_argument("--stop-after", choices=list(STAGES), help="stop after this stage")
+    p.add_argument("--dump", action="store_true", help="print the last stage's text form")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("fmt", help="print specs in canonical layout")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--check", action="store_true", help="exit 1 if a file would change")
+    group.add_argument("--write", action="store_true", help="rewrite files in place")
+    p.set_defaults(func=cmd_fmt)
+
+    p = sub.add_parser("graph", help="print the level graph")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=["text", "dot", "json", "mermaid"], default="text")
+    _add_spec_options(p)
+    p.set_defaults(func=cmd_graph)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check" and args.dump and not args.stop_after:
+        args.stop_after = "check"
+    try:
+        return args.func(args)
+    except NlcError as err:
+        if os.environ.get("NLC_DEBUG") == "1":
+            raise
+        print(err.render(), file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("nlc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as err:  # a compiler bug, not a user error
+        if os.environ.get("NLC_DEBUG") == "1":
+            raise
+        print(f"nlc: internal error: {type(err).__name__}: {err}\n"
+              "  this is a bug in nlc; rerun with NLC_DEBUG=1 for the traceback",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

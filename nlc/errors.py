@@ -1,0 +1,87 @@
+"""One error type for every stage: a message, a source span, an optional hint.
+
+The CLI prints it as ``file:line:col: error: message``, then the source line and a caret
+(STYLE.md, practice 3). Nothing else escapes the compiler for bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A 1-based source region; ``end_*`` is exclusive. ``Span.none()`` marks generated nodes."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    @staticmethod
+    def none() -> Span:
+        return Span(0, 0, 0, 0)
+
+    @property
+    def known(self) -> bool:
+        return self.line > 0
+
+
+class NlcError(Exception):
+    """A user-facing error located in a spec."""
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None,
+                 path: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span or Span.none()
+        self.hint = hint
+        self.path = path
+        self.source = source
+
+    def located(self, path: str, source: str) -> NlcError:
+        """The same error, told which file it came from (kept if already set)."""
+        if self.path is None:
+            self.path, self.source = path, source
+        return self
+
+    def render(self) -> str:
+        """``file:line:col: error: message``, the source line, a caret, and the hint."""
+        path = self.path or "<spec>"
+        span = self.span
+        if not span.known:
+            head = f"{path}: error: {self.message}"
+            return head + (f"\n  hint: {self.hint}" if self.hint else "")
+        lines = [f"{path}:{span.line}:{span.column}: error: {self.message}"]
+        if self.source is not None:
+            text_lines = self.source.splitlines()
+            if 0 < span.line <= len(text_lines):
+                text = text_lines[span.line - 1].expandtabs(1)
+                width = 1
+                if span.end_line == span.line and span.end_column > span.column:
+                    width = span.end_column - span.column
+                width = max(1, min(width, len(text) - span.column + 1))
+                if len(text) > 200:  # keep one-line renders readable for huge lines
+                    start = max(0, span.column - 80)
+                    text, col = text[start:start + 160], span.column - start
+                else:
+                    col = span.column
+                lines.append(f"  {text}")
+                lines.append("  " + " " * (col - 1) + "^" * width)
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    """A hint naming the closest candidate, or None."""
+    import difflib
+
+    pool = sorted(set(candidates))
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return None

@@ -1,0 +1,113 @@
+"""`LevelGraph`: levels as networkx nodes, knowledge-transfer edges between them, and the
+text, DOT, JSON and Mermaid renderings that `nlc graph` prints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from nlc.errors import Span
+from nlc.levels.records import LevelRecord
+from nlc.levels.vocab import TransferMode
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    source: str
+    target: str
+    mode: TransferMode
+    explicit: bool               # written as `transfer` in the spec, or implied by it
+    span: Span = field(default_factory=Span.none, compare=False)
+
+
+class LevelGraph:
+    """A directed multigraph: node -> `LevelRecord` (attribute ``level``), edge -> `Edge`
+    (attribute ``edge``, keyed by transfer mode). Iteration orders are stable."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.g = nx.MultiDiGraph()
+
+    def add_level(self, level: LevelRecord) -> None:
+        self.g.add_node(level.name, level=level)
+
+    def add_edge(self, edge: Edge) -> None:
+        self.g.add_edge(edge.source, edge.target, key=edge.mode.value, edge=edge)
+
+    def has_edge(self, source: str, target: str, mode: TransferMode) -> bool:
+        return self.g.has_edge(source, target, key=mode.value)
+
+    def level(self, name: str) -> LevelRecord:
+        return self.g.nodes[name]["level"]
+
+    @property
+    def levels(self) -> tuple[LevelRecord, ...]:
+        """Slowest first, then by name."""
+        records = [self.g.nodes[n]["level"] for n in self.g.nodes]
+        return tuple(sorted(records, key=lambda r: (tuple(-x for x in r.slowness), r.name)))
+
+    @property
+    def edges(self) -> tuple[Edge, ...]:
+        edges = [d["edge"] for _, _, d in self.g.edges(data=True)]
+        return tuple(sorted(edges, key=lambda e: (e.source, e.target, e.mode.value)))
+
+    def find_cycle(self) -> list[Edge] | None:
+        try:
+            cycle = nx.find_cycle(self.g)
+        except nx.NetworkXNoCycle:
+            return None
+        return [self.g.edges[u, v, k]["edge"] for u, v, k in cycle]
+
+    # ------------------------------------------------------------ renderings
+    def _label(self, level: LevelRecord) -> str:
+        state = level.state
+        what = f"{state.name}: {state.form.kind}" if state else "parameters"
+        return f"{level.name} ({level.frequency_text()}; {what})"
+
+    def to_text(self) -> str:
+        lines = [f"{self.name}: {len(self.levels)} levels, {len(self.edges)} edges"]
+        for level in self.levels:
+            lines.append(f"  level {self._label(level)}")
+        for e in self.edges:
+            lines.append(f"  {e.source} -> {e.target} [{e.mode.value}]")
+        return "\n".join(lines) + "\n"
+
+    def to_dot(self) -> str:
+        lines = [f'digraph "{self.name}" {{', "  rankdir=TB;", "  node [shape=box];"]
+        for level in self.levels:
+            lines.append(f'  "{level.name}" [label="{self._label(level)}"];')
+        for e in self.edges:
+            style = "" if e.mode is not TransferMode.DIRECT else ", style=dashed"
+            lines.append(f'  "{e.source}" -> "{e.target}" [label="{e.mode.value}"{style}];')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def to_mermaid(self) -> str:
+        lines = ["graph TD"]
+        for level in self.levels:
+            lines.append(f'  {level.name}["{self._label(level)}"]')
+        for e in self.edges:
+            arrow = "-.->" if e.mode is TransferMode.DIRECT else "-->"
+            lines.append(f"  {e.source} {arrow}|{e.mode.value}| {e.target}")
+        return "\n".join(lines) + "\n"
+
+    def to_json_data(self) -> dict:
+        return {
+            "name": self.name,
+            "levels": [{"name": lv.name, "unit": lv.unit, "period": lv.period,
+                        "gradient_chunk": lv.grad_chunk,
+                        "state": None if lv.state is None else
+                        {"name": lv.state.name, "form": lv.state.form.kind,
+                         "dims": [d.text for d in lv.state.form.dims], "init": lv.state.init},
+                        "objective": lv.objective.kind if lv.objective else None,
+                        "retention": [t.kind for t in lv.retentions],
+                        "algorithm": lv.algorithm.kind if lv.algorithm else None}
+                       for lv in self.levels],
+            "edges": [{"source": e.source, "target": e.target, "mode": e.mode.value,
+                       "explicit": e.explicit} for e in self.edges],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_data(), indent=2) + "\n"

@@ -1,0 +1,145 @@
+"""Shape inference for context, read, objective and output expressions (per head, per token).
+
+Shapes are tuples of `Dim`; a scalar is ``()`` and broadcasts against anything. ``a @ W``
+contracts a's last axis with W's first. Calling a state ``S(k)`` applies the memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nlc.errors import NlcError, Span, did_you_mean
+from nlc.levels import vocab
+from nlc.levels.records import Dim, MemoryForm, Shape, shape_text
+from nlc.syntax import ast
+from nlc.syntax.format import format_expr
+
+
+@dataclass
+class Env:
+    """What names mean where an expression is checked."""
+
+    values: dict[str, Shape] = field(default_factory=dict)       # name -> shape
+    memories: dict[str, MemoryForm] = field(default_factory=dict)  # states that can be applied
+    kinds: dict[str, str] = field(default_factory=dict)           # name -> what it is (messages)
+    allow_memories: bool = False
+
+    def child(self, **changes) -> Env:
+        env = Env(dict(self.values), dict(self.memories), dict(self.kinds), self.allow_memories)
+        for key, value in changes.items():
+            setattr(env, key, value)
+        return env
+
+
+def _mismatch(what: str, a: Shape, b: Shape, span: Span) -> NlcError:
+    hint = None
+    if a and b and len(a) == len(b) and [d.size for d in a] == [d.size for d in b]:
+        hint = "the sizes agree here, but the dimensions are declared differently"
+    return NlcError(f"shape mismatch in {what}: {shape_text(a)} vs {shape_text(b)}", span, hint=hint)
+
+
+def broadcast(a: Shape, b: Shape, what: str, span: Span) -> Shape:
+    if not a:
+        return b
+    if not b or a == b:
+        return a
+    raise _mismatch(what, a, b, span)
+
+
+def constant_int(expr: ast.Expr) -> int | None:
+    """A literal whole number, or None."""
+    if isinstance(expr, ast.Num) and float(expr.value).is_integer():
+        return int(expr.value)
+    return None
+
+
+def infer(expr: ast.Expr, env: Env) -> Shape:
+    """The shape of `expr`; raises a located NlcError on unknown names and mismatches."""
+    if isinstance(expr, ast.Num):
+        return ()
+    if isinstance(expr, ast.Name):
+        if expr.id in env.values:
+            return env.values[expr.id]
+        if expr.id in env.memories:
+            raise NlcError(f"memory '{expr.id}' must be applied to an input, e.g. {expr.id}(k)",
+                           expr.span)
+        raise NlcError(f"unknown name '{expr.id}'", expr.span,
+                       hint=did_you_mean(expr.id, list(env.values) + list(env.memories)))
+    if isinstance(expr, ast.Neg):
+        return infer(expr.operand, env)
+    if isinstance(expr, ast.BinOp):
+        left, right = infer(expr.left, env), infer(expr.right, env)
+        if expr.op is ast.BinOpKind.MATMUL:
+            if not left or not right:
+                raise NlcError("'@' needs a vector or matrix on both sides", expr.span,
+                               hint="use '*' to scale by a scalar")
+            if left[-1] != right[0]:
+                raise _mismatch(f"'{format_expr(expr)}'", left, right, expr.span)
+            return left[:-1] + right[1:]
+        return broadcast(left, right, f"'{format_expr(expr)}'", expr.span)
+    if isinstance(expr, ast.Call):
+        if expr.func in env.memories:
+            return _apply_memory(expr, env)
+        return _function(expr, env)
+    if isinstance(expr, ast.Index):
+        raise NlcError(f"'{expr.base}[...]' is a memory form; it can only follow 'state NAME :'",
+                       expr.span)
+    if isinstance(expr, (ast.Keyword, ast.Chain)):
+        raise NlcError("a keyword argument or '->' chain can only appear inside a call", expr.span)
+    raise AssertionError(type(expr).__name__)
+
+
+def _apply_memory(expr: ast.Call, env: Env) -> Shape:
+    form = env.memories[expr.func]
+    if not env.allow_memories:
+        raise NlcError(f"memory '{expr.func}' can only be applied inside its level", expr.span)
+    if len(expr.args) != 1 or isinstance(expr.args[0], (ast.Keyword, ast.Chain)):
+        raise NlcError(f"memory '{expr.func}' takes exactly one input", expr.span)
+    got = infer(expr.args[0], env)
+    want = form.input_shape
+    if got != want:
+        raise NlcError(f"memory '{expr.func}' ({form.kind}) takes {shape_text(want)}, "
+                       f"got {shape_text(got)}", expr.args[0].span)
+    return form.output_shape
+
+
+def _function(expr: ast.Call, env: Env) -> Shape:
+    entry = vocab.FUNCTIONS.get(expr.func)
+    if entry is None:
+        raise NlcError(f"unknown function '{expr.func}'", expr.span,
+                       hint=did_you_mean(expr.func, list(vocab.FUNCTIONS) + list(env.memories)))
+    positional, keywords = expr.positional, {k.name: k for k in expr.keywords}
+    for name in keywords:
+        if entry.arg(name) is None:
+            raise NlcError(f"{expr.func}() has no argument '{name}'", keywords[name].span,
+                           hint=did_you_mean(name, [a.name for a in entry.args]))
+    if len(positional) > len(entry.args):
+        raise NlcError(f"{expr.func}() takes at most {len(entry.args)} arguments, "
+                       f"got {len(positional)}", expr.span)
+    given = dict(zip([a.name for a in entry.args], positional)) | {
+        k: kw.value for k, kw in keywords.items()}
+    for arg in entry.args:
+        if arg.name not in given and arg.default is vocab.REQUIRED:
+            raise NlcError(f"{expr.func}() is missing its argument '{arg.name}'", expr.span)
+        if arg.kind is vocab.ArgKind.INT and arg.name in given:
+            value = constant_int(given[arg.name])
+            if value is None or not arg.in_range(value):
+                raise NlcError(f"{expr.func}(): '{arg.name}' must be a whole number "
+                               f"{arg.range_text()}", given[arg.name].span)
+    shapes = {a.name: infer(v, env) for a, v in ((entry.arg(n), v) for n, v in given.items())
+              if a.kind is vocab.ArgKind.EXPR}
+    if expr.func in ("dot",):
+        a, b = shapes["a"], shapes["b"]
+        if a != b:
+            raise _mismatch("dot()", a, b, expr.span)
+        return a[:-1]
+    if expr.func in ("total",):
+        return shapes["x"][:-1]
+    if expr.func in ("sqnorm",):
+        return ()
+    x = shapes["x"]
+    if expr.func in vocab.VECTORWISE and not x:
+        raise NlcError(f"{expr.func}() needs a vector, got a scalar", expr.span)
+    if expr.func == "newton_schulz5" and len(x) != 2 and x != (Dim("param", -1),):
+        raise NlcError("newton_schulz5() needs a matrix", expr.span)
+    return x

@@ -1,0 +1,84 @@
+"""The compiler as a flat list of named stages (DESIGN.md, "Architecture").
+
+Each stage is a pure function from the previous stage's output; `STAGES` orders them and
+names their text forms, which `--stop-after STAGE --dump` prints. Later stages import their
+packages lazily so that `nlc check` never loads torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nlc.errors import NlcError
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable            # (previous output, options) -> output
+    dump: Callable           # output -> text
+
+
+def _parse(source: tuple[str, str], options: dict):
+    from nlc.syntax import parse
+    text, path = source
+    return parse(text, path)
+
+
+def _dump_parse(module) -> str:
+    from nlc.syntax.dump import dump_ast
+    return dump_ast(module)
+
+
+def _check(module, options: dict):
+    from nlc.levels import check
+    return check(module, options.get("overrides"))
+
+
+def _dump_check(specs) -> str:
+    return "".join(spec.graph.to_text() for spec in specs)
+
+
+STAGES: dict[str, Stage] = {
+    "parse": Stage("parse", _parse, _dump_parse),
+    "check": Stage("check", _check, _dump_check),
+}
+
+
+def read_spec(path: str) -> str:
+    """A spec file's text, or a located error saying why it cannot be read."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise NlcError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise NlcError("is a directory, not a spec file", path=path) from None
+    except OSError as err:
+        raise NlcError(f"cannot read: {err.strerror}", path=path) from None
+    from nlc.syntax.names import MAX_SPEC_BYTES
+    if len(data) > MAX_SPEC_BYTES:
+        raise NlcError(f"spec is larger than {MAX_SPEC_BYTES // 1024} KiB", path=path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NlcError(f"not UTF-8 text (byte {err.start})", path=path) from None
+
+
+def run(path: str, stop_after: str = "check", options: dict | None = None, text: str | None = None):
+    """Run the stages up to and including `stop_after`; return that stage's output."""
+    if stop_after not in STAGES:
+        raise NlcError(f"unknown stage '{stop_after}' (stages: {', '.join(STAGES)})")
+    options = options or {}
+    value = (read_spec(path) if text is None else text, path)
+    source_text = value[0]
+    for stage in STAGES.values():
+        try:
+            value = stage.run(value, options)
+        except NlcError as err:
+            raise err.located(path, source_text) from None
+        if stage.name == stop_after:
+            return value
+    return value

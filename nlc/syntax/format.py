@@ -1,0 +1,159 @@
+"""`nlc fmt`: print a `Module` in canonical layout. Re-parsing the output gives an equal AST
+(spans aside); comments collected by the parser are re-attached to the statement they precede
+or end."""
+
+from __future__ import annotations
+
+from nlc.syntax import ast
+
+_PREC = {ast.BinOpKind.ADD: 1, ast.BinOpKind.SUB: 1, ast.BinOpKind.MUL: 2,
+         ast.BinOpKind.DIV: 2, ast.BinOpKind.MATMUL: 2, ast.BinOpKind.POW: 4}
+_NEG_PREC, _ATOM_PREC = 3, 5
+
+
+def _prec(e: ast.Expr) -> int:
+    if isinstance(e, ast.BinOp):
+        return _PREC[e.op]
+    if isinstance(e, ast.Neg):
+        return _NEG_PREC
+    return _ATOM_PREC
+
+
+def _number(n: ast.Num) -> str:
+    return str(int(n.value)) if n.is_int else repr(float(n.value))
+
+
+def format_expr(e: ast.Expr) -> str:
+    """An expression with the fewest parentheses that keep its tree."""
+    if isinstance(e, ast.Num):
+        return _number(e)
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Keyword):
+        return f"{e.name} = {format_expr(e.value)}"
+    if isinstance(e, ast.Chain):
+        return " -> ".join(format_expr(i) for i in e.items)
+    if isinstance(e, ast.Call):
+        return f"{e.func}({', '.join(format_expr(a) for a in e.args)})"
+    if isinstance(e, ast.Index):
+        return f"{e.base}[{', '.join(format_expr(i) for i in e.items)}]"
+    if isinstance(e, ast.Neg):
+        inner = format_expr(e.operand)
+        return f"-({inner})" if _prec(e.operand) < _NEG_PREC else f"-{inner}"
+    assert isinstance(e, ast.BinOp)
+    p = _PREC[e.op]
+    left, right = format_expr(e.left), format_expr(e.right)
+    if e.op is ast.BinOpKind.POW:
+        if _prec(e.left) < _ATOM_PREC:  # the base of a power must be an atom
+            left = f"({left})"
+        if _prec(e.right) < _NEG_PREC:
+            right = f"({right})"
+    else:
+        if _prec(e.left) < p:
+            left = f"({left})"
+        if _prec(e.right) <= p:
+            right = f"({right})"
+    return f"{left} {e.op.value} {right}"
+
+
+class _Printer:
+    def __init__(self, comments: list[tuple[int, str]]):
+        self.comments = sorted(comments)  # (line, text)
+        self.out: list[str] = []
+
+    def _flush_before(self, line: int, indent: str) -> None:
+        while self.comments and self.comments[0][0] < line:
+            self.out.append(indent + self.comments.pop(0)[1].rstrip())
+
+    def _trailing(self, line: int) -> str:
+        if self.comments and self.comments[0][0] == line:
+            return "  " + self.comments.pop(0)[1].rstrip()
+        return ""
+
+    def emit(self, text: str, node, indent: str) -> None:
+        span = getattr(node, "span", None)
+        if span is not None and span.known:
+            self._flush_before(span.line, indent)
+            self.out.append(indent + text + self._trailing(span.line))
+        else:
+            self.out.append(indent + text)
+
+    def close(self, node, indent: str) -> None:
+        span = node.span
+        if span.known:
+            self._flush_before(span.end_line, indent + "  ")
+        self.out.append(indent + "}" + (self._trailing(span.end_line) if span.known else ""))
+
+    def module(self, m: ast.Module) -> str:
+        for i, decl in enumerate(m.decls):
+            if i:
+                self.out.append("")
+            self.decl(decl)
+        self._flush_before(10**12, "")
+        return "\n".join(self.out).rstrip() + "\n"
+
+    def decl(self, d: ast.Decl) -> None:
+        claims = f" claims {d.claims}" if d.claims else ""
+        self.emit(f"{d.kind.value} {d.name}{claims} {{", d, "")
+        previous = None
+        for stmt in d.body:
+            block = isinstance(stmt, (ast.Context, ast.Level))
+            if previous is not None and (block or previous):
+                self.out.append("")
+            self.stmt(stmt, "  ")
+            previous = block
+        self.close(d, "")
+
+    def stmt(self, s, indent: str) -> None:
+        if isinstance(s, (ast.Dims, ast.Hyper)):
+            word = "dims" if isinstance(s, ast.Dims) else "hyper"
+            defs = ", ".join(f"{d.name} = {format_expr(d.value)}" for d in s.defs)
+            self.emit(f"{word} {defs}", s, indent)
+        elif isinstance(s, ast.Param):
+            shape = ", ".join(format_expr(x) for x in s.shape)
+            init = f" = {format_expr(s.init)}" if s.init is not None else ""
+            self.emit(f"param {', '.join(s.names)} : [{shape}]{init}", s, indent)
+        elif isinstance(s, ast.Context):
+            self.emit(f"context from {', '.join(s.sources)} {{", s, indent)
+            for a in s.body:
+                self.emit(f"{a.name} = {format_expr(a.value)}", a, indent + "  ")
+            self.close(s, indent)
+        elif isinstance(s, ast.Level):
+            head = f"level {s.name}"
+            if s.over:
+                head += f" over gradients {s.over}"
+            if s.every:
+                count = format_expr(s.every.count)
+                plural = "" if count == "1" else "s"
+                head += f" every {count} {s.every.unit.value}{plural}"
+            if s.chunk is not None:
+                head += f", gradients at chunk({format_expr(s.chunk)})"
+            self.emit(head + " {", s, indent)
+            for item in s.body:
+                self.stmt(item, indent + "  ")
+            self.close(s, indent)
+        elif isinstance(s, ast.State):
+            init = f" = {format_expr(s.init)}" if s.init is not None else ""
+            self.emit(f"state {s.name} : {format_expr(s.form)}{init}", s, indent)
+        elif isinstance(s, ast.Clause):
+            values = ", ".join(format_expr(v) for v in s.values)
+            if s.kind is ast.ClauseKind.APPLY:
+                text = f"apply {s.target} = {values}"
+            elif s.kind is ast.ClauseKind.READ and s.when:
+                text = f"read {s.when} {values}"
+            else:
+                text = f"{s.kind.value} {values}"
+            self.emit(text, s, indent)
+        elif isinstance(s, ast.Output):
+            self.emit(f"output {format_expr(s.value)}", s, indent)
+        elif isinstance(s, ast.Transfer):
+            self.emit(f"transfer {s.source} -> {s.target} : {s.mode}", s, indent)
+        elif isinstance(s, ast.Block):
+            self.emit(f"block {' -> '.join(s.layers)}", s, indent)
+        else:  # pragma: no cover - the parser builds no other statement
+            raise AssertionError(type(s).__name__)
+
+
+def format_module(module: ast.Module, comments: list[tuple[int, str]] = ()) -> str:
+    """Canonical text of a module; `comments` are ``(line, text)`` pairs from `parse_with_comments`."""
+    return _Printer(list(comments)).module(module)

@@ -1,0 +1,40 @@
+"""What a spec may use as a name. Specs are untrusted: every identifier that can reach
+generated code passes through here (issue: untrusted input)."""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import math
+
+from nlc.errors import NlcError, Span
+
+MAX_NAME_LENGTH = 64
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 64
+
+_BUILTINS = frozenset(dir(builtins))
+
+
+def check_identifier(name: str, span: Span, *, defining: bool) -> None:
+    """Reject names that are not plain ASCII identifiers, are too long, are dunders or
+    Python keywords, and (for names the spec defines) shadow a Python builtin."""
+    if not (name.isascii() and name.isidentifier()):
+        raise NlcError(f"'{name}' is not an ASCII identifier", span)
+    if len(name) > MAX_NAME_LENGTH:
+        raise NlcError(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}", span)
+    if name.startswith("__") and name.endswith("__"):
+        raise NlcError(f"'{name}': names of the form __x__ are reserved", span)
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise NlcError(f"'{name}' is a Python keyword and cannot be used as a name", span,
+                       hint=f"rename it, e.g. '{name}_'")
+    if defining and name in _BUILTINS:
+        raise NlcError(f"'{name}' is a Python builtin and cannot be defined by a spec", span,
+                       hint=f"rename it, e.g. '{name}_'")
+
+
+def check_number(text: str, span: Span) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NlcError(f"number '{text[:40]}' is not finite", span)
+    return value

@@ -1,0 +1,265 @@
+"""Stage `parse`: spec text -> `Module` (grammar/nl.lark, Lark LALR, positions propagated).
+
+Every failure becomes an `NlcError` with the location of the offending token; limits on
+size and nesting are enforced before any recursion over the tree.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from nlc.errors import NlcError, Span
+from nlc.syntax import ast
+from nlc.syntax.names import MAX_DEPTH, MAX_SPEC_BYTES, check_identifier, check_number
+
+# Readable names for the grammar's anonymous terminals, used in "expected ..." messages.
+_TERMINAL_WORDS = {
+    "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
+    "RSQB": "']'", "COMMA": "','", "COLON": "':'", "SEMICOLON": "';'", "EQUAL": "'='",
+    "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'",
+    "CIRCUMFLEX": "'^'", "__ANON_0": "'->'", "NAME": "a name", "NUMBER": "a number",
+    "UNIT": "'token(s)' or 'step(s)'", "READ_WHEN": "'before' or 'after'", "$END": "end of file",
+}
+
+
+def _grammar_text() -> str:
+    try:
+        return resources.files("nlc.grammar").joinpath("nl.lark").read_text()
+    except (ModuleNotFoundError, FileNotFoundError):  # running from a source tree, not installed
+        return (Path(__file__).resolve().parents[2] / "grammar" / "nl.lark").read_text()
+
+
+_comment_sinks: list[list[tuple[int, str]]] = []
+
+
+def _on_comment(tok: Token) -> Token:
+    if _comment_sinks:
+        _comment_sinks[-1].append((tok.line, str(tok)))
+    return tok
+
+
+@cache
+def _parser() -> lark.Lark:
+    return lark.Lark(_grammar_text(), parser="lalr", propagate_positions=True,
+                     maybe_placeholders=False, lexer_callbacks={"COMMENT": _on_comment})
+
+
+def _span(meta_or_token) -> Span:
+    m = meta_or_token
+    if isinstance(m, Token):
+        return Span(m.line, m.column, m.end_line or m.line, m.end_column or m.column + len(m))
+    if getattr(m, "empty", False):
+        return Span.none()
+    return Span(m.line, m.column, m.end_line, m.end_column)
+
+
+def _words(expected) -> str:
+    names = sorted({_TERMINAL_WORDS.get(t, f"'{t.lower()}'") for t in expected})
+    if len(names) > 8:
+        names = names[:8] + ["..."]
+    return ", ".join(names)
+
+
+def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
+    if isinstance(err, UnexpectedCharacters):
+        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+        span = Span(err.line, err.column, err.line, err.column + 1)
+        return NlcError(f"unexpected character {ch!r}", span)
+    if isinstance(err, UnexpectedEOF):
+        lines = text.splitlines() or [""]
+        span = Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+        return NlcError("unexpected end of file", span, hint=f"expected {_words(err.expected)}")
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    if tok.type == "$END":
+        return _syntax_error(UnexpectedEOF(err.expected), text)
+    span = _span(tok)
+    shown = str(tok)[:40]
+    hint = f"expected {_words(err.expected)}"
+    return NlcError(f"unexpected {_TERMINAL_WORDS.get(tok.type, 'token')} '{shown}'", span, hint=hint)
+
+
+def _check_depth(tree: Tree) -> None:
+    """Refuse trees deeper than MAX_DEPTH, iteratively (so a hostile spec cannot exhaust
+    the Python stack in the recursive stages after this one)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise NlcError(f"spec is nested too deeply (more than {MAX_DEPTH} levels)", _span(node.meta))
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
+
+
+_BINOPS = {"add": ast.BinOpKind.ADD, "sub": ast.BinOpKind.SUB, "mul": ast.BinOpKind.MUL,
+           "div": ast.BinOpKind.DIV, "matmul": ast.BinOpKind.MATMUL, "pow": ast.BinOpKind.POW}
+
+
+def _ident(tok: Token, *, defining: bool = False) -> str:
+    check_identifier(str(tok), _span(tok), defining=defining)
+    return str(tok)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark tree -> ast records. Names that the spec defines are checked as definitions."""
+
+    def start(self, meta, decls):
+        return ast.Module(tuple(decls), _span(meta))
+
+    def _decl(self, kind, meta, children):
+        name, *rest = children
+        claims = None
+        if rest and isinstance(rest[0], tuple) and rest[0][0] == "claims":
+            claims = rest.pop(0)[1]
+        return ast.Decl(kind, _ident(name, defining=True), claims, tuple(rest), _span(meta))
+
+    def layer_decl(self, meta, children):
+        return self._decl(ast.DeclKind.LAYER, meta, children)
+
+    def optimizer_decl(self, meta, children):
+        return self._decl(ast.DeclKind.OPTIMIZER, meta, children)
+
+    def model_decl(self, meta, children):
+        return self._decl(ast.DeclKind.MODEL, meta, children)
+
+    def claims(self, meta, children):
+        return ("claims", _ident(children[0]))
+
+    def dims_stmt(self, meta, defs):
+        return ast.Dims(tuple(defs), _span(meta))
+
+    def hyper_stmt(self, meta, defs):
+        return ast.Hyper(tuple(defs), _span(meta))
+
+    def dim_def(self, meta, children):
+        return ast.DimDef(_ident(children[0], defining=True), children[1], _span(meta))
+
+    def name_list(self, meta, names):
+        return tuple((_ident(n, defining=True), _span(n)) for n in names)
+
+    def shape(self, meta, items):
+        return ("shape", tuple(items))
+
+    def param_stmt(self, meta, children):
+        names, (_, shape), *init = children
+        return ast.Param(tuple(n for n, _ in names), shape, init[0] if init else None, _span(meta))
+
+    def context_block(self, meta, children):
+        sources, *body = children
+        return ast.Context(tuple(n for n, _ in sources), tuple(body), _span(meta))
+
+    def assign(self, meta, children):
+        return ast.Assign(_ident(children[0], defining=True), children[1], _span(meta))
+
+    def over_clause(self, meta, children):
+        return ("over", _ident(children[0], defining=True))
+
+    def every_clause(self, meta, children):
+        unit = ast.Unit.TOKEN if str(children[1]).startswith("token") else ast.Unit.STEP
+        return ("every", ast.Every(children[0], unit, _span(meta)))
+
+    def chunk_clause(self, meta, children):
+        return ("chunk", children[0])
+
+    def level_block(self, meta, children):
+        name, *rest = children
+        heads = {}
+        while rest and isinstance(rest[0], tuple):
+            key, value = rest.pop(0)
+            heads[key] = value
+        return ast.Level(_ident(name, defining=True), heads.get("over"), heads.get("every"),
+                         heads.get("chunk"), tuple(rest), _span(meta))
+
+    def state_stmt(self, meta, children):
+        name, form, *init = children
+        return ast.State(_ident(name, defining=True), form, init[0] if init else None, _span(meta))
+
+    def objective_stmt(self, meta, children):
+        return ast.Clause(ast.ClauseKind.OBJECTIVE, tuple(children), span=_span(meta))
+
+    def retention_stmt(self, meta, children):
+        return ast.Clause(ast.ClauseKind.RETENTION, tuple(children), span=_span(meta))
+
+    def algorithm_stmt(self, meta, children):
+        return ast.Clause(ast.ClauseKind.ALGORITHM, tuple(children), span=_span(meta))
+
+    def read_stmt(self, meta, children):
+        when = str(children[0]) if len(children) == 2 else None
+        return ast.Clause(ast.ClauseKind.READ, (children[-1],), when=when, span=_span(meta))
+
+    def apply_stmt(self, meta, children):
+        return ast.Clause(ast.ClauseKind.APPLY, (children[1],), target=_ident(children[0]),
+                          span=_span(meta))
+
+    def output_stmt(self, meta, children):
+        return ast.Output(children[0], _span(meta))
+
+    def transfer_stmt(self, meta, children):
+        src, dst, mode = children
+        return ast.Transfer(_ident(src), _ident(dst), _ident(mode), _span(meta))
+
+    def block_stmt(self, meta, children):
+        return ast.Block(tuple(_ident(c) for c in children), _span(meta))
+
+    # expressions
+    def number(self, meta, children):
+        tok = children[0]
+        value = check_number(str(tok), _span(tok))
+        is_int = str(tok).isdigit()
+        return ast.Num(int(tok) if is_int else value, is_int, _span(tok))
+
+    def name(self, meta, children):
+        return ast.Name(_ident(children[0]), _span(children[0]))
+
+    def call(self, meta, children):
+        func, *args = children
+        return ast.Call(_ident(func), tuple(args), _span(meta))
+
+    def index(self, meta, children):
+        base, *items = children
+        return ast.Index(_ident(base), tuple(items), _span(meta))
+
+    def keyword(self, meta, children):
+        return ast.Keyword(_ident(children[0]), children[1], _span(meta))
+
+    def chain(self, meta, children):
+        return ast.Chain(tuple(children), _span(meta))
+
+    def neg(self, meta, children):
+        return ast.Neg(children[0], _span(meta))
+
+    def __default__(self, data, children, meta):
+        if data in _BINOPS:
+            left, right = children
+            return ast.BinOp(_BINOPS[data], left, right, _span(meta))
+        raise AssertionError(f"grammar rule without a transformer: {data}")
+
+
+def parse(text: str, path: str = "<spec>", comments: list | None = None) -> ast.Module:
+    """Parse spec text into a `Module`; every failure is a located `NlcError`.
+    If `comments` is a list, the spec's comments are appended to it as ``(line, text)``."""
+    _comment_sinks.append(comments if comments is not None else [])
+    try:
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+            raise NlcError(f"spec is larger than {MAX_SPEC_BYTES // 1024} KiB", Span(1, 1, 1, 2))
+        try:
+            tree = _parser().parse(text)
+        except UnexpectedInput as err:
+            raise _syntax_error(err, text) from None
+        _check_depth(tree)
+        try:
+            return _ToAst().transform(tree)
+        except lark.exceptions.VisitError as err:
+            if isinstance(err.orig_exc, NlcError):
+                raise err.orig_exc from None
+            raise
+    except NlcError as err:
+        raise err.located(path, text) from None
+    finally:
+        _comment_sinks.pop()

@@ -1,0 +1,1 @@
+"""nlc.runtime: the shared trainer that generated modules plug into (to come)."""
