@@ -1,0 +1,1 @@
+"""The .nl grammar (nl.lark), shipped as package data."""

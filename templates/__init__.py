@@ -1,0 +1,1 @@
+"""Jinja templates for generated PyTorch modules and Triton kernels, shipped as package data."""
