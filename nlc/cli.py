@@ -65,13 +65,15 @@ def cmd_fmt(args) -> int:
 def cmd_graph(args) -> int:
     from nlc import pipeline
     specs = pipeline.run(args.file, "check", {"overrides": _overrides(args)})
+    if args.format == "json":  # one document: an object, or a list of them for several specs
+        import json
+        docs = [{"name": s.name, "blocks": list(s.blocks)} if s.blocks else s.graph.to_json_data()
+                for s in specs]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+        return EXIT_OK
     for spec in specs:
         if spec.blocks:
-            if args.format == "json":
-                import json
-                print(json.dumps({"name": spec.name, "blocks": list(spec.blocks)}, indent=2))
-            else:
-                print(f"model {spec.name}: {' -> '.join(spec.blocks)}")
+            print(f"model {spec.name}: {' -> '.join(spec.blocks)}")
             continue
         render = {"text": spec.graph.to_text, "dot": spec.graph.to_dot,
                   "json": spec.graph.to_json, "mermaid": spec.graph.to_mermaid}[args.format]
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except NlcError as err:
         if os.environ.get("NLC_DEBUG") == "1":
             raise
+        err.located("nlc", None)  # not tied to a file: a bad command line (-D)
         print(err.render(), file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:

@@ -54,9 +54,9 @@ class NlcError(Exception):
             return head + (f"\n  hint: {self.hint}" if self.hint else "")
         lines = [f"{path}:{span.line}:{span.column}: error: {self.message}"]
         if self.source is not None:
-            text_lines = self.source.splitlines()
+            text_lines = self.source.split("\n")  # the parser counts lines by '\n' only
             if 0 < span.line <= len(text_lines):
-                text = text_lines[span.line - 1].expandtabs(1)
+                text = text_lines[span.line - 1].rstrip("\r").expandtabs(1)
                 width = 1
                 if span.end_line == span.line and span.end_column > span.column:
                     width = span.end_column - span.column

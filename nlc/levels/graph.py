@@ -13,6 +13,18 @@ from nlc.levels.records import LevelRecord
 from nlc.levels.vocab import TransferMode
 
 
+def find_a_cycle(g: nx.DiGraph) -> list | None:
+    """The edges of one cycle of `g`, or None. `nx.find_cycle` without a source restarts its
+    search at every node, quadratic in a long chain of levels; a DAG test and one search from
+    a node of a strongly connected component stay linear."""
+    if nx.is_directed_acyclic_graph(g):
+        return None
+    on_cycle = set().union(*(c for c in nx.strongly_connected_components(g)
+                             if len(c) > 1 or g.has_edge(*[next(iter(c))] * 2)))
+    first = next(n for n in g.nodes if n in on_cycle)  # insertion order: stable messages
+    return list(nx.find_cycle(g, source=first))
+
+
 @dataclass(frozen=True, slots=True)
 class Edge:
     source: str
@@ -53,12 +65,16 @@ class LevelGraph:
         edges = [d["edge"] for _, _, d in self.g.edges(data=True)]
         return tuple(sorted(edges, key=lambda e: (e.source, e.target, e.mode.value)))
 
-    def find_cycle(self) -> list[Edge] | None:
-        try:
-            cycle = nx.find_cycle(self.g)
-        except nx.NetworkXNoCycle:
+    def find_cycle(self, keep=lambda edge: True) -> list[Edge] | None:
+        """A cycle among the edges for which `keep(edge)` holds, or None."""
+        g = nx.MultiDiGraph()
+        g.add_nodes_from(self.g.nodes)
+        g.add_edges_from((u, v, k, d) for u, v, k, d in self.g.edges(keys=True, data=True)
+                         if keep(d["edge"]))
+        cycle = find_a_cycle(g)
+        if cycle is None:
             return None
-        return [self.g.edges[u, v, k]["edge"] for u, v, k in cycle]
+        return [g.edges[u, v, k]["edge"] for u, v, k in cycle]
 
     # ------------------------------------------------------------ renderings
     def _label(self, level: LevelRecord) -> str:

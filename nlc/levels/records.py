@@ -28,6 +28,8 @@ class Dim:
 
 Shape = tuple[Dim, ...]
 PARAM_SHAPE: Shape = (Dim("param", -1),)  # an optimizer state shaped like the parameter
+# A level `over gradients u, inputs x` sees the parameter as a matrix [out, in] (sizes vary).
+PARAM_OUT, PARAM_IN = Dim("param_out", -1), Dim("param_in", -1)
 
 
 def shape_text(shape: Shape) -> str:
@@ -37,7 +39,9 @@ def shape_text(shape: Shape) -> str:
 @dataclass(frozen=True, slots=True)
 class MemoryForm:
     """A memory's parametric form (vocab.FORMS): `dims` are (d,) for vector and diagonal,
-    (d_out, d_in) for matrix, the layer widths for mlp, (d_key, d_value) for cache."""
+    (d_out, d_in) for matrix, the layer widths for mlp, (d_key, d_value) for cache; for
+    `like` they are () (any parameter, elementwise) or (param_out, param_in) (a matrix
+    parameter seen with its inputs: then it applies like a matrix)."""
 
     kind: str
     dims: tuple[Dim, ...]
@@ -46,29 +50,32 @@ class MemoryForm:
     norm: bool = False
 
     @property
+    def is_matrix(self) -> bool:
+        """Applied as a matrix, S(k) = S k: a matrix, or a matrix parameter's like()."""
+        return self.kind == "matrix" or (self.kind == "like" and len(self.dims) == 2)
+
+    @property
     def input_shape(self) -> Shape:
+        if self.is_matrix:
+            return (self.dims[1],)
         if self.kind == "like":
             return PARAM_SHAPE
-        if self.kind in ("vector", "diagonal"):
-            return (self.dims[0],)
-        if self.kind == "matrix":
-            return (self.dims[1],)
-        return (self.dims[0],)  # mlp widths start with the input; cache keys
+        return (self.dims[0],)  # vector, diagonal; mlp widths start with the input; cache keys
 
     @property
     def output_shape(self) -> Shape:
-        if self.kind == "like":
+        if self.kind == "like" and not self.dims:
             return PARAM_SHAPE
         if self.kind == "vector":
             return ()
-        if self.kind in ("diagonal", "matrix"):
+        if self.kind in ("diagonal", "matrix", "like"):
             return (self.dims[0],)
         return (self.dims[-1],)
 
     @property
     def state_shape(self) -> Shape:
         if self.kind == "like":
-            return PARAM_SHAPE
+            return self.dims or PARAM_SHAPE
         if self.kind in ("vector", "diagonal", "matrix"):
             return self.dims
         return ()  # mlp weights and caches are not a single tensor
@@ -146,6 +153,7 @@ class LevelRecord:
     params: tuple[str, ...]
     output_shape: Shape
     span: Span = field(default_factory=Span.none, compare=False)
+    inputs: str | None = None    # `over gradients u, inputs x`: the parameter's input
 
     @property
     def state(self) -> StateRecord | None:

@@ -78,7 +78,8 @@ FORMS: dict[str, Entry] = dict([
        Arg("residual", ArgKind.FLAG, False), Arg("norm", ArgKind.FLAG, False)),
     _e("cache", "the key-value cache itself (non-parametric); C(q) has the value's shape",
        Arg("d_key", ArgKind.INT, low=1), Arg("d_value", ArgKind.INT, low=1)),
-    _e("like", "a tensor shaped like each optimized parameter (optimizers)",
+    _e("like", "a tensor shaped like each optimized parameter (optimizers); with `inputs`, a"
+       " matrix [param_out, param_in] applied as W(x) = W x",
        Arg("of", ArgKind.EXPR)),
 ])
 
@@ -86,6 +87,7 @@ INITS: dict[str, Entry] = dict([
     _e("zeros", "all zeros"),
     _e("identity", "the identity map (matrix memories)"),
     _e("learned", "a meta-learned initial state: the training level learns it (init transfer)"),
+    _e("param", "the optimized parameter's value: the optimizer's memory is the parameter (DGD)"),
 ])
 
 # ------------------------------------------------------------------ objectives
@@ -95,8 +97,11 @@ OBJECTIVES: dict[str, Entry] = dict([
        SCALE, WEIGHT),
     _e("lp", "scale ||prediction - target||_p^p (Moneta)", PRED, TARGET,
        Arg("p", ArgKind.NUMBER, 3.0, low=1.0), SCALE),
-    _e("huber", "Huber loss with threshold delta (Yaad)", PRED, TARGET,
-       Arg("delta", ArgKind.EXPR, 1.0, **POSITIVE), SCALE),
+    _e("huber", "Huber loss with threshold delta; switch = entries: per coordinate (Miras eq. 14);"
+       " switch = norm: the l2 gradient while ||prediction - target|| <= delta, else delta times"
+       " the l1 gradient (Yaad, Miras eq. 16)", PRED, TARGET,
+       Arg("delta", ArgKind.EXPR, 1.0, **POSITIVE), SCALE,
+       Arg("switch", ArgKind.CHOICE, "entries", choices=("entries", "norm"))),
     _e("omega", "sum over the last `window` tokens of the inner loss, weighted (Atlas)",
        Arg("loss", ArgKind.TERM), Arg("window", ArgKind.INT, low=1, high=4096),
        Arg("decay", ArgKind.EXPR, 1.0)),
@@ -115,7 +120,8 @@ RETENTIONS: dict[str, Entry] = dict([
        Arg("order", ArgKind.CHOICE, "parallel", choices=ORDERS)),
     _e("proximal", "strength/2 ||M - M_prev||^2 (stay near the previous state)",
        Arg("strength", ArgKind.EXPR, **POSITIVE)),
-    _e("lq", "normalize the state by its l_q norm (Moneta)", Arg("q", ArgKind.NUMBER, 4.0, low=1.0)),
+    _e("lq", "normalize the state by its l_q norm: W = A / ||A||_q^(q-2) (Moneta)",
+       Arg("q", ArgKind.NUMBER, 4.0, low=1.0)),
     _e("kl", "KL retention: W = softmax(alpha log W_prev - lr grad) (Memora)",
        Arg("alpha", ArgKind.EXPR)),
     _e("elastic_net", "l1 and l2 penalties on the state", Arg("l1", ArgKind.EXPR, 0.0, low=0.0),
@@ -128,9 +134,11 @@ ALGORITHMS: dict[str, Entry] = dict([
     _e("gd", "one gradient step per token (steps > 1: several, DeltaProduct)", LR,
        Arg("steps", ArgKind.INT, 1, low=1, high=16)),
     _e("implicit", "the proximal (implicit) step, solved in closed form (Longhorn, DGD)", LR),
-    _e("momentum", "gradient step through a momentum buffer (Titans' surprise)", LR,
+    _e("momentum", "gradient step through a momentum buffer: U = momentum U - lr grad,"
+       " M = M + U (Titans' surprise)", LR,
        Arg("momentum", ArgKind.EXPR, low=0.0, high=1.0, high_open=True)),
-    _e("newton_schulz", "momentum orthogonalized by Newton-Schulz iterations (Muon, Atlas)", LR,
+    _e("newton_schulz", "momentum orthogonalized by Newton-Schulz iterations: U = momentum U +"
+       " grad, M = M - lr NS(U) (Muon, Atlas)", LR,
        Arg("momentum", ArgKind.EXPR, 0.0, low=0.0, high=1.0, high_open=True), Arg("steps", ArgKind.INT, 5, low=1, high=20)),
     _e("exact", "the exact minimizer of the objective (recursive least squares, Mesa)"),
     _e("nonparametric", "the minimizer over the cached tokens (Nadaraya-Watson; softmax attention)",
@@ -178,5 +186,6 @@ class TransferMode(Enum):
     GENERATE = "generate"    # the source's output is the target's weights (hypernetwork)
 
 
-# Names every spec may read without defining them.
+# Names a declaration may read without defining them.
 OPTIMIZER_BUILTINS = ("param", "t")   # the parameter being optimized; the step count (from 1)
+LAYER_BUILTINS = ("head",)            # the head's index, 0 .. heads - 1 (1 head if no `heads`)

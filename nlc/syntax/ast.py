@@ -5,7 +5,7 @@ Grammar of the records (autodidax style: the shape first, the classes after):
     Module    := Decl*
     Decl      := kind(layer|optimizer|model) name claims? Stmt*
     Stmt      := Dims | Hyper | Param | Context | Level | Output | Transfer | Block
-    Level     := name over? Every? chunk? LevelStmt*
+    Level     := name (over inputs?)? Every? chunk? LevelStmt*
     LevelStmt := State | Clause(objective|retention|algorithm|read|apply) | Param
     Expr      := Num | Name | Call | Index | Chain | Keyword | BinOp | Neg
 
@@ -200,12 +200,17 @@ class Clause:
 
 @dataclass(frozen=True, slots=True)
 class Level:
+    """``level NAME [over gradients g[, inputs x]] [every N unit] [, gradients at chunk(b)]``.
+    `over` names the gradient an optimizer level learns from; with `inputs`, `over` is the
+    gradient of the parameter's output and `inputs` the parameter's input (DGD)."""
+
     name: str
     over: str | None
     every: Every | None
     chunk: Expr | None
     body: tuple[State | Clause | Param, ...]
     span: Span = _SPAN
+    inputs: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,22 @@ def _prec(e: ast.Expr) -> int:
 
 
 def _number(n: ast.Num) -> str:
-    return str(int(n.value)) if n.is_int else repr(float(n.value))
+    if n.is_int:
+        return str(int(n.value))
+    text = repr(float(n.value))
+    if "e" in text:  # 1e-08 -> 1e-8, 1e+20 -> 1e20
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def _mixes_matmul(op: ast.BinOpKind, child: ast.Expr) -> bool:
+    """`(a * b) @ W` keeps its parentheses: '@' binds like '*' and '/', but a reader should
+    not have to know that to see what is projected."""
+    scaling = (ast.BinOpKind.MUL, ast.BinOpKind.DIV)
+    return isinstance(child, ast.BinOp) and (
+        (op is ast.BinOpKind.MATMUL and child.op in scaling)
+        or (op in scaling and child.op is ast.BinOpKind.MATMUL))
 
 
 def format_expr(e: ast.Expr) -> str:
@@ -49,7 +64,7 @@ def format_expr(e: ast.Expr) -> str:
         if _prec(e.right) < _NEG_PREC:
             right = f"({right})"
     else:
-        if _prec(e.left) < p:
+        if _prec(e.left) < p or _mixes_matmul(e.op, e.left):
             left = f"({left})"
         if _prec(e.right) <= p:
             right = f"({right})"
@@ -122,6 +137,8 @@ class _Printer:
             head = f"level {s.name}"
             if s.over:
                 head += f" over gradients {s.over}"
+                if s.inputs:
+                    head += f", inputs {s.inputs}"
             if s.every:
                 count = format_expr(s.every.count)
                 plural = "" if count == "1" else "s"

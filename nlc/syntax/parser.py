@@ -72,7 +72,7 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
         span = Span(err.line, err.column, err.line, err.column + 1)
         return NlcError(f"unexpected character {ch!r}", span)
     if isinstance(err, UnexpectedEOF):
-        lines = text.splitlines() or [""]
+        lines = text.rstrip(" \t\f\r\n").split("\n")  # lines as the lexer counts them
         span = Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
         return NlcError("unexpected end of file", span, hint=f"expected {_words(err.expected)}")
     assert isinstance(err, UnexpectedToken)
@@ -82,7 +82,15 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     span = _span(tok)
     shown = str(tok)[:40]
     hint = f"expected {_words(err.expected)}"
-    return NlcError(f"unexpected {_TERMINAL_WORDS.get(tok.type, 'token')} '{shown}'", span, hint=hint)
+    if tok.type == "NAME":
+        return NlcError(f"unexpected name '{shown}'", span, hint=hint)
+    if tok.type == "NUMBER":
+        return NlcError(f"unexpected number '{shown}'", span, hint=hint)
+    if shown.isidentifier():  # a keyword of the language
+        if "NAME" in err.expected:
+            hint += f" ('{shown}' is a keyword and cannot be used as a name)"
+        return NlcError(f"unexpected keyword '{shown}'", span, hint=hint)
+    return NlcError(f"unexpected '{shown}'", span, hint=hint)
 
 
 def _check_depth(tree: Tree) -> None:
@@ -160,6 +168,9 @@ class _ToAst(Transformer):
     def over_clause(self, meta, children):
         return ("over", _ident(children[0], defining=True))
 
+    def inputs_clause(self, meta, children):
+        return ("inputs", _ident(children[0], defining=True))
+
     def every_clause(self, meta, children):
         unit = ast.Unit.TOKEN if str(children[1]).startswith("token") else ast.Unit.STEP
         return ("every", ast.Every(children[0], unit, _span(meta)))
@@ -174,7 +185,7 @@ class _ToAst(Transformer):
             key, value = rest.pop(0)
             heads[key] = value
         return ast.Level(_ident(name, defining=True), heads.get("over"), heads.get("every"),
-                         heads.get("chunk"), tuple(rest), _span(meta))
+                         heads.get("chunk"), tuple(rest), _span(meta), heads.get("inputs"))
 
     def state_stmt(self, meta, children):
         name, form, *init = children
@@ -212,7 +223,9 @@ class _ToAst(Transformer):
         tok = children[0]
         value = check_number(str(tok), _span(tok))
         is_int = str(tok).isdigit()
-        return ast.Num(int(tok) if is_int else value, is_int, _span(tok))
+        # finite means at most 309 digits, within int()'s limit, once leading zeros are gone
+        whole = int(str(tok).lstrip("0") or "0") if is_int else value
+        return ast.Num(whole, is_int, _span(tok))
 
     def name(self, meta, children):
         return ast.Name(_ident(children[0]), _span(children[0]))

@@ -1,0 +1,1 @@
+"""The catalog of published models (nlc/catalog/models.py)."""

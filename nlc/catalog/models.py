@@ -1,0 +1,253 @@
+"""The catalog: published update rules, written from the papers (CATALOG.md), never
+produced by the derivation engine. `nlc verify` compares derived rules with these.
+
+Each entry is a function of the paper's roles -- the memory's tensors `S`, key `k`, value
+`v`, learning rate `beta`, gate `alpha`, momentum `eta`, momentum buffers `U`, chunk-start
+tensors `S0` -- bound to a spec's expressions by the derivation (`UpdateRule.roles`).
+Non-affine memories (MLPs) are differentiated here entry by entry with `sympy.diff` on
+explicit matrices, independently of the engine's structured chain rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+from nlc.catalog.reference import explicit_grad, mlp_forward
+
+
+@dataclass(frozen=True)
+class Roles:
+    S: tuple
+    k: object = None
+    v: object = None
+    q: object = None
+    beta: object = None
+    alpha: object = None
+    eta: object = None
+    U: tuple = ()
+    S0: tuple = ()
+    form: object = None
+    g: object = None
+    delta: object = None
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: str
+    title: str
+    citation: str
+    form: str                 # memory form the entry is stated for
+    gate: str                 # none | constant | scalar | channel | any
+    needs: tuple[str, ...]    # roles that must be bound
+    update: Callable[[Roles], tuple]  # next value of each carried tensor, in rule order
+    family: str               # the kernel family the paper's recurrence belongs to
+    objective: str | None = None  # for entries that differentiate their own loss
+    kind: str = "layer"       # layer | optimizer
+
+
+def _I(n):
+    return sp.Identity(n)
+
+
+def _outer(a, b):
+    return a * b.T
+
+
+ENTRIES: list[CatalogEntry] = []
+
+
+def entry(**kw):
+    ENTRIES.append(CatalogEntry(**kw))
+
+
+# ---------------------------------------------------------------- affine matrix memories
+entry(id="linear_attention", title="Linear attention",
+      citation="Katharopoulos et al., Transformers are RNNs, ICML 2020, recurrent form (sec. 3.4)",
+      form="matrix", gate="none", needs=("k", "v"), family="decay",
+      update=lambda r: (r.S[0] + _outer(r.v, r.k),))
+entry(id="linear_attention_normalizer", title="Linear attention normalizer z = z + k",
+      citation="Katharopoulos et al., ICML 2020, sec. 3.4 (the denominator's running sum)",
+      form="vector", gate="none", needs=("k",), family="decay",
+      update=lambda r: (r.S[0] + r.k,))
+entry(id="retnet", title="RetNet",
+      citation="Sun et al., Retentive Network, arXiv:2307.08621 (2023), recurrent retention",
+      form="matrix", gate="constant", needs=("k", "v", "alpha"), family="decay",
+      update=lambda r: (r.alpha * r.S[0] + _outer(r.v, r.k),))
+entry(id="mamba2", title="Mamba2 (SSD)",
+      citation="Dao & Gu, Transformers are SSMs, ICML 2024, the SSD recurrence "
+               "h = exp(dt A) h + dt B x",
+      form="matrix", gate="scalar", needs=("k", "v", "alpha", "beta"), family="decay",
+      update=lambda r: (r.alpha * r.S[0] + r.beta * _outer(r.v, r.k),))
+entry(id="gla", title="Gated linear attention",
+      citation="Yang et al., Gated Linear Attention Transformers, ICML 2024, S = S Diag(a) + v k^T",
+      form="matrix", gate="channel", needs=("k", "v", "alpha"), family="decay",
+      update=lambda r: (r.S[0] * sp.DiagMatrix(r.alpha) + _outer(r.v, r.k),))
+entry(id="deltanet", title="DeltaNet",
+      citation="Schlag et al., ICML 2021; Yang et al., NeurIPS 2024: S = S (I - b k k^T) + b v k^T",
+      form="matrix", gate="none", needs=("k", "v", "beta"), family="delta",
+      update=lambda r: (r.S[0] * (_I(r.k.shape[0]) - r.beta * _outer(r.k, r.k))
+                        + r.beta * _outer(r.v, r.k),))
+entry(id="gated_deltanet", title="Gated DeltaNet",
+      citation="Yang, Kautz, Hatamizadeh, Gated Delta Networks, ICLR 2025, eq. 10",
+      form="matrix", gate="scalar", needs=("k", "v", "beta", "alpha"), family="delta",
+      update=lambda r: (r.alpha * r.S[0] * (_I(r.k.shape[0]) - r.beta * _outer(r.k, r.k))
+                        + r.beta * _outer(r.v, r.k),))
+entry(id="kda", title="Kimi Delta Attention",
+      citation="Kimi Linear (Moonshot AI, 2025): S = S Diag(a) (I - b k k^T) + b v k^T",
+      form="matrix", gate="channel", needs=("k", "v", "beta", "alpha"), family="delta",
+      update=lambda r: (r.S[0] * sp.DiagMatrix(r.alpha) * (_I(r.k.shape[0])
+                                                           - r.beta * _outer(r.k, r.k))
+                        + r.beta * _outer(r.v, r.k),))
+entry(id="titans_linear", title="Titans, linear memory without momentum (ordering C)",
+      citation="Behrouz, Zhong, Mirrokni, Titans, arXiv:2501.00663 (2025), linear case",
+      form="matrix", gate="scalar", needs=("k", "v", "beta", "alpha"), family="dplr",
+      update=lambda r: (r.S[0] * (r.alpha * _I(r.k.shape[0]) - r.beta * _outer(r.k, r.k))
+                        + r.beta * _outer(r.v, r.k),))
+
+
+def _longhorn(r):
+    eps = r.beta / (1 + r.beta * (r.k.T * r.k)[0, 0])
+    return (r.S[0] - eps * (r.S[0] * r.k - r.v) * r.k.T,)
+
+
+entry(id="longhorn", title="Longhorn",
+      citation="Liu et al., Longhorn: SSMs are Amortized Online Learners, arXiv:2407.14207 "
+               "(2024), closed-form implicit update",
+      form="matrix", gate="none", needs=("k", "v", "beta"), family="delta", update=_longhorn)
+
+# ---------------------------------------------------------------- non-affine memories
+
+
+def _mlp_step(loss: str, scale):
+    """S_i - beta grad_i at the chunk-start weights (explicit differentiation)."""
+    def update(r: Roles):
+        at = r.S0 or r.S
+        grads = explicit_grad(r.form, at, r.k, r.v, loss, scale)
+        return tuple(s.as_explicit() - r.beta * g for s, g in zip(r.S, grads))
+    return update
+
+
+entry(id="ttt_linear", title="TTT-Linear",
+      citation="Sun et al., Learning to (Learn at Test Time), arXiv:2407.04620 (2024), "
+               "mini-batch TTT with f(x) = x + LN(W x)",
+      form="mlp1", gate="none", needs=("k", "v", "beta"), family="frozen-gradient",
+      update=_mlp_step("l2", sp.Integer(1)), objective="l2")
+entry(id="ttt_mlp", title="TTT-MLP",
+      citation="Sun et al., arXiv:2407.04620 (2024), f(x) = x + LN(MLP(x))",
+      form="mlp2", gate="none", needs=("k", "v", "beta"), family="frozen-gradient",
+      update=_mlp_step("l2", sp.Integer(1)), objective="l2")
+
+
+def _titans(r: Roles):
+    at = r.S0 or r.S
+    grads = explicit_grad(r.form, at, r.k, r.v, "l2", sp.Integer(2))  # ||M(k) - v||^2, no 1/2
+    new_u = tuple(r.eta * u.as_explicit() - r.beta * g for u, g in zip(r.U, grads))
+    new_s = tuple((1 - r.alpha) * s.as_explicit() + u for s, u in zip(r.S, new_u))
+    return new_s + new_u
+
+
+entry(id="titans", title="Titans (MLP memory, momentum, weight decay)",
+      citation="Behrouz, Zhong, Mirrokni, Titans, arXiv:2501.00663 (2025): surprise "
+               "U = eta U - theta grad, M = (1 - alpha) M + U",
+      form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha", "eta"),
+      family="frozen-gradient", update=_titans, objective="l2")
+
+
+def _moneta(r: Roles):
+    at = r.S0 or r.S
+    grads = explicit_grad(r.form, at, r.k, r.v, "lp3", sp.Integer(1), lq=4)
+    return tuple(r.alpha * s.as_explicit() - r.beta * g for s, g in zip(r.S, grads))
+
+
+entry(id="moneta", title="Moneta",
+      citation="Behrouz et al., It's All Connected (Miras), arXiv:2504.13173 (2025): l_3 "
+               "attentional bias, A = alpha A - eta grad, W = A / ||A||_4^2",
+      form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha"), family="frozen-gradient",
+      update=_moneta, objective="lp")
+
+
+def _yaad(r: Roles):
+    at = r.S0 or r.S
+    grads = explicit_grad(r.form, at, r.k, r.v, "huber", sp.Integer(1), delta=r.delta)
+    return tuple(r.alpha * s.as_explicit() - r.beta * g for s, g in zip(r.S, grads))
+
+
+def _memora(r: Roles):
+    at = r.S0 or r.S
+    grads = explicit_grad(r.form, at, r.k, r.v, "l2", sp.Integer(1))
+    out = []
+    for s, g in zip(r.S, grads):
+        x = r.alpha * s.as_explicit().applyfunc(sp.log) - r.beta * g
+        rows = []
+        for i in range(x.shape[0]):
+            ex = [sp.exp(x[i, j]) for j in range(x.shape[1])]
+            rows.append([e / sum(ex) for e in ex])
+        out.append(sp.Matrix(rows))
+    return tuple(out)
+
+
+entry(id="memora", title="Memora",
+      citation="Behrouz et al., Miras, arXiv:2504.13173 (2025): W = Softmax(alpha log W - "
+               "eta grad)",
+      form="mlp", gate="any", needs=("k", "v", "beta", "alpha"), family="frozen-gradient",
+      update=_memora, objective="l2")
+entry(id="yaad", title="Yaad",
+      citation="Behrouz et al., Miras, arXiv:2504.13173 (2025): Huber attentional bias with "
+               "retention",
+      form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha", "delta"),
+      family="frozen-gradient", update=_yaad, objective="huber")
+
+# ---------------------------------------------------------------- optimizers
+
+
+entry(id="sgd_momentum", kind="optimizer", title="SGD with momentum as a memory of gradients",
+      citation="Behrouz et al., Nested Learning, NeurIPS 2025: m = alpha m - eta g",
+      form="like", gate="any", needs=("g", "beta"), family="decay",
+      update=lambda r: ((r.alpha if r.alpha is not None else 1) * r.S[0] - r.beta * r.g,))
+entry(id="adam_moment", kind="optimizer", title="Adam's moments as exponential averages",
+      citation="Kingma & Ba, Adam, ICLR 2015, Algorithm 1: m = b1 m + (1 - b1) g "
+               "(and v with g^2)",
+      form="like", gate="constant", needs=("v", "alpha"), family="decay",
+      update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * r.v,))
+
+
+def _dgd(r: Roles):
+    eps = r.beta / (1 + r.beta * (r.k.T * r.k)[0, 0])
+    return (r.S[0] * (_I(r.k.shape[0]) - eps * _outer(r.k, r.k)) + eps * _outer(r.v, r.k),)
+
+
+entry(id="dgd", kind="optimizer", title="Delta gradient descent",
+      citation="Behrouz et al., Nested Learning, NeurIPS 2025: W = W (I - eta' x x^T) + eta' "
+               "t x^T with eta' = eta / (1 + eta ||x||^2) and target t (-u in the paper)",
+      form="like", gate="none", needs=("k", "v", "beta"), family="delta", update=_dgd)
+
+
+entry(id="muon", kind="optimizer", title="Muon's momentum buffer",
+      citation="Jordan et al., Muon (2024): B = mu B + g; the parameter then moves by "
+               "-lr NewtonSchulz5(B), stated in the spec's apply",
+      form="like", gate="constant", needs=("g", "alpha"), family="decay",
+      update=lambda r: (r.alpha * r.S[0] + r.g,))
+
+
+def by_id(name: str) -> CatalogEntry | None:
+    return next((e for e in ENTRIES if e.id == name), None)
+
+
+# ---------------------------------------------------------------- non-parametric
+def _softmax_kernel(r: Roles):
+    d = r.k.shape[0]
+    return (sp.exp((r.q.T * r.k)[0, 0] / sp.sqrt(d)),)
+
+
+entry(id="softmax_attention", title="Softmax attention (Nadaraya-Watson)",
+      citation="Vaswani et al., NeurIPS 2017; as the minimizer of sum_i exp(q k_i / sqrt(d)) "
+               "||v_i - o||^2 (Miras, arXiv:2504.13173)",
+      form="cache", gate="none", needs=("k", "q"), family="nonparametric",
+      update=_softmax_kernel)
+entry(id="sliding_window", title="Sliding-window attention",
+      citation="Beltagy et al., Longformer, arXiv:2004.05150 (2020): softmax over the last w "
+               "tokens",
+      form="cache", gate="none", needs=("k", "q"), family="nonparametric",
+      update=_softmax_kernel)

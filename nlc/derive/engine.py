@@ -1,0 +1,428 @@
+"""Stage `derive`: a checked level -> its `UpdateRule`.
+
+The rule is assembled from tables: the objective's elementwise loss (losses.py, SymPy
+differentiates it), the memory form's chain rule (forms.py), the retention's gate or
+closed form (retention.py) and the algorithm's step (`ALGORITHMS` below). Nothing here
+knows a model by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy as sp
+
+from nlc.derive import retention as ret
+from nlc.derive.forms import FORM_RULES, tensor_names, tensor_shapes
+from nlc.derive.losses import error_signal
+from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax
+from nlc.derive.rule import UpdateRule
+from nlc.derive.symbols import Lowering, SymbolTable, elementwise, is_matrix
+from nlc.errors import NlcError
+from nlc.levels.records import LevelRecord, Term
+from nlc.syntax import ast
+
+MAX_WINDOW = 16  # omega windows are unrolled symbolically
+
+
+def _scale(factor, tensor):
+    return factor * tensor if not is_matrix(factor) else sp.HadamardProduct(factor, tensor)
+
+
+class LevelDerivation:
+    """The pieces of one level's derivation at one choice of dimensions."""
+
+    def __init__(self, spec, level: LevelRecord, table: SymbolTable):
+        self.spec, self.level, self.table = spec, level, table
+        self.state = level.state
+        self.form = self.state.form
+        self.names = tensor_names(self.state.name, self.form)
+        shapes = tensor_shapes(self.form, table)
+        self.tensors = tuple(sp.MatrixSymbol(n, *s) for n, s in zip(self.names, shapes))
+        kind = "matrix" if self.form.is_matrix else self.form.kind  # like(param) with inputs
+        self.rule = FORM_RULES.get(kind)
+        self.roles: dict[str, object] = {"objective": self.loss_term().kind}
+        self.notes: list[str] = []
+        self.retentions = {t.kind: t for t in level.retentions}
+        self.memory_map: Callable = lambda tensors: tensors
+        if "lq" in self.retentions:
+            q = self.retentions["lq"].get("q")
+            self.memory_map = lambda tensors: tuple(ret.lq_normalize(w, q) for w in tensors)
+
+    # ------------------------------------------------------------ lowering
+    def lowering(self, tensors, shift: int = 0) -> Lowering:
+        """Lower expressions with the memory applied at `tensors`; `shift` j > 0 renames the
+        context to the token j steps back (omega windows)."""
+        names: dict[str, object] = {}
+        if shift:
+            for var in self.spec.context:
+                names[var.name] = self.table.symbol(f"{var.name}_m{shift}", var.shape)
+        lower = Lowering(self.table, names, None)
+        state_name = self.state.name
+
+        def apply_memory(call: ast.Call):
+            x = lower(call.args[0])
+            return self.rule.apply(self.form, self.memory_map(tensors), x)
+
+        lower.apply_memory = apply_memory
+        lower.memories = (state_name,)
+        if self.form.kind in ("vector", "diagonal", "matrix", "like"):
+            names[state_name] = self.memory_map(tensors)[0]
+            names.setdefault(self.level.name, names[state_name])
+        return lower
+
+    def value(self, v, lower: Lowering):
+        if isinstance(v, ast.Expr):
+            return lower(v)
+        if isinstance(v, float):  # exact decimals: 0.1 stays 1/10
+            return sp.Integer(int(v)) if v.is_integer() else sp.Rational(repr(v))
+        return sp.sympify(v)
+
+    # ------------------------------------------------------------ gradients
+    def loss_term(self) -> Term:
+        obj = self.level.objective
+        return obj.get("loss") if obj.kind == "omega" else obj
+
+    def gradient(self, tensors) -> tuple:
+        """d objective / d tensors at `tensors` (a sum over the window for omega)."""
+        obj = self.level.objective
+        window, decay = 1, sp.Integer(1)
+        if obj.kind == "omega":
+            window = obj.get("window")
+            if window > MAX_WINDOW:
+                raise NlcError(f"omega windows longer than {MAX_WINDOW} tokens are not derived "
+                               "symbolically yet", obj.span)
+            decay = self.value(obj.get("decay"), self.lowering(tensors))
+        total = self._gradient_at(tensors, self.lowering(tensors), record_roles=True)
+        for j in range(1, window):
+            g = self._gradient_at(tensors, self.lowering(tensors, shift=j), record_roles=False)
+            total = tuple(a + decay ** j * x for a, x in zip(total, g))
+        return total
+
+    def _gradient_at(self, tensors, lower: Lowering, record_roles: bool) -> tuple:
+        term = self.loss_term()
+        pred_ast, target_ast = term.get("prediction"), term.get("target")
+        key = self._key(pred_ast, lower)
+        target = lower(target_ast)
+        args = {name: self.value(v, lower) for name, v in term.args
+                if name in ("scale", "p", "delta")}
+        mapped = self.memory_map(tensors)
+        pred = self.rule.apply(self.form, mapped, key)
+        e = error_signal(term.kind, args, pred, target)
+        weight = dict(term.args).get("weight")
+        if weight is not None:
+            e = _scale(lower(weight), e)
+        if record_roles:
+            self.roles.update(key=key, value=target)
+            if "delta" in args:
+                self.roles["delta"] = args["delta"]
+            if self.level.over:
+                self.roles["grad"] = self.table.values[self.level.over]
+        return self.rule.grad(self.form, mapped, key, e)
+
+    def _key(self, pred_ast, lower: Lowering):
+        """The memory's input in the prediction: the prediction must be `M(x)` (or the bare
+        state, for optimizer memories)."""
+        name = self.state.name
+        if isinstance(pred_ast, ast.Call) and pred_ast.func == name:
+            return lower(pred_ast.args[0])
+        if isinstance(pred_ast, ast.Name) and pred_ast.id == name:
+            if self.form.kind != "like":
+                raise NlcError(f"apply the memory to its input: {name}(k)", pred_ast.span)
+            return sp.Integer(1)
+        raise NlcError(f"the prediction must be the memory applied to an input, e.g. {name}(k)",
+                       pred_ast.span)
+
+    # ------------------------------------------------------------ retention + algorithm
+    def gates(self) -> list[ret.Gate]:
+        lower = self.lowering(self.tensors)
+        gates = []
+        for kind in ("decay", "weight_decay"):
+            if kind in self.retentions:
+                t = self.retentions[kind]
+                alpha = self.value(t.get("alpha"), lower)
+                self.roles.setdefault("gate", alpha)
+                gates.append(ret.Gate(ret.gate_of(kind, alpha), t.get("order"), kind))
+        return gates
+
+    def gate_all(self, tensors, gates, order):
+        out = tensors
+        for g in gates:
+            if g.order == order:
+                out = tuple(ret.apply_gate(g.factor, w, self.form.kind) for w in out)
+        return out
+
+    def lr(self, lower):
+        alg = self.level.algorithm
+        rate = self.value(alg.get("lr"), lower)
+        self.roles["lr"] = rate
+        if "proximal" in self.retentions:
+            strength = self.value(self.retentions["proximal"].get("strength"), lower)
+            rate = ret.proximal_lr(rate, strength)
+        return rate
+
+    def step(self, tensors, rate, grads):
+        out = []
+        for w, g in zip(tensors, grads):
+            if is_matrix(rate):  # a per-channel rate scales the input side
+                out.append(w - (g * sp.DiagMatrix(rate) if self.form.kind == "matrix"
+                                else sp.HadamardProduct(rate, g)))
+            else:  # built unevaluated: SymPy's canonicalization is slow on MLP gradients
+                out.append(sp.MatAdd(w, sp.MatMul(-rate, g, evaluate=False), evaluate=False))
+        return tuple(out)
+
+    def anchor(self):
+        """The tensors that gradients are taken at: chunk-start copies when frozen."""
+        if self.level.grad_chunk or self.level.period > 1:
+            return tuple(sp.MatrixSymbol(f"{n}_0", *w.shape) for n, w in
+                         zip(self.names, self.tensors))
+        return None
+
+
+# ---------------------------------------------------------------- algorithms
+def _post(d: LevelDerivation, tensors, lower):
+    """Maps applied after the step: elastic-net shrinkage, KL (softmax) retention."""
+    if "elastic_net" in d.retentions:
+        t = d.retentions["elastic_net"]
+        rate = d.roles["lr"]
+        shrink = ret.elastic_net_map(rate, d.value(t.get("l1"), lower), d.value(t.get("l2"), lower))
+        tensors = tuple(shrink(w) for w in tensors)
+    return tensors
+
+
+def _gd_like(d: LevelDerivation, implicit: bool) -> dict:
+    lower = d.lowering(d.tensors)
+    gates = d.gates()
+    rate = d.lr(lower)
+    anchor = d.anchor()
+    before = d.gate_all(d.tensors, gates, "before")
+    at = d.gate_all(anchor, gates, "before") if anchor else before
+    grads = d.gradient(at)
+    if implicit:
+        rate = _implicit_rate(d, at, rate, lower)
+    if "kl" in d.retentions:
+        alpha = d.value(d.retentions["kl"].get("alpha"), lower)
+        d.roles.setdefault("gate", alpha)
+        new = tuple(RowSoftmax(alpha * elementwise(sp.log, w) - rate * g)
+                    for w, g in zip(before, grads))
+    else:
+        new = d.step(d.gate_all(before, gates, "parallel"), rate, grads)
+        new = d.gate_all(new, gates, "proximal") if gates else new
+        if any(g.order == "proximal" for g in gates):
+            gamma = ret.proximal_order_factor()
+            d.notes.append(f"proximal ordering: SymPy solved the proximal step to {gamma} * "
+                           "(S - lr grad)")
+    new = _post(d, new, lower)
+    return dict(zip(d.names, new))
+
+
+def _implicit_rate(d: LevelDerivation, tensors, rate, lower):
+    """Solve the implicit step W = argmin l(W) + ||W - S||^2 / (2 lr) along the gradient:
+    W = S - eps grad(S), with eps from the optimality condition (SymPy's solve)."""
+    if d.rule.kappa is None or is_matrix(rate):
+        raise NlcError(f"the implicit step is solved for matrix, vector and optimizer memories "
+                       f"with a scalar rate, not {d.form.kind}", d.level.algorithm.span)
+    term = d.loss_term()
+    args = {name: d.value(v, lower) for name, v in term.args if name in ("scale", "p", "delta")}
+    p, t, eps, kappa, lr = sp.symbols("p t epsilon kappa lr", real=True)
+    from nlc.derive.losses import loss_derivative, P, T
+    dl = loss_derivative(term.kind, args)
+    e_old = dl.subs({P: p, T: t}, simultaneous=True)
+    e_new = dl.subs({P: p - eps * kappa * e_old, T: t}, simultaneous=True)
+    solutions = sp.solve(sp.Eq(e_new - eps * e_old / lr, 0), eps)
+    closed = [s for s in solutions if not s.has(p, t)]
+    if not closed:
+        raise NlcError(f"the implicit step has no closed form for objective '{term.kind}'",
+                       d.level.algorithm.span, hint="use gd")
+    key = d.roles["key"]
+    kappa_value = d.rule.kappa(key)
+    return sp.simplify(closed[0]).subs({kappa: kappa_value, lr: rate}, simultaneous=True)
+
+
+def _gd(d):
+    if d.level.algorithm.get("steps") > 1:
+        raise NlcError("several gradient steps per token (DeltaProduct) are not derived yet",
+                       d.level.algorithm.span)
+    return _gd_like(d, implicit=False), {}
+
+
+def _implicit(d):
+    return _gd_like(d, implicit=True), {}
+
+
+def _momentum(d: LevelDerivation, orthogonalize: bool = False):
+    lower = d.lowering(d.tensors)
+    gates = d.gates()
+    rate = d.lr(lower)
+    mom = d.value(d.level.algorithm.get("momentum"), lower)
+    d.roles["momentum"] = mom
+    anchor = d.anchor()
+    before = d.gate_all(d.tensors, gates, "before")
+    grads = d.gradient(d.gate_all(anchor, gates, "before") if anchor else before)
+    buffers = tuple(sp.MatrixSymbol(f"{n}_mom", *w.shape) for n, w in zip(d.names, d.tensors))
+    d.roles["momentum_state"] = buffers
+    new_buffers, new = [], []
+    kept = d.gate_all(before, gates, "parallel")
+    for w, u, g in zip(kept, buffers, grads):
+        if orthogonalize:  # Muon / Atlas: orthogonalize the accumulated gradient
+            u_new = mom * u + g
+            w_new = w - rate * NewtonSchulz(u_new, d.level.algorithm.get("steps"))
+        else:  # Titans' surprise: U = eta U - theta grad, M = gate M + U
+            u_new = mom * u - _rate_times(rate, g, d)
+            w_new = w + u_new
+        new_buffers.append(u_new)
+        new.append(w_new)
+    new = d.gate_all(tuple(new), gates, "proximal")
+    out = dict(zip(d.names, _post(d, tuple(new), lower)))
+    extra = {b.name: nb for b, nb in zip(buffers, new_buffers)}
+    return out, extra
+
+
+def _rate_times(rate, g, d):
+    if is_matrix(rate):
+        return g * sp.DiagMatrix(rate) if d.form.kind == "matrix" else sp.HadamardProduct(rate, g)
+    return rate * g
+
+
+def _newton_schulz(d):
+    return _momentum(d, orthogonalize=True)
+
+
+ALGORITHMS: dict[str, Callable] = {
+    "gd": _gd,
+    "implicit": _implicit,
+    "momentum": _momentum,
+    "newton_schulz": _newton_schulz,
+}
+
+
+# ---------------------------------------------------------------- whole levels
+def _read(d: LevelDerivation, tensors_after: dict):
+    lv = d.level
+    if lv.read is None:
+        return None
+    # after the write the read sees the new tensors, named S_next (not inlined: the rule
+    # states next_state[S] once, and the read refers to it)
+    use = d.tensors if lv.read_before else tuple(
+        sp.MatrixSymbol(f"{n}_next", *w.shape) for n, w in zip(d.names, d.tensors))
+    lower = d.lowering(use)
+    value = lower(lv.read)
+    q = _query(lv.read, d.state.name, lower)
+    if q is not None:
+        d.roles["query"] = q
+    return value
+
+
+def _query(expr, state_name, lower):
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Call) and node.func == state_name:
+            return lower(node.args[0])
+        if isinstance(node, ast.BinOp):
+            stack += [node.left, node.right]
+        elif isinstance(node, ast.Neg):
+            stack.append(node.operand)
+        elif isinstance(node, ast.Call):
+            stack += list(node.positional)
+    return None
+
+
+def _exact(d: LevelDerivation) -> UpdateRule:
+    """Ridge regression over the whole history, solved exactly (Mesa): the per-token gradient
+    is split into its state-linear part (accumulated in H) and its constant part (in G)."""
+    lv = d.level
+    lower = d.lowering(d.tensors)
+    gates = d.gates()
+    (S,) = d.tensors
+    term = lv.objective
+    key = d._key(term.get("prediction"), lower)
+    value = lower(term.get("target"))
+    d.roles.update(key=key, value=value)
+    (grad,) = d.rule.grad(d.form, d.tensors, key, error_signal("l2", {"scale": 1},
+                                                               d.rule.apply(d.form, d.tensors, key), value))
+    expanded = sp.expand(grad)
+    terms = expanded.args if isinstance(expanded, sp.MatAdd) else (expanded,)
+    linear = [t for t in terms if t.has(S)]
+    constant = [t for t in terms if not t.has(S)]
+    H = sp.MatrixSymbol(f"{d.state.name}_H", key.shape[0], key.shape[0])
+    G = sp.MatrixSymbol(f"{d.state.name}_G", S.shape[0], S.shape[1])
+    h_step = sp.MatAdd(*[_strip_left(t, S) for t in linear]).doit()
+    g_step = -sp.MatAdd(*constant).doit()
+    gamma = gates[0].factor if gates else sp.Integer(1)
+    reg = sp.sympify(term.get("reg"))
+    solved = G * sp.Inverse(H + reg * sp.Identity(H.shape[0]))
+    new_h, new_g = gamma * H + h_step, gamma * G + g_step
+    lower_read = d.lowering((G * sp.Inverse(H + reg * sp.Identity(H.shape[0])),))
+    if not lv.read_before:
+        lower_read = d.lowering((new_g * sp.Inverse(new_h + reg * sp.Identity(H.shape[0])),))
+    read = lower_read(lv.read) if lv.read is not None else None
+    q = _query(lv.read, d.state.name, lower) if lv.read is not None else None
+    if q is not None:
+        d.roles["query"] = q
+    d.notes.append(f"{d.state.name} = {sp.sstr(solved)}: the stationarity condition "
+                   f"{d.state.name} ({H.name} + reg I) = {G.name} solved for {d.state.name}")
+    return _rule(d, "solve", {G.name: new_g, H.name: new_h}, read, states=(G, H))
+
+
+def _strip_left(term, S):
+    """For a term S * X (times scalars), return X."""
+    coeff, mat = term.as_coeff_mmul()
+    factors = list(mat.args) if isinstance(mat, sp.MatMul) else [mat]
+    scalars = [f for f in factors if not is_matrix(f)]
+    mats = [f for f in factors if is_matrix(f)]
+    if not mats or mats[0] != S:
+        raise NlcError("the ridge objective's gradient is not of the form S H - G")
+    rest = sp.MatMul(*mats[1:]) if len(mats) > 2 else mats[1]
+    return sp.Mul(coeff, *scalars) * rest
+
+
+def _nonparametric(d: LevelDerivation) -> UpdateRule:
+    """o = argmin_o sum_i w(q, k_i) ||o - v_i||^2 over the cached tokens, solved by SymPy on
+    a symbolic cache of three entries: the weighted mean (Nadaraya-Watson)."""
+    lv = d.level
+    term = lv.objective
+    o = sp.Symbol("o", real=True)
+    n = 3
+    w = sp.symbols(f"w0:{n}", positive=True)
+    v = sp.symbols(f"v0:{n}", real=True)
+    (solution,) = sp.solve(sp.diff(sum(w[i] * (o - v[i]) ** 2 for i in range(n)), o), o)
+    weights = [sp.simplify(solution.diff(v[i])) for i in range(n)]
+    assert all(sp.simplify(weights[i] * sum(w) - w[i]) == 0 for i in range(n))
+    lower = d.lowering(d.tensors)
+    weight_ast = dict(term.args).get("weight")
+    kernel = lower(weight_ast) if weight_ast is not None else sp.Integer(1)
+    pred = term.get("prediction")
+    key = lower(pred.args[0]) if isinstance(pred, ast.Call) and pred.args else None
+    query = _query(lv.read, d.state.name, lower) if lv.read is not None else None
+    d.roles.update(kernel=kernel, value=lower(term.get("target")), key=key, query=query,
+                   window=lv.algorithm.get("window"))
+    d.notes.append("read = sum_i w_i v_i / sum_i w_i over the cached tokens (SymPy solved "
+                   f"the weighted least squares to {sp.sstr(solution)}); w = {sp.sstr(kernel)} "
+                   "with k, v the cached token's and q the reading token's"
+                   + (f"; window {lv.algorithm.get('window')}" if lv.algorithm.get("window") else ""))
+    return _rule(d, "nonparametric", {}, None, states=())
+
+
+def _rule(d: LevelDerivation, kind: str, next_state: dict, read, states=None, anchors=()):
+    lv = d.level
+    states = tuple((s.name, s) for s in (states if states is not None else d.tensors))
+    return UpdateRule(d.spec.name, lv.name, d.form, kind, states, tuple(next_state.items()),
+                      read, lv.read_before, tuple(d.roles.items()), lv.unit, lv.period,
+                      lv.grad_chunk, anchors, tuple(d.notes))
+
+
+def derive_level(spec, level: LevelRecord, table: SymbolTable) -> UpdateRule:
+    d = LevelDerivation(spec, level, table)
+    alg = level.algorithm.kind
+    if alg == "exact":
+        return _exact(d)
+    if alg == "nonparametric":
+        return _nonparametric(d)
+    if alg not in ALGORITHMS:
+        raise NlcError(f"algorithm '{alg}' has no derivation yet", level.algorithm.span)
+    new, extra = ALGORITHMS[alg](d)
+    states = list(d.tensors) + [sp.MatrixSymbol(n, *e.shape) for n, e in extra.items()]
+    anchor = d.anchor()
+    anchors = tuple((w.name, a) for w, a in zip(d.tensors, anchor)) if anchor else ()
+    read = _read(d, new)
+    return _rule(d, "update", {**new, **extra}, read, states=states, anchors=anchors)

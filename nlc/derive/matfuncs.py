@@ -1,0 +1,88 @@
+"""Matrix functions that SymPy lacks as expressions: Newton-Schulz orthogonalization and a
+row-wise softmax. Both know their explicit form, so rules containing them can be checked."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+# Coefficients of the quintic Newton-Schulz iteration used by Muon (Jordan et al., 2024).
+NS_COEFFS = (sp.Rational(34445, 10000), sp.Rational(-47750, 10000), sp.Rational(20315, 10000))
+
+
+class NewtonSchulz(sp.MatrixExpr):
+    """NewtonSchulz(X, n): n quintic iterations from X / ||X||_F (approximately U V^T)."""
+
+    def __new__(cls, arg, steps):
+        return super().__new__(cls, arg, sp.sympify(steps))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+    def as_explicit(self):
+        x = self.args[0].as_explicit()
+        a, b, c = NS_COEFFS
+        norm = sp.sqrt(sum(e ** 2 for e in x)) + sp.Rational(1, 10 ** 7)
+        x = x / norm
+        transpose = x.shape[0] > x.shape[1]
+        if transpose:
+            x = x.T
+        for _ in range(int(self.args[1])):
+            g = x * x.T
+            x = a * x + (b * g + c * g * g) * x
+        return x.T if transpose else x
+
+    def _entry(self, i, j, **kwargs):
+        return self.as_explicit()[i, j]
+
+    def _sympystr(self, printer):
+        return f"NewtonSchulz{int(self.args[1])}({printer._print(self.args[0])})"
+
+
+class RowSoftmax(sp.MatrixExpr):
+    """Softmax over each row (Memora's KL retention keeps each row a distribution)."""
+
+    def __new__(cls, arg):
+        return super().__new__(cls, arg)
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+    def as_explicit(self):
+        x = self.args[0].as_explicit()
+        rows = []
+        for i in range(x.shape[0]):
+            ex = [sp.exp(x[i, j]) for j in range(x.shape[1])]
+            total = sum(ex)
+            rows.append([e / total for e in ex])
+        return sp.Matrix(rows)
+
+    def _entry(self, i, j, **kwargs):
+        return self.as_explicit()[i, j]
+
+    def _sympystr(self, printer):
+        return f"RowSoftmax({printer._print(self.args[0])})"
+
+
+class Mean(sp.Expr):
+    """The mean of a column's entries, kept as one node: SymPy's own form (an element of
+    ones^T y / n) turns into a symbolic Sum that it tries to evaluate, which is slow."""
+
+    is_commutative = True
+    is_real = True
+
+    def __new__(cls, arg):
+        return super().__new__(cls, arg)
+
+    def doit(self, **hints):
+        arg = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
+        if isinstance(arg, sp.MatrixBase):
+            return sum(arg) / len(arg)
+        return self.func(arg)
+
+    def _sympystr(self, printer):
+        return f"mean({printer._print(self.args[0])})"
+
+    def _latex(self, printer):
+        return rf"\operatorname{{mean}}\left({printer._print(self.args[0])}\right)"

@@ -1,0 +1,80 @@
+"""Retention terms as data, and the closed forms SymPy solves for them.
+
+A gating retention multiplies the state by a gate (decay: alpha; weight_decay: 1 - alpha)
+at one of three orderings (DESIGN.md): `before` (A) decays first and takes the gradient at
+the decayed state; `parallel` (C) decays and steps from the old state; `proximal` (B) is the
+minimizer of a linearized loss plus a proximal term plus a global L2 penalty, solved here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from nlc.derive.symbols import elementwise, is_matrix
+
+W, S, G, ETA, MU, GAMMA, LAM, L1, L2 = sp.symbols("w s g eta mu gamma lambda l1 l2", real=True)
+
+
+@dataclass(frozen=True)
+class Gate:
+    factor: object       # scalar or per-channel column expression
+    order: str           # before | parallel | proximal
+    source: str          # the retention's name, for messages
+
+
+def gate_of(kind: str, alpha):
+    """The multiplicative gate of a gating retention."""
+    return alpha if kind == "decay" else (1 - alpha if not is_matrix(alpha)
+                                          else sp.OneMatrix(*alpha.shape) - alpha)
+
+
+def apply_gate(factor, tensor, form_kind: str):
+    """factor * tensor: a scalar scales; a per-channel vector scales the input side."""
+    if not is_matrix(factor):
+        return factor * tensor
+    if form_kind == "matrix":
+        return tensor * sp.DiagMatrix(factor)
+    return sp.HadamardProduct(factor, tensor)
+
+
+def proximal_order_factor() -> sp.Expr:
+    """Solve argmin_w g (w - s) + (w - s)^2 / (2 eta) + mu w^2 / 2 and express the result as
+    gamma * (s - eta g): returns the gamma that SymPy finds, with mu written through gamma."""
+    objective = G * (W - S) + (W - S) ** 2 / (2 * ETA) + MU * W ** 2 / 2
+    (solution,) = sp.solve(sp.diff(objective, W), W)
+    factor = sp.simplify(solution / (S - ETA * G))
+    assert not factor.has(S, G), "the proximal solution is not a multiple of the gd step"
+    mu_for_gamma = sp.solve(sp.Eq(factor, GAMMA), MU)[0]
+    return sp.simplify(factor.subs(MU, mu_for_gamma))  # == gamma
+
+
+def proximal_lr(eta, strength):
+    """Solve argmin_w g (w - s) + (w - s)^2 / (2 eta) + lam (w - s)^2 / 2: the effective
+    step size of a gradient step that also stays near the previous state."""
+    objective = G * (W - S) + (W - S) ** 2 / (2 * ETA) + LAM * (W - S) ** 2 / 2
+    (solution,) = sp.solve(sp.diff(objective, W), W)
+    step = sp.simplify((S - solution) / G)
+    return step.subs({ETA: eta, LAM: strength}, simultaneous=True)
+
+
+def elastic_net_map(eta, l1, l2):
+    """The elementwise proximal map of l1 |w| + l2 w^2 / 2 after a step to u = s - eta g,
+    solved by SymPy on each side of zero (soft thresholding, then shrinkage)."""
+    u = sp.Symbol("u", real=True)
+    pos = sp.solve(sp.diff((W - u) ** 2 / (2 * ETA) + L1 * W + L2 * W ** 2 / 2, W), W)[0]
+    neg = sp.solve(sp.diff((W - u) ** 2 / (2 * ETA) - L1 * W + L2 * W ** 2 / 2, W), W)[0]
+    mapped = sp.Piecewise((pos, pos > 0), (neg, neg < 0), (0, True))
+    mapped = mapped.subs({ETA: eta, L1: l1, L2: l2}, simultaneous=True)
+    return lambda x: elementwise(sp.Lambda(u, mapped), x)
+
+
+def lq_normalize(tensor, q):
+    """Moneta's memory map W = A / ||A||_q^(q-2) (entries' l_q norm)."""
+    if not is_matrix(tensor):
+        return tensor
+    entries = sp.Abs(sp.Symbol("a", real=True))
+    norm_q = sp.Pow(sp.Trace(sp.OneMatrix(tensor.shape[1], tensor.shape[0])
+                             * elementwise(lambda a: sp.Abs(a) ** q, tensor)), 1 / sp.sympify(q))
+    del entries
+    return tensor * norm_q ** (2 - q)

@@ -1,0 +1,212 @@
+"""SymPy symbols for one spec at given dimensions, and the lowering of spec expressions to
+SymPy (matrix) expressions.
+
+Per-token vectors are column matrices ``MatrixSymbol(name, d, 1)``; per-head scalars are
+``Symbol``s; a matrix state is ``MatrixSymbol(S, d_out, d_in)``. Dimensions are SymPy
+symbols for display (``d_k``) or integers for checking (``2``, ``3``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from nlc.errors import NlcError
+from nlc.levels.records import PARAM_IN, PARAM_OUT, PARAM_SHAPE, Dim, Shape
+from nlc.syntax import ast
+from nlc.syntax.format import format_expr
+
+_R = sp.Symbol("r", real=True)
+
+
+def _sigmoid(x):
+    return 1 / (1 + sp.exp(-x))
+
+
+# Scalar functions of the context vocabulary (vocab.ELEMENTWISE), as SymPy expressions.
+SCALAR_FUNCTIONS: dict[str, Callable] = {
+    "silu": lambda x: x * _sigmoid(x),
+    "sigmoid": _sigmoid,
+    "softplus": lambda x: sp.log(1 + sp.exp(x)),
+    "exp": sp.exp,
+    "log": sp.log,
+    "tanh": sp.tanh,
+    "relu": lambda x: sp.Max(x, 0),
+    "gelu": lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
+    "elu1": lambda x: sp.Piecewise((x + 1, x > 0), (sp.exp(x), True)),
+    "sqrt": sp.sqrt,
+    "abs": sp.Abs,
+    "sign": sp.sign,
+    "logsigmoid": lambda x: -sp.log(1 + sp.exp(-x)),
+    "identity": lambda x: x,
+    # an undefined activation: verification proves the chain rule for every activation
+    "abstract": sp.Function("sigma"),
+}
+
+
+def elementwise(func: Callable, x):
+    """Apply a scalar function to a scalar or, entry by entry, to a matrix expression."""
+    if isinstance(x, sp.MatrixBase):
+        return x.applyfunc(func)
+    if isinstance(x, sp.MatrixExpr):
+        return ElementwiseApplyFunction(sp.Lambda(_R, func(_R)), x)
+    return func(x)
+
+
+def is_matrix(x) -> bool:
+    return isinstance(x, (sp.MatrixExpr, sp.MatrixBase))
+
+
+def ones(n) -> sp.MatrixExpr:
+    return sp.OneMatrix(n, 1)
+
+
+class SymbolTable:
+    """Names of one spec -> SymPy objects, at one choice of dimensions.
+
+    `dims` maps dim names to integers (for checking) or is None (symbols, for display);
+    `param_shape` is the (rows, cols) used for optimizer tensors shaped like the parameter."""
+
+    def __init__(self, spec, dims: Mapping[str, int] | None = None, param_shape=(2, 3)):
+        self.spec = spec
+        self.concrete = dims is not None
+        self.dim_values = dict(spec.dims) | dict(dims or {})
+        self.param_shape = param_shape if self.concrete else (sp.Symbol("m"), sp.Symbol("n"))
+        self.values: dict[str, object] = {}
+        for name, _ in spec.dims:
+            self.values[name] = sp.Integer(self.dim_values[name]) if self.concrete else sp.Symbol(name, positive=True)
+        for name, value in spec.hypers:
+            self.values[name] = sp.Symbol(name, real=True)
+        self.hyper_values = dict(spec.hypers)
+        for var in spec.context:
+            self.values[var.name] = self.symbol(var.name, var.shape)
+        for p in spec.params:
+            self.values[p.name] = self.symbol(p.name, p.shape)
+        if "d_model" in self.dim_values:
+            self.values.setdefault("x", self.symbol("x", (Dim("d_model", self.dim_values["d_model"]),)))
+        for level in spec.levels:
+            if level.over and level.inputs:  # the parameter's output gradient and input
+                self.values[level.over] = self.symbol(level.over, (PARAM_OUT,))
+                self.values[level.inputs] = self.symbol(level.inputs, (PARAM_IN,))
+            elif level.over:
+                self.values[level.over] = self.symbol(level.over, PARAM_SHAPE)
+        for level in spec.levels:  # a level's name holds its read output
+            if level.read is not None:
+                self.values.setdefault(level.name, self.symbol(level.name, level.output_shape))
+        self.values.setdefault("t", sp.Symbol("t", positive=True))
+        self.values.setdefault("param", self.symbol("param", PARAM_SHAPE))
+
+    def dim(self, d: Dim):
+        if d.text in ("param_out", "param_in"):  # a matrix parameter seen with its inputs
+            return self.param_shape[0 if d.text == "param_out" else 1]
+        if d.text == "param":
+            raise AssertionError("the parameter shape is not one dim")
+        if self.concrete:
+            size = self.dim_values.get(d.text, d.size)
+            return sp.Integer(size)
+        return sp.Symbol(d.text, positive=True) if d.text.isidentifier() else sp.Integer(d.size)
+
+    def shape(self, shape: Shape) -> tuple:
+        if shape == PARAM_SHAPE:
+            return self.param_shape
+        return tuple(self.dim(d) for d in shape)
+
+    def symbol(self, name: str, shape: Shape):
+        dims = self.shape(shape)
+        if not dims:
+            return sp.Symbol(name, real=True)
+        if len(dims) == 1:
+            return sp.MatrixSymbol(name, dims[0], 1)
+        if len(dims) == 2:
+            return sp.MatrixSymbol(name, dims[0], dims[1])
+        raise NlcError(f"'{name}' has {len(dims)} axes; derivation handles at most 2")
+
+
+class Lowering:
+    """Spec expression -> SymPy, with memory applications delegated to `apply_memory`."""
+
+    def __init__(self, table: SymbolTable, names: Mapping[str, object],
+                 apply_memory: Callable | None = None):
+        self.table = table
+        self.names = names
+        self.apply_memory = apply_memory
+
+    def __call__(self, e: ast.Expr):
+        if isinstance(e, ast.Num):
+            if e.is_int or float(e.value).is_integer():
+                return sp.Integer(int(e.value))
+            return sp.Rational(repr(float(e.value)))  # exact: 0.1 is 1/10
+        if isinstance(e, ast.Name):
+            if e.id in self.names:
+                return self.names[e.id]
+            if e.id in self.table.values:
+                return self.table.values[e.id]
+            raise NlcError(f"'{e.id}' cannot be used in a derivation here", e.span)
+        if isinstance(e, ast.Neg):
+            return -self(e.operand)
+        if isinstance(e, ast.BinOp):
+            return self.binop(e)
+        if isinstance(e, ast.Call):
+            return self.call(e)
+        raise NlcError(f"'{format_expr(e)}' cannot be derived", e.span)
+
+    def binop(self, e: ast.BinOp):
+        a, b = self(e.left), self(e.right)
+        op = e.op
+        if op is ast.BinOpKind.ADD:
+            return _broadcast_add(a, b)
+        if op is ast.BinOpKind.SUB:
+            return _broadcast_add(a, -b)
+        if op is ast.BinOpKind.MUL:
+            if is_matrix(a) and is_matrix(b):
+                return sp.HadamardProduct(a, b)
+            return a * b
+        if op is ast.BinOpKind.DIV:
+            if is_matrix(b):
+                inv = elementwise(lambda r: 1 / r, b)
+                return sp.HadamardProduct(a, inv) if is_matrix(a) else a * inv
+            return a * (1 / b) if is_matrix(a) else a / b
+        if op is ast.BinOpKind.POW:
+            if is_matrix(b):
+                raise NlcError("a power's exponent must be a scalar here", e.right.span)
+            return elementwise(lambda r: r ** b, a)
+        # a @ W with a a column vector: contract a's axis with W's first axis
+        if not is_matrix(a) or not is_matrix(b):
+            raise NlcError("'@' needs vectors or matrices", e.span)
+        if a.shape[1] == 1 and b.shape[1] == 1:
+            return (a.T * b)[0, 0]
+        return b.T * a
+
+    def call(self, e: ast.Call):
+        if self.apply_memory is not None and e.func in self.table_memories():
+            return self.apply_memory(e)
+        args = [self(a) for a in e.positional]
+        if e.func in SCALAR_FUNCTIONS:
+            return elementwise(SCALAR_FUNCTIONS[e.func], args[0])
+        if e.func == "dot":
+            a, b = args
+            return (a.T * b)[0, 0] if is_matrix(a) else a * b
+        if e.func == "total":
+            a = args[0]
+            return (ones(a.shape[0]).T * a)[0, 0] if is_matrix(a) else a
+        if e.func == "sqnorm":
+            a = args[0]
+            return sp.Trace(a.T * a) if is_matrix(a) else a ** 2
+        if e.func == "detach":
+            return args[0]
+        if e.func == "newton_schulz5":
+            from nlc.derive.matfuncs import NewtonSchulz
+            return NewtonSchulz(args[0], sp.Integer(5))
+        raise NlcError(f"'{e.func}(...)' is not supported inside a level's rule yet", e.span)
+
+    def table_memories(self):
+        return getattr(self, "memories", ())
+
+
+def _broadcast_add(a, b):
+    if is_matrix(a) and not is_matrix(b):
+        return a + b * sp.OneMatrix(*a.shape) if b != 0 else a
+    if is_matrix(b) and not is_matrix(a):
+        return b + a * sp.OneMatrix(*b.shape) if a != 0 else b
+    return a + b

@@ -1,0 +1,352 @@
+"""Checking one declaration's levels: their heads (frequency, gradient names, state), reads
+and rules (objective, retention, algorithm, apply), in the per-token schedule's order
+(schedule.py), and the fit between memory form, objective and algorithm.
+
+`LevelChecker` is a part of the declaration checker (checker.py), which provides the names,
+constants and environment it reads: `define`, `consts`, `shape_of`, `env`, `params`,
+`context`, `graph`, `is_optimizer`, `level_names`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nlc.errors import NlcError
+from nlc.levels import vocab
+from nlc.levels.graph import Edge
+from nlc.levels.records import (PARAM_IN, PARAM_OUT, PARAM_SHAPE, TRAIN, Frequency, LevelRecord,
+                                MemoryForm, Shape, StateRecord, Term, shape_text)
+from nlc.levels.schedule import READ, level_uses, names_in, read_clause, schedule
+from nlc.levels.shapes import Env, infer
+from nlc.levels.terms import const_eval, make_term
+from nlc.syntax import ast
+from nlc.syntax.format import format_expr
+
+TransferMode = vocab.TransferMode
+
+
+@dataclass
+class _Head:
+    """A level's frequency, environment, clauses and state: what its read and rules need."""
+
+    unit: str
+    period: int
+    chunk: int | None
+    env: Env
+    clauses: dict
+    state: StateRecord | None
+    param_shape: Shape
+
+
+class LevelChecker:
+    """The level-checking half of `_DeclChecker` (checker.py)."""
+
+    def level_locals(self, levels: list[ast.Level]) -> None:
+        """Gradient and input names of optimizer levels: local to their level, so several
+        levels may all learn from `g`, but never a name defined elsewhere."""
+        for stmt in levels:
+            given = [(n, w) for n, w in ((stmt.over, "gradient"), (stmt.inputs, "input")) if n]
+            if not self.is_optimizer and given:
+                raise NlcError("'over gradients' belongs in an optimizer's level", stmt.span)
+            if self.is_optimizer and stmt.over is None:
+                raise NlcError("an optimizer's level must say what it learns from: "
+                               "'over gradients g'", stmt.span)
+            if stmt.over is not None and stmt.over == stmt.inputs:
+                raise NlcError(f"'{stmt.over}' names both the gradient and the input", stmt.span)
+            for name, what in given:
+                if name in self.defined:
+                    self.define(name, stmt.span, what)  # raises: already defined
+                if self.level_names.get(name, what) != what:
+                    raise NlcError(f"'{name}' is a {self.level_names[name]} in another level and "
+                                   f"cannot be an {what} here", stmt.span)
+                self.level_names[name] = what
+
+    def check_levels(self, levels: list[ast.Level]) -> list[LevelRecord]:
+        """Check each level's head, then its read and its rules in schedule order, so that a
+        level using another's output sees that output's shape first."""
+        valued = {lv.name for lv in levels if read_clause(lv) is not None
+                  or (self.is_optimizer and any(isinstance(s, ast.State) for s in lv.body))}
+        steps = schedule(levels, valued)
+        by_name = {lv.name: lv for lv in levels}
+        heads: dict[str, _Head] = {}
+        reads: dict[str, tuple] = {}
+        rules: dict[str, tuple] = {}
+        for step, name in steps:
+            stmt = by_name[name]
+            if name not in heads:
+                heads[name] = self.level_head(stmt)
+            head = heads[name]
+            head.env.values.update({n: self.env.values[n] for n in by_name
+                                    if n in self.env.values})
+            if step == READ:
+                reads[name] = self.level_read(stmt, head)
+                self.env.values[name] = reads[name][2]
+            else:
+                rules[name] = self.level_rules(stmt, head)
+        records = [self.level_record(lv, heads[lv.name], reads[lv.name], rules[lv.name])
+                   for lv in levels]
+        for record, stmt in zip(records, levels):
+            self.graph.add_level(record)
+        for stmt in levels:  # data flow between levels: a context edge
+            in_read, in_rules = level_uses(stmt, set(by_name))
+            for used in sorted({n.id for n in in_read + in_rules} - {stmt.name}):
+                self.graph.add_edge(Edge(used, stmt.name, TransferMode.CONTEXT, False, stmt.span))
+        self.steps = steps
+        return records
+
+    def level_head(self, stmt: ast.Level) -> _Head:
+        """Frequency, gradient names and state of a level: what its read and rules need."""
+        unit = Frequency.STEP if self.is_optimizer else Frequency.TOKEN
+        period = 1
+        if stmt.every is not None:
+            unit = Frequency.TOKEN if stmt.every.unit is ast.Unit.TOKEN else Frequency.STEP
+            count = const_eval(stmt.every.count, self.consts)
+            if not count.is_integer() or count < 1:
+                raise NlcError(f"a level's period must be a positive whole number, got {count:g}",
+                               stmt.every.count.span)
+            period = int(count)
+        if self.is_optimizer and unit == Frequency.TOKEN:
+            raise NlcError("an optimizer's levels update every N steps, not tokens", stmt.span)
+        chunk = None
+        if stmt.chunk is not None:
+            size = const_eval(stmt.chunk, self.consts)
+            if not size.is_integer() or size < 1:
+                raise NlcError(f"gradient chunk must be a positive whole number, got {size:g}",
+                               stmt.chunk.span)
+            if unit != Frequency.TOKEN or period != 1:
+                raise NlcError("'gradients at chunk(b)' needs a level that updates every token",
+                               stmt.chunk.span,
+                               hint="with 'every C tokens' the whole chunk already shares one state")
+            chunk = int(size)
+        env = self.env.child(allow_memories=True)
+        param_shape = PARAM_SHAPE
+        if stmt.over is not None and stmt.inputs is not None:
+            # the parameter is a matrix [out, in]; the level sees its output gradient and input
+            param_shape = (PARAM_OUT, PARAM_IN)
+            env.values.update({"param": param_shape, stmt.over: (PARAM_OUT,),
+                               stmt.inputs: (PARAM_IN,)})
+        elif stmt.over is not None:
+            env.values[stmt.over] = PARAM_SHAPE
+        states = [s for s in stmt.body if isinstance(s, ast.State)]
+        clauses: dict[ast.ClauseKind, list[ast.Clause]] = {k: [] for k in ast.ClauseKind}
+        for item in stmt.body:
+            if isinstance(item, ast.Clause):
+                clauses[item.kind].append(item)
+        for kind, found in clauses.items():
+            if len(found) > 1 and kind is not ast.ClauseKind.APPLY:
+                raise NlcError(f"a level has at most one '{kind.value}' clause "
+                               "(list several retentions in one, separated by commas)",
+                               found[1].span)
+        if len(states) > 1:
+            raise NlcError("several states in one level are not supported yet", states[1].span,
+                           hint="give each state its own level")
+        state = None
+        if states:
+            state = self.state_stmt(states[0], env)
+            env.memories[state.name] = state.form
+            if state.form.kind in ("vector", "diagonal", "matrix", "like"):
+                env.values[state.name] = state.form.state_shape
+        has_rule = any(clauses[k] for k in (ast.ClauseKind.OBJECTIVE, ast.ClauseKind.ALGORITHM,
+                                            ast.ClauseKind.RETENTION))
+        if state is None:
+            if has_rule or clauses[ast.ClauseKind.READ]:
+                raise NlcError(f"level '{stmt.name}' has rules but no state", stmt.span,
+                               hint="declare what it learns: state S : matrix[d_v, d_k] = zeros")
+            if unit == Frequency.TOKEN:
+                raise NlcError(f"level '{stmt.name}' has no state; only step-frequency levels "
+                               "may hold just parameters", stmt.span)
+        elif not clauses[ast.ClauseKind.READ] and not self.is_optimizer:
+            raise NlcError(f"level '{stmt.name}' has no 'read' clause", stmt.span,
+                           hint=f"e.g. read {state.name}(q)")
+        return _Head(unit, period, chunk, env, clauses, state, param_shape)
+
+    def level_read(self, stmt: ast.Level, head: _Head) -> tuple[ast.Expr | None, bool, Shape]:
+        """The read and its shape. An optimizer level without one reads its state (after
+        the write), so that another level's `apply` can use it by the level's name."""
+        clause = read_clause(stmt)
+        if clause is not None:
+            return clause.values[0], clause.when == "before", infer(clause.values[0], head.env)
+        if self.is_optimizer and head.state is not None:
+            return ast.Name(head.state.name, head.state.span), False, head.state.form.state_shape
+        return None, False, ()
+
+    def level_rules(self, stmt: ast.Level, head: _Head) -> tuple:
+        """(objective, retentions, algorithm, applies) of a level with a state."""
+        if head.state is None:
+            return None, (), None, ()
+        clauses, env, state = head.clauses, head.env, head.state
+        objective = self.objective(clauses, env, stmt)
+        retentions = self.retentions(clauses, env, state)
+        algorithm = self.algorithm(clauses, env, stmt)
+        self.check_fit(state, objective, retentions, algorithm, env)
+        applies = []
+        for clause in clauses[ast.ClauseKind.APPLY]:
+            if not self.is_optimizer:
+                raise NlcError("'apply' belongs in an optimizer's level", clause.span)
+            if clause.target != "param":
+                raise NlcError(f"'apply' updates 'param', not '{clause.target}'", clause.span)
+            shape = infer(clause.values[0], env)
+            if shape not in ((), head.param_shape):
+                raise NlcError(f"'apply' must give a value shaped like the parameter "
+                               f"({shape_text(head.param_shape)}), got {shape_text(shape)}",
+                               clause.values[0].span)
+            applies.append((clause.target, clause.values[0]))
+        return objective, retentions, algorithm, tuple(applies)
+
+    def level_record(self, stmt: ast.Level, head: _Head, read: tuple, rules: tuple) -> LevelRecord:
+        objective, retentions, algorithm, applies = rules
+        expr, before, out_shape = read
+        if head.state is not None and head.state.init == "learned":
+            self.graph.add_edge(Edge(TRAIN, stmt.name, TransferMode.INIT, False,
+                                     head.state.span))
+        used = {n.id for n in names_in(stmt)}
+        if used & ({c.name for c in self.context} | {p.name for p in self.params}):
+            self.graph.add_edge(Edge(TRAIN, stmt.name, TransferMode.CONTEXT, False, stmt.span))
+        states = (head.state,) if head.state is not None else ()
+        return LevelRecord(stmt.name, head.unit, head.period, head.chunk, stmt.over, states,
+                           objective, retentions, algorithm, expr, before, applies,
+                           tuple(p.name for p in self.params if p.level == stmt.name), out_shape,
+                           stmt.span, stmt.inputs)
+
+    def state_stmt(self, stmt: ast.State, env: Env) -> StateRecord:
+        term = make_term(stmt.form, vocab.FORMS, "memory form", env, self.consts)
+        form = self.memory_form(term, stmt, env)
+        init = "zeros"
+        if stmt.init is not None:
+            init = make_term(stmt.init, vocab.INITS, "initial state", env, self.consts).kind
+        if init == "identity" and not (form.kind == "matrix" and form.dims[0] == form.dims[1]):
+            raise NlcError("'identity' needs a square matrix memory", stmt.init.span)
+        if init == "param" and form.kind != "like":
+            raise NlcError("only an optimizer state shaped like(param) can start as the "
+                           "parameter", stmt.init.span)
+        if form.kind == "cache" and init != "zeros":
+            raise NlcError("a cache starts empty; drop its initial state", stmt.init.span)
+        self.define(stmt.name, stmt.span, "state")
+        return StateRecord(stmt.name, form, init, stmt.span)
+
+    def memory_form(self, term: Term, stmt: ast.State, env: Env) -> MemoryForm:
+        kind = term.kind
+        if kind == "like":
+            of = term.get("of")
+            if not (isinstance(of, ast.Name) and of.id == "param"):
+                raise NlcError("like(...) takes 'param'", of.span)
+            if not self.is_optimizer:
+                raise NlcError("like(param) is for optimizer states", stmt.span)
+            shape = env.values["param"]
+            return MemoryForm("like", () if shape == PARAM_SHAPE else shape)
+        if self.is_optimizer:
+            raise NlcError("an optimizer's state is shaped like the parameter: like(param)",
+                           stmt.form.span)
+        if kind == "mlp":
+            widths = term.get("widths")
+            if not isinstance(widths, ast.Chain):
+                raise NlcError("mlp(...) starts with its widths: mlp(d_k -> 4 * d_k -> d_v)",
+                               stmt.form.span)
+            dims = self.shape_of(widths.items)
+            if term.get("residual") and dims[0].size != dims[-1].size:
+                raise NlcError(f"a residual MLP adds its input to its output, but its widths go "
+                               f"from {dims[0]} = {dims[0].size} to {dims[-1]} = {dims[-1].size}",
+                               widths.span, hint="the first and last widths must be equal")
+            return MemoryForm("mlp", dims, term.get("act"), term.get("residual"),
+                              term.get("norm"))
+        spelled = _form_exprs(stmt.form, vocab.FORMS[kind])
+        return MemoryForm(kind, self.shape_of(spelled))
+
+    def objective(self, clauses, env: Env, stmt: ast.Level) -> Term | None:
+        found = clauses[ast.ClauseKind.OBJECTIVE]
+        if not found:
+            raise NlcError(f"level '{stmt.name}' has a state but no objective", stmt.span,
+                           hint="e.g. objective l2(S(k), v)")
+        term = make_term(found[0].values[0], vocab.OBJECTIVES, "objective", env, self.consts)
+        inner = term.get("loss") if term.kind == "omega" else term
+        pred, target = inner.get("prediction"), inner.get("target")
+        a, b = infer(pred, env), infer(target, env)
+        if a != b:
+            hint = None
+            if a and b and [d.size for d in a] == [d.size for d in b]:
+                hint = "the sizes agree here, but the dimensions are declared differently"
+            raise NlcError(f"shape mismatch in objective {inner.kind}: prediction "
+                           f"'{format_expr(pred)}' is {shape_text(a)} but target "
+                           f"'{format_expr(target)}' is {shape_text(b)}", found[0].span, hint=hint)
+        return term
+
+    def retentions(self, clauses, env: Env, state: StateRecord) -> tuple[Term, ...]:
+        found = clauses[ast.ClauseKind.RETENTION]
+        if not found:
+            return ()
+        terms = tuple(make_term(v, vocab.RETENTIONS, "retention", env, self.consts)
+                      for v in found[0].values)
+        kinds = [t.kind for t in terms]
+        if "none" in kinds and len(kinds) > 1:
+            raise NlcError("'none' cannot be combined with another retention", found[0].span)
+        if len(set(kinds)) != len(kinds):
+            raise NlcError("the same retention is listed twice", found[0].span)
+        for t in terms:
+            if t.kind in ("decay", "weight_decay"):
+                self.check_gate(t.get("alpha"), env, state, "decay gate")
+        return tuple(t for t in terms if t.kind != "none")
+
+    def check_gate(self, expr, env: Env, state: StateRecord, what: str) -> None:
+        if not isinstance(expr, ast.Expr):  # a numeric default
+            return
+        shape = infer(expr, env)
+        allowed = [()]
+        if state.form.kind in ("vector", "diagonal", "matrix") or state.form.is_matrix:
+            allowed.append(state.form.input_shape)
+        elif state.form.kind == "like":
+            allowed.append(PARAM_SHAPE)
+        if shape not in allowed:
+            raise NlcError(f"{what} '{format_expr(expr)}' is {shape_text(shape)}; it must be a "
+                           f"scalar" + (f" or {shape_text(allowed[1])} (per channel)"
+                                        if len(allowed) > 1 else ""), expr.span)
+
+    def algorithm(self, clauses, env: Env, stmt: ast.Level) -> Term:
+        found = clauses[ast.ClauseKind.ALGORITHM]
+        if not found:
+            raise NlcError(f"level '{stmt.name}' has no 'algorithm'", stmt.span,
+                           hint="e.g. algorithm gd(lr = beta)")
+        return make_term(found[0].values[0], vocab.ALGORITHMS, "algorithm", env, self.consts)
+
+    def check_fit(self, state: StateRecord, objective: Term, retentions, algorithm: Term,
+                  env: Env) -> None:
+        form, alg, obj = state.form.kind, algorithm.kind, objective.kind
+        span = algorithm.span
+        if (form == "cache") != (alg == "nonparametric"):
+            raise NlcError("a 'cache' memory is solved by 'nonparametric', and only it",
+                           span, hint="use state C : cache[d_k, d_v] with algorithm nonparametric")
+        if alg == "nonparametric" and obj != "l2":
+            raise NlcError("the non-parametric solution is derived for the l2 objective",
+                           objective.span)
+        if (obj == "ridge") != (alg == "exact"):
+            raise NlcError("the ridge objective is solved by 'exact', and 'exact' solves only "
+                           "ridge", span)
+        if alg == "exact" and form != "matrix":
+            raise NlcError("the exact ridge solve needs a matrix memory", span)
+        if alg == "implicit":
+            if form == "mlp":
+                raise NlcError("the implicit (proximal) step has no closed form for an MLP memory",
+                               span, hint="use gd or momentum, with 'gradients at chunk(b)'")
+            if obj not in ("l2", "dot"):
+                raise NlcError(f"the implicit step is solved in closed form for l2 and dot, not "
+                               f"{obj}", span, hint="use gd for this objective")
+        if alg == "newton_schulz" and form not in ("matrix", "like"):
+            raise NlcError("Newton-Schulz orthogonalizes a matrix: it needs a matrix memory or "
+                           "an optimizer state", span)
+        if alg == "gd" and algorithm.get("steps") > 1 and form != "matrix":
+            raise NlcError("several gradient steps per token are supported for matrix memories",
+                           span)
+        if any(t.kind == "lq" for t in retentions) and form != "mlp" and form != "matrix":
+            raise NlcError("lq normalization needs a matrix or MLP memory", span)
+        for name in ("lr", "momentum"):
+            if vocab.ALGORITHMS[alg].arg(name) is not None:
+                self.check_gate(algorithm.get(name), env, state, name.replace("lr", "learning rate"))
+
+
+def _form_exprs(form: ast.Expr, entry: vocab.Entry) -> tuple[ast.Expr, ...]:
+    """A memory form's dimensions as written, in the entry's argument order (``matrix[d_v,
+    d_k]``, ``matrix(d_in = d_k, d_out = d_v)``); make_term has validated them."""
+    items = form.items if isinstance(form, ast.Index) else form.args
+    given = dict(zip([a.name for a in entry.args],
+                     [i for i in items if not isinstance(i, ast.Keyword)]))
+    given |= {i.name: i.value for i in items if isinstance(i, ast.Keyword)}
+    return tuple(given[a.name] for a in entry.args if a.name in given)

@@ -1,0 +1,1 @@
+"""Stage `verify`: derived rules vs the catalog, symbolically and numerically."""

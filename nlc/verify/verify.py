@@ -1,0 +1,252 @@
+"""`nlc verify` and `nlc identify`: derived rules against the catalog.
+
+A spec is re-checked at small concrete dimensions (every literal dim set to 2 or 3, in
+alternation, so a transposed index cannot pass), derived, and each level compared with
+catalog entries bound to its roles: symbolically at two assignments, numerically in float64
+at three larger ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from nlc.catalog.models import ENTRIES, CatalogEntry, Roles
+from nlc.derive import derive
+from nlc.derive.engine import derive_level
+from nlc.derive.symbols import SymbolTable
+from nlc.derive.rule import UpdateRule
+from nlc.errors import NlcError
+from nlc.levels import check
+from nlc.syntax import ast
+from nlc.syntax.walk import names_used
+from nlc.verify.equality import numeric_error, symbolic_equal
+
+SYMBOLIC_DIMS = ((2, 3), (3, 2))
+NUMERIC_DIMS = ((4, 7), (7, 4), (16, 16))
+MLP_NUMERIC_DIMS = ((2, 3), (3, 2))
+
+
+@dataclass
+class Comparison:
+    entry: CatalogEntry
+    symbolic: bool | None
+    numeric: float
+    ok: bool
+
+
+@dataclass
+class LevelReport:
+    level: str
+    matches: list[Comparison] = field(default_factory=list)
+    nearest: list[str] = field(default_factory=list)
+    differs: str = ""
+
+
+@dataclass
+class SpecReport:
+    path: str
+    spec: str
+    claims: str | None
+    levels: list[LevelReport]
+    seconds: float
+
+    @property
+    def verdict(self) -> str:
+        if not self.claims:
+            return "no claim"
+        return "ok" if self.claim_holds else "MISMATCH"
+
+    @property
+    def claim_holds(self) -> bool:
+        if not self.claims:
+            return True
+        claimed = [lv for lv in self.levels if any(_claimed(c.entry.id, self.claims)
+                                                   for c in lv.matches)]
+        return bool(claimed) and len(claimed) == len(self.levels)
+
+
+def _claimed(entry_id: str, claim: str) -> bool:
+    return entry_id == claim or entry_id.startswith(claim + "_")
+
+
+def literal_dims(decl: ast.Decl) -> list[str]:
+    return [d.name for s in decl.body if isinstance(s, ast.Dims) for d in s.defs
+            if isinstance(d.value, ast.Num)]
+
+
+def instantiate(module: ast.Module, decl_name: str, pair: tuple[int, int]):
+    """Re-check a module with every literal dim of `decl_name` set to pair[0], pair[1], ...
+    in alternation (d_model keeps its own value: it never enters a level's rule). A spec
+    whose dims must agree (a residual MLP maps d_k to d_k) gets pair[0] everywhere."""
+    decl = next(d for d in module.decls if d.name == decl_name)
+    names = [n for n in literal_dims(decl) if n != "d_model"]
+    try:
+        specs = check(module, {n: float(pair[i % 2]) for i, n in enumerate(names)})
+    except NlcError:
+        specs = check(module, {n: float(pair[0]) for n in names})
+    return next(s for s in specs if s.name == decl_name)
+
+
+def data_dependent(spec) -> set[str]:
+    """Context names whose value depends on the token (through the input x or gradients)."""
+    token = {"x"} | {lv.over for lv in spec.levels if lv.over}
+    out: set[str] = set()
+    for var in spec.context:  # in order: a context var uses only earlier ones
+        if names_used(var.expr) & (token | out):
+            out.add(var.name)
+    return out | token
+
+
+def gate_kind(rule: UpdateRule, spec) -> str:
+    gate = rule.role("gate")
+    if gate is None:
+        return "none"
+    if isinstance(gate, sp.MatrixExpr):
+        return "channel"
+    names = {getattr(s, "name", None) for s in sp.sympify(gate).free_symbols}
+    return "scalar" if names & data_dependent(spec) else "constant"
+
+
+def form_matches(entry: CatalogEntry, rule: UpdateRule) -> bool:
+    form = rule.form
+    if entry.form in ("mlp1", "mlp2"):
+        depth = 1 if entry.form == "mlp1" else 2
+        return (form.kind == "mlp" and len(form.dims) - 1 == depth and form.norm
+                and form.residual)
+    return entry.form == form.kind
+
+
+def roles_of(rule: UpdateRule) -> Roles:
+    n = len([s for s in rule.states if not s[0].endswith("_mom")])
+    tensors = tuple(s for _, s in rule.states[:n])
+    return Roles(S=tensors, k=rule.role("key"), v=rule.role("value"), q=rule.role("query"),
+                 beta=rule.role("lr"), alpha=rule.role("gate"), eta=rule.role("momentum"),
+                 U=tuple(s for _, s in rule.states[n:]), S0=tuple(a for _, a in rule.anchors),
+                 form=rule.form, g=rule.role("grad"), delta=rule.role("delta"))
+
+
+def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
+    roles, gk = roles_of(rule), gate_kind(rule, spec)
+    out = []
+    for e in ENTRIES:
+        if not form_matches(e, rule):
+            continue
+        if e.gate not in ("any", gk) or e.kind != spec.kind.value:
+            continue
+        if any(getattr(roles, r) is None for r in e.needs):
+            continue
+        if e.objective is not None and e.objective != rule.role("objective"):
+            continue
+        if e.id in ("softmax_attention", "sliding_window"):
+            if (e.id == "sliding_window") != bool(rule.role("window")):
+                continue
+        out.append(e)
+    return out
+
+
+def _derived_values(rule: UpdateRule):
+    if rule.kind == "nonparametric":
+        return (rule.role("kernel"),)
+    return tuple(v for _, v in rule.next_state)
+
+
+def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
+                rng: np.random.Generator) -> list[Comparison]:
+    """Compare one level with several entries, deriving once per choice of dimensions."""
+    symbolic: dict[str, bool | None] = {e.id: True for e in entries}
+    worst: dict[str, float] = {e.id: 0.0 for e in entries}
+    live = list(entries)
+
+    def rule_at(pair, abstract: bool = False):
+        """The level's rule at `pair`; `abstract` swaps an MLP's activation for an
+        undefined function sigma, so the symbolic check covers every activation."""
+        spec = instantiate(module, decl_name, pair)
+        record = spec.graph.level(level)
+        if abstract and record.state.form.kind == "mlp":
+            form = dataclasses.replace(record.state.form, act="abstract")
+            record = dataclasses.replace(record, states=(dataclasses.replace(record.state,
+                                                                              form=form),))
+        rule = derive_level(spec, record, SymbolTable(spec, {}, pair))
+        positive = any(t.kind == "kl" for t in record.retentions)
+        return rule, positive
+
+    for pair in SYMBOLIC_DIMS:
+        rule, _ = rule_at(pair, abstract=True)
+        ours = _derived_values(rule)
+        for entry in list(live):
+            theirs = entry.update(roles_of(rule))
+            if len(ours) != len(theirs):
+                symbolic[entry.id] = False
+            else:
+                for a, b in zip(ours, theirs):
+                    verdict = symbolic_equal(a, b)
+                    if verdict is False:
+                        symbolic[entry.id] = False
+                        break
+                    if verdict is None:
+                        symbolic[entry.id] = None
+            if symbolic[entry.id] is False:
+                live.remove(entry)
+    mlp = any(e.form.startswith("mlp") for e in live)
+    for pair in (MLP_NUMERIC_DIMS if mlp else NUMERIC_DIMS):
+        if not live:
+            break
+        rule, positive = rule_at(pair)
+        ours = _derived_values(rule)
+        act = rule.form.act if rule.form.kind == "mlp" else None
+        if act:  # the catalog side is built with sigma and evaluated as the real activation
+            theirs_rule, _ = rule_at(pair, abstract=True)
+        for entry in live:
+            theirs = entry.update(roles_of(theirs_rule if act else rule))
+            for a, b in zip(ours, theirs):
+                worst[entry.id] = max(worst[entry.id],
+                                      numeric_error(a, b, rng, positive, activation=act))
+    out = []
+    for entry in entries:
+        err = worst[entry.id] if symbolic[entry.id] is not False else float("inf")
+        ok = symbolic[entry.id] is not False and err < 1e-12
+        out.append(Comparison(entry, symbolic[entry.id], err, ok))
+    return out
+
+
+def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecReport]:
+    rng = np.random.default_rng(seed)
+    reports = []
+    for spec in check(module):
+        if spec.blocks:
+            continue
+        start = time.perf_counter()
+        levels = []
+        for rule in derive(spec, {d: v for d, v in spec.dims}):
+            report = LevelReport(rule.level)
+            found = compare_all(candidates(rule, spec), module, spec.name, rule.level, rng)
+            report.matches = [c for c in found if c.ok]
+            if not report.matches:
+                report.nearest, report.differs = nearest(rule, spec)
+            levels.append(report)
+        reports.append(SpecReport(path, spec.name, spec.claims, levels,
+                                  time.perf_counter() - start))
+    return reports
+
+
+def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
+    """Entries of the same memory form, and the axis where the closest one differs."""
+    from nlc.derive.classify import classify
+    family = classify(rule).family.value
+    same_form = [e for e in ENTRIES if form_matches(e, rule)]
+    same_family = [e for e in same_form if e.family == family]
+    pool = same_family or same_form
+    gk = gate_kind(rule, spec)
+    diffs = []
+    for e in pool[:3]:
+        if e.gate not in ("any", gk):
+            diffs.append(f"{e.id}: retention gate is {gk} here, {e.gate} there")
+        elif e.family != family:
+            diffs.append(f"{e.id}: family {family} here, {e.family} there")
+        else:
+            diffs.append(f"{e.id}: same family and gate; the objective or algorithm differs")
+    return [e.id for e in pool[:3]], "; ".join(diffs)

@@ -1,0 +1,53 @@
+"""Shared test fixtures: the example specs, and golden files that `--update-goldens` rewrites.
+
+Goldens are compared byte for byte. After an intended change to a message or to the AST,
+regenerate them with ``python -m pytest --update-goldens`` and review the diff.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+TESTS = ROOT / "tests"
+GOLDENS = TESTS / "goldens"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-goldens", action="store_true", default=False,
+                     help="rewrite golden files from the current output instead of comparing")
+
+
+def example_paths() -> list[Path]:
+    """Every `examples/*.nl`, sorted; collection fails loudly when there are none."""
+    return sorted(EXAMPLES.glob("*.nl"))
+
+
+def example_ids() -> list[str]:
+    return [p.stem for p in example_paths()]
+
+
+@pytest.fixture
+def update_goldens(request) -> bool:
+    return bool(request.config.getoption("--update-goldens"))
+
+
+@pytest.fixture
+def golden(update_goldens):
+    """``golden(path, text)``: compare `text` with the file at `path`, or rewrite it."""
+
+    def compare(path: Path, text: str) -> None:
+        if update_goldens:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_bytes() != text.encode("utf-8"):
+                path.write_bytes(text.encode("utf-8"))
+            return
+        where = path.relative_to(ROOT)
+        assert path.exists(), f"missing golden {where}; run pytest --update-goldens"
+        expected = path.read_bytes().decode("utf-8")
+        assert text == expected, f"output differs from {path.relative_to(ROOT)}"
+
+    return compare

@@ -1,0 +1,327 @@
+"""The command line, run as a user runs it: `python -m nlc ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, example_paths
+from nlc import __version__
+
+GOOD = """layer Tiny {
+  dims d_model = 8, d_k = 4, d_v = 4
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  context from x {
+    q = x @ W_q
+    k = x @ W_k
+    v = x @ W_v
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S(k), v)
+    algorithm gd(lr = 0.5)
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+def nlc(*args: str, env: dict | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "NLC_DEBUG"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "nlc", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or ROOT, timeout=120)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, where: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith(where), proc.stderr
+    assert ": error: " in proc.stderr.splitlines()[0]
+
+
+@pytest.fixture
+def good(tmp_path) -> Path:
+    path = tmp_path / "tiny.nl"
+    path.write_text(GOOD)
+    return path
+
+
+@pytest.fixture
+def example() -> Path:
+    paths = example_paths()
+    assert paths, "no examples/*.nl"
+    preferred = ROOT / "examples" / "gated_deltanet.nl"
+    return preferred if preferred in paths else paths[0]
+
+
+def test_version():
+    proc = nlc("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"nlc {__version__}"
+
+
+def test_check_ok(good):
+    proc = nlc("check", str(good))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{good}: ok: layer Tiny (1 level)\n"
+    assert proc.stderr == ""
+
+
+def test_check_every_example():
+    paths = [str(p.relative_to(ROOT)) for p in example_paths()]
+    assert paths
+    proc = nlc("check", *paths)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(": ok: ") == len(paths)
+
+
+def test_check_bad_spec_located(tmp_path):
+    path = tmp_path / "bad.nl"
+    path.write_text(GOOD.replace("read S(q)", "read S(qq)"))
+    proc = nlc("check", str(path))
+    assert_user_error(proc, f"{path}:15:12: error: unknown name 'qq'")
+    lines = proc.stderr.splitlines()
+    assert lines[1] == "      read S(qq)"
+    assert lines[2] == "             ^^"
+    assert lines[3] == "  hint: did you mean 'q'?"
+
+
+def test_missing_file(tmp_path):
+    proc = nlc("check", str(tmp_path / "nope.nl"))
+    assert_user_error(proc, f"{tmp_path / 'nope.nl'}: error: no such file")
+
+
+def test_directory(tmp_path):
+    proc = nlc("check", str(tmp_path))
+    assert_user_error(proc, f"{tmp_path}: error: is a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(good):
+    good.chmod(0)
+    proc = nlc("check", str(good))
+    assert_user_error(proc, f"{good}: error: cannot read")
+
+
+def test_unreadable_through_a_file_component(good):
+    # reading "file/child" fails with ENOTDIR, an OSError that is neither of the usual two
+    proc = nlc("check", str(good / "child.nl"))
+    assert_user_error(proc, f"{good / 'child.nl'}: error: cannot read")
+
+
+def test_non_utf8_file(tmp_path):
+    path = tmp_path / "latin1.nl"
+    path.write_bytes(GOOD.replace("Tiny", "T\xefny").encode("latin-1"))
+    proc = nlc("check", str(path))
+    assert_user_error(proc, f"{path}: error: not UTF-8 text (byte 7)")
+
+
+def test_oversize_file(tmp_path):
+    path = tmp_path / "huge.nl"
+    path.write_text(GOOD + "#" * (1 << 20) + "\n")
+    proc = nlc("check", str(path))
+    assert_user_error(proc, f"{path}: error: spec is larger than 1024 KiB")
+
+
+@pytest.mark.parametrize("define, message", [
+    ("d_k", "nlc: error: -D expects NAME=VALUE, got 'd_k'"),
+    ("d_k=four", "nlc: error: -D d_k: 'four' is not a number"),
+    ("d_k=inf", "nlc: error: -D d_k: value must be finite"),
+    ("class=3", "nlc: error: 'class' is a Python keyword"),
+])
+def test_bad_define(good, define, message):
+    proc = nlc("check", str(good), "-D", define)
+    assert_user_error(proc, message)
+
+
+def test_define_unknown_name(good):
+    proc = nlc("check", str(good), "-D", "d_kk=8")
+    assert_user_error(proc, f"{good}: error: -D d_kk: no dim or hyper of that name in this spec")
+    assert "did you mean 'd_k'?" in proc.stderr
+
+
+def test_define_overrides_a_dim(good):
+    proc = nlc("graph", str(good), "--format", "json", "-D", "d_k=16", "-D", "d_v=16")
+    assert proc.returncode == 0, proc.stderr
+    proc = nlc("check", str(good), "-D", "d_k=0")
+    assert_user_error(proc, f"{good}:2:21: error: dim 'd_k' must be a positive whole number")
+
+
+def test_debug_reraises(tmp_path):
+    path = tmp_path / "bad.nl"
+    path.write_text(GOOD.replace("read S(q)", "read S(qq)"))
+    proc = nlc("check", str(path), env={"NLC_DEBUG": "1"})
+    assert proc.returncode != 0 and proc.returncode != 2
+    assert "Traceback" in proc.stderr
+    assert "NlcError" in proc.stderr
+
+
+def test_usage_error_exit_code():
+    proc = nlc("check")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    proc = nlc("frobnicate")
+    assert proc.returncode == 2
+
+
+_NO_TORCH = """
+import sys, time
+start = time.perf_counter()
+from nlc.cli import main
+rc = main(["check", sys.argv[1]])
+elapsed = time.perf_counter() - start
+heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
+print(rc, heavy, elapsed)
+"""
+
+
+def test_check_does_not_import_torch(example):
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(example)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    rc, rest = last.split(" ", 1)
+    heavy, elapsed = rest.rsplit(" ", 1)
+    assert rc == "0"
+    assert heavy == "[]", f"nlc check imported {heavy}"
+    assert float(elapsed) < 1.0, f"nlc check took {float(elapsed):.2f}s in-process"
+
+
+def test_check_is_fast(example):
+    best = min(_timed(nlc, "check", str(example)) for _ in range(3))
+    assert best < 2.0, f"`python -m nlc check` took {best:.2f}s including interpreter start"
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    proc = fn(*args)
+    assert proc.returncode == 0, proc.stderr
+    return time.perf_counter() - start
+
+
+def test_fmt_check(tmp_path, good):
+    proc = nlc("fmt", str(good))
+    assert proc.returncode == 0, proc.stderr
+    canonical = tmp_path / "canonical.nl"
+    canonical.write_text(proc.stdout)
+    assert nlc("fmt", "--check", str(canonical)).returncode == 0
+    messy = tmp_path / "messy.nl"
+    messy.write_text(GOOD.replace("  level memory", "level   memory").replace("@ W_o", "@W_o"))
+    proc = nlc("fmt", "--check", str(messy))
+    assert proc.returncode == 1
+    assert proc.stdout == f"{messy}: would reformat\n"
+    assert messy.read_text() != proc.stdout  # --check never writes
+    proc = nlc("fmt", "--write", str(messy))
+    assert proc.returncode == 0
+    assert messy.read_text() == canonical.read_text()
+    assert nlc("fmt", "--check", str(messy)).returncode == 0
+
+
+def test_examples_are_formatted():
+    paths = [str(p.relative_to(ROOT)) for p in example_paths()]
+    assert paths
+    proc = nlc("fmt", "--check", *paths)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+
+
+def test_fmt_bad_input(tmp_path):
+    path = tmp_path / "bad.nl"
+    path.write_text("layer L {\n  dims d_model = \n}\n")
+    proc = nlc("fmt", str(path))
+    assert_user_error(proc, f"{path}:3:1: error: unexpected")
+
+
+def check_graph_output(out: str, fmt: str) -> None:
+    assert out.endswith("\n") and out.strip()
+    if fmt == "json":
+        data = json.loads(out)  # one document, whatever the number of declarations
+        for doc in data if isinstance(data, list) else [data]:
+            assert doc["name"]
+            if "levels" in doc:
+                names = {lv["name"] for lv in doc["levels"]}
+                assert "train" in names
+                assert all(e["source"] in names and e["target"] in names for e in doc["edges"])
+            else:
+                assert doc["blocks"]
+    elif fmt == "dot":
+        assert out.count("{") == out.count("}")
+        assert "digraph " in out or out.startswith("model ")
+    elif fmt == "mermaid":
+        assert "graph TD" in out or out.startswith("model ")
+    else:
+        assert "level train" in out or out.startswith("model ")
+
+
+@pytest.mark.parametrize("fmt", ["text", "dot", "json", "mermaid"])
+def test_graph_formats(example, fmt):
+    proc = nlc("graph", str(example), "--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    check_graph_output(proc.stdout, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["text", "dot", "json", "mermaid"])
+def test_graph_formats_every_example(fmt, capsys):
+    from nlc.cli import main
+    paths = example_paths()
+    assert paths
+    for path in paths:
+        assert main(["graph", str(path), "--format", fmt]) == 0, path
+        out = capsys.readouterr()
+        assert out.err == ""
+        check_graph_output(out.out, fmt)
+
+
+def test_graph_of_tiny(good):
+    proc = nlc("graph", str(good))
+    assert proc.stdout == ("Tiny: 2 levels, 1 edges\n"
+                           "  level train (every 1 step; parameters)\n"
+                           "  level memory (every 1 token; S: matrix)\n"
+                           "  train -> memory [context]\n")
+    data = json.loads(nlc("graph", str(good), "--format", "json").stdout)
+    assert [lv["name"] for lv in data["levels"]] == ["train", "memory"]
+    assert data["levels"][1]["state"] == {"name": "S", "form": "matrix", "dims": ["d_v", "d_k"],
+                                          "init": "zeros"}
+    assert data["edges"] == [{"source": "train", "target": "memory", "mode": "context",
+                              "explicit": False}]
+
+
+def test_stop_after_parse_dump(good):
+    from nlc.syntax import parse
+    from nlc.syntax.dump import dump_ast
+    proc = nlc("check", "--stop-after", "parse", "--dump", str(good))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == dump_ast(parse(GOOD))
+    assert proc.stdout.startswith("Module  @1:1\n")
+    assert "Decl kind=layer name='Tiny'" in proc.stdout
+
+
+def test_stop_after_parse_skips_check(tmp_path):
+    path = tmp_path / "unchecked.nl"
+    path.write_text(GOOD.replace("read S(q)", "read S(qq)"))
+    assert nlc("check", "--stop-after", "parse", str(path)).returncode == 0
+    assert nlc("check", "--stop-after", "check", str(path)).returncode == 2
+
+
+def test_stop_after_check_dump(good):
+    proc = nlc("check", "--stop-after", "check", "--dump", str(good))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == nlc("graph", str(good)).stdout
+    assert nlc("check", "--dump", str(good)).stdout == proc.stdout
+
+
+def test_stop_after_unknown_stage(good):
+    proc = nlc("check", "--stop-after", "frobnicate", str(good))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr

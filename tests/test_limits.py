@@ -1,0 +1,107 @@
+"""Hostile but well-formed input: huge numbers, deep nesting, many statements. Each gets a
+located error or an answer in bounded time, never a Python exception or a hang."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nlc import pipeline
+from nlc.errors import NlcError
+from nlc.syntax import parse
+from nlc.syntax.names import MAX_DEPTH, MAX_SPEC_BYTES
+
+LAYER = """layer L {
+  dims d_model = 8, d_k = 4, d_v = 4
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  context from x { q = x @ W_q; k = x @ W_k; v = x @ W_v }
+LEVELS
+  output m0 @ W_o
+}
+"""
+
+
+def check(text: str):
+    return pipeline.run("limits.nl", "check", text=text)
+
+
+def check_error(text: str) -> NlcError:
+    with pytest.raises(NlcError) as info:
+        check(text)
+    assert info.value.span.known or info.value.path
+    return info.value
+
+
+def test_integer_with_thousands_of_leading_zeros():
+    # int() refuses strings of more than 4300 digits; the value itself is small
+    module = parse("layer A { dims d_model = " + "0" * 5000 + "12 }")
+    assert module.decls[0].body[0].defs[0].value.value == 12
+
+
+def test_numbers_too_large_for_a_float():
+    assert "not finite" in check_error("layer A { dims d = 1" + "0" * 400 + " }").message
+    assert "not finite" in check_error("layer A { dims d = 1e999 }").message
+
+
+@pytest.mark.parametrize("expr", ["2 ^ 10000", "exp(1000)", "log(0)", "sqrt(-1)", "(-8) ^ 0.5",
+                                  "1 / 0", "0 / 0"])
+def test_constant_without_a_finite_value(expr):
+    err = check_error(LAYER.replace("d_k = 4", f"d_k = {expr}").replace("LEVELS", ""))
+    assert "finite value" in err.message
+
+
+@pytest.mark.parametrize("wrap", [lambda e: f"silu({e})", lambda e: f"-{e}",
+                                  lambda e: f"({e} + x)", lambda e: f"2 ^ {e}"])
+def test_nesting_deeper_than_the_limit(wrap):
+    expr = "x"
+    for _ in range(MAX_DEPTH + 5):
+        expr = wrap(expr)
+    err = check_error(f"layer A {{ output {expr} }}")
+    assert "nested too deeply" in err.message
+
+
+def test_redundant_parentheses_are_not_nesting():
+    expr = "(" * 5000 + "x" + ")" * 5000
+    err = check_error(f"layer A {{ output {expr} }}")
+    assert "nested too deeply" not in err.message
+
+
+def test_oversize_text():
+    err = check_error("layer A { }\n" + "#" * MAX_SPEC_BYTES)
+    assert "larger than" in err.message
+
+
+def _levels(n: int, loop: bool = False) -> str:
+    """n levels, each reading the next one's output (the worst order for scheduling)."""
+    out = []
+    for i in range(n):
+        nxt = f" + m{i + 1}" if i + 1 < n else (" + m0" if loop else "")
+        out.append(f"  level m{i} every 1 token {{ state S{i} : matrix[d_v, d_k] = zeros; "
+                   f"objective l2(S{i}(k), v); algorithm gd(lr = 0.5); "
+                   f"read before S{i}(q){nxt} }}\n")
+    return LAYER.replace("LEVELS\n", "".join(out))
+
+
+def test_many_chained_levels_in_bounded_time():
+    start = time.perf_counter()
+    specs = check(_levels(1500))
+    assert len(specs[0].levels) == 1500
+    # ~30 s when a cycle search restarted at every level; ~2 s now
+    assert time.perf_counter() - start < 10
+
+
+def test_a_long_loop_of_levels_in_bounded_time():
+    start = time.perf_counter()
+    err = check_error(_levels(1500, loop=True))
+    assert "loop" in err.message or "cycle" in err.message
+    assert time.perf_counter() - start < 10
+
+
+def test_many_dims_in_bounded_time():
+    text = "layer A {\n" + "".join(f"  dims a{i} = {i % 7 + 1}\n" for i in range(20000)) + "}\n"
+    start = time.perf_counter()
+    assert "d_model" in check_error(text).message
+    assert time.perf_counter() - start < 10  # ~25 s when every dim rebuilt the constant table

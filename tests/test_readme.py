@@ -1,0 +1,61 @@
+"""The README says what is true: CI runs its test command, and its tour shows real output."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from conftest import ROOT
+from nlc.cli import main
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+TEST_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest'
+
+
+def test_ci_runs_the_readme_test_command():
+    assert f"    {TEST_COMMAND}\n" in README
+    run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    steps = [line for line in run.splitlines() if line and not line.startswith("#")
+             and line.split()[0] in ("pip", "python")]
+    assert steps == ["pip install torch==2.13.0", 'pip install -e ".[test]"',
+                     "python -m pytest || status=$?"]
+    assert " && ".join(s.split(" ||")[0] for s in steps) == TEST_COMMAND
+    assert run.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in run
+
+
+def test_quickstart_pins_torch_first():
+    first = re.search(r"^    (pip install .* nlc demo)$", README, re.M)
+    assert first, "the README's first command runs the demo"
+    assert first.group(1).startswith("pip install torch==2.13.0 && ")
+
+
+def _tour() -> list[tuple[str, list[str]]]:
+    """(command, shown output) for each complete ``$ nlc ...`` example in the README."""
+    blocks, current = [], None
+    for line in README.splitlines():
+        if line.startswith("    $ "):
+            current = (line[6:].split("  #")[0].strip(), [])
+            blocks.append(current)
+        elif current and line.startswith("    ") and line.strip():
+            current[1].append(line[4:])
+        else:
+            current = None
+    return [(cmd, out) for cmd, out in blocks if out and "..." not in out
+            and "examples/*" not in cmd]
+
+
+@pytest.mark.parametrize("command, shown", _tour())
+def test_tour_output(command, shown, monkeypatch, capsys):
+    argv = shlex.split(command)
+    assert argv[0] == "nlc"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("NLC_DEBUG", raising=False)
+    main(argv[1:])
+    out = capsys.readouterr()
+    assert (out.out + out.err).rstrip("\n").splitlines() == shown
+
+
+def test_tour_is_not_empty():
+    assert len(_tour()) >= 3
