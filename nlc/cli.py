@@ -81,6 +81,68 @@ def cmd_graph(args) -> int:
     return EXIT_OK
 
 
+def cmd_derive(args) -> int:
+    from nlc import pipeline
+    items = pipeline.run(args.file, "classify", {"overrides": _overrides(args)})
+    if args.format == "json":
+        import json
+        data = [rule.to_json_data() | {"family": c.family.value} for rule, c in items]
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    for rule, c in items:
+        sys.stdout.write(rule.to_latex() if args.format == "latex" else rule.to_text())
+        if args.format == "text":
+            print(f"  family: {c.to_text()}")
+    return EXIT_OK
+
+
+def _spec_files(paths: list[str]) -> list[str]:
+    from pathlib import Path
+    files = []
+    for p in paths:
+        path = Path(p)
+        files.extend(sorted(str(f) for f in path.glob("*.nl")) if path.is_dir() else [p])
+    return files
+
+
+def _verify_files(paths: list[str], progress: bool):
+    from nlc.pipeline import read_spec
+    from nlc.syntax import parse
+    from nlc.verify.verify import verify_module
+    reports, errors = [], []
+    files = _spec_files(paths)
+    for i, path in enumerate(files, 1):
+        if progress:
+            print(f"[{i}/{len(files)}] {path}", file=sys.stderr, flush=True)
+        try:
+            text = read_spec(path)
+            reports += verify_module(parse(text, path), path)
+        except NlcError as err:
+            if os.environ.get("NLC_DEBUG") == "1":
+                raise
+            err = err.located(path, text) if "text" in locals() and err.path is None else err
+            errors.append(err.render())
+            print(err.render(), file=sys.stderr)
+    return reports, errors
+
+
+def cmd_verify(args) -> int:
+    from nlc.verify.report import verify_json, verify_table
+    reports, errors = _verify_files(args.paths, progress=args.format == "table")
+    render = verify_json if args.format == "json" else verify_table
+    sys.stdout.write(render(reports, errors))
+    if errors:
+        return EXIT_USER
+    return EXIT_OK if all(r.claim_holds for r in reports) else 1
+
+
+def cmd_identify(args) -> int:
+    from nlc.verify.report import identify_text
+    reports, errors = _verify_files([args.file], progress=False)
+    sys.stdout.write(identify_text(reports))
+    return EXIT_USER if errors else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nlc.pipeline import STAGES
     parser = argparse.ArgumentParser(prog="nlc", description="nested-learning architecture compiler")
@@ -107,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "dot", "json", "mermaid"], default="text")
     _add_spec_options(p)
     p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("derive", help="derive each level's update rule")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=["text", "latex", "json"], default="text")
+    _add_spec_options(p)
+    p.set_defaults(func=cmd_derive)
+
+    p = sub.add_parser("verify", help="check derived rules against the published models")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or folders of them")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("identify", help="name the published models a spec's levels equal")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_identify)
     return parser
 
 

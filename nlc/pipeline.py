@@ -41,9 +41,29 @@ def _dump_check(specs) -> str:
     return "".join(spec.graph.to_text() for spec in specs)
 
 
+def _derive(specs, options: dict):
+    from nlc.derive import derive
+    return [(spec, derive(spec)) for spec in specs if not spec.blocks]
+
+
+def _dump_derive(pairs) -> str:
+    return "".join(rule.to_text() for _, rules in pairs for rule in rules)
+
+
+def _classify(pairs, options: dict):
+    from nlc.derive.classify import classify
+    return [(rule, classify(rule)) for _, rules in pairs for rule in rules]
+
+
+def _dump_classify(items) -> str:
+    return "".join(f"{rule.spec}.{rule.level}: {c.to_text()}\n" for rule, c in items)
+
+
 STAGES: dict[str, Stage] = {
     "parse": Stage("parse", _parse, _dump_parse),
     "check": Stage("check", _check, _dump_check),
+    "derive": Stage("derive", _derive, _dump_derive),
+    "classify": Stage("classify", _classify, _dump_classify),
 }
 
 

@@ -221,7 +221,7 @@ def _dgd(r: Roles):
 entry(id="dgd", kind="optimizer", title="Delta gradient descent",
       citation="Behrouz et al., Nested Learning, NeurIPS 2025: W = W (I - eta' x x^T) + eta' "
                "t x^T with eta' = eta / (1 + eta ||x||^2) and target t (-u in the paper)",
-      form="like", gate="none", needs=("k", "v", "beta"), family="delta", update=_dgd)
+      form="like_matrix", gate="none", needs=("k", "v", "beta"), family="delta", update=_dgd)
 
 
 entry(id="muon", kind="optimizer", title="Muon's momentum buffer",

@@ -391,9 +391,10 @@ def _nonparametric(d: LevelDerivation) -> UpdateRule:
     lower = d.lowering(d.tensors)
     weight_ast = dict(term.args).get("weight")
     kernel = lower(weight_ast) if weight_ast is not None else sp.Integer(1)
-    pred = term.get("prediction")
-    key = lower(pred.args[0]) if isinstance(pred, ast.Call) and pred.args else None
     query = _query(lv.read, d.state.name, lower) if lv.read is not None else None
+    # the key is the cached token's vector in the kernel: the one that is not the query
+    others = [s for s in sp.sympify(kernel).atoms(sp.MatrixSymbol) if s != query]
+    key = others[0] if len(others) == 1 else None
     d.roles.update(kernel=kernel, value=lower(term.get("target")), key=key, query=query,
                    window=lv.algorithm.get("window"))
     d.notes.append("read = sum_i w_i v_i / sum_i w_i over the cached tokens (SymPy solved "

@@ -12,7 +12,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from nlc.derive.matfuncs import NS_COEFFS, Mean, NewtonSchulz, RowSoftmax
+from nlc.derive.matfuncs import NS_COEFFS, Dot, Mean, NewtonSchulz, RowSoftmax
 
 _erf = np.vectorize(math.erf, otypes=[float])
 MODULES = [{"erf": _erf, "Heaviside": lambda x, h=0.5: np.heaviside(x, h)}, "numpy"]
@@ -51,11 +51,12 @@ class Evaluator:
         self.modules = [activation_modules(activation)] + MODULES if activation else MODULES
 
     def __call__(self, node):
-        key = node
-        if key in self.cache:
-            return self.cache[key]
+        if isinstance(node, sp.MatrixBase):  # mutable matrices are not hashable
+            return self._eval(node)
+        if node in self.cache:
+            return self.cache[node]
         value = self._eval(node)
-        self.cache[key] = value
+        self.cache[node] = value
         return value
 
     def _eval(self, node):
@@ -107,6 +108,8 @@ class Evaluator:
             x = self(node.args[0])
             e = np.exp(x - x.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
+        if isinstance(node, sp.HadamardPower):
+            return self(node.base) ** self(node.exp)
         if isinstance(node, sp.MatPow):
             return np.linalg.matrix_power(self(node.base), int(node.exp))
         raise NotImplementedError(f"cannot evaluate {type(node).__name__}")
@@ -120,7 +123,7 @@ class Evaluator:
             if node in seen:
                 continue
             seen.add(node)
-            if isinstance(node, (MatrixElement, sp.Trace, sp.Symbol, Mean)):
+            if isinstance(node, (MatrixElement, sp.Trace, sp.Symbol, Mean, Dot)):
                 leaves.add(node)
             elif isinstance(node, sp.MatrixBase):
                 stack.extend(node)
@@ -135,6 +138,8 @@ class Evaluator:
             return np.trace(self(leaf.arg))
         if isinstance(leaf, Mean):
             return float(np.mean(self(leaf.args[0])))
+        if isinstance(leaf, Dot):
+            return float(np.sum(self(leaf.args[0]) * self(leaf.args[1])))
         return self.env[leaf]
 
     def _scalar(self, node):
@@ -143,7 +148,9 @@ class Evaluator:
         if node.is_number:
             return float(node)
         outer = self._leaves(node)
-        f = sp.lambdify(outer, name_derivatives(node), self.modules)
+        dummies = [sp.Dummy() for _ in outer]
+        expr = name_derivatives(node).xreplace(dict(zip(outer, dummies)))
+        f = sp.lambdify(dummies, expr, self.modules)
         return float(f(*[self._leaf_value(a) for a in outer]))
 
     def _explicit(self, m):

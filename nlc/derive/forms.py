@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from nlc.derive.evaluate import name_derivatives
-from nlc.derive.matfuncs import Mean
+from nlc.derive.matfuncs import Dot, Mean
 from nlc.derive.symbols import SCALAR_FUNCTIONS, elementwise, is_matrix
 from nlc.levels.records import MemoryForm
 
@@ -43,7 +43,7 @@ def _diag_grad(form, W, x, e):
 
 
 def _vector_apply(form, W, x):
-    return (W[0].T * x)[0, 0]
+    return Dot(W[0], x)
 
 
 def _vector_grad(form, W, x, e):
@@ -128,7 +128,7 @@ def _mlp_grad(form, W, x, e):
 
 
 def _inner(x):
-    return (x.T * x)[0, 0] if is_matrix(x) else x * x
+    return Dot(x, x) if is_matrix(x) else x * x
 
 
 FORM_RULES: dict[str, FormRule] = {

@@ -86,3 +86,30 @@ class Mean(sp.Expr):
 
     def _latex(self, printer):
         return rf"\operatorname{{mean}}\left({printer._print(self.args[0])}\right)"
+
+
+class Dot(sp.Expr):
+    """<a, b> for two columns, kept as one node (as `Mean`: SymPy would rewrite the element
+    of a^T b into a symbolic Sum)."""
+
+    is_commutative = True
+    is_real = True
+
+    def __new__(cls, a, b):
+        return super().__new__(cls, a, b)
+
+    def doit(self, **hints):
+        a, b = (x.doit(**hints) for x in self.args)
+        if isinstance(a, sp.MatrixBase) and isinstance(b, sp.MatrixBase):
+            return (a.T * b)[0, 0]
+        return self.func(a, b)
+
+    def _sympystr(self, printer):
+        a, b = self.args
+        if a == b:
+            return f"||{printer._print(a)}||^2"
+        return f"<{printer._print(a)}, {printer._print(b)}>"
+
+    def _latex(self, printer):
+        a, b = (printer._print(x) for x in self.args)
+        return rf"\left\langle {a}, {b} \right\rangle"

@@ -175,7 +175,8 @@ class Lowering:
         if not is_matrix(a) or not is_matrix(b):
             raise NlcError("'@' needs vectors or matrices", e.span)
         if a.shape[1] == 1 and b.shape[1] == 1:
-            return (a.T * b)[0, 0]
+            from nlc.derive.matfuncs import Dot
+            return Dot(a, b)
         return b.T * a
 
     def call(self, e: ast.Call):
@@ -185,8 +186,9 @@ class Lowering:
         if e.func in SCALAR_FUNCTIONS:
             return elementwise(SCALAR_FUNCTIONS[e.func], args[0])
         if e.func == "dot":
+            from nlc.derive.matfuncs import Dot
             a, b = args
-            return (a.T * b)[0, 0] if is_matrix(a) else a * b
+            return Dot(a, b) if is_matrix(a) else a * b
         if e.func == "total":
             a = args[0]
             return (ones(a.shape[0]).T * a)[0, 0] if is_matrix(a) else a

@@ -1,0 +1,146 @@
+"""Derived rules against the catalog: every example that claims a model verifies, wrong
+formulas are caught, and identification names each example and not its neighbours."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import EXAMPLES, example_paths
+from nlc.syntax import parse
+from nlc.verify.verify import verify_module
+
+
+def _claims(path) -> str | None:
+    match = re.search(r"claims (\w+)", path.read_text())
+    return match.group(1) if match else None
+
+
+# Verifying these four takes minutes (exact MLP gradients through layer norms, lp / Huber
+# losses and l_q / softmax retentions, entry by entry): still open work, not run in CI.
+TOO_SLOW = {"moneta", "yaad", "memora", "ttt_mlp"}
+CLAIMING = [p for p in example_paths() if _claims(p)]
+VERIFIED = [pytest.param(p, id=p.stem, marks=pytest.mark.skip(reason="verification too slow "
+                                                                   "for CI; open work"))
+            if p.stem in TOO_SLOW else pytest.param(p, id=p.stem) for p in CLAIMING]
+
+
+def _verify(text: str, name: str = "spec.nl"):
+    return verify_module(parse(text, name), name)
+
+
+def test_examples_claim_models():
+    assert len(CLAIMING) >= 15, "the catalog's models need examples that claim them"
+
+
+@pytest.mark.parametrize("path", VERIFIED)
+def test_example_verifies(path):
+    reports = _verify(path.read_text(), str(path))
+    assert reports
+    for report in reports:
+        if not report.claims:
+            continue
+        assert report.claim_holds, [(lv.level, [c.entry.id for c in lv.matches], lv.differs)
+                                    for lv in report.levels]
+        for level in report.levels:
+            claimed = [c for c in level.matches if c.entry.id.startswith(report.claims)]
+            assert claimed, level.level
+            for c in claimed:
+                assert c.symbolic is not False
+                assert c.numeric < 1e-12
+
+
+def _levels(text):
+    (report,) = [r for r in _verify(text) if r.levels]
+    return {lv.level: [c.entry.id for c in lv.matches] for lv in report.levels}, report
+
+
+def test_ordering_c_labelled_gated_deltanet_is_refused():
+    text = (EXAMPLES / "gated_deltanet.nl").read_text()
+    assert "order = before" in text or "decay(alpha)" in text
+    wrong = re.sub(r"decay\(alpha(, order = before)?\)", "decay(alpha, order = parallel)", text)
+    assert wrong != text
+    levels, report = _levels(wrong)
+    assert not report.claim_holds
+    assert "gated_deltanet" not in levels["memory"]
+    assert "titans_linear" in levels["memory"]  # ordering C is Titans' linear memory
+
+
+def test_titans_with_a_half_is_refused():
+    text = (EXAMPLES / "titans.nl").read_text()
+    wrong = text.replace("scale = 2", "scale = 1")
+    assert wrong != text
+    levels, report = _levels(wrong)
+    assert not report.claim_holds
+    assert "titans" not in levels["memory"]
+
+
+def test_longhorn_needs_the_implicit_step():
+    text = (EXAMPLES / "longhorn.nl").read_text()
+    wrong = re.sub(r"implicit\(", "gd(", text)
+    assert wrong != text
+    levels, report = _levels(wrong)
+    assert not report.claim_holds
+    assert levels["memory"] == ["deltanet"]
+
+
+NEIGHBOURS = {
+    "deltanet": ["gated_deltanet", "longhorn", "linear_attention"],
+    "gated_deltanet": ["deltanet", "titans_linear", "mamba2"],
+    "linear_attention": ["retnet", "mamba2", "deltanet"],
+    "retnet": ["linear_attention", "mamba2"],
+    "mamba2": ["retnet", "gla"],
+    "gla": ["mamba2", "kda"],
+    "longhorn": ["deltanet"],
+    "softmax_attention": ["sliding_window"],
+    "sliding_window": ["softmax_attention"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEIGHBOURS))
+def test_identified_as_itself_not_neighbours(name):
+    levels, _ = _levels((EXAMPLES / f"{name}.nl").read_text())
+    found = {e for ids in levels.values() for e in ids}
+    assert any(e == name or e.startswith(name + "_") for e in found)
+    assert not found & set(NEIGHBOURS[name])
+
+
+def _nlc(*args, cwd=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "nlc", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_cli_verify_ok_and_mismatch(tmp_path):
+    ok = _nlc("verify", str(EXAMPLES / "deltanet.nl"))
+    assert ok.returncode == 0, ok.stderr
+    assert "1/1 claims verified" in ok.stdout
+    wrong = tmp_path / "wrong.nl"
+    wrong.write_text((EXAMPLES / "deltanet.nl").read_text().replace("claims deltanet",
+                                                                     "claims gated_deltanet"))
+    bad = _nlc("verify", str(wrong), "--format", "json")
+    assert bad.returncode == 1
+    import json
+    data = json.loads(bad.stdout)
+    assert data["specs"][0]["verdict"] == "MISMATCH"
+
+
+def test_cli_identify_and_derive():
+    out = _nlc("identify", str(EXAMPLES / "gated_deltanet.nl"))
+    assert out.returncode == 0 and "Gated DeltaNet" in out.stdout
+    out = _nlc("derive", str(EXAMPLES / "gated_deltanet.nl"))
+    assert out.returncode == 0 and "family: delta" in out.stdout
+    out = _nlc("derive", str(EXAMPLES / "gated_deltanet.nl"), "--format", "latex")
+    assert out.returncode == 0 and "\\\\" in out.stdout or "S'" in out.stdout
+
+
+def test_cli_derive_reports_underivable_combination(tmp_path):
+    spec = tmp_path / "product.nl"
+    text = (EXAMPLES / "deltanet.nl").read_text().replace("gd(lr = beta)", "gd(lr = beta, steps = 2)")
+    assert text != (EXAMPLES / "deltanet.nl").read_text()
+    spec.write_text(text)
+    out = _nlc("derive", str(spec))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "error:" in out.stderr
