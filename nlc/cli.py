@@ -143,6 +143,11 @@ def cmd_identify(args) -> int:
     return EXIT_USER if errors else EXIT_OK
 
 
+def cmd_demo(args) -> int:
+    from nlc.demo import run_demo
+    return run_demo(args.examples, args.full)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nlc.pipeline import STAGES
     parser = argparse.ArgumentParser(prog="nlc", description="nested-learning architecture compiler")
@@ -180,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or folders of them")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="the main job: check, derive and verify the examples")
+    p.add_argument("--examples", metavar="DIR", help="folder of specs (default: examples/)")
+    p.add_argument("--full", action="store_true", help="also verify the slow MLP examples")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("identify", help="name the published models a spec's levels equal")
     p.add_argument("file", metavar="FILE")

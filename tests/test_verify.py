@@ -144,3 +144,11 @@ def test_cli_derive_reports_underivable_combination(tmp_path):
     out = _nlc("derive", str(spec))
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "error:" in out.stderr
+
+
+def test_demo_runs_end_to_end():
+    out = _nlc("demo", cwd=str(EXAMPLES.parent))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "claims verified" in out.stdout and "Traceback" not in out.stderr
+    verified, claimed = re.search(r"(\d+)/(\d+) claims verified", out.stdout).groups()
+    assert verified == claimed and int(claimed) >= 10
