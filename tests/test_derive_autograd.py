@@ -584,12 +584,8 @@ def test_reference_sees_the_ordering():
 
 
 # ---------------------------------------------------------------- bugs found (kept failing)
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "nlc/derive/evaluate.py: Evaluator lambdifies an ElementwiseApplyFunction over its own "
-    "variable only, so a free symbol in the body (huber's delta = alpha, a context gate) "
-    "stays symbolic and numpy compares it: TypeError 'cannot determine truth value of "
-    "Relational: alpha >= ...'"))
 def test_evaluator_elementwise_function_with_a_context_delta():
+    # a free symbol in an elementwise function's body (huber's delta = alpha) is bound too
     c = Combo(form="matrix", d_k=3, d_v=2, objective="huber", delta="alpha")
     check_combo(c, seed=0, bind_scalars=False)
 

@@ -99,9 +99,12 @@ class Evaluator:
         if isinstance(node, sp.Inverse):
             return np.linalg.inv(self(node.arg))
         if isinstance(node, ElementwiseApplyFunction):
-            f = sp.lambdify(node.function.variables, name_derivatives(node.function.expr),
-                            self.modules)
-            return np.asarray(f(self(node.expr)), dtype=np.float64) * np.ones(shape)
+            # the body may use other inputs (a Huber threshold from the context): bind them
+            body = name_derivatives(node.function.expr)
+            free = sorted(body.free_symbols - set(node.function.variables), key=sp.default_sort_key)
+            f = sp.lambdify(list(node.function.variables) + free, body, self.modules)
+            args = [self(x) for x in free]
+            return np.asarray(f(self(node.expr), *args), dtype=np.float64) * np.ones(shape)
         if isinstance(node, NewtonSchulz):
             return newton_schulz(self(node.args[0]), int(node.args[1]))
         if isinstance(node, RowSoftmax):

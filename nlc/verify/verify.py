@@ -181,11 +181,12 @@ def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
         ours = _derived_values(rule)
         heavy = _symbolically_heavy(rule, module, decl_name, level)
         for entry in list(live):
+            if heavy:  # expanding these exactly takes minutes: numeric check only
+                symbolic[entry.id] = None
+                continue
             theirs = entry.update(roles_of(rule))
             if len(ours) != len(theirs):
                 symbolic[entry.id] = False
-            elif heavy:  # expanding these exactly takes minutes: numeric check only
-                symbolic[entry.id] = None
             else:
                 for a, b in zip(ours, theirs):
                     verdict = symbolic_equal(a, b)
@@ -202,20 +203,60 @@ def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
             break
         rule, positive = rule_at(pair)
         ours = _derived_values(rule)
-        act = rule.form.act if rule.form.kind == "mlp" else None
-        if act:  # the catalog side is built with sigma and evaluated as the real activation
-            theirs_rule, _ = rule_at(pair, abstract=True)
         for entry in live:
-            theirs = entry.update(roles_of(theirs_rule if act else rule))
-            for a, b in zip(ours, theirs):
-                worst[entry.id] = max(worst[entry.id],
-                                      numeric_error(a, b, rng, positive, activation=act))
+            if rule.form.kind == "mlp":
+                error = _numeric_at_a_point(rule, entry, rng, positive)
+            else:
+                error = max(numeric_error(a, b, rng, positive)
+                            for a, b in zip(ours, entry.update(roles_of(rule))))
+            worst[entry.id] = max(worst[entry.id], error)
     out = []
     for entry in entries:
         err = worst[entry.id] if symbolic[entry.id] is not False else float("inf")
         ok = symbolic[entry.id] is not False and err < 1e-12
         out.append(Comparison(entry, symbolic[entry.id], err, ok))
     return out
+
+
+def _as_sympy(value):
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        return sp.Float(float(array))
+    return sp.ImmutableMatrix(array.tolist())
+
+
+def _numeric_at_a_point(rule: UpdateRule, entry: CatalogEntry, rng, positive: bool) -> float:
+    """Evaluate the derived rule at one random point, and the catalog entry at the same
+    point with numbers in place of every input: its entry-wise differentiation then works on
+    small expressions (with symbolic inputs it takes minutes for an MLP)."""
+    from nlc.derive.evaluate import MODULES, Evaluator
+    from nlc.verify.equality import _draw, _inputs
+    ours = _derived_values(rule)
+    roles = roles_of(rule)
+    role_exprs = [x for x in (roles.k, roles.v, roles.q, roles.beta, roles.alpha, roles.eta,
+                              roles.g, roles.delta) if x is not None]
+    values = {x: _draw(x, rng, positive)
+              for x in _inputs(list(ours) + role_exprs + list(roles.S + roles.U + roles.S0))}
+    ev = Evaluator(values)
+    mine = [np.asarray(ev(a), dtype=np.float64) for a in ours]
+
+    def num(x):
+        if x is None:
+            return None
+        if isinstance(x, tuple):
+            return tuple(_as_sympy(ev(t)) for t in x)
+        return _as_sympy(ev(x))
+
+    numeric = dataclasses.replace(roles, **{f: num(getattr(roles, f)) for f in (
+        "S", "k", "v", "q", "beta", "alpha", "eta", "U", "S0", "g", "delta")})
+    theirs = entry.update(numeric)
+    worst = 0.0
+    for a, b in zip(mine, theirs):
+        # numbers only, but a deep DAG: evaluate once per shared subexpression (cse)
+        b = np.asarray(sp.lambdify([], sp.Matrix(b), MODULES, cse=True)(),
+                       dtype=np.float64).reshape(a.shape)
+        worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)))
+    return worst
 
 
 def _symbolically_heavy(rule: UpdateRule, module, decl_name: str, level: str) -> bool:
