@@ -73,8 +73,6 @@ def lq_normalize(tensor, q):
     """Moneta's memory map W = A / ||A||_q^(q-2) (entries' l_q norm)."""
     if not is_matrix(tensor):
         return tensor
-    entries = sp.Abs(sp.Symbol("a", real=True))
     norm_q = sp.Pow(sp.Trace(sp.OneMatrix(tensor.shape[1], tensor.shape[0])
                              * elementwise(lambda a: sp.Abs(a) ** q, tensor)), 1 / sp.sympify(q))
-    del entries
     return tensor * norm_q ** (2 - q)
