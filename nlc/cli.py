@@ -143,6 +143,18 @@ def cmd_identify(args) -> int:
     return EXIT_USER if errors else EXIT_OK
 
 
+def cmd_compile(args) -> int:
+    import time
+
+    from nlc.emit import compile_files
+    for path in args.files:
+        start = time.perf_counter()
+        targets = compile_files([path], args.output, _overrides(args))
+        shown = ", ".join(str(t) for t in targets)
+        print(f"{path} -> {shown} ({time.perf_counter() - start:.2f} s)")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from nlc.demo import run_demo
     return run_demo(args.examples, args.full)
@@ -186,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser("compile", help="generate a PyTorch module (layer or optimizer) per spec")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="DIR", required=True,
+                   help="folder for the generated <spec>.py files")
+    _add_spec_options(p)
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("demo", help="the main job: check, derive and verify the examples")
     p.add_argument("--examples", metavar="DIR", help="folder of specs (default: examples/)")
     p.add_argument("--full", action="store_true", help="also verify the slow MLP examples")
@@ -194,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("identify", help="name the published models a spec's levels equal")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_identify)
+
+    from nlc import train_cli
+    train_cli.register(sub)
     return parser
 
 

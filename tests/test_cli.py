@@ -195,7 +195,7 @@ def test_check_does_not_import_torch(example):
     heavy, elapsed = rest.rsplit(" ", 1)
     assert rc == "0"
     assert heavy == "[]", f"nlc check imported {heavy}"
-    assert float(elapsed) < 1.0, f"nlc check took {float(elapsed):.2f}s in-process"
+    assert float(elapsed) < 3.0, f"nlc check took {float(elapsed):.2f}s in-process"
 
 
 def test_check_is_fast(example):

@@ -1,0 +1,118 @@
+"""Stage `emit`: classified rules -> PyTorch modules, optimizers and Triton kernels.
+
+`compile_spec` turns one spec file into the source of one Python module; `compile_files`
+writes them; `load_layer` / `load_optimizer` compile in memory and import the result (what
+the runtime uses to train a spec)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+from nlc.errors import NlcError
+
+
+def compile_spec(path: str, overrides: dict | None = None, text: str | None = None) -> str:
+    """The generated module's source for the spec at `path` (deterministic)."""
+    from nlc.emit.render import spec_module_name
+    return compile_outputs(path, overrides, text)[spec_module_name(path)]
+
+
+def compile_outputs(path: str, overrides: dict | None = None,
+                    text: str | None = None) -> dict[str, str]:
+    """Every file a spec compiles to, module name -> source: the PyTorch module and, for
+    levels whose family has them, the Triton kernels."""
+    from nlc import pipeline
+    from nlc.emit.render import banner, render, spec_module_name
+    from nlc.syntax import ast
+
+    source = pipeline.read_spec(path) if text is None else text
+    specs = pipeline.run(path, "check", {"overrides": overrides or {}}, text=source)
+    name = Path(path).name
+    stem = spec_module_name(path)
+    layers = [s for s in specs if s.kind is ast.DeclKind.LAYER]
+    optimizers = [s for s in specs if s.kind is ast.DeclKind.OPTIMIZER]
+    try:
+        if layers and optimizers:
+            raise NlcError("a spec file compiles to layers or to optimizers, not both")
+        if optimizers:
+            from nlc.emit.optimizer import optimizer_plan
+            plans = [optimizer_plan(s) for s in optimizers]
+            return {stem: render("optimizer.py.jinja", name, banner=banner(name, source),
+                                 spec=name, plans=plans)}
+        if not layers:
+            raise NlcError("the spec declares no layer or optimizer to compile")
+        from nlc.emit.layer import layer_plan
+        plans = [layer_plan(s, name, f"{s.name}_" if len(layers) > 1 else "", stem)
+                 for s in layers]
+        outputs = {stem: render("layer.py.jinja", name, banner=banner(name, source), spec=name,
+                                plans=plans)}
+        from nlc.emit.triton_render import render_recurrent
+        for plan in plans:
+            for level in plan.levels:
+                if level.triton is not None:
+                    outputs[level.kernels] = banner(name, source) + "\n" + render_recurrent(
+                        level.triton)
+        return outputs
+    except NlcError as err:
+        raise err.located(path, source) from None
+
+
+def compile_files(paths: list[str], out_dir: str, overrides: dict | None = None) -> list[Path]:
+    """Compile each spec to `out_dir/<stem>.py`, written atomically."""
+    from nlc.emit.render import spec_module_name
+    from nlc.fileio import write_atomic
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NlcError(f"cannot create output directory: {err.strerror}", path=out_dir) from None
+    written = []
+    for path in paths:
+        for module, source in compile_outputs(path, overrides).items():
+            target = out / f"{module}.py"
+            try:
+                write_atomic(str(target), source)
+            except OSError as err:
+                raise NlcError(f"cannot write: {err.strerror}", path=str(target)) from None
+            written.append(target)
+    return written
+
+
+def load_module(path: str, overrides: dict | None = None):
+    """Compile a spec and import the generated module (from a private temporary file)."""
+    from nlc.emit.render import spec_module_name
+    outputs = compile_outputs(path, overrides)
+    stem = spec_module_name(path)
+    name = f"nlc_generated_{stem}"
+    directory = Path(tempfile.mkdtemp(prefix="nlc-"))
+    for module, source in outputs.items():
+        (directory / f"{module}.py").write_text(source)
+    target = directory / f"{name}.py"
+    (directory / f"{stem}.py").rename(target)
+    spec = importlib.util.spec_from_file_location(name, target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _only_class(module, kind: str, path: str):
+    import torch
+    base = torch.nn.Module if kind == "layer" else torch.optim.Optimizer
+    found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, base)
+             and v.__module__ == module.__name__]
+    if len(found) != 1:
+        raise NlcError(f"expected one {kind} in the spec, found {len(found)}", path=path)
+    return found[0]
+
+
+def load_layer(path: str, **overrides):
+    """The layer class a spec compiles to; `overrides` set dims / hypers (like -D)."""
+    return _only_class(load_module(path, overrides), "layer", path)
+
+
+def load_optimizer(path: str, **overrides):
+    return _only_class(load_module(path, overrides), "optimizer", path)

@@ -1,0 +1,136 @@
+"""Spec expressions of a layer (context generation, the output) -> PyTorch code.
+
+Values are `[B, T, H, *shape]` tensors: a scalar per head and token is `[B, T, H, 1]`, the
+input `x` is `[B, T, 1, d_model]` (shared by the heads), a parameter `[H, *shape]` (a scalar
+parameter is used as `[H, 1]`). Every name reaching the code was validated by the checker;
+numbers are printed from their parsed values, never copied from the spec text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nlc.errors import NlcError
+from nlc.levels import shapes
+from nlc.syntax import ast
+
+# spec function -> PyTorch (or nl.*) function applied to the last axis / elementwise
+CALLS = {
+    "silu": "F.silu", "sigmoid": "torch.sigmoid", "softplus": "F.softplus", "exp": "torch.exp",
+    "log": "torch.log", "tanh": "torch.tanh", "relu": "torch.relu", "gelu": "nl.gelu",
+    "elu1": "nl.elu1", "sqrt": "torch.sqrt", "abs": "torch.abs", "sign": "torch.sign",
+    "logsigmoid": "F.logsigmoid", "l2norm": "nl.l2norm", "rmsnorm": "nl.rmsnorm",
+    "layernorm": "nl.layernorm", "softmax": "nl.softmax", "total": "nl.total",
+    "newton_schulz5": "nl.newton_schulz",
+}
+# on numbers known at compile time (dims, hypers): Python's math
+CONSTANT_CALLS = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
+                  "abs": "abs"}
+BINARY = {ast.BinOpKind.ADD: "+", ast.BinOpKind.SUB: "-", ast.BinOpKind.MUL: "*",
+          ast.BinOpKind.DIV: "/", ast.BinOpKind.POW: "**"}
+PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "**": 4}
+
+
+def literal(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@dataclass
+class Conv:
+    """A short convolution's weights, one per `conv(...)` call: `[H, channels, width]`."""
+
+    name: str
+    channels: int
+    width: int
+    line: int
+
+
+@dataclass
+class ContextPrinter:
+    """Prints spec expressions; `names` maps spec names to code, `env` types them."""
+
+    names: dict[str, str]
+    env: shapes.Env
+    params: dict[str, tuple]                     # name -> per-head shape (ints)
+    convs: list[Conv] = field(default_factory=list)
+    owner: str = "context"
+    constants: frozenset = frozenset()
+
+    def expr(self, e: ast.Expr) -> str:
+        return self._print(e)[0]
+
+    def _print(self, e) -> tuple[str, int]:
+        """(code, precedence); 9 binds tightest."""
+        if isinstance(e, ast.Num):
+            return literal(e.value), 9
+        if isinstance(e, ast.Name):
+            if e.id not in self.names:
+                raise NlcError(f"'{e.id}' cannot be used in generated {self.owner} code", e.span)
+            return self.names[e.id], 9
+        if isinstance(e, ast.Neg):
+            code, prec = self._print(e.operand)
+            return f"-{code if prec >= 3 else f'({code})'}", 3
+        if isinstance(e, ast.BinOp):
+            return self._binop(e)
+        if isinstance(e, ast.Call):
+            return self._call(e), 9
+        raise NlcError(f"cannot emit '{type(e).__name__}' here", e.span)
+
+    def _wrap(self, e, at_least: int) -> str:
+        code, prec = self._print(e)
+        return code if prec >= at_least else f"({code})"
+
+    def _binop(self, e: ast.BinOp) -> tuple[str, int]:
+        if e.op is ast.BinOpKind.MATMUL:
+            return self._matmul(e), 9
+        op = BINARY[e.op]
+        prec = PRECEDENCE[op]
+        if op == "**":
+            return f"{self._wrap(e.left, 5)} ** {self._wrap(e.right, 5)}", prec
+        right_min = prec + 1 if op in ("-", "/") else prec
+        return f"{self._wrap(e.left, prec)} {op} {self._wrap(e.right, right_min)}", prec
+
+    def _matmul(self, e: ast.BinOp) -> str:
+        right = e.right
+        if isinstance(right, ast.Name) and right.id in self.params:
+            return f"nl.head_matmul({self.expr(e.left)}, {self.names[right.id]})"
+        left_shape, right_shape = shapes.infer(e.left, self.env), shapes.infer(right, self.env)
+        if len(left_shape) == 1 and len(right_shape) == 1:
+            return f"nl.inner({self.expr(e.left)}, {self.expr(right)})"
+        raise NlcError("'@' in generated code needs a parameter on its right "
+                       "(or two vectors)", e.span)
+
+    def constant(self, e: ast.Expr) -> bool:
+        """Whether `e` only involves numbers, dims and hypers."""
+        from nlc.syntax.walk import names_used
+        return all(n in self.constants for n in names_used(e))
+
+    def _call(self, e: ast.Call) -> str:
+        args = e.positional
+        kw = {k.name: k.value for k in e.keywords}
+        x = args[0] if args else kw.get("x")
+        if e.func in CONSTANT_CALLS and x is not None and self.constant(x):
+            return f"{CONSTANT_CALLS[e.func]}({self.expr(x)})"
+        if e.func in CALLS and x is not None and self.constant(x):
+            return f"{CALLS[e.func]}(torch.tensor(float({self.expr(x)})))"
+        if e.func in CALLS:
+            return f"{CALLS[e.func]}({self.expr(args[0] if args else kw['x'])})"
+        if e.func == "conv":
+            x = args[0] if args else kw["x"]
+            width_expr = args[1] if len(args) > 1 else kw["width"]
+            channels = shapes.infer(x, self.env)
+            if len(channels) != 1:
+                raise NlcError("conv() in generated code needs a vector per token", e.span)
+            conv = Conv(f"conv{len(self.convs)}", channels[0].size,
+                        shapes.constant_int(width_expr), e.span.line)
+            self.convs.append(conv)
+            return f"nl.short_conv({self.expr(x)}, self.{conv.name}, cu_seqlens, convs, " \
+                   f"'{conv.name}')"
+        if e.func in ("dot",):
+            a, b = (list(args) + [kw.get("a"), kw.get("b")])[:2]
+            return f"nl.inner({self.expr(a)}, {self.expr(b)})"
+        if e.func == "sqnorm":
+            x = self.expr(args[0] if args else kw["x"])
+            return f"nl.inner({x}, {x})"
+        if e.func == "detach":
+            return f"{self._wrap(args[0] if args else kw['x'], 9)}.detach()"
+        raise NlcError(f"{e.func}() cannot be emitted in {self.owner} code", e.span)

@@ -1,0 +1,353 @@
+"""One level's rule and kernel family -> the pieces of code its functional op is made of.
+
+A `LevelPlan` holds, already printed: the one-token `step` (the reference; decoding), and
+the chunk-parallel form the family allows (the exact chunked decay / delta algorithms, the
+frozen-gradient split, or attention for the non-parametric family). Everything comes from
+the derived `UpdateRule` and its `Classification`; nothing is re-derived here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from nlc.derive.classify import Classification, KernelFamily, _split
+from nlc.derive.matfuncs import Dot
+from nlc.derive.rule import UpdateRule
+from nlc.emit.torch_printer import TorchPrinter, free_names
+from nlc.errors import NlcError
+
+# names the generated functions use themselves; a spec name equal to one gets a suffix
+RESERVED = {"torch", "nn", "F", "nl", "math", "state", "inputs", "self", "tokens", "consts",
+            "initial_state", "output_final_state", "cu_seqlens", "mode", "chunk_size", "o",
+            "out", "cache", "run", "final", "x", "driven", "states"}
+
+
+def local(name: str) -> str:
+    return f"{name}_" if name in RESERVED else name
+
+
+@dataclass
+class Input:
+    name: str
+    kind: str          # vector | scalar | param | number
+    code: str = ""     # for numbers: the literal
+
+
+@dataclass
+class StateTensor:
+    name: str
+    rows: int
+    cols: int
+    init: str          # zeros | identity | learned | param
+
+
+@dataclass
+class LevelPlan:
+    name: str
+    line: int
+    family: str
+    reason: str
+    tokens: list[Input]
+    params: list[str]
+    numbers: dict[str, str]
+    states: list[StateTensor]
+    anchors: list[tuple[str, str]]            # (anchor name, state name)
+    anchor_every: int | None
+    read_kind: str                            # vector | scalar
+    step: list[str]
+    chunked: list[str] = field(default_factory=list)   # body of `<level>_chunked(tokens, state)`
+    frozen: dict[str, list[str]] = field(default_factory=dict)  # drive / combine / read bodies
+    attention: dict | None = None
+    triton: object | None = None      # RecurrentKernelPlan for CUDA tensors, if the family has one
+    kernels: str = ""                 # the module the kernels are generated into
+    notes: list[str] = field(default_factory=list)
+
+
+def _shape(sym) -> tuple[int, int]:
+    return tuple(int(d) for d in sym.shape)
+
+
+def _unpack(names: list[str], source: str) -> list[str]:
+    return [f"{local(n)} = {source}[{n!r}]" for n in names]
+
+
+def _used(lines: list[str]) -> list[str]:
+    """Drop the unpacking lines (`name = source[...]`) whose name the code never reads."""
+    import re
+    body = "\n".join(ln for ln in lines if not re.fullmatch(r"\w+ = \w+\['\w+'\]", ln))
+    return [ln for ln in lines
+            if not re.fullmatch(r"\w+ = \w+\['\w+'\]", ln)
+            or re.search(rf"\b{ln.split(' = ')[0]}\b", body)]
+
+
+class LevelEmitter:
+    def __init__(self, rule: UpdateRule, family: Classification, numbers: dict[str, str],
+                 params: set[str], line: int, init: str, kernels: str = "", prefix: str = ""):
+        self.rule, self.family, self.line, self.init = rule, family, line, init
+        self.kernels, self.prefix = kernels, prefix or rule.level
+        self.triton = None
+        self.state_names = [n for n, _ in rule.states]
+        self.anchor_names = [a.name for _, a in rule.anchors]
+        exprs = [e for _, e in rule.next_state] + ([rule.read] if rule.read is not None else [])
+        used = free_names(exprs)
+        nexts = {f"{n}_next" for n in self.state_names}
+        self.numbers = {n: v for n, v in numbers.items() if n in used}
+        self.params = sorted(n for n in used if n in params)
+        known = set(self.state_names) | nexts | set(self.anchor_names) | set(self.numbers) \
+            | set(self.params)
+        symbols = {s.name: s for e in exprs for s in e.atoms(sp.Symbol, sp.MatrixSymbol)}
+        roles = [rule.role(r) for r in ("query", "key", "value")]
+        first = [r.name for r in roles if isinstance(r, (sp.Symbol, sp.MatrixSymbol))]
+        order = sorted(used - known, key=lambda n: (first.index(n) if n in first else 3, n))
+        self.tokens = [Input(n, "vector" if isinstance(symbols[n], sp.MatrixSymbol) else "scalar")
+                       for n in order]
+        self.read = rule.read
+        if rule.period > 1 and rule.unit == "token":
+            # `every C tokens`: reads inside a chunk see the chunk-start state (DESIGN.md)
+            anchor_of = {s: a for s, a in rule.anchors}
+            swap = {}
+            for n, S in rule.states:
+                nxt = sp.MatrixSymbol(f"{n}_next", *S.shape)
+                if self.read is not None and self.read.has(nxt):
+                    if n not in anchor_of:
+                        raise NlcError(f"level '{rule.level}': cannot read '{n}' at the chunk "
+                                       "start", None)
+                    swap[nxt] = anchor_of[n]
+            self.read = self.read.xreplace(swap) if self.read is not None else None
+
+    # ------------------------------------------------------------ naming
+    def names(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        names = {n: local(n) for n in self.state_names + self.anchor_names}
+        names |= {f"{n}_next": f"{local(n)}_next" for n in self.state_names}
+        names |= {i.name: local(i.name) for i in self.tokens}
+        names |= {p: local(p) for p in self.params}
+        names |= self.numbers
+        return names | (extra or {})
+
+    def _inputs_unpack(self, source="inputs", anchors=True) -> list[str]:
+        names = [i.name for i in self.tokens] + self.params
+        if anchors:
+            names += self.anchor_names
+        return _unpack(names, source)
+
+    def _chunk_unpack(self) -> list[str]:
+        return _unpack([i.name for i in self.tokens], "tokens") + _unpack(self.params, "consts")
+
+    # ------------------------------------------------------------ step
+    def step(self) -> list[str]:
+        lines = _unpack(self.state_names, "state") + self._inputs_unpack()
+        printer = TorchPrinter(self.names())
+        outputs = [(f"{local(n)}_next", e) for n, e in self.rule.next_state]
+        if self.read is not None:
+            outputs.append(("o", self.read))
+        lines += printer.assign(outputs)
+        new = ", ".join(f"{n!r}: {local(n)}_next" for n in self.state_names)
+        lines.append(f"return {{{new}}}, o")
+        return _used(lines)
+
+    # ------------------------------------------------------------ families
+    def plan(self) -> LevelPlan:
+        rule, fam = self.rule, self.family
+        states = [StateTensor(n, *_shape(S), self.init) for n, S in rule.states]
+        if rule.read is not None and fam.family is not KernelFamily.NONPARAMETRIC:
+            read_kind = "scalar" if not isinstance(self.read, sp.MatrixExpr) else "vector"
+        else:
+            read_kind = "vector"
+        plan = LevelPlan(rule.level, self.line, fam.family.value, fam.reason, self.tokens,
+                         self.params, self.numbers, states, list(zip(self.anchor_names, [
+                             s for s, _ in rule.anchors])), rule.grad_chunk or (
+                             rule.period if rule.anchors else None), read_kind,
+                         [] if fam.family is KernelFamily.NONPARAMETRIC else self.step())
+        if fam.family is KernelFamily.NONPARAMETRIC:
+            plan.attention = self.attention()
+            return plan
+        if rule.read is None:
+            raise NlcError(f"level '{rule.level}' has no read; emission needs one")
+        try:
+            if fam.family in (KernelFamily.DECAY, KernelFamily.DELTA):
+                plan.chunked = self.affine_chunked()
+                plan.triton = self.triton
+                plan.kernels = self.kernels if self.triton else ""
+            elif self.anchor_names:
+                plan.frozen = self.frozen_split()
+            else:
+                plan.notes.append("no chunk-parallel form: the rule is not affine in the state "
+                                  "and its gradients are not frozen per chunk")
+        except _NoChunkedForm as why:
+            plan.notes.append(f"no chunk-parallel form: {why}")
+        return plan
+
+    def _read_query(self):
+        """read = c * S_next q (matrix) or <z_next, q> (vector) -> (c * q, state name)."""
+        (name, S), = self.rule.states
+        target = sp.MatrixSymbol(f"{name}_next" if not self.rule.read_before else name, *S.shape)
+        read = self.read
+        if isinstance(read, Dot) and target in read.args:
+            other = read.args[1] if read.args[0] == target else read.args[0]
+            return other
+        coef, mats = _split(read)
+        if len(mats) == 2 and mats[0] == target and not mats[1].has(target):
+            return coef * mats[1] if coef != 1 else mats[1]
+        raise _NoChunkedForm("the read is not the state applied to a query")
+
+    def _bias_terms(self, bias, vector: bool):
+        terms = bias.args if isinstance(bias, sp.MatAdd) else (bias,)
+        out = []
+        for term in terms:
+            coef, mats = _split(term)
+            if vector and len(mats) == 1:
+                out.append((coef, mats[0]))
+            elif len(mats) == 2 and isinstance(mats[1], sp.Transpose):
+                left = coef * mats[0] if coef != 1 else mats[0]
+                out.append((left, mats[1].arg))
+            else:
+                raise _NoChunkedForm(f"the input term {sp.sstr(term)[:60]} is not an outer "
+                                     "product")
+        return out
+
+    def affine_chunked(self) -> list[str]:
+        fam = self.family
+        vector = not isinstance(self.rule.read, sp.MatrixExpr) or self.rule.form.kind == "vector"
+        bias = fam.param("bias")
+        if isinstance(bias, sp.ZeroMatrix):
+            raise _NoChunkedForm("the state has no input term")
+        terms = self._bias_terms(bias, vector=self.rule.form.kind == "vector")
+        gate = fam.param("decay")
+        query = self._read_query()
+        printer = TorchPrinter(self.names())
+        outputs = [("query", query)]
+        log_decay = None
+        if gate != 1:
+            outputs.append(("log_decay", sp.log(gate)))
+            log_decay = "log_decay"
+        for i, (u, w) in enumerate(terms):
+            outputs += [(f"value{i}", u), (f"key{i}", w)]
+        if fam.family is KernelFamily.DELTA:
+            if len(terms) != 1 or terms[0][1] != fam.param("key"):
+                raise _NoChunkedForm("the input term's key is not the delta rule's key")
+            if fam.param("decay_kind") != "scalar":
+                raise _NoChunkedForm("the chunked delta form takes a scalar decay")
+            outputs.append(("rate", fam.param("beta")))
+        lines = self._chunk_unpack() + ["ref = nl.reference(tokens)"]
+        lines += printer.assign(outputs)
+        (name, _), = self.rule.states
+        state = f"state[{name!r}]"
+        is_vec = self.rule.form.kind == "vector"
+        if is_vec:  # a vector memory z is the one-row matrix z^T
+            lines.append(f"S = {state}.mT")
+            state = "S"
+        kind = "flat" if fam.param("decay_kind") == "scalar" else "vec"
+        decay = f"nl.{kind}({log_decay}, ref)" if log_decay else "None"
+        rb = self.rule.read_before
+        kernel = self._kernel_plan(fam, terms, is_vec)
+        if kernel is not None:
+            beta = ", beta=nl.flat(rate, ref)" if fam.family is KernelFamily.DELTA else ""
+            g = f", g={decay}" if log_decay else ""
+            lines += [
+                "if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel",
+                f"    kernels = nl.kernels(__file__, {self.kernels!r})",
+                f"    o, S = kernels.{kernel.prefix}_fused_recurrent(nl.vec(query, ref), "
+                f"nl.vec(key0, ref), nl.vec(value0, ref){g}{beta}, initial_state={state}, "
+                "output_final_state=True)",
+                f"    return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: S}}"]
+            self.triton = kernel
+        if fam.family is KernelFamily.DELTA:
+            lines.append(f"o, S = nl.delta_chunked(nl.vec(query, ref), nl.vec(key0, ref), "
+                         f"nl.vec(value0, ref), nl.flat(rate, ref), {decay}, "
+                         f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
+        else:
+            lines.append("o = 0")
+            for i in range(len(terms)):
+                value = f"nl.vec(value{i}, ref)"
+                lines.append(f"o_i, S = nl.decay_chunked(nl.vec(query, ref), nl.vec(key{i}, ref), "
+                             f"{value}, "
+                             f"{decay}, initial_state={state}, read_before={rb}, "
+                             "chunk_size=chunk_size)")
+                lines.append("o = o + o_i")
+                state = "S"
+        final = "S.mT" if is_vec else "S"
+        lines.append(f"return o.unsqueeze(-1), {{{name!r}: {final}}}")
+        return _used(lines)
+
+    def _kernel_plan(self, fam, terms, is_vec):
+        """The Triton recurrent kernel for this level, when the family and form have one."""
+        if not self.kernels or is_vec or len(terms) != 1:
+            return None
+        (_, S), = self.rule.states
+        if S.shape[1] > 256:  # the kernels hold the key axis in one tile
+            return None
+        from nlc.emit.triton_render import RecurrentKernelPlan
+        decay = "none" if fam.param("decay") == 1 else fam.param("decay_kind")
+        return RecurrentKernelPlan(self.prefix, fam.family.value, decay,
+                                   read_before=self.rule.read_before)
+
+    def frozen_split(self) -> dict[str, list[str]]:
+        """Hoist every subterm that depends on the anchors but not on the running state: it
+        is computed for all tokens of a chunk at once (`drive`); the rest runs per token."""
+        current = set(self.state_names) | {f"{n}_next" for n in self.state_names}
+        anchors = set(self.anchor_names)
+        table: dict = {}
+        memo: dict = {}
+
+        def names_of(e):
+            if e not in memo:
+                memo[e] = free_names([e])
+            return memo[e]
+
+        def hoist(e):
+            if isinstance(e, (sp.Symbol, sp.MatrixSymbol)) or e.is_number:
+                return e
+            used = names_of(e)
+            if used & anchors and not used & current:
+                if e not in table:
+                    name = f"drive{len(table)}"
+                    table[e] = (sp.MatrixSymbol(name, *e.shape)
+                                if isinstance(e, sp.MatrixExpr) else sp.Symbol(name))
+                return table[e]
+            if isinstance(e, ElementwiseApplyFunction):
+                return ElementwiseApplyFunction(e.function, hoist(e.expr))
+            if not e.args:
+                return e
+            return e.func(*[hoist(a) for a in e.args])
+
+        combined = [(n, hoist(e)) for n, e in self.rule.next_state]
+        if not table:
+            raise _NoChunkedForm("nothing depends on the chunk-start state")
+        drive_names = {sym.name: sym.name for sym in table.values()}
+        drive = self._inputs_unpack() + TorchPrinter(self.names()).assign(
+            [(sym.name, e) for e, sym in table.items()])
+        drive.append("return {" + ", ".join(f"{s.name!r}: {s.name}" for s in table.values())
+                     + "}")
+        combine = _unpack(self.state_names, "state") + self._inputs_unpack(anchors=False)
+        combine += _unpack(list(drive_names), "inputs")
+        combine += TorchPrinter(self.names(drive_names)).assign(
+            [(f"{local(n)}_next", e) for n, e in combined])
+        combine.append("return {" + ", ".join(f"{n!r}: {local(n)}_next"
+                                              for n in self.state_names) + "}")
+        read_names = self.names({f"{n}_next": local(n) for n in self.state_names})
+        read = _unpack(self.state_names, "states") + self._inputs_unpack()
+        read += TorchPrinter(read_names).assign([("o", self.read)])
+        read.append("return o")
+        return {"drive": _used(drive), "combine": _used(combine), "read": _used(read)}
+
+    def attention(self) -> dict:
+        """The non-parametric family: softmax attention when the kernel is exp(c <q, k>)."""
+        kernel, window = self.rule.role("kernel"), self.rule.role("window")
+        scale = None
+        if isinstance(kernel, sp.exp):
+            arg = kernel.args[0]
+            dots = list(arg.atoms(Dot))
+            if len(dots) == 1:
+                coef = sp.simplify(arg / dots[0])
+                if coef.is_number:
+                    scale = float(coef)
+        if scale is None:
+            raise NlcError(f"level '{self.rule.level}': only exponential dot-product kernels "
+                           f"exp(c <q, k>) are emitted, not {sp.sstr(kernel)}")
+        return {"scale": repr(scale), "window": int(window) if window else None}
+
+
+class _NoChunkedForm(Exception):
+    pass

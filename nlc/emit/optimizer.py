@@ -1,0 +1,84 @@
+"""A checked optimizer spec -> the plan of a `torch.optim.Optimizer` subclass.
+
+Each level's state is a tensor shaped like the parameter, updated once per optimizer step by
+its derived rule (printed elementwise: `like(param)` states are matrices in the printer's
+sense, and every operation on them is entrywise); then the `apply` clauses give the new
+parameter. A level `over gradients u, inputs x` (DGD) sees each `nn.Linear` weight with the
+inputs and output gradients recorded for it, one sample at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nlc.derive import derive
+from nlc.emit.context import ContextPrinter, literal
+from nlc.emit.levels import local
+from nlc.emit.torch_printer import TorchPrinter
+from nlc.errors import NlcError
+from nlc.levels import shapes
+
+
+@dataclass
+class OptimizerPlan:
+    name: str
+    hypers: list[tuple[str, str]]
+    states: list[tuple[str, str]]                  # (name, init: zeros | param)
+    update: list[str] = field(default_factory=list)
+    per_sample: list[str] = field(default_factory=list)
+    gradient: str = "g"
+    inputs: str | None = None
+    lines: list[int] = field(default_factory=list)
+
+
+def optimizer_plan(spec) -> OptimizerPlan:
+    if spec.name in ("torch", "nn", "nl", "F", "Optimizer"):
+        raise NlcError(f"'{spec.name}' is a name the generated module uses itself", spec.span)
+    rules = {r.level: r for r in derive(spec, dims={})}
+    levels = [lv for lv in spec.levels if lv.state is not None]
+    hypers = [(n, literal(v)) for n, v in spec.hypers]
+    names = {n: local(n) for n, _ in spec.hypers} | {"param": "param", "t": "t"}
+    overs = {lv.over for lv in levels if lv.over}
+    inputs = {lv.inputs for lv in levels if lv.inputs}
+    if len(overs) > 1 or len(inputs) > 1:
+        raise NlcError("all levels of an optimizer must name the gradient (and input) alike",
+                       spec.span)
+    grad = overs.pop() if overs else "g"
+    inp = inputs.pop() if inputs else None
+    names[grad] = local(grad)
+    if inp:
+        names[inp] = local(inp)
+    plan = OptimizerPlan(spec.name, hypers, [], gradient=local(grad), inputs=inp and local(inp))
+    body = plan.per_sample if inp else plan.update
+    printer = TorchPrinter(dict(names), prefix="tmp")
+    outputs = []
+    for lv in levels:
+        rule = rules[lv.name]
+        for n, _ in rule.states:
+            plan.states.append((n, lv.state.init))
+            body.append(f"{local(n)} = state[{n!r}]")
+            printer.names[n] = local(n)
+            printer.names[f"{n}_next"] = f"{local(n)}_next"
+        for n, expr in rule.next_state:
+            outputs.append((f"{local(n)}_next", expr))
+        if rule.read is not None:
+            outputs.append((local(lv.name), rule.read))
+    body += printer.assign(outputs)
+    for lv in levels:
+        for n, _ in rules[lv.name].states:
+            body.append(f"state[{n!r}] = {local(n)}_next")
+    env = shapes.Env(values={n: () for n, _ in spec.hypers} | {"param": (), "t": (), grad: ()})
+    apply_names = dict(names)
+    for lv in levels:
+        apply_names[lv.name] = local(lv.name)
+        for n, _ in rules[lv.name].states:
+            apply_names[n] = f"state[{n!r}]"
+    applied = ContextPrinter(apply_names, env, {}, owner="optimizer")
+    applies = [(target, expr, lv) for lv in levels for target, expr in lv.applies]
+    if not applies:
+        raise NlcError(f"optimizer '{spec.name}' has no `apply param = ...` clause", spec.span)
+    for target, expr, lv in applies:
+        if target != "param":
+            raise NlcError(f"only `apply param = ...` is emitted, not '{target}'", lv.span)
+        code = applied.expr(expr)
+        body.append(f"param.copy_({code})  # spec:{expr.span.line}")
+    return plan

@@ -1,0 +1,286 @@
+"""SymPy (matrix) expressions -> batched PyTorch code.
+
+Every value is a tensor whose last two axes are the matrix axes: a matrix is ``[..., r, c]``,
+a column vector ``[..., d, 1]`` and a scalar ``[..., 1, 1]`` (or a Python number). The
+leading axes are whatever the caller batches over: (batch, head) for one token, (batch,
+token, head) for a whole chunk. One printed expression therefore serves the recurrent step
+and the chunk-parallel forms alike.
+
+Shared subtrees are printed once into a temporary (value numbering, since SymPy's own `cse`
+cannot rebuild elementwise maps); a subtree used once is inlined, so the code stays close to
+the rule that `nlc derive` prints.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from nlc.derive.matfuncs import Dot, Mean, NewtonSchulz, RowSoftmax
+from nlc.errors import NlcError
+
+# Scalar functions: SymPy head -> torch call. Elementwise on tensors.
+FUNCTIONS = {
+    sp.exp: "torch.exp", sp.log: "torch.log", sp.tanh: "torch.tanh", sp.erf: "torch.erf",
+    sp.Abs: "torch.abs", sp.sign: "torch.sign", sp.cos: "torch.cos", sp.sin: "torch.sin",
+    sp.cosh: "torch.cosh", sp.sinh: "torch.sinh",
+}
+RELATIONS = {sp.StrictGreaterThan: ">", sp.GreaterThan: ">=", sp.StrictLessThan: "<",
+             sp.LessThan: "<=", sp.Equality: "==", sp.Unequality: "!="}
+_ATOMIC = (sp.Symbol, sp.MatrixSymbol, sp.Number, sp.NumberSymbol, sp.OneMatrix,
+           sp.ZeroMatrix)
+
+
+def number(value) -> str:
+    """A SymPy number as a deterministic Python literal."""
+    value = sp.nsimplify(value) if isinstance(value, sp.Float) else value
+    if value.is_Integer:
+        return str(int(value))
+    return repr(float(value))
+
+
+class TorchPrinter:
+    """Print expressions as assignment lines. `names` maps a symbol's name to the Python
+    expression that holds it; `prefix` names the temporaries."""
+
+    def __init__(self, names: dict[str, str] | None = None, prefix: str = "t"):
+        self.names = dict(names or {})
+        self.prefix = prefix
+        self.lines: list[str] = []
+        self.cache: dict = {}
+        self.uses: Counter = Counter()
+
+    # ------------------------------------------------------------------ driver
+    def assign(self, outputs: list[tuple[str, object]]) -> list[str]:
+        """Lines that compute each (target, expression); returns all lines so far."""
+        for _, expr in outputs:
+            self._count(expr)
+        for target, expr in outputs:
+            self.lines.append(f"{target} = {self.expr(expr)}")
+        return self.lines
+
+    def _count(self, expr) -> None:
+        for node in sp.preorder_traversal(expr):
+            if not isinstance(node, _ATOMIC) and not node.is_number:
+                self.uses[node] += 1
+
+    def expr(self, e) -> str:
+        """The code of `e` (a name if it was shared)."""
+        if e in self.cache:
+            return self.cache[e]
+        code = self._print(e)
+        if self.uses[e] > 1 and not isinstance(e, _ATOMIC) and not e.is_number:
+            name = f"{self.prefix}{len(self.cache)}"
+            self.lines.append(f"{name} = {code}")
+            self.cache[e] = name
+            return name
+        return code
+
+    def _paren(self, e) -> str:
+        code = self.expr(e)
+        if e in self.cache or isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Function,
+                                             Mean, Dot, sp.Transpose)) or code.isidentifier():
+            return code
+        if e.is_number and not code.startswith("-"):
+            return code
+        return f"({code})"
+
+    # ------------------------------------------------------------------ nodes
+    def _print(self, e) -> str:
+        if e.is_number and not isinstance(e, sp.MatrixExpr):
+            return number(e)
+        if isinstance(e, (sp.Symbol, sp.MatrixSymbol)):
+            name = e.name
+            if name not in self.names:
+                raise NlcError(f"generated code has no value for '{name}'")
+            return self.names[name]
+        method = getattr(self, f"_print_{type(e).__name__}", None)
+        if method is not None:
+            return method(e)
+        head = FUNCTIONS.get(type(e))
+        if head is not None:
+            return f"{head}({', '.join(self.expr(a) for a in e.args)})"
+        raise NlcError(f"cannot emit PyTorch code for '{type(e).__name__}' in {sp.sstr(e)[:80]}")
+
+    def _sum(self, args) -> str:
+        parts = []
+        for a in sorted(args, key=sp.default_sort_key):
+            code = self._paren(a) if isinstance(a, (sp.Add, sp.MatAdd)) else self.expr(a)
+            if parts and code.startswith("-"):
+                parts.append(f"- {code[1:]}")
+            else:
+                parts.append(("+ " if parts else "") + code)
+        return " ".join(parts)
+
+    def _print_Add(self, e) -> str:
+        return self._sum(e.args)
+
+    _print_MatAdd = _print_Add
+
+    def _product(self, factors, op: str) -> str:
+        sign = ""
+        if factors and factors[0].is_number and factors[0] == -1:
+            sign, factors = "-", factors[1:]
+        return sign + f" {op} ".join(self._paren(f) for f in factors)
+
+    def _print_Mul(self, e) -> str:
+        numer, denom = [], []
+        for f in e.as_ordered_factors():
+            if isinstance(f, sp.Pow) and f.exp.is_number and f.exp < 0 and not f.base.is_number:
+                denom.append(sp.Pow(f.base, -f.exp))
+            else:
+                numer.append(f)
+        code = self._product(numer or [sp.Integer(1)], "*")
+        for d in denom:
+            code += f" / {self._paren(d)}"
+        return code
+
+    def _print_Pow(self, e) -> str:
+        base, exp = e.args
+        if isinstance(exp, sp.Float):
+            exp = sp.nsimplify(exp)
+        if exp == sp.Rational(1, 2):
+            return f"torch.sqrt({self.expr(base)})"
+        if exp == -1:
+            return f"1 / {self._paren(base)}"
+        if exp == sp.Rational(-1, 2):
+            return f"torch.rsqrt({self.expr(base)})"
+        if base == sp.E:
+            return f"torch.exp({self.expr(exp)})"
+        return f"{self._paren(base)} ** {self._paren(exp)}"
+
+    def _print_MatMul(self, e) -> str:
+        scalars = [a for a in e.args if not isinstance(a, sp.MatrixExpr)]
+        mats = [a for a in e.args if isinstance(a, sp.MatrixExpr)]
+        code, pending = None, []
+        if mats and all(isinstance(m, sp.OneMatrix) for m in mats) and len(mats) == 1:
+            # c * 1: a scalar broadcast over a column (how SymPy writes "subtract the mean")
+            return self._product(scalars or [sp.Integer(1)], "*")
+        if any(isinstance(m, sp.OneMatrix) for m in mats):
+            raise NlcError(f"cannot emit a product with a matrix of ones: {sp.sstr(e)[:80]}")
+        for m in mats:  # a diagonal factor scales rows (on the left) or columns (on the right)
+            if isinstance(m, sp.DiagMatrix):
+                if code is None:
+                    pending.append(self._paren(m.args[0]))
+                else:
+                    code = f"{code} * {self._paren(m.args[0])}.mT"
+                continue
+            code = self._paren(m) if code is None else f"{code} @ {self._paren(m)}"
+        if code is None:
+            raise NlcError(f"cannot emit a product of diagonal matrices: {sp.sstr(e)[:80]}")
+        factors = [self._paren(s) if not s.is_number else number(s) for s in scalars] + pending
+        if factors == ["-1"]:
+            return f"-{code}" if " " not in code else f"-({code})"
+        return " * ".join(factors + [code if " " not in code or code.startswith("(")
+                                     else f"({code})"])
+
+    def _print_HadamardProduct(self, e) -> str:
+        return " * ".join(self._paren(a) for a in e.args)
+
+    def _print_HadamardPower(self, e) -> str:
+        return f"{self._paren(e.args[0])} ** {self._paren(e.args[1])}"
+
+    def _print_Transpose(self, e) -> str:
+        return f"{self._paren(e.arg)}.mT"
+
+    def _print_DiagMatrix(self, e) -> str:
+        return f"torch.diag_embed({self.expr(e.args[0])}.squeeze(-1))"
+
+    def _print_OneMatrix(self, e) -> str:
+        return "1.0"  # only ever broadcast against a tensor of the same shape
+
+    def _print_ZeroMatrix(self, e) -> str:
+        return "0.0"
+
+    def _print_Identity(self, e) -> str:
+        raise NlcError("an identity matrix cannot be emitted without its size")
+
+    def _print_Trace(self, e) -> str:
+        arg = e.arg
+        if isinstance(arg, sp.MatMul) and isinstance(arg.args[0], sp.OneMatrix):
+            # tr(1 1^T X) sums every entry of X (how SymPy spells a matrix's total)
+            rest = sp.MatMul(*arg.args[1:])
+            return f"nl.sum_all({self.expr(rest)})"
+        return f"nl.trace({self.expr(arg)})"
+
+    def _print_Mean(self, e) -> str:
+        return f"nl.mean({self.expr(e.args[0])})"
+
+    def _print_Dot(self, e) -> str:
+        a, b = e.args
+        if a == b:
+            return f"nl.sqnorm({self.expr(a)})"
+        return f"nl.dot({self.expr(a)}, {self.expr(b)})"
+
+    def _print_NewtonSchulz(self, e) -> str:
+        return f"nl.newton_schulz({self.expr(e.args[0])}, steps={int(e.args[1])})"
+
+    def _print_RowSoftmax(self, e) -> str:
+        return f"torch.softmax({self.expr(e.args[0])}, dim=-1)"
+
+    def _print_ElementwiseApplyFunction(self, e) -> str:
+        lam = e.function
+        (var,), body = lam.variables, lam.expr
+        arg = e.expr
+        holder = sp.Symbol(f"_arg{len(self.names)}")
+        code = self.expr(arg)
+        if not code.isidentifier():
+            name = f"{self.prefix}{len(self.cache)}"
+            self.lines.append(f"{name} = {code}")
+            self.cache[arg] = name
+            code = name
+        inner = TorchPrinter({**self.names, holder.name: code}, prefix=f"{self.prefix}_")
+        return inner.expr(body.xreplace({var: holder}))
+
+    def _print_Max(self, e) -> str:
+        args = list(e.args)
+        nums = [a for a in args if a.is_number]
+        rest = [a for a in args if not a.is_number]
+        code = self.expr(rest[0])
+        for a in rest[1:]:
+            code = f"torch.maximum({code}, {self.expr(a)})"
+        return f"torch.clamp_min({code}, {number(nums[0])})" if nums else code
+
+    def _print_Min(self, e) -> str:
+        args = list(e.args)
+        nums = [a for a in args if a.is_number]
+        rest = [a for a in args if not a.is_number]
+        code = self.expr(rest[0])
+        for a in rest[1:]:
+            code = f"torch.minimum({code}, {self.expr(a)})"
+        return f"torch.clamp_max({code}, {number(nums[0])})" if nums else code
+
+    def _print_Piecewise(self, e) -> str:
+        *pieces, (last, cond) = e.args
+        if cond != sp.true:
+            raise NlcError("a piecewise expression without an otherwise branch")
+        code = self.expr(last)
+        for value, cond in reversed(pieces):
+            code = f"torch.where({self._condition(cond)}, {self.expr(value)}, {code})"
+        return code
+
+    def _condition(self, cond) -> str:
+        op = RELATIONS.get(type(cond))
+        if op is None:
+            raise NlcError(f"cannot emit the condition {cond}")
+        return f"{self._paren(cond.lhs)} {op} {self._paren(cond.rhs)}"
+
+    def _print_Heaviside(self, e) -> str:
+        return f"({self._paren(e.args[0])} > 0).to({self.expr(e.args[0])}.dtype)"
+
+
+def free_names(exprs) -> set[str]:
+    """Names of the symbols an expression reads (elementwise-map variables excluded)."""
+    found, bound = set(), set()
+    for e in exprs:
+        for node in sp.preorder_traversal(e):
+            if isinstance(node, (sp.Symbol, sp.MatrixSymbol)):
+                found.add(node)
+            elif isinstance(node, ElementwiseApplyFunction):
+                bound |= set(node.function.variables)
+    return {s.name for s in found - bound}
+
+
+__all__ = ["TorchPrinter", "free_names", "number", "NewtonSchulz", "RowSoftmax"]

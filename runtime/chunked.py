@@ -1,0 +1,120 @@
+"""Exact chunked forms of the affine kernel families (DESIGN.md, "Kernel families").
+
+Both work on `q, k: [B, T, H, K]`, `v: [B, T, H, V]`, a state `S: [B, H, V, K]` (read
+`o = S q`) and the log of the decay, `[B, T, H]` (scalar) or `[B, T, H, K]` (per key
+channel). Inside a chunk of C tokens the decays are cumulative sums in log space, so every
+token's contribution is a masked matrix product; only the state is passed from chunk to
+chunk.
+
+decay:  S_t = S_{t-1} D_t + v_t k_t^T
+delta:  S_t = S_{t-1} D_t (I - b_t k_t k_t^T) + v_t k_t^T
+
+For delta, write S_t = d_t S_{t-1} + delta_t k_t^T with delta_t = v_t - b_t d_t S_{t-1} k_t.
+Unrolled inside a chunk from its start state S_0 (g the cumulative log decay), the deltas
+solve a unit lower-triangular system (the UT transform):
+  (I + A) Delta = V - diag(b e^g) K S_0^T,   A[t, s] = b_t e^{g_t - g_s} k_t.k_s  (s < t),
+so Delta = U - W S_0^T with U = (I + A)^-1 V and W = (I + A)^-1 diag(b e^g) K, both computed
+for all chunks at once."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _split(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`[B, T, H, *]` (T a multiple of chunk) -> `[B, H, N, C, *]`."""
+    B, T, H = x.shape[:3]
+    return x.reshape(B, T // chunk, chunk, H, *x.shape[3:]).movedim(3, 1)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """`[B, H, N, C, *]` -> `[B, N * C, H, *]`."""
+    B, H, N, C = x.shape[:4]
+    return x.movedim(1, 3).reshape(B, N * C, H, *x.shape[4:])
+
+
+def _pad(x, T: int):
+    if x is None or x.shape[1] == T:
+        return x
+    pad = [0, 0] * (x.dim() - 2) + [0, T - x.shape[1]]
+    return F.pad(x, pad)
+
+
+def _prepare(q, k, v, log_decay, chunk):
+    T = q.shape[1]
+    padded = -(-T // chunk) * chunk
+    if log_decay is None:
+        log_decay = q.new_zeros(q.shape[:3])
+    if log_decay.dim() == 3:
+        log_decay = log_decay.unsqueeze(-1)
+    q, k, v, log_decay = (_split(_pad(x, padded), chunk) for x in (q, k, v, log_decay))
+    return T, q, k, v, log_decay.cumsum(-2), log_decay
+
+
+def _masked_exp(diff: torch.Tensor, strict: bool) -> torch.Tensor:
+    """exp(diff[t, s]) where s <= t (s < t if strict), 0 elsewhere; masked before exp."""
+    C = diff.shape[-1] if diff.dim() >= 2 else 1
+    keep = torch.ones(C, C, dtype=torch.bool, device=diff.device).tril(-1 if strict else 0)
+    return torch.exp(diff.masked_fill(~keep, float("-inf")))
+
+
+def _scores(q, k, g_read, g, strict: bool):
+    """q_t . (k_s e^{g_read_t - g_s}) for s <= t, per chunk: `[B, H, N, C, C]`."""
+    if g.shape[-1] == 1:
+        decay = _masked_exp(g_read[..., :, 0, None] - g[..., None, :, 0], strict)
+        return (q @ k.mT) * decay
+    decay = _masked_exp((g_read.unsqueeze(-2) - g.unsqueeze(-3)).movedim(-1, -3), strict)
+    return torch.einsum("...tk,...sk,...kts->...ts", q, k, decay)
+
+
+def _initial(state, q, v):
+    if state is not None:
+        return state
+    B, H = q.shape[0], q.shape[1]
+    return q.new_zeros(B, H, v.shape[-1], q.shape[-1])
+
+
+def decay_chunked(q, k, v, log_decay=None, *, initial_state=None, read_before=False,
+                  chunk_size=64):
+    """The decay family, chunked; returns `(o [B, T, H, V], final state [B, H, V, K])`."""
+    T, q, k, v, g, ld = _prepare(q, k, v, log_decay, chunk_size)
+    g_read = g - ld if read_before else g
+    S = _initial(initial_state, q, v)
+    outs = []
+    for n in range(q.shape[2]):
+        qn, kn, vn, gn, gr = q[:, :, n], k[:, :, n], v[:, :, n], g[:, :, n], g_read[:, :, n]
+        inter = (qn * gr.exp()) @ S.mT
+        intra = _scores(qn, kn, gr, gn, strict=read_before) @ vn
+        outs.append(inter + intra)
+        last = gn[..., -1:, :]
+        S = S * last.exp() + vn.mT @ (kn * (last - gn).exp())
+    o = _merge(torch.stack(outs, 2))[:, :T]
+    return o, S
+
+
+def delta_chunked(q, k, v, beta, log_decay=None, *, initial_state=None, read_before=False,
+                  chunk_size=64):
+    """The delta family with a scalar (or no) decay, chunked by the UT transform."""
+    if log_decay is not None and log_decay.dim() == 4:
+        raise ValueError("delta_chunked takes a scalar decay per head and token")
+    T, q, k, v, g, ld = _prepare(q, k, v, log_decay, chunk_size)
+    b = _split(_pad(beta, q.shape[2] * chunk_size), chunk_size).unsqueeze(-1)  # [B,H,N,C,1]
+    C = chunk_size
+    a = (b * (k @ k.mT)) * _masked_exp(g[..., :, 0, None] - g[..., None, :, 0], strict=True)
+    eye = torch.eye(C, dtype=q.dtype, device=q.device)
+    inv = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False,
+                                        unitriangular=True)
+    u = inv @ v
+    w = inv @ (b * g.exp() * k)
+    g_read = g - ld if read_before else g
+    S = _initial(initial_state, q, v)
+    outs = []
+    for n in range(q.shape[2]):
+        qn, kn, gn, gr = q[:, :, n], k[:, :, n], g[:, :, n], g_read[:, :, n]
+        delta = u[:, :, n] - w[:, :, n] @ S.mT
+        outs.append((qn * gr.exp()) @ S.mT + _scores(qn, kn, gr, gn, strict=read_before) @ delta)
+        last = gn[..., -1:, :]
+        S = S * last.exp() + delta.mT @ (kn * (last - gn).exp())
+    o = _merge(torch.stack(outs, 2))[:, :T]
+    return o, S

@@ -1,0 +1,283 @@
+"""The functions generated modules call, as `from nlc.runtime import ops as nl`.
+
+Two conventions meet here (see nlc/emit/torch_printer.py):
+- context generation works on `[B, T, H, *shape]` tensors (a scalar per head and token is
+  `[B, T, H, 1]`; the layer input `x` is `[B, T, 1, d_model]`, shared by the heads; a
+  parameter is `[H, *shape]`);
+- the memory's math works on matrices in the last two axes: `[..., rows, cols]`, with
+  columns `[..., d, 1]` and scalars `[..., 1, 1]`.
+
+Everything here is plain PyTorch and differentiable; the family algorithms live in
+`scan.py` (one token at a time, frozen-gradient chunks) and `chunked.py` (exact chunked
+forms of the affine families)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from nlc.runtime.chunked import decay_chunked, delta_chunked
+from nlc.runtime.attention import attention
+from nlc.runtime.scan import frozen_chunked, mid_chunk, recurrent, varlen
+
+EPS = 1e-6
+
+
+# --------------------------------------------------------------- context generation
+def head_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`a @ W` per head: a `[..., H|1, m]`, W `[H, m]` (-> `[..., H, 1]`) or `[H, m, n]`."""
+    heads = max(a.shape[-2], w.shape[0])
+    a = a.expand(*a.shape[:-2], heads, a.shape[-1])
+    if w.dim() == 2:
+        return torch.einsum("...hm,hm->...h", a, w.expand(heads, -1)).unsqueeze(-1)
+    # einsum, not a broadcast `@`: its backward would materialize one [m, n] product per token
+    return torch.einsum("...hm,hmn->...hn", a, w.expand(heads, -1, -1))
+
+
+def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=None,
+               key: str = "") -> torch.Tensor:
+    """Causal depthwise convolution along T: x `[B, T, H, D]`, weight `[H, D, W]`; the last
+    tap multiplies the current token. Packed sequences (`cu_seqlens`) do not see each other.
+    With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`."""
+    width = weight.shape[-1]
+    T = x.shape[1]
+    if cache is not None and width > 1:
+        past = cache.get(key)
+        if past is None:
+            past = x.new_zeros(x.shape[0], width - 1, *x.shape[2:])
+        x = torch.cat([past, x], dim=1)
+        cache[key] = x[:, -(width - 1):]
+    pos = positions(x.shape[1], cu_seqlens, x.device)
+    out = x * weight[..., width - 1]
+    for j in range(1, width):
+        shifted = F.pad(x, (0, 0, 0, 0, j, 0))[:, : x.shape[1]]
+        keep = (pos >= j).to(x.dtype)[None, :, None, None]
+        out = out + shifted * keep * weight[..., width - 1 - j]
+    return out[:, x.shape[1] - T:]
+
+
+def positions(T: int, cu_seqlens, device) -> torch.Tensor:
+    """Each token's position inside its sequence."""
+    pos = torch.arange(T, device=device)
+    if cu_seqlens is None:
+        return pos
+    starts = torch.zeros(T, dtype=torch.long, device=device)
+    for s in cu_seqlens[1:-1].tolist():
+        starts[s:] = s
+    return pos - starts
+
+
+def l2norm(x):
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + EPS)
+
+
+def rmsnorm(x):
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + EPS)
+
+
+def layernorm(x):
+    return F.layer_norm(x, x.shape[-1:], eps=EPS)
+
+
+def softmax(x):
+    return torch.softmax(x, dim=-1)
+
+
+def elu1(x):
+    return F.elu(x) + 1
+
+
+def gelu(x):
+    return F.gelu(x)
+
+
+def total(x):
+    return x.sum(-1, keepdim=True)
+
+
+def inner(a, b):
+    return (a * b).sum(-1, keepdim=True)
+
+
+# --------------------------------------------------------------- memory math
+def mean(x):
+    """Mean of a column's entries: `[..., d, 1] -> [..., 1, 1]`."""
+    return x.mean(-2, keepdim=True)
+
+
+def dot(a, b):
+    return (a * b).sum(-2, keepdim=True)
+
+
+def sqnorm(a):
+    return (a * a).sum(-2, keepdim=True)
+
+
+def trace(x):
+    return x.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+
+
+def sum_all(x):
+    return x.sum((-2, -1), keepdim=True)
+
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz (Jordan et al., 2024)
+
+
+def newton_schulz(x: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U V^T of x = U S V^T, by `steps` quintic iterations from x / ||x||_F."""
+    a, b, c = NS_COEFFS
+    y = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    transpose = y.shape[-2] > y.shape[-1]
+    if transpose:
+        y = y.mT
+    for _ in range(steps):
+        g = y @ y.mT
+        y = a * y + (b * g + c * g @ g) @ y
+    return y.mT if transpose else y
+
+
+# --------------------------------------------------------------- layouts
+def column(x: torch.Tensor) -> torch.Tensor:
+    """`[B, T, H, D]` -> `[B, T, H, D, 1]`."""
+    return x.unsqueeze(-1)
+
+
+def scalar(x: torch.Tensor) -> torch.Tensor:
+    """`[B, T, H]` -> `[B, T, H, 1, 1]`."""
+    return x[..., None, None]
+
+
+def reference(tokens: dict) -> torch.Tensor:
+    """A tensor of the broadcast `[B, T, H]` of a level's inputs (for shapes, dtype, device)."""
+    values = list(tokens.values())
+    shape = torch.broadcast_shapes(*(v.shape[:3] for v in values))
+    return values[0].new_empty(shape)
+
+
+def vec(x, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A column `[B, T, H, D, 1]` -> `[B, T, H, D]`, broadcast to `like`'s `[B, T, H]`."""
+    x = torch.as_tensor(x, dtype=like.dtype if like is not None else None,
+                        device=like.device if like is not None else None).squeeze(-1)
+    if like is None:
+        return x
+    while x.dim() < 4:
+        x = x.unsqueeze(0)
+    return x.expand(*like.shape[:3], x.shape[-1])
+
+
+def flat(x, like: torch.Tensor) -> torch.Tensor:
+    """A scalar `[B, T, H, 1, 1]` (or a number) -> `[B, T, H]` shaped like `like`'s `[B, T, H]`."""
+    x = torch.as_tensor(x, dtype=like.dtype, device=like.device)
+    if x.dim() >= 2:
+        x = x[..., 0, 0]
+    return x.expand(*like.shape[:3])
+
+
+def param(p: torch.Tensor, rank: int) -> torch.Tensor:
+    """A parameter `[H, *shape]` in the memory's layout: a scalar `[H, 1, 1]`, a vector
+    `[H, d, 1]`, a matrix `[H, m, n]`."""
+    return p[:, None, None] if rank == 0 else p[..., None] if rank == 1 else p
+
+
+def output(o: torch.Tensor, kind: str) -> torch.Tensor:
+    """A level's read `[B, T, H, r, 1]` -> `[B, T, H, r]` (a scalar read -> `[B, T, H]`)."""
+    return o[..., 0, 0] if kind == "scalar" else o[..., 0]
+
+
+def per_token(value, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a context value to `[B, T, H, last]` (e.g. a per-head constant `[H, 1]`)."""
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    while value.dim() < 4:
+        value = value.unsqueeze(0)
+    return value.expand(*like.shape[:3], value.shape[-1])
+
+
+def init_state(init: str, shape, batch: int, heads: int, like: torch.Tensor, learned=None):
+    """A level's initial state `[B, H, *shape]`: zeros, the identity or a learned tensor."""
+    if init == "learned" and learned is not None:
+        return learned.unsqueeze(0).expand(batch, *learned.shape)
+    if init == "identity":
+        eye = torch.eye(shape[-2], shape[-1], dtype=like.dtype, device=like.device)
+        return eye.expand(batch, heads, *shape).clone()
+    return torch.zeros(batch, heads, *shape, dtype=like.dtype, device=like.device)
+
+
+def inv_softplus_uniform(shape, low: float, high: float) -> torch.Tensor:
+    """Mamba's dt bias: softplus^-1 of a log-uniform draw in [low, high]."""
+    dt = torch.exp(torch.rand(shape) * (math.log(high) - math.log(low)) + math.log(low))
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def log_uniform(shape, low: float, high: float) -> torch.Tensor:
+    """Mamba's A_log: log of a uniform draw in [low, high]."""
+    return torch.log(torch.empty(shape).uniform_(low, high))
+
+
+__all__ = [
+    "head_matmul", "short_conv", "positions", "l2norm", "rmsnorm", "layernorm",
+    "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace", "sum_all",
+    "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param", "output", "per_token", "init_state", "inv_softplus_uniform",
+    "log_uniform", "use_triton", "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked", "decay_chunked", "delta_chunked",
+]
+
+
+def use_triton(ref: torch.Tensor) -> bool:
+    """CUDA tensors go to the generated Triton kernels unless NLC_TRITON=0; NLC_TRITON=force
+    sends CPU tensors too (with TRITON_INTERPRET=1: how CI tests the dispatch)."""
+    import os
+    flag = os.environ.get("NLC_TRITON", "1")
+    return flag == "force" or (ref.is_cuda and flag != "0")
+
+
+_KERNELS: dict = {}
+
+
+def kernels(module_file: str, name: str):
+    """The Triton kernel module generated next to `module_file` (imported once)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(module_file).with_name(f"{name}.py")
+    if path not in _KERNELS:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: `nlc compile` writes it next to "
+                                    f"{Path(module_file).name}")
+        spec = importlib.util.spec_from_file_location(f"nlc_kernels_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _KERNELS[path] = module
+    return _KERNELS[path]
+
+
+class LinearRecorder:
+    """Records, for every `nn.Linear` of a model, the inputs of the last forward pass and the
+    gradients of its outputs (what a level `over gradients u, inputs x` sees, e.g. DGD)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.grads: dict[int, torch.Tensor] = {}
+        self.handles = []
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                self.handles.append(module.register_forward_hook(self._forward))
+
+    def _forward(self, module, args, output):
+        key = id(module.weight)
+        self.inputs[key] = args[0].detach().reshape(-1, args[0].shape[-1])
+        if output.requires_grad:
+            output.register_hook(lambda g: self.grads.__setitem__(
+                key, g.detach().reshape(-1, g.shape[-1])))
+
+    def samples(self, param: torch.Tensor):
+        """(x `[in, 1]`, u `[out, 1]`) for each recorded sample of the layer owning `param`."""
+        key = id(param)
+        if key not in self.inputs or key not in self.grads:
+            return
+        for x, u in zip(self.inputs[key], self.grads[key]):
+            yield x[:, None], u[:, None]
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()

@@ -1,0 +1,110 @@
+"""Token-by-token drivers for generated levels.
+
+A generated level provides a `step(state, inputs) -> (new_state, output)` over one token
+(matrices in the last two axes, see ops.py); `recurrent` runs it along the sequence. For
+rules whose gradients are taken at the state of a chunk start (TTT / Titans mini-batches),
+`frozen_chunked` evaluates the anchored part of every token of a chunk at once (the costly
+gradients, as batched matrix products) and leaves only the cheap combination with the
+running state to a loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+State = dict[str, torch.Tensor]
+Step = Callable[[State, dict], tuple[State, torch.Tensor]]
+
+
+def _at(tokens: dict, t) -> dict:
+    return {name: x[:, t] for name, x in tokens.items()}
+
+
+POSITION = "#position"  # tokens seen so far, kept with the anchors of a chunked level
+
+
+def _resume(state: State, anchors) -> tuple[State, dict, int]:
+    """Split a level state into its tensors, the saved anchors and the position."""
+    state = dict(state)
+    position = int(state.pop(POSITION, 0))
+    anchor = {a: state.pop(a) for a, _ in anchors if a in state}
+    return state, anchor, position
+
+
+def _suspend(state: State, anchor: dict, position: int, anchors) -> State:
+    return {**state, **anchor, POSITION: position} if anchors else state
+
+
+def mid_chunk(state: State, every: int | None) -> bool:
+    """Whether a saved state stopped inside a chunk (then only the recurrent form goes on)."""
+    return bool(every) and int(state.get(POSITION, 0)) % every != 0
+
+
+def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = None,
+              anchors: tuple[tuple[str, str], ...] = (), anchor_every: int | None = None):
+    """Run `step` over T tokens. `tokens` are `[B, T, H, r, c]`, `state` `[B, H, r, c]`,
+    `consts` broadcast (parameters `[H, r, c]`). `anchors` pairs (anchor name, state name):
+    every `anchor_every` tokens the anchor is reset to the state at that moment."""
+    consts = dict(consts or {})
+    state, anchor, position = _resume(state, anchors)
+    T = next(iter(tokens.values())).shape[1]
+    outputs = []
+    for t in range(T):
+        if anchors and (position + t) % anchor_every == 0:
+            anchor = {a: state[s] for a, s in anchors}
+        state, out = step(state, {**consts, **anchor, **_at(tokens, t)})
+        outputs.append(out)
+    return torch.stack(outputs, 1), _suspend(state, anchor, position + T, anchors)
+
+
+def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: dict, state: State,
+                   *, consts: dict | None = None, anchors: tuple[tuple[str, str], ...],
+                   chunk: int, read_before: bool = False):
+    """The frozen-gradient chunk form: per chunk, `drive(inputs)` computes every term that
+    depends on the chunk-start state (the anchors) for all tokens at once; `combine(state,
+    inputs)` adds one token's terms to the running state; `read(states, inputs)` reads every
+    token of the chunk from the stacked per-token states."""
+    consts = dict(consts or {})
+    state, anchor, position = _resume(state, anchors)
+    T = next(iter(tokens.values())).shape[1]
+    outputs = []
+    for start in range(0, T, chunk):
+        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+        anchor = {a: state[s] for a, s in anchors}
+        wide = {a: x.unsqueeze(1) for a, x in anchor.items()}
+        driven = drive({**consts, **wide, **part})
+        seen = []
+        for t in range(next(iter(part.values())).shape[1]):
+            if read_before:
+                seen.append(state)
+            state = combine(state, {**consts, **_at(part, t), **_at(driven, t)})
+            if not read_before:
+                seen.append(state)
+        stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
+        outputs.append(read(stacked, {**consts, **wide, **part}))
+    return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
+
+
+def varlen(run: Callable, tokens: dict, state: State, cu_seqlens):
+    """Run `run(tokens, state) -> (out, final)` on each packed sequence of a `[1, T, ...]`
+    batch separately; states are `[N, ...]` for N sequences."""
+    if cu_seqlens is None:
+        return run(tokens, state)
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    if next(iter(tokens.values())).shape[0] != 1:
+        raise ValueError("with cu_seqlens the batch size must be 1 (sequences packed along T)")
+    outs, finals = [], []
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        part = {name: x[:, start:end] for name, x in tokens.items()}
+        out, final = run(part, {name: s[i:i + 1] if torch.is_tensor(s) else s
+                                for name, s in state.items()})
+        outs.append(out)
+        finals.append(final)
+    final = {}
+    for name, value in finals[0].items():
+        if name == POSITION:  # packed sequences end at different positions
+            final[name] = value if all(f[name] == value for f in finals) else 0
+        else:
+            final[name] = torch.cat([f[name] for f in finals])
+    return torch.cat(outs, 1), final
