@@ -1,0 +1,213 @@
+"""GPU results for the runtime: data-parallel agreement and scaling, MQAR accuracy, byte-level
+LM bits per byte, and training throughput against fla-core's chunk_delta_rule.
+
+    python benchmarks/gpu_train.py --out DIR [--parts ddp,mqar,lm,throughput] [--budget S]
+
+Each part writes DIR/<part>.md (markdown) and prints it. Every run is an `nlc train`
+subprocess (a spec compiled on the spot); runs of different models go to different GPUs in
+parallel when there are several. NCCL_NVLS_ENABLE=0 is kept for every child."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ENV = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
+           NVSHMEM_DISABLE_NVLS="1", PYTHONUNBUFFERED="1")
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["linear_attention", "deltanet", "gated_deltanet", "titans", "softmax_attention"]
+
+
+def header() -> str:
+    return (f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, torch "
+            f"{torch.__version__}, Triton {__import__('triton').__version__}, "
+            f"{datetime.date.today()}")
+
+
+def nlc_train(spec, out, args, gpu=None, nproc=1):
+    env = dict(ENV)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    cmd = [sys.executable, "-m", "nlc", "train", spec, "--out", str(out), "--quiet", *args]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
+    # run outside the checkout, so that the installed nlc (with nlc.runtime) is imported
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd="/tmp")
+
+
+def finish(proc, label):
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        print(f"--- {label} failed (exit {proc.returncode}):\n{out[-3000:]}", flush=True)
+    return proc.returncode == 0, out
+
+
+def metrics(run: Path, kind: str):
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == kind]
+
+
+def summary(run: Path) -> dict:
+    path = run / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def in_parallel(jobs, gpus):
+    """jobs: (label, spec, out, args); at most one per GPU at a time."""
+    results, queue = {}, list(jobs)
+    while queue:
+        batch, queue = queue[:gpus], queue[gpus:]
+        procs = [(label, out, nlc_train(spec, out, args, gpu=i))
+                 for i, (label, spec, out, args) in enumerate(batch)]
+        for label, out, proc in procs:
+            ok, text = finish(proc, label)
+            results[label] = (ok, out, text)
+    return results
+
+
+def part_ddp(out: Path, steps: int) -> str:
+    """1 GPU vs 2 GPUs (DDP over NCCL) at the same global batch, fp32: losses and tokens/s."""
+    args = ["--task", "lm", "--steps", str(steps), "--batch-size", "32", "--seq-len", "512",
+            "--d-model", "256", "--n-layers", "2", "--no-bf16", "--eval-interval", "0",
+            "--checkpoint-interval", "0", "--log-interval", "1", "--warmup", "10"]
+    spec = str(ROOT / "examples/gated_deltanet.nl")
+    one, two = out / "ddp1", out / "ddp2"
+    finish(nlc_train(spec, one, args, gpu=0), "ddp 1 GPU")
+    ok, _ = finish(nlc_train(spec, two, args, nproc=2), "ddp 2 GPUs")
+    a, b = metrics(one, "train"), metrics(two, "train")
+    diff = max((abs(x["loss"] - y["loss"]) for x, y in zip(a, b)), default=float("nan"))
+    skip = max(len(a) // 4, 1)  # the first steps include compilation and warm-up
+    tps = [sum(r["tokens_per_s"] for r in m[skip:]) / max(len(m[skip:]), 1) for m in (a, b)]
+    eff = tps[1] / (2 * tps[0]) if tps[0] else float("nan")
+    return "\n".join([
+        f"## Data parallel (DDP over NCCL), {header()}", "",
+        f"Gated DeltaNet from examples/gated_deltanet.nl, byte-level LM, d_model 256, 2 layers, "
+        f"global batch 32 x 512 tokens, fp32, {steps} steps; tokens/s averaged after the first "
+        f"{skip} logged steps.", "",
+        "| GPUs | final loss | tokens/s |", "|---|---|---|",
+        f"| 1 | {a[-1]['loss'] if a else 'n/a'} | {tps[0]:.0f} |",
+        f"| 2 | {b[-1]['loss'] if b else 'n/a'} | {tps[1]:.0f} |", "",
+        f"Largest per-step loss difference, 2 GPUs vs 1: {diff:.2e}. "
+        f"Scaling efficiency tokens/s(2) / (2 x tokens/s(1)): {eff:.2f}.", ""])
+
+
+def part_mqar(out: Path, steps: int) -> str:
+    args = ["--task", "mqar", "--seq-len", "256", "--mqar-num-kv-pairs", "16", "--d-model",
+            "128", "--n-layers", "2", "--steps", str(steps), "--batch-size", "64", "--lr",
+            "1e-3", "--eval-interval", "0", "--checkpoint-interval", "0", "--warmup", "50"]
+    jobs = [(m, str(ROOT / f"examples/{m}.nl"), out / f"mqar_{m}", args) for m in MODELS]
+    start = time.time()
+    results = in_parallel(jobs, torch.cuda.device_count())
+    rows = ["| model | MQAR accuracy | final train loss | tokens/s |", "|---|---|---|---|"]
+    for m in MODELS:
+        ok, run, text = results[m]
+        s = summary(run)
+        ev = metrics(run, "eval")
+        acc = ev[-1].get("accuracy") if ev else None
+        rows.append(f"| {m} | {acc if acc is not None else 'failed'} | "
+                    f"{s.get('final_loss', 'n/a')} | {s.get('tokens_per_s', 0):.0f} |")
+    return "\n".join([
+        f"## MQAR (L, N) = (256, 16), {header()}", "",
+        f"vocab 8192, 2 layers, d_model 128, batch 64, {steps} steps, lr 1e-3, bf16 autocast, "
+        f"every model from its spec; {time.time() - start:.0f} s in all.", "", *rows, ""])
+
+
+def part_lm(out: Path, steps: int) -> str:
+    args = ["--task", "lm", "--seq-len", "512", "--d-model", "128", "--n-layers", "2",
+            "--steps", str(steps), "--batch-size", "32", "--eval-interval", "0",
+            "--checkpoint-interval", "0", "--warmup", "50", "--lr", "2e-3"]
+    jobs = [(m, str(ROOT / f"examples/{m}.nl"), out / f"lm_{m}", args) for m in MODELS]
+    results = in_parallel(jobs, torch.cuda.device_count())
+    rows = ["| model | val bits per byte | tokens/s |", "|---|---|---|"]
+    for m in MODELS:
+        ok, run, _ = results[m]
+        ev = metrics(run, "eval")
+        bpb = ev[-1].get("bits_per_byte") if ev else None
+        rows.append(f"| {m} | {bpb if bpb is not None else 'failed'} | "
+                    f"{summary(run).get('tokens_per_s', 0):.0f} |")
+    return "\n".join([
+        f"## Byte-level LM (Python standard library sources), {header()}", "",
+        f"d_model 128, 2 layers, batch 32 x 512 bytes, {steps} steps, lr 2e-3, bf16.", "",
+        *rows, ""])
+
+
+def part_throughput(out: Path, steps: int) -> str:
+    """DeltaNet LM from our spec vs the same shapes with fla's chunk_delta_rule."""
+    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.mixers import mixer_from_spec
+    from nlc.runtime.model import LanguageModel
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fla_deltanet import FlaDeltaNet
+
+    cfg = TrainConfig(task="lm", d_model=512, n_layers=4, vocab_size=256)
+    B, T = 16, 2048
+    rows = ["| mixer | tokens/s (fwd + bwd + AdamW, bf16) |", "|---|---|"]
+    for label, factory in [("nlc spec examples/deltanet.nl", mixer_from_spec(
+            str(ROOT / "examples/deltanet.nl"), d_k=64, d_v=64, heads=8)),
+            ("fla-core chunk_delta_rule", lambda d: FlaDeltaNet(d, heads=8, head_dim=64))]:
+        try:
+            torch.manual_seed(0)
+            model = LanguageModel(cfg, factory).cuda()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            x = torch.randint(0, 256, (B, T), device="cuda")
+            times = []
+            for step in range(steps):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = model(x)
+                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
+                                                         x.flatten())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            best = sorted(times[2:])[len(times[2:]) // 2]
+            rows.append(f"| {label} | {B * T / best:.0f} |")
+        except Exception as err:  # record, don't hide
+            rows.append(f"| {label} | failed: {type(err).__name__}: {str(err)[:200]} |")
+    return "\n".join([
+        f"## Training throughput, DeltaNet LM, {header()}", "",
+        f"d_model 512, 4 layers, 8 heads of 64, batch {B} x {T} tokens, median of "
+        f"{steps - 2} steps after 2 warm-up steps, one card.", "", *rows, ""])
+
+
+PARTS = {"ddp": part_ddp, "mqar": part_mqar, "lm": part_lm, "throughput": part_throughput}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--parts", default="ddp,mqar,lm,throughput")
+    p.add_argument("--models", default=",".join(MODELS), help="for mqar and lm")
+    p.add_argument("--steps", type=json.loads,
+                   default={"ddp": 40, "mqar": 600, "lm": 300, "throughput": 10})
+    a = p.parse_args()
+    MODELS[:] = a.models.split(",")
+    out = Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for part in a.parts.split(","):
+        start = time.time()
+        try:
+            text = PARTS[part](out, a.steps[part])
+        except Exception as err:  # one part failing must not lose the others
+            text = f"## {part}: failed: {type(err).__name__}: {err}\n"
+        text += f"\n({part}: {time.time() - start:.0f} s)\n"
+        (out / f"{part}.md").write_text(text)
+        print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()

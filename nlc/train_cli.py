@@ -1,0 +1,212 @@
+"""`nlc train`, `nlc eval`, `nlc plot`: the runtime's commands.
+
+nlc/cli.py adds them with `register(subparsers)`; `python -m nlc.train_cli ...` runs them on
+their own (torchrun launches ranks that way). Every field of `TrainConfig` is a flag
+(`--batch-size 32`, `--mqar-num-kv-pairs 8`, `--no-bf16`); the spec's dims and hypers are
+`-D NAME=VALUE`, as for the other commands. Handlers return an exit code and raise
+`NlcError` for user errors (printed as `error: ...`, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nlc.errors import NlcError
+
+EXIT_OK = 0
+SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
+
+
+def register(subparsers) -> None:
+    """Add the `train`, `eval` and `plot` subcommands to an argparse subparsers object."""
+    from nlc.runtime.config import TrainConfig
+
+    p = subparsers.add_parser("train", help="train a spec's layer on mqar, niah or lm",
+                              description="Train a language model whose mixer is SPEC.")
+    p.add_argument("spec", metavar="SPEC", help="a layer spec (.nl) or builtin:attention")
+    p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a dim or hyper of the spec (repeatable)")
+    p.add_argument("--config", metavar="FILE.json", help="start from this config file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel on N local processes (relaunches via torchrun)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in SPEC_FIELDS:
+            _add_field_flag(p, f, getattr(TrainConfig(), f.name))
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a run's latest checkpoint")
+    p.add_argument("run", metavar="RUN", help="a run folder written by nlc train")
+    p.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder (default: latest)")
+    p.add_argument("--eval-examples", type=int, metavar="N", help="size of the eval set")
+    p.add_argument("--device", metavar="NAME", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("plot", help="plot runs' loss and eval curves to a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by nlc train")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    p.add_argument("--title", help="a title over both panels")
+    p.set_defaults(func=cmd_plot)
+
+
+def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -> None:
+    from nlc.runtime.config import TASKS
+    flag = "--" + f.name.replace("_", "-")
+    text = f"{f.metadata.get('help', '')} (default: {default!r})"
+    if isinstance(default, bool):
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+    elif isinstance(default, list):
+        p.add_argument(flag, nargs="+", default=None, metavar="PATH", help=text)
+    elif f.name == "task":
+        p.add_argument(flag, choices=TASKS, default=None, help=text)
+    else:
+        p.add_argument(flag, type=type(default), default=None, metavar=f.name.upper(), help=text)
+
+
+def config_from_args(args):
+    """The run's config: defaults < --config file < the run's config.json (--resume) < flags."""
+    from nlc.runtime.config import TrainConfig
+
+    config = TrainConfig()
+    if args.config:
+        config = _read_config(Path(args.config))
+    out = Path(args.out) if args.out else None
+    if args.resume and out is not None and (out / "config.json").is_file():
+        config = _read_config(out / "config.json")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name not in SPEC_FIELDS and getattr(args, f.name) is not None}
+    config = dataclasses.replace(config, spec=args.spec, **given)
+    if args.defines:
+        from nlc.levels import parse_overrides
+        config = dataclasses.replace(config, spec_overrides=parse_overrides(args.defines))
+    if args.out is None and not args.config:
+        name = args.spec.split(":", 1)[1] if args.spec.startswith("builtin:") else Path(args.spec).stem
+        config = dataclasses.replace(config, out=str(Path("runs") / f"{name}-{config.task}"))
+    return config.validate()
+
+
+def _read_config(path: Path):
+    from nlc.runtime.config import TrainConfig
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise NlcError(f"{path}: cannot read config ({err.strerror})") from None
+    return TrainConfig.from_json(text, str(path))
+
+
+def cmd_train(args) -> int:
+    from nlc.runtime.train import train
+    if args.nproc < 1:
+        raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args)
+    config = config_from_args(args)
+    summary = train(config, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": config.out, "final_loss": summary["final_loss"],
+                          **summary["eval"]}))
+    return EXIT_OK
+
+
+def _relaunch(args) -> int:
+    """Run the same command under torchrun with `args.nproc` processes on this machine."""
+    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.distributed import torchrun_command
+    argv = ["train", args.spec]
+    for item in args.defines:
+        argv += ["-D", item]
+    if args.config:
+        argv += ["--config", args.config]
+    argv += ["--resume"] * args.resume + ["--quiet"] * args.quiet
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None) if f.name not in SPEC_FIELDS else None
+        flag = "--" + f.name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            argv += [flag, *value]
+        else:
+            argv += [flag, str(value)]
+    return subprocess.call(torchrun_command(args.nproc, argv))
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from nlc.runtime import checkpoint as ckpt
+    from nlc.runtime.distributed import World, pick_device
+    from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
+    from nlc.runtime.model import LanguageModel
+    from nlc.runtime.tasks import make_task
+    from nlc.runtime.train import autocast_for, evaluate
+
+    run = Path(args.run)
+    config = _read_config(run / "config.json")
+    changes = {k: v for k, v in (("eval_examples", args.eval_examples),
+                                 ("device", args.device)) if v is not None}
+    config = dataclasses.replace(config, **changes).validate()
+    path = Path(args.checkpoint) if args.checkpoint else ckpt.latest_checkpoint(run)
+    if path is None:
+        raise NlcError(f"{run}: no checkpoint to evaluate (no {run / 'checkpoints'}/step_*)")
+    # the run's own copy of the spec: the checkpoint is tied to that text
+    spec = str(run / "spec.nl") if (run / "spec.nl").is_file() else config.spec
+    checkpoint = ckpt.read_checkpoint(path, config, sha256_text(spec_text(spec)))
+    world = World(device=pick_device(config.device))
+    model = LanguageModel(config, mixer_from_spec(spec, **config.spec_overrides),
+                          block_mlp_factory(config.mlp, config.mlp_ratio)).to(world.device)
+    ckpt.apply_checkpoint(checkpoint, model, restore_rng=False)
+    with torch.no_grad():
+        metrics = evaluate(model, make_task(config), world, autocast_for(config, world.device))
+    if args.json:
+        print(json.dumps({"run": str(run), "step": checkpoint.step, **metrics}, sort_keys=True))
+    else:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"{run} step {checkpoint.step}: {shown}")
+    return EXIT_OK
+
+
+def cmd_plot(args) -> int:
+    from nlc.runtime.plot import plot_runs
+    path = plot_runs(args.runs, args.output, args.title)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m nlc.train_cli train|eval|plot ...` (the same commands as `nlc`)."""
+    parser = argparse.ArgumentParser(prog="nlc", description="nlc runtime commands")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NlcError as err:
+        if os.environ.get("NLC_DEBUG") == "1":
+            raise
+        err.located("nlc", None)
+        print(err.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nlc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not a user error
+        if os.environ.get("NLC_DEBUG") == "1":
+            raise
+        print(f"nlc: internal error: {type(err).__name__}: {err}\n"
+              "  this is a bug in nlc; rerun with NLC_DEBUG=1 for the traceback", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+    RUN/checkpoints/step_00000100/
+        model.safetensors       the model's state_dict
+        optimizer.safetensors   the optimizer's tensors, keyed "PARAM_INDEX.NAME"
+        state.json              format, nlc version, step, config, spec text and sha256,
+                                optimizer class / param groups / non-tensor state,
+                                RNG states, data position, and the size and sha256 of
+                                both .safetensors files
+
+A checkpoint is written into a hidden temporary folder, every file fsynced, the folder
+fsynced, then renamed to its final name and the parent fsynced: a folder named `step_*` is
+complete, whatever killed the writer. The last `keep_last` are kept.
+
+Loading reads and checks everything first (sizes, hashes, spec, config shape, tensor names
+and shapes) and only then assigns, so a refused checkpoint leaves the model untouched. Every
+refusal is an `NlcError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nlc import __version__
+from nlc.errors import NlcError
+
+FORMAT = "nlc-checkpoint/1"
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read and checked, not yet applied."""
+
+    path: Path
+    state: dict  # state.json
+    model: dict  # name -> tensor
+    optimizer: dict  # the optimizer's state_dict, rebuilt
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, config, spec: dict,
+                    data: dict | None = None) -> Path:
+    """Write RUN/checkpoints/step_NNNNNNNN atomically; keep the last `config.keep_last`."""
+    from safetensors.torch import save_file
+
+    folder = Path(run_dir) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step_{step:08d}"
+    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    opt_tensors, opt_state = split_optimizer_state(optimizer)
+    save_file(weights, str(tmp / "model.safetensors"))
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    files = {}
+    for name in TENSOR_FILES:
+        fsync_file(tmp / name)
+        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+    state = {
+        "format": FORMAT, "nlc_version": __version__, "step": step,
+        "config": json.loads(config.to_json()), "spec": spec,
+        "optimizer": opt_state, "rng": rng_state(),
+        "data": data or {"next_step": step, "seed": config.seed},
+        "files": files,
+    }
+    with open(tmp / "state.json", "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(tmp)
+    if final.exists():  # the same step written again: only when a run is re-saved by hand
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_dir(folder)
+    prune(folder, config.keep_last)
+    return final
+
+
+def prune(folder: Path, keep_last: int) -> None:
+    """Remove all but the newest `keep_last` checkpoints and any leftover temporary folders."""
+    for stale in folder.glob(".step_*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in checkpoint_dirs(folder.parent)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(folder)
+
+
+def split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(tensors keyed "INDEX.NAME", JSON: class, param groups, scalars, param shapes)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in sd["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().to("cpu", copy=True).contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    cls = type(optimizer)
+    return tensors, {"class": f"{cls.__module__}.{cls.__qualname__}",
+                     "param_groups": sd["param_groups"], "scalars": scalars,
+                     "param_shapes": [list(p.shape) for p in params]}
+
+
+def rng_state() -> dict:
+    """The generators' states as JSON: torch's (CPU, CUDA) as base64 bytes, Python's as lists."""
+    def encode(t: torch.Tensor) -> str:
+        return base64.b64encode(bytes(t.tolist())).decode()
+    state = {"torch": encode(torch.get_rng_state()),
+             "python": json.loads(json.dumps(random.getstate()))}
+    if torch.cuda.is_available():
+        state["cuda"] = [encode(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])),
+                                         dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)),
+                                                       dtype=torch.uint8) for s in state["cuda"]])
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = checkpoint_dirs(run_dir)
+    return found[-1] if found else None
+
+
+def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = None) -> Checkpoint:
+    """Read and check a checkpoint folder; refuse (NlcError) anything incomplete or foreign.
+
+    With `config`, its shape fields (config.SHAPE_FIELDS) must equal the checkpoint's; with
+    `spec_sha256`, so must the spec's hash.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise NlcError(f"{state_file}: missing; {path} is not a complete checkpoint")
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise NlcError(f"{state_file}: corrupt or truncated checkpoint metadata "
+                       f"({err.__class__.__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise NlcError(f"{state_file}: not an nlc checkpoint (format "
+                       f"{state.get('format') if isinstance(state, dict) else None!r}, "
+                       f"expected {FORMAT!r})")
+    missing = [key for key in ("step", "config", "spec", "optimizer", "rng", "files")
+               if key not in state]
+    if missing or any(name not in state["files"] for name in TENSOR_FILES):
+        raise NlcError(f"{state_file}: corrupt checkpoint metadata (missing "
+                       f"{', '.join(missing) or 'file records'})")
+    for name in TENSOR_FILES:
+        check_file(path / name, state["files"][name])
+    if spec_sha256 is not None and state["spec"]["sha256"] != spec_sha256:
+        raise NlcError(f"{state_file}: written for another spec (sha256 "
+                       f"{state['spec']['sha256'][:16]}..., this spec {spec_sha256[:16]}...; "
+                       f"spec {state['spec'].get('path')!r})",
+                       hint="train into a new --out folder, or restore the spec it was trained on")
+    if config is not None:
+        check_shape(state_file, state["config"], config)
+    tensors = {}
+    for name in TENSOR_FILES:
+        try:
+            tensors[name] = load_file(str(path / name))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise NlcError(f"{path / name}: corrupt checkpoint tensors ({err})") from None
+    return Checkpoint(path, state, tensors["model.safetensors"],
+                      rebuild_optimizer_state(state["optimizer"], tensors["optimizer.safetensors"]))
+
+
+def check_file(path: Path, expected: dict) -> None:
+    if not path.is_file():
+        raise NlcError(f"{path}: missing from the checkpoint")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise NlcError(f"{path}: truncated or overwritten checkpoint file "
+                       f"({size} bytes, state.json records {expected['bytes']})")
+    if sha256_file(path) != expected["sha256"]:
+        raise NlcError(f"{path}: corrupt checkpoint file (sha256 differs from state.json)")
+
+
+def check_shape(state_file: Path, saved: dict, config) -> None:
+    from nlc.runtime.config import SHAPE_FIELDS
+    differ = [f"{name} {saved.get(name)!r} in the checkpoint, {getattr(config, name)!r} now"
+              for name in SHAPE_FIELDS if saved.get(name) != getattr(config, name)]
+    if differ:
+        raise NlcError(f"{state_file}: written for another model shape: " + "; ".join(differ),
+                       hint="train into a new --out folder, or use the run's config")
+
+
+def rebuild_optimizer_state(saved: dict, tensors: dict) -> dict:
+    state: dict = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entries in saved["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True) -> None:
+    """Check the tensors against `model` and `optimizer`, then assign them (all or nothing)."""
+    where = checkpoint.path / "model.safetensors"
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(checkpoint.model))
+    unexpected = sorted(set(checkpoint.model) - set(expected))
+    if missing or unexpected:
+        raise NlcError(f"{where}: tensors do not match the model (missing: "
+                       f"{', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})")
+    for name, tensor in expected.items():
+        if tuple(checkpoint.model[name].shape) != tuple(tensor.shape):
+            raise NlcError(f"{where}: tensor {name} has shape {list(checkpoint.model[name].shape)},"
+                           f" the model has {list(tensor.shape)}")
+    if optimizer is not None:
+        check_optimizer(checkpoint, optimizer)
+    model.load_state_dict(checkpoint.model, strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(checkpoint.optimizer)
+    if restore_rng:
+        set_rng_state(checkpoint.state["rng"])
+
+
+def check_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    saved = checkpoint.state["optimizer"]
+    where = checkpoint.path / "optimizer.safetensors"
+    cls = type(optimizer)
+    if saved["class"] != f"{cls.__module__}.{cls.__qualname__}":
+        raise NlcError(f"{where}: state of optimizer {saved['class']}, this run uses "
+                       f"{cls.__module__}.{cls.__qualname__}")
+    shapes = [list(p.shape) for group in optimizer.param_groups for p in group["params"]]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if saved["param_shapes"] != shapes or [len(g["params"]) for g in saved["param_groups"]] != sizes:
+        raise NlcError(f"{where}: optimizer state for other parameters "
+                       f"({len(saved['param_shapes'])} saved, {len(shapes)} now, or other shapes)")
+
+
+# ---- files -----------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable (POSIX; a no-op where folders can't be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,144 @@
+"""The training configuration: one flat dataclass, saved as JSON next to every run.
+
+Every field is also a command-line flag of `nlc train` (underscores become dashes), so the
+table below is the whole interface. Task parameters carry the task's name as a prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from nlc.errors import NlcError
+
+TASKS = ("mqar", "niah", "lm")
+
+# Fields that fix the shapes of the weights and optimizer state: a checkpoint written under
+# other values cannot be loaded, and resuming refuses it (runtime/checkpoint.py).
+SHAPE_FIELDS = ("task", "vocab_size", "d_model", "n_layers", "mlp", "mlp_ratio", "optimizer",
+                "spec_overrides")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    spec: str = field(default="builtin:attention", metadata={
+        "help": "the mixer: a layer spec (.nl) or builtin:attention"})
+    spec_overrides: dict = field(default_factory=dict, metadata={
+        "help": "dims/hypers of the spec to override (nlc train -D NAME=VALUE)"})
+    mlp: str = field(default="builtin:mlp", metadata={
+        "help": "the block's second half: builtin:mlp, none, or a layer spec such as CMS"})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw, or an optimizer spec (.nl) compiled to a torch.optim.Optimizer"})
+    task: str = field(default="mqar", metadata={"help": "mqar, niah or lm"})
+
+    # the language model around the mixer
+    vocab_size: int = field(default=0, metadata={"help": "0 = the task's vocabulary"})
+    d_model: int = field(default=128, metadata={"help": "model width"})
+    n_layers: int = field(default=2, metadata={"help": "number of blocks"})
+    mlp_ratio: int = field(default=4, metadata={"help": "hidden width of builtin:mlp / d_model"})
+
+    # optimization
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=64, metadata={
+        "help": "global batch (sequences per step, split over the ranks)"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per sequence"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "help": "the cosine schedule ends at lr * min_lr_ratio"})
+    warmup: int = field(default=100, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.1, metadata={
+        "help": "AdamW weight decay (matrices and embeddings only)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 = off"})
+    seed: int = field(default=0, metadata={"help": "seeds the weights and the data order"})
+
+    # evaluation, logging, checkpoints
+    eval_interval: int = field(default=100, metadata={"help": "steps between evaluations; 0 = end only"})
+    eval_examples: int = field(default=512, metadata={"help": "sequences in the eval set"})
+    log_interval: int = field(default=10, metadata={"help": "steps between metric lines"})
+    checkpoint_interval: int = field(default=100, metadata={
+        "help": "steps between checkpoints; 0 = end only"})
+    keep_last: int = field(default=3, metadata={"help": "checkpoints kept"})
+    out: str = field(default="runs/run", metadata={"help": "the run folder"})
+
+    # hardware
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (CUDA only)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+
+    # task: mqar (Zoology, Arora et al. 2023)
+    mqar_vocab_size: int = field(default=8192, metadata={"help": "MQAR vocabulary"})
+    mqar_num_kv_pairs: int = field(default=16, metadata={"help": "key-value pairs per sequence"})
+    mqar_power_a: float = field(default=0.01, metadata={
+        "help": "query gaps g drawn with p(g) ~ (g + 1)^(a - 1)"})
+    mqar_random_non_queries: bool = field(default=True, metadata={
+        "help": "fill non-query positions with random tokens (else 0)"})
+
+    # task: niah (RULER S-NIAH-1, Hsieh et al. 2024)
+    niah_digits: int = field(default=7, metadata={"help": "digits of the needle's number"})
+
+    # task: lm (bytes)
+    lm_files: list = field(default_factory=list, metadata={
+        "help": "text files or folders (default: the Python standard library's sources)"})
+    lm_val_fraction: float = field(default=0.1, metadata={"help": "share of files held out"})
+
+    def validate(self) -> TrainConfig:
+        """Raise NlcError for values no run can use; return self."""
+        if self.task not in TASKS:
+            raise NlcError(f"unknown task '{self.task}' (expected one of {', '.join(TASKS)})")
+        positive = ("d_model", "n_layers", "steps", "batch_size", "seq_len", "eval_examples",
+                    "log_interval", "keep_last")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise NlcError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup", "eval_interval", "checkpoint_interval", "vocab_size", "mlp_ratio"):
+            if getattr(self, name) < 0:
+                raise NlcError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise NlcError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise NlcError("grad_clip and weight_decay must not be negative")
+        if not 0.0 <= self.lm_val_fraction < 1.0:
+            raise NlcError(f"lm_val_fraction must be in [0, 1), got {self.lm_val_fraction}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> TrainConfig:
+        """Build from a dict, refusing unknown keys and values of the wrong type."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise NlcError(f"{where}: unknown config field(s): {', '.join(unknown)}")
+        values = {}
+        for name, value in data.items():
+            values[name] = _coerce(name, value, type(getattr(cls(), name)), where)
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "config") -> TrainConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise NlcError(f"{where}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        if not isinstance(data, dict):
+            raise NlcError(f"{where}: expected a JSON object of config fields")
+        return cls.from_dict(data, where)
+
+    def shape(self) -> dict:
+        """The fields a checkpoint must agree on (SHAPE_FIELDS)."""
+        return {name: getattr(self, name) for name in SHAPE_FIELDS}
+
+
+def _coerce(name: str, value, kind: type, where: str):
+    """JSON gives ints for floats (1 for 1.0); anything else of the wrong type is an error."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        raise NlcError(f"{where}: field '{name}' must be {kind.__name__}, got {value!r}")
+    return value

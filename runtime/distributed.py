@@ -1,0 +1,113 @@
+"""Data parallel training over torch.distributed, launched by torchrun.
+
+    torchrun --standalone --nproc_per_node 2 -m nlc.train_cli train SPEC --task mqar
+    nlc train SPEC --task mqar --nproc 2            (the same, relaunched for you)
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them the
+run is a single process. The backend is nccl on CUDA (one GPU per local rank) and gloo on
+the CPU. Every rank draws the same global batch from (seed, step) and trains on its own
+contiguous slice; the loss is normalized by the global number of targets, so the averaged
+gradient is the single-process gradient of the whole batch. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from nlc.errors import NlcError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NlcError(f"device '{name}' asked for, but this torch sees no CUDA device")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+        device = torch.device(name)
+        torch.cuda.set_device(device)
+        return device
+    if name != "cpu":
+        raise NlcError(f"unknown device '{name}' (expected auto, cpu, cuda or cuda:N)")
+    return torch.device("cpu")
+
+
+def setup(device_name: str) -> World:
+    """Join the process group torchrun described in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+    return World(rank, world_size, local_rank, device)
+
+
+def teardown(world: World) -> None:
+    if world.parallel and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    """DistributedDataParallel around `model` when there are several ranks."""
+    if not world.parallel:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def local_slice(batch: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (its size must divide evenly)."""
+    size = batch.shape[0]
+    if size % world.world_size:
+        raise NlcError(f"batch_size {size} does not split over {world.world_size} ranks")
+    share = size // world.world_size
+    return batch[world.rank * share:(world.rank + 1) * share]
+
+
+def all_reduce_sums(values: dict, world: World) -> dict:
+    """Sum a dict of numbers over the ranks (float64 on the CPU under gloo)."""
+    if not world.parallel:
+        return dict(values)
+    keys = sorted(values)
+    device = world.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: (round(v) if isinstance(values[k], int) else v)
+            for k, v in zip(keys, t.tolist())}
+
+
+def barrier(world: World) -> None:
+    if world.parallel:
+        dist.barrier()
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """`python -m torch.distributed.run` on this machine running `nlc.train_cli ARGS`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "nlc.train_cli", *args]

@@ -1,0 +1,70 @@
+"""Optimizers and the learning-rate schedule.
+
+AdamW (Loshchilov & Hutter 2019) by default, with weight decay on matrices and embeddings
+only (nanoGPT's grouping). Any `torch.optim.Optimizer` subclass can replace it: an
+optimizer compiled from a spec (`optimizer Adam { ... }`, Nested Learning's optimizers as
+memories over gradients) is constructed as `cls(params, lr=config.lr)`. The schedule sets
+each group's `lr` before every step, so it applies to either kind and holds no state.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from nlc.errors import NlcError
+
+
+def build_optimizer(model: torch.nn.Module, config,
+                    optimizer_class: type[torch.optim.Optimizer] | None = None
+                    ) -> torch.optim.Optimizer:
+    """AdamW over `model`'s parameters, or `optimizer_class(params, lr=config.lr)`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer_class is not None:
+        return optimizer_class(params, lr=config.lr)
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=False: one parameter at a time, the same arithmetic on every machine
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
+                             foreach=False)
+
+
+def optimizer_from_spec(path: str, **overrides) -> type[torch.optim.Optimizer]:
+    """The optimizer class compiled from an optimizer spec, via `nlc.emit`."""
+    if not Path(path).is_file():
+        raise NlcError(f"{path}: no such optimizer spec (or use --optimizer adamw)")
+    import importlib
+    cls = importlib.import_module("nlc.emit").load_optimizer(path, **overrides)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise NlcError(f"{path}: compiles to {getattr(cls, '__name__', cls)!s}, "
+                       "not a torch.optim.Optimizer (is it a layer spec?)")
+    return cls
+
+
+def optimizer_class_for(config) -> type[torch.optim.Optimizer] | None:
+    """None for AdamW (built by `build_optimizer`), else the compiled class."""
+    if config.optimizer.lower() == "adamw":
+        return None
+    return optimizer_from_spec(config.optimizer)
+
+
+def lr_at(step: int, config) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to `lr * min_lr_ratio`.
+
+    `step` counts from 0; step 0 already trains at lr / warmup.
+    """
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    span = max(1, config.steps - config.warmup)
+    progress = min(1.0, (step - config.warmup) / span)
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,63 @@
+"""PNG curves of one or more runs, overlaid: training loss and the eval metric against steps.
+
+    nlc plot runs/deltanet runs/attention -o mqar.png
+
+Left panel: the training loss of each run (metrics.jsonl "train" lines). Right panel: the
+eval metric (accuracy for mqar and niah, bits per byte for lm). matplotlib is imported only
+here, and only when a plot is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nlc.runtime.progress import read_metrics
+
+from nlc.errors import NlcError
+
+
+def load_curves(run: str | Path) -> dict:
+    """{"name", "train": [(step, loss)], "eval": [(step, value)], "metric": name} of a run."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise NlcError(f"{path}: missing; is {run} a run folder of nlc train?")
+    records = read_metrics(path)
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    metric = next((m for m in ("accuracy", "bits_per_byte") if evals and m in evals[0]), "loss")
+    return {"name": Path(run).name, "train": train, "metric": metric,
+            "eval": [(r["step"], r[metric]) for r in evals if metric in r]}
+
+
+def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = None) -> Path:
+    """Draw the runs' curves into `output` (PNG); return its path."""
+    curves = [load_curves(run) for run in runs]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NlcError("nlc plot needs matplotlib: pip install matplotlib") from None
+    metrics = sorted({c["metric"] for c in curves if c["eval"]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for c in curves:
+        if c["train"]:
+            steps, values = zip(*c["train"])
+            left.plot(steps, values, label=c["name"], linewidth=1.2)
+        if c["eval"]:
+            steps, values = zip(*c["eval"])
+            right.plot(steps, values, marker="o", markersize=3, label=c["name"], linewidth=1.2)
+    left.set(xlabel="step", ylabel="training loss (nats per target)", title="training loss")
+    right.set(xlabel="step", ylabel=" / ".join(metrics) or "eval", title="evaluation")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, format="png")
+    plt.close(fig)
+    return output

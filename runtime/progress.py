@@ -1,0 +1,113 @@
+"""What a run tells while it trains: a progress bar on stderr, metrics as JSON lines.
+
+    step 120/1000  12% |###.........................| loss 3.2145  lr 9.8e-04  41.2k tok/s  eta 1m05s
+
+On a terminal the bar redraws in place (at most ten times a second); otherwise it prints one
+line every `log_interval` steps, which reads well in CI logs and `tee`d files. No tqdm.
+
+`metrics.jsonl` holds one JSON object per line: `{"kind": "train", "step": ...}` and
+`{"kind": "eval", "step": ...}`. A resumed run first drops the lines after its checkpoint,
+so the file reads as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_rate(tokens_per_s: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if tokens_per_s >= scale:
+            return f"{tokens_per_s / scale:.1f}{unit}"
+    return f"{tokens_per_s:.0f}"
+
+
+class ProgressBar:
+    """Step, loss, tokens/s and ETA for steps `start+1 .. total`."""
+
+    def __init__(self, total: int, start: int = 0, every: int = 10, stream=None,
+                 enabled: bool = True, width: int = 24):
+        self.total, self.start, self.every, self.width = total, start, every, width
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.began = time.perf_counter()
+        self.last_draw = 0.0
+
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        done = step - self.start
+        eta = (now - self.began) / max(1, done) * (self.total - step)
+        filled = int(self.width * step / max(1, self.total))
+        bar = "#" * filled + "." * (self.width - filled)
+        line = (f"step {step}/{self.total} {100 * step // max(1, self.total):3d}% |{bar}| "
+                f"loss {loss:.4f}  lr {lr:.1e}  {format_rate(tokens_per_s)} tok/s  "
+                f"eta {format_duration(eta)}")
+        if self.live:
+            if now - self.last_draw >= 0.1 or step == self.total:
+                self.stream.write("\r" + line + "\033[K")
+                self.stream.flush()
+                self.last_draw = now
+        elif step % self.every == 0 or step == self.total:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line above the bar (evaluations, checkpoints)."""
+        if self.enabled:
+            self.stream.write(("\r\033[K" if self.live else "") + text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class MetricsLog:
+    """Append-only JSON lines, one open-append-close per line: a killed run loses at most a
+    torn last line, which `read_metrics` skips."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl; a torn last line (a killed writer) is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Keep only the records up to `last_step` (resuming from the checkpoint at that step)."""
+    from nlc.fileio import write_atomic
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

@@ -1,0 +1,229 @@
+"""The training loop: one function, `train(config)`, in nanoGPT's order of events.
+
+    RUN/config.json      the config, as run
+    RUN/spec.nl          a copy of the spec (when the mixer is a spec file)
+    RUN/metrics.jsonl    {"kind": "train", "step", "loss", "lr", "grad_norm", "tokens_per_s", ...}
+                         {"kind": "eval", "step", "loss", "accuracy" | "bits_per_byte"}
+    RUN/checkpoints/     runtime/checkpoint.py
+    RUN/summary.json     the final numbers
+
+Each step s (from 0) trains on the global batch `task.train_batch(s)`, sliced per rank; the
+learning rate is `lr_at(s)`. Metrics count completed steps: the line of step s says
+"step": s + 1, and the checkpoint written after it is step_{s+1}. Resuming restores the
+weights, optimizer state and RNG and continues at the checkpoint's step, so on the CPU the
+loss sequence equals the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from nlc.runtime import checkpoint as ckpt
+from nlc.runtime import distributed
+from nlc.runtime.config import TrainConfig
+from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
+from nlc.runtime.model import LanguageModel
+from nlc.runtime.optim import build_optimizer, lr_at, optimizer_class_for, set_lr
+from nlc.runtime.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
+from nlc.runtime.tasks import IGNORE, make_task
+
+from nlc import __version__
+from nlc.errors import NlcError
+from nlc.fileio import write_atomic
+
+
+def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimizer_class=None,
+          resume: bool = False, progress: bool = True) -> dict:
+    """Train `config` into `config.out`; return the summary (also RUN/summary.json).
+
+    The mixer, block MLP and optimizer come from `config.spec`, `config.mlp` and
+    `config.optimizer` unless given here (a factory `d_model -> nn.Module`, an optimizer
+    class constructed as `cls(params, lr=...)`). With `resume`, continue from the run's
+    latest checkpoint (a run without one starts from step 0).
+    """
+    config.validate()
+    world = distributed.setup(config.device)
+    try:
+        return _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume,
+                      progress)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, progress):
+    task = make_task(config)
+    if config.vocab_size == 0:
+        config = dataclasses.replace(config, vocab_size=task.vocab_size)
+    elif config.vocab_size < task.vocab_size:
+        raise NlcError(f"vocab_size {config.vocab_size} is smaller than the {config.task} "
+                       f"task's {task.vocab_size}")
+    distributed.local_slice(torch.empty(config.batch_size), world)  # refuse uneven splits early
+    spec = spec_record(config)
+    out = Path(config.out)
+    latest = ckpt.latest_checkpoint(out)
+    if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
+        raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
+                       "or choose another --out")
+    distributed.barrier(world)  # every rank has looked before rank 0 writes anything
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    mixer_factory = mixer_factory or mixer_from_spec(config.spec, **config.spec_overrides)
+    mlp_factory = mlp_factory or block_mlp_factory(config.mlp, config.mlp_ratio)
+    if optimizer_class is None:
+        optimizer_class = optimizer_class_for(config)
+    model = LanguageModel(config, mixer_factory, mlp_factory).to(world.device)
+    optimizer = build_optimizer(model, config, optimizer_class)
+
+    start = 0
+    if resume and latest is not None:
+        checkpoint = ckpt.read_checkpoint(latest, config, spec["sha256"])
+        ckpt.apply_checkpoint(checkpoint, model, optimizer)
+        start = checkpoint.step
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.json", config.to_json())
+        if not config.spec.startswith("builtin:"):
+            write_atomic(out / "spec.nl", spec["text"])
+        truncate_metrics(out / "metrics.jsonl", start)
+    distributed.barrier(world)
+
+    trained = distributed.wrap(model, world)
+    if config.compile:
+        trained = torch.compile(trained)
+    autocast = autocast_for(config, world.device)
+    log = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
+    bar = ProgressBar(config.steps, start, config.log_interval, enabled=progress and world.is_main)
+    bar.message(f"{config.task}: {model.num_parameters():,} parameters, {config.spec}, "
+                f"{world.world_size} rank(s) on {world.device}, steps {start + 1}..{config.steps}")
+    tokens_per_step = config.batch_size * config.seq_len
+    began = window_start = time.perf_counter()
+    last_eval, loss_value = {}, float("nan")
+    if start >= config.steps:  # resumed a finished run: report it again
+        trained_losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")
+                          if r.get("kind") == "train"]
+        loss_value = trained_losses[-1] if trained_losses else loss_value
+        last_eval = evaluate(model, task, world, autocast)
+        bar.message(f"nothing to train: the run is at step {start} of {config.steps}")
+    for step in range(start, config.steps):
+        lr = lr_at(step, config)
+        set_lr(optimizer, lr)
+        loss_sum, n_targets, grad_norm = train_step(trained, model, optimizer,
+                                                    task.train_batch(step), world, config,
+                                                    autocast)
+        done = step + 1
+        if done % config.log_interval == 0 or done == config.steps:
+            total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
+            loss_value = total["loss_sum"] / max(1, n_targets)
+            now = time.perf_counter()
+            steps_in_window = done - max(start, done - config.log_interval)
+            rate = steps_in_window * tokens_per_step / max(now - window_start, 1e-9)
+            window_start = now
+            log.write({"kind": "train", "step": done, "loss": loss_value, "lr": lr,
+                       "grad_norm": grad_norm, "tokens_per_s": rate,
+                       "elapsed_s": now - began})
+            bar.update(done, loss_value, lr, rate)
+        if done == config.steps or (config.eval_interval and done % config.eval_interval == 0):
+            last_eval = evaluate(model, task, world, autocast)
+            log.write({"kind": "eval", "step": done, **last_eval})
+            bar.message(f"eval at step {done}: " + format_metrics(last_eval))
+        if done == config.steps or (config.checkpoint_interval
+                                    and done % config.checkpoint_interval == 0):
+            if world.is_main:
+                ckpt.save_checkpoint(out, done, model, optimizer, config, spec,
+                                     {"next_step": done, "seed": config.seed,
+                                      "world_size": world.world_size})
+            distributed.barrier(world)
+    bar.close()
+
+    elapsed = time.perf_counter() - began
+    summary = {"task": config.task, "spec": config.spec, "steps": config.steps,
+               "resumed_from": start, "final_loss": loss_value, "eval": last_eval,
+               "parameters": model.num_parameters(), "world_size": world.world_size,
+               "device": str(world.device), "elapsed_s": elapsed,
+               "tokens_per_s": (config.steps - start) * tokens_per_step / max(elapsed, 1e-9),
+               "nlc_version": __version__, "torch_version": torch.__version__,
+               "python_version": platform.python_version()}
+    if world.is_main:
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        bar.message(f"done: {config.steps} steps, loss {loss_value:.4f}, "
+                    f"{format_metrics(last_eval)}; {out}")
+    return summary
+
+
+def train_step(trained, model, optimizer, batch, world, config, autocast):
+    """One optimizer step on this rank's slice of a global batch.
+
+    Returns (this rank's summed loss in float64, targets in the global batch, grad norm).
+    """
+    inputs, targets = batch
+    n_targets = int((targets != IGNORE).sum())  # over the global batch: the same on every rank
+    inputs = distributed.local_slice(inputs, world).to(world.device)
+    targets = distributed.local_slice(targets, world).to(world.device)
+    with autocast():
+        logits = trained(inputs)
+    token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE, reduction="none")
+    # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
+    loss = token_losses.sum() * (world.world_size / max(1, n_targets))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip(model, config.grad_clip)
+    optimizer.step()
+    # float64 sum of the per-token losses: the total does not depend on how ranks split them
+    return float(token_losses.detach().double().sum()), n_targets, grad_norm
+
+
+@torch.no_grad()
+def evaluate(model, task, world=None, autocast=None) -> dict:
+    """The task's metrics on its fixed eval set; ranks split the set and add their counts."""
+    world = world or distributed.World()
+    autocast = autocast or contextlib.nullcontext
+    was_training = model.training
+    model.eval()
+    sums = {"loss_sum": 0.0, "tokens": 0, "correct": 0, "counted": 0}
+    for inputs, targets in task.eval_batches():
+        inputs, targets = inputs[world.rank::world.world_size], targets[world.rank::world.world_size]
+        if inputs.shape[0] == 0:
+            continue
+        with autocast():
+            logits = model(inputs.to(world.device))
+        for key, value in task.score(logits, targets.to(world.device)).items():
+            sums[key] += value
+    model.train(was_training)
+    return task.metrics(distributed.all_reduce_sums(sums, world))
+
+
+def spec_record(config) -> dict:
+    """What checkpoints store about the mixer's spec: path, text, sha256."""
+    text = spec_text(config.spec)
+    return {"path": config.spec, "text": text, "sha256": sha256_text(text)}
+
+
+def autocast_for(config, device: torch.device):
+    """A context factory: bf16 autocast on CUDA when `config.bf16`, else nothing."""
+    if config.bf16 and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def clip(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm to `max_norm` (0: off); return the norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False))
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+def format_metrics(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())

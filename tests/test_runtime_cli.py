@@ -1,0 +1,134 @@
+"""`nlc train / eval / plot` through `nlc.train_cli` (as nlc/cli.py registers them): exit
+codes, `error: ...` for user mistakes, the files a run leaves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nlc.train_cli import main
+
+TINY = ["--task", "mqar", "--steps", "4", "--batch-size", "4", "--seq-len", "32",
+        "--d-model", "16", "--n-layers", "1", "--mqar-vocab-size", "64",
+        "--mqar-num-kv-pairs", "2", "--eval-examples", "8", "--log-interval", "2",
+        "--checkpoint-interval", "2", "--warmup", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "attention"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out), "-D", "heads=2"]) == 0
+    torch.set_num_threads(threads)
+    return out
+
+
+def test_train_writes_a_run(run, capsys):
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["spec_overrides"] == {"heads": 2.0} and config["vocab_size"] == 64
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0.0 <= summary["eval"]["accuracy"] <= 1.0
+
+
+def test_train_prints_progress_and_a_summary_line(tmp_path, capsys):
+    assert main(["train", "builtin:attention", *TINY, "--out", str(tmp_path / "r")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["out"] == str(tmp_path / "r")
+    assert "step 2/4" in err and "tok/s" in err and "eta" in err and "done: 4 steps" in err
+
+
+def test_eval_reports_the_latest_checkpoint(run, capsys):
+    assert main(["eval", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["step"] == 4
+    assert result["accuracy"] == summary["eval"]["accuracy"]
+    assert result["loss"] == pytest.approx(summary["eval"]["loss"], abs=1e-6)
+
+
+def test_resume_extends_a_run(run, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    assert main(["train", "builtin:attention", "--out", str(copy), "--resume", "--steps", "6",
+                 "--quiet"]) == 0  # the rest of the config comes from the run
+    config = json.loads((copy / "config.json").read_text())
+    assert config["steps"] == 6 and config["d_model"] == 16
+    assert [r["step"] for r in map(json.loads, (copy / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"] == [2, 4, 6]
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", "--out", str(copy), "--resume"]) == 0  # done
+    out, err = capsys.readouterr()
+    assert "nothing to train: the run is at step 6 of 6" in err
+    assert json.loads(out)["final_loss"] == json.loads((copy / "summary.json").read_text())[
+        "final_loss"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "builtin:attention", "--steps", "0"], "steps must be at least 1"),
+    (["train", "builtin:attention", *TINY, "--mqar-num-kv-pairs", "9"], "mqar_num_kv_pairs"),
+    (["train", "no_such.nl", *TINY], "no_such.nl: no such spec file"),
+    (["train", "builtin:attention", *TINY, "-D", "heads"], "-D expects NAME=VALUE"),
+    (["train", "builtin:attention", *TINY, "--task", "niah"], "niah needs seq_len >="),
+    (["eval", "nowhere"], "nowhere/config.json: cannot read config"),
+    (["plot", "nowhere", "-o", "x.png"], "nowhere/metrics.jsonl: missing"),
+])
+def test_user_errors_exit_2_with_a_message(argv, message, tmp_path, capsys):
+    argv = argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err and "Traceback" not in err
+
+
+def test_a_corrupt_checkpoint_is_refused_by_the_cli(run, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    weights = max((copy / "checkpoints").iterdir()) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    assert main(["eval", str(copy)]) == 2
+    assert main(["train", "builtin:attention", "--out", str(copy), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"error: {weights}: truncated") == 2
+
+
+def test_plot_overlays_runs(run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "curves.png"
+    assert main(["plot", str(run), str(run), "-o", str(target), "--title", "t"]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_what_to_install(run, tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["plot", str(run), "-o", str(tmp_path / "x.png")]) == 2
+    assert "nlc plot needs matplotlib: pip install matplotlib" in capsys.readouterr().err
+
+
+def test_relaunch_rebuilds_the_command(monkeypatch, tmp_path):
+    import subprocess
+    seen = {}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    assert main(["train", "builtin:attention", "--nproc", "3", "--steps", "7", "--no-bf16",
+                 "--lm-files", "a", "b", "-D", "heads=2", "--out", str(tmp_path)]) == 0
+    cmd = seen["cmd"]
+    assert "--nproc_per_node=3" in cmd and "--nproc" not in cmd
+    tail = cmd[cmd.index("nlc.train_cli") + 1:]
+    assert tail[:4] == ["train", "builtin:attention", "-D", "heads=2"]
+    for flag in (["--steps", "7"], ["--no-bf16"], ["--lm-files", "a", "b"]):
+        assert any(tail[i:i + len(flag)] == flag for i in range(len(tail)))

@@ -1,0 +1,57 @@
+"""Data parallel: two gloo ranks under torchrun (`nlc train --nproc 2`) log the same losses
+as one process on the same global batch, within 1e-6; only rank 0 writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nlc.runtime import distributed
+from nlc.runtime.progress import read_metrics
+
+from nlc.train_cli import main
+
+ARGS = ["train", "builtin:attention", "--task", "mqar", "--steps", "6", "--batch-size", "8",
+        "--seq-len", "32", "--d-model", "16", "--n-layers", "2", "--mqar-vocab-size", "64",
+        "--mqar-num-kv-pairs", "2", "--eval-examples", "16", "--eval-interval", "3",
+        "--log-interval", "1", "--checkpoint-interval", "3", "--warmup", "2", "--lr", "0.003",
+        "--quiet"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch without gloo")
+def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(ARGS + ["--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(ARGS + ["--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]
+    assert len(two) == 8  # rank 1 wrote nothing: one line per step and eval
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-6, (a, b)
+        if a["kind"] == "eval":
+            assert a["accuracy"] == b["accuracy"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
+        "step_00000003", "step_00000006"]
+
+
+def test_ranks_slice_one_global_batch():
+    batch = torch.arange(8)
+    slices = [distributed.local_slice(batch, distributed.World(rank=r, world_size=4))
+              for r in range(4)]
+    assert torch.equal(torch.cat(slices), batch)
+    from nlc.errors import NlcError
+    with pytest.raises(NlcError, match="does not split over 3 ranks"):
+        distributed.local_slice(batch, distributed.World(rank=0, world_size=3))
+
+
+def test_torchrun_command_relaunches_this_module():
+    command = distributed.torchrun_command(2, ["train", "x.nl"])
+    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc_per_node=2" in command and command[-4:] == ["-m", "nlc.train_cli",
+                                                                 "train", "x.nl"]
