@@ -146,9 +146,14 @@ def test_cli_derive_reports_underivable_combination(tmp_path):
     assert "Traceback" not in out.stderr and "error:" in out.stderr
 
 
-def test_demo_runs_end_to_end():
-    out = _nlc("demo", cwd=str(EXAMPLES.parent))
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's main job with a reduced training budget (--quick): every stage runs."""
+    out = _nlc("demo", "--quick", "--out", str(tmp_path / "demo"), cwd=str(EXAMPLES.parent))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "claims verified" in out.stdout and "Traceback" not in out.stderr
     verified, claimed = re.search(r"(\d+)/(\d+) claims verified", out.stdout).groups()
     assert verified == claimed and int(claimed) >= 10
+    assert "3. compile" in out.stdout and "4. train on MQAR" in out.stdout
+    for name in ("linear_attention", "deltanet", "gated_deltanet", "softmax_attention"):
+        assert re.search(rf"^   {name} +\d\.\d{{3}} ", out.stdout, re.M), name
+    assert (tmp_path / "demo" / "mqar.png").stat().st_size > 0
