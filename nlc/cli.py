@@ -145,7 +145,7 @@ def cmd_identify(args) -> int:
 
 def cmd_demo(args) -> int:
     from nlc.demo import run_demo
-    return run_demo(args.examples, args.full)
+    return run_demo(args.examples)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: check, derive and verify the examples")
     p.add_argument("--examples", metavar="DIR", help="folder of specs (default: examples/)")
-    p.add_argument("--full", action="store_true", help="also verify the slow MLP examples")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("identify", help="name the published models a spec's levels equal")

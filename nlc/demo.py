@@ -1,9 +1,8 @@
 """`nlc demo`: the README's main job, on the CPU.
 
 Today it runs the stages that exist: check every example, derive and classify each level,
-and verify the examples that claim a published model (the MLP-memory ones whose exact
-check takes minutes are left to `nlc verify`, and said so). Compiling and training the
-examples arrive with `nlc compile` and `nlc train`."""
+and verify the examples that claim a published model. Compiling and training the examples
+arrive with `nlc compile` and `nlc train`."""
 
 from __future__ import annotations
 
@@ -12,8 +11,6 @@ import time
 from pathlib import Path
 
 from nlc.errors import NlcError
-
-SLOW_TO_VERIFY = ("moneta", "yaad", "memora", "ttt_mlp")
 
 
 def find_examples(folder: str | None) -> list[Path]:
@@ -26,7 +23,7 @@ def find_examples(folder: str | None) -> list[Path]:
     raise NlcError("no examples/*.nl found; run from the repository root or pass --examples DIR")
 
 
-def run_demo(examples: str | None = None, full: bool = False) -> int:
+def run_demo(examples: str | None = None) -> int:
     from nlc import pipeline
     from nlc.derive.classify import classify
     from nlc.syntax import parse
@@ -48,19 +45,13 @@ def run_demo(examples: str | None = None, full: bool = False) -> int:
         families = ", ".join(f"{rule.level}: {c.family.value}" for rule, c in items) or "-"
         print(f"   {path.stem:<18} {families}")
     print("\n2. verify against the catalog (symbolic at dims 2/3, float64 at 4/7/16)")
-    reports, skipped = [], []
+    reports = []
     for i, path in enumerate(files, 1):
         if path.stem in underived:
-            continue
-        if path.stem in SLOW_TO_VERIFY and not full:
-            skipped.append(path.stem)
             continue
         print(f"   [{i}/{len(files)}] {path.stem}", file=sys.stderr, flush=True)
         reports += verify_module(parse(path.read_text(), str(path)), str(path))
     sys.stdout.write(verify_table(reports, []))
-    if skipped:
-        print(f"   not verified here (minutes each; run with --full or nlc verify): "
-              f"{', '.join(skipped)}")
     print("\n3. compile and train: not available yet (nlc compile, nlc train are planned)")
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     return 0 if all(r.claim_holds for r in reports) else 1
