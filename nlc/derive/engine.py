@@ -17,7 +17,8 @@ from nlc.derive.forms import FORM_RULES, tensor_names, tensor_shapes
 from nlc.derive.losses import P, T, error_signal, loss_derivative, loss_of
 from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax
 from nlc.derive.rule import UpdateRule
-from nlc.derive.symbols import Lowering, SymbolTable, add, elementwise, is_matrix, scaled
+from nlc.derive.symbols import (Lowering, SymbolTable, add, elementwise, is_matrix,
+                                per_channel, scaled)
 from nlc.errors import NlcError
 from nlc.levels.records import LevelRecord, Term
 from nlc.syntax import ast
@@ -191,8 +192,7 @@ class LevelDerivation:
         out = []
         for w, g in zip(tensors, grads):
             if is_matrix(rate):  # a per-channel rate scales the input side
-                out.append(w - (g * sp.DiagMatrix(rate) if self.form.kind == "matrix"
-                                else sp.HadamardProduct(rate, g)))
+                out.append(add(w, scaled(-1, _rate_times(rate, g, self))))
             else:
                 out.append(add(w, scaled(-rate, g)))
         return tuple(out)
@@ -273,8 +273,7 @@ def _implicit_step_size(kind: str, args: tuple):
     dl = loss_derivative(kind, dict(args))
     e_old = dl.subs({P: p, T: t}, simultaneous=True)
     e_new = dl.subs({P: p - eps * KAPPA * e_old, T: t}, simultaneous=True)
-    solutions = sp.solve(sp.Eq(e_new - eps * e_old / LR, 0), eps, simplify=False)
-    closed = [s for s in map(sp.cancel, solutions) if not s.has(p, t)]
+    closed = [s for s in ret.solve(sp.Eq(e_new - eps * e_old / LR, 0), eps) if not s.has(p, t)]
     return closed[0] if closed else None
 
 
@@ -319,7 +318,7 @@ def _momentum(d: LevelDerivation, orthogonalize: bool = False):
 
 def _rate_times(rate, g, d):
     if is_matrix(rate):
-        return g * sp.DiagMatrix(rate) if d.form.kind == "matrix" else sp.HadamardProduct(rate, g)
+        return per_channel(rate, g, d.form.kind)
     return scaled(rate, g)
 
 
@@ -446,7 +445,7 @@ def _weighted_mean():
     n = 3
     w = sp.symbols(f"w0:{n}", positive=True)
     v = sp.symbols(f"v0:{n}", real=True)
-    (solution,) = sp.solve(sp.diff(sum(w[i] * (o - v[i]) ** 2 for i in range(n)), o), o)
+    (solution,) = map(sp.factor, ret.solve(sp.diff(sum(w[i] * (o - v[i]) ** 2 for i in range(n)), o), o))
     weights = [sp.cancel(solution.diff(v[i])) for i in range(n)]
     assert all(sp.cancel(weights[i] * sum(w) - w[i]) == 0 for i in range(n))
     return solution

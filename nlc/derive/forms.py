@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from nlc.derive.matfuncs import Dot, Mean
-from nlc.derive.symbols import (SCALAR_FUNCTIONS, add, elementwise, is_matrix,
+from nlc.derive.symbols import (SCALAR_FUNCTIONS, add, elementwise, is_matrix, matmul,
                                 name_derivatives, scaled)
 from nlc.levels.records import MemoryForm
 
@@ -27,7 +27,9 @@ class FormRule:
 
 
 def _matrix_apply(form, W, x):
-    return W[0] * x
+    # a gated state S Diag(a) times x, evaluated, would make SymPy ask its assumption
+    # system whether Diag(a) is diagonal (0.1 s of imports); a bare state is cheap to evaluate
+    return W[0] * x if isinstance(W[0], sp.MatrixSymbol) else matmul(W[0], x)
 
 
 def _matrix_grad(form, W, x, e):

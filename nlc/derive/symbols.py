@@ -83,6 +83,24 @@ def add(*terms):
     return terms[0] if len(terms) == 1 else sp.MatAdd(*terms, evaluate=False)
 
 
+def matmul(*factors):
+    """The product of matrices (and scalars), flattened and built unevaluated (see `scaled`
+    and `per_channel`)."""
+    flat = []
+    for f in factors:
+        flat.extend(f.args if isinstance(f, sp.MatMul) else (f,))
+    return sp.MatMul(*flat, evaluate=False)
+
+
+def per_channel(factor, tensor, form_kind: str):
+    """A per-channel gate or rate times a memory's tensor: the input side of a matrix,
+    S Diag(factor), else entry by entry (built unevaluated: evaluating a product with a
+    DiagMatrix asks SymPy's assumption system, whose first use imports 0.1 s of modules)."""
+    if form_kind == "matrix":
+        return matmul(tensor, sp.DiagMatrix(factor))
+    return sp.HadamardProduct(factor, tensor)
+
+
 def is_matrix(x) -> bool:
     return isinstance(x, (sp.MatrixExpr, sp.MatrixBase))
 

@@ -3,7 +3,6 @@ the difference expands to zero with fully symbolic entries at small concrete dim
 numerically, in float64 at random inputs."""
 
 from __future__ import annotations
-
 import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
@@ -28,11 +27,16 @@ class GradientOf(sp.MatrixExpr):
         return self.args[1 + int(self.args[0])].shape
 
     def explicit_from(self, tensors):
-        """Entry (r, c) is grad<i>_<r>_<c>(every entry of every tensor)."""
+        """Entry (r, c) is a symbol grad<i>_<r>_<c>@<point>, named after the entries of
+        every tensor (SymPy's structural hash): the same point gives the same symbols,
+        another point other ones, as an undefined function of the point would, but cheap
+        to expand. Two forms of one point that SymPy does not bring to the same canonical
+        form would count as different points: a false 'differs', never a false 'equal'."""
         i = int(self.args[0])
-        point = [e for t in tensors for e in t]
+        point = hash(tuple(e for t in tensors for e in t)) & (2 ** 64 - 1)
         rows, cols = (int(n) for n in self.shape)
-        return sp.ImmutableMatrix(rows, cols, lambda r, c: sp.Function(f"grad{i}_{r}_{c}")(*point))
+        return sp.ImmutableMatrix(rows, cols, lambda r, c: sp.Symbol(
+            f"grad{i}_{r}_{c}@{point:016x}", real=True))
 
     def _sympystr(self, printer):
         return f"grad{int(self.args[0])}({', '.join(printer._print(t) for t in self.args[1:])})"

@@ -3,7 +3,9 @@
 A spec is re-checked at small concrete dimensions (every literal dim set to 2 or 3, in
 alternation, so a transposed index cannot pass), derived, and each level compared with
 catalog entries bound to its roles: symbolically at two assignments, numerically in float64
-at three larger ones."""
+at three larger ones. MLP memories are compared by parts (nlc/verify/mlp.py): numerically
+end to end first, then the chain rule, the loss and the rule around the gradient, each
+symbolically."""
 
 from __future__ import annotations
 
