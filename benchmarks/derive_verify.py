@@ -34,7 +34,7 @@ def timed(args: list[str], cap: float) -> tuple[float | None, int | None, float]
     start, cpu = time.perf_counter(), _child_cpu()
     try:
         proc = subprocess.run([sys.executable, "-m", "nlc", *args], capture_output=True,
-                              text=True, timeout=cap, cwd=ROOT)
+                              text=True, timeout=cap, cwd=ROOT, check=False)
     except subprocess.TimeoutExpired:
         return None, None, _child_cpu() - cpu
     return time.perf_counter() - start, proc.returncode, _child_cpu() - cpu
@@ -70,18 +70,19 @@ def main() -> int:
                          else f"{t:.2f} s" + ("" if rc == 0 else f" (exit {rc})"))
     versions = ", ".join(f"{m} {metadata.version(m)}" for m in ("sympy", "numpy", "networkx",
                                                                  "lark"))
-    lines = [f"Machine: {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores, Python {platform.python_version()} ({versions}); "
-             f"{date.today().isoformat()}; each command a fresh process (imports included), "
-             f"best of {args.repeat}; load average {load_before:.1f} before, "
-             f"{load_after:.1f} after (other jobs share the machine).",
-             "", "| example | nlc derive | nlc verify |", "|---|---|---|"]
+    machine = (f"Machine: {platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} cores, Python {platform.python_version()} ({versions}); "
+               f"{date.today().isoformat()}; each command a fresh process (imports included), "
+               f"best of {args.repeat}; load average {load_before:.1f} before, "
+               f"{load_after:.1f} after (other jobs share the machine).")
+    lines = [machine, "", "| example | nlc derive | nlc verify |", "|---|---|---|"]
     lines += [f"| {name} | {fmt(d, drc)} | {fmt(v, vrc)} |" for name, d, drc, v, vrc in rows]
-    lines += ["", f"Total (stopped commands counted at the cap): {total:.1f} s wall "
-                  f"({cpu_total:.1f} s CPU); the first of the {args.repeat} runs: "
-                  f"{first_total:.1f} s wall.",
-              f"`nlc verify examples/` in one process: {fmt(one, one_rc)} wall, "
-              f"{one_cpu:.1f} s CPU."]
+    totals = (f"Total (stopped commands counted at the cap): {total:.1f} s wall "
+              f"({cpu_total:.1f} s CPU); the first of the {args.repeat} runs: "
+              f"{first_total:.1f} s wall.")
+    single = (f"`nlc verify examples/` in one process: {fmt(one, one_rc)} wall, "
+              f"{one_cpu:.1f} s CPU.")
+    lines += ["", totals, single]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:

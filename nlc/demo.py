@@ -25,7 +25,6 @@ def find_examples(folder: str | None) -> list[Path]:
 
 def run_demo(examples: str | None = None) -> int:
     from nlc import pipeline
-    from nlc.derive.classify import classify
     from nlc.syntax import parse
     from nlc.verify.report import verify_table
     from nlc.verify.verify import verify_module

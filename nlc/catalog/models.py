@@ -195,7 +195,8 @@ def _memora(r: Roles):
         ex = (r.alpha * s.as_explicit().applyfunc(sp.log) - r.beta * g).applyfunc(sp.exp)
         rows, cols = ex.shape
         totals = [sum(ex[i, j] for j in range(cols)) for i in range(rows)]
-        out.append(sp.Matrix(rows, cols, lambda i, j: ex[i, j] / totals[i]))  # row softmax
+        out.append(sp.Matrix(rows, cols, lambda i, j, ex=ex, totals=totals:
+                             ex[i, j] / totals[i]))  # row softmax
     return tuple(out)
 
 

@@ -17,8 +17,15 @@ from nlc.derive.forms import FORM_RULES, tensor_names, tensor_shapes
 from nlc.derive.losses import P, T, error_signal, loss_derivative, loss_of
 from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax
 from nlc.derive.rule import UpdateRule
-from nlc.derive.symbols import (Lowering, SymbolTable, add, elementwise, is_matrix,
-                                per_channel, scaled)
+from nlc.derive.symbols import (
+    Lowering,
+    SymbolTable,
+    add,
+    elementwise,
+    is_matrix,
+    per_channel,
+    scaled,
+)
 from nlc.errors import NlcError
 from nlc.levels.records import LevelRecord, Term
 from nlc.syntax import ast

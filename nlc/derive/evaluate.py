@@ -11,11 +11,18 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from nlc.derive.matfuncs import (NORM_EPS, NS_COEFFS, ColumnMap, Dot, Mean, NewtonSchulz,
-                                 RowSoftmax, Total)
+from nlc.derive.matfuncs import (
+    NORM_EPS,
+    NS_COEFFS,
+    ColumnMap,
+    Dot,
+    Mean,
+    NewtonSchulz,
+    RowSoftmax,
+    Total,
+)
 from nlc.derive.symbols import name_derivatives
 from nlc.numeric import Walker, scalar_function
-
 
 
 def activation_functions(act: str) -> dict:
@@ -72,7 +79,7 @@ class Evaluator:
             for a in node.args:
                 v = self(a)
                 out = out @ v if isinstance(out, np.ndarray) and isinstance(v, np.ndarray) \
-                    and not np.ndim(v) == 0 else out * v
+                    and np.ndim(v) != 0 else out * v
             return out
         if isinstance(node, sp.HadamardProduct):
             out = self(node.args[0])

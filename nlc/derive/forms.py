@@ -12,8 +12,15 @@ from dataclasses import dataclass
 import sympy as sp
 
 from nlc.derive.matfuncs import Dot, Mean
-from nlc.derive.symbols import (SCALAR_FUNCTIONS, add, elementwise, is_matrix, matmul,
-                                name_derivatives, scaled)
+from nlc.derive.symbols import (
+    SCALAR_FUNCTIONS,
+    add,
+    elementwise,
+    is_matrix,
+    matmul,
+    name_derivatives,
+    scaled,
+)
 from nlc.levels.records import MemoryForm
 
 LN_EPS = sp.Rational(1, 10 ** 6)

@@ -3,13 +3,20 @@ the difference expands to zero with fully symbolic entries at small concrete dim
 numerically, in float64 at random inputs."""
 
 from __future__ import annotations
+
 import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from nlc.derive.matfuncs import COLUMN_FUNCTIONS, ColumnMap, Dot, NewtonSchulz, RowSoftmax, \
-    _Reduction
+from nlc.derive.matfuncs import (
+    COLUMN_FUNCTIONS,
+    ColumnMap,
+    Dot,
+    NewtonSchulz,
+    RowSoftmax,
+    _Reduction,
+)
 from nlc.derive.symbols import name_derivatives
 
 

@@ -27,8 +27,13 @@ import numpy as np
 import sympy as sp
 
 from nlc.catalog.models import CatalogEntry, Roles
-from nlc.catalog.reference import (explicit_grad, layer_norm, loss_value, mlp_forward,
-                                   numeric_loss_grad)
+from nlc.catalog.reference import (
+    explicit_grad,
+    layer_norm,
+    loss_value,
+    mlp_forward,
+    numeric_loss_grad,
+)
 from nlc.derive.engine import LevelDerivation
 from nlc.derive.evaluate import Evaluator
 from nlc.derive.forms import FORM_RULES, layernorm_backward

@@ -9,7 +9,6 @@ symbolically."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -19,8 +18,8 @@ import sympy as sp
 from nlc.catalog.models import ENTRIES, CatalogEntry, Roles
 from nlc.derive import derive
 from nlc.derive.engine import LevelDerivation, derive_level
-from nlc.derive.symbols import SymbolTable
 from nlc.derive.rule import UpdateRule
+from nlc.derive.symbols import SymbolTable
 from nlc.errors import NlcError
 from nlc.levels import check
 from nlc.syntax import ast
