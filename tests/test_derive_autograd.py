@@ -638,3 +638,47 @@ def test_proximal_strength_of_the_wrong_shape_is_a_located_error():
         (spec,) = pipeline.run(None, "check", text=text)
         derive(spec, {})
     assert "strength" in info.value.message and info.value.span.known
+
+
+# ---------------------------------------------------------------- functions of a whole vector
+VECTORWISE = {
+    "l2norm": lambda x: x / np.sqrt(np.sum(x * x) + 1e-6),
+    "rmsnorm": lambda x: x / np.sqrt(np.mean(x * x) + 1e-6),
+    "layernorm": lambda x: (x - x.mean()) / np.sqrt(np.mean((x - x.mean()) ** 2) + 1e-6),
+    "softmax": lambda x: np.exp(x) / np.sum(np.exp(x)),
+}
+
+
+@pytest.mark.parametrize("func", sorted(VECTORWISE))
+def test_vectorwise_function_in_a_read(func):
+    """A read rule may apply the language's vectorwise functions (and total) to a memory's
+    output; they derive to one node each, evaluate to their definitions, and expand to the
+    same values symbolically."""
+    from nlc.verify.equality import explicit
+    c = Combo(form="matrix", d_k=3, d_v=4)
+    text = c.spec_text().replace("read S(q)", f"read {func}(S(q)) * total(S(k))")
+    assert text != c.spec_text()
+    rule = derived_rule(text)
+    assert func in rule.to_text()
+    env = draw_inputs(rule, 0, extra=[w for _, w in rule.states] + context_symbols(c)
+                      + [sp.MatrixSymbol("q", 3, 1), sp.MatrixSymbol("S_next", 4, 3)])
+    x = _values(env)
+    S = x["S_next"]
+    expected = VECTORWISE[func](S @ x["q"]) * np.sum(S @ x["k"])
+    got = Evaluator(env)(rule.read)
+    assert relative_error(got, expected) < 1e-12
+    entries = explicit(rule.read)  # real symbols named after each MatrixSymbol's entries
+    values = {sp.Symbol(f"{s.name}[{i}, {j}]", real=True): float(v[i, j])
+              for s, v in env.items() if isinstance(s, sp.MatrixSymbol)
+              for i in range(v.shape[0]) for j in range(v.shape[1])}
+    by_hand = np.array([[float(e.xreplace(values))] for e in entries])
+    assert relative_error(by_hand, expected) < 1e-12
+
+
+def test_conv_in_a_rule_is_a_located_error():
+    c = Combo(form="matrix", d_k=3, d_v=4)
+    text = c.spec_text().replace("read S(q)", "read conv(S(q), 4)")
+    with pytest.raises(NlcError) as info:
+        (spec,) = pipeline.run(None, "check", text=text)
+        derive(spec, {})
+    assert "conv" in info.value.message and info.value.span.known

@@ -179,6 +179,7 @@ class ColumnMap(sp.MatrixExpr):
     keeps its name for printing and knows its explicit form for checking."""
 
     def __new__(cls, name, arg):
+        name = str(name)  # a str, or the Symbol it is stored as when SymPy rebuilds the node
         if name not in COLUMN_FUNCTIONS:
             raise ValueError(f"no column function {name!r}")
         return super().__new__(cls, sp.Symbol(name), arg)
