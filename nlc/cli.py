@@ -157,7 +157,7 @@ def cmd_compile(args) -> int:
 
 def cmd_demo(args) -> int:
     from nlc.demo import run_demo
-    return run_demo(args.examples, args.full, args.quick, args.out, args.steps)
+    return run_demo(args.examples, args.quick, args.out, args.steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: check, derive, verify, compile and train "
                        "the examples")
     p.add_argument("--examples", metavar="DIR", help="folder of specs (default: examples/)")
-    p.add_argument("--full", action="store_true", help="also verify the slow MLP examples")
     p.add_argument("--quick", action="store_true", help="a reduced training budget (CI)")
     p.add_argument("--steps", type=int, help="training steps per model (default 400)")
     p.add_argument("--out", default="runs/demo", metavar="DIR",

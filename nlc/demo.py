@@ -1,10 +1,9 @@
 """`nlc demo`: the README's main job, on the CPU.
 
 Check every example, derive and classify each level, verify the examples that claim a
-published model (the MLP-memory ones whose exact check takes minutes are left to `--full`
-or `nlc verify`, and said so), compile every example, then train linear attention, DeltaNet,
-Gated DeltaNet and softmax attention, each built from its spec, on a small MQAR under one
-budget; print the accuracy table and write a plot. `--quick` shrinks the training budget
+published model, compile every example, then train linear attention, DeltaNet, Gated
+DeltaNet and softmax attention, each built from its spec, on a small MQAR under one budget;
+print the accuracy table and write a plot. `--quick` shrinks the training budget
 (CI runs the demo that way)."""
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from pathlib import Path
 
 from nlc.errors import NlcError
 
-SLOW_TO_VERIFY = ("moneta", "yaad", "memora", "ttt_mlp")
 TRAINED = ("linear_attention", "deltanet", "gated_deltanet", "softmax_attention")
 # small per-head sizes so that four models train in a few minutes on two cores
 DEMO_DIMS = {"heads": 2, "d_k": 16, "d_v": 16}
@@ -31,10 +29,9 @@ def find_examples(folder: str | None) -> list[Path]:
     raise NlcError("no examples/*.nl found; run from the repository root or pass --examples DIR")
 
 
-def run_demo(examples: str | None = None, full: bool = False, quick: bool = False,
+def run_demo(examples: str | None = None, quick: bool = False,
              out: str = "runs/demo", steps: int | None = None) -> int:
     from nlc import pipeline
-    from nlc.derive.classify import classify
     from nlc.syntax import parse
     from nlc.verify.report import verify_table
     from nlc.verify.verify import verify_module
@@ -54,19 +51,13 @@ def run_demo(examples: str | None = None, full: bool = False, quick: bool = Fals
         families = ", ".join(f"{rule.level}: {c.family.value}" for rule, c in items) or "-"
         print(f"   {path.stem:<18} {families}")
     print("\n2. verify against the catalog (symbolic at dims 2/3, float64 at 4/7/16)")
-    reports, skipped = [], []
+    reports = []
     for i, path in enumerate(files, 1):
         if path.stem in underived:
-            continue
-        if path.stem in SLOW_TO_VERIFY and not full:
-            skipped.append(path.stem)
             continue
         print(f"   [{i}/{len(files)}] {path.stem}", file=sys.stderr, flush=True)
         reports += verify_module(parse(path.read_text(), str(path)), str(path))
     sys.stdout.write(verify_table(reports, []))
-    if skipped:
-        print(f"   not verified here (minutes each; run with --full or nlc verify): "
-              f"{', '.join(skipped)}")
     compiled = compile_examples(files, Path(out) / "generated")
     trained = train_examples(files, Path(out), steps or (20 if quick else 400))
     print(f"\ndone in {time.perf_counter() - start:.1f} s")

@@ -210,7 +210,7 @@ def combos(draw) -> Combo:
         c["p"] = draw(st.sampled_from([None, "4", "2.5"]))
     if objective == "huber":
         c["delta"] = draw(st.sampled_from([None, "0.5", "alpha"]))
-        c["switch"] = draw(st.sampled_from([None, "entries"]))  # norm: see the xfail below
+        c["switch"] = draw(st.sampled_from([None, "entries", "norm"]))
     retentions = ["none", "decay", "weight_decay"] + (["proximal"] if algorithm != "momentum"
                                                       else [])
     c["retention"] = draw(st.sampled_from(retentions))
@@ -221,9 +221,8 @@ def combos(draw) -> Combo:
         c["strength"] = draw(st.sampled_from(["0.5", "2", "alpha"]))
     if algorithm == "momentum":
         c["momentum"] = draw(st.sampled_from(["0.9", "0.5", "alpha"]))
-    if form != "mlp" and algorithm != "implicit" and c["retention"] != "proximal":
-        # a scalar or per-channel rate (with proximal: see the xfail below)
-        c["lr"] = draw(st.sampled_from(["beta", "eta"]))
+    if form != "mlp" and algorithm != "implicit":
+        c["lr"] = draw(st.sampled_from(["beta", "eta"]))  # a scalar or per-channel rate
     c["chunk"] = draw(st.booleans())
     return Combo(**c)
 
@@ -590,24 +589,96 @@ def test_evaluator_elementwise_function_with_a_context_delta():
     check_combo(c, seed=0, bind_scalars=False)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nlc/derive/engine.py + losses.py: huber's `switch = norm` (the l2 gradient while "
-    "||M(k) - v|| <= delta, else delta * sign(M(k) - v), Yaad / Miras eq. 16) is ignored: "
-    "LevelDerivation._gradient_at keeps only scale, p and delta, and losses._huber is the "
-    "entry-wise Huber, so the rule switches per entry instead of on the error's norm"))
-def test_huber_switch_norm():
-    # at seed 0 the error's norm is above delta = 1 while some entries are below it, where
-    # the two variants differ (relative error about 0.45)
+@pytest.mark.parametrize("delta", ["1", "100"])
+@pytest.mark.parametrize("form", ["vector", "diagonal", "matrix", "mlp"])
+def test_huber_switch_norm(form, delta):
+    # Yaad / Miras eq. 16: the l2 gradient while ||M(k) - v|| <= delta, else delta times the
+    # l1 gradient. With delta = 1 at seed 0 the error's norm is above delta while some
+    # entries are below it, where the per-entry Huber differs (relative error about 0.45);
+    # with delta = 100 the error is inside the ball.
+    c = Combo(form=form, d_k=3, d_v=2 if form == "matrix" else 3, objective="huber",
+              delta=delta, switch="norm", hidden=(3,) if form == "mlp" else (),
+              target="alpha" if form == "vector" else "v")
+    for seed in range(3):
+        check_combo(c, seed=seed)
+
+
+def test_huber_switch_norm_is_not_the_entrywise_huber():
+    """The reference itself tells the two switches apart at this point (so the test above
+    cannot pass with the per-entry rule)."""
     c = Combo(form="matrix", d_k=3, d_v=4, objective="huber", delta="1", switch="norm")
-    check_combo(c, seed=0)
+    text = replace(c, switch="entries").spec_text()
+    rule = derived_rule(text)
+    env = draw_inputs(rule, 0, extra=[w for _, w in rule.states] + context_symbols(c))
+    vals = {s.name: torch.tensor(np.asarray(v, dtype=np.float64), dtype=F64)
+            for s, v in env.items()}
+    norm = reference_step(c, vals)["S"].detach().numpy()
+    entries = reference_step(replace(c, switch="entries"), vals)["S"].detach().numpy()
+    assert relative_error(entries, norm) > 1e-2
+    derived = Evaluator(env)(rule.next_of("S"))  # nlc's entry-wise rule is the entry-wise one
+    assert relative_error(derived, entries) < RTOL
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError, reason=(
-    "nlc/derive/retention.py proximal_lr: `retention proximal(...)` with a per-channel rate "
-    "(`gd(lr = eta)`, eta : [d_k], which the checker accepts) substitutes the MatrixSymbol "
-    "eta into the scalar solution eta / (1 + eta lam); SymPy raises NotImplementedError "
-    "('noncommutative scalars in MatMul') out of derive, instead of an entry-wise rate or "
-    "an NlcError"))
-def test_proximal_with_a_per_channel_rate():
-    c = Combo(form="matrix", d_k=3, d_v=2, objective="l2", retention="proximal", lr="eta")
-    check_combo(c, seed=0)
+@pytest.mark.parametrize("strength", ["0.5", "alpha"])
+@pytest.mark.parametrize("form", ["vector", "diagonal", "matrix"])
+def test_proximal_with_a_per_channel_rate(form, strength):
+    # argmin g (w - s) + (w - s)^2 / (2 eta_j) + lam (w - s)^2 / 2 entry by entry: the rate
+    # eta_j / (1 + eta_j lam) per input channel
+    c = Combo(form=form, d_k=3, d_v=2 if form == "matrix" else 3, objective="l2",
+              retention="proximal", strength=strength, lr="eta",
+              target="alpha" if form == "vector" else "v")
+    for seed in range(3):
+        check_combo(c, seed=seed)
+
+
+def test_proximal_strength_of_the_wrong_shape_is_a_located_error():
+    text = Combo(form="matrix", d_k=3, d_v=2, objective="l2", retention="proximal",
+                 strength="v").spec_text()
+    with pytest.raises(NlcError) as info:
+        (spec,) = pipeline.run(None, "check", text=text)
+        derive(spec, {})
+    assert "strength" in info.value.message and info.value.span.known
+
+
+# ---------------------------------------------------------------- functions of a whole vector
+VECTORWISE = {
+    "l2norm": lambda x: x / np.sqrt(np.sum(x * x) + 1e-6),
+    "rmsnorm": lambda x: x / np.sqrt(np.mean(x * x) + 1e-6),
+    "layernorm": lambda x: (x - x.mean()) / np.sqrt(np.mean((x - x.mean()) ** 2) + 1e-6),
+    "softmax": lambda x: np.exp(x) / np.sum(np.exp(x)),
+}
+
+
+@pytest.mark.parametrize("func", sorted(VECTORWISE))
+def test_vectorwise_function_in_a_read(func):
+    """A read rule may apply the language's vectorwise functions (and total) to a memory's
+    output; they derive to one node each, evaluate to their definitions, and expand to the
+    same values symbolically."""
+    from nlc.verify.equality import explicit
+    c = Combo(form="matrix", d_k=3, d_v=4)
+    text = c.spec_text().replace("read S(q)", f"read {func}(S(q)) * total(S(k))")
+    assert text != c.spec_text()
+    rule = derived_rule(text)
+    assert func in rule.to_text()
+    env = draw_inputs(rule, 0, extra=[w for _, w in rule.states] + context_symbols(c)
+                      + [sp.MatrixSymbol("q", 3, 1), sp.MatrixSymbol("S_next", 4, 3)])
+    x = _values(env)
+    S = x["S_next"]
+    expected = VECTORWISE[func](S @ x["q"]) * np.sum(S @ x["k"])
+    got = Evaluator(env)(rule.read)
+    assert relative_error(got, expected) < 1e-12
+    entries = explicit(rule.read)  # real symbols named after each MatrixSymbol's entries
+    values = {sp.Symbol(f"{s.name}[{i}, {j}]", real=True): float(v[i, j])
+              for s, v in env.items() if isinstance(s, sp.MatrixSymbol)
+              for i in range(v.shape[0]) for j in range(v.shape[1])}
+    by_hand = np.array([[float(e.xreplace(values))] for e in entries])
+    assert relative_error(by_hand, expected) < 1e-12
+
+
+def test_conv_in_a_rule_is_a_located_error():
+    c = Combo(form="matrix", d_k=3, d_v=4)
+    text = c.spec_text().replace("read S(q)", "read conv(S(q), 4)")
+    with pytest.raises(NlcError) as info:
+        (spec,) = pipeline.run(None, "check", text=text)
+        derive(spec, {})
+    assert "conv" in info.value.message and info.value.span.known

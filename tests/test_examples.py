@@ -47,3 +47,12 @@ def test_example_checks(name):
         elif spec.kind.value == "layer":
             assert spec.levels, f"{spec.name} has no level"
             assert spec.output is not None
+
+
+@pytest.mark.parametrize("name", example_ids())
+def test_example_derives(name):
+    """Every example derives and classifies, with text, LaTeX and JSON forms (hope.nl reads
+    l2norm(K(h)) and sigmoid(total(E(h)) / d_head))."""
+    items = pipeline.run(str(EXAMPLES / f"{name}.nl"), "classify")
+    for rule, family in items:
+        assert rule.to_text() and rule.to_latex() and rule.to_json() and family.to_text()

@@ -4,8 +4,10 @@ produced by the derivation engine. `nlc verify` compares derived rules with thes
 Each entry is a function of the paper's roles -- the memory's tensors `S`, key `k`, value
 `v`, learning rate `beta`, gate `alpha`, momentum `eta`, momentum buffers `U`, chunk-start
 tensors `S0` -- bound to a spec's expressions by the derivation (`UpdateRule.roles`).
-Non-affine memories (MLPs) are differentiated here entry by entry with `sympy.diff` on
-explicit matrices, independently of the engine's structured chain rule."""
+MLP entries name the paper's loss (`loss`) and state their update in terms of its gradient
+at a point, `r.grad(tensors)`; the verifier binds `grad` to the gradient of that loss
+through the paper's forward pass (reference.py: `sympy.diff` entry by entry, or dual
+numbers), independently of the engine's structured chain rule."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from nlc.catalog.reference import explicit_grad, mlp_forward
+from nlc.catalog.reference import Loss
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Roles:
     form: object = None
     g: object = None
     delta: object = None
+    grad: Callable | None = None  # tensors -> the entry's loss gradient there (MLP entries)
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,9 @@ class CatalogEntry:
     needs: tuple[str, ...]    # roles that must be bound
     update: Callable[[Roles], tuple]  # next value of each carried tensor, in rule order
     family: str               # the kernel family the paper's recurrence belongs to
-    objective: str | None = None  # for entries that differentiate their own loss
+    objective: str | None = None  # the spec objective an MLP entry can be compared with
     kind: str = "layer"       # layer | optimizer
+    loss: Loss | None = None  # the paper's loss, whose gradient `Roles.grad` gives
 
 
 def _I(n):
@@ -120,84 +124,87 @@ entry(id="longhorn", title="Longhorn",
 # ---------------------------------------------------------------- non-affine memories
 
 
-def _mlp_step(loss: str, scale):
-    """S_i - beta grad_i at the chunk-start weights (explicit differentiation)."""
-    def update(r: Roles):
-        at = r.S0 or r.S
-        grads = explicit_grad(r.form, at, r.k, r.v, loss, scale)
-        return tuple(s.as_explicit() - r.beta * g for s, g in zip(r.S, grads))
-    return update
+def _mlp_step(r: Roles):
+    """S_i - beta grad_i at the chunk-start weights."""
+    grads = r.grad(r.S0 or r.S)
+    return tuple(s.as_explicit() - r.beta * g for s, g in zip(r.S, grads))
 
 
 entry(id="ttt_linear", title="TTT-Linear",
       citation="Sun et al., Learning to (Learn at Test Time), arXiv:2407.04620 (2024), "
                "mini-batch TTT with f(x) = x + LN(W x)",
       form="mlp1", gate="none", needs=("k", "v", "beta"), family="frozen-gradient",
-      update=_mlp_step("l2", sp.Integer(1)), objective="l2")
+      update=_mlp_step, objective="l2", loss=Loss("l2"))
 entry(id="ttt_mlp", title="TTT-MLP",
       citation="Sun et al., arXiv:2407.04620 (2024), f(x) = x + LN(MLP(x))",
       form="mlp2", gate="none", needs=("k", "v", "beta"), family="frozen-gradient",
-      update=_mlp_step("l2", sp.Integer(1)), objective="l2")
+      update=_mlp_step, objective="l2", loss=Loss("l2"))
 
 
 def _titans(r: Roles):
-    at = r.S0 or r.S
-    grads = explicit_grad(r.form, at, r.k, r.v, "l2", sp.Integer(2))  # ||M(k) - v||^2, no 1/2
+    grads = r.grad(r.S0 or r.S)
     new_u = tuple(r.eta * u.as_explicit() - r.beta * g for u, g in zip(r.U, grads))
     new_s = tuple((1 - r.alpha) * s.as_explicit() + u for s, u in zip(r.S, new_u))
     return new_s + new_u
 
 
 entry(id="titans", title="Titans (MLP memory, momentum, weight decay)",
-      citation="Behrouz, Zhong, Mirrokni, Titans, arXiv:2501.00663 (2025): surprise "
-               "U = eta U - theta grad, M = (1 - alpha) M + U",
+      citation="Behrouz, Zhong, Mirrokni, Titans, arXiv:2501.00663 (2025), eqs. 12-14: "
+               "loss ||M(k) - v||^2, surprise U = eta U - theta grad, M = (1 - alpha) M + U",
       form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha", "eta"),
-      family="frozen-gradient", update=_titans, objective="l2")
+      family="frozen-gradient", update=_titans, objective="l2",
+      loss=Loss("l2", scale=2))  # ||M(k) - v||^2: no 1/2
+
+
+def _lq_normalized(a, q: int):
+    """W = A / ||A||_q^(q-2), the norm over all of A's entries."""
+    a = a.as_explicit()
+    return a * (sum(a.applyfunc(lambda e: sp.Abs(e) ** q)) ** sp.Rational(1, q)) ** (2 - q)
 
 
 def _moneta(r: Roles):
     at = r.S0 or r.S
-    grads = explicit_grad(r.form, at, r.k, r.v, "lp3", sp.Integer(1), lq=4)
+    grads = r.grad(tuple(_lq_normalized(a, 4) for a in at))
     return tuple(r.alpha * s.as_explicit() - r.beta * g for s, g in zip(r.S, grads))
 
 
 entry(id="moneta", title="Moneta",
-      citation="Behrouz et al., It's All Connected (Miras), arXiv:2504.13173 (2025): l_3 "
-               "attentional bias, A = alpha A - eta grad, W = A / ||A||_4^2",
+      citation="Behrouz et al., It's All Connected (Miras), arXiv:2504.13173 (2025), eqs. "
+               "24-25: l_3 attentional bias, A = alpha A - eta grad l_3(W), W = A / ||A||_4^2",
       form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha"), family="frozen-gradient",
-      update=_moneta, objective="lp")
+      update=_moneta, objective="lp", loss=Loss("lp", p=3))
 
 
 def _yaad(r: Roles):
-    at = r.S0 or r.S
-    grads = explicit_grad(r.form, at, r.k, r.v, "huber", sp.Integer(1), delta=r.delta)
+    grads = r.grad(r.S0 or r.S)
     return tuple(r.alpha * s.as_explicit() - r.beta * g for s, g in zip(r.S, grads))
 
 
+entry(id="yaad", title="Yaad",
+      citation="Behrouz et al., Miras, arXiv:2504.13173 (2025), eq. 26: W = alpha W - eta "
+               "grad l2 while ||M(k) - v|| <= delta, else alpha W - eta delta grad l1 (the "
+               "Huber switch on the norm of the whole error, eq. 16)",
+      form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha", "delta"),
+      family="frozen-gradient", update=_yaad, objective="huber", loss=Loss("huber_norm"))
+
+
 def _memora(r: Roles):
-    at = r.S0 or r.S
-    grads = explicit_grad(r.form, at, r.k, r.v, "l2", sp.Integer(1))
+    grads = r.grad(r.S0 or r.S)
     out = []
     for s, g in zip(r.S, grads):
-        x = r.alpha * s.as_explicit().applyfunc(sp.log) - r.beta * g
-        rows = []
-        for i in range(x.shape[0]):
-            ex = [sp.exp(x[i, j]) for j in range(x.shape[1])]
-            rows.append([e / sum(ex) for e in ex])
-        out.append(sp.Matrix(rows))
+        ex = (r.alpha * s.as_explicit().applyfunc(sp.log) - r.beta * g).applyfunc(sp.exp)
+        rows, cols = ex.shape
+        totals = [sum(ex[i, j] for j in range(cols)) for i in range(rows)]
+        out.append(sp.Matrix(rows, cols, lambda i, j, ex=ex, totals=totals:
+                             ex[i, j] / totals[i]))  # row softmax
     return tuple(out)
 
 
 entry(id="memora", title="Memora",
-      citation="Behrouz et al., Miras, arXiv:2504.13173 (2025): W = Softmax(alpha log W - "
-               "eta grad)",
+      citation="Behrouz et al., Miras, arXiv:2504.13173 (2025), eq. 27: W = Softmax(alpha "
+               "log W - eta grad l2)",
       form="mlp", gate="any", needs=("k", "v", "beta", "alpha"), family="frozen-gradient",
-      update=_memora, objective="l2")
-entry(id="yaad", title="Yaad",
-      citation="Behrouz et al., Miras, arXiv:2504.13173 (2025): Huber attentional bias with "
-               "retention",
-      form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha", "delta"),
-      family="frozen-gradient", update=_yaad, objective="huber")
+      update=_memora, objective="l2", loss=Loss("l2"))
 
 # ---------------------------------------------------------------- optimizers
 

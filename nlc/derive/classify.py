@@ -14,6 +14,7 @@ from enum import Enum
 
 import sympy as sp
 
+from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
 
 
@@ -37,7 +38,7 @@ class Classification:
         return dict(self.params).get(name, default)
 
     def to_text(self) -> str:
-        shown = ", ".join(f"{k}={sp.sstr(v)}" for k, v in self.params)
+        shown = ", ".join(f"{k}={sstr(v)}" for k, v in self.params)
         return f"{self.family.value}" + (f" ({shown})" if shown else "") + f": {self.reason}"
 
 
@@ -113,9 +114,9 @@ def classify(rule: UpdateRule) -> Classification:
     if len(rank_one) == 1:
         coef, diag, u, w = rank_one[0]
         gate_matches = (kind == "scalar" and diag is None) or (kind == "channel" and diag is not None
-                                                              and sp.simplify(diag - gate) == sp.ZeroMatrix(*gate.shape))
+                                                              and (diag == gate or sp.simplify(diag - gate) == sp.ZeroMatrix(*gate.shape)))
         if u == w and gate_matches:
-            beta = sp.simplify(-coef / gate) if kind == "scalar" else sp.simplify(-coef)
+            beta = sp.cancel(-coef / gate) if kind == "scalar" else sp.cancel(-coef)
             return Classification(KernelFamily.DELTA, base + (("beta", beta), ("key", u)),
                                   "S' = S D (I - beta k k^T) + B")
         left = u if diag is None else sp.HadamardProduct(diag, u)

@@ -7,16 +7,25 @@ knows a model by name."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import sympy as sp
 
 from nlc.derive import retention as ret
 from nlc.derive.forms import FORM_RULES, tensor_names, tensor_shapes
-from nlc.derive.losses import error_signal
+from nlc.derive.losses import P, T, error_signal, loss_derivative, loss_of
 from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax
 from nlc.derive.rule import UpdateRule
-from nlc.derive.symbols import Lowering, SymbolTable, elementwise, is_matrix
+from nlc.derive.symbols import (
+    Lowering,
+    SymbolTable,
+    add,
+    elementwise,
+    is_matrix,
+    per_channel,
+    scaled,
+)
 from nlc.errors import NlcError
 from nlc.levels.records import LevelRecord, Term
 from nlc.syntax import ast
@@ -31,8 +40,10 @@ def _scale(factor, tensor):
 class LevelDerivation:
     """The pieces of one level's derivation at one choice of dimensions."""
 
-    def __init__(self, spec, level: LevelRecord, table: SymbolTable):
+    def __init__(self, spec, level: LevelRecord, table: SymbolTable,
+                 gradient: Callable | None = None):
         self.spec, self.level, self.table = spec, level, table
+        self.gradient_override = gradient
         self.state = level.state
         self.form = self.state.form
         self.names = tensor_names(self.state.name, self.form)
@@ -45,7 +56,7 @@ class LevelDerivation:
         self.retentions = {t.kind: t for t in level.retentions}
         self.memory_map: Callable = lambda tensors: tensors
         if "lq" in self.retentions:
-            q = self.retentions["lq"].get("q")
+            q = self.value(self.retentions["lq"].get("q"), None)
             self.memory_map = lambda tensors: tuple(ret.lq_normalize(w, q) for w in tensors)
 
     # ------------------------------------------------------------ lowering
@@ -95,7 +106,7 @@ class LevelDerivation:
         total = self._gradient_at(tensors, self.lowering(tensors), record_roles=True)
         for j in range(1, window):
             g = self._gradient_at(tensors, self.lowering(tensors, shift=j), record_roles=False)
-            total = tuple(a + decay ** j * x for a, x in zip(total, g))
+            total = tuple(add(a, scaled(decay ** j, x)) for a, x in zip(total, g))
         return total
 
     def _gradient_at(self, tensors, lower: Lowering, record_roles: bool) -> tuple:
@@ -103,8 +114,7 @@ class LevelDerivation:
         pred_ast, target_ast = term.get("prediction"), term.get("target")
         key = self._key(pred_ast, lower)
         target = lower(target_ast)
-        args = {name: self.value(v, lower) for name, v in term.args
-                if name in ("scale", "p", "delta")}
+        args = self.loss_args(term, lower)
         mapped = self.memory_map(tensors)
         pred = self.rule.apply(self.form, mapped, key)
         e = error_signal(term.kind, args, pred, target)
@@ -117,7 +127,17 @@ class LevelDerivation:
                 self.roles["delta"] = args["delta"]
             if self.level.over:
                 self.roles["grad"] = self.table.values[self.level.over]
+        if self.gradient_override is not None:
+            return self.gradient_override(mapped)
         return self.rule.grad(self.form, mapped, key, e)
+
+    def loss_args(self, term: Term, lower: Lowering) -> dict:
+        """The objective's arguments that shape its loss, lowered (the switch stays a word)."""
+        args = {name: self.value(v, lower) for name, v in term.args
+                if name in ("scale", "p", "delta")}
+        if "switch" in dict(term.args):
+            args["switch"] = term.get("switch")
+        return args
 
     def _key(self, pred_ast, lower: Lowering):
         """The memory's input in the prediction: the prediction must be `M(x)` (or the bare
@@ -156,18 +176,32 @@ class LevelDerivation:
         rate = self.value(alg.get("lr"), lower)
         self.roles["lr"] = rate
         if "proximal" in self.retentions:
-            strength = self.value(self.retentions["proximal"].get("strength"), lower)
-            rate = ret.proximal_lr(rate, strength)
+            term = self.retentions["proximal"]
+            strength = self.value(term.get("strength"), lower)
+            if is_matrix(strength) and strength.shape != self.channel_shape():
+                raise NlcError("the proximal strength must be a scalar or one value per input "
+                               "channel of a vector, diagonal or matrix memory", term.span)
+            try:
+                rate = ret.proximal_lr(rate, strength)
+            except NlcError as err:
+                raise NlcError(err.message, term.span, hint=err.hint) from None
         return rate
+
+    def channel_shape(self):
+        """The shape of a per-channel gate or rate (the memory's input side), or None."""
+        if self.form.kind == "matrix":
+            return (self.tensors[0].shape[1], 1)
+        if self.form.kind in ("vector", "diagonal"):
+            return self.tensors[0].shape
+        return None
 
     def step(self, tensors, rate, grads):
         out = []
         for w, g in zip(tensors, grads):
             if is_matrix(rate):  # a per-channel rate scales the input side
-                out.append(w - (g * sp.DiagMatrix(rate) if self.form.kind == "matrix"
-                                else sp.HadamardProduct(rate, g)))
-            else:  # built unevaluated: SymPy's canonicalization is slow on MLP gradients
-                out.append(sp.MatAdd(w, sp.MatMul(-rate, g, evaluate=False), evaluate=False))
+                out.append(add(w, scaled(-1, _rate_times(rate, g, self))))
+            else:
+                out.append(add(w, scaled(-rate, g)))
         return tuple(out)
 
     def anchor(self):
@@ -202,7 +236,7 @@ def _gd_like(d: LevelDerivation, implicit: bool) -> dict:
     if "kl" in d.retentions:
         alpha = d.value(d.retentions["kl"].get("alpha"), lower)
         d.roles.setdefault("gate", alpha)
-        new = tuple(RowSoftmax(alpha * elementwise(sp.log, w) - rate * g)
+        new = tuple(RowSoftmax(add(scaled(alpha, elementwise(sp.log, w)), scaled(-rate, g)))
                     for w, g in zip(before, grads))
     else:
         new = d.step(d.gate_all(before, gates, "parallel"), rate, grads)
@@ -222,20 +256,32 @@ def _implicit_rate(d: LevelDerivation, tensors, rate, lower):
         raise NlcError(f"the implicit step is solved for matrix, vector and optimizer memories "
                        f"with a scalar rate, not {d.form.kind}", d.level.algorithm.span)
     term = d.loss_term()
-    args = {name: d.value(v, lower) for name, v in term.args if name in ("scale", "p", "delta")}
-    p, t, eps, kappa, lr = sp.symbols("p t epsilon kappa lr", real=True)
-    from nlc.derive.losses import loss_derivative, P, T
-    dl = loss_derivative(term.kind, args)
-    e_old = dl.subs({P: p, T: t}, simultaneous=True)
-    e_new = dl.subs({P: p - eps * kappa * e_old, T: t}, simultaneous=True)
-    solutions = sp.solve(sp.Eq(e_new - eps * e_old / lr, 0), eps)
-    closed = [s for s in solutions if not s.has(p, t)]
-    if not closed:
+    args = d.loss_args(term, lower)
+    if loss_of(term.kind, args).threshold is not None:
+        raise NlcError(f"the implicit step has no closed form for objective '{term.kind}' with "
+                       "switch = norm", d.level.algorithm.span, hint="use gd")
+    closed = _implicit_step_size(term.kind, tuple(sorted(args.items())))
+    if closed is None:
         raise NlcError(f"the implicit step has no closed form for objective '{term.kind}'",
                        d.level.algorithm.span, hint="use gd")
-    key = d.roles["key"]
-    kappa_value = d.rule.kappa(key)
-    return sp.simplify(closed[0]).subs({kappa: kappa_value, lr: rate}, simultaneous=True)
+    kappa_value = d.rule.kappa(d.roles["key"])
+    return closed.subs({KAPPA: kappa_value, LR: rate}, simultaneous=True)
+
+
+KAPPA, LR = sp.symbols("kappa lr", real=True)
+
+
+@functools.cache
+def _implicit_step_size(kind: str, args: tuple):
+    """eps with W = S - eps grad(S) optimal for l + ||W - S||^2 / (2 lr), where a step
+    along the gradient moves the prediction by -eps kappa dl/dp; None without a closed form
+    (cached: SymPy's solve is the slow part of deriving Longhorn or DGD)."""
+    p, t, eps = sp.symbols("p t epsilon", real=True)
+    dl = loss_derivative(kind, dict(args))
+    e_old = dl.subs({P: p, T: t}, simultaneous=True)
+    e_new = dl.subs({P: p - eps * KAPPA * e_old, T: t}, simultaneous=True)
+    closed = [s for s in ret.solve(sp.Eq(e_new - eps * e_old / LR, 0), eps) if not s.has(p, t)]
+    return closed[0] if closed else None
 
 
 def _gd(d):
@@ -264,11 +310,11 @@ def _momentum(d: LevelDerivation, orthogonalize: bool = False):
     kept = d.gate_all(before, gates, "parallel")
     for w, u, g in zip(kept, buffers, grads):
         if orthogonalize:  # Muon / Atlas: orthogonalize the accumulated gradient
-            u_new = mom * u + g
-            w_new = w - rate * NewtonSchulz(u_new, d.level.algorithm.get("steps"))
+            u_new = add(scaled(mom, u), g)
+            w_new = add(w, scaled(-rate, NewtonSchulz(u_new, d.level.algorithm.get("steps"))))
         else:  # Titans' surprise: U = eta U - theta grad, M = gate M + U
-            u_new = mom * u - _rate_times(rate, g, d)
-            w_new = w + u_new
+            u_new = add(scaled(mom, u), scaled(-1, _rate_times(rate, g, d)))
+            w_new = add(w, u_new)
         new_buffers.append(u_new)
         new.append(w_new)
     new = d.gate_all(tuple(new), gates, "proximal")
@@ -279,8 +325,8 @@ def _momentum(d: LevelDerivation, orthogonalize: bool = False):
 
 def _rate_times(rate, g, d):
     if is_matrix(rate):
-        return g * sp.DiagMatrix(rate) if d.form.kind == "matrix" else sp.HadamardProduct(rate, g)
-    return rate * g
+        return per_channel(rate, g, d.form.kind)
+    return scaled(rate, g)
 
 
 def _newton_schulz(d):
@@ -381,13 +427,7 @@ def _nonparametric(d: LevelDerivation) -> UpdateRule:
     a symbolic cache of three entries: the weighted mean (Nadaraya-Watson)."""
     lv = d.level
     term = lv.objective
-    o = sp.Symbol("o", real=True)
-    n = 3
-    w = sp.symbols(f"w0:{n}", positive=True)
-    v = sp.symbols(f"v0:{n}", real=True)
-    (solution,) = sp.solve(sp.diff(sum(w[i] * (o - v[i]) ** 2 for i in range(n)), o), o)
-    weights = [sp.simplify(solution.diff(v[i])) for i in range(n)]
-    assert all(sp.simplify(weights[i] * sum(w) - w[i]) == 0 for i in range(n))
+    solution = _weighted_mean()
     lower = d.lowering(d.tensors)
     weight_ast = dict(term.args).get("weight")
     kernel = lower(weight_ast) if weight_ast is not None else sp.Integer(1)
@@ -404,6 +444,20 @@ def _nonparametric(d: LevelDerivation) -> UpdateRule:
     return _rule(d, "nonparametric", {}, None, states=())
 
 
+@functools.cache
+def _weighted_mean():
+    """argmin_o sum_i w_i (o - v_i)^2 on a cache of three tokens, by SymPy's solve; checked
+    to be sum_i w_i v_i / sum_i w_i."""
+    o = sp.Symbol("o", real=True)
+    n = 3
+    w = sp.symbols(f"w0:{n}", positive=True)
+    v = sp.symbols(f"v0:{n}", real=True)
+    (solution,) = map(sp.factor, ret.solve(sp.diff(sum(w[i] * (o - v[i]) ** 2 for i in range(n)), o), o))
+    weights = [sp.cancel(solution.diff(v[i])) for i in range(n)]
+    assert all(sp.cancel(weights[i] * sum(w) - w[i]) == 0 for i in range(n))
+    return solution
+
+
 def _rule(d: LevelDerivation, kind: str, next_state: dict, read, states=None, anchors=()):
     lv = d.level
     states = tuple((s.name, s) for s in (states if states is not None else d.tensors))
@@ -412,8 +466,11 @@ def _rule(d: LevelDerivation, kind: str, next_state: dict, read, states=None, an
                       lv.grad_chunk, anchors, tuple(d.notes))
 
 
-def derive_level(spec, level: LevelRecord, table: SymbolTable) -> UpdateRule:
-    d = LevelDerivation(spec, level, table)
+def derive_level(spec, level: LevelRecord, table: SymbolTable,
+                 gradient: Callable | None = None) -> UpdateRule:
+    """`gradient` (verification only) replaces the objective's gradient through the memory
+    form: a function of the tensors it is taken at, returning one gradient per tensor."""
+    d = LevelDerivation(spec, level, table, gradient)
     alg = level.algorithm.kind
     if alg == "exact":
         return _exact(d)

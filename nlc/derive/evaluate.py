@@ -4,7 +4,6 @@ steps against `torch.autograd`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -12,32 +11,26 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from nlc.derive.matfuncs import NS_COEFFS, Dot, Mean, NewtonSchulz, RowSoftmax
-
-_erf = np.vectorize(math.erf, otypes=[float])
-MODULES = [{"erf": _erf, "Heaviside": lambda x, h=0.5: np.heaviside(x, h)}, "numpy"]
-
-
-SIGMA = sp.Function("sigma")
-SIGMA_PRIME = sp.Function("sigma_prime")
-
-
-def name_derivatives(expr):
-    """Subs(Derivative(sigma(x), x), x, e) -> sigma_prime(e), which lambdify can print."""
-    def is_sigma_prime(e):
-        return (isinstance(e, sp.Subs) and isinstance(e.expr, sp.Derivative)
-                and e.expr.expr.func == SIGMA)
-    expr = expr.replace(is_sigma_prime, lambda e: SIGMA_PRIME(e.point[0]))
-    return expr.replace(lambda e: isinstance(e, sp.Derivative) and e.expr.func == SIGMA,
-                        lambda e: SIGMA_PRIME(e.expr.args[0]))
+from nlc.derive.matfuncs import (
+    NORM_EPS,
+    NS_COEFFS,
+    ColumnMap,
+    Dot,
+    Mean,
+    NewtonSchulz,
+    RowSoftmax,
+    Total,
+)
+from nlc.derive.symbols import name_derivatives
+from nlc.numeric import Walker, scalar_function
 
 
-def activation_modules(act: str) -> dict:
+def activation_functions(act: str) -> dict:
     """Numeric sigma and sigma' for an abstract activation bound to `act`."""
     from nlc.derive.symbols import SCALAR_FUNCTIONS
     r = sp.Symbol("r", real=True)
     f = SCALAR_FUNCTIONS[act](r)
-    return {"sigma": sp.lambdify(r, f, MODULES), "sigma_prime": sp.lambdify(r, sp.diff(f, r), MODULES)}
+    return {"sigma": scalar_function(f, r), "sigma_prime": scalar_function(sp.diff(f, r), r)}
 
 
 class Evaluator:
@@ -48,7 +41,8 @@ class Evaluator:
         self.env = dict(env)
         self.cache: dict = {}
         self.activation = activation
-        self.modules = [activation_modules(activation)] + MODULES if activation else MODULES
+        self.functions = activation_functions(activation) if activation else {}
+        self.walker = Walker(self._leaf_value, self.functions)
 
     def __call__(self, node):
         if isinstance(node, sp.MatrixBase):  # mutable matrices are not hashable
@@ -85,7 +79,7 @@ class Evaluator:
             for a in node.args:
                 v = self(a)
                 out = out @ v if isinstance(out, np.ndarray) and isinstance(v, np.ndarray) \
-                    and not np.ndim(v) == 0 else out * v
+                    and np.ndim(v) != 0 else out * v
             return out
         if isinstance(node, sp.HadamardProduct):
             out = self(node.args[0])
@@ -99,83 +93,71 @@ class Evaluator:
         if isinstance(node, sp.Inverse):
             return np.linalg.inv(self(node.arg))
         if isinstance(node, ElementwiseApplyFunction):
-            # the body may use other inputs (a Huber threshold from the context): bind them
+            # the body may use other inputs (a Huber threshold from the context): bound too
+            (variable,) = node.function.variables
+            x = self(node.expr)
+            walk = Walker(lambda leaf: x if leaf == variable else self._leaf_value(leaf),
+                          self.functions)
             body = name_derivatives(node.function.expr)
-            free = sorted(body.free_symbols - set(node.function.variables), key=sp.default_sort_key)
-            f = sp.lambdify(list(node.function.variables) + free, body, self.modules)
-            args = [self(x) for x in free]
-            return np.asarray(f(self(node.expr), *args), dtype=np.float64) * np.ones(shape)
+            return np.asarray(walk(body), dtype=np.float64) * np.ones(shape)
         if isinstance(node, NewtonSchulz):
             return newton_schulz(self(node.args[0]), int(node.args[1]))
         if isinstance(node, RowSoftmax):
             x = self(node.args[0])
             e = np.exp(x - x.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
+        if isinstance(node, ColumnMap):
+            return COLUMN_FUNCTIONS[node.name](self(node.args[1]))
         if isinstance(node, sp.HadamardPower):
             return self(node.base) ** self(node.exp)
         if isinstance(node, sp.MatPow):
             return np.linalg.matrix_power(self(node.base), int(node.exp))
         raise NotImplementedError(f"cannot evaluate {type(node).__name__}")
 
-    def _leaves(self, expr):
-        """The outermost matrix elements, traces and symbols of a scalar expression (an
-        element of a product is evaluated as a whole, not through its parts)."""
-        leaves, stack, seen = set(), [expr], set()
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            if isinstance(node, (MatrixElement, sp.Trace, sp.Symbol, Mean, Dot)):
-                leaves.add(node)
-            elif isinstance(node, sp.MatrixBase):
-                stack.extend(node)
-            elif isinstance(node, sp.Basic):
-                stack.extend(node.args)
-        return sorted(leaves, key=sp.default_sort_key)
-
     def _leaf_value(self, leaf):
+        """The value of a node that is not scalar arithmetic."""
         if isinstance(leaf, MatrixElement):
             return self(leaf.parent)[int(leaf.i), int(leaf.j)]
         if isinstance(leaf, sp.Trace):
             return np.trace(self(leaf.arg))
         if isinstance(leaf, Mean):
             return float(np.mean(self(leaf.args[0])))
+        if isinstance(leaf, Total):
+            return float(np.sum(self(leaf.args[0])))
         if isinstance(leaf, Dot):
             return float(np.sum(self(leaf.args[0]) * self(leaf.args[1])))
-        return self.env[leaf]
+        if leaf in self.env:
+            return self.env[leaf]
+        if isinstance(leaf, (sp.Subs, sp.Derivative)):  # sigma' written by SymPy's diff
+            return self.walker(name_derivatives(leaf))
+        raise KeyError(f"no value for {leaf}")
 
     def _scalar(self, node):
         if isinstance(node, (int, float)):
             return float(node)
-        if node.is_number:
-            return float(node)
-        outer = self._leaves(node)
-        dummies = [sp.Dummy() for _ in outer]
-        expr = name_derivatives(node).xreplace(dict(zip(outer, dummies)))
-        f = sp.lambdify(dummies, expr, self.modules)
-        return float(f(*[self._leaf_value(a) for a in outer]))
+        return float(self.walker(node))
 
     def _explicit(self, m):
-        """Explicit matrices can be huge (an MLP's entry-wise gradient): substitute numbers
-        and evaluate, which is linear in their size (lambdify is not)."""
-        outer = self._leaves(m)
-        values = {a: sp.Float(float(self._leaf_value(a)), 30) for a in outer}
-        functions = {}
-        if self.activation:
-            from nlc.derive.symbols import SCALAR_FUNCTIONS
-            r = sp.Symbol("r", real=True)
-            f = SCALAR_FUNCTIONS[self.activation](r)
-            functions = {SIGMA: sp.Lambda(r, f), SIGMA_PRIME: sp.Lambda(r, sp.diff(f, r))}
+        """An explicit matrix of scalar expressions, entry by entry."""
         out = np.empty(m.shape)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                e = name_derivatives(m[i, j])
-                if functions:
-                    e = e.replace(lambda x: x.func in functions,
-                                  lambda x: functions[x.func](*x.args))
-                out[i, j] = float(e.xreplace(values).evalf(20))
+                out[i, j] = self._scalar(m[i, j])
         return out
+
+
+def _layernorm(x: np.ndarray) -> np.ndarray:
+    c = x - x.mean()
+    return c / np.sqrt(np.mean(c * c) + float(NORM_EPS))
+
+
+# the numeric twins of matfuncs.COLUMN_FUNCTIONS (a column in, a column out)
+COLUMN_FUNCTIONS = {
+    "l2norm": lambda x: x / np.sqrt(np.sum(x * x) + float(NORM_EPS)),
+    "rmsnorm": lambda x: x / np.sqrt(np.mean(x * x) + float(NORM_EPS)),
+    "layernorm": _layernorm,
+    "softmax": lambda x: np.exp(x - x.max()) / np.sum(np.exp(x - x.max())),
+}
 
 
 def newton_schulz(x: np.ndarray, steps: int) -> np.ndarray:

@@ -11,9 +11,16 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from nlc.derive.evaluate import name_derivatives
 from nlc.derive.matfuncs import Dot, Mean
-from nlc.derive.symbols import SCALAR_FUNCTIONS, elementwise, is_matrix
+from nlc.derive.symbols import (
+    SCALAR_FUNCTIONS,
+    add,
+    elementwise,
+    is_matrix,
+    matmul,
+    name_derivatives,
+    scaled,
+)
 from nlc.levels.records import MemoryForm
 
 LN_EPS = sp.Rational(1, 10 ** 6)
@@ -27,7 +34,9 @@ class FormRule:
 
 
 def _matrix_apply(form, W, x):
-    return W[0] * x
+    # a gated state S Diag(a) times x, evaluated, would make SymPy ask its assumption
+    # system whether Diag(a) is diagonal (0.1 s of imports); a bare state is cheap to evaluate
+    return W[0] * x if isinstance(W[0], sp.MatrixSymbol) else matmul(W[0], x)
 
 
 def _matrix_grad(form, W, x, e):
@@ -62,31 +71,22 @@ def _mean(y):
     return Mean(y)
 
 
-def _scaled(c, m):
-    """c * m, built without SymPy's canonicalization (slow on these nested scalars)."""
-    return sp.MatMul(c, m, evaluate=False)
-
-
-def _sum(*terms):
-    return sp.MatAdd(*terms, evaluate=False)
-
-
 def _layernorm(y):
     """(y - mean) / sqrt(var + eps), no learned gain (the TTT / Miras memories' norm)."""
     n = y.shape[0]
-    centred = _sum(y, _scaled(-_mean(y), sp.OneMatrix(n, 1)))
+    centred = add(y, scaled(-_mean(y), sp.OneMatrix(n, 1)))
     sigma = sp.sqrt(_mean(sp.HadamardProduct(centred, centred)) + LN_EPS)
-    return _scaled(1 / sigma, centred), sigma
+    return scaled(1 / sigma, centred), sigma
 
 
-def _layernorm_backward(y, dn):
+def layernorm_backward(y, dn):
     """d(loss)/dy from d(loss)/d(normed): (dn - mean(dn) - normed mean(dn * normed)) / sigma."""
     n = y.shape[0]
     normed, sigma = _layernorm(y)
     mean_dn = _mean(dn)
     mean_dn_n = _mean(sp.HadamardProduct(dn, normed))
-    inner = _sum(dn, _scaled(-mean_dn, sp.OneMatrix(n, 1)), _scaled(-mean_dn_n, normed))
-    return _scaled(1 / sigma, inner)
+    inner = add(dn, scaled(-mean_dn, sp.OneMatrix(n, 1)), scaled(-mean_dn_n, normed))
+    return scaled(1 / sigma, inner)
 
 
 def _mlp_forward(form: MemoryForm, W, x):
@@ -102,7 +102,7 @@ def _mlp_forward(form: MemoryForm, W, x):
     if form.norm:
         y, _ = _layernorm(y)
     if form.residual:
-        y = _sum(x, y)
+        y = add(x, y)
     return y, hs, acts
 
 
@@ -116,7 +116,7 @@ def _mlp_grad(form, W, x, e):
     act_prime = name_derivatives(sp.diff(SCALAR_FUNCTIONS[form.act](r), r))
     delta = e
     if form.norm:
-        delta = _layernorm_backward(hs[-1], delta)
+        delta = layernorm_backward(hs[-1], delta)
     grads = [None] * len(W)
     for i in range(len(W) - 1, -1, -1):
         grads[i] = sp.MatMul(delta, acts[i].T, evaluate=False)

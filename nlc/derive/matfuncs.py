@@ -1,5 +1,7 @@
-"""Matrix functions that SymPy lacks as expressions: Newton-Schulz orthogonalization and a
-row-wise softmax. Both know their explicit form, so rules containing them can be checked."""
+"""Matrix functions that SymPy lacks as expressions: Newton-Schulz orthogonalization, a
+row-wise softmax, the language's functions of a whole vector (l2norm, rmsnorm, layernorm,
+softmax) and scalar reductions (mean, total, inner product). Each knows its explicit form,
+so rules containing them can be checked, and prints under its own name."""
 
 from __future__ import annotations
 
@@ -65,27 +67,52 @@ class RowSoftmax(sp.MatrixExpr):
         return f"RowSoftmax({printer._print(self.args[0])})"
 
 
-class Mean(sp.Expr):
-    """The mean of a column's entries, kept as one node: SymPy's own form (an element of
-    ones^T y / n) turns into a symbolic Sum that it tries to evaluate, which is slow."""
+class _Reduction(sp.Expr):
+    """A scalar reduction of a column's entries, kept as one node: SymPy's own form (an
+    element of ones^T y) turns into a symbolic Sum that it tries to evaluate, which is slow."""
 
     is_commutative = True
     is_real = True
+    name = ""
 
     def __new__(cls, arg):
         return super().__new__(cls, arg)
 
+    @staticmethod
+    def reduce(entries):
+        raise NotImplementedError
+
     def doit(self, **hints):
         arg = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
         if isinstance(arg, sp.MatrixBase):
-            return sum(arg) / len(arg)
+            return self.reduce(list(arg))
         return self.func(arg)
 
     def _sympystr(self, printer):
-        return f"mean({printer._print(self.args[0])})"
+        return f"{self.name}({printer._print(self.args[0])})"
 
     def _latex(self, printer):
-        return rf"\operatorname{{mean}}\left({printer._print(self.args[0])}\right)"
+        return rf"\operatorname{{{self.name}}}\left({printer._print(self.args[0])}\right)"
+
+
+class Mean(_Reduction):
+    """The mean of a column's entries."""
+
+    name = "mean"
+
+    @staticmethod
+    def reduce(entries):
+        return sum(entries) / len(entries)
+
+
+class Total(_Reduction):
+    """The sum of a column's entries (the language's `total`)."""
+
+    name = "total"
+
+    @staticmethod
+    def reduce(entries):
+        return sum(entries)
 
 
 class Dot(sp.Expr):
@@ -113,3 +140,68 @@ class Dot(sp.Expr):
     def _latex(self, printer):
         a, b = (printer._print(x) for x in self.args)
         return rf"\left\langle {a}, {b} \right\rangle"
+
+
+# Functions of a whole column (the language's vectorwise functions, vocab.VECTORWISE), as
+# their explicit entries: l2norm, rmsnorm and layernorm without a learned gain.
+NORM_EPS = sp.Rational(1, 10 ** 6)
+
+
+def _l2norm(x):
+    scale = 1 / sp.sqrt(sum(e ** 2 for e in x) + NORM_EPS)
+    return [e * scale for e in x]
+
+
+def _rmsnorm(x):
+    scale = 1 / sp.sqrt(sum(e ** 2 for e in x) / len(x) + NORM_EPS)
+    return [e * scale for e in x]
+
+
+def _layernorm(x):
+    mu = sum(x) / len(x)
+    centred = [e - mu for e in x]
+    scale = 1 / sp.sqrt(sum(c ** 2 for c in centred) / len(x) + NORM_EPS)
+    return [c * scale for c in centred]
+
+
+def _softmax(x):
+    ex = [sp.exp(e) for e in x]
+    total = sum(ex)
+    return [e / total for e in ex]
+
+
+COLUMN_FUNCTIONS = {"l2norm": _l2norm, "rmsnorm": _rmsnorm, "layernorm": _layernorm,
+                    "softmax": _softmax}
+
+
+class ColumnMap(sp.MatrixExpr):
+    """name(x) for a column x and a function of the whole column (COLUMN_FUNCTIONS); it
+    keeps its name for printing and knows its explicit form for checking."""
+
+    def __new__(cls, name, arg):
+        name = str(name)  # a str, or the Symbol it is stored as when SymPy rebuilds the node
+        if name not in COLUMN_FUNCTIONS:
+            raise ValueError(f"no column function {name!r}")
+        return super().__new__(cls, sp.Symbol(name), arg)
+
+    @property
+    def name(self) -> str:
+        return self.args[0].name
+
+    @property
+    def shape(self):
+        return self.args[1].shape
+
+    def as_explicit(self):
+        x = self.args[1].as_explicit()
+        return sp.ImmutableMatrix(x.shape[0], x.shape[1],
+                                  COLUMN_FUNCTIONS[self.name](list(x)))
+
+    def _entry(self, i, j, **kwargs):
+        return self.as_explicit()[i, j]
+
+    def _sympystr(self, printer):
+        return f"{self.name}({printer._print(self.args[1])})"
+
+    def _latex(self, printer):
+        return rf"\operatorname{{{self.name}}}\left({printer._print(self.args[1])}\right)"

@@ -8,12 +8,20 @@ minimizer of a linearized loss plus a proximal term plus a global L2 penalty, so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import sympy as sp
 
-from nlc.derive.symbols import elementwise, is_matrix
+from nlc.derive.symbols import elementwise, is_matrix, per_channel
+from nlc.errors import NlcError
 
 W, S, G, ETA, MU, GAMMA, LAM, L1, L2 = sp.symbols("w s g eta mu gamma lambda l1 l2", real=True)
+
+
+def solve(equation, unknown) -> list:
+    """SymPy's solve, each solution cancelled to lowest terms (without solve's own
+    simplification, which also imports sympy.physics: 0.1 s on every derivation)."""
+    return [sp.cancel(s) for s in sp.solve(equation, unknown, simplify=False, check=False)]
 
 
 @dataclass(frozen=True)
@@ -33,40 +41,58 @@ def apply_gate(factor, tensor, form_kind: str):
     """factor * tensor: a scalar scales; a per-channel vector scales the input side."""
     if not is_matrix(factor):
         return factor * tensor
-    if form_kind == "matrix":
-        return tensor * sp.DiagMatrix(factor)
-    return sp.HadamardProduct(factor, tensor)
+    return per_channel(factor, tensor, form_kind)
 
 
+@cache
 def proximal_order_factor() -> sp.Expr:
     """Solve argmin_w g (w - s) + (w - s)^2 / (2 eta) + mu w^2 / 2 and express the result as
     gamma * (s - eta g): returns the gamma that SymPy finds, with mu written through gamma."""
     objective = G * (W - S) + (W - S) ** 2 / (2 * ETA) + MU * W ** 2 / 2
-    (solution,) = sp.solve(sp.diff(objective, W), W)
-    factor = sp.simplify(solution / (S - ETA * G))
+    (solution,) = solve(sp.diff(objective, W), W)
+    factor = sp.cancel(solution / (S - ETA * G))
     assert not factor.has(S, G), "the proximal solution is not a multiple of the gd step"
-    mu_for_gamma = sp.solve(sp.Eq(factor, GAMMA), MU)[0]
-    return sp.simplify(factor.subs(MU, mu_for_gamma))  # == gamma
+    mu_for_gamma = solve(sp.Eq(factor, GAMMA), MU)[0]
+    return sp.cancel(factor.subs(MU, mu_for_gamma))  # == gamma
+
+
+@cache
+def _proximal_step() -> sp.Expr:
+    """Solve argmin_w g (w - s) + (w - s)^2 / (2 eta) + lam (w - s)^2 / 2: the effective
+    step size, in eta and lam, of a gradient step that also stays near the previous state."""
+    objective = G * (W - S) + (W - S) ** 2 / (2 * ETA) + LAM * (W - S) ** 2 / 2
+    (solution,) = solve(sp.diff(objective, W), W)
+    return sp.cancel((S - solution) / G)
 
 
 def proximal_lr(eta, strength):
-    """Solve argmin_w g (w - s) + (w - s)^2 / (2 eta) + lam (w - s)^2 / 2: the effective
-    step size of a gradient step that also stays near the previous state."""
-    objective = G * (W - S) + (W - S) ** 2 / (2 * ETA) + LAM * (W - S) ** 2 / 2
-    (solution,) = sp.solve(sp.diff(objective, W), W)
-    step = sp.simplify((S - solution) / G)
-    return step.subs({ETA: eta, LAM: strength}, simultaneous=True)
+    """The proximal step size at a rate `eta` and a strength; entry by entry for a
+    per-channel rate or strength (the objective is a sum of independent entries)."""
+    step = _proximal_step()
+    if not is_matrix(eta) and not is_matrix(strength):
+        return step.subs({ETA: eta, LAM: strength}, simultaneous=True)
+    if is_matrix(eta) and is_matrix(strength):
+        raise NlcError("a proximal retention with a per-channel strength and a per-channel "
+                       "rate is not derived", hint="make the strength or the rate a scalar")
+    if is_matrix(eta):
+        return elementwise(sp.Lambda(ETA, step.subs(LAM, strength)), eta)
+    return elementwise(sp.Lambda(LAM, step.subs(ETA, eta)), strength)
 
 
 def elastic_net_map(eta, l1, l2):
     """The elementwise proximal map of l1 |w| + l2 w^2 / 2 after a step to u = s - eta g,
     solved by SymPy on each side of zero (soft thresholding, then shrinkage)."""
-    u = sp.Symbol("u", real=True)
-    pos = sp.solve(sp.diff((W - u) ** 2 / (2 * ETA) + L1 * W + L2 * W ** 2 / 2, W), W)[0]
-    neg = sp.solve(sp.diff((W - u) ** 2 / (2 * ETA) - L1 * W + L2 * W ** 2 / 2, W), W)[0]
-    mapped = sp.Piecewise((pos, pos > 0), (neg, neg < 0), (0, True))
+    u, mapped = _elastic_net_solution()
     mapped = mapped.subs({ETA: eta, L1: l1, L2: l2}, simultaneous=True)
     return lambda x: elementwise(sp.Lambda(u, mapped), x)
+
+
+@cache
+def _elastic_net_solution():
+    u = sp.Symbol("u", real=True)
+    pos = solve(sp.diff((W - u) ** 2 / (2 * ETA) + L1 * W + L2 * W ** 2 / 2, W), W)[0]
+    neg = solve(sp.diff((W - u) ** 2 / (2 * ETA) - L1 * W + L2 * W ** 2 / 2, W), W)[0]
+    return u, sp.Piecewise((pos, pos > 0), (neg, neg < 0), (0, True))
 
 
 def lq_normalize(tensor, q):

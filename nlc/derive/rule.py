@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from nlc.derive.printing import latex, sstr
 from nlc.levels.records import MemoryForm
 
 
@@ -50,10 +51,10 @@ class UpdateRule:
     def to_text(self) -> str:
         lines = [f"{self.spec}.{self.level} ({self.form.kind} memory, {self.frequency_text()}):"]
         for name, expr in self.next_state:
-            lines.append(f"  {name}' = {sp.sstr(expr)}")
+            lines.append(f"  {name}' = {sstr(expr)}")
         if self.read is not None:
             which = "before the write" if self.read_before else "after the write"
-            lines.append(f"  read = {sp.sstr(self.read)}    ({which})")
+            lines.append(f"  read = {sstr(self.read)}    ({which})")
         for name, anchor in self.anchors:
             lines.append(f"  gradients at {anchor}: the state at the chunk start")
         for note in self.notes:
@@ -63,9 +64,9 @@ class UpdateRule:
     def to_latex(self) -> str:
         lines = [f"% {self.spec}.{self.level}"]
         for name, expr in self.next_state:
-            lines.append(f"{sp.latex(sp.Symbol(name))}' = {sp.latex(expr)}")
+            lines.append(f"{latex(sp.Symbol(name))}' = {latex(expr)}")
         if self.read is not None:
-            lines.append(f"o = {sp.latex(self.read)}")
+            lines.append(f"o = {latex(self.read)}")
         return " \\\\\n".join(lines) + "\n"
 
     def to_json_data(self) -> dict:
@@ -74,10 +75,10 @@ class UpdateRule:
             "frequency": {"unit": self.unit, "period": self.period,
                           "gradient_chunk": self.grad_chunk},
             "states": [name for name, _ in self.states],
-            "next_state": {name: sp.sstr(expr) for name, expr in self.next_state},
-            "read": None if self.read is None else sp.sstr(self.read),
+            "next_state": {name: sstr(expr) for name, expr in self.next_state},
+            "read": None if self.read is None else sstr(self.read),
             "read_before_write": self.read_before,
-            "roles": {k: sp.sstr(v) for k, v in self.roles if v is not None},
+            "roles": {k: sstr(v) for k, v in self.roles if v is not None},
             "notes": list(self.notes),
         }
 

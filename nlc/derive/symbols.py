@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from nlc.derive.matfuncs import COLUMN_FUNCTIONS
 from nlc.errors import NlcError
 from nlc.levels.records import PARAM_IN, PARAM_OUT, PARAM_SHAPE, Dim, Shape
 from nlc.syntax import ast
@@ -40,9 +41,22 @@ SCALAR_FUNCTIONS: dict[str, Callable] = {
     "sign": sp.sign,
     "logsigmoid": lambda x: -sp.log(1 + sp.exp(-x)),
     "identity": lambda x: x,
-    # an undefined activation: verification proves the chain rule for every activation
-    "abstract": sp.Function("sigma"),
 }
+
+# An undefined activation: verification proves the chain rule for every activation.
+SIGMA = sp.Function("sigma")
+SIGMA_PRIME = sp.Function("sigma_prime")
+SCALAR_FUNCTIONS["abstract"] = SIGMA
+
+
+def name_derivatives(expr):
+    """Subs(Derivative(sigma(x), x), x, e) -> sigma_prime(e), which lambdify can print."""
+    def is_sigma_prime(e):
+        return (isinstance(e, sp.Subs) and isinstance(e.expr, sp.Derivative)
+                and e.expr.expr.func == SIGMA)
+    expr = expr.replace(is_sigma_prime, lambda e: SIGMA_PRIME(e.point[0]))
+    return expr.replace(lambda e: isinstance(e, sp.Derivative) and e.expr.func == SIGMA,
+                        lambda e: SIGMA_PRIME(e.expr.args[0]))
 
 
 def elementwise(func: Callable, x):
@@ -52,6 +66,39 @@ def elementwise(func: Callable, x):
     if isinstance(x, sp.MatrixExpr):
         return ElementwiseApplyFunction(sp.Lambda(_R, func(_R)), x)
     return func(x)
+
+
+def scaled(c, m):
+    """c * m for a scalar c and a matrix m, built unevaluated: SymPy's canonicalization
+    calls doit() on the whole of m, which does not share work between repeated
+    subexpressions and is exponential on an MLP's gradient."""
+    if c == 1:
+        return m
+    return sp.MatMul(c, m, evaluate=False)
+
+
+def add(*terms):
+    """The sum of matrix terms, built unevaluated (see `scaled`)."""
+    terms = [t for t in terms if not isinstance(t, sp.ZeroMatrix)]
+    return terms[0] if len(terms) == 1 else sp.MatAdd(*terms, evaluate=False)
+
+
+def matmul(*factors):
+    """The product of matrices (and scalars), flattened and built unevaluated (see `scaled`
+    and `per_channel`)."""
+    flat = []
+    for f in factors:
+        flat.extend(f.args if isinstance(f, sp.MatMul) else (f,))
+    return sp.MatMul(*flat, evaluate=False)
+
+
+def per_channel(factor, tensor, form_kind: str):
+    """A per-channel gate or rate times a memory's tensor: the input side of a matrix,
+    S Diag(factor), else entry by entry (built unevaluated: evaluating a product with a
+    DiagMatrix asks SymPy's assumption system, whose first use imports 0.1 s of modules)."""
+    if form_kind == "matrix":
+        return matmul(tensor, sp.DiagMatrix(factor))
+    return sp.HadamardProduct(factor, tensor)
 
 
 def is_matrix(x) -> bool:
@@ -190,8 +237,11 @@ class Lowering:
             a, b = args
             return Dot(a, b) if is_matrix(a) else a * b
         if e.func == "total":
+            from nlc.derive.matfuncs import Total
             a = args[0]
-            return (ones(a.shape[0]).T * a)[0, 0] if is_matrix(a) else a
+            return Total(a) if is_matrix(a) else a
+        if e.func in COLUMN_FUNCTIONS:
+            return _column_function(e, args[0])
         if e.func == "sqnorm":
             a = args[0]
             return sp.Trace(a.T * a) if is_matrix(a) else a ** 2
@@ -200,10 +250,22 @@ class Lowering:
         if e.func == "newton_schulz5":
             from nlc.derive.matfuncs import NewtonSchulz
             return NewtonSchulz(args[0], sp.Integer(5))
+        if e.func == "conv":
+            raise NlcError("'conv(...)' runs over time, not within one token's rule", e.span,
+                           hint="compute it in the context block and use its name here")
         raise NlcError(f"'{e.func}(...)' is not supported inside a level's rule yet", e.span)
 
     def table_memories(self):
         return getattr(self, "memories", ())
+
+
+def _column_function(e: ast.Call, x):
+    from nlc.derive.matfuncs import ColumnMap
+    if not is_matrix(x):
+        raise NlcError(f"'{e.func}' needs a vector, not a scalar", e.span)
+    if x.shape[1] != 1:
+        raise NlcError(f"'{e.func}' of a matrix is not derived; apply it to a vector", e.span)
+    return ColumnMap(e.func, x)
 
 
 def _broadcast_add(a, b):

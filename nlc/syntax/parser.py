@@ -46,7 +46,7 @@ def _on_comment(tok: Token) -> Token:
 
 @cache
 def _parser() -> lark.Lark:
-    return lark.Lark(_grammar_text(), parser="lalr", propagate_positions=True,
+    return lark.Lark(_grammar_text(), parser="lalr", propagate_positions=True, cache=True,
                      maybe_placeholders=False, lexer_callbacks={"COMMENT": _on_comment})
 
 

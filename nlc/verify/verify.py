@@ -3,11 +3,12 @@
 A spec is re-checked at small concrete dimensions (every literal dim set to 2 or 3, in
 alternation, so a transposed index cannot pass), derived, and each level compared with
 catalog entries bound to its roles: symbolically at two assignments, numerically in float64
-at three larger ones."""
+at three larger ones. MLP memories are compared by parts (nlc/verify/mlp.py): numerically
+end to end first, then the chain rule, the loss and the rule around the gradient, each
+symbolically."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -16,18 +17,20 @@ import sympy as sp
 
 from nlc.catalog.models import ENTRIES, CatalogEntry, Roles
 from nlc.derive import derive
-from nlc.derive.engine import derive_level
-from nlc.derive.symbols import SymbolTable
+from nlc.derive.engine import LevelDerivation, derive_level
 from nlc.derive.rule import UpdateRule
+from nlc.derive.symbols import SymbolTable
 from nlc.errors import NlcError
 from nlc.levels import check
 from nlc.syntax import ast
 from nlc.syntax.walk import names_used
-from nlc.verify.equality import numeric_error, symbolic_equal
+from nlc.verify import mlp
+from nlc.verify.equality import numeric_error, opaque_gradient, symbolic_equal
 
 SYMBOLIC_DIMS = ((2, 3), (3, 2))
 NUMERIC_DIMS = ((4, 7), (7, 4), (16, 16))
-MLP_NUMERIC_DIMS = ((2, 3), (3, 2))
+SCALAR_RANGES = ((0.05, 0.95), (2.0, 20.0))  # gates and rates; then large, past thresholds
+TOLERANCE = 1e-12  # float64 relative error
 
 
 @dataclass
@@ -157,33 +160,20 @@ def _derived_values(rule: UpdateRule):
 
 
 def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
-                rng: np.random.Generator) -> list[Comparison]:
-    """Compare one level with several entries, deriving once per choice of dimensions."""
+                rng: np.random.Generator, form=None) -> list[Comparison]:
+    """Compare one level (its memory `form`) with several entries, deriving once per
+    choice of dimensions."""
+    if not entries:
+        return []
+    if form is not None and form.kind == "mlp":
+        return _compare_mlp(entries, module, decl_name, level, rng, form)
     symbolic: dict[str, bool | None] = {e.id: True for e in entries}
     worst: dict[str, float] = {e.id: 0.0 for e in entries}
     live = list(entries)
-
-    def rule_at(pair, abstract: bool = False):
-        """The level's rule at `pair`; `abstract` swaps an MLP's activation for an
-        undefined function sigma, so the symbolic check covers every activation."""
-        spec = instantiate(module, decl_name, pair)
-        record = spec.graph.level(level)
-        if abstract and record.state.form.kind == "mlp":
-            form = dataclasses.replace(record.state.form, act="abstract")
-            record = dataclasses.replace(record, states=(dataclasses.replace(record.state,
-                                                                              form=form),))
-        rule = derive_level(spec, record, SymbolTable(spec, {}, pair))
-        positive = any(t.kind == "kl" for t in record.retentions)
-        return rule, positive
-
     for pair in SYMBOLIC_DIMS:
-        rule, _ = rule_at(pair, abstract=True)
+        rule, _ = _rule_at(module, decl_name, level, pair)
         ours = _derived_values(rule)
-        heavy = _symbolically_heavy(rule, module, decl_name, level)
         for entry in list(live):
-            if heavy:  # expanding these exactly takes minutes: numeric check only
-                symbolic[entry.id] = None
-                continue
             theirs = entry.update(roles_of(rule))
             if len(ours) != len(theirs):
                 symbolic[entry.id] = False
@@ -197,78 +187,71 @@ def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
                         symbolic[entry.id] = None
             if symbolic[entry.id] is False:
                 live.remove(entry)
-    mlp = any(e.form.startswith("mlp") for e in live)
-    for pair in (MLP_NUMERIC_DIMS if mlp else NUMERIC_DIMS):
+    for pair in NUMERIC_DIMS:
         if not live:
             break
-        rule, positive = rule_at(pair)
+        rule, positive = _rule_at(module, decl_name, level, pair)
         ours = _derived_values(rule)
         for entry in live:
-            if rule.form.kind == "mlp":
-                error = _numeric_at_a_point(rule, entry, rng, positive)
-            else:
-                error = max(numeric_error(a, b, rng, positive)
-                            for a, b in zip(ours, entry.update(roles_of(rule))))
+            error = max(numeric_error(a, b, rng, positive)
+                        for a, b in zip(ours, entry.update(roles_of(rule))))
             worst[entry.id] = max(worst[entry.id], error)
-    out = []
-    for entry in entries:
-        err = worst[entry.id] if symbolic[entry.id] is not False else float("inf")
-        ok = symbolic[entry.id] is not False and err < 1e-12
-        out.append(Comparison(entry, symbolic[entry.id], err, ok))
-    return out
+    return [_comparison(e, symbolic[e.id], worst[e.id]) for e in entries]
 
 
-def _as_sympy(value):
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim == 0:
-        return sp.Float(float(array))
-    return sp.ImmutableMatrix(array.tolist())
+def _comparison(entry: CatalogEntry, symbolic: bool | None, error: float) -> Comparison:
+    error = error if symbolic is not False else float("inf")
+    return Comparison(entry, symbolic, error, symbolic is not False and error < TOLERANCE)
 
 
-def _numeric_at_a_point(rule: UpdateRule, entry: CatalogEntry, rng, positive: bool) -> float:
-    """Evaluate the derived rule at one random point, and the catalog entry at the same
-    point with numbers in place of every input: its entry-wise differentiation then works on
-    small expressions (with symbolic inputs it takes minutes for an MLP)."""
-    from nlc.derive.evaluate import MODULES, Evaluator
-    from nlc.verify.equality import _draw, _inputs
-    ours = _derived_values(rule)
-    roles = roles_of(rule)
-    role_exprs = [x for x in (roles.k, roles.v, roles.q, roles.beta, roles.alpha, roles.eta,
-                              roles.g, roles.delta) if x is not None]
-    values = {x: _draw(x, rng, positive)
-              for x in _inputs(list(ours) + role_exprs + list(roles.S + roles.U + roles.S0))}
-    ev = Evaluator(values)
-    mine = [np.asarray(ev(a), dtype=np.float64) for a in ours]
-
-    def num(x):
-        if x is None:
-            return None
-        if isinstance(x, tuple):
-            return tuple(_as_sympy(ev(t)) for t in x)
-        return _as_sympy(ev(x))
-
-    numeric = dataclasses.replace(roles, **{f: num(getattr(roles, f)) for f in (
-        "S", "k", "v", "q", "beta", "alpha", "eta", "U", "S0", "g", "delta")})
-    theirs = entry.update(numeric)
-    worst = 0.0
-    for a, b in zip(mine, theirs):
-        # numbers only, but a deep DAG: evaluate once per shared subexpression (cse)
-        b = np.asarray(sp.lambdify([], sp.Matrix(b), MODULES, cse=True)(),
-                       dtype=np.float64).reshape(a.shape)
-        worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)))
-    return worst
-
-
-def _symbolically_heavy(rule: UpdateRule, module, decl_name: str, level: str) -> bool:
-    """MLP memories with a layer norm, a piecewise loss, an l_q normalization or a softmax
-    retention: their exact expansion is too large to compare symbolically in seconds."""
-    if rule.form.kind != "mlp":
-        return False
-    spec = instantiate(module, decl_name, SYMBOLIC_DIMS[0])
+def _rule_at(module, decl_name: str, level: str, pair, gradient=None):
+    """The level's rule with its dims at `pair` (and whether its state must stay positive:
+    a softmax retention takes logarithms of it)."""
+    spec = instantiate(module, decl_name, pair)
     record = spec.graph.level(level)
-    kinds = {t.kind for t in record.retentions}
-    piecewise = record.objective.kind in ("lp", "huber")
-    return rule.form.norm or piecewise or bool(kinds & {"lq", "kl"})
+    rule = derive_level(spec, record, SymbolTable(spec, {}, pair), gradient)
+    positive = any(t.kind == "kl" for t in record.retentions)
+    return rule, positive
+
+
+def _compare_mlp(entries: list[CatalogEntry], module, decl_name: str, level: str,
+                 rng: np.random.Generator, form) -> list[Comparison]:
+    """MLP memories by parts (nlc/verify/mlp.py): numeric first, end to end, at the numeric
+    dims and at two ranges of the scalar inputs (so that a threshold on the error, as in
+    Yaad's Huber switch, is seen on both sides); then, for the entries that survive, the
+    chain rule, the loss and the rule around the gradient, symbolically."""
+    worst: dict[str, float] = {e.id: 0.0 for e in entries}
+    symbolic: dict[str, bool | None] = {e.id: None for e in entries}
+    live = list(entries)
+    for pair in NUMERIC_DIMS:
+        if not live:
+            break
+        rule, positive = _rule_at(module, decl_name, level, pair)
+        values, roles = _derived_values(rule), roles_of(rule)
+        for entry in list(live):
+            for scalars in SCALAR_RANGES:
+                error = mlp.numeric_error(rule, values, entry, roles, rng, positive, scalars)
+                worst[entry.id] = max(worst[entry.id], error)
+                if not worst[entry.id] < TOLERANCE:
+                    live.remove(entry)
+                    break
+    if not live:
+        return [_comparison(e, symbolic[e.id], worst[e.id]) for e in entries]
+    chain = mlp.chain_rule_equal(len(form.dims) - 1, form.residual, form.norm)
+    parts: dict[str, list] = {e.id: [chain] for e in live}
+    for i, pair in enumerate(SYMBOLIC_DIMS):
+        rule, _ = _rule_at(module, decl_name, level, pair, gradient=opaque_gradient)
+        values, roles = _derived_values(rule), roles_of(rule)
+        for entry in live:
+            if i == 0:
+                spec = instantiate(module, decl_name, pair)
+                derivation = LevelDerivation(spec, spec.graph.level(level),
+                                             SymbolTable(spec, {}, pair))
+                parts[entry.id].append(mlp.loss_equal(derivation, entry, roles.delta))
+            parts[entry.id].append(mlp.algebra_equal(rule, values, entry, roles))
+    for entry in live:
+        symbolic[entry.id] = mlp._verdict(parts[entry.id])
+    return [_comparison(e, symbolic[e.id], worst[e.id]) for e in entries]
 
 
 def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecReport]:
@@ -281,7 +264,8 @@ def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecRepo
         levels = []
         for rule in derive(spec, {d: v for d, v in spec.dims}):
             report = LevelReport(rule.level)
-            found = compare_all(candidates(rule, spec), module, spec.name, rule.level, rng)
+            found = compare_all(candidates(rule, spec), module, spec.name, rule.level, rng,
+                                rule.form)
             report.matches = [c for c in found if c.ok]
             if not report.matches:
                 report.nearest, report.differs = nearest(rule, spec)
