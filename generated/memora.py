@@ -33,59 +33,62 @@ def memory_step(state, inputs):
     v = inputs["v"]
     alpha = inputs["alpha"]
     eta = inputs["eta"]
-    t0 = -v
-    t1 = M_W1 @ k
-    t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
+    t0 = M_W1 @ k
+    t1 = -v
+    t2 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
     t3 = M_W2 @ t2
     t4 = nl.mean(t3)
     t5 = -t4
     t6 = t5
     t7 = t3 + t6
-    t8 = t7**2
+    t8 = t7 * t7
     t9 = nl.mean(t8)
     t10 = 1e-06 + t9
     t11 = torch.rsqrt(t10)
     t12 = t11 * t7
-    t13 = t0 + t12 + k
-    t14 = t12 * t13
+    t13 = t12 + k
+    t14 = t1 + t13
     t15 = nl.mean(t14)
-    t16 = -t15 / (torch.sqrt(t10))
-    t17 = t16 + t11
-    t18 = t17 * t7
-    t19 = nl.mean(t13)
+    t16 = -t15
+    t17 = t16
+    t18 = t14 * t12
+    t19 = nl.mean(t18)
     t20 = -t19
-    t21 = t20
-    t22 = t0 + t18 + t21 + k
-    t23 = k.mT
+    t21 = t20 * t12
+    t22 = t17 + t21 + t14
+    t23 = t11 * t22
+    t24 = k.mT
+    t25 = -eta
     M_W1_next = torch.softmax(
         alpha * (torch.log(M_W1))
-        + (-eta)
+        + t25
         * (
-            (t11 * (M_W2.mT @ t22))
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t1 * torch.exp(-0.5 * (t1**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t1)
+            (
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (M_W2.mT @ t23)
             )
-        )
-        @ t23,
+            @ t24
+        ),
         dim=-1,
     )
-    t24 = t23 @ M_W1.mT
+    t26 = t24 @ M_W1.mT
     M_W2_next = torch.softmax(
         alpha * (torch.log(M_W2))
-        + (-eta / (torch.sqrt(t10)))
-        * (t22 @ (0.5 * t24 * (1 + torch.erf(0.5 * 1.4142135623730951 * t24)))),
+        + t25 * (t23 @ (0.5 * t26 * (1 + torch.erf(0.5 * 1.4142135623730951 * t26)))),
         dim=-1,
     )
-    t25 = M_W1_next @ q
-    t26 = 0.5 * t25 * (1 + torch.erf(0.5 * 1.4142135623730951 * t25))
-    t27 = M_W2_next @ t26
-    t28 = nl.mean(t27)
-    t29 = -t28
-    t30 = t29
-    t31 = t27 + t30
-    o = (torch.rsqrt(1e-06 + nl.mean(t31 * t31))) * t31 + q
+    t27 = M_W1_next @ q
+    t28 = 0.5 * t27 * (1 + torch.erf(0.5 * 1.4142135623730951 * t27))
+    t29 = M_W2_next @ t28
+    t30 = nl.mean(t29)
+    t31 = -t30
+    t32 = t31
+    t33 = t29 + t32
+    o = (torch.rsqrt(1e-06 + nl.mean(t33 * t33))) * t33 + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 

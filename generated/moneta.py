@@ -33,81 +33,72 @@ def memory_step(state, inputs):
     v = inputs["v"]
     alpha = inputs["alpha"]
     eta = inputs["eta"]
-    t0 = torch.abs(M_W1) ** 4
+    t0 = M_W1**4
     t1 = nl.sum_all(t0)
     t2 = torch.rsqrt(t1)
     t3 = t2 * M_W1
     t4 = t3 @ k
-    t5 = torch.abs(M_W2) ** 4
+    t5 = M_W2**4
     t6 = nl.sum_all(t5)
     t7 = torch.rsqrt(t6)
     t8 = -v
-    t9 = 0.5 * t4 * (1 + torch.erf(0.5 * 1.4142135623730951 * t4))
-    t10 = t7 * (M_W2 @ t9)
-    t11 = nl.mean(t10)
-    t12 = -t11
-    t13 = t12
-    t14 = t13 + t10
-    t15 = t14**2
-    t16 = nl.mean(t15)
-    t17 = 1e-06 + t16
-    t18 = torch.rsqrt(t17)
-    t19 = t18 * t14
-    t20 = t8 + t19 + k
-    t21 = torch.where(t20 == 0, 0, 3 * (t20**3) / torch.abs(t20))
-    t22 = nl.mean(t21)
-    t23 = -t22
-    t24 = t23
-    t25 = t7 * M_W2
-    t26 = t25 @ t9
-    t27 = nl.mean(t26)
-    t28 = -t27
-    t29 = t28
-    t30 = t26 + t29
-    t31 = t30 * t30
-    t32 = nl.mean(t31)
-    t33 = 1e-06 + t32
-    t34 = torch.rsqrt(t33)
-    t35 = t34 * t30
-    t36 = t21 * t35
-    t37 = nl.mean(t36)
-    t38 = -t37
-    t39 = t38 * t35
-    t40 = t24 + t39 + t21
-    t41 = t34 * t40
-    t42 = k.mT
-    t43 = -eta
-    M_W1_next = alpha * M_W1 + t43 * (
+    t9 = t7 * M_W2
+    t10 = 0.5 * t4 * (1 + torch.erf(0.5 * 1.4142135623730951 * t4))
+    t11 = t9 @ t10
+    t12 = nl.mean(t11)
+    t13 = -t12
+    t14 = t13
+    t15 = t11 + t14
+    t16 = t15 * t15
+    t17 = nl.mean(t16)
+    t18 = 1e-06 + t17
+    t19 = torch.rsqrt(t18)
+    t20 = t19 * t15
+    t21 = t20 + k
+    t22 = t8 + t21
+    t23 = 2 * t22 * torch.abs(t22) + (t22**2) * torch.sign(t22)
+    t24 = nl.mean(t23)
+    t25 = -t24
+    t26 = t25
+    t27 = t23 * t20
+    t28 = nl.mean(t27)
+    t29 = -t28
+    t30 = t29 * t20
+    t31 = t26 + t30 + t23
+    t32 = t19 * t31
+    t33 = k.mT
+    t34 = -eta
+    M_W1_next = alpha * M_W1 + t34 * (
         (
             (
                 0.5
                 + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t4 * torch.exp(-0.5 * (t4**2))
                 + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t4)
             )
-            * ((t7 * M_W2.mT) @ t41)
+            * ((t7 * M_W2.mT) @ t32)
         )
-        @ t42
+        @ t33
     )
-    t44 = t2 * (t42 @ M_W1.mT)
-    M_W2_next = alpha * M_W2 + t43 * (
-        t41 @ (0.5 * t44 * (1 + torch.erf(0.5 * 1.4142135623730951 * t44)))
+    t35 = t2 * (t33 @ M_W1.mT)
+    M_W2_next = alpha * M_W2 + t34 * (
+        t32 @ (0.5 * t35 * (1 + torch.erf(0.5 * 1.4142135623730951 * t35)))
     )
-    t45 = torch.abs(M_W2_next) ** 4
-    t46 = nl.sum_all(t45)
-    t47 = torch.rsqrt(t46)
-    t48 = t47 * M_W2_next
-    t49 = torch.abs(M_W1_next) ** 4
-    t50 = nl.sum_all(t49)
-    t51 = torch.rsqrt(t50)
-    t52 = t51 * M_W1_next
-    t53 = t52 @ q
-    t54 = 0.5 * t53 * (1 + torch.erf(0.5 * 1.4142135623730951 * t53))
-    t55 = t48 @ t54
-    t56 = nl.mean(t55)
-    t57 = -t56
-    t58 = t57
-    t59 = t55 + t58
-    o = (torch.rsqrt(1e-06 + nl.mean(t59 * t59))) * t59 + q
+    t36 = M_W2_next**4
+    t37 = nl.sum_all(t36)
+    t38 = torch.rsqrt(t37)
+    t39 = t38 * M_W2_next
+    t40 = M_W1_next**4
+    t41 = nl.sum_all(t40)
+    t42 = torch.rsqrt(t41)
+    t43 = t42 * M_W1_next
+    t44 = t43 @ q
+    t45 = 0.5 * t44 * (1 + torch.erf(0.5 * 1.4142135623730951 * t44))
+    t46 = t39 @ t45
+    t47 = nl.mean(t46)
+    t48 = -t47
+    t49 = t48
+    t50 = t46 + t49
+    o = (torch.rsqrt(1e-06 + nl.mean(t50 * t50))) * t50 + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 

@@ -37,37 +37,43 @@ def memory_step(state, inputs):
     theta = inputs["theta"]
     M_W1_0 = inputs["M_W1_0"]
     M_W2_0 = inputs["M_W2_0"]
-    t0 = eta * M_W1_mom
-    t1 = -alpha
-    t2 = 1 + t1
-    t3 = M_W2_0.mT
-    t4 = -2 * v
-    t5 = 2 * k
-    t6 = M_W1_0 @ k
-    t7 = 0.5 * t6 * (1 + torch.erf(0.5 * 1.4142135623730951 * t6))
-    t8 = 2 * (M_W2_0 @ t7)
-    t9 = t4 + t5 + t8
-    t10 = t3 @ t9
-    t11 = (
+    t0 = -alpha
+    t1 = 1 + t0
+    t2 = M_W1_0 @ k
+    t3 = (
         0.5
-        + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t6 * torch.exp(-0.5 * (t6**2))
-        + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t6)
+        + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
+        + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
     )
-    t12 = t10 * t11
+    t4 = M_W2_0.mT
+    t5 = -2 * v
+    t6 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t7 = M_W2_0 @ t6
+    t8 = t7 + k
+    t9 = 2 * t8
+    t10 = t5 + t9
+    t11 = t4 @ t10
+    t12 = t3 * t11
     t13 = k.mT
-    t14 = -theta
-    t15 = t14 * (t12 @ t13)
-    M_W1_next = t0 + t2 * M_W1 + t15
-    t16 = eta * M_W2_mom
-    t17 = M_W1_0.mT
-    t18 = t13 @ t17
-    t19 = 0.5 * t18 * (1 + torch.erf(0.5 * 1.4142135623730951 * t18))
-    t20 = t14 * (t9 @ t19)
-    M_W2_next = t16 + t2 * M_W2 + t20
-    M_W1_mom_next = t0 + t15
-    M_W2_mom_next = t16 + t20
-    t21 = M_W1_next @ q
-    o = (M_W2_next @ (0.5 * t21 * (1 + torch.erf(0.5 * 1.4142135623730951 * t21)))) + q
+    t14 = t12 @ t13
+    t15 = theta * t14
+    t16 = -t15
+    t17 = eta * M_W1_mom
+    t18 = t16 + t17
+    M_W1_next = t1 * M_W1 + t18
+    t19 = M_W1_0.mT
+    t20 = t13 @ t19
+    t21 = 0.5 * t20 * (1 + torch.erf(0.5 * 1.4142135623730951 * t20))
+    t22 = t10 @ t21
+    t23 = theta * t22
+    t24 = -t23
+    t25 = eta * M_W2_mom
+    t26 = t24 + t25
+    M_W2_next = t1 * M_W2 + t26
+    M_W1_mom_next = t18
+    M_W2_mom_next = t26
+    t27 = M_W1_next @ q
+    o = (M_W2_next @ (0.5 * t27 * (1 + torch.erf(0.5 * 1.4142135623730951 * t27)))) + q
     return {
         "M_W1": M_W1_next,
         "M_W2": M_W2_next,
@@ -84,28 +90,30 @@ def memory_drive(inputs):
     theta = inputs["theta"]
     M_W1_0 = inputs["M_W1_0"]
     M_W2_0 = inputs["M_W2_0"]
-    t0 = -2 * v
-    t1 = 2 * k
-    t2 = M_W1_0 @ k
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t4 = 2 * (M_W2_0 @ t3)
-    t5 = t0 + t1 + t4
-    t6 = k.mT
-    t7 = -theta
-    drive0 = (
-        t7
+    t0 = M_W1_0 @ k
+    t1 = -2 * v
+    t2 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
+    t3 = M_W2_0 @ t2
+    t4 = t3 + k
+    t5 = 2 * t4
+    t6 = t1 + t5
+    t7 = k.mT
+    drive0 = -(
+        theta
         * (
-            (M_W2_0.mT @ t5)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
+            (
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (M_W2_0.mT @ t6)
             )
+            @ t7
         )
-        @ t6
     )
-    t8 = t6 @ M_W1_0.mT
-    drive1 = t7 * (t5 @ (0.5 * t8 * (1 + torch.erf(0.5 * 1.4142135623730951 * t8))))
+    t8 = t7 @ M_W1_0.mT
+    drive1 = -(theta * (t6 @ (0.5 * t8 * (1 + torch.erf(0.5 * 1.4142135623730951 * t8)))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -119,14 +127,16 @@ def memory_combine(state, inputs):
     eta = inputs["eta"]
     drive0 = inputs["drive0"]
     drive1 = inputs["drive1"]
-    t0 = eta * M_W1_mom
-    t1 = -alpha
-    t2 = 1 + t1
-    M_W1_next = t0 + t2 * M_W1 + drive0
-    t3 = eta * M_W2_mom
-    M_W2_next = t3 + t2 * M_W2 + drive1
-    M_W1_mom_next = t0 + drive0
-    M_W2_mom_next = t3 + drive1
+    t0 = -alpha
+    t1 = 1 + t0
+    t2 = eta * M_W1_mom
+    t3 = t2 + drive0
+    M_W1_next = t1 * M_W1 + t3
+    t4 = eta * M_W2_mom
+    t5 = t4 + drive1
+    M_W2_next = t1 * M_W2 + t5
+    M_W1_mom_next = t3
+    M_W2_mom_next = t5
     return {
         "M_W1": M_W1_next,
         "M_W2": M_W2_next,

@@ -42,54 +42,55 @@ def memory_step(state, inputs):
     t5 = -t4
     t6 = t5
     t7 = t3 + t6
-    t8 = t7**2
+    t8 = t7 * t7
     t9 = nl.mean(t8)
     t10 = 1e-06 + t9
     t11 = torch.rsqrt(t10)
     t12 = t11 * t7
-    t13 = t1 + t12 + k
-    t14 = torch.where(
-        delta >= torch.abs(t13), t13, torch.where(t13 == 0, 0, t13 * delta / torch.abs(t13))
-    )
-    t15 = nl.mean(t14)
-    t16 = -t15
-    t17 = t16
-    t18 = t7 * t7
-    t19 = nl.mean(t18)
-    t20 = 1e-06 + t19
-    t21 = torch.rsqrt(t20)
-    t22 = t21 * t7
-    t23 = t14 * t22
-    t24 = nl.mean(t23)
-    t25 = -t24
-    t26 = t25 * t22
-    t27 = t17 + t26 + t14
-    t28 = t21 * t27
-    t29 = k.mT
-    t30 = -eta
-    M_W1_next = alpha * M_W1 + t30 * (
+    t13 = t12 + k
+    t14 = t1 + t13
+    t15 = delta * torch.sign(t14)
+    t16 = delta**2
+    t17 = nl.sqnorm(t14)
+    t18 = torch.where(t16 >= t17, 0, 1)
+    t19 = t18 * t15
+    t20 = torch.where(t16 >= t17, 1, 0)
+    t21 = t20 * t14
+    t22 = t19 + t21
+    t23 = nl.mean(t22)
+    t24 = -t23
+    t25 = t24
+    t26 = t22 * t12
+    t27 = nl.mean(t26)
+    t28 = -t27
+    t29 = t28 * t12
+    t30 = t25 + t29 + t22
+    t31 = t11 * t30
+    t32 = k.mT
+    t33 = -eta
+    M_W1_next = alpha * M_W1 + t33 * (
         (
             (
                 0.5
                 + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
                 + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
             )
-            * (M_W2.mT @ t28)
+            * (M_W2.mT @ t31)
         )
-        @ t29
+        @ t32
     )
-    t31 = t29 @ M_W1.mT
-    M_W2_next = alpha * M_W2 + t30 * (
-        t28 @ (0.5 * t31 * (1 + torch.erf(0.5 * 1.4142135623730951 * t31)))
+    t34 = t32 @ M_W1.mT
+    M_W2_next = alpha * M_W2 + t33 * (
+        t31 @ (0.5 * t34 * (1 + torch.erf(0.5 * 1.4142135623730951 * t34)))
     )
-    t32 = M_W1_next @ q
-    t33 = 0.5 * t32 * (1 + torch.erf(0.5 * 1.4142135623730951 * t32))
-    t34 = M_W2_next @ t33
-    t35 = nl.mean(t34)
-    t36 = -t35
-    t37 = t36
-    t38 = t34 + t37
-    o = (torch.rsqrt(1e-06 + nl.mean(t38 * t38))) * t38 + q
+    t35 = M_W1_next @ q
+    t36 = 0.5 * t35 * (1 + torch.erf(0.5 * 1.4142135623730951 * t35))
+    t37 = M_W2_next @ t36
+    t38 = nl.mean(t37)
+    t39 = -t38
+    t40 = t39
+    t41 = t37 + t40
+    o = (torch.rsqrt(1e-06 + nl.mean(t41 * t41))) * t41 + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 
