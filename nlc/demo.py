@@ -59,7 +59,7 @@ def run_demo(examples: str | None = None, quick: bool = False,
         reports += verify_module(parse(path.read_text(), str(path)), str(path))
     sys.stdout.write(verify_table(reports, []))
     compiled = compile_examples(files, Path(out) / "generated")
-    trained = train_examples(files, Path(out), steps or (20 if quick else 400))
+    trained = train_examples(files, Path(out), steps or (20 if quick else 150))
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     ok = all(r.claim_holds for r in reports) and compiled and trained
     return 0 if ok else 1
