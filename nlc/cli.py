@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the examples")
     p.add_argument("--examples", metavar="DIR", help="folder of specs (default: examples/)")
     p.add_argument("--quick", action="store_true", help="a reduced training budget (CI)")
-    p.add_argument("--steps", type=int, help="training steps per model (default 150)")
+    p.add_argument("--steps", type=int, help="training steps per model (default 800)")
     p.add_argument("--out", default="runs/demo", metavar="DIR",
                    help="where compiled modules, runs and the plot go (default runs/demo)")
     p.set_defaults(func=cmd_demo)

@@ -59,7 +59,7 @@ def run_demo(examples: str | None = None, quick: bool = False,
         reports += verify_module(parse(path.read_text(), str(path)), str(path))
     sys.stdout.write(verify_table(reports, []))
     compiled = compile_examples(files, Path(out) / "generated")
-    trained = train_examples(files, Path(out), steps or (20 if quick else 150))
+    trained = train_examples(files, Path(out), steps or (20 if quick else 800))
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     ok = all(r.claim_holds for r in reports) and compiled and trained
     return 0 if ok else 1
@@ -101,7 +101,7 @@ def train_examples(files: list[Path], out: Path, steps: int) -> bool:
         config = TrainConfig(spec=str(path), spec_overrides=dims, task="mqar", steps=steps,
                              batch_size=32, seq_len=64, d_model=64, n_layers=2,
                              mqar_vocab_size=128, mqar_num_kv_pairs=4, lr=3e-3,
-                             warmup=max(steps // 10, 1), eval_interval=0,
+                             warmup=max(steps // 10, 1), eval_interval=max(steps // 4, 1),
                              checkpoint_interval=0, eval_examples=256, device="cpu",
                              log_interval=max(steps // 20, 1), out=str(run))
         start = time.perf_counter()
