@@ -234,23 +234,18 @@ class TorchPrinter:
         inner = TorchPrinter({**self.names, holder.name: code}, prefix=f"{self.prefix}_")
         return inner.expr(body.xreplace({var: holder}))
 
+    def _extremum(self, e, pairwise: str, clamp: str) -> str:
+        nums = [a for a in e.args if a.is_number]
+        code = None
+        for a in (a for a in e.args if not a.is_number):
+            code = self.expr(a) if code is None else f"{pairwise}({code}, {self.expr(a)})"
+        return f"{clamp}({code}, {number(nums[0])})" if nums else code
+
     def _print_Max(self, e) -> str:
-        args = list(e.args)
-        nums = [a for a in args if a.is_number]
-        rest = [a for a in args if not a.is_number]
-        code = self.expr(rest[0])
-        for a in rest[1:]:
-            code = f"torch.maximum({code}, {self.expr(a)})"
-        return f"torch.clamp_min({code}, {number(nums[0])})" if nums else code
+        return self._extremum(e, "torch.maximum", "torch.clamp_min")
 
     def _print_Min(self, e) -> str:
-        args = list(e.args)
-        nums = [a for a in args if a.is_number]
-        rest = [a for a in args if not a.is_number]
-        code = self.expr(rest[0])
-        for a in rest[1:]:
-            code = f"torch.minimum({code}, {self.expr(a)})"
-        return f"torch.clamp_max({code}, {number(nums[0])})" if nums else code
+        return self._extremum(e, "torch.minimum", "torch.clamp_max")
 
     def _print_Piecewise(self, e) -> str:
         *pieces, (last, cond) = e.args
