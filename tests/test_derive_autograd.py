@@ -36,7 +36,7 @@ import pytest
 import sympy as sp
 import torch
 from conftest import EXAMPLES
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from nlc import pipeline
@@ -77,6 +77,7 @@ class Combo:
     order: str | None = None       # None: the retention's default
     strength: str = "0.5"          # proximal
     algorithm: str = "gd"          # gd | momentum | implicit
+    steps: int = 1                 # gd steps per token (gd only)
     lr: str = "beta"               # beta (scalar) | eta (per channel, [d_k])
     momentum: str = "0.9"
     chunk: bool = False
@@ -134,6 +135,8 @@ class Combo:
     def algorithm_text(self) -> str:
         if self.algorithm == "momentum":
             return f"momentum(lr = {self.lr}, momentum = {self.momentum})"
+        if self.steps > 1:
+            return f"{self.algorithm}(lr = {self.lr}, steps = {self.steps})"
         return f"{self.algorithm}(lr = {self.lr})"
 
     def spec_text(self) -> str:
@@ -317,6 +320,22 @@ def implicit_step(c: Combo, at: list[torch.Tensor], ctx: dict, inv_rate) -> list
 
 
 def reference_step(c: Combo, vals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One token of the level: the first step (with the retention), then for `gd(steps = n)`
+    n - 1 plain gradient steps, each at the state the previous one left."""
+    out = first_step(c, vals)
+    if c.steps > 1:
+        ctx = {n: vals[n] for n in ("q", "k", "v", "alpha", "beta", "c", "eta") if n in vals}
+        W = [out[n] for n in c.tensor_names]
+        lr = ctx[c.lr]
+        for _ in range(c.steps - 1):
+            g = grad(c, W, ctx)
+            W = [w - (gi * lr.T if torch.is_tensor(lr) and lr.dim() == 2 and c.form == "matrix"
+                      else lr * gi) for w, gi in zip(W, g)]
+        out = {**out, **dict(zip(c.tensor_names, W))}
+    return out
+
+
+def first_step(c: Combo, vals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One step of the level, from the semantics in the module docstring."""
     ctx = {n: vals[n] for n in ("q", "k", "v", "alpha", "beta", "c", "eta") if n in vals}
     names = c.tensor_names
@@ -451,6 +470,15 @@ def check_combo(c: Combo, seed: int, bind_scalars: bool | None = None) -> None:
 @given(combos(), st.integers(0, 2 ** 32 - 1))
 def test_derived_step_matches_autograd(c: Combo, seed: int):
     check_combo(c, seed)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(combos(), st.integers(2, 3), st.integers(0, 2 ** 32 - 1))
+def test_several_gradient_steps_per_token_match_autograd(c: Combo, steps: int, seed: int):
+    """`gd(steps = n)` (DeltaProduct-style, matrix memories): n gradient steps on the token's
+    objective, the retention with the first."""
+    assume(c.form == "matrix" and c.algorithm == "gd" and not c.chunk and c.switch != "norm")
+    check_combo(replace(c, steps=steps), seed)
 
 
 # ---------------------------------------------------------------- invalid combinations

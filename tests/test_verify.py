@@ -179,13 +179,24 @@ def test_cli_identify_and_derive():
 
 
 def test_cli_derive_reports_underivable_combination(tmp_path):
+    """Several steps per token with gradients frozen per chunk are not derived: a located
+    error that says what works instead."""
     spec = tmp_path / "product.nl"
-    text = (EXAMPLES / "deltanet.nl").read_text().replace("gd(lr = beta)", "gd(lr = beta, steps = 2)")
-    assert text != (EXAMPLES / "deltanet.nl").read_text()
+    text = (EXAMPLES / "ttt_linear.nl").read_text().replace("gd(lr = eta)", "gd(lr = eta, steps = 2)")
+    assert text != (EXAMPLES / "ttt_linear.nl").read_text()
     spec.write_text(text)
     out = _nlc("derive", str(spec))
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "error:" in out.stderr
+
+
+def test_cli_derives_several_steps_per_token(tmp_path):
+    spec = tmp_path / "product.nl"
+    text = (EXAMPLES / "deltanet.nl").read_text().replace("gd(lr = beta)", "gd(lr = beta, steps = 2)")
+    spec.write_text(text)
+    out = _nlc("derive", str(spec))
+    assert out.returncode == 0, out.stderr
+    assert "2 gradient steps per token" in out.stdout
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -285,10 +285,33 @@ def _implicit_step_size(kind: str, args: tuple):
 
 
 def _gd(d):
-    if d.level.algorithm.get("steps") > 1:
-        raise NlcError("several gradient steps per token (DeltaProduct) are not derived yet",
-                       d.level.algorithm.span)
-    return _gd_like(d, implicit=False), {}
+    new = _gd_like(d, implicit=False)
+    steps = d.level.algorithm.get("steps")
+    if steps > 1:
+        new = _more_steps(d, new, steps)
+    return new, {}
+
+
+def _more_steps(d: LevelDerivation, first: dict, steps: int) -> dict:
+    """`gd(steps = n)`: after the first step (with the retention), n - 1 further gradient
+    steps on the same token's objective, each at the state the previous one left."""
+    if d.anchor() is not None or "kl" in d.retentions:
+        raise NlcError("several gradient steps per token are derived for gradients at the "
+                       "current state and retentions other than kl", d.level.algorithm.span,
+                       hint="drop `gradients at chunk(...)` / `every C tokens`, or use steps = 1")
+    lower = d.lowering(d.tensors)
+    term = d.loss_term()
+    if loss_of(term.kind, d.loss_args(term, lower)).threshold is not None:
+        raise NlcError("several gradient steps per token are not derived for a switch on the "
+                       "norm of the error", d.level.algorithm.span,
+                       hint="use switch = entry, or steps = 1")
+    rate = d.value(d.level.algorithm.get("lr"), lower)  # plain steps: no proximal rescaling
+    current = tuple(first[n] for n in d.names)
+    for _ in range(steps - 1):
+        current = _post(d, d.step(current, rate, d.gradient(current)), lower)
+    d.notes.append(f"{steps} gradient steps per token: the retention with the first, then "
+                   f"{steps - 1} plain step{'s' if steps > 2 else ''} at the updated state")
+    return dict(zip(d.names, current))
 
 
 def _implicit(d):
