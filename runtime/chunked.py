@@ -57,11 +57,15 @@ def _prepare(q, k, v, log_decay, chunk):
     return T, q, k, v, log_decay.cumsum(-2), log_decay
 
 
+def _causal(C: int, strict: bool, device) -> torch.Tensor:
+    """[t, s] is kept where s <= t (s < t if strict)."""
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1 if strict else 0)
+
+
 def _masked_exp(diff: torch.Tensor, strict: bool) -> torch.Tensor:
     """exp(diff[t, s]) where s <= t (s < t if strict), 0 elsewhere; masked before exp."""
-    C = diff.shape[-1] if diff.dim() >= 2 else 1
-    keep = torch.ones(C, C, dtype=torch.bool, device=diff.device).tril(-1 if strict else 0)
-    return torch.exp(diff.masked_fill(~keep, float("-inf")))
+    return torch.exp(diff.masked_fill(~_causal(diff.shape[-1], strict, diff.device),
+                                      float("-inf")))
 
 
 def _scores(q, k, g_read, g, strict: bool):
@@ -71,10 +75,8 @@ def _scores(q, k, g_read, g, strict: bool):
         return (q @ k.mT) * decay
     ref = g[..., :1, :]
     if (g - ref).abs().amax() < SAFE_SPAN:  # factor e^{g_t - g_s} into q and k: one matmul
-        C = g.shape[-2]
-        keep = torch.ones(C, C, dtype=torch.bool, device=g.device).tril(-1 if strict else 0)
         scores = (q * torch.exp(g_read - ref)) @ (k * torch.exp(ref - g)).mT
-        return scores.masked_fill(~keep, 0.0)
+        return scores.masked_fill(~_causal(g.shape[-2], strict, g.device), 0.0)
     decay = _masked_exp((g_read.unsqueeze(-2) - g.unsqueeze(-3)).movedim(-1, -3), strict)
     return torch.einsum("...tk,...sk,...kts->...ts", q, k, decay)
 

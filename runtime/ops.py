@@ -195,10 +195,9 @@ def per_token(value, like: torch.Tensor) -> torch.Tensor:
     return value.expand(*like.shape[:3], value.shape[-1])
 
 
-def init_state(init: str, shape, batch: int, heads: int, like: torch.Tensor, learned=None):
-    """A level's initial state `[B, H, *shape]`: zeros, the identity or a learned tensor."""
-    if init == "learned" and learned is not None:
-        return learned.unsqueeze(0).expand(batch, *learned.shape)
+def init_state(init: str, shape, batch: int, heads: int, like: torch.Tensor):
+    """A level's default initial state `[B, H, *shape]`: the identity or zeros (a layer
+    broadcasts its learned initial states over the batch itself)."""
     if init == "identity":
         eye = torch.eye(shape[-2], shape[-1], dtype=like.dtype, device=like.device)
         return eye.expand(batch, heads, *shape).clone()
@@ -214,14 +213,6 @@ def inv_softplus_uniform(shape, low: float, high: float) -> torch.Tensor:
 def log_uniform(shape, low: float, high: float) -> torch.Tensor:
     """Mamba's A_log: log of a uniform draw in [low, high]."""
     return torch.log(torch.empty(shape).uniform_(low, high))
-
-
-__all__ = [
-    "head_matmul", "short_conv", "positions", "l2norm", "rmsnorm", "layernorm",
-    "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace", "sum_all",
-    "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param", "output", "per_token", "init_state", "inv_softplus_uniform",
-    "log_uniform", "use_triton", "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked", "decay_chunked", "delta_chunked",
-]
 
 
 def use_triton(ref: torch.Tensor) -> bool:
@@ -281,3 +272,13 @@ class LinearRecorder:
     def close(self):
         for handle in self.handles:
             handle.remove()
+
+
+__all__ = [
+    "head_matmul", "short_conv", "positions", "l2norm", "rmsnorm", "layernorm", "softmax",
+    "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace", "sum_all",
+    "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param", "output",
+    "per_token", "init_state", "inv_softplus_uniform", "log_uniform", "use_triton", "kernels",
+    "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked", "decay_chunked",
+    "delta_chunked", "LinearRecorder",
+]

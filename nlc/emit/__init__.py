@@ -62,7 +62,6 @@ def compile_outputs(path: str, overrides: dict | None = None,
 
 def compile_files(paths: list[str], out_dir: str, overrides: dict | None = None) -> list[Path]:
     """Compile each spec to `out_dir/<stem>.py`, written atomically."""
-    from nlc.emit.render import spec_module_name
     from nlc.fileio import write_atomic
     out = Path(out_dir)
     try:

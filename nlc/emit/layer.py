@@ -11,7 +11,6 @@ from nlc.derive.classify import classify
 from nlc.derive.forms import tensor_names
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.levels import RESERVED, Input, LevelEmitter, local
-from nlc.emit.torch_printer import number
 from nlc.errors import NlcError
 from nlc.levels import shapes
 from nlc.levels.records import Dim
@@ -231,4 +230,4 @@ def layer_plan(spec, spec_name: str, prefix: str = "", stem: str = "") -> LayerP
     return LayerEmitter(spec, spec_name, prefix, stem).emit()
 
 
-__all__ = ["layer_plan", "LayerPlan", "number"]
+__all__ = ["LayerPlan", "layer_plan"]

@@ -209,7 +209,6 @@ class LevelEmitter:
 
     def affine_chunked(self) -> list[str]:
         fam = self.family
-        vector = not isinstance(self.rule.read, sp.MatrixExpr) or self.rule.form.kind == "vector"
         bias = fam.param("bias")
         if isinstance(bias, sp.ZeroMatrix):
             raise _NoChunkedForm("the state has no input term")

@@ -38,7 +38,8 @@ def ruff_format(source: str, name: str) -> str:
     if binary is None:
         raise NlcError("ruff is not installed; `pip install ruff` (nlc formats its output "
                        "with it)")
-    done = subprocess.run([binary, "format", "--quiet", "--line-length", "100",
+    # --isolated: no pyproject.toml found from the working directory changes the output
+    done = subprocess.run([binary, "format", "--quiet", "--isolated", "--line-length", "100",
                            "--stdin-filename", name, "-"], input=source, text=True,
                           capture_output=True, check=False)
     if done.returncode != 0:

@@ -18,7 +18,7 @@ from collections import Counter
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from nlc.derive.matfuncs import Dot, Mean, NewtonSchulz, RowSoftmax
+from nlc.derive.matfuncs import Dot, Mean
 from nlc.errors import NlcError
 
 # Scalar functions: SymPy head -> torch call. Elementwise on tensors.
@@ -278,4 +278,4 @@ def free_names(exprs) -> set[str]:
     return {s.name for s in found - bound}
 
 
-__all__ = ["TorchPrinter", "free_names", "number", "NewtonSchulz", "RowSoftmax"]
+__all__ = ["TorchPrinter", "free_names", "number"]

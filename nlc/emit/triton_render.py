@@ -25,17 +25,12 @@ docs/triton.md, say how the decay gradient is recovered without both S and dL/dS
 from __future__ import annotations
 
 import keyword
-import shutil
-import subprocess
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
-from pathlib import Path
 
-import jinja2
 import sympy as sp
 
 from nlc import __version__
+from nlc.emit.render import environment, ruff_format
 from nlc.emit.tl_printer import tl_code
 
 FAMILIES = ("decay", "delta", "dplr", "elementwise")
@@ -101,9 +96,9 @@ def render_recurrent(plan: RecurrentKernelPlan) -> str:
     }
     if plan.family == "elementwise":
         context.update(_error_code(plan))
-    source = _environment().get_template(TEMPLATE).render(**context)
+    source = environment().get_template(TEMPLATE).render(**context)
     source = "\n".join(line.rstrip() for line in source.splitlines()) + "\n"
-    return _format(source, plan.prefix)
+    return ruff_format(source, f"{plan.prefix}.py")
 
 
 def _validate(plan: RecurrentKernelPlan) -> None:
@@ -179,28 +174,3 @@ def _layout_text(plan: RecurrentKernelPlan) -> str:
     if plan.family == "dplr":
         parts.append("a, b [B, T, H, K]")
     return "; ".join(parts) if parts else "no gates"
-
-
-@cache
-def _environment() -> jinja2.Environment:
-    try:
-        folder = Path(str(resources.files("nlc.templates")))
-    except ModuleNotFoundError:  # running from a source tree, not installed
-        folder = Path(__file__).resolve().parents[2] / "templates"
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True, keep_trailing_newline=True,
-                              autoescape=False)
-
-
-def _format(source: str, name: str) -> str:
-    """`ruff format` when it is installed (isolated from any project config), else as is."""
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        return source
-    done = subprocess.run([ruff, "format", "--isolated", "--line-length", "100",
-                           "--stdin-filename", f"{name}.py", "-"],
-                          input=source, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"ruff could not format the generated kernels:\n{done.stderr}")
-    return done.stdout
