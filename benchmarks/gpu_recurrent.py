@@ -17,7 +17,7 @@ scalar decay) with `nlc.emit.triton_render`, then on one CUDA GPU:
 A failure of an fla kernel is recorded in the table as its error text.
 
 Imports: torch and triton; from nlc only `nlc.emit.triton_render` (which needs sympy
-and jinja2, both dependencies of torch, and formats with ruff only when it is on PATH);
+and jinja2, both dependencies of torch, and ruff to format the kernels);
 optionally `fla` (fla-core). Usage, from the repository root:
 
     python benchmarks/gpu_recurrent.py --out docs/gpu_recurrent.md [--sweep]
