@@ -75,7 +75,7 @@ def compile_examples(files: list[Path], out: Path) -> bool:
             written = compile_files([str(path)], str(out))
         except NlcError as err:
             print(f"   {path.stem:<18} not compiled: {err.render().splitlines()[0]}")
-            ok = ok and path.stem == "hope"  # self-modifying levels: not emitted yet
+            ok = False
             continue
         names = ", ".join(w.name for w in written)
         print(f"   {path.stem:<18} {time.perf_counter() - start:5.2f} s  {names}")

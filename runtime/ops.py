@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from nlc.runtime.chunked import decay_chunked, delta_chunked
 from nlc.runtime.attention import attention
-from nlc.runtime.scan import frozen_chunked, mid_chunk, recurrent, varlen
+from nlc.runtime.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
+                              recurrent, varlen)
 
 EPS = 1e-6
 
@@ -280,5 +281,5 @@ __all__ = [
     "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param", "output",
     "per_token", "init_state", "inv_softplus_uniform", "log_uniform", "use_triton", "kernels",
     "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked", "decay_chunked",
-    "delta_chunked", "LinearRecorder",
+    "delta_chunked", "LinearRecorder", "Member", "coupled", "coupled_chunked",
 ]

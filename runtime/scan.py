@@ -10,6 +10,7 @@ running state to a loop."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -86,6 +87,90 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
+class Member(NamedTuple):
+    """One level of a coupled group (levels that read each other's outputs in a loop)."""
+
+    name: str
+    read: Callable                 # (state, inputs) -> o: the token's read, before any write
+    step: Callable                 # (state, inputs) -> (state, o): the token's write
+    anchors: tuple = ()            # (anchor name, state name) pairs
+    every: int | None = None       # the anchors' period in tokens
+    drive: Callable | None = None  # the frozen split, for the chunked form
+    combine: Callable | None = None
+
+
+def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict | None = None):
+    """Levels whose rules use each other's outputs (Hope's self-modifying memories), token by
+    token: every member reads (before its write), then every member writes with all the
+    reads among its inputs. `states` and the result's finals are keyed by level name."""
+    consts = dict(consts or {})
+    current, anchor, position = {}, {}, {}
+    for m in members:
+        current[m.name], anchor[m.name], position[m.name] = _resume(states[m.name], m.anchors)
+    T = next(iter(tokens.values())).shape[1]
+    outputs = {m.name: [] for m in members}
+    for t in range(T):
+        inputs = {**consts, **_at(tokens, t)}
+        for m in members:
+            if m.anchors and (position[m.name] + t) % m.every == 0:
+                anchor[m.name] = {a: current[m.name][s] for a, s in m.anchors}
+        read = {m.name: m.read(current[m.name], {**inputs, **anchor[m.name]}) for m in members}
+        inputs |= read
+        for m in members:
+            current[m.name], _ = m.step(current[m.name], {**inputs, **anchor[m.name]})
+            outputs[m.name].append(read[m.name])
+    finals = {m.name: _suspend(current[m.name], anchor[m.name], position[m.name] + T, m.anchors)
+              for m in members}
+    return {n: torch.stack(o, 1) for n, o in outputs.items()}, finals
+
+
+def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk: int,
+                    consts: dict | None = None):
+    """The chunk-parallel form of a coupled group whose members all update every `chunk`
+    tokens and read their chunk-start state: per chunk, every read for all its tokens at
+    once, then every member's chunk-start terms at once, then the cheap per-token sums.
+    Equal to `coupled` (exactly, up to rounding): nothing in a chunk sees the chunk's writes."""
+    consts = dict(consts or {})
+    current, position = {}, {}
+    for m in members:
+        current[m.name], _, position[m.name] = _resume(states[m.name], m.anchors)
+    T = next(iter(tokens.values())).shape[1]
+    outputs = {m.name: [] for m in members}
+    anchor = {}
+    for start in range(0, T, chunk):
+        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+        anchor = {m.name: {a: current[m.name][s] for a, s in m.anchors} for m in members}
+        wide = {n: {a: x.unsqueeze(1) for a, x in an.items()} for n, an in anchor.items()}
+        inputs = {**consts, **part}
+        read = {m.name: m.read(current[m.name], {**inputs, **wide[m.name]}) for m in members}
+        inputs |= read
+        for m in members:
+            driven = m.drive({**inputs, **wide[m.name]})
+            for t in range(next(iter(part.values())).shape[1]):
+                step_inputs = {**consts, **_at(part, t), **_at(read, t), **_at(driven, t)}
+                current[m.name] = m.combine(current[m.name], step_inputs)
+            outputs[m.name].append(read[m.name])
+    finals = {m.name: _suspend(current[m.name], anchor.get(m.name, {}), position[m.name] + T,
+                               m.anchors) for m in members}
+    return {n: torch.cat(o, 1) for n, o in outputs.items()}, finals
+
+
+def _slice(state, i: int):
+    if isinstance(state, dict):
+        return {name: _slice(s, i) for name, s in state.items()}
+    return state[i:i + 1] if torch.is_tensor(state) else state
+
+
+def _join(parts: list):
+    first = parts[0]
+    if isinstance(first, dict):
+        return {name: _join([p[name] for p in parts]) for name in first}
+    if torch.is_tensor(first):
+        return torch.cat(parts)
+    # positions: packed sequences end at different ones, so a joined state restarts chunks
+    return first if all(p == first for p in parts) else 0
+
+
 def varlen(run: Callable, tokens: dict, state: State, cu_seqlens):
     """Run `run(tokens, state) -> (out, final)` on each packed sequence of a `[1, T, ...]`
     batch separately; states are `[N, ...]` for N sequences."""
@@ -97,14 +182,9 @@ def varlen(run: Callable, tokens: dict, state: State, cu_seqlens):
     outs, finals = [], []
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         part = {name: x[:, start:end] for name, x in tokens.items()}
-        out, final = run(part, {name: s[i:i + 1] if torch.is_tensor(s) else s
-                                for name, s in state.items()})
+        out, final = run(part, _slice(state, i))
         outs.append(out)
         finals.append(final)
-    final = {}
-    for name, value in finals[0].items():
-        if name == POSITION:  # packed sequences end at different positions
-            final[name] = value if all(f[name] == value for f in finals) else 0
-        else:
-            final[name] = torch.cat([f[name] for f in finals])
-    return torch.cat(outs, 1), final
+    if isinstance(outs[0], dict):
+        return {name: torch.cat([o[name] for o in outs], 1) for name in outs[0]}, _join(finals)
+    return torch.cat(outs, 1), _join(finals)

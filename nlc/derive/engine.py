@@ -240,6 +240,7 @@ def _gd_like(d: LevelDerivation, implicit: bool) -> dict:
                     for w, g in zip(before, grads))
     else:
         new = d.step(d.gate_all(before, gates, "parallel"), rate, grads)
+        new = _erase(d, before, new, lower)
         new = d.gate_all(new, gates, "proximal") if gates else new
         if any(g.order == "proximal" for g in gates):
             gamma = ret.proximal_order_factor()
@@ -247,6 +248,21 @@ def _gd_like(d: LevelDerivation, implicit: bool) -> dict:
                            "(S - lr grad)")
     new = _post(d, new, lower)
     return dict(zip(d.names, new))
+
+
+def _erase(d: LevelDerivation, before, new, lower):
+    """erase(k, rate): the map that first takes the memory's input (a matrix memory itself,
+    an MLP's first layer) also moves by -rate (W k) k^T, W its state before the step, so that
+    with a parallel decay alpha it becomes W (alpha I - rate k k^T) (delta gradient descent)."""
+    if "erase" not in d.retentions:
+        return new
+    term = d.retentions["erase"]
+    key = d.value(term.get("key"), lower)
+    rate = d.value(term.get("rate"), lower)
+    first = before[0]
+    erased = add(new[0], scaled(-rate, first * key * key.T))
+    d.notes.append("erase: the first map also moves by -rate (W k) k^T (the DGD factor)")
+    return (erased, *new[1:])
 
 
 def _implicit_rate(d: LevelDerivation, tensors, rate, lower):
@@ -373,6 +389,8 @@ def _read(d: LevelDerivation, tensors_after: dict):
     # states next_state[S] once, and the read refers to it)
     use = d.tensors if lv.read_before else tuple(
         sp.MatrixSymbol(f"{n}_next", *w.shape) for n, w in zip(d.names, d.tensors))
+    if lv.read_start:  # `read start`: the chunk-start state (the gradients' anchor)
+        use = d.anchor()
     lower = d.lowering(use)
     value = lower(lv.read)
     q = _query(lv.read, d.state.name, lower)
@@ -506,4 +524,21 @@ def derive_level(spec, level: LevelRecord, table: SymbolTable,
     anchor = d.anchor()
     anchors = tuple((w.name, a) for w, a in zip(d.tensors, anchor)) if anchor else ()
     read = _read(d, new)
+    if level.period > 1 and anchor:
+        new, read = _every_chunk(d, new, read, anchor)
     return _rule(d, "update", {**new, **extra}, read, states=states, anchors=anchors)
+
+
+def _every_chunk(d: LevelDerivation, new: dict, read, anchor):
+    """`every C tokens` (DESIGN.md): each token's update is the per-token rule taken at the
+    chunk-start state S_0, S <- S + (rule(S_0) - S_0), so the state changes at the chunk's
+    end by the sum of its C updates; reads inside the chunk see S_0."""
+    at_start = {w: a for w, a in zip(d.tensors, anchor)}
+    at_start |= {sp.MatrixSymbol(f"{w.name}_next", *w.shape): a for w, a in zip(d.tensors, anchor)}
+    summed = {}
+    for w, a in zip(d.tensors, anchor):
+        update = new[w.name].xreplace(at_start)
+        change = sp.MatAdd(update, -a).doit() if isinstance(a, sp.MatrixExpr) else update - a
+        summed[w.name] = add(w, change)
+    d.notes.append("every C tokens: each token adds rule(S_0) - S_0 to the state; reads see S_0")
+    return {**new, **summed}, read.xreplace(at_start) if read is not None else None

@@ -56,6 +56,7 @@ class LayerPlan:
     convs: list = field(default_factory=list)
     learned: list = field(default_factory=list)
     levels: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
     forward: list[str] = field(default_factory=list)
 
 
@@ -78,24 +79,41 @@ def _init_code(attr: str, init, shape: tuple[int, ...]) -> str:
     return f"{attr}.copy_(nl.{kind}({attr}.shape, {args['low']}, {args['high']}))"
 
 
-def _data_order(levels, rules) -> list:
-    """Levels so that each comes after the levels whose outputs it reads (stable)."""
+def _data_groups(levels, rules) -> list[list]:
+    """Levels in data order, each after the levels whose outputs it uses. Levels that use
+    each other's outputs in a loop (or a level its own) form one group, run together."""
+    import networkx as nx
+
     from nlc.emit.torch_printer import free_names
-    names = {lv.name for lv in levels}
-    needs = {}
+    index = {lv.name: i for i, lv in enumerate(levels)}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(index)
+    loops = set()
     for lv in levels:
         rule = rules.get(lv.name)
         exprs = [e for _, e in rule.next_state] + [rule.read] if rule else []
-        needs[lv.name] = (free_names([e for e in exprs if e is not None]) & names) - {lv.name}
-    done, order = set(), []
-    while len(order) < len(levels):
-        ready = [lv for lv in levels if lv.name not in done and needs[lv.name] <= done]
-        if not ready:
-            raise NlcError("levels read each other's outputs in a cycle; emission needs an "
-                           "order", levels[0].span)
-        order.append(ready[0])
-        done.add(ready[0].name)
-    return order
+        for used in free_names([e for e in exprs if e is not None]) & set(index):
+            if used == lv.name:
+                loops.add(used)
+            else:
+                graph.add_edge(used, lv.name)
+    dag = nx.condensation(graph)
+    members = dag.graph["mapping"]
+    groups = {c: sorted((n for n in index if members[n] == c), key=index.get) for c in dag}
+    order = nx.lexicographical_topological_sort(dag, key=lambda c: index[groups[c][0]])
+    return [[levels[index[n]] for n in groups[c]] for c in order], loops
+
+
+@dataclass
+class GroupPlan:
+    """Levels that read each other's outputs: one op runs them token by token together."""
+
+    fn: str
+    members: list
+    tokens: list
+    params: list
+    chunk: int | None       # the shared period when every member reads its chunk start
+    line: int
 
 
 class LayerEmitter:
@@ -139,15 +157,23 @@ class LayerEmitter:
             env.values[var.name] = var.shape
         rules = derive(spec, dims=dict(spec.dims))
         by_level = {r.level: r for r in rules}
-        for level in _data_order(spec.levels, by_level):
-            rule = by_level.get(level.name)
-            if rule is None:
+        groups, loops = _data_groups(spec.levels, by_level)
+        for group in groups:
+            group = [lv for lv in group if lv.name in by_level]
+            if not group:
                 continue
-            lp = self.level(level, rule, set(param_shapes), param_shapes)
-            plan.levels.append(lp)
-            plan.forward += self.call(lp, names)
-            names[level.name] = local(level.name)
-            env.values[level.name] = level.output_shape
+            lps = [self.level(lv, by_level[lv.name], set(param_shapes), param_shapes)
+                   for lv in group]
+            plan.levels += lps
+            if len(group) == 1 and group[0].name not in loops:
+                plan.forward += self.call(lps[0], names)
+            else:
+                gp = self.group(group, lps)
+                plan.groups.append(gp)
+                plan.forward += self.call_group(gp, names)
+            for level in group:
+                names[level.name] = local(level.name)
+                env.values[level.name] = level.output_shape
         plan.convs = printer.convs
         for conv in plan.convs:
             conv.bound = literal(conv.width ** -0.5)
@@ -168,6 +194,7 @@ class LayerEmitter:
                                prefix=fn)
         try:
             lp = emitter.plan()
+            lp.emitter = emitter
         except NlcError as err:
             if not err.span.known:
                 err.span = level.span
@@ -221,6 +248,58 @@ class LayerEmitter:
         lines = [f"{target}, {lp.name}_final = {lp.fn}_op({', '.join(args)})  # spec:{lp.line}"]
         if lp.read_kind == "scalar":
             lines.append(f"{target} = {target}[..., None]")
+        return lines
+
+
+    def group(self, group, lps) -> GroupPlan:
+        own = {lv.name for lv in group}
+        tokens, params = {}, {}
+        for level, lp in zip(group, lps):
+            try:
+                lp.read_token = LevelEmitter.read_token(lp.emitter)
+            except NlcError as err:
+                raise NlcError(err.message, level.span) from None
+            lp.group = True
+            for i in lp.tokens:
+                if i.name not in own:
+                    tokens.setdefault(i.name, i)
+            for p in lp.params:
+                params.setdefault(p.name, p)
+        # chunk-parallel when every member reads its chunk-start state, all chunks align and
+        # each member has the frozen split (its chunk-start terms for a whole chunk at once)
+        periods = {lp.anchor_every for lp in lps}
+        chunk = None
+        if len(periods) == 1 and all(lv.read_start or lv.period > 1 for lv in group) \
+                and all(lp.frozen for lp in lps):
+            chunk = periods.pop()
+        for lp in lps:
+            if chunk is None:
+                lp.notes.append("runs token by token with the levels it reads in a loop ("
+                                + ", ".join(lv.name for lv in group) + ")")
+            else:
+                lp.notes.append(f"runs with {', '.join(lv.name for lv in group)} as one group, "
+                                f"a chunk of {chunk} tokens at a time")
+        fn = self.prefix + "_".join(lv.name for lv in group) + "_group"
+        return GroupPlan(fn, lps, list(tokens.values()), list(params.values()), chunk,
+                         group[0].span.line)
+
+    def call_group(self, gp: GroupPlan, names) -> list[str]:
+        args = []
+        for i in gp.tokens:
+            code = names.get(i.name, local(i.name))
+            args.append(f"{code}[..., 0]" if i.kind == "scalar" else code)
+        for p in gp.params:
+            args.append(f"{p.arg}=self.{p.name}")
+        initial = ", ".join(f'"{lp.name}": states["{lp.name}"]' for lp in gp.members)
+        args += [f"initial_state={{{initial}}}", "output_final_state=cache is not None",
+                 "cu_seqlens=cu_seqlens", "mode=mode"]
+        lines = [f"outs, finals = {gp.fn}_op({', '.join(args)})  # spec:{gp.line}"]
+        for lp in gp.members:
+            target = local(lp.name)
+            lines.append(f'{target} = outs["{lp.name}"]')
+            if lp.read_kind == "scalar":
+                lines.append(f"{target} = {target}[..., None]")
+            lines.append(f'{lp.name}_final = None if finals is None else finals["{lp.name}"]')
         return lines
 
 

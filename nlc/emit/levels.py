@@ -63,6 +63,8 @@ class LevelPlan:
     triton: object | None = None      # RecurrentKernelPlan for CUDA tensors, if the family has one
     kernels: str = ""                 # the module the kernels are generated into
     notes: list[str] = field(default_factory=list)
+    group: bool = False               # runs in a coupled group (no op of its own)
+    read_token: list[str] = field(default_factory=list)  # body of `<level>_read_token`
 
 
 def _shape(sym) -> tuple[int, int]:
@@ -104,18 +106,6 @@ class LevelEmitter:
         self.tokens = [Input(n, "vector" if isinstance(symbols[n], sp.MatrixSymbol) else "scalar")
                        for n in order]
         self.read = rule.read
-        if rule.period > 1 and rule.unit == "token":
-            # `every C tokens`: reads inside a chunk see the chunk-start state (DESIGN.md)
-            anchor_of = {s: a for s, a in rule.anchors}
-            swap = {}
-            for n, S in rule.states:
-                nxt = sp.MatrixSymbol(f"{n}_next", *S.shape)
-                if self.read is not None and self.read.has(nxt):
-                    if n not in anchor_of:
-                        raise NlcError(f"level '{rule.level}': cannot read '{n}' at the chunk "
-                                       "start", None)
-                    swap[nxt] = anchor_of[n]
-            self.read = self.read.xreplace(swap) if self.read is not None else None
 
     # ------------------------------------------------------------ naming
     def names(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -145,6 +135,17 @@ class LevelEmitter:
         lines += printer.assign(outputs)
         new = ", ".join(f"{n!r}: {local(n)}_next" for n in self.state_names)
         lines.append(f"return {{{new}}}, o")
+        return _used(lines)
+
+    def read_token(self) -> list[str]:
+        """The read of one token before any write (a coupled group's members read first)."""
+        if self.read is None or any(self.read.has(sp.MatrixSymbol(f"{n}_next", *S.shape))
+                                    for n, S in self.rule.states):
+            raise NlcError(f"level '{self.rule.level}' reads after its write, but it is in a "
+                           "loop of levels that use each other's outputs: make it read before")
+        lines = _unpack(self.state_names, "state") + self._inputs_unpack()
+        lines += TorchPrinter(self.names()).assign([("o", self.read)])
+        lines.append("return o")
         return _used(lines)
 
     # ------------------------------------------------------------ families

@@ -18,7 +18,7 @@ from collections import Counter
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from nlc.derive.matfuncs import Dot, Mean
+from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total
 from nlc.errors import NlcError
 
 # Scalar functions: SymPy head -> torch call. Elementwise on tensors.
@@ -81,7 +81,7 @@ class TorchPrinter:
     def _paren(self, e) -> str:
         code = self.expr(e)
         if e in self.cache or isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Function,
-                                             Mean, Dot, sp.Transpose)) or code.isidentifier():
+                                             Mean, Total, Dot, sp.Transpose)) or code.isidentifier():
             return code
         if e.is_number and not code.startswith("-"):
             return code
@@ -208,6 +208,13 @@ class TorchPrinter:
     def _print_Mean(self, e) -> str:
         return f"nl.mean({self.expr(e.args[0])})"
 
+    def _print_ColumnMap(self, e) -> str:
+        # the runtime's norms work over the last axis; a column's entries are the one before
+        return f"nl.{e.name}({self._paren(e.args[1])}.mT).mT"
+
+    def _print_Total(self, e) -> str:
+        return f"nl.sum_all({self.expr(e.args[0])})"  # a column's entries
+
     def _print_Dot(self, e) -> str:
         a, b = e.args
         if a == b:
@@ -275,6 +282,8 @@ def free_names(exprs) -> set[str]:
                 found.add(node)
             elif isinstance(node, ElementwiseApplyFunction):
                 bound |= set(node.function.variables)
+            elif isinstance(node, ColumnMap):
+                bound.add(node.args[0])  # the function's name, stored as a Symbol
     return {s.name for s in found - bound}
 
 

@@ -165,7 +165,11 @@ class LevelChecker:
         the write), so that another level's `apply` can use it by the level's name."""
         clause = read_clause(stmt)
         if clause is not None:
-            return clause.values[0], clause.when == "before", infer(clause.values[0], head.env)
+            if clause.when == "start" and head.chunk is None and head.period == 1:
+                raise NlcError("'read start' reads the state at the chunk start: the level needs "
+                               "'gradients at chunk(b)' or 'every C tokens'", clause.span)
+            before = clause.when in ("before", "start")
+            return clause.values[0], before, infer(clause.values[0], head.env)
         if self.is_optimizer and head.state is not None:
             return ast.Name(head.state.name, head.state.span), False, head.state.form.state_shape
         return None, False, ()
@@ -206,7 +210,8 @@ class LevelChecker:
         return LevelRecord(stmt.name, head.unit, head.period, head.chunk, stmt.over, states,
                            objective, retentions, algorithm, expr, before, applies,
                            tuple(p.name for p in self.params if p.level == stmt.name), out_shape,
-                           stmt.span, stmt.inputs)
+                           stmt.span, stmt.inputs,
+                           getattr(read_clause(stmt), "when", None) == "start")
 
     def state_stmt(self, stmt: ast.State, env: Env) -> StateRecord:
         term = make_term(stmt.form, vocab.FORMS, "memory form", env, self.consts)
@@ -284,7 +289,23 @@ class LevelChecker:
         for t in terms:
             if t.kind in ("decay", "weight_decay"):
                 self.check_gate(t.get("alpha"), env, state, "decay gate")
+            if t.kind == "erase":
+                self.check_erase(t, env, state)
         return tuple(t for t in terms if t.kind != "none")
+
+    def check_erase(self, term: Term, env: Env, state: StateRecord) -> None:
+        """erase(k, rate): k is an input of the memory's first map; rate a scalar."""
+        if state.form.kind not in ("matrix", "mlp"):
+            raise NlcError(f"'erase' applies to matrix and mlp memories, not {state.form.kind}",
+                           term.span)
+        key = term.get("key")
+        shape = infer(key, env)
+        if shape != state.form.input_shape:
+            raise NlcError(f"the erased key '{format_expr(key)}' is {shape_text(shape)}; the "
+                           f"memory takes {shape_text(state.form.input_shape)}", key.span)
+        rate = term.get("rate")
+        if isinstance(rate, ast.Expr) and infer(rate, env) != ():
+            raise NlcError(f"the erase rate '{format_expr(rate)}' must be a scalar", rate.span)
 
     def check_gate(self, expr, env: Env, state: StateRecord, what: str) -> None:
         if not isinstance(expr, ast.Expr):  # a numeric default
@@ -322,6 +343,10 @@ class LevelChecker:
                            "ridge", span)
         if alg == "exact" and form != "matrix":
             raise NlcError("the exact ridge solve needs a matrix memory", span)
+        kinds = {t.kind: t for t in retentions}
+        if "erase" in kinds and (alg not in ("gd", "implicit") or "kl" in kinds):
+            raise NlcError("'erase' is derived with the gd and implicit algorithms, without a "
+                           "kl retention", kinds["erase"].span)
         if alg == "implicit":
             if form == "mlp":
                 raise NlcError("the implicit (proximal) step has no closed form for an MLP memory",

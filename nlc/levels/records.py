@@ -154,6 +154,7 @@ class LevelRecord:
     output_shape: Shape
     span: Span = field(default_factory=Span.none, compare=False)
     inputs: str | None = None    # `over gradients u, inputs x`: the parameter's input
+    read_start: bool = False     # `read start`: the read sees the chunk-start state
 
     @property
     def state(self) -> StateRecord | None:

@@ -27,7 +27,7 @@ def read_clause(level: ast.Level) -> ast.Clause | None:
 
 def reads_before(level: ast.Level) -> bool:
     clause = read_clause(level)
-    return clause is not None and clause.when == "before"
+    return clause is not None and clause.when in ("before", "start")
 
 
 def names_in(node) -> list[ast.Name]:

@@ -189,7 +189,7 @@ class ClauseKind(Enum):
 @dataclass(frozen=True, slots=True)
 class Clause:
     """One of a level's rule clauses. ``values`` has several entries only for retention;
-    ``target`` is the assigned parameter of ``apply``; ``when`` is ``before``/``after`` for read."""
+    ``target`` is the assigned parameter of ``apply``; ``when`` is ``before``/``after``/``start`` for read."""
 
     kind: ClauseKind
     values: tuple[Expr, ...]

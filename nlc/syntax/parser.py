@@ -24,7 +24,7 @@ _TERMINAL_WORDS = {
     "RSQB": "']'", "COMMA": "','", "COLON": "':'", "SEMICOLON": "';'", "EQUAL": "'='",
     "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'",
     "CIRCUMFLEX": "'^'", "__ANON_0": "'->'", "NAME": "a name", "NUMBER": "a number",
-    "UNIT": "'token(s)' or 'step(s)'", "READ_WHEN": "'before' or 'after'", "$END": "end of file",
+    "UNIT": "'token(s)' or 'step(s)'", "READ_WHEN": "'before', 'after' or 'start'", "$END": "end of file",
 }
 
 
