@@ -1,7 +1,7 @@
 """GPU results for the runtime: data-parallel agreement and scaling, MQAR accuracy, byte-level
 LM bits per byte, and training throughput against fla-core's chunk_delta_rule.
 
-    python benchmarks/gpu_train.py --out DIR [--parts ddp,mqar,lm,throughput] [--budget S]
+    python benchmarks/gpu_train.py --out DIR [--parts ddp,mqar,lm,throughput,results]
 
 Each part writes DIR/<part>.md (markdown) and prints it. Every run is an `nlc train`
 subprocess (a spec compiled on the spot); runs of different models go to different GPUs in
@@ -184,7 +184,83 @@ def part_throughput(out: Path, steps: int) -> str:
         f"{steps - 2} steps after 2 warm-up steps, one card.", "", *rows, ""])
 
 
-PARTS = {"ddp": part_ddp, "mqar": part_mqar, "lm": part_lm, "throughput": part_throughput}
+MQAR_ARGS = ["--task", "mqar", "--seq-len", "256", "--mqar-num-kv-pairs", "16", "--d-model",
+             "128", "--n-layers", "2", "--batch-size", "64", "--lr", "1e-3", "--warmup", "100",
+             "--eval-interval", "500", "--checkpoint-interval", "0"]
+LM_ARGS = ["--task", "lm", "--seq-len", "512", "--d-model", "128", "--n-layers", "2",
+           "--batch-size", "32", "--eval-interval", "0", "--checkpoint-interval", "0",
+           "--warmup", "50", "--lr", "2e-3"]
+
+
+def run_plan(plan: dict[int, list[list[tuple]]]) -> dict:
+    """plan: GPU -> waves of jobs (label, spec, out, args). On each GPU the jobs of a wave run
+    at the same time, the waves one after another; the GPUs go on independently."""
+    import threading
+    results: dict = {}
+
+    def worker(gpu, waves):
+        for wave in waves:
+            procs = [(label, out, nlc_train(spec, out, args, gpu=gpu))
+                     for label, spec, out, args in wave]
+            for label, out, proc in procs:
+                ok, text = finish(proc, label)
+                results[label] = (ok, out, text)
+
+    threads = [threading.Thread(target=worker, args=(gpu, waves)) for gpu, waves in plan.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def part_results(out: Path, steps: int) -> str:
+    """MQAR (256, 16) and the byte-level LM for every model in one go: the light models
+    share GPU 0, Titans (the slowest) has GPU 1 when there are two. Every MQAR run has the
+    same step count and the same wall-clock budget (--time-budget); the table says how many
+    steps each reached."""
+    budget = float(os.environ.get("NLC_MQAR_BUDGET", "330"))
+    lm_budget = float(os.environ.get("NLC_LM_BUDGET", "150"))
+    spec = {m: str(ROOT / f"examples/{m}.nl") for m in MODELS}
+    mqar_args = [*MQAR_ARGS, "--steps", str(steps), "--time-budget", str(budget)]
+    lm_args = [*LM_ARGS, "--steps", "150", "--time-budget", str(lm_budget)]
+    slow = [m for m in MODELS if m == "titans"]
+    light = [m for m in MODELS if m not in slow]
+    gpus = torch.cuda.device_count()
+    plan: dict[int, list] = {0: [[(f"mqar {m}", spec[m], out / f"mqar_{m}", mqar_args) for m in light],
+                                 [(f"lm {m}", spec[m], out / f"lm_{m}", lm_args) for m in light]]}
+    slow_waves = [[(f"mqar {m}", spec[m], out / f"mqar_{m}", mqar_args)] for m in slow] + \
+                 [[(f"lm {m}", spec[m], out / f"lm_{m}", lm_args)] for m in slow]
+    if gpus > 1:
+        plan[1] = slow_waves
+    else:
+        plan[0] += slow_waves
+    start = time.time()
+    results = run_plan(plan)
+    rows = ["| model | MQAR accuracy | steps reached | evals (step: accuracy) | final train loss "
+            "| LM bits per byte | LM steps |", "|---|---|---|---|---|---|---|"]
+    for m in MODELS:
+        run = out / f"mqar_{m}"
+        ev = metrics(run, "eval")
+        s = summary(run)
+        acc = f"{ev[-1]['accuracy']:.4f}" if ev else "failed"
+        curve = ", ".join(f"{e['step']}: {e['accuracy']:.3f}" for e in ev)
+        lm = metrics(out / f"lm_{m}", "eval")
+        bpb = f"{lm[-1]['bits_per_byte']:.3f}" if lm else "failed"
+        rows.append(f"| {m} | {acc} | {s.get('steps', '-')} | {curve} | "
+                    f"{s.get('final_loss', float('nan')):.3f} | {bpb} | "
+                    f"{summary(out / f'lm_{m}').get('steps', '-')} |")
+    return "\n".join([
+        f"## MQAR (L, N) = (256, 16) and byte-level LM, {header()}", "",
+        f"MQAR: vocab 8192, 2 layers, d_model 128, batch 64, lr 1e-3 (warmup 100, cosine over "
+        f"{steps} steps), bf16 autocast, at most {steps} steps or {budget:.0f} s each; "
+        f"{', '.join(light)} shared GPU 0" + (", titans had GPU 1" if gpus > 1 and slow else "")
+        + f". LM: d_model 128, 2 layers, batch 32 x 512 bytes, lr 2e-3, 150 steps or "
+        f"{lm_budget:.0f} s. {time.time() - start:.0f} s in all.", "", *rows, ""])
+
+
+PARTS = {"ddp": part_ddp, "mqar": part_mqar, "lm": part_lm, "throughput": part_throughput,
+         "results": part_results}
 
 
 def main():
@@ -193,7 +269,8 @@ def main():
     p.add_argument("--parts", default="ddp,mqar,lm,throughput")
     p.add_argument("--models", default=",".join(MODELS), help="for mqar and lm")
     p.add_argument("--steps", type=json.loads,
-                   default={"ddp": 40, "mqar": 600, "lm": 300, "throughput": 10})
+                   default={"ddp": 40, "mqar": 600, "lm": 300, "throughput": 10,
+                            "results": 3000})
     a = p.parse_args()
     MODELS[:] = a.models.split(",")
     out = Path(a.out).resolve()

@@ -167,6 +167,27 @@ class GLA(nn.Module):
             nn.init.normal_(self.W_o, std=0.0625)
             pass
 
+    def parameter_groups(self):
+        """Parameters by the level that learns them, each with its period in optimizer steps
+        (`every`): the runtime steps a slower group only every `every` steps, its gradients
+        summed in between."""
+        return [
+            {
+                "level": "train",
+                "every": 1,
+                "params": [
+                    self.W_q,
+                    self.W_k,
+                    self.W_v,
+                    self.W_r,
+                    self.W_a1,
+                    self.W_a2,
+                    self.b_a,
+                    self.W_o,
+                ],
+            },
+        ]
+
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
         ref = self.head.new_empty(batch, 1, 4)

@@ -906,6 +906,34 @@ class SelfModifyingTitans(nn.Module):
             nn.init.normal_(self.memory_M_W2_init, std=0.02)
             pass
 
+    def parameter_groups(self):
+        """Parameters by the level that learns them, each with its period in optimizer steps
+        (`every`): the runtime steps a slower group only every `every` steps, its gradients
+        summed in between."""
+        return [
+            {
+                "level": "train",
+                "every": 1,
+                "params": [
+                    self.W_x,
+                    self.W_q,
+                    self.W_o,
+                    self.conv0,
+                    self.conv1,
+                    self.alpha_A_W1_init,
+                    self.alpha_A_W2_init,
+                    self.eta_E_W1_init,
+                    self.eta_E_W2_init,
+                    self.k_K_W1_init,
+                    self.k_K_W2_init,
+                    self.v_V_W1_init,
+                    self.v_V_W2_init,
+                    self.memory_M_W1_init,
+                    self.memory_M_W2_init,
+                ],
+            },
+        ]
+
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
         ref = self.head.new_empty(batch, 1, 4)
@@ -1557,6 +1585,31 @@ class ContinuumMemory(nn.Module):
             nn.init.normal_(self.cms_slow_M3_W1_init, std=0.02)
             nn.init.normal_(self.cms_slow_M3_W2_init, std=0.02)
             pass
+
+    def parameter_groups(self):
+        """Parameters by the level that learns them, each with its period in optimizer steps
+        (`every`): the runtime steps a slower group only every `every` steps, its gradients
+        summed in between."""
+        return [
+            {
+                "level": "train",
+                "every": 1,
+                "params": [
+                    self.W_k1,
+                    self.W_v1,
+                    self.W_k2,
+                    self.W_v2,
+                    self.W_k3,
+                    self.W_v3,
+                    self.cms_fast_M1_W1_init,
+                    self.cms_fast_M1_W2_init,
+                    self.cms_mid_M2_W1_init,
+                    self.cms_mid_M2_W2_init,
+                    self.cms_slow_M3_W1_init,
+                    self.cms_slow_M3_W2_init,
+                ],
+            },
+        ]
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""

@@ -53,6 +53,9 @@ class Checkpoint:
 
 # ---- writing ---------------------------------------------------------------------------
 
+PENDING = "pending_grad"  # optimizer-file key of a slower level's summed gradient
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, config, spec: dict,
                     data: dict | None = None) -> Path:
@@ -114,6 +117,9 @@ def split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]
             else:
                 scalars.setdefault(str(index), {})[name] = value
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, p in enumerate(params):  # gradients a slower level sums until it steps
+        if p.grad is not None:
+            tensors[f"{index}.{PENDING}"] = p.grad.detach().to("cpu", copy=True).contiguous()
     cls = type(optimizer)
     return tensors, {"class": f"{cls.__module__}.{cls.__qualname__}",
                      "param_groups": sd["param_groups"], "scalars": scalars,
@@ -251,6 +257,11 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
     model.load_state_dict(checkpoint.model, strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(checkpoint.optimizer)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                pending = optimizer.state.get(p, {}).pop(PENDING, None)
+                if pending is not None:
+                    p.grad = pending.to(p.device, p.dtype)
     if restore_rng:
         set_rng_state(checkpoint.state["rng"])
 

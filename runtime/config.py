@@ -54,6 +54,9 @@ class TrainConfig:
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 = off"})
     seed: int = field(default=0, metadata={"help": "seeds the weights and the data order"})
+    time_budget: float = field(default=0.0, metadata={
+        "help": "seconds of training after which the run ends early (evaluated and saved as at "
+                "its last step); 0 = none"})
 
     # evaluation, logging, checkpoints
     eval_interval: int = field(default=100, metadata={"help": "steps between evaluations; 0 = end only"})
@@ -99,8 +102,8 @@ class TrainConfig:
                 raise NlcError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:
             raise NlcError(f"lr must be positive, got {self.lr}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise NlcError("grad_clip and weight_decay must not be negative")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.time_budget < 0:
+            raise NlcError("grad_clip, weight_decay and time_budget must not be negative")
         if not 0.0 <= self.lm_val_fraction < 1.0:
             raise NlcError(f"lm_val_fraction must be in [0, 1), got {self.lm_val_fraction}")
         return self

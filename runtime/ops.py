@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from nlc.runtime.chunked import decay_chunked, delta_chunked
 from nlc.runtime.attention import attention
 from nlc.runtime.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
-                              recurrent, varlen)
+                              recurrent, segments, state_from, varlen, weights_from)
 
 EPS = 1e-6
 
@@ -282,4 +282,5 @@ __all__ = [
     "per_token", "init_state", "inv_softplus_uniform", "log_uniform", "use_triton", "kernels",
     "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked", "decay_chunked",
     "delta_chunked", "LinearRecorder", "Member", "coupled", "coupled_chunked",
+    "segments", "state_from", "weights_from",
 ]

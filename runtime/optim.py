@@ -17,20 +17,66 @@ import torch
 from nlc.errors import NlcError
 
 
+def level_periods(model: torch.nn.Module) -> dict[torch.nn.Parameter, int]:
+    """Each parameter's period in optimizer steps, from the generated layers'
+    `parameter_groups()` (a level `every k steps` owns the parameters declared in it)."""
+    periods = {}
+    for module in model.modules():
+        groups = getattr(module, "parameter_groups", None)
+        if callable(groups):
+            for group in groups():
+                for p in group["params"]:
+                    periods[p] = int(group["every"])
+    return periods
+
+
 def build_optimizer(model: torch.nn.Module, config,
                     optimizer_class: type[torch.optim.Optimizer] | None = None
                     ) -> torch.optim.Optimizer:
-    """AdamW over `model`'s parameters, or `optimizer_class(params, lr=config.lr)`."""
+    """AdamW over `model`'s parameters, or `optimizer_class(groups, lr=config.lr)`. Each
+    parameter group carries `every`, its level's period in steps (see `step_levels`)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    periods = level_periods(model)
+    groups = []
+    for every in sorted({periods.get(p, 1) for p in params}):
+        mine = [p for p in params if periods.get(p, 1) == every]
+        if optimizer_class is not None:
+            groups.append({"params": mine, "every": every})
+            continue
+        decay = [p for p in mine if p.dim() >= 2]
+        no_decay = [p for p in mine if p.dim() < 2]
+        groups += [{"params": decay, "weight_decay": config.weight_decay, "every": every},
+                   {"params": no_decay, "weight_decay": 0.0, "every": every}]
     if optimizer_class is not None:
-        return optimizer_class(params, lr=config.lr)
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+        return optimizer_class(groups, lr=config.lr)
     # foreach=False: one parameter at a time, the same arithmetic on every machine
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
                              foreach=False)
+
+
+def due(group: dict, step: int) -> bool:
+    """Whether a group with period `every` steps after optimizer step `step` (from 0)."""
+    return (step + 1) % group.get("every", 1) == 0
+
+
+def step_levels(optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Optimizer step `step` (from 0) for the groups whose level is due: a group with
+    `every = k` steps after steps k - 1, 2k - 1, ... with the sum of its gradients since its
+    last step; the other groups keep their gradients. Then the stepped groups' gradients
+    are cleared (the training step does not zero them)."""
+    held = []
+    for group in optimizer.param_groups:
+        if not due(group, step):
+            for p in group["params"]:
+                held.append((p, p.grad))
+                p.grad = None  # torch optimizers skip parameters without a gradient
+    optimizer.step()
+    for p, grad in held:
+        p.grad = grad
+    for group in optimizer.param_groups:
+        if due(group, step):
+            for p in group["params"]:
+                p.grad = None
 
 
 def optimizer_from_spec(path: str, **overrides) -> type[torch.optim.Optimizer]:

@@ -9,6 +9,7 @@ running state to a loop."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -16,6 +17,29 @@ import torch
 
 State = dict[str, torch.Tensor]
 Step = Callable[[State, dict], tuple[State, torch.Tensor]]
+
+
+def _float32(driver):
+    """Run a driver in float32 with autocast off when autocast is on: a state carried over
+    thousands of tokens drifts in bf16 (Titans' MLP memory diverged in a bf16 LM run)."""
+    @functools.wraps(driver)
+    def run(*args, **kwargs):
+        if not (torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")):
+            return driver(*args, **kwargs)
+        device = "cuda" if torch.is_autocast_enabled("cuda") else "cpu"
+        with torch.autocast(device, enabled=False):
+            return driver(*_to_float32(args), **_to_float32(kwargs))
+    return run
+
+
+def _to_float32(value):
+    if isinstance(value, dict):
+        return {k: _to_float32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not isinstance(value, Member):
+        return type(value)(_to_float32(v) for v in value)
+    if torch.is_tensor(value) and value.is_floating_point():
+        return value.float()
+    return value
 
 
 def _at(tokens: dict, t) -> dict:
@@ -42,6 +66,7 @@ def mid_chunk(state: State, every: int | None) -> bool:
     return bool(every) and int(state.get(POSITION, 0)) % every != 0
 
 
+@_float32
 def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = None,
               anchors: tuple[tuple[str, str], ...] = (), anchor_every: int | None = None):
     """Run `step` over T tokens. `tokens` are `[B, T, H, r, c]`, `state` `[B, H, r, c]`,
@@ -59,6 +84,7 @@ def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = N
     return torch.stack(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
+@_float32
 def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: dict, state: State,
                    *, consts: dict | None = None, anchors: tuple[tuple[str, str], ...],
                    chunk: int, read_before: bool = False):
@@ -99,6 +125,7 @@ class Member(NamedTuple):
     combine: Callable | None = None
 
 
+@_float32
 def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict | None = None):
     """Levels whose rules use each other's outputs (Hope's self-modifying memories), token by
     token: every member reads (before its write), then every member writes with all the
@@ -124,6 +151,7 @@ def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict |
     return {n: torch.stack(o, 1) for n, o in outputs.items()}, finals
 
 
+@_float32
 def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk: int,
                     consts: dict | None = None):
     """The chunk-parallel form of a coupled group whose members all update every `chunk`
@@ -153,6 +181,41 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
     finals = {m.name: _suspend(current[m.name], anchor.get(m.name, {}), position[m.name] + T,
                                m.anchors) for m in members}
     return {n: torch.cat(o, 1) for n, o in outputs.items()}, finals
+
+
+def segments(run: Callable, T: int, period: int, state, *, offset: int = 0,
+             reset: Callable | None = None):
+    """Run a level over segments that end at multiples of `period` (counted from `offset`, the
+    tokens already seen): `run(start, end, state) -> (o, final)`. At each segment that starts
+    on a boundary, `reset(i, start, state)` may replace the state (a transfer from another
+    level: init or generate). Returns the outputs, the final state and the state every
+    segment started with."""
+    outs, starts = [], []
+    start = 0
+    while start < T:
+        end = min(T, start + period - (offset + start) % period)
+        if reset is not None and (offset + start) % period == 0:
+            state = reset(len(starts), start, state)
+        starts.append(state)
+        o, state = run(start, end, state)
+        outs.append(o)
+        start = end
+    return torch.cat(outs, 1), state, starts
+
+
+def state_from(source: State, target: State, pairs: tuple[tuple[str, str], ...]) -> State:
+    """`init` between levels: the target's tensors start as the source's (pairs of names)."""
+    return {**target, **{t: source[s] for s, t in pairs}}
+
+
+def weights_from(o: torch.Tensor, target: State, shapes: tuple[tuple[str, int, int], ...]) -> State:
+    """`generate`: the source's output `o [B, H, D]` at a segment's first token, cut into the
+    target's tensors (name, rows, cols) in order: the target's weights (a hypernetwork)."""
+    new, at = dict(target), 0
+    for name, rows, cols in shapes:
+        new[name] = o[..., at:at + rows * cols].reshape(*o.shape[:-1], rows, cols)
+        at += rows * cols
+    return new
 
 
 def _slice(state, i: int):

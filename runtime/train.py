@@ -31,7 +31,8 @@ from nlc.runtime import distributed
 from nlc.runtime.config import TrainConfig
 from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
 from nlc.runtime.model import LanguageModel
-from nlc.runtime.optim import build_optimizer, lr_at, optimizer_class_for, set_lr
+from nlc.runtime.optim import (build_optimizer, due, lr_at, optimizer_class_for, set_lr,
+                                step_levels)
 from nlc.runtime.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
 from nlc.runtime.tasks import IGNORE, make_task
 
@@ -113,14 +114,18 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         loss_value = trained_losses[-1] if trained_losses else loss_value
         last_eval = evaluate(model, task, world, autocast)
         bar.message(f"nothing to train: the run is at step {start} of {config.steps}")
+    done = start
     for step in range(start, config.steps):
         lr = lr_at(step, config)
         set_lr(optimizer, lr)
         loss_sum, n_targets, grad_norm = train_step(trained, model, optimizer,
                                                     task.train_batch(step), world, config,
-                                                    autocast)
+                                                    autocast, step)
         done = step + 1
-        if done % config.log_interval == 0 or done == config.steps:
+        out_of_time = config.time_budget > 0 and distributed.all_reduce_sums(
+            {"late": float(time.perf_counter() - began > config.time_budget)}, world)["late"] > 0
+        last = done == config.steps or out_of_time
+        if done % config.log_interval == 0 or last:
             total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
             loss_value = total["loss_sum"] / max(1, n_targets)
             now = time.perf_counter()
@@ -131,36 +136,42 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                        "grad_norm": grad_norm, "tokens_per_s": rate,
                        "elapsed_s": now - began})
             bar.update(done, loss_value, lr, rate)
-        if done == config.steps or (config.eval_interval and done % config.eval_interval == 0):
+        if last or (config.eval_interval and done % config.eval_interval == 0):
             last_eval = evaluate(model, task, world, autocast)
             log.write({"kind": "eval", "step": done, **last_eval})
             bar.message(f"eval at step {done}: " + format_metrics(last_eval))
-        if done == config.steps or (config.checkpoint_interval
-                                    and done % config.checkpoint_interval == 0):
+        if last or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
             if world.is_main:
                 ckpt.save_checkpoint(out, done, model, optimizer, config, spec,
                                      {"next_step": done, "seed": config.seed,
                                       "world_size": world.world_size})
             distributed.barrier(world)
+        if out_of_time and done < config.steps:
+            bar.message(f"time budget of {config.time_budget:g} s spent: stopping at step {done} "
+                        f"of {config.steps}")
+            break
     bar.close()
 
     elapsed = time.perf_counter() - began
-    summary = {"task": config.task, "spec": config.spec, "steps": config.steps,
+    summary = {"task": config.task, "spec": config.spec, "steps": done,
+               "steps_planned": config.steps,
                "resumed_from": start, "final_loss": loss_value, "eval": last_eval,
                "parameters": model.num_parameters(), "world_size": world.world_size,
                "device": str(world.device), "elapsed_s": elapsed,
-               "tokens_per_s": (config.steps - start) * tokens_per_step / max(elapsed, 1e-9),
+               "tokens_per_s": (done - start) * tokens_per_step / max(elapsed, 1e-9),
                "nlc_version": __version__, "torch_version": torch.__version__,
                "python_version": platform.python_version()}
     if world.is_main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        bar.message(f"done: {config.steps} steps, loss {loss_value:.4f}, "
+        bar.message(f"done: {done} steps, loss {loss_value:.4f}, "
                     f"{format_metrics(last_eval)}; {out}")
     return summary
 
 
-def train_step(trained, model, optimizer, batch, world, config, autocast):
-    """One optimizer step on this rank's slice of a global batch.
+def train_step(trained, model, optimizer, batch, world, config, autocast, step: int = 0):
+    """Optimizer step `step` (from 0) on this rank's slice of a global batch. Levels of
+    parameters that update every k steps sum their gradients until they are due
+    (`optim.step_levels`); gradients are clipped over the groups that step now.
 
     Returns (this rank's summed loss in float64, targets in the global batch, grad norm).
     """
@@ -174,10 +185,10 @@ def train_step(trained, model, optimizer, batch, world, config, autocast):
                                    ignore_index=IGNORE, reduction="none")
     # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
     loss = token_losses.sum() * (world.world_size / max(1, n_targets))
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = clip(model, config.grad_clip)
-    optimizer.step()
+    grad_norm = clip([p for group in optimizer.param_groups if due(group, step)
+                      for p in group["params"]], config.grad_clip)
+    step_levels(optimizer, step)
     # float64 sum of the per-token losses: the total does not depend on how ranks split them
     return float(token_losses.detach().double().sum()), n_targets, grad_norm
 
@@ -215,9 +226,9 @@ def autocast_for(config, device: torch.device):
     return contextlib.nullcontext
 
 
-def clip(model: torch.nn.Module, max_norm: float) -> float:
+def clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
     """Clip the global gradient norm to `max_norm` (0: off); return the norm before clipping."""
-    params = [p for p in model.parameters() if p.grad is not None]
+    params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
     if max_norm > 0:

@@ -132,3 +132,15 @@ def test_relaunch_rebuilds_the_command(monkeypatch, tmp_path):
     assert tail[:4] == ["train", "builtin:attention", "-D", "heads=2"]
     for flag in (["--steps", "7"], ["--no-bf16"], ["--lm-files", "a", "b"]):
         assert any(tail[i:i + len(flag)] == flag for i in range(len(tail)))
+
+
+def test_time_budget_ends_the_run_early_with_an_eval(tmp_path, capsys):
+    out = tmp_path / "short"
+    args = ["train", "builtin:attention", *TINY, "--out", str(out), "--time-budget", "1e-9"]
+    args[args.index("--steps") + 1] = "50"
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["steps_planned"] == 50
+    assert 0.0 <= summary["eval"]["accuracy"] <= 1.0
+    assert (out / "checkpoints" / "step_00000001").is_dir()
+    assert "time budget of 1e-09 s spent: stopping at step 1 of 50" in capsys.readouterr().err

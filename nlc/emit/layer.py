@@ -58,6 +58,8 @@ class LayerPlan:
     levels: list = field(default_factory=list)
     groups: list = field(default_factory=list)
     forward: list[str] = field(default_factory=list)
+    position: bool = False      # the forward counts tokens (init / generate transfers)
+    param_groups: list = field(default_factory=list)  # (level, every k steps, [attributes])
 
 
 def _init_code(attr: str, init, shape: tuple[int, ...]) -> str:
@@ -79,7 +81,7 @@ def _init_code(attr: str, init, shape: tuple[int, ...]) -> str:
     return f"{attr}.copy_(nl.{kind}({attr}.shape, {args['low']}, {args['high']}))"
 
 
-def _data_groups(levels, rules) -> list[list]:
+def _data_groups(levels, rules, after: dict[str, str] | None = None) -> list[list]:
     """Levels in data order, each after the levels whose outputs it uses. Levels that use
     each other's outputs in a loop (or a level its own) form one group, run together."""
     import networkx as nx
@@ -97,6 +99,8 @@ def _data_groups(levels, rules) -> list[list]:
                 loops.add(used)
             else:
                 graph.add_edge(used, lv.name)
+    for target, source in (after or {}).items():
+        graph.add_edge(source, target)
     dag = nx.condensation(graph)
     members = dag.graph["mapping"]
     groups = {c: sorted((n for n in index if members[n] == c), key=index.get) for c in dag}
@@ -114,6 +118,37 @@ class GroupPlan:
     params: list
     chunk: int | None       # the shared period when every member reads its chunk start
     line: int
+
+
+@dataclass
+class Transfers:
+    """The explicit transfer edges that change generated code (section 15 of language.md)."""
+
+    direct: dict[str, set[str]] = field(default_factory=dict)  # target -> sources (detached)
+    into: dict = field(default_factory=dict)         # target -> its init / generate Edge
+    learned: set[str] = field(default_factory=set)   # `transfer train -> L : init`
+
+
+def _transfers(spec) -> Transfers:
+    from nlc.levels.records import TRAIN
+    from nlc.levels.vocab import TransferMode
+    found = Transfers()
+    for e in spec.graph.edges:
+        if not e.explicit:
+            continue
+        if e.mode is TransferMode.DIRECT:
+            found.direct.setdefault(e.target, set()).add(e.source)
+        elif e.mode in (TransferMode.INIT, TransferMode.GENERATE):
+            if e.source == TRAIN:
+                if e.mode is TransferMode.GENERATE:
+                    raise NlcError("a 'generate' edge from train is not emitted: train's "
+                                   "parameters are not a level's output", e.span)
+                found.learned.add(e.target)
+                continue
+            if e.target in found.into:
+                raise NlcError(f"level '{e.target}' gets its state from two levels", e.span)
+            found.into[e.target] = e
+    return found
 
 
 class LayerEmitter:
@@ -157,15 +192,35 @@ class LayerEmitter:
             env.values[var.name] = var.shape
         rules = derive(spec, dims=dict(spec.dims))
         by_level = {r.level: r for r in rules}
-        groups, loops = _data_groups(spec.levels, by_level)
+        self.transfers = _transfers(spec)
+        self.context_names = {c.name for c in spec.context} | set(param_shapes)
+        into = {t: e.source for t, e in self.transfers.into.items()}
+        groups, loops = _data_groups(spec.levels, by_level, into)
+        segmented = set(into) | set(into.values())
+        if segmented:
+            plan.position = True
+            plan.forward += [
+                "if cu_seqlens is not None:",
+                "    raise ValueError(\"levels that hand their state or weights to other levels "
+                "(init / generate) run on unpacked batches only: cu_seqlens is not supported\")"]
+        lps_by_name = {}
         for group in groups:
             group = [lv for lv in group if lv.name in by_level]
             if not group:
                 continue
             lps = [self.level(lv, by_level[lv.name], set(param_shapes), param_shapes)
                    for lv in group]
+            lps_by_name |= {lp.name: lp for lp in lps}
             plan.levels += lps
-            if len(group) == 1 and group[0].name not in loops:
+            if len(group) > 1 or group[0].name in loops:
+                if segmented & {lv.name for lv in group}:
+                    edge = next(e for t, e in self.transfers.into.items()
+                                if {t, e.source} & {lv.name for lv in group})
+                    raise NlcError("init / generate edges between levels in a loop of outputs "
+                                   "are not emitted", edge.span)
+            if len(group) == 1 and group[0].name in segmented:
+                plan.forward += self.call_segmented(group[0], lps[0], names, env, lps_by_name)
+            elif len(group) == 1 and group[0].name not in loops:
                 plan.forward += self.call(lps[0], names)
             else:
                 gp = self.group(group, lps)
@@ -175,6 +230,7 @@ class LayerEmitter:
                 names[level.name] = local(level.name)
                 env.values[level.name] = level.output_shape
         plan.convs = printer.convs
+        plan.param_groups = self.param_groups(plan)
         for conv in plan.convs:
             conv.bound = literal(conv.width ** -0.5)
         if spec.output is None:
@@ -185,11 +241,33 @@ class LayerEmitter:
                             f"# spec:{spec.output.span.line if spec.output.span else 0}")
         return plan
 
+    def param_groups(self, plan) -> list:
+        """Parameters by the level that learns them. A level of parameters (`every k steps`)
+        owns the `param`s declared in it; train owns the rest, the convolutions' weights and
+        the learned initial states."""
+        from nlc.levels.records import TRAIN
+        owned = {}
+        for lv in self.spec.levels:
+            for name in lv.params:
+                owned[name] = lv
+        groups = {TRAIN: (1, [])}
+        for p in plan.params:
+            lv = owned.get(p.name)
+            if lv is None:
+                groups[TRAIN][1].append(p.name)
+            else:
+                groups.setdefault(lv.name, (lv.period, []))[1].append(p.name)
+        groups[TRAIN][1].extend([c.name for c in plan.convs] + [s.attr for s in plan.learned])
+        return [(name, every, attrs) for name, (every, attrs) in groups.items() if attrs]
+
     def level(self, level, rule, params: set[str], param_shapes):
         state = level.state
         fn = f"{self.prefix}{level.name}"
+        init = state.init if state else "zeros"
+        if level.name in self.transfers.learned:
+            init = "learned"
         emitter = LevelEmitter(rule, classify(rule), self.numbers, params, level.span.line,
-                               state.init if state else "zeros",
+                               init,
                                kernels=f"{self.stem}_{fn}_triton" if self.stem else "",
                                prefix=fn)
         try:
@@ -205,7 +283,7 @@ class LayerEmitter:
         for s in lp.states:
             s.op_init = s.init if s.name in memory_tensors and s.init in ("zeros", "identity") \
                 else "zeros"
-            if s.name in memory_tensors and s.init == "learned":
+            if s.name in memory_tensors and init == "learned":
                 simplex = any(t.kind == "kl" for t in level.retentions)
                 learned = LearnedState(s.name, f"{level.name}_{s.name}_init", s.rows, s.cols,
                                        state.span.line, simplex)
@@ -235,13 +313,23 @@ class LayerEmitter:
         lp.args_doc = "Inputs: " + ", ".join(shown) + "."
         return lp
 
-    def call(self, lp, names) -> list[str]:
+    def arguments(self, lp, names, part: str = "") -> list[str]:
+        """The op's token and parameter arguments; a `direct` edge detaches what comes from
+        its source (a level's output, or train's context values and parameters)."""
+        from nlc.levels.records import TRAIN
+        cut = self.transfers.direct.get(lp.name, set())
         args = []
         for i in lp.tokens:
-            code = names.get(i.name, local(i.name))
+            code = names.get(i.name, local(i.name)) + part
+            if i.name in cut or (TRAIN in cut and i.name in self.context_names):
+                code += ".detach()"
             args.append(f"{code}[..., 0]" if i.kind == "scalar" else code)
         for p in lp.params:
-            args.append(f"{p.arg}=self.{p.name}")
+            args.append(f"{p.arg}=self.{p.name}" + (".detach()" if TRAIN in cut else ""))
+        return args
+
+    def call(self, lp, names) -> list[str]:
+        args = self.arguments(lp, names)
         args += [f'initial_state=states["{lp.name}"]', "output_final_state=cache is not None",
                  "cu_seqlens=cu_seqlens", "mode=mode", "chunk_size=self.chunk_size"]
         target = local(lp.name)
@@ -253,6 +341,10 @@ class LayerEmitter:
 
     def group(self, group, lps) -> GroupPlan:
         own = {lv.name for lv in group}
+        for name in own & set(self.transfers.direct):
+            raise NlcError(f"a 'direct' edge into level '{name}', which is in a loop of levels, "
+                           "is not emitted", self.spec.graph.level(name).span,
+                           hint="detach() the values it should not learn through")
         tokens, params = {}, {}
         for level, lp in zip(group, lps):
             try:
@@ -283,6 +375,47 @@ class LayerEmitter:
         return GroupPlan(fn, lps, list(tokens.values()), list(params.values()), chunk,
                          group[0].span.line)
 
+    def call_segmented(self, level, lp, names, env, lps) -> list[str]:
+        """A level that hands its state to another (init) or takes its state or weights from
+        another (init / generate) runs in segments that end at the source's period."""
+        edge = self.transfers.into.get(level.name)
+        source = edge.source if edge else level.name
+        period = self.spec.graph.level(source).period
+        reset = ""
+        if edge is not None:
+            src = lps[source]
+            if edge.mode.value == "init":
+                mine = [(s.name, s.rows, s.cols) for s in lp.states]
+                theirs = [(s.name, s.rows, s.cols) for s in src.states]
+                if [m[1:] for m in mine] != [t[1:] for t in theirs]:
+                    raise NlcError(f"'{source}' cannot initialize '{level.name}': their states "
+                                   f"differ ({_shapes_text(theirs)} vs {_shapes_text(mine)})",
+                                   edge.span)
+                pairs = tuple((t[0], m[0]) for t, m in zip(theirs, mine))
+                reset = (f", reset=lambda i, s, state: nl.state_from({source}_starts[i], state, "
+                         f"{pairs!r})")
+            else:
+                shapes = tuple((s.name, s.rows, s.cols) for s in lp.states)
+                size = sum(r * c for _, r, c in shapes)
+                out = env.values[source]
+                if src.read_kind != "vector" or len(out) != 1 or out[0].size != size:
+                    raise NlcError(f"'{source}' generates the weights of '{level.name}' "
+                                   f"({_shapes_text(shapes)}: {size} numbers), so its read must "
+                                   f"be a vector of {size}", edge.span)
+                reset = (f", reset=lambda i, s, state: nl.weights_from("
+                         f"{names[source]}[:, s], state, {shapes!r})")
+        args = self.arguments(lp, names, part="[:, s:e]")
+        args += ["initial_state=state", "output_final_state=True", "mode=mode",
+                 "chunk_size=self.chunk_size"]
+        target = local(lp.name)
+        lines = [f"{target}, {lp.name}_final, {lp.name}_starts = nl.segments(  # spec:{lp.line}",
+                 f"    lambda s, e, state: {lp.fn}_op({', '.join(args)}),",
+                 f"    x.shape[1], {period}, states[{lp.name!r}], offset=position{reset},",
+                 ")"]
+        if lp.read_kind == "scalar":
+            lines.append(f"{target} = {target}[..., None]")
+        return lines
+
     def call_group(self, gp: GroupPlan, names) -> list[str]:
         args = []
         for i in gp.tokens:
@@ -301,6 +434,10 @@ class LayerEmitter:
                 lines.append(f"{target} = {target}[..., None]")
             lines.append(f'{lp.name}_final = None if finals is None else finals["{lp.name}"]')
         return lines
+
+
+def _shapes_text(shapes) -> str:
+    return ", ".join(f"{n}[{r}, {c}]" for n, r, c in shapes)
 
 
 def layer_plan(spec, spec_name: str, prefix: str = "", stem: str = "") -> LayerPlan:

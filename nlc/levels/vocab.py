@@ -133,7 +133,7 @@ RETENTIONS: dict[str, Entry] = dict([
 ])
 
 # ------------------------------------------------------------------ learning algorithms
-LR = Arg("lr", ArgKind.EXPR, **POSITIVE)
+LR = Arg("lr", ArgKind.EXPR, low=0.0)  # 0: the memory stays at its initial state
 ALGORITHMS: dict[str, Entry] = dict([
     _e("gd", "one gradient step per token (steps > 1: several, DeltaProduct)", LR,
        Arg("steps", ArgKind.INT, 1, low=1, high=16)),
