@@ -10,14 +10,15 @@ from nlc.levels.figure import MODES, Figure, Link, Panel, figures
 from nlc.levels.records import LevelRecord
 from nlc.levels.vocab import TransferMode as M
 
-# Line attributes of each mode; an edge with several modes takes them all, the later mode
-# of this order winning a shared attribute (a `context, init` edge is dashed).
-DOT_STYLE = {M.CONTEXT: {}, M.BACKPROP: {"color": "firebrick", "fontcolor": "firebrick"},
-             M.DIRECT: {"style": "dotted"}, M.INIT: {"style": "dashed"},
-             M.GENERATE: {"penwidth": "2.5"}}
-MERMAID_STYLE = {M.CONTEXT: {}, M.BACKPROP: {"stroke": "firebrick", "color": "firebrick"},
-                 M.DIRECT: {"stroke-dasharray": "2 3"}, M.INIT: {"stroke-dasharray": "8 4"},
-                 M.GENERATE: {"stroke-width": "3px"}}
+# The look of each mode; an edge with several modes takes all of theirs, the later mode in
+# TransferMode order (context, init, backprop, direct, generate) winning a shared attribute:
+# a `context, init` edge is dashed, an `init, direct` one dotted.
+DOT_STYLE = {M.CONTEXT: {}, M.INIT: {"style": "dashed"},
+             M.BACKPROP: {"color": "firebrick", "fontcolor": "firebrick"},
+             M.DIRECT: {"style": "dotted"}, M.GENERATE: {"penwidth": "2.5"}}
+MERMAID_STYLE = {M.CONTEXT: {}, M.INIT: {"stroke-dasharray": "8 4"},
+                 M.BACKPROP: {"stroke": "firebrick", "color": "firebrick"},
+                 M.DIRECT: {"stroke-dasharray": "2 3"}, M.GENERATE: {"stroke-width": "3px"}}
 GRAPH_DOT = {"labelloc": "t", "fontname": "Helvetica", "newrank": "true", "compound": "true"}
 BLOCK_DOT = {"color": "#3465a4", "fontcolor": "#3465a4", "penwidth": "2", "label": "output"}
 BLOCK_MERMAID = {"stroke": "#3465a4", "stroke-width": "3px", "color": "#3465a4"}
