@@ -262,7 +262,7 @@ def check_graph_output(out: str, fmt: str) -> None:
         assert out.count("{") == out.count("}")
     elif fmt == "mermaid":
         assert out.startswith("flowchart TB\n")
-        assert out.count("subgraph ") == len(re.findall(r"^ *end$", out, re.M))
+        assert out.count("subgraph ") == len(re.findall(r"^ *end$", out, re.MULTILINE))
     else:
         assert re.match(r"(model|layer|optimizer) \w+: ", out)
         assert "\n  every 1 step\n" in out or "\n    every 1 step\n" in out
