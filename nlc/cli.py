@@ -64,20 +64,9 @@ def cmd_fmt(args) -> int:
 
 def cmd_graph(args) -> int:
     from nlc import pipeline
+    from nlc.levels.draw import draw
     specs = pipeline.run(args.file, "check", {"overrides": _overrides(args)})
-    if args.format == "json":  # one document: an object, or a list of them for several specs
-        import json
-        docs = [{"name": s.name, "blocks": list(s.blocks)} if s.blocks else s.graph.to_json_data()
-                for s in specs]
-        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
-        return EXIT_OK
-    for spec in specs:
-        if spec.blocks:
-            print(f"model {spec.name}: {' -> '.join(spec.blocks)}")
-            continue
-        render = {"text": spec.graph.to_text, "dot": spec.graph.to_dot,
-                  "json": spec.graph.to_json, "mermaid": spec.graph.to_mermaid}[args.format]
-        sys.stdout.write(render())
+    sys.stdout.write(draw(specs, args.format))
     return EXIT_OK
 
 

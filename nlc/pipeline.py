@@ -38,7 +38,8 @@ def _check(module, options: dict):
 
 
 def _dump_check(specs) -> str:
-    return "".join(spec.graph.to_text() for spec in specs)
+    from nlc.levels.draw import draw
+    return draw(specs, "text")
 
 
 def _derive(specs, options: dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -244,6 +245,7 @@ def test_fmt_bad_input(tmp_path):
 
 
 def check_graph_output(out: str, fmt: str) -> None:
+    """The shape of each format; tests/test_graph.py checks what they draw."""
     assert out.endswith("\n") and out.strip()
     if fmt == "json":
         data = json.loads(out)  # one document, whatever the number of declarations
@@ -254,14 +256,16 @@ def check_graph_output(out: str, fmt: str) -> None:
                 assert "train" in names
                 assert all(e["source"] in names and e["target"] in names for e in doc["edges"])
             else:
-                assert doc["blocks"]
+                assert doc["kind"] == "model" and doc["blocks"]
     elif fmt == "dot":
+        assert out.startswith("digraph ")
         assert out.count("{") == out.count("}")
-        assert "digraph " in out or out.startswith("model ")
     elif fmt == "mermaid":
-        assert "graph TD" in out or out.startswith("model ")
+        assert out.startswith("flowchart TB\n")
+        assert out.count("subgraph ") == len(re.findall(r"^ *end$", out, re.MULTILINE))
     else:
-        assert "level train" in out or out.startswith("model ")
+        assert re.match(r"(model|layer|optimizer) \w+: ", out)
+        assert "\n  every 1 step\n" in out or "\n    every 1 step\n" in out
 
 
 @pytest.mark.parametrize("fmt", ["text", "dot", "json", "mermaid"])
@@ -285,16 +289,22 @@ def test_graph_formats_every_example(fmt, capsys):
 
 def test_graph_of_tiny(good):
     proc = nlc("graph", str(good))
-    assert proc.stdout == ("Tiny: 2 levels, 1 edges\n"
-                           "  level train (every 1 step; parameters)\n"
-                           "  level memory (every 1 token; S: matrix)\n"
-                           "  train -> memory [context]\n")
+    assert proc.stdout == ("layer Tiny: 2 levels, 1 edge\n"
+                           "  every 1 step\n"
+                           "    train   parameters\n"
+                           "  every 1 token\n"
+                           "    memory  S: matrix\n"
+                           "  edges\n"
+                           "    train -> memory  [context]\n")
     data = json.loads(nlc("graph", str(good), "--format", "json").stdout)
     assert [lv["name"] for lv in data["levels"]] == ["train", "memory"]
     assert data["levels"][1]["state"] == {"name": "S", "form": "matrix", "dims": ["d_v", "d_k"],
                                           "init": "zeros"}
+    assert data["levels"][1]["frequency"] == "every 1 token"
     assert data["edges"] == [{"source": "train", "target": "memory", "mode": "context",
                               "explicit": False}]
+    assert data["links"] == [{"source": "train", "target": "memory", "modes": ["context"],
+                              "stated": [], "two_way": False}]
 
 
 def test_stop_after_parse_dump(good):

@@ -1,9 +1,8 @@
-"""`LevelGraph`: levels as networkx nodes, knowledge-transfer edges between them, and the
-text, DOT, JSON and Mermaid renderings that `nlc graph` prints."""
+"""`LevelGraph`: levels as networkx nodes and the knowledge-transfer edges between them.
+`nlc graph` draws it through nlc/levels/figure.py and nlc/levels/draw.py."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -75,55 +74,3 @@ class LevelGraph:
         if cycle is None:
             return None
         return [g.edges[u, v, k]["edge"] for u, v, k in cycle]
-
-    # ------------------------------------------------------------ renderings
-    def _label(self, level: LevelRecord) -> str:
-        state = level.state
-        what = f"{state.name}: {state.form.kind}" if state else "parameters"
-        return f"{level.name} ({level.frequency_text()}; {what})"
-
-    def to_text(self) -> str:
-        lines = [f"{self.name}: {len(self.levels)} levels, {len(self.edges)} edges"]
-        for level in self.levels:
-            lines.append(f"  level {self._label(level)}")
-        for e in self.edges:
-            lines.append(f"  {e.source} -> {e.target} [{e.mode.value}]")
-        return "\n".join(lines) + "\n"
-
-    def to_dot(self) -> str:
-        lines = [f'digraph "{self.name}" {{', "  rankdir=TB;", "  node [shape=box];"]
-        for level in self.levels:
-            lines.append(f'  "{level.name}" [label="{self._label(level)}"];')
-        for e in self.edges:
-            style = "" if e.mode is not TransferMode.DIRECT else ", style=dashed"
-            lines.append(f'  "{e.source}" -> "{e.target}" [label="{e.mode.value}"{style}];')
-        lines.append("}")
-        return "\n".join(lines) + "\n"
-
-    def to_mermaid(self) -> str:
-        lines = ["graph TD"]
-        for level in self.levels:
-            lines.append(f'  {level.name}["{self._label(level)}"]')
-        for e in self.edges:
-            arrow = "-.->" if e.mode is TransferMode.DIRECT else "-->"
-            lines.append(f"  {e.source} {arrow}|{e.mode.value}| {e.target}")
-        return "\n".join(lines) + "\n"
-
-    def to_json_data(self) -> dict:
-        return {
-            "name": self.name,
-            "levels": [{"name": lv.name, "unit": lv.unit, "period": lv.period,
-                        "gradient_chunk": lv.grad_chunk,
-                        "state": None if lv.state is None else
-                        {"name": lv.state.name, "form": lv.state.form.kind,
-                         "dims": [d.text for d in lv.state.form.dims], "init": lv.state.init},
-                        "objective": lv.objective.kind if lv.objective else None,
-                        "retention": [t.kind for t in lv.retentions],
-                        "algorithm": lv.algorithm.kind if lv.algorithm else None}
-                       for lv in self.levels],
-            "edges": [{"source": e.source, "target": e.target, "mode": e.mode.value,
-                       "explicit": e.explicit} for e in self.edges],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_json_data(), indent=2) + "\n"
