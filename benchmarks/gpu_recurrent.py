@@ -1,4 +1,4 @@
-"""GPU benchmark of nlc's generated fused recurrent kernels for the delta family.
+"""GPU benchmark of nlc's generated fused recurrent kernels.
 
 Renders the kernels for DeltaNet (delta rule, no decay) and Gated DeltaNet (delta rule,
 scalar decay) with `nlc.emit.triton_render`, then on one CUDA GPU:
@@ -15,6 +15,13 @@ scalar decay) with `nlc.emit.triton_render`, then on one CUDA GPU:
    time (do_bench) and as host wall time per call (launch overhead included).
 
 A failure of an fla kernel is recorded in the table as its error text.
+
+Then the families fla has no fused recurrent kernel for, as `nlc compile` instantiates them
+for examples/dplr_matrix.nl (dplr, channel decay), examples/lp_matrix.nl (elementwise lp
+error, p = 3) and examples/huber_matrix.nl (elementwise huber error, delta = 1/2): the same
+bf16 correctness check against a float32 token loop, forward and forward + backward times
+against the loop, and the decoding step. (examples/delta_product.nl compiles to the delta
+rule's kernels with an effective rate: the Gated DeltaNet rows measure it.)
 
 Imports: torch and triton; from nlc only `nlc.emit.triton_render` (which needs sympy
 and jinja2, both dependencies of torch, and ruff to format the kernels);
@@ -34,6 +41,7 @@ import time
 import traceback
 from pathlib import Path
 
+import sympy as sp
 import torch
 import triton
 from triton.testing import do_bench
@@ -117,6 +125,170 @@ def check_correctness(module, prefix, decay, B=2, T=512, H=4, D=128):
     for name, dx, ref in zip(names, grads, ref_grads):
         errors[f"d{name}"] = rel(dx, ref)
     return errors
+
+
+# -- families without an fla counterpart ------------------------------------------------------
+
+P, Y = sp.symbols("p y")
+OTHER = {  # title -> (plan arguments, the error signal in torch for the loop, rate scale)
+    "dplr, channel decay (examples/dplr_matrix.nl)": (
+        {"family": "dplr", "decay": "channel"}, None, 1.0),
+    "elementwise lp, p = 3, scalar decay, order parallel (examples/lp_matrix.nl)": (
+        {"family": "elementwise", "decay": "scalar", "order": "parallel",
+         "error": 3 * sp.Abs(P - Y) * (P - Y)},
+        lambda p, y: 3 * (p - y).abs() * (p - y), 0.1),  # e grows with r: small rates
+    "elementwise huber, delta = 1/2, scalar decay, order before (examples/huber_matrix.nl)": (
+        {"family": "elementwise", "decay": "scalar", "order": "before",
+         "error": sp.Piecewise((P - Y, sp.Abs(P - Y) <= sp.Rational(1, 2)),
+                               (sp.sign(P - Y) / 2, True))},
+        lambda p, y: (p - y).clamp(-0.5, 0.5), 1.0),
+}
+NAMES = ("q", "k", "v", "g", "beta", "a", "b", "h0")
+
+
+def load_plan(plan: RecurrentKernelPlan, folder: Path):
+    path = folder / f"{plan.prefix}.py"
+    path.write_text(render_recurrent(plan))
+    spec = importlib.util.spec_from_file_location(plan.prefix, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def family_inputs(kind, B, T, H, D, dtype, device="cuda", seed=0):
+    """(q, k, v, g, beta, a, b, h0) for `kind` = OTHER's value; None where the rule has none.
+    dplr gets a = -beta k, b = k and v scaled by beta, as examples/dplr_matrix.nl."""
+    plan, _, rate = kind
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
+
+    q = randn(B, T, H, D) * D ** -0.5
+    k = torch.nn.functional.normalize(randn(B, T, H, D), dim=-1)
+    v = randn(B, T, H, D)
+    gate = (B, T, H, D) if plan["decay"] == "channel" else (B, T, H)
+    g = torch.nn.functional.logsigmoid(randn(*gate) + 4.0)
+    beta = torch.rand(B, T, H, generator=gen, device=device) * rate
+    a = b = None
+    if plan["family"] == "dplr":
+        a, b, v = -beta[..., None] * k, k.clone(), beta[..., None] * v
+        beta = None
+    h0 = randn(B, H, D, D) * 0.1
+    cast = [x.to(dtype) if x is not None else None for x in (q, k, v, g, beta, a, b)]
+    return (*cast, h0)
+
+
+def family_loop(kind, q, k, v, g, beta, a, b, h0, steps=None):
+    """float32 token loop of OTHER's rules (nlc/emit/triton_render.py docstring)."""
+    plan, error, _ = kind
+    S = h0.float()
+    outs = []
+    for t in range(q.shape[1] if steps is None else steps):
+        kt, vt = k[:, t].float(), v[:, t].float()
+        gt = g[:, t].float().exp()
+        decayed = S * (gt[..., None, :] if plan["decay"] == "channel" else gt[..., None, None])
+        if plan["family"] == "dplr":
+            z = torch.einsum("bhvk,bhk->bhv", S, a[:, t].float())
+            S = decayed + z[..., None] * b[:, t].float()[..., None, :] + vt[..., None] * kt[..., None, :]
+        else:
+            at = decayed if plan["order"] == "before" else S
+            e = error(torch.einsum("bhvk,bhk->bhv", at, kt), vt)
+            S = decayed - (beta[:, t].float()[..., None] * e)[..., None] * kt[..., None, :]
+        outs.append(torch.einsum("bhvk,bhk->bhv", S, q[:, t].float()))
+    return torch.stack(outs, 1), S
+
+
+def check_family(module, prefix, kind, B=2, T=512, H=4, D=128, dtype=torch.bfloat16,
+                 device="cuda"):
+    """The kernels vs the float32 loop on the same (rounded) inputs -> {name: rel. error}."""
+    fn = getattr(module, f"{prefix}_fused_recurrent")
+    inputs = family_inputs(kind, B, T, H, D, dtype, device)
+    present = [(n, x.requires_grad_()) for n, x in zip(NAMES, inputs) if x is not None]
+    args = dict(present)
+    o, ht = fn(*(args.get(n) for n in NAMES[:7]), initial_state=args["h0"],
+               output_final_state=True)
+    ref = {n: x.detach().float().requires_grad_() for n, x in present}
+    ref_o, ref_ht = family_loop(kind, *(ref.get(n) for n in NAMES))
+    errors = {"o": rel(o, ref_o), "final state": rel(ht, ref_ht)}
+    gen = torch.Generator(device=device).manual_seed(1)
+    w_o = torch.randn(o.shape, generator=gen, device=device)
+    w_h = torch.randn(ht.shape, generator=gen, device=device)
+    grads = torch.autograd.grad((o.float() * w_o).sum() + (ht * w_h).sum(),
+                                [x for _, x in present])
+    ref_grads = torch.autograd.grad((ref_o * w_o).sum() + (ref_ht * w_h).sum(),
+                                    [ref[n] for n, _ in present])
+    for (name, _), dx, r in zip(present, grads, ref_grads):
+        errors[f"d{name}"] = rel(dx, r)
+    return errors
+
+
+def time_family(module, prefix, kind, shape):
+    B, T, H, D = shape
+    ours = getattr(module, f"{prefix}_fused_recurrent")
+    inputs = family_inputs(kind, B, T, H, D, torch.bfloat16)
+    tensors = inputs[:7]
+    row = {}
+    with torch.no_grad():
+        row["ours fwd"] = (median_ms(lambda: ours(*tensors)), None)
+        loop = median_ms(lambda: family_loop(kind, *tensors, inputs[7].new_zeros(B, H, D, D),
+                                             steps=LOOP_TOKENS))
+        row["torch loop fwd"] = (loop * T / LOOP_TOKENS, None)
+    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in tensors]
+    do = torch.randn_like(tensors[2])
+
+    def fwd_bwd():
+        o, _ = ours(*leaves)
+        o.backward(do)
+
+    row["ours fwd+bwd"] = (median_ms(fwd_bwd, grad_to_none=[x for x in leaves if x is not None]),
+                           None)
+    return row
+
+
+def time_family_decode(module, prefix, kind, B, H=16, D=128):
+    step = getattr(module, f"{prefix}_step")
+    inputs = family_inputs(kind, B, 1, H, D, torch.bfloat16)
+    state = torch.randn(B, H, D, D, device="cuda") * 0.1
+    one = [x[:, 0] if x is not None else None for x in inputs[:7]]
+    calls = {"ours step": lambda: step(*one, state=state),
+             "torch step": lambda: family_loop(kind, *inputs[:7], state)}
+    row = {}
+    with torch.no_grad():
+        for name, fn in calls.items():
+            row[name] = attempt(lambda fn=fn: median_ms(fn))
+            row[name + " wall"] = attempt(lambda fn=fn: wall_ms(fn))
+    return row
+
+
+def report_families(folder: Path, skip_long: bool) -> list[str]:
+    lines = ["## Families without an fla fused recurrent kernel", ""]
+    for i, (title, kind) in enumerate(OTHER.items()):
+        plan = RecurrentKernelPlan(prefix=f"other{i}", **kind[0])
+        module = load_plan(plan, folder)
+        errors = check_family(module, plan.prefix, kind)
+        worst = max(errors.values())
+        lines += [f"### {title}", "",
+                  "Correctness, bf16 vs float32 torch loop, (B, T, H, D) = (2, 512, 4, 128): "
+                  + ", ".join(f"{n} {e:.1e}" for n, e in errors.items())
+                  + f" -> {'PASS' if worst < TOL else 'FAIL'} (< {TOL})", "",
+                  "| (B, T, H, D) | ours fwd | torch loop fwd | ours fwd+bwd |",
+                  "|---|---|---|---|"]
+        for shape in SHAPES[:1] if skip_long else SHAPES:
+            row = time_family(module, plan.prefix, kind, shape)
+            lines.append(f"| {shape} | {fmt(*row['ours fwd'])} | "
+                         f"{fmt(*row['torch loop fwd'], approx=True)} | "
+                         f"{fmt(*row['ours fwd+bwd'])} |")
+            print(lines[-1], flush=True)
+        lines += ["", "| decode B (H=16, D=128) | ours step GPU / wall | torch step GPU / wall |",
+                  "|---|---|---|"]
+        for B in DECODE_BATCHES:
+            row = time_family_decode(module, plan.prefix, kind, B)
+            lines.append(f"| {B} | {fmt(*row['ours step'])} / {fmt(*row['ours step wall'])} | "
+                         f"{fmt(*row['torch step'])} / {fmt(*row['torch step wall'])} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    return lines
 
 
 # -- flash-linear-attention -----------------------------------------------------------------
@@ -340,6 +512,7 @@ def main(argv=None):
             for shape in SHAPES[:1] if args.skip_long else SHAPES:
                 sweeps.append(sweep(module, prefix, decay, shape))
                 print(sweeps[-1], flush=True)
+    lines += report_families(folder, args.skip_long)
     if sweeps:
         lines += ["## Launch sweeps", "", "```", *sweeps, "```", ""]
     text = "\n".join(lines)

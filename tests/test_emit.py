@@ -180,6 +180,8 @@ x = torch.randn(2, 11, layer.d_model, requires_grad=True)
 os.environ["NLC_TRITON"] = "force"
 y = layer(x)
 gx, = torch.autograd.grad(y.square().sum(), x)
+from nlc.runtime import ops
+assert len(ops._KERNELS) == 1, "the forced run did not load the generated kernels"
 os.environ["NLC_TRITON"] = "0"
 z = layer(x)
 hx, = torch.autograd.grad(z.square().sum(), x)
@@ -187,10 +189,12 @@ print(rel(y, z), rel(gx, hx))
 """
 
 
-@pytest.mark.parametrize("name", ["gated_deltanet", "gla"])
+@pytest.mark.parametrize("name", ["gated_deltanet", "gla", "lp_matrix", "huber_matrix", "dplr_matrix",
+                                  "delta_product"])
 def test_triton_dispatch_matches_pytorch(name):
     """The generated module sends tensors to its Triton kernels (forced on the CPU with the
-    interpreter): output and input gradient == the PyTorch chunked form, fp32."""
+    interpreter): output and input gradient == the PyTorch form (chunked, or token by token
+    for the dplr and elementwise families), fp32."""
     import os
     import subprocess
     import sys

@@ -50,6 +50,13 @@ ERRORS = {
     # huber(delta): e = clip(p - y, -delta, delta)
     "huber": (sp.Piecewise((P - Y, sp.Abs(P - Y) <= DELTA), (DELTA * sp.sign(P - Y), True)),
               ("delta",), lambda p, y: (p - y).clamp(-HUBER_DELTA, HUBER_DELTA)),
+    # as `nlc compile` derives them for examples/lp_matrix.nl and examples/huber_matrix.nl:
+    # lp with p = 3, scale 1 (e = 3 |r| r) and entrywise huber with a fixed delta = 1/2
+    "lp3c": ((P - Y) ** 2 * sp.sign(P - Y) + 2 * (P - Y) * sp.Abs(P - Y), (),
+             lambda p, y: 3 * (p - y).abs() * (p - y)),
+    "huber_half": (sp.Piecewise((P - Y, sp.Abs(P - Y) <= sp.Rational(1, 2)),
+                                (sp.sign(P - Y) / 2, True)), (),
+                   lambda p, y: (p - y).clamp(-0.5, 0.5)),
 }
 
 
@@ -154,6 +161,13 @@ def full_grid(family, decay, **kw):
             for T in (1, 7, 33) for D in (16, 32) for H in (1, 2) for h0 in (False, True)]
 
 
+def covering(family, decay, **kw):
+    """Every value of each axis of `full_grid` at least once, and every pair of T and D."""
+    return [Case(family, decay, T=T, K=D, V=D, H=H, h0=h0, block_v=16 if D == 32 else None, **kw)
+            for T, D, H, h0 in ((1, 16, 1, False), (1, 32, 2, True), (7, 16, 2, True),
+                                (7, 32, 1, False), (33, 16, 1, True), (33, 32, 2, False))]
+
+
 def reduced(family, decay, **kw):
     return [Case(family, decay, T=33, K=32, V=32, H=2, h0=True, block_v=16, **kw),
             Case(family, decay, T=7, K=16, V=16, H=1, h0=False, **kw),
@@ -164,6 +178,8 @@ def reduced(family, decay, **kw):
 
 LP3 = {"family": "elementwise", "error": "lp3"}
 HUBER = {"family": "elementwise", "error": "huber"}
+LP3C = {"family": "elementwise", "error": "lp3c"}
+HUBER_HALF = {"family": "elementwise", "error": "huber_half"}
 CASES = [
     *full_grid("delta", "scalar"),
     *full_grid("decay", "scalar"),
@@ -171,7 +187,13 @@ CASES = [
     *reduced("delta", "channel"),
     *reduced("decay", "none"),
     *reduced("decay", "channel"),
-    *reduced("dplr", "channel"),
+    # the families `nlc compile` wires (examples/dplr_matrix.nl, lp_matrix.nl, huber_matrix.nl)
+    *full_grid("dplr", "channel"),
+    *reduced("dplr", "channel")[3:],
+    *full_grid(decay="scalar", order="parallel", **LP3C),
+    *reduced(decay="scalar", order="parallel", **LP3C)[3:],
+    *covering(decay="scalar", order="before", **HUBER_HALF),
+    *reduced(decay="scalar", order="before", **HUBER_HALF)[3:],
     *reduced("dplr", "none")[:1],
     *reduced(decay="scalar", order="before", **LP3),
     *reduced(decay="channel", order="parallel", **HUBER),
@@ -224,6 +246,8 @@ def make_inputs(case: Case, seed: int = 0):
     g = {"none": None, "scalar": -torch.nn.functional.softplus(randn(B, T, H)) * 0.5,
          "channel": -torch.nn.functional.softplus(randn(B, T, H, K)) * 0.5}[case.decay]
     beta = torch.rand(B, T, H, generator=gen) if case.family in ("delta", "elementwise") else None
+    if case.error == "lp3c":  # e = 3 |r| r: a third of the rate keeps 33 steps from diverging
+        beta = beta / 3
     a = b = None
     if case.family == "dplr":
         a = randn(B, T, H, K, scale=0.2)
@@ -284,7 +308,9 @@ def test_forward_and_gradients_match_token_loop(case, kernel_dir):
 
 STEP_CASES = [Case("delta", "scalar"), Case("delta", "none", read_before=True),
               Case("decay", "channel", block_v=8), Case("dplr", "channel"),
-              Case(decay="scalar", **LP3), Case(decay="channel", order="parallel", **HUBER)]
+              Case(decay="scalar", **LP3), Case(decay="channel", order="parallel", **HUBER),
+              Case(decay="scalar", order="parallel", **LP3C),
+              Case(decay="scalar", order="before", **HUBER_HALF, seqlens=None, H=1)]
 
 
 @needs_interpreter

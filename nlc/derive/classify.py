@@ -5,7 +5,11 @@ terms, S' = S A + B (DESIGN.md, "Kernel families"). The right factors of the S-t
 family: identity or diagonal factors only -> decay; a decay factor times (I - b k k^T) ->
 delta; a decay factor plus a rank-one term -> dplr. Rules that are not affine in one
 tensor (MLP memories, momentum buffers, elementwise non-quadratic losses, frozen gradients)
-are frozen-gradient; the exact ridge solve and the non-parametric solution have their own."""
+are frozen-gradient, except a matrix memory stepped on an elementwise loss at the current
+state (lp, entrywise huber), S' = S D - r f(P k - y) k^T: family elementwise. Several
+rank-one terms with one key (n delta steps per token) are the product family, which is one
+delta or dplr transition per token. The exact ridge solve and the non-parametric solution
+have their own."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from dataclasses import dataclass
 from enum import Enum
 
 import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from nlc.derive.matfuncs import Dot
 from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
 
@@ -23,6 +29,7 @@ class KernelFamily(Enum):
     DELTA = "delta"
     DPLR = "dplr"
     PRODUCT = "product"
+    ELEMENTWISE = "elementwise"
     FROZEN_GRADIENT = "frozen-gradient"
     NONPARAMETRIC = "nonparametric"
     SOLVE = "solve"
@@ -43,12 +50,19 @@ class Classification:
 
 
 def _split(term):
-    """A term -> (scalar coefficient, list of matrix factors)."""
+    """A term -> (scalar coefficient, list of matrix factors); a row times a column inside
+    the product (a^T b, as in S k k^T k k^T) moves to the coefficient as Dot(a, b)."""
     if isinstance(term, sp.MatrixSymbol):
         return sp.Integer(1), [term]
     if isinstance(term, sp.MatMul):
         scalars = [a for a in term.args if not isinstance(a, sp.MatrixExpr)]
-        mats = [a for a in term.args if isinstance(a, sp.MatrixExpr)]
+        mats = []
+        for m in (a for a in term.args if isinstance(a, sp.MatrixExpr)):
+            if mats and _is_column(m) and isinstance(mats[-1], sp.Transpose) \
+                    and _is_column(mats[-1].arg):
+                scalars.append(Dot(mats.pop().arg, m))
+            else:
+                mats.append(m)
         return sp.Mul(*scalars), mats
     if isinstance(term, sp.MatrixExpr):
         return sp.Integer(1), [term]
@@ -74,6 +88,9 @@ def classify(rule: UpdateRule) -> Classification:
     name, S = rule.states[0]
     new = sp.expand(rule.next_of(name))
     terms = new.args if isinstance(new, sp.MatAdd) else (new,)
+    elementwise = _elementwise(S, terms)
+    if elementwise is not None:
+        return elementwise
     decay, rank_one, bias = [], [], []
     for term in terms:
         if not term.has(S):
@@ -122,5 +139,86 @@ def classify(rule: UpdateRule) -> Classification:
         left = u if diag is None else sp.HadamardProduct(diag, u)
         return Classification(KernelFamily.DPLR, base + (("a", coef * left), ("b", w)),
                               "S' = S (D + a b^T) + B")
-    return Classification(KernelFamily.PRODUCT, base + (("rank", len(rank_one)),),
-                          "several rank-one factors per token")
+    return _product(S, kind, gate, rank_one, bias, base)
+
+
+def _product(S, kind, gate, rank_one, bias, base) -> Classification:
+    """Several rank-one terms: n delta steps per token (`gd(steps = n)`). With one key for
+    every step, (I - b k k^T)^n = I - c k k^T for a scalar c, so the product of the steps'
+    transitions is one delta (or dplr) transition and their inputs one outer product v' k^T
+    (Siems et al., DeltaProduct, arXiv:2502.10297, 2025, with n equal Householder factors)."""
+    reason = f"{len(rank_one)} rank-one terms: a product of delta steps per token"
+    keys = {w for *_, w in rank_one}
+    bias_terms = [_split(t) for t in bias]
+    if len(keys) != 1 or any(len(m) != 2 or not isinstance(m[1], sp.Transpose)
+                             or m[1].arg not in keys for _, m in bias_terms):
+        return Classification(KernelFamily.PRODUCT, base + (("rank", len(rank_one)),),
+                              reason + " with several keys")
+    (key,) = keys
+    value = sp.MatAdd(*[c * m[0] if c != 1 else m[0] for c, m in bias_terms]) if bias_terms \
+        else sp.ZeroMatrix(*S.shape[:1], 1)
+    base = tuple((n, v) for n, v in base if n != "bias") + (("bias", value * key.T),)
+    diag_ok = all((kind == "scalar" and d is None) or (kind == "channel" and d == gate)
+                  for _, d, _, _ in rank_one)
+    if diag_ok and all(u == key for _, _, u, _ in rank_one):
+        total = sp.Add(*[c for c, *_ in rank_one])
+        beta = sp.cancel(-total / gate) if kind == "scalar" else -total
+        return Classification(KernelFamily.PRODUCT, base + (("beta", beta), ("key", key),
+                                                           ("rank", len(rank_one)),
+                                                           ("transition", "delta")),
+                               reason + ", one key: S' = S D (I - beta k k^T) + v' k^T")
+    left = sp.MatAdd(*[c * (u if d is None else sp.HadamardProduct(d, u))
+                       for c, d, u, _ in rank_one])
+    return Classification(KernelFamily.PRODUCT, base + (("a", left), ("b", key),
+                                                       ("rank", len(rank_one)),
+                                                       ("transition", "dplr")),
+                          reason + ", one key: S' = S (D + a k^T) + v' k^T")
+
+
+def _elementwise(S, terms) -> Classification | None:
+    """S' = S D - r f(P k - y) k^T with f elementwise (the gradient of an elementwise loss
+    such as lp or entrywise huber, Miras eqs. 11-14) and P = S D (order before) or S
+    (parallel); None for any other shape. f may use no per-token value (it is compiled
+    into the kernel), r is a scalar per token."""
+    errors = [t for t in terms if any(e.has(S) for e in t.atoms(ElementwiseApplyFunction))]
+    rest = [t for t in terms if t not in errors]
+    if len(errors) != 1 or len(rest) != 1:
+        return None
+    coef, mats = _split(rest[0])
+    if coef.has(S) or not mats or mats[0] != S:
+        return None
+    if len(mats) == 1:
+        kind, gate = ("none" if coef == 1 else "scalar"), coef
+    elif len(mats) == 2 and isinstance(mats[1], sp.DiagMatrix) and coef == 1:
+        kind, gate = "channel", mats[1].args[0]
+    else:
+        return None
+    rate, mats = _split(errors[0])
+    if len(mats) != 2 or not isinstance(mats[0], ElementwiseApplyFunction) \
+            or not isinstance(mats[1], sp.Transpose) or not _is_column(mats[1].arg) \
+            or rate.has(S) or mats[1].arg.has(S):
+        return None
+    error, key = mats[0], mats[1].arg
+    f = error.function
+    if f.free_symbols or len(f.variables) != 1:
+        return None
+    inner = sp.expand(error.expr)
+    inner = inner.args if isinstance(inner, sp.MatAdd) else (inner,)
+    preds = [t for t in inner if t.has(S)]
+    if len(preds) != 1:
+        return None
+    pc, pm = _split(preds[0])
+    at_old = pc == 1 and pm == [S, key]
+    at_decayed = (kind == "scalar" and pc == gate and pm == [S, key]) or \
+        (kind == "channel" and pc == 1 and pm == [S, sp.DiagMatrix(gate), key])
+    if not (at_old or at_decayed):
+        return None
+    targets = [t for t in inner if not t.has(S)]
+    target = -sp.MatAdd(*targets) if targets else sp.ZeroMatrix(*S.shape[:1], 1)
+    p, y = sp.symbols("p y")
+    order = "before" if at_decayed or kind == "none" else "parallel"
+    params = (("decay", gate), ("decay_kind", kind), ("order", order), ("rate", -rate),
+              ("key", key), ("target", target), ("error", f(p - y)))
+    return Classification(KernelFamily.ELEMENTWISE, params,
+                          f"S' = S D - r e(p, y) k^T, e elementwise, p = "
+                          f"{'S D' if order == 'before' else 'S'} k")

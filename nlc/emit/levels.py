@@ -7,7 +7,7 @@ the derived `UpdateRule` and its `Classification`; nothing is re-derived here.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
@@ -166,11 +166,24 @@ class LevelEmitter:
             return plan
         if rule.read is None:
             raise NlcError(f"level '{rule.level}' has no read; emission needs one")
+        if fam.param("transition"):  # n delta steps with one key: one delta / dplr transition
+            fam = self.family = replace(fam, family=KernelFamily(fam.param("transition")))
         try:
             if fam.family in (KernelFamily.DECAY, KernelFamily.DELTA):
                 plan.chunked = self.affine_chunked()
                 plan.triton = self.triton
                 plan.kernels = self.kernels if self.triton else ""
+            elif fam.family in (KernelFamily.DPLR, KernelFamily.ELEMENTWISE) \
+                    and self.rule.form.kind == "matrix":
+                plan.chunked = self.recurrent_kernel()
+                plan.triton = self.triton
+                plan.kernels = self.kernels if self.triton else ""
+                if plan.chunked:
+                    plan.notes.append("no chunk-parallel PyTorch form: CPU tensors run token by "
+                                      "token, CUDA tensors go to the fused recurrent Triton kernel")
+                else:
+                    plan.notes.append("no chunk-parallel form: the rule is affine in the state "
+                                      "only per token")
             elif self.anchor_names:
                 plan.frozen = self.frozen_split()
             else:
@@ -276,12 +289,58 @@ class LevelEmitter:
         if not self.kernels or is_vec or len(terms) != 1:
             return None
         (_, S), = self.rule.states
-        if S.shape[1] > 256:  # the kernels hold the key axis in one tile
+        if S.shape[1] > 256:  # the kernels hold the key axis in one tile (docs/triton.md)
             return None
         from nlc.emit.triton_render import RecurrentKernelPlan
         decay = "none" if fam.param("decay") == 1 else fam.param("decay_kind")
+        if fam.family is KernelFamily.ELEMENTWISE:
+            return RecurrentKernelPlan(self.prefix, "elementwise", decay,
+                                       read_before=self.rule.read_before,
+                                       error=fam.param("error"), order=fam.param("order"))
         return RecurrentKernelPlan(self.prefix, fam.family.value, decay,
                                    read_before=self.rule.read_before)
+
+    def recurrent_kernel(self) -> list[str]:
+        """Families with a fused recurrent kernel but no chunked PyTorch algorithm (dplr, an
+        elementwise error): CUDA tensors go to the kernel, others to the token loop."""
+        fam = self.family
+        if fam.family is KernelFamily.DPLR:
+            bias = fam.param("bias")
+            if isinstance(bias, sp.ZeroMatrix):
+                raise _NoChunkedForm("the state has no input term")
+            terms = self._bias_terms(bias, vector=False)
+            outputs = [("a", fam.param("a")), ("b", fam.param("b"))]
+        else:
+            terms = [(fam.param("target"), fam.param("key"))]
+            outputs = [("rate", fam.param("rate"))]
+        kernel = self._kernel_plan(fam, terms, False)
+        if kernel is None:
+            return []
+        gate = fam.param("decay")
+        outputs = [("query", self._read_query()), ("value0", terms[0][0]),
+                   ("key0", terms[0][1])] + outputs
+        if gate != 1:
+            outputs.append(("log_decay", sp.log(gate)))
+        kind = "flat" if fam.param("decay_kind") == "scalar" else "vec"
+        args = ["nl.vec(query, ref)", "nl.vec(key0, ref)", "nl.vec(value0, ref)"]
+        if gate != 1:
+            args.append(f"g=nl.{kind}(log_decay, ref)")
+        if fam.family is KernelFamily.DPLR:
+            args += ["a=nl.vec(a, ref)", "b=nl.vec(b, ref)"]
+        else:
+            args.append("beta=nl.flat(rate, ref)")
+        (name, _), = self.rule.states
+        fused = TorchPrinter(self.names()).assign(outputs)
+        self.triton = kernel
+        lines = self._chunk_unpack() + ["ref = nl.reference(tokens)"]
+        lines.append("if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel")
+        args += [f"initial_state=state[{name!r}]", "output_final_state=True"]
+        lines += [f"    {line}" for line in fused] + [
+            f"    kernels = nl.kernels(__file__, {self.kernels!r})",
+            f"    o, S = kernels.{kernel.prefix}_fused_recurrent({', '.join(args)})",
+            f"    return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: S}}",
+            f"return nl.recurrent({self.prefix}_step, tokens, state, consts=consts)"]
+        return _used(lines)
 
     def frozen_split(self) -> dict[str, list[str]]:
         """Hoist every subterm that depends on the anchors but not on the running state: it
