@@ -185,7 +185,7 @@ def part_throughput(out: Path, steps: int) -> str:
 
 
 MQAR_ARGS = ["--task", "mqar", "--seq-len", "256", "--mqar-num-kv-pairs", "16", "--d-model",
-             "128", "--n-layers", "2", "--batch-size", "64", "--lr", "1e-3", "--warmup", "100",
+             "128", "--n-layers", "2", "--batch-size", "64", "--warmup", "100",
              "--eval-interval", "500", "--checkpoint-interval", "0"]
 LM_ARGS = ["--task", "lm", "--seq-len", "512", "--d-model", "128", "--n-layers", "2",
            "--batch-size", "32", "--eval-interval", "0", "--checkpoint-interval", "0",
@@ -215,26 +215,25 @@ def run_plan(plan: dict[int, list[list[tuple]]]) -> dict:
 
 
 def part_results(out: Path, steps: int) -> str:
-    """MQAR (256, 16) and the byte-level LM for every model in one go: the light models
-    share GPU 0, Titans (the slowest) has GPU 1 when there are two. Every MQAR run has the
-    same step count and the same wall-clock budget (--time-budget); the table says how many
-    steps each reached."""
+    """MQAR (256, 16) and the byte-level LM for every model in one go, all runs at once,
+    spread round robin over the GPUs. Every MQAR run has the same step count and the same
+    wall-clock budget (--time-budget); the table says how many steps each reached.
+    Environment: NLC_MQAR_BUDGET, NLC_MQAR_VOCAB, NLC_MQAR_LR, NLC_LM_BUDGET, NLC_LM_MODELS."""
     budget = float(os.environ.get("NLC_MQAR_BUDGET", "330"))
     lm_budget = float(os.environ.get("NLC_LM_BUDGET", "150"))
     spec = {m: str(ROOT / f"examples/{m}.nl") for m in MODELS}
-    mqar_args = [*MQAR_ARGS, "--steps", str(steps), "--time-budget", str(budget)]
+    lr = os.environ.get("NLC_MQAR_LR", "1e-3")
+    mqar_args = [*MQAR_ARGS, "--steps", str(steps), "--time-budget", str(budget), "--lr", lr]
     lm_args = [*LM_ARGS, "--steps", "150", "--time-budget", str(lm_budget)]
-    slow = [m for m in MODELS if m == "titans"]
-    light = [m for m in MODELS if m not in slow]
-    gpus = torch.cuda.device_count()
-    plan: dict[int, list] = {0: [[(f"mqar {m}", spec[m], out / f"mqar_{m}", mqar_args) for m in light],
-                                 [(f"lm {m}", spec[m], out / f"lm_{m}", lm_args) for m in light]]}
-    slow_waves = [[(f"mqar {m}", spec[m], out / f"mqar_{m}", mqar_args)] for m in slow] + \
-                 [[(f"lm {m}", spec[m], out / f"lm_{m}", lm_args)] for m in slow]
-    if gpus > 1:
-        plan[1] = slow_waves
-    else:
-        plan[0] += slow_waves
+    vocab = os.environ.get("NLC_MQAR_VOCAB", "8192")
+    mqar_args += ["--mqar-vocab-size", vocab]
+    lm_models = os.environ.get("NLC_LM_MODELS", ",".join(MODELS)).split(",")
+    jobs = [(f"mqar {m}", spec[m], out / f"mqar_{m}", mqar_args) for m in MODELS]
+    jobs += [(f"lm {m}", spec[m], out / f"lm_{m}", lm_args) for m in lm_models if m]
+    gpus = max(1, torch.cuda.device_count())
+    plan = {g: [jobs[g::gpus]] for g in range(gpus)}   # one wave: round robin over the GPUs
+    placement = "; ".join(f"GPU {g}: " + ", ".join(j[0] for j in jobs[g::gpus])
+                          for g in range(gpus))
     start = time.time()
     results = run_plan(plan)
     rows = ["| model | MQAR accuracy | steps reached | evals (step: accuracy) | final train loss "
@@ -252,11 +251,11 @@ def part_results(out: Path, steps: int) -> str:
                     f"{summary(out / f'lm_{m}').get('steps', '-')} |")
     return "\n".join([
         f"## MQAR (L, N) = (256, 16) and byte-level LM, {header()}", "",
-        f"MQAR: vocab 8192, 2 layers, d_model 128, batch 64, lr 1e-3 (warmup 100, cosine over "
-        f"{steps} steps), bf16 autocast, at most {steps} steps or {budget:.0f} s each; "
-        f"{', '.join(light)} shared GPU 0" + (", titans had GPU 1" if gpus > 1 and slow else "")
-        + f". LM: d_model 128, 2 layers, batch 32 x 512 bytes, lr 2e-3, 150 steps or "
-        f"{lm_budget:.0f} s. {time.time() - start:.0f} s in all.", "", *rows, ""])
+        f"MQAR: vocab {vocab}, 2 layers, d_model 128, batch 64, lr {lr} (warmup 100, cosine "
+        f"over {steps} steps), bf16 autocast, at most {steps} steps or {budget:.0f} s each. "
+        f"LM: d_model 128, 2 layers, batch 32 x 512 bytes, lr 2e-3, 150 steps or "
+        f"{lm_budget:.0f} s. All runs at once ({placement}); {time.time() - start:.0f} s in "
+        "all.", "", *rows, ""])
 
 
 PARTS = {"ddp": part_ddp, "mqar": part_mqar, "lm": part_lm, "throughput": part_throughput,

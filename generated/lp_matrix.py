@@ -166,6 +166,28 @@ class LpMatrix(nn.Module):
             nn.init.uniform_(self.conv2, -0.5, 0.5)
             pass
 
+    def parameter_groups(self):
+        """Parameters by the level that learns them, each with its period in optimizer steps
+        (`every`): the runtime steps a slower group only every `every` steps, its gradients
+        summed in between."""
+        return [
+            {
+                "level": "train",
+                "every": 1,
+                "params": [
+                    self.W_q,
+                    self.W_k,
+                    self.W_v,
+                    self.w_eta,
+                    self.w_alpha,
+                    self.W_o,
+                    self.conv0,
+                    self.conv1,
+                    self.conv2,
+                ],
+            },
+        ]
+
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
         ref = self.head.new_empty(batch, 1, 4)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 
 State = dict[str, torch.Tensor]
 Step = Callable[[State, dict], tuple[State, torch.Tensor]]
@@ -95,9 +96,8 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
-    outputs = []
-    for start in range(0, T, chunk):
-        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+
+    def one_chunk(state, part):
         anchor = {a: state[s] for a, s in anchors}
         wide = {a: x.unsqueeze(1) for a, x in anchor.items()}
         driven = drive({**consts, **wide, **part})
@@ -109,7 +109,22 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
             if not read_before:
                 seen.append(state)
         stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
-        outputs.append(read(stacked, {**consts, **wide, **part}))
+        return read(stacked, {**consts, **wide, **part}), state, anchor
+
+    # with gradients, each chunk is recomputed in the backward pass instead of keeping its
+    # per-token states (an MLP memory's weights per token: tens of GB at batch 64)
+    checkpointed = torch.is_grad_enabled() and any(
+        torch.is_tensor(v) and v.requires_grad
+        for v in [*state.values(), *tokens.values(), *consts.values()])
+    outputs = []
+    for start in range(0, T, chunk):
+        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+        if checkpointed:
+            o, state, anchor = torch.utils.checkpoint.checkpoint(
+                one_chunk, state, part, use_reentrant=False)
+        else:
+            o, state, anchor = one_chunk(state, part)
+        outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
