@@ -46,7 +46,11 @@ import torch
 import triton
 from triton.testing import do_bench
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:  # the installed nlc (the checkout's folders are mapped into it: nlc.templates, ...)
+    import nlc.templates  # noqa: F401
+except ImportError:
+    sys.exit("gpu_recurrent.py needs nlc installed (pip install .); run it from outside the "
+             "checkout's root so that the checkout's `nlc` folder does not shadow it")
 from nlc.emit.triton_render import RecurrentKernelPlan, render_recurrent
 
 SHAPES = [(8, 2048, 16, 128), (1, 16384, 16, 128)]

@@ -74,30 +74,29 @@ def cms_fast_drive(inputs):
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
     t0 = W_k1.mT
-    t1 = t0 @ x_
-    t2 = M1_W1_0 @ t1
+    t1 = nl.mm(t0, x_)
+    t2 = nl.mm(M1_W1_0, t1)
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t4 = M1_W2_0 @ t3
+    t4 = nl.mm(M1_W2_0, t3)
     t5 = W_v1.mT
-    t6 = -(t5 @ x_)
+    t6 = -(nl.mm(t5, x_))
     t7 = t4 + t1 + t6
-    t8 = x_.mT
-    t9 = -0.01
-    drive0 = (
-        t9
+    t8 = -0.01
+    drive0_0_col = t8 * (
+        (nl.mm(M1_W2_0.mT, t7))
         * (
-            (M1_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
+            0.5
+            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
+            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
         )
-        @ t8
-        @ W_k1
     )
-    t10 = t8 @ W_k1 @ M1_W1_0.mT
-    drive1 = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))))
+    t9 = x_.mT
+    drive0_0_row = nl.mm(t9, W_k1)
+    drive1_0_col = t8 * t7
+    t10 = nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)
+    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
+    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -117,8 +116,8 @@ def cms_fast_read(states, inputs):
     x_ = inputs["x"]
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
-    t0 = M1_W1_0 @ x_
-    o = (M1_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + x_
+    t0 = nl.mm(M1_W1_0, x_)
+    o = (nl.mm(M1_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + x_
     return o
 
 
@@ -178,6 +177,7 @@ def cms_fast_op(
             anchors=(("M1_W1_0", "M1_W1"), ("M1_W2_0", "M1_W2")),
             chunk=16,
             read_before=False,
+            additive=True,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 16) else chunked
@@ -235,30 +235,29 @@ def cms_mid_drive(inputs):
     M2_W1_0 = inputs["M2_W1_0"]
     M2_W2_0 = inputs["M2_W2_0"]
     t0 = W_k2.mT
-    t1 = t0 @ cms_fast
-    t2 = M2_W1_0 @ t1
+    t1 = nl.mm(t0, cms_fast)
+    t2 = nl.mm(M2_W1_0, t1)
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t4 = M2_W2_0 @ t3
+    t4 = nl.mm(M2_W2_0, t3)
     t5 = W_v2.mT
-    t6 = -(t5 @ cms_fast)
+    t6 = -(nl.mm(t5, cms_fast))
     t7 = t4 + t1 + t6
-    t8 = cms_fast.mT
-    t9 = -0.01
-    drive0 = (
-        t9
+    t8 = -0.01
+    drive0_0_col = t8 * (
+        (nl.mm(M2_W2_0.mT, t7))
         * (
-            (M2_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
+            0.5
+            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
+            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
         )
-        @ t8
-        @ W_k2
     )
-    t10 = t8 @ W_k2 @ M2_W1_0.mT
-    drive1 = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))))
+    t9 = cms_fast.mT
+    drive0_0_row = nl.mm(t9, W_k2)
+    drive1_0_col = t8 * t7
+    t10 = nl.mm(nl.mm(t9, W_k2), M2_W1_0.mT)
+    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
+    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -278,8 +277,8 @@ def cms_mid_read(states, inputs):
     cms_fast = inputs["cms_fast"]
     M2_W1_0 = inputs["M2_W1_0"]
     M2_W2_0 = inputs["M2_W2_0"]
-    t0 = M2_W1_0 @ cms_fast
-    o = (M2_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + cms_fast
+    t0 = nl.mm(M2_W1_0, cms_fast)
+    o = (nl.mm(M2_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_fast
     return o
 
 
@@ -339,6 +338,7 @@ def cms_mid_op(
             anchors=(("M2_W1_0", "M2_W1"), ("M2_W2_0", "M2_W2")),
             chunk=256,
             read_before=False,
+            additive=True,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 256) else chunked
@@ -396,30 +396,29 @@ def cms_slow_drive(inputs):
     M3_W1_0 = inputs["M3_W1_0"]
     M3_W2_0 = inputs["M3_W2_0"]
     t0 = W_k3.mT
-    t1 = t0 @ cms_mid
-    t2 = M3_W1_0 @ t1
+    t1 = nl.mm(t0, cms_mid)
+    t2 = nl.mm(M3_W1_0, t1)
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t4 = M3_W2_0 @ t3
+    t4 = nl.mm(M3_W2_0, t3)
     t5 = W_v3.mT
-    t6 = -(t5 @ cms_mid)
+    t6 = -(nl.mm(t5, cms_mid))
     t7 = t4 + t1 + t6
-    t8 = cms_mid.mT
-    t9 = -0.01
-    drive0 = (
-        t9
+    t8 = -0.01
+    drive0_0_col = t8 * (
+        (nl.mm(M3_W2_0.mT, t7))
         * (
-            (M3_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
+            0.5
+            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
+            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
         )
-        @ t8
-        @ W_k3
     )
-    t10 = t8 @ W_k3 @ M3_W1_0.mT
-    drive1 = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))))
+    t9 = cms_mid.mT
+    drive0_0_row = nl.mm(t9, W_k3)
+    drive1_0_col = t8 * t7
+    t10 = nl.mm(nl.mm(t9, W_k3), M3_W1_0.mT)
+    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
+    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -439,8 +438,8 @@ def cms_slow_read(states, inputs):
     cms_mid = inputs["cms_mid"]
     M3_W1_0 = inputs["M3_W1_0"]
     M3_W2_0 = inputs["M3_W2_0"]
-    t0 = M3_W1_0 @ cms_mid
-    o = (M3_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + cms_mid
+    t0 = nl.mm(M3_W1_0, cms_mid)
+    o = (nl.mm(M3_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_mid
     return o
 
 
@@ -500,6 +499,7 @@ def cms_slow_op(
             anchors=(("M3_W1_0", "M3_W1"), ("M3_W2_0", "M3_W2")),
             chunk=4096,
             read_before=False,
+            additive=True,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 4096) else chunked

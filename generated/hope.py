@@ -97,31 +97,33 @@ def SelfModifyingTitans_alpha_drive(inputs):
     v = inputs["v"]
     A_W1_0 = inputs["A_W1_0"]
     A_W2_0 = inputs["A_W2_0"]
-    t0 = A_W1_0 @ k
-    t1 = A_W1_0 @ v
+    t0 = nl.mm(A_W1_0, k)
+    t1 = nl.mm(A_W1_0, v)
     t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
-    t3 = A_W2_0 @ t2
+    t3 = nl.mm(A_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
     t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t7 = A_W2_0 @ t6
+    t7 = nl.mm(A_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
     drive0 = t11 * (
-        (
+        nl.mm(
             (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-            )
-            * (A_W2_0.mT @ t9)
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (nl.mm(A_W2_0.mT, t9))
+            ),
+            t10,
         )
-        @ t10
     )
-    t12 = t10 @ A_W1_0.mT
-    drive1 = t11 * (t9 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12))))
+    t12 = nl.mm(t10, A_W1_0.mT)
+    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -144,12 +146,14 @@ def SelfModifyingTitans_alpha_read(states, inputs):
     h = inputs["h"]
     A_W1_0 = inputs["A_W1_0"]
     A_W2_0 = inputs["A_W2_0"]
-    t0 = A_W1_0 @ h
+    t0 = nl.mm(A_W1_0, h)
     o = 1 / (
         1
         + torch.exp(
             -0.015625
-            * nl.sum_all((A_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h)
+            * nl.sum_all(
+                (nl.mm(A_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
+            )
         )
     )
     return o
@@ -160,12 +164,14 @@ def SelfModifyingTitans_alpha_read_token(state, inputs):
     h = inputs["h"]
     A_W1_0 = inputs["A_W1_0"]
     A_W2_0 = inputs["A_W2_0"]
-    t0 = A_W1_0 @ h
+    t0 = nl.mm(A_W1_0, h)
     o = 1 / (
         1
         + torch.exp(
             -0.015625
-            * nl.sum_all((A_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h)
+            * nl.sum_all(
+                (nl.mm(A_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
+            )
         )
     )
     return o
@@ -243,31 +249,33 @@ def SelfModifyingTitans_eta_drive(inputs):
     v = inputs["v"]
     E_W1_0 = inputs["E_W1_0"]
     E_W2_0 = inputs["E_W2_0"]
-    t0 = E_W1_0 @ k
-    t1 = E_W1_0 @ v
+    t0 = nl.mm(E_W1_0, k)
+    t1 = nl.mm(E_W1_0, v)
     t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
-    t3 = E_W2_0 @ t2
+    t3 = nl.mm(E_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
     t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t7 = E_W2_0 @ t6
+    t7 = nl.mm(E_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
     drive0 = t11 * (
-        (
+        nl.mm(
             (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-            )
-            * (E_W2_0.mT @ t9)
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (nl.mm(E_W2_0.mT, t9))
+            ),
+            t10,
         )
-        @ t10
     )
-    t12 = t10 @ E_W1_0.mT
-    drive1 = t11 * (t9 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12))))
+    t12 = nl.mm(t10, E_W1_0.mT)
+    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -290,12 +298,14 @@ def SelfModifyingTitans_eta_read(states, inputs):
     h = inputs["h"]
     E_W1_0 = inputs["E_W1_0"]
     E_W2_0 = inputs["E_W2_0"]
-    t0 = E_W1_0 @ h
+    t0 = nl.mm(E_W1_0, h)
     o = 1 / (
         1
         + torch.exp(
             -0.015625
-            * nl.sum_all((E_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h)
+            * nl.sum_all(
+                (nl.mm(E_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
+            )
         )
     )
     return o
@@ -306,12 +316,14 @@ def SelfModifyingTitans_eta_read_token(state, inputs):
     h = inputs["h"]
     E_W1_0 = inputs["E_W1_0"]
     E_W2_0 = inputs["E_W2_0"]
-    t0 = E_W1_0 @ h
+    t0 = nl.mm(E_W1_0, h)
     o = 1 / (
         1
         + torch.exp(
             -0.015625
-            * nl.sum_all((E_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h)
+            * nl.sum_all(
+                (nl.mm(E_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
+            )
         )
     )
     return o
@@ -383,31 +395,33 @@ def SelfModifyingTitans_k_drive(inputs):
     v = inputs["v"]
     K_W1_0 = inputs["K_W1_0"]
     K_W2_0 = inputs["K_W2_0"]
-    t0 = K_W1_0 @ k
-    t1 = K_W1_0 @ v
+    t0 = nl.mm(K_W1_0, k)
+    t1 = nl.mm(K_W1_0, v)
     t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
-    t3 = K_W2_0 @ t2
+    t3 = nl.mm(K_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
     t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t7 = K_W2_0 @ t6
+    t7 = nl.mm(K_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
     drive0 = t11 * (
-        (
+        nl.mm(
             (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-            )
-            * (K_W2_0.mT @ t9)
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (nl.mm(K_W2_0.mT, t9))
+            ),
+            t10,
         )
-        @ t10
     )
-    t12 = t10 @ K_W1_0.mT
-    drive1 = t11 * (t9 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12))))
+    t12 = nl.mm(t10, K_W1_0.mT)
+    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -430,9 +444,9 @@ def SelfModifyingTitans_k_read(states, inputs):
     h = inputs["h"]
     K_W1_0 = inputs["K_W1_0"]
     K_W2_0 = inputs["K_W2_0"]
-    t0 = K_W1_0 @ h
+    t0 = nl.mm(K_W1_0, h)
     o = nl.l2norm(
-        ((K_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h).mT
+        ((nl.mm(K_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
     ).mT
     return o
 
@@ -442,9 +456,9 @@ def SelfModifyingTitans_k_read_token(state, inputs):
     h = inputs["h"]
     K_W1_0 = inputs["K_W1_0"]
     K_W2_0 = inputs["K_W2_0"]
-    t0 = K_W1_0 @ h
+    t0 = nl.mm(K_W1_0, h)
     o = nl.l2norm(
-        ((K_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h).mT
+        ((nl.mm(K_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
     ).mT
     return o
 
@@ -515,31 +529,33 @@ def SelfModifyingTitans_v_drive(inputs):
     v = inputs["v"]
     V_W1_0 = inputs["V_W1_0"]
     V_W2_0 = inputs["V_W2_0"]
-    t0 = V_W1_0 @ k
-    t1 = V_W1_0 @ v
+    t0 = nl.mm(V_W1_0, k)
+    t1 = nl.mm(V_W1_0, v)
     t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
-    t3 = V_W2_0 @ t2
+    t3 = nl.mm(V_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
     t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t7 = V_W2_0 @ t6
+    t7 = nl.mm(V_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
     drive0 = t11 * (
-        (
+        nl.mm(
             (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-            )
-            * (V_W2_0.mT @ t9)
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (nl.mm(V_W2_0.mT, t9))
+            ),
+            t10,
         )
-        @ t10
     )
-    t12 = t10 @ V_W1_0.mT
-    drive1 = t11 * (t9 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12))))
+    t12 = nl.mm(t10, V_W1_0.mT)
+    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -562,9 +578,9 @@ def SelfModifyingTitans_v_read(states, inputs):
     h = inputs["h"]
     V_W1_0 = inputs["V_W1_0"]
     V_W2_0 = inputs["V_W2_0"]
-    t0 = V_W1_0 @ h
+    t0 = nl.mm(V_W1_0, h)
     o = nl.l2norm(
-        ((V_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h).mT
+        ((nl.mm(V_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
     ).mT
     return o
 
@@ -574,9 +590,9 @@ def SelfModifyingTitans_v_read_token(state, inputs):
     h = inputs["h"]
     V_W1_0 = inputs["V_W1_0"]
     V_W2_0 = inputs["V_W2_0"]
-    t0 = V_W1_0 @ h
+    t0 = nl.mm(V_W1_0, h)
     o = nl.l2norm(
-        ((V_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + h).mT
+        ((nl.mm(V_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
     ).mT
     return o
 
@@ -645,31 +661,33 @@ def SelfModifyingTitans_memory_drive(inputs):
     v = inputs["v"]
     M_W1_0 = inputs["M_W1_0"]
     M_W2_0 = inputs["M_W2_0"]
-    t0 = M_W1_0 @ k
-    t1 = M_W1_0 @ v
+    t0 = nl.mm(M_W1_0, k)
+    t1 = nl.mm(M_W1_0, v)
     t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
-    t3 = M_W2_0 @ t2
+    t3 = nl.mm(M_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
     t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t7 = M_W2_0 @ t6
+    t7 = nl.mm(M_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
     drive0 = t11 * (
-        (
+        nl.mm(
             (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-            )
-            * (M_W2_0.mT @ t9)
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (nl.mm(M_W2_0.mT, t9))
+            ),
+            t10,
         )
-        @ t10
     )
-    t12 = t10 @ M_W1_0.mT
-    drive1 = t11 * (t9 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12))))
+    t12 = nl.mm(t10, M_W1_0.mT)
+    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -692,8 +710,8 @@ def SelfModifyingTitans_memory_read(states, inputs):
     M_W1 = states["M_W1"]
     M_W2 = states["M_W2"]
     q = inputs["q"]
-    t0 = M_W1 @ q
-    o = (M_W2 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + q
+    t0 = nl.mm(M_W1, q)
+    o = (nl.mm(M_W2, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + q
     return o
 
 
@@ -1093,30 +1111,29 @@ def ContinuumMemory_cms_fast_drive(inputs):
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
     t0 = W_k1.mT
-    t1 = t0 @ x_
-    t2 = M1_W1_0 @ t1
+    t1 = nl.mm(t0, x_)
+    t2 = nl.mm(M1_W1_0, t1)
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t4 = M1_W2_0 @ t3
+    t4 = nl.mm(M1_W2_0, t3)
     t5 = W_v1.mT
-    t6 = -(t5 @ x_)
+    t6 = -(nl.mm(t5, x_))
     t7 = t4 + t1 + t6
-    t8 = x_.mT
-    t9 = -0.01
-    drive0 = (
-        t9
+    t8 = -0.01
+    drive0_0_col = t8 * (
+        (nl.mm(M1_W2_0.mT, t7))
         * (
-            (M1_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
+            0.5
+            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
+            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
         )
-        @ t8
-        @ W_k1
     )
-    t10 = t8 @ W_k1 @ M1_W1_0.mT
-    drive1 = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))))
+    t9 = x_.mT
+    drive0_0_row = nl.mm(t9, W_k1)
+    drive1_0_col = t8 * t7
+    t10 = nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)
+    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
+    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -1136,8 +1153,8 @@ def ContinuumMemory_cms_fast_read(states, inputs):
     x_ = inputs["x"]
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
-    t0 = M1_W1_0 @ x_
-    o = (M1_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + x_
+    t0 = nl.mm(M1_W1_0, x_)
+    o = (nl.mm(M1_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + x_
     return o
 
 
@@ -1197,6 +1214,7 @@ def ContinuumMemory_cms_fast_op(
             anchors=(("M1_W1_0", "M1_W1"), ("M1_W2_0", "M1_W2")),
             chunk=16,
             read_before=False,
+            additive=True,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 16) else chunked
@@ -1254,30 +1272,29 @@ def ContinuumMemory_cms_mid_drive(inputs):
     M2_W1_0 = inputs["M2_W1_0"]
     M2_W2_0 = inputs["M2_W2_0"]
     t0 = W_k2.mT
-    t1 = t0 @ cms_fast
-    t2 = M2_W1_0 @ t1
+    t1 = nl.mm(t0, cms_fast)
+    t2 = nl.mm(M2_W1_0, t1)
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t4 = M2_W2_0 @ t3
+    t4 = nl.mm(M2_W2_0, t3)
     t5 = W_v2.mT
-    t6 = -(t5 @ cms_fast)
+    t6 = -(nl.mm(t5, cms_fast))
     t7 = t4 + t1 + t6
-    t8 = cms_fast.mT
-    t9 = -0.01
-    drive0 = (
-        t9
+    t8 = -0.01
+    drive0_0_col = t8 * (
+        (nl.mm(M2_W2_0.mT, t7))
         * (
-            (M2_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
+            0.5
+            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
+            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
         )
-        @ t8
-        @ W_k2
     )
-    t10 = t8 @ W_k2 @ M2_W1_0.mT
-    drive1 = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))))
+    t9 = cms_fast.mT
+    drive0_0_row = nl.mm(t9, W_k2)
+    drive1_0_col = t8 * t7
+    t10 = nl.mm(nl.mm(t9, W_k2), M2_W1_0.mT)
+    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
+    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -1297,8 +1314,8 @@ def ContinuumMemory_cms_mid_read(states, inputs):
     cms_fast = inputs["cms_fast"]
     M2_W1_0 = inputs["M2_W1_0"]
     M2_W2_0 = inputs["M2_W2_0"]
-    t0 = M2_W1_0 @ cms_fast
-    o = (M2_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + cms_fast
+    t0 = nl.mm(M2_W1_0, cms_fast)
+    o = (nl.mm(M2_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_fast
     return o
 
 
@@ -1358,6 +1375,7 @@ def ContinuumMemory_cms_mid_op(
             anchors=(("M2_W1_0", "M2_W1"), ("M2_W2_0", "M2_W2")),
             chunk=256,
             read_before=False,
+            additive=True,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 256) else chunked
@@ -1415,30 +1433,29 @@ def ContinuumMemory_cms_slow_drive(inputs):
     M3_W1_0 = inputs["M3_W1_0"]
     M3_W2_0 = inputs["M3_W2_0"]
     t0 = W_k3.mT
-    t1 = t0 @ cms_mid
-    t2 = M3_W1_0 @ t1
+    t1 = nl.mm(t0, cms_mid)
+    t2 = nl.mm(M3_W1_0, t1)
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t4 = M3_W2_0 @ t3
+    t4 = nl.mm(M3_W2_0, t3)
     t5 = W_v3.mT
-    t6 = -(t5 @ cms_mid)
+    t6 = -(nl.mm(t5, cms_mid))
     t7 = t4 + t1 + t6
-    t8 = cms_mid.mT
-    t9 = -0.01
-    drive0 = (
-        t9
+    t8 = -0.01
+    drive0_0_col = t8 * (
+        (nl.mm(M3_W2_0.mT, t7))
         * (
-            (M3_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
+            0.5
+            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
+            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
         )
-        @ t8
-        @ W_k3
     )
-    t10 = t8 @ W_k3 @ M3_W1_0.mT
-    drive1 = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))))
+    t9 = cms_mid.mT
+    drive0_0_row = nl.mm(t9, W_k3)
+    drive1_0_col = t8 * t7
+    t10 = nl.mm(nl.mm(t9, W_k3), M3_W1_0.mT)
+    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
+    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -1458,8 +1475,8 @@ def ContinuumMemory_cms_slow_read(states, inputs):
     cms_mid = inputs["cms_mid"]
     M3_W1_0 = inputs["M3_W1_0"]
     M3_W2_0 = inputs["M3_W2_0"]
-    t0 = M3_W1_0 @ cms_mid
-    o = (M3_W2_0 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + cms_mid
+    t0 = nl.mm(M3_W1_0, cms_mid)
+    o = (nl.mm(M3_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_mid
     return o
 
 
@@ -1519,6 +1536,7 @@ def ContinuumMemory_cms_slow_op(
             anchors=(("M3_W1_0", "M3_W1"), ("M3_W2_0", "M3_W2")),
             chunk=4096,
             read_before=False,
+            additive=True,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 4096) else chunked

@@ -90,10 +90,10 @@ def memory_drive(inputs):
     theta = inputs["theta"]
     M_W1_0 = inputs["M_W1_0"]
     M_W2_0 = inputs["M_W2_0"]
-    t0 = M_W1_0 @ k
+    t0 = nl.mm(M_W1_0, k)
     t1 = -2 * v
     t2 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t3 = M_W2_0 @ t2
+    t3 = nl.mm(M_W2_0, t2)
     t4 = t3 + k
     t5 = 2 * t4
     t6 = t1 + t5
@@ -101,19 +101,25 @@ def memory_drive(inputs):
     drive0 = -(
         theta
         * (
-            (
+            nl.mm(
                 (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (M_W2_0.mT @ t6)
+                    (
+                        0.5
+                        + 0.5
+                        * 1.4142135623730951
+                        * 0.5641895835477563
+                        * t0
+                        * torch.exp(-0.5 * (t0**2))
+                        + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                    )
+                    * (nl.mm(M_W2_0.mT, t6))
+                ),
+                t7,
             )
-            @ t7
         )
     )
-    t8 = t7 @ M_W1_0.mT
-    drive1 = -(theta * (t6 @ (0.5 * t8 * (1 + torch.erf(0.5 * 1.4142135623730951 * t8)))))
+    t8 = nl.mm(t7, M_W1_0.mT)
+    drive1 = -(theta * (nl.mm(t6, (0.5 * t8 * (1 + torch.erf(0.5 * 1.4142135623730951 * t8))))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -150,8 +156,8 @@ def memory_read(states, inputs):
     M_W1 = states["M_W1"]
     M_W2 = states["M_W2"]
     q = inputs["q"]
-    t0 = M_W1 @ q
-    o = (M_W2 @ (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0)))) + q
+    t0 = nl.mm(M_W1, q)
+    o = (nl.mm(M_W2, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + q
     return o
 
 

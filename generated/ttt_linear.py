@@ -64,7 +64,7 @@ def memory_drive(inputs):
     eta = inputs["eta"]
     W_W1_0 = inputs["W_W1_0"]
     t0 = -v
-    t1 = W_W1_0 @ k
+    t1 = nl.mm(W_W1_0, k)
     t2 = nl.mean(t1)
     t3 = -t2
     t4 = t3
@@ -76,7 +76,7 @@ def memory_drive(inputs):
     t10 = t9 * t5
     t11 = t10 + k
     t12 = t0 + t11
-    drive0 = (-eta) * ((t9 * ((-nl.mean(t12)) + (-nl.mean(t12 * t10)) * t10 + t12)) @ k.mT)
+    drive0 = (-eta) * (nl.mm((t9 * ((-nl.mean(t12)) + (-nl.mean(t12 * t10)) * t10 + t12)), k.mT))
     return {"drive0": drive0}
 
 
@@ -92,7 +92,7 @@ def memory_read(states, inputs):
     """Level `memory`'s read for every token of a chunk (states stacked along T)."""
     W_W1 = states["W_W1"]
     q = inputs["q"]
-    t0 = W_W1 @ q
+    t0 = nl.mm(W_W1, q)
     t1 = nl.mean(t0)
     t2 = -t1
     t3 = t2

@@ -95,10 +95,10 @@ def memory_drive(inputs):
     eta = inputs["eta"]
     W_W1_0 = inputs["W_W1_0"]
     W_W2_0 = inputs["W_W2_0"]
-    t0 = W_W1_0 @ k
+    t0 = nl.mm(W_W1_0, k)
     t1 = -v
     t2 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t3 = W_W2_0 @ t2
+    t3 = nl.mm(W_W2_0, t2)
     t4 = nl.mean(t3)
     t5 = -t4
     t6 = t5
@@ -122,18 +122,20 @@ def memory_drive(inputs):
     t24 = k.mT
     t25 = -eta
     drive0 = t25 * (
-        (
+        nl.mm(
             (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-            )
-            * (W_W2_0.mT @ t23)
+                (
+                    0.5
+                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
+                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
+                )
+                * (nl.mm(W_W2_0.mT, t23))
+            ),
+            t24,
         )
-        @ t24
     )
-    t26 = t24 @ W_W1_0.mT
-    drive1 = t25 * (t23 @ (0.5 * t26 * (1 + torch.erf(0.5 * 1.4142135623730951 * t26))))
+    t26 = nl.mm(t24, W_W1_0.mT)
+    drive1 = t25 * (nl.mm(t23, (0.5 * t26 * (1 + torch.erf(0.5 * 1.4142135623730951 * t26)))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -153,9 +155,9 @@ def memory_read(states, inputs):
     W_W1 = states["W_W1"]
     W_W2 = states["W_W2"]
     q = inputs["q"]
-    t0 = W_W1 @ q
+    t0 = nl.mm(W_W1, q)
     t1 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t2 = W_W2 @ t1
+    t2 = nl.mm(W_W2, t1)
     t3 = nl.mean(t2)
     t4 = -t3
     t5 = t4

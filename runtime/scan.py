@@ -43,8 +43,15 @@ def _to_float32(value):
     return value
 
 
-def _at(tokens: dict, t) -> dict:
-    return {name: x[:, t] for name, x in tokens.items()}
+def _tokens(tokens: dict) -> list[dict]:
+    """One dict per token (axis 1). Unbinding once keeps the backward pass to one gradient
+    per tensor; indexing `x[:, t]` in the loop would allocate a full-size zero gradient for
+    every token."""
+    names = list(tokens)
+    if not names:
+        return []
+    columns = [tokens[n].unbind(1) for n in names]
+    return [dict(zip(names, values)) for values in zip(*columns)]
 
 
 POSITION = "#position"  # tokens seen so far, kept with the anchors of a chunked level
@@ -77,54 +84,79 @@ def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = N
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
     outputs = []
-    for t in range(T):
+    for t, token in enumerate(_tokens(tokens)):
         if anchors and (position + t) % anchor_every == 0:
             anchor = {a: state[s] for a, s in anchors}
-        state, out = step(state, {**consts, **anchor, **_at(tokens, t)})
+        state, out = step(state, {**consts, **anchor, **token})
         outputs.append(out)
     return torch.stack(outputs, 1), _suspend(state, anchor, position + T, anchors)
+
+
+PIECE = 64  # tokens per piece of an `every C tokens` chunk (bounds the memory of its terms)
+
+
+def _needs_grad(*dicts) -> bool:
+    return torch.is_grad_enabled() and any(
+        torch.is_tensor(v) and v.requires_grad for d in dicts for v in d.values())
+
+
+def _maybe_checkpoint(fn, use: bool, *args):
+    """Recompute `fn` in the backward pass instead of keeping its intermediates, when `use`."""
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False) if use else fn(*args)
 
 
 @_float32
 def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: dict, state: State,
                    *, consts: dict | None = None, anchors: tuple[tuple[str, str], ...],
-                   chunk: int, read_before: bool = False):
+                   chunk: int, read_before: bool = False, additive: bool = False):
     """The frozen-gradient chunk form: per chunk, `drive(inputs)` computes every term that
     depends on the chunk-start state (the anchors) for all tokens at once; `combine(state,
     inputs)` adds one token's terms to the running state; `read(states, inputs)` reads every
-    token of the chunk from the stacked per-token states."""
+    token of the chunk from the stacked per-token states.
+
+    `additive` (`every C tokens`): the state changes by the sum of the chunk's terms and the
+    reads see only the anchors, so `drive` returns its terms summed over the tokens it is
+    given, a piece of PIECE tokens at a time, and `combine` runs once per chunk on the sums."""
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
+    # with gradients, each chunk (piece) is recomputed in the backward pass instead of keeping
+    # its per-token states (an MLP memory's weights per token: tens of GB at batch 64)
+    grad = _needs_grad(state, tokens, consts)
 
     def one_chunk(state, part):
         anchor = {a: state[s] for a, s in anchors}
         wide = {a: x.unsqueeze(1) for a, x in anchor.items()}
         driven = drive({**consts, **wide, **part})
         seen = []
-        for t in range(next(iter(part.values())).shape[1]):
+        for token, terms in zip(_tokens(part), _tokens(driven)):
             if read_before:
                 seen.append(state)
-            state = combine(state, {**consts, **_at(part, t), **_at(driven, t)})
+            state = combine(state, {**consts, **token, **terms})
             if not read_before:
                 seen.append(state)
         stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
         return read(stacked, {**consts, **wide, **part}), state, anchor
 
-    # with gradients, each chunk is recomputed in the backward pass instead of keeping its
-    # per-token states (an MLP memory's weights per token: tens of GB at batch 64)
-    checkpointed = torch.is_grad_enabled() and any(
-        torch.is_tensor(v) and v.requires_grad
-        for v in [*state.values(), *tokens.values(), *consts.values()])
+    def one_piece(wide, piece):  # `drive` sums its terms over the piece's tokens itself
+        return drive({**consts, **wide, **piece}), read({}, {**consts, **wide, **piece})
+
     outputs = []
     for start in range(0, T, chunk):
         part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
-        if checkpointed:
-            o, state, anchor = torch.utils.checkpoint.checkpoint(
-                one_chunk, state, part, use_reentrant=False)
-        else:
-            o, state, anchor = one_chunk(state, part)
-        outputs.append(o)
+        if not additive:
+            o, state, anchor = _maybe_checkpoint(one_chunk, grad, state, part)
+            outputs.append(o)
+            continue
+        anchor = {a: state[s] for a, s in anchors}
+        wide = {a: x.unsqueeze(1) for a, x in anchor.items()}
+        total = None
+        for at in range(0, next(iter(part.values())).shape[1], PIECE):
+            piece = {name: x[:, at:at + PIECE] for name, x in part.items()}
+            sums, o = _maybe_checkpoint(one_piece, grad, wide, piece)
+            total = sums if total is None else {k: total[k] + v for k, v in sums.items()}
+            outputs.append(o)
+        state = combine(state, {**consts, **total})
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
@@ -151,8 +183,8 @@ def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict |
         current[m.name], anchor[m.name], position[m.name] = _resume(states[m.name], m.anchors)
     T = next(iter(tokens.values())).shape[1]
     outputs = {m.name: [] for m in members}
-    for t in range(T):
-        inputs = {**consts, **_at(tokens, t)}
+    for t, token in enumerate(_tokens(tokens)):
+        inputs = {**consts, **token}
         for m in members:
             if m.anchors and (position[m.name] + t) % m.every == 0:
                 anchor[m.name] = {a: current[m.name][s] for a, s in m.anchors}
@@ -179,19 +211,26 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
         current[m.name], _, position[m.name] = _resume(states[m.name], m.anchors)
     T = next(iter(tokens.values())).shape[1]
     outputs = {m.name: [] for m in members}
-    anchor = {}
-    for start in range(0, T, chunk):
-        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+    grad = _needs_grad(tokens, consts, *current.values())
+
+    def one_chunk(current, part):
         anchor = {m.name: {a: current[m.name][s] for a, s in m.anchors} for m in members}
         wide = {n: {a: x.unsqueeze(1) for a, x in an.items()} for n, an in anchor.items()}
         inputs = {**consts, **part}
         read = {m.name: m.read(current[m.name], {**inputs, **wide[m.name]}) for m in members}
         inputs |= read
+        current = dict(current)
         for m in members:
             driven = m.drive({**inputs, **wide[m.name]})
-            for t in range(next(iter(part.values())).shape[1]):
-                step_inputs = {**consts, **_at(part, t), **_at(read, t), **_at(driven, t)}
-                current[m.name] = m.combine(current[m.name], step_inputs)
+            for token, outs, terms in zip(_tokens(part), _tokens(read), _tokens(driven)):
+                current[m.name] = m.combine(current[m.name], {**consts, **token, **outs, **terms})
+        return read, current, anchor
+
+    anchor = {}
+    for start in range(0, T, chunk):
+        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+        read, current, anchor = _maybe_checkpoint(one_chunk, grad, current, part)
+        for m in members:
             outputs[m.name].append(read[m.name])
     finals = {m.name: _suspend(current[m.name], anchor.get(m.name, {}), position[m.name] + T,
                                m.anchors) for m in members}

@@ -64,6 +64,7 @@ class LevelPlan:
     kernels: str = ""                 # the module the kernels are generated into
     notes: list[str] = field(default_factory=list)
     group: bool = False               # runs in a coupled group (no op of its own)
+    additive: bool = False            # `every C tokens`: a chunk adds the sum of its terms
     read_token: list[str] = field(default_factory=list)  # body of `<level>_read_token`
 
 
@@ -144,7 +145,7 @@ class LevelEmitter:
             raise NlcError(f"level '{self.rule.level}' reads after its write, but it is in a "
                            "loop of levels that use each other's outputs: make it read before")
         lines = _unpack(self.state_names, "state") + self._inputs_unpack()
-        lines += TorchPrinter(self.names()).assign([("o", self.read)])
+        lines += TorchPrinter(self.names(), chunk=True).assign([("o", self.read)])
         lines.append("return o")
         return _used(lines)
 
@@ -186,6 +187,13 @@ class LevelEmitter:
                                       "only per token")
             elif self.anchor_names:
                 plan.frozen = self.frozen_split()
+                # `every C tokens`: the state plus chunk-start terms only, so a chunk's terms
+                # can be summed before they are combined
+                plan.additive = rule.period > 1 and not any(
+                    f'inputs["{i.name}"]' in line for line in plan.frozen["combine"]
+                    for i in self.tokens)
+                if plan.additive:
+                    plan.frozen["drive"] = self.summed_drive()
             else:
                 plan.notes.append("no chunk-parallel form: the rule is not affine in the state "
                                   "and its gradients are not frozen per chunk")
@@ -374,8 +382,9 @@ class LevelEmitter:
         combined = [(n, hoist(e)) for n, e in self.rule.next_state]
         if not table:
             raise _NoChunkedForm("nothing depends on the chunk-start state")
+        self._table = table
         drive_names = {sym.name: sym.name for sym in table.values()}
-        drive = self._inputs_unpack() + TorchPrinter(self.names()).assign(
+        drive = self._inputs_unpack() + TorchPrinter(self.names(), chunk=True).assign(
             [(sym.name, e) for e, sym in table.items()])
         drive.append("return {" + ", ".join(f"{s.name!r}: {s.name}" for s in table.values())
                      + "}")
@@ -387,9 +396,32 @@ class LevelEmitter:
                                               for n in self.state_names) + "}")
         read_names = self.names({f"{n}_next": local(n) for n in self.state_names})
         read = _unpack(self.state_names, "states") + self._inputs_unpack()
-        read += TorchPrinter(read_names).assign([("o", self.read)])
+        read += TorchPrinter(read_names, chunk=True).assign([("o", self.read)])
         read.append("return o")
         return {"drive": _used(drive), "combine": _used(combine), "read": _used(read)}
+
+    def summed_drive(self) -> list[str]:
+        """`every C tokens`: the chunk-start terms summed over a piece of the chunk (axis 1).
+        A term that is a column times a row per token (a gradient's outer product) is summed
+        as one matrix product over the tokens (`nl.outer_sum`) instead of materializing
+        every token's matrix."""
+        parts, sums = [], {}
+        for e, sym in self._table.items():
+            codes = []
+            for i, term in enumerate(e.args if isinstance(e, sp.MatAdd) else (e,)):
+                split = _outer(term)
+                name = f"{sym.name}_{i}"
+                if split is None:
+                    parts.append((name, term))
+                    codes.append(f"{name}.sum(1)")
+                else:
+                    parts += [(f"{name}_col", split[0]), (f"{name}_row", split[1])]
+                    codes.append(f"nl.outer_sum({name}_col, {name}_row)")
+            sums[sym.name] = " + ".join(codes)
+        lines = self._inputs_unpack() + TorchPrinter(self.names(), chunk=True).assign(parts)
+        lines += [f"{name} = {code}" for name, code in sums.items()]
+        lines.append("return {" + ", ".join(f"{n!r}: {n}" for n in sums) + "}")
+        return _used(lines)
 
     def attention(self) -> dict:
         """The non-parametric family: softmax attention when the kernel is exp(c <q, k>)."""
@@ -406,6 +438,24 @@ class LevelEmitter:
             raise NlcError(f"level '{self.rule.level}': only exponential dot-product kernels "
                            f"exp(c <q, k>) are emitted, not {sp.sstr(kernel)}")
         return {"scale": repr(scale), "window": int(window) if window else None}
+
+
+def _outer(term):
+    """(column, row) with term == column @ row, a scalar coefficient folded into the column;
+    None when the term is not such a product."""
+    coef, mats = _split(term)
+    if not mats:
+        return None
+    product = sp.MatMul(*mats) if len(mats) > 1 else mats[0]
+    factors = product.args if isinstance(product, sp.MatMul) else (product,)
+    factors = [f for f in factors if not f.is_number]
+    for i in range(1, len(factors)):
+        col, row = sp.MatMul(*factors[:i]), sp.MatMul(*factors[i:])
+        if col.shape[1] == 1 and row.shape[0] == 1:
+            col = col.doit() if len(factors[:i]) == 1 else col
+            row = row.doit() if len(factors[i:]) == 1 else row
+            return (coef * col if coef != 1 else col), row
+    return None
 
 
 class _NoChunkedForm(Exception):

@@ -45,9 +45,13 @@ class TorchPrinter:
     """Print expressions as assignment lines. `names` maps a symbol's name to the Python
     expression that holds it; `prefix` names the temporaries."""
 
-    def __init__(self, names: dict[str, str] | None = None, prefix: str = "t"):
+    def __init__(self, names: dict[str, str] | None = None, prefix: str = "t",
+                 chunk: bool = False):
         self.names = dict(names or {})
         self.prefix = prefix
+        # chunk code: matrices shared by a chunk's tokens meet per-token columns, so products
+        # go through nl.mm, which does not copy the shared matrix once per token
+        self.chunk = chunk
         self.lines: list[str] = []
         self.cache: dict = {}
         self.uses: Counter = Counter()
@@ -167,7 +171,12 @@ class TorchPrinter:
                 else:
                     code = f"{code} * {self._paren(m.args[0])}.mT"
                 continue
-            code = self._paren(m) if code is None else f"{code} @ {self._paren(m)}"
+            if code is None:
+                code = self._paren(m)
+            elif self.chunk:
+                code = f"nl.mm({code}, {self._paren(m)})"
+            else:
+                code = f"{code} @ {self._paren(m)}"
         if code is None:
             raise NlcError(f"cannot emit a product of diagonal matrices: {sp.sstr(e)[:80]}")
         factors = [self._paren(s) if not s.is_number else number(s) for s in scalars] + pending
