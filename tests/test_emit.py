@@ -204,3 +204,27 @@ def test_triton_dispatch_matches_pytorch(name):
     assert done.returncode == 0, done.stderr[-2000:]
     out_err, grad_err = map(float, done.stdout.split())
     assert out_err < 1e-5 and grad_err < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["chunked", "recurrent"])
+@pytest.mark.parametrize("window", [None, 5])
+def test_attention_continues_a_packed_batch(mode, window):
+    """The caches a packed batch leaves are left-padded to the longest sequence; continuing
+    them as one batch must mask the padding (each sequence as if run alone)."""
+    from nlc.runtime.attention import attention
+    torch.manual_seed(0)
+    lens, more = [7, 3], 4
+
+    def cols(T):
+        return torch.randn(1, T, 2, 4, 1, dtype=torch.float64)
+    full = [(cols(n + more), cols(n + more), cols(n + more)) for n in lens]
+    alone = [attention(*f, scale=0.5, window=window, state={}, mode=mode)[0][:, n:]
+             for f, n in zip(full, lens)]
+    first = [torch.cat([f[i][:, :n] for f, n in zip(full, lens)], 1) for i in range(3)]
+    _, state = attention(*first, scale=0.5, window=window, state={}, mode=mode,
+                         cu_seqlens=torch.tensor([0, 7, 10]))
+    assert state["#valid"].tolist() == [min(n, window - 1) if window else n for n in lens]
+    rest = [torch.cat([f[i][:, n:] for f, n in zip(full, lens)], 0) for i in range(3)]
+    o, _ = attention(*rest, scale=0.5, window=window, state=state, mode=mode)
+    for b in range(2):
+        assert rel(o[b:b + 1], alone[b]) < 1e-12, b
