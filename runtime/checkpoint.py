@@ -256,12 +256,18 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
         check_optimizer(checkpoint, optimizer)
     model.load_state_dict(checkpoint.model, strict=True)
     if optimizer is not None:
-        optimizer.load_state_dict(checkpoint.optimizer)
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                pending = optimizer.state.get(p, {}).pop(PENDING, None)
-                if pending is not None:
-                    p.grad = pending.to(p.device, p.dtype)
+        saved = dict(checkpoint.optimizer)
+        pending, state = {}, {}
+        for index, entries in saved["state"].items():
+            entries = dict(entries)
+            if PENDING in entries:
+                pending[int(index)] = entries.pop(PENDING)
+            if entries:  # a slow parameter before its first step has only its pending sum
+                state[index] = entries
+        optimizer.load_state_dict({**saved, "state": state})
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, grad in pending.items():
+            params[index].grad = grad.to(params[index].device, params[index].dtype)
     if restore_rng:
         set_rng_state(checkpoint.state["rng"])
 

@@ -445,3 +445,25 @@ def test_hope_and_cms_run_forward_and_backward_at_t256(name):
         if name == "ContinuumMemory" and pname[-1] in "23":
             continue   # the 256- and 4096-token levels never update inside 256 tokens
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_pending_slow_gradients_survive_a_checkpoint(tmp_path):
+    """A slow group's summed gradients are saved with the optimizer and restored on load."""
+    from nlc.runtime import checkpoint as ckpt
+    from nlc.runtime.config import TrainConfig
+    module = module_of(tmp_path, SLOW_STEPS, "slow_ckpt")
+    config = TrainConfig(lr=0.01, weight_decay=0.0, keep_last=1)
+    torch.manual_seed(8)
+    layer = module.SlowFast().double()
+    optimizer = build_optimizer(layer, config)
+    layer(torch.randn(2, 7, 6, dtype=F64)).square().sum().backward()
+    step_levels(optimizer, 0)                       # the slow group (every 3) holds its sum
+    pending = layer.W_o.grad.clone()
+    assert layer.W_q.grad is None
+    path = ckpt.save_checkpoint(tmp_path / "run", 1, layer, optimizer, config, {})
+    fresh = module.SlowFast().double()
+    fresh_optimizer = build_optimizer(fresh, config)
+    ckpt.apply_checkpoint(ckpt.read_checkpoint(path), fresh, fresh_optimizer, restore_rng=False)
+    assert torch.equal(fresh.W_o.grad, pending)
+    assert fresh.W_q.grad is None
+    assert all("pending_grad" not in s for s in fresh_optimizer.state.values())
