@@ -69,6 +69,23 @@ def _suspend(state: State, anchor: dict, position: int, anchors) -> State:
     return {**state, **anchor, POSITION: position} if anchors else state
 
 
+def _anchor(state: State, anchors) -> dict:
+    """The chunk-start copies (the anchors) of a level's state tensors."""
+    return {a: state[s] for a, s in anchors}
+
+
+def _wide(anchor: dict) -> dict:
+    """Anchors with a token axis of 1, to meet a whole chunk's tokens `[B, T, ...]`."""
+    return {a: x.unsqueeze(1) for a, x in anchor.items()}
+
+
+def _chunks(tokens: dict, size: int):
+    """The tokens (axis 1) in consecutive parts of `size`."""
+    T = next(iter(tokens.values())).shape[1]
+    for start in range(0, T, size):
+        yield {name: x[:, start:start + size] for name, x in tokens.items()}
+
+
 def mid_chunk(state: State, every: int | None) -> bool:
     """Whether a saved state stopped inside a chunk (then only the recurrent form goes on)."""
     return bool(every) and int(state.get(POSITION, 0)) % every != 0
@@ -86,7 +103,7 @@ def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = N
     outputs = []
     for t, token in enumerate(_tokens(tokens)):
         if anchors and (position + t) % anchor_every == 0:
-            anchor = {a: state[s] for a, s in anchors}
+            anchor = _anchor(state, anchors)
         state, out = step(state, {**consts, **anchor, **token})
         outputs.append(out)
     return torch.stack(outputs, 1), _suspend(state, anchor, position + T, anchors)
@@ -125,8 +142,8 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     grad = _needs_grad(state, tokens, consts)
 
     def one_chunk(state, part):
-        anchor = {a: state[s] for a, s in anchors}
-        wide = {a: x.unsqueeze(1) for a, x in anchor.items()}
+        anchor = _anchor(state, anchors)
+        wide = _wide(anchor)
         driven = drive({**consts, **wide, **part})
         seen = []
         for token, terms in zip(_tokens(part), _tokens(driven)):
@@ -142,17 +159,15 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
         return drive({**consts, **wide, **piece}), read({}, {**consts, **wide, **piece})
 
     outputs = []
-    for start in range(0, T, chunk):
-        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+    for part in _chunks(tokens, chunk):
         if not additive:
             o, state, anchor = _maybe_checkpoint(one_chunk, grad, state, part)
             outputs.append(o)
             continue
-        anchor = {a: state[s] for a, s in anchors}
-        wide = {a: x.unsqueeze(1) for a, x in anchor.items()}
+        anchor = _anchor(state, anchors)
+        wide = _wide(anchor)
         total = None
-        for at in range(0, next(iter(part.values())).shape[1], PIECE):
-            piece = {name: x[:, at:at + PIECE] for name, x in part.items()}
+        for piece in _chunks(part, PIECE):
             sums, o = _maybe_checkpoint(one_piece, grad, wide, piece)
             total = sums if total is None else {k: total[k] + v for k, v in sums.items()}
             outputs.append(o)
@@ -187,7 +202,7 @@ def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict |
         inputs = {**consts, **token}
         for m in members:
             if m.anchors and (position[m.name] + t) % m.every == 0:
-                anchor[m.name] = {a: current[m.name][s] for a, s in m.anchors}
+                anchor[m.name] = _anchor(current[m.name], m.anchors)
         read = {m.name: m.read(current[m.name], {**inputs, **anchor[m.name]}) for m in members}
         inputs |= read
         for m in members:
@@ -214,8 +229,8 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
     grad = _needs_grad(tokens, consts, *current.values())
 
     def one_chunk(current, part):
-        anchor = {m.name: {a: current[m.name][s] for a, s in m.anchors} for m in members}
-        wide = {n: {a: x.unsqueeze(1) for a, x in an.items()} for n, an in anchor.items()}
+        anchor = {m.name: _anchor(current[m.name], m.anchors) for m in members}
+        wide = {n: _wide(an) for n, an in anchor.items()}
         inputs = {**consts, **part}
         read = {m.name: m.read(current[m.name], {**inputs, **wide[m.name]}) for m in members}
         inputs |= read
@@ -227,8 +242,7 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
         return read, current, anchor
 
     anchor = {}
-    for start in range(0, T, chunk):
-        part = {name: x[:, start:start + chunk] for name, x in tokens.items()}
+    for part in _chunks(tokens, chunk):
         read, current, anchor = _maybe_checkpoint(one_chunk, grad, current, part)
         for m in members:
             outputs[m.name].append(read[m.name])

@@ -313,32 +313,31 @@ class LayerEmitter:
         lp.args_doc = "Inputs: " + ", ".join(shown) + "."
         return lp
 
-    def arguments(self, lp, names, part: str = "") -> list[str]:
-        """The op's token and parameter arguments; a `direct` edge detaches what comes from
-        its source (a level's output, or train's context values and parameters)."""
+    def arguments(self, op, names, part: str = "", cut: frozenset = frozenset()) -> list[str]:
+        """The token and parameter arguments of an op (a level's or a group's); `part`
+        slices the tokens; `cut` (a level's `direct` sources) detaches what comes from them
+        (a level's output, or train's context values and parameters)."""
         from nlc.levels.records import TRAIN
-        cut = self.transfers.direct.get(lp.name, set())
         args = []
-        for i in lp.tokens:
+        for i in op.tokens:
             code = names.get(i.name, local(i.name)) + part
             if i.name in cut or (TRAIN in cut and i.name in self.context_names):
                 code += ".detach()"
             args.append(f"{code}[..., 0]" if i.kind == "scalar" else code)
-        for p in lp.params:
+        for p in op.params:
             args.append(f"{p.arg}=self.{p.name}" + (".detach()" if TRAIN in cut else ""))
         return args
 
+    def direct_sources(self, lp) -> frozenset:
+        return frozenset(self.transfers.direct.get(lp.name, ()))
+
     def call(self, lp, names) -> list[str]:
-        args = self.arguments(lp, names)
+        args = self.arguments(lp, names, cut=self.direct_sources(lp))
         args += [f'initial_state=states["{lp.name}"]', "output_final_state=cache is not None",
                  "cu_seqlens=cu_seqlens", "mode=mode", "chunk_size=self.chunk_size"]
-        target = local(lp.name)
-        lines = [f"{target}, {lp.name}_final = {lp.fn}_op({', '.join(args)})  # spec:{lp.line}"]
-        if lp.read_kind == "scalar":
-            lines.append(f"{target} = {target}[..., None]")
-        return lines
-
-
+        lines = [f"{local(lp.name)}, {lp.name}_final = {lp.fn}_op({', '.join(args)})  "
+                 f"# spec:{lp.line}"]
+        return lines + _scalar_read(lp)
     def group(self, group, lps) -> GroupPlan:
         own = {lv.name for lv in group}
         for name in own & set(self.transfers.direct):
@@ -348,7 +347,7 @@ class LayerEmitter:
         tokens, params = {}, {}
         for level, lp in zip(group, lps):
             try:
-                lp.read_token = LevelEmitter.read_token(lp.emitter)
+                lp.read_token = lp.emitter.read_token()
             except NlcError as err:
                 raise NlcError(err.message, level.span) from None
             lp.group = True
@@ -404,7 +403,7 @@ class LayerEmitter:
                                    f"be a vector of {size}", edge.span)
                 reset = (f", reset=lambda i, s, state: nl.weights_from("
                          f"{names[source]}[:, s], state, {shapes!r})")
-        args = self.arguments(lp, names, part="[:, s:e]")
+        args = self.arguments(lp, names, part="[:, s:e]", cut=self.direct_sources(lp))
         args += ["initial_state=state", "output_final_state=True", "mode=mode",
                  "chunk_size=self.chunk_size"]
         target = local(lp.name)
@@ -412,17 +411,10 @@ class LayerEmitter:
                  f"    lambda s, e, state: {lp.fn}_op({', '.join(args)}),",
                  f"    x.shape[1], {period}, states[{lp.name!r}], offset=position{reset},",
                  ")"]
-        if lp.read_kind == "scalar":
-            lines.append(f"{target} = {target}[..., None]")
-        return lines
+        return lines + _scalar_read(lp)
 
     def call_group(self, gp: GroupPlan, names) -> list[str]:
-        args = []
-        for i in gp.tokens:
-            code = names.get(i.name, local(i.name))
-            args.append(f"{code}[..., 0]" if i.kind == "scalar" else code)
-        for p in gp.params:
-            args.append(f"{p.arg}=self.{p.name}")
+        args = self.arguments(gp, names)  # direct edges into a group are refused
         initial = ", ".join(f'"{lp.name}": states["{lp.name}"]' for lp in gp.members)
         args += [f"initial_state={{{initial}}}", "output_final_state=cache is not None",
                  "cu_seqlens=cu_seqlens", "mode=mode"]
@@ -430,10 +422,15 @@ class LayerEmitter:
         for lp in gp.members:
             target = local(lp.name)
             lines.append(f'{target} = outs["{lp.name}"]')
-            if lp.read_kind == "scalar":
-                lines.append(f"{target} = {target}[..., None]")
+            lines += _scalar_read(lp)
             lines.append(f'{lp.name}_final = None if finals is None else finals["{lp.name}"]')
         return lines
+
+
+def _scalar_read(lp) -> list[str]:
+    """A scalar read comes back `[B, T, H]`; the layer's code uses it as `[B, T, H, 1]`."""
+    target = local(lp.name)
+    return [f"{target} = {target}[..., None]"] if lp.read_kind == "scalar" else []
 
 
 def _shapes_text(shapes) -> str:
