@@ -189,9 +189,8 @@ class LevelEmitter:
                 plan.frozen = self.frozen_split()
                 # `every C tokens`: the state plus chunk-start terms only, so a chunk's terms
                 # can be summed before they are combined
-                plan.additive = rule.period > 1 and not any(
-                    f'inputs["{i.name}"]' in line for line in plan.frozen["combine"]
-                    for i in self.tokens)
+                plan.additive = rule.period > 1 and not (
+                    self._combine_uses & {i.name for i in self.tokens})
                 if plan.additive:
                     plan.frozen["drive"] = self.summed_drive()
             else:
@@ -383,6 +382,7 @@ class LevelEmitter:
         if not table:
             raise _NoChunkedForm("nothing depends on the chunk-start state")
         self._table = table
+        self._combine_uses = free_names([e for _, e in combined])
         drive_names = {sym.name: sym.name for sym in table.values()}
         drive = self._inputs_unpack() + TorchPrinter(self.names(), chunk=True).assign(
             [(sym.name, e) for e, sym in table.items()])
