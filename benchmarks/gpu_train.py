@@ -26,6 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["linear_attention", "deltanet", "gated_deltanet", "titans", "softmax_attention"]
 
 
+def spec_of(model: str) -> str:
+    """examples/MODEL.nl, or a variant spec in benchmarks/specs/MODEL.nl."""
+    example = ROOT / "examples" / f"{model}.nl"
+    return str(example if example.exists() else ROOT / "benchmarks" / "specs" / f"{model}.nl")
+
+
 def header() -> str:
     return (f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, torch "
             f"{torch.__version__}, Triton {__import__('triton').__version__}, "
@@ -106,7 +112,7 @@ def part_mqar(out: Path, steps: int) -> str:
     args = ["--task", "mqar", "--seq-len", "256", "--mqar-num-kv-pairs", "16", "--d-model",
             "128", "--n-layers", "2", "--steps", str(steps), "--batch-size", "64", "--lr",
             "1e-3", "--eval-interval", "0", "--checkpoint-interval", "0", "--warmup", "50"]
-    jobs = [(m, str(ROOT / f"examples/{m}.nl"), out / f"mqar_{m}", args) for m in MODELS]
+    jobs = [(m, spec_of(m), out / f"mqar_{m}", args) for m in MODELS]
     start = time.time()
     results = in_parallel(jobs, torch.cuda.device_count())
     rows = ["| model | MQAR accuracy | final train loss | tokens/s |", "|---|---|---|---|"]
@@ -127,7 +133,7 @@ def part_lm(out: Path, steps: int) -> str:
     args = ["--task", "lm", "--seq-len", "512", "--d-model", "128", "--n-layers", "2",
             "--steps", str(steps), "--batch-size", "32", "--eval-interval", "0",
             "--checkpoint-interval", "0", "--warmup", "50", "--lr", "2e-3"]
-    jobs = [(m, str(ROOT / f"examples/{m}.nl"), out / f"lm_{m}", args) for m in MODELS]
+    jobs = [(m, spec_of(m), out / f"lm_{m}", args) for m in MODELS]
     results = in_parallel(jobs, torch.cuda.device_count())
     rows = ["| model | val bits per byte | tokens/s |", "|---|---|---|"]
     for m in MODELS:
@@ -221,7 +227,7 @@ def part_results(out: Path, steps: int) -> str:
     Environment: NLC_MQAR_BUDGET, NLC_MQAR_VOCAB, NLC_MQAR_LR, NLC_LM_BUDGET, NLC_LM_MODELS."""
     budget = float(os.environ.get("NLC_MQAR_BUDGET", "330"))
     lm_budget = float(os.environ.get("NLC_LM_BUDGET", "150"))
-    spec = {m: str(ROOT / f"examples/{m}.nl") for m in MODELS}
+    spec = {m: spec_of(m) for m in MODELS}
     lr = os.environ.get("NLC_MQAR_LR", "1e-3")
     mqar_args = [*MQAR_ARGS, "--steps", str(steps), "--time-budget", str(budget), "--lr", lr]
     lm_args = [*LM_ARGS, "--steps", "150", "--time-budget", str(lm_budget)]
@@ -243,9 +249,13 @@ def part_results(out: Path, steps: int) -> str:
         ev = metrics(run, "eval")
         s = summary(run)
         acc = f"{ev[-1]['accuracy']:.4f}" if ev else "failed"
+        if metrics(run, "diverged"):
+            acc = f"diverged at step {metrics(run, 'diverged')[0]['step']}"
         curve = ", ".join(f"{e['step']}: {e['accuracy']:.3f}" for e in ev)
         lm = metrics(out / f"lm_{m}", "eval")
         bpb = f"{lm[-1]['bits_per_byte']:.3f}" if lm else "failed"
+        if metrics(out / f"lm_{m}", "diverged"):
+            bpb = f"diverged at step {metrics(out / f'lm_{m}', 'diverged')[0]['step']}"
         rows.append(f"| {m} | {acc} | {s.get('steps', '-')} | {curve} | "
                     f"{s.get('final_loss', float('nan')):.3f} | {bpb} | "
                     f"{summary(out / f'lm_{m}').get('steps', '-')} |")

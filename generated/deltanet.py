@@ -243,7 +243,7 @@ class DeltaNet(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:23
-        out = (nl.head_matmul(nl.rmsnorm(memory), self.W_o)).sum(2)  # spec:31
+        out = nl.head_matmul_sum(nl.rmsnorm(memory), self.W_o)  # spec:31
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

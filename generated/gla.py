@@ -225,9 +225,9 @@ class GLA(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:25
-        out = (
-            nl.head_matmul(nl.layernorm(memory) * F.silu(nl.head_matmul(xh, self.W_r)), self.W_o)
-        ).sum(2)  # spec:33
+        out = nl.head_matmul_sum(
+            nl.layernorm(memory) * F.silu(nl.head_matmul(xh, self.W_r)), self.W_o
+        )  # spec:33
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -1044,7 +1044,7 @@ class SelfModifyingTitans(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:67
-        out = (nl.head_matmul(memory, self.W_o)).sum(2)  # spec:75
+        out = nl.head_matmul_sum(memory, self.W_o)  # spec:75
         if cache is not None:
             cache["states"] = {
                 "alpha": alpha_final,

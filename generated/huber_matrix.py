@@ -248,7 +248,7 @@ class HuberMatrix(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:24
-        out = (nl.head_matmul(nl.rmsnorm(memory), self.W_o)).sum(2)  # spec:32
+        out = nl.head_matmul_sum(nl.rmsnorm(memory), self.W_o)  # spec:32
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -314,7 +314,7 @@ class LinearAttention(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:31
         normalizer = normalizer[..., None]
-        out = (nl.head_matmul(memory / normalizer, self.W_o)).sum(2)  # spec:39
+        out = nl.head_matmul_sum(memory / normalizer, self.W_o)  # spec:39
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -246,7 +246,7 @@ class LpMatrix(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:25
-        out = (nl.head_matmul(nl.rmsnorm(memory), self.W_o)).sum(2)  # spec:33
+        out = nl.head_matmul_sum(nl.rmsnorm(memory), self.W_o)  # spec:33
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

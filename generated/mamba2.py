@@ -256,12 +256,10 @@ class Mamba2(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:27
-        out = (
-            nl.head_matmul(
-                nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(nl.head_matmul(xh, self.W_z))),
-                self.W_o,
-            )
-        ).sum(2)  # spec:35
+        out = nl.head_matmul_sum(
+            nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(nl.head_matmul(xh, self.W_z))),
+            self.W_o,
+        )  # spec:35
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

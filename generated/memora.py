@@ -289,7 +289,7 @@ class Memora(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:22
-        out = (nl.head_matmul(memory, self.W_o)).sum(2)  # spec:30
+        out = nl.head_matmul_sum(memory, self.W_o)  # spec:30
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

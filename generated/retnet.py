@@ -212,9 +212,9 @@ class RetNet(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:21
-        out = (
-            nl.head_matmul(F.silu(nl.head_matmul(xh, self.W_g)) * nl.layernorm(memory), self.W_o)
-        ).sum(2)  # spec:29
+        out = nl.head_matmul_sum(
+            F.silu(nl.head_matmul(xh, self.W_g)) * nl.layernorm(memory), self.W_o
+        )  # spec:29
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -151,7 +151,7 @@ class SlidingWindow(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:19
-        out = (nl.head_matmul(memory, self.W_o)).sum(2)  # spec:26
+        out = nl.head_matmul_sum(memory, self.W_o)  # spec:26
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

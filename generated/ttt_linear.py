@@ -80,6 +80,31 @@ def memory_drive(inputs):
     return {"drive0": drive0}
 
 
+def memory_outer(inputs):
+    """Level `memory`'s chunk-start terms as per-token outer products (column, row)."""
+    k = inputs["k"]
+    v = inputs["v"]
+    eta = inputs["eta"]
+    W_W1_0 = inputs["W_W1_0"]
+    t0 = -v
+    t1 = nl.mm(W_W1_0, k)
+    t2 = nl.mean(t1)
+    t3 = -t2
+    t4 = t3
+    t5 = t1 + t4
+    t6 = t5**2
+    t7 = nl.mean(t6)
+    t8 = 1e-06 + t7
+    t9 = torch.rsqrt(t8)
+    t10 = t9 * t5
+    t11 = t0 + t10 + k
+    drive0_0_col = (-eta / (torch.sqrt(t8))) * (
+        t0 + (-nl.mean(t10 * t11) / (torch.sqrt(t8)) + t9) * t5 + (-nl.mean(t11)) + k
+    )
+    drive0_0_row = k.mT
+    return {"drive0": [(drive0_0_col, drive0_0_row)]}
+
+
 def memory_combine(state, inputs):
     """One token of level `memory` given its chunk-start terms."""
     W_W1 = state["W_W1"]
@@ -147,8 +172,8 @@ def memory_op(
         )
 
     def chunked(tokens, state):
-        return nl.frozen_chunked(
-            memory_drive,
+        return nl.dual_chunked(
+            memory_outer,
             memory_combine,
             memory_read,
             tokens,
@@ -260,7 +285,7 @@ class TTTLinear(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:24
-        out = (nl.head_matmul(memory, self.W_o)).sum(2)  # spec:32
+        out = nl.head_matmul_sum(memory, self.W_o)  # spec:32
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -139,6 +139,52 @@ def memory_drive(inputs):
     return {"drive0": drive0, "drive1": drive1}
 
 
+def memory_outer(inputs):
+    """Level `memory`'s chunk-start terms as per-token outer products (column, row)."""
+    k = inputs["k"]
+    v = inputs["v"]
+    eta = inputs["eta"]
+    W_W1_0 = inputs["W_W1_0"]
+    W_W2_0 = inputs["W_W2_0"]
+    t0 = -v
+    t1 = nl.mm(W_W1_0, k)
+    t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
+    t3 = nl.mm(W_W2_0, t2)
+    t4 = nl.mean(t3)
+    t5 = -t4
+    t6 = t5
+    t7 = t3 + t6
+    t8 = t7**2
+    t9 = nl.mean(t8)
+    t10 = 1e-06 + t9
+    t11 = torch.rsqrt(t10)
+    t12 = t11 * t7
+    t13 = t0 + t12 + k
+    t14 = t12 * t13
+    t15 = nl.mean(t14)
+    t16 = -t15 / (torch.sqrt(t10))
+    t17 = t16 + t11
+    t18 = t17 * t7
+    t19 = nl.mean(t13)
+    t20 = -t19
+    t21 = t20
+    t22 = t0 + t18 + t21 + k
+    drive0_0_col = (-eta) * (
+        (t11 * (nl.mm(W_W2_0.mT, t22)))
+        * (
+            0.5
+            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t1 * torch.exp(-0.5 * (t1**2))
+            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t1)
+        )
+    )
+    t23 = k.mT
+    drive0_0_row = t23
+    drive1_0_col = (-eta / (torch.sqrt(t10))) * t22
+    t24 = nl.mm(t23, W_W1_0.mT)
+    drive1_0_row = 0.5 * t24 * (1 + torch.erf(0.5 * 1.4142135623730951 * t24))
+    return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
+
+
 def memory_combine(state, inputs):
     """One token of level `memory` given its chunk-start terms."""
     W_W1 = state["W_W1"]
@@ -213,8 +259,8 @@ def memory_op(
         )
 
     def chunked(tokens, state):
-        return nl.frozen_chunked(
-            memory_drive,
+        return nl.dual_chunked(
+            memory_outer,
             memory_combine,
             memory_read,
             tokens,
@@ -332,7 +378,7 @@ class TTTMLP(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:23
-        out = (nl.head_matmul(memory, self.W_o)).sum(2)  # spec:31
+        out = nl.head_matmul_sum(memory, self.W_o)  # spec:31
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

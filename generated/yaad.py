@@ -294,7 +294,7 @@ class Yaad(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:25
-        out = (nl.head_matmul(memory, self.W_o)).sum(2)  # spec:33
+        out = nl.head_matmul_sum(memory, self.W_o)  # spec:33
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -20,6 +20,7 @@ from pathlib import Path
 from nlc.errors import NlcError
 
 EXIT_OK = 0
+EXIT_DIVERGED = 1  # the loss stopped being finite
 SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
 
 
@@ -114,6 +115,10 @@ def cmd_train(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": config.out, "final_loss": summary["final_loss"],
                           **summary["eval"]}))
+    if summary["diverged_at"] is not None:
+        print(f"nlc train: the loss stopped being finite at step {summary['diverged_at']}; "
+              f"the run diverged (see {config.out}/metrics.jsonl)", file=sys.stderr)
+        return EXIT_DIVERGED
     return EXIT_OK
 
 

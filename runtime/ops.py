@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from nlc.runtime.chunked import decay_chunked, delta_chunked
 from nlc.runtime.attention import attention
+from nlc.runtime.dual import DualState, dual_chunked
 from nlc.runtime.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
                               recurrent, segments, state_from, varlen, weights_from)
 
@@ -30,11 +31,28 @@ EPS = 1e-6
 def head_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """`a @ W` per head: a `[..., H|1, m]`, W `[H, m]` (-> `[..., H, 1]`) or `[H, m, n]`."""
     heads = max(a.shape[-2], w.shape[0])
+    if a.shape[-2] == 1 and w.shape[0] == heads:
+        # one input for every head (the layer's x): one matrix product with the heads' weights
+        # side by side, instead of a copy of the input per head
+        if w.dim() == 2:
+            return (a[..., 0, :] @ w.mT).unsqueeze(-1)
+        wide = w.permute(1, 0, 2).reshape(w.shape[1], heads * w.shape[2])
+        return (a[..., 0, :] @ wide).unflatten(-1, (heads, w.shape[2]))
     a = a.expand(*a.shape[:-2], heads, a.shape[-1])
     if w.dim() == 2:
         return torch.einsum("...hm,hm->...h", a, w.expand(heads, -1)).unsqueeze(-1)
     # einsum, not a broadcast `@`: its backward would materialize one [m, n] product per token
     return torch.einsum("...hm,hmn->...hn", a, w.expand(heads, -1, -1))
+
+
+def head_matmul_sum(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum over the heads of `a @ W` per head, a `[..., H|1, m]`, W `[H, m, n]` -> `[..., n]`:
+    the heads' inputs side by side times their weights stacked, one matrix product (a layer's
+    output projection), without the per-head products."""
+    if w.dim() != 3:
+        return head_matmul(a, w).sum(-2)
+    a = a.expand(*a.shape[:-2], w.shape[0], a.shape[-1])
+    return a.flatten(-2) @ w.flatten(0, 1)
 
 
 def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=None,
@@ -43,13 +61,21 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=Non
     tap multiplies the current token. Packed sequences (`cu_seqlens`) do not see each other.
     With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`."""
     width = weight.shape[-1]
-    T = x.shape[1]
+    B, T, H, D = x.shape
     if cache is not None and width > 1:
         past = cache.get(key)
         if past is None:
             past = x.new_zeros(x.shape[0], width - 1, *x.shape[2:])
         x = torch.cat([past, x], dim=1)
         cache[key] = x[:, -(width - 1):]
+    if cu_seqlens is None and H == weight.shape[0]:
+        # one depthwise convolution over the channels, as flash-linear-attention's layers do;
+        # a cache already holds the W-1 inputs before x (zeros at the start)
+        h = x.reshape(B, x.shape[1], H * D).transpose(1, 2)
+        if cache is None:
+            h = F.pad(h, (width - 1, 0))
+        out = F.conv1d(h, weight.reshape(H * D, 1, width).to(h.dtype), groups=H * D)
+        return out.transpose(1, 2).reshape(B, T, H, D)
     pos = positions(x.shape[1], cu_seqlens, x.device)
     out = x * weight[..., width - 1]
     for j in range(1, width):
@@ -145,6 +171,8 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in chunk code. When a matrix shared by a chunk's tokens ([B, 1, H, r, k], an
     anchor) meets one column per token ([B, T, H, k, 1]), or one row per token meets a
     shared matrix, `@` would copy the shared matrix T times; this multiplies once."""
+    if isinstance(a, DualState):  # a chunk's per-token states in the dual form
+        return a.product(b)
     if a.dim() == 5 and b.dim() == 5:
         if a.shape[1] == 1 < b.shape[1] and b.shape[-1] == 1:      # shared matrix @ columns
             cols = b[..., 0].transpose(1, 2)                            # [B, H, T, k]
@@ -299,11 +327,11 @@ class LinearRecorder:
 
 
 __all__ = [
-    "head_matmul", "short_conv", "positions", "l2norm", "rmsnorm", "layernorm", "softmax",
-    "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace", "sum_all",
-    "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param", "output",
-    "per_token", "init_state", "inv_softplus_uniform", "log_uniform", "use_triton", "kernels",
-    "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked", "decay_chunked",
-    "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled", "coupled_chunked",
-    "segments", "state_from", "weights_from",
+    "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm", "rmsnorm",
+    "layernorm", "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace",
+    "sum_all", "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param",
+    "output", "per_token", "init_state", "inv_softplus_uniform", "log_uniform", "use_triton",
+    "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
+    "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
+    "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import platform
 import random
 import time
@@ -114,7 +115,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         loss_value = trained_losses[-1] if trained_losses else loss_value
         last_eval = evaluate(model, task, world, autocast)
         bar.message(f"nothing to train: the run is at step {start} of {config.steps}")
-    done = start
+    done, diverged = start, None
     for step in range(start, config.steps):
         lr = lr_at(step, config)
         set_lr(optimizer, lr)
@@ -122,8 +123,17 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                                                     task.train_batch(step), world, config,
                                                     autocast, step)
         done = step + 1
-        out_of_time = config.time_budget > 0 and distributed.all_reduce_sums(
-            {"late": float(time.perf_counter() - began > config.time_budget)}, world)["late"] > 0
+        flags = distributed.all_reduce_sums(
+            {"late": float(config.time_budget > 0
+                           and time.perf_counter() - began > config.time_budget),
+             "diverged": float(not math.isfinite(loss_sum))}, world)
+        if flags["diverged"] > 0:  # weights are no longer finite: stop, save nothing
+            diverged = done
+            log.write({"kind": "diverged", "step": done, "loss": loss_sum / max(1, n_targets)})
+            bar.message(f"the loss is not finite at step {done}: the run diverged; stopping "
+                        f"without saving (checkpoints on disk are from earlier steps)")
+            break
+        out_of_time = flags["late"] > 0
         last = done == config.steps or out_of_time
         if done % config.log_interval == 0 or last:
             total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
@@ -154,7 +164,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
 
     elapsed = time.perf_counter() - began
     summary = {"task": config.task, "spec": config.spec, "steps": done,
-               "steps_planned": config.steps,
+               "steps_planned": config.steps, "diverged_at": diverged,
                "resumed_from": start, "final_loss": loss_value, "eval": last_eval,
                "parameters": model.num_parameters(), "world_size": world.world_size,
                "device": str(world.device), "elapsed_s": elapsed,

@@ -144,3 +144,22 @@ def test_time_budget_ends_the_run_early_with_an_eval(tmp_path, capsys):
     assert 0.0 <= summary["eval"]["accuracy"] <= 1.0
     assert (out / "checkpoints" / "step_00000001").is_dir()
     assert "time budget of 1e-09 s spent: stopping at step 1 of 50" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_saves_nothing_and_exits_1(tmp_path, capsys):
+    """At lr 1e30 the first step makes the weights infinite: the run stops at the first
+    non-finite loss, keeps the checkpoint it had, and says so."""
+    out = tmp_path / "wild"
+    args = ["train", "builtin:attention", *TINY, "--out", str(out), "--warmup", "0",
+            "--checkpoint-interval", "1", "--grad-clip", "0"]
+    args[args.index("--steps") + 1] = "20"
+    assert main([*args, "--steps", "1"]) == 0
+    assert main([*args, "--resume", "--lr", "1e30"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["diverged_at"] is not None and summary["diverged_at"] < 20
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved[-1] == f"step_{summary['diverged_at'] - 1:08d}"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "diverged"
+    err = capsys.readouterr().err
+    assert f"the loss is not finite at step {summary['diverged_at']}" in err

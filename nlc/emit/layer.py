@@ -14,6 +14,7 @@ from nlc.emit.levels import RESERVED, Input, LevelEmitter, local
 from nlc.errors import NlcError
 from nlc.levels import shapes
 from nlc.levels.records import Dim
+from nlc.syntax import ast
 
 READ_LAYOUT = {"vector": "[B, T, H, D]", "scalar": "[B, T, H]"}
 
@@ -237,8 +238,16 @@ class LayerEmitter:
             raise NlcError(f"layer '{spec.name}' has no output", spec.span)
         out = ContextPrinter(names, env, param_shapes, printer.convs, owner="output",
                              constants=consts)
-        plan.forward.append(f"out = ({out.expr(spec.output)}).sum(2)  "
-                            f"# spec:{spec.output.span.line if spec.output.span else 0}")
+        line = f"# spec:{spec.output.span.line if spec.output.span else 0}"
+        final = spec.output
+        if isinstance(final, ast.BinOp) and final.op is ast.BinOpKind.MATMUL \
+                and isinstance(final.right, ast.Name) and final.right.id in param_shapes \
+                and len(param_shapes[final.right.id]) == 2:
+            # the heads' outputs meet the output projection: summed inside one product
+            plan.forward.append(f"out = nl.head_matmul_sum({out.expr(final.left)}, "
+                                f"{names[final.right.id]})  {line}")
+        else:
+            plan.forward.append(f"out = ({out.expr(final)}).sum(2)  {line}")
         return plan
 
     def param_groups(self, plan) -> list:

@@ -193,6 +193,8 @@ class LevelEmitter:
                     self._combine_uses & {i.name for i in self.tokens})
                 if plan.additive:
                     plan.frozen["drive"] = self.summed_drive()
+                elif self.dual_form():
+                    plan.frozen["outer"] = self.outer_drive()
             else:
                 plan.notes.append("no chunk-parallel form: the rule is not affine in the state "
                                   "and its gradients are not frozen per chunk")
@@ -381,7 +383,7 @@ class LevelEmitter:
         combined = [(n, hoist(e)) for n, e in self.rule.next_state]
         if not table:
             raise _NoChunkedForm("nothing depends on the chunk-start state")
-        self._table = table
+        self._table, self._combined = table, combined
         self._combine_uses = free_names([e for _, e in combined])
         drive_names = {sym.name: sym.name for sym in table.values()}
         drive = self._inputs_unpack() + TorchPrinter(self.names(), chunk=True).assign(
@@ -400,27 +402,59 @@ class LevelEmitter:
         read.append("return o")
         return {"drive": _used(drive), "combine": _used(combine), "read": _used(read)}
 
+    def _outer_terms(self):
+        """Each chunk-start term as a sum of per-token outer products: (term name, [(column
+        name, column expr, row name, row expr) or (name, expr) for a term that is none])."""
+        for e, sym in self._table.items():
+            terms = []
+            for i, term in enumerate(e.args if isinstance(e, sp.MatAdd) else (e,)):
+                split = _outer(term)
+                name = f"{sym.name}_{i}"
+                terms.append((name, term) if split is None else
+                             (f"{name}_col", split[0], f"{name}_row", split[1]))
+            yield sym.name, terms
+
     def summed_drive(self) -> list[str]:
         """`every C tokens`: the chunk-start terms summed over a piece of the chunk (axis 1).
         A term that is a column times a row per token (a gradient's outer product) is summed
         as one matrix product over the tokens (`nl.outer_sum`) instead of materializing
         every token's matrix."""
         parts, sums = [], {}
-        for e, sym in self._table.items():
+        for name, terms in self._outer_terms():
             codes = []
-            for i, term in enumerate(e.args if isinstance(e, sp.MatAdd) else (e,)):
-                split = _outer(term)
-                name = f"{sym.name}_{i}"
-                if split is None:
-                    parts.append((name, term))
-                    codes.append(f"{name}.sum(1)")
-                else:
-                    parts += [(f"{name}_col", split[0]), (f"{name}_row", split[1])]
-                    codes.append(f"nl.outer_sum({name}_col, {name}_row)")
-            sums[sym.name] = " + ".join(codes)
+            for term in terms:
+                parts += [term[:2], term[2:]] if len(term) == 4 else [term]
+                codes.append(f"nl.outer_sum({term[0]}, {term[2]})" if len(term) == 4
+                             else f"{term[0]}.sum(1)")
+            sums[name] = " + ".join(codes)
         lines = self._inputs_unpack() + TorchPrinter(self.names(), chunk=True).assign(parts)
         lines += [f"{name} = {code}" for name, code in sums.items()]
         lines.append("return {" + ", ".join(f"{n!r}: {n}" for n in sums) + "}")
+        return _used(lines)
+
+    def dual_form(self) -> bool:
+        """Whether the chunk has the dual form (`nl.dual_chunked`): every chunk-start term is
+        a sum of per-token outer products, the combine is linear in the state and those
+        terms with scalar coefficients, and the read meets the state only as `S @ column`.
+        Then every token's state is a weighted sum of the chunk-start state and the chunk's
+        outer products, and the read needs no per-token matrices."""
+        if any(len(t) != 4 for _, terms in self._outer_terms() for t in terms):
+            return False
+        names = set(self.state_names) | {sym.name for sym in self._table.values()}
+        if not all(_linear_in(e, names) for _, e in self._combined):
+            return False
+        suffix = "" if self.rule.read_before else "_next"
+        return _only_left_factor(self.read, {f"{n}{suffix}" for n in self.state_names})
+
+    def outer_drive(self) -> list[str]:
+        """The chunk-start terms of every token as lists of (column, row) pairs."""
+        parts, pairs = [], {}
+        for name, terms in self._outer_terms():
+            parts += [p for t in terms for p in (t[:2], t[2:])]
+            pairs[name] = ", ".join(f"({t[0]}, {t[2]})" for t in terms)
+        lines = self._inputs_unpack() + TorchPrinter(self.names(), chunk=True).assign(parts)
+        lines.append("return {" + ", ".join(f"{n!r}: [{code}]" for n, code in pairs.items())
+                     + "}")
         return _used(lines)
 
     def attention(self) -> dict:
@@ -447,8 +481,9 @@ def _outer(term):
     if not mats:
         return None
     product = sp.MatMul(*mats) if len(mats) > 1 else mats[0]
-    factors = product.args if isinstance(product, sp.MatMul) else (product,)
-    factors = [f for f in factors if not f.is_number]
+    factors = _factors(product)
+    coef *= sp.Mul(*[f for f in factors if not isinstance(f, sp.MatrixExpr)])
+    factors = [f for f in factors if isinstance(f, sp.MatrixExpr)]
     for i in range(1, len(factors)):
         col, row = sp.MatMul(*factors[:i]), sp.MatMul(*factors[i:])
         if col.shape[1] == 1 and row.shape[0] == 1:
@@ -456,6 +491,52 @@ def _outer(term):
             row = row.doit() if len(factors[i:]) == 1 else row
             return (coef * col if coef != 1 else col), row
     return None
+
+
+def _linear_in(expr, names: set[str]) -> bool:
+    """expr is a sum of scalar coefficients (free of `names`) times one of `names` each."""
+    for term in _summands(expr):
+        coef, mats = _split(term)
+        if len(mats) != 1 or not isinstance(mats[0], sp.MatrixSymbol) \
+                or mats[0].name not in names or free_names([coef]) & names:
+            return False
+    return True
+
+
+def _factors(product) -> list:
+    """The factors of a (nested) product, in order."""
+    if not isinstance(product, sp.MatMul):
+        return [product]
+    return [f for a in product.args for f in _factors(a)]
+
+
+def _summands(expr) -> list:
+    """The terms of a (nested) matrix sum, scalar factors distributed over inner sums."""
+    if isinstance(expr, sp.MatAdd):
+        return [t for a in expr.args for t in _summands(a)]
+    if isinstance(expr, sp.MatMul):
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        if len(mats) == 1 and isinstance(mats[0], sp.MatAdd):
+            coef = sp.Mul(*[a for a in expr.args if a is not mats[0]])
+            return [coef * t for t in _summands(mats[0])]
+    return [expr]
+
+
+def _only_left_factor(expr, names: set[str]) -> bool:
+    """Every symbol of `names` in expr is the left factor of a product with one column."""
+    if isinstance(expr, sp.MatrixSymbol):
+        return expr.name not in names
+    if isinstance(expr, sp.MatMul):
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        if mats and isinstance(mats[0], sp.MatrixSymbol) and mats[0].name in names:
+            return len(mats) == 2 and mats[1].shape[1] == 1 \
+                and not isinstance(mats[1], sp.DiagMatrix) \
+                and _only_left_factor(mats[1], names) \
+                and not free_names([a for a in expr.args if a not in mats]) & names
+    if isinstance(expr, ElementwiseApplyFunction):
+        return _only_left_factor(expr.expr, names)
+    return all(_only_left_factor(a, names) for a in expr.args
+               if isinstance(a, sp.Basic))
 
 
 class _NoChunkedForm(Exception):

@@ -1,0 +1,26 @@
+# Shared by benchmarks/gpu_session6.sh and later: the MQAR (256, 16) and byte-level LM settings
+# of docs/results.md, and how a session script launches runs and reports them. Source it from
+# the repository root with OUT set (the device tool's output folder).
+REPO=$(pwd)
+MQAR="--task mqar --seq-len 256 --mqar-num-kv-pairs 16 --d-model 128 --n-layers 2 \
+  --batch-size 64 --warmup 100 --eval-interval 500 --checkpoint-interval 0 --steps 3000 \
+  --lr 2e-3 --mqar-vocab-size 1024 --quiet --time-budget 300"
+LM="--task lm --seq-len 512 --d-model 128 --n-layers 2 --batch-size 32 --eval-interval 0 \
+  --checkpoint-interval 0 --warmup 50 --steps 150 --lr 2e-3 --quiet --time-budget 250 \
+  --log-interval 5"
+
+# launch NAME SPEC SETTINGS: `nlc train` in the background, into $OUT/runs/NAME
+launch() {
+  (cd /tmp && timeout 380 python -m nlc train "$2" $3 --out "$OUT/runs/$1" > "$OUT/$1.log" 2>&1) &
+}
+
+# report NAME...: each run's evaluations, last training line and result; then drop the runs
+report() {
+  wait
+  for r in "$@"; do
+    echo "== $r"; grep '"eval"\|"diverged"' "$OUT/runs/$r/metrics.jsonl" | cut -c1-140
+    grep '"train"' "$OUT/runs/$r/metrics.jsonl" | tail -1 | cut -c1-200
+    tail -1 "$OUT/$r.log" | cut -c1-300
+  done
+  rm -rf "$OUT"/runs
+}

@@ -1,0 +1,119 @@
+"""Titans' memory level: the dual chunk form against the per-token loop form, forward + backward.
+
+    python benchmarks/titans_dual.py [--B 64] [--T 256] [--repeat 3] [--device cuda]
+
+The level op of examples/titans.nl (4 heads of 64, an MLP memory with hidden 256, gradients
+at chunks of 64), fp32, random inputs shaped like a layer's: l2-normalized q and k, gates in
+(0, 1). Rows: `nl.dual_chunked` (what the generated op runs), `nl.frozen_chunked` on the same
+generated `memory_drive / memory_combine / memory_read` (the form before: a loop over each
+chunk's tokens on per-token MLP weights) and, when cheap enough, the token-by-token recurrence.
+Each is checked against the recurrence (relative max error of the output) before timing.
+Prints a markdown table with the machine, versions and date: docs/perf.md records it."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from nlc.runtime import ops as nl
+
+from nlc import __version__
+from nlc.emit import load_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def inputs(B: int, T: int, device: str, dtype=torch.float32) -> dict:
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    q = torch.nn.functional.normalize(rand(B, T, 4, 64), dim=-1)
+    k = torch.nn.functional.normalize(rand(B, T, 4, 64), dim=-1)
+    return {"q": q, "k": k, "v": rand(B, T, 4, 64),
+            "alpha": torch.sigmoid(rand(B, T, 4)) * 0.1,
+            "eta": torch.sigmoid(rand(B, T, 4)) * 0.9,
+            "theta": torch.sigmoid(rand(B, T, 4)) * 0.01}
+
+
+def forms(module):
+    """name -> function(inputs, state) -> output of the level op."""
+    anchors = (("M_W1_0", "M_W1"), ("M_W2_0", "M_W2"))
+
+    def loop(x, state):
+        tokens = {n: nl.column(x[n]) if x[n].dim() == 4 else nl.scalar(x[n]) for n in x}
+        o, _ = nl.frozen_chunked(module.memory_drive, module.memory_combine,
+                                 module.memory_read, tokens, state, anchors=anchors, chunk=64)
+        return nl.output(o, "vector")
+
+    return {
+        "dual (nl.dual_chunked)": lambda x, s: module.memory_op(**x, initial_state=s)[0],
+        "per-token loop (nl.frozen_chunked)": loop,
+        "recurrent": lambda x, s: module.memory_op(**x, initial_state=s, mode="recurrent")[0],
+    }
+
+
+def timed(fn, x, state, repeat: int, device: str) -> float:
+    times = []
+    for _ in range(repeat + 1):  # the first run warms up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(x, state).square().mean().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--B", type=int, default=4)
+    parser.add_argument("--T", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-recurrent", action="store_true")
+    args = parser.parse_args()
+    module = load_module(str(ROOT / "examples" / "titans.nl"))
+    layer = module.Titans().to(args.device)
+    state = {n: s.detach().clone().requires_grad_(True)
+             for n, s in layer.initial_state(args.B)["memory"].items()}
+    x = {n: t.requires_grad_(True) for n, t in inputs(args.B, args.T, args.device).items()}
+    chosen = forms(module)
+    with torch.no_grad():
+        small = {n: t[:2] for n, t in x.items()}
+        small_state = {n: s[:2] for n, s in state.items()}
+        reference = chosen["recurrent"](small, small_state)
+        errors = {name: float((fn(small, small_state) - reference).abs().max()
+                              / reference.abs().max()) for name, fn in chosen.items()}
+    rows = []
+    for name, fn in chosen.items():
+        if name == "recurrent" and args.skip_recurrent:
+            continue
+        try:
+            seconds = timed(fn, x, state, args.repeat, args.device)
+        except torch.OutOfMemoryError:
+            seconds = float("nan")
+            torch.cuda.empty_cache()
+        rows.append((name, seconds, errors[name]))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else \
+        f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"{device}, torch {torch.__version__}, Python {platform.python_version()}, "
+          f"nlc {__version__}, {datetime.date.today()}. Titans' memory op, fp32, B={args.B}, "
+          f"T={args.T}, 4 heads of 64, MLP hidden 256, chunk 64; forward + backward, median of "
+          f"{args.repeat} after one warm-up; error: relative max vs the recurrence at B=2.\n")
+    base = rows[0][1]
+    print("| form | forward + backward (ms) | vs dual | rel. error |")
+    print("|---|---|---|---|")
+    for name, seconds, err in rows:
+        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / base:.1f}x | {err:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

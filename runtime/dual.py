@@ -1,0 +1,153 @@
+"""The dual form of a frozen-gradient chunk (TTT's and Titans' mini-batch form without
+per-token weights).
+
+Inside a chunk, the gradients are taken at the chunk-start state, so each token adds terms
+that are sums of outer products `col_j row_j` (a gradient of a linear map, or of an MLP's
+layer, on one token). When the combine is linear in the state and in those terms with
+scalar coefficients (decay, momentum, weight decay), every token's state is
+
+    S_t[n] = sum_m Phi_t[n, m] S_0[m] + sum_{j, d} Psi_t[n, j, d] D_j[d],
+
+for the chunk-start states S_0 and the terms D_j of token j. The coefficients follow from
+the combine applied to basis vectors, and a read that meets the state only as `S_t @ x_t`
+becomes
+
+    S_t[n] @ x_t = sum_m Phi_t[n, m] (S_0[m] @ x_t) + sum_{j, d} Psi_t[n, j, d] col_j (row_j . x_t),
+
+one masked attention-like product per term (Sun et al. 2024, "Learning to (Learn at Test
+Time)", Sec. 2.7, the dual form; Titans Sec. 3.2). Nothing of size [tokens, rows, cols] is
+built: the emitter checks the conditions (`LevelEmitter.dual_form`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from nlc.runtime.scan import State, _anchor, _chunks, _float32, _resume, _suspend, _wide
+
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class DualState:
+    """State `name` at every token of a chunk, as coefficients over the chunk-start states
+    and the chunk's outer products; `nl.mm(S, x)` reads it (`product`)."""
+
+    def __init__(self, name: str, phi: torch.Tensor, psi: torch.Tensor, start: State,
+                 pairs: dict[str, Pairs], order: list[str], terms: list[str]):
+        self.name, self.phi, self.psi, self.start = name, phi, psi, start
+        self.pairs, self.order, self.terms = pairs, order, terms
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """S_t @ x_t for every token t: x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
+        shape = self.start[self.name].shape[-2:]
+        out = 0
+        for m, other in enumerate(self.order):
+            if self.start[other].shape[-2:] == shape:
+                coef = self.phi[..., m, None, None]                     # [B, T, H, 1, 1]
+                out = out + coef * _shared_mm(self.start[other], x)
+        cols = _full(x, self.phi)[..., 0]                               # [B, T, H, k]
+        for d, term in enumerate(self.terms):
+            weight = self.psi[..., d].permute(0, 2, 1, 3)               # [B, H, t, j]
+            for col, row in _matching(self.pairs[term], shape):
+                col, row = _full(col, cols), _full(row, cols)
+                scores = torch.einsum("bjhc,bthc->bhtj", row[..., 0, :], cols)
+                out = out + torch.einsum("bhtj,bjhr->bthr", weight * scores,
+                                         col[..., 0])[..., None]
+        return out
+
+
+def _shared_mm(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """matrix `[B, H, r, k]` (one per sequence) @ x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
+    return torch.einsum("bhrk,bthk->bthr", matrix, x[..., 0])[..., None]
+
+
+def _full(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """x `[B|1, T|1, H|1, r, c]` broadcast to `like`'s `[B, T, H]`."""
+    return x.expand(*like.shape[:3], *x.shape[-2:])
+
+
+@_float32
+def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dict,
+                 state: State, *, consts: dict | None = None,
+                 anchors: tuple[tuple[str, str], ...], chunk: int, read_before: bool = False):
+    """A frozen-gradient level over whole chunks in the dual form. `outer(inputs)` gives each
+    chunk-start term as (column, row) pairs per token, `combine(state, inputs)` adds one
+    token's terms (linear, scalar coefficients), `read(states, inputs)` reads with
+    `nl.mm(state, x)`."""
+    consts = dict(consts or {})
+    state, anchor, position = _resume(state, anchors)
+    T = next(iter(tokens.values())).shape[1]
+    order = list(state)
+    outputs = []
+    for part in _chunks(tokens, chunk):
+        anchor = _anchor(state, anchors)
+        wide = _wide(anchor)
+        pairs = outer({**consts, **wide, **part})
+        terms = list(pairs)
+        lead = torch.broadcast_shapes(*(x.shape[:3] for x in part.values()))
+        phis, psis = _coefficients(combine, {**consts, **part}, order, terms, lead)
+        seen = _before(phis, psis) if read_before else (phis, psis)
+        stacked = {n: DualState(n, seen[0][..., i, :], seen[1][..., i, :, :], state, pairs,
+                                order, terms) for i, n in enumerate(order)}
+        outputs.append(read(stacked, {**consts, **wide, **part}))
+        state = _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
+    return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
+
+
+def _coefficients(combine, inputs, order, terms, lead):
+    """Phi `[B, T, H, n, n]` and Psi `[B, T, H, n, T, d]` of the states after each token's
+    write. The combine applied to basis vectors gives each token's affine map
+    s -> A_t s + b_t (b_t: the token's own terms); an inclusive scan composes them, in
+    log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens."""
+    B, T, H = lead
+    n, d = len(order), len(terms)
+    like = next(x for x in inputs.values() if torch.is_tensor(x) and x.is_floating_point())
+    basis = torch.eye(n + d, dtype=like.dtype, device=like.device)
+    out = combine({name: basis[i] for i, name in enumerate(order)},
+                  {**inputs, **{name: basis[n + i] for i, name in enumerate(terms)}})
+    rows = torch.stack([out[name].expand(B, T, H, 1, n + d)[..., 0, :] for name in order], -2)
+    step = rows[..., :n]                                            # [B, T, H, n, n]
+    here = torch.eye(T, dtype=rows.dtype, device=rows.device)       # b_t sits in column t
+    add = torch.einsum("bthnd,tj->bthnjd", rows[..., n:], here).flatten(-2)
+    offset = 1
+    while offset < T:
+        step, add = (torch.cat([step[:, :offset], step[:, offset:] @ step[:, :-offset]], 1),
+                     torch.cat([add[:, :offset], step[:, offset:] @ add[:, :-offset]
+                                + add[:, offset:]], 1))
+        offset *= 2
+    return step, add.unflatten(-1, (T, d))
+
+
+def _before(phis, psis):
+    """The coefficients of the states each token's read sees before its own write."""
+    eye = torch.eye(phis.shape[-1], dtype=phis.dtype, device=phis.device)
+    first = eye.expand(phis.shape[0], 1, *phis.shape[2:])
+    return (torch.cat([first, phis[:, :-1]], 1),
+            torch.cat([torch.zeros_like(psis[:, :1]), psis[:, :-1]], 1))
+
+
+def _chunk_end(state, pairs, order, terms, phi, psi):
+    """The states after the chunk's last token, from its coefficients phi `[B, H, n, n]`
+    and psi `[B, H, n, T, d]`."""
+    new = {}
+    for i, name in enumerate(order):
+        shape = state[name].shape[-2:]
+        total = 0
+        for m, other in enumerate(order):
+            if state[other].shape[-2:] == shape:
+                total = total + phi[:, :, i, m, None, None] * state[other]
+        for dd, term in enumerate(terms):
+            for col, row in _matching(pairs[term], shape):
+                lead = torch.broadcast_shapes(col.shape[:3], row.shape[:3])
+                col = col.expand(*lead, *col.shape[-2:])[..., 0]
+                row = row.expand(*lead, *row.shape[-2:])[..., 0, :]
+                total = total + torch.einsum("bhj,bjhr,bjhc->bhrc", psi[:, :, i, :, dd], col,
+                                             row)
+        new[name] = total
+    return new
+
+
+def _matching(pairs: Pairs, shape) -> Pairs:
+    """A term's (column, row) pairs when the term has the state's shape, else none."""
+    col, row = pairs[0]
+    return pairs if (col.shape[-2], row.shape[-1]) == tuple(shape) else []
