@@ -96,12 +96,17 @@ def main() -> None:
     for name, fn in chosen.items():
         if name == "recurrent" and args.skip_recurrent:
             continue
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         try:
             seconds = timed(fn, x, state, args.repeat, args.device)
         except torch.OutOfMemoryError:
             seconds = float("nan")
+        peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+        if args.device == "cuda":
             torch.cuda.empty_cache()
-        rows.append((name, seconds, errors[name]))
+        rows.append((name, seconds, errors[name], peak))
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"{device}, torch {torch.__version__}, Python {platform.python_version()}, "
@@ -109,10 +114,11 @@ def main() -> None:
           f"T={args.T}, 4 heads of 64, MLP hidden 256, chunk 64; forward + backward, median of "
           f"{args.repeat} after one warm-up; error: relative max vs the recurrence at B=2.\n")
     base = rows[0][1]
-    print("| form | forward + backward (ms) | vs dual | rel. error |")
-    print("|---|---|---|---|")
-    for name, seconds, err in rows:
-        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / base:.1f}x | {err:.1e} |")
+    print("| form | forward + backward (ms) | vs dual | rel. error | peak GPU memory (GiB) |")
+    print("|---|---|---|---|---|")
+    for name, seconds, err, peak in rows:
+        memory = "-" if peak is None else f"{peak:.1f}"
+        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / base:.1f}x | {err:.1e} | {memory} |")
 
 
 if __name__ == "__main__":

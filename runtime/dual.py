@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from nlc.runtime.scan import State, _anchor, _chunks, _float32, _resume, _suspend, _wide
+
+from nlc.runtime.scan import (State, _anchor, _chunks, _float32, _maybe_checkpoint,
+                              _needs_grad, _resume, _suspend, _wide)
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -85,7 +87,15 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
         pairs = outer({**consts, **wide, **part})
         terms = list(pairs)
         lead = torch.broadcast_shapes(*(x.shape[:3] for x in part.values()))
-        phis, psis = _coefficients(combine, {**consts, **part}, order, terms, lead)
+        inputs = {**consts, **part}
+        names = list(inputs)
+
+        def coefficients(*values, names=names, terms=terms, lead=lead):  # this chunk's
+            return _coefficients(combine, dict(zip(names, values)), order, terms, lead)
+
+        # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
+        # the backward pass instead of keeping them (long sequences: many chunks)
+        phis, psis = _maybe_checkpoint(coefficients, _needs_grad(inputs), *inputs.values())
         seen = _before(phis, psis) if read_before else (phis, psis)
         stacked = {n: DualState(n, seen[0][..., i, :], seen[1][..., i, :, :], state, pairs,
                                 order, terms) for i, n in enumerate(order)}
