@@ -1,8 +1,9 @@
-"""Titans variants on the demo's MQAR, on the CPU (docs/results.md, "Titans stays at chance").
+"""Variants of Gated DeltaNet and Titans on the demo's MQAR, on the CPU (docs/results.md:
+"Gated DeltaNet stays at chance", "Titans stays at chance").
 
-    python benchmarks/titans_variants.py [VARIANT ...] [--steps 800] [--out runs/titans_variants]
+    python benchmarks/demo_variants.py [VARIANT ...] [--steps 800] [--out runs/demo_variants]
 
-Each variant is examples/titans.nl with text replaced (the changes are listed in VARIANTS, in
+Each variant is an example spec with text replaced (VARIANTS: the example and the changes, in
 the order applied), trained exactly like `nlc demo`'s models: MQAR of 64 tokens, 4 pairs,
 vocabulary 128, d_model 64, 2 layers, heads of 16, 800 steps of 32 sequences, lr 3e-3. With no
 VARIANT, all run one after another (minutes each on two cores). Prints one line per variant."""
@@ -34,26 +35,39 @@ LINEAR_EXACT = [("mlp(d_head -> 4 * d_head -> d_head, act = gelu, residual)",
 ZERO_INIT = [("state M : matrix[d_head, d_head] = learned",
               "state M : matrix[d_head, d_head] = zeros")]
 
+GDN_GATE_BIAS = [("  param W_g : [d_model, d_v]\n",
+                  "  param W_g : [d_model, d_v]\n  param b_g : [d_v] = ones\n"),
+                 ("silu(x @ W_g)", "silu(x @ W_g + b_g)")]
+GDN_NO_GATE = [("output (rmsnorm(memory) * silu(x @ W_g)) @ W_o", "output rmsnorm(memory) @ W_o")]
+GDN_SMALL_GATE = [("param W_g : [d_model, d_v]", "param W_g : [d_model, d_v] = normal(0.02)")]
+
 VARIANTS = {
-    "spec": [],
-    "theta_0.1": THETA_01,
-    "theta_0.1_chunk_8": THETA_01 + CHUNK_8,
-    "alpha_bias": ALPHA_BIAS,
-    "alpha_gate_eta_bias": ALPHA_BIAS + GATE_BIAS + ETA_BIAS,
-    "linear_exact": LINEAR_EXACT,
-    "linear_exact_alpha_bias": LINEAR_EXACT + ALPHA_BIAS,
-    "linear_exact_alpha_gate_bias": LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS,
-    "linear_exact_alpha_gate_eta_bias": LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS,
-    "linear_exact_all_biases_zero_init": (LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS
-                                          + ZERO_INIT),
+    "gdn_spec": ("gated_deltanet", []),
+    "gdn_gate_bias": ("gated_deltanet", GDN_GATE_BIAS),
+    "gdn_no_gate": ("gated_deltanet", GDN_NO_GATE),
+    "gdn_gate_init_0.02": ("gated_deltanet", GDN_SMALL_GATE),
+    "titans_spec": ("titans", []),
+    "titans_theta_0.1": ("titans", THETA_01),
+    "titans_theta_0.1_chunk_8": ("titans", THETA_01 + CHUNK_8),
+    "titans_alpha_bias": ("titans", ALPHA_BIAS),
+    "titans_alpha_gate_eta_bias": ("titans", ALPHA_BIAS + GATE_BIAS + ETA_BIAS),
+    "titans_linear_exact": ("titans", LINEAR_EXACT),
+    "titans_linear_exact_alpha_bias": ("titans", LINEAR_EXACT + ALPHA_BIAS),
+    "titans_linear_exact_alpha_gate_bias": ("titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS),
+    "titans_linear_exact_alpha_gate_eta_bias": (
+        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS),
+    "titans_linear_exact_all_biases_zero_init": (
+        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + ZERO_INIT),
 }
+DEMO_DIMS = {"heads": 2.0, "d_head": 16.0, "d_k": 16.0, "d_v": 16.0}  # nlc demo's head sizes
 
 
 def variant_text(name: str) -> str:
-    text = (ROOT / "examples" / "titans.nl").read_text()
-    for old, new in VARIANTS[name]:
+    example, changes = VARIANTS[name]
+    text = (ROOT / "examples" / f"{example}.nl").read_text()
+    for old, new in changes:
         if old not in text:
-            raise SystemExit(f"variant {name}: {old!r} is not in examples/titans.nl")
+            raise SystemExit(f"variant {name}: {old!r} is not in examples/{example}.nl")
         text = text.replace(old, new, 1)
     return text
 
@@ -63,20 +77,24 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", metavar="VARIANT",
                         help="any of: " + ", ".join(VARIANTS))
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--out", default="runs/titans_variants")
+    parser.add_argument("--out", default="runs/demo_variants")
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     from nlc.runtime.config import TrainConfig
     from nlc.runtime.train import train
+
+    from nlc import pipeline
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.variants or list(VARIANTS):
-        spec = out / f"titans_{name}.nl"
+        spec = out / f"{name}.nl"
         spec.write_text(variant_text(name))
         steps = args.steps
-        config = TrainConfig(spec=str(spec), spec_overrides={"heads": 2.0, "d_head": 16.0},
+        dims = {n for s in pipeline.run(str(spec), "check") for n, _ in s.dims}
+        config = TrainConfig(spec=str(spec),
+                             spec_overrides={k: v for k, v in DEMO_DIMS.items() if k in dims},
                              task="mqar", steps=steps, batch_size=32, seq_len=64, d_model=64,
                              n_layers=2, mqar_vocab_size=128, mqar_num_kv_pairs=4, lr=3e-3,
                              warmup=max(steps // 10, 1), eval_interval=max(steps // 4, 1),
@@ -85,7 +103,7 @@ def main() -> None:
         start = time.perf_counter()
         summary = train(config, progress=False)
         accuracy = (summary.get("eval") or {}).get("accuracy", float("nan"))
-        print(f"{name:<36} accuracy {accuracy:.3f}  train loss {summary['final_loss']:.3f}  "
+        print(f"{name:<42} accuracy {accuracy:.3f}  train loss {summary['final_loss']:.3f}  "
               f"diverged at {summary['diverged_at']}  {time.perf_counter() - start:.0f} s",
               flush=True)
 
