@@ -34,6 +34,12 @@ LINEAR_EXACT = [("mlp(d_head -> 4 * d_head -> d_head, act = gelu, residual)",
                 ("theta = 0.01 * sigmoid(x @ w_theta)", "theta = sigmoid(x @ w_theta)")]
 ZERO_INIT = [("state M : matrix[d_head, d_head] = learned",
               "state M : matrix[d_head, d_head] = zeros")]
+THETA_HALF = [("theta = sigmoid(x @ w_theta)", "theta = 0.5 * sigmoid(x @ w_theta)")]
+DELTA_STEP = [("    retention weight_decay(alpha)\n", "    retention none\n"),
+              ("    algorithm momentum(lr = theta, momentum = eta)\n",
+               "    algorithm gd(lr = theta)\n")]
+MLP_CHUNK_8 = [("theta = 0.01 * sigmoid", "theta = 0.1 * sigmoid"),
+               ("gradients at chunk(64)", "gradients at chunk(8)")]
 
 GDN_GATE_BIAS = [("  param W_g : [d_model, d_v]\n",
                   "  param W_g : [d_model, d_v]\n  param b_g : [d_v] = ones\n"),
@@ -58,6 +64,13 @@ VARIANTS = {
         "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS),
     "titans_linear_exact_all_biases_zero_init": (
         "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + ZERO_INIT),
+    "titans_linear_exact_all_biases_theta_0.5": (
+        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + THETA_HALF),
+    "titans_as_delta_rule": (  # one gd step of rate 2 theta <= 1, no momentum, no decay
+        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + ZERO_INIT + DELTA_STEP
+        + THETA_HALF),
+    "titans_alpha_gate_eta_bias_theta_0.1_chunk_8": (
+        "titans", ALPHA_BIAS + GATE_BIAS + ETA_BIAS + MLP_CHUNK_8),
 }
 DEMO_DIMS = {"heads": 2.0, "d_head": 16.0, "d_k": 16.0, "d_v": 16.0}  # nlc demo's head sizes
 
