@@ -16,7 +16,10 @@ becomes
 
 one masked attention-like product per term (Sun et al. 2024, "Learning to (Learn at Test
 Time)", Sec. 2.7, the dual form; Titans Sec. 3.2). Nothing of size [tokens, rows, cols] is
-built: the emitter checks the conditions (`LevelEmitter.dual_form`)."""
+built: the emitter checks the conditions (`LevelEmitter.dual_form`).
+
+The products of chunk code live here too (`mm`, `outer_sum`, re-exported by ops.py): `mm` is
+how a read meets a `DualState`."""
 
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ class DualState:
         for m, other in enumerate(self.order):
             if self.start[other].shape[-2:] == shape:
                 coef = self.phi[..., m, None, None]                     # [B, T, H, 1, 1]
-                out = out + coef * _shared_mm(self.start[other], x)
+                out = out + coef * mm(self.start[other].unsqueeze(1), x)
         cols = _full(x, self.phi)[..., 0]                               # [B, T, H, k]
         for d, term in enumerate(self.terms):
             weight = self.psi[..., d].permute(0, 2, 1, 3)               # [B, H, t, j]
@@ -58,9 +61,29 @@ class DualState:
         return out
 
 
-def _shared_mm(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """matrix `[B, H, r, k]` (one per sequence) @ x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
-    return torch.einsum("bhrk,bthk->bthr", matrix, x[..., 0])[..., None]
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in chunk code. When a matrix shared by a chunk's tokens ([B, 1, H, r, k], an
+    anchor) meets one column per token ([B, T, H, k, 1]), or one row per token meets a
+    shared matrix, `@` would copy the shared matrix T times; this multiplies once."""
+    if isinstance(a, DualState):  # a chunk's per-token states in the dual form
+        return a.product(b)
+    if a.dim() == 5 and b.dim() == 5:
+        if a.shape[1] == 1 < b.shape[1] and b.shape[-1] == 1:      # shared matrix @ columns
+            cols = b[..., 0].transpose(1, 2)                            # [B, H, T, k]
+            return (cols @ a[:, 0].mT).transpose(1, 2).unsqueeze(-1)    # [B, T, H, r, 1]
+        if b.shape[1] == 1 < a.shape[1] and a.shape[-2] == 1:      # rows @ shared matrix
+            rows = a[..., 0, :].transpose(1, 2)                         # [B, H, T, k]
+            return (rows @ b[:, 0]).transpose(1, 2).unsqueeze(-2)       # [B, T, H, 1, c]
+    return a @ b
+
+
+def outer_sum(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """sum over the tokens (axis 1) of col_t @ row_t, for col [B, T, H, r, 1] and
+    row [B, T, H, 1, c] (either may broadcast): one matrix product, [B, H, r, c]."""
+    lead = torch.broadcast_shapes(col.shape[:-2], row.shape[:-2])
+    col = col.expand(*lead, *col.shape[-2:])[..., 0]
+    row = row.expand(*lead, *row.shape[-2:])[..., 0, :]
+    return torch.einsum("btHr,btHc->bHrc", col, row)
 
 
 def _full(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -84,7 +107,8 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     for part in _chunks(tokens, chunk):
         anchor = _anchor(state, anchors)
         wide = _wide(anchor)
-        pairs = outer({**consts, **wide, **part})
+        chunk_inputs = {**consts, **wide, **part}
+        pairs = outer(chunk_inputs)
         terms = list(pairs)
         lead = torch.broadcast_shapes(*(x.shape[:3] for x in part.values()))
         inputs = {**consts, **part}
@@ -99,7 +123,7 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
         seen = _before(phis, psis) if read_before else (phis, psis)
         stacked = {n: DualState(n, seen[0][..., i, :], seen[1][..., i, :, :], state, pairs,
                                 order, terms) for i, n in enumerate(order)}
-        outputs.append(read(stacked, {**consts, **wide, **part}))
+        outputs.append(read(stacked, chunk_inputs))
         state = _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
@@ -147,12 +171,9 @@ def _chunk_end(state, pairs, order, terms, phi, psi):
             if state[other].shape[-2:] == shape:
                 total = total + phi[:, :, i, m, None, None] * state[other]
         for dd, term in enumerate(terms):
+            weight = psi[:, :, i, :, dd].transpose(1, 2)[..., None, None]  # [B, T, H, 1, 1]
             for col, row in _matching(pairs[term], shape):
-                lead = torch.broadcast_shapes(col.shape[:3], row.shape[:3])
-                col = col.expand(*lead, *col.shape[-2:])[..., 0]
-                row = row.expand(*lead, *row.shape[-2:])[..., 0, :]
-                total = total + torch.einsum("bhj,bjhr,bjhc->bhrc", psi[:, :, i, :, dd], col,
-                                             row)
+                total = total + outer_sum(col * weight, row)
         new[name] = total
     return new
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from nlc.runtime.chunked import decay_chunked, delta_chunked
 from nlc.runtime.attention import attention
-from nlc.runtime.dual import DualState, dual_chunked
+from nlc.runtime.dual import dual_chunked, mm, outer_sum
 from nlc.runtime.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
                               recurrent, segments, state_from, varlen, weights_from)
 
@@ -49,8 +49,6 @@ def head_matmul_sum(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum over the heads of `a @ W` per head, a `[..., H|1, m]`, W `[H, m, n]` -> `[..., n]`:
     the heads' inputs side by side times their weights stacked, one matrix product (a layer's
     output projection), without the per-head products."""
-    if w.dim() != 3:
-        return head_matmul(a, w).sum(-2)
     a = a.expand(*a.shape[:-2], w.shape[0], a.shape[-1])
     return a.flatten(-2) @ w.flatten(0, 1)
 
@@ -167,31 +165,6 @@ def newton_schulz(x: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 # --------------------------------------------------------------- layouts
-def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b in chunk code. When a matrix shared by a chunk's tokens ([B, 1, H, r, k], an
-    anchor) meets one column per token ([B, T, H, k, 1]), or one row per token meets a
-    shared matrix, `@` would copy the shared matrix T times; this multiplies once."""
-    if isinstance(a, DualState):  # a chunk's per-token states in the dual form
-        return a.product(b)
-    if a.dim() == 5 and b.dim() == 5:
-        if a.shape[1] == 1 < b.shape[1] and b.shape[-1] == 1:      # shared matrix @ columns
-            cols = b[..., 0].transpose(1, 2)                            # [B, H, T, k]
-            return (cols @ a[:, 0].mT).transpose(1, 2).unsqueeze(-1)    # [B, T, H, r, 1]
-        if b.shape[1] == 1 < a.shape[1] and a.shape[-2] == 1:      # rows @ shared matrix
-            rows = a[..., 0, :].transpose(1, 2)                         # [B, H, T, k]
-            return (rows @ b[:, 0]).transpose(1, 2).unsqueeze(-2)       # [B, T, H, 1, c]
-    return a @ b
-
-
-def outer_sum(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    """sum over the tokens (axis 1) of col_t @ row_t, for col [B, T, H, r, 1] and
-    row [B, T, H, 1, c] (either may broadcast): one matrix product, [B, H, r, c]."""
-    lead = torch.broadcast_shapes(col.shape[:-2], row.shape[:-2])
-    col = col.expand(*lead, *col.shape[-2:])[..., 0]
-    row = row.expand(*lead, *row.shape[-2:])[..., 0, :]
-    return torch.einsum("btHr,btHc->bHrc", col, row)
-
-
 def column(x: torch.Tensor) -> torch.Tensor:
     """`[B, T, H, D]` -> `[B, T, H, D, 1]`."""
     return x.unsqueeze(-1)

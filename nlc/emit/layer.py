@@ -347,6 +347,7 @@ class LayerEmitter:
         lines = [f"{local(lp.name)}, {lp.name}_final = {lp.fn}_op({', '.join(args)})  "
                  f"# spec:{lp.line}"]
         return lines + _scalar_read(lp)
+
     def group(self, group, lps) -> GroupPlan:
         own = {lv.name for lv in group}
         for name in own & set(self.transfers.direct):
