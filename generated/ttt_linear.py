@@ -114,7 +114,8 @@ def memory_combine(state, inputs):
 
 
 def memory_read(states, inputs):
-    """Level `memory`'s read for every token of a chunk (states stacked along T)."""
+    """Level `memory`'s read for every token of a chunk: the states are
+    nl.dual_chunked's per-token coefficients (or stacked along T), met through nl.mm."""
     W_W1 = states["W_W1"]
     q = inputs["q"]
     t0 = nl.mm(W_W1, q)
