@@ -21,12 +21,12 @@ class Adam(torch.optim.Optimizer):
     def __init__(self, params, lr=0.001, b1=0.9, b2=0.999, eps=1e-08):
         super().__init__(
             params,
-            dict(
-                lr=lr,
-                b1=b1,
-                b2=b2,
-                eps=eps,
-            ),
+            {
+                "lr": lr,
+                "b1": b1,
+                "b2": b2,
+                "eps": eps,
+            },
         )
 
     @torch.no_grad()

@@ -29,20 +29,20 @@ def cms_fast_step(state, inputs):
     """One token of level `cms_fast` (spec:16); matrices in the last two axes."""
     M1_W1 = state["M1_W1"]
     M1_W2 = state["M1_W2"]
-    x_ = inputs["x"]
+    x = inputs["x"]
     W_k1 = inputs["W_k1"]
     W_v1 = inputs["W_v1"]
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
     t0 = W_k1.mT
-    t1 = t0 @ x_
+    t1 = t0 @ x
     t2 = M1_W1_0 @ t1
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
     t4 = M1_W2_0 @ t3
     t5 = W_v1.mT
-    t6 = -(t5 @ x_)
+    t6 = -(t5 @ x)
     t7 = t4 + t1 + t6
-    t8 = x_.mT
+    t8 = x.mT
     t9 = -0.01
     M1_W1_next = (
         t9
@@ -60,26 +60,26 @@ def cms_fast_step(state, inputs):
     )
     t10 = t8 @ W_k1 @ M1_W1_0.mT
     M1_W2_next = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10)))) + M1_W2
-    t11 = M1_W1_0 @ x_
-    o = (M1_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + x_
+    t11 = M1_W1_0 @ x
+    o = (M1_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + x
     return {"M1_W1": M1_W1_next, "M1_W2": M1_W2_next}, o
 
 
 def cms_fast_drive(inputs):
     """Every term of level `cms_fast` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    x_ = inputs["x"]
+    x = inputs["x"]
     W_k1 = inputs["W_k1"]
     W_v1 = inputs["W_v1"]
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
     t0 = W_k1.mT
-    t1 = nl.mm(t0, x_)
+    t1 = nl.mm(t0, x)
     t2 = nl.mm(M1_W1_0, t1)
     t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
     t4 = nl.mm(M1_W2_0, t3)
     t5 = W_v1.mT
-    t6 = -(nl.mm(t5, x_))
+    t6 = -(nl.mm(t5, x))
     t7 = t4 + t1 + t6
     t8 = -0.01
     drive0_0_col = t8 * (
@@ -90,7 +90,7 @@ def cms_fast_drive(inputs):
             + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
         )
     )
-    t9 = x_.mT
+    t9 = x.mT
     drive0_0_row = nl.mm(t9, W_k1)
     drive1_0_col = t8 * t7
     t10 = nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)
@@ -113,11 +113,11 @@ def cms_fast_combine(state, inputs):
 
 def cms_fast_read(states, inputs):
     """Level `cms_fast`'s read for every token of a chunk (states stacked along T)."""
-    x_ = inputs["x"]
+    x = inputs["x"]
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
-    t0 = nl.mm(M1_W1_0, x_)
-    o = (nl.mm(M1_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + x_
+    t0 = nl.mm(M1_W1_0, x)
+    o = (nl.mm(M1_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + x
     return o
 
 
@@ -130,7 +130,7 @@ def cms_fast_initial_state(batch, heads, ref):
 
 
 def cms_fast_op(
-    x_,
+    x,
     *,
     W_k1,
     W_v1,
@@ -142,10 +142,10 @@ def cms_fast_op(
 ):
     """Level `cms_fast` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: x_: [B, T, H, D].
+    Inputs: x: [B, T, H, D].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
     tokens = {
-        "x": nl.column(x_),
+        "x": nl.column(x),
     }
     consts = {
         "W_k1": nl.param(W_k1, 2),

@@ -26,9 +26,9 @@ class DeltaGradientDescent(torch.optim.Optimizer):
     def __init__(self, params, lr=0.1):
         super().__init__(
             params,
-            dict(
-                lr=lr,
-            ),
+            {
+                "lr": lr,
+            },
         )
 
     @torch.no_grad()
@@ -50,9 +50,9 @@ class DeltaGradientDescent(torch.optim.Optimizer):
                     state["W"] = param.detach().clone()
                 state["step"] += 1
                 t = state["step"]
-                for x_, u in recorder.samples(param):
+                for x, u in recorder.samples(param):
                     W = state["W"]
-                    W_next = (-lr / (1 + lr * nl.sqnorm(x_))) * (((W @ x_) + u) @ x_.mT) + W
+                    W_next = (-lr / (1 + lr * nl.sqnorm(x))) * (((W @ x) + u) @ x.mT) + W
                     delta = W_next
                     state["W"] = W_next
                     param.copy_(state["W"])  # spec:18

@@ -21,10 +21,10 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params, lr=0.02, mu=0.95):
         super().__init__(
             params,
-            dict(
-                lr=lr,
-                mu=mu,
-            ),
+            {
+                "lr": lr,
+                "mu": mu,
+            },
         )
 
     @torch.no_grad()

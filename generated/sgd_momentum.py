@@ -21,10 +21,10 @@ class SGDMomentum(torch.optim.Optimizer):
     def __init__(self, params, lr=0.01, mu=0.9):
         super().__init__(
             params,
-            dict(
-                lr=lr,
-                mu=mu,
-            ),
+            {
+                "lr": lr,
+                "mu": mu,
+            },
         )
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ from conftest import EXAMPLES
 
 from nlc import pipeline
 from nlc.derive import derive
-from nlc.derive.classify import KernelFamily, classify
+from nlc.derive.classify import ERROR_ARGS, KernelFamily, classify
 from nlc.derive.evaluate import evaluate
 
 BASE = (EXAMPLES / "delta_product.nl").read_text()
@@ -104,8 +104,7 @@ def test_elementwise_family_rebuilds_the_derived_rule(objective, order, channel,
     Sn, k = env[S], evaluate(family.param("key"), env)
     decayed = Sn * gate.ravel()[None, :] if channel else Sn * gate
     pred = (decayed if order == "before" else Sn) @ k
-    p, y = sp.symbols("p y")
-    error = sp.lambdify((p, y), family.param("error"), "numpy")
+    error = sp.lambdify(ERROR_ARGS, family.param("error"), "numpy")
     e = error(pred, evaluate(family.param("target"), env))
     expected = decayed - evaluate(family.param("rate"), env) * e @ k.T
     np.testing.assert_allclose(expected, evaluate(derived, env), rtol=1e-12)

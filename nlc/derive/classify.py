@@ -22,6 +22,10 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from nlc.derive.matfuncs import Dot
 from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
+from nlc.derive.symbols import internal
+
+# the elementwise family's error e(p, y): the prediction and the target
+ERROR_ARGS = (sp.Symbol(internal("p")), sp.Symbol(internal("y")))
 
 
 class KernelFamily(Enum):
@@ -215,7 +219,7 @@ def _elementwise(S, terms) -> Classification | None:
         return None
     targets = [t for t in inner if not t.has(S)]
     target = -sp.MatAdd(*targets) if targets else sp.ZeroMatrix(*S.shape[:1], 1)
-    p, y = sp.symbols("p y")
+    p, y = ERROR_ARGS
     order = "before" if at_decayed or kind == "none" else "parallel"
     params = (("decay", gate), ("decay_kind", kind), ("order", order), ("rate", -rate),
               ("key", key), ("target", target), ("error", f(p - y)))

@@ -22,6 +22,7 @@ from nlc.derive.symbols import (
     SymbolTable,
     add,
     elementwise,
+    internal,
     is_matrix,
     per_channel,
     scaled,
@@ -284,7 +285,7 @@ def _implicit_rate(d: LevelDerivation, tensors, rate, lower):
     return closed.subs({KAPPA: kappa_value, LR: rate}, simultaneous=True)
 
 
-KAPPA, LR = sp.symbols("kappa lr", real=True)
+KAPPA, LR = (sp.Symbol(internal(n), real=True) for n in ("kappa", "lr"))
 
 
 @functools.cache
@@ -292,7 +293,7 @@ def _implicit_step_size(kind: str, args: tuple):
     """eps with W = S - eps grad(S) optimal for l + ||W - S||^2 / (2 lr), where a step
     along the gradient moves the prediction by -eps kappa dl/dp; None without a closed form
     (cached: SymPy's solve is the slow part of deriving Longhorn or DGD)."""
-    p, t, eps = sp.symbols("p t epsilon", real=True)
+    p, t, eps = (sp.Symbol(internal(n), real=True) for n in ("p", "t", "epsilon"))
     dl = loss_derivative(kind, dict(args))
     e_old = dl.subs({P: p, T: t}, simultaneous=True)
     e_new = dl.subs({P: p - eps * KAPPA * e_old, T: t}, simultaneous=True)
@@ -489,10 +490,10 @@ def _nonparametric(d: LevelDerivation) -> UpdateRule:
 def _weighted_mean():
     """argmin_o sum_i w_i (o - v_i)^2 on a cache of three tokens, by SymPy's solve; checked
     to be sum_i w_i v_i / sum_i w_i."""
-    o = sp.Symbol("o", real=True)
+    o = sp.Symbol(internal("o"), real=True)
     n = 3
-    w = sp.symbols(f"w0:{n}", positive=True)
-    v = sp.symbols(f"v0:{n}", real=True)
+    w = [sp.Symbol(internal(f"w{i}"), positive=True) for i in range(n)]
+    v = [sp.Symbol(internal(f"v{i}"), real=True) for i in range(n)]
     (solution,) = map(sp.factor, ret.solve(sp.diff(sum(w[i] * (o - v[i]) ** 2 for i in range(n)), o), o))
     weights = [sp.cancel(solution.diff(v[i])) for i in range(n)]
     assert all(sp.cancel(weights[i] * sum(w) - w[i]) == 0 for i in range(n))

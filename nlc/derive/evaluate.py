@@ -21,14 +21,14 @@ from nlc.derive.matfuncs import (
     RowSoftmax,
     Total,
 )
-from nlc.derive.symbols import name_derivatives
+from nlc.derive.symbols import internal, name_derivatives
 from nlc.numeric import Walker, scalar_function
 
 
 def activation_functions(act: str) -> dict:
     """Numeric sigma and sigma' for an abstract activation bound to `act`."""
     from nlc.derive.symbols import SCALAR_FUNCTIONS
-    r = sp.Symbol("r", real=True)
+    r = sp.Symbol(internal("r"), real=True)
     f = SCALAR_FUNCTIONS[act](r)
     return {"sigma": scalar_function(f, r), "sigma_prime": scalar_function(sp.diff(f, r), r)}
 

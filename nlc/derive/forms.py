@@ -16,11 +16,13 @@ from nlc.derive.symbols import (
     SCALAR_FUNCTIONS,
     add,
     elementwise,
+    internal,
     is_matrix,
     matmul,
     name_derivatives,
     scaled,
 )
+from nlc.levels.composed import state_tensors
 from nlc.levels.records import MemoryForm
 
 LN_EPS = sp.Rational(1, 10 ** 6)
@@ -112,7 +114,7 @@ def _mlp_apply(form, W, x):
 
 def _mlp_grad(form, W, x, e):
     _, hs, acts = _mlp_forward(form, W, x)
-    r = sp.Symbol("r", real=True)
+    r = sp.Symbol(internal("r"), real=True)
     act_prime = name_derivatives(sp.diff(SCALAR_FUNCTIONS[form.act](r), r))
     delta = e
     if form.norm:
@@ -154,7 +156,4 @@ def tensor_shapes(form: MemoryForm, table) -> tuple[tuple, ...]:
     return ()
 
 
-def tensor_names(name: str, form: MemoryForm) -> tuple[str, ...]:
-    if form.kind == "mlp":
-        return tuple(f"{name}_W{i + 1}" for i in range(len(form.dims) - 1))
-    return (name,)
+tensor_names = state_tensors  # the naming rule lives with the checker, which enforces it

@@ -13,10 +13,10 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.derive.matfuncs import Dot
-from nlc.derive.symbols import add, is_matrix, scaled
+from nlc.derive.symbols import add, internal, is_matrix, scaled
 from nlc.errors import NlcError
 
-P, T, R = sp.symbols("p t r", real=True)
+P, T, R = (sp.Symbol(internal(n), real=True) for n in ("p", "t", "r"))
 
 
 @dataclass(frozen=True)

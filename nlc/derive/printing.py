@@ -32,6 +32,12 @@ def _precedence(item, fallback=precedence) -> int:
     return fallback(item)
 
 
+def _display(text: str) -> str:
+    """Printed math as the reader sees it: the compiler's own symbols (bound variables,
+    nlc.derive.symbols.internal) lose the mark that keeps them apart from spec names."""
+    return text.replace("ı", "")
+
+
 class RuleStrPrinter(StrPrinter):
     def parenthesize(self, item, level, strict=False):
         prec = _precedence(item)
@@ -96,8 +102,8 @@ class RuleLatexPrinter(LatexPrinter):
 
 
 def sstr(expr) -> str:
-    return RuleStrPrinter().doprint(expr)
+    return _display(RuleStrPrinter().doprint(expr))
 
 
 def latex(expr) -> str:
-    return RuleLatexPrinter().doprint(expr)
+    return _display(RuleLatexPrinter().doprint(expr))

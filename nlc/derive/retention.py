@@ -12,10 +12,12 @@ from functools import cache
 
 import sympy as sp
 
-from nlc.derive.symbols import elementwise, is_matrix, per_channel
+from nlc.derive.symbols import elementwise, internal, is_matrix, per_channel
 from nlc.errors import NlcError
 
-W, S, G, ETA, MU, GAMMA, LAM, L1, L2 = sp.symbols("w s g eta mu gamma lambda l1 l2", real=True)
+W, S, G, ETA, MU, GAMMA, LAM, L1, L2 = (
+    sp.Symbol(internal(n), real=True)
+    for n in ("w", "s", "g", "eta", "mu", "gamma", "lambda", "l1", "l2"))
 
 
 def solve(equation, unknown) -> list:
@@ -89,7 +91,7 @@ def elastic_net_map(eta, l1, l2):
 
 @cache
 def _elastic_net_solution():
-    u = sp.Symbol("u", real=True)
+    u = sp.Symbol(internal("u"), real=True)
     pos = solve(sp.diff((W - u) ** 2 / (2 * ETA) + L1 * W + L2 * W ** 2 / 2, W), W)[0]
     neg = solve(sp.diff((W - u) ** 2 / (2 * ETA) - L1 * W + L2 * W ** 2 / 2, W), W)[0]
     return u, sp.Piecewise((pos, pos > 0), (neg, neg < 0), (0, True))

@@ -18,7 +18,15 @@ from nlc.levels.records import PARAM_IN, PARAM_OUT, PARAM_SHAPE, Dim, Shape
 from nlc.syntax import ast
 from nlc.syntax.format import format_expr
 
-_R = sp.Symbol("r", real=True)
+
+
+def internal(name: str) -> str:
+    """The name of one of the compiler's own SymPy symbols (a bound variable, a placeholder):
+    not ASCII, so never equal to a spec's name, which the grammar keeps ASCII."""
+    return f"ı{name}"
+
+
+_R = sp.Symbol(internal("r"), real=True)
 
 
 def _sigmoid(x):

@@ -23,41 +23,82 @@ def compile_spec(path: str, overrides: dict | None = None, text: str | None = No
 def compile_outputs(path: str, overrides: dict | None = None,
                     text: str | None = None) -> dict[str, str]:
     """Every file a spec compiles to, module name -> source: the PyTorch module and, for
-    levels whose family has them, the Triton kernels."""
+    levels whose family has them, the Triton kernels. Spec names get their own namespace
+    (nlc/emit/names.py); text from outside (the file name) reaches the code only through the
+    render step's checks (nlc/emit/render.py)."""
     from nlc import pipeline
-    from nlc.emit.render import banner, render, spec_module_name
+    from nlc.emit.names import Namespace, module_clashes
+    from nlc.emit.render import ruff_format, source, spec_module_name
     from nlc.syntax import ast
 
-    source = pipeline.read_spec(path) if text is None else text
-    specs = pipeline.run(path, "check", {"overrides": overrides or {}}, text=source)
-    name = Path(path).name
+    text = pipeline.read_spec(path) if text is None else text
+    specs = pipeline.run(path, "check", {"overrides": overrides or {}}, text=text)
+    origin = source(path, text)
     stem = spec_module_name(path)
+    try:
+        with Namespace() as names:
+            outputs = _render(specs, origin, stem, ast)
+        outputs = names.resolve(outputs)
+        for decl in specs:
+            if decl.name in module_clashes(outputs[stem]):
+                raise NlcError(f"'{decl.name}' is a name the generated module defines itself "
+                               "(an import, a function or another class): rename it",
+                               decl.span)
+            _refuse_attribute_clashes(decl, outputs[stem])
+        return {module: ruff_format(code, f"{module}.py") for module, code in outputs.items()}
+    except NlcError as err:
+        raise err.located(path, text) from None
+
+
+def _refuse_attribute_clashes(decl, code: str) -> None:
+    """A layer's params are attributes of its nn.Module (`self.W_q`): one named like an
+    attribute of nn.Module or of the generated class would replace it."""
+    if decl.kind.value != "layer":
+        return
+    import torch
+
+    from nlc.emit.names import attribute_clashes
+    clashes = attribute_clashes(code, decl.name, set(dir(torch.nn.Module())))
+    for p in decl.params:
+        if p.name in clashes:
+            what = "of nn.Module" if hasattr(torch.nn.Module(), p.name) else \
+                "the generated module uses itself"
+            raise NlcError(f"parameter '{p.name}' would be the attribute `self.{p.name}` of "
+                           f"{decl.name}, a name {what}: rename it", p.span)
+    for level in decl.levels:
+        for attr in clashes:
+            if attr.startswith(f"{level.name}_") and attr.endswith("_init"):
+                raise NlcError(f"the learned initial state of level '{level.name}' would be "
+                               f"the attribute `self.{attr}`, which {decl.name} uses otherwise: "
+                               "rename the level or the parameter", level.span)
+    if clashes:
+        raise NlcError(f"internal error: {decl.name}'s attributes clash: "
+                       f"{', '.join(sorted(clashes))}", decl.span)
+
+
+def _render(specs, origin, stem: str, ast) -> dict[str, str]:
+    """The unformatted sources, spec names still placeholders."""
+    from nlc.emit.render import render
     layers = [s for s in specs if s.kind is ast.DeclKind.LAYER]
     optimizers = [s for s in specs if s.kind is ast.DeclKind.OPTIMIZER]
-    try:
-        if layers and optimizers:
-            raise NlcError("a spec file compiles to layers or to optimizers, not both")
-        if optimizers:
-            from nlc.emit.optimizer import optimizer_plan
-            plans = [optimizer_plan(s) for s in optimizers]
-            return {stem: render("optimizer.py.jinja", name, banner=banner(name, source),
-                                 spec=name, plans=plans)}
-        if not layers:
-            raise NlcError("the spec declares no layer or optimizer to compile")
-        from nlc.emit.layer import layer_plan
-        plans = [layer_plan(s, name, f"{s.name}_" if len(layers) > 1 else "", stem)
-                 for s in layers]
-        outputs = {stem: render("layer.py.jinja", name, banner=banner(name, source), spec=name,
-                                plans=plans)}
-        from nlc.emit.triton_render import render_recurrent
-        for plan in plans:
-            for level in plan.levels:
-                if level.triton is not None:
-                    outputs[level.kernels] = banner(name, source) + "\n" + render_recurrent(
-                        level.triton)
-        return outputs
-    except NlcError as err:
-        raise err.located(path, source) from None
+    if layers and optimizers:
+        raise NlcError("a spec file compiles to layers or to optimizers, not both")
+    if optimizers:
+        from nlc.emit.optimizer import optimizer_plan
+        plans = [optimizer_plan(s) for s in optimizers]
+        return {stem: render("optimizer.py.jinja", source=origin, plans=plans)}
+    if not layers:
+        raise NlcError("the spec declares no layer or optimizer to compile")
+    from nlc.emit.layer import layer_plan
+    plans = [layer_plan(s, origin.name, f"{s.name}_" if len(layers) > 1 else "", stem)
+             for s in layers]
+    outputs = {stem: render("layer.py.jinja", source=origin, plans=plans)}
+    from nlc.emit.triton_render import render_recurrent
+    for plan in plans:
+        for level in plan.levels:
+            if level.triton is not None:
+                outputs[level.kernels] = render_recurrent(level.triton, origin, formatted=False)
+    return outputs
 
 
 def compile_files(paths: list[str], out_dir: str, overrides: dict | None = None) -> list[Path]:

@@ -10,7 +10,9 @@ from nlc.derive import derive
 from nlc.derive.classify import classify
 from nlc.derive.forms import tensor_names
 from nlc.emit.context import ContextPrinter, literal
-from nlc.emit.levels import RESERVED, Input, LevelEmitter, local
+from nlc.emit.levels import Input, LevelEmitter
+from nlc.emit.names import local
+from nlc.emit.render import prose
 from nlc.errors import NlcError
 from nlc.levels import shapes
 from nlc.levels.records import Dim
@@ -159,12 +161,10 @@ class LayerEmitter:
         if "d_model" not in dims:
             raise NlcError(f"layer '{spec.name}' declares no d_model; the generated module's "
                            "input is [B, T, d_model]", spec.span)
-        if spec.name in RESERVED:
-            raise NlcError(f"'{spec.name}' is a name the generated module uses itself; "
-                           "rename the layer", spec.span)
         self.heads = dims.get("heads", 1)
+        self.emitters = {}
         self.numbers = {n: str(v) for n, v in spec.dims} | {n: literal(v) for n, v in spec.hypers}
-        self.plan = LayerPlan(spec.name, spec_name, dims["d_model"], self.heads,
+        self.plan = LayerPlan(spec.name, prose(spec_name), dims["d_model"], self.heads,
                               ", ".join(f"{n} = {v}" for n, v in spec.dims))
 
     def emit(self) -> LayerPlan:
@@ -199,11 +199,7 @@ class LayerEmitter:
         groups, loops = _data_groups(spec.levels, by_level, into)
         segmented = set(into) | set(into.values())
         if segmented:
-            plan.position = True
-            plan.forward += [
-                "if cu_seqlens is not None:",
-                "    raise ValueError(\"levels that hand their state or weights to other levels "
-                "(init / generate) run on unpacked batches only: cu_seqlens is not supported\")"]
+            plan.position = True  # and the template refuses packed batches
         lps_by_name = {}
         for group in groups:
             group = [lv for lv in group if lv.name in by_level]
@@ -248,6 +244,8 @@ class LayerEmitter:
                                 f"{names[final.right.id]})  {line}")
         else:
             plan.forward.append(f"out = ({out.expr(final)}).sum(2)  {line}")
+        for lp in plan.levels:  # docstring text, not code
+            lp.reason, lp.notes = prose(lp.reason), [prose(n) for n in lp.notes]
         return plan
 
     def param_groups(self, plan) -> list:
@@ -281,7 +279,7 @@ class LayerEmitter:
                                prefix=fn)
         try:
             lp = emitter.plan()
-            lp.emitter = emitter
+            self.emitters[level.name] = emitter
         except NlcError as err:
             if not err.span.known:
                 err.span = level.span
@@ -357,7 +355,7 @@ class LayerEmitter:
         tokens, params = {}, {}
         for level, lp in zip(group, lps):
             try:
-                lp.read_token = lp.emitter.read_token()
+                lp.read_token = self.emitters[level.name].read_token()
             except NlcError as err:
                 raise NlcError(err.message, level.span) from None
             lp.group = True

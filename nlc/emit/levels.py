@@ -12,21 +12,12 @@ from dataclasses import dataclass, field, replace
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from nlc.derive.classify import Classification, KernelFamily, _split
+from nlc.derive.classify import ERROR_ARGS, Classification, KernelFamily, _split
 from nlc.derive.matfuncs import Dot
 from nlc.derive.rule import UpdateRule
+from nlc.emit.names import local
 from nlc.emit.torch_printer import TorchPrinter, free_names
 from nlc.errors import NlcError
-
-# names the generated functions use themselves; a spec name equal to one gets a suffix
-RESERVED = {"torch", "nn", "F", "nl", "math", "state", "inputs", "self", "tokens", "consts",
-            "initial_state", "output_final_state", "cu_seqlens", "mode", "chunk_size", "o",
-            "out", "cache", "run", "final", "x", "driven", "states"}
-
-
-def local(name: str) -> str:
-    return f"{name}_" if name in RESERVED else name
-
 
 @dataclass
 class Input:
@@ -60,7 +51,8 @@ class LevelPlan:
     chunked: list[str] = field(default_factory=list)   # body of `<level>_chunked(tokens, state)`
     frozen: dict[str, list[str]] = field(default_factory=dict)  # drive / combine / read bodies
     attention: dict | None = None
-    triton: object | None = None      # RecurrentKernelPlan for CUDA tensors, if the family has one
+    # RecurrentKernelPlan for CUDA tensors, if the family has one (rendered on its own)
+    triton: object | None = field(default=None, metadata={"template": False})
     kernels: str = ""                 # the module the kernels are generated into
     notes: list[str] = field(default_factory=list)
     group: bool = False               # runs in a coupled group (no op of its own)
@@ -303,9 +295,13 @@ class LevelEmitter:
         from nlc.emit.triton_render import RecurrentKernelPlan
         decay = "none" if fam.param("decay") == 1 else fam.param("decay_kind")
         if fam.family is KernelFamily.ELEMENTWISE:
+            error = fam.param("error")
+            if error.free_symbols - set(ERROR_ARGS):  # the kernels take numbers only
+                return None
+            error = error.xreplace(dict(zip(ERROR_ARGS, sp.symbols("p y"))))
             return RecurrentKernelPlan(self.prefix, "elementwise", decay,
                                        read_before=self.rule.read_before,
-                                       error=fam.param("error"), order=fam.param("order"))
+                                       error=error, order=fam.param("order"))
         return RecurrentKernelPlan(self.prefix, fam.family.value, decay,
                                    read_before=self.rule.read_before)
 
@@ -391,7 +387,7 @@ class LevelEmitter:
         drive.append("return {" + ", ".join(f"{s.name!r}: {s.name}" for s in table.values())
                      + "}")
         combine = _unpack(self.state_names, "state") + self._inputs_unpack(anchors=False)
-        combine += _unpack(list(drive_names), "inputs")
+        combine += [f"{n} = inputs[{n!r}]" for n in drive_names]  # the compiler's names
         combine += TorchPrinter(self.names(drive_names)).assign(
             [(f"{local(n)}_next", e) for n, e in combined])
         combine.append("return {" + ", ".join(f"{n!r}: {local(n)}_next"

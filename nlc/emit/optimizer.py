@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from nlc.derive import derive
 from nlc.emit.context import ContextPrinter, literal
-from nlc.emit.levels import local
+from nlc.emit.names import local
 from nlc.emit.torch_printer import TorchPrinter
 from nlc.errors import NlcError
 from nlc.levels import shapes
@@ -21,7 +21,7 @@ from nlc.levels import shapes
 @dataclass
 class OptimizerPlan:
     name: str
-    hypers: list[tuple[str, str]]
+    hypers: list[tuple[str, str, str]]            # (spec name, identifier, default)
     states: list[tuple[str, str]]                  # (name, init: zeros | param)
     update: list[str] = field(default_factory=list)
     per_sample: list[str] = field(default_factory=list)
@@ -31,11 +31,9 @@ class OptimizerPlan:
 
 
 def optimizer_plan(spec) -> OptimizerPlan:
-    if spec.name in ("torch", "nn", "nl", "F", "Optimizer"):
-        raise NlcError(f"'{spec.name}' is a name the generated module uses itself", spec.span)
     rules = {r.level: r for r in derive(spec, dims={})}
     levels = [lv for lv in spec.levels if lv.state is not None]
-    hypers = [(n, literal(v)) for n, v in spec.hypers]
+    hypers = [(n, local(n), literal(v)) for n, v in spec.hypers]
     names = {n: local(n) for n, _ in spec.hypers} | {"param": "param", "t": "t"}
     overs = {lv.over for lv in levels if lv.over}
     inputs = {lv.inputs for lv in levels if lv.inputs}

@@ -19,6 +19,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total
+from nlc.derive.symbols import internal
 from nlc.errors import NlcError
 
 # Scalar functions: SymPy head -> torch call. Elementwise on tensors.
@@ -240,7 +241,7 @@ class TorchPrinter:
         lam = e.function
         (var,), body = lam.variables, lam.expr
         arg = e.expr
-        holder = sp.Symbol(f"_arg{len(self.names)}")
+        holder = sp.Symbol(internal(f"arg{len(self.names)}"))
         code = self.expr(arg)
         if not code.isidentifier():
             name = f"{self.prefix}{len(self.cache)}"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from nlc import __version__
-from nlc.emit.render import environment, ruff_format
+from nlc.emit.render import Source, prose, render, ruff_format
 from nlc.emit.tl_printer import tl_code
 
 FAMILIES = ("decay", "delta", "dplr", "elementwise")
@@ -68,10 +68,13 @@ class RecurrentKernelPlan:
     order: str = "before"
 
 
-def render_recurrent(plan: RecurrentKernelPlan) -> str:
-    """Python source of the standalone kernel module for `plan` (deterministic, formatted)."""
+def render_recurrent(plan: RecurrentKernelPlan, source: Source | None = None,
+                     formatted: bool = True) -> str:
+    """Python source of the standalone kernel module for `plan` (deterministic, formatted
+    unless `formatted` is False); with `source`, it starts with the banner naming the spec."""
     _validate(plan)
     context = {
+        "source": source,
         "prefix": plan.prefix,
         "class_name": "".join(part.capitalize() for part in plan.prefix.split("_")),
         "family": plan.family,
@@ -81,24 +84,24 @@ def render_recurrent(plan: RecurrentKernelPlan) -> str:
         "has_beta": plan.family in ("delta", "elementwise"),
         "saved": _SAVED[plan.family],
         "params": list(plan.error_params) if plan.family == "elementwise" else [],
-        "version": __version__,
-        "plan_text": _plan_text(plan),
-        "summary": _summary(plan),
-        "decay_text": {"none": "I", "scalar": "exp(g_t) I",
-                       "channel": "diag(exp(g_t))"}[plan.decay],
-        "update_text": _UPDATES[plan.family].replace(
-            "PRED", "S_{t-1} D_t" if plan.order == "before" else "S_{t-1}"),
-        "read_text": "o_t = S_{t-1} q_t   (read before the write)" if plan.read_before
-        else "o_t = S_t q_t",
-        "layout_text": _layout_text(plan),
-        "saved_text": _SAVED_TEXT[plan.family],
-        "error": "", "error_dp": "", "error_dy": "", "error_text": "",
+        "version": prose(__version__),
+        "plan_text": prose(_plan_text(plan)),
+        "summary": prose(_summary(plan)),
+        "decay_text": prose({"none": "I", "scalar": "exp(g_t) I",
+                             "channel": "diag(exp(g_t))"}[plan.decay]),
+        "update_text": prose(_UPDATES[plan.family].replace(
+            "PRED", "S_{t-1} D_t" if plan.order == "before" else "S_{t-1}")),
+        "read_text": prose("o_t = S_{t-1} q_t   (read before the write)" if plan.read_before
+                           else "o_t = S_t q_t"),
+        "layout_text": prose(_layout_text(plan)),
+        "saved_text": prose(_SAVED_TEXT[plan.family]),
+        "error": "", "error_dp": "", "error_dy": "", "error_text": prose(""),
     }
     if plan.family == "elementwise":
         context.update(_error_code(plan))
-    source = environment().get_template(TEMPLATE).render(**context)
-    source = "\n".join(line.rstrip() for line in source.splitlines()) + "\n"
-    return ruff_format(source, f"{plan.prefix}.py")
+    text = render(TEMPLATE, **context)
+    text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    return ruff_format(text, f"{plan.prefix}.py") if formatted else text
 
 
 def _validate(plan: RecurrentKernelPlan) -> None:
@@ -150,7 +153,7 @@ def _error_code(plan: RecurrentKernelPlan) -> dict:
         "error": tl_code(error, names),
         "error_dp": tl_code(almost_everywhere(sp.diff(error, p)), names),
         "error_dy": tl_code(almost_everywhere(sp.diff(error, y)), names),
-        "error_text": sp.sstr(error),
+        "error_text": prose(sp.sstr(error)),
     }
 
 

@@ -22,6 +22,7 @@ from nlc.errors import NlcError, Span, did_you_mean
 from nlc.levels import vocab
 from nlc.levels.graph import Edge, LevelGraph
 from nlc.levels.level_checker import LevelChecker
+from nlc.levels.composed import composed_names
 from nlc.levels.records import (PARAM_SHAPE, TRAIN, ContextVar, Dim, Frequency, LevelRecord,
                                 ParamRecord, Shape, shape_text)
 from nlc.levels.shapes import Env, infer
@@ -164,6 +165,7 @@ class _DeclChecker(LevelChecker):
             raise NlcError(f"layer '{self.decl.name}' has no 'output'", self.decl.span,
                            hint="e.g. output memory @ W_o")
         self.check_frequencies()
+        self.check_composed_names(records)
         cycle = self.graph.find_cycle(keep=lambda e: e.explicit or e.source == TRAIN)
         if cycle:
             path = " -> ".join([cycle[0].source] + [e.target for e in cycle])
@@ -173,6 +175,17 @@ class _DeclChecker(LevelChecker):
         return Spec(self.decl.kind, self.decl.name, self.decl.claims, tuple(self.dims.items()),
                     tuple(self.hypers.items()), tuple(self.params), tuple(self.context), output,
                     (), self.graph, self.decl.span, self.steps)
+
+    def check_composed_names(self, records) -> None:
+        """A name of the spec's may not be one the compiler composes from a state's name."""
+        for record in records:
+            for state in record.states:
+                for name, what in composed_names(state.name, state.form).items():
+                    span = self.defined.get(name)
+                    if span is not None and span.known:
+                        raise NlcError(f"'{name}' is the name nlc gives {what} (in derivations "
+                                       "and generated code)", span,
+                                       hint="rename it")
 
     def dims_stmt(self, stmt: ast.Dims) -> None:
         for d in stmt.defs:
@@ -193,6 +206,10 @@ class _DeclChecker(LevelChecker):
             value = self.overrides.get(d.name)
             if value is None:
                 value = const_eval(d.value, self.consts)
+            if self.is_optimizer and d.name == "params":
+                raise NlcError("an optimizer's hypers are keys of torch's parameter groups, "
+                               "where 'params' holds the parameters", d.span,
+                               hint="rename the hyper")
             self.define(d.name, d.span, "hyper", ())
             self.hypers[d.name] = float(value)
             self.consts[d.name] = float(value)

@@ -128,6 +128,12 @@ class LevelChecker:
         elif stmt.over is not None:
             env.values[stmt.over] = PARAM_SHAPE
         states = [s for s in stmt.body if isinstance(s, ast.State)]
+        if states and unit == Frequency.STEP and not self.is_optimizer:
+            raise NlcError(f"level '{stmt.name}' of a layer has a state and updates every "
+                           f"{period} step{'s' if period > 1 else ''}: in a layer, a state "
+                           "updates with the tokens", stmt.every.span,
+                           hint="write 'every N tokens' for a state; a level 'every N steps' "
+                                "holds only `param`s, stepped by the optimizer")
         clauses: dict[ast.ClauseKind, list[ast.Clause]] = {k: [] for k in ast.ClauseKind}
         for item in stmt.body:
             if isinstance(item, ast.Clause):
