@@ -1704,3 +1704,34 @@ class ContinuumMemory(nn.Module):
         """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache
+
+
+class Hope(nn.Module):
+    """Hope from `hope.nl` (spec:109): SelfModifyingTitans -> ContinuumMemory, each layer applied as `x + layer(rmsnorm(x))`; `forward(x [B, T, 256]) -> [B, T, 256]`.
+
+    The residual connections are inside: `residual = True` tells the runtime to add none around it."""
+
+    residual = True
+
+    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+        super().__init__()
+        self.d_model = d_model
+        self.layers = nn.ModuleList(
+            [
+                SelfModifyingTitans(d_model, mode, chunk_size),
+                ContinuumMemory(d_model, mode, chunk_size),
+            ]
+        )
+        self.norms = nn.ModuleList([nn.RMSNorm(d_model, eps=1e-6) for _ in self.layers])
+
+    def forward(self, x, cu_seqlens=None, cache=None):
+        """x `[B, T, 256]` -> `[B, T, 256]`; with a `cache` dict, continue from it and update it."""
+        for i, (norm, layer) in enumerate(zip(self.norms, self.layers)):
+            inner = None if cache is None else cache.setdefault(i, {})
+            x = x + layer(norm(x), cu_seqlens=cu_seqlens, cache=inner)
+        return x
+
+    def step(self, x, cache=None):
+        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        cache = {} if cache is None else cache
+        return self.forward(x[:, None], cache=cache)[:, 0], cache

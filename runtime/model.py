@@ -89,13 +89,16 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     def __init__(self, d_model: int, mixer: nn.Module, mlp: nn.Module | None):
         super().__init__()
-        self.norm1 = RMSNorm(d_model)
+        self.norm1 = None if getattr(mixer, "residual", False) else RMSNorm(d_model)
         self.mixer = mixer
         self.norm2 = RMSNorm(d_model) if mlp is not None else None
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + first_output(self.mixer(self.norm1(x)))
+        if self.norm1 is None:  # a compiled `model`: its norms and residuals are inside it
+            x = first_output(self.mixer(x))
+        else:
+            x = x + first_output(self.mixer(self.norm1(x)))
         if self.mlp is not None:
             x = x + first_output(self.mlp(self.norm2(x)))
         return x

@@ -81,6 +81,7 @@ def _render(specs, origin, stem: str, ast) -> dict[str, str]:
     from nlc.emit.render import render
     layers = [s for s in specs if s.kind is ast.DeclKind.LAYER]
     optimizers = [s for s in specs if s.kind is ast.DeclKind.OPTIMIZER]
+    models = [s for s in specs if s.kind is ast.DeclKind.MODEL]
     if layers and optimizers:
         raise NlcError("a spec file compiles to layers or to optimizers, not both")
     if optimizers:
@@ -89,10 +90,11 @@ def _render(specs, origin, stem: str, ast) -> dict[str, str]:
         return {stem: render("optimizer.py.jinja", source=origin, plans=plans)}
     if not layers:
         raise NlcError("the spec declares no layer or optimizer to compile")
-    from nlc.emit.layer import layer_plan
+    from nlc.emit.layer import layer_plan, model_plan
     plans = [layer_plan(s, origin.name, f"{s.name}_" if len(layers) > 1 else "", stem)
              for s in layers]
-    outputs = {stem: render("layer.py.jinja", source=origin, plans=plans)}
+    outputs = {stem: render("layer.py.jinja", source=origin, plans=plans,
+                            models=[model_plan(m, plans) for m in models])}
     from nlc.emit.triton_render import render_recurrent
     for plan in plans:
         for level in plan.levels:
@@ -140,17 +142,24 @@ def load_module(path: str, overrides: dict | None = None):
 
 
 def _only_class(module, kind: str, path: str):
+    """The spec's one layer (or optimizer); in a file with a `model`, the model."""
     import torch
     base = torch.nn.Module if kind == "layer" else torch.optim.Optimizer
     found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, base)
              and v.__module__ == module.__name__]
+    models = [v for v in found if getattr(v, "residual", False)]
+    if len(models) == 1:
+        return models[0]
     if len(found) != 1:
-        raise NlcError(f"expected one {kind} in the spec, found {len(found)}", path=path)
+        what = f"{len(models)} models" if models else f"{len(found)} {kind}s and no model"
+        raise NlcError(f"expected one {kind} or one model in the spec, found {what}",
+                       path=path, hint="a `model` declaration composes the layers of a file")
     return found[0]
 
 
 def load_layer(path: str, **overrides):
-    """The layer class a spec compiles to; `overrides` set dims / hypers (like -D)."""
+    """The layer class a spec compiles to (its model class, if it declares one);
+    `overrides` set dims / hypers (like -D)."""
     return _only_class(load_module(path, overrides), "layer", path)
 
 

@@ -445,10 +445,30 @@ def _shapes_text(shapes) -> str:
     return ", ".join(f"{n}[{r}, {c}]" for n, r, c in shapes)
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """A `model`: its layers (classes of the same module) applied in order."""
+
+    name: str
+    layers: tuple[str, ...]
+    d_model: int
+    line: int
+
+
+def model_plan(spec, layers: list[LayerPlan]) -> ModelPlan:
+    widths = {plan.name: plan.d_model for plan in layers}
+    sizes = {widths[name] for name in spec.blocks}
+    if len(sizes) != 1:
+        shown = ", ".join(f"{name}: {widths[name]}" for name in spec.blocks)
+        raise NlcError(f"the layers of model '{spec.name}' differ in d_model ({shown})",
+                       spec.span, hint="a model's layers share one width")
+    return ModelPlan(spec.name, tuple(spec.blocks), sizes.pop(), spec.span.line)
+
+
 def layer_plan(spec, spec_name: str, prefix: str = "", stem: str = "") -> LayerPlan:
     """`prefix` names the level functions when one file holds several layers; `stem` is the
     generated module's name (its Triton kernels go to `<stem>_<level>_triton.py`)."""
     return LayerEmitter(spec, spec_name, prefix, stem).emit()
 
 
-__all__ = ["LayerPlan", "layer_plan"]
+__all__ = ["LayerPlan", "ModelPlan", "layer_plan", "model_plan"]
