@@ -142,8 +142,11 @@ def cms_fast_op(
 ):
     """Level `cms_fast` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: x: [B, T, H, D].
+    Inputs: x: [B, T, H, 256].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
+    batch, heads = nl.op_shapes(
+        "cms_fast_op", {"x": x}, {"x": 256}, {"W_k1": W_k1, "W_v1": W_v1}, initial_state, cu_seqlens
+    )
     tokens = {
         "x": nl.column(x),
     }
@@ -152,8 +155,7 @@ def cms_fast_op(
         "W_v1": nl.param(W_v1, 2),
     }
     if initial_state is None:
-        batch = tokens["x"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = cms_fast_initial_state(batch, 1, tokens["x"])
+        initial_state = cms_fast_initial_state(batch, heads, tokens["x"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -303,8 +305,16 @@ def cms_mid_op(
 ):
     """Level `cms_mid` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_fast: [B, T, H, D].
+    Inputs: cms_fast: [B, T, H, 256].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
+    batch, heads = nl.op_shapes(
+        "cms_mid_op",
+        {"cms_fast": cms_fast},
+        {"cms_fast": 256},
+        {"W_k2": W_k2, "W_v2": W_v2},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "cms_fast": nl.column(cms_fast),
     }
@@ -313,8 +323,7 @@ def cms_mid_op(
         "W_v2": nl.param(W_v2, 2),
     }
     if initial_state is None:
-        batch = tokens["cms_fast"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = cms_mid_initial_state(batch, 1, tokens["cms_fast"])
+        initial_state = cms_mid_initial_state(batch, heads, tokens["cms_fast"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -464,8 +473,16 @@ def cms_slow_op(
 ):
     """Level `cms_slow` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_mid: [B, T, H, D].
+    Inputs: cms_mid: [B, T, H, 256].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
+    batch, heads = nl.op_shapes(
+        "cms_slow_op",
+        {"cms_mid": cms_mid},
+        {"cms_mid": 256},
+        {"W_k3": W_k3, "W_v3": W_v3},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "cms_mid": nl.column(cms_mid),
     }
@@ -474,8 +491,7 @@ def cms_slow_op(
         "W_v3": nl.param(W_v3, 2),
     }
     if initial_state is None:
-        batch = tokens["cms_mid"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = cms_slow_initial_state(batch, 1, tokens["cms_mid"])
+        initial_state = cms_slow_initial_state(batch, heads, tokens["cms_mid"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):

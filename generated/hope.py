@@ -738,8 +738,16 @@ def SelfModifyingTitans_memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, D], k: [B, T, H, D], alpha: [B, T, H], eta: [B, T, H], v: [B, T, H, D].
+    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], alpha: [B, T, H], eta: [B, T, H], v: [B, T, H, 64].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
+    batch, heads = nl.op_shapes(
+        "SelfModifyingTitans_memory_op",
+        {"q": q, "k": k, "alpha": alpha, "eta": eta, "v": v},
+        {"q": 64, "k": 64, "alpha": None, "eta": None, "v": 64},
+        {},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -749,8 +757,7 @@ def SelfModifyingTitans_memory_op(
     }
     consts = {}
     if initial_state is None:
-        batch = tokens["q"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = SelfModifyingTitans_memory_initial_state(batch, 4, tokens["q"])
+        initial_state = SelfModifyingTitans_memory_initial_state(batch, heads, tokens["q"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -792,18 +799,25 @@ def SelfModifyingTitans_alpha_eta_k_v_group_op(
     """Levels alpha, eta, k, v (spec:59) use each other's outputs: per token every
     one reads before any writes, then each writes with all the reads among its inputs.
     Returns `({level: o}, {level: final_state})`; `mode` is "recurrent" or "chunked" (a chunk of 16 tokens at a time: every member reads its chunk-start state)."""
+    batch, heads = nl.op_shapes(
+        "SelfModifyingTitans_alpha_eta_k_v_group_op",
+        {"h": h},
+        {"h": 64},
+        {},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "h": nl.column(h),
     }
     consts = {}
     ref = tokens["h"]
     if initial_state is None:
-        batch = ref.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         initial_state = {
-            "alpha": SelfModifyingTitans_alpha_initial_state(batch, 4, ref),
-            "eta": SelfModifyingTitans_eta_initial_state(batch, 4, ref),
-            "k": SelfModifyingTitans_k_initial_state(batch, 4, ref),
-            "v": SelfModifyingTitans_v_initial_state(batch, 4, ref),
+            "alpha": SelfModifyingTitans_alpha_initial_state(batch, heads, ref),
+            "eta": SelfModifyingTitans_eta_initial_state(batch, heads, ref),
+            "k": SelfModifyingTitans_k_initial_state(batch, heads, ref),
+            "v": SelfModifyingTitans_v_initial_state(batch, heads, ref),
         }
     members = [
         nl.Member(
@@ -1179,8 +1193,16 @@ def ContinuumMemory_cms_fast_op(
 ):
     """Level `cms_fast` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: x: [B, T, H, D].
+    Inputs: x: [B, T, H, 256].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
+    batch, heads = nl.op_shapes(
+        "ContinuumMemory_cms_fast_op",
+        {"x": x},
+        {"x": 256},
+        {"W_k1": W_k1, "W_v1": W_v1},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "x": nl.column(x),
     }
@@ -1189,8 +1211,7 @@ def ContinuumMemory_cms_fast_op(
         "W_v1": nl.param(W_v1, 2),
     }
     if initial_state is None:
-        batch = tokens["x"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = ContinuumMemory_cms_fast_initial_state(batch, 1, tokens["x"])
+        initial_state = ContinuumMemory_cms_fast_initial_state(batch, heads, tokens["x"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -1340,8 +1361,16 @@ def ContinuumMemory_cms_mid_op(
 ):
     """Level `cms_mid` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_fast: [B, T, H, D].
+    Inputs: cms_fast: [B, T, H, 256].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
+    batch, heads = nl.op_shapes(
+        "ContinuumMemory_cms_mid_op",
+        {"cms_fast": cms_fast},
+        {"cms_fast": 256},
+        {"W_k2": W_k2, "W_v2": W_v2},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "cms_fast": nl.column(cms_fast),
     }
@@ -1350,8 +1379,7 @@ def ContinuumMemory_cms_mid_op(
         "W_v2": nl.param(W_v2, 2),
     }
     if initial_state is None:
-        batch = tokens["cms_fast"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = ContinuumMemory_cms_mid_initial_state(batch, 1, tokens["cms_fast"])
+        initial_state = ContinuumMemory_cms_mid_initial_state(batch, heads, tokens["cms_fast"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -1501,8 +1529,16 @@ def ContinuumMemory_cms_slow_op(
 ):
     """Level `cms_slow` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_mid: [B, T, H, D].
+    Inputs: cms_mid: [B, T, H, 256].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
+    batch, heads = nl.op_shapes(
+        "ContinuumMemory_cms_slow_op",
+        {"cms_mid": cms_mid},
+        {"cms_mid": 256},
+        {"W_k3": W_k3, "W_v3": W_v3},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "cms_mid": nl.column(cms_mid),
     }
@@ -1511,8 +1547,7 @@ def ContinuumMemory_cms_slow_op(
         "W_v3": nl.param(W_v3, 2),
     }
     if initial_state is None:
-        batch = tokens["cms_mid"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = ContinuumMemory_cms_slow_initial_state(batch, 1, tokens["cms_mid"])
+        initial_state = ContinuumMemory_cms_slow_initial_state(batch, heads, tokens["cms_mid"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):

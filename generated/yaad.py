@@ -118,8 +118,16 @@ def memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, D], k: [B, T, H, D], v: [B, T, H, D], alpha: [B, T, H], delta: [B, T, H], eta: [B, T, H].
+    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], v: [B, T, H, 64], alpha: [B, T, H], delta: [B, T, H], eta: [B, T, H].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked" (this level has no chunk-parallel form: both run token by token)."""
+    batch, heads = nl.op_shapes(
+        "memory_op",
+        {"q": q, "k": k, "v": v, "alpha": alpha, "delta": delta, "eta": eta},
+        {"q": 64, "k": 64, "v": 64, "alpha": None, "delta": None, "eta": None},
+        {},
+        initial_state,
+        cu_seqlens,
+    )
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -130,8 +138,7 @@ def memory_op(
     }
     consts = {}
     if initial_state is None:
-        batch = tokens["q"].shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-        initial_state = memory_initial_state(batch, 4, tokens["q"])
+        initial_state = memory_initial_state(batch, heads, tokens["q"])
     state = dict(initial_state)
 
     def recurrent(tokens, state):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from nlc.runtime.chunked import decay_chunked, delta_chunked
 from nlc.runtime.attention import attention
 from nlc.runtime.dual import dual_chunked, mm, outer_sum
+from nlc.runtime.op_inputs import op_shapes
 from nlc.runtime.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
                               recurrent, segments, state_from, varlen, weights_from)
 

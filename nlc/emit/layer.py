@@ -309,13 +309,14 @@ class LayerEmitter:
                                    "to emit attention", level.span)
                 roles[role] = sym.name
             lp.attention |= roles
-            lp.tokens = [Input(roles[r], "vector") for r in ("query", "key", "value")]
+            lp.tokens = [Input(roles[r], "vector", size=int(rule.role(r).shape[0]))
+                         for r in ("query", "key", "value")]
             lp.tokens = list({i.name: i for i in lp.tokens}.values())
         for i in lp.tokens:
             i.arg = local(i.name)
         lp.params = [ParamArg(p, local(p), len(param_shapes[p])) for p in lp.params]
         lp.anchors = repr(tuple(lp.anchors))
-        shown = [f"{i.arg}: {READ_LAYOUT[i.kind] if i.kind != 'vector' else '[B, T, H, D]'}"
+        shown = [f"{i.arg}: {READ_LAYOUT[i.kind] if i.kind != 'vector' else f'[B, T, H, {i.size}]'}"
                  for i in lp.tokens]
         lp.args_doc = "Inputs: " + ", ".join(shown) + "."
         return lp

@@ -24,6 +24,7 @@ class Input:
     name: str
     kind: str          # vector | scalar | param | number
     code: str = ""     # for numbers: the literal
+    size: int | None = None  # a vector's length per head
 
 
 @dataclass
@@ -96,7 +97,8 @@ class LevelEmitter:
         roles = [rule.role(r) for r in ("query", "key", "value")]
         first = [r.name for r in roles if isinstance(r, (sp.Symbol, sp.MatrixSymbol))]
         order = sorted(used - known, key=lambda n: (first.index(n) if n in first else 3, n))
-        self.tokens = [Input(n, "vector" if isinstance(symbols[n], sp.MatrixSymbol) else "scalar")
+        self.tokens = [Input(n, "vector", size=int(symbols[n].shape[0]))
+                       if isinstance(symbols[n], sp.MatrixSymbol) else Input(n, "scalar")
                        for n in order]
         self.read = rule.read
 

@@ -1,0 +1,57 @@
+"""The checks a generated functional op makes of its inputs before any math.
+
+An op takes per-token tensors in flash-linear-attention's layout: a vector per head and
+token `[B, T, H, D]`, a scalar `[B, T, H]`; its parameters are per head `[H, ...]`; an initial
+state is `{name: [B, H, rows, cols]}`. B, T and H come from the inputs (a layer built with
+other heads calls the same op); D is the size the op was compiled for. A mismatch is a
+ValueError that says what was expected, not a broadcasting error deep in the math."""
+
+from __future__ import annotations
+
+import torch
+
+
+def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
+              cu_seqlens) -> tuple[int, int]:
+    """Check an op's inputs; returns (batch, heads). `sizes` gives each vector token's D
+    (None for a scalar token)."""
+    lead = None
+    for name, x in tokens.items():
+        size = sizes[name]
+        want = "[B, T, H]" if size is None else f"[B, T, H, {size}]"
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{op}: {name} must be a tensor {want}, got {type(x).__name__}")
+        if x.dim() != (3 if size is None else 4) or (size is not None and x.shape[-1] != size):
+            raise ValueError(f"{op}: {name} must be {want}, got {list(x.shape)}"
+                             + ("" if size is None or x.dim() != 4 else
+                                f" (this op was compiled for {size} channels per head)"))
+        if lead is None:
+            lead = (name, tuple(x.shape[:3]))
+        elif tuple(x.shape[:3]) != lead[1]:
+            raise ValueError(f"{op}: {name} is {list(x.shape)} but {lead[0]} has "
+                             f"[B, T, H] = {list(lead[1])}: all inputs share B, T and H")
+    batch, length, heads = lead[1]
+    if length == 0:
+        raise ValueError(f"{op}: the inputs hold no tokens (T = 0)")
+    for name, p in params.items():
+        if p.dim() == 0 or p.shape[0] != heads:
+            raise ValueError(f"{op}: parameter {name} is {list(p.shape)}; it must be per head, "
+                             f"[{heads}, ...], for inputs with H = {heads}")
+    if cu_seqlens is not None:
+        batch = len(cu_seqlens) - 1
+    for level, state in _states(initial_state):
+        for name, s in state.items():
+            if isinstance(s, torch.Tensor) and s.dim() >= 2 and tuple(s.shape[:2]) != (
+                    batch, heads):
+                raise ValueError(f"{op}: initial_state{level}[{name!r}] is {list(s.shape)}; "
+                                 f"it must start with [B, H] = [{batch}, {heads}]")
+    return batch, heads
+
+
+def _states(initial_state):
+    """(label, state dict) for an op's initial state, or a group's {level: state}."""
+    if not initial_state:
+        return []
+    if all(isinstance(v, dict) for v in initial_state.values()):
+        return [(f"[{k!r}]", v) for k, v in initial_state.items()]
+    return [("", initial_state)]
