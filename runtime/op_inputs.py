@@ -3,8 +3,10 @@
 An op takes per-token tensors in flash-linear-attention's layout: a vector per head and
 token `[B, T, H, D]`, a scalar `[B, T, H]`; its parameters are per head `[H, ...]`; an initial
 state is `{name: [B, H, rows, cols]}`. B, T and H come from the inputs (a layer built with
-other heads calls the same op); D is the size the op was compiled for. A mismatch is a
-ValueError that says what was expected, not a broadcasting error deep in the math."""
+other heads calls the same op). D is the size the op was compiled for when the op builds
+its own initial state; with the caller's initial state, the state's shape decides (a rule
+whose numbers do not depend on D runs at any D). A mismatch is a ValueError that says what
+was expected, not a broadcasting error deep in the math."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
     lead = None
     for name, x in tokens.items():
         size = sizes[name]
+        if size is not None and initial_state is not None and isinstance(x, torch.Tensor) \
+                and x.dim() == 4:
+            size = x.shape[-1]  # the caller's state sets the sizes
         want = "[B, T, H]" if size is None else f"[B, T, H, {size}]"
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{op}: {name} must be a tensor {want}, got {type(x).__name__}")

@@ -307,5 +307,5 @@ __all__ = [
     "output", "per_token", "init_state", "inv_softplus_uniform", "log_uniform", "use_triton",
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
-    "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked",
+    "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
 ]

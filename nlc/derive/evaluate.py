@@ -11,8 +11,8 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
+from nlc import functions
 from nlc.derive.matfuncs import (
-    NORM_EPS,
     NS_COEFFS,
     ColumnMap,
     Dot,
@@ -146,18 +146,8 @@ class Evaluator:
         return out
 
 
-def _layernorm(x: np.ndarray) -> np.ndarray:
-    c = x - x.mean()
-    return c / np.sqrt(np.mean(c * c) + float(NORM_EPS))
-
-
 # the numeric twins of matfuncs.COLUMN_FUNCTIONS (a column in, a column out)
-COLUMN_FUNCTIONS = {
-    "l2norm": lambda x: x / np.sqrt(np.sum(x * x) + float(NORM_EPS)),
-    "rmsnorm": lambda x: x / np.sqrt(np.mean(x * x) + float(NORM_EPS)),
-    "layernorm": _layernorm,
-    "softmax": lambda x: np.exp(x - x.max()) / np.sum(np.exp(x - x.max())),
-}
+COLUMN_FUNCTIONS = functions.View(lambda f: f.numpy)
 
 
 def newton_schulz(x: np.ndarray, steps: int) -> np.ndarray:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sympy as sp
 
+from nlc import functions
+
 # Coefficients of the quintic Newton-Schulz iteration used by Muon (Jordan et al., 2024).
 NS_COEFFS = (sp.Rational(34445, 10000), sp.Rational(-47750, 10000), sp.Rational(20315, 10000))
 
@@ -142,36 +144,10 @@ class Dot(sp.Expr):
         return rf"\left\langle {a}, {b} \right\rangle"
 
 
-# Functions of a whole column (the language's vectorwise functions, vocab.VECTORWISE), as
+# Functions of a whole column (the registry's vectorwise functions, nlc/functions.py), as
 # their explicit entries: l2norm, rmsnorm and layernorm without a learned gain.
 NORM_EPS = sp.Rational(1, 10 ** 6)
-
-
-def _l2norm(x):
-    scale = 1 / sp.sqrt(sum(e ** 2 for e in x) + NORM_EPS)
-    return [e * scale for e in x]
-
-
-def _rmsnorm(x):
-    scale = 1 / sp.sqrt(sum(e ** 2 for e in x) / len(x) + NORM_EPS)
-    return [e * scale for e in x]
-
-
-def _layernorm(x):
-    mu = sum(x) / len(x)
-    centred = [e - mu for e in x]
-    scale = 1 / sp.sqrt(sum(c ** 2 for c in centred) / len(x) + NORM_EPS)
-    return [c * scale for c in centred]
-
-
-def _softmax(x):
-    ex = [sp.exp(e) for e in x]
-    total = sum(ex)
-    return [e / total for e in ex]
-
-
-COLUMN_FUNCTIONS = {"l2norm": _l2norm, "rmsnorm": _rmsnorm, "layernorm": _layernorm,
-                    "softmax": _softmax}
+COLUMN_FUNCTIONS = functions.View(lambda f: f.column)
 
 
 class ColumnMap(sp.MatrixExpr):

@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from nlc import functions
 from nlc.derive.matfuncs import COLUMN_FUNCTIONS
 from nlc.errors import NlcError
 from nlc.levels.records import PARAM_IN, PARAM_OUT, PARAM_SHAPE, Dim, Shape
 from nlc.syntax import ast
 from nlc.syntax.format import format_expr
-
 
 
 def internal(name: str) -> str:
@@ -29,32 +29,15 @@ def internal(name: str) -> str:
 _R = sp.Symbol(internal("r"), real=True)
 
 
-def _sigmoid(x):
-    return 1 / (1 + sp.exp(-x))
-
-
-# Scalar functions of the context vocabulary (vocab.ELEMENTWISE), as SymPy expressions.
-SCALAR_FUNCTIONS: dict[str, Callable] = {
-    "silu": lambda x: x * _sigmoid(x),
-    "sigmoid": _sigmoid,
-    "softplus": lambda x: sp.log(1 + sp.exp(x)),
-    "exp": sp.exp,
-    "log": sp.log,
-    "tanh": sp.tanh,
-    "relu": lambda x: sp.Max(x, 0),
-    "gelu": lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
-    "elu1": lambda x: sp.Piecewise((x + 1, x > 0), (sp.exp(x), True)),
-    "sqrt": sp.sqrt,
-    "abs": sp.Abs,
-    "sign": sp.sign,
-    "logsigmoid": lambda x: -sp.log(1 + sp.exp(-x)),
-    "identity": lambda x: x,
-}
-
 # An undefined activation: verification proves the chain rule for every activation.
 SIGMA = sp.Function("sigma")
 SIGMA_PRIME = sp.Function("sigma_prime")
-SCALAR_FUNCTIONS["abstract"] = SIGMA
+
+# Scalar functions as SymPy: the registry's elementwise functions (nlc/functions.py), and the
+# MLP memory's `identity` and verification's `abstract` activations.
+SCALAR_FUNCTIONS: Mapping[str, Callable] = functions.View(
+    lambda f: f.scalar() if f.kind is functions.Kind.ELEMENTWISE else None,
+    {"identity": lambda x: x, "abstract": SIGMA})
 
 
 def name_derivatives(expr):

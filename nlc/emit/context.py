@@ -9,22 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nlc import functions
 from nlc.errors import NlcError
 from nlc.levels import shapes
 from nlc.syntax import ast
 
 # spec function -> PyTorch (or nl.*) function applied to the last axis / elementwise
-CALLS = {
-    "silu": "F.silu", "sigmoid": "torch.sigmoid", "softplus": "F.softplus", "exp": "torch.exp",
-    "log": "torch.log", "tanh": "torch.tanh", "relu": "torch.relu", "gelu": "nl.gelu",
-    "elu1": "nl.elu1", "sqrt": "torch.sqrt", "abs": "torch.abs", "sign": "torch.sign",
-    "logsigmoid": "F.logsigmoid", "l2norm": "nl.l2norm", "rmsnorm": "nl.rmsnorm",
-    "layernorm": "nl.layernorm", "softmax": "nl.softmax", "total": "nl.total",
-    "newton_schulz5": "nl.newton_schulz",
-}
+CALLS = functions.View(lambda f: f.torch, {"total": "nl.total",
+                                           "newton_schulz5": "nl.newton_schulz"})
 # on numbers known at compile time (dims, hypers): Python's math
-CONSTANT_CALLS = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
-                  "abs": "abs"}
+CONSTANT_CALLS = functions.View(lambda f: f.math)
 BINARY = {ast.BinOpKind.ADD: "+", ast.BinOpKind.SUB: "-", ast.BinOpKind.MUL: "*",
           ast.BinOpKind.DIV: "/", ast.BinOpKind.POW: "**"}
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "**": 4}

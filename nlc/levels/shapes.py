@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nlc import functions
 from nlc.errors import NlcError, Span, did_you_mean
 from nlc.levels import vocab
 from nlc.levels.records import Dim, MemoryForm, Shape, shape_text
@@ -138,7 +139,7 @@ def _function(expr: ast.Call, env: Env) -> Shape:
     if expr.func in ("sqnorm",):
         return ()
     x = shapes["x"]
-    if expr.func in vocab.VECTORWISE and not x:
+    if expr.func in functions.of_kind(functions.Kind.VECTORWISE) and not x:
         raise NlcError(f"{expr.func}() needs a vector, got a scalar", expr.span)
     if expr.func == "newton_schulz5" and len(x) != 2 and x != (Dim("param", -1),):
         raise NlcError("newton_schulz5() needs a matrix", expr.span)

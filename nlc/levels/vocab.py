@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
+from nlc import functions
+
 
 class ArgKind(Enum):
     EXPR = "expression"          # any context expression (a gate, a rate, a number)
@@ -150,13 +152,10 @@ ALGORITHMS: dict[str, Entry] = dict([
 ])
 
 # ------------------------------------------------------------------ context functions
-ELEMENTWISE = ("silu", "sigmoid", "softplus", "exp", "log", "tanh", "relu", "gelu", "elu1",
-               "sqrt", "abs", "sign", "logsigmoid")
-VECTORWISE = ("l2norm", "rmsnorm", "layernorm", "softmax")
-FUNCTIONS: dict[str, Entry] = dict(
-    [_e(f, f"elementwise {f}", Arg("x", ArgKind.EXPR)) for f in ELEMENTWISE]
-    + [_e(f, f"{f} over the last axis", Arg("x", ArgKind.EXPR)) for f in VECTORWISE]
-    + [_e("conv", "causal depthwise short convolution over time", Arg("x", ArgKind.EXPR),
+# the functions of values (activations, norms) live in nlc/functions.py; these are the
+# calls with structure of their own
+SPECIAL_FUNCTIONS: dict[str, Entry] = dict(
+    [_e("conv", "causal depthwise short convolution over time", Arg("x", ArgKind.EXPR),
           Arg("width", ArgKind.INT, 4, low=1, high=16)),
        _e("dot", "inner product over the last axis", Arg("a", ArgKind.EXPR), Arg("b", ArgKind.EXPR)),
        _e("total", "sum over the last axis", Arg("x", ArgKind.EXPR)),
@@ -165,6 +164,8 @@ FUNCTIONS: dict[str, Entry] = dict(
        _e("newton_schulz5", "orthogonalize a matrix by 5 Newton-Schulz iterations",
           Arg("x", ArgKind.EXPR))]
 )
+FUNCTIONS = functions.View(lambda f: Entry(f.name, (Arg("x", ArgKind.EXPR),), f.doc),
+                           SPECIAL_FUNCTIONS)
 
 # ------------------------------------------------------------------ parameter initializers
 PARAM_INITS: dict[str, Entry] = dict([
