@@ -581,7 +581,6 @@ class ContinuumMemory(nn.Module):
             nn.init.normal_(self.cms_mid_M2_W2_init, std=0.02)
             nn.init.normal_(self.cms_slow_M3_W1_init, std=0.02)
             nn.init.normal_(self.cms_slow_M3_W2_init, std=0.02)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

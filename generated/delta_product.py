@@ -50,7 +50,6 @@ def memory_chunked(tokens, state, consts, chunk_size):
     alpha = tokens["alpha"]
     beta = tokens["beta"]
     ref = nl.reference(tokens)
-    query = q
     log_decay = torch.log(alpha)
     t0 = 2 * beta
     t1 = beta**2
@@ -58,13 +57,12 @@ def memory_chunked(tokens, state, consts, chunk_size):
     t3 = -t1 * t2
     t4 = t0 + t3
     value0 = t4 * v
-    key0 = k
     rate = t4
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "delta_product_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
             nl.vec(value0, ref),
             g=nl.flat(log_decay, ref),
             beta=nl.flat(rate, ref),
@@ -73,8 +71,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
         )
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
     o, S = nl.delta_chunked(
-        nl.vec(query, ref),
-        nl.vec(key0, ref),
+        nl.vec(q, ref),
+        nl.vec(k, ref),
         nl.vec(value0, ref),
         nl.flat(rate, ref),
         nl.flat(log_decay, ref),
@@ -190,7 +188,6 @@ class DeltaProduct(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

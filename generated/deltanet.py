@@ -42,26 +42,23 @@ def memory_chunked(tokens, state, consts, chunk_size):
     v = tokens["v"]
     beta = tokens["beta"]
     ref = nl.reference(tokens)
-    query = q
     value0 = beta * v
-    key0 = k
-    rate = beta
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "deltanet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
             nl.vec(value0, ref),
-            beta=nl.flat(rate, ref),
+            beta=nl.flat(beta, ref),
             initial_state=state["S"],
             output_final_state=True,
         )
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
     o, S = nl.delta_chunked(
-        nl.vec(query, ref),
-        nl.vec(key0, ref),
+        nl.vec(q, ref),
+        nl.vec(k, ref),
         nl.vec(value0, ref),
-        nl.flat(rate, ref),
+        nl.flat(beta, ref),
         None,
         initial_state=state["S"],
         read_before=False,
@@ -171,7 +168,6 @@ class DeltaNet(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -46,20 +46,17 @@ def memory_chunked(tokens, state, consts, chunk_size):
     beta = tokens["beta"]
     ref = nl.reference(tokens)
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
-        query = q
         value0 = beta * v
-        key0 = k
         a = (-beta) * k
-        b = k
         log_decay = torch.log(alpha)
         kernels = nl.kernels(__file__, "dplr_matrix_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
             nl.vec(value0, ref),
             g=nl.vec(log_decay, ref),
             a=nl.vec(a, ref),
-            b=nl.vec(b, ref),
+            b=nl.vec(k, ref),
             initial_state=state["S"],
             output_final_state=True,
         )
@@ -172,7 +169,6 @@ class DplrMatrix(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -141,24 +141,6 @@ def SelfModifyingTitans_alpha_combine(state, inputs):
     return {"A_W1": A_W1_next, "A_W2": A_W2_next}
 
 
-def SelfModifyingTitans_alpha_read(states, inputs):
-    """Level `alpha`'s read for every token of a chunk (states stacked along T)."""
-    h = inputs["h"]
-    A_W1_0 = inputs["A_W1_0"]
-    A_W2_0 = inputs["A_W2_0"]
-    t0 = nl.mm(A_W1_0, h)
-    o = 1 / (
-        1
-        + torch.exp(
-            -0.015625
-            * nl.sum_all(
-                (nl.mm(A_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
-            )
-        )
-    )
-    return o
-
-
 def SelfModifyingTitans_alpha_read_token(state, inputs):
     """Level `alpha`'s read of one token (or a chunk), before any level writes."""
     h = inputs["h"]
@@ -293,24 +275,6 @@ def SelfModifyingTitans_eta_combine(state, inputs):
     return {"E_W1": E_W1_next, "E_W2": E_W2_next}
 
 
-def SelfModifyingTitans_eta_read(states, inputs):
-    """Level `eta`'s read for every token of a chunk (states stacked along T)."""
-    h = inputs["h"]
-    E_W1_0 = inputs["E_W1_0"]
-    E_W2_0 = inputs["E_W2_0"]
-    t0 = nl.mm(E_W1_0, h)
-    o = 1 / (
-        1
-        + torch.exp(
-            -0.015625
-            * nl.sum_all(
-                (nl.mm(E_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
-            )
-        )
-    )
-    return o
-
-
 def SelfModifyingTitans_eta_read_token(state, inputs):
     """Level `eta`'s read of one token (or a chunk), before any level writes."""
     h = inputs["h"]
@@ -439,18 +403,6 @@ def SelfModifyingTitans_k_combine(state, inputs):
     return {"K_W1": K_W1_next, "K_W2": K_W2_next}
 
 
-def SelfModifyingTitans_k_read(states, inputs):
-    """Level `k`'s read for every token of a chunk (states stacked along T)."""
-    h = inputs["h"]
-    K_W1_0 = inputs["K_W1_0"]
-    K_W2_0 = inputs["K_W2_0"]
-    t0 = nl.mm(K_W1_0, h)
-    o = nl.l2norm(
-        ((nl.mm(K_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
-    ).mT
-    return o
-
-
 def SelfModifyingTitans_k_read_token(state, inputs):
     """Level `k`'s read of one token (or a chunk), before any level writes."""
     h = inputs["h"]
@@ -571,18 +523,6 @@ def SelfModifyingTitans_v_combine(state, inputs):
     V_W1_next = (-eta) * (V_W1 @ k @ k.mT) + (alpha * V_W1 + drive0)
     V_W2_next = alpha * V_W2 + drive1
     return {"V_W1": V_W1_next, "V_W2": V_W2_next}
-
-
-def SelfModifyingTitans_v_read(states, inputs):
-    """Level `v`'s read for every token of a chunk (states stacked along T)."""
-    h = inputs["h"]
-    V_W1_0 = inputs["V_W1_0"]
-    V_W2_0 = inputs["V_W2_0"]
-    t0 = nl.mm(V_W1_0, h)
-    o = nl.l2norm(
-        ((nl.mm(V_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
-    ).mT
-    return o
 
 
 def SelfModifyingTitans_v_read_token(state, inputs):
@@ -936,7 +876,6 @@ class SelfModifyingTitans(nn.Module):
             nn.init.normal_(self.v_V_W2_init, std=0.02)
             nn.init.normal_(self.memory_M_W1_init, std=0.02)
             nn.init.normal_(self.memory_M_W2_init, std=0.02)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps
@@ -1637,7 +1576,6 @@ class ContinuumMemory(nn.Module):
             nn.init.normal_(self.cms_mid_M2_W2_init, std=0.02)
             nn.init.normal_(self.cms_slow_M3_W1_init, std=0.02)
             nn.init.normal_(self.cms_slow_M3_W2_init, std=0.02)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

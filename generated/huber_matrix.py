@@ -49,18 +49,14 @@ def memory_chunked(tokens, state, consts, chunk_size):
     beta = tokens["beta"]
     ref = nl.reference(tokens)
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
-        query = q
-        value0 = v
-        key0 = k
-        rate = beta
         log_decay = torch.log(alpha)
         kernels = nl.kernels(__file__, "huber_matrix_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
-            nl.vec(value0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
+            nl.vec(v, ref),
             g=nl.flat(log_decay, ref),
-            beta=nl.flat(rate, ref),
+            beta=nl.flat(beta, ref),
             initial_state=state["S"],
             output_final_state=True,
         )
@@ -173,7 +169,6 @@ class HuberMatrix(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

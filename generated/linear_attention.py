@@ -41,24 +41,21 @@ def memory_chunked(tokens, state, consts, chunk_size):
     k = tokens["k"]
     v = tokens["v"]
     ref = nl.reference(tokens)
-    query = q
-    value0 = v
-    key0 = k
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "linear_attention_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
-            nl.vec(value0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
+            nl.vec(v, ref),
             initial_state=state["S"],
             output_final_state=True,
         )
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
     o = 0
     o_i, S = nl.decay_chunked(
-        nl.vec(query, ref),
-        nl.vec(key0, ref),
-        nl.vec(value0, ref),
+        nl.vec(q, ref),
+        nl.vec(k, ref),
+        nl.vec(v, ref),
         None,
         initial_state=state["S"],
         read_before=False,
@@ -142,14 +139,12 @@ def normalizer_chunked(tokens, state, consts, chunk_size):
     q = tokens["q"]
     k = tokens["k"]
     ref = nl.reference(tokens)
-    query = q
     value0 = 1
-    key0 = k
     S = state["z"].mT
     o = 0
     o_i, S = nl.decay_chunked(
-        nl.vec(query, ref),
-        nl.vec(key0, ref),
+        nl.vec(q, ref),
+        nl.vec(k, ref),
         nl.vec(value0, ref),
         None,
         initial_state=S,
@@ -247,7 +242,6 @@ class LinearAttention(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

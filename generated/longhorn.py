@@ -42,19 +42,17 @@ def memory_chunked(tokens, state, consts, chunk_size):
     v = tokens["v"]
     beta = tokens["beta"]
     ref = nl.reference(tokens)
-    query = q
     t0 = nl.sqnorm(k)
     t1 = beta * t0
     t2 = 1 + t1
     t3 = beta / t2
     value0 = t3 * v
-    key0 = k
     rate = t3
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "longhorn_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
             nl.vec(value0, ref),
             beta=nl.flat(rate, ref),
             initial_state=state["S"],
@@ -62,8 +60,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
         )
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
     o, S = nl.delta_chunked(
-        nl.vec(query, ref),
-        nl.vec(key0, ref),
+        nl.vec(q, ref),
+        nl.vec(k, ref),
         nl.vec(value0, ref),
         nl.flat(rate, ref),
         None,
@@ -173,7 +171,6 @@ class Longhorn(nn.Module):
             nn.init.normal_(self.W_o, std=0.0625)
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -44,15 +44,13 @@ def memory_chunked(tokens, state, consts, chunk_size):
     alpha = tokens["alpha"]
     dt = tokens["dt"]
     ref = nl.reference(tokens)
-    query = q
     log_decay = torch.log(alpha)
     value0 = dt * v
-    key0 = k
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "mamba2_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
             nl.vec(value0, ref),
             g=nl.flat(log_decay, ref),
             initial_state=state["S"],
@@ -61,8 +59,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
     o = 0
     o_i, S = nl.decay_chunked(
-        nl.vec(query, ref),
-        nl.vec(key0, ref),
+        nl.vec(q, ref),
+        nl.vec(k, ref),
         nl.vec(value0, ref),
         nl.flat(log_decay, ref),
         initial_state=state["S"],
@@ -184,7 +182,6 @@ class Mamba2(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

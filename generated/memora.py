@@ -208,7 +208,6 @@ class Memora(nn.Module):
             self.memory_M_W2_init.copy_(
                 torch.softmax(0.02 * torch.randn_like(self.memory_M_W2_init), dim=-1)
             )
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -42,16 +42,13 @@ def memory_chunked(tokens, state, consts, chunk_size):
     v = tokens["v"]
     gamma = tokens["gamma"]
     ref = nl.reference(tokens)
-    query = q
     log_decay = torch.log(gamma)
-    value0 = v
-    key0 = k
     if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "retnet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
-            nl.vec(query, ref),
-            nl.vec(key0, ref),
-            nl.vec(value0, ref),
+            nl.vec(q, ref),
+            nl.vec(k, ref),
+            nl.vec(v, ref),
             g=nl.flat(log_decay, ref),
             initial_state=state["S"],
             output_final_state=True,
@@ -59,9 +56,9 @@ def memory_chunked(tokens, state, consts, chunk_size):
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
     o = 0
     o_i, S = nl.decay_chunked(
-        nl.vec(query, ref),
-        nl.vec(key0, ref),
-        nl.vec(value0, ref),
+        nl.vec(q, ref),
+        nl.vec(k, ref),
+        nl.vec(v, ref),
         nl.flat(log_decay, ref),
         initial_state=state["S"],
         read_before=False,
@@ -166,7 +163,6 @@ class RetNet(nn.Module):
             nn.init.normal_(self.W_v, std=0.08838834764831845)
             nn.init.normal_(self.W_g, std=0.08838834764831845)
             nn.init.normal_(self.W_o, std=0.0625)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

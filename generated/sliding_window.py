@@ -108,7 +108,6 @@ class SlidingWindow(nn.Module):
             nn.init.normal_(self.W_k, std=0.125)
             nn.init.normal_(self.W_v, std=0.125)
             nn.init.normal_(self.W_o, std=0.0625)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -114,7 +114,6 @@ class SoftmaxAttention(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -82,47 +82,6 @@ def memory_step(state, inputs):
     }, o
 
 
-def memory_drive(inputs):
-    """Every term of level `memory` that depends only on the chunk-start state, for
-    all tokens of a chunk at once."""
-    k = inputs["k"]
-    v = inputs["v"]
-    theta = inputs["theta"]
-    M_W1_0 = inputs["M_W1_0"]
-    M_W2_0 = inputs["M_W2_0"]
-    t0 = nl.mm(M_W1_0, k)
-    t1 = -2 * v
-    t2 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t3 = nl.mm(M_W2_0, t2)
-    t4 = t3 + k
-    t5 = 2 * t4
-    t6 = t1 + t5
-    t7 = k.mT
-    drive0 = -(
-        theta
-        * (
-            nl.mm(
-                (
-                    (
-                        0.5
-                        + 0.5
-                        * 1.4142135623730951
-                        * 0.5641895835477563
-                        * t0
-                        * torch.exp(-0.5 * (t0**2))
-                        + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                    )
-                    * (nl.mm(M_W2_0.mT, t6))
-                ),
-                t7,
-            )
-        )
-    )
-    t8 = nl.mm(t7, M_W1_0.mT)
-    drive1 = -(theta * (nl.mm(t6, (0.5 * t8 * (1 + torch.erf(0.5 * 1.4142135623730951 * t8))))))
-    return {"drive0": drive0, "drive1": drive1}
-
-
 def memory_outer(inputs):
     """Level `memory`'s chunk-start terms as per-token outer products (column, row)."""
     k = inputs["k"]
@@ -324,7 +283,6 @@ class Titans(nn.Module):
             nn.init.uniform_(self.conv2, -0.5, 0.5)
             nn.init.normal_(self.memory_M_W1_init, std=0.02)
             nn.init.normal_(self.memory_M_W2_init, std=0.02)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

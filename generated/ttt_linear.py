@@ -56,30 +56,6 @@ def memory_step(state, inputs):
     return {"W_W1": W_W1_next}, o
 
 
-def memory_drive(inputs):
-    """Every term of level `memory` that depends only on the chunk-start state, for
-    all tokens of a chunk at once."""
-    k = inputs["k"]
-    v = inputs["v"]
-    eta = inputs["eta"]
-    W_W1_0 = inputs["W_W1_0"]
-    t0 = -v
-    t1 = nl.mm(W_W1_0, k)
-    t2 = nl.mean(t1)
-    t3 = -t2
-    t4 = t3
-    t5 = t1 + t4
-    t6 = t5 * t5
-    t7 = nl.mean(t6)
-    t8 = 1e-06 + t7
-    t9 = torch.rsqrt(t8)
-    t10 = t9 * t5
-    t11 = t10 + k
-    t12 = t0 + t11
-    drive0 = (-eta) * (nl.mm((t9 * ((-nl.mean(t12)) + (-nl.mean(t12 * t10)) * t10 + t12)), k.mT))
-    return {"drive0": drive0}
-
-
 def memory_outer(inputs):
     """Level `memory`'s chunk-start terms as per-token outer products (column, row)."""
     k = inputs["k"]
@@ -236,7 +212,6 @@ class TTTLinear(nn.Module):
             nn.init.zeros_(self.w_lr)
             nn.init.normal_(self.W_o, std=0.0625)
             nn.init.normal_(self.memory_W_W1_init, std=0.02)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -87,58 +87,6 @@ def memory_step(state, inputs):
     return {"W_W1": W_W1_next, "W_W2": W_W2_next}, o
 
 
-def memory_drive(inputs):
-    """Every term of level `memory` that depends only on the chunk-start state, for
-    all tokens of a chunk at once."""
-    k = inputs["k"]
-    v = inputs["v"]
-    eta = inputs["eta"]
-    W_W1_0 = inputs["W_W1_0"]
-    W_W2_0 = inputs["W_W2_0"]
-    t0 = nl.mm(W_W1_0, k)
-    t1 = -v
-    t2 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t3 = nl.mm(W_W2_0, t2)
-    t4 = nl.mean(t3)
-    t5 = -t4
-    t6 = t5
-    t7 = t3 + t6
-    t8 = t7 * t7
-    t9 = nl.mean(t8)
-    t10 = 1e-06 + t9
-    t11 = torch.rsqrt(t10)
-    t12 = t11 * t7
-    t13 = t12 + k
-    t14 = t1 + t13
-    t15 = nl.mean(t14)
-    t16 = -t15
-    t17 = t16
-    t18 = t14 * t12
-    t19 = nl.mean(t18)
-    t20 = -t19
-    t21 = t20 * t12
-    t22 = t17 + t21 + t14
-    t23 = t11 * t22
-    t24 = k.mT
-    t25 = -eta
-    drive0 = t25 * (
-        nl.mm(
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (nl.mm(W_W2_0.mT, t23))
-            ),
-            t24,
-        )
-    )
-    t26 = nl.mm(t24, W_W1_0.mT)
-    drive1 = t25 * (nl.mm(t23, (0.5 * t26 * (1 + torch.erf(0.5 * 1.4142135623730951 * t26)))))
-    return {"drive0": drive0, "drive1": drive1}
-
-
 def memory_outer(inputs):
     """Level `memory`'s chunk-start terms as per-token outer products (column, row)."""
     k = inputs["k"]
@@ -327,7 +275,6 @@ class TTTMLP(nn.Module):
             nn.init.normal_(self.W_o, std=0.0625)
             nn.init.normal_(self.memory_W_W1_init, std=0.02)
             nn.init.normal_(self.memory_W_W2_init, std=0.02)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -210,7 +210,6 @@ class Yaad(nn.Module):
             nn.init.uniform_(self.conv2, -0.5, 0.5)
             nn.init.normal_(self.memory_M_W1_init, std=0.02)
             nn.init.normal_(self.memory_M_W2_init, std=0.02)
-            pass
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps

@@ -120,6 +120,15 @@ class LevelEmitter:
     def _chunk_unpack(self) -> list[str]:
         return _unpack([i.name for i in self.tokens], "tokens") + _unpack(self.params, "consts")
 
+    @staticmethod
+    def _bind(printer: TorchPrinter, outputs) -> tuple[list[str], dict[str, str]]:
+        """Lines that compute each (name, expression), and name -> the code holding it: a bare
+        value keeps its own name instead of an alias line (`query = q`)."""
+        held = {n: printer.names[e.name] for n, e in outputs
+                if isinstance(e, (sp.Symbol, sp.MatrixSymbol)) and e.name in printer.names}
+        lines = printer.assign([(n, e) for n, e in outputs if n not in held])
+        return lines, {n: held.get(n, n) for n, _ in outputs}
+
     # ------------------------------------------------------------ step
     def step(self) -> list[str]:
         lines = _unpack(self.state_names, "state") + self._inputs_unpack()
@@ -247,7 +256,8 @@ class LevelEmitter:
                 raise _NoChunkedForm("the chunked delta form takes a scalar decay")
             outputs.append(("rate", fam.param("beta")))
         lines = self._chunk_unpack() + ["ref = nl.reference(tokens)"]
-        lines += printer.assign(outputs)
+        computed, v = self._bind(printer, outputs)
+        lines += computed
         (name, _), = self.rule.states
         state = f"state[{name!r}]"
         is_vec = self.rule.form.kind == "vector"
@@ -255,30 +265,31 @@ class LevelEmitter:
             lines.append(f"S = {state}.mT")
             state = "S"
         kind = "flat" if fam.param("decay_kind") == "scalar" else "vec"
-        decay = f"nl.{kind}({log_decay}, ref)" if log_decay else "None"
+        decay = f"nl.{kind}({v[log_decay]}, ref)" if log_decay else "None"
         rb = self.rule.read_before
         kernel = self._kernel_plan(fam, terms, is_vec)
         if kernel is not None:
-            beta = ", beta=nl.flat(rate, ref)" if fam.family is KernelFamily.DELTA else ""
+            beta = f", beta=nl.flat({v['rate']}, ref)" if fam.family is KernelFamily.DELTA else ""
             g = f", g={decay}" if log_decay else ""
             lines += [
                 "if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel",
                 f"    kernels = nl.kernels(__file__, {self.kernels!r})",
-                f"    o, S = kernels.{kernel.prefix}_fused_recurrent(nl.vec(query, ref), "
-                f"nl.vec(key0, ref), nl.vec(value0, ref){g}{beta}, initial_state={state}, "
-                "output_final_state=True)",
+                f"    o, S = kernels.{kernel.prefix}_fused_recurrent(nl.vec({v['query']}, ref), "
+                f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref){g}{beta}, "
+                f"initial_state={state}, output_final_state=True)",
                 f"    return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: S}}"]
             self.triton = kernel
         if fam.family is KernelFamily.DELTA:
-            lines.append(f"o, S = nl.delta_chunked(nl.vec(query, ref), nl.vec(key0, ref), "
-                         f"nl.vec(value0, ref), nl.flat(rate, ref), {decay}, "
+            lines.append(f"o, S = nl.delta_chunked(nl.vec({v['query']}, ref), "
+                         f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref), "
+                         f"nl.flat({v['rate']}, ref), {decay}, "
                          f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
         else:
             lines.append("o = 0")
             for i in range(len(terms)):
-                value = f"nl.vec(value{i}, ref)"
-                lines.append(f"o_i, S = nl.decay_chunked(nl.vec(query, ref), nl.vec(key{i}, ref), "
-                             f"{value}, "
+                value = f"nl.vec({v[f'value{i}']}, ref)"
+                lines.append(f"o_i, S = nl.decay_chunked(nl.vec({v['query']}, ref), "
+                             f"nl.vec({v[f'key{i}']}, ref), {value}, "
                              f"{decay}, initial_state={state}, read_before={rb}, "
                              "chunk_size=chunk_size)")
                 lines.append("o = o + o_i")
@@ -329,15 +340,16 @@ class LevelEmitter:
         if gate != 1:
             outputs.append(("log_decay", sp.log(gate)))
         kind = "flat" if fam.param("decay_kind") == "scalar" else "vec"
-        args = ["nl.vec(query, ref)", "nl.vec(key0, ref)", "nl.vec(value0, ref)"]
+        fused, v = self._bind(TorchPrinter(self.names()), outputs)
+        args = [f"nl.vec({v['query']}, ref)", f"nl.vec({v['key0']}, ref)",
+                f"nl.vec({v['value0']}, ref)"]
         if gate != 1:
-            args.append(f"g=nl.{kind}(log_decay, ref)")
+            args.append(f"g=nl.{kind}({v['log_decay']}, ref)")
         if fam.family is KernelFamily.DPLR:
-            args += ["a=nl.vec(a, ref)", "b=nl.vec(b, ref)"]
+            args += [f"a=nl.vec({v['a']}, ref)", f"b=nl.vec({v['b']}, ref)"]
         else:
-            args.append("beta=nl.flat(rate, ref)")
+            args.append(f"beta=nl.flat({v['rate']}, ref)")
         (name, _), = self.rule.states
-        fused = TorchPrinter(self.names()).assign(outputs)
         self.triton = kernel
         lines = self._chunk_unpack() + ["ref = nl.reference(tokens)"]
         lines.append("if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel")
