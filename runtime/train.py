@@ -135,17 +135,19 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
             break
         out_of_time = flags["late"] > 0
         last = done == config.steps or out_of_time
+        now = time.perf_counter()
+        # the bar shows every step (it decides when to print): this rank's loss, the mean rate
+        shown_loss = loss_sum * world.world_size / max(1, n_targets)
         if done % config.log_interval == 0 or last:
             total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
-            loss_value = total["loss_sum"] / max(1, n_targets)
-            now = time.perf_counter()
+            loss_value = shown_loss = total["loss_sum"] / max(1, n_targets)
             steps_in_window = done - max(start, done - config.log_interval)
             rate = steps_in_window * tokens_per_step / max(now - window_start, 1e-9)
             window_start = now
             log.write({"kind": "train", "step": done, "loss": loss_value, "lr": lr,
                        "grad_norm": grad_norm, "tokens_per_s": rate,
                        "elapsed_s": now - began})
-            bar.update(done, loss_value, lr, rate)
+        bar.update(done, shown_loss, lr, (done - start) * tokens_per_step / max(now - began, 1e-9))
         if last or (config.eval_interval and done % config.eval_interval == 0):
             last_eval = evaluate(model, task, world, autocast)
             log.write({"kind": "eval", "step": done, **last_eval})

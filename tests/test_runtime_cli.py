@@ -50,6 +50,17 @@ def test_train_prints_progress_and_a_summary_line(tmp_path, capsys):
     assert "step 2/4" in err and "tok/s" in err and "eta" in err and "done: 4 steps" in err
 
 
+def test_progress_shows_the_first_step_before_the_first_log_interval(tmp_path, capsys):
+    """A run whose log interval is longer than the run still reports step 1 with its speed."""
+    args = ["train", "builtin:attention", *TINY, "--out", str(tmp_path / "r")]
+    args[args.index("--log-interval") + 1] = "100"
+    assert main(args) == 0
+    lines = capsys.readouterr().err.splitlines()
+    first = next(line for line in lines if line.startswith("step 1/4 "))
+    assert "tok/s" in first and "eta" in first and "loss" in first
+    assert lines.index(first) < next(i for i, line in enumerate(lines) if "step 4/4" in line)
+
+
 def test_eval_reports_the_latest_checkpoint(run, capsys):
     assert main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

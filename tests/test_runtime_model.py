@@ -4,6 +4,7 @@ config's JSON round trip."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import sys
@@ -15,7 +16,7 @@ from nlc.runtime.config import TrainConfig
 from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec
 from nlc.runtime.model import LanguageModel
 from nlc.runtime.optim import build_optimizer, lr_at, optimizer_from_spec
-from nlc.runtime.progress import format_duration, read_metrics
+from nlc.runtime.progress import ProgressBar, format_duration, read_metrics
 from nlc.runtime.train import train
 from torch import nn
 
@@ -156,6 +157,25 @@ def test_config_json_round_trip_and_errors():
         TrainConfig(task="copy").validate()
     with pytest.raises(NlcError, match="batch_size must be at least 1"):
         TrainConfig(batch_size=0).validate()
+
+
+def test_progress_prints_the_first_step_then_every_interval():
+    """Off a terminal: a line after the first step (speed and ETA at once), then every
+    `every` steps and at the end; a heartbeat of 0 s makes every step due."""
+    stream = io.StringIO()
+    bar = ProgressBar(25, start=0, every=10, stream=stream, heartbeat=1e9)
+    for step in range(1, 26):
+        bar.update(step, 2.5, 1e-3, 1500.0)
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["1/25", "10/25", "20/25", "25/25"]
+    assert all("tok/s" in line and "eta" in line and "loss 2.5000" in line for line in lines)
+    assert "1.5k tok/s" in lines[0]
+    stream = io.StringIO()
+    bar = ProgressBar(30, start=20, every=10, stream=stream, heartbeat=0.0)
+    for step in range(21, 25):
+        bar.update(step, 1.0, 1e-3, 10.0)
+    assert [line.split()[1] for line in stream.getvalue().splitlines()] == [
+        "21/30", "22/30", "23/30", "24/30"]
 
 
 def test_progress_formats():
