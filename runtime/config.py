@@ -47,7 +47,8 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={
         "help": "the cosine schedule ends at lr * min_lr_ratio"})
-    warmup: int = field(default=100, metadata={"help": "linear warmup steps"})
+    warmup: int = field(default=100, metadata={
+        "help": "linear warmup steps, at most a tenth of --steps"})
     weight_decay: float = field(default=0.1, metadata={
         "help": "AdamW weight decay (matrices and embeddings only)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
@@ -65,7 +66,8 @@ class TrainConfig:
     checkpoint_interval: int = field(default=100, metadata={
         "help": "steps between checkpoints; 0 = end only"})
     keep_last: int = field(default=3, metadata={"help": "checkpoints kept"})
-    out: str = field(default="runs/run", metadata={"help": "the run folder"})
+    out: str = field(default="runs/run", metadata={
+        "help": "the run folder (nlc train: runs/<spec name>-<task>)"})
 
     # hardware
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})

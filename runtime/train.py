@@ -2,6 +2,8 @@
 
     RUN/config.json      the config, as run
     RUN/spec.nl          a copy of the spec (when the mixer is a spec file)
+    RUN/mlp.nl           a copy of the --mlp spec, RUN/optimizer.nl of the --optimizer spec
+                         (when they are spec files): `nlc eval RUN` needs nothing else
     RUN/metrics.jsonl    {"kind": "train", "step", "loss", "lr", "grad_norm", "tokens_per_s", ...}
                          {"kind": "eval", "step", "loss", "accuracy" | "bits_per_byte"}
     RUN/checkpoints/     runtime/checkpoint.py
@@ -95,6 +97,9 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         write_atomic(out / "config.json", config.to_json())
         if not config.spec.startswith("builtin:"):
             write_atomic(out / "spec.nl", spec["text"])
+        for name, path in (("mlp.nl", config.mlp), ("optimizer.nl", config.optimizer)):
+            if path.lower() not in ("none", "adamw") and not path.startswith("builtin:"):
+                write_atomic(out / name, spec_text(path))
         truncate_metrics(out / "metrics.jsonl", start)
     distributed.barrier(world)
 
@@ -115,24 +120,25 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         loss_value = trained_losses[-1] if trained_losses else loss_value
         last_eval = evaluate(model, task, world, autocast)
         bar.message(f"nothing to train: the run is at step {start} of {config.steps}")
-    done, diverged = start, None
+    done, diverged, divergence = start, None, None
     for step in range(start, config.steps):
         lr = lr_at(step, config)
         set_lr(optimizer, lr)
-        loss_sum, n_targets, grad_norm = train_step(trained, model, optimizer,
-                                                    task.train_batch(step), world, config,
-                                                    autocast, step)
+        batch = task.train_batch(step)
+        loss_sum, n_targets, grad_norm = train_step(trained, model, optimizer, batch, world,
+                                                    config, autocast, step)
         done = step + 1
+        if not math.isfinite(grad_norm):  # a non-finite loss or gradient: no update was made
+            diverged = done
+            log.write({"kind": "diverged", "step": done,
+                       "loss": loss_sum * world.world_size / max(1, n_targets)})
+            divergence = report_divergence(model, batch, world, config, out, done, optimizer,
+                                           spec)
+            bar.message(divergence)
+            break
         flags = distributed.all_reduce_sums(
             {"late": float(config.time_budget > 0
-                           and time.perf_counter() - began > config.time_budget),
-             "diverged": float(not math.isfinite(loss_sum))}, world)
-        if flags["diverged"] > 0:  # weights are no longer finite: stop, save nothing
-            diverged = done
-            log.write({"kind": "diverged", "step": done, "loss": loss_sum / max(1, n_targets)})
-            bar.message(f"the loss is not finite at step {done}: the run diverged; stopping "
-                        f"without saving (checkpoints on disk are from earlier steps)")
-            break
+                           and time.perf_counter() - began > config.time_budget)}, world)
         out_of_time = flags["late"] > 0
         last = done == config.steps or out_of_time
         now = time.perf_counter()
@@ -167,6 +173,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     elapsed = time.perf_counter() - began
     summary = {"task": config.task, "spec": config.spec, "steps": done,
                "steps_planned": config.steps, "diverged_at": diverged,
+               "divergence": divergence,
                "resumed_from": start, "final_loss": loss_value, "eval": last_eval,
                "parameters": model.num_parameters(), "world_size": world.world_size,
                "device": str(world.device), "elapsed_s": elapsed,
@@ -186,6 +193,9 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
     (`optim.step_levels`); gradients are clipped over the groups that step now.
 
     Returns (this rank's summed loss in float64, targets in the global batch, grad norm).
+    When any rank's loss is not finite, every rank skips the backward pass and the update,
+    so the weights, optimizer state and pending gradients stay those of the last finite step,
+    and the grad norm returned is NaN; non-finite gradients also skip the update.
     """
     inputs, targets = batch
     n_targets = int((targets != IGNORE).sum())  # over the global batch: the same on every rank
@@ -195,14 +205,45 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
         logits = trained(inputs)
     token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=IGNORE, reduction="none")
+    # float64 sum of the per-token losses: the total does not depend on how ranks split them
+    loss_sum = float(token_losses.detach().double().sum())
+    if distributed.all_reduce_sums({"bad": float(not math.isfinite(loss_sum))}, world)["bad"]:
+        return loss_sum, n_targets, float("nan")
     # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
     loss = token_losses.sum() * (world.world_size / max(1, n_targets))
     loss.backward()
     grad_norm = clip([p for group in optimizer.param_groups if due(group, step)
                       for p in group["params"]], config.grad_clip)
+    if not math.isfinite(grad_norm):  # a finite loss with non-finite gradients: no update
+        optimizer.zero_grad(set_to_none=True)  # (slower levels lose their pending sums)
+        return loss_sum, n_targets, grad_norm
     step_levels(optimizer, step)
-    # float64 sum of the per-token losses: the total does not depend on how ranks split them
-    return float(token_losses.detach().double().sum()), n_targets, grad_norm
+    return loss_sum, n_targets, grad_norm
+
+
+def report_divergence(model, batch, world, config, out: Path, done: int, optimizer,
+                      spec: dict) -> str:
+    """Say where the first non-finite loss came from and how to go on; save the last finite
+    weights (step done - 1) unless a checkpoint of that step exists, so there is a run to
+    evaluate and to resume."""
+    from nlc.runtime.diverged import locate_nonfinite
+    where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
+    last = done - 1
+    saved = out / "checkpoints" / f"step_{last:08d}"
+    if world.is_main and not saved.is_dir():
+        ckpt.save_checkpoint(out, last, model, optimizer, config, spec,
+                             {"next_step": last, "seed": config.seed,
+                              "world_size": world.world_size})
+    distributed.barrier(world)
+    source = config.spec if Path(config.spec).is_file() or config.spec.startswith("builtin:") \
+        else out / "spec.nl"
+    if last == 0:  # no update has been made: the learning rate is not the cause
+        return (f"the loss is not finite at step 1, before any update: {where}. The initial "
+                f"weights are saved as {saved}; look at the spec's rates and gates")
+    return (f"the loss is not finite at step {done}: the run diverged; {where}. "
+            f"Not saving that step; the last finite weights are {saved}. "
+            f"To resume from them: nlc train {source} --out {out} --resume "
+            f"--lr {config.lr / 10:g} (or a smaller --grad-clip)")
 
 
 @torch.no_grad()

@@ -112,15 +112,15 @@ def test_an_optimizer_class_trains_and_the_schedule_drives_it(tmp_path):
             seen.append(self.param_groups[0]["lr"])
             return super().step(closure)
 
-    config = TrainConfig(task="mqar", steps=5, batch_size=2, seq_len=32, d_model=16,
+    config = TrainConfig(task="mqar", steps=20, batch_size=2, seq_len=32, d_model=16,
                          n_layers=1, mqar_vocab_size=64, mqar_num_kv_pairs=2, eval_examples=4,
                          warmup=2, lr=0.5, min_lr_ratio=0.1, log_interval=1,
                          out=str(tmp_path / "run"))
     train(config, optimizer_class=RecordingSGD, progress=False)
-    assert seen == pytest.approx([lr_at(s, config) for s in range(5)])
+    assert seen == pytest.approx([lr_at(s, config) for s in range(20)])
     assert seen[:2] == pytest.approx([0.25, 0.5]) and seen[-1] > 0.05
     assert len([r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
-                if r["kind"] == "train"]) == 5
+                if r["kind"] == "train"]) == 20
 
 
 def test_adamw_decays_matrices_only():
@@ -139,6 +139,14 @@ def test_warmup_then_cosine():
     assert lr_at(110, c) == pytest.approx(0.1) and lr_at(500, c) == pytest.approx(0.1)
     values = [lr_at(s, c) for s in range(10, 110)]
     assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_a_short_run_leaves_warmup_after_a_tenth_of_its_steps():
+    c = TrainConfig(steps=100, lr=1.0, min_lr_ratio=0.1)  # the default warmup of 100
+    assert c.warmup == 100
+    assert lr_at(9, c) == pytest.approx(1.0)  # warmed up after 10 steps
+    assert lr_at(99, c) < 0.2  # and decayed by the end
+    assert lr_at(0, TrainConfig(steps=5, lr=1.0)) == pytest.approx(1.0)  # too short to warm up
 
 
 def test_config_json_round_trip_and_errors():
