@@ -96,6 +96,7 @@ def _spec_files(paths: list[str]) -> list[str]:
 
 def _verify_files(paths: list[str], progress: bool):
     from nlc.pipeline import read_spec
+    from nlc.pipeline import run as run_stages
     from nlc.syntax import parse
     from nlc.verify.verify import verify_module
     reports, errors = [], []
@@ -105,6 +106,7 @@ def _verify_files(paths: list[str], progress: bool):
             print(f"[{i}/{len(files)}] {path}", file=sys.stderr, flush=True)
         try:
             text = read_spec(path)
+            run_stages(path, "check", text=text)  # check's refusals (an unknown claim) first
             reports += verify_module(parse(text, path), path)
         except NlcError as err:
             if os.environ.get("NLC_DEBUG") == "1":
