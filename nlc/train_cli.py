@@ -110,9 +110,12 @@ def cmd_train(args) -> int:
     from nlc.runtime.train import train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _relaunch(args)
     config = config_from_args(args)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if config.batch_size % args.nproc:  # refused here, not after torchrun has started
+            raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
+                           f"ranks", hint="use a --batch-size divisible by --nproc")
+        return _relaunch(args)
     summary = train(config, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": config.out, "final_loss": summary["final_loss"],

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import random
 import time
@@ -76,6 +77,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
         raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
                        "or choose another --out")
+    check_run_folder(out, resume)
     distributed.barrier(world)  # every rank has looked before rank 0 writes anything
 
     torch.manual_seed(config.seed)
@@ -185,6 +187,27 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         bar.message(f"done: {done} steps, loss {loss_value:.4f}, "
                     f"{format_metrics(last_eval)}; {out}")
     return summary
+
+
+RUN_FILES = ("config.json", "spec.nl", "mlp.nl", "optimizer.nl", "summary.json")
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Refuse a --out a run cannot be written to, before any work: a file, a path under a
+    file, an unwritable place; and a folder holding files a new run would overwrite."""
+    if out.exists() and not out.is_dir():
+        raise NlcError(f"{out}: --out names a file, not a folder")
+    if not resume and out.is_dir():
+        clash = [name for name in RUN_FILES if (out / name).exists()]
+        if clash:
+            raise NlcError(f"{out}: holds {', '.join(clash)}, which a new run would overwrite; "
+                           "choose another --out (or --resume a run)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NlcError(f"{out}: cannot create the run folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise NlcError(f"{out}: the run folder is not writable")
 
 
 def train_step(trained, model, optimizer, batch, world, config, autocast, step: int = 0):

@@ -138,6 +138,7 @@ def test_relaunch_rebuilds_the_command(monkeypatch, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
     assert main(["train", "builtin:attention", "--nproc", "3", "--steps", "7", "--no-bf16",
+                 "--batch-size", "6",
                  "--lm-files", "a", "b", "-D", "heads=2", "--out", str(tmp_path)]) == 0
     cmd = seen["cmd"]
     assert "--nproc_per_node=3" in cmd and "--nproc" not in cmd
