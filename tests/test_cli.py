@@ -320,3 +320,24 @@ def test_stop_after_unknown_stage(good):
     proc = nlc("check", "--stop-after", "frobnicate", str(good))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_compile_refuses_two_specs_with_one_module_name_before_writing(tmp_path, good):
+    first, second = tmp_path / "a-b.nl", tmp_path / "a_b.nl"
+    first.write_text(good.read_text())
+    second.write_text(good.read_text().replace("gd(lr = 0.5)", "gd(lr = 0.25)"))
+    out = tmp_path / "out"
+    proc = nlc("compile", str(first), str(second), "-o", str(out))
+    assert_user_error(proc, f"{second}: error: this spec and {first} both compile to a_b.py")
+    assert not out.exists()
+
+
+def test_fmt_write_through_a_symlink_keeps_the_link(tmp_path, good):
+    target = tmp_path / "target.nl"
+    target.write_text(GOOD.replace("  level memory", "level   memory"))
+    link = tmp_path / "link.nl"
+    link.symlink_to(target)
+    proc = nlc("fmt", "--write", str(link))
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text() == nlc("fmt", str(good)).stdout
