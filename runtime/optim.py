@@ -48,7 +48,8 @@ def build_optimizer(model: torch.nn.Module, config,
         groups += [{"params": decay, "weight_decay": config.weight_decay, "every": every},
                    {"params": no_decay, "weight_decay": 0.0, "every": every}]
     if optimizer_class is not None:
-        return optimizer_class(groups, lr=config.lr)
+        from nlc.runtime.spec_optim import build_spec_optimizer
+        return build_spec_optimizer(groups, config, optimizer_class)
     # foreach=False: one parameter at a time, the same arithmetic on every machine
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
                              foreach=False)
