@@ -10,7 +10,10 @@ decay. One optimizer object holds both, so checkpoints, `set_lr` and the level p
 
 An optimizer whose `step` needs a recorder of each `nn.Linear`'s inputs and output gradients
 (delta gradient descent, examples/dgd.nl) is refused with the reason: the trainer does not
-record them."""
+record them.
+
+Only classes compiled from specs (loaded as `nlc_generated_*` modules) are split; a class
+passed to `train(optimizer_class=...)` gets every parameter, as documented there."""
 
 from __future__ import annotations
 
