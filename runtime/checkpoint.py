@@ -203,9 +203,10 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
     check_state(state_file, state)
     for name in TENSOR_FILES:
         check_file(path / name, state["files"][name])
-    if spec_sha256 is not None and state["spec"]["sha256"] != spec_sha256:
+    if spec_sha256 is not None and state["spec"].get("sha256") != spec_sha256:
         raise NlcError(f"{state_file}: written for another spec (sha256 "
-                       f"{state['spec']['sha256'][:16]}..., this spec {spec_sha256[:16]}...; "
+                       f"{str(state['spec'].get('sha256'))[:16]}..., this spec "
+                       f"{spec_sha256[:16]}...; "
                        f"spec {state['spec'].get('path')!r})",
                        hint="train into a new --out folder, or restore the spec it was trained on")
     if config is not None:

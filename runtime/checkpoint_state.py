@@ -51,8 +51,9 @@ def check_state(state_file: Path, state: dict) -> None:
             refuse(f"'files' needs {name}: {{\"bytes\": N, \"sha256\": HEX}}")
     if not isinstance(state["config"], dict):
         refuse("'config' must be an object")
-    if not (isinstance(state["spec"], dict) and isinstance(state["spec"].get("sha256"), str)):
-        refuse("'spec' must be an object with a 'sha256'")
+    spec = state["spec"]  # {} when saved without a spec record (a caller's own module)
+    if not isinstance(spec, dict) or not isinstance(spec.get("sha256", ""), str):
+        refuse("'spec' must be an object, its 'sha256' a string")
     _check_optimizer(state["optimizer"], refuse)
     _check_rng(state["rng"], refuse)
 
