@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from nlc import __version__
 from nlc.errors import NlcError
@@ -96,6 +97,7 @@ def _spec_files(paths: list[str]) -> list[str]:
 
 def _verify_files(paths: list[str], progress: bool):
     from nlc.pipeline import read_spec
+    from nlc.pipeline import run as run_stages
     from nlc.syntax import parse
     from nlc.verify.verify import verify_module
     reports, errors = [], []
@@ -105,6 +107,7 @@ def _verify_files(paths: list[str], progress: bool):
             print(f"[{i}/{len(files)}] {path}", file=sys.stderr, flush=True)
         try:
             text = read_spec(path)
+            run_stages(path, "check", text=text)  # check's refusals (an unknown claim) first
             reports += verify_module(parse(text, path), path)
         except NlcError as err:
             if os.environ.get("NLC_DEBUG") == "1":
@@ -133,14 +136,40 @@ def cmd_identify(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    """Compile every spec first, refuse two specs that map to one module name (a-b.nl and
+    a_b.nl), and only then write: a refused command writes nothing."""
     import time
 
-    from nlc.emit import compile_files
+    from nlc.emit import compile_outputs
+    from nlc.fileio import write_atomic
+    compiled, owner = [], {}
     for path in args.files:
         start = time.perf_counter()
-        targets = compile_files([path], args.output, _overrides(args))
+        outputs = compile_outputs(path, _overrides(args))
+        for module in outputs:
+            if owner.setdefault(module, path) != path:
+                raise NlcError(f"this spec and {owner[module]} both compile to {module}.py; "
+                               "nothing was written", path=path,
+                               hint="rename one of the files (module names come from file "
+                                    "names, with '-' and other symbols made '_')")
+        compiled.append((path, outputs, time.perf_counter() - start))
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NlcError(f"cannot create output directory: {err.strerror}",
+                       path=args.output) from None
+    for path, outputs, seconds in compiled:
+        targets = []
+        for module, source in outputs.items():
+            target = out / f"{module}.py"
+            try:
+                write_atomic(target, source)
+            except OSError as err:
+                raise NlcError(f"cannot write: {err.strerror}", path=str(target)) from None
+            targets.append(target)
         shown = ", ".join(str(t) for t in targets)
-        print(f"{path} -> {shown} ({time.perf_counter() - start:.2f} s)")
+        print(f"{path} -> {shown} ({seconds:.2f} s)")
     return EXIT_OK
 
 

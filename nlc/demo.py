@@ -3,13 +3,15 @@
 Check every example, derive and classify each level, verify the examples that claim a
 published model, compile every example, then train linear attention, DeltaNet, Gated
 DeltaNet and softmax attention, each built from its spec, on a small MQAR under one budget;
-print the accuracy table and write a plot. `--quick` shrinks the training budget
-(CI runs the demo that way)."""
+print the accuracy table and write a plot. `--quick` trains on a smaller MQAR for fewer steps
+(CI runs the demo that way): about a minute on two cores, and softmax attention still solves
+it. Each run shows its progress (step, loss, tokens/s, ETA) on stderr."""
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nlc.errors import NlcError
@@ -17,6 +19,28 @@ from nlc.errors import NlcError
 TRAINED = ("linear_attention", "deltanet", "gated_deltanet", "softmax_attention")
 # small per-head sizes so that four models train in a few minutes on two cores
 DEMO_DIMS = {"heads": 2, "d_k": 16, "d_v": 16}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The MQAR task and training budget every model of the demo gets."""
+    steps: int
+    seq_len: int
+    vocab_size: int
+    batch_size: int
+    lr: float
+    num_kv_pairs: int = 4
+
+    def describe(self) -> str:
+        return (f"seq {self.seq_len}, {self.num_kv_pairs} key-value pairs, vocab "
+                f"{self.vocab_size}; d_model 64, 2 layers, heads of {DEMO_DIMS['d_k']}; "
+                f"{self.steps} steps of {self.batch_size} sequences, lr {self.lr:g}, CPU")
+
+
+FULL = Budget(steps=800, seq_len=64, vocab_size=128, batch_size=32, lr=3e-3)
+# Short sequences and a small vocabulary: softmax attention solves this in ~100 steps and
+# linear attention passes 0.5 by 150, so the quick run shows learning, not just the plumbing.
+QUICK = Budget(steps=150, seq_len=32, vocab_size=64, batch_size=16, lr=1e-2)
 
 
 def find_examples(folder: str | None) -> list[Path]:
@@ -36,7 +60,7 @@ def run_demo(examples: str | None = None, quick: bool = False,
     from nlc.verify.report import verify_table
     from nlc.verify.verify import verify_module
 
-    start = time.perf_counter()
+    start = stage_start = time.perf_counter()
     files = find_examples(examples)
     print(f"nlc demo: {len(files)} example specs in {files[0].parent}\n")
     print("1. check + derive + classify")
@@ -50,6 +74,7 @@ def run_demo(examples: str | None = None, quick: bool = False,
             continue
         families = ", ".join(f"{rule.level}: {c.family.value}" for rule, c in items) or "-"
         print(f"   {path.stem:<18} {families}")
+    stage_start = _stage_done(stage_start)
     print("\n2. verify against the catalog (symbolic at dims 2/3, float64 at 4/7/16)")
     reports = []
     for i, path in enumerate(files, 1):
@@ -58,11 +83,21 @@ def run_demo(examples: str | None = None, quick: bool = False,
         print(f"   [{i}/{len(files)}] {path.stem}", file=sys.stderr, flush=True)
         reports += verify_module(parse(path.read_text(), str(path)), str(path))
     sys.stdout.write(verify_table(reports, []))
+    stage_start = _stage_done(stage_start)
     compiled = compile_examples(files, Path(out) / "generated")
-    trained = train_examples(files, Path(out), steps or (20 if quick else 800))
+    stage_start = _stage_done(stage_start)
+    budget = QUICK if quick else FULL
+    trained = train_examples(files, Path(out), replace(budget, steps=steps or budget.steps))
+    _stage_done(stage_start)
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     ok = all(r.claim_holds for r in reports) and compiled and trained
     return 0 if ok else 1
+
+
+def _stage_done(since: float) -> float:
+    now = time.perf_counter()
+    print(f"   ({now - since:.1f} s)")
+    return now
 
 
 def compile_examples(files: list[Path], out: Path) -> bool:
@@ -82,38 +117,29 @@ def compile_examples(files: list[Path], out: Path) -> bool:
     return ok
 
 
-def train_examples(files: list[Path], out: Path, steps: int) -> bool:
+def train_examples(files: list[Path], out: Path, budget: Budget) -> bool:
     """Each model on the same small MQAR, the same steps, batch and learning rate."""
-    from nlc.runtime.config import TrainConfig
-    from nlc.runtime.train import train
+    import torch
     by_name = {p.stem: p for p in files}
     names = [n for n in TRAINED if n in by_name]
-    print(f"\n4. train on MQAR (seq 64, 4 key-value pairs, vocab 128; d_model 64, 2 layers, "
-          f"heads of {DEMO_DIMS['d_k']}; {steps} steps of 32 sequences, CPU)")
+    print(f"\n4. train on MQAR ({budget.describe()})")
     rows, runs = [], []
-    for name in names:
-        path = by_name[name]
-        dims = {k: float(v) for k, v in DEMO_DIMS.items() if k in _dims_of(path)}
-        run = out / f"mqar_{name}"
-        if run.exists():
-            import shutil
-            shutil.rmtree(run)
-        config = TrainConfig(spec=str(path), spec_overrides=dims, task="mqar", steps=steps,
-                             batch_size=32, seq_len=64, d_model=64, n_layers=2,
-                             mqar_vocab_size=128, mqar_num_kv_pairs=4, lr=3e-3,
-                             warmup=max(steps // 10, 1), eval_interval=max(steps // 4, 1),
-                             checkpoint_interval=0, eval_examples=256, device="cpu",
-                             log_interval=max(steps // 20, 1), out=str(run))
-        start = time.perf_counter()
-        print(f"   {name} ...", file=sys.stderr, flush=True)
-        summary = train(config, progress=False)
-        accuracy = (summary.get("eval") or {}).get("accuracy", float("nan"))
-        rows.append((name, accuracy, summary.get("final_loss", float("nan")),
-                     time.perf_counter() - start))
-        runs.append(run)
+    # One thread: these models are too small to gain from intra-op threads, and on a shared
+    # CPU two spinning threads made the same run 5x slower (benchmarks/demo_threads.py).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in names:
+            rows.append(_train_one(name, by_name[name], out / f"mqar_{name}", budget))
+            runs.append(out / f"mqar_{name}")
+    finally:
+        torch.set_num_threads(threads)
     print(f"   {'model':<18} {'accuracy':>9} {'train loss':>11} {'time':>8}")
     for name, acc, loss, secs in rows:
         print(f"   {name:<18} {acc:>9.3f} {loss:>11.3f} {secs:>7.1f}s")
+    values = budget.vocab_size - budget.vocab_size // 2
+    print(f"   chance: {1 / values:.3f} (any of the {values} values), "
+          f"{1 / budget.num_kv_pairs:.3f} (any value in the context)")
     try:
         from nlc.runtime.plot import plot_runs
         png = plot_runs(runs, out / "mqar.png", title="MQAR, nlc demo")
@@ -121,6 +147,29 @@ def train_examples(files: list[Path], out: Path, steps: int) -> bool:
     except NlcError as err:  # matplotlib missing: say so, the numbers stand
         print(f"   no plot: {err.render().splitlines()[0]}")
     return bool(rows)
+
+
+def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
+    """(name, accuracy, final train loss, seconds) of one model trained under `budget`."""
+    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.train import train
+    dims = {k: float(v) for k, v in DEMO_DIMS.items() if k in _dims_of(path)}
+    if run.exists():
+        import shutil
+        shutil.rmtree(run)
+    steps = budget.steps
+    config = TrainConfig(spec=str(path), spec_overrides=dims, task="mqar", steps=steps,
+                         batch_size=budget.batch_size, seq_len=budget.seq_len, d_model=64,
+                         n_layers=2, mqar_vocab_size=budget.vocab_size,
+                         mqar_num_kv_pairs=budget.num_kv_pairs, lr=budget.lr,
+                         warmup=max(steps // 10, 1), eval_interval=max(steps // 5, 1),
+                         checkpoint_interval=0, eval_examples=256, device="cpu",
+                         log_interval=max(steps // 10, 1), out=str(run))
+    start = time.perf_counter()
+    summary = train(config)
+    accuracy = (summary.get("eval") or {}).get("accuracy", float("nan"))
+    return (name, accuracy, summary.get("final_loss", float("nan")),
+            time.perf_counter() - start)
 
 
 def _dims_of(path: Path) -> set[str]:

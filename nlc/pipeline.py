@@ -33,8 +33,11 @@ def _dump_parse(module) -> str:
 
 
 def _check(module, options: dict):
+    from nlc.catalog.ids import check_claims
     from nlc.levels import check
-    return check(module, options.get("overrides"))
+    specs = check(module, options.get("overrides"))
+    check_claims(specs, options.get("source"))
+    return specs
 
 
 def _dump_check(specs) -> str:
@@ -92,9 +95,9 @@ def run(path: str, stop_after: str = "check", options: dict | None = None, text:
     """Run the stages up to and including `stop_after`; return that stage's output."""
     if stop_after not in STAGES:
         raise NlcError(f"unknown stage '{stop_after}' (stages: {', '.join(STAGES)})")
-    options = options or {}
     value = (read_spec(path) if text is None else text, path)
     source_text = value[0]
+    options = {**(options or {}), "source": source_text}  # to locate errors found after parse
     for stage in STAGES.values():
         try:
             value = stage.run(value, options)

@@ -63,6 +63,8 @@ def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -
     from nlc.runtime.config import TASKS
     flag = "--" + f.name.replace("_", "-")
     text = f"{f.metadata.get('help', '')} (default: {default!r})"
+    if f.name == "out":  # the Python API's default differs: the CLI names the run
+        text = "the run folder (default: runs/<spec name>-<task>)"
     if isinstance(default, bool):
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     elif isinstance(default, list):
@@ -108,14 +110,19 @@ def cmd_train(args) -> int:
     from nlc.runtime.train import train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _relaunch(args)
     config = config_from_args(args)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if config.batch_size % args.nproc:  # refused here, not after torchrun has started
+            raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
+                           f"ranks", hint="use a --batch-size divisible by --nproc")
+        return _relaunch(args)
     summary = train(config, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": config.out, "final_loss": summary["final_loss"],
                           **summary["eval"]}))
     if summary["diverged_at"] is not None:
+        if args.quiet:  # else the progress output said it already
+            print(f"nlc train: {summary['divergence']}", file=sys.stderr)
         print(f"nlc train: the loss stopped being finite at step {summary['diverged_at']}; "
               f"the run diverged (see {config.out}/metrics.jsonl)", file=sys.stderr)
         return EXIT_DIVERGED
@@ -164,12 +171,13 @@ def cmd_eval(args) -> int:
     path = Path(args.checkpoint) if args.checkpoint else ckpt.latest_checkpoint(run)
     if path is None:
         raise NlcError(f"{run}: no checkpoint to evaluate (no {run / 'checkpoints'}/step_*)")
-    # the run's own copy of the spec: the checkpoint is tied to that text
+    # the run's own copies of the specs: the checkpoint is tied to that text
     spec = str(run / "spec.nl") if (run / "spec.nl").is_file() else config.spec
     checkpoint = ckpt.read_checkpoint(path, config, sha256_text(spec_text(spec)))
     world = World(device=pick_device(config.device))
+    mlp = str(run / "mlp.nl") if (run / "mlp.nl").is_file() else config.mlp
     model = LanguageModel(config, mixer_from_spec(spec, **config.spec_overrides),
-                          block_mlp_factory(config.mlp, config.mlp_ratio)).to(world.device)
+                          block_mlp_factory(mlp, config.mlp_ratio)).to(world.device)
     ckpt.apply_checkpoint(checkpoint, model, restore_rng=False)
     with torch.no_grad():
         metrics = evaluate(model, make_task(config), world, autocast_for(config, world.device))

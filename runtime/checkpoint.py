@@ -30,11 +30,12 @@ from pathlib import Path
 
 import torch
 
+from nlc.runtime.checkpoint_state import TENSOR_FILES, check_optimizer_tensors, check_state
+
 from nlc import __version__
 from nlc.errors import NlcError
 
 FORMAT = "nlc-checkpoint/1"
-TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 
 
 @dataclass
@@ -98,11 +99,21 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
 
 
 def prune(folder: Path, keep_last: int) -> None:
-    """Remove all but the newest `keep_last` checkpoints and any leftover temporary folders."""
-    for stale in folder.glob(".step_*.tmp-*"):
+    """Remove all but the newest `keep_last` checkpoints and any leftover temporary folders.
+
+    Each old checkpoint is first renamed to a hidden trash name, durably, and only then
+    deleted: a writer killed while deleting leaves a `.trash-*` folder (removed by the next
+    prune), never a partly deleted `step_*`."""
+    for stale in [*folder.glob(".step_*.tmp-*"), *folder.glob(".trash-step_*")]:
         shutil.rmtree(stale, ignore_errors=True)
+    doomed = []
     for old in checkpoint_dirs(folder.parent)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        trash = folder / f".trash-{old.name}-{os.getpid()}"
+        os.rename(old, trash)
+        doomed.append(trash)
+    fsync_dir(folder)
+    for trash in doomed:
+        shutil.rmtree(trash, ignore_errors=True)
     fsync_dir(folder)
 
 
@@ -186,14 +197,16 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
                        f"expected {FORMAT!r})")
     missing = [key for key in ("step", "config", "spec", "optimizer", "rng", "files")
                if key not in state]
-    if missing or any(name not in state["files"] for name in TENSOR_FILES):
+    if missing:
         raise NlcError(f"{state_file}: corrupt checkpoint metadata (missing "
-                       f"{', '.join(missing) or 'file records'})")
+                       f"{', '.join(missing)})")
+    check_state(state_file, state)
     for name in TENSOR_FILES:
         check_file(path / name, state["files"][name])
-    if spec_sha256 is not None and state["spec"]["sha256"] != spec_sha256:
+    if spec_sha256 is not None and state["spec"].get("sha256") != spec_sha256:
         raise NlcError(f"{state_file}: written for another spec (sha256 "
-                       f"{state['spec']['sha256'][:16]}..., this spec {spec_sha256[:16]}...; "
+                       f"{str(state['spec'].get('sha256'))[:16]}..., this spec "
+                       f"{spec_sha256[:16]}...; "
                        f"spec {state['spec'].get('path')!r})",
                        hint="train into a new --out folder, or restore the spec it was trained on")
     if config is not None:
@@ -204,6 +217,8 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
             tensors[name] = load_file(str(path / name))
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise NlcError(f"{path / name}: corrupt checkpoint tensors ({err})") from None
+    check_optimizer_tensors(path / "optimizer.safetensors", tensors["optimizer.safetensors"],
+                            state["optimizer"]["param_shapes"])
     return Checkpoint(path, state, tensors["model.safetensors"],
                       rebuild_optimizer_state(state["optimizer"], tensors["optimizer.safetensors"]))
 
@@ -252,6 +267,9 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
         if tuple(checkpoint.model[name].shape) != tuple(tensor.shape):
             raise NlcError(f"{where}: tensor {name} has shape {list(checkpoint.model[name].shape)},"
                            f" the model has {list(tensor.shape)}")
+        if checkpoint.model[name].dtype != tensor.dtype:  # refused, never silently cast
+            raise NlcError(f"{where}: tensor {name} has dtype {checkpoint.model[name].dtype}, "
+                           f"the model has {tensor.dtype}")
     if optimizer is not None:
         check_optimizer(checkpoint, optimizer)
     model.load_state_dict(checkpoint.model, strict=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from nlc.errors import NlcError
@@ -47,7 +48,8 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={
         "help": "the cosine schedule ends at lr * min_lr_ratio"})
-    warmup: int = field(default=100, metadata={"help": "linear warmup steps"})
+    warmup: int = field(default=100, metadata={
+        "help": "linear warmup steps, at most a tenth of --steps"})
     weight_decay: float = field(default=0.1, metadata={
         "help": "AdamW weight decay (matrices and embeddings only)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
@@ -65,7 +67,8 @@ class TrainConfig:
     checkpoint_interval: int = field(default=100, metadata={
         "help": "steps between checkpoints; 0 = end only"})
     keep_last: int = field(default=3, metadata={"help": "checkpoints kept"})
-    out: str = field(default="runs/run", metadata={"help": "the run folder"})
+    out: str = field(default="runs/run", metadata={
+        "help": "the run folder (nlc train: runs/<spec name>-<task>)"})
 
     # hardware
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -100,13 +103,34 @@ class TrainConfig:
         for name in ("warmup", "eval_interval", "checkpoint_interval", "vocab_size", "mlp_ratio"):
             if getattr(self, name) < 0:
                 raise NlcError(f"{name} must not be negative, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NlcError(f"{f.name} must be a finite number, got {value}")
         if self.lr <= 0:
             raise NlcError(f"lr must be positive, got {self.lr}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.time_budget < 0:
             raise NlcError("grad_clip, weight_decay and time_budget must not be negative")
-        if not 0.0 <= self.lm_val_fraction < 1.0:
-            raise NlcError(f"lm_val_fraction must be in [0, 1), got {self.lm_val_fraction}")
+        for name in ("beta1", "beta2", "lm_val_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise NlcError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise NlcError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.mqar_power_a <= 0:
+            raise NlcError(f"mqar_power_a must be positive, got {self.mqar_power_a}")
+        if not self.out.strip():
+            raise NlcError("out must name a run folder, got an empty string",
+                           hint="pass --out runs/NAME (a run never writes into the current "
+                                "folder by accident)")
+        self._validate_overrides()
         return self
+
+    def _validate_overrides(self, where: str = "config") -> None:
+        for name, value in self.spec_overrides.items():
+            if not isinstance(name, str) or isinstance(value, bool) \
+                    or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise NlcError(f"{where}: spec_overrides: {name!r} must map to a finite "
+                               f"number, got {value!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -121,7 +145,9 @@ class TrainConfig:
         values = {}
         for name, value in data.items():
             values[name] = _coerce(name, value, type(getattr(cls(), name)), where)
-        return cls(**values)
+        config = cls(**values)
+        config._validate_overrides(where)
+        return config
 
     @classmethod
     def from_json(cls, text: str, where: str = "config") -> TrainConfig:

@@ -46,7 +46,11 @@ def mixer_from_spec(path: str, **dims) -> ModuleFactory:
             raise NlcError(f"{path}: -D d_model={dims['d_model']:g} differs from the model's "
                            f"width {d_model}; set the width with --d-model")
         if d_model not in compiled:
-            compiled[d_model] = load_layer(path, **{**dims, "d_model": d_model})
+            try:
+                compiled[d_model] = load_layer(path, **{**dims, "d_model": d_model})
+            except OSError as err:  # the generated module's file, named after the spec
+                raise NlcError(f"{path}: cannot write the compiled module ({err.strerror}); "
+                               "is the spec's file name too long?") from None
         return compiled[d_model](d_model=d_model)
     return layer
 

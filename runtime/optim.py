@@ -47,7 +47,10 @@ def build_optimizer(model: torch.nn.Module, config,
         no_decay = [p for p in mine if p.dim() < 2]
         groups += [{"params": decay, "weight_decay": config.weight_decay, "every": every},
                    {"params": no_decay, "weight_decay": 0.0, "every": every}]
-    if optimizer_class is not None:
+    if optimizer_class is not None and optimizer_class.__module__.startswith("nlc_generated_"):
+        from nlc.runtime.spec_optim import build_spec_optimizer  # compiled from a spec
+        return build_spec_optimizer(groups, config, optimizer_class)
+    if optimizer_class is not None:  # a class of the caller's: all parameters, as given
         return optimizer_class(groups, lr=config.lr)
     # foreach=False: one parameter at a time, the same arithmetic on every machine
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
@@ -98,15 +101,26 @@ def optimizer_class_for(config) -> type[torch.optim.Optimizer] | None:
     return optimizer_from_spec(config.optimizer)
 
 
+WARMUP_SHARE = 10  # warmup takes at most 1/10 of the run's steps
+
+
+def warmup_steps(config) -> int:
+    """`config.warmup`, clamped to a tenth of `config.steps`: a short run (the default warmup
+    of 100 with `--steps 100`) must not spend all its steps warming up."""
+    return min(config.warmup, config.steps // WARMUP_SHARE)
+
+
 def lr_at(step: int, config) -> float:
-    """Linear warmup over `warmup` steps, then cosine decay to `lr * min_lr_ratio`.
+    """Linear warmup over `warmup_steps(config)` steps, then cosine decay to
+    `lr * min_lr_ratio`.
 
     `step` counts from 0; step 0 already trains at lr / warmup.
     """
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    span = max(1, config.steps - config.warmup)
-    progress = min(1.0, (step - config.warmup) / span)
+    warmup = warmup_steps(config)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    span = max(1, config.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     floor = config.lr * config.min_lr_ratio
     return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))
 

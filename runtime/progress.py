@@ -2,8 +2,10 @@
 
     step 120/1000  12% |###.........................| loss 3.2145  lr 9.8e-04  41.2k tok/s  eta 1m05s
 
-On a terminal the bar redraws in place (at most ten times a second); otherwise it prints one
-line every `log_interval` steps, which reads well in CI logs and `tee`d files. No tqdm.
+On a terminal the bar redraws in place (at most ten times a second); otherwise it prints a
+line after the first step (so a slow run shows its speed and ETA at once), every
+`log_interval` steps, and whenever `heartbeat` seconds passed without a line; that reads well
+in CI logs and `tee`d files. No tqdm.
 
 `metrics.jsonl` holds one JSON object per line: `{"kind": "train", "step": ...}` and
 `{"kind": "eval", "step": ...}`. A resumed run first drops the lines after its checkpoint,
@@ -38,13 +40,13 @@ class ProgressBar:
     """Step, loss, tokens/s and ETA for steps `start+1 .. total`."""
 
     def __init__(self, total: int, start: int = 0, every: int = 10, stream=None,
-                 enabled: bool = True, width: int = 24):
+                 enabled: bool = True, width: int = 24, heartbeat: float = 15.0):
         self.total, self.start, self.every, self.width = total, start, every, width
+        self.heartbeat = heartbeat
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.began = time.perf_counter()
-        self.last_draw = 0.0
+        self.began = self.last_draw = time.perf_counter()
 
     def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if not self.enabled:
@@ -58,13 +60,18 @@ class ProgressBar:
                 f"loss {loss:.4f}  lr {lr:.1e}  {format_rate(tokens_per_s)} tok/s  "
                 f"eta {format_duration(eta)}")
         if self.live:
-            if now - self.last_draw >= 0.1 or step == self.total:
+            if now - self.last_draw >= 0.1 or step in (self.start + 1, self.total):
                 self.stream.write("\r" + line + "\033[K")
                 self.stream.flush()
                 self.last_draw = now
-        elif step % self.every == 0 or step == self.total:
+        elif self._line_due(step, now):
             self.stream.write(line + "\n")
             self.stream.flush()
+            self.last_draw = now
+
+    def _line_due(self, step: int, now: float) -> bool:
+        return (step == self.start + 1 or step % self.every == 0 or step == self.total
+                or now - self.last_draw >= self.heartbeat)
 
     def message(self, text: str) -> None:
         """A line above the bar (evaluations, checkpoints)."""

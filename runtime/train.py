@@ -2,6 +2,8 @@
 
     RUN/config.json      the config, as run
     RUN/spec.nl          a copy of the spec (when the mixer is a spec file)
+    RUN/mlp.nl           a copy of the --mlp spec, RUN/optimizer.nl of the --optimizer spec
+                         (when they are spec files): `nlc eval RUN` needs nothing else
     RUN/metrics.jsonl    {"kind": "train", "step", "loss", "lr", "grad_norm", "tokens_per_s", ...}
                          {"kind": "eval", "step", "loss", "accuracy" | "bits_per_byte"}
     RUN/checkpoints/     runtime/checkpoint.py
@@ -20,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import random
 import time
@@ -74,6 +77,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
         raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
                        "or choose another --out")
+    check_run_folder(out, resume)
     distributed.barrier(world)  # every rank has looked before rank 0 writes anything
 
     torch.manual_seed(config.seed)
@@ -95,6 +99,9 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         write_atomic(out / "config.json", config.to_json())
         if not config.spec.startswith("builtin:"):
             write_atomic(out / "spec.nl", spec["text"])
+        for name, path in (("mlp.nl", config.mlp), ("optimizer.nl", config.optimizer)):
+            if path.lower() not in ("none", "adamw") and not path.startswith("builtin:"):
+                write_atomic(out / name, spec_text(path))
         truncate_metrics(out / "metrics.jsonl", start)
     distributed.barrier(world)
 
@@ -115,37 +122,40 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         loss_value = trained_losses[-1] if trained_losses else loss_value
         last_eval = evaluate(model, task, world, autocast)
         bar.message(f"nothing to train: the run is at step {start} of {config.steps}")
-    done, diverged = start, None
+    done, diverged, divergence = start, None, None
     for step in range(start, config.steps):
         lr = lr_at(step, config)
         set_lr(optimizer, lr)
-        loss_sum, n_targets, grad_norm = train_step(trained, model, optimizer,
-                                                    task.train_batch(step), world, config,
-                                                    autocast, step)
+        batch = task.train_batch(step)
+        loss_sum, n_targets, grad_norm = train_step(trained, model, optimizer, batch, world,
+                                                    config, autocast, step)
         done = step + 1
+        if not math.isfinite(grad_norm):  # a non-finite loss or gradient: no update was made
+            diverged = done
+            log.write({"kind": "diverged", "step": done,
+                       "loss": loss_sum * world.world_size / max(1, n_targets)})
+            divergence = report_divergence(model, batch, world, config, out, done, optimizer,
+                                           spec)
+            bar.message(divergence)
+            break
         flags = distributed.all_reduce_sums(
             {"late": float(config.time_budget > 0
-                           and time.perf_counter() - began > config.time_budget),
-             "diverged": float(not math.isfinite(loss_sum))}, world)
-        if flags["diverged"] > 0:  # weights are no longer finite: stop, save nothing
-            diverged = done
-            log.write({"kind": "diverged", "step": done, "loss": loss_sum / max(1, n_targets)})
-            bar.message(f"the loss is not finite at step {done}: the run diverged; stopping "
-                        f"without saving (checkpoints on disk are from earlier steps)")
-            break
+                           and time.perf_counter() - began > config.time_budget)}, world)
         out_of_time = flags["late"] > 0
         last = done == config.steps or out_of_time
+        now = time.perf_counter()
+        # the bar shows every step (it decides when to print): this rank's loss, the mean rate
+        shown_loss = loss_sum * world.world_size / max(1, n_targets)
         if done % config.log_interval == 0 or last:
             total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
-            loss_value = total["loss_sum"] / max(1, n_targets)
-            now = time.perf_counter()
+            loss_value = shown_loss = total["loss_sum"] / max(1, n_targets)
             steps_in_window = done - max(start, done - config.log_interval)
             rate = steps_in_window * tokens_per_step / max(now - window_start, 1e-9)
             window_start = now
             log.write({"kind": "train", "step": done, "loss": loss_value, "lr": lr,
                        "grad_norm": grad_norm, "tokens_per_s": rate,
                        "elapsed_s": now - began})
-            bar.update(done, loss_value, lr, rate)
+        bar.update(done, shown_loss, lr, (done - start) * tokens_per_step / max(now - began, 1e-9))
         if last or (config.eval_interval and done % config.eval_interval == 0):
             last_eval = evaluate(model, task, world, autocast)
             log.write({"kind": "eval", "step": done, **last_eval})
@@ -165,6 +175,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     elapsed = time.perf_counter() - began
     summary = {"task": config.task, "spec": config.spec, "steps": done,
                "steps_planned": config.steps, "diverged_at": diverged,
+               "divergence": divergence,
                "resumed_from": start, "final_loss": loss_value, "eval": last_eval,
                "parameters": model.num_parameters(), "world_size": world.world_size,
                "device": str(world.device), "elapsed_s": elapsed,
@@ -178,12 +189,36 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     return summary
 
 
+RUN_FILES = ("config.json", "spec.nl", "mlp.nl", "optimizer.nl", "summary.json")
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Refuse a --out a run cannot be written to, before any work: a file, a path under a
+    file, an unwritable place; and a folder holding files a new run would overwrite."""
+    if out.exists() and not out.is_dir():
+        raise NlcError(f"{out}: --out names a file, not a folder")
+    if not resume and out.is_dir():
+        clash = [name for name in RUN_FILES if (out / name).exists()]
+        if clash:
+            raise NlcError(f"{out}: holds {', '.join(clash)}, which a new run would overwrite; "
+                           "choose another --out (or --resume a run)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NlcError(f"{out}: cannot create the run folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise NlcError(f"{out}: the run folder is not writable")
+
+
 def train_step(trained, model, optimizer, batch, world, config, autocast, step: int = 0):
     """Optimizer step `step` (from 0) on this rank's slice of a global batch. Levels of
     parameters that update every k steps sum their gradients until they are due
     (`optim.step_levels`); gradients are clipped over the groups that step now.
 
     Returns (this rank's summed loss in float64, targets in the global batch, grad norm).
+    When any rank's loss is not finite, every rank skips the backward pass and the update,
+    so the weights, optimizer state and pending gradients stay those of the last finite step,
+    and the grad norm returned is NaN; non-finite gradients also skip the update.
     """
     inputs, targets = batch
     n_targets = int((targets != IGNORE).sum())  # over the global batch: the same on every rank
@@ -193,14 +228,45 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
         logits = trained(inputs)
     token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=IGNORE, reduction="none")
+    # float64 sum of the per-token losses: the total does not depend on how ranks split them
+    loss_sum = float(token_losses.detach().double().sum())
+    if distributed.all_reduce_sums({"bad": float(not math.isfinite(loss_sum))}, world)["bad"]:
+        return loss_sum, n_targets, float("nan")
     # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
     loss = token_losses.sum() * (world.world_size / max(1, n_targets))
     loss.backward()
     grad_norm = clip([p for group in optimizer.param_groups if due(group, step)
                       for p in group["params"]], config.grad_clip)
+    if not math.isfinite(grad_norm):  # a finite loss with non-finite gradients: no update
+        optimizer.zero_grad(set_to_none=True)  # (slower levels lose their pending sums)
+        return loss_sum, n_targets, grad_norm
     step_levels(optimizer, step)
-    # float64 sum of the per-token losses: the total does not depend on how ranks split them
-    return float(token_losses.detach().double().sum()), n_targets, grad_norm
+    return loss_sum, n_targets, grad_norm
+
+
+def report_divergence(model, batch, world, config, out: Path, done: int, optimizer,
+                      spec: dict) -> str:
+    """Say where the first non-finite loss came from and how to go on; save the last finite
+    weights (step done - 1) unless a checkpoint of that step exists, so there is a run to
+    evaluate and to resume."""
+    from nlc.runtime.diverged import locate_nonfinite
+    where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
+    last = done - 1
+    saved = out / "checkpoints" / f"step_{last:08d}"
+    if world.is_main and not saved.is_dir():
+        ckpt.save_checkpoint(out, last, model, optimizer, config, spec,
+                             {"next_step": last, "seed": config.seed,
+                              "world_size": world.world_size})
+    distributed.barrier(world)
+    source = config.spec if Path(config.spec).is_file() or config.spec.startswith("builtin:") \
+        else out / "spec.nl"
+    if last == 0:  # no update has been made: the learning rate is not the cause
+        return (f"the loss is not finite at step 1, before any update: {where}. The initial "
+                f"weights are saved as {saved}; look at the spec's rates and gates")
+    return (f"the loss is not finite at step {done}: the run diverged; {where}. "
+            f"Not saving that step; the last finite weights are {saved}. "
+            f"To resume from them: nlc train {source} --out {out} --resume "
+            f"--lr {config.lr / 10:g} (or a smaller --grad-clip)")
 
 
 @torch.no_grad()

@@ -3,8 +3,6 @@ located error or an answer in bounded time, never a Python exception or a hang."
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from nlc import pipeline
@@ -85,23 +83,21 @@ def _levels(n: int, loop: bool = False) -> str:
     return LAYER.replace("LEVELS\n", "".join(out))
 
 
-def test_many_chained_levels_in_bounded_time():
-    start = time.perf_counter()
+# The three below once took ~30 s (a cycle search restarted at every level) and ~25 s (every dim
+# rebuilt the constant table); benchmarks/cli_latency.py times them, these check the answers.
+def test_many_chained_levels():
     specs = check(_levels(1500))
     assert len(specs[0].levels) == 1500
-    # ~30 s when a cycle search restarted at every level; ~2 s now
-    assert time.perf_counter() - start < 10
 
 
-def test_a_long_loop_of_levels_in_bounded_time():
-    start = time.perf_counter()
+def test_a_long_loop_of_levels():
     err = check_error(_levels(1500, loop=True))
     assert "loop" in err.message or "cycle" in err.message
-    assert time.perf_counter() - start < 10
 
 
-def test_many_dims_in_bounded_time():
-    text = "layer A {\n" + "".join(f"  dims a{i} = {i % 7 + 1}\n" for i in range(20000)) + "}\n"
-    start = time.perf_counter()
-    assert "d_model" in check_error(text).message
-    assert time.perf_counter() - start < 10  # ~25 s when every dim rebuilt the constant table
+def many_dims_text(n: int = 20000) -> str:
+    return "layer A {\n" + "".join(f"  dims a{i} = {i % 7 + 1}\n" for i in range(n)) + "}\n"
+
+
+def test_many_dims():
+    assert "d_model" in check_error(many_dims_text()).message

@@ -59,3 +59,41 @@ def test_tour_output(command, shown, monkeypatch, capsys):
 
 def test_tour_is_not_empty():
     assert len(_tour()) >= 3
+
+
+def _subcommands() -> set[str]:
+    from nlc.cli import build_parser
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(action.choices)
+
+
+DOCS = [ROOT / "README.md", ROOT / "generated" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_name_only_commands_that_exist(doc):
+    """Every `nlc WORD` a document mentions is a command, and none is said not to exist yet."""
+    text = doc.read_text(encoding="utf-8")
+    commands = _subcommands()
+    for word in re.findall(r"`nlc ([a-z_]+)", text):
+        assert word in commands, f"{doc.name} mentions `nlc {word}`, which is not a command"
+    stale = re.search(r"once `nlc [a-z_]+` exists|when `nlc [a-z_]+` (?:exists|lands)", text)
+    assert not stale, f"{doc.name}: {stale.group(0)}"
+
+
+def test_the_tour_makes_every_run_it_evaluates_or_plots():
+    made = set()
+    for line in README.replace("\\\n", " ").splitlines():  # join continued lines
+        command = line.strip().lstrip("$ ").split("  #")[0]
+        if not command.startswith("nlc "):
+            continue
+        argv = shlex.split(command)
+        if argv[1] == "train" and "--out" in argv:
+            made.add(argv[argv.index("--out") + 1])
+        elif argv[1] == "eval":
+            assert argv[2] in made, f"`{command}` evaluates a run the README never trains"
+        elif argv[1] == "plot":
+            runs = [a for a in argv[2:argv.index("-o")]]
+            missing = [r for r in runs if r not in made]
+            assert not missing, f"`{command}` plots {missing}, which the README never trains"

@@ -4,6 +4,8 @@ codes, `error: ...` for user mistakes, the files a run leaves."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -48,6 +50,17 @@ def test_train_prints_progress_and_a_summary_line(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["out"] == str(tmp_path / "r")
     assert "step 2/4" in err and "tok/s" in err and "eta" in err and "done: 4 steps" in err
+
+
+def test_progress_shows_the_first_step_before_the_first_log_interval(tmp_path, capsys):
+    """A run whose log interval is longer than the run still reports step 1 with its speed."""
+    args = ["train", "builtin:attention", *TINY, "--out", str(tmp_path / "r")]
+    args[args.index("--log-interval") + 1] = "100"
+    assert main(args) == 0
+    lines = capsys.readouterr().err.splitlines()
+    first = next(line for line in lines if line.startswith("step 1/4 "))
+    assert "tok/s" in first and "eta" in first and "loss" in first
+    assert lines.index(first) < next(i for i, line in enumerate(lines) if "step 4/4" in line)
 
 
 def test_eval_reports_the_latest_checkpoint(run, capsys):
@@ -125,6 +138,7 @@ def test_relaunch_rebuilds_the_command(monkeypatch, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
     assert main(["train", "builtin:attention", "--nproc", "3", "--steps", "7", "--no-bf16",
+                 "--batch-size", "6",
                  "--lm-files", "a", "b", "-D", "heads=2", "--out", str(tmp_path)]) == 0
     cmd = seen["cmd"]
     assert "--nproc_per_node=3" in cmd and "--nproc" not in cmd
@@ -163,3 +177,79 @@ def test_a_diverging_run_stops_saves_nothing_and_exits_1(tmp_path, capsys):
     assert records[-1]["kind"] == "diverged"
     err = capsys.readouterr().err
     assert f"the loss is not finite at step {summary['diverged_at']}" in err
+    assert f"To resume from them: nlc train builtin:attention --out {out} --resume --lr " in err
+
+
+BOOM = """layer Boom {
+  dims d_model = 8, d_k = 4, d_v = 4
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  context from x {
+    q = x @ W_q
+    k = x @ W_k
+    v = x @ W_v
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S(k), v)
+    algorithm gd(lr = RATE)
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+def test_a_run_diverging_in_a_level_names_it_and_leaves_weights_to_evaluate(tmp_path, capsys):
+    """A delta rule at rate 1e5 overflows within the first sequence: the run names the level
+    whose state went non-finite, saves the weights it had (there is no earlier checkpoint)
+    and the run folder evaluates."""
+    spec = tmp_path / "boom.nl"
+    spec.write_text(BOOM.replace("RATE", "100000"))
+    out = tmp_path / "boom"
+    args = ["train", str(spec), *TINY, "--out", str(out), "--checkpoint-interval", "100"]
+    args[args.index("--seq-len") + 1] = "64"
+    args[args.index("--mqar-vocab-size") + 1] = "128"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "blocks.0.mixer" in err and "level(s) memory reached a non-finite state" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000000"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["diverged_at"] == 1 and "level(s) memory" in summary["divergence"]
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 0
+
+
+def test_a_run_with_an_mlp_spec_evaluates_from_its_own_copy(tmp_path, monkeypatch, capsys):
+    mlp = tmp_path / "other.nl"
+    mlp.write_text(BOOM.replace("RATE", "0.5"))
+    out = tmp_path / "run"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out), "--mlp", str(mlp)]) == 0
+    assert (out / "mlp.nl").read_text() == mlp.read_text()
+    mlp.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 4
+
+
+def test_train_help_states_the_real_default_of_out_and_the_warmup_clamp(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the run folder (default: runs/<spec name>-<task>)" in text
+    assert "runs/run" not in text
+    assert "at most a tenth of --steps" in text
+
+
+def test_run_files_follow_the_umask(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        assert main(["train", "builtin:attention", *TINY, "--out", str(tmp_path / "r")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("config.json", "summary.json", "metrics.jsonl"):
+        assert stat.S_IMODE((tmp_path / "r" / name).stat().st_mode) == 0o644, name

@@ -4,6 +4,7 @@ config's JSON round trip."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import sys
@@ -15,7 +16,7 @@ from nlc.runtime.config import TrainConfig
 from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec
 from nlc.runtime.model import LanguageModel
 from nlc.runtime.optim import build_optimizer, lr_at, optimizer_from_spec
-from nlc.runtime.progress import format_duration, read_metrics
+from nlc.runtime.progress import ProgressBar, format_duration, read_metrics
 from nlc.runtime.train import train
 from torch import nn
 
@@ -111,15 +112,15 @@ def test_an_optimizer_class_trains_and_the_schedule_drives_it(tmp_path):
             seen.append(self.param_groups[0]["lr"])
             return super().step(closure)
 
-    config = TrainConfig(task="mqar", steps=5, batch_size=2, seq_len=32, d_model=16,
+    config = TrainConfig(task="mqar", steps=20, batch_size=2, seq_len=32, d_model=16,
                          n_layers=1, mqar_vocab_size=64, mqar_num_kv_pairs=2, eval_examples=4,
                          warmup=2, lr=0.5, min_lr_ratio=0.1, log_interval=1,
                          out=str(tmp_path / "run"))
     train(config, optimizer_class=RecordingSGD, progress=False)
-    assert seen == pytest.approx([lr_at(s, config) for s in range(5)])
+    assert seen == pytest.approx([lr_at(s, config) for s in range(20)])
     assert seen[:2] == pytest.approx([0.25, 0.5]) and seen[-1] > 0.05
     assert len([r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
-                if r["kind"] == "train"]) == 5
+                if r["kind"] == "train"]) == 20
 
 
 def test_adamw_decays_matrices_only():
@@ -140,6 +141,14 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in itertools.pairwise(values))
 
 
+def test_a_short_run_leaves_warmup_after_a_tenth_of_its_steps():
+    c = TrainConfig(steps=100, lr=1.0, min_lr_ratio=0.1)  # the default warmup of 100
+    assert c.warmup == 100
+    assert lr_at(9, c) == pytest.approx(1.0)  # warmed up after 10 steps
+    assert lr_at(99, c) < 0.2  # and decayed by the end
+    assert lr_at(0, TrainConfig(steps=5, lr=1.0)) == pytest.approx(1.0)  # too short to warm up
+
+
 def test_config_json_round_trip_and_errors():
     config = TrainConfig(task="lm", lm_files=["a", "b"], spec_overrides={"heads": 2.0},
                          lr=0.01, compile=True)
@@ -156,6 +165,25 @@ def test_config_json_round_trip_and_errors():
         TrainConfig(task="copy").validate()
     with pytest.raises(NlcError, match="batch_size must be at least 1"):
         TrainConfig(batch_size=0).validate()
+
+
+def test_progress_prints_the_first_step_then_every_interval():
+    """Off a terminal: a line after the first step (speed and ETA at once), then every
+    `every` steps and at the end; a heartbeat of 0 s makes every step due."""
+    stream = io.StringIO()
+    bar = ProgressBar(25, start=0, every=10, stream=stream, heartbeat=1e9)
+    for step in range(1, 26):
+        bar.update(step, 2.5, 1e-3, 1500.0)
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["1/25", "10/25", "20/25", "25/25"]
+    assert all("tok/s" in line and "eta" in line and "loss 2.5000" in line for line in lines)
+    assert "1.5k tok/s" in lines[0]
+    stream = io.StringIO()
+    bar = ProgressBar(30, start=20, every=10, stream=stream, heartbeat=0.0)
+    for step in range(21, 25):
+        bar.update(step, 1.0, 1e-3, 10.0)
+    assert [line.split()[1] for line in stream.getvalue().splitlines()] == [
+        "21/30", "22/30", "23/30", "24/30"]
 
 
 def test_progress_formats():

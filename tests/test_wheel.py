@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -55,13 +56,27 @@ def test_wheel_contents(wheel):
     assert "nlc = nlc.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
+def _venv_seeing_this_environment(venv: Path) -> Path:
+    """A fresh venv whose sys.path ends with the running interpreter's site-packages, so the
+    wheel installed with --no-deps finds lark, networkx, ... wherever this test runs. (A
+    `venv --system-site-packages` made from inside a venv exposes the *base* interpreter's
+    packages, not this venv's.) A .pth line only appends a directory; it does not run that
+    directory's own .pth files, so an editable install of nlc here stays invisible there."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    proc = subprocess.run([str(python), "-c", where], capture_output=True, text=True, check=True,
+                          timeout=120)
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    Path(proc.stdout.strip(), "this_environment.pth").write_text("".join(f"{d}\n" for d in ours))
+    return python
+
+
 def test_wheel_installs_and_runs(wheel, tmp_path):
     """Install without dependencies into a venv that sees this interpreter's packages (lark,
     networkx); the venv's own `nlc` must come from the wheel, not from the source tree."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=300)
-    python = venv / "bin" / "python"
+    python = _venv_seeing_this_environment(venv)
     proc = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q",
                            str(wheel)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,6 +16,7 @@ from nlc.derive import retention as ret
 from nlc.derive.forms import FORM_RULES, tensor_names, tensor_shapes
 from nlc.derive.losses import P, T, error_signal, loss_derivative, loss_of
 from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax
+from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
 from nlc.derive.symbols import (
     Lowering,
@@ -245,7 +246,7 @@ def _gd_like(d: LevelDerivation, implicit: bool) -> dict:
         new = d.gate_all(new, gates, "proximal") if gates else new
         if any(g.order == "proximal" for g in gates):
             gamma = ret.proximal_order_factor()
-            d.notes.append(f"proximal ordering: SymPy solved the proximal step to {gamma} * "
+            d.notes.append(f"proximal ordering: SymPy solved the proximal step to {sstr(gamma)} * "
                            "(S - lr grad)")
     new = _post(d, new, lower)
     return dict(zip(d.names, new))
@@ -480,7 +481,7 @@ def _nonparametric(d: LevelDerivation) -> UpdateRule:
     d.roles.update(kernel=kernel, value=lower(term.get("target")), key=key, query=query,
                    window=lv.algorithm.get("window"))
     d.notes.append("read = sum_i w_i v_i / sum_i w_i over the cached tokens (SymPy solved "
-                   f"the weighted least squares to {sp.sstr(solution)}); w = {sp.sstr(kernel)} "
+                   f"the weighted least squares to {sstr(solution)}); w = {sstr(kernel)} "
                    "with k, v the cached token's and q the reading token's"
                    + (f"; window {lv.algorithm.get('window')}" if lv.algorithm.get("window") else ""))
     return _rule(d, "nonparametric", {}, None, states=())

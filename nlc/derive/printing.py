@@ -107,3 +107,140 @@ def sstr(expr) -> str:
 
 def latex(expr) -> str:
     return _display(RuleLatexPrinter().doprint(expr))
+
+
+# ------------------------------------------------------------------ the paper's way
+# `nlc derive` prints a rule as a paper writes it: elementwise functions by name (gelu,
+# huber') with their definitions on lines of their own, the Hadamard product as ⊙, and each
+# large subexpression that repeats (an MLP memory's forward pass inside its gradient) named
+# once, x1 = ..., instead of printed at every use.
+
+R = sp.Symbol("r")
+MIN_SHARED_SIZE = 12  # tree nodes: smaller repeats (alpha*S) read better inline
+NAMED_FUNCTIONS = ("gelu", "silu", "sigmoid", "tanh", "softplus")  # printed by name
+
+
+def _known_functions() -> dict:
+    """name -> its body in r, from the function registry (nlc/functions.py)."""
+    from nlc import functions
+    return {n: functions.REGISTRY[n].scalar()(R) for n in NAMED_FUNCTIONS}
+
+
+def _same(body, ref) -> bool:
+    try:
+        return sp.simplify(body - ref) == 0
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def _huber_threshold(body):
+    """delta when `body` is Huber's derivative: r inside |r| <= delta, delta*sign(r) beyond."""
+    if not isinstance(body, sp.Piecewise) or len(body.args) != 2:
+        return None
+    (inside, cond), (outside, _) = body.args
+    if inside != R or not isinstance(cond, (sp.Le, sp.Ge)) or cond.lts != sp.Abs(R):
+        return None  # |r| <= delta, which SymPy may store as delta >= |r|
+    return cond.gts if sp.simplify(outside - cond.gts * sp.sign(R)) == 0 else None
+
+
+def function_name(body, taken: set[str]) -> str:
+    """A name for the elementwise function `r -> body`: gelu, gelu', huber', ... or phi1."""
+    name = None
+    if _huber_threshold(body) is not None:
+        name = "huber'"
+    elif sp.count_ops(body) < 60:
+        for known, ref in _known_functions().items():
+            if _same(body, ref):
+                name = known
+            elif _same(body, sp.diff(ref, R)):
+                name = known + "'"
+            if name:
+                break
+    base = name or "phi"
+    if name and name not in taken:
+        return name
+    i = 1
+    while f"{base}{i}" in taken:
+        i += 1
+    return f"{base}{i}"
+
+
+class PaperStrPrinter(RuleStrPrinter):
+    """RuleStrPrinter with named elementwise functions, ⊙, |x| and inline conditionals."""
+
+    def __init__(self, names: dict):
+        super().__init__()
+        self.names = names  # canonical Lambda body -> name
+
+    def _print_ElementwiseApplyFunction(self, expr):
+        body = expr.function.expr.xreplace({expr.function.variables[0]: R})
+        return f"{self.names[body]}({self._print(expr.expr)})"
+
+    def _print_HadamardProduct(self, expr):
+        return " ⊙ ".join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
+
+    def _print_Abs(self, expr):
+        return f"|{self._print(expr.args[0])}|"
+
+    def _print_Piecewise(self, expr):
+        *cases, (last, _) = expr.args
+        text = "; ".join(f"{self._print(e)} if {self._print(c)}" for e, c in cases)
+        return f"({text}; {self._print(last)} otherwise)"
+
+
+def _walk(exprs) -> tuple[dict, dict, list]:
+    """Tree size and number of parent references of every node of the expressions' DAG (each
+    shared node visited once), and the nodes in post-order. Lambdas are leaves."""
+    size, refs, order = {}, {}, []
+
+    def visit(node):
+        if node in size:
+            refs[node] += 1
+            return size[node]
+        refs[node] = 1
+        children = () if isinstance(node, sp.Lambda) else node.args
+        size[node] = 1 + sum(visit(a) for a in children)
+        order.append(node)
+        return size[node]
+
+    for e in exprs:
+        visit(e)
+    return size, refs, order
+
+
+def _shared_names(exprs) -> tuple[dict, list]:
+    """{subexpression: its name x1, x2, ...} for repeated large subexpressions, innermost first,
+    and [(name symbol, its definition with inner names substituted)]."""
+    size, refs, order = _walk(exprs)
+    mapping, definitions = {}, []
+    for node in order:
+        if refs[node] < 2 or size[node] < MIN_SHARED_SIZE or node.is_Atom:
+            continue
+        name = f"x{len(definitions) + 1}"
+        symbol = (sp.MatrixSymbol(name, *node.shape) if isinstance(node, sp.MatrixExpr)
+                  else sp.Symbol(name))
+        definitions.append((symbol, node.xreplace(mapping)))
+        mapping[node] = symbol
+    return mapping, definitions
+
+
+def paper_text(exprs: list) -> tuple[list[str], list[str]]:
+    """The expressions as text, and the `where` lines they need: shared subexpressions
+    (x1 = ...) and elementwise functions (gelu'(r) = ...)."""
+    from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+    mapping, definitions = _shared_names(exprs)
+    shown = [e.xreplace(mapping) for e in exprs]
+    bodies = []
+    for e in [*shown, *(d for _, d in definitions)]:
+        for f in e.atoms(ElementwiseApplyFunction):
+            body = f.function.expr.xreplace({f.function.variables[0]: R})
+            if body not in bodies:
+                bodies.append(body)
+    names: dict = {}
+    for body in bodies:
+        names[body] = function_name(body, set(names.values()))
+    printer = PaperStrPrinter(names)
+    where = [f"{printer.doprint(s)} = {printer.doprint(d)}" for s, d in definitions]
+    where += [f"{names[b]}(r) = {printer.doprint(b)}" for b in bodies]
+    return [_display(printer.doprint(e)) for e in shown], [_display(w) for w in where]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from nlc.derive.printing import latex, sstr
+from nlc.derive.printing import latex, paper_text, sstr
 from nlc.levels.records import MemoryForm
 
 
@@ -49,12 +49,20 @@ class UpdateRule:
 
     # ------------------------------------------------------------ text forms
     def to_text(self) -> str:
+        """The rule as a paper writes it (printing.paper_text): named functions, ⊙, and
+        repeated subexpressions named once on `where` lines."""
         lines = [f"{self.spec}.{self.level} ({self.form.kind} memory, {self.frequency_text()}):"]
-        for name, expr in self.next_state:
-            lines.append(f"  {name}' = {sstr(expr)}")
+        exprs = [expr for _, expr in self.next_state]
+        exprs += [self.read] if self.read is not None else []
+        texts, where = paper_text(exprs)
+        for (name, _), text in zip(self.next_state, texts):
+            lines.append(f"  {name}' = {text}")
         if self.read is not None:
             which = "before the write" if self.read_before else "after the write"
-            lines.append(f"  read = {sstr(self.read)}    ({which})")
+            lines.append(f"  read = {texts[-1]}    ({which})")
+        if where:
+            lines.append("  where")
+            lines += [f"    {line}" for line in where]
         for name, anchor in self.anchors:
             lines.append(f"  gradients at {anchor}: the state at the chunk start")
         for note in self.notes:

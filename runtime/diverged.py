@@ -1,0 +1,76 @@
+"""Where a diverged run blew up: the first parameter, module and level with non-finite values.
+
+When a step's loss is not finite the trainer skips that step's update (runtime/train.py), so
+the weights are still those of the last finite step. `locate_nonfinite` then replays the
+failing batch through the model, block by block, and names
+
+- the parameters that are already non-finite (a run resumed from corrupt weights), else
+- the first module (`blocks.1.mixer`, `blocks.0.mlp`, `head`, ...) whose output is not finite,
+  and, for a generated layer, which of its levels ended the sequence with a non-finite state
+  (its forward with a `cache` returns every level's final state by level name).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nlc.runtime.model import first_output
+
+
+def _finite(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not _finite(p.detach())]
+
+
+def nonfinite_levels(mixer: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    """Levels of a generated layer whose final state on input `x` is not finite (none for
+    modules without per-level states, such as the builtins)."""
+    if not callable(getattr(mixer, "initial_state", None)):
+        return []
+    cache: dict = {}
+    try:
+        mixer(x, cache=cache)
+    except (TypeError, RuntimeError):  # not the generated calling convention
+        return []
+    return sorted(name for name, state in cache.get("states", {}).items() if not _finite(state))
+
+
+@torch.no_grad()
+def locate_nonfinite(model: torch.nn.Module, tokens: torch.Tensor) -> str:
+    """One line naming where `model` first produces non-finite values on `tokens`."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        return f"non-finite parameters: {', '.join(bad[:3])}{more}"
+    x = model.embed(tokens)
+    if not _finite(x):
+        return "the embedding's output is not finite"
+    for i, block in enumerate(model.blocks):
+        h = block.norm1(x)
+        out = first_output(block.mixer(h))
+        if not _finite(out):
+            levels = nonfinite_levels(block.mixer, h)
+            where = f"; level(s) {', '.join(levels)} reached a non-finite state" if levels else ""
+            return f"the first non-finite output is blocks.{i}.mixer's{where}"
+        x = x + out
+        if block.mlp is not None:
+            h = block.norm2(x)
+            out = first_output(block.mlp(h))
+            if not _finite(out):
+                levels = nonfinite_levels(block.mlp, h)
+                where = (f"; level(s) {', '.join(levels)} reached a non-finite state"
+                         if levels else "")
+                return f"the first non-finite output is blocks.{i}.mlp's{where}"
+            x = x + out
+    if not _finite(model.head(model.norm(x))):
+        return "the first non-finite output is the head's (the logits)"
+    return "the forward pass is finite again on a replay (the loss overflowed in float32)"

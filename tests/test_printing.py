@@ -1,0 +1,58 @@
+"""`nlc derive` prints rules as a paper writes them: named elementwise functions with their
+definitions, ⊙ for the Hadamard product, repeated subexpressions named once."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from conftest import EXAMPLES
+from nlc import pipeline
+from nlc.derive.printing import R, _shared_names, function_name
+
+HUBER_MLP = (EXAMPLES / "ttt_mlp.nl").read_text().replace(
+    "objective l2(W(k), v)", "objective huber(W(k), v, delta = 1)")
+
+
+def rules(text: str, name: str = "huber_mlp.nl"):
+    return [rule for _, found in pipeline.run(name, "derive", text=text) for rule in found]
+
+
+def test_an_mlp_memory_with_a_huber_loss_reads_like_the_paper():
+    assert HUBER_MLP != (EXAMPLES / "ttt_mlp.nl").read_text()
+    (rule,) = rules(HUBER_MLP)
+    text = rule.to_text()
+    for raw in ("Lambda(", "HadamardProduct", "Piecewise", "Abs("):
+        assert raw not in text, raw
+    assert " ⊙ " in text and "\n  where\n" in text
+    assert "    huber'(r) = (r if |r| <= 1; sign(r) otherwise)\n" in text
+    assert "    gelu(r) = r*(erf(sqrt(2)*r/2) + 1)/2\n" in text
+    assert "    gelu'(r) = " in text and "gelu'(W_W1_0*k)" in text
+    assert max(len(line) for line in text.splitlines()) < 120, text
+
+
+def test_named_subexpressions_substitute_back_to_the_derived_rule():
+    (rule,) = rules(HUBER_MLP)
+    exprs = [e for _, e in rule.next_state] + [rule.read]
+    mapping, definitions = _shared_names(exprs)
+    assert len(definitions) >= 4
+    full = {}
+    for symbol, definition in definitions:
+        full[symbol] = definition.xreplace(full)
+    for expr in exprs:
+        assert expr.xreplace(mapping).xreplace(full) == expr
+
+
+def test_small_rules_print_as_before():
+    text = rules((EXAMPLES / "gated_deltanet.nl").read_text(), "gdn.nl")[0].to_text()
+    assert "  S' = alpha*S + (-beta)*((alpha*S*k - v)*k.T)\n" in text and "where" not in text
+
+
+def test_function_names():
+    gelu = R * (1 + sp.erf(R / sp.sqrt(2))) / 2
+    assert function_name(gelu, set()) == "gelu"
+    assert function_name(sp.diff(gelu, R), set()) == "gelu'"
+    assert function_name(sp.diff(gelu, R), {"gelu'"}) == "gelu'1"
+    assert function_name(R ** 3, set()) == "phi1"
+    huber = sp.Piecewise((R, sp.Abs(R) <= sp.Symbol("delta")),
+                         (sp.Symbol("delta") * sp.sign(R), True))
+    assert function_name(huber, set()) == "huber'"

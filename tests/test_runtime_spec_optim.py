@@ -1,0 +1,85 @@
+"""Training with the shipped optimizer specs: Muon takes the matrices and AdamW the rest;
+an optimizer the trainer cannot feed (DGD's recorder) is refused with its reason."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from nlc.runtime import checkpoint as ckpt
+from nlc.runtime.config import TrainConfig
+from nlc.runtime.spec_optim import SpecWithAdamW
+from nlc.runtime.train import train
+
+from conftest import EXAMPLES
+from nlc.errors import NlcError
+from nlc.train_cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(out, **changes) -> TrainConfig:
+    base = TrainConfig(task="mqar", steps=4, batch_size=4, seq_len=32, d_model=16, n_layers=1,
+                       mqar_vocab_size=64, mqar_num_kv_pairs=2, eval_examples=8,
+                       eval_interval=0, log_interval=1, checkpoint_interval=2, warmup=0,
+                       optimizer=str(EXAMPLES / "muon.nl"), out=str(out))
+    return dataclasses.replace(base, **changes)
+
+
+def weights(run):
+    return ckpt.read_checkpoint(ckpt.latest_checkpoint(run)).model
+
+
+def test_muon_trains_matrices_and_adamw_the_vectors(tmp_path):
+    from nlc.runtime.model import LanguageModel
+    from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec
+    from nlc.runtime.optim import build_optimizer, optimizer_class_for
+    config = dataclasses.replace(tiny(tmp_path / "x"), vocab_size=64)
+    model = LanguageModel(config, mixer_from_spec("builtin:attention"),
+                          block_mlp_factory("builtin:mlp", 4))
+    optimizer = build_optimizer(model, config, optimizer_class_for(config))
+    assert isinstance(optimizer, SpecWithAdamW) and type(optimizer.spec).__name__ == "Muon"
+    by_spec = {id(p) for g in optimizer.spec.param_groups for p in g["params"]}
+    by_adamw = {id(p) for g in optimizer.adamw.param_groups for p in g["params"]}
+    for p in model.parameters():
+        assert (id(p) in by_spec) == (p.dim() == 2) and (id(p) in by_adamw) == (p.dim() < 2)
+
+
+def test_a_muon_run_resumes_exactly(tmp_path):
+    """Resuming from the step-2 checkpoint of a 4-step run gives the same step-4 weights (so
+    the combined optimizer's state survives a checkpoint)."""
+    import shutil
+    straight = tmp_path / "straight"
+    train(tiny(straight), progress=False)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
+    (resumed / "summary.json").unlink()
+    train(tiny(resumed), resume=True, progress=False)
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    start = ckpt.read_checkpoint(ckpt.checkpoint_dirs(straight)[0]).model
+    assert any(not torch.equal(start[n], v) for n, v in a.items())  # it did train
+
+
+def test_dgd_as_the_trainer_optimizer_is_refused_with_its_reason(tmp_path, capsys):
+    config = tiny(tmp_path / "dgd", optimizer=str(EXAMPLES / "dgd.nl"))
+    with pytest.raises(NlcError, match="needs recorder=nl.LinearRecorder"):
+        train(config, progress=False)
+    args = ["train", "builtin:attention", "--task", "mqar", "--steps", "2", "--batch-size", "4",
+            "--seq-len", "32", "--d-model", "16", "--n-layers", "1", "--mqar-vocab-size", "64",
+            "--mqar-num-kv-pairs", "2", "--eval-examples", "8", "--quiet",
+            "--optimizer", str(EXAMPLES / "dgd.nl"), "--out", str(tmp_path / "cli")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{EXAMPLES / 'dgd.nl'}: DeltaGradientDescent updates each nn.Linear" in err
+    assert "internal error" not in err
