@@ -1,0 +1,90 @@
+"""Shared pieces of the chunked Triton kernels (chunk_delta_triton.py, chunk_decay_triton.py).
+
+Every chunked kernel works on packed sequences: tokens `[N, H, *]` (a batch `[B, T, H, *]` is
+B sequences of T tokens, packed), `cu_seqlens` the sequences' boundaries. A chunk never spans
+two sequences, so a sequence's last chunk may be short; the kernels mask its missing rows.
+`ChunkTable` lists, for every chunk, its first token and the end of its sequence, and for
+every sequence the index of its first chunk (where its per-chunk states start)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Log decays below this are clamped to it: e^-110 underflows to exactly 0 in float32, so the
+# clamp changes nothing a float32 product can see, while -inf (a decay of exactly 0) would make
+# differences of cumulative sums NaN (-inf - -inf).
+LOG_DECAY_FLOOR = -110.0
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    starts: torch.Tensor   # [NC] int32: each chunk's first token (packed index)
+    ends: torch.Tensor     # [NC] int32: the end (exclusive) of the chunk's sequence
+    offsets: torch.Tensor  # [S + 1] int32: each sequence's first chunk
+    bounds: torch.Tensor   # [S + 1] int32: cu_seqlens
+    chunks: int            # NC
+    sequences: int         # S
+
+
+_TABLES: dict = {}
+
+
+def chunk_table(cu_seqlens: list[int], chunk: int, device) -> ChunkTable:
+    """The chunk table of packed sequences with boundaries `cu_seqlens` (host integers)."""
+    key = (tuple(cu_seqlens), chunk, str(device))
+    table = _TABLES.get(key)
+    if table is not None:
+        return table
+    starts, ends, offsets = [], [], [0]
+    for bos, eos in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        for s in range(bos, eos, chunk):
+            starts.append(s)
+            ends.append(eos)
+        offsets.append(len(starts))
+
+    def ints(xs):
+        return torch.tensor(xs, dtype=torch.int32, device=device)
+
+    table = ChunkTable(ints(starts or [0]), ints(ends or [0]), ints(offsets), ints(cu_seqlens),
+                       len(starts), len(cu_seqlens) - 1)
+    if len(_TABLES) > 64:  # many distinct packings (varlen training): keep the cache small
+        _TABLES.clear()
+    _TABLES[key] = table
+    return table
+
+
+def boundaries(batch: int, length: int, cu_seqlens) -> list[int]:
+    """Host list of sequence boundaries: `cu_seqlens`, or B sequences of T tokens."""
+    if cu_seqlens is None:
+        return [b * length for b in range(batch + 1)]
+    if batch != 1:
+        raise ValueError("with cu_seqlens the batch size must be 1 (sequences packed along T)")
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must rise from 0 to T = {length}, got {bounds}")
+    return bounds
+
+
+def pow2(n: int, least: int = 16) -> int:
+    """The tile width for an axis of n entries (tl.dot needs 16 at least)."""
+    return max(least, 1 << (max(n, 1) - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 inputs get exact float32 products; half-precision inputs use the tensor cores'
+    own modes (the operands are already rounded, accumulation is float32 either way)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_DIM = 256
+
+
+def check_dims(K: int, V: int, chunk: int):
+    if K > MAX_DIM or V > MAX_DIM:
+        raise ValueError(f"the chunked kernels take key and value widths up to {MAX_DIM}, "
+                         f"got K = {K}, V = {V}")
+    if chunk not in (16, 32, 64):
+        raise ValueError(f"chunk_size must be 16, 32 or 64 for the Triton kernels, got {chunk}")
