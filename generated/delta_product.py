@@ -51,7 +51,6 @@ def memory_chunked(tokens, state, consts, chunk_size):
     beta = tokens["beta"]
     ref = nl.reference(tokens)
     query = q
-    log_decay = torch.log(alpha)
     t0 = 2 * beta
     t1 = beta**2
     t2 = nl.sqnorm(k)
@@ -60,7 +59,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     value0 = t4 * v
     key0 = k
     rate = t4
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    log_decay = nl.log_gate(alpha)
+    if nl.use_triton(ref, chunked="delta/scalar"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "delta_product_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(query, ref),

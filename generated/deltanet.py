@@ -46,7 +46,7 @@ def memory_chunked(tokens, state, consts, chunk_size):
     value0 = beta * v
     key0 = k
     rate = beta
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    if nl.use_triton(ref, chunked="delta/none"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "deltanet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(query, ref),

@@ -45,11 +45,11 @@ def memory_chunked(tokens, state, consts, chunk_size):
     beta = tokens["beta"]
     ref = nl.reference(tokens)
     query = q
-    log_decay = torch.log(alpha)
     value0 = beta * v
     key0 = k
     rate = beta
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    log_decay = nl.log_gate(alpha)
+    if nl.use_triton(ref, chunked="delta/scalar"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "gated_deltanet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(query, ref),

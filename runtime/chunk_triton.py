@@ -88,3 +88,38 @@ def check_dims(K: int, V: int, chunk: int):
                          f"got K = {K}, V = {V}")
     if chunk not in (16, 32, 64):
         raise ValueError(f"chunk_size must be 16, 32 or 64 for the Triton kernels, got {chunk}")
+
+
+# --------------------------------------------------------------------------- dispatch
+# (family, decay kind) pairs that have chunked Triton kernels
+CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
+                   ("decay", "scalar")}
+# inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
+# few tokens) to the fused recurrent kernel, which needs no per-chunk work
+CHUNKED_MIN_TOKENS = 64
+
+
+def triton_enabled(ref: torch.Tensor) -> bool:
+    """CUDA tensors go to Triton kernels unless NLC_TRITON=0; NLC_TRITON=force sends CPU
+    tensors too (with TRITON_INTERPRET=1: how CI tests the dispatch)."""
+    import os
+    flag = os.environ.get("NLC_TRITON", "1")
+    return flag == "force" or (ref.is_cuda and flag != "0")
+
+
+def has_chunked_kernel(family: str, decay: str) -> bool:
+    return (family, decay) in CHUNKED_KERNELS
+
+
+def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bool,
+                       chunk: int, K: int, V: int):
+    """The chunked Triton entry point for these inputs, or None (then plain PyTorch)."""
+    if (read_before or not has_chunked_kernel(family, decay) or not triton_enabled(q)
+            or q.dtype not in SUPPORTED_DTYPES or K > MAX_DIM or V > MAX_DIM
+            or chunk not in (16, 32, 64)):
+        return None
+    try:
+        from nlc.runtime.chunk_delta_triton import chunk_scalar
+    except ImportError:  # no triton on this machine
+        return None
+    return chunk_scalar
