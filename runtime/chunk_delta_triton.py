@@ -42,6 +42,16 @@ def _gamma(g, rows, cols, STRICT: tl.constexpr):
 
 
 @triton.jit
+def _load_g(gc, tok, m_t, bos, eos, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """A chunk's cumulative log decays and their last valid entry G. Rows past the sequence's
+    end repeat G (their log decays are 0), so that no decay ratio between a valid and a
+    missing row exceeds 1: e^{0 - g} could overflow to inf, and inf * 0 is NaN."""
+    b_G = tl.load(gc + (tl.minimum(bos + BT, eos) - 1) * H + i_h)
+    b_g = tl.load(gc + tok * H + i_h, mask=m_t, other=0.0)
+    return tl.where(m_t, b_g, b_G), b_G
+
+
+@triton.jit
 def _unit_lower_inverse(A, rows, cols, BT: tl.constexpr):
     """(I + A)^-1 for a strictly lower-triangular [BT, BT] A, by forward substitution:
     row i of the inverse is e_i - sum_{j<i} A[i, j] row_j (rows before i are final)."""
@@ -137,8 +147,7 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
             b_d -= tl.dot(b_w, tl.trans(b_S.to(b_w.dtype)), input_precision=PREC)
             tl.store(delta + (tok * H + i_h)[:, None] * V + o_v[None, :],
                      b_d.to(delta.dtype.element_ty), mask=m_tv)
-        b_g = tl.load(gc + tok * H + i_h, mask=m_t, other=0.0)
-        b_G = tl.load(gc + (tl.minimum(bos + BT, eos) - 1) * H + i_h)
+        b_g, b_G = _load_g(gc, tok, m_t, bos, eos, i_h, H, BT)
         b_dk = (b_d * tl.exp(b_G - b_g)[:, None]).to(b_k.dtype)
         b_S = b_S * tl.exp(b_G) + tl.dot(tl.trans(b_dk), b_k, input_precision=PREC)
     tl.store(ht + p_state, b_S, mask=m_vk)
@@ -166,7 +175,7 @@ def _output_kernel(q, k, delta, gc, h, o, starts, ends,
     b_d = tl.load(delta + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
     b_S = tl.load(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
                   mask=m_v[:, None] & m_k[None, :], other=0.0)
-    b_g = tl.load(gc + tok * H + i_h, mask=m_t, other=0.0)
+    b_g, _ = _load_g(gc, tok, m_t, bos, eos, i_h, H, BT)
     b_o = tl.dot(b_q, tl.trans(b_S.to(b_q.dtype)), input_precision=PREC) * tl.exp(b_g)[:, None]
     b_P = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * _gamma(b_g, rows, rows, False)
     b_o += tl.dot(b_P.to(b_d.dtype), b_d, input_precision=PREC)
@@ -194,7 +203,7 @@ def _intra_ddelta_kernel(q, k, do, gc, dd, starts, ends,
     b_q = tl.load(q + (tok * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
     b_k = tl.load(k + (tok * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
     b_do = tl.load(do + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-    b_g = tl.load(gc + tok * H + i_h, mask=m_t, other=0.0)
+    b_g, _ = _load_g(gc, tok, m_t, bos, eos, i_h, H, BT)
     # P^T[s, t] = k_s . q_t e^{g_t - g_s} for s <= t
     b_Pt = tl.dot(b_k, tl.trans(b_q), input_precision=PREC) * tl.trans(
         _gamma(b_g, rows, rows, False))
@@ -237,8 +246,7 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets
         b_q = tl.load(q + (tok * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
         b_k = tl.load(k + (tok * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
         b_do = tl.load(do + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-        b_g = tl.load(gc + tok * H + i_h, mask=m_t, other=0.0)
-        b_G = tl.load(gc + (tl.minimum(bos + BT, eos) - 1) * H + i_h)
+        b_g, b_G = _load_g(gc, tok, m_t, bos, eos, i_h, H, BT)
         p_dd = dd + (tok * H + i_h)[:, None] * V + o_v[None, :]
         b_kd = (b_k.to(tl.float32) * tl.exp(b_G - b_g)[:, None]).to(b_k.dtype)
         b_dd = tl.load(p_dd, mask=m_tv, other=0.0) + tl.dot(
@@ -273,9 +281,8 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
     m_tk = m_t[:, None] & m_k[None, :]
     b_q = tl.load(q + (tok * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
     b_k = tl.load(k + (tok * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
-    b_g = tl.load(gc + tok * H + i_h, mask=m_t, other=0.0)
+    b_g, b_G = _load_g(gc, tok, m_t, bos, eos, i_h, H, BT)
     last = tl.minimum(bos + BT, eos) - 1 - bos
-    b_G = tl.load(gc + (bos + last) * H + i_h)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)   # dO S (before e^g)
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)  # Delta dS' (before e^{G-g})
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)   # dW = -dDelta S
