@@ -8,7 +8,8 @@ The algorithm is runtime/chunked.py's (the UT transform inside a chunk of C toke
 passed from chunk to chunk), laid out for tensor cores. g is the cumulative log decay inside a
 chunk, G its last entry, S the state at the chunk's start, Gamma[t, s] = e^{g_t - g_s} (s <= t).
 
-  prepare (per chunk):  A = strict_lower(b_t Gamma[t, s] k_t.k_s),  T = (I + A)^-1,
+  prepare (per chunk):  A = strict_lower(b_t Gamma[t, s] k_t.k_s),  T = (I + A)^-1 (by
+                        blocks of 16),
                         W = T diag(b e^g) K,  U = T V          (delta only)
   states (sequential):  Delta = U - W S^T (V for decay),  S' = e^G S + Delta^T diag(e^{G-g}) K
   output (per chunk):   O = diag(e^g) Q S^T + (Gamma * Q K^T) Delta
@@ -66,16 +67,16 @@ def _unit_lower_inverse(A, rows, cols, BT: tl.constexpr):
 
 # --------------------------------------------------------------------------- forward
 @triton.jit
-def _prepare_kernel(k, v, beta, ld, gc, w, u, tinv, starts, ends,
-                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
-                    DELTA: tl.constexpr, FLOOR: tl.constexpr, PREC: tl.constexpr):
-    """Per (chunk, head): the cumulative log decay g; for delta, T, W and U."""
+def _kkt_kernel(k, beta, ld, gc, amat, starts, ends,
+                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                HAS_G: tl.constexpr, DELTA: tl.constexpr, FLOOR: tl.constexpr,
+                PREC: tl.constexpr):
+    """Per (chunk, head): the cumulative log decay g; for delta, A = strict_lower(b_t
+    Gamma[t, s] k_t.k_s)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
     rows = tl.arange(0, BT)
-    cols = tl.arange(0, BT)
     tok = bos + rows
     m_t = tok < eos
     if HAS_G:
@@ -86,25 +87,101 @@ def _prepare_kernel(k, v, beta, ld, gc, w, u, tinv, starts, ends,
     tl.store(gc + tok * H + i_h, b_g, mask=m_t)
     if DELTA:
         o_k = tl.arange(0, BK)
-        m_k = o_k < K
         b_k = tl.load(k + (tok * H + i_h)[:, None] * K + o_k[None, :],
-                      mask=m_t[:, None] & m_k[None, :], other=0.0)
+                      mask=m_t[:, None] & (o_k < K)[None, :], other=0.0)
         b_b = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
         b_A = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-        b_A = b_A * b_b[:, None] * _gamma(b_g, rows, cols, True)
-        b_T = _unit_lower_inverse(b_A, rows, cols, BT)
-        tl.store(tinv + ((i_c * H + i_h) * BT + rows[:, None]) * BT + cols[None, :], b_T)
-        b_kb = (b_k.to(tl.float32) * (b_b * tl.exp(b_g))[:, None]).to(b_k.dtype)
-        b_w = tl.dot(b_T.to(b_k.dtype), b_kb, input_precision=PREC)
-        tl.store(w + (tok * H + i_h)[:, None] * K + o_k[None, :], b_w.to(w.dtype.element_ty),
-                 mask=m_t[:, None] & m_k[None, :])
-        o_v = tl.arange(0, BV)
-        m_v = o_v < V
-        b_v = tl.load(v + (tok * H + i_h)[:, None] * V + o_v[None, :],
-                      mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_u = tl.dot(b_T.to(b_v.dtype), b_v, input_precision=PREC)
-        tl.store(u + (tok * H + i_h)[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty),
-                 mask=m_t[:, None] & m_v[None, :])
+        b_A = b_A * b_b[:, None] * _gamma(b_g, rows, rows, True)
+        tl.store(amat + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :], b_A)
+
+
+@triton.jit
+def _block(x, base, i0, j0, BT: tl.constexpr):
+    """The [16, 16] block of a chunk's [BT, BT] matrix at rows i0.., columns j0.."""
+    r = tl.arange(0, 16)
+    return tl.load(x + base + (i0 + r)[:, None] * BT + (j0 + r)[None, :])
+
+
+@triton.jit
+def _put(x, base, i0, j0, value, BT: tl.constexpr):
+    r = tl.arange(0, 16)
+    tl.store(x + base + (i0 + r)[:, None] * BT + (j0 + r)[None, :], value)
+
+
+@triton.jit
+def _diag_inverse(amat, base, i0, BT: tl.constexpr):
+    r = tl.arange(0, 16)
+    return _unit_lower_inverse(_block(amat, base, i0, i0, BT), r, r, 16)
+
+
+@triton.jit
+def _mm(a, b):
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr):
+    """Per (chunk, head): T = (I + A)^-1 by blocks of 16. The diagonal blocks by forward
+    substitution (15 steps each), the rest by block substitution on tensor cores:
+    T_ij = -T_ii sum_{j <= m < i} A_im T_mj. `tinv` starts zeroed (its upper blocks)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    base = (i_c * H + i_h) * BT * BT
+    T00 = _diag_inverse(amat, base, 0, BT)
+    _put(tinv, base, 0, 0, T00, BT)
+    if BT >= 32:
+        T11 = _diag_inverse(amat, base, 16, BT)
+        T10 = -_mm(T11, _mm(_block(amat, base, 16, 0, BT), T00))
+        _put(tinv, base, 16, 16, T11, BT)
+        _put(tinv, base, 16, 0, T10, BT)
+        if BT == 64:
+            T22 = _diag_inverse(amat, base, 32, BT)
+            T33 = _diag_inverse(amat, base, 48, BT)
+            A20 = _block(amat, base, 32, 0, BT)
+            A21 = _block(amat, base, 32, 16, BT)
+            A30 = _block(amat, base, 48, 0, BT)
+            A31 = _block(amat, base, 48, 16, BT)
+            A32 = _block(amat, base, 48, 32, BT)
+            T21 = -_mm(T22, _mm(A21, T11))
+            T20 = -_mm(T22, _mm(A20, T00) + _mm(A21, T10))
+            T32 = -_mm(T33, _mm(A32, T22))
+            T31 = -_mm(T33, _mm(A31, T11) + _mm(A32, T21))
+            T30 = -_mm(T33, _mm(A30, T00) + _mm(A31, T10) + _mm(A32, T20))
+            _put(tinv, base, 32, 32, T22, BT)
+            _put(tinv, base, 32, 16, T21, BT)
+            _put(tinv, base, 32, 0, T20, BT)
+            _put(tinv, base, 48, 48, T33, BT)
+            _put(tinv, base, 48, 32, T32, BT)
+            _put(tinv, base, 48, 16, T31, BT)
+            _put(tinv, base, 48, 0, T30, BT)
+
+
+@triton.jit
+def _wu_kernel(k, v, beta, gc, tinv, w, u, starts, ends,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+               BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Per (chunk, head): W = T diag(b e^g) K and U = T V."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    rows = tl.arange(0, BT)
+    tok = bos + rows
+    m_t = tok < eos
+    b_g, _ = _load_g(gc, tok, m_t, bos, eos, i_h, H, BT)
+    b_T = tl.load(tinv + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
+    o_k = tl.arange(0, BK)
+    m_tk = m_t[:, None] & (o_k < K)[None, :]
+    b_k = tl.load(k + (tok * H + i_h)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+    b_b = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_kb = (b_k.to(tl.float32) * (b_b * tl.exp(b_g))[:, None]).to(b_k.dtype)
+    b_w = tl.dot(b_T.to(b_k.dtype), b_kb, input_precision=PREC)
+    tl.store(w + (tok * H + i_h)[:, None] * K + o_k[None, :], b_w.to(w.dtype.element_ty),
+             mask=m_tk)
+    o_v = tl.arange(0, BV)
+    m_tv = m_t[:, None] & (o_v < V)[None, :]
+    b_v = tl.load(v + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+    b_u = tl.dot(b_T.to(b_v.dtype), b_v, input_precision=PREC)
+    tl.store(u + (tok * H + i_h)[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty),
+             mask=m_tv)
 
 
 @triton.jit
@@ -389,15 +466,20 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     if delta_rule:
         w = torch.empty_like(k)
         u = torch.empty_like(v)
-        tinv = torch.empty(NC, H, BT, BT, dtype=torch.float32, device=dev)
+        tinv = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
         d = torch.empty_like(v)
     else:
         w = u = tinv = None
         d = v
-    _prepare_kernel[(NC, H)](
-        k, v, beta, ld, gc, w, u, tinv, table.starts, table.ends,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), HAS_G=ld is not None, DELTA=delta_rule,
-        FLOOR=LOG_DECAY_FLOOR, PREC=prec, num_warps=4)
+    amat = torch.empty(NC, H, BT, BT, dtype=torch.float32, device=dev) if delta_rule else None
+    _kkt_kernel[(NC, H)](
+        k, beta, ld, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
+        HAS_G=ld is not None, DELTA=delta_rule, FLOOR=LOG_DECAY_FLOOR, PREC=prec, num_warps=4)
+    if delta_rule:
+        _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
+        _wu_kernel[(NC, H)](
+            k, v, beta, gc, tinv, w, u, table.starts, table.ends,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=4)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
     BVs = min(BV, 32) if S * H < 256 else BV  # few sequences: more V blocks in flight

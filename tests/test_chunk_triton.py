@@ -119,6 +119,7 @@ CASES = [
     ("delta", "scalar", 200, 16, 32, 32, True, False),
     ("delta", "scalar", 65, 64, 48, 16, False, False),
     ("delta", "scalar", 63, 16, 16, 48, True, True),
+    ("delta", "scalar", 65, 32, 16, 16, True, False),  # the 32-token block inverse
     ("delta", "none", 63, 64, 16, 16, True, False),
     ("delta", "none", 15, 16, 32, 48, False, False),
     ("delta", "none", 65, 64, 48, 32, True, True),
