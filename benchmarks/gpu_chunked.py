@@ -4,6 +4,9 @@ flash-linear-attention (fla), our fused recurrent kernels and SDPA flash, in one
 For DeltaNet (delta rule, no decay), Gated DeltaNet (delta rule, scalar decay), simple GLA /
 Mamba2 (decay family, scalar decay) and GLA (decay family, channel decay):
 
+GLA's "ours chunked" is runtime/chunk_decay_triton.py's `chunk_channel`, called directly (the
+layers' dispatch does not use it until it has been measured).
+
 1. bf16 correctness on the GPU: ours chunked (and fla chunk, for scale) against float32
    PyTorch chunked forms (runtime/chunked.py's `*_chunked_torch`, independent of the Triton
    code) at (B, T, H, D) = (2, 512, 4, 128) with an initial state: relative Frobenius error of
@@ -41,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
+from nlc.runtime.chunk_decay_triton import chunk_channel  # noqa: E402
 from nlc.runtime.chunk_delta_triton import chunk_scalar  # noqa: E402
 from nlc.runtime.chunked import decay_chunked_torch, delta_chunked_torch  # noqa: E402
 
@@ -78,15 +82,12 @@ def make_inputs(model, B, T, H, D, dtype, seed=0):
 
 # -- the implementations: each (inputs) -> (o, final state [B, H, V, K]) -------------------------
 def ours_chunked(model):
-    from nlc.runtime.chunk_triton import has_chunked_kernel
     family, decay = MODELS[model]
+    kernel = chunk_channel if decay == "channel" else chunk_scalar
 
     def run(x):
-        if not has_chunked_kernel(family, decay):
-            raise NotImplementedError(f"no chunked Triton kernel for {family}/{decay}")
         v = x["v"] * x["beta"][..., None] if family == "delta" else x["v"]
-        return chunk_scalar(x["q"], x["k"], v, x.get("beta"), x.get("g"),
-                            initial_state=x["h0"])
+        return kernel(x["q"], x["k"], v, x.get("beta"), x.get("g"), initial_state=x["h0"])
     return run
 
 

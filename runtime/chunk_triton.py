@@ -91,7 +91,10 @@ def check_dims(K: int, V: int, chunk: int):
 
 
 # --------------------------------------------------------------------------- dispatch
-# (family, decay kind) pairs that have chunked Triton kernels
+# (family, decay kind) pairs whose chunked Triton kernels the dispatch uses. The channel-decay
+# kernels (chunk_decay_triton.py) pass the CPU tests but have not run on a GPU yet: they join
+# this set once benchmarks/gpu_chunked.py has measured them (until then GLA keeps its fused
+# recurrent kernel on CUDA).
 CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
                    ("decay", "scalar")}
 # inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
@@ -119,6 +122,9 @@ def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bo
             or chunk not in (16, 32, 64)):
         return None
     try:
+        if decay == "channel":
+            from nlc.runtime.chunk_decay_triton import chunk_channel
+            return chunk_channel
         from nlc.runtime.chunk_delta_triton import chunk_scalar
     except ImportError:  # no triton on this machine
         return None

@@ -98,11 +98,13 @@ def run_and_grad(fn, x, weights):
 
 
 def triton_fn(cu_seqlens, chunk):
+    from nlc.runtime.chunk_decay_triton import chunk_channel
     from nlc.runtime.chunk_delta_triton import chunk_scalar
 
     def fn(q, k, v, beta, ld, h0):
-        return chunk_scalar(q, k, v, beta, ld, initial_state=h0, cu_seqlens=cu_seqlens,
-                            chunk_size=chunk)
+        kernel = chunk_channel if ld is not None and ld.dim() == 4 else chunk_scalar
+        return kernel(q, k, v, beta, ld, initial_state=h0, cu_seqlens=cu_seqlens,
+                      chunk_size=chunk)
     return fn
 
 
@@ -129,6 +131,12 @@ CASES = [
     ("decay", "none", 65, 16, 16, 48, True, False),
     ("decay", "none", 1, 64, 32, 32, False, False),
     ("decay", "none", 63, 16, 48, 16, False, True),
+    ("decay", "channel", 200, 16, 16, 16, True, False),
+    ("decay", "channel", 65, 64, 32, 48, False, True),
+    ("decay", "channel", 15, 64, 48, 32, False, False),
+    # T = 1 from a zero state has a log-decay gradient of exactly 0: relative errors need a state
+    ("decay", "channel", 1, 16, 32, 16, True, False),
+    ("decay", "channel", 63, 32, 16, 32, True, True),
 ]
 
 
@@ -206,7 +214,8 @@ def test_pytorch_chunked_forms_at_gate_limits(kind, limit):
 
 @needs_kernels
 @pytest.mark.parametrize("limit", LIMITS)
-@pytest.mark.parametrize("kind", ["delta/scalar", "decay/scalar", "delta/none"])
+@pytest.mark.parametrize("kind", ["delta/scalar", "decay/scalar", "delta/none",
+                                  "decay/channel"])
 def test_chunked_triton_at_gate_limits(kind, limit):
     """The Triton kernels: finite output and gradients, and equal to the float64 token loop
     in everything but the log decays' gradient (0 where a decay is 0, by the clamp)."""
