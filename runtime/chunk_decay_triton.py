@@ -23,9 +23,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from nlc.runtime.chunk_triton import (LOG_DECAY_FLOOR, boundaries, check_dims, chunk_table,
-                                      dot_precision, pow2)
+from nlc.runtime.chunk_triton import (
+    LOG_DECAY_FLOOR,
+    boundaries,
+    check_dims,
+    chunk_table,
+    dot_precision,
+    pow2,
+)
 
 
 @triton.jit
@@ -194,7 +199,7 @@ def _dscores_kernel(v, do, amat, damat, dv, starts, ends,
     p_A = ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :]
     b_A = tl.load(amat + p_A)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
+    for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         p_tv = (tok * H + i_h)[:, None] * V + o_v[None, :]
@@ -347,7 +352,7 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)   # dO S
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)  # V dS'
     b_dGs = tl.zeros([BK], dtype=tl.float32)      # column sums of dS' * S
-    for i_v in range(0, tl.cdiv(V, BV)):
+    for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         m_tv = m_t[:, None] & m_v[None, :]
@@ -415,7 +420,7 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
     prec = dot_precision(q.dtype)
     dev = q.device
     NC, S = table.chunks, table.sequences
-    f32 = dict(dtype=torch.float32, device=dev)
+    f32 = {"dtype": torch.float32, "device": dev}
     damat = torch.empty(NC, H, BT, BT, **f32)
     dv = torch.empty(N, H, V, **f32)
     _dscores_kernel[(NC, H)](v, do, amat, damat, dv, table.starts, table.ends, H=H, V=V,

@@ -26,9 +26,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from nlc.runtime.chunk_triton import (LOG_DECAY_FLOOR, boundaries, check_dims, chunk_table,
-                                      dot_precision, pow2)
+from nlc.runtime.chunk_triton import (
+    LOG_DECAY_FLOOR,
+    boundaries,
+    check_dims,
+    chunk_table,
+    dot_precision,
+    pow2,
+)
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -368,7 +373,7 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
     b_dGs = tl.zeros([BV, BK], dtype=tl.float32)  # dS' * S, summed at the end
     if DELTA:
         b_T = tl.load(tinv + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
-    for i_v in range(0, tl.cdiv(V, BV)):
+    for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         m_tv = m_t[:, None] & m_v[None, :]
@@ -495,7 +500,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
 
 
 def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
-    gc, w, u, tinv, d, h = saved
+    gc, w, _, tinv, d, h = saved
     N, H, K = k.shape
     V = v.shape[-1]
     BK, BV = _tiles(K, V)

@@ -304,8 +304,8 @@ def test_generated_layer_dispatches_to_chunked_kernels(T, path):
     training-length input runs the chunked Triton kernels, a short one the fused recurrent
     kernel; both equal the PyTorch forms."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", DISPATCH, str(T)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600)
+    done = subprocess.run([sys.executable, "-c", DISPATCH, str(T)], check=False,
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     taken, out_err, grad_err = done.stdout.split()
     assert taken == path
