@@ -27,6 +27,7 @@ from nlc.runtime.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
     check_dims,
+    check_inputs,
     chunk_table,
     dot_precision,
     pow2,
@@ -478,11 +479,12 @@ def chunk_channel(q, k, v, beta=None, log_decay=None, *, initial_state=None, cu_
     if beta is not None:
         raise NotImplementedError("the delta rule with a per-channel decay has no chunked "
                                   "Triton kernel")
+    check_inputs(q, k, v, None, log_decay, initial_state, cu_seqlens, channel=True)
     B, T, H, K = q.shape
     V = v.shape[-1]
     check_dims(K, V, chunk_size)
-    if log_decay is None or log_decay.shape != q.shape:
-        raise ValueError(f"log_decay must be [B, T, H, K] = {list(q.shape)}")
+    if log_decay is None:
+        raise ValueError("chunk_channel needs log_decay [B, T, H, K]")
     bounds = boundaries(B, T, cu_seqlens)
     dtype = q.dtype
 

@@ -30,6 +30,7 @@ from nlc.runtime.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
     check_dims,
+    check_inputs,
     chunk_table,
     dot_precision,
     pow2,
@@ -563,6 +564,7 @@ def chunk_scalar(q, k, v, beta=None, log_decay=None, *, initial_state=None, cu_s
     no delta rule, no decay), initial_state `[B, H, V, K]` (or `[S, H, V, K]` for S packed
     sequences with `cu_seqlens`, B = 1). Returns `(o [B, T, H, V], final state [., H, V, K]
     float32)`."""
+    check_inputs(q, k, v, beta, log_decay, initial_state, cu_seqlens, channel=False)
     B, T, H, K = q.shape
     V = v.shape[-1]
     check_dims(K, V, chunk_size)

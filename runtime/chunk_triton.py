@@ -82,6 +82,30 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_DIM = 256
 
 
+def check_inputs(q, k, v, beta, log_decay, initial_state, cu_seqlens, channel: bool):
+    """Shapes and dtypes of a chunked kernel's inputs, with an error that names the tensor."""
+    if q.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q and v must be [B, T, H, D], got {list(q.shape)}, {list(v.shape)}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    sequences = B if cu_seqlens is None else len(cu_seqlens) - 1
+    expect = {"k": (k, [B, T, H, K]), "v": (v, [B, T, H, V]),
+              "beta": (beta, [B, T, H]),
+              "log_decay": (log_decay, [B, T, H, K] if channel else [B, T, H]),
+              "initial_state": (initial_state, [sequences, H, V, K])}
+    for name, (x, shape) in expect.items():
+        if x is None:
+            continue
+        if list(x.shape) != shape:
+            raise ValueError(f"{name} must be {shape}, got {list(x.shape)}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"q must be float32, bfloat16 or float16, got {q.dtype}")
+
+
 def check_dims(K: int, V: int, chunk: int):
     if K > MAX_DIM or V > MAX_DIM:
         raise ValueError(f"the chunked kernels take key and value widths up to {MAX_DIM}, "

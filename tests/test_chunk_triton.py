@@ -320,3 +320,36 @@ def test_kernels_rerun_in_a_fresh_interpreter_process():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            __file__], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_use_triton_leaves_long_inputs_to_the_chunked_kernels(monkeypatch):
+    from nlc.runtime.ops import use_triton
+    monkeypatch.setenv("NLC_TRITON", "force")
+    long, short = torch.zeros(2, 64, 3), torch.zeros(2, 63, 3)
+    assert not use_triton(long, chunked="delta/scalar")
+    assert not use_triton(long, chunked="decay/none")
+    assert use_triton(long, chunked="decay/channel")  # not dispatched until measured
+    assert use_triton(short, chunked="delta/scalar")
+    assert use_triton(long)  # levels without a chunked form keep their recurrent kernel
+    monkeypatch.setenv("NLC_TRITON", "0")
+    assert not use_triton(short, chunked="delta/scalar") and not use_triton(short)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"beta": torch.zeros(2, 8, 2, 1)}, "beta must be [2, 8, 2]"),
+    ({"ld": torch.zeros(2, 8, 3)}, "log_decay must be [2, 8, 2]"),
+    ({"h0": torch.zeros(1, 2, 16, 16)}, "initial_state must be [2, 2, 16, 16]"),
+    ({"k": torch.zeros(2, 8, 2, 8)}, "k must be [2, 8, 2, 16]"),
+    ({"v": torch.zeros(2, 8, 2, 300), "h0": None}, "up to 256"),
+    ({"q": torch.zeros(2, 8, 16)}, "q and v must be [B, T, H, D]"),
+    ({"beta": torch.zeros(2, 8, 2, dtype=torch.float64)}, "beta must be float32"),
+])
+def test_chunked_kernels_reject_bad_inputs(change, message):
+    """Checked before any kernel runs (no interpreter needed), with the tensor's name."""
+    from nlc.runtime.chunk_delta_triton import chunk_scalar
+    good = {n: t.cpu() for n, t in inputs("delta", "scalar", 2, 8, 2, 16, 16, 2).items()}
+    x = {**good, **change}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        chunk_scalar(x["q"], x["k"], x["v"], x["beta"], x["ld"], initial_state=x["h0"])
+    with pytest.raises(ValueError, match="chunk_size must be 16, 32 or 64"):
+        chunk_scalar(*(good[n] for n in ("q", "k", "v", "beta", "ld")), chunk_size=48)
