@@ -163,6 +163,24 @@ def test_chunked_triton_matches_token_loop(case):
     assert max(errors.values()) < TOL, errors
 
 
+@needs_kernels
+@pytest.mark.parametrize("kind", ["delta/scalar", "decay/channel"])
+def test_chunked_triton_half_precision(kind):
+    """fp16 inputs (the half-precision path: operands rounded, float32 accumulation; bf16 is
+    not emulated faithfully by the interpreter) stay within fp16 rounding of the loop."""
+    family, decay = kind.split("/")
+    x = inputs(family, decay, 1, 70, 2, 32, 32, 1, seed=5, dtype=torch.float16)
+    weights = (torch.randn(1, 70, 2, 32, device=DEVICE), torch.randn(1, 2, 32, 32, device=DEVICE))
+    o, ht, grads = run_and_grad(triton_fn(None, 64), x, weights)
+    assert o.dtype == torch.float16
+    x64 = {n: None if t is None else t.double() for n, t in x.items()}
+    ro, rht, rgrads = run_and_grad(reference_fn([0, 70]), x64,
+                                   tuple(w.double() for w in weights))
+    errors = {"o": rel(o, ro), "final state": rel(ht, rht)}
+    errors.update({f"d{n}": rel(grads[n], rgrads[n]) for n in rgrads})
+    assert max(errors.values()) < 3e-3, errors
+
+
 # gates at their limits: decays of 0, 1e-30 and 1 (mixed within a sequence), rates of 0
 # and 1, keys of large norm (for the delta rule with b |k|^2 <= 1, the stable range)
 LIMITS = ["decay0", "decay1e-30", "decay1", "beta0", "beta1", "bigkeys"]
