@@ -371,7 +371,7 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)   # dW = -dDelta S
     b_dPs = tl.zeros([BT, BT], dtype=tl.float32)  # dO Delta^T
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)   # dU V^T
-    b_dGs = tl.zeros([BV, BK], dtype=tl.float32)  # dS' * S, summed at the end
+    b_dGs = 0.0                                    # sum of dS' * S
     if DELTA:
         b_T = tl.load(tinv + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
     for i_v in range(tl.cdiv(V, BV)):
@@ -392,7 +392,7 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
         b_dq += tl.dot(b_do, b_S.to(b_do.dtype), input_precision=PREC)
         b_dPs += tl.dot(b_do, tl.trans(b_d.to(b_do.dtype)), input_precision=PREC)
         b_dks += tl.dot(b_d.to(tl.float32), b_dSe, input_precision=PREC)
-        b_dGs += b_dSe * b_S.to(tl.float32)
+        b_dGs += tl.sum(tl.sum(b_dSe * b_S.to(tl.float32), 1), 0)
         if DELTA:
             b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
             b_dw -= tl.dot(b_dd, b_S.to(tl.float32), input_precision=PREC)
@@ -418,7 +418,7 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
     # the end state: S' = e^G S + Delta^T diag(e^{G-g}) K
     b_c = tl.sum(kf * b_dks, 1) * eGg
     b_dg -= b_c
-    b_dG = tl.exp(b_G) * tl.sum(tl.sum(b_dGs, 1), 0) + tl.sum(b_c, 0)
+    b_dG = tl.exp(b_G) * b_dGs + tl.sum(b_c, 0)
     if DELTA:
         b_b = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
         bg = b_b * eg
