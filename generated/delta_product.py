@@ -50,7 +50,6 @@ def memory_chunked(tokens, state, consts, chunk_size):
     alpha = tokens["alpha"]
     beta = tokens["beta"]
     ref = nl.reference(tokens)
-    log_decay = torch.log(alpha)
     t0 = 2 * beta
     t1 = beta**2
     t2 = nl.sqnorm(k)
@@ -58,7 +57,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     t4 = t0 + t3
     value0 = t4 * v
     rate = t4
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    log_decay = nl.log_gate(alpha)
+    if nl.use_triton(ref, chunked="delta/scalar"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "delta_product_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

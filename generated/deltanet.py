@@ -43,7 +43,7 @@ def memory_chunked(tokens, state, consts, chunk_size):
     beta = tokens["beta"]
     ref = nl.reference(tokens)
     value0 = beta * v
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    if nl.use_triton(ref, chunked="delta/none"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "deltanet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

@@ -44,9 +44,9 @@ def memory_chunked(tokens, state, consts, chunk_size):
     alpha = tokens["alpha"]
     beta = tokens["beta"]
     ref = nl.reference(tokens)
-    log_decay = torch.log(alpha)
     value0 = beta * v
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    log_decay = nl.log_gate(alpha)
+    if nl.use_triton(ref, chunked="delta/scalar"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "gated_deltanet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

@@ -42,8 +42,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     v = tokens["v"]
     alpha = tokens["alpha"]
     ref = nl.reference(tokens)
-    log_decay = torch.log(alpha)
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    log_decay = nl.log_gate(alpha)
+    if nl.use_triton(ref, chunked="decay/channel"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "gla_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

@@ -41,7 +41,7 @@ def memory_chunked(tokens, state, consts, chunk_size):
     k = tokens["k"]
     v = tokens["v"]
     ref = nl.reference(tokens)
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    if nl.use_triton(ref, chunked="decay/none"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "linear_attention_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

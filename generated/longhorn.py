@@ -48,7 +48,7 @@ def memory_chunked(tokens, state, consts, chunk_size):
     t3 = beta / t2
     value0 = t3 * v
     rate = t3
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    if nl.use_triton(ref, chunked="delta/none"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "longhorn_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

@@ -44,9 +44,9 @@ def memory_chunked(tokens, state, consts, chunk_size):
     alpha = tokens["alpha"]
     dt = tokens["dt"]
     ref = nl.reference(tokens)
-    log_decay = torch.log(alpha)
     value0 = dt * v
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    log_decay = nl.log_gate(alpha)
+    if nl.use_triton(ref, chunked="decay/scalar"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "mamba2_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

@@ -42,8 +42,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     v = tokens["v"]
     gamma = tokens["gamma"]
     ref = nl.reference(tokens)
-    log_decay = torch.log(gamma)
-    if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel
+    log_decay = nl.log_gate(gamma)
+    if nl.use_triton(ref, chunked="decay/scalar"):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "retnet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),

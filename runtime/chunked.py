@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nlc.runtime.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
+
 
 # per-channel decays are factored into q and k while a chunk's log decays stay within this
 # range (e^30 is far from fp32's limit); beyond it the exact masked product is used
@@ -51,6 +53,9 @@ def _prepare(q, k, v, log_decay, chunk):
     padded = -(-T // chunk) * chunk
     if log_decay is None:
         log_decay = q.new_zeros(q.shape[:3])
+    # a decay of 0 has log -inf, and -inf - -inf is NaN: clamp where e^x is 0 in float32
+    # anyway (the clamp's gradient is 0 there, as the true one is)
+    log_decay = log_decay.clamp_min(LOG_DECAY_FLOOR)
     if log_decay.dim() == 3:
         log_decay = log_decay.unsqueeze(-1)
     q, k, v, log_decay = (_split(_pad(x, padded), chunk) for x in (q, k, v, log_decay))
@@ -90,7 +95,24 @@ def _initial(state, q, v):
 
 def decay_chunked(q, k, v, log_decay=None, *, initial_state=None, read_before=False,
                   chunk_size=64):
-    """The decay family, chunked; returns `(o [B, T, H, V], final state [B, H, V, K])`."""
+    """The decay family, chunked; returns `(o [B, T, H, V], final state [B, H, V, K])`.
+    CUDA tensors go to the chunked Triton kernels where they cover the case."""
+    kernel = chunked_kernel_for(q, "decay", _decay_kind(log_decay), read_before, chunk_size,
+                                k.shape[-1], v.shape[-1])
+    if kernel is not None:
+        return kernel(q, k, v, None, log_decay, initial_state=initial_state,
+                      chunk_size=chunk_size)
+    return decay_chunked_torch(q, k, v, log_decay, initial_state=initial_state,
+                               read_before=read_before, chunk_size=chunk_size)
+
+
+def _decay_kind(log_decay) -> str:
+    return "none" if log_decay is None else "scalar" if log_decay.dim() == 3 else "channel"
+
+
+def decay_chunked_torch(q, k, v, log_decay=None, *, initial_state=None, read_before=False,
+                        chunk_size=64):
+    """`decay_chunked` in plain PyTorch (any device)."""
     T, q, k, v, g, ld = _prepare(q, k, v, log_decay, chunk_size)
     g_read = g - ld if read_before else g
     S = _initial(initial_state, q, v)
@@ -108,7 +130,20 @@ def decay_chunked(q, k, v, log_decay=None, *, initial_state=None, read_before=Fa
 
 def delta_chunked(q, k, v, beta, log_decay=None, *, initial_state=None, read_before=False,
                   chunk_size=64):
-    """The delta family with a scalar (or no) decay, chunked by the UT transform."""
+    """The delta family with a scalar (or no) decay, chunked by the UT transform. CUDA tensors
+    go to the chunked Triton kernels where they cover the case."""
+    kernel = chunked_kernel_for(q, "delta", _decay_kind(log_decay), read_before, chunk_size,
+                                k.shape[-1], v.shape[-1])
+    if kernel is not None:
+        return kernel(q, k, v, beta, log_decay, initial_state=initial_state,
+                      chunk_size=chunk_size)
+    return delta_chunked_torch(q, k, v, beta, log_decay, initial_state=initial_state,
+                               read_before=read_before, chunk_size=chunk_size)
+
+
+def delta_chunked_torch(q, k, v, beta, log_decay=None, *, initial_state=None,
+                        read_before=False, chunk_size=64):
+    """`delta_chunked` in plain PyTorch (any device)."""
     if log_decay is not None and log_decay.dim() == 4:
         raise ValueError("delta_chunked takes a scalar decay per head and token")
     T, q, k, v, g, ld = _prepare(q, k, v, log_decay, chunk_size)

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nlc.runtime.chunk_triton import CHUNKED_MIN_TOKENS, has_chunked_kernel, triton_enabled
 from nlc.runtime.chunked import decay_chunked, delta_chunked
 from nlc.runtime.attention import attention
 from nlc.runtime.dual import dual_chunked, mm, outer_sum
@@ -125,6 +126,14 @@ def total(x):
 
 def inner(a, b):
     return (a * b).sum(-1, keepdim=True)
+
+
+def log_gate(alpha: torch.Tensor) -> torch.Tensor:
+    """log of a decay gate for the chunked forms. A gate that underflowed to exactly 0 gets
+    the log of the dtype's smallest normal number instead of -inf (a decay of 1e-38 is 0 to
+    every later product), and with it a zero gradient instead of 0 * inf = NaN."""
+    alpha = torch.as_tensor(alpha)
+    return torch.log(alpha.clamp_min(torch.finfo(alpha.dtype).tiny))
 
 
 # --------------------------------------------------------------- memory math
@@ -241,12 +250,17 @@ def log_uniform(shape, low: float, high: float) -> torch.Tensor:
     return torch.log(torch.empty(shape).uniform_(low, high))
 
 
-def use_triton(ref: torch.Tensor) -> bool:
-    """CUDA tensors go to the generated Triton kernels unless NLC_TRITON=0; NLC_TRITON=force
-    sends CPU tensors too (with TRITON_INTERPRET=1: how CI tests the dispatch)."""
-    import os
-    flag = os.environ.get("NLC_TRITON", "1")
-    return flag == "force" or (ref.is_cuda and flag != "0")
+def use_triton(ref: torch.Tensor, chunked: str | None = None) -> bool:
+    """Whether a level's fused recurrent Triton kernel runs: CUDA tensors go to Triton unless
+    NLC_TRITON=0; NLC_TRITON=force sends CPU tensors too (with TRITON_INTERPRET=1: how CI tests
+    the dispatch). `chunked` ("family/decay", e.g. "delta/scalar") names the level's chunked
+    form: training-length inputs then skip the recurrent kernel, and the chunked form
+    (`delta_chunked`, `decay_chunked`) runs its chunked Triton kernels instead."""
+    if not triton_enabled(ref):
+        return False
+    if chunked is not None and ref.shape[1] >= CHUNKED_MIN_TOKENS:
+        return not has_chunked_kernel(*chunked.split("/"))
+    return True
 
 
 _KERNELS: dict = {}
@@ -304,7 +318,8 @@ __all__ = [
     "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm", "rmsnorm",
     "layernorm", "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace",
     "sum_all", "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param",
-    "output", "per_token", "init_state", "inv_softplus_uniform", "log_uniform", "use_triton",
+    "output", "per_token", "init_state", "log_gate", "inv_softplus_uniform", "log_uniform",
+    "use_triton",
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",

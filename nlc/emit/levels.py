@@ -245,7 +245,6 @@ class LevelEmitter:
         outputs = [("query", query)]
         log_decay = None
         if gate != 1:
-            outputs.append(("log_decay", sp.log(gate)))
             log_decay = "log_decay"
         for i, (u, w) in enumerate(terms):
             outputs += [(f"value{i}", u), (f"key{i}", w)]
@@ -258,6 +257,9 @@ class LevelEmitter:
         lines = self._chunk_unpack() + ["ref = nl.reference(tokens)"]
         computed, v = self._bind(printer, outputs)
         lines += computed
+        if log_decay:  # log of the gate, finite (with a zero gradient) where the gate is 0
+            lines.append(f"log_decay = nl.log_gate({printer.expr(gate)})")
+            v[log_decay] = log_decay
         (name, _), = self.rule.states
         state = f"state[{name!r}]"
         is_vec = self.rule.form.kind == "vector"
@@ -271,8 +273,11 @@ class LevelEmitter:
         if kernel is not None:
             beta = f", beta=nl.flat({v['rate']}, ref)" if fam.family is KernelFamily.DELTA else ""
             g = f", g={decay}" if log_decay else ""
+            # training-length inputs skip the recurrent kernel where chunked kernels exist
+            form = "" if rb else (f", chunked=\"{fam.family.value}/"
+                                  f"{'none' if gate == 1 else fam.param('decay_kind')}\"")
             lines += [
-                "if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel",
+                f"if nl.use_triton(ref{form}):  # CUDA: the fused recurrent Triton kernel",
                 f"    kernels = nl.kernels(__file__, {self.kernels!r})",
                 f"    o, S = kernels.{kernel.prefix}_fused_recurrent(nl.vec({v['query']}, ref), "
                 f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref){g}{beta}, "

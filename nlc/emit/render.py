@@ -6,7 +6,8 @@ This is the one place where text enters generated code, so it enforces what may:
 - `PyLiteral`: a Python string literal made by `py_literal()` (`repr`, checked);
 - numbers;
 - every other string is code the compiler printed: one line per string, printable ASCII, no
-  backslash, and every string literal in it an identifier (a dict key such as `state["S"]`).
+  backslash, and every string literal in it an identifier (a dict key such as `state["S"]`)
+  or identifiers joined by '/' (a kernel's key, `"delta/scalar"`).
 `render` walks the whole template context and refuses anything else before rendering, so
 a file name or a run folder's text can reach generated code only as prose or a literal."""
 
@@ -29,7 +30,7 @@ from nlc.emit.names import MARK
 from nlc.errors import NlcError
 
 _PRINTABLE = re.compile(r"[ -~]*")          # printable ASCII, one line
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")  # or a/b
 
 
 class Prose(str):

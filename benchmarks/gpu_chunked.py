@@ -1,0 +1,374 @@
+"""GPU benchmark of nlc's chunked Triton kernels (runtime/chunk_delta_triton.py) against
+flash-linear-attention (fla), our fused recurrent kernels and SDPA flash, in one process.
+
+For DeltaNet (delta rule, no decay), Gated DeltaNet (delta rule, scalar decay), simple GLA /
+Mamba2 (decay family, scalar decay) and GLA (decay family, channel decay):
+
+GLA's "ours chunked" is runtime/chunk_decay_triton.py's `chunk_channel`, called directly (the
+layers' dispatch does not use it until it has been measured).
+
+1. bf16 correctness on the GPU: ours chunked (and fla chunk, for scale) against float32
+   PyTorch chunked forms (runtime/chunked.py's `*_chunked_torch`, independent of the Triton
+   code) at (B, T, H, D) = (2, 512, 4, 128) with an initial state: relative Frobenius error of
+   the output, the final state and every gradient;
+2. cold start: wall time of the first forward + backward call (compilation, autotuning) at
+   the first benchmark shape, ours chunked and fla chunk, with an empty Triton cache;
+3. median times (triton.testing.do_bench), forward and forward + backward, at
+   (8, 2048, 16, 128) and (1, 16384, 16, 128), bf16: ours chunked, ours fused recurrent
+   (rendered as `nlc compile` renders them), fla chunk, fla fused recurrent, and torch SDPA
+   (causal, flash) for scale. A failure (fla's refusals included) is recorded as its text.
+
+Our value input is fla's v times beta (the generated code folds the rate into the value), and
+our state is [V, K] (fla's is [K, V]); fla runs with scale = 1 to compute the same function.
+
+fla's first calls autotune for a long time (84.7 s for `chunk_delta_rule` on an H200, and
+`chunk_gla` did not return within about 7 minutes): `--skip-cold` leaves that section out,
+`--models` picks models, and each timing table is written to --out as soon as it is done.
+
+Usage (nlc installed, from outside the checkout's root):
+    python benchmarks/gpu_chunked.py --out perf.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="triton_cold_"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+from nlc.runtime.chunk_decay_triton import chunk_channel  # noqa: E402
+from nlc.runtime.chunk_delta_triton import chunk_scalar  # noqa: E402
+from nlc.runtime.chunked import decay_chunked_torch, delta_chunked_torch  # noqa: E402
+
+SHAPES = [(8, 2048, 16, 128), (1, 16384, 16, 128)]
+CHECK_SHAPE = (2, 512, 4, 128)
+# model -> (family, decay kind)
+MODELS = {"DeltaNet": ("delta", "none"), "Gated DeltaNet": ("delta", "scalar"),
+          "simple GLA / Mamba2": ("decay", "scalar"), "GLA": ("decay", "channel")}
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def make_inputs(model, B, T, H, D, dtype, seed=0):
+    family, decay = MODELS[model]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device="cuda")
+
+    x = {"q": randn(B, T, H, D) * D ** -0.5,
+         "k": F.normalize(randn(B, T, H, D), dim=-1),
+         "v": randn(B, T, H, D)}
+    if family == "delta":
+        x["beta"] = torch.rand(B, T, H, generator=gen, device="cuda")
+    if decay == "scalar":
+        x["g"] = F.logsigmoid(randn(B, T, H) + 4.0)
+    elif decay == "channel":
+        x["g"] = F.logsigmoid(randn(B, T, H, D) + 4.0)
+    x["h0"] = randn(B, H, D, D) * 0.1
+    return {n: t.to(dtype) if n != "h0" else t for n, t in x.items()}
+
+
+# -- the implementations: each (inputs) -> (o, final state [B, H, V, K]) -------------------------
+def ours_chunked(model):
+    family, decay = MODELS[model]
+    kernel = chunk_channel if decay == "channel" else chunk_scalar
+
+    def run(x):
+        v = x["v"] * x["beta"][..., None] if family == "delta" else x["v"]
+        return kernel(x["q"], x["k"], v, x.get("beta"), x.get("g"), initial_state=x["h0"])
+    return run
+
+
+def torch_reference(model):
+    family, decay = MODELS[model]
+
+    def run(x):
+        if family == "delta":
+            v = x["v"] * x["beta"][..., None]
+            return delta_chunked_torch(x["q"], x["k"], v, x["beta"], x.get("g"),
+                                       initial_state=x["h0"])
+        return decay_chunked_torch(x["q"], x["k"], x["v"], x.get("g"), initial_state=x["h0"])
+    return run
+
+
+_RECURRENT = {}
+
+
+def ours_recurrent(model):
+    """Our fused recurrent kernel, rendered as `nlc compile` renders it for this family."""
+    from nlc.emit.triton_render import RecurrentKernelPlan, render_recurrent
+    family, decay = MODELS[model]
+    key = (family, decay)
+    if key not in _RECURRENT:
+        plan = RecurrentKernelPlan(prefix=f"{family}_{decay}", family=family, decay=decay)
+        path = Path(tempfile.mkdtemp()) / f"{plan.prefix}.py"
+        try:
+            source = render_recurrent(plan)
+        except Exception as e:  # noqa: BLE001  ruff missing where wheels were installed
+            if "ruff" not in str(e):
+                raise
+            import nlc.emit.triton_render as tr
+            log("ruff not found: rendering the recurrent kernels unformatted")
+            tr.ruff_format = lambda source, name: source  # formatting changes no semantics
+            source = render_recurrent(plan)
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(plan.prefix, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _RECURRENT[key] = getattr(module, f"{plan.prefix}_fused_recurrent")
+    fn = _RECURRENT[key]
+
+    def run(x):
+        v = x["v"] * x["beta"][..., None] if family == "delta" else x["v"]
+        kw = {"g": x["g"]} if "g" in x else {}
+        if family == "delta":
+            kw["beta"] = x["beta"]
+        return fn(x["q"], x["k"], v, initial_state=x["h0"], output_final_state=True, **kw)
+    return run
+
+
+def fla_fn(model, chunk: bool):
+    import fla.ops.delta_rule as dr
+    import fla.ops.gated_delta_rule as gdr
+    import fla.ops.gla as gla
+    import fla.ops.simple_gla as sgla
+    family, decay = MODELS[model]
+
+    def run(x):
+        h0 = x["h0"].transpose(-1, -2).contiguous()
+        common = dict(scale=1.0, initial_state=h0, output_final_state=True)
+        q, k, v = x["q"], x["k"], x["v"]
+        if model == "DeltaNet":
+            f = dr.chunk_delta_rule if chunk else dr.fused_recurrent_delta_rule
+            o, ht = f(q, k, v, x["beta"], **common)
+        elif model == "Gated DeltaNet":
+            if chunk:
+                o, ht = gdr.chunk_gated_delta_rule(q, k, v, x["g"], x["beta"], **common)
+            else:
+                o, ht = gdr.fused_recurrent_gated_delta_rule(q, k, v, g=x["g"], beta=x["beta"],
+                                                             **common)
+        elif model == "GLA":
+            if chunk:
+                o, ht = gla.chunk_gla(q, k, v, x["g"], **common)
+            else:
+                o, ht = gla.fused_recurrent_gla(q, k, v, gk=x["g"], **common)
+        else:
+            f = sgla.chunk_simple_gla if chunk else sgla.fused_recurrent_simple_gla
+            o, ht = f(q, k, v, g=x["g"], **common)
+        return o, ht.transpose(-1, -2)
+    return run
+
+
+# -- correctness --------------------------------------------------------------------------------
+def rel(x, ref):
+    return ((x.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
+
+
+def errors_against(fn, ref_fn, model):
+    x = make_inputs(model, *CHECK_SHAPE, torch.bfloat16, seed=1)
+    names = [n for n in x]
+    leaves = {n: t.detach().clone().requires_grad_() for n, t in x.items()}
+    ref_leaves = {n: t.detach().float().clone().requires_grad_() for n, t in x.items()}
+    o, ht = fn(leaves)
+    ro, rht = ref_fn(ref_leaves)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    wo = torch.randn(ro.shape, generator=gen, device="cuda")
+    wh = torch.randn(rht.shape, generator=gen, device="cuda")
+    grads = torch.autograd.grad((o.float() * wo).sum() + (ht.float() * wh).sum(),
+                                [leaves[n] for n in names], allow_unused=True)
+    rgrads = torch.autograd.grad((ro * wo).sum() + (rht * wh).sum(),
+                                 [ref_leaves[n] for n in names], allow_unused=True)
+    out = {"o": rel(o, ro), "state": rel(ht, rht)}
+    for n, g, r in zip(names, grads, rgrads):
+        out[f"d{n}"] = float("nan") if g is None else rel(g, r)
+    return out
+
+
+# -- timing -------------------------------------------------------------------------------------
+def time_fn(fn, x, backward: bool):
+    leaves = [t for t in x.values()]
+    if backward:
+        for t in leaves:
+            t.requires_grad_(True)
+    o, ht = fn(x)
+    do = torch.randn_like(o)
+
+    def step():
+        o, ht = fn(x)
+        if backward:
+            torch.autograd.backward([o, ht], [do, torch.ones_like(ht)])
+    ms = do_bench(step, warmup=10, rep=50, return_mode="median",
+                  grad_to_none=leaves if backward else None)
+    for t in leaves:
+        t.requires_grad_(False)
+        t.grad = None
+    return ms
+
+
+def cold_start(fn, model, shape):
+    x = make_inputs(model, *shape, torch.bfloat16, seed=3)
+    for t in x.values():
+        t.requires_grad_(True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    o, ht = fn(x)
+    torch.autograd.backward([o, ht], [torch.ones_like(o), torch.ones_like(ht)])
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def profile(model, shape):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    x = make_inputs(model, *shape, torch.bfloat16)
+    for t in x.values():
+        t.requires_grad_(True)
+    fn = ours_chunked(model)
+    for _ in range(2):
+        o, ht = fn(x)
+        torch.autograd.backward([o, ht], [torch.ones_like(o), torch.ones_like(ht)])
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        o, ht = fn(x)
+        torch.autograd.backward([o, ht], [torch.ones_like(o), torch.ones_like(ht)])
+        torch.cuda.synchronize()
+    log(model, shape)
+    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40))
+
+
+def short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")
+    return text[:160]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--skip-cold", action="store_true",
+                        help="no cold-start section (fla's autotuning takes minutes)")
+    parser.add_argument("--check", default="ours chunked,fla chunk",
+                        help="which kernels the correctness section checks")
+    args = parser.parse_args()
+    models = args.models.split(",")
+    try:
+        import fla
+        fla_version = getattr(fla, "__version__", "?")
+    except ImportError as e:
+        fla_version = f"missing ({e})"
+    lines = [f"# Chunked kernels vs fla, {time.strftime('%Y-%m-%d')}", "",
+             f"{torch.cuda.get_device_name()}, torch {torch.__version__}, Triton "
+             f"{triton.__version__}, Python {platform.python_version()}, fla-core "
+             f"{fla_version}. bf16 inputs, do_bench medians in ms.", ""]
+
+    lines += ["## Cold start: first forward + backward call, empty Triton cache",
+              f"(B, T, H, D) = {SHAPES[0]}; seconds of wall time.", "",
+              "| model | ours chunked | fla chunk |", "|---|---|---|"]
+    for model in [] if args.skip_cold else models:
+        cells = []
+        for fn in (ours_chunked(model), fla_fn(model, True)):
+            try:
+                cells.append(f"{cold_start(fn, model, SHAPES[0]):.1f}")
+            except Exception as e:
+                cells.append(short(e))
+        log(model, "cold", cells)
+        lines.append(f"| {model} | {' | '.join(cells)} |")
+    lines.append("")
+
+    lines += ["## bf16 correctness against float32 PyTorch chunked forms",
+              f"(B, T, H, D) = {CHECK_SHAPE}, initial state; relative Frobenius errors.", "",
+              "| model | kernel | errors |", "|---|---|---|"]
+    for model in models:
+        for name, fn in (("ours chunked", ours_chunked(model)),
+                         ("fla chunk", fla_fn(model, True))):
+            if name not in args.check.split(","):
+                continue
+            try:
+                errs = errors_against(fn, torch_reference(model), model)
+                worst = max(errs.values())
+                text = ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+                text = f"worst {worst:.1e} ({text})"
+            except Exception as e:  # fla's refusals and our missing kernels are results too
+                text = short(e)
+            log(model, name, text)
+            lines.append(f"| {model} | {name} | {text} |")
+    lines.append("")
+
+    if os.environ.get("NLC_BENCH_PROFILE"):  # per-kernel times of ours, to see where time goes
+        for model in models[:2]:
+            for shape in SHAPES:
+                profile(model, shape)
+
+    impls = [("ours chunked", ours_chunked), ("ours recurrent", ours_recurrent),
+             ("fla chunk", lambda m: fla_fn(m, True)),
+             ("fla fused recurrent", lambda m: fla_fn(m, False))]
+    for shape in SHAPES:
+        lines += [f"## (B, T, H, D) = {shape}", "",
+                  "| model | kernel | fwd | fwd+bwd | fwd / fla chunk | fwd+bwd / fla chunk |",
+                  "|---|---|---|---|---|---|"]
+        for model in models:
+            x = make_inputs(model, *shape, torch.bfloat16)
+            times = {}
+            for name, make in impls:
+                cells = []
+                for backward in (False, True):
+                    try:
+                        ms = time_fn(make(model), x, backward)
+                        cells.append(ms)
+                    except Exception as e:
+                        cells.append(short(e))
+                        if os.environ.get("NLC_BENCH_TRACE"):
+                            traceback.print_exc()
+                times[name] = cells
+                log(shape, model, name, cells)
+            ref = times["fla chunk"]
+            for name, cells in times.items():
+                text = [f"{c:.3f}" if isinstance(c, float) else c for c in cells]
+                ratios = [f"{c / r:.2f}x" if isinstance(c, float) and isinstance(r, float)
+                          else "" for c, r in zip(cells, ref)]
+                lines.append(f"| {model} | {name} | {' | '.join(text + ratios)} |")
+            args.out.write_text("\n".join(lines) + "\n")  # partial results survive a timeout
+            del x
+            torch.cuda.empty_cache()
+        B, T, H, D = shape
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        sdpa = []
+        for backward in (False, True):
+            for t in (q, k, v):
+                t.requires_grad_(backward)
+
+            def step():
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                if backward:
+                    o.backward(torch.ones_like(o))
+            sdpa.append(do_bench(step, warmup=10, rep=50, return_mode="median",
+                                 grad_to_none=[q, k, v] if backward else None))
+        log(shape, "sdpa", sdpa)
+        lines += [f"| softmax attention | torch SDPA causal (flash) | {sdpa[0]:.3f} | "
+                  f"{sdpa[1]:.3f} | | |", ""]
+    args.out.write_text("\n".join(lines) + "\n")
+    log("\n".join(lines))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)

@@ -1,0 +1,497 @@
+"""Chunked Triton kernels, forward and backward, for the decay family with a decay per key
+channel (GLA, HGRN2-style):
+
+    S_t = S_{t-1} diag(a_t) + v_t k_t^T,   o_t = S_t q_t,   S: [V, K],  log a_t = `log_decay`
+
+In a chunk, g is the cumulative log decay per channel ([C, K]), G its last row and S the state
+at the chunk's start:
+
+    O  = (Q * e^g) S^T + A V,   A[t, s] = sum_k q_tk k_sk e^{g_tk - g_sk}  (s <= t)
+    S' = S diag(e^G) + V^T (K * e^{G - g})
+
+A per-channel decay ratio cannot be factored over a whole chunk (e^{-g} overflows once the
+chunk's log decays span more than ~88), so A is built from blocks of 16 rows: an
+off-diagonal block (rows i, columns j < i) factors through the log decay r at the end of
+block j, where both e^{g_i - r} and e^{r - g_j} are at most 1, and goes to the tensor cores; a
+diagonal block is summed exactly, one column at a time, with its exponentials masked first.
+The backward pass uses the same blocks for the intra-chunk part of dq and dk, and
+dg = q * dq - k * dk (plus G's gradient on the chunk's last row), summed back over the chunk.
+Scalar decays go to chunk_delta_triton.py (its kernels without the delta rule)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from nlc.runtime.chunk_triton import (
+    LOG_DECAY_FLOOR,
+    boundaries,
+    check_dims,
+    check_inputs,
+    chunk_table,
+    dot_precision,
+    pow2,
+)
+
+
+@triton.jit
+def _rows(x, tok, m_t, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr):
+    """Rows `tok` of a [N, H, K] tensor (0 where masked)."""
+    return tl.load(x + (tok * H + i_h)[:, None] * K + o_k[None, :],
+                   mask=m_t[:, None] & m_k[None, :], other=0.0)
+
+
+@triton.jit
+def _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr):
+    """Cumulative log decays of rows `tok`; rows past the sequence's end repeat G (their log
+    decays are 0), so no ratio between a valid and a missing row exceeds 1."""
+    b_g = _rows(gc, tok, m_t, i_h, o_k, m_k, H, K)
+    return tl.where(m_t[:, None], b_g, b_G[None, :])
+
+
+@triton.jit
+def _last_g(gc, bos, eos, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr):
+    last = tl.minimum(bos + BT, eos) - 1
+    return tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
+
+
+# --------------------------------------------------------------------------- forward
+@triton.jit
+def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, FLOOR: tl.constexpr):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    tok = bos + tl.arange(0, BT)
+    m_t = tok < eos
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    b_ld = _rows(ld, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+    b_g = tl.cumsum(tl.maximum(b_ld, FLOOR), 0)
+    tl.store(gc + (tok * H + i_h)[:, None] * K + o_k[None, :], b_g,
+             mask=m_t[:, None] & m_k[None, :])
+
+
+@triton.jit
+def _scores_kernel(q, k, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    r = tl.arange(0, 16)
+    base = (i_c * H + i_h) * BT * BT
+    b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+    for i in tl.static_range(BT // 16):
+        tok_i = bos + i * 16 + r
+        m_i = tok_i < eos
+        b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K)
+        b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+        for j in tl.static_range(i + 1):
+            if j < i:
+                tok_j = bos + j * 16 + r
+                m_j = tok_j < eos
+                b_k = _rows(k, tok_j, m_j, i_h, o_k, m_k, H, K)
+                b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
+                b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)  # g at block j's end
+                b_qg = (b_q.to(tl.float32) * tl.exp(b_gi - b_r[None, :])).to(b_q.dtype)
+                b_kg = (b_k.to(tl.float32) * tl.exp(b_r[None, :] - b_gj)).to(b_k.dtype)
+                b_A = tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC)
+            else:
+                b_A = tl.zeros([16, 16], dtype=tl.float32)
+                qf = b_q.to(tl.float32)
+                for s in range(16):
+                    t_s = bos + i * 16 + s
+                    ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
+                    b_ks = tl.load(k + (t_s * H + i_h) * K + o_k, mask=m_k & ok,
+                                   other=0.0).to(tl.float32)
+                    b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+                    b_gs = tl.where(ok, b_gs, b_G)
+                    keep = r[:, None] >= s
+                    b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
+                    col = tl.sum(qf * b_ks[None, :] * b_e, 1)
+                    b_A = tl.where(r[None, :] == s, col[:, None], b_A)
+            tl.store(amat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :], b_A)
+
+
+@triton.jit
+def _states_kernel(k, v, gc, h, h0, ht, starts, ends, offsets,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h)
+    and the final state."""
+    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    i_s, i_h = i_sh // H, i_sh % H
+    first = tl.load(offsets + i_s)
+    last = tl.load(offsets + i_s + 1)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_vk = m_v[:, None] & m_k[None, :]
+    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
+    if HAS_H0:
+        b_S = tl.load(h0 + p_state, mask=m_vk, other=0.0).to(tl.float32)
+    else:
+        b_S = tl.zeros([BV, BK], dtype=tl.float32)
+    rows = tl.arange(0, BT)
+    for i_c in range(first, last):
+        tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
+                 b_S.to(h.dtype.element_ty), mask=m_vk)
+        bos = tl.load(starts + i_c)
+        eos = tl.load(ends + i_c)
+        tok = bos + rows
+        m_t = tok < eos
+        b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+        b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
+        b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
+        b_v = tl.load(v + (tok * H + i_h)[:, None] * V + o_v[None, :],
+                      mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k.dtype)
+        b_S = b_S * tl.exp(b_G)[None, :] + tl.dot(tl.trans(b_v), b_kd, input_precision=PREC)
+    tl.store(ht + p_state, b_S, mask=m_vk)
+
+
+@triton.jit
+def _output_kernel(q, v, gc, h, amat, o, starts, ends,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Per (V block, chunk, head): O = (Q * e^g) S^T + A V."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    rows = tl.arange(0, BT)
+    tok = bos + rows
+    m_t = tok < eos
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+    b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
+    b_q = _rows(q, tok, m_t, i_h, o_k, m_k, H, K)
+    b_qg = (b_q.to(tl.float32) * tl.exp(b_g)).to(b_q.dtype)
+    b_S = tl.load(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
+                  mask=m_v[:, None] & m_k[None, :], other=0.0)
+    b_v = tl.load(v + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+    b_A = tl.load(amat + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
+    b_o = tl.dot(b_qg, tl.trans(b_S.to(b_qg.dtype)), input_precision=PREC)
+    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    tl.store(o + (tok * H + i_h)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+             mask=m_tv)
+
+
+# --------------------------------------------------------------------------- backward
+@triton.jit
+def _dscores_kernel(v, do, amat, damat, dv, starts, ends,
+                    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                    PREC: tl.constexpr):
+    """Per (chunk, head): dA = lower(dO V^T) and the intra-chunk part of dv, A^T dO."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    rows = tl.arange(0, BT)
+    tok = bos + rows
+    m_t = tok < eos
+    p_A = ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :]
+    b_A = tl.load(amat + p_A)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_tv = (tok * H + i_h)[:, None] * V + o_v[None, :]
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_dA += tl.dot(b_do, tl.trans(b_v.to(b_do.dtype)), input_precision=PREC)
+        b_dv = tl.dot(tl.trans(b_A.to(b_do.dtype)), b_do, input_precision=PREC)
+        tl.store(dv + p_tv, b_dv, mask=m_tv)
+    b_dA = tl.where(rows[:, None] >= rows[None, :], b_dA, 0.0)
+    tl.store(damat + p_A, b_dA)
+
+
+@triton.jit
+def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
+                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
+                        PREC: tl.constexpr):
+    """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh), dv's state
+    part, and the initial state's gradient."""
+    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    i_s, i_h = i_sh // H, i_sh % H
+    first = tl.load(offsets + i_s)
+    last = tl.load(offsets + i_s + 1)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_vk = m_v[:, None] & m_k[None, :]
+    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
+    if HAS_DHT:
+        b_dS = tl.load(dht + p_state, mask=m_vk, other=0.0).to(tl.float32)
+    else:
+        b_dS = tl.zeros([BV, BK], dtype=tl.float32)
+    rows = tl.arange(0, BT)
+    for j in range(first, last):
+        i_c = last - 1 - (j - first)
+        tl.store(dh + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :], b_dS,
+                 mask=m_vk)
+        bos = tl.load(starts + i_c)
+        eos = tl.load(ends + i_c)
+        tok = bos + rows
+        m_t = tok < eos
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+        b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
+        b_q = _rows(q, tok, m_t, i_h, o_k, m_k, H, K)
+        b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
+        b_do = tl.load(do + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+        p_dv = dv + (tok * H + i_h)[:, None] * V + o_v[None, :]
+        b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k.dtype)
+        b_dv = tl.load(p_dv, mask=m_tv, other=0.0) + tl.dot(
+            b_kd, tl.trans(b_dS.to(b_k.dtype)), input_precision=PREC)
+        tl.store(p_dv, b_dv, mask=m_tv)
+        b_qg = (b_q.to(tl.float32) * tl.exp(b_g)).to(b_q.dtype)
+        b_dS = b_dS * tl.exp(b_G)[None, :] + tl.dot(tl.trans(b_do), b_qg, input_precision=PREC)
+    tl.store(dh0 + p_state, b_dS, mask=m_vk)
+
+
+@triton.jit
+def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
+                        K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        PREC: tl.constexpr):
+    """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
+    dq_t = sum_{s<=t} dA[t, s] k_s e^{g_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{g_t - g_s}."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    r = tl.arange(0, 16)
+    base = (i_c * H + i_h) * BT * BT
+    b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+    for i in tl.static_range(BT // 16):  # dq of row block i
+        tok_i = bos + i * 16 + r
+        m_i = tok_i < eos
+        b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+        b_dq = tl.zeros([16, BK], dtype=tl.float32)
+        for j in tl.static_range(i + 1):
+            b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
+            if j < i:
+                tok_j = bos + j * 16 + r
+                m_j = tok_j < eos
+                b_k = _rows(k, tok_j, m_j, i_h, o_k, m_k, H, K).to(tl.float32)
+                b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
+                b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)
+                b_kg = b_k * tl.exp(b_r[None, :] - b_gj)
+                b_dq += tl.dot(b_dA, b_kg, input_precision=PREC) * tl.exp(b_gi - b_r[None, :])
+            else:
+                for s in range(16):
+                    t_s = bos + i * 16 + s
+                    ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
+                    b_ks = tl.load(k + (t_s * H + i_h) * K + o_k, mask=m_k & ok,
+                                   other=0.0).to(tl.float32)
+                    b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+                    b_gs = tl.where(ok, b_gs, b_G)
+                    b_e = tl.exp(tl.where(r[:, None] >= s, b_gi - b_gs[None, :], float("-inf")))
+                    b_col = tl.sum(tl.where(r[None, :] == s, b_dA, 0.0), 1)  # dA[:, s]
+                    b_dq += b_col[:, None] * b_ks[None, :] * b_e
+        tl.store(dqi + (tok_i * H + i_h)[:, None] * K + o_k[None, :], b_dq,
+                 mask=m_i[:, None] & m_k[None, :])
+    for j in tl.static_range(BT // 16):  # dk of row block j
+        tok_j = bos + j * 16 + r
+        m_j = tok_j < eos
+        b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
+        b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)
+        b_dk = tl.zeros([16, BK], dtype=tl.float32)
+        for i in tl.static_range(j, BT // 16):
+            b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
+            tok_i = bos + i * 16 + r
+            m_i = tok_i < eos
+            b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32)
+            b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+            if i > j:
+                b_qg = b_q * tl.exp(b_gi - b_r[None, :])
+                b_dk += tl.dot(tl.trans(b_dA), b_qg, input_precision=PREC) * tl.exp(
+                    b_r[None, :] - b_gj)
+            else:
+                for t in range(16):
+                    t_t = bos + j * 16 + t
+                    ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
+                    b_qt = tl.load(q + (t_t * H + i_h) * K + o_k, mask=m_k & ok,
+                                   other=0.0).to(tl.float32)
+                    b_gt = tl.load(gc + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+                    b_gt = tl.where(ok, b_gt, b_G)
+                    b_e = tl.exp(tl.where(r[:, None] <= t, b_gt[None, :] - b_gj, float("-inf")))
+                    b_row = tl.sum(tl.where(r[:, None] == t, b_dA, 0.0), 0)  # dA[t, :]
+                    b_dk += b_row[:, None] * b_qt[None, :] * b_e
+        tl.store(dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :], b_dk,
+                 mask=m_j[:, None] & m_k[None, :])
+
+
+@triton.jit
+def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, starts, ends,
+                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, FLOOR: tl.constexpr,
+                        PREC: tl.constexpr):
+    """Per (chunk, head): dq, dk (inter-chunk parts added to the intra ones) and dg, summed
+    back into the log decays' gradient."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    rows = tl.arange(0, BT)
+    tok = bos + rows
+    m_t = tok < eos
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+    b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)   # dO S
+    b_dks = tl.zeros([BT, BK], dtype=tl.float32)  # V dS'
+    b_dGs = tl.zeros([BK], dtype=tl.float32)      # column sums of dS' * S
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        m_vk = m_v[:, None] & m_k[None, :]
+        p_tv = (tok * H + i_h)[:, None] * V + o_v[None, :]
+        p_vk = ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :]
+        b_S = tl.load(h + p_vk, mask=m_vk, other=0.0)
+        b_dSe = tl.load(dh + p_vk, mask=m_vk, other=0.0)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
+        b_dq += tl.dot(b_do, b_S.to(b_do.dtype), input_precision=PREC)
+        b_dks += tl.dot(b_v.to(tl.float32), b_dSe, input_precision=PREC)
+        b_dGs += tl.sum(b_dSe * b_S.to(tl.float32), 0)
+    p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
+    qf = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+    kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+    b_dq = b_dq * tl.exp(b_g) + tl.load(dqi + p_tk, mask=m_tk, other=0.0)
+    b_dkst = b_dks * tl.exp(b_G[None, :] - b_g)
+    b_dk = b_dkst + tl.load(dki + p_tk, mask=m_tk, other=0.0)
+    b_dg = qf * b_dq - kf * b_dk
+    b_dG = tl.exp(b_G) * b_dGs + tl.sum(kf * b_dkst, 0)
+    last = tl.minimum(bos + BT, eos) - 1 - bos
+    b_dg += tl.where(rows[:, None] == last, b_dG[None, :], 0.0)
+    b_dg = tl.where(m_t[:, None], b_dg, 0.0)
+    b_dld = tl.sum(b_dg, 0)[None, :] - tl.cumsum(b_dg, 0) + b_dg  # reversed cumulative sum
+    b_ld = _rows(ld, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+    b_dld = tl.where(b_ld >= FLOOR, b_dld, 0.0)  # the clamp's gradient
+    tl.store(dq + p_tk, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dld + p_tk, b_dld, mask=m_tk)
+
+
+# --------------------------------------------------------------------------- host side
+def _forward(q, k, v, ld, h0, table, BT):
+    N, H, K = k.shape
+    V = v.shape[-1]
+    BK, BV = pow2(K), min(pow2(V), 64)
+    prec = dot_precision(q.dtype)
+    dev = q.device
+    NC, S = table.chunks, table.sequences
+    gc = torch.empty(N, H, K, dtype=torch.float32, device=dev)
+    _cumsum_kernel[(NC, H)](ld, gc, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
+                            FLOOR=LOG_DECAY_FLOOR, num_warps=4)
+    amat = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
+    _scores_kernel[(NC, H)](q, k, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
+                            PREC=prec, num_warps=4)
+    h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
+    ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
+    BVs = min(BV, 32) if S * H < 256 else BV
+    _states_kernel[(triton.cdiv(V, BVs), S * H)](
+        k, v, gc, h, h0, ht, table.starts, table.ends, table.offsets, H=H, K=K, V=V, BT=BT,
+        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=4)
+    o = torch.empty_like(v)
+    _output_kernel[(triton.cdiv(V, BV), NC, H)](
+        q, v, gc, h, amat, o, table.starts, table.ends, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        PREC=prec, num_warps=4)
+    return o, ht, (gc, amat, h)
+
+
+def _backward(q, k, v, ld, saved, do, dht, table, BT):
+    gc, amat, h = saved
+    N, H, K = k.shape
+    V = v.shape[-1]
+    BK, BV = pow2(K), min(pow2(V), 64)
+    prec = dot_precision(q.dtype)
+    dev = q.device
+    NC, S = table.chunks, table.sequences
+    f32 = {"dtype": torch.float32, "device": dev}
+    damat = torch.empty(NC, H, BT, BT, **f32)
+    dv = torch.empty(N, H, V, **f32)
+    _dscores_kernel[(NC, H)](v, do, amat, damat, dv, table.starts, table.ends, H=H, V=V,
+                             BT=BT, BV=min(BV, 32), PREC=prec, num_warps=4)
+    dh = torch.empty(NC, H, V, K, **f32)
+    dh0 = torch.empty(S, H, V, K, **f32)
+    BVs = min(BV, 32) if S * H < 256 else BV
+    _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
+        q, k, do, gc, dv, dh, dht, dh0, table.starts, table.ends, table.offsets, H=H, K=K,
+        V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=4)
+    dqi = torch.empty(N, H, K, **f32)
+    dki = torch.empty(N, H, K, **f32)
+    _intra_grads_kernel[(NC, H)](q, k, gc, damat, dqi, dki, table.starts, table.ends, H=H,
+                                 K=K, BT=BT, BK=BK, PREC=prec, num_warps=4)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dld = torch.empty(N, H, K, **f32)
+    _input_grads_kernel[(NC, H)](
+        q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, table.starts, table.ends, H=H, K=K,
+        V=V, BT=BT, BK=BK, BV=min(BV, 32), FLOOR=LOG_DECAY_FLOOR, PREC=prec,
+        num_warps=8 if BK >= 128 else 4)
+    return dq, dk, dv.to(v.dtype), dld, dh0
+
+
+class ChunkChannelDecay(torch.autograd.Function):
+    """Packed `[N, H, *]` tensors; see `chunk_channel`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, ld, h0, bounds, chunk):
+        table = chunk_table(bounds, chunk, q.device)
+        o, ht, saved = _forward(q, k, v, ld, h0, table, chunk)
+        ctx.save_for_backward(q, k, v, ld, *saved)
+        ctx.meta = (table, chunk, h0.dtype if h0 is not None else None)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, ld, *saved = ctx.saved_tensors
+        table, chunk, h0_dtype = ctx.meta
+        dq, dk, dv, dld, dh0 = _backward(q, k, v, ld, saved, do.contiguous(),
+                                         dht.contiguous() if dht is not None else None,
+                                         table, chunk)
+        return (dq, dk, dv, dld.to(ld.dtype),
+                dh0.to(h0_dtype) if h0_dtype is not None else None, None, None)
+
+
+def chunk_channel(q, k, v, beta=None, log_decay=None, *, initial_state=None, cu_seqlens=None,
+                  chunk_size=64):
+    """The decay family with a decay per key channel, chunked on the GPU.
+
+    q, k `[B, T, H, K]`, v `[B, T, H, V]`, log_decay `[B, T, H, K]`, initial_state
+    `[B, H, V, K]` (or `[S, H, V, K]` for S packed sequences with `cu_seqlens`, B = 1).
+    `beta` must be None (the delta rule with a channel decay has no chunked kernel yet).
+    Returns `(o [B, T, H, V], final state float32)`."""
+    if beta is not None:
+        raise NotImplementedError("the delta rule with a per-channel decay has no chunked "
+                                  "Triton kernel")
+    check_inputs(q, k, v, None, log_decay, initial_state, cu_seqlens, channel=True)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    check_dims(K, V, chunk_size)
+    if log_decay is None:
+        raise ValueError("chunk_channel needs log_decay [B, T, H, K]")
+    bounds = boundaries(B, T, cu_seqlens)
+    dtype = q.dtype
+
+    def packed(x, width):
+        return x.to(dtype).reshape(B * T, H, width).contiguous()
+
+    o, ht = ChunkChannelDecay.apply(
+        packed(q, K), packed(k, K), packed(v, V), log_decay.reshape(B * T, H, K).contiguous(),
+        None if initial_state is None else initial_state.contiguous(), bounds, chunk_size)
+    return o.reshape(B, T, H, V), ht

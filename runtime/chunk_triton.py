@@ -1,0 +1,155 @@
+"""Shared pieces of the chunked Triton kernels (chunk_delta_triton.py, chunk_decay_triton.py).
+
+Every chunked kernel works on packed sequences: tokens `[N, H, *]` (a batch `[B, T, H, *]` is
+B sequences of T tokens, packed), `cu_seqlens` the sequences' boundaries. A chunk never spans
+two sequences, so a sequence's last chunk may be short; the kernels mask its missing rows.
+`ChunkTable` lists, for every chunk, its first token and the end of its sequence, and for
+every sequence the index of its first chunk (where its per-chunk states start)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Log decays below this are clamped to it: e^-110 underflows to exactly 0 in float32, so the
+# clamp changes nothing a float32 product can see, while -inf (a decay of exactly 0) would make
+# differences of cumulative sums NaN (-inf - -inf).
+LOG_DECAY_FLOOR = -110.0
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    starts: torch.Tensor   # [NC] int32: each chunk's first token (packed index)
+    ends: torch.Tensor     # [NC] int32: the end (exclusive) of the chunk's sequence
+    offsets: torch.Tensor  # [S + 1] int32: each sequence's first chunk
+    bounds: torch.Tensor   # [S + 1] int32: cu_seqlens
+    chunks: int            # NC
+    sequences: int         # S
+
+
+_TABLES: dict = {}
+
+
+def chunk_table(cu_seqlens: list[int], chunk: int, device) -> ChunkTable:
+    """The chunk table of packed sequences with boundaries `cu_seqlens` (host integers)."""
+    key = (tuple(cu_seqlens), chunk, str(device))
+    table = _TABLES.get(key)
+    if table is not None:
+        return table
+    starts, ends, offsets = [], [], [0]
+    for bos, eos in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        for s in range(bos, eos, chunk):
+            starts.append(s)
+            ends.append(eos)
+        offsets.append(len(starts))
+
+    def ints(xs):
+        return torch.tensor(xs, dtype=torch.int32, device=device)
+
+    table = ChunkTable(ints(starts or [0]), ints(ends or [0]), ints(offsets), ints(cu_seqlens),
+                       len(starts), len(cu_seqlens) - 1)
+    if len(_TABLES) > 64:  # many distinct packings (varlen training): keep the cache small
+        _TABLES.clear()
+    _TABLES[key] = table
+    return table
+
+
+def boundaries(batch: int, length: int, cu_seqlens) -> list[int]:
+    """Host list of sequence boundaries: `cu_seqlens`, or B sequences of T tokens."""
+    if cu_seqlens is None:
+        return [b * length for b in range(batch + 1)]
+    if batch != 1:
+        raise ValueError("with cu_seqlens the batch size must be 1 (sequences packed along T)")
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must rise from 0 to T = {length}, got {bounds}")
+    return bounds
+
+
+def pow2(n: int, least: int = 16) -> int:
+    """The tile width for an axis of n entries (tl.dot needs 16 at least)."""
+    return max(least, 1 << (max(n, 1) - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 inputs get exact float32 products; half-precision inputs use the tensor cores'
+    own modes (the operands are already rounded, accumulation is float32 either way)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_DIM = 256
+
+
+def check_inputs(q, k, v, beta, log_decay, initial_state, cu_seqlens, channel: bool):
+    """Shapes and dtypes of a chunked kernel's inputs, with an error that names the tensor."""
+    if q.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q and v must be [B, T, H, D], got {list(q.shape)}, {list(v.shape)}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    sequences = B if cu_seqlens is None else len(cu_seqlens) - 1
+    expect = {"k": (k, [B, T, H, K]), "v": (v, [B, T, H, V]),
+              "beta": (beta, [B, T, H]),
+              "log_decay": (log_decay, [B, T, H, K] if channel else [B, T, H]),
+              "initial_state": (initial_state, [sequences, H, V, K])}
+    for name, (x, shape) in expect.items():
+        if x is None:
+            continue
+        if list(x.shape) != shape:
+            raise ValueError(f"{name} must be {shape}, got {list(x.shape)}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"q must be float32, bfloat16 or float16, got {q.dtype}")
+
+
+def check_dims(K: int, V: int, chunk: int):
+    if K > MAX_DIM or V > MAX_DIM:
+        raise ValueError(f"the chunked kernels take key and value widths up to {MAX_DIM}, "
+                         f"got K = {K}, V = {V}")
+    if chunk not in (16, 32, 64):
+        raise ValueError(f"chunk_size must be 16, 32 or 64 for the Triton kernels, got {chunk}")
+
+
+# --------------------------------------------------------------------------- dispatch
+# (family, decay kind) pairs whose chunked Triton kernels the dispatch uses. The channel-decay
+# kernels (chunk_decay_triton.py) pass the CPU tests but have not run on a GPU yet: they join
+# this set once benchmarks/gpu_chunked.py has measured them (until then GLA keeps its fused
+# recurrent kernel on CUDA).
+CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
+                   ("decay", "scalar")}
+# inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
+# few tokens) to the fused recurrent kernel, which needs no per-chunk work
+CHUNKED_MIN_TOKENS = 64
+
+
+def triton_enabled(ref: torch.Tensor) -> bool:
+    """CUDA tensors go to Triton kernels unless NLC_TRITON=0; NLC_TRITON=force sends CPU
+    tensors too (with TRITON_INTERPRET=1: how CI tests the dispatch)."""
+    import os
+    flag = os.environ.get("NLC_TRITON", "1")
+    return flag == "force" or (ref.is_cuda and flag != "0")
+
+
+def has_chunked_kernel(family: str, decay: str) -> bool:
+    return (family, decay) in CHUNKED_KERNELS
+
+
+def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bool,
+                       chunk: int, K: int, V: int):
+    """The chunked Triton entry point for these inputs, or None (then plain PyTorch)."""
+    if (read_before or not has_chunked_kernel(family, decay) or not triton_enabled(q)
+            or q.dtype not in SUPPORTED_DTYPES or K > MAX_DIM or V > MAX_DIM
+            or chunk not in (16, 32, 64)):
+        return None
+    try:
+        if decay == "channel":
+            from nlc.runtime.chunk_decay_triton import chunk_channel
+            return chunk_channel
+        from nlc.runtime.chunk_delta_triton import chunk_scalar
+    except ImportError:  # no triton on this machine
+        return None
+    return chunk_scalar
