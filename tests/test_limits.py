@@ -105,3 +105,46 @@ def test_many_dims_in_bounded_time():
     start = time.perf_counter()
     assert "d_model" in check_error(text).message
     assert time.perf_counter() - start < 10  # ~25 s when every dim rebuilt the constant table
+
+
+def _big_param(extra: str) -> str:
+    return LAYER.replace("dims d_model = 8", "dims huge = 1048576, d_model = 8").replace(
+        "param W_o", extra + "\n  param W_o").replace(
+        "LEVELS\n", "  level m every 1 token { state S : matrix[d_v, d_k] = zeros; "
+        "objective l2(S(k), v); algorithm gd(lr = 0.5); read S(q) }\n").replace(
+        "m0 @ W_o", "m @ W_o")
+
+
+def test_a_terabyte_parameter_is_refused_at_check_with_its_count():
+    text = _big_param("param W_big : [huge, huge]")
+    err = check_error(text)
+    assert "1,099,511,627" in err.message and "'W_big' [huge, huge]" in err.message
+    assert "W_big" in text.splitlines()[err.span.line - 1]  # the param line, not the layer
+
+
+def test_the_parameter_limit_counts_heads_and_is_overridable(monkeypatch):
+    text = _big_param("param W_big : [huge, 2048]").replace("d_model = 8", "d_model = 8, heads = 2")
+    err = check_error(text)  # 2^31 per head, 2^32 with two heads: over with the small params
+    assert "x 2 heads" in err.message
+    monkeypatch.setenv("NLC_MAX_PARAMS", str(1 << 33))
+    assert check(text)[0].name == "L"
+    monkeypatch.setenv("NLC_MAX_PARAMS", "100")
+    assert "limit of 100" in check_error(LAYER.replace("LEVELS\n", "").replace(
+        "output m0 @ W_o", "output x")).message
+    monkeypatch.setenv("NLC_MAX_PARAMS", "lots")
+    with pytest.raises(NlcError, match="NLC_MAX_PARAMS"):
+        check(text)
+
+
+def test_a_huge_memory_state_is_refused_at_check():
+    text = _big_param("").replace("d_k = 4, d_v = 4", "d_k = huge, d_v = 8192")
+    err = check_error(text)
+    assert "memory states" in err.message and "level 'm'" in err.message
+
+
+def test_training_refuses_a_terabyte_parameter_before_allocating(tmp_path):
+    from nlc.runtime.mixers import mixer_from_spec
+    spec = tmp_path / "big.nl"
+    spec.write_text(_big_param("param W_big : [huge, huge]"))
+    with pytest.raises(NlcError, match="more than the limit"):
+        mixer_from_spec(str(spec))
