@@ -147,4 +147,4 @@ def test_training_refuses_a_terabyte_parameter_before_allocating(tmp_path):
     spec = tmp_path / "big.nl"
     spec.write_text(_big_param("param W_big : [huge, huge]"))
     with pytest.raises(NlcError, match="more than the limit"):
-        mixer_from_spec(str(spec))
+        mixer_from_spec(str(spec))(8)  # compiles at width 8, then would allocate
