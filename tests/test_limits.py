@@ -148,3 +148,18 @@ def test_training_refuses_a_terabyte_parameter_before_allocating(tmp_path):
     spec.write_text(_big_param("param W_big : [huge, huge]"))
     with pytest.raises(NlcError, match="more than the limit"):
         mixer_from_spec(str(spec))(8)  # compiles at width 8, then would allocate
+
+
+@pytest.mark.parametrize("number", ["100000000000000000000000000000", "1e29", "9007199254740993"])
+def test_numbers_past_two_to_the_53_are_refused_where_written(number):
+    text = LAYER.replace("v = x @ W_v", f"v = x @ W_v * {number}").replace("LEVELS\n", "").replace(
+        "output m0 @ W_o", "output v @ W_o")
+    err = check_error(text)
+    assert "larger than 2^53" in err.message
+    line = text.splitlines()[err.span.line - 1]
+    assert line[err.span.column - 1:].startswith(number)
+
+
+def test_two_to_the_53_itself_is_allowed():
+    text = _big_param("").replace("v = x @ W_v", "v = x @ W_v * 9007199254740992")
+    assert check(text)[0].name == "L"
