@@ -31,13 +31,16 @@ def memory_step(state, inputs):
     v = inputs["v"]
     alpha = inputs["alpha"]
     beta = inputs["beta"]
-    t0 = -v
-    t1 = alpha * S
+    t0 = alpha * S
+    t1 = -v
     t2 = alpha * (S @ k)
-    t3 = t0 + t2
+    t3 = t1 + t2
     t4 = k.mT
-    t5 = -beta
-    S_next = t5 * ((t0 + (t1 + t5 * (t3 @ t4)) @ k) @ t4) + (t1 + t5 * (t3 @ t4))
+    t5 = t3 @ t4
+    t6 = -beta
+    t7 = t6 * t5
+    t8 = t0 + t7
+    S_next = t6 * (t8 @ k @ t4) + beta * (v @ t4) + t8
     o = S_next @ q
     return {"S": S_next}, o
 
@@ -221,6 +224,7 @@ class DeltaProduct(nn.Module):
     def forward(self, x, cu_seqlens=None, cache=None):
         """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
+        nl.check_input(x, 256, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]

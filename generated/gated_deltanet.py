@@ -218,6 +218,7 @@ class GatedDeltaNet(nn.Module):
     def forward(self, x, cu_seqlens=None, cache=None):
         """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
+        nl.check_input(x, 256, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]

@@ -89,12 +89,12 @@ def spec_text(path: str) -> str:
     """The text a run's checkpoints are tied to: the spec file's contents, or the builtin name."""
     if path.startswith("builtin:") or path == "none":
         return path + "\n"
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise NlcError(f"{path}: no such spec file (or use one of {', '.join(BUILTINS)})")
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise NlcError(f"{path}: cannot read spec ({err})") from None
+    from nlc.pipeline import read_spec
+    # bounded, and refuses devices and FIFOs; newlines normalized as text-mode reading did,
+    # so the hash a checkpoint is tied to is unchanged
+    return read_spec(path).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def sha256_text(text: str) -> str:

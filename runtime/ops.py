@@ -13,6 +13,7 @@ forms of the affine families)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -27,6 +28,59 @@ from nlc.runtime.scan import (Member, coupled, coupled_chunked, frozen_chunked, 
                               recurrent, segments, state_from, varlen, weights_from)
 
 EPS = 1e-6
+
+
+# --------------------------------------------------------------- input checks
+def check_input(x, d_model: int, cu_seqlens=None) -> None:
+    """Refuse a layer input that the generated code would misread, with a ValueError that
+    says what was expected (called once, first thing, by every generated `forward`).
+
+    x must be a floating `[B, T, d_model]` tensor with B, T >= 1. `cu_seqlens` (packed
+    sequences) must be a 1-D integer tensor `[0, ..., T]`, strictly increasing, with B = 1: bad
+    bounds would otherwise give silently wrong outputs (or, for softmax attention, an output
+    of another length). Under torch.compile only the shapes are checked: the bounds' values
+    would need a device sync."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected the input x as a torch.Tensor [B, T, {d_model}], "
+                         f"got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"expected the input x as [B, T, {d_model}] (3 axes), got shape "
+                         f"{list(x.shape)}" + (" (use step() for one token [B, d_model])"
+                                               if x.dim() == 2 else ""))
+    B, T, width = x.shape
+    if width != d_model:
+        raise ValueError(f"expected the input's last axis to be d_model = {d_model}, got "
+                         f"shape {list(x.shape)}")
+    if B == 0 or T == 0:
+        raise ValueError(f"expected at least one sequence and one token, got shape {list(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point input, got {x.dtype}")
+    if cu_seqlens is not None:
+        _check_cu_seqlens(cu_seqlens, B, T)
+
+
+def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> None:
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(f"expected cu_seqlens as a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError("expected cu_seqlens as a 1-D tensor [0, ..., T] of at least 2 "
+                         f"bounds, got shape {list(cu_seqlens.shape)}")
+    if cu_seqlens.dtype == torch.bool or cu_seqlens.is_floating_point() or cu_seqlens.is_complex():
+        raise ValueError(f"expected cu_seqlens of an integer dtype (torch.int32 or torch.int64), "
+                         f"got {cu_seqlens.dtype}")
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the batch size must be 1 (sequences packed along T), "
+                         f"got {B}")
+    if torch.compiler.is_compiling():
+        return
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != T:
+        raise ValueError(f"expected cu_seqlens to start at 0 and end at T = {T}, got "
+                         f"{bounds[0]} ... {bounds[-1]}")
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        if b <= a:  # an empty sequence has no state to carry: the scans cannot join it
+            raise ValueError(f"expected cu_seqlens to be strictly increasing (each packed "
+                             f"sequence at least one token), got {a} then {b} (at index {i + 1})")
 
 
 # --------------------------------------------------------------- context generation
@@ -315,8 +369,8 @@ class LinearRecorder:
 
 
 __all__ = [
-    "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm", "rmsnorm",
-    "layernorm", "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace",
+    "check_input", "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm",
+    "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace",
     "sum_all", "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param",
     "output", "per_token", "init_state", "log_gate", "inv_softplus_uniform", "log_uniform",
     "use_triton",

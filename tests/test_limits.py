@@ -101,3 +101,61 @@ def many_dims_text(n: int = 20000) -> str:
 
 def test_many_dims():
     assert "d_model" in check_error(many_dims_text()).message
+
+
+def _big_param(extra: str) -> str:
+    return LAYER.replace("dims d_model = 8", "dims huge = 1048576, d_model = 8").replace(
+        "param W_o", extra + "\n  param W_o").replace(
+        "LEVELS\n", "  level m every 1 token { state S : matrix[d_v, d_k] = zeros; "
+        "objective l2(S(k), v); algorithm gd(lr = 0.5); read S(q) }\n").replace(
+        "m0 @ W_o", "m @ W_o")
+
+
+def test_a_terabyte_parameter_is_refused_at_check_with_its_count():
+    text = _big_param("param W_big : [huge, huge]")
+    err = check_error(text)
+    assert "1,099,511,627" in err.message and "'W_big' [huge, huge]" in err.message
+    assert "W_big" in text.splitlines()[err.span.line - 1]  # the param line, not the layer
+
+
+def test_the_parameter_limit_counts_heads_and_is_overridable(monkeypatch):
+    text = _big_param("param W_big : [huge, 2048]").replace("d_model = 8", "d_model = 8, heads = 2")
+    err = check_error(text)  # 2^31 per head, 2^32 with two heads: over with the small params
+    assert "x 2 heads" in err.message
+    monkeypatch.setenv("NLC_MAX_PARAMS", str(1 << 33))
+    assert check(text)[0].name == "L"
+    monkeypatch.setenv("NLC_MAX_PARAMS", "100")
+    assert "limit of 100" in check_error(LAYER.replace("LEVELS\n", "").replace(
+        "output m0 @ W_o", "output x")).message
+    monkeypatch.setenv("NLC_MAX_PARAMS", "lots")
+    with pytest.raises(NlcError, match="NLC_MAX_PARAMS"):
+        check(text)
+
+
+def test_a_huge_memory_state_is_refused_at_check():
+    text = _big_param("").replace("d_k = 4, d_v = 4", "d_k = huge, d_v = 8192")
+    err = check_error(text)
+    assert "memory states" in err.message and "level 'm'" in err.message
+
+
+def test_training_refuses_a_terabyte_parameter_before_allocating(tmp_path):
+    from nlc.runtime.mixers import mixer_from_spec
+    spec = tmp_path / "big.nl"
+    spec.write_text(_big_param("param W_big : [huge, huge]"))
+    with pytest.raises(NlcError, match="more than the limit"):
+        mixer_from_spec(str(spec))(8)  # compiles at width 8, then would allocate
+
+
+@pytest.mark.parametrize("number", ["100000000000000000000000000000", "1e29", "9007199254740993"])
+def test_numbers_past_two_to_the_53_are_refused_where_written(number):
+    text = LAYER.replace("v = x @ W_v", f"v = x @ W_v * {number}").replace("LEVELS\n", "").replace(
+        "output m0 @ W_o", "output v @ W_o")
+    err = check_error(text)
+    assert "larger than 2^53" in err.message
+    line = text.splitlines()[err.span.line - 1]
+    assert line[err.span.column - 1:].startswith(number)
+
+
+def test_two_to_the_53_itself_is_allowed():
+    text = _big_param("").replace("v = x @ W_v", "v = x @ W_v * 9007199254740992")
+    assert check(text)[0].name == "L"

@@ -19,6 +19,8 @@ from enum import Enum
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from nlc.derive.budget import time_budget
+from nlc.derive.expand import expand_terms
 from nlc.derive.matfuncs import Dot
 from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
@@ -73,11 +75,23 @@ def _split(term):
     return term, []
 
 
+def _over(coef, gate):
+    """coef / gate, term by term: the gate is a factor of each term, which SymPy cancels on
+    division. (`sp.cancel` would also expand every power of a sum in the coefficient: a rate
+    `((a + b + 1)/4)^64` into thousands of monomials.)"""
+    return sp.Add(*[t / gate for t in sp.Add.make_args(coef)])
+
+
 def _is_column(m) -> bool:
     return isinstance(m, sp.MatrixExpr) and m.shape[1] == 1
 
 
 def classify(rule: UpdateRule) -> Classification:
+    with time_budget(f"level '{rule.level}' (classifying its rule)", rule.span):
+        return _classify(rule)
+
+
+def _classify(rule: UpdateRule) -> Classification:
     if rule.kind == "nonparametric":
         return Classification(KernelFamily.NONPARAMETRIC,
                               (("kernel", rule.role("kernel")), ("window", rule.role("window"))),
@@ -90,8 +104,7 @@ def classify(rule: UpdateRule) -> Classification:
     if rule.anchors:
         return Classification(KernelFamily.FROZEN_GRADIENT, (), "gradients at the chunk start")
     name, S = rule.states[0]
-    new = sp.expand(rule.next_of(name))
-    terms = new.args if isinstance(new, sp.MatAdd) else (new,)
+    terms = expand_terms(rule.next_of(name))
     elementwise = _elementwise(S, terms)
     if elementwise is not None:
         return elementwise
@@ -137,7 +150,7 @@ def classify(rule: UpdateRule) -> Classification:
         gate_matches = (kind == "scalar" and diag is None) or (kind == "channel" and diag is not None
                                                               and (diag == gate or sp.simplify(diag - gate) == sp.ZeroMatrix(*gate.shape)))
         if u == w and gate_matches:
-            beta = sp.cancel(-coef / gate) if kind == "scalar" else sp.cancel(-coef)
+            beta = _over(-coef, gate if kind == "scalar" else 1)
             return Classification(KernelFamily.DELTA, base + (("beta", beta), ("key", u)),
                                   "S' = S D (I - beta k k^T) + B")
         left = u if diag is None else sp.HadamardProduct(diag, u)
@@ -166,7 +179,7 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
                   for _, d, _, _ in rank_one)
     if diag_ok and all(u == key for _, _, u, _ in rank_one):
         total = sp.Add(*[c for c, *_ in rank_one])
-        beta = sp.cancel(-total / gate) if kind == "scalar" else -total
+        beta = _over(-total, gate) if kind == "scalar" else -total
         return Classification(KernelFamily.PRODUCT, base + (("beta", beta), ("key", key),
                                                            ("rank", len(rank_one)),
                                                            ("transition", "delta")),
@@ -206,8 +219,7 @@ def _elementwise(S, terms) -> Classification | None:
     f = error.function
     if f.free_symbols or len(f.variables) != 1:
         return None
-    inner = sp.expand(error.expr)
-    inner = inner.args if isinstance(inner, sp.MatAdd) else (inner,)
+    inner = expand_terms(error.expr)
     preds = [t for t in inner if t.has(S)]
     if len(preds) != 1:
         return None

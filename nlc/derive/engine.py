@@ -13,11 +13,13 @@ from collections.abc import Callable
 import sympy as sp
 
 from nlc.derive import retention as ret
+from nlc.derive.budget import check_size, clause
 from nlc.derive.forms import FORM_RULES, tensor_names, tensor_shapes
 from nlc.derive.losses import P, T, error_signal, loss_derivative, loss_of
 from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax
 from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
+from nlc.derive.steps import delta_step_parts, repeat_delta_step
 from nlc.derive.symbols import (
     Lowering,
     SymbolTable,
@@ -232,7 +234,9 @@ def _gd_like(d: LevelDerivation, implicit: bool) -> dict:
     anchor = d.anchor()
     before = d.gate_all(d.tensors, gates, "before")
     at = d.gate_all(anchor, gates, "before") if anchor else before
-    grads = d.gradient(at)
+    with clause(f"the objective's gradient through the {d.form.kind} memory '{d.state.name}'",
+                d.state.span if d.form.kind == "mlp" else d.level.objective.span):
+        grads = d.gradient(at)
     if implicit:
         rate = _implicit_rate(d, at, rate, lower)
     if "kl" in d.retentions:
@@ -325,10 +329,21 @@ def _more_steps(d: LevelDerivation, first: dict, steps: int) -> dict:
                        hint="use switch = entry, or steps = 1")
     rate = d.value(d.level.algorithm.get("lr"), lower)  # plain steps: no proximal rescaling
     current = tuple(first[n] for n in d.names)
-    for _ in range(steps - 1):
-        current = _post(d, d.step(current, rate, d.gradient(current)), lower)
     d.notes.append(f"{steps} gradient steps per token: the retention with the first, then "
                    f"{steps - 1} plain step{'s' if steps > 2 else ''} at the updated state")
+    fresh = tuple(sp.MatrixSymbol(f"{n}_step", *w.shape) for n, w in zip(d.names, d.tensors))
+    plain = _post(d, d.step(fresh, rate, d.gradient(fresh)), lower)
+    parts = delta_step_parts(plain[0], fresh[0]) if len(fresh) == 1 else None
+    if parts is not None:  # one key: a closed form, polynomial in steps (steps.py)
+        d.notes.append("the plain steps in closed form: S - c S k k^T + s u k^T with "
+                       "s = sum_{j<m} (1 - b ||k||^2)^j, c = b s")
+        return {d.names[0]: repeat_delta_step(parts, current[0], steps - 1)}
+    what, span = f"gd(steps = {steps}), unrolled (no closed form)", d.level.algorithm.span
+    with clause(what, span):
+        for _ in range(steps - 1):
+            current = _post(d, d.step(current, rate, d.gradient(current)), lower)
+            for w in current:
+                check_size(w, what, span)
     return dict(zip(d.names, current))
 
 
@@ -506,7 +521,7 @@ def _rule(d: LevelDerivation, kind: str, next_state: dict, read, states=None, an
     states = tuple((s.name, s) for s in (states if states is not None else d.tensors))
     return UpdateRule(d.spec.name, lv.name, d.form, kind, states, tuple(next_state.items()),
                       read, lv.read_before, tuple(d.roles.items()), lv.unit, lv.period,
-                      lv.grad_chunk, anchors, tuple(d.notes))
+                      lv.grad_chunk, anchors, tuple(d.notes), lv.span)
 
 
 def derive_level(spec, level: LevelRecord, table: SymbolTable,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from nlc.derive.printing import latex, paper_text, sstr
+from nlc.errors import Span
 from nlc.levels.records import MemoryForm
 
 
@@ -36,6 +37,7 @@ class UpdateRule:
     grad_chunk: int | None
     anchors: tuple[tuple[str, object], ...] = ()
     notes: tuple[str, ...] = field(default=())
+    span: Span = field(default_factory=Span.none, compare=False)  # the level's, for errors
 
     def role(self, name: str, default=None):
         return dict(self.roles).get(name, default)

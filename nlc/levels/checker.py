@@ -23,6 +23,7 @@ from nlc.levels import vocab
 from nlc.levels.graph import Edge, LevelGraph
 from nlc.levels.level_checker import LevelChecker
 from nlc.levels.composed import composed_names
+from nlc.levels.limits import check_sizes
 from nlc.levels.records import (PARAM_SHAPE, TRAIN, ContextVar, Dim, Frequency, LevelRecord,
                                 ParamRecord, Shape, shape_text)
 from nlc.levels.shapes import Env, infer
@@ -148,6 +149,7 @@ class _DeclChecker(LevelChecker):
             self.define(stmt.name, stmt.span, "level")
         self.level_locals(levels)
         records = self.check_levels(levels)
+        check_sizes(self.dims, self.params, records, self.decl.span)
         output = None
         for stmt in body:
             if isinstance(stmt, ast.Output):

@@ -254,6 +254,10 @@ class LevelChecker:
                 raise NlcError("mlp(...) starts with its widths: mlp(d_k -> 4 * d_k -> d_v)",
                                stmt.form.span)
             dims = self.shape_of(widths.items)
+            narrow = next((d for d in dims if d.size == 1), None)
+            if narrow is not None:  # a [1, 1] weight is a scalar to SymPy: no chain rule
+                raise NlcError(f"an MLP memory's widths must be at least 2, got {narrow} = 1",
+                               widths.span, hint="use a vector or matrix memory for width 1")
             if term.get("residual") and dims[0].size != dims[-1].size:
                 raise NlcError(f"a residual MLP adds its input to its output, but its widths go "
                                f"from {dims[0]} = {dims[0].size} to {dims[-1]} = {dims[-1].size}",

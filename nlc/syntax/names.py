@@ -12,6 +12,7 @@ from nlc.errors import NlcError, Span
 MAX_NAME_LENGTH = 64
 MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 64
+MAX_NUMBER = 1 << 53  # exact in float64, and fits torch's int64 when printed as an integer
 
 _BUILTINS = frozenset(dir(builtins))
 
@@ -37,4 +38,9 @@ def check_number(text: str, span: Span) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise NlcError(f"number '{text[:40]}' is not finite", span)
+    exact = int(text.lstrip("0") or "0") if text.isdigit() else value  # finite: <= 309 digits
+    if exact > MAX_NUMBER:  # generated code prints it as a Python int, which torch refuses
+        raise NlcError(f"number '{text[:40]}' is larger than 2^53 = {MAX_NUMBER:,}, the largest "
+                       "number a spec may write", span,
+                       hint="scale the quantity down, e.g. divide the parameter's init instead")
     return value
