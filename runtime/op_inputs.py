@@ -30,11 +30,13 @@ def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
             raise ValueError(f"{op}: {name} must be {want}, got {list(x.shape)}"
                              + ("" if size is None or x.dim() != 4 else
                                 f" (this op was compiled for {size} channels per head)"))
-        if lead is None:
+        if lead is None or (lead[1][2] == 1 and x.shape[2] != 1):
             lead = (name, tuple(x.shape[:3]))
-        elif tuple(x.shape[:3]) != lead[1]:
+    for name, x in tokens.items():  # H = 1 is shared by every head (the layer's input x)
+        if tuple(x.shape[:2]) != lead[1][:2] or x.shape[2] not in (1, lead[1][2]):
             raise ValueError(f"{op}: {name} is {list(x.shape)} but {lead[0]} has "
-                             f"[B, T, H] = {list(lead[1])}: all inputs share B, T and H")
+                             f"[B, T, H] = {list(lead[1])}: all inputs share B and T, and H "
+                             "(or have H = 1, shared by the heads)")
     batch, length, heads = lead[1]
     if length == 0:
         raise ValueError(f"{op}: the inputs hold no tokens (T = 0)")

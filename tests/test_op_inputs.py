@@ -59,6 +59,7 @@ def test_op_with_other_heads_matches_the_recurrent_reference(heads):
     (lambda a: a[:3] + (a[3][..., None],) + a[4:], r"alpha must be \[B, T, H\]"),
     (lambda a: (a[0], a[1][:, :, :2]) + a[2:], r"k is \[2, 9, 2, 8\] but q has \[B, T, H\] = "
                                                r"\[2, 9, 3\]"),
+    (lambda a: (a[0], a[1][:, :5]) + a[2:], r"k is \[2, 5, 3, 8\] but q has"),
     (lambda a: tuple(x[:, :0] for x in a), r"no tokens \(T = 0\)"),
 ])
 def test_op_refuses_inputs_of_the_wrong_shape(change, message):

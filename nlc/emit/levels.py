@@ -500,8 +500,9 @@ def _outer(term):
     coef *= sp.Mul(*[f for f in factors if not isinstance(f, sp.MatrixExpr)])
     factors = [f for f in factors if isinstance(f, sp.MatrixExpr)]
     for i in range(1, len(factors)):
-        col, row = sp.MatMul(*factors[:i]), sp.MatMul(*factors[i:])
-        if col.shape[1] == 1 and row.shape[0] == 1:
+        # test the split on the shapes first: building every product is quadratic in depth
+        if factors[i - 1].shape[1] == 1 and factors[i].shape[0] == 1:
+            col, row = sp.MatMul(*factors[:i]), sp.MatMul(*factors[i:])
             col = col.doit() if len(factors[:i]) == 1 else col
             row = row.doit() if len(factors[i:]) == 1 else row
             return (coef * col if coef != 1 else col), row
