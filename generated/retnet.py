@@ -204,7 +204,7 @@ class RetNet(nn.Module):
         q = nl.per_token(nl.head_matmul(xh, self.W_q), ref)  # spec:15
         k = nl.per_token(nl.head_matmul(xh, self.W_k) / math.sqrt(64), ref)  # spec:16
         v = nl.per_token(nl.head_matmul(xh, self.W_v), ref)  # spec:17
-        gamma = nl.per_token(1 - 2 ** (-5 - self.head), ref)  # spec:18
+        gamma = nl.per_token(1 - 2.0 ** (-5 - self.head), ref)  # spec:18
         memory, memory_final = memory_op(
             q,
             k,

@@ -3,12 +3,16 @@ located error or an answer in bounded time, never a Python exception or a hang."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nlc import pipeline
 from nlc.errors import NlcError
 from nlc.syntax import parse
 from nlc.syntax.names import MAX_DEPTH, MAX_SPEC_BYTES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LAYER = """layer L {
   dims d_model = 8, d_k = 4, d_v = 4
@@ -159,3 +163,28 @@ def test_numbers_past_two_to_the_53_are_refused_where_written(number):
 def test_two_to_the_53_itself_is_allowed():
     text = _big_param("").replace("v = x @ W_v", "v = x @ W_v * 9007199254740992")
     assert check(text)[0].name == "L"
+
+
+def _deltanet_with_beta(expr: str) -> str:
+    text = (ROOT / "examples" / "deltanet.nl").read_text()
+    return text.replace("    beta = sigmoid(x @ w_beta)", f"    beta = {expr}")
+
+
+def test_constant_powers_are_numbers_in_generated_code(tmp_path):
+    """2^100 in a context expression printed as Python's int 2 ** 100 overflowed torch's
+    scalar arguments in the forward; it is now a float literal."""
+    import torch
+
+    from nlc.emit import load_layer
+    spec = tmp_path / "pow.nl"
+    spec.write_text(_deltanet_with_beta("sigmoid(x @ w_beta) * 2^100 / 2^100"))
+    layer = load_layer(str(spec), d_model=8, heads=2, d_k=4, d_v=4)()
+    assert torch.isfinite(layer(torch.randn(1, 5, 8))).all()
+
+
+def test_a_constant_power_that_overflows_is_refused_where_written():
+    from nlc.emit import compile_outputs
+    text = _deltanet_with_beta("sigmoid(x @ w_beta) * 10^400")
+    with pytest.raises(NlcError, match=r"10 \^ 400 is not a finite real number") as err:
+        compile_outputs("pow.nl", text=text)
+    assert "10^400" in text.splitlines()[err.value.span.line - 1]

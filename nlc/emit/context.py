@@ -7,6 +7,7 @@ numbers are printed from their parsed values, never copied from the spec text.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from nlc import functions
@@ -25,7 +26,10 @@ PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "**": 4}
 
 
 def literal(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    """A number as code: whole numbers below 2^53 as ints, others as floats (a larger int
+    overflows torch's scalar arguments)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 2 ** 53 else repr(value)
 
 
 @dataclass
@@ -78,8 +82,20 @@ class ContextPrinter:
             return self._matmul(e), 9
         op = BINARY[e.op]
         prec = PRECEDENCE[op]
+        if op == "**" and isinstance(e.left, ast.Num) and isinstance(e.right, ast.Num):
+            try:  # a power of numbers is a number (Python's int power would overflow torch)
+                value = float(e.left.value) ** float(e.right.value)
+            except (OverflowError, ZeroDivisionError):
+                value = math.inf
+            if not math.isfinite(value) or isinstance(value, complex):
+                raise NlcError(f"{literal(e.left.value)} ^ {literal(e.right.value)} is not a "
+                               "finite real number", e.span)
+            return literal(value), 9
         if op == "**":
-            return f"{self._wrap(e.left, 5)} ** {self._wrap(e.right, 5)}", prec
+            left = self._wrap(e.left, 5)
+            if isinstance(e.left, ast.Num):  # a float base: an int base overflows at 2 ** 64
+                left = repr(float(e.left.value))
+            return f"{left} ** {self._wrap(e.right, 5)}", prec
         right_min = prec + 1 if op in ("-", "/") else prec
         return f"{self._wrap(e.left, prec)} {op} {self._wrap(e.right, right_min)}", prec
 
