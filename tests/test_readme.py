@@ -97,3 +97,14 @@ def test_the_tour_makes_every_run_it_evaluates_or_plots():
             runs = [a for a in argv[2:argv.index("-o")]]
             missing = [r for r in runs if r not in made]
             assert not missing, f"`{command}` plots {missing}, which the README never trains"
+
+
+def test_every_benchmark_script_the_results_and_perf_docs_name_exists():
+    """Every number in docs/results.md and docs/perf.md names the script that regenerates
+    it: each `benchmarks/...` those docs cite is in the repo."""
+    for doc in ("docs/results.md", "docs/perf.md"):
+        text = (ROOT / doc).read_text()
+        cited = set(re.findall(r"benchmarks/[\w./-]+\.(?:py|sh)", text))
+        missing = sorted(c for c in cited if not (ROOT / c).is_file())
+        assert not missing, f"{doc} cites {missing}"
+    assert "benchmarks/mlp_memory_sensitivity.py" in (ROOT / "docs/results.md").read_text()
