@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import torch
-from nlc.runtime.config import TrainConfig
-from nlc.runtime.mixers import mixer_from_spec
-from nlc.runtime.model import LanguageModel
+from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.mixers import mixer_from_spec
+from nlc.runtime.trainer.model import LanguageModel
 from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]

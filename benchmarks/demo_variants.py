@@ -95,8 +95,8 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    from nlc.runtime.config import TrainConfig
-    from nlc.runtime.train import train
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.train import train
 
     from nlc import pipeline
     out = Path(args.out)

@@ -1,14 +1,14 @@
-"""GPU benchmark of nlc's chunked Triton kernels (runtime/chunk_delta_triton.py) against
+"""GPU benchmark of nlc's chunked Triton kernels (runtime/library/chunk_delta_triton.py) against
 flash-linear-attention (fla), our fused recurrent kernels and SDPA flash, in one process.
 
 For DeltaNet (delta rule, no decay), Gated DeltaNet (delta rule, scalar decay), simple GLA /
 Mamba2 (decay family, scalar decay) and GLA (decay family, channel decay):
 
-GLA's "ours chunked" is runtime/chunk_decay_triton.py's `chunk_channel`, called directly (the
+GLA's "ours chunked" is runtime/library/chunk_decay_triton.py's `chunk_channel`, called directly (the
 layers' dispatch does not use it until it has been measured).
 
 1. bf16 correctness on the GPU: ours chunked (and fla chunk, for scale) against float32
-   PyTorch chunked forms (runtime/chunked.py's `*_chunked_torch`, independent of the Triton
+   PyTorch chunked forms (runtime/library/chunked.py's `*_chunked_torch`, independent of the Triton
    code) at (B, T, H, D) = (2, 512, 4, 128) with an initial state: relative Frobenius error of
    the output, the final state and every gradient;
 2. cold start: wall time of the first forward + backward call (compilation, autotuning) at
@@ -48,9 +48,9 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from nlc.runtime.chunk_decay_triton import chunk_channel  # noqa: E402
-from nlc.runtime.chunk_delta_triton import chunk_scalar  # noqa: E402
-from nlc.runtime.chunked import decay_chunked_torch, delta_chunked_torch  # noqa: E402
+from nlc.runtime.library.chunk_decay_triton import chunk_channel  # noqa: E402
+from nlc.runtime.library.chunk_delta_triton import chunk_scalar  # noqa: E402
+from nlc.runtime.library.chunked import decay_chunked_torch, delta_chunked_torch  # noqa: E402
 
 SHAPES = [(8, 2048, 16, 128), (1, 16384, 16, 128)]
 CHECK_SHAPE = (2, 512, 4, 128)

@@ -1,4 +1,4 @@
-"""A quick GPU check of the chunked delta kernels (runtime/chunk_delta_triton.py) after a
+"""A quick GPU check of the chunked delta kernels (runtime/library/chunk_delta_triton.py) after a
 change to them: do they compile on the card, and how fast are they at one shape, beside
 fla-core's chunk_delta_rule forward. This is what ran when the device budget had no room for
 benchmarks/gpu_chunked.py (which checks bf16 against float32 and times every model and
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from triton.testing import do_bench
 
-from nlc.runtime.chunk_delta_triton import chunk_scalar
+from nlc.runtime.library.chunk_delta_triton import chunk_scalar
 
 B, T, H, D = 8, 2048, 16, 128
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Titans in the dual chunk form (runtime/dual.py) and the Gated DeltaNet gate (docs/results.md):
+# Titans in the dual chunk form (runtime/library/dual.py) and the Gated DeltaNet gate (docs/results.md):
 # the dual form's correctness and speed against the per-token loop form, then at once on one
 # card: MQAR (256, 16) for Titans (examples/titans.nl: theta <= 0.01, eta <= 0.9), Gated
 # DeltaNet as specified, and Gated DeltaNet with a bias in its output gate

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from nlc.runtime import ops as nl
+from nlc.runtime.library import ops as nl
 
 from nlc import __version__
 from nlc.emit import load_module

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from nlc.runtime import ops as nl
+from nlc.runtime.library import ops as nl
 
 SPEC = "dgd.nl"
 

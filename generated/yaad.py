@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlc.runtime import ops as nl
+from nlc.runtime.library import ops as nl
 
 SPEC = "yaad.nl"
 

@@ -141,7 +141,7 @@ def train_examples(files: list[Path], out: Path, budget: Budget) -> bool:
     print(f"   chance: {1 / values:.3f} (any of the {values} values), "
           f"{1 / budget.num_kv_pairs:.3f} (any value in the context)")
     try:
-        from nlc.runtime.plot import plot_runs
+        from nlc.runtime.trainer.plot import plot_runs
         png = plot_runs(runs, out / "mqar.png", title="MQAR, nlc demo")
         print(f"   plot: {png}")
     except NlcError as err:  # matplotlib missing: say so, the numbers stand
@@ -151,8 +151,8 @@ def train_examples(files: list[Path], out: Path, budget: Budget) -> bool:
 
 def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
     """(name, accuracy, final train loss, seconds) of one model trained under `budget`."""
-    from nlc.runtime.config import TrainConfig
-    from nlc.runtime.train import train
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.train import train
     dims = {k: float(v) for k, v in DEMO_DIMS.items() if k in _dims_of(path)}
     if run.exists():
         import shutil

@@ -26,7 +26,7 @@ SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
 
 def register(subparsers) -> None:
     """Add the `train`, `eval` and `plot` subcommands to an argparse subparsers object."""
-    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.trainer.config import TrainConfig
 
     p = subparsers.add_parser("train", help="train a spec's layer on mqar, niah or lm",
                               description="Train a language model whose mixer is SPEC.")
@@ -60,7 +60,7 @@ def register(subparsers) -> None:
 
 
 def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -> None:
-    from nlc.runtime.config import TASKS
+    from nlc.runtime.trainer.config import TASKS
     flag = "--" + f.name.replace("_", "-")
     text = f"{f.metadata.get('help', '')} (default: {default!r})"
     if f.name == "out":  # the Python API's default differs: the CLI names the run
@@ -77,7 +77,7 @@ def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -
 
 def config_from_args(args):
     """The run's config: defaults < --config file < the run's config.json (--resume) < flags."""
-    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.trainer.config import TrainConfig
 
     config = TrainConfig()
     if args.config:
@@ -98,7 +98,7 @@ def config_from_args(args):
 
 
 def _read_config(path: Path):
-    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.trainer.config import TrainConfig
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -107,7 +107,7 @@ def _read_config(path: Path):
 
 
 def cmd_train(args) -> int:
-    from nlc.runtime.train import train
+    from nlc.runtime.trainer.train import train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
     config = config_from_args(args)
@@ -131,8 +131,8 @@ def cmd_train(args) -> int:
 
 def _relaunch(args) -> int:
     """Run the same command under torchrun with `args.nproc` processes on this machine."""
-    from nlc.runtime.config import TrainConfig
-    from nlc.runtime.distributed import torchrun_command
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.distributed import torchrun_command
     argv = ["train", args.spec]
     for item in args.defines:
         argv += ["-D", item]
@@ -156,12 +156,12 @@ def _relaunch(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from nlc.runtime import checkpoint as ckpt
-    from nlc.runtime.distributed import World, pick_device
-    from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
-    from nlc.runtime.model import LanguageModel
-    from nlc.runtime.tasks import make_task
-    from nlc.runtime.train import autocast_for, evaluate
+    from nlc.runtime.trainer import checkpoint as ckpt
+    from nlc.runtime.trainer.distributed import World, pick_device
+    from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
+    from nlc.runtime.trainer.model import LanguageModel
+    from nlc.runtime.trainer.tasks import make_task
+    from nlc.runtime.trainer.train import autocast_for, evaluate
 
     run = Path(args.run)
     config = _read_config(run / "config.json")
@@ -190,7 +190,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from nlc.runtime.plot import plot_runs
+    from nlc.runtime.trainer.plot import plot_runs
     path = plot_runs(args.runs, args.output, args.title)
     print(f"wrote {path}")
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""The chunked Triton kernels (runtime/chunk_delta_triton.py) == a float64 token loop, and every
+"""The chunked Triton kernels (runtime/library/chunk_delta_triton.py) == a float64 token loop, and every
 chunked form (Triton and PyTorch) stays finite with gates at their limits.
 
 Kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported; if
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 triton = pytest.importorskip("triton")
 
-from nlc.runtime.chunked import decay_chunked_torch, delta_chunked_torch
+from nlc.runtime.library.chunked import decay_chunked_torch, delta_chunked_torch
 
 INTERPRETED = type(triton.language.sum).__name__ == "InterpretedFunction"
 needs_kernels = pytest.mark.skipif(
@@ -98,8 +98,8 @@ def run_and_grad(fn, x, weights):
 
 
 def triton_fn(cu_seqlens, chunk):
-    from nlc.runtime.chunk_decay_triton import chunk_channel
-    from nlc.runtime.chunk_delta_triton import chunk_scalar
+    from nlc.runtime.library.chunk_decay_triton import chunk_channel
+    from nlc.runtime.library.chunk_delta_triton import chunk_scalar
 
     def fn(q, k, v, beta, ld, h0):
         kernel = chunk_channel if ld is not None and ld.dim() == 4 else chunk_scalar
@@ -255,7 +255,7 @@ def test_chunked_triton_at_gate_limits(kind, limit):
 
 
 def test_log_gate_is_finite_at_zero():
-    from nlc.runtime.ops import log_gate
+    from nlc.runtime.library.ops import log_gate
     alpha = torch.tensor([0.0, 1e-30, 0.5, 1.0], requires_grad=True)
     y = log_gate(alpha)
     y.sum().backward()
@@ -293,7 +293,7 @@ def test_generated_layer_gradients_finite_with_a_zero_decay():
 DISPATCH = """
 import os, sys, torch
 from nlc.emit import load_module
-from nlc.runtime import chunk_delta_triton, ops
+from nlc.runtime.library import chunk_delta_triton, ops
 from tests.test_emit import small_overrides, EXAMPLES, rel
 path = EXAMPLES / "gated_deltanet.nl"
 module = load_module(str(path), small_overrides(path))
@@ -341,7 +341,7 @@ def test_kernels_rerun_in_a_fresh_interpreter_process():
 
 
 def test_use_triton_leaves_long_inputs_to_the_chunked_kernels(monkeypatch):
-    from nlc.runtime.ops import use_triton
+    from nlc.runtime.library.ops import use_triton
     monkeypatch.setenv("NLC_TRITON", "force")
     long, short = torch.zeros(2, 64, 3), torch.zeros(2, 63, 3)
     assert not use_triton(long, chunked="delta/scalar")
@@ -364,7 +364,7 @@ def test_use_triton_leaves_long_inputs_to_the_chunked_kernels(monkeypatch):
 ])
 def test_chunked_kernels_reject_bad_inputs(change, message):
     """Checked before any kernel runs (no interpreter needed), with the tensor's name."""
-    from nlc.runtime.chunk_delta_triton import chunk_scalar
+    from nlc.runtime.library.chunk_delta_triton import chunk_scalar
     good = {n: t.cpu() for n, t in inputs("delta", "scalar", 2, 8, 2, 16, 16, 2).items()}
     x = {**good, **change}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):

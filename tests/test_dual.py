@@ -1,4 +1,4 @@
-"""The dual form of frozen-gradient chunks (runtime/dual.py): chosen when the emitter can
+"""The dual form of frozen-gradient chunks (runtime/library/dual.py): chosen when the emitter can
 prove it applies, and equal to the token-by-token recurrence where it is chosen."""
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ x = torch.randn(2, 11, layer.d_model, requires_grad=True)
 os.environ["NLC_TRITON"] = "force"
 y = layer(x)
 gx, = torch.autograd.grad(y.square().sum(), x)
-from nlc.runtime import ops
+from nlc.runtime.library import ops
 assert len(ops._KERNELS) == 1, "the forced run did not load the generated kernels"
 os.environ["NLC_TRITON"] = "0"
 z = layer(x)
@@ -211,7 +211,7 @@ def test_triton_dispatch_matches_pytorch(name):
 def test_attention_continues_a_packed_batch(mode, window):
     """The caches a packed batch leaves are left-padded to the longest sequence; continuing
     them as one batch must mask the padding (each sequence as if run alone)."""
-    from nlc.runtime.attention import attention
+    from nlc.runtime.library.attention import attention
     torch.manual_seed(0)
     lens, more = [7, 3], 4
 

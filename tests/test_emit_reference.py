@@ -252,7 +252,7 @@ def test_muon_matches_a_newton_schulz_reference():
 def test_dgd_matches_its_closed_form():
     """DGD (Nested Learning): W <- W (I - lr x x^T / (1 + lr ||x||^2)) - lr u x^T / (1 + ...),
     one sample at a time, with u the gradient of the loss at the layer's output."""
-    from nlc.runtime.ops import LinearRecorder
+    from nlc.runtime.library.ops import LinearRecorder
     layer = torch.nn.Linear(4, 3, bias=False)
     w0 = layer.weight.detach().clone()
     cls = load_optimizer(str(EXAMPLES / "dgd.nl"))

@@ -13,7 +13,7 @@ import torch
 
 from nlc.emit import load_module
 from nlc.errors import NlcError
-from nlc.runtime.optim import build_optimizer, step_levels
+from nlc.runtime.trainer.optim import build_optimizer, step_levels
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -137,7 +137,7 @@ layer SlowFast {
 
 
 def test_every_k_steps_group_changes_only_every_k_optimizer_steps(tmp_path):
-    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.trainer.config import TrainConfig
     module = module_of(tmp_path, SLOW_STEPS, "slow")
     layer = module.SlowFast().double()
     groups = {g["level"]: g for g in layer.parameter_groups()}
@@ -449,8 +449,8 @@ def test_hope_and_cms_run_forward_and_backward_at_t256(name):
 
 def test_pending_slow_gradients_survive_a_checkpoint(tmp_path):
     """A slow group's summed gradients are saved with the optimizer and restored on load."""
-    from nlc.runtime import checkpoint as ckpt
-    from nlc.runtime.config import TrainConfig
+    from nlc.runtime.trainer import checkpoint as ckpt
+    from nlc.runtime.trainer.config import TrainConfig
     module = module_of(tmp_path, SLOW_STEPS, "slow_ckpt")
     config = TrainConfig(lr=0.01, weight_decay=0.0, keep_last=1)
     torch.manual_seed(8)

@@ -9,13 +9,13 @@ import shutil
 
 import pytest
 import torch
-from nlc.runtime import checkpoint as ckpt
-from nlc.runtime.config import TrainConfig
-from nlc.runtime.mixers import mixer_from_spec, sha256_text
-from nlc.runtime.model import LanguageModel
-from nlc.runtime.optim import build_optimizer
-from nlc.runtime.progress import read_metrics
-from nlc.runtime.train import train
+from nlc.runtime.trainer import checkpoint as ckpt
+from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.mixers import mixer_from_spec, sha256_text
+from nlc.runtime.trainer.model import LanguageModel
+from nlc.runtime.trainer.optim import build_optimizer
+from nlc.runtime.trainer.progress import read_metrics
+from nlc.runtime.trainer.train import train
 
 from nlc.errors import NlcError
 

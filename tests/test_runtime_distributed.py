@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nlc.runtime import distributed
-from nlc.runtime.progress import read_metrics
+from nlc.runtime.trainer import distributed
+from nlc.runtime.trainer.progress import read_metrics
 
 from nlc.train_cli import main
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nlc.runtime import ops as nl
+from nlc.runtime.library import ops as nl
 
 from nlc.emit import load_layer
 

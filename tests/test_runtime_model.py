@@ -12,12 +12,12 @@ import types
 
 import pytest
 import torch
-from nlc.runtime.config import TrainConfig
-from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec
-from nlc.runtime.model import LanguageModel
-from nlc.runtime.optim import build_optimizer, lr_at, optimizer_from_spec
-from nlc.runtime.progress import ProgressBar, format_duration, read_metrics
-from nlc.runtime.train import train
+from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec
+from nlc.runtime.trainer.model import LanguageModel
+from nlc.runtime.trainer.optim import build_optimizer, lr_at, optimizer_from_spec
+from nlc.runtime.trainer.progress import ProgressBar, format_duration, read_metrics
+from nlc.runtime.trainer.train import train
 from torch import nn
 
 from nlc.errors import NlcError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nlc.runtime import ops as nl
+from nlc.runtime.library import ops as nl
 
 
 def _conv_reference(x, weight):

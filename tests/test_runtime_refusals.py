@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from nlc.runtime import checkpoint as ckpt
+from nlc.runtime.trainer import checkpoint as ckpt
 from safetensors.torch import load_file, save_file
 
 from nlc.train_cli import main

@@ -12,10 +12,10 @@ import time
 
 import pytest
 import torch
-from nlc.runtime import checkpoint as ckpt
-from nlc.runtime.config import TrainConfig
-from nlc.runtime.progress import read_metrics
-from nlc.runtime.train import train
+from nlc.runtime.trainer import checkpoint as ckpt
+from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.progress import read_metrics
+from nlc.runtime.trainer.train import train
 
 
 @pytest.fixture(autouse=True)

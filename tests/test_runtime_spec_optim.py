@@ -7,10 +7,10 @@ import dataclasses
 
 import pytest
 import torch
-from nlc.runtime import checkpoint as ckpt
-from nlc.runtime.config import TrainConfig
-from nlc.runtime.spec_optim import SpecWithAdamW
-from nlc.runtime.train import train
+from nlc.runtime.trainer import checkpoint as ckpt
+from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.spec_optim import SpecWithAdamW
+from nlc.runtime.trainer.train import train
 
 from conftest import EXAMPLES
 from nlc.errors import NlcError
@@ -38,9 +38,9 @@ def weights(run):
 
 
 def test_muon_trains_matrices_and_adamw_the_vectors(tmp_path):
-    from nlc.runtime.model import LanguageModel
-    from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec
-    from nlc.runtime.optim import build_optimizer, optimizer_class_for
+    from nlc.runtime.trainer.model import LanguageModel
+    from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec
+    from nlc.runtime.trainer.optim import build_optimizer, optimizer_class_for
     config = dataclasses.replace(tiny(tmp_path / "x"), vocab_size=64)
     model = LanguageModel(config, mixer_from_spec("builtin:attention"),
                           block_mlp_factory("builtin:mlp", 4))

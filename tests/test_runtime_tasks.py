@@ -9,11 +9,11 @@ import re
 
 import pytest
 import torch
-from nlc.runtime.config import TrainConfig
-from nlc.runtime.lm_data import split_files, stdlib_sources
-from nlc.runtime.mqar import IGNORE, gap_distribution, mqar_batch
-from nlc.runtime.niah import NEEDLE, NOISE, min_seq_len, niah_batch
-from nlc.runtime.tasks import generator_for, make_task
+from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.lm_data import split_files, stdlib_sources
+from nlc.runtime.trainer.mqar import IGNORE, gap_distribution, mqar_batch
+from nlc.runtime.trainer.niah import NEEDLE, NOISE, min_seq_len, niah_batch
+from nlc.runtime.trainer.tasks import generator_for, make_task
 
 from nlc.errors import NlcError
 

@@ -73,6 +73,6 @@ def test_cli_refuses_dev_zero(command, capsys, no_hang):
 
 
 def test_training_spec_text_refuses_dev_zero(no_hang):
-    from nlc.runtime.mixers import spec_text
+    from nlc.runtime.trainer.mixers import spec_text
     with pytest.raises(NlcError, match="not a regular file"):
         spec_text("/dev/zero")

@@ -42,6 +42,7 @@ def test_wheel_contents(wheel):
     assert "nlc/grammar/__init__.py" in names
     assert any(n.startswith("nlc/templates/") for n in names)
     assert "nlc/runtime/__init__.py" in names
+    assert "nlc/runtime/library/ops.py" in names and "nlc/runtime/trainer/train.py" in names
     assert "nlc/syntax/parser.py" in names and "nlc/levels/checker.py" in names
     tops = {n.split("/", 1)[0] for n in names}
     assert not tops & {"runtime", "grammar", "templates", "tests", "examples"}, sorted(tops)

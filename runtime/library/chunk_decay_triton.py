@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from nlc.runtime.chunk_triton import (
+from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
     check_dims,

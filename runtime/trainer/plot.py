@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nlc.runtime.progress import read_metrics
+from nlc.runtime.trainer.progress import read_metrics
 
 from nlc.errors import NlcError
 

@@ -6,7 +6,7 @@
                          (when they are spec files): `nlc eval RUN` needs nothing else
     RUN/metrics.jsonl    {"kind": "train", "step", "loss", "lr", "grad_norm", "tokens_per_s", ...}
                          {"kind": "eval", "step", "loss", "accuracy" | "bits_per_byte"}
-    RUN/checkpoints/     runtime/checkpoint.py
+    RUN/checkpoints/     runtime/trainer/checkpoint.py
     RUN/summary.json     the final numbers
 
 Each step s (from 0) trains on the global batch `task.train_batch(s)`, sliced per rank; the
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from nlc.runtime import checkpoint as ckpt
-from nlc.runtime import distributed
-from nlc.runtime.config import TrainConfig
-from nlc.runtime.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
-from nlc.runtime.model import LanguageModel
-from nlc.runtime.optim import (build_optimizer, due, lr_at, optimizer_class_for, set_lr,
+from nlc.runtime.trainer import checkpoint as ckpt
+from nlc.runtime.trainer import distributed
+from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
+from nlc.runtime.trainer.model import LanguageModel
+from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for, set_lr,
                                 step_levels)
-from nlc.runtime.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
-from nlc.runtime.tasks import IGNORE, make_task
+from nlc.runtime.trainer.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
+from nlc.runtime.trainer.tasks import IGNORE, make_task
 
 from nlc import __version__
 from nlc.errors import NlcError
@@ -249,7 +249,7 @@ def report_divergence(model, batch, world, config, out: Path, done: int, optimiz
     """Say where the first non-finite loss came from and how to go on; save the last finite
     weights (step done - 1) unless a checkpoint of that step exists, so there is a run to
     evaluate and to resume."""
-    from nlc.runtime.diverged import locate_nonfinite
+    from nlc.runtime.trainer.diverged import locate_nonfinite
     where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
     last = done - 1
     saved = out / "checkpoints" / f"step_{last:08d}"

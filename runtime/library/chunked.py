@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nlc.runtime.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
+from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
 
 
 # per-channel decays are factored into q and k while a chunk's log decays stay within this

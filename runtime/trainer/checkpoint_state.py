@@ -5,7 +5,7 @@ here, each refusal an `NlcError` naming the file and the field: the step (a whol
 >= 0, the one in the folder's name), the file records, the optimizer's class, groups
 (`every` a whole number >= 1), scalars and parameter shapes, and the RNG states (decodable,
 of the right sizes). The tensors' names, shapes and dtypes are checked against the model
-and optimizer when applied (runtime/checkpoint.py)."""
+and optimizer when applied (runtime/trainer/checkpoint.py)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
     decay:  S_t = a_t S_{t-1} + v_t k_t^T                         (linear attention, Mamba2)
     o_t = S_t q_t,  S: [V, K] (rows are the value axis), log a_t = `log_decay`.
 
-The algorithm is runtime/chunked.py's (the UT transform inside a chunk of C tokens, the state
+The algorithm is runtime/library/chunked.py's (the UT transform inside a chunk of C tokens, the state
 passed from chunk to chunk), laid out for tensor cores. g is the cumulative log decay inside a
 chunk, G its last entry, S the state at the chunk's start, Gamma[t, s] = e^{g_t - g_s} (s <= t).
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from nlc.runtime.chunk_triton import (
+from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
     check_dims,

@@ -16,7 +16,7 @@ from nlc.errors import NlcError
 TASKS = ("mqar", "niah", "lm")
 
 # Fields that fix the shapes of the weights and optimizer state: a checkpoint written under
-# other values cannot be loaded, and resuming refuses it (runtime/checkpoint.py).
+# other values cannot be loaded, and resuming refuses it (runtime/trainer/checkpoint.py).
 SHAPE_FIELDS = ("task", "vocab_size", "d_model", "n_layers", "mlp", "mlp_ratio", "optimizer",
                 "spec_overrides")
 

@@ -19,12 +19,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nlc.runtime.chunk_triton import CHUNKED_MIN_TOKENS, has_chunked_kernel, triton_enabled
-from nlc.runtime.chunked import decay_chunked, delta_chunked
-from nlc.runtime.attention import attention
-from nlc.runtime.dual import dual_chunked, mm, outer_sum
-from nlc.runtime.op_inputs import op_shapes
-from nlc.runtime.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
+from nlc.runtime.library.chunk_triton import CHUNKED_MIN_TOKENS, has_chunked_kernel, triton_enabled
+from nlc.runtime.library.chunked import decay_chunked, delta_chunked
+from nlc.runtime.library.attention import attention
+from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
+from nlc.runtime.library.op_inputs import op_shapes
+from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
                               recurrent, segments, state_from, varlen, weights_from)
 
 EPS = 1e-6

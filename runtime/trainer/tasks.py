@@ -2,7 +2,7 @@
 
 Every batch is a pure function of (seed, stream, index): the training batch of step s is
 drawn from `generator_for(seed, "mqar-train", s)`, so a resumed run sees the same batches as
-an uninterrupted one, and data-parallel ranks slice one global batch (runtime/distributed.py)
+an uninterrupted one, and data-parallel ranks slice one global batch (runtime/trainer/distributed.py)
 instead of drawing their own. The eval set is fixed by the seed and drawn from its own stream.
 
     task     tokens              targets                         metric
@@ -19,9 +19,9 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from nlc.runtime.lm_data import ByteCorpus
-from nlc.runtime.mqar import mqar_batch, token_accuracy
-from nlc.runtime.niah import needle_accuracy, niah_batch
+from nlc.runtime.trainer.lm_data import ByteCorpus
+from nlc.runtime.trainer.mqar import mqar_batch, token_accuracy
+from nlc.runtime.trainer.niah import needle_accuracy, niah_batch
 
 IGNORE = -100
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -87,7 +87,7 @@ class Task:
 
 
 class MqarTask(Task):
-    """Multi-query associative recall (Zoology, Arora et al. 2023): runtime/mqar.py."""
+    """Multi-query associative recall (Zoology, Arora et al. 2023): runtime/trainer/mqar.py."""
 
     name = "mqar"
 
@@ -103,7 +103,7 @@ class MqarTask(Task):
 
 
 class NiahTask(Task):
-    """S-NIAH-1-style passkey retrieval (RULER, Hsieh et al. 2024): runtime/niah.py."""
+    """S-NIAH-1-style passkey retrieval (RULER, Hsieh et al. 2024): runtime/trainer/niah.py."""
 
     name = "niah"
     vocab_size = 256
@@ -120,7 +120,7 @@ class NiahTask(Task):
 
 
 class LmTask(Task):
-    """Byte-level language modeling, bits per byte: runtime/lm_data.py."""
+    """Byte-level language modeling, bits per byte: runtime/trainer/lm_data.py."""
 
     name = "lm"
     vocab_size = 256

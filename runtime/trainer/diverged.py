@@ -1,6 +1,6 @@
 """Where a diverged run blew up: the first parameter, module and level with non-finite values.
 
-When a step's loss is not finite the trainer skips that step's update (runtime/train.py), so
+When a step's loss is not finite the trainer skips that step's update (runtime/trainer/train.py), so
 the weights are still those of the last finite step. `locate_nonfinite` then replays the
 failing batch through the model, block by block, and names
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from nlc.runtime.model import first_output
+from nlc.runtime.trainer.model import first_output
 
 
 def _finite(value) -> bool:

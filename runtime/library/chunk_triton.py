@@ -147,9 +147,9 @@ def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bo
         return None
     try:
         if decay == "channel":
-            from nlc.runtime.chunk_decay_triton import chunk_channel
+            from nlc.runtime.library.chunk_decay_triton import chunk_channel
             return chunk_channel
-        from nlc.runtime.chunk_delta_triton import chunk_scalar
+        from nlc.runtime.library.chunk_delta_triton import chunk_scalar
     except ImportError:  # no triton on this machine
         return None
     return chunk_scalar

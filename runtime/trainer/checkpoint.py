@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from nlc.runtime.checkpoint_state import TENSOR_FILES, check_optimizer_tensors, check_state
+from nlc.runtime.trainer.checkpoint_state import TENSOR_FILES, check_optimizer_tensors, check_state
 
 from nlc import __version__
 from nlc.errors import NlcError
@@ -235,7 +235,7 @@ def check_file(path: Path, expected: dict) -> None:
 
 
 def check_shape(state_file: Path, saved: dict, config) -> None:
-    from nlc.runtime.config import SHAPE_FIELDS
+    from nlc.runtime.trainer.config import SHAPE_FIELDS
     differ = [f"{name} {saved.get(name)!r} in the checkpoint, {getattr(config, name)!r} now"
               for name in SHAPE_FIELDS if saved.get(name) != getattr(config, name)]
     if differ:

@@ -1,0 +1,13 @@
+"""nlc.runtime.library: what generated modules import (`from nlc.runtime.library import ops
+as nl`), and nothing of the trainer's.
+
+    ops.py                the functions generated code calls: context generation, layouts
+    op_inputs.py          the shape checks every generated op makes first
+    scan.py               one token at a time; frozen-gradient chunks; coupled levels
+    chunked.py            the exact chunked forms of the affine families (PyTorch)
+    dual.py               the dual chunk form of frozen-gradient levels
+    attention.py          the non-parametric family (softmax, sliding window)
+    chunk_triton.py       which chunked Triton kernel serves which family
+    chunk_delta_triton.py chunked Triton kernels: delta rule and decay family, scalar decay
+    chunk_decay_triton.py chunked Triton kernels: decay family, per-channel decay
+"""

@@ -1,0 +1,17 @@
+"""nlc.runtime.trainer: the trainer that compiled layers plug into (nanoGPT-sized, one concept
+per module; docs/runtime.md is the user's guide).
+
+    config.py       TrainConfig: every knob, saved as RUN/config.json
+    model.py        LanguageModel: embedding, blocks of norm -> mixer -> norm -> MLP, head
+    mixers.py       mixer_from_spec: a compiled spec or a builtin -> a module factory
+    optim.py        AdamW or a compiled optimizer; warmup + cosine schedule
+    spec_optim.py   a compiled optimizer beside AdamW for the parameters it cannot take
+    tasks.py        mqar (mqar.py), niah (niah.py), lm (lm_data.py) behind one interface
+    checkpoint.py   safetensors + JSON, atomic, checked before anything is loaded
+                    (checkpoint_state.py checks state.json's values)
+    distributed.py  DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA)
+    progress.py     progress bar and metrics.jsonl
+    diverged.py     which module and level blew up when a run diverges
+    train.py        train(config): the loop; evaluate(model, task)
+    plot.py         PNG curves of one or more runs (matplotlib)
+"""
