@@ -118,12 +118,13 @@ NORM_EPS = 1e-6
 
 def _sqrt(value):
     import sympy as sp
-    return sp.sqrt(value) if isinstance(value, sp.Basic) else value ** 0.5
+    return sp.sqrt(value)
 
 
 def _eps():
+    """NORM_EPS, exactly."""
     import sympy as sp
-    return sp.Rational(1, 10 ** 6)
+    return sp.Rational(1, round(1 / NORM_EPS))
 
 
 def _l2norm(x):

@@ -146,7 +146,6 @@ class Dot(sp.Expr):
 
 # Functions of a whole column (the registry's vectorwise functions, nlc/functions.py), as
 # their explicit entries: l2norm, rmsnorm and layernorm without a learned gain.
-NORM_EPS = sp.Rational(1, 10 ** 6)
 COLUMN_FUNCTIONS = functions.View(lambda f: f.column)
 
 

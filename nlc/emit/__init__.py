@@ -26,6 +26,8 @@ def compile_outputs(path: str, overrides: dict | None = None,
     levels whose family has them, the Triton kernels. Spec names get their own namespace
     (nlc/emit/names.py); text from outside (the file name) reaches the code only through the
     render step's checks (nlc/emit/render.py)."""
+    import ast as python_ast
+
     from nlc import pipeline
     from nlc.emit.names import Namespace, module_clashes
     from nlc.emit.render import ruff_format, source, spec_module_name
@@ -39,18 +41,20 @@ def compile_outputs(path: str, overrides: dict | None = None,
         with Namespace() as names:
             outputs = _render(specs, origin, stem, ast)
         outputs = names.resolve(outputs)
+        tree = python_ast.parse(outputs[stem])
+        twice = module_clashes(tree)
         for decl in specs:
-            if decl.name in module_clashes(outputs[stem]):
+            if decl.name in twice:
                 raise NlcError(f"'{decl.name}' is a name the generated module defines itself "
                                "(an import, a function or another class): rename it",
                                decl.span)
-            _refuse_attribute_clashes(decl, outputs[stem])
+            _refuse_attribute_clashes(decl, tree)
         return {module: ruff_format(code, f"{module}.py") for module, code in outputs.items()}
     except NlcError as err:
         raise err.located(path, text) from None
 
 
-def _refuse_attribute_clashes(decl, code: str) -> None:
+def _refuse_attribute_clashes(decl, tree) -> None:
     """A layer's params are attributes of its nn.Module (`self.W_q`): one named like an
     attribute of nn.Module or of the generated class would replace it."""
     if decl.kind.value != "layer":
@@ -58,10 +62,11 @@ def _refuse_attribute_clashes(decl, code: str) -> None:
     import torch
 
     from nlc.emit.names import attribute_clashes
-    clashes = attribute_clashes(code, decl.name, set(dir(torch.nn.Module())))
+    module_attributes = set(dir(torch.nn.Module()))
+    clashes = attribute_clashes(tree, decl.name, module_attributes)
     for p in decl.params:
         if p.name in clashes:
-            what = "of nn.Module" if hasattr(torch.nn.Module(), p.name) else \
+            what = "of nn.Module" if p.name in module_attributes else \
                 "the generated module uses itself"
             raise NlcError(f"parameter '{p.name}' would be the attribute `self.{p.name}` of "
                            f"{decl.name}, a name {what}: rename it", p.span)

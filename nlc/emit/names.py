@@ -150,11 +150,11 @@ def _name(node, into: set[str]) -> None:
         into.add(node.asname or node.name.split(".")[0])
 
 
-def module_clashes(text: str) -> list[str]:
+def module_clashes(module: ast.Module) -> list[str]:
     """Names bound twice at the top of a module (a class named like an import or a
     function): the compiler names module-level objects after spec names as written."""
     seen, twice = set(), []
-    for node in ast.parse(text).body:
+    for node in module.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             bound = [node.name]
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -170,10 +170,11 @@ def module_clashes(text: str) -> list[str]:
     return twice
 
 
-def attribute_clashes(text: str, class_name: str, base_attributes: set[str]) -> set[str]:
+def attribute_clashes(module: ast.Module, class_name: str,
+                      base_attributes: set[str]) -> set[str]:
     """Attributes of the generated class `class_name` set twice, or also a method of it or
     of its base (`base_attributes`): a spec parameter named `mode` or `forward` would be one."""
-    (cls,) = [n for n in ast.parse(text).body if isinstance(n, ast.ClassDef)
+    (cls,) = [n for n in module.body if isinstance(n, ast.ClassDef)
               and n.name == class_name]
     methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
     assigned: list[str] = []

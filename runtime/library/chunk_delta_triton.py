@@ -4,9 +4,10 @@
     decay:  S_t = a_t S_{t-1} + v_t k_t^T                         (linear attention, Mamba2)
     o_t = S_t q_t,  S: [V, K] (rows are the value axis), log a_t = `log_decay`.
 
-The algorithm is runtime/library/chunked.py's (the UT transform inside a chunk of C tokens, the state
-passed from chunk to chunk), laid out for tensor cores. g is the cumulative log decay inside a
-chunk, G its last entry, S the state at the chunk's start, Gamma[t, s] = e^{g_t - g_s} (s <= t).
+The algorithm is runtime/library/chunked.py's (the UT transform inside a chunk of C tokens,
+the state passed from chunk to chunk), laid out for tensor cores. g is the cumulative log
+decay inside a chunk, G its last entry, S the state at the chunk's start,
+Gamma[t, s] = e^{g_t - g_s} (s <= t).
 
   prepare (per chunk):  A = strict_lower(b_t Gamma[t, s] k_t.k_s),  T = (I + A)^-1 (by
                         blocks of 16),

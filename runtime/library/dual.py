@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from nlc.runtime.library.scan import (State, _anchor, _chunks, _float32, _maybe_checkpoint,
-                              _needs_grad, _resume, _suspend, _wide)
+                                      _needs_grad, _resume, _suspend, _wide)
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -1,4 +1,4 @@
-"""The functions generated modules call, as `from nlc.runtime import ops as nl`.
+"""The functions generated modules call, as `from nlc.runtime.library import ops as nl`.
 
 Two conventions meet here (see nlc/emit/torch_printer.py):
 - context generation works on `[B, T, H, *shape]` tensors (a scalar per head and token is
@@ -19,13 +19,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nlc.runtime.library.chunk_triton import CHUNKED_MIN_TOKENS, has_chunked_kernel, triton_enabled
-from nlc.runtime.library.chunked import decay_chunked, delta_chunked
 from nlc.runtime.library.attention import attention
+from nlc.runtime.library.chunk_triton import (CHUNKED_MIN_TOKENS, has_chunked_kernel,
+                                              triton_enabled)
+from nlc.runtime.library.chunked import decay_chunked, delta_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
 from nlc.runtime.library.op_inputs import op_shapes
-from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked, mid_chunk,
-                              recurrent, segments, state_from, varlen, weights_from)
+from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked,
+                                      mid_chunk, recurrent, segments, state_from, varlen,
+                                      weights_from)
 
 EPS = 1e-6
 
@@ -370,7 +372,8 @@ class LinearRecorder:
 
 __all__ = [
     "check_input", "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm",
-    "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm", "trace",
+    "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm",
+    "trace",
     "sum_all", "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param",
     "output", "per_token", "init_state", "log_gate", "inv_softplus_uniform", "log_uniform",
     "use_triton",

@@ -1,7 +1,7 @@
 """Where a block's modules come from: a compiled spec, or a builtin for tests and baselines.
 
     mixer_from_spec("examples/deltanet.nl", heads=4)  ->  factory(d_model) -> nn.Module
-    mixer_from_spec("builtin:attention")              ->  softmax attention (runtime/trainer/model.py)
+    mixer_from_spec("builtin:attention")              ->  softmax attention (model.py)
 
 A spec is compiled by `nlc.emit.load_layer(path, d_model=D, **overrides)` at the model's
 width D (every layer spec declares `dims d_model`), which returns an `nn.Module` class

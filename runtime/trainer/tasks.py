@@ -2,8 +2,8 @@
 
 Every batch is a pure function of (seed, stream, index): the training batch of step s is
 drawn from `generator_for(seed, "mqar-train", s)`, so a resumed run sees the same batches as
-an uninterrupted one, and data-parallel ranks slice one global batch (runtime/trainer/distributed.py)
-instead of drawing their own. The eval set is fixed by the seed and drawn from its own stream.
+an uninterrupted one, and data-parallel ranks slice one global batch
+(runtime/trainer/distributed.py) instead of drawing their own. The eval set is fixed by the seed and drawn from its own stream.
 
     task     tokens              targets                         metric
     mqar     Zoology vocabulary  the queried values (mqar.py)    accuracy over queries

@@ -35,8 +35,8 @@ from nlc.runtime.trainer import distributed
 from nlc.runtime.trainer.config import TrainConfig
 from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
 from nlc.runtime.trainer.model import LanguageModel
-from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for, set_lr,
-                                step_levels)
+from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for,
+                                       set_lr, step_levels)
 from nlc.runtime.trainer.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
 from nlc.runtime.trainer.tasks import IGNORE, make_task
 
