@@ -37,31 +37,16 @@ def cms_fast_step(state, inputs):
     t0 = W_k1.mT
     t1 = t0 @ x
     t2 = M1_W1_0 @ t1
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = M1_W2_0 @ t3
     t5 = W_v1.mT
     t6 = -(t5 @ x)
     t7 = t4 + t1 + t6
     t8 = x.mT
     t9 = -0.01
-    M1_W1_next = (
-        t9
-        * (
-            (M1_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
-        )
-        @ t8
-        @ W_k1
-        + M1_W1
-    )
-    t10 = t8 @ W_k1 @ M1_W1_0.mT
-    M1_W2_next = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10)))) + M1_W2
-    t11 = M1_W1_0 @ x
-    o = (M1_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + x
+    M1_W1_next = t9 * ((M1_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k1 + M1_W1
+    M1_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k1 @ M1_W1_0.mT)))) + M1_W2
+    o = (M1_W2_0 @ (nl.gelu((M1_W1_0 @ x)))) + x
     return {"M1_W1": M1_W1_next, "M1_W2": M1_W2_next}, o
 
 
@@ -76,25 +61,17 @@ def cms_fast_drive(inputs):
     t0 = W_k1.mT
     t1 = nl.mm(t0, x)
     t2 = nl.mm(M1_W1_0, t1)
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = nl.mm(M1_W2_0, t3)
     t5 = W_v1.mT
     t6 = -(nl.mm(t5, x))
     t7 = t4 + t1 + t6
     t8 = -0.01
-    drive0_0_col = t8 * (
-        (nl.mm(M1_W2_0.mT, t7))
-        * (
-            0.5
-            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-        )
-    )
+    drive0_0_col = t8 * ((nl.mm(M1_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
     t9 = x.mT
     drive0_0_row = nl.mm(t9, W_k1)
     drive1_0_col = t8 * t7
-    t10 = nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)
-    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)))
     drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
     drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
@@ -116,16 +93,15 @@ def cms_fast_read(states, inputs):
     x = inputs["x"]
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
-    t0 = nl.mm(M1_W1_0, x)
-    o = (nl.mm(M1_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + x
+    o = (nl.mm(M1_W2_0, (nl.gelu((nl.mm(M1_W1_0, x)))))) + x
     return o
 
 
-def cms_fast_initial_state(batch, heads, ref):
+def cms_fast_initial_state(batch, heads, ref, d_hidden, d_model):
     """Level `cms_fast`'s default initial state (zeros)."""
     return {
-        "M1_W1": nl.init_state("zeros", (1024, 256), batch, heads, ref),
-        "M1_W2": nl.init_state("zeros", (256, 1024), batch, heads, ref),
+        "M1_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
+        "M1_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
     }
 
 
@@ -134,6 +110,7 @@ def cms_fast_op(
     *,
     W_k1,
     W_v1,
+    d_hidden=1024,
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
@@ -142,11 +119,17 @@ def cms_fast_op(
 ):
     """Level `cms_fast` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: x: [B, T, H, 256].
+    Inputs: x: [B, T, H, d_model].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
-        "cms_fast_op", {"x": x}, {"x": 256}, {"W_k1": W_k1, "W_v1": W_v1}, initial_state, cu_seqlens
+    batch, heads, dims = nl.op_shapes(
+        "cms_fast_op",
+        {"x": x},
+        {"x": "d_model"},
+        {"W_k1": W_k1, "W_v1": W_v1},
+        initial_state,
+        cu_seqlens,
     )
+    d_model = dims["d_model"]
     tokens = {
         "x": nl.column(x),
     }
@@ -155,7 +138,7 @@ def cms_fast_op(
         "W_v1": nl.param(W_v1, 2),
     }
     if initial_state is None:
-        initial_state = cms_fast_initial_state(batch, heads, tokens["x"])
+        initial_state = cms_fast_initial_state(batch, heads, tokens["x"], d_hidden, d_model)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -200,31 +183,16 @@ def cms_mid_step(state, inputs):
     t0 = W_k2.mT
     t1 = t0 @ cms_fast
     t2 = M2_W1_0 @ t1
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = M2_W2_0 @ t3
     t5 = W_v2.mT
     t6 = -(t5 @ cms_fast)
     t7 = t4 + t1 + t6
     t8 = cms_fast.mT
     t9 = -0.01
-    M2_W1_next = (
-        t9
-        * (
-            (M2_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
-        )
-        @ t8
-        @ W_k2
-        + M2_W1
-    )
-    t10 = t8 @ W_k2 @ M2_W1_0.mT
-    M2_W2_next = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10)))) + M2_W2
-    t11 = M2_W1_0 @ cms_fast
-    o = (M2_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + cms_fast
+    M2_W1_next = t9 * ((M2_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k2 + M2_W1
+    M2_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k2 @ M2_W1_0.mT)))) + M2_W2
+    o = (M2_W2_0 @ (nl.gelu((M2_W1_0 @ cms_fast)))) + cms_fast
     return {"M2_W1": M2_W1_next, "M2_W2": M2_W2_next}, o
 
 
@@ -239,25 +207,17 @@ def cms_mid_drive(inputs):
     t0 = W_k2.mT
     t1 = nl.mm(t0, cms_fast)
     t2 = nl.mm(M2_W1_0, t1)
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = nl.mm(M2_W2_0, t3)
     t5 = W_v2.mT
     t6 = -(nl.mm(t5, cms_fast))
     t7 = t4 + t1 + t6
     t8 = -0.01
-    drive0_0_col = t8 * (
-        (nl.mm(M2_W2_0.mT, t7))
-        * (
-            0.5
-            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-        )
-    )
+    drive0_0_col = t8 * ((nl.mm(M2_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
     t9 = cms_fast.mT
     drive0_0_row = nl.mm(t9, W_k2)
     drive1_0_col = t8 * t7
-    t10 = nl.mm(nl.mm(t9, W_k2), M2_W1_0.mT)
-    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k2), M2_W1_0.mT)))
     drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
     drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
@@ -279,16 +239,15 @@ def cms_mid_read(states, inputs):
     cms_fast = inputs["cms_fast"]
     M2_W1_0 = inputs["M2_W1_0"]
     M2_W2_0 = inputs["M2_W2_0"]
-    t0 = nl.mm(M2_W1_0, cms_fast)
-    o = (nl.mm(M2_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_fast
+    o = (nl.mm(M2_W2_0, (nl.gelu((nl.mm(M2_W1_0, cms_fast)))))) + cms_fast
     return o
 
 
-def cms_mid_initial_state(batch, heads, ref):
+def cms_mid_initial_state(batch, heads, ref, d_hidden, d_model):
     """Level `cms_mid`'s default initial state (zeros)."""
     return {
-        "M2_W1": nl.init_state("zeros", (1024, 256), batch, heads, ref),
-        "M2_W2": nl.init_state("zeros", (256, 1024), batch, heads, ref),
+        "M2_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
+        "M2_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
     }
 
 
@@ -297,6 +256,7 @@ def cms_mid_op(
     *,
     W_k2,
     W_v2,
+    d_hidden=1024,
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
@@ -305,16 +265,17 @@ def cms_mid_op(
 ):
     """Level `cms_mid` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_fast: [B, T, H, 256].
+    Inputs: cms_fast: [B, T, H, d_model].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "cms_mid_op",
         {"cms_fast": cms_fast},
-        {"cms_fast": 256},
+        {"cms_fast": "d_model"},
         {"W_k2": W_k2, "W_v2": W_v2},
         initial_state,
         cu_seqlens,
     )
+    d_model = dims["d_model"]
     tokens = {
         "cms_fast": nl.column(cms_fast),
     }
@@ -323,7 +284,7 @@ def cms_mid_op(
         "W_v2": nl.param(W_v2, 2),
     }
     if initial_state is None:
-        initial_state = cms_mid_initial_state(batch, heads, tokens["cms_fast"])
+        initial_state = cms_mid_initial_state(batch, heads, tokens["cms_fast"], d_hidden, d_model)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -368,31 +329,16 @@ def cms_slow_step(state, inputs):
     t0 = W_k3.mT
     t1 = t0 @ cms_mid
     t2 = M3_W1_0 @ t1
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = M3_W2_0 @ t3
     t5 = W_v3.mT
     t6 = -(t5 @ cms_mid)
     t7 = t4 + t1 + t6
     t8 = cms_mid.mT
     t9 = -0.01
-    M3_W1_next = (
-        t9
-        * (
-            (M3_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
-        )
-        @ t8
-        @ W_k3
-        + M3_W1
-    )
-    t10 = t8 @ W_k3 @ M3_W1_0.mT
-    M3_W2_next = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10)))) + M3_W2
-    t11 = M3_W1_0 @ cms_mid
-    o = (M3_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + cms_mid
+    M3_W1_next = t9 * ((M3_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k3 + M3_W1
+    M3_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k3 @ M3_W1_0.mT)))) + M3_W2
+    o = (M3_W2_0 @ (nl.gelu((M3_W1_0 @ cms_mid)))) + cms_mid
     return {"M3_W1": M3_W1_next, "M3_W2": M3_W2_next}, o
 
 
@@ -407,25 +353,17 @@ def cms_slow_drive(inputs):
     t0 = W_k3.mT
     t1 = nl.mm(t0, cms_mid)
     t2 = nl.mm(M3_W1_0, t1)
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = nl.mm(M3_W2_0, t3)
     t5 = W_v3.mT
     t6 = -(nl.mm(t5, cms_mid))
     t7 = t4 + t1 + t6
     t8 = -0.01
-    drive0_0_col = t8 * (
-        (nl.mm(M3_W2_0.mT, t7))
-        * (
-            0.5
-            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-        )
-    )
+    drive0_0_col = t8 * ((nl.mm(M3_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
     t9 = cms_mid.mT
     drive0_0_row = nl.mm(t9, W_k3)
     drive1_0_col = t8 * t7
-    t10 = nl.mm(nl.mm(t9, W_k3), M3_W1_0.mT)
-    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k3), M3_W1_0.mT)))
     drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
     drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
@@ -447,16 +385,15 @@ def cms_slow_read(states, inputs):
     cms_mid = inputs["cms_mid"]
     M3_W1_0 = inputs["M3_W1_0"]
     M3_W2_0 = inputs["M3_W2_0"]
-    t0 = nl.mm(M3_W1_0, cms_mid)
-    o = (nl.mm(M3_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_mid
+    o = (nl.mm(M3_W2_0, (nl.gelu((nl.mm(M3_W1_0, cms_mid)))))) + cms_mid
     return o
 
 
-def cms_slow_initial_state(batch, heads, ref):
+def cms_slow_initial_state(batch, heads, ref, d_hidden, d_model):
     """Level `cms_slow`'s default initial state (zeros)."""
     return {
-        "M3_W1": nl.init_state("zeros", (1024, 256), batch, heads, ref),
-        "M3_W2": nl.init_state("zeros", (256, 1024), batch, heads, ref),
+        "M3_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
+        "M3_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
     }
 
 
@@ -465,6 +402,7 @@ def cms_slow_op(
     *,
     W_k3,
     W_v3,
+    d_hidden=1024,
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
@@ -473,16 +411,17 @@ def cms_slow_op(
 ):
     """Level `cms_slow` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_mid: [B, T, H, 256].
+    Inputs: cms_mid: [B, T, H, d_model].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "cms_slow_op",
         {"cms_mid": cms_mid},
-        {"cms_mid": 256},
+        {"cms_mid": "d_model"},
         {"W_k3": W_k3, "W_v3": W_v3},
         initial_state,
         cu_seqlens,
     )
+    d_model = dims["d_model"]
     tokens = {
         "cms_mid": nl.column(cms_mid),
     }
@@ -491,7 +430,7 @@ def cms_slow_op(
         "W_v3": nl.param(W_v3, 2),
     }
     if initial_state is None:
-        initial_state = cms_slow_initial_state(batch, heads, tokens["cms_mid"])
+        initial_state = cms_slow_initial_state(batch, heads, tokens["cms_mid"], d_hidden, d_model)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -524,57 +463,63 @@ def cms_slow_op(
 
 
 class ContinuumMemory(nn.Module):
-    """ContinuumMemory from `cms.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """ContinuumMemory from `cms.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, d_hidden = 1024); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_hidden: int = 1024,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"ContinuumMemory was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 1, mode, chunk_size
-        self.W_k1 = nn.Parameter(torch.empty(1, 256, 256))  # spec:14
-        self.W_v1 = nn.Parameter(torch.empty(1, 256, 256))  # spec:14
-        self.W_k2 = nn.Parameter(torch.empty(1, 256, 256))  # spec:14
-        self.W_v2 = nn.Parameter(torch.empty(1, 256, 256))  # spec:14
-        self.W_k3 = nn.Parameter(torch.empty(1, 256, 256))  # spec:14
-        self.W_v3 = nn.Parameter(torch.empty(1, 256, 256))  # spec:14
+        nl.check_sizes("ContinuumMemory", {"d_model": d_model, "d_hidden": d_hidden})
+        self.d_model = d_model
+        self.d_hidden = d_hidden
+        self.heads = 1
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_k1 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:14
+        self.W_v1 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:14
+        self.W_k2 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:14
+        self.W_v2 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:14
+        self.W_k3 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:14
+        self.W_v3 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:14
         self.cms_fast_M1_W1_init = nn.Parameter(
-            torch.empty(1, 1024, 256)
+            torch.empty(self.heads, self.d_hidden, self.d_model)
         )  # spec:17 learned initial state
         self.cms_fast_M1_W2_init = nn.Parameter(
-            torch.empty(1, 256, 1024)
+            torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:17 learned initial state
         self.cms_mid_M2_W1_init = nn.Parameter(
-            torch.empty(1, 1024, 256)
+            torch.empty(self.heads, self.d_hidden, self.d_model)
         )  # spec:24 learned initial state
         self.cms_mid_M2_W2_init = nn.Parameter(
-            torch.empty(1, 256, 1024)
+            torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:24 learned initial state
         self.cms_slow_M3_W1_init = nn.Parameter(
-            torch.empty(1, 1024, 256)
+            torch.empty(self.heads, self.d_hidden, self.d_model)
         )  # spec:31 learned initial state
         self.cms_slow_M3_W2_init = nn.Parameter(
-            torch.empty(1, 256, 1024)
+            torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:31 learned initial state
         self.register_buffer(
-            "head", torch.arange(1, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_k1, std=0.0625)
-            nn.init.normal_(self.W_v1, std=0.0625)
-            nn.init.normal_(self.W_k2, std=0.0625)
-            nn.init.normal_(self.W_v2, std=0.0625)
-            nn.init.normal_(self.W_k3, std=0.0625)
-            nn.init.normal_(self.W_v3, std=0.0625)
+            nn.init.normal_(self.W_k1, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_v1, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_k2, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_v2, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_k3, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_v3, std=self.d_model**-0.5)
             nn.init.normal_(self.cms_fast_M1_W1_init, std=0.02)
             nn.init.normal_(self.cms_fast_M1_W2_init, std=0.02)
             nn.init.normal_(self.cms_mid_M2_W1_init, std=0.02)
@@ -609,19 +554,19 @@ class ContinuumMemory(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 1)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "cms_fast": cms_fast_initial_state(batch, 1, ref)
+            "cms_fast": cms_fast_initial_state(batch, self.heads, ref, self.d_hidden, self.d_model)
             | {
                 "M1_W1": self.cms_fast_M1_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M1_W2": self.cms_fast_M1_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
             },
-            "cms_mid": cms_mid_initial_state(batch, 1, ref)
+            "cms_mid": cms_mid_initial_state(batch, self.heads, ref, self.d_hidden, self.d_model)
             | {
                 "M2_W1": self.cms_mid_M2_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M2_W2": self.cms_mid_M2_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
             },
-            "cms_slow": cms_slow_initial_state(batch, 1, ref)
+            "cms_slow": cms_slow_initial_state(batch, self.heads, ref, self.d_hidden, self.d_model)
             | {
                 "M3_W1": self.cms_slow_M3_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M3_W2": self.cms_slow_M3_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
@@ -629,9 +574,9 @@ class ContinuumMemory(nn.Module):
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -639,11 +584,12 @@ class ContinuumMemory(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 1, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         cms_fast, cms_fast_final = cms_fast_op(
             xh,
             W_k1=self.W_k1,
             W_v1=self.W_v1,
+            d_hidden=self.d_hidden,
             initial_state=states["cms_fast"],
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
@@ -654,6 +600,7 @@ class ContinuumMemory(nn.Module):
             cms_fast,
             W_k2=self.W_k2,
             W_v2=self.W_v2,
+            d_hidden=self.d_hidden,
             initial_state=states["cms_mid"],
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
@@ -664,6 +611,7 @@ class ContinuumMemory(nn.Module):
             cms_mid,
             W_k3=self.W_k3,
             W_v3=self.W_v3,
+            d_hidden=self.d_hidden,
             initial_state=states["cms_slow"],
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
@@ -680,6 +628,6 @@ class ContinuumMemory(nn.Module):
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

@@ -43,7 +43,9 @@ def memory_chunked(tokens, state, consts, chunk_size):
     beta = tokens["beta"]
     ref = nl.reference(tokens)
     value0 = beta * v
-    if nl.use_triton(ref, chunked="delta/none"):  # CUDA: the fused recurrent Triton kernel
+    if nl.use_triton(
+        ref, chunked="delta/none", key_width=state["S"].shape[-1]
+    ):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "deltanet_memory_triton")
         o, S = kernels.memory_fused_recurrent(
             nl.vec(q, ref),
@@ -67,10 +69,10 @@ def memory_chunked(tokens, state, consts, chunk_size):
     return o.unsqueeze(-1), {"S": S}
 
 
-def memory_initial_state(batch, heads, ref):
+def memory_initial_state(batch, heads, ref, d_v, d_k):
     """Level `memory`'s default initial state (zeros)."""
     return {
-        "S": nl.init_state("zeros", (64, 64), batch, heads, ref),
+        "S": nl.init_state("zeros", (d_v, d_k), batch, heads, ref),
     }
 
 
@@ -88,16 +90,18 @@ def memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], v: [B, T, H, 64], beta: [B, T, H].
+    Inputs: q: [B, T, H, d_k], k: [B, T, H, d_k], v: [B, T, H, d_v], beta: [B, T, H].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "memory_op",
         {"q": q, "k": k, "v": v, "beta": beta},
-        {"q": 64, "k": 64, "v": 64, "beta": None},
+        {"q": "d_k", "k": "d_k", "v": "d_v", "beta": None},
         {},
         initial_state,
         cu_seqlens,
     )
+    d_k = dims["d_k"]
+    d_v = dims["d_v"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -106,7 +110,7 @@ def memory_op(
     }
     consts = {}
     if initial_state is None:
-        initial_state = memory_initial_state(batch, heads, tokens["q"])
+        initial_state = memory_initial_state(batch, heads, tokens["q"], d_v, d_k)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -131,40 +135,49 @@ op = memory_op
 
 
 class DeltaNet(nn.Module):
-    """DeltaNet from `deltanet.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """DeltaNet from `deltanet.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, heads = 4, d_k = 64, d_v = 64); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        heads: int = 4,
+        d_k: int = 64,
+        d_v: int = 64,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"DeltaNet was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 4, mode, chunk_size
-        self.W_q = nn.Parameter(torch.empty(4, 256, 64))  # spec:11
-        self.W_k = nn.Parameter(torch.empty(4, 256, 64))  # spec:11
-        self.W_v = nn.Parameter(torch.empty(4, 256, 64))  # spec:12
-        self.w_beta = nn.Parameter(torch.empty(4, 256))  # spec:13
-        self.W_o = nn.Parameter(torch.empty(4, 64, 256))  # spec:14
-        self.conv0 = nn.Parameter(torch.empty(4, 64, 4))  # spec:17 conv
-        self.conv1 = nn.Parameter(torch.empty(4, 64, 4))  # spec:18 conv
-        self.conv2 = nn.Parameter(torch.empty(4, 64, 4))  # spec:19 conv
+        nl.check_sizes("DeltaNet", {"d_model": d_model, "heads": heads, "d_k": d_k, "d_v": d_v})
+        self.d_model = d_model
+        self.heads = heads
+        self.d_k = d_k
+        self.d_v = d_v
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_q = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_k))  # spec:11
+        self.W_k = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_k))  # spec:11
+        self.W_v = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_v))  # spec:12
+        self.w_beta = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:13
+        self.W_o = nn.Parameter(torch.empty(self.heads, self.d_v, self.d_model))  # spec:14
+        self.conv0 = nn.Parameter(torch.empty(self.heads, self.d_k, 4))  # spec:17 conv
+        self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_k, 4))  # spec:18 conv
+        self.conv2 = nn.Parameter(torch.empty(self.heads, self.d_v, 4))  # spec:19 conv
         self.register_buffer(
-            "head", torch.arange(4, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_q, std=0.125)
-            nn.init.normal_(self.W_k, std=0.125)
-            nn.init.normal_(self.W_v, std=0.125)
+            nn.init.normal_(self.W_q, std=self.d_k**-0.5)
+            nn.init.normal_(self.W_k, std=self.d_k**-0.5)
+            nn.init.normal_(self.W_v, std=self.d_v**-0.5)
             nn.init.zeros_(self.w_beta)
-            nn.init.normal_(self.W_o, std=0.0625)
+            nn.init.normal_(self.W_o, std=self.d_model**-0.5)
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
@@ -192,15 +205,15 @@ class DeltaNet(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 4)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "memory": memory_initial_state(batch, 4, ref),
+            "memory": memory_initial_state(batch, self.heads, ref, self.d_v, self.d_k),
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -208,7 +221,7 @@ class DeltaNet(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 4, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
             nl.l2norm(
                 F.silu(
@@ -255,6 +268,6 @@ class DeltaNet(nn.Module):
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

@@ -2,14 +2,14 @@
 # Do not edit by hand: regenerate with `nlc compile`.
 """Sequence layers compiled from `hope.nl`: SelfModifyingTitans, ContinuumMemory.
 
-Level `alpha` (spec:59), family frozen-gradient: 2 tensors carried per token.
-  Note: runs with alpha, eta, k, v as one group, a chunk of 16 tokens at a time.
-Level `eta` (spec:51), family frozen-gradient: 2 tensors carried per token.
-  Note: runs with alpha, eta, k, v as one group, a chunk of 16 tokens at a time.
 Level `k` (spec:35), family frozen-gradient: 2 tensors carried per token.
-  Note: runs with alpha, eta, k, v as one group, a chunk of 16 tokens at a time.
+  Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
 Level `v` (spec:43), family frozen-gradient: 2 tensors carried per token.
-  Note: runs with alpha, eta, k, v as one group, a chunk of 16 tokens at a time.
+  Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
+Level `eta` (spec:51), family frozen-gradient: 2 tensors carried per token.
+  Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
+Level `alpha` (spec:59), family frozen-gradient: 2 tensors carried per token.
+  Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
 Level `memory` (spec:67), family frozen-gradient: 2 tensors carried per token.
 Level `cms_fast` (spec:85), family frozen-gradient: 2 tensors carried per token.
 Level `cms_mid` (spec:92), family frozen-gradient: 2 tensors carried per token.
@@ -33,274 +33,6 @@ from nlc.runtime.library import ops as nl
 SPEC = "hope.nl"
 
 
-# ---------------------------------------------------------------- level `alpha`
-def SelfModifyingTitans_alpha_step(state, inputs):
-    """One token of level `alpha` (spec:59); matrices in the last two axes."""
-    A_W1 = state["A_W1"]
-    A_W2 = state["A_W2"]
-    h = inputs["h"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    A_W1_0 = inputs["A_W1_0"]
-    A_W2_0 = inputs["A_W2_0"]
-    t0 = k.mT
-    t1 = -eta
-    t2 = A_W1_0 @ k
-    t3 = A_W1_0 @ v
-    t4 = 0.5 * t3 * (1 + torch.erf(0.5 * 1.4142135623730951 * t3))
-    t5 = A_W2_0 @ t4
-    t6 = t5 + v
-    t7 = -t6
-    t8 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t9 = A_W2_0 @ t8
-    t10 = t9 + k
-    t11 = t7 + t10
-    A_W1_next = t1 * (A_W1 @ k @ t0) + (
-        alpha * A_W1
-        + t1
-        * (
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-                )
-                * (A_W2_0.mT @ t11)
-            )
-            @ t0
-        )
-    )
-    t12 = t0 @ A_W1_0.mT
-    A_W2_next = alpha * A_W2 + t1 * (
-        t11 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))
-    )
-    t13 = A_W1_0 @ h
-    o = 1 / (
-        1
-        + torch.exp(
-            -0.015625
-            * nl.sum_all(
-                (A_W2_0 @ (0.5 * t13 * (1 + torch.erf(0.5 * 1.4142135623730951 * t13)))) + h
-            )
-        )
-    )
-    return {"A_W1": A_W1_next, "A_W2": A_W2_next}, o
-
-
-def SelfModifyingTitans_alpha_drive(inputs):
-    """Every term of level `alpha` that depends only on the chunk-start state, for
-    all tokens of a chunk at once."""
-    k = inputs["k"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    A_W1_0 = inputs["A_W1_0"]
-    A_W2_0 = inputs["A_W2_0"]
-    t0 = nl.mm(A_W1_0, k)
-    t1 = nl.mm(A_W1_0, v)
-    t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
-    t3 = nl.mm(A_W2_0, t2)
-    t4 = t3 + v
-    t5 = -t4
-    t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t7 = nl.mm(A_W2_0, t6)
-    t8 = t7 + k
-    t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (
-        nl.mm(
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (nl.mm(A_W2_0.mT, t9))
-            ),
-            t10,
-        )
-    )
-    t12 = nl.mm(t10, A_W1_0.mT)
-    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
-    return {"drive0": drive0, "drive1": drive1}
-
-
-def SelfModifyingTitans_alpha_combine(state, inputs):
-    """One token of level `alpha` given its chunk-start terms."""
-    A_W1 = state["A_W1"]
-    A_W2 = state["A_W2"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    A_W1_next = (-eta) * (A_W1 @ k @ k.mT) + (alpha * A_W1 + drive0)
-    A_W2_next = alpha * A_W2 + drive1
-    return {"A_W1": A_W1_next, "A_W2": A_W2_next}
-
-
-def SelfModifyingTitans_alpha_read_token(state, inputs):
-    """Level `alpha`'s read of one token (or a chunk), before any level writes."""
-    h = inputs["h"]
-    A_W1_0 = inputs["A_W1_0"]
-    A_W2_0 = inputs["A_W2_0"]
-    t0 = nl.mm(A_W1_0, h)
-    o = 1 / (
-        1
-        + torch.exp(
-            -0.015625
-            * nl.sum_all(
-                (nl.mm(A_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
-            )
-        )
-    )
-    return o
-
-
-def SelfModifyingTitans_alpha_initial_state(batch, heads, ref):
-    """Level `alpha`'s default initial state (zeros)."""
-    return {
-        "A_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "A_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
-    }
-
-
-# ---------------------------------------------------------------- level `eta`
-def SelfModifyingTitans_eta_step(state, inputs):
-    """One token of level `eta` (spec:51); matrices in the last two axes."""
-    E_W1 = state["E_W1"]
-    E_W2 = state["E_W2"]
-    h = inputs["h"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    E_W1_0 = inputs["E_W1_0"]
-    E_W2_0 = inputs["E_W2_0"]
-    t0 = k.mT
-    t1 = -eta
-    t2 = E_W1_0 @ k
-    t3 = E_W1_0 @ v
-    t4 = 0.5 * t3 * (1 + torch.erf(0.5 * 1.4142135623730951 * t3))
-    t5 = E_W2_0 @ t4
-    t6 = t5 + v
-    t7 = -t6
-    t8 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
-    t9 = E_W2_0 @ t8
-    t10 = t9 + k
-    t11 = t7 + t10
-    E_W1_next = t1 * (E_W1 @ k @ t0) + (
-        alpha * E_W1
-        + t1
-        * (
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-                )
-                * (E_W2_0.mT @ t11)
-            )
-            @ t0
-        )
-    )
-    t12 = t0 @ E_W1_0.mT
-    E_W2_next = alpha * E_W2 + t1 * (
-        t11 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))
-    )
-    t13 = E_W1_0 @ h
-    o = 1 / (
-        1
-        + torch.exp(
-            -0.015625
-            * nl.sum_all(
-                (E_W2_0 @ (0.5 * t13 * (1 + torch.erf(0.5 * 1.4142135623730951 * t13)))) + h
-            )
-        )
-    )
-    return {"E_W1": E_W1_next, "E_W2": E_W2_next}, o
-
-
-def SelfModifyingTitans_eta_drive(inputs):
-    """Every term of level `eta` that depends only on the chunk-start state, for
-    all tokens of a chunk at once."""
-    k = inputs["k"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    E_W1_0 = inputs["E_W1_0"]
-    E_W2_0 = inputs["E_W2_0"]
-    t0 = nl.mm(E_W1_0, k)
-    t1 = nl.mm(E_W1_0, v)
-    t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
-    t3 = nl.mm(E_W2_0, t2)
-    t4 = t3 + v
-    t5 = -t4
-    t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
-    t7 = nl.mm(E_W2_0, t6)
-    t8 = t7 + k
-    t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (
-        nl.mm(
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (nl.mm(E_W2_0.mT, t9))
-            ),
-            t10,
-        )
-    )
-    t12 = nl.mm(t10, E_W1_0.mT)
-    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
-    return {"drive0": drive0, "drive1": drive1}
-
-
-def SelfModifyingTitans_eta_combine(state, inputs):
-    """One token of level `eta` given its chunk-start terms."""
-    E_W1 = state["E_W1"]
-    E_W2 = state["E_W2"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    E_W1_next = (-eta) * (E_W1 @ k @ k.mT) + (alpha * E_W1 + drive0)
-    E_W2_next = alpha * E_W2 + drive1
-    return {"E_W1": E_W1_next, "E_W2": E_W2_next}
-
-
-def SelfModifyingTitans_eta_read_token(state, inputs):
-    """Level `eta`'s read of one token (or a chunk), before any level writes."""
-    h = inputs["h"]
-    E_W1_0 = inputs["E_W1_0"]
-    E_W2_0 = inputs["E_W2_0"]
-    t0 = nl.mm(E_W1_0, h)
-    o = 1 / (
-        1
-        + torch.exp(
-            -0.015625
-            * nl.sum_all(
-                (nl.mm(E_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h
-            )
-        )
-    )
-    return o
-
-
-def SelfModifyingTitans_eta_initial_state(batch, heads, ref):
-    """Level `eta`'s default initial state (zeros)."""
-    return {
-        "E_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "E_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
-    }
-
-
 # ---------------------------------------------------------------- level `k`
 def SelfModifyingTitans_k_step(state, inputs):
     """One token of level `k` (spec:35); matrices in the last two axes."""
@@ -317,37 +49,19 @@ def SelfModifyingTitans_k_step(state, inputs):
     t1 = -eta
     t2 = K_W1_0 @ k
     t3 = K_W1_0 @ v
-    t4 = 0.5 * t3 * (1 + torch.erf(0.5 * 1.4142135623730951 * t3))
+    t4 = nl.gelu(t3)
     t5 = K_W2_0 @ t4
     t6 = t5 + v
     t7 = -t6
-    t8 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t8 = nl.gelu(t2)
     t9 = K_W2_0 @ t8
     t10 = t9 + k
     t11 = t7 + t10
     K_W1_next = t1 * (K_W1 @ k @ t0) + (
-        alpha * K_W1
-        + t1
-        * (
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-                )
-                * (K_W2_0.mT @ t11)
-            )
-            @ t0
-        )
+        alpha * K_W1 + t1 * (((nl.gelu_grad(t2)) * (K_W2_0.mT @ t11)) @ t0)
     )
-    t12 = t0 @ K_W1_0.mT
-    K_W2_next = alpha * K_W2 + t1 * (
-        t11 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))
-    )
-    t13 = K_W1_0 @ h
-    o = nl.l2norm(
-        ((K_W2_0 @ (0.5 * t13 * (1 + torch.erf(0.5 * 1.4142135623730951 * t13)))) + h).mT
-    ).mT
+    K_W2_next = alpha * K_W2 + t1 * (t11 @ (nl.gelu((t0 @ K_W1_0.mT))))
+    o = nl.l2norm(((K_W2_0 @ (nl.gelu((K_W1_0 @ h)))) + h).mT).mT
     return {"K_W1": K_W1_next, "K_W2": K_W2_next}, o
 
 
@@ -361,31 +75,18 @@ def SelfModifyingTitans_k_drive(inputs):
     K_W2_0 = inputs["K_W2_0"]
     t0 = nl.mm(K_W1_0, k)
     t1 = nl.mm(K_W1_0, v)
-    t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
+    t2 = nl.gelu(t1)
     t3 = nl.mm(K_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
-    t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
+    t6 = nl.gelu(t0)
     t7 = nl.mm(K_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
-    drive0 = t11 * (
-        nl.mm(
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (nl.mm(K_W2_0.mT, t9))
-            ),
-            t10,
-        )
-    )
-    t12 = nl.mm(t10, K_W1_0.mT)
-    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
+    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(K_W2_0.mT, t9))), t10))
+    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, K_W1_0.mT))))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -408,18 +109,15 @@ def SelfModifyingTitans_k_read_token(state, inputs):
     h = inputs["h"]
     K_W1_0 = inputs["K_W1_0"]
     K_W2_0 = inputs["K_W2_0"]
-    t0 = nl.mm(K_W1_0, h)
-    o = nl.l2norm(
-        ((nl.mm(K_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
-    ).mT
+    o = nl.l2norm(((nl.mm(K_W2_0, (nl.gelu((nl.mm(K_W1_0, h)))))) + h).mT).mT
     return o
 
 
-def SelfModifyingTitans_k_initial_state(batch, heads, ref):
+def SelfModifyingTitans_k_initial_state(batch, heads, ref, d_head):
     """Level `k`'s default initial state (zeros)."""
     return {
-        "K_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "K_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
+        "K_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "K_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
     }
 
 
@@ -439,37 +137,19 @@ def SelfModifyingTitans_v_step(state, inputs):
     t1 = -eta
     t2 = V_W1_0 @ k
     t3 = V_W1_0 @ v
-    t4 = 0.5 * t3 * (1 + torch.erf(0.5 * 1.4142135623730951 * t3))
+    t4 = nl.gelu(t3)
     t5 = V_W2_0 @ t4
     t6 = t5 + v
     t7 = -t6
-    t8 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t8 = nl.gelu(t2)
     t9 = V_W2_0 @ t8
     t10 = t9 + k
     t11 = t7 + t10
     V_W1_next = t1 * (V_W1 @ k @ t0) + (
-        alpha * V_W1
-        + t1
-        * (
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-                )
-                * (V_W2_0.mT @ t11)
-            )
-            @ t0
-        )
+        alpha * V_W1 + t1 * (((nl.gelu_grad(t2)) * (V_W2_0.mT @ t11)) @ t0)
     )
-    t12 = t0 @ V_W1_0.mT
-    V_W2_next = alpha * V_W2 + t1 * (
-        t11 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))
-    )
-    t13 = V_W1_0 @ h
-    o = nl.l2norm(
-        ((V_W2_0 @ (0.5 * t13 * (1 + torch.erf(0.5 * 1.4142135623730951 * t13)))) + h).mT
-    ).mT
+    V_W2_next = alpha * V_W2 + t1 * (t11 @ (nl.gelu((t0 @ V_W1_0.mT))))
+    o = nl.l2norm(((V_W2_0 @ (nl.gelu((V_W1_0 @ h)))) + h).mT).mT
     return {"V_W1": V_W1_next, "V_W2": V_W2_next}, o
 
 
@@ -483,31 +163,18 @@ def SelfModifyingTitans_v_drive(inputs):
     V_W2_0 = inputs["V_W2_0"]
     t0 = nl.mm(V_W1_0, k)
     t1 = nl.mm(V_W1_0, v)
-    t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
+    t2 = nl.gelu(t1)
     t3 = nl.mm(V_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
-    t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
+    t6 = nl.gelu(t0)
     t7 = nl.mm(V_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
-    drive0 = t11 * (
-        nl.mm(
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (nl.mm(V_W2_0.mT, t9))
-            ),
-            t10,
-        )
-    )
-    t12 = nl.mm(t10, V_W1_0.mT)
-    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
+    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(V_W2_0.mT, t9))), t10))
+    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, V_W1_0.mT))))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -530,18 +197,199 @@ def SelfModifyingTitans_v_read_token(state, inputs):
     h = inputs["h"]
     V_W1_0 = inputs["V_W1_0"]
     V_W2_0 = inputs["V_W2_0"]
-    t0 = nl.mm(V_W1_0, h)
-    o = nl.l2norm(
-        ((nl.mm(V_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + h).mT
-    ).mT
+    o = nl.l2norm(((nl.mm(V_W2_0, (nl.gelu((nl.mm(V_W1_0, h)))))) + h).mT).mT
     return o
 
 
-def SelfModifyingTitans_v_initial_state(batch, heads, ref):
+def SelfModifyingTitans_v_initial_state(batch, heads, ref, d_head):
     """Level `v`'s default initial state (zeros)."""
     return {
-        "V_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "V_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
+        "V_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "V_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
+    }
+
+
+# ---------------------------------------------------------------- level `eta`
+def SelfModifyingTitans_eta_step(state, inputs):
+    """One token of level `eta` (spec:51); matrices in the last two axes."""
+    E_W1 = state["E_W1"]
+    E_W2 = state["E_W2"]
+    h = inputs["h"]
+    k = inputs["k"]
+    alpha = inputs["alpha"]
+    eta = inputs["eta"]
+    v = inputs["v"]
+    d_head = inputs["d_head"]
+    E_W1_0 = inputs["E_W1_0"]
+    E_W2_0 = inputs["E_W2_0"]
+    t0 = k.mT
+    t1 = -eta
+    t2 = E_W1_0 @ k
+    t3 = E_W1_0 @ v
+    t4 = nl.gelu(t3)
+    t5 = E_W2_0 @ t4
+    t6 = t5 + v
+    t7 = -t6
+    t8 = nl.gelu(t2)
+    t9 = E_W2_0 @ t8
+    t10 = t9 + k
+    t11 = t7 + t10
+    E_W1_next = t1 * (E_W1 @ k @ t0) + (
+        alpha * E_W1 + t1 * (((nl.gelu_grad(t2)) * (E_W2_0.mT @ t11)) @ t0)
+    )
+    E_W2_next = alpha * E_W2 + t1 * (t11 @ (nl.gelu((t0 @ E_W1_0.mT))))
+    o = 1 / (1 + torch.exp(-nl.sum_all((E_W2_0 @ (nl.gelu((E_W1_0 @ h)))) + h) / d_head))
+    return {"E_W1": E_W1_next, "E_W2": E_W2_next}, o
+
+
+def SelfModifyingTitans_eta_drive(inputs):
+    """Every term of level `eta` that depends only on the chunk-start state, for
+    all tokens of a chunk at once."""
+    k = inputs["k"]
+    eta = inputs["eta"]
+    v = inputs["v"]
+    E_W1_0 = inputs["E_W1_0"]
+    E_W2_0 = inputs["E_W2_0"]
+    t0 = nl.mm(E_W1_0, k)
+    t1 = nl.mm(E_W1_0, v)
+    t2 = nl.gelu(t1)
+    t3 = nl.mm(E_W2_0, t2)
+    t4 = t3 + v
+    t5 = -t4
+    t6 = nl.gelu(t0)
+    t7 = nl.mm(E_W2_0, t6)
+    t8 = t7 + k
+    t9 = t5 + t8
+    t10 = k.mT
+    t11 = -eta
+    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(E_W2_0.mT, t9))), t10))
+    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, E_W1_0.mT))))))
+    return {"drive0": drive0, "drive1": drive1}
+
+
+def SelfModifyingTitans_eta_combine(state, inputs):
+    """One token of level `eta` given its chunk-start terms."""
+    E_W1 = state["E_W1"]
+    E_W2 = state["E_W2"]
+    k = inputs["k"]
+    alpha = inputs["alpha"]
+    eta = inputs["eta"]
+    drive0 = inputs["drive0"]
+    drive1 = inputs["drive1"]
+    E_W1_next = (-eta) * (E_W1 @ k @ k.mT) + (alpha * E_W1 + drive0)
+    E_W2_next = alpha * E_W2 + drive1
+    return {"E_W1": E_W1_next, "E_W2": E_W2_next}
+
+
+def SelfModifyingTitans_eta_read_token(state, inputs):
+    """Level `eta`'s read of one token (or a chunk), before any level writes."""
+    h = inputs["h"]
+    d_head = inputs["d_head"]
+    E_W1_0 = inputs["E_W1_0"]
+    E_W2_0 = inputs["E_W2_0"]
+    o = 1 / (
+        1 + torch.exp(-nl.sum_all((nl.mm(E_W2_0, (nl.gelu((nl.mm(E_W1_0, h)))))) + h) / d_head)
+    )
+    return o
+
+
+def SelfModifyingTitans_eta_initial_state(batch, heads, ref, d_head):
+    """Level `eta`'s default initial state (zeros)."""
+    return {
+        "E_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "E_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
+    }
+
+
+# ---------------------------------------------------------------- level `alpha`
+def SelfModifyingTitans_alpha_step(state, inputs):
+    """One token of level `alpha` (spec:59); matrices in the last two axes."""
+    A_W1 = state["A_W1"]
+    A_W2 = state["A_W2"]
+    h = inputs["h"]
+    k = inputs["k"]
+    alpha = inputs["alpha"]
+    eta = inputs["eta"]
+    v = inputs["v"]
+    d_head = inputs["d_head"]
+    A_W1_0 = inputs["A_W1_0"]
+    A_W2_0 = inputs["A_W2_0"]
+    t0 = k.mT
+    t1 = -eta
+    t2 = A_W1_0 @ k
+    t3 = A_W1_0 @ v
+    t4 = nl.gelu(t3)
+    t5 = A_W2_0 @ t4
+    t6 = t5 + v
+    t7 = -t6
+    t8 = nl.gelu(t2)
+    t9 = A_W2_0 @ t8
+    t10 = t9 + k
+    t11 = t7 + t10
+    A_W1_next = t1 * (A_W1 @ k @ t0) + (
+        alpha * A_W1 + t1 * (((nl.gelu_grad(t2)) * (A_W2_0.mT @ t11)) @ t0)
+    )
+    A_W2_next = alpha * A_W2 + t1 * (t11 @ (nl.gelu((t0 @ A_W1_0.mT))))
+    o = 1 / (1 + torch.exp(-nl.sum_all((A_W2_0 @ (nl.gelu((A_W1_0 @ h)))) + h) / d_head))
+    return {"A_W1": A_W1_next, "A_W2": A_W2_next}, o
+
+
+def SelfModifyingTitans_alpha_drive(inputs):
+    """Every term of level `alpha` that depends only on the chunk-start state, for
+    all tokens of a chunk at once."""
+    k = inputs["k"]
+    eta = inputs["eta"]
+    v = inputs["v"]
+    A_W1_0 = inputs["A_W1_0"]
+    A_W2_0 = inputs["A_W2_0"]
+    t0 = nl.mm(A_W1_0, k)
+    t1 = nl.mm(A_W1_0, v)
+    t2 = nl.gelu(t1)
+    t3 = nl.mm(A_W2_0, t2)
+    t4 = t3 + v
+    t5 = -t4
+    t6 = nl.gelu(t0)
+    t7 = nl.mm(A_W2_0, t6)
+    t8 = t7 + k
+    t9 = t5 + t8
+    t10 = k.mT
+    t11 = -eta
+    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(A_W2_0.mT, t9))), t10))
+    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, A_W1_0.mT))))))
+    return {"drive0": drive0, "drive1": drive1}
+
+
+def SelfModifyingTitans_alpha_combine(state, inputs):
+    """One token of level `alpha` given its chunk-start terms."""
+    A_W1 = state["A_W1"]
+    A_W2 = state["A_W2"]
+    k = inputs["k"]
+    alpha = inputs["alpha"]
+    eta = inputs["eta"]
+    drive0 = inputs["drive0"]
+    drive1 = inputs["drive1"]
+    A_W1_next = (-eta) * (A_W1 @ k @ k.mT) + (alpha * A_W1 + drive0)
+    A_W2_next = alpha * A_W2 + drive1
+    return {"A_W1": A_W1_next, "A_W2": A_W2_next}
+
+
+def SelfModifyingTitans_alpha_read_token(state, inputs):
+    """Level `alpha`'s read of one token (or a chunk), before any level writes."""
+    h = inputs["h"]
+    d_head = inputs["d_head"]
+    A_W1_0 = inputs["A_W1_0"]
+    A_W2_0 = inputs["A_W2_0"]
+    o = 1 / (
+        1 + torch.exp(-nl.sum_all((nl.mm(A_W2_0, (nl.gelu((nl.mm(A_W1_0, h)))))) + h) / d_head)
+    )
+    return o
+
+
+def SelfModifyingTitans_alpha_initial_state(batch, heads, ref, d_head):
+    """Level `alpha`'s default initial state (zeros)."""
+    return {
+        "A_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "A_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
     }
 
 
@@ -561,35 +409,19 @@ def SelfModifyingTitans_memory_step(state, inputs):
     t1 = -eta
     t2 = M_W1_0 @ k
     t3 = M_W1_0 @ v
-    t4 = 0.5 * t3 * (1 + torch.erf(0.5 * 1.4142135623730951 * t3))
+    t4 = nl.gelu(t3)
     t5 = M_W2_0 @ t4
     t6 = t5 + v
     t7 = -t6
-    t8 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t8 = nl.gelu(t2)
     t9 = M_W2_0 @ t8
     t10 = t9 + k
     t11 = t7 + t10
     M_W1_next = t1 * (M_W1 @ k @ t0) + (
-        alpha * M_W1
-        + t1
-        * (
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-                )
-                * (M_W2_0.mT @ t11)
-            )
-            @ t0
-        )
+        alpha * M_W1 + t1 * (((nl.gelu_grad(t2)) * (M_W2_0.mT @ t11)) @ t0)
     )
-    t12 = t0 @ M_W1_0.mT
-    M_W2_next = alpha * M_W2 + t1 * (
-        t11 @ (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))
-    )
-    t13 = M_W1 @ q
-    o = (M_W2 @ (0.5 * t13 * (1 + torch.erf(0.5 * 1.4142135623730951 * t13)))) + q
+    M_W2_next = alpha * M_W2 + t1 * (t11 @ (nl.gelu((t0 @ M_W1_0.mT))))
+    o = (M_W2 @ (nl.gelu((M_W1 @ q)))) + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 
@@ -603,31 +435,18 @@ def SelfModifyingTitans_memory_drive(inputs):
     M_W2_0 = inputs["M_W2_0"]
     t0 = nl.mm(M_W1_0, k)
     t1 = nl.mm(M_W1_0, v)
-    t2 = 0.5 * t1 * (1 + torch.erf(0.5 * 1.4142135623730951 * t1))
+    t2 = nl.gelu(t1)
     t3 = nl.mm(M_W2_0, t2)
     t4 = t3 + v
     t5 = -t4
-    t6 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
+    t6 = nl.gelu(t0)
     t7 = nl.mm(M_W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
     t10 = k.mT
     t11 = -eta
-    drive0 = t11 * (
-        nl.mm(
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (nl.mm(M_W2_0.mT, t9))
-            ),
-            t10,
-        )
-    )
-    t12 = nl.mm(t10, M_W1_0.mT)
-    drive1 = t11 * (nl.mm(t9, (0.5 * t12 * (1 + torch.erf(0.5 * 1.4142135623730951 * t12)))))
+    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(M_W2_0.mT, t9))), t10))
+    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, M_W1_0.mT))))))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -650,16 +469,15 @@ def SelfModifyingTitans_memory_read(states, inputs):
     M_W1 = states["M_W1"]
     M_W2 = states["M_W2"]
     q = inputs["q"]
-    t0 = nl.mm(M_W1, q)
-    o = (nl.mm(M_W2, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + q
+    o = (nl.mm(M_W2, (nl.gelu((nl.mm(M_W1, q)))))) + q
     return o
 
 
-def SelfModifyingTitans_memory_initial_state(batch, heads, ref):
+def SelfModifyingTitans_memory_initial_state(batch, heads, ref, d_head):
     """Level `memory`'s default initial state (zeros)."""
     return {
-        "M_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "M_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
+        "M_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "M_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
     }
 
 
@@ -678,16 +496,17 @@ def SelfModifyingTitans_memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], alpha: [B, T, H], eta: [B, T, H], v: [B, T, H, 64].
+    Inputs: q: [B, T, H, d_head], k: [B, T, H, d_head], alpha: [B, T, H], eta: [B, T, H], v: [B, T, H, d_head].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "SelfModifyingTitans_memory_op",
         {"q": q, "k": k, "alpha": alpha, "eta": eta, "v": v},
-        {"q": 64, "k": 64, "alpha": None, "eta": None, "v": 64},
+        {"q": "d_head", "k": "d_head", "alpha": None, "eta": None, "v": "d_head"},
         {},
         initial_state,
         cu_seqlens,
     )
+    d_head = dims["d_head"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -697,7 +516,7 @@ def SelfModifyingTitans_memory_op(
     }
     consts = {}
     if initial_state is None:
-        initial_state = SelfModifyingTitans_memory_initial_state(batch, heads, tokens["q"])
+        initial_state = SelfModifyingTitans_memory_initial_state(batch, heads, tokens["q"], d_head)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -728,7 +547,7 @@ def SelfModifyingTitans_memory_op(
     return nl.output(o, "vector"), (final if output_final_state else None)
 
 
-def SelfModifyingTitans_alpha_eta_k_v_group_op(
+def SelfModifyingTitans_k_v_eta_alpha_group_op(
     h,
     *,
     initial_state=None,
@@ -736,48 +555,33 @@ def SelfModifyingTitans_alpha_eta_k_v_group_op(
     cu_seqlens=None,
     mode="chunked",
 ):
-    """Levels alpha, eta, k, v (spec:59) use each other's outputs: per token every
+    """Levels k, v, eta, alpha (spec:35) use each other's outputs: per token every
     one reads before any writes, then each writes with all the reads among its inputs.
     Returns `({level: o}, {level: final_state})`; `mode` is "recurrent" or "chunked" (a chunk of 16 tokens at a time: every member reads its chunk-start state)."""
-    batch, heads = nl.op_shapes(
-        "SelfModifyingTitans_alpha_eta_k_v_group_op",
+    batch, heads, dims = nl.op_shapes(
+        "SelfModifyingTitans_k_v_eta_alpha_group_op",
         {"h": h},
-        {"h": 64},
+        {"h": "d_head"},
         {},
         initial_state,
         cu_seqlens,
     )
+    d_head = dims["d_head"]
     tokens = {
         "h": nl.column(h),
     }
-    consts = {}
+    consts = {
+        "d_head": d_head,
+    }
     ref = tokens["h"]
     if initial_state is None:
         initial_state = {
-            "alpha": SelfModifyingTitans_alpha_initial_state(batch, heads, ref),
-            "eta": SelfModifyingTitans_eta_initial_state(batch, heads, ref),
-            "k": SelfModifyingTitans_k_initial_state(batch, heads, ref),
-            "v": SelfModifyingTitans_v_initial_state(batch, heads, ref),
+            "k": SelfModifyingTitans_k_initial_state(batch, heads, ref, d_head),
+            "v": SelfModifyingTitans_v_initial_state(batch, heads, ref, d_head),
+            "eta": SelfModifyingTitans_eta_initial_state(batch, heads, ref, d_head),
+            "alpha": SelfModifyingTitans_alpha_initial_state(batch, heads, ref, d_head),
         }
     members = [
-        nl.Member(
-            "alpha",
-            SelfModifyingTitans_alpha_read_token,
-            SelfModifyingTitans_alpha_step,
-            (("A_W1_0", "A_W1"), ("A_W2_0", "A_W2")),
-            16,
-            SelfModifyingTitans_alpha_drive,
-            SelfModifyingTitans_alpha_combine,
-        ),
-        nl.Member(
-            "eta",
-            SelfModifyingTitans_eta_read_token,
-            SelfModifyingTitans_eta_step,
-            (("E_W1_0", "E_W1"), ("E_W2_0", "E_W2")),
-            16,
-            SelfModifyingTitans_eta_drive,
-            SelfModifyingTitans_eta_combine,
-        ),
         nl.Member(
             "k",
             SelfModifyingTitans_k_read_token,
@@ -796,6 +600,24 @@ def SelfModifyingTitans_alpha_eta_k_v_group_op(
             SelfModifyingTitans_v_drive,
             SelfModifyingTitans_v_combine,
         ),
+        nl.Member(
+            "eta",
+            SelfModifyingTitans_eta_read_token,
+            SelfModifyingTitans_eta_step,
+            (("E_W1_0", "E_W1"), ("E_W2_0", "E_W2")),
+            16,
+            SelfModifyingTitans_eta_drive,
+            SelfModifyingTitans_eta_combine,
+        ),
+        nl.Member(
+            "alpha",
+            SelfModifyingTitans_alpha_read_token,
+            SelfModifyingTitans_alpha_step,
+            (("A_W1_0", "A_W1"), ("A_W2_0", "A_W2")),
+            16,
+            SelfModifyingTitans_alpha_drive,
+            SelfModifyingTitans_alpha_combine,
+        ),
     ]
 
     def recurrent(tokens, state):
@@ -808,72 +630,93 @@ def SelfModifyingTitans_alpha_eta_k_v_group_op(
     run = recurrent if mode == "recurrent" or mid else chunked
     o, final = nl.varlen(run, tokens, dict(initial_state), cu_seqlens)
     outputs = {
-        "alpha": nl.output(o["alpha"], "scalar"),
-        "eta": nl.output(o["eta"], "scalar"),
         "k": nl.output(o["k"], "vector"),
         "v": nl.output(o["v"], "vector"),
+        "eta": nl.output(o["eta"], "scalar"),
+        "alpha": nl.output(o["alpha"], "scalar"),
     }
     return outputs, (final if output_final_state else None)
 
 
 class SelfModifyingTitans(nn.Module):
-    """SelfModifyingTitans from `hope.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """SelfModifyingTitans from `hope.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, heads = 4, d_head = 64); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        heads: int = 4,
+        d_head: int = 64,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"SelfModifyingTitans was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 4, mode, chunk_size
-        self.W_x = nn.Parameter(torch.empty(4, 256, 64))  # spec:27
-        self.W_q = nn.Parameter(torch.empty(4, 256, 64))  # spec:27
-        self.W_o = nn.Parameter(torch.empty(4, 64, 256))  # spec:28
-        self.conv0 = nn.Parameter(torch.empty(4, 64, 4))  # spec:31 conv
-        self.conv1 = nn.Parameter(torch.empty(4, 64, 4))  # spec:32 conv
+        nl.check_sizes(
+            "SelfModifyingTitans", {"d_model": d_model, "heads": heads, "d_head": d_head}
+        )
+        self.d_model = d_model
+        self.heads = heads
+        self.d_head = d_head
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_x = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:27
+        self.W_q = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:27
+        self.W_o = nn.Parameter(torch.empty(self.heads, self.d_head, self.d_model))  # spec:28
+        self.conv0 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:31 conv
+        self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:32 conv
+        self.k_K_W1_init = nn.Parameter(
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
+        )  # spec:36 learned initial state
+        self.k_K_W2_init = nn.Parameter(
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
+        )  # spec:36 learned initial state
+        self.v_V_W1_init = nn.Parameter(
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
+        )  # spec:44 learned initial state
+        self.v_V_W2_init = nn.Parameter(
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
+        )  # spec:44 learned initial state
+        self.eta_E_W1_init = nn.Parameter(
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
+        )  # spec:52 learned initial state
+        self.eta_E_W2_init = nn.Parameter(
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
+        )  # spec:52 learned initial state
         self.alpha_A_W1_init = nn.Parameter(
-            torch.empty(4, 256, 64)
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
         )  # spec:60 learned initial state
         self.alpha_A_W2_init = nn.Parameter(
-            torch.empty(4, 64, 256)
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:60 learned initial state
-        self.eta_E_W1_init = nn.Parameter(torch.empty(4, 256, 64))  # spec:52 learned initial state
-        self.eta_E_W2_init = nn.Parameter(torch.empty(4, 64, 256))  # spec:52 learned initial state
-        self.k_K_W1_init = nn.Parameter(torch.empty(4, 256, 64))  # spec:36 learned initial state
-        self.k_K_W2_init = nn.Parameter(torch.empty(4, 64, 256))  # spec:36 learned initial state
-        self.v_V_W1_init = nn.Parameter(torch.empty(4, 256, 64))  # spec:44 learned initial state
-        self.v_V_W2_init = nn.Parameter(torch.empty(4, 64, 256))  # spec:44 learned initial state
         self.memory_M_W1_init = nn.Parameter(
-            torch.empty(4, 256, 64)
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
         )  # spec:68 learned initial state
         self.memory_M_W2_init = nn.Parameter(
-            torch.empty(4, 64, 256)
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:68 learned initial state
         self.register_buffer(
-            "head", torch.arange(4, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_x, std=0.125)
-            nn.init.normal_(self.W_q, std=0.125)
-            nn.init.normal_(self.W_o, std=0.0625)
+            nn.init.normal_(self.W_x, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_q, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_o, std=self.d_model**-0.5)
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
-            nn.init.normal_(self.alpha_A_W1_init, std=0.02)
-            nn.init.normal_(self.alpha_A_W2_init, std=0.02)
-            nn.init.normal_(self.eta_E_W1_init, std=0.02)
-            nn.init.normal_(self.eta_E_W2_init, std=0.02)
             nn.init.normal_(self.k_K_W1_init, std=0.02)
             nn.init.normal_(self.k_K_W2_init, std=0.02)
             nn.init.normal_(self.v_V_W1_init, std=0.02)
             nn.init.normal_(self.v_V_W2_init, std=0.02)
+            nn.init.normal_(self.eta_E_W1_init, std=0.02)
+            nn.init.normal_(self.eta_E_W2_init, std=0.02)
+            nn.init.normal_(self.alpha_A_W1_init, std=0.02)
+            nn.init.normal_(self.alpha_A_W2_init, std=0.02)
             nn.init.normal_(self.memory_M_W1_init, std=0.02)
             nn.init.normal_(self.memory_M_W2_init, std=0.02)
 
@@ -891,14 +734,14 @@ class SelfModifyingTitans(nn.Module):
                     self.W_o,
                     self.conv0,
                     self.conv1,
-                    self.alpha_A_W1_init,
-                    self.alpha_A_W2_init,
-                    self.eta_E_W1_init,
-                    self.eta_E_W2_init,
                     self.k_K_W1_init,
                     self.k_K_W2_init,
                     self.v_V_W1_init,
                     self.v_V_W2_init,
+                    self.eta_E_W1_init,
+                    self.eta_E_W2_init,
+                    self.alpha_A_W1_init,
+                    self.alpha_A_W2_init,
                     self.memory_M_W1_init,
                     self.memory_M_W2_init,
                 ],
@@ -907,29 +750,29 @@ class SelfModifyingTitans(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 4)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "alpha": SelfModifyingTitans_alpha_initial_state(batch, 4, ref)
-            | {
-                "A_W1": self.alpha_A_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
-                "A_W2": self.alpha_A_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
-            },
-            "eta": SelfModifyingTitans_eta_initial_state(batch, 4, ref)
-            | {
-                "E_W1": self.eta_E_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
-                "E_W2": self.eta_E_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
-            },
-            "k": SelfModifyingTitans_k_initial_state(batch, 4, ref)
+            "k": SelfModifyingTitans_k_initial_state(batch, self.heads, ref, self.d_head)
             | {
                 "K_W1": self.k_K_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "K_W2": self.k_K_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
             },
-            "v": SelfModifyingTitans_v_initial_state(batch, 4, ref)
+            "v": SelfModifyingTitans_v_initial_state(batch, self.heads, ref, self.d_head)
             | {
                 "V_W1": self.v_V_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "V_W2": self.v_V_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
             },
-            "memory": SelfModifyingTitans_memory_initial_state(batch, 4, ref)
+            "eta": SelfModifyingTitans_eta_initial_state(batch, self.heads, ref, self.d_head)
+            | {
+                "E_W1": self.eta_E_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
+                "E_W2": self.eta_E_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
+            },
+            "alpha": SelfModifyingTitans_alpha_initial_state(batch, self.heads, ref, self.d_head)
+            | {
+                "A_W1": self.alpha_A_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
+                "A_W2": self.alpha_A_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
+            },
+            "memory": SelfModifyingTitans_memory_initial_state(batch, self.heads, ref, self.d_head)
             | {
                 "M_W1": self.memory_M_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M_W2": self.memory_M_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
@@ -937,9 +780,9 @@ class SelfModifyingTitans(nn.Module):
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -947,7 +790,7 @@ class SelfModifyingTitans(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 4, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         h = nl.per_token(
             F.silu(
                 nl.short_conv(nl.head_matmul(xh, self.W_x), self.conv0, cu_seqlens, convs, "conv0")
@@ -964,28 +807,28 @@ class SelfModifyingTitans(nn.Module):
             ),
             ref,
         )  # spec:32
-        outs, finals = SelfModifyingTitans_alpha_eta_k_v_group_op(
+        outs, finals = SelfModifyingTitans_k_v_eta_alpha_group_op(
             h,
             initial_state={
-                "alpha": states["alpha"],
-                "eta": states["eta"],
                 "k": states["k"],
                 "v": states["v"],
+                "eta": states["eta"],
+                "alpha": states["alpha"],
             },
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
             mode=mode,
-        )  # spec:59
-        alpha = outs["alpha"]
-        alpha = alpha[..., None]
-        alpha_final = None if finals is None else finals["alpha"]
-        eta = outs["eta"]
-        eta = eta[..., None]
-        eta_final = None if finals is None else finals["eta"]
+        )  # spec:35
         k = outs["k"]
         k_final = None if finals is None else finals["k"]
         v = outs["v"]
         v_final = None if finals is None else finals["v"]
+        eta = outs["eta"]
+        eta = eta[..., None]
+        eta_final = None if finals is None else finals["eta"]
+        alpha = outs["alpha"]
+        alpha = alpha[..., None]
+        alpha_final = None if finals is None else finals["alpha"]
         memory, memory_final = SelfModifyingTitans_memory_op(
             q,
             k,
@@ -1001,16 +844,16 @@ class SelfModifyingTitans(nn.Module):
         out = nl.head_matmul_sum(memory, self.W_o)  # spec:75
         if cache is not None:
             cache["states"] = {
-                "alpha": alpha_final,
-                "eta": eta_final,
                 "k": k_final,
                 "v": v_final,
+                "eta": eta_final,
+                "alpha": alpha_final,
                 "memory": memory_final,
             }
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache
 
@@ -1028,31 +871,16 @@ def ContinuumMemory_cms_fast_step(state, inputs):
     t0 = W_k1.mT
     t1 = t0 @ x
     t2 = M1_W1_0 @ t1
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = M1_W2_0 @ t3
     t5 = W_v1.mT
     t6 = -(t5 @ x)
     t7 = t4 + t1 + t6
     t8 = x.mT
     t9 = -0.01
-    M1_W1_next = (
-        t9
-        * (
-            (M1_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
-        )
-        @ t8
-        @ W_k1
-        + M1_W1
-    )
-    t10 = t8 @ W_k1 @ M1_W1_0.mT
-    M1_W2_next = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10)))) + M1_W2
-    t11 = M1_W1_0 @ x
-    o = (M1_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + x
+    M1_W1_next = t9 * ((M1_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k1 + M1_W1
+    M1_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k1 @ M1_W1_0.mT)))) + M1_W2
+    o = (M1_W2_0 @ (nl.gelu((M1_W1_0 @ x)))) + x
     return {"M1_W1": M1_W1_next, "M1_W2": M1_W2_next}, o
 
 
@@ -1067,25 +895,17 @@ def ContinuumMemory_cms_fast_drive(inputs):
     t0 = W_k1.mT
     t1 = nl.mm(t0, x)
     t2 = nl.mm(M1_W1_0, t1)
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = nl.mm(M1_W2_0, t3)
     t5 = W_v1.mT
     t6 = -(nl.mm(t5, x))
     t7 = t4 + t1 + t6
     t8 = -0.01
-    drive0_0_col = t8 * (
-        (nl.mm(M1_W2_0.mT, t7))
-        * (
-            0.5
-            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-        )
-    )
+    drive0_0_col = t8 * ((nl.mm(M1_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
     t9 = x.mT
     drive0_0_row = nl.mm(t9, W_k1)
     drive1_0_col = t8 * t7
-    t10 = nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)
-    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)))
     drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
     drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
@@ -1107,16 +927,15 @@ def ContinuumMemory_cms_fast_read(states, inputs):
     x = inputs["x"]
     M1_W1_0 = inputs["M1_W1_0"]
     M1_W2_0 = inputs["M1_W2_0"]
-    t0 = nl.mm(M1_W1_0, x)
-    o = (nl.mm(M1_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + x
+    o = (nl.mm(M1_W2_0, (nl.gelu((nl.mm(M1_W1_0, x)))))) + x
     return o
 
 
-def ContinuumMemory_cms_fast_initial_state(batch, heads, ref):
+def ContinuumMemory_cms_fast_initial_state(batch, heads, ref, d_hidden, d_model):
     """Level `cms_fast`'s default initial state (zeros)."""
     return {
-        "M1_W1": nl.init_state("zeros", (1024, 256), batch, heads, ref),
-        "M1_W2": nl.init_state("zeros", (256, 1024), batch, heads, ref),
+        "M1_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
+        "M1_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
     }
 
 
@@ -1125,6 +944,7 @@ def ContinuumMemory_cms_fast_op(
     *,
     W_k1,
     W_v1,
+    d_hidden=1024,
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
@@ -1133,16 +953,17 @@ def ContinuumMemory_cms_fast_op(
 ):
     """Level `cms_fast` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: x: [B, T, H, 256].
+    Inputs: x: [B, T, H, d_model].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "ContinuumMemory_cms_fast_op",
         {"x": x},
-        {"x": 256},
+        {"x": "d_model"},
         {"W_k1": W_k1, "W_v1": W_v1},
         initial_state,
         cu_seqlens,
     )
+    d_model = dims["d_model"]
     tokens = {
         "x": nl.column(x),
     }
@@ -1151,7 +972,9 @@ def ContinuumMemory_cms_fast_op(
         "W_v1": nl.param(W_v1, 2),
     }
     if initial_state is None:
-        initial_state = ContinuumMemory_cms_fast_initial_state(batch, heads, tokens["x"])
+        initial_state = ContinuumMemory_cms_fast_initial_state(
+            batch, heads, tokens["x"], d_hidden, d_model
+        )
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -1196,31 +1019,16 @@ def ContinuumMemory_cms_mid_step(state, inputs):
     t0 = W_k2.mT
     t1 = t0 @ cms_fast
     t2 = M2_W1_0 @ t1
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = M2_W2_0 @ t3
     t5 = W_v2.mT
     t6 = -(t5 @ cms_fast)
     t7 = t4 + t1 + t6
     t8 = cms_fast.mT
     t9 = -0.01
-    M2_W1_next = (
-        t9
-        * (
-            (M2_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
-        )
-        @ t8
-        @ W_k2
-        + M2_W1
-    )
-    t10 = t8 @ W_k2 @ M2_W1_0.mT
-    M2_W2_next = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10)))) + M2_W2
-    t11 = M2_W1_0 @ cms_fast
-    o = (M2_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + cms_fast
+    M2_W1_next = t9 * ((M2_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k2 + M2_W1
+    M2_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k2 @ M2_W1_0.mT)))) + M2_W2
+    o = (M2_W2_0 @ (nl.gelu((M2_W1_0 @ cms_fast)))) + cms_fast
     return {"M2_W1": M2_W1_next, "M2_W2": M2_W2_next}, o
 
 
@@ -1235,25 +1043,17 @@ def ContinuumMemory_cms_mid_drive(inputs):
     t0 = W_k2.mT
     t1 = nl.mm(t0, cms_fast)
     t2 = nl.mm(M2_W1_0, t1)
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = nl.mm(M2_W2_0, t3)
     t5 = W_v2.mT
     t6 = -(nl.mm(t5, cms_fast))
     t7 = t4 + t1 + t6
     t8 = -0.01
-    drive0_0_col = t8 * (
-        (nl.mm(M2_W2_0.mT, t7))
-        * (
-            0.5
-            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-        )
-    )
+    drive0_0_col = t8 * ((nl.mm(M2_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
     t9 = cms_fast.mT
     drive0_0_row = nl.mm(t9, W_k2)
     drive1_0_col = t8 * t7
-    t10 = nl.mm(nl.mm(t9, W_k2), M2_W1_0.mT)
-    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k2), M2_W1_0.mT)))
     drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
     drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
@@ -1275,16 +1075,15 @@ def ContinuumMemory_cms_mid_read(states, inputs):
     cms_fast = inputs["cms_fast"]
     M2_W1_0 = inputs["M2_W1_0"]
     M2_W2_0 = inputs["M2_W2_0"]
-    t0 = nl.mm(M2_W1_0, cms_fast)
-    o = (nl.mm(M2_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_fast
+    o = (nl.mm(M2_W2_0, (nl.gelu((nl.mm(M2_W1_0, cms_fast)))))) + cms_fast
     return o
 
 
-def ContinuumMemory_cms_mid_initial_state(batch, heads, ref):
+def ContinuumMemory_cms_mid_initial_state(batch, heads, ref, d_hidden, d_model):
     """Level `cms_mid`'s default initial state (zeros)."""
     return {
-        "M2_W1": nl.init_state("zeros", (1024, 256), batch, heads, ref),
-        "M2_W2": nl.init_state("zeros", (256, 1024), batch, heads, ref),
+        "M2_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
+        "M2_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
     }
 
 
@@ -1293,6 +1092,7 @@ def ContinuumMemory_cms_mid_op(
     *,
     W_k2,
     W_v2,
+    d_hidden=1024,
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
@@ -1301,16 +1101,17 @@ def ContinuumMemory_cms_mid_op(
 ):
     """Level `cms_mid` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_fast: [B, T, H, 256].
+    Inputs: cms_fast: [B, T, H, d_model].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "ContinuumMemory_cms_mid_op",
         {"cms_fast": cms_fast},
-        {"cms_fast": 256},
+        {"cms_fast": "d_model"},
         {"W_k2": W_k2, "W_v2": W_v2},
         initial_state,
         cu_seqlens,
     )
+    d_model = dims["d_model"]
     tokens = {
         "cms_fast": nl.column(cms_fast),
     }
@@ -1319,7 +1120,9 @@ def ContinuumMemory_cms_mid_op(
         "W_v2": nl.param(W_v2, 2),
     }
     if initial_state is None:
-        initial_state = ContinuumMemory_cms_mid_initial_state(batch, heads, tokens["cms_fast"])
+        initial_state = ContinuumMemory_cms_mid_initial_state(
+            batch, heads, tokens["cms_fast"], d_hidden, d_model
+        )
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -1364,31 +1167,16 @@ def ContinuumMemory_cms_slow_step(state, inputs):
     t0 = W_k3.mT
     t1 = t0 @ cms_mid
     t2 = M3_W1_0 @ t1
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = M3_W2_0 @ t3
     t5 = W_v3.mT
     t6 = -(t5 @ cms_mid)
     t7 = t4 + t1 + t6
     t8 = cms_mid.mT
     t9 = -0.01
-    M3_W1_next = (
-        t9
-        * (
-            (M3_W2_0.mT @ t7)
-            * (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-            )
-        )
-        @ t8
-        @ W_k3
-        + M3_W1
-    )
-    t10 = t8 @ W_k3 @ M3_W1_0.mT
-    M3_W2_next = t9 * (t7 @ (0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10)))) + M3_W2
-    t11 = M3_W1_0 @ cms_mid
-    o = (M3_W2_0 @ (0.5 * t11 * (1 + torch.erf(0.5 * 1.4142135623730951 * t11)))) + cms_mid
+    M3_W1_next = t9 * ((M3_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k3 + M3_W1
+    M3_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k3 @ M3_W1_0.mT)))) + M3_W2
+    o = (M3_W2_0 @ (nl.gelu((M3_W1_0 @ cms_mid)))) + cms_mid
     return {"M3_W1": M3_W1_next, "M3_W2": M3_W2_next}, o
 
 
@@ -1403,25 +1191,17 @@ def ContinuumMemory_cms_slow_drive(inputs):
     t0 = W_k3.mT
     t1 = nl.mm(t0, cms_mid)
     t2 = nl.mm(M3_W1_0, t1)
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = nl.mm(M3_W2_0, t3)
     t5 = W_v3.mT
     t6 = -(nl.mm(t5, cms_mid))
     t7 = t4 + t1 + t6
     t8 = -0.01
-    drive0_0_col = t8 * (
-        (nl.mm(M3_W2_0.mT, t7))
-        * (
-            0.5
-            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-        )
-    )
+    drive0_0_col = t8 * ((nl.mm(M3_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
     t9 = cms_mid.mT
     drive0_0_row = nl.mm(t9, W_k3)
     drive1_0_col = t8 * t7
-    t10 = nl.mm(nl.mm(t9, W_k3), M3_W1_0.mT)
-    drive1_0_row = 0.5 * t10 * (1 + torch.erf(0.5 * 1.4142135623730951 * t10))
+    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k3), M3_W1_0.mT)))
     drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
     drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
     return {"drive0": drive0, "drive1": drive1}
@@ -1443,16 +1223,15 @@ def ContinuumMemory_cms_slow_read(states, inputs):
     cms_mid = inputs["cms_mid"]
     M3_W1_0 = inputs["M3_W1_0"]
     M3_W2_0 = inputs["M3_W2_0"]
-    t0 = nl.mm(M3_W1_0, cms_mid)
-    o = (nl.mm(M3_W2_0, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + cms_mid
+    o = (nl.mm(M3_W2_0, (nl.gelu((nl.mm(M3_W1_0, cms_mid)))))) + cms_mid
     return o
 
 
-def ContinuumMemory_cms_slow_initial_state(batch, heads, ref):
+def ContinuumMemory_cms_slow_initial_state(batch, heads, ref, d_hidden, d_model):
     """Level `cms_slow`'s default initial state (zeros)."""
     return {
-        "M3_W1": nl.init_state("zeros", (1024, 256), batch, heads, ref),
-        "M3_W2": nl.init_state("zeros", (256, 1024), batch, heads, ref),
+        "M3_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
+        "M3_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
     }
 
 
@@ -1461,6 +1240,7 @@ def ContinuumMemory_cms_slow_op(
     *,
     W_k3,
     W_v3,
+    d_hidden=1024,
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
@@ -1469,16 +1249,17 @@ def ContinuumMemory_cms_slow_op(
 ):
     """Level `cms_slow` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: cms_mid: [B, T, H, 256].
+    Inputs: cms_mid: [B, T, H, d_model].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "ContinuumMemory_cms_slow_op",
         {"cms_mid": cms_mid},
-        {"cms_mid": 256},
+        {"cms_mid": "d_model"},
         {"W_k3": W_k3, "W_v3": W_v3},
         initial_state,
         cu_seqlens,
     )
+    d_model = dims["d_model"]
     tokens = {
         "cms_mid": nl.column(cms_mid),
     }
@@ -1487,7 +1268,9 @@ def ContinuumMemory_cms_slow_op(
         "W_v3": nl.param(W_v3, 2),
     }
     if initial_state is None:
-        initial_state = ContinuumMemory_cms_slow_initial_state(batch, heads, tokens["cms_mid"])
+        initial_state = ContinuumMemory_cms_slow_initial_state(
+            batch, heads, tokens["cms_mid"], d_hidden, d_model
+        )
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -1520,57 +1303,63 @@ def ContinuumMemory_cms_slow_op(
 
 
 class ContinuumMemory(nn.Module):
-    """ContinuumMemory from `hope.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """ContinuumMemory from `hope.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, d_hidden = 1024); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_hidden: int = 1024,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"ContinuumMemory was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 1, mode, chunk_size
-        self.W_k1 = nn.Parameter(torch.empty(1, 256, 256))  # spec:83
-        self.W_v1 = nn.Parameter(torch.empty(1, 256, 256))  # spec:83
-        self.W_k2 = nn.Parameter(torch.empty(1, 256, 256))  # spec:83
-        self.W_v2 = nn.Parameter(torch.empty(1, 256, 256))  # spec:83
-        self.W_k3 = nn.Parameter(torch.empty(1, 256, 256))  # spec:83
-        self.W_v3 = nn.Parameter(torch.empty(1, 256, 256))  # spec:83
+        nl.check_sizes("ContinuumMemory", {"d_model": d_model, "d_hidden": d_hidden})
+        self.d_model = d_model
+        self.d_hidden = d_hidden
+        self.heads = 1
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_k1 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:83
+        self.W_v1 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:83
+        self.W_k2 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:83
+        self.W_v2 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:83
+        self.W_k3 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:83
+        self.W_v3 = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_model))  # spec:83
         self.cms_fast_M1_W1_init = nn.Parameter(
-            torch.empty(1, 1024, 256)
+            torch.empty(self.heads, self.d_hidden, self.d_model)
         )  # spec:86 learned initial state
         self.cms_fast_M1_W2_init = nn.Parameter(
-            torch.empty(1, 256, 1024)
+            torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:86 learned initial state
         self.cms_mid_M2_W1_init = nn.Parameter(
-            torch.empty(1, 1024, 256)
+            torch.empty(self.heads, self.d_hidden, self.d_model)
         )  # spec:93 learned initial state
         self.cms_mid_M2_W2_init = nn.Parameter(
-            torch.empty(1, 256, 1024)
+            torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:93 learned initial state
         self.cms_slow_M3_W1_init = nn.Parameter(
-            torch.empty(1, 1024, 256)
+            torch.empty(self.heads, self.d_hidden, self.d_model)
         )  # spec:100 learned initial state
         self.cms_slow_M3_W2_init = nn.Parameter(
-            torch.empty(1, 256, 1024)
+            torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:100 learned initial state
         self.register_buffer(
-            "head", torch.arange(1, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_k1, std=0.0625)
-            nn.init.normal_(self.W_v1, std=0.0625)
-            nn.init.normal_(self.W_k2, std=0.0625)
-            nn.init.normal_(self.W_v2, std=0.0625)
-            nn.init.normal_(self.W_k3, std=0.0625)
-            nn.init.normal_(self.W_v3, std=0.0625)
+            nn.init.normal_(self.W_k1, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_v1, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_k2, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_v2, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_k3, std=self.d_model**-0.5)
+            nn.init.normal_(self.W_v3, std=self.d_model**-0.5)
             nn.init.normal_(self.cms_fast_M1_W1_init, std=0.02)
             nn.init.normal_(self.cms_fast_M1_W2_init, std=0.02)
             nn.init.normal_(self.cms_mid_M2_W1_init, std=0.02)
@@ -1605,19 +1394,25 @@ class ContinuumMemory(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 1)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "cms_fast": ContinuumMemory_cms_fast_initial_state(batch, 1, ref)
+            "cms_fast": ContinuumMemory_cms_fast_initial_state(
+                batch, self.heads, ref, self.d_hidden, self.d_model
+            )
             | {
                 "M1_W1": self.cms_fast_M1_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M1_W2": self.cms_fast_M1_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
             },
-            "cms_mid": ContinuumMemory_cms_mid_initial_state(batch, 1, ref)
+            "cms_mid": ContinuumMemory_cms_mid_initial_state(
+                batch, self.heads, ref, self.d_hidden, self.d_model
+            )
             | {
                 "M2_W1": self.cms_mid_M2_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M2_W2": self.cms_mid_M2_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
             },
-            "cms_slow": ContinuumMemory_cms_slow_initial_state(batch, 1, ref)
+            "cms_slow": ContinuumMemory_cms_slow_initial_state(
+                batch, self.heads, ref, self.d_hidden, self.d_model
+            )
             | {
                 "M3_W1": self.cms_slow_M3_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M3_W2": self.cms_slow_M3_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
@@ -1625,9 +1420,9 @@ class ContinuumMemory(nn.Module):
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -1635,11 +1430,12 @@ class ContinuumMemory(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 1, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         cms_fast, cms_fast_final = ContinuumMemory_cms_fast_op(
             xh,
             W_k1=self.W_k1,
             W_v1=self.W_v1,
+            d_hidden=self.d_hidden,
             initial_state=states["cms_fast"],
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
@@ -1650,6 +1446,7 @@ class ContinuumMemory(nn.Module):
             cms_fast,
             W_k2=self.W_k2,
             W_v2=self.W_v2,
+            d_hidden=self.d_hidden,
             initial_state=states["cms_mid"],
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
@@ -1660,6 +1457,7 @@ class ContinuumMemory(nn.Module):
             cms_mid,
             W_k3=self.W_k3,
             W_v3=self.W_v3,
+            d_hidden=self.d_hidden,
             initial_state=states["cms_slow"],
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
@@ -1676,7 +1474,7 @@ class ContinuumMemory(nn.Module):
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache
 
@@ -1693,8 +1491,8 @@ class Hope(nn.Module):
         self.d_model = d_model
         self.layers = nn.ModuleList(
             [
-                SelfModifyingTitans(d_model, mode, chunk_size),
-                ContinuumMemory(d_model, mode, chunk_size),
+                SelfModifyingTitans(d_model=d_model, mode=mode, chunk_size=chunk_size),
+                ContinuumMemory(d_model=d_model, mode=mode, chunk_size=chunk_size),
             ]
         )
         self.norms = nn.ModuleList([nn.RMSNorm(d_model, eps=1e-6) for _ in self.layers])

@@ -35,7 +35,7 @@ def memory_step(state, inputs):
     eta = inputs["eta"]
     t0 = M_W1 @ k
     t1 = -v
-    t2 = 0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))
+    t2 = nl.gelu(t0)
     t3 = M_W2 @ t2
     t4 = nl.mean(t3)
     t5 = -t4
@@ -60,43 +60,27 @@ def memory_step(state, inputs):
     t24 = k.mT
     t25 = -eta
     M_W1_next = torch.softmax(
-        alpha * (torch.log(M_W1))
-        + t25
-        * (
-            (
-                (
-                    0.5
-                    + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t0 * torch.exp(-0.5 * (t0**2))
-                    + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t0)
-                )
-                * (M_W2.mT @ t23)
-            )
-            @ t24
-        ),
-        dim=-1,
+        alpha * (torch.log(M_W1)) + t25 * (((nl.gelu_grad(t0)) * (M_W2.mT @ t23)) @ t24), dim=-1
     )
-    t26 = t24 @ M_W1.mT
     M_W2_next = torch.softmax(
-        alpha * (torch.log(M_W2))
-        + t25 * (t23 @ (0.5 * t26 * (1 + torch.erf(0.5 * 1.4142135623730951 * t26)))),
-        dim=-1,
+        alpha * (torch.log(M_W2)) + t25 * (t23 @ (nl.gelu((t24 @ M_W1.mT)))), dim=-1
     )
-    t27 = M_W1_next @ q
-    t28 = 0.5 * t27 * (1 + torch.erf(0.5 * 1.4142135623730951 * t27))
-    t29 = M_W2_next @ t28
-    t30 = nl.mean(t29)
-    t31 = -t30
-    t32 = t31
-    t33 = t29 + t32
-    o = (torch.rsqrt(1e-06 + nl.mean(t33 * t33))) * t33 + q
+    t26 = M_W1_next @ q
+    t27 = nl.gelu(t26)
+    t28 = M_W2_next @ t27
+    t29 = nl.mean(t28)
+    t30 = -t29
+    t31 = t30
+    t32 = t28 + t31
+    o = (torch.rsqrt(1e-06 + nl.mean(t32 * t32))) * t32 + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 
-def memory_initial_state(batch, heads, ref):
+def memory_initial_state(batch, heads, ref, d_head):
     """Level `memory`'s default initial state (zeros)."""
     return {
-        "M_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "M_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
+        "M_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "M_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
     }
 
 
@@ -115,16 +99,17 @@ def memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], v: [B, T, H, 64], alpha: [B, T, H], eta: [B, T, H].
+    Inputs: q: [B, T, H, d_head], k: [B, T, H, d_head], v: [B, T, H, d_head], alpha: [B, T, H], eta: [B, T, H].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked" (this level has no chunk-parallel form: both run token by token)."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "memory_op",
         {"q": q, "k": k, "v": v, "alpha": alpha, "eta": eta},
-        {"q": 64, "k": 64, "v": 64, "alpha": None, "eta": None},
+        {"q": "d_head", "k": "d_head", "v": "d_head", "alpha": None, "eta": None},
         {},
         initial_state,
         cu_seqlens,
     )
+    d_head = dims["d_head"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -134,7 +119,7 @@ def memory_op(
     }
     consts = {}
     if initial_state is None:
-        initial_state = memory_initial_state(batch, heads, tokens["q"])
+        initial_state = memory_initial_state(batch, heads, tokens["q"], d_head)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -157,48 +142,55 @@ op = memory_op
 
 
 class Memora(nn.Module):
-    """Memora from `memora.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """Memora from `memora.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, heads = 4, d_head = 64); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        heads: int = 4,
+        d_head: int = 64,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"Memora was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 4, mode, chunk_size
-        self.W_q = nn.Parameter(torch.empty(4, 256, 64))  # spec:10
-        self.W_k = nn.Parameter(torch.empty(4, 256, 64))  # spec:10
-        self.W_v = nn.Parameter(torch.empty(4, 256, 64))  # spec:10
-        self.w_eta = nn.Parameter(torch.empty(4, 256))  # spec:11
-        self.w_alpha = nn.Parameter(torch.empty(4, 256))  # spec:11
-        self.W_o = nn.Parameter(torch.empty(4, 64, 256))  # spec:12
-        self.conv0 = nn.Parameter(torch.empty(4, 64, 4))  # spec:15 conv
-        self.conv1 = nn.Parameter(torch.empty(4, 64, 4))  # spec:16 conv
-        self.conv2 = nn.Parameter(torch.empty(4, 64, 4))  # spec:17 conv
+        nl.check_sizes("Memora", {"d_model": d_model, "heads": heads, "d_head": d_head})
+        self.d_model = d_model
+        self.heads = heads
+        self.d_head = d_head
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_q = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:10
+        self.W_k = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:10
+        self.W_v = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:10
+        self.w_eta = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:11
+        self.w_alpha = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:11
+        self.W_o = nn.Parameter(torch.empty(self.heads, self.d_head, self.d_model))  # spec:12
+        self.conv0 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:15 conv
+        self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:16 conv
+        self.conv2 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:17 conv
         self.memory_M_W1_init = nn.Parameter(
-            torch.empty(4, 256, 64)
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
         )  # spec:23 learned initial state
         self.memory_M_W2_init = nn.Parameter(
-            torch.empty(4, 64, 256)
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:23 learned initial state
         self.register_buffer(
-            "head", torch.arange(4, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_q, std=0.125)
-            nn.init.normal_(self.W_k, std=0.125)
-            nn.init.normal_(self.W_v, std=0.125)
+            nn.init.normal_(self.W_q, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_k, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_v, std=self.d_head**-0.5)
             nn.init.zeros_(self.w_eta)
             nn.init.zeros_(self.w_alpha)
-            nn.init.normal_(self.W_o, std=0.0625)
+            nn.init.normal_(self.W_o, std=self.d_model**-0.5)
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
@@ -235,9 +227,9 @@ class Memora(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 4)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "memory": memory_initial_state(batch, 4, ref)
+            "memory": memory_initial_state(batch, self.heads, ref, self.d_head)
             | {
                 "M_W1": self.memory_M_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M_W2": self.memory_M_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
@@ -245,9 +237,9 @@ class Memora(nn.Module):
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -255,7 +247,7 @@ class Memora(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 4, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
             nl.l2norm(
                 F.silu(
@@ -304,6 +296,6 @@ class Memora(nn.Module):
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

@@ -43,7 +43,7 @@ def memory_step(state, inputs):
     t7 = torch.rsqrt(t6)
     t8 = -v
     t9 = t7 * M_W2
-    t10 = 0.5 * t4 * (1 + torch.erf(0.5 * 1.4142135623730951 * t4))
+    t10 = nl.gelu(t4)
     t11 = t9 @ t10
     t12 = nl.mean(t11)
     t13 = -t12
@@ -68,45 +68,32 @@ def memory_step(state, inputs):
     t32 = t19 * t31
     t33 = k.mT
     t34 = -eta
-    M_W1_next = alpha * M_W1 + t34 * (
-        (
-            (
-                0.5
-                + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t4 * torch.exp(-0.5 * (t4**2))
-                + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t4)
-            )
-            * ((t7 * M_W2.mT) @ t32)
-        )
-        @ t33
-    )
-    t35 = t2 * (t33 @ M_W1.mT)
-    M_W2_next = alpha * M_W2 + t34 * (
-        t32 @ (0.5 * t35 * (1 + torch.erf(0.5 * 1.4142135623730951 * t35)))
-    )
-    t36 = M_W2_next**4
-    t37 = nl.sum_all(t36)
-    t38 = torch.rsqrt(t37)
-    t39 = t38 * M_W2_next
-    t40 = M_W1_next**4
-    t41 = nl.sum_all(t40)
-    t42 = torch.rsqrt(t41)
-    t43 = t42 * M_W1_next
-    t44 = t43 @ q
-    t45 = 0.5 * t44 * (1 + torch.erf(0.5 * 1.4142135623730951 * t44))
-    t46 = t39 @ t45
-    t47 = nl.mean(t46)
-    t48 = -t47
-    t49 = t48
-    t50 = t46 + t49
-    o = (torch.rsqrt(1e-06 + nl.mean(t50 * t50))) * t50 + q
+    M_W1_next = alpha * M_W1 + t34 * (((nl.gelu_grad(t4)) * ((t7 * M_W2.mT) @ t32)) @ t33)
+    M_W2_next = alpha * M_W2 + t34 * (t32 @ (nl.gelu(t2 * (t33 @ M_W1.mT))))
+    t35 = M_W2_next**4
+    t36 = nl.sum_all(t35)
+    t37 = torch.rsqrt(t36)
+    t38 = t37 * M_W2_next
+    t39 = M_W1_next**4
+    t40 = nl.sum_all(t39)
+    t41 = torch.rsqrt(t40)
+    t42 = t41 * M_W1_next
+    t43 = t42 @ q
+    t44 = nl.gelu(t43)
+    t45 = t38 @ t44
+    t46 = nl.mean(t45)
+    t47 = -t46
+    t48 = t47
+    t49 = t45 + t48
+    o = (torch.rsqrt(1e-06 + nl.mean(t49 * t49))) * t49 + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 
-def memory_initial_state(batch, heads, ref):
+def memory_initial_state(batch, heads, ref, d_head):
     """Level `memory`'s default initial state (zeros)."""
     return {
-        "M_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "M_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
+        "M_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "M_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
     }
 
 
@@ -125,16 +112,17 @@ def memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], v: [B, T, H, 64], alpha: [B, T, H], eta: [B, T, H].
+    Inputs: q: [B, T, H, d_head], k: [B, T, H, d_head], v: [B, T, H, d_head], alpha: [B, T, H], eta: [B, T, H].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked" (this level has no chunk-parallel form: both run token by token)."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "memory_op",
         {"q": q, "k": k, "v": v, "alpha": alpha, "eta": eta},
-        {"q": 64, "k": 64, "v": 64, "alpha": None, "eta": None},
+        {"q": "d_head", "k": "d_head", "v": "d_head", "alpha": None, "eta": None},
         {},
         initial_state,
         cu_seqlens,
     )
+    d_head = dims["d_head"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -144,7 +132,7 @@ def memory_op(
     }
     consts = {}
     if initial_state is None:
-        initial_state = memory_initial_state(batch, heads, tokens["q"])
+        initial_state = memory_initial_state(batch, heads, tokens["q"], d_head)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -167,48 +155,55 @@ op = memory_op
 
 
 class Moneta(nn.Module):
-    """Moneta from `moneta.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """Moneta from `moneta.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, heads = 4, d_head = 64); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        heads: int = 4,
+        d_head: int = 64,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"Moneta was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 4, mode, chunk_size
-        self.W_q = nn.Parameter(torch.empty(4, 256, 64))  # spec:11
-        self.W_k = nn.Parameter(torch.empty(4, 256, 64))  # spec:11
-        self.W_v = nn.Parameter(torch.empty(4, 256, 64))  # spec:11
-        self.w_eta = nn.Parameter(torch.empty(4, 256))  # spec:12
-        self.w_alpha = nn.Parameter(torch.empty(4, 256))  # spec:12
-        self.W_o = nn.Parameter(torch.empty(4, 64, 256))  # spec:13
-        self.conv0 = nn.Parameter(torch.empty(4, 64, 4))  # spec:16 conv
-        self.conv1 = nn.Parameter(torch.empty(4, 64, 4))  # spec:17 conv
-        self.conv2 = nn.Parameter(torch.empty(4, 64, 4))  # spec:18 conv
+        nl.check_sizes("Moneta", {"d_model": d_model, "heads": heads, "d_head": d_head})
+        self.d_model = d_model
+        self.heads = heads
+        self.d_head = d_head
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_q = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:11
+        self.W_k = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:11
+        self.W_v = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:11
+        self.w_eta = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:12
+        self.w_alpha = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:12
+        self.W_o = nn.Parameter(torch.empty(self.heads, self.d_head, self.d_model))  # spec:13
+        self.conv0 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:16 conv
+        self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:17 conv
+        self.conv2 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:18 conv
         self.memory_M_W1_init = nn.Parameter(
-            torch.empty(4, 256, 64)
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
         )  # spec:24 learned initial state
         self.memory_M_W2_init = nn.Parameter(
-            torch.empty(4, 64, 256)
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:24 learned initial state
         self.register_buffer(
-            "head", torch.arange(4, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_q, std=0.125)
-            nn.init.normal_(self.W_k, std=0.125)
-            nn.init.normal_(self.W_v, std=0.125)
+            nn.init.normal_(self.W_q, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_k, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_v, std=self.d_head**-0.5)
             nn.init.zeros_(self.w_eta)
             nn.init.zeros_(self.w_alpha)
-            nn.init.normal_(self.W_o, std=0.0625)
+            nn.init.normal_(self.W_o, std=self.d_model**-0.5)
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
@@ -241,9 +236,9 @@ class Moneta(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 4)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "memory": memory_initial_state(batch, 4, ref)
+            "memory": memory_initial_state(batch, self.heads, ref, self.d_head)
             | {
                 "M_W1": self.memory_M_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M_W2": self.memory_M_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
@@ -251,9 +246,9 @@ class Moneta(nn.Module):
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -261,7 +256,7 @@ class Moneta(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 4, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
             nl.l2norm(
                 F.silu(
@@ -310,6 +305,6 @@ class Moneta(nn.Module):
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

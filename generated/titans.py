@@ -40,14 +40,10 @@ def memory_step(state, inputs):
     t0 = -alpha
     t1 = 1 + t0
     t2 = M_W1_0 @ k
-    t3 = (
-        0.5
-        + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-        + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-    )
+    t3 = nl.gelu_grad(t2)
     t4 = M_W2_0.mT
     t5 = -2 * v
-    t6 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t6 = nl.gelu(t2)
     t7 = M_W2_0 @ t6
     t8 = t7 + k
     t9 = 2 * t8
@@ -63,7 +59,7 @@ def memory_step(state, inputs):
     M_W1_next = t1 * M_W1 + t18
     t19 = M_W1_0.mT
     t20 = t13 @ t19
-    t21 = 0.5 * t20 * (1 + torch.erf(0.5 * 1.4142135623730951 * t20))
+    t21 = nl.gelu(t20)
     t22 = t10 @ t21
     t23 = theta * t22
     t24 = -t23
@@ -72,8 +68,7 @@ def memory_step(state, inputs):
     M_W2_next = t1 * M_W2 + t26
     M_W1_mom_next = t18
     M_W2_mom_next = t26
-    t27 = M_W1_next @ q
-    o = (M_W2_next @ (0.5 * t27 * (1 + torch.erf(0.5 * 1.4142135623730951 * t27)))) + q
+    o = (M_W2_next @ (nl.gelu((M_W1_next @ q)))) + q
     return {
         "M_W1": M_W1_next,
         "M_W2": M_W2_next,
@@ -92,23 +87,15 @@ def memory_outer(inputs):
     t0 = -2 * v
     t1 = 2 * k
     t2 = nl.mm(M_W1_0, k)
-    t3 = 0.5 * t2 * (1 + torch.erf(0.5 * 1.4142135623730951 * t2))
+    t3 = nl.gelu(t2)
     t4 = 2 * (nl.mm(M_W2_0, t3))
     t5 = t0 + t1 + t4
     t6 = -theta
-    drive0_0_col = t6 * (
-        (nl.mm(M_W2_0.mT, t5))
-        * (
-            0.5
-            + 0.5 * 1.4142135623730951 * 0.5641895835477563 * t2 * torch.exp(-0.5 * (t2**2))
-            + 0.5 * torch.erf(0.5 * 1.4142135623730951 * t2)
-        )
-    )
+    drive0_0_col = t6 * ((nl.mm(M_W2_0.mT, t5)) * (nl.gelu_grad(t2)))
     t7 = k.mT
     drive0_0_row = t7
     drive1_0_col = t6 * t5
-    t8 = nl.mm(t7, M_W1_0.mT)
-    drive1_0_row = 0.5 * t8 * (1 + torch.erf(0.5 * 1.4142135623730951 * t8))
+    drive1_0_row = nl.gelu((nl.mm(t7, M_W1_0.mT)))
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
 
 
@@ -146,18 +133,17 @@ def memory_read(states, inputs):
     M_W1 = states["M_W1"]
     M_W2 = states["M_W2"]
     q = inputs["q"]
-    t0 = nl.mm(M_W1, q)
-    o = (nl.mm(M_W2, (0.5 * t0 * (1 + torch.erf(0.5 * 1.4142135623730951 * t0))))) + q
+    o = (nl.mm(M_W2, (nl.gelu((nl.mm(M_W1, q)))))) + q
     return o
 
 
-def memory_initial_state(batch, heads, ref):
+def memory_initial_state(batch, heads, ref, d_head):
     """Level `memory`'s default initial state (zeros)."""
     return {
-        "M_W1": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "M_W2": nl.init_state("zeros", (64, 256), batch, heads, ref),
-        "M_W1_mom": nl.init_state("zeros", (256, 64), batch, heads, ref),
-        "M_W2_mom": nl.init_state("zeros", (64, 256), batch, heads, ref),
+        "M_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "M_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
+        "M_W1_mom": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
+        "M_W2_mom": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
     }
 
 
@@ -177,16 +163,17 @@ def memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], v: [B, T, H, 64], alpha: [B, T, H], eta: [B, T, H], theta: [B, T, H].
+    Inputs: q: [B, T, H, d_head], k: [B, T, H, d_head], v: [B, T, H, d_head], alpha: [B, T, H], eta: [B, T, H], theta: [B, T, H].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "memory_op",
         {"q": q, "k": k, "v": v, "alpha": alpha, "eta": eta, "theta": theta},
-        {"q": 64, "k": 64, "v": 64, "alpha": None, "eta": None, "theta": None},
+        {"q": "d_head", "k": "d_head", "v": "d_head", "alpha": None, "eta": None, "theta": None},
         {},
         initial_state,
         cu_seqlens,
     )
+    d_head = dims["d_head"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -197,7 +184,7 @@ def memory_op(
     }
     consts = {}
     if initial_state is None:
-        initial_state = memory_initial_state(batch, heads, tokens["q"])
+        initial_state = memory_initial_state(batch, heads, tokens["q"], d_head)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -232,52 +219,59 @@ op = memory_op
 
 
 class Titans(nn.Module):
-    """Titans from `titans.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """Titans from `titans.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, heads = 4, d_head = 64); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        heads: int = 4,
+        d_head: int = 64,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"Titans was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 4, mode, chunk_size
-        self.W_q = nn.Parameter(torch.empty(4, 256, 64))  # spec:17
-        self.W_k = nn.Parameter(torch.empty(4, 256, 64))  # spec:17
-        self.W_v = nn.Parameter(torch.empty(4, 256, 64))  # spec:17
-        self.w_theta = nn.Parameter(torch.empty(4, 256))  # spec:18
-        self.w_eta = nn.Parameter(torch.empty(4, 256))  # spec:18
-        self.w_alpha = nn.Parameter(torch.empty(4, 256))  # spec:18
-        self.W_g = nn.Parameter(torch.empty(4, 256, 64))  # spec:19
-        self.W_o = nn.Parameter(torch.empty(4, 64, 256))  # spec:20
-        self.conv0 = nn.Parameter(torch.empty(4, 64, 4))  # spec:23 conv
-        self.conv1 = nn.Parameter(torch.empty(4, 64, 4))  # spec:24 conv
-        self.conv2 = nn.Parameter(torch.empty(4, 64, 4))  # spec:25 conv
+        nl.check_sizes("Titans", {"d_model": d_model, "heads": heads, "d_head": d_head})
+        self.d_model = d_model
+        self.heads = heads
+        self.d_head = d_head
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_q = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:17
+        self.W_k = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:17
+        self.W_v = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:17
+        self.w_theta = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:18
+        self.w_eta = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:18
+        self.w_alpha = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:18
+        self.W_g = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:19
+        self.W_o = nn.Parameter(torch.empty(self.heads, self.d_head, self.d_model))  # spec:20
+        self.conv0 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:23 conv
+        self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:24 conv
+        self.conv2 = nn.Parameter(torch.empty(self.heads, self.d_head, 4))  # spec:25 conv
         self.memory_M_W1_init = nn.Parameter(
-            torch.empty(4, 256, 64)
+            torch.empty(self.heads, 4 * self.d_head, self.d_head)
         )  # spec:32 learned initial state
         self.memory_M_W2_init = nn.Parameter(
-            torch.empty(4, 64, 256)
+            torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:32 learned initial state
         self.register_buffer(
-            "head", torch.arange(4, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_q, std=0.125)
-            nn.init.normal_(self.W_k, std=0.125)
-            nn.init.normal_(self.W_v, std=0.125)
+            nn.init.normal_(self.W_q, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_k, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_v, std=self.d_head**-0.5)
             nn.init.zeros_(self.w_theta)
             nn.init.zeros_(self.w_eta)
             nn.init.zeros_(self.w_alpha)
-            nn.init.normal_(self.W_g, std=0.125)
-            nn.init.normal_(self.W_o, std=0.0625)
+            nn.init.normal_(self.W_g, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_o, std=self.d_model**-0.5)
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
@@ -312,9 +306,9 @@ class Titans(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 4)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "memory": memory_initial_state(batch, 4, ref)
+            "memory": memory_initial_state(batch, self.heads, ref, self.d_head)
             | {
                 "M_W1": self.memory_M_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
                 "M_W2": self.memory_M_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
@@ -322,9 +316,9 @@ class Titans(nn.Module):
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -332,7 +326,7 @@ class Titans(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 4, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
             nl.l2norm(
                 F.silu(
@@ -385,6 +379,6 @@ class Titans(nn.Module):
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

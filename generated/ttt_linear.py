@@ -103,10 +103,10 @@ def memory_read(states, inputs):
     return o
 
 
-def memory_initial_state(batch, heads, ref):
+def memory_initial_state(batch, heads, ref, d_head):
     """Level `memory`'s default initial state (zeros)."""
     return {
-        "W_W1": nl.init_state("zeros", (64, 64), batch, heads, ref),
+        "W_W1": nl.init_state("zeros", (d_head, d_head), batch, heads, ref),
     }
 
 
@@ -124,16 +124,17 @@ def memory_op(
 ):
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
-    Inputs: q: [B, T, H, 64], k: [B, T, H, 64], v: [B, T, H, 64], eta: [B, T, H].
+    Inputs: q: [B, T, H, d_head], k: [B, T, H, d_head], v: [B, T, H, d_head], eta: [B, T, H].
     `mode` is "recurrent" (one token at a time, the reference) or "chunked"."""
-    batch, heads = nl.op_shapes(
+    batch, heads, dims = nl.op_shapes(
         "memory_op",
         {"q": q, "k": k, "v": v, "eta": eta},
-        {"q": 64, "k": 64, "v": 64, "eta": None},
+        {"q": "d_head", "k": "d_head", "v": "d_head", "eta": None},
         {},
         initial_state,
         cu_seqlens,
     )
+    d_head = dims["d_head"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -142,7 +143,7 @@ def memory_op(
     }
     consts = {}
     if initial_state is None:
-        initial_state = memory_initial_state(batch, heads, tokens["q"])
+        initial_state = memory_initial_state(batch, heads, tokens["q"], d_head)
     state = dict(initial_state)
 
     def recurrent(tokens, state):
@@ -177,40 +178,47 @@ op = memory_op
 
 
 class TTTLinear(nn.Module):
-    """TTTLinear from `ttt_linear.nl`: `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """TTTLinear from `ttt_linear.nl`: `forward(x [B, T, d_model]) -> [B, T, d_model]`.
 
-    Compiled for the spec's dims (d_model = 256, heads = 4, d_head = 64); other sizes: `nlc compile -D name=value`.
+    Every dim of the spec is an argument, the spec's value its default.
     `mode` picks each level's "chunked" (training) or "recurrent" (reference) form."""
 
-    def __init__(self, d_model: int = 256, mode: str = "chunked", chunk_size: int = 64):
+    def __init__(
+        self,
+        d_model: int = 256,
+        heads: int = 4,
+        d_head: int = 64,
+        mode: str = "chunked",
+        chunk_size: int = 64,
+    ):
         super().__init__()
-        if d_model != 256:
-            raise ValueError(
-                f"TTTLinear was compiled for d_model = 256, got {d_model}; recompile with -D d_model={d_model}"
-            )
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        self.d_model, self.heads, self.mode, self.chunk_size = d_model, 4, mode, chunk_size
-        self.W_q = nn.Parameter(torch.empty(4, 256, 64))  # spec:13
-        self.W_k = nn.Parameter(torch.empty(4, 256, 64))  # spec:13
-        self.W_v = nn.Parameter(torch.empty(4, 256, 64))  # spec:13
-        self.w_lr = nn.Parameter(torch.empty(4, 256))  # spec:14
-        self.W_o = nn.Parameter(torch.empty(4, 64, 256))  # spec:15
+        nl.check_sizes("TTTLinear", {"d_model": d_model, "heads": heads, "d_head": d_head})
+        self.d_model = d_model
+        self.heads = heads
+        self.d_head = d_head
+        self.mode, self.chunk_size = mode, chunk_size
+        self.W_q = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:13
+        self.W_k = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:13
+        self.W_v = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_head))  # spec:13
+        self.w_lr = nn.Parameter(torch.empty(self.heads, self.d_model))  # spec:14
+        self.W_o = nn.Parameter(torch.empty(self.heads, self.d_head, self.d_model))  # spec:15
         self.memory_W_W1_init = nn.Parameter(
-            torch.empty(4, 64, 64)
+            torch.empty(self.heads, self.d_head, self.d_head)
         )  # spec:25 learned initial state
         self.register_buffer(
-            "head", torch.arange(4, dtype=torch.float32)[:, None], persistent=False
+            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
         )
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            nn.init.normal_(self.W_q, std=0.125)
-            nn.init.normal_(self.W_k, std=0.125)
-            nn.init.normal_(self.W_v, std=0.125)
+            nn.init.normal_(self.W_q, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_k, std=self.d_head**-0.5)
+            nn.init.normal_(self.W_v, std=self.d_head**-0.5)
             nn.init.zeros_(self.w_lr)
-            nn.init.normal_(self.W_o, std=0.0625)
+            nn.init.normal_(self.W_o, std=self.d_model**-0.5)
             nn.init.normal_(self.memory_W_W1_init, std=0.02)
 
     def parameter_groups(self):
@@ -234,18 +242,18 @@ class TTTLinear(nn.Module):
 
     def initial_state(self, batch):
         """Every level's initial state for a batch (learned ones are parameters, broadcast)."""
-        ref = self.head.new_empty(batch, 1, 4)
+        ref = self.head.new_empty(batch, 1, self.heads)
         return {
-            "memory": memory_initial_state(batch, 4, ref)
+            "memory": memory_initial_state(batch, self.heads, ref, self.d_head)
             | {
                 "W_W1": self.memory_W_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
             },
         }
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`. With a `cache` dict (see `step`),
+        """x `[B, T, d_model]` -> `[B, T, d_model]`. With a `cache` dict (see `step`),
         continue from its states and update it in place."""
-        nl.check_input(x, 256, cu_seqlens)
+        nl.check_input(x, self.d_model, cu_seqlens)
         batch = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
@@ -253,11 +261,13 @@ class TTTLinear(nn.Module):
         convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, 4, -1)
+        ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(nl.head_matmul(xh, self.W_q), ref)  # spec:18
         k = nl.per_token(nl.head_matmul(xh, self.W_k), ref)  # spec:19
         v = nl.per_token(nl.head_matmul(xh, self.W_v), ref)  # spec:20
-        eta = nl.per_token(1 * torch.sigmoid(nl.head_matmul(xh, self.w_lr)) / 64, ref)  # spec:21
+        eta = nl.per_token(
+            1 * torch.sigmoid(nl.head_matmul(xh, self.w_lr)) / self.d_head, ref
+        )  # spec:21
         memory, memory_final = memory_op(
             q,
             k,
@@ -277,6 +287,6 @@ class TTTLinear(nn.Module):
         return out
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

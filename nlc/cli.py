@@ -73,7 +73,8 @@ def cmd_graph(args) -> int:
 
 def cmd_derive(args) -> int:
     from nlc import pipeline
-    items = pipeline.run(args.file, "classify", {"overrides": _overrides(args)})
+    classified = pipeline.run(args.file, "classify", {"overrides": _overrides(args)})
+    items = [(c.rule, c.family) for _, found in classified for c in found]
     if args.format == "json":
         import json
         data = [rule.to_json_data() | {"family": c.family.value} for rule, c in items]

@@ -72,7 +72,8 @@ def run_demo(examples: str | None = None, quick: bool = False,
             underived.append(path.stem)
             print(f"   {path.stem:<18} not derived: {err.render().splitlines()[0]}")
             continue
-        families = ", ".join(f"{rule.level}: {c.family.value}" for rule, c in items) or "-"
+        families = ", ".join(f"{c.rule.level}: {c.family.family.value}"
+                             for _, found in items for c in found) or "-"
         print(f"   {path.stem:<18} {families}")
     stage_start = _stage_done(stage_start)
     print("\n2. verify against the catalog (symbolic at dims 2/3, float64 at 4/7/16)")

@@ -5,7 +5,7 @@
 | check (nlc/levels/vocab.py, shapes.py) | the name, the kind (elementwise or over the last axis), the doc |
 | derive (nlc/derive/symbols.py, matfuncs.py) | `sympy`: the scalar function as SymPy text in `x`; `column`: a function of a whole column's entries |
 | verify (nlc/derive/evaluate.py) | `numpy`: a column function on a NumPy vector (elementwise ones go through SymPy) |
-| emit (nlc/emit/context.py) | `torch`: the call generated code makes on a tensor; `math`: the call on a number known at compile time |
+| emit (nlc/emit/context.py, torch_printer.py) | `torch`: the call generated code makes on a tensor; `math`: the call on a number known at compile time; `grad`: the call for the derivative, which a derived backward (an MLP memory's) makes instead of printing the derivative's formula |
 
 Adding an activation or a norm is one `register(...)` here (and a test); the Triton and
 PyTorch printers print the derived SymPy expressions, so they need nothing new. The SymPy
@@ -35,6 +35,8 @@ class Function:
     math: str | None = None             # elementwise: the call on a Python number
     column: Callable | None = None      # vectorwise: list of SymPy entries -> list
     numpy: Callable | None = None       # vectorwise: NumPy vector -> vector
+    grad: str | None = None             # elementwise: the call for its derivative (an MLP
+    #                                     memory's backward); None prints the formula
 
     def scalar(self):
         """The elementwise function as a SymPy Lambda (derivation)."""
@@ -92,18 +94,20 @@ def _lambda(text: str):
     return sp.Lambda(x, sp.sympify(text, locals={"x": x}))
 
 
-def _elementwise(name: str, sympy: str, torch: str, math: str | None = None) -> None:
-    register(Function(name, Kind.ELEMENTWISE, f"elementwise {name}", torch, sympy, math))
+def _elementwise(name: str, sympy: str, torch: str, math: str | None = None,
+                 grad: str | None = None) -> None:
+    register(Function(name, Kind.ELEMENTWISE, f"elementwise {name}", torch, sympy, math,
+                      grad=grad))
 
 
-_elementwise("silu", "x / (1 + exp(-x))", "F.silu")
-_elementwise("sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid")
-_elementwise("softplus", "log(1 + exp(x))", "F.softplus")
+_elementwise("silu", "x / (1 + exp(-x))", "F.silu", grad="nl.silu_grad")
+_elementwise("sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid", grad="nl.sigmoid_grad")
+_elementwise("softplus", "log(1 + exp(x))", "F.softplus", grad="torch.sigmoid")
 _elementwise("exp", "exp(x)", "torch.exp", "math.exp")
 _elementwise("log", "log(x)", "torch.log", "math.log")
-_elementwise("tanh", "tanh(x)", "torch.tanh", "math.tanh")
+_elementwise("tanh", "tanh(x)", "torch.tanh", "math.tanh", grad="nl.tanh_grad")
 _elementwise("relu", "Max(x, 0)", "torch.relu")
-_elementwise("gelu", "x * (1 + erf(x / sqrt(2))) / 2", "nl.gelu")
+_elementwise("gelu", "x * (1 + erf(x / sqrt(2))) / 2", "nl.gelu", grad="nl.gelu_grad")
 _elementwise("elu1", "Piecewise((x + 1, x > 0), (exp(x), True))", "nl.elu1")
 _elementwise("sqrt", "sqrt(x)", "torch.sqrt", "math.sqrt")
 _elementwise("abs", "Abs(x)", "torch.abs", "abs")

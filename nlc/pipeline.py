@@ -48,8 +48,10 @@ def _dump_check(specs) -> str:
 
 
 def _derive(specs, options: dict):
+    """Every level, derived once with the dims as symbols (a generated layer takes its sizes
+    as arguments); models have no levels of their own."""
     from nlc.derive import derive
-    return [(spec, derive(spec)) for spec in specs if not spec.blocks]
+    return [(spec, () if spec.blocks else tuple(derive(spec))) for spec in specs]
 
 
 def _dump_derive(pairs) -> str:
@@ -58,11 +60,40 @@ def _dump_derive(pairs) -> str:
 
 def _classify(pairs, options: dict):
     from nlc.derive.classify import classify
-    return [(rule, classify(rule)) for _, rules in pairs for rule in rules]
+    from nlc.derive.execution import Classified, execution
+    out = []
+    for spec, rules in pairs:
+        constants = frozenset(n for n, _ in spec.dims) | frozenset(n for n, _ in spec.hypers) \
+            | frozenset(p.name for p in spec.params)
+        items = []
+        for rule in rules:
+            family = classify(rule)
+            items.append(Classified(rule, family, execution(rule, family, constants)))
+        out.append((spec, tuple(items)))
+    return out
 
 
 def _dump_classify(items) -> str:
-    return "".join(f"{rule.spec}.{rule.level}: {c.to_text()}\n" for rule, c in items)
+    return "".join(c.to_text() for _, classified in items for c in classified)
+
+
+def _plan(items, options: dict):
+    from nlc.plan import plan
+    return plan(items, options.get("path", ""))
+
+
+def _dump_plan(plans) -> str:
+    from nlc.plan.records import to_text
+    return "".join(to_text(p) for p in plans.records)
+
+
+def _emit(plans, options: dict):
+    from nlc.emit import emit
+    return emit(plans, options.get("source"), options.get("path", ""))
+
+
+def _dump_emit(outputs) -> str:
+    return "".join(f"# ---- {module}.py\n{code}" for module, code in outputs.items())
 
 
 STAGES: dict[str, Stage] = {
@@ -70,6 +101,8 @@ STAGES: dict[str, Stage] = {
     "check": Stage("check", _check, _dump_check),
     "derive": Stage("derive", _derive, _dump_derive),
     "classify": Stage("classify", _classify, _dump_classify),
+    "plan": Stage("plan", _plan, _dump_plan),
+    "emit": Stage("emit", _emit, _dump_emit),
 }
 
 
@@ -129,7 +162,7 @@ def run(path: str, stop_after: str = "check", options: dict | None = None, text:
         raise NlcError(f"unknown stage '{stop_after}' (stages: {', '.join(STAGES)})")
     value = (read_spec(path) if text is None else text, path)
     source_text = value[0]
-    options = {**(options or {}), "source": source_text}  # to locate errors found after parse
+    options = {**(options or {}), "source": source_text, "path": path}  # to locate errors
     for stage in STAGES.values():
         try:
             value = stage.run(value, options)

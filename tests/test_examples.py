@@ -54,5 +54,7 @@ def test_example_derives(name):
     """Every example derives and classifies, with text, LaTeX and JSON forms (hope.nl reads
     l2norm(K(h)) and sigmoid(total(E(h)) / d_head))."""
     items = pipeline.run(str(EXAMPLES / f"{name}.nl"), "classify")
-    for rule, family in items:
-        assert rule.to_text() and rule.to_latex() and rule.to_json() and family.to_text()
+    for _, classified in items:
+        for c in classified:
+            assert c.rule.to_text() and c.rule.to_latex() and c.rule.to_json()
+            assert c.family.to_text() and c.execution.to_text()

@@ -53,9 +53,8 @@ def test_op_with_other_heads_matches_the_recurrent_reference(heads):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda a: (a[0][..., :4],) + a[1:], r"q must be \[B, T, H, 8\], got \[2, 9, 3, 4\] "
-                                         r"\(this op was compiled for 8 channels per head\)"),
-    (lambda a: (a[0][0],) + a[1:], r"q must be \[B, T, H, 8\], got \[9, 3, 8\]"),
+    (lambda a: (a[0][..., :4],) + a[1:], r"k is \[2, 9, 3, 8\] but q has d_k = 4: inputs that share"),
+    (lambda a: (a[0][0],) + a[1:], r"q must be \[B, T, H, d_k\], got \[9, 3, 8\]"),
     (lambda a: a[:3] + (a[3][..., None],) + a[4:], r"alpha must be \[B, T, H\]"),
     (lambda a: (a[0], a[1][:, :, :2]) + a[2:], r"k is \[2, 9, 2, 8\] but q has \[B, T, H\] = "
                                                r"\[2, 9, 3\]"),

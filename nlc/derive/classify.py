@@ -55,7 +55,7 @@ class Classification:
         return f"{self.family.value}" + (f" ({shown})" if shown else "") + f": {self.reason}"
 
 
-def _split(term):
+def split_term(term):
     """A term -> (scalar coefficient, list of matrix factors); a row times a column inside
     the product (a^T b, as in S k k^T k k^T) moves to the coefficient as Dot(a, b)."""
     if isinstance(term, sp.MatrixSymbol):
@@ -113,7 +113,7 @@ def _classify(rule: UpdateRule) -> Classification:
         if not term.has(S):
             bias.append(term)
             continue
-        coef, mats = _split(term)
+        coef, mats = split_term(term)
         if isinstance(term, sp.HadamardProduct) and S in term.args:
             others = [a for a in term.args if a != S]
             if len(others) == 1 and _is_column(others[0]) and not others[0].has(S):
@@ -166,7 +166,7 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
     (Siems et al., DeltaProduct, arXiv:2502.10297, 2025, with n equal Householder factors)."""
     reason = f"{len(rank_one)} rank-one terms: a product of delta steps per token"
     keys = {w for *_, w in rank_one}
-    bias_terms = [_split(t) for t in bias]
+    bias_terms = [split_term(t) for t in bias]
     if len(keys) != 1 or any(len(m) != 2 or not isinstance(m[1], sp.Transpose)
                              or m[1].arg not in keys for _, m in bias_terms):
         return Classification(KernelFamily.PRODUCT, base + (("rank", len(rank_one)),),
@@ -201,7 +201,7 @@ def _elementwise(S, terms) -> Classification | None:
     rest = [t for t in terms if t not in errors]
     if len(errors) != 1 or len(rest) != 1:
         return None
-    coef, mats = _split(rest[0])
+    coef, mats = split_term(rest[0])
     if coef.has(S) or not mats or mats[0] != S:
         return None
     if len(mats) == 1:
@@ -210,7 +210,7 @@ def _elementwise(S, terms) -> Classification | None:
         kind, gate = "channel", mats[1].args[0]
     else:
         return None
-    rate, mats = _split(errors[0])
+    rate, mats = split_term(errors[0])
     if len(mats) != 2 or not isinstance(mats[0], ElementwiseApplyFunction) \
             or not isinstance(mats[1], sp.Transpose) or not _is_column(mats[1].arg) \
             or rate.has(S) or mats[1].arg.has(S):
@@ -223,7 +223,7 @@ def _elementwise(S, terms) -> Classification | None:
     preds = [t for t in inner if t.has(S)]
     if len(preds) != 1:
         return None
-    pc, pm = _split(preds[0])
+    pc, pm = split_term(preds[0])
     at_old = pc == 1 and pm == [S, key]
     at_decayed = (kind == "scalar" and pc == gate and pm == [S, key]) or \
         (kind == "channel" and pc == 1 and pm == [S, sp.DiagMatrix(gate), key])

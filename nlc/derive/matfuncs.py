@@ -6,6 +6,7 @@ so rules containing them can be checked, and prints under its own name."""
 from __future__ import annotations
 
 import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc import functions
 
@@ -180,3 +181,23 @@ class ColumnMap(sp.MatrixExpr):
 
     def _latex(self, printer):
         return rf"\operatorname{{{self.name}}}\left({printer._print(self.args[1])}\right)"
+
+
+def free_names(exprs) -> set[str]:
+    """Names of the symbols an expression reads (elementwise-map variables excluded). A
+    matrix symbol's shape is not read: its sizes are part of the symbol, not of the math."""
+    found, bound = set(), set()
+    for e in exprs:
+        nodes = sp.preorder_traversal(e)
+        for node in nodes:
+            if isinstance(node, (sp.MatrixSymbol, sp.ZeroMatrix, sp.OneMatrix)):
+                if isinstance(node, sp.MatrixSymbol):
+                    found.add(node)
+                nodes.skip()
+            elif isinstance(node, sp.Symbol):
+                found.add(node)
+            elif isinstance(node, ElementwiseApplyFunction):
+                bound |= set(node.function.variables)
+            elif isinstance(node, ColumnMap):
+                bound.add(node.args[0])  # the function's name, stored as a Symbol
+    return {s.name for s in found - bound}

@@ -100,6 +100,37 @@ def ones(n) -> sp.MatrixExpr:
     return sp.OneMatrix(n, 1)
 
 
+_SIZE_OPS = {ast.BinOpKind.ADD: lambda a, b: a + b, ast.BinOpKind.SUB: lambda a, b: a - b,
+             ast.BinOpKind.MUL: lambda a, b: a * b, ast.BinOpKind.DIV: lambda a, b: a / b,
+             ast.BinOpKind.POW: lambda a, b: a ** b}
+
+
+def size_expr(e: ast.Expr):
+    """A checked dimension's spelling (`4 * d_head`) as a SymPy expression of the dims it
+    names, so that a layer built with other sizes computes its own; None for a spelling
+    with a call (`sqrt(d)`), which keeps the spec's size."""
+    if isinstance(e, ast.Num):
+        return sp.Integer(int(e.value)) if e.is_int else sp.nsimplify(e.value)
+    if isinstance(e, ast.Name):
+        return sp.Symbol(e.id, positive=True)
+    if isinstance(e, ast.Neg):
+        inner = size_expr(e.operand)
+        return None if inner is None else -inner
+    if isinstance(e, ast.BinOp) and e.op in _SIZE_OPS:
+        left, right = size_expr(e.left), size_expr(e.right)
+        return None if left is None or right is None else _SIZE_OPS[e.op](left, right)
+    return None
+
+
+def dim_size(d: Dim):
+    """A dim as a SymPy size: its symbol, an expression of dims, or (for a spelling with a
+    call) the spec's number."""
+    if d.text.isidentifier():
+        return sp.Symbol(d.text, positive=True)
+    found = size_expr(d.expr) if d.expr is not None else None
+    return sp.Integer(d.size) if found is None else found
+
+
 class SymbolTable:
     """Names of one spec -> SymPy objects, at one choice of dimensions.
 
@@ -143,7 +174,7 @@ class SymbolTable:
         if self.concrete:
             size = self.dim_values.get(d.text, d.size)
             return sp.Integer(size)
-        return sp.Symbol(d.text, positive=True) if d.text.isidentifier() else sp.Integer(d.size)
+        return dim_size(d)
 
     def shape(self, shape: Shape) -> tuple:
         if shape == PARAM_SHAPE:

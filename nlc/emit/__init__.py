@@ -23,35 +23,33 @@ def compile_spec(path: str, overrides: dict | None = None, text: str | None = No
 def compile_outputs(path: str, overrides: dict | None = None,
                     text: str | None = None) -> dict[str, str]:
     """Every file a spec compiles to, module name -> source: the PyTorch module and, for
-    levels whose family has them, the Triton kernels. Spec names get their own namespace
-    (nlc/emit/names.py); text from outside (the file name) reaches the code only through the
-    render step's checks (nlc/emit/render.py)."""
+    levels whose family has them, the Triton kernels (the pipeline run to stage `emit`)."""
+    from nlc import pipeline
+    return pipeline.run(path, "emit", {"overrides": overrides or {}}, text=text)
+
+
+def emit(plans, text: str, path: str) -> dict[str, str]:
+    """Stage `emit`: print the plans. Spec names get their own namespace
+    (nlc/emit/names.py); text from outside (the file name) reaches the code only through
+    the render step's checks (nlc/emit/render.py)."""
     import ast as python_ast
 
-    from nlc import pipeline
     from nlc.emit.names import Namespace, module_clashes
-    from nlc.emit.render import ruff_format, source, spec_module_name
-    from nlc.syntax import ast
+    from nlc.emit.render import ruff_format, source
 
-    text = pipeline.read_spec(path) if text is None else text
-    specs = pipeline.run(path, "check", {"overrides": overrides or {}}, text=text)
     origin = source(path, text)
-    stem = spec_module_name(path)
-    try:
-        with Namespace() as names:
-            outputs = _render(specs, origin, stem, ast)
-        outputs = names.resolve(outputs)
-        tree = python_ast.parse(outputs[stem])
-        twice = module_clashes(tree)
-        for decl in specs:
-            if decl.name in twice:
-                raise NlcError(f"'{decl.name}' is a name the generated module defines itself "
-                               "(an import, a function or another class): rename it",
-                               decl.span)
-            _refuse_attribute_clashes(decl, tree)
-        return {module: ruff_format(code, f"{module}.py") for module, code in outputs.items()}
-    except NlcError as err:
-        raise err.located(path, text) from None
+    with Namespace() as names:
+        outputs = _render(plans, origin)
+    outputs = names.resolve(outputs)
+    tree = python_ast.parse(outputs[plans.stem])
+    twice = module_clashes(tree)
+    for decl in plans.specs:
+        if decl.name in twice:
+            raise NlcError(f"'{decl.name}' is a name the generated module defines itself "
+                           "(an import, a function or another class): rename it",
+                           decl.span)
+        _refuse_attribute_clashes(decl, tree)
+    return {module: ruff_format(code, f"{module}.py") for module, code in outputs.items()}
 
 
 def _refuse_attribute_clashes(decl, tree) -> None:
@@ -81,30 +79,26 @@ def _refuse_attribute_clashes(decl, tree) -> None:
                        f"{', '.join(sorted(clashes))}", decl.span)
 
 
-def _render(specs, origin, stem: str, ast) -> dict[str, str]:
+def _render(plans, origin) -> dict[str, str]:
     """The unformatted sources, spec names still placeholders."""
     from nlc.emit.render import render
-    layers = [s for s in specs if s.kind is ast.DeclKind.LAYER]
-    optimizers = [s for s in specs if s.kind is ast.DeclKind.OPTIMIZER]
-    models = [s for s in specs if s.kind is ast.DeclKind.MODEL]
-    if layers and optimizers:
-        raise NlcError("a spec file compiles to layers or to optimizers, not both")
-    if optimizers:
+    if plans.optimizers:
         from nlc.emit.optimizer import optimizer_plan
-        plans = [optimizer_plan(s) for s in optimizers]
-        return {stem: render("optimizer.py.jinja", source=origin, plans=plans)}
-    if not layers:
-        raise NlcError("the spec declares no layer or optimizer to compile")
-    from nlc.emit.layer import layer_plan, model_plan
-    plans = [layer_plan(s, origin.name, f"{s.name}_" if len(layers) > 1 else "", stem)
-             for s in layers]
-    outputs = {stem: render("layer.py.jinja", source=origin, plans=plans,
-                            models=[model_plan(m, plans) for m in models])}
-    from nlc.emit.triton_render import render_recurrent
-    for plan in plans:
+        printed = [optimizer_plan(spec, rules) for spec, rules in plans.optimizers]
+        return {plans.stem: render("optimizer.py.jinja", source=origin, plans=printed)}
+    from nlc.emit.layer import LayerPrinter
+    specs = {s.name: s for s in plans.specs}
+    printed = [LayerPrinter(plan, specs[plan.name]).printed() for plan in plans.layers]
+    outputs = {plans.stem: render("layer.py.jinja", source=origin, plans=printed,
+                                  models=list(plans.models))}
+    from nlc.emit.triton_render import RecurrentKernelPlan, render_recurrent
+    for plan in plans.layers:
         for level in plan.levels:
-            if level.triton is not None:
-                outputs[level.kernels] = render_recurrent(level.triton, origin, formatted=False)
+            k = level.kernel
+            if k is not None:
+                kernel = RecurrentKernelPlan(k.prefix, k.family, k.decay, k.read_before,
+                                             k.error, order=k.order or "before")
+                outputs[k.module] = render_recurrent(kernel, origin, formatted=False)
     return outputs
 
 

@@ -8,11 +8,10 @@ numbers are printed from their parsed values, never copied from the spec text.""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nlc import functions
 from nlc.errors import NlcError
-from nlc.levels import shapes
 from nlc.syntax import ast
 
 # spec function -> PyTorch (or nl.*) function applied to the last axis / elementwise
@@ -33,23 +32,14 @@ def literal(value: float) -> str:
 
 
 @dataclass
-class Conv:
-    """A short convolution's weights, one per `conv(...)` call: `[H, channels, width]`."""
-
-    name: str
-    channels: int
-    width: int
-    line: int
-
-
-@dataclass
 class ContextPrinter:
-    """Prints spec expressions; `names` maps spec names to code, `env` types them."""
+    """Prints spec expressions; `names` maps spec names to code; `inner` holds the `a @ b`
+    nodes that are inner products of two vectors (the plan types them)."""
 
     names: dict[str, str]
-    env: shapes.Env
+    inner: frozenset
     params: dict[str, tuple]                     # name -> per-head shape (ints)
-    convs: list[Conv] = field(default_factory=list)
+    convs: object = None                         # the plan's ConvPlans, in printing order
     owner: str = "context"
     constants: frozenset = frozenset()
 
@@ -103,8 +93,7 @@ class ContextPrinter:
         right = e.right
         if isinstance(right, ast.Name) and right.id in self.params:
             return f"nl.head_matmul({self.expr(e.left)}, {self.names[right.id]})"
-        left_shape, right_shape = shapes.infer(e.left, self.env), shapes.infer(right, self.env)
-        if len(left_shape) == 1 and len(right_shape) == 1:
+        if e in self.inner:
             return f"nl.inner({self.expr(e.left)}, {self.expr(right)})"
         raise NlcError("'@' in generated code needs a parameter on its right "
                        "(or two vectors)", e.span)
@@ -126,13 +115,7 @@ class ContextPrinter:
             return f"{CALLS[e.func]}({self.expr(args[0] if args else kw['x'])})"
         if e.func == "conv":
             x = args[0] if args else kw["x"]
-            width_expr = args[1] if len(args) > 1 else kw["width"]
-            channels = shapes.infer(x, self.env)
-            if len(channels) != 1:
-                raise NlcError("conv() in generated code needs a vector per token", e.span)
-            conv = Conv(f"conv{len(self.convs)}", channels[0].size,
-                        shapes.constant_int(width_expr), e.span.line)
-            self.convs.append(conv)
+            conv = next(self.convs)  # planned in the order they are printed
             return f"nl.short_conv({self.expr(x)}, self.{conv.name}, cu_seqlens, convs, " \
                    f"'{conv.name}')"
         if e.func in ("dot",):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nlc.derive import derive
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.names import local
 from nlc.emit.torch_printer import TorchPrinter
 from nlc.errors import NlcError
 from nlc.levels import shapes
+from nlc.plan.layer import inner_products
 
 
 @dataclass
@@ -30,8 +30,10 @@ class OptimizerPlan:
     lines: list[int] = field(default_factory=list)
 
 
-def optimizer_plan(spec) -> OptimizerPlan:
-    rules = {r.level: r for r in derive(spec, dims={})}
+def optimizer_plan(spec, rules) -> OptimizerPlan:
+    """`rules`: the spec's levels as stage derive gave them (the parameter's shape symbolic:
+    every operation on a `like(param)` state is printed entrywise)."""
+    rules = {r.level: r for r in rules}
     levels = [lv for lv in spec.levels if lv.state is not None]
     hypers = [(n, local(n), literal(v)) for n, v in spec.hypers]
     names = {n: local(n) for n, _ in spec.hypers} | {"param": "param", "t": "t"}
@@ -70,8 +72,9 @@ def optimizer_plan(spec) -> OptimizerPlan:
         apply_names[lv.name] = local(lv.name)
         for n, _ in rules[lv.name].states:
             apply_names[n] = f"state[{n!r}]"
-    applied = ContextPrinter(apply_names, env, {}, owner="optimizer")
     applies = [(target, expr, lv) for lv in levels for target, expr in lv.applies]
+    applied = ContextPrinter(apply_names, inner_products([e for _, e, _ in applies], env), {},
+                             owner="optimizer")
     if not applies:
         raise NlcError(f"optimizer '{spec.name}' has no `apply param = ...` clause", spec.span)
     for target, expr, lv in applies:

@@ -13,12 +13,13 @@ the rule that `nlc derive` prints.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total
+from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total, free_names
 from nlc.derive.symbols import internal
 from nlc.errors import NlcError
 
@@ -40,6 +41,30 @@ def number(value) -> str:
     if value.is_Integer:
         return str(int(value))
     return repr(float(value))
+
+
+_R = sp.Symbol(internal("r"))
+
+
+def library_call(body) -> str | None:
+    """The call that computes the elementwise function `r -> body` when it is a registered
+    function (nlc/functions.py) or the derivative of one with a `grad` call: `nl.gelu`,
+    `nl.gelu_grad`. Matched on the expression's structure, as derivation builds it."""
+    from nlc import functions
+    return _library_calls(tuple(functions.REGISTRY.values())).get(body)
+
+
+@functools.cache
+def _library_calls(registered: tuple) -> dict:
+    from nlc import functions
+    calls = {}
+    for f in registered:
+        if f.kind is functions.Kind.ELEMENTWISE:
+            ref = f.scalar()(_R)
+            calls.setdefault(ref, f.torch)
+            if f.grad:
+                calls.setdefault(sp.diff(ref, _R), f.grad)
+    return calls
 
 
 class TorchPrinter:
@@ -241,6 +266,9 @@ class TorchPrinter:
         lam = e.function
         (var,), body = lam.variables, lam.expr
         arg = e.expr
+        call = library_call(body.xreplace({var: _R}))
+        if call is not None:  # a registered function or its derivative: the library's
+            return f"{call}({self.expr(arg)})"
         holder = sp.Symbol(internal(f"arg{len(self.names)}"))
         code = self.expr(arg)
         if not code.isidentifier():
@@ -281,20 +309,6 @@ class TorchPrinter:
 
     def _print_Heaviside(self, e) -> str:
         return f"({self._paren(e.args[0])} > 0).to({self.expr(e.args[0])}.dtype)"
-
-
-def free_names(exprs) -> set[str]:
-    """Names of the symbols an expression reads (elementwise-map variables excluded)."""
-    found, bound = set(), set()
-    for e in exprs:
-        for node in sp.preorder_traversal(e):
-            if isinstance(node, (sp.Symbol, sp.MatrixSymbol)):
-                found.add(node)
-            elif isinstance(node, ElementwiseApplyFunction):
-                bound |= set(node.function.variables)
-            elif isinstance(node, ColumnMap):
-                bound.add(node.args[0])  # the function's name, stored as a Symbol
-    return {s.name for s in found - bound}
 
 
 __all__ = ["TorchPrinter", "free_names", "number"]

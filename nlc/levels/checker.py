@@ -51,6 +51,7 @@ class Spec:
     graph: LevelGraph = field(compare=False)
     span: Span = field(default_factory=Span.none, compare=False)
     schedule: tuple[tuple[str, str], ...] = ()  # per token: ("read" | "write", level), in order
+    loops: frozenset = frozenset()              # levels that use their own output
 
     @property
     def levels(self) -> tuple[LevelRecord, ...]:
@@ -91,6 +92,7 @@ class _DeclChecker(LevelChecker):
         self.is_optimizer = decl.kind is ast.DeclKind.OPTIMIZER
         self.level_names: dict[str, str] = {}   # gradient / input names of optimizer levels
         self.steps: tuple[tuple[str, str], ...] = ()
+        self.loops: frozenset = frozenset()
 
     # ------------------------------------------------------------ names
     def define(self, name: str, span: Span, kind: str, shape: Shape | None = None) -> None:
@@ -176,7 +178,7 @@ class _DeclChecker(LevelChecker):
                            hint="one level of the loop must not feed the next")
         return Spec(self.decl.kind, self.decl.name, self.decl.claims, tuple(self.dims.items()),
                     tuple(self.hypers.items()), tuple(self.params), tuple(self.context), output,
-                    (), self.graph, self.decl.span, self.steps)
+                    (), self.graph, self.decl.span, self.steps, self.loops)
 
     def check_composed_names(self, records) -> None:
         """A name of the spec's may not be one the compiler composes from a state's name."""
@@ -223,7 +225,7 @@ class _DeclChecker(LevelChecker):
             if not size.is_integer() or size < 1:
                 raise NlcError(f"a dimension must be a positive whole number, got {size:g}",
                                e.span)
-            dims.append(Dim(format_expr(e), int(size)))
+            dims.append(Dim(format_expr(e), int(size), e))
         return tuple(dims)
 
     def param_stmt(self, stmt: ast.Param, level: str) -> None:

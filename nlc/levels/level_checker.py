@@ -87,11 +87,15 @@ class LevelChecker:
                    for lv in levels]
         for record, stmt in zip(records, levels):
             self.graph.add_level(record)
+        loops = set()
         for stmt in levels:  # data flow between levels: a context edge
             in_read, in_rules = level_uses(stmt, set(by_name))
-            for used in sorted({n.id for n in in_read + in_rules} - {stmt.name}):
-                self.graph.add_edge(Edge(used, stmt.name, TransferMode.CONTEXT, False, stmt.span))
-        self.steps = steps
+            used = {n.id for n in in_read + in_rules}
+            if stmt.name in used:
+                loops.add(stmt.name)
+            for name in sorted(used - {stmt.name}):
+                self.graph.add_edge(Edge(name, stmt.name, TransferMode.CONTEXT, False, stmt.span))
+        self.steps, self.loops = steps, frozenset(loops)
         return records
 
     def level_head(self, stmt: ast.Level) -> _Head:

@@ -21,6 +21,7 @@ class Dim:
 
     text: str
     size: int
+    expr: ast.Expr | None = field(default=None, compare=False)  # the spelling, parsed
 
     def __str__(self) -> str:
         return self.text

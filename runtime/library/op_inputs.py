@@ -2,11 +2,10 @@
 
 An op takes per-token tensors in flash-linear-attention's layout: a vector per head and
 token `[B, T, H, D]`, a scalar `[B, T, H]`; its parameters are per head `[H, ...]`; an initial
-state is `{name: [B, H, rows, cols]}`. B, T and H come from the inputs (a layer built with
-other heads calls the same op). D is the size the op was compiled for when the op builds
-its own initial state; with the caller's initial state, the state's shape decides (a rule
-whose numbers do not depend on D runs at any D). A mismatch is a ValueError that says what
-was expected, not a broadcasting error deep in the math."""
+state is `{name: [B, H, rows, cols]}`. B, T, H and the D of each input come from the inputs
+(a layer built with other sizes calls the same op); inputs that share a dim must agree on
+it. A mismatch is a ValueError that says what was expected, not a broadcasting error deep
+in the math."""
 
 from __future__ import annotations
 
@@ -14,22 +13,24 @@ import torch
 
 
 def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
-              cu_seqlens) -> tuple[int, int]:
-    """Check an op's inputs; returns (batch, heads). `sizes` gives each vector token's D
-    (None for a scalar token)."""
-    lead = None
+              cu_seqlens) -> tuple[int, int, dict]:
+    """Check an op's inputs; returns (batch, heads, dims). `sizes` gives, per token, the dim
+    that is its D, "" for a vector whose D is not one dim, None for a scalar; `dims` maps
+    each dim to the size the inputs give it."""
+    lead, dims, seen = None, {}, {}
     for name, x in tokens.items():
-        size = sizes[name]
-        if size is not None and initial_state is not None and isinstance(x, torch.Tensor) \
-                and x.dim() == 4:
-            size = x.shape[-1]  # the caller's state sets the sizes
-        want = "[B, T, H]" if size is None else f"[B, T, H, {size}]"
+        dim = sizes[name]
+        want = "[B, T, H]" if dim is None else f"[B, T, H, {dim or 'D'}]"
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{op}: {name} must be a tensor {want}, got {type(x).__name__}")
-        if x.dim() != (3 if size is None else 4) or (size is not None and x.shape[-1] != size):
-            raise ValueError(f"{op}: {name} must be {want}, got {list(x.shape)}"
-                             + ("" if size is None or x.dim() != 4 else
-                                f" (this op was compiled for {size} channels per head)"))
+        if x.dim() != (3 if dim is None else 4):
+            raise ValueError(f"{op}: {name} must be {want}, got {list(x.shape)}")
+        if dim:
+            if dim in dims and dims[dim] != x.shape[-1]:
+                raise ValueError(f"{op}: {name} is {list(x.shape)} but {seen[dim]} has "
+                                 f"{dim} = {dims[dim]}: inputs that share a dim agree on it")
+            dims.setdefault(dim, x.shape[-1])
+            seen.setdefault(dim, name)
         if lead is None or (lead[1][2] == 1 and x.shape[2] != 1):
             lead = (name, tuple(x.shape[:3]))
     for name, x in tokens.items():  # H = 1 is shared by every head (the layer's input x)
@@ -52,7 +53,7 @@ def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
                     batch, heads):
                 raise ValueError(f"{op}: initial_state{level}[{name!r}] is {list(s.shape)}; "
                                  f"it must start with [B, H] = [{batch}, {heads}]")
-    return batch, heads
+    return batch, heads, dims
 
 
 def _states(initial_state):

@@ -33,6 +33,13 @@ EPS = 1e-6
 
 
 # --------------------------------------------------------------- input checks
+def check_sizes(layer: str, sizes: dict) -> None:
+    """Refuse a layer size that is not a positive whole number, with a ValueError."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+
+
 def check_input(x, d_model: int, cu_seqlens=None) -> None:
     """Refuse a layer input that the generated code would misread, with a ValueError that
     says what was expected (called once, first thing, by every generated `forward`).
@@ -176,6 +183,26 @@ def gelu(x):
     return F.gelu(x)
 
 
+def gelu_grad(x):
+    """gelu'(x) = Phi(x) + x phi(x): the derivative an MLP memory's backward uses."""
+    return 0.5 * (1 + torch.erf(x * 0.7071067811865476)) \
+        + x * torch.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+def silu_grad(x):
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+def sigmoid_grad(x):
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def tanh_grad(x):
+    return 1 - torch.tanh(x) ** 2
+
+
 def total(x):
     return x.sum(-1, keepdim=True)
 
@@ -306,13 +333,17 @@ def log_uniform(shape, low: float, high: float) -> torch.Tensor:
     return torch.log(torch.empty(shape).uniform_(low, high))
 
 
-def use_triton(ref: torch.Tensor, chunked: str | None = None) -> bool:
+KEY_TILE = 256  # the recurrent kernels hold the key axis in one tile (docs/triton.md)
+
+
+def use_triton(ref: torch.Tensor, chunked: str | None = None, key_width: int = 0) -> bool:
     """Whether a level's fused recurrent Triton kernel runs: CUDA tensors go to Triton unless
     NLC_TRITON=0; NLC_TRITON=force sends CPU tensors too (with TRITON_INTERPRET=1: how CI tests
     the dispatch). `chunked` ("family/decay", e.g. "delta/scalar") names the level's chunked
     form: training-length inputs then skip the recurrent kernel, and the chunked form
-    (`delta_chunked`, `decay_chunked`) runs its chunked Triton kernels instead."""
-    if not triton_enabled(ref):
+    (`delta_chunked`, `decay_chunked`) runs its chunked Triton kernels instead. A state
+    wider than `KEY_TILE` keys runs the PyTorch forms."""
+    if not triton_enabled(ref) or key_width > KEY_TILE:
         return False
     if chunked is not None and ref.shape[1] >= CHUNKED_MIN_TOKENS:
         return not has_chunked_kernel(*chunked.split("/"))
@@ -372,12 +403,13 @@ class LinearRecorder:
 
 __all__ = [
     "check_input", "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm",
-    "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "total", "inner", "mean", "dot", "sqnorm",
+    "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "gelu_grad", "silu_grad",
+    "sigmoid_grad", "tanh_grad", "total", "inner", "mean", "dot", "sqnorm",
     "trace",
     "sum_all", "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param",
     "output", "per_token", "init_state", "log_gate", "inv_softplus_uniform", "log_uniform",
     "use_triton",
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
-    "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
+    "check_sizes", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
 ]

@@ -1,0 +1,382 @@
+"""How a classified level executes: the second half of stage `classify`.
+
+The family says what the rule is; the execution record says how a chunk of tokens runs it,
+with every expression the code needs already taken apart (DESIGN.md, "Kernel families"):
+
+- `AffineChunk`: S' = S D + sum_i v_i k_i^T (decay) or S D (I - beta k k^T) + v k^T
+  (delta), read o = S q. Runs by the exact chunked algorithms.
+- `FusedRecurrent`: affine per token but with no chunked algorithm (dplr, an elementwise
+  error): one fused recurrent kernel on CUDA, the token loop elsewhere.
+- `FrozenSplit`: gradients taken at a chunk-start state. Every subterm that depends on the
+  anchors but not on the running state is hoisted (`drive`) and computed for a whole chunk
+  at once; `combine` is the rest, per token. `additive` when a chunk's terms can be summed
+  before they are combined (`every C tokens`); `outer` when each hoisted term is a sum of
+  per-token outer products and the dual form applies.
+- `Attention`: the non-parametric family with an exponential dot-product kernel.
+- `TokenLoop`: none of the above; `reason` says why.
+
+Everything here is symbolic; nothing is printed. The plan stage (nlc/plan) reads these
+records and the emit stage prints them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from nlc.derive.classify import ERROR_ARGS, Classification, KernelFamily, split_term
+from nlc.derive.matfuncs import Dot, free_names
+from nlc.derive.rule import UpdateRule
+
+
+@dataclass(frozen=True)
+class TokenLoop:
+    reason: str
+
+    def to_text(self) -> str:
+        return f"token loop: {self.reason}"
+
+
+@dataclass(frozen=True)
+class AffineChunk:
+    family: str                     # decay | delta
+    query: object                   # o = S q (q scaled by the read's coefficient)
+    terms: tuple[tuple[object, object], ...]   # (value, key) per outer product of the input
+    decay: object                   # the gate D (1: none)
+    decay_kind: str                 # scalar | channel
+    beta: object | None = None      # the delta rule's rate
+
+    def to_text(self) -> str:
+        gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
+        terms = ", ".join(f"{_s(v)} {_s(k)}^T" for v, k in self.terms)
+        beta = f", beta = {_s(self.beta)}" if self.beta is not None else ""
+        return f"chunked {self.family}: q = {_s(self.query)}, inputs {terms}, {gate}{beta}"
+
+
+@dataclass(frozen=True)
+class FusedRecurrent:
+    family: str                     # dplr | elementwise
+    query: object
+    value: object
+    key: object
+    decay: object
+    decay_kind: str                 # none | scalar | channel
+    extras: tuple[tuple[str, object], ...]     # dplr: a, b; elementwise: rate
+    error: object | None = None     # elementwise: e(p, y), in the kernel's p and y
+    order: str | None = None        # elementwise: the prediction at S D (before) or S
+
+    def to_text(self) -> str:
+        extras = ", ".join(f"{n} = {_s(e)}" for n, e in self.extras)
+        error = f", error {_s(self.error)}" if self.error is not None else ""
+        return f"fused recurrent {self.family}: q = {_s(self.query)}, {extras}{error}"
+
+
+@dataclass(frozen=True)
+class FrozenSplit:
+    drive: tuple[tuple[object, object], ...]      # (symbol named drive<i>, hoisted term)
+    combine: tuple[tuple[str, object], ...]       # (state, next value given the drives)
+    additive: bool
+    # per drive symbol: its summands, each (column, row) when an outer product, else (term,)
+    outer: tuple[tuple[str, tuple[tuple, ...]], ...]
+    dual: bool
+
+    def to_text(self) -> str:
+        from nlc.derive.printing import paper_text
+        how = "summed per chunk" if self.additive else "dual form" if self.dual else "per token"
+        texts, where = paper_text([e for _, e in self.drive])
+        shown = "; ".join(f"{s.name} = {t}" for (s, _), t in zip(self.drive, texts))
+        return f"frozen split ({how}): {shown}" + (f"; where {'; '.join(where)}" if where else "")
+
+
+@dataclass(frozen=True)
+class Attention:
+    query: str
+    key: str
+    value: str
+    scale: object                   # c, a number or an expression of dims; None: not exp(c <q, k>)
+    window: int | None
+    kernel: object = None
+
+    def to_text(self) -> str:
+        if self.scale is None:
+            return f"attention: kernel {_s(self.kernel)} is not exp(c <q, k>)"
+        return f"attention: softmax, scale {_s(self.scale)}, window {self.window}"
+
+
+Execution = AffineChunk | FusedRecurrent | FrozenSplit | Attention | TokenLoop
+
+
+@dataclass(frozen=True)
+class Classified:
+    """What stage `classify` returns for one level: its rule, family and execution."""
+
+    rule: UpdateRule
+    family: Classification
+    execution: Execution
+
+    def to_text(self) -> str:
+        return (f"{self.rule.spec}.{self.rule.level}: {self.family.to_text()}\n"
+                f"  runs as {self.execution.to_text()}\n")
+
+
+def _s(e) -> str:
+    from nlc.derive.printing import sstr
+    return sstr(e)
+
+
+class _NoChunkedForm(Exception):
+    pass
+
+
+def execution(rule: UpdateRule, family: Classification,
+              constants: frozenset[str] = frozenset()) -> Execution:
+    """How `rule`, classified as `family`, runs over a chunk of tokens. `constants` name the
+    spec's dims, hypers and params: values that do not change from token to token."""
+    fam = family.family
+    if fam is KernelFamily.NONPARAMETRIC:
+        return _attention(rule)
+    if rule.read is None:
+        return TokenLoop("the level has no read")
+    if family.param("transition"):  # n delta steps with one key: one delta / dplr transition
+        fam = KernelFamily(family.param("transition"))
+    try:
+        if fam in (KernelFamily.DECAY, KernelFamily.DELTA):
+            return _affine(rule, family, fam)
+        if fam in (KernelFamily.DPLR, KernelFamily.ELEMENTWISE) and rule.form.kind == "matrix":
+            return _fused(rule, family, fam)
+        if rule.anchors:
+            return _frozen(rule, constants)
+    except _NoChunkedForm as why:
+        return TokenLoop(str(why))
+    return TokenLoop("the rule is not affine in the state and its gradients are not "
+                     "frozen per chunk")
+
+
+# ------------------------------------------------------------------ affine families
+def _read_query(rule: UpdateRule):
+    """read = c * S_next q (matrix) or <z_next, q> (vector) -> c * q."""
+    (name, S), = rule.states
+    target = sp.MatrixSymbol(f"{name}_next" if not rule.read_before else name, *S.shape)
+    read = rule.read
+    if isinstance(read, Dot) and target in read.args:
+        return read.args[1] if read.args[0] == target else read.args[0]
+    coef, mats = split_term(read)
+    if len(mats) == 2 and mats[0] == target and not mats[1].has(target):
+        return coef * mats[1] if coef != 1 else mats[1]
+    raise _NoChunkedForm("the read is not the state applied to a query")
+
+
+def _bias_terms(bias, vector: bool):
+    terms = bias.args if isinstance(bias, sp.MatAdd) else (bias,)
+    out = []
+    for term in terms:
+        coef, mats = split_term(term)
+        if vector and len(mats) == 1:
+            out.append((coef, mats[0]))
+        elif len(mats) == 2 and isinstance(mats[1], sp.Transpose):
+            left = coef * mats[0] if coef != 1 else mats[0]
+            out.append((left, mats[1].arg))
+        else:
+            raise _NoChunkedForm(f"the input term {sp.sstr(term)[:60]} is not an outer product")
+    return tuple(out)
+
+
+def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
+    bias = family.param("bias")
+    if isinstance(bias, sp.ZeroMatrix):
+        raise _NoChunkedForm("the state has no input term")
+    terms = _bias_terms(bias, vector=rule.form.kind == "vector")
+    query = _read_query(rule)
+    beta = None
+    if fam is KernelFamily.DELTA:
+        if len(terms) != 1 or terms[0][1] != family.param("key"):
+            raise _NoChunkedForm("the input term's key is not the delta rule's key")
+        if family.param("decay_kind") != "scalar":
+            raise _NoChunkedForm("the chunked delta form takes a scalar decay")
+        beta = family.param("beta")
+    return AffineChunk(fam.value, query, terms, family.param("decay"),
+                       family.param("decay_kind"), beta)
+
+
+def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
+    """dplr or an elementwise error: a fused recurrent kernel, no chunked algorithm."""
+    why = "no chunk-parallel PyTorch form"
+    if len(rule.states) != 1 or rule.form.kind != "matrix":
+        raise _NoChunkedForm(why)
+    error = order = None
+    if fam is KernelFamily.DPLR:
+        bias = family.param("bias")
+        if isinstance(bias, sp.ZeroMatrix):
+            raise _NoChunkedForm("the state has no input term")
+        terms = _bias_terms(bias, vector=False)
+        extras = (("a", family.param("a")), ("b", family.param("b")))
+    else:
+        terms = ((family.param("target"), family.param("key")),)
+        extras = (("rate", family.param("rate")),)
+        error = family.param("error")
+        if error.free_symbols - set(ERROR_ARGS):  # the kernels take numbers only
+            raise _NoChunkedForm("the error signal uses a per-token value: no fused kernel")
+        error = error.xreplace(dict(zip(ERROR_ARGS, sp.symbols("p y"))))
+        order = family.param("order")
+    if len(terms) != 1:
+        raise _NoChunkedForm("the input is several outer products: no fused kernel")
+    gate = family.param("decay")
+    kind = "none" if gate == 1 else family.param("decay_kind")
+    return FusedRecurrent(fam.value, _read_query(rule), terms[0][0], terms[0][1], gate, kind,
+                          extras, error, order)
+
+
+# ------------------------------------------------------------------ frozen gradients
+def _frozen(rule: UpdateRule, constants: frozenset[str]) -> FrozenSplit:
+    states = [n for n, _ in rule.states]
+    current = set(states) | {f"{n}_next" for n in states}
+    anchors = {a.name for _, a in rule.anchors}
+    table: dict = {}
+    memo: dict = {}
+
+    def names_of(e):
+        if e not in memo:
+            memo[e] = free_names([e])
+        return memo[e]
+
+    def hoist(e):
+        if isinstance(e, (sp.Symbol, sp.MatrixSymbol)) or e.is_number:
+            return e
+        used = names_of(e)
+        if used & anchors and not used & current:
+            if e not in table:
+                name = f"drive{len(table)}"
+                table[e] = (sp.MatrixSymbol(name, *e.shape)
+                            if isinstance(e, sp.MatrixExpr) else sp.Symbol(name))
+            return table[e]
+        if isinstance(e, ElementwiseApplyFunction):
+            return ElementwiseApplyFunction(e.function, hoist(e.expr))
+        if not e.args:
+            return e
+        return e.func(*[hoist(a) for a in e.args])
+
+    combined = tuple((n, hoist(e)) for n, e in rule.next_state)
+    if not table:
+        raise _NoChunkedForm("nothing depends on the chunk-start state")
+    drive = tuple((sym, e) for e, sym in table.items())
+    outer = tuple((sym.name, tuple(_outer_or_term(t) for t in _terms(e))) for sym, e in drive)
+    tokens = free_names([e for _, e in rule.next_state]) - anchors - current - constants
+    # `every C tokens`: the state plus chunk-start terms only, so a chunk's terms can be
+    # summed before they are combined
+    additive = rule.period > 1 and not (free_names([e for _, e in combined]) & tokens)
+    dual = not additive and _dual(rule, drive, combined, outer)
+    return FrozenSplit(drive, combined, additive, outer, dual)
+
+
+def _terms(e):
+    return e.args if isinstance(e, sp.MatAdd) else (e,)
+
+
+def _outer_or_term(term) -> tuple:
+    split = _outer(term)
+    return (term,) if split is None else split
+
+
+def _dual(rule, drive, combined, outer) -> bool:
+    """Whether the chunk has the dual form (`nl.dual_chunked`): every chunk-start term is
+    a sum of per-token outer products, the combine is linear in the state and those
+    terms with scalar coefficients, and the read meets the state only as `S @ column`.
+    Then every token's state is a weighted sum of the chunk-start state and the chunk's
+    outer products, and the read needs no per-token matrices."""
+    if any(len(t) != 2 for _, terms in outer for t in terms):
+        return False
+    states = {n for n, _ in rule.states}
+    names = states | {sym.name for sym, _ in drive}
+    if not all(_linear_in(e, names) for _, e in combined):
+        return False
+    suffix = "" if rule.read_before else "_next"
+    return _only_left_factor(rule.read, {f"{n}{suffix}" for n in states})
+
+
+def _outer(term):
+    """(column, row) with term == column @ row, a scalar coefficient folded into the column;
+    None when the term is not such a product."""
+    coef, mats = split_term(term)
+    if not mats:
+        return None
+    product = sp.MatMul(*mats) if len(mats) > 1 else mats[0]
+    factors = _factors(product)
+    coef *= sp.Mul(*[f for f in factors if not isinstance(f, sp.MatrixExpr)])
+    factors = [f for f in factors if isinstance(f, sp.MatrixExpr)]
+    for i in range(1, len(factors)):
+        # test the split on the shapes first: building every product is quadratic in depth
+        if factors[i - 1].shape[1] == 1 and factors[i].shape[0] == 1:
+            col, row = sp.MatMul(*factors[:i]), sp.MatMul(*factors[i:])
+            col = col.doit() if len(factors[:i]) == 1 else col
+            row = row.doit() if len(factors[i:]) == 1 else row
+            return (coef * col if coef != 1 else col), row
+    return None
+
+
+def _linear_in(expr, names: set[str]) -> bool:
+    """expr is a sum of scalar coefficients (free of `names`) times one of `names` each."""
+    for term in _summands(expr):
+        coef, mats = split_term(term)
+        if len(mats) != 1 or not isinstance(mats[0], sp.MatrixSymbol) \
+                or mats[0].name not in names or free_names([coef]) & names:
+            return False
+    return True
+
+
+def _factors(product) -> list:
+    """The factors of a (nested) product, in order."""
+    if not isinstance(product, sp.MatMul):
+        return [product]
+    return [f for a in product.args for f in _factors(a)]
+
+
+def _summands(expr) -> list:
+    """The terms of a (nested) matrix sum, scalar factors distributed over inner sums."""
+    if isinstance(expr, sp.MatAdd):
+        return [t for a in expr.args for t in _summands(a)]
+    if isinstance(expr, sp.MatMul):
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        if len(mats) == 1 and isinstance(mats[0], sp.MatAdd):
+            coef = sp.Mul(*[a for a in expr.args if a is not mats[0]])
+            return [coef * t for t in _summands(mats[0])]
+    return [expr]
+
+
+def _only_left_factor(expr, names: set[str]) -> bool:
+    """Every symbol of `names` in expr is the left factor of a product with one column."""
+    if isinstance(expr, sp.MatrixSymbol):
+        return expr.name not in names
+    if isinstance(expr, sp.MatMul):
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        if mats and isinstance(mats[0], sp.MatrixSymbol) and mats[0].name in names:
+            return len(mats) == 2 and mats[1].shape[1] == 1 \
+                and not isinstance(mats[1], sp.DiagMatrix) \
+                and _only_left_factor(mats[1], names) \
+                and not free_names([a for a in expr.args if a not in mats]) & names
+    if isinstance(expr, ElementwiseApplyFunction):
+        return _only_left_factor(expr.expr, names)
+    return all(_only_left_factor(a, names) for a in expr.args
+               if isinstance(a, sp.Basic))
+
+
+# ------------------------------------------------------------------ attention
+def _attention(rule: UpdateRule) -> Attention:
+    """The non-parametric family: softmax attention when the kernel is exp(c <q, k>)."""
+    kernel, window = rule.role("kernel"), rule.role("window")
+    scale = None
+    if isinstance(kernel, sp.exp):
+        arg = kernel.args[0]
+        dots = list(arg.atoms(Dot))
+        if len(dots) == 1:
+            coef = sp.simplify(arg / dots[0])
+            if not coef.has(Dot) and not coef.atoms(sp.MatrixSymbol) \
+                    and all(s.is_positive for s in coef.free_symbols):  # numbers and dims
+                scale = coef
+    roles = [rule.role(r) for r in ("query", "key", "value")]
+    names = [r.name if isinstance(r, (sp.Symbol, sp.MatrixSymbol)) else "" for r in roles]
+    return Attention(*names, scale, int(window) if window else None, kernel)
+
+
+__all__ = ["AffineChunk", "Attention", "Classified", "Execution", "FrozenSplit", "FusedRecurrent",
+           "TokenLoop", "execution"]

@@ -1,0 +1,388 @@
+"""Stage `plan` for layers: a checked spec and its classified rules -> a frozen `LayerPlan`.
+
+Everything the generated module is made of is decided here, in records: the sizes, the
+parameters and convolutions, each level's inputs, states and kernel, the groups of levels
+that read each other's outputs, and the forward's steps. Emit prints what this returns."""
+
+from __future__ import annotations
+
+import networkx as nx
+import sympy as sp
+
+from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent, TokenLoop
+from nlc.derive.forms import tensor_names
+from nlc.derive.matfuncs import free_names
+from nlc.derive.symbols import dim_size
+from nlc.errors import NlcError
+from nlc.levels import shapes
+from nlc.levels.records import TRAIN
+from nlc.levels.vocab import TransferMode
+from nlc.plan.records import (
+    ContextStep,
+    ConvPlan,
+    GroupCall,
+    GroupPlan,
+    KernelPlan,
+    LayerPlan,
+    LearnedState,
+    LevelCall,
+    LevelPlan,
+    ModelPlan,
+    OutputStep,
+    ParamInput,
+    ParamPlan,
+    Segments,
+    SizePlan,
+    StatePlan,
+    TokenInput,
+)
+from nlc.syntax import ast
+
+
+
+def context_env(spec) -> shapes.Env:
+    """The shapes of the names a layer's context and output expressions use."""
+    dims = dict(spec.dims)
+    from nlc.levels.records import Dim
+    env = shapes.Env(values={"x": (Dim("d_model", dims["d_model"]),), "head": ()})
+    env.values |= {p.name: p.shape for p in spec.params}
+    env.values |= {n: () for n, _ in spec.dims} | {n: () for n, _ in spec.hypers}
+    for var in spec.context:
+        env.values[var.name] = var.shape
+    for level in spec.levels:
+        if level.read is not None:
+            env.values[level.name] = level.output_shape
+    return env
+
+
+def inner_products(exprs, env) -> frozenset:
+    """The `a @ b` nodes of `exprs` whose sides are both vectors: inner products (a matrix
+    parameter on the right is a per-head projection instead)."""
+    from nlc.syntax.walk import nodes
+    return frozenset(n for n in nodes(tuple(exprs)) if isinstance(n, ast.BinOp)
+                     and n.op is ast.BinOpKind.MATMUL and len(shapes.infer(n.left, env)) == 1
+                     and len(shapes.infer(n.right, env)) == 1)
+
+
+def _convs(spec, env) -> tuple[ConvPlan, ...]:
+    """One weight per `conv(x, width)` call, numbered in the order the printer meets them
+    (context lines, then the output; outer calls before inner ones)."""
+    found = []
+
+    def visit(e):
+        if isinstance(e, ast.Call):
+            if e.func == "conv":
+                kw = {k.name: k.value for k in e.keywords}
+                x = e.positional[0] if e.positional else kw["x"]
+                width = e.positional[1] if len(e.positional) > 1 else kw["width"]
+                channels = shapes.infer(x, env)
+                if len(channels) != 1:
+                    raise NlcError("conv() in generated code needs a vector per token", e.span)
+                found.append(ConvPlan(f"conv{len(found)}", dim_size(channels[0]),
+                                      shapes.constant_int(width), e.span.line))
+            for a in e.args:
+                visit(a.value if isinstance(a, ast.Keyword) else a)
+        elif isinstance(e, ast.BinOp):
+            visit(e.left)
+            visit(e.right)
+        elif isinstance(e, ast.Neg):
+            visit(e.operand)
+
+    for var in spec.context:
+        visit(var.expr)
+    visit(spec.output)
+    return tuple(found)
+
+
+def _transfers(spec):
+    """The explicit transfer edges that change generated code (section 15 of language.md):
+    (target -> `direct` sources, target -> its init / generate edge, targets learned by train)."""
+    direct, into, learned = {}, {}, set()
+    for e in spec.graph.edges:
+        if not e.explicit:
+            continue
+        if e.mode is TransferMode.DIRECT:
+            direct.setdefault(e.target, set()).add(e.source)
+        elif e.mode in (TransferMode.INIT, TransferMode.GENERATE):
+            if e.source == TRAIN:
+                if e.mode is TransferMode.GENERATE:
+                    raise NlcError("a 'generate' edge from train is not emitted: train's "
+                                   "parameters are not a level's output", e.span)
+                learned.add(e.target)
+                continue
+            if e.target in into:
+                raise NlcError(f"level '{e.target}' gets its state from two levels", e.span)
+            into[e.target] = e
+    return direct, into, learned
+
+
+def _data_groups(spec, after: dict[str, str]):
+    """The levels in groups, in data order: levels that use each other's outputs in a loop
+    (or a level its own) form one group, run together; each group runs after the groups
+    whose outputs it uses (check's data-flow edges) and after the level it takes its state
+    from (`after`, init / generate edges). Ties follow check's per-token schedule."""
+    first = {}
+    for i, (_, name) in enumerate(spec.schedule):
+        first.setdefault(name, i)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(lv.name for lv in spec.levels)
+    graph.add_edges_from((e.source, e.target) for e in spec.graph.edges
+                         if e.mode is TransferMode.CONTEXT and e.source in graph
+                         and e.target in graph)
+    graph.add_edges_from((source, target) for target, source in after.items())
+    dag = nx.condensation(graph)
+    members = dag.graph["mapping"]
+    groups = {c: sorted((n for n in graph if members[n] == c), key=first.get) for c in dag}
+    order = nx.lexicographical_topological_sort(dag, key=lambda c: first[groups[c][0]])
+    return [groups[c] for c in order]
+
+
+class _LayerPlanner:
+    def __init__(self, spec, classified, spec_name: str, prefix: str, stem: str):
+        self.spec, self.spec_name, self.prefix, self.stem = spec, spec_name, prefix, stem
+        if "d_model" not in dict(spec.dims):
+            raise NlcError(f"layer '{spec.name}' declares no d_model; the generated module's "
+                           "input is [B, T, d_model]", spec.span)
+        self.rules = {c.rule.level: c for c in classified}
+        self.param_shapes = {p.name: p.shape for p in spec.params}
+        self.hypers = dict(spec.hypers)
+        self.dims = dict(spec.dims)
+        self.direct, self.into, self.learned = _transfers(spec)
+
+    def plan(self) -> LayerPlan:
+        spec = self.spec
+        env = context_env(spec)
+        params = tuple(ParamPlan(p.name, tuple(dim_size(d) for d in p.shape), p.init,
+                                 p.span.line) for p in spec.params)
+        convs = _convs(spec, env)
+        forward = [ContextStep(v.name, v.expr, v.span.line) for v in spec.context]
+        into = {t: e.source for t, e in self.into.items()}
+        groups = [[spec.graph.level(n) for n in g] for g in _data_groups(spec, into)]
+        segmented = set(into) | set(into.values())
+        levels, group_plans = [], []
+        for group in groups:
+            group = [lv for lv in group if lv.name in self.rules]
+            if not group:
+                continue
+            names = {lv.name for lv in group}
+            coupled = len(group) > 1 or group[0].name in spec.loops
+            if coupled and segmented & names:
+                edge = next(e for t, e in self.into.items() if {t, e.source} & names)
+                raise NlcError("init / generate edges between levels in a loop of outputs "
+                               "are not emitted", edge.span)
+            lps = [self.level(lv, coupled) for lv in group]
+            if coupled:
+                gp, lps = self.group(group, lps)
+                group_plans.append(gp)
+                forward.append(GroupCall(gp.fn))
+            elif group[0].name in segmented:
+                forward.append(LevelCall(group[0].name, self.cut(group[0].name),
+                                         self.segments(group[0], lps[0], levels, env)))
+            else:
+                forward.append(LevelCall(group[0].name, self.cut(group[0].name)))
+            levels += lps
+        if spec.output is None:
+            raise NlcError(f"layer '{spec.name}' has no output", spec.span)
+        final = spec.output
+        projection = None
+        if isinstance(final, ast.BinOp) and final.op is ast.BinOpKind.MATMUL \
+                and isinstance(final.right, ast.Name) and final.right.id in self.param_shapes \
+                and len(self.param_shapes[final.right.id]) == 2:
+            # the heads' outputs meet the output projection: summed inside one product
+            projection, final = final.right.id, final.left
+        line = spec.output.span.line if spec.output.span else 0
+        forward.append(OutputStep(final, projection, line))
+        learned = [s.learned for lv in levels for s in lv.states if s.learned]
+        return LayerPlan(
+            spec.name, self.spec_name, tuple(SizePlan(n, v) for n, v in spec.dims), params,
+            convs, tuple(levels), tuple(group_plans), tuple(forward), bool(segmented),
+            self.param_groups(params, convs, learned),
+            frozenset(c.name for c in spec.context) | frozenset(self.param_shapes),
+            inner_products([v.expr for v in spec.context] + [spec.output], env),
+            spec.span.line)
+
+    def cut(self, level: str) -> frozenset:
+        return frozenset(self.direct.get(level, ()))
+
+    def param_groups(self, params, convs, learned) -> tuple:
+        """Parameters by the level that learns them. A level of parameters (`every k steps`)
+        owns the `param`s declared in it; train owns the rest, the convolutions' weights and
+        the learned initial states."""
+        owned = {name: lv for lv in self.spec.levels for name in lv.params}
+        groups = {TRAIN: (1, [])}
+        for p in params:
+            lv = owned.get(p.name)
+            if lv is None:
+                groups[TRAIN][1].append(p.name)
+            else:
+                groups.setdefault(lv.name, (lv.period, []))[1].append(p.name)
+        groups[TRAIN][1].extend([c.name for c in convs] + [s.attr for s in learned])
+        return tuple((name, every, tuple(attrs)) for name, (every, attrs) in groups.items()
+                     if attrs)
+
+    # ------------------------------------------------------------ one level
+    def level(self, level, coupled: bool) -> LevelPlan:
+        c = self.rules[level.name]
+        rule, fam, ex = c.rule, c.family, c.execution
+        fn = f"{self.prefix}{level.name}"
+        state_names = [n for n, _ in rule.states]
+        anchor_names = [a.name for _, a in rule.anchors]
+        exprs = [e for _, e in rule.next_state] + ([rule.read] if rule.read is not None else [])
+        used = free_names(exprs)
+        if isinstance(ex, Attention) and ex.scale is not None:
+            used |= {s.name for s in ex.scale.free_symbols}
+        numbers = tuple((n, self.hypers[n]) for n in sorted(used & set(self.hypers)))
+        sizes = tuple(sorted(used & set(self.dims)))
+        params = sorted(used & set(self.param_shapes))
+        known = set(state_names) | {f"{n}_next" for n in state_names} | set(anchor_names) \
+            | set(self.hypers) | set(self.dims) | set(params)
+        symbols = {s.name: s for e in exprs for s in e.atoms(sp.Symbol, sp.MatrixSymbol)}
+        roles = [rule.role(r) for r in ("query", "key", "value")]
+        first = [r.name for r in roles if isinstance(r, (sp.Symbol, sp.MatrixSymbol))]
+        order = sorted(used - known, key=lambda n: (first.index(n) if n in first else 3, n))
+        tokens = [TokenInput(n, "vector", symbols[n].shape[0])
+                  if isinstance(symbols[n], sp.MatrixSymbol) else TokenInput(n, "scalar")
+                  for n in order]
+        notes = []
+        if isinstance(ex, Attention):
+            if ex.scale is None:
+                raise NlcError(f"level '{level.name}': only exponential dot-product kernels "
+                               f"exp(c <q, k>) are emitted, not {sp.sstr(ex.kernel)}",
+                               level.span)
+            for role in ("query", "key", "value"):
+                if not getattr(ex, role):
+                    raise NlcError(f"level '{level.name}': the {role} must be a context value "
+                                   "to emit attention", level.span)
+            tokens = list({n: TokenInput(n, "vector", rule.role(r).shape[0]) for n, r in
+                           ((ex.query, "query"), (ex.key, "key"), (ex.value, "value"))}.values())
+            read_kind = "vector"
+        elif rule.read is None:
+            raise NlcError(f"level '{level.name}' has no read; emission needs one", level.span)
+        else:
+            read_kind = "vector" if isinstance(rule.read, sp.MatrixExpr) else "scalar"
+        kernel = self.kernel(fn, rule, ex)
+        if isinstance(ex, FusedRecurrent):
+            notes.append("no chunk-parallel PyTorch form: CPU tensors run token by token, CUDA "
+                         "tensors go to the fused recurrent Triton kernel")
+        elif isinstance(ex, TokenLoop):
+            notes.append(f"no chunk-parallel form: {ex.reason}")
+        init = "learned" if level.name in self.learned else (level.state.init if level.state
+                                                            else "zeros")
+        memory = set(tensor_names(level.state.name, level.state.form)) if level.state else set()
+        states = []
+        for name, S in rule.states:
+            rows, cols = S.shape
+            op_init = init if name in memory and init in ("zeros", "identity") else "zeros"
+            learned = None
+            if name in memory and init == "learned":
+                simplex = any(t.kind == "kl" for t in level.retentions)
+                learned = LearnedState(name, f"{level.name}_{name}_init", rows, cols,
+                                       level.state.span.line, simplex)
+            states.append(StatePlan(name, rows, cols, op_init, learned))
+        anchors = tuple(zip(anchor_names, [s for s, _ in rule.anchors]))
+        every = rule.grad_chunk or (rule.period if rule.anchors else None)
+        return LevelPlan(level.name, fn, level.span.line, fam.family.value, fam.reason, ex,
+                         rule, tuple(tokens),
+                         tuple(ParamInput(p, len(self.param_shapes[p])) for p in params),
+                         numbers, sizes, tuple(states), anchors, every, read_kind,
+                         rule.read_before, kernel, tuple(notes), coupled)
+
+    def kernel(self, fn: str, rule, ex) -> KernelPlan | None:
+        """The fused recurrent Triton kernel, when the family and form have one."""
+        if not self.stem or rule.form.kind != "matrix":
+            return None
+        module = f"{self.stem}_{fn}_triton"
+        if isinstance(ex, AffineChunk) and len(ex.terms) == 1:
+            decay = "none" if ex.decay == 1 else ex.decay_kind
+            chunked = None if rule.read_before else f"{ex.family}/{decay}"
+            return KernelPlan(fn, ex.family, decay, rule.read_before, module, chunked=chunked)
+        if isinstance(ex, FusedRecurrent):
+            return KernelPlan(fn, ex.family, ex.decay_kind, rule.read_before, module,
+                              error=ex.error, order=ex.order)
+        return None
+
+    # ------------------------------------------------------------ groups, segments
+    def group(self, group, lps):
+        own = {lv.name for lv in group}
+        for name in own & set(self.direct):
+            raise NlcError(f"a 'direct' edge into level '{name}', which is in a loop of levels, "
+                           "is not emitted", self.spec.graph.level(name).span,
+                           hint="detach() the values it should not learn through")
+        tokens, params = {}, {}
+        for level, lp in zip(group, lps):
+            rule = lp.rule
+            if rule.read is None or any(rule.read.has(sp.MatrixSymbol(f"{n}_next", *S.shape))
+                                        for n, S in rule.states):
+                raise NlcError(f"level '{lp.name}' reads after its write, but it is in a loop "
+                               "of levels that use each other's outputs: make it read before",
+                               level.span)
+            for i in lp.tokens:
+                if i.name not in own:
+                    tokens.setdefault(i.name, i)
+            for p in lp.params:
+                params.setdefault(p.name, p)
+        # chunk-parallel when every member reads its chunk-start state, all chunks align and
+        # each member has the frozen split (its chunk-start terms for a whole chunk at once)
+        periods = {lp.anchor_every for lp in lps}
+        chunk = None
+        if len(periods) == 1 and all(lv.read_start or lv.period > 1 for lv in group) \
+                and all(isinstance(lp.execution, FrozenSplit) for lp in lps):
+            chunk = periods.pop()
+        names = ", ".join(lv.name for lv in group)
+        note = (f"runs token by token with the levels it reads in a loop ({names})"
+                if chunk is None else
+                f"runs with {names} as one group, a chunk of {chunk} tokens at a time")
+        from dataclasses import replace
+        lps = [replace(lp, notes=lp.notes + (note,)) for lp in lps]
+        fn = self.prefix + "_".join(lv.name for lv in group) + "_group"
+        return GroupPlan(fn, tuple(lv.name for lv in group), tuple(tokens.values()),
+                         tuple(params.values()), chunk, group[0].span.line), lps
+
+    def segments(self, level, lp, planned, env) -> Segments:
+        """A level that hands its state to another (init) or takes its state or weights from
+        another (init / generate) runs in segments that end at the source's period."""
+        edge = self.into.get(level.name)
+        source = edge.source if edge else level.name
+        period = self.spec.graph.level(source).period
+        if edge is None:
+            return Segments(period)
+        src = next(p for p in planned if p.name == source)
+        if edge.mode.value == "init":
+            mine = [(s.name, s.rows, s.cols) for s in lp.states]
+            theirs = [(s.name, s.rows, s.cols) for s in src.states]
+            if [m[1:] for m in mine] != [t[1:] for t in theirs]:
+                raise NlcError(f"'{source}' cannot initialize '{level.name}': their states "
+                               f"differ ({_shapes_text(theirs)} vs {_shapes_text(mine)})",
+                               edge.span)
+            return Segments(period, source, "init",
+                            tuple((t[0], m[0]) for t, m in zip(theirs, mine)))
+        own = tuple((s.name, s.rows, s.cols) for s in lp.states)
+        at_spec = {sp.Symbol(n, positive=True): v for n, v in self.dims.items()}
+        size = sp.Add(*[r * c for _, r, c in own]).xreplace(at_spec)
+        out = env.values[source]
+        if src.read_kind != "vector" or len(out) != 1 or out[0].size != size:
+            raise NlcError(f"'{source}' generates the weights of '{level.name}' "
+                           f"({_shapes_text(own)}: {size} numbers at the spec's dims), so "
+                           "its read must "
+                           f"be a vector of {size}", edge.span)
+        return Segments(period, source, "generate", shapes=own)
+
+
+def _shapes_text(shapes) -> str:
+    return ", ".join(f"{n}[{r}, {c}]" for n, r, c in shapes)
+
+
+def layer_plan(spec, classified, spec_name: str, prefix: str = "", stem: str = "") -> LayerPlan:
+    """`prefix` names the level functions when one file holds several layers; `stem` is the
+    generated module's name (its Triton kernels go to `<stem>_<level>_triton.py`)."""
+    return _LayerPlanner(spec, classified, spec_name, prefix, stem).plan()
+
+
+def model_plan(spec, layers: list[LayerPlan]) -> ModelPlan:
+    widths = {plan.name: {s.name: s.default for s in plan.sizes}["d_model"] for plan in layers}
+    sizes = {widths[name] for name in spec.blocks}
+    if len(sizes) != 1:
+        shown = ", ".join(f"{name}: {widths[name]}" for name in spec.blocks)
+        raise NlcError(f"the layers of model '{spec.name}' differ in d_model ({shown})",
+                       spec.span, hint="a model's layers share one width")
+    return ModelPlan(spec.name, tuple(spec.blocks), sizes.pop(), spec.span.line)
