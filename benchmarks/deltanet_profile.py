@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 from nlc.runtime.trainer.config import TrainConfig
-from nlc.runtime.trainer.mixers import mixer_from_spec
 from nlc.runtime.trainer.model import LanguageModel
 from torch.profiler import ProfilerActivity, profile
+
+from nlc.factories import mixer_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

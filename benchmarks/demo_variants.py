@@ -99,6 +99,7 @@ def main() -> None:
     from nlc.runtime.trainer.train import train
 
     from nlc import pipeline
+    from nlc.factories import factories_for
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.variants or list(VARIANTS):
@@ -114,7 +115,7 @@ def main() -> None:
                              checkpoint_interval=0, eval_examples=256, device="cpu",
                              log_interval=max(steps // 20, 1), out=str(out / name))
         start = time.perf_counter()
-        summary = train(config, progress=False)
+        summary = train(config, **factories_for(config), progress=False)
         accuracy = (summary.get("eval") or {}).get("accuracy", float("nan"))
         print(f"{name:<42} accuracy {accuracy:.3f}  train loss {summary['final_loss']:.3f}  "
               f"diverged at {summary['diverged_at']}  {time.perf_counter() - start:.0f} s",

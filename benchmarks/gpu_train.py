@@ -151,8 +151,9 @@ def part_lm(out: Path, steps: int) -> str:
 def part_throughput(out: Path, steps: int) -> str:
     """DeltaNet LM from our spec vs the same shapes with fla's chunk_delta_rule."""
     from nlc.runtime.trainer.config import TrainConfig
-    from nlc.runtime.trainer.mixers import mixer_from_spec
     from nlc.runtime.trainer.model import LanguageModel
+
+    from nlc.factories import mixer_from_spec
     sys.path.insert(0, str(Path(__file__).parent))
     from fla_deltanet import FlaDeltaNet
 

@@ -16,7 +16,8 @@ A spec walks through a flat list of named stages (nlc/pipeline.py):
    frozen-gradient, nonparametric, solve) and its parameters.
 5. verify (nlc/verify, nlc/catalog): derived rule == the published formula, symbolically and
    numerically.
-6. emit (nlc/emit, templates/): PyTorch modules and Triton kernels; nlc.runtime trains them.
+6. emit (nlc/emit, templates/): PyTorch modules and Triton kernels; nlc/factories.py hands
+   them to nlc.runtime's trainer as module factories (the trainer never compiles).
 
 Every stage raises `NlcError` (nlc/errors.py) for bad input; the CLI renders it as
 ``file:line:col: error: message`` with a caret.

@@ -154,6 +154,8 @@ def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
     """(name, accuracy, final train loss, seconds) of one model trained under `budget`."""
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.train import train
+
+    from nlc.factories import factories_for
     dims = {k: float(v) for k, v in DEMO_DIMS.items() if k in _dims_of(path)}
     if run.exists():
         import shutil
@@ -167,7 +169,7 @@ def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
                          checkpoint_interval=0, eval_examples=256, device="cpu",
                          log_interval=max(steps // 10, 1), out=str(run))
     start = time.perf_counter()
-    summary = train(config)
+    summary = train(config, **factories_for(config))
     accuracy = (summary.get("eval") or {}).get("accuracy", float("nan"))
     return (name, accuracy, summary.get("final_loss", float("nan")),
             time.perf_counter() - start)

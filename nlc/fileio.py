@@ -1,16 +1,71 @@
-"""Atomic file writes: a temporary file in the same folder, fsynced, then renamed.
+"""Reading and writing files safely; shared by the compiler and the trainer.
 
-The temporary file is created 0600 (mkstemp); before the rename it gets the mode of the file
-it replaces, or for a new file the mode an ordinary `open(path, "w")` would give, 0666 less
-the umask, so generated files, configs and summaries are as readable as any other file the
-user writes. A symlink is written through: the target
-is replaced and the link kept."""
+Reads are bounded: `read_spec` reads only regular files, and at most MAX_SPEC_BYTES + 1 bytes
+of them, so that `/dev/zero` or a FIFO gets an error instead of exhausting memory or blocking
+forever.
+
+Writes are atomic: a temporary file in the same folder, fsynced, then renamed. The temporary
+file is created 0600 (mkstemp); before the rename it gets the mode of the file it replaces, or
+for a new file the mode an ordinary `open(path, "w")` would give, 0666 less the umask, so
+generated files, configs and summaries are as readable as any other file the user writes. A
+symlink is written through: the target is replaced and the link kept."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from nlc.errors import NlcError
+
+MAX_SPEC_BYTES = 1 << 20  # the parser refuses longer text given to it directly, too
+
+
+def read_spec(path: str) -> str:
+    """A spec file's text, or an error located at `path` saying why it cannot be read."""
+    try:
+        data = read_bounded(path, MAX_SPEC_BYTES)
+    except FileNotFoundError:
+        raise NlcError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise NlcError("is a directory, not a spec file", path=path) from None
+    except OSError as err:
+        raise NlcError(f"cannot read: {err.strerror}", path=path) from None
+    if data is None:
+        raise NlcError("not a regular file (a device, FIFO or socket cannot be a spec)", path=path)
+    if len(data) > MAX_SPEC_BYTES:
+        raise NlcError(f"spec is larger than {MAX_SPEC_BYTES // 1024} KiB", path=path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NlcError(f"not UTF-8 text (byte {err.start})", path=path) from None
+
+
+def read_bounded(path: str, limit: int) -> bytes | None:
+    """At most `limit + 1` bytes of a regular file; None when `path` is not a regular file.
+
+    O_NONBLOCK keeps opening a FIFO with no writer from blocking; fstat on the open
+    descriptor (not the path) means a file swapped in after the check is still refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:

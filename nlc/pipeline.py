@@ -7,13 +7,11 @@ packages lazily so that `nlc check` never loads torch.
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from nlc.errors import NlcError
+from nlc.fileio import read_spec  # shared with the trainer, which copies specs into runs
 
 
 @dataclass(frozen=True)
@@ -104,56 +102,6 @@ STAGES: dict[str, Stage] = {
     "plan": Stage("plan", _plan, _dump_plan),
     "emit": Stage("emit", _emit, _dump_emit),
 }
-
-
-def read_spec(path: str) -> str:
-    """A spec file's text, or a located error saying why it cannot be read.
-
-    Only regular files are read, and at most MAX_SPEC_BYTES + 1 bytes of them, so that
-    `/dev/zero` or a FIFO gets an error instead of exhausting memory or blocking forever.
-    """
-    from nlc.syntax.names import MAX_SPEC_BYTES
-    try:
-        data = read_bounded(path, MAX_SPEC_BYTES)
-    except FileNotFoundError:
-        raise NlcError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise NlcError("is a directory, not a spec file", path=path) from None
-    except OSError as err:
-        raise NlcError(f"cannot read: {err.strerror}", path=path) from None
-    if data is None:
-        raise NlcError("not a regular file (a device, FIFO or socket cannot be a spec)", path=path)
-    if len(data) > MAX_SPEC_BYTES:
-        raise NlcError(f"spec is larger than {MAX_SPEC_BYTES // 1024} KiB", path=path)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise NlcError(f"not UTF-8 text (byte {err.start})", path=path) from None
-
-
-def read_bounded(path: str, limit: int) -> bytes | None:
-    """At most `limit + 1` bytes of a regular file; None when `path` is not a regular file.
-
-    O_NONBLOCK keeps opening a FIFO with no writer from blocking; fstat on the open
-    descriptor (not the path) means a file swapped in after the check is still refused.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        chunks, left = [], limit + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def run(path: str, stop_after: str = "check", options: dict | None = None, text: str | None = None):

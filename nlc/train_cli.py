@@ -3,8 +3,9 @@
 nlc/cli.py adds them with `register(subparsers)`; `python -m nlc.train_cli ...` runs them on
 their own (torchrun launches ranks that way). Every field of `TrainConfig` is a flag
 (`--batch-size 32`, `--mqar-num-kv-pairs 8`, `--no-bf16`); the spec's dims and hypers are
-`-D NAME=VALUE`, as for the other commands. Handlers return an exit code and raise
-`NlcError` for user errors (printed as `error: ...`, exit 2).
+`-D NAME=VALUE`, as for the other commands. The commands compile the specs (nlc/factories.py)
+and hand the trainer factories; the trainer never compiles. Handlers return an exit code and
+raise `NlcError` for user errors (printed as `error: ...`, exit 2).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def _read_config(path: Path):
 
 def cmd_train(args) -> int:
     from nlc.runtime.trainer.train import train
+
+    from nlc.factories import factories_for
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
     config = config_from_args(args)
@@ -116,7 +119,8 @@ def cmd_train(args) -> int:
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
                            f"ranks", hint="use a --batch-size divisible by --nproc")
         return _relaunch(args)
-    summary = train(config, resume=args.resume, progress=not args.quiet)
+    summary = train(config, **factories_for(config), resume=args.resume,
+                    progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": config.out, "final_loss": summary["final_loss"],
                           **summary["eval"]}))
@@ -158,10 +162,12 @@ def cmd_eval(args) -> int:
 
     from nlc.runtime.trainer import checkpoint as ckpt
     from nlc.runtime.trainer.distributed import World, pick_device
-    from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
+    from nlc.runtime.trainer.mixers import sha256_text, spec_text
     from nlc.runtime.trainer.model import LanguageModel
     from nlc.runtime.trainer.tasks import make_task
     from nlc.runtime.trainer.train import autocast_for, evaluate
+
+    from nlc.factories import block_mlp_factory, mixer_from_spec
 
     run = Path(args.run)
     config = _read_config(run / "config.json")
@@ -171,7 +177,7 @@ def cmd_eval(args) -> int:
     path = Path(args.checkpoint) if args.checkpoint else ckpt.latest_checkpoint(run)
     if path is None:
         raise NlcError(f"{run}: no checkpoint to evaluate (no {run / 'checkpoints'}/step_*)")
-    # the run's own copies of the specs: the checkpoint is tied to that text
+    # the run's own copies of the specs, compiled here: the checkpoint is tied to that text
     spec = str(run / "spec.nl") if (run / "spec.nl").is_file() else config.spec
     checkpoint = ckpt.read_checkpoint(path, config, sha256_text(spec_text(spec)))
     world = World(device=pick_device(config.device))

@@ -9,8 +9,9 @@ import pytest
 
 from nlc import pipeline
 from nlc.errors import NlcError
+from nlc.fileio import MAX_SPEC_BYTES
 from nlc.syntax import parse
-from nlc.syntax.names import MAX_DEPTH, MAX_SPEC_BYTES
+from nlc.syntax.names import MAX_DEPTH
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def test_a_huge_memory_state_is_refused_at_check():
 
 
 def test_training_refuses_a_terabyte_parameter_before_allocating(tmp_path):
-    from nlc.runtime.trainer.mixers import mixer_from_spec
+    from nlc.factories import mixer_from_spec
     spec = tmp_path / "big.nl"
     spec.write_text(_big_param("param W_big : [huge, huge]"))
     with pytest.raises(NlcError, match="more than the limit"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer.config import TrainConfig
-from nlc.runtime.trainer.mixers import mixer_from_spec, sha256_text
+from nlc.runtime.trainer.mixers import builtin_mixer, sha256_text
 from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.optim import build_optimizer
 from nlc.runtime.trainer.progress import read_metrics
@@ -137,7 +137,7 @@ def test_other_model_shape_is_refused(run):
 def test_resume_refuses_a_changed_spec_file(tmp_path):
     spec = tmp_path / "mine.nl"
     spec.write_text("# my layer, version 1\n")
-    attention = mixer_from_spec("builtin:attention")
+    attention = builtin_mixer("builtin:attention")
     out = tmp_path / "run"
     train(tiny(out, spec=str(spec), steps=2), mixer_factory=attention, progress=False)
     assert (out / "spec.nl").read_text() == spec.read_text()
@@ -152,7 +152,7 @@ def test_a_refused_checkpoint_leaves_the_model_untouched(run):
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     checkpoint = ckpt.read_checkpoint(latest_files(run), config)
     other = dataclasses.replace(config, mlp_ratio=2)  # same names, other MLP shapes
-    model = LanguageModel(other, mixer_from_spec("builtin:attention"))
+    model = LanguageModel(other, builtin_mixer("builtin:attention"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NlcError, match="has shape"):
         ckpt.apply_checkpoint(checkpoint, model, build_optimizer(model, other))
@@ -162,7 +162,7 @@ def test_a_refused_checkpoint_leaves_the_model_untouched(run):
 def test_optimizer_mismatch_is_refused_before_anything_is_assigned(run):
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     checkpoint = ckpt.read_checkpoint(latest_files(run), config)
-    model = LanguageModel(config, mixer_from_spec("builtin:attention"))
+    model = LanguageModel(config, builtin_mixer("builtin:attention"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NlcError, match="state of optimizer torch.optim.adamw.AdamW"):

@@ -13,14 +13,15 @@ import types
 import pytest
 import torch
 from nlc.runtime.trainer.config import TrainConfig
-from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec
+from nlc.runtime.trainer.mixers import builtin_block_mlp, builtin_mixer
 from nlc.runtime.trainer.model import LanguageModel
-from nlc.runtime.trainer.optim import build_optimizer, lr_at, optimizer_from_spec
+from nlc.runtime.trainer.optim import build_optimizer, lr_at
 from nlc.runtime.trainer.progress import ProgressBar, format_duration, read_metrics
 from nlc.runtime.trainer.train import train
 from torch import nn
 
 from nlc.errors import NlcError
+from nlc.factories import mixer_from_spec, optimizer_from_spec
 
 SMALL = TrainConfig(vocab_size=50, d_model=32, n_layers=2)
 
@@ -35,7 +36,7 @@ def one_thread():
 
 def test_language_model_shapes_and_causality():
     torch.manual_seed(0)
-    model = LanguageModel(SMALL, mixer_from_spec("builtin:attention", heads=2))
+    model = LanguageModel(SMALL, builtin_mixer("builtin:attention", heads=2))
     tokens = torch.randint(0, 50, (3, 10))
     logits = model(tokens)
     assert logits.shape == (3, 10, 50)
@@ -62,7 +63,7 @@ def test_mixers_returning_tuples_and_blocks_without_mlp():
     model = LanguageModel(dataclasses.replace(SMALL, mlp_ratio=0), TupleMixer)
     assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 50)
     assert all(block.mlp is None for block in model.blocks)
-    assert block_mlp_factory("none", 4)(8) is None
+    assert builtin_block_mlp("none", 4)(8) is None
 
 
 def test_mixer_from_spec_compiles_through_nlc_emit(tmp_path, monkeypatch):
@@ -124,7 +125,7 @@ def test_an_optimizer_class_trains_and_the_schedule_drives_it(tmp_path):
 
 
 def test_adamw_decays_matrices_only():
-    model = LanguageModel(SMALL, mixer_from_spec("builtin:attention"))
+    model = LanguageModel(SMALL, builtin_mixer("builtin:attention"))
     optimizer = build_optimizer(model, SMALL)
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == SMALL.weight_decay and no_decay["weight_decay"] == 0.0

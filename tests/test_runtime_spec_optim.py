@@ -14,6 +14,7 @@ from nlc.runtime.trainer.train import train
 
 from conftest import EXAMPLES
 from nlc.errors import NlcError
+from nlc.factories import factories_for
 from nlc.train_cli import main
 
 
@@ -33,18 +34,22 @@ def tiny(out, **changes) -> TrainConfig:
     return dataclasses.replace(base, **changes)
 
 
+def compiled_train(config, **kwargs) -> dict:
+    """`train` with the config's specs compiled, as `nlc train` runs it."""
+    return train(config, **factories_for(config), **kwargs)
+
+
 def weights(run):
     return ckpt.read_checkpoint(ckpt.latest_checkpoint(run)).model
 
 
 def test_muon_trains_matrices_and_adamw_the_vectors(tmp_path):
     from nlc.runtime.trainer.model import LanguageModel
-    from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec
-    from nlc.runtime.trainer.optim import build_optimizer, optimizer_class_for
+    from nlc.runtime.trainer.optim import build_optimizer
     config = dataclasses.replace(tiny(tmp_path / "x"), vocab_size=64)
-    model = LanguageModel(config, mixer_from_spec("builtin:attention"),
-                          block_mlp_factory("builtin:mlp", 4))
-    optimizer = build_optimizer(model, config, optimizer_class_for(config))
+    given = factories_for(config)
+    model = LanguageModel(config, given["mixer_factory"], given["mlp_factory"])
+    optimizer = build_optimizer(model, config, given["optimizer_class"])
     assert isinstance(optimizer, SpecWithAdamW) and type(optimizer.spec).__name__ == "Muon"
     by_spec = {id(p) for g in optimizer.spec.param_groups for p in g["params"]}
     by_adamw = {id(p) for g in optimizer.adamw.param_groups for p in g["params"]}
@@ -57,12 +62,12 @@ def test_a_muon_run_resumes_exactly(tmp_path):
     the combined optimizer's state survives a checkpoint)."""
     import shutil
     straight = tmp_path / "straight"
-    train(tiny(straight), progress=False)
+    compiled_train(tiny(straight), progress=False)
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_00000004")
     (resumed / "summary.json").unlink()
-    train(tiny(resumed), resume=True, progress=False)
+    compiled_train(tiny(resumed), resume=True, progress=False)
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
     for name in a:
@@ -74,7 +79,7 @@ def test_a_muon_run_resumes_exactly(tmp_path):
 def test_dgd_as_the_trainer_optimizer_is_refused_with_its_reason(tmp_path, capsys):
     config = tiny(tmp_path / "dgd", optimizer=str(EXAMPLES / "dgd.nl"))
     with pytest.raises(NlcError, match="needs recorder=nl.LinearRecorder"):
-        train(config, progress=False)
+        compiled_train(config, progress=False)
     args = ["train", "builtin:attention", "--task", "mqar", "--steps", "2", "--batch-size", "4",
             "--seq-len", "32", "--d-model", "16", "--n-layers", "1", "--mqar-vocab-size", "64",
             "--mqar-num-kv-pairs", "2", "--eval-examples", "8", "--quiet",

@@ -10,8 +10,8 @@ import pytest
 
 from nlc.cli import main
 from nlc.errors import NlcError
-from nlc.pipeline import read_bounded, read_spec
-from nlc.syntax.names import MAX_SPEC_BYTES
+from nlc.fileio import MAX_SPEC_BYTES, read_bounded
+from nlc.pipeline import read_spec
 
 
 @pytest.fixture

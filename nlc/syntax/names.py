@@ -10,7 +10,6 @@ import math
 from nlc.errors import NlcError, Span
 
 MAX_NAME_LENGTH = 64
-MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 64
 MAX_NUMBER = 1 << 53  # exact in float64, and fits torch's int64 when printed as an integer
 

@@ -15,8 +15,9 @@ from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from nlc.errors import NlcError, Span
+from nlc.fileio import MAX_SPEC_BYTES
 from nlc.syntax import ast
-from nlc.syntax.names import MAX_DEPTH, MAX_SPEC_BYTES, check_identifier, check_number
+from nlc.syntax.names import MAX_DEPTH, check_identifier, check_number
 
 # Readable names for the grammar's anonymous terminals, used in "expected ..." messages.
 _TERMINAL_WORDS = {

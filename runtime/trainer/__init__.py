@@ -1,10 +1,12 @@
 """nlc.runtime.trainer: the trainer that compiled layers plug into (nanoGPT-sized, one concept
-per module; docs/runtime.md is the user's guide).
+per module; docs/runtime.md is the user's guide). It never imports the compiler: a spec
+reaches it compiled, as a module factory or optimizer class (nlc/factories.py makes them;
+tests/test_runtime_layout.py checks the imports).
 
     config.py       TrainConfig: every knob, saved as RUN/config.json
     model.py        LanguageModel: embedding, blocks of norm -> mixer -> norm -> MLP, head
-    mixers.py       mixer_from_spec: a compiled spec or a builtin -> a module factory
-    optim.py        AdamW or a compiled optimizer; warmup + cosine schedule
+    mixers.py       builtin mixers and MLPs as module factories; the spec text a run keeps
+    optim.py        AdamW or a given (compiled) optimizer class; warmup + cosine schedule
     spec_optim.py   a compiled optimizer beside AdamW for the parameters it cannot take
     tasks.py        mqar (mqar.py), niah (niah.py), lm (lm_data.py) behind one interface
     checkpoint.py   safetensors + JSON, atomic, checked before anything is loaded

@@ -1,12 +1,13 @@
-"""Where a block's modules come from: a compiled spec, or a builtin for tests and baselines.
+"""Where a block's modules come from: a factory `d_model -> nn.Module` the caller hands in, or
+a builtin for tests and baselines.
 
-    mixer_from_spec("examples/deltanet.nl", heads=4)  ->  factory(d_model) -> nn.Module
-    mixer_from_spec("builtin:attention")              ->  softmax attention (model.py)
+    builtin_mixer("builtin:attention", heads=4)   ->  softmax attention (model.py)
+    builtin_block_mlp("builtin:mlp", ratio=4)     ->  the Transformer MLP; "none": no MLP
+    mixer_factory_for(config)                     ->  config.spec's builtin, or an error
 
-A spec is compiled by `nlc.emit.load_layer(path, d_model=D, **overrides)` at the model's
-width D (every layer spec declares `dims d_model`), which returns an `nn.Module` class
-constructed as `cls(d_model=D)`; nlc.emit is imported only when a spec is used, so the
-runtime trains the builtins on its own.
+The trainer never compiles: a spec file reaches it as a factory (nlc/factories.py compiles
+one; `nlc train` passes it to `train`). It only reads the spec's text, which a run copies and
+its checkpoints are tied to (`spec_text`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from nlc.runtime.trainer.model import MLP, CausalSelfAttention, ModuleFactory
 
 from nlc.errors import NlcError
+from nlc.fileio import read_spec
 
 BUILTINS = {
     "builtin:attention": "causal softmax attention with rotary positions (dims: heads)",
@@ -24,38 +26,8 @@ BUILTINS = {
 }
 
 
-def mixer_from_spec(path: str, **dims) -> ModuleFactory:
-    """A factory `d_model -> nn.Module` for a layer spec (`.nl`) or a builtin name.
-
-    `dims` override the spec's dims and hypers (as `nlc train -D NAME=VALUE` does).
-    """
-    if path.startswith("builtin:"):
-        return _builtin(path, dims)
-    if not Path(path).is_file():
-        raise NlcError(f"{path}: no such spec file (or use one of {', '.join(BUILTINS)})")
-    try:
-        from nlc.emit import load_layer
-    except ImportError:
-        raise NlcError(f"{path}: this nlc cannot compile specs to PyTorch yet "
-                       "(nlc.emit.load_layer is missing); use builtin:attention") from None
-    compiled: dict[int, type] = {}
-
-    def layer(d_model: int):
-        # the spec's d_model is the model's width: compile at that width, once per width
-        if dims.get("d_model", d_model) != d_model:
-            raise NlcError(f"{path}: -D d_model={dims['d_model']:g} differs from the model's "
-                           f"width {d_model}; set the width with --d-model")
-        if d_model not in compiled:
-            try:
-                compiled[d_model] = load_layer(path, **{**dims, "d_model": d_model})
-            except OSError as err:  # the generated module's file, named after the spec
-                raise NlcError(f"{path}: cannot write the compiled module ({err.strerror}); "
-                               "is the spec's file name too long?") from None
-        return compiled[d_model](d_model=d_model)
-    return layer
-
-
-def _builtin(name: str, dims: dict) -> ModuleFactory:
+def builtin_mixer(name: str, **dims) -> ModuleFactory:
+    """A factory `d_model -> nn.Module` for a builtin; `dims` as `nlc train -D NAME=VALUE`."""
     allowed = {"builtin:attention": {"heads"}, "builtin:mlp": {"ratio"}}.get(name)
     if allowed is None:
         raise NlcError(f"unknown builtin '{name}' (expected one of {', '.join(BUILTINS)})")
@@ -76,22 +48,48 @@ def _builtin(name: str, dims: dict) -> ModuleFactory:
     return lambda d_model: MLP(d_model, ratio)
 
 
-def block_mlp_factory(name: str, ratio: int) -> ModuleFactory:
-    """The second half of each block: `builtin:mlp` (width ratio*d), `none`, or a spec."""
+def builtin_block_mlp(name: str, ratio: int) -> ModuleFactory:
+    """The second half of each block: `builtin:mlp` (width ratio*d), `none`, or a builtin."""
     if name == "none" or (name == "builtin:mlp" and ratio == 0):
         return lambda d_model: None
     if name == "builtin:mlp":
-        return mixer_from_spec(name, ratio=ratio)
-    return mixer_from_spec(name)
+        return builtin_mixer(name, ratio=ratio)
+    return builtin_mixer(name)
+
+
+def is_builtin(name: str) -> bool:
+    """Whether the trainer builds `name` itself (a builtin, or `none` for the block MLP)."""
+    return name.startswith("builtin:") or name == "none"
+
+
+def mixer_factory_for(config) -> ModuleFactory:
+    """The mixer `config.spec` names, when it is a builtin; a spec file must come compiled."""
+    if not config.spec.startswith("builtin:"):
+        raise needs_compiling(config.spec, "mixer_factory")
+    return builtin_mixer(config.spec, **config.spec_overrides)
+
+
+def mlp_factory_for(config) -> ModuleFactory:
+    """The block MLP `config.mlp` names, when it is a builtin or `none`."""
+    if not is_builtin(config.mlp):
+        raise needs_compiling(config.mlp, "mlp_factory")
+    return builtin_block_mlp(config.mlp, config.mlp_ratio)
+
+
+def needs_compiling(path: str, argument: str) -> NlcError:
+    """The refusal of a spec file given without its compiled form."""
+    return NlcError(f"the trainer does not compile specs; pass the compiled form as "
+                    f"train(..., {argument}=...)", path=path,
+                    hint="nlc.factories.factories_for(config) compiles a config's specs, as "
+                         "nlc train does")
 
 
 def spec_text(path: str) -> str:
     """The text a run's checkpoints are tied to: the spec file's contents, or the builtin name."""
-    if path.startswith("builtin:") or path == "none":
+    if is_builtin(path):
         return path + "\n"
     if not Path(path).exists():
         raise NlcError(f"{path}: no such spec file (or use one of {', '.join(BUILTINS)})")
-    from nlc.pipeline import read_spec
     # bounded, and refuses devices and FIFOs; newlines normalized as text-mode reading did,
     # so the hash a checkpoint is tied to is unchanged
     return read_spec(path).replace("\r\n", "\n").replace("\r", "\n")

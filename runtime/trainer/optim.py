@@ -3,18 +3,17 @@
 AdamW (Loshchilov & Hutter 2019) by default, with weight decay on matrices and embeddings
 only (nanoGPT's grouping). Any `torch.optim.Optimizer` subclass can replace it: an
 optimizer compiled from a spec (`optimizer Adam { ... }`, Nested Learning's optimizers as
-memories over gradients) is constructed as `cls(params, lr=config.lr)`. The schedule sets
-each group's `lr` before every step, so it applies to either kind and holds no state.
+memories over gradients; nlc/factories.py compiles it, the trainer is handed the class) is
+constructed as `cls(params, lr=config.lr)`. The schedule sets each group's `lr` before
+every step, so it applies to either kind and holds no state.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
-
-from nlc.errors import NlcError
+from nlc.runtime.trainer.mixers import needs_compiling
 
 
 def level_periods(model: torch.nn.Module) -> dict[torch.nn.Parameter, int]:
@@ -82,23 +81,11 @@ def step_levels(optimizer: torch.optim.Optimizer, step: int) -> None:
                 p.grad = None
 
 
-def optimizer_from_spec(path: str, **overrides) -> type[torch.optim.Optimizer]:
-    """The optimizer class compiled from an optimizer spec, via `nlc.emit`."""
-    if not Path(path).is_file():
-        raise NlcError(f"{path}: no such optimizer spec (or use --optimizer adamw)")
-    import importlib
-    cls = importlib.import_module("nlc.emit").load_optimizer(path, **overrides)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise NlcError(f"{path}: compiles to {getattr(cls, '__name__', cls)!s}, "
-                       "not a torch.optim.Optimizer (is it a layer spec?)")
-    return cls
-
-
 def optimizer_class_for(config) -> type[torch.optim.Optimizer] | None:
-    """None for AdamW (built by `build_optimizer`), else the compiled class."""
+    """None for AdamW (built by `build_optimizer`); an optimizer spec must come compiled."""
     if config.optimizer.lower() == "adamw":
         return None
-    return optimizer_from_spec(config.optimizer)
+    raise needs_compiling(config.optimizer, "optimizer_class")
 
 
 WARMUP_SHARE = 10  # warmup takes at most 1/10 of the run's steps

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer import distributed
 from nlc.runtime.trainer.config import TrainConfig
-from nlc.runtime.trainer.mixers import block_mlp_factory, mixer_from_spec, sha256_text, spec_text
+from nlc.runtime.trainer.mixers import mixer_factory_for, mlp_factory_for, sha256_text, spec_text
 from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for,
                                        set_lr, step_levels)
@@ -49,10 +49,11 @@ def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimize
           resume: bool = False, progress: bool = True) -> dict:
     """Train `config` into `config.out`; return the summary (also RUN/summary.json).
 
-    The mixer, block MLP and optimizer come from `config.spec`, `config.mlp` and
-    `config.optimizer` unless given here (a factory `d_model -> nn.Module`, an optimizer
-    class constructed as `cls(params, lr=...)`). With `resume`, continue from the run's
-    latest checkpoint (a run without one starts from step 0).
+    The mixer and block MLP are factories `d_model -> nn.Module`, the optimizer a class
+    constructed as `cls(params, lr=...)`. Left out, they are the builtins `config.spec`,
+    `config.mlp` and `config.optimizer` name; a spec file named there must be given here,
+    compiled (`nlc.factories.factories_for(config)`: the trainer never compiles). With
+    `resume`, continue from the run's latest checkpoint (a run without one starts from 0).
     """
     config.validate()
     world = distributed.setup(config.device)
@@ -72,6 +73,11 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                        f"task's {task.vocab_size}")
     distributed.local_slice(torch.empty(config.batch_size), world)  # refuse uneven splits early
     spec = spec_record(config)
+    # the given modules, else the builtins the config names: refused before the folder exists
+    mixer_factory = mixer_factory or mixer_factory_for(config)
+    mlp_factory = mlp_factory or mlp_factory_for(config)
+    if optimizer_class is None:
+        optimizer_class = optimizer_class_for(config)
     out = Path(config.out)
     latest = ckpt.latest_checkpoint(out)
     if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
@@ -82,10 +88,6 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    mixer_factory = mixer_factory or mixer_from_spec(config.spec, **config.spec_overrides)
-    mlp_factory = mlp_factory or block_mlp_factory(config.mlp, config.mlp_ratio)
-    if optimizer_class is None:
-        optimizer_class = optimizer_class_for(config)
     model = LanguageModel(config, mixer_factory, mlp_factory).to(world.device)
     optimizer = build_optimizer(model, config, optimizer_class)
 

@@ -1,0 +1,81 @@
+"""What a training run is built from, compiled from its specs: the compiler's half of
+`nlc train`, `nlc eval` and `nlc demo`. The trainer (nlc.runtime.trainer) is handed these and
+never imports the compiler.
+
+    mixer_from_spec("examples/deltanet.nl", heads=4)  ->  factory(d_model) -> nn.Module
+    mixer_from_spec("builtin:attention")              ->  the trainer's softmax attention
+    block_mlp_factory("examples/cms.nl", 4)           ->  factory(d_model) -> nn.Module | None
+    optimizer_from_spec("examples/muon.nl")           ->  a torch.optim.Optimizer subclass
+    factories_for(config)                             ->  the three as train() takes them
+
+A layer spec is compiled by `nlc.emit.load_layer(path, d_model=D, **overrides)` at the
+model's width D (every layer spec declares `dims d_model`) when the trainer first calls the
+factory, which returns an `nn.Module` class constructed as `cls(d_model=D)`. nlc.emit is
+imported only when a spec is used, so a builtin run does not load the compiler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from nlc.runtime.trainer.mixers import BUILTINS, builtin_block_mlp, builtin_mixer, is_builtin
+from nlc.runtime.trainer.model import ModuleFactory
+
+from nlc.errors import NlcError
+
+
+def mixer_from_spec(path: str, **dims) -> ModuleFactory:
+    """A factory `d_model -> nn.Module` for a layer spec (`.nl`) or a builtin name.
+
+    `dims` override the spec's dims and hypers (as `nlc train -D NAME=VALUE` does).
+    """
+    if path.startswith("builtin:"):
+        return builtin_mixer(path, **dims)
+    if not Path(path).is_file():
+        raise NlcError(f"{path}: no such spec file (or use one of {', '.join(BUILTINS)})")
+    from nlc.emit import load_layer
+    compiled: dict[int, type] = {}
+
+    def layer(d_model: int):
+        # the spec's d_model is the model's width: compile at that width, once per width
+        if dims.get("d_model", d_model) != d_model:
+            raise NlcError(f"{path}: -D d_model={dims['d_model']:g} differs from the model's "
+                           f"width {d_model}; set the width with --d-model")
+        if d_model not in compiled:
+            try:
+                compiled[d_model] = load_layer(path, **{**dims, "d_model": d_model})
+            except OSError as err:  # the generated module's file, named after the spec
+                raise NlcError(f"{path}: cannot write the compiled module ({err.strerror}); "
+                               "is the spec's file name too long?") from None
+        return compiled[d_model](d_model=d_model)
+    return layer
+
+
+def block_mlp_factory(name: str, ratio: int) -> ModuleFactory:
+    """The second half of each block: `builtin:mlp` (width ratio*d), `none`, or a spec."""
+    if is_builtin(name):
+        return builtin_block_mlp(name, ratio)
+    return mixer_from_spec(name)
+
+
+def optimizer_from_spec(path: str, **overrides) -> type[torch.optim.Optimizer]:
+    """The `torch.optim.Optimizer` subclass compiled from an optimizer spec."""
+    if not Path(path).is_file():
+        raise NlcError(f"{path}: no such optimizer spec (or use --optimizer adamw)")
+    from nlc.emit import load_optimizer
+    cls = load_optimizer(path, **overrides)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise NlcError(f"{path}: compiles to {getattr(cls, '__name__', cls)!s}, "
+                       "not a torch.optim.Optimizer (is it a layer spec?)")
+    return cls
+
+
+def factories_for(config) -> dict:
+    """`train`'s keyword arguments for `config`: its mixer and block MLP as factories, its
+    optimizer as a class (None for AdamW), each compiled when it names a spec file."""
+    optimizer = config.optimizer
+    return {"mixer_factory": mixer_from_spec(config.spec, **config.spec_overrides),
+            "mlp_factory": block_mlp_factory(config.mlp, config.mlp_ratio),
+            "optimizer_class": (None if optimizer.lower() == "adamw"
+                                else optimizer_from_spec(optimizer))}
