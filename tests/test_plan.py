@@ -97,3 +97,37 @@ def test_bad_sizes_are_refused(sizes, message):
     cls = load_layer(str(EXAMPLES / "deltanet.nl"))
     with pytest.raises(ValueError, match=message):
         cls(**sizes)
+
+
+SPELLED = """layer Small {
+  dims d_model = 32, heads = 2, d_k = d_model / heads, d_v = 2 * d_k
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  context from x {
+    q = l2norm(x @ W_q)
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    objective dot(S(k), v)
+    algorithm gd(lr = 1)
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+def test_a_dim_spelled_from_dims_follows_them(tmp_path):
+    path = tmp_path / "small.nl"
+    path.write_text(SPELLED)
+    cls = load_layer(str(path))
+    assert (cls().d_k, cls().d_v) == (16, 32)
+    layer = cls(d_model=48, heads=3)
+    assert (layer.d_k, layer.d_v) == (16, 32) and layer.W_v.shape == (3, 48, 32)
+    assert cls(d_model=48, heads=3, d_k=8).d_v == 16
+    _train_step(layer, torch.randn(1, 5, 48))
+    with pytest.raises(ValueError, match="50 / 3, which is not a whole number"):
+        cls(d_model=50, heads=3)

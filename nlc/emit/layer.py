@@ -19,7 +19,7 @@ from nlc.plan.records import ContextStep, GroupCall, LevelCall, OutputStep
 
 def size_code(expr, name) -> str:
     """A size (an integer expression of dims) as code; `name(dim)` prints a dim. A size
-    with a fraction is floored (`(d_model * 3) // 4`)."""
+    with a fraction divides exactly or raises (`nl.whole_div(d_model, heads)`)."""
     expr = sp.sympify(expr)
     if expr.is_Integer:
         return str(int(expr))
@@ -27,7 +27,7 @@ def size_code(expr, name) -> str:
         return name(expr.name)
     num, den = sp.fraction(sp.together(expr))
     text = _product_code(num, name)
-    return text if den == 1 else f"({text}) // ({_product_code(den, name)})"
+    return text if den == 1 else f"nl.whole_div({text}, {_product_code(den, name)})"
 
 
 def _product_code(expr, name) -> str:
@@ -93,7 +93,7 @@ class PrintedGroup:
 class PrintedLayer:
     name: str
     spec: object
-    sizes: list             # (argument, default)
+    sizes: list             # (argument, default, formula code or '')
     d_model: int
     params: list            # (name, shape code, init code, line)
     convs: list             # (name, channels code, width, line, bound code)
@@ -124,7 +124,9 @@ class LayerPrinter:
         init_calls = {lp.name: ", ".join(_attr(d) for d in lp.state_sizes)
                       for lp in plan.levels}
         return PrintedLayer(
-            plan.name, plan.spec, [(s.name, s.default) for s in plan.sizes],
+            plan.name, plan.spec,
+            [(s.name, s.default, size_code(s.formula, str) if s.formula is not None else "")
+             for s in plan.sizes],
             self.defaults["d_model"], params, convs, learned, levels,
             [self.group(g) for g in plan.groups], self.forward(), plan.position,
             [(n, every, list(attrs)) for n, every, attrs in plan.param_groups], init_calls,

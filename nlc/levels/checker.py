@@ -31,6 +31,7 @@ from nlc.levels.terms import const_eval, make_term
 from nlc.syntax import ast
 from nlc.syntax.format import format_expr
 from nlc.syntax.names import check_identifier
+from nlc.syntax.walk import names_used
 
 TransferMode = vocab.TransferMode
 
@@ -52,6 +53,7 @@ class Spec:
     span: Span = field(default_factory=Span.none, compare=False)
     schedule: tuple[tuple[str, str], ...] = ()  # per token: ("read" | "write", level), in order
     loops: frozenset = frozenset()              # levels that use their own output
+    dim_formulas: tuple = ()                    # (dim, ast.Expr) for dims spelled from dims
 
     @property
     def levels(self) -> tuple[LevelRecord, ...]:
@@ -93,6 +95,7 @@ class _DeclChecker(LevelChecker):
         self.level_names: dict[str, str] = {}   # gradient / input names of optimizer levels
         self.steps: tuple[tuple[str, str], ...] = ()
         self.loops: frozenset = frozenset()
+        self.dim_formulas: list = []
 
     # ------------------------------------------------------------ names
     def define(self, name: str, span: Span, kind: str, shape: Shape | None = None) -> None:
@@ -178,7 +181,8 @@ class _DeclChecker(LevelChecker):
                            hint="one level of the loop must not feed the next")
         return Spec(self.decl.kind, self.decl.name, self.decl.claims, tuple(self.dims.items()),
                     tuple(self.hypers.items()), tuple(self.params), tuple(self.context), output,
-                    (), self.graph, self.decl.span, self.steps, self.loops)
+                    (), self.graph, self.decl.span, self.steps, self.loops,
+                    tuple(self.dim_formulas))
 
     def check_composed_names(self, records) -> None:
         """A name of the spec's may not be one the compiler composes from a state's name."""
@@ -203,6 +207,9 @@ class _DeclChecker(LevelChecker):
                 raise NlcError(f"dim '{d.name}' = {value:g} is larger than 1048576", d.span)
             self.define(d.name, d.span, "dim", ())
             self.dims[d.name] = int(value)
+            if d.name not in self.overrides and not isinstance(d.value, ast.Num) \
+                    and names_used(d.value) <= set(self.dims):
+                self.dim_formulas.append((d.name, d.value))
             self.consts[d.name] = self.dim_consts[d.name] = float(value)  # kept, not rebuilt
 
     def hyper_stmt(self, stmt: ast.Hyper) -> None:

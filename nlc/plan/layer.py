@@ -194,12 +194,20 @@ class _LayerPlanner:
         forward.append(OutputStep(final, projection, line))
         learned = [s.learned for lv in levels for s in lv.states if s.learned]
         return LayerPlan(
-            spec.name, self.spec_name, tuple(SizePlan(n, v) for n, v in spec.dims), params,
+            spec.name, self.spec_name, self.sizes(), params,
             convs, tuple(levels), tuple(group_plans), tuple(forward), bool(segmented),
             self.param_groups(params, convs, learned),
             frozenset(c.name for c in spec.context) | frozenset(self.param_shapes),
             inner_products([v.expr for v in spec.context] + [spec.output], env),
             spec.span.line)
+
+    def sizes(self) -> tuple[SizePlan, ...]:
+        """The dims; one the spec spells from earlier dims (`d_head = d_model / heads`)
+        follows them in a layer built with other sizes."""
+        from nlc.derive.symbols import size_expr
+        formulas = dict(self.spec.dim_formulas)
+        return tuple(SizePlan(n, v, size_expr(formulas[n]) if n in formulas else None)
+                     for n, v in self.spec.dims)
 
     def cut(self, level: str) -> frozenset:
         return frozenset(self.direct.get(level, ()))

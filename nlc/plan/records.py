@@ -21,6 +21,7 @@ class SizePlan:
 
     name: str
     default: int
+    formula: object = None  # a SymPy size of earlier dims when the spec spells it so
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,13 @@ EPS = 1e-6
 
 
 # --------------------------------------------------------------- input checks
+def whole_div(a: int, b: int) -> int:
+    """a / b for a size spelled as a quotient of dims (`d_model / heads`): it must divide."""
+    if a % b:
+        raise ValueError(f"a size is {a} / {b}, which is not a whole number")
+    return a // b
+
+
 def check_sizes(layer: str, sizes: dict) -> None:
     """Refuse a layer size that is not a positive whole number, with a ValueError."""
     for name, value in sizes.items():
@@ -411,5 +418,5 @@ __all__ = [
     "use_triton",
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
-    "check_sizes", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
+    "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
 ]
