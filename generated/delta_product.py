@@ -62,8 +62,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     rate = t4
     log_decay = nl.log_gate(alpha)
     if nl.use_triton(ref, chunked="delta/scalar"):  # CUDA: the fused recurrent Triton kernel
-        kernels = nl.kernels(__file__, "delta_product_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_delta_scalar")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(value0, ref),

@@ -44,8 +44,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     ref = nl.reference(tokens)
     value0 = beta * v
     if nl.use_triton(ref, chunked="delta/none"):  # CUDA: the fused recurrent Triton kernel
-        kernels = nl.kernels(__file__, "deltanet_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_delta_none")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(value0, ref),

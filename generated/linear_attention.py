@@ -42,8 +42,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     v = tokens["v"]
     ref = nl.reference(tokens)
     if nl.use_triton(ref, chunked="decay/none"):  # CUDA: the fused recurrent Triton kernel
-        kernels = nl.kernels(__file__, "linear_attention_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_decay_none")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(v, ref),

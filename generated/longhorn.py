@@ -49,8 +49,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     value0 = t3 * v
     rate = t3
     if nl.use_triton(ref, chunked="delta/none"):  # CUDA: the fused recurrent Triton kernel
-        kernels = nl.kernels(__file__, "longhorn_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_delta_none")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(value0, ref),

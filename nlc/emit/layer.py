@@ -274,9 +274,7 @@ class LayerEmitter:
         if level.name in self.transfers.learned:
             init = "learned"
         emitter = LevelEmitter(rule, classify(rule), self.numbers, params, level.span.line,
-                               init,
-                               kernels=f"{self.stem}_{fn}_triton" if self.stem else "",
-                               prefix=fn)
+                               init, kernels=bool(self.stem), prefix=fn)
         try:
             lp = emitter.plan()
             self.emitters[level.name] = emitter
@@ -468,7 +466,8 @@ def model_plan(spec, layers: list[LayerPlan]) -> ModelPlan:
 
 def layer_plan(spec, spec_name: str, prefix: str = "", stem: str = "") -> LayerPlan:
     """`prefix` names the level functions when one file holds several layers; `stem` is the
-    generated module's name (its Triton kernels go to `<stem>_<level>_triton.py`)."""
+    generated module's name (without one, no Triton kernels are planned; with one, they go to
+    the shared modules `RecurrentKernelPlan.module` names, next to it)."""
     return LayerEmitter(spec, spec_name, prefix, stem).emit()
 
 

@@ -80,7 +80,7 @@ def _used(lines: list[str]) -> list[str]:
 
 class LevelEmitter:
     def __init__(self, rule: UpdateRule, family: Classification, numbers: dict[str, str],
-                 params: set[str], line: int, init: str, kernels: str = "", prefix: str = ""):
+                 params: set[str], line: int, init: str, kernels: bool = False, prefix: str = ""):
         self.rule, self.family, self.line, self.init = rule, family, line, init
         self.kernels, self.prefix = kernels, prefix or rule.level
         self.triton = None
@@ -176,12 +176,12 @@ class LevelEmitter:
             if fam.family in (KernelFamily.DECAY, KernelFamily.DELTA):
                 plan.chunked = self.affine_chunked()
                 plan.triton = self.triton
-                plan.kernels = self.kernels if self.triton else ""
+                plan.kernels = self.triton.module if self.triton else ""
             elif fam.family in (KernelFamily.DPLR, KernelFamily.ELEMENTWISE) \
                     and self.rule.form.kind == "matrix":
                 plan.chunked = self.recurrent_kernel()
                 plan.triton = self.triton
-                plan.kernels = self.kernels if self.triton else ""
+                plan.kernels = self.triton.module if self.triton else ""
                 if plan.chunked:
                     plan.notes.append("no chunk-parallel PyTorch form: CPU tensors run token by "
                                       "token, CUDA tensors go to the fused recurrent Triton kernel")
@@ -278,8 +278,8 @@ class LevelEmitter:
                                   f"{'none' if gate == 1 else fam.param('decay_kind')}\"")
             lines += [
                 f"if nl.use_triton(ref{form}):  # CUDA: the fused recurrent Triton kernel",
-                f"    kernels = nl.kernels(__file__, {self.kernels!r})",
-                f"    o, S = kernels.{kernel.prefix}_fused_recurrent(nl.vec({v['query']}, ref), "
+                f"    kernels = nl.kernels(__file__, {kernel.module!r})",
+                f"    o, S = kernels.fused_recurrent(nl.vec({v['query']}, ref), "
                 f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref){g}{beta}, "
                 f"initial_state={state}, output_final_state=True)",
                 f"    return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: S}}"]
@@ -317,11 +317,9 @@ class LevelEmitter:
             if error.free_symbols - set(ERROR_ARGS):  # the kernels take numbers only
                 return None
             error = error.xreplace(dict(zip(ERROR_ARGS, sp.symbols("p y"))))
-            return RecurrentKernelPlan(self.prefix, "elementwise", decay,
-                                       read_before=self.rule.read_before,
+            return RecurrentKernelPlan("elementwise", decay, read_before=self.rule.read_before,
                                        error=error, order=fam.param("order"))
-        return RecurrentKernelPlan(self.prefix, fam.family.value, decay,
-                                   read_before=self.rule.read_before)
+        return RecurrentKernelPlan(fam.family.value, decay, read_before=self.rule.read_before)
 
     def recurrent_kernel(self) -> list[str]:
         """Families with a fused recurrent kernel but no chunked PyTorch algorithm (dplr, an
@@ -360,8 +358,8 @@ class LevelEmitter:
         lines.append("if nl.use_triton(ref):  # CUDA tensors: the fused recurrent Triton kernel")
         args += [f"initial_state=state[{name!r}]", "output_final_state=True"]
         lines += [f"    {line}" for line in fused] + [
-            f"    kernels = nl.kernels(__file__, {self.kernels!r})",
-            f"    o, S = kernels.{kernel.prefix}_fused_recurrent({', '.join(args)})",
+            f"    kernels = nl.kernels(__file__, {kernel.module!r})",
+            f"    o, S = kernels.fused_recurrent({', '.join(args)})",
             f"    return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: S}}",
             f"return nl.recurrent({self.prefix}_step, tokens, state, consts=consts)"]
         return _used(lines)
