@@ -116,8 +116,8 @@ def ours_recurrent(model):
     family, decay = MODELS[model]
     key = (family, decay)
     if key not in _RECURRENT:
-        plan = RecurrentKernelPlan(prefix=f"{family}_{decay}", family=family, decay=decay)
-        path = Path(tempfile.mkdtemp()) / f"{plan.prefix}.py"
+        plan = RecurrentKernelPlan(family=family, decay=decay)
+        path = Path(tempfile.mkdtemp()) / f"{plan.module}.py"
         try:
             source = render_recurrent(plan)
         except Exception as e:  # noqa: BLE001  ruff missing where wheels were installed
@@ -128,10 +128,10 @@ def ours_recurrent(model):
             tr.ruff_format = lambda source, name: source  # formatting changes no semantics
             source = render_recurrent(plan)
         path.write_text(source)
-        spec = importlib.util.spec_from_file_location(plan.prefix, path)
+        spec = importlib.util.spec_from_file_location(plan.module, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        _RECURRENT[key] = getattr(module, f"{plan.prefix}_fused_recurrent")
+        _RECURRENT[key] = module.fused_recurrent
     fn = _RECURRENT[key]
 
     def run(x):

@@ -63,13 +63,7 @@ MODELS = {"DeltaNet": "none", "Gated DeltaNet": "scalar"}
 # -- our kernels ------------------------------------------------------------------------------
 
 def load_kernels(decay: str, folder: Path):
-    plan = RecurrentKernelPlan(prefix=f"delta_{decay}", family="delta", decay=decay)
-    path = folder / f"{plan.prefix}.py"
-    path.write_text(render_recurrent(plan))
-    spec = importlib.util.spec_from_file_location(plan.prefix, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, plan.prefix
+    return load_plan(RecurrentKernelPlan(family="delta", decay=decay), folder)
 
 
 def make_inputs(B, T, H, D, decay, dtype, seed=0):
@@ -108,9 +102,9 @@ def rel(x, ref):
     return ((x.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
 
 
-def check_correctness(module, prefix, decay, B=2, T=512, H=4, D=128):
+def check_correctness(module, decay, B=2, T=512, H=4, D=128):
     """bf16 kernels vs the float32 loop on the same (bf16-rounded) inputs; worst relative error."""
-    fn = getattr(module, f"{prefix}_fused_recurrent")
+    fn = module.fused_recurrent
     q, k, v, g, beta, h0 = make_inputs(B, T, H, D, decay, torch.bfloat16)
     leaves = [x.requires_grad_() for x in (q, k, v, g, beta, h0) if x is not None]
     o, ht = fn(q, k, v, g, beta, initial_state=h0, output_final_state=True)
@@ -151,9 +145,9 @@ NAMES = ("q", "k", "v", "g", "beta", "a", "b", "h0")
 
 
 def load_plan(plan: RecurrentKernelPlan, folder: Path):
-    path = folder / f"{plan.prefix}.py"
+    path = folder / f"{plan.module}.py"
     path.write_text(render_recurrent(plan))
-    spec = importlib.util.spec_from_file_location(plan.prefix, path)
+    spec = importlib.util.spec_from_file_location(plan.module, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -203,10 +197,10 @@ def family_loop(kind, q, k, v, g, beta, a, b, h0, steps=None):
     return torch.stack(outs, 1), S
 
 
-def check_family(module, prefix, kind, B=2, T=512, H=4, D=128, dtype=torch.bfloat16,
+def check_family(module, kind, B=2, T=512, H=4, D=128, dtype=torch.bfloat16,
                  device="cuda"):
     """The kernels vs the float32 loop on the same (rounded) inputs -> {name: rel. error}."""
-    fn = getattr(module, f"{prefix}_fused_recurrent")
+    fn = module.fused_recurrent
     inputs = family_inputs(kind, B, T, H, D, dtype, device)
     present = [(n, x.requires_grad_()) for n, x in zip(NAMES, inputs) if x is not None]
     args = dict(present)
@@ -227,9 +221,9 @@ def check_family(module, prefix, kind, B=2, T=512, H=4, D=128, dtype=torch.bfloa
     return errors
 
 
-def time_family(module, prefix, kind, shape):
+def time_family(module, kind, shape):
     B, T, H, D = shape
-    ours = getattr(module, f"{prefix}_fused_recurrent")
+    ours = module.fused_recurrent
     inputs = family_inputs(kind, B, T, H, D, torch.bfloat16)
     tensors = inputs[:7]
     row = {}
@@ -250,8 +244,8 @@ def time_family(module, prefix, kind, shape):
     return row
 
 
-def time_family_decode(module, prefix, kind, B, H=16, D=128):
-    step = getattr(module, f"{prefix}_step")
+def time_family_decode(module, kind, B, H=16, D=128):
+    step = module.step
     inputs = family_inputs(kind, B, 1, H, D, torch.bfloat16)
     state = torch.randn(B, H, D, D, device="cuda") * 0.1
     one = [x[:, 0] if x is not None else None for x in inputs[:7]]
@@ -268,9 +262,9 @@ def time_family_decode(module, prefix, kind, B, H=16, D=128):
 def report_families(folder: Path, skip_long: bool) -> list[str]:
     lines = ["## Families without an fla fused recurrent kernel", ""]
     for i, (title, kind) in enumerate(OTHER.items()):
-        plan = RecurrentKernelPlan(prefix=f"other{i}", **kind[0])
+        plan = RecurrentKernelPlan(**kind[0])
         module = load_plan(plan, folder)
-        errors = check_family(module, plan.prefix, kind)
+        errors = check_family(module, kind)
         worst = max(errors.values())
         lines += [f"### {title}", "",
                   "Correctness, bf16 vs float32 torch loop, (B, T, H, D) = (2, 512, 4, 128): "
@@ -279,7 +273,7 @@ def report_families(folder: Path, skip_long: bool) -> list[str]:
                   "| (B, T, H, D) | ours fwd | torch loop fwd | ours fwd+bwd |",
                   "|---|---|---|---|"]
         for shape in SHAPES[:1] if skip_long else SHAPES:
-            row = time_family(module, plan.prefix, kind, shape)
+            row = time_family(module, kind, shape)
             lines.append(f"| {shape} | {fmt(*row['ours fwd'])} | "
                          f"{fmt(*row['torch loop fwd'], approx=True)} | "
                          f"{fmt(*row['ours fwd+bwd'])} |")
@@ -287,7 +281,7 @@ def report_families(folder: Path, skip_long: bool) -> list[str]:
         lines += ["", "| decode B (H=16, D=128) | ours step GPU / wall | torch step GPU / wall |",
                   "|---|---|---|"]
         for B in DECODE_BATCHES:
-            row = time_family_decode(module, plan.prefix, kind, B)
+            row = time_family_decode(module, kind, B)
             lines.append(f"| {B} | {fmt(*row['ours step'])} / {fmt(*row['ours step wall'])} | "
                          f"{fmt(*row['torch step'])} / {fmt(*row['torch step wall'])} |")
             print(lines[-1], flush=True)
@@ -348,9 +342,9 @@ def fmt(ms, err=None, approx=False):
     return ("~" if approx else "") + (f"{ms:.3f}" if ms < 10 else f"{ms:.1f}")
 
 
-def time_sequence(module, prefix, decay, fla, shape):
+def time_sequence(module, decay, fla, shape):
     B, T, H, D = shape
-    ours = getattr(module, f"{prefix}_fused_recurrent")
+    ours = module.fused_recurrent
     q, k, v, g, beta, _ = make_inputs(B, T, H, D, decay, torch.bfloat16)
     v_fla = (v.float() / beta.float()[..., None].clamp_min(1e-3)).to(v.dtype)
     row = {}
@@ -399,8 +393,8 @@ def wall_ms(fn, calls=200):
     return (time.perf_counter() - start) / calls * 1e3
 
 
-def time_decode(module, prefix, decay, fla, B, H=16, D=128):
-    step = getattr(module, f"{prefix}_step")
+def time_decode(module, decay, fla, B, H=16, D=128):
+    step = module.step
     q, k, v, g, beta, _ = make_inputs(B, 1, H, D, decay, torch.bfloat16)
     state = torch.randn(B, H, D, D, device="cuda") * 0.1
     one = [x[:, 0] if x is not None else None for x in (q, k, v, g, beta)]
@@ -418,12 +412,12 @@ def time_decode(module, prefix, decay, fla, B, H=16, D=128):
     return row
 
 
-def sweep(module, prefix, decay, shape):
+def sweep(module, decay, shape):
     """Forward and forward+backward times over launch configurations (tuning aid)."""
     B, T, H, D = shape
-    ours = getattr(module, f"{prefix}_fused_recurrent")
+    ours = module.fused_recurrent
     q, k, v, g, beta, _ = make_inputs(B, T, H, D, decay, torch.bfloat16)
-    lines = [f"sweep {prefix} {shape}: BLOCK_V, NUM_WARPS -> fwd ms, fwd+bwd ms"]
+    lines = [f"sweep delta_{decay} {shape}: BLOCK_V, NUM_WARPS -> fwd ms, fwd+bwd ms"]
     for bv in (4, 8, 16, 32):
         for nw in (1, 2):
             module.BLOCK_V, module.NUM_WARPS = bv, nw
@@ -476,8 +470,8 @@ def main(argv=None):
              legend, ""]
     sweeps = []
     for model, decay in MODELS.items():
-        module, prefix = load_kernels(decay, folder)
-        errors = check_correctness(module, prefix, decay)
+        module = load_kernels(decay, folder)
+        errors = check_correctness(module, decay)
         worst = max(errors.values())
         lines.append(f"## {model} (delta rule, decay {decay})")
         lines.append("")
@@ -489,7 +483,7 @@ def main(argv=None):
                      "ours fwd+bwd | fla fwd+bwd | ratio |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for shape in SHAPES[:1] if args.skip_long else SHAPES:
-            row = time_sequence(module, prefix, decay, fla, shape)
+            row = time_sequence(module, decay, fla, shape)
             cells = [fmt(*row["ours fwd"]), fmt(*row.get("fla fwd", (None, "n/a"))),
                      ratio(row, "ours fwd", "fla fwd"), fmt(*row["torch loop fwd"], approx=True),
                      fmt(*row["ours fwd+bwd"]), fmt(*row.get("fla fwd+bwd", (None, "n/a"))),
@@ -501,7 +495,7 @@ def main(argv=None):
                      "| ratio GPU / wall | torch step GPU / wall |")
         lines.append("|---|---|---|---|---|")
         for B in DECODE_BATCHES:
-            row = time_decode(module, prefix, decay, fla, B)
+            row = time_decode(module, decay, fla, B)
             cells = []
             for name in ("ours step", "fla T=1"):
                 na = (None, "n/a")
@@ -514,7 +508,7 @@ def main(argv=None):
         lines.append("")
         if args.sweep:
             for shape in SHAPES[:1] if args.skip_long else SHAPES:
-                sweeps.append(sweep(module, prefix, decay, shape))
+                sweeps.append(sweep(module, decay, shape))
                 print(sweeps[-1], flush=True)
     lines += report_families(folder, args.skip_long)
     if sweeps:

@@ -51,8 +51,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
         value0 = beta * v
         a = (-beta) * k
         log_decay = torch.log(alpha)
-        kernels = nl.kernels(__file__, "dplr_matrix_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_dplr_channel")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(value0, ref),

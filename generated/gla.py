@@ -46,8 +46,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     if nl.use_triton(
         ref, chunked="decay/channel", key_width=state["S"].shape[-1]
     ):  # CUDA: the fused recurrent Triton kernel
-        kernels = nl.kernels(__file__, "gla_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_decay_channel")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(v, ref),

@@ -44,8 +44,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     if nl.use_triton(
         ref, chunked="decay/none", key_width=state["S"].shape[-1]
     ):  # CUDA: the fused recurrent Triton kernel
-        kernels = nl.kernels(__file__, "linear_attention_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_decay_none")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(v, ref),

@@ -51,8 +51,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
     if nl.use_triton(
         ref, chunked="delta/none", key_width=state["S"].shape[-1]
     ):  # CUDA: the fused recurrent Triton kernel
-        kernels = nl.kernels(__file__, "longhorn_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_delta_none")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(value0, ref),

@@ -50,8 +50,8 @@ def memory_chunked(tokens, state, consts, chunk_size):
         ref, key_width=state["S"].shape[-1]
     ):  # CUDA tensors: the fused recurrent Triton kernel
         log_decay = torch.log(alpha)
-        kernels = nl.kernels(__file__, "lp_matrix_memory_triton")
-        o, S = kernels.memory_fused_recurrent(
+        kernels = nl.kernels(__file__, "nlc_kernel_elementwise_scalar_parallel_f7e9fd56")
+        o, S = kernels.fused_recurrent(
             nl.vec(q, ref),
             nl.vec(k, ref),
             nl.vec(v, ref),

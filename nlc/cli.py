@@ -138,22 +138,18 @@ def cmd_identify(args) -> int:
 
 def cmd_compile(args) -> int:
     """Compile every spec first, refuse two specs that map to one module name (a-b.nl and
-    a_b.nl), and only then write: a refused command writes nothing."""
+    a_b.nl), and only then write: a refused command writes nothing. A kernel module several
+    specs share is written once (nlc.emit.merge_outputs)."""
     import time
 
-    from nlc.emit import compile_outputs
+    from nlc.emit import compile_outputs, merge_outputs
     from nlc.fileio import write_atomic
-    compiled, owner = [], {}
+    compiled = []
     for path in args.files:
         start = time.perf_counter()
         outputs = compile_outputs(path, _overrides(args))
-        for module in outputs:
-            if owner.setdefault(module, path) != path:
-                raise NlcError(f"this spec and {owner[module]} both compile to {module}.py; "
-                               "nothing was written", path=path,
-                               hint="rename one of the files (module names come from file "
-                                    "names, with '-' and other symbols made '_')")
         compiled.append((path, outputs, time.perf_counter() - start))
+    files = merge_outputs([(path, outputs) for path, outputs, _ in compiled])
     out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -162,12 +158,13 @@ def cmd_compile(args) -> int:
                        path=args.output) from None
     for path, outputs, seconds in compiled:
         targets = []
-        for module, source in outputs.items():
+        for module in outputs:
             target = out / f"{module}.py"
-            try:
-                write_atomic(target, source)
-            except OSError as err:
-                raise NlcError(f"cannot write: {err.strerror}", path=str(target)) from None
+            if module in files:
+                try:
+                    write_atomic(target, files.pop(module))
+                except OSError as err:
+                    raise NlcError(f"cannot write: {err.strerror}", path=str(target)) from None
             targets.append(target)
         shown = ", ".join(str(t) for t in targets)
         print(f"{path} -> {shown} ({seconds:.2f} s)")

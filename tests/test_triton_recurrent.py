@@ -136,8 +136,8 @@ class Case:
     @property
     def plan(self) -> RecurrentKernelPlan:
         error, params = (ERRORS[self.error][:2] if self.error else (None, ()))
-        return RecurrentKernelPlan(prefix=f"{self.family}_{self.decay}", family=self.family,
-                                   decay=self.decay, read_before=self.read_before, error=error,
+        return RecurrentKernelPlan(family=self.family, decay=self.decay,
+                                   read_before=self.read_before, error=error,
                                    error_params=params, order=self.order)
 
     @property
@@ -217,7 +217,7 @@ _MODULES: dict = {}
 def load(plan: RecurrentKernelPlan, tmp_dir: Path):
     """Render `plan`, write it to a file (the interpreter reads kernel sources) and import it."""
     if plan not in _MODULES:
-        path = tmp_dir / f"{plan.prefix}_{abs(hash(plan))}.py"
+        path = tmp_dir / f"{plan.module}.py"
         path.write_text(render_recurrent(plan))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
@@ -276,7 +276,7 @@ def test_forward_and_gradients_match_token_loop(case, kernel_dir):
     module = load(case.plan, kernel_dir)
     inputs = make_inputs(case)
     cu = torch.tensor([0, *torch.tensor(case.seqlens).cumsum(0).tolist()]) if case.seqlens else None
-    fn = getattr(module, f"{case.plan.prefix}_fused_recurrent")
+    fn = module.fused_recurrent
     module.BLOCK_V = case.block_v
     try:
         o, ht = fn(*inputs[:7], initial_state=inputs[7], output_final_state=True,
@@ -317,17 +317,16 @@ STEP_CASES = [Case("delta", "scalar"), Case("delta", "none", read_before=True),
 @pytest.mark.parametrize("case", STEP_CASES, ids=str)
 def test_step_matches_forward_token_by_token(case, kernel_dir):
     module = load(case.plan, kernel_dir)
-    prefix = case.plan.prefix
     q, k, v, g, beta, a, b, h0 = [x.detach() if x is not None else None
                                   for x in make_inputs(replace(case, T=5))]
     module.BLOCK_V = case.block_v
     try:
-        o, ht = getattr(module, f"{prefix}_fused_recurrent")(
+        o, ht = module.fused_recurrent(
             q, k, v, g, beta, a, b, initial_state=h0, output_final_state=True, **case.params)
         state = h0.clone()
         for t in range(5):
             token = [x[:, t] if x is not None else None for x in (q, k, v, g, beta, a, b)]
-            o_t, state = getattr(module, f"{prefix}_step")(*token, state=state, **case.params)
+            o_t, state = module.step(*token, state=state, **case.params)
             assert_close(f"o[{t}]", o_t, o[:, t].double())
     finally:
         module.BLOCK_V = None
@@ -340,10 +339,10 @@ def test_step_with_autograd_is_differentiable(kernel_dir):
     case = Case("delta", "scalar", T=1)
     module = load(case.plan, kernel_dir)
     q, k, v, g, beta, _, _, h0 = make_inputs(case)
-    o, state = module.delta_scalar_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state=h0)
+    o, state = module.step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state=h0)
     (dh0,) = torch.autograd.grad(o.sum() + state.sum(), [h0])
-    ref_o, ref_s = module.delta_scalar_fused_recurrent(q, k, v, g, beta, initial_state=h0,
-                                                       output_final_state=True)
+    ref_o, ref_s = module.fused_recurrent(q, k, v, g, beta, initial_state=h0,
+                                          output_final_state=True)
     (ref_dh0,) = torch.autograd.grad(ref_o.sum() + ref_s.sum(), [h0])
     assert_close("dh0", dh0, ref_dh0.double())
 
@@ -354,7 +353,7 @@ def test_inference_without_final_state(kernel_dir):
     module = load(case.plan, kernel_dir)
     inputs = [x.detach() if x is not None else None for x in make_inputs(case)]
     with torch.no_grad():
-        o, ht = module.delta_scalar_fused_recurrent(*inputs[:7], initial_state=inputs[7])
+        o, ht = module.fused_recurrent(*inputs[:7], initial_state=inputs[7])
     assert ht is None
     ref_o, _ = reference(case, [x.cpu().double() if x is not None else None for x in inputs], None)
     assert_close("o", o, ref_o)
@@ -362,21 +361,19 @@ def test_inference_without_final_state(kernel_dir):
 
 @needs_interpreter
 @pytest.mark.parametrize("call, message", [
-    (lambda m, x: m.delta_scalar_fused_recurrent(x[0], x[1], x[2], None, x[4]), "g \\(the log"),
-    (lambda m, x: m.delta_scalar_fused_recurrent(x[0][0], x[1], x[2], x[3], x[4]), "q must be"),
-    (lambda m, x: m.delta_scalar_fused_recurrent(x[0], x[1], x[2], x[3][..., None], x[4]),
-     "g has shape"),
-    (lambda m, x: m.delta_scalar_fused_recurrent(x[0], x[1].double(), x[2], x[3], x[4]),
-     "dtype"),
-    (lambda m, x: m.delta_scalar_fused_recurrent(*x[:5], a=x[0]), "dplr"),
-    (lambda m, x: m.delta_scalar_fused_recurrent(*x[:5], initial_state=x[7][:1]),
+    (lambda m, x: m.fused_recurrent(x[0], x[1], x[2], None, x[4]), "g \\(the log"),
+    (lambda m, x: m.fused_recurrent(x[0][0], x[1], x[2], x[3], x[4]), "q must be"),
+    (lambda m, x: m.fused_recurrent(x[0], x[1], x[2], x[3][..., None], x[4]), "g has shape"),
+    (lambda m, x: m.fused_recurrent(x[0], x[1].double(), x[2], x[3], x[4]), "dtype"),
+    (lambda m, x: m.fused_recurrent(*x[:5], a=x[0]), "dplr"),
+    (lambda m, x: m.fused_recurrent(*x[:5], initial_state=x[7][:1]),
      "initial_state has shape"),
-    (lambda m, x: m.delta_scalar_fused_recurrent(*x[:5], cu_seqlens=torch.tensor([0, 7])),
+    (lambda m, x: m.fused_recurrent(*x[:5], cu_seqlens=torch.tensor([0, 7])),
      "batch size must be 1"),
-    (lambda m, x: m.delta_scalar_fused_recurrent(*x[:5], cu_seqlens=torch.tensor([0., 7.])),
+    (lambda m, x: m.fused_recurrent(*x[:5], cu_seqlens=torch.tensor([0., 7.])),
      "int32 or int64"),
-    (lambda m, x: m.delta_scalar_step(x[0][:, 0], x[1][:, 0], x[2][:, 0], x[3][:, 0],
-                                      x[4][:, 0], state=x[7][..., :3]), "state has shape"),
+    (lambda m, x: m.step(x[0][:, 0], x[1][:, 0], x[2][:, 0], x[3][:, 0], x[4][:, 0],
+                         state=x[7][..., :3]), "state has shape"),
 ])
 def test_wrapper_rejects_bad_inputs(call, message, kernel_dir):
     module = load(Case("delta", "scalar").plan, kernel_dir)
@@ -403,28 +400,55 @@ def test_render_is_deterministic_and_standalone():
     assert first == second
     imports = sorted(line for line in first.splitlines() if line.startswith(("import", "from")))
     assert imports == ["import torch", "import triton", "import triton.language as tl"]
-    assert "def elementwise_channel_fused_recurrent(" in first
-    assert "def elementwise_channel_step(" in first
+    assert "def fused_recurrent(" in first and "def step(" in first
     compile(first, "generated.py", "exec")
 
 
 @pytest.mark.parametrize("plan, message", [
-    (RecurrentKernelPlan("1x", "delta", "scalar"), "identifier"),
-    (RecurrentKernelPlan("ok", "product", "scalar"), "family"),
-    (RecurrentKernelPlan("ok", "delta", "diagonal"), "decay"),
-    (RecurrentKernelPlan("ok", "elementwise", "none"), "error signal"),
-    (RecurrentKernelPlan("ok", "elementwise", "none", error=P - Y + DELTA), "delta"),
-    (RecurrentKernelPlan("ok", "elementwise", "none", error=P * DELTA, error_params=("beta",)),
+    (RecurrentKernelPlan("product", "scalar"), "family"),
+    (RecurrentKernelPlan("delta", "diagonal"), "decay"),
+    (RecurrentKernelPlan("delta", "scalar", order="after"), "order"),
+    (RecurrentKernelPlan("delta", "scalar", read_before=1), "read_before"),
+    (RecurrentKernelPlan("elementwise", "none"), "error signal"),
+    (RecurrentKernelPlan("elementwise", "none", error=P - Y + DELTA), "delta"),
+    (RecurrentKernelPlan("elementwise", "none", error=P * DELTA, error_params=("beta",)),
      "beta"),
-    (RecurrentKernelPlan("ok", "delta", "none", error=P - Y), "no error signal"),
+    (RecurrentKernelPlan("elementwise", "none", error=P * DELTA, error_params=("step",)),
+     "step"),
+    (RecurrentKernelPlan("delta", "none", error=P - Y), "no error signal"),
 ])
 def test_render_rejects_bad_plans(plan, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         render_recurrent(plan)
+    with pytest.raises((ValueError, TypeError), match=message):
+        plan.module  # noqa: B018 (the name is made from a validated plan only)
+
+
+def test_module_name_is_the_configuration():
+    """Equal configurations share one module name; any difference in what the kernels compute
+    (family, decay, read order, the elementwise order, error or its parameters) changes it."""
+    assert RecurrentKernelPlan("delta", "scalar").module == "nlc_kernel_delta_scalar"
+    assert RecurrentKernelPlan("decay", "channel", read_before=True).module == \
+        "nlc_kernel_decay_channel_read_before"
+    # the order only matters to the elementwise family: the kernels of the others ignore it
+    assert RecurrentKernelPlan("delta", "none", order="parallel").module == \
+        RecurrentKernelPlan("delta", "none").module
+    plans = [Case(family, decay).plan for family in ("decay", "delta", "dplr")
+             for decay in ("none", "scalar", "channel")]
+    plans += [Case(decay="scalar", read_before=True, **HUBER).plan]
+    plans += [Case(decay=decay, order=order, **kind).plan for decay in ("none", "channel")
+              for order in ("before", "parallel") for kind in (LP3, HUBER, LP3C, HUBER_HALF)]
+    names = [plan.module for plan in plans]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert name.isidentifier() and name.startswith("nlc_kernel_")
+    again = Case(decay="channel", order="parallel", **HUBER).plan
+    assert replace(again, error=again.error + 0).module == again.module
+    assert replace(again, error=2 * again.error).module != again.module
 
 
 def test_render_rejects_unprintable_error():
-    plan = RecurrentKernelPlan("ok", "elementwise", "none", error=sp.besselj(0, P - Y))
+    plan = RecurrentKernelPlan("elementwise", "none", error=sp.besselj(0, P - Y))
     with pytest.raises(TritonPrintError, match="besselj"):
         render_recurrent(plan)
 

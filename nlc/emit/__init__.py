@@ -96,29 +96,58 @@ def _render(plans, origin) -> dict[str, str]:
         for level in plan.levels:
             k = level.kernel
             if k is not None:
-                kernel = RecurrentKernelPlan(k.prefix, k.family, k.decay, k.read_before,
-                                             k.error, order=k.order or "before")
-                outputs[k.module] = render_recurrent(kernel, origin, formatted=False)
+                if k.module == plans.stem:
+                    raise NlcError(f"the spec's module name '{plans.stem}' is the name of a "
+                                   "shared kernel module: rename the spec file")
+                outputs[k.module] = render_recurrent(k.configuration(), formatted=False)
     return outputs
 
 
+def merge_outputs(compiled: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """The files of several specs for one folder, module name -> source, from (spec path,
+    its `compile_outputs`): a kernel module that specs share (same name, same text) once.
+    Two specs naming one module otherwise is refused, the spec's fault when one of them is a
+    spec's own module (a-b.nl and a_b.nl), the compiler's when both are kernel modules."""
+    from nlc.emit.render import spec_module_name
+    merged: dict[str, tuple[str, str]] = {}  # module -> (source, first spec writing it)
+    for path, outputs in compiled:
+        for module, source in outputs.items():
+            earlier, owner = merged.setdefault(module, (source, path))
+            if owner == path:
+                continue
+            kernel = module not in (spec_module_name(path), spec_module_name(owner))
+            if kernel and earlier == source:
+                continue
+            if kernel:
+                raise NlcError(f"internal error: this spec and {owner} compile the shared kernel "
+                               f"module {module}.py to different text; nothing was written",
+                               path=path)
+            raise NlcError(f"this spec and {owner} both compile to {module}.py; "
+                           "nothing was written", path=path,
+                           hint="rename one of the files (module names come from file "
+                                "names, with '-' and other symbols made '_')")
+    return {module: source for module, (source, _) in merged.items()}
+
+
 def compile_files(paths: list[str], out_dir: str, overrides: dict | None = None) -> list[Path]:
-    """Compile each spec to `out_dir/<stem>.py`, written atomically."""
+    """Compile every spec, then write `out_dir/<stem>.py` and the kernel modules, each once
+    and atomically (see `merge_outputs`)."""
     from nlc.fileio import write_atomic
+    compiled = [(path, compile_outputs(path, overrides)) for path in paths]
+    files = merge_outputs(compiled)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NlcError(f"cannot create output directory: {err.strerror}", path=out_dir) from None
     written = []
-    for path in paths:
-        for module, source in compile_outputs(path, overrides).items():
-            target = out / f"{module}.py"
-            try:
-                write_atomic(str(target), source)
-            except OSError as err:
-                raise NlcError(f"cannot write: {err.strerror}", path=str(target)) from None
-            written.append(target)
+    for module, source in files.items():
+        target = out / f"{module}.py"
+        try:
+            write_atomic(str(target), source)
+        except OSError as err:
+            raise NlcError(f"cannot write: {err.strerror}", path=str(target)) from None
+        written.append(target)
     return written
 
 

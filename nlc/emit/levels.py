@@ -143,7 +143,7 @@ class LevelPrinter:
     def _kernel_call(self, args: list[str], name: str) -> list[str]:
         kernel = self.plan.kernel
         return [f"kernels = nl.kernels(__file__, {kernel.module!r})",
-                f"o, S = kernels.{kernel.prefix}_fused_recurrent({', '.join(args)})",
+                f"o, S = kernels.fused_recurrent({', '.join(args)})",
                 f"return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: S}}"]
 
     def affine_chunked(self, ex: AffineChunk) -> list[str]:

@@ -4,9 +4,13 @@ A `RecurrentKernelPlan` says which family of per-token rule the kernels implemen
 (DESIGN.md, "Kernel families"); `render_recurrent` fills `templates/triton_recurrent.py.jinja`
 and returns the source of a standalone module (imports: torch, triton, triton.language) with
 
-    {prefix}_fused_recurrent(q, k, v, g=None, beta=None, a=None, b=None, *, initial_state=None,
-                             output_final_state=False, cu_seqlens=None) -> (o, final_state)
-    {prefix}_step(q, k, v, g=None, beta=None, a=None, b=None, *, state) -> (o, new_state)
+    fused_recurrent(q, k, v, g=None, beta=None, a=None, b=None, *, initial_state=None,
+                    output_final_state=False, cu_seqlens=None) -> (o, final_state)
+    step(q, k, v, g=None, beta=None, a=None, b=None, *, state) -> (o, new_state)
+
+The plan holds the configuration only (nothing of a spec), so the module is shared: every level
+of every spec with the same configuration uses the one module named `plan.module`
+(`nlc_kernel_delta_scalar`, `nlc_kernel_elementwise_scalar_before_<hash of the error>`).
 
 Per token, with S in R^{V x K} and D_t = diag(exp(g_t)) on the key axis:
 
@@ -24,13 +28,14 @@ docs/triton.md, say how the decay gradient is recovered without both S and dL/dS
 
 from __future__ import annotations
 
+import hashlib
 import keyword
 from dataclasses import dataclass
 
 import sympy as sp
 
 from nlc import __version__
-from nlc.emit.render import Source, prose, render, ruff_format
+from nlc.emit.render import prose, render, ruff_format
 from nlc.emit.tl_printer import tl_code
 
 FAMILIES = ("decay", "delta", "dplr", "elementwise")
@@ -40,7 +45,8 @@ TEMPLATE = "triton_recurrent.py.jinja"
 
 # Names the generated functions already use: an error parameter may not shadow them.
 _RESERVED = frozenset({"q", "k", "v", "g", "beta", "a", "b", "p", "y", "initial_state",
-                       "output_final_state", "cu_seqlens", "state", "torch", "triton", "tl"})
+                       "output_final_state", "cu_seqlens", "state", "torch", "triton", "tl",
+                       "fused_recurrent", "step"})
 
 _UPDATES = {
     "decay": "S_t = S_{t-1} D_t + v_t k_t^T   (v already scaled by the rate)",
@@ -59,7 +65,6 @@ _SAVED_TEXT = {"decay": "none needed", "delta": "(S D) k", "dplr": "S_{t-1} a",
 class RecurrentKernelPlan:
     """What the recurrent kernels compute; see the module docstring for the four families."""
 
-    prefix: str
     family: str
     decay: str
     read_before: bool = False
@@ -67,16 +72,26 @@ class RecurrentKernelPlan:
     error_params: tuple[str, ...] = ()
     order: str = "before"
 
+    @property
+    def module(self) -> str:
+        """The kernel module's name, made from the validated configuration only: family,
+        decay, read order and, for the elementwise family, the order and a digest of the
+        error signal (with its parameters) in place of its text."""
+        _validate(self)
+        parts = ["nlc_kernel", self.family, self.decay] + ["read_before"] * self.read_before
+        if self.family == "elementwise":
+            error = sp.srepr(sp.sympify(self.error)) + repr(tuple(self.error_params))
+            parts += [self.order, hashlib.sha256(error.encode()).hexdigest()[:8]]
+        return "_".join(parts)
 
-def render_recurrent(plan: RecurrentKernelPlan, source: Source | None = None,
-                     formatted: bool = True) -> str:
+
+def render_recurrent(plan: RecurrentKernelPlan, formatted: bool = True) -> str:
     """Python source of the standalone kernel module for `plan` (deterministic, formatted
-    unless `formatted` is False); with `source`, it starts with the banner naming the spec."""
+    unless `formatted` is False). Its banner and docstring name the configuration, never a
+    spec: one module serves every spec that compiles to it."""
     _validate(plan)
     context = {
-        "source": source,
-        "prefix": plan.prefix,
-        "class_name": "".join(part.capitalize() for part in plan.prefix.split("_")),
+        "module": plan.module,
         "family": plan.family,
         "decay": plan.decay,
         "read_before": plan.read_before,
@@ -101,19 +116,18 @@ def render_recurrent(plan: RecurrentKernelPlan, source: Source | None = None,
         context.update(_error_code(plan))
     text = render(TEMPLATE, **context)
     text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
-    return ruff_format(text, f"{plan.prefix}.py") if formatted else text
+    return ruff_format(text, f"{plan.module}.py") if formatted else text
 
 
 def _validate(plan: RecurrentKernelPlan) -> None:
-    if not isinstance(plan.prefix, str) or not plan.prefix.isidentifier() \
-            or keyword.iskeyword(plan.prefix) or plan.prefix.startswith("_"):
-        raise ValueError(f"prefix {plan.prefix!r} is not a public Python identifier")
     if plan.family not in FAMILIES:
         raise ValueError(f"family {plan.family!r} is not one of {', '.join(FAMILIES)}")
     if plan.decay not in DECAYS:
         raise ValueError(f"decay {plan.decay!r} is not one of {', '.join(DECAYS)}")
     if plan.order not in ORDERS:
         raise ValueError(f"order {plan.order!r} is not one of {', '.join(ORDERS)}")
+    if not isinstance(plan.read_before, bool):
+        raise TypeError(f"read_before {plan.read_before!r} is not a bool")
     if plan.family != "elementwise":
         if plan.error is not None or plan.error_params:
             raise ValueError(f"family {plan.family!r} takes no error signal")
@@ -163,8 +177,7 @@ def _summary(plan: RecurrentKernelPlan) -> str:
 
 
 def _plan_text(plan: RecurrentKernelPlan) -> str:
-    text = f"prefix={plan.prefix!r}, family={plan.family!r}, decay={plan.decay!r}, " \
-           f"read_before={plan.read_before}"
+    text = f"family={plan.family!r}, decay={plan.decay!r}, read_before={plan.read_before}"
     if plan.family == "elementwise":
         text += f", order={plan.order!r}, error_params={tuple(plan.error_params)!r}"
     return text

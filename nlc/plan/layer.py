@@ -6,6 +6,8 @@ that read each other's outputs, and the forward's steps. Emit prints what this r
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import networkx as nx
 import sympy as sp
 
@@ -299,14 +301,13 @@ class _LayerPlanner:
         """The fused recurrent Triton kernel, when the family and form have one."""
         if not self.stem or rule.form.kind != "matrix":
             return None
-        module = f"{self.stem}_{fn}_triton"
         if isinstance(ex, AffineChunk) and len(ex.terms) == 1:
             decay = "none" if ex.decay == 1 else ex.decay_kind
             chunked = None if rule.read_before else f"{ex.family}/{decay}"
-            return KernelPlan(fn, ex.family, decay, rule.read_before, module, chunked=chunked)
+            return _kernel(ex.family, decay, rule.read_before, chunked=chunked)
         if isinstance(ex, FusedRecurrent):
-            return KernelPlan(fn, ex.family, ex.decay_kind, rule.read_before, module,
-                              error=ex.error, order=ex.order)
+            return _kernel(ex.family, ex.decay_kind, rule.read_before, error=ex.error,
+                           order=ex.order)
         return None
 
     # ------------------------------------------------------------ groups, segments
@@ -340,7 +341,6 @@ class _LayerPlanner:
         note = (f"runs token by token with the levels it reads in a loop ({names})"
                 if chunk is None else
                 f"runs with {names} as one group, a chunk of {chunk} tokens at a time")
-        from dataclasses import replace
         lps = [replace(lp, notes=lp.notes + (note,)) for lp in lps]
         fn = self.prefix + "_".join(lv.name for lv in group) + "_group"
         return GroupPlan(fn, tuple(lv.name for lv in group), tuple(tokens.values()),
@@ -374,6 +374,11 @@ class _LayerPlanner:
                            "its read must "
                            f"be a vector of {size}", edge.span)
         return Segments(period, source, "generate", shapes=own)
+
+
+def _kernel(family, decay, read_before, **more) -> KernelPlan:
+    plan = KernelPlan(family, decay, read_before, "", **more)
+    return replace(plan, module=plan.configuration().module)
 
 
 def _shapes_text(shapes) -> str:

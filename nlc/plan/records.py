@@ -80,16 +80,22 @@ class StatePlan:
 
 @dataclass(frozen=True)
 class KernelPlan:
-    """The fused recurrent Triton kernel of a level (templates/triton_recurrent.py.jinja)."""
+    """The fused recurrent Triton kernel of a level (templates/triton_recurrent.py.jinja),
+    in a module shared by every level with the same configuration."""
 
-    prefix: str
     family: str             # decay | delta | dplr | elementwise
     decay: str              # none | scalar | channel
     read_before: bool
-    module: str             # the generated module that holds it
+    module: str             # the kernel module, named by its configuration
     error: object = None    # elementwise: e(p, y)
     order: str | None = None
     chunked: str | None = None  # "family/decay" of the chunked kernels that take long inputs
+
+    def configuration(self):
+        """What the kernel template renders (nlc/emit/triton_render.py)."""
+        from nlc.emit.triton_render import RecurrentKernelPlan
+        return RecurrentKernelPlan(self.family, self.decay, self.read_before, self.error,
+                                   order=self.order or "before")
 
 
 @dataclass(frozen=True)
