@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from nlc.runtime.library import ops as nl
 
 SPEC = "adam.nl"
 
@@ -56,7 +55,6 @@ class Adam(torch.optim.Optimizer):
                 m_next = b1 * m + (-1 + b1) * (-g)
                 first_moment = m_next
                 v_next = b2 * v + (-1 + b2) * (-(g * g))
-                second_moment = v_next
                 state["m"] = m_next
                 state["v"] = v_next
                 param.copy_(

@@ -13,10 +13,8 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 
 from __future__ import annotations
 
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -581,10 +579,8 @@ class ContinuumMemory(nn.Module):
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
-        convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
-        ref = xh.expand(-1, -1, self.heads, -1)
         cms_fast, cms_fast_final = cms_fast_op(
             xh,
             W_k1=self.W_k1,

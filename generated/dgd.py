@@ -49,11 +49,9 @@ class DeltaGradientDescent(torch.optim.Optimizer):
                     state["step"] = 0
                     state["W"] = param.detach().clone()
                 state["step"] += 1
-                t = state["step"]
                 for x, u in recorder.samples(param):
                     W = state["W"]
                     W_next = (-lr / (1 + lr * nl.sqnorm(x))) * (((W @ x) + u) @ x.mT) + W
-                    delta = W_next
                     state["W"] = W_next
                     param.copy_(state["W"])  # spec:18
         return loss

@@ -11,7 +11,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -223,7 +222,6 @@ class GLA(nn.Module):
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
-        convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)

@@ -12,10 +12,8 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 
 from __future__ import annotations
 
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl

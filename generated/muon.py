@@ -44,11 +44,9 @@ class Muon(torch.optim.Optimizer):
                     state["step"] = 0
                     state["B"] = torch.zeros_like(param)
                 state["step"] += 1
-                t = state["step"]
                 g = param.grad
                 B = state["B"]
                 B_next = -(-g) + mu * B
-                momentum = B_next
                 state["B"] = B_next
                 param.copy_(param - lr * nl.newton_schulz(state["B"]))  # spec:17
         return loss

@@ -210,7 +210,6 @@ class RetNet(nn.Module):
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
-        convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from nlc.runtime.library import ops as nl
 
 SPEC = "sgd_momentum.nl"
 
@@ -44,11 +43,9 @@ class SGDMomentum(torch.optim.Optimizer):
                     state["step"] = 0
                     state["m"] = torch.zeros_like(param)
                 state["step"] += 1
-                t = state["step"]
                 g = param.grad
                 m = state["m"]
                 m_next = (-lr) * (-(-g)) + mu * m
-                momentum = m_next
                 state["m"] = m_next
                 param.copy_(param + state["m"])  # spec:17
         return loss

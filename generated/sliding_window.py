@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -54,13 +53,11 @@ def memory_op(
         cu_seqlens,
     )
     d_k = dims["d_k"]
-    d_v = dims["d_v"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
         "v": nl.column(v),
     }
-    consts = {}
     if initial_state is None:
         initial_state = memory_initial_state(batch, heads, tokens["q"])
     state = dict(initial_state)
@@ -154,7 +151,6 @@ class SlidingWindow(nn.Module):
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
-        convs = None if cache is None else cache.setdefault("convs", {})
         mode = self.mode if cache is None else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)

@@ -5,6 +5,7 @@ Every layer example is compiled at small dims (-D) and run in float64 on the CPU
 from __future__ import annotations
 
 import functools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,16 @@ def test_generated_folder_is_up_to_date(tmp_path):
             assert source == golden.read_text(), f"{golden} is stale"
     extra = {p.name for p in (ROOT / "generated").glob("*.py")} - expected
     assert not extra, f"generated/ holds files no example compiles to: {sorted(extra)}"
+
+
+def test_generated_code_has_no_dead_code():
+    """No unused import, no local assigned and never read, no name bound twice (pyflakes'
+    checks, through ruff, which nlc already uses to format its output)."""
+    from ruff.__main__ import find_ruff_bin
+    done = subprocess.run([find_ruff_bin(), "check", "--isolated", "--select", "F401,F811,F841",
+                           "--output-format", "concise", str(ROOT / "generated")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout
 
 
 def test_generated_code_imports_no_compiler():

@@ -34,13 +34,14 @@ def emit(plans, text: str, path: str) -> dict[str, str]:
     the render step's checks (nlc/emit/render.py)."""
     import ast as python_ast
 
-    from nlc.emit.names import Namespace, module_clashes
+    from nlc.emit.names import Namespace, module_clashes, without_unused_imports
     from nlc.emit.render import ruff_format, source
 
     origin = source(path, text)
     with Namespace() as names:
         outputs = _render(plans, origin)
     outputs = names.resolve(outputs)
+    outputs[plans.stem] = without_unused_imports(outputs[plans.stem])
     tree = python_ast.parse(outputs[plans.stem])
     twice = module_clashes(tree)
     for decl in plans.specs:

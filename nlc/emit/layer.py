@@ -83,6 +83,7 @@ class PrintedGroup:
     params: list
     consts: list
     read_sizes: dict
+    unpacked_sizes: list
     keyword_sizes: list
     size_defaults: list
     chunk: int | None
@@ -104,6 +105,7 @@ class PrintedLayer:
     position: bool
     param_groups: list
     init_calls: dict        # level -> its initial-state size arguments, in the class
+    uses_ref: bool          # the forward has context lines (they broadcast over `ref`)
     heads_dim: bool         # the spec declares `heads` (else one head)
 
 
@@ -130,6 +132,7 @@ class LayerPrinter:
             self.defaults["d_model"], params, convs, learned, levels,
             [self.group(g) for g in plan.groups], self.forward(), plan.position,
             [(n, every, list(attrs)) for n, every, attrs in plan.param_groups], init_calls,
+            any(isinstance(step, ContextStep) for step in plan.forward),
             "heads" in self.defaults)
 
     # ------------------------------------------------------------ levels and groups
@@ -152,6 +155,8 @@ class LayerPrinter:
             keyword_sizes=[local(d) for d in lp.keyword_sizes],
             size_defaults=[str(self.defaults[d]) for d in lp.keyword_sizes],
             read_sizes={t: local(d) for t, d in lp.input_sizes.items() if d},
+            unpacked_sizes=[local(d) for d in dict.fromkeys(lp.input_sizes.values())
+                            if d and d in lp.op_sizes],
             consts=[(p.name, f"nl.param({local(p.name)}, {p.rank})") for p in lp.params]
             + [(d, local(d)) for d in lp.sizes if not isinstance(lp.execution, Attention)],
             anchors=repr(tuple(lp.anchors)), anchor_every=lp.anchor_every,
@@ -177,7 +182,10 @@ class LayerPrinter:
             [PrintedParam(p.name, local(p.name), p.rank) for p in gp.params],
             [(p.name, f"nl.param({local(p.name)}, {p.rank})") for p in gp.params]
             + [(d, local(d)) for d in sizes],
-            {t: local(d) for t, d in read.items()}, [local(d) for d in keyword],
+            {t: local(d) for t, d in read.items()},
+            [local(d) for d in dict.fromkeys(read.values())
+             if any(d in lp.op_sizes for lp in members)],
+            [local(d) for d in keyword],
             [str(self.defaults[d]) for d in keyword], gp.chunk, gp.line)
 
     # ------------------------------------------------------------ the forward

@@ -39,6 +39,7 @@ class PrintedLevel:
     keyword_sizes: list[str]        # the op's size keywords (code names)
     size_defaults: list[str]        # their defaults
     read_sizes: dict                # token -> the dim (code name) read from it
+    unpacked_sizes: list            # the dims read from the inputs that the op uses
     consts: list                    # (key, code) passed to the steps
     anchors: str
     anchor_every: object

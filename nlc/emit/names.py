@@ -170,6 +170,21 @@ def module_clashes(module: ast.Module) -> list[str]:
     return twice
 
 
+def without_unused_imports(code: str) -> str:
+    """`code` without its top-level imports that nothing reads (a layer with no
+    convolution needs no `F`, one with no constant math no `math`)."""
+    tree = ast.parse(code)
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    drop = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)) \
+                and getattr(node, "module", None) != "__future__" \
+                and not any((a.asname or a.name.split(".")[0]) in read for a in node.names):
+            drop.update(range(node.lineno, node.end_lineno + 1))
+    lines = code.split("\n")
+    return "\n".join(line for i, line in enumerate(lines, 1) if i not in drop)
+
+
 def attribute_clashes(module: ast.Module, class_name: str,
                       base_attributes: set[str]) -> set[str]:
     """Attributes of the generated class `class_name` set twice, or also a method of it or

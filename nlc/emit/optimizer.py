@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.names import local
+from nlc.derive.matfuncs import free_names
 from nlc.emit.torch_printer import TorchPrinter
 from nlc.errors import NlcError
 from nlc.levels import shapes
 from nlc.plan.layer import inner_products
+from nlc.syntax.walk import names_used
 
 
 @dataclass
@@ -28,6 +30,8 @@ class OptimizerPlan:
     gradient: str = "g"
     inputs: str | None = None
     lines: list[int] = field(default_factory=list)
+    hypers_used: list = field(default_factory=list)   # the hypers the step reads
+    uses_t: bool = False
 
 
 def optimizer_plan(spec, rules) -> OptimizerPlan:
@@ -50,6 +54,14 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     plan = OptimizerPlan(spec.name, hypers, [], gradient=local(grad), inputs=inp and local(inp))
     body = plan.per_sample if inp else plan.update
     printer = TorchPrinter(dict(names), prefix="tmp")
+    applies = [(target, expr, lv) for lv in levels for target, expr in lv.applies]
+    # a level's read is printed when the apply clauses or another level's rule use it
+    needed = set().union(*(names_used(e) for _, e, _ in applies)) | free_names(
+        [e for lv in levels for _, e in rules[lv.name].next_state])
+    reads = [lv for lv in levels if rules[lv.name].read is not None and lv.name in needed]
+    needed |= free_names([rules[lv.name].read for lv in reads])
+    plan.hypers_used = [h for h in hypers if h[0] in needed]
+    plan.uses_t = "t" in needed
     outputs = []
     for lv in levels:
         rule = rules[lv.name]
@@ -60,7 +72,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
             printer.names[f"{n}_next"] = f"{local(n)}_next"
         for n, expr in rule.next_state:
             outputs.append((f"{local(n)}_next", expr))
-        if rule.read is not None:
+        if lv in reads:
             outputs.append((local(lv.name), rule.read))
     body += printer.assign(outputs)
     for lv in levels:
@@ -72,7 +84,6 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         apply_names[lv.name] = local(lv.name)
         for n, _ in rules[lv.name].states:
             apply_names[n] = f"state[{n!r}]"
-    applies = [(target, expr, lv) for lv in levels for target, expr in lv.applies]
     applied = ContextPrinter(apply_names, inner_products([e for _, e, _ in applies], env), {},
                              owner="optimizer")
     if not applies:
