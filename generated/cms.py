@@ -13,7 +13,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -11,7 +11,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -22,7 +22,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +29,40 @@ from torch import nn
 from nlc.runtime.library import ops as nl
 
 SPEC = "hope.nl"
+
+
+def SelfModifyingTitans_mlp_memory_drive(inputs, W1_0, W2_0):
+    """The drive of levels k, v, eta, alpha, memory: their rules are the same but for the names of their states."""
+    k = inputs["k"]
+    eta = inputs["eta"]
+    v = inputs["v"]
+    t0 = nl.mm(W1_0, k)
+    t1 = nl.mm(W1_0, v)
+    t2 = nl.gelu(t1)
+    t3 = nl.mm(W2_0, t2)
+    t4 = t3 + v
+    t5 = -t4
+    t6 = nl.gelu(t0)
+    t7 = nl.mm(W2_0, t6)
+    t8 = t7 + k
+    t9 = t5 + t8
+    t10 = k.mT
+    t11 = -eta
+    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(W2_0.mT, t9))), t10))
+    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, W1_0.mT))))))
+    return {"drive0": drive0, "drive1": drive1}
+
+
+def SelfModifyingTitans_mlp_memory_combine(inputs, W1, W2):
+    """The combine of levels k, v, eta, alpha, memory: their rules are the same but for the names of their states."""
+    k = inputs["k"]
+    alpha = inputs["alpha"]
+    eta = inputs["eta"]
+    drive0 = inputs["drive0"]
+    drive1 = inputs["drive1"]
+    W1_next = (-eta) * (W1 @ k @ k.mT) + (alpha * W1 + drive0)
+    W2_next = alpha * W2 + drive1
+    return W1_next, W2_next
 
 
 # ---------------------------------------------------------------- level `k`
@@ -67,39 +100,14 @@ def SelfModifyingTitans_k_step(state, inputs):
 def SelfModifyingTitans_k_drive(inputs):
     """Every term of level `k` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    k = inputs["k"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    K_W1_0 = inputs["K_W1_0"]
-    K_W2_0 = inputs["K_W2_0"]
-    t0 = nl.mm(K_W1_0, k)
-    t1 = nl.mm(K_W1_0, v)
-    t2 = nl.gelu(t1)
-    t3 = nl.mm(K_W2_0, t2)
-    t4 = t3 + v
-    t5 = -t4
-    t6 = nl.gelu(t0)
-    t7 = nl.mm(K_W2_0, t6)
-    t8 = t7 + k
-    t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(K_W2_0.mT, t9))), t10))
-    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, K_W1_0.mT))))))
-    return {"drive0": drive0, "drive1": drive1}
+    return SelfModifyingTitans_mlp_memory_drive(inputs, inputs["K_W1_0"], inputs["K_W2_0"])
 
 
 def SelfModifyingTitans_k_combine(state, inputs):
     """One token of level `k` given its chunk-start terms."""
-    K_W1 = state["K_W1"]
-    K_W2 = state["K_W2"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    K_W1_next = (-eta) * (K_W1 @ k @ k.mT) + (alpha * K_W1 + drive0)
-    K_W2_next = alpha * K_W2 + drive1
+    K_W1_next, K_W2_next = SelfModifyingTitans_mlp_memory_combine(
+        inputs, state["K_W1"], state["K_W2"]
+    )
     return {"K_W1": K_W1_next, "K_W2": K_W2_next}
 
 
@@ -155,39 +163,14 @@ def SelfModifyingTitans_v_step(state, inputs):
 def SelfModifyingTitans_v_drive(inputs):
     """Every term of level `v` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    k = inputs["k"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    V_W1_0 = inputs["V_W1_0"]
-    V_W2_0 = inputs["V_W2_0"]
-    t0 = nl.mm(V_W1_0, k)
-    t1 = nl.mm(V_W1_0, v)
-    t2 = nl.gelu(t1)
-    t3 = nl.mm(V_W2_0, t2)
-    t4 = t3 + v
-    t5 = -t4
-    t6 = nl.gelu(t0)
-    t7 = nl.mm(V_W2_0, t6)
-    t8 = t7 + k
-    t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(V_W2_0.mT, t9))), t10))
-    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, V_W1_0.mT))))))
-    return {"drive0": drive0, "drive1": drive1}
+    return SelfModifyingTitans_mlp_memory_drive(inputs, inputs["V_W1_0"], inputs["V_W2_0"])
 
 
 def SelfModifyingTitans_v_combine(state, inputs):
     """One token of level `v` given its chunk-start terms."""
-    V_W1 = state["V_W1"]
-    V_W2 = state["V_W2"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    V_W1_next = (-eta) * (V_W1 @ k @ k.mT) + (alpha * V_W1 + drive0)
-    V_W2_next = alpha * V_W2 + drive1
+    V_W1_next, V_W2_next = SelfModifyingTitans_mlp_memory_combine(
+        inputs, state["V_W1"], state["V_W2"]
+    )
     return {"V_W1": V_W1_next, "V_W2": V_W2_next}
 
 
@@ -244,39 +227,14 @@ def SelfModifyingTitans_eta_step(state, inputs):
 def SelfModifyingTitans_eta_drive(inputs):
     """Every term of level `eta` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    k = inputs["k"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    E_W1_0 = inputs["E_W1_0"]
-    E_W2_0 = inputs["E_W2_0"]
-    t0 = nl.mm(E_W1_0, k)
-    t1 = nl.mm(E_W1_0, v)
-    t2 = nl.gelu(t1)
-    t3 = nl.mm(E_W2_0, t2)
-    t4 = t3 + v
-    t5 = -t4
-    t6 = nl.gelu(t0)
-    t7 = nl.mm(E_W2_0, t6)
-    t8 = t7 + k
-    t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(E_W2_0.mT, t9))), t10))
-    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, E_W1_0.mT))))))
-    return {"drive0": drive0, "drive1": drive1}
+    return SelfModifyingTitans_mlp_memory_drive(inputs, inputs["E_W1_0"], inputs["E_W2_0"])
 
 
 def SelfModifyingTitans_eta_combine(state, inputs):
     """One token of level `eta` given its chunk-start terms."""
-    E_W1 = state["E_W1"]
-    E_W2 = state["E_W2"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    E_W1_next = (-eta) * (E_W1 @ k @ k.mT) + (alpha * E_W1 + drive0)
-    E_W2_next = alpha * E_W2 + drive1
+    E_W1_next, E_W2_next = SelfModifyingTitans_mlp_memory_combine(
+        inputs, state["E_W1"], state["E_W2"]
+    )
     return {"E_W1": E_W1_next, "E_W2": E_W2_next}
 
 
@@ -336,39 +294,14 @@ def SelfModifyingTitans_alpha_step(state, inputs):
 def SelfModifyingTitans_alpha_drive(inputs):
     """Every term of level `alpha` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    k = inputs["k"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    A_W1_0 = inputs["A_W1_0"]
-    A_W2_0 = inputs["A_W2_0"]
-    t0 = nl.mm(A_W1_0, k)
-    t1 = nl.mm(A_W1_0, v)
-    t2 = nl.gelu(t1)
-    t3 = nl.mm(A_W2_0, t2)
-    t4 = t3 + v
-    t5 = -t4
-    t6 = nl.gelu(t0)
-    t7 = nl.mm(A_W2_0, t6)
-    t8 = t7 + k
-    t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(A_W2_0.mT, t9))), t10))
-    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, A_W1_0.mT))))))
-    return {"drive0": drive0, "drive1": drive1}
+    return SelfModifyingTitans_mlp_memory_drive(inputs, inputs["A_W1_0"], inputs["A_W2_0"])
 
 
 def SelfModifyingTitans_alpha_combine(state, inputs):
     """One token of level `alpha` given its chunk-start terms."""
-    A_W1 = state["A_W1"]
-    A_W2 = state["A_W2"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    A_W1_next = (-eta) * (A_W1 @ k @ k.mT) + (alpha * A_W1 + drive0)
-    A_W2_next = alpha * A_W2 + drive1
+    A_W1_next, A_W2_next = SelfModifyingTitans_mlp_memory_combine(
+        inputs, state["A_W1"], state["A_W2"]
+    )
     return {"A_W1": A_W1_next, "A_W2": A_W2_next}
 
 
@@ -427,39 +360,14 @@ def SelfModifyingTitans_memory_step(state, inputs):
 def SelfModifyingTitans_memory_drive(inputs):
     """Every term of level `memory` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    k = inputs["k"]
-    eta = inputs["eta"]
-    v = inputs["v"]
-    M_W1_0 = inputs["M_W1_0"]
-    M_W2_0 = inputs["M_W2_0"]
-    t0 = nl.mm(M_W1_0, k)
-    t1 = nl.mm(M_W1_0, v)
-    t2 = nl.gelu(t1)
-    t3 = nl.mm(M_W2_0, t2)
-    t4 = t3 + v
-    t5 = -t4
-    t6 = nl.gelu(t0)
-    t7 = nl.mm(M_W2_0, t6)
-    t8 = t7 + k
-    t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(M_W2_0.mT, t9))), t10))
-    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, M_W1_0.mT))))))
-    return {"drive0": drive0, "drive1": drive1}
+    return SelfModifyingTitans_mlp_memory_drive(inputs, inputs["M_W1_0"], inputs["M_W2_0"])
 
 
 def SelfModifyingTitans_memory_combine(state, inputs):
     """One token of level `memory` given its chunk-start terms."""
-    M_W1 = state["M_W1"]
-    M_W2 = state["M_W2"]
-    k = inputs["k"]
-    alpha = inputs["alpha"]
-    eta = inputs["eta"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    M_W1_next = (-eta) * (M_W1 @ k @ k.mT) + (alpha * M_W1 + drive0)
-    M_W2_next = alpha * M_W2 + drive1
+    M_W1_next, M_W2_next = SelfModifyingTitans_mlp_memory_combine(
+        inputs, state["M_W1"], state["M_W2"]
+    )
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}
 
 

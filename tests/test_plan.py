@@ -131,3 +131,14 @@ def test_a_dim_spelled_from_dims_follows_them(tmp_path):
     _train_step(layer, torch.randn(1, 5, 48))
     with pytest.raises(ValueError, match="50 / 3, which is not a whole number"):
         cls(d_model=50, heads=3)
+
+
+def test_levels_with_the_same_rule_share_their_drive_and_combine():
+    """Hope's five MLP memories differ only in their reads and state names: one drive and
+    one combine, each level's a call of them with its own tensors."""
+    code = pipeline.run(str(EXAMPLES / "hope.nl"), "emit")["hope"]
+    for kind in ("drive", "combine"):
+        shared = f"SelfModifyingTitans_mlp_memory_{kind}"
+        assert code.count(f"def {shared}(") == 1
+        assert code.count(f"{shared}(") == 1 + 5
+    assert "K_W1_next, K_W2_next = SelfModifyingTitans_mlp_memory_combine(" in code

@@ -76,6 +76,16 @@ class PrintedState:
 
 
 @dataclass
+class PrintedShared:
+    """A function several levels' drives (or combines) call."""
+
+    name: str
+    params: str
+    body: list[str]
+    doc: object             # Prose
+
+
+@dataclass
 class PrintedGroup:
     fn: str
     members: list
@@ -107,16 +117,19 @@ class PrintedLayer:
     init_calls: dict        # level -> its initial-state size arguments, in the class
     uses_ref: bool          # the forward has context lines (they broadcast over `ref`)
     heads_dim: bool         # the spec declares `heads` (else one head)
+    shared: list            # PrintedShared
 
 
 class LayerPrinter:
     def __init__(self, plan, spec):
         self.plan, self.spec = plan, spec
+        self.printers: dict[str, LevelPrinter] = {}
         self.defaults = {s.name: s.default for s in plan.sizes}
 
     def printed(self) -> PrintedLayer:
         plan = self.plan
         levels = [self.level(lp) for lp in plan.levels]
+        shared = self.shared(levels)
         params = [(p.name, ", ".join(["self.heads"] + [size_code(d, _attr) for d in p.shape]),
                    _init_code(f"self.{p.name}", p.init, p.shape), p.line) for p in plan.params]
         convs = [(c.name, size_code(c.channels, _attr), c.width, c.line,
@@ -133,7 +146,7 @@ class LayerPrinter:
             [self.group(g) for g in plan.groups], self.forward(), plan.position,
             [(n, every, list(attrs)) for n, every, attrs in plan.param_groups], init_calls,
             any(isinstance(step, ContextStep) for step in plan.forward),
-            "heads" in self.defaults)
+            "heads" in self.defaults, shared)
 
     # ------------------------------------------------------------ levels and groups
     def level(self, lp) -> PrintedLevel:
@@ -164,7 +177,38 @@ class LayerPrinter:
             read_before=lp.read_before, group=lp.group, parallel=lp.parallel,
             default_init=", ".join(sorted({s.init for s in lp.states})) or "an empty cache",
             args_doc=prose("Inputs: " + ", ".join(shown) + "."))
-        return LevelPrinter(lp).printed(view)
+        printer = self.printers[lp.name] = LevelPrinter(lp)
+        return printer.printed(view)
+
+    def shared(self, levels: list[PrintedLevel]) -> list[PrintedShared]:
+        """Levels whose drive (or combine) prints the same under canonical names (Hope's
+        five MLP memories, which differ only in their reads) share one function; each
+        level's own is a call of it with its tensors."""
+        out = []
+        for kind in ("drive", "combine"):
+            found: dict = {}
+            for pl in levels:
+                core = self.printers[pl.name].core(kind)
+                if core is not None and kind in pl.frozen:
+                    params, body, call = core
+                    found.setdefault((tuple(params), tuple(body)), []).append((pl, call))
+            for (params, body), users in found.items():
+                if len(users) < 2:
+                    continue
+                first = self.plan.level(users[0][0].name)
+                prefix = first.fn[:len(first.fn) - len(first.name)]
+                name = f"{prefix}{first.rule.form.kind}_memory_{kind}"
+                taken = {s.name for s in out}
+                name = next(f"{name}_{i}" if i else name for i in range(len(out) + 1)
+                            if (f"{name}_{i}" if i else name) not in taken)
+                levels_text = ", ".join(pl.name for pl, _ in users)
+                out.append(PrintedShared(
+                    name, ", ".join(["inputs", *params]), list(body),
+                    prose(f"The {kind} of levels {levels_text}: their rules are the same "
+                          "but for the names of their states.")))
+                for pl, call in users:
+                    pl.frozen[kind] = call(name)
+        return out
 
     def group(self, gp) -> PrintedGroup:
         members = [self.plan.level(n) for n in gp.members]

@@ -229,6 +229,54 @@ class LevelPrinter:
         return lines + [f"return nl.recurrent({self.plan.fn}_step, tokens, state, "
                         "consts=consts)"]
 
+    # ------------------------------------------------------------ shared cores
+    def canonical(self) -> dict[str, str] | None:
+        """The level's state and anchor names without the memory's prefix (`K_W1` -> `W1`,
+        `K_W1_0` -> `W1_0`): under them, levels with the same rule print the same code.
+        None when the names do not come apart that way."""
+        prefix = f"{self.plan.memory}_"
+        names = self.state_names + self.anchor_names
+        canon = {n: n[len(prefix):] for n in names if n.startswith(prefix)}
+        if len(canon) != len(names) or len(set(canon.values())) != len(canon) \
+                or not all(c.isidentifier() for c in canon.values()):
+            return None
+        return canon
+
+    def core(self, kind: str):
+        """The drive or combine of a frozen split under canonical names, as a function of
+        `inputs` and the level's tensors: (parameters, body, the level's call of it given
+        the shared function's name); None where the level has no plain one."""
+        ex, canon = self.plan.execution, self.canonical()
+        if canon is None or not isinstance(ex, FrozenSplit) or ex.additive \
+                or (kind == "drive" and ex.dual and not self.plan.group):
+            return None
+        names = self.names() | canon | {f"{n}_next": f"{canon[n]}_next" for n in self.state_names}
+        if kind == "drive":
+            outputs = [(sym.name, e) for sym, e in ex.drive]
+            used = free_names([e for _, e in outputs])
+            mine = [a for a in self.anchor_names if a in used]
+            body = self._inputs(used, anchors=False) + TorchPrinter(names, chunk=True).assign(
+                outputs)
+            body.append("return {" + ", ".join(f"{s.name!r}: {s.name}" for s, _ in ex.drive)
+                        + "}")
+            args = ", ".join(f"inputs[{a!r}]" for a in mine)
+            return ([canon[a] for a in mine], body,
+                    lambda shared: [f"return {shared}(inputs, {args})"])
+        outputs = [(f"{canon[n]}_next", e) for n, e in ex.combine]
+        used = free_names([e for _, e in outputs])
+        mine = [n for n in self.state_names if n in used]
+        drives = [s.name for s, _ in ex.drive if s.name in used]
+        body = self._inputs(used, anchors=False) + [f"{n} = inputs[{n!r}]" for n in drives]
+        body += TorchPrinter(names | {n: n for n in drives}).assign(outputs)
+        body.append("return " + ", ".join(f"{canon[n]}_next" for n in self.state_names)
+                    + ("," if len(self.state_names) == 1 else ""))
+        args = ", ".join(f"state[{n!r}]" for n in mine)
+        targets = ", ".join(f"{local(n)}_next" for n in self.state_names)
+        new = ", ".join(f"{n!r}: {local(n)}_next" for n in self.state_names)
+        return ([canon[n] for n in mine], body,
+                lambda shared: [f"{targets}{',' if len(self.state_names) == 1 else ''} = "
+                                f"{shared}(inputs, {args})", f"return {{{new}}}"])
+
     # ------------------------------------------------------------ frozen gradients
     def frozen(self, ex: FrozenSplit) -> dict[str, list[str]]:
         """drive: the hoisted chunk-start terms for all tokens of a chunk at once; combine:

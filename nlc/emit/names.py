@@ -182,6 +182,9 @@ def without_unused_imports(code: str) -> str:
                 and not any((a.asname or a.name.split(".")[0]) in read for a in node.names):
             drop.update(range(node.lineno, node.end_lineno + 1))
     lines = code.split("\n")
+    for i in sorted(drop):  # an import between blank lines takes one of them along
+        if 1 < i < len(lines) and not lines[i - 2].strip() and not lines[i].strip():
+            drop.add(i + 1)
     return "\n".join(line for i, line in enumerate(lines, 1) if i not in drop)
 
 

@@ -292,7 +292,7 @@ class _LayerPlanner:
         anchors = tuple(zip(anchor_names, [s for s, _ in rule.anchors]))
         every = rule.grad_chunk or (rule.period if rule.anchors else None)
         return LevelPlan(level.name, fn, level.span.line, fam.family.value, fam.reason, ex,
-                         rule, tuple(tokens),
+                         rule, level.state.name if level.state else "", tuple(tokens),
                          tuple(ParamInput(p, len(self.param_shapes[p])) for p in params),
                          numbers, sizes, tuple(states), anchors, every, read_kind,
                          rule.read_before, kernel, tuple(notes), coupled)

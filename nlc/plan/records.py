@@ -107,6 +107,7 @@ class LevelPlan:
     reason: str
     execution: object       # nlc.derive.execution record
     rule: object            # the derived UpdateRule (its expressions are printed)
+    memory: str             # the state's name in the spec (its tensors are named from it)
     tokens: tuple[TokenInput, ...]
     params: tuple[ParamInput, ...]
     numbers: tuple[tuple[str, float], ...]      # hypers the rule uses
