@@ -149,7 +149,8 @@ def part_lm(out: Path, steps: int) -> str:
 
 
 def part_throughput(out: Path, steps: int) -> str:
-    """DeltaNet LM from our spec vs the same shapes with fla's chunk_delta_rule."""
+    """DeltaNet and Gated DeltaNet LMs from our specs vs the same shapes with fla's
+    chunk_delta_rule (fla's gated chunk backward refuses on Triton < 3.7.1, fla #640)."""
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.model import LanguageModel
 
@@ -162,6 +163,8 @@ def part_throughput(out: Path, steps: int) -> str:
     rows = ["| mixer | tokens/s (fwd + bwd + AdamW, bf16) |", "|---|---|"]
     for label, factory in [("nlc spec examples/deltanet.nl", mixer_from_spec(
             str(ROOT / "examples/deltanet.nl"), d_k=64, d_v=64, heads=8)),
+            ("nlc spec examples/gated_deltanet.nl", mixer_from_spec(
+                str(ROOT / "examples/gated_deltanet.nl"), d_k=64, d_v=64, heads=8)),
             ("fla-core chunk_delta_rule", lambda d: FlaDeltaNet(d, heads=8, head_dim=64))]:
         try:
             torch.manual_seed(0)

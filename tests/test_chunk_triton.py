@@ -293,16 +293,19 @@ def test_generated_layer_gradients_finite_with_a_zero_decay():
 DISPATCH = """
 import os, sys, torch
 from nlc.emit import load_module
-from nlc.runtime.library import chunk_delta_triton, ops
+from nlc.runtime.library import chunk_decay_triton, chunk_delta_triton, ops
 from tests.test_emit import small_overrides, EXAMPLES, rel
-path = EXAMPLES / "gated_deltanet.nl"
+name, layer_class, T = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path = EXAMPLES / f"{name}.nl"
 module = load_module(str(path), small_overrides(path))
 torch.manual_seed(0)
-layer = module.GatedDeltaNet()
+layer = getattr(module, layer_class)()
 calls = []
-apply = chunk_delta_triton.ChunkScalarDecay.apply
-chunk_delta_triton.ChunkScalarDecay.apply = lambda *a: calls.append(1) or apply(*a)
-x = torch.randn(1, int(sys.argv[1]), layer.d_model, requires_grad=True)
+for kernels, function in ((chunk_delta_triton, "ChunkScalarDecay"),
+                          (chunk_decay_triton, "ChunkChannelDecay")):
+    apply = getattr(kernels, function).apply
+    getattr(kernels, function).apply = lambda *a, apply=apply: calls.append(1) or apply(*a)
+x = torch.randn(1, T, layer.d_model, requires_grad=True)
 os.environ["NLC_TRITON"] = "force"
 y = layer(x)
 gx, = torch.autograd.grad(y.square().sum(), x)
@@ -316,13 +319,18 @@ print(path, rel(y, z), rel(gx, hx))
 
 @needs_kernels
 @pytest.mark.skipif(DEVICE != "cpu", reason="forces the dispatch on CPU tensors")
-@pytest.mark.parametrize("T, path", [(70, "chunked"), (9, "recurrent")])
-def test_generated_layer_dispatches_to_chunked_kernels(T, path):
-    """A generated Gated DeltaNet with Triton forced (on the CPU, under the interpreter): a
-    training-length input runs the chunked Triton kernels, a short one the fused recurrent
-    kernel; both equal the PyTorch forms."""
+@pytest.mark.parametrize("name, layer, T, path", [
+    ("gated_deltanet", "GatedDeltaNet", 70, "chunked"),
+    ("gated_deltanet", "GatedDeltaNet", 9, "recurrent"),
+    ("gla", "GLA", 70, "chunked"),
+])
+def test_generated_layer_dispatches_to_chunked_kernels(name, layer, T, path):
+    """A generated layer with Triton forced (on the CPU, under the interpreter): a
+    training-length input runs the chunked Triton kernels (Gated DeltaNet's scalar decay,
+    GLA's per-channel decay), a short one the fused recurrent kernel; both equal the
+    PyTorch forms."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", DISPATCH, str(T)], check=False,
+    done = subprocess.run([sys.executable, "-c", DISPATCH, name, layer, str(T)], check=False,
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     taken, out_err, grad_err = done.stdout.split()
@@ -346,7 +354,7 @@ def test_use_triton_leaves_long_inputs_to_the_chunked_kernels(monkeypatch):
     long, short = torch.zeros(2, 64, 3), torch.zeros(2, 63, 3)
     assert not use_triton(long, chunked="delta/scalar")
     assert not use_triton(long, chunked="decay/none")
-    assert use_triton(long, chunked="decay/channel")  # not dispatched until measured
+    assert not use_triton(long, chunked="decay/channel")
     assert use_triton(short, chunked="delta/scalar")
     assert use_triton(long)  # levels without a chunked form keep their recurrent kernel
     monkeypatch.setenv("NLC_TRITON", "0")
@@ -371,3 +379,14 @@ def test_chunked_kernels_reject_bad_inputs(change, message):
         chunk_scalar(x["q"], x["k"], x["v"], x["beta"], x["ld"], initial_state=x["h0"])
     with pytest.raises(ValueError, match="chunk_size must be 16, 32 or 64"):
         chunk_scalar(*(good[n] for n in ("q", "k", "v", "beta", "ld")), chunk_size=48)
+
+
+def test_kernels_take_the_autocast_dtype():
+    """Under autocast the chunked kernels' operands are autocast's dtype (as a matmul's):
+    float32 operands take exact float32 products, without tensor cores."""
+    from nlc.runtime.library.chunk_triton import compute_dtype
+    q = torch.zeros(1, 4, 2, 8)
+    assert compute_dtype(q) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compute_dtype(q) == torch.bfloat16
+    assert compute_dtype(q.to(torch.float16)) == torch.float16

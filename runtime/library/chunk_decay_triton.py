@@ -29,6 +29,7 @@ from nlc.runtime.library.chunk_triton import (
     check_dims,
     check_inputs,
     chunk_table,
+    compute_dtype,
     dot_precision,
     pow2,
 )
@@ -486,7 +487,7 @@ def chunk_channel(q, k, v, beta=None, log_decay=None, *, initial_state=None, cu_
     if log_decay is None:
         raise ValueError("chunk_channel needs log_decay [B, T, H, K]")
     bounds = boundaries(B, T, cu_seqlens)
-    dtype = q.dtype
+    dtype = compute_dtype(q)
 
     def packed(x, width):
         return x.to(dtype).reshape(B * T, H, width).contiguous()

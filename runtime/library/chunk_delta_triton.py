@@ -33,6 +33,7 @@ from nlc.runtime.library.chunk_triton import (
     check_dims,
     check_inputs,
     chunk_table,
+    compute_dtype,
     dot_precision,
     pow2,
 )
@@ -570,7 +571,7 @@ def chunk_scalar(q, k, v, beta=None, log_decay=None, *, initial_state=None, cu_s
     V = v.shape[-1]
     check_dims(K, V, chunk_size)
     bounds = boundaries(B, T, cu_seqlens)
-    dtype = q.dtype
+    dtype = compute_dtype(q)
 
     def packed(x, *tail):
         return None if x is None else x.to(dtype).reshape(B * T, H, *tail).contiguous()

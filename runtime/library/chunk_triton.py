@@ -78,6 +78,18 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def compute_dtype(q: torch.Tensor) -> torch.dtype:
+    """The operands' dtype in the kernels: under autocast (mixed-precision training) the
+    autocast dtype, as for a matmul, else q's. Float32 operands take the exact float32
+    products, which use no tensor cores: in a bf16-autocast LM step the context code hands
+    the op float32 tensors, and without this cast the chunked kernels ran 20-30x slower than
+    on bf16 operands (benchmarks/lm_step_profile.py)."""
+    device = q.device.type
+    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return q.dtype
+
+
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_DIM = 256
 
@@ -120,7 +132,7 @@ def check_dims(K: int, V: int, chunk: int):
 # this set once benchmarks/gpu_chunked.py has measured them (until then GLA keeps its fused
 # recurrent kernel on CUDA).
 CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
-                   ("decay", "scalar")}
+                   ("decay", "scalar"), ("decay", "channel")}
 # inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
 # few tokens) to the fused recurrent kernel, which needs no per-chunk work
 CHUNKED_MIN_TOKENS = 64
