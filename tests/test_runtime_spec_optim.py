@@ -88,3 +88,52 @@ def test_dgd_as_the_trainer_optimizer_is_refused_with_its_reason(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"{EXAMPLES / 'dgd.nl'}: DeltaGradientDescent updates each nn.Linear" in err
     assert "internal error" not in err
+
+
+MULTI_FREQUENCY = """optimizer TwoMomenta {
+  hyper lr = 0.02, mu1 = 0.9, mu2 = 0.99
+
+  level fast over gradients g every 1 step {
+    state M1 : like(param) = zeros
+    objective dot(M1, g)
+    retention decay(mu1)
+    algorithm gd(lr = 1)
+    read M1
+  }
+
+  level slow over gradients g every 4 steps {
+    state M2 : like(param) = zeros
+    objective dot(M2, g)
+    retention decay(mu2)
+    algorithm gd(lr = 1)
+    apply param = param - lr * (fast + M2)
+  }
+}
+"""
+
+
+def test_a_level_every_c_steps_keeps_its_chunk_start_state(tmp_path):
+    """Momenta at two frequencies (Nested Learning's M3 shape): the slow level takes its
+    gradient step at the state of its chunk's first step (the anchor), which the optimizer
+    keeps and refreshes every 4 steps. Checked against the rule `nlc derive` prints, run by
+    hand: M2 += (mu2 - 1) M2_0 + g, M2_0 the state at steps 1, 5, 9, ..."""
+    from nlc.emit import load_optimizer
+    path = tmp_path / "two_momenta.nl"
+    path.write_text(MULTI_FREQUENCY)
+    cls = load_optimizer(str(path))
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+    expected = param.detach().clone()
+    opt = cls([param])
+    m1 = torch.zeros_like(expected)
+    m2 = torch.zeros_like(expected)
+    for t in range(1, 11):
+        g = torch.randn_like(expected)
+        param.grad = g.clone()
+        opt.step()
+        if (t - 1) % 4 == 0:
+            anchor = m2.clone()
+        m1 = 0.9 * m1 + g
+        m2 = m2 + (0.99 - 1) * anchor + g
+        expected = expected - 0.02 * (m1 + m2)
+        torch.testing.assert_close(param.detach(), expected, rtol=1e-12, atol=1e-12)

@@ -34,6 +34,21 @@ class OptimizerPlan:
     uses_t: bool = False
 
 
+def _anchors(rule, level, plan, printer) -> list[str]:
+    """A level `every C steps` takes its gradients at the state of the chunk's first step:
+    that copy (the anchor, `M_0`) is optimizer state too, refreshed every C steps (t counts
+    from 1)."""
+    lines = []
+    every = rule.grad_chunk or rule.period
+    for state_name, anchor in rule.anchors:
+        plan.states.append((anchor.name, level.state.init))
+        lines += [f"if (t - 1) % {every} == 0:  # level {level.name}'s chunk starts",
+                  f"    state[{anchor.name!r}] = state[{state_name!r}].clone()",
+                  f"{local(anchor.name)} = state[{anchor.name!r}]"]
+        printer.names[anchor.name] = local(anchor.name)
+    return lines
+
+
 def optimizer_plan(spec, rules) -> OptimizerPlan:
     """`rules`: the spec's levels as stage derive gave them (the parameter's shape symbolic:
     every operation on a `like(param)` state is printed entrywise)."""
@@ -60,8 +75,9 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         [e for lv in levels for _, e in rules[lv.name].next_state])
     reads = [lv for lv in levels if rules[lv.name].read is not None and lv.name in needed]
     needed |= free_names([rules[lv.name].read for lv in reads])
+    anchored = any(rules[lv.name].anchors for lv in levels)
     plan.hypers_used = [h for h in hypers if h[0] in needed]
-    plan.uses_t = "t" in needed
+    plan.uses_t = "t" in needed or anchored
     outputs = []
     for lv in levels:
         rule = rules[lv.name]
@@ -70,6 +86,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
             body.append(f"{local(n)} = state[{n!r}]")
             printer.names[n] = local(n)
             printer.names[f"{n}_next"] = f"{local(n)}_next"
+        body += _anchors(rule, lv, plan, printer)
         for n, expr in rule.next_state:
             outputs.append((f"{local(n)}_next", expr))
         if lv in reads:
