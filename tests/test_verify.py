@@ -241,3 +241,41 @@ def test_demo_runs_end_to_end(tmp_path):
     firsts = re.findall(r"^step 1/150 .* tok/s +eta ", out.stderr, re.M)
     assert len(firsts) == 4, out.stderr[-2000:]
     assert (tmp_path / "demo" / "mqar.png").stat().st_size > 0
+
+
+MOMENTUM_DELTA = """layer MomentumDelta {
+  dims d_model = 16, heads = 2, d_k = 8, d_v = 8
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  param w_a : [d_model]
+  context from x {
+    q = l2norm(x @ W_q)
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+    alpha = sigmoid(x @ w_a)
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S(k), v)
+    retention decay(alpha)
+    algorithm momentum(lr = 0.5, momentum = 0.9)
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+def test_nearest_is_ranked_by_the_axes_that_differ():
+    """A new variant's nearest models come from a distance over the design space's axes
+    (form, objective, gate, momentum, rate), not the first entries of its form; the line
+    says what differs from the closest."""
+    (level,) = _verify(MOMENTUM_DELTA)[0].levels
+    assert not level.matches
+    assert level.nearest[0] == "gated_deltanet"
+    assert level.differs == "Gated DeltaNet + momentum"
+    (level,) = verify_module(parse((EXAMPLES / "lp_matrix.nl").read_text(), "lp_matrix.nl"),
+                             "lp_matrix.nl")[0].levels
+    assert level.nearest[0] == "gated_deltanet"
+    assert level.differs == "Gated DeltaNet with objective lp (l2 there)"

@@ -275,20 +275,67 @@ def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecRepo
     return reports
 
 
+# the objective a published affine recurrence is the one gradient step of
+OBJECTIVE_OF_FAMILY = {"decay": "dot", "delta": "l2", "dplr": "l2", "product": "l2"}
+# how far apart two points of the design space are, per axis that differs; objectives that
+# regress the memory's output on a target are closer to each other than to `dot`
+AXIS_WEIGHTS = {"form": 4, "objective": 2, "gate": 1, "momentum": 1, "rate": 0.5}
+REGRESSION = frozenset({"l2", "lp", "huber", "lq", "kl"})
+
+
+def _axes_of_level(rule: UpdateRule, spec) -> dict:
+    level = spec.graph.level(rule.level)
+    return {"form": rule.form.kind, "objective": level.objective.kind if level.objective
+            else None, "gate": gate_kind(rule, spec),
+            "momentum": any(n.endswith("_mom") for n, _ in rule.states),
+            "rate": rule.role("lr") is not None and rule.role("lr") != 1}
+
+
+def _axes_of_entry(entry: CatalogEntry) -> dict:
+    return {"objective": entry.objective or OBJECTIVE_OF_FAMILY.get(entry.family),
+            "gate": entry.gate, "momentum": "eta" in entry.needs, "rate": "beta" in entry.needs}
+
+
+def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str, str]:
+    """axis -> what differs from `entry`, in words (empty: the same point on every axis)."""
+    theirs, out = _axes_of_entry(entry), {}
+    if not form_matches(entry, rule):
+        out["form"] = f"a {mine['form']} memory ({entry.id}: {entry.form})"
+    if theirs["objective"] and mine["objective"] != theirs["objective"]:
+        out["objective"] = f"objective {mine['objective']} ({theirs['objective']} there)"
+    if entry.gate != "any" and mine["gate"] != entry.gate:
+        out["gate"] = f"a {mine['gate']} retention gate ({entry.gate} there)"
+    if mine["momentum"] != theirs["momentum"]:
+        out["momentum"] = "+ momentum" if mine["momentum"] else "without momentum"
+    if mine["rate"] != theirs["rate"]:
+        out["rate"] = "a learning rate" if mine["rate"] else "no learning rate"
+    return out
+
+
 def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
-    """Entries of the same memory form, and the axis where the closest one differs."""
-    from nlc.derive.classify import classify
-    family = classify(rule).family.value
-    same_form = [e for e in ENTRIES if form_matches(e, rule)]
-    same_family = [e for e in same_form if e.family == family]
-    pool = same_family or same_form
-    gk = gate_kind(rule, spec)
-    diffs = []
-    for e in pool[:3]:
-        if e.gate not in ("any", gk):
-            diffs.append(f"{e.id}: retention gate is {gk} here, {e.gate} there")
-        elif e.family != family:
-            diffs.append(f"{e.id}: family {family} here, {e.family} there")
-        else:
-            diffs.append(f"{e.id}: same family and gate; the objective or algorithm differs")
-    return [e.id for e in pool[:3]], "; ".join(diffs)
+    """The three catalog entries of the spec's kind closest to the level on the axes of the
+    design space (memory form, objective, retention gate, momentum, rate), and one line
+    saying how the level differs from the closest: "Gated DeltaNet + momentum"."""
+    mine = _axes_of_level(rule, spec)
+    pool = [e for e in ENTRIES if e.kind == spec.kind.value]
+    scored = []
+    for i, e in enumerate(pool):
+        diffs = _differences(mine, e, rule)
+        distance = sum(AXIS_WEIGHTS[a] for a in diffs)
+        if "objective" in diffs and {mine["objective"], _axes_of_entry(e)["objective"]} \
+                <= REGRESSION:
+            distance -= AXIS_WEIGHTS["objective"] / 2
+        scored.append((distance, i, e, diffs))
+    scored.sort(key=lambda t: t[:2])
+    best = scored[:3]
+    if not best:
+        return [], ""
+    _, _, first, diffs = best[0]
+    if not diffs:
+        line = (f"{first.title}, on every axis nlc compares: the difference is in the "
+                "objective's arguments, the algorithm or the read")
+    else:
+        added = [p for p in diffs.values() if p.startswith("+")]
+        other = [p for p in diffs.values() if not p.startswith("+")]
+        line = " ".join([first.title, *added] + (["with " + ", ".join(other)] if other else []))
+    return [e.id for _, _, e, _ in best], line
