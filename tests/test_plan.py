@@ -4,6 +4,7 @@ sizes other than the spec's."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -142,3 +143,19 @@ def test_levels_with_the_same_rule_share_their_drive_and_combine():
         assert code.count(f"def {shared}(") == 1
         assert code.count(f"{shared}(") == 1 + 5
     assert "K_W1_next, K_W2_next = SelfModifyingTitans_mlp_memory_combine(" in code
+
+
+@pytest.mark.parametrize("dim, message", [
+    ("mode", "dim 'mode' would be an argument of the layer's constructor"),
+    ("self", "dim 'self' would be an argument of the layer's constructor"),
+    ("nl", "dim 'nl' would be an argument of the layer's constructor"),
+    ("training", "dim 'training' would be the attribute `self.training` of Small"),
+])
+def test_a_dim_named_like_the_constructors_own_names_is_refused(dim, message, tmp_path):
+    """Every dim is a constructor argument and an attribute of the layer."""
+    from nlc.errors import NlcError
+    path = tmp_path / "small.nl"
+    path.write_text(SPELLED.replace("d_v = 2 * d_k", f"{dim} = 4, d_v = 2 * d_k"))
+    with pytest.raises(NlcError, match=re.escape(message)) as err:
+        load_layer(str(path))
+    assert err.value.span.line == 2

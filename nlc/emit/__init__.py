@@ -54,8 +54,8 @@ def emit(plans, text: str, path: str) -> dict[str, str]:
 
 
 def _refuse_attribute_clashes(decl, tree) -> None:
-    """A layer's params are attributes of its nn.Module (`self.W_q`): one named like an
-    attribute of nn.Module or of the generated class would replace it."""
+    """A layer's params and dims are attributes of its nn.Module (`self.W_q`, `self.d_k`):
+    one named like an attribute of nn.Module or of the generated class would replace it."""
     if decl.kind.value != "layer":
         return
     import torch
@@ -69,6 +69,12 @@ def _refuse_attribute_clashes(decl, tree) -> None:
                 "the generated module uses itself"
             raise NlcError(f"parameter '{p.name}' would be the attribute `self.{p.name}` of "
                            f"{decl.name}, a name {what}: rename it", p.span)
+    for name, span in decl.dim_spans:
+        if name in clashes:
+            what = "of nn.Module" if name in module_attributes else \
+                "the generated module uses itself"
+            raise NlcError(f"dim '{name}' would be the attribute `self.{name}` of "
+                           f"{decl.name}, a name {what}: rename it", span)
     for level in decl.levels:
         for attr in clashes:
             if attr.startswith(f"{level.name}_") and attr.endswith("_init"):

@@ -36,6 +36,11 @@ from nlc.syntax.walk import names_used
 TransferMode = vocab.TransferMode
 
 
+# a generated layer's constructor takes every dim by name, next to its own arguments, and
+# its body uses the module's imports
+LAYER_ARGUMENTS = frozenset({"self", "mode", "chunk_size", "nl", "torch", "F", "nn", "math"})
+
+
 @dataclass(frozen=True)
 class Spec:
     """A checked declaration: what derivation and emission consume."""
@@ -54,6 +59,7 @@ class Spec:
     schedule: tuple[tuple[str, str], ...] = ()  # per token: ("read" | "write", level), in order
     loops: frozenset = frozenset()              # levels that use their own output
     dim_formulas: tuple = ()                    # (dim, ast.Expr) for dims spelled from dims
+    dim_spans: tuple = field(default=(), compare=False)  # (dim, Span), for later refusals
 
     @property
     def levels(self) -> tuple[LevelRecord, ...]:
@@ -96,6 +102,7 @@ class _DeclChecker(LevelChecker):
         self.steps: tuple[tuple[str, str], ...] = ()
         self.loops: frozenset = frozenset()
         self.dim_formulas: list = []
+        self.dim_spans: list = []
 
     # ------------------------------------------------------------ names
     def define(self, name: str, span: Span, kind: str, shape: Shape | None = None) -> None:
@@ -182,7 +189,7 @@ class _DeclChecker(LevelChecker):
         return Spec(self.decl.kind, self.decl.name, self.decl.claims, tuple(self.dims.items()),
                     tuple(self.hypers.items()), tuple(self.params), tuple(self.context), output,
                     (), self.graph, self.decl.span, self.steps, self.loops,
-                    tuple(self.dim_formulas))
+                    tuple(self.dim_formulas), tuple(self.dim_spans))
 
     def check_composed_names(self, records) -> None:
         """A name of the spec's may not be one the compiler composes from a state's name."""
@@ -205,8 +212,13 @@ class _DeclChecker(LevelChecker):
                                d.value.span if d.name not in self.overrides else d.span)
             if value > 1 << 20:
                 raise NlcError(f"dim '{d.name}' = {value:g} is larger than 1048576", d.span)
+            if d.name in LAYER_ARGUMENTS and self.decl.kind is ast.DeclKind.LAYER:
+                raise NlcError(f"dim '{d.name}' would be an argument of the layer's "
+                               f"constructor, where '{d.name}' is the generated code's own "
+                               "name", d.span, hint=f"rename it, e.g. '{d.name}_'")
             self.define(d.name, d.span, "dim", ())
             self.dims[d.name] = int(value)
+            self.dim_spans.append((d.name, d.span))
             if d.name not in self.overrides and not isinstance(d.value, ast.Num) \
                     and names_used(d.value) <= set(self.dims):
                 self.dim_formulas.append((d.name, d.value))
