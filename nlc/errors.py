@@ -1,7 +1,7 @@
 """One error type for every stage: a message, a source span, an optional hint.
 
 The CLI prints it as ``file:line:col: error: message``, then the source line and a caret
-(STYLE.md, practice 3). Nothing else escapes the compiler for bad input.
+(docs/language.md, section 19, "Checking rules"). Nothing else escapes the compiler for bad input.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The compiler as a flat list of named stages (DESIGN.md, "Architecture").
+"""The compiler as a flat list of named stages (docs/design.md, "The stages").
 
 Each stage is a pure function from the previous stage's output; `STAGES` orders them and
 names their text forms, which `--stop-after STAGE --dump` prints. Later stages import their

@@ -1,7 +1,7 @@
 """The derivation engine is general: random points of the design space, derived by nlc and
 checked against one step computed independently with `torch.autograd` (float64).
 
-A hypothesis strategy draws a combination of the axes (DESIGN.md, "The five axes"): memory
+A hypothesis strategy draws a combination of the axes (docs/design.md, "The design space"): memory
 form (vector, diagonal, matrix, MLP with activation / residual / norm), objective (dot, l2,
 lp, huber), retention (none, decay or weight decay at orderings A / B / C with a scalar or
 per-channel gate, proximal), algorithm (gd, momentum, implicit; a scalar or per-channel

@@ -1,6 +1,6 @@
 """Nested levels in generated code: frequencies, knowledge-transfer edges, CMS and Hope.
 
-Each semantic is checked against a reference written here from its definition (DESIGN.md,
+Each semantic is checked against a reference written here from its definition (docs/design.md,
 docs/language.md sections 7 and 15, docs/hope.md), not against another generated form."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The catalog: published update rules, written from the papers (CATALOG.md), never
+"""The catalog: published update rules, written from the papers (docs/citations.md), never
 produced by the derivation engine. `nlc verify` compares derived rules with these.
 
 Each entry is a function of the paper's roles -- the memory's tensors `S`, key `k`, value

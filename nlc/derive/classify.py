@@ -1,7 +1,7 @@
 """Stage `classify`: an `UpdateRule` -> its kernel family and the family's parameters.
 
 For one-tensor memories the next state is expanded and split into S-terms and S-free
-terms, S' = S A + B (DESIGN.md, "Kernel families"). The right factors of the S-terms say the
+terms, S' = S A + B (docs/design.md, "Kernel families"). The right factors of the S-terms say the
 family: identity or diagonal factors only -> decay; a decay factor times (I - b k k^T) ->
 delta; a decay factor plus a rank-one term -> dplr. Rules that are not affine in one
 tensor (MLP memories, momentum buffers, elementwise non-quadratic losses, frozen gradients)

@@ -547,7 +547,7 @@ def derive_level(spec, level: LevelRecord, table: SymbolTable,
 
 
 def _every_chunk(d: LevelDerivation, new: dict, read, anchor):
-    """`every C tokens` (DESIGN.md): each token's update is the per-token rule taken at the
+    """`every C tokens` (docs/design.md): each token's update is the per-token rule taken at the
     chunk-start state S_0, S <- S + (rule(S_0) - S_0), so the state changes at the chunk's
     end by the sum of its C updates; reads inside the chunk see S_0."""
     at_start = {w: a for w, a in zip(d.tensors, anchor)}

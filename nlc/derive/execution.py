@@ -1,7 +1,7 @@
 """How a classified level executes: the second half of stage `classify`.
 
 The family says what the rule is; the execution record says how a chunk of tokens runs it,
-with every expression the code needs already taken apart (DESIGN.md, "Kernel families"):
+with every expression the code needs already taken apart (docs/design.md, "Kernel families"):
 
 - `AffineChunk`: S' = S D + sum_i v_i k_i^T (decay) or S D (I - beta k k^T) + v k^T
   (delta), read o = S q. Runs by the exact chunked algorithms.

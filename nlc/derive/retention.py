@@ -1,7 +1,7 @@
 """Retention terms as data, and the closed forms SymPy solves for them.
 
 A gating retention multiplies the state by a gate (decay: alpha; weight_decay: 1 - alpha)
-at one of three orderings (DESIGN.md): `before` (A) decays first and takes the gradient at
+at one of three orderings (docs/design.md): `before` (A) decays first and takes the gradient at
 the decayed state; `parallel` (C) decays and steps from the old state; `proximal` (B) is the
 minimizer of a linearized loss plus a proximal term plus a global L2 penalty, solved here."""
 

@@ -1,7 +1,7 @@
 """Emit fused recurrent Triton kernels (forward, backward, decoding step) for one matrix memory.
 
 A `RecurrentKernelPlan` says which family of per-token rule the kernels implement
-(DESIGN.md, "Kernel families"); `render_recurrent` fills `templates/triton_recurrent.py.jinja`
+(docs/design.md, "Kernel families"); `render_recurrent` fills `templates/triton_recurrent.py.jinja`
 and returns the source of a standalone module (imports: torch, triton, triton.language) with
 
     fused_recurrent(q, k, v, g=None, beta=None, a=None, b=None, *, initial_state=None,

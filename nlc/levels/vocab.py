@@ -112,7 +112,7 @@ OBJECTIVES: dict[str, Entry] = dict([
 ])
 
 # ------------------------------------------------------------------ retention
-ORDERS = ("before", "proximal", "parallel")  # DESIGN.md orderings A, B, C
+ORDERS = ("before", "proximal", "parallel")  # docs/design.md, orderings A, B, C
 RETENTIONS: dict[str, Entry] = dict([
     _e("none", "no retention term"),
     _e("decay", "multiply the state by a gate alpha (scalar or per channel)",

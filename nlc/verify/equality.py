@@ -1,4 +1,4 @@
-"""Equality of rules, checked rather than assumed (DESIGN.md, "Derivation"): symbolically,
+"""Equality of rules, checked rather than assumed (docs/design.md, "The stages"): symbolically,
 the difference expands to zero with fully symbolic entries at small concrete dimensions;
 numerically, in float64 at random inputs."""
 

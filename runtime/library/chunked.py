@@ -1,4 +1,4 @@
-"""Exact chunked forms of the affine kernel families (DESIGN.md, "Kernel families").
+"""Exact chunked forms of the affine kernel families (docs/design.md, "Kernel families").
 
 Both work on `q, k: [B, T, H, K]`, `v: [B, T, H, V]`, a state `S: [B, H, V, K]` (read
 `o = S q`) and the log of the decay, `[B, T, H]` (scalar) or `[B, T, H, K]` (per key

@@ -63,7 +63,7 @@ def rotate(x: torch.Tensor) -> torch.Tensor:
 class CausalSelfAttention(nn.Module):
     """Softmax attention (Vaswani et al. 2017) with rotary positions: `builtin:attention`.
 
-    The non-parametric memory of CATALOG.md: o_t = sum_{i<=t} softmax_i(q_t k_i / sqrt(d)) v_i.
+    The non-parametric memory (softmax attention): o_t = sum_{i<=t} softmax_i(q_t k_i / sqrt(d)) v_i.
     """
 
     def __init__(self, d_model: int, heads: int | None = None):
