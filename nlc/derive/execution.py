@@ -20,12 +20,12 @@ records and the emit stage prints them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from nlc.derive.classify import ERROR_ARGS, Classification, KernelFamily, split_term
+from nlc.derive.classify import ERROR_ARGS, Classification, KernelFamily, classify, split_term
 from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.rule import UpdateRule
 
@@ -46,12 +46,14 @@ class AffineChunk:
     decay: object                   # the gate D (1: none)
     decay_kind: str                 # scalar | channel
     beta: object | None = None      # the delta rule's rate
+    transposed: bool = False        # the state is W = S^T, read q^T W: the math runs on S
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
         terms = ", ".join(f"{_s(v)} {_s(k)}^T" for v, k in self.terms)
         beta = f", beta = {_s(self.beta)}" if self.beta is not None else ""
-        return f"chunked {self.family}: q = {_s(self.query)}, inputs {terms}, {gate}{beta}"
+        on = " on the transposed state" if self.transposed else ""
+        return f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, {gate}{beta}"
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,11 @@ def execution(rule: UpdateRule, family: Classification,
         return TokenLoop("the level has no read")
     if family.param("transition"):  # n delta steps with one key: one delta / dplr transition
         fam = KernelFamily(family.param("transition"))
+    turned = _transposed(rule)
+    if turned is not None:  # read W^T q: the rule on S = W^T reads S q
+        found = execution(turned, classify(turned), constants)
+        if isinstance(found, AffineChunk):
+            return replace(found, transposed=True)
     try:
         if fam in (KernelFamily.DECAY, KernelFamily.DELTA):
             return _affine(rule, family, fam)
@@ -151,6 +158,25 @@ def execution(rule: UpdateRule, family: Classification,
         return TokenLoop(str(why))
     return TokenLoop("the rule is not affine in the state and its gradients are not "
                      "frozen per chunk")
+
+
+def _transposed(rule: UpdateRule) -> UpdateRule | None:
+    """The rule of S = W^T when a matrix state W is read as W^T q (`read q @ W`), else None:
+    the families' chunked forms read S q, and a transpose should not cost them."""
+    if rule.form.kind != "matrix" or len(rule.states) != 1 or rule.anchors:
+        return None
+    (name, W), = rule.states
+    target = sp.MatrixSymbol(f"{name}_next" if not rule.read_before else name, *W.shape)
+    read = rule.read
+    if not (isinstance(read, sp.MatMul) and len(read.args) == 2
+            and read.args[0] == sp.Transpose(target)):
+        return None
+    S = sp.MatrixSymbol(name, W.shape[1], W.shape[0])
+    swap = {W: S.T, sp.MatrixSymbol(f"{name}_next", *W.shape):
+            sp.MatrixSymbol(f"{name}_next", *S.shape).T}
+    next_state = tuple((n, sp.Transpose(e.xreplace(swap)).doit()) for n, e in rule.next_state)
+    return replace(rule, states=((name, S),), next_state=next_state,
+                   read=read.xreplace(swap).doit())
 
 
 # ------------------------------------------------------------------ affine families

@@ -141,11 +141,11 @@ class LevelPrinter:
         return _unpack(tokens, "tokens", used) + _unpack(
             [p.name for p in self.plan.params] + list(self.plan.sizes), "consts", used)
 
-    def _kernel_call(self, args: list[str], name: str) -> list[str]:
+    def _kernel_call(self, args: list[str], name: str, final: str = "S") -> list[str]:
         kernel = self.plan.kernel
         return [f"kernels = nl.kernels(__file__, {kernel.module!r})",
                 f"o, S = kernels.fused_recurrent({', '.join(args)})",
-                f"return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: S}}"]
+                f"return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
 
     def affine_chunked(self, ex: AffineChunk) -> list[str]:
         outputs = [("query", ex.query)]
@@ -164,9 +164,10 @@ class LevelPrinter:
         (name, _), = self.rule.states
         state = f"state[{name!r}]"
         is_vec = self.rule.form.kind == "vector"
-        if is_vec:  # a vector memory z is the one-row matrix z^T
-            lines.append(f"S = {state}.mT")
+        if is_vec or ex.transposed:  # a vector memory z is the one-row matrix z^T; a state
+            lines.append(f"S = {state}.mT")  # read as W^T q runs as S = W^T
             state = "S"
+        final = "S.mT" if is_vec or ex.transposed else "S"
         kind = "flat" if ex.decay_kind == "scalar" else "vec"
         decay = f"nl.{kind}(log_decay, ref)" if gated else "None"
         rb = self.rule.read_before
@@ -182,7 +183,7 @@ class LevelPrinter:
             form = f', chunked="{kernel.chunked}"' if kernel.chunked else ""
             lines.append(f"if nl.use_triton(ref{form}, key_width={state}.shape[-1]):"
                          "  # CUDA: the fused recurrent Triton kernel")
-            lines += [f"    {line}" for line in self._kernel_call(args, name)]
+            lines += [f"    {line}" for line in self._kernel_call(args, name, final)]
         if delta:
             lines.append(f"o, S = nl.delta_chunked(nl.vec({v['query']}, ref), "
                          f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref), "
@@ -197,7 +198,6 @@ class LevelPrinter:
                              "chunk_size=chunk_size)")
                 lines.append("o = o + o_i")
                 state = "S"
-        final = "S.mT" if is_vec else "S"
         return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
 
     def fused_recurrent(self, ex: FusedRecurrent) -> list[str]:
