@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import ROOT
+
 from nlc import pipeline
 from nlc.derive.execution import AffineChunk
 from nlc.emit import load_layer
