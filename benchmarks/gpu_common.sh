@@ -24,3 +24,11 @@ report() {
   done
   rm -rf "$OUT"/runs
 }
+
+# install_nlc: nlc in its installed layout (runtime/ as nlc.runtime) and the wheels .carry/whl
+# holds (lark, fla-core, ruff), both under /tmp and replacing what an earlier call left there
+install_nlc() {
+  python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .carry/whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/nlc .
+  export PYTHONPATH=/tmp/nlc:/tmp/site PATH=/tmp/site/bin:$PATH
+}

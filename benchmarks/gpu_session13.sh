@@ -4,8 +4,7 @@
 # chunk_delta_rule in one process. From the repository root, OUT set.
 set -u
 REPO=$(pwd)
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/whl/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc .
-export PYTHONPATH=/tmp/nlc:/tmp/site PATH=/tmp/site/bin:$PATH
+source benchmarks/gpu_common.sh
+install_nlc
 cd /tmp && timeout 540 python3 "$REPO/benchmarks/gpu_train.py" --parts throughput \
   --steps '{"throughput": 10}' --out "$OUT"

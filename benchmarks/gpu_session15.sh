@@ -3,9 +3,8 @@
 # compute_dtype): one LM step profiled, then the LM throughput against fla's chunk_delta_rule.
 set -u
 REPO=$(pwd)
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/whl/*.whl 2>/dev/null
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/nlc . 2>/dev/null
-export PYTHONPATH=/tmp/nlc:/tmp/site PATH=/tmp/site/bin:$PATH
+source benchmarks/gpu_common.sh
+install_nlc
 cd /tmp && timeout 120 python3 "$REPO/benchmarks/lm_step_profile.py" "$REPO/examples/deltanet.nl" \
   2>&1 | head -30
 timeout 400 python3 "$REPO/benchmarks/gpu_train.py" --parts throughput \

@@ -143,7 +143,8 @@ class LayerPrinter:
             [(s.name, s.default, size_code(s.formula, str) if s.formula is not None else "")
              for s in plan.sizes],
             self.defaults["d_model"], params, convs, learned, levels,
-            [self.group(g) for g in plan.groups], self.forward(), plan.position,
+            [self.group(g, {pl.name: pl for pl in levels}) for g in plan.groups],
+            self.forward(), plan.position,
             [(n, every, list(attrs)) for n, every, attrs in plan.param_groups], init_calls,
             any(isinstance(step, ContextStep) for step in plan.forward),
             "heads" in self.defaults, shared)
@@ -210,22 +211,17 @@ class LayerPrinter:
                     pl.frozen[kind] = call(name)
         return out
 
-    def group(self, gp) -> PrintedGroup:
+    def group(self, gp, printed: dict[str, PrintedLevel]) -> PrintedGroup:
         members = [self.plan.level(n) for n in gp.members]
-        read = {}
-        for lp in members:
-            read |= {t: d for t, d in lp.input_sizes.items() if d and t in
-                     {i.name for i in gp.tokens}}
-        keyword = sorted({d for lp in members for d in lp.op_sizes} - set(read.values()))
-        sizes = sorted({d for lp in members for d in lp.sizes})
+        read, keyword, numbers = self.plan.group_sizes(gp)
         return PrintedGroup(
-            gp.fn, [self.level(lp) for lp in members],
+            gp.fn, [printed[n] for n in gp.members],
             [PrintedInput(t.name, local(t.name), t.kind,
                           size_code(t.size, local) if t.kind == "vector" else "")
              for t in gp.tokens],
             [PrintedParam(p.name, local(p.name), p.rank) for p in gp.params],
             [(p.name, f"nl.param({local(p.name)}, {p.rank})") for p in gp.params]
-            + [(d, local(d)) for d in sizes],
+            + [(d, local(d)) for d in numbers],
             {t: local(d) for t, d in read.items()},
             [local(d) for d in dict.fromkeys(read.values())
              if any(d in lp.op_sizes for lp in members)],
@@ -316,9 +312,8 @@ class LayerPrinter:
     def call_group(self, gp, names) -> list[str]:
         members = [self.plan.level(n) for n in gp.members]
         args = self.arguments(gp.tokens, gp.params, names)  # direct edges into a group: refused
-        printed = self.group(gp)
-        args += [f"{k}={_attr(d)}" for k, d in zip(printed.keyword_sizes, _keyword_dims(
-            members, gp))]
+        _, keyword, _ = self.plan.group_sizes(gp)
+        args += [f"{local(d)}={_attr(d)}" for d in keyword]
         initial = ", ".join(f'"{n}": states["{n}"]' for n in gp.members)
         args += [f"initial_state={{{initial}}}", "output_final_state=cache is not None",
                  "cu_seqlens=cu_seqlens", "mode=mode"]
@@ -328,12 +323,6 @@ class LayerPrinter:
             lines += _scalar_read(lp)
             lines.append(f'{lp.name}_final = None if finals is None else finals["{lp.name}"]')
         return lines
-
-
-def _keyword_dims(members, gp) -> list[str]:
-    read = {d for lp in members for t, d in lp.input_sizes.items()
-            if d and t in {i.name for i in gp.tokens}}
-    return sorted({d for lp in members for d in lp.op_sizes} - read)
 
 
 def _scalar_read(lp) -> list[str]:

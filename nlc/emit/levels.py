@@ -252,30 +252,42 @@ class LevelPrinter:
             return None
         names = self.names() | canon | {f"{n}_next": f"{canon[n]}_next" for n in self.state_names}
         if kind == "drive":
-            outputs = [(sym.name, e) for sym, e in ex.drive]
-            used = free_names([e for _, e in outputs])
+            used, body = self._drive(ex, names, anchors=False)
             mine = [a for a in self.anchor_names if a in used]
-            body = self._inputs(used, anchors=False) + TorchPrinter(names, chunk=True).assign(
-                outputs)
-            body.append("return {" + ", ".join(f"{s.name!r}: {s.name}" for s, _ in ex.drive)
-                        + "}")
             args = ", ".join(f"inputs[{a!r}]" for a in mine)
             return ([canon[a] for a in mine], body,
                     lambda shared: [f"return {shared}(inputs, {args})"])
-        outputs = [(f"{canon[n]}_next", e) for n, e in ex.combine]
+        nexts = [f"{canon[n]}_next" for n in self.state_names]
+        used, body = self._combine(ex, names, nexts)
+        one = "," if len(self.state_names) == 1 else ""
+        body.append(f"return {', '.join(nexts)}{one}")
+        args = ", ".join(f"state[{n!r}]" for n in self.state_names if n in used)
+        targets = ", ".join(f"{local(n)}_next" for n in self.state_names)
+        new = ", ".join(f"{n!r}: {local(n)}_next" for n in self.state_names)
+        return ([canon[n] for n in self.state_names if n in used], body,
+                lambda shared: [f"{targets}{one} = {shared}(inputs, {args})",
+                                f"return {{{new}}}"])
+
+    def _drive(self, ex: FrozenSplit, names: dict, anchors: bool) -> tuple[set, list[str]]:
+        """The names a frozen split's drive reads, and its body; with `anchors` it unpacks
+        the chunk-start states from `inputs` too (else they are the function's parameters)."""
+        outputs = [(sym.name, e) for sym, e in ex.drive]
         used = free_names([e for _, e in outputs])
-        mine = [n for n in self.state_names if n in used]
+        body = self._inputs(used, anchors=anchors) + TorchPrinter(names, chunk=True).assign(
+            outputs)
+        body.append("return {" + ", ".join(f"{s.name!r}: {s.name}" for s, _ in ex.drive)
+                    + "}")
+        return used, body
+
+    def _combine(self, ex: FrozenSplit, names: dict, nexts: list[str]) -> tuple[set, list[str]]:
+        """The names a frozen split's combine reads, and the lines computing the new states
+        into `nexts` from `inputs` and the drives (the states are the caller's to bind)."""
+        outputs = list(zip(nexts, [e for _, e in ex.combine]))
+        used = free_names([e for _, e in outputs])
         drives = [s.name for s, _ in ex.drive if s.name in used]
         body = self._inputs(used, anchors=False) + [f"{n} = inputs[{n!r}]" for n in drives]
         body += TorchPrinter(names | {n: n for n in drives}).assign(outputs)
-        body.append("return " + ", ".join(f"{canon[n]}_next" for n in self.state_names)
-                    + ("," if len(self.state_names) == 1 else ""))
-        args = ", ".join(f"state[{n!r}]" for n in mine)
-        targets = ", ".join(f"{local(n)}_next" for n in self.state_names)
-        new = ", ".join(f"{n!r}: {local(n)}_next" for n in self.state_names)
-        return ([canon[n] for n in mine], body,
-                lambda shared: [f"{targets}{',' if len(self.state_names) == 1 else ''} = "
-                                f"{shared}(inputs, {args})", f"return {{{new}}}"])
+        return used, body
 
     # ------------------------------------------------------------ frozen gradients
     def frozen(self, ex: FrozenSplit) -> dict[str, list[str]]:
@@ -283,18 +295,10 @@ class LevelPrinter:
         the rest, per token; read: every token's read from the stacked states. `every C
         tokens` sums a chunk's terms before the combine; the dual form takes them as outer
         products."""
-        drive_outputs = [(sym.name, e) for sym, e in ex.drive]
-        used = free_names([e for _, e in drive_outputs])
-        drive = self._inputs(used) + TorchPrinter(self.names(), chunk=True).assign(
-            drive_outputs)
-        drive.append("return {" + ", ".join(f"{s.name!r}: {s.name}" for s, _ in ex.drive)
-                     + "}")
-        drive_names = {sym.name: sym.name for sym, _ in ex.drive}
-        combine_outputs = [(f"{local(n)}_next", e) for n, e in ex.combine]
-        used = free_names([e for _, e in combine_outputs])
-        combine = _unpack(self.state_names, "state", used) + self._inputs(used, anchors=False)
-        combine += [f"{n} = inputs[{n!r}]" for n in drive_names if n in used]
-        combine += TorchPrinter(self.names(drive_names)).assign(combine_outputs)
+        names = self.names()
+        drive = self.summed_drive(ex) if ex.additive else self._drive(ex, names, anchors=True)[1]
+        used, combine = self._combine(ex, names, [f"{local(n)}_next" for n in self.state_names])
+        combine = _unpack(self.state_names, "state", used) + combine
         combine.append("return {" + ", ".join(f"{n!r}: {local(n)}_next"
                                               for n in self.state_names) + "}")
         out = {"drive": drive, "combine": combine}
@@ -305,9 +309,7 @@ class LevelPrinter:
             read = _unpack(self.state_names, "states", used) + self._inputs(used)
             read += TorchPrinter(read_names, chunk=True).assign([("o", self.rule.read)])
             out["read"] = read + ["return o"]
-        if ex.additive:
-            out["drive"] = self.summed_drive(ex)
-        elif ex.dual:
+        if ex.dual:  # never with `additive` (nlc/derive/execution.py)
             out["outer"] = self.outer_drive(ex)
         return out
 

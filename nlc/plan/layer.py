@@ -41,7 +41,6 @@ from nlc.plan.records import (
 from nlc.syntax import ast
 
 
-
 def context_env(spec) -> shapes.Env:
     """The shapes of the names a layer's context and output expressions use."""
     dims = dict(spec.dims)
@@ -270,7 +269,7 @@ class _LayerPlanner:
             raise NlcError(f"level '{level.name}' has no read; emission needs one", level.span)
         else:
             read_kind = "vector" if isinstance(rule.read, sp.MatrixExpr) else "scalar"
-        kernel = self.kernel(fn, rule, ex)
+        kernel = self.kernel(rule, ex)
         if isinstance(ex, FusedRecurrent):
             notes.append("no chunk-parallel PyTorch form: CPU tensors run token by token, CUDA "
                          "tensors go to the fused recurrent Triton kernel")
@@ -297,7 +296,7 @@ class _LayerPlanner:
                          numbers, sizes, tuple(states), anchors, every, read_kind,
                          rule.read_before, kernel, tuple(notes), coupled)
 
-    def kernel(self, fn: str, rule, ex) -> KernelPlan | None:
+    def kernel(self, rule, ex) -> KernelPlan | None:
         """The fused recurrent Triton kernel, when the family and form have one."""
         if not self.stem or rule.form.kind != "matrix":
             return None

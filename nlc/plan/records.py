@@ -227,6 +227,16 @@ class LayerPlan:
     def group(self, fn: str) -> GroupPlan:
         return next(g for g in self.groups if g.fn == fn)
 
+    def group_sizes(self, group: GroupPlan) -> tuple[dict, tuple[str, ...], tuple[str, ...]]:
+        """A group's op's sizes: (token -> the dim read from it, the dims no token shows,
+        which are keyword arguments, the dims the members' rules use as numbers)."""
+        members = [self.level(n) for n in group.members]
+        tokens = {t.name for t in group.tokens}
+        read = {t: d for lp in members for t, d in lp.input_sizes.items() if d and t in tokens}
+        keyword = tuple(sorted({d for lp in members for d in lp.op_sizes} - set(read.values())))
+        numbers = tuple(sorted({d for lp in members for d in lp.sizes}))
+        return read, keyword, numbers
+
 
 @dataclass(frozen=True)
 class ModelPlan:
