@@ -2,7 +2,7 @@
 throughput part (d_model 512, 4 layers, 8 heads of 64, batch 16 x 2048, bf16 autocast) for a
 layer spec, with the kernel path each level took and torch.profiler's top CUDA and CPU rows.
 
-    python benchmarks/lm_step_profile.py examples/deltanet.nl [--steps 4]
+    python benchmarks/lm_step_profile.py examples/deltanet.nl [--steps 4] [--dims d_k=64,d_v=64]
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("spec")
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--dims", default="d_k=64,d_v=64",
+                   help="the spec's head dims, NAME=VALUE,... (Titans: d_head=64)")
     a = p.parse_args()
-    from nlc.factories import mixer_from_spec
     from nlc.runtime.library import chunk_decay_triton, chunk_delta_triton, ops
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.model import LanguageModel
+
+    from nlc.factories import mixer_from_spec
 
     calls = {"chunked": 0}
     for kernels, name in ((chunk_delta_triton, "ChunkScalarDecay"),
@@ -36,7 +39,8 @@ def main():
         fn.apply = counted
     cfg = TrainConfig(task="lm", d_model=512, n_layers=4, vocab_size=256)
     torch.manual_seed(0)
-    model = LanguageModel(cfg, mixer_from_spec(a.spec, d_k=64, d_v=64, heads=8)).cuda()
+    model = LanguageModel(cfg, mixer_from_spec(
+        a.spec, heads=8, **{n: int(v) for n, v in (d.split("=") for d in a.dims.split(","))})).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (16, 2048), device="cuda")
 

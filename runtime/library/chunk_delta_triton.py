@@ -354,7 +354,10 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
                         HAS_G: tl.constexpr, FLOOR: tl.constexpr, ld,
                         PREC: tl.constexpr):
     """Per (chunk, head): dq, dk, dv (delta), dbeta (delta) and the log decays' gradient.
-    V is walked in blocks of BV; everything on the key side stays in registers."""
+    V is walked in blocks of BV; everything on the key side stays in registers. Every
+    product takes its operands in the inputs' dtype (dt): float32 inputs keep exact float32
+    products, half-precision inputs run on the tensor cores' half-precision path."""
+    dt = q.dtype.element_ty
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -376,6 +379,7 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
     b_dGs = 0.0                                    # sum of dS' * S
     if DELTA:
         b_T = tl.load(tinv + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
+        b_Td = b_T.to(dt)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -393,13 +397,13 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
             b_d = tl.load(v + p_tv, mask=m_tv, other=0.0)
         b_dq += tl.dot(b_do, b_S.to(b_do.dtype), input_precision=PREC)
         b_dPs += tl.dot(b_do, tl.trans(b_d.to(b_do.dtype)), input_precision=PREC)
-        b_dks += tl.dot(b_d.to(tl.float32), b_dSe, input_precision=PREC)
+        b_dks += tl.dot(b_d.to(dt), b_dSe.to(dt), input_precision=PREC)
         b_dGs += tl.sum(tl.sum(b_dSe * b_S.to(tl.float32), 1), 0)
         if DELTA:
             b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
-            b_dw -= tl.dot(b_dd, b_S.to(tl.float32), input_precision=PREC)
-            b_dT += tl.dot(b_dd, tl.trans(b_v.to(tl.float32)), input_precision=PREC)
-            b_dv = tl.dot(tl.trans(b_T), b_dd, input_precision=PREC)  # dV = T^T dU
+            b_dw -= tl.dot(b_dd.to(dt), b_S.to(dt), input_precision=PREC)
+            b_dT += tl.dot(b_dd.to(dt), tl.trans(b_v.to(dt)), input_precision=PREC)
+            b_dv = tl.dot(tl.trans(b_Td), b_dd.to(dt), input_precision=PREC)  # dV = T^T dU
             tl.store(dv + p_tv, b_dv.to(dv.dtype.element_ty), mask=m_tv)
         else:
             tl.store(dv + p_tv, b_dd.to(dv.dtype.element_ty), mask=m_tv)
@@ -411,12 +415,13 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
     # output: inter-chunk read, then the masked scores
     b_dqi = b_dq * eg[:, None]
     b_dg = tl.sum(qf * b_dqi, 1)
-    b_P = tl.dot(qf, tl.trans(kf), input_precision=PREC) * b_gam
+    b_P = tl.dot(b_q.to(dt), tl.trans(b_k.to(dt)), input_precision=PREC) * b_gam
     b_Y = b_dPs * b_P
     b_dg += tl.sum(b_Y, 1) - tl.sum(b_Y, 0)
     b_dQK = b_dPs * b_gam
-    b_dqo = b_dqi + tl.dot(b_dQK, kf, input_precision=PREC)
-    b_dko = tl.dot(tl.trans(b_dQK), qf, input_precision=PREC) + b_dks * eGg[:, None]
+    b_dqo = b_dqi + tl.dot(b_dQK.to(dt), b_k.to(dt), input_precision=PREC)
+    b_dko = (tl.dot(tl.trans(b_dQK.to(dt)), b_q.to(dt), input_precision=PREC)
+             + b_dks * eGg[:, None])
     # the end state: S' = e^G S + Delta^T diag(e^{G-g}) K
     b_c = tl.sum(kf * b_dks, 1) * eGg
     b_dg -= b_c
@@ -424,24 +429,25 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
     if DELTA:
         b_b = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
         bg = b_b * eg
-        b_R = tl.dot(tl.trans(b_T), b_dw, input_precision=PREC)  # d(diag(b e^g) K)
+        b_R = tl.dot(tl.trans(b_Td), b_dw.to(dt), input_precision=PREC)  # d(diag(b e^g) K)
         b_x = tl.sum(b_R * kf, 1)
         b_dko += b_R * bg[:, None]
         b_db = eg * b_x
         b_dg += bg * b_x
-        b_dT += tl.dot(b_dw, tl.trans(kf * bg[:, None]), input_precision=PREC)
+        b_dT += tl.dot(b_dw.to(dt), tl.trans((kf * bg[:, None]).to(dt)), input_precision=PREC)
         # T = (I + A)^-1: dA = -T^T dT T^T, strictly lower
-        b_dA = -tl.dot(tl.dot(tl.trans(b_T), b_dT, input_precision=PREC), tl.trans(b_T),
-                       input_precision=PREC)
+        b_TdT = tl.dot(tl.trans(b_Td), b_dT.to(dt), input_precision=PREC)
+        b_dA = -tl.dot(b_TdT.to(dt), tl.trans(b_Td), input_precision=PREC)
         b_gs = _gamma(b_g, rows, rows, True)
-        b_KKg = tl.dot(kf, tl.trans(kf), input_precision=PREC) * b_gs
+        b_KKg = tl.dot(b_k.to(dt), tl.trans(b_k.to(dt)), input_precision=PREC) * b_gs
         b_dA = tl.where(rows[:, None] > rows[None, :], b_dA, 0.0)
         b_db += tl.sum(b_dA * b_KKg, 1)
         b_Y2 = b_dA * b_KKg * b_b[:, None]
         b_dg += tl.sum(b_Y2, 1) - tl.sum(b_Y2, 0)
         b_dKK = b_dA * b_gs * b_b[:, None]
-        b_dko += tl.dot(b_dKK, kf, input_precision=PREC) + tl.dot(tl.trans(b_dKK), kf,
-                                                                  input_precision=PREC)
+        b_dKKd = b_dKK.to(dt)
+        b_dko += (tl.dot(b_dKKd, b_k.to(dt), input_precision=PREC)
+                  + tl.dot(tl.trans(b_dKKd), b_k.to(dt), input_precision=PREC))
         tl.store(dbeta + tok * H + i_h, b_db, mask=m_t)
     p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
     tl.store(dq + p_tk, b_dqo.to(dq.dtype.element_ty), mask=m_tk)
@@ -457,6 +463,11 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
 
 
 # --------------------------------------------------------------------------- host side
+# the input-gradient kernel's launch: V block, warps (None: by K) and pipeline stages;
+# benchmarks/kernel_profile.py --sweep times the alternatives on a GPU
+INPUT_GRADS = {"BV": 32, "num_warps": None, "num_stages": 3}
+
+
 def _tiles(K: int, V: int):
     BK = pow2(K)
     BV = min(pow2(V), 64)
@@ -513,7 +524,7 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
     _intra_ddelta_kernel[(triton.cdiv(V, BV), NC, H)](
         q, k, do, gc, dd, table.starts, table.ends,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, num_warps=4)
-    dh = torch.empty(NC, H, V, K, dtype=torch.float32, device=q.device)
+    dh = torch.empty(NC, H, V, K, dtype=q.dtype, device=q.device)  # read once, by products
     dh0 = torch.empty(S, H, V, K, dtype=torch.float32, device=q.device)
     BVs = min(BV, 32) if S * H < 256 else BV
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
@@ -527,9 +538,10 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
     dld = torch.empty(N, H, dtype=torch.float32, device=q.device) if ld is not None else None
     _input_grads_kernel[(NC, H)](
         q, k, v, beta, gc, h, d, tinv, do, dd, dh, dq, dk, dv, dbeta, dld,
-        table.starts, table.ends, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32),
-        DELTA=delta_rule, HAS_G=ld is not None, FLOOR=LOG_DECAY_FLOOR, ld=ld, PREC=prec,
-        num_warps=8 if BK >= 128 else 4)
+        table.starts, table.ends, H=H, K=K, V=V, BT=BT, BK=BK,
+        BV=min(BV, INPUT_GRADS["BV"]), DELTA=delta_rule, HAS_G=ld is not None,
+        FLOOR=LOG_DECAY_FLOOR, ld=ld, PREC=prec, num_stages=INPUT_GRADS["num_stages"],
+        num_warps=INPUT_GRADS["num_warps"] or (8 if BK >= 128 else 4))
     return dq, dk, dv, dbeta, dld, dh0
 
 

@@ -1,0 +1,130 @@
+"""Where a chunked kernel's forward + backward time goes (GPU): each Triton kernel's CUDA time
+for our chunked kernels and for fla-core's chunk kernels on the same inputs, from
+torch.profiler, so a slow backward can be pinned on one kernel.
+
+    python benchmarks/kernel_profile.py [--shape 8,2048,16,128] [--models deltanet,gdn]
+                                        [--sweep]
+
+--sweep also times our forward + backward under each launch configuration of the
+input-gradient kernel (chunk_delta_triton.INPUT_GRADS), with the float32 kernel's gradients
+as the reference for the bf16 ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+
+def inputs(B, T, H, D, gated, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, device="cuda", generator=g)
+    q = F.normalize(rand(B, T, H, D), dim=-1).bfloat16()
+    k = F.normalize(rand(B, T, H, D), dim=-1).bfloat16()
+    v = rand(B, T, H, D).bfloat16()
+    beta = torch.rand(B, T, H, device="cuda", generator=g).bfloat16()
+    ld = F.logsigmoid(rand(B, T, H) + 3.0) if gated else None
+    return q, k, v, beta, ld
+
+
+def ours(q, k, v, beta, ld):
+    from nlc.runtime.library.chunk_delta_triton import chunk_scalar
+    return chunk_scalar(q, k, v * beta[..., None], beta, ld)[0]
+
+
+def fla(q, k, v, beta, ld):
+    if ld is None:
+        from fla.ops.delta_rule import chunk_delta_rule
+        return chunk_delta_rule(q, k, v, beta, scale=1.0)[0]
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    return chunk_gated_delta_rule(q, k, v, ld, beta, scale=1.0)[0]
+
+
+def kernel_times(fn, args, reps=5):
+    """CUDA time per call of each kernel (us), forward + backward, after two warm-up calls."""
+    leaves = [a.detach().requires_grad_() if a is not None else None for a in args]
+    do = torch.randn_like(args[2])
+
+    def call():
+        o = fn(*leaves)
+        torch.autograd.grad(o, [x for x in leaves if x is not None], do)
+    for _ in range(2):
+        call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            call()
+        torch.cuda.synchronize()
+    times = defaultdict(float)
+    for e in prof.key_averages():
+        if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0):
+            t = getattr(e, "self_device_time_total", None) or e.self_cuda_time_total
+            if t:
+                times[e.key[:60]] += t / reps
+    return times
+
+
+def sweep(args):
+    """do_bench medians of our fwd + bwd per input-gradient launch configuration, and the
+    worst relative gradient error of each against our float32 kernel."""
+    import itertools
+
+    from triton.testing import do_bench
+
+    from nlc.runtime.library import chunk_delta_triton as cdt
+    do = torch.randn_like(args[2])
+
+    def grads(xs):
+        leaves = [a.detach().requires_grad_() if a is not None else None for a in xs]
+        o = ours(*leaves)
+        return torch.autograd.grad(o, [x for x in leaves if x is not None], do.to(o.dtype))
+    ref = grads([a.float() if a is not None else None for a in args])
+    default = dict(cdt.INPUT_GRADS)
+    for bv, warps, stages in itertools.product((32, 64), (4, 8), (1, 2, 3)):
+        cdt.INPUT_GRADS.update(BV=bv, num_warps=warps, num_stages=stages)
+        try:
+            got = grads(args)
+            err = max(((g.double() - r.double()).norm() / r.double().norm()).item()
+                      for g, r in zip(got, ref))
+            ms = do_bench(lambda: grads(args), warmup=5, rep=30, return_mode="median")
+            print(f"  BV {bv:3d} warps {warps} stages {stages}: {ms:.3f} ms fwd + bwd, "
+                  f"worst gradient error {err:.1e}", flush=True)
+        except Exception as err:  # noqa: BLE001  out of resources: say so, go on
+            print(f"  BV {bv:3d} warps {warps} stages {stages}: failed: {str(err)[:100]}")
+    cdt.INPUT_GRADS.update(default)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="8,2048,16,128")
+    p.add_argument("--models", default="deltanet,gdn")
+    p.add_argument("--sweep", action="store_true")
+    a = p.parse_args()
+    B, T, H, D = map(int, a.shape.split(","))
+    for model in a.models.split(","):
+        args = inputs(B, T, H, D, gated=model == "gdn")
+        if a.sweep:
+            print(f"\n{model} ours {(B, T, H, D)} bf16, input-gradient launch sweep:")
+            sweep(args)
+        for name, fn in (("ours", ours), ("fla", fla)):
+            try:
+                times = kernel_times(fn, args)
+            except Exception as err:  # noqa: BLE001  fla's gated backward refuses (fla #640)
+                print(f"\n{model} {name} {(B, T, H, D)}: failed: {type(err).__name__}: "
+                      f"{str(err)[:160]}")
+                continue
+            total = sum(times.values())
+            print(f"\n{model} {name} {(B, T, H, D)} bf16, fwd + bwd: {total / 1e3:.3f} ms "
+                  "of kernel time")
+            for key, t in sorted(times.items(), key=lambda kv: -kv[1])[:14]:
+                print(f"  {t:9.1f} us  {100 * t / total:5.1f}%  {key}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""LM training throughput, peak memory and cold start (GPU), one row per mixer, each row in its
+own process: our generated layers (eager and under torch.compile) next to fla's layers and
+a hand-written layer on fla's chunk_delta_rule, at the LM shape of docs/perf.md (d_model 512,
+4 layers, 8 heads of 64, batch 16 x 2048, bf16 autocast, AdamW).
+
+    python benchmarks/lm_throughput.py [--rows deltanet,fla_deltanet,...] [--steps 10]
+                                       [--batch 16 --seq-len 2048] [--out FILE]
+
+A row's cold start is its first step's wall time in a fresh process (compile, autotune and
+the allocator's first touch); Triton's on-disk cache is per machine, so the first row that
+uses a kernel pays for compiling it. Rows that fail are reported with their error."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADS, HEAD_DIM, D_MODEL, LAYERS = 8, 64, 512, 4
+
+
+def _spec(name, **dims):
+    from nlc.factories import mixer_from_spec
+    return mixer_from_spec(str(ROOT / "examples" / f"{name}.nl"), heads=HEADS, **dims)
+
+
+def _fla_layer(cls_name, **kw):
+    from fla import layers
+    cls = getattr(layers, cls_name)
+
+    class Wrapped(torch.nn.Module):  # fla's layers return (output, attentions, cache)
+        def __init__(self, d):
+            super().__init__()
+            self.inner = cls(hidden_size=d, num_heads=HEADS, **kw)
+
+        def forward(self, x):
+            return self.inner(x)[0]
+    return Wrapped
+
+
+def _ours_in_fla_gdn(d):
+    """fla's GatedDeltaNet layer (projections, short convolutions, gated RMS norm) with its
+    chunk_gated_delta_rule call replaced by our chunked kernel: the layer's context code with
+    our kernel, since fla's gated backward refuses on Triton < 3.7.1 (fla #640)."""
+    import fla.layers.gated_deltanet as gdn
+    import torch.nn.functional as F
+    from nlc.runtime.library.chunk_delta_triton import chunk_scalar
+
+    def ours(q, k, v, g, beta, scale=None, A_log=None, dt_bias=None, **_):
+        q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
+        beta = beta.float().sigmoid()
+        ld = -A_log.float().exp() * F.softplus(g.float() + dt_bias.float())
+        q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+        o, _ = chunk_scalar(q, k, v.float() * beta[..., None], beta, ld)
+        return o.to(v.dtype), None
+    gdn.chunk_gated_delta_rule = ours
+    return _fla_layer("GatedDeltaNet", head_dim=HEAD_DIM, expand_v=1.0)(d)
+
+
+def _hand_fla_deltanet(d):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fla_deltanet import FlaDeltaNet
+    return FlaDeltaNet(d, heads=HEADS, head_dim=HEAD_DIM)
+
+
+ROWS = {
+    "deltanet": ("nlc examples/deltanet.nl", lambda: _spec("deltanet", d_k=64, d_v=64), False),
+    "deltanet_compiled": ("nlc examples/deltanet.nl, torch.compile",
+                          lambda: _spec("deltanet", d_k=64, d_v=64), True),
+    "gated_deltanet": ("nlc examples/gated_deltanet.nl",
+                       lambda: _spec("gated_deltanet", d_k=64, d_v=64), False),
+    "gated_deltanet_compiled": ("nlc examples/gated_deltanet.nl, torch.compile",
+                                lambda: _spec("gated_deltanet", d_k=64, d_v=64), True),
+    "titans": ("nlc examples/titans.nl", lambda: _spec("titans", d_head=64), False),
+    "fla_hand_deltanet": ("hand layer on fla chunk_delta_rule", lambda: _hand_fla_deltanet,
+                          False),
+    "fla_deltanet": ("fla.layers.DeltaNet (chunk)",
+                     lambda: _fla_layer("DeltaNet", expand_k=1.0, expand_v=1.0), False),
+    "fla_gated_deltanet": ("fla.layers.GatedDeltaNet (chunk)",
+                           lambda: _fla_layer("GatedDeltaNet", head_dim=HEAD_DIM,
+                                              expand_v=1.0), False),
+    "fla_gdn_our_kernel": ("fla.layers.GatedDeltaNet, our chunked kernel",
+                           lambda: _ours_in_fla_gdn, False),
+}
+
+
+def run_row(name: str, steps: int, B: int, T: int) -> dict:
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.model import LanguageModel
+    label, factory, compiled = ROWS[name]
+    cfg = TrainConfig(task="lm", d_model=D_MODEL, n_layers=LAYERS, vocab_size=256)
+    torch.manual_seed(0)
+    model = LanguageModel(cfg, factory()).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    forward = torch.compile(model) if compiled else model
+    x = torch.randint(0, 256, (B, T), device="cuda")
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = forward(x)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    warm = sorted(times[2:])
+    return {"label": label, "tokens_per_s": B * T / warm[len(warm) // 2],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "first_step_s": times[0],
+            "loss": loss.item()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--out", default=None, help="also write the table here (markdown)")
+    p.add_argument("--row", default=None, help=argparse.SUPPRESS)  # child process
+    a = p.parse_args()
+    if a.row:
+        print(json.dumps(run_row(a.row, a.steps, a.batch, a.seq_len)))
+        return
+    unknown = set(a.rows.split(",")) - set(ROWS)
+    if unknown:
+        p.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    lines = [(f"## LM training step: {torch.cuda.get_device_name(0)}, torch {torch.__version__},"
+             f" Triton {__import__('triton').__version__}, {datetime.date.today()}"), "",
+             (f"d_model {D_MODEL}, {LAYERS} layers, {HEADS} heads of {HEAD_DIM}, batch "
+             f"{a.batch} x {a.seq_len}, bf16 autocast, AdamW; median of {a.steps - 2} steps "
+             "after 2 warm-up steps; each row in a fresh process."), "",
+             "| mixer | tokens/s | peak GiB | first step s |", "|---|---|---|---|"]
+    for name in a.rows.split(","):
+        proc = subprocess.run([sys.executable, __file__, "--row", name, "--steps", str(a.steps),
+                               "--batch", str(a.batch), "--seq-len", str(a.seq_len)],
+                              check=False, capture_output=True, text=True)
+        try:
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            lines.append(f"| {r['label']} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.1f} | "
+                         f"{r['first_step_s']:.1f} |")
+        except (IndexError, json.JSONDecodeError):
+            err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            lines.append(f"| {ROWS[name][0]} | failed: {err[:200]} | | |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
