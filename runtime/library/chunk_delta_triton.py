@@ -24,6 +24,9 @@ finite, forward and backward."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -463,9 +466,12 @@ def _input_grads_kernel(q, k, v, beta, gc, h, delta, tinv, do, dd, dh,
 
 
 # --------------------------------------------------------------------------- host side
-# the input-gradient kernel's launch: V block, warps (None: by K) and pipeline stages;
-# benchmarks/kernel_profile.py --sweep times the alternatives on a GPU
-INPUT_GRADS = {"BV": 32, "num_warps": None, "num_stages": 3}
+# the input-gradient kernel's launch for half-precision inputs: V block, warps (None: by K)
+# and pipeline stages. benchmarks/kernel_profile.py --sweep times the alternatives on a GPU;
+# NLC_INPUT_GRADS='{"BV": 64, ...}' overrides them for such a run. Float32 inputs take one
+# stage: at K = V = 128 three need 240 KiB of shared memory, more than an H200 has.
+INPUT_GRADS = {"BV": 32, "num_warps": None, "num_stages": 3,
+               **json.loads(os.environ.get("NLC_INPUT_GRADS", "{}"))}
 
 
 def _tiles(K: int, V: int):
@@ -540,7 +546,8 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
         q, k, v, beta, gc, h, d, tinv, do, dd, dh, dq, dk, dv, dbeta, dld,
         table.starts, table.ends, H=H, K=K, V=V, BT=BT, BK=BK,
         BV=min(BV, INPUT_GRADS["BV"]), DELTA=delta_rule, HAS_G=ld is not None,
-        FLOOR=LOG_DECAY_FLOOR, ld=ld, PREC=prec, num_stages=INPUT_GRADS["num_stages"],
+        FLOOR=LOG_DECAY_FLOOR, ld=ld, PREC=prec,
+        num_stages=INPUT_GRADS["num_stages"] if q.dtype != torch.float32 else 1,
         num_warps=INPUT_GRADS["num_warps"] or (8 if BK >= 128 else 4))
     return dq, dk, dv, dbeta, dld, dh0
 
