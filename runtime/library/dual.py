@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from nlc.runtime.library.scan import (State, _anchor, _chunks, _float32, _maybe_checkpoint,
-                                      _needs_grad, _resume, _suspend, _wide)
+                                      _needs_grad, _resume, _suspend, _wide, compiled_chunk)
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -102,30 +102,37 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
-    order = list(state)
     outputs = []
+    run = compiled_chunk(_dual_chunk)
     for part in _chunks(tokens, chunk):
         anchor = _anchor(state, anchors)
-        wide = _wide(anchor)
-        chunk_inputs = {**consts, **wide, **part}
-        pairs = outer(chunk_inputs)
-        terms = list(pairs)
-        lead = torch.broadcast_shapes(*(x.shape[:3] for x in part.values()))
-        inputs = {**consts, **part}
-        names = list(inputs)
-
-        def coefficients(*values, names=names, terms=terms, lead=lead):  # this chunk's
-            return _coefficients(combine, dict(zip(names, values)), order, terms, lead)
-
-        # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
-        # the backward pass instead of keeping them (long sequences: many chunks)
-        phis, psis = _maybe_checkpoint(coefficients, _needs_grad(inputs), *inputs.values())
-        seen = _before(phis, psis) if read_before else (phis, psis)
-        stacked = {n: DualState(n, seen[0][..., i, :], seen[1][..., i, :, :], state, pairs,
-                                order, terms) for i, n in enumerate(order)}
-        outputs.append(read(stacked, chunk_inputs))
-        state = _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
+        o, state = run(outer, combine, read, consts, state, part, anchors, read_before)
+        outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
+
+
+def _dual_chunk(outer, combine, read, consts, state, part, anchors, read_before):
+    """One chunk of `dual_chunked`: its reads and the state after its last token."""
+    order = list(state)
+    chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
+    pairs = outer(chunk_inputs)
+    terms = list(pairs)
+    lead = torch.broadcast_shapes(*(x.shape[:3] for x in part.values()))
+    inputs = {**consts, **part}
+    names = list(inputs)
+
+    def coefficients(*values):
+        return _coefficients(combine, dict(zip(names, values)), order, terms, lead)
+
+    # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
+    # the backward pass instead of keeping them (long sequences: many chunks)
+    phis, psis = _maybe_checkpoint(coefficients, _needs_grad(inputs), *inputs.values())
+    seen = _before(phis, psis) if read_before else (phis, psis)
+    seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
+    stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
+               for i, n in enumerate(order)}
+    o = read(stacked, chunk_inputs)
+    return o, _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
 
 
 def _coefficients(combine, inputs, order, terms, lead):

@@ -10,6 +10,7 @@ running state to a loop."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -118,8 +119,29 @@ def _needs_grad(*dicts) -> bool:
 
 
 def _maybe_checkpoint(fn, use: bool, *args):
-    """Recompute `fn` in the backward pass instead of keeping its intermediates, when `use`."""
-    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False) if use else fn(*args)
+    """Recompute `fn` in the backward pass instead of keeping its intermediates, when `use`
+    (inside a compiled chunk the compiler decides what to keep)."""
+    if not use or torch.compiler.is_compiling():
+        return fn(*args)
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_chunk(body: Callable) -> Callable:
+    """`body` (one chunk of a chunked driver), compiled with torch.compile when
+    NLC_COMPILE_CHUNKS=1, else `body` itself. A chunk is hundreds of small products and
+    elementwise passes (a Titans LM step launched 84,613 kernels on a GPU, docs/perf.md):
+    compiled, they can fuse, and every chunk of every layer of the same spec reuses one graph
+    (a sequence's last, shorter chunk compiles its own). Compiling takes minutes on a small
+    CPU, and on the CPU the chunk runs no faster, so it is off unless asked for. A model
+    compiled as a whole (`nlc train --compile`) traces the body in its own graph instead."""
+    if os.environ.get("NLC_COMPILE_CHUNKS", "") != "1" or torch.compiler.is_compiling():
+        return body
+    if body not in _COMPILED:
+        _COMPILED[body] = torch.compile(body, dynamic=False)
+    return _COMPILED[body]
 
 
 @_float32
