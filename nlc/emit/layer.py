@@ -73,6 +73,7 @@ class PrintedState:
     attr: str = ""
     line: int = 0
     simplex: bool = False
+    std: str = ""           # a learned state's draw: normal(std), as code
 
 
 @dataclass
@@ -135,7 +136,7 @@ class LayerPrinter:
         convs = [(c.name, size_code(c.channels, _attr), c.width, c.line,
                   literal(c.width ** -0.5)) for c in plan.convs]
         learned = [PrintedState(s.name, size_code(s.rows, _attr), size_code(s.cols, _attr),
-                                "", s.attr, s.line, s.simplex) for s in plan.learned]
+                                "", s.attr, s.line, s.simplex, _draw_std(s)) for s in plan.learned]
         init_calls = {lp.name: ", ".join(_attr(d) for d in lp.state_sizes)
                       for lp in plan.levels}
         return PrintedLayer(
@@ -329,6 +330,15 @@ def _scalar_read(lp) -> list[str]:
     """A scalar read comes back `[B, T, H]`; the layer's code uses it as `[B, T, H, 1]`."""
     target = local(lp.name)
     return [f"{target} = {target}[..., None]"] if lp.read_kind == "scalar" else []
+
+
+def _draw_std(s) -> str:
+    """A learned initial state's standard deviation, as code: the spec's number, or
+    sqrt(2 / (rows + cols)) for a xavier draw (Glorot & Bengio 2010), per weight matrix."""
+    scheme, std = s.draw
+    if scheme == "xavier":
+        return f"(2 / ({size_code(s.rows, _attr)} + {size_code(s.cols, _attr)})) ** 0.5"
+    return literal(std)
 
 
 def _init_code(attr: str, init, shape) -> str:

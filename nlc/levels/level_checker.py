@@ -226,9 +226,19 @@ class LevelChecker:
     def state_stmt(self, stmt: ast.State, env: Env) -> StateRecord:
         term = make_term(stmt.form, vocab.FORMS, "memory form", env, self.consts)
         form = self.memory_form(term, stmt, env)
-        init = "zeros"
+        init, draw = "zeros", ("normal", 0.02)
         if stmt.init is not None:
-            init = make_term(stmt.init, vocab.INITS, "initial state", env, self.consts).kind
+            term = make_term(stmt.init, vocab.INITS, "initial state", env, self.consts)
+            init = term.kind
+            if init == "learned":
+                scheme = term.get("scheme")
+                draw = (scheme, float(term.get("std")) if scheme == "normal" else None)
+                given = stmt.init.positional[:1] + tuple(
+                    k for k in stmt.init.keywords if k.name == "std") if isinstance(
+                    stmt.init, ast.Call) else ()
+                if scheme == "xavier" and given:
+                    raise NlcError("a xavier draw sets its own scale; drop std or use "
+                                   "scheme = normal", stmt.init.span)
         if init == "identity" and not (form.kind == "matrix" and form.dims[0] == form.dims[1]):
             raise NlcError("'identity' needs a square matrix memory", stmt.init.span)
         if init == "param" and form.kind != "like":
@@ -237,7 +247,7 @@ class LevelChecker:
         if form.kind == "cache" and init != "zeros":
             raise NlcError("a cache starts empty; drop its initial state", stmt.init.span)
         self.define(stmt.name, stmt.span, "state")
-        return StateRecord(stmt.name, form, init, stmt.span)
+        return StateRecord(stmt.name, form, init, stmt.span, draw)
 
     def memory_form(self, term: Term, stmt: ast.State, env: Env) -> MemoryForm:
         kind = term.kind

@@ -107,6 +107,8 @@ class StateRecord:
     form: MemoryForm
     init: str                    # vocab.INITS key
     span: Span = field(default_factory=Span.none, compare=False)
+    # a learned state's draw: ("normal", std) or ("xavier", None)
+    draw: tuple[str, float | None] = ("normal", 0.02)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,10 @@ FORMS: dict[str, Entry] = dict([
 INITS: dict[str, Entry] = dict([
     _e("zeros", "all zeros"),
     _e("identity", "the identity map (matrix memories)"),
-    _e("learned", "a meta-learned initial state: the training level learns it (init transfer)"),
+    _e("learned", "a meta-learned initial state: the training level learns it (init transfer);"
+       " drawn normal(std), or per weight matrix [r, c] normal(sqrt(2 / (r + c))) (xavier)",
+       Arg("std", ArgKind.NUMBER, 0.02, **POSITIVE),
+       Arg("scheme", ArgKind.CHOICE, "normal", choices=("normal", "xavier"))),
     _e("param", "the optimized parameter's value: the optimizer's memory is the parameter (DGD)"),
 ])
 

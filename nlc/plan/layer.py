@@ -286,7 +286,7 @@ class _LayerPlanner:
             if name in memory and init == "learned":
                 simplex = any(t.kind == "kl" for t in level.retentions)
                 learned = LearnedState(name, f"{level.name}_{name}_init", rows, cols,
-                                       level.state.span.line, simplex)
+                                       level.state.span.line, simplex, level.state.draw)
             states.append(StatePlan(name, rows, cols, op_init, learned))
         anchors = tuple(zip(anchor_names, [s for s, _ in rule.anchors]))
         every = rule.grad_chunk or (rule.period if rule.anchors else None)

@@ -52,6 +52,7 @@ class LearnedState:
     cols: object
     line: int
     simplex: bool = False   # rows are distributions (a KL retention takes their log)
+    draw: tuple[str, float | None] = ("normal", 0.02)  # normal(std), or xavier per matrix
 
 
 @dataclass(frozen=True)
