@@ -16,6 +16,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# examples/titans.nl before 2026-12-04 (no memory norm, no alpha bias, std 0.02 initial state):
+# the titans_* variants below change that spec, as they did when they were run
+TITANS_BEFORE = [
+    ("  param b_alpha : [] = constant(-5)\n", ""),
+    ("alpha = sigmoid(x @ w_alpha + b_alpha)", "alpha = sigmoid(x @ w_alpha)"),
+    ("act = gelu, residual, norm) = learned(scheme = xavier)", "act = gelu, residual) = learned")]
 THETA_01 = [("theta = 0.01 * sigmoid", "theta = 0.1 * sigmoid")]
 CHUNK_8 = [("gradients at chunk(64)", "gradients at chunk(8)")]
 ALPHA_BIAS = [("  param w_theta, w_eta, w_alpha : [d_model]\n",
@@ -53,24 +59,26 @@ VARIANTS = {
     "gdn_no_gate": ("gated_deltanet", GDN_NO_GATE),
     "gdn_gate_init_0.02": ("gated_deltanet", GDN_SMALL_GATE),
     "titans_spec": ("titans", []),
-    "titans_theta_0.1": ("titans", THETA_01),
-    "titans_theta_0.1_chunk_8": ("titans", THETA_01 + CHUNK_8),
-    "titans_alpha_bias": ("titans", ALPHA_BIAS),
-    "titans_alpha_gate_eta_bias": ("titans", ALPHA_BIAS + GATE_BIAS + ETA_BIAS),
-    "titans_linear_exact": ("titans", LINEAR_EXACT),
-    "titans_linear_exact_alpha_bias": ("titans", LINEAR_EXACT + ALPHA_BIAS),
-    "titans_linear_exact_alpha_gate_bias": ("titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS),
+    "titans_earlier_spec": ("titans", TITANS_BEFORE),
+    "titans_theta_0.1": ("titans", TITANS_BEFORE + THETA_01),
+    "titans_theta_0.1_chunk_8": ("titans", TITANS_BEFORE + THETA_01 + CHUNK_8),
+    "titans_alpha_bias": ("titans", TITANS_BEFORE + ALPHA_BIAS),
+    "titans_alpha_gate_eta_bias": ("titans", TITANS_BEFORE + ALPHA_BIAS + GATE_BIAS + ETA_BIAS),
+    "titans_linear_exact": ("titans", TITANS_BEFORE + LINEAR_EXACT),
+    "titans_linear_exact_alpha_bias": ("titans", TITANS_BEFORE + LINEAR_EXACT + ALPHA_BIAS),
+    "titans_linear_exact_alpha_gate_bias": (
+        "titans", TITANS_BEFORE + LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS),
     "titans_linear_exact_alpha_gate_eta_bias": (
-        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS),
+        "titans", TITANS_BEFORE + LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS),
     "titans_linear_exact_all_biases_zero_init": (
-        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + ZERO_INIT),
+        "titans", TITANS_BEFORE + LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + ZERO_INIT),
     "titans_linear_exact_all_biases_theta_0.5": (
-        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + THETA_HALF),
+        "titans", TITANS_BEFORE + LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + THETA_HALF),
     "titans_as_delta_rule": (  # one gd step of rate 2 theta <= 1, no momentum, no decay
-        "titans", LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + ZERO_INIT + DELTA_STEP
+        "titans", TITANS_BEFORE + LINEAR_EXACT + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + ZERO_INIT + DELTA_STEP
         + THETA_HALF),
     "titans_alpha_gate_eta_bias_theta_0.1_chunk_8": (
-        "titans", ALPHA_BIAS + GATE_BIAS + ETA_BIAS + MLP_CHUNK_8),
+        "titans", TITANS_BEFORE + ALPHA_BIAS + GATE_BIAS + ETA_BIAS + MLP_CHUNK_8),
 }
 DEMO_DIMS = {"heads": 2.0, "d_head": 16.0, "d_k": 16.0, "d_v": 16.0}  # nlc demo's head sizes
 

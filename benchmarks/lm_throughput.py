@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 import time
@@ -79,6 +80,8 @@ ROWS = {
     "gated_deltanet_compiled": ("nlc examples/gated_deltanet.nl, torch.compile",
                                 lambda: _spec("gated_deltanet", d_k=64, d_v=64), True),
     "titans": ("nlc examples/titans.nl", lambda: _spec("titans", d_head=64), False),
+    "titans_compiled_chunks": ("nlc examples/titans.nl, NLC_COMPILE_CHUNKS=1",
+                               lambda: _spec("titans", d_head=64), False),
     "fla_hand_deltanet": ("hand layer on fla chunk_delta_rule", lambda: _hand_fla_deltanet,
                           False),
     "fla_deltanet": ("fla.layers.DeltaNet (chunk)",
@@ -89,6 +92,9 @@ ROWS = {
     "fla_gdn_our_kernel": ("fla.layers.GatedDeltaNet, our chunked kernel",
                            lambda: _ours_in_fla_gdn, False),
 }
+
+
+ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"}}  # set in the row's process
 
 
 def run_row(name: str, steps: int, B: int, T: int) -> dict:
@@ -144,7 +150,8 @@ def main():
     for name in a.rows.split(","):
         proc = subprocess.run([sys.executable, __file__, "--row", name, "--steps", str(a.steps),
                                "--batch", str(a.batch), "--seq-len", str(a.seq_len)],
-                              check=False, capture_output=True, text=True)
+                              check=False, capture_output=True, text=True,
+                              env={**os.environ, **ENV.get(name, {})})
         try:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             lines.append(f"| {r['label']} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.1f} | "

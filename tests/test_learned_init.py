@@ -14,13 +14,12 @@ from nlc.emit import load_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 TITANS = (ROOT / "examples" / "titans.nl").read_text()
-MLP_STATE = "mlp(d_head -> 4 * d_head -> d_head, act = gelu, residual"
 
 
 def layer_with(init: str, tmp_path: Path):
     line = next(ln for ln in TITANS.splitlines() if "state M :" in ln)
     spec = tmp_path / "titans_init.nl"
-    spec.write_text(TITANS.replace(line, line[:line.rindex("=")] + f"= {init}"))
+    spec.write_text(TITANS.replace(line, line[:line.index(") = ") + 1] + f" = {init}"))
     return load_layer(str(spec), d_model=32, heads=2, d_head=32)()
 
 
@@ -49,7 +48,7 @@ def test_xavier_sizes_follow_the_dims(tmp_path):
     """The scale is printed from the dims, so a layer built at other sizes draws at its own."""
     line = next(ln for ln in TITANS.splitlines() if "state M :" in ln)
     spec = tmp_path / "titans_init.nl"
-    spec.write_text(TITANS.replace(line, line[:line.rindex("=")] + "= learned(scheme = xavier)"))
+    spec.write_text(TITANS.replace(line, line[:line.index(") = ") + 1] + " = learned(scheme = xavier)"))
     cls = load_layer(str(spec), d_model=32, heads=2, d_head=32)
     layer = cls(d_model=32, heads=2, d_head=64)
     for w in learned_weights(layer).values():
