@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
-
 
 # per-channel decays are factored into q and k while a chunk's log decays stay within this
 # range (e^30 is far from fp32's limit); beyond it the exact masked product is used
