@@ -65,7 +65,8 @@ def errors_against_loop(fn, x, weights, bounds):
 
 
 # every value of every axis appears: T in {1, 15, 63, 65, 200}, chunk 16 / 32 / 64, K and V in
-# {16, 32, 48}, with and without an initial state, packed sequences (cu_seqlens).
+# {16, 32, 48} and the widest, 256 (V in several programs' blocks), with and without an
+# initial state, packed sequences (cu_seqlens; at T = 15 the third one is empty).
 # T = 1 from a zero state has a log-decay gradient of exactly 0: relative errors need a state.
 # (T, chunk, K, V, initial state, packed)
 CASES = [
@@ -77,6 +78,7 @@ CASES = [
     (65, 32, 16, 16, True, False),
     (200, 64, 16, 48, False, True),
     (63, 64, 48, 48, True, False),
+    (15, 16, 256, 256, True, True),
 ]
 
 
