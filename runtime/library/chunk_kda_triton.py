@@ -15,11 +15,12 @@ cumulative log decay per channel ([C, K]), G its last row, S the state at the ch
 P and the keys' own scores are GLA's decayed scores (chunk_decay_triton.py's
 `_scores_kernel`, which factors off-diagonal blocks of 16 through a block end so no
 exponential exceeds 1, and sums diagonal blocks exactly); T comes from chunk_delta_triton.py's
-block inverse. The backward pass stores one state per chunk and recomputes nothing per token
-beyond the forward's W, Delta and scores: dDelta's in-chunk part and dP (chunk_decay_triton's
-`_dscores_kernel`), the state gradients chunk after chunk, then per chunk the key side (dv,
-dW, dT, dA, dbeta), and the scores' gradients by `_intra_grads_kernel` run on P and on A.
-Log decays are clamped at LOG_DECAY_FLOOR, so decays of exactly 0 stay finite."""
+block inverse. The forward saves one state per chunk, W, Delta, T and the score matrices, no
+per-token state; the backward runs dDelta's in-chunk part and dP (chunk_decay_triton's
+`_dscores_kernel`), the state gradients chunk after chunk (recomputing nothing: the chunk-start
+states are saved), then per chunk the key side (dv, dW, dT, dA, dbeta), and the scores'
+gradients by `_intra_grads_kernel` run on P and on A. Log decays are clamped at
+LOG_DECAY_FLOOR, so decays of exactly 0 stay finite, forward and backward."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _chunk_square(i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
 
 # --------------------------------------------------------------------------- forward
 @triton.jit
-def _gate_kernel(kk, beta, akk, starts, ends, H: tl.constexpr, BT: tl.constexpr):
+def _ut_matrix_kernel(kk, beta, akk, starts, ends, H: tl.constexpr, BT: tl.constexpr):
     """Per (chunk, head): A = strict_lower(diag(b) KK), KK the keys' decayed scores."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
@@ -337,7 +338,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
     _scores_kernel[(NC, H)](k, k, gc, kk, **rows, H=H, K=K, BT=BT, BK=BK, PREC=prec,
                             num_warps=4)
     amat = torch.empty(NC, H, BT, BT, **f32)
-    _gate_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
+    _ut_matrix_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
     tinv = torch.zeros(NC, H, BT, BT, **f32)
     _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
     w = torch.empty_like(k)
