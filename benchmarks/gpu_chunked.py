@@ -2,11 +2,14 @@
 flash-linear-attention (fla), our fused recurrent kernels and SDPA flash, in one process.
 
 For DeltaNet (delta rule, no decay), Gated DeltaNet (delta rule, scalar decay), simple GLA /
-Mamba2 (decay family, scalar decay) and GLA (decay family, channel decay):
+Mamba2 (decay family, scalar decay), GLA (decay family, channel decay) and KDA (Kimi Delta
+Attention: delta rule, channel decay):
 
 GLA's "ours chunked" is runtime/library/chunk_decay_triton.py's `chunk_channel` (generated layers
 dispatch to it since the 2026-12-04 run in docs/perf.md measured it faster than the recurrent
-kernel at both shapes).
+kernel at both shapes). KDA's is runtime/library/chunk_kda_triton.py's `chunk_kda`, compared with
+fla's `fla.ops.kda.chunk_kda` where the installed fla has it (else its row records the
+ImportError); it has not been timed yet.
 
 1. bf16 correctness on the GPU: ours chunked (and fla chunk, for scale) against float32
    PyTorch chunked forms (runtime/library/chunked.py's `*_chunked_torch`, independent of the Triton
@@ -51,13 +54,15 @@ from triton.testing import do_bench  # noqa: E402
 
 from nlc.runtime.library.chunk_decay_triton import chunk_channel  # noqa: E402
 from nlc.runtime.library.chunk_delta_triton import chunk_scalar  # noqa: E402
+from nlc.runtime.library.chunk_kda_triton import chunk_kda
 from nlc.runtime.library.chunked import decay_chunked_torch, delta_chunked_torch  # noqa: E402
 
 SHAPES = [(8, 2048, 16, 128), (1, 16384, 16, 128)]
 CHECK_SHAPE = (2, 512, 4, 128)
 # model -> (family, decay kind)
 MODELS = {"DeltaNet": ("delta", "none"), "Gated DeltaNet": ("delta", "scalar"),
-          "simple GLA / Mamba2": ("decay", "scalar"), "GLA": ("decay", "channel")}
+          "simple GLA / Mamba2": ("decay", "scalar"), "GLA": ("decay", "channel"),
+          "KDA": ("delta", "channel")}
 
 
 def log(*args):
@@ -88,7 +93,8 @@ def make_inputs(model, B, T, H, D, dtype, seed=0):
 # -- the implementations: each (inputs) -> (o, final state [B, H, V, K]) -------------------------
 def ours_chunked(model):
     family, decay = MODELS[model]
-    kernel = chunk_channel if decay == "channel" else chunk_scalar
+    kernel = chunk_scalar if decay != "channel" else chunk_kda if family == "delta" \
+        else chunk_channel
 
     def run(x):
         v = x["v"] * x["beta"][..., None] if family == "delta" else x["v"]
@@ -164,6 +170,11 @@ def fla_fn(model, chunk: bool):
             else:
                 o, ht = gdr.fused_recurrent_gated_delta_rule(q, k, v, g=x["g"], beta=x["beta"],
                                                              **common)
+        elif model == "KDA":
+            from fla.ops.kda import chunk_kda as fla_chunk_kda  # fla versions without it fail here
+            from fla.ops.kda import fused_recurrent_kda
+            f = fla_chunk_kda if chunk else fused_recurrent_kda
+            o, ht = f(q, k, v, g=x["g"], beta=x["beta"], **common)
         elif model == "GLA":
             if chunk:
                 o, ht = gla.chunk_gla(q, k, v, x["g"], **common)

@@ -3,6 +3,9 @@
 """Sequence layers compiled from `delta_product.nl`: DeltaProduct.
 
 Level `memory` (spec:24), family product: 2 rank-one terms: a product of delta steps per token, one key: S' = S D (I - beta k k^T) + v' k^T.
+  Kernels: on CUDA, training-length inputs run the chunked Triton kernels
+  `chunk_delta_triton.chunk_scalar` (runtime/library/), short ones the fused recurrent kernel
+  `nlc_kernel_delta_scalar`; other devices the chunked PyTorch form.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value

@@ -3,6 +3,9 @@
 """Sequence layers compiled from `linear_attention.nl`: LinearAttention.
 
 Level `memory` (spec:23), family decay: S' = S D + B with scalar D.
+  Kernels: on CUDA, training-length inputs run the chunked Triton kernels
+  `chunk_delta_triton.chunk_scalar` (runtime/library/), short ones the fused recurrent kernel
+  `nlc_kernel_decay_none`; other devices the chunked PyTorch form.
 Level `normalizer` (spec:31), family decay: S' = S D + B with scalar D.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head

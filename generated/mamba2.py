@@ -3,6 +3,9 @@
 """Sequence layers compiled from `mamba2.nl`: Mamba2.
 
 Level `memory` (spec:27), family decay: S' = S D + B with scalar D.
+  Kernels: on CUDA, training-length inputs run the chunked Triton kernels
+  `chunk_delta_triton.chunk_scalar` (runtime/library/), short ones the fused recurrent kernel
+  `nlc_kernel_decay_scalar`; other devices the chunked PyTorch form.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value

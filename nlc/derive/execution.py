@@ -218,8 +218,6 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
     if fam is KernelFamily.DELTA:
         if len(terms) != 1 or terms[0][1] != family.param("key"):
             raise _NoChunkedForm("the input term's key is not the delta rule's key")
-        if family.param("decay_kind") != "scalar":
-            raise _NoChunkedForm("the chunked delta form takes a scalar decay")
         beta = family.param("beta")
     return AffineChunk(fam.value, query, terms, family.param("decay"),
                        family.param("decay_kind"), beta)

@@ -51,6 +51,7 @@ class PrintedLevel:
     default_init: str
     args_doc: object                # Prose
     attention: dict | None = None
+    kernels: tuple | None = None    # (chunked Triton entry, fused recurrent module) names
     additive: bool = False
     step: list[str] = field(default_factory=list)
     chunked: list[str] = field(default_factory=list)
@@ -92,6 +93,8 @@ class LevelPrinter:
     def printed(self, view: dict) -> PrintedLevel:
         plan, ex = self.plan, self.plan.execution
         out = PrintedLevel(**view)
+        if plan.kernel is not None and plan.kernel.chunked:
+            out.kernels = (plan.kernel.chunked_entry(), plan.kernel.module)
         if isinstance(ex, Attention):
             out.attention = {"scale": _number_code(ex.scale),
                              "window": ex.window,
@@ -226,8 +229,8 @@ class LevelPrinter:
         lines.append(f"if nl.use_triton(ref, key_width=state[{name!r}].shape[-1]):"
                      "  # CUDA tensors: the fused recurrent Triton kernel")
         lines += [f"    {line}" for line in fused + self._kernel_call(args, name)]
-        return lines + [f"return nl.recurrent({self.plan.fn}_step, tokens, state, "
-                        "consts=consts)"]
+        return lines + [(f"return nl.recurrent({self.plan.fn}_step, tokens, state, "
+                         "consts=consts)")]
 
     # ------------------------------------------------------------ shared cores
     def canonical(self) -> dict[str, str] | None:

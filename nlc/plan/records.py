@@ -79,6 +79,11 @@ class StatePlan:
     learned: LearnedState | None = None
 
 
+# "family/decay" -> the chunked Triton kernels' entry point; the rest are chunk_scalar's
+CHUNKED_ENTRIES = {"decay/channel": "chunk_decay_triton.chunk_channel",
+                   "delta/channel": "chunk_kda_triton.chunk_kda"}
+
+
 @dataclass(frozen=True)
 class KernelPlan:
     """The fused recurrent Triton kernel of a level (templates/triton_recurrent.py.jinja),
@@ -91,6 +96,12 @@ class KernelPlan:
     error: object = None    # elementwise: e(p, y)
     order: str | None = None
     chunked: str | None = None  # "family/decay" of the chunked kernels that take long inputs
+
+    def chunked_entry(self) -> str:
+        """`file.function` of the chunked Triton kernels in runtime/library/ that take long
+        inputs (the runtime's `chunked_kernel_for` picks the same; tests/test_chunk_kda_triton.py
+        checks it)."""
+        return CHUNKED_ENTRIES.get(self.chunked, "chunk_delta_triton.chunk_scalar")
 
     def configuration(self):
         """What the kernel template renders (nlc/emit/triton_render.py)."""

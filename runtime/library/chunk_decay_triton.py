@@ -16,7 +16,8 @@ block j, where both e^{g_i - r} and e^{r - g_j} are at most 1, and goes to the t
 diagonal block is summed exactly, one column at a time, with its exponentials masked first.
 The backward pass uses the same blocks for the intra-chunk part of dq and dk, and
 dg = q * dq - k * dk (plus G's gradient on the chunk's last row), summed back over the chunk.
-Scalar decays go to chunk_delta_triton.py (its kernels without the delta rule)."""
+Scalar decays go to chunk_delta_triton.py (its kernels without the delta rule); the delta
+rule with a per-channel decay to chunk_kda_triton.py, which reuses these kernels' scores."""
 
 from __future__ import annotations
 
@@ -475,11 +476,11 @@ def chunk_channel(q, k, v, beta=None, log_decay=None, *, initial_state=None, cu_
 
     q, k `[B, T, H, K]`, v `[B, T, H, V]`, log_decay `[B, T, H, K]`, initial_state
     `[B, H, V, K]` (or `[S, H, V, K]` for S packed sequences with `cu_seqlens`, B = 1).
-    `beta` must be None (the delta rule with a channel decay has no chunked kernel yet).
+    `beta` must be None (the delta rule with a channel decay is chunk_kda_triton.py's).
     Returns `(o [B, T, H, V], final state float32)`."""
     if beta is not None:
-        raise NotImplementedError("the delta rule with a per-channel decay has no chunked "
-                                  "Triton kernel")
+        raise ValueError("chunk_channel is the decay family: the delta rule with a "
+                         "per-channel decay is chunk_kda (chunk_kda_triton.py)")
     check_inputs(q, k, v, None, log_decay, initial_state, cu_seqlens, channel=True)
     B, T, H, K = q.shape
     V = v.shape[-1]

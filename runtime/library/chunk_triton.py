@@ -1,4 +1,5 @@
-"""Shared pieces of the chunked Triton kernels (chunk_delta_triton.py, chunk_decay_triton.py).
+"""Shared pieces of the chunked Triton kernels (chunk_delta_triton.py, chunk_decay_triton.py,
+chunk_kda_triton.py).
 
 Every chunked kernel works on packed sequences: tokens `[N, H, *]` (a batch `[B, T, H, *]` is
 B sequences of T tokens, packed), `cu_seqlens` the sequences' boundaries. A chunk never spans
@@ -8,6 +9,7 @@ every sequence the index of its first chunk (where its per-chunk states start)."
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +40,7 @@ def chunk_table(cu_seqlens: list[int], chunk: int, device) -> ChunkTable:
     if table is not None:
         return table
     starts, ends, offsets = [], [], [0]
-    for bos, eos in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+    for bos, eos in itertools.pairwise(cu_seqlens):
         for s in range(bos, eos, chunk):
             starts.append(s)
             ends.append(eos)
@@ -62,7 +64,7 @@ def boundaries(batch: int, length: int, cu_seqlens) -> list[int]:
     if batch != 1:
         raise ValueError("with cu_seqlens the batch size must be 1 (sequences packed along T)")
     bounds = [int(b) for b in cu_seqlens.tolist()]
-    if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in zip(bounds, bounds[1:])):
+    if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in itertools.pairwise(bounds)):
         raise ValueError(f"cu_seqlens must rise from 0 to T = {length}, got {bounds}")
     return bounds
 
@@ -127,12 +129,13 @@ def check_dims(K: int, V: int, chunk: int):
 
 
 # --------------------------------------------------------------------------- dispatch
-# (family, decay kind) pairs whose chunked Triton kernels the dispatch uses. The channel-decay
-# kernels (chunk_decay_triton.py) pass the CPU tests but have not run on a GPU yet: they join
-# this set once benchmarks/gpu_chunked.py has measured them (until then GLA keeps its fused
-# recurrent kernel on CUDA).
+# (family, decay kind) pairs whose chunked Triton kernels the dispatch uses: chunk_scalar
+# (chunk_delta_triton.py) for no or a scalar decay, chunk_channel (chunk_decay_triton.py) and
+# chunk_kda (chunk_kda_triton.py) for a decay per key channel. The channel-decay kernels are
+# tested under the Triton interpreter (tests/test_chunk_triton.py, tests/test_chunk_kda_triton.py);
+# benchmarks/gpu_chunked.py times them on a GPU.
 CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
-                   ("decay", "scalar"), ("decay", "channel")}
+                   ("decay", "scalar"), ("decay", "channel"), ("delta", "channel")}
 # inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
 # few tokens) to the fused recurrent kernel, which needs no per-chunk work
 CHUNKED_MIN_TOKENS = 64
@@ -158,6 +161,9 @@ def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bo
             or chunk not in (16, 32, 64)):
         return None
     try:
+        if decay == "channel" and family == "delta":
+            from nlc.runtime.library.chunk_kda_triton import chunk_kda
+            return chunk_kda
         if decay == "channel":
             from nlc.runtime.library.chunk_decay_triton import chunk_channel
             return chunk_channel

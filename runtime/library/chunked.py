@@ -9,20 +9,21 @@ chunk.
 decay:  S_t = S_{t-1} D_t + v_t k_t^T
 delta:  S_t = S_{t-1} D_t (I - b_t k_t k_t^T) + v_t k_t^T
 
-For delta, write S_t = d_t S_{t-1} + delta_t k_t^T with delta_t = v_t - b_t d_t S_{t-1} k_t.
+For delta, write S_t = S_{t-1} D_t + delta_t k_t^T with delta_t = v_t - b_t S_{t-1} D_t k_t.
 Unrolled inside a chunk from its start state S_0 (g the cumulative log decay), the deltas
 solve a unit lower-triangular system (the UT transform):
-  (I + A) Delta = V - diag(b e^g) K S_0^T,   A[t, s] = b_t e^{g_t - g_s} k_t.k_s  (s < t),
-so Delta = U - W S_0^T with U = (I + A)^-1 V and W = (I + A)^-1 diag(b e^g) K, both computed
-for all chunks at once."""
+  (I + A) Delta = V - diag(b) (K * e^g) S_0^T,
+  A[t, s] = b_t sum_c k_tc k_sc e^{g_tc - g_sc}  (s < t),
+so Delta = U - W S_0^T with U = (I + A)^-1 V and W = (I + A)^-1 diag(b) (K * e^g), both
+computed for all chunks at once. With a decay per key channel (Kimi Delta Attention) A is the
+keys' own decayed scores, built as the output's are (`_scores`); a scalar decay is the case
+K = 1 of the same formulas."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
-
 
 # per-channel decays are factored into q and k while a chunk's log decays stay within this
 # range (e^30 is far from fp32's limit); beyond it the exact masked product is used
@@ -130,8 +131,8 @@ def decay_chunked_torch(q, k, v, log_decay=None, *, initial_state=None, read_bef
 
 def delta_chunked(q, k, v, beta, log_decay=None, *, initial_state=None, read_before=False,
                   chunk_size=64):
-    """The delta family with a scalar (or no) decay, chunked by the UT transform. CUDA tensors
-    go to the chunked Triton kernels where they cover the case."""
+    """The delta family (no, scalar or per-channel decay), chunked by the UT transform. CUDA
+    tensors go to the chunked Triton kernels where they cover the case."""
     kernel = chunked_kernel_for(q, "delta", _decay_kind(log_decay), read_before, chunk_size,
                                 k.shape[-1], v.shape[-1])
     if kernel is not None:
@@ -144,12 +145,10 @@ def delta_chunked(q, k, v, beta, log_decay=None, *, initial_state=None, read_bef
 def delta_chunked_torch(q, k, v, beta, log_decay=None, *, initial_state=None,
                         read_before=False, chunk_size=64):
     """`delta_chunked` in plain PyTorch (any device)."""
-    if log_decay is not None and log_decay.dim() == 4:
-        raise ValueError("delta_chunked takes a scalar decay per head and token")
     T, q, k, v, g, ld = _prepare(q, k, v, log_decay, chunk_size)
     b = _split(_pad(beta, q.shape[2] * chunk_size), chunk_size).unsqueeze(-1)  # [B,H,N,C,1]
     C = chunk_size
-    a = (b * (k @ k.mT)) * _masked_exp(g[..., :, 0, None] - g[..., None, :, 0], strict=True)
+    a = b * _scores(k, k, g, g, strict=True)
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
     inv = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False,
                                         unitriangular=True)
