@@ -67,6 +67,38 @@ def _library_calls(registered: tuple) -> dict:
     return calls
 
 
+class _Solved:
+    """A^-1 times the factors after it in a product (`rhs`), printed as one solve."""
+
+    def __init__(self, matrix, rhs):
+        self.matrix, self.rhs = matrix, list(rhs)
+        self.shape = (matrix.shape[0], rhs[-1].shape[1] if rhs else matrix.shape[1])
+        self.is_number = False
+
+    def __hash__(self):
+        return hash((self.matrix, tuple(self.rhs)))
+
+    def __eq__(self, other):
+        return isinstance(other, _Solved) and (self.matrix, self.rhs) == (other.matrix, other.rhs)
+
+
+def _split_shift(matrix):
+    """M + c I -> (M, c); a matrix without an identity term shifts by 0."""
+    terms = matrix.args if isinstance(matrix, sp.MatAdd) else (matrix,)
+    shift, rest = sp.Integer(0), []
+    for t in terms:
+        coef, mat = t.as_coeff_mmul() if isinstance(t, sp.MatMul) else (sp.Integer(1), t)
+        if isinstance(mat, sp.MatMul) and len(mat.args) == 1:
+            mat = mat.args[0]
+        if isinstance(mat, sp.Identity):
+            shift += coef
+        else:
+            rest.append(t)
+    if not rest:
+        raise NlcError(f"cannot emit the inverse of a multiple of the identity: {sp.sstr(matrix)}")
+    return (sp.MatAdd(*rest) if len(rest) > 1 else rest[0]), shift
+
+
 class TorchPrinter:
     """Print expressions as assignment lines. `names` maps a symbol's name to the Python
     expression that holds it; `prefix` names the temporaries."""
@@ -111,7 +143,8 @@ class TorchPrinter:
     def _paren(self, e) -> str:
         code = self.expr(e)
         if e in self.cache or isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Function,
-                                             Mean, Total, Dot, sp.Transpose)) or code.isidentifier():
+                                             Mean, Total, Dot, sp.Transpose, _Solved)) \
+                or code.isidentifier():
             return code
         if e.is_number and not code.startswith("-"):
             return code
@@ -190,6 +223,9 @@ class TorchPrinter:
             return self._product(scalars or [sp.Integer(1)], "*")
         if any(isinstance(m, sp.OneMatrix) for m in mats):
             raise NlcError(f"cannot emit a product with a matrix of ones: {sp.sstr(e)[:80]}")
+        inverse = next((i for i, m in enumerate(mats) if isinstance(m, sp.Inverse)), None)
+        if inverse is not None:  # X A^-1 Y: a solve, never an explicit inverse
+            mats = mats[:inverse] + [_Solved(mats[inverse].arg, mats[inverse + 1:])]
         for m in mats:  # a diagonal factor scales rows (on the left) or columns (on the right)
             if isinstance(m, sp.DiagMatrix):
                 if code is None:
@@ -210,6 +246,16 @@ class TorchPrinter:
             return f"-{code}" if " " not in code else f"-({code})"
         return " * ".join(factors + [code if " " not in code or code.startswith("(")
                                      else f"({code})"])
+
+    def _print__Solved(self, e) -> str:
+        """A^-1 Y as `nl.shifted_solve(M, c, Y)` for A = M + c I (A Y^T solved on the right
+        when nothing follows the inverse: X A^-1 = (A^-T X^T)^T is printed by the caller)."""
+        matrix, shift = _split_shift(e.matrix)
+        if not e.rhs:
+            raise NlcError(f"cannot emit an inverse that is not applied: {sp.sstr(e.matrix)[:80]}",
+                           hint="read the solved memory applied to a query, S(q)")
+        rhs = e.rhs[0] if len(e.rhs) == 1 else sp.MatMul(*e.rhs)
+        return f"nl.shifted_solve({self.expr(matrix)}, {self.expr(shift)}, {self.expr(rhs)})"
 
     def _print_HadamardProduct(self, e) -> str:
         return " * ".join(self._paren(a) for a in e.args)

@@ -357,6 +357,16 @@ class LevelChecker:
                            "ridge", span)
         if alg == "exact" and form != "matrix":
             raise NlcError("the exact ridge solve needs a matrix memory", span)
+        if alg == "exact":
+            gates = [t for t in retentions if t.kind in ("decay", "weight_decay")]
+            other = next((t for t in retentions
+                          if t.kind not in ("none", "decay", "weight_decay")), None)
+            if other is not None:
+                raise NlcError(f"the exact ridge solve keeps its statistics with a decay; "
+                               f"'{other.kind}' has no meaning for it", other.span,
+                               hint="use decay(alpha) or none")
+            if len(gates) > 1:
+                raise NlcError("the exact ridge solve takes one decay", gates[1].span)
         kinds = {t.kind: t for t in retentions}
         if "erase" in kinds and (alg not in ("gd", "implicit") or "kl" in kinds):
             raise NlcError("'erase' is derived with the gd and implicit algorithms, without a "
