@@ -456,10 +456,6 @@ def _exact(d: LevelDerivation) -> UpdateRule:
     h_step = sp.MatAdd(*[_strip_left(t, S) for t in linear]).doit()
     g_step = -sp.MatAdd(*constant).doit()
     gamma = gates[0].factor if gates else sp.Integer(1)
-    if is_matrix(gamma):
-        raise NlcError("the ridge statistics take a scalar decay, not one per channel",
-                       next(t.span for t in lv.retentions if t.kind in ("decay", "weight_decay")),
-                       hint="decay(alpha) with a scalar alpha")
     reg = d.value(term.get("reg"), lower)
     d.roles.update(reg=reg, cg_steps=sp.Integer(lv.algorithm.get("cg_steps")))
     eye = sp.Identity(H.shape[0])

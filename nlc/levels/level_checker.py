@@ -367,6 +367,12 @@ class LevelChecker:
                                hint="use decay(alpha) or none")
             if len(gates) > 1:
                 raise NlcError("the exact ridge solve takes one decay", gates[1].span)
+            gate = gates[0].get("alpha") if gates else None
+            if isinstance(gate, ast.Expr) and infer(gate, env) != ():
+                raise NlcError(f"the ridge statistics H and G take a scalar decay; "
+                               f"'{format_expr(gate)}' is {shape_text(infer(gate, env))}",
+                               gate.span, hint="a scalar gate, e.g. sigmoid(x @ w) with w : "
+                               "[d_model]")
         kinds = {t.kind: t for t in retentions}
         if "erase" in kinds and (alg not in ("gd", "implicit") or "kl" in kinds):
             raise NlcError("'erase' is derived with the gd and implicit algorithms, without a "
