@@ -5,11 +5,14 @@ gradient read against the exact one, the generated module's gradients, and the c
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXAMPLES, TESTS
+from conftest import EXAMPLES, ROOT, TESTS
 from nlc.runtime.library.solve import ridge_chunked
 
 from nlc import pipeline
@@ -182,3 +185,39 @@ def test_an_unprintable_rule_is_located_at_its_objective(monkeypatch):
     err = info.value
     line = Path(MESA).read_text().splitlines()[err.span.line - 1]
     assert "objective ridge" in line and "level 'memory'" in err.message
+
+
+TRITON_CG = """
+import os, torch
+os.environ["NLC_TRITON"] = "force"
+from nlc.runtime.library import chunk_triton
+from nlc.runtime.library.solve import ridge_chunked
+g = torch.Generator().manual_seed(0)
+B, T, H, K = 1, 64, 2, 16
+q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1)
+        for _ in range(2))
+v = torch.randn(B, T, H, K, generator=g)
+log_gamma = torch.log(0.8 + 0.2 * torch.rand(B, T, H, generator=g))
+assert chunk_triton.chunked_kernel_for(q, "decay", "scalar", False, 32, K, K) is not None
+leaves = [x.clone().requires_grad_() for x in (q, k, v, log_gamma)]
+o, (h, G) = ridge_chunked(*leaves, 1.0, chunk_size=32, cg_steps=K)
+o.square().sum().backward()
+os.environ["NLC_TRITON"] = "0"
+ref = [x.double().clone().requires_grad_() for x in (q, k, v, log_gamma)]
+ro, (rh, rG) = ridge_chunked(*ref, 1.0, chunk_size=32)
+ro.square().sum().backward()
+rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
+print(max([rel(o, ro), rel(h, rh), rel(G, rG)] + [rel(a.grad, b.grad) for a, b in zip(leaves, ref)]))
+"""
+
+
+def test_cg_runs_on_the_chunked_triton_kernels():
+    """What CUDA tensors run, forced on the CPU under Triton's interpreter: every CG step's
+    product with H is the decay family's chunked kernel (float32), and K steps agree with the
+    exact float64 solve in the output, the final statistics and every input's gradient."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", TRITON_CG], check=False, capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-5

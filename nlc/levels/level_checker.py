@@ -358,6 +358,10 @@ class LevelChecker:
         if alg == "exact" and form != "matrix":
             raise NlcError("the exact ridge solve needs a matrix memory", span)
         if alg == "exact":
+            if state.init != "zeros":  # S = G (H + reg I)^-1 has no state of its own to set
+                raise NlcError(f"the exact ridge solve starts from empty statistics; an "
+                               f"initial state '{state.init}' has no meaning for it",
+                               state.span, hint="drop the initializer (zeros)")
             gates = [t for t in retentions if t.kind in ("decay", "weight_decay")]
             other = next((t for t in retentions
                           if t.kind not in ("none", "decay", "weight_decay")), None)
