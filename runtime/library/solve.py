@@ -19,17 +19,14 @@ on CUDA, decay_chunked runs the chunked Triton kernels where they cover the case
 from __future__ import annotations
 
 import torch
-
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR
 from nlc.runtime.library.chunked import _masked_exp, _pad, _split, decay_chunked
 
 
 def shifted_solve(matrix: torch.Tensor, shift, rhs: torch.Tensor) -> torch.Tensor:
     """(matrix + shift I)^-1 rhs over the leading axes: `[..., n, n]`, `[..., n, m]`."""
-    n = matrix.shape[-1]
-    eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
-    return torch.linalg.solve(matrix + shift * eye, rhs.expand(*matrix.shape[:-2], n,
-                                                                 rhs.shape[-1]))
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    return torch.linalg.solve(matrix + shift * eye, rhs)  # batch axes broadcast
 
 
 def _batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,28 +61,25 @@ def cg_solve(apply, b: torch.Tensor, steps: int) -> torch.Tensor:
 def ridge_chunked(q, k, v, log_decay=None, reg=1.0, *, initial_state=None, read_before=False,
                   chunk_size=64, cg_steps=0):
     """o_t = G_t (H_t + reg I)^-1 q_t for `q, k: [B, T, H, K]`, `v: [B, T, H, V]`, a scalar
-    log decay `[B, T, H]` (or None) and `reg` a number or `[B, T, H]`; `initial_state` is
+    log decay `[B, T, H]` (or None) and a number `reg`; `initial_state` is
     `(H_0 [B, H, K, K], G_0 [B, H, V, K])`. `cg_steps` = 0 solves exactly, else by that many
     conjugate-gradient steps. Returns `(o [B, T, H, V], (H_T, G_T))`."""
-    B, T, Hh, K = k.shape
+    B, _, Hh, K = k.shape
     if initial_state is None:
         initial_state = (k.new_zeros(B, Hh, K, K), k.new_zeros(B, Hh, v.shape[-1], K))
     h0, g0 = initial_state
-    reg = torch.as_tensor(reg, dtype=q.dtype, device=q.device)
-    reg = reg.expand(B, T, Hh) if reg.dim() else reg
 
     def read(query, values, state):
         return decay_chunked(query, k, values, log_decay, initial_state=state,
                              read_before=read_before, chunk_size=chunk_size)
 
-    shift = reg[..., None] if reg.dim() else reg
     if cg_steps:
         finals = []
 
         def apply(p):  # (H_t + reg I) p_t for every token: one read with values k
             hp, final = read(p, k, h0)
             finals.append(final)
-            return hp + shift * p
+            return hp + reg * p
 
         x = cg_solve(apply, q, cg_steps)
         h_final = finals[0]
@@ -105,7 +99,6 @@ def _exact_solves(q, k, log_decay, reg, h0, read_before: bool, chunk: int):
         log_decay = k.new_zeros(B, T, Hh)
     ld = log_decay.clamp_min(LOG_DECAY_FLOOR)
     qc, kc, ldc = (_split(_pad(x, padded), chunk) for x in (q, k, ld))  # [B, H, N, C, *]
-    regc = _split(_pad(reg, padded), chunk) if reg.dim() else reg
     eye = torch.eye(K, dtype=k.dtype, device=k.device)
     state, xs = h0, []
     for n in range(qc.shape[2]):
@@ -114,8 +107,7 @@ def _exact_solves(q, k, log_decay, reg, h0, read_before: bool, chunk: int):
         weights = _masked_exp(g_read[..., :, None] - g[..., None, :], read_before)
         h_tok = torch.einsum("bhts,bhsi,bhsj->bhtij", weights, kn, kn) \
             + g_read.exp()[..., None, None] * state[:, :, None]
-        rn = regc[:, :, n][..., None, None] if reg.dim() else reg
-        xs.append(torch.linalg.solve(h_tok + rn * eye, qc[:, :, n].unsqueeze(-1))[..., 0])
+        xs.append(torch.linalg.solve(h_tok + reg * eye, qc[:, :, n].unsqueeze(-1))[..., 0])
         last = g[..., -1:]
         state = state * last.exp()[..., None] + (kn * (last - g).exp()[..., None]).mT @ kn
     x = torch.stack(xs, 2)                                           # [B, H, N, C, K]
