@@ -25,7 +25,14 @@ from dataclasses import dataclass, replace
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from nlc.derive.classify import ERROR_ARGS, Classification, KernelFamily, classify, split_term
+from nlc.derive.classify import (
+    ERROR_ARGS,
+    Classification,
+    KernelFamily,
+    classify,
+    split_shift,
+    split_term,
+)
 from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.rule import UpdateRule
 
@@ -313,25 +320,12 @@ def _solve(rule: UpdateRule) -> SolveChunk:
     if len(mats) != 3 or mats[0] != g_read or not isinstance(mats[1], sp.Inverse) \
             or mats[2].has(g_read) or mats[2].has(h_read):
         raise _NoChunkedForm("the read is not G (H + reg I)^-1 q")
-    reg = _shift(mats[1].arg, h_read)
+    solved, reg = split_shift(mats[1].arg)
+    if solved != h_read:
+        raise _NoChunkedForm("the solved matrix is not H + reg I")
     query = coef * mats[2] if coef != 1 else mats[2]
     return SolveChunk(query, key, g_terms[0][0], gate_h, reg, int(rule.role("cg_steps", 0)),
                       (h_name, g_name))
-
-
-def _shift(matrix, h):
-    """reg for matrix = h + reg I."""
-    terms = matrix.args if isinstance(matrix, sp.MatAdd) else (matrix,)
-    rest = [t for t in terms if t != h]
-    shift = sp.Integer(0)
-    for t in rest:
-        coef, mats = split_term(t)
-        if len(mats) != 1 or not isinstance(mats[0], sp.Identity):
-            raise _NoChunkedForm("the solved matrix is not H + reg I")
-        shift += coef
-    if len(rest) == len(terms):
-        raise _NoChunkedForm("the solved matrix is not H + reg I")
-    return shift
 
 
 # ------------------------------------------------------------------ frozen gradients

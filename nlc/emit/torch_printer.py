@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from nlc.derive.classify import split_shift
 from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total, free_names
 from nlc.derive.symbols import internal
 from nlc.errors import NlcError
@@ -67,36 +69,13 @@ def _library_calls(registered: tuple) -> dict:
     return calls
 
 
+@dataclass(frozen=True)
 class _Solved:
     """A^-1 times the factors after it in a product (`rhs`), printed as one solve."""
 
-    def __init__(self, matrix, rhs):
-        self.matrix, self.rhs = matrix, list(rhs)
-        self.shape = (matrix.shape[0], rhs[-1].shape[1] if rhs else matrix.shape[1])
-        self.is_number = False
-
-    def __hash__(self):
-        return hash((self.matrix, tuple(self.rhs)))
-
-    def __eq__(self, other):
-        return isinstance(other, _Solved) and (self.matrix, self.rhs) == (other.matrix, other.rhs)
-
-
-def _split_shift(matrix):
-    """M + c I -> (M, c); a matrix without an identity term shifts by 0."""
-    terms = matrix.args if isinstance(matrix, sp.MatAdd) else (matrix,)
-    shift, rest = sp.Integer(0), []
-    for t in terms:
-        coef, mat = t.as_coeff_mmul() if isinstance(t, sp.MatMul) else (sp.Integer(1), t)
-        if isinstance(mat, sp.MatMul) and len(mat.args) == 1:
-            mat = mat.args[0]
-        if isinstance(mat, sp.Identity):
-            shift += coef
-        else:
-            rest.append(t)
-    if not rest:
-        raise NlcError(f"cannot emit the inverse of a multiple of the identity: {sp.sstr(matrix)}")
-    return (sp.MatAdd(*rest) if len(rest) > 1 else rest[0]), shift
+    matrix: object
+    rhs: tuple
+    is_number = False
 
 
 class TorchPrinter:
@@ -225,7 +204,7 @@ class TorchPrinter:
             raise NlcError(f"cannot emit a product with a matrix of ones: {sp.sstr(e)[:80]}")
         inverse = next((i for i, m in enumerate(mats) if isinstance(m, sp.Inverse)), None)
         if inverse is not None:  # X A^-1 Y: a solve, never an explicit inverse
-            mats = mats[:inverse] + [_Solved(mats[inverse].arg, mats[inverse + 1:])]
+            mats = mats[:inverse] + [_Solved(mats[inverse].arg, tuple(mats[inverse + 1:]))]
         for m in mats:  # a diagonal factor scales rows (on the left) or columns (on the right)
             if isinstance(m, sp.DiagMatrix):
                 if code is None:
@@ -248,9 +227,12 @@ class TorchPrinter:
                                      else f"({code})"])
 
     def _print__Solved(self, e) -> str:
-        """A^-1 Y as `nl.shifted_solve(M, c, Y)` for A = M + c I (A Y^T solved on the right
-        when nothing follows the inverse: X A^-1 = (A^-T X^T)^T is printed by the caller)."""
-        matrix, shift = _split_shift(e.matrix)
+        """A^-1 Y as `nl.shifted_solve(M, c, Y)` for A = M + c I. An inverse with nothing
+        after it has no solve to print (a read meets the solved memory as `S(q)`)."""
+        matrix, shift = split_shift(e.matrix)
+        if matrix is None:
+            raise NlcError(f"cannot emit the inverse of a multiple of the identity: "
+                           f"{sp.sstr(e.matrix)[:80]}")
         if not e.rhs:
             raise NlcError(f"cannot emit an inverse that is not applied: {sp.sstr(e.matrix)[:80]}",
                            hint="read the solved memory applied to a query, S(q)")
