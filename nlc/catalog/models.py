@@ -135,12 +135,14 @@ def _mesa(r: Roles):
 
 entry(id="mesa", title="Mesa layer",
       citation="von Oswald et al., Uncovering mesa-optimization algorithms in Transformers, "
-               "arXiv:2309.05858 (2023): o = (sum v k^T)(sum k k^T + lambda I)^-1 q",
+               "arXiv:2309.05858 (2023), eqs. 6 and 8: o = (sum v k^T)(sum k k^T + I / lambda)^-1 "
+               "q, with reg = 1 / lambda",
       form="matrix", gate="none", needs=("k", "v", "q", "reg"), family="solve", update=_mesa,
       objective="ridge")
 entry(id="mesanet", title="MesaNet",
       citation="von Oswald et al., MesaNet, arXiv:2506.05233 (2025): H = gamma H + k k^T, "
-               "G = gamma G + v k^T, o = G (H + Lambda)^-1 q",
+               "G = gamma G + v k^T, o = G (H + Lambda)^-1 q (eqs. 7-8 with beta = 1 and "
+               "Lambda = reg I)",
       form="matrix", gate="scalar", needs=("k", "v", "q", "reg", "alpha"), family="solve",
       update=_mesa, objective="ridge")
 
