@@ -22,6 +22,8 @@ CATALOG_TITLES = {
     "kda": "Kimi Delta Attention",
     "titans_linear": "Titans, linear memory without momentum (ordering C)",
     "longhorn": "Longhorn",
+    "mesa": "Mesa layer",
+    "mesanet": "MesaNet",
     "ttt_linear": "TTT-Linear",
     "ttt_mlp": "TTT-MLP",
     "titans": "Titans (MLP memory, momentum, weight decay)",

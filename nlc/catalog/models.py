@@ -33,6 +33,7 @@ class Roles:
     form: object = None
     g: object = None
     delta: object = None
+    reg: object = None        # the ridge penalty (Mesa)
     grad: Callable | None = None  # tensors -> the entry's loss gradient there (MLP entries)
 
 
@@ -46,7 +47,7 @@ class CatalogEntry:
     needs: tuple[str, ...]    # roles that must be bound
     update: Callable[[Roles], tuple]  # next value of each carried tensor, in rule order
     family: str               # the kernel family the paper's recurrence belongs to
-    objective: str | None = None  # the spec objective an MLP entry can be compared with
+    objective: str | None = None  # the spec objective an MLP or solve entry is compared with
     kind: str = "layer"       # layer | optimizer
     loss: Loss | None = None  # the paper's loss, whose gradient `Roles.grad` gives
 
@@ -120,6 +121,30 @@ entry(id="longhorn", title="Longhorn",
       citation="Liu et al., Longhorn: SSMs are Amortized Online Learners, arXiv:2407.14207 "
                "(2024), closed-form implicit update",
       form="matrix", gate="none", needs=("k", "v", "beta"), family="delta", update=_longhorn)
+
+
+
+def _mesa(r: Roles):
+    """G' = a G + v k^T, H' = a H + k k^T, and the read o = G' (H' + reg I)^-1 q: the
+    carried statistics in rule order, then the read (a solve entry states both)."""
+    gate = r.alpha if r.alpha is not None else 1
+    g = gate * r.S[0] + _outer(r.v, r.k)
+    h = gate * r.S[1] + _outer(r.k, r.k)
+    return g, h, g * sp.Inverse(h + r.reg * _I(r.k.shape[0])) * r.q
+
+
+entry(id="mesa", title="Mesa layer",
+      citation="von Oswald et al., Uncovering mesa-optimization algorithms in Transformers, "
+               "arXiv:2309.05858 (2023), eqs. 6 and 8: o = (sum v k^T)(sum k k^T + I / lambda)^-1 "
+               "q, with reg = 1 / lambda",
+      form="matrix", gate="none", needs=("k", "v", "q", "reg"), family="solve", update=_mesa,
+      objective="ridge")
+entry(id="mesanet", title="MesaNet",
+      citation="von Oswald et al., MesaNet, arXiv:2506.05233 (2025): H = gamma H + k k^T, "
+               "G = gamma G + v k^T, o = G (H + Lambda)^-1 q (eqs. 7-8 with beta = 1 and "
+               "Lambda = reg I)",
+      form="matrix", gate="scalar", needs=("k", "v", "q", "reg", "alpha"), family="solve",
+      update=_mesa, objective="ridge")
 
 # ---------------------------------------------------------------- non-affine memories
 

@@ -75,6 +75,22 @@ def split_term(term):
     return term, []
 
 
+def split_shift(matrix) -> tuple:
+    """M + c I -> (M, c): the identity terms' coefficients summed (0 without one); M is None
+    when nothing but identity terms is left."""
+    terms = matrix.args if isinstance(matrix, sp.MatAdd) else (matrix,)
+    shift, rest = sp.Integer(0), []
+    for t in terms:
+        coef, mats = split_term(t)
+        if len(mats) == 1 and isinstance(mats[0], sp.Identity):
+            shift += coef
+        else:
+            rest.append(t)
+    if not rest:
+        return None, shift
+    return (sp.MatAdd(*rest) if len(rest) > 1 else rest[0]), shift
+
+
 def _over(coef, gate):
     """coef / gate, term by term: the gate is a factor of each term, which SymPy cancels on
     division. (`sp.cancel` would also expand every power of a sum in the coefficient: a rate

@@ -433,7 +433,10 @@ def _query(expr, state_name, lower):
 
 def _exact(d: LevelDerivation) -> UpdateRule:
     """Ridge regression over the whole history, solved exactly (Mesa): the per-token gradient
-    is split into its state-linear part (accumulated in H) and its constant part (in G)."""
+    is split into its state-linear part (accumulated in H) and its constant part (in G), so
+    S = G (H + reg I)^-1 (von Oswald et al. 2023, the Mesa layer; MesaNet, arXiv:2506.05233,
+    with a decay of both statistics). The read applies that S: after the write it names the
+    new statistics `S_G_next`, `S_H_next`, as every rule's read does."""
     lv = d.level
     lower = d.lowering(d.tensors)
     gates = d.gates()
@@ -453,13 +456,17 @@ def _exact(d: LevelDerivation) -> UpdateRule:
     h_step = sp.MatAdd(*[_strip_left(t, S) for t in linear]).doit()
     g_step = -sp.MatAdd(*constant).doit()
     gamma = gates[0].factor if gates else sp.Integer(1)
-    reg = sp.sympify(term.get("reg"))
-    solved = G * sp.Inverse(H + reg * sp.Identity(H.shape[0]))
+    reg = d.value(term.get("reg"), lower)
+    d.roles.update(reg=reg, cg_steps=sp.Integer(lv.algorithm.get("cg_steps")))
+    eye = sp.Identity(H.shape[0])
+    solved = G * sp.Inverse(H + reg * eye)
     new_h, new_g = gamma * H + h_step, gamma * G + g_step
-    lower_read = d.lowering((G * sp.Inverse(H + reg * sp.Identity(H.shape[0])),))
-    if not lv.read_before:
-        lower_read = d.lowering((new_g * sp.Inverse(new_h + reg * sp.Identity(H.shape[0])),))
-    read = lower_read(lv.read) if lv.read is not None else None
+    if lv.read_before:
+        g_read, h_read = G, H
+    else:
+        g_read, h_read = (sp.MatrixSymbol(f"{m.name}_next", *m.shape) for m in (G, H))
+    read = d.lowering((g_read * sp.Inverse(h_read + reg * eye),))(lv.read) \
+        if lv.read is not None else None
     q = _query(lv.read, d.state.name, lower) if lv.read is not None else None
     if q is not None:
         d.roles["query"] = q

@@ -25,7 +25,14 @@ from dataclasses import dataclass, replace
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from nlc.derive.classify import ERROR_ARGS, Classification, KernelFamily, classify, split_term
+from nlc.derive.classify import (
+    ERROR_ARGS,
+    Classification,
+    KernelFamily,
+    classify,
+    split_shift,
+    split_term,
+)
 from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.rule import UpdateRule
 
@@ -106,7 +113,29 @@ class Attention:
         return f"attention: softmax, scale {_s(self.scale)}, window {self.window}"
 
 
-Execution = AffineChunk | FusedRecurrent | FrozenSplit | Attention | TokenLoop
+@dataclass(frozen=True)
+class SolveChunk:
+    """The solve family (Mesa, MesaNet): statistics H' = gamma H + k k^T and G' = gamma G +
+    v k^T, both decay-family, read o = G (H + reg I)^-1 q; `cg_steps` > 0 solves the chunked
+    read by that many conjugate-gradient steps, 0 exactly."""
+
+    query: object
+    key: object
+    value: object
+    decay: object                   # the scalar gate gamma (1: none)
+    reg: object
+    cg_steps: int
+    names: tuple[str, str]          # the states holding H and G
+
+    def to_text(self) -> str:
+        gate = "no decay" if self.decay == 1 else f"scalar decay {_s(self.decay)}"
+        how = f"{self.cg_steps} conjugate-gradient steps" if self.cg_steps else "exact solves"
+        return (f"chunked solve: q = {_s(self.query)}, H += {_s(self.key)} {_s(self.key)}^T, "
+                f"G += {_s(self.value)} {_s(self.key)}^T, reg {_s(self.reg)}, {gate}; the read "
+                f"by {how}")
+
+
+Execution = AffineChunk | FusedRecurrent | FrozenSplit | Attention | SolveChunk | TokenLoop
 
 
 @dataclass(frozen=True)
@@ -140,6 +169,11 @@ def execution(rule: UpdateRule, family: Classification,
         return _attention(rule)
     if rule.read is None:
         return TokenLoop("the level has no read")
+    if fam is KernelFamily.SOLVE:
+        try:
+            return _solve(rule)
+        except _NoChunkedForm as why:
+            return TokenLoop(str(why))
     if family.param("transition"):  # n delta steps with one key: one delta / dplr transition
         fam = KernelFamily(family.param("transition"))
     turned = _transposed(rule)
@@ -249,6 +283,47 @@ def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
     kind = "none" if gate == 1 else family.param("decay_kind")
     return FusedRecurrent(fam.value, _read_query(rule), terms[0][0], terms[0][1], gate, kind,
                           extras, error, order)
+
+
+# ------------------------------------------------------------------ the solve family
+def _statistic(rule: UpdateRule, name: str) -> tuple:
+    """(gate, [(column, row)]) of one statistic of a solve rule, S' = gate S + sum col row^T,
+    read off by classifying it as a rule of its own."""
+    S = dict(rule.states)[name]
+    alone = replace(rule, kind="update", states=((name, S),),
+                    next_state=((name, rule.next_of(name)),), read=None, roles=())
+    found = classify(alone)
+    if found.family is not KernelFamily.DECAY or found.param("decay_kind") != "scalar":
+        raise _NoChunkedForm(f"the statistic {name} is not S' = gamma S + v k^T with a scalar "
+                             "gamma")
+    bias = found.param("bias")
+    if isinstance(bias, sp.ZeroMatrix):
+        raise _NoChunkedForm(f"the statistic {name} has no input term")
+    return found.param("decay"), _bias_terms(bias, vector=False)
+
+
+def _solve(rule: UpdateRule) -> SolveChunk:
+    (g_name, G), (h_name, H) = rule.states
+    gate_h, h_terms = _statistic(rule, h_name)
+    gate_g, g_terms = _statistic(rule, g_name)
+    if len(h_terms) != 1 or h_terms[0][0] != h_terms[0][1]:
+        raise _NoChunkedForm("H's input is not one k k^T")
+    key = h_terms[0][1]
+    if len(g_terms) != 1 or g_terms[0][1] != key or sp.simplify(gate_h - gate_g) != 0:
+        raise _NoChunkedForm("G's input is not v k^T with H's key and gate")
+    suffix = "" if rule.read_before else "_next"
+    g_read, h_read = (sp.MatrixSymbol(f"{n}{suffix}", *m.shape)
+                      for n, m in ((g_name, G), (h_name, H)))
+    coef, mats = split_term(rule.read)
+    if len(mats) != 3 or mats[0] != g_read or not isinstance(mats[1], sp.Inverse) \
+            or mats[2].has(g_read) or mats[2].has(h_read):
+        raise _NoChunkedForm("the read is not G (H + reg I)^-1 q")
+    solved, reg = split_shift(mats[1].arg)
+    if solved != h_read:
+        raise _NoChunkedForm("the solved matrix is not H + reg I")
+    query = coef * mats[2] if coef != 1 else mats[2]
+    return SolveChunk(query, key, g_terms[0][0], gate_h, reg, int(rule.role("cg_steps", 0)),
+                      (h_name, g_name))
 
 
 # ------------------------------------------------------------------ frozen gradients
@@ -403,4 +478,4 @@ def _attention(rule: UpdateRule) -> Attention:
 
 
 __all__ = ["AffineChunk", "Attention", "Classified", "Execution", "FrozenSplit", "FusedRecurrent",
-           "TokenLoop", "execution"]
+           "SolveChunk", "TokenLoop", "execution"]

@@ -185,12 +185,13 @@ class ColumnMap(sp.MatrixExpr):
 
 def free_names(exprs) -> set[str]:
     """Names of the symbols an expression reads (elementwise-map variables excluded). A
-    matrix symbol's shape is not read: its sizes are part of the symbol, not of the math."""
+    matrix symbol's (or an identity's) shape is not read: its sizes are part of the symbol,
+    not of the math."""
     found, bound = set(), set()
     for e in exprs:
         nodes = sp.preorder_traversal(e)
         for node in nodes:
-            if isinstance(node, (sp.MatrixSymbol, sp.ZeroMatrix, sp.OneMatrix)):
+            if isinstance(node, (sp.MatrixSymbol, sp.ZeroMatrix, sp.OneMatrix, sp.Identity)):
                 if isinstance(node, sp.MatrixSymbol):
                     found.add(node)
                 nodes.skip()

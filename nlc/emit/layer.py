@@ -14,6 +14,7 @@ from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel
 from nlc.emit.names import local
 from nlc.emit.render import prose
+from nlc.errors import NlcError
 from nlc.plan.records import ContextStep, GroupCall, LevelCall, OutputStep
 
 
@@ -180,7 +181,16 @@ class LayerPrinter:
             default_init=", ".join(sorted({s.init for s in lp.states})) or "an empty cache",
             args_doc=prose("Inputs: " + ", ".join(shown) + "."))
         printer = self.printers[lp.name] = LevelPrinter(lp)
-        return printer.printed(view)
+        try:
+            return printer.printed(view)
+        except NlcError as err:  # a rule the printers cannot write: point at its objective
+            if err.span.known:
+                raise
+            record = self.spec.graph.level(lp.name)
+            where = record.objective.span if record.objective is not None else record.span
+            raise NlcError(f"level '{lp.name}': {err.message}", where,
+                           hint=err.hint or "the derived rule (nlc derive) has a term the "
+                           "PyTorch printer does not know") from None
 
     def shared(self, levels: list[PrintedLevel]) -> list[PrintedShared]:
         """Levels whose drive (or combine) prints the same under canonical names (Hope's

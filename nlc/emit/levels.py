@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent
+from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent, SolveChunk
 from nlc.derive.matfuncs import free_names
 from nlc.emit.context import literal
 from nlc.emit.names import local
@@ -107,6 +107,8 @@ class LevelPrinter:
             out.chunked = self.affine_chunked(ex)
         elif isinstance(ex, FusedRecurrent):
             out.chunked = self.fused_recurrent(ex)
+        elif isinstance(ex, SolveChunk):
+            out.chunked = self.solve_chunked(ex)
         elif isinstance(ex, FrozenSplit):
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
@@ -150,20 +152,27 @@ class LevelPrinter:
                 f"o, S = kernels.fused_recurrent({', '.join(args)})",
                 f"return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
 
+    def _decay_inputs(self, outputs, decay) -> tuple[list[str], dict[str, str]]:
+        """The lines that unpack a chunk's inputs and compute each (name, expression) of
+        `outputs`, and `log_decay` when the gate is not 1; name -> the code holding it."""
+        gated = decay != 1
+        printer = TorchPrinter(self.names())
+        lines = self._chunk_inputs(outputs + ([("gate", decay)] if gated else []))
+        lines.append("ref = nl.reference(tokens)")
+        computed, v = self._bind(printer, outputs)
+        lines += computed
+        if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
+            lines.append(f"log_decay = nl.log_gate({printer.expr(decay)})")
+        return lines, v
+
     def affine_chunked(self, ex: AffineChunk) -> list[str]:
         outputs = [("query", ex.query)]
         for i, (u, w) in enumerate(ex.terms):
             outputs += [(f"value{i}", u), (f"key{i}", w)]
         if ex.beta is not None:
             outputs.append(("rate", ex.beta))
+        lines, v = self._decay_inputs(outputs, ex.decay)
         gated = ex.decay != 1
-        printer = TorchPrinter(self.names())
-        lines = self._chunk_inputs(outputs + ([("gate", ex.decay)] if gated else []))
-        lines.append("ref = nl.reference(tokens)")
-        computed, v = self._bind(printer, outputs)
-        lines += computed
-        if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
-            lines.append(f"log_decay = nl.log_gate({printer.expr(ex.decay)})")
         (name, _), = self.rule.states
         state = f"state[{name!r}]"
         is_vec = self.rule.form.kind == "vector"
@@ -231,6 +240,21 @@ class LevelPrinter:
         lines += [f"    {line}" for line in fused + self._kernel_call(args, name)]
         return lines + [(f"return nl.recurrent({self.plan.fn}_step, tokens, state, "
                          "consts=consts)")]
+
+    def solve_chunked(self, ex: SolveChunk) -> list[str]:
+        """The solve family: both statistics by the chunked decay form, the read's solve
+        exact or by conjugate gradient (runtime/library/solve.py)."""
+        outputs = [("query", ex.query), ("key0", ex.key), ("value0", ex.value)]
+        lines, v = self._decay_inputs(outputs, ex.decay)
+        gated = ex.decay != 1
+        h, g = ex.names
+        lines.append(f"o, (H, G) = nl.ridge_chunked(nl.vec({v['query']}, ref), "
+                     f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref), "
+                     f"{'nl.flat(log_decay, ref)' if gated else 'None'}, "
+                     f"{TorchPrinter(self.names()).expr(ex.reg)}, initial_state=(state[{h!r}], state[{g!r}]), "
+                     f"read_before={self.rule.read_before}, chunk_size=chunk_size, "
+                     f"cg_steps={ex.cg_steps})")
+        return lines + [f"return o.unsqueeze(-1), {{{h!r}: H, {g!r}: G}}"]
 
     # ------------------------------------------------------------ shared cores
     def canonical(self) -> dict[str, str] | None:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from nlc.derive.classify import split_shift
 from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total, free_names
 from nlc.derive.symbols import internal
 from nlc.errors import NlcError
@@ -67,6 +69,15 @@ def _library_calls(registered: tuple) -> dict:
     return calls
 
 
+@dataclass(frozen=True)
+class _Solved:
+    """A^-1 times the factors after it in a product (`rhs`), printed as one solve."""
+
+    matrix: object
+    rhs: tuple
+    is_number = False
+
+
 class TorchPrinter:
     """Print expressions as assignment lines. `names` maps a symbol's name to the Python
     expression that holds it; `prefix` names the temporaries."""
@@ -111,7 +122,8 @@ class TorchPrinter:
     def _paren(self, e) -> str:
         code = self.expr(e)
         if e in self.cache or isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Function,
-                                             Mean, Total, Dot, sp.Transpose)) or code.isidentifier():
+                                             Mean, Total, Dot, sp.Transpose, _Solved)) \
+                or code.isidentifier():
             return code
         if e.is_number and not code.startswith("-"):
             return code
@@ -190,6 +202,9 @@ class TorchPrinter:
             return self._product(scalars or [sp.Integer(1)], "*")
         if any(isinstance(m, sp.OneMatrix) for m in mats):
             raise NlcError(f"cannot emit a product with a matrix of ones: {sp.sstr(e)[:80]}")
+        inverse = next((i for i, m in enumerate(mats) if isinstance(m, sp.Inverse)), None)
+        if inverse is not None:  # X A^-1 Y: a solve, never an explicit inverse
+            mats = mats[:inverse] + [_Solved(mats[inverse].arg, tuple(mats[inverse + 1:]))]
         for m in mats:  # a diagonal factor scales rows (on the left) or columns (on the right)
             if isinstance(m, sp.DiagMatrix):
                 if code is None:
@@ -210,6 +225,19 @@ class TorchPrinter:
             return f"-{code}" if " " not in code else f"-({code})"
         return " * ".join(factors + [code if " " not in code or code.startswith("(")
                                      else f"({code})"])
+
+    def _print__Solved(self, e) -> str:
+        """A^-1 Y as `nl.shifted_solve(M, c, Y)` for A = M + c I. An inverse with nothing
+        after it has no solve to print (a read meets the solved memory as `S(q)`)."""
+        matrix, shift = split_shift(e.matrix)
+        if matrix is None:
+            raise NlcError(f"cannot emit the inverse of a multiple of the identity: "
+                           f"{sp.sstr(e.matrix)[:80]}")
+        if not e.rhs:
+            raise NlcError(f"cannot emit an inverse that is not applied: {sp.sstr(e.matrix)[:80]}",
+                           hint="read the solved memory applied to a query, S(q)")
+        rhs = e.rhs[0] if len(e.rhs) == 1 else sp.MatMul(*e.rhs)
+        return f"nl.shifted_solve({self.expr(matrix)}, {self.expr(shift)}, {self.expr(rhs)})"
 
     def _print_HadamardProduct(self, e) -> str:
         return " * ".join(self._paren(a) for a in e.args)

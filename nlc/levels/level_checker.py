@@ -367,6 +367,26 @@ class LevelChecker:
                            "ridge", span)
         if alg == "exact" and form != "matrix":
             raise NlcError("the exact ridge solve needs a matrix memory", span)
+        if alg == "exact":
+            if state.init != "zeros":  # S = G (H + reg I)^-1 has no state of its own to set
+                raise NlcError(f"the exact ridge solve starts from empty statistics; an "
+                               f"initial state '{state.init}' has no meaning for it",
+                               state.span, hint="drop the initializer (zeros)")
+            gates = [t for t in retentions if t.kind in ("decay", "weight_decay")]
+            other = next((t for t in retentions
+                          if t.kind not in ("none", "decay", "weight_decay")), None)
+            if other is not None:
+                raise NlcError(f"the exact ridge solve keeps its statistics with a decay; "
+                               f"'{other.kind}' has no meaning for it", other.span,
+                               hint="use decay(alpha) or none")
+            if len(gates) > 1:
+                raise NlcError("the exact ridge solve takes one decay", gates[1].span)
+            gate = gates[0].get("alpha") if gates else None
+            if isinstance(gate, ast.Expr) and infer(gate, env) != ():
+                raise NlcError(f"the ridge statistics H and G take a scalar decay; "
+                               f"'{format_expr(gate)}' is {shape_text(infer(gate, env))}",
+                               gate.span, hint="a scalar gate, e.g. sigmoid(x @ w) with w : "
+                               "[d_model]")
         kinds = {t.kind: t for t in retentions}
         if "erase" in kinds and (alg not in ("gd", "implicit") or "kl" in kinds):
             raise NlcError("'erase' is derived with the gd and implicit algorithms, without a "

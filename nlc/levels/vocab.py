@@ -149,7 +149,9 @@ ALGORITHMS: dict[str, Entry] = dict([
     _e("newton_schulz", "momentum orthogonalized by Newton-Schulz iterations: U = momentum U +"
        " grad, M = M - lr NS(U) (Muon, Atlas)", LR,
        Arg("momentum", ArgKind.EXPR, 0.0, low=0.0, high=1.0, high_open=True), Arg("steps", ArgKind.INT, 5, low=1, high=20)),
-    _e("exact", "the exact minimizer of the objective (recursive least squares, Mesa)"),
+    _e("exact", "the exact minimizer of the objective (recursive least squares, Mesa); the"
+       " chunked read solves by cg_steps conjugate-gradient steps (MesaNet) when cg_steps > 0",
+       Arg("cg_steps", ArgKind.INT, 0, low=0, high=256)),
     _e("nonparametric", "the minimizer over the cached tokens (Nadaraya-Watson; softmax attention)",
        Arg("window", ArgKind.INT, 0, low=0)),
 ])

@@ -11,7 +11,14 @@ from dataclasses import replace
 import networkx as nx
 import sympy as sp
 
-from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent, TokenLoop
+from nlc.derive.execution import (
+    AffineChunk,
+    Attention,
+    FrozenSplit,
+    FusedRecurrent,
+    SolveChunk,
+    TokenLoop,
+)
 from nlc.derive.forms import tensor_names
 from nlc.derive.matfuncs import free_names
 from nlc.derive.symbols import dim_size
@@ -275,6 +282,9 @@ class _LayerPlanner:
                          "tensors go to the fused recurrent Triton kernel")
         elif isinstance(ex, TokenLoop):
             notes.append(f"no chunk-parallel form: {ex.reason}")
+        elif isinstance(ex, SolveChunk) and ex.cg_steps:
+            notes.append(f"the chunked read solves by {ex.cg_steps} conjugate-gradient steps "
+                         "(MesaNet); the recurrent form and step() solve exactly")
         init = "learned" if level.name in self.learned else (level.state.init if level.state
                                                             else "zeros")
         memory = set(tensor_names(level.state.name, level.state.form)) if level.state else set()

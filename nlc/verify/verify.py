@@ -131,7 +131,8 @@ def roles_of(rule: UpdateRule) -> Roles:
     return Roles(S=tensors, k=rule.role("key"), v=rule.role("value"), q=rule.role("query"),
                  beta=rule.role("lr"), alpha=rule.role("gate"), eta=rule.role("momentum"),
                  U=tuple(s for _, s in rule.states[n:]), S0=tuple(a for _, a in rule.anchors),
-                 form=rule.form, g=rule.role("grad"), delta=rule.role("delta"))
+                 form=rule.form, g=rule.role("grad"), delta=rule.role("delta"),
+                 reg=rule.role("reg"))
 
 
 def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
@@ -156,7 +157,12 @@ def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
 def _derived_values(rule: UpdateRule):
     if rule.kind == "nonparametric":
         return (rule.role("kernel"),)
-    return tuple(v for _, v in rule.next_state)
+    values = tuple(v for _, v in rule.next_state)
+    if rule.kind == "solve":  # the read too, with the new statistics written out
+        new = {sp.MatrixSymbol(f"{n}_next", *s.shape): v
+               for (n, s), (_, v) in zip(rule.states, rule.next_state)}
+        values += (rule.read.xreplace(new),)
+    return values
 
 
 def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
