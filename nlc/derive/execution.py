@@ -238,6 +238,10 @@ def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
         terms = _bias_terms(bias, vector=False)
         extras = (("a", family.param("a")), ("b", family.param("b")))
     else:
+        if family.param("rate_kind") == "row":
+            raise _NoChunkedForm("a rate per output channel: every row is its own delta rule "
+                                 "(no chunked form), and the fused elementwise kernel takes one "
+                                 "rate per token")
         terms = ((family.param("target"), family.param("key")),)
         extras = (("rate", family.param("rate")),)
         error = family.param("error")
