@@ -67,11 +67,13 @@ class FusedRecurrent:
     extras: tuple[tuple[str, object], ...]     # dplr: a, b; elementwise: rate
     error: object | None = None     # elementwise: e(p, y), in the kernel's p and y
     order: str | None = None        # elementwise: the prediction at S D (before) or S
+    rate: str = "scalar"            # elementwise: the rate per token, or one per row
 
     def to_text(self) -> str:
         extras = ", ".join(f"{n} = {_s(e)}" for n, e in self.extras)
         error = f", error {_s(self.error)}" if self.error is not None else ""
-        return f"fused recurrent {self.family}: q = {_s(self.query)}, {extras}{error}"
+        rows = ", one rate per row" if self.rate == "row" else ""
+        return f"fused recurrent {self.family}: q = {_s(self.query)}, {extras}{error}{rows}"
 
 
 @dataclass(frozen=True)
@@ -238,10 +240,6 @@ def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
         terms = _bias_terms(bias, vector=False)
         extras = (("a", family.param("a")), ("b", family.param("b")))
     else:
-        if family.param("rate_kind") == "row":
-            raise _NoChunkedForm("a rate per output channel: every row is its own delta rule "
-                                 "(no chunked form), and the fused elementwise kernel takes one "
-                                 "rate per token")
         terms = ((family.param("target"), family.param("key")),)
         extras = (("rate", family.param("rate")),)
         error = family.param("error")
@@ -254,7 +252,7 @@ def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
     gate = family.param("decay")
     kind = "none" if gate == 1 else family.param("decay_kind")
     return FusedRecurrent(fam.value, _read_query(rule), terms[0][0], terms[0][1], gate, kind,
-                          extras, error, order)
+                          extras, error, order, family.param("rate_kind") or "scalar")
 
 
 # ------------------------------------------------------------------ frozen gradients

@@ -90,12 +90,13 @@ class KernelPlan:
     error: object = None    # elementwise: e(p, y)
     order: str | None = None
     chunked: str | None = None  # "family/decay" of the chunked kernels that take long inputs
+    rate: str = "scalar"    # elementwise: the rate per token, or one per row
 
     def configuration(self):
         """What the kernel template renders (nlc/emit/triton_render.py)."""
         from nlc.emit.triton_render import RecurrentKernelPlan
         return RecurrentKernelPlan(self.family, self.decay, self.read_before, self.error,
-                                   order=self.order or "before")
+                                   order=self.order or "before", rate=self.rate)
 
 
 @dataclass(frozen=True)
