@@ -5,7 +5,8 @@
   CUDA (here: under Triton's interpreter), the token loop elsewhere.
 - A learning rate per value channel, `gd` / `implicit` with a `[d_v]` rate: every row of
   the state is its own delta rule, S - Diag(r) (S k - v) k^T (Longhorn's per-channel beta):
-  family elementwise with a rate per row, run token by token.
+  family elementwise with a rate per row: the fused recurrent elementwise kernel with one
+  rate per row on CUDA (here: under the interpreter), the token loop elsewhere.
 - Functional ops take the head count from their inputs; a cache filled by a layer with
   another head count is refused with a ValueError that names the mismatch.
 
@@ -26,7 +27,7 @@ from conftest import ROOT
 
 from nlc import pipeline
 from nlc.derive.classify import KernelFamily
-from nlc.derive.execution import FusedRecurrent, TokenLoop
+from nlc.derive.execution import FusedRecurrent
 from nlc.emit import load_module
 from nlc.errors import NlcError
 from nlc.verify.verify import verify_module
@@ -211,26 +212,34 @@ import os, sys, torch
 from nlc.emit import load_layer
 torch.manual_seed(0)
 layer = load_layer(sys.argv[1])()
+rate = getattr(layer, sys.argv[2])
 x = torch.randn(2, 9, 12)
 os.environ["NLC_TRITON"] = "force"
 y = layer(x)
-gy, = torch.autograd.grad(y.square().sum(), [layer.W_a])
+gy, = torch.autograd.grad(y.square().sum(), [rate])
 os.environ["NLC_TRITON"] = "0"
 z = layer(x)
-gz, = torch.autograd.grad(z.square().sum(), [layer.W_a])
+gz, = torch.autograd.grad(z.square().sum(), [rate])
 rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
 print(rel(y, z), rel(gy, gz))
 """
 
 
-def test_rwkv7_runs_on_the_fused_dplr_kernel():
-    """Triton forced on CPU tensors under the interpreter: the dplr kernel with b = a * kh,
-    the per-channel rate, == the token loop, outputs and the rate's gradient (fp32)."""
+def kernel_errors(text: str, rate_param: str) -> tuple[float, float]:
+    """Triton forced on CPU tensors under the interpreter against the token loop (fp32):
+    the output's and the rate projection's gradient's relative errors."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", KERNEL, spec_path(RWKV7)], check=False,
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    done = subprocess.run([sys.executable, "-c", KERNEL, spec_path(text), rate_param],
+                          check=False, capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     out_err, grad_err = map(float, done.stdout.split()[-2:])
+    return out_err, grad_err
+
+
+def test_rwkv7_runs_on_the_fused_dplr_kernel():
+    """The dplr kernel with b = a * kh (the per-channel rate) == the token loop."""
+    out_err, grad_err = kernel_errors(RWKV7, "W_a")
     assert out_err < 1e-5 and grad_err < 1e-5
 
 
@@ -251,12 +260,19 @@ def test_erase_rate_per_value_channel_is_a_located_error():
 
 # ---------------------------------------------------------------- item 3: Longhorn per channel
 @pytest.mark.parametrize("algorithm", ["gd", "implicit"])
-def test_rate_per_value_channel_is_elementwise_in_a_token_loop(algorithm):
+def test_rate_per_value_channel_is_elementwise_with_a_rate_per_row(algorithm):
     found = classified(longhorn(algorithm))
     assert found.family.family is KernelFamily.ELEMENTWISE
     assert found.family.param("rate_kind") == "row"
-    assert isinstance(found.execution, TokenLoop)
-    assert "a rate per output channel" in found.execution.reason
+    ex = found.execution
+    assert isinstance(ex, FusedRecurrent) and ex.family == "elementwise" and ex.rate == "row"
+    assert sp.sstr(ex.error) == "p - y"
+
+
+def test_longhorn_per_channel_runs_on_the_fused_elementwise_kernel():
+    """The elementwise kernel with one rate per row == the token loop."""
+    out_err, grad_err = kernel_errors(longhorn(), "W_beta")
+    assert out_err < 1e-5 and grad_err < 1e-5
 
 
 def longhorn_inputs(B=2, T=7, heads=H, seed=0):
