@@ -27,7 +27,7 @@ from conftest import ROOT
 
 from nlc import pipeline
 from nlc.derive.classify import KernelFamily
-from nlc.derive.execution import FusedRecurrent
+from nlc.derive.execution import AffineChunk, FusedRecurrent
 from nlc.emit import load_module
 from nlc.errors import NlcError
 from nlc.verify.verify import verify_module
@@ -376,3 +376,20 @@ def test_implicit_rate_per_input_channel_is_a_located_error():
     err = check_error(text)
     assert "a rate per input channel couples the channels" in err.message
     assert err.hint == "use gd for a rate per input channel"
+
+
+def test_dot_objective_with_a_rate_per_value_channel_runs_chunked():
+    """dot with a [d_v] rate writes (beta * v) k^T: the decay family's chunked form, whose
+    input term is that outer product, == the token loop and the step, float64."""
+    text = longhorn("gd").replace("objective l2(S(k), v)", "objective dot(S(k), v)")
+    found = classified(text)
+    assert found.family.family is KernelFamily.DECAY
+    assert isinstance(found.execution, AffineChunk)
+    chunked, step = layer_forms_agree(text)
+    assert chunked < 1e-12 and step < 1e-12
+    q, k, v, beta = longhorn_inputs()
+    o, _ = module(text).memory_op(q, k, v, beta, mode="chunked", chunk_size=4)
+    S = torch.zeros(2, H, V, K, dtype=torch.float64)
+    for t in range(q.shape[1]):
+        S = S + (beta[:, t] * v[:, t])[..., None] @ k[:, t, :, None, :]
+        assert rel(o[:, t], (S @ q[:, t, :, :, None])[..., 0]) < 1e-12

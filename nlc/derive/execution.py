@@ -205,6 +205,10 @@ def _bias_terms(bias, vector: bool):
         elif len(mats) == 2 and isinstance(mats[1], sp.Transpose):
             left = coef * mats[0] if coef != 1 else mats[0]
             out.append((left, mats[1].arg))
+        elif len(mats) == 3 and isinstance(mats[0], sp.DiagMatrix) \
+                and isinstance(mats[2], sp.Transpose):  # Diag(r) v k^T, a rate per row
+            left = sp.HadamardProduct(mats[0].args[0], mats[1])
+            out.append((coef * left if coef != 1 else left, mats[2].arg))
         else:
             raise _NoChunkedForm(f"the input term {sp.sstr(term)[:60]} is not an outer product")
     return tuple(out)
