@@ -57,6 +57,8 @@ ERRORS = {
     "huber_half": (sp.Piecewise((P - Y, sp.Abs(P - Y) <= sp.Rational(1, 2)),
                                 (sp.sign(P - Y) / 2, True)), (),
                    lambda p, y: (p - y).clamp(-0.5, 0.5)),
+    # l2 with a rate per row (examples/longhorn_channel.nl): e = p - y
+    "l2": (P - Y, (), lambda p, y: p - y),
 }
 
 
@@ -88,7 +90,8 @@ def reference_sequence(case, q, k, v, g, beta, a, b, h0):
         else:
             pred = ((P_ if case.order == "before" else S_prev) @ kt[..., None])[..., 0]
             e = ERRORS[case.error][2](pred, vt)
-            S = P_ - beta[:, t][..., None, None] * e[..., :, None] * kt[..., None, :]
+            rate = beta[:, t][..., :, None] if case.rate == "row" else beta[:, t][..., None, None]
+            S = P_ - rate * e[..., :, None] * kt[..., None, :]
         read = S_prev if case.read_before else S
         outputs.append((read @ qt[..., None])[..., 0])
     if not outputs:  # an empty sequence: no outputs, the state passes through
@@ -132,13 +135,14 @@ class Case:
     order: str = "before"
     seqlens: tuple[int, ...] | None = None  # packed sequences (cu_seqlens), B = 1
     block_v: int | None = None  # force a split of the V rows over several programs
+    rate: str = "scalar"  # elementwise: beta per token, or one per row (value channel)
 
     @property
     def plan(self) -> RecurrentKernelPlan:
         error, params = (ERRORS[self.error][:2] if self.error else (None, ()))
         return RecurrentKernelPlan(family=self.family, decay=self.decay,
                                    read_before=self.read_before, error=error,
-                                   error_params=params, order=self.order)
+                                   error_params=params, order=self.order, rate=self.rate)
 
     @property
     def params(self) -> dict:
@@ -153,6 +157,8 @@ class Case:
             parts.append("cu" + "-".join(map(str, self.seqlens)))
         if self.block_v:
             parts.append(f"bv{self.block_v}")
+        if self.rate != "scalar":
+            parts.append(f"rate_{self.rate}")
         return "_".join(p for p in parts if p)
 
 
@@ -180,6 +186,7 @@ LP3 = {"family": "elementwise", "error": "lp3"}
 HUBER = {"family": "elementwise", "error": "huber"}
 LP3C = {"family": "elementwise", "error": "lp3c"}
 HUBER_HALF = {"family": "elementwise", "error": "huber_half"}
+L2_ROWS = {"family": "elementwise", "error": "l2", "rate": "row"}
 CASES = [
     *full_grid("delta", "scalar"),
     *full_grid("decay", "scalar"),
@@ -198,6 +205,10 @@ CASES = [
     *reduced(decay="scalar", order="before", **LP3),
     *reduced(decay="channel", order="parallel", **HUBER),
     *reduced(decay="none", order="before", **HUBER)[:2],
+    # a rate per row (examples/longhorn_channel.nl; decays as the spec may add them)
+    *reduced(decay="none", order="before", **L2_ROWS),
+    *reduced(decay="channel", order="parallel", **L2_ROWS)[:2],
+    *reduced(decay="scalar", order="before", **L2_ROWS)[3:4],
     Case("decay", "channel", T=33, K=32, V=32, read_before=True, block_v=16),
     Case("decay", "channel", T=7, K=16, V=16, H=1, h0=False, read_before=True),
     Case("decay", "channel", T=33, K=16, V=16, seqlens=(5, 28), read_before=True),
@@ -245,7 +256,9 @@ def make_inputs(case: Case, seed: int = 0):
     v = randn(B, T, H, V)
     g = {"none": None, "scalar": -torch.nn.functional.softplus(randn(B, T, H)) * 0.5,
          "channel": -torch.nn.functional.softplus(randn(B, T, H, K)) * 0.5}[case.decay]
-    beta = torch.rand(B, T, H, generator=gen) if case.family in ("delta", "elementwise") else None
+    beta = None
+    if case.family in ("delta", "elementwise"):
+        beta = torch.rand(B, T, H, *([V] if case.rate == "row" else []), generator=gen)
     if case.error == "lp3c":  # e = 3 |r| r: a third of the rate keeps 33 steps from diverging
         beta = beta / 3
     a = b = None
@@ -310,7 +323,8 @@ STEP_CASES = [Case("delta", "scalar"), Case("delta", "none", read_before=True),
               Case("decay", "channel", block_v=8), Case("dplr", "channel"),
               Case(decay="scalar", **LP3), Case(decay="channel", order="parallel", **HUBER),
               Case(decay="scalar", order="parallel", **LP3C),
-              Case(decay="scalar", order="before", **HUBER_HALF, seqlens=None, H=1)]
+              Case(decay="scalar", order="before", **HUBER_HALF, seqlens=None, H=1),
+              Case(decay="channel", order="parallel", block_v=8, **L2_ROWS)]
 
 
 @needs_interpreter
@@ -416,6 +430,8 @@ def test_render_is_deterministic_and_standalone():
     (RecurrentKernelPlan("elementwise", "none", error=P * DELTA, error_params=("step",)),
      "step"),
     (RecurrentKernelPlan("delta", "none", error=P - Y), "no error signal"),
+    (RecurrentKernelPlan("delta", "scalar", rate="row"), "rate 'row'"),
+    (RecurrentKernelPlan("elementwise", "none", error=P - Y, rate="channel"), "rate 'channel'"),
 ])
 def test_render_rejects_bad_plans(plan, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -437,7 +453,8 @@ def test_module_name_is_the_configuration():
              for decay in ("none", "scalar", "channel")]
     plans += [Case(decay="scalar", read_before=True, **HUBER).plan]
     plans += [Case(decay=decay, order=order, **kind).plan for decay in ("none", "channel")
-              for order in ("before", "parallel") for kind in (LP3, HUBER, LP3C, HUBER_HALF)]
+              for order in ("before", "parallel")
+              for kind in (LP3, HUBER, LP3C, HUBER_HALF, L2_ROWS, {**L2_ROWS, "rate": "scalar"})]
     names = [plan.module for plan in plans]
     assert len(set(names)) == len(names)
     for name in names:

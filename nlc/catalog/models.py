@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.catalog.reference import Loss
 
@@ -34,6 +35,8 @@ class Roles:
     g: object = None
     delta: object = None
     reg: object = None        # the ridge penalty (Mesa)
+    kappa: object = None      # the erased (removal) key of an erase retention
+    a: object = None          # the erase rate (RWKV-7's in-context learning rate)
     grad: Callable | None = None  # tensors -> the entry's loss gradient there (MLP entries)
 
 
@@ -50,6 +53,7 @@ class CatalogEntry:
     objective: str | None = None  # the spec objective an MLP or solve entry is compared with
     kind: str = "layer"       # layer | optimizer
     loss: Loss | None = None  # the paper's loss, whose gradient `Roles.grad` gives
+    rate: str = "scalar"      # the learning rate beta, if needed: scalar | row (per output channel)
 
 
 def _I(n):
@@ -111,6 +115,14 @@ entry(id="titans_linear", title="Titans, linear memory without momentum (orderin
       update=lambda r: (r.S[0] * (r.alpha * _I(r.k.shape[0]) - r.beta * _outer(r.k, r.k))
                         + r.beta * _outer(r.v, r.k),))
 
+entry(id="rwkv7", title="RWKV-7",
+      citation="Peng et al., RWKV-7 'Goose' with Expressive Dynamic State Evolution, "
+               "arXiv:2503.14456 (2025), eq. 17: wkv = wkv (diag(w) - kh^T (a * kh)) + v^T kt",
+      form="matrix", gate="channel", needs=("k", "v", "alpha", "kappa", "a"), family="dplr",
+      update=lambda r: (r.S[0] * (sp.DiagMatrix(r.alpha)
+                                  - _outer(r.kappa, sp.HadamardProduct(r.a, r.kappa)))
+                        + _outer(r.v, r.k),))
+
 
 def _longhorn(r):
     eps = r.beta / (1 + r.beta * (r.k.T * r.k)[0, 0])
@@ -121,7 +133,6 @@ entry(id="longhorn", title="Longhorn",
       citation="Liu et al., Longhorn: SSMs are Amortized Online Learners, arXiv:2407.14207 "
                "(2024), closed-form implicit update",
       form="matrix", gate="none", needs=("k", "v", "beta"), family="delta", update=_longhorn)
-
 
 
 def _mesa(r: Roles):
@@ -145,6 +156,22 @@ entry(id="mesanet", title="MesaNet",
                "Lambda = reg I)",
       form="matrix", gate="scalar", needs=("k", "v", "q", "reg", "alpha"), family="solve",
       update=_mesa, objective="ridge")
+
+
+def _longhorn_channel(r):
+    """Row i solves its own implicit regression at rate beta_i: s_i = s_i - eps_i (s_i^T k -
+    v_i) k^T with eps_i = beta_i / (1 + beta_i k^T k)."""
+    b = sp.Dummy("b")
+    eps = ElementwiseApplyFunction(sp.Lambda(b, b / (1 + b * (r.k.T * r.k)[0, 0])), r.beta)
+    return (r.S[0] - sp.DiagMatrix(eps) * (r.S[0] * r.k - r.v) * r.k.T,)
+
+
+entry(id="longhorn_channel", title="Longhorn with a beta per value channel",
+      citation="Liu et al., Longhorn, arXiv:2407.14207 (2024): the implicit update solved per "
+               "value channel, beta_t in (0, 1)^d_v (before the paper's diagonal approximation "
+               "of k k^T)",
+      form="matrix", gate="none", needs=("k", "v", "beta"), family="elementwise",
+      update=_longhorn_channel, rate="row")
 
 # ---------------------------------------------------------------- non-affine memories
 

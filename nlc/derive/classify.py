@@ -6,7 +6,8 @@ family: identity or diagonal factors only -> decay; a decay factor times (I - b 
 delta; a decay factor plus a rank-one term -> dplr. Rules that are not affine in one
 tensor (MLP memories, momentum buffers, elementwise non-quadratic losses, frozen gradients)
 are frozen-gradient, except a matrix memory stepped on an elementwise loss at the current
-state (lp, entrywise huber), S' = S D - r f(P k - y) k^T: family elementwise. Several
+state (lp, entrywise huber), S' = S D - r f(P k - y) k^T: family elementwise, as is an l2
+step with a rate per row, S' = S D - Diag(r) (P k - y) k^T (each row its own delta rule). Several
 rank-one terms with one key (n delta steps per token) are the product family, which is one
 delta or dplr transition per token. The exact ridge solve and the non-parametric solution
 have their own."""
@@ -98,6 +99,17 @@ def _over(coef, gate):
     return sp.Add(*[t / gate for t in sp.Add.make_args(coef)])
 
 
+def _row_of(m):
+    """The column c of a row m = c^T, a transposed column or a product of transposed columns
+    entry by entry ((a * k)^T, which SymPy writes a^T * k^T); None for any other factor."""
+    if isinstance(m, sp.Transpose) and _is_column(m.arg):
+        return m.arg
+    if isinstance(m, sp.HadamardProduct) and m.shape[0] == 1 \
+            and all(isinstance(f, sp.Transpose) and _is_column(f.arg) for f in m.args):
+        return sp.HadamardProduct(*[f.arg for f in m.args])
+    return None
+
+
 def _is_column(m) -> bool:
     return isinstance(m, sp.MatrixExpr) and m.shape[1] == 1
 
@@ -122,6 +134,8 @@ def _classify(rule: UpdateRule) -> Classification:
     name, S = rule.states[0]
     terms = expand_terms(rule.next_of(name))
     elementwise = _elementwise(S, terms)
+    if elementwise is None:
+        elementwise = _row_rate(S, terms)
     if elementwise is not None:
         return elementwise
     decay, rank_one, bias = [], [], []
@@ -145,9 +159,8 @@ def _classify(rule: UpdateRule) -> Classification:
                 decay.append(("channel", coef * diag[0].args[0] if coef != 1 else diag[0].args[0]))
             else:
                 decay.append(("scalar", coef))
-        elif len(tail) == 2 and _is_column(tail[0]) and isinstance(tail[1], sp.Transpose) \
-                and _is_column(tail[1].arg):
-            rank_one.append((coef, diag[0].args[0] if diag else None, tail[0], tail[1].arg))
+        elif len(tail) == 2 and _is_column(tail[0]) and _row_of(tail[1]) is not None:
+            rank_one.append((coef, diag[0].args[0] if diag else None, tail[0], _row_of(tail[1])))
         else:
             return Classification(KernelFamily.FROZEN_GRADIENT, (), "state factor not recognised")
     if len(decay) != 1 or len({(c[0]) for c in decay}) > 1:
@@ -208,6 +221,19 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
                           reason + ", one key: S' = S (D + a k^T) + v' k^T")
 
 
+def _decay_term(S, term) -> tuple[str, object] | None:
+    """The retention term of a step, S (kind none), c S (scalar) or S Diag(g) (channel):
+    (kind, gate); None for any other term."""
+    coef, mats = split_term(term)
+    if coef.has(S) or not mats or mats[0] != S:
+        return None
+    if len(mats) == 1:
+        return ("none" if coef == 1 else "scalar"), coef
+    if len(mats) == 2 and isinstance(mats[1], sp.DiagMatrix) and coef == 1:
+        return "channel", mats[1].args[0]
+    return None
+
+
 def _elementwise(S, terms) -> Classification | None:
     """S' = S D - r f(P k - y) k^T with f elementwise (the gradient of an elementwise loss
     such as lp or entrywise huber, Miras eqs. 11-14) and P = S D (order before) or S
@@ -217,15 +243,10 @@ def _elementwise(S, terms) -> Classification | None:
     rest = [t for t in terms if t not in errors]
     if len(errors) != 1 or len(rest) != 1:
         return None
-    coef, mats = split_term(rest[0])
-    if coef.has(S) or not mats or mats[0] != S:
+    found = _decay_term(S, rest[0])
+    if found is None:
         return None
-    if len(mats) == 1:
-        kind, gate = ("none" if coef == 1 else "scalar"), coef
-    elif len(mats) == 2 and isinstance(mats[1], sp.DiagMatrix) and coef == 1:
-        kind, gate = "channel", mats[1].args[0]
-    else:
-        return None
+    kind, gate = found
     rate, mats = split_term(errors[0])
     if len(mats) != 2 or not isinstance(mats[0], ElementwiseApplyFunction) \
             or not isinstance(mats[1], sp.Transpose) or not _is_column(mats[1].arg) \
@@ -254,3 +275,59 @@ def _elementwise(S, terms) -> Classification | None:
     return Classification(KernelFamily.ELEMENTWISE, params,
                           f"S' = S D - r e(p, y) k^T, e elementwise, p = "
                           f"{'S D' if order == 'before' else 'S'} k")
+
+
+def _row_rate(S, terms) -> Classification | None:
+    """S' = S D - Diag(r) (P k - y) k^T, an l2 (or dot) step with one rate per row (output
+    channel) r, P = S D (order before) or S (parallel): each row is its own delta rule, so
+    S' is not S A + B and no chunked delta form applies; it is the elementwise family with
+    a rate per row and e(p, y) = p - y (Longhorn's per-channel beta, arXiv:2407.14207).
+    None for any other shape."""
+    def left_diag(t):
+        mats = split_term(t)[1]
+        return mats[0] if len(mats) > 1 and isinstance(mats[0], sp.DiagMatrix) else None
+
+    rowed = [t for t in terms if left_diag(t) is not None]
+    rest = [t for t in terms if left_diag(t) is None]
+    if not rowed or len({left_diag(t) for t in rowed}) != 1 or len(rest) != 1:
+        return None
+    found = _decay_term(S, rest[0])
+    if found is None:
+        return None
+    kind, gate = found
+    rate = left_diag(rowed[0]).args[0]
+    preds, targets = [], []
+    for t in rowed:
+        c, m = split_term(t)
+        (preds if t.has(S) else targets).append((c, m[1:]))
+    if len(preds) != 1 or any(len(m) != 2 or _row_of(m[1]) is None for _, m in targets):
+        return None
+    c, m = preds[0]
+    if len(m) < 3 or m[0] != S or _row_of(m[-1]) is None or m[-2] != _row_of(m[-1]) \
+            or c.has(S):
+        return None
+    key, middle = m[-2], m[1:-2]
+    if any(_row_of(tm[1]) != key for _, tm in targets):
+        return None
+    # the step's coefficient: the targets' (y k^T, times the rate and the loss's scale);
+    # the prediction's is the same at P = S and gate times it at P = gate S (order before)
+    step = targets[0][0] if targets else -c
+    if kind == "channel" and middle == [sp.DiagMatrix(gate)] and -c == step:
+        order = "before"
+    elif middle:
+        return None
+    elif kind == "scalar" and sp.simplify(c + gate * step) == 0:
+        order = "before"
+    elif sp.simplify(c + step) == 0:
+        order = "parallel" if kind != "none" else "before"
+    else:
+        return None
+    target = sp.MatAdd(*[(tc / step) * tm[0] for tc, tm in targets]).doit() if targets \
+        else sp.ZeroMatrix(*S.shape[:1], 1)
+    p, y = ERROR_ARGS
+    params = (("decay", gate), ("decay_kind", kind), ("order", order),
+              ("rate", step * rate if step != 1 else rate), ("rate_kind", "row"),
+              ("key", key), ("target", target), ("error", p - y))
+    return Classification(KernelFamily.ELEMENTWISE, params,
+                          "S' = S D - Diag(r) (p - y) k^T, a rate per row (output channel), "
+                          f"p = {'S D' if order == 'before' else 'S'} k")

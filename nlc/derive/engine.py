@@ -27,6 +27,7 @@ from nlc.derive.symbols import (
     elementwise,
     internal,
     is_matrix,
+    matmul,
     per_channel,
     scaled,
 )
@@ -202,7 +203,9 @@ class LevelDerivation:
     def step(self, tensors, rate, grads):
         out = []
         for w, g in zip(tensors, grads):
-            if is_matrix(rate):  # a per-channel rate scales the input side
+            if is_matrix(rate) and self.level.rate_rows:  # one rate per row: Diag(r) grad
+                out.append(add(w, scaled(-1, matmul(sp.DiagMatrix(rate), g))))
+            elif is_matrix(rate):  # a per-channel rate scales the input side
                 out.append(add(w, scaled(-1, _rate_times(rate, g, self))))
             else:
                 out.append(add(w, scaled(-rate, g)))
@@ -221,6 +224,10 @@ def _post(d: LevelDerivation, tensors, lower):
     """Maps applied after the step: elastic-net shrinkage, KL (softmax) retention."""
     if "elastic_net" in d.retentions:
         t = d.retentions["elastic_net"]
+        if d.level.rate_rows:
+            raise NlcError("elastic_net shrinks entry by entry at the step's rate: it is not "
+                           "derived with a rate per output channel", t.span,
+                           hint="make the learning rate a scalar or one per input channel")
         rate = d.roles["lr"]
         shrink = ret.elastic_net_map(rate, d.value(t.get("l1"), lower), d.value(t.get("l2"), lower))
         tensors = tuple(shrink(w) for w in tensors)
@@ -259,24 +266,38 @@ def _gd_like(d: LevelDerivation, implicit: bool) -> dict:
 def _erase(d: LevelDerivation, before, new, lower):
     """erase(k, rate): the map that first takes the memory's input (a matrix memory itself,
     an MLP's first layer) also moves by -rate (W k) k^T, W its state before the step, so that
-    with a parallel decay alpha it becomes W (alpha I - rate k k^T) (delta gradient descent)."""
+    with a parallel decay alpha it becomes W (alpha I - rate k k^T) (delta gradient descent).
+    A rate `a` with one entry per channel of k moves it by -(W k) (a * k)^T = -W k k^T Diag(a):
+    the rate scales the columns of the erased outer product, the input side, so that with a
+    channel decay w it becomes W (Diag(w) - k (a * k)^T) (Peng et al., RWKV-7,
+    arXiv:2503.14456, eq. 17, kappa^T (a * kappa) in its row-vector notation)."""
     if "erase" not in d.retentions:
         return new
     term = d.retentions["erase"]
     key = d.value(term.get("key"), lower)
     rate = d.value(term.get("rate"), lower)
+    d.roles.update(erase_key=key, erase_rate=rate)
     first = before[0]
-    erased = add(new[0], scaled(-rate, first * key * key.T))
-    d.notes.append("erase: the first map also moves by -rate (W k) k^T (the DGD factor)")
+    if is_matrix(rate):
+        erased = add(new[0], scaled(-1, matmul(first, key, sp.HadamardProduct(rate, key).T)))
+        d.notes.append("erase: the first map also moves by -(W k) (a * k)^T, a per channel")
+    else:
+        erased = add(new[0], scaled(-rate, first * key * key.T))
+        d.notes.append("erase: the first map also moves by -rate (W k) k^T (the DGD factor)")
     return (erased, *new[1:])
 
 
 def _implicit_rate(d: LevelDerivation, tensors, rate, lower):
     """Solve the implicit step W = argmin l(W) + ||W - S||^2 / (2 lr) along the gradient:
     W = S - eps grad(S), with eps from the optimality condition (SymPy's solve)."""
-    if d.rule.kappa is None or is_matrix(rate):
+    if d.rule.kappa is None:
         raise NlcError(f"the implicit step is solved for matrix, vector and optimizer memories "
                        f"with a scalar rate, not {d.form.kind}", d.level.algorithm.span)
+    if is_matrix(rate) and not d.level.rate_rows:
+        raise NlcError("the implicit step is solved with a scalar rate or, on a matrix memory, "
+                       "one per output channel; a rate per input channel couples the "
+                       "channels of the step", d.level.algorithm.span,
+                       hint="use gd for a rate per input channel")
     term = d.loss_term()
     args = d.loss_args(term, lower)
     if loss_of(term.kind, args).threshold is not None:
@@ -287,6 +308,10 @@ def _implicit_rate(d: LevelDerivation, tensors, rate, lower):
         raise NlcError(f"the implicit step has no closed form for objective '{term.kind}'",
                        d.level.algorithm.span, hint="use gd")
     kappa_value = d.rule.kappa(d.roles["key"])
+    if is_matrix(rate):  # one rate per row: the rows' proximal problems are independent
+        d.notes.append("implicit step per output channel: the l2 and dot losses are sums over "
+                       "the rows, each solved with its own rate")
+        return elementwise(sp.Lambda(LR, closed.subs(KAPPA, kappa_value)), rate)
     return closed.subs({KAPPA: kappa_value, LR: rate}, simultaneous=True)
 
 

@@ -74,11 +74,13 @@ class FusedRecurrent:
     extras: tuple[tuple[str, object], ...]     # dplr: a, b; elementwise: rate
     error: object | None = None     # elementwise: e(p, y), in the kernel's p and y
     order: str | None = None        # elementwise: the prediction at S D (before) or S
+    rate: str = "scalar"            # elementwise: the rate per token, or one per row
 
     def to_text(self) -> str:
         extras = ", ".join(f"{n} = {_s(e)}" for n, e in self.extras)
         error = f", error {_s(self.error)}" if self.error is not None else ""
-        return f"fused recurrent {self.family}: q = {_s(self.query)}, {extras}{error}"
+        rows = ", one rate per row" if self.rate == "row" else ""
+        return f"fused recurrent {self.family}: q = {_s(self.query)}, {extras}{error}{rows}"
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,10 @@ def _bias_terms(bias, vector: bool):
         elif len(mats) == 2 and isinstance(mats[1], sp.Transpose):
             left = coef * mats[0] if coef != 1 else mats[0]
             out.append((left, mats[1].arg))
+        elif len(mats) == 3 and isinstance(mats[0], sp.DiagMatrix) \
+                and isinstance(mats[2], sp.Transpose):  # Diag(r) v k^T, a rate per row
+            left = sp.HadamardProduct(mats[0].args[0], mats[1])
+            out.append((coef * left if coef != 1 else left, mats[2].arg))
         else:
             raise _NoChunkedForm(f"the input term {sp.sstr(term)[:60]} is not an outer product")
     return tuple(out)
@@ -282,7 +288,7 @@ def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
     gate = family.param("decay")
     kind = "none" if gate == 1 else family.param("decay_kind")
     return FusedRecurrent(fam.value, _read_query(rule), terms[0][0], terms[0][1], gate, kind,
-                          extras, error, order)
+                          extras, error, order, family.param("rate_kind") or "scalar")
 
 
 # ------------------------------------------------------------------ the solve family

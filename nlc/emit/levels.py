@@ -231,7 +231,8 @@ class LevelPrinter:
         if ex.family == "dplr":
             args += [f"a=nl.vec({v['a']}, ref)", f"b=nl.vec({v['b']}, ref)"]
         else:
-            args.append(f"beta=nl.flat({v['rate']}, ref)")
+            rate = "vec" if ex.rate == "row" else "flat"  # one rate per row: [B, T, H, V]
+            args.append(f"beta=nl.{rate}({v['rate']}, ref)")
         (name, _), = self.rule.states
         args += [f"initial_state=state[{name!r}]", "output_final_state=True"]
         lines = self._chunk_inputs(outputs) + ["ref = nl.reference(tokens)"]

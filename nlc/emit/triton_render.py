@@ -18,7 +18,8 @@ Per token, with S in R^{V x K} and D_t = diag(exp(g_t)) on the key axis:
     delta        S_t = S_{t-1} D_t (I - beta_t k_t k_t^T) + v_t k_t^T
     dplr         S_t = S_{t-1} (D_t + a_t b_t^T) + v_t k_t^T
     elementwise  S_t = S_{t-1} D_t - beta_t e_t k_t^T,  e_t = error(S' k_t, v_t) entrywise,
-                 S' = S_{t-1} D_t (order "before") or S_{t-1} (order "parallel")
+                 S' = S_{t-1} D_t (order "before") or S_{t-1} (order "parallel"); with
+                 rate "row" beta_t is one per row, (beta_t * e_t) k_t^T
 
 and o_t = S_t q_t (or S_{t-1} q_t with read_before). The elementwise error and its partial
 derivatives (SymPy's `diff`) are printed by `nlc.emit.tl_printer`; the template holds only
@@ -41,6 +42,7 @@ from nlc.emit.tl_printer import tl_code
 FAMILIES = ("decay", "delta", "dplr", "elementwise")
 DECAYS = ("none", "scalar", "channel")
 ORDERS = ("before", "parallel")
+RATES = ("scalar", "row")
 TEMPLATE = "triton_recurrent.py.jinja"
 
 # Names the generated functions already use: an error parameter may not shadow them.
@@ -71,6 +73,7 @@ class RecurrentKernelPlan:
     error: sp.Expr | None = None
     error_params: tuple[str, ...] = ()
     order: str = "before"
+    rate: str = "scalar"        # elementwise: beta per token, or one per row [B, T, H, V]
 
     @property
     def module(self) -> str:
@@ -81,7 +84,8 @@ class RecurrentKernelPlan:
         parts = ["nlc_kernel", self.family, self.decay] + ["read_before"] * self.read_before
         if self.family == "elementwise":
             error = sp.srepr(sp.sympify(self.error)) + repr(tuple(self.error_params))
-            parts += [self.order, hashlib.sha256(error.encode()).hexdigest()[:8]]
+            parts += [self.order] + ["rate_row"] * (self.rate == "row")
+            parts.append(hashlib.sha256(error.encode()).hexdigest()[:8])
         return "_".join(parts)
 
 
@@ -97,6 +101,7 @@ def render_recurrent(plan: RecurrentKernelPlan, formatted: bool = True) -> str:
         "read_before": plan.read_before,
         "order": plan.order,
         "has_beta": plan.family in ("delta", "elementwise"),
+        "rate_rows": plan.rate == "row",
         "saved": _SAVED[plan.family],
         "params": list(plan.error_params) if plan.family == "elementwise" else [],
         "version": prose(__version__),
@@ -105,7 +110,8 @@ def render_recurrent(plan: RecurrentKernelPlan, formatted: bool = True) -> str:
         "decay_text": prose({"none": "I", "scalar": "exp(g_t) I",
                              "channel": "diag(exp(g_t))"}[plan.decay]),
         "update_text": prose(_UPDATES[plan.family].replace(
-            "PRED", "S_{t-1} D_t" if plan.order == "before" else "S_{t-1}")),
+            "PRED", "S_{t-1} D_t" if plan.order == "before" else "S_{t-1}").replace(
+            "beta_t e_t", "(beta_t * e_t)" if plan.rate == "row" else "beta_t e_t")),
         "read_text": prose("o_t = S_{t-1} q_t   (read before the write)" if plan.read_before
                            else "o_t = S_t q_t"),
         "layout_text": prose(_layout_text(plan)),
@@ -128,6 +134,9 @@ def _validate(plan: RecurrentKernelPlan) -> None:
         raise ValueError(f"order {plan.order!r} is not one of {', '.join(ORDERS)}")
     if not isinstance(plan.read_before, bool):
         raise TypeError(f"read_before {plan.read_before!r} is not a bool")
+    if plan.rate not in RATES or (plan.rate == "row" and plan.family != "elementwise"):
+        raise ValueError(f"rate {plan.rate!r}: one per token, or 'row' for the elementwise "
+                         "family")
     if plan.family != "elementwise":
         if plan.error is not None or plan.error_params:
             raise ValueError(f"family {plan.family!r} takes no error signal")
@@ -180,13 +189,16 @@ def _plan_text(plan: RecurrentKernelPlan) -> str:
     text = f"family={plan.family!r}, decay={plan.decay!r}, read_before={plan.read_before}"
     if plan.family == "elementwise":
         text += f", order={plan.order!r}, error_params={tuple(plan.error_params)!r}"
+    if plan.rate != "scalar":
+        text += f", rate={plan.rate!r}"
     return text
 
 
 def _layout_text(plan: RecurrentKernelPlan) -> str:
     parts = {"none": [], "scalar": ["g [B, T, H]"], "channel": ["g [B, T, H, K]"]}[plan.decay]
     if plan.family in ("delta", "elementwise"):
-        parts.append("beta [B, T, H] (None: 1)")
+        parts.append("beta [B, T, H, V] (one per row; None: 1)" if plan.rate == "row"
+                     else "beta [B, T, H] (None: 1)")
     if plan.family == "dplr":
         parts.append("a, b [B, T, H, K]")
     return "; ".join(parts) if parts else "no gates"

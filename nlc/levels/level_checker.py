@@ -221,7 +221,8 @@ class LevelChecker:
                            objective, retentions, algorithm, expr, before, applies,
                            tuple(p.name for p in self.params if p.level == stmt.name), out_shape,
                            stmt.span, stmt.inputs,
-                           getattr(read_clause(stmt), "when", None) == "start")
+                           getattr(read_clause(stmt), "when", None) == "start",
+                           _rate_rows(head.state, algorithm, head.env))
 
     def state_stmt(self, stmt: ast.State, env: Env) -> StateRecord:
         term = make_term(stmt.form, vocab.FORMS, "memory form", env, self.consts)
@@ -318,7 +319,8 @@ class LevelChecker:
         return tuple(t for t in terms if t.kind != "none")
 
     def check_erase(self, term: Term, env: Env, state: StateRecord) -> None:
-        """erase(k, rate): k is an input of the memory's first map; rate a scalar."""
+        """erase(k, rate): k is an input of the memory's first map; rate a scalar or one per
+        channel of k."""
         if state.form.kind not in ("matrix", "mlp"):
             raise NlcError(f"'erase' applies to matrix and mlp memories, not {state.form.kind}",
                            term.span)
@@ -328,10 +330,20 @@ class LevelChecker:
             raise NlcError(f"the erased key '{format_expr(key)}' is {shape_text(shape)}; the "
                            f"memory takes {shape_text(state.form.input_shape)}", key.span)
         rate = term.get("rate")
-        if isinstance(rate, ast.Expr) and infer(rate, env) != ():
-            raise NlcError(f"the erase rate '{format_expr(rate)}' must be a scalar", rate.span)
+        if not isinstance(rate, ast.Expr):
+            return
+        rate_shape = infer(rate, env)
+        if rate_shape not in ((), shape):
+            raise NlcError(f"the erase rate '{format_expr(rate)}' is {shape_text(rate_shape)}; "
+                           f"it must be a scalar or {shape_text(shape)}, one per channel of the "
+                           f"erased key '{format_expr(key)}'", rate.span,
+                           hint="a per-channel rate a erases W k (a * k)^T (RWKV-7's in-context "
+                                "rate)")
 
-    def check_gate(self, expr, env: Env, state: StateRecord, what: str) -> None:
+    def check_gate(self, expr, env: Env, state: StateRecord, what: str,
+                   rows: bool = False) -> None:
+        """A gate or rate: a scalar or one per input channel; with `rows`, also one per
+        output channel (row) of a matrix memory, a rate that scales the rows of the step."""
         if not isinstance(expr, ast.Expr):  # a numeric default
             return
         shape = infer(expr, env)
@@ -340,10 +352,20 @@ class LevelChecker:
             allowed.append(state.form.input_shape)
         elif state.form.kind == "like":
             allowed.append(PARAM_SHAPE)
+        per_row = rows and state.form.kind == "matrix"
+        if per_row and state.form.output_shape not in allowed:
+            allowed.append(state.form.output_shape)
         if shape not in allowed:
+            text = f" or {shape_text(allowed[1])} (per channel)" if len(allowed) > 1 else ""
+            if len(allowed) > 2:
+                text = (f", {shape_text(allowed[1])} (per input channel) or "
+                        f"{shape_text(allowed[2])} (per output channel)")
+            hint = None
+            if state.form.kind == "matrix" and shape == state.form.output_shape:
+                hint = ("a rate per output channel is derived for the gd and implicit "
+                        "algorithms (Longhorn's per-channel beta)")
             raise NlcError(f"{what} '{format_expr(expr)}' is {shape_text(shape)}; it must be a "
-                           f"scalar" + (f" or {shape_text(allowed[1])} (per channel)"
-                                        if len(allowed) > 1 else ""), expr.span)
+                           f"scalar{text}", expr.span, hint=hint)
 
     def algorithm(self, clauses, env: Env, stmt: ast.Level) -> Term:
         found = clauses[ast.ClauseKind.ALGORITHM]
@@ -408,7 +430,8 @@ class LevelChecker:
             raise NlcError("lq normalization needs a matrix or MLP memory", span)
         for name in ("lr", "momentum"):
             if vocab.ALGORITHMS[alg].arg(name) is not None:
-                self.check_gate(algorithm.get(name), env, state, name.replace("lr", "learning rate"))
+                self.check_gate(algorithm.get(name), env, state, name.replace("lr", "learning rate"),
+                                rows=name == "lr" and alg in ("gd", "implicit"))
 
 
 def _form_exprs(form: ast.Expr, entry: vocab.Entry) -> tuple[ast.Expr, ...]:
@@ -419,3 +442,16 @@ def _form_exprs(form: ast.Expr, entry: vocab.Entry) -> tuple[ast.Expr, ...]:
                      [i for i in items if not isinstance(i, ast.Keyword)]))
     given |= {i.name: i.value for i in items if isinstance(i, ast.Keyword)}
     return tuple(given[a.name] for a in entry.args if a.name in given)
+
+
+def _rate_rows(state: StateRecord | None, algorithm: Term | None, env: Env) -> bool:
+    """Whether a matrix memory's learning rate is one per output channel (its rows): spelled
+    as the output dim and not as the input one (`matrix[d, d]` with a rate [d] is per input
+    channel)."""
+    if state is None or algorithm is None or state.form.kind != "matrix":
+        return False
+    rate = algorithm.get("lr") if vocab.ALGORITHMS[algorithm.kind].arg("lr") else None
+    if not isinstance(rate, ast.Expr):
+        return False
+    shape = infer(rate, env)
+    return shape == state.form.output_shape and shape != state.form.input_shape

@@ -158,6 +158,7 @@ class LevelRecord:
     span: Span = field(default_factory=Span.none, compare=False)
     inputs: str | None = None    # `over gradients u, inputs x`: the parameter's input
     read_start: bool = False     # `read start`: the read sees the chunk-start state
+    rate_rows: bool = False      # the learning rate has one entry per row (output channel)
 
     @property
     def state(self) -> StateRecord | None:

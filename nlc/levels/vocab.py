@@ -131,7 +131,8 @@ RETENTIONS: dict[str, Entry] = dict([
        Arg("alpha", ArgKind.EXPR)),
     _e("erase", "M <- M - rate (M k) k^T on the map that first takes the memory's input: with a"
        " decay alpha at the old state, M (alpha I - rate k k^T), the delta-gradient-descent factor"
-       " (Nested Learning's DGD; Hope)", Arg("key", ArgKind.EXPR),
+       " (Nested Learning's DGD; Hope); a rate a per channel of k: M - (M k) (a * k)^T (RWKV-7)",
+       Arg("key", ArgKind.EXPR),
        Arg("rate", ArgKind.EXPR, low=0.0)),
     _e("elastic_net", "l1 and l2 penalties on the state", Arg("l1", ArgKind.EXPR, 0.0, low=0.0),
        Arg("l2", ArgKind.EXPR, 0.0, low=0.0)),

@@ -316,7 +316,7 @@ class _LayerPlanner:
             return _kernel(ex.family, decay, rule.read_before, chunked=chunked)
         if isinstance(ex, FusedRecurrent):
             return _kernel(ex.family, ex.decay_kind, rule.read_before, error=ex.error,
-                           order=ex.order)
+                           order=ex.order, rate=ex.rate)
         return None
 
     # ------------------------------------------------------------ groups, segments

@@ -96,6 +96,7 @@ class KernelPlan:
     error: object = None    # elementwise: e(p, y)
     order: str | None = None
     chunked: str | None = None  # "family/decay" of the chunked kernels that take long inputs
+    rate: str = "scalar"    # elementwise: the rate per token, or one per row
 
     def chunked_entry(self) -> str:
         """`file.function` of the chunked Triton kernels in runtime/library/ that take long
@@ -107,7 +108,7 @@ class KernelPlan:
         """What the kernel template renders (nlc/emit/triton_render.py)."""
         from nlc.emit.triton_render import RecurrentKernelPlan
         return RecurrentKernelPlan(self.family, self.decay, self.read_before, self.error,
-                                   order=self.order or "before")
+                                   order=self.order or "before", rate=self.rate)
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,9 @@ class Explicit:
             return sp.ImmutableMatrix(sp.diag(*self(node.args[0])))
         if isinstance(node, sp.Inverse):
             return self(node.arg).inv()
-        if isinstance(node, ElementwiseApplyFunction):
-            return self(node.expr).applyfunc(node.function)
+        if isinstance(node, ElementwiseApplyFunction):  # its body may reduce a matrix (||k||^2)
+            f = node.function
+            return self(node.expr).applyfunc(sp.Lambda(f.variables, self(f.expr)))
         if isinstance(node, sp.HadamardPower):
             exp = self(node.exp)
             return self(node.base).applyfunc(lambda e: e ** exp)

@@ -114,6 +114,13 @@ def gate_kind(rule: UpdateRule, spec) -> str:
     return "scalar" if names & data_dependent(spec) else "constant"
 
 
+def rate_kind(rule: UpdateRule, spec) -> str:
+    """scalar, channel (one per input channel) or row (one per output channel)."""
+    if spec.graph.level(rule.level).rate_rows:
+        return "row"
+    return "channel" if isinstance(rule.role("lr"), sp.MatrixExpr) else "scalar"
+
+
 def form_matches(entry: CatalogEntry, rule: UpdateRule) -> bool:
     form = rule.form
     if entry.form in ("like", "like_matrix"):  # elementwise, or a matrix seen with its inputs
@@ -132,7 +139,8 @@ def roles_of(rule: UpdateRule) -> Roles:
                  beta=rule.role("lr"), alpha=rule.role("gate"), eta=rule.role("momentum"),
                  U=tuple(s for _, s in rule.states[n:]), S0=tuple(a for _, a in rule.anchors),
                  form=rule.form, g=rule.role("grad"), delta=rule.role("delta"),
-                 reg=rule.role("reg"))
+                 reg=rule.role("reg"), kappa=rule.role("erase_key"),
+                 a=rule.role("erase_rate"))
 
 
 def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
@@ -142,6 +150,8 @@ def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
         if not form_matches(e, rule):
             continue
         if e.gate not in ("any", gk) or e.kind != spec.kind.value:
+            continue
+        if "beta" in e.needs and e.rate != rate_kind(rule, spec):
             continue
         if any(getattr(roles, r) is None for r in e.needs):
             continue

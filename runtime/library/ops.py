@@ -137,6 +137,11 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=Non
         past = cache.get(key)
         if past is None:
             past = x.new_zeros(x.shape[0], width - 1, *x.shape[2:])
+        elif past.shape[:1] + past.shape[2:] != x.shape[:1] + x.shape[2:]:
+            raise ValueError(f"the cache's convolution inputs {key!r} are {list(past.shape)}, "
+                             f"but this call's are [B, {width - 1}, H, D] = "
+                             f"{[B, width - 1, H, D]}: a cache continues only the batch and "
+                             "the layer (heads and sizes) that filled it")
         x = torch.cat([past, x], dim=1)
         cache[key] = x[:, -(width - 1):]
     if cu_seqlens is None and H == weight.shape[0]:
