@@ -156,6 +156,9 @@ class LevelRecord:
     span: Span = field(default_factory=Span.none, compare=False)
     inputs: str | None = None    # `over gradients u, inputs x`: the parameter's input
     read_start: bool = False     # `read start`: the read sees the chunk-start state
+    # `objective a then b`, `algorithm f then g`: the (objective, algorithm) of each step of
+    # a token after the first (`objective`, `algorithm`), in order (DeltaProduct)
+    later_steps: tuple[tuple[Term, Term], ...] = ()
 
     @property
     def state(self) -> StateRecord | None:
