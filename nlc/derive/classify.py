@@ -13,7 +13,7 @@ have their own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import sympy as sp
@@ -103,6 +103,8 @@ def _classify(rule: UpdateRule) -> Classification:
                               f"{len(rule.states)} tensors carried per token")
     if rule.anchors:
         return Classification(KernelFamily.FROZEN_GRADIENT, (), "gradients at the chunk start")
+    if rule.steps:
+        return _steps(rule)
     name, S = rule.states[0]
     terms = expand_terms(rule.next_of(name))
     elementwise = _elementwise(S, terms)
@@ -190,6 +192,32 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
                                                        ("rank", len(rank_one)),
                                                        ("transition", "dplr")),
                           reason + ", one key: S' = S (D + a k^T) + v' k^T")
+
+
+def _steps(rule: UpdateRule) -> Classification:
+    """Several steps per token (`objective a then b`): each step is classified on its own,
+    as a rule of the state before it. When each is a delta step, the first with the
+    retention's scalar gate and the later ones ungated, the token's transition is their
+    product D (I - b_1 k_1 k_1^T) ... (I - b_n k_n k_n^T): n delta "tokens" in a row
+    (Siems et al., DeltaProduct, arXiv:2502.10297, 2025, with n Householder factors)."""
+    (name, S), = rule.states
+    found = []
+    for i, step in enumerate(rule.steps):
+        one = replace(rule, next_state=((name, step.xreplace({rule.step_state: S})),),
+                      steps=(), step_state=None)
+        family = _classify(one)
+        found.append(family)
+        reason = f"{len(rule.steps)} steps per token; step {i + 1} is {family.to_text()}"
+        if family.family is not KernelFamily.DELTA or (i and family.param("decay") != 1):
+            return Classification(KernelFamily.PRODUCT, (("rank", len(rule.steps)),),
+                                  reason + ", not an ungated delta step" if i else reason)
+    first = found[0]
+    pairs = tuple((f.param("beta"), f.param("key"), f.param("bias")) for f in found)
+    params = (("decay", first.param("decay")), ("decay_kind", first.param("decay_kind")),
+              ("steps", pairs), ("rank", len(pairs)), ("transition", "delta"))
+    return Classification(KernelFamily.PRODUCT, params,
+                          f"{len(pairs)} delta steps per token: S' = S D (I - b_1 k_1 k_1^T) "
+                          f"... (I - b_{len(pairs)} k_{len(pairs)} k_{len(pairs)}^T) + B")
 
 
 def _elementwise(S, terms) -> Classification | None:

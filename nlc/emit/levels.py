@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent
+from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent, ProductChunk
 from nlc.derive.matfuncs import free_names
 from nlc.emit.context import literal
 from nlc.emit.names import local
@@ -102,6 +102,8 @@ class LevelPrinter:
             out.read_token = self.read_token()
         if isinstance(ex, AffineChunk):
             out.chunked = self.affine_chunked(ex)
+        elif isinstance(ex, ProductChunk):
+            out.chunked = self.product_chunked(ex)
         elif isinstance(ex, FusedRecurrent):
             out.chunked = self.fused_recurrent(ex)
         elif isinstance(ex, FrozenSplit):
@@ -141,11 +143,12 @@ class LevelPrinter:
         return _unpack(tokens, "tokens", used) + _unpack(
             [p.name for p in self.plan.params] + list(self.plan.sizes), "consts", used)
 
-    def _kernel_call(self, args: list[str], name: str, final: str = "S") -> list[str]:
+    def _kernel_call(self, args: list[str], name: str, final: str = "S",
+                     read: str = "o") -> list[str]:
         kernel = self.plan.kernel
         return [f"kernels = nl.kernels(__file__, {kernel.module!r})",
                 f"o, S = kernels.fused_recurrent({', '.join(args)})",
-                f"return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
+                f"return {read}.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
 
     def affine_chunked(self, ex: AffineChunk) -> list[str]:
         outputs = [("query", ex.query)]
@@ -199,6 +202,42 @@ class LevelPrinter:
                 lines.append("o = o + o_i")
                 state = "S"
         return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
+
+    def product_chunked(self, ex: ProductChunk) -> list[str]:
+        """n delta steps per token: the delta rule's chunked form (and, on CUDA, its kernels)
+        over the sequence of steps, `nl.substeps` (runtime/library/substeps.py)."""
+        outputs = [("query", ex.query)]
+        for i, (u, w, b) in enumerate(ex.steps):
+            outputs += [(f"value{i}", u), (f"key{i}", w), (f"rate{i}", b)]
+        gated = ex.decay != 1
+        printer = TorchPrinter(self.names())
+        lines = self._chunk_inputs(outputs + ([("gate", ex.decay)] if gated else []))
+        lines.append("ref = nl.reference(tokens)")
+        computed, v = self._bind(printer, outputs)
+        lines += computed
+        if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
+            lines.append(f"log_decay = nl.log_gate({printer.expr(ex.decay)})")
+        steps = range(len(ex.steps))
+        keys = ", ".join(f"nl.vec({v[f'key{i}']}, ref)" for i in steps)
+        values = ", ".join(f"nl.vec({v[f'value{i}']}, ref)" for i in steps)
+        rates = ", ".join(f"nl.flat({v[f'rate{i}']}, ref)" for i in steps)
+        decay = "nl.flat(log_decay, ref)" if gated else "None"
+        rb = self.rule.read_before
+        lines.append(f"sub = nl.substeps(nl.vec({v['query']}, ref), ({keys}), ({values}), "
+                     f"({rates}), {decay}, read_before={rb})")
+        (name, _), = self.rule.states
+        state = f"state[{name!r}]"
+        kernel = self.plan.kernel
+        if kernel is not None:
+            args = ["sub.q", "sub.k", "sub.v"] + (["g=sub.g"] if gated else [])
+            args += ["beta=sub.beta", f"initial_state={state}", "output_final_state=True"]
+            form = f', chunked="{kernel.chunked}"' if kernel.chunked else ""
+            lines.append(f"if nl.use_triton(sub.ref{form}, key_width={state}.shape[-1]):"
+                         "  # CUDA: the delta rule's fused recurrent Triton kernel")
+            lines += [f"    {line}" for line in self._kernel_call(args, name, read="sub.read(o)")]
+        lines.append(f"o, S = nl.delta_chunked(sub.q, sub.k, sub.v, sub.beta, sub.g, "
+                     f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
+        return lines + [f"return sub.read(o).unsqueeze(-1), {{{name!r}: S}}"]
 
     def fused_recurrent(self, ex: FusedRecurrent) -> list[str]:
         """dplr, an elementwise error: CUDA tensors go to the fused recurrent kernel, others

@@ -11,7 +11,14 @@ from dataclasses import replace
 import networkx as nx
 import sympy as sp
 
-from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent, TokenLoop
+from nlc.derive.execution import (
+    AffineChunk,
+    Attention,
+    FrozenSplit,
+    FusedRecurrent,
+    ProductChunk,
+    TokenLoop,
+)
 from nlc.derive.forms import tensor_names
 from nlc.derive.matfuncs import free_names
 from nlc.derive.symbols import dim_size
@@ -300,7 +307,7 @@ class _LayerPlanner:
         """The fused recurrent Triton kernel, when the family and form have one."""
         if not self.stem or rule.form.kind != "matrix":
             return None
-        if isinstance(ex, AffineChunk) and len(ex.terms) == 1:
+        if isinstance(ex, ProductChunk) or isinstance(ex, AffineChunk) and len(ex.terms) == 1:
             decay = "none" if ex.decay == 1 else ex.decay_kind
             chunked = None if rule.read_before else f"{ex.family}/{decay}"
             return _kernel(ex.family, decay, rule.read_before, chunked=chunked)

@@ -28,6 +28,7 @@ from nlc.runtime.library.op_inputs import op_shapes
 from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked,
                                       mid_chunk, recurrent, segments, state_from, varlen,
                                       weights_from)
+from nlc.runtime.library.substeps import substeps
 
 EPS = 1e-6
 
@@ -419,4 +420,5 @@ __all__ = [
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
+    "substeps",
 ]
