@@ -1,0 +1,210 @@
+"""Several (key, value, rate) pairs per token (`objective a then b`, `algorithm f then g`):
+DeltaProduct with n_h = 2 distinct Householder steps per token (Siems et al.,
+arXiv:2502.10297, 2025) from tests/specs/delta_product_pairs.nl. The derived rule against
+steps taken by torch.autograd, the product family's classification, and its chunked form
+(the delta rule over the interleaved steps) against the recurrent form and decoding."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+from conftest import ROOT, TESTS
+from nlc.runtime.library import ops
+
+from nlc import pipeline
+from nlc.derive import derive
+from nlc.derive.classify import KernelFamily
+from nlc.derive.evaluate import Evaluator
+from nlc.derive.execution import ProductChunk
+from nlc.emit import load_layer
+from nlc.syntax.format import format_module
+from nlc.syntax.parser import parse
+
+SPEC = TESTS / "specs" / "delta_product_pairs.nl"
+F64 = torch.float64
+
+
+def _variant(tmp_path, name: str, old: str = "", new: str = ""):
+    text = SPEC.read_text().replace(old, new) if old else SPEC.read_text()
+    path = tmp_path / f"{name}.nl"
+    path.write_text(text)
+    return path
+
+
+STEPS = ("objective l2(S(k1), v1) then l2(S(k2), v2)\n"
+         "    retention decay(alpha, order = before)\n"
+         "    algorithm gd(lr = beta1) then gd(lr = beta2)")
+THREE_STEPS = ("objective l2(S(k1), v1) then l2(S(k2), v2) then l2(S(k1), v2)\n"
+               "    retention decay(alpha, order = before)\n"
+               "    algorithm gd(lr = beta1)")
+VARIANTS = {  # name -> (old, new): the spec's other points with two pairs per token
+    "gated": ("", ""),
+    "read_before": ("read S(q)", "read before S(q)"),
+    "ungated": ("    retention decay(alpha, order = before)\n", ""),
+    "three_steps_one_rate": (STEPS, THREE_STEPS),
+}
+
+
+def test_then_survives_fmt():
+    module = parse(SPEC.read_text())
+    text = format_module(module)
+    assert "objective l2(S(k1), v1) then l2(S(k2), v2)" in text
+    assert "algorithm gd(lr = beta1) then gd(lr = beta2)" in text
+    assert parse(text) == module
+
+
+def _rule():
+    (spec,) = pipeline.run(str(SPEC), "check")
+    (rule,) = derive(spec, dict(spec.dims))
+    return rule
+
+
+def _autograd_token(S, pairs, alpha):
+    """One token as the paper states it: the gate, then per pair one gradient step on
+    1/2 ||S k - v||^2, the gradient taken by autograd at the state the last step left."""
+    S = alpha * S
+    for k, v, beta in pairs:
+        S = S.detach().requires_grad_(True)
+        loss = 0.5 * ((S @ k - v) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, S)
+        S = S - beta * grad
+    return S.detach()
+
+
+def test_the_derived_rule_is_two_autograd_steps():
+    rule = _rule()
+    assert [tuple(s.name for s in step) for step in rule.role("steps")] \
+        == [("k1", "v1", "beta1"), ("k2", "v2", "beta2")]
+    rng = np.random.default_rng(0)
+    expr = rule.next_of("S")
+    env = {}
+    for leaf in sorted(expr.atoms(sp.MatrixSymbol, sp.Symbol), key=str):
+        shape = tuple(int(d) for d in leaf.shape) if isinstance(leaf, sp.MatrixSymbol) else ()
+        env[leaf] = rng.uniform(0.2, 1.5, shape) if not shape else rng.standard_normal(shape)
+    got = Evaluator(env)(expr)
+    x = {s.name: torch.as_tensor(np.asarray(v, dtype=np.float64)) for s, v in env.items()}
+    pairs = [(x["k1"], x["v1"], x["beta1"]), (x["k2"], x["v2"], x["beta2"])]
+    expected = _autograd_token(x["S"], pairs, x["alpha"]).numpy()
+    assert np.abs(got - expected).max() < 1e-12 * np.abs(expected).max()
+    # two distinct keys: not one delta transition with a summed rate
+    one_key = _autograd_token(x["S"], [(x["k1"], x["v1"], x["beta1"])] * 2, x["alpha"]).numpy()
+    assert np.abs(got - one_key).max() > 1e-3
+
+
+def test_the_product_family_runs_as_delta_steps():
+    (_, (classified,)), = pipeline.run(str(SPEC), "classify")
+    family, ex = classified.family, classified.execution
+    assert family.family is KernelFamily.PRODUCT and family.param("transition") == "delta"
+    assert isinstance(ex, ProductChunk)
+    assert [(str(v), str(k), str(b)) for v, k, b in ex.steps] \
+        == [("beta1*v1", "k1", "beta1"), ("beta2*v2", "k2", "beta2")]
+    assert str(ex.decay) == "alpha"
+
+
+def _module(path):
+    layer = load_layer(str(path))
+    return layer, sys.modules[layer.__module__]
+
+
+def test_the_op_is_the_autograd_recurrence_over_a_sequence(tmp_path):
+    """The generated op, recurrent and chunked, against the paper's recurrence by autograd."""
+    _, module = _module(SPEC)
+    torch.manual_seed(1)
+    B, T, H, K, V = 2, 11, 2, 6, 4
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape, dtype=F64), dim=-1)
+
+    q, k1, k2 = unit(B, T, H, K), unit(B, T, H, K), unit(B, T, H, K)
+    v1, v2 = torch.randn(B, T, H, V, dtype=F64), torch.randn(B, T, H, V, dtype=F64)
+    beta1, beta2 = 2 * torch.rand(B, T, H, dtype=F64), 2 * torch.rand(B, T, H, dtype=F64)
+    alpha = torch.rand(B, T, H, dtype=F64)
+    S = torch.zeros(B, H, V, K, dtype=F64)
+    reads = []
+    for t in range(T):
+        S = torch.stack([torch.stack([_autograd_token(
+            S[b, h], [(k1[b, t, h, :, None], v1[b, t, h, :, None], beta1[b, t, h]),
+                      (k2[b, t, h, :, None], v2[b, t, h, :, None], beta2[b, t, h])],
+            alpha[b, t, h]) for h in range(H)]) for b in range(B)])
+        reads.append((S @ q[:, t, :, :, None])[..., 0])
+    expected = torch.stack(reads, 1)
+    inputs = {"q": q, "k1": k1, "v1": v1, "alpha": alpha, "beta1": beta1, "beta2": beta2,
+              "k2": k2, "v2": v2}
+    for mode in ("recurrent", "chunked"):
+        o, final = module.op(**inputs, mode=mode, chunk_size=4, output_final_state=True)
+        torch.testing.assert_close(o, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(final["S"], S, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_chunked_equals_recurrent_and_step(tmp_path, variant):
+    layer_cls, _ = _module(_variant(tmp_path, variant, *VARIANTS[variant]))
+    (_, (classified,)), = pipeline.run(str(tmp_path / f"{variant}.nl"), "classify")
+    assert isinstance(classified.execution, ProductChunk)
+    torch.manual_seed(0)
+    layer = layer_cls().double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    layer.chunk_size = 8
+    x = torch.randn(2, 37, 12, dtype=F64)
+    chunked = layer(x)
+    layer.mode = "recurrent"
+    recurrent = layer(x)
+    torch.testing.assert_close(chunked, recurrent, rtol=1e-12, atol=1e-12)
+    cache, steps = None, []
+    layer.mode = "chunked"
+    for t in range(x.shape[1]):
+        y, cache = layer.step(x[:, t], cache)
+        steps.append(y)
+    torch.testing.assert_close(torch.stack(steps, 1), recurrent, rtol=1e-12, atol=1e-12)
+
+
+def test_the_layer_dispatches_to_the_delta_rule_over_the_steps(monkeypatch):
+    layer = _module(SPEC)[0]().double()
+    seen = []
+    real = ops.delta_chunked
+
+    def spy(q, k, v, beta, log_decay=None, **kw):
+        seen.append((q.shape, k.shape, None if log_decay is None else log_decay.shape))
+        return real(q, k, v, beta, log_decay, **kw)
+
+    monkeypatch.setattr(ops, "delta_chunked", spy)
+    x = torch.randn(3, 10, 12, dtype=F64)
+    layer(x)
+    # one call per layer, over 2 steps per token: [B, 2 T, H, d_k], the gate on every step
+    assert seen == [(torch.Size([3, 20, 2, 6]), torch.Size([3, 20, 2, 6]),
+                     torch.Size([3, 20, 2]))]
+
+
+KERNEL = """
+import os, sys, torch
+from nlc.emit import load_layer
+torch.manual_seed(0)
+layer = load_layer(sys.argv[1])()
+layer.chunk_size = 16
+for T in (9, 40):  # 18 steps: the recurrent kernel; 80: the chunked kernels
+    x = torch.randn(1, T, 12)
+    os.environ["NLC_TRITON"] = "force"
+    y = layer(x)
+    os.environ["NLC_TRITON"] = "0"
+    z = layer(x)
+    print(((y - z).abs().max() / z.abs().max()).item())
+"""
+
+
+def test_the_delta_rule_kernels_run_the_steps():
+    """Triton forced on CPU tensors under the interpreter: the delta rule's fused recurrent
+    kernel and its chunked kernels run the interleaved steps."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", KERNEL, str(SPEC)], check=False,
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(line) for line in done.stdout.split()]
+    assert len(errors) == 2 and max(errors) < 1e-5
