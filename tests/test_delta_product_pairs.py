@@ -25,6 +25,7 @@ from nlc.derive.execution import ProductChunk
 from nlc.emit import load_layer
 from nlc.syntax.format import format_module
 from nlc.syntax.parser import parse
+from nlc.verify.verify import verify_module
 
 SPEC = TESTS / "specs" / "delta_product_pairs.nl"
 F64 = torch.float64
@@ -208,3 +209,28 @@ def test_the_delta_rule_kernels_run_the_steps():
     assert done.returncode == 0, done.stderr[-2000:]
     errors = [float(line) for line in done.stdout.split()]
     assert len(errors) == 2 and max(errors) < 1e-5
+
+
+def _verified(text: str):
+    (report,) = verify_module(parse(text, "spec.nl"), "spec.nl")
+    (level,) = report.levels
+    return report, [c.entry.id for c in level.matches], level.matches
+
+
+def test_the_claim_is_proved_against_the_published_recurrence():
+    report, ids, matches = _verified(SPEC.read_text())
+    assert report.claim_holds and ids == ["deltaproduct_gated"]
+    assert matches[0].symbolic is True and matches[0].numeric < 1e-12
+    report, ids, _ = _verified(SPEC.read_text().replace(*VARIANTS["ungated"]))
+    assert report.claim_holds and ids == ["deltaproduct"]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("then l2(S(k2), v2)", "then l2(S(k2), v2, scale = 2)"),      # the second rate doubled
+    ("decay(alpha, order = before)", "decay(alpha, order = parallel)"),  # the gate at the old state
+])
+def test_other_rules_claiming_deltaproduct_are_refused(old, new):
+    text = SPEC.read_text()
+    assert old in text
+    report, ids, _ = _verified(text.replace(old, new))
+    assert not report.claim_holds and not any(i.startswith("deltaproduct") for i in ids)

@@ -131,7 +131,8 @@ def roles_of(rule: UpdateRule) -> Roles:
     return Roles(S=tensors, k=rule.role("key"), v=rule.role("value"), q=rule.role("query"),
                  beta=rule.role("lr"), alpha=rule.role("gate"), eta=rule.role("momentum"),
                  U=tuple(s for _, s in rule.states[n:]), S0=tuple(a for _, a in rule.anchors),
-                 form=rule.form, g=rule.role("grad"), delta=rule.role("delta"))
+                 form=rule.form, g=rule.role("grad"), delta=rule.role("delta"),
+                 pairs=rule.role("steps"))
 
 
 def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
