@@ -268,13 +268,15 @@ def test_mutations_change_the_examples():
 
 # Bugs the fuzzer found that are not fixed yet (outside this suite's reach): case index ->
 # what fails. Strict: a fix turns the case into an unexpected pass, and this entry goes.
+# The indices follow the list of examples: a new example renumbers the cases, and the table
+# is then rebuilt by running this file with 140 cases (last: examples/delta_product_2.nl
+# added; "every 2 tokens on a per-channel decay: chunked != recurrent", seen on dplr_matrix
+# and gla before, is no longer among the first 140 cases and is not fixed).
 KNOWN = {
-    3: "every 2 tokens on a per-channel decay (dplr_matrix): chunked != recurrent",
-    55: "every 2 tokens with momentum on an MLP memory (yaad): chunked != recurrent",
-    66: "lp (p = 3) on linear attention diverges to nan within 16 tokens (an unstable spec?)",
-    73: "every 2 tokens on a per-channel decay (gla): chunked != recurrent",
-    110: "lp (p = 3) on deltanet diverges to nan at token 15 (an unstable spec?)",
-    139: "lp (p = 3) on deltanet diverges to nan (an unstable spec?)",
+    53: "every 2 tokens with momentum on an MLP memory (ttt_mlp): chunked != recurrent",
+    76: "every 3 tokens on linear attention's normalizer: z is 0 at the first chunk's start, "
+        "so memory / normalizer divides by 0 (an unstable spec)",
+    109: "lp (p = 3) on delta_product_2, rates up to 2, diverges to nan (an unstable spec?)",
 }
 
 
