@@ -21,7 +21,7 @@ from nlc import pipeline
 from nlc.derive import derive
 from nlc.derive.classify import KernelFamily
 from nlc.derive.evaluate import Evaluator
-from nlc.derive.execution import ProductChunk
+from nlc.derive.execution import ProductChunk, TokenLoop
 from nlc.emit import load_layer
 from nlc.syntax.format import format_module
 from nlc.syntax.parser import parse
@@ -108,6 +108,15 @@ def test_the_product_family_runs_as_delta_steps():
     assert str(ex.decay) == "alpha"
 
 
+def test_steps_that_are_not_delta_steps_run_token_by_token_and_say_why(tmp_path):
+    path = _variant(tmp_path, "lp_step", "then l2(S(k2), v2)", "then lp(S(k2), v2)")
+    (_, (classified,)), = pipeline.run(str(path), "classify")
+    assert classified.family.family is KernelFamily.PRODUCT
+    assert not classified.family.param("transition")
+    assert isinstance(classified.execution, TokenLoop)
+    assert "step 2 is elementwise" in classified.execution.reason
+
+
 def _module(path):
     layer = load_layer(str(path))
     return layer, sys.modules[layer.__module__]
@@ -165,6 +174,25 @@ def test_chunked_equals_recurrent_and_step(tmp_path, variant):
         y, cache = layer.step(x[:, t], cache)
         steps.append(y)
     torch.testing.assert_close(torch.stack(steps, 1), recurrent, rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_gradients_equal_recurrent_gradients():
+    """Training runs the chunked form: its gradients are the recurrent form's (float64)."""
+    torch.manual_seed(2)
+    layer = _module(SPEC)[0]().double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    layer.chunk_size = 8
+    x = torch.randn(2, 19, 12, dtype=F64)
+    grads = []
+    for mode in ("chunked", "recurrent"):
+        layer.mode = mode
+        layer.zero_grad()
+        (layer(x) ** 2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in layer.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-10, atol=1e-10, msg=name)
 
 
 def test_the_layer_dispatches_to_the_delta_rule_over_the_steps(monkeypatch):

@@ -207,10 +207,12 @@ def _steps(rule: UpdateRule) -> Classification:
                       steps=(), step_state=None)
         family = _classify(one)
         found.append(family)
-        reason = f"{len(rule.steps)} steps per token; step {i + 1} is {family.to_text()}"
         if family.family is not KernelFamily.DELTA or (i and family.param("decay") != 1):
+            what = "a gated delta step" if family.family is KernelFamily.DELTA \
+                else f"{family.family.value} ({family.reason})"
             return Classification(KernelFamily.PRODUCT, (("rank", len(rule.steps)),),
-                                  reason + ", not an ungated delta step" if i else reason)
+                                  f"{len(rule.steps)} steps per token; step {i + 1} is {what}, "
+                                  f"not {'an ungated' if i else 'a'} delta step")
     first = found[0]
     pairs = tuple((f.param("beta"), f.param("key"), f.param("bias")) for f in found)
     params = (("decay", first.param("decay")), ("decay_kind", first.param("decay_kind")),

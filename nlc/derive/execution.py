@@ -165,6 +165,8 @@ def execution(rule: UpdateRule, family: Classification,
             return _substeps(rule, family)
         except _NoChunkedForm as why:
             return TokenLoop(str(why))
+    if fam is KernelFamily.PRODUCT and not family.param("transition"):
+        return TokenLoop(f"no chunked form for these steps: {family.reason}")
     if family.param("transition"):  # n delta steps with one key: one delta / dplr transition
         fam = KernelFamily(family.param("transition"))
     turned = _transposed(rule)
