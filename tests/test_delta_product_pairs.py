@@ -98,6 +98,91 @@ def test_the_derived_rule_is_two_autograd_steps():
     assert np.abs(got - one_key).max() > 1e-3
 
 
+SWEEP_SPEC = """layer Sweep {{
+  dims d_model = 4, d_k = 3, d_v = 2
+  param W_k1, W_k2, W_k3 : [d_model, d_k]
+  param W_v1, W_v2, W_v3 : [d_model, d_v]
+  param w_b1, w_b2, w_b3, w_a : [d_model]
+  param W_c : [d_model, d_k]
+  param W_o : [d_v, d_model]
+  context from x {{
+    k1 = x @ W_k1
+    k2 = x @ W_k2
+    k3 = x @ W_k3
+    v1 = x @ W_v1
+    v2 = x @ W_v2
+    v3 = x @ W_v3
+    b1 = sigmoid(x @ w_b1)
+    b2 = sigmoid(x @ w_b2)
+    b3 = sigmoid(x @ w_b3)
+    alpha = sigmoid(x @ w_a)
+    c = sigmoid(x @ W_c)
+  }}
+  level memory {{
+    state S : matrix[d_v, d_k] = zeros
+    objective {objectives}
+    {retention}
+    algorithm {algorithms}
+    read S(k1)
+  }}
+  output memory @ W_o
+}}
+"""
+OBJECTIVES = {  # spec -> the loss of e = S k - v, in torch
+    "l2(S(k{i}), v{i})": lambda e, S, k, v: 0.5 * (e ** 2).sum(),
+    "l2(S(k{i}), v{i}, scale = 2)": lambda e, S, k, v: (e ** 2).sum(),
+    "dot(S(k{i}), v{i})": lambda e, S, k, v: -((S @ k) * v).sum(),
+    "lp(S(k{i}), v{i}, p = 3)": lambda e, S, k, v: (e.abs() ** 3).sum(),
+}
+SWEEP = [  # (objectives, rates, retention)
+    (["l2(S(k{i}), v{i})"] * 3, ["b{i}"] * 3, "retention decay(alpha, order = parallel)"),
+    (["l2(S(k{i}), v{i}, scale = 2)", "dot(S(k{i}), v{i})"], ["b{i}", "c"], ""),
+    (["lp(S(k{i}), v{i}, p = 3)", "l2(S(k{i}), v{i})"], ["c", "b{i}"], "retention decay(c)"),
+    (["dot(S(k{i}), v{i})", "lp(S(k{i}), v{i}, p = 3)", "l2(S(k{i}), v{i})"], ["b{i}"] * 3,
+     "retention decay(alpha)"),
+]
+
+
+def _sweep_reference(x, objectives, rates, retention):
+    """Each step at the state the last one left, by autograd; the retention with the first
+    (order before: the gradient at the gated state; parallel: at the old state)."""
+    S = x["S"]
+    gate = (x["c"][:, 0] if "decay(c)" in retention else x["alpha"]) if retention else 1.0
+    for i, (objective, rate) in enumerate(zip(objectives, rates), 1):
+        k, v = x[f"k{i}"], x[f"v{i}"]
+        kept = S * gate if i == 1 else S
+        at = S if i == 1 and "parallel" in retention else kept
+        at = at.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(OBJECTIVES[objective](at @ k - v, at, k, v), at)
+        step = grad * x["c"][:, 0] if rate == "c" else x[rate.format(i=i)] * grad
+        S = kept - step
+    return S.detach()
+
+
+@pytest.mark.parametrize("objectives, rates, retention", SWEEP)
+def test_several_steps_of_any_objective_are_autograd_steps(objectives, rates, retention):
+    """The derivation composes steps of any objective, rate and retention the language has:
+    derived (SymPy, evaluated in float64) against autograd steps."""
+    text = SWEEP_SPEC.format(
+        objectives=" then ".join(o.format(i=i) for i, o in enumerate(objectives, 1)),
+        algorithms=" then ".join(f"gd(lr = {r.format(i=i)})" for i, r in enumerate(rates, 1)),
+        retention=retention)
+    (spec,) = pipeline.run(None, "check", text=text)
+    (rule,) = derive(spec, dict(spec.dims))
+    expr = rule.next_of("S")
+    rng = np.random.default_rng(len(objectives))
+    env = {}
+    for leaf in sorted(expr.atoms(sp.MatrixSymbol, sp.Symbol), key=str):
+        shape = tuple(int(d) for d in leaf.shape) if isinstance(leaf, sp.MatrixSymbol) else ()
+        gate_like = leaf.name in ("c", "alpha") or leaf.name.startswith("b")
+        env[leaf] = rng.uniform(0.2, 0.9, shape) if gate_like else rng.standard_normal(shape)
+    got = Evaluator(env)(expr)
+    x = {s.name: torch.as_tensor(np.asarray(v, dtype=np.float64)) for s, v in env.items()}
+    x.setdefault("c", torch.ones(3, 1, dtype=F64))
+    expected = _sweep_reference(x, objectives, rates, retention).numpy()
+    assert np.abs(got - expected).max() < 1e-12 * np.abs(expected).max()
+
+
 def test_the_product_family_runs_as_delta_steps():
     (_, (classified,)), = pipeline.run(str(SPEC), "classify")
     family, ex = classified.family, classified.execution
