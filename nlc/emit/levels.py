@@ -150,6 +150,19 @@ class LevelPrinter:
                 f"o, S = kernels.fused_recurrent({', '.join(args)})",
                 f"return {read}.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
 
+    def _chunk_values(self, outputs, decay) -> tuple[list[str], dict[str, str]]:
+        """Lines that unpack a chunk's inputs and compute each (name, expression) of
+        `outputs` and, for a gate other than 1, `log_decay`; name -> the code holding it."""
+        gated = decay != 1
+        printer = TorchPrinter(self.names())
+        lines = self._chunk_inputs(outputs + ([("gate", decay)] if gated else []))
+        lines.append("ref = nl.reference(tokens)")
+        computed, v = self._bind(printer, outputs)
+        lines += computed
+        if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
+            lines.append(f"log_decay = nl.log_gate({printer.expr(decay)})")
+        return lines, v
+
     def affine_chunked(self, ex: AffineChunk) -> list[str]:
         outputs = [("query", ex.query)]
         for i, (u, w) in enumerate(ex.terms):
@@ -157,13 +170,7 @@ class LevelPrinter:
         if ex.beta is not None:
             outputs.append(("rate", ex.beta))
         gated = ex.decay != 1
-        printer = TorchPrinter(self.names())
-        lines = self._chunk_inputs(outputs + ([("gate", ex.decay)] if gated else []))
-        lines.append("ref = nl.reference(tokens)")
-        computed, v = self._bind(printer, outputs)
-        lines += computed
-        if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
-            lines.append(f"log_decay = nl.log_gate({printer.expr(ex.decay)})")
+        lines, v = self._chunk_values(outputs, ex.decay)
         (name, _), = self.rule.states
         state = f"state[{name!r}]"
         is_vec = self.rule.form.kind == "vector"
@@ -210,13 +217,7 @@ class LevelPrinter:
         for i, (u, w, b) in enumerate(ex.steps):
             outputs += [(f"value{i}", u), (f"key{i}", w), (f"rate{i}", b)]
         gated = ex.decay != 1
-        printer = TorchPrinter(self.names())
-        lines = self._chunk_inputs(outputs + ([("gate", ex.decay)] if gated else []))
-        lines.append("ref = nl.reference(tokens)")
-        computed, v = self._bind(printer, outputs)
-        lines += computed
-        if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
-            lines.append(f"log_decay = nl.log_gate({printer.expr(ex.decay)})")
+        lines, v = self._chunk_values(outputs, ex.decay)
         steps = range(len(ex.steps))
         keys = ", ".join(f"nl.vec({v[f'key{i}']}, ref)" for i in steps)
         values = ", ".join(f"nl.vec({v[f'value{i}']}, ref)" for i in steps)
