@@ -49,6 +49,8 @@ VARIANTS = {  # name -> (old, new): the spec's other points with two pairs per t
     "read_before": ("read S(q)", "read before S(q)"),
     "ungated": ("    retention decay(alpha, order = before)\n", ""),
     "three_steps_one_rate": (STEPS, THREE_STEPS),
+    "constants": (STEPS, "objective l2(S(k1), v1) then l2(S(k2), v2)\n"
+                         "    retention decay(0.9)\n    algorithm gd(lr = 0.5)"),
 }
 
 

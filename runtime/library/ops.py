@@ -222,8 +222,9 @@ def inner(a, b):
 def log_gate(alpha: torch.Tensor) -> torch.Tensor:
     """log of a decay gate for the chunked forms. A gate that underflowed to exactly 0 gets
     the log of the dtype's smallest normal number instead of -inf (a decay of 1e-38 is 0 to
-    every later product), and with it a zero gradient instead of 0 * inf = NaN."""
-    alpha = torch.as_tensor(alpha)
+    every later product), and with it a zero gradient instead of 0 * inf = NaN. A constant
+    gate's log is taken in float64 (the caller casts it to the inputs' dtype)."""
+    alpha = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
     return torch.log(alpha.clamp_min(torch.finfo(alpha.dtype).tiny))
 
 
