@@ -344,9 +344,9 @@ def _later_steps(d: LevelDerivation, first: dict) -> dict:
             check_size(current, f"{len(steps)} steps per token", span)
     d.steps, d.step_state = tuple(steps), fresh
     d.roles["steps"] = tuple(pairs)
-    d.notes.append(f"{len(steps)} steps per token, one per objective: the retention with the "
-                   "first, then a plain gradient step on each later objective at the state "
-                   "the step before it left")
+    d.notes.append(f"{len(steps)} steps per token, one per objective: the retention's gate "
+                   "with the first, then a plain gradient step on each later objective at the "
+                   "state the step before it left")
     return {name: current}
 
 
