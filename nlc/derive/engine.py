@@ -329,8 +329,8 @@ def _later_steps(d: LevelDerivation, first: dict) -> dict:
     fresh = sp.MatrixSymbol(f"{name}_step", *S.shape)
     pairs = [(d.roles["key"], d.roles["value"], d.roles["lr"])]
     steps, current = [first[name]], first[name]
-    span = d.level.algorithm.span
-    with clause(f"{len(d.level.later_steps) + 1} steps per token", span):
+    span, what = d.level.algorithm.span, f"{len(d.level.later_steps) + 1} steps per token"
+    with clause(what, span):
         for objective, algorithm in d.level.later_steps:
             sub = LevelDerivation(d.spec, replace(d.level, objective=objective,
                                                   algorithm=algorithm),
@@ -341,7 +341,7 @@ def _later_steps(d: LevelDerivation, first: dict) -> dict:
             pairs.append((sub.roles["key"], sub.roles["value"], rate))
             steps.append(step)
             current = step.xreplace({fresh: current})
-            check_size(current, f"{len(steps)} steps per token", span)
+            check_size(current, what, span)  # the state twice per step: 2^n terms
     d.steps, d.step_state = tuple(steps), fresh
     d.roles["steps"] = tuple(pairs)
     d.notes.append(f"{len(steps)} steps per token, one per objective: the retention's gate "
