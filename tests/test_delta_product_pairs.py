@@ -23,6 +23,7 @@ from nlc.derive.classify import KernelFamily
 from nlc.derive.evaluate import Evaluator
 from nlc.derive.execution import ProductChunk, TokenLoop
 from nlc.emit import load_layer
+from nlc.errors import NlcError
 from nlc.syntax.format import format_module
 from nlc.syntax.parser import parse
 from nlc.verify.verify import verify_module
@@ -44,13 +45,15 @@ STEPS = ("objective l2(S(k1), v1) then l2(S(k2), v2)\n"
 THREE_STEPS = ("objective l2(S(k1), v1) then l2(S(k2), v2) then l2(S(k1), v2)\n"
                "    retention decay(alpha, order = before)\n"
                "    algorithm gd(lr = beta1)")
+CONSTANTS = ("objective l2(S(k1), v1) then l2(S(k2), v2)\n"
+             "    retention decay(0.9)\n"
+             "    algorithm gd(lr = 0.5)")
 VARIANTS = {  # name -> (old, new): the spec's other points with two pairs per token
     "gated": ("", ""),
     "read_before": ("read S(q)", "read before S(q)"),
     "ungated": ("    retention decay(alpha, order = before)\n", ""),
     "three_steps_one_rate": (STEPS, THREE_STEPS),
-    "constants": (STEPS, "objective l2(S(k1), v1) then l2(S(k2), v2)\n"
-                         "    retention decay(0.9)\n    algorithm gd(lr = 0.5)"),
+    "constants": (STEPS, CONSTANTS),
 }
 
 
@@ -204,6 +207,19 @@ def test_steps_that_are_not_delta_steps_run_token_by_token_and_say_why(tmp_path)
     assert "step 2 is elementwise" in classified.execution.reason
 
 
+def test_steps_past_the_derivation_budget_are_a_located_error():
+    """Each step holds the state twice: 12 steps fit the budget, 13 stop at the algorithm."""
+    text = SPEC.read_text().replace(STEPS, (
+        "objective " + " then ".join(["l2(S(k1), v1)", "l2(S(k2), v2)"] * 6 + ["l2(S(k1), v1)"])
+        + "\n    retention decay(alpha, order = before)\n    algorithm gd(lr = beta1)"))
+    with pytest.raises(NlcError) as info:
+        pipeline.run(None, "derive", text=text)
+    assert "13 steps per token" in info.value.message
+    assert "derivation budget" in info.value.message
+    assert info.value.span.line == text.splitlines().index(
+        "    algorithm gd(lr = beta1)") + 1
+
+
 def _module(path):
     layer = load_layer(str(path))
     return layer, sys.modules[layer.__module__]
@@ -302,6 +318,7 @@ def test_the_layer_dispatches_to_the_delta_rule_over_the_steps(monkeypatch):
 KERNEL = """
 import os, sys, torch
 from nlc.emit import load_layer
+from nlc.errors import NlcError
 torch.manual_seed(0)
 layer = load_layer(sys.argv[1])()
 layer.chunk_size = 16
