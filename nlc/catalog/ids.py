@@ -20,6 +20,8 @@ CATALOG_TITLES = {
     "deltanet": "DeltaNet",
     "gated_deltanet": "Gated DeltaNet",
     "kda": "Kimi Delta Attention",
+    "deltaproduct": "DeltaProduct",
+    "deltaproduct_gated": "Gated DeltaProduct (gate before the first step)",
     "titans_linear": "Titans, linear memory without momentum (ordering C)",
     "rwkv7": "RWKV-7",
     "longhorn": "Longhorn",

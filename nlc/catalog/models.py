@@ -38,6 +38,7 @@ class Roles:
     kappa: object = None      # the erased (removal) key of an erase retention
     a: object = None          # the erase rate (RWKV-7's in-context learning rate)
     grad: Callable | None = None  # tensors -> the entry's loss gradient there (MLP entries)
+    pairs: tuple | None = None    # (k_i, v_i, beta_i) of each step of a token (DeltaProduct)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,25 @@ entry(id="rwkv7", title="RWKV-7",
       update=lambda r: (r.S[0] * (sp.DiagMatrix(r.alpha)
                                   - _outer(r.kappa, sp.HadamardProduct(r.a, r.kappa)))
                         + _outer(r.v, r.k),))
+
+
+def _householder_steps(S, pairs):
+    """DeltaProduct's n_h steps of a token: S (I - b_i k_i k_i^T) + b_i v_i k_i^T, i = 1..n_h."""
+    for k, v, beta in pairs:
+        S = S * (_I(k.shape[0]) - beta * _outer(k, k)) + beta * _outer(v, k)
+    return S
+
+
+entry(id="deltaproduct", title="DeltaProduct",
+      citation="Siems et al., DeltaProduct, arXiv:2502.10297 (2025): n_h Householder steps "
+               "per token, each with its own (k, v, beta)",
+      form="matrix", gate="none", needs=("pairs", "beta"), family="product",
+      update=lambda r: (_householder_steps(r.S[0], r.pairs),))
+entry(id="deltaproduct_gated", title="Gated DeltaProduct (gate before the first step)",
+      citation="Siems et al., DeltaProduct, arXiv:2502.10297 (2025): the gated variant, "
+               "alpha S, then the n_h Householder steps",
+      form="matrix", gate="scalar", needs=("pairs", "beta", "alpha"), family="product",
+      update=lambda r: (_householder_steps(r.alpha * r.S[0], r.pairs),))
 
 
 def _longhorn(r):

@@ -14,7 +14,7 @@ have their own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import sympy as sp
@@ -131,6 +131,8 @@ def _classify(rule: UpdateRule) -> Classification:
                               f"{len(rule.states)} tensors carried per token")
     if rule.anchors:
         return Classification(KernelFamily.FROZEN_GRADIENT, (), "gradients at the chunk start")
+    if rule.steps:
+        return _steps(rule)
     name, S = rule.states[0]
     terms = expand_terms(rule.next_of(name))
     elementwise = _elementwise(S, terms)
@@ -232,6 +234,34 @@ def _decay_term(S, term) -> tuple[str, object] | None:
     if len(mats) == 2 and isinstance(mats[1], sp.DiagMatrix) and coef == 1:
         return "channel", mats[1].args[0]
     return None
+
+
+def _steps(rule: UpdateRule) -> Classification:
+    """Several steps per token (`objective a then b`): each step is classified on its own,
+    as a rule of the state before it. When each is a delta step, the first with the
+    retention's scalar gate and the later ones ungated, the token's transition is their
+    product D (I - b_1 k_1 k_1^T) ... (I - b_n k_n k_n^T): n delta "tokens" in a row
+    (Siems et al., DeltaProduct, arXiv:2502.10297, 2025, with n Householder factors)."""
+    (name, S), = rule.states
+    found = []
+    for i, step in enumerate(rule.steps):
+        one = replace(rule, next_state=((name, step.xreplace({rule.step_state: S})),),
+                      steps=(), step_state=None)
+        family = _classify(one)
+        found.append(family)
+        if family.family is not KernelFamily.DELTA or (i and family.param("decay") != 1):
+            what = "a gated delta step" if family.family is KernelFamily.DELTA \
+                else f"{family.family.value} ({family.reason})"
+            return Classification(KernelFamily.PRODUCT, (("rank", len(rule.steps)),),
+                                  f"{len(rule.steps)} steps per token; step {i + 1} is {what}, "
+                                  f"not {'an ungated' if i else 'a'} delta step")
+    first = found[0]
+    pairs = tuple((f.param("beta"), f.param("key"), f.param("bias")) for f in found)
+    params = (("decay", first.param("decay")), ("decay_kind", first.param("decay_kind")),
+              ("steps", pairs), ("rank", len(pairs)), ("transition", "delta"))
+    return Classification(KernelFamily.PRODUCT, params,
+                          f"{len(pairs)} delta steps per token: S' = S D (I - b_1 k_1 k_1^T) "
+                          f"... (I - b_{len(pairs)} k_{len(pairs)} k_{len(pairs)}^T) + B")
 
 
 def _elementwise(S, terms) -> Classification | None:

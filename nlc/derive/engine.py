@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 
 import sympy as sp
 
@@ -60,6 +61,8 @@ class LevelDerivation:
         self.notes: list[str] = []
         self.retentions = {t.kind: t for t in level.retentions}
         self.memory_map: Callable = lambda tensors: tensors
+        self.steps: tuple = ()         # `objective a then b` (`_later_steps`)
+        self.step_state = None
         if "lq" in self.retentions:
             q = self.value(self.retentions["lq"].get("q"), None)
             self.memory_map = lambda tensors: tuple(ret.lq_normalize(w, q) for w in tensors)
@@ -336,7 +339,40 @@ def _gd(d):
     steps = d.level.algorithm.get("steps")
     if steps > 1:
         new = _more_steps(d, new, steps)
+    if d.level.later_steps:
+        new = _later_steps(d, new)
     return new, {}
+
+
+def _later_steps(d: LevelDerivation, first: dict) -> dict:
+    """`objective a then b` with `algorithm gd(lr = r) then gd(lr = s)`: after the first
+    step (with the retention), one plain gradient step on each later objective with its
+    rate, at the state the step before it left. With l2 on a matrix memory each step is
+    S (I - r k k^T) + r v k^T, and a token's update their product (Siems et al.,
+    DeltaProduct, arXiv:2502.10297, 2025, one (k, v, beta) per Householder factor)."""
+    (name,), (S,) = d.names, d.tensors  # the checker admits matrix memories only
+    fresh = sp.MatrixSymbol(f"{name}_step", *S.shape)
+    pairs = [(d.roles["key"], d.roles["value"], d.roles["lr"])]
+    steps, current = [first[name]], first[name]
+    span, what = d.level.algorithm.span, f"{len(d.level.later_steps) + 1} steps per token"
+    with clause(what, span):
+        for objective, algorithm in d.level.later_steps:
+            sub = LevelDerivation(d.spec, replace(d.level, objective=objective,
+                                                  algorithm=algorithm),
+                                  d.table, d.gradient_override)
+            lower = sub.lowering((fresh,))
+            sub.roles["lr"] = rate = sub.value(algorithm.get("lr"), lower)  # no proximal rescaling
+            (step,) = _post(sub, sub.step((fresh,), rate, sub.gradient((fresh,))), lower)
+            pairs.append((sub.roles["key"], sub.roles["value"], rate))
+            steps.append(step)
+            current = step.xreplace({fresh: current})
+            check_size(current, what, span)  # the state twice per step: 2^n terms
+    d.steps, d.step_state = tuple(steps), fresh
+    d.roles["steps"] = tuple(pairs)
+    d.notes.append(f"{len(steps)} steps per token, one per objective: the retention's gate "
+                   "with the first, then a plain gradient step on each later objective at the "
+                   "state the step before it left")
+    return {name: current}
 
 
 def _more_steps(d: LevelDerivation, first: dict, steps: int) -> dict:
@@ -553,7 +589,7 @@ def _rule(d: LevelDerivation, kind: str, next_state: dict, read, states=None, an
     states = tuple((s.name, s) for s in (states if states is not None else d.tensors))
     return UpdateRule(d.spec.name, lv.name, d.form, kind, states, tuple(next_state.items()),
                       read, lv.read_before, tuple(d.roles.items()), lv.unit, lv.period,
-                      lv.grad_chunk, anchors, tuple(d.notes), lv.span)
+                      lv.grad_chunk, anchors, tuple(d.notes), lv.span, d.steps, d.step_state)
 
 
 def derive_level(spec, level: LevelRecord, table: SymbolTable,

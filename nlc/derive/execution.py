@@ -5,6 +5,8 @@ with every expression the code needs already taken apart (docs/design.md, "Kerne
 
 - `AffineChunk`: S' = S D + sum_i v_i k_i^T (decay) or S D (I - beta k k^T) + v k^T
   (delta), read o = S q. Runs by the exact chunked algorithms.
+- `ProductChunk`: several delta steps per token (the product family), run by the delta
+  rule's chunked form over the sequence of steps.
 - `FusedRecurrent`: affine per token but with no chunked algorithm (dplr, an elementwise
   error): one fused recurrent kernel on CUDA, the token loop elsewhere.
 - `FrozenSplit`: gradients taken at a chunk-start state. Every subterm that depends on the
@@ -61,6 +63,24 @@ class AffineChunk:
         beta = f", beta = {_s(self.beta)}" if self.beta is not None else ""
         on = " on the transposed state" if self.transposed else ""
         return f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, {gate}{beta}"
+
+
+@dataclass(frozen=True)
+class ProductChunk:
+    """n delta steps per token (`objective a then b`): n consecutive tokens of the delta
+    rule, the gate on the first, the read after the last (runtime/library/substeps.py)."""
+
+    query: object
+    steps: tuple[tuple[object, object, object], ...]   # (value, key, beta) per step, in order
+    decay: object                   # the first step's gate (1: none)
+    decay_kind: str                 # scalar
+    family: str = "delta"           # the family whose chunked form and kernels run it
+
+    def to_text(self) -> str:
+        gate = "no decay" if self.decay == 1 else f"scalar decay {_s(self.decay)} on the first"
+        steps = ", ".join(f"({_s(v)} {_s(k)}^T, beta = {_s(b)})" for v, k, b in self.steps)
+        return (f"chunked delta over {len(self.steps)} steps per token: q = {_s(self.query)}, "
+                f"steps {steps}, {gate}")
 
 
 @dataclass(frozen=True)
@@ -137,7 +157,8 @@ class SolveChunk:
                 f"by {how}")
 
 
-Execution = AffineChunk | FusedRecurrent | FrozenSplit | Attention | SolveChunk | TokenLoop
+Execution = (AffineChunk | ProductChunk | FusedRecurrent | FrozenSplit | Attention
+             | SolveChunk | TokenLoop)
 
 
 @dataclass(frozen=True)
@@ -176,6 +197,13 @@ def execution(rule: UpdateRule, family: Classification,
             return _solve(rule)
         except _NoChunkedForm as why:
             return TokenLoop(str(why))
+    if family.param("steps"):  # several (k, v, beta) per token: a delta step each
+        try:
+            return _substeps(rule, family)
+        except _NoChunkedForm as why:
+            return TokenLoop(str(why))
+    if fam is KernelFamily.PRODUCT and not family.param("transition"):
+        return TokenLoop(f"no chunked form for these steps: {family.reason}")
     if family.param("transition"):  # n delta steps with one key: one delta / dplr transition
         fam = KernelFamily(family.param("transition"))
     turned = _transposed(rule)
@@ -261,6 +289,21 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
         beta = family.param("beta")
     return AffineChunk(fam.value, query, terms, family.param("decay"),
                        family.param("decay_kind"), beta)
+
+
+def _substeps(rule, family: Classification) -> ProductChunk:
+    """The product family's delta steps as consecutive tokens of the delta rule."""
+    if family.param("decay_kind") != "scalar":
+        raise _NoChunkedForm("the chunked delta form takes a scalar decay")
+    steps = []
+    for i, (beta, key, bias) in enumerate(family.param("steps")):
+        if isinstance(bias, sp.ZeroMatrix):
+            raise _NoChunkedForm(f"step {i + 1} has no input term")
+        terms = _bias_terms(bias, vector=False)
+        if len(terms) != 1 or terms[0][1] != key:
+            raise _NoChunkedForm(f"the input term's key of step {i + 1} is not its delta key")
+        steps.append((terms[0][0], key, beta))
+    return ProductChunk(_read_query(rule), tuple(steps), family.param("decay"), "scalar")
 
 
 def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
@@ -484,4 +527,4 @@ def _attention(rule: UpdateRule) -> Attention:
 
 
 __all__ = ["AffineChunk", "Attention", "Classified", "Execution", "FrozenSplit", "FusedRecurrent",
-           "SolveChunk", "TokenLoop", "execution"]
+           "ProductChunk", "SolveChunk", "TokenLoop", "execution"]

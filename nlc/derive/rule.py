@@ -38,6 +38,11 @@ class UpdateRule:
     anchors: tuple[tuple[str, object], ...] = ()
     notes: tuple[str, ...] = field(default=())
     span: Span = field(default_factory=Span.none, compare=False)  # the level's, for errors
+    # `objective a then b`: each step of a token as an expression of the state before it
+    # (the first of the state, with the retention; the later ones of `step_state`); the
+    # next state is their composition, and classify reads the product family off them
+    steps: tuple[object, ...] = ()
+    step_state: object = None
 
     def role(self, name: str, default=None):
         return dict(self.roles).get(name, default)

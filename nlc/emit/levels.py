@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from nlc.derive.execution import AffineChunk, Attention, FrozenSplit, FusedRecurrent, SolveChunk
+from nlc.derive.execution import (AffineChunk, Attention, FrozenSplit, FusedRecurrent,
+                                      ProductChunk, SolveChunk)
 from nlc.derive.matfuncs import free_names
 from nlc.emit.context import literal
 from nlc.emit.names import local
@@ -105,6 +106,8 @@ class LevelPrinter:
             out.read_token = self.read_token()
         if isinstance(ex, AffineChunk):
             out.chunked = self.affine_chunked(ex)
+        elif isinstance(ex, ProductChunk):
+            out.chunked = self.product_chunked(ex)
         elif isinstance(ex, FusedRecurrent):
             out.chunked = self.fused_recurrent(ex)
         elif isinstance(ex, SolveChunk):
@@ -146,15 +149,16 @@ class LevelPrinter:
         return _unpack(tokens, "tokens", used) + _unpack(
             [p.name for p in self.plan.params] + list(self.plan.sizes), "consts", used)
 
-    def _kernel_call(self, args: list[str], name: str, final: str = "S") -> list[str]:
+    def _kernel_call(self, args: list[str], name: str, final: str = "S",
+                     read: str = "o") -> list[str]:
         kernel = self.plan.kernel
         return [f"kernels = nl.kernels(__file__, {kernel.module!r})",
                 f"o, S = kernels.fused_recurrent({', '.join(args)})",
-                f"return o.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
+                f"return {read}.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
 
-    def _decay_inputs(self, outputs, decay) -> tuple[list[str], dict[str, str]]:
-        """The lines that unpack a chunk's inputs and compute each (name, expression) of
-        `outputs`, and `log_decay` when the gate is not 1; name -> the code holding it."""
+    def _chunk_values(self, outputs, decay) -> tuple[list[str], dict[str, str]]:
+        """Lines that unpack a chunk's inputs and compute each (name, expression) of
+        `outputs` and, for a gate other than 1, `log_decay`; name -> the code holding it."""
         gated = decay != 1
         printer = TorchPrinter(self.names())
         lines = self._chunk_inputs(outputs + ([("gate", decay)] if gated else []))
@@ -171,7 +175,7 @@ class LevelPrinter:
             outputs += [(f"value{i}", u), (f"key{i}", w)]
         if ex.beta is not None:
             outputs.append(("rate", ex.beta))
-        lines, v = self._decay_inputs(outputs, ex.decay)
+        lines, v = self._chunk_values(outputs, ex.decay)
         gated = ex.decay != 1
         (name, _), = self.rule.states
         state = f"state[{name!r}]"
@@ -212,6 +216,36 @@ class LevelPrinter:
                 state = "S"
         return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
 
+    def product_chunked(self, ex: ProductChunk) -> list[str]:
+        """n delta steps per token: the delta rule's chunked form (and, on CUDA, its kernels)
+        over the sequence of steps, `nl.substeps` (runtime/library/substeps.py)."""
+        outputs = [("query", ex.query)]
+        for i, (u, w, b) in enumerate(ex.steps):
+            outputs += [(f"value{i}", u), (f"key{i}", w), (f"rate{i}", b)]
+        gated = ex.decay != 1
+        lines, v = self._chunk_values(outputs, ex.decay)
+        steps = range(len(ex.steps))
+        keys = ", ".join(f"nl.vec({v[f'key{i}']}, ref)" for i in steps)
+        values = ", ".join(f"nl.vec({v[f'value{i}']}, ref)" for i in steps)
+        rates = ", ".join(f"nl.flat({v[f'rate{i}']}, ref)" for i in steps)
+        decay = "nl.flat(log_decay, ref)" if gated else "None"
+        rb = self.rule.read_before
+        lines.append(f"sub = nl.substeps(nl.vec({v['query']}, ref), ({keys}), ({values}), "
+                     f"({rates}), {decay}, read_before={rb})")
+        (name, _), = self.rule.states
+        state = f"state[{name!r}]"
+        kernel = self.plan.kernel
+        if kernel is not None:
+            args = ["sub.q", "sub.k", "sub.v"] + (["g=sub.g"] if gated else [])
+            args += ["beta=sub.beta", f"initial_state={state}", "output_final_state=True"]
+            form = f', chunked="{kernel.chunked}"' if kernel.chunked else ""
+            lines.append(f"if nl.use_triton(sub.ref{form}, key_width={state}.shape[-1]):"
+                         "  # CUDA: the delta rule's fused recurrent Triton kernel")
+            lines += [f"    {line}" for line in self._kernel_call(args, name, read="sub.read(o)")]
+        lines.append(f"o, S = nl.delta_chunked(sub.q, sub.k, sub.v, sub.beta, sub.g, "
+                     f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
+        return lines + [f"return sub.read(o).unsqueeze(-1), {{{name!r}: S}}"]
+
     def fused_recurrent(self, ex: FusedRecurrent) -> list[str]:
         """dplr, an elementwise error: CUDA tensors go to the fused recurrent kernel, others
         to the token loop."""
@@ -246,7 +280,7 @@ class LevelPrinter:
         """The solve family: both statistics by the chunked decay form, the read's solve
         exact or by conjugate gradient (runtime/library/solve.py)."""
         outputs = [("query", ex.query), ("key0", ex.key), ("value0", ex.value)]
-        lines, v = self._decay_inputs(outputs, ex.decay)
+        lines, v = self._chunk_values(outputs, ex.decay)
         gated = ex.decay != 1
         h, g = ex.names
         lines.append(f"o, (H, G) = nl.ridge_chunked(nl.vec({v['query']}, ref), "

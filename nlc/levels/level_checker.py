@@ -144,9 +144,8 @@ class LevelChecker:
                 clauses[item.kind].append(item)
         for kind, found in clauses.items():
             if len(found) > 1 and kind is not ast.ClauseKind.APPLY:
-                raise NlcError(f"a level has at most one '{kind.value}' clause "
-                               "(list several retentions in one, separated by commas)",
-                               found[1].span)
+                raise NlcError(f"a level has at most one '{kind.value}' clause", found[1].span,
+                               hint=_ONE_CLAUSE_HINTS.get(kind))
         if len(states) > 1:
             raise NlcError("several states in one level are not supported yet", states[1].span,
                            hint="give each state its own level")
@@ -187,12 +186,15 @@ class LevelChecker:
     def level_rules(self, stmt: ast.Level, head: _Head) -> tuple:
         """(objective, retentions, algorithm, applies) of a level with a state."""
         if head.state is None:
-            return None, (), None, ()
+            return (), (), (), ()
         clauses, env, state = head.clauses, head.env, head.state
-        objective = self.objective(clauses, env, stmt)
+        objectives = self.objectives(clauses, env, stmt)
         retentions = self.retentions(clauses, env, state)
-        algorithm = self.algorithm(clauses, env, stmt)
-        self.check_fit(state, objective, retentions, algorithm, env)
+        algorithms = self.algorithms(clauses, env, stmt, len(objectives))
+        for objective, algorithm in zip(objectives, algorithms):
+            self.check_fit(state, objective, retentions, algorithm, env)
+        if len(objectives) > 1:
+            self.check_steps(state, head, retentions, algorithms)
         applies = []
         for clause in clauses[ast.ClauseKind.APPLY]:
             if not self.is_optimizer:
@@ -205,10 +207,11 @@ class LevelChecker:
                                f"({shape_text(head.param_shape)}), got {shape_text(shape)}",
                                clause.values[0].span)
             applies.append((clause.target, clause.values[0]))
-        return objective, retentions, algorithm, tuple(applies)
+        return objectives, retentions, algorithms, tuple(applies)
 
     def level_record(self, stmt: ast.Level, head: _Head, read: tuple, rules: tuple) -> LevelRecord:
-        objective, retentions, algorithm, applies = rules
+        objectives, retentions, algorithms, applies = rules
+        objective, algorithm = (objectives[0], algorithms[0]) if objectives else (None, None)
         expr, before, out_shape = read
         if head.state is not None and head.state.init == "learned":
             self.graph.add_edge(Edge(TRAIN, stmt.name, TransferMode.INIT, False,
@@ -222,7 +225,8 @@ class LevelChecker:
                            tuple(p.name for p in self.params if p.level == stmt.name), out_shape,
                            stmt.span, stmt.inputs,
                            getattr(read_clause(stmt), "when", None) == "start",
-                           _rate_rows(head.state, algorithm, head.env))
+                           _rate_rows(head.state, algorithm, head.env),
+                           tuple(zip(objectives[1:], algorithms[1:])))
 
     def state_stmt(self, stmt: ast.State, env: Env) -> StateRecord:
         term = make_term(stmt.form, vocab.FORMS, "memory form", env, self.consts)
@@ -282,12 +286,18 @@ class LevelChecker:
         spelled = _form_exprs(stmt.form, vocab.FORMS[kind])
         return MemoryForm(kind, self.shape_of(spelled))
 
-    def objective(self, clauses, env: Env, stmt: ast.Level) -> Term | None:
+    def objectives(self, clauses, env: Env, stmt: ast.Level) -> tuple[Term, ...]:
+        """The objective of each step of a token: one, or several joined by `then`."""
         found = clauses[ast.ClauseKind.OBJECTIVE]
         if not found:
             raise NlcError(f"level '{stmt.name}' has a state but no objective", stmt.span,
                            hint="e.g. objective l2(S(k), v)")
-        term = make_term(found[0].values[0], vocab.OBJECTIVES, "objective", env, self.consts)
+        values = found[0].values
+        return tuple(self.objective(v, env, found[0].span if len(values) == 1 else v.span)
+                     for v in values)
+
+    def objective(self, value: ast.Expr, env: Env, span) -> Term:
+        term = make_term(value, vocab.OBJECTIVES, "objective", env, self.consts)
         inner = term.get("loss") if term.kind == "omega" else term
         pred, target = inner.get("prediction"), inner.get("target")
         a, b = infer(pred, env), infer(target, env)
@@ -297,7 +307,7 @@ class LevelChecker:
                 hint = "the sizes agree here, but the dimensions are declared differently"
             raise NlcError(f"shape mismatch in objective {inner.kind}: prediction "
                            f"'{format_expr(pred)}' is {shape_text(a)} but target "
-                           f"'{format_expr(target)}' is {shape_text(b)}", found[0].span, hint=hint)
+                           f"'{format_expr(target)}' is {shape_text(b)}", span, hint=hint)
         return term
 
     def retentions(self, clauses, env: Env, state: StateRecord) -> tuple[Term, ...]:
@@ -367,12 +377,46 @@ class LevelChecker:
             raise NlcError(f"{what} '{format_expr(expr)}' is {shape_text(shape)}; it must be a "
                            f"scalar{text}", expr.span, hint=hint)
 
-    def algorithm(self, clauses, env: Env, stmt: ast.Level) -> Term:
+    def algorithms(self, clauses, env: Env, stmt: ast.Level, steps: int) -> tuple[Term, ...]:
+        """The algorithm of each of the `steps` steps of a token: one per step, joined by
+        `then`, or one for all of them."""
         found = clauses[ast.ClauseKind.ALGORITHM]
         if not found:
             raise NlcError(f"level '{stmt.name}' has no 'algorithm'", stmt.span,
                            hint="e.g. algorithm gd(lr = beta)")
-        return make_term(found[0].values[0], vocab.ALGORITHMS, "algorithm", env, self.consts)
+        terms = tuple(make_term(v, vocab.ALGORITHMS, "algorithm", env, self.consts)
+                      for v in found[0].values)
+        if len(terms) not in (1, steps):
+            raise NlcError(f"the objective takes {steps} step{'s' if steps > 1 else ''} per "
+                           f"token but the algorithm lists {len(terms)}", found[0].span,
+                           hint="give one algorithm for every objective, joined by 'then' "
+                                "in the same order, or one algorithm for all of them")
+        return terms * steps if len(terms) == 1 else terms
+
+    def check_steps(self, state: StateRecord, head: _Head, retentions, algorithms) -> None:
+        """Several (objective, algorithm) steps per token: plain gradient steps on a matrix
+        memory, each at the state the step before it left (docs/language.md, section 11)."""
+        for term in algorithms:
+            if term.kind != "gd":
+                raise NlcError(f"several objectives per token are stepped by gd, not "
+                               f"{term.kind}", term.span,
+                               hint="one objective per level for other algorithms")
+            if term.get("steps") > 1:
+                raise NlcError("gd(steps = n) repeats one objective; with several objectives "
+                               "each takes one step", term.span,
+                               hint="list the objective again with 'then' to repeat it")
+        if state.form.kind != "matrix":
+            raise NlcError(f"several objectives per token are supported for matrix memories, "
+                           f"not {state.form.kind}", state.span,
+                           hint=f"state {state.name} : matrix[d_v, d_k]")
+        if head.chunk is not None or head.period > 1:
+            raise NlcError("several objectives per token are derived for gradients at the "
+                           "current state", algorithms[0].span,
+                           hint="drop `gradients at chunk(...)` / `every C tokens`")
+        for term in retentions:
+            if term.kind == "kl":
+                raise NlcError("several objectives per token are derived for retentions other "
+                               "than kl", term.span)
 
     def check_fit(self, state: StateRecord, objective: Term, retentions, algorithm: Term,
                   env: Env) -> None:
@@ -432,6 +476,15 @@ class LevelChecker:
             if vocab.ALGORITHMS[alg].arg(name) is not None:
                 self.check_gate(algorithm.get(name), env, state, name.replace("lr", "learning rate"),
                                 rows=name == "lr" and alg in ("gd", "implicit"))
+
+
+_ONE_CLAUSE_HINTS = {
+    ast.ClauseKind.RETENTION: "list several retentions in one clause, separated by commas",
+    ast.ClauseKind.OBJECTIVE: "several steps per token go in one clause, in order: "
+                              "objective l2(S(k1), v1) then l2(S(k2), v2)",
+    ast.ClauseKind.ALGORITHM: "one algorithm for all steps, or one per objective joined by "
+                              "'then': algorithm gd(lr = b1) then gd(lr = b2)",
+}
 
 
 def _form_exprs(form: ast.Expr, entry: vocab.Entry) -> tuple[ast.Expr, ...]:

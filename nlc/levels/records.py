@@ -159,6 +159,9 @@ class LevelRecord:
     inputs: str | None = None    # `over gradients u, inputs x`: the parameter's input
     read_start: bool = False     # `read start`: the read sees the chunk-start state
     rate_rows: bool = False      # the learning rate has one entry per row (output channel)
+    # `objective a then b`, `algorithm f then g`: the (objective, algorithm) of each step of
+    # a token after the first (`objective`, `algorithm`), in order (DeltaProduct)
+    later_steps: tuple[tuple[Term, Term], ...] = ()
 
     @property
     def state(self) -> StateRecord | None:

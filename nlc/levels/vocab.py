@@ -141,7 +141,8 @@ RETENTIONS: dict[str, Entry] = dict([
 # ------------------------------------------------------------------ learning algorithms
 LR = Arg("lr", ArgKind.EXPR, low=0.0)  # 0: the memory stays at its initial state
 ALGORITHMS: dict[str, Entry] = dict([
-    _e("gd", "one gradient step per token (steps > 1: several, DeltaProduct)", LR,
+    _e("gd", "one gradient step per token (steps > 1: several on the same objective; several "
+          "objectives: `gd(...) then gd(...)`)", LR,
        Arg("steps", ArgKind.INT, 1, low=1, high=16)),
     _e("implicit", "the proximal (implicit) step, solved in closed form (Longhorn, DGD)", LR),
     _e("momentum", "gradient step through a momentum buffer: U = momentum U - lr grad,"

@@ -16,6 +16,7 @@ from nlc.derive.execution import (
     Attention,
     FrozenSplit,
     FusedRecurrent,
+    ProductChunk,
     SolveChunk,
     TokenLoop,
 )
@@ -310,7 +311,7 @@ class _LayerPlanner:
         """The fused recurrent Triton kernel, when the family and form have one."""
         if not self.stem or rule.form.kind != "matrix":
             return None
-        if isinstance(ex, AffineChunk) and len(ex.terms) == 1:
+        if isinstance(ex, ProductChunk) or isinstance(ex, AffineChunk) and len(ex.terms) == 1:
             decay = "none" if ex.decay == 1 else ex.decay_kind
             chunked = None if rule.read_before else f"{ex.family}/{decay}"
             return _kernel(ex.family, decay, rule.read_before, chunked=chunked)

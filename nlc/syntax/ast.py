@@ -188,7 +188,8 @@ class ClauseKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Clause:
-    """One of a level's rule clauses. ``values`` has several entries only for retention;
+    """One of a level's rule clauses. ``values`` has several entries only for retention (a
+    set, comma-separated) and for objective and algorithm (steps in order, ``then``);
     ``target`` is the assigned parameter of ``apply``; ``when`` is ``before``/``after``/``start`` for read."""
 
     kind: ClauseKind

@@ -9,6 +9,7 @@ from nlc.syntax import ast
 _PREC = {ast.BinOpKind.ADD: 1, ast.BinOpKind.SUB: 1, ast.BinOpKind.MUL: 2,
          ast.BinOpKind.DIV: 2, ast.BinOpKind.MATMUL: 2, ast.BinOpKind.POW: 4}
 _NEG_PREC, _ATOM_PREC = 3, 5
+_STEPS = (ast.ClauseKind.OBJECTIVE, ast.ClauseKind.ALGORITHM)  # `a then b`: steps in order
 
 
 def _prec(e: ast.Expr) -> int:
@@ -153,7 +154,8 @@ class _Printer:
             init = f" = {format_expr(s.init)}" if s.init is not None else ""
             self.emit(f"state {s.name} : {format_expr(s.form)}{init}", s, indent)
         elif isinstance(s, ast.Clause):
-            values = ", ".join(format_expr(v) for v in s.values)
+            joint = " then " if s.kind in _STEPS else ", "
+            values = joint.join(format_expr(v) for v in s.values)
             if s.kind is ast.ClauseKind.APPLY:
                 text = f"apply {s.target} = {values}"
             elif s.kind is ast.ClauseKind.READ and s.when:

@@ -25,7 +25,8 @@ _TERMINAL_WORDS = {
     "RSQB": "']'", "COMMA": "','", "COLON": "':'", "SEMICOLON": "';'", "EQUAL": "'='",
     "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'",
     "CIRCUMFLEX": "'^'", "__ANON_0": "'->'", "NAME": "a name", "NUMBER": "a number",
-    "UNIT": "'token(s)' or 'step(s)'", "READ_WHEN": "'before', 'after' or 'start'", "$END": "end of file",
+    "UNIT": "'token(s)' or 'step(s)'", "READ_WHEN": "'before', 'after' or 'start'",
+    "THEN": "'then'", "$END": "end of file",
 }
 
 
@@ -83,6 +84,11 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     span = _span(tok)
     shown = str(tok)[:40]
     hint = f"expected {_words(err.expected)}"
+    if tok.type == "COMMA" and "THEN" in err.expected:  # `objective a, b`
+        return NlcError("unexpected ','", span, hint="a token's steps are joined by 'then', "
+                        "in order: objective l2(S(k1), v1) then l2(S(k2), v2)")
+    if tok.type == "THEN":
+        hint = "'then' joins the steps of an objective or an algorithm; " + hint
     if tok.type == "NAME":
         return NlcError(f"unexpected name '{shown}'", span, hint=hint)
     if tok.type == "NUMBER":

@@ -140,7 +140,7 @@ def roles_of(rule: UpdateRule) -> Roles:
                  U=tuple(s for _, s in rule.states[n:]), S0=tuple(a for _, a in rule.anchors),
                  form=rule.form, g=rule.role("grad"), delta=rule.role("delta"),
                  reg=rule.role("reg"), kappa=rule.role("erase_key"),
-                 a=rule.role("erase_rate"))
+                 a=rule.role("erase_rate"), pairs=rule.role("steps"))
 
 
 def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:

@@ -6,6 +6,7 @@ as nl`), and nothing of the trainer's.
     scan.py               one token at a time; frozen-gradient chunks; coupled levels
     chunked.py            the exact chunked forms of the affine families (PyTorch)
     solve.py              the solve family's reads (Mesa, MesaNet): exact and conjugate gradient
+    substeps.py           several delta steps per token as consecutive delta-rule tokens
     dual.py               the dual chunk form of frozen-gradient levels
     attention.py          the non-parametric family (softmax, sliding window)
     chunk_triton.py       which chunked Triton kernel serves which family

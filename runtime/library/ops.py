@@ -29,6 +29,7 @@ from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_c
                                       mid_chunk, recurrent, segments, state_from, varlen,
                                       weights_from)
 from nlc.runtime.library.solve import ridge_chunked, shifted_solve
+from nlc.runtime.library.substeps import substeps
 
 EPS = 1e-6
 
@@ -227,8 +228,9 @@ def inner(a, b):
 def log_gate(alpha: torch.Tensor) -> torch.Tensor:
     """log of a decay gate for the chunked forms. A gate that underflowed to exactly 0 gets
     the log of the dtype's smallest normal number instead of -inf (a decay of 1e-38 is 0 to
-    every later product), and with it a zero gradient instead of 0 * inf = NaN."""
-    alpha = torch.as_tensor(alpha)
+    every later product), and with it a zero gradient instead of 0 * inf = NaN. A constant
+    gate's log is taken in float64 (the caller casts it to the inputs' dtype)."""
+    alpha = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
     return torch.log(alpha.clamp_min(torch.finfo(alpha.dtype).tiny))
 
 
@@ -425,5 +427,5 @@ __all__ = [
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
-    "ridge_chunked", "shifted_solve",
+    "ridge_chunked", "shifted_solve", "substeps",
 ]
