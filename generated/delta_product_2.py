@@ -3,6 +3,9 @@
 """Sequence layers compiled from `delta_product_2.nl`: GatedDeltaProduct.
 
 Level `memory` (spec:31), family product: 2 delta steps per token: S' = S D (I - b_1 k_1 k_1^T) ... (I - b_2 k_2 k_2^T) + B.
+  Kernels: on CUDA, training-length inputs run the chunked Triton kernels
+  `chunk_delta_triton.chunk_scalar` (runtime/library/), short ones the fused recurrent kernel
+  `nlc_kernel_delta_scalar`; other devices the chunked PyTorch form.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
