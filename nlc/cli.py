@@ -173,7 +173,7 @@ def cmd_compile(args) -> int:
 
 def cmd_demo(args) -> int:
     from nlc.demo import run_demo
-    return run_demo(args.examples, args.quick, args.out, args.steps)
+    return run_demo(args.examples, args.quick, args.out, args.steps, args.toy)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", metavar="DIR", help="folder of specs (default: examples/)")
     p.add_argument("--quick", action="store_true", help="a reduced training budget (CI)")
     p.add_argument("--steps", type=int, help="training steps per model (default 800)")
+    p.add_argument("--toy", action="store_true",
+                   help="only the delta-momentum toy (a few seconds, a plot)")
     p.add_argument("--out", default="runs/demo", metavar="DIR",
                    help="where compiled modules, runs and the plot go (default runs/demo)")
     p.set_defaults(func=cmd_demo)

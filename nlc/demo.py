@@ -3,7 +3,9 @@
 Check every example, derive and classify each level, verify the examples that claim a
 published model, compile every example, then train linear attention, DeltaNet, Gated
 DeltaNet and softmax attention, each built from its spec, on a small MQAR under one budget;
-print the accuracy table and write a plot. `--quick` trains on a smaller MQAR for fewer steps
+print the accuracy table and write a plot; last, the delta-momentum toy (nlc/delta_toy.py:
+momentum, delta momentum and DGD compiled from their specs on a loss with two minima, a few
+seconds) with its plot. `--toy` runs the toy alone. `--quick` trains on a smaller MQAR for fewer steps
 (CI runs the demo that way): about a minute on two cores, and softmax attention still solves
 it. Each run shows its progress (step, loss, tokens/s, ETA) on stderr."""
 
@@ -13,6 +15,8 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from nlc.errors import NlcError
 
@@ -54,7 +58,7 @@ def find_examples(folder: str | None) -> list[Path]:
 
 
 def run_demo(examples: str | None = None, quick: bool = False,
-             out: str = "runs/demo", steps: int | None = None) -> int:
+             out: str = "runs/demo", steps: int | None = None, toy_only: bool = False) -> int:
     from nlc import pipeline
     from nlc.syntax import parse
     from nlc.verify.report import verify_table
@@ -62,6 +66,8 @@ def run_demo(examples: str | None = None, quick: bool = False,
 
     start = stage_start = time.perf_counter()
     files = find_examples(examples)
+    if toy_only:
+        return 0 if delta_momentum_toy(files[0].parent, Path(out)) else 1
     print(f"nlc demo: {len(files)} example specs in {files[0].parent}\n")
     print("1. check + derive + classify")
     underived = []
@@ -89,9 +95,11 @@ def run_demo(examples: str | None = None, quick: bool = False,
     stage_start = _stage_done(stage_start)
     budget = QUICK if quick else FULL
     trained = train_examples(files, Path(out), replace(budget, steps=steps or budget.steps))
+    stage_start = _stage_done(stage_start)
+    toy = delta_momentum_toy(files[0].parent, Path(out))
     _stage_done(stage_start)
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
-    ok = all(r.claim_holds for r in reports) and compiled and trained
+    ok = all(r.claim_holds for r in reports) and compiled and trained and toy
     return 0 if ok else 1
 
 
@@ -150,12 +158,40 @@ def train_examples(files: list[Path], out: Path, budget: Budget) -> bool:
     return bool(rows)
 
 
+def delta_momentum_toy(examples: Path, out: Path) -> bool:
+    """Momentum, delta momentum and DGD, each compiled from its spec, from the same grid of
+    starts on the two-minimum loss of nlc/delta_toy.py; the share of starts that end in the
+    global basin, and a plot of four trajectories each."""
+    from nlc import delta_toy
+    names = [n for n, spec in delta_toy.SPECS.items() if (examples / spec).exists()]
+    if len(names) < len(delta_toy.SPECS):
+        print("\n5. delta-momentum toy: skipped (needs "
+              f"{', '.join(delta_toy.SPECS.values())} in {examples})")
+        return True
+    lr, mu = delta_toy.SETTING
+    n = 15
+    print(f"\n5. delta-momentum toy ({n * n} starts, {delta_toy.STEPS} steps, lr {lr:g}, "
+          f"mu {mu:g}; nlc/delta_toy.py)")
+    runs = []
+    for name in names:
+        hypers = delta_toy.hypers(name, lr, mu)
+        runs.append(delta_toy.run(name, delta_toy.grid(n), delta_toy.STEPS, examples, **hypers))
+        print(f"   {name:<24} {runs[-1].in_global_basin().mean():>5.0%} of starts end in the "
+              f"global basin  ({delta_toy.SPECS[name]})")
+    try:
+        png = delta_toy.plot(runs, delta_toy.shown_starts(n), out / "delta_momentum.png",
+                             f"{delta_toy.STEPS} steps, lr {lr:g}, mu {mu:g}; o start, * end")
+        print(f"   plot: {png}")
+    except ImportError as err:  # matplotlib missing: say so, the numbers stand
+        print(f"   no plot: {err}")
+    return all(np.isfinite(r.points[-1]).all() for r in runs)
+
+
 def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
     """(name, accuracy, final train loss, seconds) of one model trained under `budget`."""
+    from nlc.factories import factories_for
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.train import train
-
-    from nlc.factories import factories_for
     dims = {k: float(v) for k, v in DEMO_DIMS.items() if k in _dims_of(path)}
     if run.exists():
         import shutil

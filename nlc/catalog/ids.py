@@ -38,6 +38,9 @@ CATALOG_TITLES = {
     "adam_moment": "Adam's moments as exponential averages",
     "dgd": "Delta gradient descent",
     "muon": "Muon's momentum buffer",
+    "m3_fast": "M3's fast momentum",
+    "m3_slow": "M3's slow momentum",
+    "m3_second_moment": "M3's second moment",
     "softmax_attention": "Softmax attention (Nadaraya-Watson)",
     "sliding_window": "Sliding-window attention",
 }

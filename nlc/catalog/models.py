@@ -55,6 +55,7 @@ class CatalogEntry:
     kind: str = "layer"       # layer | optimizer
     loss: Loss | None = None  # the paper's loss, whose gradient `Roles.grad` gives
     rate: str = "scalar"      # the learning rate beta, if needed: scalar | row (per output channel)
+    every: str = "any"        # the level's period: any | one (every step) | chunk (> 1)
 
 
 def _I(n):
@@ -308,6 +309,28 @@ entry(id="muon", kind="optimizer", title="Muon's momentum buffer",
                "-lr NewtonSchulz5(B), stated in the spec's apply",
       form="like", gate="constant", needs=("g", "alpha"), family="decay",
       update=lambda r: (r.alpha * r.S[0] + r.g,))
+
+
+# M3 (Nested Learning, NeurIPS 2025, Algorithm 1 of arXiv:2512.24695): three accumulators of
+# the gradients, no decay. The slow one adds b3 times the sum of a chunk's f gradients once per
+# chunk; as a level `every f steps` each step adds its own b3 g (the chunk's sum at its end),
+# and the apply reads the chunk-start state (checked end to end against `m3_step` in
+# nlc/catalog/optimizers.py by tests/test_m3.py).
+entry(id="m3_fast", kind="optimizer", title="M3's fast momentum",
+      citation="Behrouz et al., Nested Learning, NeurIPS 2025, Algorithm 1 (M3): "
+               "M1 = M1 + b1 g every step",
+      form="like", gate="none", needs=("g", "beta"), family="decay", every="one",
+      update=lambda r: (r.S[0] + r.beta * r.g,))
+entry(id="m3_slow", kind="optimizer", title="M3's slow momentum",
+      citation="Behrouz et al., Nested Learning, NeurIPS 2025, Algorithm 1 (M3): "
+               "M2 = M2 + b3 (g_1 + ... + g_f) once every f steps",
+      form="like", gate="none", needs=("g", "beta"), family="decay", every="chunk",
+      update=lambda r: (r.S[0] + r.beta * r.g,))
+entry(id="m3_second_moment", kind="optimizer", title="M3's second moment",
+      citation="Behrouz et al., Nested Learning, NeurIPS 2025, Algorithm 1 (M3): "
+               "V = V + b2 g^2 every step",
+      form="like", gate="none", needs=("g", "beta"), family="decay", every="one",
+      update=lambda r: (r.S[0] + r.beta * sp.HadamardProduct(r.g, r.g),))
 
 
 def by_id(name: str) -> CatalogEntry | None:

@@ -14,8 +14,19 @@ from dataclasses import dataclass
 from nlc.errors import NlcError
 from nlc.levels import vocab
 from nlc.levels.graph import Edge
-from nlc.levels.records import (PARAM_IN, PARAM_OUT, PARAM_SHAPE, TRAIN, Frequency, LevelRecord,
-                                MemoryForm, Shape, StateRecord, Term, shape_text)
+from nlc.levels.records import (
+    PARAM_IN,
+    PARAM_OUT,
+    PARAM_SHAPE,
+    TRAIN,
+    Frequency,
+    LevelRecord,
+    MemoryForm,
+    Shape,
+    StateRecord,
+    Term,
+    shape_text,
+)
 from nlc.levels.schedule import READ, level_uses, names_in, read_clause, schedule
 from nlc.levels.shapes import Env, infer
 from nlc.levels.terms import const_eval, make_term
@@ -109,6 +120,12 @@ class LevelChecker:
                 raise NlcError(f"a level's period must be a positive whole number, got {count:g}",
                                stmt.every.count.span)
             period = int(count)
+            hypers = sorted({n.id for n in names_in(stmt.every.count)} & set(self.hypers))
+            if self.is_optimizer and hypers:  # a hyper is a constructor argument too
+                raise NlcError(f"an optimizer's period is fixed when it is compiled, so it may "
+                               f"not use the hyper '{hypers[0]}' (the optimizer's constructor "
+                               "would take it and ignore it)", stmt.every.count.span,
+                               hint=f"declare it as a dim: dims {hypers[0]} = {count:g}")
         if self.is_optimizer and unit == Frequency.TOKEN:
             raise NlcError("an optimizer's levels update every N steps, not tokens", stmt.span)
         chunk = None

@@ -155,11 +155,13 @@ def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
             continue
         if any(getattr(roles, r) is None for r in e.needs):
             continue
+        if e.every != "any" and (e.every == "chunk") != (rule.period > 1):
+            continue
         if e.objective is not None and e.objective != rule.role("objective"):
             continue
-        if e.id in ("softmax_attention", "sliding_window"):
-            if (e.id == "sliding_window") != bool(rule.role("window")):
-                continue
+        if (e.id in ("softmax_attention", "sliding_window")
+                and (e.id == "sliding_window") != bool(rule.role("window"))):
+            continue
         out.append(e)
     return out
 
