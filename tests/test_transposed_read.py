@@ -94,3 +94,38 @@ def test_the_recurrent_kernel_runs_on_the_transposed_state(tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-5
+
+
+def _verify(tmp_path, text, name):
+    from nlc.syntax.parser import parse
+    from nlc.verify.verify import verify_module
+    path = tmp_path / f"{name}.nl"
+    path.write_text(text)
+    (report,) = verify_module(parse(text, str(path)), str(path))
+    (level,) = report.levels
+    return level
+
+
+# W [d_k, d_v] regresses k on v (the roles of DeltaNet's key and value swapped) and reads
+# q @ W = W^T q: its write is DeltaNet's with k and v renamed, but read on the other side
+SWAPPED = (SPEC.replace("objective dot(W(v), k)", "objective l2(W(v), k)")
+           .replace("retention decay(alpha)", "retention none")
+           .replace("algorithm gd(lr = 1)", "algorithm gd(lr = alpha)"))
+
+
+def test_identify_compares_the_read_side(tmp_path):
+    """The transposed read of linear attention's write is linear attention (here Mamba2's
+    scalar gate); the swapped-role delta rule read as W^T q is not DeltaNet: as S = W^T its
+    transition multiplies S on the left, S' = (I - b v v^T) S + b v k^T."""
+    same = _verify(tmp_path, SPEC, "same")
+    assert [c.entry.id for c in same.matches] == ["mamba2"]
+    swapped = _verify(tmp_path, SWAPPED, "swapped")
+    assert swapped.matches == []
+    assert "deltanet" in swapped.nearest
+
+
+def test_a_swapped_claim_is_a_mismatch(tmp_path):
+    from nlc.cli import main
+    path = tmp_path / "swapped.nl"
+    path.write_text(SWAPPED.replace("layer Transposed {", "layer Transposed claims deltanet {"))
+    assert main(["verify", str(path)]) != 0

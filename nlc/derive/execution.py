@@ -206,7 +206,7 @@ def execution(rule: UpdateRule, family: Classification,
         return TokenLoop(f"no chunked form for these steps: {family.reason}")
     if family.param("transition"):  # n delta steps with one key: one delta / dplr transition
         fam = KernelFamily(family.param("transition"))
-    turned = _transposed(rule)
+    turned = transposed_rule(rule)
     if turned is not None:  # read W^T q: the rule on S = W^T reads S q
         found = execution(turned, classify(turned), constants)
         if isinstance(found, AffineChunk):
@@ -224,7 +224,7 @@ def execution(rule: UpdateRule, family: Classification,
                      "frozen per chunk")
 
 
-def _transposed(rule: UpdateRule) -> UpdateRule | None:
+def transposed_rule(rule: UpdateRule) -> UpdateRule | None:
     """The rule of S = W^T when a matrix state W is read as W^T q (`read q @ W`), else None:
     the families' chunked forms read S q, and a transpose should not cost them."""
     if rule.form.kind != "matrix" or len(rule.states) != 1 or rule.anchors:

@@ -190,6 +190,7 @@ def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
     live = list(entries)
     for pair in SYMBOLIC_DIMS:
         rule, _ = _rule_at(module, decl_name, level, pair)
+        rule = as_read(rule)
         ours = _derived_values(rule)
         for entry in list(live):
             theirs = entry.update(roles_of(rule))
@@ -209,12 +210,30 @@ def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
         if not live:
             break
         rule, positive = _rule_at(module, decl_name, level, pair)
+        rule = as_read(rule)
         ours = _derived_values(rule)
         for entry in live:
             error = max(numeric_error(a, b, rng, positive)
                         for a, b in zip(ours, entry.update(roles_of(rule))))
             worst[entry.id] = max(worst[entry.id], error)
     return [_comparison(e, symbolic[e.id], worst[e.id]) for e in entries]
+
+
+def as_read(rule: UpdateRule) -> UpdateRule:
+    """The rule as the catalog writes its models: a matrix state read on the key's side,
+    `o = S q`. A state W read as `q @ W` (W^T q) meets the query on its output side, so it is
+    compared as S = W^T, whose input side is the one the query meets; the vector W was
+    applied to (its "key") is then S's output side: its value. Linear attention written as
+    W' = a W + k v^T read W^T q is linear attention; a delta rule whose W predicts k from v
+    and reads W^T q is not DeltaNet, though its write is DeltaNet's with k and v renamed."""
+    from dataclasses import replace
+
+    from nlc.derive.execution import transposed_rule
+    turned = transposed_rule(rule)
+    if turned is None:
+        return rule
+    swap = {"key": "value", "value": "key"}
+    return replace(turned, roles=tuple((swap.get(n, n), r) for n, r in turned.roles))
 
 
 def _comparison(entry: CatalogEntry, symbolic: bool | None, error: float) -> Comparison:
