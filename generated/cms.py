@@ -125,6 +125,7 @@ def cms_fast_op(
         {"W_k1": W_k1, "W_v1": W_v1},
         initial_state,
         cu_seqlens,
+        param_dims={"W_k1": ("d_model", "d_model"), "W_v1": ("d_model", "d_model")},
     )
     d_model = dims["d_model"]
     tokens = {
@@ -271,6 +272,7 @@ def cms_mid_op(
         {"W_k2": W_k2, "W_v2": W_v2},
         initial_state,
         cu_seqlens,
+        param_dims={"W_k2": ("d_model", "d_model"), "W_v2": ("d_model", "d_model")},
     )
     d_model = dims["d_model"]
     tokens = {
@@ -417,6 +419,7 @@ def cms_slow_op(
         {"W_k3": W_k3, "W_v3": W_v3},
         initial_state,
         cu_seqlens,
+        param_dims={"W_k3": ("d_model", "d_model"), "W_v3": ("d_model", "d_model")},
     )
     d_model = dims["d_model"]
     tokens = {

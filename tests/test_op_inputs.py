@@ -83,3 +83,23 @@ def test_op_with_params_checks_their_heads():
     with pytest.raises(ValueError, match=r"parameter W_v1 is \[2, 4, 4\]; it must be per "
                                          r"head, \[3, \.\.\.\]"):
         module.cms_fast_op(x, W_k1=good, W_v1=good[:2])
+
+
+def test_op_with_params_checks_their_dims():
+    """A parameter's axes are named by dims: sizes that disagree with the tokens (or with
+    each other) are refused by name, not by a matrix product's error deep in the math."""
+    module = load_module(str(ROOT / "examples" / "cms.nl"), {"d_model": 4, "d_hidden": 6})
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    good = torch.randn(3, 4, 4, dtype=torch.float64)
+    wide = torch.randn(3, 4, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"parameter W_k1 is \[3, 4, 5\] but x has "
+                                         r"d_model = 4"):
+        module.cms_fast_op(x, W_k1=wide, W_v1=good)
+    with pytest.raises(ValueError, match=r"parameter W_v1 is \[3, 4\]; it must be "
+                                         r"\[H, d_model, d_model\]"):
+        module.cms_fast_op(x, W_k1=good, W_v1=good[:, 0])
+    # other sizes that agree everywhere are taken from the inputs
+    x6, w6 = torch.randn(2, 5, 3, 6, dtype=torch.float64), torch.randn(3, 6, 6,
+                                                                       dtype=torch.float64)
+    o, _ = module.cms_fast_op(x6, W_k1=w6, W_v1=w6)
+    assert o.shape == (2, 5, 3, 6)

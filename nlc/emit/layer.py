@@ -63,6 +63,7 @@ class PrintedParam:
     name: str
     arg: str
     rank: int
+    dims: tuple[str, ...] = ()
 
 
 @dataclass
@@ -166,7 +167,7 @@ class LayerPrinter:
         view = dict(
             name=lp.name, fn=lp.fn, line=lp.line, family=lp.family, reason=prose(lp.reason),
             notes=[prose(n) for n in lp.notes], tokens=tokens,
-            params=[PrintedParam(p.name, local(p.name), p.rank) for p in lp.params],
+            params=[PrintedParam(p.name, local(p.name), p.rank, p.dims) for p in lp.params],
             states=states, learned=learned, init_sizes=[local(d) for d in lp.state_sizes],
             keyword_sizes=[local(d) for d in lp.keyword_sizes],
             size_defaults=[str(self.defaults[d]) for d in lp.keyword_sizes],
@@ -230,7 +231,7 @@ class LayerPrinter:
             [PrintedInput(t.name, local(t.name), t.kind,
                           size_code(t.size, local) if t.kind == "vector" else "")
              for t in gp.tokens],
-            [PrintedParam(p.name, local(p.name), p.rank) for p in gp.params],
+            [PrintedParam(p.name, local(p.name), p.rank, p.dims) for p in gp.params],
             [(p.name, f"nl.param({local(p.name)}, {p.rank})") for p in gp.params]
             + [(d, local(d)) for d in numbers],
             {t: local(d) for t, d in read.items()},

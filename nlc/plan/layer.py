@@ -303,9 +303,16 @@ class _LayerPlanner:
         every = rule.grad_chunk or (rule.period if rule.anchors else None)
         return LevelPlan(level.name, fn, level.span.line, fam.family.value, fam.reason, ex,
                          rule, level.state.name if level.state else "", tuple(tokens),
-                         tuple(ParamInput(p, len(self.param_shapes[p])) for p in params),
+                         tuple(self.param_input(p) for p in params),
                          numbers, sizes, tuple(states), anchors, every, read_kind,
                          rule.read_before, kernel, tuple(notes), coupled)
+
+    def param_input(self, name: str) -> ParamInput:
+        """A level parameter as its op takes it: each axis named by its dim, so the op can
+        check the size the inputs give that dim."""
+        shape = self.param_shapes[name]
+        return ParamInput(name, len(shape), tuple(d.text if d.text in self.dims else ""
+                                                  for d in shape))
 
     def kernel(self, rule, ex) -> KernelPlan | None:
         """The fused recurrent Triton kernel, when the family and form have one."""

@@ -68,6 +68,7 @@ class TokenInput:
 class ParamInput:
     name: str
     rank: int               # per-head axes
+    dims: tuple[str, ...] = ()  # per axis, the dim that is its size ("": a spelled size)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ import torch
 
 
 def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
-              cu_seqlens) -> tuple[int, int, dict]:
+              cu_seqlens, param_dims: dict | None = None) -> tuple[int, int, dict]:
     """Check an op's inputs; returns (batch, heads, dims). `sizes` gives, per token, the dim
-    that is its D, "" for a vector whose D is not one dim, None for a scalar; `dims` maps
+    that is its D, "" for a vector whose D is not one dim, None for a scalar; `param_dims`,
+    per parameter, the dim of each axis after the heads ("": a spelled size); `dims` maps
     each dim to the size the inputs give it."""
     lead, dims, seen = None, {}, {}
     for name, x in tokens.items():
@@ -45,6 +46,18 @@ def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
         if p.dim() == 0 or p.shape[0] != heads:
             raise ValueError(f"{op}: parameter {name} is {list(p.shape)}; it must be per head, "
                              f"[{heads}, ...], for inputs with H = {heads}")
+        axes = (param_dims or {}).get(name, ())
+        if axes and p.dim() != len(axes) + 1:
+            raise ValueError(f"{op}: parameter {name} is {list(p.shape)}; it must be "
+                             f"[H, {', '.join(d or '_' for d in axes)}]")
+        for dim, size in zip(axes, p.shape[1:]):
+            if not dim:
+                continue
+            if dim in dims and dims[dim] != size:
+                raise ValueError(f"{op}: parameter {name} is {list(p.shape)} but {seen[dim]} "
+                                 f"has {dim} = {dims[dim]}: inputs that share a dim agree on it")
+            dims.setdefault(dim, size)
+            seen.setdefault(dim, f"parameter {name}")
     if cu_seqlens is not None:
         batch = len(cu_seqlens) - 1
     for level, state in _states(initial_state):
