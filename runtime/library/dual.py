@@ -46,18 +46,20 @@ class DualState:
         """S_t @ x_t for every token t: x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
         shape = self.start[self.name].shape[-2:]
         out = 0
+        coefs = self.phi.unbind(-1)  # one backward op for all of them, not one per select
         for m, other in enumerate(self.order):
             if self.start[other].shape[-2:] == shape:
-                coef = self.phi[..., m, None, None]                     # [B, T, H, 1, 1]
+                coef = coefs[m][..., None, None]                        # [B, T, H, 1, 1]
                 out = out + coef * mm(self.start[other].unsqueeze(1), x)
-        cols = _full(x, self.phi)[..., 0]                               # [B, T, H, k]
+        cols = _full(x, self.phi).squeeze(-1)                             # [B, T, H, k]
+        weights = self.psi.unbind(-1)
         for d, term in enumerate(self.terms):
-            weight = self.psi[..., d].permute(0, 2, 1, 3)               # [B, H, t, j]
+            weight = weights[d].permute(0, 2, 1, 3)                     # [B, H, t, j]
             for col, row in _matching(self.pairs[term], shape):
                 col, row = _full(col, cols), _full(row, cols)
-                scores = torch.einsum("bjhc,bthc->bhtj", row[..., 0, :], cols)
+                scores = torch.einsum("bjhc,bthc->bhtj", row.squeeze(-2), cols)
                 out = out + torch.einsum("bhtj,bjhr->bthr", weight * scores,
-                                         col[..., 0])[..., None]
+                                         col.squeeze(-1))[..., None]
         return out
 
 
@@ -69,11 +71,11 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a.product(b)
     if a.dim() == 5 and b.dim() == 5:
         if a.shape[1] == 1 < b.shape[1] and b.shape[-1] == 1:      # shared matrix @ columns
-            cols = b[..., 0].transpose(1, 2)                            # [B, H, T, k]
-            return (cols @ a[:, 0].mT).transpose(1, 2).unsqueeze(-1)    # [B, T, H, r, 1]
+            cols = b.squeeze(-1).transpose(1, 2)                          # [B, H, T, k]
+            return (cols @ a.squeeze(1).mT).transpose(1, 2).unsqueeze(-1)  # [B, T, H, r, 1]
         if b.shape[1] == 1 < a.shape[1] and a.shape[-2] == 1:      # rows @ shared matrix
-            rows = a[..., 0, :].transpose(1, 2)                         # [B, H, T, k]
-            return (rows @ b[:, 0]).transpose(1, 2).unsqueeze(-2)       # [B, T, H, 1, c]
+            rows = a.squeeze(-2).transpose(1, 2)                       # [B, H, T, k]
+            return (rows @ b.squeeze(1)).transpose(1, 2).unsqueeze(-2)     # [B, T, H, 1, c]
     return a @ b
 
 
@@ -81,8 +83,8 @@ def outer_sum(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
     """sum over the tokens (axis 1) of col_t @ row_t, for col [B, T, H, r, 1] and
     row [B, T, H, 1, c] (either may broadcast): one matrix product, [B, H, r, c]."""
     lead = torch.broadcast_shapes(col.shape[:-2], row.shape[:-2])
-    col = col.expand(*lead, *col.shape[-2:])[..., 0]
-    row = row.expand(*lead, *row.shape[-2:])[..., 0, :]
+    col = col.expand(*lead, *col.shape[-2:]).squeeze(-1)
+    row = row.expand(*lead, *row.shape[-2:]).squeeze(-2)
     return torch.einsum("btHr,btHc->bHrc", col, row)
 
 
@@ -146,7 +148,8 @@ def _coefficients(combine, inputs, order, terms, lead):
     basis = torch.eye(n + d, dtype=like.dtype, device=like.device)
     out = combine({name: basis[i] for i, name in enumerate(order)},
                   {**inputs, **{name: basis[n + i] for i, name in enumerate(terms)}})
-    rows = torch.stack([out[name].expand(B, T, H, 1, n + d)[..., 0, :] for name in order], -2)
+    rows = torch.stack([out[name].expand(B, T, H, 1, n + d).squeeze(-2) for name in order],
+                       -2)
     step = rows[..., :n]                                            # [B, T, H, n, n]
     here = torch.eye(T, dtype=rows.dtype, device=rows.device)       # b_t sits in column t
     add = torch.einsum("bthnd,tj->bthnjd", rows[..., n:], here).flatten(-2)
@@ -171,14 +174,16 @@ def _chunk_end(state, pairs, order, terms, phi, psi):
     """The states after the chunk's last token, from its coefficients phi `[B, H, n, n]`
     and psi `[B, H, n, T, d]`."""
     new = {}
+    phi_rows, psi_rows = phi.unbind(2), psi.unbind(2)  # per state, unbound once
     for i, name in enumerate(order):
         shape = state[name].shape[-2:]
         total = 0
+        coefs, weights = phi_rows[i].unbind(-1), psi_rows[i].unbind(-1)
         for m, other in enumerate(order):
             if state[other].shape[-2:] == shape:
-                total = total + phi[:, :, i, m, None, None] * state[other]
+                total = total + coefs[m][..., None, None] * state[other]
         for dd, term in enumerate(terms):
-            weight = psi[:, :, i, :, dd].transpose(1, 2)[..., None, None]  # [B, T, H, 1, 1]
+            weight = weights[dd].transpose(1, 2)[..., None, None]         # [B, T, H, 1, 1]
             for col, row in _matching(pairs[term], shape):
                 total = total + outer_sum(col * weight, row)
         new[name] = total

@@ -81,10 +81,13 @@ def _wide(anchor: dict) -> dict:
 
 
 def _chunks(tokens: dict, size: int):
-    """The tokens (axis 1) in consecutive parts of `size`."""
-    T = next(iter(tokens.values())).shape[1]
-    for start in range(0, T, size):
-        yield {name: x[:, start:start + size] for name, x in tokens.items()}
+    """The tokens (axis 1) in consecutive parts of `size`: one split per tensor, whose
+    backward is one concatenation (a slice per part would zero-fill a full-size gradient
+    for every part)."""
+    names = list(tokens)
+    parts = [tokens[n].split(size, dim=1) for n in names]
+    for values in zip(*parts):
+        yield dict(zip(names, values))
 
 
 def mid_chunk(state: State, every: int | None) -> bool:
