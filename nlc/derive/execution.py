@@ -220,8 +220,28 @@ def execution(rule: UpdateRule, family: Classification,
             return _frozen(rule, constants)
     except _NoChunkedForm as why:
         return TokenLoop(str(why))
+    if len(rule.states) > 1 and _jointly_affine(rule):
+        states = ", ".join(n for n, _ in rule.states)
+        return TokenLoop(f"the states ({states}) are jointly affine per token, but nlc has "
+                         "no chunked form for several states yet")
     return TokenLoop("the rule is not affine in the state and its gradients are not "
                      "frozen per chunk")
+
+
+def _jointly_affine(rule: UpdateRule) -> bool:
+    """Every next state is a sum of terms that each hold at most one state, as a plain
+    factor (X, X^T), with a coefficient free of the states: (S, M) of a momentum delta rule."""
+    names = {n for n, _ in rule.states}
+    for _, expr in rule.next_state:
+        expanded = expr.expand()
+        for term in expanded.args if isinstance(expanded, sp.MatAdd) else (expanded,):
+            coef, mats = split_term(term)
+            hits = [m for m in mats if free_names([m]) & names]
+            plain = all(isinstance(m.arg if isinstance(m, sp.Transpose) else m,
+                                   sp.MatrixSymbol) for m in hits)
+            if free_names([coef]) & names or len(hits) > 1 or not plain:
+                return False
+    return True
 
 
 def transposed_rule(rule: UpdateRule) -> UpdateRule | None:
