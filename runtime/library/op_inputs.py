@@ -27,11 +27,7 @@ def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
         if x.dim() != (3 if dim is None else 4):
             raise ValueError(f"{op}: {name} must be {want}, got {list(x.shape)}")
         if dim:
-            if dim in dims and dims[dim] != x.shape[-1]:
-                raise ValueError(f"{op}: {name} is {list(x.shape)} but {seen[dim]} has "
-                                 f"{dim} = {dims[dim]}: inputs that share a dim agree on it")
-            dims.setdefault(dim, x.shape[-1])
-            seen.setdefault(dim, name)
+            _agree(op, dims, seen, dim, x.shape[-1], name, x)
         if lead is None or (lead[1][2] == 1 and x.shape[2] != 1):
             lead = (name, tuple(x.shape[:3]))
     for name, x in tokens.items():  # H = 1 is shared by every head (the layer's input x)
@@ -51,13 +47,8 @@ def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
             raise ValueError(f"{op}: parameter {name} is {list(p.shape)}; it must be "
                              f"[H, {', '.join(d or '_' for d in axes)}]")
         for dim, size in zip(axes, p.shape[1:]):
-            if not dim:
-                continue
-            if dim in dims and dims[dim] != size:
-                raise ValueError(f"{op}: parameter {name} is {list(p.shape)} but {seen[dim]} "
-                                 f"has {dim} = {dims[dim]}: inputs that share a dim agree on it")
-            dims.setdefault(dim, size)
-            seen.setdefault(dim, f"parameter {name}")
+            if dim:
+                _agree(op, dims, seen, dim, size, f"parameter {name}", p)
     if cu_seqlens is not None:
         batch = len(cu_seqlens) - 1
     for level, state in _states(initial_state):
@@ -67,6 +58,16 @@ def op_shapes(op: str, tokens: dict, sizes: dict, params: dict, initial_state,
                 raise ValueError(f"{op}: initial_state{level}[{name!r}] is {list(s.shape)}; "
                                  f"it must start with [B, H] = [{batch}, {heads}]")
     return batch, heads, dims
+
+
+def _agree(op: str, dims: dict, seen: dict, dim: str, size: int, who: str, x) -> None:
+    """Record that input `who` (tensor x) gives `dim` the size `size`; an input that gave it
+    another size first makes this a ValueError naming both."""
+    if dim in dims and dims[dim] != size:
+        raise ValueError(f"{op}: {who} is {list(x.shape)} but {seen[dim]} has "
+                         f"{dim} = {dims[dim]}: inputs that share a dim agree on it")
+    dims.setdefault(dim, size)
+    seen.setdefault(dim, who)
 
 
 def _states(initial_state):
