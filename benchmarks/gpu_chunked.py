@@ -26,7 +26,8 @@ Our value input is fla's v times beta (the generated code folds the rate into th
 our state is [V, K] (fla's is [K, V]); fla runs with scale = 1 to compute the same function.
 
 fla's first calls autotune for a long time (84.7 s for `chunk_delta_rule` on an H200, and
-`chunk_gla` did not return within about 7 minutes): `--skip-cold` leaves that section out,
+`chunk_gla` did not return within about 7 minutes): `--skip-cold` leaves that section out
+(`--cold` picks the models it times),
 `--models` picks models, and each timing table is written to --out as soon as it is done.
 
 Usage (nlc installed, from outside the checkout's root):
@@ -275,6 +276,8 @@ def main():
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--skip-cold", action="store_true",
                         help="no cold-start section (fla's autotuning takes minutes)")
+    parser.add_argument("--cold", default=None,
+                        help="the models whose cold start is timed (default: every one)")
     parser.add_argument("--check", default="ours chunked,fla chunk",
                         help="which kernels the correctness section checks")
     parser.add_argument("--skip", default="",
@@ -300,7 +303,7 @@ def main():
     lines += ["## Cold start: first forward + backward call, empty Triton cache",
               f"(B, T, H, D) = {SHAPES[0]}; seconds of wall time.", "",
               "| model | ours chunked | fla chunk |", "|---|---|---|"]
-    for model in [] if args.skip_cold else models:
+    for model in [] if args.skip_cold else (args.cold.split(",") if args.cold else models):
         cells = []
         for fn in (ours_chunked(model), fla_fn(model, True)):
             try:

@@ -7,7 +7,8 @@ torch.profiler, so a slow backward can be pinned on one kernel.
 
 --sweep also times our forward + backward under each launch configuration of the
 input-gradient kernel (chunk_delta_triton.INPUT_GRADS), with the float32 kernel's gradients
-as the reference for the bf16 ones.
+as the reference for the bf16 ones; --sweep-states does the same for the sequential state
+passes' launch when few sequences x heads are in flight (chunk_triton.STATE_PASSES).
 """
 
 from __future__ import annotations
@@ -72,14 +73,13 @@ def kernel_times(fn, args, reps=5):
     return times
 
 
-def sweep(args):
-    """do_bench medians of our fwd + bwd per input-gradient launch configuration, and the
-    worst relative gradient error of each against our float32 kernel."""
+def sweep(args, table: dict, grid: dict):
+    """do_bench medians of our fwd + bwd under each launch configuration in `grid` (written
+    into the launch dict `table`), and the worst relative gradient error of each against our
+    float32 kernel. Returns the fastest configuration."""
     import itertools
 
     from triton.testing import do_bench
-
-    from nlc.runtime.library import chunk_delta_triton as cdt
     do = torch.randn_like(args[2])
 
     def grads(xs):
@@ -87,22 +87,24 @@ def sweep(args):
         o = ours(*leaves)
         return torch.autograd.grad(o, [x for x in leaves if x is not None], do.to(o.dtype))
     ref = grads([a.float() if a is not None else None for a in args])  # float32 kernel
-    default, best = dict(cdt.INPUT_GRADS), None
-    for bv, warps, stages in itertools.product((32, 64), (4, 8), (1, 2, 3)):
-        cdt.INPUT_GRADS.update(BV=bv, num_warps=warps, num_stages=stages)
+    default, best = dict(table), None
+    for values in itertools.product(*grid.values()):
+        launch = dict(zip(grid, values))
+        table.update(launch)
+        name = " ".join(f"{k} {v}" for k, v in launch.items())
         try:
             got = grads(args)
             err = max(((g.double() - r.double()).norm() / r.double().norm()).item()
                       for g, r in zip(got, ref))
             ms = do_bench(lambda: grads(args), warmup=5, rep=30, return_mode="median")
-            print(f"  BV {bv:3d} warps {warps} stages {stages}: {ms:.3f} ms fwd + bwd, "
-                  f"worst gradient error {err:.1e}", flush=True)
+            print(f"  {name}: {ms:.3f} ms fwd + bwd, worst gradient error {err:.1e}",
+                  flush=True)
         except Exception as err:  # noqa: BLE001  out of resources: say so, go on
-            print(f"  BV {bv:3d} warps {warps} stages {stages}: failed: {str(err)[:100]}")
+            print(f"  {name}: failed: {str(err)[:100]}")
             continue
         if best is None or ms < best[0]:
-            best = (ms, {"BV": bv, "num_warps": warps, "num_stages": stages})
-    cdt.INPUT_GRADS.update(default)
+            best = (ms, launch)
+    table.update(default)
     print(f"  fastest: {json.dumps(best[1])}")
     return best[1]
 
@@ -111,18 +113,29 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", default="8,2048,16,128")
     p.add_argument("--models", default="deltanet,gdn")
-    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="sweep the input-gradient launch")
+    p.add_argument("--sweep-states", action="store_true", help="sweep the state passes' launch")
     p.add_argument("--best-to", default=None, help="--sweep: write the fastest launch (JSON)")
+    p.add_argument("--no-profile", action="store_true", help="sweeps only")
     a = p.parse_args()
     B, T, H, D = map(int, a.shape.split(","))
     for model in a.models.split(","):
         args = inputs(B, T, H, D, gated=model == "gdn")
         if a.sweep:
+            from nlc.runtime.library import chunk_delta_triton as cdt
             print(f"\n{model} ours {(B, T, H, D)} bf16, input-gradient launch sweep:")
-            best = sweep(args)
+            best = sweep(args, cdt.INPUT_GRADS,
+                         {"BV": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2, 3)})
             if a.best_to and model == a.models.split(",")[0]:
                 Path(a.best_to).write_text(json.dumps(best))
-        for name, fn in (("ours", ours), ("fla", fla)):
+        if a.sweep_states:
+            from nlc.runtime.library import chunk_triton as ct
+            print(f"\n{model} ours {(B, T, H, D)} bf16, state passes' launch sweep "
+                  f"({B * H} sequences x heads):")
+            few = B * H < ct.STATE_PASSES["few"]
+            sweep(args, ct.STATE_PASSES,
+                  {"BV_few" if few else "BV_some": (16, 32, 64), "num_warps": (4, 8)})
+        for name, fn in () if a.no_profile else (("ours", ours), ("fla", fla)):
             try:
                 times = kernel_times(fn, args)
             except Exception as err:  # noqa: BLE001  fla's gated backward refuses (fla #640)

@@ -6,9 +6,9 @@ a hand-written layer on fla's chunk_delta_rule, at the LM shape of docs/perf.md 
     python benchmarks/lm_throughput.py [--rows deltanet,fla_deltanet,...] [--steps 10]
                                        [--batch 16 --seq-len 2048] [--out FILE]
 
-A row's cold start is its first step's wall time in a fresh process (compile, autotune and
-the allocator's first touch); Triton's on-disk cache is per machine, so the first row that
-uses a kernel pays for compiling it. Rows that fail are reported with their error."""
+A row's cold start is its first step's wall time in a fresh process (compile, autotune, CUDA
+graph capture and the allocator's first touch); Triton's on-disk cache is per machine, so the
+first row that uses a kernel pays for compiling it. Rows that fail are reported with their error."""
 
 from __future__ import annotations
 
@@ -82,6 +82,8 @@ ROWS = {
     "titans": ("nlc examples/titans.nl", lambda: _spec("titans", d_head=64), False),
     "titans_compiled_chunks": ("nlc examples/titans.nl, NLC_COMPILE_CHUNKS=1",
                                lambda: _spec("titans", d_head=64), False),
+    "titans_graphed": ("nlc examples/titans.nl, forward and backward as CUDA graphs",
+                       lambda: _spec("titans", d_head=64), "graphs"),
     "fla_hand_deltanet": ("hand layer on fla chunk_delta_rule", lambda: _hand_fla_deltanet,
                           False),
     "fla_deltanet": ("fla.layers.DeltaNet (chunk)",
@@ -105,14 +107,23 @@ def run_row(name: str, steps: int, B: int, T: int) -> dict:
     torch.manual_seed(0)
     model = LanguageModel(cfg, factory()).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    forward = torch.compile(model) if compiled else model
     x = torch.randint(0, 256, (B, T), device="cuda")
-    times = []
+    # CUDA graphs replay the step's thousands of launches as one; autocast's weight cache
+    # must be off while capturing (torch.cuda.make_graphed_callables)
+    autocast = dict(device_type="cuda", dtype=torch.bfloat16, cache_enabled=compiled != "graphs")
     torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    if compiled == "graphs":
+        with torch.autocast(**autocast):
+            forward = torch.cuda.make_graphed_callables(model, (x,))
+    else:
+        forward = torch.compile(model) if compiled else model
+    capture = time.perf_counter() - t0
+    times = []
     for _ in range(steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(**autocast):
             logits = forward(x)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x.flatten())
         loss.backward()
@@ -122,7 +133,8 @@ def run_row(name: str, steps: int, B: int, T: int) -> dict:
         times.append(time.perf_counter() - t0)
     warm = sorted(times[2:])
     return {"label": label, "tokens_per_s": B * T / warm[len(warm) // 2],
-            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "first_step_s": times[0],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+            "first_step_s": times[0] + capture,
             "loss": loss.item()}
 
 

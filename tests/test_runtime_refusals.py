@@ -44,6 +44,8 @@ def refused(argv, capsys, *expected: str) -> str:
     (["--out", ""], "out must name a run folder, got an empty string"),
     (["--out", "/proc/nlc-run"], "/proc/nlc-run: cannot create the run folder"),
     (["--batch-size", "3", "--nproc", "2"], "batch_size 3 does not split over 2 ranks"),
+    (["--cuda-graphs", "--compile"], "cuda_graphs and compile cannot be combined"),
+    (["--cuda-graphs", "--device", "cpu"], "cuda_graphs needs a CUDA device; this run is on cpu"),
 ])
 def test_bad_flags_are_refused(flags, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where a run with --out "" once went

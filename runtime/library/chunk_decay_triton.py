@@ -33,6 +33,7 @@ from nlc.runtime.library.chunk_triton import (
     compute_dtype,
     dot_precision,
     pow2,
+    state_launch,
 )
 
 
@@ -404,10 +405,10 @@ def _forward(q, k, v, ld, h0, table, BT):
                             PREC=prec, num_warps=4)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
-    BVs = min(BV, 32) if S * H < 256 else BV
+    BVs, warps = state_launch(BV, S * H)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
         k, v, gc, h, h0, ht, table.starts, table.ends, table.offsets, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=4)
+        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
         q, v, gc, h, amat, o, table.starts, table.ends, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
@@ -430,10 +431,10 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
                              BT=BT, BV=min(BV, 32), PREC=prec, num_warps=4)
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
-    BVs = min(BV, 32) if S * H < 256 else BV
+    BVs, warps = state_launch(BV, S * H)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
         q, k, do, gc, dv, dh, dht, dh0, table.starts, table.ends, table.offsets, H=H, K=K,
-        V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=4)
+        V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dqi = torch.empty(N, H, K, **f32)
     dki = torch.empty(N, H, K, **f32)
     _intra_grads_kernel[(NC, H)](q, k, gc, damat, dqi, dki, table.starts, table.ends, H=H,

@@ -39,6 +39,7 @@ from nlc.runtime.library.chunk_triton import (
     compute_dtype,
     dot_precision,
     pow2,
+    state_launch,
 )
 
 
@@ -507,11 +508,11 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
             H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=4)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
-    BVs = min(BV, 32) if S * H < 256 else BV  # few sequences: more V blocks in flight
+    BVs, warps = state_launch(BV, S * H)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
         k, u if delta_rule else v, w, gc, h, d, h0, ht, table.starts, table.ends,
         table.offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, DELTA=delta_rule,
-        HAS_H0=h0 is not None, PREC=prec, num_warps=4)
+        HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
         q, k, d, gc, h, o, table.starts, table.ends,
@@ -532,11 +533,11 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, num_warps=4)
     dh = torch.empty(NC, H, V, K, dtype=q.dtype, device=q.device)  # read once, by products
     dh0 = torch.empty(S, H, V, K, dtype=torch.float32, device=q.device)
-    BVs = min(BV, 32) if S * H < 256 else BV
+    BVs, warps = state_launch(BV, S * H)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
         q, k, w, do, gc, dd, dh, dht, dh0, table.starts, table.ends, table.offsets,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, DELTA=delta_rule, HAS_DHT=dht is not None,
-        PREC=prec, num_warps=4)
+        PREC=prec, num_warps=warps)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)

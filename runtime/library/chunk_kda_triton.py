@@ -48,6 +48,7 @@ from nlc.runtime.library.chunk_triton import (
     compute_dtype,
     dot_precision,
     pow2,
+    state_launch,
 )
 
 
@@ -318,12 +319,11 @@ def _sizes(k, v, table):
     N, H, K = k.shape
     V = v.shape[-1]
     BV = min(pow2(V), 64)
-    BVs = min(BV, 32) if table.sequences * H < 256 else BV  # few sequences: more V blocks
-    return N, H, K, V, pow2(K), BV, BVs
+    return N, H, K, V, pow2(K), BV, state_launch(BV, table.sequences * H)
 
 
 def _forward(q, k, v, beta, ld, h0, table, BT):
-    N, H, K, V, BK, BV, BVs = _sizes(k, v, table)
+    N, H, K, V, BK, BV, (BVs, warps) = _sizes(k, v, table)
     prec = dot_precision(q.dtype)
     NC, S = table.chunks, table.sequences
     f32 = {"dtype": torch.float32, "device": q.device}
@@ -350,7 +350,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
     d = torch.empty_like(v)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
         k, u, w, gc, h, d, h0, ht, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=4)
+        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
         q, d, gc, h, scores, o, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
@@ -360,7 +360,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
 
 def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     gc, scores, kk, tinv, w, d, h = saved
-    N, H, K, V, BK, BV, BVs = _sizes(k, v, table)
+    N, H, K, V, BK, BV, (BVs, warps) = _sizes(k, v, table)
     prec = dot_precision(q.dtype)
     NC, S = table.chunks, table.sequences
     f32 = {"dtype": torch.float32, "device": q.device}
@@ -373,7 +373,7 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     dh0 = torch.empty(S, H, V, K, **f32)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
         q, k, w, do, gc, dd, dh, dht, dh0, **rows, offsets=table.offsets, H=H, K=K, V=V,
-        BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=4)
+        BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dv = torch.empty_like(v)
     dkk = torch.empty(NC, H, BT, BT, **f32)
     dqp, dkp, dgp, dqi, dki, dkr, dkc = (torch.empty(N, H, K, **f32) for _ in range(7))

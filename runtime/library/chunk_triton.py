@@ -10,6 +10,8 @@ every sequence the index of its first chunk (where its per-chunk states start)."
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +20,24 @@ import torch
 # clamp changes nothing a float32 product can see, while -inf (a decay of exactly 0) would make
 # differences of cumulative sums NaN (-inf - -inf).
 LOG_DECAY_FLOOR = -110.0
+
+# The sequential state passes (one program per V block, sequence and head, walking the chunks)
+# leave SMs idle when few sequences x heads are in flight: a narrower V block then puts more
+# programs to work (V blocks of 16 at 16 sequences x heads: 2.74 against 2.89 ms for DeltaNet's
+# forward + backward at (1, 16384, 16, 128) on an H200, docs/perf.md).
+# `benchmarks/kernel_profile.py --sweep-states` times the alternatives;
+# NLC_STATE_PASSES='{"BV_few": 32, "num_warps": 8}' overrides them for such a run.
+STATE_PASSES = {"few": 64, "BV_few": 16, "some": 256, "BV_some": 32, "num_warps": 4,
+                **json.loads(os.environ.get("NLC_STATE_PASSES", "{}"))}
+
+
+def state_launch(BV: int, programs: int) -> tuple[int, int]:
+    """(V block, warps) of a sequential state pass run by `programs` sequences x heads."""
+    if programs < STATE_PASSES["few"]:
+        return min(BV, STATE_PASSES["BV_few"]), STATE_PASSES["num_warps"]
+    if programs < STATE_PASSES["some"]:
+        return min(BV, STATE_PASSES["BV_some"]), STATE_PASSES["num_warps"]
+    return BV, 4
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,6 +73,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         raise NlcError(f"vocab_size {config.vocab_size} is smaller than the {config.task} "
                        f"task's {task.vocab_size}")
     distributed.local_slice(torch.empty(config.batch_size), world)  # refuse uneven splits early
+    if config.cuda_graphs:
+        check_graphs(world)
     spec = spec_record(config)
     # the given modules, else the builtins the config names: refused before the folder exists
     mixer_factory = mixer_factory or mixer_factory_for(config)
@@ -110,6 +113,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     trained = distributed.wrap(model, world)
     if config.compile:
         trained = torch.compile(trained)
+    if config.cuda_graphs:
+        trained = graphed(model, task.train_batch(start)[0], world, config)
     autocast = autocast_for(config, world.device)
     log = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
     bar = ProgressBar(config.steps, start, config.log_interval, enabled=progress and world.is_main)
@@ -298,10 +303,43 @@ def spec_record(config) -> dict:
 
 
 def autocast_for(config, device: torch.device):
-    """A context factory: bf16 autocast on CUDA when `config.bf16`, else nothing."""
+    """A context factory: bf16 autocast on CUDA when `config.bf16`, else nothing. Under CUDA
+    graphs autocast's weight-cast cache is off: a graph must not hold casts from its capture."""
     if config.bf16 and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        cache = not config.cuda_graphs
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext
+
+
+def check_graphs(world) -> None:
+    """CUDA graphs need one CUDA device: refused before the run folder exists."""
+    if world.device.type != "cuda":
+        raise NlcError(f"cuda_graphs needs a CUDA device; this run is on {world.device}",
+                       hint="drop --cuda-graphs, or pass --device cuda")
+    if world.world_size > 1:
+        raise NlcError("cuda_graphs runs on one device; this run has "
+                       f"{world.world_size} ranks", hint="drop --cuda-graphs or --nproc")
+
+
+def graphed(model, sample: torch.Tensor, world, config):
+    """The model with its training forward and backward captured as CUDA graphs
+    (`torch.cuda.make_graphed_callables`, which warms up on `sample` first). In eval mode it
+    runs eagerly, so evaluation may use other shapes; training batches must keep the
+    sample's shape."""
+    sample = distributed.local_slice(sample, world).to(world.device)
+    # the warm-up runs on a side stream, so the first replays' gradient accumulation meets
+    # nodes from another stream: expected here, and only noise in the run's log
+    if hasattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch"):
+        torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
+    warnings.filterwarnings("ignore", message="Attempting to run cuBLAS, but there was no "
+                            "current CUDA context")
+    try:
+        with autocast_for(config, world.device)():
+            return torch.cuda.make_graphed_callables(model, (sample,))
+    except RuntimeError as err:  # an op that syncs with the host or allocates per call
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise NlcError(f"cuda_graphs: capturing the model's step failed: {first}",
+                       hint="run without --cuda-graphs") from None
 
 
 def clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
