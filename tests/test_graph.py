@@ -120,7 +120,7 @@ def test_hope_text_is_a_tree(capsys):
     lines = out.splitlines()
     assert lines[0] == "model Hope: SelfModifyingTitans -> ContinuumMemory"
     assert lines[1] == "  block 1: layer SelfModifyingTitans: 6 levels, 26 edges"
-    block2 = lines.index("  block 2: layer ContinuumMemory: 4 levels, 8 edges")
+    block2 = lines.index("  block 2: layer ContinuumMemory: 5 levels, 11 edges")
     # bands slowest first; train leads; the rest keep the spec's order
     assert lines[2:10] == ["    every 1 step",
                            "      train   parameters",
@@ -139,8 +139,10 @@ def test_hope_text_is_a_tree(capsys):
                     "v <-> eta, alpha [context]",
                     "eta <-> alpha [context]"]
     bands = [line.strip() for line in lines[block2:] if line.startswith("    every")]
-    assert bands == ["every 1 step", "every 4096 tokens", "every 256 tokens", "every 16 tokens"]
-    assert "      train    -> cms_slow, cms_mid, cms_fast  [context, init]" in lines
+    assert bands == ["every 1 step", "every 32768 tokens", "every 8192 tokens",
+                     "every 2048 tokens", "every 512 tokens"]
+    assert ("      train    -> cms_slowest, cms_slow, cms_mid, cms_fast  [context, init]"
+            in lines)
 
 
 def test_text_marks_stated_edges():
@@ -239,11 +241,11 @@ def test_hope_dot_clusters_and_styles(capsys):
     assert out.startswith('digraph "Hope" {\n')
     assert 'subgraph "cluster_b1" {\n    label="block 1: layer SelfModifyingTitans";' in out
     assert 'subgraph "cluster_b2" {\n    label="block 2: layer ContinuumMemory";' in out
-    for band in ("every 1 step", "every 1 token", "every 4096 tokens", "every 16 tokens"):
+    for band in ("every 1 step", "every 1 token", "every 32768 tokens", "every 512 tokens"):
         assert f'label="{band}";' in out
     edge = re.compile(r'^  "([\w.]+)" -> "([\w.]+)" \[(.*)\];$', re.MULTILINE)
     drawn = {(a, b): attrs for a, b, attrs in edge.findall(out) if "invis" not in attrs}
-    assert len(drawn) == 15 + 5 + 1  # Titans' links, CMS' links, the block edge
+    assert len(drawn) == 15 + 7 + 1  # Titans' links, CMS' links, the block edge
     assert drawn["b1.train", "b1.k"] == 'label="context, init", style="dashed"'
     assert drawn["b1.k", "b1.v"] == 'label="context", dir="both"'
     assert ("b1.v", "b1.k") not in drawn
@@ -322,7 +324,7 @@ def test_hope_mermaid_links(capsys):
     assert ("b1_k", "<-->", "context", "b1_v") in found
     assert ("b1_k", "-->", "context", "b1_memory") in found
     assert ("b1", "==>", "output", "b2") in found
-    assert len([f for f in found if not f[0].startswith("legend")]) == 15 + 5 + 1
+    assert len([f for f in found if not f[0].startswith("legend")]) == 15 + 7 + 1
 
 
 def test_mermaid_styles_every_mode():
