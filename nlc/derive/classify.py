@@ -10,7 +10,8 @@ state (lp, entrywise huber), S' = S D - r f(P k - y) k^T: family elementwise, as
 step with a rate per row, S' = S D - Diag(r) (P k - y) k^T (each row its own delta rule). Several
 rank-one terms with one key (n delta steps per token) are the product family, which is one
 delta or dplr transition per token. The exact ridge solve and the non-parametric solution
-have their own."""
+have their own. Several states, each next state a sum of terms holding at most one state as a
+plain factor (a momentum delta rule's (S, M)), are jointly affine: family joint."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.derive.budget import time_budget
 from nlc.derive.expand import expand_terms
-from nlc.derive.matfuncs import Dot
+from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
 from nlc.derive.symbols import internal
@@ -37,6 +38,7 @@ class KernelFamily(Enum):
     DPLR = "dplr"
     PRODUCT = "product"
     ELEMENTWISE = "elementwise"
+    JOINT = "joint"
     FROZEN_GRADIENT = "frozen-gradient"
     NONPARAMETRIC = "nonparametric"
     SOLVE = "solve"
@@ -127,6 +129,10 @@ def _classify(rule: UpdateRule) -> Classification:
     if rule.kind == "solve":
         return Classification(KernelFamily.SOLVE, (), "exact ridge regression")
     if len(rule.states) != 1:
+        if not rule.anchors and jointly_affine(rule):
+            states = ", ".join(n for n, _ in rule.states)
+            return Classification(KernelFamily.JOINT, (),
+                                  f"the states ({states}) are jointly affine per token")
         return Classification(KernelFamily.FROZEN_GRADIENT, (),
                               f"{len(rule.states)} tensors carried per token")
     if rule.anchors:
@@ -188,6 +194,22 @@ def _classify(rule: UpdateRule) -> Classification:
         return Classification(KernelFamily.DPLR, base + (("a", coef * left), ("b", w)),
                               "S' = S (D + a b^T) + B")
     return _product(S, kind, gate, rank_one, bias, base)
+
+
+def jointly_affine(rule: UpdateRule) -> bool:
+    """Every next state is a sum of terms that each hold at most one state, as a plain
+    factor (X, X^T), with a coefficient free of the states: (S, M) of a momentum delta rule."""
+    names = {n for n, _ in rule.states}
+    for _, expr in rule.next_state:
+        expanded = expr.expand()
+        for term in expanded.args if isinstance(expanded, sp.MatAdd) else (expanded,):
+            coef, mats = split_term(term)
+            hits = [m for m in mats if free_names([m]) & names]
+            plain = all(isinstance(m.arg if isinstance(m, sp.Transpose) else m,
+                                   sp.MatrixSymbol) for m in hits)
+            if free_names([coef]) & names or len(hits) > 1 or not plain:
+                return False
+    return True
 
 
 def _product(S, kind, gate, rank_one, bias, base) -> Classification:

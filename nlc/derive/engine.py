@@ -427,10 +427,10 @@ def _momentum(d: LevelDerivation, orthogonalize: bool = False):
     kept = d.gate_all(before, gates, "parallel")
     for w, u, g in zip(kept, buffers, grads):
         if orthogonalize:  # Muon / Atlas: orthogonalize the accumulated gradient
-            u_new = add(scaled(mom, u), g)
+            u_new = add(_rate_times(mom, u, d), g)
             w_new = add(w, scaled(-rate, NewtonSchulz(u_new, d.level.algorithm.get("steps"))))
         else:  # Titans' surprise: U = eta U - theta grad, M = gate M + U
-            u_new = add(scaled(mom, u), scaled(-1, _rate_times(rate, g, d)))
+            u_new = add(_rate_times(mom, u, d), scaled(-1, _rate_times(rate, g, d)))
             w_new = add(w, u_new)
         new_buffers.append(u_new)
         new.append(w_new)
