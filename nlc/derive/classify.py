@@ -146,6 +146,9 @@ def _classify(rule: UpdateRule) -> Classification:
         elementwise = _row_rate(S, terms)
     if elementwise is not None:
         return elementwise
+    rowed = _row_decay(rule, S, terms)
+    if rowed is not None:
+        return rowed
     decay, rank_one, bias = [], [], []
     for term in terms:
         if not term.has(S):
@@ -243,6 +246,47 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
                                                        ("rank", len(rank_one)),
                                                        ("transition", "dplr")),
                           reason + ", one key: S' = S (D + a k^T) + v' k^T")
+
+
+def _row_decay(rule: UpdateRule, S, terms) -> Classification | None:
+    """Diag(g) S A + B: a decay g per row (output channel) times the state, with the rest of
+    the rule a right-multiplied transition. The row decay commutes with A, so the family is
+    A's (decay or delta), with `row_decay` g folded into the values and reads by the chunked
+    form (runtime/library/rows.py). None when no term is Diag(g) S."""
+    def left(t):
+        mats = split_term(t)[1]
+        return mats[0] if len(mats) >= 2 and isinstance(mats[0], sp.DiagMatrix) \
+            and mats[1] == S else None
+
+    held = [t for t in terms if t.has(S)]
+    pure = [t for t in held if left(t) is not None and len(split_term(t)[1]) == 2]
+    if not pure:
+        return None
+    gate = left(pure[0])
+    row = (("row_decay", gate.args[0]),)
+    if any(left(t) != gate for t in held):
+        return Classification(KernelFamily.FROZEN_GRADIENT, row,
+                              "a decay per row (output channel) that multiplies only some of "
+                              "the state's terms (order = parallel): each row has its own "
+                              "transition, no chunked form")
+    stripped = []
+    for t in terms:
+        coef, mats = split_term(t)
+        stripped.append(coef * sp.MatMul(*mats[1:]) if t.has(S) else t)
+    name = rule.states[0][0]
+    inner = _classify(replace(rule, next_state=((name, sp.MatAdd(*stripped)),)))
+    if inner.family not in (KernelFamily.DECAY, KernelFamily.DELTA) \
+            or inner.param("decay_kind") != "scalar":
+        what = f"{inner.family.value} ({inner.reason})" \
+            if inner.family not in (KernelFamily.DECAY, KernelFamily.DELTA) \
+            else "a transition with a decay per input channel"
+        return Classification(KernelFamily.FROZEN_GRADIENT, row,
+                              f"a decay per row (output channel) on {what}: no chunked form")
+    scalar = inner.param("decay")
+    folded = gate.args[0] if scalar == 1 else scalar * gate.args[0]
+    params = tuple((n, 1 if n == "decay" else v) for n, v in inner.params)
+    return Classification(inner.family, params + (("row_decay", folded),),
+                          inner.reason + ", and a decay per row Diag(g) S")
 
 
 def _decay_term(S, term) -> tuple[str, object] | None:

@@ -169,14 +169,15 @@ class LevelDerivation:
                 t = self.retentions[kind]
                 alpha = self.value(t.get("alpha"), lower)
                 self.roles.setdefault("gate", alpha)
-                gates.append(ret.Gate(ret.gate_of(kind, alpha), t.get("order"), kind))
+                gates.append(ret.Gate(ret.gate_of(kind, alpha), t.get("order"), kind,
+                                      rows=self.level.gate_rows))
         return gates
 
     def gate_all(self, tensors, gates, order):
         out = tensors
         for g in gates:
             if g.order == order:
-                out = tuple(ret.apply_gate(g.factor, w, self.form.kind) for w in out)
+                out = tuple(ret.apply_gate(g.factor, w, self.form.kind, g.rows) for w in out)
         return out
 
     def lr(self, lower):

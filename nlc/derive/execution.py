@@ -58,13 +58,16 @@ class AffineChunk:
     decay_kind: str                 # scalar | channel
     beta: object | None = None      # the delta rule's rate
     transposed: bool = False        # the state is W = S^T, read q^T W: the math runs on S
+    row_decay: object | None = None  # a decay per row (output channel), Diag(g) S
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
         terms = ", ".join(f"{_s(v)} {_s(k)}^T" for v, k in self.terms)
         beta = f", beta = {_s(self.beta)}" if self.beta is not None else ""
         on = " on the transposed state" if self.transposed else ""
-        return f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, {gate}{beta}"
+        rows = f", row decay {_s(self.row_decay)}" if self.row_decay is not None else ""
+        return (f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, "
+                f"{gate}{beta}{rows}")
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,8 @@ def execution(rule: UpdateRule, family: Classification,
             return _frozen(rule, constants)
     except _NoChunkedForm as why:
         return TokenLoop(str(why))
+    if family.param("row_decay") is not None and fam is KernelFamily.FROZEN_GRADIENT:
+        return TokenLoop(family.reason)
     if fam is KernelFamily.JOINT:
         try:
             return _joint(rule)
@@ -378,7 +383,7 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
             raise _NoChunkedForm("the input term's key is not the delta rule's key")
         beta = family.param("beta")
     return AffineChunk(fam.value, query, terms, family.param("decay"),
-                       family.param("decay_kind"), beta)
+                       family.param("decay_kind"), beta, row_decay=family.param("row_decay"))
 
 
 def _substeps(rule, family: Classification) -> ProductChunk:

@@ -185,6 +185,8 @@ class LevelPrinter:
         return lines, v
 
     def affine_chunked(self, ex: AffineChunk) -> list[str]:
+        if ex.row_decay is not None:
+            return self.row_decay_chunked(ex)
         outputs = [("query", ex.query)]
         for i, (u, w) in enumerate(ex.terms):
             outputs += [(f"value{i}", u), (f"key{i}", w)]
@@ -229,6 +231,35 @@ class LevelPrinter:
                              "chunk_size=chunk_size)")
                 lines.append("o = o + o_i")
                 state = "S"
+        return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
+
+    def row_decay_chunked(self, ex: AffineChunk) -> list[str]:
+        """The decay or delta family with a decay per row (output channel), folded into the
+        values and reads by nl.row_decay_chunked (runtime/library/rows.py)."""
+        outputs = [("query", ex.query), ("row_gate", ex.row_decay)]
+        for i, (u, w) in enumerate(ex.terms):
+            outputs += [(f"value{i}", u), (f"key{i}", w)]
+        if ex.beta is not None:
+            outputs.append(("rate", ex.beta))
+        lines, v = self._chunk_values(outputs, 1)
+        lines.append(f"log_rows = nl.vec(nl.log_gate({v['row_gate']}), ref)")
+        (name, _), = self.rule.states
+        state = f"state[{name!r}]"
+        if ex.transposed:  # a state read as W^T q runs as S = W^T
+            lines.append(f"S = {state}.mT")
+            state = "S"
+        rate = f"nl.flat({v['rate']}, ref)" if ex.beta is not None else "None"
+        # the decay family is linear in its inputs: one pass per outer product, the
+        # initial state with the first, the reads and end states summed
+        for i in range(len(ex.terms)):
+            out, end = ("o", "S") if i == 0 else ("o_i", "S_i")
+            lines.append(f"{out}, {end} = nl.row_decay_chunked(nl.vec({v['query']}, ref), "
+                         f"nl.vec({v[f'key{i}']}, ref), nl.vec({v[f'value{i}']}, ref), {rate}, "
+                         f"log_rows, initial_state={state if i == 0 else None}, "
+                         f"read_before={self.rule.read_before}, chunk_size=chunk_size)")
+            if i:
+                lines.append("o, S = o + o_i, S + S_i")
+        final = "S.mT" if ex.transposed else "S"
         return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
 
     def product_chunked(self, ex: ProductChunk) -> list[str]:

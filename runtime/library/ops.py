@@ -26,6 +26,7 @@ from nlc.runtime.library.chunked import decay_chunked, delta_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
+from nlc.runtime.library.rows import row_decay_chunked
 from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked,
                                       mid_chunk, recurrent, segments, state_from, varlen,
                                       weights_from)
@@ -429,4 +430,5 @@ __all__ = [
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
     "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
+    "row_decay_chunked",
 ]
