@@ -178,3 +178,13 @@ def test_the_generated_layer_gradients_equal_recurrent():
         grads.append({n: p.grad.clone() for n, p in layer.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_identify_calls_it_a_new_variant():
+    """No catalog model has a decay per row: identify says so instead of comparing it with
+    the per-input-channel gates (GLA) as if the shapes agreed."""
+    from nlc.syntax.parser import parse
+    from nlc.verify.verify import verify_module
+    (report,) = verify_module(parse(SPEC.read_text(), str(SPEC)), str(SPEC))
+    (level,) = report.levels
+    assert level.matches == [] and "row" in level.differs
