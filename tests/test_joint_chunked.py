@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TESTS
+from conftest import TESTS, assert_chunked_gradients_equal_recurrent
 from nlc.runtime.library import ops
 from nlc.runtime.library.chunked import delta_chunked_torch
 from nlc.runtime.library.joint import joint_chunked
@@ -183,12 +183,4 @@ def test_the_generated_layer_chunked_equals_recurrent(T, monkeypatch):
 def test_the_generated_layer_gradients_equal_recurrent():
     layer, _ = _layer()
     layer.chunk_size = 16
-    x = torch.randn(2, 40, 12, dtype=F64)
-    grads = []
-    for mode in ("chunked", "recurrent"):
-        layer.mode = mode
-        layer.zero_grad()
-        (layer(x) ** 2).sum().backward()
-        grads.append({n: p.grad.clone() for n, p in layer.named_parameters()})
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grad, grads[1][name], rtol=1e-10, atol=1e-10, msg=name)
+    assert_chunked_gradients_equal_recurrent(layer, torch.randn(2, 40, 12, dtype=F64))
