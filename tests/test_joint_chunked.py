@@ -184,3 +184,37 @@ def test_the_generated_layer_gradients_equal_recurrent():
     layer, _ = _layer()
     layer.chunk_size = 16
     assert_chunked_gradients_equal_recurrent(layer, torch.randn(2, 40, 12, dtype=F64))
+
+
+VARIANTS = {  # name -> (old, new): other points of the spec that are jointly affine
+    "decay_before": ("decay(alpha, order = parallel)", "decay(alpha, order = before)"),
+    "no_decay": ("    retention decay(alpha, order = parallel)\n", ""),
+    "weight_decay": ("decay(alpha, order = parallel)", "weight_decay(alpha)"),
+    "constants": ("momentum(lr = eta, momentum = theta)", "momentum(lr = 0.5, momentum = 0.9)"),
+    "dot": ("objective l2(S(k), v)", "objective dot(S(k), v)"),
+    "read_before": ("read S(q)", "read before S(q)"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_run_the_joint_form_and_equal_recurrent(tmp_path, variant, monkeypatch):
+    from nlc import pipeline
+    from nlc.derive.execution import JointChunk
+    old, new = VARIANTS[variant]
+    text = SPEC.read_text()
+    assert old in text
+    path = tmp_path / f"{variant}.nl"
+    path.write_text(text.replace(old, new))
+    (_, (classified,)), = pipeline.run(str(path), "classify")
+    assert isinstance(classified.execution, JointChunk), classified.execution
+    cls = load_layer(str(path))
+    torch.manual_seed(0)
+    layer = cls().double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    layer.chunk_size = 8
+    x = torch.randn(2, 29, 12, dtype=F64)
+    chunked = layer(x)
+    layer.mode = "recurrent"
+    torch.testing.assert_close(chunked, layer(x), rtol=1e-12, atol=1e-12)
