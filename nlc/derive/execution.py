@@ -37,6 +37,7 @@ from nlc.derive.classify import (
     split_shift,
     split_term,
 )
+from nlc.derive.expand import expand_terms
 from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.rule import UpdateRule
 
@@ -269,8 +270,6 @@ def execution(rule: UpdateRule, family: Classification,
 def _joint(rule: UpdateRule) -> JointChunk:
     """Several states X_i of one shape, each next state a sum of X_j, c X_j k k^T and u k^T
     terms with one key k and scalar coefficients (runtime/library/joint.py)."""
-    from nlc.derive.classify import _row_of
-    from nlc.derive.expand import expand_terms
     names = [n for n, _ in rule.states]
     tensors = [X for _, X in rule.states]
     if rule.form.kind != "matrix" or len({X.shape for X in tensors}) != 1 \
@@ -291,10 +290,10 @@ def _joint(rule: UpdateRule) -> JointChunk:
             rest = mats[1:] if j is not None else mats
             if j is not None and not rest:
                 mix[j][i] += coef
-            elif len(rest) == 2 and _row_of(rest[1]) is not None \
-                    and (j is None or rest[0] == _row_of(rest[1])) \
+            elif len(rest) == 2 and _key_row(rest[1]) is not None \
+                    and (j is None or rest[0] == _key_row(rest[1])) \
                     and not any(m.has(X) for m in rest for X in tensors):
-                keys.add(_row_of(rest[1]))
+                keys.add(_key_row(rest[1]))
                 if j is None:
                     values[i].append(coef * rest[0] if coef != 1 else rest[0])
                 else:
@@ -317,6 +316,13 @@ def _joint(rule: UpdateRule) -> JointChunk:
     return JointChunk(tuple(names), query, keys.pop(), summed,
                       tuple(tuple(row) for row in mix), tuple(tuple(row) for row in rank),
                       targets.index(mats[0]))
+
+
+def _key_row(m):
+    """The column k of a row k^T, else None."""
+    if isinstance(m, sp.Transpose) and m.arg.shape[1] == 1:
+        return m.arg
+    return None
 
 
 def transposed_rule(rule: UpdateRule) -> UpdateRule | None:
