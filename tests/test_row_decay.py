@@ -180,3 +180,17 @@ def test_identify_calls_it_a_new_variant():
     (report,) = verify_module(parse(SPEC.read_text(), str(SPEC)), str(SPEC))
     (level,) = report.levels
     assert level.matches == [] and "row" in level.differs
+
+
+def test_keys_of_large_norm_are_finite_and_exact():
+    """|k| = 1000 with the normalized rate beta / |k|^2 (the loop itself is finite)."""
+    q, k, v, beta, g = _inputs(65, seed=4)
+    k, beta = 1e3 * k, (beta / 1e6).requires_grad_()
+    S0 = torch.randn(B, H, V, K, dtype=F64)
+    want = _loop(q, k, v, beta, g, S0)
+    got = row_decay_chunked(q, k, v, beta, g.log(), initial_state=S0, chunk_size=64)
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    (grad,) = torch.autograd.grad(got[0].square().sum(), beta)
+    assert torch.isfinite(grad).all()
