@@ -13,7 +13,7 @@ A spec walks through a flat list of named stages (nlc/pipeline.py):
 3. derive (nlc/derive): each level -> `UpdateRule`, its next state as SymPy expressions:
    `S' = alpha S (I - beta k k^T) + beta v k^T` for Gated DeltaNet.
 4. classify: `UpdateRule` -> kernel family (decay, delta, dplr, product, elementwise,
-   frozen-gradient, nonparametric, solve) and its parameters.
+   joint, frozen-gradient, nonparametric, solve) and its parameters.
 5. verify (nlc/verify, nlc/catalog): derived rule == the published formula, symbolically and
    numerically.
 6. emit (nlc/emit, templates/): PyTorch modules and Triton kernels; nlc/factories.py hands

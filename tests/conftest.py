@@ -51,3 +51,17 @@ def golden(update_goldens):
         assert text == expected, f"output differs from {path.relative_to(ROOT)}"
 
     return compare
+
+
+def assert_chunked_gradients_equal_recurrent(layer, x, tol: float = 1e-10) -> None:
+    """Training runs `mode="chunked"`: its parameter gradients must be the recurrent form's
+    (float64 inputs; the loss is the sum of squared outputs)."""
+    import torch
+    grads = []
+    for mode in ("chunked", "recurrent"):
+        layer.mode = mode
+        layer.zero_grad()
+        (layer(x) ** 2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in layer.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=tol, atol=tol, msg=name)

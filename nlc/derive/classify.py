@@ -10,7 +10,8 @@ state (lp, entrywise huber), S' = S D - r f(P k - y) k^T: family elementwise, as
 step with a rate per row, S' = S D - Diag(r) (P k - y) k^T (each row its own delta rule). Several
 rank-one terms with one key (n delta steps per token) are the product family, which is one
 delta or dplr transition per token. The exact ridge solve and the non-parametric solution
-have their own."""
+have their own. Several states, each next state a sum of terms holding at most one state as a
+plain factor (a momentum delta rule's (S, M)), are jointly affine: family joint."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.derive.budget import time_budget
 from nlc.derive.expand import expand_terms
-from nlc.derive.matfuncs import Dot
+from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
 from nlc.derive.symbols import internal
@@ -37,6 +38,7 @@ class KernelFamily(Enum):
     DPLR = "dplr"
     PRODUCT = "product"
     ELEMENTWISE = "elementwise"
+    JOINT = "joint"
     FROZEN_GRADIENT = "frozen-gradient"
     NONPARAMETRIC = "nonparametric"
     SOLVE = "solve"
@@ -127,6 +129,10 @@ def _classify(rule: UpdateRule) -> Classification:
     if rule.kind == "solve":
         return Classification(KernelFamily.SOLVE, (), "exact ridge regression")
     if len(rule.states) != 1:
+        if not rule.anchors and jointly_affine(rule):
+            states = ", ".join(n for n, _ in rule.states)
+            return Classification(KernelFamily.JOINT, (),
+                                  f"the states ({states}) are jointly affine per token")
         return Classification(KernelFamily.FROZEN_GRADIENT, (),
                               f"{len(rule.states)} tensors carried per token")
     if rule.anchors:
@@ -140,6 +146,9 @@ def _classify(rule: UpdateRule) -> Classification:
         elementwise = _row_rate(S, terms)
     if elementwise is not None:
         return elementwise
+    rowed = _row_decay(rule, S, terms)
+    if rowed is not None:
+        return rowed
     decay, rank_one, bias = [], [], []
     for term in terms:
         if not term.has(S):
@@ -190,6 +199,22 @@ def _classify(rule: UpdateRule) -> Classification:
     return _product(S, kind, gate, rank_one, bias, base)
 
 
+def jointly_affine(rule: UpdateRule) -> bool:
+    """Every next state is a sum of terms that each hold at most one state, as a plain
+    factor (X, X^T), with a coefficient free of the states: (S, M) of a momentum delta rule."""
+    names = {n for n, _ in rule.states}
+    for _, expr in rule.next_state:
+        expanded = expr.expand()
+        for term in expanded.args if isinstance(expanded, sp.MatAdd) else (expanded,):
+            coef, mats = split_term(term)
+            hits = [m for m in mats if free_names([m]) & names]
+            plain = all(isinstance(m.arg if isinstance(m, sp.Transpose) else m,
+                                   sp.MatrixSymbol) for m in hits)
+            if free_names([coef]) & names or len(hits) > 1 or not plain:
+                return False
+    return True
+
+
 def _product(S, kind, gate, rank_one, bias, base) -> Classification:
     """Several rank-one terms: n delta steps per token (`gd(steps = n)`). With one key for
     every step, (I - b k k^T)^n = I - c k k^T for a scalar c, so the product of the steps'
@@ -221,6 +246,47 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
                                                        ("rank", len(rank_one)),
                                                        ("transition", "dplr")),
                           reason + ", one key: S' = S (D + a k^T) + v' k^T")
+
+
+def _row_decay(rule: UpdateRule, S, terms) -> Classification | None:
+    """Diag(g) S A + B: a decay g per row (output channel) times the state, with the rest of
+    the rule a right-multiplied transition. The row decay commutes with A, so the family is
+    A's (decay or delta), with `row_decay` g folded into the values and reads by the chunked
+    form (runtime/library/rows.py). None when no term is Diag(g) S."""
+    def left(t):
+        mats = split_term(t)[1]
+        return mats[0] if len(mats) >= 2 and isinstance(mats[0], sp.DiagMatrix) \
+            and mats[1] == S else None
+
+    held = [t for t in terms if t.has(S)]
+    pure = [t for t in held if left(t) is not None and len(split_term(t)[1]) == 2]
+    if not pure:
+        return None
+    gate = left(pure[0])
+    row = (("row_decay", gate.args[0]),)
+    if any(left(t) != gate for t in held):
+        return Classification(KernelFamily.FROZEN_GRADIENT, row,
+                              "a decay per row (output channel) that multiplies only some of "
+                              "the state's terms (order = parallel): each row has its own "
+                              "transition, no chunked form")
+    stripped = []
+    for t in terms:
+        coef, mats = split_term(t)
+        stripped.append(coef * sp.MatMul(*mats[1:]) if t.has(S) else t)
+    name = rule.states[0][0]
+    inner = _classify(replace(rule, next_state=((name, sp.MatAdd(*stripped)),)))
+    if inner.family not in (KernelFamily.DECAY, KernelFamily.DELTA) \
+            or inner.param("decay_kind") != "scalar":
+        what = f"{inner.family.value} ({inner.reason})" \
+            if inner.family not in (KernelFamily.DECAY, KernelFamily.DELTA) \
+            else "a transition with a decay per input channel"
+        return Classification(KernelFamily.FROZEN_GRADIENT, row,
+                              f"a decay per row (output channel) on {what}: no chunked form")
+    scalar = inner.param("decay")
+    folded = gate.args[0] if scalar == 1 else scalar * gate.args[0]
+    params = tuple((n, 1 if n == "decay" else v) for n, v in inner.params)
+    return Classification(inner.family, params + (("row_decay", folded),),
+                          inner.reason + ", and a decay per row Diag(g) S")
 
 
 def _decay_term(S, term) -> tuple[str, object] | None:

@@ -169,14 +169,15 @@ class LevelDerivation:
                 t = self.retentions[kind]
                 alpha = self.value(t.get("alpha"), lower)
                 self.roles.setdefault("gate", alpha)
-                gates.append(ret.Gate(ret.gate_of(kind, alpha), t.get("order"), kind))
+                gates.append(ret.Gate(ret.gate_of(kind, alpha), t.get("order"), kind,
+                                      rows=self.level.gate_rows))
         return gates
 
     def gate_all(self, tensors, gates, order):
         out = tensors
         for g in gates:
             if g.order == order:
-                out = tuple(ret.apply_gate(g.factor, w, self.form.kind) for w in out)
+                out = tuple(ret.apply_gate(g.factor, w, self.form.kind, g.rows) for w in out)
         return out
 
     def lr(self, lower):
@@ -427,10 +428,10 @@ def _momentum(d: LevelDerivation, orthogonalize: bool = False):
     kept = d.gate_all(before, gates, "parallel")
     for w, u, g in zip(kept, buffers, grads):
         if orthogonalize:  # Muon / Atlas: orthogonalize the accumulated gradient
-            u_new = add(scaled(mom, u), g)
+            u_new = add(_rate_times(mom, u, d), g)
             w_new = add(w, scaled(-rate, NewtonSchulz(u_new, d.level.algorithm.get("steps"))))
         else:  # Titans' surprise: U = eta U - theta grad, M = gate M + U
-            u_new = add(scaled(mom, u), scaled(-1, _rate_times(rate, g, d)))
+            u_new = add(_rate_times(mom, u, d), scaled(-1, _rate_times(rate, g, d)))
             w_new = add(w, u_new)
         new_buffers.append(u_new)
         new.append(w_new)

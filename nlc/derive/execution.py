@@ -5,6 +5,8 @@ with every expression the code needs already taken apart (docs/design.md, "Kerne
 
 - `AffineChunk`: S' = S D + sum_i v_i k_i^T (decay) or S D (I - beta k k^T) + v k^T
   (delta), read o = S q. Runs by the exact chunked algorithms.
+- `JointChunk`: several states jointly affine per token through one key (a momentum delta
+  rule's (S, M)), run by the chunked form of runtime/library/joint.py.
 - `ProductChunk`: several delta steps per token (the product family), run by the delta
   rule's chunked form over the sequence of steps.
 - `FusedRecurrent`: affine per token but with no chunked algorithm (dplr, an elementwise
@@ -35,6 +37,7 @@ from nlc.derive.classify import (
     split_shift,
     split_term,
 )
+from nlc.derive.expand import expand_terms
 from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.rule import UpdateRule
 
@@ -56,13 +59,16 @@ class AffineChunk:
     decay_kind: str                 # scalar | channel
     beta: object | None = None      # the delta rule's rate
     transposed: bool = False        # the state is W = S^T, read q^T W: the math runs on S
+    row_decay: object | None = None  # a decay per row (output channel), Diag(g) S
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
         terms = ", ".join(f"{_s(v)} {_s(k)}^T" for v, k in self.terms)
         beta = f", beta = {_s(self.beta)}" if self.beta is not None else ""
         on = " on the transposed state" if self.transposed else ""
-        return f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, {gate}{beta}"
+        rows = f", row decay {_s(self.row_decay)}" if self.row_decay is not None else ""
+        return (f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, "
+                f"{gate}{beta}{rows}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,35 @@ class ProductChunk:
         steps = ", ".join(f"({_s(v)} {_s(k)}^T, beta = {_s(b)})" for v, k, b in self.steps)
         return (f"chunked delta over {len(self.steps)} steps per token: q = {_s(self.query)}, "
                 f"steps {steps}, {gate}")
+
+
+@dataclass(frozen=True)
+class JointChunk:
+    """n states of one shape, jointly affine per token through one key k:
+    X_i' = sum_j X_j (mix[j][i] I + rank[j][i] k k^T) + values[i] k^T, read o = X_read q."""
+
+    states: tuple[str, ...]
+    query: object
+    key: object
+    values: tuple[object, ...]      # per state; None: no input term
+    mix: tuple[tuple[object, ...], ...]
+    rank: tuple[tuple[object, ...], ...]
+    read: int                       # the index of the state read
+
+    def to_text(self) -> str:
+        parts = []
+        for i, name in enumerate(self.states):
+            terms = []
+            for j, source in enumerate(self.states):
+                factor = [f"{_s(c)}{m}" for c, m in ((self.mix[j][i], " I"),
+                                                      (self.rank[j][i], " k k^T")) if c != 0]
+                if factor:
+                    terms.append(f"{source} ({' + '.join(factor)})")
+            if self.values[i] is not None:
+                terms.append(f"{_s(self.values[i])} k^T")
+            parts.append(f"{name}' = " + " + ".join(terms))
+        return (f"chunked joint ({', '.join(self.states)}): q = {_s(self.query)}, "
+                f"k = {_s(self.key)}, read {self.states[self.read]}; " + "; ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -157,7 +192,7 @@ class SolveChunk:
                 f"by {how}")
 
 
-Execution = (AffineChunk | ProductChunk | FusedRecurrent | FrozenSplit | Attention
+Execution = (AffineChunk | JointChunk | ProductChunk | FusedRecurrent | FrozenSplit | Attention
              | SolveChunk | TokenLoop)
 
 
@@ -220,28 +255,74 @@ def execution(rule: UpdateRule, family: Classification,
             return _frozen(rule, constants)
     except _NoChunkedForm as why:
         return TokenLoop(str(why))
-    if len(rule.states) > 1 and _jointly_affine(rule):
-        states = ", ".join(n for n, _ in rule.states)
-        return TokenLoop(f"the states ({states}) are jointly affine per token, but nlc has "
-                         "no chunked form for several states yet")
+    if family.param("row_decay") is not None and fam is KernelFamily.FROZEN_GRADIENT:
+        return TokenLoop(family.reason)
+    if fam is KernelFamily.JOINT:
+        try:
+            return _joint(rule)
+        except _NoChunkedForm as why:
+            states = ", ".join(n for n, _ in rule.states)
+            return TokenLoop(f"the states ({states}) are jointly affine per token, but {why}")
     return TokenLoop("the rule is not affine in the state and its gradients are not "
                      "frozen per chunk")
 
 
-def _jointly_affine(rule: UpdateRule) -> bool:
-    """Every next state is a sum of terms that each hold at most one state, as a plain
-    factor (X, X^T), with a coefficient free of the states: (S, M) of a momentum delta rule."""
-    names = {n for n, _ in rule.states}
-    for _, expr in rule.next_state:
-        expanded = expr.expand()
-        for term in expanded.args if isinstance(expanded, sp.MatAdd) else (expanded,):
+def _joint(rule: UpdateRule) -> JointChunk:
+    """Several states X_i of one shape, each next state a sum of X_j, c X_j k k^T and u k^T
+    terms with one key k and scalar coefficients (runtime/library/joint.py)."""
+    names = [n for n, _ in rule.states]
+    tensors = [X for _, X in rule.states]
+    if rule.form.kind != "matrix" or len({X.shape for X in tensors}) != 1 \
+            or rule.period != 1 or rule.steps:
+        raise _NoChunkedForm("the joint chunked form takes matrix states of one shape, "
+                             "updated every token")
+    n = len(names)
+    mix = [[sp.Integer(0)] * n for _ in range(n)]
+    rank = [[sp.Integer(0)] * n for _ in range(n)]
+    values: list = [[] for _ in range(n)]
+    keys = set()
+    for i, name in enumerate(names):
+        for term in expand_terms(rule.next_of(name)):
             coef, mats = split_term(term)
-            hits = [m for m in mats if free_names([m]) & names]
-            plain = all(isinstance(m.arg if isinstance(m, sp.Transpose) else m,
-                                   sp.MatrixSymbol) for m in hits)
-            if free_names([coef]) & names or len(hits) > 1 or not plain:
-                return False
-    return True
+            if any(coef.has(X) for X in tensors):
+                raise _NoChunkedForm("a coefficient depends on a state")
+            j = tensors.index(mats[0]) if mats and mats[0] in tensors else None
+            rest = mats[1:] if j is not None else mats
+            if j is not None and not rest:
+                mix[j][i] += coef
+            elif len(rest) == 2 and _key_row(rest[1]) is not None \
+                    and (j is None or rest[0] == _key_row(rest[1])) \
+                    and not any(m.has(X) for m in rest for X in tensors):
+                keys.add(_key_row(rest[1]))
+                if j is None:
+                    values[i].append(coef * rest[0] if coef != 1 else rest[0])
+                else:
+                    rank[j][i] += coef
+            else:
+                raise _NoChunkedForm(f"the term {sp.sstr(term)[:60]} is not X, X k k^T or "
+                                     "v k^T")
+    if len(keys) != 1:
+        raise _NoChunkedForm("the states' terms do not share one key")
+    if not any(values):
+        raise _NoChunkedForm("the states have no input term")
+    suffix = "" if rule.read_before else "_next"
+    targets = [sp.MatrixSymbol(f"{m}{suffix}", *X.shape) for m, X in rule.states]
+    coef, mats = split_term(rule.read)
+    if len(mats) != 2 or mats[0] not in targets or any(mats[1].has(t) for t in targets):
+        raise _NoChunkedForm("the read is not one state applied to a query")
+    query = coef * mats[1] if coef != 1 else mats[1]
+    summed = tuple(sp.MatAdd(*v).doit() if len(v) > 1 else v[0] if v else None
+                   for v in values)
+    return JointChunk(tuple(names), query, keys.pop(), summed,
+                      tuple(tuple(row) for row in mix), tuple(tuple(row) for row in rank),
+                      targets.index(mats[0]))
+
+
+def _key_row(m):
+    """The column k of a row k^T, else None."""
+    if isinstance(m, sp.Transpose) and m.arg.shape[1] == 1:
+        return m.arg
+    return None
 
 
 def transposed_rule(rule: UpdateRule) -> UpdateRule | None:
@@ -308,7 +389,7 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
             raise _NoChunkedForm("the input term's key is not the delta rule's key")
         beta = family.param("beta")
     return AffineChunk(fam.value, query, terms, family.param("decay"),
-                       family.param("decay_kind"), beta)
+                       family.param("decay_kind"), beta, row_decay=family.param("row_decay"))
 
 
 def _substeps(rule, family: Classification) -> ProductChunk:
@@ -547,4 +628,4 @@ def _attention(rule: UpdateRule) -> Attention:
 
 
 __all__ = ["AffineChunk", "Attention", "Classified", "Execution", "FrozenSplit", "FusedRecurrent",
-           "ProductChunk", "SolveChunk", "TokenLoop", "execution"]
+           "JointChunk", "ProductChunk", "SolveChunk", "TokenLoop", "execution"]

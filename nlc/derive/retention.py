@@ -12,7 +12,7 @@ from functools import cache
 
 import sympy as sp
 
-from nlc.derive.symbols import elementwise, internal, is_matrix, per_channel
+from nlc.derive.symbols import elementwise, internal, is_matrix, matmul, per_channel
 from nlc.errors import NlcError
 
 W, S, G, ETA, MU, GAMMA, LAM, L1, L2 = (
@@ -31,6 +31,7 @@ class Gate:
     factor: object       # scalar or per-channel column expression
     order: str           # before | parallel | proximal
     source: str          # the retention's name, for messages
+    rows: bool = False   # one gate per row (output channel) of a matrix: Diag(g) S
 
 
 def gate_of(kind: str, alpha):
@@ -39,10 +40,13 @@ def gate_of(kind: str, alpha):
                                           else sp.OneMatrix(*alpha.shape) - alpha)
 
 
-def apply_gate(factor, tensor, form_kind: str):
-    """factor * tensor: a scalar scales; a per-channel vector scales the input side."""
+def apply_gate(factor, tensor, form_kind: str, rows: bool = False):
+    """factor * tensor: a scalar scales; a per-channel vector scales the input side, or with
+    `rows` the output side (the rows of a matrix, Diag(g) S)."""
     if not is_matrix(factor):
         return factor * tensor
+    if rows:
+        return matmul(sp.DiagMatrix(factor), tensor)
     return per_channel(factor, tensor, form_kind)
 
 

@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from nlc.derive.execution import (AffineChunk, Attention, FrozenSplit, FusedRecurrent,
-                                      ProductChunk, SolveChunk)
+from nlc.derive.execution import (
+    AffineChunk,
+    Attention,
+    FrozenSplit,
+    FusedRecurrent,
+    JointChunk,
+    ProductChunk,
+    SolveChunk,
+)
 from nlc.derive.matfuncs import free_names
 from nlc.emit.context import literal
 from nlc.emit.names import local
@@ -68,6 +75,12 @@ def _number_code(expr) -> str:
                      fully_qualified_modules=True)
 
 
+def _tuple(items) -> str:
+    """Code of a tuple of the given codes (a trailing comma only for one item)."""
+    items = list(items)
+    return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+
 def _unpack(names, source: str, used: set[str]) -> list[str]:
     """`name = source["name"]` for the names in `used` (in the order given)."""
     return [f"{local(n)} = {source}[{n!r}]" for n in names if n in used]
@@ -108,6 +121,8 @@ class LevelPrinter:
             out.chunked = self.affine_chunked(ex)
         elif isinstance(ex, ProductChunk):
             out.chunked = self.product_chunked(ex)
+        elif isinstance(ex, JointChunk):
+            out.chunked = self.joint_chunked(ex)
         elif isinstance(ex, FusedRecurrent):
             out.chunked = self.fused_recurrent(ex)
         elif isinstance(ex, SolveChunk):
@@ -170,6 +185,8 @@ class LevelPrinter:
         return lines, v
 
     def affine_chunked(self, ex: AffineChunk) -> list[str]:
+        if ex.row_decay is not None:
+            return self.row_decay_chunked(ex)
         outputs = [("query", ex.query)]
         for i, (u, w) in enumerate(ex.terms):
             outputs += [(f"value{i}", u), (f"key{i}", w)]
@@ -216,6 +233,35 @@ class LevelPrinter:
                 state = "S"
         return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
 
+    def row_decay_chunked(self, ex: AffineChunk) -> list[str]:
+        """The decay or delta family with a decay per row (output channel), folded into the
+        values and reads by nl.row_decay_chunked (runtime/library/rows.py)."""
+        outputs = [("query", ex.query), ("row_gate", ex.row_decay)]
+        for i, (u, w) in enumerate(ex.terms):
+            outputs += [(f"value{i}", u), (f"key{i}", w)]
+        if ex.beta is not None:
+            outputs.append(("rate", ex.beta))
+        lines, v = self._chunk_values(outputs, 1)
+        lines.append(f"log_rows = nl.vec(nl.log_gate({v['row_gate']}), ref)")
+        (name, _), = self.rule.states
+        state = f"state[{name!r}]"
+        if ex.transposed:  # a state read as W^T q runs as S = W^T
+            lines.append(f"S = {state}.mT")
+            state = "S"
+        rate = f"nl.flat({v['rate']}, ref)" if ex.beta is not None else "None"
+        # the decay family is linear in its inputs: one pass per outer product, the
+        # initial state with the first, the reads and end states summed
+        for i in range(len(ex.terms)):
+            out, end = ("o", "S") if i == 0 else ("o_i", "S_i")
+            lines.append(f"{out}, {end} = nl.row_decay_chunked(nl.vec({v['query']}, ref), "
+                         f"nl.vec({v[f'key{i}']}, ref), nl.vec({v[f'value{i}']}, ref), {rate}, "
+                         f"log_rows, initial_state={state if i == 0 else None}, "
+                         f"read_before={self.rule.read_before}, chunk_size=chunk_size)")
+            if i:
+                lines.append("o, S = o + o_i, S + S_i")
+        final = "S.mT" if ex.transposed else "S"
+        return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
+
     def product_chunked(self, ex: ProductChunk) -> list[str]:
         """n delta steps per token: the delta rule's chunked form (and, on CUDA, its kernels)
         over the sequence of steps, `nl.substeps` (runtime/library/substeps.py)."""
@@ -245,6 +291,37 @@ class LevelPrinter:
         lines.append(f"o, S = nl.delta_chunked(sub.q, sub.k, sub.v, sub.beta, sub.g, "
                      f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
         return lines + [f"return sub.read(o).unsqueeze(-1), {{{name!r}: S}}"]
+
+    def joint_chunked(self, ex: JointChunk) -> list[str]:
+        """Several jointly affine states: the joint chunked form over their stack
+        (runtime/library/joint.py); the scalar coefficients are printed per token."""
+        n = len(ex.states)
+        outputs = [("query", ex.query), ("key", ex.key)]
+        outputs += [(f"value{i}", u) for i, u in enumerate(ex.values) if u is not None]
+        coefficients = {}
+        for name, table in (("mix", ex.mix), ("rank", ex.rank)):
+            for j in range(n):
+                for i in range(n):
+                    c = table[j][i]
+                    if c.is_number:
+                        coefficients[(name, j, i)] = repr(float(c))
+                    else:
+                        outputs.append((f"{name}{j}_{i}", c))
+                        coefficients[(name, j, i)] = f"{name}{j}_{i}"
+        lines, v = self._chunk_values(outputs, 1)
+
+        def table(name):
+            return f"nl.mixing({_tuple(_tuple(v.get(c, c) for c in (coefficients[(name, j, i)] for i in range(n))) for j in range(n))}, ref)"
+
+        values = _tuple(f"nl.vec({v[f'value{i}']}, ref)" if u is not None else "None"
+                        for i, u in enumerate(ex.values))
+        states = _tuple(f"state[{s!r}]" for s in ex.states)
+        lines.append(f"o, X = nl.joint_chunked(nl.vec({v['query']}, ref), nl.vec({v['key']}, ref), "
+                     f"nl.joint_values({values}, ref), {table('mix')}, {table('rank')}, "
+                     f"read={ex.read}, initial_state=torch.stack({states}, 2), "
+                     f"read_before={self.rule.read_before}, chunk_size=chunk_size)")
+        final = ", ".join(f"{s!r}: X[:, :, {i}]" for i, s in enumerate(ex.states))
+        return lines + [f"return o.unsqueeze(-1), {{{final}}}"]
 
     def fused_recurrent(self, ex: FusedRecurrent) -> list[str]:
         """dplr, an elementwise error: CUDA tensors go to the fused recurrent kernel, others

@@ -243,7 +243,8 @@ class LevelChecker:
                            stmt.span, stmt.inputs,
                            getattr(read_clause(stmt), "when", None) == "start",
                            _rate_rows(head.state, algorithm, head.env),
-                           tuple(zip(objectives[1:], algorithms[1:])))
+                           tuple(zip(objectives[1:], algorithms[1:])),
+                           _gate_rows(head.state, retentions, head.env))
 
     def state_stmt(self, stmt: ast.State, env: Env) -> StateRecord:
         term = make_term(stmt.form, vocab.FORMS, "memory form", env, self.consts)
@@ -340,7 +341,11 @@ class LevelChecker:
             raise NlcError("the same retention is listed twice", found[0].span)
         for t in terms:
             if t.kind in ("decay", "weight_decay"):
-                self.check_gate(t.get("alpha"), env, state, "decay gate")
+                self.check_gate(t.get("alpha"), env, state, "decay gate", rows=True)
+                if _gate_rows(state, (t,), env) and t.get("order") == "proximal":
+                    raise NlcError("a decay per output channel is derived at the orders before "
+                                   "and parallel, not proximal", t.span,
+                                   hint="order = before (Diag(g) S, then the step)")
             if t.kind == "erase":
                 self.check_erase(t, env, state)
         return tuple(t for t in terms if t.kind != "none")
@@ -512,6 +517,20 @@ def _form_exprs(form: ast.Expr, entry: vocab.Entry) -> tuple[ast.Expr, ...]:
                      [i for i in items if not isinstance(i, ast.Keyword)]))
     given |= {i.name: i.value for i in items if isinstance(i, ast.Keyword)}
     return tuple(given[a.name] for a in entry.args if a.name in given)
+
+
+def _gate_rows(state: StateRecord | None, retentions, env: Env) -> bool:
+    """Whether a matrix memory's decay gate is one per output channel (its rows), spelled as
+    the output dim and not as the input one, as a rate per row is (`_rate_rows`)."""
+    if state is None or state.form.kind != "matrix":
+        return False
+    for t in retentions:
+        gate = t.get("alpha") if t.kind in ("decay", "weight_decay") else None
+        if isinstance(gate, ast.Expr):
+            shape = infer(gate, env)
+            if shape == state.form.output_shape and shape != state.form.input_shape:
+                return True
+    return False
 
 
 def _rate_rows(state: StateRecord | None, algorithm: Term | None, env: Env) -> bool:

@@ -162,6 +162,7 @@ class LevelRecord:
     # `objective a then b`, `algorithm f then g`: the (objective, algorithm) of each step of
     # a token after the first (`objective`, `algorithm`), in order (DeltaProduct)
     later_steps: tuple[tuple[Term, Term], ...] = ()
+    gate_rows: bool = False      # the decay gate has one entry per row (output channel)
 
     @property
     def state(self) -> StateRecord | None:

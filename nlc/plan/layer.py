@@ -283,6 +283,9 @@ class _LayerPlanner:
                          "tensors go to the fused recurrent Triton kernel")
         elif isinstance(ex, TokenLoop):
             notes.append(f"no chunk-parallel form: {ex.reason}")
+        elif isinstance(ex, AffineChunk) and ex.row_decay is not None:
+            notes.append("a decay per row (output channel): the chunked form folds it into the "
+                         "values and reads (nl.row_decay_chunked); no Triton kernel")
         elif isinstance(ex, SolveChunk) and ex.cg_steps:
             notes.append(f"the chunked read solves by {ex.cg_steps} conjugate-gradient steps "
                          "(MesaNet); the recurrent form and step() solve exactly")
@@ -318,7 +321,8 @@ class _LayerPlanner:
         """The fused recurrent Triton kernel, when the family and form have one."""
         if not self.stem or rule.form.kind != "matrix":
             return None
-        if isinstance(ex, ProductChunk) or isinstance(ex, AffineChunk) and len(ex.terms) == 1:
+        if isinstance(ex, ProductChunk) or isinstance(ex, AffineChunk) and len(ex.terms) == 1 \
+                and ex.row_decay is None:  # no kernel takes a decay per row
             decay = "none" if ex.decay == 1 else ex.decay_kind
             chunked = None if rule.read_before else f"{ex.family}/{decay}"
             return _kernel(ex.family, decay, rule.read_before, chunked=chunked)

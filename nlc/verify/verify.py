@@ -105,9 +105,13 @@ def data_dependent(spec) -> set[str]:
 
 
 def gate_kind(rule: UpdateRule, spec) -> str:
+    """none, constant, scalar, channel (one per input channel) or row (one per output
+    channel: no catalog model has one)."""
     gate = rule.role("gate")
     if gate is None:
         return "none"
+    if spec.graph.level(rule.level).gate_rows:
+        return "row"
     if isinstance(gate, sp.MatrixExpr):
         return "channel"
     names = {getattr(s, "name", None) for s in sp.sympify(gate).free_symbols}

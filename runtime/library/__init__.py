@@ -5,6 +5,8 @@ as nl`), and nothing of the trainer's.
     op_inputs.py          the shape checks every generated op makes first
     scan.py               one token at a time; frozen-gradient chunks; coupled levels
     chunked.py            the exact chunked forms of the affine families (PyTorch)
+    joint.py              the chunked form of several jointly affine states (momentum delta)
+    rows.py               the decay and delta families' chunked forms with a decay per row
     solve.py              the solve family's reads (Mesa, MesaNet): exact and conjugate gradient
     substeps.py           several delta steps per token as consecutive delta-rule tokens
     dual.py               the dual chunk form of frozen-gradient levels

@@ -24,7 +24,9 @@ from nlc.runtime.library.chunk_triton import (CHUNKED_MIN_TOKENS, has_chunked_ke
                                               triton_enabled)
 from nlc.runtime.library.chunked import decay_chunked, delta_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
+from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
+from nlc.runtime.library.rows import row_decay_chunked
 from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked,
                                       mid_chunk, recurrent, segments, state_from, varlen,
                                       weights_from)
@@ -427,5 +429,6 @@ __all__ = [
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
     "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
-    "ridge_chunked", "shifted_solve", "substeps",
+    "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
+    "row_decay_chunked",
 ]

@@ -1,0 +1,84 @@
+"""The chunked forms of the decay and delta families with a decay per row (output channel),
+`S_t = Diag(g_t) S_{t-1} A_t + v_t k_t^T` (docs/language.md, section 10).
+
+A row decay multiplies the state from the left and every transition A_t (1 for the decay
+family, I - b_t k_t k_t^T for delta) from the right, so they commute: with G_t the product of
+the row decays since the chunk's start, S_t = Diag(G_t) S~_t where S~ is the ungated rule on
+the values v_t / G_t. The division never happens: each token's read and the end state meet
+the values only through the ratios G_t / G_r (r <= t), exp of a difference of cumulative log
+decays that is <= 0, taken per row. Unrolled (runtime/library/chunked.py's UT transform,
+without a decay: inv = (I + A)^-1, A[t, s] = b_t k_t . k_s for s < t, w = inv (b * K)):
+
+    o_t = G_t * S_0 (q_t - sum_{s<=t} (q_t . k_s) w_s) + sum_r M[t, r] (G_t / G_r) * v_r,
+    S_C = G_C * S_0 (I - w^T K) + sum_r ((G_C / G_r) * v_r) (inv^T K)_r^T,
+
+with M = (masked q k^T) inv; the decay family is inv = I, w = 0. `*` scales the rows, and
+`read before` reads S_{t-1} (G_{t-1}, s < t). The pieces (`intra`, `outputs`, `state_pass`)
+are separate functions a kernel can mirror."""
+
+from __future__ import annotations
+
+import torch
+from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR
+from nlc.runtime.library.chunked import SAFE_SPAN, _causal, _masked_exp, _merge, _pad, _split
+
+
+def intra(k, beta):
+    """(inv `[..., C, C]`, w `[..., C, K]`) of the ungated delta rule; the identity and 0 for
+    the decay family (beta None)."""
+    C = k.shape[-2]
+    eye = torch.eye(C, dtype=k.dtype, device=k.device)
+    if beta is None:
+        return eye.expand(*k.shape[:-2], C, C), torch.zeros_like(k)
+    a = (beta * (k @ k.mT)).masked_fill(~_causal(C, True, k.device), 0.0)
+    inv = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False,
+                                        unitriangular=True)
+    return inv, inv @ (beta * k)
+
+
+def _weighted(M, g_read, g, v, strict: bool):
+    """sum_r M[t, r] exp(g_read_t - g_r) * v_r per row: `[..., C, V]`. Factored through a
+    reference row while the chunk's log decays span less than SAFE_SPAN, else masked per row."""
+    ref = g[..., :1, :]
+    if (g - ref).abs().amax() < SAFE_SPAN:
+        masked = M.masked_fill(~_causal(M.shape[-1], strict, M.device), 0.0)
+        return torch.exp(g_read - ref) * (masked @ (torch.exp(ref - g) * v))
+    ratio = _masked_exp((g_read.unsqueeze(-2) - g.unsqueeze(-3)).movedim(-1, -3), strict)
+    return torch.einsum("...ts,...vts,...sv->...tv", M, ratio, v)
+
+
+def outputs(q, k, v, g, g_read, inv, w, S0, strict: bool):
+    """Each token's read `[..., C, V]` from the chunk-start state S0 `[..., V, K]`."""
+    qk = (q @ k.mT).masked_fill(~_causal(q.shape[-2], strict, q.device), 0.0)
+    inter = torch.exp(g_read) * ((q - qk @ w) @ S0.mT)
+    return inter + _weighted(qk @ inv, g_read, g, v, strict)
+
+
+def state_pass(k, v, g, inv, w, S0):
+    """The chunk's end state `[..., V, K]`."""
+    last = g[..., -1:, :]                                    # [..., 1, V]
+    kept = torch.exp(last.mT) * (S0 - (S0 @ w.mT) @ k)
+    return kept + (torch.exp(last - g) * v).mT @ (inv.mT @ k)
+
+
+def row_decay_chunked(q, k, v, beta, log_decay, *, initial_state=None, read_before=False,
+                      chunk_size=64):
+    """`q, k: [B, T, H, K]`, `v: [B, T, H, V]`, `beta: [B, T, H]` (delta) or None (decay),
+    the log of the row decay `[B, T, H, V]` -> `(o [B, T, H, V], final state [B, H, V, K])`;
+    plain PyTorch, any device."""
+    B, T, H, K = q.shape
+    padded = -(-T // chunk_size) * chunk_size
+    log_decay = log_decay.clamp_min(LOG_DECAY_FLOOR)  # a decay of 0: finite, zero gradient
+    q, k, v, ld = (_split(_pad(x, padded), chunk_size) for x in (q, k, v, log_decay))
+    b = None if beta is None else _split(_pad(beta, padded), chunk_size).unsqueeze(-1)
+    g = ld.cumsum(-2)
+    g_read = g - ld if read_before else g
+    inv, w = intra(k, b)
+    S = initial_state if initial_state is not None else q.new_zeros(B, H, v.shape[-1], K)
+    outs = []
+    for n in range(q.shape[2]):
+        piece = (x[:, :, n] for x in (q, k, v, g, g_read, inv, w))
+        qn, kn, vn, gn, grn, invn, wn = piece
+        outs.append(outputs(qn, kn, vn, gn, grn, invn, wn, S, read_before))
+        S = state_pass(kn, vn, gn, invn, wn, S)
+    return _merge(torch.stack(outs, 2))[:, :T], S
