@@ -45,6 +45,10 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={
         "help": "global batch (sequences per step, split over the ranks)"})
     seq_len: int = field(default=256, metadata={"help": "tokens per sequence"})
+    carry_state: int = field(default=0, metadata={
+        "help": "segment length: train and evaluate each sequence as consecutive segments of "
+                "this many tokens, the layers' states carried (detached) from one to the next "
+                "and reset at the next sequence; 0 = off (runtime/trainer/segments.py)"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={
         "help": "the cosine schedule ends at lr * min_lr_ratio"})
@@ -107,6 +111,9 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise NlcError(f"{f.name} must be a finite number, got {value}")
+        if not 0 <= self.carry_state <= self.seq_len:
+            raise NlcError(f"carry_state must be between 0 (off) and seq_len {self.seq_len}, "
+                           f"got {self.carry_state}")
         if self.lr <= 0:
             raise NlcError(f"lr must be positive, got {self.lr}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.time_budget < 0:

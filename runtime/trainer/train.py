@@ -38,6 +38,7 @@ from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for,
                                        set_lr, step_levels)
 from nlc.runtime.trainer.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
+from nlc.runtime.trainer.segments import check_carriable, forward_segments
 from nlc.runtime.trainer.tasks import IGNORE, make_task
 
 from nlc import __version__
@@ -89,6 +90,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model = LanguageModel(config, mixer_factory, mlp_factory).to(world.device)
+    if config.carry_state:
+        check_carriable(model)
     optimizer = build_optimizer(model, config, optimizer_class)
 
     start = 0
@@ -226,17 +229,15 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
     n_targets = int((targets != IGNORE).sum())  # over the global batch: the same on every rank
     inputs = distributed.local_slice(inputs, world).to(world.device)
     targets = distributed.local_slice(targets, world).to(world.device)
-    with autocast():
-        logits = trained(inputs)
-    token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                   ignore_index=IGNORE, reduction="none")
-    # float64 sum of the per-token losses: the total does not depend on how ranks split them
-    loss_sum = float(token_losses.detach().double().sum())
-    if distributed.all_reduce_sums({"bad": float(not math.isfinite(loss_sum))}, world)["bad"]:
+    if config.carry_state:
+        loss_sum, ok = carried_backward(trained, optimizer, inputs, targets, n_targets, world,
+                                        config, autocast)
+    else:
+        with autocast():
+            logits = trained(inputs)
+        loss_sum, ok = backward(logits, targets, n_targets, world)
+    if not ok:
         return loss_sum, n_targets, float("nan")
-    # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
-    loss = token_losses.sum() * (world.world_size / max(1, n_targets))
-    loss.backward()
     grad_norm = clip([p for group in optimizer.param_groups if due(group, step)
                       for p in group["params"]], config.grad_clip)
     if not math.isfinite(grad_norm):  # a finite loss with non-finite gradients: no update
@@ -244,6 +245,44 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
         return loss_sum, n_targets, grad_norm
     step_levels(optimizer, step)
     return loss_sum, n_targets, grad_norm
+
+
+def backward(logits, targets, n_targets: int, world) -> tuple[float, bool]:
+    """Backpropagate the batch's (or a segment's) share of the mean loss; return its float64
+    sum and whether every rank's sum was finite (if not, no rank runs the backward pass)."""
+    token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE, reduction="none")
+    # float64 sum of the per-token losses: the total does not depend on how ranks split them
+    loss_sum = float(token_losses.detach().double().sum())
+    if distributed.all_reduce_sums({"bad": float(not math.isfinite(loss_sum))}, world)["bad"]:
+        return loss_sum, False
+    # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
+    (token_losses.sum() * (world.world_size / max(1, n_targets))).backward()
+    return loss_sum, True
+
+
+def carried_backward(trained, optimizer, inputs, targets, n_targets: int, world, config,
+                     autocast) -> tuple[float, bool]:
+    """`backward` over the segments of `config.carry_state` tokens, the states carried
+    (detached) between them: the gradients add up over the segments. After a non-finite
+    segment the rest are not backpropagated, and the gradients held before the step (slower
+    levels' pending sums) are restored."""
+    held = [(p, None if p.grad is None else p.grad.clone())
+            for group in optimizer.param_groups for p in group["params"]]
+    total, ok = 0.0, True
+
+    def segment(start, end, logits):
+        nonlocal total, ok
+        if ok:
+            loss_sum, ok = backward(logits, targets[:, start:end], n_targets, world)
+            total += loss_sum
+
+    with autocast():
+        forward_segments(trained, inputs, config.carry_state, on_segment=segment)
+    if not ok:
+        for p, grad in held:
+            p.grad = grad
+    return total, ok
 
 
 def report_divergence(model, batch, world, config, out: Path, done: int, optimizer,
@@ -284,11 +323,19 @@ def evaluate(model, task, world=None, autocast=None) -> dict:
         if inputs.shape[0] == 0:
             continue
         with autocast():
-            logits = model(inputs.to(world.device))
+            logits = forward(model, inputs.to(world.device), task.config)
         for key, value in task.score(logits, targets.to(world.device)).items():
             sums[key] += value
     model.train(was_training)
     return task.metrics(distributed.all_reduce_sums(sums, world))
+
+
+def forward(model, inputs: torch.Tensor, config) -> torch.Tensor:
+    """The logits of `inputs`, in segments with carried states under `config.carry_state`."""
+    segment = getattr(config, "carry_state", 0)
+    if not segment:
+        return model(inputs)
+    return torch.cat(forward_segments(model, inputs, segment)[0], 1)
 
 
 def spec_record(config) -> dict:
