@@ -60,6 +60,9 @@ class TrainConfig:
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 = off"})
     seed: int = field(default=0, metadata={"help": "seeds the weights and the data order"})
+    stop_accuracy: float = field(default=0.0, metadata={
+        "help": "end the run at the first eval whose accuracy reaches this (Zoology: 0.99); "
+                "0 = never"})
     time_budget: float = field(default=0.0, metadata={
         "help": "seconds of training after which the run ends early (evaluated and saved as at "
                 "its last step); 0 = none"})
@@ -121,6 +124,8 @@ class TrainConfig:
         for name in ("beta1", "beta2", "lm_val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise NlcError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.stop_accuracy <= 1.0:
+            raise NlcError(f"stop_accuracy must be in [0, 1], got {self.stop_accuracy}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise NlcError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.mqar_power_a <= 0:

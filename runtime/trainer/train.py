@@ -143,6 +143,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                                            spec)
             bar.message(divergence)
             break
+        solved = False
         flags = distributed.all_reduce_sums(
             {"late": float(config.time_budget > 0
                            and time.perf_counter() - began > config.time_budget)}, world)
@@ -165,6 +166,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
             last_eval = evaluate(model, task, world, autocast)
             log.write({"kind": "eval", "step": done, **last_eval})
             bar.message(f"eval at step {done}: " + format_metrics(last_eval))
+            solved = reached(last_eval, config) and not last
+            last = last or solved
         if last or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
             if world.is_main:
                 ckpt.save_checkpoint(out, done, model, optimizer, config, spec,
@@ -174,6 +177,10 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         if out_of_time and done < config.steps:
             bar.message(f"time budget of {config.time_budget:g} s spent: stopping at step {done} "
                         f"of {config.steps}")
+            break
+        if solved:
+            bar.message(f"eval accuracy {last_eval['accuracy']:.4f} reached --stop-accuracy "
+                        f"{config.stop_accuracy:g}: stopping at step {done} of {config.steps}")
             break
     bar.close()
 
@@ -359,6 +366,11 @@ def clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False))
     return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+def reached(metrics: dict, config) -> bool:
+    """Whether an eval reached `config.stop_accuracy` (Zoology stops its MQAR runs at 0.99)."""
+    return bool(config.stop_accuracy) and metrics.get("accuracy", 0.0) >= config.stop_accuracy
 
 
 def format_metrics(metrics: dict) -> str:
