@@ -105,3 +105,19 @@ def test_bad_options_exit_2_with_usage(capsys, option):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "recall", "attention", *option])
     assert exit_.value.code == 2 and "nlc bench recall: error: argument" in capsys.readouterr().err
+
+
+def test_a_run_stops_at_the_first_eval_that_reaches_stop_accuracy(tmp_path, monkeypatch):
+    """Zoology's early stop: the eval at step 2 reports 0.995 >= 0.99, so the run ends
+    there, with a checkpoint of that step, instead of running its 6 steps."""
+    from nlc.runtime.trainer import train as trainer
+    from nlc.runtime.trainer.config import TrainConfig
+    evals = iter([0.5, 0.995])
+    monkeypatch.setattr(trainer, "evaluate",
+                        lambda *a, **k: {"loss": 1.0, "accuracy": next(evals)})
+    config = TrainConfig(steps=6, eval_interval=1, stop_accuracy=0.99, batch_size=2,
+                         seq_len=16, d_model=8, n_layers=1, mqar_vocab_size=32,
+                         mqar_num_kv_pairs=2, checkpoint_interval=0, out=str(tmp_path / "r"))
+    summary = trainer.train(config, progress=False)
+    assert summary["steps"] == 2 and summary["eval"]["accuracy"] == 0.995
+    assert (tmp_path / "r" / "checkpoints" / "step_00000002").is_dir()
