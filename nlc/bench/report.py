@@ -87,6 +87,7 @@ def runs_csv(runs: list[dict]) -> str:
 def plot(best: list[dict], output: Path, title: str) -> None:
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -111,6 +112,7 @@ def plot(best: list[dict], output: Path, title: str) -> None:
     by_width.set(xlabel="model width (d_model)", ylabel="MQAR accuracy (best lr)",
                  title="accuracy against width")
     by_state.set(xscale="log", xlabel="state (floats per layer)", title="accuracy against state size")
+    by_state.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels overlapped
     for ax in (by_width, by_state):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
