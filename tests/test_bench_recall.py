@@ -121,3 +121,22 @@ def test_a_run_stops_at_the_first_eval_that_reaches_stop_accuracy(tmp_path, monk
     summary = trainer.train(config, progress=False)
     assert summary["steps"] == 2 and summary["eval"]["accuracy"] == 0.995
     assert (tmp_path / "r" / "checkpoints" / "step_00000002").is_dir()
+
+
+def test_a_diverged_and_a_failed_run_are_reported_as_such(tmp_path):
+    """`nlc train` exits 1 with a summary saying where it diverged, or fails otherwise: the
+    benchmark records the status (and the log's last line), not a crash."""
+    from nlc.bench.recall import Model, Point, config_for, finished
+    point = Point(Model("attention", "builtin:attention"), 16, 1e-2, 0)
+    config = config_for(point, QUICK, tmp_path, "cpu")
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.txt").write_text("step 1/300 ...\nnlc: internal error: boom\n")
+    failed = finished(point, config, 3, 1.0)
+    assert failed["status"] == "failed" and failed["error"] == "nlc: internal error: boom"
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"steps": 7, "diverged_at": 7, "eval": {}, "parameters": 10}))
+    diverged = finished(point, config, 1, 1.0)
+    assert (diverged["status"], diverged["diverged_at"], diverged["accuracy"]) == ("diverged", 7, None)
+    assert best_runs([failed | {"model": "a"}, diverged], {("a", 16): 1, ("attention", 16): 1})[
+        1]["status"] == "diverged"

@@ -24,7 +24,7 @@ from nlc.errors import NlcError
 from nlc.fileio import write_atomic
 
 RUN_COLUMNS = ("model", "width", "lr", "seed", "status", "accuracy", "steps", "diverged_at",
-               "parameters", "elapsed_s", "run")
+               "parameters", "elapsed_s", "run", "error")
 
 
 def best_runs(runs: list[dict], states: dict) -> list[dict]:
