@@ -145,3 +145,23 @@ def test_the_cli_flag(spec, tmp_path, capsys):
     assert saved["carry_state"] == 32
     assert main(args[:3] + ["1000"] + args[4:-2] + ["--out", str(tmp_path / "bad")]) == 2
     assert "carry_state must be between 0 (off) and seq_len 128" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch without gloo")
+def test_two_gloo_ranks_carry_states_as_one_process(spec, tmp_path, monkeypatch):
+    """Under DDP the model is wrapped; the caches are still per block, and the gradients
+    summed over segments (one all-reduce each) equal one process's."""
+    from nlc.runtime.trainer.progress import read_metrics
+    args = ["train", spec, "--carry-state", "32", "--quiet", "--steps", "3",
+            "--batch-size", "4", "--seq-len", "128", "--d-model", "8", "--n-layers", "1",
+            "--mlp", "none", "--mqar-vocab-size", "160", "--mqar-num-kv-pairs", "4",
+            "--eval-examples", "4", "--eval-interval", "0", "--checkpoint-interval", "0",
+            "--log-interval", "1", "--warmup", "0"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(args + ["--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [r["kind"] for r in two] == [r["kind"] for r in one] and len(one) == 4
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-6, (a, b)

@@ -38,7 +38,7 @@ from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for,
                                        set_lr, step_levels)
 from nlc.runtime.trainer.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
-from nlc.runtime.trainer.segments import check_carriable, forward_segments
+from nlc.runtime.trainer.segments import check_carriable, forward_segments, fresh_caches
 from nlc.runtime.trainer.tasks import IGNORE, make_task
 
 from nlc import __version__
@@ -110,7 +110,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         truncate_metrics(out / "metrics.jsonl", start)
     distributed.barrier(world)
 
-    trained = distributed.wrap(model, world)
+    trained = distributed.wrap(model, world, some_unused=config.carry_state > 0)
     if config.compile:
         trained = torch.compile(trained)
     autocast = autocast_for(config, world.device)
@@ -237,8 +237,8 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
     inputs = distributed.local_slice(inputs, world).to(world.device)
     targets = distributed.local_slice(targets, world).to(world.device)
     if config.carry_state:
-        loss_sum, ok = carried_backward(trained, optimizer, inputs, targets, n_targets, world,
-                                        config, autocast)
+        loss_sum, ok = carried_backward(trained, model, optimizer, inputs, targets, n_targets,
+                                        world, config, autocast)
     else:
         with autocast():
             logits = trained(inputs)
@@ -268,12 +268,13 @@ def backward(logits, targets, n_targets: int, world) -> tuple[float, bool]:
     return loss_sum, True
 
 
-def carried_backward(trained, optimizer, inputs, targets, n_targets: int, world, config,
+def carried_backward(trained, model, optimizer, inputs, targets, n_targets: int, world, config,
                      autocast) -> tuple[float, bool]:
     """`backward` over the segments of `config.carry_state` tokens, the states carried
-    (detached) between them: the gradients add up over the segments. After a non-finite
-    segment the rest are not backpropagated, and the gradients held before the step (slower
-    levels' pending sums) are restored."""
+    (detached) between them: the gradients add up over the segments. `trained` runs the
+    model (DDP-wrapped or compiled), `model` is the bare one the caches are made for. After
+    a non-finite segment the rest are not backpropagated, and the gradients held before the
+    step (slower levels' pending sums) are restored."""
     held = [(p, None if p.grad is None else p.grad.clone())
             for group in optimizer.param_groups for p in group["params"]]
     total, ok = 0.0, True
@@ -285,7 +286,8 @@ def carried_backward(trained, optimizer, inputs, targets, n_targets: int, world,
             total += loss_sum
 
     with autocast():
-        forward_segments(trained, inputs, config.carry_state, on_segment=segment)
+        forward_segments(trained, inputs, config.carry_state, fresh_caches(model),
+                         on_segment=segment)
     if not ok:
         for p, grad in held:
             p.grad = grad
