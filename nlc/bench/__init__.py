@@ -88,8 +88,9 @@ def cmd_recall(args) -> int:
     out = Path(args.out)
     models = recall.models_for(args.specs, parse_overrides(args.defines), tuple(args.scale))
     points = recall.points_for(models, settings)
-    for point in points:  # every run's config is valid before the first one starts
-        recall.config_for(point, settings, out, settings.devices[0])
+    for point in points:  # every run's config and folder are valid before the first starts
+        config = recall.config_for(point, settings, out, settings.devices[0])
+        recall.read_summary(Path(config.out), config)
     states = {(m.name, w): recall.state_floats(m, w, settings)
               for m in models for w in settings.widths}
     print(f"nlc bench recall: {len(points)} runs ({len(models)} models x "
