@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from conftest import ROOT
 from nlc.runtime.trainer.config import TrainConfig
 from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.segments import forward_segments
@@ -86,6 +87,26 @@ def test_a_slow_level_updates_across_carried_segments_and_not_within_one(spec):
     # (the level reads zeros there either way), the rest differ
     assert (fresh[:, :64] - carried[:, :64]).abs().max() <= 1e-12
     assert (fresh[:, 64:] - carried[:, 64:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("example, dims", [
+    ("gated_deltanet", {"heads": 2, "d_k": 8, "d_v": 8}),  # short convolutions' tails carried
+    ("titans", {"heads": 2, "d_head": 8}),                  # anchors and position in the chunk
+    ("cms", {"d_hidden": 16}),                              # levels every 16, 256, 4096 tokens
+    ("hope", {}),                                           # a `model`: caches per layer
+])
+def test_carried_segments_of_the_examples_equal_one_call(example, dims):
+    torch.manual_seed(0)
+    config = TrainConfig(vocab_size=16, d_model=16, n_layers=1, mlp="none", mlp_ratio=0)
+    spec = str(ROOT / "examples" / f"{example}.nl")
+    model = LanguageModel(config, mixer_from_spec(spec, **dims), lambda d: None).double()
+    tokens = torch.randint(0, 16, (2, 96), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole = model(tokens)
+        carried = torch.cat(forward_segments(model, tokens, 24)[0], 1)
+        fresh = torch.cat([model(tokens[:, s:s + 24]) for s in range(0, 96, 24)], 1)
+    assert (carried - whole).abs().max() <= 1e-10 * whole.abs().max()
+    assert (fresh - whole).abs().max() > 1e-4 * whole.abs().max()  # the carry matters
 
 
 def test_states_reset_at_each_document(spec, tmp_path, monkeypatch):
