@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_identify)
 
-    from nlc import train_cli
+    from nlc import bench, train_cli
     train_cli.register(sub)
+    bench.register(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ import types
 
 import pytest
 import torch
+from conftest import ROOT
 from nlc.runtime.trainer.config import TrainConfig
 from nlc.runtime.trainer.mixers import builtin_block_mlp, builtin_mixer
 from nlc.runtime.trainer.model import LanguageModel
@@ -130,6 +131,19 @@ def test_adamw_decays_matrices_only():
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == SMALL.weight_decay and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+
+
+def test_adamw_decays_a_generated_layers_matrices_not_its_per_head_vectors():
+    """Generated parameters carry a heads axis: Gated DeltaNet's `w_beta : [d_model]` is
+    `[heads, d_model]`, a vector per head, and is not decayed; `W_g : [d_model, d_v]` is."""
+    model = LanguageModel(SMALL, mixer_from_spec(str(ROOT / "examples" / "gated_deltanet.nl"), heads=2))
+    decay, no_decay = build_optimizer(model, SMALL).param_groups
+    names = {id(p): n.split(".")[-1] for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"W_q", "W_g", "W_o", "conv0", "weight"} <= decayed  # "weight": embedding and head
+    assert not decayed & {"w_beta", "w_alpha", "A_log", "dt_bias"}
+    assert {names[id(p)] for p in no_decay["params"]} == {"w_beta", "w_alpha", "A_log",
+                                                          "dt_bias", "weight"}  # + norm gains
 
 
 def test_warmup_then_cosine():

@@ -45,6 +45,10 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={
         "help": "global batch (sequences per step, split over the ranks)"})
     seq_len: int = field(default=256, metadata={"help": "tokens per sequence"})
+    carry_state: int = field(default=0, metadata={
+        "help": "segment length: train and evaluate each sequence as consecutive segments of "
+                "this many tokens, the layers' states carried (detached) from one to the next "
+                "and reset at the next sequence; 0 = off (runtime/trainer/segments.py)"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={
         "help": "the cosine schedule ends at lr * min_lr_ratio"})
@@ -56,6 +60,9 @@ class TrainConfig:
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 = off"})
     seed: int = field(default=0, metadata={"help": "seeds the weights and the data order"})
+    stop_accuracy: float = field(default=0.0, metadata={
+        "help": "end the run at the first eval whose accuracy reaches this (Zoology: 0.99); "
+                "0 = never"})
     time_budget: float = field(default=0.0, metadata={
         "help": "seconds of training after which the run ends early (evaluated and saved as at "
                 "its last step); 0 = none"})
@@ -111,6 +118,9 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise NlcError(f"{f.name} must be a finite number, got {value}")
+        if not 0 <= self.carry_state <= self.seq_len:
+            raise NlcError(f"carry_state must be between 0 (off) and seq_len {self.seq_len}, "
+                           f"got {self.carry_state}")
         if self.lr <= 0:
             raise NlcError(f"lr must be positive, got {self.lr}")
         if self.cuda_graphs and self.compile:
@@ -121,6 +131,8 @@ class TrainConfig:
         for name in ("beta1", "beta2", "lm_val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise NlcError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.stop_accuracy <= 1.0:
+            raise NlcError(f"stop_accuracy must be in [0, 1], got {self.stop_accuracy}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise NlcError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.mqar_power_a <= 0:

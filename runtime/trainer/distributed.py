@@ -72,13 +72,15 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
-    """DistributedDataParallel around `model` when there are several ranks."""
+def wrap(model: torch.nn.Module, world: World, some_unused: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around `model` when there are several ranks. `some_unused`:
+    a backward pass may leave parameters without a gradient (a segment of a carried
+    document whose slow level writes its state but reads it only in a later segment)."""
     if not world.parallel:
         return model
     from torch.nn.parallel import DistributedDataParallel
     ids = [world.device.index] if world.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=some_unused)
 
 
 def local_slice(batch: torch.Tensor, world: World) -> torch.Tensor:

@@ -94,14 +94,30 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(d_model) if mlp is not None else None
         self.mlp = mlp
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """With a `cache` ({"mixer": {...}, "mlp": {...}}, runtime/trainer/segments.py), the
+        generated layers continue from their states there and update them."""
+        mixer = _with_cache(self.mixer, cache, "mixer")
         if self.norm1 is None:  # a compiled `model`: its norms and residuals are inside it
-            x = first_output(self.mixer(x))
+            x = first_output(mixer(x))
         else:
-            x = x + first_output(self.mixer(self.norm1(x)))
+            x = x + first_output(mixer(self.norm1(x)))
         if self.mlp is not None:
-            x = x + first_output(self.mlp(self.norm2(x)))
+            x = x + first_output(_with_cache(self.mlp, cache, "mlp")(self.norm2(x)))
         return x
+
+
+def keeps_state(module: nn.Module | None) -> bool:
+    """Whether `module` is a generated layer or model: its forward continues from a `cache`
+    and updates it (`step(x, cache)` decodes with the same cache)."""
+    return module is not None and callable(getattr(module, "step", None))
+
+
+def _with_cache(module: nn.Module, cache: dict | None, part: str):
+    """`module`, called with its part of `cache` when there is one and it keeps a state."""
+    if cache is None or not keeps_state(module):
+        return module
+    return lambda x: module(x, cache=cache[part])
 
 
 def first_output(out):
@@ -133,10 +149,12 @@ class LanguageModel(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(2 * config.n_layers))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
+        """`caches`, one per block, carry the layers' states from the previous segment of the
+        same documents (runtime/trainer/segments.py); None: every sequence starts afresh."""
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x) if caches is None else block(x, caches[i])
         return self.head(self.norm(x))
 
     def num_parameters(self) -> int:

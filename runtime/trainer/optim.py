@@ -29,6 +29,17 @@ def level_periods(model: torch.nn.Module) -> dict[torch.nn.Parameter, int]:
     return periods
 
 
+def decays(model: torch.nn.Module) -> dict[torch.nn.Parameter, bool]:
+    """Whether AdamW decays each parameter: matrices and embeddings, not vectors, gains,
+    biases or scalars. A generated layer's parameters carry a leading heads axis (docs/emit.md:
+    `w_beta : [d_model]` is `[heads, d_model]`), so their rank is the spec's, one less than
+    the tensor's: a per-head vector or bias is not a matrix and is not pulled toward zero."""
+    per_head = {p for module in model.modules()
+                if callable(getattr(module, "parameter_groups", None))
+                for group in module.parameter_groups() for p in group["params"]}
+    return {p: p.dim() - (p in per_head) >= 2 for p in model.parameters()}
+
+
 def build_optimizer(model: torch.nn.Module, config,
                     optimizer_class: type[torch.optim.Optimizer] | None = None
                     ) -> torch.optim.Optimizer:
@@ -36,14 +47,15 @@ def build_optimizer(model: torch.nn.Module, config,
     parameter group carries `every`, its level's period in steps (see `step_levels`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     periods = level_periods(model)
+    decayed = decays(model)
     groups = []
     for every in sorted({periods.get(p, 1) for p in params}):
         mine = [p for p in params if periods.get(p, 1) == every]
         if optimizer_class is not None:
             groups.append({"params": mine, "every": every})
             continue
-        decay = [p for p in mine if p.dim() >= 2]
-        no_decay = [p for p in mine if p.dim() < 2]
+        decay = [p for p in mine if decayed[p]]
+        no_decay = [p for p in mine if not decayed[p]]
         groups += [{"params": decay, "weight_decay": config.weight_decay, "every": every},
                    {"params": no_decay, "weight_decay": 0.0, "every": every}]
     if optimizer_class is not None and optimizer_class.__module__.startswith("nlc_generated_"):

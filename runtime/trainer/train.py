@@ -39,6 +39,7 @@ from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for,
                                        set_lr, step_levels)
 from nlc.runtime.trainer.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
+from nlc.runtime.trainer.segments import check_carriable, forward_segments, fresh_caches
 from nlc.runtime.trainer.tasks import IGNORE, make_task
 
 from nlc import __version__
@@ -92,6 +93,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model = LanguageModel(config, mixer_factory, mlp_factory).to(world.device)
+    if config.carry_state:
+        check_carriable(model)
     optimizer = build_optimizer(model, config, optimizer_class)
 
     start = 0
@@ -110,7 +113,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         truncate_metrics(out / "metrics.jsonl", start)
     distributed.barrier(world)
 
-    trained = distributed.wrap(model, world)
+    trained = distributed.wrap(model, world, some_unused=config.carry_state > 0)
     if config.compile:
         trained = torch.compile(trained)
     if config.cuda_graphs:
@@ -145,6 +148,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                                            spec)
             bar.message(divergence)
             break
+        solved = False
         flags = distributed.all_reduce_sums(
             {"late": float(config.time_budget > 0
                            and time.perf_counter() - began > config.time_budget)}, world)
@@ -167,6 +171,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
             last_eval = evaluate(model, task, world, autocast)
             log.write({"kind": "eval", "step": done, **last_eval})
             bar.message(f"eval at step {done}: " + format_metrics(last_eval))
+            solved = reached(last_eval, config) and not last
+            last = last or solved
         if last or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
             if world.is_main:
                 ckpt.save_checkpoint(out, done, model, optimizer, config, spec,
@@ -176,6 +182,10 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         if out_of_time and done < config.steps:
             bar.message(f"time budget of {config.time_budget:g} s spent: stopping at step {done} "
                         f"of {config.steps}")
+            break
+        if solved:
+            bar.message(f"eval accuracy {last_eval['accuracy']:.4f} reached --stop-accuracy "
+                        f"{config.stop_accuracy:g}: stopping at step {done} of {config.steps}")
             break
     bar.close()
 
@@ -231,17 +241,15 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
     n_targets = int((targets != IGNORE).sum())  # over the global batch: the same on every rank
     inputs = distributed.local_slice(inputs, world).to(world.device)
     targets = distributed.local_slice(targets, world).to(world.device)
-    with autocast():
-        logits = trained(inputs)
-    token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                   ignore_index=IGNORE, reduction="none")
-    # float64 sum of the per-token losses: the total does not depend on how ranks split them
-    loss_sum = float(token_losses.detach().double().sum())
-    if distributed.all_reduce_sums({"bad": float(not math.isfinite(loss_sum))}, world)["bad"]:
+    if config.carry_state:
+        loss_sum, ok = carried_backward(trained, model, optimizer, inputs, targets, n_targets,
+                                        world, config, autocast)
+    else:
+        with autocast():
+            logits = trained(inputs)
+        loss_sum, ok = backward(logits, targets, n_targets, world)
+    if not ok:
         return loss_sum, n_targets, float("nan")
-    # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
-    loss = token_losses.sum() * (world.world_size / max(1, n_targets))
-    loss.backward()
     grad_norm = clip([p for group in optimizer.param_groups if due(group, step)
                       for p in group["params"]], config.grad_clip)
     if not math.isfinite(grad_norm):  # a finite loss with non-finite gradients: no update
@@ -249,6 +257,46 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
         return loss_sum, n_targets, grad_norm
     step_levels(optimizer, step)
     return loss_sum, n_targets, grad_norm
+
+
+def backward(logits, targets, n_targets: int, world) -> tuple[float, bool]:
+    """Backpropagate the batch's (or a segment's) share of the mean loss; return its float64
+    sum and whether every rank's sum was finite (if not, no rank runs the backward pass)."""
+    token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE, reduction="none")
+    # float64 sum of the per-token losses: the total does not depend on how ranks split them
+    loss_sum = float(token_losses.detach().double().sum())
+    if distributed.all_reduce_sums({"bad": float(not math.isfinite(loss_sum))}, world)["bad"]:
+        return loss_sum, False
+    # DDP averages gradients over ranks: scale so the average is d(total loss / n_targets)
+    (token_losses.sum() * (world.world_size / max(1, n_targets))).backward()
+    return loss_sum, True
+
+
+def carried_backward(trained, model, optimizer, inputs, targets, n_targets: int, world, config,
+                     autocast) -> tuple[float, bool]:
+    """`backward` over the segments of `config.carry_state` tokens, the states carried
+    (detached) between them: the gradients add up over the segments. `trained` runs the
+    model (DDP-wrapped or compiled), `model` is the bare one the caches are made for. After
+    a non-finite segment the rest are not backpropagated, and the gradients held before the
+    step (slower levels' pending sums) are restored."""
+    held = [(p, None if p.grad is None else p.grad.clone())
+            for group in optimizer.param_groups for p in group["params"]]
+    total, ok = 0.0, True
+
+    def segment(start, end, logits):
+        nonlocal total, ok
+        if ok:
+            loss_sum, ok = backward(logits, targets[:, start:end], n_targets, world)
+            total += loss_sum
+
+    with autocast():
+        forward_segments(trained, inputs, config.carry_state, fresh_caches(model),
+                         on_segment=segment)
+    if not ok:
+        for p, grad in held:
+            p.grad = grad
+    return total, ok
 
 
 def report_divergence(model, batch, world, config, out: Path, done: int, optimizer,
@@ -289,11 +337,19 @@ def evaluate(model, task, world=None, autocast=None) -> dict:
         if inputs.shape[0] == 0:
             continue
         with autocast():
-            logits = model(inputs.to(world.device))
+            logits = forward(model, inputs.to(world.device), task.config)
         for key, value in task.score(logits, targets.to(world.device)).items():
             sums[key] += value
     model.train(was_training)
     return task.metrics(distributed.all_reduce_sums(sums, world))
+
+
+def forward(model, inputs: torch.Tensor, config) -> torch.Tensor:
+    """The logits of `inputs`, in segments with carried states under `config.carry_state`."""
+    segment = getattr(config, "carry_state", 0)
+    if not segment:
+        return model(inputs)
+    return torch.cat(forward_segments(model, inputs, segment)[0], 1)
 
 
 def spec_record(config) -> dict:
@@ -350,6 +406,11 @@ def clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False))
     return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+def reached(metrics: dict, config) -> bool:
+    """Whether an eval reached `config.stop_accuracy` (Zoology stops its MQAR runs at 0.99)."""
+    return bool(config.stop_accuracy) and metrics.get("accuracy", 0.0) >= config.stop_accuracy
 
 
 def format_metrics(metrics: dict) -> str:
