@@ -45,6 +45,7 @@ def refused(argv, capsys, *expected: str) -> str:
     (["--out", "/proc/nlc-run"], "/proc/nlc-run: cannot create the run folder"),
     (["--batch-size", "3", "--nproc", "2"], "batch_size 3 does not split over 2 ranks"),
     (["--cuda-graphs", "--compile"], "cuda_graphs and compile cannot be combined"),
+    (["--cuda-graphs", "--carry-state", "16"], "cuda_graphs and carry_state cannot be combined"),
     (["--cuda-graphs", "--device", "cpu"], "cuda_graphs needs a CUDA device; this run is on cpu"),
 ])
 def test_bad_flags_are_refused(flags, message, tmp_path, monkeypatch, capsys):

@@ -126,6 +126,10 @@ class TrainConfig:
         if self.cuda_graphs and self.compile:
             raise NlcError("cuda_graphs and compile cannot be combined",
                            hint="pass one of --cuda-graphs and --compile")
+        if self.cuda_graphs and self.carry_state:
+            raise NlcError("cuda_graphs and carry_state cannot be combined: a graph replays "
+                           "one fixed call, and carried segments pass states between calls",
+                           hint="pass one of --cuda-graphs and --carry-state")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.time_budget < 0:
             raise NlcError("grad_clip, weight_decay and time_budget must not be negative")
         for name in ("beta1", "beta2", "lm_val_fraction"):
