@@ -75,9 +75,12 @@ def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: t
 
 
 @triton.jit
-def _scores_kernel(q, k, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed)."""
+def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, STRICT: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed), the rows' cumulative
+    log decays `gq` (gc, or for the dplr family's A_ak, A_ab those up to the token before,
+    which never exceed the columns' of an earlier block); s < t only if STRICT."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -90,7 +93,7 @@ def _scores_kernel(q, k, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexp
         tok_i = bos + i * 16 + r
         m_i = tok_i < eos
         b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K)
-        b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+        b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
         for j in tl.static_range(i + 1):
             if j < i:
                 tok_j = bos + j * 16 + r
@@ -111,7 +114,7 @@ def _scores_kernel(q, k, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexp
                                    other=0.0).to(tl.float32)
                     b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
                     b_gs = tl.where(ok, b_gs, b_G)
-                    keep = r[:, None] >= s
+                    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
                     b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
                     col = tl.sum(qf * b_ks[None, :] * b_e, 1)
                     b_A = tl.where(r[None, :] == s, col[:, None], b_A)
@@ -160,8 +163,10 @@ def _states_kernel(k, v, gc, h, h0, ht, starts, ends, offsets,
 @triton.jit
 def _output_kernel(q, v, gc, h, amat, o, starts, ends,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """Per (V block, chunk, head): O = (Q * e^g) S^T + A V."""
+                   BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                   v2=None, amat2=None, TWO: tl.constexpr = False):
+    """Per (V block, chunk, head): O = (Q * e^g) S^T + A V (+ A2 V2 if TWO: the dplr family's
+    second input term)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -183,6 +188,10 @@ def _output_kernel(q, v, gc, h, amat, o, starts, ends,
     b_A = tl.load(amat + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
     b_o = tl.dot(b_qg, tl.trans(b_S.to(b_qg.dtype)), input_precision=PREC)
     b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    if TWO:
+        b_v2 = tl.load(v2 + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_A2 = tl.load(amat2 + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
+        b_o += tl.dot(b_A2.to(b_v2.dtype), b_v2, input_precision=PREC)
     tl.store(o + (tok * H + i_h)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty),
              mask=m_tv)
 
@@ -262,11 +271,12 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
 
 
 @triton.jit
-def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
+def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
                         K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                        PREC: tl.constexpr):
+                        STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
-    dq_t = sum_{s<=t} dA[t, s] k_s e^{g_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{g_t - g_s}."""
+    dq_t = sum_{s<=t} dA[t, s] k_s e^{gq_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{gq_t - g_s}
+    (`_scores_kernel`'s rows and STRICT); ACC adds them to what dqi and dki hold."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -278,7 +288,7 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
     for i in tl.static_range(BT // 16):  # dq of row block i
         tok_i = bos + i * 16 + r
         m_i = tok_i < eos
-        b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+        b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
         b_dq = tl.zeros([16, BK], dtype=tl.float32)
         for j in tl.static_range(i + 1):
             b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
@@ -298,11 +308,14 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
                                    other=0.0).to(tl.float32)
                     b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
                     b_gs = tl.where(ok, b_gs, b_G)
-                    b_e = tl.exp(tl.where(r[:, None] >= s, b_gi - b_gs[None, :], float("-inf")))
+                    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
+                    b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
                     b_col = tl.sum(tl.where(r[None, :] == s, b_dA, 0.0), 1)  # dA[:, s]
                     b_dq += b_col[:, None] * b_ks[None, :] * b_e
-        tl.store(dqi + (tok_i * H + i_h)[:, None] * K + o_k[None, :], b_dq,
-                 mask=m_i[:, None] & m_k[None, :])
+        p_dq = dqi + (tok_i * H + i_h)[:, None] * K + o_k[None, :]
+        if ACC:
+            b_dq += tl.load(p_dq, mask=m_i[:, None] & m_k[None, :], other=0.0)
+        tl.store(p_dq, b_dq, mask=m_i[:, None] & m_k[None, :])
     for j in tl.static_range(BT // 16):  # dk of row block j
         tok_j = bos + j * 16 + r
         m_j = tok_j < eos
@@ -314,7 +327,7 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
             tok_i = bos + i * 16 + r
             m_i = tok_i < eos
             b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32)
-            b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+            b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
             if i > j:
                 b_qg = b_q * tl.exp(b_gi - b_r[None, :])
                 b_dk += tl.dot(tl.trans(b_dA), b_qg, input_precision=PREC) * tl.exp(
@@ -325,13 +338,16 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
                     ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
                     b_qt = tl.load(q + (t_t * H + i_h) * K + o_k, mask=m_k & ok,
                                    other=0.0).to(tl.float32)
-                    b_gt = tl.load(gc + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+                    b_gt = tl.load(gq + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
                     b_gt = tl.where(ok, b_gt, b_G)
-                    b_e = tl.exp(tl.where(r[:, None] <= t, b_gt[None, :] - b_gj, float("-inf")))
+                    keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
+                    b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
                     b_row = tl.sum(tl.where(r[:, None] == t, b_dA, 0.0), 0)  # dA[t, :]
                     b_dk += b_row[:, None] * b_qt[None, :] * b_e
-        tl.store(dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :], b_dk,
-                 mask=m_j[:, None] & m_k[None, :])
+        p_dk = dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :]
+        if ACC:
+            b_dk += tl.load(p_dk, mask=m_j[:, None] & m_k[None, :], other=0.0)
+        tl.store(p_dk, b_dk, mask=m_j[:, None] & m_k[None, :])
 
 
 @triton.jit
@@ -400,8 +416,8 @@ def _forward(q, k, v, ld, h0, table, BT):
     _cumsum_kernel[(NC, H)](ld, gc, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
                             FLOOR=LOG_DECAY_FLOOR, num_warps=4)
     amat = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
-    _scores_kernel[(NC, H)](q, k, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
-                            PREC=prec, num_warps=4)
+    _scores_kernel[(NC, H)](q, k, gc, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT,
+                            BK=BK, STRICT=False, PREC=prec, num_warps=4)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
     BVs = min(BV, 32) if S * H < 256 else BV
@@ -436,8 +452,9 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
         V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=4)
     dqi = torch.empty(N, H, K, **f32)
     dki = torch.empty(N, H, K, **f32)
-    _intra_grads_kernel[(NC, H)](q, k, gc, damat, dqi, dki, table.starts, table.ends, H=H,
-                                 K=K, BT=BT, BK=BK, PREC=prec, num_warps=4)
+    _intra_grads_kernel[(NC, H)](q, k, gc, gc, damat, dqi, dki, table.starts, table.ends, H=H,
+                                 K=K, BT=BT, BK=BK, STRICT=False, ACC=False, PREC=prec,
+                                 num_warps=4)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)

@@ -108,9 +108,10 @@ def _wu_kernel(k, v, beta, gc, tinv, w, u, starts, ends,
 def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-                   PREC: tl.constexpr):
+                   PREC: tl.constexpr, k2=None, v2=None, TWO: tl.constexpr = False):
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h),
-    the chunk's Delta = U - W S^T, and the final state."""
+    the chunk's Delta = U - W S^T, and the final state; TWO adds a second input term
+    V2^T (K2 * e^{G - g}) to each chunk's end state (the dplr family's v k^T)."""
     i_v, i_sh = tl.program_id(0), tl.program_id(1)
     i_s, i_h = i_sh // H, i_sh % H
     first = tl.load(offsets + i_s)
@@ -145,6 +146,11 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
         b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k.dtype)
         b_S = b_S * tl.exp(b_G)[None, :] + tl.dot(tl.trans(b_d.to(b_k.dtype)), b_kd,
                                                   input_precision=PREC)
+        if TWO:
+            b_k2 = _rows(k2, tok, m_t, i_h, o_k, m_k, H, K)
+            b_v2 = tl.load(v2 + p_tv, mask=m_tv, other=0.0)
+            b_k2d = (b_k2.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k2.dtype)
+            b_S += tl.dot(tl.trans(b_v2), b_k2d, input_precision=PREC)
     tl.store(ht + p_state, b_S, mask=m_vk)
 
 
@@ -333,10 +339,10 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
                             num_warps=4)
     scores = torch.zeros(NC, H, BT, BT, **f32)  # P (zeroed: only lower blocks are written)
     kk = torch.zeros(NC, H, BT, BT, **f32)      # the keys' decayed scores
-    _scores_kernel[(NC, H)](q, k, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK, PREC=prec,
-                            num_warps=4)
-    _scores_kernel[(NC, H)](k, k, gc, kk, **rows, H=H, K=K, BT=BT, BK=BK, PREC=prec,
-                            num_warps=4)
+    _scores_kernel[(NC, H)](q, k, gc, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK,
+                            STRICT=False, PREC=prec, num_warps=4)
+    _scores_kernel[(NC, H)](k, k, gc, gc, kk, **rows, H=H, K=K, BT=BT, BK=BK, STRICT=False,
+                            PREC=prec, num_warps=4)
     amat = torch.empty(NC, H, BT, BT, **f32)
     _ut_matrix_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
     tinv = torch.zeros(NC, H, BT, BT, **f32)
@@ -382,10 +388,10 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     _key_grads_kernel[(NC, H)](
         q, k, v, beta, gc, h, d, tinv, kk, do, dd, dh, dv, dkk, dqp, dkp, dgp, dbeta, **rows,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), PREC=prec, num_warps=warps)
-    _intra_grads_kernel[(NC, H)](q, k, gc, dscores, dqi, dki, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, PREC=prec, num_warps=4)
-    _intra_grads_kernel[(NC, H)](k, k, gc, dkk, dkr, dkc, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, PREC=prec, num_warps=4)
+    _intra_grads_kernel[(NC, H)](q, k, gc, gc, dscores, dqi, dki, **rows, H=H, K=K, BT=BT,
+                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
+    _intra_grads_kernel[(NC, H)](k, k, gc, gc, dkk, dkr, dkc, **rows, H=H, K=K, BT=BT,
+                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)
