@@ -246,7 +246,10 @@ def _forward(q, k, v, a, b, ld, h0, table, BT):
     gc = torch.empty(N, H, K, **f32)
     _cumsum_kernel[(NC, H)](ld, gc, **rows, H=H, K=K, BT=BT, BK=BK, FLOOR=LOG_DECAY_FLOOR,
                             num_warps=4)
-    gx = gc - ld.float().clamp_min(LOG_DECAY_FLOOR)
+    # g up to the token before: g's own floats shifted by a row, so that gx_t - g_{t-1} is
+    # exactly 0 (g - ld would round, by as much as 1e-5 after a clamped decay of 0)
+    gx = gc.roll(1, 0)
+    gx[table.starts.long()] = 0.0
     pqk = _scores(q, k, gc, gc, table, BT, False, prec)
     pqb = _scores(q, b, gc, gc, table, BT, False, prec)
     aak = _scores(a, k, gx, gc, table, BT, True, prec)

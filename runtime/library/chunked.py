@@ -199,9 +199,9 @@ def dplr_chunked(q, k, v, a, b, log_decay=None, *, initial_state=None, read_befo
 def dplr_chunked_torch(q, k, v, a, b, log_decay=None, *, initial_state=None,
                        read_before=False, chunk_size=64):
     """`dplr_chunked` in plain PyTorch (any device); `a`, `b` are `[B, T, H, K]`."""
-    T, q, k, v, g, ld = _prepare(q, k, v, log_decay, chunk_size)
+    T, q, k, v, g, _ = _prepare(q, k, v, log_decay, chunk_size)
     a, b = (_split(_pad(x, q.shape[2] * chunk_size), chunk_size) for x in (a, b))
-    gx = g - ld  # the cumulative log decay up to the token before
+    gx = F.pad(g, (0, 0, 1, 0))[..., :-1, :]  # up to the token before; g - ld would round
     eye = torch.eye(chunk_size, dtype=q.dtype, device=q.device)
     a_ab = _scores(a, b, gx, g, strict=True)
     t_inv = torch.linalg.solve_triangular(eye - a_ab, eye.expand_as(a_ab), upper=False,
