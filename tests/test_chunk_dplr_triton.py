@@ -216,3 +216,91 @@ def test_chunked_triton_at_gate_limits(limit):
     after a decay of 0, so those two get 3e-5."""
     tol = 3 * TOL if limit in ("decay0", "decay1e-30") else TOL
     check_limit(triton_fn(None, 16), limit_inputs(limit), tol)
+
+
+# ------------------------------------------------------------------ the generated layer
+def test_generated_rwkv7_chunked_equals_recurrent():
+    """The generated level op of examples/rwkv7.nl in float64: mode="chunked" (the PyTorch
+    chunked form, decays of exactly 0 among the gates) == mode="recurrent", output, final
+    state and every input's gradient (the decay's only where it is not 0: there the chunked
+    form's is 0 by design, nl.log_gate's clamp)."""
+    from test_emit import small_overrides
+
+    from nlc.emit import load_module
+    path = ROOT / "examples" / "rwkv7.nl"
+    module = load_module(str(path), small_overrides(path))
+    assert "chunk_dplr_triton.chunk_dplr" in module.__doc__
+    B, T, H, K, V = 2, 37, 2, 8, 6
+    g = torch.Generator().manual_seed(0)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+    r, kt = draw(B, T, H, K), draw(B, T, H, K)
+    kh = F.normalize(draw(B, T, H, K), dim=-1)
+    v = draw(B, T, H, V)
+    rate = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    w = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    w[:, ::5, :, ::2] = 0.0
+    leaves = [t.requires_grad_() for t in (r, kt, v, rate, kh, w)]
+    runs = {}
+    for mode in ("chunked", "recurrent"):
+        o, final = module.memory_op(*leaves, mode=mode, chunk_size=8, output_final_state=True)
+        loss = o.square().sum() + final["S"].square().sum()
+        runs[mode] = (o, final["S"], *torch.autograd.grad(loss, leaves))
+    chunked, recurrent = runs.values()
+    names = ("o", "S", "dr", "dkt", "dv", "da", "dkh", "dw")
+    for name, x, ref in zip(names, chunked, recurrent):
+        if name == "dw":
+            x, ref = x[w > 0], ref[w > 0]
+        assert torch.isfinite(x).all() and rel(x, ref) < 1e-10, name
+
+
+DISPATCH = """
+import os, sys, torch
+from nlc.emit import load_module
+from nlc.runtime.library import chunk_dplr_triton, ops
+from tests.test_emit import small_overrides, EXAMPLES, rel
+T = int(sys.argv[1])
+path = EXAMPLES / "rwkv7.nl"
+module = load_module(str(path), small_overrides(path))
+torch.manual_seed(0)
+layer = module.Rwkv7()
+calls = []
+apply = chunk_dplr_triton.ChunkDPLR.apply
+chunk_dplr_triton.ChunkDPLR.apply = lambda *a: calls.append(1) or apply(*a)
+x = torch.randn(1, T, layer.d_model, requires_grad=True)
+os.environ["NLC_TRITON"] = "force"
+y = layer(x)
+gx, = torch.autograd.grad(y.square().sum(), x)
+path = "chunked" if calls else "recurrent" if ops._KERNELS else "pytorch"
+os.environ["NLC_TRITON"] = "0"
+z = layer(x)
+hx, = torch.autograd.grad(z.square().sum(), x)
+print(path, rel(y, z), rel(gx, hx))
+"""
+
+
+@needs_kernels
+@pytest.mark.skipif(DEVICE != "cpu", reason="forces the dispatch on CPU tensors")
+@pytest.mark.parametrize("T, path", [(70, "chunked"), (9, "recurrent")])
+def test_generated_rwkv7_layer_dispatches_to_chunk_dplr(T, path):
+    """The generated RWKV-7 layer with Triton forced (on the CPU, under the interpreter): a
+    training-length input runs chunk_dplr (its autograd function is called), a short one the
+    fused recurrent kernel; both equal the PyTorch forms."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", DISPATCH, str(T)], check=False,
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    taken, out_err, grad_err = done.stdout.split()
+    assert taken == path
+    assert float(out_err) < 1e-5 and float(grad_err) < 1e-5
+
+
+def test_dplr_kernels_rerun_in_a_fresh_interpreter_process():
+    """Only when triton was imported before this module (so the interpreter is off here)."""
+    if INTERPRETED or DEVICE != "cpu":
+        pytest.skip("the kernels run in this process")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           __file__], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
