@@ -136,7 +136,7 @@ def test_pytorch_chunked_matches_token_loop(decay, read_before):
 # T = 15 the third one is empty). T = 1 from a zero state has a log-decay gradient of 0:
 # relative errors need a state. (T, chunk, K, V, initial state, packed)
 CASES = [
-    (200, 16, 32, 16, True, False),
+    (200, 16, 32, 16, True, True),
     (65, 64, 48, 32, False, True),
     (63, 16, 16, 48, True, True),
     (15, 64, 32, 32, False, True),
@@ -164,6 +164,35 @@ def test_chunked_triton_matches_token_loop(case):
     x = dplr_inputs(B, T, K, V, (len(bounds) - 1) if h0 else 0, seed=T + K)
     errors = errors_against_loop(triton_fn(cu, chunk), x, bounds)
     assert max(errors.values()) < TOL, errors
+
+
+@needs_kernels
+def test_chunked_triton_half_precision():
+    """fp16 operands (float32 accumulation; bf16 is not emulated faithfully by the
+    interpreter) stay within fp16 rounding of the loop."""
+    x = dplr_inputs(1, 40, 32, 32, 1, seed=5, dtype=torch.float16)
+    weights = weights_for(x, 1)
+    o, ht, grads = run_and_grad(triton_fn(None, 32), x, weights)
+    assert o.dtype == torch.float16 and grads["q"].dtype == torch.float16
+    x64 = {n: None if t is None else t.double() for n, t in x.items()}  # the rounded inputs
+    ro, rht, rgrads = run_and_grad(loop_fn([0, 40]), x64, tuple(w.double() for w in weights))
+    errors = {"o": rel(o, ro), "final state": rel(ht, rht)}
+    errors.update({f"d{n}": rel(grads[n], rgrads[n]) for n in rgrads})
+    assert max(errors.values()) < 3e-3, errors
+
+
+def test_chunk_dplr_rejects_bad_inputs():
+    """Checked before any kernel runs (no interpreter needed), with the tensor's name."""
+    from nlc.runtime.library.chunk_dplr_triton import chunk_dplr
+    x = {n: t.cpu() for n, t in dplr_inputs(2, 8, 16, 16, 0, seed=0).items() if t is not None}
+    with pytest.raises(ValueError, match=r"log_decay must be \[2, 8, 2, 16\]"):
+        chunk_dplr(x["q"], x["k"], x["v"], x["a"], x["b"], x["ld"][..., 0])
+    with pytest.raises(ValueError, match=r"b must be \[2, 8, 2, 16\]"):
+        chunk_dplr(x["q"], x["k"], x["v"], x["a"], x["b"][..., :8], x["ld"])
+    with pytest.raises(ValueError, match="a must be float32, bfloat16 or float16"):
+        chunk_dplr(x["q"], x["k"], x["v"], x["a"].int(), x["b"], x["ld"])
+    with pytest.raises(ValueError, match="chunk_size must be 16, 32 or 64"):
+        chunk_dplr(x["q"], x["k"], x["v"], x["a"], x["b"], x["ld"], chunk_size=8)
 
 
 # ------------------------------------------------------------------ gates at their limits

@@ -161,10 +161,9 @@ def _states_kernel(k, v, gc, h, h0, ht, starts, ends, offsets,
 
 
 @triton.jit
-def _output_kernel(q, v, gc, h, amat, o, starts, ends,
+def _output_kernel(q, v, gc, h, amat, o, v2, amat2, starts, ends,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-                   v2=None, amat2=None, TWO: tl.constexpr = False):
+                   BK: tl.constexpr, BV: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, chunk, head): O = (Q * e^g) S^T + A V (+ A2 V2 if TWO: the dplr family's
     second input term)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -426,8 +425,8 @@ def _forward(q, k, v, ld, h0, table, BT):
         BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=4)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, v, gc, h, amat, o, table.starts, table.ends, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-        PREC=prec, num_warps=4)
+        q, v, gc, h, amat, o, None, None, table.starts, table.ends, H=H, K=K, V=V, BT=BT,
+        BK=BK, BV=BV, TWO=False, PREC=prec, num_warps=4)
     return o, ht, (gc, amat, h)
 
 

@@ -264,12 +264,12 @@ def _forward(q, k, v, a, b, ld, h0, table, BT):
     ht = torch.empty(S, H, V, K, **f32)
     d = torch.empty_like(v)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        b, u, w, gc, h, d, h0, ht, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, k2=k, v2=v, TWO=True, num_warps=4)
+        b, u, w, gc, h, d, h0, ht, k, v, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
+        BK=BK, BV=BVs, HAS_H0=h0 is not None, TWO=True, PREC=prec, num_warps=4)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, v, gc, h, pqk, o, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
-        v2=d, amat2=pqb, TWO=True, num_warps=4)
+        q, v, gc, h, pqk, o, d, pqb, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, TWO=True,
+        PREC=prec, num_warps=4)
     return o, ht, (gc, gx, pqk, pqb, aak, tinv, w, d, h)
 
 

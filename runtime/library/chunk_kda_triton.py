@@ -105,10 +105,10 @@ def _wu_kernel(k, v, beta, gc, tinv, w, u, starts, ends,
 
 
 @triton.jit
-def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
+def _states_kernel(k, u, w, gc, h, delta, h0, ht, k2, v2, starts, ends, offsets,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-                   PREC: tl.constexpr, k2=None, v2=None, TWO: tl.constexpr = False):
+                   TWO: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h),
     the chunk's Delta = U - W S^T, and the final state; TWO adds a second input term
     V2^T (K2 * e^{G - g}) to each chunk's end state (the dplr family's v k^T)."""
@@ -355,12 +355,12 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
     ht = torch.empty(S, H, V, K, **f32)
     d = torch.empty_like(v)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        k, u, w, gc, h, d, h0, ht, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=4)
+        k, u, w, gc, h, d, h0, ht, None, None, **rows, offsets=table.offsets, H=H, K=K, V=V,
+        BT=BT, BK=BK, BV=BVs, HAS_H0=h0 is not None, TWO=False, PREC=prec, num_warps=4)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, d, gc, h, scores, o, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
-        num_warps=4)
+        q, d, gc, h, scores, o, None, None, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        TWO=False, PREC=prec, num_warps=4)
     return o, ht, (gc, scores, kk, tinv, w, d, h)
 
 
