@@ -284,6 +284,29 @@ def test_generated_rwkv7_chunked_equals_recurrent():
         assert torch.isfinite(x).all() and rel(x, ref) < 1e-10, name
 
 
+def test_product_with_a_dplr_transition_runs_chunked(tmp_path):
+    """Two gd steps with one key, a channel gate and order parallel make one dplr transition
+    per token (tests/test_classify_families.py): its layer runs the chunked dplr form, and in
+    float64 mode="chunked" == mode="recurrent", output and the input's gradient."""
+    from test_classify_families import variant
+
+    from nlc.emit import load_layer
+    spec = tmp_path / "product_dplr.nl"
+    spec.write_text(variant("l2(S(k), v)", "parallel", 2, True))
+    layer_class = load_layer(str(spec), d_model=16, heads=2, d_k=8, d_v=8)
+    assert "chunk_dplr_triton.chunk_dplr" in sys.modules[layer_class.__module__].__doc__
+    x = torch.randn(2, 21, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for mode in ("chunked", "recurrent"):
+        torch.manual_seed(0)
+        layer = layer_class(mode=mode, chunk_size=8).double()
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        runs.append((y, *torch.autograd.grad(y.square().sum(), [xi])))
+    for got, ref in zip(*runs):
+        assert rel(got, ref) < 1e-10
+
+
 DISPATCH = """
 import os, sys, torch
 from nlc.emit import load_module
