@@ -57,6 +57,31 @@ def _last_g(gc, bos, eos, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: t
     return tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
 
 
+@triton.jit
+def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
+    """The start of every sequential state kernel (one program per (V block, sequence, head),
+    chunks in order or in reverse; here and in chunk_delta_triton.py, chunk_kda_triton.py):
+    the head, the sequence's first and last chunk, the key and value offsets and masks, the
+    state's offsets in a [S, H, V, K] tensor, and the carried float32 state (block), loaded
+    from `s0` (the initial state, or the final state's gradient) if HAS_S0, else zeros."""
+    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    i_s, i_h = i_sh // H, i_sh % H
+    first = tl.load(offsets + i_s)
+    last = tl.load(offsets + i_s + 1)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_vk = m_v[:, None] & m_k[None, :]
+    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
+    if HAS_S0:
+        b_S = tl.load(s0 + p_state, mask=m_vk, other=0.0).to(tl.float32)
+    else:
+        b_S = tl.zeros([BV, BK], dtype=tl.float32)
+    return i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
@@ -128,20 +153,8 @@ def _states_kernel(k, v, gc, h, h0, ht, starts, ends, offsets,
                    PREC: tl.constexpr):
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h)
     and the final state."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_H0:
-        b_S = tl.load(h0 + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_S = tl.zeros([BV, BK], dtype=tl.float32)
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
+        h0, offsets, H, K, V, BK, BV, HAS_H0)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
@@ -230,20 +243,8 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
                         PREC: tl.constexpr):
     """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh), dv's state
     part, and the initial state's gradient."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_DHT:
-        b_dS = tl.load(dht + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_dS = tl.zeros([BV, BK], dtype=tl.float32)
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
+        dht, offsets, H, K, V, BK, BV, HAS_DHT)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
