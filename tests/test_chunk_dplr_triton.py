@@ -141,9 +141,9 @@ def test_pytorch_chunked_matches_token_loop(decay, read_before):
 
 # ------------------------------------------------------------------ the Triton kernels
 # every value of every axis appears: T in {1, 15, 63, 65, 200}, chunk 16 / 64 (and 32), K and
-# V in {16, 32, 48}, with and without an initial state, packed sequences (cu_seqlens; at
-# T = 15 the third one is empty). T = 1 from a zero state has a log-decay gradient of 0:
-# relative errors need a state. (T, chunk, K, V, initial state, packed)
+# V in {16, 32, 48} and the widest, 256, with and without an initial state, packed sequences
+# (cu_seqlens; at T = 15 the third one is empty). T = 1 from a zero state has a log-decay
+# gradient of 0: relative errors need a state. (T, chunk, K, V, initial state, packed)
 CASES = [
     (200, 16, 32, 16, True, True),
     (65, 64, 48, 32, False, True),
@@ -153,6 +153,7 @@ CASES = [
     (65, 32, 16, 16, True, False),
     (63, 64, 16, 48, False, True),
     (63, 64, 48, 48, True, False),
+    (15, 16, 256, 256, True, True),  # the widest: V in several programs' blocks
 ]
 
 
