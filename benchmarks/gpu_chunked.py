@@ -2,14 +2,19 @@
 flash-linear-attention (fla), our fused recurrent kernels and SDPA flash, in one process.
 
 For DeltaNet (delta rule, no decay), Gated DeltaNet (delta rule, scalar decay), simple GLA /
-Mamba2 (decay family, scalar decay), GLA (decay family, channel decay) and KDA (Kimi Delta
-Attention: delta rule, channel decay):
+Mamba2 (decay family, scalar decay), GLA (decay family, channel decay), KDA (Kimi Delta
+Attention: delta rule, channel decay) and RWKV-7 (dplr family, channel decay):
 
 GLA's "ours chunked" is runtime/library/chunk_decay_triton.py's `chunk_channel` (generated layers
 dispatch to it since the 2026-12-04 run in docs/perf.md measured it faster than the recurrent
 kernel at both shapes). KDA's is runtime/library/chunk_kda_triton.py's `chunk_kda`, compared with
 fla's `fla.ops.kda.chunk_kda` where the installed fla has it (else its row records the
-ImportError); it has not been timed yet.
+ImportError); it has not been timed yet. RWKV-7's is runtime/library/chunk_dplr_triton.py's
+`chunk_dplr` (S_t = S_{t-1} (D_t + a_t b_t^T) + v_t k_t^T, with RWKV-7's a = -kh, b = kh * rate
+for a unit removal key kh), compared with fla's `fla.ops.generalized_delta_rule`
+`chunk_dplr_delta_rule` / `fused_recurrent_dplr_delta_rule` (q, k, v, a, b, gk; fla's state
+[K, V] is our state transposed); it has not been timed yet, and its fla correctness row is
+the check that fla's convention is ours.
 
 1. bf16 correctness on the GPU: ours chunked (and fla chunk, for scale) against float32
    PyTorch chunked forms (runtime/library/chunked.py's `*_chunked_torch`, independent of the Triton
@@ -55,15 +60,16 @@ from triton.testing import do_bench  # noqa: E402
 
 from nlc.runtime.library.chunk_decay_triton import chunk_channel  # noqa: E402
 from nlc.runtime.library.chunk_delta_triton import chunk_scalar  # noqa: E402
+from nlc.runtime.library.chunk_dplr_triton import chunk_dplr
 from nlc.runtime.library.chunk_kda_triton import chunk_kda
-from nlc.runtime.library.chunked import decay_chunked_torch, delta_chunked_torch  # noqa: E402
+from nlc.runtime.library.chunked import decay_chunked_torch, delta_chunked_torch, dplr_chunked_torch
 
 SHAPES = [(8, 2048, 16, 128), (1, 16384, 16, 128)]
 CHECK_SHAPE = (2, 512, 4, 128)
 # model -> (family, decay kind)
 MODELS = {"DeltaNet": ("delta", "none"), "Gated DeltaNet": ("delta", "scalar"),
           "simple GLA / Mamba2": ("decay", "scalar"), "GLA": ("decay", "channel"),
-          "KDA": ("delta", "channel")}
+          "KDA": ("delta", "channel"), "RWKV-7": ("dplr", "channel")}
 
 
 def log(*args):
@@ -83,6 +89,10 @@ def make_inputs(model, B, T, H, D, dtype, seed=0):
          "v": randn(B, T, H, D)}
     if family == "delta":
         x["beta"] = torch.rand(B, T, H, generator=gen, device="cuda")
+    if family == "dplr":  # RWKV-7's rank-one term: a unit removal key, a rate in (0, 1)
+        kh = F.normalize(randn(B, T, H, D), dim=-1)
+        x["a"] = -kh
+        x["b"] = kh * torch.rand(B, T, H, D, generator=gen, device="cuda")
     if decay == "scalar":
         x["g"] = F.logsigmoid(randn(B, T, H) + 4.0)
     elif decay == "channel":
@@ -98,6 +108,9 @@ def ours_chunked(model):
         else chunk_channel
 
     def run(x):
+        if family == "dplr":
+            return chunk_dplr(x["q"], x["k"], x["v"], x["a"], x["b"], x["g"],
+                              initial_state=x["h0"])
         v = x["v"] * x["beta"][..., None] if family == "delta" else x["v"]
         return kernel(x["q"], x["k"], v, x.get("beta"), x.get("g"), initial_state=x["h0"])
     return run
@@ -107,6 +120,9 @@ def torch_reference(model):
     family, decay = MODELS[model]
 
     def run(x):
+        if family == "dplr":
+            return dplr_chunked_torch(x["q"], x["k"], x["v"], x["a"], x["b"], x["g"],
+                                      initial_state=x["h0"])
         if family == "delta":
             v = x["v"] * x["beta"][..., None]
             return delta_chunked_torch(x["q"], x["k"], v, x["beta"], x.get("g"),
@@ -147,6 +163,8 @@ def ours_recurrent(model):
         kw = {"g": x["g"]} if "g" in x else {}
         if family == "delta":
             kw["beta"] = x["beta"]
+        if family == "dplr":
+            kw.update(a=x["a"], b=x["b"])
         return fn(x["q"], x["k"], v, initial_state=x["h0"], output_final_state=True, **kw)
     return run
 
@@ -176,6 +194,13 @@ def fla_fn(model, chunk: bool):
             from fla.ops.kda import fused_recurrent_kda
             f = fla_chunk_kda if chunk else fused_recurrent_kda
             o, ht = f(q, k, v, g=x["g"], beta=x["beta"], **common)
+        elif model == "RWKV-7":  # fla versions without it fail here
+            from fla.ops.generalized_delta_rule import (
+                chunk_dplr_delta_rule,
+                fused_recurrent_dplr_delta_rule,
+            )
+            f = chunk_dplr_delta_rule if chunk else fused_recurrent_dplr_delta_rule
+            o, ht = f(q, k, v, a=x["a"], b=x["b"], gk=x["g"], **common)
         elif model == "GLA":
             if chunk:
                 o, ht = gla.chunk_gla(q, k, v, x["g"], **common)

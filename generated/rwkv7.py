@@ -3,7 +3,9 @@
 """Sequence layers compiled from `rwkv7.nl`: Rwkv7.
 
 Level `memory` (spec:32), family dplr: S' = S (D + a b^T) + B.
-  Note: no chunk-parallel PyTorch form: CPU tensors run token by token, CUDA tensors go to the fused recurrent Triton kernel.
+  Kernels: on CUDA, training-length inputs run the chunked Triton kernels
+  `chunk_dplr_triton.chunk_dplr` (runtime/library/), short ones the fused recurrent kernel
+  `nlc_kernel_dplr_channel`; other devices the chunked PyTorch form.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -46,12 +48,12 @@ def memory_chunked(tokens, state, consts, chunk_size):
     kh = tokens["kh"]
     w = tokens["w"]
     ref = nl.reference(tokens)
+    a = -kh
+    b = a_1 * kh
+    log_decay = nl.log_gate(w)
     if nl.use_triton(
-        ref, key_width=state["S"].shape[-1]
-    ):  # CUDA tensors: the fused recurrent Triton kernel
-        a = -kh
-        b = a_1 * kh
-        log_decay = torch.log(w)
+        ref, chunked="dplr/channel", key_width=state["S"].shape[-1]
+    ):  # CUDA: the fused recurrent Triton kernel
         kernels = nl.kernels(__file__, "nlc_kernel_dplr_channel")
         o, S = kernels.fused_recurrent(
             nl.vec(r, ref),
@@ -64,7 +66,18 @@ def memory_chunked(tokens, state, consts, chunk_size):
             output_final_state=True,
         )
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
-    return nl.recurrent(memory_step, tokens, state, consts=consts)
+    o, S = nl.dplr_chunked(
+        nl.vec(r, ref),
+        nl.vec(kt, ref),
+        nl.vec(v, ref),
+        nl.vec(a, ref),
+        nl.vec(b, ref),
+        nl.vec(log_decay, ref),
+        initial_state=state["S"],
+        read_before=False,
+        chunk_size=chunk_size,
+    )
+    return o.unsqueeze(-1), {"S": S}
 
 
 def memory_initial_state(batch, heads, ref, d_v, d_k):

@@ -1,8 +1,9 @@
 """Rates with one entry per channel (issue 18, items 1, 3 and 8).
 
 - An erase rate per key channel, `erase(key = kh, rate = a)` with a `[d_k]`: RWKV-7's
-  S (Diag(w) - kh (a * kh)^T) + v kt^T, family dplr: the fused recurrent dplr kernel on
-  CUDA (here: under Triton's interpreter), the token loop elsewhere.
+  S (Diag(w) - kh (a * kh)^T) + v kt^T, family dplr: the fused recurrent dplr kernel for
+  short CUDA inputs (here: under Triton's interpreter), the chunked form elsewhere
+  (tests/test_chunk_dplr_triton.py).
 - A learning rate per value channel, `gd` / `implicit` with a `[d_v]` rate: every row of
   the state is its own delta rule, S - Diag(r) (S k - v) k^T (Longhorn's per-channel beta):
   family elementwise with a rate per row: the fused recurrent elementwise kernel with one
@@ -27,7 +28,7 @@ from conftest import ROOT
 
 from nlc import pipeline
 from nlc.derive.classify import KernelFamily
-from nlc.derive.execution import AffineChunk, FusedRecurrent
+from nlc.derive.execution import AffineChunk, DplrChunk, FusedRecurrent
 from nlc.emit import load_module
 from nlc.errors import NlcError
 from nlc.verify.verify import verify_module
@@ -130,8 +131,8 @@ def test_rwkv7_erase_rate_per_channel_is_dplr():
     found = classified(RWKV7)
     assert found.family.family is KernelFamily.DPLR
     ex = found.execution
-    assert isinstance(ex, FusedRecurrent) and ex.family == "dplr" and ex.decay_kind == "channel"
-    a, b = dict(ex.extras)["a"], dict(ex.extras)["b"]
+    assert isinstance(ex, DplrChunk) and ex.family == "dplr" and ex.decay_kind == "channel"
+    a, b = ex.a, ex.b
     # the erase's key is the transition's left vector, and the rate times it the right one
     assert sp.sstr(a) == "-kh"
     assert isinstance(b, sp.HadamardProduct) and sorted(m.name for m in b.args) == ["a", "kh"]

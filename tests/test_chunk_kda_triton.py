@@ -23,6 +23,7 @@ from test_chunk_triton import (
     ROOT,
     TOL,
     close,
+    dispatched,
     inputs,
     limit_inputs,
     needs_kernels,
@@ -230,45 +231,16 @@ def test_generated_kda_layer_chunked_equals_recurrent():
         assert torch.isfinite(a).all() and rel(a, b) < 1e-10, name
 
 
-DISPATCH = """
-import os, sys, torch
-from nlc.emit import load_module
-from nlc.runtime.library import chunk_kda_triton, ops
-from tests.test_emit import small_overrides, EXAMPLES, rel
-T = int(sys.argv[1])
-path = EXAMPLES / "kda.nl"
-module = load_module(str(path), small_overrides(path))
-torch.manual_seed(0)
-layer = module.KDA()
-calls = []
-apply = chunk_kda_triton.ChunkKDA.apply
-chunk_kda_triton.ChunkKDA.apply = lambda *a: calls.append(1) or apply(*a)
-x = torch.randn(1, T, layer.d_model, requires_grad=True)
-os.environ["NLC_TRITON"] = "force"
-y = layer(x)
-gx, = torch.autograd.grad(y.square().sum(), x)
-path = "chunked" if calls else "recurrent" if ops._KERNELS else "pytorch"
-os.environ["NLC_TRITON"] = "0"
-z = layer(x)
-hx, = torch.autograd.grad(z.square().sum(), x)
-print(path, rel(y, z), rel(gx, hx))
-"""
-
-
 @needs_kernels
 @pytest.mark.skipif(DEVICE != "cpu", reason="forces the dispatch on CPU tensors")
-@pytest.mark.parametrize("T, path", [(70, "chunked"), (9, "recurrent")])
+@pytest.mark.parametrize("T, path", [(70, "ChunkKDA"), (9, "recurrent")])
 def test_generated_kda_layer_dispatches_to_chunk_kda(T, path):
     """The generated KDA layer with Triton forced (on the CPU, under the interpreter): a
     training-length input runs chunk_kda (its autograd function is called), a short one the
     fused recurrent kernel; both equal the PyTorch forms."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", DISPATCH, str(T)], check=False,
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    taken, out_err, grad_err = done.stdout.split()
+    taken, out_err, grad_err = dispatched("kda", "KDA", T)
     assert taken == path
-    assert float(out_err) < 1e-5 and float(grad_err) < 1e-5
+    assert out_err < 1e-5 and grad_err < 1e-5
 
 
 def test_kda_kernels_rerun_in_a_fresh_interpreter_process():

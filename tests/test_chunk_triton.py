@@ -10,6 +10,7 @@ relative error (Frobenius norm) below 1e-5 in the output, the final state and ev
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
@@ -46,7 +47,7 @@ def token_loop(q, k, v, beta, log_decay, h0, bounds):
         return None if x is None else x.reshape(1, B * T, *x.shape[2:])
     q, k, v, beta, log_decay = map(packed, (q, k, v, beta, log_decay))
     outs, finals = [], []
-    for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (bos, eos) in enumerate(itertools.pairwise(bounds)):
         S = h0[i:i + 1] if h0 is not None else q.new_zeros(1, H, v.shape[-1], K)
         for t in range(bos, eos):
             if log_decay is not None:
@@ -293,23 +294,25 @@ def test_generated_layer_gradients_finite_with_a_zero_decay():
 DISPATCH = """
 import os, sys, torch
 from nlc.emit import load_module
-from nlc.runtime.library import chunk_decay_triton, chunk_delta_triton, ops
+from nlc.runtime.library import (chunk_decay_triton, chunk_delta_triton, chunk_dplr_triton,
+                                 chunk_kda_triton, ops)
 from tests.test_emit import small_overrides, EXAMPLES, rel
 name, layer_class, T = sys.argv[1], sys.argv[2], int(sys.argv[3])
 path = EXAMPLES / f"{name}.nl"
 module = load_module(str(path), small_overrides(path))
 torch.manual_seed(0)
 layer = getattr(module, layer_class)()
-calls = []
+calls = set()
 for kernels, function in ((chunk_delta_triton, "ChunkScalarDecay"),
-                          (chunk_decay_triton, "ChunkChannelDecay")):
+                          (chunk_decay_triton, "ChunkChannelDecay"),
+                          (chunk_kda_triton, "ChunkKDA"), (chunk_dplr_triton, "ChunkDPLR")):
     apply = getattr(kernels, function).apply
-    getattr(kernels, function).apply = lambda *a, apply=apply: calls.append(1) or apply(*a)
+    getattr(kernels, function).apply = lambda *a, apply=apply, f=function: calls.add(f) or apply(*a)
 x = torch.randn(1, T, layer.d_model, requires_grad=True)
 os.environ["NLC_TRITON"] = "force"
 y = layer(x)
 gx, = torch.autograd.grad(y.square().sum(), x)
-path = "chunked" if calls else "recurrent" if ops._KERNELS else "pytorch"
+path = ",".join(sorted(calls)) or ("recurrent" if ops._KERNELS else "pytorch")
 os.environ["NLC_TRITON"] = "0"
 z = layer(x)
 hx, = torch.autograd.grad(z.square().sum(), x)
@@ -317,25 +320,34 @@ print(path, rel(y, z), rel(gx, hx))
 """
 
 
+def dispatched(name: str, layer: str, T: int) -> tuple[str, float, float]:
+    """The generated layer of examples/<name>.nl with Triton forced (on the CPU, under the
+    interpreter), in a fresh process: which chunked kernels' autograd functions ran
+    ("recurrent": the fused recurrent kernel, "pytorch": neither), and the output's and the
+    input gradient's relative errors against the PyTorch forms."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", DISPATCH, name, layer, str(T)], check=False,
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    taken, out_err, grad_err = done.stdout.split()
+    return taken, float(out_err), float(grad_err)
+
+
 @needs_kernels
 @pytest.mark.skipif(DEVICE != "cpu", reason="forces the dispatch on CPU tensors")
 @pytest.mark.parametrize("name, layer, T, path", [
-    ("gated_deltanet", "GatedDeltaNet", 70, "chunked"),
+    ("gated_deltanet", "GatedDeltaNet", 70, "ChunkScalarDecay"),
     ("gated_deltanet", "GatedDeltaNet", 9, "recurrent"),
-    ("gla", "GLA", 70, "chunked"),
+    ("gla", "GLA", 70, "ChunkChannelDecay"),
 ])
 def test_generated_layer_dispatches_to_chunked_kernels(name, layer, T, path):
     """A generated layer with Triton forced (on the CPU, under the interpreter): a
     training-length input runs the chunked Triton kernels (Gated DeltaNet's scalar decay,
     GLA's per-channel decay), a short one the fused recurrent kernel; both equal the
     PyTorch forms."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", DISPATCH, name, layer, str(T)], check=False,
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    taken, out_err, grad_err = done.stdout.split()
+    taken, out_err, grad_err = dispatched(name, layer, T)
     assert taken == path
-    assert float(out_err) < 1e-5 and float(grad_err) < 1e-5
+    assert out_err < 1e-5 and grad_err < 1e-5
 
 
 def test_kernels_rerun_in_a_fresh_interpreter_process():

@@ -283,7 +283,7 @@ print(rel(y, z), rel(gx, hx))
 def test_triton_dispatch_matches_pytorch(name):
     """The generated module sends tensors to its Triton kernels (forced on the CPU with the
     interpreter): output and input gradient == the PyTorch form (chunked, or token by token
-    for the dplr and elementwise families), fp32."""
+    for the elementwise family), fp32."""
     import os
     import subprocess
     import sys

@@ -9,8 +9,10 @@ with every expression the code needs already taken apart (docs/design.md, "Kerne
   rule's (S, M)), run by the chunked form of runtime/library/joint.py.
 - `ProductChunk`: several delta steps per token (the product family), run by the delta
   rule's chunked form over the sequence of steps.
-- `FusedRecurrent`: affine per token but with no chunked algorithm (dplr, an elementwise
-  error): one fused recurrent kernel on CUDA, the token loop elsewhere.
+- `DplrChunk`: S' = S (D + a b^T) + v k^T, read o = S q (RWKV-7). Runs by the exact chunked
+  algorithm of two decay-family input terms (runtime/library/chunked.py).
+- `FusedRecurrent`: affine per token but with no chunked algorithm (an elementwise error):
+  one fused recurrent kernel on CUDA, the token loop elsewhere.
 - `FrozenSplit`: gradients taken at a chunk-start state. Every subterm that depends on the
   anchors but not on the running state is hoisted (`drive`) and computed for a whole chunk
   at once; `combine` is the rest, per token. `additive` when a chunk's terms can be summed
@@ -119,8 +121,28 @@ class JointChunk:
 
 
 @dataclass(frozen=True)
+class DplrChunk:
+    """S' = S (D + a b^T) + v k^T, the decay D beside the rank-one term (both act on the old
+    state), read o = S q."""
+
+    query: object
+    value: object
+    key: object
+    a: object
+    b: object
+    decay: object                   # the gate D (1: none)
+    decay_kind: str                 # none | scalar | channel
+    family: str = "dplr"
+
+    def to_text(self) -> str:
+        gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
+        return (f"chunked dplr: q = {_s(self.query)}, input {_s(self.value)} {_s(self.key)}^T, "
+                f"a = {_s(self.a)}, b = {_s(self.b)}, {gate}")
+
+
+@dataclass(frozen=True)
 class FusedRecurrent:
-    family: str                     # dplr | elementwise
+    family: str                     # elementwise (dplr before it had a chunked form)
     query: object
     value: object
     key: object
@@ -192,8 +214,8 @@ class SolveChunk:
                 f"by {how}")
 
 
-Execution = (AffineChunk | JointChunk | ProductChunk | FusedRecurrent | FrozenSplit | Attention
-             | SolveChunk | TokenLoop)
+Execution = (AffineChunk | JointChunk | ProductChunk | DplrChunk | FusedRecurrent | FrozenSplit
+             | Attention | SolveChunk | TokenLoop)
 
 
 @dataclass(frozen=True)
@@ -249,8 +271,10 @@ def execution(rule: UpdateRule, family: Classification,
     try:
         if fam in (KernelFamily.DECAY, KernelFamily.DELTA):
             return _affine(rule, family, fam)
-        if fam in (KernelFamily.DPLR, KernelFamily.ELEMENTWISE) and rule.form.kind == "matrix":
-            return _fused(rule, family, fam)
+        if fam is KernelFamily.DPLR and rule.form.kind == "matrix":
+            return _dplr(rule, family)
+        if fam is KernelFamily.ELEMENTWISE and rule.form.kind == "matrix":
+            return _fused(rule, family)
         if rule.anchors:
             return _frozen(rule, constants)
     except _NoChunkedForm as why:
@@ -407,32 +431,35 @@ def _substeps(rule, family: Classification) -> ProductChunk:
     return ProductChunk(_read_query(rule), tuple(steps), family.param("decay"), "scalar")
 
 
-def _fused(rule, family: Classification, fam: KernelFamily) -> FusedRecurrent:
-    """dplr or an elementwise error: a fused recurrent kernel, no chunked algorithm."""
-    why = "no chunk-parallel PyTorch form"
-    if len(rule.states) != 1 or rule.form.kind != "matrix":
-        raise _NoChunkedForm(why)
-    error = order = None
-    if fam is KernelFamily.DPLR:
-        bias = family.param("bias")
-        if isinstance(bias, sp.ZeroMatrix):
-            raise _NoChunkedForm("the state has no input term")
-        terms = _bias_terms(bias, vector=False)
-        extras = (("a", family.param("a")), ("b", family.param("b")))
-    else:
-        terms = ((family.param("target"), family.param("key")),)
-        extras = (("rate", family.param("rate")),)
-        error = family.param("error")
-        if error.free_symbols - set(ERROR_ARGS):  # the kernels take numbers only
-            raise _NoChunkedForm("the error signal uses a per-token value: no fused kernel")
-        error = error.xreplace(dict(zip(ERROR_ARGS, sp.symbols("p y"))))
-        order = family.param("order")
+def _dplr(rule, family: Classification) -> DplrChunk:
+    """S' = S (D + a b^T) + v k^T with one input outer product."""
+    if len(rule.states) != 1:
+        raise _NoChunkedForm("no chunk-parallel PyTorch form")
+    bias = family.param("bias")
+    if isinstance(bias, sp.ZeroMatrix):
+        raise _NoChunkedForm("the state has no input term")
+    terms = _bias_terms(bias, vector=False)
     if len(terms) != 1:
-        raise _NoChunkedForm("the input is several outer products: no fused kernel")
+        raise _NoChunkedForm("the input is several outer products: no dplr kernel")
     gate = family.param("decay")
     kind = "none" if gate == 1 else family.param("decay_kind")
-    return FusedRecurrent(fam.value, _read_query(rule), terms[0][0], terms[0][1], gate, kind,
-                          extras, error, order, family.param("rate_kind") or "scalar")
+    return DplrChunk(_read_query(rule), terms[0][0], terms[0][1], family.param("a"),
+                     family.param("b"), gate, kind)
+
+
+def _fused(rule, family: Classification) -> FusedRecurrent:
+    """An elementwise error: a fused recurrent kernel, no chunked algorithm."""
+    if len(rule.states) != 1:
+        raise _NoChunkedForm("no chunk-parallel PyTorch form")
+    error = family.param("error")
+    if error.free_symbols - set(ERROR_ARGS):  # the kernels take numbers only
+        raise _NoChunkedForm("the error signal uses a per-token value: no fused kernel")
+    error = error.xreplace(dict(zip(ERROR_ARGS, sp.symbols("p y"))))
+    gate = family.param("decay")
+    kind = "none" if gate == 1 else family.param("decay_kind")
+    return FusedRecurrent("elementwise", _read_query(rule), family.param("target"),
+                          family.param("key"), gate, kind, (("rate", family.param("rate")),),
+                          error, family.param("order"), family.param("rate_kind") or "scalar")
 
 
 # ------------------------------------------------------------------ the solve family
@@ -627,5 +654,5 @@ def _attention(rule: UpdateRule) -> Attention:
     return Attention(*names, scale, int(window) if window else None, kernel)
 
 
-__all__ = ["AffineChunk", "Attention", "Classified", "Execution", "FrozenSplit", "FusedRecurrent",
-           "JointChunk", "ProductChunk", "SolveChunk", "TokenLoop", "execution"]
+__all__ = ["AffineChunk", "Attention", "Classified", "DplrChunk", "Execution", "FrozenSplit",
+           "FusedRecurrent", "JointChunk", "ProductChunk", "SolveChunk", "TokenLoop", "execution"]

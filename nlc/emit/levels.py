@@ -2,8 +2,8 @@
 
 The plan (nlc/plan) has decided how the level runs (its execution record); this module
 prints it: the one-token `step` (the reference; decoding), and the chunk-parallel form of
-the execution: the exact chunked decay / delta algorithms, the fused recurrent kernel, the
-frozen-gradient split or its dual form. A function unpacks only the inputs its printed
+the execution: the exact chunked decay / delta / dplr algorithms, the fused recurrent
+kernel, the frozen-gradient split or its dual form. A function unpacks only the inputs its printed
 expressions read (`_unpack`), decided on the expressions, not on the text."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sympy as sp
 from nlc.derive.execution import (
     AffineChunk,
     Attention,
+    DplrChunk,
     FrozenSplit,
     FusedRecurrent,
     JointChunk,
@@ -123,6 +124,8 @@ class LevelPrinter:
             out.chunked = self.product_chunked(ex)
         elif isinstance(ex, JointChunk):
             out.chunked = self.joint_chunked(ex)
+        elif isinstance(ex, DplrChunk):
+            out.chunked = self.dplr_chunked(ex)
         elif isinstance(ex, FusedRecurrent):
             out.chunked = self.fused_recurrent(ex)
         elif isinstance(ex, SolveChunk):
@@ -323,9 +326,35 @@ class LevelPrinter:
         final = ", ".join(f"{s!r}: X[:, :, {i}]" for i, s in enumerate(ex.states))
         return lines + [f"return o.unsqueeze(-1), {{{final}}}"]
 
+    def dplr_chunked(self, ex: DplrChunk) -> list[str]:
+        """S' = S (D + a b^T) + v k^T: the chunked form, `nl.dplr_chunked` (its Triton kernels
+        on CUDA at training lengths); short CUDA inputs take the fused recurrent kernel."""
+        outputs = [("query", ex.query), ("value0", ex.value), ("key0", ex.key), ("a", ex.a),
+                   ("b", ex.b)]
+        lines, v = self._chunk_values(outputs, ex.decay)
+        gated = ex.decay != 1
+        decay = f"nl.{'flat' if ex.decay_kind == 'scalar' else 'vec'}(log_decay, ref)" \
+            if gated else "None"
+        (name, _), = self.rule.states
+        state = f"state[{name!r}]"
+        args = [f"nl.vec({v[n]}, ref)" for n in ("query", "key0", "value0")]
+        ab = [f"nl.vec({v['a']}, ref)", f"nl.vec({v['b']}, ref)"]
+        kernel = self.plan.kernel
+        if kernel is not None:
+            fused = args + ([f"g={decay}"] if gated else []) + [f"a={ab[0]}", f"b={ab[1]}"]
+            fused += [f"initial_state={state}", "output_final_state=True"]
+            form = f', chunked="{kernel.chunked}"' if kernel.chunked else ""
+            lines.append(f"if nl.use_triton(ref{form}, key_width={state}.shape[-1]):"
+                         "  # CUDA: the fused recurrent Triton kernel")
+            lines += [f"    {line}" for line in self._kernel_call(fused, name)]
+        lines.append(f"o, S = nl.dplr_chunked({', '.join(args + ab)}, {decay}, "
+                     f"initial_state={state}, read_before={self.rule.read_before}, "
+                     "chunk_size=chunk_size)")
+        return lines + [f"return o.unsqueeze(-1), {{{name!r}: S}}"]
+
     def fused_recurrent(self, ex: FusedRecurrent) -> list[str]:
-        """dplr, an elementwise error: CUDA tensors go to the fused recurrent kernel, others
-        to the token loop."""
+        """An elementwise error: CUDA tensors go to the fused recurrent kernel, others to the
+        token loop."""
         if self.plan.kernel is None:
             return []
         gated = ex.decay != 1
@@ -339,11 +368,8 @@ class LevelPrinter:
         if gated:
             kind = "flat" if ex.decay_kind == "scalar" else "vec"
             args.append(f"g=nl.{kind}({v['log_decay']}, ref)")
-        if ex.family == "dplr":
-            args += [f"a=nl.vec({v['a']}, ref)", f"b=nl.vec({v['b']}, ref)"]
-        else:
-            rate = "vec" if ex.rate == "row" else "flat"  # one rate per row: [B, T, H, V]
-            args.append(f"beta=nl.{rate}({v['rate']}, ref)")
+        rate = "vec" if ex.rate == "row" else "flat"  # one rate per row: [B, T, H, V]
+        args.append(f"beta=nl.{rate}({v['rate']}, ref)")
         (name, _), = self.rule.states
         args += [f"initial_state=state[{name!r}]", "output_final_state=True"]
         lines = self._chunk_inputs(outputs) + ["ref = nl.reference(tokens)"]

@@ -14,6 +14,7 @@ import sympy as sp
 from nlc.derive.execution import (
     AffineChunk,
     Attention,
+    DplrChunk,
     FrozenSplit,
     FusedRecurrent,
     ProductChunk,
@@ -326,6 +327,9 @@ class _LayerPlanner:
             decay = "none" if ex.decay == 1 else ex.decay_kind
             chunked = None if rule.read_before else f"{ex.family}/{decay}"
             return _kernel(ex.family, decay, rule.read_before, chunked=chunked)
+        if isinstance(ex, DplrChunk):
+            chunked = None if rule.read_before else f"dplr/{ex.decay_kind}"
+            return _kernel("dplr", ex.decay_kind, rule.read_before, chunked=chunked)
         if isinstance(ex, FusedRecurrent):
             return _kernel(ex.family, ex.decay_kind, rule.read_before, error=ex.error,
                            order=ex.order, rate=ex.rate)

@@ -58,6 +58,31 @@ def _last_g(gc, bos, eos, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: t
     return tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
 
 
+@triton.jit
+def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
+    """The start of every sequential state kernel (one program per (V block, sequence, head),
+    chunks in order or in reverse; here and in chunk_delta_triton.py, chunk_kda_triton.py):
+    the head, the sequence's first and last chunk, the key and value offsets and masks, the
+    state's offsets in a [S, H, V, K] tensor, and the carried float32 state (block), loaded
+    from `s0` (the initial state, or the final state's gradient) if HAS_S0, else zeros."""
+    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    i_s, i_h = i_sh // H, i_sh % H
+    first = tl.load(offsets + i_s)
+    last = tl.load(offsets + i_s + 1)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_vk = m_v[:, None] & m_k[None, :]
+    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
+    if HAS_S0:
+        b_S = tl.load(s0 + p_state, mask=m_vk, other=0.0).to(tl.float32)
+    else:
+        b_S = tl.zeros([BV, BK], dtype=tl.float32)
+    return i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
@@ -76,9 +101,12 @@ def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: t
 
 
 @triton.jit
-def _scores_kernel(q, k, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed)."""
+def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, STRICT: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed), the rows' cumulative
+    log decays `gq` (gc, or for the dplr family's A_ak, A_ab those up to the token before,
+    which never exceed the columns' of an earlier block); s < t only if STRICT."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -91,7 +119,7 @@ def _scores_kernel(q, k, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexp
         tok_i = bos + i * 16 + r
         m_i = tok_i < eos
         b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K)
-        b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+        b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
         for j in tl.static_range(i + 1):
             if j < i:
                 tok_j = bos + j * 16 + r
@@ -112,7 +140,7 @@ def _scores_kernel(q, k, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexp
                                    other=0.0).to(tl.float32)
                     b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
                     b_gs = tl.where(ok, b_gs, b_G)
-                    keep = r[:, None] >= s
+                    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
                     b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
                     col = tl.sum(qf * b_ks[None, :] * b_e, 1)
                     b_A = tl.where(r[None, :] == s, col[:, None], b_A)
@@ -126,20 +154,8 @@ def _states_kernel(k, v, gc, h, h0, ht, starts, ends, offsets,
                    PREC: tl.constexpr):
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h)
     and the final state."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_H0:
-        b_S = tl.load(h0 + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_S = tl.zeros([BV, BK], dtype=tl.float32)
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
+        h0, offsets, H, K, V, BK, BV, HAS_H0)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
@@ -159,10 +175,11 @@ def _states_kernel(k, v, gc, h, h0, ht, starts, ends, offsets,
 
 
 @triton.jit
-def _output_kernel(q, v, gc, h, amat, o, starts, ends,
+def _output_kernel(q, v, gc, h, amat, o, v2, amat2, starts, ends,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """Per (V block, chunk, head): O = (Q * e^g) S^T + A V."""
+                   BK: tl.constexpr, BV: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+    """Per (V block, chunk, head): O = (Q * e^g) S^T + A V (+ A2 V2 if TWO: the dplr family's
+    second input term)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -184,6 +201,10 @@ def _output_kernel(q, v, gc, h, amat, o, starts, ends,
     b_A = tl.load(amat + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
     b_o = tl.dot(b_qg, tl.trans(b_S.to(b_qg.dtype)), input_precision=PREC)
     b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    if TWO:
+        b_v2 = tl.load(v2 + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_A2 = tl.load(amat2 + ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :])
+        b_o += tl.dot(b_A2.to(b_v2.dtype), b_v2, input_precision=PREC)
     tl.store(o + (tok * H + i_h)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty),
              mask=m_tv)
 
@@ -223,20 +244,8 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
                         PREC: tl.constexpr):
     """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh), dv's state
     part, and the initial state's gradient."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_DHT:
-        b_dS = tl.load(dht + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_dS = tl.zeros([BV, BK], dtype=tl.float32)
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
+        dht, offsets, H, K, V, BK, BV, HAS_DHT)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
@@ -263,11 +272,12 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
 
 
 @triton.jit
-def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
+def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
                         K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                        PREC: tl.constexpr):
+                        STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
-    dq_t = sum_{s<=t} dA[t, s] k_s e^{g_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{g_t - g_s}."""
+    dq_t = sum_{s<=t} dA[t, s] k_s e^{gq_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{gq_t - g_s}
+    (`_scores_kernel`'s rows and STRICT); ACC adds them to what dqi and dki hold."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -279,7 +289,7 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
     for i in tl.static_range(BT // 16):  # dq of row block i
         tok_i = bos + i * 16 + r
         m_i = tok_i < eos
-        b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+        b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
         b_dq = tl.zeros([16, BK], dtype=tl.float32)
         for j in tl.static_range(i + 1):
             b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
@@ -299,11 +309,14 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
                                    other=0.0).to(tl.float32)
                     b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
                     b_gs = tl.where(ok, b_gs, b_G)
-                    b_e = tl.exp(tl.where(r[:, None] >= s, b_gi - b_gs[None, :], float("-inf")))
+                    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
+                    b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
                     b_col = tl.sum(tl.where(r[None, :] == s, b_dA, 0.0), 1)  # dA[:, s]
                     b_dq += b_col[:, None] * b_ks[None, :] * b_e
-        tl.store(dqi + (tok_i * H + i_h)[:, None] * K + o_k[None, :], b_dq,
-                 mask=m_i[:, None] & m_k[None, :])
+        p_dq = dqi + (tok_i * H + i_h)[:, None] * K + o_k[None, :]
+        if ACC:
+            b_dq += tl.load(p_dq, mask=m_i[:, None] & m_k[None, :], other=0.0)
+        tl.store(p_dq, b_dq, mask=m_i[:, None] & m_k[None, :])
     for j in tl.static_range(BT // 16):  # dk of row block j
         tok_j = bos + j * 16 + r
         m_j = tok_j < eos
@@ -315,7 +328,7 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
             tok_i = bos + i * 16 + r
             m_i = tok_i < eos
             b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32)
-            b_gi = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+            b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
             if i > j:
                 b_qg = b_q * tl.exp(b_gi - b_r[None, :])
                 b_dk += tl.dot(tl.trans(b_dA), b_qg, input_precision=PREC) * tl.exp(
@@ -326,13 +339,16 @@ def _intra_grads_kernel(q, k, gc, damat, dqi, dki, starts, ends, H: tl.constexpr
                     ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
                     b_qt = tl.load(q + (t_t * H + i_h) * K + o_k, mask=m_k & ok,
                                    other=0.0).to(tl.float32)
-                    b_gt = tl.load(gc + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+                    b_gt = tl.load(gq + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
                     b_gt = tl.where(ok, b_gt, b_G)
-                    b_e = tl.exp(tl.where(r[:, None] <= t, b_gt[None, :] - b_gj, float("-inf")))
+                    keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
+                    b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
                     b_row = tl.sum(tl.where(r[:, None] == t, b_dA, 0.0), 0)  # dA[t, :]
                     b_dk += b_row[:, None] * b_qt[None, :] * b_e
-        tl.store(dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :], b_dk,
-                 mask=m_j[:, None] & m_k[None, :])
+        p_dk = dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :]
+        if ACC:
+            b_dk += tl.load(p_dk, mask=m_j[:, None] & m_k[None, :], other=0.0)
+        tl.store(p_dk, b_dk, mask=m_j[:, None] & m_k[None, :])
 
 
 @triton.jit
@@ -401,8 +417,8 @@ def _forward(q, k, v, ld, h0, table, BT):
     _cumsum_kernel[(NC, H)](ld, gc, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
                             FLOOR=LOG_DECAY_FLOOR, num_warps=4)
     amat = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
-    _scores_kernel[(NC, H)](q, k, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
-                            PREC=prec, num_warps=4)
+    _scores_kernel[(NC, H)](q, k, gc, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT,
+                            BK=BK, STRICT=False, PREC=prec, num_warps=4)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
     BVs, warps = state_launch(BV, S * H)
@@ -411,8 +427,8 @@ def _forward(q, k, v, ld, h0, table, BT):
         BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, v, gc, h, amat, o, table.starts, table.ends, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-        PREC=prec, num_warps=4)
+        q, v, gc, h, amat, o, None, None, table.starts, table.ends, H=H, K=K, V=V, BT=BT,
+        BK=BK, BV=BV, TWO=False, PREC=prec, num_warps=4)
     return o, ht, (gc, amat, h)
 
 
@@ -437,8 +453,9 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
         V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dqi = torch.empty(N, H, K, **f32)
     dki = torch.empty(N, H, K, **f32)
-    _intra_grads_kernel[(NC, H)](q, k, gc, damat, dqi, dki, table.starts, table.ends, H=H,
-                                 K=K, BT=BT, BK=BK, PREC=prec, num_warps=4)
+    _intra_grads_kernel[(NC, H)](q, k, gc, gc, damat, dqi, dki, table.starts, table.ends, H=H,
+                                 K=K, BT=BT, BK=BK, STRICT=False, ACC=False, PREC=prec,
+                                 num_warps=4)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)

@@ -30,6 +30,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from nlc.runtime.library.chunk_decay_triton import _state_prologue
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
@@ -203,20 +204,8 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
                    HAS_H0: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunk after chunk: store the state at each chunk's start
     in h, the chunk's Delta, and the final state."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_H0:
-        b_S = tl.load(h0 + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_S = tl.zeros([BV, BK], dtype=tl.float32)
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
+        h0, offsets, H, K, V, BK, BV, HAS_H0)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
@@ -307,20 +296,8 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets
                         HAS_DHT: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunks in reverse: store dS' (the gradient of each
     chunk's end state) in dh, complete dDelta in dd, and store the initial state's gradient."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_DHT:
-        b_dS = tl.load(dht + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_dS = tl.zeros([BV, BK], dtype=tl.float32)
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
+        dht, offsets, H, K, V, BK, BV, HAS_DHT)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)

@@ -36,6 +36,7 @@ from nlc.runtime.library.chunk_decay_triton import (
     _output_kernel,
     _rows,
     _scores_kernel,
+    _state_prologue,
     chunk_channel,
 )
 from nlc.runtime.library.chunk_delta_triton import _solve_kernel
@@ -106,26 +107,15 @@ def _wu_kernel(k, v, beta, gc, tinv, w, u, starts, ends,
 
 
 @triton.jit
-def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
+def _states_kernel(k, u, w, gc, h, delta, h0, ht, k2, v2, starts, ends, offsets,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-                   PREC: tl.constexpr):
+                   TWO: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h),
-    the chunk's Delta = U - W S^T, and the final state."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_H0:
-        b_S = tl.load(h0 + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_S = tl.zeros([BV, BK], dtype=tl.float32)
+    the chunk's Delta = U - W S^T, and the final state; TWO adds a second input term
+    V2^T (K2 * e^{G - g}) to each chunk's end state (the dplr family's v k^T)."""
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
+        h0, offsets, H, K, V, BK, BV, HAS_H0)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
@@ -146,6 +136,11 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
         b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k.dtype)
         b_S = b_S * tl.exp(b_G)[None, :] + tl.dot(tl.trans(b_d.to(b_k.dtype)), b_kd,
                                                   input_precision=PREC)
+        if TWO:
+            b_k2 = _rows(k2, tok, m_t, i_h, o_k, m_k, H, K)
+            b_v2 = tl.load(v2 + p_tv, mask=m_tv, other=0.0)
+            b_k2d = (b_k2.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k2.dtype)
+            b_S += tl.dot(tl.trans(b_v2), b_k2d, input_precision=PREC)
     tl.store(ht + p_state, b_S, mask=m_vk)
 
 
@@ -158,20 +153,8 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets
     """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh), dDelta's
     state part (added to dd), and the initial state's gradient:
     dDelta += (K * e^{G-g}) dS'^T,  dS = dS' diag(e^G) + dO^T (Q * e^g) - dDelta^T W."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_vk = m_v[:, None] & m_k[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * K + o_k[None, :]
-    if HAS_DHT:
-        b_dS = tl.load(dht + p_state, mask=m_vk, other=0.0).to(tl.float32)
-    else:
-        b_dS = tl.zeros([BV, BK], dtype=tl.float32)
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
+        dht, offsets, H, K, V, BK, BV, HAS_DHT)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
@@ -333,10 +316,10 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
                             num_warps=4)
     scores = torch.zeros(NC, H, BT, BT, **f32)  # P (zeroed: only lower blocks are written)
     kk = torch.zeros(NC, H, BT, BT, **f32)      # the keys' decayed scores
-    _scores_kernel[(NC, H)](q, k, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK, PREC=prec,
-                            num_warps=4)
-    _scores_kernel[(NC, H)](k, k, gc, kk, **rows, H=H, K=K, BT=BT, BK=BK, PREC=prec,
-                            num_warps=4)
+    _scores_kernel[(NC, H)](q, k, gc, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK,
+                            STRICT=False, PREC=prec, num_warps=4)
+    _scores_kernel[(NC, H)](k, k, gc, gc, kk, **rows, H=H, K=K, BT=BT, BK=BK, STRICT=False,
+                            PREC=prec, num_warps=4)
     amat = torch.empty(NC, H, BT, BT, **f32)
     _ut_matrix_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
     tinv = torch.zeros(NC, H, BT, BT, **f32)
@@ -349,12 +332,12 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
     ht = torch.empty(S, H, V, K, **f32)
     d = torch.empty_like(v)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        k, u, w, gc, h, d, h0, ht, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
+        k, u, w, gc, h, d, h0, ht, None, None, **rows, offsets=table.offsets, H=H, K=K, V=V,
+        BT=BT, BK=BK, BV=BVs, HAS_H0=h0 is not None, TWO=False, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, d, gc, h, scores, o, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
-        num_warps=4)
+        q, d, gc, h, scores, o, None, None, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        TWO=False, PREC=prec, num_warps=4)
     return o, ht, (gc, scores, kk, tinv, w, d, h)
 
 
@@ -382,10 +365,10 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     _key_grads_kernel[(NC, H)](
         q, k, v, beta, gc, h, d, tinv, kk, do, dd, dh, dv, dkk, dqp, dkp, dgp, dbeta, **rows,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), PREC=prec, num_warps=warps)
-    _intra_grads_kernel[(NC, H)](q, k, gc, dscores, dqi, dki, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, PREC=prec, num_warps=4)
-    _intra_grads_kernel[(NC, H)](k, k, gc, dkk, dkr, dkc, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, PREC=prec, num_warps=4)
+    _intra_grads_kernel[(NC, H)](q, k, gc, gc, dscores, dqi, dki, **rows, H=H, K=K, BT=BT,
+                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
+    _intra_grads_kernel[(NC, H)](k, k, gc, gc, dkk, dkr, dkc, **rows, H=H, K=K, BT=BT,
+                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)

@@ -1,5 +1,5 @@
 """Shared pieces of the chunked Triton kernels (chunk_delta_triton.py, chunk_decay_triton.py,
-chunk_kda_triton.py).
+chunk_kda_triton.py, chunk_dplr_triton.py).
 
 Every chunked kernel works on packed sequences: tokens `[N, H, *]` (a batch `[B, T, H, *]` is
 B sequences of T tokens, packed), `cu_seqlens` the sequences' boundaries. A chunk never spans
@@ -151,11 +151,14 @@ def check_dims(K: int, V: int, chunk: int):
 # --------------------------------------------------------------------------- dispatch
 # (family, decay kind) pairs whose chunked Triton kernels the dispatch uses: chunk_scalar
 # (chunk_delta_triton.py) for no or a scalar decay, chunk_channel (chunk_decay_triton.py) and
-# chunk_kda (chunk_kda_triton.py) for a decay per key channel. The channel-decay kernels are
-# tested under the Triton interpreter (tests/test_chunk_triton.py, tests/test_chunk_kda_triton.py);
-# benchmarks/gpu_chunked.py times them on a GPU.
+# chunk_kda (chunk_kda_triton.py) for a decay per key channel, chunk_dplr (chunk_dplr_triton.py)
+# for the dplr family with any decay (a scalar or no decay is a per-channel one). The
+# channel-decay kernels are tested under the Triton interpreter (tests/test_chunk_triton.py,
+# tests/test_chunk_kda_triton.py, tests/test_chunk_dplr_triton.py); benchmarks/gpu_chunked.py
+# times them on a GPU.
 CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
-                   ("decay", "scalar"), ("decay", "channel"), ("delta", "channel")}
+                   ("decay", "scalar"), ("decay", "channel"), ("delta", "channel"),
+                   ("dplr", "none"), ("dplr", "scalar"), ("dplr", "channel")}
 # inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
 # few tokens) to the fused recurrent kernel, which needs no per-chunk work
 CHUNKED_MIN_TOKENS = 64
@@ -181,6 +184,9 @@ def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bo
             or chunk not in (16, 32, 64)):
         return None
     try:
+        if family == "dplr":
+            from nlc.runtime.library.chunk_dplr_triton import chunk_dplr
+            return chunk_dplr
         if decay == "channel" and family == "delta":
             from nlc.runtime.library.chunk_kda_triton import chunk_kda
             return chunk_kda

@@ -8,6 +8,7 @@ chunk.
 
 decay:  S_t = S_{t-1} D_t + v_t k_t^T
 delta:  S_t = S_{t-1} D_t (I - b_t k_t k_t^T) + v_t k_t^T
+dplr:   S_t = S_{t-1} (D_t + a_t b_t^T) + v_t k_t^T
 
 For delta, write S_t = S_{t-1} D_t + delta_t k_t^T with delta_t = v_t - b_t S_{t-1} D_t k_t.
 Unrolled inside a chunk from its start state S_0 (g the cumulative log decay), the deltas
@@ -17,7 +18,18 @@ solve a unit lower-triangular system (the UT transform):
 so Delta = U - W S_0^T with U = (I + A)^-1 V and W = (I + A)^-1 diag(b) (K * e^g), both
 computed for all chunks at once. With a decay per key channel (Kimi Delta Attention) A is the
 keys' own decayed scores, built as the output's are (`_scores`); a scalar decay is the case
-K = 1 of the same formulas."""
+K = 1 of the same formulas.
+
+For dplr, write S_t = S_{t-1} D_t + u_t b_t^T + v_t k_t^T with u_t = S_{t-1} a_t: two input
+terms of the decay family, the first's values unknown. The decay sits beside the rank-one
+term (S_{t-1} a_t, not S_{t-1} D_t a_t), so a_t meets the cumulative decay up to the token
+before it, gx_t = g_t - log D_t. Unrolled inside a chunk,
+  (I - A_ab) U = A_ak V + (A * e^gx) S_0^T,
+  A_xy[t, s] = sum_c x_tc y_sc e^{gx_tc - g_sc}  (s < t),
+so U = T A_ak V + W S_0^T with T = (I - A_ab)^-1 and W = T (A * e^gx), and
+  O = (Q * e^g) S_0^T + P_qk V + P_qb U,   S' = S_0 e^G + (U^T B + V^T K) e^{G - g},
+P_xy the same scores with e^{g_t - g_s}, s <= t (Peng et al., RWKV-7, arXiv:2503.14456,
+2025, eq. 17 is the rule; the chunked form is this derivation's)."""
 
 from __future__ import annotations
 
@@ -80,7 +92,8 @@ def _scores(q, k, g_read, g, strict: bool):
         decay = _masked_exp(g_read[..., :, 0, None] - g[..., None, :, 0], strict)
         return (q @ k.mT) * decay
     ref = g[..., :1, :]
-    if (g - ref).abs().amax() < SAFE_SPAN:  # factor e^{g_t - g_s} into q and k: one matmul
+    span = torch.maximum((g - ref).abs().amax(), (g_read - ref).abs().amax())
+    if span < SAFE_SPAN:  # factor e^{g_t - g_s} into q and k: one matmul
         scores = (q * torch.exp(g_read - ref)) @ (k * torch.exp(ref - g)).mT
         return scores.masked_fill(~_causal(g.shape[-2], strict, g.device), 0.0)
     decay = _masked_exp((g_read.unsqueeze(-2) - g.unsqueeze(-3)).movedim(-1, -3), strict)
@@ -163,5 +176,47 @@ def delta_chunked_torch(q, k, v, beta, log_decay=None, *, initial_state=None,
         outs.append((qn * gr.exp()) @ S.mT + _scores(qn, kn, gr, gn, strict=read_before) @ delta)
         last = gn[..., -1:, :]
         S = S * last.exp() + delta.mT @ (kn * (last - gn).exp())
+    o = _merge(torch.stack(outs, 2))[:, :T]
+    return o, S
+
+
+def dplr_chunked(q, k, v, a, b, log_decay=None, *, initial_state=None, read_before=False,
+                 chunk_size=64):
+    """The dplr family (S' = S (D + a b^T) + v k^T), chunked. CUDA tensors go to the chunked
+    Triton kernels (runtime/library/chunk_dplr_triton.py) where they cover the case."""
+    kind = _decay_kind(log_decay)
+    kernel = chunked_kernel_for(q, "dplr", kind, read_before, chunk_size, k.shape[-1],
+                                v.shape[-1])
+    if kernel is not None:
+        if kind == "scalar":  # the kernels take a log decay per key channel
+            log_decay = log_decay.unsqueeze(-1).expand(*q.shape)
+        return kernel(q, k, v, a, b, log_decay, initial_state=initial_state,
+                      chunk_size=chunk_size)
+    return dplr_chunked_torch(q, k, v, a, b, log_decay, initial_state=initial_state,
+                              read_before=read_before, chunk_size=chunk_size)
+
+
+def dplr_chunked_torch(q, k, v, a, b, log_decay=None, *, initial_state=None,
+                       read_before=False, chunk_size=64):
+    """`dplr_chunked` in plain PyTorch (any device); `a`, `b` are `[B, T, H, K]`."""
+    T, q, k, v, g, _ = _prepare(q, k, v, log_decay, chunk_size)
+    a, b = (_split(_pad(x, q.shape[2] * chunk_size), chunk_size) for x in (a, b))
+    gx = F.pad(g, (0, 0, 1, 0))[..., :-1, :]  # up to the token before; g - ld would round
+    eye = torch.eye(chunk_size, dtype=q.dtype, device=q.device)
+    a_ab = _scores(a, b, gx, g, strict=True)
+    t_inv = torch.linalg.solve_triangular(eye - a_ab, eye.expand_as(a_ab), upper=False,
+                                          unitriangular=True)
+    u0 = t_inv @ (_scores(a, k, gx, g, strict=True) @ v)
+    w = t_inv @ (a * gx.exp())
+    g_read = gx if read_before else g
+    S = _initial(initial_state, q, v)
+    outs = []
+    for n in range(q.shape[2]):
+        qn, kn, vn, bn, gn, gr = (x[:, :, n] for x in (q, k, v, b, g, g_read))
+        u = u0[:, :, n] + w[:, :, n] @ S.mT
+        outs.append((qn * gr.exp()) @ S.mT + _scores(qn, kn, gr, gn, strict=read_before) @ vn
+                    + _scores(qn, bn, gr, gn, strict=read_before) @ u)
+        fade = (gn[..., -1:, :] - gn).exp()
+        S = S * gn[..., -1:, :].exp() + u.mT @ (bn * fade) + vn.mT @ (kn * fade)
     o = _merge(torch.stack(outs, 2))[:, :T]
     return o, S

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from nlc.runtime.library.attention import attention
 from nlc.runtime.library.chunk_triton import (CHUNKED_MIN_TOKENS, has_chunked_kernel,
                                               triton_enabled)
-from nlc.runtime.library.chunked import decay_chunked, delta_chunked
+from nlc.runtime.library.chunked import decay_chunked, delta_chunked, dplr_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
@@ -358,7 +358,7 @@ def use_triton(ref: torch.Tensor, chunked: str | None = None, key_width: int = 0
     NLC_TRITON=0; NLC_TRITON=force sends CPU tensors too (with TRITON_INTERPRET=1: how CI tests
     the dispatch). `chunked` ("family/decay", e.g. "delta/scalar") names the level's chunked
     form: training-length inputs then skip the recurrent kernel, and the chunked form
-    (`delta_chunked`, `decay_chunked`) runs its chunked Triton kernels instead. A state
+    (`delta_chunked`, `decay_chunked`, `dplr_chunked`) runs its chunked Triton kernels instead. A state
     wider than `KEY_TILE` keys runs the PyTorch forms."""
     if not triton_enabled(ref) or key_width > KEY_TILE:
         return False
@@ -427,7 +427,7 @@ __all__ = [
     "output", "per_token", "init_state", "log_gate", "inv_softplus_uniform", "log_uniform",
     "use_triton",
     "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
-    "decay_chunked", "delta_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
+    "decay_chunked", "delta_chunked", "dplr_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
     "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
     "row_decay_chunked",
