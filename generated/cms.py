@@ -590,7 +590,9 @@ class ContinuumMemory(nn.Module):
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
-        mode = self.mode if cache is None else "recurrent"
+        # a cache continues from its states: one token (decoding) runs the recurrent form, longer
+        # inputs the layer's mode (each op goes on token by token where a state stopped mid-chunk)
+        mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         cms_fast, cms_fast_final = cms_fast_op(
             xh,

@@ -53,8 +53,7 @@ def memory_chunked(tokens, state, consts, chunk_size):
             output_final_state=True,
         )
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
-    o = 0
-    o_i, S = nl.decay_chunked(
+    o, S = nl.decay_chunked(
         nl.vec(q, ref),
         nl.vec(k, ref),
         nl.vec(v, ref),
@@ -63,7 +62,6 @@ def memory_chunked(tokens, state, consts, chunk_size):
         read_before=False,
         chunk_size=chunk_size,
     )
-    o = o + o_i
     return o.unsqueeze(-1), {"S": S}
 
 
@@ -145,8 +143,7 @@ def normalizer_chunked(tokens, state, consts, chunk_size):
     ref = nl.reference(tokens)
     value0 = 1
     S = state["z"].mT
-    o = 0
-    o_i, S = nl.decay_chunked(
+    o, S = nl.decay_chunked(
         nl.vec(q, ref),
         nl.vec(k, ref),
         nl.vec(value0, ref),
@@ -155,7 +152,6 @@ def normalizer_chunked(tokens, state, consts, chunk_size):
         read_before=False,
         chunk_size=chunk_size,
     )
-    o = o + o_i
     return o.unsqueeze(-1), {"z": S.mT}
 
 
@@ -296,7 +292,9 @@ class LinearAttention(nn.Module):
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
         convs = None if cache is None else cache.setdefault("convs", {})
-        mode = self.mode if cache is None else "recurrent"
+        # a cache continues from its states: one token (decoding) runs the recurrent form, longer
+        # inputs the layer's mode (each op goes on token by token where a state stopped mid-chunk)
+        mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(

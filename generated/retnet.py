@@ -59,8 +59,7 @@ def memory_chunked(tokens, state, consts, chunk_size):
             output_final_state=True,
         )
         return o.unsqueeze(-1).to(ref.dtype), {"S": S}
-    o = 0
-    o_i, S = nl.decay_chunked(
+    o, S = nl.decay_chunked(
         nl.vec(q, ref),
         nl.vec(k, ref),
         nl.vec(v, ref),
@@ -69,7 +68,6 @@ def memory_chunked(tokens, state, consts, chunk_size):
         read_before=False,
         chunk_size=chunk_size,
     )
-    o = o + o_i
     return o.unsqueeze(-1), {"S": S}
 
 
@@ -213,7 +211,9 @@ class RetNet(nn.Module):
         states = (
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
-        mode = self.mode if cache is None else "recurrent"
+        # a cache continues from its states: one token (decoding) runs the recurrent form, longer
+        # inputs the layer's mode (each op goes on token by token where a state stopped mid-chunk)
+        mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(nl.head_matmul(xh, self.W_q), ref)  # spec:15

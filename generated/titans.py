@@ -376,7 +376,9 @@ class Titans(nn.Module):
             self.initial_state(batch) if cache is None or "states" not in cache else cache["states"]
         )
         convs = None if cache is None else cache.setdefault("convs", {})
-        mode = self.mode if cache is None else "recurrent"
+        # a cache continues from its states: one token (decoding) runs the recurrent form, longer
+        # inputs the layer's mode (each op goes on token by token where a state stopped mid-chunk)
+        mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(

@@ -225,15 +225,15 @@ class LevelPrinter:
                          f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref), "
                          f"nl.flat({v['rate']}, ref), {decay}, "
                          f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
-        else:
-            lines.append("o = 0")
-            for i in range(len(ex.terms)):
-                lines.append(f"o_i, S = nl.decay_chunked(nl.vec({v['query']}, ref), "
-                             f"nl.vec({v[f'key{i}']}, ref), nl.vec({v[f'value{i}']}, ref), "
-                             f"{decay}, initial_state={state}, read_before={rb}, "
-                             "chunk_size=chunk_size)")
-                lines.append("o = o + o_i")
-                state = "S"
+        else:  # linear in the inputs: the first term carries the initial state, the rest
+            for i in range(len(ex.terms)):  # start from zero, and outputs and states add up
+                lines.append(f"{'o, S' if i == 0 else 'o_i, S_i'} = nl.decay_chunked("
+                             f"nl.vec({v['query']}, ref), nl.vec({v[f'key{i}']}, ref), "
+                             f"nl.vec({v[f'value{i}']}, ref), {decay}, "
+                             f"initial_state={state if i == 0 else 'None'}, "
+                             f"read_before={rb}, chunk_size=chunk_size)")
+                if i:
+                    lines.append("o, S = o + o_i, S + S_i")
         return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
 
     def row_decay_chunked(self, ex: AffineChunk) -> list[str]:

@@ -60,8 +60,12 @@ def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimize
     config.validate()
     world = distributed.setup(config.device)
     try:
-        return _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume,
-                      progress)
+        summary = _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume,
+                         progress)
+        # ranks leave together: one that closed its connections while another still wrote
+        # its summary could abort the other's transport threads at exit
+        distributed.barrier(world)
+        return summary
     finally:
         distributed.teardown(world)
 
