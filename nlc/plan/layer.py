@@ -6,6 +6,8 @@ that read each other's outputs, and the forward's steps. Emit prints what this r
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import replace
 
 import networkx as nx
@@ -239,6 +241,21 @@ class _LayerPlanner:
                      if attrs)
 
     # ------------------------------------------------------------ one level
+    def refuse_shifted(self, level, names) -> None:
+        """An omega window's rule reads earlier tokens' context (`k_m1`: k one token back);
+        generated layers do not provide those values yet, so compile refuses at the objective
+        rather than emit code that names them."""
+        context = {v.name for v in self.spec.context}
+        shifted = [n for n in names if (m := re.fullmatch(r"(\w+)_m(\d+)", n))
+                   and m.group(1) in context]
+        if shifted:
+            raise NlcError(f"level '{level.name}': the objective reads the context of earlier "
+                           f"tokens ({', '.join(shifted[:4])}{', ...' if len(shifted) > 4 else ''}"
+                           "), which generated layers do not provide yet",
+                           level.objective.span,
+                           hint="check, derive, verify and identify accept an omega window; "
+                                "compile takes window = 1 only")
+
     def level(self, level, coupled: bool) -> LevelPlan:
         c = self.rules[level.name]
         rule, fam, ex = c.rule, c.family, c.execution
@@ -258,6 +275,7 @@ class _LayerPlanner:
         roles = [rule.role(r) for r in ("query", "key", "value")]
         first = [r.name for r in roles if isinstance(r, (sp.Symbol, sp.MatrixSymbol))]
         order = sorted(used - known, key=lambda n: (first.index(n) if n in first else 3, n))
+        self.refuse_shifted(level, order)
         tokens = [TokenInput(n, "vector", symbols[n].shape[0])
                   if isinstance(symbols[n], sp.MatrixSymbol) else TokenInput(n, "scalar")
                   for n in order]
