@@ -101,21 +101,22 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"}}  # set in the row'
 
 def run_row(name: str, steps: int, B: int, T: int) -> dict:
     from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.distributed import World
     from nlc.runtime.trainer.model import LanguageModel
+    from nlc.runtime.trainer.train import autocast_for, graphed
     label, factory, compiled = ROWS[name]
-    cfg = TrainConfig(task="lm", d_model=D_MODEL, n_layers=LAYERS, vocab_size=256)
+    cfg = TrainConfig(task="lm", d_model=D_MODEL, n_layers=LAYERS, vocab_size=256,
+                      cuda_graphs=compiled == "graphs")
     torch.manual_seed(0)
     model = LanguageModel(cfg, factory()).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (B, T), device="cuda")
-    # CUDA graphs replay the step's thousands of launches as one; autocast's weight cache
-    # must be off while capturing (torch.cuda.make_graphed_callables)
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, cache_enabled=compiled != "graphs")
+    world = World(device=torch.device("cuda"))
+    autocast = autocast_for(cfg, world.device)  # the trainer's (its cache off under graphs)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    if compiled == "graphs":
-        with torch.autocast(**autocast):
-            forward = torch.cuda.make_graphed_callables(model, (x,))
+    if cfg.cuda_graphs:  # `nlc train --cuda-graphs`: the step's launches replay as one graph
+        forward = graphed(model, x, world, cfg)
     else:
         forward = torch.compile(model) if compiled else model
     capture = time.perf_counter() - t0
@@ -123,7 +124,7 @@ def run_row(name: str, steps: int, B: int, T: int) -> dict:
     for _ in range(steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(**autocast):
+        with autocast():
             logits = forward(x)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x.flatten())
         loss.backward()

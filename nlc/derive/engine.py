@@ -31,6 +31,7 @@ from nlc.derive.symbols import (
     matmul,
     per_channel,
     scaled,
+    shifted_name,
 )
 from nlc.errors import NlcError
 from nlc.levels.records import LevelRecord, Term
@@ -74,7 +75,7 @@ class LevelDerivation:
         names: dict[str, object] = {}
         if shift:
             for var in self.spec.context:
-                names[var.name] = self.table.symbol(f"{var.name}_m{shift}", var.shape)
+                names[var.name] = self.table.symbol(shifted_name(var.name, shift), var.shape)
         lower = Lowering(self.table, names, None)
         state_name = self.state.name
 

@@ -29,6 +29,17 @@ def internal(name: str) -> str:
 _R = sp.Symbol(internal("r"), real=True)
 
 
+def shifted_name(name: str, shift: int) -> str:
+    """The context value `name` `shift` tokens back, as omega windows read it: k -> k_m1."""
+    return f"{name}_m{shift}"
+
+
+def unshifted(name: str) -> str | None:
+    """The context value a `shifted_name` is `name` of, else None."""
+    base, sep, shift = name.rpartition("_m")
+    return base if sep and base and shift.isdigit() and shift[0] != "0" else None
+
+
 # An undefined activation: verification proves the chain rule for every activation.
 SIGMA = sp.Function("sigma")
 SIGMA_PRIME = sp.Function("sigma_prime")

@@ -6,8 +6,6 @@ that read each other's outputs, and the forward's steps. Emit prints what this r
 
 from __future__ import annotations
 
-import re
-
 from dataclasses import replace
 
 import networkx as nx
@@ -25,7 +23,7 @@ from nlc.derive.execution import (
 )
 from nlc.derive.forms import tensor_names
 from nlc.derive.matfuncs import free_names
-from nlc.derive.symbols import dim_size
+from nlc.derive.symbols import dim_size, unshifted
 from nlc.errors import NlcError
 from nlc.levels import shapes
 from nlc.levels.records import TRAIN
@@ -246,8 +244,7 @@ class _LayerPlanner:
         generated layers do not provide those values yet, so compile refuses at the objective
         rather than emit code that names them."""
         context = {v.name for v in self.spec.context}
-        shifted = [n for n in names if (m := re.fullmatch(r"(\w+)_m(\d+)", n))
-                   and m.group(1) in context]
+        shifted = [n for n in names if unshifted(n) in context]
         if shifted:
             raise NlcError(f"level '{level.name}': the objective reads the context of earlier "
                            f"tokens ({', '.join(shifted[:4])}{', ...' if len(shifted) > 4 else ''}"
