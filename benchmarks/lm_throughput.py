@@ -86,6 +86,8 @@ ROWS = {
                        lambda: _spec("titans", d_head=64), "graphs"),
     "fla_hand_deltanet": ("hand layer on fla chunk_delta_rule", lambda: _hand_fla_deltanet,
                           False),
+    "fla_hand_deltanet_compiled": ("hand layer on fla chunk_delta_rule, torch.compile",
+                                   lambda: _hand_fla_deltanet, True),
     "fla_deltanet": ("fla.layers.DeltaNet (chunk)",
                      lambda: _fla_layer("DeltaNet", expand_k=1.0, expand_v=1.0), False),
     "fla_gated_deltanet": ("fla.layers.GatedDeltaNet (chunk)",
@@ -93,6 +95,12 @@ ROWS = {
                                               expand_v=1.0), False),
     "fla_gdn_our_kernel": ("fla.layers.GatedDeltaNet, our chunked kernel",
                            lambda: _ours_in_fla_gdn, False),
+    "fla_gdn_our_kernel_compiled": ("fla.layers.GatedDeltaNet, our chunked kernel, torch.compile",
+                                    lambda: _ours_in_fla_gdn, True),
+    "hope": ("nlc examples/hope.nl (Hope: self-modifying Titans + CMS)",
+             lambda: _spec("hope", d_head=64), False),
+    "hope_graphed": ("nlc examples/hope.nl, forward and backward as CUDA graphs",
+                     lambda: _spec("hope", d_head=64), "graphs"),
 }
 
 

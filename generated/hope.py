@@ -66,6 +66,49 @@ def SelfModifyingTitans_mlp_memory_combine(inputs, W1, W2):
     return W1_next, W2_next
 
 
+def SelfModifyingTitans_mlp_memory_transition(inputs):
+    """The transition of levels k, v, eta, alpha, memory: their rules are the same but for the names of their states."""
+    k = inputs["k"]
+    alpha = inputs["alpha"]
+    eta = inputs["eta"]
+    W1_retain = alpha
+    W1_erase = -eta
+    W1_left = k
+    W1_right = k.mT
+    W1_drive0 = 1
+    W2_retain = alpha
+    W2_drive1 = 1
+    return (W1_retain, W1_erase, W1_left, W1_right, {"drive0": W1_drive0}), (
+        W2_retain,
+        None,
+        None,
+        None,
+        {"drive1": W2_drive1},
+    )
+
+
+def SelfModifyingTitans_mlp_memory_pairs(inputs, W1_0, W2_0):
+    """The pairs of levels k, v, eta, alpha, memory: their rules are the same but for the names of their states."""
+    k = inputs["k"]
+    eta = inputs["eta"]
+    v = inputs["v"]
+    t0 = -v
+    t1 = nl.mm(W1_0, k)
+    t2 = nl.gelu(t1)
+    t3 = nl.mm(W2_0, t2)
+    t4 = nl.mm(W1_0, v)
+    t5 = nl.gelu(t4)
+    t6 = -(nl.mm(W2_0, t5))
+    t7 = t0 + t3 + t6 + k
+    t8 = -eta
+    drive0_0_col = t8 * ((nl.mm(W2_0.mT, t7)) * (nl.gelu_grad(t1)))
+    t9 = k.mT
+    drive0_0_row = t9
+    drive1_0_col = t8 * t7
+    drive1_0_row = nl.gelu((nl.mm(t9, W1_0.mT)))
+    return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
+
+
 # ---------------------------------------------------------------- level `k`
 def SelfModifyingTitans_k_step(state, inputs):
     """One token of level `k` (spec:42); matrices in the last two axes."""
@@ -110,6 +153,19 @@ def SelfModifyingTitans_k_combine(state, inputs):
         inputs, state["K_W1"], state["K_W2"]
     )
     return {"K_W1": K_W1_next, "K_W2": K_W2_next}
+
+
+def SelfModifyingTitans_k_pairs(inputs):
+    """Level `k`'s chunk-start terms as per-token outer products (column, row),
+    which its transition weighs instead of building each token's matrix."""
+    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["K_W1_0"], inputs["K_W2_0"])
+
+
+def SelfModifyingTitans_k_transition(inputs):
+    """Level `k`'s combine for every token of a chunk at once, per state: (retain,
+    erase, left, right, input) of W' = retain W + erase (W left) right + input; the chunk
+    runs without a per-token loop (nlc.runtime.library.affine_chunk)."""
+    return dict(zip(("K_W1", "K_W2"), SelfModifyingTitans_mlp_memory_transition(inputs)))
 
 
 def SelfModifyingTitans_k_read_token(state, inputs):
@@ -175,6 +231,19 @@ def SelfModifyingTitans_v_combine(state, inputs):
     return {"V_W1": V_W1_next, "V_W2": V_W2_next}
 
 
+def SelfModifyingTitans_v_pairs(inputs):
+    """Level `v`'s chunk-start terms as per-token outer products (column, row),
+    which its transition weighs instead of building each token's matrix."""
+    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["V_W1_0"], inputs["V_W2_0"])
+
+
+def SelfModifyingTitans_v_transition(inputs):
+    """Level `v`'s combine for every token of a chunk at once, per state: (retain,
+    erase, left, right, input) of W' = retain W + erase (W left) right + input; the chunk
+    runs without a per-token loop (nlc.runtime.library.affine_chunk)."""
+    return dict(zip(("V_W1", "V_W2"), SelfModifyingTitans_mlp_memory_transition(inputs)))
+
+
 def SelfModifyingTitans_v_read_token(state, inputs):
     """Level `v`'s read of one token (or a chunk), before any level writes."""
     h = inputs["h"]
@@ -238,6 +307,19 @@ def SelfModifyingTitans_eta_combine(state, inputs):
         inputs, state["E_W1"], state["E_W2"]
     )
     return {"E_W1": E_W1_next, "E_W2": E_W2_next}
+
+
+def SelfModifyingTitans_eta_pairs(inputs):
+    """Level `eta`'s chunk-start terms as per-token outer products (column, row),
+    which its transition weighs instead of building each token's matrix."""
+    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["E_W1_0"], inputs["E_W2_0"])
+
+
+def SelfModifyingTitans_eta_transition(inputs):
+    """Level `eta`'s combine for every token of a chunk at once, per state: (retain,
+    erase, left, right, input) of W' = retain W + erase (W left) right + input; the chunk
+    runs without a per-token loop (nlc.runtime.library.affine_chunk)."""
+    return dict(zip(("E_W1", "E_W2"), SelfModifyingTitans_mlp_memory_transition(inputs)))
 
 
 def SelfModifyingTitans_eta_read_token(state, inputs):
@@ -312,6 +394,19 @@ def SelfModifyingTitans_alpha_combine(state, inputs):
     return {"A_W1": A_W1_next, "A_W2": A_W2_next}
 
 
+def SelfModifyingTitans_alpha_pairs(inputs):
+    """Level `alpha`'s chunk-start terms as per-token outer products (column, row),
+    which its transition weighs instead of building each token's matrix."""
+    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["A_W1_0"], inputs["A_W2_0"])
+
+
+def SelfModifyingTitans_alpha_transition(inputs):
+    """Level `alpha`'s combine for every token of a chunk at once, per state: (retain,
+    erase, left, right, input) of W' = retain W + erase (W left) right + input; the chunk
+    runs without a per-token loop (nlc.runtime.library.affine_chunk)."""
+    return dict(zip(("A_W1", "A_W2"), SelfModifyingTitans_mlp_memory_transition(inputs)))
+
+
 def SelfModifyingTitans_alpha_read_token(state, inputs):
     """Level `alpha`'s read of one token (or a chunk), before any level writes."""
     h = inputs["h"]
@@ -380,6 +475,19 @@ def SelfModifyingTitans_memory_combine(state, inputs):
         inputs, state["M_W1"], state["M_W2"]
     )
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}
+
+
+def SelfModifyingTitans_memory_pairs(inputs):
+    """Level `memory`'s chunk-start terms as per-token outer products (column, row),
+    which its transition weighs instead of building each token's matrix."""
+    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["M_W1_0"], inputs["M_W2_0"])
+
+
+def SelfModifyingTitans_memory_transition(inputs):
+    """Level `memory`'s combine for every token of a chunk at once, per state: (retain,
+    erase, left, right, input) of W' = retain W + erase (W left) right + input; the chunk
+    runs without a per-token loop (nlc.runtime.library.affine_chunk)."""
+    return dict(zip(("M_W1", "M_W2"), SelfModifyingTitans_mlp_memory_transition(inputs)))
 
 
 def SelfModifyingTitans_memory_read(states, inputs):
@@ -458,6 +566,9 @@ def SelfModifyingTitans_memory_op(
             anchors=(("M_W1_0", "M_W1"), ("M_W2_0", "M_W2")),
             chunk=64,
             read_before=True,
+            transition=SelfModifyingTitans_memory_transition,
+            pairs=SelfModifyingTitans_memory_pairs,
+            lazy_read=True,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 64) else chunked
@@ -513,6 +624,8 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             16,
             SelfModifyingTitans_k_drive,
             SelfModifyingTitans_k_combine,
+            SelfModifyingTitans_k_transition,
+            SelfModifyingTitans_k_pairs,
         ),
         nl.Member(
             "v",
@@ -522,6 +635,8 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             16,
             SelfModifyingTitans_v_drive,
             SelfModifyingTitans_v_combine,
+            SelfModifyingTitans_v_transition,
+            SelfModifyingTitans_v_pairs,
         ),
         nl.Member(
             "eta",
@@ -531,6 +646,8 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             16,
             SelfModifyingTitans_eta_drive,
             SelfModifyingTitans_eta_combine,
+            SelfModifyingTitans_eta_transition,
+            SelfModifyingTitans_eta_pairs,
         ),
         nl.Member(
             "alpha",
@@ -540,6 +657,8 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             16,
             SelfModifyingTitans_alpha_drive,
             SelfModifyingTitans_alpha_combine,
+            SelfModifyingTitans_alpha_transition,
+            SelfModifyingTitans_alpha_pairs,
         ),
     ]
 

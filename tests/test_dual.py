@@ -45,10 +45,12 @@ def test_titans_and_ttt_compile_to_the_dual_form():
         assert ("nl.dual_chunked(" in code) is dual, spec
 
 
-def test_erase_keeps_the_token_loop():
-    """erase multiplies the state by a per-token matrix: not a scalar combine, no dual form."""
+def test_erase_takes_the_affine_chunk_form_not_the_dual_one():
+    """erase multiplies the state by a per-token matrix: not a scalar combine, no dual form;
+    each state's combine is affine, so the chunk runs by its transitions
+    (tests/test_affine_chunk.py)."""
     code = compile_spec(str(EXAMPLES / "hope.nl"))
-    assert "nl.frozen_chunked(" in code and "_outer(" not in code
+    assert "nl.frozen_chunked(" in code and "_outer(" not in code and "transition=" in code
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

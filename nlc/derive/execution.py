@@ -168,10 +168,21 @@ class FrozenSplit:
     # per drive symbol: its summands, each (column, row) when an outer product, else (term,)
     outer: tuple[tuple[str, tuple[tuple, ...]], ...]
     dual: bool
+    # per state, when every combine is affine in its own state with a scalar retention and at
+    # most one rank-one erase: (state, retain, erase, left, right, input, drives) with
+    # next = retain W + erase (W left) right + input (no erase: erase, left, right None); the
+    # chunk then runs without a per-token loop (runtime/library/affine_chunk.py). `drives`:
+    # the input as ((drive symbol's name, coefficient), ...) when it is such a sum
+    transitions: tuple[tuple, ...] | None = None
+    # every input is a sum of drives made of outer products: the chunk builds no per-token
+    # matrix (affine_chunk.low_rank); `left_read`: the read meets the states only as S @ x
+    low_rank: bool = False
+    left_read: bool = False
 
     def to_text(self) -> str:
         from nlc.derive.printing import paper_text
-        how = "summed per chunk" if self.additive else "dual form" if self.dual else "per token"
+        how = "summed per chunk" if self.additive else "dual form" if self.dual \
+            else "affine per state, chunk-parallel" if self.transitions else "per token"
         texts, where = paper_text([e for _, e in self.drive])
         shown = "; ".join(f"{s.name} = {t}" for (s, _), t in zip(self.drive, texts))
         return f"frozen split ({how}): {shown}" + (f"; where {'; '.join(where)}" if where else "")
@@ -542,7 +553,62 @@ def _frozen(rule: UpdateRule, constants: frozenset[str]) -> FrozenSplit:
     # summed before they are combined
     additive = rule.period > 1 and not (free_names([e for _, e in combined]) & tokens)
     dual = not additive and _dual(rule, drive, combined, outer)
-    return FrozenSplit(drive, combined, additive, outer, dual)
+    drives = {sym.name for sym, _ in drive}
+    transitions = None if additive or dual else _transitions(combined, current, drives)
+    pairs = {name for name, terms in outer if all(len(t) == 2 for t in terms)}
+    # the pairs replace the drives: nothing but the inputs may read a drive
+    low_rank = bool(transitions) and all(
+        t[-1] is not None and all(d in pairs for d, _ in t[-1])
+        and not free_names([e for e in t[1:5] if e is not None]) & drives
+        for t in transitions)
+    suffix = "" if rule.read_before else "_next"
+    left_read = _only_left_factor(rule.read, {f"{n}{suffix}" for n in states})
+    return FrozenSplit(drive, combined, additive, outer, dual, transitions, low_rank, left_read)
+
+
+def _transitions(combined, current: set[str], drives: set[str]) -> tuple | None:
+    """Each state's combine as retain W + erase (W left) right + input, the input free of
+    every state (`FrozenSplit.transitions`); None when some combine is not of that form."""
+    out = []
+    for name, expr in combined:
+        retain, erase, inputs = sp.Integer(0), None, []
+        for term in _summands(expr):
+            if not _uses(term, current):
+                inputs.append(term)
+                continue
+            coef, mats = split_term(term)
+            mats = [f for m in mats for f in _factors(m)]
+            if _uses(coef, current) or not mats \
+                    or not (isinstance(mats[0], sp.MatrixSymbol) and mats[0].name == name) \
+                    or _uses(sp.MatMul(*mats[1:]) if mats[1:] else sp.Integer(0), current):
+                return None
+            if len(mats) == 1:
+                retain += coef
+                continue
+            split = _outer(sp.MatMul(*mats[1:]))
+            if split is None or erase is not None:
+                return None
+            left, right = split
+            erase = (coef, left, right)
+        if not inputs:
+            return None
+        term = sp.MatAdd(*inputs) if len(inputs) > 1 else inputs[0]
+        summed = []
+        for t in inputs:
+            coef, mats = split_term(t)
+            if len(mats) != 1 or not isinstance(mats[0], sp.MatrixSymbol) \
+                    or mats[0].name not in drives:
+                summed = None
+                break
+            summed.append((mats[0].name, coef))
+        out.append((name, retain, *(erase or (None, None, None)), term,
+                    None if summed is None else tuple(summed)))
+    return tuple(out)
+
+
+def _uses(e, names: set[str]) -> bool:
+    """Whether e depends on any of `names`."""
+    return bool(free_names([e]) & names)
 
 
 def _terms(e):

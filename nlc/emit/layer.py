@@ -198,7 +198,7 @@ class LayerPrinter:
         five MLP memories, which differ only in their reads) share one function; each
         level's own is a call of it with its tensors."""
         out = []
-        for kind in ("drive", "combine"):
+        for kind in ("drive", "combine", "transition", "pairs"):
             found: dict = {}
             for pl in levels:
                 core = self.printers[pl.name].core(kind)

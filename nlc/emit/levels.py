@@ -62,6 +62,7 @@ class PrintedLevel:
     attention: dict | None = None
     kernels: tuple | None = None    # (chunked Triton entry, fused recurrent module) names
     additive: bool = False
+    lazy_read: bool = False         # the chunk's reads meet its states unbuilt (AffineStates)
     step: list[str] = field(default_factory=list)
     chunked: list[str] = field(default_factory=list)
     frozen: dict[str, list[str]] = field(default_factory=dict)
@@ -133,6 +134,7 @@ class LevelPrinter:
         elif isinstance(ex, FrozenSplit):
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
+            out.lazy_read = ex.low_rank and ex.left_read
         return out
 
     def step(self) -> list[str]:
@@ -416,12 +418,22 @@ class LevelPrinter:
                 or (kind == "drive" and ex.dual and not self.plan.group):
             return None
         names = self.names() | canon | {f"{n}_next": f"{canon[n]}_next" for n in self.state_names}
-        if kind == "drive":
-            used, body = self._drive(ex, names, anchors=False)
+        if kind == "pairs" and not ex.low_rank:
+            return None
+        if kind in ("drive", "pairs"):
+            used, body = (self._drive if kind == "drive" else self._outer_drive)(
+                ex, names, anchors=False)
             mine = [a for a in self.anchor_names if a in used]
             args = ", ".join(f"inputs[{a!r}]" for a in mine)
             return ([canon[a] for a in mine], body,
                     lambda shared: [f"return {shared}(inputs, {args})"])
+        if kind == "transition":
+            if not ex.transitions:
+                return None
+            used, body = self._transition(ex, names, keyed=False)
+            keys = ", ".join(repr(n) for n in self.state_names)
+            one = "," if len(self.state_names) == 1 else ""
+            return [], body, lambda shared: [f"return dict(zip(({keys}{one}), {shared}(inputs)))"]
         nexts = [f"{canon[n]}_next" for n in self.state_names]
         used, body = self._combine(ex, names, nexts)
         one = "," if len(self.state_names) == 1 else ""
@@ -454,6 +466,34 @@ class LevelPrinter:
         body += TorchPrinter(names | {n: n for n in drives}).assign(outputs)
         return used, body
 
+    def _transition(self, ex: FrozenSplit, names: dict, keyed: bool) -> tuple[set, list[str]]:
+        """Each state's combine as (retain, erase, left, right, input) for every token of a
+        chunk at once (`FrozenSplit.transitions`, run by runtime/library/affine_chunk.py):
+        keyed by state, or a tuple in the states' order (a shared function's)."""
+        outputs, rows = [], []
+        for name, *parts, summed in ex.transitions:
+            base = names.get(name, local(name))
+            row = []
+            for role, e in zip(("retain", "erase", "left", "right", "input"), parts):
+                if e is None:
+                    row.append("None")
+                elif role == "input" and ex.low_rank:  # the drives' outer products, weighted
+                    outputs += [(f"{base}_{d}", coef) for d, coef in summed]
+                    row.append("{" + ", ".join(f"{d!r}: {base}_{d}" for d, _ in summed) + "}")
+                else:
+                    outputs.append((f"{base}_{role}", e))
+                    row.append(f"{base}_{role}")
+            rows.append((name, f"({', '.join(row)})"))
+        used = free_names([e for _, e in outputs])
+        drives = [s.name for s, _ in ex.drive if s.name in used]
+        body = self._inputs(used, anchors=False) + [f"{n} = inputs[{n!r}]" for n in drives]
+        body += TorchPrinter(names | {n: n for n in drives}, chunk=True).assign(outputs)
+        if keyed:
+            body.append("return {" + ", ".join(f"{n!r}: {r}" for n, r in rows) + "}")
+        else:
+            body.append(f"return {', '.join(r for _, r in rows)}" + ("," if len(rows) == 1 else ""))
+        return used, body
+
     # ------------------------------------------------------------ frozen gradients
     def frozen(self, ex: FrozenSplit) -> dict[str, list[str]]:
         """drive: the hoisted chunk-start terms for all tokens of a chunk at once; combine:
@@ -467,6 +507,10 @@ class LevelPrinter:
         combine.append("return {" + ", ".join(f"{n!r}: {local(n)}_next"
                                               for n in self.state_names) + "}")
         out = {"drive": drive, "combine": combine}
+        if ex.transitions:
+            out["transition"] = self._transition(ex, names, keyed=True)[1]
+        if ex.low_rank:
+            out["pairs"] = self.outer_drive(ex)
         if not self.plan.group:
             read_names = self.names({f"{n}_next": local(n) for n in self.state_names})
             used = free_names([self.rule.read])
@@ -502,6 +546,11 @@ class LevelPrinter:
 
     def outer_drive(self, ex: FrozenSplit) -> list[str]:
         """The chunk-start terms of every token as lists of (column, row) pairs."""
+        return self._outer_drive(ex, self.names(), anchors=True)[1]
+
+    def _outer_drive(self, ex: FrozenSplit, names: dict, anchors: bool) -> tuple[set, list[str]]:
+        """The names `outer_drive` reads, and its body; without `anchors` the chunk-start
+        states are the function's parameters (a shared function's)."""
         parts, pairs = [], {}
         for name, terms in ex.outer:
             shown = []
@@ -511,8 +560,9 @@ class LevelPrinter:
                 shown.append(f"({base}_col, {base}_row)")
             pairs[name] = ", ".join(shown)
         used = free_names([e for _, e in parts])
-        lines = self._inputs(used) + TorchPrinter(self.names(), chunk=True).assign(parts)
-        return lines + ["return {" + ", ".join(f"{n!r}: [{code}]" for n, code in pairs.items())
-                        + "}"]
+        lines = self._inputs(used, anchors=anchors) + TorchPrinter(names, chunk=True).assign(
+            parts)
+        return used, lines + ["return {" + ", ".join(f"{n!r}: [{code}]"
+                                                     for n, code in pairs.items()) + "}"]
 
 

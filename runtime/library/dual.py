@@ -26,9 +26,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
-from nlc.runtime.library.scan import (State, _anchor, _chunks, _float32, _maybe_checkpoint,
-                                      _needs_grad, _resume, _suspend, _wide, compiled_chunk)
+from nlc.runtime.library.affine_chunk import AffineStates
+from nlc.runtime.library.scan import (
+    State,
+    _anchor,
+    _chunks,
+    _float32,
+    _maybe_checkpoint,
+    _needs_grad,
+    _resume,
+    _suspend,
+    _wide,
+    compiled_chunk,
+)
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -67,7 +77,7 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in chunk code. When a matrix shared by a chunk's tokens ([B, 1, H, r, k], an
     anchor) meets one column per token ([B, T, H, k, 1]), or one row per token meets a
     shared matrix, `@` would copy the shared matrix T times; this multiplies once."""
-    if isinstance(a, DualState):  # a chunk's per-token states in the dual form
+    if isinstance(a, (DualState, AffineStates)):  # a chunk's per-token states, not built
         return a.product(b)
     if a.dim() == 5 and b.dim() == 5:
         if a.shape[1] == 1 < b.shape[1] and b.shape[-1] == 1:      # shared matrix @ columns

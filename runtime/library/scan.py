@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 import torch.utils.checkpoint
+from nlc.runtime.library import affine_chunk
 
 State = dict[str, torch.Tensor]
 Step = Callable[[State, dict], tuple[State, torch.Tensor]]
@@ -150,7 +151,9 @@ def compiled_chunk(body: Callable) -> Callable:
 @_float32
 def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: dict, state: State,
                    *, consts: dict | None = None, anchors: tuple[tuple[str, str], ...],
-                   chunk: int, read_before: bool = False, additive: bool = False):
+                   chunk: int, read_before: bool = False, additive: bool = False,
+                   transition: Callable | None = None, pairs: Callable | None = None,
+                   lazy_read: bool = False):
     """The frozen-gradient chunk form: per chunk, `drive(inputs)` computes every term that
     depends on the chunk-start state (the anchors) for all tokens at once; `combine(state,
     inputs)` adds one token's terms to the running state; `read(states, inputs)` reads every
@@ -158,7 +161,13 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
 
     `additive` (`every C tokens`): the state changes by the sum of the chunk's terms and the
     reads see only the anchors, so `drive` returns its terms summed over the tokens it is
-    given, a piece of PIECE tokens at a time, and `combine` runs once per chunk on the sums."""
+    given, a piece of PIECE tokens at a time, and `combine` runs once per chunk on the sums.
+
+    `transition(inputs)`, where every state's combine is affine in it (retain, erase, left,
+    right, input for all tokens of a chunk), replaces the per-token loop by the chunk-parallel
+    form of runtime/library/affine_chunk.py. With `pairs(inputs)` (the drives as per-token
+    outer products) no per-token matrix is built, and with `lazy_read` the reads meet the
+    states through `nl.mm` without building them either."""
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
@@ -169,6 +178,11 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     def one_chunk(state, part):
         anchor = _anchor(state, anchors)
         wide = _wide(anchor)
+        if transition is not None:
+            terms = (pairs or drive)({**consts, **wide, **part})
+            stacked, state = _affine(transition({**consts, **wide, **part, **terms}), state,
+                                     read_before, terms if pairs else None, lazy_read)
+            return read(stacked, {**consts, **wide, **part}), state, anchor
         driven = drive({**consts, **wide, **part})
         seen = []
         for token, terms in zip(_tokens(part), _tokens(driven)):
@@ -200,6 +214,30 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
+def _affine(transitions: dict, state: State, read_before: bool | None, pairs: dict | None,
+            lazy: bool = False):
+    """Every state through a chunk by its affine transition (runtime/library/affine_chunk.py):
+    the per-token states the reads see (before or after each token's write; none when
+    `read_before` is None) stacked along T, or unbuilt (`lazy`), and the chunk's last states.
+    With `pairs` (drive -> its outer products) each input is a weighted sum of drives."""
+    seen, last = {}, {}
+    for name, (retain, erase, left, right, inputs) in transitions.items():
+        if pairs is None:
+            every, last[name] = affine_chunk.states(state[name], retain, erase, left, right,
+                                                    inputs, every_token=read_before is not None)
+            if every is not None:
+                seen[name] = torch.cat([state[name][:, None], every[:, :-1]], 1) \
+                    if read_before else every
+            continue
+        weighted = [(coef * col, row) for drive, coef in inputs.items()
+                    for col, row in pairs[drive]]
+        states, last[name] = affine_chunk.low_rank(state[name], retain, erase, left, right,
+                                                   weighted, read_before=read_before)
+        if states is not None:
+            seen[name] = states if lazy else states.materialize()
+    return seen, last
+
+
 class Member(NamedTuple):
     """One level of a coupled group (levels that read each other's outputs in a loop)."""
 
@@ -210,6 +248,8 @@ class Member(NamedTuple):
     every: int | None = None       # the anchors' period in tokens
     drive: Callable | None = None  # the frozen split, for the chunked form
     combine: Callable | None = None
+    transition: Callable | None = None  # the combine as affine transitions (frozen_chunked)
+    pairs: Callable | None = None       # the drives as outer products, for the transitions
 
 
 @_float32
@@ -261,6 +301,11 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
         inputs |= read
         current = dict(current)
         for m in members:
+            if m.transition is not None:  # the reads saw the anchors: only the last states
+                terms = (m.pairs or m.drive)({**inputs, **wide[m.name]})
+                _, current[m.name] = _affine(m.transition({**inputs, **wide[m.name], **terms}),
+                                             current[m.name], None, terms if m.pairs else None)
+                continue
             driven = m.drive({**inputs, **wide[m.name]})
             for token, outs, terms in zip(_tokens(part), _tokens(read), _tokens(driven)):
                 current[m.name] = m.combine(current[m.name], {**consts, **token, **outs, **terms})
