@@ -69,7 +69,9 @@ def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -
     if isinstance(default, bool):
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     elif isinstance(default, list):
-        p.add_argument(flag, nargs="+", default=None, metavar="PATH", help=text)
+        item = f.metadata.get("item", str)
+        p.add_argument(flag, nargs="+", type=item, default=None,
+                       metavar="N" if item is int else "PATH", help=text)
     elif f.name == "task":
         p.add_argument(flag, choices=TASKS, default=None, help=text)
     else:
@@ -108,9 +110,8 @@ def _read_config(path: Path):
 
 
 def cmd_train(args) -> int:
-    from nlc.runtime.trainer.train import train
-
     from nlc.factories import factories_for
+    from nlc.runtime.trainer.train import train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
     config = config_from_args(args)
@@ -160,14 +161,13 @@ def _relaunch(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
+    from nlc.factories import block_mlp_factory, mixer_from_spec
     from nlc.runtime.trainer import checkpoint as ckpt
     from nlc.runtime.trainer.distributed import World, pick_device
     from nlc.runtime.trainer.mixers import sha256_text, spec_text
     from nlc.runtime.trainer.model import LanguageModel
     from nlc.runtime.trainer.tasks import make_task
     from nlc.runtime.trainer.train import autocast_for, evaluate
-
-    from nlc.factories import block_mlp_factory, mixer_from_spec
 
     run = Path(args.run)
     config = _read_config(run / "config.json")

@@ -1,0 +1,92 @@
+"""`nlc bench niah`: single needle in a haystack across context lengths, one `nlc train` run
+per point (Titans, Behrouz et al. 2025, arXiv:2501.00663, Table 2: S-NIAH at 2K to 16K
+tokens; the task is RULER's S-NIAH-1 on bytes, runtime/trainer/niah.py).
+
+    for each spec, width, learning rate and seed:   RUN = OUT/runs/<model>-d<W>-lr<LR>-s<S>
+        nlc train SPEC --task niah --seq-len L_train --niah-eval-lengths L_1 .. L_n ...
+        RUN/summary.json "eval_lengths": accuracy per length and per depth band
+
+Each model trains at one length (`seq_len`, needles at uniformly random depths) and is then
+evaluated at every length of `eval_lengths`, `eval_examples` needles each, spread equally
+over `depth_bands` depth bands (runtime/trainer/lengths.py: recurrent layers in segments of
+the training length with their states carried, so memory does not grow with the length).
+A learning rate's score is its mean accuracy over the lengths (and seeds); the best per
+model and width is reported (nlc/bench/niah_report.py). The runs are those of
+nlc/bench/runs.py: separate processes, `jobs` at a time, finished ones read back.
+
+Defaults, for one H200 (`--jobs 8`: 4 models x 2 learning rates at once): width 128, 2
+layers and no MLP (as the recall protocol), 1000 steps of 16 sequences of 1024 bytes, 7-digit
+needles (RULER's), learning rates 1e-3 and 3e-3, evaluation at 1K, 2K, 4K, 8K and 16K bytes,
+128 needles per length in 4 depth bands. The slowest spec, examples/titans.nl, trains at
+75k tokens/s eager at width 128 on an H200 (docs/perf.md): 16M tokens in about 4 minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nlc.bench.runs import Point
+from nlc.errors import NlcError
+
+
+@dataclass(frozen=True)
+class NiahSettings:
+    """What a needle benchmark runs: these values unless the command line says."""
+
+    widths: tuple[int, ...] = (128,)
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 1024
+    eval_lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384)
+    depth_bands: int = 4
+    digits: int = 7
+    n_layers: int = 2
+    eval_examples: int = 128
+    eval_interval: int = 250
+    devices: tuple[str, ...] = ("auto",)
+    jobs: int = 1
+
+
+# The docs' CPU smoke test and the CLI test: a few minutes per model on two CPU cores.
+QUICK = NiahSettings(widths=(32,), lrs=(3e-3, 1e-2), steps=200, batch_size=16, seq_len=256,
+                     eval_lengths=(256, 512, 1024, 2048), digits=2, eval_examples=32,
+                     eval_interval=100)
+
+
+def config_for(point: Point, settings: NiahSettings, out: Path, device: str):
+    """The `nlc train` config of one run (validated: bad settings fail before any run)."""
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.tasks import make_task
+    s = settings
+    config = TrainConfig(
+        spec=point.model.spec, spec_overrides=point.model.dims_at(point.width), mlp="none",
+        task="niah", d_model=point.width, n_layers=s.n_layers, steps=s.steps,
+        batch_size=s.batch_size, seq_len=s.seq_len, lr=point.lr, seed=point.seed,
+        eval_interval=s.eval_interval, eval_examples=s.eval_examples,
+        checkpoint_interval=s.eval_interval, log_interval=max(1, min(100, s.steps // 10)),
+        keep_last=1, device=device, niah_digits=s.digits,
+        niah_eval_lengths=list(s.eval_lengths), niah_depth_bands=s.depth_bands,
+        out=str(out / "runs" / point.name)).validate()
+    make_task(config)  # the needle fits the training length
+    return config
+
+
+def check_settings(settings: NiahSettings) -> None:
+    s = settings
+    for name in ("widths", "lrs", "seeds", "devices", "eval_lengths"):
+        if not getattr(s, name):
+            raise NlcError(f"{name}: needs at least one value")
+    if s.depth_bands > s.eval_examples:
+        raise NlcError(f"--depth-bands {s.depth_bands} is more than --eval-examples "
+                       f"{s.eval_examples}: some bands would hold no needle")
+
+
+def mean_accuracy(run: dict) -> float | None:
+    """A finished run's score: its accuracy averaged over the evaluation lengths."""
+    lengths = run.get("eval_lengths")
+    if run["status"] != "ok" or not lengths:
+        return None
+    return sum(r["accuracy"] for r in lengths.values()) / len(lengths)
