@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nlc.bench.runs import Point
+from nlc.bench.runs import Point, check_sweep, train_config
 from nlc.errors import NlcError
 
 
@@ -59,28 +59,16 @@ QUICK = NiahSettings(widths=(32,), lrs=(3e-3, 1e-2), steps=200, batch_size=8, se
 
 
 def config_for(point: Point, settings: NiahSettings, out: Path, device: str):
-    """The `nlc train` config of one run (validated: bad settings fail before any run)."""
-    from nlc.runtime.trainer.config import TrainConfig
-    from nlc.runtime.trainer.tasks import make_task
+    """The `nlc train` config of one run; the needle must fit the training length and every
+    evaluation length, which is checked before any run."""
     s = settings
-    config = TrainConfig(
-        spec=point.model.spec, spec_overrides=point.model.dims_at(point.width), mlp="none",
-        task="niah", d_model=point.width, n_layers=s.n_layers, steps=s.steps,
-        batch_size=s.batch_size, seq_len=s.seq_len, lr=point.lr, seed=point.seed,
-        eval_interval=s.eval_interval, eval_examples=s.eval_examples,
-        checkpoint_interval=s.eval_interval, log_interval=max(1, min(100, s.steps // 10)),
-        keep_last=1, device=device, niah_digits=s.digits,
-        niah_eval_lengths=list(s.eval_lengths), niah_depth_bands=s.depth_bands,
-        out=str(out / "runs" / point.name)).validate()
-    make_task(config)  # the needle fits the training length
-    return config
+    return train_config(point, s, out, device, "niah", niah_digits=s.digits,
+                        niah_eval_lengths=list(s.eval_lengths), niah_depth_bands=s.depth_bands)
 
 
 def check_settings(settings: NiahSettings) -> None:
     s = settings
-    for name in ("widths", "lrs", "seeds", "devices", "eval_lengths"):
-        if not getattr(s, name):
-            raise NlcError(f"{name}: needs at least one value")
+    check_sweep(s, ("eval_lengths",))
     if s.depth_bands > s.eval_examples:
         raise NlcError(f"--depth-bands {s.depth_bands} is more than --eval-examples "
                        f"{s.eval_examples}: some bands would hold no needle")

@@ -19,8 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nlc.bench.runs import ATTENTION, Model, Point
-from nlc.errors import NlcError
+from nlc.bench.runs import ATTENTION, Model, Point, check_sweep, train_config
 
 
 @dataclass(frozen=True)
@@ -49,31 +48,16 @@ QUICK = RecallSettings(widths=(32, 64), lrs=(3e-3, 1e-2), steps=300, batch_size=
 
 
 def config_for(point: Point, settings: RecallSettings, out: Path, device: str):
-    """The `nlc train` config of one run (validated: bad settings fail before any run)."""
-    from nlc.runtime.trainer.config import TrainConfig
-    from nlc.runtime.trainer.tasks import make_task
+    """The `nlc train` config of one run; MQAR's preconditions (pairs, vocabulary, length)
+    are checked before any run."""
     s = settings
-    config = TrainConfig(
-        spec=point.model.spec, spec_overrides=point.model.dims_at(point.width), mlp="none",
-        task="mqar", d_model=point.width, n_layers=s.n_layers, steps=s.steps,
-        batch_size=s.batch_size, seq_len=s.seq_len, lr=point.lr, seed=point.seed,
-        eval_interval=s.eval_interval, eval_examples=s.eval_examples,
-        stop_accuracy=s.stop_accuracy, checkpoint_interval=s.eval_interval,
-        log_interval=max(1, min(100, s.steps // 10)), keep_last=1, device=device,
-        mqar_vocab_size=s.vocab, mqar_num_kv_pairs=s.pairs, mqar_random_non_queries=False,
-        out=str(out / "runs" / point.name)).validate()
-    make_task(config)  # the MQAR generator's preconditions (pairs, vocabulary, length)
-    return config
+    return train_config(point, s, out, device, "mqar", stop_accuracy=s.stop_accuracy,
+                        mqar_vocab_size=s.vocab, mqar_num_kv_pairs=s.pairs,
+                        mqar_random_non_queries=False)
 
 
 def check_settings(settings: RecallSettings) -> None:
-    s = settings
-    for name in ("widths", "lrs", "seeds", "devices"):
-        if not getattr(s, name):
-            raise NlcError(f"{name}: needs at least one value")
-    if min(s.widths) < 1 or min(s.seeds) < 0 or min(s.lrs) <= 0 or s.jobs < 1:
-        raise NlcError("widths and --jobs must be positive, learning rates positive, "
-                       "seeds not negative")
+    check_sweep(settings)
 
 
 def state_floats(model: Model, width: int, settings: RecallSettings) -> int:

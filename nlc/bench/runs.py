@@ -96,6 +96,36 @@ def models_for(specs: list[str], overrides: dict[str, float],
     return models
 
 
+def train_config(point: Point, settings, out: Path, device: str, task: str, **fields):
+    """The `nlc train` config of one run, from what every protocol's settings hold (widths,
+    steps, batch_size, seq_len, n_layers, eval_examples, eval_interval) and the task's own
+    `fields`; validated, and the task's generator built once, so bad settings fail before
+    any run starts."""
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.tasks import make_task
+    s = settings
+    config = TrainConfig(
+        spec=point.model.spec, spec_overrides=point.model.dims_at(point.width), mlp="none",
+        task=task, d_model=point.width, n_layers=s.n_layers, steps=s.steps,
+        batch_size=s.batch_size, seq_len=s.seq_len, lr=point.lr, seed=point.seed,
+        eval_interval=s.eval_interval, eval_examples=s.eval_examples,
+        checkpoint_interval=s.eval_interval, log_interval=max(1, min(100, s.steps // 10)),
+        keep_last=1, device=device, out=str(out / "runs" / point.name), **fields).validate()
+    make_task(config)
+    return config
+
+
+def check_sweep(settings, lists: tuple[str, ...] = ()) -> None:
+    """Every list of the sweep holds a value; the numbers are in range."""
+    s = settings
+    for name in ("widths", "lrs", "seeds", "devices", *lists):
+        if not getattr(s, name):
+            raise NlcError(f"{name}: needs at least one value")
+    if min(s.widths) < 1 or min(s.seeds) < 0 or min(s.lrs) <= 0 or s.jobs < 1:
+        raise NlcError("widths and --jobs must be positive, learning rates positive, "
+                       "seeds not negative")
+
+
 class Runner:
     """Run the points, `settings.jobs` processes at a time; one line per start and end,
     and every `heartbeat` seconds the step each running run has reached."""
