@@ -191,3 +191,16 @@ def test_lengths_are_refused_outside_the_niah_task_and_read_as_numbers():
     args = parser.parse_args(["train", "builtin:attention", "--task", "niah",
                               "--niah-eval-lengths", "512", "1024"])
     assert config_from_args(args).niah_eval_lengths == [512, 1024]
+
+
+def test_nlc_eval_evaluates_a_run_at_other_lengths(bench, capsys):
+    """`nlc eval RUN --niah-eval-lengths`: the checkpoint at lengths it was not evaluated at;
+    at one it was, the number is the training run's."""
+    out, _ = bench
+    run = json.loads((out / "niah.json").read_text())["runs"][0]["run"]
+    assert main(["eval", run, "--niah-eval-lengths", "256", "300", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((Path(run) / "summary.json").read_text())
+    assert list(printed["eval_lengths"]) == ["256", "300"]
+    assert printed["eval_lengths"]["256"] == summary["eval_lengths"]["256"]
+    assert printed["eval_lengths"]["300"]["examples"] == 4
