@@ -160,6 +160,7 @@ def test_a_second_call_reads_the_finished_runs(bench, capsys):
     (["attention", "--eval-lengths", "256", "256"], "a length given twice"),
     (["attention", "--seq-len", "40"], "niah needs seq_len >= "),
     (["attention", "--depth-bands", "64"], "--depth-bands 64 is more than --eval-examples 32"),
+    (["attention", "--carry-state", "300"], "--carry-state 300 is longer than the training"),
     (["nothere.nl"], "nothere.nl: error: no such spec file"),
     ([str(ROOT / "examples" / "adam.nl")], "declares optimizer, not a layer"),
 ])
@@ -171,7 +172,8 @@ def test_bad_input_is_a_clear_error_and_exit_2(tmp_path, capsys, args, message):
 
 
 @pytest.mark.parametrize("option", [["--eval-lengths", "0"], ["--eval-lengths", "x"],
-                                    ["--digits", "0"], ["--lrs", "nan"], ["--depth-bands"]])
+                                    ["--digits", "0"], ["--lrs", "nan"], ["--depth-bands"],
+                                    ["--carry-state", "-1"]])
 def test_bad_options_exit_2_with_usage(capsys, option):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "niah", "attention", *option])
@@ -204,3 +206,16 @@ def test_nlc_eval_evaluates_a_run_at_other_lengths(bench, capsys):
     assert list(printed["eval_lengths"]) == ["256", "300"]
     assert printed["eval_lengths"]["256"] == summary["eval_lengths"]["256"]
     assert printed["eval_lengths"]["300"]["examples"] == 4
+
+
+def test_carried_state_is_for_the_specs_and_attention_reads_whole_sequences(tmp_path):
+    import dataclasses
+
+    from nlc.bench.niah import QUICK, config_for
+    from nlc.bench.runs import ATTENTION, Model, Point
+    settings = dataclasses.replace(QUICK, carry_state=64)
+    spec = config_for(Point(Model("gdn", GDN), 32, 0.01, 0), settings, tmp_path, "cpu")
+    attention = config_for(Point(Model("attention", ATTENTION), 32, 0.01, 0), settings,
+                           tmp_path, "cpu")
+    assert (spec.carry_state, attention.carry_state) == (64, 0)
+    assert spec.niah_eval_lengths == [256, 512, 1024, 2048] and spec.seq_len == 256

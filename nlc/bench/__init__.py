@@ -63,6 +63,11 @@ def register(subparsers) -> None:
     p.add_argument("--eval-lengths", nargs="+", type=_positive_int, metavar="N",
                    help="context lengths to evaluate at, in bytes (default: "
                         f"{' '.join(map(str, niah.eval_lengths))})")
+    p.add_argument("--carry-state", type=_whole(0, "0 (off) or a segment length"), metavar="S",
+                   help="train and evaluate the specs in segments of S tokens, their states "
+                        "carried (nlc train --carry-state); attention reads whole sequences "
+                        "(default: 0, off; at evaluation the specs' segments are then the "
+                        "training length)")
     p.set_defaults(func=cmd_niah, protocol=NiahSettings, quick_preset=NIAH_QUICK)
 
 

@@ -10,7 +10,10 @@ Each model trains at one length (`seq_len`, needles at uniformly random depths) 
 evaluated at every length of `eval_lengths`, `eval_examples` needles each, spread equally
 over `depth_bands` depth bands (runtime/trainer/lengths.py: recurrent layers in segments of
 the training length with their states carried, so memory does not grow with the length).
-A learning rate's score is its mean accuracy over the lengths (and seeds); the best per
+With `carry_state` S, the specs train (and are evaluated) in segments of S tokens with
+their states carried (runtime/trainer/segments.py); the builtin attention, which keeps no
+state, reads whole sequences. A learning rate's score is its mean accuracy over the lengths
+(and seeds); the best per
 model and width is reported (nlc/bench/niah_report.py). The runs are those of
 nlc/bench/runs.py: separate processes, `jobs` at a time, finished ones read back.
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nlc.bench.runs import Point, check_sweep, train_config
+from nlc.bench.runs import ATTENTION, Point, check_sweep, train_config
 from nlc.errors import NlcError
 
 
@@ -46,6 +49,7 @@ class NiahSettings:
     n_layers: int = 2
     eval_examples: int = 128
     eval_interval: int = 250
+    carry_state: int = 0
     devices: tuple[str, ...] = ("auto",)
     jobs: int = 1
 
@@ -62,8 +66,10 @@ def config_for(point: Point, settings: NiahSettings, out: Path, device: str):
     """The `nlc train` config of one run; the needle must fit the training length and every
     evaluation length, which is checked before any run."""
     s = settings
+    carry = 0 if point.model.spec == ATTENTION else s.carry_state  # attention keeps no state
     return train_config(point, s, out, device, "niah", niah_digits=s.digits,
-                        niah_eval_lengths=list(s.eval_lengths), niah_depth_bands=s.depth_bands)
+                        niah_eval_lengths=list(s.eval_lengths), niah_depth_bands=s.depth_bands,
+                        carry_state=carry)
 
 
 def check_settings(settings: NiahSettings) -> None:
@@ -72,6 +78,9 @@ def check_settings(settings: NiahSettings) -> None:
     if s.depth_bands > s.eval_examples:
         raise NlcError(f"--depth-bands {s.depth_bands} is more than --eval-examples "
                        f"{s.eval_examples}: some bands would hold no needle")
+    if s.carry_state > s.seq_len:
+        raise NlcError(f"--carry-state {s.carry_state} is longer than the training length "
+                       f"--seq-len {s.seq_len}")
 
 
 def mean_accuracy(run: dict) -> float | None:
