@@ -97,7 +97,8 @@ class TrainConfig:
     # task: niah (RULER S-NIAH-1, Hsieh et al. 2024)
     niah_digits: int = field(default=7, metadata={"help": "digits of the needle's number"})
     niah_eval_lengths: list = field(default_factory=list, metadata={
-        "item": int, "help": "after training, evaluate needles at these sequence lengths too, eval_examples "
+        "item": int,
+        "help": "after training, evaluate needles at these sequence lengths too, eval_examples "
                 "at each (runtime/trainer/lengths.py); [] = none"})
     niah_depth_bands: int = field(default=4, metadata={
         "help": "depth bands the needles of niah_eval_lengths are spread over, equally"})
