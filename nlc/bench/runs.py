@@ -171,8 +171,7 @@ class Runner:
                          f"({results[i]['elapsed_s']:.0f} s)")
             if running and time.monotonic() - last_beat >= self.heartbeat:
                 last_beat = time.monotonic()
-                shown = ", ".join(f"{p.name} step {latest_step(Path(c.out))}/{c.steps}"
-                                  for p, _, _, _, c in running.values())
+                shown = ", ".join(progress(p, c) for p, _, _, _, c in running.values())
                 self.say(f"running: {shown}")
         return [results[i] for i in range(total)]
 
@@ -248,6 +247,13 @@ def describe(result: dict) -> str:
     if result["status"] == "diverged":
         return f"diverged at step {result['diverged_at']}"
     return f"failed: {result.get('error', '')}"
+
+
+def progress(point: Point, config) -> str:
+    """Where a running run is: its step, or its evaluation at other lengths after the last."""
+    step = latest_step(Path(config.out))
+    last = ", evaluating at lengths" if step == config.steps and config.niah_eval_lengths else ""
+    return f"{point.name} step {step}/{config.steps}{last}"
 
 
 def latest_step(run: Path) -> int:
