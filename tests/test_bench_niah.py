@@ -161,6 +161,9 @@ def test_a_second_call_reads_the_finished_runs(bench, capsys):
     (["attention", "--seq-len", "40"], "niah needs seq_len >= "),
     (["attention", "--depth-bands", "64"], "--depth-bands 64 is more than --eval-examples 32"),
     (["attention", "--carry-state", "300"], "--carry-state 300 is longer than the training"),
+    (["attention", "--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs CUDA devices"),
+    (["attention", "--cuda-graphs", "--carry-state", "32", "--device", "cuda"],
+     "--cuda-graphs and --carry-state cannot be combined"),
     (["nothere.nl"], "nothere.nl: error: no such spec file"),
     ([str(ROOT / "examples" / "adam.nl")], "declares optimizer, not a layer"),
 ])

@@ -68,6 +68,10 @@ def register(subparsers) -> None:
                         "carried (nlc train --carry-state); attention reads whole sequences "
                         "(default: 0, off; at evaluation the specs' segments are then the "
                         "training length)")
+    p.add_argument("--cuda-graphs", action="store_true", default=None,
+                   help="train with nlc train --cuda-graphs (one CUDA device per run): the "
+                        "step replays as one graph, 2.5x faster for Titans in docs/perf.md; "
+                        "evaluation runs eagerly")
     p.set_defaults(func=cmd_niah, protocol=NiahSettings, quick_preset=NIAH_QUICK)
 
 

@@ -50,6 +50,7 @@ class NiahSettings:
     eval_examples: int = 128
     eval_interval: int = 250
     carry_state: int = 0
+    cuda_graphs: bool = False
     devices: tuple[str, ...] = ("auto",)
     jobs: int = 1
 
@@ -69,7 +70,7 @@ def config_for(point: Point, settings: NiahSettings, out: Path, device: str):
     carry = 0 if point.model.spec == ATTENTION else s.carry_state  # attention keeps no state
     return train_config(point, s, out, device, "niah", niah_digits=s.digits,
                         niah_eval_lengths=list(s.eval_lengths), niah_depth_bands=s.depth_bands,
-                        carry_state=carry)
+                        carry_state=carry, cuda_graphs=s.cuda_graphs)
 
 
 def check_settings(settings: NiahSettings) -> None:
@@ -78,9 +79,23 @@ def check_settings(settings: NiahSettings) -> None:
     if s.depth_bands > s.eval_examples:
         raise NlcError(f"--depth-bands {s.depth_bands} is more than --eval-examples "
                        f"{s.eval_examples}: some bands would hold no needle")
+    if s.cuda_graphs and not all(_is_cuda(d) for d in s.devices):
+        raise NlcError(f"--cuda-graphs needs CUDA devices; --device is {','.join(s.devices)}"
+                       + (" and no CUDA device is present" if "auto" in s.devices else ""),
+                       hint="drop --cuda-graphs, or pass --device cuda")
+    if s.cuda_graphs and s.carry_state:
+        raise NlcError("--cuda-graphs and --carry-state cannot be combined: a graph replays "
+                       "one fixed call, and carried segments pass states between calls")
     if s.carry_state > s.seq_len:
         raise NlcError(f"--carry-state {s.carry_state} is longer than the training length "
                        f"--seq-len {s.seq_len}")
+
+
+def _is_cuda(device: str) -> bool:
+    if device == "auto":
+        import torch
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 def mean_accuracy(run: dict) -> float | None:

@@ -222,7 +222,8 @@ def finished(point: Point, config, returncode: int, elapsed: float) -> dict:
     lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() \
         if log.is_file() else []
     rec = record(point, summary or {}, "failed", elapsed, config)
-    rec["error"] = lines[-1] if lines else f"exit status {returncode}"
+    errors = [line for line in lines if "error:" in line]  # not a hint printed below it
+    rec["error"] = (errors or lines or [f"exit status {returncode}"])[-1]
     return rec
 
 
