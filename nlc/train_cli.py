@@ -51,6 +51,11 @@ def register(subparsers) -> None:
     p.add_argument("--eval-examples", type=int, metavar="N", help="size of the eval set")
     p.add_argument("--device", metavar="NAME", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--niah-eval-lengths", nargs="+", type=int, metavar="N",
+                   help="a niah run: also evaluate needles at these lengths, recurrent layers "
+                        "in segments of the training length with their states carried")
+    p.add_argument("--niah-depth-bands", type=int, metavar="N",
+                   help="depth bands of the needles at those lengths (default: the run's)")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("plot", help="plot runs' loss and eval curves to a PNG")
@@ -69,7 +74,9 @@ def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -
     if isinstance(default, bool):
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     elif isinstance(default, list):
-        p.add_argument(flag, nargs="+", default=None, metavar="PATH", help=text)
+        item = f.metadata.get("item", str)
+        p.add_argument(flag, nargs="+", type=item, default=None,
+                       metavar="N" if item is int else "PATH", help=text)
     elif f.name == "task":
         p.add_argument(flag, choices=TASKS, default=None, help=text)
     else:
@@ -108,9 +115,8 @@ def _read_config(path: Path):
 
 
 def cmd_train(args) -> int:
-    from nlc.runtime.trainer.train import train
-
     from nlc.factories import factories_for
+    from nlc.runtime.trainer.train import train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
     config = config_from_args(args)
@@ -160,19 +166,21 @@ def _relaunch(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
+    from nlc.factories import block_mlp_factory, mixer_from_spec
     from nlc.runtime.trainer import checkpoint as ckpt
     from nlc.runtime.trainer.distributed import World, pick_device
+    from nlc.runtime.trainer.lengths import evaluate_lengths
     from nlc.runtime.trainer.mixers import sha256_text, spec_text
     from nlc.runtime.trainer.model import LanguageModel
     from nlc.runtime.trainer.tasks import make_task
     from nlc.runtime.trainer.train import autocast_for, evaluate
 
-    from nlc.factories import block_mlp_factory, mixer_from_spec
-
     run = Path(args.run)
     config = _read_config(run / "config.json")
     changes = {k: v for k, v in (("eval_examples", args.eval_examples),
-                                 ("device", args.device)) if v is not None}
+                                 ("device", args.device),
+                                 ("niah_eval_lengths", args.niah_eval_lengths),
+                                 ("niah_depth_bands", args.niah_depth_bands)) if v is not None}
     config = dataclasses.replace(config, **changes).validate()
     path = Path(args.checkpoint) if args.checkpoint else ckpt.latest_checkpoint(run)
     if path is None:
@@ -185,13 +193,22 @@ def cmd_eval(args) -> int:
     model = LanguageModel(config, mixer_from_spec(spec, **config.spec_overrides),
                           block_mlp_factory(mlp, config.mlp_ratio)).to(world.device)
     ckpt.apply_checkpoint(checkpoint, model, restore_rng=False)
+    autocast = autocast_for(config, world.device)
     with torch.no_grad():
-        metrics = evaluate(model, make_task(config), world, autocast_for(config, world.device))
+        metrics = evaluate(model, make_task(config), world, autocast)
+    at_lengths = (evaluate_lengths(model, config, world, autocast)
+                  if config.niah_eval_lengths else None)
     if args.json:
-        print(json.dumps({"run": str(run), "step": checkpoint.step, **metrics}, sort_keys=True))
+        lengths = {"eval_lengths": at_lengths} if at_lengths else {}
+        print(json.dumps({"run": str(run), "step": checkpoint.step, **metrics, **lengths},
+                         sort_keys=True))
     else:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"{run} step {checkpoint.step}: {shown}")
+        for length, r in (at_lengths or {}).items():
+            bands = " ".join("-" if a is None else f"{a:.3f}" for a in r["bands"])
+            print(f"  length {length}: accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  "
+                  f"by depth band {bands}")
     return EXIT_OK
 
 

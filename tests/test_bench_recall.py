@@ -126,7 +126,8 @@ def test_a_run_stops_at_the_first_eval_that_reaches_stop_accuracy(tmp_path, monk
 def test_a_diverged_and_a_failed_run_are_reported_as_such(tmp_path):
     """`nlc train` exits 1 with a summary saying where it diverged, or fails otherwise: the
     benchmark records the status (and the log's last line), not a crash."""
-    from nlc.bench.recall import Model, Point, config_for, finished
+    from nlc.bench.recall import config_for
+    from nlc.bench.runs import Model, Point, finished
     point = Point(Model("attention", "builtin:attention"), 16, 1e-2, 0)
     config = config_for(point, QUICK, tmp_path, "cpu")
     run_dir = Path(config.out)

@@ -9,7 +9,8 @@ CSV and JSON, and a PNG of accuracy against width and against state size.
 A learning rate's score is the mean accuracy over the seeds; a learning rate with a
 diverged or failed seed has no score, and the best is taken over the scored ones (Zoology
 reports the best learning rate per model and width). A model whose every run diverged is
-reported as diverged, not dropped.
+reported as diverged, not dropped. `best_runs`, `runs_csv`, `pyplot` and `write_files` serve
+the needle benchmark too (nlc/bench/niah_report.py).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ RUN_COLUMNS = ("model", "width", "lr", "seed", "status", "accuracy", "steps", "d
                "parameters", "elapsed_s", "run", "error")
 
 
-def best_runs(runs: list[dict], states: dict) -> list[dict]:
-    """One row per (model, width) in the order the runs came: the best learning rate."""
+def best_runs(runs: list[dict], states: dict | None = None, key: str = "accuracy") -> list[dict]:
+    """One row per (model, width) in the order the runs came: the learning rate of the best
+    mean `key` over the seeds, its score as "accuracy" (and, given `states`, the state size)."""
     rows = {}
     for r in runs:
         rows.setdefault((r["model"], r["width"]), []).append(r)
@@ -37,16 +39,16 @@ def best_runs(runs: list[dict], states: dict) -> list[dict]:
         by_lr = {}
         for r in group:
             by_lr.setdefault(r["lr"], []).append(r)
-        scores = {lr: sum(r["accuracy"] for r in rs) / len(rs) for lr, rs in by_lr.items()
+        scores = {lr: sum(r[key] for r in rs) / len(rs) for lr, rs in by_lr.items()
                   if all(r["status"] == "ok" for r in rs)}
         diverged = sum(r["status"] == "diverged" for r in group)
         failed = sum(r["status"] == "failed" for r in group)
         lr = max(scores, key=scores.get) if scores else None
-        best.append({"model": model, "width": width, "state_floats": states[(model, width)],
-                     "lr": lr, "accuracy": scores.get(lr),
-                     "seeds": [r["accuracy"] for r in by_lr[lr]] if lr is not None else [],
+        best.append({"model": model, "width": width, "lr": lr, "accuracy": scores.get(lr),
+                     "seeds": [r[key] for r in by_lr[lr]] if lr is not None else [],
                      "runs": len(group), "diverged": diverged, "failed": failed,
-                     "status": "ok" if scores else ("diverged" if diverged else "failed")})
+                     "status": "ok" if scores else ("diverged" if diverged else "failed"),
+                     **({"state_floats": states[(model, width)]} if states else {})})
     return best
 
 
@@ -75,24 +77,36 @@ def markdown(best: list[dict], settings, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def runs_csv(runs: list[dict]) -> str:
+def runs_csv(runs: list[dict], columns: tuple[str, ...] = RUN_COLUMNS) -> str:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=RUN_COLUMNS, extrasaction="ignore",
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore",
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(runs)
     return text.getvalue()
 
 
-def plot(best: list[dict], output: Path, title: str) -> None:
+def pyplot(command: str):
+    """matplotlib.pyplot on the Agg backend, or a clear error naming `command`."""
     try:
         import matplotlib
-        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise NlcError("nlc bench recall draws its plot with matplotlib: "
+        raise NlcError(f"{command} draws its plot with matplotlib: "
                        "pip install matplotlib") from None
+    return plt
+
+
+def save(fig, output: Path) -> None:
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, format="png")
+
+
+def plot(best: list[dict], output: Path, title: str) -> None:
+    import matplotlib.ticker
+    plt = pyplot("nlc bench recall")
     fig, (by_width, by_state) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for model in dict.fromkeys(b["model"] for b in best):
         mine = [b for b in best if b["model"] == model]
@@ -118,21 +132,25 @@ def plot(best: list[dict], output: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, format="png")
+    save(fig, output)
     plt.close(fig)
+
+
+def write_files(out: Path, name: str, table: str, runs_table: str, data: dict,
+                draw) -> dict[str, Path]:
+    """OUT/NAME.md, .csv, .json and .png (drawn by `draw(path)`); return them by kind."""
+    files = {kind: out / f"{name}.{kind}" for kind in ("md", "csv", "json", "png")}
+    write_atomic(files["md"], table)
+    write_atomic(files["csv"], runs_table)
+    write_atomic(files["json"], json.dumps(data, indent=2, sort_keys=True) + "\n")
+    draw(files["png"])
+    return files
 
 
 def write_report(out: Path, runs: list[dict], states: dict, settings,
                  title: str = "MQAR recall (Zoology protocol)") -> dict[str, Path]:
     """Write the four files; return them by kind."""
     best = best_runs(runs, states)
-    files = {"md": out / "recall.md", "csv": out / "recall.csv", "json": out / "recall.json",
-             "png": out / "recall.png"}
-    write_atomic(files["md"], markdown(best, settings, title))
-    write_atomic(files["csv"], runs_csv(runs))
     data = {"settings": dataclasses.asdict(settings), "best": best, "runs": runs}
-    write_atomic(files["json"], json.dumps(data, indent=2, sort_keys=True) + "\n")
-    plot(best, files["png"], title)
-    return files
+    return write_files(out, "recall", markdown(best, settings, title), runs_csv(runs), data,
+                       lambda png: plot(best, png, title))

@@ -9,6 +9,7 @@ tests/test_runtime_layout.py checks the imports).
     optim.py        AdamW or a given (compiled) optimizer class; warmup + cosine schedule
     spec_optim.py   a compiled optimizer beside AdamW for the parameters it cannot take
     tasks.py        mqar (mqar.py), niah (niah.py), lm (lm_data.py) behind one interface
+    lengths.py      niah needles at other lengths than the training one, by depth band
     checkpoint.py   safetensors + JSON, atomic, checked before anything is loaded
                     (checkpoint_state.py checks state.json's values)
     distributed.py  DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA)

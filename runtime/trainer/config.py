@@ -96,6 +96,12 @@ class TrainConfig:
 
     # task: niah (RULER S-NIAH-1, Hsieh et al. 2024)
     niah_digits: int = field(default=7, metadata={"help": "digits of the needle's number"})
+    niah_eval_lengths: list = field(default_factory=list, metadata={
+        "item": int,
+        "help": "after training, evaluate needles at these sequence lengths too, eval_examples "
+                "at each (runtime/trainer/lengths.py); [] = none"})
+    niah_depth_bands: int = field(default=4, metadata={
+        "help": "depth bands the needles of niah_eval_lengths are spread over, equally"})
 
     # task: lm (bytes)
     lm_files: list = field(default_factory=list, metadata={
@@ -139,6 +145,7 @@ class TrainConfig:
             raise NlcError(f"stop_accuracy must be in [0, 1], got {self.stop_accuracy}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise NlcError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        self._validate_niah_lengths()
         if self.mqar_power_a <= 0:
             raise NlcError(f"mqar_power_a must be positive, got {self.mqar_power_a}")
         if not self.out.strip():
@@ -147,6 +154,25 @@ class TrainConfig:
                                 "folder by accident)")
         self._validate_overrides()
         return self
+
+    def _validate_niah_lengths(self) -> None:
+        if self.niah_depth_bands < 1:
+            raise NlcError(f"niah_depth_bands must be at least 1, got {self.niah_depth_bands}")
+        lengths = self.niah_eval_lengths
+        if not lengths:
+            return
+        if self.task != "niah":
+            raise NlcError(f"niah_eval_lengths is for the niah task, not {self.task}")
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+            raise NlcError(f"niah_eval_lengths must be whole numbers, got {lengths}")
+        from nlc.runtime.trainer.niah import min_seq_len
+        shortest = min_seq_len(self.niah_digits)
+        if min(lengths) < shortest:
+            raise NlcError(f"niah_eval_lengths: {min(lengths)} tokens cannot hold a "
+                           f"{self.niah_digits}-digit needle and its question (at least "
+                           f"{shortest})")
+        if len(set(lengths)) != len(lengths):
+            raise NlcError(f"niah_eval_lengths: a length given twice in {lengths}")
 
     def _validate_overrides(self, where: str = "config") -> None:
         for name, value in self.spec_overrides.items():

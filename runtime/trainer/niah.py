@@ -38,8 +38,11 @@ def min_seq_len(digits: int) -> int:
     return len(NEEDLE.format(key=key, value=value)) + len(QUESTION.format(key=key)) + digits - 1
 
 
-def niah_text(generator: torch.Generator, length: int, digits: int = 7) -> tuple[str, str]:
-    """(text of exactly `length` characters ending with the value, the value)."""
+def niah_text(generator: torch.Generator, length: int, digits: int = 7,
+              depth: float | None = None) -> tuple[str, str]:
+    """(text of exactly `length` characters ending with the value, the value). The needle
+    goes at a sentence start of the haystack drawn uniformly, or, given `depth` in [0, 1),
+    at the start that fraction of the way through the list of starts (RULER's depths)."""
     key = KEYS[int(torch.randint(len(KEYS), (1,), generator=generator))]
     low = 10 ** (digits - 1)
     value = str(low + int(torch.randint(9 * low, (1,), generator=generator)))
@@ -51,13 +54,17 @@ def niah_text(generator: torch.Generator, length: int, digits: int = 7) -> tuple
     haystack = (NOISE * (room // len(NOISE) + 1))[:room]
     # sentence starts inside the haystack: 0 and every position after ". "
     starts = [0] + [i + 2 for i in range(room - 1) if haystack[i:i + 2] == ". "]
-    depth = starts[int(torch.randint(len(starts), (1,), generator=generator))]
-    return haystack[:depth] + needle + haystack[depth:] + tail, value
+    if depth is None:
+        at = starts[int(torch.randint(len(starts), (1,), generator=generator))]
+    else:
+        at = starts[min(len(starts) - 1, int(depth * len(starts)))]
+    return haystack[:at] + needle + haystack[at:] + tail, value
 
 
 def niah_batch(generator: torch.Generator, batch_size: int, seq_len: int,
-               digits: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(inputs, targets)`, int64 [batch_size, seq_len] of bytes; targets only at the digits."""
+               digits: int = 7, depth: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, targets)`, int64 [batch_size, seq_len] of bytes; targets only at the digits.
+    `depth`: where the needles go (`niah_text`); None: uniformly random sentence starts."""
     if digits < 1:
         raise NlcError(f"niah_digits must be at least 1, got {digits}")
     if seq_len < min_seq_len(digits):  # for the longest key, so no draw can fail later
@@ -65,7 +72,7 @@ def niah_batch(generator: torch.Generator, batch_size: int, seq_len: int,
                        f"needles, got {seq_len}")
     rows = []
     for _ in range(batch_size):
-        text, _ = niah_text(generator, seq_len + 1, digits)
+        text, _ = niah_text(generator, seq_len + 1, digits, depth)
         rows.append(torch.tensor(list(text.encode("ascii")), dtype=torch.long))
     sequence = torch.stack(rows)
     inputs, targets = sequence[:, :-1].clone(), sequence[:, 1:].clone()
@@ -73,8 +80,12 @@ def niah_batch(generator: torch.Generator, batch_size: int, seq_len: int,
     return inputs, targets
 
 
+def needles_found(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """bool [B]: whether every value digit of each sequence is the argmax."""
+    wrong = ((logits.argmax(-1) != targets) & (targets != IGNORE)).any(dim=-1)
+    return ~wrong
+
+
 def needle_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
     """(sequences whose every value digit is predicted, sequences)."""
-    mask = targets != IGNORE
-    wrong = ((logits.argmax(-1) != targets) & mask).any(dim=-1)
-    return int((~wrong).sum()), int(targets.shape[0])
+    return int(needles_found(logits, targets).sum()), int(targets.shape[0])

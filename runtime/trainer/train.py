@@ -34,10 +34,17 @@ import torch.nn.functional as F
 from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer import distributed
 from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.lengths import evaluate_lengths
 from nlc.runtime.trainer.mixers import mixer_factory_for, mlp_factory_for, sha256_text, spec_text
 from nlc.runtime.trainer.model import LanguageModel
-from nlc.runtime.trainer.optim import (build_optimizer, due, lr_at, optimizer_class_for,
-                                       set_lr, step_levels)
+from nlc.runtime.trainer.optim import (
+    build_optimizer,
+    due,
+    lr_at,
+    optimizer_class_for,
+    set_lr,
+    step_levels,
+)
 from nlc.runtime.trainer.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
 from nlc.runtime.trainer.segments import check_carriable, forward_segments, fresh_caches
 from nlc.runtime.trainer.tasks import IGNORE, make_task
@@ -194,6 +201,11 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     bar.close()
 
     elapsed = time.perf_counter() - began
+    at_lengths = None  # after the clock: tokens/s is training's
+    if config.niah_eval_lengths and diverged is None:
+        at_lengths = evaluate_lengths(model, config, world, autocast)
+        bar.message("needles found at lengths: " + ", ".join(
+            f"{length} {r['accuracy']:.4f}" for length, r in at_lengths.items()))
     summary = {"task": config.task, "spec": config.spec, "steps": done,
                "steps_planned": config.steps, "diverged_at": diverged,
                "divergence": divergence,
@@ -203,6 +215,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                "tokens_per_s": (done - start) * tokens_per_step / max(elapsed, 1e-9),
                "nlc_version": __version__, "torch_version": torch.__version__,
                "python_version": platform.python_version()}
+    if at_lengths is not None:
+        summary["eval_lengths"] = at_lengths
     if world.is_main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         bar.message(f"done: {done} steps, loss {loss_value:.4f}, "
