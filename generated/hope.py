@@ -910,16 +910,8 @@ class SelfModifyingTitans(nn.Module):
         return self.forward(x[:, None], cache=cache)[:, 0], cache
 
 
-# ---------------------------------------------------------------- level `cms_fast`
-def ContinuumMemory_cms_fast_step(state, inputs):
-    """One token of level `cms_fast` (spec:100); matrices in the last two axes."""
-    M1_W1 = state["M1_W1"]
-    M1_W2 = state["M1_W2"]
-    x = inputs["x"]
-    W_k1 = inputs["W_k1"]
-    W_v1 = inputs["W_v1"]
-    M1_W1_0 = inputs["M1_W1_0"]
-    M1_W2_0 = inputs["M1_W2_0"]
+def ContinuumMemory_mlp_memory_step(x, W_k1, W_v1, M1_W1, M1_W2, M1_W1_0, M1_W2_0):
+    """The step of levels cms_fast, cms_mid, cms_slow, cms_slowest, in the names of cms_fast: their rules are the same but for the names of their tensors."""
     t0 = W_k1.mT
     t1 = t0 @ x
     t2 = M1_W1_0 @ t1
@@ -933,17 +925,11 @@ def ContinuumMemory_cms_fast_step(state, inputs):
     M1_W1_next = t9 * ((M1_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k1 + M1_W1
     M1_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k1 @ M1_W1_0.mT)))) + M1_W2
     o = t4 + t1
-    return {"M1_W1": M1_W1_next, "M1_W2": M1_W2_next}, o
+    return M1_W1_next, M1_W2_next, o
 
 
-def ContinuumMemory_cms_fast_drive(inputs):
-    """Every term of level `cms_fast` that depends only on the chunk-start state, for
-    all tokens of a chunk at once."""
-    x = inputs["x"]
-    W_k1 = inputs["W_k1"]
-    W_v1 = inputs["W_v1"]
-    M1_W1_0 = inputs["M1_W1_0"]
-    M1_W2_0 = inputs["M1_W2_0"]
+def ContinuumMemory_mlp_memory_drive(x, W_k1, W_v1, M1_W1_0, M1_W2_0):
+    """The drive of levels cms_fast, cms_mid, cms_slow, cms_slowest, in the names of cms_fast: their rules are the same but for the names of their tensors."""
     t0 = W_k1.mT
     t1 = nl.mm(t0, x)
     t2 = nl.mm(M1_W1_0, t1)
@@ -963,27 +949,57 @@ def ContinuumMemory_cms_fast_drive(inputs):
     return {"drive0": drive0, "drive1": drive1}
 
 
-def ContinuumMemory_cms_fast_combine(state, inputs):
-    """One token of level `cms_fast` given its chunk-start terms."""
-    M1_W1 = state["M1_W1"]
-    M1_W2 = state["M1_W2"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
+def ContinuumMemory_mlp_memory_combine(M1_W1, M1_W2, drive0, drive1):
+    """The combine of levels cms_fast, cms_mid, cms_slow, cms_slowest, in the names of cms_fast: their rules are the same but for the names of their tensors."""
     M1_W1_next = M1_W1 + drive0
     M1_W2_next = M1_W2 + drive1
+    return M1_W1_next, M1_W2_next
+
+
+def ContinuumMemory_mlp_memory_read(x, W_k1, M1_W1_0, M1_W2_0):
+    """The read of levels cms_fast, cms_mid, cms_slow, cms_slowest, in the names of cms_fast: their rules are the same but for the names of their tensors."""
+    t0 = W_k1.mT
+    t1 = nl.mm(t0, x)
+    o = (nl.mm(M1_W2_0, (nl.gelu((nl.mm(M1_W1_0, t1)))))) + t1
+    return o
+
+
+# ---------------------------------------------------------------- level `cms_fast`
+def ContinuumMemory_cms_fast_step(state, inputs):
+    """One token of level `cms_fast` (spec:100); matrices in the last two axes."""
+    M1_W1_next, M1_W2_next, o = ContinuumMemory_mlp_memory_step(
+        inputs["x"],
+        inputs["W_k1"],
+        inputs["W_v1"],
+        state["M1_W1"],
+        state["M1_W2"],
+        inputs["M1_W1_0"],
+        inputs["M1_W2_0"],
+    )
+    return {"M1_W1": M1_W1_next, "M1_W2": M1_W2_next}, o
+
+
+def ContinuumMemory_cms_fast_drive(inputs):
+    """Every term of level `cms_fast` that depends only on the chunk-start state, for
+    all tokens of a chunk at once."""
+    return ContinuumMemory_mlp_memory_drive(
+        inputs["x"], inputs["W_k1"], inputs["W_v1"], inputs["M1_W1_0"], inputs["M1_W2_0"]
+    )
+
+
+def ContinuumMemory_cms_fast_combine(state, inputs):
+    """One token of level `cms_fast` given its chunk-start terms."""
+    M1_W1_next, M1_W2_next = ContinuumMemory_mlp_memory_combine(
+        state["M1_W1"], state["M1_W2"], inputs["drive0"], inputs["drive1"]
+    )
     return {"M1_W1": M1_W1_next, "M1_W2": M1_W2_next}
 
 
 def ContinuumMemory_cms_fast_read(states, inputs):
     """Level `cms_fast`'s read for every token of a chunk (states stacked along T)."""
-    x = inputs["x"]
-    W_k1 = inputs["W_k1"]
-    M1_W1_0 = inputs["M1_W1_0"]
-    M1_W2_0 = inputs["M1_W2_0"]
-    t0 = W_k1.mT
-    t1 = nl.mm(t0, x)
-    o = (nl.mm(M1_W2_0, (nl.gelu((nl.mm(M1_W1_0, t1)))))) + t1
-    return o
+    return ContinuumMemory_mlp_memory_read(
+        inputs["x"], inputs["W_k1"], inputs["M1_W1_0"], inputs["M1_W2_0"]
+    )
 
 
 def ContinuumMemory_cms_fast_initial_state(batch, heads, ref, d_hidden, d_model):
@@ -1065,77 +1081,39 @@ def ContinuumMemory_cms_fast_op(
 # ---------------------------------------------------------------- level `cms_mid`
 def ContinuumMemory_cms_mid_step(state, inputs):
     """One token of level `cms_mid` (spec:107); matrices in the last two axes."""
-    M2_W1 = state["M2_W1"]
-    M2_W2 = state["M2_W2"]
-    cms_fast = inputs["cms_fast"]
-    W_k2 = inputs["W_k2"]
-    W_v2 = inputs["W_v2"]
-    M2_W1_0 = inputs["M2_W1_0"]
-    M2_W2_0 = inputs["M2_W2_0"]
-    t0 = W_k2.mT
-    t1 = t0 @ cms_fast
-    t2 = M2_W1_0 @ t1
-    t3 = nl.gelu(t2)
-    t4 = M2_W2_0 @ t3
-    t5 = W_v2.mT
-    t6 = -(t5 @ cms_fast)
-    t7 = t4 + t1 + t6
-    t8 = cms_fast.mT
-    t9 = -0.001
-    M2_W1_next = t9 * ((M2_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k2 + M2_W1
-    M2_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k2 @ M2_W1_0.mT)))) + M2_W2
-    o = t4 + t1
+    M2_W1_next, M2_W2_next, o = ContinuumMemory_mlp_memory_step(
+        inputs["cms_fast"],
+        inputs["W_k2"],
+        inputs["W_v2"],
+        state["M2_W1"],
+        state["M2_W2"],
+        inputs["M2_W1_0"],
+        inputs["M2_W2_0"],
+    )
     return {"M2_W1": M2_W1_next, "M2_W2": M2_W2_next}, o
 
 
 def ContinuumMemory_cms_mid_drive(inputs):
     """Every term of level `cms_mid` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    cms_fast = inputs["cms_fast"]
-    W_k2 = inputs["W_k2"]
-    W_v2 = inputs["W_v2"]
-    M2_W1_0 = inputs["M2_W1_0"]
-    M2_W2_0 = inputs["M2_W2_0"]
-    t0 = W_k2.mT
-    t1 = nl.mm(t0, cms_fast)
-    t2 = nl.mm(M2_W1_0, t1)
-    t3 = nl.gelu(t2)
-    t4 = nl.mm(M2_W2_0, t3)
-    t5 = W_v2.mT
-    t6 = -(nl.mm(t5, cms_fast))
-    t7 = t4 + t1 + t6
-    t8 = -0.001
-    drive0_0_col = t8 * ((nl.mm(M2_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
-    t9 = cms_fast.mT
-    drive0_0_row = nl.mm(t9, W_k2)
-    drive1_0_col = t8 * t7
-    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k2), M2_W1_0.mT)))
-    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
-    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
-    return {"drive0": drive0, "drive1": drive1}
+    return ContinuumMemory_mlp_memory_drive(
+        inputs["cms_fast"], inputs["W_k2"], inputs["W_v2"], inputs["M2_W1_0"], inputs["M2_W2_0"]
+    )
 
 
 def ContinuumMemory_cms_mid_combine(state, inputs):
     """One token of level `cms_mid` given its chunk-start terms."""
-    M2_W1 = state["M2_W1"]
-    M2_W2 = state["M2_W2"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    M2_W1_next = M2_W1 + drive0
-    M2_W2_next = M2_W2 + drive1
+    M2_W1_next, M2_W2_next = ContinuumMemory_mlp_memory_combine(
+        state["M2_W1"], state["M2_W2"], inputs["drive0"], inputs["drive1"]
+    )
     return {"M2_W1": M2_W1_next, "M2_W2": M2_W2_next}
 
 
 def ContinuumMemory_cms_mid_read(states, inputs):
     """Level `cms_mid`'s read for every token of a chunk (states stacked along T)."""
-    cms_fast = inputs["cms_fast"]
-    W_k2 = inputs["W_k2"]
-    M2_W1_0 = inputs["M2_W1_0"]
-    M2_W2_0 = inputs["M2_W2_0"]
-    t0 = W_k2.mT
-    t1 = nl.mm(t0, cms_fast)
-    o = (nl.mm(M2_W2_0, (nl.gelu((nl.mm(M2_W1_0, t1)))))) + t1
-    return o
+    return ContinuumMemory_mlp_memory_read(
+        inputs["cms_fast"], inputs["W_k2"], inputs["M2_W1_0"], inputs["M2_W2_0"]
+    )
 
 
 def ContinuumMemory_cms_mid_initial_state(batch, heads, ref, d_hidden, d_model):
@@ -1217,77 +1195,39 @@ def ContinuumMemory_cms_mid_op(
 # ---------------------------------------------------------------- level `cms_slow`
 def ContinuumMemory_cms_slow_step(state, inputs):
     """One token of level `cms_slow` (spec:114); matrices in the last two axes."""
-    M3_W1 = state["M3_W1"]
-    M3_W2 = state["M3_W2"]
-    cms_mid = inputs["cms_mid"]
-    W_k3 = inputs["W_k3"]
-    W_v3 = inputs["W_v3"]
-    M3_W1_0 = inputs["M3_W1_0"]
-    M3_W2_0 = inputs["M3_W2_0"]
-    t0 = W_k3.mT
-    t1 = t0 @ cms_mid
-    t2 = M3_W1_0 @ t1
-    t3 = nl.gelu(t2)
-    t4 = M3_W2_0 @ t3
-    t5 = W_v3.mT
-    t6 = -(t5 @ cms_mid)
-    t7 = t4 + t1 + t6
-    t8 = cms_mid.mT
-    t9 = -0.001
-    M3_W1_next = t9 * ((M3_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k3 + M3_W1
-    M3_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k3 @ M3_W1_0.mT)))) + M3_W2
-    o = t4 + t1
+    M3_W1_next, M3_W2_next, o = ContinuumMemory_mlp_memory_step(
+        inputs["cms_mid"],
+        inputs["W_k3"],
+        inputs["W_v3"],
+        state["M3_W1"],
+        state["M3_W2"],
+        inputs["M3_W1_0"],
+        inputs["M3_W2_0"],
+    )
     return {"M3_W1": M3_W1_next, "M3_W2": M3_W2_next}, o
 
 
 def ContinuumMemory_cms_slow_drive(inputs):
     """Every term of level `cms_slow` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    cms_mid = inputs["cms_mid"]
-    W_k3 = inputs["W_k3"]
-    W_v3 = inputs["W_v3"]
-    M3_W1_0 = inputs["M3_W1_0"]
-    M3_W2_0 = inputs["M3_W2_0"]
-    t0 = W_k3.mT
-    t1 = nl.mm(t0, cms_mid)
-    t2 = nl.mm(M3_W1_0, t1)
-    t3 = nl.gelu(t2)
-    t4 = nl.mm(M3_W2_0, t3)
-    t5 = W_v3.mT
-    t6 = -(nl.mm(t5, cms_mid))
-    t7 = t4 + t1 + t6
-    t8 = -0.001
-    drive0_0_col = t8 * ((nl.mm(M3_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
-    t9 = cms_mid.mT
-    drive0_0_row = nl.mm(t9, W_k3)
-    drive1_0_col = t8 * t7
-    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k3), M3_W1_0.mT)))
-    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
-    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
-    return {"drive0": drive0, "drive1": drive1}
+    return ContinuumMemory_mlp_memory_drive(
+        inputs["cms_mid"], inputs["W_k3"], inputs["W_v3"], inputs["M3_W1_0"], inputs["M3_W2_0"]
+    )
 
 
 def ContinuumMemory_cms_slow_combine(state, inputs):
     """One token of level `cms_slow` given its chunk-start terms."""
-    M3_W1 = state["M3_W1"]
-    M3_W2 = state["M3_W2"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    M3_W1_next = M3_W1 + drive0
-    M3_W2_next = M3_W2 + drive1
+    M3_W1_next, M3_W2_next = ContinuumMemory_mlp_memory_combine(
+        state["M3_W1"], state["M3_W2"], inputs["drive0"], inputs["drive1"]
+    )
     return {"M3_W1": M3_W1_next, "M3_W2": M3_W2_next}
 
 
 def ContinuumMemory_cms_slow_read(states, inputs):
     """Level `cms_slow`'s read for every token of a chunk (states stacked along T)."""
-    cms_mid = inputs["cms_mid"]
-    W_k3 = inputs["W_k3"]
-    M3_W1_0 = inputs["M3_W1_0"]
-    M3_W2_0 = inputs["M3_W2_0"]
-    t0 = W_k3.mT
-    t1 = nl.mm(t0, cms_mid)
-    o = (nl.mm(M3_W2_0, (nl.gelu((nl.mm(M3_W1_0, t1)))))) + t1
-    return o
+    return ContinuumMemory_mlp_memory_read(
+        inputs["cms_mid"], inputs["W_k3"], inputs["M3_W1_0"], inputs["M3_W2_0"]
+    )
 
 
 def ContinuumMemory_cms_slow_initial_state(batch, heads, ref, d_hidden, d_model):
@@ -1369,77 +1309,39 @@ def ContinuumMemory_cms_slow_op(
 # ---------------------------------------------------------------- level `cms_slowest`
 def ContinuumMemory_cms_slowest_step(state, inputs):
     """One token of level `cms_slowest` (spec:121); matrices in the last two axes."""
-    M4_W1 = state["M4_W1"]
-    M4_W2 = state["M4_W2"]
-    cms_slow = inputs["cms_slow"]
-    W_k4 = inputs["W_k4"]
-    W_v4 = inputs["W_v4"]
-    M4_W1_0 = inputs["M4_W1_0"]
-    M4_W2_0 = inputs["M4_W2_0"]
-    t0 = W_k4.mT
-    t1 = t0 @ cms_slow
-    t2 = M4_W1_0 @ t1
-    t3 = nl.gelu(t2)
-    t4 = M4_W2_0 @ t3
-    t5 = W_v4.mT
-    t6 = -(t5 @ cms_slow)
-    t7 = t4 + t1 + t6
-    t8 = cms_slow.mT
-    t9 = -0.001
-    M4_W1_next = t9 * ((M4_W2_0.mT @ t7) * (nl.gelu_grad(t2))) @ t8 @ W_k4 + M4_W1
-    M4_W2_next = t9 * (t7 @ (nl.gelu((t8 @ W_k4 @ M4_W1_0.mT)))) + M4_W2
-    o = t4 + t1
+    M4_W1_next, M4_W2_next, o = ContinuumMemory_mlp_memory_step(
+        inputs["cms_slow"],
+        inputs["W_k4"],
+        inputs["W_v4"],
+        state["M4_W1"],
+        state["M4_W2"],
+        inputs["M4_W1_0"],
+        inputs["M4_W2_0"],
+    )
     return {"M4_W1": M4_W1_next, "M4_W2": M4_W2_next}, o
 
 
 def ContinuumMemory_cms_slowest_drive(inputs):
     """Every term of level `cms_slowest` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
-    cms_slow = inputs["cms_slow"]
-    W_k4 = inputs["W_k4"]
-    W_v4 = inputs["W_v4"]
-    M4_W1_0 = inputs["M4_W1_0"]
-    M4_W2_0 = inputs["M4_W2_0"]
-    t0 = W_k4.mT
-    t1 = nl.mm(t0, cms_slow)
-    t2 = nl.mm(M4_W1_0, t1)
-    t3 = nl.gelu(t2)
-    t4 = nl.mm(M4_W2_0, t3)
-    t5 = W_v4.mT
-    t6 = -(nl.mm(t5, cms_slow))
-    t7 = t4 + t1 + t6
-    t8 = -0.001
-    drive0_0_col = t8 * ((nl.mm(M4_W2_0.mT, t7)) * (nl.gelu_grad(t2)))
-    t9 = cms_slow.mT
-    drive0_0_row = nl.mm(t9, W_k4)
-    drive1_0_col = t8 * t7
-    drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k4), M4_W1_0.mT)))
-    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
-    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
-    return {"drive0": drive0, "drive1": drive1}
+    return ContinuumMemory_mlp_memory_drive(
+        inputs["cms_slow"], inputs["W_k4"], inputs["W_v4"], inputs["M4_W1_0"], inputs["M4_W2_0"]
+    )
 
 
 def ContinuumMemory_cms_slowest_combine(state, inputs):
     """One token of level `cms_slowest` given its chunk-start terms."""
-    M4_W1 = state["M4_W1"]
-    M4_W2 = state["M4_W2"]
-    drive0 = inputs["drive0"]
-    drive1 = inputs["drive1"]
-    M4_W1_next = M4_W1 + drive0
-    M4_W2_next = M4_W2 + drive1
+    M4_W1_next, M4_W2_next = ContinuumMemory_mlp_memory_combine(
+        state["M4_W1"], state["M4_W2"], inputs["drive0"], inputs["drive1"]
+    )
     return {"M4_W1": M4_W1_next, "M4_W2": M4_W2_next}
 
 
 def ContinuumMemory_cms_slowest_read(states, inputs):
     """Level `cms_slowest`'s read for every token of a chunk (states stacked along T)."""
-    cms_slow = inputs["cms_slow"]
-    W_k4 = inputs["W_k4"]
-    M4_W1_0 = inputs["M4_W1_0"]
-    M4_W2_0 = inputs["M4_W2_0"]
-    t0 = W_k4.mT
-    t1 = nl.mm(t0, cms_slow)
-    o = (nl.mm(M4_W2_0, (nl.gelu((nl.mm(M4_W1_0, t1)))))) + t1
-    return o
+    return ContinuumMemory_mlp_memory_read(
+        inputs["cms_slow"], inputs["W_k4"], inputs["M4_W1_0"], inputs["M4_W2_0"]
+    )
 
 
 def ContinuumMemory_cms_slowest_initial_state(batch, heads, ref, d_hidden, d_model):

@@ -30,17 +30,21 @@ independently (every transition acts on the key axis), so blocks never talk duri
   Cost: two sequential sweeps and O(T V) extra floats; partial sums over V-blocks of the
   key-axis gradients are written per block and added by torch.
 - step: one token for decoding; the state is read and a new state is written.
+
+The host side (input checks, launch configuration, buffers, autograd) is the same for every
+kernel module: nlc.runtime.library.recurrent_launch, told by CONFIG which inputs these
+kernels take.
 """
 
-import torch
 import triton
 import triton.language as tl
 
-# Launch overrides for tuning and tests: None picks a heuristic (see _launch_config).
+from nlc.runtime.library import recurrent_launch
+
+# Launch overrides for tuning and tests, read at every launch: None picks the heuristic
+# (RecurrentLauncher._launch_config in runtime/library/recurrent_launch.py).
 BLOCK_V = None
 NUM_WARPS = None
-# Largest key dimension: the whole key axis of S is one register tile.
-MAX_K = 256
 
 
 @triton.jit(do_not_specialize=["T", "NTOK"])
@@ -303,319 +307,16 @@ def step_kernel(
     tl.store(new_state + o_h, b_S.to(new_state.dtype.element_ty), mask=m_h)
 
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-_ERROR_PARAMS = ()
-
-
-_SM_COUNTS = {}
-
-
-def _sm_count(device):
-    if device.index not in _SM_COUNTS:
-        props = torch.cuda.get_device_properties(device)
-        _SM_COUNTS[device.index] = props.multi_processor_count
-    return _SM_COUNTS[device.index]
-
-
-def _launch_config(K, V, rows, device, backward):
-    """(BK, BV, NV, num_warps) for `rows` (sequence, head) pairs; BLOCK_V / NUM_WARPS override.
-
-    The loop over T is latency-bound. BV starts at 2048 / BK rows and halves while there are
-    fewer than four programs per SM (one per warp scheduler), down to 4 rows (forward, step)
-    or 8 (backward, whose [NV, ...] partial sums grow with NV); one warp per program keeps
-    the row reductions inside a warp. Tuned on an H100 at D = 128 (docs/triton.md). The
-    interpreter (CPU) prefers few, large programs.
-    """
-    BK = triton.next_power_of_2(K)
-    if BLOCK_V is not None:
-        BV = min(BLOCK_V, triton.next_power_of_2(V))
-    elif device.type != "cuda":
-        BV = min(triton.next_power_of_2(V), max(16, 8192 // BK))
-    else:
-        BV = min(triton.next_power_of_2(V), max(4, 2048 // BK))
-        floor = 8 if backward else 4
-        while BV > floor and rows * triton.cdiv(V, BV) < 4 * _sm_count(device):
-            BV //= 2
-    num_warps = NUM_WARPS or (1 if BV * BK <= 4096 else 2 if BV * BK <= 16384 else 4)
-    return BK, BV, triton.cdiv(V, BV), num_warps
-
-
-def _check(name, x, shape, floats=True):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
-    if floats and x.dtype not in _FLOATS:
-        raise ValueError(f"{name} has dtype {x.dtype}; expected float16, bfloat16 or float32")
-
-
-def _check_inputs(q, k, v, g, beta, a, b, where):
-    """Validate the per-token tensors against `where` ("[B, T, H, D]" or "[B, H, D]").
-
-    Returns (K, V); g, beta are checked against the leading axes of q (B, T, H or B, H).
-    """
-    ndim = where.count(",") + 1
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.dim() != ndim:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be a tensor of shape {where}, got {got}")
-    lead = tuple(q.shape[:-1])
-    K, V = q.shape[-1], v.shape[-1]
-    if K > MAX_K:
-        raise ValueError(f"key dimension {K} exceeds MAX_K = {MAX_K} (one register tile)")
-    _check("q", q, (*lead, K))
-    _check("k", k, (*lead, K))
-    _check("v", v, (*lead, V))
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if g is not None:
-        raise ValueError("g must be None: this rule has no decay")
-    if beta is not None:
-        _check("beta", beta, (*lead, V))
-    if a is not None or b is not None:
-        raise ValueError("a and b must be None: they belong to the dplr family")
-    devices = {x.device for x in (q, k, v, g, beta, a, b) if x is not None}
-    if len(devices) != 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-    return K, V
-
-
-def _check_params(params):
-    for name, value in params.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    return tuple(float(params[name]) for name in _ERROR_PARAMS)
-
-
-def _forward(q, k, v, g, beta, a, b, h0, cu_seqlens, params, output_final_state, save):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    BK, BV, NV, num_warps = _launch_config(K, V, N * H, q.device, backward=False)
-    o = torch.empty_like(v)
-    ht = q.new_empty(N, H, V, K, dtype=torch.float32) if output_final_state else None
-    saved = q.new_empty(B, T, H, V, dtype=torch.float32) if save else None
-    fwd_kernel[(NV * N * H,)](
-        q,
-        k,
-        v,
-        beta,
-        h0,
-        o,
-        ht,
-        saved,
-        cu_seqlens,
-        *params,
-        T,
-        B * T,
-        H=H,
-        K=K,
-        V=V,
-        BK=BK,
-        BV=BV,
-        NV=NV,
-        USE_H0=h0 is not None,
-        STORE_HT=output_final_state,
-        SAVE=save,
-        IS_VARLEN=cu_seqlens is not None,
-        num_warps=num_warps,
-        num_stages=1,
-    )
-    return o, ht, saved
-
-
-def _backward(q, k, v, g, beta, a, b, h0, saved, cu_seqlens, params, do, dht):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    BK, BV, NV, num_warps = _launch_config(K, V, N * H, q.device, backward=True)
-    f32 = {"dtype": torch.float32, "device": q.device}
-    dq = torch.empty(NV, B, T, H, K, **f32)
-    dk = torch.empty(NV, B, T, H, K, **f32)
-    dv = torch.empty(B, T, H, V, **f32)
-    dbeta = torch.empty(B, T, H, V, **f32)
-    dh0 = torch.empty(N, H, V, K, **f32) if h0 is not None else None
-    scratch = torch.empty(B, T, H, V, **f32)
-    bwd_kernel[(NV * N * H,)](
-        q,
-        k,
-        v,
-        beta,
-        h0,
-        saved,
-        do,
-        dht,
-        dq,
-        dk,
-        dv,
-        dbeta,
-        dh0,
-        scratch,
-        cu_seqlens,
-        *params,
-        T,
-        B * T,
-        H=H,
-        K=K,
-        V=V,
-        BK=BK,
-        BV=BV,
-        NV=NV,
-        USE_H0=h0 is not None,
-        USE_DHT=dht is not None,
-        IS_VARLEN=cu_seqlens is not None,
-        num_warps=num_warps,
-        num_stages=1,
-    )
-    grads = {"q": dq.sum(0), "k": dk.sum(0), "v": dv, "initial_state": dh0}
-    grads["beta"] = dbeta
-    return grads
-
-
-class _FusedRecurrent(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, g, beta, a, b, initial_state, cu_seqlens, output_final_state, params):
-        ctx.set_materialize_grads(False)
-        beta_in = beta
-        if beta is None:
-            beta = torch.ones((*q.shape[:-1], v.shape[-1]), dtype=torch.float32, device=q.device)
-        o, ht, saved = _forward(
-            q, k, v, g, beta, a, b, initial_state, cu_seqlens, params, output_final_state, save=True
-        )
-        ctx.save_for_backward(q, k, v, g, beta, a, b, initial_state, saved, cu_seqlens)
-        ctx.params = params
-        ctx.has_beta = beta_in is not None
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, g, beta, a, b, h0, saved, cu_seqlens = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros_like(v)
-        grads = _backward(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            a,
-            b,
-            h0,
-            saved,
-            cu_seqlens,
-            ctx.params,
-            do.contiguous(),
-            None if dht is None else dht.contiguous(),
-        )
-        inputs = {
-            "q": q,
-            "k": k,
-            "v": v,
-            "g": g,
-            "beta": beta if ctx.has_beta else None,
-            "a": a,
-            "b": b,
-            "initial_state": h0,
-        }
-        out = []
-        for name, x in inputs.items():
-            dx = grads.get(name)
-            out.append(None if x is None or dx is None else dx.to(x.dtype).view(x.shape))
-        return (*out, None, None, None)
-
-
-def fused_recurrent(
-    q,
-    k,
-    v,
-    g=None,
-    beta=None,
-    a=None,
-    b=None,
-    *,
-    initial_state=None,
-    output_final_state=False,
-    cu_seqlens=None,
-):
-    """The elementwise-error rule over a sequence -> (o, final_state).
-
-    o is [B, T, H, V] in the dtype of v; final_state is [N, H, V, K] float32 when
-    output_final_state is set, else None.
-    Differentiable with respect to every tensor argument, initial_state included.
-    """
-    K, V = _check_inputs(q, k, v, g, beta, a, b, "[B, T, H, D]")
-    B, T, H = q.shape[:3]
-    if T == 0:
-        raise ValueError("q, k, v have no tokens (T = 0)")
-    N = B
-    if cu_seqlens is not None:
-        if (
-            not isinstance(cu_seqlens, torch.Tensor)
-            or cu_seqlens.dim() != 1
-            or cu_seqlens.numel() < 2
-        ):
-            raise ValueError("cu_seqlens must be a 1-D tensor [N + 1] of sequence offsets")
-        if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
-        if B != 1:
-            raise ValueError(
-                f"with cu_seqlens the batch size must be 1 (sequences packed along T), got {B}"
-            )
-        N = cu_seqlens.numel() - 1
-        cu_seqlens = cu_seqlens.to(q.device).contiguous()
-    if initial_state is not None:
-        _check("initial_state", initial_state, (N, H, V, K))
-    params = _check_params({})
-    tensors = [
-        x.contiguous() if x is not None else None for x in (q, k, v, g, beta, a, b, initial_state)
-    ]
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
-        return _FusedRecurrent.apply(*tensors, cu_seqlens, output_final_state, params)
-    q, k, v, g, beta, a, b, h0 = tensors
-    if beta is None:
-        beta = torch.ones((*q.shape[:-1], v.shape[-1]), dtype=torch.float32, device=q.device)
-    o, ht, _ = _forward(
-        q, k, v, g, beta, a, b, h0, cu_seqlens, params, output_final_state, save=False
-    )
-    return o, ht
-
-
-def step(q, k, v, g=None, beta=None, a=None, b=None, *, state):
-    """One decoding step: q, k [B, H, K], v [B, H, V], state [B, H, V, K] -> (o, new state).
-
-    The new state has the dtype of `state`. With autograd on, the step runs through the
-    differentiable fused recurrent op (T = 1) instead of the step kernel.
-    """
-    K, V = _check_inputs(q, k, v, g, beta, a, b, "[B, H, D]")
-    B, H = q.shape[:2]
-    _check("state", state, (B, H, V, K))
-    tensors = (q, k, v, g, beta, a, b, state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
-        one = [x.unsqueeze(1) if x is not None else None for x in tensors[:7]]
-        o, new_state = fused_recurrent(*one, initial_state=state, output_final_state=True)
-        return o.squeeze(1), new_state.to(state.dtype)
-    params = _check_params({})
-    q, k, v, g, beta, a, b, state = [x.contiguous() if x is not None else None for x in tensors]
-    if beta is None:
-        beta = torch.ones((*q.shape[:-1], v.shape[-1]), dtype=torch.float32, device=q.device)
-    BK, BV, NV, num_warps = _launch_config(K, V, B * H, q.device, backward=False)
-    o = torch.empty_like(v)
-    new_state = torch.empty_like(state)
-    step_kernel[(NV * B * H,)](
-        q,
-        k,
-        v,
-        beta,
-        state,
-        o,
-        new_state,
-        *params,
-        K=K,
-        V=V,
-        BK=BK,
-        BV=BV,
-        NV=NV,
-        num_warps=num_warps,
-        num_stages=1,
-    )
-    return o, new_state
+CONFIG = recurrent_launch.RecurrentConfig(
+    decay="none",
+    beta="row",
+    rank_one=False,
+    saves=True,
+    scratch=True,
+    error_params=(),
+)
+_launcher = recurrent_launch.RecurrentLauncher(
+    CONFIG, fwd_kernel, bwd_kernel, step_kernel, globals()
+)
+fused_recurrent = _launcher.fused_recurrent
+step = _launcher.step

@@ -166,7 +166,7 @@ def test_generated_code_imports_no_compiler():
             ("triton",) if golden.stem.startswith("nlc_kernel_") else ())
         for line in imports:
             assert line.split()[1].split(".")[0] in allowed, line
-            if line.startswith("from nlc") or line.startswith("import nlc"):
+            if line.startswith(("from nlc", "import nlc")):
                 assert line.startswith("from nlc.runtime"), line
 
 
@@ -187,7 +187,7 @@ def test_specs_with_one_kernel_configuration_share_one_kernel_module():
     text = deltanet["nlc_kernel_delta_none"]
     for spec in ("deltanet", "longhorn", ".nl", "sha256"):
         assert spec not in text.lower()
-    assert "def fused_recurrent(" in text and "def memory_" not in text
+    assert "fused_recurrent = _launcher.fused_recurrent" in text and "def memory_" not in text
     module = compile_outputs(str(EXAMPLES / "deltanet.nl"))["deltanet"]
     assert 'nl.kernels(__file__, "nlc_kernel_delta_none")' in module
     assert "kernels.fused_recurrent(" in module
@@ -288,7 +288,7 @@ def test_triton_dispatch_matches_pytorch(name):
     import subprocess
     import sys
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", DISPATCH, name], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", DISPATCH, name], capture_output=True, check=False,
                           text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     out_err, grad_err = map(float, done.stdout.split())

@@ -145,6 +145,49 @@ def test_levels_with_the_same_rule_share_their_drive_and_combine():
     assert "K_W1_next, K_W2_next = SelfModifyingTitans_mlp_memory_combine(" in code
 
 
+def test_blocks_with_one_rule_on_other_tensors_share_their_functions():
+    """CMS's three blocks run one rule on other inputs, parameters and states: one step,
+    drive, combine and read, written in cms_fast's names; each level's calls it."""
+    code = pipeline.run(str(EXAMPLES / "cms.nl"), "emit")["cms"]
+    for kind in ("step", "drive", "combine", "read"):
+        assert code.count(f"def mlp_memory_{kind}(") == 1
+        assert code.count(f"mlp_memory_{kind}(") == 1 + 3
+    assert "def mlp_memory_step(x, W_k1, W_v1, M1_W1, M1_W2, M1_W1_0, M1_W2_0):" in code
+
+
+def _cms_mid_alone(tmp_path):
+    """cms.nl's middle block as a spec of its own (reading x): its functions are its own."""
+    from nlc.emit import load_module
+    text = (EXAMPLES / "cms.nl").read_text()
+    head, _, rest = text.partition("  level cms_fast")
+    block = "  level cms_mid" + rest.partition("  level cms_mid")[2].partition("  level")[0]
+    path = tmp_path / "cms_mid_alone.nl"
+    path.write_text(head + block.replace("cms_fast", "x") + "  output cms_mid\n}\n")
+    return load_module(str(path), {"d_model": 8, "d_hidden": 12})
+
+
+@pytest.mark.parametrize("mode", ["recurrent", "chunked"])
+def test_a_shared_step_computes_the_levels_own_rule(mode, tmp_path):
+    """cms_mid's op in cms.nl (its functions shared with the other blocks, in cms_fast's
+    names) == the same block compiled alone (its own functions), over two updates."""
+    from nlc.emit import load_module
+    alone = _cms_mid_alone(tmp_path)
+    assert "mlp_memory_step" not in vars(alone)
+    shared = load_module(str(EXAMPLES / "cms.nl"), {"d_model": 8, "d_hidden": 12})
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 600, 1, 8, generator=gen, dtype=torch.float64)
+    W_k, W_v = (torch.randn(1, 8, 8, generator=gen, dtype=torch.float64) / 3 for _ in "kv")
+    state = {"M2_W1": torch.randn(2, 1, 12, 8, generator=gen, dtype=torch.float64) / 3,
+             "M2_W2": torch.randn(2, 1, 8, 12, generator=gen, dtype=torch.float64) / 3}
+    kw = {"W_k2": W_k, "W_v2": W_v, "d_hidden": 12, "initial_state": state,
+          "output_final_state": True, "mode": mode}
+    o, final = shared.cms_mid_op(x, **kw)
+    o_alone, final_alone = alone.cms_mid_op(x, **kw)
+    assert (final["M2_W1"] - state["M2_W1"]).abs().max() > 1e-3  # the block did update
+    assert torch.equal(o, o_alone)
+    assert all(torch.equal(final[n], final_alone[n]) for n in state)
+
+
 @pytest.mark.parametrize("dim, message", [
     ("mode", "dim 'mode' would be an argument of the layer's constructor"),
     ("self", "dim 'self' would be an argument of the layer's constructor"),

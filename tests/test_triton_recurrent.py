@@ -396,6 +396,65 @@ def test_wrapper_rejects_bad_inputs(call, message, kernel_dir):
         call(module, inputs)
 
 
+@pytest.mark.parametrize("plan", sorted({case.plan for case in CASES}, key=lambda p: p.module),
+                         ids=lambda plan: plan.module)
+def test_config_names_the_inputs_the_kernels_take(plan, kernel_dir):
+    """The launcher passes CONFIG.inputs first, in order, to each kernel: they must be the
+    leading arguments of the rendered signatures (the template's and the config's views of
+    one rule), followed by what the launcher passes next."""
+    module = load(plan, kernel_dir)
+    inputs = module.CONFIG.inputs
+    n = len(inputs)
+    for kernel, after in ((module.fwd_kernel, "h0"), (module.bwd_kernel, "h0"),
+                          (module.step_kernel, "state")):
+        assert tuple(kernel.arg_names[:n + 1]) == (*inputs, after)
+    params = [name for name in module.fwd_kernel.arg_names if name.startswith("c_")]
+    assert params == [f"c_{name}" for name in module.CONFIG.error_params]
+
+
+def test_error_parameters_are_exactly_the_modules_keywords(kernel_dir):
+    huber = load(Case(decay="channel", order="parallel", **HUBER).plan, kernel_dir)
+    delta = load(Case("delta", "scalar").plan, kernel_dir)
+    seq = [x.detach() if x is not None else None
+           for x in make_inputs(Case(decay="channel", order="parallel", **HUBER))]
+    tok = [x[:, 0] if x is not None else None for x in seq[:7]]
+    state = seq[7]
+    with pytest.raises(TypeError, match=r"fused_recurrent\(\) .*missing \['delta'\]"):
+        huber.fused_recurrent(*seq[:7])
+    with pytest.raises(TypeError, match=r"step\(\) .*unexpected \['eps'\]"):
+        huber.step(*tok, state=state, delta=0.5, eps=1.0)
+    with pytest.raises(TypeError, match="delta must be a Python float, got str"):
+        huber.fused_recurrent(*seq[:7], delta="0.5")
+    with pytest.raises(TypeError, match="delta must be a Python float, got bool"):
+        huber.step(*tok, state=state, delta=True)
+    d = [x.detach() if x is not None else None for x in make_inputs(Case("delta", "scalar"))]
+    with pytest.raises(TypeError, match=r"\[\] as keywords: unexpected \['delta'\]"):
+        delta.fused_recurrent(*d[:7], delta=0.5)
+
+
+def test_launch_overrides_are_read_from_the_module(kernel_dir):
+    module = load(Case("delta", "scalar").plan, kernel_dir)
+    cpu = torch.device("cpu")
+    assert module._launcher._launch_config(16, 32, 2, cpu, False) == (16, 32, 1, 1)
+    module.BLOCK_V, module.NUM_WARPS = 8, 4
+    try:
+        assert module._launcher._launch_config(16, 32, 2, cpu, False) == (16, 8, 4, 4)
+    finally:
+        module.BLOCK_V = module.NUM_WARPS = None
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"decay": "diagonal"}, "decay 'diagonal'"),
+    ({"beta": "channel"}, "beta 'channel'"),
+    ({"error_params": ("a b",)}, "identifiers"),
+])
+def test_recurrent_config_refuses_unknown_values(fields, message):
+    from nlc.runtime.library.recurrent_launch import RecurrentConfig
+    base = {"decay": "none", "beta": None, "rank_one": False, "saves": False, "scratch": False}
+    with pytest.raises(ValueError, match=message):
+        RecurrentConfig(**{**base, **fields})
+
+
 def test_kernels_rerun_in_a_fresh_interpreter_process():
     """Only when triton was imported before this module (so the interpreter is off here)."""
     if INTERPRETED or DEVICE != "cpu":
@@ -408,13 +467,15 @@ def test_kernels_rerun_in_a_fresh_interpreter_process():
 
 # -- the renderer and the printer (no kernels run) ------------------------------------------------
 
-def test_render_is_deterministic_and_standalone():
+def test_render_is_deterministic_and_imports_only_triton_and_the_runtime():
     plan = Case(decay="channel", order="parallel", **HUBER).plan
     first, second = render_recurrent(plan), render_recurrent(plan)
     assert first == second
     imports = sorted(line for line in first.splitlines() if line.startswith(("import", "from")))
-    assert imports == ["import torch", "import triton", "import triton.language as tl"]
-    assert "def fused_recurrent(" in first and "def step(" in first
+    assert imports == ["from nlc.runtime.library import recurrent_launch", "import triton",
+                       "import triton.language as tl"]
+    assert "\nfused_recurrent = _launcher.fused_recurrent\n" in first
+    assert "\nstep = _launcher.step\n" in first
     compile(first, "generated.py", "exec")
 
 

@@ -221,6 +221,47 @@ class LayerPrinter:
                           "but for the names of their states.")))
                 for pl, call in users:
                     pl.frozen[kind] = call(name)
+        return out + self.shared_by_role(levels, {s.name for s in out})
+
+    def shared_by_role(self, levels: list[PrintedLevel], taken: set) -> list[PrintedShared]:
+        """Levels whose steps (or `every C tokens` drives, combines, reads) print the same
+        with their tensors named by role (CMS's blocks: one rule on another input, other
+        parameters and state) share one function, written in the first level's names; each
+        level's own calls it with its tensors (LevelPrinter.role_core)."""
+        out = []
+        for kind in ("step", "drive", "combine", "read"):
+            found: dict = {}
+            for pl in levels:
+                if pl.group or not (pl.step if kind == "step" else
+                                    pl.additive and kind in pl.frozen):
+                    continue
+                printer = self.printers[pl.name]
+                counts = (len(printer.plan.tokens), len(printer.plan.params),
+                          len(printer.state_names), len(printer.anchor_names))
+                body = printer.role_core(kind, placeholders=True)[1]
+                found.setdefault((counts, tuple(body)), []).append(pl)
+            for users in found.values():
+                if len(users) < 2:
+                    continue
+                first = self.printers[users[0].name]
+                prefix = first.plan.fn[:len(first.plan.fn) - len(first.plan.name)]
+                name = f"{prefix}{first.rule.form.kind}_memory_{kind}"
+                name = next(f"{name}_{i}" if i else name for i in range(len(taken) + 1)
+                            if (f"{name}_{i}" if i else name) not in taken)
+                taken.add(name)
+                used, body = first.role_core(kind)
+                params = [local(n) if n in first.roles("step") else n for n in used]
+                out.append(PrintedShared(
+                    name, ", ".join(params), body,
+                    prose(f"The {kind} of levels {', '.join(pl.name for pl in users)}, in the "
+                          f"names of {users[0].name}: their rules are the same but for the "
+                          "names of their tensors.")))
+                for pl in users:
+                    call = self.printers[pl.name].role_call(kind, name)
+                    if kind == "step":
+                        pl.step = call
+                    else:
+                        pl.frozen[kind] = call
         return out
 
     def group(self, gp, printed: dict[str, PrintedLevel]) -> PrintedGroup:

@@ -494,6 +494,65 @@ class LevelPrinter:
             body.append(f"return {', '.join(r for _, r in rows)}" + ("," if len(rows) == 1 else ""))
         return used, body
 
+    # ------------------------------------------------------------ shared by role
+    def roles(self, kind: str) -> list[str]:
+        """The names a function of `kind` may read, by role: tokens, parameters, states,
+        anchors, sizes (and a combine's drives)."""
+        names = [t.name for t in self.plan.tokens] + [p.name for p in self.plan.params] \
+            + self.state_names + self.anchor_names + list(self.plan.sizes)
+        if kind == "combine":
+            names += [s.name for s, _ in self.plan.execution.drive]
+        return names
+
+    def role_core(self, kind: str, placeholders: bool = False) -> tuple[list[str], list[str]]:
+        """The step, or an `every C tokens` split's drive, combine or read, as a function of
+        the tensors it reads: (their names in the order of `roles`, its body and return).
+        With `placeholders` every name prints as its role's position (`r0`, `r1`, ...):
+        levels whose functions print the same that way compute one function of their
+        tensors in role order, and share it (LayerPrinter.shared_by_role)."""
+        roles = self.roles(kind)
+        own = set(self.roles("step"))  # spec names; a combine's drives keep their own
+        code = {n: f"r{i}" if placeholders else local(n) if n in own else n
+                for i, n in enumerate(roles)}
+        names = self.names() | code | {f"{n}_next": f"{code[n]}_next" for n in self.state_names}
+        ex, rule = self.plan.execution, self.rule
+        sums = {}
+        if kind == "step":
+            outputs = [(f"{code[n]}_next", e) for n, e in rule.next_state] + [("o", rule.read)]
+            printer = TorchPrinter(names)
+        elif kind == "combine":
+            outputs = [(f"{code[n]}_next", e)
+                       for n, (_, e) in zip(self.state_names, ex.combine)]
+            printer = TorchPrinter(names)
+        elif kind == "read":
+            outputs = [("o", rule.read)]
+            printer = TorchPrinter(names | {f"{n}_next": code[n] for n in self.state_names},
+                                   chunk=True)
+        else:
+            outputs, sums = _summed_parts(ex)
+            printer = TorchPrinter(names, chunk=True)
+        used = free_names([e for _, e in outputs])
+        if kind == "read":
+            used |= {n for n in self.state_names if f"{n}_next" in used}
+        body = printer.assign(outputs) + [f"{n} = {c}" for n, c in sums.items()]
+        returned = ("{" + ", ".join(f"{n!r}: {n}" for n in sums) + "}" if sums
+                    else ", ".join(target for target, _ in outputs))
+        return [n for n in roles if n in used], [*body, f"return {returned}"]
+
+    def role_call(self, kind: str, shared: str) -> list[str]:
+        """The level's function of `kind` as a call of `shared` with its own tensors."""
+        used, _ = self.role_core(kind)
+        states = {"step": "state", "combine": "state", "read": "states"}.get(kind)
+        args = ", ".join(f"{states if n in self.state_names and states else 'inputs'}[{n!r}]"
+                         for n in used)
+        if kind in ("drive", "read"):
+            return [f"return {shared}({args})"]
+        order = [n for n, _ in self.rule.next_state] if kind == "step" else self.state_names
+        targets = [f"{local(n)}_next" for n in order] + ["o"] * (kind == "step")
+        new = "{" + ", ".join(f"{n!r}: {local(n)}_next" for n in self.state_names) + "}"
+        return [f"{', '.join(targets)} = {shared}({args})",
+                f"return {new}, o" if kind == "step" else f"return {new}"]
+
     # ------------------------------------------------------------ frozen gradients
     def frozen(self, ex: FrozenSplit) -> dict[str, list[str]]:
         """drive: the hoisted chunk-start terms for all tokens of a chunk at once; combine:
@@ -527,18 +586,7 @@ class LevelPrinter:
         A term that is a column times a row per token (a gradient's outer product) is summed
         as one matrix product over the tokens (`nl.outer_sum`) instead of materializing
         every token's matrix."""
-        parts, sums = [], {}
-        for name, terms in ex.outer:
-            codes = []
-            for i, term in enumerate(terms):
-                base = f"{name}_{i}"
-                if len(term) == 2:
-                    parts += [(f"{base}_col", term[0]), (f"{base}_row", term[1])]
-                    codes.append(f"nl.outer_sum({base}_col, {base}_row)")
-                else:
-                    parts.append((base, term[0]))
-                    codes.append(f"{base}.sum(1)")
-            sums[name] = " + ".join(codes)
+        parts, sums = _summed_parts(ex)
         used = free_names([e for _, e in parts])
         lines = self._inputs(used) + TorchPrinter(self.names(), chunk=True).assign(parts)
         lines += [f"{name} = {code}" for name, code in sums.items()]
@@ -566,3 +614,20 @@ class LevelPrinter:
                                                      for n, code in pairs.items()) + "}"]
 
 
+def _summed_parts(ex: FrozenSplit) -> tuple[list, dict[str, str]]:
+    """An `every C tokens` drive's per-token parts (name, expression) and, per drive, the
+    code that sums them over the tokens: `nl.outer_sum(col, row)` for a column times a row,
+    `.sum(1)` for the rest."""
+    parts, sums = [], {}
+    for name, terms in ex.outer:
+        codes = []
+        for i, term in enumerate(terms):
+            base = f"{name}_{i}"
+            if len(term) == 2:
+                parts += [(f"{base}_col", term[0]), (f"{base}_row", term[1])]
+                codes.append(f"nl.outer_sum({base}_col, {base}_row)")
+            else:
+                parts.append((base, term[0]))
+                codes.append(f"{base}.sum(1)")
+        sums[name] = " + ".join(codes)
+    return parts, sums

@@ -2,11 +2,15 @@
 
 A `RecurrentKernelPlan` says which family of per-token rule the kernels implement
 (docs/design.md, "Kernel families"); `render_recurrent` fills `templates/triton_recurrent.py.jinja`
-and returns the source of a standalone module (imports: torch, triton, triton.language) with
+and returns the source of a module that holds the three `@triton.jit` kernels and a
+`RecurrentConfig` (which inputs they take), and gets its host side from the runtime library
+(`nlc.runtime.library.recurrent_launch`: checks, launch configuration, autograd):
 
     fused_recurrent(q, k, v, g=None, beta=None, a=None, b=None, *, initial_state=None,
                     output_final_state=False, cu_seqlens=None) -> (o, final_state)
     step(q, k, v, g=None, beta=None, a=None, b=None, *, state) -> (o, new_state)
+
+(error parameters, for the elementwise family, are keyword arguments of both).
 
 The plan holds the configuration only (nothing of a spec), so the module is shared: every level
 of every spec with the same configuration uses the one module named `plan.module`
@@ -90,7 +94,7 @@ class RecurrentKernelPlan:
 
 
 def render_recurrent(plan: RecurrentKernelPlan, formatted: bool = True) -> str:
-    """Python source of the standalone kernel module for `plan` (deterministic, formatted
+    """Python source of the kernel module for `plan` (deterministic, formatted
     unless `formatted` is False). Its banner and docstring name the configuration, never a
     spec: one module serves every spec that compiles to it."""
     _validate(plan)

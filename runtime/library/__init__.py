@@ -14,4 +14,5 @@ as nl`), and nothing of the trainer's.
     chunk_triton.py       which chunked Triton kernel serves which family
     chunk_delta_triton.py chunked Triton kernels: delta rule and decay family, scalar decay
     chunk_decay_triton.py chunked Triton kernels: decay family, per-channel decay
+    recurrent_launch.py   the host side of the generated fused recurrent kernel modules
 """
