@@ -301,7 +301,8 @@ class _LayerPlanner:
             notes.append(f"no chunk-parallel form: {ex.reason}")
         elif isinstance(ex, AffineChunk) and ex.row_decay is not None:
             notes.append("a decay per row (output channel): the chunked form folds it into the "
-                         "values and reads (nl.row_decay_chunked); no Triton kernel")
+                         "values and reads (nl.row_decay_chunked); CUDA tensors run its chunked "
+                         "Triton kernels, chunk_rows_triton.chunk_rows")
         elif isinstance(ex, SolveChunk) and ex.cg_steps:
             notes.append(f"the chunked read solves by {ex.cg_steps} conjugate-gradient steps "
                          "(MesaNet); the recurrent form and step() solve exactly")
