@@ -157,13 +157,17 @@ def check_dims(K: int, V: int, chunk: int):
 # chunk_kda (chunk_kda_triton.py) for a decay per key channel, chunk_dplr (chunk_dplr_triton.py)
 # for the dplr family with any decay (a scalar or no decay is a per-channel one), chunk_rows
 # (chunk_rows_triton.py) for the decay and delta families with a decay per row (value
-# channel). The channel-decay kernels are tested under the Triton interpreter
-# (tests/test_chunk_triton.py, tests/test_chunk_kda_triton.py, tests/test_chunk_dplr_triton.py,
-# tests/test_chunk_rows_triton.py); benchmarks/gpu_chunked.py times them on a GPU.
+# channel), chunk_joint (chunk_joint_triton.py) for the joint family (n jointly affine
+# states; joint.py asks with read_before False, the kernels take either read). The kernels
+# are tested under the Triton interpreter (tests/test_chunk_triton.py,
+# tests/test_chunk_kda_triton.py, tests/test_chunk_dplr_triton.py,
+# tests/test_chunk_rows_triton.py, tests/test_chunk_joint_triton.py); benchmarks/gpu_chunked.py
+# times them on a GPU.
 CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
                    ("decay", "scalar"), ("decay", "channel"), ("delta", "channel"),
                    ("dplr", "none"), ("dplr", "scalar"), ("dplr", "channel"),
-                   ("decay", "row"), ("delta", "row")}
+                   ("decay", "row"), ("delta", "row"), ("joint", "none")}
+JOINT_MAX_STATES = 4  # the joint kernels' widest stack of states (n K columns per state)
 # inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
 # few tokens) to the fused recurrent kernel, which needs no per-chunk work
 CHUNKED_MIN_TOKENS = 64
@@ -195,6 +199,9 @@ def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bo
         if decay == "row":
             from nlc.runtime.library.chunk_rows_triton import chunk_rows
             return chunk_rows
+        if family == "joint":
+            from nlc.runtime.library.chunk_joint_triton import chunk_joint
+            return chunk_joint
         if decay == "channel" and family == "delta":
             from nlc.runtime.library.chunk_kda_triton import chunk_kda
             return chunk_kda

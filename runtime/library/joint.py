@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from nlc.runtime.library.chunk_triton import JOINT_MAX_STATES, chunked_kernel_for
 from nlc.runtime.library.chunked import _causal, _merge, _split
 
 
@@ -103,7 +104,20 @@ def _unflat(X, n: int):
 def joint_chunked(q, k, values, P, Q, *, read=0, initial_state=None, read_before=False,
                   chunk_size=64):
     """`q, k: [B, T, H, K]`, `values: [B, T, H, n, V]` (v_{t,i}), `P, Q: [B, T, H, n, n]`
-    -> `(o [B, T, H, V], final states [B, H, n, V, K])`; plain PyTorch, any device."""
+    -> `(o [B, T, H, V], final states [B, H, n, V, K])`. CUDA tensors go to the chunked Triton
+    kernels (runtime/library/chunk_joint_triton.py) where they cover the case."""
+    kernel = chunked_kernel_for(q, "joint", "none", False, chunk_size, k.shape[-1],
+                                values.shape[-1])
+    if kernel is not None and 2 <= values.shape[-2] <= JOINT_MAX_STATES:
+        return kernel(q, k, values, P, Q, read=read, initial_state=initial_state,
+                      read_before=read_before, chunk_size=chunk_size)
+    return joint_chunked_torch(q, k, values, P, Q, read=read, initial_state=initial_state,
+                               read_before=read_before, chunk_size=chunk_size)
+
+
+def joint_chunked_torch(q, k, values, P, Q, *, read=0, initial_state=None, read_before=False,
+                        chunk_size=64):
+    """`joint_chunked` in plain PyTorch (any device)."""
     B, T, H, K = q.shape
     n, Vd = values.shape[-2], values.shape[-1]
     padded = -(-T // chunk_size) * chunk_size
