@@ -10,14 +10,21 @@ file imports, and whose import sets TRITON_INTERPRET=1 before triton is imported
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_chunk_triton import DEVICE, INTERPRETED, ROOT, TOL, close, needs_kernels, rel
+from test_chunk_triton import (
+    DEVICE,
+    INTERPRETED,
+    ROOT,
+    TOL,
+    close,
+    needs_kernels,
+    rel,
+    rerun_under_interpreter,
+    spec_dispatched,
+)
 from test_joint_chunked import _momentum_loop
 
 
@@ -233,51 +240,22 @@ def test_joint_dispatch_picks_chunk_joint(monkeypatch):
     assert chunked_kernel_for(q, "joint", "none", False, 64, 16, 16) is chunk_joint
 
 
-DISPATCH = """
-import os, sys, torch
-from nlc.emit import load_layer
-from nlc.runtime.library import chunk_joint_triton
-from tests.test_emit import rel
-cls = load_layer(sys.argv[1])
-module = sys.modules[cls.__module__]
-assert "chunk_joint_triton.chunk_joint" in module.__doc__, module.__doc__
-torch.manual_seed(0)
-layer = cls()
-calls = []
-apply = chunk_joint_triton.JointStatePass.apply
-chunk_joint_triton.JointStatePass.apply = lambda *a: calls.append(a[-2]) or apply(*a)
-x = torch.randn(2, int(sys.argv[2]), 12, requires_grad=True)
-os.environ["NLC_TRITON"] = "force"
-y = layer(x)
-gx, = torch.autograd.grad(y.square().sum(), x)
-os.environ["NLC_TRITON"] = "0"
-z = layer(x)
-hx, = torch.autograd.grad(z.square().sum(), x)
-print(",".join(map(str, calls)) or "pytorch", rel(y, z), rel(gx, hx))
-"""
-
-
 @needs_kernels
 @pytest.mark.skipif(DEVICE != "cpu", reason="forces the dispatch on CPU tensors")
 def test_generated_momentum_delta_layer_dispatches_to_chunk_joint():
     """The generated momentum delta layer with Triton forced, on the CPU under the
-    interpreter: the forward runs the joint kernels' autograd function once (over n = 2
-    states), and output and input gradient equal the PyTorch form's."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    spec = ROOT / "tests" / "specs" / "momentum_delta.nl"
-    done = subprocess.run([sys.executable, "-c", DISPATCH, str(spec), "70"], check=False,
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    taken, out_err, grad_err = done.stdout.split()
-    assert taken == "2"
-    assert float(out_err) < 1e-5 and float(grad_err) < 1e-5
+    interpreter: its docstring names chunk_joint, the forward runs the joint kernels'
+    autograd function once, and output and input gradient equal the PyTorch form's."""
+    doc, calls, out_err, grad_err = spec_dispatched(
+        ROOT / "tests" / "specs" / "momentum_delta.nl", 70, "chunk_joint_triton",
+        "JointStatePass")
+    assert "chunk_joint_triton.chunk_joint" in doc
+    assert calls == 1
+    assert out_err < 1e-5 and grad_err < 1e-5
 
 
 def test_joint_kernels_rerun_in_a_fresh_interpreter_process():
     """Only when triton was imported before this module (so the interpreter is off here)."""
     if INTERPRETED or DEVICE != "cpu":
         pytest.skip("the kernels run in this process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           __file__], env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rerun_under_interpreter(__file__)

