@@ -213,6 +213,23 @@ def test_joint_triton_half_precision():
     assert max(errors.values()) < 2e-2, errors
 
 
+@needs_kernels
+@pytest.mark.parametrize("R", [32, 48, 96, 128, 192])
+def test_unit_lower_inverse_matches_float64(R):
+    """(I + A)^-1 of the chunk's C n columns (diagonal blocks by the Triton block inverse, the
+    rest by block substitution) and its gradient, against float64."""
+    from nlc.runtime.library.chunk_joint_triton import UnitLowerInverse
+    from nlc.runtime.library.joint import unit_lower_inverse
+    g = torch.Generator().manual_seed(R)
+    A = (torch.randn(3, R, R, generator=g) * R ** -0.5).tril(-1).to(DEVICE)
+    dT = torch.randn(3, R, R, generator=g).to(DEVICE)
+    leaves = [A.clone().requires_grad_(), A.double().requires_grad_()]
+    T, T64 = UnitLowerInverse.apply(leaves[0]), unit_lower_inverse(leaves[1])
+    (dA,), (dA64,) = (torch.autograd.grad((t * dT.to(t.dtype)).sum(), [x])
+                      for t, x in zip((T, T64), leaves))
+    assert rel(T, T64) < TOL and rel(dA, dA64) < TOL
+
+
 def test_joint_kernel_rejects_bad_inputs():
     """Checked before any kernel runs (no interpreter needed), with the tensor's name."""
     from nlc.runtime.library.chunk_joint_triton import chunk_joint

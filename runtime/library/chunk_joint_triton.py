@@ -8,9 +8,11 @@ X = [X_1, ..., X_n] the joint state `[V, n K]`. Per chunk, joint.py's pieces giv
 mixings' products T[s, t] = P_s ... P_{t-1} (`transfers`), the triangular system over the
 chunk's C n columns (`intra`: W = U + w X_0^T), each token's read (`outputs`: o = a X_0^T + b W)
 and the end state (`state_pass`: X_C = X_0 (mix (x) I) + W^T r). Those per-chunk pieces are
-independent of the state and run for all chunks at once (batched matrix products and one
-batched triangular solve, in PyTorch, float32, differentiated by autograd). What passes the
-state from chunk to chunk, and reads it, runs here:
+independent of the state and run for all chunks at once, in float32, differentiated by
+autograd: batched PyTorch products, and (I - L)^-1 over the chunk's C n columns by
+`UnitLowerInverse` (chunk_delta_triton.py's block inverse on diagonal blocks of up to 64,
+block substitution below them). What passes the state from chunk to chunk, and reads it,
+runs here:
 
   states (sequential, per V block):  W = U + w X^T,  X' = X (mix (x) I) + W^T r
   output (per chunk):                O = a X^T + b W
@@ -27,8 +29,10 @@ the state as n blocks of K columns."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from nlc.runtime.library.chunk_delta_triton import _solve_kernel
 from nlc.runtime.library.chunk_triton import (
     JOINT_MAX_STATES,
     boundaries,
@@ -198,10 +202,45 @@ def _state_grads_kernel(a, b, w, r, mix, do, dh, dw, dxt, dx0, offsets,
     tl.store(dx0 + p_state, b_dX, mask=m_vd)
 
 
+# --------------------------------------------------------------------------- the triangular system
+class UnitLowerInverse(torch.autograd.Function):
+    """(I + A)^-1 for strictly lower A `[..., R, R]` (the chunk's C n columns, float32):
+    diagonal blocks of up to 64 by chunk_delta_triton.py's block inverse (`_solve_kernel`,
+    tensor cores), the blocks below them by block substitution, row block i at once:
+    T[i, :i] = -T[i, i] A[i, :i] T[:i, :i]. Backward: dA = strict_lower(-T^T dT T^T)."""
+
+    @staticmethod
+    def forward(ctx, A):
+        R = A.shape[-1]
+        B = min(pow2(R), 64)
+        Rp = -(-R // B) * B
+        a = F.pad(A, (0, Rp - R, 0, Rp - R)).reshape(-1, Rp, Rp).contiguous()
+        nb = Rp // B
+        diag = torch.stack([a[:, i * B:(i + 1) * B, i * B:(i + 1) * B] for i in range(nb)], 1)
+        blocks = torch.zeros_like(diag)
+        _solve_kernel[(diag.shape[0] * nb, 1)](diag.contiguous(), blocks, H=1, BT=B,
+                                                num_warps=1)
+        T = torch.zeros_like(a)
+        for i in range(nb):
+            rows = slice(i * B, (i + 1) * B)
+            T[:, rows, rows] = blocks[:, i]
+            if i:
+                T[:, rows, :i * B] = -blocks[:, i] @ (a[:, rows, :i * B] @ T[:, :i * B, :i * B])
+        T = T[:, :R, :R].reshape(A.shape)
+        ctx.save_for_backward(T)
+        return T
+
+    @staticmethod
+    def backward(ctx, dT):
+        T, = ctx.saved_tensors
+        return (-(T.mT @ dT @ T.mT)).tril(-1)
+
+
 # --------------------------------------------------------------------------- host side
 # Blocks: the state's n key blocks whole (NP BK columns: 256 at n = 2, K = 128), values in
 # blocks of state_launch's width (at most 32 here), and a chunk's C n rows in blocks of
-# RB = 32, so no tile is larger than [32, 256] float32 (32 KiB).
+# RB = 32, so no tile is larger than [32, 256] float32 (32 KiB). The sequential kernels run
+# one pipeline stage: their row loop loads w and r, 64 KiB a stage in float32.
 ROW_BLOCK = 32
 
 
@@ -222,7 +261,7 @@ def _pass(u, w, a, b, mix, r, x0, offsets, shape, prec):
             "PREC": prec}
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
         u, w, r, mix, h, wout, x0, xt, offsets, BV=BVs, HAS_X0=x0 is not None, **dims,
-        num_warps=warps)
+        num_warps=warps, num_stages=1)
     o = torch.empty(NC, H, C, V, **f32)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](a, b, h, wout, o, C=C, BV=BV, **dims,
                                                 num_warps=4)
@@ -257,7 +296,7 @@ class JointStatePass(torch.autograd.Function):
         _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
             a, b, w, r, mix, do, dh, dw, dxt.contiguous() if dxt is not None else None, dx0,
             offsets, H=H, K=K, V=V, n=n, C=C, R=R, BR=BR, RB=RB, BK=BK, NP=NP, BV=BVs,
-            HAS_DXT=dxt is not None, PREC=prec, num_warps=warps)
+            HAS_DXT=dxt is not None, PREC=prec, num_warps=warps, num_stages=1)
         # the pieces' gradients: products over the value axis, every chunk at once
         d_w = dw @ h
         d_a = do @ h
@@ -321,7 +360,7 @@ def chunk_joint(q, k, values, P, Q, *, read=0, initial_state=None, read_before=F
 
     qc, kc, vc, Qc = (chunked(x) for x in (q, k, values, Q))
     Tm = transfers(chunked(P, eye))
-    U, w = intra(kc, Qc, vc, Tm)
+    U, w = intra(kc, Qc, vc, Tm, inverse=UnitLowerInverse.apply)
     a, b = outputs(qc, kc, Tm, read, read_before)
     mix, r = state_pass(kc, Tm)
     x0 = None

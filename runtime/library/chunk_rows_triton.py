@@ -306,6 +306,13 @@ def _tiles(K: int, V: int) -> tuple[int, int, int]:
     return pow2(K), min(pow2(V), 64), pow2(V)
 
 
+def _stages(q) -> int:
+    """Pipeline stages of the sequential state kernels, which load three [BT, BK] key tiles
+    per chunk: 48 KiB a stage in bf16 at BT = 64, BK = 128, 96 KiB in float32, so two
+    stages (about 110 KiB of shared memory) for half precision and one for float32."""
+    return 1 if q.dtype == torch.float32 else 2
+
+
 def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     N, H, K = k.shape
     V = v.shape[-1]
@@ -339,7 +346,8 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     BVs, warps = state_launch(BV, S * H)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
         k, v, w, kt, gc, h, h0, ht, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BVs, DELTA=delta_rule, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
+        BK=BK, BV=BVs, DELTA=delta_rule, HAS_H0=h0 is not None, PREC=prec, num_warps=warps,
+        num_stages=_stages(q))
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
         qw, gc, h, intra, o, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
@@ -368,7 +376,7 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
         qw, k, w, do, gc, dh, dht, dh0, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
         BK=BK, BV=BVs, DELTA=delta_rule, HAS_DHT=dht is not None, PREC=prec,
-        num_warps=warps)
+        num_warps=warps, num_stages=_stages(q))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty(N, H, **f32) if delta_rule else None
     dld = torch.empty(N, H, V, **f32)

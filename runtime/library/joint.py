@@ -54,16 +54,22 @@ def transfers(P: torch.Tensor) -> torch.Tensor:
     return torch.stack(columns, -3)
 
 
-def intra(k, Q, V, T):
+def unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
+    """(I + A)^-1 for strictly lower-triangular A `[..., R, R]`, by a triangular solve."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    return torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False,
+                                         unitriangular=True)
+
+
+def intra(k, Q, V, T, inverse=unit_lower_inverse):
     """The chunk's triangular system: (U `[..., C n, V]`, w `[..., C n, n K]`), so that the
-    columns W_t of every token (row t n + i holds W_t's column i) are U + w X_0^T."""
+    columns W_t of every token (row t n + i holds W_t's column i) are U + w X_0^T. `inverse`
+    inverts I + A for a strictly lower A (chunk_joint_triton.py passes its kernels')."""
     C, n = Q.shape[-3], Q.shape[-1]
     E = T[..., 1:, :C, :, :] @ Q.unsqueeze(-4)            # [s, t]: T[s+1, t] Q_t
     kk = (k @ k.mT).masked_fill(~_causal(C, True, k.device), 0.0)   # [t, s], s < t
     L = torch.einsum("...ts,...stji->...tisj", kk, E).reshape(*kk.shape[:-2], C * n, C * n)
-    eye = torch.eye(C * n, dtype=k.dtype, device=k.device)
-    inv = torch.linalg.solve_triangular(eye - L, eye.expand_as(L), upper=False,
-                                        unitriangular=True)
+    inv = inverse(-L)
     Z = T[..., 0, :C, :, :] @ Q                              # [t]: T[0, t] Q_t
     z = torch.einsum("...tji,...tk->...tijk", Z, k).reshape(*Z.shape[:-3], C * n, -1)
     return inv @ V.reshape(*V.shape[:-3], C * n, V.shape[-1]), inv @ z
