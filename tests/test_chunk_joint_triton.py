@@ -244,6 +244,10 @@ def test_joint_kernel_rejects_bad_inputs():
     with pytest.raises(ValueError, match="2 to 4 states"):
         chunk_joint(x["q"], x["k"], torch.zeros(2, 8, 2, 5, 8), torch.zeros(2, 8, 2, 5, 5),
                     torch.zeros(2, 8, 2, 5, 5))
+    wide = torch.zeros(2, 8, 2, 256)  # 4 states of 256 keys: 1024 columns
+    with pytest.raises(ValueError, match="at most 512 columns"):
+        chunk_joint(wide, wide, torch.zeros(2, 8, 2, 4, 8), torch.zeros(2, 8, 2, 4, 4),
+                    torch.zeros(2, 8, 2, 4, 4))
 
 
 def test_joint_dispatch_picks_chunk_joint(monkeypatch):

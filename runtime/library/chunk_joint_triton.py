@@ -40,6 +40,7 @@ from nlc.runtime.library.chunk_triton import (
     check_tensors,
     chunk_table,
     dot_precision,
+    joint_fits,
     pow2,
     state_launch,
 )
@@ -318,8 +319,10 @@ def _check(q, k, values, P, Q, read, initial_state, sequences):
               "P": (P, [B, T, H, n, n]), "Q": (Q, [B, T, H, n, n]),
               "initial_state": (initial_state, [sequences, H, n, V, K])}
     check_tensors(q, expect)
-    if not 2 <= n <= JOINT_MAX_STATES:
-        raise ValueError(f"the joint kernels take 2 to {JOINT_MAX_STATES} states, got {n}")
+    if not joint_fits(n, K):
+        raise ValueError(f"the joint kernels take 2 to {JOINT_MAX_STATES} states of at most "
+                         f"512 columns together (n x K, each rounded up to a power of two), "
+                         f"got n = {n}, K = {K}")
     if not 0 <= read < n:
         raise ValueError(f"read must name one of the {n} states, got {read}")
 

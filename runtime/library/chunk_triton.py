@@ -173,7 +173,13 @@ CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
                    ("decay", "scalar"), ("decay", "channel"), ("delta", "channel"),
                    ("dplr", "none"), ("dplr", "scalar"), ("dplr", "channel"),
                    ("decay", "row"), ("delta", "row"), ("joint", "none")}
-JOINT_MAX_STATES = 4  # the joint kernels' widest stack of states (n K columns per state)
+JOINT_MAX_STATES = 4  # the joint kernels' widest stack of states
+
+
+def joint_fits(n: int, K: int) -> bool:
+    """Whether chunk_joint takes n states of K keys: their tiles are n blocks of K rounded up
+    to a power of two, at most 512 columns (a [32, 512] float32 tile is 64 KiB)."""
+    return 2 <= n <= JOINT_MAX_STATES and pow2(n, 2) * pow2(K) <= 512
 # inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
 # few tokens) to the fused recurrent kernel, which needs no per-chunk work
 CHUNKED_MIN_TOKENS = 64

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from nlc.runtime.library.chunk_triton import JOINT_MAX_STATES, chunked_kernel_for
+from nlc.runtime.library.chunk_triton import chunked_kernel_for, joint_fits
 from nlc.runtime.library.chunked import _causal, _merge, _split
 
 
@@ -114,7 +114,7 @@ def joint_chunked(q, k, values, P, Q, *, read=0, initial_state=None, read_before
     kernels (runtime/library/chunk_joint_triton.py) where they cover the case."""
     kernel = chunked_kernel_for(q, "joint", "none", False, chunk_size, k.shape[-1],
                                 values.shape[-1])
-    if kernel is not None and 2 <= values.shape[-2] <= JOINT_MAX_STATES:
+    if kernel is not None and joint_fits(values.shape[-2], k.shape[-1]):
         return kernel(q, k, values, P, Q, read=read, initial_state=initial_state,
                       read_before=read_before, chunk_size=chunk_size)
     return joint_chunked_torch(q, k, values, P, Q, read=read, initial_state=initial_state,
