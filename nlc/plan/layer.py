@@ -307,7 +307,8 @@ class _LayerPlanner:
         elif isinstance(ex, JointChunk):
             notes.append("jointly affine states: the joint chunked form (nl.joint_chunked); "
                          "CUDA tensors run its chunked Triton kernels, "
-                         "chunk_joint_triton.chunk_joint")
+                         "chunk_joint_triton.chunk_joint, for up to 4 states of 512 key "
+                         "columns together")
         elif isinstance(ex, SolveChunk) and ex.cg_steps:
             notes.append(f"the chunked read solves by {ex.cg_steps} conjugate-gradient steps "
                          "(MesaNet); the recurrent form and step() solve exactly")
