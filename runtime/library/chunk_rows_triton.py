@@ -336,7 +336,8 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
         _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
         w, kt, qw = torch.empty_like(k), torch.empty_like(k), torch.empty_like(q)
     _prepare_kernel[(NC, H)](q, k, beta, tinv, w, kt, qw, mmat, **rows, H=H, K=K, BT=BT,
-                             BK=BK, DELTA=delta_rule, PREC=prec, num_warps=4)
+                             BK=BK, DELTA=delta_rule, PREC=prec,
+                             num_warps=8 if BK >= 128 else 4)  # 480 -> 128 B spilled
     intra = torch.empty(N, H, V, **f32)
     _intra_grads_kernel[(NC, H)](v, v, gc, gc, mmat, intra, None, **rows, H=H, K=V, BT=BT,
                                  BK=BVW, STRICT=False, ACC=False, PREC=prec, ROWS_ONLY=True,
