@@ -3,7 +3,9 @@ flash-linear-attention (fla), our fused recurrent kernels and SDPA flash, in one
 
 For DeltaNet (delta rule, no decay), Gated DeltaNet (delta rule, scalar decay), simple GLA /
 Mamba2 (decay family, scalar decay), GLA (decay family, channel decay), KDA (Kimi Delta
-Attention: delta rule, channel decay) and RWKV-7 (dplr family, channel decay):
+Attention: delta rule, channel decay), RWKV-7 (dplr family, channel decay), a row-decay
+delta rule (a decay per value channel, tests/specs/row_decay.nl's level) and a momentum delta
+rule (the joint family's (S, M), tests/specs/momentum_delta.nl's level):
 
 GLA's "ours chunked" is runtime/library/chunk_decay_triton.py's `chunk_channel` (generated layers
 dispatch to it since the 2026-12-04 run in docs/perf.md measured it faster than the recurrent
@@ -14,7 +16,12 @@ ImportError); it has not been timed yet. RWKV-7's is runtime/library/chunk_dplr_
 for a unit removal key kh), compared with fla's `fla.ops.generalized_delta_rule`
 `chunk_dplr_delta_rule` / `fused_recurrent_dplr_delta_rule` (q, k, v, a, b, gk; fla's state
 [K, V] is our state transposed); it has not been timed yet, and its fla correctness row is
-the check that fla's convention is ours.
+the check that fla's convention is ours. The row-decay delta rule's is
+runtime/library/chunk_rows_triton.py's `chunk_rows`; it has no fused recurrent kernel and fla
+has no such model, so its rows time it against our PyTorch chunked form
+(runtime/library/rows.py's `row_decay_chunked_torch`, "ours PyTorch chunked"); it has not been
+timed yet. The momentum delta rule's is runtime/library/chunk_joint_triton.py's `chunk_joint`,
+timed likewise against runtime/library/joint.py's `joint_chunked_torch`; not timed yet either.
 
 1. bf16 correctness on the GPU: ours chunked (and fla chunk, for scale) against float32
    PyTorch chunked forms (runtime/library/chunked.py's `*_chunked_torch`, independent of the Triton
@@ -61,15 +68,23 @@ from triton.testing import do_bench  # noqa: E402
 from nlc.runtime.library.chunk_decay_triton import chunk_channel  # noqa: E402
 from nlc.runtime.library.chunk_delta_triton import chunk_scalar  # noqa: E402
 from nlc.runtime.library.chunk_dplr_triton import chunk_dplr
+from nlc.runtime.library.chunk_joint_triton import chunk_joint
 from nlc.runtime.library.chunk_kda_triton import chunk_kda
+from nlc.runtime.library.chunk_rows_triton import chunk_rows
 from nlc.runtime.library.chunked import decay_chunked_torch, delta_chunked_torch, dplr_chunked_torch
+from nlc.runtime.library.joint import joint_chunked_torch
+from nlc.runtime.library.rows import row_decay_chunked_torch
 
 SHAPES = [(8, 2048, 16, 128), (1, 16384, 16, 128)]
+# models with no fused recurrent kernel (and no fla counterpart): their chunked kernels are
+# timed against our PyTorch chunked form
+TORCH_TIMED = ("row-decay delta", "momentum delta")
 CHECK_SHAPE = (2, 512, 4, 128)
 # model -> (family, decay kind)
 MODELS = {"DeltaNet": ("delta", "none"), "Gated DeltaNet": ("delta", "scalar"),
           "simple GLA / Mamba2": ("decay", "scalar"), "GLA": ("decay", "channel"),
-          "KDA": ("delta", "channel"), "RWKV-7": ("dplr", "channel")}
+          "KDA": ("delta", "channel"), "RWKV-7": ("dplr", "channel"),
+          "row-decay delta": ("delta", "row"), "momentum delta": ("joint", "none")}
 
 
 def log(*args):
@@ -93,9 +108,20 @@ def make_inputs(model, B, T, H, D, dtype, seed=0):
         kh = F.normalize(randn(B, T, H, D), dim=-1)
         x["a"] = -kh
         x["b"] = kh * torch.rand(B, T, H, D, generator=gen, device="cuda")
+    if family == "joint":  # M' = theta M - eta (S k - v) k^T, S' = alpha S + M' as X = [S, M]
+        eta, theta, alpha = (torch.rand(B, T, H, generator=gen, device="cuda")
+                             for _ in range(3))
+        alpha, zero = 0.9 + 0.1 * alpha, torch.zeros_like(eta)
+        x["P"] = torch.stack([torch.stack([alpha, zero], -1), torch.stack([theta, theta], -1)],
+                             -2)
+        x["Q"] = torch.stack([torch.stack([-eta, -eta], -1), torch.stack([zero, zero], -1)], -2)
+        x["values"] = (eta[..., None] * x.pop("v")).unsqueeze(-2).expand(
+            -1, -1, -1, 2, -1).contiguous()
+        x["h0"] = randn(B, H, 2, D, D) * 0.1
+        return {n: t.to(dtype) if n != "h0" else t for n, t in x.items()}
     if decay == "scalar":
         x["g"] = F.logsigmoid(randn(B, T, H) + 4.0)
-    elif decay == "channel":
+    elif decay in ("channel", "row"):  # one per key channel, or per value channel (V = K)
         x["g"] = F.logsigmoid(randn(B, T, H, D) + 4.0)
     x["h0"] = randn(B, H, D, D) * 0.1
     return {n: t.to(dtype) if n != "h0" else t for n, t in x.items()}
@@ -104,10 +130,13 @@ def make_inputs(model, B, T, H, D, dtype, seed=0):
 # -- the implementations: each (inputs) -> (o, final state [B, H, V, K]) -------------------------
 def ours_chunked(model):
     family, decay = MODELS[model]
-    kernel = chunk_scalar if decay != "channel" else chunk_kda if family == "delta" \
-        else chunk_channel
+    kernel = chunk_rows if decay == "row" else chunk_scalar if decay != "channel" \
+        else chunk_kda if family == "delta" else chunk_channel
 
     def run(x):
+        if family == "joint":
+            return chunk_joint(x["q"], x["k"], x["values"], x["P"], x["Q"],
+                               initial_state=x["h0"])
         if family == "dplr":
             return chunk_dplr(x["q"], x["k"], x["v"], x["a"], x["b"], x["g"],
                               initial_state=x["h0"])
@@ -120,9 +149,16 @@ def torch_reference(model):
     family, decay = MODELS[model]
 
     def run(x):
+        if family == "joint":
+            return joint_chunked_torch(x["q"], x["k"], x["values"], x["P"], x["Q"],
+                                       initial_state=x["h0"])
         if family == "dplr":
             return dplr_chunked_torch(x["q"], x["k"], x["v"], x["a"], x["b"], x["g"],
                                       initial_state=x["h0"])
+        if decay == "row":
+            v = x["v"] * x["beta"][..., None]
+            return row_decay_chunked_torch(x["q"], x["k"], v, x["beta"], x["g"],
+                                           initial_state=x["h0"])
         if family == "delta":
             v = x["v"] * x["beta"][..., None]
             return delta_chunked_torch(x["q"], x["k"], v, x["beta"], x.get("g"),
@@ -138,6 +174,8 @@ def ours_recurrent(model):
     """Our fused recurrent kernel, rendered as `nlc compile` renders it for this family."""
     from nlc.emit.triton_render import RecurrentKernelPlan, render_recurrent
     family, decay = MODELS[model]
+    if decay == "row" or family == "joint":
+        raise NotImplementedError(f"no fused recurrent kernel for {model}")
     key = (family, decay)
     if key not in _RECURRENT:
         plan = RecurrentKernelPlan(family=family, decay=decay)
@@ -175,6 +213,8 @@ def fla_fn(model, chunk: bool):
     import fla.ops.gla as gla
     import fla.ops.simple_gla as sgla
     family, decay = MODELS[model]
+    if decay == "row" or family == "joint":
+        raise NotImplementedError(f"fla has no {model} rule")
 
     def run(x):
         h0 = x["h0"].transpose(-1, -2).contiguous()
@@ -365,7 +405,9 @@ def main():
 
     impls = [("ours chunked", ours_chunked), ("ours recurrent", ours_recurrent),
              ("fla chunk", lambda m: fla_fn(m, True)),
-             ("fla fused recurrent", lambda m: fla_fn(m, False))]
+             ("fla fused recurrent", lambda m: fla_fn(m, False)),
+             ("ours PyTorch chunked", torch_reference)]  # timed where no recurrent kernel is
+
     for shape in shapes:
         lines += [f"## (B, T, H, D) = {shape}", "",
                   "| model | kernel | fwd | fwd+bwd | fwd / fla chunk | fwd+bwd / fla chunk |",
@@ -374,6 +416,8 @@ def main():
             x = make_inputs(model, *shape, torch.bfloat16)
             times = {}
             for name, make in impls:
+                if name == "ours PyTorch chunked" and model not in TORCH_TIMED:
+                    continue
                 cells = []
                 for backward in (False, True):
                     if (model, name) in skip:

@@ -333,6 +333,54 @@ def dispatched(name: str, layer: str, T: int) -> tuple[str, float, float]:
     return taken, float(out_err), float(grad_err)
 
 
+SPEC_DISPATCH = """
+import os, sys, importlib, torch
+from nlc.emit import load_layer
+from tests.test_emit import rel
+path, T, kernels, function = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+cls = load_layer(path)
+print(sys.modules[cls.__module__].__doc__.replace(chr(10), " "))
+torch.manual_seed(0)
+layer = cls()
+module = importlib.import_module(f"nlc.runtime.library.{kernels}")
+calls = []
+apply = getattr(module, function).apply
+getattr(module, function).apply = lambda *a: calls.append(a) or apply(*a)
+x = torch.randn(2, T, layer.d_model, requires_grad=True)
+os.environ["NLC_TRITON"] = "force"
+y = layer(x)
+gx, = torch.autograd.grad(y.square().sum(), x)
+os.environ["NLC_TRITON"] = "0"
+z = layer(x)
+hx, = torch.autograd.grad(z.square().sum(), x)
+print(len(calls), rel(y, z), rel(gx, hx))
+"""
+
+
+def spec_dispatched(path, T: int, kernels: str, function: str):
+    """The generated layer of the spec at `path` with Triton forced (on the CPU, under the
+    interpreter), in a fresh process: (its module's docstring, how often the autograd
+    function `function` of runtime/library/<kernels>.py ran, the output's and the input
+    gradient's relative errors against the PyTorch forms)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", SPEC_DISPATCH, str(path), str(T), kernels,
+                           function], check=False, capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc, result = done.stdout.rstrip("\n").rsplit("\n", 1)
+    calls, out_err, grad_err = result.split()
+    return doc, int(calls), float(out_err), float(grad_err)
+
+
+def rerun_under_interpreter(path) -> None:
+    """Run a kernel test file in a fresh process with TRITON_INTERPRET=1 (for when triton was
+    imported before it, so the interpreter is off in this one)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(path)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
 @needs_kernels
 @pytest.mark.skipif(DEVICE != "cpu", reason="forces the dispatch on CPU tensors")
 @pytest.mark.parametrize("name, layer, T, path", [

@@ -17,6 +17,7 @@ from nlc.derive.execution import (
     DplrChunk,
     FrozenSplit,
     FusedRecurrent,
+    JointChunk,
     ProductChunk,
     SolveChunk,
     TokenLoop,
@@ -301,7 +302,13 @@ class _LayerPlanner:
             notes.append(f"no chunk-parallel form: {ex.reason}")
         elif isinstance(ex, AffineChunk) and ex.row_decay is not None:
             notes.append("a decay per row (output channel): the chunked form folds it into the "
-                         "values and reads (nl.row_decay_chunked); no Triton kernel")
+                         "values and reads (nl.row_decay_chunked); CUDA tensors run its chunked "
+                         "Triton kernels, chunk_rows_triton.chunk_rows")
+        elif isinstance(ex, JointChunk):
+            notes.append("jointly affine states: the joint chunked form (nl.joint_chunked); "
+                         "CUDA tensors run its chunked Triton kernels, "
+                         "chunk_joint_triton.chunk_joint, for up to 4 states of 512 key "
+                         "columns together")
         elif isinstance(ex, SolveChunk) and ex.cg_steps:
             notes.append(f"the chunked read solves by {ex.cg_steps} conjugate-gradient steps "
                          "(MesaNet); the recurrent form and step() solve exactly")

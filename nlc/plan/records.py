@@ -83,6 +83,9 @@ class StatePlan:
 # "family/decay" -> the chunked Triton kernels' entry point; the rest are chunk_scalar's
 CHUNKED_ENTRIES = {"decay/channel": "chunk_decay_triton.chunk_channel",
                    "delta/channel": "chunk_kda_triton.chunk_kda",
+                   "decay/row": "chunk_rows_triton.chunk_rows",
+                   "delta/row": "chunk_rows_triton.chunk_rows",
+                   "joint/none": "chunk_joint_triton.chunk_joint",
                    **{f"dplr/{d}": "chunk_dplr_triton.chunk_dplr"
                       for d in ("none", "scalar", "channel")}}
 

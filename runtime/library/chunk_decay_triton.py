@@ -274,10 +274,12 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
 @triton.jit
 def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
                         K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                        STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+                        STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                        ROWS_ONLY: tl.constexpr = False):
     """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
     dq_t = sum_{s<=t} dA[t, s] k_s e^{gq_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{gq_t - g_s}
-    (`_scores_kernel`'s rows and STRICT); ACC adds them to what dqi and dki hold."""
+    (`_scores_kernel`'s rows and STRICT); ACC adds them to what dqi and dki hold. ROWS_ONLY
+    computes dq alone (chunk_rows_triton.py's forward: its intra-chunk reads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -317,38 +319,39 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
         if ACC:
             b_dq += tl.load(p_dq, mask=m_i[:, None] & m_k[None, :], other=0.0)
         tl.store(p_dq, b_dq, mask=m_i[:, None] & m_k[None, :])
-    for j in tl.static_range(BT // 16):  # dk of row block j
-        tok_j = bos + j * 16 + r
-        m_j = tok_j < eos
-        b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
-        b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)
-        b_dk = tl.zeros([16, BK], dtype=tl.float32)
-        for i in tl.static_range(j, BT // 16):
-            b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
-            tok_i = bos + i * 16 + r
-            m_i = tok_i < eos
-            b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32)
-            b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
-            if i > j:
-                b_qg = b_q * tl.exp(b_gi - b_r[None, :])
-                b_dk += tl.dot(tl.trans(b_dA), b_qg, input_precision=PREC) * tl.exp(
-                    b_r[None, :] - b_gj)
-            else:
-                for t in range(16):
-                    t_t = bos + j * 16 + t
-                    ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
-                    b_qt = tl.load(q + (t_t * H + i_h) * K + o_k, mask=m_k & ok,
-                                   other=0.0).to(tl.float32)
-                    b_gt = tl.load(gq + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
-                    b_gt = tl.where(ok, b_gt, b_G)
-                    keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
-                    b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
-                    b_row = tl.sum(tl.where(r[:, None] == t, b_dA, 0.0), 0)  # dA[t, :]
-                    b_dk += b_row[:, None] * b_qt[None, :] * b_e
-        p_dk = dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :]
-        if ACC:
-            b_dk += tl.load(p_dk, mask=m_j[:, None] & m_k[None, :], other=0.0)
-        tl.store(p_dk, b_dk, mask=m_j[:, None] & m_k[None, :])
+    if not ROWS_ONLY:
+        for j in tl.static_range(BT // 16):  # dk of row block j
+            tok_j = bos + j * 16 + r
+            m_j = tok_j < eos
+            b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
+            b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)
+            b_dk = tl.zeros([16, BK], dtype=tl.float32)
+            for i in tl.static_range(j, BT // 16):
+                b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
+                tok_i = bos + i * 16 + r
+                m_i = tok_i < eos
+                b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32)
+                b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+                if i > j:
+                    b_qg = b_q * tl.exp(b_gi - b_r[None, :])
+                    b_dk += tl.dot(tl.trans(b_dA), b_qg, input_precision=PREC) * tl.exp(
+                        b_r[None, :] - b_gj)
+                else:
+                    for t in range(16):
+                        t_t = bos + j * 16 + t
+                        ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
+                        b_qt = tl.load(q + (t_t * H + i_h) * K + o_k, mask=m_k & ok,
+                                       other=0.0).to(tl.float32)
+                        b_gt = tl.load(gq + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+                        b_gt = tl.where(ok, b_gt, b_G)
+                        keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
+                        b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
+                        b_row = tl.sum(tl.where(r[:, None] == t, b_dA, 0.0), 0)  # dA[t, :]
+                        b_dk += b_row[:, None] * b_qt[None, :] * b_e
+            p_dk = dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :]
+            if ACC:
+                b_dk += tl.load(p_dk, mask=m_j[:, None] & m_k[None, :], other=0.0)
+            tl.store(p_dk, b_dk, mask=m_j[:, None] & m_k[None, :])
 
 
 @triton.jit

@@ -116,17 +116,26 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_DIM = 256
 
 
-def check_inputs(q, k, v, beta, log_decay, initial_state, cu_seqlens, channel: bool):
-    """Shapes and dtypes of a chunked kernel's inputs, with an error that names the tensor."""
+def check_inputs(q, k, v, beta, log_decay, initial_state, cu_seqlens, channel: bool,
+                 rows: bool = False):
+    """Shapes and dtypes of a chunked kernel's inputs, with an error that names the tensor.
+    The log decay is one per key channel (`channel`), per value channel (`rows`) or a scalar."""
     if q.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q and v must be [B, T, H, D], got {list(q.shape)}, {list(v.shape)}")
     B, T, H, K = q.shape
     V = v.shape[-1]
     sequences = B if cu_seqlens is None else len(cu_seqlens) - 1
+    decay = [B, T, H, V] if rows else [B, T, H, K] if channel else [B, T, H]
     expect = {"k": (k, [B, T, H, K]), "v": (v, [B, T, H, V]),
               "beta": (beta, [B, T, H]),
-              "log_decay": (log_decay, [B, T, H, K] if channel else [B, T, H]),
+              "log_decay": (log_decay, decay),
               "initial_state": (initial_state, [sequences, H, V, K])}
+    check_tensors(q, expect)
+
+
+def check_tensors(q, expect: dict):
+    """Each named tensor (None: absent) has its expected shape, a supported dtype and q's
+    device; q has a supported dtype."""
     for name, (x, shape) in expect.items():
         if x is None:
             continue
@@ -152,13 +161,25 @@ def check_dims(K: int, V: int, chunk: int):
 # (family, decay kind) pairs whose chunked Triton kernels the dispatch uses: chunk_scalar
 # (chunk_delta_triton.py) for no or a scalar decay, chunk_channel (chunk_decay_triton.py) and
 # chunk_kda (chunk_kda_triton.py) for a decay per key channel, chunk_dplr (chunk_dplr_triton.py)
-# for the dplr family with any decay (a scalar or no decay is a per-channel one). The
-# channel-decay kernels are tested under the Triton interpreter (tests/test_chunk_triton.py,
-# tests/test_chunk_kda_triton.py, tests/test_chunk_dplr_triton.py); benchmarks/gpu_chunked.py
+# for the dplr family with any decay (a scalar or no decay is a per-channel one), chunk_rows
+# (chunk_rows_triton.py) for the decay and delta families with a decay per row (value
+# channel), chunk_joint (chunk_joint_triton.py) for the joint family (n jointly affine
+# states; joint.py asks with read_before False, the kernels take either read). The kernels
+# are tested under the Triton interpreter (tests/test_chunk_triton.py,
+# tests/test_chunk_kda_triton.py, tests/test_chunk_dplr_triton.py,
+# tests/test_chunk_rows_triton.py, tests/test_chunk_joint_triton.py); benchmarks/gpu_chunked.py
 # times them on a GPU.
 CHUNKED_KERNELS = {("delta", "none"), ("delta", "scalar"), ("decay", "none"),
                    ("decay", "scalar"), ("decay", "channel"), ("delta", "channel"),
-                   ("dplr", "none"), ("dplr", "scalar"), ("dplr", "channel")}
+                   ("dplr", "none"), ("dplr", "scalar"), ("dplr", "channel"),
+                   ("decay", "row"), ("delta", "row"), ("joint", "none")}
+JOINT_MAX_STATES = 4  # the joint kernels' widest stack of states
+
+
+def joint_fits(n: int, K: int) -> bool:
+    """Whether chunk_joint takes n states of K keys: their tiles are n blocks of K rounded up
+    to a power of two, at most 512 columns (a [32, 512] float32 tile is 64 KiB)."""
+    return 2 <= n <= JOINT_MAX_STATES and pow2(n, 2) * pow2(K) <= 512
 # inputs at least this long go to the chunked kernels; shorter ones (decoding, prompts of a
 # few tokens) to the fused recurrent kernel, which needs no per-chunk work
 CHUNKED_MIN_TOKENS = 64
@@ -187,6 +208,12 @@ def chunked_kernel_for(q: torch.Tensor, family: str, decay: str, read_before: bo
         if family == "dplr":
             from nlc.runtime.library.chunk_dplr_triton import chunk_dplr
             return chunk_dplr
+        if decay == "row":
+            from nlc.runtime.library.chunk_rows_triton import chunk_rows
+            return chunk_rows
+        if family == "joint":
+            from nlc.runtime.library.chunk_joint_triton import chunk_joint
+            return chunk_joint
         if decay == "channel" and family == "delta":
             from nlc.runtime.library.chunk_kda_triton import chunk_kda
             return chunk_kda

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from nlc.runtime.library.chunk_triton import chunked_kernel_for, joint_fits
 from nlc.runtime.library.chunked import _causal, _merge, _split
 
 
@@ -53,16 +54,22 @@ def transfers(P: torch.Tensor) -> torch.Tensor:
     return torch.stack(columns, -3)
 
 
-def intra(k, Q, V, T):
+def unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
+    """(I + A)^-1 for strictly lower-triangular A `[..., R, R]`, by a triangular solve."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    return torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False,
+                                         unitriangular=True)
+
+
+def intra(k, Q, V, T, inverse=unit_lower_inverse):
     """The chunk's triangular system: (U `[..., C n, V]`, w `[..., C n, n K]`), so that the
-    columns W_t of every token (row t n + i holds W_t's column i) are U + w X_0^T."""
+    columns W_t of every token (row t n + i holds W_t's column i) are U + w X_0^T. `inverse`
+    inverts I + A for a strictly lower A (chunk_joint_triton.py passes its kernels')."""
     C, n = Q.shape[-3], Q.shape[-1]
     E = T[..., 1:, :C, :, :] @ Q.unsqueeze(-4)            # [s, t]: T[s+1, t] Q_t
     kk = (k @ k.mT).masked_fill(~_causal(C, True, k.device), 0.0)   # [t, s], s < t
     L = torch.einsum("...ts,...stji->...tisj", kk, E).reshape(*kk.shape[:-2], C * n, C * n)
-    eye = torch.eye(C * n, dtype=k.dtype, device=k.device)
-    inv = torch.linalg.solve_triangular(eye - L, eye.expand_as(L), upper=False,
-                                        unitriangular=True)
+    inv = inverse(-L)
     Z = T[..., 0, :C, :, :] @ Q                              # [t]: T[0, t] Q_t
     z = torch.einsum("...tji,...tk->...tijk", Z, k).reshape(*Z.shape[:-3], C * n, -1)
     return inv @ V.reshape(*V.shape[:-3], C * n, V.shape[-1]), inv @ z
@@ -103,7 +110,20 @@ def _unflat(X, n: int):
 def joint_chunked(q, k, values, P, Q, *, read=0, initial_state=None, read_before=False,
                   chunk_size=64):
     """`q, k: [B, T, H, K]`, `values: [B, T, H, n, V]` (v_{t,i}), `P, Q: [B, T, H, n, n]`
-    -> `(o [B, T, H, V], final states [B, H, n, V, K])`; plain PyTorch, any device."""
+    -> `(o [B, T, H, V], final states [B, H, n, V, K])`. CUDA tensors go to the chunked Triton
+    kernels (runtime/library/chunk_joint_triton.py) where they cover the case."""
+    kernel = chunked_kernel_for(q, "joint", "none", False, chunk_size, k.shape[-1],
+                                values.shape[-1])
+    if kernel is not None and joint_fits(values.shape[-2], k.shape[-1]):
+        return kernel(q, k, values, P, Q, read=read, initial_state=initial_state,
+                      read_before=read_before, chunk_size=chunk_size)
+    return joint_chunked_torch(q, k, values, P, Q, read=read, initial_state=initial_state,
+                               read_before=read_before, chunk_size=chunk_size)
+
+
+def joint_chunked_torch(q, k, values, P, Q, *, read=0, initial_state=None, read_before=False,
+                        chunk_size=64):
+    """`joint_chunked` in plain PyTorch (any device)."""
     B, T, H, K = q.shape
     n, Vd = values.shape[-2], values.shape[-1]
     padded = -(-T // chunk_size) * chunk_size

@@ -19,7 +19,7 @@ are separate functions a kernel can mirror."""
 from __future__ import annotations
 
 import torch
-from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR
+from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
 from nlc.runtime.library.chunked import SAFE_SPAN, _causal, _masked_exp, _merge, _pad, _split
 
 
@@ -64,8 +64,22 @@ def state_pass(k, v, g, inv, w, S0):
 def row_decay_chunked(q, k, v, beta, log_decay, *, initial_state=None, read_before=False,
                       chunk_size=64):
     """`q, k: [B, T, H, K]`, `v: [B, T, H, V]`, `beta: [B, T, H]` (delta) or None (decay),
-    the log of the row decay `[B, T, H, V]` -> `(o [B, T, H, V], final state [B, H, V, K])`;
-    plain PyTorch, any device."""
+    the log of the row decay `[B, T, H, V]` -> `(o [B, T, H, V], final state [B, H, V, K])`.
+    CUDA tensors go to the chunked Triton kernels (runtime/library/chunk_rows_triton.py) where
+    they cover the case."""
+    family = "decay" if beta is None else "delta"
+    kernel = chunked_kernel_for(q, family, "row", read_before, chunk_size, k.shape[-1],
+                                v.shape[-1])
+    if kernel is not None:
+        return kernel(q, k, v, beta, log_decay, initial_state=initial_state,
+                      chunk_size=chunk_size)
+    return row_decay_chunked_torch(q, k, v, beta, log_decay, initial_state=initial_state,
+                                   read_before=read_before, chunk_size=chunk_size)
+
+
+def row_decay_chunked_torch(q, k, v, beta, log_decay, *, initial_state=None,
+                            read_before=False, chunk_size=64):
+    """`row_decay_chunked` in plain PyTorch (any device)."""
     B, T, H, K = q.shape
     padded = -(-T // chunk_size) * chunk_size
     log_decay = log_decay.clamp_min(LOG_DECAY_FLOOR)  # a decay of 0: finite, zero gradient

@@ -1,0 +1,99 @@
+"""Shared memory, registers and spills of the chunked Triton kernels on Hopper, without a GPU:
+each kernel is compiled for sm_90 (Triton's own ptxas) at K = V = 128, a chunk of 64, bf16
+inputs, with the launch options the host code uses, and cuobjdump reads the cubin's resource
+use. An H200 gives a program at most 227 KiB of shared memory and a thread 255 registers;
+STACK is the bytes a thread spills.
+
+Covers runtime/library/chunk_rows_triton.py (with the chunk_decay_triton.py kernels it
+reuses) and runtime/library/chunk_joint_triton.py (n = 2, float32 pieces), and, for scale,
+chunk_delta_triton.py's input-gradient kernel, whose spills were part of the timed runs in
+docs/perf.md.
+
+Usage (no GPU needed; TRITON_INTERPRET must be unset):
+    python benchmarks/kernel_resources.py
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import tempfile
+
+import triton
+from nlc.runtime.library import chunk_decay_triton, chunk_delta_triton, chunk_joint_triton
+from nlc.runtime.library import chunk_rows_triton as rows
+from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+TARGET = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                         "cuobjdump")
+H, K, V, BT = 16, 128, 128, 64
+INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32"}
+
+
+def compiled(kernel, bf16: tuple[str, ...], constants: dict, num_warps=4, num_stages=3):
+    """(shared memory in KiB, cuobjdump's resource line) of `kernel` compiled for sm_90:
+    the pointers named in `bf16` are bf16, the other pointers float32."""
+    params = list(inspect.signature(kernel.fn).parameters)
+    signature = {p: "constexpr" if p in constants else
+                 INDEX.get(p, "*bf16" if p in bf16 else "*fp32") for p in params}
+    source = ASTSource(kernel, signature,
+                       constexprs={(params.index(n),): v for n, v in constants.items()})
+    binary = triton.compile(source, target=TARGET,
+                            options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(binary.asm["cubin"])
+        f.flush()
+        dump = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name],
+                              capture_output=True, text=True, check=True).stdout
+    usage = next(line.strip() for line in dump.splitlines() if "REG:" in line)
+    return binary.metadata.shared / 1024, " ".join(usage.split()[:2])
+
+
+def kernels():
+    """(name, kernel, bf16 pointers, constants, warps, stages), as the host code launches."""
+    rows_inputs = ("q", "k", "v", "w", "kt", "qw", "h", "do", "dq", "dk", "dv", "o")
+    tiles = {"H": H, "K": K, "BT": BT, "BK": 128, "PREC": "tf32"}
+    yield ("rows prepare", rows._prepare_kernel, rows_inputs, {**tiles, "DELTA": True}, 8, 3)
+    for BV in (16, 32):
+        yield (f"rows states BV={BV}", rows._states_kernel, rows_inputs,
+               {**tiles, "V": V, "BV": BV, "DELTA": True, "HAS_H0": True}, 4, 2)
+        yield (f"rows state grads BV={BV}", rows._state_grads_kernel, rows_inputs,
+               {**tiles, "V": V, "BV": BV, "DELTA": True, "HAS_DHT": True}, 4, 2)
+    yield ("rows output BV=64", rows._output_kernel, rows_inputs,
+           {**tiles, "V": V, "BV": 64}, 4, 3)
+    yield ("rows input grads BV=32", rows._input_grads_kernel, rows_inputs,
+           {**tiles, "V": V, "BV": 32, "DELTA": True, "FLOOR": LOG_DECAY_FLOOR}, 8, 1)
+    channel = {"H": H, "K": V, "BT": BT, "BK": 128, "PREC": "tf32", "STRICT": False}
+    yield ("rows intra reads (decay kernels)", chunk_decay_triton._intra_grads_kernel,
+           ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True}, 4, 3)
+    yield ("rows dM (decay scores)", chunk_decay_triton._scores_kernel, ("q", "k"),
+           channel, 4, 3)
+    joint = {"H": H, "K": K, "V": V, "n": 2, "R": 2 * BT, "BR": 2 * BT, "RB": 32, "BK": 128,
+             "NP": 2, "PREC": "tf32"}
+    for BV in (16, 32):
+        yield (f"joint states BV={BV}", chunk_joint_triton._states_kernel, (),
+               {**joint, "BV": BV, "HAS_X0": True}, 4, 1)
+        yield (f"joint state grads BV={BV}", chunk_joint_triton._state_grads_kernel, (),
+               {**joint, "C": BT, "BV": BV, "HAS_DXT": True}, 4, 1)
+    yield ("joint output BV=32", chunk_joint_triton._output_kernel, (),
+           {**joint, "C": BT, "BV": 32}, 4, 3)
+    yield ("(scale) delta input grads BV=32", chunk_delta_triton._input_grads_kernel,
+           ("q", "k", "v", "h", "delta", "do", "dq", "dk", "dv", "w"),
+           {**tiles, "V": V, "BV": 32, "DELTA": True, "HAS_G": True,
+            "FLOOR": LOG_DECAY_FLOOR}, 8, 3)
+
+
+def main():
+    print("| kernel | warps | stages | shared KiB | registers, spill bytes |")
+    print("|---|---|---|---|---|")
+    for name, kernel, bf16, constants, warps, stages in kernels():
+        shared, usage = compiled(kernel, bf16, constants, warps, stages)
+        print(f"| {name} | {warps} | {stages} | {shared:.1f} | {usage} |")
+
+
+if __name__ == "__main__":
+    main()
