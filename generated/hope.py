@@ -626,6 +626,12 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_k_combine,
             SelfModifyingTitans_k_transition,
             SelfModifyingTitans_k_pairs,
+            (
+                SelfModifyingTitans_mlp_memory_pairs,
+                ("K_W1_0", "K_W2_0"),
+                SelfModifyingTitans_mlp_memory_transition,
+                ("K_W1", "K_W2"),
+            ),
         ),
         nl.Member(
             "v",
@@ -637,6 +643,12 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_v_combine,
             SelfModifyingTitans_v_transition,
             SelfModifyingTitans_v_pairs,
+            (
+                SelfModifyingTitans_mlp_memory_pairs,
+                ("V_W1_0", "V_W2_0"),
+                SelfModifyingTitans_mlp_memory_transition,
+                ("V_W1", "V_W2"),
+            ),
         ),
         nl.Member(
             "eta",
@@ -648,6 +660,12 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_eta_combine,
             SelfModifyingTitans_eta_transition,
             SelfModifyingTitans_eta_pairs,
+            (
+                SelfModifyingTitans_mlp_memory_pairs,
+                ("E_W1_0", "E_W2_0"),
+                SelfModifyingTitans_mlp_memory_transition,
+                ("E_W1", "E_W2"),
+            ),
         ),
         nl.Member(
             "alpha",
@@ -659,6 +677,12 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_alpha_combine,
             SelfModifyingTitans_alpha_transition,
             SelfModifyingTitans_alpha_pairs,
+            (
+                SelfModifyingTitans_mlp_memory_pairs,
+                ("A_W1_0", "A_W2_0"),
+                SelfModifyingTitans_mlp_memory_transition,
+                ("A_W1", "A_W2"),
+            ),
         ),
     ]
 

@@ -154,3 +154,31 @@ def test_state_carried_across_calls_that_stop_mid_chunk(tmp_path):
     parts = [layer(x[:, :11], cache=cache), layer(x[:, 11:16], cache=cache),
              layer(x[:, 16:], cache=cache)]
     assert torch.allclose(torch.cat(parts, 1), whole, rtol=0, atol=1e-12)
+
+
+def test_hope_members_that_share_their_functions_run_as_one_batch(monkeypatch):
+    """Hope's k, v, eta and alpha memories share their pairs and transition: the chunked
+    group runs them as one batch (scan._batched_members), equal to the token loop."""
+    from nlc.runtime.library import scan
+    hope = load_module(str(EXAMPLES / "hope.nl"), {"d_model": 16.0, "heads": 2.0,
+                                                   "d_head": 8.0})
+    torch.manual_seed(0)
+    layer = hope.SelfModifyingTitans().double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    calls = []
+    batched = scan._batched_members
+    monkeypatch.setattr(scan, "_batched_members",
+                        lambda members, *a: calls.append(len(members)) or batched(members, *a))
+    x = torch.randn(2, 37, 16, dtype=F64, requires_grad=True)
+    out = {}
+    for mode in ("recurrent", "chunked"):
+        layer.mode = mode
+        y = layer(x)
+        out[mode] = (y, torch.autograd.grad(y.square().sum(), [x, *layer.parameters()]))
+    assert calls and set(calls) == {4}
+    (y_r, g_r), (y_c, g_c) = out["recurrent"], out["chunked"]
+    assert torch.allclose(y_c, y_r, rtol=0, atol=1e-12)
+    for a, b in zip(g_c, g_r):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)

@@ -221,6 +221,14 @@ class LayerPrinter:
                           "but for the names of their states.")))
                 for pl, call in users:
                     pl.frozen[kind] = call(name)
+                    if kind in ("pairs", "transition"):
+                        canon = {c: n for n, c in self.printers[pl.name].canonical().items()}
+                        pl.cores[kind] = (name, tuple(canon[c] for c in params))
+        for pl in levels:  # a group runs members that share both as one batch
+            if pl.group and {"pairs", "transition"} <= set(pl.cores):
+                (pairs, anchors), (transition, _) = pl.cores["pairs"], pl.cores["transition"]
+                states = tuple(self.printers[pl.name].state_names)
+                pl.batched = f"({pairs}, {anchors!r}, {transition}, {states!r})"
         return out + self.shared_by_role(levels, {s.name for s in out})
 
     def shared_by_role(self, levels: list[PrintedLevel], taken: set) -> list[PrintedShared]:

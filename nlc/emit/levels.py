@@ -63,6 +63,8 @@ class PrintedLevel:
     kernels: tuple | None = None    # (chunked Triton entry, fused recurrent module) names
     additive: bool = False
     lazy_read: bool = False         # the chunk's reads meet its states unbuilt (AffineStates)
+    cores: dict = field(default_factory=dict)   # kind -> (shared function, its tensors' names)
+    batched: str | None = None      # a group member's shared pairs and transition, as code
     step: list[str] = field(default_factory=list)
     chunked: list[str] = field(default_factory=list)
     frozen: dict[str, list[str]] = field(default_factory=dict)

@@ -238,6 +238,32 @@ def _affine(transitions: dict, state: State, read_before: bool | None, pairs: di
     return seen, last
 
 
+def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,
+                     current: dict) -> dict:
+    """The chunk's last states of members that share their pairs and transition functions
+    (`Member.core`), as one batch: their chunk-start tensors and states stacked along the
+    batch axis, the tokens repeated (one call of each shared function instead of one per
+    member)."""
+    pairs, anchors, transition, names = members[0].core
+    n = len(members)
+    repeat = {k: torch.cat([v] * n) for k, v in per_token.items()}
+    batched = {**inputs, **repeat}
+    stacked = [torch.cat([wide[m.name][m.core[1][i]] for m in members])
+               for i in range(len(anchors))]
+    terms = pairs(batched, *stacked)
+    states = {name: torch.cat([current[m.name][m.core[3][i]] for m in members])
+              for i, name in enumerate(names)}
+    _, last = _affine(dict(zip(names, transition({**batched, **terms}))), states, None,
+                      terms)
+    out = {}
+    for j, m in enumerate(members):
+        mine = dict(current[m.name])
+        for i, name in enumerate(names):
+            mine[m.core[3][i]] = last[name].chunk(n)[j]
+        out[m.name] = mine
+    return out
+
+
 class Member(NamedTuple):
     """One level of a coupled group (levels that read each other's outputs in a loop)."""
 
@@ -250,6 +276,9 @@ class Member(NamedTuple):
     combine: Callable | None = None
     transition: Callable | None = None  # the combine as affine transitions (frozen_chunked)
     pairs: Callable | None = None       # the drives as outer products, for the transitions
+    # (shared pairs, its chunk-start tensors' names, shared transition, the states' names):
+    # members with the same shared functions run as one batch (coupled_chunked)
+    core: tuple | None = None
 
 
 @_float32
@@ -300,7 +329,19 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
         read = {m.name: m.read(current[m.name], {**inputs, **wide[m.name]}) for m in members}
         inputs |= read
         current = dict(current)
+        batches: dict = {}
         for m in members:
+            if m.core is not None:
+                batches.setdefault((m.core[0], m.core[2]), []).append(m.name)
+        batched = set()
+        for names in batches.values():
+            if len(names) > 1:
+                current |= _batched_members([m for m in members if m.name in names], inputs,
+                                            part | read, wide, current)
+                batched.update(names)
+        for m in members:
+            if m.name in batched:
+                continue
             if m.transition is not None:  # the reads saw the anchors: only the last states
                 terms = (m.pairs or m.drive)({**inputs, **wide[m.name]})
                 _, current[m.name] = _affine(m.transition({**inputs, **wide[m.name], **terms}),
