@@ -250,3 +250,21 @@ def test_a_window_whose_terms_need_not_vanish_is_refused_at_the_objective(tmp_pa
     assert why in err, err
     assert "Traceback" not in err and "internal error" not in err
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_context_value_named_like_an_earlier_token(tmp_path, capsys):
+    """A spec's own `k_m1` is its value, not k one token back; under an omega window whose
+    rule would read k_m1 as k one token back, the clash is refused at the objective."""
+    spec = TEMPLATE.format(loss="l2", key="k_m1", window=1, decay=0.5, lr=LR)
+    spec = spec.replace("    k = x @ W_k\n", "    k = x @ W_k\n    k_m1 = x @ W_k\n")
+    plain = tmp_path / "own_name.nl"
+    plain.write_text(spec)
+    assert main(["compile", str(plain), "-o", str(tmp_path / "out")]) == 0
+    assert "nl.earlier" not in (tmp_path / "out" / "own_name.py").read_text()
+    clash = tmp_path / "clash.nl"
+    clash.write_text(spec.replace("window = 1", "window = 2"))
+    capsys.readouterr()
+    assert main(["compile", str(clash), "-o", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{clash}:16:15: error: level 'memory': the omega window names the context of " \
+           "earlier tokens like the context value 'k_m1'" in err, err

@@ -231,7 +231,7 @@ class _LayerPlanner:
         for lp in levels:
             for t in lp.tokens:
                 value = unshifted(t.name)
-                if value in lines:
+                if value in lines and t.name not in lines:
                     shift = next(j for j in range(1, MAX_WINDOW + 1)
                                  if shifted_name(value, j) == t.name)
                     farthest[value] = max(farthest.get(value, 0), shift)
@@ -265,7 +265,15 @@ class _LayerPlanner:
         the key times an error (matrix, vector and diagonal memories) and the key vanishes
         at zero context; anything else is refused at the objective."""
         context = {v.name for v in self.spec.context}
-        shifted = [n for n in names if unshifted(n) in context]
+        obj = level.objective
+        if obj is not None and obj.kind == "omega":
+            taken = sorted(shifted_name(c, j) for c in context for j in range(1, obj.get("window"))
+                           if shifted_name(c, j) in context)
+            if taken:  # the rule's k_m1 would be both k one token back and this value
+                raise NlcError(f"level '{level.name}': the omega window names the context of "
+                               f"earlier tokens like the context value '{taken[0]}'",
+                               obj.span, hint=f"rename '{taken[0]}'")
+        shifted = [n for n in names if n not in context and unshifted(n) in context]
         if not shifted:
             return []
         key = rule.role("key")
