@@ -53,8 +53,11 @@ CASES = {
     "tanh_w2": ("l2", "tanh(k)", 2, 0.7),
     "dot_w3": ("dot", "k", 3, 0.5),
     "diag_w3": ("l2", "k", 3, 0.6),
+    "vector_w2": ("l2", "k", 2, 0.9),
 }
 DIAGONAL = {"diag_w3"}  # a diagonal memory (S * k): values and reads of size d_k
+VECTOR = {"vector_w2"}  # a vector memory (<S, k>) learning the scalar a; the output is
+                        # its read times v
 KEYS = {"k": lambda k: k, "tanh(k)": torch.tanh}
 
 
@@ -69,6 +72,10 @@ def layers(tmp_path_factory):
         if name in DIAGONAL:
             for old, new in (("matrix[d_v, d_k]", "diagonal[d_k]"), ("[d_model, d_v]",
                              "[d_model, d_k]"), ("[d_v, d_model]", "[d_k, d_model]")):
+                spec = spec.replace(old, new)
+        if name in VECTOR:
+            for old, new in (("matrix[d_v, d_k]", "vector[d_k]"), ("S(k), v)", "S(k), a)"),
+                             ("output memory @ W_o", "output (memory * v) @ W_o")):
                 spec = spec.replace(old, new)
         path.write_text(spec)
         out[name] = load_module(str(path)).Om
@@ -88,7 +95,7 @@ def atlas_reference(layer, x, case):
     """Atlas's rule token by token, in float64: at token t the state decays by a_t, then one
     gd step (rate LR) on sum_{j < window, j <= t} decay^j loss(S key_{t-j}, v_{t-j}) at the
     decayed state (the gradient by autograd); the read is S_t q_t (S_t * q_t for a diagonal
-    memory), summed over the heads through W_o. `loss` is l2 (1/2 ||p - v||^2) or dot (-<p, v>)."""
+    memory, <S_t, q_t> v_t for a vector one), summed over the heads through W_o. `loss` is l2 (1/2 ||p - v||^2) or dot (-<p, v>)."""
     loss_kind, key_name, window, decay = CASES[case]
     feature = KEYS[key_name]
     W_q, W_k, W_v, W_o, w_a = (p.detach() for p in (layer.W_q, layer.W_k, layer.W_v,
@@ -99,21 +106,24 @@ def atlas_reference(layer, x, case):
         for h in range(layer.heads):
             q, k, v = x[b] @ W_q[h], feature(x[b] @ W_k[h]), x[b] @ W_v[h]
             a = torch.sigmoid(x[b] @ w_a[h])
-            diagonal = case in DIAGONAL
-            S = torch.zeros(W_k.shape[2] if diagonal else (W_v.shape[2], W_k.shape[2]),
+            flat = case in DIAGONAL | VECTOR
+            S = torch.zeros(W_k.shape[2] if flat else (W_v.shape[2], W_k.shape[2]),
                             dtype=torch.float64)
-            apply = (lambda S, x: S * x) if diagonal else (lambda S, x: S @ x)
+            apply = (lambda S, x: S * x) if case in DIAGONAL else \
+                (lambda S, x: S @ x)  # a vector memory's <S, x> too
+            target = a if case in VECTOR else v
             for t in range(T):
                 S_ret = (a[t] * S).requires_grad_(True)
                 total = 0
                 for j in range(min(window, t + 1)):  # the available tokens only
                     p = apply(S_ret, k[t - j])
-                    term = 0.5 * ((p - v[t - j]) ** 2).sum() if loss_kind == "l2" \
-                        else -(p * v[t - j]).sum()
+                    term = 0.5 * ((p - target[t - j]) ** 2).sum() if loss_kind == "l2" \
+                        else -(p * target[t - j]).sum()
                     total = total + decay ** j * term
                 grad, = torch.autograd.grad(total, S_ret)
                 S = (S_ret - LR * grad).detach()
-                out[b, t] += apply(S, q[t]) @ W_o[h]
+                read = apply(S, q[t]) * (v[t] if case in VECTOR else 1)
+                out[b, t] += read @ W_o[h]
     return out
 
 
