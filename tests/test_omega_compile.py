@@ -288,3 +288,20 @@ def test_a_context_value_named_like_an_earlier_token(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{clash}:16:15: error: level 'memory': the omega window names the context of " \
            "earlier tokens like the context value 'k_m1'" in err, err
+
+
+def test_a_window_in_a_later_step_is_refused_at_its_objective(tmp_path, capsys):
+    """`objective a then omega(...)`: the terms of a later step are not checked to vanish at
+    zero context, so compile refuses, pointing at the window."""
+    spec = TEMPLATE.format(loss="l2", key="k", window=2, decay=0.5, lr=LR)
+    spec = spec.replace("objective omega(", "objective l2(S(k), v) then omega(")
+    path = tmp_path / "then.nl"
+    path.write_text(spec)
+    assert main(["derive", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:15:32: error: level 'memory': the omega window reads earlier tokens " \
+           "(k_m1, v_m1)" in err, err
+    assert "with several steps per token (`then`) the terms are not checked" in err, err
+    assert "Traceback" not in err

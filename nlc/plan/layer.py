@@ -257,16 +257,17 @@ class _LayerPlanner:
                      if attrs)
 
     # ------------------------------------------------------------ one level
-    def shifted_inputs(self, level, rule, names) -> list[str]:
-        """The earlier tokens' context an omega window's rule reads (`k_m1`: k one token
-        back, nlc/derive/symbols.py), which the forward provides (ShiftStep) with zeros
-        before a sequence's first token. That is exactly Atlas's sum over the available last
-        `window` tokens only when a term at zero context is zero: true when the gradient is
-        the key times an error (matrix, vector and diagonal memories) and the key vanishes
-        at zero context; anything else is refused at the objective."""
+    def check_window(self, level, rule, names) -> None:
+        """An omega window's rule reads earlier tokens' context (`k_m1`: k one token back,
+        nlc/derive/symbols.py), which the forward provides (ShiftStep) with zeros before a
+        sequence's first token. That is exactly Atlas's sum over the available last `window`
+        tokens only when a term at zero context is zero: true when the gradient is the key
+        times an error (matrix, vector and diagonal memories) and the key vanishes at zero
+        context; anything else is refused at the objective."""
         context = {v.name for v in self.spec.context}
-        obj = level.objective
-        if obj is not None and obj.kind == "omega":
+        objectives = [level.objective, *(o for o, _ in level.later_steps)]
+        windows = [o for o in objectives if o is not None and o.kind == "omega"]
+        for obj in windows:
             taken = sorted(shifted_name(c, j) for c in context for j in range(1, obj.get("window"))
                            if shifted_name(c, j) in context)
             if taken:  # the rule's k_m1 would be both k one token back and this value
@@ -275,25 +276,26 @@ class _LayerPlanner:
                                obj.span, hint=f"rename '{taken[0]}'")
         shifted = [n for n in names if n not in context and unshifted(n) in context]
         if not shifted:
-            return []
+            return
+        obj = windows[0] if windows else level.objective
         key = rule.role("key")
         why = None
-        if rule.form.kind not in ZERO_KEY_FORMS:
+        if level.later_steps:
+            why = "with several steps per token (`then`) the terms are not checked to vanish"
+        elif rule.form.kind not in ZERO_KEY_FORMS:
             why = f"a {rule.form.kind} memory's gradient need not vanish at zero context"
         elif key is None or not _vanishes(key, context):
-            loss = level.objective.get("loss")
-            why = (f"the key of {format_expr(loss.get('prediction'))} is not zero at zero "
-                   "context, so the window's terms before a sequence's first token would not "
-                   "vanish")
+            why = (f"the key of {format_expr(obj.get('loss').get('prediction'))} is not zero "
+                   "at zero context, so the window's terms before a sequence's first token "
+                   "would not vanish")
         if why:
             raise NlcError(f"level '{level.name}': the omega window reads earlier tokens "
                            f"({', '.join(shifted[:4])}{', ...' if len(shifted) > 4 else ''}), "
                            f"which generated layers give as zeros before a sequence's first "
-                           f"token; {why}", level.objective.span,
+                           f"token; {why}", obj.span,
                            hint="compile takes an omega window on a matrix, vector or diagonal "
                                 "memory whose key is zero at zero context (S(k), S(a * k), "
                                 "S(tanh(k)))")
-        return shifted
 
     def level(self, level, coupled: bool) -> LevelPlan:
         c = self.rules[level.name]
@@ -314,7 +316,7 @@ class _LayerPlanner:
         roles = [rule.role(r) for r in ("query", "key", "value")]
         first = [r.name for r in roles if isinstance(r, (sp.Symbol, sp.MatrixSymbol))]
         order = sorted(used - known, key=lambda n: (first.index(n) if n in first else 3, n))
-        self.shifted_inputs(level, rule, order)
+        self.check_window(level, rule, order)
         tokens = [TokenInput(n, "vector", symbols[n].shape[0])
                   if isinstance(symbols[n], sp.MatrixSymbol) else TokenInput(n, "scalar")
                   for n in order]
