@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import sympy as sp
 
 from nlc.derive.execution import Attention
+from nlc.derive.symbols import shifted_name
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel
 from nlc.emit.names import local
 from nlc.emit.render import prose
 from nlc.errors import NlcError
-from nlc.plan.records import ContextStep, GroupCall, LevelCall, OutputStep
+from nlc.plan.records import ContextStep, GroupCall, LevelCall, OutputStep, ShiftStep
 
 
 def size_code(expr, name) -> str:
@@ -121,6 +122,7 @@ class PrintedLayer:
     uses_ref: bool          # the forward has context lines (they broadcast over `ref`)
     heads_dim: bool         # the spec declares `heads` (else one head)
     shared: list            # PrintedShared
+    history: bool = False   # the forward reads earlier tokens' context (a cache keeps them)
 
 
 class LayerPrinter:
@@ -150,7 +152,8 @@ class LayerPrinter:
             self.forward(), plan.position,
             [(n, every, list(attrs)) for n, every, attrs in plan.param_groups], init_calls,
             any(isinstance(step, ContextStep) for step in plan.forward),
-            "heads" in self.defaults, shared)
+            "heads" in self.defaults, shared,
+            any(isinstance(step, ShiftStep) for step in plan.forward))
 
     # ------------------------------------------------------------ levels and groups
     def level(self, lp) -> PrintedLevel:
@@ -305,6 +308,9 @@ class LayerPrinter:
                 lines.append(f"{local(step.name)} = nl.per_token({printer.expr(step.expr)}, "
                              f"ref)  # spec:{step.line}")
                 names[step.name] = local(step.name)
+            elif isinstance(step, ShiftStep):
+                lines.append(_shift_line(step))
+                names |= {n: local(n) for n in _shifted_names(step)}
             elif isinstance(step, LevelCall):
                 lines += self.call(step, names)
                 names[step.level] = local(step.level)
@@ -384,6 +390,19 @@ class LayerPrinter:
             lines += _scalar_read(lp)
             lines.append(f'{lp.name}_final = None if finals is None else finals["{lp.name}"]')
         return lines
+
+
+def _shifted_names(step: ShiftStep) -> list[str]:
+    return [shifted_name(step.value, j) for j in range(1, step.shifts + 1)]
+
+
+def _shift_line(step: ShiftStep) -> str:
+    """`k_m1, k_m2 = nl.earlier(k, 2, ...)`: the context value 1..n tokens back."""
+    call = f"nl.earlier({local(step.value)}, {step.shifts}, cu_seqlens, history, " \
+           f"{step.value!r})"
+    names = [local(n) for n in _shifted_names(step)]
+    target = ", ".join(names) if len(names) > 1 else names[0]
+    return f"{target} = {call}{'' if len(names) > 1 else '[0]'}  # spec:{step.line}"
 
 
 def _scalar_read(lp) -> list[str]:

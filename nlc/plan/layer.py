@@ -11,6 +11,7 @@ from dataclasses import replace
 import networkx as nx
 import sympy as sp
 
+from nlc.derive.engine import MAX_WINDOW
 from nlc.derive.execution import (
     AffineChunk,
     Attention,
@@ -24,7 +25,7 @@ from nlc.derive.execution import (
 )
 from nlc.derive.forms import tensor_names
 from nlc.derive.matfuncs import free_names
-from nlc.derive.symbols import dim_size, unshifted
+from nlc.derive.symbols import dim_size, shifted_name, unshifted
 from nlc.errors import NlcError
 from nlc.levels import shapes
 from nlc.levels.records import TRAIN
@@ -44,11 +45,13 @@ from nlc.plan.records import (
     ParamInput,
     ParamPlan,
     Segments,
+    ShiftStep,
     SizePlan,
     StatePlan,
     TokenInput,
 )
 from nlc.syntax import ast
+from nlc.syntax.format import format_expr
 
 
 def context_env(spec) -> shapes.Env:
@@ -192,6 +195,7 @@ class _LayerPlanner:
             else:
                 forward.append(LevelCall(group[0].name, self.cut(group[0].name)))
             levels += lps
+        forward[len(spec.context):len(spec.context)] = self.shift_steps(levels)
         if spec.output is None:
             raise NlcError(f"layer '{spec.name}' has no output", spec.span)
         final = spec.output
@@ -220,6 +224,20 @@ class _LayerPlanner:
         return tuple(SizePlan(n, v, size_expr(formulas[n]) if n in formulas else None)
                      for n, v in self.spec.dims)
 
+    def shift_steps(self, levels) -> list[ShiftStep]:
+        """One step per context value the levels read earlier tokens of, after the context
+        lines: it gives the value 1..n tokens back, n the farthest any level reads."""
+        lines = {v.name: v.span.line for v in self.spec.context}
+        farthest: dict[str, int] = {}
+        for lp in levels:
+            for t in lp.tokens:
+                value = unshifted(t.name)
+                if value in lines and t.name not in lines:
+                    shift = next(j for j in range(1, MAX_WINDOW + 1)
+                                 if shifted_name(value, j) == t.name)
+                    farthest[value] = max(farthest.get(value, 0), shift)
+        return [ShiftStep(v, n, lines[v]) for v, n in sorted(farthest.items())]
+
     def cut(self, level: str) -> frozenset:
         return frozenset(self.direct.get(level, ()))
 
@@ -240,19 +258,45 @@ class _LayerPlanner:
                      if attrs)
 
     # ------------------------------------------------------------ one level
-    def refuse_shifted(self, level, names) -> None:
-        """An omega window's rule reads earlier tokens' context (`k_m1`: k one token back);
-        generated layers do not provide those values yet, so compile refuses at the objective
-        rather than emit code that names them."""
+    def check_window(self, level, rule, names) -> None:
+        """An omega window's rule reads earlier tokens' context (`k_m1`: k one token back,
+        nlc/derive/symbols.py), which the forward provides (ShiftStep) with zeros before a
+        sequence's first token. That is exactly Atlas's sum over the available last `window`
+        tokens only when a term at zero context is zero: true when the gradient is the key
+        times an error (matrix, vector and diagonal memories) and the key vanishes at zero
+        context; anything else is refused at the objective."""
         context = {v.name for v in self.spec.context}
-        shifted = [n for n in names if unshifted(n) in context]
-        if shifted:
-            raise NlcError(f"level '{level.name}': the objective reads the context of earlier "
-                           f"tokens ({', '.join(shifted[:4])}{', ...' if len(shifted) > 4 else ''}"
-                           "), which generated layers do not provide yet",
-                           level.objective.span,
-                           hint="check, derive, verify and identify accept an omega window; "
-                                "compile takes window = 1 only")
+        objectives = [level.objective, *(o for o, _ in level.later_steps)]
+        windows = [o for o in objectives if o is not None and o.kind == "omega"]
+        for obj in windows:
+            taken = sorted(shifted_name(c, j) for c in context for j in range(1, obj.get("window"))
+                           if shifted_name(c, j) in context)
+            if taken:  # the rule's k_m1 would be both k one token back and this value
+                raise NlcError(f"level '{level.name}': the omega window names the context of "
+                               f"earlier tokens like the context value '{taken[0]}'",
+                               obj.span, hint=f"rename '{taken[0]}'")
+        shifted = [n for n in names if n not in context and unshifted(n) in context]
+        if not shifted:
+            return
+        obj = windows[0] if windows else level.objective
+        key = rule.role("key")
+        why = None
+        if level.later_steps:
+            why = "with several steps per token (`then`) the terms are not checked to vanish"
+        elif rule.form.kind not in ZERO_KEY_FORMS:
+            why = f"a {rule.form.kind} memory's gradient need not vanish at zero context"
+        elif key is None or not _vanishes(key, context):
+            why = (f"the key of {format_expr(obj.get('loss').get('prediction'))} is not zero "
+                   "at zero context, so the window's terms before a sequence's first token "
+                   "would not vanish")
+        if why:
+            raise NlcError(f"level '{level.name}': the omega window reads earlier tokens "
+                           f"({', '.join(shifted[:4])}{', ...' if len(shifted) > 4 else ''}), "
+                           f"which generated layers give as zeros before a sequence's first "
+                           f"token; {why}", obj.span,
+                           hint="compile takes an omega window on a matrix, vector or diagonal "
+                                "memory whose key is zero at zero context (S(k), S(a * k), "
+                                "S(tanh(k)))")
 
     def level(self, level, coupled: bool) -> LevelPlan:
         c = self.rules[level.name]
@@ -273,7 +317,7 @@ class _LayerPlanner:
         roles = [rule.role(r) for r in ("query", "key", "value")]
         first = [r.name for r in roles if isinstance(r, (sp.Symbol, sp.MatrixSymbol))]
         order = sorted(used - known, key=lambda n: (first.index(n) if n in first else 3, n))
-        self.refuse_shifted(level, order)
+        self.check_window(level, rule, order)
         tokens = [TokenInput(n, "vector", symbols[n].shape[0])
                   if isinstance(symbols[n], sp.MatrixSymbol) else TokenInput(n, "scalar")
                   for n in order]
@@ -421,6 +465,21 @@ class _LayerPlanner:
                            "its read must "
                            f"be a vector of {size}", edge.span)
         return Segments(period, source, "generate", shapes=own)
+
+
+ZERO_KEY_FORMS = ("matrix", "vector", "diagonal")  # gradient: the error times the key
+
+
+def _vanishes(key, context: set) -> bool:
+    """Whether `key` is zero when every context value is: substituted and simplified only
+    as far as zeros go (an elementwise f with f(0) = 0 of zeros is zeros)."""
+    from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+    zeros = {s: sp.ZeroMatrix(*s.shape) if isinstance(s, sp.MatrixSymbol) else sp.Integer(0)
+             for s in key.atoms(sp.Symbol, sp.MatrixSymbol) if s.name in context}
+    zero = key.xreplace(zeros).doit().replace(
+        lambda e: isinstance(e, ElementwiseApplyFunction) and e.expr.is_ZeroMatrix
+        and e.function(0) == 0, lambda e: sp.ZeroMatrix(*e.shape)).doit()
+    return zero == 0 or getattr(zero, "is_ZeroMatrix", False)
 
 
 def _kernel(family, decay, read_before, **more) -> KernelPlan:

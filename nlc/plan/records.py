@@ -191,6 +191,17 @@ class ContextStep:
 
 
 @dataclass(frozen=True)
+class ShiftStep:
+    """The context value `value` 1..`shifts` tokens back (`k_m1`, `k_m2`, ...: an omega
+    window's earlier tokens, nlc/derive/symbols.py `shifted_name`): zeros before a
+    sequence's first token, a cache's last tokens before a continuation's first."""
+
+    value: str
+    shifts: int
+    line: int
+
+
+@dataclass(frozen=True)
 class Segments:
     """A level run in segments that end at `period` (init / generate transfers)."""
 

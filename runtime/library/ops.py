@@ -418,6 +418,41 @@ class LinearRecorder:
             handle.remove()
 
 
+def earlier(x: torch.Tensor, shifts: int, cu_seqlens=None, history=None,
+            key: str = "") -> tuple[torch.Tensor, ...]:
+    """x `[B, T, H, ...]` one, two, ... `shifts` tokens back (an omega window's `k_m1`,
+    `k_m2`, ...), zeros before a sequence's first token: Atlas's window over the available
+    tokens, whose terms vanish at zero context (nlc/plan/layer.py checks that they do).
+    Packed sequences (`cu_seqlens`) do not see each other's tokens. With a `history` dict
+    (a cache), each sequence's last `shifts` inputs are kept under `key` and come before
+    the next call's first token, so a continuation equals one long call."""
+    rest = tuple(x.shape[2:])
+    if cu_seqlens is None:
+        parts = [x]
+    else:
+        bounds = cu_seqlens.tolist()
+        parts = [x[:, s:e] for s, e in itertools.pairwise(bounds)]
+    count = x.shape[0] if cu_seqlens is None else len(parts)
+    past = None if history is None else history.get(key)
+    if past is None:
+        past = x.new_zeros(count, shifts, *rest)
+    elif tuple(past.shape) != (count, shifts, *rest):
+        raise ValueError(f"the cache's earlier tokens {key!r} are {list(past.shape)}, but this "
+                         f"call's are {[count, shifts, *rest]}: a cache continues only the "
+                         "batch (or packed sequences) and the layer that filled it")
+    befores = [past] if cu_seqlens is None else list(past.split(1))
+    shifted, kept = [[] for _ in range(shifts)], []
+    for part, before in zip(parts, befores):
+        full = torch.cat([before.to(part.dtype), part], dim=1)
+        T = part.shape[1]
+        for j in range(1, shifts + 1):
+            shifted[j - 1].append(full[:, shifts - j: shifts - j + T])
+        kept.append(full[:, T:])
+    if history is not None:
+        history[key] = torch.cat(kept)
+    return tuple(torch.cat(s, dim=1) for s in shifted)
+
+
 __all__ = [
     "check_input", "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm",
     "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "gelu_grad", "silu_grad",
@@ -430,5 +465,5 @@ __all__ = [
     "decay_chunked", "delta_chunked", "dplr_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
     "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
-    "row_decay_chunked",
+    "row_decay_chunked", "earlier",
 ]
