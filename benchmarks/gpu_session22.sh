@@ -1,12 +1,16 @@
 #!/bin/bash
-# 1. The first GPU run of the chunked dplr kernels (RWKV-7): bf16 against float32 and timings at
-#    (8, 2048, 16, 128), with GLA and KDA (whose kernels the dplr merge changed), ours only.
-# 2. Hope (examples/hope.nl) as an LM mixer at T = 2048, batch 2: eager and as CUDA graphs.
-# 3. torch.compile on both sides of the LM comparison: our layers and fla's (the hand layer on
-#    chunk_delta_rule, fla's GatedDeltaNet layer with our kernel), in one run.
-# 4. With the time left, fla's chunk_gla autotunes; its results are saved to $OUT/autotune.tgz
-#    for a later call (.carry/autotune.tgz), as gpu_session19.sh does.
+# GPU work waiting for a device (none was lent in the session that wrote it). One mode per call:
+#   kernels: the first GPU run of the chunked dplr (RWKV-7), row-decay and joint-state
+#            (momentum delta) kernels, bf16 against float32, with GLA and KDA (whose kernels
+#            those reuse), ours only at (8, 2048, 16, 128); then fla's chunk_gla autotunes with
+#            the time left, its results saved to $OUT/autotune.tgz for a later call
+#            (.carry/autotune.tgz), as gpu_session19.sh does;
+#   lm:      the LM step: Hope (examples/hope.nl) at batch 2 eager and as CUDA graphs, then
+#            torch.compile on both sides (our layers and fla's) in one run;
+#   recall:  `nlc bench recall` at a reduced Zoology protocol (two widths, two rates);
+#   niah:    `nlc bench niah` at its GPU defaults (docs/runtime.md).
 set -u
+MODE=${1:-kernels}
 REPO=$(pwd)
 source benchmarks/gpu_common.sh
 install_nlc
@@ -19,16 +23,30 @@ save_autotune() {
   echo "saved $(tar tzf "$OUT/autotune.tgz" | wc -l) autotune results"
 }
 cd /tmp
-timeout 150 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models "RWKV-7,GLA,KDA" \
-  --shapes "8,2048,16,128" --check "ours chunked" \
-  --skip "RWKV-7:fla chunk,RWKV-7:fla fused recurrent,GLA:fla chunk,GLA:fla fused recurrent,KDA:fla chunk,KDA:fla fused recurrent" \
-  --out "$OUT/perf.md"
-timeout 150 python3 "$REPO/benchmarks/lm_throughput.py" --steps 5 --batch 2 \
-  --rows hope_graphed,hope --out "$OUT/lm_hope.md"
-timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 8 --out "$OUT/lm_compiled.md" \
-  --rows fla_hand_deltanet_compiled,deltanet_compiled,fla_gdn_our_kernel_compiled,gated_deltanet_compiled
-save_autotune
-timeout 60 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models "GLA" \
-  --shapes "8,2048,16,128" --check "" --skip "GLA:ours chunked,GLA:ours recurrent,GLA:fla fused recurrent" \
-  --out "$OUT/perf_gla.md"
-save_autotune
+if [ "$MODE" = kernels ]; then
+  timeout 240 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold \
+    --models "RWKV-7,GLA,KDA,row-decay delta,momentum delta" --shapes "8,2048,16,128" \
+    --check "ours chunked" \
+    --skip "RWKV-7:fla chunk,RWKV-7:fla fused recurrent,GLA:fla chunk,GLA:fla fused recurrent,KDA:fla chunk,KDA:fla fused recurrent" \
+    --out "$OUT/perf.md"
+  timeout 240 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models "GLA" \
+    --shapes "8,2048,16,128" --check "" \
+    --skip "GLA:ours chunked,GLA:ours recurrent,GLA:fla fused recurrent" --out "$OUT/perf_gla.md"
+  save_autotune
+elif [ "$MODE" = lm ]; then
+  timeout 150 python3 "$REPO/benchmarks/lm_throughput.py" --steps 5 --batch 2 \
+    --rows hope_graphed,hope --out "$OUT/lm_hope.md"
+  timeout 400 python3 "$REPO/benchmarks/lm_throughput.py" --steps 8 --out "$OUT/lm_compiled.md" \
+    --rows gated_deltanet,fla_gdn_our_kernel,fla_hand_deltanet_compiled,deltanet_compiled,fla_gdn_our_kernel_compiled,gated_deltanet_compiled
+  save_autotune
+elif [ "$MODE" = recall ]; then
+  timeout 560 python3 -m nlc bench recall "$REPO/examples/deltanet.nl" \
+    "$REPO/examples/gated_deltanet.nl" "$REPO/examples/mamba2.nl" \
+    "$REPO/examples/linear_attention.nl" attention --scale d_k --scale d_v --scale d_head \
+    --widths 64 128 --lrs 1e-3 3e-3 --steps 3000 --batch-size 64 --device cuda --jobs 8 \
+    -o "$OUT/recall"
+else
+  timeout 560 python3 -m nlc bench niah "$REPO/examples/titans.nl" \
+    "$REPO/examples/gated_deltanet.nl" "$REPO/examples/mamba2.nl" attention \
+    --device cuda --jobs 8 -o "$OUT/niah"
+fi
