@@ -13,6 +13,7 @@ forms of the affine families)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -130,10 +131,25 @@ def head_matmul_sum(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=None,
-               key: str = "") -> torch.Tensor:
+               key: str = "", act: str | None = None, norm: str | None = None) -> torch.Tensor:
     """Causal depthwise convolution along T: x `[B, T, H, D]`, weight `[H, D, W]`; the last
     tap multiplies the current token. Packed sequences (`cu_seqlens`) do not see each other.
-    With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`."""
+    With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`.
+    `act` ("silu") and then `norm` ("l2") apply to the result: `l2norm(silu(conv(x)))` is one
+    fused Triton kernel each way on CUDA (context_triton.py), the PyTorch ops elsewhere."""
+    if cache is None and fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.conv_supported(x, weight):
+            return context_triton.short_conv(x, weight, cu_seqlens, act, norm)
+    return _activate(_short_conv(x, weight, cu_seqlens, cache, key), act, norm)
+
+
+def _activate(x: torch.Tensor, act: str | None, norm: str | None) -> torch.Tensor:
+    x = F.silu(x) if act == "silu" else x
+    return l2norm(x) if norm == "l2" else x
+
+
+def _short_conv(x, weight, cu_seqlens, cache, key) -> torch.Tensor:
     width = weight.shape[-1]
     B, T, H, D = x.shape
     if cache is not None and width > 1:
@@ -175,12 +191,55 @@ def positions(T: int, cu_seqlens, device) -> torch.Tensor:
     return pos - starts
 
 
-def l2norm(x):
+def l2norm(x, act: str | None = None):
+    """x / sqrt(sum x^2 + eps) over the last axis, of `silu(x)` with act="silu" (one fused
+    Triton kernel each way on CUDA)."""
+    if fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.row_supported(x):
+            return context_triton.row_norm(x, act=act, norm="l2")
+    x = F.silu(x) if act == "silu" else x
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + EPS)
 
 
 def rmsnorm(x):
+    if fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.row_supported(x):
+            return context_triton.row_norm(x, norm="rms")
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + EPS)
+
+
+def gated_rmsnorm(x, gate):
+    """rmsnorm(x) * silu(gate), a layer's gated output norm: one fused Triton kernel each way
+    on CUDA when x and the gate have one shape, the PyTorch ops otherwise."""
+    if fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.row_supported(x, gate):
+            return context_triton.row_norm(x, gate, norm="rms")
+    return rmsnorm(x) * F.silu(gate)
+
+
+def fused_context(x) -> bool:
+    """Whether the context ops (short_conv, l2norm, rmsnorm, gated_rmsnorm) run their fused
+    Triton kernels: on CUDA tensors unless NLC_CONTEXT_TRITON=0 or NLC_TRITON=0;
+    NLC_CONTEXT_TRITON=force sends CPU tensors too (with TRITON_INTERPRET=1: how the tests run
+    them). Under torch.compile the PyTorch ops are traced, and Inductor fuses them itself."""
+    if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
+        return False
+    import os
+    flag = os.environ.get("NLC_CONTEXT_TRITON", "1")
+    if flag == "force":
+        return True
+    if flag == "0" or os.environ.get("NLC_TRITON", "1") == "0" or not x.is_cuda:
+        return False
+    return _has_triton()
+
+
+@functools.cache
+def _has_triton() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("triton") is not None
 
 
 def layernorm(x):
@@ -430,5 +489,5 @@ __all__ = [
     "decay_chunked", "delta_chunked", "dplr_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
     "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
-    "row_decay_chunked",
+    "row_decay_chunked", "gated_rmsnorm", "fused_context",
 ]

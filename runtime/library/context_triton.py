@@ -1,0 +1,292 @@
+"""Fused Triton kernels, forward and backward, for a layer's context code (issue 16, item 3):
+
+    short_conv:  y = norm(act(conv(x)))      causal depthwise convolution over T, x `[B, T, H, D]`,
+                                             weight `[H, D, W]` (the last tap is the current token)
+    row_norm:    y = norm(act(x)) * silu(g)  over the last axis; the gate is optional
+
+with act in {identity, silu}, norm in {none, l2, rms} (`x / sqrt(sum x^2 + eps)`, `x /
+sqrt(mean x^2 + eps)`, eps = ops.EPS). Eager PyTorch spends several kernels on each of these
+forward and more backward; here each is one pass each way, fp32 accumulation, on fp32, bf16
+or fp16 inputs. The backward recomputes the convolution (W^2 loads per output, cached)
+instead of storing it. `cu_seqlens` packs sequences along T; a token never sees another
+sequence's inputs. The weight's gradient is summed per token block, then over blocks (no
+atomics: deterministic).
+
+`LAUNCHES` counts the kernels run (the tests check that the fused path really ran)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import triton
+import triton.language as tl
+from nlc.runtime.library.ops import EPS
+
+ACTS = {None: 0, "silu": 1}
+NORMS = {None: 0, "l2": 1, "rms": 2}
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_WIDTH = 8                   # the backward unrolls W^2 loads
+MAX_DIM = 1024                  # one program holds a whole row (a head's channels)
+LAUNCHES: Counter = Counter()
+
+
+# --------------------------------------------------------------------------- device helpers
+@triton.jit
+def _act(x, ACT: tl.constexpr):
+    if ACT == 1:
+        x = x * tl.sigmoid(x)
+    return x
+
+
+@triton.jit
+def _act_grad(x, dy, ACT: tl.constexpr):
+    """dy * act'(x)."""
+    if ACT == 1:
+        s = tl.sigmoid(x)
+        dy = dy * s * (1 + x * (1 - s))
+    return dy
+
+
+@triton.jit
+def _norm_scale(a, D: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr):
+    """1 / sqrt(sum a^2 (+ mean for rms) + eps) per row of a `[rows, BD]` block."""
+    s = tl.sum(a * a, axis=1)
+    if NORM == 2:
+        s = s / D
+    return 1 / tl.sqrt(s + EPS)
+
+
+@triton.jit
+def _norm_grad(n, r, dn, D: tl.constexpr, NORM: tl.constexpr):
+    """da for n = a r (r the norm's scale): r (dn - n <dn, n>) (/ D for rms)."""
+    c = tl.sum(dn * n, axis=1)
+    if NORM == 2:
+        c = c / D
+    return r[:, None] * (dn - n * c[:, None])
+
+
+@triton.jit
+def _start(starts, tok, ok, T, VARLEN: tl.constexpr):
+    """The first token of each token's sequence (packed index)."""
+    if VARLEN:
+        s = tl.load(starts + tok, mask=ok, other=0).to(tl.int64)
+    else:
+        s = (tok // T) * T
+    return s
+
+
+@triton.jit
+def _conv_at(x, w, tok, start, ok, ch, m_d, i_h, H: tl.constexpr, D: tl.constexpr,
+             W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """sum_i w[h, c, W-1-i] x[tok - i, h, c] over taps inside the token's sequence."""
+    acc = tl.zeros([BT, BD], dtype=tl.float32)
+    for i in tl.static_range(W):
+        src = tok - i
+        keep = ok & (src >= start)
+        xv = tl.load(x + (src * H + i_h)[:, None] * D + ch[None, :],
+                     mask=keep[:, None] & m_d[None, :], other=0).to(tl.float32)
+        wv = tl.load(w + (i_h * D + ch) * W + (W - 1 - i), mask=m_d, other=0).to(tl.float32)
+        acc += xv * wv[None, :]
+    return acc
+
+
+# --------------------------------------------------------------------------- convolution
+@triton.jit
+def _conv_fwd(x, w, starts, y, N, T, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+              BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, NORM: tl.constexpr,
+              VARLEN: tl.constexpr, EPS: tl.constexpr):
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    tok = i_t * BT + tl.arange(0, BT).to(tl.int64)
+    ch = tl.arange(0, BD)
+    m_t, m_d = tok < N, ch < D
+    start = _start(starts, tok, m_t, T, VARLEN)
+    a = _act(_conv_at(x, w, tok, start, m_t, ch, m_d, i_h, H, D, W, BT, BD), ACT)
+    if NORM != 0:
+        a = a * _norm_scale(a, D, NORM, EPS)[:, None]
+    tl.store(y + (tok * H + i_h)[:, None] * D + ch[None, :], a.to(y.dtype.element_ty),
+             mask=m_t[:, None] & m_d[None, :])
+
+
+@triton.jit
+def _conv_bwd(x, w, starts, dy, dx, dw, N, T, H: tl.constexpr, D: tl.constexpr,
+              W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
+              NORM: tl.constexpr, VARLEN: tl.constexpr, EPS: tl.constexpr):
+    """dx[t] = sum_j w[W-1-j] dpre[t+j], dw[W-1-j] = sum_t dpre[t+j] x[t], over t + j in t's
+    sequence; dpre (the gradient before the activation) is recomputed at each t + j."""
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    tok = i_t * BT + tl.arange(0, BT).to(tl.int64)
+    ch = tl.arange(0, BD)
+    m_t, m_d = tok < N, ch < D
+    mask = m_t[:, None] & m_d[None, :]
+    here = (tok * H + i_h)[:, None] * D + ch[None, :]
+    xv = tl.load(x + here, mask=mask, other=0).to(tl.float32)
+    dxv = tl.zeros([BT, BD], dtype=tl.float32)
+    for j in tl.static_range(W):
+        later = tok + j
+        in_range = m_t & (later < N)
+        start = _start(starts, later, in_range, T, VARLEN)
+        ok = in_range & (start <= tok)  # t + j is in t's sequence
+        pre = _conv_at(x, w, later, start, ok, ch, m_d, i_h, H, D, W, BT, BD)
+        g = tl.load(dy + (later * H + i_h)[:, None] * D + ch[None, :],
+                    mask=ok[:, None] & m_d[None, :], other=0).to(tl.float32)
+        if NORM != 0:
+            a = _act(pre, ACT)
+            r = _norm_scale(a, D, NORM, EPS)
+            g = _norm_grad(a * r[:, None], r, g, D, NORM)
+        g = _act_grad(pre, g, ACT)
+        wv = tl.load(w + (i_h * D + ch) * W + (W - 1 - j), mask=m_d, other=0).to(tl.float32)
+        dxv += g * wv[None, :]
+        tl.store(dw + ((i_t * H + i_h) * D + ch) * W + (W - 1 - j), tl.sum(g * xv, axis=0),
+                 mask=m_d)
+    tl.store(dx + here, dxv.to(dx.dtype.element_ty), mask=mask)
+
+
+def _conv_launch(x, D: int):
+    BD = triton.next_power_of_2(D)
+    BT = max(1, min(64, 4096 // BD))
+    return BD, BT
+
+
+def _sequence_starts(cu_seqlens, N: int, device):
+    """Each token's sequence start (int32 `[N]`), without a device sync."""
+    idx = torch.arange(N, device=device)
+    bounds = cu_seqlens.to(device=device, dtype=torch.long)
+    return bounds[torch.searchsorted(bounds[1:], idx, right=True)].to(torch.int32)
+
+
+class ShortConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, starts, act, norm):
+        B, T, H, D = x.shape
+        x = x.contiguous()
+        weight = weight.contiguous()
+        y = torch.empty_like(x)
+        BD, BT = _conv_launch(x, D)
+        N = B * T
+        grid = (triton.cdiv(N, BT), H)
+        _conv_fwd[grid](x, weight, starts if starts is not None else x, y, N, T, H, D,
+                        weight.shape[-1], BT, BD, ACTS[act], NORMS[norm], starts is not None,
+                        EPS)
+        LAUNCHES["short_conv_fwd"] += 1
+        ctx.save_for_backward(x, weight, starts)
+        ctx.act, ctx.norm = act, norm
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, starts = ctx.saved_tensors
+        B, T, H, D = x.shape
+        W = weight.shape[-1]
+        BD, BT = _conv_launch(x, D)
+        N = B * T
+        grid = (triton.cdiv(N, BT), H)
+        dx = torch.empty_like(x)
+        dw = torch.empty(grid[0], H, D, W, device=x.device, dtype=torch.float32)
+        _conv_bwd[grid](x, weight, starts if starts is not None else x, dy.contiguous(), dx, dw,
+                        N, T, H, D, W, BT, BD, ACTS[ctx.act], NORMS[ctx.norm],
+                        starts is not None, EPS)
+        LAUNCHES["short_conv_bwd"] += 1
+        return dx, dw.sum(0).to(weight.dtype), None, None, None
+
+
+def short_conv(x, weight, cu_seqlens=None, act=None, norm=None):
+    """norm(act(causal depthwise conv of x)), x `[B, T, H, D]`, weight `[H, D, W]`."""
+    starts = None if cu_seqlens is None else _sequence_starts(cu_seqlens, x.shape[1], x.device)
+    return ShortConv.apply(x, weight, starts, act, norm)
+
+
+def conv_supported(x, weight) -> bool:
+    return (x.dim() == 4 and weight.dim() == 3 and tuple(x.shape[2:]) == tuple(weight.shape[:2])
+            and x.dtype in SUPPORTED_DTYPES and weight.dtype in SUPPORTED_DTYPES
+            and x.device == weight.device and 1 <= weight.shape[-1] <= MAX_WIDTH
+            and x.shape[-1] <= MAX_DIM)
+
+
+# --------------------------------------------------------------------------- row norms
+@triton.jit
+def _row_fwd(x, g, y, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+             ACT: tl.constexpr, NORM: tl.constexpr, GATE: tl.constexpr, EPS: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR).to(tl.int64)
+    ch = tl.arange(0, BD)
+    mask = (rows < R)[:, None] & (ch < D)[None, :]
+    at = rows[:, None] * D + ch[None, :]
+    a = _act(tl.load(x + at, mask=mask, other=0).to(tl.float32), ACT)
+    if NORM != 0:
+        a = a * _norm_scale(a, D, NORM, EPS)[:, None]
+    if GATE:
+        gv = tl.load(g + at, mask=mask, other=0).to(tl.float32)
+        a = a * gv * tl.sigmoid(gv)
+    tl.store(y + at, a.to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _row_bwd(x, g, dy, dx, dg, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+             ACT: tl.constexpr, NORM: tl.constexpr, GATE: tl.constexpr, EPS: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR).to(tl.int64)
+    ch = tl.arange(0, BD)
+    mask = (rows < R)[:, None] & (ch < D)[None, :]
+    at = rows[:, None] * D + ch[None, :]
+    xv = tl.load(x + at, mask=mask, other=0).to(tl.float32)
+    dn = tl.load(dy + at, mask=mask, other=0).to(tl.float32)
+    a = _act(xv, ACT)
+    r = _norm_scale(a, D, NORM, EPS)
+    n = a
+    if NORM != 0:
+        n = a * r[:, None]
+    if GATE:
+        gv = tl.load(g + at, mask=mask, other=0).to(tl.float32)
+        tl.store(dg + at, _act_grad(gv, dn * n, 1).to(dg.dtype.element_ty), mask=mask)
+        dn = dn * gv * tl.sigmoid(gv)
+    if NORM != 0:
+        dn = _norm_grad(n, r, dn, D, NORM)
+    tl.store(dx + at, _act_grad(xv, dn, ACT).to(dx.dtype.element_ty), mask=mask)
+
+
+def _row_launch(D: int):
+    BD = triton.next_power_of_2(D)
+    return BD, max(1, min(64, 4096 // BD))
+
+
+class RowNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gate, act, norm):
+        x = x.contiguous()
+        gate = None if gate is None else gate.contiguous()
+        D = x.shape[-1]
+        R = x.numel() // D
+        BD, BR = _row_launch(D)
+        y = torch.empty_like(x, dtype=x.dtype if gate is None
+                              else torch.promote_types(x.dtype, gate.dtype))
+        _row_fwd[(triton.cdiv(R, BR),)](x, gate if gate is not None else x, y, R, D, BR, BD,
+                                        ACTS[act], NORMS[norm], gate is not None, EPS)
+        LAUNCHES["row_norm_fwd"] += 1
+        ctx.save_for_backward(x, gate)
+        ctx.act, ctx.norm = act, norm
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, gate = ctx.saved_tensors
+        D = x.shape[-1]
+        R = x.numel() // D
+        BD, BR = _row_launch(D)
+        dx = torch.empty_like(x)
+        dg = None if gate is None else torch.empty_like(gate)
+        _row_bwd[(triton.cdiv(R, BR),)](x, gate if gate is not None else x, dy.contiguous(),
+                                        dx, dg if dg is not None else dx, R, D, BR, BD,
+                                        ACTS[ctx.act], NORMS[ctx.norm], gate is not None, EPS)
+        LAUNCHES["row_norm_bwd"] += 1
+        return dx, dg, None, None
+
+
+def row_norm(x, gate=None, act=None, norm=None):
+    """norm(act(x)) * silu(gate) over the last axis (no gate: norm(act(x)))."""
+    return RowNorm.apply(x, gate, act, norm)
+
+
+def row_supported(x, gate=None) -> bool:
+    return (x.dim() >= 1 and 1 <= x.shape[-1] <= MAX_DIM and x.numel() > 0
+            and x.dtype in SUPPORTED_DTYPES
+            and (gate is None or (gate.shape == x.shape and gate.dtype in SUPPORTED_DTYPES
+                                  and gate.device == x.device)))
