@@ -16,6 +16,7 @@ DEVICE = os.environ.get("NLC_TRITON_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
 
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -25,8 +26,9 @@ import torch.nn.functional as F
 
 triton = pytest.importorskip("triton")
 
-from nlc.emit import compile_spec, load_layer
 from nlc.runtime.library import ops as nl
+
+from nlc.emit import compile_spec, load_layer
 
 INTERPRETED = type(triton.language.sum).__name__ == "InterpretedFunction"
 needs_kernels = pytest.mark.skipif(
@@ -97,7 +99,7 @@ def test_short_conv_kernel_keeps_packed_sequences_apart(D, W, bounds, act, norm,
         assert rel(got, want) < TOL
     # and each sequence alone gives its own rows: nothing crosses a boundary
     alone = torch.cat([nl.short_conv(x[:, a:b].double(), w.double(), act=act, norm=norm)
-                       for a, b in zip(bounds, bounds[1:])], dim=1)
+                       for a, b in itertools.pairwise(bounds)], dim=1)
     assert rel(y, alone) < TOL
 
 
@@ -249,6 +251,23 @@ def test_decoding_cache_stays_on_pytorch_and_continues_the_fused_prompt(monkeypa
         parts = [layer(x[:, :6], cache=cache)]
         parts += [layer.step(x[:, t], cache)[0][:, None] for t in range(6, 9)]
     assert rel(torch.cat(parts, dim=1), whole) < TOL
+
+
+@needs_kernels
+def test_fused_layer_traces_under_torch_compile(monkeypatch):
+    """With the kernels on, torch.compile traces the PyTorch ops (Inductor fuses them): the
+    compiled layer equals the eager one on the kernels, outputs and gradients."""
+    monkeypatch.setenv("NLC_CONTEXT_TRITON", "force")
+    torch.manual_seed(0)
+    layer = load_layer(str(ROOT / "examples" / "gated_deltanet.nl"), d_model=16, heads=2,
+                       d_k=8, d_v=8)()
+    x = torch.randn(2, 37, 16)
+    y0, g0 = _run_layer(layer, x)
+    torch._dynamo.reset()
+    y1, g1 = _run_layer(torch.compile(layer, backend="aot_eager"), x)
+    assert rel(y1, y0) < TOL
+    for a, b in zip(g1, g0, strict=True):
+        assert rel(a, b) < TOL
 
 
 def test_kernels_rerun_in_a_fresh_interpreter_process():
