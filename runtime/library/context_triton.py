@@ -142,10 +142,10 @@ def _conv_bwd(x, w, starts, dy, dx, dw, N, T, H: tl.constexpr, D: tl.constexpr,
     tl.store(dx + here, dxv.to(dx.dtype.element_ty), mask=mask)
 
 
-def _conv_launch(x, D: int):
+def _tiles(D: int) -> tuple[int, int]:
+    """(channel tile, rows per program): a whole row per program, about 4K entries a tile."""
     BD = triton.next_power_of_2(D)
-    BT = max(1, min(64, 4096 // BD))
-    return BD, BT
+    return BD, max(1, min(64, 4096 // BD))
 
 
 def _sequence_starts(cu_seqlens, N: int, device):
@@ -162,7 +162,7 @@ class ShortConv(torch.autograd.Function):
         x = x.contiguous()
         weight = weight.contiguous()
         y = torch.empty_like(x)
-        BD, BT = _conv_launch(x, D)
+        BD, BT = _tiles(D)
         N = B * T
         grid = (triton.cdiv(N, BT), H)
         _conv_fwd[grid](x, weight, starts if starts is not None else x, y, N, T, H, D,
@@ -178,7 +178,7 @@ class ShortConv(torch.autograd.Function):
         x, weight, starts = ctx.saved_tensors
         B, T, H, D = x.shape
         W = weight.shape[-1]
-        BD, BT = _conv_launch(x, D)
+        BD, BT = _tiles(D)
         N = B * T
         grid = (triton.cdiv(N, BT), H)
         dx = torch.empty_like(x)
@@ -243,11 +243,6 @@ def _row_bwd(x, g, dy, dx, dg, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.cons
     tl.store(dx + at, _act_grad(xv, dn, ACT).to(dx.dtype.element_ty), mask=mask)
 
 
-def _row_launch(D: int):
-    BD = triton.next_power_of_2(D)
-    return BD, max(1, min(64, 4096 // BD))
-
-
 class RowNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gate, act, norm):
@@ -255,7 +250,7 @@ class RowNorm(torch.autograd.Function):
         gate = None if gate is None else gate.contiguous()
         D = x.shape[-1]
         R = x.numel() // D
-        BD, BR = _row_launch(D)
+        BD, BR = _tiles(D)
         y = torch.empty_like(x, dtype=x.dtype if gate is None
                               else torch.promote_types(x.dtype, gate.dtype))
         _row_fwd[(triton.cdiv(R, BR),)](x, gate if gate is not None else x, y, R, D, BR, BD,
@@ -270,7 +265,7 @@ class RowNorm(torch.autograd.Function):
         x, gate = ctx.saved_tensors
         D = x.shape[-1]
         R = x.numel() // D
-        BD, BR = _row_launch(D)
+        BD, BR = _tiles(D)
         dx = torch.empty_like(x)
         dg = None if gate is None else torch.empty_like(gate)
         _row_bwd[(triton.cdiv(R, BR),)](x, gate if gate is not None else x, dy.contiguous(),
