@@ -296,7 +296,7 @@ class GatedDeltaNet(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:25
         out = nl.head_matmul_sum(
-            nl.gated_rmsnorm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
         )  # spec:33
         if cache is not None:
             cache["states"] = {

@@ -306,8 +306,9 @@ class KDA(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:33
         out = nl.head_matmul_sum(
-            nl.rmsnorm(memory)
-            * torch.sigmoid(nl.head_matmul(nl.head_matmul(xh, self.W_g1), self.W_g2)),
+            nl.gated_norm(
+                memory, nl.head_matmul(nl.head_matmul(xh, self.W_g1), self.W_g2), act="sigmoid"
+            ),
             self.W_o,
         )  # spec:41
         if cache is not None:

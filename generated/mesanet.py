@@ -267,7 +267,7 @@ class MesaNet(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:28
         out = nl.head_matmul_sum(
-            nl.gated_rmsnorm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
         )  # spec:36
         if cache is not None:
             cache["states"] = {

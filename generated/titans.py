@@ -429,7 +429,7 @@ class Titans(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:39
         out = nl.head_matmul_sum(
-            nl.gated_rmsnorm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
         )  # spec:47
         if cache is not None:
             cache["states"] = {

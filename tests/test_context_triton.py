@@ -57,7 +57,7 @@ def kernel_grads(fn, inputs, dy):
 
 
 CONV_SHAPES = [(16, 1, 2), (24, 7, 3), (48, 65, 4), (16, 65, 3), (24, 65, 2), (48, 7, 4)]
-FUSIONS = [(None, None), ("silu", None), ("silu", "l2"), (None, "l2")]
+FUSIONS = [(None, None), ("silu", None), ("silu", "l2"), (None, "l2"), ("sigmoid", "l2")]
 
 
 @needs_kernels
@@ -103,29 +103,32 @@ def test_short_conv_kernel_keeps_packed_sequences_apart(D, W, bounds, act, norm,
     assert rel(y, alone) < TOL
 
 
-def _row_reference(act, norm, gated):
-    def fn(x, *gate):
-        a = F.silu(x) if act == "silu" else x
-        n = nl.l2norm(a) if norm == "l2" else nl.rmsnorm(a)
-        return n * F.silu(gate[0]) if gated else n
+def _row_reference(act, norm, gate):
+    """The PyTorch ops, written out: F.layer_norm for "layer" (ops.layernorm)."""
+    def fn(x, *g):
+        a = nl.ACTIVATIONS[act](x)
+        n = {"l2": nl.l2norm, "rms": nl.rmsnorm, "layer": nl.layernorm}[norm](a)
+        return n * nl.ACTIVATIONS[gate](g[0]) if gate else n
     return fn
 
 
 @needs_kernels
-@pytest.mark.parametrize(("act", "norm", "gated"), [
-    (None, "l2", False), ("silu", "l2", False), (None, "rms", False), (None, "rms", True),
-    ("silu", "rms", True)])
+@pytest.mark.parametrize(("act", "norm", "gate"), [
+    (None, "l2", None), ("silu", "l2", None), ("sigmoid", "l2", None), (None, "rms", None),
+    (None, "rms", "silu"), ("silu", "rms", "silu"), (None, "rms", "sigmoid"),
+    (None, "layer", None), (None, "layer", "silu"), ("silu", "layer", "sigmoid")])
 @pytest.mark.parametrize("D", [16, 24, 48])
-def test_row_norm_kernel_equals_pytorch(D, act, norm, gated, monkeypatch):
+def test_row_norm_kernel_equals_pytorch(D, act, norm, gate, monkeypatch):
     from nlc.runtime.library import context_triton
     monkeypatch.setenv("NLC_CONTEXT_TRITON", "0")
     torch.manual_seed(D)
     shape = (2, 7, 3, D)
-    inputs = [torch.randn(shape) * 3] + ([torch.randn(shape) * 2] if gated else [])
+    inputs = [torch.randn(shape) * 3 + 1] + ([torch.randn(shape) * 2] if gate else [])
     dy = torch.randn(shape)
-    ref, ref_grads = reference_grads(_row_reference(act, norm, gated), inputs, dy)
+    ref, ref_grads = reference_grads(_row_reference(act, norm, gate), inputs, dy)
     y, grads = kernel_grads(
-        lambda x, *g: context_triton.row_norm(x, g[0] if g else None, act, norm), inputs, dy)
+        lambda x, *g: context_triton.row_norm(x, g[0] if g else None, act, norm,
+                                              gate or "silu"), inputs, dy)
     assert rel(y, ref) < TOL
     assert len(grads) == len(inputs)
     for got, want in zip(grads, ref_grads, strict=True):
@@ -195,8 +198,14 @@ def test_printer_fuses_the_compositions_wherever_a_spec_writes_them(tmp_path):
     assert "nl.l2norm(nl.head_matmul(xh, self.W_q), act=\"silu\")" in squashed
     assert "self.conv0, cu_seqlens, convs, \"conv0\", norm=\"l2\")" in squashed
     assert "self.conv1, cu_seqlens, convs, \"conv1\", act=\"silu\")" in squashed
-    assert "nl.gated_rmsnorm(memory, nl.head_matmul(xh, self.W_g))" in squashed
+    assert "nl.gated_norm(memory, nl.head_matmul(xh, self.W_g))" in squashed
     assert "F.silu" not in source and "nl.rmsnorm" not in source
+    other = FUSING_SPEC.replace("silu(x @ W_g) * rmsnorm(memory)",
+                                "layernorm(memory) * sigmoid(x @ W_g)")
+    source = compile_spec(str(tmp_path / "fusing.nl"), text=other)
+    squashed = " ".join(source.split()).replace("( ", "(").replace(" )", ")")
+    assert ("nl.gated_norm(memory, nl.head_matmul(xh, self.W_g), norm=\"layer\", "
+            "act=\"sigmoid\")") in squashed
 
 
 def _run_layer(layer, x, cu_seqlens=None):

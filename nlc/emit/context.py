@@ -133,40 +133,56 @@ class ContextPrinter:
 
     # ---------------------------------------------------------------- fused compositions
     # Compositions the runtime computes in one pass each way (fused Triton kernels on CUDA,
-    # runtime/library/context_triton.py; the PyTorch ops elsewhere), matched on the AST:
-    #   [l2norm(] [silu(] conv(x) [)] [)]  ->  nl.short_conv(x, ..., act="silu", norm="l2")
-    #   l2norm(silu(x))                    ->  nl.l2norm(x, act="silu")
-    #   rmsnorm(a) * silu(g)               ->  nl.gated_rmsnorm(a, g)  (either order)
+    # runtime/library/context_triton.py; the PyTorch ops elsewhere), matched on the AST, with
+    # ACT one of FUSED_ACTS and NORM one of GATED_NORMS:
+    #   [l2norm(] [ACT(] conv(x) [)] [)]  ->  nl.short_conv(x, ..., act="ACT", norm="l2")
+    #   l2norm(ACT(x))                    ->  nl.l2norm(x, act="ACT")
+    #   NORM(a) * ACT(g)  (either order)  ->  nl.gated_norm(a, g, norm=..., act=...)
     def _fused(self, e: ast.Call) -> str | None:
         inner = _argument(e)
-        if e.func == "silu" and _is_call(inner, "conv"):
-            return self._conv(inner, act="silu")
+        if e.func in FUSED_ACTS and _is_call(inner, "conv"):
+            return self._conv(inner, act=e.func)
         if e.func != "l2norm" or inner is None:
             return None
         if _is_call(inner, "conv"):
             return self._conv(inner, norm="l2")
-        if _is_call(inner, "silu") and _is_call(_argument(inner), "conv"):
-            return self._conv(_argument(inner), act="silu", norm="l2")
-        if _is_call(inner, "silu") and not self.constant(_argument(inner)):
-            return f"nl.l2norm({self.expr(_argument(inner))}, act='silu')"
-        return None
+        act = inner.func if isinstance(inner, ast.Call) and inner.func in FUSED_ACTS else None
+        if act is None or _argument(inner) is None:
+            return None
+        if _is_call(_argument(inner), "conv"):
+            return self._conv(_argument(inner), act=act, norm="l2")
+        if self.constant(_argument(inner)):
+            return None
+        return f"nl.l2norm({self.expr(_argument(inner))}, act='{act}')"
 
     def _conv(self, e: ast.Call, act: str | None = None, norm: str | None = None) -> str:
         conv = next(self.convs)  # planned in the order they are printed
-        fused = "".join(f", {k}='{v}'" for k, v in (("act", act), ("norm", norm)) if v)
         return f"nl.short_conv({self.expr(_argument(e))}, self.{conv.name}, cu_seqlens, " \
-               f"convs, '{conv.name}'{fused})"
+               f"convs, '{conv.name}'{_options(act=act, norm=norm)})"
 
     def _gated_norm(self, e: ast.BinOp) -> str | None:
         if e.op is not ast.BinOpKind.MUL:
             return None
         for norm, gate in ((e.left, e.right), (e.right, e.left)):
-            if _is_call(norm, "rmsnorm") and _is_call(gate, "silu") \
+            if isinstance(norm, ast.Call) and norm.func in GATED_NORMS \
+                    and isinstance(gate, ast.Call) and gate.func in FUSED_ACTS \
+                    and None not in (_argument(norm), _argument(gate)) \
                     and not self.constant(_argument(norm)) \
                     and not self.constant(_argument(gate)):
-                return f"nl.gated_rmsnorm({self.expr(_argument(norm))}, " \
-                       f"{self.expr(_argument(gate))})"
+                options = _options(norm=GATED_NORMS[norm.func] if norm.func != "rmsnorm" else None,
+                                   act=gate.func if gate.func != "silu" else None)
+                return f"nl.gated_norm({self.expr(_argument(norm))}, " \
+                       f"{self.expr(_argument(gate))}{options})"
         return None
+
+
+FUSED_ACTS = ("silu", "sigmoid")                      # ops.ACTIVATIONS
+GATED_NORMS = {"rmsnorm": "rms", "layernorm": "layer"}  # ops.gated_norm's `norm`
+
+
+def _options(**options) -> str:
+    """`, name='value'` for each option given (a fused call's keyword arguments)."""
+    return "".join(f", {k}='{v}'" for k, v in options.items() if v is not None)
 
 
 def _argument(e: ast.Call):

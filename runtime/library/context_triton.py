@@ -2,10 +2,11 @@
 
     short_conv:  y = norm(act(conv(x)))      causal depthwise convolution over T, x `[B, T, H, D]`,
                                              weight `[H, D, W]` (the last tap is the current token)
-    row_norm:    y = norm(act(x)) * silu(g)  over the last axis; the gate is optional
+    row_norm:    y = norm(act(x)) * gate_act(g)  over the last axis; the gate is optional
 
-with act in {identity, silu}, norm in {none, l2, rms} (`x / sqrt(sum x^2 + eps)`, `x /
-sqrt(mean x^2 + eps)`, eps = ops.EPS). Eager PyTorch spends several kernels on each of these
+with act and gate_act in {identity, silu, sigmoid}, norm in {none, l2, rms, layer}
+(`x / sqrt(sum x^2 + eps)`, `x / sqrt(mean x^2 + eps)`, `(x - mean x) / sqrt(var x + eps)`,
+eps = ops.EPS; no learned gain). Eager PyTorch spends several kernels on each of these
 forward and more backward; here each is one pass each way, fp32 accumulation, on fp32, bf16
 or fp16 inputs. The backward recomputes the convolution (W^2 loads per output, cached)
 instead of storing it. `cu_seqlens` packs sequences along T; a token never sees another
@@ -23,8 +24,8 @@ import triton
 import triton.language as tl
 from nlc.runtime.library.ops import EPS
 
-ACTS = {None: 0, "silu": 1}
-NORMS = {None: 0, "l2": 1, "rms": 2}
+ACTS = {None: 0, "silu": 1, "sigmoid": 2}
+NORMS = {None: 0, "l2": 1, "rms": 2, "layer": 3}
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_WIDTH = 8                   # the backward unrolls W^2 loads
 MAX_DIM = 1024                  # one program holds a whole row (a head's channels)
@@ -36,6 +37,8 @@ LAUNCHES: Counter = Counter()
 def _act(x, ACT: tl.constexpr):
     if ACT == 1:
         x = x * tl.sigmoid(x)
+    elif ACT == 2:
+        x = tl.sigmoid(x)
     return x
 
 
@@ -45,25 +48,38 @@ def _act_grad(x, dy, ACT: tl.constexpr):
     if ACT == 1:
         s = tl.sigmoid(x)
         dy = dy * s * (1 + x * (1 - s))
+    elif ACT == 2:
+        s = tl.sigmoid(x)
+        dy = dy * s * (1 - s)
     return dy
 
 
 @triton.jit
-def _norm_scale(a, D: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr):
-    """1 / sqrt(sum a^2 (+ mean for rms) + eps) per row of a `[rows, BD]` block."""
+def _normalize(a, m_d, D: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr):
+    """(n, r): the rows of a `[rows, BD]` block normalized, n = c r with c = a (l2, rms) or
+    a - mean(a) (layer), r = 1 / sqrt(sum c^2 (/ D for rms, layer) + eps). Channels past D
+    are zeroed first: an activation makes them nonzero (sigmoid(0) = 1/2)."""
+    a = tl.where(m_d[None, :], a, 0.0)
+    if NORM == 3:
+        a = tl.where(m_d[None, :], a - (tl.sum(a, axis=1) / D)[:, None], 0.0)
     s = tl.sum(a * a, axis=1)
-    if NORM == 2:
+    if NORM >= 2:
         s = s / D
-    return 1 / tl.sqrt(s + EPS)
+    r = 1 / tl.sqrt(s + EPS)
+    return a * r[:, None], r
 
 
 @triton.jit
 def _norm_grad(n, r, dn, D: tl.constexpr, NORM: tl.constexpr):
-    """da for n = a r (r the norm's scale): r (dn - n <dn, n>) (/ D for rms)."""
+    """da for n = normalize(a): r (dn - n <dn, n>) (/ D for rms, layer), and for layer minus
+    r mean(dn) (the centring)."""
     c = tl.sum(dn * n, axis=1)
-    if NORM == 2:
+    if NORM >= 2:
         c = c / D
-    return r[:, None] * (dn - n * c[:, None])
+    da = r[:, None] * (dn - n * c[:, None])
+    if NORM == 3:
+        da -= (r * tl.sum(dn, axis=1) / D)[:, None]
+    return da
 
 
 @triton.jit
@@ -103,7 +119,7 @@ def _conv_fwd(x, w, starts, y, N, T, H: tl.constexpr, D: tl.constexpr, W: tl.con
     start = _start(starts, tok, m_t, T, VARLEN)
     a = _act(_conv_at(x, w, tok, start, m_t, ch, m_d, i_h, H, D, W, BT, BD), ACT)
     if NORM != 0:
-        a = a * _norm_scale(a, D, NORM, EPS)[:, None]
+        a, _ = _normalize(a, m_d, D, NORM, EPS)
     tl.store(y + (tok * H + i_h)[:, None] * D + ch[None, :], a.to(y.dtype.element_ty),
              mask=m_t[:, None] & m_d[None, :])
 
@@ -131,9 +147,8 @@ def _conv_bwd(x, w, starts, dy, dx, dw, N, T, H: tl.constexpr, D: tl.constexpr,
         g = tl.load(dy + (later * H + i_h)[:, None] * D + ch[None, :],
                     mask=ok[:, None] & m_d[None, :], other=0).to(tl.float32)
         if NORM != 0:
-            a = _act(pre, ACT)
-            r = _norm_scale(a, D, NORM, EPS)
-            g = _norm_grad(a * r[:, None], r, g, D, NORM)
+            n, r = _normalize(_act(pre, ACT), m_d, D, NORM, EPS)
+            g = _norm_grad(n, r, g, D, NORM)
         g = _act_grad(pre, g, ACT)
         wv = tl.load(w + (i_h * D + ch) * W + (W - 1 - j), mask=m_d, other=0).to(tl.float32)
         dxv += g * wv[None, :]
@@ -209,14 +224,14 @@ def _row_fwd(x, g, y, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
              ACT: tl.constexpr, NORM: tl.constexpr, GATE: tl.constexpr, EPS: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR).to(tl.int64)
     ch = tl.arange(0, BD)
-    mask = (rows < R)[:, None] & (ch < D)[None, :]
+    m_d = ch < D
+    mask = (rows < R)[:, None] & m_d[None, :]
     at = rows[:, None] * D + ch[None, :]
     a = _act(tl.load(x + at, mask=mask, other=0).to(tl.float32), ACT)
     if NORM != 0:
-        a = a * _norm_scale(a, D, NORM, EPS)[:, None]
-    if GATE:
-        gv = tl.load(g + at, mask=mask, other=0).to(tl.float32)
-        a = a * gv * tl.sigmoid(gv)
+        a, _ = _normalize(a, m_d, D, NORM, EPS)
+    if GATE != 0:
+        a = a * _act(tl.load(g + at, mask=mask, other=0).to(tl.float32), GATE)
     tl.store(y + at, a.to(y.dtype.element_ty), mask=mask)
 
 
@@ -225,19 +240,18 @@ def _row_bwd(x, g, dy, dx, dg, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.cons
              ACT: tl.constexpr, NORM: tl.constexpr, GATE: tl.constexpr, EPS: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR).to(tl.int64)
     ch = tl.arange(0, BD)
-    mask = (rows < R)[:, None] & (ch < D)[None, :]
+    m_d = ch < D
+    mask = (rows < R)[:, None] & m_d[None, :]
     at = rows[:, None] * D + ch[None, :]
     xv = tl.load(x + at, mask=mask, other=0).to(tl.float32)
     dn = tl.load(dy + at, mask=mask, other=0).to(tl.float32)
-    a = _act(xv, ACT)
-    r = _norm_scale(a, D, NORM, EPS)
-    n = a
+    n = _act(xv, ACT)
     if NORM != 0:
-        n = a * r[:, None]
-    if GATE:
+        n, r = _normalize(n, m_d, D, NORM, EPS)
+    if GATE != 0:
         gv = tl.load(g + at, mask=mask, other=0).to(tl.float32)
-        tl.store(dg + at, _act_grad(gv, dn * n, 1).to(dg.dtype.element_ty), mask=mask)
-        dn = dn * gv * tl.sigmoid(gv)
+        tl.store(dg + at, _act_grad(gv, dn * n, GATE).to(dg.dtype.element_ty), mask=mask)
+        dn = dn * _act(gv, GATE)
     if NORM != 0:
         dn = _norm_grad(n, r, dn, D, NORM)
     tl.store(dx + at, _act_grad(xv, dn, ACT).to(dx.dtype.element_ty), mask=mask)
@@ -245,7 +259,7 @@ def _row_bwd(x, g, dy, dx, dg, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.cons
 
 class RowNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gate, act, norm):
+    def forward(ctx, x, gate, act, norm, gate_act):
         x = x.contiguous()
         gate = None if gate is None else gate.contiguous()
         D = x.shape[-1]
@@ -254,10 +268,10 @@ class RowNorm(torch.autograd.Function):
         y = torch.empty_like(x, dtype=x.dtype if gate is None
                               else torch.promote_types(x.dtype, gate.dtype))
         _row_fwd[(triton.cdiv(R, BR),)](x, gate if gate is not None else x, y, R, D, BR, BD,
-                                        ACTS[act], NORMS[norm], gate is not None, EPS)
+                                        ACTS[act], NORMS[norm], ACTS[gate_act], EPS)
         LAUNCHES["row_norm_fwd"] += 1
         ctx.save_for_backward(x, gate)
-        ctx.act, ctx.norm = act, norm
+        ctx.act, ctx.norm, ctx.gate_act = act, norm, gate_act
         return y
 
     @staticmethod
@@ -270,14 +284,15 @@ class RowNorm(torch.autograd.Function):
         dg = None if gate is None else torch.empty_like(gate)
         _row_bwd[(triton.cdiv(R, BR),)](x, gate if gate is not None else x, dy.contiguous(),
                                         dx, dg if dg is not None else dx, R, D, BR, BD,
-                                        ACTS[ctx.act], NORMS[ctx.norm], gate is not None, EPS)
+                                        ACTS[ctx.act], NORMS[ctx.norm], ACTS[ctx.gate_act],
+                                        EPS)
         LAUNCHES["row_norm_bwd"] += 1
-        return dx, dg, None, None
+        return dx, dg, None, None, None
 
 
-def row_norm(x, gate=None, act=None, norm=None):
-    """norm(act(x)) * silu(gate) over the last axis (no gate: norm(act(x)))."""
-    return RowNorm.apply(x, gate, act, norm)
+def row_norm(x, gate=None, act=None, norm=None, gate_act="silu"):
+    """norm(act(x)) * gate_act(gate) over the last axis (no gate: norm(act(x)))."""
+    return RowNorm.apply(x, gate, act, norm, gate_act if gate is not None else None)
 
 
 def row_supported(x, gate=None) -> bool:

@@ -135,7 +135,7 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=Non
     """Causal depthwise convolution along T: x `[B, T, H, D]`, weight `[H, D, W]`; the last
     tap multiplies the current token. Packed sequences (`cu_seqlens`) do not see each other.
     With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`.
-    `act` ("silu") and then `norm` ("l2") apply to the result: `l2norm(silu(conv(x)))` is one
+    `act` ("silu", "sigmoid") and then `norm` ("l2") apply to the result: `l2norm(silu(conv(x)))` is one
     fused Triton kernel each way on CUDA (context_triton.py), the PyTorch ops elsewhere."""
     if cache is None and fused_context(x):
         from nlc.runtime.library import context_triton
@@ -144,8 +144,12 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=Non
     return _activate(_short_conv(x, weight, cu_seqlens, cache, key), act, norm)
 
 
+# the activations the fused context kernels apply (context_triton.ACTS)
+ACTIVATIONS = {None: lambda x: x, "silu": F.silu, "sigmoid": torch.sigmoid}
+
+
 def _activate(x: torch.Tensor, act: str | None, norm: str | None) -> torch.Tensor:
-    x = F.silu(x) if act == "silu" else x
+    x = ACTIVATIONS[act](x)
     return l2norm(x) if norm == "l2" else x
 
 
@@ -192,13 +196,13 @@ def positions(T: int, cu_seqlens, device) -> torch.Tensor:
 
 
 def l2norm(x, act: str | None = None):
-    """x / sqrt(sum x^2 + eps) over the last axis, of `silu(x)` with act="silu" (one fused
-    Triton kernel each way on CUDA)."""
+    """x / sqrt(sum x^2 + eps) over the last axis, of `act(x)` with act "silu" or "sigmoid"
+    (one fused Triton kernel each way on CUDA)."""
     if fused_context(x):
         from nlc.runtime.library import context_triton
         if context_triton.row_supported(x):
             return context_triton.row_norm(x, act=act, norm="l2")
-    x = F.silu(x) if act == "silu" else x
+    x = ACTIVATIONS[act](x)
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + EPS)
 
 
@@ -210,18 +214,19 @@ def rmsnorm(x):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + EPS)
 
 
-def gated_rmsnorm(x, gate):
-    """rmsnorm(x) * silu(gate), a layer's gated output norm: one fused Triton kernel each way
-    on CUDA when x and the gate have one shape, the PyTorch ops otherwise."""
+def gated_norm(x, gate, norm: str = "rms", act: str = "silu"):
+    """`NORM(x) * ACT(gate)` (norm "rms" or "layer", act "silu" or "sigmoid"), a layer's gated
+    output norm: one fused Triton kernel each way on CUDA when x and the gate have one shape,
+    the PyTorch ops otherwise."""
     if fused_context(x):
         from nlc.runtime.library import context_triton
         if context_triton.row_supported(x, gate):
-            return context_triton.row_norm(x, gate, norm="rms")
-    return rmsnorm(x) * F.silu(gate)
+            return context_triton.row_norm(x, gate, norm=norm, gate_act=act)
+    return (rmsnorm(x) if norm == "rms" else layernorm(x)) * ACTIVATIONS[act](gate)
 
 
 def fused_context(x) -> bool:
-    """Whether the context ops (short_conv, l2norm, rmsnorm, gated_rmsnorm) run their fused
+    """Whether the context ops (short_conv, l2norm, rmsnorm, gated_norm) run their fused
     Triton kernels: on CUDA tensors unless NLC_CONTEXT_TRITON=0 or NLC_TRITON=0;
     NLC_CONTEXT_TRITON=force sends CPU tensors too (with TRITON_INTERPRET=1: how the tests run
     them). Under torch.compile the PyTorch ops are traced, and Inductor fuses them itself."""
@@ -489,5 +494,5 @@ __all__ = [
     "decay_chunked", "delta_chunked", "dplr_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
     "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
     "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
-    "row_decay_chunked", "gated_rmsnorm", "fused_context",
+    "row_decay_chunked", "gated_norm", "fused_context",
 ]
