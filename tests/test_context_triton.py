@@ -229,10 +229,10 @@ def test_generated_layer_fused_path_equals_pytorch_path(spec, packed, tmp_path, 
         path = ROOT / "examples" / f"{spec}.nl"
     torch.manual_seed(0)
     layer = load_layer(str(path), d_model=16, heads=2, d_k=8,
-                       **({"d_v": 8} if spec == "gated_deltanet" else {}))()
+                       **({"d_v": 8} if spec == "gated_deltanet" else {}))().to(DEVICE)
     T = 37
-    x = torch.randn(1 if packed else 2, T, 16)
-    cu = torch.tensor([0, 5, 6, T]) if packed else None
+    x = torch.randn(1 if packed else 2, T, 16, device=DEVICE)
+    cu = torch.tensor([0, 5, 6, T], device=DEVICE) if packed else None
     monkeypatch.setenv("NLC_CONTEXT_TRITON", "0")
     y0, g0 = _run_layer(layer, x, cu)
     context_triton.LAUNCHES.clear()
@@ -252,8 +252,8 @@ def test_decoding_cache_stays_on_pytorch_and_continues_the_fused_prompt(monkeypa
     monkeypatch.setenv("NLC_CONTEXT_TRITON", "force")
     torch.manual_seed(0)
     layer = load_layer(str(ROOT / "examples" / "gated_deltanet.nl"), d_model=16, heads=2,
-                       d_k=8, d_v=8)()
-    x = torch.randn(2, 9, 16)
+                       d_k=8, d_v=8)().to(DEVICE)
+    x = torch.randn(2, 9, 16, device=DEVICE)
     with torch.no_grad():
         whole = layer(x)
         cache = {}
@@ -269,8 +269,8 @@ def test_fused_layer_traces_under_torch_compile(monkeypatch):
     monkeypatch.setenv("NLC_CONTEXT_TRITON", "force")
     torch.manual_seed(0)
     layer = load_layer(str(ROOT / "examples" / "gated_deltanet.nl"), d_model=16, heads=2,
-                       d_k=8, d_v=8)()
-    x = torch.randn(2, 37, 16)
+                       d_k=8, d_v=8)().to(DEVICE)
+    x = torch.randn(2, 37, 16, device=DEVICE)
     y0, g0 = _run_layer(layer, x)
     torch._dynamo.reset()
     y1, g1 = _run_layer(torch.compile(layer, backend="aot_eager"), x)
