@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -135,8 +136,9 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=Non
     """Causal depthwise convolution along T: x `[B, T, H, D]`, weight `[H, D, W]`; the last
     tap multiplies the current token. Packed sequences (`cu_seqlens`) do not see each other.
     With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`.
-    `act` ("silu", "sigmoid") and then `norm` ("l2") apply to the result: `l2norm(silu(conv(x)))` is one
-    fused Triton kernel each way on CUDA (context_triton.py), the PyTorch ops elsewhere."""
+    `act` ("silu", "sigmoid") and then `norm` ("l2") apply to the result: without a cache,
+    `l2norm(silu(conv(x)))` is one fused Triton kernel each way on CUDA (context_triton.py),
+    the PyTorch ops elsewhere."""
     if cache is None and fused_context(x):
         from nlc.runtime.library import context_triton
         if context_triton.conv_supported(x, weight):
@@ -232,7 +234,6 @@ def fused_context(x) -> bool:
     them). Under torch.compile the PyTorch ops are traced, and Inductor fuses them itself."""
     if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
         return False
-    import os
     flag = os.environ.get("NLC_CONTEXT_TRITON", "1")
     if flag == "force":
         return True
