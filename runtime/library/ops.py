@@ -20,18 +20,25 @@ import os
 
 import torch
 import torch.nn.functional as F
-
 from nlc.runtime.library.attention import attention
-from nlc.runtime.library.chunk_triton import (CHUNKED_MIN_TOKENS, has_chunked_kernel,
-                                              triton_enabled)
+from nlc.runtime.library.chunk_triton import CHUNKED_MIN_TOKENS, has_chunked_kernel, triton_enabled
 from nlc.runtime.library.chunked import decay_chunked, delta_chunked, dplr_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
 from nlc.runtime.library.rows import row_decay_chunked
-from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked,
-                                      mid_chunk, recurrent, segments, state_from, varlen,
-                                      weights_from)
+from nlc.runtime.library.scan import (
+    Member,
+    coupled,
+    coupled_chunked,
+    frozen_chunked,
+    mid_chunk,
+    recurrent,
+    segments,
+    state_from,
+    varlen,
+    weights_from,
+)
 from nlc.runtime.library.solve import ridge_chunked, shifted_solve
 from nlc.runtime.library.substeps import substeps
 
@@ -63,8 +70,8 @@ def check_input(x, d_model: int, cu_seqlens=None) -> None:
     of another length). Under torch.compile only the shapes are checked: the bounds' values
     would need a device sync."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"expected the input x as a torch.Tensor [B, T, {d_model}], "
-                         f"got {type(x).__name__}")
+        raise ValueError(  # noqa: TRY004 (a ValueError like every other bad input)
+            f"expected the input x as a torch.Tensor [B, T, {d_model}], got {type(x).__name__}")
     if x.dim() != 3:
         raise ValueError(f"expected the input x as [B, T, {d_model}] (3 axes), got shape "
                          f"{list(x.shape)}" + (" (use step() for one token [B, d_model])"
@@ -83,7 +90,8 @@ def check_input(x, d_model: int, cu_seqlens=None) -> None:
 
 def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> None:
     if not isinstance(cu_seqlens, torch.Tensor):
-        raise ValueError(f"expected cu_seqlens as a torch.Tensor, got {type(cu_seqlens).__name__}")
+        raise ValueError(  # noqa: TRY004 (a ValueError like every other bad input)
+            f"expected cu_seqlens as a torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError("expected cu_seqlens as a 1-D tensor [0, ..., T] of at least 2 "
                          f"bounds, got shape {list(cu_seqlens.shape)}")
@@ -484,16 +492,71 @@ class LinearRecorder:
 
 
 __all__ = [
-    "check_input", "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm",
-    "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "gelu_grad", "silu_grad",
-    "sigmoid_grad", "tanh_grad", "total", "inner", "mean", "dot", "sqnorm",
+    "LinearRecorder",
+    "Member",
+    "attention",
+    "check_input",
+    "check_sizes",
+    "column",
+    "coupled",
+    "coupled_chunked",
+    "decay_chunked",
+    "delta_chunked",
+    "dot",
+    "dplr_chunked",
+    "dual_chunked",
+    "elu1",
+    "flat",
+    "frozen_chunked",
+    "fused_context",
+    "gated_norm",
+    "gelu",
+    "gelu_grad",
+    "head_matmul",
+    "head_matmul_sum",
+    "init_state",
+    "inner",
+    "inv_softplus_uniform",
+    "joint_chunked",
+    "joint_values",
+    "kernels",
+    "l2norm",
+    "layernorm",
+    "log_gate",
+    "log_uniform",
+    "mean",
+    "mid_chunk",
+    "mixing",
+    "mm",
+    "newton_schulz",
+    "op_shapes",
+    "outer_sum",
+    "output",
+    "param",
+    "per_token",
+    "positions",
+    "recurrent",
+    "reference",
+    "ridge_chunked",
+    "rmsnorm",
+    "row_decay_chunked",
+    "scalar",
+    "segments",
+    "shifted_solve",
+    "short_conv",
+    "sigmoid_grad",
+    "silu_grad",
+    "softmax",
+    "sqnorm",
+    "state_from",
+    "substeps",
+    "sum_all",
+    "tanh_grad",
+    "total",
     "trace",
-    "sum_all", "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param",
-    "output", "per_token", "init_state", "log_gate", "inv_softplus_uniform", "log_uniform",
     "use_triton",
-    "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
-    "decay_chunked", "delta_chunked", "dplr_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
-    "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
-    "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
-    "row_decay_chunked", "gated_norm", "fused_context",
+    "varlen",
+    "vec",
+    "weights_from",
+    "whole_div",
 ]
