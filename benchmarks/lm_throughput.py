@@ -77,6 +77,8 @@ ROWS = {
                           lambda: _spec("deltanet", d_k=64, d_v=64), True),
     "gated_deltanet": ("nlc examples/gated_deltanet.nl",
                        lambda: _spec("gated_deltanet", d_k=64, d_v=64), False),
+    "gated_deltanet_unfused": ("nlc examples/gated_deltanet.nl, NLC_CONTEXT_TRITON=0",
+                               lambda: _spec("gated_deltanet", d_k=64, d_v=64), False),
     "gated_deltanet_compiled": ("nlc examples/gated_deltanet.nl, torch.compile",
                                 lambda: _spec("gated_deltanet", d_k=64, d_v=64), True),
     "titans": ("nlc examples/titans.nl", lambda: _spec("titans", d_head=64), False),
@@ -104,7 +106,10 @@ ROWS = {
 }
 
 
-ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"}}  # set in the row's process
+# set in the row's process; `_unfused`: the context ops on PyTorch, not the fused kernels
+# of runtime/library/context_triton.py (the default on CUDA)
+ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
+       "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"}}
 
 
 def run_row(name: str, steps: int, B: int, T: int) -> dict:

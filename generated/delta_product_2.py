@@ -306,44 +306,50 @@ class GatedDeltaProduct(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q),
+                self.conv0,
+                cu_seqlens,
+                convs,
+                "conv0",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:21
         k1 = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_k1), self.conv1, cu_seqlens, convs, "conv1"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_k1),
+                self.conv1,
+                cu_seqlens,
+                convs,
+                "conv1",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:22
         k2 = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_k2), self.conv2, cu_seqlens, convs, "conv2"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_k2),
+                self.conv2,
+                cu_seqlens,
+                convs,
+                "conv2",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:23
         v1 = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_v1), self.conv3, cu_seqlens, convs, "conv3")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_v1), self.conv3, cu_seqlens, convs, "conv3", act="silu"
             ),
             ref,
         )  # spec:24
         v2 = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_v2), self.conv4, cu_seqlens, convs, "conv4")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_v2), self.conv4, cu_seqlens, convs, "conv4", act="silu"
             ),
             ref,
         )  # spec:25

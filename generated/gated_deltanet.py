@@ -246,28 +246,32 @@ class GatedDeltaNet(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q),
+                self.conv0,
+                cu_seqlens,
+                convs,
+                "conv0",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:18
         k = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_k),
+                self.conv1,
+                cu_seqlens,
+                convs,
+                "conv1",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:19
         v = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:20
@@ -292,7 +296,7 @@ class GatedDeltaNet(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:25
         out = nl.head_matmul_sum(
-            nl.rmsnorm(memory) * F.silu(nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
         )  # spec:33
         if cache is not None:
             cache["states"] = {

@@ -15,7 +15,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -247,7 +246,7 @@ class GLA(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:25
         out = nl.head_matmul_sum(
-            nl.layernorm(memory) * F.silu(nl.head_matmul(xh, self.W_r)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_r), norm="layer"), self.W_o
         )  # spec:33
         if cache is not None:
             cache["states"] = {

@@ -24,7 +24,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -866,18 +865,20 @@ class SelfModifyingTitans(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         h = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_x), self.conv0, cu_seqlens, convs, "conv0")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_x), self.conv0, cu_seqlens, convs, "conv0", act="silu"
             ),
             ref,
         )  # spec:38
         q = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_q), self.conv1, cu_seqlens, convs, "conv1"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q),
+                self.conv1,
+                cu_seqlens,
+                convs,
+                "conv1",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:39

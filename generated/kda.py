@@ -254,28 +254,32 @@ class KDA(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q),
+                self.conv0,
+                cu_seqlens,
+                convs,
+                "conv0",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:26
         k = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_k),
+                self.conv1,
+                cu_seqlens,
+                convs,
+                "conv1",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:27
         v = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:28
@@ -302,8 +306,9 @@ class KDA(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:33
         out = nl.head_matmul_sum(
-            nl.rmsnorm(memory)
-            * torch.sigmoid(nl.head_matmul(nl.head_matmul(xh, self.W_g1), self.W_g2)),
+            nl.gated_norm(
+                memory, nl.head_matmul(nl.head_matmul(xh, self.W_g1), self.W_g2), act="sigmoid"
+            ),
             self.W_o,
         )  # spec:41
         if cache is not None:

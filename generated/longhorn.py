@@ -15,7 +15,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -228,14 +227,14 @@ class Longhorn(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0", act="silu"
             ),
             ref,
         )  # spec:17
         k = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1", act="silu"
             ),
             ref,
         )  # spec:18

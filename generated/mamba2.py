@@ -244,20 +244,20 @@ class Mamba2(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         v = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_x), self.conv0, cu_seqlens, convs, "conv0")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_x), self.conv0, cu_seqlens, convs, "conv0", act="silu"
             ),
             ref,
         )  # spec:20
         k = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_B), self.conv1, cu_seqlens, convs, "conv1")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_B), self.conv1, cu_seqlens, convs, "conv1", act="silu"
             ),
             ref,
         )  # spec:21
         q = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_C), self.conv2, cu_seqlens, convs, "conv2")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_C), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:22

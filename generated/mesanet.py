@@ -13,7 +13,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -223,31 +222,35 @@ class MesaNet(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q),
+                self.conv0,
+                cu_seqlens,
+                convs,
+                "conv0",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:21
         beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta)), ref)  # spec:22
         k = nl.per_token(
             torch.sqrt(beta)
-            * nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1"
-                    )
-                )
+            * nl.short_conv(
+                nl.head_matmul(xh, self.W_k),
+                self.conv1,
+                cu_seqlens,
+                convs,
+                "conv1",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:23
         v = nl.per_token(
             torch.sqrt(beta)
-            * F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2")
+            * nl.short_conv(
+                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:24
@@ -264,7 +267,7 @@ class MesaNet(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:28
         out = nl.head_matmul_sum(
-            nl.rmsnorm(memory) * F.silu(nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
         )  # spec:36
         if cache is not None:
             cache["states"] = {

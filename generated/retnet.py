@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -232,7 +231,7 @@ class RetNet(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:21
         out = nl.head_matmul_sum(
-            F.silu(nl.head_matmul(xh, self.W_g)) * nl.layernorm(memory), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g), norm="layer"), self.W_o
         )  # spec:29
         if cache is not None:
             cache["states"] = {

@@ -12,7 +12,6 @@ axis, the transpose of flash-linear-attention's `[K, V]`); a vector state is `[B
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlc.runtime.library import ops as nl
@@ -382,28 +381,32 @@ class Titans(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q),
+                self.conv0,
+                cu_seqlens,
+                convs,
+                "conv0",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:31
         k = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_k),
+                self.conv1,
+                cu_seqlens,
+                convs,
+                "conv1",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:32
         v = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:33
@@ -426,7 +429,7 @@ class Titans(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:39
         out = nl.head_matmul_sum(
-            nl.rmsnorm(memory) * F.silu(nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
         )  # spec:47
         if cache is not None:
             cache["states"] = {

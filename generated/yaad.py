@@ -255,28 +255,32 @@ class Yaad(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         q = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_q),
+                self.conv0,
+                cu_seqlens,
+                convs,
+                "conv0",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:17
         k = nl.per_token(
-            nl.l2norm(
-                F.silu(
-                    nl.short_conv(
-                        nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1"
-                    )
-                )
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_k),
+                self.conv1,
+                cu_seqlens,
+                convs,
+                "conv1",
+                act="silu",
+                norm="l2",
             ),
             ref,
         )  # spec:18
         v = nl.per_token(
-            F.silu(
-                nl.short_conv(nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2")
+            nl.short_conv(
+                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:19

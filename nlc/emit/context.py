@@ -70,6 +70,9 @@ class ContextPrinter:
     def _binop(self, e: ast.BinOp) -> tuple[str, int]:
         if e.op is ast.BinOpKind.MATMUL:
             return self._matmul(e), 9
+        gated = self._gated_norm(e)
+        if gated is not None:
+            return gated, 9
         op = BINARY[e.op]
         prec = PRECEDENCE[op]
         if op == "**" and isinstance(e.left, ast.Num) and isinstance(e.right, ast.Num):
@@ -111,13 +114,13 @@ class ContextPrinter:
             return f"{CONSTANT_CALLS[e.func]}({self.expr(x)})"
         if e.func in CALLS and x is not None and self.constant(x):
             return f"{CALLS[e.func]}(torch.tensor(float({self.expr(x)})))"
+        fused = self._fused(e)
+        if fused is not None:
+            return fused
         if e.func in CALLS:
             return f"{CALLS[e.func]}({self.expr(args[0] if args else kw['x'])})"
         if e.func == "conv":
-            x = args[0] if args else kw["x"]
-            conv = next(self.convs)  # planned in the order they are printed
-            return f"nl.short_conv({self.expr(x)}, self.{conv.name}, cu_seqlens, convs, " \
-                   f"'{conv.name}')"
+            return self._conv(e)
         if e.func in ("dot",):
             a, b = (list(args) + [kw.get("a"), kw.get("b")])[:2]
             return f"nl.inner({self.expr(a)}, {self.expr(b)})"
@@ -127,3 +130,66 @@ class ContextPrinter:
         if e.func == "detach":
             return f"{self._wrap(args[0] if args else kw['x'], 9)}.detach()"
         raise NlcError(f"{e.func}() cannot be emitted in {self.owner} code", e.span)
+
+    # ---------------------------------------------------------------- fused compositions
+    # Compositions the runtime computes in one pass each way (fused Triton kernels on CUDA,
+    # runtime/library/context_triton.py; the PyTorch ops elsewhere), matched on the AST, with
+    # ACT one of FUSED_ACTS and NORM one of GATED_NORMS:
+    #   [l2norm(] [ACT(] conv(x) [)] [)]  ->  nl.short_conv(x, ..., act="ACT", norm="l2")
+    #   l2norm(ACT(x))                    ->  nl.l2norm(x, act="ACT")
+    #   NORM(a) * ACT(g)  (either order)  ->  nl.gated_norm(a, g, norm=..., act=...)
+    def _fused(self, e: ast.Call) -> str | None:
+        inner = _argument(e)
+        if e.func in FUSED_ACTS and _is_call(inner, "conv"):
+            return self._conv(inner, act=e.func)
+        if e.func != "l2norm" or inner is None:
+            return None
+        if _is_call(inner, "conv"):
+            return self._conv(inner, norm="l2")
+        act = inner.func if isinstance(inner, ast.Call) and inner.func in FUSED_ACTS else None
+        if act is None or _argument(inner) is None:
+            return None
+        if _is_call(_argument(inner), "conv"):
+            return self._conv(_argument(inner), act=act, norm="l2")
+        if self.constant(_argument(inner)):
+            return None
+        return f"nl.l2norm({self.expr(_argument(inner))}, act='{act}')"
+
+    def _conv(self, e: ast.Call, act: str | None = None, norm: str | None = None) -> str:
+        conv = next(self.convs)  # planned in the order they are printed
+        return f"nl.short_conv({self.expr(_argument(e))}, self.{conv.name}, cu_seqlens, " \
+               f"convs, '{conv.name}'{_options(act=act, norm=norm)})"
+
+    def _gated_norm(self, e: ast.BinOp) -> str | None:
+        if e.op is not ast.BinOpKind.MUL:
+            return None
+        for norm, gate in ((e.left, e.right), (e.right, e.left)):
+            if isinstance(norm, ast.Call) and norm.func in GATED_NORMS \
+                    and isinstance(gate, ast.Call) and gate.func in FUSED_ACTS \
+                    and None not in (_argument(norm), _argument(gate)) \
+                    and not self.constant(_argument(norm)) \
+                    and not self.constant(_argument(gate)):
+                options = _options(norm=GATED_NORMS[norm.func] if norm.func != "rmsnorm" else None,
+                                   act=gate.func if gate.func != "silu" else None)
+                return f"nl.gated_norm({self.expr(_argument(norm))}, " \
+                       f"{self.expr(_argument(gate))}{options})"
+        return None
+
+
+FUSED_ACTS = ("silu", "sigmoid")                      # ops.ACTIVATIONS
+GATED_NORMS = {"rmsnorm": "rms", "layernorm": "layer"}  # ops.gated_norm's `norm`
+
+
+def _options(**options) -> str:
+    """`, name='value'` for each option given (a fused call's keyword arguments)."""
+    return "".join(f", {k}='{v}'" for k, v in options.items() if v is not None)
+
+
+def _argument(e: ast.Call):
+    """A call's first argument (positional, or the keyword `x`), or None."""
+    args = e.positional
+    return args[0] if args else next((k.value for k in e.keywords if k.name == "x"), None)
+
+
+def _is_call(e, func: str) -> bool:
+    return isinstance(e, ast.Call) and e.func == func and _argument(e) is not None

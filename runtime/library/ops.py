@@ -13,23 +13,32 @@ forms of the affine families)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
-
 from nlc.runtime.library.attention import attention
-from nlc.runtime.library.chunk_triton import (CHUNKED_MIN_TOKENS, has_chunked_kernel,
-                                              triton_enabled)
+from nlc.runtime.library.chunk_triton import CHUNKED_MIN_TOKENS, has_chunked_kernel, triton_enabled
 from nlc.runtime.library.chunked import decay_chunked, delta_chunked, dplr_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
 from nlc.runtime.library.rows import row_decay_chunked
-from nlc.runtime.library.scan import (Member, coupled, coupled_chunked, frozen_chunked,
-                                      mid_chunk, recurrent, segments, state_from, varlen,
-                                      weights_from)
+from nlc.runtime.library.scan import (
+    Member,
+    coupled,
+    coupled_chunked,
+    frozen_chunked,
+    mid_chunk,
+    recurrent,
+    segments,
+    state_from,
+    varlen,
+    weights_from,
+)
 from nlc.runtime.library.solve import ridge_chunked, shifted_solve
 from nlc.runtime.library.substeps import substeps
 
@@ -61,8 +70,8 @@ def check_input(x, d_model: int, cu_seqlens=None) -> None:
     of another length). Under torch.compile only the shapes are checked: the bounds' values
     would need a device sync."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"expected the input x as a torch.Tensor [B, T, {d_model}], "
-                         f"got {type(x).__name__}")
+        raise ValueError(  # noqa: TRY004 (a ValueError like every other bad input)
+            f"expected the input x as a torch.Tensor [B, T, {d_model}], got {type(x).__name__}")
     if x.dim() != 3:
         raise ValueError(f"expected the input x as [B, T, {d_model}] (3 axes), got shape "
                          f"{list(x.shape)}" + (" (use step() for one token [B, d_model])"
@@ -81,7 +90,8 @@ def check_input(x, d_model: int, cu_seqlens=None) -> None:
 
 def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> None:
     if not isinstance(cu_seqlens, torch.Tensor):
-        raise ValueError(f"expected cu_seqlens as a torch.Tensor, got {type(cu_seqlens).__name__}")
+        raise ValueError(  # noqa: TRY004 (a ValueError like every other bad input)
+            f"expected cu_seqlens as a torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError("expected cu_seqlens as a 1-D tensor [0, ..., T] of at least 2 "
                          f"bounds, got shape {list(cu_seqlens.shape)}")
@@ -130,10 +140,30 @@ def head_matmul_sum(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens=None, cache=None,
-               key: str = "") -> torch.Tensor:
+               key: str = "", act: str | None = None, norm: str | None = None) -> torch.Tensor:
     """Causal depthwise convolution along T: x `[B, T, H, D]`, weight `[H, D, W]`; the last
     tap multiplies the current token. Packed sequences (`cu_seqlens`) do not see each other.
-    With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`."""
+    With a `cache` dict (decoding), the previous W-1 inputs are kept under `key`.
+    `act` ("silu", "sigmoid") and then `norm` ("l2") apply to the result: without a cache,
+    `l2norm(silu(conv(x)))` is one fused Triton kernel each way on CUDA (context_triton.py),
+    the PyTorch ops elsewhere."""
+    if cache is None and fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.conv_supported(x, weight):
+            return context_triton.short_conv(x, weight, cu_seqlens, act, norm)
+    return _activate(_short_conv(x, weight, cu_seqlens, cache, key), act, norm)
+
+
+# the activations the fused context kernels apply (context_triton.ACTS)
+ACTIVATIONS = {None: lambda x: x, "silu": F.silu, "sigmoid": torch.sigmoid}
+
+
+def _activate(x: torch.Tensor, act: str | None, norm: str | None) -> torch.Tensor:
+    x = ACTIVATIONS[act](x)
+    return l2norm(x) if norm == "l2" else x
+
+
+def _short_conv(x, weight, cu_seqlens, cache, key) -> torch.Tensor:
     width = weight.shape[-1]
     B, T, H, D = x.shape
     if cache is not None and width > 1:
@@ -175,12 +205,55 @@ def positions(T: int, cu_seqlens, device) -> torch.Tensor:
     return pos - starts
 
 
-def l2norm(x):
+def l2norm(x, act: str | None = None):
+    """x / sqrt(sum x^2 + eps) over the last axis, of `act(x)` with act "silu" or "sigmoid"
+    (one fused Triton kernel each way on CUDA)."""
+    if fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.row_supported(x):
+            return context_triton.row_norm(x, act=act, norm="l2")
+    x = ACTIVATIONS[act](x)
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + EPS)
 
 
 def rmsnorm(x):
+    if fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.row_supported(x):
+            return context_triton.row_norm(x, norm="rms")
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + EPS)
+
+
+def gated_norm(x, gate, norm: str = "rms", act: str = "silu"):
+    """`NORM(x) * ACT(gate)` (norm "rms" or "layer", act "silu" or "sigmoid"), a layer's gated
+    output norm: one fused Triton kernel each way on CUDA when x and the gate have one shape,
+    the PyTorch ops otherwise."""
+    if fused_context(x):
+        from nlc.runtime.library import context_triton
+        if context_triton.row_supported(x, gate):
+            return context_triton.row_norm(x, gate, norm=norm, gate_act=act)
+    return (rmsnorm(x) if norm == "rms" else layernorm(x)) * ACTIVATIONS[act](gate)
+
+
+def fused_context(x) -> bool:
+    """Whether the context ops (short_conv, l2norm, rmsnorm, gated_norm) run their fused
+    Triton kernels: on CUDA tensors unless NLC_CONTEXT_TRITON=0 or NLC_TRITON=0;
+    NLC_CONTEXT_TRITON=force sends CPU tensors too (with TRITON_INTERPRET=1: how the tests run
+    them). Under torch.compile the PyTorch ops are traced, and Inductor fuses them itself."""
+    if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
+        return False
+    flag = os.environ.get("NLC_CONTEXT_TRITON", "1")
+    if flag == "force":
+        return True
+    if flag == "0" or os.environ.get("NLC_TRITON", "1") == "0" or not x.is_cuda:
+        return False
+    return _has_triton()
+
+
+@functools.cache
+def _has_triton() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("triton") is not None
 
 
 def layernorm(x):
@@ -454,16 +527,72 @@ def earlier(x: torch.Tensor, shifts: int, cu_seqlens=None, history=None,
 
 
 __all__ = [
-    "check_input", "head_matmul", "head_matmul_sum", "short_conv", "positions", "l2norm",
-    "rmsnorm", "layernorm", "softmax", "elu1", "gelu", "gelu_grad", "silu_grad",
-    "sigmoid_grad", "tanh_grad", "total", "inner", "mean", "dot", "sqnorm",
+    "LinearRecorder",
+    "Member",
+    "attention",
+    "check_input",
+    "check_sizes",
+    "column",
+    "coupled",
+    "coupled_chunked",
+    "decay_chunked",
+    "delta_chunked",
+    "dot",
+    "dplr_chunked",
+    "dual_chunked",
+    "earlier",
+    "elu1",
+    "flat",
+    "frozen_chunked",
+    "fused_context",
+    "gated_norm",
+    "gelu",
+    "gelu_grad",
+    "head_matmul",
+    "head_matmul_sum",
+    "init_state",
+    "inner",
+    "inv_softplus_uniform",
+    "joint_chunked",
+    "joint_values",
+    "kernels",
+    "l2norm",
+    "layernorm",
+    "log_gate",
+    "log_uniform",
+    "mean",
+    "mid_chunk",
+    "mixing",
+    "mm",
+    "newton_schulz",
+    "op_shapes",
+    "outer_sum",
+    "output",
+    "param",
+    "per_token",
+    "positions",
+    "recurrent",
+    "reference",
+    "ridge_chunked",
+    "rmsnorm",
+    "row_decay_chunked",
+    "scalar",
+    "segments",
+    "shifted_solve",
+    "short_conv",
+    "sigmoid_grad",
+    "silu_grad",
+    "softmax",
+    "sqnorm",
+    "state_from",
+    "substeps",
+    "sum_all",
+    "tanh_grad",
+    "total",
     "trace",
-    "sum_all", "newton_schulz", "column", "scalar", "reference", "vec", "flat", "param",
-    "output", "per_token", "init_state", "log_gate", "inv_softplus_uniform", "log_uniform",
     "use_triton",
-    "kernels", "attention", "mid_chunk", "recurrent", "varlen", "frozen_chunked",
-    "decay_chunked", "delta_chunked", "dplr_chunked", "LinearRecorder", "outer_sum", "mm", "Member", "coupled",
-    "check_sizes", "whole_div", "coupled_chunked", "segments", "state_from", "weights_from", "dual_chunked", "op_shapes",
-    "ridge_chunked", "shifted_solve", "substeps", "joint_chunked", "joint_values", "mixing",
-    "row_decay_chunked", "earlier",
+    "varlen",
+    "vec",
+    "weights_from",
+    "whole_div",
 ]
