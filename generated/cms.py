@@ -178,6 +178,7 @@ def cms_fast_op(
             chunk=16,
             read_before=False,
             additive=True,
+            final=output_final_state,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 16) else chunked
@@ -288,6 +289,7 @@ def cms_mid_op(
             chunk=256,
             read_before=False,
             additive=True,
+            final=output_final_state,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 256) else chunked
@@ -398,6 +400,7 @@ def cms_slow_op(
             chunk=4096,
             read_before=False,
             additive=True,
+            final=output_final_state,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 4096) else chunked

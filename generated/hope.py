@@ -1096,6 +1096,7 @@ def ContinuumMemory_cms_fast_op(
             chunk=512,
             read_before=False,
             additive=True,
+            final=output_final_state,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 512) else chunked
@@ -1210,6 +1211,7 @@ def ContinuumMemory_cms_mid_op(
             chunk=2048,
             read_before=False,
             additive=True,
+            final=output_final_state,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 2048) else chunked
@@ -1324,6 +1326,7 @@ def ContinuumMemory_cms_slow_op(
             chunk=8192,
             read_before=False,
             additive=True,
+            final=output_final_state,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 8192) else chunked
@@ -1438,6 +1441,7 @@ def ContinuumMemory_cms_slowest_op(
             chunk=32768,
             read_before=False,
             additive=True,
+            final=output_final_state,
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 32768) else chunked

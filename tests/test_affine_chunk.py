@@ -182,3 +182,33 @@ def test_hope_members_that_share_their_functions_run_as_one_batch(monkeypatch):
     assert torch.allclose(y_c, y_r, rtol=0, atol=1e-12)
     for a, b in zip(g_c, g_r):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_the_last_chunks_terms_are_skipped_only_when_the_final_state_is_dropped(monkeypatch):
+    """An `every C tokens` level's last chunk only reaches the final state: without it the op
+    computes no terms there, with the same outputs; with it the final state is the token
+    loop's."""
+    from nlc.runtime.library import scan
+    cms = load_module(str(EXAMPLES / "cms.nl"), {"d_model": 16.0, "d_hidden": 32.0})
+    op = next(getattr(cms, n) for n in dir(cms) if n.endswith("_op") and "fast" in n)
+    torch.manual_seed(0)
+    layer = cms.ContinuumMemory().double()
+    x = torch.randn(2, 40, 16, dtype=F64)
+    params = {p: getattr(layer, p) for p in ("W_k1", "W_v1") if hasattr(layer, p)}
+    assert params, "cms.nl's fast level takes W_k1 and W_v1"
+    pieces = []
+    one_piece_calls = scan._maybe_checkpoint
+    monkeypatch.setattr(scan, "_maybe_checkpoint",
+                        lambda fn, *a: pieces.append(fn.__name__) or one_piece_calls(fn, *a))
+    outs = {}
+    for keep in (True, False):
+        pieces.clear()
+        outs[keep] = op(x[:, :, None, :], **params, output_final_state=keep, mode="chunked")
+        outs[keep, "pieces"] = list(pieces)
+    assert "read_piece" in outs[False, "pieces"] and "read_piece" not in outs[True, "pieces"]
+    assert torch.equal(outs[True][0], outs[False][0]) and outs[False][1] is None
+    reference = op(x[:, :, None, :], **params, output_final_state=True, mode="recurrent")
+    assert torch.allclose(outs[True][0], reference[0], rtol=0, atol=1e-12)
+    for name, value in reference[1].items():
+        if torch.is_tensor(value):
+            assert torch.allclose(outs[True][1][name], value, rtol=0, atol=1e-12), name

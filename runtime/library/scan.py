@@ -153,7 +153,7 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
                    *, consts: dict | None = None, anchors: tuple[tuple[str, str], ...],
                    chunk: int, read_before: bool = False, additive: bool = False,
                    transition: Callable | None = None, pairs: Callable | None = None,
-                   lazy_read: bool = False):
+                   lazy_read: bool = False, final: bool = True):
     """The frozen-gradient chunk form: per chunk, `drive(inputs)` computes every term that
     depends on the chunk-start state (the anchors) for all tokens at once; `combine(state,
     inputs)` adds one token's terms to the running state; `read(states, inputs)` reads every
@@ -162,6 +162,8 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     `additive` (`every C tokens`): the state changes by the sum of the chunk's terms and the
     reads see only the anchors, so `drive` returns its terms summed over the tokens it is
     given, a piece of PIECE tokens at a time, and `combine` runs once per chunk on the sums.
+    Without `final` (the caller drops the final state) the last chunk's terms, which only
+    the final state would see, are not computed: its reads see the anchors alone.
 
     `transition(inputs)`, where every state's combine is affine in it (retain, erase, left,
     right, input for all tokens of a chunk), replaces the per-token loop by the chunk-parallel
@@ -197,14 +199,22 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     def one_piece(wide, piece):  # `drive` sums its terms over the piece's tokens itself
         return drive({**consts, **wide, **piece}), read({}, {**consts, **wide, **piece})
 
+    def read_piece(wide, piece):
+        return read({}, {**consts, **wide, **piece})
+
     outputs = []
-    for part in _chunks(tokens, chunk):
+    parts = list(_chunks(tokens, chunk))
+    for i, part in enumerate(parts):
         if not additive:
             o, state, anchor = _maybe_checkpoint(one_chunk, grad, state, part)
             outputs.append(o)
             continue
         anchor = _anchor(state, anchors)
         wide = _wide(anchor)
+        if not final and i == len(parts) - 1:  # its terms would reach only the final state
+            outputs += [_maybe_checkpoint(read_piece, grad, wide, piece)
+                        for piece in _chunks(part, PIECE)]
+            break
         total = None
         for piece in _chunks(part, PIECE):
             sums, o = _maybe_checkpoint(one_piece, grad, wide, piece)
