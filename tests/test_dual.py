@@ -92,3 +92,21 @@ def test_dual_form_carries_its_state_across_calls(tmp_path):
     for name, value in final.items():
         if torch.is_tensor(value) and value.is_floating_point():
             assert (end[name] - value).abs().max() <= 1e-12 * value.abs().max(), name
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((4, 6), (2, 5, 3, 6, 1)), ((3, 4, 6), (2, 5, 3, 6, 1)), ((1, 4, 6), (2, 5, 3, 6, 1)),
+    ((3, 4, 6), (2, 5, 1, 6, 1)), ((2, 5, 3, 1, 6), (6, 7)), ((2, 5, 3, 1, 6), (3, 6, 7)),
+    ((2, 5, 1, 1, 6), (3, 6, 7)), ((2, 5, 3, 1, 6), (1, 6, 7))])
+def test_mm_meets_a_parameter_per_token_as_matmul_does(a_shape, b_shape):
+    """nl.mm of a parameter (`[r, k]` or `[H, r, k]`) with a column or row per token equals
+    `@`, values and gradients, without broadcasting the parameter over the tokens."""
+    from nlc.runtime.library.dual import mm
+    torch.manual_seed(0)
+    a = torch.randn(a_shape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(b_shape, dtype=torch.float64, requires_grad=True)
+    got, want = mm(a, b), a @ b
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=1e-13)
+    for x, y in zip(torch.autograd.grad(got.square().sum(), [a, b]),
+                    torch.autograd.grad(want.square().sum(), [a, b])):
+        assert torch.allclose(x, y, rtol=1e-12, atol=1e-12)

@@ -86,6 +86,23 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if b.shape[1] == 1 < a.shape[1] and a.shape[-2] == 1:      # rows @ shared matrix
             rows = a.squeeze(-2).transpose(1, 2)                       # [B, H, T, k]
             return (rows @ b.squeeze(1)).transpose(1, 2).unsqueeze(-2)     # [B, T, H, 1, c]
+    # a parameter ([r, k], or [H, r, k] one per head) meets a column or row per token: `@`
+    # would broadcast the parameter over every token, and its backward would build and sum
+    # one outer product per token
+    if a.dim() in (2, 3) and b.dim() == 5 and b.shape[-1] == 1:
+        cols = b.squeeze(-1)                                               # [B, T, H, k]
+        if a.dim() == 2:
+            return (cols @ a.mT).unsqueeze(-1)
+        heads = max(a.shape[0], cols.shape[2])
+        return torch.einsum("bthk,hrk->bthr", cols.expand(-1, -1, heads, -1),
+                            a.expand(heads, -1, -1)).unsqueeze(-1)
+    if b.dim() in (2, 3) and a.dim() == 5 and a.shape[-2] == 1:
+        rows = a.squeeze(-2)                                               # [B, T, H, k]
+        if b.dim() == 2:
+            return (rows @ b).unsqueeze(-2)
+        heads = max(b.shape[0], rows.shape[2])
+        return torch.einsum("bthk,hkc->bthc", rows.expand(-1, -1, heads, -1),
+                            b.expand(heads, -1, -1)).unsqueeze(-2)
     return a @ b
 
 
