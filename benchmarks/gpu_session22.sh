@@ -6,7 +6,8 @@
 #            the time left, its results saved to $OUT/autotune.tgz for a later call
 #            (.carry/autotune.tgz), as gpu_session19.sh does;
 #   lm:      the LM step: Hope (examples/hope.nl) at batch 2 eager and as CUDA graphs, then
-#            torch.compile on both sides (our layers and fla's) in one run;
+#            Gated DeltaNet with the fused context kernels and without them, beside fla's layer
+#            with our kernel, and torch.compile on both sides (our layers and fla's);
 #   recall:  `nlc bench recall` at a reduced Zoology protocol (two widths, two rates);
 #   niah:    `nlc bench niah` at its GPU defaults (docs/runtime.md).
 set -u
@@ -37,7 +38,7 @@ elif [ "$MODE" = lm ]; then
   timeout 150 python3 "$REPO/benchmarks/lm_throughput.py" --steps 5 --batch 2 \
     --rows hope_graphed,hope --out "$OUT/lm_hope.md"
   timeout 400 python3 "$REPO/benchmarks/lm_throughput.py" --steps 8 --out "$OUT/lm_compiled.md" \
-    --rows gated_deltanet,fla_gdn_our_kernel,fla_hand_deltanet_compiled,deltanet_compiled,fla_gdn_our_kernel_compiled,gated_deltanet_compiled
+    --rows gated_deltanet,gated_deltanet_unfused,fla_gdn_our_kernel,fla_hand_deltanet_compiled,deltanet_compiled,fla_gdn_our_kernel_compiled,gated_deltanet_compiled
   save_autotune
 elif [ "$MODE" = recall ]; then
   timeout 560 python3 -m nlc bench recall "$REPO/examples/deltanet.nl" \
