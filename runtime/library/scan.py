@@ -174,8 +174,10 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
     # with gradients, each chunk (piece) is recomputed in the backward pass instead of keeping
-    # its per-token states (an MLP memory's weights per token: tens of GB at batch 64)
-    grad = _needs_grad(state, tokens, consts)
+    # its per-token states (an MLP memory's weights per token: tens of GB at batch 64); a
+    # chunk that builds none (outer products, reads of the unbuilt states) keeps its own
+    recompute = _needs_grad(state, tokens, consts) \
+        and not (transition and pairs and lazy_read)
 
     def one_chunk(state, part):
         anchor = _anchor(state, anchors)
@@ -206,18 +208,18 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     parts = list(_chunks(tokens, chunk))
     for i, part in enumerate(parts):
         if not additive:
-            o, state, anchor = _maybe_checkpoint(one_chunk, grad, state, part)
+            o, state, anchor = _maybe_checkpoint(one_chunk, recompute, state, part)
             outputs.append(o)
             continue
         anchor = _anchor(state, anchors)
         wide = _wide(anchor)
         if not final and i == len(parts) - 1:  # its terms would reach only the final state
-            outputs += [_maybe_checkpoint(read_piece, grad, wide, piece)
+            outputs += [_maybe_checkpoint(read_piece, recompute, wide, piece)
                         for piece in _chunks(part, PIECE)]
             break
         total = None
         for piece in _chunks(part, PIECE):
-            sums, o = _maybe_checkpoint(one_piece, grad, wide, piece)
+            sums, o = _maybe_checkpoint(one_piece, recompute, wide, piece)
             total = sums if total is None else {k: total[k] + v for k, v in sums.items()}
             outputs.append(o)
         state = combine(state, {**consts, **total})
@@ -330,7 +332,10 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
         current[m.name], _, position[m.name] = _resume(states[m.name], m.anchors)
     T = next(iter(tokens.values())).shape[1]
     outputs = {m.name: [] for m in members}
-    grad = _needs_grad(tokens, consts, *current.values())
+    # members whose chunks build only their last states (affine transitions on outer
+    # products) keep what they compute; others are recomputed in the backward pass
+    recompute = _needs_grad(tokens, consts, *current.values()) \
+        and not all(m.transition and m.pairs for m in members)
 
     def one_chunk(current, part):
         anchor = {m.name: _anchor(current[m.name], m.anchors) for m in members}
@@ -364,7 +369,7 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
 
     anchor = {}
     for part in _chunks(tokens, chunk):
-        read, current, anchor = _maybe_checkpoint(one_chunk, grad, current, part)
+        read, current, anchor = _maybe_checkpoint(one_chunk, recompute, current, part)
         for m in members:
             outputs[m.name].append(read[m.name])
     finals = {m.name: _suspend(current[m.name], anchor.get(m.name, {}), position[m.name] + T,
