@@ -70,15 +70,12 @@ def SelfModifyingTitans_mlp_memory_transition(inputs):
     k = inputs["k"]
     alpha = inputs["alpha"]
     eta = inputs["eta"]
-    W1_retain = alpha
     W1_erase = -eta
-    W1_left = k
     W1_right = k.mT
     W1_drive0 = 1
-    W2_retain = alpha
     W2_drive1 = 1
-    return (W1_retain, W1_erase, W1_left, W1_right, {"drive0": W1_drive0}), (
-        W2_retain,
+    return (alpha, W1_erase, k, W1_right, {"drive0": W1_drive0}), (
+        alpha,
         None,
         None,
         None,

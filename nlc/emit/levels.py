@@ -475,25 +475,33 @@ class LevelPrinter:
         outputs, rows = [], []
         for name, *parts, summed in ex.transitions:
             base = names.get(name, local(name))
-            row = []
+            row = []  # per role: None, the output holding it, or the drives' weights
             for role, e in zip(("retain", "erase", "left", "right", "input"), parts):
                 if e is None:
-                    row.append("None")
+                    row.append(None)
                 elif role == "input" and ex.low_rank:  # the drives' outer products, weighted
                     outputs += [(f"{base}_{d}", coef) for d, coef in summed]
-                    row.append("{" + ", ".join(f"{d!r}: {base}_{d}" for d, _ in summed) + "}")
+                    row.append([(d, f"{base}_{d}") for d, _ in summed])
                 else:
                     outputs.append((f"{base}_{role}", e))
                     row.append(f"{base}_{role}")
-            rows.append((name, f"({', '.join(row)})"))
+            rows.append((name, row))
         used = free_names([e for _, e in outputs])
         drives = [s.name for s, _ in ex.drive if s.name in used]
+        printer = TorchPrinter(names | {n: n for n in drives}, chunk=True)
+        lines, held = self._bind(printer, outputs)
         body = self._inputs(used, anchors=False) + [f"{n} = inputs[{n!r}]" for n in drives]
-        body += TorchPrinter(names | {n: n for n in drives}, chunk=True).assign(outputs)
+        body += lines
+
+        def code(item) -> str:
+            if isinstance(item, list):
+                return "{" + ", ".join(f"{d!r}: {held[n]}" for d, n in item) + "}"
+            return "None" if item is None else held[item]
+        shown = [(name, f"({', '.join(code(item) for item in row)})") for name, row in rows]
         if keyed:
-            body.append("return {" + ", ".join(f"{n!r}: {r}" for n, r in rows) + "}")
+            body.append("return {" + ", ".join(f"{n!r}: {r}" for n, r in shown) + "}")
         else:
-            body.append(f"return {', '.join(r for _, r in rows)}" + ("," if len(rows) == 1 else ""))
+            body.append(f"return {', '.join(r for _, r in shown)}" + ("," if len(shown) == 1 else ""))
         return used, body
 
     # ------------------------------------------------------------ shared by role

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 
-def _per_head(x, like):
+def _per_head(x):
     """A per-token tensor `[B, C, H, ...]` as `[B, H, C, ...]`."""
     return x.movedim(1, 2)
 
@@ -50,29 +50,42 @@ def _retentions(c):
     return torch.where(u[:, None] >= s[None, :], R, 0.0)
 
 
+def _before(R):
+    """R[t-1, s]: the retentions up to the state token t's erase meets (R's rows moved down by
+    one; the chunk start's own, s = t - 1 = -1, is 1)."""
+    B, H, C = R.shape[:3]
+    before = torch.cat([R.new_zeros(B, H, 1, C + 1), R[..., :-1, :]], dim=2)
+    before[..., 0, 0] = 1.0
+    return before
+
+
+def _erase_columns(W0, before, e, u, w, inputs_u):
+    """a_t = W_{t-1} u_t `[B, H, C, r]` from the unit lower-triangular system of the module's
+    docstring; `inputs_u` is the inputs' part of its right side, sum_{s<t} R[t-1, s] B_s u_t."""
+    rhs = before[..., 0, None] * (u @ W0.mT) + inputs_u
+    lower = -before[..., 1:] * e[..., None, :] * (u @ w.mT)     # -R[t-1, s] e_s (w_s . u_t)
+    eye = torch.eye(u.shape[-2], dtype=W0.dtype, device=W0.device)
+    return torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
+
+
 def states(W0, retain, erase, left, right, inputs, *, every_token: bool):
     """The chunk's states from its start W0 `[B, H, r, n]`: every token's `[B, C, H, r, n]`
     (`every_token`, else None) and the last one. `retain`, `erase` `[B, C, H, 1, 1]` or
     numbers; `left` `[B, C, H, n, 1]`, `right` `[B, C, H, 1, n]` (all three None without an
     erase); `inputs` `[B, C, H, r, n]`."""
-    Bm = _per_head(inputs, W0).expand(W0.shape[0], W0.shape[1], -1, *W0.shape[2:])
+    Bm = _per_head(inputs).expand(W0.shape[0], W0.shape[1], -1, *W0.shape[2:])
     B, H, C, r, n = Bm.shape
     R = _retentions(_coefficient(retain, W0, (B, H, C)))         # [B, H, C, C + 1]
     start, within = R[..., 0], R[..., 1:]                         # R[t, -1]; R[t, s]
     D = Bm
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
-        u = _per_head(left, W0)[..., 0]                           # [B, H, C, n]
-        w = _per_head(right, W0)[..., 0, :]                       # [B, H, C, n]
-        # R[t-1, s]: the retentions up to the state token t's erase meets (rows down by one)
-        before = torch.cat([R.new_zeros(B, H, 1, C + 1), R[..., :-1, :]], dim=2)
-        before[..., 0, 0] = 1.0
+        u = _per_head(left)[..., 0]                           # [B, H, C, n]
+        w = _per_head(right)[..., 0, :]                       # [B, H, C, n]
+        before = _before(R)
         Bu = torch.einsum("bhsrn,bhtn->bhtsr", Bm, u)             # B_s u_t
-        rhs = before[..., 0, None] * (u @ W0.mT) \
-            + torch.einsum("bhts,bhtsr->bhtr", before[..., 1:], Bu)
-        lower = -before[..., 1:] * e[..., None, :] * (u @ w.mT)   # -R[t-1, s] e_s (w_s . u_t)
-        eye = torch.eye(C, dtype=W0.dtype, device=W0.device)
-        a = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
+        a = _erase_columns(W0, before, e, u, w,
+                           torch.einsum("bhts,bhtsr->bhtr", before[..., 1:], Bu))
         D = Bm + (e[..., None] * a)[..., :, None] * w[..., None, :]
     flat = D.reshape(B, H, C, r * n)
     if every_token:
@@ -114,24 +127,17 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None)
     the chunk's last state."""
     B, H = W0.shape[:2]
     C = pairs[0][0].shape[1]
-    cols = [_per_head(p, W0).expand(B, H, C, -1, -1)[..., 0] for p, _ in pairs]    # [B,H,C,r]
-    rows = [_per_head(q, W0).expand(B, H, C, -1, -1)[..., 0, :] for _, q in pairs]  # [B,H,C,n]
+    cols = [_per_head(p).expand(B, H, C, -1, -1)[..., 0] for p, _ in pairs]    # [B,H,C,r]
+    rows = [_per_head(q).expand(B, H, C, -1, -1)[..., 0, :] for _, q in pairs]  # [B,H,C,n]
     R = _retentions(_coefficient(retain, W0, (B, H, C)))
-    before = torch.cat([R.new_zeros(B, H, 1, C + 1), R[..., :-1, :]], dim=2)
-    before[..., 0, 0] = 1.0
+    before = _before(R) if erase is not None or read_before else None
     pairs = list(zip(cols, rows))
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
-        u = _per_head(left, W0).expand(B, H, C, -1, -1)[..., 0]
-        w = _per_head(right, W0).expand(B, H, C, -1, -1)[..., 0, :]
-        strict = before[..., 1:]
-        rhs = before[..., 0, None] * (u @ W0.mT)
-        for col, row in pairs:
-            rhs = rhs + (strict * (u @ row.mT)) @ col
-        lower = -strict * e[..., None, :] * (u @ w.mT)
-        eye = torch.eye(C, dtype=W0.dtype, device=W0.device)
-        a = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
-        pairs.append((e[..., None] * a, w))
+        u = _per_head(left).expand(B, H, C, -1, -1)[..., 0]
+        w = _per_head(right).expand(B, H, C, -1, -1)[..., 0, :]
+        inputs_u = sum((before[..., 1:] * (u @ row.mT)) @ col for col, row in pairs)
+        pairs.append((e[..., None] * _erase_columns(W0, before, e, u, w, inputs_u), w))
     last = R[..., -1, 0, None, None] * W0
     for col, row in pairs:
         last = last + (R[..., -1, 1:, None] * col).mT @ row

@@ -198,11 +198,11 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
         stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
         return read(stacked, {**consts, **wide, **part}), state, anchor
 
-    def one_piece(wide, piece):  # `drive` sums its terms over the piece's tokens itself
-        return drive({**consts, **wide, **piece}), read({}, {**consts, **wide, **piece})
-
     def read_piece(wide, piece):
         return read({}, {**consts, **wide, **piece})
+
+    def one_piece(wide, piece):  # `drive` sums its terms over the piece's tokens itself
+        return drive({**consts, **wide, **piece}), read_piece(wide, piece)
 
     outputs = []
     parts = list(_chunks(tokens, chunk))
@@ -267,13 +267,9 @@ def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,
               for i, name in enumerate(names)}
     _, last = _affine(dict(zip(names, transition({**batched, **terms}))), states, None,
                       terms)
-    out = {}
-    for j, m in enumerate(members):
-        mine = dict(current[m.name])
-        for i, name in enumerate(names):
-            mine[m.core[3][i]] = last[name].chunk(n)[j]
-        out[m.name] = mine
-    return out
+    split = [last[name].chunk(n) for name in names]
+    return {m.name: current[m.name] | {m.core[3][i]: split[i][j] for i in range(len(names))}
+            for j, m in enumerate(members)}
 
 
 class Member(NamedTuple):
