@@ -8,6 +8,9 @@
 #   lm:      the LM step: Hope (examples/hope.nl) at batch 2 eager and as CUDA graphs, then
 #            Gated DeltaNet with the fused context kernels and without them, beside fla's layer
 #            with our kernel, and torch.compile on both sides (our layers and fla's);
+#   titans:  the Titans LM step (batch 16 x 2048) with whole chunks recomputed in the backward
+#            pass (the CUDA default) and with their activations kept, eager and as CUDA
+#            graphs: tokens/s and peak memory (issue: at most 12 GiB);
 #   recall:  `nlc bench recall` at a reduced Zoology protocol (two widths, two rates);
 #   niah:    `nlc bench niah` at its GPU defaults (docs/runtime.md).
 set -u
@@ -40,6 +43,9 @@ elif [ "$MODE" = lm ]; then
   timeout 400 python3 "$REPO/benchmarks/lm_throughput.py" --steps 8 --out "$OUT/lm_compiled.md" \
     --rows gated_deltanet,gated_deltanet_unfused,fla_gdn_our_kernel,fla_hand_deltanet_compiled,deltanet_compiled,fla_gdn_our_kernel_compiled,gated_deltanet_compiled
   save_autotune
+elif [ "$MODE" = titans ]; then
+  timeout 560 python3 "$REPO/benchmarks/lm_throughput.py" --steps 5 --out "$OUT/lm_titans.md" \
+    --rows titans,titans_kept,titans_graphed,titans_graphed_kept
 elif [ "$MODE" = recall ]; then
   timeout 560 python3 -m nlc bench recall "$REPO/examples/deltanet.nl" \
     "$REPO/examples/gated_deltanet.nl" "$REPO/examples/mamba2.nl" \

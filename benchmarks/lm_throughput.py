@@ -82,6 +82,10 @@ ROWS = {
     "gated_deltanet_compiled": ("nlc examples/gated_deltanet.nl, torch.compile",
                                 lambda: _spec("gated_deltanet", d_k=64, d_v=64), True),
     "titans": ("nlc examples/titans.nl", lambda: _spec("titans", d_head=64), False),
+    "titans_kept": ("nlc examples/titans.nl, NLC_RECOMPUTE_CHUNKS=0 (chunk activations kept)",
+                    lambda: _spec("titans", d_head=64), False),
+    "titans_graphed_kept": ("nlc examples/titans.nl, CUDA graphs, NLC_RECOMPUTE_CHUNKS=0",
+                            lambda: _spec("titans", d_head=64), "graphs"),
     "titans_compiled_chunks": ("nlc examples/titans.nl, NLC_COMPILE_CHUNKS=1",
                                lambda: _spec("titans", d_head=64), False),
     "titans_graphed": ("nlc examples/titans.nl, forward and backward as CUDA graphs",
@@ -107,8 +111,11 @@ ROWS = {
 
 
 # set in the row's process; `_unfused`: the context ops on PyTorch, not the fused kernels
-# of runtime/library/context_triton.py (the default on CUDA)
+# of runtime/library/context_triton.py (the default on CUDA); `_kept`: the chunks' activations
+# kept for the backward pass, not recomputed (the default on CUDA recomputes them)
 ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
+       "titans_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
+       "titans_graphed_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"}}
 
 

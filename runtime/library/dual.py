@@ -38,6 +38,7 @@ from nlc.runtime.library.scan import (
     _suspend,
     _wide,
     compiled_chunk,
+    recompute_chunks,
 )
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
@@ -133,15 +134,20 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     T = next(iter(tokens.values())).shape[1]
     outputs = []
     run = compiled_chunk(_dual_chunk)
+    # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
+    # coefficient scan inside is then not checkpointed a second time
+    whole = _needs_grad(state, tokens, consts) and recompute_chunks(next(iter(tokens.values())))
     for part in _chunks(tokens, chunk):
         anchor = _anchor(state, anchors)
-        o, state = run(outer, combine, read, consts, state, part, anchors, read_before)
+        o, state = _maybe_checkpoint(run, whole, outer, combine, read, consts, state, part,
+                                     anchors, read_before, not whole)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
-def _dual_chunk(outer, combine, read, consts, state, part, anchors, read_before):
-    """One chunk of `dual_chunked`: its reads and the state after its last token."""
+def _dual_chunk(outer, combine, read, consts, state, part, anchors, read_before, scan_recompute):
+    """One chunk of `dual_chunked`: its reads and the state after its last token
+    (`scan_recompute`: the coefficient scan is recomputed in the backward pass)."""
     order = list(state)
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
@@ -155,7 +161,8 @@ def _dual_chunk(outer, combine, read, consts, state, part, anchors, read_before)
 
     # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
     # the backward pass instead of keeping them (long sequences: many chunks)
-    phis, psis = _maybe_checkpoint(coefficients, _needs_grad(inputs), *inputs.values())
+    phis, psis = _maybe_checkpoint(coefficients, scan_recompute and _needs_grad(inputs),
+                                   *inputs.values())
     seen = _before(phis, psis) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
     stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)

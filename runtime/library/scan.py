@@ -10,6 +10,7 @@ running state to a loop."""
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -122,6 +123,24 @@ def _needs_grad(*dicts) -> bool:
         torch.is_tensor(v) and v.requires_grad for d in dicts for v in d.values())
 
 
+def recompute_chunks(ref: torch.Tensor) -> bool:
+    """Whether a chunked level recomputes every chunk in the backward pass even when the
+    chunk builds nothing per token (the dual form; affine transitions on outer products):
+    then only the chunk-start states are kept, not the chunk's activations. Those are about
+    275 KiB per token and layer for examples/titans.nl at d_model 512 (37 GiB at batch
+    16 x 2048 and 4 layers, docs/perf.md); recomputing costs one more forward of the chunk.
+    `NLC_RECOMPUTE_CHUNKS=1` or `0` decides; by default CUDA tensors are recomputed (device
+    memory bounds the batch) and CPU ones keep their activations (time bounds the run)."""
+    flag = os.environ.get("NLC_RECOMPUTE_CHUNKS", "")
+    if flag in ("0", "1"):
+        return flag == "1"
+    return ref.is_cuda
+
+
+def _any_tensor(tokens: dict) -> torch.Tensor:
+    return next(iter(tokens.values()))
+
+
 def _maybe_checkpoint(fn, use: bool, *args):
     """Recompute `fn` in the backward pass instead of keeping its intermediates, when `use`
     (inside a compiled chunk the compiler decides what to keep)."""
@@ -176,8 +195,8 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     # with gradients, each chunk (piece) is recomputed in the backward pass instead of keeping
     # its per-token states (an MLP memory's weights per token: tens of GB at batch 64); a
     # chunk that builds none (outer products, reads of the unbuilt states) keeps its own
-    recompute = _needs_grad(state, tokens, consts) \
-        and not (transition and pairs and lazy_read)
+    recompute = _needs_grad(state, tokens, consts) and (
+        not (transition and pairs and lazy_read) or recompute_chunks(_any_tensor(tokens)))
 
     def one_chunk(state, part):
         anchor = _anchor(state, anchors)
@@ -330,8 +349,9 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
     outputs = {m.name: [] for m in members}
     # members whose chunks build only their last states (affine transitions on outer
     # products) keep what they compute; others are recomputed in the backward pass
-    recompute = _needs_grad(tokens, consts, *current.values()) \
-        and not all(m.transition and m.pairs for m in members)
+    recompute = _needs_grad(tokens, consts, *current.values()) and (
+        not all(m.transition and m.pairs for m in members)
+        or recompute_chunks(_any_tensor(tokens)))
 
     def one_chunk(current, part):
         anchor = {m.name: _anchor(current[m.name], m.anchors) for m in members}
@@ -433,7 +453,7 @@ def varlen(run: Callable, tokens: dict, state: State, cu_seqlens):
     if next(iter(tokens.values())).shape[0] != 1:
         raise ValueError("with cu_seqlens the batch size must be 1 (sequences packed along T)")
     outs, finals = [], []
-    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         part = {name: x[:, start:end] for name, x in tokens.items()}
         out, final = run(part, _slice(state, i))
         outs.append(out)
