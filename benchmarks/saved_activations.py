@@ -60,7 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--B", type=int, default=1)
     parser.add_argument("--T", type=int, default=256)
-    parser.add_argument("--specs", default="titans,ttt_mlp,ttt_linear,hope,gated_deltanet")
+    parser.add_argument("--specs", default="titans,ttt_mlp,ttt_linear,hope,moneta,yaad,memora,"
+                                            "gated_deltanet")
     args = parser.parse_args()
     print(f"{platform.machine()}, torch {torch.__version__}, nlc {__version__}, "
           f"{datetime.date.today()}; d_model 512, 8 heads of 64, fp32, B = {args.B}, "

@@ -1,5 +1,6 @@
-"""Whole chunks recomputed in the backward pass (`recompute_chunks`, runtime/library/scan.py):
-the gradients are the ones kept activations give, and only the chunk-start states are kept."""
+"""Whole chunks, and segments of token loops, recomputed in the backward pass
+(`recompute_chunks`, runtime/library/scan.py): the gradients are the ones kept activations
+give, and only the chunk-start (segment-start) states are kept."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlc.emit import load_module
+from nlc.emit import load_layer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = {"d_model": 16.0, "heads": 2.0, "d_head": 8.0}
@@ -20,6 +21,8 @@ SPECS = {
         "retention weight_decay(alpha)",
         "retention decay(alpha, order = parallel), erase(k, theta)").replace(
         "algorithm momentum(lr = theta, momentum = eta)", "algorithm gd(lr = theta)"),
+    # gradients at each token's own state: a token loop, in segments
+    "token loop": (EXAMPLES / "moneta.nl").read_text(),
 }
 
 
@@ -41,8 +44,8 @@ def test_recomputed_chunks_give_the_same_gradients_and_keep_less(name, tmp_path,
     path = tmp_path / f"{name.replace(' ', '_')}.nl"
     path.write_text(SPECS[name])
     torch.manual_seed(0)
-    layer = load_module(str(path), SMALL).Titans().double()
-    x = torch.randn(2, 23, 16, dtype=torch.float64, requires_grad=True)
+    layer = load_layer(str(path), **SMALL)().double()
+    x = torch.randn(2, 37, 16, dtype=torch.float64, requires_grad=True)
     runs = {}
     for flag in ("0", "1"):
         monkeypatch.setenv("NLC_RECOMPUTE_CHUNKS", flag)

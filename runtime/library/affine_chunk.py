@@ -33,7 +33,7 @@ def _coefficient(x, like, shape):
     """A per-token scalar `[B, C, H, 1, 1]` (or a number) as `[B, H, C]`."""
     x = torch.as_tensor(x, dtype=like.dtype, device=like.device)
     if x.dim():
-        x = x.movedim(1, 2)[..., 0, 0]
+        x = x.movedim(1, 2).squeeze((-2, -1))  # a view: no select_backward to fill
     return x.expand(shape)
 
 
@@ -80,8 +80,8 @@ def states(W0, retain, erase, left, right, inputs, *, every_token: bool):
     D = Bm
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
-        u = _per_head(left)[..., 0]                           # [B, H, C, n]
-        w = _per_head(right)[..., 0, :]                       # [B, H, C, n]
+        u = _per_head(left).squeeze(-1)                       # [B, H, C, n]
+        w = _per_head(right).squeeze(-2)                       # [B, H, C, n]
         before = _before(R)
         Bu = torch.einsum("bhsrn,bhtn->bhtsr", Bm, u)             # B_s u_t
         a = _erase_columns(W0, before, e, u, w,
@@ -106,7 +106,7 @@ class AffineStates:
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """W_t @ x_t for every token: x `[B, C, H, n, 1]` -> `[B, C, H, r, 1]`."""
-        x = x.expand(self.W0.shape[0], -1, self.W0.shape[1], -1, -1)[..., 0].movedim(1, 2)
+        x = x.expand(self.W0.shape[0], -1, self.W0.shape[1], -1, -1).squeeze(-1).movedim(1, 2)
         out = self.start[..., None] * (x @ self.W0.mT)               # [B, H, C, r]
         for col, row in self.pairs:
             out = out + (self.within * (x @ row.mT)) @ col
@@ -127,15 +127,15 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None)
     the chunk's last state."""
     B, H = W0.shape[:2]
     C = pairs[0][0].shape[1]
-    cols = [_per_head(p).expand(B, H, C, -1, -1)[..., 0] for p, _ in pairs]    # [B,H,C,r]
-    rows = [_per_head(q).expand(B, H, C, -1, -1)[..., 0, :] for _, q in pairs]  # [B,H,C,n]
+    cols = [_per_head(p).expand(B, H, C, -1, -1).squeeze(-1) for p, _ in pairs]  # [B,H,C,r]
+    rows = [_per_head(q).expand(B, H, C, -1, -1).squeeze(-2) for _, q in pairs]  # [B,H,C,n]
     R = _retentions(_coefficient(retain, W0, (B, H, C)))
     before = _before(R) if erase is not None or read_before else None
     pairs = list(zip(cols, rows))
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
-        u = _per_head(left).expand(B, H, C, -1, -1)[..., 0]
-        w = _per_head(right).expand(B, H, C, -1, -1)[..., 0, :]
+        u = _per_head(left).expand(B, H, C, -1, -1).squeeze(-1)
+        w = _per_head(right).expand(B, H, C, -1, -1).squeeze(-2)
         inputs_u = sum((before[..., 1:] * (u @ row.mT)) @ col for col, row in pairs)
         pairs.append((e[..., None] * _erase_columns(W0, before, e, u, w, inputs_u), w))
     last = R[..., -1, 0, None, None] * W0

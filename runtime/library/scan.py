@@ -97,22 +97,41 @@ def mid_chunk(state: State, every: int | None) -> bool:
     return bool(every) and int(state.get(POSITION, 0)) % every != 0
 
 
+SEGMENT = 16  # tokens per segment of a token loop recomputed in the backward pass
+
+
 @_float32
 def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = None,
               anchors: tuple[tuple[str, str], ...] = (), anchor_every: int | None = None):
     """Run `step` over T tokens. `tokens` are `[B, T, H, r, c]`, `state` `[B, H, r, c]`,
     `consts` broadcast (parameters `[H, r, c]`). `anchors` pairs (anchor name, state name):
-    every `anchor_every` tokens the anchor is reset to the state at that moment."""
+    every `anchor_every` tokens the anchor is reset to the state at that moment.
+
+    With gradients and `recompute_chunks`, the loop runs in segments of SEGMENT tokens, each
+    recomputed in the backward pass: the per-token states (an MLP memory's weights at every
+    token) are not kept, only the state at each segment's start."""
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
-    outputs = []
-    for t, token in enumerate(_tokens(tokens)):
-        if anchors and (position + t) % anchor_every == 0:
-            anchor = _anchor(state, anchors)
-        state, out = step(state, {**consts, **anchor, **token})
+
+    def segment(state, anchor, part, start):
+        outputs = []
+        for t, token in enumerate(_tokens(part)):
+            if anchors and (start + t) % anchor_every == 0:
+                anchor = _anchor(state, anchors)
+            state, out = step(state, {**consts, **anchor, **token})
+            outputs.append(out)
+        return torch.stack(outputs, 1), state, anchor
+
+    if not (_needs_grad(state, tokens, consts) and recompute_chunks(_any_tensor(tokens))):
+        out, state, anchor = segment(state, anchor, tokens, position)
+        return out, _suspend(state, anchor, position + T, anchors)
+    outputs, start = [], position
+    for part in _chunks(tokens, SEGMENT):
+        out, state, anchor = _maybe_checkpoint(segment, True, state, anchor, part, start)
         outputs.append(out)
-    return torch.stack(outputs, 1), _suspend(state, anchor, position + T, anchors)
+        start += next(iter(part.values())).shape[1]
+    return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
 PIECE = 64  # tokens per piece of an `every C tokens` chunk (bounds the memory of its terms)
