@@ -162,10 +162,12 @@ def _any_tensor(tokens: dict) -> torch.Tensor:
 
 def _maybe_checkpoint(fn, use: bool, *args):
     """Recompute `fn` in the backward pass instead of keeping its intermediates, when `use`
-    (inside a compiled chunk the compiler decides what to keep)."""
+    (inside a compiled chunk the compiler decides what to keep). Chunk code draws no random
+    numbers, so no RNG state is saved and restored (nothing to do under CUDA graph capture)."""
     if not use or torch.compiler.is_compiling():
         return fn(*args)
-    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False,
+                                             preserve_rng_state=False)
 
 
 _COMPILED: dict = {}
