@@ -108,7 +108,10 @@ def titans_pytorch_layer(dim: int, heads: int, dim_head: int):
         return None, (f"titans_pytorch is not importable ({err}); timing ours alone. Install it "
                       "in a separate environment (`pip install titans-pytorch`) or from "
                       ".carry/whl_titans (benchmarks/gpu_session26.sh).")
-    return NeuralMemory(dim=dim, chunk_size=CHUNK, heads=heads, dim_head=dim_head), None
+    try:
+        return NeuralMemory(dim=dim, chunk_size=CHUNK, heads=heads, dim_head=dim_head), None
+    except (AssertionError, RuntimeError) as err:  # it asserts, e.g., dim_head == dim at 1 head
+        return None, f"titans-pytorch refused dim {dim}, {heads} heads of {dim_head}: {err!r}"
 
 
 def our_layer(dim: int, heads: int, dim_head: int) -> torch.nn.Module:
@@ -183,17 +186,17 @@ def measure(row: Row, layer, x, args, amp) -> Row:
         if args.device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        row.seconds, finite = timed(forward, params, args.repeat, args.device)
+        row.seconds, finite = timed(forward, [*params, x], args.repeat, args.device)
         row.check = ("finite" if finite else "NOT FINITE") + row.check
         if args.device == "cuda":
             row.peak = torch.cuda.max_memory_allocated()
         # titans-pytorch keeps an unused template of the memory's weights: count what learns
         row.params = sum(p.numel() for p in params if p.grad is not None)
     except torch.OutOfMemoryError:
-        row.check = "out of memory"
+        row.check = "out of memory" + row.check
     except RuntimeError as err:  # e.g. titans-pytorch on a torch it was not written for
         row.check = f"failed: {str(err).splitlines()[0][:100]}"
-    for p in params:
+    for p in [*params, x]:
         p.grad = None
     if args.device == "cuda":
         torch.cuda.empty_cache()
@@ -276,7 +279,12 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (fp32 otherwise)")
     parser.add_argument("--out", help="also write the markdown report to this file")
     args = parser.parse_args()
-    args.dim_heads = [int(d) for d in args.dim_heads.split(",")] if args.dim_heads else [args.dim]
+    try:
+        args.dim_heads = [int(d) for d in args.dim_heads.split(",")] if args.dim_heads else [args.dim]
+    except ValueError:
+        parser.error(f"--dim-heads takes comma-separated integers, got {args.dim_heads!r}")
+    if min(args.B, args.T, args.dim, args.heads, *args.dim_heads) < 1:
+        parser.error("--B, --T, --dim, --heads and --dim-heads must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, notes = run(args)
