@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 from nlc.runtime.library.affine_chunk import AffineStates
+from nlc.runtime.library.chunk_triton import SUPPORTED_DTYPES, triton_enabled
 from nlc.runtime.library.scan import (
     State,
     _anchor,
@@ -54,6 +55,9 @@ class DualState:
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """S_t @ x_t for every token t: x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
+        kernels = _kernels(self.phi)
+        if kernels is not None and kernels.product_fits(self.phi.shape[1]):
+            return kernels.dual_read(self, x)
         shape = self.start[self.name].shape[-2:]
         out = 0
         coefs = self.phi.unbind(-1)  # one backward op for all of them, not one per select
@@ -178,6 +182,9 @@ def _coefficients(combine, inputs, order, terms, lead):
     rows = torch.stack([out[name].expand(B, T, H, 1, n + d).squeeze(-2) for name in order],
                        -2)
     step = rows[..., :n]                                            # [B, T, H, n, n]
+    kernels = _kernels(rows)
+    if kernels is not None and kernels.scan_fits(n, d, T):
+        return kernels.coefficient_scan(step, rows[..., n:])
     here = torch.eye(T, dtype=rows.dtype, device=rows.device)       # b_t sits in column t
     add = torch.einsum("bthnd,tj->bthnjd", rows[..., n:], here).flatten(-2)
     offset = 1
@@ -187,6 +194,18 @@ def _coefficients(combine, inputs, order, terms, lead):
                                 + add[:, offset:]], 1))
         offset *= 2
     return step, add.unflatten(-1, (T, d))
+
+
+def _kernels(ref: torch.Tensor):
+    """dual_triton.py (this form's scan and reads as Triton kernels) when they run for tensors
+    like `ref`: CUDA ones unless NLC_TRITON=0, CPU ones with NLC_TRITON=force; else None."""
+    if not triton_enabled(ref) or ref.dtype not in SUPPORTED_DTYPES:
+        return None
+    try:
+        from nlc.runtime.library import dual_triton
+    except ImportError:  # no triton on this machine
+        return None
+    return dual_triton
 
 
 def _before(phis, psis):
