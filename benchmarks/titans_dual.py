@@ -1,12 +1,16 @@
 """Titans' memory level: the dual chunk form against the per-token loop form, forward + backward.
 
-    python benchmarks/titans_dual.py [--B 64] [--T 256] [--repeat 3] [--device cuda]
+    python benchmarks/titans_dual.py [--B 64] [--T 256] [--repeat 3] [--device cuda] [--triton]
 
 The level op of examples/titans.nl (4 heads of 64, an MLP memory with hidden 256, gradients
 at chunks of 64), fp32, random inputs shaped like a layer's: l2-normalized q and k, gates in
-(0, 1). Rows: `nl.dual_chunked` (what the generated op runs), `nl.frozen_chunked` on the same
-generated `memory_drive / memory_combine / memory_read` (the form before: a loop over each
-chunk's tokens on per-token MLP weights) and, when cheap enough, the token-by-token recurrence.
+(0, 1). Rows: `nl.dual_chunked` (what the generated op runs) in its PyTorch form
+(NLC_TRITON=0), with `--triton` the same with its scan and reads as Triton kernels
+(runtime/library/dual_triton.py; on a CPU only under TRITON_INTERPRET=1, slowly),
+`nl.frozen_chunked` on the same generated `memory_outer / memory_combine / memory_read` (the
+form before: a loop over each chunk's tokens on per-token MLP weights, built from the outer
+products) and, when cheap enough,
+the token-by-token recurrence.
 Each is checked against the recurrence (relative max error of the output) before timing.
 Prints a markdown table with the machine, versions and date: docs/perf.md records it."""
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -42,19 +47,45 @@ def inputs(B: int, T: int, device: str, dtype=torch.float32) -> dict:
             "theta": torch.sigmoid(rand(B, T, 4)) * 0.01}
 
 
-def forms(module):
+def with_triton(flag: str, fn):
+    """fn run with NLC_TRITON=flag (the dispatch reads it at each call; the backward pass
+    follows what the forward chose)."""
+    def run(x, state):
+        before = os.environ.get("NLC_TRITON")
+        os.environ["NLC_TRITON"] = flag
+        try:
+            return fn(x, state)
+        finally:
+            if before is None:
+                os.environ.pop("NLC_TRITON")
+            else:
+                os.environ["NLC_TRITON"] = before
+    return run
+
+
+def forms(module, triton: bool):
     """name -> function(inputs, state) -> output of the level op."""
     anchors = (("M_W1_0", "M_W1"), ("M_W2_0", "M_W2"))
 
+    def drive(inputs):  # each token's terms as matrices, from the generated outer products
+        return {name: sum(col @ row for col, row in pairs)
+                for name, pairs in module.memory_outer(inputs).items()}
+
     def loop(x, state):
         tokens = {n: nl.column(x[n]) if x[n].dim() == 4 else nl.scalar(x[n]) for n in x}
-        o, _ = nl.frozen_chunked(module.memory_drive, module.memory_combine,
+        o, _ = nl.frozen_chunked(drive, module.memory_combine,
                                  module.memory_read, tokens, state, anchors=anchors, chunk=64)
         return nl.output(o, "vector")
 
+    def dual(x, s):
+        return module.memory_op(**x, initial_state=s)[0]
+
+    kernels = {"dual, Triton kernels (dual_triton.py)": with_triton("force", dual)} \
+        if triton else {}
     return {
-        "dual (nl.dual_chunked)": lambda x, s: module.memory_op(**x, initial_state=s)[0],
-        "per-token loop (nl.frozen_chunked)": loop,
+        "dual (nl.dual_chunked)": with_triton("0", dual),
+        **kernels,
+        "per-token loop (nl.frozen_chunked)": with_triton("0", loop),
         "recurrent": lambda x, s: module.memory_op(**x, initial_state=s, mode="recurrent")[0],
     }
 
@@ -79,13 +110,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-recurrent", action="store_true")
+    parser.add_argument("--triton", action="store_true",
+                        help="add a row with the dual form's Triton kernels")
     args = parser.parse_args()
     module = load_module(str(ROOT / "examples" / "titans.nl"))
     layer = module.Titans().to(args.device)
     state = {n: s.detach().clone().requires_grad_(True)
              for n, s in layer.initial_state(args.B)["memory"].items()}
     x = {n: t.requires_grad_(True) for n, t in inputs(args.B, args.T, args.device).items()}
-    chosen = forms(module)
+    chosen = forms(module, args.triton)
     with torch.no_grad():
         small = {n: t[:2] for n, t in x.items()}
         small_state = {n: s[:2] for n, s in state.items()}

@@ -71,28 +71,22 @@ def generic_combine(n: int, d: int):
 
 
 @functools.cache
-def titans_small(chunk: int = 16):
-    """examples/titans.nl at d_head 8 (MLP 8 -> 32 -> 8), gradients at chunks of `chunk`."""
-    return _small("titans", chunk)
-
-
-@functools.cache
-def ttt_mlp_small(chunk: int = 16):
-    return _small("ttt_mlp", chunk)
-
-
-def _small(name: str, chunk: int):
+def small_op(name: str, chunk: int = 16, read_before: bool = False):
+    """examples/<name>.nl at d_head 8 (MLP 8 -> 32 -> 8), gradients at chunks of `chunk`,
+    its read after the write (as written) or before it."""
     import tempfile
-    text = (EXAMPLES / f"{name}.nl").read_text()
+    text = (EXAMPLES / f"{name.split()[0]}.nl").read_text()
     text = text.replace("chunk(64)", f"chunk({chunk})").replace("chunk(16)", f"chunk({chunk})")
-    folder = Path(tempfile.mkdtemp())
-    path = folder / f"{name}_{chunk}.nl"
+    if read_before:
+        text = text.replace("    read M(q)", "    read before M(q)")
+        assert "read before" in text
+    path = Path(tempfile.mkdtemp()) / f"{name.split()[0]}_{chunk}.nl"
     path.write_text(text)
     return load_module(str(path), {"d_model": 16.0, "heads": 2.0, "d_head": 8.0})
 
 
 SCANS = {  # name -> (combine, states, terms, scalar inputs: name -> (low, high))
-    "titans": (lambda: titans_small().memory_combine, ["M_W1", "M_W2", "M_W1_mom", "M_W2_mom"],
+    "titans": (lambda: small_op("titans").memory_combine, ["M_W1", "M_W2", "M_W1_mom", "M_W2_mom"],
                ["drive0", "drive1"], {"alpha": (0.0, 1.0), "eta": (0.0, 1.0)}),
     "n3 d2": (lambda: generic_combine(3, 2), ["s0", "s1", "s2"], ["t0", "t1"],
               {f"{c}{i}{j}": (-0.8, 0.8) for c, w in (("a", 3), ("b", 2))
@@ -112,8 +106,8 @@ def scan_run(name: str, T: int, dtype):
 
 
 @needs_kernels
-@pytest.mark.parametrize("T", TOKENS)
-@pytest.mark.parametrize("name", list(SCANS))
+@pytest.mark.parametrize("name, T", [("titans", T) for T in TOKENS]
+                         + [("n3 d2", T) for T in (1, 15, 65)])
 def test_scan_kernel_matches_the_pytorch_scan(name, T, monkeypatch):
     """Phi, Psi and the gradients of every gate: Titans' combine (n = 4 states, d = 2 terms,
     decay and momentum gates in [0, 1]) and a generic one (n = 3, d = 2, full step matrices)."""
@@ -259,8 +253,8 @@ def learned_state(module, seed: int = 3) -> dict:
 
 
 def compare_op(name: str, chunk: int, T: int, monkeypatch, gates=None, splits=None):
-    module = OPS[name](chunk)
-    values = op_inputs(name, module, T, gates)
+    module = small_op(name, chunk, read_before=name.endswith("read before"))
+    values = op_inputs(name.split()[0], module, T, gates)
     learned = learned_state(module)
     want = op_run(module, values, learned, torch.float64, [0, T], "recurrent")
     monkeypatch.setenv("NLC_TRITON", "force")
@@ -268,12 +262,9 @@ def compare_op(name: str, chunk: int, T: int, monkeypatch, gates=None, splits=No
     splits = splits or [0, T]
     got = op_run(module, values, learned, torch.float32, splits, "chunked")
     # TTT-MLP's combine has no gates (W' = W + drive): its scan has no backward pass
-    gated = ("scan_bwd",) if name == "titans" else ()
+    gated = ("scan_bwd",) if name.startswith("titans") else ()
     assert ran(before, "scan_fwd", "product_fwd", "product_bwd", *gated)
     return got, want
-
-
-OPS = {"titans": titans_small, "ttt_mlp": ttt_mlp_small}
 
 
 def assert_op_close(got, want):
@@ -286,8 +277,9 @@ def assert_op_close(got, want):
 
 
 @needs_kernels
-@pytest.mark.parametrize("T", [1, 63, 65])
-@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("name, T", [("titans", 1), ("titans", 63), ("titans", 65),
+                                     ("ttt_mlp", 1), ("ttt_mlp", 63), ("ttt_mlp", 65),
+                                     ("titans read before", 40)])
 def test_generated_op_with_kernels_equals_its_recurrence(name, T, monkeypatch):
     """The generated level op (chunk 16) with the kernels forced, in calls of 32, 21 and the
     rest of the tokens: the second starts from the first's state at a chunk boundary, the third
@@ -318,13 +310,33 @@ def test_titans_gates_at_their_limits_stay_finite(gates, monkeypatch):
     assert torch.isfinite(o).all() and all(torch.isfinite(s).all() for s in final)
     assert all(torch.isfinite(g).all() for g in grads.values())
     monkeypatch.setenv("NLC_TRITON", "0")
-    module = titans_small(16)
+    module = small_op("titans")
     torch_form = op_run(module, op_inputs("titans", module, 20, gates), learned_state(module),
                         torch.float32, [0, 20], "chunked")
     for x, y, ref in zip((o, *final, *grads.values()),
                          (torch_form[0], *torch_form[1], *torch_form[2].values()),
                          (want[0], *want[1], *want[2].values()), strict=True):
         assert rel(x, ref) < max(TOL, 2 * rel(y, ref))
+
+
+@needs_kernels
+def test_backward_pass_follows_the_forward_dispatch(monkeypatch):
+    """The forward pass picks the kernels, the backward pass runs with NLC_TRITON=0 (as
+    benchmarks/titans_dual.py's rows do): the scan is not recomputed by a checkpoint in the
+    other form, and the gradients are the kernels'."""
+    module = small_op("titans")
+    values = op_inputs("titans", module, 20)
+    leaves = leaves_as(values, torch.float32)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    o, _ = module.memory_op(**leaves)
+    monkeypatch.setenv("NLC_TRITON", "0")
+    before = launches()
+    grads = torch.autograd.grad(o.square().sum(), list(leaves.values()))
+    assert ran(before, "scan_bwd", "product_bwd")
+    reference = leaves_as(values, torch.float64)
+    o64, _ = module.memory_op(**reference, mode="recurrent")
+    for g, ref in zip(grads, torch.autograd.grad(o64.square().sum(), list(reference.values()))):
+        assert rel(g, ref) < TOL
 
 
 def test_dual_kernels_rerun_in_a_fresh_interpreter_process():

@@ -158,8 +158,11 @@ def _dual_chunk(outer, combine, read, consts, state, part, anchors, read_before)
         return _coefficients(combine, dict(zip(names, values)), order, terms, lead)
 
     # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
-    # the backward pass instead of keeping them (long sequences: many chunks)
-    phis, psis = _maybe_checkpoint(coefficients, _needs_grad(inputs), *inputs.values())
+    # the backward pass instead of keeping them (long sequences: many chunks); the scan
+    # kernel keeps none, and is not run again
+    scan = _scan_kernels(inputs, len(order), len(terms), lead[1])
+    phis, psis = _maybe_checkpoint(coefficients, _needs_grad(inputs) and scan is None,
+                                   *inputs.values())
     seen = _before(phis, psis) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
     stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
@@ -175,15 +178,15 @@ def _coefficients(combine, inputs, order, terms, lead):
     log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens."""
     B, T, H = lead
     n, d = len(order), len(terms)
-    like = next(x for x in inputs.values() if torch.is_tensor(x) and x.is_floating_point())
+    like = _like(inputs)
     basis = torch.eye(n + d, dtype=like.dtype, device=like.device)
     out = combine({name: basis[i] for i, name in enumerate(order)},
                   {**inputs, **{name: basis[n + i] for i, name in enumerate(terms)}})
     rows = torch.stack([out[name].expand(B, T, H, 1, n + d).squeeze(-2) for name in order],
                        -2)
     step = rows[..., :n]                                            # [B, T, H, n, n]
-    kernels = _kernels(rows)
-    if kernels is not None and kernels.scan_fits(n, d, T):
+    kernels = _scan_kernels(inputs, n, d, T)
+    if kernels is not None:
         return kernels.coefficient_scan(step, rows[..., n:])
     here = torch.eye(T, dtype=rows.dtype, device=rows.device)       # b_t sits in column t
     add = torch.einsum("bthnd,tj->bthnjd", rows[..., n:], here).flatten(-2)
@@ -206,6 +209,16 @@ def _kernels(ref: torch.Tensor):
     except ImportError:  # no triton on this machine
         return None
     return dual_triton
+
+
+def _like(inputs: dict) -> torch.Tensor:
+    return next(x for x in inputs.values() if torch.is_tensor(x) and x.is_floating_point())
+
+
+def _scan_kernels(inputs: dict, n: int, d: int, T: int):
+    """dual_triton.py when its scan runs for these inputs (n states, d terms, T tokens)."""
+    kernels = _kernels(_like(inputs))
+    return kernels if kernels is not None and kernels.scan_fits(n, d, T) else None
 
 
 def _before(phis, psis):

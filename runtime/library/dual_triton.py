@@ -349,9 +349,20 @@ def _product_bwd_keys(x, starts, phi, rows, do, gated, dx, drows, T, H: tl.const
     tl.store(dx + tok[:, None] * K + o_k[None, :], acc, mask=m_tk)
 
 
+# Tiles of the reads' kernels, by the products' precision: exact float32 products run on
+# the FMA units, whose [C, C] score tiles and accumulators need narrow R and K blocks to stay
+# in registers (Titans' [256, 64] layer at a chunk of 64 on sm_90: no spills at 32 x 16 and 8
+# warps, up to 11 KB a thread at 64 x 64 and 4; benchmarks/kernel_resources.py); the tensor
+# cores' modes take 64 x 64.
+TILES = {"ieee": (32, 16), "tf32": (64, 64)}
+WARPS = 8
+
+
 def _product_tiles(T: int, R: int, K: int, dtype) -> dict:
-    return {"R": R, "K": K, "CP": pow2(T), "BR": min(pow2(R), 64), "BK": min(pow2(K), 64),
-            "PREC": dot_precision(dtype)}
+    precision = dot_precision(dtype)
+    BR, BK = TILES[precision]
+    return {"R": R, "K": K, "CP": pow2(T), "BR": min(pow2(R), BR), "BK": min(pow2(K), BK),
+            "PREC": precision}
 
 
 def _pointers(tensors):
@@ -374,7 +385,7 @@ class DualProduct(torch.autograd.Function):
         dims = {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
         out = torch.empty(B, T, H, R, dtype=torch.float32, device=x.device)
         _product_fwd[(triton.cdiv(R, dims["BR"]), B * H)](*_pointers(inputs), out, T, **dims,
-                                                          num_warps=4)
+                                                          num_warps=WARPS)
         LAUNCHES["product_fwd"] += 1
         ctx.save_for_backward(*inputs)
         ctx.dims = dims
@@ -395,11 +406,11 @@ class DualProduct(torch.autograd.Function):
         dphi_, dstarts_, dpsi_, gated_, scored_, dcols_, drows_ = _pointers(
             [dx, dphi, dstarts, dpsi, gated, scored, dcols, drows])[1:]
         _product_bwd_pairs[(B * H,)](x, starts, phi, psi, cols, rows, do, dphi_, dpsi_, gated_,
-                                     scored_, T, **dims, num_warps=4)
+                                     scored_, T, **dims, num_warps=WARPS)
         _product_bwd_rows[(triton.cdiv(dims["R"], dims["BR"]), B * H)](
-            x, phi, do, scored_, dstarts_, dcols_, T, **dims, num_warps=4)
+            x, phi, do, scored_, dstarts_, dcols_, T, **dims, num_warps=WARPS)
         _product_bwd_keys[(triton.cdiv(K, dims["BK"]), B * H)](
-            x, starts, phi, rows, do, gated_, dx, drows_, T, **dims, num_warps=4)
+            x, starts, phi, rows, do, gated_, dx, drows_, T, **dims, num_warps=WARPS)
         LAUNCHES["product_bwd"] += 1
         grads = (dx, dstarts, dphi, dpsi, dcols, drows)
         return tuple(g.to(t.dtype) for g, t in zip(grads, saved))
