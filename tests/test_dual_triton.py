@@ -201,6 +201,19 @@ def test_float64_and_nlc_triton_0_keep_the_pytorch_forms(monkeypatch):
     assert dual._kernels(torch.zeros(1)) is None
 
 
+@needs_kernels
+def test_chunks_longer_than_the_read_tiles_keep_the_pytorch_read(monkeypatch):
+    """A chunk of 129 tokens (over the reads' 128) reads by the PyTorch form, kernels forced."""
+    values = read_inputs(129, 16, 16)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    before = launches()
+    got, _ = read_run(leaves_as(values, torch.float32), "W")
+    assert launches().get("product_fwd", 0) == before.get("product_fwd", 0)
+    monkeypatch.setenv("NLC_TRITON", "0")
+    want, _ = read_run(leaves_as(values, torch.float64), "W")
+    assert rel(got, want) < TOL
+
+
 # --------------------------------------------------------------------------- generated ops
 # Gates drawn in [0, high): about the specs' own ranges (Titans: theta = 0.01 sigmoid(.),
 # eta = 0.9 sigmoid(.), alpha = sigmoid(. - 5); TTT-MLP's rate 0.1 sigmoid(.) / d_head), a

@@ -50,8 +50,11 @@ from nlc.runtime.library.chunk_triton import dot_precision, pow2
 LAUNCHES: Counter = Counter()
 
 # The scan holds a [n, n, C d] product per token in registers (n, C, d padded): at most this
-# many entries, so n = 4 states with d = 2 terms fit chunks of 256 tokens.
+# many entries (n = 4 states with d = 2 terms: chunks of up to 512 tokens), a warp per 2048
+# of them (at 2048 a warp holds 94 registers a thread in the forward, 119 in the backward on
+# sm_90, no spills; benchmarks/kernel_resources.py).
 SCAN_MAX_ENTRIES = 1 << 14
+SCAN_WARP_ENTRIES = 1 << 11
 # The reads' [C, C] score tiles: chunks of at most this many tokens.
 PRODUCT_MAX_TOKENS = 128
 
@@ -135,10 +138,13 @@ def _scan_bwd(step, phi, psi, dphi, dpsi, dstep, dadd, T, H: tl.constexpr, N: tl
         g_psi = tl.sum(b_A[:, :, None] * g_psi[:, None, :], 0)
 
 
-def _scan_tiles(step, add):
+def _scan_launch(step, add) -> dict:
+    """The scan kernels' sizes and warps."""
     T, H, n = step.shape[1:4]
     d = add.shape[-1]
-    return {"H": H, "N": n, "D": d, "NP": pow2(n, 2), "CP": pow2(T, 2), "DP": pow2(d, 2)}
+    tiles = {"H": H, "N": n, "D": d, "NP": pow2(n, 2), "CP": pow2(T, 2), "DP": pow2(d, 2)}
+    entries = tiles["NP"] ** 2 * tiles["CP"] * tiles["DP"]
+    return {**tiles, "num_warps": min(8, max(1, entries // SCAN_WARP_ENTRIES))}
 
 
 class CoefficientScan(torch.autograd.Function):
@@ -153,7 +159,7 @@ class CoefficientScan(torch.autograd.Function):
         f32 = {"dtype": torch.float32, "device": step.device}
         phi = torch.empty(B, T, H, n, n, **f32)
         psi = torch.empty(B, T, H, n, T, d, **f32)
-        _scan_fwd[(B * H,)](step, add, phi, psi, T, **_scan_tiles(step, add), num_warps=1)
+        _scan_fwd[(B * H,)](step, add, phi, psi, T, **_scan_launch(step, add))
         LAUNCHES["scan_fwd"] += 1
         ctx.save_for_backward(step, phi, psi)
         ctx.dtypes = (step.dtype, add.dtype)
@@ -170,7 +176,7 @@ class CoefficientScan(torch.autograd.Function):
         dstep = torch.empty(B, T, H, n, n, **f32)
         dadd = torch.empty(B, T, H, n, d, **f32)
         _scan_bwd[(B * H,)](step, phi, psi, dphi, dpsi, dstep, dadd, T,
-                            **_scan_tiles(step, dadd), num_warps=1)
+                            **_scan_launch(step, dadd))
         LAUNCHES["scan_bwd"] += 1
         return dstep.to(ctx.dtypes[0]), dadd.to(ctx.dtypes[1])
 
