@@ -69,26 +69,26 @@ def product_fits(T: int) -> bool:
 
 # --------------------------------------------------------------------------- the scan
 @triton.jit
-def _scan_offsets(T, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr, CP: tl.constexpr,
-                  DP: tl.constexpr):
-    """Rows i and columns (j, e) of the scan's register tiles, Psi's offsets within a token
-    `[n, T, d]`, and their mask."""
+def _scan_prologue(T, H: tl.constexpr, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
+                   CP: tl.constexpr, DP: tl.constexpr):
+    """The start of both scan kernels (one program per (batch, head)): the batch and head, the
+    rows i and columns (j, e) of the register tiles, Psi's offsets within a token `[n, T, d]`
+    and their mask, and the offsets and mask of an `[n, n]` matrix."""
+    i_bh = tl.program_id(0)
     o_i = tl.arange(0, NP)
     o_c = tl.arange(0, CP * DP)
     j, e = o_c // DP, o_c % DP
+    p_psi = (o_i[:, None] * T + j[None, :]) * D + e[None, :]
     m_psi = (o_i[:, None] < N) & (j[None, :] < T) & (e[None, :] < D)
-    return o_i, j, e, (o_i[:, None] * T + j[None, :]) * D + e[None, :], m_psi
+    m_nn = (o_i[:, None] < N) & (o_i[None, :] < N)
+    return i_bh // H, i_bh % H, o_i, j, e, p_psi, m_psi, o_i[:, None] * N + o_i[None, :], m_nn
 
 
 @triton.jit
 def _scan_fwd(step, add, phi, psi, T, H: tl.constexpr, N: tl.constexpr, D: tl.constexpr,
               NP: tl.constexpr, CP: tl.constexpr, DP: tl.constexpr):
     """Per (batch, head): Phi_t = A_t Phi_{t-1}, Psi_t = A_t Psi_{t-1} + b_t at column t."""
-    i_bh = tl.program_id(0)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_i, j, e, p_psi, m_psi = _scan_offsets(T, N, D, NP, CP, DP)
-    m_nn = (o_i[:, None] < N) & (o_i[None, :] < N)
-    p_nn = o_i[:, None] * N + o_i[None, :]
+    i_b, i_h, o_i, j, e, p_psi, m_psi, p_nn, m_nn = _scan_prologue(T, H, N, D, NP, CP, DP)
     b_phi = tl.where(o_i[:, None] == o_i[None, :], 1.0, 0.0)
     b_psi = tl.zeros([NP, CP * DP], dtype=tl.float32)
     for t in range(T):
@@ -108,11 +108,7 @@ def _scan_bwd(step, phi, psi, dphi, dpsi, dstep, dadd, T, H: tl.constexpr, N: tl
               D: tl.constexpr, NP: tl.constexpr, CP: tl.constexpr, DP: tl.constexpr):
     """Per (batch, head), tokens in reverse: dA_t = G^Phi_t Phi_{t-1}^T + G^Psi_t Psi_{t-1}^T,
     db_t = G^Psi_t[:, t], G_{t-1} = dPhi_{t-1} (dPsi_{t-1}) + A_t^T G_t."""
-    i_bh = tl.program_id(0)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_i, j, e, p_psi, m_psi = _scan_offsets(T, N, D, NP, CP, DP)
-    m_nn = (o_i[:, None] < N) & (o_i[None, :] < N)
-    p_nn = o_i[:, None] * N + o_i[None, :]
+    i_b, i_h, o_i, j, e, p_psi, m_psi, p_nn, m_nn = _scan_prologue(T, H, N, D, NP, CP, DP)
     eye = tl.where(o_i[:, None] == o_i[None, :], 1.0, 0.0)
     g_phi = tl.zeros([NP, NP], dtype=tl.float32)
     g_psi = tl.zeros([NP, CP * DP], dtype=tl.float32)
@@ -196,16 +192,29 @@ def _tokens(i_bh, T, H: tl.constexpr, CP: tl.constexpr):
 
 
 @triton.jit
-def _scores(x, rows, tok, m_t, p, P: tl.constexpr, K: tl.constexpr, CP: tl.constexpr,
-            BK: tl.constexpr, PREC: tl.constexpr):
-    """X Row_p^T `[C, C]`, over the key axis in blocks of BK."""
+def _block(T, H: tl.constexpr, CP: tl.constexpr, N: tl.constexpr, BN: tl.constexpr):
+    """The start of a kernel with one program per (block of an axis of N, batch and head):
+    (batch, head), the chunk's tokens and their mask, the block's offsets and mask, and the
+    [tokens, block] mask."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    tok, m_t = _tokens(i_bh, T, H, CP)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    return i_bh, tok, m_t, o_n, m_n, m_t[:, None] & m_n[None, :]
+
+
+@triton.jit
+def _scores(a, b, tok, m_t, p, P: tl.constexpr, N: tl.constexpr, CP: tl.constexpr,
+            BN: tl.constexpr, PREC: tl.constexpr):
+    """A B_p^T `[C, C]` for A `[B, T, H, N]` and pair p of B `[B, T, H, P, N]`, over N in
+    blocks of BN: the scores X Row_p^T (N = K) and their gradients' G_p = dO Col_p^T (N = R)."""
     s = tl.zeros([CP, CP], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        o_k = k0 + tl.arange(0, BK)
-        m = m_t[:, None] & (o_k[None, :] < K)
-        b_x = tl.load(x + tok[:, None] * K + o_k[None, :], mask=m, other=0.0)
-        b_r = tl.load(rows + (tok[:, None] * P + p) * K + o_k[None, :], mask=m, other=0.0)
-        s += tl.dot(b_x.to(tl.float32), tl.trans(b_r.to(tl.float32)), input_precision=PREC)
+    for n0 in range(0, N, BN):
+        o_n = n0 + tl.arange(0, BN)
+        m = m_t[:, None] & (o_n[None, :] < N)
+        b_a = tl.load(a + tok[:, None] * N + o_n[None, :], mask=m, other=0.0)
+        b_b = tl.load(b + (tok[:, None] * P + p) * N + o_n[None, :], mask=m, other=0.0)
+        s += tl.dot(b_a.to(tl.float32), tl.trans(b_b.to(tl.float32)), input_precision=PREC)
     return s
 
 
@@ -239,11 +248,7 @@ def _product_fwd(x, starts, phi, psi, cols, rows, out, T, H: tl.constexpr, M: tl
                  P: tl.constexpr, R: tl.constexpr, K: tl.constexpr, CP: tl.constexpr,
                  BR: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Per (R block, batch and head): O = sum_m phi_m * (X S0_m^T) + sum_p (psi_p * X Row_p^T) Col_p."""
-    i_r, i_bh = tl.program_id(0), tl.program_id(1)
-    tok, m_t = _tokens(i_bh, T, H, CP)
-    o_r = i_r * BR + tl.arange(0, BR)
-    m_r = o_r < R
-    m_tr = m_t[:, None] & m_r[None, :]
+    i_bh, tok, m_t, o_r, m_r, m_tr = _block(T, H, CP, R, BR)
     acc = tl.zeros([CP, BR], dtype=tl.float32)
     for m in tl.static_range(M):
         y = _start_read(x, starts, tok, m_t, i_bh, m, o_r, m_r, M, R, K, CP, BR, BK, PREC)
@@ -270,13 +275,7 @@ def _product_bwd_pairs(x, starts, phi, psi, cols, rows, do, dphi, dpsi, gated, s
     m_tj = m_t[:, None] & (o_j[None, :] < T)
     for p in tl.static_range(P):
         s = _scores(x, rows, tok, m_t, p, P, K, CP, BK, PREC)
-        g = tl.zeros([CP, CP], dtype=tl.float32)
-        for r0 in range(0, R, BR):
-            o_r = r0 + tl.arange(0, BR)
-            m_tr = m_t[:, None] & (o_r[None, :] < R)
-            b_do = tl.load(do + tok[:, None] * R + o_r[None, :], mask=m_tr, other=0.0)
-            b_c = tl.load(cols + (tok[:, None] * P + p) * R + o_r[None, :], mask=m_tr, other=0.0)
-            g += tl.dot(b_do.to(tl.float32), tl.trans(b_c.to(tl.float32)), input_precision=PREC)
+        g = _scores(do, cols, tok, m_t, p, P, R, CP, BR, PREC)
         w = _pair_tile(psi, tok, m_t, p, P, T, CP).to(tl.float32)
         p_tj = (tok[:, None] * P + p) * T + o_j[None, :]
         tl.store(dpsi + p_tj, g * s, mask=m_tj)
@@ -299,11 +298,7 @@ def _product_bwd_rows(x, phi, do, scored, dstarts, dcols, T, H: tl.constexpr, M:
                       P: tl.constexpr, R: tl.constexpr, K: tl.constexpr, CP: tl.constexpr,
                       BR: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Per (R block, batch and head): dCol_p = (psi_p * S_p)^T dO, dS0_m = (phi_m * dO)^T X."""
-    i_r, i_bh = tl.program_id(0), tl.program_id(1)
-    tok, m_t = _tokens(i_bh, T, H, CP)
-    o_r = i_r * BR + tl.arange(0, BR)
-    m_r = o_r < R
-    m_tr = m_t[:, None] & m_r[None, :]
+    i_bh, tok, m_t, o_r, m_r, m_tr = _block(T, H, CP, R, BR)
     b_do = tl.load(do + tok[:, None] * R + o_r[None, :], mask=m_tr, other=0.0).to(tl.float32)
     for p in tl.static_range(P):
         w = _pair_tile(scored, tok, m_t, p, P, T, CP)
@@ -328,11 +323,7 @@ def _product_bwd_keys(x, starts, phi, rows, do, gated, dx, drows, T, H: tl.const
                       CP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Per (K block, batch and head): dX = sum_m (phi_m * dO) S0_m + sum_p (psi_p * G_p) Row_p,
     dRow_p = (psi_p * G_p)^T X."""
-    i_k, i_bh = tl.program_id(0), tl.program_id(1)
-    tok, m_t = _tokens(i_bh, T, H, CP)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    m_tk = m_t[:, None] & m_k[None, :]
+    i_bh, tok, m_t, o_k, m_k, m_tk = _block(T, H, CP, K, BK)
     b_x = tl.load(x + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
     acc = tl.zeros([CP, BK], dtype=tl.float32)
     for m in tl.static_range(M):
