@@ -363,74 +363,94 @@ def _product_tiles(T: int, R: int, K: int, dtype) -> dict:
 
 
 def _pointers(tensors):
-    """Empty tensors (no chunk-start state or no pair of this shape) as a stand-in the kernels
-    never read (their loops over M or P are empty)."""
+    """Empty tensors (no pair of the state's shape) as a stand-in the kernels never read
+    (their loops over P are empty)."""
     return [t if t.numel() else tensors[0] for t in tensors]
 
 
+def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
+    """The kernels' inputs, contiguous: x `[B, T, H, K]`, starts `[B, H, M, R, K]`, phi
+    `[B, T, H, M]`, psi `[B, T, H, P, T]`, cols `[B, T, H, P, R]`, rows `[B, T, H, P, K]`.
+    Built for each kernel launch and dropped after it: the autograd function keeps its
+    inputs as given (views of tensors the graph holds anyway), not these copies."""
+    same, terms = layout
+    M, P = len(same), len(terms)
+    starts, cols, rows = pieces[:M], pieces[M:M + P], pieces[M + P:]
+    B, T, H, K = x.shape
+    R = starts[0].shape[-2]
+
+    def stack(xs, width):
+        return torch.stack(xs, 3) if xs else x.new_zeros(B, T, H, 0, width)
+    return [x.contiguous(), torch.stack(starts, 2), phi[..., list(same)].contiguous(),
+            stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
+
+
 class DualProduct(torch.autograd.Function):
-    """x `[B, T, H, K]`, starts `[B, H, M, R, K]`, phi `[B, T, H, M]`, psi `[B, T, H, P, T]`,
-    cols `[B, T, H, P, R]`, rows `[B, T, H, P, K]` -> `[B, T, H, R]` (the module docstring's
-    read of one chunk)."""
+    """The module docstring's read of one chunk, `[B, T, H, R]`, from x `[B, T, H, K]`, phi
+    `[B, T, H, n]`, psi `[B, T, H, T, d]` and the pieces: the M chunk-start states
+    `[B, H, R, K]`, then the P pairs' columns `[B, T, H, R]`, then their rows `[B, T, H, K]`.
+    `layout` = (the phi column of each start, the psi term of each pair)."""
 
     @staticmethod
-    def forward(ctx, x, starts, phi, psi, cols, rows):
-        inputs = [t.contiguous() for t in (x, starts, phi, psi, cols, rows)]
+    def forward(ctx, layout, x, phi, psi, *pieces):
+        inputs = _packed(layout, x, phi, psi, pieces)
         B, T, H, K = x.shape
-        M, P, R = starts.shape[2], psi.shape[3], cols.shape[-1]
-        dtype = torch.result_type(x, cols) if P else torch.result_type(x, starts)
+        M, P, R = len(layout[0]), len(layout[1]), pieces[0].shape[-2]
+        dtype = torch.result_type(x, inputs[4]) if P else torch.result_type(x, inputs[1])
         dims = {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
         out = torch.empty(B, T, H, R, dtype=torch.float32, device=x.device)
         _product_fwd[(triton.cdiv(R, dims["BR"]), B * H)](*_pointers(inputs), out, T, **dims,
                                                           num_warps=WARPS)
         LAUNCHES["product_fwd"] += 1
-        ctx.save_for_backward(*inputs)
-        ctx.dims = dims
+        ctx.save_for_backward(x, phi, psi, *pieces)
+        ctx.layout, ctx.dims = layout, dims
         return out.to(dtype)
 
     @staticmethod
     def backward(ctx, do):
         saved = ctx.saved_tensors
-        x, starts, phi, psi, cols, rows = _pointers(saved)
-        dims = ctx.dims
+        (same, terms), dims = ctx.layout, ctx.dims
+        packed = _packed(ctx.layout, saved[0], saved[1], saved[2], saved[3:])
+        x, starts, phi, psi, cols, rows = _pointers(packed)
         B, T, H, K = x.shape
         do = do.contiguous()
         f32 = {"dtype": torch.float32, "device": x.device}
-        dphi, dstarts = torch.empty(saved[2].shape, **f32), torch.empty(saved[1].shape, **f32)
-        dpsi, gated, scored = (torch.empty(saved[3].shape, **f32) for _ in range(3))
-        dcols, drows = torch.empty(saved[4].shape, **f32), torch.empty(saved[5].shape, **f32)
-        dx = torch.empty(x.shape, **f32)
-        dphi_, dstarts_, dpsi_, gated_, scored_, dcols_, drows_ = _pointers(
-            [dx, dphi, dstarts, dpsi, gated, scored, dcols, drows])[1:]
-        _product_bwd_pairs[(B * H,)](x, starts, phi, psi, cols, rows, do, dphi_, dpsi_, gated_,
+        dx, dstarts, dphi, dpsi, dcols, drows = (torch.empty(t.shape, **f32) for t in packed)
+        gated, scored = torch.empty_like(dpsi), torch.empty_like(dpsi)
+        dpsi_, gated_, scored_, dcols_, drows_ = _pointers(
+            [dx, dpsi, gated, scored, dcols, drows])[1:]
+        _product_bwd_pairs[(B * H,)](x, starts, phi, psi, cols, rows, do, dphi, dpsi_, gated_,
                                      scored_, T, **dims, num_warps=WARPS)
         _product_bwd_rows[(triton.cdiv(dims["R"], dims["BR"]), B * H)](
-            x, phi, do, scored_, dstarts_, dcols_, T, **dims, num_warps=WARPS)
+            x, phi, do, scored_, dstarts, dcols_, T, **dims, num_warps=WARPS)
         _product_bwd_keys[(triton.cdiv(K, dims["BK"]), B * H)](
             x, starts, phi, rows, do, gated_, dx, drows_, T, **dims, num_warps=WARPS)
         LAUNCHES["product_bwd"] += 1
-        grads = (dx, dstarts, dphi, dpsi, dcols, drows)
-        return tuple(g.to(t.dtype) for g, t in zip(grads, saved))
+        # back to the inputs as given: phi's and psi's columns, one piece per start and pair
+        dphi_all = torch.zeros(saved[1].shape, **f32)
+        dphi_all[..., list(same)] = dphi
+        dpsi_all = torch.zeros(saved[2].shape, **f32)
+        for p, d in enumerate(terms):
+            dpsi_all[..., d] += dpsi[:, :, :, p]
+        grads = (dx, dphi_all, dpsi_all, *dstarts.unbind(2), *dcols.unbind(3), *drows.unbind(3))
+        return (None, *(g.to(t.dtype) for g, t in zip(grads, saved, strict=True)))
 
 
 def dual_read(state, x: torch.Tensor) -> torch.Tensor:
     """`DualState.product` (dual.py) by the kernels: S_t @ x_t for every token of the chunk,
-    x `[B, T, H, K, 1]` -> `[B, T, H, R, 1]`. The chunk-start states and the (column, row)
-    pairs of the state's shape are stacked, each pair with its term's coefficients."""
+    x `[B, T, H, K, 1]` -> `[B, T, H, R, 1]`, from the chunk-start states of the state's
+    shape (the state itself among them) and the (column, row) pairs of its terms."""
     from nlc.runtime.library.dual import _full, _matching
     R, K = state.start[state.name].shape[-2:]
-    B, T, H = state.phi.shape[:3]
-    same = [m for m, other in enumerate(state.order) if state.start[other].shape[-2:] == (R, K)]
-    starts = torch.stack([state.start[state.order[m]].expand(B, H, R, K) for m in same], 2)
+    B, H = state.phi.shape[0], state.phi.shape[2]
+    same = tuple(m for m, other in enumerate(state.order)
+                 if state.start[other].shape[-2:] == (R, K))
     pairs = [(d, col, row) for d, term in enumerate(state.terms)
              for col, row in _matching(state.pairs[term], (R, K))]
     like = state.phi
-    if pairs:
-        psi = torch.stack([state.psi[..., d] for d, _, _ in pairs], 3)       # [B, T, H, P, T]
-        cols = torch.stack([_full(col, like).squeeze(-1) for _, col, _ in pairs], 3)
-        rows = torch.stack([_full(row, like).squeeze(-2) for _, _, row in pairs], 3)
-    else:
-        psi, cols, rows = (like.new_zeros(B, T, H, 0, n) for n in (T, R, K))
-    out = DualProduct.apply(_full(x, like).squeeze(-1), starts, state.phi[..., same], psi,
-                            cols, rows)
+    pieces = [*(state.start[state.order[m]].expand(B, H, R, K) for m in same),
+              *(_full(col, like).squeeze(-1) for _, col, _ in pairs),
+              *(_full(row, like).squeeze(-2) for _, _, row in pairs)]
+    layout = (same, tuple(d for d, _, _ in pairs))
+    out = DualProduct.apply(layout, _full(x, like).squeeze(-1), state.phi, state.psi, *pieces)
     return out.unsqueeze(-1)
