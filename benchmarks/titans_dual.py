@@ -12,6 +12,10 @@ form before: a loop over each chunk's tokens on per-token MLP weights, built fro
 products) and, when cheap enough,
 the token-by-token recurrence.
 Each is checked against the recurrence (relative max error of the output) before timing.
+"saved for backward" counts the distinct storages autograd keeps from the forward pass to the
+backward pass, on any device; what a checkpointed region recomputes is not kept, and neither
+is counted what the checkpoints themselves hold (the per-token loop checkpoints every chunk:
+its column reads about 0).
 Prints a markdown table with the machine, versions and date: docs/perf.md records it."""
 
 from __future__ import annotations
@@ -103,6 +107,20 @@ def timed(fn, x, state, repeat: int, device: str) -> float:
     return statistics.median(times[1:])
 
 
+def saved_mib(fn, x, state) -> float:
+    """MiB of the distinct storages a forward pass keeps for its backward pass (the inputs
+    included), on any device."""
+    storages = {}
+
+    def keep(t):
+        storage = t.untyped_storage()
+        storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        fn(x, state)
+    return sum(storages.values()) / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--B", type=int, default=4)
@@ -139,7 +157,7 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        rows.append((name, seconds, errors[name], peak))
+        rows.append((name, seconds, errors[name], peak, saved_mib(fn, x, state)))
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"{device}, torch {torch.__version__}, Python {platform.python_version()}, "
@@ -147,11 +165,13 @@ def main() -> None:
           f"T={args.T}, 4 heads of 64, MLP hidden 256, chunk 64; forward + backward, median of "
           f"{args.repeat} after one warm-up; error: relative max vs the recurrence at B=2.\n")
     base = rows[0][1]
-    print("| form | forward + backward (ms) | vs dual | rel. error | peak GPU memory (GiB) |")
-    print("|---|---|---|---|---|")
-    for name, seconds, err, peak in rows:
+    print("| form | forward + backward (ms) | vs dual | rel. error | peak GPU memory (GiB) "
+          "| saved for backward (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for name, seconds, err, peak, saved in rows:
         memory = "-" if peak is None else f"{peak:.1f}"
-        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / base:.1f}x | {err:.1e} | {memory} |")
+        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / base:.1f}x | {err:.1e} | {memory} "
+              f"| {saved:.1f} |")
 
 
 if __name__ == "__main__":
