@@ -141,11 +141,13 @@ def read_inputs(T: int, R: int, K: int, seed: int = 0) -> dict:
             "xW": r(B, T, H, K, 1), "xV": r(B, T, 1, R, 1)}
 
 
-def read_run(leaves: dict, name: str):
+def read_run(leaves: dict, name: str, pairs_of_w: bool = True):
     B = leaves["W"].shape[0]
     start = {"W": leaves["W"], "V": leaves["V"].expand(B, -1, -1, -1), "Wm": leaves["Wm"]}
     pairs = {"d0": [(leaves["c0"], leaves["r0"]), (leaves["c1"], leaves["r1"])],
              "d1": [(leaves["c2"], leaves["r2"])]}
+    if not pairs_of_w:  # d0's pairs of V's shape instead: W's read meets no pair
+        pairs["d0"] = [(leaves["c2"] * 0.5, leaves["r2"])]
     state = dual.DualState(name, leaves["phi"], leaves["psi"], start, pairs, ["W", "V", "Wm"],
                            ["d0", "d1"])
     out = state.product(leaves[f"x{name}"])
@@ -170,6 +172,21 @@ def test_read_kernel_matches_the_pytorch_read(T, R, K, name, monkeypatch):
     assert ran(before, "product_fwd", "product_bwd")
     assert rel(got, want) < TOL
     assert got_grads.keys() == want_grads.keys()
+    for n, ref in want_grads.items():
+        assert close(got_grads[n], ref, TOL), n
+
+
+@needs_kernels
+def test_read_kernel_of_a_state_that_meets_no_pair(monkeypatch):
+    """No term has W's shape: W's read is its chunk-start part alone (no pair in the kernel)."""
+    values = read_inputs(15, 16, 48)
+    monkeypatch.setenv("NLC_TRITON", "0")
+    want, want_grads = read_run(leaves_as(values, torch.float64), "W", pairs_of_w=False)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    before = launches()
+    got, got_grads = read_run(leaves_as(values, torch.float32), "W", pairs_of_w=False)
+    assert ran(before, "product_fwd", "product_bwd")
+    assert rel(got, want) < TOL and got_grads.keys() == want_grads.keys()
     for n, ref in want_grads.items():
         assert close(got_grads[n], ref, TOL), n
 

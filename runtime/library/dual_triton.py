@@ -432,8 +432,10 @@ class DualProduct(torch.autograd.Function):
         dpsi_all = torch.zeros(saved[2].shape, **f32)
         for p, d in enumerate(terms):
             dpsi_all[..., d] += dpsi[:, :, :, p]
-        grads = (dx, dphi_all, dpsi_all, *dstarts.unbind(2), *dcols.unbind(3), *drows.unbind(3))
-        return (None, *(g.to(t.dtype) for g, t in zip(grads, saved, strict=True)))
+        grads = (dx, dphi_all, dpsi_all if terms else None,  # no pair: psi is not read
+                 *dstarts.unbind(2), *dcols.unbind(3), *drows.unbind(3))
+        return (None, *(g if g is None else g.to(t.dtype)
+                        for g, t in zip(grads, saved, strict=True)))
 
 
 def dual_read(state, x: torch.Tensor) -> torch.Tensor:
