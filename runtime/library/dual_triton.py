@@ -23,15 +23,17 @@ psi_p `[C, C]` (the term's coefficients, zero above the diagonal):
     O = sum_m phi_m * (X S0_m^T) + sum_p (psi_p * (X Row_p^T)) Col_p
 
 (`*` by rows for phi_m, elementwise for psi_p). The forward program takes one block of R per
-(batch, head); the scores X Row_p^T are products on tensor cores over K blocks. With dO and
-the scores' gradients G_p = dO Col_p^T, the backward pass is
+(batch, head); the scores X Row_p^T are `tl.dot` products over K blocks. With dO and the
+scores' gradients G_p = dO Col_p^T, the backward pass is
 
     dphi_m = rowsum(dO * (X S0_m^T)),   dpsi_p = G_p * (X Row_p^T),
     dCol_p = (psi_p * X Row_p^T)^T dO,  dS0_m = (phi_m * dO)^T X,
     dX = sum_m (phi_m * dO) S0_m + sum_p (psi_p * G_p) Row_p,   dRow_p = (psi_p * G_p)^T X,
 
 three kernels: per (batch, head) the [C, C] pieces (dpsi, dphi, and psi * G, psi * S kept in
-float32 scratch), per R block dCol and dS0, per K block dX and dRow.
+float32 scratch), per R block dCol and dS0, per K block dX and dRow. The autograd function
+keeps its inputs as given (the start states, the pairs, the whole phi and psi: tensors the
+graph holds anyway) and stacks them into the kernels' layout for each launch.
 
 Inputs are float32, bfloat16 or float16; every product accumulates in float32 (exact float32
 products for float32 inputs, the tensor cores' modes for half precision, as
