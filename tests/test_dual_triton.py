@@ -236,7 +236,8 @@ def test_chunks_longer_than_the_read_tiles_keep_the_pytorch_read(monkeypatch):
 # eta = 0.9 sigmoid(.), alpha = sigmoid(. - 5); TTT-MLP's rate 0.1 sigmoid(.) / d_head), a
 # little wider so that the memory's updates matter. Larger rates make the memory itself
 # ill-conditioned: at theta up to 0.5 the float32 recurrence is 2e-4 from float64.
-GATES = {"titans": {"alpha": 0.1, "eta": 0.9, "theta": 0.02}, "ttt_mlp": {"eta": 0.3}}
+GATES = {"titans": {"alpha": 0.1, "eta": 0.9, "theta": 0.02}, "ttt_mlp": {"eta": 0.3},
+         "ttt_linear": {"eta": 0.3}}
 
 
 def op_inputs(name: str, module, T: int, gates: dict | None = None) -> dict:
@@ -291,7 +292,7 @@ def compare_op(name: str, chunk: int, T: int, monkeypatch, gates=None, splits=No
     before = launches()
     splits = splits or [0, T]
     got = op_run(module, values, learned, torch.float32, splits, "chunked")
-    # TTT-MLP's combine has no gates (W' = W + drive): its scan has no backward pass
+    # TTT's combine has no gates (W' = W + drive): its scan has no backward pass
     gated = ("scan_bwd",) if name.startswith("titans") else ()
     assert ran(before, "scan_fwd", "product_fwd", "product_bwd", *gated)
     return got, want
@@ -309,9 +310,10 @@ def assert_op_close(got, want):
 @needs_kernels
 @pytest.mark.parametrize("name, T", [("titans", 1), ("titans", 63), ("titans", 65),
                                      ("ttt_mlp", 1), ("ttt_mlp", 63), ("ttt_mlp", 65),
-                                     ("titans read before", 40)])
+                                     ("titans read before", 40), ("ttt_linear", 65)])
 def test_generated_op_with_kernels_equals_its_recurrence(name, T, monkeypatch):
-    """The generated level op (chunk 16) with the kernels forced, in calls of 32, 21 and the
+    """The generated level op (chunk 16; Titans also with its read before the write, and
+    TTT-Linear: n = 1 state, d = 1 term) with the kernels forced, in calls of 32, 21 and the
     rest of the tokens: the second starts from the first's state at a chunk boundary, the third
     from a state that stopped mid-chunk (it goes on token by token). Output, final state and
     the gradients of every input and of the learned initial weights against one float64 call
