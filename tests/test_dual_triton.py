@@ -218,6 +218,15 @@ def test_float64_and_nlc_triton_0_keep_the_pytorch_forms(monkeypatch):
     assert dual._kernels(torch.zeros(1)) is None
 
 
+def test_torch_compile_traces_the_pytorch_forms(monkeypatch):
+    """While torch.compile traces (a compiled chunk or model), the kernels step aside."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("NLC_TRITON", "force")
+    assert dual._kernels(torch.zeros(1)) is not None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dual._kernels(torch.zeros(1)) is None
+
+
 @needs_kernels
 def test_chunks_longer_than_the_read_tiles_keep_the_pytorch_read(monkeypatch):
     """A chunk of 129 tokens (over the reads' 128) reads by the PyTorch form, kernels forced."""

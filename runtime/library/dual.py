@@ -201,8 +201,11 @@ def _coefficients(combine, inputs, order, terms, lead):
 
 def _kernels(ref: torch.Tensor):
     """dual_triton.py (this form's scan and reads as Triton kernels) when they run for tensors
-    like `ref`: CUDA ones unless NLC_TRITON=0, CPU ones with NLC_TRITON=force; else None."""
-    if not triton_enabled(ref) or ref.dtype not in SUPPORTED_DTYPES:
+    like `ref`: CUDA ones unless NLC_TRITON=0, CPU ones with NLC_TRITON=force; else None.
+    Under torch.compile (a compiled chunk or model) the PyTorch forms are traced instead, as
+    for the context kernels, and Inductor fuses them."""
+    if (not triton_enabled(ref) or ref.dtype not in SUPPORTED_DTYPES
+            or torch.compiler.is_compiling()):
         return None
     try:
         from nlc.runtime.library import dual_triton
