@@ -107,6 +107,29 @@ def timed(fn, x, state, repeat: int, device: str) -> float:
     return statistics.median(times[1:])
 
 
+def kernel_check(chosen: dict, x: dict, state: dict) -> str:
+    """The Triton row against the PyTorch dual form on the first two sequences: relative
+    (Frobenius) errors of the output and of the gradients of every input and initial state."""
+    def run(fn):
+        leaves = {n: t[:2].detach().clone().requires_grad_(True) for n, t in x.items()}
+        start = {n: s[:2].detach().clone().requires_grad_(True) for n, s in state.items()}
+        o = fn(leaves, start)
+        grads = torch.autograd.grad(o.square().mean(), [*leaves.values(), *start.values()],
+                                    allow_unused=True)
+        return o, grads
+
+    def rel(a, b):
+        a, b = a.detach().double(), b.detach().double()
+        return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    (o, grads), (ref, ref_grads) = (run(chosen[name]) for name in (
+        "dual, Triton kernels (dual_triton.py)", "dual (nl.dual_chunked)"))
+    names = [*x, *state]
+    errors = {n: rel(g, r) for n, g, r in zip(names, grads, ref_grads) if r is not None}
+    worst = max(errors, key=errors.get)
+    return (f"Triton kernels vs the PyTorch dual form (B=2): output {rel(o, ref):.1e}, "
+            f"worst gradient {errors[worst]:.1e} ({worst}; relative, Frobenius)")
+
+
 def saved_mib(fn, x, state) -> float:
     """MiB of the distinct storages a forward pass keeps for its backward pass (the inputs
     included), on any device."""
@@ -164,6 +187,8 @@ def main() -> None:
           f"nlc {__version__}, {datetime.date.today()}. Titans' memory op, fp32, B={args.B}, "
           f"T={args.T}, 4 heads of 64, MLP hidden 256, chunk 64; forward + backward, median of "
           f"{args.repeat} after one warm-up; error: relative max vs the recurrence at B=2.\n")
+    if args.triton:
+        print(kernel_check(chosen, x, state) + "\n")
     base = rows[0][1]
     print("| form | forward + backward (ms) | vs dual | rel. error | peak GPU memory (GiB) "
           "| saved for backward (MiB) |")
