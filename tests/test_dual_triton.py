@@ -6,7 +6,8 @@ across calls that carry the state (and stop mid-chunk), with the learned initial
 gradient; gates at their limits.
 
 Kernels run under Triton's interpreter, as in tests/test_chunk_triton.py (whose import sets
-TRITON_INTERPRET=1 before triton is imported)."""
+TRITON_INTERPRET=1 before triton is imported); NLC_TRITON_TEST_DEVICE=cuda runs them on a GPU
+instead (every tensor is made on the CPU, then moved: the same draws on either device)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def grads_of(outputs, leaves: dict, seed: int = 7) -> dict:
     """The gradients of a fixed random weighting of `outputs` (float64 weights, cast), for the
     leaves that reach them."""
     g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum()
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)).sum()
                for o in outputs)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     return {n: x for n, x in zip(leaves, grads) if x is not None}
