@@ -19,7 +19,8 @@ Time)", Sec. 2.7, the dual form; Titans Sec. 3.2). Nothing of size [tokens, rows
 built: the emitter checks the conditions (`LevelEmitter.dual_form`).
 
 The products of chunk code live here too (`mm`, `outer_sum`, re-exported by ops.py): `mm` is
-how a read meets a `DualState`."""
+how a read meets a `DualState`. The coefficient scan and the reads of a `DualState` run as
+Triton kernels on CUDA tensors (dual_triton.py, `_kernels`); the forms here are the reference."""
 
 from __future__ import annotations
 
