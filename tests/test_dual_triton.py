@@ -30,7 +30,7 @@ from test_chunk_triton import (  # sets TRITON_INTERPRET=1 (neither import above
     rerun_under_interpreter,
 )
 
-from nlc.emit import load_module
+from nlc.emit import load_layer, load_module
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TOKENS = [1, 15, 16, 63, 64, 65]  # chunk lengths the kernels see (16 and 64: whole chunks)
@@ -173,6 +173,28 @@ def test_read_kernel_matches_the_pytorch_read(T, R, K, name, monkeypatch):
     assert ran(before, "product_fwd", "product_bwd")
     assert rel(got, want) < TOL
     assert got_grads.keys() == want_grads.keys()
+    for n, ref in want_grads.items():
+        assert close(got_grads[n], ref, TOL), n
+
+
+def permuted(x: torch.Tensor) -> torch.Tensor:
+    """x's values with the token axis innermost in memory (as a generated layer's columns
+    come, views of `[B, H, D, T]` products): strides a kernel must not assume."""
+    return x.transpose(1, -1).contiguous().transpose(1, -1) if x.dim() >= 4 else x
+
+
+@needs_kernels
+def test_read_kernel_takes_inputs_in_any_layout(monkeypatch):
+    """Every input with the token axis innermost: stacking such tensors keeps their order of
+    strides, which the kernels' packing must undo."""
+    values = read_inputs(15, 48, 16)
+    monkeypatch.setenv("NLC_TRITON", "0")
+    want, want_grads = read_run(leaves_as(values, torch.float64), "W")
+    monkeypatch.setenv("NLC_TRITON", "force")
+    leaves = {n: permuted(v) for n, v in leaves_as(values, torch.float32).items()}
+    assert not leaves["r0"].is_contiguous()
+    got, got_grads = read_run({n: v.detach().requires_grad_() for n, v in leaves.items()}, "W")
+    assert rel(got, want) < TOL
     for n, ref in want_grads.items():
         assert close(got_grads[n], ref, TOL), n
 
@@ -336,6 +358,31 @@ def test_generated_op_with_kernels_equals_its_recurrence(name, T, monkeypatch):
 def test_generated_titans_at_chunk_64(monkeypatch):
     """Titans' own chunk of 64 at T = 65: a whole chunk and a chunk of one token."""
     assert_op_close(*compare_op("titans", 64, 65, monkeypatch))
+
+
+@needs_kernels
+def test_generated_titans_layer_with_kernels_equals_its_recurrence(monkeypatch):
+    """The whole generated layer (d_head 16, chunk 64, T = 40: its q, k, v columns are views
+    with the token axis innermost) with the kernels forced, in float32, against the layer's
+    recurrent mode in float64: output and the gradients of the input and every parameter."""
+    torch.manual_seed(0)
+    layer = load_layer(str(EXAMPLES / "titans.nl"), d_model=32, heads=2, d_head=16)()
+    x = torch.randn(2, 40, 32, dtype=torch.float64)
+
+    def run(mode, dtype):
+        module = layer.to(DEVICE, dtype)
+        module.mode = mode
+        xx = x.to(DEVICE, dtype).requires_grad_()
+        y = module(xx)
+        return y, grads_of((y,), {"x": xx, **dict(module.named_parameters())})
+    want, want_grads = run("recurrent", torch.float64)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    before = launches()
+    got, got_grads = run("chunked", torch.float32)
+    assert ran(before, "scan_fwd", "scan_bwd", "product_fwd", "product_bwd")
+    assert rel(got, want) < TOL
+    for n, ref in want_grads.items():
+        assert close(got_grads[n], ref, TOL), n
 
 
 @needs_kernels

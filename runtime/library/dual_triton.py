@@ -383,8 +383,10 @@ def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
 
     def stack(xs, width):
         return torch.stack(xs, 3) if xs else x.new_zeros(B, T, H, 0, width)
-    return [x.contiguous(), torch.stack(starts, 2), phi[..., list(same)].contiguous(),
-            stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
+    # a stack of permuted tensors keeps their order of strides: make each one contiguous
+    packed = [x, torch.stack(starts, 2), phi[..., list(same)],
+              stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
+    return [t.contiguous() for t in packed]
 
 
 class DualProduct(torch.autograd.Function):
