@@ -81,9 +81,11 @@ def small_op(name: str, chunk: int = 16, read_before: bool = False):
     if read_before:
         text = text.replace("    read M(q)", "    read before M(q)")
         assert "read before" in text
-    path = Path(tempfile.mkdtemp()) / f"{name.split()[0]}_{chunk}.nl"
+    path = Path(tempfile.mkdtemp()) / f"{name.split()[0]}_{chunk}{'_before' * read_before}.nl"
     path.write_text(text)
-    return load_module(str(path), {"d_model": 16.0, "heads": 2.0, "d_head": 8.0})
+    module = load_module(str(path), {"d_model": 16.0, "heads": 2.0, "d_head": 8.0})
+    assert f"read_before={read_before}" in Path(module.__file__).read_text()
+    return module
 
 
 SCANS = {  # name -> (combine, states, terms, scalar inputs: name -> (low, high))
