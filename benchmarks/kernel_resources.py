@@ -5,7 +5,10 @@ use. An H200 gives a program at most 227 KiB of shared memory and a thread 255 r
 STACK is the bytes a thread spills.
 
 Covers runtime/library/chunk_rows_triton.py (with the chunk_decay_triton.py kernels it
-reuses) and runtime/library/chunk_joint_triton.py (n = 2, float32 pieces), and, for scale,
+reuses), runtime/library/chunk_joint_triton.py (n = 2, float32 pieces),
+runtime/library/dual_triton.py at Titans' shapes (float32, as dual_chunked runs: the scan
+with n = 4 states and d = 2 terms, the reads of the [256, 64] layer with two chunk-start
+states and one pair, and of the [64, 256] one), and, for scale,
 chunk_delta_triton.py's input-gradient kernel, whose spills were part of the timed runs in
 docs/perf.md.
 
@@ -16,12 +19,19 @@ Usage (no GPU needed; TRITON_INTERPRET must be unset):
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import subprocess
 import tempfile
 
+import torch
 import triton
-from nlc.runtime.library import chunk_decay_triton, chunk_delta_triton, chunk_joint_triton
+from nlc.runtime.library import (
+    chunk_decay_triton,
+    chunk_delta_triton,
+    chunk_joint_triton,
+    dual_triton,
+)
 from nlc.runtime.library import chunk_rows_triton as rows
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR
 from triton.backends.compiler import GPUTarget
@@ -31,7 +41,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                          "cuobjdump")
 H, K, V, BT = 16, 128, 128, 64
-INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32"}
+INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32", "T": "i32"}
 
 
 def compiled(kernel, bf16: tuple[str, ...], constants: dict, num_warps=4, num_stages=3):
@@ -81,6 +91,22 @@ def kernels():
                {**joint, "C": BT, "BV": BV, "HAS_DXT": True}, 4, 1)
     yield ("joint output BV=32", chunk_joint_triton._output_kernel, (),
            {**joint, "C": BT, "BV": 32}, 4, 3)
+    scan = {"H": H, "N": 4, "D": 2, "NP": 4, "CP": BT, "DP": 2}
+    yield ("dual scan", dual_triton._scan_fwd, (), scan, 1, 3)
+    yield ("dual scan grads", dual_triton._scan_bwd, (), scan, 1, 3)
+    for (R, Kd), dtype in itertools.product(((256, 64), (64, 256)),
+                                            (torch.float32, torch.bfloat16)):
+        read = {"H": H, "M": 2, "P": 1, **dual_triton._product_tiles(BT, R, Kd, dtype)}
+        tag = f"[{R}, {Kd}] {str(dtype).removeprefix('torch.')}"
+        half = () if dtype == torch.float32 else ("x", "starts", "phi", "psi", "cols", "rows")
+        warps = dual_triton.WARPS
+        yield (f"dual read {tag}", dual_triton._product_fwd, half, read, warps, 3)
+        yield (f"dual read grads, pairs {tag}", dual_triton._product_bwd_pairs, half, read,
+               warps, 3)
+        yield (f"dual read grads, rows {tag}", dual_triton._product_bwd_rows, half, read,
+               warps, 3)
+        yield (f"dual read grads, keys {tag}", dual_triton._product_bwd_keys, half, read,
+               warps, 3)
     yield ("(scale) delta input grads BV=32", chunk_delta_triton._input_grads_kernel,
            ("q", "k", "v", "h", "delta", "do", "dq", "dk", "dv", "w"),
            {**tiles, "V": V, "BV": 32, "DELTA": True, "HAS_G": True,

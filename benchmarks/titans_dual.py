@@ -1,19 +1,28 @@
 """Titans' memory level: the dual chunk form against the per-token loop form, forward + backward.
 
-    python benchmarks/titans_dual.py [--B 64] [--T 256] [--repeat 3] [--device cuda]
+    python benchmarks/titans_dual.py [--B 64] [--T 256] [--repeat 3] [--device cuda] [--triton]
 
 The level op of examples/titans.nl (4 heads of 64, an MLP memory with hidden 256, gradients
 at chunks of 64), fp32, random inputs shaped like a layer's: l2-normalized q and k, gates in
-(0, 1). Rows: `nl.dual_chunked` (what the generated op runs), `nl.frozen_chunked` on the same
-generated `memory_drive / memory_combine / memory_read` (the form before: a loop over each
-chunk's tokens on per-token MLP weights) and, when cheap enough, the token-by-token recurrence.
+(0, 1). Rows: `nl.dual_chunked` (what the generated op runs) in its PyTorch form
+(NLC_TRITON=0), with `--triton` the same with its scan and reads as Triton kernels
+(runtime/library/dual_triton.py; on a CPU only under TRITON_INTERPRET=1, slowly),
+`nl.frozen_chunked` on the same generated `memory_outer / memory_combine / memory_read` (the
+form before: a loop over each chunk's tokens on per-token MLP weights, built from the outer
+products) and, when cheap enough,
+the token-by-token recurrence.
 Each is checked against the recurrence (relative max error of the output) before timing.
+"saved for backward" counts the distinct storages autograd keeps from the forward pass to the
+backward pass, on any device; what a checkpointed region recomputes is not kept, and neither
+is counted what the checkpoints themselves hold (the per-token loop checkpoints every chunk:
+its column reads about 0).
 Prints a markdown table with the machine, versions and date: docs/perf.md records it."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -42,19 +51,45 @@ def inputs(B: int, T: int, device: str, dtype=torch.float32) -> dict:
             "theta": torch.sigmoid(rand(B, T, 4)) * 0.01}
 
 
-def forms(module):
+def with_triton(flag: str, fn):
+    """fn run with NLC_TRITON=flag (the dispatch reads it at each call; the backward pass
+    follows what the forward chose)."""
+    def run(x, state):
+        before = os.environ.get("NLC_TRITON")
+        os.environ["NLC_TRITON"] = flag
+        try:
+            return fn(x, state)
+        finally:
+            if before is None:
+                os.environ.pop("NLC_TRITON")
+            else:
+                os.environ["NLC_TRITON"] = before
+    return run
+
+
+def forms(module, triton: bool):
     """name -> function(inputs, state) -> output of the level op."""
     anchors = (("M_W1_0", "M_W1"), ("M_W2_0", "M_W2"))
 
+    def drive(inputs):  # each token's terms as matrices, from the generated outer products
+        return {name: sum(col @ row for col, row in pairs)
+                for name, pairs in module.memory_outer(inputs).items()}
+
     def loop(x, state):
         tokens = {n: nl.column(x[n]) if x[n].dim() == 4 else nl.scalar(x[n]) for n in x}
-        o, _ = nl.frozen_chunked(module.memory_drive, module.memory_combine,
+        o, _ = nl.frozen_chunked(drive, module.memory_combine,
                                  module.memory_read, tokens, state, anchors=anchors, chunk=64)
         return nl.output(o, "vector")
 
+    def dual(x, s):
+        return module.memory_op(**x, initial_state=s)[0]
+
+    kernels = {"dual, Triton kernels (dual_triton.py)": with_triton("force", dual)} \
+        if triton else {}
     return {
-        "dual (nl.dual_chunked)": lambda x, s: module.memory_op(**x, initial_state=s)[0],
-        "per-token loop (nl.frozen_chunked)": loop,
+        "dual (nl.dual_chunked)": with_triton("0", dual),
+        **kernels,
+        "per-token loop (nl.frozen_chunked)": with_triton("0", loop),
         "recurrent": lambda x, s: module.memory_op(**x, initial_state=s, mode="recurrent")[0],
     }
 
@@ -72,6 +107,43 @@ def timed(fn, x, state, repeat: int, device: str) -> float:
     return statistics.median(times[1:])
 
 
+def kernel_check(chosen: dict, x: dict, state: dict) -> str:
+    """The Triton row against the PyTorch dual form on the first two sequences: relative
+    (Frobenius) errors of the output and of the gradients of every input and initial state."""
+    def run(fn):
+        leaves = {n: t[:2].detach().clone().requires_grad_(True) for n, t in x.items()}
+        start = {n: s[:2].detach().clone().requires_grad_(True) for n, s in state.items()}
+        o = fn(leaves, start)
+        grads = torch.autograd.grad(o.square().mean(), [*leaves.values(), *start.values()],
+                                    allow_unused=True)
+        return o, grads
+
+    def rel(a, b):
+        a, b = a.detach().double(), b.detach().double()
+        return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    (o, grads), (ref, ref_grads) = (run(chosen[name]) for name in (
+        "dual, Triton kernels (dual_triton.py)", "dual (nl.dual_chunked)"))
+    names = [*x, *state]
+    errors = {n: rel(g, r) for n, g, r in zip(names, grads, ref_grads) if r is not None}
+    worst = max(errors, key=errors.get)
+    return (f"Triton kernels vs the PyTorch dual form (B=2): output {rel(o, ref):.1e}, "
+            f"worst gradient {errors[worst]:.1e} ({worst}; relative, Frobenius)")
+
+
+def saved_mib(fn, x, state) -> float:
+    """MiB of the distinct storages a forward pass keeps for its backward pass (the inputs
+    included), on any device."""
+    storages = {}
+
+    def keep(t):
+        storage = t.untyped_storage()
+        storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        fn(x, state)
+    return sum(storages.values()) / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--B", type=int, default=4)
@@ -79,13 +151,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-recurrent", action="store_true")
+    parser.add_argument("--triton", action="store_true",
+                        help="add a row with the dual form's Triton kernels")
     args = parser.parse_args()
     module = load_module(str(ROOT / "examples" / "titans.nl"))
     layer = module.Titans().to(args.device)
     state = {n: s.detach().clone().requires_grad_(True)
              for n, s in layer.initial_state(args.B)["memory"].items()}
     x = {n: t.requires_grad_(True) for n, t in inputs(args.B, args.T, args.device).items()}
-    chosen = forms(module)
+    chosen = forms(module, args.triton)
     with torch.no_grad():
         small = {n: t[:2] for n, t in x.items()}
         small_state = {n: s[:2] for n, s in state.items()}
@@ -106,19 +180,23 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        rows.append((name, seconds, errors[name], peak))
+        rows.append((name, seconds, errors[name], peak, saved_mib(fn, x, state)))
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"{device}, torch {torch.__version__}, Python {platform.python_version()}, "
           f"nlc {__version__}, {datetime.date.today()}. Titans' memory op, fp32, B={args.B}, "
           f"T={args.T}, 4 heads of 64, MLP hidden 256, chunk 64; forward + backward, median of "
           f"{args.repeat} after one warm-up; error: relative max vs the recurrence at B=2.\n")
+    if args.triton:
+        print(kernel_check(chosen, x, state) + "\n")
     base = rows[0][1]
-    print("| form | forward + backward (ms) | vs dual | rel. error | peak GPU memory (GiB) |")
-    print("|---|---|---|---|---|")
-    for name, seconds, err, peak in rows:
+    print("| form | forward + backward (ms) | vs dual | rel. error | peak GPU memory (GiB) "
+          "| saved for backward (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for name, seconds, err, peak, saved in rows:
         memory = "-" if peak is None else f"{peak:.1f}"
-        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / base:.1f}x | {err:.1e} | {memory} |")
+        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / base:.1f}x | {err:.1e} | {memory} "
+              f"| {saved:.1f} |")
 
 
 if __name__ == "__main__":

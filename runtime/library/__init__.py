@@ -10,6 +10,7 @@ as nl`), and nothing of the trainer's.
     solve.py              the solve family's reads (Mesa, MesaNet): exact and conjugate gradient
     substeps.py           several delta steps per token as consecutive delta-rule tokens
     dual.py               the dual chunk form of frozen-gradient levels
+    dual_triton.py        its Triton kernels: the coefficient scan and the masked reads
     attention.py          the non-parametric family (softmax, sliding window)
     chunk_triton.py       which chunked Triton kernel serves which family
     chunk_delta_triton.py chunked Triton kernels: delta rule and decay family, scalar decay

@@ -19,7 +19,8 @@ Time)", Sec. 2.7, the dual form; Titans Sec. 3.2). Nothing of size [tokens, rows
 built: the emitter checks the conditions (`LevelEmitter.dual_form`).
 
 The products of chunk code live here too (`mm`, `outer_sum`, re-exported by ops.py): `mm` is
-how a read meets a `DualState`."""
+how a read meets a `DualState`. The coefficient scan and the reads of a `DualState` run as
+Triton kernels on CUDA tensors (dual_triton.py, `_kernels`); the forms here are the reference."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 from nlc.runtime.library.affine_chunk import AffineStates
+from nlc.runtime.library.chunk_triton import SUPPORTED_DTYPES, triton_enabled
 from nlc.runtime.library.scan import (
     State,
     _anchor,
@@ -55,6 +57,9 @@ class DualState:
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """S_t @ x_t for every token t: x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
+        kernels = _kernels(self.phi)
+        if kernels is not None and kernels.product_fits(self.phi.shape[1]):
+            return kernels.dual_read(self, x)
         shape = self.start[self.name].shape[-2:]
         out = 0
         coefs = self.phi.unbind(-1)  # one backward op for all of them, not one per select
@@ -160,8 +165,11 @@ def _dual_chunk(outer, combine, read, consts, state, part, anchors, read_before,
         return _coefficients(combine, dict(zip(names, values)), order, terms, lead)
 
     # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
-    # the backward pass instead of keeping them (long sequences: many chunks)
-    phis, psis = _maybe_checkpoint(coefficients, scan_recompute and _needs_grad(inputs),
+    # the backward pass instead of keeping them (long sequences: many chunks); the scan
+    # kernel keeps none, and inside a recomputed chunk the scan is not checkpointed again
+    scan = _scan_kernels(inputs, len(order), len(terms), lead[1])
+    phis, psis = _maybe_checkpoint(coefficients,
+                                   scan_recompute and _needs_grad(inputs) and scan is None,
                                    *inputs.values())
     seen = _before(phis, psis) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
@@ -178,13 +186,16 @@ def _coefficients(combine, inputs, order, terms, lead):
     log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens."""
     B, T, H = lead
     n, d = len(order), len(terms)
-    like = next(x for x in inputs.values() if torch.is_tensor(x) and x.is_floating_point())
+    like = _like(inputs)
     basis = torch.eye(n + d, dtype=like.dtype, device=like.device)
     out = combine({name: basis[i] for i, name in enumerate(order)},
                   {**inputs, **{name: basis[n + i] for i, name in enumerate(terms)}})
     rows = torch.stack([out[name].expand(B, T, H, 1, n + d).squeeze(-2) for name in order],
                        -2)
     step = rows[..., :n]                                            # [B, T, H, n, n]
+    kernels = _scan_kernels(inputs, n, d, T)
+    if kernels is not None:
+        return kernels.coefficient_scan(step, rows[..., n:])
     here = torch.eye(T, dtype=rows.dtype, device=rows.device)       # b_t sits in column t
     add = torch.einsum("bthnd,tj->bthnjd", rows[..., n:], here).flatten(-2)
     offset = 1
@@ -194,6 +205,31 @@ def _coefficients(combine, inputs, order, terms, lead):
                                 + add[:, offset:]], 1))
         offset *= 2
     return step, add.unflatten(-1, (T, d))
+
+
+def _kernels(ref: torch.Tensor):
+    """dual_triton.py (this form's scan and reads as Triton kernels) when they run for tensors
+    like `ref`: CUDA ones unless NLC_TRITON=0, CPU ones with NLC_TRITON=force; else None.
+    Under torch.compile (a compiled chunk or model) the PyTorch forms are traced instead, as
+    for the context kernels, and Inductor fuses them."""
+    if (not triton_enabled(ref) or ref.dtype not in SUPPORTED_DTYPES
+            or torch.compiler.is_compiling()):
+        return None
+    try:
+        from nlc.runtime.library import dual_triton
+    except ImportError:  # no triton on this machine
+        return None
+    return dual_triton
+
+
+def _like(inputs: dict) -> torch.Tensor:
+    return next(x for x in inputs.values() if torch.is_tensor(x) and x.is_floating_point())
+
+
+def _scan_kernels(inputs: dict, n: int, d: int, T: int):
+    """dual_triton.py when its scan runs for these inputs (n states, d terms, T tokens)."""
+    kernels = _kernels(_like(inputs))
+    return kernels if kernels is not None and kernels.scan_fits(n, d, T) else None
 
 
 def _before(phis, psis):
