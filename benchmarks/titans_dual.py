@@ -21,6 +21,7 @@ Prints a markdown table with the machine, versions and date: docs/perf.md record
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -51,20 +52,20 @@ def inputs(B: int, T: int, device: str, dtype=torch.float32) -> dict:
             "theta": torch.sigmoid(rand(B, T, 4)) * 0.01}
 
 
-def with_triton(flag: str, fn):
-    """fn run with NLC_TRITON=flag (the dispatch reads it at each call; the backward pass
-    follows what the forward chose)."""
-    def run(x, state):
-        before = os.environ.get("NLC_TRITON")
+@contextlib.contextmanager
+def triton_flag(flag: str | None):
+    """NLC_TRITON=flag while a row runs, its forward and its backward pass (the dispatch reads
+    it at each call, also when a chunk recomputed in the backward pass runs again)."""
+    before = os.environ.get("NLC_TRITON")
+    if flag is not None:
         os.environ["NLC_TRITON"] = flag
-        try:
-            return fn(x, state)
-        finally:
-            if before is None:
-                os.environ.pop("NLC_TRITON")
-            else:
-                os.environ["NLC_TRITON"] = before
-    return run
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("NLC_TRITON", None)
+        else:
+            os.environ["NLC_TRITON"] = before
 
 
 def forms(module, triton: bool):
@@ -84,14 +85,18 @@ def forms(module, triton: bool):
     def dual(x, s):
         return module.memory_op(**x, initial_state=s)[0]
 
-    kernels = {"dual, Triton kernels (dual_triton.py)": with_triton("force", dual)} \
-        if triton else {}
+    kernels = {"dual, Triton kernels (dual_triton.py)": dual} if triton else {}
     return {
-        "dual (nl.dual_chunked)": with_triton("0", dual),
+        "dual (nl.dual_chunked)": dual,
         **kernels,
-        "per-token loop (nl.frozen_chunked)": with_triton("0", loop),
+        "per-token loop (nl.frozen_chunked)": loop,
         "recurrent": lambda x, s: module.memory_op(**x, initial_state=s, mode="recurrent")[0],
     }
+
+
+def flag_of(name: str) -> str | None:
+    """The NLC_TRITON a row runs with: the kernels' row forces them, the others are off."""
+    return "force" if "Triton" in name else None if name == "recurrent" else "0"
 
 
 def timed(fn, x, state, repeat: int, device: str) -> float:
@@ -110,18 +115,20 @@ def timed(fn, x, state, repeat: int, device: str) -> float:
 def kernel_check(chosen: dict, x: dict, state: dict) -> str:
     """The Triton row against the PyTorch dual form on the first two sequences: relative
     (Frobenius) errors of the output and of the gradients of every input and initial state."""
-    def run(fn):
+    def run(name):
+        fn = chosen[name]
         leaves = {n: t[:2].detach().clone().requires_grad_(True) for n, t in x.items()}
         start = {n: s[:2].detach().clone().requires_grad_(True) for n, s in state.items()}
-        o = fn(leaves, start)
-        grads = torch.autograd.grad(o.square().mean(), [*leaves.values(), *start.values()],
-                                    allow_unused=True)
+        with triton_flag(flag_of(name)):
+            o = fn(leaves, start)
+            grads = torch.autograd.grad(o.square().mean(), [*leaves.values(), *start.values()],
+                                        allow_unused=True)
         return o, grads
 
     def rel(a, b):
         a, b = a.detach().double(), b.detach().double()
         return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-    (o, grads), (ref, ref_grads) = (run(chosen[name]) for name in (
+    (o, grads), (ref, ref_grads) = (run(name) for name in (
         "dual, Triton kernels (dual_triton.py)", "dual (nl.dual_chunked)"))
     names = [*x, *state]
     errors = {n: rel(g, r) for n, g, r in zip(names, grads, ref_grads) if r is not None}
@@ -164,8 +171,11 @@ def main() -> None:
         small = {n: t[:2] for n, t in x.items()}
         small_state = {n: s[:2] for n, s in state.items()}
         reference = chosen["recurrent"](small, small_state)
-        errors = {name: float((fn(small, small_state) - reference).abs().max()
-                              / reference.abs().max()) for name, fn in chosen.items()}
+        errors = {}
+        for name, fn in chosen.items():
+            with triton_flag(flag_of(name)):
+                errors[name] = float((fn(small, small_state) - reference).abs().max()
+                                     / reference.abs().max())
     rows = []
     for name, fn in chosen.items():
         if name == "recurrent" and args.skip_recurrent:
@@ -174,13 +184,15 @@ def main() -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         try:
-            seconds = timed(fn, x, state, args.repeat, args.device)
+            with triton_flag(flag_of(name)):
+                seconds = timed(fn, x, state, args.repeat, args.device)
         except torch.OutOfMemoryError:
             seconds = float("nan")
         peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        rows.append((name, seconds, errors[name], peak, saved_mib(fn, x, state)))
+        with triton_flag(flag_of(name)):
+            rows.append((name, seconds, errors[name], peak, saved_mib(fn, x, state)))
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"{device}, torch {torch.__version__}, Python {platform.python_version()}, "

@@ -218,16 +218,24 @@ def test_read_kernel_of_a_state_that_meets_no_pair(monkeypatch):
 
 @needs_kernels
 def test_kernels_take_bfloat16_with_float32_accumulation(monkeypatch):
-    """bf16 inputs: the reads and the scan run (tensor-core precision for the products) and
-    agree with float64 to bf16's rounding."""
+    """bf16 inputs, given to the kernels directly (dual.py sends only float32, see the next
+    test): the reads and the scan run (tensor-core precision for the products) and agree with
+    float64 to bf16's rounding. On an H200 the reads' backward failed here (docs/triton.md)."""
+    if DEVICE != "cpu":
+        pytest.skip("half-precision dual kernels fail on the GPU; dual.py does not send them")
     values = read_inputs(63, 48, 16)
     monkeypatch.setenv("NLC_TRITON", "0")
     want, want_grads = read_run(leaves_as(values, torch.float64), "W")
-    monkeypatch.setenv("NLC_TRITON", "force")
+    from nlc.runtime.library import dual_triton
+    monkeypatch.setattr(dual, "_kernels", lambda ref: dual_triton)  # past the float32 check
+    before = launches()
     got, got_grads = read_run(leaves_as(values, torch.bfloat16), "W")
+    assert ran(before, "product_fwd", "product_bwd")
     assert got.dtype == torch.bfloat16 and rel(got, want) < 2e-2
     assert all(rel(got_grads[n], ref) < 2e-2 for n, ref in want_grads.items())
     (phi, psi), grads = scan_run("titans", 63, torch.bfloat16)
+    assert ran(before, "scan_fwd", "scan_bwd")
+    monkeypatch.undo()
     monkeypatch.setenv("NLC_TRITON", "0")
     (phi64, psi64), grads64 = scan_run("titans", 63, torch.float64)
     assert rel(phi, phi64) < 2e-2 and rel(psi, psi64) < 2e-2
@@ -235,10 +243,11 @@ def test_kernels_take_bfloat16_with_float32_accumulation(monkeypatch):
 
 
 def test_float64_and_nlc_triton_0_keep_the_pytorch_forms(monkeypatch):
-    """The dispatch: float64 tensors, and any tensors with NLC_TRITON=0, never reach the
-    kernels."""
+    """The dispatch: float64 and half-precision tensors, and any tensors with NLC_TRITON=0,
+    never reach the kernels."""
     monkeypatch.setenv("NLC_TRITON", "force")
     assert dual._kernels(torch.zeros(1, dtype=torch.float64)) is None
+    assert dual._kernels(torch.zeros(1, dtype=torch.bfloat16)) is None
     monkeypatch.setenv("NLC_TRITON", "0")
     assert dual._kernels(torch.zeros(1)) is None
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 from nlc.runtime.library.affine_chunk import AffineStates
-from nlc.runtime.library.chunk_triton import SUPPORTED_DTYPES, triton_enabled
+from nlc.runtime.library.chunk_triton import triton_enabled
 from nlc.runtime.library.scan import (
     State,
     _anchor,
@@ -212,7 +212,9 @@ def _kernels(ref: torch.Tensor):
     like `ref`: CUDA ones unless NLC_TRITON=0, CPU ones with NLC_TRITON=force; else None.
     Under torch.compile (a compiled chunk or model) the PyTorch forms are traced instead, as
     for the context kernels, and Inductor fuses them."""
-    if (not triton_enabled(ref) or ref.dtype not in SUPPORTED_DTYPES
+    # float32 only: half-precision reads made an illegal memory access in their backward on
+    # an H200 (2026-12-05); dual_chunked runs in float32 under autocast anyway
+    if (not triton_enabled(ref) or ref.dtype != torch.float32
             or torch.compiler.is_compiling()):
         return None
     try:

@@ -35,9 +35,10 @@ float32 scratch), per R block dCol and dS0, per K block dX and dRow. The autogra
 keeps its inputs as given (the start states, the pairs, the whole phi and psi: tensors the
 graph holds anyway) and stacks them into the kernels' layout for each launch.
 
-Inputs are float32, bfloat16 or float16; every product accumulates in float32 (exact float32
-products for float32 inputs, the tensor cores' modes for half precision, as
-`chunk_triton.dot_precision`). `LAUNCHES` counts the autograd functions run (the tests check
+dual.py sends float32 inputs only, with exact float32 products (`chunk_triton.dot_precision`):
+the half-precision tiles (64 x 64, tensor-core products) made an illegal memory access in the
+reads' backward on an H200 (2026-12-05) and are untested there since; the kernels still take
+them when called directly, as the interpreter tests do. `LAUNCHES` counts the autograd functions run (the tests check
 that the kernels really ran)."""
 
 from __future__ import annotations
@@ -384,7 +385,7 @@ def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
     def stack(xs, width):
         return torch.stack(xs, 3) if xs else x.new_zeros(B, T, H, 0, width)
     # a stack of permuted tensors keeps their order of strides: make each one contiguous
-    packed = [x, torch.stack(starts, 2), phi[..., list(same)],
+    packed = [x, torch.stack(starts, 2), torch.stack([phi[..., m] for m in same], -1),
               stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
     return [t.contiguous() for t in packed]
 
@@ -432,7 +433,8 @@ class DualProduct(torch.autograd.Function):
         LAUNCHES["product_bwd"] += 1
         # back to the inputs as given: phi's and psi's columns, one piece per start and pair
         dphi_all = torch.zeros(saved[1].shape, **f32)
-        dphi_all[..., list(same)] = dphi
+        for i, m in enumerate(same):  # no index tensor from a list: nothing to copy from the
+            dphi_all[..., m] = dphi[..., i]  # host (a CUDA graph capture refuses that)
         dpsi_all = torch.zeros(saved[2].shape, **f32)
         for p, d in enumerate(terms):
             dpsi_all[..., d] += dpsi[:, :, :, p]
