@@ -261,3 +261,20 @@ def test_kernels_rerun_in_a_fresh_interpreter_process():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            __file__], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_kernels_compile_for_an_h100_class_gpu_without_spills_up_to_d_32():
+    """The interpreter runs Python, not Triton's compiler: compile the three generated kernels
+    for sm_90 with the wheel's ptxas (no GPU needed, no interpreter in that process), at the
+    warps the launcher picks; up to d_head = 32 the states stay in registers (no spills)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    kernels = sorted(str(p) for p in (ROOT / "generated").glob("nlc_step_*.py"))
+    assert len(kernels) == 3
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_kernel_resources.py"),
+                           "--d", "16,32", *kernels], env=env, capture_output=True, text=True,
+                          check=False, cwd=ROOT, timeout=900)
+    if "ptxas" in done.stderr and "No such file" in done.stderr:
+        pytest.skip("this triton has no bundled ptxas")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6 and all(line.endswith("STACK:0") for line in lines), lines

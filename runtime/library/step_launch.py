@@ -42,6 +42,17 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def num_warps(entries: int) -> int:
+    """Warps per program: about 16 state entries a thread, 4 to 32 warps. Compiled for sm_90
+    (benchmarks/step_kernel_resources.py), Moneta's program at d_head = 32 (8192 entries, 16
+    warps) spills nothing; at d_head = 64 (32768 entries, 32 warps, at most 64 registers a
+    thread) it spills about 0.9 KB a thread (docs/triton.md)."""
+    warps = 4
+    while warps < 32 and warps * 32 * 16 < entries:
+        warps *= 2
+    return warps
+
+
 class StepLauncher:
     def __init__(self, kernel, config: StepConfig):
         self.kernel, self.config = kernel, config
@@ -93,7 +104,9 @@ class StepLauncher:
         n_saved = -(-T // run.every)
         saved = [s.new_empty(B, H, n_saved, *s.shape[2:]) for s in states]
         pairs = [t for f, c in zip(finals, saved) for t in (f, c)]
-        self.kernel[(B, H)](*flat, *states, o, *pairs, T, H, run.every, *run.dims)
+        entries = sum(s[0, 0].numel() for s in states)
+        self.kernel[(B, H)](*flat, *states, o, *pairs, T, H, run.every, *run.dims,
+                            num_warps=num_warps(entries))
         LAUNCHES["forward"] += 1
         return o.unsqueeze(-1), finals, saved  # [B, T, H, n, 1]; a scalar read n = 1
 
