@@ -46,7 +46,7 @@ needs_interpreter = pytest.mark.skipif(
 TOL = 1e-5
 D = 8
 # per model: the scale of the initial weights (Memora: of its logits) and the largest rate
-SETTINGS = {"moneta": (1.0, 0.003), "yaad": (10.0, 0.01), "memora": (6.0, 0.002)}
+SETTINGS = {"moneta": (1.0, 0.003), "yaad": (10.0, 0.01), "memora": (3.0, 0.002)}
 GATES = {"alpha": (0.9, 1.0), "delta": (0.5, 3.0)}  # eta: (0, the model's rate)
 
 
