@@ -87,6 +87,7 @@ class TritonStepPrinter:
         self.cache: dict = {}
         self.uses: Counter = Counter()
         self.temps = 0
+        self.held: dict[Value, Value] = {}  # printed code -> the temporary holding it
 
     def assign(self, outputs: list[tuple[str, str, object]]) -> list[str]:
         """Lines computing each (symbol name, target, expression); a target becomes the
@@ -107,7 +108,8 @@ class TritonStepPrinter:
         if e in self.cache:
             return self.cache[e]
         v = self._print(e)
-        if self.uses[e] > 1 and not isinstance(e, _ATOMIC) and not e.is_number:
+        if self.uses[e] > 1 and not isinstance(e, _ATOMIC) and not e.is_number \
+                and not v.code.isidentifier():
             v = self.cache[e] = self._hold(v)
         return v
 
@@ -119,9 +121,15 @@ class TritonStepPrinter:
         return v
 
     def _hold(self, v: Value) -> Value:
+        """`v` in a new temporary, or in the one that already holds the same code: SymPy
+        spells one value several ways (`W k` and `(k^T W^T)^T`), which print alike; names are
+        assigned once in a step, so equal code is an equal value."""
+        if v in self.held:
+            return self.held[v]
         name, self.temps = f"t{self.temps}", self.temps + 1
         self.lines.append(f"{name} = {v.code}")
-        return Value(name, v.kind, v.flipped)
+        self.held[v] = Value(name, v.kind, v.flipped)
+        return self.held[v]
 
     # ------------------------------------------------------------ nodes
     def _print(self, e) -> Value:
