@@ -188,6 +188,27 @@ def test_learned_initial_state_of_a_layer(monkeypatch):
     assert rel(y32, y64) < TOL and rel(a32, a64) < TOL and rel(b32, b64) < TOL
 
 
+@needs_interpreter
+def test_packed_sequences_run_one_kernel_call_each(monkeypatch):
+    """With cu_seqlens (B = 1, two sequences of 5 and 16 tokens) each sequence starts from
+    its own initial state: the kernel path == the float64 loop, output and final states."""
+    tokens, state = inputs("yaad", 21, torch.float64, B=1)
+    state = {n: torch.cat([s, 0.5 * s]).detach() for n, s in state.items()}  # two sequences
+    cu = torch.tensor([0, 5, 21])
+    op = module("yaad").memory_op
+    args = [x.detach() for x in tokens.values()]
+    want, want_final = op(*args, initial_state=state, output_final_state=True, cu_seqlens=cu,
+                          mode="recurrent")
+    monkeypatch.setenv("NLC_TRITON", "force")
+    before = step_launch.LAUNCHES["forward"]
+    got, final = op(*[x.float() for x in args], initial_state={n: s.float() for n, s in
+                                                                state.items()},
+                    output_final_state=True, cu_seqlens=cu)
+    assert step_launch.LAUNCHES["forward"] - before == 2
+    assert rel(got, want) < TOL
+    assert all(rel(final[n], want_final[n]) < TOL for n in want_final)
+
+
 def test_inputs_the_kernel_cannot_take_run_the_token_loop(monkeypatch):
     """A state axis that is not a power of two (here d_head = 6): the loop, no launch."""
     monkeypatch.setenv("NLC_TRITON", "force")

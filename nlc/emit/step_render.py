@@ -88,7 +88,11 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
     if read_kind not in ("col", "scalar"):
         raise StepPrintError(f"its read is a {read_kind}, not a column or a scalar")
     outputs = [(f"{n}_next", f"S{i}_next", e) for i, (n, e) in enumerate(rule.next_state)]
-    body = TritonStepPrinter(names, dims).assign(outputs + [("o", "o", read)])
+    try:
+        body = TritonStepPrinter(names, dims).assign(outputs + [("o", "o", read)])
+    except (AttributeError, TypeError, KeyError, IndexError) as err:  # a node of unexpected form
+        raise StepPrintError(f"the step printer failed on the rule ({type(err).__name__}: "
+                             f"{err})") from None
     context = {
         "tokens": tokens, "states": states, "dims": list(dims.values()), "body": body,
         "read_size": size_code(read.shape[0], dims) if read_kind == "col" else "",
