@@ -209,6 +209,31 @@ def test_packed_sequences_run_one_kernel_call_each(monkeypatch):
     assert all(rel(final[n], want_final[n]) < TOL for n in want_final)
 
 
+@needs_interpreter
+def test_only_checkpoints_survive_to_the_backward_pass(monkeypatch):
+    """What autograd keeps from the kernel path's forward: the inputs and one state per
+    segment of 16 tokens, not a state per token (the token loop keeps several per token)."""
+    T, B, H = 65, 2, 2
+    tokens, state = inputs("moneta", T, torch.float32)
+    saved = []
+
+    def pack(x):
+        saved.append(x.numel())
+        return x
+
+    entries = B * H * 2 * 4 * D * D  # W1 and W2 of every (sequence, head)
+    for flag in ("force", "0"):
+        monkeypatch.setenv("NLC_TRITON", flag)
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            run("moneta", tokens, state, "chunked")
+        if flag == "force":
+            inputs_size = sum(x.numel() for x in {**tokens, **state}.values())
+            assert sum(saved) <= inputs_size + 5 * entries  # ceil(65 / 16) = 5 checkpoints
+        else:
+            assert sum(saved) > T * entries
+
+
 def test_inputs_the_kernel_cannot_take_run_the_token_loop(monkeypatch):
     """A state axis that is not a power of two (here d_head = 6): the loop, no launch."""
     monkeypatch.setenv("NLC_TRITON", "force")
