@@ -162,10 +162,10 @@ class LevelPrinter:
         tokens = _tuple(repr(t.name) for t in self.plan.tokens)
         out.step_names = f"{tokens}, {_tuple(repr(n) for n in self.state_names)}"
         out.notes.append(prose(f"fused step kernel {kernel.module}: the chunked mode sends CUDA "
-                               "tensors (CPU ones with NLC_TRITON=force) to it, the state held "
-                               f"on chip, a checkpoint every {EVERY} tokens recomputed in the "
-                               "backward; other tensors and the recurrent mode run the token "
-                               "loop"))
+                               "tensors (CPU ones with NLC_TRITON=force) to it, one program per "
+                               "sequence and head holding the state, a checkpoint every "
+                               f"{EVERY} tokens recomputed in the backward; other tensors and "
+                               "the recurrent mode run the token loop"))
 
     def step(self) -> list[str]:
         outputs = [(f"{local(n)}_next", e) for n, e in self.rule.next_state]
