@@ -250,6 +250,65 @@ def test_inputs_the_kernel_cannot_take_run_the_token_loop(monkeypatch):
     torch.testing.assert_close(o, want, rtol=0, atol=0)
 
 
+@needs_interpreter
+def test_a_vector_state_and_a_scalar_read(tmp_path, monkeypatch):
+    """The paths no example takes: a column state `[d, 1]` and a scalar read, from a rule
+    written here, z' = alpha z + eta tanh(y - <z, k>) k and o = <z', q>, printed into a
+    kernel; against the same step in PyTorch, float64, T = 37 (three segments)."""
+    from types import SimpleNamespace
+
+    from nlc.derive.matfuncs import Dot
+    from nlc.emit.step_render import formatted, step_kernel
+    d = sp.Symbol("d", positive=True)
+    z, z_next = sp.MatrixSymbol("z", d, 1), sp.MatrixSymbol("z_next", d, 1)
+    q, k = sp.MatrixSymbol("q", d, 1), sp.MatrixSymbol("k", d, 1)
+    alpha, eta, y = sp.symbols("alpha eta y", real=True)
+    rule = SimpleNamespace(states=[("z", z)], read=Dot(z_next, q),
+                           next_state=[("z", alpha * z + eta * sp.tanh(y - Dot(z, k)) * k)])
+    tokens = [SimpleNamespace(name="q", kind="vector", size=d),
+              SimpleNamespace(name="k", kind="vector", size=d)] + [
+        SimpleNamespace(name=n, kind="scalar", size=None) for n in ("alpha", "eta", "y")]
+    plan = SimpleNamespace(rule=rule, tokens=tokens, group=False, anchors=(), params=(),
+                           sizes=())
+    kernel = step_kernel(plan, {"d": 8})
+    path = tmp_path / f"{kernel.module}.py"
+    path.write_text(formatted(kernel))
+    spec = importlib.util.spec_from_file_location(kernel.module, path)
+    compiled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compiled)
+
+    def step(state, x):
+        z = state["z"]
+        err = x["y"] - (z * x["k"]).sum(-2, keepdim=True)
+        z = x["alpha"] * z + x["eta"] * torch.tanh(err) * x["k"]
+        return {"z": z}, (z * x["q"]).sum(-2, keepdim=True)
+
+    g = torch.Generator().manual_seed(0)
+    B, T, H = 2, 37, 3
+    leaves = {"q": torch.randn(B, T, H, 8, 1, generator=g, dtype=torch.float64),
+              "k": torch.randn(B, T, H, 8, 1, generator=g, dtype=torch.float64) / 3,
+              "alpha": torch.rand(B, T, H, 1, 1, generator=g, dtype=torch.float64),
+              "eta": torch.rand(B, T, H, 1, 1, generator=g, dtype=torch.float64),
+              "y": torch.randn(B, T, H, 1, 1, generator=g, dtype=torch.float64),
+              "z": torch.randn(B, H, 8, 1, generator=g, dtype=torch.float64)}
+    seed = torch.randn(B, T, H, 1, 1, generator=g, dtype=torch.float64)
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        x = {n: v.to(dtype).requires_grad_() for n, v in leaves.items()}
+        tokens = {n: x[n] for n in ("q", "k", "alpha", "eta", "y")}
+        before = step_launch.LAUNCHES["forward"]
+        if dtype == torch.float64:
+            o, final = step_launch.scan.recurrent(step, tokens, {"z": x["z"]})
+        else:
+            o, final = compiled.fused_recurrent(step, tokens, {"z": x["z"]}, tuple(tokens),
+                                                ("z",))
+            assert step_launch.LAUNCHES["forward"] - before == 1
+        loss = (o * seed.to(dtype)).sum() + final["z"].square().sum()
+        results.append([o, final["z"], *torch.autograd.grad(loss, list(x.values()))])
+    for want, got in zip(*results):
+        assert got.shape == want.shape and rel(got, want) < TOL
+
+
 # -- the printer and the refusal (no kernels run) ------------------------------------------
 
 def _printed(expr, names):
