@@ -350,6 +350,14 @@ def test_an_op_the_printer_lacks_keeps_the_loop_with_a_note():
     assert "    chunked = recurrent\n" in source and "nl.kernels(" not in source
 
 
+def test_states_too_large_for_a_program_keep_the_loop_with_a_note():
+    """Memora at d_head = 128: W1 and W2 hold 131072 fp32 entries, past MAX_STATE_ENTRIES."""
+    outputs = compile_outputs(str(EXAMPLES / "memora.nl"), {"d_head": 128})
+    assert not [m for m in outputs if m.startswith("nlc_step_")]
+    assert ("Note: no fused step kernel: its states hold 131072 entries at the spec's dims, "
+            "more than the 65536 fp32 entries a kernel program may hold") in outputs["memora"]
+
+
 def test_kernel_modules_are_written_next_to_the_layers():
     """The committed generated/ modules load their kernels by the name the compiler gave."""
     for name in sorted(SETTINGS):

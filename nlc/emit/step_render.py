@@ -63,12 +63,12 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
                       for s in sp.sympify(x).free_symbols})
     index = {name: i for i, name in enumerate(symbols)}
     dims = {name: f"D{i}" for name, i in index.items()}
-    entries = sum(sp.sympify(r * c).subs({sp.Symbol(n, positive=True): spec_dims[n]
-                                          for n in symbols}) for _, S in rule.states
-                  for r, c in [S.shape])
-    if entries > MAX_STATE_ENTRIES:
+    entries = sp.sympify(sum(r * c for _, S in rule.states for r, c in [S.shape]))
+    entries = entries.xreplace({s: spec_dims[s.name] for s in entries.free_symbols
+                                if s.name in spec_dims})
+    if entries.is_number and entries > MAX_STATE_ENTRIES:  # (the launcher checks at run time)
         raise StepPrintError(f"its states hold {entries} entries at the spec's dims, more than "
-                             f"the {MAX_STATE_ENTRIES} one program keeps in registers")
+                             f"the {MAX_STATE_ENTRIES} fp32 entries a kernel program may hold")
     names, states, tokens = {}, [], []
     for i, (name, S) in enumerate(rule.states):
         kind, rows, cols = kind_of(S.shape), *(size_code(n, dims) for n in S.shape)
