@@ -64,8 +64,8 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
     index = {name: i for i, name in enumerate(symbols)}
     dims = {name: f"D{i}" for name, i in index.items()}
     entries = sp.sympify(sum(r * c for _, S in rule.states for r, c in [S.shape]))
-    entries = entries.xreplace({s: spec_dims[s.name] for s in entries.free_symbols
-                                if s.name in spec_dims})
+    entries = sp.sympify(entries.xreplace({s: spec_dims[s.name] for s in entries.free_symbols
+                                           if s.name in spec_dims}))
     if entries.is_number and entries > MAX_STATE_ENTRIES:  # (the launcher checks at run time)
         raise StepPrintError(f"its states hold {entries} entries at the spec's dims, more than "
                              f"the {MAX_STATE_ENTRIES} fp32 entries a kernel program may hold")
