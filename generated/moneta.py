@@ -4,6 +4,7 @@
 
 Level `memory` (spec:23), family frozen-gradient: 2 tensors carried per token.
   Note: no chunk-parallel form: the rule is not affine in the state and its gradients are not frozen per chunk.
+  Note: fused step kernel nlc_step_4a7e3771: the chunked mode sends CUDA tensors (CPU ones with NLC_TRITON=force) to it, one program per sequence and head holding the state, a checkpoint every 16 tokens recomputed in the backward; other tensors and the recurrent mode run the token loop.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -110,7 +111,7 @@ def memory_op(
     """Level `memory` as a functional op: returns `(o, final_state)`, o `[B, T, H, D]`.
 
     Inputs: q: [B, T, H, d_head], k: [B, T, H, d_head], v: [B, T, H, d_head], alpha: [B, T, H], eta: [B, T, H].
-    `mode` is "recurrent" (one token at a time, the reference) or "chunked" (this level has no chunk-parallel form: both run token by token)."""
+    `mode` is "recurrent" (one token at a time, the reference) or "chunked" (this level has no chunk-parallel form: "chunked" runs CUDA tensors through the fused step kernel, other tensors token by token)."""
     batch, heads, dims = nl.op_shapes(
         "memory_op",
         {"q": q, "k": k, "v": v, "alpha": alpha, "eta": eta},
@@ -142,7 +143,19 @@ def memory_op(
             anchor_every=None,
         )
 
-    chunked = recurrent
+    def chunked(tokens, state):
+        if nl.use_triton(nl.reference(tokens)):  # CUDA: the fused step kernel
+            kernels = nl.kernels(__file__, "nlc_step_4a7e3771")
+            return kernels.fused_recurrent(
+                memory_step,
+                tokens,
+                state,
+                ("q", "k", "v", "alpha", "eta"),
+                ("M_W1", "M_W2"),
+                every=16,
+            )
+        return recurrent(tokens, state)
+
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, None) else chunked
     o, final = nl.varlen(run, tokens, state, cu_seqlens)
     return nl.output(o, "vector"), (final if output_final_state else None)

@@ -184,7 +184,7 @@ class LayerPrinter:
             read_before=lp.read_before, group=lp.group, parallel=lp.parallel,
             default_init=", ".join(sorted({s.init for s in lp.states})) or "an empty cache",
             args_doc=prose("Inputs: " + ", ".join(shown) + "."))
-        printer = self.printers[lp.name] = LevelPrinter(lp)
+        printer = self.printers[lp.name] = LevelPrinter(lp, self.defaults)
         try:
             return printer.printed(view)
         except NlcError as err:  # a rule the printers cannot write: point at its objective

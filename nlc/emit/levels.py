@@ -21,10 +21,12 @@ from nlc.derive.execution import (
     JointChunk,
     ProductChunk,
     SolveChunk,
+    TokenLoop,
 )
 from nlc.derive.matfuncs import free_names
 from nlc.emit.context import literal
 from nlc.emit.names import local
+from nlc.emit.render import prose
 from nlc.emit.torch_printer import TorchPrinter
 
 READ_LAYOUT = {"vector": "[B, T, H, D]", "scalar": "[B, T, H]"}
@@ -69,6 +71,10 @@ class PrintedLevel:
     chunked: list[str] = field(default_factory=list)
     frozen: dict[str, list[str]] = field(default_factory=dict)
     read_token: list[str] = field(default_factory=list)
+    step_kernel: str | None = None  # the printed step kernel's module (a token-loop level)
+    step_names: str = ""            # the op's token and state names for it, as code
+    step_every: int = 0             # tokens per checkpointed segment
+    step_source: str = field(default="", metadata={"template": 0})  # the module's source
 
 
 def _number_code(expr) -> str:
@@ -91,8 +97,9 @@ def _unpack(names, source: str, used: set[str]) -> list[str]:
 
 
 class LevelPrinter:
-    def __init__(self, plan):
+    def __init__(self, plan, spec_dims: dict[str, int] | None = None):
         self.plan, self.rule = plan, plan.rule
+        self.spec_dims = dict(spec_dims or {})
         self.state_names = [s.name for s in plan.states]
         self.anchor_names = [a for a, _ in plan.anchors]
         self.inputs = [t.name for t in plan.tokens] + [p.name for p in plan.params] \
@@ -137,7 +144,28 @@ class LevelPrinter:
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
             out.lazy_read = ex.low_rank and ex.left_read
+        elif isinstance(ex, TokenLoop):
+            self.step_kernel(out)
         return out
+
+    def step_kernel(self, out: PrintedLevel) -> None:
+        """A token-loop level's fused step kernel (nlc/emit/step_render.py), or the note
+        saying why it keeps only the PyTorch loop."""
+        from nlc.emit.step_render import EVERY, StepPrintError, step_kernel
+        try:
+            kernel = step_kernel(self.plan, self.spec_dims)
+        except StepPrintError as err:
+            out.notes.append(prose(f"no fused step kernel: {err}; every device runs the "
+                                   "PyTorch token loop"))
+            return
+        out.step_kernel, out.step_source, out.step_every = kernel.module, kernel.source, EVERY
+        tokens = _tuple(repr(t.name) for t in self.plan.tokens)
+        out.step_names = f"{tokens}, {_tuple(repr(n) for n in self.state_names)}"
+        out.notes.append(prose(f"fused step kernel {kernel.module}: the chunked mode sends CUDA "
+                               "tensors (CPU ones with NLC_TRITON=force) to it, one program per "
+                               "sequence and head holding the state, a checkpoint every "
+                               f"{EVERY} tokens recomputed in the backward; other tensors and "
+                               "the recurrent mode run the token loop"))
 
     def step(self) -> list[str]:
         outputs = [(f"{local(n)}_next", e) for n, e in self.rule.next_state]
