@@ -383,12 +383,12 @@ def main():
               f"(B, T, H, D) = {CHECK_SHAPE}, initial state; relative Frobenius errors.", "",
               "| model | kernel | errors |", "|---|---|---|"]
     for model in models:
-        for name, fn in (("ours chunked", ours_chunked(model)),
-                         ("fla chunk", fla_fn(model, True))):
+        for name, make in (("ours chunked", lambda: ours_chunked(model)),
+                           ("fla chunk", lambda: fla_fn(model, True))):
             if name not in args.check.split(",") or (model, name) in skip:
                 continue
-            try:
-                errs = errors_against(fn, torch_reference(model), model)
+            try:  # built here: fla has no rule for some models
+                errs = errors_against(make(), torch_reference(model), model)
                 worst = max(errs.values())
                 text = ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
                 text = f"worst {worst:.1e} ({text})"

@@ -33,6 +33,11 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site $WHEELS 2>&1 \
   | grep -v 'already exists' || true
 python3 -c 'import titans_pytorch, tensordict; print("titans_pytorch", titans_pytorch.__file__)'
 cd /tmp
+# fla has no rule for these (nor chunk kernels for RWKV-7, GLA and KDA that run its backward here)
+NO_FLA="RWKV-7:fla chunk,RWKV-7:fla fused recurrent,GLA:fla chunk,GLA:fla fused recurrent"
+NO_FLA="$NO_FLA,KDA:fla chunk,KDA:fla fused recurrent,row-decay delta:fla chunk"
+NO_FLA="$NO_FLA,row-decay delta:fla fused recurrent,momentum delta:fla chunk"
+NO_FLA="$NO_FLA,momentum delta:fla fused recurrent"
 AMP=""
 [ "$MODE" = amp ] && AMP="--amp"
 side_by_side() {  # side_by_side DIM_HEAD TIMEOUT
@@ -52,10 +57,25 @@ elif [ "$MODE" = kernels ]; then
   timeout 240 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold \
     --models "RWKV-7,GLA,KDA,row-decay delta,momentum delta" --shapes "8,2048,16,128" \
     --check "ours chunked" \
-    --skip "RWKV-7:fla chunk,RWKV-7:fla fused recurrent,GLA:fla chunk,GLA:fla fused recurrent,KDA:fla chunk,KDA:fla fused recurrent" \
-    --out "$OUT/perf.md"
+    --skip "$NO_FLA" --out "$OUT/perf.md"
   timeout 300 python3 "$REPO/benchmarks/lm_throughput.py" --steps 6 --out "$OUT/lm_gdn.md" \
     --rows gated_deltanet,gated_deltanet_unfused,fla_gdn_our_kernel
+elif [ "$MODE" = kernels2 ]; then  # the kernels' timing only, then Hope's LM at batch 2
+  timeout 300 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold \
+    --models "RWKV-7,GLA,KDA,row-decay delta,momentum delta" --shapes "8,2048,16,128" \
+    --check "ours chunked" --skip "$NO_FLA" --out "$OUT/perf.md"
+  timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 --batch 2 \
+    --rows hope,hope_graphed --out "$OUT/lm_hope.md"
+elif [ "$MODE" = titans2 ]; then  # after the first titans call's fixes
+  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
+    "$REPO/tests/test_dual_triton.py" > "$OUT/dual_tests.log" 2>&1
+  tail -3 "$OUT/dual_tests.log"
+  timeout 90 python3 "$REPO/benchmarks/titans_dual.py" --B 8 --T 2048 --repeat 3 --triton \
+    --skip-recurrent | tee "$OUT/titans_dual_8x2048.md"
+  timeout 150 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 --out "$OUT/lm_titans.md" \
+    --rows titans_graphed,titans_graphed_kept
+  timeout 120 python3 "$REPO/benchmarks/gpu_step_kernel.py" --shape 4,512,4,64 --repeats 2 \
+    | tee "$OUT/step_kernel.md"
 elif [ "$MODE" = mlp ]; then
   [ -f "$REPO/benchmarks/gpu_step_kernel.py" ] && timeout 200 python3 \
     "$REPO/benchmarks/gpu_step_kernel.py" --out "$OUT/step_kernel.md"
