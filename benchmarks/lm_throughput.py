@@ -190,8 +190,8 @@ def main():
             lines.append(f"| {r['label']} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.1f} | "
                          f"{r['first_step_s']:.1f} |")
         except (IndexError, json.JSONDecodeError):
-            err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            lines.append(f"| {ROWS[name][0]} | failed: {err[:200]} | | |")
+            err = " / ".join(proc.stderr.strip().splitlines()[-3:]) or "no output"
+            lines.append(f"| {ROWS[name][0]} | failed: {err[:500]} | | |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
