@@ -44,12 +44,15 @@ H, K, V, BT = 16, 128, 128, 64
 INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32", "T": "i32"}
 
 
-def compiled(kernel, bf16: tuple[str, ...], constants: dict, num_warps=4, num_stages=3):
+def compiled(kernel, bf16: tuple[str, ...], constants: dict, num_warps=4, num_stages=3,
+             scalars: tuple[str, ...] = ()):
     """(shared memory in KiB, cuobjdump's resource line) of `kernel` compiled for sm_90:
-    the pointers named in `bf16` are bf16, the other pointers float32."""
+    the pointers named in `bf16` are bf16, the other pointers float32; `scalars` name int32
+    arguments beside T."""
     params = list(inspect.signature(kernel.fn).parameters)
+    types = {**INDEX, **dict.fromkeys(scalars, "i32")}
     signature = {p: "constexpr" if p in constants else
-                 INDEX.get(p, "*bf16" if p in bf16 else "*fp32") for p in params}
+                 types.get(p, "*bf16" if p in bf16 else "*fp32") for p in params}
     source = ASTSource(kernel, signature,
                        constexprs={(params.index(n),): v for n, v in constants.items()})
     binary = triton.compile(source, target=TARGET,

@@ -13,20 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
-import os
-import subprocess
-import tempfile
 from pathlib import Path
 
-import triton
+from kernel_resources import compiled  # compiled for sm_90, cuobjdump's resource line
 from nlc.runtime.library.step_launch import num_warps
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-TARGET = GPUTarget("cuda", 90, 32)
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                         "cuobjdump")
 
 
 def load(path: str):
@@ -45,22 +35,9 @@ def entries(config, d: int) -> int:
 
 def resources(module, d: int, warps: int) -> str:
     """cuobjdump's resource line of the module's kernel compiled at d_head = d."""
-    kernel = module.step_forward
-    params = list(inspect.signature(kernel.fn).parameters)
     consts = {"EVERY": 16, **{f"D{i}": d for i in range(module.CONFIG.dims)}}
-    signature = {p: "constexpr" if p in consts else "i32" if p in ("T", "H") else "*fp32"
-                 for p in params}
-    source = ASTSource(kernel, signature,
-                       constexprs={(params.index(n),): v for n, v in consts.items()})
-    binary = triton.compile(source, target=TARGET,
-                            options={"num_warps": warps, "num_stages": 1})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(binary.asm["cubin"])
-        f.flush()
-        dump = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name],
-                              capture_output=True, text=True, check=True).stdout
-    usage = next(line.strip() for line in dump.splitlines() if "REG:" in line)
-    return " ".join(usage.split()[:2])
+    return compiled(module.step_forward, (), consts, num_warps=warps, num_stages=1,
+                    scalars=("H",))[1]
 
 
 def main() -> None:

@@ -36,11 +36,11 @@ from nlc.runtime.library.scan import (
     _float32,
     _maybe_checkpoint,
     _needs_grad,
+    _recompute,
     _resume,
     _suspend,
     _wide,
     compiled_chunk,
-    recompute_chunks,
 )
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
@@ -141,7 +141,7 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     run = compiled_chunk(_dual_chunk)
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
     # coefficient scan inside is then not checkpointed a second time
-    whole = _needs_grad(state, tokens, consts) and recompute_chunks(next(iter(tokens.values())))
+    whole = _recompute(tokens, state, consts)
     for part in _chunks(tokens, chunk):
         anchor = _anchor(state, anchors)
         o, state = _maybe_checkpoint(run, whole, outer, combine, read, consts, state, part,

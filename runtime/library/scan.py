@@ -123,14 +123,14 @@ def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = N
             outputs.append(out)
         return torch.stack(outputs, 1), state, anchor
 
-    if not (_needs_grad(state, tokens, consts) and recompute_chunks(_any_tensor(tokens))):
+    if not _recompute(tokens, state, consts):
         out, state, anchor = segment(state, anchor, tokens, position)
         return out, _suspend(state, anchor, position + T, anchors)
     outputs, start = [], position
     for part in _chunks(tokens, SEGMENT):
         out, state, anchor = _maybe_checkpoint(segment, True, state, anchor, part, start)
         outputs.append(out)
-        start += next(iter(part.values())).shape[1]
+        start += _any_tensor(part).shape[1]
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
@@ -158,6 +158,14 @@ def recompute_chunks(ref: torch.Tensor) -> bool:
 
 def _any_tensor(tokens: dict) -> torch.Tensor:
     return next(iter(tokens.values()))
+
+
+def _recompute(tokens: dict, *dicts, builds_per_token: bool = False) -> bool:
+    """Whether a driver's chunks (segments) run checkpointed: with gradients, always when a
+    chunk builds per-token states (they must not survive to the backward pass), else as
+    `recompute_chunks` decides for the tokens' device."""
+    return _needs_grad(tokens, *dicts) and (
+        builds_per_token or recompute_chunks(_any_tensor(tokens)))
 
 
 def _maybe_checkpoint(fn, use: bool, *args):
@@ -216,8 +224,8 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     # with gradients, each chunk (piece) is recomputed in the backward pass instead of keeping
     # its per-token states (an MLP memory's weights per token: tens of GB at batch 64); a
     # chunk that builds none (outer products, reads of the unbuilt states) keeps its own
-    recompute = _needs_grad(state, tokens, consts) and (
-        not (transition and pairs and lazy_read) or recompute_chunks(_any_tensor(tokens)))
+    recompute = _recompute(tokens, state, consts,
+                           builds_per_token=not (transition and pairs and lazy_read))
 
     def one_chunk(state, part):
         anchor = _anchor(state, anchors)
@@ -370,9 +378,8 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
     outputs = {m.name: [] for m in members}
     # members whose chunks build only their last states (affine transitions on outer
     # products) keep what they compute; others are recomputed in the backward pass
-    recompute = _needs_grad(tokens, consts, *current.values()) and (
-        not all(m.transition and m.pairs for m in members)
-        or recompute_chunks(_any_tensor(tokens)))
+    recompute = _recompute(tokens, consts, *current.values(),
+                           builds_per_token=not all(m.transition and m.pairs for m in members))
 
     def one_chunk(current, part):
         anchor = {m.name: _anchor(current[m.name], m.anchors) for m in members}
