@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TESTS, assert_chunked_gradients_equal_recurrent
 from nlc.runtime.library import ops
-from nlc.runtime.library.rows import row_decay_chunked
+from nlc.runtime.library.rows import row_decay_chunked, row_decay_chunked_torch
 
 from nlc import pipeline
 from nlc.derive.classify import KernelFamily
@@ -194,3 +194,29 @@ def test_keys_of_large_norm_are_finite_and_exact():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     (grad,) = torch.autograd.grad(got[0].square().sum(), beta)
     assert torch.isfinite(grad).all()
+
+
+def test_half_precision_inputs_solve_in_float32():
+    """bf16 inputs (as autocast hands them over) run the PyTorch chunked forms: torch has no
+    bf16 triangular solve, on the CPU or CUDA, so the chunk's inverse is solved in float32."""
+    from nlc.runtime.library.chunked import delta_chunked_torch, dplr_chunked_torch
+    g = torch.Generator().manual_seed(3)
+    B, T, H, K = 1, 40, 2, 16
+    q, k, v, a, b = (torch.randn(B, T, H, K, generator=g) for _ in range(5))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    beta = torch.rand(B, T, H, generator=g)
+    log_decay = -torch.rand(B, T, H, K, generator=g) * 0.1
+    a, b = -0.5 * k, 0.5 * k
+    runs = {
+        "row decay": lambda *x: row_decay_chunked_torch(*x, chunk_size=16),
+        "delta": lambda q, k, v, beta, ld: delta_chunked_torch(q, k, v, beta, ld[..., 0],
+                                                               chunk_size=16),
+        "dplr": lambda q, k, v, beta, ld: dplr_chunked_torch(q, k, v, a.to(q.dtype),
+                                                             b.to(q.dtype), ld, chunk_size=16),
+    }
+    for name, run in runs.items():
+        full, _ = run(q, k, v, beta, log_decay)
+        half, _ = run(*(x.bfloat16() for x in (q, k, v, beta, log_decay)))
+        assert half.dtype == torch.bfloat16, name
+        err = ((half.float() - full).norm() / full.norm()).item()
+        assert err < 3e-2, (name, err)

@@ -186,3 +186,18 @@ def test_lm_given_files_windows_and_bits_per_byte(tmp_path):
 def test_lm_refuses_missing_files(tmp_path):
     with pytest.raises(NlcError, match="no such file or folder"):
         make_task(TrainConfig(task="lm", lm_files=[str(tmp_path / "nope")]))
+
+
+@pytest.mark.parametrize("count, low, high", [(2, 0, 5), (3, 10, 50), (16, 1, 512)])
+def test_distinct_integers_are_distinct_in_range_and_uniform(count, low, high):
+    """Both paths (a permutation for crowded ranges, redrawing rows with a repeat otherwise)
+    give distinct values in [low, high), each value equally often in every position."""
+    from nlc.runtime.trainer.mqar import distinct_integers
+    drawn = distinct_integers(torch.Generator().manual_seed(0), 60000, count, low, high)
+    assert drawn.shape == (60000, count) and drawn.dtype == torch.int64
+    assert int(drawn.min()) >= low and int(drawn.max()) < high
+    assert (drawn.sort(dim=1).values.diff(dim=1) > 0).all()
+    for column in drawn.unbind(1):
+        counts = torch.bincount(column - low, minlength=high - low).double()
+        expected = 60000 / (high - low)
+        assert (counts - expected).abs().max() < 5 * expected ** 0.5 + 1

@@ -184,7 +184,9 @@ class Runner:
         argv = [sys.executable, "-m", "nlc.train_cli", "train", config.spec,
                 "--config", str(config_file), "--out", str(run), "--quiet"]
         env = dict(os.environ)
-        if config.device in ("cpu", "auto") and "OMP_NUM_THREADS" not in env:
+        # the runs share the host's cores also on a GPU (the batches, the Python loop):
+        # without a limit each run would start a thread per core
+        if "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.settings.jobs))
         log = open(run / "log.txt", "a", encoding="utf-8")  # noqa: SIM115 (closed when it ends)
         process = subprocess.Popen(argv + ["--resume"] * resume, stdout=log,

@@ -75,6 +75,16 @@ def _prepare(q, k, v, log_decay, chunk):
     return T, q, k, v, log_decay.cumsum(-2), log_decay
 
 
+def unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
+    """(I + A)^-1 for strictly lower-triangular A `[..., R, R]`, by a triangular solve. Half
+    precision is solved in float32 and cast back: CUDA has no bf16 triangular solve."""
+    work = A.float() if A.dtype in (torch.float16, torch.bfloat16) else A
+    eye = torch.eye(A.shape[-1], dtype=work.dtype, device=A.device)
+    inverse = torch.linalg.solve_triangular(eye + work, eye.expand_as(work), upper=False,
+                                            unitriangular=True)
+    return inverse.to(A.dtype)
+
+
 def _causal(C: int, strict: bool, device) -> torch.Tensor:
     """[t, s] is kept where s <= t (s < t if strict)."""
     return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1 if strict else 0)
@@ -160,11 +170,8 @@ def delta_chunked_torch(q, k, v, beta, log_decay=None, *, initial_state=None,
     """`delta_chunked` in plain PyTorch (any device)."""
     T, q, k, v, g, ld = _prepare(q, k, v, log_decay, chunk_size)
     b = _split(_pad(beta, q.shape[2] * chunk_size), chunk_size).unsqueeze(-1)  # [B,H,N,C,1]
-    C = chunk_size
     a = b * _scores(k, k, g, g, strict=True)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    inv = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False,
-                                        unitriangular=True)
+    inv = unit_lower_inverse(a)
     u = inv @ v
     w = inv @ (b * g.exp() * k)
     g_read = g - ld if read_before else g
@@ -202,10 +209,7 @@ def dplr_chunked_torch(q, k, v, a, b, log_decay=None, *, initial_state=None,
     T, q, k, v, g, _ = _prepare(q, k, v, log_decay, chunk_size)
     a, b = (_split(_pad(x, q.shape[2] * chunk_size), chunk_size) for x in (a, b))
     gx = F.pad(g, (0, 0, 1, 0))[..., :-1, :]  # up to the token before; g - ld would round
-    eye = torch.eye(chunk_size, dtype=q.dtype, device=q.device)
-    a_ab = _scores(a, b, gx, g, strict=True)
-    t_inv = torch.linalg.solve_triangular(eye - a_ab, eye.expand_as(a_ab), upper=False,
-                                          unitriangular=True)
+    t_inv = unit_lower_inverse(-_scores(a, b, gx, g, strict=True))
     u0 = t_inv @ (_scores(a, k, gx, g, strict=True) @ v)
     w = t_inv @ (a * gx.exp())
     g_read = gx if read_before else g

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from nlc.runtime.library.chunk_triton import chunked_kernel_for, joint_fits
-from nlc.runtime.library.chunked import _causal, _merge, _split
+from nlc.runtime.library.chunked import _causal, _merge, _split, unit_lower_inverse
 
 
 def _pad(x, T: int):
@@ -52,13 +52,6 @@ def transfers(P: torch.Tensor) -> torch.Tensor:
         column = column @ P[..., t, None, :, :] + start[t + 1]
         columns.append(column)
     return torch.stack(columns, -3)
-
-
-def unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
-    """(I + A)^-1 for strictly lower-triangular A `[..., R, R]`, by a triangular solve."""
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    return torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False,
-                                         unitriangular=True)
 
 
 def intra(k, Q, V, T, inverse=unit_lower_inverse):

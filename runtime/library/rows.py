@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import torch
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
-from nlc.runtime.library.chunked import SAFE_SPAN, _causal, _masked_exp, _merge, _pad, _split
+from nlc.runtime.library.chunked import (SAFE_SPAN, _causal, _masked_exp, _merge, _pad, _split,
+                                         unit_lower_inverse)
 
 
 def intra(k, beta):
     """(inv `[..., C, C]`, w `[..., C, K]`) of the ungated delta rule; the identity and 0 for
     the decay family (beta None)."""
     C = k.shape[-2]
-    eye = torch.eye(C, dtype=k.dtype, device=k.device)
     if beta is None:
+        eye = torch.eye(C, dtype=k.dtype, device=k.device)
         return eye.expand(*k.shape[:-2], C, C), torch.zeros_like(k)
     a = (beta * (k @ k.mT)).masked_fill(~_causal(C, True, k.device), 0.0)
-    inv = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False,
-                                        unitriangular=True)
+    inv = unit_lower_inverse(a)
     return inv, inv @ (beta * k)
 
 

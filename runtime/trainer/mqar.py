@@ -45,16 +45,33 @@ def gap_distribution(seq_len: int, num_kv_pairs: int, power_a: float) -> torch.T
     return weights / weights.sum()
 
 
+def distinct_integers(generator: torch.Generator, rows: int, count: int, low: int,
+                      high: int) -> torch.Tensor:
+    """`[rows, count]` int64, each row `count` distinct integers of [low, high), every such
+    tuple equally likely. Rows with a repeat are drawn again: when count is small against the
+    range (keys among thousands of tokens) a repeat is rare, and this draws `count` numbers
+    per row where a multinomial over the range costs the whole range per row (140 ms a batch
+    at a vocabulary of 8192, more than a training step). A crowded range takes a permutation."""
+    if count * count > 2 * (high - low):
+        order = torch.rand(rows, high - low, generator=generator).argsort(dim=1)
+        return low + order[:, :count]
+    drawn = torch.randint(low, high, (rows, count), generator=generator)
+    while True:
+        ordered = drawn.sort(dim=1).values
+        repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+        if not bool(repeats.any()):
+            return drawn
+        drawn[repeats] = torch.randint(low, high, (int(repeats.sum()), count), generator=generator)
+
+
 def mqar_batch(generator: torch.Generator, batch_size: int, seq_len: int,
                vocab_size: int = 8192, num_kv_pairs: int = 16, power_a: float = 0.01,
                random_non_queries: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """`(inputs, targets)`, both int64 [batch_size, seq_len], drawn from `generator`."""
     check_mqar(seq_len, vocab_size, num_kv_pairs)
     B, N, half = batch_size, num_kv_pairs, vocab_size // 2
-    uniform_keys = torch.ones(B, half - 1)
-    uniform_values = torch.ones(B, vocab_size - half)
-    keys = 1 + torch.multinomial(uniform_keys, N, replacement=False, generator=generator)
-    values = half + torch.multinomial(uniform_values, N, replacement=False, generator=generator)
+    keys = distinct_integers(generator, B, N, 1, half)
+    values = distinct_integers(generator, B, N, half, vocab_size)
 
     p = gap_distribution(seq_len, N, power_a).float().expand(B, -1)
     gaps = torch.multinomial(p, N, replacement=False, generator=generator)

@@ -409,7 +409,9 @@ def graphed(model, sample: torch.Tensor, world, config):
                             "current CUDA context")
     try:
         with autocast_for(config, world.device)():
-            return torch.cuda.make_graphed_callables(model, (sample,))
+            # a level can leave parameters out of a step's graph (a CMS level slower than
+            # the sequence never updates): their gradients stay None, as in eager mode
+            return torch.cuda.make_graphed_callables(model, (sample,), allow_unused_input=True)
     except RuntimeError as err:  # an op that syncs with the host or allocates per call
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise NlcError(f"cuda_graphs: capturing the model's step failed: {first}",
