@@ -107,6 +107,11 @@ ROWS = {
              lambda: _spec("hope", d_head=64), False),
     "hope_graphed": ("nlc examples/hope.nl, forward and backward as CUDA graphs",
                      lambda: _spec("hope", d_head=64), "graphs"),
+    # the other MLP memories: does each train at T = 2048 on one GPU, how fast, how large
+    "ttt_mlp": ("nlc examples/ttt_mlp.nl", lambda: _spec("ttt_mlp", d_head=64), False),
+    "moneta": ("nlc examples/moneta.nl", lambda: _spec("moneta", d_head=64), False),
+    "yaad": ("nlc examples/yaad.nl", lambda: _spec("yaad", d_head=64), False),
+    "memora": ("nlc examples/memora.nl", lambda: _spec("memora", d_head=64), False),
 }
 
 

@@ -161,8 +161,8 @@ def test_time_budget_ends_the_run_early_with_an_eval(tmp_path, capsys):
 
 
 def test_a_diverging_run_stops_saves_nothing_and_exits_1(tmp_path, capsys):
-    """At lr 1e30 the first step makes the weights infinite: the run stops at the first
-    non-finite loss, keeps the checkpoint it had, and says so."""
+    """At lr 1e30 the first step makes the weights huge: the run stops at the first
+    non-finite loss or gradient, keeps the checkpoint it had, and says so."""
     out = tmp_path / "wild"
     args = ["train", "builtin:attention", *TINY, "--out", str(out), "--warmup", "0",
             "--checkpoint-interval", "1", "--grad-clip", "0"]
@@ -176,7 +176,9 @@ def test_a_diverging_run_stops_saves_nothing_and_exits_1(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["kind"] == "diverged"
     err = capsys.readouterr().err
-    assert f"the loss is not finite at step {summary['diverged_at']}" in err
+    # the weights of 1e30 make the loss or, with the loss still finite, the gradients overflow
+    assert (f"the loss is not finite at step {summary['diverged_at']}" in err
+            or f"the gradients are not finite at step {summary['diverged_at']}" in err)
     assert f"To resume from them: nlc train builtin:attention --out {out} --resume --lr " in err
 
 
@@ -253,3 +255,35 @@ def test_run_files_follow_the_umask(tmp_path, capsys):
         os.umask(old)
     for name in ("config.json", "summary.json", "metrics.jsonl"):
         assert stat.S_IMODE((tmp_path / "r" / name).stat().st_mode) == 0o644, name
+
+
+class _FiniteForwardNaNBackward(torch.nn.Module):
+    """A linear mixer plus sqrt(|x - x|): 0 in the forward pass, NaN in the backward pass (the
+    derivative of sqrt at 0 times that of |.| at 0), as an overflowing recurrence's
+    backward pass would be."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        return self.proj(x) + (x - x.detach()).abs().sqrt()
+
+
+def test_a_run_whose_gradients_overflow_says_so_not_that_the_loss_did(tmp_path, capsys):
+    """A finite loss with non-finite gradients: the run stops at step 1 and names the
+    backward pass and the parameters, where it used to say the loss was not finite."""
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.train import train
+    out = tmp_path / "nan_grads"
+    config = TrainConfig(task="mqar", steps=3, batch_size=4, seq_len=32, d_model=16,
+                         n_layers=1, mqar_vocab_size=64, mqar_num_kv_pairs=2, eval_examples=8,
+                         checkpoint_interval=0, warmup=0, out=str(out), spec="builtin:attention")
+    summary = train(config, mixer_factory=_FiniteForwardNaNBackward, progress=False)
+    assert summary["diverged_at"] == 1
+    message = summary["divergence"]
+    assert message.startswith("the gradients are not finite at step 1, before any update")
+    assert "the loss is finite" in message and "backward pass overflowed" in message
+    assert "non-finite gradients in" in message and "blocks.0.mixer.proj" in message
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "diverged" and records[-1]["nonfinite_gradients"]

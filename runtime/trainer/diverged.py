@@ -31,6 +31,22 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if not _finite(p.detach())]
 
 
+def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
+    """The parameters whose gradient holds inf or NaN, in the model's order."""
+    return [name for name, p in model.named_parameters()
+            if p.grad is not None and not _finite(p.grad)]
+
+
+def describe_gradients(loss: float, names) -> str:
+    """Where a backward pass with a finite loss went non-finite, in one clause."""
+    names = list(names)
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    first = f"; non-finite gradients in {listed}" if names else ""
+    return (f"the loss is finite ({loss:.4g}) but the backward pass overflowed{first} "
+            "(a recurrence that amplifies gradients over a long sequence: a shorter "
+            "--seq-len, --carry-state segments, or gates that retain less)")
+
+
 def nonfinite_levels(mixer: torch.nn.Module, x: torch.Tensor) -> list[str]:
     """Levels of a generated layer whose final state on input `x` is not finite (none for
     modules without per-level states, such as the builtins)."""

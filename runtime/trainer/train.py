@@ -148,15 +148,16 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         lr = lr_at(step, config)
         set_lr(optimizer, lr)
         batch = task.train_batch(step)
-        loss_sum, n_targets, grad_norm = train_step(trained, model, optimizer, batch, world,
-                                                    config, autocast, step)
+        loss_sum, n_targets, grad_norm, bad_gradients = train_step(
+            trained, model, optimizer, batch, world, config, autocast, step)
         done = step + 1
         if not math.isfinite(grad_norm):  # a non-finite loss or gradient: no update was made
             diverged = done
-            log.write({"kind": "diverged", "step": done,
-                       "loss": loss_sum * world.world_size / max(1, n_targets)})
+            loss = loss_sum * world.world_size / max(1, n_targets)
+            log.write({"kind": "diverged", "step": done, "loss": loss,
+                       **({"nonfinite_gradients": bad_gradients} if bad_gradients else {})})
             divergence = report_divergence(model, batch, world, config, out, done, optimizer,
-                                           spec)
+                                           spec, loss, bad_gradients)
             bar.message(divergence)
             break
         solved = False
@@ -250,7 +251,8 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
     parameters that update every k steps sum their gradients until they are due
     (`optim.step_levels`); gradients are clipped over the groups that step now.
 
-    Returns (this rank's summed loss in float64, targets in the global batch, grad norm).
+    Returns (this rank's summed loss in float64, targets in the global batch, grad norm, the
+    parameters whose gradients are not finite when the loss is).
     When any rank's loss is not finite, every rank skips the backward pass and the update,
     so the weights, optimizer state and pending gradients stay those of the last finite step,
     and the grad norm returned is NaN; non-finite gradients also skip the update.
@@ -267,14 +269,16 @@ def train_step(trained, model, optimizer, batch, world, config, autocast, step: 
             logits = trained(inputs)
         loss_sum, ok = backward(logits, targets, n_targets, world)
     if not ok:
-        return loss_sum, n_targets, float("nan")
+        return loss_sum, n_targets, float("nan"), []
     grad_norm = clip([p for group in optimizer.param_groups if due(group, step)
                       for p in group["params"]], config.grad_clip)
     if not math.isfinite(grad_norm):  # a finite loss with non-finite gradients: no update
+        from nlc.runtime.trainer.diverged import nonfinite_gradients
+        bad = nonfinite_gradients(model)
         optimizer.zero_grad(set_to_none=True)  # (slower levels lose their pending sums)
-        return loss_sum, n_targets, grad_norm
+        return loss_sum, n_targets, grad_norm, bad
     step_levels(optimizer, step)
-    return loss_sum, n_targets, grad_norm
+    return loss_sum, n_targets, grad_norm, []
 
 
 def backward(logits, targets, n_targets: int, world) -> tuple[float, bool]:
@@ -318,12 +322,16 @@ def carried_backward(trained, model, optimizer, inputs, targets, n_targets: int,
 
 
 def report_divergence(model, batch, world, config, out: Path, done: int, optimizer,
-                      spec: dict) -> str:
-    """Say where the first non-finite loss came from and how to go on; save the last finite
-    weights (step done - 1) unless a checkpoint of that step exists, so there is a run to
-    evaluate and to resume."""
-    from nlc.runtime.trainer.diverged import locate_nonfinite
-    where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
+                      spec: dict, loss: float = math.nan, bad_gradients=()) -> str:
+    """Say where the first non-finite loss or gradient came from and how to go on; save the
+    last finite weights (step done - 1) unless a checkpoint of that step exists, so there is a
+    run to evaluate and to resume."""
+    from nlc.runtime.trainer.diverged import describe_gradients, locate_nonfinite
+    if math.isfinite(loss):  # the forward pass was fine: the backward pass overflowed
+        what, where = "the gradients are", describe_gradients(loss, bad_gradients)
+    else:
+        what = "the loss is"
+        where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
     last = done - 1
     saved = out / "checkpoints" / f"step_{last:08d}"
     if world.is_main and not saved.is_dir():
@@ -334,9 +342,9 @@ def report_divergence(model, batch, world, config, out: Path, done: int, optimiz
     source = config.spec if Path(config.spec).is_file() or config.spec.startswith("builtin:") \
         else out / "spec.nl"
     if last == 0:  # no update has been made: the learning rate is not the cause
-        return (f"the loss is not finite at step 1, before any update: {where}. The initial "
+        return (f"{what} not finite at step 1, before any update: {where}. The initial "
                 f"weights are saved as {saved}; look at the spec's rates and gates")
-    return (f"the loss is not finite at step {done}: the run diverged; {where}. "
+    return (f"{what} not finite at step {done}: the run diverged; {where}. "
             f"Not saving that step; the last finite weights are {saved}. "
             f"To resume from them: nlc train {source} --out {out} --resume "
             f"--lr {config.lr / 10:g} (or a smaller --grad-clip)")
