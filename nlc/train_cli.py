@@ -21,7 +21,7 @@ from pathlib import Path
 from nlc.errors import NlcError
 
 EXIT_OK = 0
-EXIT_DIVERGED = 1  # the loss stopped being finite
+EXIT_DIVERGED = 1  # the loss or the gradients stopped being finite
 SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
 
 
@@ -133,7 +133,8 @@ def cmd_train(args) -> int:
     if summary["diverged_at"] is not None:
         if args.quiet:  # else the progress output said it already
             print(f"nlc train: {summary['divergence']}", file=sys.stderr)
-        print(f"nlc train: the loss stopped being finite at step {summary['diverged_at']}; "
+        print(f"nlc train: the loss or its gradients stopped being finite at step "
+              f"{summary['diverged_at']}; "
               f"the run diverged (see {config.out}/metrics.jsonl)", file=sys.stderr)
         return EXIT_DIVERGED
     return EXIT_OK
