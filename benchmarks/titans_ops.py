@@ -60,7 +60,7 @@ NO_KERNEL = {
     "aten::_has_compatible_shallow_copy_type", "aten::set_", "aten::conj",
     "aten::_conj", "aten::_neg_view", "aten::squeeze_", "aten::unsqueeze_",
     "aten::resize_", "aten::as_strided_", "aten::transpose_", "aten::t_",
-    "aten::broadcast_tensors",
+    "aten::broadcast_tensors", "aten::promote_types",
 }
 # operators that are one kernel on a GPU but call helpers on the CPU (a reduction's fill, a
 # CPU bmm's copies of its operands): counted once, their helpers not
@@ -279,7 +279,7 @@ def summary(counts: dict, chunks: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--B", type=int, default=1)
+    parser.add_argument("--B", type=int, default=2)
     parser.add_argument("--T", type=int, default=256)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--forms", default="torch,triton",

@@ -150,8 +150,8 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
     # coefficient scan inside is then not checkpointed a second time
     whole = _recompute(tokens, state, consts)
-    steps, adds = step.split(chunk, 1), add.split(chunk, 1)
-    for part, step, add in zip(_chunks(tokens, chunk), steps, adds):
+    for part, step, add in zip(_chunks(tokens, chunk), _by_chunk(step, chunk),
+                               _by_chunk(add, chunk)):
         anchor = _anchor(state, anchors)
         o, state = _maybe_checkpoint(run, whole, outer, read, consts, state, part, step, add,
                                      terms, anchors, read_before, not whole)
@@ -183,6 +183,21 @@ def _dual_chunk(outer, read, consts, state, part, step, add, terms, anchors, rea
                for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
     return o, _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
+
+
+def _by_chunk(x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+    """x `[B, T, ...]` in chunks of `chunk` tokens along axis 1, each contiguous: one copy
+    into chunk-major order `[T / chunk, B, chunk, ...]` for all of them (the scan kernel
+    takes contiguous inputs: a chunk of x itself is not, for B > 1, and would be copied once
+    per chunk, and again when the chunk is recomputed)."""
+    full = x.shape[1] // chunk * chunk
+    parts = []
+    if full:
+        major = x[:, :full].unflatten(1, (full // chunk, chunk)).transpose(0, 1).contiguous()
+        parts.extend(major.unbind(0))
+    if full < x.shape[1]:
+        parts.append(x[:, full:].contiguous())
+    return parts
 
 
 def _combine_reads(combine, order, inputs) -> tuple[list[str], list[str]]:
