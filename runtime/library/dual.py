@@ -345,8 +345,8 @@ def _pick(x: torch.Tensor, dim: int, index: list[int]) -> torch.Tensor:
     copied from the host (a CUDA graph capture refuses that)."""
     step = index[1] - index[0] if len(index) > 1 else 1
     if step > 0 and index == list(range(index[0], index[-1] + 1, step)):
-        return x.narrow(dim, index[0], index[-1] - index[0] + 1)[
-            (slice(None),) * (dim % x.dim()) + (slice(None, None, step),)]
+        # one slice, one autograd node: each view's backward is a fill and a copy
+        return x[(slice(None),) * (dim % x.dim()) + (slice(index[0], index[-1] + 1, step),)]
     return torch.stack([x.select(dim, i) for i in index], dim)
 
 
