@@ -145,6 +145,7 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     # (a combine that reads no gate still needs a tensor for the basis' dtype and device)
     used = {**consts, **{g: tokens[g] for g in gates}} or dict(tokens)
     step, add = _transitions(combine, used, order, terms, lead)
+    eyes = _eyes(step, add, chunk, read_before)
     outputs = []
     run = compiled_chunk(_dual_chunk)
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
@@ -154,16 +155,16 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
                                _by_chunk(add, chunk)):
         anchor = _anchor(state, anchors)
         o, state = _maybe_checkpoint(run, whole, outer, read, consts, state, part, step, add,
-                                     terms, anchors, read_before, not whole)
+                                     terms, eyes, anchors, read_before, not whole)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
-def _dual_chunk(outer, read, consts, state, part, step, add, terms, anchors, read_before,
+def _dual_chunk(outer, read, consts, state, part, step, add, terms, eyes, anchors, read_before,
                 scan_recompute):
     """One chunk of `dual_chunked`: its reads and the state after its last token, from the
-    chunk's transitions (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`; `scan_recompute`:
-    the coefficient scan is recomputed in the backward pass)."""
+    chunk's transitions (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`; `eyes`: `_eyes`;
+    `scan_recompute`: the coefficient scan is recomputed in the backward pass)."""
     order = list(state)
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
@@ -176,13 +177,24 @@ def _dual_chunk(outer, read, consts, state, part, step, add, terms, anchors, rea
     kernels = _scan_kernels({"step": step}, len(order), len(terms), step.shape[1])
     phis, psis = _maybe_checkpoint(_scan, scan_recompute and _needs_grad({"step": step,
                                                                           "add": add})
-                                   and kernels is None, step, add)
-    seen = _before(phis, psis) if read_before else (phis, psis)
+                                   and kernels is None, step, add, eyes["tokens"])
+    seen = _before(phis, psis, eyes["states"]) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
     stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
                for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
     return o, _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
+
+
+def _eyes(step, add, chunk: int, read_before: bool) -> dict:
+    """The identities the chunks need, built once per call rather than once per chunk: of
+    the chunk's tokens for the PyTorch scan (none when the scan kernel runs), of the states
+    for a read before the write (None when not needed)."""
+    n, d = step.shape[-1], add.shape[-1]
+    like = {"dtype": step.dtype, "device": step.device}
+    kernels = _scan_kernels({"step": step}, n, d, min(chunk, step.shape[1]))
+    return {"tokens": None if kernels is not None else torch.eye(chunk, **like),
+            "states": torch.eye(n, **like) if read_before else None}
 
 
 def _by_chunk(x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
@@ -255,15 +267,16 @@ def _transitions(combine, inputs, order, terms, lead):
     return rows[..., :n], rows[..., n:]
 
 
-def _scan(step, add):
+def _scan(step, add, here=None):
     """The inclusive scan of a chunk's transitions from the chunk start: Phi and Psi. In
     log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens, or as
-    the scan kernel (dual_triton.py)."""
+    the scan kernel (dual_triton.py). `here`: an identity of at least T tokens, if built."""
     B, T, H, n, d = *step.shape[:4], add.shape[-1]
     kernels = _scan_kernels({"step": step}, n, d, T)
     if kernels is not None:
         return kernels.coefficient_scan(step, add)
-    here = torch.eye(T, dtype=add.dtype, device=add.device)        # b_t sits in column t
+    # b_t sits in column t
+    here = torch.eye(T, dtype=add.dtype, device=add.device) if here is None else here[:T, :T]
     add = torch.einsum("bthnd,tj->bthnjd", add, here).flatten(-2)
     offset = 1
     while offset < T:
@@ -301,9 +314,10 @@ def _scan_kernels(inputs: dict, n: int, d: int, T: int):
     return kernels if kernels is not None and kernels.scan_fits(n, d, T) else None
 
 
-def _before(phis, psis):
+def _before(phis, psis, eye=None):
     """The coefficients of the states each token's read sees before its own write."""
-    eye = torch.eye(phis.shape[-1], dtype=phis.dtype, device=phis.device)
+    if eye is None:
+        eye = torch.eye(phis.shape[-1], dtype=phis.dtype, device=phis.device)
     first = eye.expand(phis.shape[0], 1, *phis.shape[2:])
     return (torch.cat([first, phis[:, :-1]], 1),
             torch.cat([torch.zeros_like(psis[:, :1]), psis[:, :-1]], 1))
