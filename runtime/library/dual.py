@@ -146,7 +146,7 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     used = {**consts, **{g: tokens[g] for g in gates}} or dict(tokens)
     step, add = _transitions(combine, used, order, terms, lead)
     eyes = _eyes(step, add, chunk, read_before)
-    outputs = []
+    outputs, stacks = [], {}
     run = compiled_chunk(_dual_chunk)
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
     # coefficient scan inside is then not checkpointed a second time
@@ -154,17 +154,19 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     for part, step, add in zip(_chunks(tokens, chunk), _by_chunk(step, chunk),
                                _by_chunk(add, chunk)):
         anchor = _anchor(state, anchors)
-        o, state = _maybe_checkpoint(run, whole, outer, read, consts, state, part, step, add,
-                                     terms, eyes, anchors, read_before, not whole)
+        o, (state, stacks) = _maybe_checkpoint(run, whole, outer, read, consts, state, stacks,
+                                               part, step, add, terms, eyes, anchors,
+                                               read_before, not whole)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
-def _dual_chunk(outer, read, consts, state, part, step, add, terms, eyes, anchors, read_before,
-                scan_recompute):
+def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes, anchors,
+                read_before, scan_recompute):
     """One chunk of `dual_chunked`: its reads and the state after its last token, from the
     chunk's transitions (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`; `eyes`: `_eyes`;
-    `scan_recompute`: the coefficient scan is recomputed in the backward pass)."""
+    `stacks`: `_chunk_end`'s; `scan_recompute`: the coefficient scan is recomputed in the
+    backward pass)."""
     order = list(state)
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
@@ -183,7 +185,7 @@ def _dual_chunk(outer, read, consts, state, part, step, add, terms, eyes, anchor
     stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
                for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
-    return o, _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
+    return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], psis[:, -1])
 
 
 def _eyes(step, add, chunk: int, read_before: bool) -> dict:
@@ -323,16 +325,22 @@ def _before(phis, psis, eye=None):
             torch.cat([torch.zeros_like(psis[:, :1]), psis[:, :-1]], 1))
 
 
-def _chunk_end(state, pairs, order, terms, phi, psi):
+def _chunk_end(state, stacks, pairs, order, terms, phi, psi):
     """The states after the chunk's last token, from its coefficients phi `[B, H, n, n]`
     and psi `[B, H, n, T, d]`. The states of one shape (an MLP layer's weights and their
-    momentum) are built together: one product with their stacked chunk-start states, and one
-    per (column, row) pair of a term of that shape, whatever the number of states."""
-    new = {}
+    momentum) are built together: a scaled sum of their chunk-start states, and one batched
+    product per (column, row) pair of a term of that shape, whatever the number of states.
+    Returns the states, and `stacks`: per group (a tuple of indices into `order`) the states
+    stacked `[B, H, G, r, c]`, of which the returned states are views. The next chunk starts
+    from those: its start states need no stack (a copy per chunk, which a chunk whose
+    activations are kept would keep for the backward pass); only the first chunk stacks."""
+    new, stacked = {}, {}
     for group in _shape_groups(state, order):
         shape = state[order[group[0]]].shape[-2:]
-        starts = torch.stack(torch.broadcast_tensors(*(state[order[m]] for m in group)), 2)
         coefs = _pick(_pick(phi, 2, group), 3, group)                   # [B, H, G, G]
+        starts = stacks.get(tuple(group))
+        if starts is None:
+            starts = torch.stack(torch.broadcast_tensors(*(state[order[m]] for m in group)), 2)
         total = (coefs @ starts.flatten(-2)).unflatten(-1, shape)        # [B, H, G, r, c]
         weights = _pick(psi, 2, group)                                  # [B, H, G, T, d]
         for dd, term in enumerate(terms):
@@ -342,7 +350,8 @@ def _chunk_end(state, pairs, order, terms, phi, psi):
                 rows = row.squeeze(-2).transpose(1, 2)                  # [B, H, T, c]
                 total = total + (weighted @ rows).unflatten(2, (len(group), shape[0]))
         new.update({order[m]: s for m, s in zip(group, total.unbind(2))})
-    return {name: new[name] for name in order}
+        stacked[tuple(group)] = total
+    return {name: new[name] for name in order}, stacked
 
 
 def _shape_groups(state, order) -> list[list[int]]:
