@@ -164,8 +164,10 @@ def classify(events) -> Counter:
 
     def working(e) -> bool:  # e or an operator below it launches
         if id(e) not in works:
-            below = not _opaque(e) and any(
-                [working(c) for c in e.cpu_children if c.name.startswith(("aten::", "triton::"))])
+            # every child is visited (no short cut): each one's own count is recorded
+            below = [working(c) for c in e.cpu_children
+                     if c.name.startswith(("aten::", "triton::"))]
+            below = not _opaque(e) and any(below)
             works[id(e)] = below or e.name not in NO_KERNEL
             counted[id(e)] = not below and e.name not in NO_KERNEL
         return works[id(e)]
@@ -265,8 +267,8 @@ def table(counts: dict, chunks: int) -> str:
 
 
 def summary(counts: dict, chunks: int) -> str:
-    lines = ["| form, recompute | level ops per chunk | of which constants built / host syncs "
-             "/ Triton launches | ops per step (layer) |", "|---|---|---|---|"]
+    lines = [("| form, recompute | level ops per chunk | of which constants built / host syncs "
+              "/ Triton launches | ops per step (layer) |"), "|---|---|---|---|"]
     for (r, f), c in counts.items():
         level = sum(v for (_, p, _, _), v in c.items() if p != "outside the level")
         kinds = [sum(v for (_, p, k, _), v in c.items() if k == kind and p != "outside the level")
@@ -318,7 +320,7 @@ def main() -> None:
                     if names:
                         per = 1 if piece == "outside the level" else chunks
                         print(f"  {piece}, {phase}: " + ", ".join(
-                            f"{n[6:] if n.startswith('aten::') else n} {v / per:g}"
+                            f"{n.removeprefix('aten::')} {v / per:g}"
                             for n, v in names.most_common()))
 
 

@@ -151,11 +151,11 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
     # coefficient scan inside is then not checkpointed a second time
     whole = _recompute(tokens, state, consts)
-    for part, step, add in zip(_chunks(tokens, chunk), _by_chunk(step, chunk),
-                               _by_chunk(add, chunk)):
+    for part, steps, adds in zip(_chunks(tokens, chunk), _by_chunk(step, chunk),
+                                 _by_chunk(add, chunk)):
         anchor = _anchor(state, anchors)
         o, (state, stacks) = _maybe_checkpoint(run, whole, outer, read, consts, state, stacks,
-                                               part, step, add, terms, eyes, anchors,
+                                               part, steps, adds, terms, eyes, anchors,
                                                read_before, not whole)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
@@ -273,7 +273,7 @@ def _scan(step, add, here=None):
     """The inclusive scan of a chunk's transitions from the chunk start: Phi and Psi. In
     log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens, or as
     the scan kernel (dual_triton.py). `here`: an identity of at least T tokens, if built."""
-    B, T, H, n, d = *step.shape[:4], add.shape[-1]
+    T, n, d = step.shape[1], step.shape[3], add.shape[-1]
     kernels = _scan_kernels({"step": step}, n, d, T)
     if kernels is not None:
         return kernels.coefficient_scan(step, add)
