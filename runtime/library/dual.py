@@ -137,53 +137,127 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
-    outputs = []
+    order = list(state)
+    # each token's transition depends on its gates only, not on the carried state: built for
+    # every chunk at once (a handful of operators per call, not per chunk), then split
+    terms, gates = _combine_reads(combine, order, {**consts, **tokens})
+    lead = torch.broadcast_shapes(*(x.shape[:3] for x in tokens.values()))
+    # (a combine that reads no gate still needs a tensor for the basis' dtype and device)
+    used = {**consts, **{g: tokens[g] for g in gates}} or dict(tokens)
+    step, add = _transitions(combine, used, order, terms, lead)
+    eyes = _eyes(step, add, chunk, read_before)
+    outputs, stacks = [], {}
     run = compiled_chunk(_dual_chunk)
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
     # coefficient scan inside is then not checkpointed a second time
     whole = _recompute(tokens, state, consts)
-    for part in _chunks(tokens, chunk):
+    for part, steps, adds in zip(_chunks(tokens, chunk), _by_chunk(step, chunk),
+                                 _by_chunk(add, chunk)):
         anchor = _anchor(state, anchors)
-        o, state = _maybe_checkpoint(run, whole, outer, combine, read, consts, state, part,
-                                     anchors, read_before, not whole)
+        o, (state, stacks) = _maybe_checkpoint(run, whole, outer, read, consts, state, stacks,
+                                               part, steps, adds, terms, eyes, anchors,
+                                               read_before, not whole)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
-def _dual_chunk(outer, combine, read, consts, state, part, anchors, read_before, scan_recompute):
-    """One chunk of `dual_chunked`: its reads and the state after its last token
-    (`scan_recompute`: the coefficient scan is recomputed in the backward pass)."""
+def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes, anchors,
+                read_before, scan_recompute):
+    """One chunk of `dual_chunked`: its reads and the state after its last token, from the
+    chunk's transitions (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`; `eyes`: `_eyes`;
+    `stacks`: `_chunk_end`'s; `scan_recompute`: the coefficient scan is recomputed in the
+    backward pass)."""
     order = list(state)
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
-    terms = list(pairs)
-    lead = torch.broadcast_shapes(*(x.shape[:3] for x in part.values()))
-    inputs = {**consts, **part}
-    names = list(inputs)
-
-    def coefficients(*values):
-        return _coefficients(combine, dict(zip(names, values)), order, terms, lead)
-
+    if set(pairs) != set(terms):
+        raise ValueError(f"dual_chunked: the combine reads the terms {terms}, the outer "
+                         f"products give {list(pairs)}")
     # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
     # the backward pass instead of keeping them (long sequences: many chunks); the scan
     # kernel keeps none, and inside a recomputed chunk the scan is not checkpointed again
-    scan = _scan_kernels(inputs, len(order), len(terms), lead[1])
-    phis, psis = _maybe_checkpoint(coefficients,
-                                   scan_recompute and _needs_grad(inputs) and scan is None,
-                                   *inputs.values())
-    seen = _before(phis, psis) if read_before else (phis, psis)
+    kernels = _scan_kernels({"step": step}, len(order), len(terms), step.shape[1])
+    phis, psis = _maybe_checkpoint(_scan, scan_recompute and _needs_grad({"step": step,
+                                                                          "add": add})
+                                   and kernels is None, step, add, eyes["tokens"])
+    seen = _before(phis, psis, eyes["states"]) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
     stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
                for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
-    return o, _chunk_end(state, pairs, order, terms, phis[:, -1], psis[:, -1])
+    return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], psis[:, -1])
+
+
+def _eyes(step, add, chunk: int, read_before: bool) -> dict:
+    """The identities the chunks need, built once per call rather than once per chunk: of
+    the chunk's tokens for the PyTorch scan (none when the scan kernel runs), of the states
+    for a read before the write (None when not needed)."""
+    n, d = step.shape[-1], add.shape[-1]
+    like = {"dtype": step.dtype, "device": step.device}
+    kernels = _scan_kernels({"step": step}, n, d, min(chunk, step.shape[1]))
+    return {"tokens": None if kernels is not None else torch.eye(chunk, **like),
+            "states": torch.eye(n, **like) if read_before else None}
+
+
+def _by_chunk(x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+    """x `[B, T, ...]` in chunks of `chunk` tokens along axis 1, each contiguous: one copy
+    into chunk-major order `[T / chunk, B, chunk, ...]` for all of them (the scan kernel
+    takes contiguous inputs: a chunk of x itself is not, for B > 1, and would be copied once
+    per chunk, and again when the chunk is recomputed)."""
+    full = x.shape[1] // chunk * chunk
+    parts = []
+    if full:
+        major = x[:, :full].unflatten(1, (full // chunk, chunk)).transpose(0, 1).contiguous()
+        parts.extend(major.unbind(0))
+    if full < x.shape[1]:
+        parts.append(x[:, full:].contiguous())
+    return parts
+
+
+def _combine_reads(combine, order, inputs) -> tuple[list[str], list[str]]:
+    """The combine's terms (the names it reads that are neither states nor inputs: the
+    outer products), and the inputs it reads (the gates), in the order it reads them. Found
+    by running it once on meta tensors: nothing is computed, nothing launched."""
+    reads = _Reads({name: _meta(x) for name, x in inputs.items()})
+    combine({name: torch.zeros((), device="meta") for name in order}, reads)
+    return reads.missing, [name for name in reads.seen if name in inputs]
+
+
+class _Reads(dict):
+    """A combine's inputs that records which names are read, and stands a meta scalar in
+    for each one it was not given (a term)."""
+
+    def __init__(self, given: dict):
+        super().__init__(given)
+        self.seen: list[str] = []
+        self.missing: list[str] = []
+
+    def __getitem__(self, name):
+        if name not in self.seen:
+            self.seen.append(name)
+        return super().__getitem__(name)
+
+    def __missing__(self, name):
+        self.missing.append(name)
+        value = torch.zeros((), device="meta")
+        self[name] = value
+        return value
+
+
+def _meta(x):
+    return torch.empty_like(x, device="meta") if torch.is_tensor(x) else x
 
 
 def _coefficients(combine, inputs, order, terms, lead):
     """Phi `[B, T, H, n, n]` and Psi `[B, T, H, n, T, d]` of the states after each token's
-    write. The combine applied to basis vectors gives each token's affine map
-    s -> A_t s + b_t (b_t: the token's own terms); an inclusive scan composes them, in
-    log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens."""
+    write (`_transitions`, then `_scan`)."""
+    return _scan(*_transitions(combine, inputs, order, terms, lead))
+
+
+def _transitions(combine, inputs, order, terms, lead):
+    """Each token's affine map s -> A_t s + b_t: step A `[B, T, H, n, n]` and add b
+    `[B, T, H, n, d]` (b_t: the coefficients of the token's own terms), from the combine
+    applied to basis vectors."""
     B, T, H = lead
     n, d = len(order), len(terms)
     like = _like(inputs)
@@ -192,12 +266,20 @@ def _coefficients(combine, inputs, order, terms, lead):
                   {**inputs, **{name: basis[n + i] for i, name in enumerate(terms)}})
     rows = torch.stack([out[name].expand(B, T, H, 1, n + d).squeeze(-2) for name in order],
                        -2)
-    step = rows[..., :n]                                            # [B, T, H, n, n]
-    kernels = _scan_kernels(inputs, n, d, T)
+    return rows[..., :n], rows[..., n:]
+
+
+def _scan(step, add, here=None):
+    """The inclusive scan of a chunk's transitions from the chunk start: Phi and Psi. In
+    log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens, or as
+    the scan kernel (dual_triton.py). `here`: an identity of at least T tokens, if built."""
+    T, n, d = step.shape[1], step.shape[3], add.shape[-1]
+    kernels = _scan_kernels({"step": step}, n, d, T)
     if kernels is not None:
-        return kernels.coefficient_scan(step, rows[..., n:])
-    here = torch.eye(T, dtype=rows.dtype, device=rows.device)       # b_t sits in column t
-    add = torch.einsum("bthnd,tj->bthnjd", rows[..., n:], here).flatten(-2)
+        return kernels.coefficient_scan(step, add)
+    # b_t sits in column t
+    here = torch.eye(T, dtype=add.dtype, device=add.device) if here is None else here[:T, :T]
+    add = torch.einsum("bthnd,tj->bthnjd", add, here).flatten(-2)
     offset = 1
     while offset < T:
         step, add = (torch.cat([step[:, :offset], step[:, offset:] @ step[:, :-offset]], 1),
@@ -234,32 +316,61 @@ def _scan_kernels(inputs: dict, n: int, d: int, T: int):
     return kernels if kernels is not None and kernels.scan_fits(n, d, T) else None
 
 
-def _before(phis, psis):
+def _before(phis, psis, eye=None):
     """The coefficients of the states each token's read sees before its own write."""
-    eye = torch.eye(phis.shape[-1], dtype=phis.dtype, device=phis.device)
+    if eye is None:
+        eye = torch.eye(phis.shape[-1], dtype=phis.dtype, device=phis.device)
     first = eye.expand(phis.shape[0], 1, *phis.shape[2:])
     return (torch.cat([first, phis[:, :-1]], 1),
             torch.cat([torch.zeros_like(psis[:, :1]), psis[:, :-1]], 1))
 
 
-def _chunk_end(state, pairs, order, terms, phi, psi):
+def _chunk_end(state, stacks, pairs, order, terms, phi, psi):
     """The states after the chunk's last token, from its coefficients phi `[B, H, n, n]`
-    and psi `[B, H, n, T, d]`."""
-    new = {}
-    phi_rows, psi_rows = phi.unbind(2), psi.unbind(2)  # per state, unbound once
-    for i, name in enumerate(order):
-        shape = state[name].shape[-2:]
-        total = 0
-        coefs, weights = phi_rows[i].unbind(-1), psi_rows[i].unbind(-1)
-        for m, other in enumerate(order):
-            if state[other].shape[-2:] == shape:
-                total = total + coefs[m][..., None, None] * state[other]
+    and psi `[B, H, n, T, d]`. The states of one shape (an MLP layer's weights and their
+    momentum) are built together: a scaled sum of their chunk-start states, and one batched
+    product per (column, row) pair of a term of that shape, whatever the number of states.
+    Returns the states, and `stacks`: per group (a tuple of indices into `order`) the states
+    stacked `[B, H, G, r, c]`, of which the returned states are views. The next chunk starts
+    from those: its start states need no stack (a copy per chunk, which a chunk whose
+    activations are kept would keep for the backward pass); only the first chunk stacks."""
+    new, stacked = {}, {}
+    for group in _shape_groups(state, order):
+        shape = state[order[group[0]]].shape[-2:]
+        coefs = _pick(_pick(phi, 2, group), 3, group)                   # [B, H, G, G]
+        starts = stacks.get(tuple(group))
+        if starts is None:
+            starts = torch.stack(torch.broadcast_tensors(*(state[order[m]] for m in group)), 2)
+        total = (coefs @ starts.flatten(-2)).unflatten(-1, shape)        # [B, H, G, r, c]
+        weights = _pick(psi, 2, group)                                  # [B, H, G, T, d]
         for dd, term in enumerate(terms):
-            weight = weights[dd].transpose(1, 2)[..., None, None]         # [B, T, H, 1, 1]
             for col, row in _matching(pairs[term], shape):
-                total = total + outer_sum(col * weight, row)
-        new[name] = total
-    return new
+                cols = col.squeeze(-1).permute(0, 2, 3, 1).unsqueeze(2)  # [B, H, 1, r, T]
+                weighted = (weights[..., dd].unsqueeze(-2) * cols).flatten(2, 3)
+                rows = row.squeeze(-2).transpose(1, 2)                  # [B, H, T, c]
+                total = total + (weighted @ rows).unflatten(2, (len(group), shape[0]))
+        new.update({order[m]: s for m, s in zip(group, total.unbind(2))})
+        stacked[tuple(group)] = total
+    return {name: new[name] for name in order}, stacked
+
+
+def _shape_groups(state, order) -> list[list[int]]:
+    """The indices (into `order`) of the states of each shape, in order."""
+    groups: dict = {}
+    for m, name in enumerate(order):
+        groups.setdefault(tuple(state[name].shape[-2:]), []).append(m)
+    return list(groups.values())
+
+
+def _pick(x: torch.Tensor, dim: int, index: list[int]) -> torch.Tensor:
+    """x's entries `index` along `dim`: a strided view when they are evenly spaced (the
+    states of one shape usually are), else one stack. Never an index tensor, which would be
+    copied from the host (a CUDA graph capture refuses that)."""
+    step = index[1] - index[0] if len(index) > 1 else 1
+    if step > 0 and index == list(range(index[0], index[-1] + 1, step)):
+        # one slice, one autograd node: each view's backward is a fill and a copy
+        return x[(slice(None),) * (dim % x.dim()) + (slice(index[0], index[-1] + 1, step),)]
+    return torch.stack([x.select(dim, i) for i in index], dim)
 
 
 def _matching(pairs: Pairs, shape) -> Pairs:

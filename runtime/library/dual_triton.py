@@ -383,11 +383,29 @@ def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
     R = starts[0].shape[-2]
 
     def stack(xs, width):
-        return torch.stack(xs, 3) if xs else x.new_zeros(B, T, H, 0, width)
+        return _stack(xs, 3) if xs else x.new_zeros(B, T, H, 0, width)
     # a stack of permuted tensors keeps their order of strides: make each one contiguous
-    packed = [x, torch.stack(starts, 2), torch.stack([phi[..., m] for m in same], -1),
+    packed = [x, _stack(starts, 2), _stack([phi[..., m] for m in same], -1),
               stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
     return [t.contiguous() for t in packed]
+
+
+def _stack(xs, dim):
+    """torch.stack, without a copy for a single tensor (then `.contiguous()` copies only
+    when it is not already)."""
+    return xs[0].unsqueeze(dim) if len(xs) == 1 else torch.stack(xs, dim)
+
+
+def _scatter(into: torch.Tensor, index, values: torch.Tensor) -> torch.Tensor:
+    """into[..., index[i]] = values[..., i]: one copy into a strided view when the indices
+    are evenly spaced (a state's columns of phi usually are), else one copy per index."""
+    step = index[1] - index[0] if len(index) > 1 else 1
+    if step > 0 and list(index) == list(range(index[0], index[-1] + 1, step)):
+        into[..., index[0]:index[-1] + 1:step] = values
+    else:
+        for i, m in enumerate(index):  # no index tensor from a list: nothing to copy from
+            into[..., m] = values[..., i]  # the host (a CUDA graph capture refuses that)
+    return into
 
 
 class DualProduct(torch.autograd.Function):
@@ -432,9 +450,7 @@ class DualProduct(torch.autograd.Function):
             x, starts, phi, rows, do, gated_, dx, drows_, T, **dims, num_warps=WARPS)
         LAUNCHES["product_bwd"] += 1
         # back to the inputs as given: phi's and psi's columns, one piece per start and pair
-        dphi_all = torch.zeros(saved[1].shape, **f32)
-        for i, m in enumerate(same):  # no index tensor from a list: nothing to copy from the
-            dphi_all[..., m] = dphi[..., i]  # host (a CUDA graph capture refuses that)
+        dphi_all = _scatter(torch.zeros(saved[1].shape, **f32), same, dphi)
         dpsi_all = torch.zeros(saved[2].shape, **f32)
         for p, d in enumerate(terms):
             dpsi_all[..., d] += dpsi[:, :, :, p]
