@@ -280,11 +280,12 @@ def _affine(transitions: dict, state: State, read_before: bool | None, pairs: di
     the per-token states the reads see (before or after each token's write; none when
     `read_before` is None) stacked along T, or unbuilt (`lazy`), and the chunk's last states.
     With `pairs` (drive -> its outer products) each input is a weighted sum of drives."""
-    seen, last = {}, {}
+    seen, last, shared = {}, {}, {}  # `shared`: what the states compute alike (a retention)
     for name, (retain, erase, left, right, inputs) in transitions.items():
         if pairs is None:
             every, last[name] = affine_chunk.states(state[name], retain, erase, left, right,
-                                                    inputs, every_token=read_before is not None)
+                                                    inputs, every_token=read_before is not None,
+                                                    shared=shared)
             if every is not None:
                 seen[name] = torch.cat([state[name][:, None], every[:, :-1]], 1) \
                     if read_before else every
@@ -292,7 +293,8 @@ def _affine(transitions: dict, state: State, read_before: bool | None, pairs: di
         weighted = [(coef * col, row) for drive, coef in inputs.items()
                     for col, row in pairs[drive]]
         states, last[name] = affine_chunk.low_rank(state[name], retain, erase, left, right,
-                                                   weighted, read_before=read_before)
+                                                   weighted, read_before=read_before,
+                                                   shared=shared)
         if states is not None:
             seen[name] = states if lazy else states.materialize()
     return seen, last
