@@ -292,7 +292,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps first (default 1 on CUDA: compile and autotune; 0 on CPU)")
     p.add_argument("--top", type=int, default=25, help="rows of the per-function table")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (on a busy shared CPU, 1 keeps the timing sane)")
+    p.add_argument("--ops", default=None, metavar="FUNCTION",
+                   help="also list the aten ops one function of the second table issues")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("launch_count.py: error: --device cuda but torch sees no CUDA device")
@@ -368,6 +371,12 @@ def main() -> None:
     table("By form (module / outermost nlc function):", by_form, n_tok, 40, total)
     table(f"By innermost nlc function (top {args.top}):", by_func, n_tok, args.top, total)
 
+    if args.ops:
+        names = collections.defaultdict(collections.Counter)
+        for form, func, phase, name in rows:
+            if function_of(func) == args.ops:
+                names[name][phase] += 1
+        table(f"aten ops of {args.ops}:", names, n_tok, 40, total)
     print("\nHost-sync-prone ops (the host waits for the device on each, on a GPU):")
     if not syncs:
         print("  none")

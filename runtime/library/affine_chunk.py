@@ -49,13 +49,16 @@ def _masks(C: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Products(torch.autograd.Function):
-    """P `[B, H, C + 1, C + 1]` from c `[B, H, C]` over the indices -1 .. C - 1 (-1 the chunk
-    start): P[t, s] = c_{s+1} ... c_t for s <= t (1 where s = t) and 0 for s > t. Products of
-    the retentions, never quotients, so a retention of 0 stays exact.
+    """The retention products from c `[B, H, C]`. Over the indices -1 .. C - 1 (-1 the chunk
+    start), P[t, s] = c_{s+1} ... c_t for s <= t (1 where s = t) and 0 for s > t: products of
+    the retentions, never quotients, so a retention of 0 stays exact. Returned as the four
+    pieces the chunk uses, R[t, -1], R[t, s >= 0] (rows t = 0 .. C - 1) and the same one
+    row earlier, R[t-1, -1] and R[t-1, s] (each piece one view: chains of views cost a
+    zero-filled gradient each in the backward pass).
 
     The backward is products too: dP[t, s] / dc_u = P[u - 1, s] P[t, u] for s < u <= t, so
-    dc_u = sum_t P[t, u] (G P^T)[t, u - 1], three kernels. (torch.cumprod's own backward reads
-    whether the input holds a zero on the host: a device sync per chunk, and no CUDA graph.)"""
+    dc_u = sum_t P[t, u] (G P^T)[t, u - 1]. (torch.cumprod's own backward reads on the host
+    whether its input holds a zero: a device sync per chunk, and no CUDA graph.)"""
 
     @staticmethod
     def forward(ctx, c):
@@ -65,12 +68,18 @@ class _Products(torch.autograd.Function):
         grid = torch.where(later, torch.cat([ones, c], -1)[..., None, :], 1.0)
         P = torch.where(lower, torch.cumprod(grid, dim=-1).mT, 0.0)
         ctx.save_for_backward(P)
-        return P
+        return P[..., 1:, 0], P[..., 1:, 1:], P[..., :-1, 0], P[..., :-1, 1:]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, G):
+    def backward(ctx, *grads):
         (P,) = ctx.saved_tensors
+        G = torch.zeros_like(P)
+        for (rows, cols), g in zip(((slice(1, None), 0), (slice(1, None), slice(1, None)),
+                                    (slice(None, -1), 0), (slice(None, -1), slice(1, None))),
+                                   grads):
+            if g is not None:
+                G[..., rows, cols] += g
         M = G @ P.mT                                               # M[t, u - 1], u = 1 .. C
         return (P[..., 1:] * M[..., :-1]).sum(-2)
 
@@ -81,10 +90,10 @@ def _products(retain, like, shape, shared: dict | None = None):
     key = ("products", id(retain), shape)
     if shared is not None and key in shared:
         return shared[key][1]
-    P = _Products.apply(_coefficient(retain, like, shape))
+    pieces = _Products.apply(_coefficient(retain, like, shape))
     if shared is not None:
-        shared[key] = (retain, P)  # holding `retain` keeps its id from being reused
-    return P
+        shared[key] = (retain, pieces)  # holding `retain` keeps its id from being reused
+    return pieces
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -101,12 +110,13 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _erase_columns(W0, before, e, u, w, inputs_u, gram=None):
     """a_t = W_{t-1} u_t `[B, H, C, r]` from the unit lower-triangular system of the module's
-    docstring; `inputs_u` is the inputs' part of its right side, sum_{s<t} R[t-1, s] B_s u_t;
-    `gram` u @ w^T when the caller has it. The solve reads only the strictly lower part
-    (`unitriangular`): no identity is added."""
-    rhs = before[..., 0, None] * (u @ W0.mT) + inputs_u
+    docstring; `before` the pieces R[t-1, -1], R[t-1, s]; `inputs_u` is the inputs' part of
+    its right side, sum_{s<t} R[t-1, s] B_s u_t; `gram` u @ w^T when the caller has it. The
+    solve reads only the strictly lower part (`unitriangular`): no identity is added."""
+    start, within = before
+    rhs = start[..., None] * (u @ W0.mT) + inputs_u
     gram = u @ w.mT if gram is None else gram
-    lower = (before[..., 1:] * e[..., None, :]) * gram          # R[t-1, s] e_s (w_s . u_t)
+    lower = (within * e[..., None, :]) * gram                   # R[t-1, s] e_s (w_s . u_t)
     return torch.linalg.solve_triangular(lower.neg(), rhs, upper=False, unitriangular=True)
 
 
@@ -119,9 +129,7 @@ def states(W0, retain, erase, left, right, inputs, *, every_token: bool,
     for what they share (`_products`)."""
     Bm = _per_head(inputs).expand(W0.shape[0], W0.shape[1], -1, *W0.shape[2:])
     B, H, C, r, n = Bm.shape
-    P = _products(retain, W0, (B, H, C), shared)
-    R, before = P[..., 1:, :], P[..., :-1, :]                     # R[t, s]; R[t-1, s]
-    start, within = R[..., 0], R[..., 1:]                         # R[t, -1]; R[t, s]
+    start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
     D = Bm
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
@@ -129,7 +137,7 @@ def states(W0, retain, erase, left, right, inputs, *, every_token: bool,
         w = _per_head(right).squeeze(-2)                       # [B, H, C, n]
         Bu = torch.einsum("bhsrn,bhtn->bhtsr", Bm, u)             # B_s u_t
         a = _erase_columns(W0, before, e, u, w,
-                           torch.einsum("bhts,bhtsr->bhtr", before[..., 1:], Bu))
+                           torch.einsum("bhts,bhtsr->bhtr", before[1], Bu))
         D = Bm + (e[..., None] * a)[..., :, None] * w[..., None, :]
     flat = D.reshape(B, H, C, r * n)
     if every_token:
@@ -172,24 +180,31 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
     the chunk's last state. `shared` as in `states`."""
     B, H = W0.shape[:2]
     C = pairs[0][0].shape[1]
-    cols = [_per_head(p).expand(B, H, C, -1, -1).squeeze(-1) for p, _ in pairs]  # [B,H,C,r]
-    rows = [_per_head(q).expand(B, H, C, -1, -1).squeeze(-2) for _, q in pairs]  # [B,H,C,n]
-    P = _products(retain, W0, (B, H, C), shared)
-    R, before = P[..., 1:, :], P[..., :-1, :]                     # R[t, s]; R[t-1, s]
+
+    def per_head(x, axis):  # [B, H, C, r] or [B, H, C, n], laid out once for every product
+        return _per_head(x).expand(B, H, C, -1, -1).squeeze(axis)
+
+    cols = [per_head(p, -1).contiguous() for p, _ in pairs]
+    rows = [per_head(q, -2) for _, q in pairs]
+    w = None if erase is None else per_head(right, -2)
+    same = [w is not None and _same(row, w) for row in rows]       # a row that is the erase's
+    w = None if w is None else w.contiguous()
+    rows = [w if alike else row.contiguous() for row, alike in zip(rows, same)]
+    start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
     pairs = list(zip(cols, rows))
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
-        u = _per_head(left).expand(B, H, C, -1, -1).squeeze(-1)
-        w = _per_head(right).expand(B, H, C, -1, -1).squeeze(-2)
+        u = per_head(left, -1).contiguous()
         gram = u @ w.mT                                                  # w_s . u_t
-        inputs_u = sum((before[..., 1:] * (gram if _same(row, w) else u @ row.mT)) @ col
-                       for col, row in pairs)
+        inputs_u = sum((before[1] * (gram if alike else u @ row.mT)) @ col
+                       for (col, row), alike in zip(pairs, same))
         a = _erase_columns(W0, before, e, u, w, inputs_u, gram)
         pairs.append((e[..., None] * a, w))
-    last = R[..., -1, 0, None, None] * W0
+    last = start[..., -1, None, None] * W0
     for col, row in pairs:
-        last = last + (R[..., -1, 1:, None] * col).mT @ row
+        last = last + (within[..., -1, :, None] * col).mT @ row
     if read_before is None:
         return None, last
-    start, within = (before[..., 0], before[..., 1:]) if read_before else (R[..., 0], R[..., 1:])
+    if read_before:
+        start, within = before
     return AffineStates(W0, start, within, pairs), last

@@ -290,7 +290,7 @@ def _affine(transitions: dict, state: State, read_before: bool | None, pairs: di
                 seen[name] = torch.cat([state[name][:, None], every[:, :-1]], 1) \
                     if read_before else every
             continue
-        weighted = [(coef * col, row) for drive, coef in inputs.items()
+        weighted = [(col if _one(coef) else coef * col, row) for drive, coef in inputs.items()
                     for col, row in pairs[drive]]
         states, last[name] = affine_chunk.low_rank(state[name], retain, erase, left, right,
                                                    weighted, read_before=read_before,
@@ -298,6 +298,11 @@ def _affine(transitions: dict, state: State, read_before: bool | None, pairs: di
         if states is not None:
             seen[name] = states if lazy else states.materialize()
     return seen, last
+
+
+def _one(x) -> bool:
+    """Whether a coefficient is the number 1 (a product with it would be a kernel for nothing)."""
+    return isinstance(x, (int, float)) and x == 1
 
 
 def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,
