@@ -315,11 +315,16 @@ def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,
     n = len(members)
     repeat = {k: torch.cat([v] * n) for k, v in per_token.items()}
     batched = {**inputs, **repeat}
-    stacked = [torch.cat([wide[m.name][m.core[1][i]] for m in members])
-               for i in range(len(anchors))]
-    terms = pairs(batched, *stacked)
     states = {name: torch.cat([current[m.name][m.core[3][i]] for m in members])
               for i, name in enumerate(names)}
+
+    def stacked(i):  # an anchor is its state at the chunk start: the stacked state, widened
+        for j, name in enumerate(names):
+            if all(dict(m.anchors).get(m.core[1][i]) == m.core[3][j] for m in members):
+                return states[name].unsqueeze(1)
+        return torch.cat([wide[m.name][m.core[1][i]] for m in members])
+
+    terms = pairs(batched, *(stacked(i) for i in range(len(anchors))))
     _, last = _affine(dict(zip(names, transition({**batched, **terms}))), states, None,
                       terms)
     split = [last[name].chunk(n) for name in names]
