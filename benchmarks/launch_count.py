@@ -3,9 +3,12 @@ where they come from: forward + backward under torch.profiler, each op attribute
 innermost nlc runtime or generated function that issued it (backward ops to the function whose
 forward op made their autograd node), plus the ops that make the host wait for the device.
 
-    python benchmarks/lm_throughput.py's LM shape by default (d_model 512, 8 heads of 64):
     python benchmarks/launch_count.py [examples/hope.nl] [--T 2048 --batch 1 --layers 1]
                                       [--dims d_head=64] [--device cpu|cuda] [--keep]
+                                      [--threads 1] [--ops affine_chunk.low_rank]
+
+The LM is benchmarks/lm_throughput.py's (d_model 512, 8 heads of 64, vocabulary 256) with
+`--layers` blocks; `--ops FUNCTION` lists the aten ops of one row of the function table.
 
 On the CPU the count is of aten ops that do work (views, allocations and other metadata ops
 left out): a PROXY for GPU kernel launches, not a GPU measurement (a CUDA op may launch
@@ -38,20 +41,23 @@ LABEL = "nlc::"  # the profiler ranges this script adds around functions and mod
 # aten ops that launch no kernel: views, allocations, metadata
 NO_KERNEL = {
     "aten::" + name for name in (
-        "empty empty_strided empty_like view _unsafe_view reshape _reshape_alias as_strided "
-        "expand expand_as transpose t permute squeeze unsqueeze select slice narrow split "
-        "split_with_sizes unbind chunk movedim moveaxis alias detach detach_ lift_fresh "
-        "resolve_conj resolve_neg view_as unflatten flatten diagonal numpy_T mT matrix_H "
-        "contiguous to is_same_size size stride result_type _has_compatible_shallow_copy_type "
-        "set_ resize_ broadcast_tensors broadcast_to unsafe_split unsafe_chunk item "
-        "is_nonzero").split()}
+        "empty", "empty_strided", "empty_like", "view", "_unsafe_view", "reshape",
+        "_reshape_alias", "as_strided", "expand", "expand_as", "transpose", "t", "permute",
+        "squeeze", "unsqueeze", "select", "slice", "narrow", "split", "split_with_sizes",
+        "unbind", "chunk", "movedim", "moveaxis", "alias", "detach", "detach_",
+        "lift_fresh", "resolve_conj", "resolve_neg", "view_as", "unflatten", "flatten",
+        "diagonal", "numpy_T", "mT", "matrix_H", "contiguous", "to", "is_same_size", "size",
+        "stride", "result_type", "_has_compatible_shallow_copy_type", "set_", "resize_",
+        "broadcast_tensors", "broadcast_to", "unsafe_split", "unsafe_chunk", "item",
+        "is_nonzero")}
 # ops whose result the host reads, so a CUDA stream must drain first
 SYNC = {"aten::_local_scalar_dense", "aten::nonzero", "aten::nonzero_static",
         "aten::masked_select", "aten::_unique2", "aten::unique_consecutive", "aten::unique_dim",
         "aten::repeat_interleave", "aten::equal", "aten::allclose", "aten::is_nonzero",
         "aten::item", "aten::_assert_async", "aten::bincount", "aten::histc"}
 # ops that create a tensor from nothing: each is a fill kernel on a GPU (a cached constant
-# would do), and lift_fresh means `torch.tensor(data)`: a host-to-device copy on a GPU.
+# would do); lift_fresh is `torch.tensor(data)` or a number written by indexing: a
+# host-to-device copy or a fill on a GPU.
 # (aten::scalar_tensor, a Python number wrapped for an op, stays on the host: not counted.)
 CREATE = {"aten::arange", "aten::eye", "aten::full", "aten::zeros", "aten::ones",
           "aten::lift_fresh", "aten::linspace", "aten::tril_indices",
@@ -111,9 +117,10 @@ def runtime_modules():
 
 
 def build(args):
-    from nlc.factories import mixer_from_spec
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.model import LanguageModel
+
+    from nlc.factories import mixer_from_spec
     dims = {n: int(v) for n, v in (d.split("=") for d in args.dims.split(",") if d)}
     factory = mixer_from_spec(args.spec, heads=args.heads, **dims)
     cfg = TrainConfig(task="lm", d_model=args.d_model, n_layers=args.layers, vocab_size=256)
@@ -193,9 +200,8 @@ class Tally:
             if not e.name.startswith("aten::"):
                 continue
             labels, node, recomputed = self.scopes(e)
-            if node is None or recomputed:
-                if e.sequence_nr >= 0:
-                    by_seq.setdefault((e.thread, e.sequence_nr), labels)
+            if (node is None or recomputed) and e.sequence_nr >= 0:
+                by_seq.setdefault((e.thread, e.sequence_nr), labels)
             if not self.launch(e):
                 continue
             if node is None:
@@ -298,9 +304,9 @@ def main() -> None:
                    help="also list the aten ops one function of the second table issues")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("launch_count.py: error: --device cuda but torch sees no CUDA device")
+        p.error("--device cuda, but torch sees no CUDA device")
     if not Path(args.spec).is_file():
-        sys.exit(f"launch_count.py: error: {args.spec}: no such spec file")
+        p.error(f"{args.spec}: no such spec file")
     if args.dims is None:
         args.dims = DEFAULT_DIMS.get(Path(args.spec).stem, "")
     os.environ["NLC_RECOMPUTE_CHUNKS"] = "0" if args.keep else "1"
@@ -382,8 +388,8 @@ def main() -> None:
         print("  none")
     for (name, where, phase), n in syncs.most_common():
         print(f"  {name}: {n:,} in {where} {phase}")
-    print("\nTensors created from nothing (a fill kernel each on a GPU; lift_fresh: "
-          "torch.tensor(data), a host-to-device copy on a GPU):")
+    print("\nTensors created from nothing (a fill kernel each on a GPU; lift_fresh: a Python "
+          "value made a tensor, a host-to-device copy or a fill on a GPU):")
     if not creations:
         print("  none")
     for (name, where, phase), n in creations.most_common(12):
