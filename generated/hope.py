@@ -287,7 +287,7 @@ def SelfModifyingTitans_eta_step(state, inputs):
         alpha * E_W1 + t1 * (((nl.gelu_grad(t2)) * (E_W2_0.mT @ t11)) @ t0)
     )
     E_W2_next = alpha * E_W2 + t1 * (t11 @ (nl.gelu((t0 @ E_W1_0.mT))))
-    o = 1 / (1 + torch.exp(-b_eta - nl.sum_all((E_W2_0 @ (nl.gelu((E_W1_0 @ h)))) + h) / d_head))
+    o = torch.sigmoid(b_eta + nl.sum_all((E_W2_0 @ (nl.gelu((E_W1_0 @ h)))) + h) / d_head)
     return {"E_W1": E_W1_next, "E_W2": E_W2_next}, o
 
 
@@ -325,11 +325,8 @@ def SelfModifyingTitans_eta_read_token(state, inputs):
     d_head = inputs["d_head"]
     E_W1_0 = inputs["E_W1_0"]
     E_W2_0 = inputs["E_W2_0"]
-    o = 1 / (
-        1
-        + torch.exp(
-            -b_eta - nl.sum_all((nl.mm(E_W2_0, (nl.gelu((nl.mm(E_W1_0, h)))))) + h) / d_head
-        )
+    o = torch.sigmoid(
+        b_eta + nl.sum_all((nl.mm(E_W2_0, (nl.gelu((nl.mm(E_W1_0, h)))))) + h) / d_head
     )
     return o
 
@@ -372,7 +369,7 @@ def SelfModifyingTitans_alpha_step(state, inputs):
         alpha * A_W1 + t1 * (((nl.gelu_grad(t2)) * (A_W2_0.mT @ t11)) @ t0)
     )
     A_W2_next = alpha * A_W2 + t1 * (t11 @ (nl.gelu((t0 @ A_W1_0.mT))))
-    o = 1 / (1 + torch.exp(-b_alpha - nl.sum_all((A_W2_0 @ (nl.gelu((A_W1_0 @ h)))) + h) / d_head))
+    o = torch.sigmoid(b_alpha + nl.sum_all((A_W2_0 @ (nl.gelu((A_W1_0 @ h)))) + h) / d_head)
     return {"A_W1": A_W1_next, "A_W2": A_W2_next}, o
 
 
@@ -410,11 +407,8 @@ def SelfModifyingTitans_alpha_read_token(state, inputs):
     d_head = inputs["d_head"]
     A_W1_0 = inputs["A_W1_0"]
     A_W2_0 = inputs["A_W2_0"]
-    o = 1 / (
-        1
-        + torch.exp(
-            -b_alpha - nl.sum_all((nl.mm(A_W2_0, (nl.gelu((nl.mm(A_W1_0, h)))))) + h) / d_head
-        )
+    o = torch.sigmoid(
+        b_alpha + nl.sum_all((nl.mm(A_W2_0, (nl.gelu((nl.mm(A_W1_0, h)))))) + h) / d_head
     )
     return o
 

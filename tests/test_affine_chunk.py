@@ -212,3 +212,44 @@ def test_the_last_chunks_terms_are_skipped_only_when_the_final_state_is_dropped(
     for name, value in reference[1].items():
         if torch.is_tensor(value):
             assert torch.allclose(outs[True][1][name], value, rtol=0, atol=1e-12), name
+
+
+def test_retention_products_backward_is_exact_and_reads_nothing_on_the_host():
+    """`_Products`' backward (products only) equals autograd through cumprod, at retentions
+    of 0 and 1 too, and issues no op that makes a GPU host wait (torch.cumprod's backward
+    reads on the host whether its input holds a zero)."""
+    g = torch.Generator().manual_seed(3)
+    c = torch.rand(2, 3, 7, dtype=F64, generator=g)
+    c[0, 1, 2], c[1, 2, 5] = 0.0, 1.0
+    c.requires_grad_(True)
+    weights = torch.randn(2, 3, 8, 8, dtype=F64, generator=g)
+    idx = torch.arange(-1, 7)
+
+    def by_cumprod():
+        ones = torch.ones_like(c[..., :1])
+        grid = torch.where(idx[None, :] > idx[:, None], torch.cat([ones, c], -1)[..., None, :],
+                           1.0)
+        return torch.where(idx[:, None] >= idx[None, :], torch.cumprod(grid, -1).mT, 0.0)
+
+    def pieces(P):  # R[t, -1], R[t, s], R[t-1, -1], R[t-1, s]
+        return P[..., 1:, 0], P[..., 1:, 1:], P[..., :-1, 0], P[..., :-1, 1:]
+
+    def host_reads(parts):
+        loss = sum((p * w).sum() for p, w in zip(parts, pieces(weights)))
+        with torch.profiler.profile() as prof:
+            (grad,) = torch.autograd.grad(loss, c)
+        return grad, [e.name for e in prof.events()
+                      if e.name in ("aten::item", "aten::_local_scalar_dense", "aten::nonzero")]
+
+    want, cumprod_reads = host_reads(pieces(by_cumprod()))
+    assert cumprod_reads, "the check sees cumprod's host read"
+    got_pieces = affine_chunk._Products.apply(c)
+    got, reads = host_reads(got_pieces)
+    for x, y in zip(got_pieces, pieces(by_cumprod())):
+        assert torch.equal(x, y)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert not reads
+    # a piece without a gradient (None in the backward) is skipped
+    (partial,) = torch.autograd.grad(affine_chunk._Products.apply(c)[1].sum(), c)
+    (ref,) = torch.autograd.grad(pieces(by_cumprod())[1].sum(), c)
+    assert torch.allclose(partial, ref, rtol=1e-12, atol=1e-12)

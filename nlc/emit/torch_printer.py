@@ -78,6 +78,16 @@ class _Solved:
     is_number = False
 
 
+def _sigmoid_of(e):
+    """x when `e` is 1 + exp(-x), else None: 1 / e prints as torch.sigmoid(x), one kernel
+    where the division written out is four (a gate's sigmoid in a chunk loop)."""
+    if isinstance(e, sp.Add) and len(e.args) == 2:
+        one, other = sorted(e.args, key=lambda a: a != 1)
+        if one == 1 and isinstance(other, sp.exp):
+            return -other.args[0]
+    return None
+
+
 class TorchPrinter:
     """Print expressions as assignment lines. `names` maps a symbol's name to the Python
     expression that holds it; `prefix` names the temporaries."""
@@ -176,7 +186,8 @@ class TorchPrinter:
                 numer.append(f)
         code = self._product(numer or [sp.Integer(1)], "*")
         for d in denom:
-            code += f" / {self._paren(d)}"
+            x = _sigmoid_of(d)  # a division by 1 + exp(-x): a product with sigmoid(x)
+            code += f" / {self._paren(d)}" if x is None else f" * torch.sigmoid({self.expr(x)})"
         return code
 
     def _print_Pow(self, e) -> str:
@@ -185,6 +196,8 @@ class TorchPrinter:
             exp = sp.nsimplify(exp)
         if exp == sp.Rational(1, 2):
             return f"torch.sqrt({self.expr(base)})"
+        if exp == -1 and _sigmoid_of(base) is not None:
+            return f"torch.sigmoid({self.expr(_sigmoid_of(base))})"
         if exp == -1:
             return f"1 / {self._paren(base)}"
         if exp == sp.Rational(-1, 2):

@@ -21,6 +21,8 @@ matrix product of R with the D's. Tensors: `[B, C, H, ...]` per token (a chunk o
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -37,55 +39,105 @@ def _coefficient(x, like, shape):
     return x.expand(shape)
 
 
-def _retentions(c):
-    """R `[B, H, C, C + 1]` from c `[B, H, C]`: R[t, s + 1] = c_{s+1} ... c_t for s <= t
-    (column 0 is the chunk start, s = -1; 1 where s = t) and 0 for s > t. Cumulative
-    products of the retentions, never quotients."""
-    C = c.shape[-1]
-    u = torch.arange(C, device=c.device)
-    s = torch.arange(-1, C, device=c.device)
-    # row s + 1 holds c_u for u > s and 1 elsewhere: its running product along u is R[u, s]
-    grid = torch.where(u[None, :] > s[:, None], c[..., None, :], 1.0)
-    R = torch.cumprod(grid, dim=-1).transpose(-1, -2)
-    return torch.where(u[:, None] >= s[None, :], R, 0.0)
+@functools.cache
+def _masks(C: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For `_products`, made once per chunk size and device (not per chunk: each would be a
+    kernel on a GPU): `later[s, u]`, u > s, and `lower[t, s]`, s <= t, over the indices
+    -1 .. C - 1."""
+    i = torch.arange(-1, C, device=device)
+    return i[None, :] > i[:, None], i[:, None] >= i[None, :]
 
 
-def _before(R):
-    """R[t-1, s]: the retentions up to the state token t's erase meets (R's rows moved down by
-    one; the chunk start's own, s = t - 1 = -1, is 1)."""
-    B, H, C = R.shape[:3]
-    before = torch.cat([R.new_zeros(B, H, 1, C + 1), R[..., :-1, :]], dim=2)
-    before[..., 0, 0] = 1.0
-    return before
+class _Products(torch.autograd.Function):
+    """The retention products from c `[B, H, C]`. Over the indices -1 .. C - 1 (-1 the chunk
+    start), P[t, s] = c_{s+1} ... c_t for s <= t (1 where s = t) and 0 for s > t: products of
+    the retentions, never quotients, so a retention of 0 stays exact. Returned as the four
+    pieces the chunk uses, R[t, -1], R[t, s >= 0] (rows t = 0 .. C - 1) and the same one
+    row earlier, R[t-1, -1] and R[t-1, s] (each piece one view: chains of views cost a
+    zero-filled gradient each in the backward pass).
+
+    The backward is products too: dP[t, s] / dc_u = P[u - 1, s] P[t, u] for s < u <= t, so
+    dc_u = sum_t P[t, u] (G P^T)[t, u - 1]. (torch.cumprod's own backward reads on the host
+    whether its input holds a zero: a device sync per chunk, and no CUDA graph.)"""
+
+    @staticmethod
+    def forward(ctx, c):
+        later, lower = _masks(c.shape[-1], c.device)
+        ones = torch.ones_like(c[..., :1])
+        # row s + 1 holds c_u for u > s and 1 elsewhere: its running product along u is P[u, s]
+        grid = torch.where(later, torch.cat([ones, c], -1)[..., None, :], 1.0)
+        P = torch.where(lower, torch.cumprod(grid, dim=-1).mT, 0.0)
+        ctx.save_for_backward(P)
+        return P[..., 1:, 0], P[..., 1:, 1:], P[..., :-1, 0], P[..., :-1, 1:]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        (P,) = ctx.saved_tensors
+        G = torch.zeros_like(P)
+        for (rows, cols), g in zip(((slice(1, None), 0), (slice(1, None), slice(1, None)),
+                                    (slice(None, -1), 0), (slice(None, -1), slice(1, None))),
+                                   grads):
+            if g is not None:
+                G[..., rows, cols] += g
+        M = G @ P.mT                                               # M[t, u - 1], u = 1 .. C
+        return (P[..., 1:] * M[..., :-1]).sum(-2)
 
 
-def _erase_columns(W0, before, e, u, w, inputs_u):
+def _products(retain, like, shape, shared: dict | None = None):
+    """`_Products` of a retention (`_coefficient`'s forms), once per retention tensor among
+    the states of one chunk (`shared`: Hope's two MLP maps share their decay)."""
+    key = ("products", id(retain), shape)
+    if shared is not None and key in shared:
+        return shared[key][1]
+    pieces = _Products.apply(_coefficient(retain, like, shape))
+    if shared is not None:
+        shared[key] = (retain, pieces)  # holding `retain` keeps its id from being reused
+    return pieces
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are views of the same memory with the same layout (the erase's row
+    and a pair's row are both `k^T` in Hope): then they are equal, and a product with one is
+    a product with the other. Decided on the host, without reading the values."""
+    if a is b:
+        return True
+    if torch.compiler.is_compiling():  # traced tensors have no data pointer
+        return False
+    return (a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+            and a.device == b.device and a.data_ptr() == b.data_ptr())
+
+
+def _erase_columns(W0, before, e, u, w, inputs_u, gram=None):
     """a_t = W_{t-1} u_t `[B, H, C, r]` from the unit lower-triangular system of the module's
-    docstring; `inputs_u` is the inputs' part of its right side, sum_{s<t} R[t-1, s] B_s u_t."""
-    rhs = before[..., 0, None] * (u @ W0.mT) + inputs_u
-    lower = -before[..., 1:] * e[..., None, :] * (u @ w.mT)     # -R[t-1, s] e_s (w_s . u_t)
-    eye = torch.eye(u.shape[-2], dtype=W0.dtype, device=W0.device)
-    return torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
+    docstring; `before` the pieces R[t-1, -1], R[t-1, s]; `inputs_u` is the inputs' part of
+    its right side, sum_{s<t} R[t-1, s] B_s u_t; `gram` u @ w^T when the caller has it. The
+    solve reads only the strictly lower part (`unitriangular`): no identity is added."""
+    start, within = before
+    rhs = start[..., None] * (u @ W0.mT) + inputs_u
+    gram = u @ w.mT if gram is None else gram
+    lower = (within * e[..., None, :]) * gram                   # R[t-1, s] e_s (w_s . u_t)
+    return torch.linalg.solve_triangular(lower.neg(), rhs, upper=False, unitriangular=True)
 
 
-def states(W0, retain, erase, left, right, inputs, *, every_token: bool):
+def states(W0, retain, erase, left, right, inputs, *, every_token: bool,
+           shared: dict | None = None):
     """The chunk's states from its start W0 `[B, H, r, n]`: every token's `[B, C, H, r, n]`
     (`every_token`, else None) and the last one. `retain`, `erase` `[B, C, H, 1, 1]` or
     numbers; `left` `[B, C, H, n, 1]`, `right` `[B, C, H, 1, n]` (all three None without an
-    erase); `inputs` `[B, C, H, r, n]`."""
+    erase); `inputs` `[B, C, H, r, n]`. `shared`: a dict kept across the states of one chunk,
+    for what they share (`_products`)."""
     Bm = _per_head(inputs).expand(W0.shape[0], W0.shape[1], -1, *W0.shape[2:])
     B, H, C, r, n = Bm.shape
-    R = _retentions(_coefficient(retain, W0, (B, H, C)))         # [B, H, C, C + 1]
-    start, within = R[..., 0], R[..., 1:]                         # R[t, -1]; R[t, s]
+    start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
     D = Bm
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
         u = _per_head(left).squeeze(-1)                       # [B, H, C, n]
         w = _per_head(right).squeeze(-2)                       # [B, H, C, n]
-        before = _before(R)
         Bu = torch.einsum("bhsrn,bhtn->bhtsr", Bm, u)             # B_s u_t
         a = _erase_columns(W0, before, e, u, w,
-                           torch.einsum("bhts,bhtsr->bhtr", before[..., 1:], Bu))
+                           torch.einsum("bhts,bhtsr->bhtr", before[1], Bu))
         D = Bm + (e[..., None] * a)[..., :, None] * w[..., None, :]
     flat = D.reshape(B, H, C, r * n)
     if every_token:
@@ -120,28 +172,39 @@ class AffineStates:
         return every.movedim(2, 1)
 
 
-def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None):
+def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
+             shared: dict | None = None):
     """`states` with the inputs as outer products, pairs of (column `[B, C, H, r, 1]`, row
     `[B, C, H, 1, n]`): nothing of size [C, r, n] is built. Returns the reads' states (an
     `AffineStates` before or after each token's write; None when `read_before` is None) and
-    the chunk's last state."""
+    the chunk's last state. `shared` as in `states`."""
     B, H = W0.shape[:2]
     C = pairs[0][0].shape[1]
-    cols = [_per_head(p).expand(B, H, C, -1, -1).squeeze(-1) for p, _ in pairs]  # [B,H,C,r]
-    rows = [_per_head(q).expand(B, H, C, -1, -1).squeeze(-2) for _, q in pairs]  # [B,H,C,n]
-    R = _retentions(_coefficient(retain, W0, (B, H, C)))
-    before = _before(R) if erase is not None or read_before else None
+
+    def per_head(x, axis):  # [B, H, C, r] or [B, H, C, n], laid out once for every product
+        return _per_head(x).expand(B, H, C, -1, -1).squeeze(axis)
+
+    cols = [per_head(p, -1).contiguous() for p, _ in pairs]
+    rows = [per_head(q, -2) for _, q in pairs]
+    w = None if erase is None else per_head(right, -2)
+    same = [w is not None and _same(row, w) for row in rows]       # a row that is the erase's
+    w = None if w is None else w.contiguous()
+    rows = [w if alike else row.contiguous() for row, alike in zip(rows, same)]
+    start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
     pairs = list(zip(cols, rows))
     if erase is not None:
         e = _coefficient(erase, W0, (B, H, C))
-        u = _per_head(left).expand(B, H, C, -1, -1).squeeze(-1)
-        w = _per_head(right).expand(B, H, C, -1, -1).squeeze(-2)
-        inputs_u = sum((before[..., 1:] * (u @ row.mT)) @ col for col, row in pairs)
-        pairs.append((e[..., None] * _erase_columns(W0, before, e, u, w, inputs_u), w))
-    last = R[..., -1, 0, None, None] * W0
+        u = per_head(left, -1).contiguous()
+        gram = u @ w.mT                                                  # w_s . u_t
+        inputs_u = sum((before[1] * (gram if alike else u @ row.mT)) @ col
+                       for (col, row), alike in zip(pairs, same))
+        a = _erase_columns(W0, before, e, u, w, inputs_u, gram)
+        pairs.append((e[..., None] * a, w))
+    last = start[..., -1, None, None] * W0
     for col, row in pairs:
-        last = last + (R[..., -1, 1:, None] * col).mT @ row
+        last = last + (within[..., -1, :, None] * col).mT @ row
     if read_before is None:
         return None, last
-    start, within = (before[..., 0], before[..., 1:]) if read_before else (R[..., 0], R[..., 1:])
+    if read_before:
+        start, within = before
     return AffineStates(W0, start, within, pairs), last

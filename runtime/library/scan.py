@@ -280,22 +280,29 @@ def _affine(transitions: dict, state: State, read_before: bool | None, pairs: di
     the per-token states the reads see (before or after each token's write; none when
     `read_before` is None) stacked along T, or unbuilt (`lazy`), and the chunk's last states.
     With `pairs` (drive -> its outer products) each input is a weighted sum of drives."""
-    seen, last = {}, {}
+    seen, last, shared = {}, {}, {}  # `shared`: what the states compute alike (a retention)
     for name, (retain, erase, left, right, inputs) in transitions.items():
         if pairs is None:
             every, last[name] = affine_chunk.states(state[name], retain, erase, left, right,
-                                                    inputs, every_token=read_before is not None)
+                                                    inputs, every_token=read_before is not None,
+                                                    shared=shared)
             if every is not None:
                 seen[name] = torch.cat([state[name][:, None], every[:, :-1]], 1) \
                     if read_before else every
             continue
-        weighted = [(coef * col, row) for drive, coef in inputs.items()
+        weighted = [(col if _one(coef) else coef * col, row) for drive, coef in inputs.items()
                     for col, row in pairs[drive]]
         states, last[name] = affine_chunk.low_rank(state[name], retain, erase, left, right,
-                                                   weighted, read_before=read_before)
+                                                   weighted, read_before=read_before,
+                                                   shared=shared)
         if states is not None:
             seen[name] = states if lazy else states.materialize()
     return seen, last
+
+
+def _one(x) -> bool:
+    """Whether a coefficient is the number 1 (a product with it would be a kernel for nothing)."""
+    return isinstance(x, (int, float)) and x == 1
 
 
 def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,
@@ -308,11 +315,16 @@ def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,
     n = len(members)
     repeat = {k: torch.cat([v] * n) for k, v in per_token.items()}
     batched = {**inputs, **repeat}
-    stacked = [torch.cat([wide[m.name][m.core[1][i]] for m in members])
-               for i in range(len(anchors))]
-    terms = pairs(batched, *stacked)
     states = {name: torch.cat([current[m.name][m.core[3][i]] for m in members])
               for i, name in enumerate(names)}
+
+    def stacked(i):  # an anchor is its state at the chunk start: the stacked state, widened
+        for j, name in enumerate(names):
+            if all(dict(m.anchors).get(m.core[1][i]) == m.core[3][j] for m in members):
+                return states[name].unsqueeze(1)
+        return torch.cat([wide[m.name][m.core[1][i]] for m in members])
+
+    terms = pairs(batched, *(stacked(i) for i in range(len(anchors))))
     _, last = _affine(dict(zip(names, transition({**batched, **terms}))), states, None,
                       terms)
     split = [last[name].chunk(n) for name in names]
