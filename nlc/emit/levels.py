@@ -163,8 +163,8 @@ class LevelPrinter:
         out.step_names = f"{tokens}, {_tuple(repr(n) for n in self.state_names)}"
         backward = ("its printed backward kernel reruns each segment and runs the step's "
                     "adjoint token by token" if not kernel.backward_note else
-                    f"{kernel.backward_note}, the backward reruns each segment with the PyTorch "
-                    "step under autograd")
+                    f"no printed backward ({kernel.backward_note}): the backward reruns each "
+                    "segment with the PyTorch step under autograd")
         out.notes.append(prose(f"fused step kernel {kernel.module}: the chunked mode sends CUDA "
                                "tensors (CPU ones with NLC_TRITON=force) to it, one program per "
                                "sequence and head holding the state, a checkpoint every "

@@ -27,6 +27,7 @@ PyTorch recompute backward and says why.
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 
 from nlc.emit.tl_step_printer import StepPrintError, _p
 
@@ -66,7 +67,6 @@ class _Flat:
     def __init__(self, shapes: dict[str, Shape]):
         self.shapes = dict(shapes)
         self.lines: list[tuple[str, ast.expr]] = []
-        self.flags: set[str] = set()     # boolean values (comparisons): no adjoint
         self.temps = 0
 
     def line(self, target: str, expr: ast.expr) -> None:
@@ -75,8 +75,6 @@ class _Flat:
         if dep and isinstance(atom, ast.Name) and atom.id == last and last.startswith("f"):
             self.lines[-1] = (target, self.lines[-1][1])   # the last temporary is the target
             self.shapes[target] = self.shapes.pop(last)
-            if last in self.flags:
-                self.flags.add(target)
         else:
             self.lines.append((target, atom))
             self.shapes[target] = shape
@@ -100,19 +98,17 @@ class _Flat:
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
             parts = [self.visit(node.left), self.visit(node.comparators[0])]
             new = ast.Compare(parts[0][0], node.ops, [parts[1][0]])
-            return self._hold(new, broadcast([p[1] for p in parts]), parts, flag=True)
+            return self._hold(new, broadcast([p[1] for p in parts]), parts)
         if isinstance(node, ast.Call):
             return self._call(node)
         raise StepVjpError(f"no adjoint rule for `{ast.unparse(node)[:60]}`")
 
-    def _hold(self, node, shape: Shape, parts, flag: bool = False):
+    def _hold(self, node, shape: Shape, parts):
         if not any(p[2] for p in parts):
             return node, shape, False                       # a constant: stays inline
         name, self.temps = f"f{self.temps}", self.temps + 1
         self.lines.append((name, node))
         self.shapes[name] = shape
-        if flag:
-            self.flags.add(name)
         return ast.Name(name, ast.Load()), shape, True
 
     def _subscript(self, node):
@@ -157,12 +153,54 @@ def _axis(call: ast.Call) -> int:
     raise StepVjpError(f"a reduction without a constant axis: `{ast.unparse(call)[:60]}`")
 
 
+def _base(atom) -> str | None:
+    """The value an operand reads (`x` of `x` and `x[None, :]`), None for a constant."""
+    if isinstance(atom, ast.Subscript):
+        atom = atom.value
+    return atom.id if isinstance(atom, ast.Name) else None
+
+
+def _smooth_operands(node) -> list:
+    """The operands of a flat line through which its value has a derivative."""
+    if isinstance(node, (ast.Name, ast.Subscript)):
+        return [node]
+    if isinstance(node, ast.UnaryOp):
+        return [node.operand]
+    if isinstance(node, ast.BinOp):
+        return [node.left, node.right]
+    if isinstance(node, ast.Call):
+        fn = ast.unparse(node.func)
+        if fn in ("tl.floor", "tl.ceil", "tl.zeros"):
+            return []
+        return node.args[1:] if fn == "tl.where" else node.args
+    return []                                   # comparisons
+
+
+def _reads(code: str) -> set[str]:
+    return {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name)}
+
+
+def needed(lines: list[str], wanted: set[str]) -> list[str]:
+    """The lines (`name = code`) that `wanted` depends on, in order."""
+    keep, wanted = [], set(wanted)
+    for line in reversed(lines):
+        target, code = line.split(" = ", 1)
+        if target in wanted:
+            keep.append(line)
+            wanted |= _reads(code)
+    return keep[::-1]
+
+
 class _Adjoint:
     """The reverse walk over a _Flat program."""
 
-    def __init__(self, flat: _Flat):
+    def __init__(self, flat: _Flat, inputs):
         self.flat = flat
         self.shapes = flat.shapes
+        self.smooth = set(inputs)   # the values with a derivative: read through an input
+        for target, node in flat.lines:
+            if any(_base(a) in self.smooth for a in _smooth_operands(node)):
+                self.smooth.add(target)
         self.parts: dict[str, list[tuple[str, Shape]]] = {}
         self.lines: list[str] = []
 
@@ -170,24 +208,35 @@ class _Adjoint:
         for name, code in seeds.items():
             self.parts[name] = [(code, self.shapes[name])]
         for target, node in reversed(self.flat.lines):
-            if self.parts.get(target) and target not in self.flat.flags:
-                self.back(node, self.total(target), self.shapes[target], target)
-        return {name: self.total(name) for name in inputs}
+            if self.parts.get(target) and target in self.smooth:
+                g, shape = self.total(target)
+                self.back(node, g, shape, target)
+        return {name: self.total(name, full=True)[0] for name in inputs}
 
-    def total(self, name: str) -> str:
-        """`b_<name>`, the sum of the contributions to `name` (zeros if there are none)."""
+    def total(self, name: str, full: bool = False) -> tuple[str, Shape]:
+        """`b_<name>`, the sum of the contributions to `name` (zeros if there are none), and
+        its shape: the value's, or with size-1 axes where every contribution was spread
+        along the axis (`g[:, None]`), unless `full` (what the kernel stores or carries)."""
         parts = self.parts.pop(name, [])
         shape = self.shapes[name]
         codes = [_p(code) for code, _ in parts]
-        if broadcast([s for _, s in parts] + [()]) != shape:
+        summed = broadcast([s for _, s in parts] + [()])
+        if summed != shape and (full or len(summed) != len(shape)):
             codes.append(_zeros(shape) if shape else
                          "tl.sum(tl.zeros((1,), dtype=tl.float32), axis=0)")
+            summed = shape
         self.lines.append(f"b_{name} = {' + '.join(codes)}")
-        return f"b_{name}"
+        return f"b_{name}", summed
+
+    def shape(self, atom) -> Shape:
+        """The shape of an operand: a value, `name[None, :]`, or a constant."""
+        if isinstance(atom, ast.Name):
+            return self.shapes.get(atom.id, ())
+        return _Flat(self.shapes).visit(atom)[1]
 
     def give(self, atom, code: str, shape: Shape) -> None:
-        """Hand the operand `atom` the contribution `code` (of the operation's shape `shape`),
-        summed over the axes the operand was broadcast or indexed along."""
+        """Hand the operand `atom` the contribution `code` (of shape `shape`), summed over the
+        axes the operand was broadcast or indexed along."""
         if isinstance(atom, ast.Subscript):
             base = atom.value.id
             axes = atom.slice.elts if isinstance(atom.slice, ast.Tuple) else [atom.slice]
@@ -199,17 +248,21 @@ class _Adjoint:
             drop = list(range(len(shape) - len(self.shapes[base])))
         else:
             return                                              # a constant
-        if base in self.flat.flags:
+        if base not in self.smooth:
             return
         for axis in sorted(drop, reverse=True):
             code = f"tl.sum({code}, axis={axis})"
             shape = shape[:axis] + shape[axis + 1:]
-        if any(s != t and s != ONE for s, t in zip(shape, self.shapes[base])):
-            raise StepVjpError(f"an adjoint of shape {shape} for '{base}' of {self.shapes[base]}")
+        want = self.shapes[base]
+        if len(shape) > len(want) or any(s != t and s != ONE
+                                         for s, t in zip(shape[::-1], want[::-1])):
+            raise StepVjpError(f"an adjoint of shape {shape} for '{base}' of {want}")
         self.parts.setdefault(base, []).append((code, shape))
 
     def back(self, node, g: str, shape: Shape, out: str) -> None:
-        code = ast.unparse
+        """Contributions of the line `out = node` to its operands; `g` (of `shape`) is the
+        adjoint of `out`."""
+        code, sh = ast.unparse, self.shape
         if isinstance(node, (ast.Name, ast.Subscript)):
             self.give(node, g, shape)
         elif isinstance(node, ast.UnaryOp):
@@ -221,11 +274,12 @@ class _Adjoint:
             elif isinstance(node.op, ast.Sub):
                 self.give(a, g, shape), self.give(b, f"-{g}", shape)
             elif isinstance(node.op, ast.Mult):
-                self.give(a, f"{g} * {_p(code(b))}", shape)
-                self.give(b, f"{g} * {_p(code(a))}", shape)
+                self.give(a, f"{g} * {_p(code(b))}", broadcast([shape, sh(b)]))
+                self.give(b, f"{g} * {_p(code(a))}", broadcast([shape, sh(a)]))
             else:
-                self.give(a, f"{g} / {_p(code(b))}", shape)
-                self.give(b, f"-{g} * {out} / {_p(code(b))}", shape)
+                self.give(a, f"{g} / {_p(code(b))}", broadcast([shape, sh(b)]))
+                self.give(b, f"-{g} * {out} / {_p(code(b))}",
+                          broadcast([shape, sh(b), self.shapes[out]]))
         elif isinstance(node, ast.Call):
             self._call(node, g, shape, out)
         # comparisons: no adjoint
@@ -244,31 +298,33 @@ class _Adjoint:
             "tl.cos": f"-{g} * tl.sin({x})",
             "tl.sigmoid": f"{g} * {out} * (1.0 - {out})",
         }
+        full = broadcast([shape, self.shapes[out]])
         if fn in rules:
-            self.give(args[0], rules[fn], shape)
+            self.give(args[0], rules[fn], full)
         elif fn == "tl.trans":
             self.give(args[0], f"tl.trans({g})", shape[::-1])
         elif fn == "tl.where":
             c = ast.unparse(args[0])
-            self.give(args[1], f"tl.where({c}, {g}, 0.0)", shape)
-            self.give(args[2], f"tl.where({c}, 0.0, {g})", shape)
+            where = broadcast([shape, self.shape(args[0])])
+            self.give(args[1], f"tl.where({c}, {g}, 0.0)", where)
+            self.give(args[2], f"tl.where({c}, 0.0, {g})", where)
         elif fn in ("tl.maximum", "tl.minimum"):
             a, b = (_p(ast.unparse(v)) for v in args)
             c = f"{a} {'>=' if fn == 'tl.maximum' else '<='} {b}"
-            self.give(args[0], f"tl.where({c}, {g}, 0.0)", shape)
-            self.give(args[1], f"tl.where({c}, 0.0, {g})", shape)
+            self.give(args[0], f"tl.where({c}, {g}, 0.0)", full)
+            self.give(args[1], f"tl.where({c}, 0.0, {g})", full)
         elif fn in _REDUCTIONS:
-            self._reduction(fn, args[0], _axis(node), g, out)
+            self._reduction(fn, args[0], _axis(node), g, shape, out)
         # floor, ceil: zero almost everywhere
 
-    def _reduction(self, fn: str, arg, axis: int, g: str, out: str) -> None:
+    def _reduction(self, fn: str, arg, axis: int, g: str, shape: Shape, out: str) -> None:
         if not isinstance(arg, ast.Name):
             raise StepVjpError(f"a reduction of `{ast.unparse(arg)[:40]}`")
         full = self.shapes[arg.id]
         spread = {(2, 0): "[None, :]", (2, 1): "[:, None]"}.get((len(full), axis), "")
         if fn == "tl.sum":
-            shape = full[:axis] + (ONE,) + full[axis + 1:]
-            self.give(arg, f"{g}{spread}" if spread else g, shape if spread else ())
+            self.give(arg, f"{g}{spread}" if spread else g,
+                      shape[:axis] + (ONE,) + shape[axis:] if spread else ())
             return
         hit = self._hold(f"{arg.id} == {out}{spread}")       # the extreme entries
         count = self._hold(f"tl.sum(tl.where({hit}, 1.0, 0.0), axis={axis})")
@@ -281,11 +337,24 @@ class _Adjoint:
         return name
 
 
-def vjp(body: list[str], inputs: dict[str, Shape], outputs: list[str],
-        seeds: dict[str, str]) -> tuple[list[str], list[str], dict[str, str]]:
-    """(the forward lines flattened, the adjoint lines, input -> its adjoint's name).
-    `inputs` are the names the body reads, with shapes; `seeds` names, for each of
-    `outputs`, the kernel value holding its adjoint."""
+@dataclass(frozen=True)
+class Vjp:
+    rerun: list[str]        # the flat step lines the carried outputs (the next states) need
+    forward: list[str]      # the flat step lines the adjoint reads
+    adjoint: list[str]      # the adjoint lines
+    grads: dict[str, str]   # input -> the name of its adjoint
+
+    def reads(self, part: str) -> set[str]:
+        """The names the lines of `part` ("rerun", or "forward" with "adjoint") read."""
+        lines = self.rerun if part == "rerun" else self.forward + self.adjoint
+        return set().union(*(_reads(line.split(" = ", 1)[1]) for line in lines))
+
+
+def vjp(body: list[str], inputs: dict[str, Shape], seeds: dict[str, str],
+        carried: list[str]) -> Vjp:
+    """The reverse mode of the printed step `body`. `inputs` are the names the body reads,
+    with shapes; `seeds` maps each output to the kernel value holding its adjoint; `carried`
+    are the outputs a rerun of the step needs."""
     flat = _Flat(inputs)
     for text in body:
         try:
@@ -296,10 +365,11 @@ def vjp(body: list[str], inputs: dict[str, Shape], outputs: list[str],
                 and isinstance(stmt.targets[0], ast.Name)):
             raise StepVjpError(f"not an assignment: {text[:60]}")
         flat.line(stmt.targets[0].id, stmt.value)
-    missing = [n for n in outputs if n not in flat.shapes]
+    missing = [n for n in seeds if n not in flat.shapes]
     if missing:
         raise StepVjpError(f"the step does not compute {', '.join(missing)}")
-    adjoint = _Adjoint(flat)
-    grads = adjoint.run({n: seeds[n] for n in outputs}, list(inputs))
-    forward = [f"{t} = {ast.unparse(e)}" for t, e in flat.lines]
-    return forward, adjoint.lines, grads
+    adjoint = _Adjoint(flat, inputs)
+    grads = adjoint.run(seeds, list(inputs))
+    lines = [f"{t} = {ast.unparse(e)}" for t, e in flat.lines]
+    reads = set().union(*(_reads(line.split(" = ", 1)[1]) for line in adjoint.lines))
+    return Vjp(needed(lines, set(carried)), needed(lines, reads), adjoint.lines, grads)

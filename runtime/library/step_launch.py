@@ -53,6 +53,14 @@ def num_warps(entries: int) -> int:
     return warps
 
 
+def backward_warps(entries: int) -> int:
+    """Warps per program of the backward kernel, which holds the states, their adjoints and
+    the step's intermediates with theirs: about 8 state entries a thread. Compiled for sm_90
+    (benchmarks/step_kernel_resources.py --kernel backward), Moneta's backward at d_head = 16
+    spills 192 B a thread at 4 warps and nothing at 8 (docs/triton.md)."""
+    return num_warps(2 * entries)
+
+
 class StepLauncher:
     def __init__(self, kernel, config: StepConfig, backward=None):
         self.kernel, self.config, self.backward = kernel, config, backward
@@ -127,7 +135,7 @@ class StepLauncher:
         g_xs = [torch.empty(x.shape, device=x.device, dtype=torch.float32) for x in xs]
         entries = sum(s[0, 0, 0].numel() for s in saved)
         self.backward[(B, H)](*flat, *per_state, g_o, *g_xs, T, H, run.every, *run.dims,
-                              num_warps=num_warps(entries))
+                              num_warps=backward_warps(entries))
         LAUNCHES["backward"] += 1
         return g_xs, per_state[3::4]
 
