@@ -7,9 +7,11 @@ module's entry point, a drop-in for `scan.recurrent(step, tokens, state)`:
     fused_recurrent(step, tokens, state, token_names, state_names, every=16) -> (o, final)
 
 tokens as the generated op holds them (`[B, T, H, n, 1]` columns, `[B, T, H, 1, 1]` scalars),
-states `[B, H, rows, cols]`, o `[B, T, H, n, 1]` (or `[B, T, H, 1, 1]`). The backward pass
-recomputes each segment of `every` tokens, last first, from its checkpoint with `step` (the
-layer's PyTorch step) under autograd, so no per-token state survives the forward pass.
+states `[B, H, rows, cols]`, o `[B, T, H, n, 1]` (or `[B, T, H, 1, 1]`). No per-token state
+survives the forward pass: the backward pass walks the segments of `every` tokens last first,
+each from its checkpoint, in the module's printed backward kernel (`step_backward`: the step
+rerun, then its adjoint, token by token, nlc/emit/step_vjp.py), or, in a module without one,
+with `step` (the layer's PyTorch step) under autograd.
 Inputs the kernel cannot take (a state axis that is not a power of two, more than
 `MAX_STATE_ENTRIES` state entries, float64, no tokens) run `scan.recurrent` instead.
 """
