@@ -459,3 +459,74 @@ def test_backward_kernels_compile_for_an_h100_class_gpu_without_spills_at_d_16()
     lines = done.stdout.splitlines()
     assert len(lines) == 3 and all("backward d=16" in line and "warps=8" in line
                                    and line.endswith("STACK:0") for line in lines), lines
+
+
+class _TorchTl:
+    """The few `triton.language` calls the step and its adjoint print, on float64 torch
+    tensors: the adjoint lines run here, with no Triton, against torch.autograd."""
+
+    float32 = None
+
+    @staticmethod
+    def _t(x):
+        return torch.as_tensor(x, dtype=torch.float64)
+
+    def sum(self, x, axis):
+        return x.sum(axis)
+
+    def max(self, x, axis):
+        return x.amax(axis)
+
+    def zeros(self, shape, dtype=None):
+        return torch.zeros(shape, dtype=torch.float64)
+
+    def trans(self, x):
+        return x.T
+
+    def where(self, c, a, b):
+        return torch.where(c, self._t(a), self._t(b))
+
+    def maximum(self, a, b):
+        return torch.maximum(self._t(a), self._t(b))
+
+    def minimum(self, a, b):
+        return torch.minimum(self._t(a), self._t(b))
+
+    def __getattr__(self, name):   # exp, log, sqrt, erf, abs, sin, cos, sigmoid, floor
+        return getattr(torch, {"ceil": "ceil"}.get(name, name))
+
+
+def test_every_adjoint_rule_against_autograd():
+    """A step using every operation step_vjp has a rule for (sums, a row maximum, a
+    transpose, broadcasts by `[None, :]` and by scalars, sin, cos, exp, log, sqrt, erf, abs,
+    sigmoid, floor, where, maximum, minimum, division): its adjoint lines, run on float64
+    tensors, give autograd's gradients of every input."""
+    from nlc.emit.step_vjp import vjp
+    body = [
+        "t0 = tl.sum(S0 * x0[None, :], axis=1)",
+        "t1 = tl.sin(t0) + tl.cos(x1) * tl.maximum(t0, 0.5 * x1) - tl.minimum(t0, x1) / "
+        "(2.0 + tl.abs(t0))",
+        "t2 = tl.where(t1 > 0, tl.sqrt(tl.exp(t1)), tl.log(1.0 + tl.sigmoid(t1)))",
+        "t3 = tl.max(S0, axis=1) + tl.floor(x2) * x2",
+        "S0_next = x2 * S0 + t2[:, None] * tl.trans(tl.erf(S0)) - (-1.0) * tl.zeros((D0, D0), "
+        "dtype=tl.float32)",
+        "o = tl.sum(t2 * t3, axis=0) / D0 + tl.sum(tl.sum(S0_next, axis=1), axis=0)",
+    ]
+    shapes = {"S0": ("D0", "D0"), "x0": ("D0",), "x1": ("D0",), "x2": ()}
+    found = vjp(body, shapes, {"S0_next": "g_S0", "o": "g_o"}, ["S0_next"])
+    g = torch.Generator().manual_seed(0)
+    leaves = {"S0": torch.randn(5, 5, generator=g, dtype=torch.float64),
+              "x0": torch.randn(5, generator=g, dtype=torch.float64),
+              "x1": torch.randn(5, generator=g, dtype=torch.float64),
+              "x2": torch.tensor(1.7, dtype=torch.float64)}
+    seeds = {"g_S0": torch.randn(5, 5, generator=g, dtype=torch.float64),
+             "g_o": torch.tensor(0.3, dtype=torch.float64)}
+    scope = {"tl": _TorchTl(), "D0": 5, **{k: v.requires_grad_() for k, v in leaves.items()}}
+    exec("\n".join(body), scope)
+    want = torch.autograd.grad([scope["S0_next"], scope["o"]], list(leaves.values()),
+                               [seeds["g_S0"], seeds["g_o"]])
+    scope = {"tl": _TorchTl(), "D0": 5, **{k: v.detach() for k, v in leaves.items()}, **seeds}
+    exec("\n".join(found.forward + found.adjoint), scope)
+    for name, w in zip(leaves, want):
+        got = scope[found.grads[name]]
+        assert got.shape == w.shape and rel(got, w) < 1e-12, name
