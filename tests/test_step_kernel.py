@@ -119,20 +119,23 @@ def rel(a, b) -> float:
 
 
 def kernel_run(monkeypatch, name, T, calls=None):
+    """The kernel path's outputs and gradients, and the (forward, backward) launches."""
     monkeypatch.setenv("NLC_TRITON", "force")
-    before = step_launch.LAUNCHES["forward"]
+    before = dict(step_launch.LAUNCHES)
     got = outputs_and_grads(name, T, torch.float32, "chunked", calls)
-    launched = step_launch.LAUNCHES["forward"] - before
+    launched = tuple(step_launch.LAUNCHES[k] - before[k] for k in ("forward", "backward"))
     return got, launched
 
 
 @needs_interpreter
-@pytest.mark.parametrize("T", [1, 63, 65])
+@pytest.mark.parametrize("T", [1, 15, 17, 63])
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_kernel_matches_the_float64_token_loop(monkeypatch, name, T):
+    """Forward and printed backward kernels: T = 15 and 17 end just before and just after
+    the first checkpointed segment of 16, 63 inside the fourth."""
     want = outputs_and_grads(name, T, torch.float64, "recurrent")
     got, launched = kernel_run(monkeypatch, name, T)
-    assert launched == 1, "the Triton path did not run"
+    assert launched == (1, 1), "the Triton forward and backward did not both run"
     errors = {k: rel(got[k], want[k]) for k in want}
     assert max(errors.values()) < TOL, errors
     assert all(got[k].dtype == torch.float32 for k in got)
@@ -145,7 +148,7 @@ def test_a_state_carried_across_calls_that_stop_mid_segment(monkeypatch, name):
     40 tokens; gradients flow back through the carried state into the first call."""
     want = outputs_and_grads(name, 40, torch.float64, "recurrent")
     got, launched = kernel_run(monkeypatch, name, 40, calls=[23])
-    assert launched == 2
+    assert launched == (2, 2)
     errors = {k: rel(got[k], want[k]) for k in want}
     assert max(errors.values()) < TOL, errors
 
@@ -177,14 +180,14 @@ def test_learned_initial_state_of_a_layer(monkeypatch):
         monkeypatch.setenv("NLC_TRITON", flag)
         model = layer.to(dtype)
         model.zero_grad()
-        before = step_launch.LAUNCHES["forward"]
+        before = dict(step_launch.LAUNCHES)
         y = model(x.to(dtype))
         (y * torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)).sum().backward()
         results.append((y.detach().clone(), model.memory_M_W1_init.grad.clone(),
                         model.memory_M_W2_init.grad.clone(),
-                        step_launch.LAUNCHES["forward"] - before))
+                        [step_launch.LAUNCHES[k] - before[k] for k in before]))
     (y64, a64, b64, none), (y32, a32, b32, once) = results
-    assert (none, once) == (0, 1)
+    assert (none, once) == ([0, 0], [1, 1])
     assert rel(y32, y64) < TOL and rel(a32, a64) < TOL and rel(b32, b64) < TOL
 
 
@@ -250,11 +253,10 @@ def test_inputs_the_kernel_cannot_take_run_the_token_loop(monkeypatch):
     torch.testing.assert_close(o, want, rtol=0, atol=0)
 
 
-@needs_interpreter
-def test_a_vector_state_and_a_scalar_read(tmp_path, monkeypatch):
-    """The paths no example takes: a column state `[d, 1]` and a scalar read, from a rule
-    written here, z' = alpha z + eta tanh(y - <z, k>) k and o = <z', q>, printed into a
-    kernel; against the same step in PyTorch, float64, T = 37 (three segments)."""
+def _vector_rule(tmp_path):
+    """A rule written here, z' = alpha z + eta tanh(y - <z, k>) k and o = <z', q> (a column
+    state `[d, 1]` and a scalar read, paths no example takes): its kernel module, compiled
+    from the printed source, and the same step in PyTorch."""
     from types import SimpleNamespace
 
     from nlc.derive.matfuncs import Dot
@@ -283,6 +285,13 @@ def test_a_vector_state_and_a_scalar_read(tmp_path, monkeypatch):
         z = x["alpha"] * z + x["eta"] * torch.tanh(err) * x["k"]
         return {"z": z}, (z * x["q"]).sum(-2, keepdim=True)
 
+    return kernel, compiled, step
+
+
+def _vector_rule_against_float64(compiled, step):
+    """Output, final state and every gradient of the kernel path (float32) against the
+    PyTorch step (float64), T = 37 (three segments); returns the (forward, backward)
+    launches."""
     g = torch.Generator().manual_seed(0)
     B, T, H = 2, 37, 3
     leaves = {"q": torch.randn(B, T, H, 8, 1, generator=g, dtype=torch.float64),
@@ -293,20 +302,63 @@ def test_a_vector_state_and_a_scalar_read(tmp_path, monkeypatch):
               "z": torch.randn(B, H, 8, 1, generator=g, dtype=torch.float64)}
     seed = torch.randn(B, T, H, 1, 1, generator=g, dtype=torch.float64)
     results = []
+    before = dict(step_launch.LAUNCHES)
     for dtype in (torch.float64, torch.float32):
         x = {n: v.to(dtype).requires_grad_() for n, v in leaves.items()}
         tokens = {n: x[n] for n in ("q", "k", "alpha", "eta", "y")}
-        before = step_launch.LAUNCHES["forward"]
         if dtype == torch.float64:
             o, final = step_launch.scan.recurrent(step, tokens, {"z": x["z"]})
         else:
             o, final = compiled.fused_recurrent(step, tokens, {"z": x["z"]}, tuple(tokens),
                                                 ("z",))
-            assert step_launch.LAUNCHES["forward"] - before == 1
         loss = (o * seed.to(dtype)).sum() + final["z"].square().sum()
         results.append([o, final["z"], *torch.autograd.grad(loss, list(x.values()))])
     for want, got in zip(*results):
         assert got.shape == want.shape and rel(got, want) < TOL
+    return tuple(step_launch.LAUNCHES[k] - before[k] for k in ("forward", "backward"))
+
+
+@needs_interpreter
+def test_a_vector_state_and_a_scalar_read(tmp_path):
+    """The rule above through the forward and the printed backward kernel."""
+    kernel, compiled, step = _vector_rule(tmp_path)
+    assert kernel.backward_note == "" and compiled.step_backward is not None
+    assert _vector_rule_against_float64(compiled, step) == (1, 1)
+
+
+@needs_interpreter
+def test_an_op_without_an_adjoint_rule_keeps_the_recompute_backward(tmp_path, monkeypatch):
+    """With the adjoint rule of tl.sigmoid (tanh is printed through it) taken away, the module
+    has no printed backward, says why, and its gradients come from the PyTorch recompute."""
+    from nlc.emit import step_vjp
+    monkeypatch.setattr(step_vjp, "_ELEMENTWISE", step_vjp._ELEMENTWISE - {"tl.sigmoid"})
+    kernel, compiled, step = _vector_rule(tmp_path)
+    assert kernel.backward_note.startswith("no adjoint rule for tl.sigmoid")
+    assert compiled.step_backward is None
+    assert "No printed backward (no adjoint rule for tl.sigmoid" in compiled.__doc__
+    assert _vector_rule_against_float64(compiled, step) == (1, 0)
+
+
+def test_the_adjoint_of_a_printed_step():
+    """step_vjp on a three-line program: the flat forward and the adjoint lines, by rule."""
+    from nlc.emit.step_vjp import StepVjpError, vjp
+    body = ["t0 = tl.sum(S0 * x0[None, :], axis=1)", "S0_next = S0 + t0[:, None] * x0[None, :]",
+            "o = tl.exp(t0)"]
+    shapes = {"S0": ("4 * D0", "D0"), "x0": ("D0",)}
+    seeds = {"S0_next": "g_S0", "o": "g_o"}
+    found = vjp(body, shapes, seeds, ["S0_next"])
+    assert found.rerun == ["f0 = S0 * x0[None, :]", "t0 = tl.sum(f0, axis=1)",
+                           "f2 = t0[:, None] * x0[None, :]", "S0_next = S0 + f2"]
+    assert found.forward == ["f0 = S0 * x0[None, :]", "t0 = tl.sum(f0, axis=1)",
+                             "o = tl.exp(t0)"]             # what the adjoint reads
+    assert found.grads == {"S0": "b_S0", "x0": "b_x0"}
+    assert found.adjoint[:6] == [
+        "b_o = g_o", "b_S0_next = g_S0", "b_f2 = b_S0_next",
+        "b_t0 = (b_o * o) + tl.sum(b_f2 * (x0[None, :]), axis=1)",      # exp; outer product
+        "b_f0 = (b_t0[:, None])",        # the sum's adjoint, spread along its axis unbuilt
+        "b_S0 = b_S0_next + (b_f0 * (x0[None, :]))"]
+    with pytest.raises(StepVjpError, match="no adjoint rule for tl.cumsum"):
+        vjp(["o = tl.cumsum(x0, axis=0)"], {"x0": ("D0",)}, {"o": "g_o"}, [])
 
 
 # -- the printer and the refusal (no kernels run) ------------------------------------------
@@ -391,3 +443,90 @@ def test_kernels_compile_for_an_h100_class_gpu_without_spills_up_to_d_32():
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert len(lines) == 6 and all(line.endswith("STACK:0") for line in lines), lines
+
+
+def test_backward_kernels_compile_for_an_h100_class_gpu_without_spills_at_d_16():
+    """The three printed backward kernels compiled for sm_90 as above, at d_head = 16 with
+    the launcher's backward warps (8): no spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    kernels = sorted(str(p) for p in (ROOT / "generated").glob("nlc_step_*.py"))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_kernel_resources.py"),
+                           "--kernel", "backward", "--d", "16", *kernels], env=env,
+                          capture_output=True, text=True, check=False, cwd=ROOT, timeout=900)
+    if "ptxas" in done.stderr and "No such file" in done.stderr:
+        pytest.skip("this triton has no bundled ptxas")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all("backward d=16" in line and "warps=8" in line
+                                   and line.endswith("STACK:0") for line in lines), lines
+
+
+class _TorchTl:
+    """The few `triton.language` calls the step and its adjoint print, on float64 torch
+    tensors: the adjoint lines run here, with no Triton, against torch.autograd."""
+
+    float32 = None
+
+    @staticmethod
+    def _t(x):
+        return torch.as_tensor(x, dtype=torch.float64)
+
+    def sum(self, x, axis):
+        return x.sum(axis)
+
+    def max(self, x, axis):
+        return x.amax(axis)
+
+    def zeros(self, shape, dtype=None):
+        return torch.zeros(shape, dtype=torch.float64)
+
+    def trans(self, x):
+        return x.T
+
+    def where(self, c, a, b):
+        return torch.where(c, self._t(a), self._t(b))
+
+    def maximum(self, a, b):
+        return torch.maximum(self._t(a), self._t(b))
+
+    def minimum(self, a, b):
+        return torch.minimum(self._t(a), self._t(b))
+
+    def __getattr__(self, name):   # exp, log, sqrt, erf, abs, sin, cos, sigmoid, floor
+        return getattr(torch, {"ceil": "ceil"}.get(name, name))
+
+
+def test_every_adjoint_rule_against_autograd():
+    """A step using every operation step_vjp has a rule for (sums, a row maximum, a
+    transpose, broadcasts by `[None, :]` and by scalars, sin, cos, exp, log, sqrt, erf, abs,
+    sigmoid, floor, where, maximum, minimum, division): its adjoint lines, run on float64
+    tensors, give autograd's gradients of every input."""
+    from nlc.emit.step_vjp import vjp
+    body = [
+        "t0 = tl.sum(S0 * x0[None, :], axis=1)",
+        "t1 = tl.sin(t0) + tl.cos(x1) * tl.maximum(t0, 0.5 * x1) - tl.minimum(t0, x1) / "
+        "(2.0 + tl.abs(t0))",
+        "t2 = tl.where(t1 > 0, tl.sqrt(tl.exp(t1)), tl.log(1.0 + tl.sigmoid(t1)))",
+        "t3 = tl.max(S0, axis=1) + tl.floor(x2) * x2",
+        "S0_next = x2 * S0 + t2[:, None] * tl.trans(tl.erf(S0)) - (-1.0) * tl.zeros((D0, D0), "
+        "dtype=tl.float32)",
+        "o = tl.sum(t2 * t3, axis=0) / D0 + tl.sum(tl.sum(S0_next, axis=1), axis=0)",
+    ]
+    shapes = {"S0": ("D0", "D0"), "x0": ("D0",), "x1": ("D0",), "x2": ()}
+    found = vjp(body, shapes, {"S0_next": "g_S0", "o": "g_o"}, ["S0_next"])
+    g = torch.Generator().manual_seed(0)
+    leaves = {"S0": torch.randn(5, 5, generator=g, dtype=torch.float64),
+              "x0": torch.randn(5, generator=g, dtype=torch.float64),
+              "x1": torch.randn(5, generator=g, dtype=torch.float64),
+              "x2": torch.tensor(1.7, dtype=torch.float64)}
+    seeds = {"g_S0": torch.randn(5, 5, generator=g, dtype=torch.float64),
+             "g_o": torch.tensor(0.3, dtype=torch.float64)}
+    scope = {"tl": _TorchTl(), "D0": 5, **{k: v.requires_grad_() for k, v in leaves.items()}}
+    exec("\n".join(body), scope)
+    want = torch.autograd.grad([scope["S0_next"], scope["o"]], list(leaves.values()),
+                               [seeds["g_S0"], seeds["g_o"]])
+    scope = {"tl": _TorchTl(), "D0": 5, **{k: v.detach() for k, v in leaves.items()}, **seeds}
+    exec("\n".join(found.forward + found.adjoint), scope)
+    for name, w in zip(leaves, want):
+        got = scope[found.grads[name]]
+        assert got.shape == w.shape and rel(got, w) < 1e-12, name

@@ -161,11 +161,15 @@ class LevelPrinter:
         out.step_kernel, out.step_source, out.step_every = kernel.module, kernel.source, EVERY
         tokens = _tuple(repr(t.name) for t in self.plan.tokens)
         out.step_names = f"{tokens}, {_tuple(repr(n) for n in self.state_names)}"
+        backward = ("its printed backward kernel reruns each segment and runs the step's "
+                    "adjoint token by token" if not kernel.backward_note else
+                    f"no printed backward ({kernel.backward_note}): the backward reruns each "
+                    "segment with the PyTorch step under autograd")
         out.notes.append(prose(f"fused step kernel {kernel.module}: the chunked mode sends CUDA "
                                "tensors (CPU ones with NLC_TRITON=force) to it, one program per "
                                "sequence and head holding the state, a checkpoint every "
-                               f"{EVERY} tokens recomputed in the backward; other tensors and "
-                               "the recurrent mode run the token loop"))
+                               f"{EVERY} tokens; {backward}; other tensors and the recurrent "
+                               "mode run the token loop"))
 
     def step(self) -> list[str]:
         outputs = [(f"{local(n)}_next", e) for n, e in self.rule.next_state]

@@ -19,6 +19,7 @@ import sympy as sp
 
 from nlc import __version__
 from nlc.emit.render import prose, render, ruff_format
+from nlc.emit.step_vjp import StepVjpError, vjp
 from nlc.emit.tl_step_printer import StepPrintError, TritonStepPrinter, Value, kind_of, size_code
 
 TEMPLATE = "step_kernel.py.jinja"
@@ -31,6 +32,7 @@ EVERY = 16  # tokens per checkpointed segment (the backward recomputes one segme
 class StepKernel:
     module: str
     source: str             # unformatted
+    backward_note: str = ""  # why the module has no printed backward ("" when it has one)
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,16 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
     except (AttributeError, TypeError, KeyError, IndexError) as err:  # a node of unexpected form
         raise StepPrintError(f"the step printer failed on the rule ({type(err).__name__}: "
                              f"{err})") from None
+    backward, note = _backward(body, states, tokens)
     context = {
+        "backward": backward,
         "tokens": tokens, "states": states, "dims": list(dims.values()), "body": body,
         "read_size": size_code(read.shape[0], dims) if read_kind == "col" else "",
         "read_shape": _shape(read.shape[0], index) if read_kind == "col" else "None",
         "state_text": prose(", ".join(f"{s.name} [{s.rows}, {s.cols}]" for s in states)),
         "token_text": prose(", ".join(f"{x.name} [B, T, H{', ' + x.size if x.size else ''}]"
                                       for x in tokens)),
+        "backward_text": prose(note),
         "dims_text": prose(f"{', '.join(dims.values())}, the level's dims, from the shapes "
                            "(each state axis a power of two)"),
     }
@@ -107,7 +112,24 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
                                         if not k.endswith("_text"))).encode()).hexdigest()[:8]
     module = f"nlc_step_{digest}"
     text = render(TEMPLATE, version=prose(__version__), summary=prose(module), **context)
-    return StepKernel(module, "\n".join(line.rstrip() for line in text.splitlines()) + "\n")
+    return StepKernel(module, "\n".join(line.rstrip() for line in text.splitlines()) + "\n",
+                      note)
+
+
+def _backward(body: list[str], states: list[_Tensor], tokens: list[_Tensor]):
+    """The backward kernel's lines (nlc/emit/step_vjp.py): the step recomputed in flat form,
+    then its adjoint, seeded with `g_S<i>` (the adjoint of the state after the token) and
+    `g_o`; or None and the reason there is none."""
+    shapes = {s.name: (s.rows, s.cols) if s.kind == "mat" else (s.size,) for s in states}
+    shapes |= {x.name: (x.size,) if x.size else () for x in tokens}
+    seeds = {f"{s.name}_next": f"g_{s.name}" for s in states} | {"o": "g_o"}
+    try:
+        found = vjp(body, shapes, seeds, [f"{s.name}_next" for s in states])
+    except StepVjpError as err:
+        return None, str(err)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
+        return None, f"the adjoint printer failed ({type(err).__name__}: {err})"
+    return found, ""
 
 
 def formatted(kernel: StepKernel) -> str:

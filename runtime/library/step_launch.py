@@ -7,9 +7,11 @@ module's entry point, a drop-in for `scan.recurrent(step, tokens, state)`:
     fused_recurrent(step, tokens, state, token_names, state_names, every=16) -> (o, final)
 
 tokens as the generated op holds them (`[B, T, H, n, 1]` columns, `[B, T, H, 1, 1]` scalars),
-states `[B, H, rows, cols]`, o `[B, T, H, n, 1]` (or `[B, T, H, 1, 1]`). The backward pass
-recomputes each segment of `every` tokens, last first, from its checkpoint with `step` (the
-layer's PyTorch step) under autograd, so no per-token state survives the forward pass.
+states `[B, H, rows, cols]`, o `[B, T, H, n, 1]` (or `[B, T, H, 1, 1]`). No per-token state
+survives the forward pass: the backward pass walks the segments of `every` tokens last first,
+each from its checkpoint, in the module's printed backward kernel (`step_backward`: the step
+rerun, then its adjoint, token by token, nlc/emit/step_vjp.py), or, in a module without one,
+with `step` (the layer's PyTorch step) under autograd.
 Inputs the kernel cannot take (a state axis that is not a power of two, more than
 `MAX_STATE_ENTRIES` state entries, float64, no tokens) run `scan.recurrent` instead.
 """
@@ -23,7 +25,7 @@ from nlc.runtime.library import scan
 
 MAX_STATE_ENTRIES = 65536   # fp32 state entries one program holds in registers (docs/triton.md)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-LAUNCHES = {"forward": 0}   # kernel launches, for tests that check the Triton path ran
+LAUNCHES = {"forward": 0, "backward": 0}   # kernel launches, for tests that check the Triton path ran
 
 Size = tuple[int, int | None]   # coefficient, and the dim it multiplies (None: a constant)
 
@@ -53,9 +55,17 @@ def num_warps(entries: int) -> int:
     return warps
 
 
+def backward_warps(entries: int) -> int:
+    """Warps per program of the backward kernel, which holds the states, their adjoints and
+    the step's intermediates with theirs: about 8 state entries a thread. Compiled for sm_90
+    (benchmarks/step_kernel_resources.py --kernel backward), Moneta's backward at d_head = 16
+    spills 192 B a thread at 4 warps and nothing at 8 (docs/triton.md)."""
+    return num_warps(2 * entries)
+
+
 class StepLauncher:
-    def __init__(self, kernel, config: StepConfig):
-        self.kernel, self.config = kernel, config
+    def __init__(self, kernel, config: StepConfig, backward=None):
+        self.kernel, self.config, self.backward = kernel, config, backward
 
     def dims(self, tokens: list, states: list) -> list[int] | None:
         """The dims the inputs give, or None when the kernel cannot take them."""
@@ -110,6 +120,27 @@ class StepLauncher:
         LAUNCHES["forward"] += 1
         return o.unsqueeze(-1), finals, saved  # [B, T, H, n, 1]; a scalar read n = 1
 
+    def launch_backward(self, run, xs: list, saved: list, do, dfinals: list):
+        """The printed backward kernel: the gradients of the tokens and of the initial states
+        (float32), from the checkpoints; a scratch buffer holds one segment's states."""
+        B, T, H = xs[0].shape[:3]
+        flat = [x.contiguous() for x in xs]
+        width = self.config.read[0] * run.dims[self.config.read[1]] if self.config.read else 1
+        g_o = (torch.zeros(B, T, H, width, device=xs[0].device) if do is None
+               else do.float().reshape(B, T, H, width).contiguous())
+        per_state = []
+        for s, d in zip(saved, dfinals):
+            start = s[:, :, 0]
+            per_state += [s, s.new_empty(B, H, run.every, *s.shape[3:]),
+                          torch.zeros_like(start) if d is None else d.float().contiguous(),
+                          torch.empty_like(start)]
+        g_xs = [torch.empty(x.shape, device=x.device, dtype=torch.float32) for x in xs]
+        entries = sum(s[0, 0, 0].numel() for s in saved)
+        self.backward[(B, H)](*flat, *per_state, g_o, *g_xs, T, H, run.every, *run.dims,
+                              num_warps=backward_warps(entries))
+        LAUNCHES["backward"] += 1
+        return g_xs, per_state[3::4]
+
 
 @dataclass(frozen=True)
 class _Run:
@@ -139,24 +170,36 @@ class _StepKernel(torch.autograd.Function):
         run = ctx.run
         n = len(run.token_names)
         xs, saved = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
-        T = xs[0].shape[1]
-        grads = [[] for _ in xs]
-        d_state = [torch.zeros_like(s[:, :, 0]) if d is None else d.float()
-                   for d, s in zip(dfinals, saved)]
-        for i in reversed(range(len(saved[0][0, 0]))):
-            lo, hi = i * run.every, min(T, (i + 1) * run.every)
-            with torch.enable_grad():
-                part = [x[:, lo:hi].float().requires_grad_() for x in xs]
-                start = [s[:, :, i].clone().requires_grad_() for s in saved]
-                o, final = scan.recurrent(run.step, dict(zip(run.token_names, part)),
-                                          dict(zip(run.state_names, start)))
-                outs = [o] + [final[name] for name in run.state_names]
-                seeds = [torch.zeros_like(o) if do is None else do[:, lo:hi].float()] + d_state
-                found = torch.autograd.grad(outs, part + start, seeds, allow_unused=True)
-            for g, x, got in zip(grads, part, found[:n]):
-                g.append(torch.zeros_like(x) if got is None else got)
-            d_state = [torch.zeros_like(s) if got is None else got
-                       for s, got in zip(start, found[n:])]
-        dxs = [torch.cat(g[::-1], 1) for g in grads]
+        if run.launcher.backward is not None:
+            dxs, d_state = run.launcher.launch_backward(run, list(xs), list(saved), do,
+                                                        list(dfinals))
+        else:
+            dxs, d_state = _recompute_backward(run, xs, saved, do, dfinals)
         out = [g.to(dt) for g, dt in zip(dxs + d_state, ctx.dtypes)]
         return (None, *out)
+
+
+def _recompute_backward(run: _Run, xs, saved, do, dfinals):
+    """The backward of a module without a printed one: each segment, last first, rerun from
+    its checkpoint with the layer's PyTorch step under autograd."""
+    n = len(run.token_names)
+    T = xs[0].shape[1]
+    grads = [[] for _ in xs]
+    d_state = [torch.zeros_like(s[:, :, 0]) if d is None else d.float()
+               for d, s in zip(dfinals, saved)]
+    for i in reversed(range(len(saved[0][0, 0]))):
+        lo, hi = i * run.every, min(T, (i + 1) * run.every)
+        with torch.enable_grad():
+            part = [x[:, lo:hi].float().requires_grad_() for x in xs]
+            start = [s[:, :, i].clone().requires_grad_() for s in saved]
+            o, final = scan.recurrent(run.step, dict(zip(run.token_names, part)),
+                                      dict(zip(run.state_names, start)))
+            outs = [o] + [final[name] for name in run.state_names]
+            seeds = [torch.zeros_like(o) if do is None else do[:, lo:hi].float()] + d_state
+            found = torch.autograd.grad(outs, part + start, seeds, allow_unused=True)
+        for g, x, got in zip(grads, part, found[:n]):
+            g.append(torch.zeros_like(x) if got is None else got)
+        d_state = [torch.zeros_like(s) if got is None else got
+                   for s, got in zip(start, found[n:])]
+    dxs = [torch.cat(g[::-1], 1) for g in grads]
+    return dxs, d_state
