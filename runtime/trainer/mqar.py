@@ -50,8 +50,8 @@ def distinct_integers(generator: torch.Generator, rows: int, count: int, low: in
     """`[rows, count]` int64, each row `count` distinct integers of [low, high), every such
     tuple equally likely. Rows with a repeat are drawn again: when count is small against the
     range (keys among thousands of tokens) a repeat is rare, and this draws `count` numbers
-    per row where a multinomial over the range costs the whole range per row (140 ms a batch
-    at a vocabulary of 8192, more than a training step). A crowded range takes a permutation."""
+    per row where a multinomial over the range costs the whole range per row (12 ms a batch
+    at a vocabulary of 8192, benchmarks/mqar_batch.py). A crowded range takes a permutation."""
     if count * count > 2 * (high - low):
         order = torch.rand(rows, high - low, generator=generator).argsort(dim=1)
         return low + order[:, :count]
