@@ -6,7 +6,7 @@
 #           loop), then each MLP-memory example's LM step at T = 2048 (batch 2): does it
 #           train on one GPU, how fast, how large;
 #   hope:   issue 17: Hope's LM step eager and as CUDA graphs (batch 2), the Titans LM
-#           step as CUDA graphs (batch 16), and the op / launch / sync counts of one Hope and one
+#           step as CUDA graphs (batch 16; also with each chunk compiled by Inductor), and the op / launch / sync counts of one Hope and one
 #           Titans layer on the GPU (benchmarks/launch_count.py --device cuda);
 #   recall: issue 19: `nlc bench recall` at the reduced protocol of gpu_session22.sh (5
 #           models x 2 widths x 2 learning rates), with the run folders' metrics copied flat
@@ -42,8 +42,8 @@ elif [ "$MODE" = hope ]; then
     --device cuda --bf16 --T 2048 | tee "$OUT/launch_titans.md"
   timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 --batch 2 \
     --rows hope,hope_graphed --out "$OUT/lm_hope.md"
-  timeout 150 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
-    --rows titans_graphed --out "$OUT/lm_titans_graphed.md"
+  timeout 240 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
+    --rows titans_graphed,titans_graphed_compiled_chunks --out "$OUT/lm_titans_graphed.md"
 elif [ "$MODE" = recall ]; then
   timeout 540 python3 -m nlc bench recall "$REPO/examples/deltanet.nl" \
     "$REPO/examples/gated_deltanet.nl" "$REPO/examples/mamba2.nl" \
