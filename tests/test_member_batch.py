@@ -76,3 +76,35 @@ def test_the_batched_read_equals_every_members_own_read(hope, monkeypatch):
     wrong = member_batch.reads(order, inputs, tokens, member_batch.Stacks(current))
     assert not all(torch.allclose(wrong[n], want[n], rtol=0, atol=1e-12) for n in want)
 
+
+
+def test_only_a_read_that_applies_its_memory_once_is_split_into_application_and_tail():
+    """nlc/emit/group_reads.py on Hope's level k and on reads made from it: the memory
+    applied twice, or its tensors used outside the application, keep their own read."""
+    import dataclasses
+
+    import sympy as sp
+
+    from nlc import pipeline
+    from nlc.derive.forms import FORM_RULES
+    from nlc.derive.matfuncs import ColumnMap, Total
+    from nlc.emit.group_reads import APPLIED, application
+    from nlc.emit.levels import LevelPrinter
+    plan = pipeline.run(str(EXAMPLES / "hope.nl"), "plan", {"overrides": {}}).layers[0]
+    level = plan.level("k")
+
+    def found(read):
+        rule = dataclasses.replace(level.rule, read=read)
+        return application(LevelPrinter(dataclasses.replace(level, rule=rule)))
+
+    applied, tail = found(level.rule.read)
+    stand_in = sp.MatrixSymbol(APPLIED, *applied.shape)
+    assert tail == ColumnMap(sp.Symbol("l2norm"), stand_in)
+    assert tail.xreplace({stand_in: applied}) == level.rule.read
+    tensors = {m.name: m for m in applied.atoms(sp.MatrixSymbol)}
+    W = (tensors["K_W1_0"], tensors["K_W2_0"])
+    h = tensors["h"]
+    twice = FORM_RULES["mlp"].apply(level.rule.form, W, 2 * h)
+    assert found(level.rule.read + twice) is None
+    assert found(Total(W[0]) * level.rule.read) is None
+    assert application(LevelPrinter(plan.level("memory"))) is None  # not in a group

@@ -1,13 +1,16 @@
 """The PyTorch printer's sigmoid: `1 / (1 + exp(-x))`, alone or dividing a product, prints
 as one `torch.sigmoid` (one kernel where the division written out is four, in Hope's gates
-inside every chunk), and the code computes the same values."""
+inside every chunk), and the code computes the same values; an elementwise map of a
+transposed argument prints as its twin's transpose where both occur."""
 
 from __future__ import annotations
 
 import sympy as sp
 import torch
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.emit.torch_printer import TorchPrinter
+from nlc.runtime.library import ops
 
 
 def _code(expr) -> str:
@@ -40,9 +43,6 @@ def test_other_reciprocals_print_as_divisions():
 def test_an_elementwise_map_and_its_transposed_twin_print_as_one_value():
     """gelu(W k) as a column and gelu(k^T W^T) as a row (an MLP memory's gradient pairs): the
     row prints as the column's transpose, one gelu and one product for both, same values."""
-    from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-
-    from nlc.runtime.library import ops
     r = sp.Symbol("r", real=True)
     gelu = sp.Lambda(r, r * (1 + sp.erf(r / sp.sqrt(2))) / 2)
     W, k = sp.MatrixSymbol("W", 6, 3), sp.MatrixSymbol("k", 3, 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sympy as sp
 
 from nlc.derive.forms import FORM_RULES
+from nlc.derive.matfuncs import free_names
 from nlc.derive.symbols import internal
 from nlc.emit.render import prose
 from nlc.emit.torch_printer import TorchPrinter
@@ -45,7 +46,7 @@ def application(printer) -> tuple | None:
             applied = FORM_RULES[rule.form.kind].apply(rule.form, tensors, x)
         except ValueError:  # shapes that do not fit the memory's input
             continue
-        if applied in nodes:
+        if applied in nodes and applied.free_symbols - set(tensors):  # it reads an input
             found.add(applied)
     if len(found) != 1:
         return None
@@ -66,21 +67,22 @@ def read_parts(printer) -> tuple | None:
         return None
     applied, tail = found
     names = printer.names() | canon
-    used = {s.name for s in applied.free_symbols}
+    used = free_names([applied])
     mine = [a for a in printer.anchor_names if a in used]
     body = printer._inputs(used, anchors=False) + TorchPrinter(names, chunk=True).assign(
         [("o", applied)])
-    used = {s.name for s in tail.free_symbols}
+    used = free_names([tail])
     tail_body = printer._inputs(used, anchors=False) + TorchPrinter(
         printer.names({APPLIED: TAIL_ARG}), chunk=True).assign([("o", tail)])
     return ([canon[a] for a in mine], [*body, "return o"], mine, [*tail_body, "return o"])
 
 
-def shared_reads(layer, levels: list, taken: set, shared) -> list:
-    """The shared applications and tails of the groups' members (PrintedShared records made
-    by `shared(name, params, body, doc)`); each member's `read_token` becomes a call of
-    them, its `read_tail` its own tail where no other member shares it, and its `reads` the
-    runtime's `Member.reads`."""
+def shared_reads(layer, levels: list, taken: set) -> list:
+    """The shared applications and tails of the groups' members (PrintedShared, named apart
+    from the names in `taken`); each member's `read_token` becomes a call of them, its
+    `read_tail` its own tail where no other member shares it, and its `reads` the runtime's
+    `Member.reads`."""
+    from nlc.emit.layer import PrintedShared as shared  # layer.py imports this module
     found: dict = {}
     for pl in levels:
         parts = read_parts(layer.printers[pl.name])

@@ -234,7 +234,7 @@ class LayerPrinter:
                 states = tuple(self.printers[pl.name].state_names)
                 pl.batched = f"({pairs}, {anchors!r}, {transition}, {states!r})"
         taken = {s.name for s in out}
-        out += shared_reads(self, levels, taken, PrintedShared)
+        out += shared_reads(self, levels, taken)
         return out + self.shared_by_role(levels, taken)
 
     def shared_by_role(self, levels: list[PrintedLevel], taken: set) -> list[PrintedShared]:
