@@ -13,7 +13,6 @@ tail shared by several members once for all of them."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 
 import torch
@@ -108,7 +107,12 @@ def reads(members: list, inputs: dict, per_token: dict, stacks: Stacks) -> dict:
     applied = apply(batched, *(stacks.anchors(members, [m.reads[1][i] for m in members])
                                for i in range(len(anchors))))
     rows = applied.shape[0] // n
-    groups = [list(g) for _, g in itertools.groupby(members, key=_tail)]
+    groups: list[list] = []  # runs of members with one tail
+    for m in members:
+        if groups and _tail(groups[-1][0]) == _tail(m):
+            groups[-1].append(m)
+        else:
+            groups.append([m])
     out = {}
     # one split (its backward is one concatenation), not a slice per group
     for group, part in zip(groups, applied.split([len(g) * rows for g in groups])):
