@@ -108,3 +108,14 @@ def test_only_a_read_that_applies_its_memory_once_is_split_into_application_and_
     assert found(level.rule.read + twice) is None
     assert found(Total(W[0]) * level.rule.read) is None
     assert application(LevelPrinter(plan.level("memory"))) is None  # not in a group
+
+
+def test_the_batched_group_traces_as_one_graph(hope):
+    """`nlc train --compile` traces the chunk loop: the batch's inputs mapping, its memo and
+    its runs of tails must not break the graph (itertools.groupby did)."""
+    torch.manual_seed(0)
+    layer = hope.SelfModifyingTitans().double()
+    x = torch.randn(1, 32, 16, dtype=F64)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(x), layer(x), rtol=0, atol=1e-12)
