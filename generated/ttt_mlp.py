@@ -55,18 +55,17 @@ def memory_step(state, inputs):
     t21 = t20 * t12
     t22 = t17 + t21 + t14
     t23 = t11 * t22
-    t24 = k.mT
-    t25 = -eta
-    W_W1_next = t25 * (((nl.gelu_grad(t0)) * (W_W2_0.mT @ t23)) @ t24) + W_W1
-    W_W2_next = t25 * (t23 @ (nl.gelu((t24 @ W_W1_0.mT)))) + W_W2
-    t26 = W_W1_next @ q
-    t27 = nl.gelu(t26)
-    t28 = W_W2_next @ t27
-    t29 = nl.mean(t28)
-    t30 = -t29
-    t31 = t30
-    t32 = t28 + t31
-    o = (torch.rsqrt(1e-06 + nl.mean(t32 * t32))) * t32 + q
+    t24 = -eta
+    W_W1_next = t24 * (((nl.gelu_grad(t0)) * (W_W2_0.mT @ t23)) @ k.mT) + W_W1
+    W_W2_next = t24 * (t23 @ t2.mT) + W_W2
+    t25 = W_W1_next @ q
+    t26 = nl.gelu(t25)
+    t27 = W_W2_next @ t26
+    t28 = nl.mean(t27)
+    t29 = -t28
+    t30 = t29
+    t31 = t27 + t30
+    o = (torch.rsqrt(1e-06 + nl.mean(t31 * t31))) * t31 + q
     return {"W_W1": W_W1_next, "W_W2": W_W2_next}, o
 
 
@@ -101,10 +100,9 @@ def memory_outer(inputs):
     t21 = t20
     t22 = t0 + t18 + t21 + k
     drive0_0_col = (-eta) * ((t11 * (nl.mm(W_W2_0.mT, t22))) * (nl.gelu_grad(t1)))
-    t23 = k.mT
-    drive0_0_row = t23
+    drive0_0_row = k.mT
     drive1_0_col = (-eta / (torch.sqrt(t10))) * t22
-    drive1_0_row = nl.gelu((nl.mm(t23, W_W1_0.mT)))
+    drive1_0_row = t2.mT
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
 
 

@@ -71,6 +71,8 @@ class PrintedLevel:
     chunked: list[str] = field(default_factory=list)
     frozen: dict[str, list[str]] = field(default_factory=dict)
     read_token: list[str] = field(default_factory=list)
+    read_tail: list[str] = field(default_factory=list)  # a group member's read after its memory
+    reads: str | None = None        # a group member's batched read (Member.reads), as code
     step_kernel: str | None = None  # the printed step kernel's module (a token-loop level)
     step_names: str = ""            # the op's token and state names for it, as code
     step_every: int = 0             # tokens per checkpointed segment
