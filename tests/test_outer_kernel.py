@@ -1,6 +1,7 @@
-"""Chunk-start terms kernels of dual-form levels (nlc/emit/outer_render.py,
-runtime/library/outer_launch.py): every token's (column, row) factors of Titans, TTT-MLP and
-TTT-Linear, printed from the derived terms, against the layer module's PyTorch `*_outer` in
+"""Chunk-start terms kernels (nlc/emit/outer_render.py, runtime/library/outer_launch.py):
+every token's (column, row) factors of the dual-form levels of Titans, TTT-MLP and TTT-Linear
+and of Hope's main memory (low rank, `*_pairs`), printed from the derived terms, against the
+layer module's PyTorch terms in
 float64 (the factors and the gradients of every token input and of the anchors, relative
 error below 1e-5), at token counts that fill blocks of 16 partly; and the generated ops route
 through the kernels (the whole dual form is checked against the recurrence in
@@ -27,20 +28,25 @@ from nlc.emit import load_module
 from nlc.pipeline import run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-DIMS = {"titans": {"d_head": 8}, "ttt_mlp": {"d_head": 8}, "ttt_linear": {"d_head": 8}}
+DIMS = {"titans": {"d_head": 8}, "ttt_mlp": {"d_head": 8}, "ttt_linear": {"d_head": 8},
+        "hope": {"d_head": 8}}
 
 
-def dual_level(name: str):
-    """(the generated module, the dual-form level's plan, its kernel's names)."""
+def terms_level(name: str):
+    """(the generated module, the plan of the level whose terms have kernels, its kernel's
+    names, its PyTorch terms): a dual-form level (`*_outer`), or a low-rank one outside a
+    group (`*_pairs`: Hope's main memory)."""
     from nlc.emit.outer_render import outer_kernel
     path = str(EXAMPLES / f"{name}.nl")
     module = load_module(path, DIMS[name])
     plans = run(path, "plan", {"overrides": DIMS[name]})
     for plan in plans.layers:
         for level in plan.levels:
-            if isinstance(level.execution, FrozenSplit) and level.execution.dual:
-                return module, level, outer_kernel(level, level.execution, DIMS[name])
-    raise AssertionError(f"{name} has no dual-form level")
+            ex = level.execution
+            if isinstance(ex, FrozenSplit) and (ex.dual or ex.low_rank and not level.group):
+                fallback = getattr(module, f"{level.fn}_{'outer' if ex.dual else 'pairs'}")
+                return module, level, outer_kernel(level, ex, DIMS[name]), fallback
+    raise AssertionError(f"{name} has no level with a terms kernel")
 
 
 def _size(size, dims: dict) -> int:
@@ -71,13 +77,12 @@ def leaves_of(level, kernel, dims: dict, B: int, T: int, H: int, seed: int = 0) 
 
 
 @needs_kernels
-@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "ttt_linear"])
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "ttt_linear", "hope"])
 @pytest.mark.parametrize("T", [1, 15, 17, 40])
 def test_kernel_factors_and_gradients_match_the_pytorch_terms(name, T, monkeypatch):
     from nlc.runtime.library import ops as nl
     from nlc.runtime.library.outer_launch import LAUNCHES
-    module, level, kernel = dual_level(name)
-    fallback = getattr(module, f"{level.fn}_outer")
+    module, level, kernel, fallback = terms_level(name)
     B, H = 2, 3
     leaves = leaves_of(level, kernel, DIMS[name], B, T, H)
     for x in leaves.values():
@@ -129,8 +134,7 @@ def test_float64_and_cpu_inputs_keep_the_pytorch_terms(monkeypatch):
     does: the PyTorch terms run."""
     from nlc.runtime.library import ops as nl
     from nlc.runtime.library.outer_launch import LAUNCHES
-    module, level, kernel = dual_level("titans")
-    fallback = getattr(module, f"{level.fn}_outer")
+    module, level, kernel, fallback = terms_level("titans")
     leaves = leaves_of(level, kernel, DIMS["titans"], 1, 5, 2)
     terms = nl.outer_terms(module.__file__, kernel.module, fallback, kernel.tokens,
                            kernel.anchors, kernel.layout)

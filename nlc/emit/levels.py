@@ -149,7 +149,7 @@ class LevelPrinter:
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
             out.lazy_read = ex.low_rank and ex.left_read
-            if ex.dual:
+            if ex.dual or (ex.low_rank and not plan.group):
                 self.outer_kernel(out, ex)
         elif isinstance(ex, TokenLoop):
             self.step_kernel(out)
