@@ -100,7 +100,7 @@ def outer_kernel(plan, ex, spec_dims: dict[str, int]) -> OuterKernel:
     shapes = {a.name: (a.rows, a.cols) for a in held}
     shapes |= {x.name: (x.size,) if x.size else () for x in inputs}
     try:
-        backward = vjp(body, shapes, {p.name: f"g_{p.name}" for p in factors}, [])
+        backward = vjp(body, shapes, {p.name: f"g_{p.name}" for p in factors})
     except StepVjpError:  # names the operation with no adjoint rule
         raise
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
