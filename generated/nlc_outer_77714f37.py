@@ -8,6 +8,7 @@ chunk-start states (the anchors) only: the layer module's `*_outer` function, wh
 nlc/emit/tl_step_printer.py prints here from the same derived terms. The module is named by a
 digest of the program: every level whose terms print to this program shares it.
 
+`terms` is one token's factors, printed once and called by both kernels.
 `outer_forward`: one program per (sequence, head, block of TB tokens) holds the anchors
 A0 [4 * D0, D0], A1 [D0, 4 * D0] and writes each token's factors P0 [B, T, H, 4 * D0], P1 [B, T, H, D0], P2 [B, T, H, D0], P3 [B, T, H, 4 * D0].
 `outer_backward` (its adjoint lines derived from the printed terms by nlc/emit/step_vjp.py):
@@ -23,6 +24,108 @@ import triton
 import triton.language as tl
 
 from nlc.runtime.library import outer_launch
+
+
+@triton.jit
+def terms(
+    A0,
+    A1,
+    x0,
+    x1,
+    x2,
+    D0: tl.constexpr,
+):
+    """One token's factors, and the intermediates the adjoint reads."""
+    t0 = -2.0 * x1
+    t1 = 2.0 * x0
+    f2 = A0 * x0[None, :]
+    t2 = tl.sum(f2, axis=1)
+    f4 = 0.5 * t2
+    t3 = f4 * 1.4142135623730951
+    f6 = 0.5 * t2
+    f7 = tl.erf(t3)
+    f8 = 1.0 + f7
+    t4 = f6 * f8
+    f10 = A1 * t4[None, :]
+    t5 = tl.sum(f10, axis=1)
+    f12 = tl.sum(t5, axis=0)
+    t6 = f12 / D0
+    t7 = -1.0 * t6
+    t8 = t7 + tl.zeros((D0,), dtype=tl.float32)
+    t9 = t5 + t8
+    t10 = t9 * t9
+    f18 = tl.sum(t10, axis=0)
+    t11 = f18 / D0
+    t12 = 1e-06 + t11
+    f21 = tl.sqrt(t12)
+    t13 = 1.0 / f21
+    t14 = 2.0 * t13
+    t15 = t13 * t9
+    t16 = t14 * t9
+    f26 = t0 + t1
+    t17 = f26 + t16
+    t18 = t15 * t17
+    f29 = tl.sum(t18, axis=0)
+    t19 = f29 / D0
+    f31 = -1.0 * t13
+    t20 = f31 * t19
+    t21 = t14 + t20
+    t22 = t21 * t9
+    f35 = tl.sum(t17, axis=0)
+    t23 = f35 / D0
+    t24 = -1.0 * t23
+    t25 = t24 + tl.zeros((D0,), dtype=tl.float32)
+    f39 = t0 + t1
+    f40 = f39 + t22
+    t26 = f40 + t25
+    f42 = t2 * t2
+    t27 = -0.5 * f42
+    f44 = -1.0 * x2
+    f45 = t26[:, None] * A1
+    f46 = tl.sum(f45, axis=0)
+    f47 = t13 * f46
+    f48 = tl.erf(t3)
+    f49 = 0.5 * f48
+    f50 = 0.5 + f49
+    f51 = 0.5 * t2
+    f52 = f51 * 1.4142135623730951
+    f53 = f52 * 0.5641895835477563
+    f54 = tl.exp(t27)
+    f55 = f53 * f54
+    f56 = f50 + f55
+    f57 = f47 * f56
+    P0 = f44 * f57
+    P1 = x0
+    f59 = -1.0 * x2
+    f60 = f59 * t13
+    P2 = f60 * t26
+    P3 = t4
+    return (P0, P1, P2, P3), (
+        t2,
+        t3,
+        f6,
+        f8,
+        t4,
+        t9,
+        f21,
+        t13,
+        t14,
+        t15,
+        t17,
+        t19,
+        f31,
+        t21,
+        t26,
+        f44,
+        f46,
+        f47,
+        f53,
+        f54,
+        f56,
+        f57,
+        f59,
+        f60,
+    )
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -54,45 +157,7 @@ def outer_forward(
             x0 = tl.load(x0_ptr + row * (D0) + tl.arange(0, D0))
             x1 = tl.load(x1_ptr + row * (D0) + tl.arange(0, D0))
             x2 = tl.load(x2_ptr + row)
-            t0 = (-2.0) * x1
-            t1 = 2.0 * x0
-            t2 = tl.sum(A0 * x0[None, :], axis=1)
-            t3 = 0.5 * t2 * 1.4142135623730951
-            t4 = 0.5 * t2 * (1.0 + tl.erf(t3))
-            t5 = tl.sum(A1 * t4[None, :], axis=1)
-            t6 = tl.sum(t5, axis=0) / D0
-            t7 = (-1.0) * t6
-            t8 = t7 + tl.zeros((D0,), dtype=tl.float32)
-            t9 = t5 + t8
-            t10 = t9 * t9
-            t11 = tl.sum(t10, axis=0) / D0
-            t12 = (1e-06) + t11
-            t13 = 1.0 / tl.sqrt(t12)
-            t14 = 2.0 * t13
-            t15 = t13 * t9
-            t16 = t14 * t9
-            t17 = t0 + t1 + t16
-            t18 = t15 * t17
-            t19 = tl.sum(t18, axis=0) / D0
-            t20 = (-1.0) * t13 * t19
-            t21 = t14 + t20
-            t22 = t21 * t9
-            t23 = tl.sum(t17, axis=0) / D0
-            t24 = (-1.0) * t23
-            t25 = t24 + tl.zeros((D0,), dtype=tl.float32)
-            t26 = t0 + t1 + t22 + t25
-            t27 = (-0.5) * (t2 * t2)
-            P0 = ((-1.0) * x2) * (
-                (t13 * tl.sum(t26[:, None] * A1, axis=0))
-                * (
-                    0.5
-                    + (0.5 * tl.erf(t3))
-                    + (0.5 * t2 * 1.4142135623730951 * 0.5641895835477563 * tl.exp(t27))
-                )
-            )
-            P1 = x0
-            P2 = ((-1.0) * x2 * t13) * t26
-            P3 = t4
+            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -141,70 +206,35 @@ def outer_backward(
             g_P1 = tl.load(g_P1_ptr + row * (D0) + tl.arange(0, D0))
             g_P2 = tl.load(g_P2_ptr + row * (D0) + tl.arange(0, D0))
             g_P3 = tl.load(g_P3_ptr + row * (4 * D0) + tl.arange(0, 4 * D0))
-            t0 = -2.0 * x1
-            t1 = 2.0 * x0
-            f2 = A0 * x0[None, :]
-            t2 = tl.sum(f2, axis=1)
-            f4 = 0.5 * t2
-            t3 = f4 * 1.4142135623730951
-            f6 = 0.5 * t2
-            f7 = tl.erf(t3)
-            f8 = 1.0 + f7
-            t4 = f6 * f8
-            f10 = A1 * t4[None, :]
-            t5 = tl.sum(f10, axis=1)
-            f12 = tl.sum(t5, axis=0)
-            t6 = f12 / D0
-            t7 = -1.0 * t6
-            t8 = t7 + tl.zeros((D0,), dtype=tl.float32)
-            t9 = t5 + t8
-            t10 = t9 * t9
-            f18 = tl.sum(t10, axis=0)
-            t11 = f18 / D0
-            t12 = 1e-06 + t11
-            f21 = tl.sqrt(t12)
-            t13 = 1.0 / f21
-            t14 = 2.0 * t13
-            t15 = t13 * t9
-            t16 = t14 * t9
-            f26 = t0 + t1
-            t17 = f26 + t16
-            t18 = t15 * t17
-            f29 = tl.sum(t18, axis=0)
-            t19 = f29 / D0
-            f31 = -1.0 * t13
-            t20 = f31 * t19
-            t21 = t14 + t20
-            t22 = t21 * t9
-            f35 = tl.sum(t17, axis=0)
-            t23 = f35 / D0
-            t24 = -1.0 * t23
-            t25 = t24 + tl.zeros((D0,), dtype=tl.float32)
-            f39 = t0 + t1
-            f40 = f39 + t22
-            t26 = f40 + t25
-            f42 = t2 * t2
-            t27 = -0.5 * f42
-            f44 = -1.0 * x2
-            f45 = t26[:, None] * A1
-            f46 = tl.sum(f45, axis=0)
-            f47 = t13 * f46
-            f48 = tl.erf(t3)
-            f49 = 0.5 * f48
-            f50 = 0.5 + f49
-            f51 = 0.5 * t2
-            f52 = f51 * 1.4142135623730951
-            f53 = f52 * 0.5641895835477563
-            f54 = tl.exp(t27)
-            f55 = f53 * f54
-            f56 = f50 + f55
-            f57 = f47 * f56
-            P0 = f44 * f57
-            P1 = x0
-            f59 = -1.0 * x2
-            f60 = f59 * t13
-            P2 = f60 * t26
-            P3 = t4
+            (
+                _,
+                (
+                    t2,
+                    t3,
+                    f6,
+                    f8,
+                    t4,
+                    t9,
+                    f21,
+                    t13,
+                    t14,
+                    t15,
+                    t17,
+                    t19,
+                    f31,
+                    t21,
+                    t26,
+                    f44,
+                    f46,
+                    f47,
+                    f53,
+                    f54,
+                    f56,
+                    f57,
+                    f59,
+                    f60,
+                ),
+            ) = terms(A0, A1, x0, x1, x2, D0)
             b_P3 = g_P3
             b_P2 = g_P2
             h2 = tl.sum(b_P2 * t26, axis=0)

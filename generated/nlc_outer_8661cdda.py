@@ -8,6 +8,7 @@ chunk-start states (the anchors) only: the layer module's `*_outer` function, wh
 nlc/emit/tl_step_printer.py prints here from the same derived terms. The module is named by a
 digest of the program: every level whose terms print to this program shares it.
 
+`terms` is one token's factors, printed once and called by both kernels.
 `outer_forward`: one program per (sequence, head, block of TB tokens) holds the anchors
 A0 [4 * D0, D0], A1 [D0, 4 * D0] and writes each token's factors P0 [B, T, H, 4 * D0], P1 [B, T, H, D0], P2 [B, T, H, D0], P3 [B, T, H, 4 * D0].
 `outer_backward` (its adjoint lines derived from the printed terms by nlc/emit/step_vjp.py):
@@ -23,6 +24,104 @@ import triton
 import triton.language as tl
 
 from nlc.runtime.library import outer_launch
+
+
+@triton.jit
+def terms(
+    A0,
+    A1,
+    x0,
+    x1,
+    x2,
+    D0: tl.constexpr,
+):
+    """One token's factors, and the intermediates the adjoint reads."""
+    t0 = -1.0 * x1
+    f1 = A0 * x0[None, :]
+    t1 = tl.sum(f1, axis=1)
+    f3 = 0.5 * t1
+    t2 = f3 * 1.4142135623730951
+    f5 = 0.5 * t1
+    f6 = tl.erf(t2)
+    f7 = 1.0 + f6
+    t3 = f5 * f7
+    f9 = A1 * t3[None, :]
+    t4 = tl.sum(f9, axis=1)
+    f11 = tl.sum(t4, axis=0)
+    t5 = f11 / D0
+    t6 = -1.0 * t5
+    t7 = t6 + tl.zeros((D0,), dtype=tl.float32)
+    t8 = t4 + t7
+    t9 = t8 * t8
+    f17 = tl.sum(t9, axis=0)
+    t10 = f17 / D0
+    t11 = 1e-06 + t10
+    f20 = tl.sqrt(t11)
+    t12 = 1.0 / f20
+    t13 = t12 * t8
+    f23 = t0 + t13
+    t14 = f23 + x0
+    t15 = t13 * t14
+    f26 = tl.sum(t15, axis=0)
+    t16 = f26 / D0
+    f28 = -1.0 * t12
+    t17 = f28 * t16
+    t18 = t12 + t17
+    t19 = t18 * t8
+    f32 = tl.sum(t14, axis=0)
+    t20 = f32 / D0
+    t21 = -1.0 * t20
+    t22 = t21 + tl.zeros((D0,), dtype=tl.float32)
+    f36 = t0 + t19
+    f37 = f36 + t22
+    t23 = f37 + x0
+    f39 = t1 * t1
+    t24 = -0.5 * f39
+    f41 = -1.0 * x2
+    f42 = t23[:, None] * A1
+    f43 = tl.sum(f42, axis=0)
+    f44 = t12 * f43
+    f45 = tl.erf(t2)
+    f46 = 0.5 * f45
+    f47 = 0.5 + f46
+    f48 = 0.5 * t1
+    f49 = f48 * 1.4142135623730951
+    f50 = f49 * 0.5641895835477563
+    f51 = tl.exp(t24)
+    f52 = f50 * f51
+    f53 = f47 + f52
+    f54 = f44 * f53
+    P0 = f41 * f54
+    P1 = x0
+    f56 = -1.0 * x2
+    f57 = f56 * t12
+    P2 = f57 * t23
+    P3 = t3
+    return (P0, P1, P2, P3), (
+        t1,
+        t2,
+        f5,
+        f7,
+        t3,
+        t8,
+        f20,
+        t12,
+        t13,
+        t14,
+        t16,
+        f28,
+        t18,
+        t23,
+        f41,
+        f43,
+        f44,
+        f50,
+        f51,
+        f53,
+        f54,
+        f56,
+        f57,
+    )
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -54,42 +153,7 @@ def outer_forward(
             x0 = tl.load(x0_ptr + row * (D0) + tl.arange(0, D0))
             x1 = tl.load(x1_ptr + row * (D0) + tl.arange(0, D0))
             x2 = tl.load(x2_ptr + row)
-            t0 = (-1.0) * x1
-            t1 = tl.sum(A0 * x0[None, :], axis=1)
-            t2 = 0.5 * t1 * 1.4142135623730951
-            t3 = 0.5 * t1 * (1.0 + tl.erf(t2))
-            t4 = tl.sum(A1 * t3[None, :], axis=1)
-            t5 = tl.sum(t4, axis=0) / D0
-            t6 = (-1.0) * t5
-            t7 = t6 + tl.zeros((D0,), dtype=tl.float32)
-            t8 = t4 + t7
-            t9 = t8 * t8
-            t10 = tl.sum(t9, axis=0) / D0
-            t11 = (1e-06) + t10
-            t12 = 1.0 / tl.sqrt(t11)
-            t13 = t12 * t8
-            t14 = t0 + t13 + x0
-            t15 = t13 * t14
-            t16 = tl.sum(t15, axis=0) / D0
-            t17 = (-1.0) * t12 * t16
-            t18 = t12 + t17
-            t19 = t18 * t8
-            t20 = tl.sum(t14, axis=0) / D0
-            t21 = (-1.0) * t20
-            t22 = t21 + tl.zeros((D0,), dtype=tl.float32)
-            t23 = t0 + t19 + t22 + x0
-            t24 = (-0.5) * (t1 * t1)
-            P0 = ((-1.0) * x2) * (
-                (t12 * tl.sum(t23[:, None] * A1, axis=0))
-                * (
-                    0.5
-                    + (0.5 * tl.erf(t2))
-                    + (0.5 * t1 * 1.4142135623730951 * 0.5641895835477563 * tl.exp(t24))
-                )
-            )
-            P1 = x0
-            P2 = ((-1.0) * x2 * t12) * t23
-            P3 = t3
+            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -138,67 +202,34 @@ def outer_backward(
             g_P1 = tl.load(g_P1_ptr + row * (D0) + tl.arange(0, D0))
             g_P2 = tl.load(g_P2_ptr + row * (D0) + tl.arange(0, D0))
             g_P3 = tl.load(g_P3_ptr + row * (4 * D0) + tl.arange(0, 4 * D0))
-            t0 = -1.0 * x1
-            f1 = A0 * x0[None, :]
-            t1 = tl.sum(f1, axis=1)
-            f3 = 0.5 * t1
-            t2 = f3 * 1.4142135623730951
-            f5 = 0.5 * t1
-            f6 = tl.erf(t2)
-            f7 = 1.0 + f6
-            t3 = f5 * f7
-            f9 = A1 * t3[None, :]
-            t4 = tl.sum(f9, axis=1)
-            f11 = tl.sum(t4, axis=0)
-            t5 = f11 / D0
-            t6 = -1.0 * t5
-            t7 = t6 + tl.zeros((D0,), dtype=tl.float32)
-            t8 = t4 + t7
-            t9 = t8 * t8
-            f17 = tl.sum(t9, axis=0)
-            t10 = f17 / D0
-            t11 = 1e-06 + t10
-            f20 = tl.sqrt(t11)
-            t12 = 1.0 / f20
-            t13 = t12 * t8
-            f23 = t0 + t13
-            t14 = f23 + x0
-            t15 = t13 * t14
-            f26 = tl.sum(t15, axis=0)
-            t16 = f26 / D0
-            f28 = -1.0 * t12
-            t17 = f28 * t16
-            t18 = t12 + t17
-            t19 = t18 * t8
-            f32 = tl.sum(t14, axis=0)
-            t20 = f32 / D0
-            t21 = -1.0 * t20
-            t22 = t21 + tl.zeros((D0,), dtype=tl.float32)
-            f36 = t0 + t19
-            f37 = f36 + t22
-            t23 = f37 + x0
-            f39 = t1 * t1
-            t24 = -0.5 * f39
-            f41 = -1.0 * x2
-            f42 = t23[:, None] * A1
-            f43 = tl.sum(f42, axis=0)
-            f44 = t12 * f43
-            f45 = tl.erf(t2)
-            f46 = 0.5 * f45
-            f47 = 0.5 + f46
-            f48 = 0.5 * t1
-            f49 = f48 * 1.4142135623730951
-            f50 = f49 * 0.5641895835477563
-            f51 = tl.exp(t24)
-            f52 = f50 * f51
-            f53 = f47 + f52
-            f54 = f44 * f53
-            P0 = f41 * f54
-            P1 = x0
-            f56 = -1.0 * x2
-            f57 = f56 * t12
-            P2 = f57 * t23
-            P3 = t3
+            (
+                _,
+                (
+                    t1,
+                    t2,
+                    f5,
+                    f7,
+                    t3,
+                    t8,
+                    f20,
+                    t12,
+                    t13,
+                    t14,
+                    t16,
+                    f28,
+                    t18,
+                    t23,
+                    f41,
+                    f43,
+                    f44,
+                    f50,
+                    f51,
+                    f53,
+                    f54,
+                    f56,
+                    f57,
+                ),
+            ) = terms(A0, A1, x0, x1, x2, D0)
             b_P3 = g_P3
             b_P2 = g_P2
             h2 = tl.sum(b_P2 * t23, axis=0)

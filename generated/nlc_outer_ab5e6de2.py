@@ -8,6 +8,7 @@ chunk-start states (the anchors) only: the layer module's `*_outer` function, wh
 nlc/emit/tl_step_printer.py prints here from the same derived terms. The module is named by a
 digest of the program: every level whose terms print to this program shares it.
 
+`terms` is one token's factors, printed once and called by both kernels.
 `outer_forward`: one program per (sequence, head, block of TB tokens) holds the anchors
 A0 [4 * D0, D0], A1 [D0, 4 * D0] and writes each token's factors P0 [B, T, H, 4 * D0], P1 [B, T, H, D0], P2 [B, T, H, D0], P3 [B, T, H, 4 * D0].
 `outer_backward` (its adjoint lines derived from the printed terms by nlc/emit/step_vjp.py):
@@ -23,6 +24,80 @@ import triton
 import triton.language as tl
 
 from nlc.runtime.library import outer_launch
+
+
+@triton.jit
+def terms(
+    A0,
+    A1,
+    x0,
+    x1,
+    x2,
+    D0: tl.constexpr,
+):
+    """One token's factors, and the intermediates the adjoint reads."""
+    t0 = -1.0 * x2
+    f1 = A0 * x0[None, :]
+    t1 = tl.sum(f1, axis=1)
+    f3 = 0.5 * t1
+    t2 = f3 * 1.4142135623730951
+    f5 = 0.5 * t1
+    f6 = tl.erf(t2)
+    f7 = 1.0 + f6
+    t3 = f5 * f7
+    f9 = A1 * t3[None, :]
+    t4 = tl.sum(f9, axis=1)
+    f11 = A0 * x2[None, :]
+    t5 = tl.sum(f11, axis=1)
+    f13 = 0.5 * t5
+    t6 = f13 * 1.4142135623730951
+    f15 = 0.5 * t5
+    f16 = tl.erf(t6)
+    f17 = 1.0 + f16
+    t7 = f15 * f17
+    f19 = A1 * t7[None, :]
+    f20 = tl.sum(f19, axis=1)
+    t8 = -1.0 * f20
+    f22 = t0 + t4
+    f23 = f22 + t8
+    t9 = f23 + x0
+    f25 = t1 * t1
+    t10 = -0.5 * f25
+    t11 = -1.0 * x1
+    f28 = t9[:, None] * A1
+    f29 = tl.sum(f28, axis=0)
+    f30 = tl.erf(t2)
+    f31 = 0.5 * f30
+    f32 = 0.5 + f31
+    f33 = 0.5 * t1
+    f34 = f33 * 1.4142135623730951
+    f35 = f34 * 0.5641895835477563
+    f36 = tl.exp(t10)
+    f37 = f35 * f36
+    f38 = f32 + f37
+    f39 = f29 * f38
+    P0 = t11 * f39
+    P1 = x0
+    P2 = t11 * t9
+    P3 = t3
+    return (P0, P1, P2, P3), (
+        t1,
+        t2,
+        f5,
+        f7,
+        t3,
+        t6,
+        f15,
+        f17,
+        t7,
+        t9,
+        t11,
+        f29,
+        f35,
+        f36,
+        f38,
+        f39,
+    )
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -54,29 +129,7 @@ def outer_forward(
             x0 = tl.load(x0_ptr + row * (D0) + tl.arange(0, D0))
             x1 = tl.load(x1_ptr + row)
             x2 = tl.load(x2_ptr + row * (D0) + tl.arange(0, D0))
-            t0 = (-1.0) * x2
-            t1 = tl.sum(A0 * x0[None, :], axis=1)
-            t2 = 0.5 * t1 * 1.4142135623730951
-            t3 = 0.5 * t1 * (1.0 + tl.erf(t2))
-            t4 = tl.sum(A1 * t3[None, :], axis=1)
-            t5 = tl.sum(A0 * x2[None, :], axis=1)
-            t6 = 0.5 * t5 * 1.4142135623730951
-            t7 = 0.5 * t5 * (1.0 + tl.erf(t6))
-            t8 = (-1.0) * tl.sum(A1 * t7[None, :], axis=1)
-            t9 = t0 + t4 + t8 + x0
-            t10 = (-0.5) * (t1 * t1)
-            t11 = (-1.0) * x1
-            P0 = t11 * (
-                tl.sum(t9[:, None] * A1, axis=0)
-                * (
-                    0.5
-                    + (0.5 * tl.erf(t2))
-                    + (0.5 * t1 * 1.4142135623730951 * 0.5641895835477563 * tl.exp(t10))
-                )
-            )
-            P1 = x0
-            P2 = t11 * t9
-            P3 = t3
+            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -125,50 +178,9 @@ def outer_backward(
             g_P1 = tl.load(g_P1_ptr + row * (D0) + tl.arange(0, D0))
             g_P2 = tl.load(g_P2_ptr + row * (D0) + tl.arange(0, D0))
             g_P3 = tl.load(g_P3_ptr + row * (4 * D0) + tl.arange(0, 4 * D0))
-            t0 = -1.0 * x2
-            f1 = A0 * x0[None, :]
-            t1 = tl.sum(f1, axis=1)
-            f3 = 0.5 * t1
-            t2 = f3 * 1.4142135623730951
-            f5 = 0.5 * t1
-            f6 = tl.erf(t2)
-            f7 = 1.0 + f6
-            t3 = f5 * f7
-            f9 = A1 * t3[None, :]
-            t4 = tl.sum(f9, axis=1)
-            f11 = A0 * x2[None, :]
-            t5 = tl.sum(f11, axis=1)
-            f13 = 0.5 * t5
-            t6 = f13 * 1.4142135623730951
-            f15 = 0.5 * t5
-            f16 = tl.erf(t6)
-            f17 = 1.0 + f16
-            t7 = f15 * f17
-            f19 = A1 * t7[None, :]
-            f20 = tl.sum(f19, axis=1)
-            t8 = -1.0 * f20
-            f22 = t0 + t4
-            f23 = f22 + t8
-            t9 = f23 + x0
-            f25 = t1 * t1
-            t10 = -0.5 * f25
-            t11 = -1.0 * x1
-            f28 = t9[:, None] * A1
-            f29 = tl.sum(f28, axis=0)
-            f30 = tl.erf(t2)
-            f31 = 0.5 * f30
-            f32 = 0.5 + f31
-            f33 = 0.5 * t1
-            f34 = f33 * 1.4142135623730951
-            f35 = f34 * 0.5641895835477563
-            f36 = tl.exp(t10)
-            f37 = f35 * f36
-            f38 = f32 + f37
-            f39 = f29 * f38
-            P0 = t11 * f39
-            P1 = x0
-            P2 = t11 * t9
-            P3 = t3
+            _, (t1, t2, f5, f7, t3, t6, f15, f17, t7, t9, t11, f29, f35, f36, f38, f39) = terms(
+                A0, A1, x0, x1, x2, D0
+            )
             b_P3 = g_P3
             b_P2 = g_P2
             h2 = tl.sum(b_P2 * t9, axis=0)

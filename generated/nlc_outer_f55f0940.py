@@ -8,6 +8,7 @@ chunk-start states (the anchors) only: the layer module's `*_outer` function, wh
 nlc/emit/tl_step_printer.py prints here from the same derived terms. The module is named by a
 digest of the program: every level whose terms print to this program shares it.
 
+`terms` is one token's factors, printed once and called by both kernels.
 `outer_forward`: one program per (sequence, head, block of TB tokens) holds the anchors
 A0 [D0, D0] and writes each token's factors P0 [B, T, H, D0], P1 [B, T, H, D0].
 `outer_backward` (its adjoint lines derived from the printed terms by nlc/emit/step_vjp.py):
@@ -23,6 +24,53 @@ import triton
 import triton.language as tl
 
 from nlc.runtime.library import outer_launch
+
+
+@triton.jit
+def terms(
+    A0,
+    x0,
+    x1,
+    x2,
+    D0: tl.constexpr,
+):
+    """One token's factors, and the intermediates the adjoint reads."""
+    t0 = -1.0 * x1
+    f1 = A0 * x0[None, :]
+    t1 = tl.sum(f1, axis=1)
+    f3 = tl.sum(t1, axis=0)
+    t2 = f3 / D0
+    t3 = -1.0 * t2
+    t4 = t3 + tl.zeros((D0,), dtype=tl.float32)
+    t5 = t1 + t4
+    t6 = t5 * t5
+    f9 = tl.sum(t6, axis=0)
+    t7 = f9 / D0
+    t8 = 1e-06 + t7
+    f12 = tl.sqrt(t8)
+    t9 = 1.0 / f12
+    t10 = t9 * t5
+    f15 = t0 + t10
+    t11 = f15 + x0
+    f17 = -1.0 * x2
+    f18 = f17 * t9
+    f19 = -1.0 * t9
+    f20 = t10 * t11
+    f21 = tl.sum(f20, axis=0)
+    f22 = f21 / D0
+    f23 = f19 * f22
+    f24 = t9 + f23
+    f25 = f24 * t5
+    f26 = t0 + f25
+    f27 = tl.sum(t11, axis=0)
+    f28 = f27 / D0
+    f29 = -1.0 * f28
+    f30 = f29 + tl.zeros((D0,), dtype=tl.float32)
+    f31 = f26 + f30
+    f32 = f31 + x0
+    P0 = f18 * f32
+    P1 = x0
+    return (P0, P1), (t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -49,25 +97,7 @@ def outer_forward(
             x0 = tl.load(x0_ptr + row * (D0) + tl.arange(0, D0))
             x1 = tl.load(x1_ptr + row * (D0) + tl.arange(0, D0))
             x2 = tl.load(x2_ptr + row)
-            t0 = (-1.0) * x1
-            t1 = tl.sum(A0 * x0[None, :], axis=1)
-            t2 = tl.sum(t1, axis=0) / D0
-            t3 = (-1.0) * t2
-            t4 = t3 + tl.zeros((D0,), dtype=tl.float32)
-            t5 = t1 + t4
-            t6 = t5 * t5
-            t7 = tl.sum(t6, axis=0) / D0
-            t8 = (1e-06) + t7
-            t9 = 1.0 / tl.sqrt(t8)
-            t10 = t9 * t5
-            t11 = t0 + t10 + x0
-            P0 = ((-1.0) * x2 * t9) * (
-                t0
-                + ((t9 + ((-1.0) * t9 * (tl.sum((t10 * t11), axis=0) / D0))) * t5)
-                + (((-1.0) * (tl.sum(t11, axis=0) / D0)) + tl.zeros((D0,), dtype=tl.float32))
-                + x0
-            )
-            P1 = x0
+            (P0, P1), _ = terms(A0, x0, x1, x2, D0)
             tl.store(P0_ptr + row * (D0) + tl.arange(0, D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
 
@@ -105,41 +135,7 @@ def outer_backward(
             x2 = tl.load(x2_ptr + row)
             g_P0 = tl.load(g_P0_ptr + row * (D0) + tl.arange(0, D0))
             g_P1 = tl.load(g_P1_ptr + row * (D0) + tl.arange(0, D0))
-            t0 = -1.0 * x1
-            f1 = A0 * x0[None, :]
-            t1 = tl.sum(f1, axis=1)
-            f3 = tl.sum(t1, axis=0)
-            t2 = f3 / D0
-            t3 = -1.0 * t2
-            t4 = t3 + tl.zeros((D0,), dtype=tl.float32)
-            t5 = t1 + t4
-            t6 = t5 * t5
-            f9 = tl.sum(t6, axis=0)
-            t7 = f9 / D0
-            t8 = 1e-06 + t7
-            f12 = tl.sqrt(t8)
-            t9 = 1.0 / f12
-            t10 = t9 * t5
-            f15 = t0 + t10
-            t11 = f15 + x0
-            f17 = -1.0 * x2
-            f18 = f17 * t9
-            f19 = -1.0 * t9
-            f20 = t10 * t11
-            f21 = tl.sum(f20, axis=0)
-            f22 = f21 / D0
-            f23 = f19 * f22
-            f24 = t9 + f23
-            f25 = f24 * t5
-            f26 = t0 + f25
-            f27 = tl.sum(t11, axis=0)
-            f28 = f27 / D0
-            f29 = -1.0 * f28
-            f30 = f29 + tl.zeros((D0,), dtype=tl.float32)
-            f31 = f26 + f30
-            f32 = f31 + x0
-            P0 = f18 * f32
-            P1 = x0
+            _, (t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32) = terms(A0, x0, x1, x2, D0)
             b_P1 = g_P1
             b_P0 = g_P0
             h2 = tl.sum(b_P0 * f32, axis=0)
