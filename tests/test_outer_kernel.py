@@ -103,15 +103,16 @@ def test_kernel_factors_and_gradients_match_the_pytorch_terms(name, T, monkeypat
     before = dict(LAUNCHES)
     got = terms(dict(leaves32))
     flat_got = [f for pairs in got.values() for pair in pairs for f in pair]
+    seeds = [s.to(DEVICE) for s in seeds]
     grads_got = torch.autograd.grad(
         sum((f * s.to(f)).sum() for f, s in zip(flat_got, seeds)), list(leaves32.values()))
     assert LAUNCHES["forward"] > before["forward"] and LAUNCHES["backward"] > before["backward"]
     assert list(got) == list(want)
     for f, ref in zip(flat_got, flat_want, strict=True):
         assert f.shape == ref.expand(B, T, H, *ref.shape[3:]).shape
-        assert rel(f, ref.expand_as(f)) < TOL
+        assert rel(f.cpu(), ref.expand_as(f)) < TOL
     for n, x, ref in zip(leaves, grads_got, grads_want, strict=True):
-        assert close(x, ref, TOL), (n, rel(x, ref))
+        assert close(x.cpu(), ref, TOL), (n, rel(x.cpu(), ref))
 
 
 @needs_kernels
@@ -122,7 +123,7 @@ def test_generated_titans_op_runs_the_terms_kernel(monkeypatch):
 
     from nlc.emit import load_layer
     torch.manual_seed(0)
-    layer = load_layer(str(EXAMPLES / "titans.nl"), d_model=32, heads=2, d_head=16)()
+    layer = load_layer(str(EXAMPLES / "titans.nl"), d_model=32, heads=2, d_head=16)().to(DEVICE)
     monkeypatch.setenv("NLC_TRITON", "force")
     before = dict(LAUNCHES)
     layer(torch.randn(1, 20, 32, device=DEVICE)).sum().backward()
@@ -130,8 +131,8 @@ def test_generated_titans_op_runs_the_terms_kernel(monkeypatch):
 
 
 def test_float64_and_cpu_inputs_keep_the_pytorch_terms(monkeypatch):
-    """Without NLC_TRITON=force a CPU tensor never reaches the kernels, and float64 never
-    does: the PyTorch terms run."""
+    """Without NLC_TRITON=force a CPU tensor never reaches the kernels, nor does anything
+    under NLC_TERMS_TRITON=0, nor float64: the PyTorch terms run."""
     from nlc.runtime.library import ops as nl
     from nlc.runtime.library.outer_launch import LAUNCHES
     module, level, kernel, fallback = terms_level("titans")
@@ -142,6 +143,9 @@ def test_float64_and_cpu_inputs_keep_the_pytorch_terms(monkeypatch):
     monkeypatch.setenv("NLC_TRITON", "0")
     terms({n: x.float() for n, x in leaves.items()})
     monkeypatch.setenv("NLC_TRITON", "force")
+    monkeypatch.setenv("NLC_TERMS_TRITON", "0")
+    terms({n: x.float() for n, x in leaves.items()})
+    monkeypatch.delenv("NLC_TERMS_TRITON")
     got = terms(dict(leaves))
     assert LAUNCHES == before
     want = fallback(dict(leaves))

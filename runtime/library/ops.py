@@ -464,9 +464,10 @@ def outer_terms(module_file: str, name: str, fallback, token_names: tuple, ancho
     """A dual-form level's chunk-start terms (`fallback`, its PyTorch `*_outer`) with the
     Triton kernels of the module `name` next to `module_file` behind them where they run
     (runtime/library/outer_launch.py); the same inputs, the same dict of (column, row)
-    pairs."""
+    pairs. NLC_TERMS_TRITON=0 keeps the PyTorch terms (to time the kernels against them)."""
     def terms(inputs: dict) -> dict:
-        if torch.compiler.is_compiling() or not triton_enabled(inputs[token_names[0]]):
+        if (torch.compiler.is_compiling() or os.environ.get("NLC_TERMS_TRITON") == "0"
+                or not triton_enabled(inputs[token_names[0]])):
             return fallback(inputs)
         return kernels(module_file, name).LAUNCHER.terms(fallback, token_names, anchor_names,
                                                          layout, inputs)
