@@ -8,6 +8,8 @@
 #   hope:   issue 17: Hope's LM step eager and as CUDA graphs (batch 2), the Titans LM
 #           step as CUDA graphs (batch 16; also with each chunk compiled by Inductor), and the op / launch / sync counts of one Hope and one
 #           Titans layer on the GPU (benchmarks/launch_count.py --device cuda);
+#   terms:  issue 17: the chunk-start terms kernels' tests on the GPU, and the Titans (batch
+#           16) and Hope (batch 2) LM steps as CUDA graphs with and without them;
 #   recall: issue 19: `nlc bench recall` at the reduced protocol of gpu_session22.sh (5
 #           models x 2 widths x 2 learning rates), with the run folders' metrics copied flat
 #           into $OUT (the device tool leaves out folders nested deeper);
@@ -44,6 +46,14 @@ elif [ "$MODE" = hope ]; then
     --rows hope,hope_graphed --out "$OUT/lm_hope.md"
   timeout 240 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
     --rows titans_graphed,titans_graphed_compiled_chunks --out "$OUT/lm_titans_graphed.md"
+elif [ "$MODE" = terms ]; then
+  NLC_TRITON_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider -x \
+    "$REPO/tests/test_outer_kernel.py" > "$OUT/terms_tests.log" 2>&1
+  tail -5 "$OUT/terms_tests.log"
+  timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
+    --rows titans_graphed,titans_graphed_torch_terms --out "$OUT/lm_titans_terms.md"
+  timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
+    --rows hope_graphed,hope_graphed_torch_terms --out "$OUT/lm_hope_terms.md"
 elif [ "$MODE" = recall ]; then
   timeout 540 python3 -m nlc bench recall "$REPO/examples/deltanet.nl" \
     "$REPO/examples/gated_deltanet.nl" "$REPO/examples/mamba2.nl" \

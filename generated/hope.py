@@ -11,6 +11,7 @@ Level `eta` (spec:58), family frozen-gradient: 2 tensors carried per token.
 Level `alpha` (spec:66), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
 Level `memory` (spec:74), family frozen-gradient: 2 tensors carried per token.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward.
 Level `cms_fast` (spec:100), family frozen-gradient: 2 tensors carried per token.
 Level `cms_mid` (spec:107), family frozen-gradient: 2 tensors carried per token.
 Level `cms_slow` (spec:114), family frozen-gradient: 2 tensors carried per token.
@@ -568,7 +569,14 @@ def SelfModifyingTitans_memory_op(
             chunk=64,
             read_before=True,
             transition=SelfModifyingTitans_memory_transition,
-            pairs=SelfModifyingTitans_memory_pairs,
+            pairs=nl.outer_terms(
+                __file__,
+                "nlc_outer_ab5e6de2",
+                SelfModifyingTitans_memory_pairs,
+                ("k", "eta", "v"),
+                ("M_W1_0", "M_W2_0"),
+                (("drive0", 1), ("drive1", 1)),
+            ),
             lazy_read=True,
         )
 
