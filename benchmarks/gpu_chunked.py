@@ -326,8 +326,9 @@ def profile(model, shape):
         o, ht = fn(x)
         torch.autograd.backward([o, ht], [torch.ones_like(o), torch.ones_like(ht)])
         torch.cuda.synchronize()
-    log(model, shape)
-    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40))
+    log(model, shape, "one forward + backward, CUDA time per kernel")
+    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25,
+                                  max_name_column_width=60))
 
 
 def short(e: BaseException) -> str:
@@ -348,6 +349,9 @@ def main():
     parser.add_argument("--skip", default="",
                         help="MODEL:KERNEL pairs not to time, comma-separated (GLA:fla chunk: "
                              "fla's chunk_gla autotunes for more than a device call lasts)")
+    parser.add_argument("--profile", action="store_true",
+                        help="only the per-kernel CUDA times of ours chunked (torch.profiler), "
+                             "each model at each shape, no timing tables")
     parser.add_argument("--shapes", default="",
                         help="B,T,H,D shapes separated by ';' (default: both of SHAPES)")
     args = parser.parse_args()
@@ -355,6 +359,11 @@ def main():
     shapes = [tuple(int(n) for n in s.split(",")) for s in args.shapes.split(";") if s] \
         or SHAPES
     models = args.models.split(",")
+    if args.profile:
+        for model in models:
+            for shape in shapes:
+                profile(model, shape)
+        return
     try:
         import fla
         fla_version = getattr(fla, "__version__", "?")
@@ -397,11 +406,6 @@ def main():
             log(model, name, text)
             lines.append(f"| {model} | {name} | {text} |")
     lines.append("")
-
-    if os.environ.get("NLC_BENCH_PROFILE"):  # per-kernel times of ours, to see where time goes
-        for model in models[:2]:
-            for shape in SHAPES:
-                profile(model, shape)
 
     impls = [("ours chunked", ours_chunked), ("ours recurrent", ours_recurrent),
              ("fla chunk", lambda m: fla_fn(m, True)),

@@ -215,7 +215,7 @@ class UnitLowerInverse(torch.autograd.Function):
         R = A.shape[-1]
         B = min(pow2(R), 64)
         Rp = -(-R // B) * B
-        a = F.pad(A, (0, Rp - R, 0, Rp - R)).reshape(-1, Rp, Rp).contiguous()
+        a = (F.pad(A, (0, Rp - R, 0, Rp - R)) if Rp > R else A).reshape(-1, Rp, Rp).contiguous()
         nb = Rp // B
         diag = torch.stack([a[:, i * B:(i + 1) * B, i * B:(i + 1) * B] for i in range(nb)], 1)
         blocks = torch.zeros_like(diag)
@@ -328,17 +328,12 @@ def _check(q, k, values, P, Q, read, initial_state, sequences):
 
 
 def _chunks(x, index, valid, fill):
-    """Tokens `[N, H, *]` gathered into whole chunks `[1, H, NC, C, *]` (joint.py's layout);
-    a missing token gets `fill`."""
+    """Tokens `[N, H, *]` gathered into whole chunks `[NC, H, C, *]` (the kernels' layout:
+    joint.py's pieces take any leading dimensions, so they come out in it and need no
+    transposed copy); a missing token gets `fill`."""
     got = x[index.clamp_max(x.shape[0] - 1)]                  # [NC, C, H, *]
     keep = valid.view(*valid.shape, *[1] * (got.dim() - 2))
-    got = torch.where(keep, got, fill)
-    return got.movedim(2, 0).unsqueeze(0)
-
-
-def _pieces(x):
-    """joint.py's `[1, H, NC, ...]` -> the kernels' `[NC, H, ...]`, float32, contiguous."""
-    return x.squeeze(0).transpose(0, 1).float().contiguous()
+    return torch.where(keep, got, fill).transpose(1, 2).contiguous()
 
 
 def chunk_joint(q, k, values, P, Q, *, read=0, initial_state=None, read_before=False,
@@ -369,7 +364,8 @@ def chunk_joint(q, k, values, P, Q, *, read=0, initial_state=None, read_before=F
     x0 = None
     if initial_state is not None:
         x0 = initial_state.float().movedim(2, 3).flatten(-2).contiguous()  # [S, H, V, n K]
-    o, xt = JointStatePass.apply(*map(_pieces, (U, w, a, b, mix, r)), x0, table.offsets, K, n,
+    pieces = (x.contiguous() for x in (U, w, a, b, mix, r))  # float32 already
+    o, xt = JointStatePass.apply(*pieces, x0, table.offsets, K, n,
                                  dot_precision(q.dtype))
     o = o.transpose(1, 2)[valid]                             # [N, H, V], in token order
     return (o.to(values.dtype).reshape(B, T, H, V),
