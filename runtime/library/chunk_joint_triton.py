@@ -9,7 +9,10 @@ mixings' products T[s, t] = P_s ... P_{t-1} (`transfers`), the triangular system
 chunk's C n columns (`intra`: W = U + w X_0^T), each token's read (`outputs`: o = a X_0^T + b W)
 and the end state (`state_pass`: X_C = X_0 (mix (x) I) + W^T r). Those per-chunk pieces are
 independent of the state and run for all chunks at once, in float32, differentiated by
-autograd: batched PyTorch products, and (I - L)^-1 over the chunk's C n columns by
+autograd: T by joint_transfers_triton.py's kernels (one launch each way, where joint.py's
+column loop is C launches forward and more backward), batched PyTorch products with the
+n x n ones as broadcast sums (joint.py's `small_matmul`), and (I - L)^-1 over the chunk's
+C n columns by
 `UnitLowerInverse` (chunk_delta_triton.py's block inverse on diagonal blocks of up to 64,
 block substitution below them). What passes the state from chunk to chunk, and reads it,
 runs here:
@@ -44,7 +47,8 @@ from nlc.runtime.library.chunk_triton import (
     pow2,
     state_launch,
 )
-from nlc.runtime.library.joint import intra, outputs, state_pass, transfers
+from nlc.runtime.library.joint import intra, outputs, state_pass
+from nlc.runtime.library.joint_transfers_triton import Transfers
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -357,7 +361,7 @@ def chunk_joint(q, k, values, P, Q, *, read=0, initial_state=None, read_before=F
         return _chunks(x.float().reshape(B * T, *x.shape[2:]), index, valid, fill)
 
     qc, kc, vc, Qc = (chunked(x) for x in (q, k, values, Q))
-    Tm = transfers(chunked(P, eye))
+    Tm = Transfers.apply(chunked(P, eye))
     U, w = intra(kc, Qc, vc, Tm, inverse=UnitLowerInverse.apply)
     a, b = outputs(qc, kc, Tm, read, read_before)
     mix, r = state_pass(kc, Tm)
