@@ -5,7 +5,8 @@ use. An H200 gives a program at most 227 KiB of shared memory and a thread 255 r
 STACK is the bytes a thread spills.
 
 Covers runtime/library/chunk_rows_triton.py (with the chunk_decay_triton.py kernels it
-reuses), runtime/library/chunk_joint_triton.py (n = 2, float32 pieces),
+reuses), runtime/library/chunk_joint_triton.py (n = 2, float32 pieces) with
+runtime/library/joint_transfers_triton.py,
 runtime/library/dual_triton.py at Titans' shapes (float32, as dual_chunked runs: the scan
 with n = 4 states and d = 2 terms, the reads of the [256, 64] layer with two chunk-start
 states and one pair, and of the [64, 256] one), and, for scale,
@@ -31,6 +32,7 @@ from nlc.runtime.library import (
     chunk_delta_triton,
     chunk_joint_triton,
     dual_triton,
+    joint_transfers_triton,
 )
 from nlc.runtime.library import chunk_rows_triton as rows
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR
@@ -87,13 +89,18 @@ def kernels():
            channel, 4, 3)
     joint = {"H": H, "K": K, "V": V, "n": 2, "R": 2 * BT, "BR": 2 * BT, "RB": 32, "BK": 128,
              "NP": 2, "PREC": "tf32"}
+    warps = chunk_joint_triton.SEQUENTIAL_WARPS
     for BV in (16, 32):
         yield (f"joint states BV={BV}", chunk_joint_triton._states_kernel, (),
-               {**joint, "BV": BV, "HAS_X0": True}, 4, 1)
+               {**joint, "BV": BV, "HAS_X0": True}, warps, 1)
         yield (f"joint state grads BV={BV}", chunk_joint_triton._state_grads_kernel, (),
-               {**joint, "C": BT, "BV": BV, "HAS_DXT": True}, 4, 1)
+               {**joint, "C": BT, "BV": BV, "HAS_DXT": True}, warps, 1)
     yield ("joint output BV=32", chunk_joint_triton._output_kernel, (),
            {**joint, "C": BT, "BV": 32}, 4, 3)
+    transfers = {"C": BT, "n": 2, "CP": 2 * BT, "NN": joint_transfers_triton.NN}
+    yield ("joint transfers", joint_transfers_triton._transfers_kernel, (), transfers, 4, 3)
+    yield ("joint transfers grads", joint_transfers_triton._transfers_grad_kernel, (),
+           transfers, 8, 3)
     scan = {"H": H, "N": 4, "D": 2, "NP": 4, "CP": BT, "DP": 2}
     yield ("dual scan", dual_triton._scan_fwd, (), scan, 1, 3)
     yield ("dual scan grads", dual_triton._scan_bwd, (), scan, 1, 3)

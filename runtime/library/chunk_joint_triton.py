@@ -245,8 +245,12 @@ class UnitLowerInverse(torch.autograd.Function):
 # Blocks: the state's n key blocks whole (NP BK columns: 256 at n = 2, K = 128), values in
 # blocks of state_launch's width (at most 32 here), and a chunk's C n rows in blocks of
 # RB = 32, so no tile is larger than [32, 256] float32 (32 KiB). The sequential kernels run
-# one pipeline stage: their row loop loads w and r, 64 KiB a stage in float32.
+# one pipeline stage: their row loop loads w and r, 64 KiB a stage in float32. They hold
+# the [BV, n K] float32 state and its update at once, so they take 8 warps: with
+# state_launch's 4 they spilled 304 and 768 bytes a thread at BV = 32 (the block the timed
+# (8, 2048, 16, 128) got), none and 64 with 8 (benchmarks/kernel_resources.py).
 ROW_BLOCK = 32
+SEQUENTIAL_WARPS = 8
 
 
 def _tiles(K: int, V: int, n: int, R: int):
@@ -261,12 +265,12 @@ def _pass(u, w, a, b, mix, r, x0, offsets, shape, prec):
     h = torch.empty(NC, H, V, n * K, **f32)
     wout = torch.empty(NC, H, R, V, **f32)
     xt = torch.empty(S, H, V, n * K, **f32)
-    BVs, warps = state_launch(BV, S * H)
+    BVs = state_launch(BV, S * H)[0]
     dims = {"H": H, "K": K, "V": V, "n": n, "R": R, "BR": BR, "RB": RB, "BK": BK, "NP": NP,
             "PREC": prec}
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
         u, w, r, mix, h, wout, x0, xt, offsets, BV=BVs, HAS_X0=x0 is not None, **dims,
-        num_warps=warps, num_stages=1)
+        num_warps=SEQUENTIAL_WARPS, num_stages=1)
     o = torch.empty(NC, H, C, V, **f32)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](a, b, h, wout, o, C=C, BV=BV, **dims,
                                                 num_warps=4)
@@ -297,11 +301,11 @@ class JointStatePass(torch.autograd.Function):
         dh = torch.empty_like(h)
         dw = torch.empty_like(wout)
         dx0 = torch.empty(S, H, V, n * K, dtype=torch.float32, device=do.device)
-        BVs, warps = state_launch(BV, S * H)
+        BVs = state_launch(BV, S * H)[0]
         _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
             a, b, w, r, mix, do, dh, dw, dxt.contiguous() if dxt is not None else None, dx0,
             offsets, H=H, K=K, V=V, n=n, C=C, R=R, BR=BR, RB=RB, BK=BK, NP=NP, BV=BVs,
-            HAS_DXT=dxt is not None, PREC=prec, num_warps=warps, num_stages=1)
+            HAS_DXT=dxt is not None, PREC=prec, num_warps=SEQUENTIAL_WARPS, num_stages=1)
         # the pieces' gradients: products over the value axis, every chunk at once
         d_w = dw @ h
         d_a = do @ h

@@ -13,7 +13,7 @@ its column `[C + 1, n n]` in registers and walks t:
     backward:  G_C = dT[:, C],   dM_t = column_t^T G_{t+1},   G_t = dT[:, t] + G_{t+1} M_t^T,
 
 with M_t = I_n (x) P_t acting on a column's flattened (j, i) entries (block j of M_t is P_t),
-so dP_t[l, i] = sum_j dM_t[(j, l), (j, i)]. The columns are [CP, 16] tiles (n n <= 16: at most
+so dP_t[l, i] = sum_j dM_t[(j, l), (j, i)] (two more [16, 16] products). The columns are [CP, 16] tiles (n n <= 16: at most
 4 states, JOINT_MAX_STATES) and each step is one [CP, 16] x [16, 16] product in float32
 (ieee: the products feed a triangular solve)."""
 
@@ -68,20 +68,19 @@ def _transfers_grad_kernel(p, tm, dt, dp, C: tl.constexpr, n: tl.constexpr, CP: 
     """Per (chunk, head), t from C - 1 down to 0: dP_t from the column T[:, t] and G_{t+1}."""
     g = tl.program_id(0)
     s, offset, m, diag = _columns(g, C, n, CP, NN)
-    a = tl.arange(0, NN)[:, None, None]
-    b = tl.arange(0, NN)[None, :, None]
-    c = tl.arange(0, NN)[None, None, :]
-    # dP[l, i] (at c = l n + i) gathers dM[(j, l), (j, i)] over j
-    pick = (a // n == b // n) & (a % n == c // n) & (b % n == c % n) & (a < n * n) \
-        & (b < n * n)
+    a = tl.arange(0, NN)[:, None]
+    b = tl.arange(0, NN)[None, :]
+    # dP[l, i] = sum_j dM[(j, l), (j, i)] = (F^T (dM * same j) F)[l, i], F[(j, l), l'] = [l == l']
+    same = (a // n == b // n) & (a < n * n) & (b < n * n)
+    fold = tl.where((a % n == b) & (a < n * n), 1.0, 0.0)
     grad = tl.load(dt + offset + C * n * n, mask=m, other=0.0)
-    o_c = tl.arange(0, NN)
     for j in range(C):
         t = C - 1 - j
         col = tl.load(tm + offset + t * n * n, mask=m, other=0.0)
-        dM = tl.dot(tl.trans(col), grad, input_precision="ieee")
-        dP = tl.sum(tl.sum(tl.where(pick, dM[:, :, None], 0.0), 0), 0)
-        tl.store(dp + (g * C + t) * n * n + o_c, dP, mask=o_c < n * n)
+        dM = tl.where(same, tl.dot(tl.trans(col), grad, input_precision="ieee"), 0.0)
+        dP = tl.dot(tl.dot(tl.trans(fold), dM, input_precision="ieee"), fold,
+                    input_precision="ieee")
+        tl.store(dp + (g * C + t) * n * n + a * n + b, dP, mask=(a < n) & (b < n))
         M = _step_matrix(p + (g * C + t) * n * n, n, NN)
         grad = tl.load(dt + offset + t * n * n, mask=m, other=0.0) \
             + tl.dot(grad, tl.trans(M), input_precision="ieee")
@@ -107,5 +106,6 @@ class Transfers(torch.autograd.Function):
         C, n = p.shape[-3], p.shape[-1]
         dP = torch.empty_like(p)
         _transfers_grad_kernel[(p.numel() // (C * n * n),)](
-            p, T, dT.contiguous(), dP, C=C, n=n, CP=pow2(C + 1), NN=NN, num_warps=4)
+            p, T, dT.contiguous(), dP, C=C, n=n, CP=pow2(C + 1), NN=NN,
+            num_warps=8)  # 4 spill 350 bytes at n = 3, 4 (benchmarks/kernel_resources.py)
         return dP
