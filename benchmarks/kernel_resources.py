@@ -30,7 +30,9 @@ import triton
 from nlc.runtime.library import (
     chunk_decay_triton,
     chunk_delta_triton,
+    chunk_dplr_triton,
     chunk_joint_triton,
+    chunk_kda_triton,
     dual_triton,
     joint_transfers_triton,
 )
@@ -101,6 +103,7 @@ def kernels():
     yield ("joint transfers", joint_transfers_triton._transfers_kernel, (), transfers, 4, 3)
     yield ("joint transfers grads", joint_transfers_triton._transfers_grad_kernel, (),
            transfers, 8, 3)
+    yield from _kda_dplr()
     scan = {"H": H, "N": 4, "D": 2, "NP": 4, "CP": BT, "DP": 2}
     yield ("dual scan", dual_triton._scan_fwd, (), scan, 1, 3)
     yield ("dual scan grads", dual_triton._scan_bwd, (), scan, 1, 3)
@@ -121,6 +124,39 @@ def kernels():
            ("q", "k", "v", "h", "delta", "do", "dq", "dk", "dv", "w"),
            {**tiles, "V": V, "BV": 32, "DELTA": True, "HAS_G": True,
             "FLOOR": LOG_DECAY_FLOOR}, 8, 3)
+
+
+def _kda_dplr():
+    """chunk_kda_triton.py and chunk_dplr_triton.py as their host code launches them at
+    (8, 2048, 16, 128) (S H = 128 programs: state_launch's BV = 32, 4 warps), with the
+    chunk_decay_triton.py score kernels they call: every kernel of the profiled forward +
+    backward in docs/perf.md ("Structure of the slow chunked kernels")."""
+    inputs = ("q", "k", "v", "a", "b", "beta", "ld", "h", "w", "u", "delta", "d", "do", "dq",
+              "dk", "dv", "da", "db", "o", "k2", "v2", "x", "y")
+    tiles = {"H": H, "K": K, "BT": BT, "BK": 128, "PREC": "tf32"}
+    for strict in (False, True):
+        yield (f"decay scores STRICT={strict}", chunk_decay_triton._scores_kernel, inputs,
+               {**tiles, "STRICT": strict}, 4, 3)
+        for acc in (False, True):
+            yield (f"decay intra grads STRICT={strict} ACC={acc}",
+                   chunk_decay_triton._intra_grads_kernel, inputs,
+                   {**tiles, "STRICT": strict, "ACC": acc}, 4, 3)
+    yield ("decay dscores BV=32", chunk_decay_triton._dscores_kernel, inputs,
+           {"H": H, "V": V, "BT": BT, "BV": 32, "PREC": "tf32"}, 4, 3)
+    for two, name in ((False, "kda"), (True, "dplr")):
+        yield (f"{name} states BV=32", chunk_kda_triton._states_kernel, inputs,
+               {**tiles, "V": V, "BV": 32, "HAS_H0": True, "TWO": two}, 4, 3)
+        yield (f"{name} output BV=64", chunk_decay_triton._output_kernel, inputs,
+               {**tiles, "V": V, "BV": 64, "TWO": two}, 4, 3)
+    yield ("kda state grads BV=32", chunk_kda_triton._state_grads_kernel, inputs,
+           {**tiles, "V": V, "BV": 32, "HAS_DHT": True}, 4, 3)
+    yield ("kda wu", chunk_kda_triton._wu_kernel, inputs, {**tiles, "V": V, "BV": 64}, 4, 3)
+    yield ("dplr wu", chunk_dplr_triton._wu_kernel, inputs, {**tiles, "V": V, "BV": 64}, 4, 3)
+    for name, module in (("kda", chunk_kda_triton), ("dplr", chunk_dplr_triton)):
+        yield (f"{name} key grads BV=32", module._key_grads_kernel, inputs,
+               {**tiles, "V": V, "BV": 32}, 8, 3)
+        yield (f"{name} combine", module._combine_kernel, inputs,
+               {"H": H, "K": K, "BT": BT, "BK": 128, "FLOOR": LOG_DECAY_FLOOR}, 8, 3)
 
 
 def main():
