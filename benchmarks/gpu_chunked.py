@@ -41,6 +41,8 @@ fla's first calls autotune for a long time (84.7 s for `chunk_delta_rule` on an 
 `chunk_gla` did not return within about 7 minutes): `--skip-cold` leaves that section out
 (`--cold` picks the models it times),
 `--models` picks models, and each timing table is written to --out as soon as it is done.
+`--profile` prints instead each model's per-kernel CUDA times of ours chunked (torch.profiler,
+one forward + backward after two warm-up calls) at each of `--shapes`.
 
 Usage (nlc installed, from outside the checkout's root):
     python benchmarks/gpu_chunked.py --out perf.md

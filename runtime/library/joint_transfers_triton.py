@@ -4,18 +4,19 @@
     T[s, t] = P_s ... P_{t-1}   (T[t, t] = I, 0 for s > t),   each an n x n matrix,
 
 for every chunk at once. joint.py builds T column by column, t from 0 to C, as a loop of C
-batched PyTorch products over all chunks: with autograd that is about 1,200 launches for a
-forward + backward at C = 64 (n x n products, selects and their backward's zero fills), and
-each launch touches a whole column of every chunk. Here one program per (chunk, head) keeps
-its column `[C + 1, n n]` in registers and walks t:
+batched PyTorch products over all chunks: with autograd, about 1,700 operations for a forward
++ backward at C = 64 and n = 2 (the n x n products as broadcast sums, selects and their
+backward's zero fills; docs/perf.md, "Structure of the slow chunked kernels"), each touching
+a whole column of every chunk. Here one program per (chunk, head) keeps its column
+`[C + 1, n n]` in registers and walks t:
 
     forward:   column_0 = e_0 (x) I,   column_{t+1} = column_t M_t + e_{t+1} (x) I,
     backward:  G_C = dT[:, C],   dM_t = column_t^T G_{t+1},   G_t = dT[:, t] + G_{t+1} M_t^T,
 
 with M_t = I_n (x) P_t acting on a column's flattened (j, i) entries (block j of M_t is P_t),
-so dP_t[l, i] = sum_j dM_t[(j, l), (j, i)] (two more [16, 16] products). The columns are [CP, 16] tiles (n n <= 16: at most
-4 states, JOINT_MAX_STATES) and each step is one [CP, 16] x [16, 16] product in float32
-(ieee: the products feed a triangular solve)."""
+so dP_t[l, i] = sum_j dM_t[(j, l), (j, i)] (two more [16, 16] products). The columns are
+[CP, 16] tiles (n n <= 16: at most 4 states, JOINT_MAX_STATES) and each step is one
+[CP, 16] x [16, 16] product in float32 (ieee: the products feed a triangular solve)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _transfers_grad_kernel(p, tm, dt, dp, C: tl.constexpr, n: tl.constexpr, CP: 
                            NN: tl.constexpr):
     """Per (chunk, head), t from C - 1 down to 0: dP_t from the column T[:, t] and G_{t+1}."""
     g = tl.program_id(0)
-    s, offset, m, diag = _columns(g, C, n, CP, NN)
+    _, offset, m, _ = _columns(g, C, n, CP, NN)
     a = tl.arange(0, NN)[:, None]
     b = tl.arange(0, NN)[None, :]
     # dP[l, i] = sum_j dM[(j, l), (j, i)] = (F^T (dM * same j) F)[l, i], F[(j, l), l'] = [l == l']
