@@ -89,16 +89,16 @@ def kernels():
            ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True}, 4, 3)
     yield ("rows dM (decay scores)", chunk_decay_triton._scores_kernel, ("q", "k"),
            channel, 4, 3)
-    joint = {"H": H, "K": K, "V": V, "n": 2, "R": 2 * BT, "BR": 2 * BT, "RB": 32, "BK": 128,
-             "NP": 2, "PREC": "tf32"}
+    joint = {"H": H, "K": K, "V": V, "n": 2, "C": BT, "R": 2 * BT, "BR": 2 * BT, "RB": 32,
+             "BK": 128, "NP": 2, "PREC": "tf32"}
     warps = chunk_joint_triton.SEQUENTIAL_WARPS
     for BV in (16, 32):
         yield (f"joint states BV={BV}", chunk_joint_triton._states_kernel, (),
                {**joint, "BV": BV, "HAS_X0": True}, warps, 1)
         yield (f"joint state grads BV={BV}", chunk_joint_triton._state_grads_kernel, (),
-               {**joint, "C": BT, "BV": BV, "HAS_DXT": True}, warps, 1)
+               {**joint, "BV": BV, "HAS_DXT": True}, warps, 1)
     yield ("joint output BV=32", chunk_joint_triton._output_kernel, (),
-           {**joint, "C": BT, "BV": 32}, 4, 3)
+           {**joint, "BV": 32}, 4, 3)
     transfers = {"C": BT, "n": 2, "CP": 2 * BT, "NN": joint_transfers_triton.NN}
     yield ("joint transfers", joint_transfers_triton._transfers_kernel, (), transfers, 4, 3)
     yield ("joint transfers grads", joint_transfers_triton._transfers_grad_kernel, (),
