@@ -108,7 +108,8 @@ def _end_rows(tail, k, base, rows, m_r, m_d, C: tl.constexpr, K: tl.constexpr,
               n: tl.constexpr, BK: tl.constexpr, NP: tl.constexpr):
     """Rows `rows` of the chunk's r = T[s+1, C] (x) k_s (`[C n, n K]`: row s n + j, column
     block i), built from its factors: `tail` `[..., C, n, n]` (T[s+1, C]) and the keys
-    `[..., C, K]`, both float32, so r is never stored (4 KiB a chunk where r takes 128)."""
+    `[..., C, K]`, both float32, so the forward never stores r (33 KiB a chunk at n = 2,
+    K = 128, where r takes 128)."""
     o_d = tl.arange(0, NP * BK)
     s, j = rows // n, rows % n
     m = m_r[:, None] & m_d[None, :]
