@@ -25,10 +25,9 @@ the state from chunk to chunk, and reads it, runs here:
 
 and the pieces' gradients are batched products over the value axis (dU = dW, dw = dW X,
 da = dO X, db = dO W^T, dr = W dX' folded onto r's factors, dmix from X and dX'). One
-state per chunk is stored
-and nothing per token but W. Tokens are gathered into whole chunks (a chunk never spans two
-sequences of `cu_seqlens`); the missing tokens of a sequence's last chunk get P = I, Q = 0
-and no value, so they carry the state through unchanged. The mixing X (mix (x) I) works on
+state per chunk is stored and nothing per token but W. Tokens are gathered into whole chunks
+(a chunk never spans two sequences of `cu_seqlens`); the missing tokens of a sequence's last
+chunk get P = I, Q = 0 and no value, so they carry the state through unchanged. The mixing X (mix (x) I) works on
 the state as n blocks of K columns."""
 
 from __future__ import annotations
@@ -288,8 +287,7 @@ def _pass(u, w, a, b, mix, tail, k, x0, offsets, shape, prec):
             "PREC": prec}
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
         u, w, tail, k, mix, h, wout, x0, xt, offsets, C=C, BV=BVs, HAS_X0=x0 is not None,
-        **dims,
-        num_warps=SEQUENTIAL_WARPS, num_stages=1)
+        **dims, num_warps=SEQUENTIAL_WARPS, num_stages=1)
     o = torch.empty(NC, H, C, V, **f32)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](a, b, h, wout, o, C=C, BV=BV, **dims,
                                                 num_warps=4)
@@ -402,8 +400,7 @@ def chunk_joint(q, k, values, P, Q, *, read=0, initial_state=None, read_before=F
     if initial_state is not None:
         x0 = initial_state.float().movedim(2, 3).flatten(-2).contiguous()  # [S, H, V, n K]
     pieces = (x.contiguous() for x in (U, w, a, b, mix, tail, kc))  # float32 already
-    o, xt = JointStatePass.apply(*pieces, x0, table.offsets, K, n,
-                                 dot_precision(q.dtype))
+    o, xt = JointStatePass.apply(*pieces, x0, table.offsets, K, n, dot_precision(q.dtype))
     o = o.transpose(1, 2)[valid]                             # [N, H, V], in token order
     return (o.to(values.dtype).reshape(B, T, H, V),
             xt.unflatten(-1, (n, K)).movedim(3, 2))
