@@ -27,8 +27,8 @@ and the pieces' gradients are batched products over the value axis (dU = dW, dw 
 da = dO X, db = dO W^T, dr = W dX' folded onto r's factors, dmix from X and dX'). One
 state per chunk is stored and nothing per token but W. Tokens are gathered into whole chunks
 (a chunk never spans two sequences of `cu_seqlens`); the missing tokens of a sequence's last
-chunk get P = I, Q = 0 and no value, so they carry the state through unchanged. The mixing X (mix (x) I) works on
-the state as n blocks of K columns."""
+chunk get P = I, Q = 0 and no value, so they carry the state through unchanged. The mixing
+X (mix (x) I) works on the state as n blocks of K columns."""
 
 from __future__ import annotations
 
