@@ -4,7 +4,7 @@
     T[s, t] = P_s ... P_{t-1}   (T[t, t] = I, 0 for s > t),   each an n x n matrix,
 
 for every chunk at once. joint.py builds T column by column, t from 0 to C, as a loop of C
-batched PyTorch products over all chunks: with autograd, about 1,700 operations for a forward
+batched PyTorch products over all chunks: with autograd, about 1,800 operations for a forward
 + backward at C = 64 and n = 2 (the n x n products as broadcast sums, selects and their
 backward's zero fills; docs/perf.md, "Structure of the slow chunked kernels"), each touching
 a whole column of every chunk. Here one program per (chunk, head) keeps its column
