@@ -4,12 +4,16 @@
 
 Level `k` (spec:42), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `v` (spec:50), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `eta` (spec:58), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `alpha` (spec:66), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `memory` (spec:74), family frozen-gradient: 2 tensors carried per token.
   Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward.
 Level `cms_fast` (spec:100), family frozen-gradient: 2 tensors carried per token.
@@ -104,6 +108,15 @@ def SelfModifyingTitans_mlp_memory_pairs(inputs, W1_0, W2_0):
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
 
 
+SelfModifyingTitans_mlp_memory_pairs_terms = nl.shared_outer_terms(
+    __file__,
+    "nlc_outer_ab5e6de2",
+    SelfModifyingTitans_mlp_memory_pairs,
+    ("k", "eta", "v"),
+    (("drive0", 1), ("drive1", 1)),
+)
+
+
 def SelfModifyingTitans_mlp_memory_read(inputs, W1_0, W2_0):
     """The memories of levels k, v, eta, alpha applied to their input: the same but for the names of their states (the members' reads run it once, stacked)."""
     h = inputs["h"]
@@ -166,7 +179,7 @@ def SelfModifyingTitans_k_combine(state, inputs):
 def SelfModifyingTitans_k_pairs(inputs):
     """Level `k`'s chunk-start terms as per-token outer products (column, row),
     which its transition weighs instead of building each token's matrix."""
-    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["K_W1_0"], inputs["K_W2_0"])
+    return SelfModifyingTitans_mlp_memory_pairs_terms(inputs, inputs["K_W1_0"], inputs["K_W2_0"])
 
 
 def SelfModifyingTitans_k_transition(inputs):
@@ -240,7 +253,7 @@ def SelfModifyingTitans_v_combine(state, inputs):
 def SelfModifyingTitans_v_pairs(inputs):
     """Level `v`'s chunk-start terms as per-token outer products (column, row),
     which its transition weighs instead of building each token's matrix."""
-    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["V_W1_0"], inputs["V_W2_0"])
+    return SelfModifyingTitans_mlp_memory_pairs_terms(inputs, inputs["V_W1_0"], inputs["V_W2_0"])
 
 
 def SelfModifyingTitans_v_transition(inputs):
@@ -316,7 +329,7 @@ def SelfModifyingTitans_eta_combine(state, inputs):
 def SelfModifyingTitans_eta_pairs(inputs):
     """Level `eta`'s chunk-start terms as per-token outer products (column, row),
     which its transition weighs instead of building each token's matrix."""
-    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["E_W1_0"], inputs["E_W2_0"])
+    return SelfModifyingTitans_mlp_memory_pairs_terms(inputs, inputs["E_W1_0"], inputs["E_W2_0"])
 
 
 def SelfModifyingTitans_eta_transition(inputs):
@@ -400,7 +413,7 @@ def SelfModifyingTitans_alpha_combine(state, inputs):
 def SelfModifyingTitans_alpha_pairs(inputs):
     """Level `alpha`'s chunk-start terms as per-token outer products (column, row),
     which its transition weighs instead of building each token's matrix."""
-    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["A_W1_0"], inputs["A_W2_0"])
+    return SelfModifyingTitans_mlp_memory_pairs_terms(inputs, inputs["A_W1_0"], inputs["A_W2_0"])
 
 
 def SelfModifyingTitans_alpha_transition(inputs):
@@ -482,7 +495,7 @@ def SelfModifyingTitans_memory_combine(state, inputs):
 def SelfModifyingTitans_memory_pairs(inputs):
     """Level `memory`'s chunk-start terms as per-token outer products (column, row),
     which its transition weighs instead of building each token's matrix."""
-    return SelfModifyingTitans_mlp_memory_pairs(inputs, inputs["M_W1_0"], inputs["M_W2_0"])
+    return SelfModifyingTitans_mlp_memory_pairs_terms(inputs, inputs["M_W1_0"], inputs["M_W2_0"])
 
 
 def SelfModifyingTitans_memory_transition(inputs):
@@ -569,14 +582,7 @@ def SelfModifyingTitans_memory_op(
             chunk=64,
             read_before=True,
             transition=SelfModifyingTitans_memory_transition,
-            pairs=nl.outer_terms(
-                __file__,
-                "nlc_outer_ab5e6de2",
-                SelfModifyingTitans_memory_pairs,
-                ("k", "eta", "v"),
-                ("M_W1_0", "M_W2_0"),
-                (("drive0", 1), ("drive1", 1)),
-            ),
+            pairs=SelfModifyingTitans_memory_pairs,
             lazy_read=True,
         )
 
@@ -636,7 +642,7 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_k_transition,
             SelfModifyingTitans_k_pairs,
             (
-                SelfModifyingTitans_mlp_memory_pairs,
+                SelfModifyingTitans_mlp_memory_pairs_terms,
                 ("K_W1_0", "K_W2_0"),
                 SelfModifyingTitans_mlp_memory_transition,
                 ("K_W1", "K_W2"),
@@ -658,7 +664,7 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_v_transition,
             SelfModifyingTitans_v_pairs,
             (
-                SelfModifyingTitans_mlp_memory_pairs,
+                SelfModifyingTitans_mlp_memory_pairs_terms,
                 ("V_W1_0", "V_W2_0"),
                 SelfModifyingTitans_mlp_memory_transition,
                 ("V_W1", "V_W2"),
@@ -680,7 +686,7 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_eta_transition,
             SelfModifyingTitans_eta_pairs,
             (
-                SelfModifyingTitans_mlp_memory_pairs,
+                SelfModifyingTitans_mlp_memory_pairs_terms,
                 ("E_W1_0", "E_W2_0"),
                 SelfModifyingTitans_mlp_memory_transition,
                 ("E_W1", "E_W2"),
@@ -702,7 +708,7 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
             SelfModifyingTitans_alpha_transition,
             SelfModifyingTitans_alpha_pairs,
             (
-                SelfModifyingTitans_mlp_memory_pairs,
+                SelfModifyingTitans_mlp_memory_pairs_terms,
                 ("A_W1_0", "A_W2_0"),
                 SelfModifyingTitans_mlp_memory_transition,
                 ("A_W1", "A_W2"),

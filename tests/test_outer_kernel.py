@@ -151,3 +151,71 @@ def test_float64_and_cpu_inputs_keep_the_pytorch_terms(monkeypatch):
     want = fallback(dict(leaves))
     assert all(torch.equal(a, b) for k in want for p, q in zip(got[k], want[k])
                for a, b in zip(p, q))
+
+
+@needs_kernels
+def test_shared_pairs_wrapper_matches_the_shared_function(monkeypatch):
+    """Hope's five MLP memories share one pairs function; the wrapper the generated code
+    calls (`nl.shared_outer_terms`, anchors as arguments, as a group passes its members'
+    stacked anchors) against that function in float64: factors and every gradient."""
+    from nlc.runtime.library.outer_launch import LAUNCHES
+    module, level, kernel, _ = terms_level("hope")
+    shared = module.SelfModifyingTitans_mlp_memory_pairs
+    wrapped = module.SelfModifyingTitans_mlp_memory_pairs_terms
+    leaves = leaves_of(level, kernel, DIMS["hope"], 8, 17, 2)   # 4 members x B = 2, stacked
+    tokens = {n: x.requires_grad_() for n, x in leaves.items() if n in kernel.tokens}
+    anchors = [leaves[a].requires_grad_() for a in kernel.anchors]
+    want = shared(dict(tokens), *anchors)
+    flat_want = [f for pairs in want.values() for pair in pairs for f in pair]
+    g = torch.Generator().manual_seed(3)
+    seeds = [torch.randn(f.expand(8, 17, 2, *f.shape[3:]).shape, generator=g,
+                         dtype=torch.float64) for f in flat_want]
+    leaves64 = [*tokens.values(), *anchors]
+    grads_want = torch.autograd.grad(sum((f * s).sum() for f, s in zip(flat_want, seeds)),
+                                     leaves64)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    tokens32 = {n: x.detach().to(DEVICE, torch.float32).requires_grad_()
+                for n, x in tokens.items()}
+    anchors32 = [a.detach().to(DEVICE, torch.float32).requires_grad_() for a in anchors]
+    before = dict(LAUNCHES)
+    got = wrapped(dict(tokens32), *anchors32)
+    flat_got = [f for pairs in got.values() for pair in pairs for f in pair]
+    grads_got = torch.autograd.grad(
+        sum((f * s.to(f)).sum() for f, s in zip(flat_got, seeds)),
+        [*tokens32.values(), *anchors32])
+    assert LAUNCHES["forward"] > before["forward"] and LAUNCHES["backward"] > before["backward"]
+    for f, ref in zip(flat_got, flat_want, strict=True):
+        assert rel(f.cpu(), ref.expand_as(f)) < TOL
+    for x, ref in zip(grads_got, grads_want, strict=True):
+        assert close(x.cpu(), ref, TOL), rel(x.cpu(), ref)
+
+
+@needs_kernels
+def test_hope_layer_runs_the_terms_kernels_for_its_group_and_main_memory(monkeypatch):
+    """The self-modifying Titans layer of examples/hope.nl, chunked in float32: with the
+    kernels forced its group's members and its main memory go through them, and the output
+    and every parameter's gradient agree with the PyTorch terms' run."""
+    from nlc.runtime.library.outer_launch import LAUNCHES
+    module = load_module(str(EXAMPLES / "hope.nl"), DIMS["hope"])
+    torch.manual_seed(0)
+    layer = module.SelfModifyingTitans(d_model=32, heads=2, d_head=8).to(DEVICE)
+    x = torch.randn(1, 40, 32, device=DEVICE)
+
+    def run():
+        xx = x.clone().requires_grad_()
+        y = layer(xx)
+        names = ["x", *(n for n, _ in layer.named_parameters())]
+        grads = torch.autograd.grad((y * y).sum(), [xx, *layer.parameters()],
+                                    allow_unused=True)
+        return y.detach(), dict(zip(names, grads))
+    monkeypatch.setenv("NLC_TRITON", "0")
+    want, want_grads = run()
+    monkeypatch.setenv("NLC_TRITON", "force")
+    before = dict(LAUNCHES)
+    got, got_grads = run()
+    # the group's four members as one stacked call, and the main memory: per chunk
+    assert LAUNCHES["forward"] - before["forward"] >= 2
+    assert rel(got.cpu(), want.cpu()) < 1e-4
+    for n, ref in want_grads.items():
+        if ref is not None:
+            assert close(got_grads[n].cpu(), ref.cpu(), 1e-4), (n, rel(got_grads[n], ref))

@@ -5,7 +5,7 @@ Sizes are printed from the plan's SymPy sizes: `self.d_k` in the class, the op's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
@@ -13,7 +13,7 @@ from nlc.derive.execution import Attention
 from nlc.derive.symbols import shifted_name
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.group_reads import shared_reads
-from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel
+from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel, _tuple
 from nlc.emit.names import local
 from nlc.emit.render import prose
 from nlc.errors import NlcError
@@ -88,6 +88,12 @@ class PrintedShared:
     params: str
     body: list[str]
     doc: object             # Prose
+    # shared pairs with terms kernels (nlc/emit/outer_render.py): the wrapper the levels
+    # call, the kernels' module and source, and the wrapper's arguments after the module
+    terms: str = ""
+    kernel: str | None = None
+    kernel_source: str = field(default="", metadata={"template": 0})
+    kernel_args: str = ""
 
 
 @dataclass
@@ -223,11 +229,12 @@ class LayerPrinter:
                     name, ", ".join(["inputs", *params]), list(body),
                     prose(f"The {kind} of levels {levels_text}: their rules are the same "
                           "but for the names of their states.")))
+                called = self.shared_terms(out[-1], users) if kind == "pairs" else name
                 for pl, call in users:
-                    pl.frozen[kind] = call(name)
+                    pl.frozen[kind] = call(called)
                     if kind in ("pairs", "transition"):
                         canon = {c: n for n, c in self.printers[pl.name].canonical().items()}
-                        pl.cores[kind] = (name, tuple(canon[c] for c in params))
+                        pl.cores[kind] = (called, tuple(canon[c] for c in params))
         for pl in levels:  # a group runs members that share both as one batch
             if pl.group and {"pairs", "transition"} <= set(pl.cores):
                 (pairs, anchors), (transition, _) = pl.cores["pairs"], pl.cores["transition"]
@@ -236,6 +243,33 @@ class LayerPrinter:
         taken = {s.name for s in out}
         out += shared_reads(self, levels, taken)
         return out + self.shared_by_role(levels, taken)
+
+    def shared_terms(self, shared: PrintedShared, users: list) -> str:
+        """The name the users of the shared pairs `shared` call: a wrapper with the terms
+        kernels behind it (`nl.shared_outer_terms`), or the function itself where the
+        first user's terms do not print. The users' own wrappers of their pairs go: the
+        shared one holds the kernels for all of them."""
+        from nlc.emit.outer_render import outer_kernel
+        from nlc.emit.tl_step_printer import StepPrintError
+        lp = self.plan.level(users[0][0].name)
+        printer = self.printers[lp.name]
+        try:
+            kernel = outer_kernel(lp, lp.execution, printer.spec_dims)
+        except StepPrintError:
+            return shared.name
+        if list(kernel.anchors) != [a for a in printer.anchor_names if a in kernel.anchors]:
+            return shared.name  # the kernel takes the anchors in another order than the function
+        shared.terms, shared.kernel, shared.kernel_source = (f"{shared.name}_terms",
+                                                             kernel.module, kernel.source)
+        shared.kernel_args = (f"{_tuple(repr(n) for n in kernel.tokens)}, "
+                              f"{_tuple(f'({n!r}, {k})' for n, k in kernel.layout)}")
+        for pl, _ in users:
+            if pl.outer_kernel is None:
+                pl.notes.append(prose("on CUDA its chunk-start terms run as the Triton kernels "
+                                      f"of {kernel.module}.py, forward and backward, through "
+                                      f"{shared.terms}"))
+            pl.outer_kernel, pl.outer_source = None, ""
+        return shared.terms
 
     def shared_by_role(self, levels: list[PrintedLevel], taken: set) -> list[PrintedShared]:
         """Levels whose steps (or `every C tokens` drives, combines, reads) print the same

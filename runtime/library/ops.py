@@ -474,6 +474,18 @@ def outer_terms(module_file: str, name: str, fallback, token_names: tuple, ancho
     return terms
 
 
+def shared_outer_terms(module_file: str, name: str, fallback, token_names: tuple,
+                       layout: tuple):
+    """`outer_terms` for a function several levels share, which takes its anchors as
+    arguments: `fallback(inputs, *anchors)` (Hope's MLP memories' pairs, called per level
+    and for a group's members stacked)."""
+    def terms(inputs: dict, *anchors) -> dict:
+        names = tuple(f"A{i}" for i in range(len(anchors)))
+        return outer_terms(module_file, name, lambda _: fallback(inputs, *anchors),
+                           token_names, names, layout)({**inputs, **dict(zip(names, anchors))})
+    return terms
+
+
 class LinearRecorder:
     """Records, for every `nn.Linear` of a model, the inputs of the last forward pass and the
     gradients of its outputs (what a level `over gradients u, inputs x` sees, e.g. DGD)."""
