@@ -208,12 +208,10 @@ class Memora(nn.Module):
             nn.init.uniform_(self.conv0, -0.5, 0.5)
             nn.init.uniform_(self.conv1, -0.5, 0.5)
             nn.init.uniform_(self.conv2, -0.5, 0.5)
-            self.memory_M_W1_init.copy_(
-                torch.softmax(0.02 * torch.randn_like(self.memory_M_W1_init), dim=-1)
-            )
-            self.memory_M_W2_init.copy_(
-                torch.softmax(0.02 * torch.randn_like(self.memory_M_W2_init), dim=-1)
-            )
+            # logits: the state is their row softmax, so training keeps it on the simplex
+            nn.init.normal_(self.memory_M_W1_init, std=0.02)
+            # logits: the state is their row softmax, so training keeps it on the simplex
+            nn.init.normal_(self.memory_M_W2_init, std=0.02)
 
     def parameter_groups(self):
         """Parameters by the level that learns them, each with its period in optimizer steps
@@ -247,8 +245,12 @@ class Memora(nn.Module):
         return {
             "memory": memory_initial_state(batch, self.heads, ref, self.d_head)
             | {
-                "M_W1": self.memory_M_W1_init.unsqueeze(0).expand(batch, -1, -1, -1),
-                "M_W2": self.memory_M_W2_init.unsqueeze(0).expand(batch, -1, -1, -1),
+                "M_W1": torch.softmax(self.memory_M_W1_init, dim=-1)
+                .unsqueeze(0)
+                .expand(batch, -1, -1, -1),
+                "M_W2": torch.softmax(self.memory_M_W2_init, dim=-1)
+                .unsqueeze(0)
+                .expand(batch, -1, -1, -1),
             },
         }
 
