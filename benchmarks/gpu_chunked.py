@@ -41,6 +41,8 @@ fla's first calls autotune for a long time (84.7 s for `chunk_delta_rule` on an 
 `chunk_gla` did not return within about 7 minutes): `--skip-cold` leaves that section out
 (`--cold` picks the models it times),
 `--models` picks models, and each timing table is written to --out as soon as it is done.
+`--profile` prints instead each model's per-kernel CUDA times of ours chunked (torch.profiler,
+one forward + backward after two warm-up calls) at each of `--shapes`.
 
 Usage (nlc installed, from outside the checkout's root):
     python benchmarks/gpu_chunked.py --out perf.md
@@ -326,8 +328,9 @@ def profile(model, shape):
         o, ht = fn(x)
         torch.autograd.backward([o, ht], [torch.ones_like(o), torch.ones_like(ht)])
         torch.cuda.synchronize()
-    log(model, shape)
-    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40))
+    log(model, shape, "one forward + backward, CUDA time per kernel")
+    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25,
+                                  max_name_column_width=60))
 
 
 def short(e: BaseException) -> str:
@@ -348,6 +351,9 @@ def main():
     parser.add_argument("--skip", default="",
                         help="MODEL:KERNEL pairs not to time, comma-separated (GLA:fla chunk: "
                              "fla's chunk_gla autotunes for more than a device call lasts)")
+    parser.add_argument("--profile", action="store_true",
+                        help="only the per-kernel CUDA times of ours chunked (torch.profiler), "
+                             "each model at each shape, no timing tables")
     parser.add_argument("--shapes", default="",
                         help="B,T,H,D shapes separated by ';' (default: both of SHAPES)")
     args = parser.parse_args()
@@ -355,6 +361,11 @@ def main():
     shapes = [tuple(int(n) for n in s.split(",")) for s in args.shapes.split(";") if s] \
         or SHAPES
     models = args.models.split(",")
+    if args.profile:
+        for model in models:
+            for shape in shapes:
+                profile(model, shape)
+        return
     try:
         import fla
         fla_version = getattr(fla, "__version__", "?")
@@ -397,11 +408,6 @@ def main():
             log(model, name, text)
             lines.append(f"| {model} | {name} | {text} |")
     lines.append("")
-
-    if os.environ.get("NLC_BENCH_PROFILE"):  # per-kernel times of ours, to see where time goes
-        for model in models[:2]:
-            for shape in SHAPES:
-                profile(model, shape)
 
     impls = [("ours chunked", ours_chunked), ("ours recurrent", ours_recurrent),
              ("fla chunk", lambda m: fla_fn(m, True)),

@@ -26,8 +26,13 @@ report() {
 }
 
 # install_nlc: nlc in its installed layout (runtime/ as nlc.runtime) and the wheels .carry/whl
-# holds (lark, fla-core, ruff), both under /tmp and replacing what an earlier call left there
+# holds (lark, fla-core, ruff; benchmarks/carry_wheels.sh fetches them), both under /tmp and
+# replacing what an earlier call left there
 install_nlc() {
+  if ! ls .carry/whl/*.whl > /dev/null 2>&1; then
+    echo "no wheels in .carry/whl: run benchmarks/carry_wheels.sh here, and pass carry=[\".carry\"]" >&2
+    exit 2
+  fi
   python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .carry/whl/*.whl
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/nlc .
   export PYTHONPATH=/tmp/nlc:/tmp/site PATH=/tmp/site/bin:$PATH

@@ -6,13 +6,20 @@
 #           loop), then each MLP-memory example's LM step at T = 2048 (batch 2): does it
 #           train on one GPU, how fast, how large;
 #   hope:   issue 17: Hope's LM step eager and as CUDA graphs (batch 2), the Titans LM
-#           step as CUDA graphs (batch 16), and the op / launch / sync counts of one Hope and one
+#           step as CUDA graphs (batch 16; also with each chunk compiled by Inductor), and the op / launch / sync counts of one Hope and one
 #           Titans layer on the GPU (benchmarks/launch_count.py --device cuda);
+#   terms:  issue 17: the chunk-start terms kernels' tests on the GPU, and the Titans (batch
+#           16) and Hope (batch 2) LM steps as CUDA graphs with and without them;
 #   recall: issue 19: `nlc bench recall` at the reduced protocol of gpu_session22.sh (5
 #           models x 2 widths x 2 learning rates), with the run folders' metrics copied flat
 #           into $OUT (the device tool leaves out folders nested deeper);
 #   niah:   issue 19: `nlc bench niah` at its GPU defaults, flattened the same way;
-#   titans_pytorch: issue 17: titans-pytorch beside our Titans at heads of 512.
+#   titans_pytorch: issue 17: titans-pytorch beside our Titans at heads of 512;
+#   kernels3: issue 16: the chunked kernels after docs/perf.md's "Structure of the slow
+#           chunked kernels" (momentum delta's n x n products and transfers kernel):
+#           the joint kernels' tests on the GPU, the timing table of momentum delta,
+#           row-decay delta, RWKV-7 and KDA at (8, 2048, 16, 128), and a per-kernel
+#           profile of each (gpu_chunked.py --profile).
 set -u
 MODE=${1:-mlp}
 REPO=$(pwd)
@@ -42,8 +49,16 @@ elif [ "$MODE" = hope ]; then
     --device cuda --bf16 --T 2048 | tee "$OUT/launch_titans.md"
   timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 --batch 2 \
     --rows hope,hope_graphed --out "$OUT/lm_hope.md"
-  timeout 150 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
-    --rows titans_graphed --out "$OUT/lm_titans_graphed.md"
+  timeout 240 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
+    --rows titans_graphed,titans_graphed_compiled_chunks --out "$OUT/lm_titans_graphed.md"
+elif [ "$MODE" = terms ]; then
+  NLC_TRITON_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider -x \
+    "$REPO/tests/test_outer_kernel.py" > "$OUT/terms_tests.log" 2>&1
+  tail -5 "$OUT/terms_tests.log"
+  timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
+    --rows titans_graphed,titans_graphed_torch_terms --out "$OUT/lm_titans_terms.md"
+  timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
+    --rows hope_graphed,hope_graphed_torch_terms --out "$OUT/lm_hope_terms.md"
 elif [ "$MODE" = recall ]; then
   timeout 540 python3 -m nlc bench recall "$REPO/examples/deltanet.nl" \
     "$REPO/examples/gated_deltanet.nl" "$REPO/examples/mamba2.nl" \
@@ -56,6 +71,20 @@ elif [ "$MODE" = niah ]; then
     "$REPO/examples/gated_deltanet.nl" "$REPO/examples/mamba2.nl" attention \
     --device cuda --jobs 8 -o "$OUT/niah"
   flatten niah
+elif [ "$MODE" = kernels3 ]; then
+  NLC_TRITON_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider \
+    "$REPO/tests/test_chunk_joint_triton.py" > "$OUT/joint_tests.log" 2>&1
+  tail -3 "$OUT/joint_tests.log"
+  SKIP="RWKV-7:fla chunk,RWKV-7:fla fused recurrent,KDA:fla chunk,KDA:fla fused recurrent"
+  for m in "row-decay delta" "momentum delta"; do
+    SKIP="$SKIP,$m:fla chunk,$m:fla fused recurrent"
+  done
+  timeout 240 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold \
+    --models "momentum delta,row-decay delta,RWKV-7,KDA" --shapes "8,2048,16,128" \
+    --check "ours chunked" --skip "$SKIP" --out "$OUT/perf.md"
+  timeout 150 python3 "$REPO/benchmarks/gpu_chunked.py" --profile \
+    --models "momentum delta,RWKV-7,KDA" --shapes "8,2048,16,128" --out "$OUT/unused.md" \
+    | grep -v '^-' | cut -c1-200 > "$OUT/profile.txt"
 else
   WHEELS=$(ls "$REPO"/.carry/whl_titans/*.whl | grep -v '/numpy-')
   python3 -c 'import numpy' 2>/dev/null || WHEELS="$WHEELS $(ls "$REPO"/.carry/whl_titans/numpy-*.whl)"

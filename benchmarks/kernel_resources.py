@@ -5,7 +5,8 @@ use. An H200 gives a program at most 227 KiB of shared memory and a thread 255 r
 STACK is the bytes a thread spills.
 
 Covers runtime/library/chunk_rows_triton.py (with the chunk_decay_triton.py kernels it
-reuses), runtime/library/chunk_joint_triton.py (n = 2, float32 pieces),
+reuses), runtime/library/chunk_joint_triton.py (n = 2, float32 pieces) with
+runtime/library/joint_transfers_triton.py,
 runtime/library/dual_triton.py at Titans' shapes (float32, as dual_chunked runs: the scan
 with n = 4 states and d = 2 terms, the reads of the [256, 64] layer with two chunk-start
 states and one pair, and of the [64, 256] one), and, for scale,
@@ -29,8 +30,11 @@ import triton
 from nlc.runtime.library import (
     chunk_decay_triton,
     chunk_delta_triton,
+    chunk_dplr_triton,
     chunk_joint_triton,
+    chunk_kda_triton,
     dual_triton,
+    joint_transfers_triton,
 )
 from nlc.runtime.library import chunk_rows_triton as rows
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR
@@ -85,15 +89,21 @@ def kernels():
            ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True}, 4, 3)
     yield ("rows dM (decay scores)", chunk_decay_triton._scores_kernel, ("q", "k"),
            channel, 4, 3)
-    joint = {"H": H, "K": K, "V": V, "n": 2, "R": 2 * BT, "BR": 2 * BT, "RB": 32, "BK": 128,
-             "NP": 2, "PREC": "tf32"}
+    joint = {"H": H, "K": K, "V": V, "n": 2, "C": BT, "R": 2 * BT, "BR": 2 * BT, "RB": 32,
+             "BK": 128, "NP": 2, "PREC": "tf32"}
+    warps = chunk_joint_triton.SEQUENTIAL_WARPS
     for BV in (16, 32):
         yield (f"joint states BV={BV}", chunk_joint_triton._states_kernel, (),
-               {**joint, "BV": BV, "HAS_X0": True}, 4, 1)
+               {**joint, "BV": BV, "HAS_X0": True}, warps, 1)
         yield (f"joint state grads BV={BV}", chunk_joint_triton._state_grads_kernel, (),
-               {**joint, "C": BT, "BV": BV, "HAS_DXT": True}, 4, 1)
+               {**joint, "BV": BV, "HAS_DXT": True}, warps, 1)
     yield ("joint output BV=32", chunk_joint_triton._output_kernel, (),
-           {**joint, "C": BT, "BV": 32}, 4, 3)
+           {**joint, "BV": 32}, 4, 3)
+    transfers = {"C": BT, "n": 2, "CP": 2 * BT, "NN": joint_transfers_triton.NN}
+    yield ("joint transfers", joint_transfers_triton._transfers_kernel, (), transfers, 4, 3)
+    yield ("joint transfers grads", joint_transfers_triton._transfers_grad_kernel, (),
+           transfers, 8, 3)
+    yield from _kda_dplr()
     scan = {"H": H, "N": 4, "D": 2, "NP": 4, "CP": BT, "DP": 2}
     yield ("dual scan", dual_triton._scan_fwd, (), scan, 1, 3)
     yield ("dual scan grads", dual_triton._scan_bwd, (), scan, 1, 3)
@@ -114,6 +124,39 @@ def kernels():
            ("q", "k", "v", "h", "delta", "do", "dq", "dk", "dv", "w"),
            {**tiles, "V": V, "BV": 32, "DELTA": True, "HAS_G": True,
             "FLOOR": LOG_DECAY_FLOOR}, 8, 3)
+
+
+def _kda_dplr():
+    """chunk_kda_triton.py and chunk_dplr_triton.py as their host code launches them at
+    (8, 2048, 16, 128) (S H = 128 programs: state_launch's BV = 32, 4 warps), with the
+    chunk_decay_triton.py score kernels they call: every kernel of the profiled forward +
+    backward in docs/perf.md ("Structure of the slow chunked kernels")."""
+    inputs = ("q", "k", "v", "a", "b", "beta", "ld", "h", "w", "u", "delta", "d", "do", "dq",
+              "dk", "dv", "da", "db", "o", "k2", "v2", "x", "y")
+    tiles = {"H": H, "K": K, "BT": BT, "BK": 128, "PREC": "tf32"}
+    for strict in (False, True):
+        yield (f"decay scores STRICT={strict}", chunk_decay_triton._scores_kernel, inputs,
+               {**tiles, "STRICT": strict}, 4, 3)
+        for acc in (False, True):
+            yield (f"decay intra grads STRICT={strict} ACC={acc}",
+                   chunk_decay_triton._intra_grads_kernel, inputs,
+                   {**tiles, "STRICT": strict, "ACC": acc}, 4, 3)
+    yield ("decay dscores BV=32", chunk_decay_triton._dscores_kernel, inputs,
+           {"H": H, "V": V, "BT": BT, "BV": 32, "PREC": "tf32"}, 4, 3)
+    for two, name in ((False, "kda"), (True, "dplr")):
+        yield (f"{name} states BV=32", chunk_kda_triton._states_kernel, inputs,
+               {**tiles, "V": V, "BV": 32, "HAS_H0": True, "TWO": two}, 4, 3)
+        yield (f"{name} output BV=64", chunk_decay_triton._output_kernel, inputs,
+               {**tiles, "V": V, "BV": 64, "TWO": two}, 4, 3)
+    yield ("kda state grads BV=32", chunk_kda_triton._state_grads_kernel, inputs,
+           {**tiles, "V": V, "BV": 32, "HAS_DHT": True}, 4, 3)
+    yield ("kda wu", chunk_kda_triton._wu_kernel, inputs, {**tiles, "V": V, "BV": 64}, 4, 3)
+    yield ("dplr wu", chunk_dplr_triton._wu_kernel, inputs, {**tiles, "V": V, "BV": 64}, 4, 3)
+    for name, module in (("kda", chunk_kda_triton), ("dplr", chunk_dplr_triton)):
+        yield (f"{name} key grads BV=32", module._key_grads_kernel, inputs,
+               {**tiles, "V": V, "BV": 32}, 8, 3)
+        yield (f"{name} combine", module._combine_kernel, inputs,
+               {"H": H, "K": K, "BT": BT, "BK": 128, "FLOOR": LOG_DECAY_FLOOR}, 8, 3)
 
 
 def main():

@@ -90,6 +90,13 @@ ROWS = {
                                lambda: _spec("titans", d_head=64), False),
     "titans_graphed": ("nlc examples/titans.nl, forward and backward as CUDA graphs",
                        lambda: _spec("titans", d_head=64), "graphs"),
+    "titans_graphed_torch_terms": ("nlc examples/titans.nl, CUDA graphs, NLC_TERMS_TRITON=0",
+                                   lambda: _spec("titans", d_head=64), "graphs"),
+    "hope_graphed_torch_terms": ("nlc examples/hope.nl, CUDA graphs, NLC_TERMS_TRITON=0",
+                                 lambda: _spec("hope", d_head=64), "graphs"),
+    # Inductor fuses each chunk's elementwise passes, the graphs replay the launches
+    "titans_graphed_compiled_chunks": ("nlc examples/titans.nl, CUDA graphs, NLC_COMPILE_CHUNKS=1",
+                                       lambda: _spec("titans", d_head=64), "graphs"),
     "fla_hand_deltanet": ("hand layer on fla chunk_delta_rule", lambda: _hand_fla_deltanet,
                           False),
     "fla_hand_deltanet_compiled": ("hand layer on fla chunk_delta_rule, torch.compile",
@@ -119,6 +126,9 @@ ROWS = {
 # of runtime/library/context_triton.py (the default on CUDA); `_kept`: the chunks' activations
 # kept for the backward pass, not recomputed (the default on CUDA recomputes them)
 ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
+       "titans_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
+       "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
+       "hope_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "titans_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "titans_graphed_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"}}

@@ -141,6 +141,18 @@ def instrumented(module):
         # the launched kernels (jitted, or interpreted), not the helpers they call
         if isinstance(value, triton.runtime.jit.KernelInterface) and name.endswith(LAUNCHED):
             patch(dual_triton, name, Launch(value, name.lstrip("_")))
+    # the chunk-start terms kernels (an nlc_outer_* module next to the generated one), and the
+    # function the generated code gets from `nl.outer_terms` in place of `memory_outer`
+    from nlc.runtime.library import ops
+
+    def outer_terms(*args, **kwargs):
+        return labelled(terms(*args, **kwargs), GENERATED[0][1])
+    terms = ops.outer_terms
+    patch(ops, "outer_terms", outer_terms)
+    for path in Path(module.__file__).parent.glob("nlc_outer_*.py"):
+        launcher = ops.kernels(module.__file__, path.stem).LAUNCHER
+        patch(launcher, "forward", Launch(launcher.forward, "outer_forward"))
+        patch(launcher, "backward", Launch(launcher.backward, "outer_backward"))
     try:
         yield
     finally:

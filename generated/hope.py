@@ -11,6 +11,7 @@ Level `eta` (spec:58), family frozen-gradient: 2 tensors carried per token.
 Level `alpha` (spec:66), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
 Level `memory` (spec:74), family frozen-gradient: 2 tensors carried per token.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward.
 Level `cms_fast` (spec:100), family frozen-gradient: 2 tensors carried per token.
 Level `cms_mid` (spec:107), family frozen-gradient: 2 tensors carried per token.
 Level `cms_slow` (spec:114), family frozen-gradient: 2 tensors carried per token.
@@ -46,10 +47,9 @@ def SelfModifyingTitans_mlp_memory_drive(inputs, W1_0, W2_0):
     t7 = nl.mm(W2_0, t6)
     t8 = t7 + k
     t9 = t5 + t8
-    t10 = k.mT
-    t11 = -eta
-    drive0 = t11 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(W2_0.mT, t9))), t10))
-    drive1 = t11 * (nl.mm(t9, (nl.gelu((nl.mm(t10, W1_0.mT))))))
+    t10 = -eta
+    drive0 = t10 * (nl.mm(((nl.gelu_grad(t0)) * (nl.mm(W2_0.mT, t9))), k.mT))
+    drive1 = t10 * (nl.mm(t9, t6.mT))
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -98,11 +98,23 @@ def SelfModifyingTitans_mlp_memory_pairs(inputs, W1_0, W2_0):
     t7 = t0 + t3 + t6 + k
     t8 = -eta
     drive0_0_col = t8 * ((nl.mm(W2_0.mT, t7)) * (nl.gelu_grad(t1)))
-    t9 = k.mT
-    drive0_0_row = t9
+    drive0_0_row = k.mT
     drive1_0_col = t8 * t7
-    drive1_0_row = nl.gelu((nl.mm(t9, W1_0.mT)))
+    drive1_0_row = t2.mT
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
+
+
+def SelfModifyingTitans_mlp_memory_read(inputs, W1_0, W2_0):
+    """The memories of levels k, v, eta, alpha applied to their input: the same but for the names of their states (the members' reads run it once, stacked)."""
+    h = inputs["h"]
+    o = (nl.mm(W2_0, (nl.gelu((nl.mm(W1_0, h)))))) + h
+    return o
+
+
+def SelfModifyingTitans_mlp_memory_read_tail(inputs, applied):
+    """The reads of levels k, v given their memories' outputs."""
+    o = nl.l2norm(applied.mT).mT
+    return o
 
 
 # ---------------------------------------------------------------- level `k`
@@ -132,7 +144,7 @@ def SelfModifyingTitans_k_step(state, inputs):
     K_W1_next = t1 * (K_W1 @ k @ t0) + (
         alpha * K_W1 + t1 * (((nl.gelu_grad(t2)) * (K_W2_0.mT @ t11)) @ t0)
     )
-    K_W2_next = alpha * K_W2 + t1 * (t11 @ (nl.gelu((t0 @ K_W1_0.mT))))
+    K_W2_next = alpha * K_W2 + t1 * (t11 @ t8.mT)
     o = nl.l2norm(((K_W2_0 @ (nl.gelu((K_W1_0 @ h)))) + h).mT).mT
     return {"K_W1": K_W1_next, "K_W2": K_W2_next}, o
 
@@ -166,11 +178,9 @@ def SelfModifyingTitans_k_transition(inputs):
 
 def SelfModifyingTitans_k_read_token(state, inputs):
     """Level `k`'s read of one token (or a chunk), before any level writes."""
-    h = inputs["h"]
-    K_W1_0 = inputs["K_W1_0"]
-    K_W2_0 = inputs["K_W2_0"]
-    o = nl.l2norm(((nl.mm(K_W2_0, (nl.gelu((nl.mm(K_W1_0, h)))))) + h).mT).mT
-    return o
+    return SelfModifyingTitans_mlp_memory_read_tail(
+        inputs, SelfModifyingTitans_mlp_memory_read(inputs, inputs["K_W1_0"], inputs["K_W2_0"])
+    )
 
 
 def SelfModifyingTitans_k_initial_state(batch, heads, ref, d_head):
@@ -208,7 +218,7 @@ def SelfModifyingTitans_v_step(state, inputs):
     V_W1_next = t1 * (V_W1 @ k @ t0) + (
         alpha * V_W1 + t1 * (((nl.gelu_grad(t2)) * (V_W2_0.mT @ t11)) @ t0)
     )
-    V_W2_next = alpha * V_W2 + t1 * (t11 @ (nl.gelu((t0 @ V_W1_0.mT))))
+    V_W2_next = alpha * V_W2 + t1 * (t11 @ t8.mT)
     o = nl.l2norm(((V_W2_0 @ (nl.gelu((V_W1_0 @ h)))) + h).mT).mT
     return {"V_W1": V_W1_next, "V_W2": V_W2_next}, o
 
@@ -242,11 +252,9 @@ def SelfModifyingTitans_v_transition(inputs):
 
 def SelfModifyingTitans_v_read_token(state, inputs):
     """Level `v`'s read of one token (or a chunk), before any level writes."""
-    h = inputs["h"]
-    V_W1_0 = inputs["V_W1_0"]
-    V_W2_0 = inputs["V_W2_0"]
-    o = nl.l2norm(((nl.mm(V_W2_0, (nl.gelu((nl.mm(V_W1_0, h)))))) + h).mT).mT
-    return o
+    return SelfModifyingTitans_mlp_memory_read_tail(
+        inputs, SelfModifyingTitans_mlp_memory_read(inputs, inputs["V_W1_0"], inputs["V_W2_0"])
+    )
 
 
 def SelfModifyingTitans_v_initial_state(batch, heads, ref, d_head):
@@ -286,7 +294,7 @@ def SelfModifyingTitans_eta_step(state, inputs):
     E_W1_next = t1 * (E_W1 @ k @ t0) + (
         alpha * E_W1 + t1 * (((nl.gelu_grad(t2)) * (E_W2_0.mT @ t11)) @ t0)
     )
-    E_W2_next = alpha * E_W2 + t1 * (t11 @ (nl.gelu((t0 @ E_W1_0.mT))))
+    E_W2_next = alpha * E_W2 + t1 * (t11 @ t8.mT)
     o = torch.sigmoid(b_eta + nl.sum_all((E_W2_0 @ (nl.gelu((E_W1_0 @ h)))) + h) / d_head)
     return {"E_W1": E_W1_next, "E_W2": E_W2_next}, o
 
@@ -320,14 +328,16 @@ def SelfModifyingTitans_eta_transition(inputs):
 
 def SelfModifyingTitans_eta_read_token(state, inputs):
     """Level `eta`'s read of one token (or a chunk), before any level writes."""
-    h = inputs["h"]
+    return SelfModifyingTitans_eta_read_tail(
+        inputs, SelfModifyingTitans_mlp_memory_read(inputs, inputs["E_W1_0"], inputs["E_W2_0"])
+    )
+
+
+def SelfModifyingTitans_eta_read_tail(inputs, applied):
+    """Level `eta`'s read given its memory's output `applied`."""
     b_eta = inputs["b_eta"]
     d_head = inputs["d_head"]
-    E_W1_0 = inputs["E_W1_0"]
-    E_W2_0 = inputs["E_W2_0"]
-    o = torch.sigmoid(
-        b_eta + nl.sum_all((nl.mm(E_W2_0, (nl.gelu((nl.mm(E_W1_0, h)))))) + h) / d_head
-    )
+    o = torch.sigmoid(b_eta + nl.sum_all(applied) / d_head)
     return o
 
 
@@ -368,7 +378,7 @@ def SelfModifyingTitans_alpha_step(state, inputs):
     A_W1_next = t1 * (A_W1 @ k @ t0) + (
         alpha * A_W1 + t1 * (((nl.gelu_grad(t2)) * (A_W2_0.mT @ t11)) @ t0)
     )
-    A_W2_next = alpha * A_W2 + t1 * (t11 @ (nl.gelu((t0 @ A_W1_0.mT))))
+    A_W2_next = alpha * A_W2 + t1 * (t11 @ t8.mT)
     o = torch.sigmoid(b_alpha + nl.sum_all((A_W2_0 @ (nl.gelu((A_W1_0 @ h)))) + h) / d_head)
     return {"A_W1": A_W1_next, "A_W2": A_W2_next}, o
 
@@ -402,14 +412,16 @@ def SelfModifyingTitans_alpha_transition(inputs):
 
 def SelfModifyingTitans_alpha_read_token(state, inputs):
     """Level `alpha`'s read of one token (or a chunk), before any level writes."""
-    h = inputs["h"]
+    return SelfModifyingTitans_alpha_read_tail(
+        inputs, SelfModifyingTitans_mlp_memory_read(inputs, inputs["A_W1_0"], inputs["A_W2_0"])
+    )
+
+
+def SelfModifyingTitans_alpha_read_tail(inputs, applied):
+    """Level `alpha`'s read given its memory's output `applied`."""
     b_alpha = inputs["b_alpha"]
     d_head = inputs["d_head"]
-    A_W1_0 = inputs["A_W1_0"]
-    A_W2_0 = inputs["A_W2_0"]
-    o = torch.sigmoid(
-        b_alpha + nl.sum_all((nl.mm(A_W2_0, (nl.gelu((nl.mm(A_W1_0, h)))))) + h) / d_head
-    )
+    o = torch.sigmoid(b_alpha + nl.sum_all(applied) / d_head)
     return o
 
 
@@ -448,7 +460,7 @@ def SelfModifyingTitans_memory_step(state, inputs):
     M_W1_next = t1 * (M_W1 @ k @ t0) + (
         alpha * M_W1 + t1 * (((nl.gelu_grad(t2)) * (M_W2_0.mT @ t11)) @ t0)
     )
-    M_W2_next = alpha * M_W2 + t1 * (t11 @ (nl.gelu((t0 @ M_W1_0.mT))))
+    M_W2_next = alpha * M_W2 + t1 * (t11 @ t8.mT)
     o = (M_W2 @ (nl.gelu((M_W1 @ q)))) + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
@@ -557,7 +569,14 @@ def SelfModifyingTitans_memory_op(
             chunk=64,
             read_before=True,
             transition=SelfModifyingTitans_memory_transition,
-            pairs=SelfModifyingTitans_memory_pairs,
+            pairs=nl.outer_terms(
+                __file__,
+                "nlc_outer_ab5e6de2",
+                SelfModifyingTitans_memory_pairs,
+                ("k", "eta", "v"),
+                ("M_W1_0", "M_W2_0"),
+                (("drive0", 1), ("drive1", 1)),
+            ),
             lazy_read=True,
         )
 
@@ -622,6 +641,11 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
                 SelfModifyingTitans_mlp_memory_transition,
                 ("K_W1", "K_W2"),
             ),
+            reads=(
+                SelfModifyingTitans_mlp_memory_read,
+                ("K_W1_0", "K_W2_0"),
+                SelfModifyingTitans_mlp_memory_read_tail,
+            ),
         ),
         nl.Member(
             "v",
@@ -638,6 +662,11 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
                 ("V_W1_0", "V_W2_0"),
                 SelfModifyingTitans_mlp_memory_transition,
                 ("V_W1", "V_W2"),
+            ),
+            reads=(
+                SelfModifyingTitans_mlp_memory_read,
+                ("V_W1_0", "V_W2_0"),
+                SelfModifyingTitans_mlp_memory_read_tail,
             ),
         ),
         nl.Member(
@@ -656,6 +685,11 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
                 SelfModifyingTitans_mlp_memory_transition,
                 ("E_W1", "E_W2"),
             ),
+            reads=(
+                SelfModifyingTitans_mlp_memory_read,
+                ("E_W1_0", "E_W2_0"),
+                SelfModifyingTitans_eta_read_tail,
+            ),
         ),
         nl.Member(
             "alpha",
@@ -672,6 +706,11 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
                 ("A_W1_0", "A_W2_0"),
                 SelfModifyingTitans_mlp_memory_transition,
                 ("A_W1", "A_W2"),
+            ),
+            reads=(
+                SelfModifyingTitans_mlp_memory_read,
+                ("A_W1_0", "A_W2_0"),
+                SelfModifyingTitans_alpha_read_tail,
             ),
         ),
     ]

@@ -4,7 +4,7 @@
 
 Level `memory` (spec:31), family frozen-gradient: 2 tensors carried per token.
   Note: no chunk-parallel form: the rule is not affine in the state and its gradients are not frozen per chunk.
-  Note: fused step kernel nlc_step_7c2351c0: the chunked mode sends CUDA tensors (CPU ones with NLC_TRITON=force) to it, one program per sequence and head holding the state, a checkpoint every 16 tokens; its printed backward kernel reruns each segment and runs the step's adjoint token by token; other tensors and the recurrent mode run the token loop.
+  Note: fused step kernel nlc_step_ad559ac2: the chunked mode sends CUDA tensors (CPU ones with NLC_TRITON=force) to it, one program per sequence and head holding the state, a checkpoint every 16 tokens; its printed backward kernel reruns each segment and runs the step's adjoint token by token; other tensors and the recurrent mode run the token loop.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -55,22 +55,19 @@ def memory_step(state, inputs):
     t21 = t20 * t12
     t22 = t17 + t21 + t14
     t23 = t11 * t22
-    t24 = k.mT
-    t25 = -eta
+    t24 = -eta
     M_W1_next = torch.softmax(
-        alpha * (torch.log(M_W1)) + t25 * (((nl.gelu_grad(t0)) * (M_W2.mT @ t23)) @ t24), dim=-1
+        alpha * (torch.log(M_W1)) + t24 * (((nl.gelu_grad(t0)) * (M_W2.mT @ t23)) @ k.mT), dim=-1
     )
-    M_W2_next = torch.softmax(
-        alpha * (torch.log(M_W2)) + t25 * (t23 @ (nl.gelu((t24 @ M_W1.mT)))), dim=-1
-    )
-    t26 = M_W1_next @ q
-    t27 = nl.gelu(t26)
-    t28 = M_W2_next @ t27
-    t29 = nl.mean(t28)
-    t30 = -t29
-    t31 = t30
-    t32 = t28 + t31
-    o = (torch.rsqrt(1e-06 + nl.mean(t32 * t32))) * t32 + q
+    M_W2_next = torch.softmax(alpha * (torch.log(M_W2)) + t24 * (t23 @ t2.mT), dim=-1)
+    t25 = M_W1_next @ q
+    t26 = nl.gelu(t25)
+    t27 = M_W2_next @ t26
+    t28 = nl.mean(t27)
+    t29 = -t28
+    t30 = t29
+    t31 = t27 + t30
+    o = (torch.rsqrt(1e-06 + nl.mean(t31 * t31))) * t31 + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 
@@ -132,7 +129,7 @@ def memory_op(
 
     def chunked(tokens, state):
         if nl.use_triton(nl.reference(tokens)):  # CUDA: the fused step kernel
-            kernels = nl.kernels(__file__, "nlc_step_7c2351c0")
+            kernels = nl.kernels(__file__, "nlc_step_ad559ac2")
             return kernels.fused_recurrent(
                 memory_step,
                 tokens,

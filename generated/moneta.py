@@ -4,7 +4,7 @@
 
 Level `memory` (spec:34), family frozen-gradient: 2 tensors carried per token.
   Note: no chunk-parallel form: the rule is not affine in the state and its gradients are not frozen per chunk.
-  Note: fused step kernel nlc_step_b84954de: the chunked mode sends CUDA tensors (CPU ones with NLC_TRITON=force) to it, one program per sequence and head holding the state, a checkpoint every 16 tokens; its printed backward kernel reruns each segment and runs the step's adjoint token by token; other tensors and the recurrent mode run the token loop.
+  Note: fused step kernel nlc_step_bf502687: the chunked mode sends CUDA tensors (CPU ones with NLC_TRITON=force) to it, one program per sequence and head holding the state, a checkpoint every 16 tokens; its printed backward kernel reruns each segment and runs the step's adjoint token by token; other tensors and the recurrent mode run the token loop.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -145,7 +145,7 @@ def memory_op(
 
     def chunked(tokens, state):
         if nl.use_triton(nl.reference(tokens)):  # CUDA: the fused step kernel
-            kernels = nl.kernels(__file__, "nlc_step_b84954de")
+            kernels = nl.kernels(__file__, "nlc_step_bf502687")
             return kernels.fused_recurrent(
                 memory_step,
                 tokens,

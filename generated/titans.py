@@ -3,6 +3,7 @@
 """Sequence layers compiled from `titans.nl`: Titans.
 
 Level `memory` (spec:39), family frozen-gradient: 4 tensors carried per token.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_77714f37.py, forward and backward.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -72,25 +73,23 @@ def memory_step(state, inputs):
     t35 = eta * M_W1_mom
     t36 = t34 + t35
     M_W1_next = t1 * M_W1 + t36
-    t37 = M_W1_0.mT
-    t38 = t31 @ t37
-    t39 = nl.gelu(t38)
-    t40 = t28 @ t39
-    t41 = theta * t40
-    t42 = -t41
-    t43 = eta * M_W2_mom
-    t44 = t42 + t43
-    M_W2_next = t1 * M_W2 + t44
+    t37 = t6.mT
+    t38 = t28 @ t37
+    t39 = theta * t38
+    t40 = -t39
+    t41 = eta * M_W2_mom
+    t42 = t40 + t41
+    M_W2_next = t1 * M_W2 + t42
     M_W1_mom_next = t36
-    M_W2_mom_next = t44
-    t45 = M_W1_next @ q
-    t46 = nl.gelu(t45)
-    t47 = M_W2_next @ t46
-    t48 = nl.mean(t47)
-    t49 = -t48
-    t50 = t49
-    t51 = t47 + t50
-    o = (torch.rsqrt(1e-06 + nl.mean(t51 * t51))) * t51 + q
+    M_W2_mom_next = t42
+    t43 = M_W1_next @ q
+    t44 = nl.gelu(t43)
+    t45 = M_W2_next @ t44
+    t46 = nl.mean(t45)
+    t47 = -t46
+    t48 = t47
+    t49 = t45 + t48
+    o = (torch.rsqrt(1e-06 + nl.mean(t49 * t49))) * t49 + q
     return {
         "M_W1": M_W1_next,
         "M_W2": M_W2_next,
@@ -133,10 +132,9 @@ def memory_outer(inputs):
     t24 = t23
     t25 = t0 + t1 + t21 + t24
     drive0_0_col = (-theta) * ((t12 * (nl.mm(M_W2_0.mT, t25))) * (nl.gelu_grad(t2)))
-    t26 = k.mT
-    drive0_0_row = t26
+    drive0_0_row = k.mT
     drive1_0_col = (-theta / (torch.sqrt(t11))) * t25
-    drive1_0_row = nl.gelu((nl.mm(t26, M_W1_0.mT)))
+    drive1_0_row = t3.mT
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
 
 
@@ -247,7 +245,14 @@ def memory_op(
 
     def chunked(tokens, state):
         return nl.dual_chunked(
-            memory_outer,
+            nl.outer_terms(
+                __file__,
+                "nlc_outer_77714f37",
+                memory_outer,
+                ("k", "v", "theta"),
+                ("M_W1_0", "M_W2_0"),
+                (("drive0", 1), ("drive1", 1)),
+            ),
             memory_combine,
             memory_read,
             tokens,

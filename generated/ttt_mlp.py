@@ -3,6 +3,7 @@
 """Sequence layers compiled from `ttt_mlp.nl`: TTTMLP.
 
 Level `memory` (spec:23), family frozen-gradient: 2 tensors carried per token.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_8661cdda.py, forward and backward.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -54,18 +55,17 @@ def memory_step(state, inputs):
     t21 = t20 * t12
     t22 = t17 + t21 + t14
     t23 = t11 * t22
-    t24 = k.mT
-    t25 = -eta
-    W_W1_next = t25 * (((nl.gelu_grad(t0)) * (W_W2_0.mT @ t23)) @ t24) + W_W1
-    W_W2_next = t25 * (t23 @ (nl.gelu((t24 @ W_W1_0.mT)))) + W_W2
-    t26 = W_W1_next @ q
-    t27 = nl.gelu(t26)
-    t28 = W_W2_next @ t27
-    t29 = nl.mean(t28)
-    t30 = -t29
-    t31 = t30
-    t32 = t28 + t31
-    o = (torch.rsqrt(1e-06 + nl.mean(t32 * t32))) * t32 + q
+    t24 = -eta
+    W_W1_next = t24 * (((nl.gelu_grad(t0)) * (W_W2_0.mT @ t23)) @ k.mT) + W_W1
+    W_W2_next = t24 * (t23 @ t2.mT) + W_W2
+    t25 = W_W1_next @ q
+    t26 = nl.gelu(t25)
+    t27 = W_W2_next @ t26
+    t28 = nl.mean(t27)
+    t29 = -t28
+    t30 = t29
+    t31 = t27 + t30
+    o = (torch.rsqrt(1e-06 + nl.mean(t31 * t31))) * t31 + q
     return {"W_W1": W_W1_next, "W_W2": W_W2_next}, o
 
 
@@ -100,10 +100,9 @@ def memory_outer(inputs):
     t21 = t20
     t22 = t0 + t18 + t21 + k
     drive0_0_col = (-eta) * ((t11 * (nl.mm(W_W2_0.mT, t22))) * (nl.gelu_grad(t1)))
-    t23 = k.mT
-    drive0_0_row = t23
+    drive0_0_row = k.mT
     drive1_0_col = (-eta / (torch.sqrt(t10))) * t22
-    drive1_0_row = nl.gelu((nl.mm(t23, W_W1_0.mT)))
+    drive1_0_row = t2.mT
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
 
 
@@ -191,7 +190,14 @@ def memory_op(
 
     def chunked(tokens, state):
         return nl.dual_chunked(
-            memory_outer,
+            nl.outer_terms(
+                __file__,
+                "nlc_outer_8661cdda",
+                memory_outer,
+                ("k", "v", "eta"),
+                ("W_W1_0", "W_W2_0"),
+                (("drive0", 1), ("drive1", 1)),
+            ),
             memory_combine,
             memory_read,
             tokens,

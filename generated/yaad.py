@@ -4,7 +4,7 @@
 
 Level `memory` (spec:38), family frozen-gradient: 2 tensors carried per token.
   Note: no chunk-parallel form: the rule is not affine in the state and its gradients are not frozen per chunk.
-  Note: fused step kernel nlc_step_2a452599: the chunked mode sends CUDA tensors (CPU ones with NLC_TRITON=force) to it, one program per sequence and head holding the state, a checkpoint every 16 tokens; its printed backward kernel reruns each segment and runs the step's adjoint token by token; other tensors and the recurrent mode run the token loop.
+  Note: fused step kernel nlc_step_813fc820: the chunked mode sends CUDA tensors (CPU ones with NLC_TRITON=force) to it, one program per sequence and head holding the state, a checkpoint every 16 tokens; its printed backward kernel reruns each segment and runs the step's adjoint token by token; other tensors and the recurrent mode run the token loop.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -65,18 +65,17 @@ def memory_step(state, inputs):
     t29 = t28 * t12
     t30 = t25 + t29 + t22
     t31 = t11 * t30
-    t32 = k.mT
-    t33 = -eta
-    M_W1_next = alpha * M_W1 + t33 * (((nl.gelu_grad(t0)) * (M_W2.mT @ t31)) @ t32)
-    M_W2_next = alpha * M_W2 + t33 * (t31 @ (nl.gelu((t32 @ M_W1.mT))))
-    t34 = M_W1_next @ q
-    t35 = nl.gelu(t34)
-    t36 = M_W2_next @ t35
-    t37 = nl.mean(t36)
-    t38 = -t37
-    t39 = t38
-    t40 = t36 + t39
-    o = (torch.rsqrt(1e-06 + nl.mean(t40 * t40))) * t40 + q
+    t32 = -eta
+    M_W1_next = alpha * M_W1 + t32 * (((nl.gelu_grad(t0)) * (M_W2.mT @ t31)) @ k.mT)
+    M_W2_next = alpha * M_W2 + t32 * (t31 @ t2.mT)
+    t33 = M_W1_next @ q
+    t34 = nl.gelu(t33)
+    t35 = M_W2_next @ t34
+    t36 = nl.mean(t35)
+    t37 = -t36
+    t38 = t37
+    t39 = t35 + t38
+    o = (torch.rsqrt(1e-06 + nl.mean(t39 * t39))) * t39 + q
     return {"M_W1": M_W1_next, "M_W2": M_W2_next}, o
 
 
@@ -140,7 +139,7 @@ def memory_op(
 
     def chunked(tokens, state):
         if nl.use_triton(nl.reference(tokens)):  # CUDA: the fused step kernel
-            kernels = nl.kernels(__file__, "nlc_step_2a452599")
+            kernels = nl.kernels(__file__, "nlc_step_813fc820")
             return kernels.fused_recurrent(
                 memory_step,
                 tokens,

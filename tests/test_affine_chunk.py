@@ -157,9 +157,10 @@ def test_state_carried_across_calls_that_stop_mid_chunk(tmp_path):
 
 
 def test_hope_members_that_share_their_functions_run_as_one_batch(monkeypatch):
-    """Hope's k, v, eta and alpha memories share their pairs and transition: the chunked
-    group runs them as one batch (scan._batched_members), equal to the token loop."""
-    from nlc.runtime.library import scan
+    """Hope's k, v, eta and alpha memories share their pairs and transition, and apply their
+    memories alike in their reads: the chunked group runs them as one batch
+    (scan._batched_members, member_batch.reads), equal to the token loop."""
+    from nlc.runtime.library import member_batch, scan
     hope = load_module(str(EXAMPLES / "hope.nl"), {"d_model": 16.0, "heads": 2.0,
                                                    "d_head": 8.0})
     torch.manual_seed(0)
@@ -171,6 +172,9 @@ def test_hope_members_that_share_their_functions_run_as_one_batch(monkeypatch):
     batched = scan._batched_members
     monkeypatch.setattr(scan, "_batched_members",
                         lambda members, *a: calls.append(len(members)) or batched(members, *a))
+    reads, read = [], member_batch.reads
+    monkeypatch.setattr(member_batch, "reads",
+                        lambda members, *a: reads.append(len(members)) or read(members, *a))
     x = torch.randn(2, 37, 16, dtype=F64, requires_grad=True)
     out = {}
     for mode in ("recurrent", "chunked"):
@@ -178,6 +182,7 @@ def test_hope_members_that_share_their_functions_run_as_one_batch(monkeypatch):
         y = layer(x)
         out[mode] = (y, torch.autograd.grad(y.square().sum(), [x, *layer.parameters()]))
     assert calls and set(calls) == {4}
+    assert reads == [4] * 3  # 37 tokens: three chunks of 16, one read of all four in each
     (y_r, g_r), (y_c, g_c) = out["recurrent"], out["chunked"]
     assert torch.allclose(y_c, y_r, rtol=0, atol=1e-12)
     for a, b in zip(g_c, g_r):

@@ -230,6 +230,27 @@ def test_unit_lower_inverse_matches_float64(R):
     assert rel(T, T64) < TOL and rel(dA, dA64) < TOL
 
 
+@needs_kernels
+@pytest.mark.parametrize(("n", "C"), [(2, 64), (3, 16), (4, 32)])
+def test_transfers_kernel_matches_float64(n, C):
+    """The mixings' products T[s, t] = P_s ... P_{t-1} (joint_transfers_triton.py) and their
+    gradient, against joint.py's column loop in float64, with short chunks' identity
+    padding (P = I) and zero mixings among the P's."""
+    from nlc.runtime.library.joint import transfers
+    from nlc.runtime.library.joint_transfers_triton import Transfers
+    g = torch.Generator().manual_seed(n * C)
+    P = torch.rand(3, 2, C, n, n, generator=g) * 1.5 / n
+    P[0, 0, C // 2:] = torch.eye(n)
+    P[1, 1, 3] = 0.0
+    P = P.to(DEVICE)
+    leaves = [P.clone().requires_grad_(), P.double().requires_grad_()]
+    T, T64 = Transfers.apply(leaves[0]), transfers(leaves[1])
+    dT = torch.randn(T64.shape, generator=g, dtype=torch.float64).to(DEVICE)
+    (dP,), (dP64,) = (torch.autograd.grad((t * dT.to(t.dtype)).sum(), [x])
+                      for t, x in zip((T, T64), leaves))
+    assert rel(T, T64) < TOL and rel(dP, dP64) < TOL
+
+
 def test_joint_kernel_rejects_bad_inputs():
     """Checked before any kernel runs (no interpreter needed), with the tensor's name."""
     from nlc.runtime.library.chunk_joint_triton import chunk_joint

@@ -346,19 +346,23 @@ def test_the_adjoint_of_a_printed_step():
             "o = tl.exp(t0)"]
     shapes = {"S0": ("4 * D0", "D0"), "x0": ("D0",)}
     seeds = {"S0_next": "g_S0", "o": "g_o"}
-    found = vjp(body, shapes, seeds, ["S0_next"])
-    assert found.rerun == ["f0 = S0 * x0[None, :]", "t0 = tl.sum(f0, axis=1)",
-                           "f2 = t0[:, None] * x0[None, :]", "S0_next = S0 + f2"]
-    assert found.forward == ["f0 = S0 * x0[None, :]", "t0 = tl.sum(f0, axis=1)",
-                             "o = tl.exp(t0)"]             # what the adjoint reads
+    found = vjp(body, shapes, seeds)
+    assert found.step == ["f0 = S0 * x0[None, :]", "t0 = tl.sum(f0, axis=1)",
+                          "f2 = t0[:, None] * x0[None, :]", "S0_next = S0 + f2",
+                          "o = tl.exp(t0)"]
+    assert found.kept == ["t0"]                             # what the adjoint reads
     assert found.grads == {"S0": "b_S0", "x0": "b_x0"}
-    assert found.adjoint[:6] == [
+    assert found.adjoint == [
         "b_o = g_o", "b_S0_next = g_S0", "b_f2 = b_S0_next",
-        "b_t0 = (b_o * o) + tl.sum(b_f2 * (x0[None, :]), axis=1)",      # exp; outer product
+        # the outer product's adjoints, summed where they are made (short live ranges)
+        "h3 = tl.sum(b_f2 * (x0[None, :]), axis=1)", "h4 = tl.sum(b_f2 * (t0[:, None]), axis=0)",
+        "b_t0 = (b_o * o) + h3",                                         # exp
         "b_f0 = (b_t0[:, None])",        # the sum's adjoint, spread along its axis unbuilt
-        "b_S0 = b_S0_next + (b_f0 * (x0[None, :]))"]
+        "h7 = b_S0_next + (b_f0 * (x0[None, :]))",     # a block: into S0's running sum
+        "h8 = tl.sum(b_f0 * S0, axis=0)",
+        "b_S0 = h7", "b_x0 = h4 + h8"]
     with pytest.raises(StepVjpError, match="no adjoint rule for tl.cumsum"):
-        vjp(["o = tl.cumsum(x0, axis=0)"], {"x0": ("D0",)}, {"o": "g_o"}, [])
+        vjp(["o = tl.cumsum(x0, axis=0)"], {"x0": ("D0",)}, {"o": "g_o"})
 
 
 # -- the printer and the refusal (no kernels run) ------------------------------------------
@@ -416,6 +420,20 @@ def test_kernel_modules_are_written_next_to_the_layers():
         source = (ROOT / "generated" / f"{name}.py").read_text()
         kernel = source.split('nl.kernels(__file__, "')[1].split('"')[0]
         assert kernel.startswith("nlc_step_") and (ROOT / "generated" / f"{kernel}.py").exists()
+
+
+def test_the_step_is_printed_once():
+    """Each module prints the step once, as the jit function `step`; the forward kernel, the
+    backward's segment rerun and its recompute before the adjoint call it (no step line is
+    printed in a kernel)."""
+    for path in sorted((ROOT / "generated").glob("nlc_step_*.py")):
+        source = path.read_text()
+        helper, kernels = source.split("def step_forward(")
+        body = helper.split("def step(")[1]
+        lines = {line.strip() for line in body.splitlines() if " = " in line}
+        assert source.count("def step(") == 1 and lines, path.name
+        assert kernels.count(" = step(") == 3, path.name
+        assert not [line for line in kernels.splitlines() if line.strip() in lines], path.name
 
 
 def test_kernels_rerun_in_a_fresh_interpreter_process():
@@ -513,7 +531,7 @@ def test_every_adjoint_rule_against_autograd():
         "o = tl.sum(t2 * t3, axis=0) / D0 + tl.sum(tl.sum(S0_next, axis=1), axis=0)",
     ]
     shapes = {"S0": ("D0", "D0"), "x0": ("D0",), "x1": ("D0",), "x2": ()}
-    found = vjp(body, shapes, {"S0_next": "g_S0", "o": "g_o"}, ["S0_next"])
+    found = vjp(body, shapes, {"S0_next": "g_S0", "o": "g_o"})
     g = torch.Generator().manual_seed(0)
     leaves = {"S0": torch.randn(5, 5, generator=g, dtype=torch.float64),
               "x0": torch.randn(5, generator=g, dtype=torch.float64),
@@ -526,7 +544,7 @@ def test_every_adjoint_rule_against_autograd():
     want = torch.autograd.grad([scope["S0_next"], scope["o"]], list(leaves.values()),
                                [seeds["g_S0"], seeds["g_o"]])
     scope = {"tl": _TorchTl(), "D0": 5, **{k: v.detach() for k, v in leaves.items()}, **seeds}
-    exec("\n".join(found.forward + found.adjoint), scope)
+    exec("\n".join(found.step + found.adjoint), scope)
     for name, w in zip(leaves, want):
         got = scope[found.grads[name]]
         assert got.shape == w.shape and rel(got, w) < 1e-12, name

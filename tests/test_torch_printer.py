@@ -1,13 +1,16 @@
 """The PyTorch printer's sigmoid: `1 / (1 + exp(-x))`, alone or dividing a product, prints
 as one `torch.sigmoid` (one kernel where the division written out is four, in Hope's gates
-inside every chunk), and the code computes the same values."""
+inside every chunk), and the code computes the same values; an elementwise map of a
+transposed argument prints as its twin's transpose where both occur."""
 
 from __future__ import annotations
 
 import sympy as sp
 import torch
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.emit.torch_printer import TorchPrinter
+from nlc.runtime.library import ops
 
 
 def _code(expr) -> str:
@@ -35,3 +38,27 @@ def test_other_reciprocals_print_as_divisions():
     for expr in (1 / (2 + sp.exp(-x)), y / (1 + x), 1 / (1 + sp.exp(-x) + y)):
         code = _code(expr)
         assert "sigmoid" not in code and "/" in code, code
+
+
+def test_an_elementwise_map_and_its_transposed_twin_print_as_one_value():
+    """gelu(W k) as a column and gelu(k^T W^T) as a row (an MLP memory's gradient pairs): the
+    row prints as the column's transpose, one gelu and one product for both, same values."""
+    r = sp.Symbol("r", real=True)
+    gelu = sp.Lambda(r, r * (1 + sp.erf(r / sp.sqrt(2))) / 2)
+    W, k = sp.MatrixSymbol("W", 6, 3), sp.MatrixSymbol("k", 3, 1)
+    col = ElementwiseApplyFunction(gelu, W * k)
+    row = ElementwiseApplyFunction(gelu, k.T * W.T)
+    lines = TorchPrinter({"W": "W", "k": "k"}).assign([("col", 2 * col), ("row", row)])
+    code = "\n".join(lines)
+    assert code.count("nl.gelu(") == 1 and code.count("W @ k") == 1, code
+    g = torch.Generator().manual_seed(0)
+    values = {"W": torch.randn(4, 6, 3, dtype=torch.float64, generator=g),
+              "k": torch.randn(4, 3, 1, dtype=torch.float64, generator=g)}
+    scope = dict(values)
+    exec(code, {"torch": torch, "nl": ops}, scope)  # noqa: S102 (our printer's output)
+    want = torch.nn.functional.gelu(values["W"] @ values["k"])
+    assert torch.allclose(scope["col"], 2 * want, rtol=0, atol=1e-15)
+    assert torch.allclose(scope["row"], want.mT, rtol=0, atol=1e-15)
+    # alone, each orientation prints as written
+    alone = "\n".join(TorchPrinter({"W": "W", "k": "k"}).assign([("row", row)]))
+    assert alone == "row = nl.gelu((k.mT @ W.mT))", alone

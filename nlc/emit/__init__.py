@@ -98,11 +98,15 @@ def _render(plans, origin) -> dict[str, str]:
     printed = [LayerPrinter(plan, specs[plan.name]).printed() for plan in plans.layers]
     outputs = {plans.stem: render("layer.py.jinja", source=origin, plans=printed,
                                   models=list(plans.models))}
-    for level in (lv for layer in printed for lv in layer.levels if lv.step_kernel):
-        if level.step_kernel == plans.stem:
-            raise NlcError(f"the spec's module name '{plans.stem}' is the name of a "
-                           "shared kernel module: rename the spec file")
-        outputs[level.step_kernel] = level.step_source
+    for level in (lv for layer in printed for lv in layer.levels):
+        for module, source in ((level.step_kernel, level.step_source),
+                               (level.outer_kernel, level.outer_source)):
+            if module is None:
+                continue
+            if module == plans.stem:
+                raise NlcError(f"the spec's module name '{plans.stem}' is the name of a "
+                               "shared kernel module: rename the spec file")
+            outputs[module] = source
     from nlc.emit.triton_render import render_recurrent
     for plan in plans.layers:
         for level in plan.levels:

@@ -12,6 +12,7 @@ import sympy as sp
 from nlc.derive.execution import Attention
 from nlc.derive.symbols import shifted_name
 from nlc.emit.context import ContextPrinter, literal
+from nlc.emit.group_reads import shared_reads
 from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel
 from nlc.emit.names import local
 from nlc.emit.render import prose
@@ -232,7 +233,9 @@ class LayerPrinter:
                 (pairs, anchors), (transition, _) = pl.cores["pairs"], pl.cores["transition"]
                 states = tuple(self.printers[pl.name].state_names)
                 pl.batched = f"({pairs}, {anchors!r}, {transition}, {states!r})"
-        return out + self.shared_by_role(levels, {s.name for s in out})
+        taken = {s.name for s in out}
+        out += shared_reads(self, levels, taken)
+        return out + self.shared_by_role(levels, taken)
 
     def shared_by_role(self, levels: list[PrintedLevel], taken: set) -> list[PrintedShared]:
         """Levels whose steps (or `every C tokens` drives, combines, reads) print the same

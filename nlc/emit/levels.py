@@ -71,10 +71,15 @@ class PrintedLevel:
     chunked: list[str] = field(default_factory=list)
     frozen: dict[str, list[str]] = field(default_factory=dict)
     read_token: list[str] = field(default_factory=list)
+    read_tail: list[str] = field(default_factory=list)  # a group member's read after its memory
+    reads: str | None = None        # a group member's batched read (Member.reads), as code
     step_kernel: str | None = None  # the printed step kernel's module (a token-loop level)
     step_names: str = ""            # the op's token and state names for it, as code
     step_every: int = 0             # tokens per checkpointed segment
     step_source: str = field(default="", metadata={"template": 0})  # the module's source
+    outer_kernel: str | None = None  # the chunk-start terms kernels' module (a dual-form level)
+    outer_names: str = ""           # its token and anchor names and term layout, as code
+    outer_source: str = field(default="", metadata={"template": 0})  # the module's source
 
 
 def _number_code(expr) -> str:
@@ -144,9 +149,31 @@ class LevelPrinter:
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
             out.lazy_read = ex.low_rank and ex.left_read
+            if ex.dual or (ex.low_rank and not plan.group):
+                self.outer_kernel(out, ex)
         elif isinstance(ex, TokenLoop):
             self.step_kernel(out)
         return out
+
+    def outer_kernel(self, out: PrintedLevel, ex: FrozenSplit) -> None:
+        """A dual-form level's chunk-start terms as Triton kernels (nlc/emit/outer_render.py),
+        or the note saying why its PyTorch terms run on every device."""
+        from nlc.emit.outer_render import outer_kernel
+        from nlc.emit.tl_step_printer import StepPrintError
+        try:
+            kernel = outer_kernel(self.plan, ex, self.spec_dims)
+        except StepPrintError as err:
+            out.notes.append(prose(f"no chunk-start terms kernel: {err}; every device runs "
+                                   "the PyTorch terms"))
+            return
+        out.outer_kernel, out.outer_source = kernel.module, kernel.source
+        out.outer_names = (f"{_tuple(repr(n) for n in kernel.tokens)}, "
+                           f"{_tuple(repr(n) for n in kernel.anchors)}, "
+                           f"{_tuple(f'({n!r}, {k})' for n, k in kernel.layout)}")
+        out.notes.append(prose("on CUDA its chunk-start terms (the MLP at the anchors, the "
+                               "error signals and the backward pass through the MLP) run as "
+                               f"the Triton kernels of {kernel.module}.py, forward and "
+                               "backward"))
 
     def step_kernel(self, out: PrintedLevel) -> None:
         """A token-loop level's fused step kernel (nlc/emit/step_render.py), or the note

@@ -117,14 +117,14 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
 
 
 def _backward(body: list[str], states: list[_Tensor], tokens: list[_Tensor]):
-    """The backward kernel's lines (nlc/emit/step_vjp.py): the step recomputed in flat form,
-    then its adjoint, seeded with `g_S<i>` (the adjoint of the state after the token) and
-    `g_o`; or None and the reason there is none."""
+    """The step in flat form (the module's `step` helper) and its adjoint, seeded with `g_S<i>`
+    (the adjoint of the state after the token) and `g_o` (nlc/emit/step_vjp.py); or None and
+    the reason there is none (the helper then holds `body`)."""
     shapes = {s.name: (s.rows, s.cols) if s.kind == "mat" else (s.size,) for s in states}
     shapes |= {x.name: (x.size,) if x.size else () for x in tokens}
     seeds = {f"{s.name}_next": f"g_{s.name}" for s in states} | {"o": "g_o"}
     try:
-        found = vjp(body, shapes, seeds, [f"{s.name}_next" for s in states])
+        found = vjp(body, shapes, seeds)
     except StepVjpError as err:
         return None, str(err)
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:

@@ -19,6 +19,11 @@ made, and each operation hands its operands their contributions by its rule:
     tl.maximum/minimum  g to the larger (smaller) operand
     floor, ceil, comparisons, tl.zeros, constants   no adjoint
 
+Register pressure (a kernel program holds every value): a contribution summed over the axes
+an operand was broadcast along, and a block-sized contribution, are computed as they are made
+(a block added to the operand's running sum) rather than when the operand's own line is
+reached, so the blocks they read do not live on through the rest of the adjoint.
+
 No rule is written per model: whatever the forward printer prints out of these operations has
 a backward. An operation outside the list raises `StepVjpError` naming it; the caller keeps the
 PyTorch recompute backward and says why.
@@ -180,17 +185,6 @@ def _reads(code: str) -> set[str]:
     return {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name)}
 
 
-def needed(lines: list[str], wanted: set[str]) -> list[str]:
-    """The lines (`name = code`) that `wanted` depends on, in order."""
-    keep, wanted = [], set(wanted)
-    for line in reversed(lines):
-        target, code = line.split(" = ", 1)
-        if target in wanted:
-            keep.append(line)
-            wanted |= _reads(code)
-    return keep[::-1]
-
-
 class _Adjoint:
     """The reverse walk over a _Flat program."""
 
@@ -253,11 +247,20 @@ class _Adjoint:
         for axis in sorted(drop, reverse=True):
             code = f"tl.sum({code}, axis={axis})"
             shape = shape[:axis] + shape[axis + 1:]
+        if drop:    # computed where it is made, so the blocks it reads need not live on
+            code = self._hold(code)
         want = self.shapes[base]
         if len(shape) > len(want) or any(s != t and s != ONE
                                          for s, t in zip(shape[::-1], want[::-1])):
             raise StepVjpError(f"an adjoint of shape {shape} for '{base}' of {want}")
-        self.parts.setdefault(base, []).append((code, shape))
+        parts = self.parts.setdefault(base, [])
+        if len(shape) == 2 and ONE not in shape:    # a block: added to the base's sum now
+            block = [i for i, (_, s) in enumerate(parts) if s == shape]
+            if block:
+                code = self._hold(f"{parts.pop(block[0])[0]} + {_p(code)}")
+            elif not code.isidentifier():
+                code = self._hold(code)
+        parts.append((code, shape))
 
     def back(self, node, g: str, shape: Shape, out: str) -> None:
         """Contributions of the line `out = node` to its operands; `g` (of `shape`) is the
@@ -339,22 +342,16 @@ class _Adjoint:
 
 @dataclass(frozen=True)
 class Vjp:
-    rerun: list[str]        # the flat step lines the carried outputs (the next states) need
-    forward: list[str]      # the flat step lines the adjoint reads
+    step: list[str]         # the step in flat form: every line, the kernel's `step` helper
+    kept: list[str]         # the step's intermediates the adjoint reads (the helper returns them)
     adjoint: list[str]      # the adjoint lines
     grads: dict[str, str]   # input -> the name of its adjoint
 
-    def reads(self, part: str) -> set[str]:
-        """The names the lines of `part` ("rerun", or "forward" with "adjoint") read."""
-        lines = self.rerun if part == "rerun" else self.forward + self.adjoint
-        return set().union(*(_reads(line.split(" = ", 1)[1]) for line in lines))
 
-
-def vjp(body: list[str], inputs: dict[str, Shape], seeds: dict[str, str],
-        carried: list[str]) -> Vjp:
+def vjp(body: list[str], inputs: dict[str, Shape], seeds: dict[str, str]) -> Vjp:
     """The reverse mode of the printed step `body`. `inputs` are the names the body reads,
-    with shapes; `seeds` maps each output to the kernel value holding its adjoint; `carried`
-    are the outputs a rerun of the step needs."""
+    with shapes; `seeds` maps each output (the next states, the read) to the kernel value
+    holding its adjoint."""
     flat = _Flat(inputs)
     for text in body:
         try:
@@ -370,6 +367,6 @@ def vjp(body: list[str], inputs: dict[str, Shape], seeds: dict[str, str],
         raise StepVjpError(f"the step does not compute {', '.join(missing)}")
     adjoint = _Adjoint(flat, inputs)
     grads = adjoint.run(seeds, list(inputs))
-    lines = [f"{t} = {ast.unparse(e)}" for t, e in flat.lines]
     reads = set().union(*(_reads(line.split(" = ", 1)[1]) for line in adjoint.lines))
-    return Vjp(needed(lines, set(carried)), needed(lines, reads), adjoint.lines, grads)
+    kept = [t for t, _ in flat.lines if t in reads and t not in seeds]
+    return Vjp([f"{t} = {ast.unparse(e)}" for t, e in flat.lines], kept, adjoint.lines, grads)

@@ -88,6 +88,25 @@ def _sigmoid_of(e):
     return None
 
 
+def _transposed_twins(exprs) -> dict:
+    """f.(X^T) -> (f.(X))^T where both occur in `exprs`: an elementwise map of a transposed
+    argument is the transposed map, so the two print as one value (an MLP memory's gradient
+    pairs take `gelu(W k)` as a column and `gelu(k^T W^T)` as a row). The orientation with
+    fewer transposes in its argument is the one computed."""
+    nodes = {n for e in exprs for n in sp.preorder_traversal(e)
+             if isinstance(n, ElementwiseApplyFunction)}
+    twins = {}
+    for node in nodes:
+        twin = ElementwiseApplyFunction(node.function, sp.Transpose(node.expr).doit())
+        if twin in nodes and _transposes(twin.expr) < _transposes(node.expr):
+            twins[node] = sp.Transpose(twin)
+    return twins
+
+
+def _transposes(e) -> int:
+    return sum(isinstance(n, sp.Transpose) for n in sp.preorder_traversal(e))
+
+
 class TorchPrinter:
     """Print expressions as assignment lines. `names` maps a symbol's name to the Python
     expression that holds it; `prefix` names the temporaries."""
@@ -106,6 +125,8 @@ class TorchPrinter:
     # ------------------------------------------------------------------ driver
     def assign(self, outputs: list[tuple[str, object]]) -> list[str]:
         """Lines that compute each (target, expression); returns all lines so far."""
+        twins = _transposed_twins([e for _, e in outputs])
+        outputs = [(t, e.xreplace(twins) if twins else e) for t, e in outputs]
         for _, expr in outputs:
             self._count(expr)
         for target, expr in outputs:

@@ -9,10 +9,14 @@ mixings' products T[s, t] = P_s ... P_{t-1} (`transfers`), the triangular system
 chunk's C n columns (`intra`: W = U + w X_0^T), each token's read (`outputs`: o = a X_0^T + b W)
 and the end state (`state_pass`: X_C = X_0 (mix (x) I) + W^T r). Those per-chunk pieces are
 independent of the state and run for all chunks at once, in float32, differentiated by
-autograd: batched PyTorch products, and (I - L)^-1 over the chunk's C n columns by
-`UnitLowerInverse` (chunk_delta_triton.py's block inverse on diagonal blocks of up to 64,
-block substitution below them). What passes the state from chunk to chunk, and reads it,
-runs here:
+autograd: T by joint_transfers_triton.py's kernels (one launch each way, where joint.py's
+column loop is C launches forward and more backward), batched PyTorch products with the
+n x n ones as broadcast sums (joint.py's `small_matmul`), and (I - L)^-1 over the chunk's
+C n columns by `UnitLowerInverse` (chunk_delta_triton.py's block inverse on diagonal blocks
+of up to 64, block substitution below them). r = T[s+1, C] (x) k_s is not formed: the
+kernels take its factors (the n x n `tail` T[s+1, C] and the keys), the forward state pass
+builds r's rows in registers, and the backward builds r once for its own pass. What passes
+the state from chunk to chunk, and reads it, runs here:
 
   states (sequential, per V block):  W = U + w X^T,  X' = X (mix (x) I) + W^T r
   output (per chunk):                O = a X^T + b W
@@ -20,11 +24,11 @@ runs here:
                                      dX = dO^T a + dX' (mix^T (x) I) + dW^T w
 
 and the pieces' gradients are batched products over the value axis (dU = dW, dw = dW X,
-da = dO X, db = dO W^T, dr = W dX', dmix from X and dX'). One state per chunk is stored
-and nothing per token but W. Tokens are gathered into whole chunks (a chunk never spans two
-sequences of `cu_seqlens`); the missing tokens of a sequence's last chunk get P = I, Q = 0
-and no value, so they carry the state through unchanged. The mixing X (mix (x) I) works on
-the state as n blocks of K columns."""
+da = dO X, db = dO W^T, dr = W dX' folded onto r's factors, dmix from X and dX'). One
+state per chunk is stored and nothing per token but W. Tokens are gathered into whole chunks
+(a chunk never spans two sequences of `cu_seqlens`); the missing tokens of a sequence's last
+chunk get P = I, Q = 0 and no value, so they carry the state through unchanged. The mixing
+X (mix (x) I) works on the state as n blocks of K columns."""
 
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ from nlc.runtime.library.chunk_triton import (
     pow2,
     state_launch,
 )
-from nlc.runtime.library.joint import intra, outputs, state_pass, transfers
+from nlc.runtime.library.joint import intra, outputs
+from nlc.runtime.library.joint_transfers_triton import Transfers
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -97,13 +102,29 @@ def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constex
     return i_h, first, last, a_d, m_d, o_v, m_v, m_vd, p_state, b_X
 
 
+@triton.jit
+def _end_rows(tail, k, base, rows, m_r, m_d, C: tl.constexpr, K: tl.constexpr,
+              n: tl.constexpr, BK: tl.constexpr, NP: tl.constexpr):
+    """Rows `rows` of the chunk's r = T[s+1, C] (x) k_s (`[C n, n K]`: row s n + j, column
+    block i), built from its factors: `tail` `[..., C, n, n]` (T[s+1, C]) and the keys
+    `[..., C, K]`, both float32, so the forward never stores r (33 KiB a chunk at n = 2,
+    K = 128, where r takes 128)."""
+    o_d = tl.arange(0, NP * BK)
+    s, j = rows // n, rows % n
+    m = m_r[:, None] & m_d[None, :]
+    b_c = tl.load(tail + ((base * C + s) * n + j)[:, None] * n + (o_d // BK)[None, :], mask=m,
+                  other=0.0)
+    b_k = tl.load(k + (base * C + s)[:, None] * K + (o_d % BK)[None, :], mask=m, other=0.0)
+    return b_c * b_k
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
-def _states_kernel(u, w, r, mix, h, wout, x0, xt, offsets,
+def _states_kernel(u, w, tail, k, mix, h, wout, x0, xt, offsets,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, n: tl.constexpr,
-                   R: tl.constexpr, BR: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr,
-                   NP: tl.constexpr, BV: tl.constexpr, HAS_X0: tl.constexpr,
-                   PREC: tl.constexpr):
+                   C: tl.constexpr, R: tl.constexpr, BR: tl.constexpr, RB: tl.constexpr,
+                   BK: tl.constexpr, NP: tl.constexpr, BV: tl.constexpr,
+                   HAS_X0: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h),
     the chunk's W = U + w X^T (wout), X' = X (mix (x) I) + W^T r, and the final state. The
     chunk's R = C n rows go in blocks of RB."""
@@ -124,7 +145,7 @@ def _states_kernel(u, w, r, mix, h, wout, x0, xt, offsets,
             b_W = tl.load(u + p_rv, mask=m_r[:, None] & m_v[None, :], other=0.0) \
                 + tl.dot(b_w, tl.trans(b_X), input_precision=PREC)
             tl.store(wout + p_rv, b_W, mask=m_r[:, None] & m_v[None, :])
-            b_r = tl.load(r + p_rd, mask=m_r[:, None] & m_d[None, :], other=0.0)
+            b_r = _end_rows(tail, k, base, rows, m_r, m_d, C, K, n, BK, NP)
             b_new += tl.dot(tl.trans(b_W), b_r, input_precision=PREC)
         b_X = b_new
     tl.store(xt + p_state, b_X, mask=m_vd)
@@ -215,7 +236,7 @@ class UnitLowerInverse(torch.autograd.Function):
         R = A.shape[-1]
         B = min(pow2(R), 64)
         Rp = -(-R // B) * B
-        a = F.pad(A, (0, Rp - R, 0, Rp - R)).reshape(-1, Rp, Rp).contiguous()
+        a = (F.pad(A, (0, Rp - R, 0, Rp - R)) if Rp > R else A).reshape(-1, Rp, Rp).contiguous()
         nb = Rp // B
         diag = torch.stack([a[:, i * B:(i + 1) * B, i * B:(i + 1) * B] for i in range(nb)], 1)
         blocks = torch.zeros_like(diag)
@@ -241,15 +262,19 @@ class UnitLowerInverse(torch.autograd.Function):
 # Blocks: the state's n key blocks whole (NP BK columns: 256 at n = 2, K = 128), values in
 # blocks of state_launch's width (at most 32 here), and a chunk's C n rows in blocks of
 # RB = 32, so no tile is larger than [32, 256] float32 (32 KiB). The sequential kernels run
-# one pipeline stage: their row loop loads w and r, 64 KiB a stage in float32.
+# one pipeline stage: their row loop loads w and r, 64 KiB a stage in float32. They hold
+# the [BV, n K] float32 state and its update at once, so they take 8 warps: with
+# state_launch's 4 they spilled 304 and 768 bytes a thread at BV = 32 (the block the timed
+# (8, 2048, 16, 128) got), none and 64 with 8 (benchmarks/kernel_resources.py).
 ROW_BLOCK = 32
+SEQUENTIAL_WARPS = 8
 
 
 def _tiles(K: int, V: int, n: int, R: int):
     return pow2(K), min(pow2(V), 32), pow2(n, 2), pow2(R), min(pow2(R), ROW_BLOCK)
 
 
-def _pass(u, w, a, b, mix, r, x0, offsets, shape, prec):
+def _pass(u, w, a, b, mix, tail, k, x0, offsets, shape, prec):
     NC, H, R, V = u.shape
     K, n, S, C = shape
     BK, BV, NP, BR, RB = _tiles(K, V, n, R)
@@ -257,16 +282,23 @@ def _pass(u, w, a, b, mix, r, x0, offsets, shape, prec):
     h = torch.empty(NC, H, V, n * K, **f32)
     wout = torch.empty(NC, H, R, V, **f32)
     xt = torch.empty(S, H, V, n * K, **f32)
-    BVs, warps = state_launch(BV, S * H)
+    BVs = state_launch(BV, S * H)[0]
     dims = {"H": H, "K": K, "V": V, "n": n, "R": R, "BR": BR, "RB": RB, "BK": BK, "NP": NP,
             "PREC": prec}
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        u, w, r, mix, h, wout, x0, xt, offsets, BV=BVs, HAS_X0=x0 is not None, **dims,
-        num_warps=warps, num_stages=1)
+        u, w, tail, k, mix, h, wout, x0, xt, offsets, C=C, BV=BVs, HAS_X0=x0 is not None,
+        **dims, num_warps=SEQUENTIAL_WARPS, num_stages=1)
     o = torch.empty(NC, H, C, V, **f32)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](a, b, h, wout, o, C=C, BV=BV, **dims,
                                                 num_warps=4)
     return o, xt, h, wout
+
+
+def _end_matrix(tail, k):
+    """joint.py's r = T[s+1, C] (x) k_s `[..., C n, n K]` from its factors (the backward's
+    state pass reads it whole: built in-kernel there, as the forward does, it spilled
+    3 KiB a thread)."""
+    return (tail[..., None] * k[..., :, None, None, :]).flatten(-2).flatten(-3, -2)
 
 
 class JointStatePass(torch.autograd.Function):
@@ -274,17 +306,17 @@ class JointStatePass(torch.autograd.Function):
     the final joint states `[S, H, V, n K]`); see the module docstring."""
 
     @staticmethod
-    def forward(ctx, u, w, a, b, mix, r, x0, offsets, K, n, prec):
+    def forward(ctx, u, w, a, b, mix, tail, k, x0, offsets, K, n, prec):
         S = offsets.numel() - 1
         C = a.shape[2]
-        o, xt, h, wout = _pass(u, w, a, b, mix, r, x0, offsets, (K, n, S, C), prec)
-        ctx.save_for_backward(w, a, b, mix, r, offsets, h, wout)
+        o, xt, h, wout = _pass(u, w, a, b, mix, tail, k, x0, offsets, (K, n, S, C), prec)
+        ctx.save_for_backward(w, a, b, mix, tail, k, offsets, h, wout)
         ctx.meta = (K, n, prec, x0 is not None)
         return o, xt
 
     @staticmethod
     def backward(ctx, do, dxt):
-        w, a, b, mix, r, offsets, h, wout = ctx.saved_tensors
+        w, a, b, mix, tail, k, offsets, h, wout = ctx.saved_tensors
         K, n, prec, has_x0 = ctx.meta
         _, H, R, V = wout.shape
         C, S = a.shape[2], offsets.numel() - 1
@@ -293,20 +325,23 @@ class JointStatePass(torch.autograd.Function):
         dh = torch.empty_like(h)
         dw = torch.empty_like(wout)
         dx0 = torch.empty(S, H, V, n * K, dtype=torch.float32, device=do.device)
-        BVs, warps = state_launch(BV, S * H)
+        BVs = state_launch(BV, S * H)[0]
         _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
-            a, b, w, r, mix, do, dh, dw, dxt.contiguous() if dxt is not None else None, dx0,
+            a, b, w, _end_matrix(tail, k), mix, do, dh, dw,
+            dxt.contiguous() if dxt is not None else None, dx0,
             offsets, H=H, K=K, V=V, n=n, C=C, R=R, BR=BR, RB=RB, BK=BK, NP=NP, BV=BVs,
-            HAS_DXT=dxt is not None, PREC=prec, num_warps=warps, num_stages=1)
+            HAS_DXT=dxt is not None, PREC=prec, num_warps=SEQUENTIAL_WARPS, num_stages=1)
         # the pieces' gradients: products over the value axis, every chunk at once
         d_w = dw @ h
         d_a = do @ h
         d_b = do @ wout.mT
-        d_r = wout @ dh
+        d_r = (wout @ dh).unflatten(-2, (C, n)).unflatten(-1, (n, K))  # [s, j, i, k]
+        d_tail = torch.einsum("...sjik,...sk->...sji", d_r, k)
+        d_k = torch.einsum("...sjik,...sji->...sk", d_r, tail)
         d_mix = torch.einsum("chvjk,chvik->chji", h.unflatten(-1, (n, K)),
                              dh.unflatten(-1, (n, K)))
-        return (dw, d_w, d_a, d_b, d_mix, d_r, dx0 if has_x0 else None, None, None, None,
-                None)
+        return (dw, d_w, d_a, d_b, d_mix, d_tail, d_k, dx0 if has_x0 else None, None, None,
+                None, None)
 
 
 def _check(q, k, values, P, Q, read, initial_state, sequences):
@@ -328,17 +363,12 @@ def _check(q, k, values, P, Q, read, initial_state, sequences):
 
 
 def _chunks(x, index, valid, fill):
-    """Tokens `[N, H, *]` gathered into whole chunks `[1, H, NC, C, *]` (joint.py's layout);
-    a missing token gets `fill`."""
+    """Tokens `[N, H, *]` gathered into whole chunks `[NC, H, C, *]` (the kernels' layout:
+    joint.py's pieces take any leading dimensions, so they come out in it and need no
+    transposed copy); a missing token gets `fill`."""
     got = x[index.clamp_max(x.shape[0] - 1)]                  # [NC, C, H, *]
     keep = valid.view(*valid.shape, *[1] * (got.dim() - 2))
-    got = torch.where(keep, got, fill)
-    return got.movedim(2, 0).unsqueeze(0)
-
-
-def _pieces(x):
-    """joint.py's `[1, H, NC, ...]` -> the kernels' `[NC, H, ...]`, float32, contiguous."""
-    return x.squeeze(0).transpose(0, 1).float().contiguous()
+    return torch.where(keep, got, fill).transpose(1, 2).contiguous()
 
 
 def chunk_joint(q, k, values, P, Q, *, read=0, initial_state=None, read_before=False,
@@ -362,15 +392,15 @@ def chunk_joint(q, k, values, P, Q, *, read=0, initial_state=None, read_before=F
         return _chunks(x.float().reshape(B * T, *x.shape[2:]), index, valid, fill)
 
     qc, kc, vc, Qc = (chunked(x) for x in (q, k, values, Q))
-    Tm = transfers(chunked(P, eye))
+    Tm = Transfers.apply(chunked(P, eye))
     U, w = intra(kc, Qc, vc, Tm, inverse=UnitLowerInverse.apply)
     a, b = outputs(qc, kc, Tm, read, read_before)
-    mix, r = state_pass(kc, Tm)
+    mix, tail = Tm[..., 0, chunk_size, :, :], Tm[..., 1:, chunk_size, :, :]  # r's factors
     x0 = None
     if initial_state is not None:
         x0 = initial_state.float().movedim(2, 3).flatten(-2).contiguous()  # [S, H, V, n K]
-    o, xt = JointStatePass.apply(*map(_pieces, (U, w, a, b, mix, r)), x0, table.offsets, K, n,
-                                 dot_precision(q.dtype))
+    pieces = (x.contiguous() for x in (U, w, a, b, mix, tail, kc))  # float32 already
+    o, xt = JointStatePass.apply(*pieces, x0, table.offsets, K, n, dot_precision(q.dtype))
     o = o.transpose(1, 2)[valid]                             # [N, H, V], in token order
     return (o.to(values.dtype).reshape(B, T, H, V),
             xt.unflatten(-1, (n, K)).movedim(3, 2))

@@ -145,7 +145,9 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     # (a combine that reads no gate still needs a tensor for the basis' dtype and device)
     used = {**consts, **{g: tokens[g] for g in gates}} or dict(tokens)
     step, add = _transitions(combine, used, order, terms, lead)
-    eyes = _eyes(step, add, chunk, read_before)
+    # whether the scan kernel runs is decided once: a chunk is never longer than `chunk`
+    kernels = _scan_kernels({"step": step}, len(order), len(terms), min(chunk, T))
+    eyes = _eyes(step, add, chunk, read_before, kernels)
     outputs, stacks = [], {}
     run = compiled_chunk(_dual_chunk)
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
@@ -155,18 +157,18 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
                                  _by_chunk(add, chunk)):
         anchor = _anchor(state, anchors)
         o, (state, stacks) = _maybe_checkpoint(run, whole, outer, read, consts, state, stacks,
-                                               part, steps, adds, terms, eyes, anchors,
-                                               read_before, not whole)
+                                               part, steps, adds, terms, eyes, kernels,
+                                               anchors, read_before, not whole)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
-def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes, anchors,
-                read_before, scan_recompute):
+def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes, kernels,
+                anchors, read_before, scan_recompute):
     """One chunk of `dual_chunked`: its reads and the state after its last token, from the
     chunk's transitions (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`; `eyes`: `_eyes`;
-    `stacks`: `_chunk_end`'s; `scan_recompute`: the coefficient scan is recomputed in the
-    backward pass)."""
+    `kernels`: `_scan_kernels`' answer for the call; `stacks`: `_chunk_end`'s;
+    `scan_recompute`: the coefficient scan is recomputed in the backward pass)."""
     order = list(state)
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
@@ -176,10 +178,11 @@ def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes
     # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
     # the backward pass instead of keeping them (long sequences: many chunks); the scan
     # kernel keeps none, and inside a recomputed chunk the scan is not checkpointed again
-    kernels = _scan_kernels({"step": step}, len(order), len(terms), step.shape[1])
+    if torch.compiler.is_compiling():  # a compiled chunk traces the PyTorch scan
+        kernels = None
     phis, psis = _maybe_checkpoint(_scan, scan_recompute and _needs_grad({"step": step,
                                                                           "add": add})
-                                   and kernels is None, step, add, eyes["tokens"])
+                                   and kernels is None, step, add, eyes["tokens"], kernels)
     seen = _before(phis, psis, eyes["states"]) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
     stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
@@ -188,13 +191,12 @@ def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes
     return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], psis[:, -1])
 
 
-def _eyes(step, add, chunk: int, read_before: bool) -> dict:
+def _eyes(step, add, chunk: int, read_before: bool, kernels) -> dict:
     """The identities the chunks need, built once per call rather than once per chunk: of
     the chunk's tokens for the PyTorch scan (none when the scan kernel runs), of the states
     for a read before the write (None when not needed)."""
-    n, d = step.shape[-1], add.shape[-1]
+    n = step.shape[-1]
     like = {"dtype": step.dtype, "device": step.device}
-    kernels = _scan_kernels({"step": step}, n, d, min(chunk, step.shape[1]))
     return {"tokens": None if kernels is not None else torch.eye(chunk, **like),
             "states": torch.eye(n, **like) if read_before else None}
 
@@ -251,7 +253,9 @@ def _meta(x):
 def _coefficients(combine, inputs, order, terms, lead):
     """Phi `[B, T, H, n, n]` and Psi `[B, T, H, n, T, d]` of the states after each token's
     write (`_transitions`, then `_scan`)."""
-    return _scan(*_transitions(combine, inputs, order, terms, lead))
+    step, add = _transitions(combine, inputs, order, terms, lead)
+    return _scan(step, add, None, _scan_kernels({"step": step}, len(order), len(terms),
+                                                step.shape[1]))
 
 
 def _transitions(combine, inputs, order, terms, lead):
@@ -269,12 +273,12 @@ def _transitions(combine, inputs, order, terms, lead):
     return rows[..., :n], rows[..., n:]
 
 
-def _scan(step, add, here=None):
+def _scan(step, add, here=None, kernels=None):
     """The inclusive scan of a chunk's transitions from the chunk start: Phi and Psi. In
     log2(T) doubling steps (Hillis & Steele 1986) instead of a loop over the tokens, or as
-    the scan kernel (dual_triton.py). `here`: an identity of at least T tokens, if built."""
-    T, n, d = step.shape[1], step.shape[3], add.shape[-1]
-    kernels = _scan_kernels({"step": step}, n, d, T)
+    the scan kernel (`kernels`: dual_triton.py, when `_scan_kernels` said it runs). `here`:
+    an identity of at least T tokens, if built."""
+    T, d = step.shape[1], add.shape[-1]
     if kernels is not None:
         return kernels.coefficient_scan(step, add)
     # b_t sits in column t

@@ -40,6 +40,14 @@ def _pad(x, T: int):
     return F.pad(x, [0, 0] * (x.dim() - 2) + [0, T - x.shape[1]])
 
 
+def small_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A @ B for n x n matrices (n at most a few) in any batch, as n broadcast products. A
+    batched matmul runs a whole GEMM tile per 2 x 2 product, and cuBLAS takes at most 65535
+    of them a call: at (8, 2048, 16) the products below took 194 of a forward + backward's
+    239 ms on an H100 (docs/perf.md, "Structure of the slow chunked kernels")."""
+    return sum(A[..., :, j, None] * B[..., None, j, :] for j in range(A.shape[-1]))
+
+
 def transfers(P: torch.Tensor) -> torch.Tensor:
     """P `[..., C, n, n]` -> T `[..., C + 1, C + 1, n, n]`, T[s, t] = P_s ... P_{t-1} for
     s <= t (the identity at s = t), 0 for s > t. Built column by column, t from 0 to C."""
@@ -49,7 +57,7 @@ def transfers(P: torch.Tensor) -> torch.Tensor:
     column = start[0].expand(*P.shape[:-3], C + 1, n, n)
     columns = [column]
     for t in range(C):
-        column = column @ P[..., t, None, :, :] + start[t + 1]
+        column = small_matmul(column, P[..., t, None, :, :]) + start[t + 1]
         columns.append(column)
     return torch.stack(columns, -3)
 
@@ -59,11 +67,11 @@ def intra(k, Q, V, T, inverse=unit_lower_inverse):
     columns W_t of every token (row t n + i holds W_t's column i) are U + w X_0^T. `inverse`
     inverts I + A for a strictly lower A (chunk_joint_triton.py passes its kernels')."""
     C, n = Q.shape[-3], Q.shape[-1]
-    E = T[..., 1:, :C, :, :] @ Q.unsqueeze(-4)            # [s, t]: T[s+1, t] Q_t
+    E = small_matmul(T[..., 1:, :C, :, :], Q.unsqueeze(-4))   # [s, t]: T[s+1, t] Q_t
     kk = (k @ k.mT).masked_fill(~_causal(C, True, k.device), 0.0)   # [t, s], s < t
     L = torch.einsum("...ts,...stji->...tisj", kk, E).reshape(*kk.shape[:-2], C * n, C * n)
     inv = inverse(-L)
-    Z = T[..., 0, :C, :, :] @ Q                              # [t]: T[0, t] Q_t
+    Z = small_matmul(T[..., 0, :C, :, :], Q)                 # [t]: T[0, t] Q_t
     z = torch.einsum("...tji,...tk->...tijk", Z, k).reshape(*Z.shape[:-3], C * n, -1)
     return inv @ V.reshape(*V.shape[:-3], C * n, V.shape[-1]), inv @ z
 

@@ -459,6 +459,21 @@ def kernels(module_file: str, name: str):
     return _KERNELS[path]
 
 
+def outer_terms(module_file: str, name: str, fallback, token_names: tuple, anchor_names: tuple,
+                layout: tuple):
+    """A dual-form level's chunk-start terms (`fallback`, its PyTorch `*_outer`) with the
+    Triton kernels of the module `name` next to `module_file` behind them where they run
+    (runtime/library/outer_launch.py); the same inputs, the same dict of (column, row)
+    pairs. NLC_TERMS_TRITON=0 keeps the PyTorch terms (to time the kernels against them)."""
+    def terms(inputs: dict) -> dict:
+        if (torch.compiler.is_compiling() or os.environ.get("NLC_TERMS_TRITON") == "0"
+                or not triton_enabled(inputs[token_names[0]])):
+            return fallback(inputs)
+        return kernels(module_file, name).LAUNCHER.terms(fallback, token_names, anchor_names,
+                                                         layout, inputs)
+    return terms
+
+
 class LinearRecorder:
     """Records, for every `nn.Linear` of a model, the inputs of the last forward pass and the
     gradients of its outputs (what a level `over gradients u, inputs x` sees, e.g. DGD)."""

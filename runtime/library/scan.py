@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 import torch.utils.checkpoint
-from nlc.runtime.library import affine_chunk
+from nlc.runtime.library import affine_chunk, member_batch
 
 State = dict[str, torch.Tensor]
 Step = Callable[[State, dict], tuple[State, torch.Tensor]]
@@ -306,26 +306,25 @@ def _one(x) -> bool:
 
 
 def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,
-                     current: dict) -> dict:
+                     current: dict, stacks: member_batch.Stacks | None = None) -> dict:
     """The chunk's last states of members that share their pairs and transition functions
     (`Member.core`), as one batch: their chunk-start tensors and states stacked along the
     batch axis, the tokens repeated (one call of each shared function instead of one per
-    member)."""
+    member; runtime/library/member_batch.py)."""
     pairs, anchors, transition, names = members[0].core
     n = len(members)
-    repeat = {k: torch.cat([v] * n) for k, v in per_token.items()}
-    batched = {**inputs, **repeat}
-    states = {name: torch.cat([current[m.name][m.core[3][i]] for m in members])
+    stacks = stacks or member_batch.Stacks(current)
+    batched = member_batch.Repeated(inputs, per_token, n, stacks)
+    states = {name: stacks.states(members, [m.core[3][i] for m in members])
               for i, name in enumerate(names)}
 
     def stacked(i):  # an anchor is its state at the chunk start: the stacked state, widened
-        for j, name in enumerate(names):
-            if all(dict(m.anchors).get(m.core[1][i]) == m.core[3][j] for m in members):
-                return states[name].unsqueeze(1)
+        if all(m.core[1][i] in dict(m.anchors) for m in members):
+            return stacks.anchors(members, [m.core[1][i] for m in members])
         return torch.cat([wide[m.name][m.core[1][i]] for m in members])
 
     terms = pairs(batched, *(stacked(i) for i in range(len(anchors))))
-    _, last = _affine(dict(zip(names, transition({**batched, **terms}))), states, None,
+    _, last = _affine(dict(zip(names, transition(batched.with_values(terms)))), states, None,
                       terms)
     split = [last[name].chunk(n) for name in names]
     return {m.name: current[m.name] | {m.core[3][i]: split[i][j] for i in range(len(names))}
@@ -347,6 +346,9 @@ class Member(NamedTuple):
     # (shared pairs, its chunk-start tensors' names, shared transition, the states' names):
     # members with the same shared functions run as one batch (coupled_chunked)
     core: tuple | None = None
+    # (shared application of the memory, its chunk-start tensors' names, the read's tail):
+    # members that apply their memories alike read as one batch (member_batch.reads)
+    reads: tuple | None = None
 
 
 @_float32
@@ -393,23 +395,31 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
     recompute = _recompute(tokens, consts, *current.values(),
                            builds_per_token=not all(m.transition and m.pairs for m in members))
 
+    order = member_batch.tails_together(members)  # one order for every batch: one stack
+
     def one_chunk(current, part):
         anchor = {m.name: _anchor(current[m.name], m.anchors) for m in members}
         wide = {n: _wide(an) for n, an in anchor.items()}
         inputs = {**consts, **part}
-        read = {m.name: m.read(current[m.name], {**inputs, **wide[m.name]}) for m in members}
+        stacks = member_batch.Stacks(current)
+        read = {}
+        for batch in member_batch.read_batches(order):
+            if len(batch) > 1:
+                read |= member_batch.reads(batch, inputs, part, stacks)
+            else:
+                m, = batch
+                read[m.name] = m.read(current[m.name], {**inputs, **wide[m.name]})
         inputs |= read
         current = dict(current)
         batches: dict = {}
-        for m in members:
+        for m in order:
             if m.core is not None:
-                batches.setdefault((m.core[0], m.core[2]), []).append(m.name)
+                batches.setdefault((m.core[0], m.core[2]), []).append(m)
         batched = set()
-        for names in batches.values():
-            if len(names) > 1:
-                current |= _batched_members([m for m in members if m.name in names], inputs,
-                                            part | read, wide, current)
-                batched.update(names)
+        for same in batches.values():
+            if len(same) > 1:
+                current |= _batched_members(same, inputs, part | read, wide, current, stacks)
+                batched.update(m.name for m in same)
         for m in members:
             if m.name in batched:
                 continue

@@ -59,7 +59,8 @@ def backward_warps(entries: int) -> int:
     """Warps per program of the backward kernel, which holds the states, their adjoints and
     the step's intermediates with theirs: about 8 state entries a thread. Compiled for sm_90
     (benchmarks/step_kernel_resources.py --kernel backward), Moneta's backward at d_head = 16
-    spills 192 B a thread at 4 warps and nothing at 8 (docs/triton.md)."""
+    spills 184 B a thread at 4 warps and nothing at 8; at d_head = 32 and 64, 32 warps spill
+    less than 16 (docs/perf.md, "Step kernels: registers and spills")."""
     return num_warps(2 * entries)
 
 

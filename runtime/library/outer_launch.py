@@ -1,0 +1,137 @@
+"""The host side of chunk-start terms kernels (`nlc_outer_*` modules,
+templates/outer_kernel.py.jinja), for `dual.dual_chunked`.
+
+A dual-form level's `*_outer(inputs)` gives, for every token of a chunk, the (column, row)
+factors of the outer products it adds, from the token's inputs and the chunk-start states
+(the anchors). `ops.outer_terms` wraps it: the wrapped function takes the same inputs and
+returns the same dict, from the two kernels of a module's `LAUNCHER`:
+
+    nl.outer_terms(__file__, module, fallback, token_names, anchor_names, layout)(inputs)
+        -> {drive: [(col, row), ...], ...}
+
+tokens as chunk code holds them (`[B, T, H, n, 1]` columns, `[B, T, H, 1, 1]` scalars, any
+of B, T, H broadcast), anchors `[B|1, 1, H|1, rows, cols]`; columns come back
+`[B, T, H, r, 1]`, rows `[B, T, H, 1, c]`. Inputs the kernels do not take (not CUDA, unless
+NLC_TRITON=force; not float32, as `dual_chunked` runs; an axis that is not a power of two;
+more than `MAX_STATE_ENTRIES` anchor entries; under torch.compile, which traces `fallback`)
+run `fallback`, the PyTorch function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from nlc.runtime.library.step_launch import MAX_STATE_ENTRIES, backward_warps, num_warps
+
+LAUNCHES = {"forward": 0, "backward": 0}   # kernel launches, for tests that check the path ran
+TOKENS_PER_PROGRAM = 16
+
+Size = tuple[int, int | None]   # coefficient, and the dim it multiplies (None: a constant)
+
+
+@dataclass(frozen=True, slots=True)
+class OuterConfig:
+    """The shapes a module's program was printed for, in terms of its dims D0, D1, ..."""
+
+    tokens: tuple[Size | None, ...]     # a column's size, or None for a scalar
+    anchors: tuple[tuple[Size, Size], ...]
+    factors: tuple[Size, ...]           # each factor's entries (columns and rows alike)
+    dims: int
+
+
+def resolve_dims(sizes: list[tuple[Size, int]], count: int) -> list[int] | None:
+    """The dims D0.. that make each (printed size, actual size) pair agree, or None when they
+    cannot or an axis is not a power of two."""
+    found: dict[int, int] = {}
+    for (coeff, dim), n in sizes:
+        if dim is None:
+            if n != coeff:
+                return None
+        elif n % coeff or found.setdefault(dim, n // coeff) != n // coeff:
+            return None
+    if len(found) != count or not all(n > 0 and n & (n - 1) == 0 for _, n in sizes):
+        return None
+    return [found[i] for i in range(count)]
+
+
+class OuterLauncher:
+    def __init__(self, forward, backward, config: OuterConfig):
+        self.forward, self.backward, self.config = forward, backward, config
+
+    def terms(self, fallback, token_names: tuple, anchor_names: tuple, layout: tuple,
+              inputs: dict) -> dict:
+        """The level's `*_outer(inputs)` from these kernels (module docstring)."""
+        xs = [inputs[n] for n in token_names]
+        anchors = [inputs[n] for n in anchor_names]
+        if any(t.dtype != torch.float32 for t in [*xs, *anchors]):
+            return fallback(inputs)
+        B, T, H = torch.broadcast_shapes(*(x.shape[:3] for x in xs),
+                                         *(a.shape[:3] for a in anchors))
+        flat = [x.expand(B, T, H, *x.shape[3:]).flatten(3) if size else
+                x.expand(B, T, H, 1, 1).flatten(2) for x, size in zip(xs, self.config.tokens)]
+        held = [a.expand(B, 1, H, *a.shape[3:]).squeeze(1) for a in anchors]
+        dims = self.dims(flat, held)
+        if dims is None or T == 0:
+            return fallback(inputs)
+        factors = iter(_OuterKernel.apply(self, dims, len(flat), *flat, *held))
+        out = {}
+        for name, pairs in layout:
+            out[name] = [(next(factors).unsqueeze(-1), next(factors).unsqueeze(-2))
+                         for _ in range(pairs)]
+        return out
+
+    def dims(self, xs: list, anchors: list) -> list[int] | None:
+        sizes = [(size, x.shape[-1]) for size, x in zip(self.config.tokens, xs) if size]
+        sizes += [(size, n) for shape, a in zip(self.config.anchors, anchors)
+                  for size, n in zip(shape, a.shape[-2:])]
+        if sum(a[0, 0].numel() for a in anchors) > MAX_STATE_ENTRIES:
+            return None
+        return resolve_dims(sizes, self.config.dims)
+
+    def width(self, size: Size, dims: list[int]) -> int:
+        coeff, dim = size
+        return coeff * (dims[dim] if dim is not None else 1)
+
+    def launch(self, dims, xs, anchors):
+        B, T, H = xs[0].shape[:3]
+        factors = [torch.empty(B, T, H, self.width(s, dims), device=xs[0].device)
+                   for s in self.config.factors]
+        entries = sum(a[0, 0].numel() for a in anchors)
+        grid = (B, H, -(-T // TOKENS_PER_PROGRAM))
+        self.forward[grid](*xs, *anchors, *factors, T, H, TOKENS_PER_PROGRAM, *dims,
+                           num_warps=num_warps(entries))
+        LAUNCHES["forward"] += 1
+        return factors
+
+    def launch_backward(self, dims, xs, anchors, grads):
+        B, T, H = xs[0].shape[:3]
+        blocks = -(-T // TOKENS_PER_PROGRAM)
+        g_factors = [torch.zeros(B, T, H, self.width(s, dims), device=xs[0].device)
+                     if g is None else g.float().contiguous()
+                     for g, s in zip(grads, self.config.factors)]
+        g_xs = [torch.empty_like(x) for x in xs]
+        g_blocks = [a.new_empty(B, H, blocks, *a.shape[2:]) for a in anchors]
+        entries = sum(a[0, 0].numel() for a in anchors)
+        self.backward[(B, H, blocks)](*xs, *anchors, *g_factors, *g_xs, *g_blocks, T, H,
+                                      blocks, TOKENS_PER_PROGRAM, *dims,
+                                      num_warps=backward_warps(entries))
+        LAUNCHES["backward"] += 1
+        return g_xs, [g.sum(2) for g in g_blocks]
+
+
+class _OuterKernel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, launcher: OuterLauncher, dims: list, n: int, *tensors):
+        tensors = [t.contiguous() for t in tensors]
+        ctx.launcher, ctx.dims, ctx.n = launcher, dims, n
+        ctx.save_for_backward(*tensors)
+        return tuple(launcher.launch(dims, tensors[:n], tensors[n:]))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        tensors = ctx.saved_tensors
+        g_xs, g_anchors = ctx.launcher.launch_backward(ctx.dims, tensors[:ctx.n],
+                                                       tensors[ctx.n:], grads)
+        return (None, None, None, *g_xs, *g_anchors)

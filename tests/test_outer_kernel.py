@@ -1,0 +1,153 @@
+"""Chunk-start terms kernels (nlc/emit/outer_render.py, runtime/library/outer_launch.py):
+every token's (column, row) factors of the dual-form levels of Titans, TTT-MLP and TTT-Linear
+and of Hope's main memory (low rank, `*_pairs`), printed from the derived terms, against the
+layer module's PyTorch terms in
+float64 (the factors and the gradients of every token input and of the anchors, relative
+error below 1e-5), at token counts that fill blocks of 16 partly; and the generated ops route
+through the kernels (the whole dual form is checked against the recurrence in
+tests/test_dual_triton.py, which now runs these kernels too).
+
+Kernels run under Triton's interpreter, as in tests/test_chunk_triton.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_chunk_triton import (  # sets TRITON_INTERPRET=1 (neither import above loads triton)
+    DEVICE,
+    TOL,
+    close,
+    needs_kernels,
+    rel,
+)
+
+from nlc.derive.execution import FrozenSplit
+from nlc.emit import load_module
+from nlc.pipeline import run
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DIMS = {"titans": {"d_head": 8}, "ttt_mlp": {"d_head": 8}, "ttt_linear": {"d_head": 8},
+        "hope": {"d_head": 8}}
+
+
+def terms_level(name: str):
+    """(the generated module, the plan of the level whose terms have kernels, its kernel's
+    names, its PyTorch terms): a dual-form level (`*_outer`), or a low-rank one outside a
+    group (`*_pairs`: Hope's main memory)."""
+    from nlc.emit.outer_render import outer_kernel
+    path = str(EXAMPLES / f"{name}.nl")
+    module = load_module(path, DIMS[name])
+    plans = run(path, "plan", {"overrides": DIMS[name]})
+    for plan in plans.layers:
+        for level in plan.levels:
+            ex = level.execution
+            if isinstance(ex, FrozenSplit) and (ex.dual or ex.low_rank and not level.group):
+                fallback = getattr(module, f"{level.fn}_{'outer' if ex.dual else 'pairs'}")
+                return module, level, outer_kernel(level, ex, DIMS[name]), fallback
+    raise AssertionError(f"{name} has no level with a terms kernel")
+
+
+def _size(size, dims: dict) -> int:
+    import sympy as sp
+    size = sp.sympify(size)
+    return int(size.xreplace({s: dims[s.name] for s in size.free_symbols}))
+
+
+def leaves_of(level, kernel, dims: dict, B: int, T: int, H: int, seed: int = 0) -> dict:
+    """float64 inputs of the terms: the kernel's tokens `[B, T, H, n, 1]` (scalars
+    `[B, T, H, 1, 1]` in (0.05, 0.3), like a rate) and its anchors `[B, 1, H, r, c]` of the
+    states' shapes, entries of scale 1 / sqrt(c)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = {t.name: t for t in level.tokens}
+    states = dict(level.rule.states)
+    out = {}
+    for name in kernel.tokens:
+        t = tokens[name]
+        out[name] = (torch.randn(B, T, H, _size(t.size, dims), 1, generator=g,
+                                 dtype=torch.float64) if t.kind == "vector" else
+                     0.05 + 0.25 * torch.rand(B, T, H, 1, 1, generator=g, dtype=torch.float64))
+    for anchor, state in level.anchors:
+        if anchor in kernel.anchors:
+            rows, cols = (_size(n, dims) for n in states[state].shape)
+            out[anchor] = torch.randn(B, 1, H, rows, cols, generator=g,
+                                      dtype=torch.float64) / cols ** 0.5
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "ttt_linear", "hope"])
+@pytest.mark.parametrize("T", [1, 15, 17, 40])
+def test_kernel_factors_and_gradients_match_the_pytorch_terms(name, T, monkeypatch):
+    from nlc.runtime.library import ops as nl
+    from nlc.runtime.library.outer_launch import LAUNCHES
+    module, level, kernel, fallback = terms_level(name)
+    B, H = 2, 3
+    leaves = leaves_of(level, kernel, DIMS[name], B, T, H)
+    for x in leaves.values():
+        x.requires_grad_()
+    want = fallback(dict(leaves))
+    flat_want = [f for pairs in want.values() for pair in pairs for f in pair]
+    g = torch.Generator().manual_seed(7)
+    seeds = [torch.randn(f.expand(B, T, H, *f.shape[3:]).shape, generator=g,
+                         dtype=torch.float64) for f in flat_want]
+    grads_want = torch.autograd.grad(
+        sum((f * s).sum() for f, s in zip(flat_want, seeds)), list(leaves.values()))
+
+    monkeypatch.setenv("NLC_TRITON", "force")
+    terms = nl.outer_terms(module.__file__, kernel.module, fallback, kernel.tokens,
+                           kernel.anchors, kernel.layout)
+    leaves32 = {n: x.detach().to(DEVICE, torch.float32).requires_grad_()
+                for n, x in leaves.items()}
+    before = dict(LAUNCHES)
+    got = terms(dict(leaves32))
+    flat_got = [f for pairs in got.values() for pair in pairs for f in pair]
+    seeds = [s.to(DEVICE) for s in seeds]
+    grads_got = torch.autograd.grad(
+        sum((f * s.to(f)).sum() for f, s in zip(flat_got, seeds)), list(leaves32.values()))
+    assert LAUNCHES["forward"] > before["forward"] and LAUNCHES["backward"] > before["backward"]
+    assert list(got) == list(want)
+    for f, ref in zip(flat_got, flat_want, strict=True):
+        assert f.shape == ref.expand(B, T, H, *ref.shape[3:]).shape
+        assert rel(f.cpu(), ref.expand_as(f)) < TOL
+    for n, x, ref in zip(leaves, grads_got, grads_want, strict=True):
+        assert close(x.cpu(), ref, TOL), (n, rel(x.cpu(), ref))
+
+
+@needs_kernels
+def test_generated_titans_op_runs_the_terms_kernel(monkeypatch):
+    """The generated Titans layer, chunked with the kernels forced, goes through the terms
+    kernels forward and backward (its numbers: tests/test_dual_triton.py)."""
+    from nlc.runtime.library.outer_launch import LAUNCHES
+
+    from nlc.emit import load_layer
+    torch.manual_seed(0)
+    layer = load_layer(str(EXAMPLES / "titans.nl"), d_model=32, heads=2, d_head=16)().to(DEVICE)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    before = dict(LAUNCHES)
+    layer(torch.randn(1, 20, 32, device=DEVICE)).sum().backward()
+    assert LAUNCHES["forward"] > before["forward"] and LAUNCHES["backward"] > before["backward"]
+
+
+def test_float64_and_cpu_inputs_keep_the_pytorch_terms(monkeypatch):
+    """Without NLC_TRITON=force a CPU tensor never reaches the kernels, nor does anything
+    under NLC_TERMS_TRITON=0, nor float64: the PyTorch terms run."""
+    from nlc.runtime.library import ops as nl
+    from nlc.runtime.library.outer_launch import LAUNCHES
+    module, level, kernel, fallback = terms_level("titans")
+    leaves = leaves_of(level, kernel, DIMS["titans"], 1, 5, 2)
+    terms = nl.outer_terms(module.__file__, kernel.module, fallback, kernel.tokens,
+                           kernel.anchors, kernel.layout)
+    before = dict(LAUNCHES)
+    monkeypatch.setenv("NLC_TRITON", "0")
+    terms({n: x.float() for n, x in leaves.items()})
+    monkeypatch.setenv("NLC_TRITON", "force")
+    monkeypatch.setenv("NLC_TERMS_TRITON", "0")
+    terms({n: x.float() for n, x in leaves.items()})
+    monkeypatch.delenv("NLC_TERMS_TRITON")
+    got = terms(dict(leaves))
+    assert LAUNCHES == before
+    want = fallback(dict(leaves))
+    assert all(torch.equal(a, b) for k in want for p, q in zip(got[k], want[k])
+               for a, b in zip(p, q))
