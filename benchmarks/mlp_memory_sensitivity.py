@@ -9,8 +9,8 @@ For each spec, at its own dims and default initialization, on one random input o
    that grows from 1e-12 to O(1) in float64 is a property of the recurrence itself (it
    amplifies any difference, rounding included), not of how the code rounds;
 3. the same two measurements with the spec's step size scaled down (`eta` -> `SCALE * eta`),
-   and with its retention gate kept near 1 (`alpha` -> `0.9 + 0.1 * alpha`, about 0.95 at
-   initialization instead of 0.5), which tells whether the spec's choices cause it.
+   and with its retention gate pushed toward 1 (`alpha` -> `0.9 + 0.1 * alpha`: 0.95 for a
+   gate of 0.5), which tells whether the spec's choices cause it.
 
 Usage: python benchmarks/mlp_memory_sensitivity.py [--T 256] [--specs yaad,memora,...]
 """

@@ -169,8 +169,8 @@ class LayerPrinter:
                   for t in lp.tokens]
         states = [PrintedState(s.name, size_code(s.rows, local), size_code(s.cols, local),
                                s.init) for s in lp.states]
-        learned = [PrintedState(s.name, "", "", "", s.learned.attr) for s in lp.states
-                   if s.learned]
+        learned = [PrintedState(s.name, "", "", "", s.learned.attr, simplex=s.learned.simplex)
+                   for s in lp.states if s.learned]
         shown = [f"{t.name}: " + (READ_LAYOUT[t.kind] if t.kind != "vector"
                                   else f"[B, T, H, {size_code(t.size, str)}]")
                  for t in lp.tokens]
