@@ -18,14 +18,12 @@ nlc.runtime.library.outer_launch.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import sympy as sp
 
-from nlc import __version__
-from nlc.emit.render import prose, render
-from nlc.emit.step_render import MAX_STATE_ENTRIES, _shape, _Tensor
+from nlc.emit.render import prose
+from nlc.emit.step_render import MAX_STATE_ENTRIES, _shape, _Tensor, kernel_module
 from nlc.emit.step_vjp import StepVjpError, vjp
 from nlc.emit.tl_step_printer import StepPrintError, TritonStepPrinter, Value, kind_of, size_code
 
@@ -116,10 +114,6 @@ def outer_kernel(plan, ex, spec_dims: dict[str, int]) -> OuterKernel:
         "dims_text": prose(f"{', '.join(dims.values())}, the level's dims, from the shapes "
                            "(each axis a power of two)"),
     }
-    digest = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in context.items()
-                                        if not k.endswith("_text"))).encode()).hexdigest()[:8]
-    module = f"nlc_outer_{digest}"
-    text = render(TEMPLATE, version=prose(__version__), summary=prose(module), **context)
+    module, source = kernel_module("nlc_outer", TEMPLATE, context)
     layout = tuple((name, len(terms)) for name, terms in ex.outer)
-    return OuterKernel(module, "\n".join(line.rstrip() for line in text.splitlines()) + "\n",
-                       tuple(t.name for t in tokens), tuple(anchors), layout)
+    return OuterKernel(module, source, tuple(t.name for t in tokens), tuple(anchors), layout)

@@ -108,12 +108,18 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
         "dims_text": prose(f"{', '.join(dims.values())}, the level's dims, from the shapes "
                            "(each state axis a power of two)"),
     }
+    module, source = kernel_module("nlc_step", TEMPLATE, context)
+    return StepKernel(module, source, note)
+
+
+def kernel_module(prefix: str, template: str, context: dict) -> tuple[str, str]:
+    """A printed kernel module's name (`prefix` and a digest of what it prints, the
+    `*_text` prose left out) and its source rendered from `template`."""
     digest = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in context.items()
                                         if not k.endswith("_text"))).encode()).hexdigest()[:8]
-    module = f"nlc_step_{digest}"
-    text = render(TEMPLATE, version=prose(__version__), summary=prose(module), **context)
-    return StepKernel(module, "\n".join(line.rstrip() for line in text.splitlines()) + "\n",
-                      note)
+    module = f"{prefix}_{digest}"
+    text = render(template, version=prose(__version__), summary=prose(module), **context)
+    return module, "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
 def _backward(body: list[str], states: list[_Tensor], tokens: list[_Tensor]):

@@ -22,12 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from nlc.runtime.library.step_launch import MAX_STATE_ENTRIES, backward_warps, num_warps
+from nlc.runtime.library.step_launch import (
+    MAX_STATE_ENTRIES,
+    Size,
+    backward_warps,
+    num_warps,
+    resolve_dims,
+)
 
 LAUNCHES = {"forward": 0, "backward": 0}   # kernel launches, for tests that check the path ran
 TOKENS_PER_PROGRAM = 16
-
-Size = tuple[int, int | None]   # coefficient, and the dim it multiplies (None: a constant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +42,6 @@ class OuterConfig:
     anchors: tuple[tuple[Size, Size], ...]
     factors: tuple[Size, ...]           # each factor's entries (columns and rows alike)
     dims: int
-
-
-def resolve_dims(sizes: list[tuple[Size, int]], count: int) -> list[int] | None:
-    """The dims D0.. that make each (printed size, actual size) pair agree, or None when they
-    cannot or an axis is not a power of two."""
-    found: dict[int, int] = {}
-    for (coeff, dim), n in sizes:
-        if dim is None:
-            if n != coeff:
-                return None
-        elif n % coeff or found.setdefault(dim, n // coeff) != n // coeff:
-            return None
-    if len(found) != count or not all(n > 0 and n & (n - 1) == 0 for _, n in sizes):
-        return None
-    return [found[i] for i in range(count)]
 
 
 class OuterLauncher:

@@ -44,6 +44,21 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def resolve_dims(sizes: list[tuple[Size, int]], count: int) -> list[int] | None:
+    """The dims D0.. that make each (printed size, actual size) pair agree, or None when they
+    cannot or an axis is not a power of two."""
+    found: dict[int, int] = {}
+    for (coeff, dim), n in sizes:
+        if dim is None:
+            if n != coeff:
+                return None
+        elif n % coeff or found.setdefault(dim, n // coeff) != n // coeff:
+            return None
+    if len(found) != count or not all(_pow2(n) for _, n in sizes):
+        return None
+    return [found[i] for i in range(count)]
+
+
 def num_warps(entries: int) -> int:
     """Warps per program: about 16 state entries a thread, 4 to 32 warps. Compiled for sm_90
     (benchmarks/step_kernel_resources.py), Moneta's program at d_head = 32 (8192 entries, 16
@@ -70,23 +85,13 @@ class StepLauncher:
 
     def dims(self, tokens: list, states: list) -> list[int] | None:
         """The dims the inputs give, or None when the kernel cannot take them."""
-        found: dict[int, int] = {}
         sizes = [(size, x.shape[-2]) for size, x in zip(self.config.tokens, tokens) if size]
         sizes += [(size, n) for shape, s in zip(self.config.states, states)
                   for size, n in zip(shape, s.shape[-2:])]
-        for (coeff, dim), n in sizes:
-            if dim is None:
-                if n != coeff:
-                    return None
-            elif n % coeff or found.setdefault(dim, n // coeff) != n // coeff:
-                return None
-        entries = sum(s.shape[-1] * s.shape[-2] for s in states)
-        if len(found) != self.config.dims or entries > MAX_STATE_ENTRIES \
-                or not all(_pow2(n) for _, n in sizes):
+        if sum(s.shape[-1] * s.shape[-2] for s in states) > MAX_STATE_ENTRIES \
+                or any(x.dtype not in _FLOATS for x in [*tokens, *states]):
             return None
-        if any(x.dtype not in _FLOATS for x in [*tokens, *states]):
-            return None
-        return [found[i] for i in range(self.config.dims)]
+        return resolve_dims(sizes, self.config.dims)
 
     @scan._float32
     def fused_recurrent(self, step, tokens: dict, state: dict, token_names: tuple,
