@@ -4,18 +4,18 @@
 
 Level `k` (spec:42), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_900852f2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `v` (spec:50), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_900852f2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `eta` (spec:58), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_900852f2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `alpha` (spec:66), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
+  Note: on CUDA its chunk-start terms run as the Triton kernels of nlc_outer_900852f2.py, forward and backward, through SelfModifyingTitans_mlp_memory_pairs_terms.
 Level `memory` (spec:74), family frozen-gradient: 2 tensors carried per token.
-  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_ab5e6de2.py, forward and backward.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_900852f2.py, forward and backward.
 Level `cms_fast` (spec:100), family frozen-gradient: 2 tensors carried per token.
 Level `cms_mid` (spec:107), family frozen-gradient: 2 tensors carried per token.
 Level `cms_slow` (spec:114), family frozen-gradient: 2 tensors carried per token.
@@ -110,7 +110,7 @@ def SelfModifyingTitans_mlp_memory_pairs(inputs, W1_0, W2_0):
 
 SelfModifyingTitans_mlp_memory_pairs_terms = nl.shared_outer_terms(
     __file__,
-    "nlc_outer_ab5e6de2",
+    "nlc_outer_900852f2",
     SelfModifyingTitans_mlp_memory_pairs,
     ("k", "eta", "v"),
     (("drive0", 1), ("drive1", 1)),

@@ -3,7 +3,7 @@
 """Sequence layers compiled from `titans.nl`: Titans.
 
 Level `memory` (spec:39), family frozen-gradient: 4 tensors carried per token.
-  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_77714f37.py, forward and backward.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_10a8eb01.py, forward and backward.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -247,7 +247,7 @@ def memory_op(
         return nl.dual_chunked(
             nl.outer_terms(
                 __file__,
-                "nlc_outer_77714f37",
+                "nlc_outer_10a8eb01",
                 memory_outer,
                 ("k", "v", "theta"),
                 ("M_W1_0", "M_W2_0"),

@@ -3,7 +3,7 @@
 """Sequence layers compiled from `ttt_linear.nl`: TTTLinear.
 
 Level `memory` (spec:24), family frozen-gradient: gradients at the chunk start.
-  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_f55f0940.py, forward and backward.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_11ba199c.py, forward and backward.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -158,7 +158,7 @@ def memory_op(
         return nl.dual_chunked(
             nl.outer_terms(
                 __file__,
-                "nlc_outer_f55f0940",
+                "nlc_outer_11ba199c",
                 memory_outer,
                 ("k", "v", "eta"),
                 ("W_W1_0",),

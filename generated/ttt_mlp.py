@@ -3,7 +3,7 @@
 """Sequence layers compiled from `ttt_mlp.nl`: TTTMLP.
 
 Level `memory` (spec:23), family frozen-gradient: 2 tensors carried per token.
-  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_8661cdda.py, forward and backward.
+  Note: on CUDA its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) run as the Triton kernels of nlc_outer_955cd847.py, forward and backward.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value
@@ -192,7 +192,7 @@ def memory_op(
         return nl.dual_chunked(
             nl.outer_terms(
                 __file__,
-                "nlc_outer_8661cdda",
+                "nlc_outer_955cd847",
                 memory_outer,
                 ("k", "v", "eta"),
                 ("W_W1_0", "W_W2_0"),

@@ -13,7 +13,7 @@ from nlc.derive.execution import Attention
 from nlc.derive.symbols import shifted_name
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.group_reads import shared_reads
-from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel, _tuple
+from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel, outer_arguments
 from nlc.emit.names import local
 from nlc.emit.render import prose
 from nlc.errors import NlcError
@@ -261,8 +261,7 @@ class LayerPrinter:
             return shared.name  # the kernel takes the anchors in another order than the function
         shared.terms, shared.kernel, shared.kernel_source = (f"{shared.name}_terms",
                                                              kernel.module, kernel.source)
-        shared.kernel_args = (f"{_tuple(repr(n) for n in kernel.tokens)}, "
-                              f"{_tuple(f'({n!r}, {k})' for n, k in kernel.layout)}")
+        shared.kernel_args = outer_arguments(kernel, anchors=False)
         for pl, _ in users:
             if pl.outer_kernel is None:
                 pl.notes.append(prose("on CUDA its chunk-start terms run as the Triton kernels "

@@ -82,6 +82,14 @@ class PrintedLevel:
     outer_source: str = field(default="", metadata={"template": 0})  # the module's source
 
 
+def outer_arguments(kernel, anchors: bool) -> str:
+    """The code of `nl.outer_terms`' (or, without anchors, `nl.shared_outer_terms'`)
+    arguments after the function: the kernel's token names, its anchors, its term layout."""
+    parts = [_tuple(repr(n) for n in kernel.tokens)]
+    parts += [_tuple(repr(n) for n in kernel.anchors)] if anchors else []
+    return ", ".join(parts + [_tuple(f"({n!r}, {k})" for n, k in kernel.layout)])
+
+
 def _number_code(expr) -> str:
     """A number known before the op runs (the spec's numbers and dims) as Python code."""
     if expr.is_number:
@@ -167,9 +175,7 @@ class LevelPrinter:
                                    "the PyTorch terms"))
             return
         out.outer_kernel, out.outer_source = kernel.module, kernel.source
-        out.outer_names = (f"{_tuple(repr(n) for n in kernel.tokens)}, "
-                           f"{_tuple(repr(n) for n in kernel.anchors)}, "
-                           f"{_tuple(f'({n!r}, {k})' for n, k in kernel.layout)}")
+        out.outer_names = outer_arguments(kernel, anchors=True)
         out.notes.append(prose("on CUDA its chunk-start terms (the MLP at the anchors, the "
                                "error signals and the backward pass through the MLP) run as "
                                f"the Triton kernels of {kernel.module}.py, forward and "

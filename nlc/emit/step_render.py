@@ -60,18 +60,10 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
         raise StepPrintError("it keeps chunk-start copies of its state")
     if plan.params or plan.sizes:
         raise StepPrintError("its rule reads parameters or dims, which the kernel does not take")
-    shapes = [S.shape for _, S in rule.states] + [t.size for t in plan.tokens if t.size]
-    symbols = sorted({s.name for shape in shapes for x in sp.flatten([shape])
-                      for s in sp.sympify(x).free_symbols})
-    index = {name: i for i, name in enumerate(symbols)}
-    dims = {name: f"D{i}" for name, i in index.items()}
-    entries = sp.sympify(sum(r * c for _, S in rule.states for r, c in [S.shape]))
-    entries = sp.sympify(entries.xreplace({s: spec_dims[s.name] for s in entries.free_symbols
-                                           if s.name in spec_dims}))
-    if entries.is_number and entries > MAX_STATE_ENTRIES:  # (the launcher checks at run time)
-        raise StepPrintError(f"its states hold {entries} entries at the spec's dims, more than "
-                             f"the {MAX_STATE_ENTRIES} fp32 entries a kernel program may hold")
-    names, states, tokens = {}, [], []
+    index, dims = canonical_dims([S.shape for _, S in rule.states]
+                                 + [t.size for t in plan.tokens if t.size])
+    check_entries([S.shape for _, S in rule.states], spec_dims, "states")
+    names, states = {}, []
     for i, (name, S) in enumerate(rule.states):
         kind, rows, cols = kind_of(S.shape), *(size_code(n, dims) for n in S.shape)
         names[name] = Value(f"S{i}", kind)
@@ -79,34 +71,24 @@ def step_kernel(plan, spec_dims: dict[str, int]) -> StepKernel:
                               rows if cols == "1" else cols,
                               f"{_shape(S.shape[0], index)}, {_shape(S.shape[1], index)}",
                               rows, cols))
-    for i, t in enumerate(plan.tokens):
-        vector = t.kind == "vector"
-        names[t.name] = Value(f"x{i}", "col" if vector else "scalar")
-        tokens.append(_Tensor(f"x{i}", names[t.name].kind,
-                              size_code(t.size, dims) if vector else "",
-                              _shape(t.size, index) if vector else "None"))
+    tokens = token_tensors(plan.tokens, names, dims, index)
     read = rule.read
     read_kind = kind_of(read.shape) if isinstance(read, sp.MatrixExpr) else "scalar"
     if read_kind not in ("col", "scalar"):
         raise StepPrintError(f"its read is a {read_kind}, not a column or a scalar")
     outputs = [(f"{n}_next", f"S{i}_next", e) for i, (n, e) in enumerate(rule.next_state)]
-    try:
-        body = TritonStepPrinter(names, dims).assign(outputs + [("o", "o", read)])
-    except (AttributeError, TypeError, KeyError, IndexError) as err:  # a node of unexpected form
-        raise StepPrintError(f"the step printer failed on the rule ({type(err).__name__}: "
-                             f"{err})") from None
-    backward, note = _backward(body, states, tokens)
+    body = printed_lines(names, dims, outputs + [("o", "o", read)], "rule")
+    seeds = {f"{s.name}_next": f"g_{s.name}" for s in states} | {"o": "g_o"}
+    backward, note = adjoint(body, states + tokens, seeds)
     context = {
         "backward": backward,
         "tokens": tokens, "states": states, "dims": list(dims.values()), "body": body,
         "read_size": size_code(read.shape[0], dims) if read_kind == "col" else "",
         "read_shape": _shape(read.shape[0], index) if read_kind == "col" else "None",
         "state_text": prose(", ".join(f"{s.name} [{s.rows}, {s.cols}]" for s in states)),
-        "token_text": prose(", ".join(f"{x.name} [B, T, H{', ' + x.size if x.size else ''}]"
-                                      for x in tokens)),
+        "token_text": token_text(tokens),
         "backward_text": prose(note),
-        "dims_text": prose(f"{', '.join(dims.values())}, the level's dims, from the shapes "
-                           "(each state axis a power of two)"),
+        "dims_text": dims_text(dims, "each state axis"),
     }
     module, source = kernel_module("nlc_step", TEMPLATE, context)
     return StepKernel(module, source, note)
@@ -122,20 +104,70 @@ def kernel_module(prefix: str, template: str, context: dict) -> tuple[str, str]:
     return module, "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
-def _backward(body: list[str], states: list[_Tensor], tokens: list[_Tensor]):
-    """The step in flat form (the module's `step` helper) and its adjoint, seeded with `g_S<i>`
-    (the adjoint of the state after the token) and `g_o` (nlc/emit/step_vjp.py); or None and
-    the reason there is none (the helper then holds `body`)."""
-    shapes = {s.name: (s.rows, s.cols) if s.kind == "mat" else (s.size,) for s in states}
-    shapes |= {x.name: (x.size,) if x.size else () for x in tokens}
-    seeds = {f"{s.name}_next": f"g_{s.name}" for s in states} | {"o": "g_o"}
+def canonical_dims(shapes: list) -> tuple[dict[str, int], dict[str, str]]:
+    """The dims the sizes in `shapes` use, sorted by name: each one's index, and its
+    canonical name D0, D1, ... (what a printed kernel takes as constexprs)."""
+    names = sorted({s.name for shape in shapes for x in sp.flatten([shape])
+                    for s in sp.sympify(x).free_symbols})
+    return {n: i for i, n in enumerate(names)}, {n: f"D{i}" for i, n in enumerate(names)}
+
+
+def check_entries(shapes: list, spec_dims: dict[str, int], what: str) -> None:
+    """StepPrintError when matrices of `shapes` hold more fp32 entries at the spec's dims
+    than one program may (the launcher checks again at run time)."""
+    entries = sp.sympify(sum(r * c for r, c in shapes))
+    entries = sp.sympify(entries.xreplace({s: spec_dims[s.name] for s in entries.free_symbols
+                                           if s.name in spec_dims}))
+    if entries.is_number and entries > MAX_STATE_ENTRIES:
+        raise StepPrintError(f"its {what} hold {entries} entries at the spec's dims, more than "
+                             f"the {MAX_STATE_ENTRIES} fp32 entries a kernel program may hold")
+
+
+def token_tensors(tokens, names: dict, dims: dict, index: dict) -> list[_Tensor]:
+    """The level's inputs `tokens` as kernel tensors x0, x1, ...; each one's printer value
+    goes into `names`."""
+    out = []
+    for i, t in enumerate(tokens):
+        vector = t.kind == "vector"
+        names[t.name] = Value(f"x{i}", "col" if vector else "scalar")
+        out.append(_Tensor(f"x{i}", names[t.name].kind,
+                           size_code(t.size, dims) if vector else "",
+                           _shape(t.size, index) if vector else "None"))
+    return out
+
+
+def printed_lines(names: dict, dims: dict, outputs: list, what: str) -> list[str]:
+    """TritonStepPrinter's lines for `outputs`; StepPrintError (naming `what`) on a node of
+    a form it does not expect."""
     try:
-        found = vjp(body, shapes, seeds)
+        return TritonStepPrinter(names, dims).assign(outputs)
+    except (AttributeError, TypeError, KeyError, IndexError) as err:
+        raise StepPrintError(f"the step printer failed on the {what} ({type(err).__name__}: "
+                             f"{err})") from None
+
+
+def adjoint(body: list[str], tensors: list[_Tensor], seeds: dict[str, str]):
+    """The printed lines `body` in flat form and their adjoint (nlc/emit/step_vjp.py), for
+    inputs `tensors` and the outputs' adjoints `seeds`; or None and the reason there is
+    none."""
+    shapes = {t.name: (t.rows, t.cols) if t.kind == "mat" else (t.size,) if t.size else ()
+              for t in tensors}
+    try:
+        return vjp(body, shapes, seeds), ""
     except StepVjpError as err:
         return None, str(err)
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
         return None, f"the adjoint printer failed ({type(err).__name__}: {err})"
-    return found, ""
+
+
+def token_text(tokens: list[_Tensor]):
+    return prose(", ".join(f"{x.name} [B, T, H{', ' + x.size if x.size else ''}]"
+                           for x in tokens))
+
+
+def dims_text(dims: dict, axes: str):
+    return prose(f"{', '.join(dims.values())}, the level's dims, from the shapes ({axes} a "
+                 "power of two)")
 
 
 def formatted(kernel: StepKernel) -> str:
