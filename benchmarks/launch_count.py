@@ -37,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIMS = {"hope": "d_head=64", "titans": "d_head=64", "gated_deltanet": "d_k=64,d_v=64",
                 "deltanet": "d_k=64,d_v=64"}
 LABEL = "nlc::"  # the profiler ranges this script adds around functions and modules
+# the range around a Triton launch under TRITON_INTERPRET=1: the interpreter copies every
+# tensor argument to the host and back with aten ops (triton/runtime/interpreter.py) that a
+# compiled launch does not issue, so nothing below it is counted; each range is one launch
+LAUNCH = LABEL + "(triton launch)"
 
 # aten ops that launch no kernel: views, allocations, metadata
 NO_KERNEL = {
@@ -104,6 +108,21 @@ def label_modules(model: torch.nn.Module) -> None:
     for module in model.modules():
         module.register_forward_pre_hook(enter)
         module.register_forward_hook(leave)
+
+
+def label_interpreted_launches() -> bool:
+    """Under TRITON_INTERPRET=1, put every Triton launch in a LAUNCH range (see LAUNCH)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    from triton.runtime import interpreter
+    run = interpreter.GridExecutor.__call__
+
+    @functools.wraps(run)
+    def launch(self, *args, **kwargs):
+        with record_function(LAUNCH):
+            return run(self, *args, **kwargs)
+    interpreter.GridExecutor.__call__ = launch
+    return True
 
 
 def runtime_modules():
@@ -194,7 +213,7 @@ class Tally:
         by_seq = {}
         rows = []
         for e in self.events:
-            if e.name == "aten::scalar_tensor":  # a Python number wrapped on the host
+            if e.name in ("aten::scalar_tensor", LAUNCH):  # host work (see LAUNCH)
                 self._skip(e)
         for e in self.events:
             if not e.name.startswith("aten::"):
@@ -315,6 +334,7 @@ def main() -> None:
 
     from nlc import __version__
     model = build(args)
+    interpreted = label_interpreted_launches()
     for module in runtime_modules():
         label_functions(module, module.__name__.rsplit(".", 1)[-1])
     for m in {type(m).__module__ for m in model.modules()}:
@@ -355,6 +375,9 @@ def main() -> None:
           f"{args.device})")
 
     total = len(rows)
+    if interpreted:
+        launches = sum(e.name == LAUNCH for e in prof.events())
+        print(f"Triton launches (interpreted; their host copies not counted): {launches:,}")
     phases = collections.Counter(phase for _, _, phase, _ in rows)
     syncs = collections.Counter()
     creations = collections.Counter()

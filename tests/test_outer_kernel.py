@@ -191,6 +191,61 @@ def test_shared_pairs_wrapper_matches_the_shared_function(monkeypatch):
 
 
 @needs_kernels
+def test_members_read_the_tokens_once_and_get_their_gradients_summed(monkeypatch):
+    """A group's members stacked (member_batch.Repeated, as scan._batched_members passes
+    them): the kernels take the tokens once, not repeated, through their strides (here a
+    transposed view and one broadcast over the heads), and the tokens' gradients come back
+    summed over the members in the backward kernel; the factors' gradients are read through
+    their strides too (transposed). Against the shared function on the tokens repeated, in
+    float64: factors and every gradient."""
+    from nlc.runtime.library import member_batch
+    from nlc.runtime.library.outer_launch import LAUNCHES
+    module, level, kernel, _ = terms_level("hope")
+    shared = module.SelfModifyingTitans_mlp_memory_pairs
+    wrapped = module.SelfModifyingTitans_mlp_memory_pairs_terms
+    n, B, T, H = 4, 2, 17, 3
+    g = torch.Generator().manual_seed(5)
+    tokens = {k: x for k, x in leaves_of(level, kernel, DIMS["hope"], B, T, H).items()
+              if k in kernel.tokens}
+    first = kernel.tokens[0]   # laid out [B, H, T, ...], seen as [B, T, H, ...]
+    tokens[first] = tokens[first].transpose(1, 2).contiguous().transpose(1, 2)
+    last = kernel.tokens[-1]   # one value for every head
+    tokens[last] = tokens[last][:, :, :1]
+    anchors = [leaves_of(level, kernel, DIMS["hope"], n * B, 1, H, seed=1)[a]
+               for a in kernel.anchors]
+    for x in [*tokens.values(), *anchors]:
+        x.requires_grad_()
+    repeated = {k: torch.cat([x.expand(B, T, H, *x.shape[3:])] * n) for k, x in tokens.items()}
+    want = shared(repeated, *anchors)
+    flat_want = [f for pairs in want.values() for pair in pairs for f in pair]
+    seeds = [torch.randn(n * B, H, T, *f.shape[3:], generator=g,
+                         dtype=torch.float64).transpose(1, 2) for f in flat_want]
+    leaves = [*tokens.values(), *anchors]
+    grads_want = torch.autograd.grad(sum((f * s).sum() for f, s in zip(flat_want, seeds)),
+                                     leaves)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    tokens32 = {k: x.detach().to(DEVICE, torch.float32).requires_grad_()
+                for k, x in tokens.items()}
+    anchors32 = [a.detach().to(DEVICE, torch.float32).requires_grad_() for a in anchors]
+    stacks = member_batch.Stacks({})
+    batch = member_batch.Repeated(dict(tokens32), dict(tokens32), n, stacks)
+    before = dict(LAUNCHES)
+    got = wrapped(batch, *anchors32)
+    assert not stacks.made   # no token was repeated for the kernels
+    flat_got = [f for pairs in got.values() for pair in pairs for f in pair]
+    grads_got = torch.autograd.grad(
+        sum((f * s.to(f)).sum() for f, s in zip(flat_got, seeds)),
+        [*tokens32.values(), *anchors32])
+    assert LAUNCHES["forward"] > before["forward"] and LAUNCHES["backward"] > before["backward"]
+    for f, ref in zip(flat_got, flat_want, strict=True):
+        assert f.shape == ref.shape
+        assert rel(f.cpu(), ref) < TOL
+    for x, ref in zip(grads_got, grads_want, strict=True):
+        assert x.shape == ref.shape
+        assert close(x.cpu(), ref, TOL), rel(x.cpu(), ref)
+
+
+@needs_kernels
 def test_hope_layer_runs_the_terms_kernels_for_its_group_and_main_memory(monkeypatch):
     """The self-modifying Titans layer of examples/hope.nl, chunked in float32: with the
     kernels forced its group's members and its main memory go through them, and the output

@@ -63,6 +63,11 @@ class Repeated(Mapping):
             return self.stacks.repeated(name, self.per_token[name], self.n)
         return self.inputs[name]
 
+    def once(self, name: str):
+        """The input `name` as given, not repeated (for kernels that read a token for every
+        member themselves: ops.shared_outer_terms)."""
+        return self.inputs[name]
+
     def __iter__(self):
         return iter(self.inputs)
 

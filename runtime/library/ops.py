@@ -478,11 +478,15 @@ def shared_outer_terms(module_file: str, name: str, fallback, token_names: tuple
                        layout: tuple):
     """`outer_terms` for a function several levels share, which takes its anchors as
     arguments: `fallback(inputs, *anchors)` (Hope's MLP memories' pairs, called per level
-    and for a group's members stacked)."""
-    def terms(inputs: dict, *anchors) -> dict:
+    and for a group's members stacked). Members stacked (`inputs` a member_batch.Repeated)
+    give the kernels their tokens once, not repeated: the kernels read them for every member
+    and sum their gradients over the members; only the PyTorch terms read them repeated."""
+    def terms(inputs, *anchors) -> dict:
         names = tuple(f"A{i}" for i in range(len(anchors)))
+        once = getattr(inputs, "once", inputs.__getitem__)
+        given = {n: once(n) for n in token_names} | dict(zip(names, anchors))
         return outer_terms(module_file, name, lambda _: fallback(inputs, *anchors),
-                           token_names, names, layout)({**inputs, **dict(zip(names, anchors))})
+                           token_names, names, layout)(given)
     return terms
 
 

@@ -10,8 +10,10 @@ returns the same dict, from the two kernels of a module's `LAUNCHER`:
         -> {drive: [(col, row), ...], ...}
 
 tokens as chunk code holds them (`[B, T, H, n, 1]` columns, `[B, T, H, 1, 1]` scalars, any
-of B, T, H broadcast), anchors `[B|1, 1, H|1, rows, cols]`; columns come back
-`[B, T, H, r, 1]`, rows `[B, T, H, 1, c]`. Inputs the kernels do not take (not CUDA, unless
+of B, T, H broadcast; read in place through their strides), anchors
+`[B * members|1, 1, H|1, rows, cols]` (members: a group's levels stacked along the batch
+that read the same tokens, whose gradients the backward kernel sums over them); columns
+come back `[B * members, T, H, r, 1]`, rows `[B * members, T, H, 1, c]`. Inputs the kernels do not take (not CUDA, unless
 NLC_TRITON=force; not float32, as `dual_chunked` runs; an axis that is not a power of two;
 more than `MAX_STATE_ENTRIES` anchor entries; under torch.compile, which traces `fallback`)
 run `fallback`, the PyTorch function.
@@ -50,15 +52,22 @@ class OuterLauncher:
 
     def terms(self, fallback, token_names: tuple, anchor_names: tuple, layout: tuple,
               inputs: dict) -> dict:
-        """The level's `*_outer(inputs)` from these kernels (module docstring)."""
+        """The level's `*_outer(inputs)` from these kernels (module docstring). The tokens'
+        batch may be the anchors' divided by a number of members stacked along it (a
+        coupled group's, runtime/library/member_batch.py): each member reads the same
+        tokens, and their gradients come back summed over the members."""
         xs = [inputs[n] for n in token_names]
         anchors = [inputs[n] for n in anchor_names]
         if any(t.dtype != torch.float32 for t in [*xs, *anchors]):
             return fallback(inputs)
-        B, T, H = torch.broadcast_shapes(*(x.shape[:3] for x in xs),
-                                         *(a.shape[:3] for a in anchors))
-        flat = [x.expand(B, T, H, *x.shape[3:]).flatten(3) if size else
-                x.expand(B, T, H, 1, 1).flatten(2) for x, size in zip(xs, self.config.tokens)]
+        BX, T, H = torch.broadcast_shapes(*(x.shape[:3] for x in xs),
+                                          *((1, 1, a.shape[2]) for a in anchors))
+        B = max(BX, *(a.shape[0] for a in anchors))
+        if B % BX or any(a.shape[0] not in (1, B) for a in anchors):
+            return fallback(inputs)
+        # views (stride 0 where broadcast): the kernels read the tokens through strides
+        flat = [x.expand(BX, T, H, *x.shape[3:]).flatten(3) if size else
+                x.expand(BX, T, H, 1, 1).flatten(2) for x, size in zip(xs, self.config.tokens)]
         held = [a.expand(B, 1, H, *a.shape[3:]).squeeze(1) for a in anchors]
         dims = self.dims(flat, held)
         if dims is None or T == 0:
@@ -83,36 +92,46 @@ class OuterLauncher:
         return coeff * (dims[dim] if dim is not None else 1)
 
     def launch(self, dims, xs, anchors):
-        B, T, H = xs[0].shape[:3]
+        B, H = anchors[0].shape[:2]
+        BX, T = xs[0].shape[:2]
         factors = [torch.empty(B, T, H, self.width(s, dims), device=xs[0].device)
                    for s in self.config.factors]
         entries = sum(a[0, 0].numel() for a in anchors)
         grid = (B, H, -(-T // TOKENS_PER_PROGRAM))
-        self.forward[grid](*xs, *anchors, *factors, T, H, TOKENS_PER_PROGRAM, *dims,
-                           num_warps=num_warps(entries))
+        self.forward[grid](*xs, *anchors, *factors, *_strides(xs), T, H, BX,
+                           TOKENS_PER_PROGRAM, *dims, num_warps=num_warps(entries))
         LAUNCHES["forward"] += 1
         return factors
 
     def launch_backward(self, dims, xs, anchors, grads):
-        B, T, H = xs[0].shape[:3]
+        B, H = anchors[0].shape[:2]
+        BX, T = xs[0].shape[:2]
         blocks = -(-T // TOKENS_PER_PROGRAM)
-        g_factors = [torch.zeros(B, T, H, self.width(s, dims), device=xs[0].device)
-                     if g is None else g.float().contiguous()
-                     for g, s in zip(grads, self.config.factors)]
-        g_xs = [torch.empty_like(x) for x in xs]
-        g_blocks = [a.new_empty(B, H, blocks, *a.shape[2:]) for a in anchors]
+        device = xs[0].device
+        g_factors = [torch.zeros(B, T, H, self.width(s, dims), device=device)
+                     if g is None else g.float() for g, s in zip(grads, self.config.factors)]
+        g_xs = [torch.empty(x.shape, device=device) for x in xs]
+        g_blocks = [torch.empty(B, H, blocks, *a.shape[2:], device=device) for a in anchors]
         entries = sum(a[0, 0].numel() for a in anchors)
-        self.backward[(B, H, blocks)](*xs, *anchors, *g_factors, *g_xs, *g_blocks, T, H,
-                                      blocks, TOKENS_PER_PROGRAM, *dims,
-                                      num_warps=backward_warps(entries))
+        self.backward[(BX, H, blocks)](*xs, *anchors, *g_factors, *g_xs, *g_blocks,
+                                       *_strides(xs), *_strides(g_factors), T, H, BX, B // BX,
+                                       blocks, TOKENS_PER_PROGRAM, *dims,
+                                       num_warps=backward_warps(entries))
         LAUNCHES["backward"] += 1
-        return g_xs, [g.sum(2) for g in g_blocks]
+        # one block (a chunk of at most TOKENS_PER_PROGRAM tokens) needs no sum
+        return g_xs, [g.squeeze(2) if blocks == 1 else g.sum(2) for g in g_blocks]
+
+
+def _strides(tensors) -> list[int]:
+    """The strides of `[B, T, H]` or `[B, T, H, n]` tensors, as the kernels take them."""
+    return [s for t in tensors for s in t.stride()]
 
 
 class _OuterKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, launcher: OuterLauncher, dims: list, n: int, *tensors):
-        tensors = [t.contiguous() for t in tensors]
+        # the tokens as given (read through strides), the anchors laid out as loaded
+        tensors = [*tensors[:n], *(a.contiguous() for a in tensors[n:])]
         ctx.launcher, ctx.dims, ctx.n = launcher, dims, n
         ctx.save_for_backward(*tensors)
         return tuple(launcher.launch(dims, tensors[:n], tensors[n:]))
