@@ -186,6 +186,8 @@ def main():
     if a.row:
         print(json.dumps(run_row(a.row, a.steps, a.batch, a.seq_len)))
         return
+    if a.steps < 3:
+        p.error("--steps must be at least 3: the first 2 steps are warm-up and not timed")
     unknown = set(a.rows.split(",")) - set(ROWS)
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
