@@ -35,7 +35,7 @@ def terms(
     x2,
     D0: tl.constexpr,
 ):
-    """One token's factors, and the intermediates the adjoint reads."""
+    """One token's factors, then the intermediates the adjoint reads (one flat tuple)."""
     t0 = -1.0 * x2
     f1 = A0 * x0[None, :]
     t1 = tl.sum(f1, axis=1)
@@ -80,24 +80,7 @@ def terms(
     P1 = x0
     P2 = t11 * t9
     P3 = t3
-    return (P0, P1, P2, P3), (
-        t1,
-        t2,
-        f5,
-        f7,
-        t3,
-        t6,
-        f15,
-        f17,
-        t7,
-        t9,
-        t11,
-        f29,
-        f35,
-        f36,
-        f38,
-        f39,
-    )
+    return (P0, P1, P2, P3, t1, t2, f5, f7, t3, t6, f15, f17, t7, t9, t11, f29, f35, f36, f38, f39)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -129,7 +112,9 @@ def outer_forward(
             x0 = tl.load(x0_ptr + row * (D0) + tl.arange(0, D0))
             x1 = tl.load(x1_ptr + row)
             x2 = tl.load(x2_ptr + row * (D0) + tl.arange(0, D0))
-            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
+            P0, P1, P2, P3, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = terms(
+                A0, A1, x0, x1, x2, D0
+            )
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -178,8 +163,8 @@ def outer_backward(
             g_P1 = tl.load(g_P1_ptr + row * (D0) + tl.arange(0, D0))
             g_P2 = tl.load(g_P2_ptr + row * (D0) + tl.arange(0, D0))
             g_P3 = tl.load(g_P3_ptr + row * (4 * D0) + tl.arange(0, 4 * D0))
-            _, (t1, t2, f5, f7, t3, t6, f15, f17, t7, t9, t11, f29, f35, f36, f38, f39) = terms(
-                A0, A1, x0, x1, x2, D0
+            _, _, _, _, t1, t2, f5, f7, t3, t6, f15, f17, t7, t9, t11, f29, f35, f36, f38, f39 = (
+                terms(A0, A1, x0, x1, x2, D0)
             )
             b_P3 = g_P3
             b_P2 = g_P2

@@ -35,7 +35,7 @@ def terms(
     x2,
     D0: tl.constexpr,
 ):
-    """One token's factors, and the intermediates the adjoint reads."""
+    """One token's factors, then the intermediates the adjoint reads (one flat tuple)."""
     t0 = -1.0 * x1
     f1 = A0 * x0[None, :]
     t1 = tl.sum(f1, axis=1)
@@ -97,7 +97,11 @@ def terms(
     f57 = f56 * t12
     P2 = f57 * t23
     P3 = t3
-    return (P0, P1, P2, P3), (
+    return (
+        P0,
+        P1,
+        P2,
+        P3,
         t1,
         t2,
         f5,
@@ -153,7 +157,9 @@ def outer_forward(
             x0 = tl.load(x0_ptr + row * (D0) + tl.arange(0, D0))
             x1 = tl.load(x1_ptr + row * (D0) + tl.arange(0, D0))
             x2 = tl.load(x2_ptr + row)
-            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
+            P0, P1, P2, P3, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = (
+                terms(A0, A1, x0, x1, x2, D0)
+            )
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -204,31 +210,32 @@ def outer_backward(
             g_P3 = tl.load(g_P3_ptr + row * (4 * D0) + tl.arange(0, 4 * D0))
             (
                 _,
-                (
-                    t1,
-                    t2,
-                    f5,
-                    f7,
-                    t3,
-                    t8,
-                    f20,
-                    t12,
-                    t13,
-                    t14,
-                    t16,
-                    f28,
-                    t18,
-                    t23,
-                    f41,
-                    f43,
-                    f44,
-                    f50,
-                    f51,
-                    f53,
-                    f54,
-                    f56,
-                    f57,
-                ),
+                _,
+                _,
+                _,
+                t1,
+                t2,
+                f5,
+                f7,
+                t3,
+                t8,
+                f20,
+                t12,
+                t13,
+                t14,
+                t16,
+                f28,
+                t18,
+                t23,
+                f41,
+                f43,
+                f44,
+                f50,
+                f51,
+                f53,
+                f54,
+                f56,
+                f57,
             ) = terms(A0, A1, x0, x1, x2, D0)
             b_P3 = g_P3
             b_P2 = g_P2
