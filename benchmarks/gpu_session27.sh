@@ -52,12 +52,12 @@ elif [ "$MODE" = hope ]; then
   timeout 240 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
     --rows titans_graphed,titans_graphed_compiled_chunks --out "$OUT/lm_titans_graphed.md"
 elif [ "$MODE" = terms ]; then
-  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider -x \
+  NLC_TRITON_TEST_DEVICE=cuda timeout 90 python3 -m pytest -q -p no:cacheprovider -x \
     "$REPO/tests/test_outer_kernel.py" > "$OUT/terms_tests.log" 2>&1
   tail -5 "$OUT/terms_tests.log"
-  timeout 170 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 \
+  timeout 160 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 \
     --rows titans_graphed,titans_graphed_torch_terms --out "$OUT/lm_titans_terms.md"
-  timeout 190 python3 "$REPO/benchmarks/lm_throughput.py" --steps 2 --batch 2 \
+  timeout 260 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
     --rows hope_graphed,hope_graphed_torch_terms --out "$OUT/lm_hope_terms.md"
 elif [ "$MODE" = recall ]; then
   timeout 540 python3 -m nlc bench recall "$REPO/examples/deltanet.nl" \

@@ -114,6 +114,8 @@ ROWS = {
              lambda: _spec("hope", d_head=64), False),
     "hope_graphed": ("nlc examples/hope.nl, forward and backward as CUDA graphs",
                      lambda: _spec("hope", d_head=64), "graphs"),
+    "hope_graphed_compiled_chunks": ("nlc examples/hope.nl, CUDA graphs, NLC_COMPILE_CHUNKS=1",
+                                     lambda: _spec("hope", d_head=64), "graphs"),
     # the other MLP memories: does each train at T = 2048 on one GPU, how fast, how large
     "ttt_mlp": ("nlc examples/ttt_mlp.nl", lambda: _spec("ttt_mlp", d_head=64), False),
     "moneta": ("nlc examples/moneta.nl", lambda: _spec("moneta", d_head=64), False),
@@ -127,6 +129,7 @@ ROWS = {
 # kept for the backward pass, not recomputed (the default on CUDA recomputes them)
 ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
+       "hope_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "hope_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "titans_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
@@ -186,6 +189,8 @@ def main():
     if a.row:
         print(json.dumps(run_row(a.row, a.steps, a.batch, a.seq_len)))
         return
+    if a.steps < 3:
+        p.error("--steps must be at least 3: the first 2 steps are warm-up and not timed")
     unknown = set(a.rows.split(",")) - set(ROWS)
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")

@@ -41,7 +41,7 @@ def terms(
     x2,
     D0: tl.constexpr,
 ):
-    """One token's factors, and the intermediates the adjoint reads."""
+    """One token's factors, then the intermediates the adjoint reads (one flat tuple)."""
     t0 = -2.0 * x1
     t1 = 2.0 * x0
     f2 = A0 * x0[None, :]
@@ -106,7 +106,11 @@ def terms(
     f60 = f59 * t13
     P2 = f60 * t26
     P3 = t4
-    return (P0, P1, P2, P3), (
+    return (
+        P0,
+        P1,
+        P2,
+        P3,
         t2,
         t3,
         f6,
@@ -177,7 +181,36 @@ def outer_forward(
             x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se)
             x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0) * x1_se)
             x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
-            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
+            (
+                P0,
+                P1,
+                P2,
+                P3,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+                _,
+            ) = terms(A0, A1, x0, x1, x2, D0)
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -288,32 +321,33 @@ def outer_backward(
                 )
                 (
                     _,
-                    (
-                        t2,
-                        t3,
-                        f6,
-                        f8,
-                        t4,
-                        t9,
-                        f21,
-                        t13,
-                        t14,
-                        t15,
-                        t17,
-                        t19,
-                        f31,
-                        t21,
-                        t26,
-                        f44,
-                        f46,
-                        f47,
-                        f53,
-                        f54,
-                        f56,
-                        f57,
-                        f59,
-                        f60,
-                    ),
+                    _,
+                    _,
+                    _,
+                    t2,
+                    t3,
+                    f6,
+                    f8,
+                    t4,
+                    t9,
+                    f21,
+                    t13,
+                    t14,
+                    t15,
+                    t17,
+                    t19,
+                    f31,
+                    t21,
+                    t26,
+                    f44,
+                    f46,
+                    f47,
+                    f53,
+                    f54,
+                    f56,
+                    f57,
+                    f59,
+                    f60,
                 ) = terms(A0, A1, x0, x1, x2, D0)
                 b_P3 = g_P3
                 b_P2 = g_P2

@@ -40,7 +40,7 @@ def terms(
     x2,
     D0: tl.constexpr,
 ):
-    """One token's factors, and the intermediates the adjoint reads."""
+    """One token's factors, then the intermediates the adjoint reads (one flat tuple)."""
     t0 = -1.0 * x1
     f1 = A0 * x0[None, :]
     t1 = tl.sum(f1, axis=1)
@@ -76,7 +76,7 @@ def terms(
     f32 = f31 + x0
     P0 = f18 * f32
     P1 = x0
-    return (P0, P1), (t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32)
+    return (P0, P1, t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -117,7 +117,7 @@ def outer_forward(
             x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se)
             x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0) * x1_se)
             x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
-            (P0, P1), _ = terms(A0, x0, x1, x2, D0)
+            P0, P1, _, _, _, _, _, _, _, _, _, _, _ = terms(A0, x0, x1, x2, D0)
             tl.store(P0_ptr + row * (D0) + tl.arange(0, D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
 
@@ -195,7 +195,9 @@ def outer_backward(
                     + i_h * g_P1_sh
                     + tl.arange(0, D0) * g_P1_se
                 )
-                _, (t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32) = terms(A0, x0, x1, x2, D0)
+                _, _, t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32 = terms(
+                    A0, x0, x1, x2, D0
+                )
                 b_P1 = g_P1
                 b_P0 = g_P0
                 h2 = tl.sum(b_P0 * f32, axis=0)

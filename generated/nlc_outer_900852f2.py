@@ -41,7 +41,7 @@ def terms(
     x2,
     D0: tl.constexpr,
 ):
-    """One token's factors, and the intermediates the adjoint reads."""
+    """One token's factors, then the intermediates the adjoint reads (one flat tuple)."""
     t0 = -1.0 * x2
     f1 = A0 * x0[None, :]
     t1 = tl.sum(f1, axis=1)
@@ -86,24 +86,7 @@ def terms(
     P1 = x0
     P2 = t11 * t9
     P3 = t3
-    return (P0, P1, P2, P3), (
-        t1,
-        t2,
-        f5,
-        f7,
-        t3,
-        t6,
-        f15,
-        f17,
-        t7,
-        t9,
-        t11,
-        f29,
-        f35,
-        f36,
-        f38,
-        f39,
-    )
+    return (P0, P1, P2, P3, t1, t2, f5, f7, t3, t6, f15, f17, t7, t9, t11, f29, f35, f36, f38, f39)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -149,7 +132,9 @@ def outer_forward(
             x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se)
             x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh)
             x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh + tl.arange(0, D0) * x2_se)
-            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
+            P0, P1, P2, P3, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = terms(
+                A0, A1, x0, x1, x2, D0
+            )
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -258,9 +243,28 @@ def outer_backward(
                     + i_h * g_P3_sh
                     + tl.arange(0, 4 * D0) * g_P3_se
                 )
-                _, (t1, t2, f5, f7, t3, t6, f15, f17, t7, t9, t11, f29, f35, f36, f38, f39) = terms(
-                    A0, A1, x0, x1, x2, D0
-                )
+                (
+                    _,
+                    _,
+                    _,
+                    _,
+                    t1,
+                    t2,
+                    f5,
+                    f7,
+                    t3,
+                    t6,
+                    f15,
+                    f17,
+                    t7,
+                    t9,
+                    t11,
+                    f29,
+                    f35,
+                    f36,
+                    f38,
+                    f39,
+                ) = terms(A0, A1, x0, x1, x2, D0)
                 b_P3 = g_P3
                 b_P2 = g_P2
                 h2 = tl.sum(b_P2 * t9, axis=0)

@@ -41,7 +41,7 @@ def terms(
     x2,
     D0: tl.constexpr,
 ):
-    """One token's factors, and the intermediates the adjoint reads."""
+    """One token's factors, then the intermediates the adjoint reads (one flat tuple)."""
     t0 = -1.0 * x1
     f1 = A0 * x0[None, :]
     t1 = tl.sum(f1, axis=1)
@@ -103,7 +103,11 @@ def terms(
     f57 = f56 * t12
     P2 = f57 * t23
     P3 = t3
-    return (P0, P1, P2, P3), (
+    return (
+        P0,
+        P1,
+        P2,
+        P3,
         t1,
         t2,
         f5,
@@ -173,7 +177,9 @@ def outer_forward(
             x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se)
             x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0) * x1_se)
             x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
-            (P0, P1, P2, P3), _ = terms(A0, A1, x0, x1, x2, D0)
+            P0, P1, P2, P3, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = (
+                terms(A0, A1, x0, x1, x2, D0)
+            )
             tl.store(P0_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P0)
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
             tl.store(P2_ptr + row * (D0) + tl.arange(0, D0), P2)
@@ -284,31 +290,32 @@ def outer_backward(
                 )
                 (
                     _,
-                    (
-                        t1,
-                        t2,
-                        f5,
-                        f7,
-                        t3,
-                        t8,
-                        f20,
-                        t12,
-                        t13,
-                        t14,
-                        t16,
-                        f28,
-                        t18,
-                        t23,
-                        f41,
-                        f43,
-                        f44,
-                        f50,
-                        f51,
-                        f53,
-                        f54,
-                        f56,
-                        f57,
-                    ),
+                    _,
+                    _,
+                    _,
+                    t1,
+                    t2,
+                    f5,
+                    f7,
+                    t3,
+                    t8,
+                    f20,
+                    t12,
+                    t13,
+                    t14,
+                    t16,
+                    f28,
+                    t18,
+                    t23,
+                    f41,
+                    f43,
+                    f44,
+                    f50,
+                    f51,
+                    f53,
+                    f54,
+                    f56,
+                    f57,
                 ) = terms(A0, A1, x0, x1, x2, D0)
                 b_P3 = g_P3
                 b_P2 = g_P2

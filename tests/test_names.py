@@ -8,6 +8,7 @@ with an error at the spec line that declares them."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import subprocess
@@ -20,6 +21,7 @@ import torch
 
 from nlc import pipeline
 from nlc.emit import compile_outputs, load_module
+from nlc.emit.names import module_clashes
 from nlc.errors import NlcError
 from renaming import rename, user_names
 
@@ -187,6 +189,53 @@ def test_layer_named_like_an_import_is_refused():
         compile_outputs(str(path), text=text)
     assert err.value.span.line == next(
         i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("layer torch"))
+
+
+def test_level_named_like_the_shared_functions_computes_the_same(tmp_path):
+    """Hope's memories share functions named `<layer>_mlp_memory_<kind>`; a level named
+    `mlp_memory` has its own functions `<layer>_mlp_memory_<kind>`. Once the later definition
+    silently replaced the earlier; the shared ones now take another name."""
+    path = EXAMPLES / "hope.nl"
+    text = path.read_text()
+    renamed = rename(text, {"memory": "mlp_memory"})
+    outputs = compile_outputs(str(path), _overrides(path, renamed), text=renamed)
+    tree = ast.parse(outputs[path.stem])
+    assert module_clashes(tree) == []
+    assert "SelfModifyingTitans_mlp_memory_drive" in {
+        n.name for n in tree.body if isinstance(n, ast.FunctionDef)}  # the level's own
+    expected = run_spec(path, text, tmp_path / "original")
+    got = run_spec(path, renamed, tmp_path / "renamed")
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_composed_function_names_that_meet_are_refused():
+    """Layer `A` with level `b_c` and layer `A_b` with level `c` both name a function
+    `A_b_c_step`: refused at the level, not one definition silently replacing the other."""
+    level = """layer {layer} {{
+  dims d_model = 8, d_k = 4
+  param W_q, W_k, W_v : [d_model, d_k]
+  param W_o : [d_k, d_model]
+  context from x {{
+    q = x @ W_q
+    k = x @ W_k
+    v = x @ W_v
+  }}
+  level {level} every 1 token {{
+    state S : matrix(d_k, d_k) = zeros
+    objective dot(S(k), v)
+    algorithm gd(lr = 1)
+    read S(q)
+  }}
+  output {level} @ W_o
+}}
+"""
+    text = level.format(layer="A", level="b_c") + level.format(layer="A_b", level="c") \
+        + "model M {\n  block A -> A_b\n}\n"
+    with pytest.raises(NlcError, match="'A_b_c_step' would be defined twice") as err:
+        compile_outputs("m.nl", text=text)
+    assert err.value.span.line == next(
+        i for i, ln in enumerate(text.splitlines(), 1) if "level b_c" in ln)
 
 
 @pytest.mark.parametrize("name", ["p", "t", "r", "y", "u", "eta", "lambda_", "kappa"])

@@ -50,7 +50,26 @@ def emit(plans, text: str, path: str) -> dict[str, str]:
                            "(an import, a function or another class): rename it",
                            decl.span)
         _refuse_attribute_clashes(decl, tree)
+    _refuse_composed_clashes(plans, twice)
     return {module: ruff_format(code, f"{module}.py") for module, code in outputs.items()}
+
+
+def _refuse_composed_clashes(plans, twice: list[str]) -> None:
+    """Function names composed from spec names (`<layer>_<level>_step`) that come out the
+    same for two functions: layer `A` with level `b_c` and layer `A_b` with level `c`. The
+    later definition would silently replace the earlier, so the spec is refused, at the
+    level whose name makes the longer part of the clash."""
+    for name in twice:
+        owners = [(len(lv.fn), lv, layer) for layer in plans.layers for lv in layer.levels
+                  if name.startswith(f"{lv.fn}_")]
+        if not owners:
+            raise NlcError(f"internal error: the generated module defines '{name}' twice")
+        _, level, layer = max(owners, key=lambda o: o[0])
+        spec = next(s for s in plans.specs if s.name == layer.name)
+        where = next((lv.span for lv in spec.levels if lv.name == level.name), spec.span)
+        raise NlcError(f"level '{level.name}' of {layer.name}: the generated function "
+                       f"'{name}' would be defined twice, since names the compiler composes "
+                       "from the layers' and levels' names meet: rename the level", where)
 
 
 def _refuse_attribute_clashes(decl, tree) -> None:

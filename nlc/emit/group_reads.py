@@ -100,8 +100,7 @@ def shared_reads(layer, levels: list, taken: set) -> list:
     for (params, body), users in found.items():
         if len(users) < 2:
             continue
-        first = layer.plan.level(users[0][0].name)
-        base = f"{first.fn[:len(first.fn) - len(first.name)]}{first.rule.form.kind}_memory"
+        base = layer.shared_base(layer.plan.level(users[0][0].name))
         apply = unique(f"{base}_read")
         names = ", ".join(pl.name for pl, _, _ in users)
         out.append(shared(apply, ", ".join(["inputs", *params]), list(body), prose(

@@ -138,6 +138,18 @@ class LayerPrinter:
         self.printers: dict[str, LevelPrinter] = {}
         self.defaults = {s.name: s.default for s in plan.sizes}
 
+    def shared_base(self, first) -> str:
+        """`<layer>_<form>_memory`, the start of the names of functions that levels share
+        (level plan `first` the first of them); numbered (`mlp_memory2`) where a level's or
+        a group's own functions could take the same names (a level named `mlp_memory`)."""
+        prefix = first.fn[:len(first.fn) - len(first.name)]
+        owners = [lv.fn for lv in self.plan.levels] + [g.fn for g in self.plan.groups]
+        for i in range(len(owners) + 1):
+            base = f"{prefix}{first.rule.form.kind}_memory{i + 1 if i else ''}"
+            if not any(_overlap(base, fn) for fn in owners):
+                return base
+        raise AssertionError("unreachable: each owner blocks at most one number")
+
     def printed(self) -> PrintedLayer:
         plan = self.plan
         levels = [self.level(lp) for lp in plan.levels]
@@ -218,9 +230,7 @@ class LayerPrinter:
             for (params, body), users in found.items():
                 if len(users) < 2:
                     continue
-                first = self.plan.level(users[0][0].name)
-                prefix = first.fn[:len(first.fn) - len(first.name)]
-                name = f"{prefix}{first.rule.form.kind}_memory_{kind}"
+                name = f"{self.shared_base(self.plan.level(users[0][0].name))}_{kind}"
                 taken = {s.name for s in out}
                 name = next(f"{name}_{i}" if i else name for i in range(len(out) + 1)
                             if (f"{name}_{i}" if i else name) not in taken)
@@ -291,8 +301,7 @@ class LayerPrinter:
                 if len(users) < 2:
                     continue
                 first = self.printers[users[0].name]
-                prefix = first.plan.fn[:len(first.plan.fn) - len(first.plan.name)]
-                name = f"{prefix}{first.rule.form.kind}_memory_{kind}"
+                name = f"{self.shared_base(first.plan)}_{kind}"
                 name = next(f"{name}_{i}" if i else name for i in range(len(taken) + 1)
                             if (f"{name}_{i}" if i else name) not in taken)
                 taken.add(name)
@@ -473,3 +482,9 @@ def _init_code(attr: str, init, shape) -> str:
     if kind in ("zeros", "ones"):
         return f"nn.init.{kind}_({attr})"
     return f"{attr}.copy_(nl.{kind}({attr}.shape, {args['low']}, {args['high']}))"
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether functions named `a_<suffix>` and `b_<suffix>` can meet: the compiler's
+    suffixes hold underscores (`read_tail`), so one start must not begin the other."""
+    return a == b or a.startswith(b + "_") or b.startswith(a + "_")

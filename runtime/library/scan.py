@@ -227,25 +227,6 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     recompute = _recompute(tokens, state, consts,
                            builds_per_token=not (transition and pairs and lazy_read))
 
-    def one_chunk(state, part):
-        anchor = _anchor(state, anchors)
-        wide = _wide(anchor)
-        if transition is not None:
-            terms = (pairs or drive)({**consts, **wide, **part})
-            stacked, state = _affine(transition({**consts, **wide, **part, **terms}), state,
-                                     read_before, terms if pairs else None, lazy_read)
-            return read(stacked, {**consts, **wide, **part}), state, anchor
-        driven = drive({**consts, **wide, **part})
-        seen = []
-        for token, terms in zip(_tokens(part), _tokens(driven)):
-            if read_before:
-                seen.append(state)
-            state = combine(state, {**consts, **token, **terms})
-            if not read_before:
-                seen.append(state)
-        stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
-        return read(stacked, {**consts, **wide, **part}), state, anchor
-
     def read_piece(wide, piece):
         return read({}, {**consts, **wide, **piece})
 
@@ -253,10 +234,13 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
         return drive({**consts, **wide, **piece}), read_piece(wide, piece)
 
     outputs = []
+    run = compiled_chunk(_frozen_chunk)
     parts = list(_chunks(tokens, chunk))
     for i, part in enumerate(parts):
         if not additive:
-            o, state, anchor = _maybe_checkpoint(one_chunk, recompute, state, part)
+            o, state, anchor = _maybe_checkpoint(run, recompute, (drive, combine, read),
+                                                 (transition, pairs, read_before, lazy_read),
+                                                 consts, anchors, state, part)
             outputs.append(o)
             continue
         anchor = _anchor(state, anchors)
@@ -272,6 +256,31 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
             outputs.append(o)
         state = combine(state, {**consts, **total})
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
+
+
+def _frozen_chunk(functions, options, consts, anchors, state, part):
+    """One chunk of `frozen_chunked` (module level, so that NLC_COMPILE_CHUNKS compiles it
+    once for every chunk and layer): `functions` its (drive, combine, read), `options` its
+    (transition, pairs, read_before, lazy_read). Returns (reads, state, anchors)."""
+    drive, combine, read = functions
+    transition, pairs, read_before, lazy_read = options
+    anchor = _anchor(state, anchors)
+    wide = _wide(anchor)
+    if transition is not None:
+        terms = (pairs or drive)({**consts, **wide, **part})
+        stacked, state = _affine(transition({**consts, **wide, **part, **terms}), state,
+                                 read_before, terms if pairs else None, lazy_read)
+        return read(stacked, {**consts, **wide, **part}), state, anchor
+    driven = drive({**consts, **wide, **part})
+    seen = []
+    for token, terms in zip(_tokens(part), _tokens(driven)):
+        if read_before:
+            seen.append(state)
+        state = combine(state, {**consts, **token, **terms})
+        if not read_before:
+            seen.append(state)
+    stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
+    return read(stacked, {**consts, **wide, **part}), state, anchor
 
 
 def _affine(transitions: dict, state: State, read_before: bool | None, pairs: dict | None,
@@ -396,51 +405,58 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
                            builds_per_token=not all(m.transition and m.pairs for m in members))
 
     order = member_batch.tails_together(members)  # one order for every batch: one stack
-
-    def one_chunk(current, part):
-        anchor = {m.name: _anchor(current[m.name], m.anchors) for m in members}
-        wide = {n: _wide(an) for n, an in anchor.items()}
-        inputs = {**consts, **part}
-        stacks = member_batch.Stacks(current)
-        read = {}
-        for batch in member_batch.read_batches(order):
-            if len(batch) > 1:
-                read |= member_batch.reads(batch, inputs, part, stacks)
-            else:
-                m, = batch
-                read[m.name] = m.read(current[m.name], {**inputs, **wide[m.name]})
-        inputs |= read
-        current = dict(current)
-        batches: dict = {}
-        for m in order:
-            if m.core is not None:
-                batches.setdefault((m.core[0], m.core[2]), []).append(m)
-        batched = set()
-        for same in batches.values():
-            if len(same) > 1:
-                current |= _batched_members(same, inputs, part | read, wide, current, stacks)
-                batched.update(m.name for m in same)
-        for m in members:
-            if m.name in batched:
-                continue
-            if m.transition is not None:  # the reads saw the anchors: only the last states
-                terms = (m.pairs or m.drive)({**inputs, **wide[m.name]})
-                _, current[m.name] = _affine(m.transition({**inputs, **wide[m.name], **terms}),
-                                             current[m.name], None, terms if m.pairs else None)
-                continue
-            driven = m.drive({**inputs, **wide[m.name]})
-            for token, outs, terms in zip(_tokens(part), _tokens(read), _tokens(driven)):
-                current[m.name] = m.combine(current[m.name], {**consts, **token, **outs, **terms})
-        return read, current, anchor
+    run = compiled_chunk(_coupled_chunk)
 
     anchor = {}
     for part in _chunks(tokens, chunk):
-        read, current, anchor = _maybe_checkpoint(one_chunk, recompute, current, part)
+        read, current, anchor = _maybe_checkpoint(run, recompute, members, order, consts,
+                                                  current, part)
         for m in members:
             outputs[m.name].append(read[m.name])
     finals = {m.name: _suspend(current[m.name], anchor.get(m.name, {}), position[m.name] + T,
                                m.anchors) for m in members}
     return {n: torch.cat(o, 1) for n, o in outputs.items()}, finals
+
+
+def _coupled_chunk(members: list[Member], order: list[Member], consts: dict, current: dict,
+                   part: dict):
+    """One chunk of `coupled_chunked` (module level, so that NLC_COMPILE_CHUNKS compiles it
+    once for every chunk and layer): every read for all the chunk's tokens, then every
+    member's chunk-start terms, then the last states. Returns (reads, states, anchors)."""
+    anchor = {m.name: _anchor(current[m.name], m.anchors) for m in members}
+    wide = {n: _wide(an) for n, an in anchor.items()}
+    inputs = {**consts, **part}
+    stacks = member_batch.Stacks(current)
+    read = {}
+    for batch in member_batch.read_batches(order):
+        if len(batch) > 1:
+            read |= member_batch.reads(batch, inputs, part, stacks)
+        else:
+            m, = batch
+            read[m.name] = m.read(current[m.name], {**inputs, **wide[m.name]})
+    inputs |= read
+    current = dict(current)
+    batches: dict = {}
+    for m in order:
+        if m.core is not None:
+            batches.setdefault((m.core[0], m.core[2]), []).append(m)
+    batched = set()
+    for same in batches.values():
+        if len(same) > 1:
+            current |= _batched_members(same, inputs, part | read, wide, current, stacks)
+            batched.update(m.name for m in same)
+    for m in members:
+        if m.name in batched:
+            continue
+        if m.transition is not None:  # the reads saw the anchors: only the last states
+            terms = (m.pairs or m.drive)({**inputs, **wide[m.name]})
+            _, current[m.name] = _affine(m.transition({**inputs, **wide[m.name], **terms}),
+                                         current[m.name], None, terms if m.pairs else None)
+            continue
+        driven = m.drive({**inputs, **wide[m.name]})
+        for token, outs, terms in zip(_tokens(part), _tokens(read), _tokens(driven)):
+            current[m.name] = m.combine(current[m.name], {**consts, **token, **outs, **terms})
+    return read, current, anchor
 
 
 def segments(run: Callable, T: int, period: int, state, *, offset: int = 0,

@@ -1,0 +1,81 @@
+"""Compile every printed Triton kernel in generated/ for sm_90 with the installed Triton,
+without a GPU: the fused step kernels (nlc_step_*.py: forward and printed backward) and the
+chunk-start terms kernels (nlc_outer_*.py), each with the warps its launcher picks, and print
+cuobjdump's registers and spills, or the compiler's error.
+
+The interpreter (TRITON_INTERPRET=1, how CI runs the kernels) never runs Triton's own
+analysis of a kernel's source, so a kernel can pass every test and still fail its first
+compile on a GPU: Triton 3.6, the GPU image's version, refused the nested tuple targets the
+printed helpers once unpacked (docs/perf.md). Run this with that Triton version installed
+before a device call (`pip install triton==3.6.0` in a separate environment).
+
+Usage (no GPU needed; TRITON_INTERPRET must be unset):
+    python benchmarks/compile_check.py [--d 64] [MODULE.py ...]   (default: generated/nlc_*.py)
+Exits 1 when a kernel does not compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import triton
+from kernel_resources import compiled  # compiled for sm_90, cuobjdump's resource line
+from step_kernel_resources import entries as step_entries
+from step_kernel_resources import load
+from nlc.runtime.library.step_launch import backward_warps, num_warps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def outer_entries(config, d: int) -> int:
+    """Anchor entries of one terms-kernel program when every dim is d."""
+    def size(s):
+        coeff, _ = s
+        return coeff * d
+    return sum(size(r) * size(c) for r, c in config.anchors)
+
+
+def kernels(module, d: int):
+    """(name, kernel, constants, warps, int32 scalars) of a generated kernel module."""
+    dims = {f"D{i}": d for i in range(module.CONFIG.dims)}
+    if hasattr(module, "step_forward"):
+        n = step_entries(module.CONFIG, d)
+        yield "step forward", module.step_forward, {"EVERY": 16, **dims}, num_warps(n), ("H",)
+        if module.step_backward is not None:
+            yield ("step backward", module.step_backward, {"EVERY": 16, **dims},
+                   backward_warps(n), ("H",))
+    else:
+        n = outer_entries(module.CONFIG, d)
+        yield "terms forward", module.outer_forward, {"TB": 16, **dims}, num_warps(n), ("H",)
+        yield ("terms backward", module.outer_backward, {"TB": 16, **dims}, backward_warps(n),
+               ("H", "NB"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*")
+    parser.add_argument("--d", default="64", help="d_head values, comma-separated")
+    args = parser.parse_args()
+    paths = args.modules or sorted(str(p) for pattern in ("nlc_step_*.py", "nlc_outer_*.py")
+                                   for p in (ROOT / "generated").glob(pattern))
+    print(f"Triton {triton.__version__}, sm_90")
+    failed = 0
+    for path in paths:
+        module = load(path)
+        for d in map(int, args.d.split(",")):
+            for name, kernel, consts, warps, scalars in kernels(module, d):
+                try:
+                    usage = compiled(kernel, (), consts, num_warps=warps, num_stages=1,
+                                     scalars=scalars)[1]
+                except Exception as err:  # the compiler's own error, reported per kernel
+                    failed += 1
+                    lines = str(err).strip().splitlines() or [type(err).__name__]
+                    usage = f"FAILED: {type(err).__name__}: {lines[-1][:200]}"
+                print(f"{Path(path).stem} {name} d={d} warps={warps}: {usage}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+#!/bin/bash
+# GPU work of session 29, one mode per device call (each under 10 minutes; run from the
+# repository root with OUT set and the wheels carried, see benchmarks/gpu_common.sh):
+#   a: issue 17: the chunk-start terms kernels' tests on the GPU; the Titans LM step as CUDA
+#      graphs (batch 16) with and without them; the Hope LM step as CUDA graphs (batch 2);
+#   b: issue 17: the same LM steps with every chunk compiled by Inductor
+#      (NLC_COMPILE_CHUNKS=1: Titans' dual chunks, Hope's group and main memory chunks);
+#   c: issue 16: gpu_session27.sh kernels3 (momentum delta, row-decay delta, RWKV-7, KDA).
+set -u
+MODE=${1:-a}
+REPO=$(pwd)
+if [ "$MODE" = c ]; then
+  exec bash "$REPO/benchmarks/gpu_session27.sh" kernels3
+fi
+source benchmarks/gpu_common.sh
+install_nlc
+export TRITON_CACHE_DIR=/tmp/tc
+mkdir -p $TRITON_CACHE_DIR
+cd /tmp
+LM="$REPO/benchmarks/lm_throughput.py"
+if [ "$MODE" = a ]; then
+  TESTS="$REPO/tests/test_outer_kernel.py"
+  [ -f "$REPO/tests/test_affine_triton.py" ] && TESTS="$TESTS $REPO/tests/test_affine_triton.py"
+  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider $TESTS \
+    > "$OUT/terms_tests.log" 2>&1
+  tail -5 "$OUT/terms_tests.log"
+  timeout 170 python3 "$LM" --steps 3 --rows titans_graphed,titans_graphed_torch_terms \
+    --out "$OUT/lm_titans_terms.md"
+  timeout 200 python3 "$LM" --steps 3 --batch 2 --rows hope_graphed --out "$OUT/lm_hope.md"
+elif [ "$MODE" = b ]; then
+  timeout 260 python3 "$LM" --steps 3 --rows titans_graphed_compiled_chunks \
+    --out "$OUT/lm_titans_compiled.md"
+  timeout 300 python3 "$LM" --steps 3 --batch 2 --rows hope_graphed_compiled_chunks \
+    --out "$OUT/lm_hope_compiled.md"
+fi
