@@ -17,6 +17,7 @@ Exits 1 when a kernel does not compile.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -48,9 +49,18 @@ def kernels(module, d: int):
                    backward_warps(n), ("H",))
     else:
         n = outer_entries(module.CONFIG, d)
-        yield "terms forward", module.outer_forward, {"TB": 16, **dims}, num_warps(n), ("H",)
-        yield ("terms backward", module.outer_backward, {"TB": 16, **dims}, backward_warps(n),
-               ("H", "NB"))
+        consts = {"TB": 16, **dims}
+        yield ("terms forward", module.outer_forward, consts, num_warps(n),
+               _ints(module.outer_forward, consts))
+        yield ("terms backward", module.outer_backward, consts, backward_warps(n),
+               _ints(module.outer_backward, consts))
+
+
+def _ints(kernel, consts: dict) -> tuple[str, ...]:
+    """A terms kernel's integer arguments (sizes, strides: all but its `*_ptr` pointers),
+    each compiled as an int32 not known to be 1 (a launch specializes strides of 1)."""
+    params = inspect.signature(kernel.fn).parameters
+    return tuple(p for p in params if not p.endswith("_ptr") and p not in consts and p != "T")
 
 
 def main() -> int:

@@ -21,9 +21,9 @@ members, runtime/library/member_batch.py) that read the same tokens, whose batch
 program of batch i_b reads the tokens of batch i_b % BX, and a backward program runs every
 member of its tokens in turn and writes their gradients summed over the members.
 
-Layouts: tokens x0 [B, T, H, D0], x1 [B, T, H, D0], x2 [B, T, H], read through strides (0 where broadcast); anchors
-[B, H, rows, cols]; factors [B, T, H, n], their gradients read through strides; the tokens'
-gradients [BX, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
+Layouts: tokens x0 [B, T, H, D0], x1 [B, T, H, D0], x2 [B, T, H], read through their strides over B, T and H (0 where
+broadcast), each token's entries next to each other; anchors [B, H, rows, cols]; factors
+[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [BX, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
 """
 
 import triton
@@ -90,11 +90,9 @@ def outer_forward(
     x0_sb,
     x0_st,
     x0_sh,
-    x0_se,
     x1_sb,
     x1_st,
     x1_sh,
-    x1_se,
     x2_sb,
     x2_st,
     x2_sh,
@@ -114,8 +112,8 @@ def outer_forward(
         t = first + j
         if t < T:
             row = (i_b * T + t) * H + i_h
-            x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se)
-            x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0) * x1_se)
+            x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
+            x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0))
             x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
             P0, P1, _, _, _, _, _, _, _, _, _, _, _ = terms(A0, x0, x1, x2, D0)
             tl.store(P0_ptr + row * (D0) + tl.arange(0, D0), P0)
@@ -137,22 +135,18 @@ def outer_backward(
     x0_sb,
     x0_st,
     x0_sh,
-    x0_se,
     x1_sb,
     x1_st,
     x1_sh,
-    x1_se,
     x2_sb,
     x2_st,
     x2_sh,
     g_P0_sb,
     g_P0_st,
     g_P0_sh,
-    g_P0_se,
     g_P1_sb,
     g_P1_st,
     g_P1_sh,
-    g_P1_se,
     T,
     H,
     BX,
@@ -174,26 +168,14 @@ def outer_backward(
             t = first + j
             if t < T:
                 x_row = (x_b * T + t) * H + i_h
-                x0 = tl.load(
-                    x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se
-                )
-                x1 = tl.load(
-                    x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0) * x1_se
-                )
+                x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
+                x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0))
                 x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
                 g_P0 = tl.load(
-                    g_P0_ptr
-                    + i_b * g_P0_sb
-                    + t * g_P0_st
-                    + i_h * g_P0_sh
-                    + tl.arange(0, D0) * g_P0_se
+                    g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, D0)
                 )
                 g_P1 = tl.load(
-                    g_P1_ptr
-                    + i_b * g_P1_sb
-                    + t * g_P1_st
-                    + i_h * g_P1_sh
-                    + tl.arange(0, D0) * g_P1_se
+                    g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
                 )
                 _, _, t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32 = terms(
                     A0, x0, x1, x2, D0

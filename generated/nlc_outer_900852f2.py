@@ -21,9 +21,9 @@ members, runtime/library/member_batch.py) that read the same tokens, whose batch
 program of batch i_b reads the tokens of batch i_b % BX, and a backward program runs every
 member of its tokens in turn and writes their gradients summed over the members.
 
-Layouts: tokens x0 [B, T, H, D0], x1 [B, T, H], x2 [B, T, H, D0], read through strides (0 where broadcast); anchors
-[B, H, rows, cols]; factors [B, T, H, n], their gradients read through strides; the tokens'
-gradients [BX, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
+Layouts: tokens x0 [B, T, H, D0], x1 [B, T, H], x2 [B, T, H, D0], read through their strides over B, T and H (0 where
+broadcast), each token's entries next to each other; anchors [B, H, rows, cols]; factors
+[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [BX, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
 """
 
 import triton
@@ -103,14 +103,12 @@ def outer_forward(
     x0_sb,
     x0_st,
     x0_sh,
-    x0_se,
     x1_sb,
     x1_st,
     x1_sh,
     x2_sb,
     x2_st,
     x2_sh,
-    x2_se,
     T,
     H,
     BX,
@@ -129,9 +127,9 @@ def outer_forward(
         t = first + j
         if t < T:
             row = (i_b * T + t) * H + i_h
-            x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se)
+            x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
             x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh)
-            x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh + tl.arange(0, D0) * x2_se)
+            x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh + tl.arange(0, D0))
             P0, P1, P2, P3, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = terms(
                 A0, A1, x0, x1, x2, D0
             )
@@ -160,30 +158,24 @@ def outer_backward(
     x0_sb,
     x0_st,
     x0_sh,
-    x0_se,
     x1_sb,
     x1_st,
     x1_sh,
     x2_sb,
     x2_st,
     x2_sh,
-    x2_se,
     g_P0_sb,
     g_P0_st,
     g_P0_sh,
-    g_P0_se,
     g_P1_sb,
     g_P1_st,
     g_P1_sh,
-    g_P1_se,
     g_P2_sb,
     g_P2_st,
     g_P2_sh,
-    g_P2_se,
     g_P3_sb,
     g_P3_st,
     g_P3_sh,
-    g_P3_se,
     T,
     H,
     BX,
@@ -208,40 +200,20 @@ def outer_backward(
             t = first + j
             if t < T:
                 x_row = (x_b * T + t) * H + i_h
-                x0 = tl.load(
-                    x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0) * x0_se
-                )
+                x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
                 x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh)
-                x2 = tl.load(
-                    x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh + tl.arange(0, D0) * x2_se
-                )
+                x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh + tl.arange(0, D0))
                 g_P0 = tl.load(
-                    g_P0_ptr
-                    + i_b * g_P0_sb
-                    + t * g_P0_st
-                    + i_h * g_P0_sh
-                    + tl.arange(0, 4 * D0) * g_P0_se
+                    g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, 4 * D0)
                 )
                 g_P1 = tl.load(
-                    g_P1_ptr
-                    + i_b * g_P1_sb
-                    + t * g_P1_st
-                    + i_h * g_P1_sh
-                    + tl.arange(0, D0) * g_P1_se
+                    g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
                 )
                 g_P2 = tl.load(
-                    g_P2_ptr
-                    + i_b * g_P2_sb
-                    + t * g_P2_st
-                    + i_h * g_P2_sh
-                    + tl.arange(0, D0) * g_P2_se
+                    g_P2_ptr + i_b * g_P2_sb + t * g_P2_st + i_h * g_P2_sh + tl.arange(0, D0)
                 )
                 g_P3 = tl.load(
-                    g_P3_ptr
-                    + i_b * g_P3_sb
-                    + t * g_P3_st
-                    + i_h * g_P3_sh
-                    + tl.arange(0, 4 * D0) * g_P3_se
+                    g_P3_ptr + i_b * g_P3_sb + t * g_P3_st + i_h * g_P3_sh + tl.arange(0, 4 * D0)
                 )
                 (
                     _,

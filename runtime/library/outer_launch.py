@@ -109,7 +109,7 @@ class OuterLauncher:
         blocks = -(-T // TOKENS_PER_PROGRAM)
         device = xs[0].device
         g_factors = [torch.zeros(B, T, H, self.width(s, dims), device=device)
-                     if g is None else g.float() for g, s in zip(grads, self.config.factors)]
+                     if g is None else _rows(g.float()) for g, s in zip(grads, self.config.factors)]
         g_xs = [torch.empty(x.shape, device=device) for x in xs]
         g_blocks = [torch.empty(B, H, blocks, *a.shape[2:], device=device) for a in anchors]
         entries = sum(a[0, 0].numel() for a in anchors)
@@ -123,15 +123,23 @@ class OuterLauncher:
 
 
 def _strides(tensors) -> list[int]:
-    """The strides of `[B, T, H]` or `[B, T, H, n]` tensors, as the kernels take them."""
-    return [s for t in tensors for s in t.stride()]
+    """The strides over B, T and H of `[B, T, H]` or `[B, T, H, n]` tensors, as the kernels
+    take them (a token's n entries lie next to each other: `_rows`)."""
+    return [s for t in tensors for s in t.stride()[:3]]
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """`x [B, T, H, n]` with each token's entries next to each other, as the kernels load
+    them (a vector load; strided entries would be gathered, and the kernels spill more):
+    copied only where they are not."""
+    return x if x.dim() == 3 or x.shape[-1] == 1 or x.stride(-1) == 1 else x.contiguous()
 
 
 class _OuterKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, launcher: OuterLauncher, dims: list, n: int, *tensors):
         # the tokens as given (read through strides), the anchors laid out as loaded
-        tensors = [*tensors[:n], *(a.contiguous() for a in tensors[n:])]
+        tensors = [*(_rows(x) for x in tensors[:n]), *(a.contiguous() for a in tensors[n:])]
         ctx.launcher, ctx.dims, ctx.n = launcher, dims, n
         ctx.save_for_backward(*tensors)
         return tuple(launcher.launch(dims, tensors[:n], tensors[n:]))
