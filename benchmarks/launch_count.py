@@ -15,7 +15,9 @@ left out): a PROXY for GPU kernel launches, not a GPU measurement (a CUDA op may
 more than one kernel, or one fused kernel where the CPU runs several ops). On a CUDA device
 (`--device cuda`) the same table is printed, and the profiler's own counts of kernels,
 memory copies and synchronizing runtime calls follow it. Chunks are recomputed in the
-backward pass (NLC_RECOMPUTE_CHUNKS=1, the CUDA default) unless `--keep`."""
+backward pass (NLC_RECOMPUTE_CHUNKS=1, the CUDA default) unless `--keep`. Triton kernels run
+on the CPU under TRITON_INTERPRET=1 (with NLC_TRITON=force) count as launches, not as the
+aten ops the interpreter issues to copy their arguments."""
 
 from __future__ import annotations
 
