@@ -16,7 +16,8 @@ a_t meets the state), G the last row of g, S the state at the chunk's start:
 U (the state read along a, S_{t-1} a_t) is the delta rule's Delta with b in place of the key
 and the sign of W flipped, so the sequential passes are chunk_kda_triton.py's, forward (with
 the second input term V^T K) and backward; the scores and their gradients are
-chunk_decay_triton.py's (rows at gx, strictly lower for A_ak and A_ab), T its block inverse
+chunk_decay_triton.py's, one launch per row input with the columns k and b as a pair (rows at
+gx, strictly lower for A_ak and A_ab), T its block inverse
 (chunk_delta_triton.py). The forward saves one state per chunk, no per-token state; the
 backward recomputes the rest per chunk. Log decays are clamped at LOG_DECAY_FLOOR, so decays of
 exactly 0 stay finite, forward and backward."""
@@ -228,13 +229,16 @@ def _combine_kernel(q, k, a, b, ld, dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai
 
 
 # --------------------------------------------------------------------------- host side
-def _scores(x, y, gq, gc, table, BT, strict, prec):
-    """A score matrix per (chunk, head), `[NC, H, BT, BT]`: rows x at gq, columns y at gc."""
+def _scores(x, ys, gq, gc, table, BT, strict, prec):
+    """The two score matrices of rows x (at gq) with columns ys = (k, b) (at gc) per
+    (chunk, head), `[NC, H, BT, BT]` each, from one launch."""
     NC, (_, H, K) = table.chunks, x.shape
-    out = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=x.device)  # lower blocks only
-    _scores_kernel[(NC, H)](x, y, gq, gc, out, table.starts, table.ends, H=H, K=K, BT=BT,
-                            BK=pow2(K), STRICT=strict, PREC=prec, num_warps=4)
-    return out
+    pair = [torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=x.device)  # lower blocks
+            for _ in range(2)]
+    _scores_kernel[(NC, H)](x, ys[0], gq, gc, pair[0], table.starts, table.ends, H=H, K=K,
+                            BT=BT, BK=pow2(K), STRICT=strict, PREC=prec, k2=ys[1],
+                            amat2=pair[1], PAIR=True, num_warps=4)
+    return pair
 
 
 def _forward(q, k, v, a, b, ld, h0, table, BT):
@@ -250,10 +254,8 @@ def _forward(q, k, v, a, b, ld, h0, table, BT):
     # exactly 0 (g - ld would round, by as much as 1e-5 after a clamped decay of 0)
     gx = gc.roll(1, 0)
     gx[table.starts.long()] = 0.0
-    pqk = _scores(q, k, gc, gc, table, BT, False, prec)
-    pqb = _scores(q, b, gc, gc, table, BT, False, prec)
-    aak = _scores(a, k, gx, gc, table, BT, True, prec)
-    aab = _scores(a, b, gx, gc, table, BT, True, prec)
+    pqk, pqb = _scores(q, (k, b), gc, gc, table, BT, False, prec)
+    aak, aab = _scores(a, (k, b), gx, gc, table, BT, True, prec)
     tinv = torch.zeros(NC, H, BT, BT, **f32)
     _solve_kernel[(NC, H)](aab.neg_(), tinv, H=H, BT=BT, num_warps=1)
     w = torch.empty_like(k)
@@ -302,12 +304,13 @@ def _backward(q, k, v, a, b, ld, saved, do, dht, table, BT):
         dqp, dkp, dap, dbp, dgp, dgxp, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32),
         PREC=prec, num_warps=warps)
     # each input meets one cumulative log decay in every score: q and a as rows (at g, gx),
-    # k and b as columns (at g), so the four scores' gradients add up per input
-    for x, y, gq, ds, dx, dy, strict, acc in (
-            (q, k, gc, dpqk, dqi, dki, False, False), (a, b, gx, daab, dai, dbi, True, False),
-            (q, b, gc, dpqb, dqi, dbi, False, True), (a, k, gx, daak, dai, dki, True, True)):
-        _intra_grads_kernel[(NC, H)](x, y, gq, gc, ds, dx, dy, **rows, H=H, K=K, BT=BT,
-                                     BK=BK, STRICT=strict, ACC=acc, PREC=prec, num_warps=4)
+    # k and b as columns (at g), so the four scores' gradients add up per input; one launch
+    # per row input, the second adding to dki and dbi
+    for x, gq, ds, dx, strict, acc in ((q, gc, (dpqk, dpqb), dqi, False, False),
+                                       (a, gx, (daak, daab), dai, True, True)):
+        _intra_grads_kernel[(NC, H)](x, k, gq, gc, ds[0], dx, dki, **rows, H=H, K=K, BT=BT,
+                                     BK=BK, STRICT=strict, ACC=acc, PREC=prec, k2=b,
+                                     damat2=ds[1], dki2=dbi, PAIR=True, num_warps=4)
     dq, dk, da, db = (torch.empty_like(x) for x in (q, k, a, b))
     dld = torch.empty(N, H, K, **f32)
     _combine_kernel[(NC, H)](q, k, a, b, ld, dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai, dbi,
