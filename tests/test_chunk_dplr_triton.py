@@ -13,7 +13,6 @@ import itertools
 import os
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
 import torch
@@ -26,6 +25,7 @@ from test_chunk_triton import (
     TOL,
     close,
     dispatched,
+    launches,
     needs_kernels,
     rel,
 )
@@ -194,19 +194,12 @@ def test_chunked_triton_half_precision():
 
 @needs_kernels
 @pytest.mark.skipif(DEVICE != "cpu", reason="counts the interpreter's launches")
-def test_score_kernels_launch_once_per_row_input(monkeypatch):
+def test_score_kernels_launch_once_per_row_input():
     """One forward + backward launches `_scores_kernel` and `_intra_grads_kernel` twice each:
     once per row input (q with k and b, a with k and b), not once per score matrix."""
-    from triton.runtime.interpreter import InterpretedFunction
-    counts = Counter()
-    run = InterpretedFunction.run
-
-    def counted(self, *args, **kwargs):
-        counts[self.fn.__name__] += 1
-        return run(self, *args, **kwargs)
-    monkeypatch.setattr(InterpretedFunction, "run", counted)
     x = dplr_inputs(1, 40, 16, 16, 1, seed=0)
-    run_and_grad(triton_fn(None, 32), x, weights_for(x, 1))
+    with launches() as counts:
+        run_and_grad(triton_fn(None, 32), x, weights_for(x, 1))
     assert counts["_scores_kernel"] == 2 and counts["_intra_grads_kernel"] == 2, counts
 
 

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 from nlc.runtime.library.chunk_decay_triton import (
+    COLUMNS,
     _cumsum_kernel,
     _dscores_kernel,
     _g_rows,
@@ -265,7 +266,7 @@ def _scores(x, ys, gq, gc, table, BT, strict, prec):
             for _ in range(2)]
     _scores_kernel[(NC, H)](x, ys[0], gq, gc, pair[0], table.starts, table.ends, H=H, K=K,
                             BT=BT, BK=pow2(K), STRICT=strict, PREC=prec, k2=ys[1],
-                            amat2=pair[1], PAIR=True, num_warps=4)
+                            amat2=pair[1], PAIR=COLUMNS, num_warps=4)
     return pair
 
 
@@ -342,7 +343,7 @@ def _backward(q, k, v, a, b, ld, saved, do, dht, table, BT):
                                        (a, gx, (daak, daab), dai, True, True)):
         _intra_grads_kernel[(NC, H)](x, k, gq, gc, ds[0], dx, dki, **rows, H=H, K=K, BT=BT,
                                      BK=BK, STRICT=strict, ACC=acc, PREC=prec, k2=b,
-                                     damat2=ds[1], dki2=dbi, PAIR=True, num_warps=4)
+                                     damat2=ds[1], dki2=dbi, PAIR=COLUMNS, num_warps=4)
     dq, dk, da, db = (torch.empty_like(x) for x in (q, k, a, b))
     dld = torch.empty(N, H, K, **f32)
     _combine_kernel[(NC, H)](q, k, a, b, ld, dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai, dbi,

@@ -20,7 +20,8 @@ per-token state; the backward runs dDelta's in-chunk part and dP (chunk_decay_tr
 `_dscores_kernel`), the state gradients chunk after chunk (recomputing nothing: the chunk-start
 states are saved), then per chunk the key side in two kernels (the sums over V with dv, then
 per key block dW, dT, dA, dbeta: one kernel spilled), and the scores'
-gradients by `_intra_grads_kernel` run on P and on A. Log decays are clamped at
+gradients by `_intra_grads_kernel`. P and the keys' scores share their columns and decays, so
+each score kernel runs once on the pair (rows q and k). Log decays are clamped at
 LOG_DECAY_FLOOR, so decays of exactly 0 stay finite, forward and backward."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 from nlc.runtime.library.chunk_decay_triton import (
+    ROWS,
     _cumsum_kernel,
     _dscores_kernel,
     _g_rows,
@@ -295,11 +297,12 @@ def _key_grads_kernel(q, k, beta, gc, tinv, kk, dqs, dks, dws, dts, dgs, dkk, dq
 
 
 @triton.jit
-def _combine_kernel(q, k, ld, dqp, dkp, dgp, dqi, dki, dkr, dkc, dq, dk, dld, starts, ends,
+def _combine_kernel(q, k, ld, dqp, dkp, dgp, dqi, dkr, dkc, dq, dk, dld, starts, ends,
                     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                     FLOOR: tl.constexpr):
-    """Per (chunk, head): dq and dk, the scores' parts added (dqi, dki from P; dkr, dkc from
-    the keys' scores, rows and columns), and dg summed back into the log decays' gradient:
+    """Per (chunk, head): dq and dk, the scores' parts added (dqi from P's rows, dkr from the
+    keys' scores' rows, dkc from both matrices' columns), and dg summed back into the log
+    decays' gradient:
     a score x_t . y_s e^{g_t - g_s} gives dg_t += x_t * dx_t, dg_s -= y_s * dy_s."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
@@ -313,12 +316,11 @@ def _combine_kernel(q, k, ld, dqp, dkp, dgp, dqi, dki, dkr, dkc, dq, dk, dld, st
     qf = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
     kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
     b_dqi = _rows(dqi, tok, m_t, i_h, o_k, m_k, H, K)
-    b_dki = _rows(dki, tok, m_t, i_h, o_k, m_k, H, K)
     b_dkr = _rows(dkr, tok, m_t, i_h, o_k, m_k, H, K)
     b_dkc = _rows(dkc, tok, m_t, i_h, o_k, m_k, H, K)
     b_dq = _rows(dqp, tok, m_t, i_h, o_k, m_k, H, K) + b_dqi
-    b_dk = _rows(dkp, tok, m_t, i_h, o_k, m_k, H, K) + b_dki + b_dkr + b_dkc
-    b_dg = _rows(dgp, tok, m_t, i_h, o_k, m_k, H, K) + qf * b_dqi + kf * (b_dkr - b_dki - b_dkc)
+    b_dk = _rows(dkp, tok, m_t, i_h, o_k, m_k, H, K) + b_dkr + b_dkc
+    b_dg = _rows(dgp, tok, m_t, i_h, o_k, m_k, H, K) + qf * b_dqi + kf * (b_dkr - b_dkc)
     b_dg = tl.where(m_t[:, None], b_dg, 0.0)
     b_dld = tl.sum(b_dg, 0)[None, :] - tl.cumsum(b_dg, 0) + b_dg  # reversed cumulative sum
     b_ld = _rows(ld, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
@@ -355,9 +357,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
     scores = torch.zeros(NC, H, BT, BT, **f32)  # P (zeroed: only lower blocks are written)
     kk = torch.zeros(NC, H, BT, BT, **f32)      # the keys' decayed scores
     _scores_kernel[(NC, H)](q, k, gc, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK,
-                            STRICT=False, PREC=prec, num_warps=4)
-    _scores_kernel[(NC, H)](k, k, gc, gc, kk, **rows, H=H, K=K, BT=BT, BK=BK, STRICT=False,
-                            PREC=prec, num_warps=4)
+                            STRICT=False, PREC=prec, q2=k, amat2=kk, PAIR=ROWS, num_warps=4)
     amat = torch.empty(NC, H, BT, BT, **f32)
     _ut_matrix_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
     tinv = torch.zeros(NC, H, BT, BT, **f32)
@@ -398,8 +398,8 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     dv = torch.empty_like(v)
     dkk, dts = torch.empty(NC, H, BT, BT, **f32), torch.empty(NC, H, BT, BT, **f32)
     dgs = torch.empty(NC, H, K, **f32)
-    dqs, dks, dws, dqp, dkp, dgp, dqi, dki, dkr, dkc = (torch.empty(N, H, K, **f32)
-                                                        for _ in range(10))
+    dqs, dks, dws, dqp, dkp, dgp, dqi, dkr, dkc = (torch.empty(N, H, K, **f32)
+                                                   for _ in range(9))
     dbeta = torch.empty(N, H, **f32)
     warps = 8 if BK >= 128 else 4
     _value_sums_kernel[(NC, H)](
@@ -408,14 +408,13 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     _key_grads_kernel[(NC, H)](
         q, k, beta, gc, tinv, kk, dqs, dks, dws, dts, dgs, dkk, dqp, dkp, dgp, dbeta, **rows,
         H=H, K=K, BT=BT, BK=min(BK, KEY_BLOCK), PREC=prec, num_warps=warps)
-    _intra_grads_kernel[(NC, H)](q, k, gc, gc, dscores, dqi, dki, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
-    _intra_grads_kernel[(NC, H)](k, k, gc, gc, dkk, dkr, dkc, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
+    _intra_grads_kernel[(NC, H)](q, k, gc, gc, dscores, dqi, dkc, **rows, H=H, K=K, BT=BT,
+                                 BK=BK, STRICT=False, ACC=False, PREC=prec, q2=k,
+                                 damat2=dkk, dqi2=dkr, PAIR=ROWS, num_warps=4)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)
-    _combine_kernel[(NC, H)](q, k, ld, dqp, dkp, dgp, dqi, dki, dkr, dkc, dq, dk, dld,
+    _combine_kernel[(NC, H)](q, k, ld, dqp, dkp, dgp, dqi, dkr, dkc, dq, dk, dld,
                              **rows, H=H, K=K, BT=BT, BK=BK, FLOOR=LOG_DECAY_FLOOR,
                              num_warps=warps)
     return dq, dk, dv, dbeta, dld, dh0
