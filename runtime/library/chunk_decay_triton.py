@@ -73,6 +73,19 @@ def _last_g(gc, bos, eos, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: t
 
 
 @triton.jit
+def _diagonal_column(gc, t_s, s, eos, b_gi, b_G, r, i_h, o_k, m_k, H: tl.constexpr,
+                     K: tl.constexpr, STRICT: tl.constexpr):
+    """Column s (token t_s) of a diagonal block of 16 rows at log decays b_gi: its offsets
+    and mask in a [N, H, K] tensor and the rows' e^{g_t - g_s}, 0 above the diagonal (and on
+    it if STRICT)."""
+    ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
+    p_s = (t_s * H + i_h) * K + o_k
+    b_gs = tl.where(ok, tl.load(gc + p_s, mask=m_k & ok, other=0.0), b_G)
+    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
+    return p_s, m_k & ok, tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
+
+
+@triton.jit
 def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
     """The start of every sequential state kernel (one program per (V block, sequence, head),
@@ -161,16 +174,12 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
         b_A2 = tl.zeros([16, 16], dtype=tl.float32)
         qf = b_q.to(tl.float32)
         for s in range(16):
-            t_s = bos + i * 16 + s
-            ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
-            p_s = (t_s * H + i_h) * K + o_k
-            b_gs = tl.where(ok, tl.load(gc + p_s, mask=m_k & ok, other=0.0), b_G)
-            keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
-            b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
-            b_ks = tl.load(k + p_s, mask=m_k & ok, other=0.0).to(tl.float32)
+            p_s, m_s, b_e = _diagonal_column(gc, bos + i * 16 + s, s, eos, b_gi, b_G, r, i_h,
+                                             o_k, m_k, H, K, STRICT)
+            b_ks = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)
             b_A = tl.where(r[None, :] == s, tl.sum(qf * b_e * b_ks[None, :], 1)[:, None], b_A)
             if PAIR == COLUMNS:
-                b_k2s = tl.load(k2 + p_s, mask=m_k & ok, other=0.0).to(tl.float32)
+                b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
                 b_col2 = tl.sum(qf * b_e * b_k2s[None, :], 1)
             if PAIR == ROWS:
                 b_col2 = tl.sum(b_q2.to(tl.float32) * b_e * b_ks[None, :], 1)
@@ -359,17 +368,13 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
                 b_dq2 += tl.dot(tl.load(damat2 + p_A), b_kg, input_precision=PREC) * b_ei
             b_dq += b_part * b_ei
         for s in range(16):  # the diagonal block, column by column
-            t_s = bos + i * 16 + s
-            ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
-            p_s = (t_s * H + i_h) * K + o_k
-            b_gs = tl.where(ok, tl.load(gc + p_s, mask=m_k & ok, other=0.0), b_G)
-            keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
-            b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
+            p_s, m_s, b_e = _diagonal_column(gc, bos + i * 16 + s, s, eos, b_gi, b_G, r, i_h,
+                                             o_k, m_k, H, K, STRICT)
             p_col = base + (i * 16 + r) * BT + i * 16 + s  # dA[:, s]
-            b_ke = tl.load(k + p_s, mask=m_k & ok, other=0.0).to(tl.float32)[None, :] * b_e
+            b_ke = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)[None, :] * b_e
             b_dq += tl.load(damat + p_col)[:, None] * b_ke
             if PAIR == COLUMNS:
-                b_k2s = tl.load(k2 + p_s, mask=m_k & ok, other=0.0).to(tl.float32)
+                b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
                 b_dq += tl.load(damat2 + p_col)[:, None] * b_k2s[None, :] * b_e
             if PAIR == ROWS:
                 b_dq2 += tl.load(damat2 + p_col)[:, None] * b_ke
