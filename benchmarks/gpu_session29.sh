@@ -3,6 +3,7 @@
 # repository root with OUT set and the wheels carried, see benchmarks/gpu_common.sh):
 #   a: issue 17: the chunk-start terms kernels' tests on the GPU; the Titans LM step as CUDA
 #      graphs (batch 16) with and without them; the Hope LM step as CUDA graphs (batch 2);
+#      one Titans layer's forward + backward under the profiler (kernel counts and times);
 #   b: issue 17: the same LM steps with every chunk compiled by Inductor
 #      (NLC_COMPILE_CHUNKS=1: Titans' dual chunks, Hope's group and main memory chunks);
 #   c: issue 16: gpu_session27.sh kernels3 (momentum delta, row-decay delta, RWKV-7, KDA).
@@ -27,6 +28,9 @@ if [ "$MODE" = a ]; then
   timeout 170 python3 "$LM" --steps 3 --rows titans_graphed,titans_graphed_torch_terms \
     --out "$OUT/lm_titans_terms.md"
   timeout 200 python3 "$LM" --steps 3 --batch 2 --rows hope_graphed --out "$OUT/lm_hope.md"
+  timeout 80 python3 "$REPO/benchmarks/launch_count.py" "$REPO/examples/titans.nl" \
+    --device cuda --bf16 --T 2048 --batch 16 > "$OUT/launch_titans.md" 2>&1
+  tail -28 "$OUT/launch_titans.md"
 elif [ "$MODE" = b ]; then
   timeout 260 python3 "$LM" --steps 3 --rows titans_graphed_compiled_chunks \
     --out "$OUT/lm_titans_compiled.md"

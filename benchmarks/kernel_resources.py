@@ -54,6 +54,9 @@ def compiled(kernel, bf16: tuple[str, ...], constants: dict, num_warps=4, num_st
     the pointers named in `bf16` are bf16, the other pointers float32; `scalars` name int32
     arguments beside T."""
     params = list(inspect.signature(kernel.fn).parameters)
+    flags = {n: p.default for n, p in inspect.signature(kernel.fn).parameters.items()
+             if isinstance(p.default, (bool, int))}  # constexprs left out take their defaults
+    constants = {**flags, **constants}
     types = {**INDEX, **dict.fromkeys(scalars, "i32")}
     signature = {p: "constexpr" if p in constants else
                  types.get(p, "*bf16" if p in bf16 else "*fp32") for p in params}
@@ -129,18 +132,21 @@ def kernels():
 def _kda_dplr():
     """chunk_kda_triton.py and chunk_dplr_triton.py as their host code launches them at
     (8, 2048, 16, 128) (S H = 128 programs: state_launch's BV = 32, 4 warps), with the
-    chunk_decay_triton.py score kernels they call: every kernel of the profiled forward +
-    backward in docs/perf.md ("Structure of the slow chunked kernels")."""
+    chunk_decay_triton.py score kernels they call (in pairs: COLUMNS for dplr, ROWS for kda):
+    every kernel of their forward + backward (docs/perf.md, "Structure of the slow chunked
+    kernels" and after)."""
     inputs = ("q", "k", "v", "a", "b", "beta", "ld", "h", "w", "u", "delta", "d", "do", "dq",
-              "dk", "dv", "da", "db", "o", "k2", "v2", "x", "y")
+              "dk", "dv", "da", "db", "o", "k2", "q2", "v2", "x", "y")
     tiles = {"H": H, "K": K, "BT": BT, "BK": 128, "PREC": "tf32"}
-    for strict in (False, True):
-        yield (f"decay scores STRICT={strict}", chunk_decay_triton._scores_kernel, inputs,
-               {**tiles, "STRICT": strict}, 4, 3)
+    pairs = {"no": 0, "COLUMNS": chunk_decay_triton.COLUMNS, "ROWS": chunk_decay_triton.ROWS}
+    for (name, pair), strict in itertools.product(pairs.items(), (False, True)):
+        yield (f"decay scores {name} pair STRICT={strict}", chunk_decay_triton._scores_kernel,
+               inputs, {**tiles, "STRICT": strict, "PAIR": pair}, 4, 3)
         for acc in (False, True):
-            yield (f"decay intra grads STRICT={strict} ACC={acc}",
+            yield (f"decay intra grads {name} pair STRICT={strict} ACC={acc}",
                    chunk_decay_triton._intra_grads_kernel, inputs,
-                   {**tiles, "STRICT": strict, "ACC": acc}, 4, 3)
+                   {**tiles, "STRICT": strict, "ACC": acc, "PAIR": pair, "ROWS_ONLY": False},
+                   4, 3)
     yield ("decay dscores BV=32", chunk_decay_triton._dscores_kernel, inputs,
            {"H": H, "V": V, "BT": BT, "BV": 32, "PREC": "tf32"}, 4, 3)
     for two, name in ((False, "kda"), (True, "dplr")):
@@ -153,8 +159,10 @@ def _kda_dplr():
     yield ("kda wu", chunk_kda_triton._wu_kernel, inputs, {**tiles, "V": V, "BV": 64}, 4, 3)
     yield ("dplr wu", chunk_dplr_triton._wu_kernel, inputs, {**tiles, "V": V, "BV": 64}, 4, 3)
     for name, module in (("kda", chunk_kda_triton), ("dplr", chunk_dplr_triton)):
-        yield (f"{name} key grads BV=32", module._key_grads_kernel, inputs,
-               {**tiles, "V": V, "BV": 32}, 8, 3)
+        yield (f"{name} value sums BV={module.SUMS_BLOCK}", module._value_sums_kernel, inputs,
+               {**tiles, "V": V, "BV": module.SUMS_BLOCK}, 8, 3)
+        yield (f"{name} key grads BK={module.KEY_BLOCK}", module._key_grads_kernel, inputs,
+               {**tiles, "BK": module.KEY_BLOCK}, 8, 3)
         yield (f"{name} combine", module._combine_kernel, inputs,
                {"H": H, "K": K, "BT": BT, "BK": 128, "FLOOR": LOG_DECAY_FLOOR}, 8, 3)
 

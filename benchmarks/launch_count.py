@@ -14,10 +14,11 @@ On the CPU the count is of aten ops that do work (views, allocations and other m
 left out): a PROXY for GPU kernel launches, not a GPU measurement (a CUDA op may launch
 more than one kernel, or one fused kernel where the CPU runs several ops). On a CUDA device
 (`--device cuda`) the same table is printed, and the profiler's own counts of kernels,
-memory copies and synchronizing runtime calls follow it. Chunks are recomputed in the
-backward pass (NLC_RECOMPUTE_CHUNKS=1, the CUDA default) unless `--keep`. Triton kernels run
-on the CPU under TRITON_INTERPRET=1 (with NLC_TRITON=force) count as launches, not as the
-aten ops the interpreter issues to copy their arguments."""
+memory copies and synchronizing runtime calls follow it, and the device time of its kernels
+by kernel name. Chunks are recomputed in the backward pass (NLC_RECOMPUTE_CHUNKS=1, the CUDA
+default) unless `--keep`. Triton kernels run on the CPU under TRITON_INTERPRET=1 (with
+NLC_TRITON=force) count as launches, not as the aten ops the interpreter issues to copy
+their arguments."""
 
 from __future__ import annotations
 
@@ -287,8 +288,11 @@ def cuda_counts(prof) -> None:
     """The profiler's own count of device work and blocking runtime calls (CUDA only)."""
     kernels = copies = 0
     runtime = collections.Counter()
+    busy, calls = collections.Counter(), collections.Counter()  # device time (us) by kernel
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
+            busy[e.name[:90]] += e.time_range.elapsed_us()
+            calls[e.name[:90]] += 1
             if "memcpy" in e.name.lower() or "memset" in e.name.lower():
                 copies += 1
             else:
@@ -300,6 +304,15 @@ def cuda_counts(prof) -> None:
     for name, n in runtime.most_common(12):
         blocking = " (blocks the host)" if name.startswith(CUDA_SYNC) else ""
         print(f"  {name}: {n:,}{blocking}")
+    total = sum(busy.values())
+    if not total:
+        return
+    print(f"\nDevice time of the step's kernels: {total / 1e3:,.1f} ms in all (kernels "
+          "overlap nothing here: one stream), by kernel name:\n")
+    print("| kernel | calls | ms | share |")
+    print("|---|---:|---:|---:|")
+    for name, us in busy.most_common(20):
+        print(f"| `{name}` | {calls[name]:,} | {us / 1e3:,.2f} | {100 * us / total:.1f}% |")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from test_chunk_triton import (
     TOL,
     close,
     dispatched,
+    launches,
     needs_kernels,
     rel,
 )
@@ -189,6 +190,17 @@ def test_chunked_triton_half_precision():
     errors = {"o": rel(o, ro), "final state": rel(ht, rht)}
     errors.update({f"d{n}": rel(grads[n], rgrads[n]) for n in rgrads})
     assert max(errors.values()) < 3e-3, errors
+
+
+@needs_kernels
+@pytest.mark.skipif(DEVICE != "cpu", reason="counts the interpreter's launches")
+def test_score_kernels_launch_once_per_row_input():
+    """One forward + backward launches `_scores_kernel` and `_intra_grads_kernel` twice each:
+    once per row input (q with k and b, a with k and b), not once per score matrix."""
+    x = dplr_inputs(1, 40, 16, 16, 1, seed=0)
+    with launches() as counts:
+        run_and_grad(triton_fn(None, 32), x, weights_for(x, 1))
+    assert counts["_scores_kernel"] == 2 and counts["_intra_grads_kernel"] == 2, counts
 
 
 def test_chunk_dplr_rejects_bad_inputs():

@@ -25,6 +25,7 @@ from test_chunk_triton import (
     close,
     dispatched,
     inputs,
+    launches,
     limit_inputs,
     needs_kernels,
     reference_fn,
@@ -103,6 +104,18 @@ def test_kda_triton_matches_token_loop(case):
     weights = (torch.randn(B, T, 2, V, device=DEVICE), torch.randn(S, 2, V, K, device=DEVICE))
     errors = errors_against_loop(triton_kda(cu, chunk), x, weights, bounds)
     assert max(errors.values()) < TOL, errors
+
+
+@needs_kernels
+@pytest.mark.skipif(DEVICE != "cpu", reason="counts the interpreter's launches")
+def test_kda_score_kernels_launch_once():
+    """One forward + backward launches `_scores_kernel` and `_intra_grads_kernel` once each:
+    P and the keys' scores share their columns (k) and decays, so they run as a pair."""
+    x = kda_inputs(1, 40, 16, 16, 1, seed=0)
+    weights = (torch.randn(1, 40, 2, 16, device=DEVICE), torch.randn(1, 2, 16, 16, device=DEVICE))
+    with launches() as counts:
+        run_and_grad(triton_kda(None, 32), x, weights)
+    assert counts["_scores_kernel"] == 1 and counts["_intra_grads_kernel"] == 1, counts
 
 
 @pytest.mark.parametrize("T, chunk", [(1, 16), (15, 16), (63, 16), (65, 64), (200, 32)])

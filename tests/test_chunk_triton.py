@@ -10,9 +10,11 @@ relative error (Frobenius norm) below 1e-5 in the output, the final state and ev
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
+from collections import Counter
 
 DEVICE = os.environ.get("NLC_TRITON_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
@@ -87,6 +89,23 @@ def close(x, ref, tol) -> bool:
     """Relative error below tol, or (a reference of exactly 0, e.g. a state's gradient behind
     a decay of 0) an absolute one far below anything float32 can hold."""
     return (x.double() - ref.double()).norm().item() <= tol * ref.double().norm().item() + 1e-30
+
+
+@contextlib.contextmanager
+def launches():
+    """Counts the interpreter's kernel launches inside the block, by kernel name."""
+    from triton.runtime.interpreter import InterpretedFunction
+    counts = Counter()
+    run = InterpretedFunction.run
+
+    def counted(self, *args, **kwargs):
+        counts[self.fn.__name__] += 1
+        return run(self, *args, **kwargs)
+    InterpretedFunction.run = counted
+    try:
+        yield counts
+    finally:
+        InterpretedFunction.run = run
 
 
 def run_and_grad(fn, x, weights):

@@ -17,7 +17,8 @@ diagonal block is summed exactly, one column at a time, with its exponentials ma
 The backward pass uses the same blocks for the intra-chunk part of dq and dk, and
 dg = q * dq - k * dk (plus G's gradient on the chunk's last row), summed back over the chunk.
 Scalar decays go to chunk_delta_triton.py (its kernels without the delta rule); the delta
-rule with a per-channel decay to chunk_kda_triton.py, which reuses these kernels' scores."""
+rule with a per-channel decay to chunk_kda_triton.py, which reuses these kernels' scores, as
+chunk_dplr_triton.py does: both run two score matrices of the same decays per launch (PAIR)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ from nlc.runtime.library.chunk_triton import (
     state_launch,
 )
 
+# `PAIR` of the score kernels: a second score matrix with the same decays, sharing every
+# exponential, and either the rows (a second column input k2: the dplr family's q with k and
+# b, a with k and b) or the columns (a second row input q2: KDA's q and k with k)
+COLUMNS = tl.constexpr(1)
+ROWS = tl.constexpr(2)
+
 
 @triton.jit
 def _rows(x, tok, m_t, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr):
@@ -53,9 +60,29 @@ def _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr):
 
 
 @triton.jit
+def _g_at(gc, t, eos, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr):
+    """The cumulative log decays of token t, or of the sequence's last token past its end
+    (as `_g_rows` repeats G)."""
+    return tl.load(gc + (tl.minimum(t, eos - 1) * H + i_h) * K + o_k, mask=m_k, other=0.0)
+
+
+@triton.jit
 def _last_g(gc, bos, eos, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr):
     last = tl.minimum(bos + BT, eos) - 1
     return tl.load(gc + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
+
+
+@triton.jit
+def _diagonal_column(gc, t_s, s, eos, b_gi, b_G, r, i_h, o_k, m_k, H: tl.constexpr,
+                     K: tl.constexpr, STRICT: tl.constexpr):
+    """Column s (token t_s) of a diagonal block of 16 rows at log decays b_gi: its offsets
+    and mask in a [N, H, K] tensor and the rows' e^{g_t - g_s}, 0 above the diagonal (and on
+    it if STRICT)."""
+    ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
+    p_s = (t_s * H + i_h) * K + o_k
+    b_gs = tl.where(ok, tl.load(gc + p_s, mask=m_k & ok, other=0.0), b_G)
+    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
+    return p_s, m_k & ok, tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
 
 
 @triton.jit
@@ -103,10 +130,11 @@ def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: t
 @triton.jit
 def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, STRICT: tl.constexpr,
-                   PREC: tl.constexpr):
+                   PREC: tl.constexpr, k2=None, q2=None, amat2=None, PAIR: tl.constexpr = 0):
     """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed), the rows' cumulative
     log decays `gq` (gc, or for the dplr family's A_ak, A_ab those up to the token before,
-    which never exceed the columns' of an earlier block); s < t only if STRICT."""
+    which never exceed the columns' of an earlier block); s < t only if STRICT. A PAIR also
+    writes `amat2`: rows q with columns k2 (COLUMNS), or rows q2 with columns k (ROWS)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -115,36 +143,52 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
     r = tl.arange(0, 16)
     base = (i_c * H + i_h) * BT * BT
     b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
-    for i in tl.static_range(BT // 16):
+    for i in range(BT // 16):  # not unrolled: an unrolled loop spilled
         tok_i = bos + i * 16 + r
         m_i = tok_i < eos
         b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K)
         b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
-        for j in tl.static_range(i + 1):
-            if j < i:
-                tok_j = bos + j * 16 + r
-                m_j = tok_j < eos
-                b_k = _rows(k, tok_j, m_j, i_h, o_k, m_k, H, K)
-                b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
-                b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)  # g at block j's end
-                b_qg = (b_q.to(tl.float32) * tl.exp(b_gi - b_r[None, :])).to(b_q.dtype)
-                b_kg = (b_k.to(tl.float32) * tl.exp(b_r[None, :] - b_gj)).to(b_k.dtype)
-                b_A = tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC)
-            else:
-                b_A = tl.zeros([16, 16], dtype=tl.float32)
-                qf = b_q.to(tl.float32)
-                for s in range(16):
-                    t_s = bos + i * 16 + s
-                    ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
-                    b_ks = tl.load(k + (t_s * H + i_h) * K + o_k, mask=m_k & ok,
-                                   other=0.0).to(tl.float32)
-                    b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
-                    b_gs = tl.where(ok, b_gs, b_G)
-                    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
-                    b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
-                    col = tl.sum(qf * b_ks[None, :] * b_e, 1)
-                    b_A = tl.where(r[None, :] == s, col[:, None], b_A)
-            tl.store(amat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :], b_A)
+        if PAIR == ROWS:
+            b_q2 = _rows(q2, tok_i, m_i, i_h, o_k, m_k, H, K)
+        for j in range(i):  # the blocks left of the diagonal
+            tok_j = bos + j * 16 + r
+            m_j = tok_j < eos
+            b_r = _g_at(gc, bos + j * 16 + 15, eos, i_h, o_k, m_k, H, K)  # g at block j's end
+            b_ei = tl.exp(b_gi - b_r[None, :])
+            b_qg = (b_q.to(tl.float32) * b_ei).to(b_q.dtype)
+            b_ej = tl.exp(b_r[None, :] - _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K))
+            b_k = _rows(k, tok_j, m_j, i_h, o_k, m_k, H, K)
+            b_kg = (b_k.to(tl.float32) * b_ej).to(b_k.dtype)
+            p_A = base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :]
+            tl.store(amat + p_A, tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC))
+            if PAIR == COLUMNS:
+                b_k2 = _rows(k2, tok_j, m_j, i_h, o_k, m_k, H, K)
+                b_A2 = tl.dot(b_qg, tl.trans((b_k2.to(tl.float32) * b_ej).to(b_k2.dtype)),
+                              input_precision=PREC)
+                tl.store(amat2 + p_A, b_A2)
+            if PAIR == ROWS:
+                b_A2 = tl.dot((b_q2.to(tl.float32) * b_ei).to(b_q2.dtype), tl.trans(b_kg),
+                              input_precision=PREC)
+                tl.store(amat2 + p_A, b_A2)
+        b_A = tl.zeros([16, 16], dtype=tl.float32)  # the diagonal block, column by column
+        b_A2 = tl.zeros([16, 16], dtype=tl.float32)
+        qf = b_q.to(tl.float32)
+        for s in range(16):
+            p_s, m_s, b_e = _diagonal_column(gc, bos + i * 16 + s, s, eos, b_gi, b_G, r, i_h,
+                                             o_k, m_k, H, K, STRICT)
+            b_ks = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)
+            b_A = tl.where(r[None, :] == s, tl.sum(qf * b_e * b_ks[None, :], 1)[:, None], b_A)
+            if PAIR == COLUMNS:
+                b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
+                b_col2 = tl.sum(qf * b_e * b_k2s[None, :], 1)
+            if PAIR == ROWS:
+                b_col2 = tl.sum(b_q2.to(tl.float32) * b_e * b_ks[None, :], 1)
+            if PAIR:
+                b_A2 = tl.where(r[None, :] == s, b_col2[:, None], b_A2)
+        p_A = base + (i * 16 + r)[:, None] * BT + (i * 16 + r)[None, :]
+        tl.store(amat + p_A, b_A)
+        if PAIR:
+            tl.store(amat2 + p_A, b_A2)
 
 
 @triton.jit
@@ -272,14 +316,28 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
 
 
 @triton.jit
+def _put(x, b_x, tok, m_t, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr,
+         ACC: tl.constexpr):
+    """Stores rows `tok` of a [N, H, K] float32 tensor, or adds to them if ACC."""
+    p_x = x + (tok * H + i_h)[:, None] * K + o_k[None, :]
+    m_x = m_t[:, None] & m_k[None, :]
+    if ACC:
+        b_x += tl.load(p_x, mask=m_x, other=0.0)
+    tl.store(p_x, b_x, mask=m_x)
+
+
+@triton.jit
 def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
                         K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-                        ROWS_ONLY: tl.constexpr = False):
+                        ROWS_ONLY: tl.constexpr = False, k2=None, q2=None, damat2=None,
+                        dki2=None, dqi2=None, PAIR: tl.constexpr = 0):
     """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
     dq_t = sum_{s<=t} dA[t, s] k_s e^{gq_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{gq_t - g_s}
-    (`_scores_kernel`'s rows and STRICT); ACC adds them to what dqi and dki hold. ROWS_ONLY
-    computes dq alone (chunk_rows_triton.py's forward: its intra-chunk reads)."""
+    (`_scores_kernel`'s rows and STRICT); ACC adds dk to what dki holds (dq is written).
+    ROWS_ONLY computes dq alone (chunk_rows_triton.py's forward: its intra-chunk reads). A
+    PAIR adds `_scores_kernel`'s second matrix, gradient `damat2`: with COLUMNS, dq gets both
+    parts and dki2 the dk of k2 (ACC as dki); with ROWS, dki gets both and dqi2 the dq of q2."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -288,70 +346,85 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
     r = tl.arange(0, 16)
     base = (i_c * H + i_h) * BT * BT
     b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
-    for i in tl.static_range(BT // 16):  # dq of row block i
+    for i in range(BT // 16):  # dq of row block i (not unrolled: an unrolled loop spilled)
         tok_i = bos + i * 16 + r
         m_i = tok_i < eos
         b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
         b_dq = tl.zeros([16, BK], dtype=tl.float32)
-        for j in tl.static_range(i + 1):
-            b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
-            if j < i:
-                tok_j = bos + j * 16 + r
-                m_j = tok_j < eos
-                b_k = _rows(k, tok_j, m_j, i_h, o_k, m_k, H, K).to(tl.float32)
-                b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
-                b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)
-                b_kg = b_k * tl.exp(b_r[None, :] - b_gj)
-                b_dq += tl.dot(b_dA, b_kg, input_precision=PREC) * tl.exp(b_gi - b_r[None, :])
-            else:
-                for s in range(16):
-                    t_s = bos + i * 16 + s
-                    ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
-                    b_ks = tl.load(k + (t_s * H + i_h) * K + o_k, mask=m_k & ok,
-                                   other=0.0).to(tl.float32)
-                    b_gs = tl.load(gc + (t_s * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
-                    b_gs = tl.where(ok, b_gs, b_G)
-                    keep = (r[:, None] > s) if STRICT else (r[:, None] >= s)
-                    b_e = tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
-                    b_col = tl.sum(tl.where(r[None, :] == s, b_dA, 0.0), 1)  # dA[:, s]
-                    b_dq += b_col[:, None] * b_ks[None, :] * b_e
-        p_dq = dqi + (tok_i * H + i_h)[:, None] * K + o_k[None, :]
-        if ACC:
-            b_dq += tl.load(p_dq, mask=m_i[:, None] & m_k[None, :], other=0.0)
-        tl.store(p_dq, b_dq, mask=m_i[:, None] & m_k[None, :])
+        b_dq2 = tl.zeros([16, BK], dtype=tl.float32)
+        for j in range(i):  # the blocks left of the diagonal
+            tok_j = bos + j * 16 + r
+            m_j = tok_j < eos
+            b_r = _g_at(gc, bos + j * 16 + 15, eos, i_h, o_k, m_k, H, K)
+            b_ej = tl.exp(b_r[None, :] - _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K))
+            b_ei = tl.exp(b_gi - b_r[None, :])
+            p_A = base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :]
+            b_kg = _rows(k, tok_j, m_j, i_h, o_k, m_k, H, K).to(tl.float32) * b_ej
+            b_part = tl.dot(tl.load(damat + p_A), b_kg, input_precision=PREC)
+            if PAIR == COLUMNS:
+                b_k2g = _rows(k2, tok_j, m_j, i_h, o_k, m_k, H, K).to(tl.float32) * b_ej
+                b_part += tl.dot(tl.load(damat2 + p_A), b_k2g, input_precision=PREC)
+            if PAIR == ROWS:
+                b_dq2 += tl.dot(tl.load(damat2 + p_A), b_kg, input_precision=PREC) * b_ei
+            b_dq += b_part * b_ei
+        for s in range(16):  # the diagonal block, column by column
+            p_s, m_s, b_e = _diagonal_column(gc, bos + i * 16 + s, s, eos, b_gi, b_G, r, i_h,
+                                             o_k, m_k, H, K, STRICT)
+            p_col = base + (i * 16 + r) * BT + i * 16 + s  # dA[:, s]
+            b_ke = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)[None, :] * b_e
+            b_dq += tl.load(damat + p_col)[:, None] * b_ke
+            if PAIR == COLUMNS:
+                b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
+                b_dq += tl.load(damat2 + p_col)[:, None] * b_k2s[None, :] * b_e
+            if PAIR == ROWS:
+                b_dq2 += tl.load(damat2 + p_col)[:, None] * b_ke
+        _put(dqi, b_dq, tok_i, m_i, i_h, o_k, m_k, H, K, False)
+        if PAIR == ROWS:
+            _put(dqi2, b_dq2, tok_i, m_i, i_h, o_k, m_k, H, K, False)
     if not ROWS_ONLY:
-        for j in tl.static_range(BT // 16):  # dk of row block j
+        for j in range(BT // 16):  # dk of row block j
             tok_j = bos + j * 16 + r
             m_j = tok_j < eos
             b_gj = _g_rows(gc, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
-            b_r = tl.sum(tl.where(r[:, None] == 15, b_gj, 0.0), 0)
+            b_r = _g_at(gc, bos + j * 16 + 15, eos, i_h, o_k, m_k, H, K)
             b_dk = tl.zeros([16, BK], dtype=tl.float32)
-            for i in tl.static_range(j, BT // 16):
-                b_dA = tl.load(damat + base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :])
+            b_dk2 = tl.zeros([16, BK], dtype=tl.float32)
+            for i in range(j + 1, BT // 16):  # the blocks below the diagonal
                 tok_i = bos + i * 16 + r
                 m_i = tok_i < eos
-                b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32)
-                b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
-                if i > j:
-                    b_qg = b_q * tl.exp(b_gi - b_r[None, :])
-                    b_dk += tl.dot(tl.trans(b_dA), b_qg, input_precision=PREC) * tl.exp(
-                        b_r[None, :] - b_gj)
-                else:
-                    for t in range(16):
-                        t_t = bos + j * 16 + t
-                        ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
-                        b_qt = tl.load(q + (t_t * H + i_h) * K + o_k, mask=m_k & ok,
-                                       other=0.0).to(tl.float32)
-                        b_gt = tl.load(gq + (t_t * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
-                        b_gt = tl.where(ok, b_gt, b_G)
-                        keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
-                        b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
-                        b_row = tl.sum(tl.where(r[:, None] == t, b_dA, 0.0), 0)  # dA[t, :]
-                        b_dk += b_row[:, None] * b_qt[None, :] * b_e
-            p_dk = dki + (tok_j * H + i_h)[:, None] * K + o_k[None, :]
-            if ACC:
-                b_dk += tl.load(p_dk, mask=m_j[:, None] & m_k[None, :], other=0.0)
-            tl.store(p_dk, b_dk, mask=m_j[:, None] & m_k[None, :])
+                b_ei = tl.exp(_g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K) - b_r[None, :])
+                b_qg = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32) * b_ei
+                p_A = base + (i * 16 + r)[:, None] * BT + (j * 16 + r)[None, :]
+                b_dk += tl.dot(tl.trans(tl.load(damat + p_A)), b_qg, input_precision=PREC)
+                if PAIR == COLUMNS:
+                    b_dk2 += tl.dot(tl.trans(tl.load(damat2 + p_A)), b_qg,
+                                    input_precision=PREC)
+                if PAIR == ROWS:
+                    b_q2g = _rows(q2, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32) * b_ei
+                    b_dk += tl.dot(tl.trans(tl.load(damat2 + p_A)), b_q2g,
+                                   input_precision=PREC)
+            b_ej = tl.exp(b_r[None, :] - b_gj)  # their common factor
+            b_dk *= b_ej
+            if PAIR == COLUMNS:
+                b_dk2 *= b_ej
+            for t in range(16):  # the diagonal block, row by row
+                t_t = bos + j * 16 + t
+                ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
+                p_t = (t_t * H + i_h) * K + o_k
+                b_gt = tl.where(ok, tl.load(gq + p_t, mask=m_k & ok, other=0.0), b_G)
+                keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
+                b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
+                b_qe = tl.load(q + p_t, mask=m_k & ok, other=0.0).to(tl.float32)[None, :] * b_e
+                p_row = base + (j * 16 + t) * BT + j * 16 + r  # dA[t, :]
+                b_dk += tl.load(damat + p_row)[:, None] * b_qe
+                if PAIR == COLUMNS:
+                    b_dk2 += tl.load(damat2 + p_row)[:, None] * b_qe
+                if PAIR == ROWS:
+                    b_q2t = tl.load(q2 + p_t, mask=m_k & ok, other=0.0).to(tl.float32)
+                    b_dk += tl.load(damat2 + p_row)[:, None] * b_q2t[None, :] * b_e
+            _put(dki, b_dk, tok_j, m_j, i_h, o_k, m_k, H, K, ACC)
+            if PAIR == COLUMNS:
+                _put(dki2, b_dk2, tok_j, m_j, i_h, o_k, m_k, H, K, ACC)
 
 
 @triton.jit

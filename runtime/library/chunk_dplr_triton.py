@@ -16,7 +16,8 @@ a_t meets the state), G the last row of g, S the state at the chunk's start:
 U (the state read along a, S_{t-1} a_t) is the delta rule's Delta with b in place of the key
 and the sign of W flipped, so the sequential passes are chunk_kda_triton.py's, forward (with
 the second input term V^T K) and backward; the scores and their gradients are
-chunk_decay_triton.py's (rows at gx, strictly lower for A_ak and A_ab), T its block inverse
+chunk_decay_triton.py's, one launch per row input with the columns k and b as a pair (rows at
+gx, strictly lower for A_ak and A_ab), T its block inverse
 (chunk_delta_triton.py). The forward saves one state per chunk, no per-token state; the
 backward recomputes the rest per chunk. Log decays are clamped at LOG_DECAY_FLOOR, so decays of
 exactly 0 stay finite, forward and backward."""
@@ -27,17 +28,20 @@ import torch
 import triton
 import triton.language as tl
 from nlc.runtime.library.chunk_decay_triton import (
+    COLUMNS,
     _cumsum_kernel,
     _dscores_kernel,
     _g_rows,
     _intra_grads_kernel,
     _last_g,
     _output_kernel,
+    _put,
     _rows,
     _scores_kernel,
 )
 from nlc.runtime.library.chunk_delta_triton import _solve_kernel
 from nlc.runtime.library.chunk_kda_triton import (
+    _chunk_program,
     _chunk_square,
     _sizes,
     _state_grads_kernel,
@@ -91,34 +95,24 @@ def _wu_kernel(a, v, gc, gx, tinv, aak, w, u, starts, ends,
 
 # --------------------------------------------------------------------------- backward
 @triton.jit
-def _key_grads_kernel(q, k, v, a, b, gc, gx, h, d, tinv, aak, do, dd, dva, dh,
-                      dv, daak, daab, dqp, dkp, dap, dbp, dgp, dgxp, starts, ends,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+def _value_sums_kernel(k, v, gc, h, d, tinv, aak, do, dd, dva, dh, dv, dqs, dks, dbs, dws, duv,
+                       dgs, starts, ends, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       PREC: tl.constexpr):
     """Per (chunk, head), V walked in blocks of BV: dv = dva (P_qk^T dO) + (K e^{G-g}) dS'^T +
-    (T A_ak)^T dU, the score gradients dA_ak = strict_lower(T^T dU V^T) and
-    dA_ab = strict_lower(T^T dT T^T) (for `_intra_grads_kernel`), and every part of dq, dk,
-    da, db and the gradients of g and gx that does not come from the scores: the read of S,
-    the end state, W and U0. `dd` is U's gradient (chunk_kda_triton's state pass)."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos = tl.load(starts + i_c)
-    eos = tl.load(ends + i_c)
-    rows = tl.arange(0, BT)
-    tok = bos + rows
-    m_t = tok < eos
+    (T A_ak)^T dU, and the sums over V that `_key_grads_kernel` finishes, in float32: dO S,
+    V dS', U dS', dU S ([N, H, K] each), dU V^T ([BT, BT] a chunk) and the column sums of
+    dS' * S ([K] a chunk). `dd` is U's gradient (chunk_kda_triton's state pass). Two kernels,
+    not one: the end's tiles spilled when they shared a kernel with these sums."""
+    i_c, i_h, bos, eos, tok, m_t = _chunk_program(starts, ends, BT)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
-    m_tk = m_t[:, None] & m_k[None, :]
     b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
-    b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
-    b_gx = _g_rows(gx, tok, m_t, b_G, i_h, o_k, m_k, H, K)
-    fade = tl.exp(b_G[None, :] - b_g)
-    kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    b_kd = kf * fade
+    b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
+    b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - _g_rows(gc, tok, m_t, b_G, i_h, o_k,
+                                                                 m_k, H, K))).to(b_k.dtype)
     p_sq = _chunk_square(i_c, i_h, H, BT)
-    b_T = tl.load(tinv + p_sq)
-    b_Aak = tl.load(aak + p_sq)
-    b_M = tl.dot(b_T, b_Aak, input_precision=PREC)
+    b_M = tl.dot(tl.load(tinv + p_sq), tl.load(aak + p_sq), input_precision=PREC)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)   # dO S
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)  # V dS'
     b_dbs = tl.zeros([BT, BK], dtype=tl.float32)  # U dS'
@@ -145,28 +139,67 @@ def _key_grads_kernel(q, k, v, a, b, gc, gx, h, d, tinv, aak, do, dd, dva, dh,
         b_dws += tl.dot(b_du, b_S, input_precision=PREC)
         b_duv += tl.dot(b_du, tl.trans(b_v), input_precision=PREC)
         b_dv = tl.load(dva + p_tv, mask=m_tv, other=0.0)
-        b_dv += tl.dot(b_kd, tl.trans(b_dSe), input_precision=PREC)
+        b_dv += tl.dot(b_kd, tl.trans(b_dSe.to(b_kd.dtype)), input_precision=PREC)
         b_dv += tl.dot(tl.trans(b_M), b_du, input_precision=PREC)
         tl.store(dv + p_tv, b_dv.to(dv.dtype.element_ty), mask=m_tv)
-    qf = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    af = _rows(a, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    bf = _rows(b, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    # the read of the chunk-start state: O += (Q * e^g) S^T
-    b_dq = b_dq * tl.exp(b_g)
-    b_dg = qf * b_dq
-    # the end state: S' = S diag(e^G) + (U^T B + V^T K) e^{G - g}
-    b_dk = b_dks * fade
-    b_db = b_dbs * fade
-    b_dg -= kf * b_dk + bf * b_db
-    b_dG = tl.exp(b_G) * b_dGs + tl.sum(kf * b_dk + bf * b_db, 0)
-    # U = U0 + T X S^T with X = A * e^gx, U0 = T A_ak V
-    egx = tl.exp(b_gx)
-    b_x = af * egx
-    b_dx = tl.dot(tl.trans(b_T), b_dws, input_precision=PREC)
-    b_da = b_dx * egx
-    b_dgx = b_dx * b_x
-    b_dT = tl.dot(b_duv, tl.trans(b_Aak), input_precision=PREC)
-    b_dT += tl.dot(b_dws, tl.trans(b_x), input_precision=PREC)
+    _put(dqs, b_dq, tok, m_t, i_h, o_k, m_k, H, K, False)
+    _put(dks, b_dks, tok, m_t, i_h, o_k, m_k, H, K, False)
+    _put(dbs, b_dbs, tok, m_t, i_h, o_k, m_k, H, K, False)
+    _put(dws, b_dws, tok, m_t, i_h, o_k, m_k, H, K, False)
+    tl.store(duv + p_sq, b_duv)
+    tl.store(dgs + (i_c * H + i_h) * K + o_k, b_dGs, mask=m_k)
+
+
+@triton.jit
+def _key_grads_kernel(q, k, a, b, gc, gx, tinv, aak, dqs, dks, dbs, dws, duv, dgs, daak, daab,
+                      dqp, dkp, dap, dbp, dgp, dgxp, starts, ends, H: tl.constexpr,
+                      K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      PREC: tl.constexpr):
+    """Per (chunk, head), from `_value_sums_kernel`'s sums, K walked in blocks of BK (every
+    step is per key channel but dT's sum over K): the score gradients
+    dA_ak = strict_lower(T^T dU V^T) and dA_ab = strict_lower(T^T dT T^T) (for
+    `_intra_grads_kernel`), and every part of dq, dk, da, db and the gradients of g and gx that
+    does not come from the scores: the read of S, the end state, W and U0."""
+    i_c, i_h, bos, eos, tok, m_t = _chunk_program(starts, ends, BT)
+    rows = tl.arange(0, BT)
+    last = tl.minimum(bos + BT, eos) - 1 - bos
+    p_sq = _chunk_square(i_c, i_h, H, BT)
+    b_T = tl.load(tinv + p_sq)
+    b_duv = tl.load(duv + p_sq)
+    # U = U0 + T X S^T with X = A * e^gx, U0 = T A_ak V: dT = dU V^T A_ak^T + dU S X^T
+    b_dT = tl.dot(b_duv, tl.trans(tl.load(aak + p_sq)), input_precision=PREC)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
+        b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+        b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
+        # the read of the chunk-start state: O += (Q * e^g) S^T
+        b_dq = tl.load(dqs + p_tk, mask=m_tk, other=0.0) * tl.exp(b_g)
+        tl.store(dqp + p_tk, b_dq, mask=m_tk)
+        b_dg = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32) * b_dq
+        # the end state: S' = S diag(e^G) + (U^T B + V^T K) e^{G - g}
+        fade = tl.exp(b_G[None, :] - b_g)
+        kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+        bf = _rows(b, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+        b_dk = tl.load(dks + p_tk, mask=m_tk, other=0.0) * fade
+        b_db = tl.load(dbs + p_tk, mask=m_tk, other=0.0) * fade
+        tl.store(dkp + p_tk, b_dk, mask=m_tk)
+        tl.store(dbp + p_tk, b_db, mask=m_tk)
+        b_dke = kf * b_dk + bf * b_db
+        b_dG = tl.exp(b_G) * tl.load(dgs + (i_c * H + i_h) * K + o_k, mask=m_k, other=0.0)
+        b_dG += tl.sum(b_dke, 0)
+        b_dg += tl.where(rows[:, None] == last, b_dG[None, :], 0.0) - b_dke
+        tl.store(dgp + p_tk, b_dg, mask=m_tk)
+        # the state read along a: X = A * e^gx
+        egx = tl.exp(_g_rows(gx, tok, m_t, b_G, i_h, o_k, m_k, H, K))
+        b_x = _rows(a, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32) * egx
+        b_dws = tl.load(dws + p_tk, mask=m_tk, other=0.0)
+        b_dT += tl.dot(b_dws, tl.trans(b_x), input_precision=PREC)
+        b_dx = tl.dot(tl.trans(b_T), b_dws, input_precision=PREC)
+        tl.store(dap + p_tk, b_dx * egx, mask=m_tk)
+        tl.store(dgxp + p_tk, b_dx * b_x, mask=m_tk)
     strict = rows[:, None] > rows[None, :]
     b_dAak = tl.dot(tl.trans(b_T), b_duv, input_precision=PREC)
     tl.store(daak + p_sq, tl.where(strict, b_dAak, 0.0))
@@ -174,15 +207,6 @@ def _key_grads_kernel(q, k, v, a, b, gc, gx, h, d, tinv, aak, do, dd, dva, dh,
     b_dAab = tl.dot(tl.dot(tl.trans(b_T), b_dT, input_precision=PREC), tl.trans(b_T),
                     input_precision=PREC)
     tl.store(daab + p_sq, tl.where(strict, b_dAab, 0.0))
-    last = tl.minimum(bos + BT, eos) - 1 - bos
-    b_dg += tl.where(rows[:, None] == last, b_dG[None, :], 0.0)
-    p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
-    tl.store(dqp + p_tk, b_dq, mask=m_tk)
-    tl.store(dkp + p_tk, b_dk, mask=m_tk)
-    tl.store(dap + p_tk, b_da, mask=m_tk)
-    tl.store(dbp + p_tk, b_db, mask=m_tk)
-    tl.store(dgp + p_tk, b_dg, mask=m_tk)
-    tl.store(dgxp + p_tk, b_dgx, mask=m_tk)
 
 
 @triton.jit
@@ -228,13 +252,22 @@ def _combine_kernel(q, k, a, b, ld, dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai
 
 
 # --------------------------------------------------------------------------- host side
-def _scores(x, y, gq, gc, table, BT, strict, prec):
-    """A score matrix per (chunk, head), `[NC, H, BT, BT]`: rows x at gq, columns y at gc."""
+# the key side's backward kernels' steps (at K = V = 128 and 8 warps, the largest without
+# spills for the second: benchmarks/kernel_resources.py; the first spills about 200 bytes)
+SUMS_BLOCK = 16  # `_value_sums_kernel`'s value channels a step
+KEY_BLOCK = 16   # `_key_grads_kernel`'s key channels a step
+
+
+def _scores(x, ys, gq, gc, table, BT, strict, prec):
+    """The two score matrices of rows x (at gq) with columns ys = (k, b) (at gc) per
+    (chunk, head), `[NC, H, BT, BT]` each, from one launch."""
     NC, (_, H, K) = table.chunks, x.shape
-    out = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=x.device)  # lower blocks only
-    _scores_kernel[(NC, H)](x, y, gq, gc, out, table.starts, table.ends, H=H, K=K, BT=BT,
-                            BK=pow2(K), STRICT=strict, PREC=prec, num_warps=4)
-    return out
+    pair = [torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=x.device)  # lower blocks
+            for _ in range(2)]
+    _scores_kernel[(NC, H)](x, ys[0], gq, gc, pair[0], table.starts, table.ends, H=H, K=K,
+                            BT=BT, BK=pow2(K), STRICT=strict, PREC=prec, k2=ys[1],
+                            amat2=pair[1], PAIR=COLUMNS, num_warps=4)
+    return pair
 
 
 def _forward(q, k, v, a, b, ld, h0, table, BT):
@@ -250,10 +283,8 @@ def _forward(q, k, v, a, b, ld, h0, table, BT):
     # exactly 0 (g - ld would round, by as much as 1e-5 after a clamped decay of 0)
     gx = gc.roll(1, 0)
     gx[table.starts.long()] = 0.0
-    pqk = _scores(q, k, gc, gc, table, BT, False, prec)
-    pqb = _scores(q, b, gc, gc, table, BT, False, prec)
-    aak = _scores(a, k, gx, gc, table, BT, True, prec)
-    aab = _scores(a, b, gx, gc, table, BT, True, prec)
+    pqk, pqb = _scores(q, (k, b), gc, gc, table, BT, False, prec)
+    aak, aab = _scores(a, (k, b), gx, gc, table, BT, True, prec)
     tinv = torch.zeros(NC, H, BT, BT, **f32)
     _solve_kernel[(NC, H)](aab.neg_(), tinv, H=H, BT=BT, num_warps=1)
     w = torch.empty_like(k)
@@ -293,21 +324,26 @@ def _backward(q, k, v, a, b, ld, saved, do, dht, table, BT):
         q, b, w, do, gc, dd, dh, dht, dh0, **rows, offsets=table.offsets, H=H, K=K, V=V,
         BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dv = torch.empty_like(v)
-    daak, daab = torch.empty(NC, H, BT, BT, **f32), torch.empty(NC, H, BT, BT, **f32)
-    parts = [torch.empty(N, H, K, **f32) for _ in range(10)]
-    dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai, dbi = parts
+    daak, daab, duv = (torch.empty(NC, H, BT, BT, **f32) for _ in range(3))
+    dgs = torch.empty(NC, H, K, **f32)
+    parts = [torch.empty(N, H, K, **f32) for _ in range(14)]
+    dqs, dks, dbs, dws, dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai, dbi = parts
     warps = 8 if BK >= 128 else 4
+    _value_sums_kernel[(NC, H)](
+        k, v, gc, h, d, tinv, aak, do, dd, dva, dh, dv, dqs, dks, dbs, dws, duv, dgs, **rows,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, SUMS_BLOCK), PREC=prec, num_warps=warps)
     _key_grads_kernel[(NC, H)](
-        q, k, v, a, b, gc, gx, h, d, tinv, aak, do, dd, dva, dh, dv, daak, daab,
-        dqp, dkp, dap, dbp, dgp, dgxp, **rows, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32),
-        PREC=prec, num_warps=warps)
+        q, k, a, b, gc, gx, tinv, aak, dqs, dks, dbs, dws, duv, dgs, daak, daab, dqp, dkp, dap,
+        dbp, dgp, dgxp, **rows, H=H, K=K, BT=BT, BK=min(BK, KEY_BLOCK), PREC=prec,
+        num_warps=warps)
     # each input meets one cumulative log decay in every score: q and a as rows (at g, gx),
-    # k and b as columns (at g), so the four scores' gradients add up per input
-    for x, y, gq, ds, dx, dy, strict, acc in (
-            (q, k, gc, dpqk, dqi, dki, False, False), (a, b, gx, daab, dai, dbi, True, False),
-            (q, b, gc, dpqb, dqi, dbi, False, True), (a, k, gx, daak, dai, dki, True, True)):
-        _intra_grads_kernel[(NC, H)](x, y, gq, gc, ds, dx, dy, **rows, H=H, K=K, BT=BT,
-                                     BK=BK, STRICT=strict, ACC=acc, PREC=prec, num_warps=4)
+    # k and b as columns (at g), so the four scores' gradients add up per input; one launch
+    # per row input, the second adding to dki and dbi
+    for x, gq, ds, dx, strict, acc in ((q, gc, (dpqk, dpqb), dqi, False, False),
+                                       (a, gx, (daak, daab), dai, True, True)):
+        _intra_grads_kernel[(NC, H)](x, k, gq, gc, ds[0], dx, dki, **rows, H=H, K=K, BT=BT,
+                                     BK=BK, STRICT=strict, ACC=acc, PREC=prec, k2=b,
+                                     damat2=ds[1], dki2=dbi, PAIR=COLUMNS, num_warps=4)
     dq, dk, da, db = (torch.empty_like(x) for x in (q, k, a, b))
     dld = torch.empty(N, H, K, **f32)
     _combine_kernel[(NC, H)](q, k, a, b, ld, dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai, dbi,

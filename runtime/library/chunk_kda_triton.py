@@ -18,8 +18,10 @@ exponential exceeds 1, and sums diagonal blocks exactly); T comes from chunk_del
 block inverse. The forward saves one state per chunk, W, Delta, T and the score matrices, no
 per-token state; the backward runs dDelta's in-chunk part and dP (chunk_decay_triton's
 `_dscores_kernel`), the state gradients chunk after chunk (recomputing nothing: the chunk-start
-states are saved), then per chunk the key side (dv, dW, dT, dA, dbeta), and the scores'
-gradients by `_intra_grads_kernel` run on P and on A. Log decays are clamped at
+states are saved), then per chunk the key side in two kernels (the sums over V with dv, then
+per key block dW, dT, dA, dbeta: one kernel spilled), and the scores'
+gradients by `_intra_grads_kernel`. P and the keys' scores share their columns and decays, so
+each score kernel runs once on the pair (rows q and k). Log decays are clamped at
 LOG_DECAY_FLOOR, so decays of exactly 0 stay finite, forward and backward."""
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import torch
 import triton
 import triton.language as tl
 from nlc.runtime.library.chunk_decay_triton import (
+    ROWS,
     _cumsum_kernel,
     _dscores_kernel,
     _g_rows,
     _intra_grads_kernel,
     _last_g,
     _output_kernel,
+    _put,
     _rows,
     _scores_kernel,
     _state_prologue,
@@ -58,6 +62,16 @@ def _chunk_square(i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
     """Offsets of a chunk's [BT, BT] matrix."""
     rows = tl.arange(0, BT)
     return ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :]
+
+
+@triton.jit
+def _chunk_program(starts, ends, BT: tl.constexpr):
+    """A per-(chunk, head) program's chunk and head, its tokens' bounds, rows and mask."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    tok = bos + tl.arange(0, BT)
+    return i_c, i_h, bos, eos, tok, tok < eos
 
 
 # --------------------------------------------------------------------------- forward
@@ -183,31 +197,22 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets
 
 
 @triton.jit
-def _key_grads_kernel(q, k, v, beta, gc, h, delta, tinv, kk, do, dd, dh,
-                      dv, dkk, dqp, dkp, dgp, dbeta, starts, ends,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """Per (chunk, head), V walked in blocks of BV: dv = T^T dDelta, dbeta, the gradient of
-    the keys' scores dKK = diag(b) strict_lower(-T^T dT T^T) (for `_intra_grads_kernel`),
-    and every part of dq, dk and the cumulative log decays' gradient dg that does not come
-    from the scores: the read of S, the end state, and W."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos = tl.load(starts + i_c)
-    eos = tl.load(ends + i_c)
-    rows = tl.arange(0, BT)
-    tok = bos + rows
-    m_t = tok < eos
+def _value_sums_kernel(v, h, delta, tinv, do, dd, dh, dv, dqs, dks, dws, dts, dgs, starts, ends,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Per (chunk, head), V walked in blocks of BV: dv = T^T dDelta, and the sums over V that
+    `_key_grads_kernel` finishes, in float32: dO S, Delta dS', -dDelta S ([N, H, K] each),
+    dDelta V^T ([BT, BT] a chunk) and the column sums of dS' * S ([K] a chunk). Two kernels,
+    not one: the end's tiles spilled when they shared a kernel with these sums."""
+    i_c, i_h, _, _, tok, m_t = _chunk_program(starts, ends, BT)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
-    m_tk = m_t[:, None] & m_k[None, :]
-    b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
-    b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
     p_sq = _chunk_square(i_c, i_h, H, BT)
     b_T = tl.load(tinv + p_sq)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)   # dO S
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)  # Delta dS'
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)   # dW = -dDelta S
-    b_dT = tl.zeros([BT, BT], dtype=tl.float32)   # dU V^T (+ dW X^T below)
+    b_dT = tl.zeros([BT, BT], dtype=tl.float32)   # dU V^T
     b_dGs = tl.zeros([BK], dtype=tl.float32)      # column sums of dS' * S
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -229,45 +234,75 @@ def _key_grads_kernel(q, k, v, beta, gc, h, delta, tinv, kk, do, dd, dh,
         b_dT += tl.dot(b_dd, tl.trans(b_v.to(tl.float32)), input_precision=PREC)
         b_dv = tl.dot(tl.trans(b_T), b_dd, input_precision=PREC)
         tl.store(dv + p_tv, b_dv.to(dv.dtype.element_ty), mask=m_tv)
-    qf = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    eg = tl.exp(b_g)
-    # the read of the chunk-start state: O += (Q * e^g) S^T
-    b_dq = b_dq * eg
-    b_dg = qf * b_dq
-    # the end state: S' = S diag(e^G) + Delta^T (K * e^{G - g})
-    b_dk = b_dks * tl.exp(b_G[None, :] - b_g)
-    b_dg -= kf * b_dk
-    b_dG = tl.exp(b_G) * b_dGs + tl.sum(kf * b_dk, 0)
-    # W = T X with X = diag(b) (K * e^g)
+    _put(dqs, b_dq, tok, m_t, i_h, o_k, m_k, H, K, False)
+    _put(dks, b_dks, tok, m_t, i_h, o_k, m_k, H, K, False)
+    _put(dws, b_dw, tok, m_t, i_h, o_k, m_k, H, K, False)
+    tl.store(dts + p_sq, b_dT)
+    tl.store(dgs + (i_c * H + i_h) * K + o_k, b_dGs, mask=m_k)
+
+
+@triton.jit
+def _key_grads_kernel(q, k, beta, gc, tinv, kk, dqs, dks, dws, dts, dgs, dkk, dqp, dkp, dgp,
+                      dbeta, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, PREC: tl.constexpr):
+    """Per (chunk, head), from `_value_sums_kernel`'s sums, K walked in blocks of BK (every
+    step is per key channel but dT and dbeta's sums over K): dbeta, the gradient of the keys'
+    scores dKK = diag(b) strict_lower(-T^T dT T^T) (for `_intra_grads_kernel`), and every part
+    of dq, dk and the cumulative log decays' gradient dg that does not come from the scores:
+    the read of S, the end state, and W."""
+    i_c, i_h, bos, eos, tok, m_t = _chunk_program(starts, ends, BT)
+    rows = tl.arange(0, BT)
+    last = tl.minimum(bos + BT, eos) - 1 - bos
+    p_sq = _chunk_square(i_c, i_h, H, BT)
+    b_T = tl.load(tinv + p_sq)
     b_b = tl.load(beta + tok * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    b_x = kf * eg * b_b[:, None]
-    b_dx = tl.dot(tl.trans(b_T), b_dw, input_precision=PREC)
-    b_dk += b_dx * eg * b_b[:, None]
-    b_db = tl.sum(b_dx * kf * eg, 1)
-    b_dg += b_dx * b_x
-    b_dT += tl.dot(b_dw, tl.trans(b_x), input_precision=PREC)
+    b_dT = tl.load(dts + p_sq)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
+        b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+        b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
+        kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+        eg = tl.exp(b_g)
+        # W = T X with X = diag(b) (K * e^g)
+        b_x = kf * eg * b_b[:, None]
+        b_dw = tl.load(dws + p_tk, mask=m_tk, other=0.0)
+        b_dT += tl.dot(b_dw, tl.trans(b_x), input_precision=PREC)
+        b_dx = tl.dot(tl.trans(b_T), b_dw, input_precision=PREC)
+        b_dk = b_dx * eg * b_b[:, None]
+        b_db += tl.sum(b_dx * kf * eg, 1)
+        b_dg = b_dx * b_x
+        # the read of the chunk-start state: O += (Q * e^g) S^T
+        b_dq = tl.load(dqs + p_tk, mask=m_tk, other=0.0) * eg
+        tl.store(dqp + p_tk, b_dq, mask=m_tk)
+        b_dg += _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32) * b_dq
+        # the end state: S' = S diag(e^G) + Delta^T (K * e^{G - g})
+        b_dke = tl.load(dks + p_tk, mask=m_tk, other=0.0) * tl.exp(b_G[None, :] - b_g)
+        b_dg -= kf * b_dke
+        b_dG = tl.exp(b_G) * tl.load(dgs + (i_c * H + i_h) * K + o_k, mask=m_k, other=0.0)
+        b_dG += tl.sum(kf * b_dke, 0)
+        b_dg += tl.where(rows[:, None] == last, b_dG[None, :], 0.0)
+        tl.store(dkp + p_tk, b_dk + b_dke, mask=m_tk)
+        tl.store(dgp + p_tk, b_dg, mask=m_tk)
     # T = (I + A)^-1: dA = -T^T dT T^T, strictly lower; A = diag(b) strict_lower(KK)
     b_dA = -tl.dot(tl.dot(tl.trans(b_T), b_dT, input_precision=PREC), tl.trans(b_T),
                    input_precision=PREC)
     b_dA = tl.where(rows[:, None] > rows[None, :], b_dA, 0.0)
     b_db += tl.sum(b_dA * tl.load(kk + p_sq), 1)
     tl.store(dkk + p_sq, b_dA * b_b[:, None])
-    last = tl.minimum(bos + BT, eos) - 1 - bos
-    b_dg += tl.where(rows[:, None] == last, b_dG[None, :], 0.0)
-    p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
-    tl.store(dqp + p_tk, b_dq, mask=m_tk)
-    tl.store(dkp + p_tk, b_dk, mask=m_tk)
-    tl.store(dgp + p_tk, b_dg, mask=m_tk)
     tl.store(dbeta + tok * H + i_h, b_db, mask=m_t)
 
 
 @triton.jit
-def _combine_kernel(q, k, ld, dqp, dkp, dgp, dqi, dki, dkr, dkc, dq, dk, dld, starts, ends,
+def _combine_kernel(q, k, ld, dqp, dkp, dgp, dqi, dkr, dkc, dq, dk, dld, starts, ends,
                     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                     FLOOR: tl.constexpr):
-    """Per (chunk, head): dq and dk, the scores' parts added (dqi, dki from P; dkr, dkc from
-    the keys' scores, rows and columns), and dg summed back into the log decays' gradient:
+    """Per (chunk, head): dq and dk, the scores' parts added (dqi from P's rows, dkr from the
+    keys' scores' rows, dkc from both matrices' columns), and dg summed back into the log
+    decays' gradient:
     a score x_t . y_s e^{g_t - g_s} gives dg_t += x_t * dx_t, dg_s -= y_s * dy_s."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
@@ -281,12 +316,11 @@ def _combine_kernel(q, k, ld, dqp, dkp, dgp, dqi, dki, dkr, dkc, dq, dk, dld, st
     qf = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
     kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
     b_dqi = _rows(dqi, tok, m_t, i_h, o_k, m_k, H, K)
-    b_dki = _rows(dki, tok, m_t, i_h, o_k, m_k, H, K)
     b_dkr = _rows(dkr, tok, m_t, i_h, o_k, m_k, H, K)
     b_dkc = _rows(dkc, tok, m_t, i_h, o_k, m_k, H, K)
     b_dq = _rows(dqp, tok, m_t, i_h, o_k, m_k, H, K) + b_dqi
-    b_dk = _rows(dkp, tok, m_t, i_h, o_k, m_k, H, K) + b_dki + b_dkr + b_dkc
-    b_dg = _rows(dgp, tok, m_t, i_h, o_k, m_k, H, K) + qf * b_dqi + kf * (b_dkr - b_dki - b_dkc)
+    b_dk = _rows(dkp, tok, m_t, i_h, o_k, m_k, H, K) + b_dkr + b_dkc
+    b_dg = _rows(dgp, tok, m_t, i_h, o_k, m_k, H, K) + qf * b_dqi + kf * (b_dkr - b_dkc)
     b_dg = tl.where(m_t[:, None], b_dg, 0.0)
     b_dld = tl.sum(b_dg, 0)[None, :] - tl.cumsum(b_dg, 0) + b_dg  # reversed cumulative sum
     b_ld = _rows(ld, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
@@ -298,6 +332,12 @@ def _combine_kernel(q, k, ld, dqp, dkp, dgp, dqi, dki, dkr, dkc, dq, dk, dld, st
 
 
 # --------------------------------------------------------------------------- host side
+# the key side's backward kernels' steps (at K = V = 128 and 8 warps, the largest without
+# spills: benchmarks/kernel_resources.py)
+SUMS_BLOCK = 16  # `_value_sums_kernel`'s value channels a step
+KEY_BLOCK = 32   # `_key_grads_kernel`'s key channels a step
+
+
 def _sizes(k, v, table):
     N, H, K = k.shape
     V = v.shape[-1]
@@ -317,9 +357,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
     scores = torch.zeros(NC, H, BT, BT, **f32)  # P (zeroed: only lower blocks are written)
     kk = torch.zeros(NC, H, BT, BT, **f32)      # the keys' decayed scores
     _scores_kernel[(NC, H)](q, k, gc, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK,
-                            STRICT=False, PREC=prec, num_warps=4)
-    _scores_kernel[(NC, H)](k, k, gc, gc, kk, **rows, H=H, K=K, BT=BT, BK=BK, STRICT=False,
-                            PREC=prec, num_warps=4)
+                            STRICT=False, PREC=prec, q2=k, amat2=kk, PAIR=ROWS, num_warps=4)
     amat = torch.empty(NC, H, BT, BT, **f32)
     _ut_matrix_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
     tinv = torch.zeros(NC, H, BT, BT, **f32)
@@ -358,21 +396,25 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
         q, k, w, do, gc, dd, dh, dht, dh0, **rows, offsets=table.offsets, H=H, K=K, V=V,
         BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dv = torch.empty_like(v)
-    dkk = torch.empty(NC, H, BT, BT, **f32)
-    dqp, dkp, dgp, dqi, dki, dkr, dkc = (torch.empty(N, H, K, **f32) for _ in range(7))
+    dkk, dts = torch.empty(NC, H, BT, BT, **f32), torch.empty(NC, H, BT, BT, **f32)
+    dgs = torch.empty(NC, H, K, **f32)
+    dqs, dks, dws, dqp, dkp, dgp, dqi, dkr, dkc = (torch.empty(N, H, K, **f32)
+                                                   for _ in range(9))
     dbeta = torch.empty(N, H, **f32)
     warps = 8 if BK >= 128 else 4
+    _value_sums_kernel[(NC, H)](
+        v, h, d, tinv, do, dd, dh, dv, dqs, dks, dws, dts, dgs, **rows, H=H, K=K, V=V, BT=BT,
+        BK=BK, BV=min(BV, SUMS_BLOCK), PREC=prec, num_warps=warps)
     _key_grads_kernel[(NC, H)](
-        q, k, v, beta, gc, h, d, tinv, kk, do, dd, dh, dv, dkk, dqp, dkp, dgp, dbeta, **rows,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), PREC=prec, num_warps=warps)
-    _intra_grads_kernel[(NC, H)](q, k, gc, gc, dscores, dqi, dki, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
-    _intra_grads_kernel[(NC, H)](k, k, gc, gc, dkk, dkr, dkc, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, STRICT=False, ACC=False, PREC=prec, num_warps=4)
+        q, k, beta, gc, tinv, kk, dqs, dks, dws, dts, dgs, dkk, dqp, dkp, dgp, dbeta, **rows,
+        H=H, K=K, BT=BT, BK=min(BK, KEY_BLOCK), PREC=prec, num_warps=warps)
+    _intra_grads_kernel[(NC, H)](q, k, gc, gc, dscores, dqi, dkc, **rows, H=H, K=K, BT=BT,
+                                 BK=BK, STRICT=False, ACC=False, PREC=prec, q2=k,
+                                 damat2=dkk, dqi2=dkr, PAIR=ROWS, num_warps=4)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)
-    _combine_kernel[(NC, H)](q, k, ld, dqp, dkp, dgp, dqi, dki, dkr, dkc, dq, dk, dld,
+    _combine_kernel[(NC, H)](q, k, ld, dqp, dkp, dgp, dqi, dkr, dkc, dq, dk, dld,
                              **rows, H=H, K=K, BT=BT, BK=BK, FLOOR=LOG_DECAY_FLOOR,
                              num_warps=warps)
     return dq, dk, dv, dbeta, dld, dh0
