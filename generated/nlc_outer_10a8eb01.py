@@ -18,12 +18,12 @@ sum, and the host adds the blocks' sums.
 
 Members: the anchors may hold NM = B / BX members stacked along the batch (a coupled group's
 members, runtime/library/member_batch.py) that read the same tokens, whose batch is BX: a
-program of batch i_b reads the tokens of batch i_b % BX, and a backward program runs every
-member of its tokens in turn and writes their gradients summed over the members.
+program of batch i_b reads the tokens of batch i_b % BX, and a backward program writes its
+member's part of the tokens' gradients, which the host sums over the members.
 
 Layouts: tokens x0 [B, T, H, D0], x1 [B, T, H, D0], x2 [B, T, H], read through their strides over B, T and H (0 where
 broadcast), each token's entries next to each other; anchors [B, H, rows, cols]; factors
-[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [BX, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
+[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [B, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
 """
 
 import triton
@@ -215,7 +215,7 @@ def outer_forward(
             tl.store(P3_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P3)
 
 
-@triton.jit(do_not_specialize=["T", "NM", "NB"])
+@triton.jit(do_not_specialize=["T", "NB"])
 def outer_backward(
     x0_ptr,
     x1_ptr,
@@ -255,171 +255,163 @@ def outer_backward(
     T,
     H,
     BX,
-    NM,
     NB,
     TB: tl.constexpr,
     D0: tl.constexpr,
 ):
-    x_b = tl.program_id(0).to(tl.int64)  # the tokens' batch; its members follow in turn
+    i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
     i_t = tl.program_id(2).to(tl.int64)
     first = i_t * TB
+    x_b = i_b % BX  # the batch of the tokens this program's member reads
     A0_at = tl.arange(0, 4 * D0)[:, None] * (D0) + tl.arange(0, D0)[None, :]
+    A0 = tl.load(A0_ptr + (i_b * H + i_h) * (4 * D0 * D0) + A0_at)
+    g_A0 = tl.zeros((4 * D0, D0), dtype=tl.float32)
     A1_at = tl.arange(0, D0)[:, None] * (4 * D0) + tl.arange(0, 4 * D0)[None, :]
-    for m in range(0, NM):
-        i_b = m * BX + x_b
-        A0 = tl.load(A0_ptr + (i_b * H + i_h) * (4 * D0 * D0) + A0_at)
-        g_A0 = tl.zeros((4 * D0, D0), dtype=tl.float32)
-        A1 = tl.load(A1_ptr + (i_b * H + i_h) * (D0 * 4 * D0) + A1_at)
-        g_A1 = tl.zeros((D0, 4 * D0), dtype=tl.float32)
-        for j in range(0, TB):
-            t = first + j
-            if t < T:
-                x_row = (x_b * T + t) * H + i_h
-                x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
-                x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0))
-                x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
-                g_P0 = tl.load(
-                    g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, 4 * D0)
-                )
-                g_P1 = tl.load(
-                    g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
-                )
-                g_P2 = tl.load(
-                    g_P2_ptr + i_b * g_P2_sb + t * g_P2_st + i_h * g_P2_sh + tl.arange(0, D0)
-                )
-                g_P3 = tl.load(
-                    g_P3_ptr + i_b * g_P3_sb + t * g_P3_st + i_h * g_P3_sh + tl.arange(0, 4 * D0)
-                )
-                (
-                    _,
-                    _,
-                    _,
-                    _,
-                    t2,
-                    t3,
-                    f6,
-                    f8,
-                    t4,
-                    t9,
-                    f21,
-                    t13,
-                    t14,
-                    t15,
-                    t17,
-                    t19,
-                    f31,
-                    t21,
-                    t26,
-                    f44,
-                    f46,
-                    f47,
-                    f53,
-                    f54,
-                    f56,
-                    f57,
-                    f59,
-                    f60,
-                ) = terms(A0, A1, x0, x1, x2, D0)
-                b_P3 = g_P3
-                b_P2 = g_P2
-                h2 = tl.sum(b_P2 * t26, axis=0)
-                b_f60 = h2
-                b_f59 = b_f60 * t13
-                b_P1 = g_P1
-                b_P0 = g_P0
-                h7 = tl.sum(b_P0 * f57, axis=0)
-                b_f57 = b_P0 * f44
-                b_f56 = b_f57 * f47
-                b_f55 = b_f56
-                b_f54 = b_f55 * f53
-                b_f53 = b_f55 * f54
-                b_f52 = b_f53 * 0.5641895835477563
-                b_f51 = b_f52 * 1.4142135623730951
-                b_f50 = b_f56
-                b_f49 = b_f50
-                b_f48 = b_f49 * 0.5
-                b_f47 = b_f57 * f56
-                h19 = tl.sum(b_f47 * f46, axis=0)
-                b_f46 = b_f47 * t13
-                b_f45 = b_f46[None, :]
-                h22 = tl.sum(b_f45 * A1, axis=1)
-                h23 = b_f45 * (t26[:, None])
-                b_f44 = h7
-                b_t27 = b_f54 * f54
-                b_f42 = b_t27 * (-0.5)
-                b_t26 = (b_P2 * f60) + h22
-                b_f40 = b_t26
-                b_f39 = b_f40
-                b_t25 = b_t26
-                h31 = tl.sum(b_t25, axis=0)
-                b_t24 = h31
-                b_t23 = b_t24 * (-1.0)
-                b_f35 = b_t23 / D0
-                b_t22 = b_f40
-                h36 = tl.sum(b_t22 * t9, axis=0)
-                b_t21 = h36
-                b_t20 = b_t21
-                b_f31 = b_t20 * t19
-                b_t19 = b_t20 * f31
-                b_f29 = b_t19 / D0
-                b_t18 = b_f29 + tl.zeros((D0,), dtype=tl.float32)
-                b_t17 = b_f35 + (b_t18 * t15)
-                b_f26 = b_t17
-                b_t16 = b_t17
-                h46 = tl.sum(b_t16 * t9, axis=0)
-                b_t15 = b_t18 * t17
-                h48 = tl.sum(b_t15 * t9, axis=0)
-                b_t14 = b_t21 + h46
-                b_t13 = (b_f60 * f59) + h19 + (b_f31 * (-1.0)) + h48 + (b_t14 * 2.0)
-                b_f21 = -b_t13 * t13 / f21
-                b_t12 = 0.5 * b_f21 / f21
-                b_t11 = b_t12
-                b_f18 = b_t11 / D0
-                b_t10 = b_f18 + tl.zeros((D0,), dtype=tl.float32)
-                b_t9 = (b_t22 * t21) + (b_t16 * t14) + (b_t15 * t13) + (b_t10 * t9) + (b_t10 * t9)
-                b_t8 = b_t9
-                h58 = tl.sum(b_t8, axis=0)
-                b_t7 = h58
-                b_t6 = b_t7 * (-1.0)
-                b_f12 = b_t6 / D0
-                b_t5 = b_t9 + b_f12
-                b_f10 = b_t5[:, None]
-                h64 = h23 + (b_f10 * (t4[None, :]))
-                h65 = tl.sum(b_f10 * A1, axis=0)
-                b_t4 = b_P3 + h65
-                b_f8 = b_t4 * f6
-                b_f7 = b_f8
-                b_f6 = b_t4 * f8
-                b_t3 = (b_f48 * 1.1283791670955126 * tl.exp(-(t3 * t3))) + (
-                    b_f7 * 1.1283791670955126 * tl.exp(-(t3 * t3))
-                )
-                b_f4 = b_t3 * 1.4142135623730951
-                b_t2 = (b_f51 * 0.5) + (b_f42 * t2) + (b_f42 * t2) + (b_f6 * 0.5) + (b_f4 * 0.5)
-                b_f2 = b_t2[:, None]
-                h74 = b_f2 * (x0[None, :])
-                h75 = tl.sum(b_f2 * A0, axis=0)
-                b_t1 = b_f39 + b_f26
-                b_t0 = b_f39 + b_f26
-                b_A0 = h74
-                b_A1 = h64
-                b_x0 = b_P1 + h75 + (b_t1 * 2.0)
-                b_x1 = b_t0 * (-2.0)
-                b_x2 = (b_f59 * (-1.0)) + (b_f44 * (-1.0))
-                # the members before this one wrote their part of the tokens' gradients
-                g_x0_at = g_x0_ptr + x_row * (D0) + tl.arange(0, D0)
-                g_x0_seen = tl.load(g_x0_at, mask=m > 0, other=0.0)
-                tl.store(g_x0_at, g_x0_seen + b_x0)
-                g_x1_at = g_x1_ptr + x_row * (D0) + tl.arange(0, D0)
-                g_x1_seen = tl.load(g_x1_at, mask=m > 0, other=0.0)
-                tl.store(g_x1_at, g_x1_seen + b_x1)
-                g_x2_at = g_x2_ptr + x_row
-                g_x2_seen = tl.load(g_x2_at, mask=m > 0, other=0.0)
-                tl.store(g_x2_at, g_x2_seen + b_x2)
-                g_A0 = g_A0 + b_A0
-                g_A1 = g_A1 + b_A1
-        tl.store(g_A0_ptr + ((i_b * H + i_h) * NB + i_t) * (4 * D0 * D0) + A0_at, g_A0)
-        tl.store(g_A1_ptr + ((i_b * H + i_h) * NB + i_t) * (D0 * 4 * D0) + A1_at, g_A1)
+    A1 = tl.load(A1_ptr + (i_b * H + i_h) * (D0 * 4 * D0) + A1_at)
+    g_A1 = tl.zeros((D0, 4 * D0), dtype=tl.float32)
+    for j in range(0, TB):
+        t = first + j
+        if t < T:
+            row = (i_b * T + t) * H + i_h
+            x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
+            x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0))
+            x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
+            g_P0 = tl.load(
+                g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, 4 * D0)
+            )
+            g_P1 = tl.load(
+                g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
+            )
+            g_P2 = tl.load(
+                g_P2_ptr + i_b * g_P2_sb + t * g_P2_st + i_h * g_P2_sh + tl.arange(0, D0)
+            )
+            g_P3 = tl.load(
+                g_P3_ptr + i_b * g_P3_sb + t * g_P3_st + i_h * g_P3_sh + tl.arange(0, 4 * D0)
+            )
+            (
+                _,
+                _,
+                _,
+                _,
+                t2,
+                t3,
+                f6,
+                f8,
+                t4,
+                t9,
+                f21,
+                t13,
+                t14,
+                t15,
+                t17,
+                t19,
+                f31,
+                t21,
+                t26,
+                f44,
+                f46,
+                f47,
+                f53,
+                f54,
+                f56,
+                f57,
+                f59,
+                f60,
+            ) = terms(A0, A1, x0, x1, x2, D0)
+            b_P3 = g_P3
+            b_P2 = g_P2
+            h2 = tl.sum(b_P2 * t26, axis=0)
+            b_f60 = h2
+            b_f59 = b_f60 * t13
+            b_P1 = g_P1
+            b_P0 = g_P0
+            h7 = tl.sum(b_P0 * f57, axis=0)
+            b_f57 = b_P0 * f44
+            b_f56 = b_f57 * f47
+            b_f55 = b_f56
+            b_f54 = b_f55 * f53
+            b_f53 = b_f55 * f54
+            b_f52 = b_f53 * 0.5641895835477563
+            b_f51 = b_f52 * 1.4142135623730951
+            b_f50 = b_f56
+            b_f49 = b_f50
+            b_f48 = b_f49 * 0.5
+            b_f47 = b_f57 * f56
+            h19 = tl.sum(b_f47 * f46, axis=0)
+            b_f46 = b_f47 * t13
+            b_f45 = b_f46[None, :]
+            h22 = tl.sum(b_f45 * A1, axis=1)
+            h23 = b_f45 * (t26[:, None])
+            b_f44 = h7
+            b_t27 = b_f54 * f54
+            b_f42 = b_t27 * (-0.5)
+            b_t26 = (b_P2 * f60) + h22
+            b_f40 = b_t26
+            b_f39 = b_f40
+            b_t25 = b_t26
+            h31 = tl.sum(b_t25, axis=0)
+            b_t24 = h31
+            b_t23 = b_t24 * (-1.0)
+            b_f35 = b_t23 / D0
+            b_t22 = b_f40
+            h36 = tl.sum(b_t22 * t9, axis=0)
+            b_t21 = h36
+            b_t20 = b_t21
+            b_f31 = b_t20 * t19
+            b_t19 = b_t20 * f31
+            b_f29 = b_t19 / D0
+            b_t18 = b_f29 + tl.zeros((D0,), dtype=tl.float32)
+            b_t17 = b_f35 + (b_t18 * t15)
+            b_f26 = b_t17
+            b_t16 = b_t17
+            h46 = tl.sum(b_t16 * t9, axis=0)
+            b_t15 = b_t18 * t17
+            h48 = tl.sum(b_t15 * t9, axis=0)
+            b_t14 = b_t21 + h46
+            b_t13 = (b_f60 * f59) + h19 + (b_f31 * (-1.0)) + h48 + (b_t14 * 2.0)
+            b_f21 = -b_t13 * t13 / f21
+            b_t12 = 0.5 * b_f21 / f21
+            b_t11 = b_t12
+            b_f18 = b_t11 / D0
+            b_t10 = b_f18 + tl.zeros((D0,), dtype=tl.float32)
+            b_t9 = (b_t22 * t21) + (b_t16 * t14) + (b_t15 * t13) + (b_t10 * t9) + (b_t10 * t9)
+            b_t8 = b_t9
+            h58 = tl.sum(b_t8, axis=0)
+            b_t7 = h58
+            b_t6 = b_t7 * (-1.0)
+            b_f12 = b_t6 / D0
+            b_t5 = b_t9 + b_f12
+            b_f10 = b_t5[:, None]
+            h64 = h23 + (b_f10 * (t4[None, :]))
+            h65 = tl.sum(b_f10 * A1, axis=0)
+            b_t4 = b_P3 + h65
+            b_f8 = b_t4 * f6
+            b_f7 = b_f8
+            b_f6 = b_t4 * f8
+            b_t3 = (b_f48 * 1.1283791670955126 * tl.exp(-(t3 * t3))) + (
+                b_f7 * 1.1283791670955126 * tl.exp(-(t3 * t3))
+            )
+            b_f4 = b_t3 * 1.4142135623730951
+            b_t2 = (b_f51 * 0.5) + (b_f42 * t2) + (b_f42 * t2) + (b_f6 * 0.5) + (b_f4 * 0.5)
+            b_f2 = b_t2[:, None]
+            h74 = b_f2 * (x0[None, :])
+            h75 = tl.sum(b_f2 * A0, axis=0)
+            b_t1 = b_f39 + b_f26
+            b_t0 = b_f39 + b_f26
+            b_A0 = h74
+            b_A1 = h64
+            b_x0 = b_P1 + h75 + (b_t1 * 2.0)
+            b_x1 = b_t0 * (-2.0)
+            b_x2 = (b_f59 * (-1.0)) + (b_f44 * (-1.0))
+            # this member's part of the tokens' gradients: the host sums the members' parts
+            tl.store(g_x0_ptr + row * (D0) + tl.arange(0, D0), b_x0)
+            tl.store(g_x1_ptr + row * (D0) + tl.arange(0, D0), b_x1)
+            tl.store(g_x2_ptr + row, b_x2)
+            g_A0 = g_A0 + b_A0
+            g_A1 = g_A1 + b_A1
+    tl.store(g_A0_ptr + ((i_b * H + i_h) * NB + i_t) * (4 * D0 * D0) + A0_at, g_A0)
+    tl.store(g_A1_ptr + ((i_b * H + i_h) * NB + i_t) * (D0 * 4 * D0) + A1_at, g_A1)
 
 
 CONFIG = outer_launch.OuterConfig(

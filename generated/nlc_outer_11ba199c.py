@@ -18,12 +18,12 @@ sum, and the host adds the blocks' sums.
 
 Members: the anchors may hold NM = B / BX members stacked along the batch (a coupled group's
 members, runtime/library/member_batch.py) that read the same tokens, whose batch is BX: a
-program of batch i_b reads the tokens of batch i_b % BX, and a backward program runs every
-member of its tokens in turn and writes their gradients summed over the members.
+program of batch i_b reads the tokens of batch i_b % BX, and a backward program writes its
+member's part of the tokens' gradients, which the host sums over the members.
 
 Layouts: tokens x0 [B, T, H, D0], x1 [B, T, H, D0], x2 [B, T, H], read through their strides over B, T and H (0 where
 broadcast), each token's entries next to each other; anchors [B, H, rows, cols]; factors
-[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [BX, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
+[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [B, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
 """
 
 import triton
@@ -120,7 +120,7 @@ def outer_forward(
             tl.store(P1_ptr + row * (D0) + tl.arange(0, D0), P1)
 
 
-@triton.jit(do_not_specialize=["T", "NM", "NB"])
+@triton.jit(do_not_specialize=["T", "NB"])
 def outer_backward(
     x0_ptr,
     x1_ptr,
@@ -150,94 +150,84 @@ def outer_backward(
     T,
     H,
     BX,
-    NM,
     NB,
     TB: tl.constexpr,
     D0: tl.constexpr,
 ):
-    x_b = tl.program_id(0).to(tl.int64)  # the tokens' batch; its members follow in turn
+    i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
     i_t = tl.program_id(2).to(tl.int64)
     first = i_t * TB
+    x_b = i_b % BX  # the batch of the tokens this program's member reads
     A0_at = tl.arange(0, D0)[:, None] * (D0) + tl.arange(0, D0)[None, :]
-    for m in range(0, NM):
-        i_b = m * BX + x_b
-        A0 = tl.load(A0_ptr + (i_b * H + i_h) * (D0 * D0) + A0_at)
-        g_A0 = tl.zeros((D0, D0), dtype=tl.float32)
-        for j in range(0, TB):
-            t = first + j
-            if t < T:
-                x_row = (x_b * T + t) * H + i_h
-                x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
-                x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0))
-                x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
-                g_P0 = tl.load(
-                    g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, D0)
-                )
-                g_P1 = tl.load(
-                    g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
-                )
-                _, _, t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32 = terms(
-                    A0, x0, x1, x2, D0
-                )
-                b_P1 = g_P1
-                b_P0 = g_P0
-                h2 = tl.sum(b_P0 * f32, axis=0)
-                b_f32 = b_P0 * f18
-                b_f31 = b_f32
-                b_f30 = b_f31
-                h6 = tl.sum(b_f30, axis=0)
-                b_f29 = h6
-                b_f28 = b_f29 * (-1.0)
-                b_f27 = b_f28 / D0
-                b_f26 = b_f31
-                b_f25 = b_f26
-                h12 = tl.sum(b_f25 * t5, axis=0)
-                b_f24 = h12
-                b_f23 = b_f24
-                b_f22 = b_f23 * f19
-                b_f21 = b_f22 / D0
-                b_f20 = b_f21 + tl.zeros((D0,), dtype=tl.float32)
-                b_f19 = b_f23 * f22
-                b_f18 = h2
-                b_f17 = b_f18 * t9
-                b_t11 = b_f27 + (b_f20 * t10)
-                b_f15 = b_t11
-                b_t10 = (b_f20 * t11) + b_f15
-                h24 = tl.sum(b_t10 * t5, axis=0)
-                b_t9 = b_f24 + (b_f19 * (-1.0)) + (b_f18 * f17) + h24
-                b_f12 = -b_t9 * t9 / f12
-                b_t8 = 0.5 * b_f12 / f12
-                b_t7 = b_t8
-                b_f9 = b_t7 / D0
-                b_t6 = b_f9 + tl.zeros((D0,), dtype=tl.float32)
-                b_t5 = (b_f25 * f24) + (b_t10 * t9) + (b_t6 * t5) + (b_t6 * t5)
-                b_t4 = b_t5
-                h33 = tl.sum(b_t4, axis=0)
-                b_t3 = h33
-                b_t2 = b_t3 * (-1.0)
-                b_f3 = b_t2 / D0
-                b_t1 = b_t5 + b_f3
-                b_f1 = b_t1[:, None]
-                h39 = b_f1 * (x0[None, :])
-                h40 = tl.sum(b_f1 * A0, axis=0)
-                b_t0 = b_f26 + b_f15
-                b_A0 = h39
-                b_x0 = b_P1 + b_f32 + b_t11 + h40
-                b_x1 = b_t0 * (-1.0)
-                b_x2 = b_f17 * (-1.0)
-                # the members before this one wrote their part of the tokens' gradients
-                g_x0_at = g_x0_ptr + x_row * (D0) + tl.arange(0, D0)
-                g_x0_seen = tl.load(g_x0_at, mask=m > 0, other=0.0)
-                tl.store(g_x0_at, g_x0_seen + b_x0)
-                g_x1_at = g_x1_ptr + x_row * (D0) + tl.arange(0, D0)
-                g_x1_seen = tl.load(g_x1_at, mask=m > 0, other=0.0)
-                tl.store(g_x1_at, g_x1_seen + b_x1)
-                g_x2_at = g_x2_ptr + x_row
-                g_x2_seen = tl.load(g_x2_at, mask=m > 0, other=0.0)
-                tl.store(g_x2_at, g_x2_seen + b_x2)
-                g_A0 = g_A0 + b_A0
-        tl.store(g_A0_ptr + ((i_b * H + i_h) * NB + i_t) * (D0 * D0) + A0_at, g_A0)
+    A0 = tl.load(A0_ptr + (i_b * H + i_h) * (D0 * D0) + A0_at)
+    g_A0 = tl.zeros((D0, D0), dtype=tl.float32)
+    for j in range(0, TB):
+        t = first + j
+        if t < T:
+            row = (i_b * T + t) * H + i_h
+            x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
+            x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh + tl.arange(0, D0))
+            x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh)
+            g_P0 = tl.load(
+                g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, D0)
+            )
+            g_P1 = tl.load(
+                g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
+            )
+            _, _, t5, f12, t9, t10, t11, f17, f18, f19, f22, f24, f32 = terms(A0, x0, x1, x2, D0)
+            b_P1 = g_P1
+            b_P0 = g_P0
+            h2 = tl.sum(b_P0 * f32, axis=0)
+            b_f32 = b_P0 * f18
+            b_f31 = b_f32
+            b_f30 = b_f31
+            h6 = tl.sum(b_f30, axis=0)
+            b_f29 = h6
+            b_f28 = b_f29 * (-1.0)
+            b_f27 = b_f28 / D0
+            b_f26 = b_f31
+            b_f25 = b_f26
+            h12 = tl.sum(b_f25 * t5, axis=0)
+            b_f24 = h12
+            b_f23 = b_f24
+            b_f22 = b_f23 * f19
+            b_f21 = b_f22 / D0
+            b_f20 = b_f21 + tl.zeros((D0,), dtype=tl.float32)
+            b_f19 = b_f23 * f22
+            b_f18 = h2
+            b_f17 = b_f18 * t9
+            b_t11 = b_f27 + (b_f20 * t10)
+            b_f15 = b_t11
+            b_t10 = (b_f20 * t11) + b_f15
+            h24 = tl.sum(b_t10 * t5, axis=0)
+            b_t9 = b_f24 + (b_f19 * (-1.0)) + (b_f18 * f17) + h24
+            b_f12 = -b_t9 * t9 / f12
+            b_t8 = 0.5 * b_f12 / f12
+            b_t7 = b_t8
+            b_f9 = b_t7 / D0
+            b_t6 = b_f9 + tl.zeros((D0,), dtype=tl.float32)
+            b_t5 = (b_f25 * f24) + (b_t10 * t9) + (b_t6 * t5) + (b_t6 * t5)
+            b_t4 = b_t5
+            h33 = tl.sum(b_t4, axis=0)
+            b_t3 = h33
+            b_t2 = b_t3 * (-1.0)
+            b_f3 = b_t2 / D0
+            b_t1 = b_t5 + b_f3
+            b_f1 = b_t1[:, None]
+            h39 = b_f1 * (x0[None, :])
+            h40 = tl.sum(b_f1 * A0, axis=0)
+            b_t0 = b_f26 + b_f15
+            b_A0 = h39
+            b_x0 = b_P1 + b_f32 + b_t11 + h40
+            b_x1 = b_t0 * (-1.0)
+            b_x2 = b_f17 * (-1.0)
+            # this member's part of the tokens' gradients: the host sums the members' parts
+            tl.store(g_x0_ptr + row * (D0) + tl.arange(0, D0), b_x0)
+            tl.store(g_x1_ptr + row * (D0) + tl.arange(0, D0), b_x1)
+            tl.store(g_x2_ptr + row, b_x2)
+            g_A0 = g_A0 + b_A0
+    tl.store(g_A0_ptr + ((i_b * H + i_h) * NB + i_t) * (D0 * D0) + A0_at, g_A0)
 
 
 CONFIG = outer_launch.OuterConfig(

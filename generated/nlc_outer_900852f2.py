@@ -18,12 +18,12 @@ sum, and the host adds the blocks' sums.
 
 Members: the anchors may hold NM = B / BX members stacked along the batch (a coupled group's
 members, runtime/library/member_batch.py) that read the same tokens, whose batch is BX: a
-program of batch i_b reads the tokens of batch i_b % BX, and a backward program runs every
-member of its tokens in turn and writes their gradients summed over the members.
+program of batch i_b reads the tokens of batch i_b % BX, and a backward program writes its
+member's part of the tokens' gradients, which the host sums over the members.
 
 Layouts: tokens x0 [B, T, H, D0], x1 [B, T, H], x2 [B, T, H, D0], read through their strides over B, T and H (0 where
 broadcast), each token's entries next to each other; anchors [B, H, rows, cols]; factors
-[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [BX, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
+[B, T, H, n], their gradients read as the tokens are; the tokens' gradients [B, T, H, n]. Sizes: D0, the level's dims, from the shapes (each axis a power of two). All math is float32.
 """
 
 import triton
@@ -139,7 +139,7 @@ def outer_forward(
             tl.store(P3_ptr + row * (4 * D0) + tl.arange(0, 4 * D0), P3)
 
 
-@triton.jit(do_not_specialize=["T", "NM", "NB"])
+@triton.jit(do_not_specialize=["T", "NB"])
 def outer_backward(
     x0_ptr,
     x1_ptr,
@@ -179,141 +179,114 @@ def outer_backward(
     T,
     H,
     BX,
-    NM,
     NB,
     TB: tl.constexpr,
     D0: tl.constexpr,
 ):
-    x_b = tl.program_id(0).to(tl.int64)  # the tokens' batch; its members follow in turn
+    i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
     i_t = tl.program_id(2).to(tl.int64)
     first = i_t * TB
+    x_b = i_b % BX  # the batch of the tokens this program's member reads
     A0_at = tl.arange(0, 4 * D0)[:, None] * (D0) + tl.arange(0, D0)[None, :]
+    A0 = tl.load(A0_ptr + (i_b * H + i_h) * (4 * D0 * D0) + A0_at)
+    g_A0 = tl.zeros((4 * D0, D0), dtype=tl.float32)
     A1_at = tl.arange(0, D0)[:, None] * (4 * D0) + tl.arange(0, 4 * D0)[None, :]
-    for m in range(0, NM):
-        i_b = m * BX + x_b
-        A0 = tl.load(A0_ptr + (i_b * H + i_h) * (4 * D0 * D0) + A0_at)
-        g_A0 = tl.zeros((4 * D0, D0), dtype=tl.float32)
-        A1 = tl.load(A1_ptr + (i_b * H + i_h) * (D0 * 4 * D0) + A1_at)
-        g_A1 = tl.zeros((D0, 4 * D0), dtype=tl.float32)
-        for j in range(0, TB):
-            t = first + j
-            if t < T:
-                x_row = (x_b * T + t) * H + i_h
-                x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
-                x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh)
-                x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh + tl.arange(0, D0))
-                g_P0 = tl.load(
-                    g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, 4 * D0)
-                )
-                g_P1 = tl.load(
-                    g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
-                )
-                g_P2 = tl.load(
-                    g_P2_ptr + i_b * g_P2_sb + t * g_P2_st + i_h * g_P2_sh + tl.arange(0, D0)
-                )
-                g_P3 = tl.load(
-                    g_P3_ptr + i_b * g_P3_sb + t * g_P3_st + i_h * g_P3_sh + tl.arange(0, 4 * D0)
-                )
-                (
-                    _,
-                    _,
-                    _,
-                    _,
-                    t1,
-                    t2,
-                    f5,
-                    f7,
-                    t3,
-                    t6,
-                    f15,
-                    f17,
-                    t7,
-                    t9,
-                    t11,
-                    f29,
-                    f35,
-                    f36,
-                    f38,
-                    f39,
-                ) = terms(A0, A1, x0, x1, x2, D0)
-                b_P3 = g_P3
-                b_P2 = g_P2
-                h2 = tl.sum(b_P2 * t9, axis=0)
-                b_P1 = g_P1
-                b_P0 = g_P0
-                h5 = tl.sum(b_P0 * f39, axis=0)
-                b_f39 = b_P0 * t11
-                b_f38 = b_f39 * f29
-                b_f37 = b_f38
-                b_f36 = b_f37 * f35
-                b_f35 = b_f37 * f36
-                b_f34 = b_f35 * 0.5641895835477563
-                b_f33 = b_f34 * 1.4142135623730951
-                b_f32 = b_f38
-                b_f31 = b_f32
-                b_f30 = b_f31 * 0.5
-                b_f29 = b_f39 * f38
-                b_f28 = b_f29[None, :]
-                h18 = tl.sum(b_f28 * A1, axis=1)
-                h19 = b_f28 * (t9[:, None])
-                b_t11 = h2 + h5
-                b_t10 = b_f36 * f36
-                b_f25 = b_t10 * (-0.5)
-                b_t9 = (b_P2 * t11) + h18
-                b_f23 = b_t9
-                b_f22 = b_f23
-                b_t8 = b_f23
-                b_f20 = b_t8 * (-1.0)
-                b_f19 = b_f20[:, None]
-                h29 = h19 + (b_f19 * (t7[None, :]))
-                h30 = tl.sum(b_f19 * A1, axis=0)
-                b_t7 = h30
-                b_f17 = b_t7 * f15
-                b_f16 = b_f17
-                b_f15 = b_t7 * f17
-                b_t6 = b_f16 * 1.1283791670955126 * tl.exp(-(t6 * t6))
-                b_f13 = b_t6 * 1.4142135623730951
-                b_t5 = (b_f15 * 0.5) + (b_f13 * 0.5)
-                b_f11 = b_t5[:, None]
-                h39 = b_f11 * (x2[None, :])
-                h40 = tl.sum(b_f11 * A0, axis=0)
-                b_t4 = b_f22
-                b_f9 = b_t4[:, None]
-                h43 = h29 + (b_f9 * (t3[None, :]))
-                h44 = tl.sum(b_f9 * A1, axis=0)
-                b_t3 = b_P3 + h44
-                b_f7 = b_t3 * f5
-                b_f6 = b_f7
-                b_f5 = b_t3 * f7
-                b_t2 = (b_f30 * 1.1283791670955126 * tl.exp(-(t2 * t2))) + (
-                    b_f6 * 1.1283791670955126 * tl.exp(-(t2 * t2))
-                )
-                b_f3 = b_t2 * 1.4142135623730951
-                b_t1 = (b_f33 * 0.5) + (b_f25 * t1) + (b_f25 * t1) + (b_f5 * 0.5) + (b_f3 * 0.5)
-                b_f1 = b_t1[:, None]
-                h53 = h39 + (b_f1 * (x0[None, :]))
-                h54 = tl.sum(b_f1 * A0, axis=0)
-                b_t0 = b_f22
-                b_A0 = h53
-                b_A1 = h43
-                b_x0 = b_P1 + b_t9 + h54
-                b_x1 = b_t11 * (-1.0)
-                b_x2 = h40 + (b_t0 * (-1.0))
-                # the members before this one wrote their part of the tokens' gradients
-                g_x0_at = g_x0_ptr + x_row * (D0) + tl.arange(0, D0)
-                g_x0_seen = tl.load(g_x0_at, mask=m > 0, other=0.0)
-                tl.store(g_x0_at, g_x0_seen + b_x0)
-                g_x1_at = g_x1_ptr + x_row
-                g_x1_seen = tl.load(g_x1_at, mask=m > 0, other=0.0)
-                tl.store(g_x1_at, g_x1_seen + b_x1)
-                g_x2_at = g_x2_ptr + x_row * (D0) + tl.arange(0, D0)
-                g_x2_seen = tl.load(g_x2_at, mask=m > 0, other=0.0)
-                tl.store(g_x2_at, g_x2_seen + b_x2)
-                g_A0 = g_A0 + b_A0
-                g_A1 = g_A1 + b_A1
-        tl.store(g_A0_ptr + ((i_b * H + i_h) * NB + i_t) * (4 * D0 * D0) + A0_at, g_A0)
-        tl.store(g_A1_ptr + ((i_b * H + i_h) * NB + i_t) * (D0 * 4 * D0) + A1_at, g_A1)
+    A1 = tl.load(A1_ptr + (i_b * H + i_h) * (D0 * 4 * D0) + A1_at)
+    g_A1 = tl.zeros((D0, 4 * D0), dtype=tl.float32)
+    for j in range(0, TB):
+        t = first + j
+        if t < T:
+            row = (i_b * T + t) * H + i_h
+            x0 = tl.load(x0_ptr + x_b * x0_sb + t * x0_st + i_h * x0_sh + tl.arange(0, D0))
+            x1 = tl.load(x1_ptr + x_b * x1_sb + t * x1_st + i_h * x1_sh)
+            x2 = tl.load(x2_ptr + x_b * x2_sb + t * x2_st + i_h * x2_sh + tl.arange(0, D0))
+            g_P0 = tl.load(
+                g_P0_ptr + i_b * g_P0_sb + t * g_P0_st + i_h * g_P0_sh + tl.arange(0, 4 * D0)
+            )
+            g_P1 = tl.load(
+                g_P1_ptr + i_b * g_P1_sb + t * g_P1_st + i_h * g_P1_sh + tl.arange(0, D0)
+            )
+            g_P2 = tl.load(
+                g_P2_ptr + i_b * g_P2_sb + t * g_P2_st + i_h * g_P2_sh + tl.arange(0, D0)
+            )
+            g_P3 = tl.load(
+                g_P3_ptr + i_b * g_P3_sb + t * g_P3_st + i_h * g_P3_sh + tl.arange(0, 4 * D0)
+            )
+            _, _, _, _, t1, t2, f5, f7, t3, t6, f15, f17, t7, t9, t11, f29, f35, f36, f38, f39 = (
+                terms(A0, A1, x0, x1, x2, D0)
+            )
+            b_P3 = g_P3
+            b_P2 = g_P2
+            h2 = tl.sum(b_P2 * t9, axis=0)
+            b_P1 = g_P1
+            b_P0 = g_P0
+            h5 = tl.sum(b_P0 * f39, axis=0)
+            b_f39 = b_P0 * t11
+            b_f38 = b_f39 * f29
+            b_f37 = b_f38
+            b_f36 = b_f37 * f35
+            b_f35 = b_f37 * f36
+            b_f34 = b_f35 * 0.5641895835477563
+            b_f33 = b_f34 * 1.4142135623730951
+            b_f32 = b_f38
+            b_f31 = b_f32
+            b_f30 = b_f31 * 0.5
+            b_f29 = b_f39 * f38
+            b_f28 = b_f29[None, :]
+            h18 = tl.sum(b_f28 * A1, axis=1)
+            h19 = b_f28 * (t9[:, None])
+            b_t11 = h2 + h5
+            b_t10 = b_f36 * f36
+            b_f25 = b_t10 * (-0.5)
+            b_t9 = (b_P2 * t11) + h18
+            b_f23 = b_t9
+            b_f22 = b_f23
+            b_t8 = b_f23
+            b_f20 = b_t8 * (-1.0)
+            b_f19 = b_f20[:, None]
+            h29 = h19 + (b_f19 * (t7[None, :]))
+            h30 = tl.sum(b_f19 * A1, axis=0)
+            b_t7 = h30
+            b_f17 = b_t7 * f15
+            b_f16 = b_f17
+            b_f15 = b_t7 * f17
+            b_t6 = b_f16 * 1.1283791670955126 * tl.exp(-(t6 * t6))
+            b_f13 = b_t6 * 1.4142135623730951
+            b_t5 = (b_f15 * 0.5) + (b_f13 * 0.5)
+            b_f11 = b_t5[:, None]
+            h39 = b_f11 * (x2[None, :])
+            h40 = tl.sum(b_f11 * A0, axis=0)
+            b_t4 = b_f22
+            b_f9 = b_t4[:, None]
+            h43 = h29 + (b_f9 * (t3[None, :]))
+            h44 = tl.sum(b_f9 * A1, axis=0)
+            b_t3 = b_P3 + h44
+            b_f7 = b_t3 * f5
+            b_f6 = b_f7
+            b_f5 = b_t3 * f7
+            b_t2 = (b_f30 * 1.1283791670955126 * tl.exp(-(t2 * t2))) + (
+                b_f6 * 1.1283791670955126 * tl.exp(-(t2 * t2))
+            )
+            b_f3 = b_t2 * 1.4142135623730951
+            b_t1 = (b_f33 * 0.5) + (b_f25 * t1) + (b_f25 * t1) + (b_f5 * 0.5) + (b_f3 * 0.5)
+            b_f1 = b_t1[:, None]
+            h53 = h39 + (b_f1 * (x0[None, :]))
+            h54 = tl.sum(b_f1 * A0, axis=0)
+            b_t0 = b_f22
+            b_A0 = h53
+            b_A1 = h43
+            b_x0 = b_P1 + b_t9 + h54
+            b_x1 = b_t11 * (-1.0)
+            b_x2 = h40 + (b_t0 * (-1.0))
+            # this member's part of the tokens' gradients: the host sums the members' parts
+            tl.store(g_x0_ptr + row * (D0) + tl.arange(0, D0), b_x0)
+            tl.store(g_x1_ptr + row, b_x1)
+            tl.store(g_x2_ptr + row * (D0) + tl.arange(0, D0), b_x2)
+            g_A0 = g_A0 + b_A0
+            g_A1 = g_A1 + b_A1
+    tl.store(g_A0_ptr + ((i_b * H + i_h) * NB + i_t) * (4 * D0 * D0) + A0_at, g_A0)
+    tl.store(g_A1_ptr + ((i_b * H + i_h) * NB + i_t) * (D0 * 4 * D0) + A1_at, g_A1)
 
 
 CONFIG = outer_launch.OuterConfig(

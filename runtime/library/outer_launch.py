@@ -12,7 +12,7 @@ returns the same dict, from the two kernels of a module's `LAUNCHER`:
 tokens as chunk code holds them (`[B, T, H, n, 1]` columns, `[B, T, H, 1, 1]` scalars, any
 of B, T, H broadcast; read in place through their strides), anchors
 `[B * members|1, 1, H|1, rows, cols]` (members: a group's levels stacked along the batch
-that read the same tokens, whose gradients the backward kernel sums over them); columns
+that read the same tokens, whose gradients are summed over them); columns
 come back `[B * members, T, H, r, 1]`, rows `[B * members, T, H, 1, c]`. Inputs the kernels do not take (not CUDA, unless
 NLC_TRITON=force; not float32, as `dual_chunked` runs; an axis that is not a power of two;
 more than `MAX_STATE_ENTRIES` anchor entries; under torch.compile, which traces `fallback`)
@@ -110,14 +110,18 @@ class OuterLauncher:
         device = xs[0].device
         g_factors = [torch.zeros(B, T, H, self.width(s, dims), device=device)
                      if g is None else _rows(g.float()) for g, s in zip(grads, self.config.factors)]
-        g_xs = [torch.empty(x.shape, device=device) for x in xs]
+        g_xs = [torch.empty(B, *x.shape[1:], device=device) for x in xs]  # per member
         g_blocks = [torch.empty(B, H, blocks, *a.shape[2:], device=device) for a in anchors]
         entries = sum(a[0, 0].numel() for a in anchors)
-        self.backward[(BX, H, blocks)](*xs, *anchors, *g_factors, *g_xs, *g_blocks,
-                                       *_strides(xs), *_strides(g_factors), T, H, BX, B // BX,
-                                       blocks, TOKENS_PER_PROGRAM, *dims,
-                                       num_warps=backward_warps(entries))
+        # one program per member (the grid of the forward pass), each writing its own part of
+        # the tokens' gradients: a loop over the members in one program would leave SMs idle
+        self.backward[(B, H, blocks)](*xs, *anchors, *g_factors, *g_xs, *g_blocks,
+                                      *_strides(xs), *_strides(g_factors), T, H, BX,
+                                      blocks, TOKENS_PER_PROGRAM, *dims,
+                                      num_warps=backward_warps(entries))
         LAUNCHES["backward"] += 1
+        if B != BX:  # the members' parts summed: one op per token input
+            g_xs = [g.unflatten(0, (B // BX, BX)).sum(0) for g in g_xs]
         # one block (a chunk of at most TOKENS_PER_PROGRAM tokens) needs no sum
         return g_xs, [g.squeeze(2) if blocks == 1 else g.sum(2) for g in g_blocks]
 
