@@ -192,7 +192,7 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
     w = None if erase is None else per_head(right, -2)
     start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
     e = None if erase is None else _coefficient(erase, W0, (B, H, C))
-    kernels = _kernels(W0, [start, within, *before], len(pairs))
+    kernels = _kernels(W0, [start, within, *before], len(pairs), erase is not None)
     if kernels is not None:
         if read_before is not None:  # the reads take them too: laid out once
             cols, rows = [c.contiguous() for c in cols], [q.contiguous() for q in rows]
@@ -231,7 +231,7 @@ def _low_rank_torch(W0, start, within, before, e, left, w, cols, rows, per_head)
     return pairs, last
 
 
-def _kernels(W0: torch.Tensor, products: list, pairs: int):
+def _kernels(W0: torch.Tensor, products: list, pairs: int, erase: bool):
     """affine_triton.py when its kernels take this chunk: CUDA tensors unless NLC_TRITON=0
     or NLC_AFFINE_TRITON=0, CPU ones with NLC_TRITON=force (with TRITON_INTERPRET=1: how the
     tests run them); float32 only (`affine_triton.fits`). Under torch.compile the PyTorch
@@ -243,4 +243,5 @@ def _kernels(W0: torch.Tensor, products: list, pairs: int):
         from nlc.runtime.library import affine_triton
     except ImportError:  # no triton on this machine
         return None
-    return affine_triton if affine_triton.fits(W0, products[0], products, pairs) else None
+    return (affine_triton if affine_triton.fits(W0, products[0], products, pairs, erase)
+            else None)

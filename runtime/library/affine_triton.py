@@ -15,20 +15,30 @@ program per (batch, head) over the row blocks, summing what the rows share (the 
 products' gradients) in registers; it stores nothing from the forward pass but its inputs.
 
 Every per-token input is read through its strides (views and broadcast batches are not
-copied); gradients come back dense."""
+copied); gradients come back dense. Without an erase a W wider than tall is taken transposed
+(`_Layout`), so that the row blocks always walk the longer axis."""
 
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from nlc.runtime.library.chunk_delta_triton import _mm, _unit_lower_inverse
+from nlc.runtime.library.chunk_delta_triton import _unit_lower_inverse
 from nlc.runtime.library.chunk_triton import pow2
 
 LAUNCHES = {"forward": 0, "backward": 0}   # kernel launches, for tests that check the path ran
 MAX_CHUNK = 64          # the [C, C] inverse is held in registers
-MAX_COLUMNS = 256       # a block of W's rows holds all n columns
+MAX_COLUMNS = 128       # a block of W's rows holds all n columns
+MAX_ERASE_TILE = 4096   # the [C, n] tiles of an erase's column and row
 MAX_PAIR_TOKENS = 128   # P pairs x the chunk, padded
+
+
+@triton.jit
+def _mm(a, b):
+    """A float32 product on tensor cores, split in three TF32 products (about float32's
+    precision): the exact float32 products (`input_precision="ieee"`) hold a whole K-row of
+    each operand per thread, and at K = 64 spilled kilobytes a thread (docs/perf.md)."""
+    return tl.dot(a, b, input_precision="tf32x3")
 
 
 @triton.jit
@@ -57,7 +67,7 @@ def _chunk_terms(u, w, bstart, bwithin, e, rows_q, t, qs, mt, mq, ub, us, ux, wb
 
 @triton.jit
 def _forward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, ea, last,
-                    H, C, r, n, P,
+                    H, C, r, n, P, sLr, sLn,
                     sWb, sWh, sWr, sWn, pb_, ph, pt, ps, eb_, eh, et,
                     ub_, uh, us, ux, wb_, wh, ws, wx,
                     cp, cb, ch, ct, cx, rp, rb, rh, rt, rx,
@@ -90,14 +100,14 @@ def _forward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, ea,
                  mask=mt[:, None] & mr[None, :])
         b_wt = tl.load(within + pb + (C - 1) * pt + t * ps, mask=mt, other=0.0)
         b_last += _mm(tl.trans(b_ea * b_wt[:, None]), b_w)
-    tl.store(last + (i_bh * r + o_r[:, None]) * n + x[None, :], b_last,
+    tl.store(last + i_bh * r * n + o_r[:, None] * sLr + x[None, :] * sLn, b_last,
              mask=mr[:, None] & mx[None, :])
 
 
 @triton.jit
 def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_ea, g_last,
                      dW0, dstart, dwithin, dbstart, dbwithin, de, du, dw, dcols, drows,
-                     H, C, r, n, P,
+                     H, C, r, n, P, sLr, sLn,
                      sWb, sWh, sWr, sWn, pb_, ph, pt, ps, eb_, eh, et,
                      ub_, uh, us, ux, wb_, wh, ws, wx,
                      cp, cb, ch, ct, cx, rp, rb, rh, rt, rx,
@@ -140,7 +150,7 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
         mr = o_r < r
         mrx = mr[:, None] & mx[None, :]
         b_W = _tile(W0 + i_b * sWb + i_h * sWh, o_r, x, sWr, sWn, mrx)
-        b_gl = _tile(g_last + i_bh * r * n, o_r, x, n, 1, mrx)
+        b_gl = _tile(g_last + i_bh * r * n, o_r, x, sLr, sLn, mrx)
         b_cols = _tile(cols + i_b * cb + i_h * ch, qp * cp + qs * ct, o_r, 1, cx,
                        mq[:, None] & mr[None, :])
         b_dW = b_sl * b_gl
@@ -168,7 +178,7 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
             d_u += _mm(b_dX, b_W)
             d_A += _mm(b_grhs, tl.trans(b_cols))
             b_dc += _mm(tl.trans(b_A), b_grhs)
-        tl.store(dW0 + (i_bh * r + o_r[:, None]) * n + x[None, :], b_dW, mask=mrx)
+        tl.store(dW0 + i_bh * r * n + o_r[:, None] * sLr + x[None, :] * sLn, b_dW, mask=mrx)
         tl.store(dcols + ((qp[:, None] * BH + i_bh) * C + qs[:, None]) * r + o_r[None, :],
                  b_dc, mask=mq[:, None] & mr[None, :])
     d_last = tl.sum(tl.reshape(d_wl, (PB // BC, BC)), 0)       # the pairs' R[C-1, s], summed
@@ -197,13 +207,18 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
              mask=mq[:, None] & mx[None, :])
 
 
-def fits(W0: torch.Tensor, start: torch.Tensor, products: list, pairs: int) -> bool:
-    """Whether the kernels take this chunk: float32 (as the chunk forms run), C <= 64, at
-    most 256 columns, the P pairs' tokens within 128 once padded, and the retention products
-    as `_Products` returns them (views of one matrix: one set of strides)."""
-    C, n = start.shape[-1], W0.shape[-1]
+def fits(W0: torch.Tensor, start: torch.Tensor, products: list, pairs: int,
+         erase: bool) -> bool:
+    """Whether the kernels take this chunk: float32 (as the chunk forms run), C <= 64, the
+    P pairs' tokens within 128 once padded, the retention products as `_Products` returns
+    them (views of one matrix: one set of strides), and a block of rows small enough: at
+    most 128 columns (without an erase, the smaller of W's two axes; with one, the columns
+    times the chunk at most 4096 entries)."""
+    C, (r, n) = start.shape[-1], W0.shape[-2:]
     strides = {p.stride()[:3] for p in products}
-    return (W0.dtype == torch.float32 and 0 < C <= MAX_CHUNK and n <= MAX_COLUMNS
+    columns = n if erase else min(r, n)
+    return (W0.dtype == torch.float32 and 0 < C <= MAX_CHUNK and columns <= MAX_COLUMNS
+            and (not erase or pow2(C) * pow2(n) <= MAX_ERASE_TILE)
             and pow2(pairs, 1) * pow2(C) <= MAX_PAIR_TOKENS and len(strides) == 1
             and len({p.stride(-1) for p in products if p.dim() == 4}) == 1)
 
@@ -219,23 +234,35 @@ def _stacked(xs: list) -> torch.Tensor:
     return xs[0][None] if len(xs) == 1 else torch.stack(xs)   # one pair: a view, no copy
 
 
-def _launch_args(W0, products, e, u, w, cols, rows):
-    """The tensors (a stand-in pointer for those absent) and sizes and strides the kernels
-    take after their tensors, and their tiles."""
-    B, H, r, n = W0.shape
-    C, P = products[0].shape[-1], cols.shape[0]
-    pr = products[1].stride()
-    missing = (0, 0, 0, 0)
-    sizes = (H, C, r, n, P, *W0.stride(), *pr[:3], pr[3],
-             *(missing[:3] if e is None else e.stride()),
-             *(missing if u is None else u.stride()), *(missing if w is None else w.stride()),
-             *cols.stride(), *rows.stride())
-    BC, BN = pow2(C), pow2(n)
-    tiles = {"BC": BC, "PB": pow2(P, 1) * BC, "BN": BN,
-             "BR": min(pow2(r), max(16, 4096 // BN)), "ERASE": e is not None}
-    tensors = [W0, *(W0 if p is None else p for p in products),
-               *(W0 if x is None else x for x in (e, u, w)), cols, rows]
-    return tensors, sizes, tiles
+class _Layout:
+    """The chunk as the kernels take it. Without an erase, last = R W_0 + sum col R row^T is
+    the same sum transposed (W_0^T, rows as columns): a W wider than tall is taken so, and
+    the row blocks walk its longer axis. `sizes` are the numbers after the tensors, in the
+    kernels' order; the tiles keep a row block near 2048 entries."""
+
+    def __init__(self, W0, products, e, u, w, cols, rows):
+        self.swap = e is None and W0.shape[-2] < W0.shape[-1]
+        W, cols, rows = (W0.mT, rows, cols) if self.swap else (W0, cols, rows)
+        B, H, r, n = W.shape
+        C, P = products[0].shape[-1], cols.shape[0]
+        pr = products[1].stride()
+        none = (0, 0, 0, 0)
+        self.sizes = (H, C, r, n, P, *((1, r) if self.swap else (n, 1)), *W.stride(),
+                      *pr[:3], pr[3], *(none[:3] if e is None else e.stride()),
+                      *(none if u is None else u.stride()),
+                      *(none if w is None else w.stride()), *cols.stride(), *rows.stride())
+        BC, BN = pow2(C), pow2(n)
+        self.tiles = {"BC": BC, "PB": pow2(P, 1) * BC, "BN": BN,
+                      "BR": min(pow2(r), max(16, 2048 // BN)), "ERASE": e is not None}
+        self.warps = 8 if BC * max(BN, pow2(P, 1) * BC) > 2048 else 4
+        self.tensors = [W, *(W if p is None else p for p in products),
+                        *(W if x is None else x for x in (e, u, w)), cols, rows]
+        self.grid = (B * H, triton.cdiv(r, self.tiles["BR"]))
+
+    def kernel_view(self, x):
+        """A `[B, H, r, n]` tensor (the last state, its gradient, W_0's) as the kernels
+        index it."""
+        return x.mT if self.swap else x
 
 
 class _Combine(torch.autograd.Function):
@@ -243,13 +270,12 @@ class _Combine(torch.autograd.Function):
     def forward(ctx, P: int, W0, start, within, bstart, bwithin, e, u, w, *pairs):
         products = [start, within, bstart, bwithin]
         cols, rows = _stacked(pairs[:P]), _stacked(pairs[P:])
-        tensors, sizes, tiles = _launch_args(W0, products, e, u, w, cols, rows)
-        B, H, r, n = W0.shape
-        C = start.shape[-1]
-        ea = W0.new_empty(B, H, C, r) if e is not None else None
-        last = W0.new_empty(B, H, r, n)
-        grid = (B * H, triton.cdiv(r, tiles["BR"]))
-        _forward_kernel[grid](*tensors, W0 if ea is None else ea, last, *sizes, **tiles)
+        at = _Layout(W0, products, e, u, w, cols, rows)
+        B, H, r = W0.shape[:3]
+        ea = W0.new_empty(B, H, start.shape[-1], r) if e is not None else None
+        last = torch.empty_like(W0, memory_format=torch.contiguous_format)
+        _forward_kernel[at.grid](*at.tensors, W0 if ea is None else ea, at.kernel_view(last),
+                                 *at.sizes, **at.tiles, num_warps=at.warps)
         LAUNCHES["forward"] += 1
         ctx.P = P
         ctx.save_for_backward(W0, start, within, bstart, bwithin, e, u, w, cols, rows)
@@ -260,22 +286,18 @@ class _Combine(torch.autograd.Function):
     def backward(ctx, g_ea, g_last):
         W0, start, within, bstart, bwithin, e, u, w, cols, rows = ctx.saved_tensors
         products = [start, within, bstart, bwithin]
-        tensors, sizes, tiles = _launch_args(W0, products, e, u, w, cols, rows)
+        at = _Layout(W0, products, e, u, w, cols, rows)
         g_last = torch.zeros_like(W0) if g_last is None else g_last.contiguous()
-        erase = e is not None
+        has_gea = e is not None and g_ea is not None
         grads = [torch.empty(W0.shape, device=W0.device),
-                 *(None if p is None else torch.empty(p.shape, device=W0.device)
-                   for p in products),
                  *(None if x is None else torch.empty(x.shape, device=W0.device)
-                   for x in (e, u, w)),
-                 torch.empty(cols.shape, device=W0.device),
-                 torch.empty(rows.shape, device=W0.device)]
-        has_gea = erase and g_ea is not None
+                   for x in (*products, e, u, w))]
+        d_cols, d_rows = (torch.empty(x.shape, device=W0.device) for x in (cols, rows))
         stand_in = grads[0]
-        _backward_kernel[(W0.shape[0] * W0.shape[1],)](
-            *tensors, g_ea.contiguous() if has_gea else g_last, g_last,
-            *(stand_in if g is None else g for g in grads), *sizes, **tiles,
-            HAS_GEA=has_gea, num_warps=8 if tiles["BN"] * tiles["BR"] > 2048 else 4)
+        _backward_kernel[at.grid[:1]](
+            *at.tensors, g_ea.contiguous() if has_gea else g_last, at.kernel_view(g_last),
+            at.kernel_view(grads[0]), *(stand_in if g is None else g for g in grads[1:]),
+            *((d_rows, d_cols) if at.swap else (d_cols, d_rows)), *at.sizes, **at.tiles,
+            HAS_GEA=has_gea, num_warps=at.warps)
         LAUNCHES["backward"] += 1
-        d_cols, d_rows = grads[-2], grads[-1]
-        return (None, *grads[:-2], *d_cols.unbind(0), *d_rows.unbind(0))
+        return (None, *grads, *d_cols.unbind(0), *d_rows.unbind(0))
