@@ -192,18 +192,17 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
     w = None if erase is None else per_head(right, -2)
     start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
     e = None if erase is None else _coefficient(erase, W0, (B, H, C))
-    kernels = _kernels(W0, [start, within, *before], len(pairs), erase is not None)
+    u = None if erase is None else per_head(left, -1)
+    operands = [*cols, *rows, *([] if erase is None else [e, u, w])]
+    kernels = _kernels(W0, [start, within, *before], operands, len(pairs), erase is not None)
     if kernels is not None:
         if read_before is not None:  # the reads take them too: laid out once
             cols, rows = [c.contiguous() for c in cols], [q.contiguous() for q in rows]
-        u = None if erase is None else per_head(left, -1)
-        ea, last = kernels.combine(W0, [start, within, *(before if e is not None else
-                                                          (None, None))],
-                                   e, u, w, cols, rows)
+        products = [start, within, *(before if erase is not None else (None, None))]
+        ea, last = kernels.combine(W0, products, e, u, w, cols, rows)
         pairs = list(zip(cols, rows)) + ([] if ea is None else [(ea, w)])
     else:
-        pairs, last = _low_rank_torch(W0, start, within, before, e, left, w, cols, rows,
-                                      per_head)
+        pairs, last = _low_rank_torch(W0, start, within, before, e, u, w, cols, rows)
     if read_before is None:
         return None, last
     if read_before:
@@ -211,7 +210,7 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
     return AffineStates(W0, start, within, pairs), last
 
 
-def _low_rank_torch(W0, start, within, before, e, left, w, cols, rows, per_head):
+def _low_rank_torch(W0, start, within, before, e, u, w, cols, rows):
     """`low_rank`'s pairs (the erase pair last) and last state in PyTorch."""
     same = [w is not None and _same(row, w) for row in rows]       # a row that is the erase's
     w = None if w is None else w.contiguous()
@@ -219,7 +218,7 @@ def _low_rank_torch(W0, start, within, before, e, left, w, cols, rows, per_head)
     rows = [w if alike else row.contiguous() for row, alike in zip(rows, same)]
     pairs = list(zip(cols, rows))
     if e is not None:
-        u = per_head(left, -1).contiguous()
+        u = u.contiguous()
         gram = u @ w.mT                                                  # w_s . u_t
         inputs_u = sum((before[1] * (gram if alike else u @ row.mT)) @ col
                        for (col, row), alike in zip(pairs, same))
@@ -231,7 +230,7 @@ def _low_rank_torch(W0, start, within, before, e, left, w, cols, rows, per_head)
     return pairs, last
 
 
-def _kernels(W0: torch.Tensor, products: list, pairs: int, erase: bool):
+def _kernels(W0: torch.Tensor, products: list, operands: list, pairs: int, erase: bool):
     """affine_triton.py when its kernels take this chunk: CUDA tensors unless NLC_TRITON=0
     or NLC_AFFINE_TRITON=0, CPU ones with NLC_TRITON=force (with TRITON_INTERPRET=1: how the
     tests run them); float32 only (`affine_triton.fits`). Under torch.compile the PyTorch
@@ -243,5 +242,5 @@ def _kernels(W0: torch.Tensor, products: list, pairs: int, erase: bool):
         from nlc.runtime.library import affine_triton
     except ImportError:  # no triton on this machine
         return None
-    return (affine_triton if affine_triton.fits(W0, products[0], products, pairs, erase)
-            else None)
+    fits = affine_triton.fits(W0, products, pairs, erase)
+    return affine_triton if fits and all(x.dtype == W0.dtype for x in operands) else None

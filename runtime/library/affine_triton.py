@@ -207,14 +207,13 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
              mask=mq[:, None] & mx[None, :])
 
 
-def fits(W0: torch.Tensor, start: torch.Tensor, products: list, pairs: int,
-         erase: bool) -> bool:
+def fits(W0: torch.Tensor, products: list, pairs: int, erase: bool) -> bool:
     """Whether the kernels take this chunk: float32 (as the chunk forms run), C <= 64, the
     P pairs' tokens within 128 once padded, the retention products as `_Products` returns
     them (views of one matrix: one set of strides), and a block of rows small enough: at
     most 128 columns (without an erase, the smaller of W's two axes; with one, the columns
     times the chunk at most 4096 entries)."""
-    C, (r, n) = start.shape[-1], W0.shape[-2:]
+    C, (r, n) = products[0].shape[-1], W0.shape[-2:]
     strides = {p.stride()[:3] for p in products}
     columns = n if erase else min(r, n)
     return (W0.dtype == torch.float32 and 0 < C <= MAX_CHUNK and columns <= MAX_COLUMNS
