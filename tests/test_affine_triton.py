@@ -2,10 +2,10 @@
 `affine_chunk.low_rank` in float64: the last state, the reads of the states it returns
 (`AffineStates.product`, before and after each token's write) and every gradient (W_0,
 retention, erase coefficient, erase column and row, the pairs), relative error (Frobenius
-norm) below 1e-5, at a full chunk of 16 and a short last one of 5, shapes that are not
-powers of two, retentions of 0 and 1 and an erase coefficient of 0; and a Hope layer with the
-kernels against one without. The kernels run in float32 under Triton's interpreter, as in
-tests/test_chunk_triton.py."""
+norm) below 1e-5, at a full chunk of 16, a short last one of 5 and one of 33 (padded to
+64: the `tf32x3` products), shapes that are not powers of two, retentions of 0 and 1 and an
+erase coefficient of 0; and a Hope layer with the kernels against one without. The kernels
+run in float32 under Triton's interpreter, as in tests/test_chunk_triton.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nlc.runtime.library import affine_chunk
 from test_chunk_triton import (  # sets TRITON_INTERPRET=1 (neither import above loads triton)
     DEVICE,
     TOL,
@@ -22,7 +23,6 @@ from test_chunk_triton import (  # sets TRITON_INTERPRET=1 (neither import above
 )
 
 from nlc.emit import load_module
-from nlc.runtime.library import affine_chunk
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 F64 = torch.float64
@@ -72,7 +72,8 @@ def combined(xs: list, erase: bool, read_before: bool | None, seeds: list):
 
 
 @needs_kernels
-@pytest.mark.parametrize("C, r, n, pairs", [(16, 8, 16, 1), (5, 12, 6, 2), (16, 16, 8, 2)])
+@pytest.mark.parametrize("C, r, n, pairs", [(16, 8, 16, 1), (5, 12, 6, 2), (16, 16, 8, 2),
+                                             (33, 8, 8, 1)])
 @pytest.mark.parametrize("erase", [True, False])
 @pytest.mark.parametrize("read_before", [None, True, False])
 def test_kernels_match_low_rank(C, r, n, pairs, erase, read_before, monkeypatch):

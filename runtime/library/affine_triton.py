@@ -14,6 +14,11 @@ program per (batch, head, block of rows). The backward pass recomputes a and run
 program per (batch, head) over the row blocks, summing what the rows share (the Gram
 products' gradients) in registers; it stores nothing from the forward pass but its inputs.
 
+Products are exact float32 (`ieee`, as the other float32 kernels) at C <= 16; at larger
+chunks `tf32x3` (three TF32 tensor-core products, close to float32): there the exact FMA
+products, which hold whole operand rows per thread, spilled kilobytes a thread (docs/perf.md,
+"The affine combine as Triton kernels").
+
 Every per-token input is read through its strides (views and broadcast batches are not
 copied); gradients come back dense. Without an erase a W wider than tall is taken transposed
 (`_Layout`), so that the row blocks always walk the longer axis."""
@@ -34,11 +39,8 @@ MAX_PAIR_TOKENS = 128   # P pairs x the chunk, padded
 
 
 @triton.jit
-def _mm(a, b):
-    """A float32 product on tensor cores, split in three TF32 products (about float32's
-    precision): the exact float32 products (`input_precision="ieee"`) hold a whole K-row of
-    each operand per thread, and at K = 64 spilled kilobytes a thread (docs/perf.md)."""
-    return tl.dot(a, b, input_precision="tf32x3")
+def _mm(a, b, PREC: tl.constexpr):
+    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -48,7 +50,7 @@ def _tile(ptr, i, j, si, sj, mask):
 
 @triton.jit
 def _chunk_terms(u, w, bstart, bwithin, e, rows_q, t, qs, mt, mq, ub, us, ux, wb, ws, wx,
-                 pb, pt, ps, eb, et, x, mx, C, BC: tl.constexpr):
+                 pb, pt, ps, eb, et, x, mx, C, BC: tl.constexpr, PREC: tl.constexpr):
     """What every row block shares: u, w, e, R[t-1, -1], the strictly lower R[t-1, s] as
     [C, C] and against the pairs' tokens [C, P C], the Gram matrices and (I - L)^-1."""
     mux = mt[:, None] & mx[None, :]
@@ -59,8 +61,8 @@ def _chunk_terms(u, w, bstart, bwithin, e, rows_q, t, qs, mt, mq, ub, us, ux, wb
     b_bw = _tile(bwithin + pb, t, t, pt, ps, (t[:, None] > t[None, :]) & mt[:, None])
     b_bq = _tile(bwithin + pb, t, qs, pt, ps,
                  (t[:, None] > qs[None, :]) & mt[:, None] & mq[None, :])
-    b_g = _mm(b_u, tl.trans(b_w))                    # u_t . w_s
-    b_gq = _mm(b_u, tl.trans(rows_q))                # u_t . row_s
+    b_g = _mm(b_u, tl.trans(b_w), PREC)                    # u_t . w_s
+    b_gq = _mm(b_u, tl.trans(rows_q), PREC)                # u_t . row_s
     b_inv = _unit_lower_inverse(-(b_bw * b_e[None, :] * b_g), t, t, BC)
     return b_u, b_w, b_e, b_bs, b_bw, b_bq, b_g, b_gq, b_inv
 
@@ -72,7 +74,7 @@ def _forward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, ea,
                     ub_, uh, us, ux, wb_, wh, ws, wx,
                     cp, cb, ch, ct, cx, rp, rb, rh, rt, rx,
                     BC: tl.constexpr, PB: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
-                    ERASE: tl.constexpr):
+                    ERASE: tl.constexpr, PREC: tl.constexpr):
     i_bh, i_r = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     t = tl.arange(0, BC)
@@ -89,17 +91,19 @@ def _forward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, ea,
     b_cols = _tile(cols + i_b * cb + i_h * ch, qp * cp + qs * ct, o_r, 1, cx,
                    mq[:, None] & mr[None, :])
     b_W = _tile(W0 + i_b * sWb + i_h * sWh, o_r, x, sWr, sWn, mr[:, None] & mx[None, :])
-    b_last = b_sl * b_W + _mm(tl.trans(b_cols * b_wl[:, None]), b_rows)
+    b_last = b_sl * b_W + _mm(tl.trans(b_cols * b_wl[:, None]), b_rows, PREC)
     if ERASE:
-        b_u, b_w, b_e, b_bs, b_bw, b_bq, b_g, b_gq, b_inv = _chunk_terms(
+        b_u, b_w, b_e, b_bs, _, b_bq, _, b_gq, b_inv = _chunk_terms(
             u, w, bstart, bwithin, e, b_rows, t, qs, mt, mq, i_b * ub_ + i_h * uh, us, ux,
-            i_b * wb_ + i_h * wh, ws, wx, pb, pt, ps, i_b * eb_ + i_h * eh, et, x, mx, C, BC)
-        b_rhs = b_bs[:, None] * _mm(b_u, tl.trans(b_W)) + _mm(b_bq * b_gq, b_cols)
-        b_ea = b_e[:, None] * _mm(b_inv, b_rhs)
+            i_b * wb_ + i_h * wh, ws, wx, pb, pt, ps, i_b * eb_ + i_h * eh, et, x, mx, C, BC,
+            PREC)
+        b_rhs = (b_bs[:, None] * _mm(b_u, tl.trans(b_W), PREC)
+                 + _mm(b_bq * b_gq, b_cols, PREC))
+        b_ea = b_e[:, None] * _mm(b_inv, b_rhs, PREC)
         tl.store(ea + (i_bh * C + t[:, None]) * r + o_r[None, :], b_ea,
                  mask=mt[:, None] & mr[None, :])
         b_wt = tl.load(within + pb + (C - 1) * pt + t * ps, mask=mt, other=0.0)
-        b_last += _mm(tl.trans(b_ea * b_wt[:, None]), b_w)
+        b_last += _mm(tl.trans(b_ea * b_wt[:, None]), b_w, PREC)
     tl.store(last + i_bh * r * n + o_r[:, None] * sLr + x[None, :] * sLn, b_last,
              mask=mr[:, None] & mx[None, :])
 
@@ -112,7 +116,7 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
                      ub_, uh, us, ux, wb_, wh, ws, wx,
                      cp, cb, ch, ct, cx, rp, rb, rh, rt, rx,
                      BC: tl.constexpr, PB: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
-                     ERASE: tl.constexpr, HAS_GEA: tl.constexpr):
+                     ERASE: tl.constexpr, HAS_GEA: tl.constexpr, PREC: tl.constexpr):
     """Per (batch, head), the row blocks in turn: each block's own gradients (W_0, the
     pairs' columns) are stored as it goes; those of the tokens' vectors, summed over the
     rows, after the last block."""
@@ -136,7 +140,8 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
     if ERASE:
         b_u, b_w, b_e, b_bs, b_bw, b_bq, b_g, b_gq, b_inv = _chunk_terms(
             u, w, bstart, bwithin, e, b_rows, t, qs, mt, mq, i_b * ub_ + i_h * uh, us, ux,
-            i_b * wb_ + i_h * wh, ws, wx, pb, pt, ps, i_b * eb_ + i_h * eh, et, x, mx, C, BC)
+            i_b * wb_ + i_h * wh, ws, wx, pb, pt, ps, i_b * eb_ + i_h * eh, et, x, mx, C, BC,
+            PREC)
         b_A = b_bq * b_gq
         d_A = tl.zeros([BC, PB], dtype=tl.float32)
         d_L = tl.zeros([BC, BC], dtype=tl.float32)
@@ -155,29 +160,29 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
                        mq[:, None] & mr[None, :])
         b_dW = b_sl * b_gl
         d_sl += tl.sum(b_gl * b_W, 0)
-        b_dc = _mm(b_rows, tl.trans(b_gl)) * b_wl[:, None]
-        b_cg = _mm(b_cols, b_gl)
+        b_dc = _mm(b_rows, tl.trans(b_gl), PREC) * b_wl[:, None]
+        b_cg = _mm(b_cols, b_gl, PREC)
         d_rows += b_cg * b_wl[:, None]
         d_wl += tl.sum(b_cg * b_rows, 1)
         if ERASE:
-            b_X = _mm(b_u, tl.trans(b_W))
-            b_a = _mm(b_inv, b_bs[:, None] * b_X + _mm(b_A, b_cols))
+            b_X = _mm(b_u, tl.trans(b_W), PREC)
+            b_a = _mm(b_inv, b_bs[:, None] * b_X + _mm(b_A, b_cols, PREC), PREC)
             b_ea = b_e[:, None] * b_a
-            b_gea = _mm(b_w, tl.trans(b_gl)) * b_wt[:, None]
+            b_gea = _mm(b_w, tl.trans(b_gl), PREC) * b_wt[:, None]
             if HAS_GEA:
                 b_gea += _tile(g_ea + i_bh * C * r, t, o_r, r, 1, mt[:, None] & mr[None, :])
-            b_eg = _mm(b_ea, b_gl)
+            b_eg = _mm(b_ea, b_gl, PREC)
             d_w += b_eg * b_wt[:, None]
             d_wt += tl.sum(b_eg * b_w, 1)
             d_e += tl.sum(b_gea * b_a, 1)
-            b_grhs = _mm(tl.trans(b_inv), b_e[:, None] * b_gea)
-            d_L += _mm(b_grhs, tl.trans(b_a))
+            b_grhs = _mm(tl.trans(b_inv), b_e[:, None] * b_gea, PREC)
+            d_L += _mm(b_grhs, tl.trans(b_a), PREC)
             d_bs += tl.sum(b_grhs * b_X, 1)
             b_dX = b_bs[:, None] * b_grhs
-            b_dW += _mm(tl.trans(b_dX), b_u)
-            d_u += _mm(b_dX, b_W)
-            d_A += _mm(b_grhs, tl.trans(b_cols))
-            b_dc += _mm(tl.trans(b_A), b_grhs)
+            b_dW += _mm(tl.trans(b_dX), b_u, PREC)
+            d_u += _mm(b_dX, b_W, PREC)
+            d_A += _mm(b_grhs, tl.trans(b_cols), PREC)
+            b_dc += _mm(tl.trans(b_A), b_grhs, PREC)
         tl.store(dW0 + i_bh * r * n + o_r[:, None] * sLr + x[None, :] * sLn, b_dW, mask=mrx)
         tl.store(dcols + ((qp[:, None] * BH + i_bh) * C + qs[:, None]) * r + o_r[None, :],
                  b_dc, mask=mq[:, None] & mr[None, :])
@@ -192,9 +197,9 @@ def _backward_kernel(W0, start, within, bstart, bwithin, e, u, w, cols, rows, g_
         d_bw = d_L * b_e[None, :] * b_g + tl.sum(tl.reshape(d_A * b_gq, (BC, PB // BC, BC)), 1)
         d_e += tl.sum(d_L * b_bw * b_g, 0)
         d_g = d_L * b_bw * b_e[None, :]
-        d_u += _mm(d_g, b_w) + _mm(d_gq, b_rows)
-        d_w += _mm(tl.trans(d_g), b_u)
-        d_rows += _mm(tl.trans(d_gq), b_u)
+        d_u += _mm(d_g, b_w, PREC) + _mm(d_gq, b_rows, PREC)
+        d_w += _mm(tl.trans(d_g), b_u, PREC)
+        d_rows += _mm(tl.trans(d_gq), b_u, PREC)
         at_cn = (i_bh * C + t[:, None]) * n + x[None, :]
         tl.store(dbwithin + at_cc, tl.where(low, d_bw, 0.0), mask=mtt)
         tl.store(dbstart + i_bh * C + t, d_bs, mask=mt)
@@ -252,7 +257,8 @@ class _Layout:
                       *(none if w is None else w.stride()), *cols.stride(), *rows.stride())
         BC, BN = pow2(C), pow2(n)
         self.tiles = {"BC": BC, "PB": pow2(P, 1) * BC, "BN": BN,
-                      "BR": min(pow2(r), max(16, 2048 // BN)), "ERASE": e is not None}
+                      "BR": min(pow2(r), max(16, 2048 // BN)), "ERASE": e is not None,
+                      "PREC": "ieee" if BC == 16 else "tf32x3"}
         self.warps = 8 if BC * max(BN, pow2(P, 1) * BC) > 2048 else 4
         self.tensors = [W, *(W if p is None else p for p in products),
                         *(W if x is None else x for x in (e, u, w)), cols, rows]
