@@ -72,8 +72,7 @@ def combined(xs: list, erase: bool, read_before: bool | None, seeds: list):
 
 
 @needs_kernels
-@pytest.mark.parametrize("C, r, n, pairs", [(16, 8, 16, 1), (5, 12, 6, 2), (16, 16, 8, 2),
-                                             (33, 8, 8, 1)])
+@pytest.mark.parametrize("C, r, n, pairs", [(16, 8, 16, 1), (5, 12, 6, 2), (33, 8, 8, 1)])
 @pytest.mark.parametrize("erase", [True, False])
 @pytest.mark.parametrize("read_before", [None, True, False])
 def test_kernels_match_low_rank(C, r, n, pairs, erase, read_before, monkeypatch):
