@@ -277,7 +277,8 @@ class _Combine(torch.autograd.Function):
         cols, rows = _stacked(pairs[:P]), _stacked(pairs[P:])
         at = _Layout(W0, products, e, u, w, cols, rows)
         B, H, r = W0.shape[:3]
-        ea = W0.new_empty(B, H, start.shape[-1], r) if e is not None else None
+        ea = (torch.empty(B, H, start.shape[-1], r, device=W0.device) if e is not None
+              else None)
         last = torch.empty_like(W0, memory_format=torch.contiguous_format)
         _forward_kernel[at.grid](*at.tensors, W0 if ea is None else ea, at.kernel_view(last),
                                  *at.sizes, **at.tiles, num_warps=at.warps)
