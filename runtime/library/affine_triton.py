@@ -259,7 +259,9 @@ class _Layout:
         self.tiles = {"BC": BC, "PB": pow2(P, 1) * BC, "BN": BN,
                       "BR": min(pow2(r), max(16, 2048 // BN)), "ERASE": e is not None,
                       "PREC": "ieee" if BC == 16 else "tf32x3"}
-        self.warps = 8 if BC * max(BN, pow2(P, 1) * BC) > 2048 else 4
+        # 8 warps for the erase (its [C, C] and [C, n] tiles) and large chunks: at 4 the
+        # erase kernels spilled 0.6 to 1 KB a thread at C = 16, at 8 under 0.3 (docs/perf.md)
+        self.warps = 8 if e is not None or BC * max(BN, pow2(P, 1) * BC) > 2048 else 4
         self.tensors = [W, *(W if p is None else p for p in products),
                         *(W if x is None else x for x in (e, u, w)), cols, rows]
         self.grid = (B * H, triton.cdiv(r, self.tiles["BR"]))
