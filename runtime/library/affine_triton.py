@@ -285,7 +285,6 @@ class _Combine(torch.autograd.Function):
         _forward_kernel[at.grid](*at.tensors, W0 if ea is None else ea, at.kernel_view(last),
                                  *at.sizes, **at.tiles, num_warps=at.warps)
         LAUNCHES["forward"] += 1
-        ctx.P = P
         ctx.save_for_backward(W0, start, within, bstart, bwithin, e, u, w, cols, rows)
         return ea, last
 
