@@ -52,8 +52,9 @@ elif [ "$MODE" = hope ]; then
   timeout 240 python3 "$REPO/benchmarks/lm_throughput.py" --steps 4 \
     --rows titans_graphed,titans_graphed_compiled_chunks --out "$OUT/lm_titans_graphed.md"
 elif [ "$MODE" = terms ]; then
-  NLC_TRITON_TEST_DEVICE=cuda timeout 90 python3 -m pytest -q -p no:cacheprovider -x \
-    "$REPO/tests/test_outer_kernel.py" > "$OUT/terms_tests.log" 2>&1
+  NLC_TRITON_TEST_DEVICE=cuda timeout 160 python3 -m pytest -q -p no:cacheprovider -x \
+    "$REPO/tests/test_outer_kernel.py" "$REPO/tests/test_affine_triton.py" \
+    > "$OUT/terms_tests.log" 2>&1
   tail -5 "$OUT/terms_tests.log"
   timeout 160 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 \
     --rows titans_graphed,titans_graphed_torch_terms --out "$OUT/lm_titans_terms.md"

@@ -22,8 +22,10 @@ matrix product of R with the D's. Tensors: `[B, C, H, ...]` per token (a chunk o
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
+from nlc.runtime.library.chunk_triton import triton_enabled
 
 
 def _per_head(x):
@@ -177,24 +179,46 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
     """`states` with the inputs as outer products, pairs of (column `[B, C, H, r, 1]`, row
     `[B, C, H, 1, n]`): nothing of size [C, r, n] is built. Returns the reads' states (an
     `AffineStates` before or after each token's write; None when `read_before` is None) and
-    the chunk's last state. `shared` as in `states`."""
+    the chunk's last state. `shared` as in `states`. Where they run (`_kernels`), the
+    combine's products, solve and last state are two Triton kernels (affine_triton.py)."""
     B, H = W0.shape[:2]
     C = pairs[0][0].shape[1]
 
     def per_head(x, axis):  # [B, H, C, r] or [B, H, C, n], laid out once for every product
         return _per_head(x).expand(B, H, C, -1, -1).squeeze(axis)
 
-    cols = [per_head(p, -1).contiguous() for p, _ in pairs]
+    cols = [per_head(p, -1) for p, _ in pairs]
     rows = [per_head(q, -2) for _, q in pairs]
     w = None if erase is None else per_head(right, -2)
+    start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
+    e = None if erase is None else _coefficient(erase, W0, (B, H, C))
+    u = None if erase is None else per_head(left, -1)
+    operands = [*cols, *rows, *([] if erase is None else [e, u, w])]
+    kernels = _kernels(W0, [start, within, *before], operands, len(pairs), erase is not None)
+    if kernels is not None:
+        if read_before is not None:  # the reads take them too: laid out once
+            cols, rows = [c.contiguous() for c in cols], [q.contiguous() for q in rows]
+        products = [start, within, *(before if erase is not None else (None, None))]
+        ea, last = kernels.combine(W0, products, e, u, w, cols, rows)
+        pairs = list(zip(cols, rows)) + ([] if ea is None else [(ea, w)])
+    else:
+        pairs, last = _low_rank_torch(W0, start, within, before, e, u, w, cols, rows)
+    if read_before is None:
+        return None, last
+    if read_before:
+        start, within = before
+    return AffineStates(W0, start, within, pairs), last
+
+
+def _low_rank_torch(W0, start, within, before, e, u, w, cols, rows):
+    """`low_rank`'s pairs (the erase pair last) and last state in PyTorch."""
     same = [w is not None and _same(row, w) for row in rows]       # a row that is the erase's
     w = None if w is None else w.contiguous()
+    cols = [c.contiguous() for c in cols]
     rows = [w if alike else row.contiguous() for row, alike in zip(rows, same)]
-    start, within, *before = _products(retain, W0, (B, H, C), shared)  # R[t, -1]; R[t, s]
     pairs = list(zip(cols, rows))
-    if erase is not None:
-        e = _coefficient(erase, W0, (B, H, C))
-        u = per_head(left, -1).contiguous()
+    if e is not None:
+        u = u.contiguous()
         gram = u @ w.mT                                                  # w_s . u_t
         inputs_u = sum((before[1] * (gram if alike else u @ row.mT)) @ col
                        for (col, row), alike in zip(pairs, same))
@@ -203,8 +227,20 @@ def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
     last = start[..., -1, None, None] * W0
     for col, row in pairs:
         last = last + (within[..., -1, :, None] * col).mT @ row
-    if read_before is None:
-        return None, last
-    if read_before:
-        start, within = before
-    return AffineStates(W0, start, within, pairs), last
+    return pairs, last
+
+
+def _kernels(W0: torch.Tensor, products: list, operands: list, pairs: int, erase: bool):
+    """affine_triton.py when its kernels take this chunk: CUDA tensors unless NLC_TRITON=0
+    or NLC_AFFINE_TRITON=0, CPU ones with NLC_TRITON=force (with TRITON_INTERPRET=1: how the
+    tests run them); float32 only (`affine_triton.fits`). Under torch.compile the PyTorch
+    form is traced instead."""
+    if (os.environ.get("NLC_AFFINE_TRITON") == "0" or not triton_enabled(W0)
+            or torch.compiler.is_compiling()):
+        return None
+    try:
+        from nlc.runtime.library import affine_triton
+    except ImportError:  # no triton on this machine
+        return None
+    fits = affine_triton.fits(W0, products, pairs, erase)
+    return affine_triton if fits and all(x.dtype == W0.dtype for x in operands) else None
