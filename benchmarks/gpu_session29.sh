@@ -1,8 +1,10 @@
 #!/bin/bash
 # GPU work of session 29, one mode per device call (each under 10 minutes; run from the
 # repository root with OUT set and the wheels carried, see benchmarks/gpu_common.sh):
-#   a: issue 17: the chunk-start terms kernels' tests on the GPU; the Titans LM step as CUDA
-#      graphs (batch 16) with and without them; the Hope LM step as CUDA graphs (batch 2);
+#   a: issue 17: the chunk-start terms and affine kernels' tests on the GPU; the Titans LM
+#      step as CUDA graphs (batch 16) with and without the terms kernels (NLC_TERMS_TRITON=1:
+#      off by default since their first timing); the Hope LM step as CUDA graphs (batch 2)
+#      with and without the affine kernels (NLC_AFFINE_TRITON=1);
 #      one Titans layer's forward + backward under the profiler (kernel counts and times);
 #   a2: a without the PyTorch-terms row and the profile (for a short budget);
 #   b: issue 17: the same LM steps with every chunk compiled by Inductor
@@ -21,14 +23,14 @@ mkdir -p $TRITON_CACHE_DIR
 cd /tmp
 LM="$REPO/benchmarks/lm_throughput.py"
 if [ "$MODE" = a ]; then
-  TESTS="$REPO/tests/test_outer_kernel.py"
-  [ -f "$REPO/tests/test_affine_triton.py" ] && TESTS="$TESTS $REPO/tests/test_affine_triton.py"
-  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider $TESTS \
+  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
+    "$REPO/tests/test_affine_triton.py" "$REPO/tests/test_outer_kernel.py" \
     > "$OUT/terms_tests.log" 2>&1
   tail -5 "$OUT/terms_tests.log"
-  timeout 170 python3 "$LM" --steps 3 --rows titans_graphed,titans_graphed_torch_terms \
+  timeout 170 python3 "$LM" --steps 3 --rows titans_graphed,titans_graphed_terms_kernels \
     --out "$OUT/lm_titans_terms.md"
-  timeout 200 python3 "$LM" --steps 3 --batch 2 --rows hope_graphed --out "$OUT/lm_hope.md"
+  timeout 200 python3 "$LM" --steps 3 --batch 2 --rows hope_graphed,hope_graphed_affine_kernels \
+    --out "$OUT/lm_hope.md"
   timeout 80 python3 "$REPO/benchmarks/launch_count.py" "$REPO/examples/titans.nl" \
     --device cuda --bf16 --T 2048 --batch 16 > "$OUT/launch_titans.md" 2>&1
   tail -28 "$OUT/launch_titans.md"

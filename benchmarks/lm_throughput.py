@@ -94,6 +94,14 @@ ROWS = {
                                    lambda: _spec("titans", d_head=64), "graphs"),
     "hope_graphed_torch_terms": ("nlc examples/hope.nl, CUDA graphs, NLC_TERMS_TRITON=0",
                                  lambda: _spec("hope", d_head=64), "graphs"),
+    # the kernels that run only when asked (docs/triton.md): the chunk-start terms, the
+    # affine combine
+    "titans_graphed_terms_kernels": ("nlc examples/titans.nl, CUDA graphs, NLC_TERMS_TRITON=1",
+                                     lambda: _spec("titans", d_head=64), "graphs"),
+    "hope_graphed_terms_kernels": ("nlc examples/hope.nl, CUDA graphs, NLC_TERMS_TRITON=1",
+                                   lambda: _spec("hope", d_head=64), "graphs"),
+    "hope_graphed_affine_kernels": ("nlc examples/hope.nl, CUDA graphs, NLC_AFFINE_TRITON=1",
+                                    lambda: _spec("hope", d_head=64), "graphs"),
     # Inductor fuses each chunk's elementwise passes, the graphs replay the launches
     "titans_graphed_compiled_chunks": ("nlc examples/titans.nl, CUDA graphs, NLC_COMPILE_CHUNKS=1",
                                        lambda: _spec("titans", d_head=64), "graphs"),
@@ -132,6 +140,9 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "hope_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "hope_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
+       "titans_graphed_terms_kernels": {"NLC_TERMS_TRITON": "1"},
+       "hope_graphed_terms_kernels": {"NLC_TERMS_TRITON": "1"},
+       "hope_graphed_affine_kernels": {"NLC_AFFINE_TRITON": "1"},
        "titans_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "titans_graphed_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"}}

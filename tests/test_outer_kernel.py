@@ -130,6 +130,30 @@ def test_generated_titans_op_runs_the_terms_kernel(monkeypatch):
     assert LAUNCHES["forward"] > before["forward"] and LAUNCHES["backward"] > before["backward"]
 
 
+@pytest.mark.parametrize("flag", ["NLC_TERMS_TRITON", "NLC_AFFINE_TRITON"])
+def test_kernels_that_lost_or_are_unchecked_run_only_when_asked(flag, monkeypatch):
+    """The terms and affine kernels are opt-in: never with FLAG=0, always with
+    NLC_TRITON=force, otherwise only FLAG=1 on CUDA (a CPU tensor never)."""
+    from nlc.runtime.library.chunk_triton import opted_in
+    cpu = torch.zeros(1)
+    monkeypatch.delenv("NLC_TRITON", raising=False)
+    monkeypatch.delenv(flag, raising=False)
+    assert not opted_in(cpu, flag)
+    monkeypatch.setenv(flag, "1")
+    assert not opted_in(cpu, flag)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    assert opted_in(cpu, flag)
+    monkeypatch.setenv(flag, "0")
+    assert not opted_in(cpu, flag)
+    if torch.cuda.is_available():
+        gpu = cpu.cuda()
+        monkeypatch.delenv("NLC_TRITON")
+        monkeypatch.delenv(flag)
+        assert not opted_in(gpu, flag)
+        monkeypatch.setenv(flag, "1")
+        assert opted_in(gpu, flag)
+
+
 def test_float64_and_cpu_inputs_keep_the_pytorch_terms(monkeypatch):
     """Without NLC_TRITON=force a CPU tensor never reaches the kernels, nor does anything
     under NLC_TERMS_TRITON=0, nor float64: the PyTorch terms run."""

@@ -22,10 +22,9 @@ matrix product of R with the D's. Tensors: `[B, C, H, ...]` per token (a chunk o
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
-from nlc.runtime.library.chunk_triton import triton_enabled
+from nlc.runtime.library.chunk_triton import opted_in
 
 
 def _per_head(x):
@@ -231,12 +230,12 @@ def _low_rank_torch(W0, start, within, before, e, u, w, cols, rows):
 
 
 def _kernels(W0: torch.Tensor, products: list, operands: list, pairs: int, erase: bool):
-    """affine_triton.py when its kernels take this chunk: CUDA tensors unless NLC_TRITON=0
-    or NLC_AFFINE_TRITON=0, CPU ones with NLC_TRITON=force (with TRITON_INTERPRET=1: how the
-    tests run them); float32 only (`affine_triton.fits`). Under torch.compile the PyTorch
-    form is traced instead."""
-    if (os.environ.get("NLC_AFFINE_TRITON") == "0" or not triton_enabled(W0)
-            or torch.compiler.is_compiling()):
+    """affine_triton.py when its kernels take this chunk and are asked for
+    (`chunk_triton.opted_in`: CUDA tensors with NLC_AFFINE_TRITON=1, any with
+    NLC_TRITON=force, with TRITON_INTERPRET=1 how the tests run them); float32 only
+    (`affine_triton.fits`). Under torch.compile the PyTorch form is traced instead. Not on
+    by default: the kernels have not passed their tests on a GPU yet (docs/perf.md)."""
+    if not opted_in(W0, "NLC_AFFINE_TRITON") or torch.compiler.is_compiling():
         return None
     try:
         from nlc.runtime.library import affine_triton

@@ -21,7 +21,12 @@ import os
 import torch
 import torch.nn.functional as F
 from nlc.runtime.library.attention import attention
-from nlc.runtime.library.chunk_triton import CHUNKED_MIN_TOKENS, has_chunked_kernel, triton_enabled
+from nlc.runtime.library.chunk_triton import (
+    CHUNKED_MIN_TOKENS,
+    has_chunked_kernel,
+    opted_in,
+    triton_enabled,
+)
 from nlc.runtime.library.chunked import decay_chunked, delta_chunked, dplr_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
@@ -464,10 +469,11 @@ def outer_terms(module_file: str, name: str, fallback, token_names: tuple, ancho
     """A dual-form level's chunk-start terms (`fallback`, its PyTorch `*_outer`) with the
     Triton kernels of the module `name` next to `module_file` behind them where they run
     (runtime/library/outer_launch.py); the same inputs, the same dict of (column, row)
-    pairs. NLC_TERMS_TRITON=0 keeps the PyTorch terms (to time the kernels against them)."""
+    pairs. The kernels run only when asked (`chunk_triton.opted_in`: NLC_TERMS_TRITON=1 on
+    CUDA): on an H100 they made the Titans and Hope LM steps slower (docs/perf.md)."""
     def terms(inputs: dict) -> dict:
-        if (torch.compiler.is_compiling() or os.environ.get("NLC_TERMS_TRITON") == "0"
-                or not triton_enabled(inputs[token_names[0]])):
+        if torch.compiler.is_compiling() or not opted_in(inputs[token_names[0]],
+                                                          "NLC_TERMS_TRITON"):
             return fallback(inputs)
         return kernels(module_file, name).LAUNCHER.terms(fallback, token_names, anchor_names,
                                                          layout, inputs)
