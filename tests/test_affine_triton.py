@@ -9,8 +9,6 @@ run in float32 under Triton's interpreter, as in tests/test_chunk_triton.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from nlc.runtime.library import affine_chunk
@@ -21,10 +19,8 @@ from test_chunk_triton import (  # sets TRITON_INTERPRET=1 (neither import above
     needs_kernels,
     rel,
 )
+from test_outer_kernel import assert_same_run, hope_layer_run
 
-from nlc.emit import load_module
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 F64 = torch.float64
 B, H = 2, 3
 
@@ -127,28 +123,14 @@ def test_hope_layer_with_the_affine_kernels_matches_without(monkeypatch):
     the affine kernels, and the output and every parameter's gradient agree with
     NLC_AFFINE_TRITON=0 within 1e-4."""
     from nlc.runtime.library.affine_triton import LAUNCHES
-    module = load_module(str(EXAMPLES / "hope.nl"), {"d_head": 8})
-    torch.manual_seed(0)
-    layer = module.SelfModifyingTitans(d_model=32, heads=2, d_head=8).to(DEVICE)
-    x = torch.randn(1, 40, 32, device=DEVICE)
+    run = hope_layer_run()
     monkeypatch.setenv("NLC_TRITON", "force")
-
-    def run():
-        xx = x.clone().requires_grad_()
-        y = layer(xx)
-        names = ["x", *(n for n, _ in layer.named_parameters())]
-        grads = torch.autograd.grad((y * y).sum(), [xx, *layer.parameters()],
-                                    allow_unused=True)
-        return y.detach(), dict(zip(names, grads))
     monkeypatch.setenv("NLC_AFFINE_TRITON", "0")
-    want, want_grads = run()
+    want = run()
     monkeypatch.delenv("NLC_AFFINE_TRITON")
     before = dict(LAUNCHES)
-    got, got_grads = run()
+    got = run()
     # 3 chunks of the group and 1 of the main memory, two maps each (forward + recomputed)
     assert LAUNCHES["forward"] - before["forward"] >= 8
     assert LAUNCHES["backward"] > before["backward"]
-    assert rel(got.cpu(), want.cpu()) < 1e-4
-    for n, ref in want_grads.items():
-        if ref is not None:
-            assert close(got_grads[n].cpu(), ref.cpu(), 1e-4), (n, rel(got_grads[n], ref))
+    assert_same_run(got, want)

@@ -269,12 +269,10 @@ def test_members_read_the_tokens_once_and_get_their_gradients_summed(monkeypatch
         assert close(x.cpu(), ref, TOL), rel(x.cpu(), ref)
 
 
-@needs_kernels
-def test_hope_layer_runs_the_terms_kernels_for_its_group_and_main_memory(monkeypatch):
-    """The self-modifying Titans layer of examples/hope.nl, chunked in float32: with the
-    kernels forced its group's members and its main memory go through them, and the output
-    and every parameter's gradient agree with the PyTorch terms' run."""
-    from nlc.runtime.library.outer_launch import LAUNCHES
+def hope_layer_run():
+    """examples/hope.nl's self-modifying Titans at small dims on one float32 input, and a
+    function that runs it (chunked): (output, {name: gradient}) for the input and every
+    parameter."""
     module = load_module(str(EXAMPLES / "hope.nl"), DIMS["hope"])
     torch.manual_seed(0)
     layer = module.SelfModifyingTitans(d_model=32, heads=2, d_head=8).to(DEVICE)
@@ -287,14 +285,30 @@ def test_hope_layer_runs_the_terms_kernels_for_its_group_and_main_memory(monkeyp
         grads = torch.autograd.grad((y * y).sum(), [xx, *layer.parameters()],
                                     allow_unused=True)
         return y.detach(), dict(zip(names, grads))
+    return run
+
+
+def assert_same_run(got, want, tol=1e-4):
+    """Two of `hope_layer_run`'s results agree: the output and every gradient."""
+    (y, grads), (y0, grads0) = got, want
+    assert rel(y.cpu(), y0.cpu()) < tol
+    for n, ref in grads0.items():
+        if ref is not None:
+            assert close(grads[n].cpu(), ref.cpu(), tol), (n, rel(grads[n].cpu(), ref.cpu()))
+
+
+@needs_kernels
+def test_hope_layer_runs_the_terms_kernels_for_its_group_and_main_memory(monkeypatch):
+    """The self-modifying Titans layer of examples/hope.nl, chunked in float32: with the
+    kernels forced its group's members and its main memory go through them, and the output
+    and every parameter's gradient agree with the PyTorch terms' run."""
+    from nlc.runtime.library.outer_launch import LAUNCHES
+    run = hope_layer_run()
     monkeypatch.setenv("NLC_TRITON", "0")
-    want, want_grads = run()
+    want = run()
     monkeypatch.setenv("NLC_TRITON", "force")
     before = dict(LAUNCHES)
-    got, got_grads = run()
+    got = run()
     # the group's four members as one stacked call, and the main memory: per chunk
     assert LAUNCHES["forward"] - before["forward"] >= 2
-    assert rel(got.cpu(), want.cpu()) < 1e-4
-    for n, ref in want_grads.items():
-        if ref is not None:
-            assert close(got_grads[n].cpu(), ref.cpu(), 1e-4), (n, rel(got_grads[n], ref))
+    assert_same_run(got, want)
