@@ -1,7 +1,9 @@
 """Compile every printed Triton kernel in generated/ for sm_90 with the installed Triton,
 without a GPU: the fused step kernels (nlc_step_*.py: forward and printed backward) and the
-chunk-start terms kernels (nlc_outer_*.py), each with the warps its launcher picks, and print
-cuobjdump's registers and spills, or the compiler's error.
+chunk-start terms kernels (nlc_outer_*.py), each with the warps its launcher picks, and the
+runtime kernels not yet run on a GPU (the affine combine, runtime/library/affine_triton.py;
+benchmarks/kernel_resources.py covers the others), and print cuobjdump's registers and
+spills, or the compiler's error.
 
 The interpreter (TRITON_INTERPRET=1, how CI runs the kernels) never runs Triton's own
 analysis of a kernel's source, so a kernel can pass every test and still fail its first
@@ -63,6 +65,21 @@ def _ints(kernel, consts: dict) -> tuple[str, ...]:
     return tuple(p for p in params if not p.endswith("_ptr") and p not in consts and p != "T")
 
 
+def affine_kernels():
+    """runtime/library/affine_triton.py's kernels at Hope's shapes (d_head 64: a [256, 64]
+    map with its erase, 2 pairs), as `_Layout` tiles them: the group's chunk of 16 (exact
+    float32 products) and the main memory's of 64 (tf32x3)."""
+    from nlc.runtime.library import affine_triton
+    for C, prec in ((16, "ieee"), (64, "tf32x3")):
+        tiles = {"BC": C, "PB": 2 * C, "BN": 64, "BR": 32, "ERASE": True, "PREC": prec}
+        for name, kernel, extra in (("forward", affine_triton._forward_kernel, {}),
+                                    ("backward", affine_triton._backward_kernel,
+                                     {"HAS_GEA": True})):
+            params = list(inspect.signature(kernel.fn).parameters)
+            ints = tuple(params[params.index("H"):params.index("BC")])
+            yield f"affine {name} C={C}", kernel, {**tiles, **extra}, 8, ints
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*")
@@ -72,18 +89,20 @@ def main() -> int:
                                    for p in (ROOT / "generated").glob(pattern))
     print(f"Triton {triton.__version__}, sm_90")
     failed = 0
-    for path in paths:
-        module = load(path)
-        for d in map(int, args.d.split(",")):
-            for name, kernel, consts, warps, scalars in kernels(module, d):
-                try:
-                    usage = compiled(kernel, (), consts, num_warps=warps, num_stages=1,
-                                     scalars=scalars)[1]
-                except Exception as err:  # the compiler's own error, reported per kernel
-                    failed += 1
-                    lines = str(err).strip().splitlines() or [type(err).__name__]
-                    usage = f"FAILED: {type(err).__name__}: {lines[-1][:200]}"
-                print(f"{Path(path).stem} {name} d={d} warps={warps}: {usage}", flush=True)
+    runs = [(Path(path).stem, d, kernels(load(path), d)) for path in paths
+            for d in map(int, args.d.split(","))]
+    if not args.modules:
+        runs.append(("runtime", 64, affine_kernels()))
+    for stem, d, found in runs:
+        for name, kernel, consts, warps, scalars in found:
+            try:
+                usage = compiled(kernel, (), consts, num_warps=warps, num_stages=1,
+                                 scalars=scalars)[1]
+            except Exception as err:  # the compiler's own error, reported per kernel
+                failed += 1
+                lines = str(err).strip().splitlines() or [type(err).__name__]
+                usage = f"FAILED: {type(err).__name__}: {lines[-1][:200]}"
+            print(f"{stem} {name} d={d} warps={warps}: {usage}", flush=True)
     return 1 if failed else 0
 
 
