@@ -33,11 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def outer_entries(config, d: int) -> int:
-    """Anchor entries of one terms-kernel program when every dim is d."""
-    def size(s):
-        coeff, _ = s
-        return coeff * d
-    return sum(size(r) * size(c) for r, c in config.anchors)
+    """Anchor entries of one terms-kernel program when every dim is d (each size a
+    (coefficient, dim) pair)."""
+    return sum(rows[0] * d * cols[0] * d for rows, cols in config.anchors)
 
 
 def kernels(module, d: int):

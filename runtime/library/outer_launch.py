@@ -12,11 +12,11 @@ returns the same dict, from the two kernels of a module's `LAUNCHER`:
 tokens as chunk code holds them (`[B, T, H, n, 1]` columns, `[B, T, H, 1, 1]` scalars, any
 of B, T, H broadcast; read in place through their strides), anchors
 `[B * members|1, 1, H|1, rows, cols]` (members: a group's levels stacked along the batch
-that read the same tokens, whose gradients are summed over them); columns
-come back `[B * members, T, H, r, 1]`, rows `[B * members, T, H, 1, c]`. Inputs the kernels do not take (not CUDA, unless
-NLC_TRITON=force; not float32, as `dual_chunked` runs; an axis that is not a power of two;
-more than `MAX_STATE_ENTRIES` anchor entries; under torch.compile, which traces `fallback`)
-run `fallback`, the PyTorch function.
+that read the same tokens, whose gradients are summed over them); columns come back
+`[B * members, T, H, r, 1]`, rows `[B * members, T, H, 1, c]`. Inputs the kernels are not
+asked for (`ops.outer_terms`: `chunk_triton.opted_in`, torch.compile, which traces
+`fallback`) or do not take (not float32, as `dual_chunked` runs; an axis that is not a power
+of two; more than `MAX_STATE_ENTRIES` anchor entries) run `fallback`, the PyTorch function.
 """
 
 from __future__ import annotations
