@@ -289,8 +289,11 @@ def cuda_counts(prof) -> None:
     kernels = copies = 0
     runtime = collections.Counter()
     busy, calls = collections.Counter(), collections.Counter()  # device time (us) by kernel
+    spans = collections.Counter()  # device time (us) under each nlc range, nested ranges overlap
     for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
+        if e.device_type == torch.autograd.DeviceType.CUDA and _annotation(e):
+            spans[e.name[:90]] += e.time_range.elapsed_us()
+        elif e.device_type == torch.autograd.DeviceType.CUDA:
             busy[e.name[:90]] += e.time_range.elapsed_us()
             calls[e.name[:90]] += 1
             if "memcpy" in e.name.lower() or "memset" in e.name.lower():
@@ -313,6 +316,19 @@ def cuda_counts(prof) -> None:
     print("|---|---:|---:|---:|")
     for name, us in busy.most_common(20):
         print(f"| `{name}` | {calls[name]:,} | {us / 1e3:,.2f} | {100 * us / total:.1f}% |")
+    if spans:
+        print("\nDevice time spanned by each nlc range (from its first kernel's start to its last "
+              "one's end, summed over calls; ranges nest, so these overlap and include gaps):\n")
+        print("| range | ms | of the kernels' total |")
+        print("|---|---:|---:|")
+        for name, us in spans.most_common(12):
+            print(f"| `{name}` | {us / 1e3:,.2f} | {100 * us / total:.0f}% |")
+
+
+def _annotation(event) -> bool:
+    """Whether a device event is a record_function range drawn on the device's timeline (the
+    profiler's gpu_user_annotation), not a kernel: those span kernels counted on their own."""
+    return getattr(event, "is_user_annotation", False) or event.name.startswith(LABEL)
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ copied); gradients come back dense. Without an erase a W wider than tall is take
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -36,6 +38,11 @@ MAX_CHUNK = 64          # the [C, C] inverse is held in registers
 MAX_COLUMNS = 128       # a block of W's rows holds all n columns
 MAX_ERASE_TILE = 4096   # the [C, n] tiles of an erase's column and row
 MAX_PAIR_TOKENS = 128   # P pairs x the chunk, padded
+# the products' precision above chunks of 16 (NLC_AFFINE_PREC=ieee asks for exact float32
+# there too: benchmarks/hope_precision.py compares both against float64)
+LARGE_CHUNK_PREC = os.environ.get("NLC_AFFINE_PREC", "tf32x3")
+if LARGE_CHUNK_PREC not in ("ieee", "tf32x3"):
+    raise ValueError(f"NLC_AFFINE_PREC={LARGE_CHUNK_PREC!r}: expected 'ieee' or 'tf32x3'")
 
 
 @triton.jit
@@ -258,7 +265,7 @@ class _Layout:
         BC, BN = pow2(C), pow2(n)
         self.tiles = {"BC": BC, "PB": pow2(P, 1) * BC, "BN": BN,
                       "BR": min(pow2(r), max(16, 2048 // BN)), "ERASE": e is not None,
-                      "PREC": "ieee" if BC == 16 else "tf32x3"}
+                      "PREC": "ieee" if BC == 16 else LARGE_CHUNK_PREC}
         # 8 warps for the erase (its [C, C] and [C, n] tiles) and large chunks: at 4 the
         # erase kernels spilled 0.6 to 1 KB a thread at C = 16, at 8 under 0.3 (docs/perf.md)
         self.warps = 8 if e is not None or BC * max(BN, pow2(P, 1) * BC) > 2048 else 4
