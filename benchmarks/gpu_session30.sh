@@ -6,7 +6,11 @@
 #      one Titans layer's forward + backward under the profiler (device time by kernel);
 #      issue 16: the timing table of momentum delta, row-decay delta, RWKV-7 and KDA at
 #      (8, 2048, 16, 128) after the pair and key-side split changes, checked against fp32;
-#   b: issue 17: gpu_session29.sh b (the Titans and Hope LM steps with compiled chunks).
+#   b: issue 17: gpu_session29.sh b (the Titans and Hope LM steps with compiled chunks);
+#   c: issue 17: Hope's layer in float32 under each kernel setting against float64
+#      (benchmarks/hope_precision.py), the Hope LM step as CUDA graphs with and without the
+#      affine kernels; issue 16: the forward launch sweep of DeltaNet, Gated DeltaNet and
+#      simple GLA next to fla's chunk forward at both shapes, and a forward profile.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
@@ -18,6 +22,19 @@ install_nlc
 export TRITON_CACHE_DIR=/tmp/tc
 mkdir -p $TRITON_CACHE_DIR
 cd /tmp
+if [ "$MODE" = c ]; then
+  for dims in "" "--d-head 16 --d-model 64 --T 130"; do
+    timeout 90 python3 "$REPO/benchmarks/hope_precision.py" --device cuda $dims
+  done 2>&1 | tee "$OUT/hope_precision.md"
+  for shape in 8,2048,16,128 1,16384,16,128; do
+    timeout 150 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape \
+      --models deltanet,gdn,sgla --sweep-forward --forward
+  done > "$OUT/forward_sweep.txt" 2>&1
+  grep -E "fla chunk|fastest|ms of kernel|failed" "$OUT/forward_sweep.txt"
+  timeout 230 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
+    --rows hope_graphed,hope_graphed_affine_kernels --out "$OUT/lm_hope_affine.md"
+  exit 0
+fi
 NLC_TRITON_TEST_DEVICE=cuda timeout 130 python3 -m pytest -q -p no:cacheprovider -rf \
   "$REPO/tests/test_affine_triton.py" "$REPO/tests/test_outer_kernel.py" \
   > "$OUT/affine_tests.log" 2>&1

@@ -2,13 +2,16 @@
 for our chunked kernels and for fla-core's chunk kernels on the same inputs, from
 torch.profiler, so a slow backward can be pinned on one kernel.
 
-    python benchmarks/kernel_profile.py [--shape 8,2048,16,128] [--models deltanet,gdn]
-                                        [--sweep]
+    python benchmarks/kernel_profile.py [--shape 8,2048,16,128] [--models deltanet,gdn,sgla]
+                                        [--sweep] [--forward] [--sweep-forward]
 
 --sweep also times our forward + backward under each launch configuration of the
 input-gradient kernel (chunk_delta_triton.INPUT_GRADS), with the float32 kernel's gradients
 as the reference for the bf16 ones; --sweep-states does the same for the sequential state
 passes' launch when few sequences x heads are in flight (chunk_triton.STATE_PASSES).
+--forward profiles the forward pass alone; --sweep-forward times our forward under each
+launch of the forward kernels (chunk_delta_triton.FORWARD) next to fla's chunk forward.
+Models: deltanet, gdn (Gated DeltaNet), sgla (simple GLA / Mamba2: decay, no delta rule).
 """
 
 from __future__ import annotations
@@ -38,10 +41,15 @@ def inputs(B, T, H, D, gated, seed=0):
 
 def ours(q, k, v, beta, ld):
     from nlc.runtime.library.chunk_delta_triton import chunk_scalar
+    if beta is None:  # simple GLA
+        return chunk_scalar(q, k, v, None, ld)[0]
     return chunk_scalar(q, k, v * beta[..., None], beta, ld)[0]
 
 
 def fla(q, k, v, beta, ld):
+    if beta is None:
+        from fla.ops.simple_gla import chunk_simple_gla
+        return chunk_simple_gla(q, k, v, g=ld, scale=1.0)[0]
     if ld is None:
         from fla.ops.delta_rule import chunk_delta_rule
         return chunk_delta_rule(q, k, v, beta, scale=1.0)[0]
@@ -49,14 +57,22 @@ def fla(q, k, v, beta, ld):
     return chunk_gated_delta_rule(q, k, v, ld, beta, scale=1.0)[0]
 
 
-def kernel_times(fn, args, reps=5):
-    """CUDA time per call of each kernel (us), forward + backward, after two warm-up calls."""
-    leaves = [a.detach().requires_grad_() if a is not None else None for a in args]
+def model_inputs(model, B, T, H, D):
+    q, k, v, beta, ld = inputs(B, T, H, D, gated=model in ("gdn", "sgla"))
+    return q, k, v, None if model == "sgla" else beta, ld
+
+
+def kernel_times(fn, args, reps=5, forward=False):
+    """CUDA time per call of each kernel (us), forward + backward (forward alone with
+    `forward`), after two warm-up calls."""
+    leaves = [a.detach().requires_grad_() if a is not None and not forward else a
+              for a in args]
     do = torch.randn_like(args[2])
 
     def call():
         o = fn(*leaves)
-        torch.autograd.grad(o, [x for x in leaves if x is not None], do)
+        if not forward:
+            torch.autograd.grad(o, [x for x in leaves if x is not None], do)
     for _ in range(2):
         call()
     torch.cuda.synchronize()
@@ -73,16 +89,19 @@ def kernel_times(fn, args, reps=5):
     return times
 
 
-def sweep(args, table: dict, grid: dict):
-    """do_bench medians of our fwd + bwd under each launch configuration in `grid` (written
-    into the launch dict `table`), and the worst relative gradient error of each against our
-    float32 kernel. Returns the fastest configuration."""
+def sweep(args, table: dict, grid: dict, forward=False):
+    """do_bench medians of our fwd + bwd (the forward alone with `forward`) under each launch
+    configuration in `grid` (written into the launch dict `table`), and the worst relative
+    error of each (gradients; the output with `forward`) against our float32 kernel. Returns
+    the fastest configuration."""
     import itertools
 
     from triton.testing import do_bench
     do = torch.randn_like(args[2])
 
     def grads(xs):
+        if forward:
+            return (ours(*xs),)
         leaves = [a.detach().requires_grad_() if a is not None else None for a in xs]
         o = ours(*leaves)
         return torch.autograd.grad(o, [x for x in leaves if x is not None], do.to(o.dtype))
@@ -97,8 +116,8 @@ def sweep(args, table: dict, grid: dict):
             err = max(((g.double() - r.double()).norm() / r.double().norm()).item()
                       for g, r in zip(got, ref))
             ms = do_bench(lambda: grads(args), warmup=5, rep=30, return_mode="median")
-            print(f"  {name}: {ms:.3f} ms fwd + bwd, worst gradient error {err:.1e}",
-                  flush=True)
+            print(f"  {name}: {ms:.3f} ms {'fwd' if forward else 'fwd + bwd'}, worst "
+                  f"{'output' if forward else 'gradient'} error {err:.1e}", flush=True)
         except Exception as err:  # noqa: BLE001  out of resources: say so, go on
             print(f"  {name}: failed: {str(err)[:100]}")
             continue
@@ -109,6 +128,24 @@ def sweep(args, table: dict, grid: dict):
     return best[1]
 
 
+def forward_sweep(model, args, shape):
+    """fla's chunk forward (do_bench median), then our forward under each launch of the
+    forward kernels (chunk_delta_triton.FORWARD)."""
+    from nlc.runtime.library import chunk_delta_triton as cdt
+    from triton.testing import do_bench
+    try:
+        fla_ms = f"{do_bench(lambda: fla(*args), warmup=5, rep=30):.3f} ms"
+    except Exception as err:  # noqa: BLE001  fla missing or refusing: say so
+        fla_ms = f"failed: {str(err)[:80]}"
+    print(f"\n{model} {shape} bf16 forward: fla chunk {fla_ms}; ours, forward launch sweep "
+          f"(default {json.dumps(cdt.FORWARD)}):")
+    grid = {"kkt_warps": (4, 8), "solve_warps": (1, 2, 4), "wu_warps": (4, 8),
+            "output_warps": (4, 8), "output_BV": (64, 128)}
+    if model == "sgla":  # no delta rule: no solve, no w and u
+        grid = {"kkt_warps": (4, 8), "output_warps": (2, 4, 8), "output_BV": (32, 64, 128)}
+    sweep(args, cdt.FORWARD, grid, forward=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", default="8,2048,16,128")
@@ -117,10 +154,15 @@ def main():
     p.add_argument("--sweep-states", action="store_true", help="sweep the state passes' launch")
     p.add_argument("--best-to", default=None, help="--sweep: write the fastest launch (JSON)")
     p.add_argument("--no-profile", action="store_true", help="sweeps only")
+    p.add_argument("--forward", action="store_true", help="profile the forward pass alone")
+    p.add_argument("--sweep-forward", action="store_true",
+                   help="sweep the forward kernels' launch, next to fla's chunk forward")
     a = p.parse_args()
     B, T, H, D = map(int, a.shape.split(","))
     for model in a.models.split(","):
-        args = inputs(B, T, H, D, gated=model == "gdn")
+        args = model_inputs(model, B, T, H, D)
+        if a.sweep_forward:
+            forward_sweep(model, args, (B, T, H, D))
         if a.sweep:
             from nlc.runtime.library import chunk_delta_triton as cdt
             print(f"\n{model} ours {(B, T, H, D)} bf16, input-gradient launch sweep:")
@@ -137,14 +179,14 @@ def main():
                   {"BV_few" if few else "BV_some": (16, 32, 64), "num_warps": (4, 8)})
         for name, fn in () if a.no_profile else (("ours", ours), ("fla", fla)):
             try:
-                times = kernel_times(fn, args)
+                times = kernel_times(fn, args, forward=a.forward)
             except Exception as err:  # noqa: BLE001  fla's gated backward refuses (fla #640)
                 print(f"\n{model} {name} {(B, T, H, D)}: failed: {type(err).__name__}: "
                       f"{str(err)[:160]}")
                 continue
             total = sum(times.values())
-            print(f"\n{model} {name} {(B, T, H, D)} bf16, fwd + bwd: {total / 1e3:.3f} ms "
-                  "of kernel time")
+            print(f"\n{model} {name} {(B, T, H, D)} bf16, {'fwd' if a.forward else 'fwd + bwd'}:"
+                  f" {total / 1e3:.3f} ms of kernel time")
             for key, t in sorted(times.items(), key=lambda kv: -kv[1])[:14]:
                 print(f"  {t:9.1f} us  {100 * t / total:5.1f}%  {key}")
 

@@ -452,6 +452,13 @@ INPUT_GRADS = {"BV": 32, "num_warps": None, "num_stages": 3,
                **json.loads(os.environ.get("NLC_INPUT_GRADS", "{}"))}
 
 
+# the forward kernels' warps and the output kernel's V block (None: as `_tiles`);
+# benchmarks/kernel_profile.py --sweep-forward times the alternatives on a GPU, and
+# NLC_FORWARD='{"solve_warps": 2, ...}' overrides them for such a run
+FORWARD = {"kkt_warps": 4, "solve_warps": 1, "wu_warps": 4, "output_warps": 4,
+           "output_BV": None, **json.loads(os.environ.get("NLC_FORWARD", "{}"))}
+
+
 def _tiles(K: int, V: int):
     BK = pow2(K)
     BV = min(pow2(V), 64)
@@ -477,12 +484,13 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     amat = torch.empty(NC, H, BT, BT, dtype=torch.float32, device=dev) if delta_rule else None
     _kkt_kernel[(NC, H)](
         k, beta, ld, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
-        HAS_G=ld is not None, DELTA=delta_rule, FLOOR=LOG_DECAY_FLOOR, PREC=prec, num_warps=4)
+        HAS_G=ld is not None, DELTA=delta_rule, FLOOR=LOG_DECAY_FLOOR, PREC=prec,
+        num_warps=FORWARD["kkt_warps"])
     if delta_rule:
-        _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
+        _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=FORWARD["solve_warps"])
         _wu_kernel[(NC, H)](
             k, v, beta, gc, tinv, w, u, table.starts, table.ends,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=4)
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=FORWARD["wu_warps"])
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
     BVs, warps = state_launch(BV, S * H)
@@ -491,9 +499,10 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
         table.offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, DELTA=delta_rule,
         HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
-    _output_kernel[(triton.cdiv(V, BV), NC, H)](
+    BVo = min(FORWARD["output_BV"] or BV, pow2(V))
+    _output_kernel[(triton.cdiv(V, BVo), NC, H)](
         q, k, d, gc, h, o, table.starts, table.ends,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, num_warps=4)
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BVo, PREC=prec, num_warps=FORWARD["output_warps"])
     return o, ht, (gc, w, u, tinv, d, h)
 
 
