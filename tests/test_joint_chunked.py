@@ -218,3 +218,22 @@ def test_variants_run_the_joint_form_and_equal_recurrent(tmp_path, variant, monk
     chunked = layer(x)
     layer.mode = "recurrent"
     torch.testing.assert_close(chunked, layer(x), rtol=1e-12, atol=1e-12)
+
+
+def test_half_precision_tokens_with_a_float32_state_compute_in_float32():
+    """bf16 tokens with float32 states (a carried state under autocast): the PyTorch joint
+    form computes in float32 instead of failing to multiply the two, and agrees with the
+    float32 run to bf16's rounding."""
+    from nlc.runtime.library.joint import joint_chunked_torch
+    q, k, v, eta, theta, alpha = (x.float() for x in _inputs(40))
+    S, M = (x.float() for x in _states(True))
+    zero = torch.zeros_like(eta)
+    P = torch.stack([torch.stack([alpha, zero], -1), torch.stack([theta, theta], -1)], -2)
+    Q = torch.stack([torch.stack([-eta, -eta], -1), torch.stack([zero, zero], -1)], -2)
+    values = (eta[..., None] * v).unsqueeze(-2).expand(-1, -1, -1, 2, -1)
+    X0 = torch.stack((S, M), 2)
+    full, _ = joint_chunked_torch(q, k, values, P, Q, initial_state=X0, chunk_size=16)
+    tokens = (x.bfloat16() for x in (q, k, values, P, Q))
+    half, X = joint_chunked_torch(*tokens, initial_state=X0, chunk_size=16)
+    assert half.dtype == X.dtype == torch.float32
+    assert ((half - full).norm() / full.norm()).item() < 3e-2

@@ -220,3 +220,21 @@ def test_half_precision_inputs_solve_in_float32():
         assert half.dtype == torch.bfloat16, name
         err = ((half.float() - full).norm() / full.norm()).item()
         assert err < 3e-2, (name, err)
+
+
+def test_half_precision_tokens_with_a_float32_state_compute_in_float32():
+    """bf16 tokens with a float32 initial state (as a carried state meets autocast's
+    tokens): the PyTorch chunked form computes in float32 instead of failing to multiply
+    the two, and agrees with the float32 run to bf16's rounding."""
+    g = torch.Generator().manual_seed(4)
+    B, T, H, K = 1, 40, 2, 16
+    q, k, v = (torch.randn(B, T, H, K, generator=g) for _ in range(3))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    beta = torch.rand(B, T, H, generator=g)
+    log_decay = -torch.rand(B, T, H, K, generator=g) * 0.1
+    h0 = torch.randn(B, H, K, K, generator=g)
+    full, _ = row_decay_chunked_torch(q, k, v, beta, log_decay, initial_state=h0, chunk_size=16)
+    tokens = (x.bfloat16() for x in (q, k, v, beta))
+    half, state = row_decay_chunked_torch(*tokens, log_decay, initial_state=h0, chunk_size=16)
+    assert half.dtype == state.dtype == torch.float32
+    assert ((half - full).norm() / full.norm()).item() < 3e-2

@@ -110,6 +110,16 @@ def _scores(q, k, g_read, g, strict: bool):
     return torch.einsum("...tk,...sk,...kts->...ts", q, k, decay)
 
 
+def common_dtype(*tensors):
+    """The given tensors (None skipped) cast to one dtype, the widest among them: a float32
+    state or decay with half-precision tokens computes in float32 (matmuls do not mix)."""
+    dtype = None
+    for x in tensors:
+        if x is not None:
+            dtype = x.dtype if dtype is None else torch.promote_types(dtype, x.dtype)
+    return tuple(None if x is None else x.to(dtype) for x in tensors)
+
+
 def _initial(state, q, v):
     if state is not None:
         return state

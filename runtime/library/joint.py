@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from nlc.runtime.library.chunk_triton import chunked_kernel_for, joint_fits
-from nlc.runtime.library.chunked import _causal, _merge, _split, unit_lower_inverse
+from nlc.runtime.library.chunked import _causal, _merge, _split, common_dtype, unit_lower_inverse
 
 
 def _pad(x, T: int):
@@ -128,6 +128,7 @@ def joint_chunked_torch(q, k, values, P, Q, *, read=0, initial_state=None, read_
     B, T, H, K = q.shape
     n, Vd = values.shape[-2], values.shape[-1]
     padded = -(-T // chunk_size) * chunk_size
+    q, k, values, P, Q, initial_state = common_dtype(q, k, values, P, Q, initial_state)
     eye = torch.eye(n, dtype=P.dtype, device=P.device)
     P = torch.cat([P, eye.expand(B, padded - T, H, n, n)], 1)   # padding: X' = X
     q, k, values, P, Q = (_split(_pad(x, padded), chunk_size) for x in (q, k, values, P, Q))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
 from nlc.runtime.library.chunked import (SAFE_SPAN, _causal, _masked_exp, _merge, _pad, _split,
-                                         unit_lower_inverse)
+                                         common_dtype, unit_lower_inverse)
 
 
 def intra(k, beta):
@@ -82,6 +82,8 @@ def row_decay_chunked_torch(q, k, v, beta, log_decay, *, initial_state=None,
     """`row_decay_chunked` in plain PyTorch (any device)."""
     B, T, H, K = q.shape
     padded = -(-T // chunk_size) * chunk_size
+    q, k, v, beta, log_decay, initial_state = common_dtype(q, k, v, beta, log_decay,
+                                                           initial_state)
     log_decay = log_decay.clamp_min(LOG_DECAY_FLOOR)  # a decay of 0: finite, zero gradient
     q, k, v, ld = (_split(_pad(x, padded), chunk_size) for x in (q, k, v, log_decay))
     b = None if beta is None else _split(_pad(beta, padded), chunk_size).unsqueeze(-1)
