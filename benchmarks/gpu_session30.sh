@@ -10,7 +10,11 @@
 #   c: issue 17: Hope's layer in float32 under each kernel setting against float64
 #      (benchmarks/hope_precision.py), the Hope LM step as CUDA graphs with and without the
 #      affine kernels; issue 16: the forward launch sweep of DeltaNet, Gated DeltaNet and
-#      simple GLA next to fla's chunk forward at both shapes, and a forward profile.
+#      simple GLA next to fla's chunk forward at both shapes, and a forward profile;
+#      issue 17: the per-token MLP memories' step kernels with their printed backward
+#      (gpu_step_kernel.py, as gpu_session27.sh mlp);
+#   d: issue 17: each MLP-memory example's LM step at T = 2048 (batch 2), and the Hope LM
+#      step as CUDA graphs with and without the affine kernels.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
@@ -31,6 +35,13 @@ if [ "$MODE" = c ]; then
       --models deltanet,gdn,sgla --sweep-forward --forward
   done > "$OUT/forward_sweep.txt" 2>&1
   grep -E "fla chunk|fastest|ms of kernel|failed" "$OUT/forward_sweep.txt"
+  timeout 200 python3 "$REPO/benchmarks/gpu_step_kernel.py" --shape 4,512,4,64 --repeats 2 \
+    | tee "$OUT/step_kernel.md"
+  exit 0
+fi
+if [ "$MODE" = d ]; then
+  timeout 330 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
+    --rows ttt_mlp,moneta,yaad,memora --out "$OUT/lm_mlp.md"
   timeout 230 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
     --rows hope_graphed,hope_graphed_affine_kernels --out "$OUT/lm_hope_affine.md"
   exit 0
