@@ -8,13 +8,12 @@
 #      (8, 2048, 16, 128) after the pair and key-side split changes, checked against fp32;
 #   b: issue 17: gpu_session29.sh b (the Titans and Hope LM steps with compiled chunks);
 #   c: issue 17: Hope's layer in float32 under each kernel setting against float64
-#      (benchmarks/hope_precision.py), the Hope LM step as CUDA graphs with and without the
-#      affine kernels; issue 16: the forward launch sweep of DeltaNet, Gated DeltaNet and
-#      simple GLA next to fla's chunk forward at both shapes, and a forward profile;
-#      issue 17: the per-token MLP memories' step kernels with their printed backward
-#      (gpu_step_kernel.py, as gpu_session27.sh mlp);
-#   d: issue 17: each MLP-memory example's LM step at T = 2048 (batch 2), and the Hope LM
-#      step as CUDA graphs with and without the affine kernels.
+#      (benchmarks/hope_precision.py); the Titans LM step as CUDA graphs with the memory's
+#      float32 products on the tensor cores (NLC_DUAL_PREC=tf32x3; tf32 with TF32 GEMMs) and
+#      without, with the dual kernels' tests under tf32x3; issue 16: the forward launch sweep
+#      of DeltaNet, Gated DeltaNet and simple GLA next to fla's chunk forward, both shapes;
+#   d: issue 17: each MLP-memory example's LM step at T = 2048 (batch 2); the per-token MLP
+#      memories' step kernels with their printed backward (gpu_step_kernel.py).
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
@@ -30,20 +29,24 @@ if [ "$MODE" = c ]; then
   for dims in "" "--d-head 16 --d-model 64 --T 130"; do
     timeout 90 python3 "$REPO/benchmarks/hope_precision.py" --device cuda $dims
   done 2>&1 | tee "$OUT/hope_precision.md"
+  NLC_DUAL_PREC=tf32x3 NLC_TRITON_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q \
+    -p no:cacheprovider "$REPO/tests/test_dual_triton.py" > "$OUT/dual_tf32x3_tests.log" 2>&1
+  tail -3 "$OUT/dual_tf32x3_tests.log"
+  timeout 260 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 \
+    --rows titans_graphed,titans_graphed_dual_tf32x3,titans_graphed_tf32 \
+    --out "$OUT/lm_titans_tf32.md"
   for shape in 8,2048,16,128 1,16384,16,128; do
-    timeout 150 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape \
-      --models deltanet,gdn,sgla --sweep-forward --forward
+    timeout 100 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape \
+      --models gdn,sgla,deltanet --sweep-forward --forward
   done > "$OUT/forward_sweep.txt" 2>&1
   grep -E "fla chunk|fastest|ms of kernel|failed" "$OUT/forward_sweep.txt"
-  timeout 200 python3 "$REPO/benchmarks/gpu_step_kernel.py" --shape 4,512,4,64 --repeats 2 \
-    | tee "$OUT/step_kernel.md"
   exit 0
 fi
 if [ "$MODE" = d ]; then
   timeout 330 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
     --rows ttt_mlp,moneta,yaad,memora --out "$OUT/lm_mlp.md"
-  timeout 230 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
-    --rows hope_graphed,hope_graphed_affine_kernels --out "$OUT/lm_hope_affine.md"
+  timeout 200 python3 "$REPO/benchmarks/gpu_step_kernel.py" --shape 4,512,4,64 --repeats 2 \
+    | tee "$OUT/step_kernel.md"
   exit 0
 fi
 NLC_TRITON_TEST_DEVICE=cuda timeout 130 python3 -m pytest -q -p no:cacheprovider -rf \

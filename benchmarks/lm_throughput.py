@@ -127,6 +127,13 @@ ROWS = {
     # the other MLP memories: does each train at T = 2048 on one GPU, how fast, how large
     "ttt_mlp": ("nlc examples/ttt_mlp.nl", lambda: _spec("ttt_mlp", d_head=64), False),
     "moneta": ("nlc examples/moneta.nl", lambda: _spec("moneta", d_head=64), False),
+    # the float32 products of Titans' memory on the tensor cores: the dual reads' kernels as
+    # three TF32 products (close to float32), or those as one and cuBLAS's float32 GEMMs as
+    # TF32 too (torch.backends.cuda.matmul.allow_tf32)
+    "titans_graphed_dual_tf32x3": ("nlc examples/titans.nl, CUDA graphs, NLC_DUAL_PREC=tf32x3",
+                                   lambda: _spec("titans", d_head=64), "graphs"),
+    "titans_graphed_tf32": ("nlc examples/titans.nl, CUDA graphs, NLC_DUAL_PREC=tf32, "
+                            "TF32 matmuls", lambda: _spec("titans", d_head=64), "graphs"),
     "yaad": ("nlc examples/yaad.nl", lambda: _spec("yaad", d_head=64), False),
     "memora": ("nlc examples/memora.nl", lambda: _spec("memora", d_head=64), False),
 }
@@ -145,7 +152,9 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "hope_graphed_affine_kernels": {"NLC_AFFINE_TRITON": "1"},
        "titans_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "titans_graphed_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
-       "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"}}
+       "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"},
+       "titans_graphed_dual_tf32x3": {"NLC_DUAL_PREC": "tf32x3"},
+       "titans_graphed_tf32": {"NLC_DUAL_PREC": "tf32", "TF32_MATMUL": "1"}}
 
 
 def run_row(name: str, steps: int, B: int, T: int) -> dict:
@@ -154,6 +163,7 @@ def run_row(name: str, steps: int, B: int, T: int) -> dict:
     from nlc.runtime.trainer.model import LanguageModel
     from nlc.runtime.trainer.train import autocast_for, graphed
     label, factory, compiled = ROWS[name]
+    torch.backends.cuda.matmul.allow_tf32 = os.environ.get("TF32_MATMUL") == "1"
     cfg = TrainConfig(task="lm", d_model=D_MODEL, n_layers=LAYERS, vocab_size=256,
                       cuda_graphs=compiled == "graphs")
     torch.manual_seed(0)

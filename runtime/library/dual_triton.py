@@ -43,6 +43,7 @@ that the kernels really ran)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import torch
@@ -354,12 +355,17 @@ def _product_bwd_keys(x, starts, phi, rows, do, gated, dx, drows, T, H: tl.const
 # in registers (Titans' [256, 64] layer at a chunk of 64 on sm_90: no spills at 32 x 16 and 8
 # warps, up to 11 KB a thread at 64 x 64 and 4; benchmarks/kernel_resources.py); the tensor
 # cores' modes take 64 x 64.
-TILES = {"ieee": (32, 16), "tf32": (64, 64)}
+TILES = {"ieee": (32, 16), "tf32": (64, 64), "tf32x3": (32, 32)}
 WARPS = 8
+# float32 inputs' products: exact (`ieee`, the default), or on the tensor cores as three TF32
+# products (`tf32x3`, close to float32) or one (`tf32`); NLC_DUAL_PREC asks for one of them
+FLOAT32_PREC = os.environ.get("NLC_DUAL_PREC", "ieee")
+if FLOAT32_PREC not in TILES:
+    raise ValueError(f"NLC_DUAL_PREC={FLOAT32_PREC!r}: expected one of {', '.join(TILES)}")
 
 
 def _product_tiles(T: int, R: int, K: int, dtype) -> dict:
-    precision = dot_precision(dtype)
+    precision = FLOAT32_PREC if dtype == torch.float32 else dot_precision(dtype)
     BR, BK = TILES[precision]
     return {"R": R, "K": K, "CP": pow2(T), "BR": min(pow2(R), BR), "BK": min(pow2(K), BK),
             "PREC": precision}
