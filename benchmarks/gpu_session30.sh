@@ -12,6 +12,8 @@
 #      float32 products on the tensor cores (NLC_DUAL_PREC=tf32x3; tf32 with TF32 GEMMs) and
 #      without, with the dual kernels' tests under tf32x3; issue 16: the forward launch sweep
 #      of DeltaNet, Gated DeltaNet and simple GLA next to fla's chunk forward, both shapes;
+#   e: issue 17, cut to the device time left: c's Titans rows and d's MLP-memory rows;
+#   f: c's Hope precision check alone (a short call on a warm machine);
 #   d: issue 17: each MLP-memory example's LM step at T = 2048 (batch 2); the per-token MLP
 #      memories' step kernels with their printed backward (gpu_step_kernel.py).
 set -u
@@ -40,6 +42,20 @@ if [ "$MODE" = c ]; then
       --models gdn,sgla,deltanet --sweep-forward --forward
   done > "$OUT/forward_sweep.txt" 2>&1
   grep -E "fla chunk|fastest|ms of kernel|failed" "$OUT/forward_sweep.txt"
+  exit 0
+fi
+if [ "$MODE" = e ]; then
+  timeout 230 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 \
+    --rows titans_graphed,titans_graphed_dual_tf32x3,titans_graphed_tf32 \
+    --out "$OUT/lm_titans_tf32.md" | grep "^| nlc"
+  timeout 280 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 2 \
+    --rows ttt_mlp,moneta,yaad,memora --out "$OUT/lm_mlp.md" | grep "^| nlc"
+  exit 0
+fi
+if [ "$MODE" = f ]; then
+  for dims in "" "--d-head 16 --d-model 64 --T 130"; do
+    timeout 80 python3 "$REPO/benchmarks/hope_precision.py" --device cuda $dims
+  done 2>&1 | tee "$OUT/hope_precision.md"
   exit 0
 fi
 if [ "$MODE" = d ]; then
