@@ -66,9 +66,9 @@ def _ints(kernel, consts: dict) -> tuple[str, ...]:
 def affine_kernels():
     """runtime/library/affine_triton.py's kernels at Hope's shapes (d_head 64: a [256, 64]
     map with its erase, 2 pairs), as `_Layout` tiles them: the group's chunk of 16 (exact
-    float32 products) and the main memory's of 64 (tf32x3)."""
+    float32 products) and the main memory's of 64 (`affine_triton.LARGE_CHUNK_PREC`)."""
     from nlc.runtime.library import affine_triton
-    for C, prec in ((16, "ieee"), (64, "tf32x3")):
+    for C, prec in ((16, "ieee"), (64, affine_triton.LARGE_CHUNK_PREC)):
         tiles = {"BC": C, "PB": 2 * C, "BN": 64, "BR": 32, "ERASE": True, "PREC": prec}
         for name, kernel, extra in (("forward", affine_triton._forward_kernel, {}),
                                     ("backward", affine_triton._backward_kernel,
