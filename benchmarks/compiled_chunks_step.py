@@ -60,21 +60,10 @@ def main() -> int:
         return 1
     print(f"captured in {time.perf_counter() - start:.1f} s", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for _ in range(a.steps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast():
-            logits = step(x)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times, loss = lm_throughput.timed_steps(step, opt, x, autocast, a.steps)
     warm = sorted(times[2:])
     print(f"step s {[round(t, 3) for t in times]}; {a.batch * a.seq_len / warm[len(warm) // 2]:.0f}"
-          f" tokens/s (median after 2 warm-up steps); loss {loss.item():.4f}")
+          f" tokens/s (median after 2 warm-up steps); loss {loss:.4f}")
     return 0
 
 
