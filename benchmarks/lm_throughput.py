@@ -179,6 +179,17 @@ def run_row(name: str, steps: int, B: int, T: int) -> dict:
     else:
         forward = torch.compile(model) if compiled else model
     capture = time.perf_counter() - t0
+    times, loss = timed_steps(forward, opt, x, autocast, steps)
+    warm = sorted(times[2:])
+    return {"label": label, "tokens_per_s": B * T / warm[len(warm) // 2],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+            "first_step_s": times[0] + capture,
+            "loss": loss}
+
+
+def timed_steps(forward, opt, x, autocast, steps: int) -> tuple[list[float], float]:
+    """`steps` LM training steps on the tokens `x` (next-byte cross-entropy, `opt` stepping):
+    the wall time of each, synchronized, and the last loss."""
     times = []
     for _ in range(steps):
         torch.cuda.synchronize()
@@ -191,11 +202,7 @@ def run_row(name: str, steps: int, B: int, T: int) -> dict:
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    warm = sorted(times[2:])
-    return {"label": label, "tokens_per_s": B * T / warm[len(warm) // 2],
-            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
-            "first_step_s": times[0] + capture,
-            "loss": loss.item()}
+    return times, loss.item()
 
 
 def main():

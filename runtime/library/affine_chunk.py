@@ -87,13 +87,16 @@ class _Products(torch.autograd.Function):
 
 def _products(retain, like, shape, shared: dict | None = None):
     """`_Products` of a retention (`_coefficient`'s forms), once per retention tensor among
-    the states of one chunk (`shared`: Hope's two MLP maps share their decay)."""
-    key = ("products", id(retain), shape)
-    if shared is not None and key in shared:
-        return shared[key][1]
+    the states of one chunk (`shared`: Hope's two MLP maps share their decay). The retention
+    is found again by `is`, not by its `id()`: in a compiled chunk (NLC_COMPILE_CHUNKS) the
+    id of an input pins the compiled code to that tensor object, so every chunk compiled
+    anew, and once torch.compile's recompile limit was hit the chunks ran eagerly."""
+    seen = shared.setdefault(("products", shape), []) if shared is not None else []
+    for known, pieces in seen:
+        if known is retain:
+            return pieces
     pieces = _Products.apply(_coefficient(retain, like, shape))
-    if shared is not None:
-        shared[key] = (retain, pieces)  # holding `retain` keeps its id from being reused
+    seen.append((retain, pieces))
     return pieces
 
 

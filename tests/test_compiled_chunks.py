@@ -1,0 +1,75 @@
+"""Chunk bodies compiled by torch.compile (`compiled_chunk`, NLC_COMPILE_CHUNKS=1,
+runtime/library/scan.py), each chunk recomputed in the backward pass (NLC_RECOMPUTE_CHUNKS=1,
+the CUDA default) under bf16 autocast, as in an LM step. Hope's chunks once pinned their
+compiled code to the chunk's own retention tensor (`affine_chunk._products` keyed its
+sharing by `id()`, which torch.compile guards as that object's identity): every chunk of
+every step compiled anew, until the recompile limit sent chunks back to eager code. On the
+CPU the graphs run with the `aot_eager` backend (dynamo and AOT autograd as on the GPU, no
+code generation), which keeps the test short."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from nlc.runtime.library import scan
+
+from nlc.emit import load_module
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SMALL = {"d_model": 16.0, "heads": 2.0, "d_head": 8.0}
+
+
+def _step(layer, x):
+    """One forward and backward under bf16 autocast: the output and the gradients."""
+    xx = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(xx)
+    grads = torch.autograd.grad(y.float().square().sum(), [xx, *layer.parameters()],
+                                allow_unused=True)
+    return y, grads
+
+
+def test_hope_chunks_compile_once_per_kind_and_match_eager(tmp_path, monkeypatch):
+    """Hope's main memory in chunks of 16 (three in 48 tokens) beside its group: a chunk
+    whose start state is the learned one broadcast and a chunk that follows another compile
+    one graph each, per chunk body; a second step compiles nothing; outputs and gradients
+    are the eager chunks'."""
+    spec = tmp_path / "hope.nl"
+    spec.write_text((EXAMPLES / "hope.nl").read_text().replace("chunk(64)", "chunk(16)"))
+    hope = load_module(str(spec), SMALL)
+    torch.manual_seed(0)
+    layer = hope.SelfModifyingTitans()
+    x = torch.randn(2, 48, 16)
+    monkeypatch.setenv("NLC_RECOMPUTE_CHUNKS", "1")
+    monkeypatch.delenv("NLC_COMPILE_CHUNKS", raising=False)
+    y0, g0 = _step(layer, x)
+
+    graphs: list[str] = []  # the names of the compiled graphs, one per compilation
+
+    def backend(gm, inputs):
+        graphs.append(type(gm).__name__)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+
+    monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
+    monkeypatch.setattr(scan, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    torch._dynamo.reset()
+    try:
+        y1, g1 = _step(layer, x)
+        first = len(graphs)
+        y2, g2 = _step(layer, x)
+    finally:
+        torch._dynamo.reset()
+    # two chunk bodies (the group's, the main memory's), two kinds of chunk each
+    assert first == 4, graphs
+    assert len(graphs) == first, graphs
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.allclose(y1.float(), y0.float(), rtol=2e-2, atol=2e-2)
+    for a, b in zip(g1, g0):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), (a - b).abs().max()
