@@ -8,7 +8,7 @@
 #      (8, 2048, 16, 128) after the pair and key-side split changes, checked against fp32;
 #   b: issue 17: gpu_session29.sh b (the Titans and Hope LM steps with compiled chunks);
 #   c: issue 17: Hope's layer in float32 under each kernel setting against float64
-#      (benchmarks/hope_precision.py); the Titans LM step as CUDA graphs with the memory's
+#      (benchmarks/layer_precision.py); the Titans LM step as CUDA graphs with the memory's
 #      float32 products on the tensor cores (NLC_DUAL_PREC=tf32x3; tf32 with TF32 GEMMs) and
 #      without, with the dual kernels' tests under tf32x3; issue 16: the forward launch sweep
 #      of DeltaNet, Gated DeltaNet and simple GLA next to fla's chunk forward, both shapes;
@@ -29,7 +29,7 @@ mkdir -p $TRITON_CACHE_DIR
 cd /tmp
 if [ "$MODE" = c ]; then
   for dims in "" "--d-head 16 --d-model 64 --T 130"; do
-    timeout 90 python3 "$REPO/benchmarks/hope_precision.py" --device cuda $dims
+    timeout 90 python3 "$REPO/benchmarks/layer_precision.py" --device cuda $dims
   done 2>&1 | tee "$OUT/hope_precision.md"
   NLC_DUAL_PREC=tf32x3 NLC_TRITON_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q \
     -p no:cacheprovider "$REPO/tests/test_dual_triton.py" > "$OUT/dual_tf32x3_tests.log" 2>&1
@@ -54,7 +54,7 @@ if [ "$MODE" = e ]; then
 fi
 if [ "$MODE" = f ]; then
   for dims in "" "--d-head 16 --d-model 64 --T 130"; do
-    timeout 80 python3 "$REPO/benchmarks/hope_precision.py" --device cuda $dims
+    timeout 80 python3 "$REPO/benchmarks/layer_precision.py" --device cuda $dims
   done 2>&1 | tee "$OUT/hope_precision.md"
   exit 0
 fi

@@ -19,7 +19,7 @@ spill kilobytes a thread (the FMA products hold whole operand rows per thread; d
 "The affine combine as Triton kernels"), and `NLC_AFFINE_PREC=tf32x3` (three TF32
 tensor-core products) spills less, but on an H100 it put Hope's layer 8e-4 from float64 in
 W_x's gradient, where exact products stay at the float32 forms' 2.5e-6
-(benchmarks/hope_precision.py, docs/perf.md "fifth batch"): it is not the default.
+(benchmarks/layer_precision.py, docs/perf.md "fifth batch"): it is not the default.
 
 Every per-token input is read through its strides (views and broadcast batches are not
 copied); gradients come back dense. Without an erase a W wider than tall is taken transposed
@@ -41,7 +41,7 @@ MAX_COLUMNS = 128       # a block of W's rows holds all n columns
 MAX_ERASE_TILE = 4096   # the [C, n] tiles of an erase's column and row
 MAX_PAIR_TOKENS = 128   # P pairs x the chunk, padded
 # the products' precision above chunks of 16 (NLC_AFFINE_PREC=tf32x3 asks for the tensor
-# cores there: less spilling, far less precise; benchmarks/hope_precision.py compares both
+# cores there: less spilling, far less precise; benchmarks/layer_precision.py compares both
 # against float64)
 LARGE_CHUNK_PREC = os.environ.get("NLC_AFFINE_PREC", "ieee")
 if LARGE_CHUNK_PREC not in ("ieee", "tf32x3"):

@@ -358,10 +358,21 @@ def _product_bwd_keys(x, starts, phi, rows, do, gated, dx, drows, T, H: tl.const
 TILES = {"ieee": (32, 16), "tf32": (64, 64), "tf32x3": (32, 32)}
 WARPS = 8
 # float32 inputs' products: exact (`ieee`, the default), or on the tensor cores as three TF32
-# products (`tf32x3`, close to float32) or one (`tf32`); NLC_DUAL_PREC asks for one of them
-FLOAT32_PREC = os.environ.get("NLC_DUAL_PREC", "ieee")
-if FLOAT32_PREC not in TILES:
-    raise ValueError(f"NLC_DUAL_PREC={FLOAT32_PREC!r}: expected one of {', '.join(TILES)}")
+# products (`tf32x3`) or one (`tf32`); NLC_DUAL_PREC or `set_float32_precision` (`nlc train
+# --tf32`) asks for one of them
+FLOAT32_PREC = "ieee"
+
+
+def set_float32_precision(precision: str) -> None:
+    """The precision of float32 inputs' products from now on: one of TILES' keys."""
+    global FLOAT32_PREC
+    if precision not in TILES:
+        raise ValueError(f"dual reads' precision {precision!r}: expected one of "
+                         f"{', '.join(TILES)}")
+    FLOAT32_PREC = precision
+
+
+set_float32_precision(os.environ.get("NLC_DUAL_PREC", "ieee"))
 
 
 def _product_tiles(T: int, R: int, K: int, dtype) -> dict:

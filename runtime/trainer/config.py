@@ -85,6 +85,10 @@ class TrainConfig:
         "help": "capture the model's forward and backward as CUDA graphs (one CUDA device, "
                 "fixed batch shape): the step replays as one launch, which speeds up layers "
                 "made of many small kernels, such as MLP memories"})
+    tf32: bool = field(default=False, metadata={
+        "help": "float32 matmuls, and the dual chunk form's float32 products, on TF32 tensor "
+                "cores (CUDA): faster for layers whose state stays float32 under autocast, "
+                "such as MLP memories, with 10-bit mantissas in those products"})
 
     # task: mqar (Zoology, Arora et al. 2023)
     mqar_vocab_size: int = field(default=8192, metadata={"help": "MQAR vocabulary"})

@@ -87,6 +87,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     distributed.local_slice(torch.empty(config.batch_size), world)  # refuse uneven splits early
     if config.cuda_graphs:
         check_graphs(world)
+    if config.tf32:
+        use_tf32(world)
     spec = spec_record(config)
     # the given modules, else the builtins the config names: refused before the folder exists
     mixer_factory = mixer_factory or mixer_factory_for(config)
@@ -401,6 +403,19 @@ def check_graphs(world) -> None:
     if world.world_size > 1:
         raise NlcError("cuda_graphs runs on one device; this run has "
                        f"{world.world_size} ranks", hint="drop --cuda-graphs or --nproc")
+
+
+def use_tf32(world) -> None:
+    """`--tf32`: float32 matmuls (cuBLAS) and the dual reads' float32 products
+    (runtime/library/dual_triton.py) on TF32 tensor cores, for the rest of this process.
+    Titans' LM step ran 1.38x faster so on an H100 (docs/perf.md, "sixth batch"); the effect
+    on training is not measured. Refused before the run folder exists off CUDA."""
+    if world.device.type != "cuda":
+        raise NlcError(f"tf32 needs a CUDA device; this run is on {world.device}",
+                       hint="drop --tf32, or pass --device cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    from nlc.runtime.library import dual_triton
+    dual_triton.set_float32_precision("tf32")
 
 
 def graphed(model, sample: torch.Tensor, world, config):
