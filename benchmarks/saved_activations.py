@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from nlc import __version__
 from nlc.factories import mixer_from_spec
@@ -51,6 +52,8 @@ def _storages() -> dict:
         warnings.simplefilter("ignore")
         tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
     for obj in tensors:
+        if isinstance(obj, FakeTensor):  # compiling chunks (NLC_COMPILE_CHUNKS=1) leaves them
+            continue
         storage = obj.untyped_storage()
         found[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
     return found
