@@ -119,12 +119,12 @@ def memory_outer(inputs):
     t11 = 1e-06 + t10
     t12 = torch.rsqrt(t11)
     t13 = t12 * t8
-    t14 = 2 / (torch.sqrt(t11))
+    t14 = 2 * t12
     t15 = t14 * t8
     t16 = t0 + t1 + t15
     t17 = t13 * t16
     t18 = nl.mean(t17)
-    t19 = -t18 / (torch.sqrt(t11))
+    t19 = -t12 * t18
     t20 = t19 + t14
     t21 = t20 * t8
     t22 = nl.mean(t16)
@@ -133,7 +133,7 @@ def memory_outer(inputs):
     t25 = t0 + t1 + t21 + t24
     drive0_0_col = (-theta) * ((t12 * (nl.mm(M_W2_0.mT, t25))) * (nl.gelu_grad(t2)))
     drive0_0_row = k.mT
-    drive1_0_col = (-theta / (torch.sqrt(t11))) * t25
+    drive1_0_col = (-theta * t12) * t25
     drive1_0_row = t3.mT
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
 

@@ -72,9 +72,7 @@ def memory_outer(inputs):
     t9 = torch.rsqrt(t8)
     t10 = t9 * t5
     t11 = t0 + t10 + k
-    drive0_0_col = (-eta / (torch.sqrt(t8))) * (
-        t0 + (-nl.mean(t10 * t11) / (torch.sqrt(t8)) + t9) * t5 + (-nl.mean(t11)) + k
-    )
+    drive0_0_col = (-eta * t9) * (t0 + (-t9 * nl.mean(t10 * t11) + t9) * t5 + (-nl.mean(t11)) + k)
     drive0_0_row = k.mT
     return {"drive0": [(drive0_0_col, drive0_0_row)]}
 

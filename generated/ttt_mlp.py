@@ -92,7 +92,7 @@ def memory_outer(inputs):
     t13 = t0 + t12 + k
     t14 = t12 * t13
     t15 = nl.mean(t14)
-    t16 = -t15 / (torch.sqrt(t10))
+    t16 = -t11 * t15
     t17 = t16 + t11
     t18 = t17 * t7
     t19 = nl.mean(t13)
@@ -101,7 +101,7 @@ def memory_outer(inputs):
     t22 = t0 + t18 + t21 + k
     drive0_0_col = (-eta) * ((t11 * (nl.mm(W_W2_0.mT, t22))) * (nl.gelu_grad(t1)))
     drive0_0_row = k.mT
-    drive1_0_col = (-eta / (torch.sqrt(t10))) * t22
+    drive1_0_col = (-eta * t11) * t22
     drive1_0_row = t2.mT
     return {"drive0": [(drive0_0_col, drive0_0_row)], "drive1": [(drive1_0_col, drive1_0_row)]}
 

@@ -201,7 +201,12 @@ class TorchPrinter:
     def _print_Mul(self, e) -> str:
         numer, denom = [], []
         for f in e.as_ordered_factors():
-            if isinstance(f, sp.Pow) and f.exp.is_number and f.exp < 0 and not f.base.is_number:
+            # a negative power divides, unless it is a shared root: then its temporary
+            # multiplies (one rsqrt for every 1 / sqrt(x) of a rule, not a sqrt and a
+            # division each; a shared 1 / x would cost a division and a product instead of
+            # the one division)
+            if isinstance(f, sp.Pow) and f.exp.is_number and f.exp < 0 \
+                    and not f.base.is_number and (self.uses[f] <= 1 or f.exp == -1):
                 denom.append(sp.Pow(f.base, -f.exp))
             else:
                 numer.append(f)
