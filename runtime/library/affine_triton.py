@@ -17,9 +17,9 @@ products' gradients) in registers; it stores nothing from the forward pass but i
 Products are exact float32 (`ieee`, as the other float32 kernels). At chunks above 16 those
 spill kilobytes a thread (the FMA products hold whole operand rows per thread; docs/perf.md,
 "The affine combine as Triton kernels"), and `NLC_AFFINE_PREC=tf32x3` (three TF32
-tensor-core products) spills less, but on an H100 it put Hope's layer 8e-4 from float64 in
-W_x's gradient, where exact products stay at the float32 forms' 2.5e-6
-(benchmarks/layer_precision.py, docs/perf.md "fifth batch"): it is not the default.
+tensor-core products) spills less, but on an H100 it put Hope's layer 7.9e-4 from float64
+in W_x's gradient, where exact products stay at the float32 PyTorch forms' 1.1e-6
+(benchmarks/layer_precision.py, docs/perf.md "sixth batch"): it is not the default.
 
 Every per-token input is read through its strides (views and broadcast batches are not
 copied); gradients come back dense. Without an erase a W wider than tall is taken transposed
