@@ -37,3 +37,24 @@ install_nlc() {
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/nlc .
   export PYTHONPATH=/tmp/nlc:/tmp/site PATH=/tmp/site/bin:$PATH
 }
+
+# start_session: install_nlc, a Triton cache under /tmp (kept while the machine stays warm),
+# and /tmp as the working folder (runs write there, not into the carried checkout)
+start_session() {
+  install_nlc
+  export TRITON_CACHE_DIR=/tmp/tc
+  mkdir -p $TRITON_CACHE_DIR
+  cd /tmp
+}
+
+# time_slow_chunked OUTFILE: gpu_chunked.py's table of momentum delta, row-decay delta, RWKV-7
+# and KDA at (8, 2048, 16, 128) against float32, fla not run for them
+time_slow_chunked() {
+  local skip="RWKV-7:fla chunk,RWKV-7:fla fused recurrent,KDA:fla chunk,KDA:fla fused recurrent"
+  for m in "row-decay delta" "momentum delta"; do
+    skip="$skip,$m:fla chunk,$m:fla fused recurrent"
+  done
+  timeout 240 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold \
+    --models "momentum delta,row-decay delta,RWKV-7,KDA" --shapes "8,2048,16,128" \
+    --check "ours chunked" --skip "$skip" --out "$1"
+}

@@ -24,10 +24,7 @@ set -u
 MODE=${1:-mlp}
 REPO=$(pwd)
 source benchmarks/gpu_common.sh
-install_nlc
-export TRITON_CACHE_DIR=/tmp/tc
-mkdir -p $TRITON_CACHE_DIR
-cd /tmp
+start_session
 flatten() {  # flatten DIR: each run's metrics.jsonl and log as $OUT/DIR_flat/RUN.*
   mkdir -p "$OUT/$1_flat"
   for run in "$OUT/$1"/runs/*/; do
@@ -76,13 +73,7 @@ elif [ "$MODE" = kernels3 ]; then
   NLC_TRITON_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider \
     "$REPO/tests/test_chunk_joint_triton.py" > "$OUT/joint_tests.log" 2>&1
   tail -3 "$OUT/joint_tests.log"
-  SKIP="RWKV-7:fla chunk,RWKV-7:fla fused recurrent,KDA:fla chunk,KDA:fla fused recurrent"
-  for m in "row-decay delta" "momentum delta"; do
-    SKIP="$SKIP,$m:fla chunk,$m:fla fused recurrent"
-  done
-  timeout 240 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold \
-    --models "momentum delta,row-decay delta,RWKV-7,KDA" --shapes "8,2048,16,128" \
-    --check "ours chunked" --skip "$SKIP" --out "$OUT/perf.md"
+  time_slow_chunked "$OUT/perf.md"
   timeout 150 python3 "$REPO/benchmarks/gpu_chunked.py" --profile \
     --models "momentum delta,RWKV-7,KDA" --shapes "8,2048,16,128" --out "$OUT/unused.md" \
     | grep -v '^-' | cut -c1-200 > "$OUT/profile.txt"

@@ -17,10 +17,7 @@ if [ "$MODE" = c ]; then
   exec bash "$REPO/benchmarks/gpu_session27.sh" kernels3
 fi
 source benchmarks/gpu_common.sh
-install_nlc
-export TRITON_CACHE_DIR=/tmp/tc
-mkdir -p $TRITON_CACHE_DIR
-cd /tmp
+start_session
 LM="$REPO/benchmarks/lm_throughput.py"
 if [ "$MODE" = a ]; then
   NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \

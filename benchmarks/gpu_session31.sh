@@ -17,10 +17,7 @@ set -u
 MODE=${1:-a}
 REPO=$(pwd)
 source benchmarks/gpu_common.sh
-install_nlc
-export TRITON_CACHE_DIR=/tmp/tc
-mkdir -p $TRITON_CACHE_DIR
-cd /tmp
+start_session
 LM="$REPO/benchmarks/lm_throughput.py"
 if [ "$MODE" = a ]; then
   timeout 60 python3 "$REPO/benchmarks/layer_precision.py" --model titans --device cuda \
