@@ -129,11 +129,11 @@ ROWS = {
     "moneta": ("nlc examples/moneta.nl", lambda: _spec("moneta", d_head=64), False),
     # the float32 products of Titans' memory on the tensor cores: the dual reads' kernels as
     # three TF32 products (close to float32), or those as one and cuBLAS's float32 GEMMs as
-    # TF32 too (torch.backends.cuda.matmul.allow_tf32)
+    # TF32 too (`nlc train --tf32`: TF32_ROWS)
     "titans_graphed_dual_tf32x3": ("nlc examples/titans.nl, CUDA graphs, NLC_DUAL_PREC=tf32x3",
                                    lambda: _spec("titans", d_head=64), "graphs"),
-    "titans_graphed_tf32": ("nlc examples/titans.nl, CUDA graphs, NLC_DUAL_PREC=tf32, "
-                            "TF32 matmuls", lambda: _spec("titans", d_head=64), "graphs"),
+    "titans_graphed_tf32": ("nlc examples/titans.nl, CUDA graphs, --tf32 (dual reads and "
+                            "GEMMs in TF32)", lambda: _spec("titans", d_head=64), "graphs"),
     "yaad": ("nlc examples/yaad.nl", lambda: _spec("yaad", d_head=64), False),
     "memora": ("nlc examples/memora.nl", lambda: _spec("memora", d_head=64), False),
 }
@@ -153,24 +153,25 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "titans_graphed_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"},
-       "titans_graphed_dual_tf32x3": {"NLC_DUAL_PREC": "tf32x3"},
-       "titans_graphed_tf32": {"NLC_DUAL_PREC": "tf32", "TF32_MATMUL": "1"}}
+       "titans_graphed_dual_tf32x3": {"NLC_DUAL_PREC": "tf32x3"}}
+TF32_ROWS = {"titans_graphed_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
 
 
 def run_row(name: str, steps: int, B: int, T: int) -> dict:
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.distributed import World
     from nlc.runtime.trainer.model import LanguageModel
-    from nlc.runtime.trainer.train import autocast_for, graphed
+    from nlc.runtime.trainer.train import autocast_for, graphed, use_tf32
     label, factory, compiled = ROWS[name]
-    torch.backends.cuda.matmul.allow_tf32 = os.environ.get("TF32_MATMUL") == "1"
     cfg = TrainConfig(task="lm", d_model=D_MODEL, n_layers=LAYERS, vocab_size=256,
-                      cuda_graphs=compiled == "graphs")
+                      cuda_graphs=compiled == "graphs", tf32=name in TF32_ROWS)
     torch.manual_seed(0)
     model = LanguageModel(cfg, factory()).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (B, T), device="cuda")
     world = World(device=torch.device("cuda"))
+    if cfg.tf32:
+        use_tf32(world)
     autocast = autocast_for(cfg, world.device)  # the trainer's (its cache off under graphs)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

@@ -36,13 +36,20 @@ def _momentum_loop(q, k, v, eta, theta, alpha, S, M, read_before=False):
     return torch.stack(outs, 1), S, M
 
 
-def _momentum_chunked(q, k, v, eta, theta, alpha, S, M, read_before=False, chunk_size=16):
-    """The same rule as X = [S, M]: S' = S (alpha I - eta k k^T) + M theta + eta v k^T,
+def _momentum_terms(v, eta, theta, alpha):
+    """The joint form's values, P and Q of the rule as X = [S, M]:
+    S' = S (alpha I - eta k k^T) + M theta + eta v k^T,
     M' = S (-eta k k^T) + M theta + eta v k^T."""
     zero = torch.zeros_like(eta)
     P = torch.stack([torch.stack([alpha, zero], -1), torch.stack([theta, theta], -1)], -2)
     Q = torch.stack([torch.stack([-eta, -eta], -1), torch.stack([zero, zero], -1)], -2)
     values = (eta[..., None] * v).unsqueeze(-2).expand(-1, -1, -1, 2, -1)
+    return values, P, Q
+
+
+def _momentum_chunked(q, k, v, eta, theta, alpha, S, M, read_before=False, chunk_size=16):
+    """The same rule through the joint form (`_momentum_terms`)."""
+    values, P, Q = _momentum_terms(v, eta, theta, alpha)
     o, X = joint_chunked(q, k, values, P, Q, read=0, initial_state=torch.stack((S, M), 2),
                          read_before=read_before, chunk_size=chunk_size)
     return o, X[:, :, 0], X[:, :, 1]
@@ -227,10 +234,7 @@ def test_half_precision_tokens_with_a_float32_state_compute_in_float32():
     from nlc.runtime.library.joint import joint_chunked_torch
     q, k, v, eta, theta, alpha = (x.float() for x in _inputs(40))
     S, M = (x.float() for x in _states(True))
-    zero = torch.zeros_like(eta)
-    P = torch.stack([torch.stack([alpha, zero], -1), torch.stack([theta, theta], -1)], -2)
-    Q = torch.stack([torch.stack([-eta, -eta], -1), torch.stack([zero, zero], -1)], -2)
-    values = (eta[..., None] * v).unsqueeze(-2).expand(-1, -1, -1, 2, -1)
+    values, P, Q = _momentum_terms(v, eta, theta, alpha)
     X0 = torch.stack((S, M), 2)
     full, _ = joint_chunked_torch(q, k, values, P, Q, initial_state=X0, chunk_size=16)
     tokens = (x.bfloat16() for x in (q, k, values, P, Q))
