@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -98,6 +99,11 @@ def main() -> None:
     p.add_argument("--T", type=int, default=40,
                    help="tokens (Hope's main memory and Titans take chunks of 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", default=None,
+                   help="comma-separated row numbers (from 0) to run, default all: a row whose "
+                        "kernel faults poisons the CUDA context, so a GPU run takes each row "
+                        "in its own process (with CUDA_LAUNCH_BLOCKING=1 to name the kernel)")
+    p.add_argument("--no-header", action="store_true", help="the table's rows only")
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda: no CUDA device here")
@@ -111,17 +117,24 @@ def main() -> None:
     ref = with_setting({"NLC_TRITON": "0"}, {}, lambda: run(layer, x))
     layer32, x32 = layer.float(), x.float()
     card = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
-    print(f"examples/{spec} {cls}, d_model {a.d_model}, {a.heads} heads of {a.d_head}, "
-          f"T = {a.T}, {a.device} ({card}), torch {torch.__version__}; relative errors "
-          "against float64 (PyTorch forms)\n")
     names = list(ref)
-    print("| setting | worst | " + " | ".join(names) + " |")
-    print("|---|---|" + "---|" * len(names))
-    for row, env, precisions in SETTINGS[a.model]:
+    if not a.no_header:
+        print(f"examples/{spec} {cls}, d_model {a.d_model}, {a.heads} heads of {a.d_head}, "
+              f"T = {a.T}, {a.device} ({card}), torch {torch.__version__}; relative errors "
+              "against float64 (PyTorch forms)\n")
+        print("| setting | worst | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+    settings = SETTINGS[a.model]
+    chosen = range(len(settings)) if a.rows is None else [int(r) for r in a.rows.split(",")]
+    for i in chosen:
+        row, env, precisions = settings[i]
         try:
             got = with_setting(env, precisions, lambda: run(layer32, x32))
         except Exception as e:  # noqa: BLE001 - a row that fails is reported, the rest run
-            print(f"| {row} | failed: {type(e).__name__}: {str(e)[:120]} |")
+            where = traceback.extract_tb(e.__traceback__)
+            frames = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in where[-4:])
+            msg = str(e).splitlines()[0][:120] if str(e) else ""
+            print(f"| {row} | failed: {type(e).__name__}: {msg} (at {frames}) |")
             continue
         errs = [rel(got[n], ref[n]) for n in names]
         print(f"| {row} | {max(errs):.1e} | " + " | ".join(f"{e:.1e}" for e in errs) + " |")

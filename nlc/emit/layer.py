@@ -13,7 +13,13 @@ from nlc.derive.execution import Attention
 from nlc.derive.symbols import shifted_name
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.group_reads import shared_reads
-from nlc.emit.levels import READ_LAYOUT, LevelPrinter, PrintedLevel, outer_arguments
+from nlc.emit.levels import (
+    READ_LAYOUT,
+    TERMS_FLAG,
+    LevelPrinter,
+    PrintedLevel,
+    outer_arguments,
+)
 from nlc.emit.names import local
 from nlc.emit.render import prose
 from nlc.errors import NlcError
@@ -274,9 +280,9 @@ class LayerPrinter:
         shared.kernel_args = outer_arguments(kernel, anchors=False)
         for pl, _ in users:
             if pl.outer_kernel is None:
-                pl.notes.append(prose("on CUDA its chunk-start terms run as the Triton kernels "
-                                      f"of {kernel.module}.py, forward and backward, through "
-                                      f"{shared.terms}"))
+                pl.notes.append(prose(f"its chunk-start terms, through {shared.terms}, have "
+                                      f"Triton kernels in {kernel.module}.py, forward and "
+                                      f"backward, run on CUDA when {TERMS_FLAG}=1 asks"))
             pl.outer_kernel, pl.outer_source = None, ""
         return shared.terms
 

@@ -29,6 +29,10 @@ from nlc.emit.names import local
 from nlc.emit.render import prose
 from nlc.emit.torch_printer import TorchPrinter
 
+# the environment switch that sends chunk-start terms to their Triton kernels
+# (runtime/library/ops.py, outer_terms)
+TERMS_FLAG = "NLC_TERMS_TRITON"
+
 READ_LAYOUT = {"vector": "[B, T, H, D]", "scalar": "[B, T, H]"}
 
 
@@ -176,10 +180,11 @@ class LevelPrinter:
             return
         out.outer_kernel, out.outer_source = kernel.module, kernel.source
         out.outer_names = outer_arguments(kernel, anchors=True)
-        out.notes.append(prose("on CUDA its chunk-start terms (the MLP at the anchors, the "
-                               "error signals and the backward pass through the MLP) run as "
-                               f"the Triton kernels of {kernel.module}.py, forward and "
-                               "backward"))
+        out.notes.append(prose("its chunk-start terms (the MLP at the anchors, the error "
+                               "signals and the backward pass through the MLP) have Triton "
+                               f"kernels in {kernel.module}.py, forward and backward; they "
+                               f"run on CUDA when {TERMS_FLAG}=1 asks, else the batched "
+                               "PyTorch terms run (faster in the GPU timings so far)"))
 
     def step_kernel(self, out: PrintedLevel) -> None:
         """A token-loop level's fused step kernel (nlc/emit/step_render.py), or the note
