@@ -354,6 +354,9 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="only the per-kernel CUDA times of ours chunked (torch.profiler), "
                              "each model at each shape, no timing tables")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="time forward passes only: fla's backward kernels then never "
+                             "autotune (fla's chunk_gla as a whole autotuned past 7 minutes)")
     parser.add_argument("--shapes", default="",
                         help="B,T,H,D shapes separated by ';' (default: both of SHAPES)")
     args = parser.parse_args()
@@ -428,6 +431,9 @@ def main():
                 for backward in (False, True):
                     if (model, name) in skip:
                         cells.append("not timed (--skip)")
+                        continue
+                    if backward and args.forward_only:
+                        cells.append("not timed (--forward-only)")
                         continue
                     try:
                         ms = time_fn(make(model), x, backward)

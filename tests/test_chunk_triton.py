@@ -163,6 +163,26 @@ CASES = [
 @needs_kernels
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_chunked_triton_matches_token_loop(case):
+    check_against_token_loop(case)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", [("decay", "scalar", 65, 16, 48, 32, True, True),
+                                  ("decay", "none", 63, 32, 40, 16, False, False),
+                                  ("decay", "channel", 65, 16, 48, 32, True, False)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_forward_state_pass_split_along_keys(case, monkeypatch):
+    """Without the delta rule the forward state pass also splits the key axis
+    (`split_state_launch`); blocks of 16 make three key blocks of the 48 keys here (the
+    default 64 x 64 blocks split only keys wider than 64)."""
+    from nlc.runtime.library import chunk_triton
+    monkeypatch.setitem(chunk_triton.STATE_PASSES, "split_BK", 16)
+    monkeypatch.setitem(chunk_triton.STATE_PASSES, "split_BV", 16)
+    assert chunk_triton.split_state_launch(64, 32)[:2] == (16, 16)
+    check_against_token_loop(case)
+
+
+def check_against_token_loop(case):
     family, decay, T, chunk, K, V, with_h0, packed = case
     torch.manual_seed(T + K)
     if packed:  # three sequences packed along T (one of them shorter than a chunk)

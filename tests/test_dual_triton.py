@@ -444,3 +444,17 @@ def test_dual_kernels_rerun_in_a_fresh_interpreter_process():
     if INTERPRETED or DEVICE != "cpu":
         pytest.skip("the kernels run in this process")
     rerun_under_interpreter(__file__)
+
+
+def test_narrow_states_keep_exact_products_when_tf32_is_asked(monkeypatch):
+    """`nlc train --tf32` asks the float32 reads for TF32 products; states narrower than
+    TENSOR_CORE_MIN_WIDTH keep exact ones (their tensor-core reads faulted on an H100),
+    half-precision inputs keep their own precision, and wide states take what was asked."""
+    from nlc.runtime.library import dual_triton
+    monkeypatch.setattr(dual_triton, "FLOAT32_PREC", "tf32")
+    wide = dual_triton.TENSOR_CORE_MIN_WIDTH
+    assert dual_triton._product_tiles(64, 4 * wide, wide, torch.float32)["PREC"] == "tf32"
+    assert dual_triton._product_tiles(64, 32, 8, torch.float32)["PREC"] == "ieee"
+    assert dual_triton._product_tiles(64, 8, 4 * wide, torch.float32)["PREC"] == "ieee"
+    narrow_half = dual_triton._product_tiles(64, 32, 8, torch.bfloat16)["PREC"]
+    assert narrow_half == dual_triton.dot_precision(torch.bfloat16)

@@ -34,6 +34,7 @@ from nlc.runtime.library.chunk_triton import (
     compute_dtype,
     dot_precision,
     pow2,
+    split_state_launch,
     state_launch,
 )
 
@@ -93,11 +94,22 @@ def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constex
     the head, the sequence's first and last chunk, the key and value offsets and masks, the
     state's offsets in a [S, H, V, K] tensor, and the carried float32 state (block), loaded
     from `s0` (the initial state, or the final state's gradient) if HAS_S0, else zeros."""
-    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    return _split_state_prologue(s0, offsets, H, K, V, BK, BV, 1, HAS_S0)
+
+
+@triton.jit
+def _split_state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
+                          HAS_S0: tl.constexpr):
+    """`_state_prologue` with the key axis split in NK blocks of BK too: one program per
+    (V block x K block, sequence, head). Only where the state's key columns evolve apart
+    (no delta rule: S' = S diag(decay) + v k^T)."""
+    i_vk, i_sh = tl.program_id(0), tl.program_id(1)
+    i_v, i_k = i_vk // NK, i_vk % NK
     i_s, i_h = i_sh // H, i_sh % H
     first = tl.load(offsets + i_s)
     last = tl.load(offsets + i_s + 1)
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
     m_v = o_v < V
@@ -108,6 +120,16 @@ def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constex
     else:
         b_S = tl.zeros([BV, BK], dtype=tl.float32)
     return i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S
+
+
+@triton.jit
+def _sequence(bounds, H: tl.constexpr):
+    """The first token and the end of the sequence of this program's (sequence, head): a
+    sequential state pass finds chunk i's tokens as first + (i - first chunk) * BT, by
+    arithmetic, so that no load of the chunk table sits on each step's critical path (the
+    next chunk's loads need no earlier load, and can be issued ahead)."""
+    i_s = tl.program_id(1) // H
+    return tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
 
 
 # --------------------------------------------------------------------------- forward
@@ -192,20 +214,20 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
 
 
 @triton.jit
-def _states_kernel(k, v, gc, h, h0, ht, starts, ends, offsets,
+def _states_kernel(k, v, gc, h, h0, ht, bounds, offsets,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-                   PREC: tl.constexpr):
-    """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h)
-    and the final state."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
-        h0, offsets, H, K, V, BK, BV, HAS_H0)
+                   BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
+                   HAS_H0: tl.constexpr, PREC: tl.constexpr):
+    """Per (V block x K block, sequence, head), chunk after chunk: the state at each chunk's
+    start (h) and the final state."""
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _split_state_prologue(
+        h0, offsets, H, K, V, BK, BV, NK, HAS_H0)
+    seq_bos, eos = _sequence(bounds, H)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
                  b_S.to(h.dtype.element_ty), mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
+        bos = seq_bos + (i_c - first) * BT
         tok = bos + rows
         m_t = tok < eos
         b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
@@ -497,10 +519,11 @@ def _forward(q, k, v, ld, h0, table, BT):
                             BK=BK, STRICT=False, PREC=prec, num_warps=4)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
-    BVs, warps = state_launch(BV, S * H)
-    _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        k, v, gc, h, h0, ht, table.starts, table.ends, table.offsets, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BVs, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
+    BKs, BVs, warps = split_state_launch(BK, BV)
+    NK = triton.cdiv(K, BKs)
+    _states_kernel[(triton.cdiv(V, BVs) * NK, S * H)](
+        k, v, gc, h, h0, ht, table.bounds, table.offsets, H=H, K=K, V=V, BT=BT,
+        BK=BKs, BV=BVs, NK=NK, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
         q, v, gc, h, amat, o, None, None, table.starts, table.ends, H=H, K=K, V=V, BT=BT,

@@ -30,7 +30,11 @@ import os
 import torch
 import triton
 import triton.language as tl
-from nlc.runtime.library.chunk_decay_triton import _state_prologue
+from nlc.runtime.library.chunk_decay_triton import (
+    _sequence,
+    _split_state_prologue,
+    _state_prologue,
+)
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
@@ -40,6 +44,7 @@ from nlc.runtime.library.chunk_triton import (
     compute_dtype,
     dot_precision,
     pow2,
+    split_state_launch,
     state_launch,
 )
 
@@ -198,20 +203,21 @@ def _wu_kernel(k, v, beta, gc, tinv, w, u, starts, ends,
 
 
 @triton.jit
-def _states_kernel(k, u, w, gc, h, delta, h0, ht, starts, ends, offsets,
+def _states_kernel(k, u, w, gc, h, delta, h0, ht, bounds, offsets,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
-                   HAS_H0: tl.constexpr, PREC: tl.constexpr):
-    """Per (V block, sequence, head), chunk after chunk: store the state at each chunk's start
-    in h, the chunk's Delta, and the final state."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
-        h0, offsets, H, K, V, BK, BV, HAS_H0)
+                   BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
+                   DELTA: tl.constexpr, HAS_H0: tl.constexpr, PREC: tl.constexpr):
+    """Per (V block x K block, sequence, head), chunk after chunk: store the state at each
+    chunk's start in h, the chunk's Delta, and the final state. The delta rule reads whole
+    rows of the state (NK = 1)."""
+    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _split_state_prologue(
+        h0, offsets, H, K, V, BK, BV, NK, HAS_H0)
+    seq_bos, eos = _sequence(bounds, H)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
                  b_S.to(h.dtype.element_ty), mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
+        bos = seq_bos + (i_c - first) * BT
         tok = bos + rows
         m_t = tok < eos
         m_tk = m_t[:, None] & m_k[None, :]
@@ -493,10 +499,14 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
             H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=FORWARD["wu_warps"])
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
-    BVs, warps = state_launch(BV, S * H)
-    _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        k, u if delta_rule else v, w, gc, h, d, h0, ht, table.starts, table.ends,
-        table.offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, DELTA=delta_rule,
+    if delta_rule:
+        (BVs, warps), BKs = state_launch(BV, S * H), BK
+    else:
+        BKs, BVs, warps = split_state_launch(BK, BV)
+    NK = triton.cdiv(K, BKs)
+    _states_kernel[(triton.cdiv(V, BVs) * NK, S * H)](
+        k, u if delta_rule else v, w, gc, h, d, h0, ht, table.bounds, table.offsets,
+        H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs, NK=NK, DELTA=delta_rule,
         HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     BVo = min(FORWARD["output_BV"] or BV, pow2(V))

@@ -28,6 +28,7 @@ LOG_DECAY_FLOOR = -110.0
 # `benchmarks/kernel_profile.py --sweep-states` times the alternatives;
 # NLC_STATE_PASSES='{"BV_few": 32, "num_warps": 8}' overrides them for such a run.
 STATE_PASSES = {"few": 64, "BV_few": 16, "some": 256, "BV_some": 32, "num_warps": 4,
+                "split_BK": 64, "split_BV": 64, "split_warps": 4,
                 **json.loads(os.environ.get("NLC_STATE_PASSES", "{}"))}
 
 
@@ -38,6 +39,16 @@ def state_launch(BV: int, programs: int) -> tuple[int, int]:
     if programs < STATE_PASSES["some"]:
         return min(BV, STATE_PASSES["BV_some"]), STATE_PASSES["num_warps"]
     return BV, 4
+
+
+def split_state_launch(BK: int, BV: int) -> tuple[int, int, int]:
+    """(K block, V block, warps) of a forward state pass whose key columns evolve apart (the
+    decay family, no delta rule): blocks of at most 64 x 64, so that each program loads a
+    slice of the chunk's keys instead of all of them (simple GLA's state pass took 322 us
+    against fla's 134 us at (1, 16384, 16, 128) on an H100 with the whole key axis in every
+    program, docs/perf.md). NLC_STATE_PASSES sets "split_BK", "split_BV", "split_warps"."""
+    return (min(BK, STATE_PASSES["split_BK"]), min(BV, STATE_PASSES["split_BV"]),
+            STATE_PASSES["split_warps"])
 
 
 @dataclass(frozen=True)

@@ -375,8 +375,19 @@ def set_float32_precision(precision: str) -> None:
 set_float32_precision(os.environ.get("NLC_DUAL_PREC", "ieee"))
 
 
+# the narrowest state (rows or columns) whose float32 reads take FLOAT32_PREC's tensor-core
+# products: on an H100 with Triton 3.6 the reads of Titans' layer with heads of 8 (states of
+# 32 x 8 and 8 x 32) hit an illegal memory access in `tf32` (the forward kernel) and `tf32x3`
+# (the backward's pairs kernel), while heads of 64 ran and matched float64
+# (benchmarks/layer_precision.py, docs/perf.md "seventh batch"); narrower states keep exact
+# products, which such small products lose little by
+TENSOR_CORE_MIN_WIDTH = 64
+
+
 def _product_tiles(T: int, R: int, K: int, dtype) -> dict:
     precision = FLOAT32_PREC if dtype == torch.float32 else dot_precision(dtype)
+    if dtype == torch.float32 and min(R, K) < TENSOR_CORE_MIN_WIDTH:
+        precision = "ieee"
     BR, BK = TILES[precision]
     return {"R": R, "K": K, "CP": pow2(T), "BR": min(pow2(R), BR), "BK": min(pow2(K), BK),
             "PREC": precision}
