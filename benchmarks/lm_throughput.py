@@ -141,6 +141,12 @@ ROWS = {
                                         lambda: _spec("ttt_mlp", d_head=64), "graphs"),
     "titans_graphed_compiled_tf32": ("nlc examples/titans.nl, CUDA graphs, NLC_COMPILE_CHUNKS=1, "
                                      "--tf32", lambda: _spec("titans", d_head=64), "graphs"),
+    # the same with the dual reads' kernels called from the compiled chunks (custom ops), so
+    # that their TF32 products run there too
+    "titans_graphed_compiled_kernels_tf32": ("nlc examples/titans.nl, CUDA graphs, "
+                                             "NLC_COMPILE_CHUNKS=1, NLC_COMPILE_DUAL_KERNELS=1, "
+                                             "--tf32", lambda: _spec("titans", d_head=64),
+                                             "graphs"),
     "yaad": ("nlc examples/yaad.nl", lambda: _spec("yaad", d_head=64), False),
     "memora": ("nlc examples/memora.nl", lambda: _spec("memora", d_head=64), False),
 }
@@ -154,6 +160,8 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "hope_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "ttt_mlp_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_tf32": {"NLC_COMPILE_CHUNKS": "1"},
+       "titans_graphed_compiled_kernels_tf32": {"NLC_COMPILE_CHUNKS": "1",
+                                                "NLC_COMPILE_DUAL_KERNELS": "1"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "hope_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "titans_graphed_terms_kernels": {"NLC_TERMS_TRITON": "1"},
@@ -163,7 +171,8 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"},
        "titans_graphed_dual_tf32x3": {"NLC_DUAL_PREC": "tf32x3"}}
-TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
+TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
+             "titans_graphed_compiled_kernels_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
 
 
 def run_row(name: str, steps: int, B: int, T: int) -> dict:

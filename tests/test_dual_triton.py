@@ -458,3 +458,40 @@ def test_narrow_states_keep_exact_products_when_tf32_is_asked(monkeypatch):
     assert dual_triton._product_tiles(64, 8, 4 * wide, torch.float32)["PREC"] == "ieee"
     narrow_half = dual_triton._product_tiles(64, 32, 8, torch.bfloat16)["PREC"]
     assert narrow_half == dual_triton.dot_precision(torch.bfloat16)
+
+
+@needs_kernels
+@pytest.mark.parametrize("what", ["read", "scan"])
+def test_compiled_code_calls_the_kernels_as_custom_ops(what, monkeypatch):
+    """With NLC_COMPILE_DUAL_KERNELS=1, code that torch.compile traces (here with the
+    aot_eager backend: dynamo and AOT autograd, no code generation) runs the reads and the
+    scan as the kernels' custom ops (dual_ops.py), forward and backward, and matches the
+    PyTorch forms in float64; without it, the traced code runs no kernel."""
+    T, R, K = 15, 16, 48
+
+    def run(dtype):
+        if what == "scan":
+            return scan_run("titans", T, dtype)
+        return read_run(leaves_as(read_inputs(T, R, K), dtype), "W")
+
+    monkeypatch.setenv("NLC_TRITON", "0")
+    want, want_grads = run(torch.float64)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    names = ("scan_fwd", "scan_bwd") if what == "scan" else ("product_fwd", "product_bwd")
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=False)
+    torch._dynamo.reset()
+    monkeypatch.delenv("NLC_COMPILE_DUAL_KERNELS", raising=False)
+    before = launches()
+    compiled(torch.float32)
+    assert not any(launches().get(n, 0) > before.get(n, 0) for n in names)
+    torch._dynamo.reset()
+    monkeypatch.setenv("NLC_COMPILE_DUAL_KERNELS", "1")
+    before = launches()
+    got, got_grads = compiled(torch.float32)
+    torch._dynamo.reset()
+    assert ran(before, *names)
+    for x, ref in zip(got if what == "scan" else (got,), want if what == "scan" else (want,)):
+        assert rel(x, ref) < TOL
+    assert got_grads.keys() == want_grads.keys()
+    for n, ref in want_grads.items():
+        assert close(got_grads[n], ref, TOL), n

@@ -304,7 +304,7 @@ def _dscores_kernel(v, do, amat, damat, dv, starts, ends,
 
 
 @triton.jit
-def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
+def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, bounds, offsets,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                         PREC: tl.constexpr):
@@ -312,13 +312,13 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, starts, ends, offsets,
     part, and the initial state's gradient."""
     i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
         dht, offsets, H, K, V, BK, BV, HAS_DHT)
+    seq_bos, eos = _sequence(bounds, H)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
         tl.store(dh + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :], b_dS,
                  mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
+        bos = seq_bos + (i_c - first) * BT
         tok = bos + rows
         m_t = tok < eos
         m_tv = m_t[:, None] & m_v[None, :]
@@ -548,7 +548,7 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
     dh0 = torch.empty(S, H, V, K, **f32)
     BVs, warps = state_launch(BV, S * H)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
-        q, k, do, gc, dv, dh, dht, dh0, table.starts, table.ends, table.offsets, H=H, K=K,
+        q, k, do, gc, dv, dh, dht, dh0, table.bounds, table.offsets, H=H, K=K,
         V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dqi = torch.empty(N, H, K, **f32)
     dki = torch.empty(N, H, K, **f32)

@@ -296,7 +296,7 @@ def _intra_ddelta_kernel(q, k, do, gc, dd, starts, ends,
 
 
 @triton.jit
-def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets,
+def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, bounds, offsets,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
                         HAS_DHT: tl.constexpr, PREC: tl.constexpr):
@@ -304,13 +304,13 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets
     chunk's end state) in dh, complete dDelta in dd, and store the initial state's gradient."""
     i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
         dht, offsets, H, K, V, BK, BV, HAS_DHT)
+    seq_bos, eos = _sequence(bounds, H)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
         tl.store(dh + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :], b_dS,
                  mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
+        bos = seq_bos + (i_c - first) * BT
         tok = bos + rows
         m_t = tok < eos
         m_tk = m_t[:, None] & m_k[None, :]
@@ -531,7 +531,7 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
     dh0 = torch.empty(S, H, V, K, dtype=torch.float32, device=q.device)
     BVs, warps = state_launch(BV, S * H)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
-        q, k, w, do, gc, dd, dh, dht, dh0, table.starts, table.ends, table.offsets,
+        q, k, w, do, gc, dd, dh, dht, dh0, table.bounds, table.offsets,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, DELTA=delta_rule, HAS_DHT=dht is not None,
         PREC=prec, num_warps=warps)
     dq = torch.empty_like(q)

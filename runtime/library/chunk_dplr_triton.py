@@ -295,7 +295,7 @@ def _forward(q, k, v, a, b, ld, h0, table, BT):
     ht = torch.empty(S, H, V, K, **f32)
     d = torch.empty_like(v)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        b, u, w, gc, h, d, h0, ht, k, v, **rows, offsets=table.offsets, H=H, K=K, V=V, BT=BT,
+        b, u, w, gc, h, d, h0, ht, k, v, table.bounds, table.offsets, H=H, K=K, V=V, BT=BT,
         BK=BK, BV=BVs, HAS_H0=h0 is not None, TWO=True, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
@@ -321,7 +321,7 @@ def _backward(q, k, v, a, b, ld, saved, do, dht, table, BT):
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
-        q, b, w, do, gc, dd, dh, dht, dh0, **rows, offsets=table.offsets, H=H, K=K, V=V,
+        q, b, w, do, gc, dd, dh, dht, dh0, table.bounds, table.offsets, H=H, K=K, V=V,
         BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dv = torch.empty_like(v)
     daak, daab, duv = (torch.empty(NC, H, BT, BT, **f32) for _ in range(3))

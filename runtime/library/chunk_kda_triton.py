@@ -40,6 +40,7 @@ from nlc.runtime.library.chunk_decay_triton import (
     _put,
     _rows,
     _scores_kernel,
+    _sequence,
     _state_prologue,
     chunk_channel,
 )
@@ -121,7 +122,7 @@ def _wu_kernel(k, v, beta, gc, tinv, w, u, starts, ends,
 
 
 @triton.jit
-def _states_kernel(k, u, w, gc, h, delta, h0, ht, k2, v2, starts, ends, offsets,
+def _states_kernel(k, u, w, gc, h, delta, h0, ht, k2, v2, bounds, offsets,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                    TWO: tl.constexpr, PREC: tl.constexpr):
@@ -130,12 +131,12 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, k2, v2, starts, ends, offsets,
     V2^T (K2 * e^{G - g}) to each chunk's end state (the dplr family's v k^T)."""
     i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
         h0, offsets, H, K, V, BK, BV, HAS_H0)
+    seq_bos, eos = _sequence(bounds, H)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
                  b_S.to(h.dtype.element_ty), mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
+        bos = seq_bos + (i_c - first) * BT
         tok = bos + rows
         m_t = tok < eos
         m_tv = m_t[:, None] & m_v[None, :]
@@ -160,7 +161,7 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, k2, v2, starts, ends, offsets,
 
 # --------------------------------------------------------------------------- backward
 @triton.jit
-def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets,
+def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, bounds, offsets,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                         PREC: tl.constexpr):
@@ -169,13 +170,13 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, starts, ends, offsets
     dDelta += (K * e^{G-g}) dS'^T,  dS = dS' diag(e^G) + dO^T (Q * e^g) - dDelta^T W."""
     i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
         dht, offsets, H, K, V, BK, BV, HAS_DHT)
+    seq_bos, eos = _sequence(bounds, H)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
         tl.store(dh + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :], b_dS,
                  mask=m_vk)
-        bos = tl.load(starts + i_c)
-        eos = tl.load(ends + i_c)
+        bos = seq_bos + (i_c - first) * BT
         tok = bos + rows
         m_t = tok < eos
         m_tv = m_t[:, None] & m_v[None, :]
@@ -370,7 +371,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
     ht = torch.empty(S, H, V, K, **f32)
     d = torch.empty_like(v)
     _states_kernel[(triton.cdiv(V, BVs), S * H)](
-        k, u, w, gc, h, d, h0, ht, None, None, **rows, offsets=table.offsets, H=H, K=K, V=V,
+        k, u, w, gc, h, d, h0, ht, None, None, table.bounds, table.offsets, H=H, K=K, V=V,
         BT=BT, BK=BK, BV=BVs, HAS_H0=h0 is not None, TWO=False, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), NC, H)](
@@ -393,7 +394,7 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
-        q, k, w, do, gc, dd, dh, dht, dh0, **rows, offsets=table.offsets, H=H, K=K, V=V,
+        q, k, w, do, gc, dd, dh, dht, dh0, table.bounds, table.offsets, H=H, K=K, V=V,
         BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dv = torch.empty_like(v)
     dkk, dts = torch.empty(NC, H, BT, BT, **f32), torch.empty(NC, H, BT, BT, **f32)

@@ -178,8 +178,8 @@ def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes
     # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
     # the backward pass instead of keeping them (long sequences: many chunks); the scan
     # kernel keeps none, and inside a recomputed chunk the scan is not checkpointed again
-    if torch.compiler.is_compiling():  # a compiled chunk traces the PyTorch scan
-        kernels = None
+    if torch.compiler.is_compiling() and not _kernels_in_compiled_code():
+        kernels = None  # a compiled chunk traces the PyTorch scan
     phis, psis = _maybe_checkpoint(_scan, scan_recompute and _needs_grad({"step": step,
                                                                           "add": add})
                                    and kernels is None, step, add, eyes["tokens"], kernels)
@@ -293,15 +293,23 @@ def _scan(step, add, here=None, kernels=None):
     return step, add.unflatten(-1, (T, d))
 
 
+def _kernels_in_compiled_code() -> bool:
+    """NLC_COMPILE_DUAL_KERNELS=1: code that torch.compile traces runs the scan and reads as
+    the kernels' custom ops (dual_ops.py) instead of tracing their PyTorch forms."""
+    import os
+    return os.environ.get("NLC_COMPILE_DUAL_KERNELS") == "1"
+
+
 def _kernels(ref: torch.Tensor):
     """dual_triton.py (this form's scan and reads as Triton kernels) when they run for tensors
     like `ref`: CUDA ones unless NLC_TRITON=0, CPU ones with NLC_TRITON=force; else None.
     Under torch.compile (a compiled chunk or model) the PyTorch forms are traced instead, as
-    for the context kernels, and Inductor fuses them."""
+    for the context kernels, and Inductor fuses them; with NLC_COMPILE_DUAL_KERNELS=1 the
+    traced code calls the kernels as custom ops (dual_ops.py)."""
     # float32 only: half-precision reads made an illegal memory access in their backward on
     # an H200 (2026-12-05); dual_chunked runs in float32 under autocast anyway
     if (not triton_enabled(ref) or ref.dtype != torch.float32
-            or torch.compiler.is_compiling()):
+            or (torch.compiler.is_compiling() and not _kernels_in_compiled_code())):
         return None
     try:
         from nlc.runtime.library import dual_triton

@@ -147,42 +147,59 @@ def _scan_launch(step, add) -> dict:
     return {**tiles, "num_warps": min(8, max(1, entries // SCAN_WARP_ENTRIES))}
 
 
+def scan_forward(step: torch.Tensor, add: torch.Tensor):
+    """`CoefficientScan`'s forward: (Phi, Psi) in the inputs' promoted dtype."""
+    B, T, H, n = step.shape[:4]
+    d = add.shape[-1]
+    dtype = torch.promote_types(step.dtype, add.dtype)
+    step, add = step.contiguous(), add.contiguous()
+    f32 = {"dtype": torch.float32, "device": step.device}
+    phi = torch.empty(B, T, H, n, n, **f32)
+    psi = torch.empty(B, T, H, n, T, d, **f32)
+    _scan_fwd[(B * H,)](step, add, phi, psi, T, **_scan_launch(step, add))
+    LAUNCHES["scan_fwd"] += 1
+    return phi.to(dtype), psi.to(dtype)
+
+
+def scan_backward(step, phi, psi, dphi, dpsi, add_dtype):
+    """`CoefficientScan`'s backward from the scan's outputs: (dstep, dadd); a missing output
+    gradient counts as zeros."""
+    B, T, H, n, _, d = psi.shape
+    step, phi, psi = step.contiguous(), phi.float().contiguous(), psi.float().contiguous()
+    dphi = torch.zeros_like(phi) if dphi is None else dphi.float().contiguous()
+    dpsi = torch.zeros_like(psi) if dpsi is None else dpsi.float().contiguous()
+    f32 = {"dtype": torch.float32, "device": step.device}
+    dstep = torch.empty(B, T, H, n, n, **f32)
+    dadd = torch.empty(B, T, H, n, d, **f32)
+    _scan_bwd[(B * H,)](step, phi, psi, dphi, dpsi, dstep, dadd, T,
+                        **_scan_launch(step, dadd))
+    LAUNCHES["scan_bwd"] += 1
+    return dstep.to(step.dtype), dadd.to(add_dtype)
+
+
 class CoefficientScan(torch.autograd.Function):
     """step `[B, T, H, n, n]`, add `[B, T, H, n, d]` -> Phi `[B, T, H, n, n]`,
     Psi `[B, T, H, n, T, d]` (the module docstring's scan)."""
 
     @staticmethod
     def forward(ctx, step, add):
-        B, T, H, n = step.shape[:4]
-        d = add.shape[-1]
-        step, add = step.contiguous(), add.contiguous()
-        f32 = {"dtype": torch.float32, "device": step.device}
-        phi = torch.empty(B, T, H, n, n, **f32)
-        psi = torch.empty(B, T, H, n, T, d, **f32)
-        _scan_fwd[(B * H,)](step, add, phi, psi, T, **_scan_launch(step, add))
-        LAUNCHES["scan_fwd"] += 1
+        phi, psi = scan_forward(step, add)
         ctx.save_for_backward(step, phi, psi)
-        ctx.dtypes = (step.dtype, add.dtype)
-        dtype = torch.promote_types(*ctx.dtypes)
-        return phi.to(dtype), psi.to(dtype)
+        ctx.add_dtype = add.dtype
+        return phi, psi
 
     @staticmethod
     def backward(ctx, dphi, dpsi):
         step, phi, psi = ctx.saved_tensors
-        B, T, H, n, _, d = psi.shape
-        dphi = torch.zeros_like(phi) if dphi is None else dphi.contiguous()
-        dpsi = torch.zeros_like(psi) if dpsi is None else dpsi.contiguous()
-        f32 = {"dtype": torch.float32, "device": step.device}
-        dstep = torch.empty(B, T, H, n, n, **f32)
-        dadd = torch.empty(B, T, H, n, d, **f32)
-        _scan_bwd[(B * H,)](step, phi, psi, dphi, dpsi, dstep, dadd, T,
-                            **_scan_launch(step, dadd))
-        LAUNCHES["scan_bwd"] += 1
-        return dstep.to(ctx.dtypes[0]), dadd.to(ctx.dtypes[1])
+        return scan_backward(step, phi, psi, dphi, dpsi, ctx.add_dtype)
 
 
 def coefficient_scan(step: torch.Tensor, add: torch.Tensor):
-    """dual.py's `_coefficients` scan: (Phi `[B, T, H, n, n]`, Psi `[B, T, H, n, T, d]`)."""
+    """dual.py's `_coefficients` scan: (Phi `[B, T, H, n, n]`, Psi `[B, T, H, n, T, d]`).
+    Code that torch.compile traces calls the kernels as custom ops (dual_ops.py)."""
+    if torch.compiler.is_compiling():
+        from nlc.runtime.library.dual_ops import dual_scan_op
+        return dual_scan_op(step, add)
     return CoefficientScan.apply(step, add)
 
 
@@ -436,6 +453,54 @@ def _scatter(into: torch.Tensor, index, values: torch.Tensor) -> torch.Tensor:
     return into
 
 
+def read_forward(layout, x, phi, psi, pieces) -> torch.Tensor:
+    """`DualProduct`'s forward: the read `[B, T, H, R]` in the inputs' result dtype."""
+    inputs = _packed(layout, x, phi, psi, pieces)
+    B, T, H, K = x.shape
+    M, P, R = len(layout[0]), len(layout[1]), pieces[0].shape[-2]
+    dtype = torch.result_type(x, inputs[4]) if P else torch.result_type(x, inputs[1])
+    dims = {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
+    out = torch.empty(B, T, H, R, dtype=torch.float32, device=x.device)
+    _product_fwd[(triton.cdiv(R, dims["BR"]), B * H)](*_pointers(inputs), out, T, **dims,
+                                                      num_warps=WARPS)
+    LAUNCHES["product_fwd"] += 1
+    return out.to(dtype)
+
+
+def read_backward(layout, x, phi, psi, pieces, do) -> list:
+    """`DualProduct`'s backward: the gradients of x, phi, psi (None when no pair reads it)
+    and each piece, each in its input's dtype."""
+    same, terms = layout
+    saved = (x, phi, psi, *pieces)
+    packed = _packed(layout, x, phi, psi, pieces)
+    x, starts, phi, psi, cols, rows = _pointers(packed)
+    B, T, H, K = x.shape
+    M, P, R = len(same), len(terms), pieces[0].shape[-2]
+    dtype = torch.result_type(x, packed[4]) if P else torch.result_type(x, packed[1])
+    dims = {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
+    do = do.contiguous()
+    f32 = {"dtype": torch.float32, "device": x.device}
+    dx, dstarts, dphi, dpsi, dcols, drows = (torch.empty(t.shape, **f32) for t in packed)
+    gated, scored = torch.empty_like(dpsi), torch.empty_like(dpsi)
+    dpsi_, gated_, scored_, dcols_, drows_ = _pointers(
+        [dx, dpsi, gated, scored, dcols, drows])[1:]
+    _product_bwd_pairs[(B * H,)](x, starts, phi, psi, cols, rows, do, dphi, dpsi_, gated_,
+                                 scored_, T, **dims, num_warps=WARPS)
+    _product_bwd_rows[(triton.cdiv(dims["R"], dims["BR"]), B * H)](
+        x, phi, do, scored_, dstarts, dcols_, T, **dims, num_warps=WARPS)
+    _product_bwd_keys[(triton.cdiv(K, dims["BK"]), B * H)](
+        x, starts, phi, rows, do, gated_, dx, drows_, T, **dims, num_warps=WARPS)
+    LAUNCHES["product_bwd"] += 1
+    # back to the inputs as given: phi's and psi's columns, one piece per start and pair
+    dphi_all = _scatter(torch.zeros(saved[1].shape, **f32), same, dphi)
+    dpsi_all = torch.zeros(saved[2].shape, **f32)
+    for p, d in enumerate(terms):
+        dpsi_all[..., d] += dpsi[:, :, :, p]
+    grads = (dx, dphi_all, dpsi_all if terms else None,  # no pair: psi is not read
+             *dstarts.unbind(2), *dcols.unbind(3), *drows.unbind(3))
+    return [g if g is None else g.to(t.dtype) for g, t in zip(grads, saved, strict=True)]
+
+
 class DualProduct(torch.autograd.Function):
     """The module docstring's read of one chunk, `[B, T, H, R]`, from x `[B, T, H, K]`, phi
     `[B, T, H, n]`, psi `[B, T, H, T, d]` and the pieces: the M chunk-start states
@@ -444,48 +509,14 @@ class DualProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layout, x, phi, psi, *pieces):
-        inputs = _packed(layout, x, phi, psi, pieces)
-        B, T, H, K = x.shape
-        M, P, R = len(layout[0]), len(layout[1]), pieces[0].shape[-2]
-        dtype = torch.result_type(x, inputs[4]) if P else torch.result_type(x, inputs[1])
-        dims = {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
-        out = torch.empty(B, T, H, R, dtype=torch.float32, device=x.device)
-        _product_fwd[(triton.cdiv(R, dims["BR"]), B * H)](*_pointers(inputs), out, T, **dims,
-                                                          num_warps=WARPS)
-        LAUNCHES["product_fwd"] += 1
         ctx.save_for_backward(x, phi, psi, *pieces)
-        ctx.layout, ctx.dims = layout, dims
-        return out.to(dtype)
+        ctx.layout = layout
+        return read_forward(layout, x, phi, psi, pieces)
 
     @staticmethod
     def backward(ctx, do):
-        saved = ctx.saved_tensors
-        (same, terms), dims = ctx.layout, ctx.dims
-        packed = _packed(ctx.layout, saved[0], saved[1], saved[2], saved[3:])
-        x, starts, phi, psi, cols, rows = _pointers(packed)
-        B, T, H, K = x.shape
-        do = do.contiguous()
-        f32 = {"dtype": torch.float32, "device": x.device}
-        dx, dstarts, dphi, dpsi, dcols, drows = (torch.empty(t.shape, **f32) for t in packed)
-        gated, scored = torch.empty_like(dpsi), torch.empty_like(dpsi)
-        dpsi_, gated_, scored_, dcols_, drows_ = _pointers(
-            [dx, dpsi, gated, scored, dcols, drows])[1:]
-        _product_bwd_pairs[(B * H,)](x, starts, phi, psi, cols, rows, do, dphi, dpsi_, gated_,
-                                     scored_, T, **dims, num_warps=WARPS)
-        _product_bwd_rows[(triton.cdiv(dims["R"], dims["BR"]), B * H)](
-            x, phi, do, scored_, dstarts, dcols_, T, **dims, num_warps=WARPS)
-        _product_bwd_keys[(triton.cdiv(K, dims["BK"]), B * H)](
-            x, starts, phi, rows, do, gated_, dx, drows_, T, **dims, num_warps=WARPS)
-        LAUNCHES["product_bwd"] += 1
-        # back to the inputs as given: phi's and psi's columns, one piece per start and pair
-        dphi_all = _scatter(torch.zeros(saved[1].shape, **f32), same, dphi)
-        dpsi_all = torch.zeros(saved[2].shape, **f32)
-        for p, d in enumerate(terms):
-            dpsi_all[..., d] += dpsi[:, :, :, p]
-        grads = (dx, dphi_all, dpsi_all if terms else None,  # no pair: psi is not read
-                 *dstarts.unbind(2), *dcols.unbind(3), *drows.unbind(3))
-        return (None, *(g if g is None else g.to(t.dtype)
-                        for g, t in zip(grads, saved, strict=True)))
+        x, phi, psi, *pieces = ctx.saved_tensors
+        return (None, *read_backward(ctx.layout, x, phi, psi, pieces, do))
 
 
 def dual_read(state, x: torch.Tensor) -> torch.Tensor:
@@ -504,5 +535,10 @@ def dual_read(state, x: torch.Tensor) -> torch.Tensor:
               *(_full(col, like).squeeze(-1) for _, col, _ in pairs),
               *(_full(row, like).squeeze(-2) for _, _, row in pairs)]
     layout = (same, tuple(d for d, _, _ in pairs))
-    out = DualProduct.apply(layout, _full(x, like).squeeze(-1), state.phi, state.psi, *pieces)
+    x = _full(x, like).squeeze(-1)
+    if torch.compiler.is_compiling():  # traced code calls the kernels as custom ops
+        from nlc.runtime.library.dual_ops import dual_read_op
+        out = dual_read_op(x, state.phi, state.psi, pieces, list(layout[0]), list(layout[1]))
+    else:
+        out = DualProduct.apply(layout, x, state.phi, state.psi, *pieces)
     return out.unsqueeze(-1)

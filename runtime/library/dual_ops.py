@@ -1,0 +1,116 @@
+"""The dual chunk form's Triton kernels (dual_triton.py) as torch.library custom ops, for code
+that torch.compile traces.
+
+A compiled chunk (`NLC_COMPILE_CHUNKS=1`, `nlc train --compile`) cannot trace into a Triton
+launch inside an autograd.Function, so by default it traces the PyTorch forms of the scan and
+the reads, and Inductor fuses them. Registered as custom ops, the kernels become opaque calls
+inside the compiled graph instead: their own forward and backward (the backward a second op,
+wired by `register_autograd`), and shapes from the fake implementations below.
+`NLC_COMPILE_DUAL_KERNELS=1` asks for them (dual.py, `_kernels`): compiled chunks then read
+through the kernels, and so take `--tf32`'s tensor-core products, which the PyTorch forms
+would not (on an H100, compiled chunks with `--tf32` gave Titans 1.20x, against 1.38x for
+`--tf32` with eager chunks; docs/perf.md). Not timed yet, hence not the default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nlc.runtime.library import dual_triton as kernels
+
+
+def _layout(same: list[int], terms: list[int]) -> tuple:
+    return tuple(same), tuple(terms)
+
+
+@torch.library.custom_op("nlc::dual_read", mutates_args=())
+def dual_read_op(x: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
+                 pieces: list[torch.Tensor], same: list[int],
+                 terms: list[int]) -> torch.Tensor:
+    """`dual_triton.DualProduct`'s forward."""
+    return kernels.read_forward(_layout(same, terms), x, phi, psi, pieces)
+
+
+@dual_read_op.register_fake
+def _(x, phi, psi, pieces, same, terms):
+    other = pieces[len(same)] if terms else pieces[0]
+    return x.new_empty(*x.shape[:3], pieces[0].shape[-2],
+                       dtype=torch.result_type(x, other))
+
+
+@torch.library.custom_op("nlc::dual_read_grads", mutates_args=())
+def dual_read_grads_op(x: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
+                       pieces: list[torch.Tensor], same: list[int], terms: list[int],
+                       do: torch.Tensor) -> list[torch.Tensor]:
+    """`dual_triton.DualProduct`'s backward: the gradients of x, phi, psi and each piece (an
+    op returns no None: psi's is zeros where no pair reads it)."""
+    grads = kernels.read_backward(_layout(same, terms), x, phi, psi, pieces, do)
+    if grads[2] is None:
+        grads[2] = torch.zeros_like(psi)
+    # the pieces' gradients are slices of one tensor each: an op's outputs may not share
+    # storage, so each slice gets its own
+    return [g.clone() if g._is_view() else g for g in grads]
+
+
+@dual_read_grads_op.register_fake
+def _(x, phi, psi, pieces, same, terms, do):
+    return [torch.empty_like(t) for t in (x, phi, psi, *pieces)]
+
+
+def _read_context(ctx, inputs, output):
+    x, phi, psi, pieces, same, terms = inputs
+    ctx.save_for_backward(x, phi, psi, *pieces)
+    ctx.layout = (same, terms)
+
+
+def _read_backward(ctx, do):
+    x, phi, psi, *pieces = ctx.saved_tensors
+    same, terms = ctx.layout
+    dx, dphi, dpsi, *dpieces = dual_read_grads_op(x, phi, psi, pieces, same, terms, do)
+    return dx, dphi, dpsi if terms else None, dpieces, None, None
+
+
+dual_read_op.register_autograd(_read_backward, setup_context=_read_context)
+
+
+@torch.library.custom_op("nlc::dual_scan", mutates_args=())
+def dual_scan_op(step: torch.Tensor, add: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dual_triton.CoefficientScan`'s forward."""
+    return kernels.scan_forward(step, add)
+
+
+@dual_scan_op.register_fake
+def _(step, add):
+    B, T, H, n = step.shape[:4]
+    dtype = torch.promote_types(step.dtype, add.dtype)
+    return (step.new_empty(B, T, H, n, n, dtype=dtype),
+            step.new_empty(B, T, H, n, T, add.shape[-1], dtype=dtype))
+
+
+@torch.library.custom_op("nlc::dual_scan_grads", mutates_args=())
+def dual_scan_grads_op(step: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
+                       dphi: torch.Tensor, dpsi: torch.Tensor,
+                       add_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dual_triton.CoefficientScan`'s backward."""
+    return kernels.scan_backward(step, phi, psi, dphi, dpsi, add_dtype)
+
+
+@dual_scan_grads_op.register_fake
+def _(step, phi, psi, dphi, dpsi, add_dtype):
+    return torch.empty_like(step), psi.new_empty(*step.shape[:4], psi.shape[-1],
+                                                 dtype=add_dtype)
+
+
+def _scan_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], *output)
+    ctx.add_dtype = inputs[1].dtype
+
+
+def _scan_backward(ctx, dphi, dpsi):
+    step, phi, psi = ctx.saved_tensors
+    dphi = torch.zeros_like(phi) if dphi is None else dphi
+    dpsi = torch.zeros_like(psi) if dpsi is None else dpsi
+    return dual_scan_grads_op(step, phi, psi, dphi, dpsi, ctx.add_dtype)
+
+
+dual_scan_op.register_autograd(_scan_backward, setup_context=_scan_context)
