@@ -469,3 +469,24 @@ def test_kernels_take_the_autocast_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert compute_dtype(q) == torch.bfloat16
     assert compute_dtype(q.to(torch.float16)) == torch.float16
+
+
+def unit_lower_inverse64(A):
+    """(I + A)^-1 in float64, for a batch of strictly lower A."""
+    eye = torch.eye(A.shape[-1], dtype=torch.float64)
+    return torch.linalg.inv(eye + A.double().cpu())
+
+
+@needs_kernels
+@pytest.mark.parametrize("BT", [16, 32, 64])
+def test_block_inverse_writes_every_entry(BT):
+    """`_solve_kernel` into a NaN-filled T (its callers allocate T uninitialized): every
+    entry is written, and T = (I + A)^-1 to float32 rounding."""
+    from nlc.runtime.library.chunk_delta_triton import _solve_kernel
+    g = torch.Generator().manual_seed(BT)
+    k = F.normalize(torch.randn(3, 2, BT, 32, generator=g), dim=-1)
+    A = (torch.rand(3, 2, BT, 1, generator=g) * (k @ k.mT)).tril(-1).to(DEVICE)
+    tinv = torch.full_like(A, float("nan"))
+    _solve_kernel[(3, 2)](A.contiguous(), tinv, H=2, BT=BT, num_warps=1)
+    assert close(tinv, unit_lower_inverse64(A), TOL)
+

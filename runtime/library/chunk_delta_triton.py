@@ -122,38 +122,30 @@ def _put(x, base, i0, j0, value, BT: tl.constexpr):
 
 
 @triton.jit
-def _diag_inverse(amat, base, i0, BT: tl.constexpr):
-    r = tl.arange(0, 16)
-    return _unit_lower_inverse(_block(amat, base, i0, i0, BT), r, r, 16)
-
-
-@triton.jit
 def _mm(a, b):
     return tl.dot(a, b, input_precision="ieee")
 
 
 @triton.jit
-def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr):
-    """Per (chunk, head): T = (I + A)^-1 by blocks of 16. The diagonal blocks by forward
-    substitution (15 steps each), the rest by block substitution on tensor cores:
-    T_ij = -T_ii sum_{j <= m < i} A_im T_mj. `tinv` starts zeroed (its upper blocks)."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    base = (i_c * H + i_h) * BT * BT
-    T00 = _diag_inverse(amat, base, 0, BT)
+def _store_inverse(tinv, base, A00, A10, A11, A20, A21, A22, A30, A31, A32, A33,
+                   BT: tl.constexpr):
+    """Stores T = (I + A)^-1 for a strictly lower A given by its [16, 16] blocks A_ij (i >= j;
+    those past BT unused), the zero blocks above the diagonal included. The diagonal blocks by
+    forward substitution (15 steps each), the rest by block substitution on tensor cores:
+    T_ij = -T_ii sum_{j <= m < i} A_im T_mj."""
+    r = tl.arange(0, 16)
+    zero = tl.zeros([16, 16], dtype=tl.float32)
+    T00 = _unit_lower_inverse(A00, r, r, 16)
     _put(tinv, base, 0, 0, T00, BT)
     if BT >= 32:
-        T11 = _diag_inverse(amat, base, 16, BT)
-        T10 = -_mm(T11, _mm(_block(amat, base, 16, 0, BT), T00))
+        T11 = _unit_lower_inverse(A11, r, r, 16)
+        T10 = -_mm(T11, _mm(A10, T00))
         _put(tinv, base, 16, 16, T11, BT)
         _put(tinv, base, 16, 0, T10, BT)
+        _put(tinv, base, 0, 16, zero, BT)
         if BT == 64:
-            T22 = _diag_inverse(amat, base, 32, BT)
-            T33 = _diag_inverse(amat, base, 48, BT)
-            A20 = _block(amat, base, 32, 0, BT)
-            A21 = _block(amat, base, 32, 16, BT)
-            A30 = _block(amat, base, 48, 0, BT)
-            A31 = _block(amat, base, 48, 16, BT)
-            A32 = _block(amat, base, 48, 32, BT)
+            T22 = _unit_lower_inverse(A22, r, r, 16)
+            T33 = _unit_lower_inverse(A33, r, r, 16)
             T21 = -_mm(T22, _mm(A21, T11))
             T20 = -_mm(T22, _mm(A20, T00) + _mm(A21, T10))
             T32 = -_mm(T33, _mm(A32, T22))
@@ -166,6 +158,34 @@ def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr):
             _put(tinv, base, 48, 32, T32, BT)
             _put(tinv, base, 48, 16, T31, BT)
             _put(tinv, base, 48, 0, T30, BT)
+            _put(tinv, base, 0, 32, zero, BT)
+            _put(tinv, base, 0, 48, zero, BT)
+            _put(tinv, base, 16, 32, zero, BT)
+            _put(tinv, base, 16, 48, zero, BT)
+            _put(tinv, base, 32, 48, zero, BT)
+
+
+@triton.jit
+def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr):
+    """Per (chunk, head): T = (I + A)^-1 by blocks of 16 (`_store_inverse`), every entry of
+    `tinv` written (it may start uninitialized)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    base = (i_c * H + i_h) * BT * BT
+    z = tl.zeros([16, 16], dtype=tl.float32)
+    A10, A11, A20, A21, A22, A30, A31, A32, A33 = z, z, z, z, z, z, z, z, z
+    if BT >= 32:
+        A10 = _block(amat, base, 16, 0, BT)
+        A11 = _block(amat, base, 16, 16, BT)
+    if BT == 64:
+        A20 = _block(amat, base, 32, 0, BT)
+        A21 = _block(amat, base, 32, 16, BT)
+        A22 = _block(amat, base, 32, 32, BT)
+        A30 = _block(amat, base, 48, 0, BT)
+        A31 = _block(amat, base, 48, 16, BT)
+        A32 = _block(amat, base, 48, 32, BT)
+        A33 = _block(amat, base, 48, 48, BT)
+    _store_inverse(tinv, base, _block(amat, base, 0, 0, BT), A10, A11, A20, A21, A22, A30,
+                   A31, A32, A33, BT)
 
 
 @triton.jit
@@ -476,7 +496,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     if delta_rule:
         w = torch.empty_like(k)
         u = torch.empty_like(v)
-        tinv = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
+        tinv = torch.empty(NC, H, BT, BT, dtype=torch.float32, device=dev)
         d = torch.empty_like(v)
     else:
         w = u = tinv = None
