@@ -490,3 +490,34 @@ def test_block_inverse_writes_every_entry(BT):
     _solve_kernel[(3, 2)](A.contiguous(), tinv, H=2, BT=BT, num_warps=1)
     assert close(tinv, unit_lower_inverse64(A), TOL)
 
+
+@needs_kernels
+@pytest.mark.parametrize("BT, K, decay", [(16, 16, True), (32, 96, False), (64, 96, True),
+                                          (64, 48, False)])
+def test_fused_prepare_matches_float64(BT, K, decay):
+    """The forward's fused kkt + solve (`_prepare_kernel`) on packed sequences (chunks cut
+    short by a sequence's end; K = 96 takes two key slices of 64, the second half masked):
+    g and T = (I + strict_lower(b_t e^{g_t - g_s} k_t.k_s))^-1 per chunk equal float64, and
+    T's rows past a sequence's end are the identity's."""
+    from nlc.runtime.library.chunk_delta_triton import _prepare_kernel
+    from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunk_table, pow2
+    bounds, H = [0, 5, 5 + BT + 3, 2 * BT + 20], 2
+    x = inputs("delta", "scalar" if decay else "none", 1, bounds[-1], H, K, 16, 0, seed=K)
+    k, beta = x["k"][0].contiguous(), x["beta"][0].contiguous()
+    ld = x["ld"][0].contiguous() if decay else None
+    table = chunk_table(bounds, BT, DEVICE)
+    gc = torch.full((bounds[-1], H), float("nan"), device=DEVICE)
+    tinv = torch.full((table.chunks, H, BT, BT), float("nan"), device=DEVICE)
+    _prepare_kernel[(table.chunks, H)](
+        k, beta, ld, gc, tinv, table.starts, table.ends, H=H, K=K, BT=BT,
+        BK=min(pow2(K), 64), HAS_G=decay, FLOOR=LOG_DECAY_FLOOR, PREC="ieee", num_warps=2)
+    for c, (bos, eos) in enumerate(zip(table.starts.tolist(), table.ends.tolist())):
+        n = min(BT, eos - bos)
+        g = (ld[bos:bos + n].double().clamp_min(LOG_DECAY_FLOOR).cumsum(0) if decay
+             else torch.zeros(n, H, dtype=torch.float64))
+        kc, bc = k[bos:bos + n].double().transpose(0, 1), beta[bos:bos + n].double().T
+        gamma = (g.T[:, :, None] - g.T[:, None, :]).exp()
+        A = torch.zeros(H, BT, BT, dtype=torch.float64)
+        A[:, :n, :n] = (bc[:, :, None] * gamma * (kc @ kc.mT)).tril(-1)
+        assert close(gc[bos:bos + n], g, TOL)
+        assert close(tinv[c], unit_lower_inverse64(A), TOL)

@@ -10,7 +10,7 @@ decay inside a chunk, G its last entry, S the state at the chunk's start,
 Gamma[t, s] = e^{g_t - g_s} (s <= t).
 
   prepare (per chunk):  A = strict_lower(b_t Gamma[t, s] k_t.k_s),  T = (I + A)^-1 (by
-                        blocks of 16),
+                        blocks of 16; A kept in registers, one kernel),
                         W = T diag(b e^g) K,  U = T V          (delta only)
   states (sequential):  Delta = U - W S^T (V for decay),  S' = e^G S + Delta^T diag(e^{G-g}) K
   output (per chunk):   O = diag(e^g) Q S^T + (Gamma * Q K^T) Delta
@@ -186,6 +186,96 @@ def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr):
         A33 = _block(amat, base, 48, 48, BT)
     _store_inverse(tinv, base, _block(amat, base, 0, 0, BT), A10, A11, A20, A21, A22, A30,
                    A31, A32, A33, BT)
+
+
+@triton.jit
+def _rows16(ld, beta, gc, bos, eos, i_h, i0, carry, H: tl.constexpr, HAS_G: tl.constexpr,
+            FLOOR: tl.constexpr):
+    """Rows i0.. i0 + 15 of a chunk: their tokens, mask, cumulative log decays g (`carry`,
+    the g of row i0 - 1, plus the block's own cumulative sum; stored in gc) and rates b."""
+    tok = bos + i0 + tl.arange(0, 16)
+    m = tok < eos
+    if HAS_G:
+        b_ld = tl.load(ld + tok * H + i_h, mask=m, other=0.0).to(tl.float32)
+        b_g = carry + tl.cumsum(tl.maximum(b_ld, FLOOR), 0)
+    else:
+        b_g = tl.zeros([16], dtype=tl.float32)
+    tl.store(gc + tok * H + i_h, b_g, mask=m)
+    b_b = tl.load(beta + tok * H + i_h, mask=m, other=0.0).to(tl.float32)
+    return tok, m, b_g, b_b
+
+
+@triton.jit
+def _last16(g):
+    return tl.sum(tl.where(tl.arange(0, 16) == 15, g, 0.0), 0)
+
+
+@triton.jit
+def _keys16(k, tok, m, i_h, o_k, H: tl.constexpr, K: tl.constexpr):
+    return tl.load(k + (tok * H + i_h)[:, None] * K + o_k[None, :],
+                   mask=m[:, None] & (o_k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _below(A, b_i, g_i, g_j):
+    """A block below the diagonal (rows after all its columns): b_t e^{g_t - g_s} A[t, s]."""
+    return A * b_i[:, None] * tl.exp(g_i[:, None] - g_j[None, :])
+
+
+@triton.jit
+def _prepare_kernel(k, beta, ld, gc, tinv, starts, ends,
+                    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                    HAS_G: tl.constexpr, FLOOR: tl.constexpr, PREC: tl.constexpr):
+    """Per (chunk, head), delta only: g, and T = (I + A)^-1 with A = strict_lower(b_t
+    Gamma[t, s] k_t.k_s) built in registers by [16, 16] blocks (the key axis in slices of
+    BK), never stored: `_kkt_kernel` and `_solve_kernel` in one pass."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(starts + i_c)
+    eos = tl.load(ends + i_c)
+    r = tl.arange(0, 16)
+    tok0, m0, g0, b0 = _rows16(ld, beta, gc, bos, eos, i_h, 0, 0.0, H, HAS_G, FLOOR)
+    if BT >= 32:
+        tok1, m1, g1, b1 = _rows16(ld, beta, gc, bos, eos, i_h, 16, _last16(g0), H, HAS_G,
+                                   FLOOR)
+    if BT == 64:
+        tok2, m2, g2, b2 = _rows16(ld, beta, gc, bos, eos, i_h, 32, _last16(g1), H, HAS_G,
+                                   FLOOR)
+        tok3, m3, g3, b3 = _rows16(ld, beta, gc, bos, eos, i_h, 48, _last16(g2), H, HAS_G,
+                                   FLOOR)
+    z = tl.zeros([16, 16], dtype=tl.float32)
+    A00, A10, A11, A20, A21, A22, A30, A31, A32, A33 = z, z, z, z, z, z, z, z, z, z
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        k0 = _keys16(k, tok0, m0, i_h, o_k, H, K)
+        A00 = tl.dot(k0, tl.trans(k0), A00, input_precision=PREC)
+        if BT >= 32:
+            k1 = _keys16(k, tok1, m1, i_h, o_k, H, K)
+            A10 = tl.dot(k1, tl.trans(k0), A10, input_precision=PREC)
+            A11 = tl.dot(k1, tl.trans(k1), A11, input_precision=PREC)
+        if BT == 64:
+            k2 = _keys16(k, tok2, m2, i_h, o_k, H, K)
+            k3 = _keys16(k, tok3, m3, i_h, o_k, H, K)
+            A20 = tl.dot(k2, tl.trans(k0), A20, input_precision=PREC)
+            A21 = tl.dot(k2, tl.trans(k1), A21, input_precision=PREC)
+            A22 = tl.dot(k2, tl.trans(k2), A22, input_precision=PREC)
+            A30 = tl.dot(k3, tl.trans(k0), A30, input_precision=PREC)
+            A31 = tl.dot(k3, tl.trans(k1), A31, input_precision=PREC)
+            A32 = tl.dot(k3, tl.trans(k2), A32, input_precision=PREC)
+            A33 = tl.dot(k3, tl.trans(k3), A33, input_precision=PREC)
+    A00 = A00 * b0[:, None] * _gamma(g0, r, r, True)
+    if BT >= 32:
+        A10 = _below(A10, b1, g1, g0)
+        A11 = A11 * b1[:, None] * _gamma(g1, r, r, True)
+    if BT == 64:
+        A20 = _below(A20, b2, g2, g0)
+        A21 = _below(A21, b2, g2, g1)
+        A22 = A22 * b2[:, None] * _gamma(g2, r, r, True)
+        A30 = _below(A30, b3, g3, g0)
+        A31 = _below(A31, b3, g3, g1)
+        A32 = _below(A32, b3, g3, g2)
+        A33 = A33 * b3[:, None] * _gamma(g3, r, r, True)
+    _store_inverse(tinv, (i_c * H + i_h) * BT * BT, A00, A10, A11, A20, A21, A22, A30, A31,
+                   A32, A33, BT)
 
 
 @triton.jit
@@ -472,10 +562,11 @@ INPUT_GRADS = {"BV": 32, "num_warps": None, "num_stages": 3,
                **json.loads(os.environ.get("NLC_INPUT_GRADS", "{}"))}
 
 
-# the forward kernels' warps and the output kernel's V block (None: as `_tiles`);
+# the forward kernels' warps (kkt: g alone, for decay; prepare: delta's g and T) and the
+# output kernel's V block (None: as `_tiles`);
 # benchmarks/kernel_profile.py --sweep-forward times the alternatives on a GPU, and
-# NLC_FORWARD='{"solve_warps": 2, ...}' overrides them for such a run
-FORWARD = {"kkt_warps": 4, "solve_warps": 1, "wu_warps": 4, "output_warps": 4,
+# NLC_FORWARD='{"prepare_warps": 2, ...}' overrides them for such a run
+FORWARD = {"kkt_warps": 4, "prepare_warps": 4, "wu_warps": 4, "output_warps": 4,
            "output_BV": None, **json.loads(os.environ.get("NLC_FORWARD", "{}"))}
 
 
@@ -498,19 +589,20 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
         u = torch.empty_like(v)
         tinv = torch.empty(NC, H, BT, BT, dtype=torch.float32, device=dev)
         d = torch.empty_like(v)
-    else:
-        w = u = tinv = None
-        d = v
-    amat = torch.empty(NC, H, BT, BT, dtype=torch.float32, device=dev) if delta_rule else None
-    _kkt_kernel[(NC, H)](
-        k, beta, ld, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
-        HAS_G=ld is not None, DELTA=delta_rule, FLOOR=LOG_DECAY_FLOOR, PREC=prec,
-        num_warps=FORWARD["kkt_warps"])
-    if delta_rule:
-        _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=FORWARD["solve_warps"])
+        _prepare_kernel[(NC, H)](
+            k, beta, ld, gc, tinv, table.starts, table.ends, H=H, K=K, BT=BT, BK=min(BK, 64),
+            HAS_G=ld is not None, FLOOR=LOG_DECAY_FLOOR, PREC=prec,
+            num_warps=FORWARD["prepare_warps"])
         _wu_kernel[(NC, H)](
             k, v, beta, gc, tinv, w, u, table.starts, table.ends,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=FORWARD["wu_warps"])
+    else:  # g alone
+        w = u = tinv = None
+        d = v
+        _kkt_kernel[(NC, H)](
+            k, beta, ld, gc, None, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
+            HAS_G=ld is not None, DELTA=False, FLOOR=LOG_DECAY_FLOOR, PREC=prec,
+            num_warps=FORWARD["kkt_warps"])
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
     BVs, warps = state_launch(BV, S * H)
