@@ -174,7 +174,9 @@ def _delta_prepare():
     """chunk_delta_triton.py's forward before the states: the fused kkt + solve
     (`_prepare_kernel`, key slices of 64) at the warps the forward sweep tries, next to the
     kkt and solve kernels it replaced, for bf16 and float32 inputs."""
-    for dtype, prec, half in (("bf16", "tf32", ("k", "beta", "ld")), ("float32", "ieee", ())):
+    bf16 = ("k", "beta", "ld")
+    for dtype, prec, half, t_half in (("bf16", "tf32", bf16, (*bf16, "tinv")),  # T as the inputs
+                                      ("float32", "ieee", (), ())):
         flags = {"H": H, "K": K, "BT": BT, "HAS_G": True, "FLOOR": LOG_DECAY_FLOOR,
                  "PREC": prec}
         yield (f"delta kkt {dtype}", chunk_delta_triton._kkt_kernel, half,
@@ -183,7 +185,7 @@ def _delta_prepare():
                {"H": H, "BT": BT}, 1, 3)
         for warps in (1, 2, 4):
             yield (f"delta prepare (kkt + solve) {dtype}", chunk_delta_triton._prepare_kernel,
-                   half, {**flags, "BK": 64}, warps, 3)
+                   t_half, {**flags, "BK": 64}, warps, 3)
 
 
 def main(only: str = ""):

@@ -521,3 +521,29 @@ def test_fused_prepare_matches_float64(BT, K, decay):
         A[:, :n, :n] = (bc[:, :, None] * gamma * (kc @ kc.mT)).tril(-1)
         assert close(gc[bos:bos + n], g, TOL)
         assert close(tinv[c], unit_lower_inverse64(A), TOL)
+
+
+@needs_kernels
+def test_half_precision_T_gives_the_same_W_and_U():
+    """The forward keeps T in the operands' dtype (fp16 here): stored rounded, it equals the
+    float32 T rounded, and W, U computed from either are the same bits."""
+    from nlc.runtime.library.chunk_delta_triton import _prepare_kernel, _wu_kernel
+    from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunk_table
+    H, K, V, BT = 2, 32, 16, 32
+    x = inputs("delta", "scalar", 1, 70, H, K, V, 0, seed=3, dtype=torch.float16)
+    k, v, beta, ld = (x[n][0].contiguous() for n in ("k", "v", "beta", "ld"))
+    table = chunk_table([0, 70], BT, DEVICE)
+    out = {}
+    for dtype in (torch.float32, torch.float16):
+        gc = torch.empty(70, H, device=DEVICE)
+        tinv = torch.empty(table.chunks, H, BT, BT, dtype=dtype, device=DEVICE)
+        w, u = torch.empty_like(k), torch.empty_like(v)
+        common = {"H": H, "K": K, "BT": BT, "PREC": "tf32"}
+        _prepare_kernel[(table.chunks, H)](k, beta, ld, gc, tinv, table.starts, table.ends,
+                                           BK=32, HAS_G=True, FLOOR=LOG_DECAY_FLOOR, **common)
+        _wu_kernel[(table.chunks, H)](k, v, beta, gc, tinv, w, u, table.starts, table.ends,
+                                      V=V, BK=32, BV=16, **common)
+        out[dtype] = tinv, w, u
+    (t32, w32, u32), (t16, w16, u16) = out.values()
+    assert torch.equal(t32.half(), t16) and torch.equal(w32, w16) and torch.equal(u32, u16)
+    assert w16.abs().sum() > 0 and u16.abs().sum() > 0

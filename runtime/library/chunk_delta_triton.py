@@ -118,7 +118,8 @@ def _block(x, base, i0, j0, BT: tl.constexpr):
 @triton.jit
 def _put(x, base, i0, j0, value, BT: tl.constexpr):
     r = tl.arange(0, 16)
-    tl.store(x + base + (i0 + r)[:, None] * BT + (j0 + r)[None, :], value)
+    tl.store(x + base + (i0 + r)[:, None] * BT + (j0 + r)[None, :],
+             value.to(x.dtype.element_ty))
 
 
 @triton.jit
@@ -587,7 +588,9 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     if delta_rule:
         w = torch.empty_like(k)
         u = torch.empty_like(v)
-        tinv = torch.empty(NC, H, BT, BT, dtype=torch.float32, device=dev)
+        # T in the operands' dtype: every product reading it (W, U, the backward's) rounds it
+        # to that dtype first, so results are the same and half precision halves its traffic
+        tinv = torch.empty(NC, H, BT, BT, dtype=q.dtype, device=dev)
         d = torch.empty_like(v)
         _prepare_kernel[(NC, H)](
             k, beta, ld, gc, tinv, table.starts, table.ends, H=H, K=K, BT=BT, BK=min(BK, 64),
@@ -615,11 +618,11 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     _output_kernel[(triton.cdiv(V, BVo), NC, H)](
         q, k, d, gc, h, o, table.starts, table.ends,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BVo, PREC=prec, num_warps=FORWARD["output_warps"])
-    return o, ht, (gc, w, u, tinv, d, h)
+    return o, ht, (gc, w, tinv, d, h)  # U only feeds the states: not kept for backward
 
 
 def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
-    gc, w, _, tinv, d, h = saved
+    gc, w, tinv, d, h = saved
     N, H, K = k.shape
     V = v.shape[-1]
     BK, BV = _tiles(K, V)
