@@ -181,11 +181,13 @@ def _delta_prepare():
                  "PREC": prec}
         yield (f"delta kkt {dtype}", chunk_delta_triton._kkt_kernel, half,
                {**flags, "BK": 128, "DELTA": True}, 4, 3)
-        yield (f"delta solve {dtype}", chunk_delta_triton._solve_kernel, half,
-               {"H": H, "BT": BT}, 1, 3)
-        for warps in (1, 2, 4):
-            yield (f"delta prepare (kkt + solve) {dtype}", chunk_delta_triton._prepare_kernel,
-                   t_half, {**flags, "BK": 64}, warps, 3)
+        for batched, warps in itertools.product((False, True), (1, 2, 4)):
+            tag = f"{dtype}{', batched inverse' if batched else ''}"
+            if warps == 1:
+                yield (f"delta solve {tag}", chunk_delta_triton._solve_kernel, half,
+                       {"H": H, "BT": BT, "BATCHED": batched}, 1, 3)
+            yield (f"delta prepare (kkt + solve) {tag}", chunk_delta_triton._prepare_kernel,
+                   t_half, {**flags, "BK": 64, "BATCHED": batched}, warps, 3)
 
 
 def main(only: str = ""):

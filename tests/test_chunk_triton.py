@@ -478,23 +478,25 @@ def unit_lower_inverse64(A):
 
 
 @needs_kernels
-@pytest.mark.parametrize("BT", [16, 32, 64])
-def test_block_inverse_writes_every_entry(BT):
+@pytest.mark.parametrize("BT, batched", [(16, False), (32, False), (64, False), (32, True),
+                                        (64, True)])
+def test_block_inverse_writes_every_entry(BT, batched):
     """`_solve_kernel` into a NaN-filled T (its callers allocate T uninitialized): every
-    entry is written, and T = (I + A)^-1 to float32 rounding."""
+    entry is written, and T = (I + A)^-1 to float32 rounding, with the diagonal blocks
+    inverted one by one or as one batch."""
     from nlc.runtime.library.chunk_delta_triton import _solve_kernel
     g = torch.Generator().manual_seed(BT)
     k = F.normalize(torch.randn(3, 2, BT, 32, generator=g), dim=-1)
     A = (torch.rand(3, 2, BT, 1, generator=g) * (k @ k.mT)).tril(-1).to(DEVICE)
     tinv = torch.full_like(A, float("nan"))
-    _solve_kernel[(3, 2)](A.contiguous(), tinv, H=2, BT=BT, num_warps=1)
+    _solve_kernel[(3, 2)](A.contiguous(), tinv, H=2, BT=BT, BATCHED=batched, num_warps=1)
     assert close(tinv, unit_lower_inverse64(A), TOL)
 
 
 @needs_kernels
-@pytest.mark.parametrize("BT, K, decay", [(16, 16, True), (32, 96, False), (64, 96, True),
-                                          (64, 48, False)])
-def test_fused_prepare_matches_float64(BT, K, decay):
+@pytest.mark.parametrize("BT, K, decay, batched", [(16, 16, True, False), (32, 96, False, True),
+                                                   (64, 96, True, False), (64, 48, False, True)])
+def test_fused_prepare_matches_float64(BT, K, decay, batched):
     """The forward's fused kkt + solve (`_prepare_kernel`) on packed sequences (chunks cut
     short by a sequence's end; K = 96 takes two key slices of 64, the second half masked):
     g and T = (I + strict_lower(b_t e^{g_t - g_s} k_t.k_s))^-1 per chunk equal float64, and
@@ -510,7 +512,8 @@ def test_fused_prepare_matches_float64(BT, K, decay):
     tinv = torch.full((table.chunks, H, BT, BT), float("nan"), device=DEVICE)
     _prepare_kernel[(table.chunks, H)](
         k, beta, ld, gc, tinv, table.starts, table.ends, H=H, K=K, BT=BT,
-        BK=min(pow2(K), 64), HAS_G=decay, FLOOR=LOG_DECAY_FLOOR, PREC="ieee", num_warps=2)
+        BK=min(pow2(K), 64), HAS_G=decay, FLOOR=LOG_DECAY_FLOOR, PREC="ieee", BATCHED=batched,
+        num_warps=2)
     for c, (bos, eos) in enumerate(zip(table.starts.tolist(), table.ends.tolist())):
         n = min(BT, eos - bos)
         g = (ld[bos:bos + n].double().clamp_min(LOG_DECAY_FLOOR).cumsum(0) if decay
@@ -540,7 +543,8 @@ def test_half_precision_T_gives_the_same_W_and_U():
         w, u = torch.empty_like(k), torch.empty_like(v)
         common = {"H": H, "K": K, "BT": BT, "PREC": "tf32"}
         _prepare_kernel[(table.chunks, H)](k, beta, ld, gc, tinv, table.starts, table.ends,
-                                           BK=32, HAS_G=True, FLOOR=LOG_DECAY_FLOOR, **common)
+                                           BK=32, HAS_G=True, FLOOR=LOG_DECAY_FLOOR,
+                                           BATCHED=False, **common)
         _wu_kernel[(table.chunks, H)](k, v, beta, gc, tinv, w, u, table.starts, table.ends,
                                       V=V, BK=32, BV=16, **common)
         out[dtype] = tinv, w, u

@@ -128,25 +128,61 @@ def _mm(a, b):
 
 
 @triton.jit
+def _unit_lower_inverses(A):
+    """`_unit_lower_inverse` of a batch [NB, 16, 16] of blocks at once: one chain of 15
+    dependent steps for all of them, not one each."""
+    r = tl.arange(0, 16)
+    rows = r[None, :, None]
+    eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)[None, :, :]
+    inv = eye + tl.zeros_like(A)
+    for i in range(1, 16):
+        a_i = tl.sum(tl.where(rows == i, A, 0.0), 1)        # A_b[i, :]
+        r_i = tl.sum(a_i[:, :, None] * inv, 1)              # sum_j A_b[i, j] inv_b[j, :]
+        inv = tl.where(rows == i, eye - r_i[:, None, :], inv)
+    return inv
+
+
+@triton.jit
+def _diagonal_inverses(A00, A11, A22, A33, BT: tl.constexpr, BATCHED: tl.constexpr):
+    """(I + A_ii)^-1 for the diagonal blocks before BT, one after another or (BATCHED) stacked
+    into one [BT / 16, 16, 16] batch by tl.join and split back."""
+    r = tl.arange(0, 16)
+    T00, T11, T22, T33 = A00, A11, A22, A33
+    if BT == 16 or not BATCHED:
+        T00 = _unit_lower_inverse(A00, r, r, 16)
+        if BT >= 32:
+            T11 = _unit_lower_inverse(A11, r, r, 16)
+        if BT == 64:
+            T22 = _unit_lower_inverse(A22, r, r, 16)
+            T33 = _unit_lower_inverse(A33, r, r, 16)
+    elif BT == 32:  # join's last axis p: [i, j, p] = block p
+        T = _unit_lower_inverses(tl.permute(tl.join(A00, A11), (2, 0, 1)))
+        T00, T11 = tl.split(tl.permute(T, (1, 2, 0)))
+    else:  # [i, j, p, q] = block 2 q + p
+        stack = tl.permute(tl.join(tl.join(A00, A11), tl.join(A22, A33)), (3, 2, 0, 1))
+        T = _unit_lower_inverses(tl.reshape(stack, (4, 16, 16)))
+        T01, T23 = tl.split(tl.permute(tl.reshape(T, (2, 2, 16, 16)), (2, 3, 1, 0)))
+        T00, T11 = tl.split(T01)
+        T22, T33 = tl.split(T23)
+    return T00, T11, T22, T33
+
+
+@triton.jit
 def _store_inverse(tinv, base, A00, A10, A11, A20, A21, A22, A30, A31, A32, A33,
-                   BT: tl.constexpr):
+                   BT: tl.constexpr, BATCHED: tl.constexpr):
     """Stores T = (I + A)^-1 for a strictly lower A given by its [16, 16] blocks A_ij (i >= j;
     those past BT unused), the zero blocks above the diagonal included. The diagonal blocks by
-    forward substitution (15 steps each), the rest by block substitution on tensor cores:
-    T_ij = -T_ii sum_{j <= m < i} A_im T_mj."""
-    r = tl.arange(0, 16)
+    forward substitution (`_diagonal_inverses`), the rest by block substitution on tensor
+    cores: T_ij = -T_ii sum_{j <= m < i} A_im T_mj."""
     zero = tl.zeros([16, 16], dtype=tl.float32)
-    T00 = _unit_lower_inverse(A00, r, r, 16)
+    T00, T11, T22, T33 = _diagonal_inverses(A00, A11, A22, A33, BT, BATCHED)
     _put(tinv, base, 0, 0, T00, BT)
     if BT >= 32:
-        T11 = _unit_lower_inverse(A11, r, r, 16)
         T10 = -_mm(T11, _mm(A10, T00))
         _put(tinv, base, 16, 16, T11, BT)
         _put(tinv, base, 16, 0, T10, BT)
         _put(tinv, base, 0, 16, zero, BT)
         if BT == 64:
-            T22 = _unit_lower_inverse(A22, r, r, 16)
-            T33 = _unit_lower_inverse(A33, r, r, 16)
             T21 = -_mm(T22, _mm(A21, T11))
             T20 = -_mm(T22, _mm(A20, T00) + _mm(A21, T10))
             T32 = -_mm(T33, _mm(A32, T22))
@@ -167,7 +203,8 @@ def _store_inverse(tinv, base, A00, A10, A11, A20, A21, A22, A30, A31, A32, A33,
 
 
 @triton.jit
-def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr):
+def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr,
+                  BATCHED: tl.constexpr = False):
     """Per (chunk, head): T = (I + A)^-1 by blocks of 16 (`_store_inverse`), every entry of
     `tinv` written (it may start uninitialized)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
@@ -186,7 +223,7 @@ def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr):
         A32 = _block(amat, base, 48, 32, BT)
         A33 = _block(amat, base, 48, 48, BT)
     _store_inverse(tinv, base, _block(amat, base, 0, 0, BT), A10, A11, A20, A21, A22, A30,
-                   A31, A32, A33, BT)
+                   A31, A32, A33, BT, BATCHED)
 
 
 @triton.jit
@@ -226,7 +263,8 @@ def _below(A, b_i, g_i, g_j):
 @triton.jit
 def _prepare_kernel(k, beta, ld, gc, tinv, starts, ends,
                     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                    HAS_G: tl.constexpr, FLOOR: tl.constexpr, PREC: tl.constexpr):
+                    HAS_G: tl.constexpr, FLOOR: tl.constexpr, PREC: tl.constexpr,
+                    BATCHED: tl.constexpr):
     """Per (chunk, head), delta only: g, and T = (I + A)^-1 with A = strict_lower(b_t
     Gamma[t, s] k_t.k_s) built in registers by [16, 16] blocks (the key axis in slices of
     BK), never stored: `_kkt_kernel` and `_solve_kernel` in one pass."""
@@ -276,7 +314,7 @@ def _prepare_kernel(k, beta, ld, gc, tinv, starts, ends,
         A32 = _below(A32, b3, g3, g2)
         A33 = A33 * b3[:, None] * _gamma(g3, r, r, True)
     _store_inverse(tinv, (i_c * H + i_h) * BT * BT, A00, A10, A11, A20, A21, A22, A30, A31,
-                   A32, A33, BT)
+                   A32, A33, BT, BATCHED)
 
 
 @triton.jit
@@ -567,8 +605,9 @@ INPUT_GRADS = {"BV": 32, "num_warps": None, "num_stages": 3,
 # output kernel's V block (None: as `_tiles`);
 # benchmarks/kernel_profile.py --sweep-forward times the alternatives on a GPU, and
 # NLC_FORWARD='{"prepare_warps": 2, ...}' overrides them for such a run
-FORWARD = {"kkt_warps": 4, "prepare_warps": 4, "wu_warps": 4, "output_warps": 4,
-           "output_BV": None, **json.loads(os.environ.get("NLC_FORWARD", "{}"))}
+FORWARD = {"kkt_warps": 4, "prepare_warps": 4, "batched_inverse": False, "wu_warps": 4,
+           "output_warps": 4, "output_BV": None,
+           **json.loads(os.environ.get("NLC_FORWARD", "{}"))}
 
 
 def _tiles(K: int, V: int):
@@ -595,7 +634,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
         _prepare_kernel[(NC, H)](
             k, beta, ld, gc, tinv, table.starts, table.ends, H=H, K=K, BT=BT, BK=min(BK, 64),
             HAS_G=ld is not None, FLOOR=LOG_DECAY_FLOOR, PREC=prec,
-            num_warps=FORWARD["prepare_warps"])
+            BATCHED=FORWARD["batched_inverse"], num_warps=FORWARD["prepare_warps"])
         _wu_kernel[(NC, H)](
             k, v, beta, gc, tinv, w, u, table.starts, table.ends,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=FORWARD["wu_warps"])
