@@ -11,10 +11,11 @@ runtime/library/dual_triton.py at Titans' shapes (float32, as dual_chunked runs:
 with n = 4 states and d = 2 terms, the reads of the [256, 64] layer with two chunk-start
 states and one pair, and of the [64, 256] one), and, for scale,
 chunk_delta_triton.py's input-gradient kernel, whose spills were part of the timed runs in
-docs/perf.md.
+docs/perf.md, and its forward's fused kkt + solve next to the two kernels it replaced.
 
-Usage (no GPU needed; TRITON_INTERPRET must be unset):
-    python benchmarks/kernel_resources.py
+Usage (no GPU needed; TRITON_INTERPRET must be unset; NAME keeps the kernels whose row
+names contain it, e.g. "delta"):
+    python benchmarks/kernel_resources.py [NAME]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import inspect
 import itertools
 import os
 import subprocess
+import sys
 import tempfile
 
 import torch
@@ -107,6 +109,7 @@ def kernels():
     yield ("joint transfers grads", joint_transfers_triton._transfers_grad_kernel, (),
            transfers, 8, 3)
     yield from _kda_dplr()
+    yield from _delta_prepare()
     scan = {"H": H, "N": 4, "D": 2, "NP": 4, "CP": BT, "DP": 2}
     yield ("dual scan", dual_triton._scan_fwd, (), scan, 1, 3)
     yield ("dual scan grads", dual_triton._scan_bwd, (), scan, 1, 3)
@@ -167,13 +170,35 @@ def _kda_dplr():
                {"H": H, "K": K, "BT": BT, "BK": 128, "FLOOR": LOG_DECAY_FLOOR}, 8, 3)
 
 
-def main():
+def _delta_prepare():
+    """chunk_delta_triton.py's forward before the states: the fused kkt + solve
+    (`_prepare_kernel`, key slices of 64) at the warps the forward sweep tries, next to the
+    kkt and solve kernels it replaced, for bf16 and float32 inputs."""
+    bf16 = ("k", "beta", "ld")
+    for dtype, prec, half, t_half in (("bf16", "tf32", bf16, (*bf16, "tinv")),  # T as the inputs
+                                      ("float32", "ieee", (), ())):
+        flags = {"H": H, "K": K, "BT": BT, "HAS_G": True, "FLOOR": LOG_DECAY_FLOOR,
+                 "PREC": prec}
+        yield (f"delta kkt {dtype}", chunk_delta_triton._kkt_kernel, half,
+               {**flags, "BK": 128, "DELTA": True}, 4, 3)
+        for batched, warps in itertools.product((False, True), (1, 2, 4)):
+            tag = f"{dtype}{', batched inverse' if batched else ''}"
+            if warps == 1:
+                yield (f"delta solve {tag}", chunk_delta_triton._solve_kernel, half,
+                       {"H": H, "BT": BT, "BATCHED": batched}, 1, 3)
+            yield (f"delta prepare (kkt + solve) {tag}", chunk_delta_triton._prepare_kernel,
+                   t_half, {**flags, "BK": 64, "BATCHED": batched}, warps, 3)
+
+
+def main(only: str = ""):
     print("| kernel | warps | stages | shared KiB | registers, spill bytes |")
     print("|---|---|---|---|---|")
     for name, kernel, bf16, constants, warps, stages in kernels():
+        if only not in name:
+            continue
         shared, usage = compiled(kernel, bf16, constants, warps, stages)
         print(f"| {name} | {warps} | {stages} | {shared:.1f} | {usage} |")
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:2])

@@ -489,3 +489,85 @@ def test_kernels_take_the_autocast_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert compute_dtype(q) == torch.bfloat16
     assert compute_dtype(q.to(torch.float16)) == torch.float16
+
+
+def unit_lower_inverse64(A):
+    """(I + A)^-1 in float64, for a batch of strictly lower A."""
+    eye = torch.eye(A.shape[-1], dtype=torch.float64)
+    return torch.linalg.inv(eye + A.double().cpu())
+
+
+@needs_kernels
+@pytest.mark.parametrize("BT, batched", [(16, False), (32, False), (64, False), (32, True),
+                                        (64, True)])
+def test_block_inverse_writes_every_entry(BT, batched):
+    """`_solve_kernel` into a NaN-filled T (its callers allocate T uninitialized): every
+    entry is written, and T = (I + A)^-1 to float32 rounding, with the diagonal blocks
+    inverted one by one or as one batch."""
+    from nlc.runtime.library.chunk_delta_triton import _solve_kernel
+    g = torch.Generator().manual_seed(BT)
+    k = F.normalize(torch.randn(3, 2, BT, 32, generator=g), dim=-1)
+    A = (torch.rand(3, 2, BT, 1, generator=g) * (k @ k.mT)).tril(-1).to(DEVICE)
+    tinv = torch.full_like(A, float("nan"))
+    _solve_kernel[(3, 2)](A.contiguous(), tinv, H=2, BT=BT, BATCHED=batched, num_warps=1)
+    assert close(tinv, unit_lower_inverse64(A), TOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize("BT, K, decay, batched", [(16, 16, True, False), (32, 96, False, True),
+                                                   (64, 96, True, False), (64, 48, False, True)])
+def test_fused_prepare_matches_float64(BT, K, decay, batched):
+    """The forward's fused kkt + solve (`_prepare_kernel`) on packed sequences (chunks cut
+    short by a sequence's end; K = 96 takes two key slices of 64, the second half masked):
+    g and T = (I + strict_lower(b_t e^{g_t - g_s} k_t.k_s))^-1 per chunk equal float64, and
+    T's rows past a sequence's end are the identity's."""
+    from nlc.runtime.library.chunk_delta_triton import _prepare_kernel
+    from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunk_table, pow2
+    bounds, H = [0, 5, 5 + BT + 3, 2 * BT + 20], 2
+    x = inputs("delta", "scalar" if decay else "none", 1, bounds[-1], H, K, 16, 0, seed=K)
+    k, beta = x["k"][0].contiguous(), x["beta"][0].contiguous()
+    ld = x["ld"][0].contiguous() if decay else None
+    table = chunk_table(bounds, BT, DEVICE)
+    gc = torch.full((bounds[-1], H), float("nan"), device=DEVICE)
+    tinv = torch.full((table.chunks, H, BT, BT), float("nan"), device=DEVICE)
+    _prepare_kernel[(table.chunks, H)](
+        k, beta, ld, gc, tinv, table.starts, table.ends, H=H, K=K, BT=BT,
+        BK=min(pow2(K), 64), HAS_G=decay, FLOOR=LOG_DECAY_FLOOR, PREC="ieee", BATCHED=batched,
+        num_warps=2)
+    for c, (bos, eos) in enumerate(zip(table.starts.tolist(), table.ends.tolist())):
+        n = min(BT, eos - bos)
+        g = (ld[bos:bos + n].double().clamp_min(LOG_DECAY_FLOOR).cumsum(0) if decay
+             else torch.zeros(n, H, dtype=torch.float64))
+        kc, bc = k[bos:bos + n].double().transpose(0, 1), beta[bos:bos + n].double().T
+        gamma = (g.T[:, :, None] - g.T[:, None, :]).exp()
+        A = torch.zeros(H, BT, BT, dtype=torch.float64)
+        A[:, :n, :n] = (bc[:, :, None] * gamma * (kc @ kc.mT)).tril(-1)
+        assert close(gc[bos:bos + n], g, TOL)
+        assert close(tinv[c], unit_lower_inverse64(A), TOL)
+
+
+@needs_kernels
+def test_half_precision_T_gives_the_same_W_and_U():
+    """The forward keeps T in the operands' dtype (fp16 here): stored rounded, it equals the
+    float32 T rounded, and W, U computed from either are the same bits."""
+    from nlc.runtime.library.chunk_delta_triton import _prepare_kernel, _wu_kernel
+    from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunk_table
+    H, K, V, BT = 2, 32, 16, 32
+    x = inputs("delta", "scalar", 1, 70, H, K, V, 0, seed=3, dtype=torch.float16)
+    k, v, beta, ld = (x[n][0].contiguous() for n in ("k", "v", "beta", "ld"))
+    table = chunk_table([0, 70], BT, DEVICE)
+    out = {}
+    for dtype in (torch.float32, torch.float16):
+        gc = torch.empty(70, H, device=DEVICE)
+        tinv = torch.empty(table.chunks, H, BT, BT, dtype=dtype, device=DEVICE)
+        w, u = torch.empty_like(k), torch.empty_like(v)
+        common = {"H": H, "K": K, "BT": BT, "PREC": "tf32"}
+        _prepare_kernel[(table.chunks, H)](k, beta, ld, gc, tinv, table.starts, table.ends,
+                                           BK=32, HAS_G=True, FLOOR=LOG_DECAY_FLOOR,
+                                           BATCHED=False, **common)
+        _wu_kernel[(table.chunks, H)](k, v, beta, gc, tinv, w, u, table.starts, table.ends,
+                                      V=V, BK=32, BV=16, **common)
+        out[dtype] = tinv, w, u
+    (t32, w32, u32), (t16, w16, u16) = out.values()
+    assert torch.equal(t32.half(), t16) and torch.equal(w32, w16) and torch.equal(u32, u16)
+    assert w16.abs().sum() > 0 and u16.abs().sum() > 0

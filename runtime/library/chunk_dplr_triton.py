@@ -285,7 +285,7 @@ def _forward(q, k, v, a, b, ld, h0, table, BT):
     gx[table.starts.long()] = 0.0
     pqk, pqb = _scores(q, (k, b), gc, gc, table, BT, False, prec)
     aak, aab = _scores(a, (k, b), gx, gc, table, BT, True, prec)
-    tinv = torch.zeros(NC, H, BT, BT, **f32)
+    tinv = torch.empty(NC, H, BT, BT, **f32)
     _solve_kernel[(NC, H)](aab.neg_(), tinv, H=H, BT=BT, num_warps=1)
     w = torch.empty_like(k)
     u = torch.empty_like(v)

@@ -239,7 +239,7 @@ class UnitLowerInverse(torch.autograd.Function):
         a = (F.pad(A, (0, Rp - R, 0, Rp - R)) if Rp > R else A).reshape(-1, Rp, Rp).contiguous()
         nb = Rp // B
         diag = torch.stack([a[:, i * B:(i + 1) * B, i * B:(i + 1) * B] for i in range(nb)], 1)
-        blocks = torch.zeros_like(diag)
+        blocks = torch.empty_like(diag)
         _solve_kernel[(diag.shape[0] * nb, 1)](diag.contiguous(), blocks, H=1, BT=B,
                                                 num_warps=1)
         T = torch.zeros_like(a)

@@ -361,7 +361,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
                             STRICT=False, PREC=prec, q2=k, amat2=kk, PAIR=ROWS, num_warps=4)
     amat = torch.empty(NC, H, BT, BT, **f32)
     _ut_matrix_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
-    tinv = torch.zeros(NC, H, BT, BT, **f32)
+    tinv = torch.empty(NC, H, BT, BT, **f32)
     _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
     w = torch.empty_like(k)
     u = torch.empty_like(v)

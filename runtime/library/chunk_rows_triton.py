@@ -332,7 +332,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
         _kkt_kernel[(NC, H)](k, beta, None, torch.empty(N, H, **f32), amat, **rows, H=H, K=K,
                              BT=BT, BK=BK, HAS_G=False, DELTA=True, FLOOR=LOG_DECAY_FLOOR,
                              PREC=prec, num_warps=4)
-        tinv = torch.zeros(NC, H, BT, BT, **f32)
+        tinv = torch.empty(NC, H, BT, BT, **f32)
         _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
         w, kt, qw = torch.empty_like(k), torch.empty_like(k), torch.empty_like(q)
     _prepare_kernel[(NC, H)](q, k, beta, tinv, w, kt, qw, mmat, **rows, H=H, K=K, BT=BT,
