@@ -33,6 +33,7 @@ from nlc.runtime.library import (
     chunk_decay_triton,
     chunk_delta_triton,
     chunk_dplr_triton,
+    chunk_inverse_triton,
     chunk_joint_triton,
     chunk_kda_triton,
     dual_triton,
@@ -47,7 +48,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                          "cuobjdump")
 H, K, V, BT = 16, 128, 128, 64
-INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32", "T": "i32"}
+INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32", "bounds": "*i32", "T": "i32"}
 
 
 def compiled(kernel, bf16: tuple[str, ...], constants: dict, num_warps=4, num_stages=3,
@@ -184,9 +185,9 @@ def _delta_prepare():
         for batched, warps in itertools.product((False, True), (1, 2, 4)):
             tag = f"{dtype}{', batched inverse' if batched else ''}"
             if warps == 1:
-                yield (f"delta solve {tag}", chunk_delta_triton._solve_kernel, half,
+                yield (f"delta solve {tag}", chunk_inverse_triton._solve_kernel, half,
                        {"H": H, "BT": BT, "BATCHED": batched}, 1, 3)
-            yield (f"delta prepare (kkt + solve) {tag}", chunk_delta_triton._prepare_kernel,
+            yield (f"delta prepare (kkt + solve) {tag}", chunk_inverse_triton._prepare_kernel,
                    t_half, {**flags, "BK": 64, "BATCHED": batched}, warps, 3)
 
 

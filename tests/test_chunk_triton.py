@@ -504,7 +504,7 @@ def test_block_inverse_writes_every_entry(BT, batched):
     """`_solve_kernel` into a NaN-filled T (its callers allocate T uninitialized): every
     entry is written, and T = (I + A)^-1 to float32 rounding, with the diagonal blocks
     inverted one by one or as one batch."""
-    from nlc.runtime.library.chunk_delta_triton import _solve_kernel
+    from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
     g = torch.Generator().manual_seed(BT)
     k = F.normalize(torch.randn(3, 2, BT, 32, generator=g), dim=-1)
     A = (torch.rand(3, 2, BT, 1, generator=g) * (k @ k.mT)).tril(-1).to(DEVICE)
@@ -521,7 +521,7 @@ def test_fused_prepare_matches_float64(BT, K, decay, batched):
     short by a sequence's end; K = 96 takes two key slices of 64, the second half masked):
     g and T = (I + strict_lower(b_t e^{g_t - g_s} k_t.k_s))^-1 per chunk equal float64, and
     T's rows past a sequence's end are the identity's."""
-    from nlc.runtime.library.chunk_delta_triton import _prepare_kernel
+    from nlc.runtime.library.chunk_inverse_triton import _prepare_kernel
     from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunk_table, pow2
     bounds, H = [0, 5, 5 + BT + 3, 2 * BT + 20], 2
     x = inputs("delta", "scalar" if decay else "none", 1, bounds[-1], H, K, 16, 0, seed=K)
@@ -550,7 +550,8 @@ def test_fused_prepare_matches_float64(BT, K, decay, batched):
 def test_half_precision_T_gives_the_same_W_and_U():
     """The forward keeps T in the operands' dtype (fp16 here): stored rounded, it equals the
     float32 T rounded, and W, U computed from either are the same bits."""
-    from nlc.runtime.library.chunk_delta_triton import _prepare_kernel, _wu_kernel
+    from nlc.runtime.library.chunk_delta_triton import _wu_kernel
+    from nlc.runtime.library.chunk_inverse_triton import _prepare_kernel
     from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunk_table
     H, K, V, BT = 2, 32, 16, 32
     x = inputs("delta", "scalar", 1, 70, H, K, V, 0, seed=3, dtype=torch.float16)

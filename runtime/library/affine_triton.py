@@ -8,7 +8,7 @@ forward and backward, for one chunk of C <= 64 tokens and every (batch, head):
 with the P input pairs (col, row) taken as P * C tokens of one sum (the same retention per
 pair). The retention products R stay in PyTorch (`affine_chunk._Products`, shared by a
 chunk's states); the kernels take them, the Gram and right-hand-side products, the unit
-lower-triangular inverse (forward substitution, chunk_delta_triton.py's), the erase pair
+lower-triangular inverse (forward substitution, chunk_inverse_triton.py's), the erase pair
 (e a, w) and the last state. The rows of W (r) are independent in the forward pass: a
 program per (batch, head, block of rows). The backward pass recomputes a and runs one
 program per (batch, head) over the row blocks, summing what the rows share (the Gram
@@ -32,7 +32,7 @@ import os
 import torch
 import triton
 import triton.language as tl
-from nlc.runtime.library.chunk_delta_triton import _unit_lower_inverse
+from nlc.runtime.library.chunk_inverse_triton import _unit_lower_inverse
 from nlc.runtime.library.chunk_triton import pow2
 
 LAUNCHES = {"forward": 0, "backward": 0}   # kernel launches, for tests that check the path ran

@@ -39,7 +39,7 @@ from nlc.runtime.library.chunk_decay_triton import (
     _rows,
     _scores_kernel,
 )
-from nlc.runtime.library.chunk_delta_triton import _solve_kernel
+from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
 from nlc.runtime.library.chunk_kda_triton import (
     _chunk_program,
     _chunk_square,

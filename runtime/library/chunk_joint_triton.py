@@ -12,7 +12,7 @@ independent of the state and run for all chunks at once, in float32, differentia
 autograd: T by joint_transfers_triton.py's kernels (one launch each way, where joint.py's
 column loop is C launches forward and more backward), batched PyTorch products with the
 n x n ones as broadcast sums (joint.py's `small_matmul`), and (I - L)^-1 over the chunk's
-C n columns by `UnitLowerInverse` (chunk_delta_triton.py's block inverse on diagonal blocks
+C n columns by `UnitLowerInverse` (chunk_inverse_triton.py's block inverse on diagonal blocks
 of up to 64, block substitution below them). r = T[s+1, C] (x) k_s is not formed: the
 kernels take its factors (the n x n `tail` T[s+1, C] and the keys), the forward state pass
 builds r's rows in registers, and the backward builds r once for its own pass. What passes
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from nlc.runtime.library.chunk_delta_triton import _solve_kernel
+from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
 from nlc.runtime.library.chunk_triton import (
     JOINT_MAX_STATES,
     boundaries,
@@ -227,7 +227,7 @@ def _state_grads_kernel(a, b, w, r, mix, do, dh, dw, dxt, dx0, offsets,
 # --------------------------------------------------------------------------- the triangular system
 class UnitLowerInverse(torch.autograd.Function):
     """(I + A)^-1 for strictly lower A `[..., R, R]` (the chunk's C n columns, float32):
-    diagonal blocks of up to 64 by chunk_delta_triton.py's block inverse (`_solve_kernel`,
+    diagonal blocks of up to 64 by chunk_inverse_triton.py's block inverse (`_solve_kernel`,
     tensor cores), the blocks below them by block substitution, row block i at once:
     T[i, :i] = -T[i, i] A[i, :i] T[:i, :i]. Backward: dA = strict_lower(-T^T dT T^T)."""
 

@@ -14,7 +14,7 @@ cumulative log decay per channel ([C, K]), G its last row, S the state at the ch
 
 P and the keys' own scores are GLA's decayed scores (chunk_decay_triton.py's
 `_scores_kernel`, which factors off-diagonal blocks of 16 through a block end so no
-exponential exceeds 1, and sums diagonal blocks exactly); T comes from chunk_delta_triton.py's
+exponential exceeds 1, and sums diagonal blocks exactly); T comes from chunk_inverse_triton.py's
 block inverse. The forward saves one state per chunk, W, Delta, T and the score matrices, no
 per-token state; the backward runs dDelta's in-chunk part and dP (chunk_decay_triton's
 `_dscores_kernel`), the state gradients chunk after chunk (recomputing nothing: the chunk-start
@@ -44,7 +44,7 @@ from nlc.runtime.library.chunk_decay_triton import (
     _state_prologue,
     chunk_channel,
 )
-from nlc.runtime.library.chunk_delta_triton import _solve_kernel
+from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,

@@ -35,7 +35,8 @@ from nlc.runtime.library.chunk_decay_triton import (
     _scores_kernel,
     _state_prologue,
 )
-from nlc.runtime.library.chunk_delta_triton import _kkt_kernel, _solve_kernel
+from nlc.runtime.library.chunk_delta_triton import _kkt_kernel
+from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
