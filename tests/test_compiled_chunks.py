@@ -106,3 +106,28 @@ def test_titans_compiled_chunks_can_read_through_the_dual_kernels(monkeypatch):
         if a is not None:  # bf16 autocast: the graphs round some products in another order
             err = ((a.double() - b.double()).norm() / b.double().norm()).item()
             assert err < 5e-3, err  # 7e-4 at most when written; bf16's epsilon is 7.8e-3
+
+
+def test_train_compile_chunks_flag_compiles_the_chunk_bodies_for_its_run(tmp_path,
+                                                                          monkeypatch):
+    """`nlc train --compile-chunks` hands Titans' chunk bodies to torch.compile (replaced here
+    by a recorder that returns the body, so nothing is compiled) during its run only: after
+    it, chunks run as before."""
+    from nlc.train_cli import main
+    monkeypatch.delenv("NLC_COMPILE_CHUNKS", raising=False)
+    monkeypatch.setattr(scan, "_COMPILED", {})
+    bodies = []
+
+    def recorder(fn, **options):
+        bodies.append(fn.__name__)
+        return fn
+    monkeypatch.setattr(torch, "compile", recorder)
+    code = main(["train", str(EXAMPLES / "titans.nl"), "--task", "mqar", "--steps", "1",
+                 "--d-model", "16", "--n-layers", "1", "--batch-size", "2", "--seq-len", "80",
+                 "--mqar-num-kv-pairs", "2", "--mlp", "none", "--eval-examples", "4",
+                 "--out", str(tmp_path / "run"), "--quiet", "--compile-chunks",
+                 "-D", "heads=2", "-D", "d_head=8"])
+    assert code == 0
+    assert bodies, "no chunk body reached torch.compile"
+    assert not scan.COMPILE_CHUNKS
+    assert scan.compiled_chunk(_step) is _step

@@ -48,6 +48,7 @@ def refused(argv, capsys, *expected: str) -> str:
     (["--cuda-graphs", "--carry-state", "16"], "cuda_graphs and carry_state cannot be combined"),
     (["--cuda-graphs", "--device", "cpu"], "cuda_graphs needs a CUDA device; this run is on cpu"),
     (["--tf32", "--device", "cpu"], "tf32 needs a CUDA device; this run is on cpu"),
+    (["--compile-chunks", "--compile"], "compile_chunks and compile cannot be combined"),
 ])
 def test_bad_flags_are_refused(flags, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where a run with --out "" once went

@@ -179,17 +179,27 @@ def _maybe_checkpoint(fn, use: bool, *args):
 
 
 _COMPILED: dict = {}
+COMPILE_CHUNKS = False  # `nlc train --compile-chunks`, as NLC_COMPILE_CHUNKS=1
+
+
+def set_compile_chunks(on: bool) -> None:
+    """Compile chunk bodies (`compiled_chunk`) from now on, in this process, or not (then
+    only NLC_COMPILE_CHUNKS=1 asks for it)."""
+    global COMPILE_CHUNKS
+    COMPILE_CHUNKS = on
 
 
 def compiled_chunk(body: Callable) -> Callable:
     """`body` (one chunk of a chunked driver), compiled with torch.compile when
-    NLC_COMPILE_CHUNKS=1, else `body` itself. A chunk is hundreds of small products and
+    NLC_COMPILE_CHUNKS=1 or `set_compile_chunks` (`nlc train --compile-chunks`), else `body`
+    itself. A chunk is hundreds of small products and
     elementwise passes (a Titans LM step launched 84,613 kernels on a GPU, docs/perf.md):
     compiled, they can fuse, and every chunk of every layer of the same spec reuses one graph
     (a sequence's last, shorter chunk compiles its own). Compiling takes minutes on a small
     CPU, and on the CPU the chunk runs no faster, so it is off unless asked for. A model
     compiled as a whole (`nlc train --compile`) traces the body in its own graph instead."""
-    if os.environ.get("NLC_COMPILE_CHUNKS", "") != "1" or torch.compiler.is_compiling():
+    asked = COMPILE_CHUNKS or os.environ.get("NLC_COMPILE_CHUNKS", "") == "1"
+    if not asked or torch.compiler.is_compiling():
         return body
     if body not in _COMPILED:
         _COMPILED[body] = torch.compile(body, dynamic=False)

@@ -65,8 +65,11 @@ def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimize
     `resume`, continue from the run's latest checkpoint (a run without one starts from 0).
     """
     config.validate()
+    from nlc.runtime.library import scan
     world = distributed.setup(config.device)
+    compiling = scan.COMPILE_CHUNKS
     try:
+        scan.set_compile_chunks(compiling or config.compile_chunks)  # for this run only
         summary = _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume,
                          progress)
         # ranks leave together: one that closed its connections while another still wrote
@@ -74,6 +77,7 @@ def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimize
         distributed.barrier(world)
         return summary
     finally:
+        scan.set_compile_chunks(compiling)
         distributed.teardown(world)
 
 
