@@ -16,7 +16,8 @@
 #   e: one tl.dot per input precision against float64 (dot_precision_check.py: is Triton's
 #      tf32x3 what faults or loses precision); Titans' layer precision with each setting in
 #      its own process, at heads of 8 (where `a` faulted, CUDA_LAUNCH_BLOCKING=1 to name the
-#      kernel) and of 64 (the LM's);
+#      kernel) and of 64 (the LM's); it ran with the commands of `g` in it, and its 400 s
+#      limit stopped it inside them (they are `g` now);
 #   g: issue 16: the forward state pass split along keys (simple GLA) and the fused kkt +
 #      solve forward (delta rule), side by side with fla's chunk kernels (gpu_chunked.py) and
 #      as per-kernel forward times (kernel_profile.py);
@@ -54,6 +55,7 @@ elif [ "$MODE" = e ]; then
   (timeout 60 python3 $P $W --rows 0
    for r in 1 2 3 4; do timeout 60 python3 $P $W --rows $r --no-header; done) 2>&1 \
     | grep -v Warn | tee "$OUT/titans_precision64.md"
+elif [ "$MODE" = g ]; then
   R="ours recurrent"; F="fla fused recurrent"
   timeout 240 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --check "ours chunked" \
     --models "simple GLA / Mamba2,Gated DeltaNet,DeltaNet" --out "$OUT/chunked.md" \

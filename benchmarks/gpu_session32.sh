@@ -11,7 +11,8 @@
 #      launch sweep of Gated DeltaNet (prepare_warps), and the batched diagonal inverse;
 #   c: issue 17: Titans' LM step at batch 16: CUDA graphs alone, with --tf32, and with
 #      compiled chunks that call the dual kernels (NLC_COMPILE_DUAL_KERNELS=1) and --tf32,
-#      in one call; the dual kernels' tests on the GPU;
+#      in one call; the dual kernels' tests on the GPU; one tl.dot per precision launched as
+#      the reads launch (8 warps, an operand transposed), after the reads' fault;
 #   d: issue 16: GLA's forward beside fla's chunk_gla (gpu_session31.sh h).
 set -u
 MODE=${1:-a}
@@ -50,4 +51,8 @@ elif [ "$MODE" = c ]; then
   NLC_TRITON_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider \
     "$REPO/tests/test_dual_triton.py" > "$OUT/dual_tests.log" 2>&1
   tail -3 "$OUT/dual_tests.log"
+  # one tl.dot launched as the dual reads launch (8 warps, transposed operand): is the
+  # reads' fault at heads of 8 Triton's (docs/perf.md, "seventh batch")
+  timeout 100 python3 "$REPO/benchmarks/dot_precision_check.py" --warps 8 --trans \
+    --shapes "32,16,16;64,16,16;64,32,16;64,16,32" | tee "$OUT/dot_precision_8warps.md"
 fi

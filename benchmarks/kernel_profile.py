@@ -139,7 +139,7 @@ def forward_sweep(model, args, shape):
         fla_ms = f"failed: {str(err)[:80]}"
     print(f"\n{model} {shape} bf16 forward: fla chunk {fla_ms}; ours, forward launch sweep "
           f"(default {json.dumps(cdt.FORWARD)}):")
-    grid = {"kkt_warps": (4, 8), "prepare_warps": (1, 2, 4), "wu_warps": (4, 8),
+    grid = {"prepare_warps": (1, 2, 4), "wu_warps": (4, 8),
             "output_warps": (4, 8), "output_BV": (64, 128)}
     if model == "sgla":  # no delta rule: no solve, no w and u
         grid = {"kkt_warps": (4, 8), "output_warps": (2, 4, 8), "output_BV": (32, 64, 128)}

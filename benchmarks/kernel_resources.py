@@ -189,6 +189,14 @@ def _delta_prepare():
                        {"H": H, "BT": BT, "BATCHED": batched}, 1, 3)
             yield (f"delta prepare (kkt + solve) {tag}", chunk_inverse_triton._prepare_kernel,
                    t_half, {**flags, "BK": 64, "BATCHED": batched}, warps, 3)
+    # the sequential state pass: the delta rule's at one sequence of 16 heads (V blocks of
+    # 16, whole key rows), the decay family's split along keys too (64 x 64 blocks)
+    states = {"H": H, "K": K, "V": V, "BT": BT, "HAS_H0": True, "PREC": "tf32"}
+    io = ("k", "u", "w", "h", "delta")
+    yield ("delta states BV=16", chunk_delta_triton._states_kernel, io,
+           {**states, "BK": 128, "BV": 16, "NK": 1, "DELTA": True}, 4, 3)
+    yield ("delta (decay family) states split 64 x 64", chunk_delta_triton._states_kernel, io,
+           {**states, "BK": 64, "BV": 64, "NK": 2, "DELTA": False}, 4, 3)
 
 
 def main(only: str = ""):

@@ -4,18 +4,18 @@
 
 Level `k` (spec:42), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, run on CUDA when NLC_TERMS_TRITON=1 asks.
+  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, which run on CUDA when NLC_TERMS_TRITON=1 asks.
 Level `v` (spec:50), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, run on CUDA when NLC_TERMS_TRITON=1 asks.
+  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, which run on CUDA when NLC_TERMS_TRITON=1 asks.
 Level `eta` (spec:58), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, run on CUDA when NLC_TERMS_TRITON=1 asks.
+  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, which run on CUDA when NLC_TERMS_TRITON=1 asks.
 Level `alpha` (spec:66), family frozen-gradient: 2 tensors carried per token.
   Note: runs with k, v, eta, alpha as one group, a chunk of 16 tokens at a time.
-  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, run on CUDA when NLC_TERMS_TRITON=1 asks.
+  Note: its chunk-start terms, through SelfModifyingTitans_mlp_memory_pairs_terms, have Triton kernels in nlc_outer_900852f2.py, forward and backward, which run on CUDA when NLC_TERMS_TRITON=1 asks.
 Level `memory` (spec:74), family frozen-gradient: 2 tensors carried per token.
-  Note: its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) have Triton kernels in nlc_outer_900852f2.py, forward and backward; they run on CUDA when NLC_TERMS_TRITON=1 asks, else the batched PyTorch terms run (faster in the GPU timings so far).
+  Note: its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) have Triton kernels in nlc_outer_900852f2.py, forward and backward; they run on CUDA when NLC_TERMS_TRITON=1 asks, else the batched PyTorch terms run.
 Level `cms_fast` (spec:100), family frozen-gradient: 2 tensors carried per token.
 Level `cms_mid` (spec:107), family frozen-gradient: 2 tensors carried per token.
 Level `cms_slow` (spec:114), family frozen-gradient: 2 tensors carried per token.

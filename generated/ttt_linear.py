@@ -3,7 +3,7 @@
 """Sequence layers compiled from `ttt_linear.nl`: TTTLinear.
 
 Level `memory` (spec:24), family frozen-gradient: gradients at the chunk start.
-  Note: its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) have Triton kernels in nlc_outer_11ba199c.py, forward and backward; they run on CUDA when NLC_TERMS_TRITON=1 asks, else the batched PyTorch terms run (faster in the GPU timings so far).
+  Note: its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) have Triton kernels in nlc_outer_11ba199c.py, forward and backward; they run on CUDA when NLC_TERMS_TRITON=1 asks, else the batched PyTorch terms run.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value

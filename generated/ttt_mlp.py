@@ -3,7 +3,7 @@
 """Sequence layers compiled from `ttt_mlp.nl`: TTTMLP.
 
 Level `memory` (spec:23), family frozen-gradient: 2 tensors carried per token.
-  Note: its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) have Triton kernels in nlc_outer_955cd847.py, forward and backward; they run on CUDA when NLC_TERMS_TRITON=1 asks, else the batched PyTorch terms run (faster in the GPU timings so far).
+  Note: its chunk-start terms (the MLP at the anchors, the error signals and the backward pass through the MLP) have Triton kernels in nlc_outer_955cd847.py, forward and backward; they run on CUDA when NLC_TERMS_TRITON=1 asks, else the batched PyTorch terms run.
 
 Tensors follow flash-linear-attention: `[B, T, H, D]` per head and token, a scalar per head
 and token `[B, T, H]`. Matrix states are `[B, H, rows, cols]` (`o = S q`: rows are the value

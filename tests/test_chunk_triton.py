@@ -178,7 +178,7 @@ def test_forward_state_pass_split_along_keys(case, monkeypatch):
     from nlc.runtime.library import chunk_triton
     monkeypatch.setitem(chunk_triton.STATE_PASSES, "split_BK", 16)
     monkeypatch.setitem(chunk_triton.STATE_PASSES, "split_BV", 16)
-    assert chunk_triton.split_state_launch(64, 32)[:2] == (16, 16)
+    assert chunk_triton.split_state_launch(64, 32, 1000)[:2] == (16, 16)
     check_against_token_loop(case)
 
 

@@ -489,9 +489,28 @@ def test_compiled_code_calls_the_kernels_as_custom_ops(what, monkeypatch):
     before = launches()
     got, got_grads = compiled(torch.float32)
     torch._dynamo.reset()
-    assert ran(before, *names)
+    assert ran(before, *names, f"{what}_op")
     for x, ref in zip(got if what == "scan" else (got,), want if what == "scan" else (want,)):
         assert rel(x, ref) < TOL
     assert got_grads.keys() == want_grads.keys()
     for n, ref in want_grads.items():
         assert close(got_grads[n], ref, TOL), n
+
+
+@needs_kernels
+def test_custom_ops_pass_torch_library_opcheck():
+    """The custom ops' fake implementations, autograd registration and dispatch agree with
+    their real ones (`torch.library.opcheck`), for a read with pairs of both shapes and
+    the scan."""
+    from nlc.runtime.library import dual_ops
+    T, R, K = 15, 16, 48
+    leaves = leaves_as(read_inputs(T, R, K), torch.float32)
+    B = leaves["W"].shape[0]
+    pieces = [leaves["W"], leaves["Wm"], leaves["c0"].squeeze(-1), leaves["r0"].squeeze(-2)]
+    x = leaves["xW"].squeeze(-1)
+    torch.library.opcheck(dual_ops.dual_read_op,
+                          (x, leaves["phi"], leaves["psi"], pieces, [0, 2], [0]))
+    g = torch.Generator().manual_seed(0)
+    step = torch.rand(B, T, 2, 3, 3, generator=g).to(DEVICE).requires_grad_()
+    add = torch.randn(B, T, 2, 3, 2, generator=g).to(DEVICE).requires_grad_()
+    torch.library.opcheck(dual_ops.dual_scan_op, (step, add))

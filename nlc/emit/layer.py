@@ -282,7 +282,8 @@ class LayerPrinter:
             if pl.outer_kernel is None:
                 pl.notes.append(prose(f"its chunk-start terms, through {shared.terms}, have "
                                       f"Triton kernels in {kernel.module}.py, forward and "
-                                      f"backward, run on CUDA when {TERMS_FLAG}=1 asks"))
+                                      f"backward, which run on CUDA when {TERMS_FLAG}=1 "
+                                      "asks"))
             pl.outer_kernel, pl.outer_source = None, ""
         return shared.terms
 

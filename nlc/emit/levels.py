@@ -184,7 +184,7 @@ class LevelPrinter:
                                "signals and the backward pass through the MLP) have Triton "
                                f"kernels in {kernel.module}.py, forward and backward; they "
                                f"run on CUDA when {TERMS_FLAG}=1 asks, else the batched "
-                               "PyTorch terms run (faster in the GPU timings so far)"))
+                               "PyTorch terms run"))
 
     def step_kernel(self, out: PrintedLevel) -> None:
         """A token-loop level's fused step kernel (nlc/emit/step_render.py), or the note

@@ -519,7 +519,7 @@ def _forward(q, k, v, ld, h0, table, BT):
                             BK=BK, STRICT=False, PREC=prec, num_warps=4)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
-    BKs, BVs, warps = split_state_launch(BK, BV)
+    BKs, BVs, warps = split_state_launch(BK, BV, S * H)
     NK = triton.cdiv(K, BKs)
     _states_kernel[(triton.cdiv(V, BVs) * NK, S * H)](
         k, v, gc, h, h0, ht, table.bounds, table.offsets, H=H, K=K, V=V, BT=BT,

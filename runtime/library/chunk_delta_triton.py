@@ -425,7 +425,7 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
     if delta_rule:
         (BVs, warps), BKs = state_launch(BV, S * H), BK
     else:
-        BKs, BVs, warps = split_state_launch(BK, BV)
+        BKs, BVs, warps = split_state_launch(BK, BV, S * H)
     NK = triton.cdiv(K, BKs)
     _states_kernel[(triton.cdiv(V, BVs) * NK, S * H)](
         k, u if delta_rule else v, w, gc, h, d, h0, ht, table.bounds, table.offsets,

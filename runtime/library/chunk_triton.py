@@ -41,13 +41,17 @@ def state_launch(BV: int, programs: int) -> tuple[int, int]:
     return BV, 4
 
 
-def split_state_launch(BK: int, BV: int) -> tuple[int, int, int]:
+def split_state_launch(BK: int, BV: int, programs: int) -> tuple[int, int, int]:
     """(K block, V block, warps) of a forward state pass whose key columns evolve apart (the
-    decay family, no delta rule): blocks of at most 64 x 64, so that each program loads a
-    slice of the chunk's keys instead of all of them (simple GLA's state pass took 322 us
-    against fla's 134 us at (1, 16384, 16, 128) on an H100 with the whole key axis in every
-    program, docs/perf.md). NLC_STATE_PASSES sets "split_BK", "split_BV", "split_warps"."""
-    return (min(BK, STATE_PASSES["split_BK"]), min(BV, STATE_PASSES["split_BV"]),
+    decay family, no delta rule), run by `programs` sequences x heads: key blocks of at most
+    64, so that each program loads a slice of the chunk's keys, and V blocks as
+    `state_launch` narrows them when few programs run, at most 64. Simple GLA's state pass
+    took 322 us against fla's 134 us at (1, 16384, 16, 128) on an H100 with the whole key
+    axis in every program; 64 x 64 blocks (half the programs there) took 316 us
+    (docs/perf.md, "seventh batch"); this launch, more programs again, is not timed.
+    NLC_STATE_PASSES sets "split_BK", "split_BV" (the widest V block), "split_warps"."""
+    narrow, _ = state_launch(BV, programs)
+    return (min(BK, STATE_PASSES["split_BK"]), min(narrow, STATE_PASSES["split_BV"]),
             STATE_PASSES["split_warps"])
 
 

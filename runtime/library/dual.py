@@ -24,6 +24,7 @@ Triton kernels on CUDA tensors (dual_triton.py, `_kernels`); the forms here are 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -296,7 +297,6 @@ def _scan(step, add, here=None, kernels=None):
 def _kernels_in_compiled_code() -> bool:
     """NLC_COMPILE_DUAL_KERNELS=1: code that torch.compile traces runs the scan and reads as
     the kernels' custom ops (dual_ops.py) instead of tracing their PyTorch forms."""
-    import os
     return os.environ.get("NLC_COMPILE_DUAL_KERNELS") == "1"
 
 

@@ -6,10 +6,12 @@ launch inside an autograd.Function, so by default it traces the PyTorch forms of
 the reads, and Inductor fuses them. Registered as custom ops, the kernels become opaque calls
 inside the compiled graph instead: their own forward and backward (the backward a second op,
 wired by `register_autograd`), and shapes from the fake implementations below.
-`NLC_COMPILE_DUAL_KERNELS=1` asks for them (dual.py, `_kernels`): compiled chunks then read
-through the kernels, and so take `--tf32`'s tensor-core products, which the PyTorch forms
-would not (on an H100, compiled chunks with `--tf32` gave Titans 1.20x, against 1.38x for
-`--tf32` with eager chunks; docs/perf.md). Not timed yet, hence not the default.
+`NLC_COMPILE_DUAL_KERNELS=1` asks for them (dual.py, `_kernels`): compiled chunks
+(`--compile-chunks`) then read through the kernels, and so take `--tf32`'s products there
+(on an H100, compiled chunks with `--tf32` gave Titans 1.20x, against 1.38x for `--tf32`
+with eager chunks; whether the kernels' products are what the compiled chunks missed is the
+hypothesis this option tests, docs/perf.md). Not timed yet, hence not the default. Each
+op counts its calls in `dual_triton.LAUNCHES` ("read_op", "scan_op").
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def dual_read_op(x: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
                  pieces: list[torch.Tensor], same: list[int],
                  terms: list[int]) -> torch.Tensor:
     """`dual_triton.DualProduct`'s forward."""
+    kernels.LAUNCHES["read_op"] += 1
     return kernels.read_forward(_layout(same, terms), x, phi, psi, pieces)
 
 
@@ -54,7 +57,13 @@ def dual_read_grads_op(x: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
 
 @dual_read_grads_op.register_fake
 def _(x, phi, psi, pieces, same, terms, do):
-    return [torch.empty_like(t) for t in (x, phi, psi, *pieces)]
+    return [_dense(t) for t in (x, phi, psi, *pieces)]
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of t's shape and dtype, contiguous, as the kernels' outputs are
+    (`empty_like` would copy t's strides, which Inductor then asserts)."""
+    return t.new_empty(t.shape)
 
 
 def _read_context(ctx, inputs, output):
@@ -76,6 +85,7 @@ dual_read_op.register_autograd(_read_backward, setup_context=_read_context)
 @torch.library.custom_op("nlc::dual_scan", mutates_args=())
 def dual_scan_op(step: torch.Tensor, add: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`dual_triton.CoefficientScan`'s forward."""
+    kernels.LAUNCHES["scan_op"] += 1
     return kernels.scan_forward(step, add)
 
 
@@ -97,8 +107,7 @@ def dual_scan_grads_op(step: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
 
 @dual_scan_grads_op.register_fake
 def _(step, phi, psi, dphi, dpsi, add_dtype):
-    return torch.empty_like(step), psi.new_empty(*step.shape[:4], psi.shape[-1],
-                                                 dtype=add_dtype)
+    return _dense(step), psi.new_empty(*step.shape[:4], psi.shape[-1], dtype=add_dtype)
 
 
 def _scan_context(ctx, inputs, output):

@@ -163,7 +163,9 @@ def scan_forward(step: torch.Tensor, add: torch.Tensor):
 
 def scan_backward(step, phi, psi, dphi, dpsi, add_dtype):
     """`CoefficientScan`'s backward from the scan's outputs: (dstep, dadd); a missing output
-    gradient counts as zeros."""
+    gradient counts as zeros. Phi and Psi are the forward's outputs, in the inputs' dtype:
+    float32, the only dtype dual.py sends here (`_kernels`), so they are the kernel's own
+    values; half-precision inputs would backpropagate through rounded ones."""
     B, T, H, n, _, d = psi.shape
     step, phi, psi = step.contiguous(), phi.float().contiguous(), psi.float().contiguous()
     dphi = torch.zeros_like(phi) if dphi is None else dphi.float().contiguous()
