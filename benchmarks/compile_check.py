@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("modules", nargs="*")
     parser.add_argument("--d", default="64", help="d_head values, comma-separated")
     args = parser.parse_args()
+    print(f"Triton {triton.__version__} ({triton.__file__}), sm_90")  # which one compiles
     paths = args.modules or sorted(str(p) for pattern in ("nlc_step_*.py", "nlc_outer_*.py")
                                    for p in (ROOT / "generated").glob(pattern))
     print(f"Triton {triton.__version__}, sm_90")

@@ -200,6 +200,8 @@ def _delta_prepare():
 
 
 def main(only: str = ""):
+    # a PYTHONPATH can put another Triton ahead of the one installed: say which compiles
+    print(f"Triton {triton.__version__} ({triton.__file__}), sm_90\n")
     print("| kernel | warps | stages | shared KiB | registers, spill bytes |")
     print("|---|---|---|---|---|")
     for name, kernel, bf16, constants, warps, stages in kernels():

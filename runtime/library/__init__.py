@@ -16,5 +16,6 @@ as nl`), and nothing of the trainer's.
     chunk_delta_triton.py chunked Triton kernels: delta rule and decay family, scalar decay
     chunk_decay_triton.py chunked Triton kernels: decay family, per-channel decay
     chunk_inverse_triton.py  a chunk's (I + A)^-1 by blocks of 16 (the delta rule's relatives)
+    chunk_state_triton.py    the start of every sequential state pass of the chunked kernels
     recurrent_launch.py   the host side of the generated fused recurrent kernel modules
 """

@@ -30,12 +30,12 @@ import os
 import torch
 import triton
 import triton.language as tl
-from nlc.runtime.library.chunk_decay_triton import (
+from nlc.runtime.library.chunk_inverse_triton import _gamma, _prepare_kernel
+from nlc.runtime.library.chunk_state_triton import (
     _sequence,
     _split_state_prologue,
     _state_prologue,
 )
-from nlc.runtime.library.chunk_inverse_triton import _gamma, _prepare_kernel
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,

@@ -40,10 +40,9 @@ from nlc.runtime.library.chunk_decay_triton import (
     _put,
     _rows,
     _scores_kernel,
-    _sequence,
-    _state_prologue,
     chunk_channel,
 )
+from nlc.runtime.library.chunk_state_triton import _sequence, _state_prologue
 from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,

@@ -33,8 +33,8 @@ from nlc.runtime.library.chunk_decay_triton import (
     _intra_grads_kernel,
     _last_g,
     _scores_kernel,
-    _state_prologue,
 )
+from nlc.runtime.library.chunk_state_triton import _state_prologue
 from nlc.runtime.library.chunk_delta_triton import _kkt_kernel
 from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
 from nlc.runtime.library.chunk_triton import (
