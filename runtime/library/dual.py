@@ -179,7 +179,7 @@ def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes
     # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
     # the backward pass instead of keeping them (long sequences: many chunks); the scan
     # kernel keeps none, and inside a recomputed chunk the scan is not checkpointed again
-    if torch.compiler.is_compiling() and not _kernels_in_compiled_code():
+    if _traced_without_kernels():
         kernels = None  # a compiled chunk traces the PyTorch scan
     phis, psis = _maybe_checkpoint(_scan, scan_recompute and _needs_grad({"step": step,
                                                                           "add": add})
@@ -294,10 +294,12 @@ def _scan(step, add, here=None, kernels=None):
     return step, add.unflatten(-1, (T, d))
 
 
-def _kernels_in_compiled_code() -> bool:
-    """NLC_COMPILE_DUAL_KERNELS=1: code that torch.compile traces runs the scan and reads as
-    the kernels' custom ops (dual_ops.py) instead of tracing their PyTorch forms."""
-    return os.environ.get("NLC_COMPILE_DUAL_KERNELS") == "1"
+def _traced_without_kernels() -> bool:
+    """Whether torch.compile is tracing this code and it traces the PyTorch forms of the scan
+    and the reads: unless NLC_COMPILE_DUAL_KERNELS=1, which has traced code call the kernels
+    as custom ops (dual_ops.py)."""
+    return (torch.compiler.is_compiling()
+            and os.environ.get("NLC_COMPILE_DUAL_KERNELS") != "1")
 
 
 def _kernels(ref: torch.Tensor):
@@ -309,7 +311,7 @@ def _kernels(ref: torch.Tensor):
     # float32 only: half-precision reads made an illegal memory access in their backward on
     # an H200 (2026-12-05); dual_chunked runs in float32 under autocast anyway
     if (not triton_enabled(ref) or ref.dtype != torch.float32
-            or (torch.compiler.is_compiling() and not _kernels_in_compiled_code())):
+            or _traced_without_kernels()):
         return None
     try:
         from nlc.runtime.library import dual_triton

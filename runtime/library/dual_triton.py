@@ -455,16 +455,23 @@ def _scatter(into: torch.Tensor, index, values: torch.Tensor) -> torch.Tensor:
     return into
 
 
+def _read_launch(layout, packed: list) -> tuple:
+    """The reads' result dtype and their kernels' sizes and tiles, from `_packed`'s inputs."""
+    x, starts, cols = packed[0], packed[1], packed[4]
+    B, T, H, K = x.shape
+    M, P, R = len(layout[0]), len(layout[1]), starts.shape[-2]
+    dtype = torch.result_type(x, cols) if P else torch.result_type(x, starts)
+    return dtype, {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
+
+
 def read_forward(layout, x, phi, psi, pieces) -> torch.Tensor:
     """`DualProduct`'s forward: the read `[B, T, H, R]` in the inputs' result dtype."""
     inputs = _packed(layout, x, phi, psi, pieces)
-    B, T, H, K = x.shape
-    M, P, R = len(layout[0]), len(layout[1]), pieces[0].shape[-2]
-    dtype = torch.result_type(x, inputs[4]) if P else torch.result_type(x, inputs[1])
-    dims = {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
-    out = torch.empty(B, T, H, R, dtype=torch.float32, device=x.device)
-    _product_fwd[(triton.cdiv(R, dims["BR"]), B * H)](*_pointers(inputs), out, T, **dims,
-                                                      num_warps=WARPS)
+    dtype, dims = _read_launch(layout, inputs)
+    B, T, H, _ = x.shape
+    out = torch.empty(B, T, H, dims["R"], dtype=torch.float32, device=x.device)
+    _product_fwd[(triton.cdiv(dims["R"], dims["BR"]), B * H)](
+        *_pointers(inputs), out, T, **dims, num_warps=WARPS)
     LAUNCHES["product_fwd"] += 1
     return out.to(dtype)
 
@@ -475,11 +482,9 @@ def read_backward(layout, x, phi, psi, pieces, do) -> list:
     same, terms = layout
     saved = (x, phi, psi, *pieces)
     packed = _packed(layout, x, phi, psi, pieces)
+    _, dims = _read_launch(layout, packed)
     x, starts, phi, psi, cols, rows = _pointers(packed)
     B, T, H, K = x.shape
-    M, P, R = len(same), len(terms), pieces[0].shape[-2]
-    dtype = torch.result_type(x, packed[4]) if P else torch.result_type(x, packed[1])
-    dims = {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
     do = do.contiguous()
     f32 = {"dtype": torch.float32, "device": x.device}
     dx, dstarts, dphi, dpsi, dcols, drows = (torch.empty(t.shape, **f32) for t in packed)
