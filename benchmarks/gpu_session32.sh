@@ -13,7 +13,9 @@
 #      compiled chunks that call the dual kernels (NLC_COMPILE_DUAL_KERNELS=1) and --tf32,
 #      in one call; the dual kernels' tests on the GPU; one tl.dot per precision launched as
 #      the reads launch (8 warps, an operand transposed), after the reads' fault;
-#   d: issue 16: GLA's forward beside fla's chunk_gla (gpu_session31.sh h).
+#   d: issue 16: GLA's forward beside fla's chunk_gla (gpu_session31.sh h);
+#   e: issue 16: after `b` found the fused prepare kernel fastest at one warp: Gated DeltaNet
+#      and DeltaNet beside fla at both shapes (what `a` ran out of time for), then `d`.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
@@ -55,4 +57,12 @@ elif [ "$MODE" = c ]; then
   # reads' fault at heads of 8 Triton's (docs/perf.md, "seventh batch")
   timeout 100 python3 "$REPO/benchmarks/dot_precision_check.py" --warps 8 --trans \
     --shapes "32,16,16;64,16,16;64,32,16;64,16,32" | tee "$OUT/dot_precision_8warps.md"
+elif [ "$MODE" = e ]; then
+  skip=""
+  for m in "Gated DeltaNet" DeltaNet; do skip="$skip,$m:$R,$m:$F"; done
+  timeout 330 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --check "ours chunked" \
+    --models "Gated DeltaNet,DeltaNet" --out "$OUT/chunked_delta.md" --skip "${skip#,}" \
+    > /dev/null 2>&1
+  cat "$OUT/chunked_delta.md"
+  bash "$REPO/benchmarks/gpu_session31.sh" h
 fi

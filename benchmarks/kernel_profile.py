@@ -2,7 +2,7 @@
 for our chunked kernels and for fla-core's chunk kernels on the same inputs, from
 torch.profiler, so a slow backward can be pinned on one kernel.
 
-    python benchmarks/kernel_profile.py [--shape 8,2048,16,128] [--models deltanet,gdn,sgla]
+    python benchmarks/kernel_profile.py [--shape 8,2048,16,128] [--models deltanet,gdn,sgla,gla]
                                         [--sweep] [--forward] [--sweep-forward]
 
 --sweep also times our forward + backward under each launch configuration of the
@@ -11,7 +11,9 @@ as the reference for the bf16 ones; --sweep-states does the same for the sequent
 passes' launch when few sequences x heads are in flight (chunk_triton.STATE_PASSES).
 --forward profiles the forward pass alone; --sweep-forward times our forward under each
 launch of the forward kernels (chunk_delta_triton.FORWARD) next to fla's chunk forward.
-Models: deltanet, gdn (Gated DeltaNet), sgla (simple GLA / Mamba2: decay, no delta rule).
+Models: deltanet, gdn (Gated DeltaNet), sgla (simple GLA / Mamba2: decay, no delta rule),
+gla (GLA: a decay per key channel, chunk_decay_triton.chunk_channel against fla's chunk_gla;
+fla's chunk_gla autotunes for minutes on its first call, so profile its forward alone).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 
-def inputs(B, T, H, D, gated, seed=0):
+def inputs(B, T, H, D, gated, seed=0, channel=False):
     g = torch.Generator(device="cuda").manual_seed(seed)
 
     def rand(*shape):
@@ -35,18 +37,24 @@ def inputs(B, T, H, D, gated, seed=0):
     k = F.normalize(rand(B, T, H, D), dim=-1).bfloat16()
     v = rand(B, T, H, D).bfloat16()
     beta = torch.rand(B, T, H, device="cuda", generator=g).bfloat16()
-    ld = F.logsigmoid(rand(B, T, H) + 3.0) if gated else None
+    ld = F.logsigmoid(rand(B, T, H, *((D,) if channel else ())) + 3.0) if gated else None
     return q, k, v, beta, ld
 
 
 def ours(q, k, v, beta, ld):
     from nlc.runtime.library.chunk_delta_triton import chunk_scalar
+    if beta is None and ld is not None and ld.dim() == 4:  # GLA
+        from nlc.runtime.library.chunk_decay_triton import chunk_channel
+        return chunk_channel(q, k, v, None, ld)[0]
     if beta is None:  # simple GLA
         return chunk_scalar(q, k, v, None, ld)[0]
     return chunk_scalar(q, k, v * beta[..., None], beta, ld)[0]
 
 
 def fla(q, k, v, beta, ld):
+    if beta is None and ld is not None and ld.dim() == 4:
+        from fla.ops.gla import chunk_gla
+        return chunk_gla(q, k, v, g=ld, scale=1.0)[0]
     if beta is None:
         from fla.ops.simple_gla import chunk_simple_gla
         return chunk_simple_gla(q, k, v, g=ld, scale=1.0)[0]
@@ -58,8 +66,9 @@ def fla(q, k, v, beta, ld):
 
 
 def model_inputs(model, B, T, H, D):
-    q, k, v, beta, ld = inputs(B, T, H, D, gated=model in ("gdn", "sgla"))
-    return q, k, v, None if model == "sgla" else beta, ld
+    q, k, v, beta, ld = inputs(B, T, H, D, gated=model in ("gdn", "sgla", "gla"),
+                               channel=model == "gla")
+    return q, k, v, None if model in ("sgla", "gla") else beta, ld
 
 
 def kernel_times(fn, args, reps=5, forward=False):
@@ -161,7 +170,9 @@ def main():
     B, T, H, D = map(int, a.shape.split(","))
     for model in a.models.split(","):
         args = model_inputs(model, B, T, H, D)
-        if a.sweep_forward:
+        if a.sweep_forward and model == "gla":
+            print("\ngla: no forward launch table to sweep (chunk_channel's launches are fixed)")
+        elif a.sweep_forward:
             forward_sweep(model, args, (B, T, H, D))
         if a.sweep:
             from nlc.runtime.library import chunk_delta_triton as cdt

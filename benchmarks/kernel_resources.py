@@ -92,9 +92,9 @@ def kernels():
            {**tiles, "V": V, "BV": 32, "DELTA": True, "FLOOR": LOG_DECAY_FLOOR}, 8, 1)
     channel = {"H": H, "K": V, "BT": BT, "BK": 128, "PREC": "tf32", "STRICT": False}
     yield ("rows intra reads (decay kernels)", chunk_decay_triton._intra_grads_kernel,
-           ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True}, 4, 3)
+           ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True, "PAIR": 0}, 4, 3)
     yield ("rows dM (decay scores)", chunk_decay_triton._scores_kernel, ("q", "k"),
-           channel, 4, 3)
+           {**channel, "PAIR": 0}, 4, 3)
     joint = {"H": H, "K": K, "V": V, "n": 2, "C": BT, "R": 2 * BT, "BR": 2 * BT, "RB": 32,
              "BK": 128, "NP": 2, "PREC": "tf32"}
     warps = chunk_joint_triton.SEQUENTIAL_WARPS

@@ -139,10 +139,12 @@ ROWS = {
     "ttt_mlp_graphed_compiled_chunks": ("nlc examples/ttt_mlp.nl, CUDA graphs, "
                                         "NLC_COMPILE_CHUNKS=1",
                                         lambda: _spec("ttt_mlp", d_head=64), "graphs"),
+    # compiled chunks that trace the dual form's PyTorch forms (the default before the dual
+    # kernels became custom ops), against the default, which calls the kernels from the
+    # compiled chunks so that their TF32 products run there too
     "titans_graphed_compiled_tf32": ("nlc examples/titans.nl, CUDA graphs, NLC_COMPILE_CHUNKS=1, "
-                                     "--tf32", lambda: _spec("titans", d_head=64), "graphs"),
-    # the same with the dual reads' kernels called from the compiled chunks (custom ops), so
-    # that their TF32 products run there too
+                                     "NLC_COMPILE_DUAL_KERNELS=0, --tf32",
+                                     lambda: _spec("titans", d_head=64), "graphs"),
     "titans_graphed_compiled_kernels_tf32": ("nlc examples/titans.nl, CUDA graphs, "
                                              "NLC_COMPILE_CHUNKS=1, NLC_COMPILE_DUAL_KERNELS=1, "
                                              "--tf32", lambda: _spec("titans", d_head=64),
@@ -159,7 +161,8 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "hope_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "ttt_mlp_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
-       "titans_graphed_compiled_tf32": {"NLC_COMPILE_CHUNKS": "1"},
+       "titans_graphed_compiled_tf32": {"NLC_COMPILE_CHUNKS": "1",
+                                        "NLC_COMPILE_DUAL_KERNELS": "0"},
        "titans_graphed_compiled_kernels_tf32": {"NLC_COMPILE_CHUNKS": "1",
                                                 "NLC_COMPILE_DUAL_KERNELS": "1"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},

@@ -76,7 +76,7 @@ def test_hope_chunks_compile_once_per_kind_and_match_eager(tmp_path, monkeypatch
 
 
 def test_titans_compiled_chunks_can_read_through_the_dual_kernels(monkeypatch):
-    """NLC_COMPILE_DUAL_KERNELS=1: Titans' compiled chunks (two of 64 tokens, recomputed in
+    """By default Titans' compiled chunks (two of 64 tokens, recomputed in
     the backward pass, bf16 autocast) call the dual form's scan and read kernels as custom
     ops (runtime/library/dual_ops.py) instead of tracing their PyTorch forms; outputs and
     gradients match the eager chunks, which run the same kernels."""
@@ -90,7 +90,7 @@ def test_titans_compiled_chunks_can_read_through_the_dual_kernels(monkeypatch):
     monkeypatch.delenv("NLC_COMPILE_CHUNKS", raising=False)
     y0, g0 = _step(layer, x)
     monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
-    monkeypatch.setenv("NLC_COMPILE_DUAL_KERNELS", "1")
+    monkeypatch.delenv("NLC_COMPILE_DUAL_KERNELS", raising=False)
     monkeypatch.setattr(scan, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     torch._dynamo.reset()

@@ -252,12 +252,17 @@ def test_float64_and_nlc_triton_0_keep_the_pytorch_forms(monkeypatch):
     assert dual._kernels(torch.zeros(1)) is None
 
 
-def test_torch_compile_traces_the_pytorch_forms(monkeypatch):
-    """While torch.compile traces (a compiled chunk or model), the kernels step aside."""
+def test_torch_compile_calls_the_kernels_unless_told_not_to(monkeypatch):
+    """While torch.compile traces (a compiled chunk or model), the kernels still serve (as
+    custom ops, dual_ops.py), unless NLC_COMPILE_DUAL_KERNELS=0, which traces the PyTorch
+    forms."""
     pytest.importorskip("triton")
     monkeypatch.setenv("NLC_TRITON", "force")
+    monkeypatch.delenv("NLC_COMPILE_DUAL_KERNELS", raising=False)
     assert dual._kernels(torch.zeros(1)) is not None
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dual._kernels(torch.zeros(1)) is not None
+    monkeypatch.setenv("NLC_COMPILE_DUAL_KERNELS", "0")
     assert dual._kernels(torch.zeros(1)) is None
 
 
@@ -463,10 +468,10 @@ def test_narrow_states_keep_exact_products_when_tf32_is_asked(monkeypatch):
 @needs_kernels
 @pytest.mark.parametrize("what", ["read", "scan"])
 def test_compiled_code_calls_the_kernels_as_custom_ops(what, monkeypatch):
-    """With NLC_COMPILE_DUAL_KERNELS=1, code that torch.compile traces (here with the
-    aot_eager backend: dynamo and AOT autograd, no code generation) runs the reads and the
-    scan as the kernels' custom ops (dual_ops.py), forward and backward, and matches the
-    PyTorch forms in float64; without it, the traced code runs no kernel."""
+    """By default, code that torch.compile traces (here with the aot_eager backend: dynamo
+    and AOT autograd, no code generation) runs the reads and the scan as the kernels' custom
+    ops (dual_ops.py), forward and backward, and matches the PyTorch forms in float64; with
+    NLC_COMPILE_DUAL_KERNELS=0 the traced code runs no kernel."""
     T, R, K = 15, 16, 48
 
     def run(dtype):
@@ -480,12 +485,12 @@ def test_compiled_code_calls_the_kernels_as_custom_ops(what, monkeypatch):
     names = ("scan_fwd", "scan_bwd") if what == "scan" else ("product_fwd", "product_bwd")
     compiled = torch.compile(run, backend="aot_eager", fullgraph=False)
     torch._dynamo.reset()
-    monkeypatch.delenv("NLC_COMPILE_DUAL_KERNELS", raising=False)
+    monkeypatch.setenv("NLC_COMPILE_DUAL_KERNELS", "0")
     before = launches()
     compiled(torch.float32)
     assert not any(launches().get(n, 0) > before.get(n, 0) for n in names)
     torch._dynamo.reset()
-    monkeypatch.setenv("NLC_COMPILE_DUAL_KERNELS", "1")
+    monkeypatch.delenv("NLC_COMPILE_DUAL_KERNELS")  # the default: the kernels
     before = launches()
     got, got_grads = compiled(torch.float32)
     torch._dynamo.reset()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from nlc.runtime.library.chunk_state_triton import _sequence, _split_state_prologue, _state_prologue
+from nlc.runtime.library.chunk_state_triton import _carried, _state_block
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
@@ -107,7 +107,7 @@ def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: t
 @triton.jit
 def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, STRICT: tl.constexpr,
-                   PREC: tl.constexpr, k2=None, q2=None, amat2=None, PAIR: tl.constexpr = 0):
+                   PREC: tl.constexpr, k2, q2, amat2, PAIR: tl.constexpr):
     """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed), the rows' cumulative
     log decays `gq` (gc, or for the dplr family's A_ak, A_ab those up to the token before,
     which never exceed the columns' of an earlier block); s < t only if STRICT. A PAIR also
@@ -175,9 +175,10 @@ def _states_kernel(k, v, gc, h, h0, ht, bounds, offsets,
                    HAS_H0: tl.constexpr, PREC: tl.constexpr):
     """Per (V block x K block, sequence, head), chunk after chunk: the state at each chunk's
     start (h) and the final state."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _split_state_prologue(
-        h0, offsets, H, K, V, BK, BV, NK, HAS_H0)
-    seq_bos, eos = _sequence(bounds, H)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, NK)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    seq_bos, eos = tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
+    b_S = _carried(h0, p_state, m_vk, HAS_H0, BV, BK)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
@@ -265,9 +266,10 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, bounds, offsets,
                         PREC: tl.constexpr):
     """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh), dv's state
     part, and the initial state's gradient."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
-        dht, offsets, H, K, V, BK, BV, HAS_DHT)
-    seq_bos, eos = _sequence(bounds, H)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, 1)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    seq_bos, eos = tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
+    b_dS = _carried(dht, p_state, m_vk, HAS_DHT, BV, BK)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
@@ -307,8 +309,8 @@ def _put(x, b_x, tok, m_t, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr,
 def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.constexpr,
                         K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-                        ROWS_ONLY: tl.constexpr = False, k2=None, q2=None, damat2=None,
-                        dki2=None, dqi2=None, PAIR: tl.constexpr = 0):
+                        ROWS_ONLY: tl.constexpr, k2, q2, damat2, dki2, dqi2,
+                        PAIR: tl.constexpr):
     """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
     dq_t = sum_{s<=t} dA[t, s] k_s e^{gq_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{gq_t - g_s}
     (`_scores_kernel`'s rows and STRICT); ACC adds dk to what dki holds (dq is written).
@@ -459,6 +461,28 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
 
 
 # --------------------------------------------------------------------------- host side
+# The two kernels with optional arguments launch through these, which pass every argument:
+# torch.compile lowers a launch to learn which arguments it writes, and cannot when a
+# kernel's own defaults fill some in (it then takes every argument as written, and the
+# partition of a compiled graph fails; tests/test_compile_trace.py).
+def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRICT, PREC,
+                  k2=None, q2=None, amat2=None, PAIR=0):
+    """`_scores_kernel` on `grid`, 4 warps."""
+    _scores_kernel[grid](q, k, gq, gc, amat, starts, ends, H=H, K=K, BT=BT, BK=BK,
+                         STRICT=STRICT, PREC=PREC, k2=k2, q2=q2, amat2=amat2, PAIR=PAIR,
+                         num_warps=4)
+
+
+def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, K, BT, BK,
+                       STRICT, ACC, PREC, ROWS_ONLY=False, k2=None, q2=None, damat2=None,
+                       dki2=None, dqi2=None, PAIR=0):
+    """`_intra_grads_kernel` on `grid`, 4 warps."""
+    _intra_grads_kernel[grid](q, k, gq, gc, damat, dqi, dki, starts, ends, H=H, K=K, BT=BT,
+                              BK=BK, STRICT=STRICT, ACC=ACC, PREC=PREC, ROWS_ONLY=ROWS_ONLY,
+                              k2=k2, q2=q2, damat2=damat2, dki2=dki2, dqi2=dqi2, PAIR=PAIR,
+                              num_warps=4)
+
+
 def _forward(q, k, v, ld, h0, table, BT):
     N, H, K = k.shape
     V = v.shape[-1]
@@ -470,8 +494,8 @@ def _forward(q, k, v, ld, h0, table, BT):
     _cumsum_kernel[(NC, H)](ld, gc, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
                             FLOOR=LOG_DECAY_FLOOR, num_warps=4)
     amat = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
-    _scores_kernel[(NC, H)](q, k, gc, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT,
-                            BK=BK, STRICT=False, PREC=prec, num_warps=4)
+    launch_scores((NC, H), q, k, gc, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT,
+                  BK=BK, STRICT=False, PREC=prec)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
     BKs, BVs, warps = split_state_launch(BK, BV, S * H)
@@ -507,9 +531,8 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
         V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dqi = torch.empty(N, H, K, **f32)
     dki = torch.empty(N, H, K, **f32)
-    _intra_grads_kernel[(NC, H)](q, k, gc, gc, damat, dqi, dki, table.starts, table.ends, H=H,
-                                 K=K, BT=BT, BK=BK, STRICT=False, ACC=False, PREC=prec,
-                                 num_warps=4)
+    launch_intra_grads((NC, H), q, k, gc, gc, damat, dqi, dki, table.starts, table.ends, H=H,
+                       K=K, BT=BT, BK=BK, STRICT=False, ACC=False, PREC=prec)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)

@@ -31,11 +31,7 @@ import torch
 import triton
 import triton.language as tl
 from nlc.runtime.library.chunk_inverse_triton import _gamma, _prepare_kernel
-from nlc.runtime.library.chunk_state_triton import (
-    _sequence,
-    _split_state_prologue,
-    _state_prologue,
-)
+from nlc.runtime.library.chunk_state_triton import _carried, _state_block
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
@@ -128,9 +124,10 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, bounds, offsets,
     """Per (V block x K block, sequence, head), chunk after chunk: store the state at each
     chunk's start in h, the chunk's Delta, and the final state. The delta rule reads whole
     rows of the state (NK = 1)."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _split_state_prologue(
-        h0, offsets, H, K, V, BK, BV, NK, HAS_H0)
-    seq_bos, eos = _sequence(bounds, H)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, NK)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    seq_bos, eos = tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
+    b_S = _carried(h0, p_state, m_vk, HAS_H0, BV, BK)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
@@ -220,9 +217,10 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, bounds, offsets,
                         HAS_DHT: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunks in reverse: store dS' (the gradient of each
     chunk's end state) in dh, complete dDelta in dd, and store the initial state's gradient."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
-        dht, offsets, H, K, V, BK, BV, HAS_DHT)
-    seq_bos, eos = _sequence(bounds, H)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, 1)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    seq_bos, eos = tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
+    b_dS = _carried(dht, p_state, m_vk, HAS_DHT, BV, BK)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
@@ -376,11 +374,13 @@ INPUT_GRADS = {"BV": 32, "num_warps": None, "num_stages": 3,
                **json.loads(os.environ.get("NLC_INPUT_GRADS", "{}"))}
 
 
-# the forward kernels' warps (kkt: g alone, for decay; prepare: delta's g and T) and the
-# output kernel's V block (None: as `_tiles`);
+# the forward kernels' warps (kkt: g alone, for decay; prepare: delta's g and T, None: one
+# warp for half-precision inputs, fastest on an H200 by 0.14 ms of 0.69 at (8, 2048, 16,
+# 128), docs/perf.md eighth batch; four for float32, which spills 1.8 KB a thread at one)
+# and the output kernel's V block (None: as `_tiles`);
 # benchmarks/kernel_profile.py --sweep-forward times the alternatives on a GPU, and
 # NLC_FORWARD='{"prepare_warps": 2, ...}' overrides them for such a run
-FORWARD = {"kkt_warps": 4, "prepare_warps": 4, "batched_inverse": False, "wu_warps": 4,
+FORWARD = {"kkt_warps": 4, "prepare_warps": None, "batched_inverse": False, "wu_warps": 4,
            "output_warps": 4, "output_BV": None,
            **json.loads(os.environ.get("NLC_FORWARD", "{}"))}
 
@@ -409,7 +409,8 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
         _prepare_kernel[(NC, H)](
             k, beta, ld, gc, tinv, table.starts, table.ends, H=H, K=K, BT=BT, BK=min(BK, 64),
             HAS_G=ld is not None, FLOOR=LOG_DECAY_FLOOR, PREC=prec,
-            BATCHED=FORWARD["batched_inverse"], num_warps=FORWARD["prepare_warps"])
+            BATCHED=FORWARD["batched_inverse"],
+            num_warps=FORWARD["prepare_warps"] or (4 if q.dtype == torch.float32 else 1))
         _wu_kernel[(NC, H)](
             k, v, beta, gc, tinv, w, u, table.starts, table.ends,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=pow2(V), PREC=prec, num_warps=FORWARD["wu_warps"])

@@ -32,21 +32,21 @@ from nlc.runtime.library.chunk_decay_triton import (
     _cumsum_kernel,
     _dscores_kernel,
     _g_rows,
-    _intra_grads_kernel,
     _last_g,
     _output_kernel,
     _put,
     _rows,
-    _scores_kernel,
+    launch_intra_grads,
+    launch_scores,
 )
 from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
 from nlc.runtime.library.chunk_kda_triton import (
-    _chunk_program,
     _chunk_square,
     _sizes,
     _state_grads_kernel,
     _states_kernel,
 )
+from nlc.runtime.library.chunk_state_triton import _tokens
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     SUPPORTED_DTYPES,
@@ -104,7 +104,9 @@ def _value_sums_kernel(k, v, gc, h, d, tinv, aak, do, dd, dva, dh, dv, dqs, dks,
     V dS', U dS', dU S ([N, H, K] each), dU V^T ([BT, BT] a chunk) and the column sums of
     dS' * S ([K] a chunk). `dd` is U's gradient (chunk_kda_triton's state pass). Two kernels,
     not one: the end's tiles spilled when they shared a kernel with these sums."""
-    i_c, i_h, bos, eos, tok, m_t = _chunk_program(starts, ends, BT)
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
+    tok, m_t = _tokens(bos, eos, BT)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
@@ -160,7 +162,9 @@ def _key_grads_kernel(q, k, a, b, gc, gx, tinv, aak, dqs, dks, dbs, dws, duv, dg
     dA_ak = strict_lower(T^T dU V^T) and dA_ab = strict_lower(T^T dT T^T) (for
     `_intra_grads_kernel`), and every part of dq, dk, da, db and the gradients of g and gx that
     does not come from the scores: the read of S, the end state, W and U0."""
-    i_c, i_h, bos, eos, tok, m_t = _chunk_program(starts, ends, BT)
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
+    tok, m_t = _tokens(bos, eos, BT)
     rows = tl.arange(0, BT)
     last = tl.minimum(bos + BT, eos) - 1 - bos
     p_sq = _chunk_square(i_c, i_h, H, BT)
@@ -264,9 +268,9 @@ def _scores(x, ys, gq, gc, table, BT, strict, prec):
     NC, (_, H, K) = table.chunks, x.shape
     pair = [torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=x.device)  # lower blocks
             for _ in range(2)]
-    _scores_kernel[(NC, H)](x, ys[0], gq, gc, pair[0], table.starts, table.ends, H=H, K=K,
-                            BT=BT, BK=pow2(K), STRICT=strict, PREC=prec, k2=ys[1],
-                            amat2=pair[1], PAIR=COLUMNS, num_warps=4)
+    launch_scores((NC, H), x, ys[0], gq, gc, pair[0], table.starts, table.ends, H=H, K=K,
+                  BT=BT, BK=pow2(K), STRICT=strict, PREC=prec, k2=ys[1], amat2=pair[1],
+                  PAIR=COLUMNS)
     return pair
 
 
@@ -286,7 +290,7 @@ def _forward(q, k, v, a, b, ld, h0, table, BT):
     pqk, pqb = _scores(q, (k, b), gc, gc, table, BT, False, prec)
     aak, aab = _scores(a, (k, b), gx, gc, table, BT, True, prec)
     tinv = torch.empty(NC, H, BT, BT, **f32)
-    _solve_kernel[(NC, H)](aab.neg_(), tinv, H=H, BT=BT, num_warps=1)
+    _solve_kernel[(NC, H)](aab.neg_(), tinv, H=H, BT=BT, BATCHED=False, num_warps=1)
     w = torch.empty_like(k)
     u = torch.empty_like(v)
     _wu_kernel[(NC, H)](a, v, gc, gx, tinv, aak, w, u, **rows, H=H, K=K, V=V, BT=BT, BK=BK,
@@ -341,9 +345,9 @@ def _backward(q, k, v, a, b, ld, saved, do, dht, table, BT):
     # per row input, the second adding to dki and dbi
     for x, gq, ds, dx, strict, acc in ((q, gc, (dpqk, dpqb), dqi, False, False),
                                        (a, gx, (daak, daab), dai, True, True)):
-        _intra_grads_kernel[(NC, H)](x, k, gq, gc, ds[0], dx, dki, **rows, H=H, K=K, BT=BT,
-                                     BK=BK, STRICT=strict, ACC=acc, PREC=prec, k2=b,
-                                     damat2=ds[1], dki2=dbi, PAIR=COLUMNS, num_warps=4)
+        launch_intra_grads((NC, H), x, k, gq, gc, ds[0], dx, dki, **rows, H=H, K=K, BT=BT,
+                           BK=BK, STRICT=strict, ACC=acc, PREC=prec, k2=b, damat2=ds[1],
+                           dki2=dbi, PAIR=COLUMNS)
     dq, dk, da, db = (torch.empty_like(x) for x in (q, k, a, b))
     dld = torch.empty(N, H, K, **f32)
     _combine_kernel[(NC, H)](q, k, a, b, ld, dqp, dkp, dap, dbp, dgp, dgxp, dqi, dki, dai, dbi,

@@ -134,8 +134,7 @@ def _store_inverse(tinv, base, A00, A10, A11, A20, A21, A22, A30, A31, A32, A33,
 
 
 @triton.jit
-def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr,
-                  BATCHED: tl.constexpr = False):
+def _solve_kernel(amat, tinv, H: tl.constexpr, BT: tl.constexpr, BATCHED: tl.constexpr):
     """Per (chunk, head): T = (I + A)^-1 by blocks of 16 (`_store_inverse`), every entry of
     `tinv` written (it may start uninitialized)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
+from nlc.runtime.library.chunk_state_triton import _carried
 from nlc.runtime.library.chunk_triton import (
     JOINT_MAX_STATES,
     boundaries,
@@ -79,27 +80,21 @@ def _state_columns(K: tl.constexpr, n: tl.constexpr, BK: tl.constexpr, NP: tl.co
 
 
 @triton.jit
-def _state_prologue(s0, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    n: tl.constexpr, BK: tl.constexpr, NP: tl.constexpr, BV: tl.constexpr,
-                    HAS_S0: tl.constexpr):
-    """The start of both sequential kernels (one program per (V block, sequence, head)), as
-    chunk_decay_triton.py's `_state_prologue` for the joint state `[S, H, V, n K]`: the head,
-    the sequence's first and last chunk, the state's columns, the value offsets, the masks,
-    the state's offsets, and the carried float32 state from `s0` if HAS_S0, else zeros."""
+def _joint_block(H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, n: tl.constexpr,
+                 BK: tl.constexpr, NP: tl.constexpr, BV: tl.constexpr):
+    """This program's block of the joint state `[S, H, V, n K]` (one program per (V block,
+    sequence, head)), as chunk_state_triton.py's `_state_block`: the sequence, the head, the
+    state's columns, the value offsets, the masks and the block's offsets. No tensor: the
+    kernels load the chunk table and the carried state themselves (chunk_state_triton.py
+    says why)."""
     i_v, i_sh = tl.program_id(0), tl.program_id(1)
     i_s, i_h = i_sh // H, i_sh % H
-    first = tl.load(offsets + i_s)
-    last = tl.load(offsets + i_s + 1)
     a_d, m_d = _state_columns(K, n, BK, NP)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_vd = m_v[:, None] & m_d[None, :]
     p_state = (i_sh * V + o_v[:, None]) * (n * K) + a_d[None, :]
-    if HAS_S0:
-        b_X = tl.load(s0 + p_state, mask=m_vd, other=0.0).to(tl.float32)
-    else:
-        b_X = tl.zeros([BV, NP * BK], dtype=tl.float32)
-    return i_h, first, last, a_d, m_d, o_v, m_v, m_vd, p_state, b_X
+    return i_s, i_h, a_d, m_d, o_v, m_v, m_vd, p_state
 
 
 @triton.jit
@@ -129,8 +124,9 @@ def _states_kernel(u, w, tail, k, mix, h, wout, x0, xt, offsets,
     the chunk's W = U + w X^T (wout), X' = X (mix (x) I) + W^T r, and the final state. The
     chunk's R = C n rows go in blocks of RB."""
     D: tl.constexpr = n * K
-    i_h, first, last, a_d, m_d, o_v, m_v, m_vd, p_state, b_X = _state_prologue(
-        x0, offsets, H, K, V, n, BK, NP, BV, HAS_X0)
+    i_s, i_h, a_d, m_d, o_v, m_v, m_vd, p_state = _joint_block(H, K, V, n, BK, NP, BV)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    b_X = _carried(x0, p_state, m_vd, HAS_X0, BV, NP * BK)
     o_r = tl.arange(0, RB)
     for i_c in range(first, last):
         base = i_c * H + i_h
@@ -192,8 +188,9 @@ def _state_grads_kernel(a, b, w, r, mix, do, dh, dw, dxt, dx0, offsets,
     dW = b^T dO + r dX'^T (dw), dX = dO^T a + dX' (mix^T (x) I) + dW^T w, and the initial
     state's gradient."""
     D: tl.constexpr = n * K
-    i_h, first, last, a_d, m_d, o_v, m_v, m_vd, p_state, b_dX = _state_prologue(
-        dxt, offsets, H, K, V, n, BK, NP, BV, HAS_DXT)
+    i_s, i_h, a_d, m_d, o_v, m_v, m_vd, p_state = _joint_block(H, K, V, n, BK, NP, BV)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    b_dX = _carried(dxt, p_state, m_vd, HAS_DXT, BV, NP * BK)
     o_t = tl.arange(0, C)
     o_r = tl.arange(0, RB)
     for j in range(first, last):
@@ -241,7 +238,7 @@ class UnitLowerInverse(torch.autograd.Function):
         diag = torch.stack([a[:, i * B:(i + 1) * B, i * B:(i + 1) * B] for i in range(nb)], 1)
         blocks = torch.empty_like(diag)
         _solve_kernel[(diag.shape[0] * nb, 1)](diag.contiguous(), blocks, H=1, BT=B,
-                                                num_warps=1)
+                                                BATCHED=False, num_warps=1)
         T = torch.zeros_like(a)
         for i in range(nb):
             rows = slice(i * B, (i + 1) * B)

@@ -34,16 +34,16 @@ from nlc.runtime.library.chunk_decay_triton import (
     _cumsum_kernel,
     _dscores_kernel,
     _g_rows,
-    _intra_grads_kernel,
     _last_g,
     _output_kernel,
     _put,
     _rows,
-    _scores_kernel,
     chunk_channel,
+    launch_intra_grads,
+    launch_scores,
 )
-from nlc.runtime.library.chunk_state_triton import _sequence, _state_prologue
 from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
+from nlc.runtime.library.chunk_state_triton import _carried, _state_block, _tokens
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
@@ -62,16 +62,6 @@ def _chunk_square(i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
     """Offsets of a chunk's [BT, BT] matrix."""
     rows = tl.arange(0, BT)
     return ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :]
-
-
-@triton.jit
-def _chunk_program(starts, ends, BT: tl.constexpr):
-    """A per-(chunk, head) program's chunk and head, its tokens' bounds, rows and mask."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos = tl.load(starts + i_c)
-    eos = tl.load(ends + i_c)
-    tok = bos + tl.arange(0, BT)
-    return i_c, i_h, bos, eos, tok, tok < eos
 
 
 # --------------------------------------------------------------------------- forward
@@ -128,9 +118,10 @@ def _states_kernel(k, u, w, gc, h, delta, h0, ht, k2, v2, bounds, offsets,
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h),
     the chunk's Delta = U - W S^T, and the final state; TWO adds a second input term
     V2^T (K2 * e^{G - g}) to each chunk's end state (the dplr family's v k^T)."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
-        h0, offsets, H, K, V, BK, BV, HAS_H0)
-    seq_bos, eos = _sequence(bounds, H)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, 1)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    seq_bos, eos = tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
+    b_S = _carried(h0, p_state, m_vk, HAS_H0, BV, BK)
     rows = tl.arange(0, BT)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
@@ -167,9 +158,10 @@ def _state_grads_kernel(q, k, w, do, gc, dd, dh, dht, dh0, bounds, offsets,
     """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh), dDelta's
     state part (added to dd), and the initial state's gradient:
     dDelta += (K * e^{G-g}) dS'^T,  dS = dS' diag(e^G) + dO^T (Q * e^g) - dDelta^T W."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
-        dht, offsets, H, K, V, BK, BV, HAS_DHT)
-    seq_bos, eos = _sequence(bounds, H)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, 1)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    seq_bos, eos = tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
+    b_dS = _carried(dht, p_state, m_vk, HAS_DHT, BV, BK)
     rows = tl.arange(0, BT)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
@@ -204,7 +196,8 @@ def _value_sums_kernel(v, h, delta, tinv, do, dd, dh, dv, dqs, dks, dws, dts, dg
     `_key_grads_kernel` finishes, in float32: dO S, Delta dS', -dDelta S ([N, H, K] each),
     dDelta V^T ([BT, BT] a chunk) and the column sums of dS' * S ([K] a chunk). Two kernels,
     not one: the end's tiles spilled when they shared a kernel with these sums."""
-    i_c, i_h, _, _, tok, m_t = _chunk_program(starts, ends, BT)
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    tok, m_t = _tokens(tl.load(starts + i_c), tl.load(ends + i_c), BT)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     p_sq = _chunk_square(i_c, i_h, H, BT)
@@ -250,7 +243,9 @@ def _key_grads_kernel(q, k, beta, gc, tinv, kk, dqs, dks, dws, dts, dgs, dkk, dq
     scores dKK = diag(b) strict_lower(-T^T dT T^T) (for `_intra_grads_kernel`), and every part
     of dq, dk and the cumulative log decays' gradient dg that does not come from the scores:
     the read of S, the end state, and W."""
-    i_c, i_h, bos, eos, tok, m_t = _chunk_program(starts, ends, BT)
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
+    tok, m_t = _tokens(bos, eos, BT)
     rows = tl.arange(0, BT)
     last = tl.minimum(bos + BT, eos) - 1 - bos
     p_sq = _chunk_square(i_c, i_h, H, BT)
@@ -356,12 +351,12 @@ def _forward(q, k, v, beta, ld, h0, table, BT):
                             num_warps=4)
     scores = torch.zeros(NC, H, BT, BT, **f32)  # P (zeroed: only lower blocks are written)
     kk = torch.zeros(NC, H, BT, BT, **f32)      # the keys' decayed scores
-    _scores_kernel[(NC, H)](q, k, gc, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK,
-                            STRICT=False, PREC=prec, q2=k, amat2=kk, PAIR=ROWS, num_warps=4)
+    launch_scores((NC, H), q, k, gc, gc, scores, **rows, H=H, K=K, BT=BT, BK=BK,
+                  STRICT=False, PREC=prec, q2=k, amat2=kk, PAIR=ROWS)
     amat = torch.empty(NC, H, BT, BT, **f32)
     _ut_matrix_kernel[(NC, H)](kk, beta, amat, **rows, H=H, BT=BT, num_warps=4)
     tinv = torch.empty(NC, H, BT, BT, **f32)
-    _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
+    _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, BATCHED=False, num_warps=1)
     w = torch.empty_like(k)
     u = torch.empty_like(v)
     _wu_kernel[(NC, H)](k, v, beta, gc, tinv, w, u, **rows, H=H, K=K, V=V, BT=BT, BK=BK,
@@ -408,9 +403,9 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     _key_grads_kernel[(NC, H)](
         q, k, beta, gc, tinv, kk, dqs, dks, dws, dts, dgs, dkk, dqp, dkp, dgp, dbeta, **rows,
         H=H, K=K, BT=BT, BK=min(BK, KEY_BLOCK), PREC=prec, num_warps=warps)
-    _intra_grads_kernel[(NC, H)](q, k, gc, gc, dscores, dqi, dkc, **rows, H=H, K=K, BT=BT,
-                                 BK=BK, STRICT=False, ACC=False, PREC=prec, q2=k,
-                                 damat2=dkk, dqi2=dkr, PAIR=ROWS, num_warps=4)
+    launch_intra_grads((NC, H), q, k, gc, gc, dscores, dqi, dkc, **rows, H=H, K=K, BT=BT,
+                       BK=BK, STRICT=False, ACC=False, PREC=prec, q2=k, damat2=dkk,
+                       dqi2=dkr, PAIR=ROWS)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)

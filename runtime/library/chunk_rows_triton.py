@@ -30,13 +30,13 @@ import triton.language as tl
 from nlc.runtime.library.chunk_decay_triton import (
     _cumsum_kernel,
     _g_rows,
-    _intra_grads_kernel,
     _last_g,
-    _scores_kernel,
+    launch_intra_grads,
+    launch_scores,
 )
-from nlc.runtime.library.chunk_state_triton import _state_prologue
 from nlc.runtime.library.chunk_delta_triton import _kkt_kernel
 from nlc.runtime.library.chunk_inverse_triton import _solve_kernel
+from nlc.runtime.library.chunk_state_triton import _carried, _state_block, _tokens
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
     boundaries,
@@ -51,16 +51,12 @@ from nlc.runtime.library.chunk_triton import (
 
 
 @triton.jit
-def _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H: tl.constexpr, V: tl.constexpr,
-           BT: tl.constexpr):
-    """Chunk i_c's first token and its sequence's end, its tokens and their mask, and the
-    value channels' cumulative log decays g `[BT, BV]` with their last valid row G."""
-    bos = tl.load(starts + i_c)
-    eos = tl.load(ends + i_c)
-    tok = bos + tl.arange(0, BT)
-    m_t = tok < eos
+def _chunk_g(gc, bos, eos, tok, m_t, i_h, o_v, m_v, H: tl.constexpr, V: tl.constexpr,
+             BT: tl.constexpr):
+    """The value channels' cumulative log decays g `[BT, BV]` of a chunk (first token bos,
+    its sequence's end eos, tokens `tok` with mask `m_t`), with their last valid row G."""
     b_G = _last_g(gc, bos, eos, i_h, o_v, m_v, H, V, BT)
-    return bos, eos, tok, m_t, _g_rows(gc, tok, m_t, b_G, i_h, o_v, m_v, H, V), b_G
+    return _g_rows(gc, tok, m_t, b_G, i_h, o_v, m_v, H, V), b_G
 
 
 # --------------------------------------------------------------------------- forward
@@ -106,12 +102,15 @@ def _states_kernel(k, v, w, kt, gc, h, h0, ht, starts, ends, offsets,
                    HAS_H0: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunk after chunk: the state at each chunk's start (h)
     and the final state, S' = e^G * (S - (S W^T) K) + (e^{G - g} * V)^T Kt."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_S = _state_prologue(
-        h0, offsets, H, K, V, BK, BV, HAS_H0)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, 1)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    b_S = _carried(h0, p_state, m_vk, HAS_H0, BV, BK)
     for i_c in range(first, last):
         tl.store(h + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :],
                  b_S.to(h.dtype.element_ty), mask=m_vk)
-        _, _, tok, m_t, b_g, b_G = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
+        bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
+        tok, m_t = _tokens(bos, eos, BT)
+        b_g, b_G = _chunk_g(gc, bos, eos, tok, m_t, i_h, o_v, m_v, H, V, BT)
         m_tk = m_t[:, None] & m_k[None, :]
         p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
@@ -142,7 +141,9 @@ def _output_kernel(qw, gc, h, intra, o, starts, ends,
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
     m_v = o_v < V
-    _, _, tok, m_t, b_g, _ = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
+    bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
+    tok, m_t = _tokens(bos, eos, BT)
+    b_g, _ = _chunk_g(gc, bos, eos, tok, m_t, i_h, o_v, m_v, H, V, BT)
     m_tv = m_t[:, None] & m_v[None, :]
     b_qw = tl.load(qw + (tok * H + i_h)[:, None] * K + o_k[None, :],
                    mask=m_t[:, None] & m_k[None, :], other=0.0)
@@ -162,13 +163,16 @@ def _state_grads_kernel(qw, k, w, do, gc, dh, dht, dh0, starts, ends, offsets,
                         HAS_DHT: tl.constexpr, PREC: tl.constexpr):
     """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh) and the
     initial state's gradient, dS = (e^g * dO)^T Qw + D - (D K^T) W with D = e^G * dS'."""
-    i_h, first, last, o_k, o_v, m_k, m_v, m_vk, p_state, b_dS = _state_prologue(
-        dht, offsets, H, K, V, BK, BV, HAS_DHT)
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, 1)
+    first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
+    b_dS = _carried(dht, p_state, m_vk, HAS_DHT, BV, BK)
     for j in range(first, last):
         i_c = last - 1 - (j - first)
         tl.store(dh + ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :], b_dS,
                  mask=m_vk)
-        _, _, tok, m_t, b_g, b_G = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
+        bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
+        tok, m_t = _tokens(bos, eos, BT)
+        b_g, b_G = _chunk_g(gc, bos, eos, tok, m_t, i_h, o_v, m_v, H, V, BT)
         m_tk = m_t[:, None] & m_k[None, :]
         p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
         b_qw = tl.load(qw + p_tk, mask=m_tk, other=0.0)
@@ -232,7 +236,9 @@ def _input_grads_kernel(q, k, v, beta, ld, gc, qw, w, kt, tinv, h, dh, do, intra
         b_dSe = tl.load(dh + p_vk, mask=m_vk, other=0.0)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        _, _, _, _, b_g, b_G = _chunk(starts, ends, gc, i_c, i_h, o_v, m_v, H, V, BT)
+        bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
+        tok, m_t = _tokens(bos, eos, BT)
+        b_g, b_G = _chunk_g(gc, bos, eos, tok, m_t, i_h, o_v, m_v, H, V, BT)
         b_E = tl.exp(b_g)
         b_fv = b_v * tl.exp(b_G[None, :] - b_g)
         b_D = b_dSe * tl.exp(b_G)[:, None]
@@ -334,15 +340,14 @@ def _forward(q, k, v, beta, ld, h0, table, BT, delta_rule):
                              BT=BT, BK=BK, HAS_G=False, DELTA=True, FLOOR=LOG_DECAY_FLOOR,
                              PREC=prec, num_warps=4)
         tinv = torch.empty(NC, H, BT, BT, **f32)
-        _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, num_warps=1)
+        _solve_kernel[(NC, H)](amat, tinv, H=H, BT=BT, BATCHED=False, num_warps=1)
         w, kt, qw = torch.empty_like(k), torch.empty_like(k), torch.empty_like(q)
     _prepare_kernel[(NC, H)](q, k, beta, tinv, w, kt, qw, mmat, **rows, H=H, K=K, BT=BT,
                              BK=BK, DELTA=delta_rule, PREC=prec,
                              num_warps=8 if BK >= 128 else 4)  # 480 -> 128 B spilled
     intra = torch.empty(N, H, V, **f32)
-    _intra_grads_kernel[(NC, H)](v, v, gc, gc, mmat, intra, None, **rows, H=H, K=V, BT=BT,
-                                 BK=BVW, STRICT=False, ACC=False, PREC=prec, ROWS_ONLY=True,
-                                 num_warps=4)
+    launch_intra_grads((NC, H), v, v, gc, gc, mmat, intra, None, **rows, H=H, K=V, BT=BT,
+                       BK=BVW, STRICT=False, ACC=False, PREC=prec, ROWS_ONLY=True)
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=q.device)
     ht = torch.empty(S, H, V, K, **f32)
     BVs, warps = state_launch(BV, S * H)
@@ -367,11 +372,11 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT, delta_rule):
     NC, S = table.chunks, table.sequences
     rows = {"starts": table.starts, "ends": table.ends}
     dmat = torch.zeros(NC, H, BT, BT, **f32)  # its upper blocks stay 0
-    _scores_kernel[(NC, H)](do, v, gc, gc, dmat, **rows, H=H, K=V, BT=BT, BK=BVW,
-                            STRICT=False, PREC=prec, num_warps=4)
+    launch_scores((NC, H), do, v, gc, gc, dmat, **rows, H=H, K=V, BT=BT, BK=BVW,
+                  STRICT=False, PREC=prec)
     intra, dvi = torch.empty(N, H, V, **f32), torch.empty(N, H, V, **f32)
-    _intra_grads_kernel[(NC, H)](do, v, gc, gc, mmat, intra, dvi, **rows, H=H, K=V, BT=BT,
-                                 BK=BVW, STRICT=False, ACC=False, PREC=prec, num_warps=4)
+    launch_intra_grads((NC, H), do, v, gc, gc, mmat, intra, dvi, **rows, H=H, K=V, BT=BT,
+                       BK=BVW, STRICT=False, ACC=False, PREC=prec)
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
     BVs, warps = state_launch(BV, S * H)

@@ -32,6 +32,13 @@ MAX_DIM = 1024                  # one program holds a whole row (a head's channe
 LAUNCHES: Counter = Counter()
 
 
+def _count(launch: str) -> None:
+    """Counts a launch for the tests that check this path ran; not in code torch.compile
+    traces, where a change to the module's counter would break the graph."""
+    if not torch.compiler.is_compiling():
+        LAUNCHES[launch] += 1
+
+
 # --------------------------------------------------------------------------- device helpers
 @triton.jit
 def _act(x, ACT: tl.constexpr):
@@ -183,7 +190,7 @@ class ShortConv(torch.autograd.Function):
         _conv_fwd[grid](x, weight, starts if starts is not None else x, y, N, T, H, D,
                         weight.shape[-1], BT, BD, ACTS[act], NORMS[norm], starts is not None,
                         EPS)
-        LAUNCHES["short_conv_fwd"] += 1
+        _count("short_conv_fwd")
         ctx.save_for_backward(x, weight, starts)
         ctx.act, ctx.norm = act, norm
         return y
@@ -201,7 +208,7 @@ class ShortConv(torch.autograd.Function):
         _conv_bwd[grid](x, weight, starts if starts is not None else x, dy.contiguous(), dx, dw,
                         N, T, H, D, W, BT, BD, ACTS[ctx.act], NORMS[ctx.norm],
                         starts is not None, EPS)
-        LAUNCHES["short_conv_bwd"] += 1
+        _count("short_conv_bwd")
         return dx, dw.sum(0).to(weight.dtype), None, None, None
 
 
@@ -269,7 +276,7 @@ class RowNorm(torch.autograd.Function):
                               else torch.promote_types(x.dtype, gate.dtype))
         _row_fwd[(triton.cdiv(R, BR),)](x, gate if gate is not None else x, y, R, D, BR, BD,
                                         ACTS[act], NORMS[norm], ACTS[gate_act], EPS)
-        LAUNCHES["row_norm_fwd"] += 1
+        _count("row_norm_fwd")
         ctx.save_for_backward(x, gate)
         ctx.act, ctx.norm, ctx.gate_act = act, norm, gate_act
         return y
@@ -286,7 +293,7 @@ class RowNorm(torch.autograd.Function):
                                         dx, dg if dg is not None else dx, R, D, BR, BD,
                                         ACTS[ctx.act], NORMS[ctx.norm], ACTS[ctx.gate_act],
                                         EPS)
-        LAUNCHES["row_norm_bwd"] += 1
+        _count("row_norm_bwd")
         return dx, dg, None, None, None
 
 

@@ -296,18 +296,18 @@ def _scan(step, add, here=None, kernels=None):
 
 def _traced_without_kernels() -> bool:
     """Whether torch.compile is tracing this code and it traces the PyTorch forms of the scan
-    and the reads: unless NLC_COMPILE_DUAL_KERNELS=1, which has traced code call the kernels
-    as custom ops (dual_ops.py)."""
+    and the reads: only with NLC_COMPILE_DUAL_KERNELS=0. By default traced code calls the
+    kernels as custom ops (dual_ops.py)."""
     return (torch.compiler.is_compiling()
-            and os.environ.get("NLC_COMPILE_DUAL_KERNELS") != "1")
+            and os.environ.get("NLC_COMPILE_DUAL_KERNELS") == "0")
 
 
 def _kernels(ref: torch.Tensor):
     """dual_triton.py (this form's scan and reads as Triton kernels) when they run for tensors
     like `ref`: CUDA ones unless NLC_TRITON=0, CPU ones with NLC_TRITON=force; else None.
-    Under torch.compile (a compiled chunk or model) the PyTorch forms are traced instead, as
-    for the context kernels, and Inductor fuses them; with NLC_COMPILE_DUAL_KERNELS=1 the
-    traced code calls the kernels as custom ops (dual_ops.py)."""
+    Under torch.compile (a compiled chunk or model) the traced code calls the kernels as
+    custom ops (dual_ops.py); with NLC_COMPILE_DUAL_KERNELS=0 it traces the PyTorch forms
+    instead, and Inductor fuses them."""
     # float32 only: half-precision reads made an illegal memory access in their backward on
     # an H200 (2026-12-05); dual_chunked runs in float32 under autocast anyway
     if (not triton_enabled(ref) or ref.dtype != torch.float32

@@ -1,17 +1,16 @@
 """The dual chunk form's Triton kernels (dual_triton.py) as torch.library custom ops, for code
 that torch.compile traces.
 
-A compiled chunk (`NLC_COMPILE_CHUNKS=1`, `nlc train --compile`) cannot trace into a Triton
-launch inside an autograd.Function, so by default it traces the PyTorch forms of the scan and
-the reads, and Inductor fuses them. Registered as custom ops, the kernels become opaque calls
-inside the compiled graph instead: their own forward and backward (the backward a second op,
-wired by `register_autograd`), and shapes from the fake implementations below.
-`NLC_COMPILE_DUAL_KERNELS=1` asks for them (dual.py, `_kernels`): compiled chunks
-(`--compile-chunks`) then read through the kernels, and so take `--tf32`'s products there
-(on an H100, compiled chunks with `--tf32` gave Titans 1.20x, against 1.38x for `--tf32`
-with eager chunks; whether the kernels' products are what the compiled chunks missed is the
-hypothesis this option tests, docs/perf.md). Not timed yet, hence not the default. Each
-op counts its calls in `dual_triton.LAUNCHES` ("read_op", "scan_op").
+A compiled chunk (`NLC_COMPILE_CHUNKS=1`, `--compile-chunks`, `nlc train --compile`) calls
+the scan and the reads through these ops: opaque calls inside the compiled graph, with
+their own forward and backward (the backward a second op, wired by `register_autograd`) and
+shapes from the fake implementations below. So compiled chunks read through the kernels and
+take `--tf32`'s products there. Titans' LM step on an H200 (docs/perf.md, eighth batch):
+CUDA graphs 60.9k tokens/s, with `--tf32` 87.2k, with compiled chunks through these ops and
+`--tf32` 123.5k. `NLC_COMPILE_DUAL_KERNELS=0` traces the PyTorch forms instead (dual.py,
+`_kernels`), which Inductor fuses (on an H100, compiled chunks with `--tf32` that way gave
+1.20x over graphs alone). Each op counts its calls in `dual_triton.LAUNCHES` ("read_op",
+"scan_op").
 """
 
 from __future__ import annotations

@@ -1,0 +1,39 @@
+#!/bin/bash
+# GPU work left by session 32, one mode per device call (each under 10 minutes; run from the
+# repository root with OUT set and the wheels carried, see benchmarks/gpu_common.sh). What
+# it times was checked under the Triton interpreter and compiled for sm_90 only:
+#   a: issue 16: `torch.compile` of the LM (it failed in session 32's call: the kernels'
+#      launches made AOT autograd's partition fail, fixed since, tests/test_compile_trace.py):
+#      DeltaNet and Gated DeltaNet compiled, beside fla's chunk kernels, in one call;
+#   b: issue 16: the forward profile after the one-warp prepare kernel, and the chunked
+#      kernels' tests on the GPU with time to finish;
+#   c: issue 17: Titans and Hope with compiled chunks that call the dual kernels by default
+#      (no NLC_COMPILE_DUAL_KERNELS), with --tf32 for Titans;
+#   d: issue 16: where GLA's forward loses to fla's chunk_gla (1.61x, session 32), kernel by
+#      kernel at both shapes.
+set -u
+MODE=${1:-a}
+REPO=$(pwd)
+source benchmarks/gpu_common.sh
+start_session
+if [ "$MODE" = a ]; then
+  timeout 560 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+    --rows deltanet_compiled,gated_deltanet_compiled,fla_hand_deltanet,deltanet \
+    --out "$OUT/lm_compiled.md"
+elif [ "$MODE" = b ]; then
+  timeout 120 python3 "$REPO/benchmarks/kernel_profile.py" --shape 8,2048,16,128 \
+    --models gdn,deltanet --forward > "$OUT/forward_profile.txt" 2>&1
+  grep -A6 "ms of kernel" "$OUT/forward_profile.txt"
+  NLC_TRITON_TEST_DEVICE=cuda timeout 400 python3 -m pytest -q -x -p no:cacheprovider \
+    "$REPO/tests/test_chunk_triton.py" > "$OUT/chunk_tests.log" 2>&1
+  tail -3 "$OUT/chunk_tests.log"
+elif [ "$MODE" = c ]; then
+  timeout 560 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+    --rows titans_graphed_compiled_tf32,titans_graphed_compiled_kernels_tf32,hope_graphed_compiled_chunks \
+    --out "$OUT/lm_compiled_chunks.md"
+elif [ "$MODE" = d ]; then
+  for shape in 8,2048,16,128 1,16384,16,128; do
+    timeout 250 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape --models gla \
+      --forward 2>&1 | grep -v Warn | tail -20
+  done
+fi
