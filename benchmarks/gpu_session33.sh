@@ -7,8 +7,9 @@
 #      DeltaNet and Gated DeltaNet compiled, beside fla's chunk kernels, in one call;
 #   b: issue 16: the forward profile after the one-warp prepare kernel, and the chunked
 #      kernels' tests on the GPU with time to finish;
-#   c: issue 17: Titans and Hope with compiled chunks that call the dual kernels by default
-#      (no NLC_COMPILE_DUAL_KERNELS), with --tf32 for Titans;
+#   c: issue 17: Titans' compiled chunks with --tf32 tracing the PyTorch forms
+#      (NLC_COMPILE_DUAL_KERNELS=0) and calling the dual kernels (the default), on one card,
+#      and Hope's compiled chunks; then the dual kernels' custom-op tests on the GPU;
 #   d: issue 16: where GLA's forward loses to fla's chunk_gla (1.61x, session 32), kernel by
 #      kernel at both shapes.
 set -u
@@ -28,9 +29,11 @@ elif [ "$MODE" = b ]; then
     "$REPO/tests/test_chunk_triton.py" > "$OUT/chunk_tests.log" 2>&1
   tail -3 "$OUT/chunk_tests.log"
 elif [ "$MODE" = c ]; then
-  timeout 560 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+  timeout 500 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
     --rows titans_graphed_compiled_tf32,titans_graphed_compiled_kernels_tf32,hope_graphed_compiled_chunks \
     --out "$OUT/lm_compiled_chunks.md"
+  NLC_TRITON_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q -p no:cacheprovider \
+    "$REPO/tests/test_dual_triton.py" -k "custom_ops or compile" 2>&1 | tail -3
 elif [ "$MODE" = d ]; then
   for shape in 8,2048,16,128 1,16384,16,128; do
     timeout 250 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape --models gla \

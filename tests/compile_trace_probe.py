@@ -14,6 +14,7 @@ but is output"; the probe turns the repair off, so that a case fails here as it 
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch
@@ -38,7 +39,9 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch import partitioners
 from torch._higher_order_ops import triton_kernel_wrap as kernel_wrap
 
-partitioners._find_input_for_invalid_output = lambda node, env: None  # as torch 2.11
+# as torch 2.11: no repair (a renamed function would leave the repair on: say so)
+assert hasattr(partitioners, "_find_input_for_invalid_output"), "torch changed: update the probe"
+partitioners._find_input_for_invalid_output = lambda node, env: None
 
 WRITES: dict[str, set] = {}
 _mutated = kernel_wrap.get_mutated_tensors
@@ -69,18 +72,34 @@ def _lowered(kernel, kwargs, *args):
 kernel_wrap.generate_ttir = _lowered
 
 
+class _Unread(logging.Handler):
+    """torch's warning when its reading of a kernel fails after the lowering."""
+
+    def emit(self, record):
+        if "assuming every input is mutated" in record.getMessage():
+            UNREAD.add("(a kernel, after lowering: see the warning above)")
+
+
+kernel_wrap.log.addHandler(_Unread())
+
+
 class Partitioned(Exception):
     """Raised by the backend once AOT autograd has split the joint graph."""
 
 
+class Unpartitioned(Exception):
+    """Raised by the inference compiler: the graph needed no backward, so no partition ran."""
+
+
 def _stopped(e: BaseException | None) -> bool:
-    """Whether `e` is, or was raised from, the backend's stop after the partition."""
+    """Whether `e` is, or was raised from, the backend's stop after the partition (through
+    the exceptions that wrap it, not through one raised while handling it)."""
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, Partitioned):
             return True
         seen.add(id(e))
-        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+        e = getattr(e, "inner_exception", None) or e.__cause__
     return False
 
 
@@ -88,7 +107,11 @@ def _stop(gm, example_inputs):
     raise Partitioned
 
 
-BACKEND = aot_autograd(fw_compiler=_stop, bw_compiler=_stop,
+def _no_backward(gm, example_inputs):
+    raise Unpartitioned
+
+
+BACKEND = aot_autograd(fw_compiler=_stop, bw_compiler=_stop, inference_compiler=_no_backward,
                        partition_fn=min_cut_rematerialization_partition)
 
 

@@ -79,7 +79,8 @@ def _diagonal_column(gc, t_s, s, eos, b_gi, b_G, r, i_h, o_k, m_k, H: tl.constex
                      K: tl.constexpr, STRICT: tl.constexpr):
     """Column s (token t_s) of a diagonal block of 16 rows at log decays b_gi: its offsets
     and mask in a [N, H, K] tensor and the rows' e^{g_t - g_s}, 0 above the diagonal (and on
-    it if STRICT)."""
+    it if STRICT). Callers only load through the offsets: a store through them would make
+    torch.compile take `gc` as written (chunk_state_triton.py)."""
     ok = (o_k * 0 + t_s) < eos  # as a vector: the interpreter wants one
     p_s = (t_s * H + i_h) * K + o_k
     b_gs = tl.where(ok, tl.load(gc + p_s, mask=m_k & ok, other=0.0), b_G)

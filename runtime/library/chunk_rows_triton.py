@@ -236,8 +236,6 @@ def _input_grads_kernel(q, k, v, beta, ld, gc, qw, w, kt, tinv, h, dh, do, intra
         b_dSe = tl.load(dh + p_vk, mask=m_vk, other=0.0)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        bos, eos = tl.load(starts + i_c), tl.load(ends + i_c)
-        tok, m_t = _tokens(bos, eos, BT)
         b_g, b_G = _chunk_g(gc, bos, eos, tok, m_t, i_h, o_v, m_v, H, V, BT)
         b_E = tl.exp(b_g)
         b_fv = b_v * tl.exp(b_G[None, :] - b_g)
