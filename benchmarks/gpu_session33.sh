@@ -11,7 +11,10 @@
 #      (NLC_COMPILE_DUAL_KERNELS=0) and calling the dual kernels (the default), on one card,
 #      and Hope's compiled chunks; then the dual kernels' custom-op tests on the GPU;
 #   d: issue 16: where GLA's forward loses to fla's chunk_gla (1.61x, session 32), kernel by
-#      kernel at both shapes.
+#      kernel at both shapes;
+#   e: issue 17: where Titans' fastest LM step (CUDA graphs, compiled chunks through the dual
+#      kernels, --tf32: 123.5k tokens/s in session 32, 250k asked) spends its time, by
+#      kernel; and Hope's with compiled chunks.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
@@ -39,4 +42,9 @@ elif [ "$MODE" = d ]; then
     timeout 250 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape --models gla \
       --forward 2>&1 | grep -v Warn | tail -20
   done
+elif [ "$MODE" = e ]; then
+  timeout 560 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+    --rows titans_graphed_compiled_kernels_tf32,hope_graphed_compiled_chunks \
+    --profile-to "$OUT" --out "$OUT/lm_profiled.md"
+  head -40 "$OUT"/titans_graphed_compiled_kernels_tf32_profile.txt
 fi

@@ -178,7 +178,7 @@ TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
              "titans_graphed_compiled_kernels_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
 
 
-def run_row(name: str, steps: int, B: int, T: int) -> dict:
+def run_row(name: str, steps: int, B: int, T: int, profile_to: str | None = None) -> dict:
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.distributed import World
     from nlc.runtime.trainer.model import LanguageModel
@@ -203,6 +203,13 @@ def run_row(name: str, steps: int, B: int, T: int) -> dict:
     capture = time.perf_counter() - t0
     times, loss = timed_steps(forward, opt, x, autocast, steps)
     warm = sorted(times[2:])
+    if profile_to:  # one more step under the profiler, after the timed ones
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            timed_steps(forward, opt, x, autocast, 1)
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30,
+                                          max_name_column_width=70)
+        Path(profile_to, f"{name}_profile.txt").write_text(f"{label}\n{table}\n")
     return {"label": label, "tokens_per_s": B * T / warm[len(warm) // 2],
             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
             "first_step_s": times[0] + capture,
@@ -234,10 +241,13 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--out", default=None, help="also write the table here (markdown)")
+    p.add_argument("--profile-to", default=None,
+                   help="a folder: profile one more step of each row (CUDA kernels, after the "
+                        "timed steps) into ROW_profile.txt there")
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)  # child process
     a = p.parse_args()
     if a.row:
-        print(json.dumps(run_row(a.row, a.steps, a.batch, a.seq_len)))
+        print(json.dumps(run_row(a.row, a.steps, a.batch, a.seq_len, a.profile_to)))
         return
     if a.steps < 3:
         p.error("--steps must be at least 3: the first 2 steps are warm-up and not timed")
@@ -251,8 +261,9 @@ def main():
              "after 2 warm-up steps; each row in a fresh process."), "",
              "| mixer | tokens/s | peak GiB | first step s |", "|---|---|---|---|"]
     for name in a.rows.split(","):
+        extra = ["--profile-to", a.profile_to] if a.profile_to else []
         proc = subprocess.run([sys.executable, __file__, "--row", name, "--steps", str(a.steps),
-                               "--batch", str(a.batch), "--seq-len", str(a.seq_len)],
+                               "--batch", str(a.batch), "--seq-len", str(a.seq_len), *extra],
                               check=False, capture_output=True, text=True,
                               env={**os.environ, **ENV.get(name, {})})
         try:
