@@ -11,7 +11,8 @@
 #      (NLC_COMPILE_DUAL_KERNELS=0) and calling the dual kernels (the default), on one card,
 #      and Hope's compiled chunks; then the dual kernels' custom-op tests on the GPU;
 #   d: issue 16: where GLA's forward loses to fla's chunk_gla (1.61x, session 32), kernel by
-#      kernel at both shapes;
+#      kernel at both shapes, and its forward launch sweep (chunk_decay_triton.FORWARD: the
+#      scores kernel's 16-wide blocks may, like the delta prepare kernel's, want one warp);
 #   e: issue 17: where Titans' fastest LM step (CUDA graphs, compiled chunks through the dual
 #      kernels, --tf32: 123.5k tokens/s in session 32, 250k asked) spends its time, by
 #      kernel; and Hope's with compiled chunks.
@@ -38,8 +39,10 @@ elif [ "$MODE" = c ]; then
   NLC_TRITON_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q -p no:cacheprovider \
     "$REPO/tests/test_dual_triton.py" -k "custom_ops or compile" 2>&1 | tail -3
 elif [ "$MODE" = d ]; then
+  timeout 240 python3 "$REPO/benchmarks/kernel_profile.py" --shape 8,2048,16,128 --models gla \
+    --sweep-forward --no-profile 2>&1 | grep -v Warn | tail -22
   for shape in 8,2048,16,128 1,16384,16,128; do
-    timeout 250 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape --models gla \
+    timeout 150 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape --models gla \
       --forward 2>&1 | grep -v Warn | tail -20
   done
 elif [ "$MODE" = e ]; then

@@ -10,7 +10,8 @@ input-gradient kernel (chunk_delta_triton.INPUT_GRADS), with the float32 kernel'
 as the reference for the bf16 ones; --sweep-states does the same for the sequential state
 passes' launch when few sequences x heads are in flight (chunk_triton.STATE_PASSES).
 --forward profiles the forward pass alone; --sweep-forward times our forward under each
-launch of the forward kernels (chunk_delta_triton.FORWARD) next to fla's chunk forward.
+launch of the forward kernels (chunk_delta_triton.FORWARD; GLA: chunk_decay_triton.FORWARD)
+next to fla's chunk forward.
 Models: deltanet, gdn (Gated DeltaNet), sgla (simple GLA / Mamba2: decay, no delta rule),
 gla (GLA: a decay per key channel, chunk_decay_triton.chunk_channel against fla's chunk_gla;
 fla's chunk_gla autotunes for minutes on its first call, so profile its forward alone).
@@ -140,19 +141,22 @@ def sweep(args, table: dict, grid: dict, forward=False):
 def forward_sweep(model, args, shape):
     """fla's chunk forward (do_bench median), then our forward under each launch of the
     forward kernels (chunk_delta_triton.FORWARD)."""
-    from nlc.runtime.library import chunk_delta_triton as cdt
+    from nlc.runtime.library import chunk_decay_triton, chunk_delta_triton
     from triton.testing import do_bench
+    launches = chunk_decay_triton if model == "gla" else chunk_delta_triton
     try:
         fla_ms = f"{do_bench(lambda: fla(*args), warmup=5, rep=30):.3f} ms"
     except Exception as err:  # noqa: BLE001  fla missing or refusing: say so
         fla_ms = f"failed: {str(err)[:80]}"
     print(f"\n{model} {shape} bf16 forward: fla chunk {fla_ms}; ours, forward launch sweep "
-          f"(default {json.dumps(cdt.FORWARD)}):")
+          f"(default {json.dumps(launches.FORWARD)}):")
     grid = {"prepare_warps": (1, 2, 4), "wu_warps": (4, 8),
             "output_warps": (4, 8), "output_BV": (64, 128)}
     if model == "sgla":  # no delta rule: no solve, no w and u
         grid = {"kkt_warps": (4, 8), "output_warps": (2, 4, 8), "output_BV": (32, 64, 128)}
-    sweep(args, cdt.FORWARD, grid, forward=True)
+    if model == "gla":  # chunk_channel's own launch table
+        grid = {"scores_warps": (1, 2, 4), "output_warps": (2, 4, 8), "output_BV": (64, 128)}
+    sweep(args, launches.FORWARD, grid, forward=True)
 
 
 def main():
@@ -170,9 +174,7 @@ def main():
     B, T, H, D = map(int, a.shape.split(","))
     for model in a.models.split(","):
         args = model_inputs(model, B, T, H, D)
-        if a.sweep_forward and model == "gla":
-            print("\ngla: no forward launch table to sweep (chunk_channel's launches are fixed)")
-        elif a.sweep_forward:
+        if a.sweep_forward:
             forward_sweep(model, args, (B, T, H, D))
         if a.sweep:
             from nlc.runtime.library import chunk_delta_triton as cdt

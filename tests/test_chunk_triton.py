@@ -182,6 +182,17 @@ def test_forward_state_pass_split_along_keys(case, monkeypatch):
     check_against_token_loop(case)
 
 
+@needs_kernels
+def test_channel_forward_launch_table(monkeypatch):
+    """chunk_channel's forward launch (chunk_decay_triton.FORWARD, what kernel_profile.py
+    --models gla --sweep-forward tries): an output V block narrower than V still gives the
+    token loop's output, state and gradients."""
+    from nlc.runtime.library import chunk_decay_triton
+    monkeypatch.setitem(chunk_decay_triton.FORWARD, "output_BV", 16)
+    monkeypatch.setitem(chunk_decay_triton.FORWARD, "scores_warps", 1)
+    check_against_token_loop(("decay", "channel", 65, 16, 32, 48, True, False))
+
+
 def check_against_token_loop(case):
     family, decay, T, chunk, K, V, with_h0, packed = case
     torch.manual_seed(T + K)

@@ -22,6 +22,9 @@ chunk_dplr_triton.py does: both run two score matrices of the same decays per la
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -462,16 +465,26 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
 
 
 # --------------------------------------------------------------------------- host side
+# chunk_channel's forward launch: warps of the cumulative sums, the scores and the output
+# kernel, and the output kernel's V block (None: up to 64). The scores kernel works in blocks
+# of 16, which leave part of 4 warps idle (the delta rule's prepare kernel, built the same
+# way, ran 2.2x faster at one warp than at four on an H200, docs/perf.md eighth batch);
+# benchmarks/kernel_profile.py --models gla --sweep-forward times the alternatives, and
+# NLC_CHANNEL_FORWARD='{"scores_warps": 1, ...}' sets them for a run
+FORWARD = {"cumsum_warps": 4, "scores_warps": 4, "output_warps": 4, "output_BV": None,
+           **json.loads(os.environ.get("NLC_CHANNEL_FORWARD", "{}"))}
+
+
 # The two kernels with optional arguments launch through these, which pass every argument:
 # torch.compile lowers a launch to learn which arguments it writes, and cannot when a
 # kernel's own defaults fill some in (it then takes every argument as written, and the
 # partition of a compiled graph fails; tests/test_compile_trace.py).
 def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRICT, PREC,
-                  k2=None, q2=None, amat2=None, PAIR=0):
-    """`_scores_kernel` on `grid`, 4 warps."""
+                  k2=None, q2=None, amat2=None, PAIR=0, num_warps=4):
+    """`_scores_kernel` on `grid`."""
     _scores_kernel[grid](q, k, gq, gc, amat, starts, ends, H=H, K=K, BT=BT, BK=BK,
                          STRICT=STRICT, PREC=PREC, k2=k2, q2=q2, amat2=amat2, PAIR=PAIR,
-                         num_warps=4)
+                         num_warps=num_warps)
 
 
 def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, K, BT, BK,
@@ -493,10 +506,10 @@ def _forward(q, k, v, ld, h0, table, BT):
     NC, S = table.chunks, table.sequences
     gc = torch.empty(N, H, K, dtype=torch.float32, device=dev)
     _cumsum_kernel[(NC, H)](ld, gc, table.starts, table.ends, H=H, K=K, BT=BT, BK=BK,
-                            FLOOR=LOG_DECAY_FLOOR, num_warps=4)
+                            FLOOR=LOG_DECAY_FLOOR, num_warps=FORWARD["cumsum_warps"])
     amat = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
     launch_scores((NC, H), q, k, gc, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT,
-                  BK=BK, STRICT=False, PREC=prec)
+                  BK=BK, STRICT=False, PREC=prec, num_warps=FORWARD["scores_warps"])
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
     BKs, BVs, warps = split_state_launch(BK, BV, S * H)
@@ -505,9 +518,10 @@ def _forward(q, k, v, ld, h0, table, BT):
         k, v, gc, h, h0, ht, table.bounds, table.offsets, H=H, K=K, V=V, BT=BT,
         BK=BKs, BV=BVs, NK=NK, HAS_H0=h0 is not None, PREC=prec, num_warps=warps)
     o = torch.empty_like(v)
-    _output_kernel[(triton.cdiv(V, BV), NC, H)](
+    BVo = min(FORWARD["output_BV"] or BV, pow2(V))
+    _output_kernel[(triton.cdiv(V, BVo), NC, H)](
         q, v, gc, h, amat, o, None, None, table.starts, table.ends, H=H, K=K, V=V, BT=BT,
-        BK=BK, BV=BV, TWO=False, PREC=prec, num_warps=4)
+        BK=BK, BV=BVo, TWO=False, PREC=prec, num_warps=FORWARD["output_warps"])
     return o, ht, (gc, amat, h)
 
 
