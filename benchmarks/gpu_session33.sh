@@ -16,6 +16,8 @@
 #   e: issue 17: where Titans' fastest LM step (CUDA graphs, compiled chunks through the dual
 #      kernels, --tf32: 123.5k tokens/s in session 32, 250k asked) spends its time, by
 #      kernel; and Hope's with compiled chunks.
+# All five take about 2,700 s, more than a session's 1,800: run a, c and d first (the
+# compile fix, the dual custom ops' share, GLA's sweep), then e, then b.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
