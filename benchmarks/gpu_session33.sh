@@ -15,9 +15,12 @@
 #      scores kernel's 16-wide blocks may, like the delta prepare kernel's, want one warp);
 #   e: issue 17: where Titans' fastest LM step (CUDA graphs, compiled chunks through the dual
 #      kernels, --tf32: 123.5k tokens/s in session 32, 250k asked) spends its time, by
-#      kernel; and Hope's with compiled chunks.
-# All five take about 2,700 s, more than a session's 1,800: run a, c and d first (the
-# compile fix, the dual custom ops' share, GLA's sweep), then e, then b.
+#      kernel; and Hope's with compiled chunks;
+#   f: issue 17: titans-pytorch beside our Titans layer (B 4, T 2048, dim 512, 4 heads of
+#      128), now with --fast: both with TF32, ours with compiled chunks and CUDA graphs as the
+#      LM's fastest setting (needs .carry/whl_titans, see gpu_session26.sh).
+# All six take about 3,200 s, more than a session's 1,800: run a, c and d first (the
+# compile fix, the dual custom ops' share, GLA's sweep), then e, f and b.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
@@ -52,4 +55,11 @@ elif [ "$MODE" = e ]; then
     --rows titans_graphed_compiled_kernels_tf32,hope_graphed_compiled_chunks \
     --profile-to "$OUT" --out "$OUT/lm_profiled.md"
   head -40 "$OUT"/titans_graphed_compiled_kernels_tf32_profile.txt
+elif [ "$MODE" = f ]; then
+  WHEELS=$(ls "$REPO"/.carry/whl_titans/*.whl | grep -v '/numpy-')
+  python3 -c 'import numpy' 2>/dev/null || WHEELS="$WHEELS $(ls "$REPO"/.carry/whl_titans/numpy-*.whl)"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site $WHEELS 2>&1 \
+    | grep -v 'already exists' || true
+  timeout 500 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
+    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md"
 fi

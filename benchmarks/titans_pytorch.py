@@ -7,7 +7,11 @@ One process times, for each head width, lucidrains' titans-pytorch `NeuralMemory
 chunk_size=64, dim_head)` with every other argument at its default, and the layer compiled
 from examples/titans.nl at d_model = dim, the same heads and d_head = dim_head; on CUDA ours
 twice, with whole chunks recomputed in the backward pass (the CUDA default) and kept
-(`NLC_RECOMPUTE_CHUNKS`, runtime/library/scan.py). fp32 unless --amp (bf16 autocast). Each
+(`NLC_RECOMPUTE_CHUNKS`, runtime/library/scan.py), and with --fast a third time as the
+LM's fastest setting runs it: chunks compiled (`--compile-chunks`, calling the dual kernels
+as custom ops), TF32 (`--tf32`), and the forward and backward captured as CUDA graphs
+(`--cuda-graphs`; TF32 also for titans-pytorch's row there, which --fast adds). fp32 unless
+--amp (bf16 autocast). Each
 row: tokens/s (B*T over the median of --repeat forward + backward passes after one warm-up),
 peak memory (CUDA: torch.cuda.max_memory_allocated over the timed passes; "-" on the CPU) and
 the bytes a forward pass leaves alive (its output and what autograd keeps for the backward
@@ -229,8 +233,38 @@ def run(args) -> tuple[list[Row], list[str]]:
             name = "ours, examples/titans.nl" + (
                 f" (chunks {'recomputed' if flag == '1' else 'kept'})" if len(settings) > 1 else "")
             rows.append(measure(Row(name, dim_head, check=check), ours, x, args, amp))
+        if args.fast and args.device == "cuda":
+            rows.extend(fast_rows(args, dim_head, ours, x, amp, check))
         del ours
     return rows, notes
+
+
+def fast_rows(args, dim_head, ours, x, amp, check) -> list[Row]:
+    """--fast: titans-pytorch with TF32 matmuls, and ours with compiled chunks, TF32 and its
+    forward and backward as CUDA graphs (what `nlc train --compile-chunks --tf32
+    --cuda-graphs` runs), after the plain rows (TF32 stays on for the rest of the process)."""
+    from nlc.runtime.library import dual_triton, scan
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dual_triton.set_float32_precision("tf32")
+    rows = []
+    theirs = titans_pytorch_layer(args.dim, args.heads, dim_head)[0]
+    if theirs is not None:
+        rows.append(measure(Row("titans-pytorch NeuralMemory, TF32", dim_head),
+                            theirs.to(args.device), x, args, amp))
+        del theirs
+    os.environ["NLC_RECOMPUTE_CHUNKS"] = "1"
+    scan.set_compile_chunks(True)
+    name = "ours, compiled chunks, TF32, CUDA graphs"
+    try:
+        with amp():
+            graphed = torch.cuda.make_graphed_callables(ours, (x,), allow_unused_input=True)
+    except RuntimeError as err:
+        rows.append(Row(name, dim_head, check=f"failed: {str(err).splitlines()[0][:100]}"))
+    else:
+        rows.append(measure(Row(name, dim_head, check=check), graphed, x, args, amp))
+    finally:
+        scan.set_compile_chunks(False)
+    return rows
 
 
 def table(rows: list[Row], args) -> str:
@@ -277,6 +311,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (fp32 otherwise)")
+    parser.add_argument("--fast", action="store_true",
+                        help="CUDA: also time both with TF32, ours with compiled chunks and "
+                             "CUDA graphs too")
     parser.add_argument("--out", help="also write the markdown report to this file")
     args = parser.parse_args()
     try:
