@@ -243,9 +243,10 @@ def fast_rows(args, dim_head, ours, x, amp, check) -> list[Row]:
     """--fast: titans-pytorch with TF32 matmuls, and ours with compiled chunks, TF32 and its
     forward and backward as CUDA graphs (what `nlc train --compile-chunks --tf32
     --cuda-graphs` runs), after the plain rows (TF32 stays on for the rest of the process)."""
-    from nlc.runtime.library import dual_triton, scan
-    torch.backends.cuda.matmul.allow_tf32 = True
-    dual_triton.set_float32_precision("tf32")
+    from nlc.runtime.library import scan
+    from nlc.runtime.trainer.distributed import World
+    from nlc.runtime.trainer.train import use_tf32
+    use_tf32(World(device=torch.device("cuda")))  # as `--tf32`: cuBLAS and the dual reads
     rows = []
     theirs = titans_pytorch_layer(args.dim, args.heads, dim_head)[0]
     if theirs is not None:
