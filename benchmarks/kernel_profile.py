@@ -8,7 +8,9 @@ torch.profiler, so a slow backward can be pinned on one kernel.
 --sweep also times our forward + backward under each launch configuration of the
 input-gradient kernel (chunk_delta_triton.INPUT_GRADS), with the float32 kernel's gradients
 as the reference for the bf16 ones; --sweep-states does the same for the sequential state
-passes' launch when few sequences x heads are in flight (chunk_triton.STATE_PASSES).
+passes' launch when few sequences x heads are in flight (chunk_triton.STATE_PASSES; for
+gla, its forward's state pass, which splits the key axis too, by forward time, with
+chunk_decay_triton.FORWARD["states_few"] when few run).
 --forward profiles the forward pass alone; --sweep-forward times our forward under each
 launch of the forward kernels (chunk_delta_triton.FORWARD; GLA: chunk_decay_triton.FORWARD)
 next to fla's chunk forward.
@@ -155,7 +157,8 @@ def forward_sweep(model, args, shape):
     if model == "sgla":  # no delta rule: no solve, no w and u
         grid = {"kkt_warps": (4, 8), "output_warps": (2, 4, 8), "output_BV": (32, 64, 128)}
     if model == "gla":  # chunk_channel's own launch table
-        grid = {"scores_warps": (1, 2, 4), "output_warps": (2, 4, 8), "output_BV": (64, 128)}
+        grid = {"scores_warps": (1, 2, 4), "scores_split": (False, True),
+                "output_warps": (2, 4), "output_BV": (64, 128)}
     sweep(args, launches.FORWARD, grid, forward=True)
 
 
@@ -188,8 +191,18 @@ def main():
             print(f"\n{model} ours {(B, T, H, D)} bf16, state passes' launch sweep "
                   f"({B * H} sequences x heads):")
             few = B * H < ct.STATE_PASSES["few"]
-            sweep(args, ct.STATE_PASSES,
-                  {"BV_few" if few else "BV_some": (16, 32, 64), "num_warps": (4, 8)})
+            if model == "gla" and few:  # its forward's own launch (K block, V block, warps)
+                from nlc.runtime.library import chunk_decay_triton as cdc
+                sweep(args, cdc.FORWARD, {"states_few": [
+                    (bk, bv, w) for bk in (32, 64) for bv in (32, 64) for w in (4, 8)]},
+                      forward=True)
+            elif model == "gla":  # its forward's state pass splits the key axis too
+                sweep(args, ct.STATE_PASSES,
+                      {"BV_some": (16, 32, 64), "split_BK": (32, 64),
+                       "split_warps": (2, 4, 8)}, forward=True)
+            else:
+                sweep(args, ct.STATE_PASSES,
+                      {"BV_few" if few else "BV_some": (16, 32, 64), "num_warps": (4, 8)})
         for name, fn in () if a.no_profile else (("ours", ours), ("fla", fla)):
             try:
                 times = kernel_times(fn, args, forward=a.forward)

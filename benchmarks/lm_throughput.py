@@ -149,6 +149,11 @@ ROWS = {
                                              "NLC_COMPILE_CHUNKS=1, NLC_COMPILE_DUAL_KERNELS=1, "
                                              "--tf32", lambda: _spec("titans", d_head=64),
                                              "graphs"),
+    # Hope's chunks spent about half of a step in cuBLAS's float32 GEMMs on the FMA units
+    # (docs/perf.md, ninth batch): the same with --tf32
+    "hope_graphed_compiled_chunks_tf32": ("nlc examples/hope.nl, CUDA graphs, "
+                                          "NLC_COMPILE_CHUNKS=1, --tf32",
+                                          lambda: _spec("hope", d_head=64), "graphs"),
     "yaad": ("nlc examples/yaad.nl", lambda: _spec("yaad", d_head=64), False),
     "memora": ("nlc examples/memora.nl", lambda: _spec("memora", d_head=64), False),
 }
@@ -160,6 +165,7 @@ ROWS = {
 ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "hope_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
+       "hope_graphed_compiled_chunks_tf32": {"NLC_COMPILE_CHUNKS": "1"},
        "ttt_mlp_graphed_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_tf32": {"NLC_COMPILE_CHUNKS": "1",
                                         "NLC_COMPILE_DUAL_KERNELS": "0"},
@@ -175,7 +181,8 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"},
        "titans_graphed_dual_tf32x3": {"NLC_DUAL_PREC": "tf32x3"}}
 TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
-             "titans_graphed_compiled_kernels_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
+             "titans_graphed_compiled_kernels_tf32",
+             "hope_graphed_compiled_chunks_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
 
 
 def run_row(name: str, steps: int, B: int, T: int, profile_to: str | None = None) -> dict:

@@ -183,14 +183,23 @@ def test_forward_state_pass_split_along_keys(case, monkeypatch):
 
 
 @needs_kernels
-def test_channel_forward_launch_table(monkeypatch):
+@pytest.mark.parametrize("launch, chunk, packed", [
+    ({"output_BV": 16, "scores_warps": 1, "scores_split": False}, 16, False),
+    ({"scores_split": True, "scores_warps": 2}, 64, True),
+    ({"states_few": (16, 16, 4)}, 16, False),
+    ({"few": 0}, 16, True)])
+def test_channel_forward_launch_table(monkeypatch, launch, chunk, packed):
     """chunk_channel's forward launch (chunk_decay_triton.FORWARD, what kernel_profile.py
-    --models gla --sweep-forward tries): an output V block narrower than V still gives the
-    token loop's output, state and gradients."""
-    from nlc.runtime.library import chunk_decay_triton
-    monkeypatch.setitem(chunk_decay_triton.FORWARD, "output_BV", 16)
-    monkeypatch.setitem(chunk_decay_triton.FORWARD, "scores_warps", 1)
-    check_against_token_loop(("decay", "channel", 65, 16, 32, 48, True, False))
+    --models gla --sweep-forward tries): an output V block narrower than V, scores per chunk
+    or a program per row block of 16 (chunks of 64, sequences packed, one of them shorter
+    than a row block), a state pass split in K and V blocks of 16, or the state launch of
+    many sequences x heads (`few` 0) still give the token loop's output, state and
+    gradients."""
+    from nlc.runtime.library import chunk_decay_triton, chunk_triton
+    for key, value in launch.items():
+        table = chunk_triton.STATE_PASSES if key == "few" else chunk_decay_triton.FORWARD
+        monkeypatch.setitem(table, key, value)
+    check_against_token_loop(("decay", "channel", 65, chunk, 32, 48, True, packed))
 
 
 def check_against_token_loop(case):
@@ -234,6 +243,7 @@ def test_chunked_triton_half_precision(kind):
 
 # gates at their limits: decays of 0, 1e-30 and 1 (mixed within a sequence), rates of 0
 # and 1, keys of large norm (for the delta rule with b |k|^2 <= 1, the stable range)
+FLOOR_TOL = 1e-4
 LIMITS = ["decay0", "decay1e-30", "decay1", "beta0", "beta1", "bigkeys"]
 
 
@@ -287,7 +297,11 @@ def test_pytorch_chunked_forms_at_gate_limits(kind, limit):
                                   "decay/channel"])
 def test_chunked_triton_at_gate_limits(kind, limit):
     """The Triton kernels: finite output and gradients, and equal to the float64 token loop
-    in everything but the log decays' gradient (0 where a decay is 0, by the clamp)."""
+    in everything but the log decays' gradient (0 where a decay is 0, by the clamp). Where a
+    decay is clamped (0 and 1e-30), to FLOOR_TOL: every later cumulative log decay of its
+    chunk then carries the floor, -110, and holds its own part to float32's spacing there
+    (7.6e-6 per clamped decay), so the ordinary decays' products lose about 1e-5 relative
+    (5e-6 to 7e-6 under the interpreter, above 1e-5 on an H100)."""
     family, decay = kind.split("/")
     if decay == "none" and limit.startswith("decay"):
         pytest.skip("no decay")
@@ -299,10 +313,11 @@ def test_chunked_triton_at_gate_limits(kind, limit):
     x64 = {n: None if t is None else t.double() for n, t in x.items()}
     ro, rht, rgrads = run_and_grad(reference_fn([0, 40]), x64,
                                    tuple(w.double() for w in weights))
-    assert close(o, ro, TOL) and close(ht, rht, TOL)
+    tol = FLOOR_TOL if limit in ("decay0", "decay1e-30") and decay != "none" else TOL
+    assert close(o, ro, tol) and close(ht, rht, tol)
     for n in ("q", "k", "v", "beta", "h0"):
         if n in rgrads:
-            assert close(grads[n], rgrads[n], TOL), n
+            assert close(grads[n], rgrads[n], tol), n
 
 
 def test_log_gate_is_finite_at_zero():

@@ -31,6 +31,7 @@ import triton.language as tl
 from nlc.runtime.library.chunk_state_triton import _carried, _state_block
 from nlc.runtime.library.chunk_triton import (
     LOG_DECAY_FLOOR,
+    STATE_PASSES,
     boundaries,
     check_dims,
     check_inputs,
@@ -111,12 +112,20 @@ def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: t
 @triton.jit
 def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, STRICT: tl.constexpr,
-                   PREC: tl.constexpr, k2, q2, amat2, PAIR: tl.constexpr):
+                   PREC: tl.constexpr, k2, q2, amat2, PAIR: tl.constexpr,
+                   SPLIT: tl.constexpr):
     """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed), the rows' cumulative
     log decays `gq` (gc, or for the dplr family's A_ak, A_ab those up to the token before,
     which never exceed the columns' of an earlier block); s < t only if STRICT. A PAIR also
-    writes `amat2`: rows q with columns k2 (COLUMNS), or rows q2 with columns k (ROWS)."""
+    writes `amat2`: rows q with columns k2 (COLUMNS), or rows q2 with columns k (ROWS).
+    SPLIT: one program per (row block of 16, chunk, head) instead, BT / 16 times the
+    programs, each with one diagonal block and the blocks left of it."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_lo, i_hi = 0, BT // 16
+    if SPLIT:
+        i_lo = i_c % (BT // 16)
+        i_hi = i_lo + 1
+        i_c = i_c // (BT // 16)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
     o_k = tl.arange(0, BK)
@@ -124,7 +133,7 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
     r = tl.arange(0, 16)
     base = (i_c * H + i_h) * BT * BT
     b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
-    for i in range(BT // 16):  # not unrolled: an unrolled loop spilled
+    for i in range(i_lo, i_hi):  # not unrolled: an unrolled loop spilled
         tok_i = bos + i * 16 + r
         m_i = tok_i < eos
         b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K)
@@ -466,13 +475,28 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
 
 # --------------------------------------------------------------------------- host side
 # chunk_channel's forward launch: warps of the cumulative sums, the scores and the output
-# kernel, and the output kernel's V block (None: up to 64). The scores kernel works in blocks
-# of 16, which leave part of 4 warps idle (the delta rule's prepare kernel, built the same
-# way, ran 2.2x faster at one warp than at four on an H200, docs/perf.md eighth batch);
-# benchmarks/kernel_profile.py --models gla --sweep-forward times the alternatives, and
-# NLC_CHANNEL_FORWARD='{"scores_warps": 1, ...}' sets them for a run
-FORWARD = {"cumsum_warps": 4, "scores_warps": 4, "output_warps": 4, "output_BV": None,
+# kernel; whether the scores kernel runs a program per row block of 16 (`scores_split`) or
+# per chunk; the output kernel's V block (None: up to 64); and the state pass's
+# (K block, V block, warps) when few sequences x heads run (`states_few`, below
+# chunk_triton.STATE_PASSES["few"]; otherwise chunk_triton.split_state_launch's). From
+# benchmarks/kernel_profile.py --models gla --sweep-forward --sweep-states on an H200 at
+# (1, 16384, 16, 128), bf16 (docs/perf.md, ninth batch): forward 1.474 ms at the old
+# launch (scores 4 warps per chunk, output 4 warps, states (64, 16, 4)); scores 2 warps per
+# row block with output 2 warps, V block 128: 1.313 ms; states (32, 64, 8) alone: 1.153 ms.
+# At (8, 2048, 16, 128) an H100 had scores at 2 warps 3% faster than at 4 (per chunk); the
+# row-block programs and the state launch there are not timed.
+# NLC_CHANNEL_FORWARD='{"scores_warps": 1, ...}' sets them for a run.
+FORWARD = {"cumsum_warps": 4, "scores_warps": 2, "scores_split": True, "output_warps": 2,
+           "output_BV": 128, "states_few": (32, 64, 8),
            **json.loads(os.environ.get("NLC_CHANNEL_FORWARD", "{}"))}
+
+
+def _state_launch(BK: int, BV: int, programs: int) -> tuple[int, int, int]:
+    """(K block, V block, warps) of the forward's state pass."""
+    if programs < STATE_PASSES["few"]:
+        BKs, BVs, warps = FORWARD["states_few"]
+        return min(BK, BKs), min(BV, BVs), warps
+    return split_state_launch(BK, BV, programs)
 
 
 # The two kernels with optional arguments launch through these, which pass every argument:
@@ -480,11 +504,13 @@ FORWARD = {"cumsum_warps": 4, "scores_warps": 4, "output_warps": 4, "output_BV":
 # kernel's own defaults fill some in (it then takes every argument as written, and the
 # partition of a compiled graph fails; tests/test_compile_trace.py).
 def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRICT, PREC,
-                  k2=None, q2=None, amat2=None, PAIR=0, num_warps=4):
-    """`_scores_kernel` on `grid`."""
+                  k2=None, q2=None, amat2=None, PAIR=0, num_warps=4, split=False):
+    """`_scores_kernel` on `grid` (chunks, heads); `split`: a program per row block."""
+    if split:
+        grid = (grid[0] * (BT // 16), *grid[1:])
     _scores_kernel[grid](q, k, gq, gc, amat, starts, ends, H=H, K=K, BT=BT, BK=BK,
                          STRICT=STRICT, PREC=PREC, k2=k2, q2=q2, amat2=amat2, PAIR=PAIR,
-                         num_warps=num_warps)
+                         SPLIT=split, num_warps=num_warps)
 
 
 def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, K, BT, BK,
@@ -509,10 +535,11 @@ def _forward(q, k, v, ld, h0, table, BT):
                             FLOOR=LOG_DECAY_FLOOR, num_warps=FORWARD["cumsum_warps"])
     amat = torch.zeros(NC, H, BT, BT, dtype=torch.float32, device=dev)
     launch_scores((NC, H), q, k, gc, gc, amat, table.starts, table.ends, H=H, K=K, BT=BT,
-                  BK=BK, STRICT=False, PREC=prec, num_warps=FORWARD["scores_warps"])
+                  BK=BK, STRICT=False, PREC=prec, num_warps=FORWARD["scores_warps"],
+                  split=FORWARD["scores_split"])
     h = torch.empty(NC, H, V, K, dtype=q.dtype, device=dev)
     ht = torch.empty(S, H, V, K, dtype=torch.float32, device=dev)
-    BKs, BVs, warps = split_state_launch(BK, BV, S * H)
+    BKs, BVs, warps = _state_launch(BK, pow2(V), S * H)
     NK = triton.cdiv(K, BKs)
     _states_kernel[(triton.cdiv(V, BVs) * NK, S * H)](
         k, v, gc, h, h0, ht, table.bounds, table.offsets, H=H, K=K, V=V, BT=BT,
