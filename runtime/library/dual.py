@@ -355,7 +355,7 @@ def _chunk_end(state, stacks, pairs, order, terms, phi, psi):
         starts = stacks.get(tuple(group))
         if starts is None:
             starts = torch.stack(torch.broadcast_tensors(*(state[order[m]] for m in group)), 2)
-        total = (coefs @ starts.flatten(-2)).unflatten(-1, shape)        # [B, H, G, r, c]
+        total = _mix(coefs, starts.flatten(-2)).unflatten(-1, shape)     # [B, H, G, r, c]
         weights = _pick(psi, 2, group)                                  # [B, H, G, T, d]
         for dd, term in enumerate(terms):
             for col, row in _matching(pairs[term], shape):
@@ -366,6 +366,20 @@ def _chunk_end(state, stacks, pairs, order, terms, phi, psi):
         new.update({order[m]: s for m, s in zip(group, total.unbind(2))})
         stacked[tuple(group)] = total
     return {name: new[name] for name in order}, stacked
+
+
+def _mix(coefs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """coefs @ x for a few states (`coefs` [..., G, G], x [..., G, N] with N an MLP layer's
+    weights, thousands wide), as G scaled sums: elementwise work, which compiled chunks fuse
+    into one pass over x. As a matrix product contracting over G = 2, it and its two
+    backward products went to cuBLAS's float32 FMA kernels at 53 to 118 us a launch: by
+    their launch counts, 28% of Titans' LM step on an H100 (docs/perf.md, ninth batch)."""
+    if coefs.shape[-1] > 4:
+        return coefs @ x
+    out = coefs[..., :, :1] * x[..., :1, :]
+    for m in range(1, coefs.shape[-1]):
+        out = out + coefs[..., :, m:m + 1] * x[..., m:m + 1, :]
+    return out
 
 
 def _shape_groups(state, order) -> list[list[int]]:
