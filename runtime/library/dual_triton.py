@@ -55,8 +55,9 @@ LAUNCHES: Counter = Counter()
 
 # The scan holds a [n, n, C d] product per token in registers (n, C, d padded): at most this
 # many entries (n = 4 states with d = 2 terms: chunks of up to 512 tokens), a warp per 2048
-# of them (at 2048 a warp holds 94 registers a thread in the forward, 119 in the backward on
-# sm_90, no spills; benchmarks/kernel_resources.py).
+# of them (at 2048 a warp holds 80 registers a thread in the forward, 167 in the backward,
+# each loading a token ahead, on sm_90 with Triton 3.6, no spills;
+# benchmarks/kernel_resources.py).
 SCAN_MAX_ENTRIES = 1 << 14
 SCAN_WARP_ENTRIES = 1 << 11
 # The reads' [C, C] score tiles: chunks of at most this many tokens.
@@ -89,53 +90,84 @@ def _scan_prologue(T, H: tl.constexpr, N: tl.constexpr, D: tl.constexpr, NP: tl.
 
 
 @triton.jit
+def _scan_token(step, add, tok, t, T, o_i, j, e, p_nn, m_nn, N: tl.constexpr, D: tl.constexpr):
+    """Token t's A_t `[n, n]` and b_t, the latter in Psi's columns (t, e) only (zeros for
+    t >= T, which the scans load one token ahead)."""
+    ok = (o_i * 0 + t)[:, None] < T  # as a tile: a mask must be one
+    b_A = tl.load(step + tok * N * N + p_nn, mask=m_nn & ok, other=0.0).to(tl.float32)
+    m_b = (o_i[:, None] < N) & (j[None, :] == t) & (e[None, :] < D) & ok
+    b_b = tl.load(add + tok * N * D + o_i[:, None] * D + e[None, :], mask=m_b, other=0.0)
+    return b_A, b_b.to(tl.float32)
+
+
+@triton.jit
 def _scan_fwd(step, add, phi, psi, T, H: tl.constexpr, N: tl.constexpr, D: tl.constexpr,
               NP: tl.constexpr, CP: tl.constexpr, DP: tl.constexpr):
-    """Per (batch, head): Phi_t = A_t Phi_{t-1}, Psi_t = A_t Psi_{t-1} + b_t at column t."""
+    """Per (batch, head): Phi_t = A_t Phi_{t-1}, Psi_t = A_t Psi_{t-1} + b_t at column t.
+    Each token's inputs load one token ahead, before this token's stores: the compiler may
+    not move a load above a store it cannot prove apart, so each step would otherwise wait
+    out a load's latency."""
     i_b, i_h, o_i, j, e, p_psi, m_psi, p_nn, m_nn = _scan_prologue(T, H, N, D, NP, CP, DP)
     b_phi = tl.where(o_i[:, None] == o_i[None, :], 1.0, 0.0)
     b_psi = tl.zeros([NP, CP * DP], dtype=tl.float32)
+    tok = i_b * T * H + i_h
+    b_A, b_b = _scan_token(step, add, tok, 0, T, o_i, j, e, p_nn, m_nn, N, D)
     for t in range(T):
         tok = (i_b * T + t) * H + i_h
-        b_A = tl.load(step + tok * N * N + p_nn, mask=m_nn, other=0.0).to(tl.float32)
+        n_A, n_b = _scan_token(step, add, tok + H, t + 1, T, o_i, j, e, p_nn, m_nn, N, D)
         b_phi = tl.sum(b_A[:, :, None] * b_phi[None, :, :], 1)
-        # b_t lands in column t: load it into the columns (t, e) only
-        m_b = (o_i[:, None] < N) & (j[None, :] == t) & (e[None, :] < D)
-        b_b = tl.load(add + tok * N * D + o_i[:, None] * D + e[None, :], mask=m_b, other=0.0)
-        b_psi = tl.sum(b_A[:, :, None] * b_psi[None, :, :], 1) + b_b.to(tl.float32)
+        b_psi = tl.sum(b_A[:, :, None] * b_psi[None, :, :], 1) + b_b
         tl.store(phi + tok * N * N + p_nn, b_phi, mask=m_nn)
         tl.store(psi + tok * N * T * D + p_psi, b_psi, mask=m_psi)
+        b_A, b_b = n_A, n_b
+
+
+@triton.jit
+def _scan_grads_token(step, phi, psi, dphi, dpsi, tok, t, H: tl.constexpr, o_i, p_psi, m_psi,
+                      p_nn, m_nn, eye, N: tl.constexpr, D: tl.constexpr, T):
+    """What the backward reads at token t (nothing for t < 0, which it loads one token
+    ahead): dPhi_t, dPsi_t, A_t and the states before token t, the saved outputs of token
+    t - 1 (I and 0 at the start)."""
+    ok = (o_i * 0 + t)[:, None] >= 0
+    later = (o_i * 0 + t)[:, None] > 0
+    b_dphi = tl.load(dphi + tok * N * N + p_nn, mask=m_nn & ok, other=0.0).to(tl.float32)
+    b_dpsi = tl.load(dpsi + tok * N * T * D + p_psi, mask=m_psi & ok, other=0.0)
+    b_A = tl.load(step + tok * N * N + p_nn, mask=m_nn & ok, other=0.0).to(tl.float32)
+    prev = tok - H
+    b_phi = tl.load(phi + prev * N * N + p_nn, mask=m_nn & later, other=0.0)
+    b_phi = tl.where(later, b_phi.to(tl.float32), eye)
+    b_psi = tl.load(psi + prev * N * T * D + p_psi, mask=m_psi & later, other=0.0)
+    return b_dphi, b_dpsi.to(tl.float32), b_A, b_phi, b_psi.to(tl.float32)
 
 
 @triton.jit
 def _scan_bwd(step, phi, psi, dphi, dpsi, dstep, dadd, T, H: tl.constexpr, N: tl.constexpr,
               D: tl.constexpr, NP: tl.constexpr, CP: tl.constexpr, DP: tl.constexpr):
     """Per (batch, head), tokens in reverse: dA_t = G^Phi_t Phi_{t-1}^T + G^Psi_t Psi_{t-1}^T,
-    db_t = G^Psi_t[:, t], G_{t-1} = dPhi_{t-1} (dPsi_{t-1}) + A_t^T G_t."""
+    db_t = G^Psi_t[:, t], G_{t-1} = dPhi_{t-1} (dPsi_{t-1}) + A_t^T G_t. Loads one token
+    ahead, as `_scan_fwd`."""
     i_b, i_h, o_i, j, e, p_psi, m_psi, p_nn, m_nn = _scan_prologue(T, H, N, D, NP, CP, DP)
     eye = tl.where(o_i[:, None] == o_i[None, :], 1.0, 0.0)
     g_phi = tl.zeros([NP, NP], dtype=tl.float32)
     g_psi = tl.zeros([NP, CP * DP], dtype=tl.float32)
+    tok = (i_b * T + T - 1) * H + i_h
+    b_dphi, b_dpsi, b_A, b_phi, b_psi = _scan_grads_token(
+        step, phi, psi, dphi, dpsi, tok, T - 1, H, o_i, p_psi, m_psi, p_nn, m_nn, eye, N, D, T)
     for s in range(T):
         t = T - 1 - s
         tok = (i_b * T + t) * H + i_h
-        g_phi += tl.load(dphi + tok * N * N + p_nn, mask=m_nn, other=0.0).to(tl.float32)
-        g_psi += tl.load(dpsi + tok * N * T * D + p_psi, mask=m_psi, other=0.0).to(tl.float32)
+        nxt = _scan_grads_token(step, phi, psi, dphi, dpsi, tok - H, t - 1, H, o_i, p_psi,
+                                m_psi, p_nn, m_nn, eye, N, D, T)
+        g_phi += b_dphi
+        g_psi += b_dpsi
         m_b = (o_i[:, None] < N) & (j[None, :] == t) & (e[None, :] < D)
         tl.store(dadd + tok * N * D + o_i[:, None] * D + e[None, :], g_psi, mask=m_b)
-        # the states before token t: the saved outputs of token t - 1 (I and 0 at the start)
-        prev = tok - H
-        later = (o_i * 0 + t)[:, None] > 0  # t > 0 as a tile (a mask must be one)
-        b_phi = tl.load(phi + prev * N * N + p_nn, mask=m_nn & later, other=0.0)
-        b_phi = tl.where(later, b_phi.to(tl.float32), eye)
-        b_psi = tl.load(psi + prev * N * T * D + p_psi, mask=m_psi & later,
-                        other=0.0).to(tl.float32)
         b_dA = tl.sum(g_phi[:, None, :] * b_phi[None, :, :], 2) \
             + tl.sum(g_psi[:, None, :] * b_psi[None, :, :], 2)
         tl.store(dstep + tok * N * N + p_nn, b_dA, mask=m_nn)
-        b_A = tl.load(step + tok * N * N + p_nn, mask=m_nn, other=0.0).to(tl.float32)
         g_phi = tl.sum(b_A[:, :, None] * g_phi[:, None, :], 0)
         g_psi = tl.sum(b_A[:, :, None] * g_psi[:, None, :], 0)
+        b_dphi, b_dpsi, b_A, b_phi, b_psi = nxt
 
 
 def _scan_launch(step, add) -> dict:
