@@ -201,6 +201,22 @@ def test_read_kernel_takes_inputs_in_any_layout(monkeypatch):
         assert close(got_grads[n], ref, TOL), n
 
 
+def test_packing_views_evenly_spaced_slices_instead_of_stacking():
+    """The reads' packing takes the previous chunk's end states (views of one stacked
+    tensor) without a copy, and stacks anything else as torch.stack does."""
+    from nlc.runtime.library.dual_triton import _stack
+    base = torch.randn(2, 3, 4, 5, 6)
+    cases = [(list(base.unbind(2)), 2, True), (list(base.unbind(-1)), -1, True),
+             ([base[..., 0], base[..., 2], base[..., 4]], -1, True),
+             ([base[..., 0], base[..., 2], base[..., 3]], -1, False),   # uneven
+             ([base[:, 1], base[:, 0]], 1, False),                      # backwards
+             ([torch.randn(3, 4), torch.randn(3, 4)], 0, False)]        # two storages
+    for xs, dim, shared in cases:
+        got = _stack(xs, dim)
+        assert torch.equal(got, torch.stack(xs, dim))
+        assert (got.untyped_storage().data_ptr() == xs[0].untyped_storage().data_ptr()) == shared
+
+
 @needs_kernels
 def test_read_kernel_of_a_state_that_meets_no_pair(monkeypatch):
     """No term has W's shape: W's read is its chunk-start part alone (no pair in the kernel)."""

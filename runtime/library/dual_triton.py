@@ -470,9 +470,33 @@ def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
 
 
 def _stack(xs, dim):
-    """torch.stack, without a copy for a single tensor (then `.contiguous()` copies only
-    when it is not already)."""
-    return xs[0].unsqueeze(dim) if len(xs) == 1 else torch.stack(xs, dim)
+    """torch.stack, without a copy for a single tensor or for evenly spaced slices of one
+    tensor (then `.contiguous()` copies only when the result is not already): a chunk's
+    start states are the previous chunk's end states, views of one stacked tensor
+    (dual.py, `_chunk_end`), which a stack copied for every read, forward and backward."""
+    if len(xs) == 1:
+        return xs[0].unsqueeze(dim)
+    view = _slices_view(xs, dim)
+    return view if view is not None else torch.stack(xs, dim)
+
+
+def _slices_view(xs, dim):
+    """torch.stack(xs, dim) as a strided view when xs share a storage, shape and strides and
+    start a fixed positive number of elements apart; else None. Only for inputs a kernel
+    reads (the view may overlap itself where a stack would not)."""
+    first = xs[0]
+    step = xs[1].storage_offset() - first.storage_offset()
+    if step <= 0 or any(
+            x.shape != first.shape or x.stride() != first.stride() or x.dtype != first.dtype
+            or x.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or x.storage_offset() != first.storage_offset() + i * step
+            for i, x in enumerate(xs)):
+        return None
+    dim = dim % (first.dim() + 1)
+    size, stride = list(first.shape), list(first.stride())
+    size.insert(dim, len(xs))
+    stride.insert(dim, step)
+    return first.as_strided(size, stride, first.storage_offset())
 
 
 def _scatter(into: torch.Tensor, index, values: torch.Tensor) -> torch.Tensor:
