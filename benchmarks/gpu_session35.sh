@@ -17,8 +17,17 @@ REPO=$(pwd)
 source benchmarks/gpu_common.sh
 start_session
 if [ "$MODE" = a ]; then
-  timeout 120 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
-  timeout 420 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+  timeout 90 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
+  # Titans' fastest row on the tree before session 34's three dual-form changes (the mix,
+  # the scan's loads a token ahead, the reads' packing as views: .carry/base_02089ee.tar,
+  # made by `git archive -o .carry/base_02089ee.tar 02089ee`), then on this tree
+  mkdir -p /tmp/base && tar -xf "$REPO/.carry/base_02089ee.tar" -C /tmp/base
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
+    /tmp/base
+  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 120 python3 /tmp/base/benchmarks/lm_throughput.py \
+    --steps 3 --batch 16 --rows titans_graphed_compiled_kernels_tf32 \
+    --out "$OUT/lm_titans_base.md" | tail -2
+  timeout 330 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
     --rows titans_graphed_compiled_kernels_tf32,hope_graphed_compiled_chunks,hope_graphed_compiled_chunks_tf32 \
     --out "$OUT/lm_mix.md" | tail -5
 elif [ "$MODE" = b ]; then
