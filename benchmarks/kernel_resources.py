@@ -48,6 +48,9 @@ TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                          "cuobjdump")
 H, K, V, BT = 16, 128, 128, 64
+# the scores kernel's diagonal blocks as the host code launches them
+DIAG = {"DIAG_DOT": chunk_decay_triton.FORWARD["scores_diag_dot"],
+        "DIAG_SPAN": chunk_decay_triton.DIAG_SPAN}
 INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32", "bounds": "*i32", "T": "i32"}
 
 
@@ -94,7 +97,7 @@ def kernels():
     yield ("rows intra reads (decay kernels)", chunk_decay_triton._intra_grads_kernel,
            ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True, "PAIR": 0}, 4, 3)
     yield ("rows dM (decay scores)", chunk_decay_triton._scores_kernel, ("q", "k"),
-           {**channel, "PAIR": 0, "SPLIT": False}, 4, 3)
+           {**channel, "PAIR": 0, "SPLIT": False, **DIAG}, 4, 3)
     joint = {"H": H, "K": K, "V": V, "n": 2, "C": BT, "R": 2 * BT, "BR": 2 * BT, "RB": 32,
              "BK": 128, "NP": 2, "PREC": "tf32"}
     warps = chunk_joint_triton.SEQUENTIAL_WARPS
@@ -145,12 +148,12 @@ def _kda_dplr():
     pairs = {"no": 0, "COLUMNS": chunk_decay_triton.COLUMNS, "ROWS": chunk_decay_triton.ROWS}
     for (name, pair), strict in itertools.product(pairs.items(), (False, True)):
         yield (f"decay scores {name} pair STRICT={strict}", chunk_decay_triton._scores_kernel,
-               inputs, {**tiles, "STRICT": strict, "PAIR": pair, "SPLIT": False}, 4, 3)
+               inputs, {**tiles, "STRICT": strict, "PAIR": pair, "SPLIT": False, **DIAG}, 4, 3)
         if pair == 0 and not strict:  # GLA's launch choice (chunk_decay_triton.FORWARD)
             for warps in (1, 2):
                 yield (f"decay scores, a program per row block, {warps} warps",
                        chunk_decay_triton._scores_kernel, inputs,
-                       {**tiles, "STRICT": False, "PAIR": 0, "SPLIT": True}, warps, 3)
+                       {**tiles, "STRICT": False, "PAIR": 0, "SPLIT": True, **DIAG}, warps, 3)
         for acc in (False, True):
             yield (f"decay intra grads {name} pair STRICT={strict} ACC={acc}",
                    chunk_decay_triton._intra_grads_kernel, inputs,

@@ -43,6 +43,11 @@ from nlc.runtime.library.chunk_triton import (
     state_launch,
 )
 
+# The largest span of log decays within a diagonal block of 16 (in any channel) that its
+# product on the tensor cores may factor through the block's first row: every factor then
+# lies within e^{+-40} (1e-17 to 1e17), far inside bf16's and float32's normal range.
+DIAG_SPAN = 40.0
+
 # `PAIR` of the score kernels: a second score matrix with the same decays, sharing every
 # exponential, and either the rows (a second column input k2: the dplr family's q with k and
 # b, a with k and b) or the columns (a second row input q2: KDA's q and k with k)
@@ -92,6 +97,57 @@ def _diagonal_column(gc, t_s, s, eos, b_gi, b_G, r, i_h, o_k, m_k, H: tl.constex
     return p_s, m_k & ok, tl.exp(tl.where(keep, b_gi - b_gs[None, :], float("-inf")))
 
 
+@triton.jit
+def _diagonal_columns(k, k2, gc, t0, eos, b_q, b_q2, b_gi, b_G, r, i_h, o_k, m_k,
+                      H: tl.constexpr, K: tl.constexpr, STRICT: tl.constexpr,
+                      PAIR: tl.constexpr):
+    """A diagonal block of 16 scores (rows b_q, tokens t0 on), column by column, each decay
+    ratio its own exponential: exact at any decay, at 16 [16, K] exponentials and
+    reductions. Returns it and PAIR's second block (zeros without one)."""
+    b_A = tl.zeros([16, 16], dtype=tl.float32)
+    b_A2 = tl.zeros([16, 16], dtype=tl.float32)
+    qf = b_q.to(tl.float32)
+    for s in range(16):
+        p_s, m_s, b_e = _diagonal_column(gc, t0 + s, s, eos, b_gi, b_G, r, i_h, o_k, m_k, H,
+                                         K, STRICT)
+        b_ks = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)
+        b_A = tl.where(r[None, :] == s, tl.sum(qf * b_e * b_ks[None, :], 1)[:, None], b_A)
+        if PAIR == COLUMNS:
+            b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
+            b_col2 = tl.sum(qf * b_e * b_k2s[None, :], 1)
+        if PAIR == ROWS:
+            b_col2 = tl.sum(b_q2.to(tl.float32) * b_e * b_ks[None, :], 1)
+        if PAIR:
+            b_A2 = tl.where(r[None, :] == s, b_col2[:, None], b_A2)
+    return b_A, b_A2
+
+
+@triton.jit
+def _diagonal_dot(k, k2, tok, m_t, b_q, b_q2, b_gi, b_gs, g_ref, r, i_h, o_k, m_k,
+                  H: tl.constexpr, K: tl.constexpr, STRICT: tl.constexpr,
+                  PREC: tl.constexpr, PAIR: tl.constexpr):
+    """The same block as one product on the tensor cores, its decay ratios factored through
+    the block's first row g_ref: (q e^{g_t - g_ref}) (k e^{g_ref - g_s})^T. Every factor is
+    within e^{+-DIAG_SPAN} when the caller has checked the block's span, so none overflows
+    or loses its digits to underflow."""
+    b_eq = tl.exp(b_gi - g_ref[None, :])
+    b_qg = (b_q.to(tl.float32) * b_eq).to(b_q.dtype)
+    b_ek = tl.exp(g_ref[None, :] - b_gs)
+    b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
+    b_kg = (b_k.to(tl.float32) * b_ek).to(b_k.dtype)
+    keep = (r[:, None] > r[None, :]) if STRICT else (r[:, None] >= r[None, :])
+    b_A = tl.where(keep, tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC), 0.0)
+    b_A2 = tl.zeros([16, 16], dtype=tl.float32)
+    if PAIR == COLUMNS:
+        b_k2 = _rows(k2, tok, m_t, i_h, o_k, m_k, H, K)
+        b_k2g = (b_k2.to(tl.float32) * b_ek).to(b_k2.dtype)
+        b_A2 = tl.where(keep, tl.dot(b_qg, tl.trans(b_k2g), input_precision=PREC), 0.0)
+    if PAIR == ROWS:
+        b_q2g = (b_q2.to(tl.float32) * b_eq).to(b_q2.dtype)
+        b_A2 = tl.where(keep, tl.dot(b_q2g, tl.trans(b_kg), input_precision=PREC), 0.0)
+    return b_A, b_A2
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
@@ -113,13 +169,15 @@ def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: t
 def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, STRICT: tl.constexpr,
                    PREC: tl.constexpr, k2, q2, amat2, PAIR: tl.constexpr,
-                   SPLIT: tl.constexpr):
+                   SPLIT: tl.constexpr, DIAG_DOT: tl.constexpr, DIAG_SPAN: tl.constexpr):
     """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed), the rows' cumulative
     log decays `gq` (gc, or for the dplr family's A_ak, A_ab those up to the token before,
     which never exceed the columns' of an earlier block); s < t only if STRICT. A PAIR also
     writes `amat2`: rows q with columns k2 (COLUMNS), or rows q2 with columns k (ROWS).
     SPLIT: one program per (row block of 16, chunk, head) instead, BT / 16 times the
-    programs, each with one diagonal block and the blocks left of it."""
+    programs, each with one diagonal block and the blocks left of it. DIAG_DOT: a diagonal
+    block whose log decays span less than DIAG_SPAN in every channel is one product on the
+    tensor cores (`_diagonal_dot`), the others column by column (`_diagonal_columns`)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_lo, i_hi = 0, BT // 16
     if SPLIT:
@@ -138,6 +196,7 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
         m_i = tok_i < eos
         b_q = _rows(q, tok_i, m_i, i_h, o_k, m_k, H, K)
         b_gi = _g_rows(gq, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+        b_q2 = b_q  # read only with a PAIR of ROWS
         if PAIR == ROWS:
             b_q2 = _rows(q2, tok_i, m_i, i_h, o_k, m_k, H, K)
         for j in range(i):  # the blocks left of the diagonal
@@ -160,21 +219,21 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
                 b_A2 = tl.dot((b_q2.to(tl.float32) * b_ei).to(b_q2.dtype), tl.trans(b_kg),
                               input_precision=PREC)
                 tl.store(amat2 + p_A, b_A2)
-        b_A = tl.zeros([16, 16], dtype=tl.float32)  # the diagonal block, column by column
-        b_A2 = tl.zeros([16, 16], dtype=tl.float32)
-        qf = b_q.to(tl.float32)
-        for s in range(16):
-            p_s, m_s, b_e = _diagonal_column(gc, bos + i * 16 + s, s, eos, b_gi, b_G, r, i_h,
-                                             o_k, m_k, H, K, STRICT)
-            b_ks = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)
-            b_A = tl.where(r[None, :] == s, tl.sum(qf * b_e * b_ks[None, :], 1)[:, None], b_A)
-            if PAIR == COLUMNS:
-                b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
-                b_col2 = tl.sum(qf * b_e * b_k2s[None, :], 1)
-            if PAIR == ROWS:
-                b_col2 = tl.sum(b_q2.to(tl.float32) * b_e * b_ks[None, :], 1)
-            if PAIR:
-                b_A2 = tl.where(r[None, :] == s, b_col2[:, None], b_A2)
+        # the diagonal block: on the tensor cores (DIAG_DOT) when its log decays span less
+        # than DIAG_SPAN in every channel, else column by column
+        use_dot = False
+        if DIAG_DOT:
+            b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+            g_ref = tl.max(b_gs, 0)  # the block's first row: log decays only fall
+            lo = tl.minimum(tl.min(b_gi, 0), tl.min(b_gs, 0))
+            hi = tl.maximum(tl.max(b_gi, 0), g_ref)
+            use_dot = tl.max(hi - lo, 0) < DIAG_SPAN
+        if use_dot:
+            b_A, b_A2 = _diagonal_dot(k, k2, tok_i, m_i, b_q, b_q2, b_gi, b_gs, g_ref, r,
+                                      i_h, o_k, m_k, H, K, STRICT, PREC, PAIR)
+        else:
+            b_A, b_A2 = _diagonal_columns(k, k2, gc, bos + i * 16, eos, b_q, b_q2, b_gi, b_G,
+                                          r, i_h, o_k, m_k, H, K, STRICT, PAIR)
         p_A = base + (i * 16 + r)[:, None] * BT + (i * 16 + r)[None, :]
         tl.store(amat + p_A, b_A)
         if PAIR:
@@ -485,9 +544,16 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
 # row block with output 2 warps, V block 128: 1.313 ms; states (32, 64, 8) alone: 1.153 ms.
 # At (8, 2048, 16, 128) an H100 had scores at 2 warps 3% faster than at 4 (per chunk); the
 # row-block programs and the state launch there are not timed.
+# `scores_diag_dot`: the scores kernel's diagonal blocks of 16 as one tensor-core product
+# each when their log decays span less than DIAG_SPAN in every channel (the others, and
+# every block without it, column by column: 16 exponentials of [16, K] and 16 cross-thread
+# reductions, which the ninth batch's profile put at about twice fla's sub_intra kernel,
+# 592 against 262 us at (8, 2048)). Untimed on a GPU; it applies wherever the scores kernel
+# runs (GLA, KDA, RWKV-7, row decay).
 # NLC_CHANNEL_FORWARD='{"scores_warps": 1, ...}' sets them for a run.
-FORWARD = {"cumsum_warps": 4, "scores_warps": 2, "scores_split": True, "output_warps": 2,
-           "output_BV": 128, "states_few": (32, 64, 8),
+FORWARD = {"cumsum_warps": 4, "scores_warps": 2, "scores_split": True,
+           "scores_diag_dot": True, "output_warps": 2, "output_BV": 128,
+           "states_few": (32, 64, 8),
            **json.loads(os.environ.get("NLC_CHANNEL_FORWARD", "{}"))}
 
 
@@ -505,12 +571,14 @@ def _state_launch(BK: int, BV: int, programs: int) -> tuple[int, int, int]:
 # partition of a compiled graph fails; tests/test_compile_trace.py).
 def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRICT, PREC,
                   k2=None, q2=None, amat2=None, PAIR=0, num_warps=4, split=False):
-    """`_scores_kernel` on `grid` (chunks, heads); `split`: a program per row block."""
+    """`_scores_kernel` on `grid` (chunks, heads); `split`: a program per row block; the
+    diagonal blocks as FORWARD["scores_diag_dot"] says, for every family that calls it."""
     if split:
         grid = (grid[0] * (BT // 16), *grid[1:])
     _scores_kernel[grid](q, k, gq, gc, amat, starts, ends, H=H, K=K, BT=BT, BK=BK,
                          STRICT=STRICT, PREC=PREC, k2=k2, q2=q2, amat2=amat2, PAIR=PAIR,
-                         SPLIT=split, num_warps=num_warps)
+                         SPLIT=split, DIAG_DOT=FORWARD["scores_diag_dot"], DIAG_SPAN=DIAG_SPAN,
+                         num_warps=num_warps)
 
 
 def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, K, BT, BK,
