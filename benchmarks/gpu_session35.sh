@@ -5,8 +5,11 @@
 #   a: issue 17: the dual form's chunk-end mix as elementwise sums (dual.py `_mix`, session
 #      34) against the matrix product it replaced (benchmarks/dual_mix.py: by launch counts
 #      that product and its backward were 28% of Titans' LM step on an H100, ninth batch);
-#      then Titans' fastest LM row and Hope's with and without --tf32, on one card;
-#   b: issue 16: GLA's new forward launch (scores per row block, 2 warps; the state launch
+#      then Titans' fastest LM row before and after session 34's three dual-form changes
+#      (that mix, the scans' loads a token ahead, the reads' packing as views), and Hope's
+#      with and without --tf32, on one card;
+#   b: issue 16: GLA's new forward launch (scores per row block, 2 warps, diagonal blocks on
+#      the tensor cores (scores_diag_dot, against the column sums); the state launch
 #      below 64 sequences x heads) at both shapes beside fla's chunk_gla, its sweep at
 #      (8, 2048) that session 34's call ran out of time for, and the kernel profile;
 #   c: issue 16: GLA forward + backward against fla's chunk_gla at (8, 2048) (fla's

@@ -158,7 +158,7 @@ def forward_sweep(model, args, shape):
         grid = {"kkt_warps": (4, 8), "output_warps": (2, 4, 8), "output_BV": (32, 64, 128)}
     if model == "gla":  # chunk_channel's own launch table
         grid = {"scores_warps": (1, 2, 4), "scores_split": (False, True),
-                "output_warps": (2, 4), "output_BV": (64, 128)}
+                "scores_diag_dot": (False, True)}
     sweep(args, launches.FORWARD, grid, forward=True)
 
 
