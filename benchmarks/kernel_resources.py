@@ -95,7 +95,7 @@ def kernels():
            {**tiles, "V": V, "BV": 32, "DELTA": True, "FLOOR": LOG_DECAY_FLOOR}, 8, 1)
     channel = {"H": H, "K": V, "BT": BT, "BK": 128, "PREC": "tf32", "STRICT": False}
     yield ("rows intra reads (decay kernels)", chunk_decay_triton._intra_grads_kernel,
-           ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True, "PAIR": 0}, 4, 3)
+           ("q", "k"), {**channel, "ACC": False, "ROWS_ONLY": True, "PAIR": 0, **DIAG}, 4, 3)
     yield ("rows dM (decay scores)", chunk_decay_triton._scores_kernel, ("q", "k"),
            {**channel, "PAIR": 0, "SPLIT": False, **DIAG}, 4, 3)
     joint = {"H": H, "K": K, "V": V, "n": 2, "C": BT, "R": 2 * BT, "BR": 2 * BT, "RB": 32,
@@ -157,7 +157,8 @@ def _kda_dplr():
         for acc in (False, True):
             yield (f"decay intra grads {name} pair STRICT={strict} ACC={acc}",
                    chunk_decay_triton._intra_grads_kernel, inputs,
-                   {**tiles, "STRICT": strict, "ACC": acc, "PAIR": pair, "ROWS_ONLY": False},
+                   {**tiles, "STRICT": strict, "ACC": acc, "PAIR": pair, "ROWS_ONLY": False,
+                    **DIAG},
                    4, 3)
     yield ("decay dscores BV=32", chunk_decay_triton._dscores_kernel, inputs,
            {"H": H, "V": V, "BT": BT, "BV": 32, "PREC": "tf32"}, 4, 3)

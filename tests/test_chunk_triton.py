@@ -187,13 +187,15 @@ def test_forward_state_pass_split_along_keys(case, monkeypatch):
     ({"output_BV": 16, "scores_warps": 1, "scores_split": False}, 16, False),
     ({"scores_split": True, "scores_warps": 2}, 64, True),
     ({"states_few": (16, 16, 4)}, 16, False),
-    ({"few": 0}, 16, True)])
+    ({"few": 0}, 16, True),
+    ({"scores_diag_dot": False}, 64, True)])
 def test_channel_forward_launch_table(monkeypatch, launch, chunk, packed):
     """chunk_channel's forward launch (chunk_decay_triton.FORWARD, what kernel_profile.py
     --models gla --sweep-forward tries): an output V block narrower than V, scores per chunk
     or a program per row block of 16 (chunks of 64, sequences packed, one of them shorter
-    than a row block), a state pass split in K and V blocks of 16, or the state launch of
-    many sequences x heads (`few` 0) still give the token loop's output, state and
+    than a row block), a state pass split in K and V blocks of 16, the state launch of
+    many sequences x heads (`few` 0), or every diagonal block of scores by columns, forward
+    and backward (`scores_diag_dot` off), still give the token loop's output, state and
     gradients."""
     from nlc.runtime.library import chunk_decay_triton, chunk_triton
     for key, value in launch.items():

@@ -98,6 +98,17 @@ def _diagonal_column(gc, t_s, s, eos, b_gi, b_G, r, i_h, o_k, m_k, H: tl.constex
 
 
 @triton.jit
+def _diagonal_span(b_gr, b_gs, SPAN: tl.constexpr):
+    """For a diagonal block with rows' log decays b_gr and columns' b_gs ([16, K]): the
+    columns' first row g_ref (log decays only fall), and whether every channel's log decays
+    stay within SPAN, so that its products may factor through g_ref."""
+    g_ref = tl.max(b_gs, 0)
+    lo = tl.minimum(tl.min(b_gr, 0), tl.min(b_gs, 0))
+    hi = tl.maximum(tl.max(b_gr, 0), g_ref)
+    return g_ref, tl.max(hi - lo, 0) < SPAN
+
+
+@triton.jit
 def _diagonal_columns(k, k2, gc, t0, eos, b_q, b_q2, b_gi, b_G, r, i_h, o_k, m_k,
                       H: tl.constexpr, K: tl.constexpr, STRICT: tl.constexpr,
                       PAIR: tl.constexpr):
@@ -221,13 +232,10 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
                 tl.store(amat2 + p_A, b_A2)
         # the diagonal block: on the tensor cores (DIAG_DOT) when its log decays span less
         # than DIAG_SPAN in every channel, else column by column
-        use_dot = False
+        use_dot, g_ref, b_gs = False, b_G, b_gi  # (stand-ins without DIAG_DOT)
         if DIAG_DOT:
             b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
-            g_ref = tl.max(b_gs, 0)  # the block's first row: log decays only fall
-            lo = tl.minimum(tl.min(b_gi, 0), tl.min(b_gs, 0))
-            hi = tl.maximum(tl.max(b_gi, 0), g_ref)
-            use_dot = tl.max(hi - lo, 0) < DIAG_SPAN
+            g_ref, use_dot = _diagonal_span(b_gi, b_gs, DIAG_SPAN)
         if use_dot:
             b_A, b_A2 = _diagonal_dot(k, k2, tok_i, m_i, b_q, b_q2, b_gi, b_gs, g_ref, r,
                                       i_h, o_k, m_k, H, K, STRICT, PREC, PAIR)
@@ -382,13 +390,14 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
                         K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                         ROWS_ONLY: tl.constexpr, k2, q2, damat2, dki2, dqi2,
-                        PAIR: tl.constexpr):
+                        PAIR: tl.constexpr, DIAG_DOT: tl.constexpr, DIAG_SPAN: tl.constexpr):
     """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
     dq_t = sum_{s<=t} dA[t, s] k_s e^{gq_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{gq_t - g_s}
     (`_scores_kernel`'s rows and STRICT); ACC adds dk to what dki holds (dq is written).
     ROWS_ONLY computes dq alone (chunk_rows_triton.py's forward: its intra-chunk reads). A
     PAIR adds `_scores_kernel`'s second matrix, gradient `damat2`: with COLUMNS, dq gets both
-    parts and dki2 the dk of k2 (ACC as dki); with ROWS, dki gets both and dqi2 the dq of q2."""
+    parts and dki2 the dk of k2 (ACC as dki); with ROWS, dki gets both and dqi2 the dq of q2.
+    DIAG_DOT, DIAG_SPAN: the diagonal blocks as `_scores_kernel` takes them."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -418,17 +427,39 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
             if PAIR == ROWS:
                 b_dq2 += tl.dot(tl.load(damat2 + p_A), b_kg, input_precision=PREC) * b_ei
             b_dq += b_part * b_ei
-        for s in range(16):  # the diagonal block, column by column
-            p_s, m_s, b_e = _diagonal_column(gc, bos + i * 16 + s, s, eos, b_gi, b_G, r, i_h,
-                                             o_k, m_k, H, K, STRICT)
-            p_col = base + (i * 16 + r) * BT + i * 16 + s  # dA[:, s]
-            b_ke = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)[None, :] * b_e
-            b_dq += tl.load(damat + p_col)[:, None] * b_ke
+        # the diagonal block: one product, or column by column (`_scores_kernel`'s DIAG_DOT)
+        use_dot, g_ref, b_gs = False, b_G, b_gi  # (stand-ins without DIAG_DOT)
+        if DIAG_DOT:
+            b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+            g_ref, use_dot = _diagonal_span(b_gi, b_gs, DIAG_SPAN)
+        if use_dot:
+            keep = (r[:, None] > r[None, :]) if STRICT else (r[:, None] >= r[None, :])
+            p_D = base + (i * 16 + r)[:, None] * BT + (i * 16 + r)[None, :]
+            b_eq = tl.exp(b_gi - g_ref[None, :])
+            b_ek = tl.exp(g_ref[None, :] - b_gs)
+            b_kg = _rows(k, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32) * b_ek
+            b_part = tl.dot(tl.where(keep, tl.load(damat + p_D), 0.0), b_kg,
+                            input_precision=PREC)
             if PAIR == COLUMNS:
-                b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
-                b_dq += tl.load(damat2 + p_col)[:, None] * b_k2s[None, :] * b_e
+                b_k2g = _rows(k2, tok_i, m_i, i_h, o_k, m_k, H, K).to(tl.float32) * b_ek
+                b_part += tl.dot(tl.where(keep, tl.load(damat2 + p_D), 0.0), b_k2g,
+                                 input_precision=PREC)
             if PAIR == ROWS:
-                b_dq2 += tl.load(damat2 + p_col)[:, None] * b_ke
+                b_dq2 += tl.dot(tl.where(keep, tl.load(damat2 + p_D), 0.0), b_kg,
+                                input_precision=PREC) * b_eq
+            b_dq += b_part * b_eq
+        else:
+            for s in range(16):  # column by column
+                p_s, m_s, b_e = _diagonal_column(gc, bos + i * 16 + s, s, eos, b_gi, b_G, r,
+                                                 i_h, o_k, m_k, H, K, STRICT)
+                p_col = base + (i * 16 + r) * BT + i * 16 + s  # dA[:, s]
+                b_ke = tl.load(k + p_s, mask=m_s, other=0.0).to(tl.float32)[None, :] * b_e
+                b_dq += tl.load(damat + p_col)[:, None] * b_ke
+                if PAIR == COLUMNS:
+                    b_k2s = tl.load(k2 + p_s, mask=m_s, other=0.0).to(tl.float32)
+                    b_dq += tl.load(damat2 + p_col)[:, None] * b_k2s[None, :] * b_e
+                if PAIR == ROWS:
+                    b_dq2 += tl.load(damat2 + p_col)[:, None] * b_ke
         _put(dqi, b_dq, tok_i, m_i, i_h, o_k, m_k, H, K, False)
         if PAIR == ROWS:
             _put(dqi2, b_dq2, tok_i, m_i, i_h, o_k, m_k, H, K, False)
@@ -458,21 +489,43 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
             b_dk *= b_ej
             if PAIR == COLUMNS:
                 b_dk2 *= b_ej
-            for t in range(16):  # the diagonal block, row by row
-                t_t = bos + j * 16 + t
-                ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
-                p_t = (t_t * H + i_h) * K + o_k
-                b_gt = tl.where(ok, tl.load(gq + p_t, mask=m_k & ok, other=0.0), b_G)
-                keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
-                b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
-                b_qe = tl.load(q + p_t, mask=m_k & ok, other=0.0).to(tl.float32)[None, :] * b_e
-                p_row = base + (j * 16 + t) * BT + j * 16 + r  # dA[t, :]
-                b_dk += tl.load(damat + p_row)[:, None] * b_qe
+            # the diagonal block: one product, or row by row (`_scores_kernel`'s DIAG_DOT)
+            use_dot, g_ref, b_gr = False, b_G, b_gj  # (stand-ins without DIAG_DOT)
+            if DIAG_DOT:
+                b_gr = _g_rows(gq, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
+                g_ref, use_dot = _diagonal_span(b_gr, b_gj, DIAG_SPAN)
+            if use_dot:
+                keep = (r[:, None] > r[None, :]) if STRICT else (r[:, None] >= r[None, :])
+                p_D = base + (j * 16 + r)[:, None] * BT + (j * 16 + r)[None, :]
+                b_dAt = tl.trans(tl.where(keep, tl.load(damat + p_D), 0.0))
+                b_eq = tl.exp(b_gr - g_ref[None, :])
+                b_ek = tl.exp(g_ref[None, :] - b_gj)
+                b_qg = _rows(q, tok_j, m_j, i_h, o_k, m_k, H, K).to(tl.float32) * b_eq
+                b_dk += tl.dot(b_dAt, b_qg, input_precision=PREC) * b_ek
                 if PAIR == COLUMNS:
-                    b_dk2 += tl.load(damat2 + p_row)[:, None] * b_qe
+                    b_dA2t = tl.trans(tl.where(keep, tl.load(damat2 + p_D), 0.0))
+                    b_dk2 += tl.dot(b_dA2t, b_qg, input_precision=PREC) * b_ek
                 if PAIR == ROWS:
-                    b_q2t = tl.load(q2 + p_t, mask=m_k & ok, other=0.0).to(tl.float32)
-                    b_dk += tl.load(damat2 + p_row)[:, None] * b_q2t[None, :] * b_e
+                    b_dA2t = tl.trans(tl.where(keep, tl.load(damat2 + p_D), 0.0))
+                    b_q2g = _rows(q2, tok_j, m_j, i_h, o_k, m_k, H, K).to(tl.float32) * b_eq
+                    b_dk += tl.dot(b_dA2t, b_q2g, input_precision=PREC) * b_ek
+            else:
+                for t in range(16):  # row by row
+                    t_t = bos + j * 16 + t
+                    ok = (o_k * 0 + t_t) < eos  # as a vector: the interpreter wants one
+                    p_t = (t_t * H + i_h) * K + o_k
+                    b_gt = tl.where(ok, tl.load(gq + p_t, mask=m_k & ok, other=0.0), b_G)
+                    keep = (r[:, None] < t) if STRICT else (r[:, None] <= t)
+                    b_e = tl.exp(tl.where(keep, b_gt[None, :] - b_gj, float("-inf")))
+                    b_qe = tl.load(q + p_t, mask=m_k & ok,
+                                   other=0.0).to(tl.float32)[None, :] * b_e
+                    p_row = base + (j * 16 + t) * BT + j * 16 + r  # dA[t, :]
+                    b_dk += tl.load(damat + p_row)[:, None] * b_qe
+                    if PAIR == COLUMNS:
+                        b_dk2 += tl.load(damat2 + p_row)[:, None] * b_qe
+                    if PAIR == ROWS:
+                        b_q2t = tl.load(q2 + p_t, mask=m_k & ok, other=0.0).to(tl.float32)
+                        b_dk += tl.load(damat2 + p_row)[:, None] * b_q2t[None, :] * b_e
             _put(dki, b_dk, tok_j, m_j, i_h, o_k, m_k, H, K, ACC)
             if PAIR == COLUMNS:
                 _put(dki2, b_dk2, tok_j, m_j, i_h, o_k, m_k, H, K, ACC)
@@ -548,8 +601,8 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
 # each when their log decays span less than DIAG_SPAN in every channel (the others, and
 # every block without it, column by column: 16 exponentials of [16, K] and 16 cross-thread
 # reductions, which the ninth batch's profile put at about twice fla's sub_intra kernel,
-# 592 against 262 us at (8, 2048)). Untimed on a GPU; it applies wherever the scores kernel
-# runs (GLA, KDA, RWKV-7, row decay).
+# 592 against 262 us at (8, 2048)); the backward's `_intra_grads_kernel` follows it. Untimed
+# on a GPU; it applies wherever these kernels run (GLA, KDA, RWKV-7, row decay).
 # NLC_CHANNEL_FORWARD='{"scores_warps": 1, ...}' sets them for a run.
 FORWARD = {"cumsum_warps": 4, "scores_warps": 2, "scores_split": True,
            "scores_diag_dot": True, "output_warps": 2, "output_BV": 128,
@@ -588,6 +641,7 @@ def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, 
     _intra_grads_kernel[grid](q, k, gq, gc, damat, dqi, dki, starts, ends, H=H, K=K, BT=BT,
                               BK=BK, STRICT=STRICT, ACC=ACC, PREC=PREC, ROWS_ONLY=ROWS_ONLY,
                               k2=k2, q2=q2, damat2=damat2, dki2=dki2, dqi2=dqi2, PAIR=PAIR,
+                              DIAG_DOT=FORWARD["scores_diag_dot"], DIAG_SPAN=DIAG_SPAN,
                               num_warps=4)
 
 
