@@ -226,15 +226,25 @@ def check_against_token_loop(case):
 
 
 @needs_kernels
-@pytest.mark.parametrize("kind", ["delta/scalar", "decay/channel"])
-def test_chunked_triton_half_precision(kind):
+@pytest.mark.parametrize("kind, product", [("delta/scalar", False), ("decay/channel", False),
+                                           ("decay/channel", True)])
+def test_chunked_triton_half_precision(kind, product, monkeypatch):
     """fp16 inputs (the half-precision path: operands rounded, float32 accumulation; bf16 is
-    not emulated faithfully by the interpreter) stay within fp16 rounding of the loop."""
+    not emulated faithfully by the interpreter) stay within fp16 rounding of the loop. The
+    channel family's diagonal blocks keep their column sums in fp16 and take their product
+    form in bf16 (`chunk_decay_triton._diag_dot`); `product` forces that form on these fp16
+    inputs (their decays span little), to hold its half-precision operands to the bound."""
+    from nlc.runtime.library import chunk_decay_triton
+    if product:
+        monkeypatch.setattr(chunk_decay_triton, "_diag_dot", lambda x: True)
     family, decay = kind.split("/")
-    x = inputs(family, decay, 1, 70, 2, 32, 32, 1, seed=5, dtype=torch.float16)
+    dtype = torch.float16
+    x = inputs(family, decay, 1, 70, 2, 32, 32, 1, seed=5, dtype=dtype)
+    assert chunk_decay_triton._diag_dot(x["q"]) is product
+    assert chunk_decay_triton._diag_dot(x["q"].bfloat16())
     weights = (torch.randn(1, 70, 2, 32, device=DEVICE), torch.randn(1, 2, 32, 32, device=DEVICE))
     o, ht, grads = run_and_grad(triton_fn(None, 64), x, weights)
-    assert o.dtype == torch.float16
+    assert o.dtype == dtype
     x64 = {n: None if t is None else t.double() for n, t in x.items()}
     ro, rht, rgrads = run_and_grad(reference_fn([0, 70]), x64,
                                    tuple(w.double() for w in weights))

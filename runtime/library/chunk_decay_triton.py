@@ -45,7 +45,8 @@ from nlc.runtime.library.chunk_triton import (
 
 # The largest span of log decays within a diagonal block of 16 (in any channel) that its
 # product on the tensor cores may factor through the block's first row: every factor then
-# lies within e^{+-40} (1e-17 to 1e17), far inside bf16's and float32's normal range.
+# lies within e^{+-40} (1e-17 to 1e17), far inside bf16's and float32's normal range
+# (float16 inputs keep the column sums: `_diag_dot`).
 DIAG_SPAN = 40.0
 
 # `PAIR` of the score kernels: a second score matrix with the same decays, sharing every
@@ -622,6 +623,12 @@ def _state_launch(BK: int, BV: int, programs: int) -> tuple[int, int, int]:
 # torch.compile lowers a launch to learn which arguments it writes, and cannot when a
 # kernel's own defaults fill some in (it then takes every argument as written, and the
 # partition of a compiled graph fails; tests/test_compile_trace.py).
+def _diag_dot(x: torch.Tensor) -> bool:
+    """Whether the diagonal blocks take the product form for inputs of x's dtype: not for
+    float16, whose largest value (65504) a factor of e^{DIAG_SPAN} times a key would pass."""
+    return FORWARD["scores_diag_dot"] and x.dtype != torch.float16
+
+
 def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRICT, PREC,
                   k2=None, q2=None, amat2=None, PAIR=0, num_warps=4, split=False):
     """`_scores_kernel` on `grid` (chunks, heads); `split`: a program per row block; the
@@ -630,7 +637,7 @@ def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRIC
         grid = (grid[0] * (BT // 16), *grid[1:])
     _scores_kernel[grid](q, k, gq, gc, amat, starts, ends, H=H, K=K, BT=BT, BK=BK,
                          STRICT=STRICT, PREC=PREC, k2=k2, q2=q2, amat2=amat2, PAIR=PAIR,
-                         SPLIT=split, DIAG_DOT=FORWARD["scores_diag_dot"], DIAG_SPAN=DIAG_SPAN,
+                         SPLIT=split, DIAG_DOT=_diag_dot(q), DIAG_SPAN=DIAG_SPAN,
                          num_warps=num_warps)
 
 
@@ -641,7 +648,7 @@ def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, 
     _intra_grads_kernel[grid](q, k, gq, gc, damat, dqi, dki, starts, ends, H=H, K=K, BT=BT,
                               BK=BK, STRICT=STRICT, ACC=ACC, PREC=PREC, ROWS_ONLY=ROWS_ONLY,
                               k2=k2, q2=q2, damat2=damat2, dki2=dki2, dqi2=dqi2, PAIR=PAIR,
-                              DIAG_DOT=FORWARD["scores_diag_dot"], DIAG_SPAN=DIAG_SPAN,
+                              DIAG_DOT=_diag_dot(q), DIAG_SPAN=DIAG_SPAN,
                               num_warps=4)
 
 
