@@ -13,7 +13,10 @@
 #      below 64 sequences x heads) at both shapes beside fla's chunk_gla, its sweep at
 #      (8, 2048) that session 34's call ran out of time for, and the kernel profile;
 #   c: issue 16: GLA forward + backward against fla's chunk_gla at (8, 2048) (fla's
-#      backward autotunes for minutes; never timed so far).
+#      backward autotunes for minutes; never timed so far);
+#   d: issue 16: the chunked kernels' tests on the GPU, the channel family and the gate
+#      limits first (the diagonal blocks' product form in real bf16 and tf32 products,
+#      which the interpreter cannot check), then KDA's and RWKV-7's, then the rest.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
@@ -43,4 +46,12 @@ elif [ "$MODE" = c ]; then
     --shapes 8,2048,16,128 --check "ours chunked,fla chunk" \
     --skip "GLA:fla fused recurrent" --out "$OUT/gla_fwd_bwd.md"
   cat "$OUT/gla_fwd_bwd.md"
+elif [ "$MODE" = d ]; then
+  export NLC_TRITON_TEST_DEVICE=cuda
+  timeout 150 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_chunk_triton.py" \
+    -k "channel or limits or half" 2>&1 | tail -3
+  timeout 200 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_chunk_kda_triton.py" \
+    "$REPO/tests/test_chunk_dplr_triton.py" 2>&1 | tail -3
+  timeout 200 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_chunk_triton.py" \
+    -k "not (channel or limits or half)" 2>&1 | tail -3
 fi
