@@ -99,6 +99,12 @@ def _diagonal_column(gc, t_s, s, eos, b_gi, b_G, r, i_h, o_k, m_k, H: tl.constex
 
 
 @triton.jit
+def _lower(r, STRICT: tl.constexpr):
+    """A diagonal block's kept entries, [16, 16]: row t >= column s (t > s if STRICT)."""
+    return (r[:, None] > r[None, :]) if STRICT else (r[:, None] >= r[None, :])
+
+
+@triton.jit
 def _diagonal_span(b_gr, b_gs, SPAN: tl.constexpr):
     """For a diagonal block with rows' log decays b_gr and columns' b_gs ([16, K]): the
     columns' first row g_ref (log decays only fall), and whether every channel's log decays
@@ -147,7 +153,7 @@ def _diagonal_dot(k, k2, tok, m_t, b_q, b_q2, b_gi, b_gs, g_ref, r, i_h, o_k, m_
     b_ek = tl.exp(g_ref[None, :] - b_gs)
     b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
     b_kg = (b_k.to(tl.float32) * b_ek).to(b_k.dtype)
-    keep = (r[:, None] > r[None, :]) if STRICT else (r[:, None] >= r[None, :])
+    keep = _lower(r, STRICT)
     b_A = tl.where(keep, tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC), 0.0)
     b_A2 = tl.zeros([16, 16], dtype=tl.float32)
     if PAIR == COLUMNS:
@@ -434,7 +440,7 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
             b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
             g_ref, use_dot = _diagonal_span(b_gi, b_gs, DIAG_SPAN)
         if use_dot:
-            keep = (r[:, None] > r[None, :]) if STRICT else (r[:, None] >= r[None, :])
+            keep = _lower(r, STRICT)
             p_D = base + (i * 16 + r)[:, None] * BT + (i * 16 + r)[None, :]
             b_eq = tl.exp(b_gi - g_ref[None, :])
             b_ek = tl.exp(g_ref[None, :] - b_gs)
@@ -496,7 +502,7 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
                 b_gr = _g_rows(gq, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
                 g_ref, use_dot = _diagonal_span(b_gr, b_gj, DIAG_SPAN)
             if use_dot:
-                keep = (r[:, None] > r[None, :]) if STRICT else (r[:, None] >= r[None, :])
+                keep = _lower(r, STRICT)
                 p_D = base + (j * 16 + r)[:, None] * BT + (j * 16 + r)[None, :]
                 b_dAt = tl.trans(tl.where(keep, tl.load(damat + p_D), 0.0))
                 b_eq = tl.exp(b_gr - g_ref[None, :])
