@@ -48,9 +48,10 @@ TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                          "cuobjdump")
 H, K, V, BT = 16, 128, 128, 64
-# the scores kernel's diagonal blocks as the host code launches them
+# the diagonal blocks as the launches take them; SAME_G (the rows' and columns' cumulative log
+# decays one tensor, as every family's but dplr's) is the lighter case, shown for GLA's launch
 DIAG = {"DIAG_DOT": chunk_decay_triton.FORWARD["scores_diag_dot"],
-        "DIAG_SPAN": chunk_decay_triton.DIAG_SPAN}
+        "DIAG_SPAN": chunk_decay_triton.DIAG_SPAN, "SAME_G": False}
 INDEX = {"starts": "*i32", "ends": "*i32", "offsets": "*i32", "bounds": "*i32", "T": "i32"}
 
 
@@ -153,7 +154,8 @@ def _kda_dplr():
             for warps in (1, 2):
                 yield (f"decay scores, a program per row block, {warps} warps",
                        chunk_decay_triton._scores_kernel, inputs,
-                       {**tiles, "STRICT": False, "PAIR": 0, "SPLIT": True, **DIAG}, warps, 3)
+                       {**tiles, "STRICT": False, "PAIR": 0, "SPLIT": True, **DIAG,
+                        "SAME_G": True}, warps, 3)
         for acc in (False, True):
             yield (f"decay intra grads {name} pair STRICT={strict} ACC={acc}",
                    chunk_decay_triton._intra_grads_kernel, inputs,

@@ -187,7 +187,8 @@ def _cumsum_kernel(ld, gc, starts, ends, H: tl.constexpr, K: tl.constexpr, BT: t
 def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, STRICT: tl.constexpr,
                    PREC: tl.constexpr, k2, q2, amat2, PAIR: tl.constexpr,
-                   SPLIT: tl.constexpr, DIAG_DOT: tl.constexpr, DIAG_SPAN: tl.constexpr):
+                   SPLIT: tl.constexpr, DIAG_DOT: tl.constexpr, DIAG_SPAN: tl.constexpr,
+                   SAME_G: tl.constexpr):
     """Per (chunk, head): A's lower blocks of 16 (`amat` starts zeroed), the rows' cumulative
     log decays `gq` (gc, or for the dplr family's A_ak, A_ab those up to the token before,
     which never exceed the columns' of an earlier block); s < t only if STRICT. A PAIR also
@@ -195,7 +196,8 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
     SPLIT: one program per (row block of 16, chunk, head) instead, BT / 16 times the
     programs, each with one diagonal block and the blocks left of it. DIAG_DOT: a diagonal
     block whose log decays span less than DIAG_SPAN in every channel is one product on the
-    tensor cores (`_diagonal_dot`), the others column by column (`_diagonal_columns`)."""
+    tensor cores (`_diagonal_dot`), the others column by column (`_diagonal_columns`).
+    SAME_G: gq is gc (the launch checks), so the span check reuses the rows' decays."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_lo, i_hi = 0, BT // 16
     if SPLIT:
@@ -241,7 +243,8 @@ def _scores_kernel(q, k, gq, gc, amat, starts, ends, H: tl.constexpr, K: tl.cons
         # than DIAG_SPAN in every channel, else column by column
         use_dot, g_ref, b_gs = False, b_G, b_gi  # (stand-ins without DIAG_DOT)
         if DIAG_DOT:
-            b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+            if not SAME_G:
+                b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
             g_ref, use_dot = _diagonal_span(b_gi, b_gs, DIAG_SPAN)
         if use_dot:
             b_A, b_A2 = _diagonal_dot(k, k2, tok_i, m_i, b_q, b_q2, b_gi, b_gs, g_ref, r,
@@ -397,14 +400,15 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
                         K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         STRICT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                         ROWS_ONLY: tl.constexpr, k2, q2, damat2, dki2, dqi2,
-                        PAIR: tl.constexpr, DIAG_DOT: tl.constexpr, DIAG_SPAN: tl.constexpr):
+                        PAIR: tl.constexpr, DIAG_DOT: tl.constexpr, DIAG_SPAN: tl.constexpr,
+                        SAME_G: tl.constexpr):
     """Per (chunk, head): the intra-chunk parts of dq and dk, by the blocks of A:
     dq_t = sum_{s<=t} dA[t, s] k_s e^{gq_t - g_s},  dk_s = sum_{t>=s} dA[t, s] q_t e^{gq_t - g_s}
     (`_scores_kernel`'s rows and STRICT); ACC adds dk to what dki holds (dq is written).
     ROWS_ONLY computes dq alone (chunk_rows_triton.py's forward: its intra-chunk reads). A
     PAIR adds `_scores_kernel`'s second matrix, gradient `damat2`: with COLUMNS, dq gets both
     parts and dki2 the dk of k2 (ACC as dki); with ROWS, dki gets both and dqi2 the dq of q2.
-    DIAG_DOT, DIAG_SPAN: the diagonal blocks as `_scores_kernel` takes them."""
+    DIAG_DOT, DIAG_SPAN, SAME_G: the diagonal blocks as `_scores_kernel` takes them."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -437,7 +441,8 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
         # the diagonal block: one product, or column by column (`_scores_kernel`'s DIAG_DOT)
         use_dot, g_ref, b_gs = False, b_G, b_gi  # (stand-ins without DIAG_DOT)
         if DIAG_DOT:
-            b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
+            if not SAME_G:
+                b_gs = _g_rows(gc, tok_i, m_i, b_G, i_h, o_k, m_k, H, K)
             g_ref, use_dot = _diagonal_span(b_gi, b_gs, DIAG_SPAN)
         if use_dot:
             keep = _lower(r, STRICT)
@@ -499,7 +504,8 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
             # the diagonal block: one product, or row by row (`_scores_kernel`'s DIAG_DOT)
             use_dot, g_ref, b_gr = False, b_G, b_gj  # (stand-ins without DIAG_DOT)
             if DIAG_DOT:
-                b_gr = _g_rows(gq, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
+                if not SAME_G:
+                    b_gr = _g_rows(gq, tok_j, m_j, b_G, i_h, o_k, m_k, H, K)
                 g_ref, use_dot = _diagonal_span(b_gr, b_gj, DIAG_SPAN)
             if use_dot:
                 keep = _lower(r, STRICT)
@@ -644,7 +650,7 @@ def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRIC
     _scores_kernel[grid](q, k, gq, gc, amat, starts, ends, H=H, K=K, BT=BT, BK=BK,
                          STRICT=STRICT, PREC=PREC, k2=k2, q2=q2, amat2=amat2, PAIR=PAIR,
                          SPLIT=split, DIAG_DOT=_diag_dot(q), DIAG_SPAN=DIAG_SPAN,
-                         num_warps=num_warps)
+                         SAME_G=gq is gc, num_warps=num_warps)
 
 
 def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, K, BT, BK,
@@ -655,7 +661,7 @@ def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, 
                               BK=BK, STRICT=STRICT, ACC=ACC, PREC=PREC, ROWS_ONLY=ROWS_ONLY,
                               k2=k2, q2=q2, damat2=damat2, dki2=dki2, dqi2=dqi2, PAIR=PAIR,
                               DIAG_DOT=_diag_dot(q), DIAG_SPAN=DIAG_SPAN,
-                              num_warps=4)
+                              SAME_G=gq is gc, num_warps=4)
 
 
 def _forward(q, k, v, ld, h0, table, BT):

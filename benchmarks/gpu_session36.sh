@@ -1,0 +1,41 @@
+#!/bin/bash
+# GPU work left by session 34 (benchmarks/gpu_session35.sh's modes), regrouped into two calls
+# after session 35 lost a fifth of its device time to machines that did not start. One mode
+# per device call (each under 10 minutes; run from the repository root with OUT set and the
+# wheels carried, see benchmarks/gpu_common.sh):
+#   a: issue 17: benchmarks/dual_mix.py (the chunk-end mix as elementwise sums against the
+#      matrix product it replaced); Titans' fastest LM row on the tree before session 34's
+#      three dual-form changes (.carry/base_02089ee.tar, made by
+#      `git archive -o .carry/base_02089ee.tar 02089ee`) and on this tree, on one card, and
+#      Hope's fastest row; then issue 16: GLA's forward launch sweep and kernel profile at
+#      (1, 16384) (the product form of the diagonal blocks against the column sums);
+#   c: issue 16: the channel family's and gate limits' tests on the GPU (the product form in
+#      real bf16, which the interpreter cannot check), then GLA forward + backward against
+#      fla's chunk_gla at (8, 2048) (fla's backward autotunes for minutes; our rows come
+#      first and are written as they finish).
+set -u
+MODE=${1:-a}
+REPO=$(pwd)
+source benchmarks/gpu_common.sh
+start_session
+if [ "$MODE" = a ]; then
+  timeout 60 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
+  mkdir -p /tmp/base && tar -xf "$REPO/.carry/base_02089ee.tar" -C /tmp/base
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
+    /tmp/base
+  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 100 python3 /tmp/base/benchmarks/lm_throughput.py \
+    --steps 3 --batch 16 --rows titans_graphed_compiled_kernels_tf32 \
+    --out "$OUT/lm_titans_base.md" | tail -2
+  timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+    --rows titans_graphed_compiled_kernels_tf32,hope_graphed_compiled_chunks_tf32 \
+    --out "$OUT/lm_mix.md" | tail -4
+  timeout 170 python3 "$REPO/benchmarks/kernel_profile.py" --shape 1,16384,16,128 \
+    --models gla --sweep-forward --forward 2>&1 | grep -v -i warn
+elif [ "$MODE" = c ]; then
+  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
+    "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
+  timeout 440 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models GLA \
+    --shapes 8,2048,16,128 --check "ours chunked" \
+    --skip "GLA:fla fused recurrent" --out "$OUT/gla_fwd_bwd.md"
+  cat "$OUT/gla_fwd_bwd.md"
+fi
