@@ -39,7 +39,7 @@ def mlp_memory_step(x, W_k1, W_v1, M1_W1, M1_W2, M1_W1_0, M1_W2_0):
     return M1_W1_next, M1_W2_next, o
 
 
-def mlp_memory_drive(x, W_k1, W_v1, M1_W1_0, M1_W2_0):
+def mlp_memory_drive(x, W_k1, W_v1, M1_W1_0, M1_W2_0, piece_tokens):
     """The drive of levels cms_fast, cms_mid, cms_slow, in the names of cms_fast: their rules are the same but for the names of their tensors."""
     t0 = W_k1.mT
     t1 = nl.mm(t0, x)
@@ -55,8 +55,8 @@ def mlp_memory_drive(x, W_k1, W_v1, M1_W1_0, M1_W2_0):
     drive0_0_row = nl.mm(t9, W_k1)
     drive1_0_col = t8 * t7
     drive1_0_row = nl.gelu((nl.mm(nl.mm(t9, W_k1), M1_W1_0.mT)))
-    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row)
-    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row)
+    drive0 = nl.outer_sum(drive0_0_col, drive0_0_row, piece_tokens)
+    drive1 = nl.outer_sum(drive1_0_col, drive1_0_row, piece_tokens)
     return {"drive0": drive0, "drive1": drive1}
 
 
@@ -94,7 +94,12 @@ def cms_fast_drive(inputs):
     """Every term of level `cms_fast` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
     return mlp_memory_drive(
-        inputs["x"], inputs["W_k1"], inputs["W_v1"], inputs["M1_W1_0"], inputs["M1_W2_0"]
+        inputs["x"],
+        inputs["W_k1"],
+        inputs["W_v1"],
+        inputs["M1_W1_0"],
+        inputs["M1_W2_0"],
+        inputs[nl.PIECE_TOKENS],
     )
 
 
@@ -205,7 +210,12 @@ def cms_mid_drive(inputs):
     """Every term of level `cms_mid` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
     return mlp_memory_drive(
-        inputs["cms_fast"], inputs["W_k2"], inputs["W_v2"], inputs["M2_W1_0"], inputs["M2_W2_0"]
+        inputs["cms_fast"],
+        inputs["W_k2"],
+        inputs["W_v2"],
+        inputs["M2_W1_0"],
+        inputs["M2_W2_0"],
+        inputs[nl.PIECE_TOKENS],
     )
 
 
@@ -316,7 +326,12 @@ def cms_slow_drive(inputs):
     """Every term of level `cms_slow` that depends only on the chunk-start state, for
     all tokens of a chunk at once."""
     return mlp_memory_drive(
-        inputs["cms_mid"], inputs["W_k3"], inputs["W_v3"], inputs["M3_W1_0"], inputs["M3_W2_0"]
+        inputs["cms_mid"],
+        inputs["W_k3"],
+        inputs["W_v3"],
+        inputs["M3_W1_0"],
+        inputs["M3_W2_0"],
+        inputs[nl.PIECE_TOKENS],
     )
 
 

@@ -332,6 +332,22 @@ def test_compile_refuses_two_specs_with_one_module_name_before_writing(tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("stem", ["torch", "import", "math"])
+def test_compiled_spec_never_shadows_a_module_or_is_a_keyword(tmp_path, good, stem):
+    """torch.nl's module beside the other generated files would shadow torch for them
+    (import torch then finds it), import.nl's could not be imported by name: both get
+    `spec_` before the stem, and the compiled module imports and runs from its folder."""
+    spec = tmp_path / f"{stem}.nl"
+    spec.write_text(good.read_text())
+    out = tmp_path / "out"
+    proc = nlc("compile", str(spec), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / f"{stem}.py").exists() and (out / f"spec_{stem}.py").exists()
+    run = subprocess.run([sys.executable, "-c", f"import spec_{stem}, torch; torch.zeros(1)"],
+                         cwd=out, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
 def test_fmt_write_through_a_symlink_keeps_the_link(tmp_path, good):
     target = tmp_path / "target.nl"
     target.write_text(GOOD.replace("  level memory", "level   memory"))

@@ -105,6 +105,64 @@ def test_every_c_tokens_changes_state_only_at_multiples_of_c(tmp_path):
         assert changed == (t % C == 0), t
 
 
+CONSTANT_TERMS = {
+    # a retention or algorithm whose rule has a term built from the chunk-start state and
+    # constants alone: the same at every token of a chunk, so it counts once per token
+    "decay": "retention decay(0.9)\n    algorithm gd(lr = 0.5)",
+    "weight_decay": "retention weight_decay(0.05)\n    algorithm gd(lr = 0.5)",
+    "momentum": "algorithm momentum(lr = 0.5, momentum = 0.9)",
+    "mlp": "retention weight_decay(0.05)\n    algorithm gd(lr = 0.5)",
+}
+
+
+@pytest.mark.parametrize("C", [4, 80])  # 80: a chunk of two pieces (scan.PIECE = 64)
+@pytest.mark.parametrize("rule", sorted(CONSTANT_TERMS))
+def test_every_c_tokens_counts_a_constant_term_once_per_token(tmp_path, rule, C):
+    """The chunked form sums a chunk's terms at once; a term that is the same at every token
+    (0.1 S0 of decay(0.9)) must count once per token, as in the recurrent form and `step`,
+    also over a last chunk cut short (T = 101) and a chunk summed in two pieces."""
+    state = ("mlp(d_k -> 8 -> d_k, act = gelu, residual) = zeros" if rule == "mlp"
+             else "matrix[d_k, d_k] = zeros")
+    text = TEMPLATE.format(C=C, output="slow @ W_o", levels=f"""
+  level slow every C tokens {{
+    state S : {state}
+    objective l2(S(k), v)
+    {CONSTANT_TERMS[rule]}
+    read S(q)
+  }}""")
+    if rule == "decay":  # a spec name that is also the compiler's name for the count
+        text = text.replace("v = x @ W_v", "piece_tokens = x @ W_v\n    v = piece_tokens")
+    layer = module_of(tmp_path, text, f"const_{rule}_{C}").Mem().double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(2, 101, 6, dtype=F64)
+    caches = {"recurrent": {}, "chunked": {}}
+    for mode, cache in caches.items():  # the outputs, and the final states in the caches
+        layer.mode = mode
+        out = layer(x, cache=cache)
+        expected = out if mode == "recurrent" else expected
+        assert rel(out, expected) < 1e-10, mode
+    finals = [c["states"]["slow"] for c in caches.values()]
+    for name, final in finals[0].items():  # states (and the position, an int)
+        assert (rel(finals[1][name], final) < 1e-10 if torch.is_tensor(final)
+                else finals[1][name] == final), name
+    if rule == "decay":  # from the definition: 0.9 S0 - 0.5 (0.9 S0 k - v) k^T per token
+        # (the decay first: the default order)
+        q, k, v, _ = projections(layer, x[:1])
+        S, start, reads = torch.zeros(4, 4, dtype=F64), None, []
+        for t in range(101):
+            if t % C == 0:
+                start = S.clone()
+            rule_t = 0.9 * start - 0.5 * torch.outer(0.9 * start @ k[0, t] - v[0, t], k[0, t])
+            S = S + (rule_t - start)
+            reads.append(start @ q[0, t])
+        assert rel(layer(x[:1])[0], torch.stack(reads) @ layer.W_o[0]) < 1e-10
+    cache = {}
+    steps = [layer.step(x[:, t], cache)[0] for t in range(101)]
+    assert rel(torch.stack(steps, 1), expected) < 1e-10
+
+
 def test_every_one_token_equals_the_per_token_level(tmp_path):
     _, per_token = memory_layer(tmp_path, "", name="per_token")
     _, every_one = memory_layer(tmp_path, " every C tokens", C=1, name="every_one")

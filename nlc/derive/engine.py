@@ -389,7 +389,7 @@ def _more_steps(d: LevelDerivation, first: dict, steps: int) -> dict:
     if loss_of(term.kind, d.loss_args(term, lower)).threshold is not None:
         raise NlcError("several gradient steps per token are not derived for a switch on the "
                        "norm of the error", d.level.algorithm.span,
-                       hint="use switch = entry, or steps = 1")
+                       hint="use switch = entries, or steps = 1")
     rate = d.value(d.level.algorithm.get("lr"), lower)  # plain steps: no proximal rescaling
     current = tuple(first[n] for n in d.names)
     d.notes.append(f"{steps} gradient steps per token: the retention with the first, then "

@@ -549,9 +549,11 @@ def _frozen(rule: UpdateRule, constants: frozenset[str]) -> FrozenSplit:
     drive = tuple((sym, e) for e, sym in table.items())
     outer = tuple((sym.name, tuple(_outer_or_term(t) for t in _terms(e))) for sym, e in drive)
     tokens = free_names([e for _, e in rule.next_state]) - anchors - current - constants
-    # `every C tokens`: the state plus chunk-start terms only, so a chunk's terms can be
-    # summed before they are combined
-    additive = rule.period > 1 and not (free_names([e for _, e in combined]) & tokens)
+    # `every C tokens`: each state plus chunk-start terms only, so a chunk's terms can be
+    # summed before they are combined (a momentum that runs per token, U' = m U + drive, is
+    # not: its chunk goes token by token)
+    additive = rule.period > 1 and not (free_names([e for _, e in combined]) & tokens) \
+        and all(_state_plus_terms(e, dict(rule.states)[n], current) for n, e in combined)
     dual = not additive and _dual(rule, drive, combined, outer)
     drives = {sym.name for sym, _ in drive}
     transitions = None if additive or dual else _transitions(combined, current, drives)
@@ -613,6 +615,13 @@ def _uses(e, names: set[str]) -> bool:
 
 def _terms(e):
     return e.args if isinstance(e, sp.MatAdd) else (e,)
+
+
+def _state_plus_terms(e, state, current: set[str]) -> bool:
+    """Whether a next state `e` is `state` plus terms that read no state."""
+    terms = e.args if isinstance(e, (sp.MatAdd, sp.Add)) else (e,)
+    rest = [t for t in terms if t != state]
+    return len(rest) == len(terms) - 1 and not free_names(rest) & current
 
 
 def _outer_or_term(term) -> tuple:

@@ -617,13 +617,15 @@ class LevelPrinter:
         body = printer.assign(outputs) + [f"{n} = {c}" for n, c in sums.items()]
         returned = ("{" + ", ".join(f"{n!r}: {n}" for n in sums) + "}" if sums
                     else ", ".join(target for target, _ in outputs))
-        return [n for n in roles if n in used], [*body, f"return {returned}"]
+        count = [PIECE_COUNT] if kind == "drive" else []  # the piece's token count
+        return [n for n in roles if n in used] + count, [*body, f"return {returned}"]
 
     def role_call(self, kind: str, shared: str) -> list[str]:
         """The level's function of `kind` as a call of `shared` with its own tensors."""
         used, _ = self.role_core(kind)
         states = {"step": "state", "combine": "state", "read": "states"}.get(kind)
-        args = ", ".join(f"{states if n in self.state_names and states else 'inputs'}[{n!r}]"
+        args = ", ".join("inputs[nl.PIECE_TOKENS]" if n == PIECE_COUNT else
+                         f"{states if n in self.state_names and states else 'inputs'}[{n!r}]"
                          for n in used)
         if kind in ("drive", "read"):
             return [f"return {shared}({args})"]
@@ -668,7 +670,8 @@ class LevelPrinter:
         every token's matrix."""
         parts, sums = _summed_parts(ex)
         used = free_names([e for _, e in parts])
-        lines = self._inputs(used) + TorchPrinter(self.names(), chunk=True).assign(parts)
+        lines = self._inputs(used) + [f"{PIECE_COUNT} = inputs[nl.PIECE_TOKENS]"]
+        lines += TorchPrinter(self.names(), chunk=True).assign(parts)
         lines += [f"{name} = {code}" for name, code in sums.items()]
         return lines + ["return {" + ", ".join(f"{n!r}: {n}" for n in sums) + "}"]
 
@@ -694,20 +697,28 @@ class LevelPrinter:
                                                      for n, code in pairs.items()) + "}"]
 
 
+# an `every C tokens` drive's count of the tokens it sums over (runtime/library/scan.py puts
+# it in the inputs as nl.PIECE_TOKENS); a name of the compiler's own, which spec names
+# never capture (nlc/emit/names.py)
+PIECE_COUNT = "piece_tokens"
+
+
 def _summed_parts(ex: FrozenSplit) -> tuple[list, dict[str, str]]:
     """An `every C tokens` drive's per-token parts (name, expression) and, per drive, the
-    code that sums them over the tokens: `nl.outer_sum(col, row)` for a column times a row,
-    `.sum(1)` for the rest."""
+    code that sums them over the piece's tokens (their count is PIECE_COUNT, so that a term
+    the same at every token counts once per token): `nl.outer_sum` for a column times a
+    row, `nl.token_sum` for the rest."""
     parts, sums = [], {}
+    count = PIECE_COUNT
     for name, terms in ex.outer:
         codes = []
         for i, term in enumerate(terms):
             base = f"{name}_{i}"
             if len(term) == 2:
                 parts += [(f"{base}_col", term[0]), (f"{base}_row", term[1])]
-                codes.append(f"nl.outer_sum({base}_col, {base}_row)")
+                codes.append(f"nl.outer_sum({base}_col, {base}_row, {count})")
             else:
                 parts.append((base, term[0]))
-                codes.append(f"{base}.sum(1)")
+                codes.append(f"nl.token_sum({base}, {count})")
         sums[name] = " + ".join(codes)
     return parts, sums

@@ -18,8 +18,10 @@ import dataclasses
 import functools
 import hashlib
 import io
+import keyword
 import re
 import subprocess
+import sys
 import tokenize
 from pathlib import Path
 
@@ -163,8 +165,17 @@ def render(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
 
 
+# top-level packages the generated code, the runtime and the compiler import, which a module
+# of the same name beside them would shadow (the standard library's are in sys)
+IMPORTED = frozenset({"torch", "triton", "nlc", "numpy", "sympy", "networkx", "lark", "jinja2"})
+
+
 def spec_module_name(path: str) -> str:
-    """The generated file's module name: the spec's stem, made an identifier."""
+    """The generated file's module name: the spec's stem, made an identifier; `spec_` goes
+    before a stem that is not one (`1x`), a Python keyword (`import`) or the name of a module
+    it would shadow when imported from its folder (`torch`, `math`)."""
     stem = Path(path).stem
     name = "".join(c if c.isalnum() and c.isascii() or c == "_" else "_" for c in stem)
-    return name if name and not name[0].isdigit() else f"spec_{name}"
+    plain = name and not name[0].isdigit() and not keyword.iskeyword(name) \
+        and name not in sys.stdlib_module_names and name not in IMPORTED
+    return name if plain else f"spec_{name}"

@@ -106,6 +106,9 @@ def _apply_memory(expr: ast.Call, env: Env) -> Shape:
 
 def _function(expr: ast.Call, env: Env) -> Shape:
     entry = vocab.FUNCTIONS.get(expr.func)
+    if entry is None and env.kinds.get(expr.func) == "state":  # a memory outside its level
+        raise NlcError(f"memory '{expr.func}' can only be applied inside its level", expr.span,
+                       hint="outside it, the level's name is the value it reads")
     if entry is None:
         raise NlcError(f"unknown function '{expr.func}'", expr.span,
                        hint=did_you_mean(expr.func, list(vocab.FUNCTIONS) + list(env.memories)))

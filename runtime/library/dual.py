@@ -113,13 +113,24 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def outer_sum(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+def outer_sum(col: torch.Tensor, row: torch.Tensor, tokens: int | None = None) -> torch.Tensor:
     """sum over the tokens (axis 1) of col_t @ row_t, for col [B, T, H, r, 1] and
-    row [B, T, H, 1, c] (either may broadcast): one matrix product, [B, H, r, c]."""
+    row [B, T, H, 1, c] (either may broadcast): one matrix product, [B, H, r, c]. With
+    `tokens` (the count summed over), a product the same at every token (both broadcast
+    along axis 1) counts once per token, as `token_sum`."""
     lead = torch.broadcast_shapes(col.shape[:-2], row.shape[:-2])
     col = col.expand(*lead, *col.shape[-2:]).squeeze(-1)
     row = row.expand(*lead, *row.shape[-2:]).squeeze(-2)
-    return torch.einsum("btHr,btHc->bHrc", col, row)
+    total = torch.einsum("btHr,btHc->bHrc", col, row)
+    return total * tokens if tokens is not None and lead[1] == 1 else total
+
+
+def token_sum(x: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The sum over a piece of `tokens` tokens (axis 1) of a term `[B, T|1, ...]`: a term
+    the same at every token (one built from the chunk-start state and constants alone, which
+    broadcasts along axis 1) counts once per token, not once."""
+    total = x.sum(1)
+    return total * tokens if x.shape[1] == 1 else total
 
 
 def _full(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

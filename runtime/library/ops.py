@@ -28,11 +28,12 @@ from nlc.runtime.library.chunk_triton import (
     triton_enabled,
 )
 from nlc.runtime.library.chunked import decay_chunked, delta_chunked, dplr_chunked
-from nlc.runtime.library.dual import dual_chunked, mm, outer_sum
+from nlc.runtime.library.dual import dual_chunked, mm, outer_sum, token_sum
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
 from nlc.runtime.library.rows import row_decay_chunked
 from nlc.runtime.library.scan import (
+    PIECE_TOKENS,
     Member,
     coupled,
     coupled_chunked,
@@ -565,6 +566,7 @@ def earlier(x: torch.Tensor, shifts: int, cu_seqlens=None, history=None,
 
 
 __all__ = [
+    "PIECE_TOKENS",
     "LinearRecorder",
     "Member",
     "attention",
@@ -626,6 +628,7 @@ __all__ = [
     "substeps",
     "sum_all",
     "tanh_grad",
+    "token_sum",
     "total",
     "trace",
     "use_triton",

@@ -135,6 +135,9 @@ def recurrent(step: Step, tokens: dict, state: State, *, consts: dict | None = N
 
 
 PIECE = 64  # tokens per piece of an `every C tokens` chunk (bounds the memory of its terms)
+# the key under which an `every C tokens` drive finds its piece's token count (no spec name
+# has a space), which sums a term the same at every token once per token (`token_sum`)
+PIECE_TOKENS = "piece tokens"
 
 
 def _needs_grad(*dicts) -> bool:
@@ -241,7 +244,8 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
         return read({}, {**consts, **wide, **piece})
 
     def one_piece(wide, piece):  # `drive` sums its terms over the piece's tokens itself
-        return drive({**consts, **wide, **piece}), read_piece(wide, piece)
+        count = {PIECE_TOKENS: _any_tensor(piece).shape[1]}
+        return drive({**consts, **wide, **piece, **count}), read_piece(wide, piece)
 
     outputs = []
     run = compiled_chunk(_frozen_chunk)
