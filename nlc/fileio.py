@@ -38,7 +38,7 @@ def read_spec(path: str) -> str:
     if len(data) > MAX_SPEC_BYTES:
         raise NlcError(f"spec is larger than {MAX_SPEC_BYTES // 1024} KiB", path=path)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading byte order mark (some editors') dropped
     except UnicodeDecodeError as err:
         raise NlcError(f"not UTF-8 text (byte {err.start})", path=path) from None
 

@@ -332,6 +332,14 @@ def test_compile_refuses_two_specs_with_one_module_name_before_writing(tmp_path,
     assert not out.exists()
 
 
+def test_a_leading_byte_order_mark_is_read_past(tmp_path, good):
+    """Some editors start UTF-8 files with U+FEFF: the spec checks as without it."""
+    spec = tmp_path / "bom.nl"
+    spec.write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
+    proc = nlc("check", str(spec))
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.parametrize("stem", ["torch", "import", "math"])
 def test_compiled_spec_never_shadows_a_module_or_is_a_keyword(tmp_path, good, stem):
     """torch.nl's module beside the other generated files would shadow torch for them

@@ -72,6 +72,9 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     if isinstance(err, UnexpectedCharacters):
         ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
         span = Span(err.line, err.column, err.line, err.column + 1)
+        if ch == "\ufeff":  # a byte order mark past the file's start (read_spec drops one there)
+            return NlcError("unexpected byte order mark (U+FEFF)", span,
+                            hint="delete it: most editors do not show it")
         return NlcError(f"unexpected character {ch!r}", span)
     if isinstance(err, UnexpectedEOF):
         lines = text.rstrip(" \t\f\r\n").split("\n")  # lines as the lexer counts them
