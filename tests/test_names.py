@@ -314,3 +314,19 @@ def test_hostile_spec_names_in_a_run_folder_do_not_run(tmp_path):
     assert not (tmp_path / "PWNED").exists(), proc.stdout + proc.stderr
     assert not (run / "PWNED").exists()
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_the_keywords_docs_list_are_the_grammars_and_none_can_be_defined():
+    """docs/language.md lists the keywords; the checker refuses the grammar's own words as
+    names (some lex as names where only a name can follow: `param tokens`)."""
+    import re
+
+    from nlc.syntax.parser import language_keywords
+    text = (ROOT / "docs" / "language.md").read_text()
+    listed = re.search(r"- Keywords: `([^`]+)`", text.replace("\n  ", " ")).group(1).split()
+    assert set(listed) == language_keywords()
+    for word in sorted(language_keywords()):
+        spec = EXAMPLES.joinpath("deltanet.nl").read_text().replace("W_o", word)
+        refused = rf"'{word}' is a (Python )?keyword|unexpected keyword '{word}'"
+        with pytest.raises(NlcError, match=refused):
+            pipeline.run("deltanet.nl", "check", {}, text=spec)

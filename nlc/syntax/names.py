@@ -28,6 +28,11 @@ def check_identifier(name: str, span: Span, *, defining: bool) -> None:
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise NlcError(f"'{name}' is a Python keyword and cannot be used as a name", span,
                        hint=f"rename it, e.g. '{name}_'")
+    if defining:
+        from nlc.syntax.parser import language_keywords  # (the parser imports this module)
+        if name in language_keywords():
+            raise NlcError(f"'{name}' is a keyword of the language and cannot be used as a "
+                           "name", span, hint=f"rename it, e.g. '{name}_'")
     if defining and name in _BUILTINS:
         raise NlcError(f"'{name}' is a Python builtin and cannot be defined by a spec", span,
                        hint=f"rename it, e.g. '{name}_'")

@@ -6,6 +6,7 @@ size and nesting are enforced before any recursion over the tree.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,14 @@ def _grammar_text() -> str:
         return resources.files("nlc.grammar").joinpath("nl.lark").read_text()
     except (ModuleNotFoundError, FileNotFoundError):  # running from a source tree, not installed
         return (Path(__file__).resolve().parents[2] / "grammar" / "nl.lark").read_text()
+
+
+@cache
+def language_keywords() -> frozenset[str]:
+    """The words the grammar spells out (`layer`, `level`, `tokens`...): some lex as names
+    where only a name can follow, so the checker refuses them as names (docs/language.md,
+    section 1)."""
+    return frozenset(re.findall(r'"([A-Za-z_]+)"', _grammar_text()))
 
 
 _comment_sinks: list[list[tuple[int, str]]] = []
