@@ -34,18 +34,18 @@ if [ "$MODE" = a ]; then
   timeout 170 python3 "$REPO/benchmarks/kernel_profile.py" --shape 1,16384,16,128 \
     --models gla --sweep-forward --forward 2>&1 | grep -v -i warn
 elif [ "$MODE" = all ]; then  # one call for what matters most, when machines are scarce
-  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
+  NLC_TRITON_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q -p no:cacheprovider \
     "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
   mkdir -p /tmp/base && tar -xf "$REPO/.carry/base_02089ee.tar" -C /tmp/base
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
     /tmp/base
-  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 90 python3 /tmp/base/benchmarks/lm_throughput.py \
+  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 80 python3 /tmp/base/benchmarks/lm_throughput.py \
     --steps 3 --batch 16 --rows titans_graphed_compiled_kernels_tf32 \
     --out "$OUT/lm_titans_base.md" | tail -1
-  timeout 90 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+  timeout 80 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
     --rows titans_graphed_compiled_kernels_tf32 --out "$OUT/lm_titans.md" | tail -1
   timeout 40 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
-  timeout 230 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models GLA \
+  timeout ${GLA_SECONDS:-200} python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models GLA \
     --shapes 8,2048,16,128 --check "ours chunked" \
     --skip "GLA:fla fused recurrent,GLA:ours recurrent" --out "$OUT/gla_fwd_bwd.md"
   cat "$OUT/gla_fwd_bwd.md"
