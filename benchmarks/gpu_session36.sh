@@ -44,11 +44,11 @@ elif [ "$MODE" = all ]; then  # one call for what matters most, when machines ar
     --out "$OUT/lm_titans_base.md" | tail -1
   timeout 80 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
     --rows titans_graphed_compiled_kernels_tf32 --out "$OUT/lm_titans.md" | tail -1
-  timeout 40 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
   timeout ${GLA_SECONDS:-200} python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models GLA \
     --shapes 8,2048,16,128 --check "ours chunked" \
     --skip "GLA:fla fused recurrent,GLA:ours recurrent" --out "$OUT/gla_fwd_bwd.md"
   cat "$OUT/gla_fwd_bwd.md"
+  timeout 40 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
 elif [ "$MODE" = c ]; then
   NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
     "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3

@@ -272,12 +272,10 @@ def test_mutations_change_the_examples():
 # (The cases are drawn from examples/*.nl: a new example renumbers them; the table is rebuilt
 # by running this file with NLC_FUZZ_CASES=140.)
 KNOWN = {
-    9: "every N tokens on a per-channel decay (kda): chunked != recurrent",
     45: "memora at another frequency: the recurrent output is not finite at default init",
     112: "delta_product_2 with another objective: the recurrent output is not finite at "
          "default init (an unstable spec?)",
     121: "linear attention's normalizer every N tokens: the recurrent output is not finite",
-    128: "every N tokens on a per-channel decay (rwkv7): chunked != recurrent",
     136: "gla with another objective: the recurrent output is not finite at default init",
 }
 
