@@ -11,6 +11,7 @@
 #      (1, 16384) (the product form of the diagonal blocks against the column sums);
 #   all: the parts of both that matter most, in one call (the tests of c; Titans before and
 #      after; dual_mix.py; c's GLA table as far as time allows);
+#   last: all's first three parts alone (about four minutes);
 #   c: issue 16: the channel family's and gate limits' tests on the GPU (the product form in
 #      real bf16, which the interpreter cannot check), then GLA forward + backward against
 #      fla's chunk_gla at (8, 2048) (fla's backward autotunes for minutes; our rows come
@@ -33,6 +34,17 @@ if [ "$MODE" = a ]; then
     --out "$OUT/lm_mix.md" | tail -4
   timeout 170 python3 "$REPO/benchmarks/kernel_profile.py" --shape 1,16384,16,128 \
     --models gla --sweep-forward --forward 2>&1 | grep -v -i warn
+elif [ "$MODE" = last ]; then  # the first three of `all`, for the last few minutes
+  NLC_TRITON_TEST_DEVICE=cuda timeout 70 python3 -m pytest -q -p no:cacheprovider \
+    "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
+  mkdir -p /tmp/base && tar -xf "$REPO/.carry/base_02089ee.tar" -C /tmp/base
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
+    /tmp/base
+  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 75 python3 /tmp/base/benchmarks/lm_throughput.py \
+    --steps 3 --batch 16 --rows titans_graphed_compiled_kernels_tf32 \
+    --out "$OUT/lm_titans_base.md" | tail -1
+  timeout 75 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
+    --rows titans_graphed_compiled_kernels_tf32 --out "$OUT/lm_titans.md" | tail -1
 elif [ "$MODE" = all ]; then  # one call for what matters most, when machines are scarce
   NLC_TRITON_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q -p no:cacheprovider \
     "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
