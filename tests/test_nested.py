@@ -336,7 +336,7 @@ layer Hyper {
     k = l2norm(x @ W_k)
     v = x @ W_v
   }
-  level hyper every 4 tokens {
+  level hypernet every 4 tokens {
     state H : matrix[d_w, d_k] = learned
     objective l2(H(k), H(k))
     algorithm gd(lr = 0.5)
@@ -348,7 +348,7 @@ layer Hyper {
     algorithm gd(lr = 0.5)
     read S(q)
   }
-  transfer hyper -> fast : generate
+  transfer hypernet -> fast : generate
   output fast @ W_o
 }
 """
@@ -359,11 +359,11 @@ def test_generate_edge_makes_the_target_weights(tmp_path):
     torch.manual_seed(2)
     layer = module.Hyper().double()
     with torch.no_grad():
-        layer.hyper_H_init.normal_(0, 0.5)
+        layer.hypernet_H_init.normal_(0, 0.5)
     x = torch.randn(1, 10, 6, dtype=F64)
     q, k, v, _ = projections(layer, x)
-    H0 = layer.hyper_H_init[0]
-    # hyper's objective is zero (its prediction is its target), so its state stays H0 and
+    H0 = layer.hypernet_H_init[0]
+    # hypernet's objective is zero (its prediction is its target), so its state stays H0 and
     # its output at each chunk start is H0 q_t: the fast memory's weights, row by row
     S, reads = None, []
     for t in range(10):
@@ -375,7 +375,7 @@ def test_generate_edge_makes_the_target_weights(tmp_path):
     y = layer(x)
     assert rel(y[0], expected) < 1e-12
     y.square().sum().backward()
-    assert layer.hyper_H_init.grad.abs().sum() > 0   # the hypernetwork learns through them
+    assert layer.hypernet_H_init.grad.abs().sum() > 0   # the hypernetwork learns through them
 
 
 def test_generate_edge_checks_the_size(tmp_path):
