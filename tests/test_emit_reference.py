@@ -268,3 +268,30 @@ def test_dgd_matches_its_closed_form():
         xi, ui = xi[:, None], ui[:, None]
         W = W - 0.1 / (1 + 0.1 * (xi * xi).sum()) * (W @ xi + ui) @ xi.T
     assert rel(layer.weight.detach(), W) < 1e-6
+
+
+MOMENTUM_AT_PARAM = """
+optimizer MomentumAtParam {
+  hyper lr = 0.05, mu = 0.9
+  level w over gradients g every 1 step {
+    state W : like(param) = param
+    objective dot(W, -g)
+    algorithm momentum(lr = lr, momentum = mu)
+    apply param = W
+  }
+}
+"""
+
+
+def test_a_state_that_starts_at_the_parameter_keeps_its_momentum_at_zero(tmp_path):
+    """`= param` starts the memory W at the parameter; the algorithm's own momentum U
+    starts at zero, as in every level (it had started at the parameter too, so the first
+    step moved it to (1 + mu) W0 - lr g). Then this is SGD with momentum."""
+    path = tmp_path / "momentum_at_param.nl"
+    path.write_text(MOMENTUM_AT_PARAM)
+    ours, ref = _model(), _model()
+    a = _train(ours, load_optimizer(str(path))(ours.parameters(), lr=0.05, mu=0.9))
+    b = _train(ref, torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9))
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        assert rel(p.detach(), q.detach()) < 1e-5

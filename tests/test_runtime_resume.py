@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,3 +82,46 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_losses(tmp_path):
     assert main(command[3:] + ["--resume"]) == 0
     assert losses(out) == losses(reference_run)
     assert [s for k, s, _ in losses(out) if k == "train"] == list(range(1, steps + 1))
+
+
+def test_resume_without_checkpoints_never_replaces_a_runs_metrics(tmp_path):
+    """--resume with no checkpoint left (deleted, or never kept) would start over at step 0
+    and rewrite metrics.jsonl: refused, and the metrics stay as they were. A run stopped
+    before its first checkpoint still restarts."""
+    from nlc.errors import NlcError
+    out = tmp_path / "run"
+    train(tiny(out, steps=6), progress=False)
+    for late in ckpt.checkpoint_dirs(out):
+        for f in late.iterdir():
+            f.unlink()
+        late.rmdir()
+    before = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(NlcError, match="no checkpoint to resume from"):
+        train(tiny(out, steps=6), resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_bytes() == before
+    early = tmp_path / "early"  # stopped at step 2, before its first checkpoint (step 3)
+    train(tiny(early, steps=2), progress=False)
+    shutil.rmtree(early / "checkpoints")  # (a finished run saves its last step too)
+    (early / "summary.json").unlink()
+    summary = train(tiny(early, steps=4), resume=True, progress=False)
+    assert summary["resumed_from"] == 0
+
+
+@pytest.mark.parametrize("where", ["checkpoints", "metrics.jsonl", "checkpoints/step_00000003"])
+def test_a_run_folders_parts_of_the_wrong_kind_are_refused_before_work(tmp_path, where):
+    """A file where the run keeps a folder (or the reverse) is a clear error, not an
+    internal one at the first save, and the run's other files stay."""
+    from nlc.errors import NlcError
+    out = tmp_path / "run"
+    train(tiny(out, steps=3), progress=False)
+    target = out / where
+    if target.is_dir():
+        shutil.rmtree(target)
+        target.write_text("x")
+    else:
+        target.unlink()
+        target.mkdir()
+    before = (out / "config.json").read_bytes()
+    with pytest.raises(NlcError, match="move it away"):
+        train(tiny(out, steps=6), resume=True, progress=False)
+    assert (out / "config.json").read_bytes() == before

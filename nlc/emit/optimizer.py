@@ -81,8 +81,8 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     outputs = []
     for lv in levels:
         rule = rules[lv.name]
-        for n, _ in rule.states:
-            plan.states.append((n, lv.state.init))
+        for n, _ in rule.states:  # the algorithm's own states (a momentum) start at zero
+            plan.states.append((n, lv.state.init if n == lv.state.name else "zeros"))
             body.append(f"{local(n)} = state[{n!r}]")
             printer.names[n] = local(n)
             printer.names[f"{n}_next"] = f"{local(n)}_next"

@@ -105,6 +105,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
                        "or choose another --out")
     check_run_folder(out, resume)
+    if resume and latest is None:
+        _refuse_restart_over(out, config)
     distributed.barrier(world)  # every rank has looked before rank 0 writes anything
 
     torch.manual_seed(config.seed)
@@ -234,11 +236,37 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
 RUN_FILES = ("config.json", "spec.nl", "mlp.nl", "optimizer.nl", "summary.json")
 
 
+def _refuse_restart_over(out: Path, config) -> None:
+    """--resume without a checkpoint starts from step 0 (a run stopped before its first
+    checkpoint, or a first launch), which rewrites metrics.jsonl: refused when the metrics go
+    past where a first checkpoint would have been (a finished or checkpointed run's, whose
+    checkpoints are gone), since they would be lost."""
+    metrics = out / "metrics.jsonl"
+    steps = [r.get("step", 0) for r in read_metrics(metrics)] if metrics.is_file() else []
+    first = config.checkpoint_interval or config.steps
+    if steps and max(steps) >= first:
+        raise NlcError(f"{out}: holds a run's metrics up to step {max(steps)} but no checkpoint "
+                       "to resume from; starting over would replace them",
+                       hint="choose another --out, or move the folder away to start again")
+
+
 def check_run_folder(out: Path, resume: bool) -> None:
     """Refuse a --out a run cannot be written to, before any work: a file, a path under a
     file, an unwritable place; and a folder holding files a new run would overwrite."""
     if out.exists() and not out.is_dir():
         raise NlcError(f"{out}: --out names a file, not a folder")
+    # what a run writes, found as something else (a file where its folders go, or the
+    # reverse): refused before any work, since writing there would fail or overwrite it
+    checkpoints = out / "checkpoints"
+    wrong = [p for p in (checkpoints,) if p.exists() and not p.is_dir()]
+    wrong += [p for p in (out / "metrics.jsonl", *(out / n for n in RUN_FILES))
+              if p.exists() and not p.is_file()]
+    if checkpoints.is_dir():
+        wrong += [p for p in checkpoints.glob("step_*") if not p.is_dir()]
+    if wrong:
+        raise NlcError(f"{wrong[0]}: is a {'folder' if wrong[0].is_dir() else 'file'}, where "
+                       "a run keeps a " + ("file" if wrong[0].is_dir() else "folder"),
+                       hint="move it away")
     if not resume and out.is_dir():
         clash = [name for name in RUN_FILES if (out / name).exists()]
         if clash:
