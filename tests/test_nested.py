@@ -163,6 +163,18 @@ def test_every_c_tokens_counts_a_constant_term_once_per_token(tmp_path, rule, C)
     assert rel(torch.stack(steps, 1), expected) < 1e-10
 
 
+def test_a_period_spelled_with_a_dim_refuses_another_value_at_construction(tmp_path):
+    """`every C tokens` is compiled in as a number: Mem(C=8) would silently keep 4, so the
+    constructor refuses it and says to recompile; the compiled value is accepted."""
+    module, _ = memory_layer(tmp_path, " every C tokens", C=4, name="period_dim")
+    module.Mem(C=4)
+    with pytest.raises(ValueError, match="compile the spec with -D C=8"):
+        module.Mem(C=8)
+    module, _ = memory_layer(tmp_path, ", gradients at chunk(C)", C=4, name="chunk_dim")
+    with pytest.raises(ValueError, match="C = 2, but"):
+        module.Mem(C=2)
+
+
 def test_every_one_token_equals_the_per_token_level(tmp_path):
     _, per_token = memory_layer(tmp_path, "", name="per_token")
     _, every_one = memory_layer(tmp_path, " every C tokens", C=1, name="every_one")

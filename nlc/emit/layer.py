@@ -136,6 +136,7 @@ class PrintedLayer:
     heads_dim: bool         # the spec declares `heads` (else one head)
     shared: list            # PrintedShared
     history: bool = False   # the forward reads earlier tokens' context (a cache keeps them)
+    fixed: list = field(default_factory=list)  # (size, compiled value): in periods, chunks
 
 
 class LayerPrinter:
@@ -178,7 +179,14 @@ class LayerPrinter:
             [(n, every, list(attrs)) for n, every, attrs in plan.param_groups], init_calls,
             any(isinstance(step, ContextStep) for step in plan.forward),
             "heads" in self.defaults, shared,
-            any(isinstance(step, ShiftStep) for step in plan.forward))
+            any(isinstance(step, ShiftStep) for step in plan.forward),
+            self.fixed_sizes())
+
+    def fixed_sizes(self) -> list[tuple[str, int]]:
+        """The sizes a level's period or gradient chunk is spelled with, and their compiled
+        values: the generated code has them as numbers, so the constructor refuses others."""
+        fixed = {d for lv in self.spec.levels for d in lv.fixed_dims}
+        return [(s.name, s.default) for s in self.plan.sizes if s.name in fixed]
 
     # ------------------------------------------------------------ levels and groups
     def level(self, lp) -> PrintedLevel:

@@ -244,7 +244,13 @@ class LevelChecker:
                            getattr(read_clause(stmt), "when", None) == "start",
                            _rate_rows(head.state, algorithm, head.env),
                            tuple(zip(objectives[1:], algorithms[1:])),
-                           _gate_rows(head.state, retentions, head.env))
+                           _gate_rows(head.state, retentions, head.env),
+                           self._fixed_dims(stmt))
+
+    def _fixed_dims(self, stmt: ast.Level) -> tuple[str, ...]:
+        """The dims a level's period or gradient chunk is spelled with: compiled in."""
+        spelled = [e for e in (getattr(stmt.every, "count", None), stmt.chunk) if e is not None]
+        return tuple(sorted({n.id for e in spelled for n in names_in(e)} & set(self.dims)))
 
     def state_stmt(self, stmt: ast.State, env: Env) -> StateRecord:
         term = make_term(stmt.form, vocab.FORMS, "memory form", env, self.consts)

@@ -163,6 +163,7 @@ class LevelRecord:
     # a token after the first (`objective`, `algorithm`), in order (DeltaProduct)
     later_steps: tuple[tuple[Term, Term], ...] = ()
     gate_rows: bool = False      # the decay gate has one entry per row (output channel)
+    fixed_dims: tuple[str, ...] = ()  # dims its period or gradient chunk is spelled with
 
     @property
     def state(self) -> StateRecord | None:

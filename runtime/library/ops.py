@@ -66,6 +66,18 @@ def check_sizes(layer: str, sizes: dict) -> None:
             raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
 
 
+def check_compiled_sizes(layer: str, sizes: dict) -> None:
+    """Refuse, with a ValueError, a size that a level's period or gradient chunk is spelled
+    with (`every C tokens`) given other than its compiled value: the generated code holds
+    those as numbers, so another value would be silently ignored. `sizes`: name -> (given,
+    compiled)."""
+    for name, (given, compiled) in sizes.items():
+        if given != compiled:
+            raise ValueError(f"{layer}: {name} = {given}, but a level's period or gradient "
+                             f"chunk was compiled with {name} = {compiled}: compile the spec "
+                             f"with -D {name}={given} instead")
+
+
 def check_input(x, d_model: int, cu_seqlens=None) -> None:
     """Refuse a layer input that the generated code would misread, with a ValueError that
     says what was expected (called once, first thing, by every generated `forward`).
@@ -570,6 +582,7 @@ __all__ = [
     "LinearRecorder",
     "Member",
     "attention",
+    "check_compiled_sizes",
     "check_input",
     "check_sizes",
     "column",
