@@ -469,7 +469,9 @@ class ContinuumMemory(nn.Module):
             torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:36 learned initial state
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

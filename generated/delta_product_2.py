@@ -232,7 +232,9 @@ class GatedDeltaProduct(nn.Module):
         self.conv3 = nn.Parameter(torch.empty(self.heads, self.d_v, 4))  # spec:24 conv
         self.conv4 = nn.Parameter(torch.empty(self.heads, self.d_v, 4))  # spec:25 conv
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

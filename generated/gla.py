@@ -170,7 +170,9 @@ class GLA(nn.Module):
         self.b_a = nn.Parameter(torch.empty(self.heads, self.d_k))  # spec:15
         self.W_o = nn.Parameter(torch.empty(self.heads, self.d_v, self.d_model))  # spec:16
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

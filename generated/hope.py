@@ -801,7 +801,9 @@ class SelfModifyingTitans(nn.Module):
             torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:75 learned initial state
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 
@@ -1559,7 +1561,9 @@ class ContinuumMemory(nn.Module):
             torch.empty(self.heads, self.d_model, self.d_hidden)
         )  # spec:122 learned initial state
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

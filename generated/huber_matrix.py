@@ -164,7 +164,9 @@ class HuberMatrix(nn.Module):
         self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_k, 4))  # spec:18 conv
         self.conv2 = nn.Parameter(torch.empty(self.heads, self.d_v, 4))  # spec:19 conv
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

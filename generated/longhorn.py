@@ -171,7 +171,9 @@ class Longhorn(nn.Module):
         self.conv0 = nn.Parameter(torch.empty(self.heads, self.d_k, 4))  # spec:17 conv
         self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_k, 4))  # spec:18 conv
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

@@ -178,7 +178,9 @@ class Mamba2(nn.Module):
         self.conv1 = nn.Parameter(torch.empty(self.heads, self.d_state, 4))  # spec:21 conv
         self.conv2 = nn.Parameter(torch.empty(self.heads, self.d_state, 4))  # spec:22 conv
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

@@ -165,7 +165,9 @@ class RetNet(nn.Module):
         self.W_g = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_v))  # spec:11
         self.W_o = nn.Parameter(torch.empty(self.heads, self.d_v, self.d_model))  # spec:12
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

@@ -186,7 +186,9 @@ class Rwkv7(nn.Module):
         self.rho = nn.Parameter(torch.empty(self.heads, self.d_k))  # spec:19
         self.W_o = nn.Parameter(torch.empty(self.heads, self.d_v, self.d_model))  # spec:20
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

@@ -108,7 +108,9 @@ class SlidingWindow(nn.Module):
         self.W_v = nn.Parameter(torch.empty(self.heads, self.d_model, self.d_v))  # spec:10
         self.W_o = nn.Parameter(torch.empty(self.heads, self.d_v, self.d_model))  # spec:11
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

@@ -211,7 +211,9 @@ class TTTLinear(nn.Module):
             torch.empty(self.heads, self.d_head, self.d_head)
         )  # spec:25 learned initial state
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

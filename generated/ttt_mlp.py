@@ -250,7 +250,9 @@ class TTTMLP(nn.Module):
             torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:24 learned initial state
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

@@ -198,7 +198,9 @@ class Yaad(nn.Module):
             torch.empty(self.heads, self.d_head, 4 * self.d_head)
         )  # spec:39 learned initial state
         self.register_buffer(
-            "head", torch.arange(self.heads, dtype=torch.float32)[:, None], persistent=False
+            "head",
+            torch.arange(self.heads, dtype=torch.get_default_dtype())[:, None],
+            persistent=False,
         )
         self.reset_parameters()
 

@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         print(err.render(), file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
-        print("nlc: interrupted", file=sys.stderr)
+        resume = ("; `nlc train ... --out RUN --resume` continues from the run's latest "
+                  "checkpoint") if args.command == "train" else ""
+        print(f"nlc: interrupted{resume}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK

@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(err.render(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("nlc: interrupted", file=sys.stderr)
+        print("nlc: interrupted; `nlc train ... --out RUN --resume` continues from the run's "
+              "latest checkpoint", file=sys.stderr)
         return 130
     except Exception as err:  # a bug, not a user error
         if os.environ.get("NLC_DEBUG") == "1":

@@ -175,6 +175,20 @@ def test_a_period_spelled_with_a_dim_refuses_another_value_at_construction(tmp_p
         module.Mem(C=2)
 
 
+def test_a_layer_built_under_a_float64_default_runs_in_float64(tmp_path):
+    """torch.set_default_dtype(torch.float64) before construction: every parameter and the
+    head-index buffer (the reference for the states' dtype) are float64, and forward runs."""
+    module, _ = memory_layer(tmp_path, "", name="default_f64")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(F64)
+    try:
+        layer = module.Mem()
+        y = layer(torch.randn(1, 5, 6))
+    finally:
+        torch.set_default_dtype(default)
+    assert y.dtype == F64
+
+
 def test_every_one_token_equals_the_per_token_level(tmp_path):
     _, per_token = memory_layer(tmp_path, "", name="per_token")
     _, every_one = memory_layer(tmp_path, " every C tokens", C=1, name="every_one")

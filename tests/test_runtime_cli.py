@@ -287,3 +287,15 @@ def test_a_run_whose_gradients_overflow_says_so_not_that_the_loss_did(tmp_path, 
     assert "non-finite gradients in" in message and "blocks.0.mixer.proj" in message
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["kind"] == "diverged" and records[-1]["nonfinite_gradients"]
+
+
+def test_an_interrupted_train_says_how_to_resume(monkeypatch, capsys):
+    """Ctrl-C in `nlc train`: exit 130, no traceback, and the way to continue the run."""
+    from nlc import cli, train_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_cli, "config_from_args", interrupted)
+    assert cli.main(["train", "examples/deltanet.nl"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
