@@ -299,3 +299,14 @@ def test_an_interrupted_train_says_how_to_resume(monkeypatch, capsys):
     assert cli.main(["train", "examples/deltanet.nl"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+
+
+def test_an_optimizer_given_as_the_layer_and_the_reverse_say_so(tmp_path, capsys):
+    """Not `-D d_model: no dim of that name` (an override the user never gave)."""
+    from conftest import ROOT
+    adam, deltanet = str(ROOT / "examples" / "adam.nl"), str(ROOT / "examples" / "deltanet.nl")
+    assert main(["train", adam, "--steps", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "holds optimizer declarations, no layer" in capsys.readouterr().err
+    assert main(["train", deltanet, "--optimizer", deltanet, "--steps", "1",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "holds layer declarations, no optimizer" in capsys.readouterr().err

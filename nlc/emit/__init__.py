@@ -222,11 +222,27 @@ def _only_class(module, kind: str, path: str):
     return found[0]
 
 
+def _refuse_other_kind(path: str, kind: str) -> None:
+    """A spec holding no declaration of `kind` (an optimizer given as a layer, or the
+    reverse) is refused as such, before overrides meant for that kind (the layer's d_model)
+    would be refused as unknown names."""
+    from nlc import pipeline
+    kinds = {s.kind.value for s in pipeline.run(path, "check", {})}
+    wanted = {"layer": {"layer", "model"}, "optimizer": {"optimizer"}}[kind]
+    if not kinds & wanted:
+        other = "the model's layer (SPEC)" if "layer" in kinds or "model" in kinds \
+            else "--optimizer"
+        raise NlcError(f"holds {' and '.join(sorted(kinds))} declarations, no {kind}",
+                       path=path, hint=f"pass it as {other}")
+
+
 def load_layer(path: str, **overrides):
     """The layer class a spec compiles to (its model class, if it declares one);
     `overrides` set dims / hypers (like -D)."""
+    _refuse_other_kind(path, "layer")
     return _only_class(load_module(path, overrides), "layer", path)
 
 
 def load_optimizer(path: str, **overrides):
+    _refuse_other_kind(path, "optimizer")
     return _only_class(load_module(path, overrides), "optimizer", path)

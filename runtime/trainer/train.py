@@ -140,6 +140,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     autocast = autocast_for(config, world.device)
     log = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
     bar = ProgressBar(config.steps, start, config.log_interval, enabled=progress and world.is_main)
+    if resume and latest is None:  # a first launch with --resume, or a mistyped --out
+        bar.message(f"{out}: no checkpoint to resume from; starting a new run")
     bar.message(f"{config.task}: {model.num_parameters():,} parameters, {config.spec}, "
                 f"{world.world_size} rank(s) on {world.device}, steps {start + 1}..{config.steps}")
     tokens_per_step = config.batch_size * config.seq_len
