@@ -279,3 +279,21 @@ def test_nearest_is_ranked_by_the_axes_that_differ():
                              "lp_matrix.nl")[0].levels
     assert level.nearest[0] == "gated_deltanet"
     assert level.differs == "Gated DeltaNet with objective lp (l2 there)"
+
+
+def test_a_retention_verifies_under_either_spelling():
+    """weight_decay(a) keeps 1 - a of the state, decay(1 - a) too: the catalog's gate is the
+    factor kept, so both spellings verify as the same model (weight_decay(a) + gd as Titans'
+    linear memory was a new variant), and Titans' MLP memory written with decay(1 - a) is
+    still Titans."""
+    gated = (EXAMPLES / "gated_deltanet.nl").read_text()
+    linear = re.sub(r"retention decay\(alpha(, order = before)?\)",
+                    "retention weight_decay(1 - alpha, order = parallel)", gated)
+    assert linear != gated
+    levels, _ = _levels(linear)
+    assert "titans_linear" in levels["memory"]
+    titans = (EXAMPLES / "titans.nl").read_text()
+    spelled = re.sub(r"weight_decay\((\w+)\)", r"decay(1 - \1, order = parallel)", titans)
+    assert spelled != titans
+    levels, report = _levels(spelled)
+    assert report.claim_holds, levels

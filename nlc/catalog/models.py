@@ -215,9 +215,11 @@ entry(id="ttt_mlp", title="TTT-MLP",
 
 
 def _titans(r: Roles):
+    # r.alpha is the factor the memory keeps, 1 - alpha in the paper's notation (the
+    # `gate` role of either retention spelling: weight_decay(alpha) or decay(1 - alpha))
     grads = r.grad(r.S0 or r.S)
     new_u = tuple(r.eta * u.as_explicit() - r.beta * g for u, g in zip(r.U, grads))
-    new_s = tuple((1 - r.alpha) * s.as_explicit() + u for s, u in zip(r.S, new_u))
+    new_s = tuple(r.alpha * s.as_explicit() + u for s, u in zip(r.S, new_u))
     return new_s + new_u
 
 

@@ -169,7 +169,9 @@ class LevelDerivation:
             if kind in self.retentions:
                 t = self.retentions[kind]
                 alpha = self.value(t.get("alpha"), lower)
-                self.roles.setdefault("gate", alpha)
+                # the role is the factor the state keeps (weight_decay(alpha): 1 - alpha), so
+                # that one catalog entry answers to either spelling of a retention
+                self.roles.setdefault("gate", ret.gate_of(kind, alpha))
                 gates.append(ret.Gate(ret.gate_of(kind, alpha), t.get("order"), kind,
                                       rows=self.level.gate_rows))
         return gates
