@@ -307,6 +307,7 @@ def test_an_optimizer_given_as_the_layer_and_the_reverse_say_so(tmp_path, capsys
     adam, deltanet = str(ROOT / "examples" / "adam.nl"), str(ROOT / "examples" / "deltanet.nl")
     assert main(["train", adam, "--steps", "1", "--out", str(tmp_path / "a")]) == 2
     assert "holds optimizer declarations, no layer" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # the refused run leaves no empty folder behind
     assert main(["train", deltanet, "--optimizer", deltanet, "--steps", "1",
                  "--out", str(tmp_path / "b")]) == 2
     assert "holds layer declarations, no optimizer" in capsys.readouterr().err

@@ -104,23 +104,29 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
         raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
                        "or choose another --out")
+    created = not out.exists()
     check_run_folder(out, resume)
-    if resume and latest is None:
-        _refuse_restart_over(out, config)
-    distributed.barrier(world)  # every rank has looked before rank 0 writes anything
+    try:  # a run refused from here on leaves no empty folder it made behind
+        if resume and latest is None:
+            _refuse_restart_over(out, config)
+        distributed.barrier(world)  # every rank has looked before rank 0 writes anything
 
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    model = LanguageModel(config, mixer_factory, mlp_factory).to(world.device)
-    if config.carry_state:
-        check_carriable(model)
-    optimizer = build_optimizer(model, config, optimizer_class)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        model = LanguageModel(config, mixer_factory, mlp_factory).to(world.device)
+        if config.carry_state:
+            check_carriable(model)
+        optimizer = build_optimizer(model, config, optimizer_class)
 
-    start = 0
-    if resume and latest is not None:
-        checkpoint = ckpt.read_checkpoint(latest, config, spec["sha256"])
-        ckpt.apply_checkpoint(checkpoint, model, optimizer)
-        start = checkpoint.step
+        start = 0
+        if resume and latest is not None:
+            checkpoint = ckpt.read_checkpoint(latest, config, spec["sha256"])
+            ckpt.apply_checkpoint(checkpoint, model, optimizer)
+            start = checkpoint.step
+    except BaseException:
+        if created and world.is_main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.json", config.to_json())
