@@ -21,51 +21,58 @@ MODE=${1:-a}
 REPO=$(pwd)
 source benchmarks/gpu_common.sh
 start_session
-if [ "$MODE" = a ]; then
-  timeout 60 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
+
+# channel_tests SECONDS: the channel family's and gate limits' Triton tests on the GPU
+channel_tests() {
+  NLC_TRITON_TEST_DEVICE=cuda timeout "$1" python3 -m pytest -q -p no:cacheprovider \
+    "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
+}
+
+# titans_before SECONDS: Titans' fastest LM row on the tree before session 34's dual-form
+# changes (.carry/base_02089ee.tar, made by `git archive -o .carry/base_02089ee.tar 02089ee`)
+titans_before() {
   mkdir -p /tmp/base && tar -xf "$REPO/.carry/base_02089ee.tar" -C /tmp/base
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
     /tmp/base
-  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 100 python3 /tmp/base/benchmarks/lm_throughput.py \
+  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout "$1" python3 /tmp/base/benchmarks/lm_throughput.py \
     --steps 3 --batch 16 --rows titans_graphed_compiled_kernels_tf32 \
-    --out "$OUT/lm_titans_base.md" | tail -2
-  timeout 200 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
-    --rows titans_graphed_compiled_kernels_tf32,hope_graphed_compiled_chunks_tf32 \
-    --out "$OUT/lm_mix.md" | tail -4
+    --out "$OUT/lm_titans_base.md" | tail -1
+}
+
+# lm_rows SECONDS ROWS: LM rows of lm_throughput.py on this tree, into $OUT/lm_rows.md
+lm_rows() {
+  timeout "$1" python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 --rows "$2" \
+    --out "$OUT/lm_rows.md" | tail -4
+}
+
+# gla_vs_fla SECONDS SKIP: GLA forward and forward + backward against fla's chunk_gla at
+# (8, 2048); our rows come first and print as they finish
+gla_vs_fla() {
+  timeout "$1" python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models GLA \
+    --shapes 8,2048,16,128 --check "ours chunked" --skip "$2" --out "$OUT/gla_fwd_bwd.md"
+  cat "$OUT/gla_fwd_bwd.md"
+}
+
+mix() { timeout "$1" python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn; }
+
+TITANS=titans_graphed_compiled_kernels_tf32
+if [ "$MODE" = a ]; then
+  mix 60
+  titans_before 100
+  lm_rows 200 "$TITANS,hope_graphed_compiled_chunks_tf32"
   timeout 170 python3 "$REPO/benchmarks/kernel_profile.py" --shape 1,16384,16,128 \
     --models gla --sweep-forward --forward 2>&1 | grep -v -i warn
 elif [ "$MODE" = last ]; then  # the first three of `all`, for the last few minutes
-  NLC_TRITON_TEST_DEVICE=cuda timeout 70 python3 -m pytest -q -p no:cacheprovider \
-    "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
-  mkdir -p /tmp/base && tar -xf "$REPO/.carry/base_02089ee.tar" -C /tmp/base
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
-    /tmp/base
-  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 75 python3 /tmp/base/benchmarks/lm_throughput.py \
-    --steps 3 --batch 16 --rows titans_graphed_compiled_kernels_tf32 \
-    --out "$OUT/lm_titans_base.md" | tail -1
-  timeout 75 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
-    --rows titans_graphed_compiled_kernels_tf32 --out "$OUT/lm_titans.md" | tail -1
+  channel_tests 70
+  titans_before 75
+  lm_rows 75 "$TITANS"
 elif [ "$MODE" = all ]; then  # one call for what matters most, when machines are scarce
-  NLC_TRITON_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q -p no:cacheprovider \
-    "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
-  mkdir -p /tmp/base && tar -xf "$REPO/.carry/base_02089ee.tar" -C /tmp/base
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
-    /tmp/base
-  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout 80 python3 /tmp/base/benchmarks/lm_throughput.py \
-    --steps 3 --batch 16 --rows titans_graphed_compiled_kernels_tf32 \
-    --out "$OUT/lm_titans_base.md" | tail -1
-  timeout 80 python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 \
-    --rows titans_graphed_compiled_kernels_tf32 --out "$OUT/lm_titans.md" | tail -1
-  timeout ${GLA_SECONDS:-200} python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models GLA \
-    --shapes 8,2048,16,128 --check "ours chunked" \
-    --skip "GLA:fla fused recurrent,GLA:ours recurrent" --out "$OUT/gla_fwd_bwd.md"
-  cat "$OUT/gla_fwd_bwd.md"
-  timeout 40 python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn
+  channel_tests 80
+  titans_before 80
+  lm_rows 80 "$TITANS"
+  gla_vs_fla "${GLA_SECONDS:-200}" "GLA:fla fused recurrent,GLA:ours recurrent"
+  mix 40
 elif [ "$MODE" = c ]; then
-  NLC_TRITON_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
-    "$REPO/tests/test_chunk_triton.py" -k "channel or limits or half" 2>&1 | tail -3
-  timeout 440 python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold --models GLA \
-    --shapes 8,2048,16,128 --check "ours chunked" \
-    --skip "GLA:fla fused recurrent" --out "$OUT/gla_fwd_bwd.md"
-  cat "$OUT/gla_fwd_bwd.md"
+  channel_tests 100
+  gla_vs_fla 440 "GLA:fla fused recurrent"
 fi
