@@ -255,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         print(err.render(), file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
-        resume = ("; `nlc train ... --out RUN --resume` continues from the run's latest "
-                  "checkpoint") if args.command == "train" else ""
-        print(f"nlc: interrupted{resume}", file=sys.stderr)
+        from nlc.train_cli import RESUME_HINT
+        print(f"nlc: interrupted{RESUME_HINT if args.command == 'train' else ''}",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK

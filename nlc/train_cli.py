@@ -23,6 +23,8 @@ from nlc.errors import NlcError
 EXIT_OK = 0
 EXIT_DIVERGED = 1  # the loss or the gradients stopped being finite
 SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
+# what an interrupted `nlc train` adds to "nlc: interrupted" (here and in nlc/cli.py)
+RESUME_HINT = "; `nlc train ... --out RUN --resume` continues from the run's latest checkpoint"
 
 
 def register(subparsers) -> None:
@@ -235,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err.render(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("nlc: interrupted; `nlc train ... --out RUN --resume` continues from the run's "
-              "latest checkpoint", file=sys.stderr)
+        print(f"nlc: interrupted{RESUME_HINT}", file=sys.stderr)
         return 130
     except Exception as err:  # a bug, not a user error
         if os.environ.get("NLC_DEBUG") == "1":

@@ -168,11 +168,11 @@ class LevelDerivation:
         for kind in ("decay", "weight_decay"):
             if kind in self.retentions:
                 t = self.retentions[kind]
-                alpha = self.value(t.get("alpha"), lower)
+                factor = ret.gate_of(kind, self.value(t.get("alpha"), lower))
                 # the role is the factor the state keeps (weight_decay(alpha): 1 - alpha), so
                 # that one catalog entry answers to either spelling of a retention
-                self.roles.setdefault("gate", ret.gate_of(kind, alpha))
-                gates.append(ret.Gate(ret.gate_of(kind, alpha), t.get("order"), kind,
+                self.roles.setdefault("gate", factor)
+                gates.append(ret.Gate(factor, t.get("order"), kind,
                                       rows=self.level.gate_rows))
         return gates
 

@@ -223,11 +223,15 @@ def _only_class(module, kind: str, path: str):
 
 
 def _refuse_other_kind(path: str, kind: str) -> None:
-    """A spec holding no declaration of `kind` (an optimizer given as a layer, or the
-    reverse) is refused as such, before overrides meant for that kind (the layer's d_model)
-    would be refused as unknown names."""
+    """After loading a spec as `kind` failed: a spec holding no declaration of that kind (an
+    optimizer given as a layer, or the reverse) is refused as such, not as the override
+    meant for that kind (the layer's d_model) it does not declare. A spec that does not
+    check leaves the original error to be raised."""
     from nlc import pipeline
-    kinds = {s.kind.value for s in pipeline.run(path, "check", {})}
+    try:
+        kinds = {s.kind.value for s in pipeline.run(path, "check", {})}
+    except NlcError:
+        return
     wanted = {"layer": {"layer", "model"}, "optimizer": {"optimizer"}}[kind]
     if not kinds & wanted:
         other = "the model's layer (SPEC)" if "layer" in kinds or "model" in kinds \
@@ -239,10 +243,16 @@ def _refuse_other_kind(path: str, kind: str) -> None:
 def load_layer(path: str, **overrides):
     """The layer class a spec compiles to (its model class, if it declares one);
     `overrides` set dims / hypers (like -D)."""
-    _refuse_other_kind(path, "layer")
-    return _only_class(load_module(path, overrides), "layer", path)
+    return _load_class(path, overrides, "layer")
 
 
 def load_optimizer(path: str, **overrides):
-    _refuse_other_kind(path, "optimizer")
-    return _only_class(load_module(path, overrides), "optimizer", path)
+    return _load_class(path, overrides, "optimizer")
+
+
+def _load_class(path: str, overrides: dict, kind: str):
+    try:
+        return _only_class(load_module(path, overrides), kind, path)
+    except NlcError:
+        _refuse_other_kind(path, kind)
+        raise

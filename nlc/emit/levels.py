@@ -709,16 +709,15 @@ def _summed_parts(ex: FrozenSplit) -> tuple[list, dict[str, str]]:
     the same at every token counts once per token): `nl.outer_sum` for a column times a
     row, `nl.token_sum` for the rest."""
     parts, sums = [], {}
-    count = PIECE_COUNT
     for name, terms in ex.outer:
         codes = []
         for i, term in enumerate(terms):
             base = f"{name}_{i}"
             if len(term) == 2:
                 parts += [(f"{base}_col", term[0]), (f"{base}_row", term[1])]
-                codes.append(f"nl.outer_sum({base}_col, {base}_row, {count})")
+                codes.append(f"nl.outer_sum({base}_col, {base}_row, {PIECE_COUNT})")
             else:
                 parts.append((base, term[0]))
-                codes.append(f"nl.token_sum({base}, {count})")
+                codes.append(f"nl.token_sum({base}, {PIECE_COUNT})")
         sums[name] = " + ".join(codes)
     return parts, sums

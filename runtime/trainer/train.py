@@ -266,11 +266,10 @@ def check_run_folder(out: Path, resume: bool) -> None:
     # what a run writes, found as something else (a file where its folders go, or the
     # reverse): refused before any work, since writing there would fail or overwrite it
     checkpoints = out / "checkpoints"
-    wrong = [p for p in (checkpoints,) if p.exists() and not p.is_dir()]
+    folders = [checkpoints, *checkpoints.glob("step_*")] if checkpoints.is_dir() else [checkpoints]
+    wrong = [p for p in folders if p.exists() and not p.is_dir()]
     wrong += [p for p in (out / "metrics.jsonl", *(out / n for n in RUN_FILES))
               if p.exists() and not p.is_file()]
-    if checkpoints.is_dir():
-        wrong += [p for p in checkpoints.glob("step_*") if not p.is_dir()]
     if wrong:
         raise NlcError(f"{wrong[0]}: is a {'folder' if wrong[0].is_dir() else 'file'}, where "
                        "a run keeps a " + ("file" if wrong[0].is_dir() else "folder"),
