@@ -1,26 +1,27 @@
 #!/bin/bash
-# GPU work left by session 34 (benchmarks/gpu_session35.sh's modes), regrouped into two calls
-# after session 35 lost a fifth of its device time to machines that did not start. One mode
-# per device call (each under 10 minutes; run from the repository root with OUT set and the
-# wheels carried, see benchmarks/gpu_common.sh):
-#   a: issue 17: benchmarks/dual_mix.py (the chunk-end mix as elementwise sums against the
-#      matrix product it replaced); Titans' fastest LM row on the tree before session 34's
-#      three dual-form changes (.carry/base_02089ee.tar, made by
-#      `git archive -o .carry/base_02089ee.tar 02089ee`) and on this tree, on one card, and
-#      Hope's fastest row; then issue 16: GLA's forward launch sweep and kernel profile at
-#      (1, 16384) (the product form of the diagonal blocks against the column sums);
-#   all: the parts of both that matter most, in one call (the tests of c; Titans before and
-#      after; dual_mix.py; c's GLA table as far as time allows);
+# GPU work left by sessions 34 and 35 (Titans before and after session 34's dual-form changes
+# was measured in session 35: docs/perf.md, tenth batch). One mode per device call (each under
+# 10 minutes; run from the repository root with OUT set and the wheels carried, see
+# benchmarks/gpu_common.sh):
+#   g: issue 16 first: GLA forward + backward against fla's chunk_gla at (8, 2048), with most
+#      of the call for fla's autotune (our rows come first and are written as they finish);
+#      then benchmarks/dual_mix.py and Hope's fastest LM row (issue 17);
+#   a: dual_mix.py; Titans' fastest LM row on the tree before session 34's dual-form changes
+#      (.carry/base_02089ee.tar, made by `git archive -o .carry/base_02089ee.tar 02089ee`)
+#      and on this tree, and Hope's row; then GLA's forward launch sweep and kernel profile
+#      at (1, 16384) (the product form of the diagonal blocks against the column sums);
+#   all: the channel family's GPU tests, Titans before and after, GLA against fla, dual_mix;
 #   last: all's first three parts alone (about four minutes);
-#   c: issue 16: the channel family's and gate limits' tests on the GPU (the product form in
-#      real bf16, which the interpreter cannot check), then GLA forward + backward against
-#      fla's chunk_gla at (8, 2048) (fla's backward autotunes for minutes; our rows come
-#      first and are written as they finish).
+#   c: the channel family's and gate limits' tests on the GPU (the product form in real bf16,
+#      which the interpreter cannot check), then GLA against fla.
+# Autotuning results are cached on disk (TRITON_CACHE_AUTOTUNING), so a second call on a
+# warm machine does not autotune fla's kernels again.
 set -u
 MODE=${1:-a}
 REPO=$(pwd)
 source benchmarks/gpu_common.sh
 start_session
+export TRITON_CACHE_AUTOTUNING=1
 
 # channel_tests SECONDS: the channel family's and gate limits' Triton tests on the GPU
 channel_tests() {
@@ -56,7 +57,11 @@ gla_vs_fla() {
 mix() { timeout "$1" python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i warn; }
 
 TITANS=titans_graphed_compiled_kernels_tf32
-if [ "$MODE" = a ]; then
+if [ "$MODE" = g ]; then
+  gla_vs_fla "${GLA_SECONDS:-390}" "GLA:fla fused recurrent,GLA:ours recurrent"
+  mix 40
+  lm_rows 120 hope_graphed_compiled_chunks_tf32
+elif [ "$MODE" = a ]; then
   mix 60
   titans_before 100
   lm_rows 200 "$TITANS,hope_graphed_compiled_chunks_tf32"
