@@ -30,7 +30,7 @@ from nlc.levels.shapes import Env, infer
 from nlc.levels.terms import const_eval, make_term
 from nlc.syntax import ast
 from nlc.syntax.format import format_expr
-from nlc.syntax.names import check_identifier
+from nlc.syntax.names import MAX_NUMBER, check_identifier
 from nlc.syntax.walk import names_used
 
 TransferMode = vocab.TransferMode
@@ -230,6 +230,10 @@ class _DeclChecker(LevelChecker):
             value = self.overrides.get(d.name)
             if value is None:
                 value = const_eval(d.value, self.consts)
+            if abs(value) > MAX_NUMBER:  # generated code prints it; see names.check_number
+                raise NlcError(f"hyper '{d.name}' = {value:.4g} is larger than 2^53 = "
+                               f"{MAX_NUMBER:,}, the largest number a spec may use",
+                               d.value.span if d.name not in self.overrides else d.span)
             if self.is_optimizer and d.name == "params":
                 raise NlcError("an optimizer's hypers are keys of torch's parameter groups, "
                                "where 'params' holds the parameters", d.span,

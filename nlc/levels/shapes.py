@@ -54,6 +54,25 @@ def constant_int(expr: ast.Expr) -> int | None:
     return None
 
 
+def _number_only(expr: ast.Expr) -> bool:
+    if isinstance(expr, ast.Num):
+        return True
+    if isinstance(expr, ast.Neg):
+        return _number_only(expr.operand)
+    return isinstance(expr, ast.BinOp) and _number_only(expr.left) and _number_only(expr.right)
+
+
+def _check_numbers(expr: ast.BinOp) -> None:
+    """Refuse arithmetic on written numbers that has no finite value (`1 / 0`, `(-1) ^ 0.5`)
+    and a division by a written zero: generated code would compute inf or nan from them."""
+    from nlc.levels.terms import const_eval  # (terms imports this module)
+    if _number_only(expr):
+        const_eval(expr, {})
+    elif expr.op is ast.BinOpKind.DIV and _number_only(expr.right) \
+            and const_eval(expr.right, {}) == 0:
+        raise NlcError("division by zero", expr.right.span)
+
+
 def infer(expr: ast.Expr, env: Env) -> Shape:
     """The shape of `expr`; raises a located NlcError on unknown names and mismatches."""
     if isinstance(expr, ast.Num):
@@ -70,6 +89,7 @@ def infer(expr: ast.Expr, env: Env) -> Shape:
         return infer(expr.operand, env)
     if isinstance(expr, ast.BinOp):
         left, right = infer(expr.left, env), infer(expr.right, env)
+        _check_numbers(expr)
         if expr.op is ast.BinOpKind.MATMUL:
             if not left or not right:
                 raise NlcError("'@' needs a vector or matrix on both sides", expr.span,

@@ -10,6 +10,7 @@ from nlc.levels import vocab
 from nlc.levels.records import Term
 from nlc.levels.shapes import Env, infer
 from nlc.syntax import ast
+from nlc.syntax.format import format_expr
 
 _CONST_FUNCS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}
 
@@ -32,16 +33,16 @@ def const_eval(expr: ast.Expr, consts: dict[str, float]) -> float:
                      ast.BinOpKind.MUL: lambda: a * b, ast.BinOpKind.DIV: lambda: a / b,
                      ast.BinOpKind.POW: lambda: a ** b}[expr.op]()
         except (ZeroDivisionError, OverflowError, ValueError):
-            raise NlcError("this constant expression has no finite value", expr.span) from None
+            value = math.inf
         if isinstance(value, complex) or not math.isfinite(value):
-            raise NlcError("this constant expression has no finite value", expr.span)
+            raise NlcError(f"{format_expr(expr)} is not a finite real number", expr.span)
         return float(value)
     if isinstance(expr, ast.Call) and expr.func in _CONST_FUNCS and len(expr.args) == 1:
         x = const_eval(expr.args[0], consts)
         try:
             return _CONST_FUNCS[expr.func](x)
         except (ValueError, OverflowError):
-            raise NlcError(f"{expr.func}({x:g}) has no finite value", expr.span) from None
+            raise NlcError(f"{expr.func}({x:g}) is not a finite real number", expr.span) from None
     raise NlcError("expected a constant (numbers, dims and hypers with + - * / ^)", expr.span)
 
 
