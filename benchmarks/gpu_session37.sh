@@ -3,9 +3,11 @@
 # was measured in session 35: docs/perf.md, tenth batch). One mode per device call (each under
 # 10 minutes; run from the repository root with OUT set and the wheels carried, see
 # benchmarks/gpu_common.sh):
-#   g: issue 16 first: GLA forward + backward against fla's chunk_gla at (8, 2048), with most
-#      of the call for fla's autotune (our rows come first and are written as they finish);
-#      then benchmarks/dual_mix.py and Hope's fastest LM row (issue 17);
+#   g: Titans' fastest LM row with one step profiled (where the step goes since session 34's
+#      dual-form changes; $OUT/*_profile.txt); GLA forward + backward against fla's chunk_gla
+#      at (8, 2048), with most of the call for fla's autotune (our rows come first and are
+#      written as they finish); benchmarks/dual_mix.py;
+#   h: Hope's fastest LM row, profiled (issue 17);
 #   a: dual_mix.py; Titans' fastest LM row on the tree before session 34's dual-form changes
 #      (.carry/base_02089ee.tar, made by `git archive -o .carry/base_02089ee.tar 02089ee`)
 #      and on this tree, and Hope's row; then GLA's forward launch sweep and kernel profile
@@ -41,9 +43,12 @@ titans_before() {
 }
 
 # lm_rows SECONDS ROWS: LM rows of lm_throughput.py on this tree, into $OUT/lm_rows.md
+# (a third argument, "profile", profiles one more step of each row into $OUT/ROW_profile.txt)
 lm_rows() {
+  local extra=()
+  [ "${3:-}" = profile ] && extra=(--profile-to "$OUT")
   timeout "$1" python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 --rows "$2" \
-    --out "$OUT/lm_rows.md" | tail -4
+    --out "$OUT/lm_rows.md" "${extra[@]}" | tail -4
 }
 
 # gla_vs_fla SECONDS SKIP: GLA forward and forward + backward against fla's chunk_gla at
@@ -58,9 +63,13 @@ mix() { timeout "$1" python3 "$REPO/benchmarks/dual_mix.py" 2>&1 | grep -v -i wa
 
 TITANS=titans_graphed_compiled_kernels_tf32
 if [ "$MODE" = g ]; then
-  gla_vs_fla "${GLA_SECONDS:-390}" "GLA:fla fused recurrent,GLA:ours recurrent"
+  lm_rows 110 "$TITANS" profile
+  head -45 "$OUT/${TITANS}_profile.txt"
+  gla_vs_fla "${GLA_SECONDS:-360}" "GLA:fla fused recurrent,GLA:ours recurrent"
   mix 40
-  lm_rows 120 hope_graphed_compiled_chunks_tf32
+elif [ "$MODE" = h ]; then
+  lm_rows 200 hope_graphed_compiled_chunks_tf32 profile
+  head -45 "$OUT/hope_graphed_compiled_chunks_tf32_profile.txt"
 elif [ "$MODE" = a ]; then
   mix 60
   titans_before 100

@@ -281,6 +281,23 @@ def test_nearest_is_ranked_by_the_axes_that_differ():
     assert level.differs == "Gated DeltaNet with objective lp (l2 there)"
 
 
+@pytest.mark.parametrize("example, old, new, says", [
+    ("moneta", "p = 3", "p = 4", "the objective's p = 4 (moneta: p = 3)"),
+    ("titans", "scale = 2", "scale = 3", "the objective's scale = 3 (titans: scale = 2)"),
+    ("yaad", "switch = norm", "switch = entries",
+     "the objective's switch = entries (yaad: switch = norm)")])
+def test_a_variant_on_every_axis_names_the_objective_argument_that_differs(example, old, new,
+                                                                              says):
+    """A level that equals a published model on every compared axis but fails to verify
+    against it: the line names the objective's argument that differs from the paper's loss."""
+    text = (EXAMPLES / f"{example}.nl").read_text()
+    assert old in text
+    text = re.sub(r" claims \w+", "", text.replace(old, new))
+    (level,) = verify_module(parse(text, "variant.nl"), "variant.nl")[0].levels
+    assert not level.matches and level.nearest[0] == example
+    assert level.differs.endswith("on every axis nlc compares: " + says)
+
+
 def test_a_retention_verifies_under_either_spelling():
     """weight_decay(a) keeps 1 - a of the state, decay(1 - a) too: the catalog's gate is the
     factor kept, so both spellings verify as the same model (weight_decay(a) + gd as Titans'

@@ -353,6 +353,24 @@ def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str,
     return out
 
 
+def _objective_arguments(objective, entry: CatalogEntry) -> str:
+    """Where a level that matches `entry` on every compared axis still differs from it: the
+    objective's numeric arguments against the paper's loss, if they differ, else the rest."""
+    loss, differ = entry.loss, []
+    if objective is not None and loss is not None:
+        written = dict(objective.args)
+        if loss.p is not None and written.get("p") not in (None, float(loss.p)):
+            differ.append(f"p = {written['p']:g} ({entry.id}: p = {loss.p})")
+        scale = written.get("scale")
+        if isinstance(scale, float) and scale != float(loss.scale):
+            differ.append(f"scale = {scale:g} ({entry.id}: scale = {loss.scale})")
+        if loss.kind == "huber_norm" and written.get("switch") not in (None, "norm"):
+            differ.append(f"switch = {written['switch']} ({entry.id}: switch = norm)")
+    if differ:
+        return "the objective's " + " and ".join(differ)
+    return "the difference is in the algorithm, the read or an argument nlc does not compare"
+
+
 def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
     """The three catalog entries of the spec's kind closest to the level on the axes of the
     design space (memory form, objective, retention gate, momentum, rate), and one line
@@ -373,8 +391,8 @@ def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
         return [], ""
     _, _, first, diffs = best[0]
     if not diffs:
-        line = (f"{first.title}, on every axis nlc compares: the difference is in the "
-                "objective's arguments, the algorithm or the read")
+        line = f"{first.title}, on every axis nlc compares: " + _objective_arguments(
+            spec.graph.level(rule.level).objective, first)
     else:
         added = [p for p in diffs.values() if p.startswith("+")]
         other = [p for p in diffs.values() if not p.startswith("+")]
