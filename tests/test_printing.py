@@ -56,3 +56,12 @@ def test_function_names():
     huber = sp.Piecewise((R, sp.Abs(R) <= sp.Symbol("delta")),
                          (sp.Symbol("delta") * sp.sign(R), True))
     assert function_name(huber, set()) == "huber'"
+
+
+def test_an_lq_norm_prints_as_the_sum_of_its_entries():
+    """Moneta's lq retention divides by a power of the sum of |A|^q over the weight's entries;
+    the engine builds that sum as Trace(ones * X), which the printers show as sum(X)."""
+    (rule,) = rules((EXAMPLES / "moneta.nl").read_text(), "moneta.nl")
+    text, tex = rule.to_text(), rule.to_latex()
+    assert "Trace" not in text and "sum(phi1(M_W1))" in text, text
+    assert r"\operatorname{tr}" not in tex and r"\operatorname{sum}" in tex

@@ -26,6 +26,15 @@ def _negated(expr):
     return args[0] if len(args) == 1 else sp.MatMul(*args, evaluate=False)
 
 
+def _entries_summed(expr):
+    """X for Trace(1 * X) with 1 a matrix of ones (the sum of all of X's entries, as
+    nlc.derive.retention's lq norm builds it), else None."""
+    arg = expr.arg
+    if isinstance(arg, sp.MatMul) and len(arg.args) == 2 and isinstance(arg.args[0], sp.OneMatrix):
+        return arg.args[1]
+    return None
+
+
 def _precedence(item, fallback=precedence) -> int:
     if isinstance(item, sp.MatMul):
         return PRECEDENCE["Add"] if _negative_product(item) else PRECEDENCE["Mul"]
@@ -52,6 +61,12 @@ class RuleStrPrinter(StrPrinter):
             sign = "-"
             args = args[1:] if args[0] == -1 else [-args[0], *args[1:]]
         return sign + "*".join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in args)
+
+    def _print_Trace(self, expr):
+        summed = _entries_summed(expr)
+        if summed is None:
+            return super()._print_Trace(expr)
+        return f"sum({self._print(summed)})"
 
     def _print_MatAdd(self, expr):
         parts = []
@@ -99,6 +114,12 @@ class RuleLatexPrinter(LatexPrinter):
                 return self._print(x)
             return self.parenthesize(x, PRECEDENCE["Mul"], False)
         return sign + " ".join(part(a) for a in args)
+
+    def _print_Trace(self, expr):
+        summed = _entries_summed(expr)
+        if summed is None:
+            return super()._print_Trace(expr)
+        return rf"\operatorname{{sum}}\left({self._print(summed)}\right)"
 
 
 def sstr(expr) -> str:
