@@ -8,6 +8,8 @@
 #      at (8, 2048), with most of the call for fla's autotune (our rows come first and are
 #      written as they finish); benchmarks/dual_mix.py;
 #   h: Hope's fastest LM row, profiled (issue 17);
+#   i: Titans' row profiled again (full kernel names), Hope's row profiled, then GLA's
+#      forward + backward kernel by kernel against fla's at (8, 2048) (issue 16);
 #   a: dual_mix.py; Titans' fastest LM row on the tree before session 34's dual-form changes
 #      (.carry/base_02089ee.tar, made by `git archive -o .carry/base_02089ee.tar 02089ee`)
 #      and on this tree, and Hope's row; then GLA's forward launch sweep and kernel profile
@@ -67,6 +69,12 @@ if [ "$MODE" = g ]; then
   head -45 "$OUT/${TITANS}_profile.txt"
   gla_vs_fla "${GLA_SECONDS:-360}" "GLA:fla fused recurrent,GLA:ours recurrent"
   mix 40
+elif [ "$MODE" = i ]; then
+  lm_rows 110 "$TITANS" profile
+  lm_rows 200 hope_graphed_compiled_chunks_tf32 profile
+  timeout 230 python3 "$REPO/benchmarks/kernel_profile.py" --shape 8,2048,16,128 --models gla \
+    2>&1 | grep -v -i warn > "$OUT/gla_kernels.txt"
+  cat "$OUT/gla_kernels.txt"
 elif [ "$MODE" = h ]; then
   lm_rows 200 hope_graphed_compiled_chunks_tf32 profile
   head -45 "$OUT/hope_graphed_compiled_chunks_tf32_profile.txt"

@@ -214,8 +214,9 @@ def run_row(name: str, steps: int, B: int, T: int, profile_to: str | None = None
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             timed_steps(forward, opt, x, autocast, 1)
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30,
-                                          max_name_column_width=70)
+        # kernel names in full: a template's functor says which elementwise op it is
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40,
+                                          max_name_column_width=400)
         Path(profile_to, f"{name}_profile.txt").write_text(f"{label}\n{table}\n")
     return {"label": label, "tokens_per_s": B * T / warm[len(warm) // 2],
             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
