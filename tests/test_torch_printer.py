@@ -40,6 +40,20 @@ def test_other_reciprocals_print_as_divisions():
         assert "sigmoid" not in code and "/" in code, code
 
 
+def test_a_negated_reciprocal_keeps_its_one():
+    """-1 / x (a rate `1 / beta` in a gd step's -lr) printed as `- / x` once: a syntax error
+    in the generated module."""
+    x, y = sp.symbols("x y")
+    values = {"x": torch.rand(50, dtype=torch.float64) + 0.5,
+              "y": torch.randn(50, dtype=torch.float64)}
+    for expr in (-1 / x, -1 / (x + y ** 2), -y / x):
+        code = _code(expr)
+        got = eval(code, {"torch": torch}, dict(values))  # noqa: S307 (our printer's output)
+        want = sp.lambdify((x, y), expr, "math")
+        assert torch.allclose(got, torch.tensor([want(a, b) for a, b in zip(
+            values["x"].tolist(), values["y"].tolist())], dtype=torch.float64)), code
+
+
 def test_an_elementwise_map_and_its_transposed_twin_print_as_one_value():
     """gelu(W k) as a column and gelu(k^T W^T) as a row (an MLP memory's gradient pairs): the
     row prints as the column's transpose, one gelu and one product for both, same values."""

@@ -195,7 +195,7 @@ class TorchPrinter:
     def _product(self, factors, op: str) -> str:
         sign = ""
         if factors and factors[0].is_number and factors[0] == -1:
-            sign, factors = "-", factors[1:]
+            sign, factors = "-", factors[1:] or [sp.Integer(1)]  # -1 alone: -1 / x
         return sign + f" {op} ".join(self._paren(f) for f in factors)
 
     def _print_Mul(self, e) -> str:
