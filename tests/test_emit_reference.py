@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from nlc.emit import load_module, load_optimizer
+from nlc.errors import NlcError
 from tests.test_emit import EXAMPLES, rel, small_overrides
 
 fla_attn = pytest.importorskip("fla.ops.attn.naive")
@@ -295,3 +296,37 @@ def test_a_state_that_starts_at_the_parameter_keeps_its_momentum_at_zero(tmp_pat
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
     for p, q in zip(ours.parameters(), ref.parameters()):
         assert rel(p.detach(), q.detach()) < 1e-5
+
+
+NORMALIZED = """
+optimizer Normalized {
+  hyper lr = 0.1, eps = 1e-12
+  level mom over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, g)
+    algorithm gd(lr = 1)
+    apply param = param - lr * g / sqrt(sqnorm(g) + eps) + 0.01 * total(m) + 0.02 * dot(m, g)
+  }
+}
+"""
+
+
+def test_an_optimizers_reductions_run_over_the_whole_parameter(tmp_path):
+    """In an optimizer, `sqnorm`, `total` and `dot` see the parameter as one vector: a
+    normalized step on a [3, 4] parameter has norm lr (they had summed each row alone, so
+    every row was normalized). A norm over a last axis is refused, with the spelling that
+    works."""
+    path = tmp_path / "normalized.nl"
+    path.write_text(NORMALIZED)
+    p = torch.nn.Parameter(torch.zeros(3, 4, dtype=torch.float64))
+    opt = load_optimizer(str(path))([p])
+    g = torch.arange(1.0, 13.0, dtype=torch.float64).reshape(3, 4)
+    p.grad = g.clone()
+    opt.step()
+    m = g  # one gd step of rate 1 on dot(m, g) = -<m, g> from zero
+    want = -0.1 * g / torch.sqrt((g * g).sum() + 1e-12) + 0.01 * m.sum() + 0.02 * (m * g).sum()
+    assert rel(p.detach(), want) < 1e-14
+    path.write_text(NORMALIZED.replace("sqrt(sqnorm(g) + eps)", "1 * l2norm(g)"))
+    with pytest.raises(NlcError, match=r"l2norm\(\) acts on a vector's last axis") as err:
+        load_optimizer(str(path))
+    assert "sqrt(sqnorm(g) + eps)" in err.value.hint

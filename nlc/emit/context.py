@@ -109,6 +109,13 @@ class ContextPrinter:
             return f"{CONSTANT_CALLS[e.func]}({self.expr(x)})"
         if e.func in CALLS and x is not None and self.constant(x):
             return f"{CALLS[e.func]}(torch.tensor(float({self.expr(x)})))"
+        if self.owner == "optimizer" and e.func in ("total", "dot", "sqnorm"):
+            return self._entries_sum(e, args, kw)
+        if self.owner == "optimizer" and e.func in functions.of_kind(functions.Kind.VECTORWISE):
+            raise NlcError(f"{e.func}() acts on a vector's last axis, which an optimizer's "
+                           "values do not have (they are shaped like the parameter)", e.span,
+                           hint="normalize by the whole parameter instead, e.g. "
+                                "g / sqrt(sqnorm(g) + eps)")
         fused = self._fused(e)
         if fused is not None:
             return fused
@@ -125,6 +132,16 @@ class ContextPrinter:
         if e.func == "detach":
             return f"{self._wrap(args[0] if args else kw['x'], 9)}.detach()"
         raise NlcError(f"{e.func}() cannot be emitted in {self.owner} code", e.span)
+
+    def _entries_sum(self, e: ast.Call, args, kw) -> str:
+        """An optimizer's reduction: over all of the parameter's entries, as one vector."""
+        if e.func == "total":
+            return f"nl.entries_sum({self.expr(args[0] if args else kw['x'])})"
+        if e.func == "dot":
+            a, b = (list(args) + [kw.get("a"), kw.get("b")])[:2]
+        else:
+            a = b = args[0] if args else kw["x"]
+        return f"nl.entries_sum({self._wrap(a, 2)} * {self._wrap(b, 3)})"
 
     # ---------------------------------------------------------------- fused compositions
     # Compositions the runtime computes in one pass each way (fused Triton kernels on CUDA,

@@ -346,6 +346,12 @@ def trace(x):
     return x.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
 
 
+def entries_sum(x):
+    """The sum of all of x's entries, a 0-dim tensor: an optimizer's `total`, `dot` and
+    `sqnorm`, which see the parameter as one vector."""
+    return x.sum()
+
+
 def sum_all(x):
     return x.sum((-2, -1), keepdim=True)
 
