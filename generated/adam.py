@@ -4,11 +4,15 @@
 
 Each level's state is shaped like its parameter and updated once per `step()` by the rule
 `nlc derive` prints; the `apply` clause then writes the parameter. `t` counts steps from 1.
+The rules see a parameter as a matrix (`nl.as_matrix`: a vector as a column), so reductions
+such as `sqnorm` run over all of its entries.
 """
 
 from __future__ import annotations
 
 import torch
+
+from nlc.runtime.library import ops as nl
 
 SPEC = "adam.nl"
 
@@ -48,16 +52,23 @@ class Adam(torch.optim.Optimizer):
                     state["v"] = torch.zeros_like(param)
                 state["step"] += 1
                 t = state["step"]
-                g = param.grad
-                m = state["m"]
-                v = state["v"]
+                param_matrix = nl.as_matrix(param)
+                g = nl.as_matrix(param.grad)
+                m = nl.as_matrix(state["m"])
+                v = nl.as_matrix(state["v"])
                 m_next = b1 * m + (-1 + b1) * (-g)
                 first_moment = m_next
                 v_next = b2 * v + (-1 + b2) * (-(g * g))
-                state["m"] = m_next
-                state["v"] = v_next
+                state["m"] = nl.like_param(m_next, param)
+                state["v"] = nl.like_param(v_next, param)
                 param.copy_(
-                    param
-                    - lr * first_moment / (1 - b1**t) / (torch.sqrt(state["v"] / (1 - b2**t)) + eps)
+                    nl.like_param(
+                        param_matrix
+                        - lr
+                        * first_moment
+                        / (1 - b1**t)
+                        / (torch.sqrt(nl.as_matrix(state["v"]) / (1 - b2**t)) + eps),
+                        param,
+                    )
                 )  # spec:24
         return loss

@@ -4,11 +4,15 @@
 
 Each level's state is shaped like its parameter and updated once per `step()` by the rule
 `nlc derive` prints; the `apply` clause then writes the parameter. `t` counts steps from 1.
+The rules see a parameter as a matrix (`nl.as_matrix`: a vector as a column), so reductions
+such as `sqnorm` run over all of its entries.
 """
 
 from __future__ import annotations
 
 import torch
+
+from nlc.runtime.library import ops as nl
 
 SPEC = "delta_momentum.nl"
 
@@ -49,9 +53,12 @@ class DeltaMomentum(torch.optim.Optimizer):
                     state["step"] = 0
                     state["m"] = torch.zeros_like(param)
                 state["step"] += 1
+                param_matrix = nl.as_matrix(param)
                 for x, u in recorder.samples(param):
-                    m = state["m"]
+                    m = nl.as_matrix(state["m"])
                     m_next = (-lr) * (((m @ x) + u) @ x.mT) + mu * m
-                    state["m"] = m_next
-                    param.copy_(param + state["m"])  # spec:18
+                    state["m"] = nl.like_param(m_next, param)
+                    param.copy_(
+                        nl.like_param(param_matrix + nl.as_matrix(state["m"]), param)
+                    )  # spec:18
         return loss

@@ -4,6 +4,8 @@
 
 Each level's state is shaped like its parameter and updated once per `step()` by the rule
 `nlc derive` prints; the `apply` clause then writes the parameter. `t` counts steps from 1.
+The rules see a parameter as a matrix (`nl.as_matrix`: a vector as a column), so reductions
+such as `sqnorm` run over all of its entries.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ class DeltaGradientDescent(torch.optim.Optimizer):
                     state["step"] = 0
                     state["W"] = param.detach().clone()
                 state["step"] += 1
+                param_matrix = nl.as_matrix(param)
                 for x, u in recorder.samples(param):
-                    W = state["W"]
+                    W = nl.as_matrix(state["W"])
                     W_next = (-lr / (1 + lr * nl.sqnorm(x))) * (((W @ x) + u) @ x.mT) + W
-                    state["W"] = W_next
-                    param.copy_(state["W"])  # spec:18
+                    state["W"] = nl.like_param(W_next, param)
+                    param.copy_(nl.like_param(nl.as_matrix(state["W"]), param))  # spec:18
         return loss

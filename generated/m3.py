@@ -4,6 +4,8 @@
 
 Each level's state is shaped like its parameter and updated once per `step()` by the rule
 `nlc derive` prints; the `apply` clause then writes the parameter. `t` counts steps from 1.
+The rules see a parameter as a matrix (`nl.as_matrix`: a vector as a column), so reductions
+such as `sqnorm` run over all of its entries.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class M3(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
+                if param.dim() < 2:
+                    raise ValueError(
+                        "M3 orthogonalizes matrices (Newton-Schulz); a parameter of "
+                        f"shape {list(param.shape)} is not one: give it another optimizer "
+                        "(nlc train gives such parameters AdamW)"
+                    )
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
@@ -56,25 +64,29 @@ class M3(torch.optim.Optimizer):
                     state["V"] = torch.zeros_like(param)
                 state["step"] += 1
                 t = state["step"]
-                g = param.grad
-                M2 = state["M2"]
+                param_matrix = nl.as_matrix(param)
+                g = nl.as_matrix(param.grad)
+                M2 = nl.as_matrix(state["M2"])
                 if (t - 1) % 8 == 0:  # level slow's chunk starts
                     state["M2_0"] = state["M2"].clone()
-                M2_0 = state["M2_0"]
-                M1 = state["M1"]
-                V = state["V"]
+                M2_0 = nl.as_matrix(state["M2_0"])
+                M1 = nl.as_matrix(state["M1"])
+                V = nl.as_matrix(state["V"])
                 M2_next = b3 * g + M2
                 slow = M2_0
                 M1_next = (-b1) * (-g) + M1
                 fast = M1_next
                 V_next = (-b2) * (-(g * g)) + V
-                state["M2"] = M2_next
-                state["M1"] = M1_next
-                state["V"] = V_next
+                state["M2"] = nl.like_param(M2_next, param)
+                state["M1"] = nl.like_param(M1_next, param)
+                state["V"] = nl.like_param(V_next, param)
                 param.copy_(
-                    param
-                    - lr
-                    * (nl.newton_schulz(fast) + alpha * nl.newton_schulz(slow))
-                    / torch.sqrt(state["V"] + eps)
+                    nl.like_param(
+                        param_matrix
+                        - lr
+                        * (nl.newton_schulz(fast) + alpha * nl.newton_schulz(slow))
+                        / torch.sqrt(nl.as_matrix(state["V"]) + eps),
+                        param,
+                    )
                 )  # spec:34
         return loss

@@ -4,6 +4,8 @@
 
 Each level's state is shaped like its parameter and updated once per `step()` by the rule
 `nlc derive` prints; the `apply` clause then writes the parameter. `t` counts steps from 1.
+The rules see a parameter as a matrix (`nl.as_matrix`: a vector as a column), so reductions
+such as `sqnorm` run over all of its entries.
 """
 
 from __future__ import annotations
@@ -39,14 +41,25 @@ class Muon(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
+                if param.dim() < 2:
+                    raise ValueError(
+                        "Muon orthogonalizes matrices (Newton-Schulz); a parameter of "
+                        f"shape {list(param.shape)} is not one: give it another optimizer "
+                        "(nlc train gives such parameters AdamW)"
+                    )
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
                     state["B"] = torch.zeros_like(param)
                 state["step"] += 1
-                g = param.grad
-                B = state["B"]
+                param_matrix = nl.as_matrix(param)
+                g = nl.as_matrix(param.grad)
+                B = nl.as_matrix(state["B"])
                 B_next = -(-g) + mu * B
-                state["B"] = B_next
-                param.copy_(param - lr * nl.newton_schulz(state["B"]))  # spec:17
+                state["B"] = nl.like_param(B_next, param)
+                param.copy_(
+                    nl.like_param(
+                        param_matrix - lr * nl.newton_schulz(nl.as_matrix(state["B"])), param
+                    )
+                )  # spec:17
         return loss

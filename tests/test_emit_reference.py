@@ -330,3 +330,43 @@ def test_an_optimizers_reductions_run_over_the_whole_parameter(tmp_path):
     with pytest.raises(NlcError, match=r"l2norm\(\) acts on a vector's last axis") as err:
         load_optimizer(str(path))
     assert "sqrt(sqnorm(g) + eps)" in err.value.hint
+
+
+SCALED_RATE = """
+optimizer ScaledRate {
+  hyper lr = 0.1
+  level mom over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, g)
+    algorithm gd(lr = 1 / (1 + sqnorm(g)))
+    apply param = param - lr * m
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (5,), (), (2, 3, 2)])
+def test_an_optimizers_rule_sees_any_parameter_as_one_matrix(shape, tmp_path):
+    """A rule's `sqnorm(g)` is over the whole parameter whatever its number of axes (a vector
+    or a scalar parameter had failed in `g.mT`); states keep the parameter's shape."""
+    path = tmp_path / "scaled_rate.nl"
+    path.write_text(SCALED_RATE)
+    p = torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64))
+    opt = load_optimizer(str(path))([p])
+    g = torch.linspace(-1, 2, p.numel(), dtype=torch.float64).reshape(shape)
+    for _ in range(2):
+        p.grad = g.clone()
+        opt.step()
+    m = 2 * g / (1 + (g * g).sum())
+    assert p.shape == shape and opt.state[p]["m"].shape == shape
+    assert rel(p.detach(), -0.1 * (g / (1 + (g * g).sum()) + m)) < 1e-14
+
+
+def test_newton_schulz_refuses_a_vector_parameter_with_its_reason():
+    """Muon orthogonalizes matrices: a bias gets a clear error (the trainer's probe sends
+    such parameters to AdamW), not an IndexError from inside the iteration."""
+    muon = load_optimizer(str(EXAMPLES / "muon.nl"))
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.ones(4)
+    with pytest.raises(ValueError, match=r"orthogonalizes matrices .* shape \[4\] is not one"):
+        muon([p]).step()

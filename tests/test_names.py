@@ -9,6 +9,7 @@ with an error at the spec line that declares them."""
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import json
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from nlc import pipeline
-from nlc.emit import compile_outputs, load_module
+from nlc.emit import compile_outputs, load_module, load_optimizer
 from nlc.emit.names import module_clashes
 from nlc.errors import NlcError
 from renaming import rename, user_names
@@ -141,15 +142,20 @@ def test_gated_deltanet_rate_named_like_chunk_locals(tmp_path):
 
 # (`state`, `inputs` and `tokens`, names of the generated code too, are keywords of the
 # language: the checker refuses them, test_the_keywords_docs_list_are_the_grammars_...)
-@pytest.mark.parametrize("hyper", ["loss", "self", "nl", "x", "mode", "cache", "group",
-                                   "torch", "closure"])
+@pytest.mark.parametrize("hyper", ["loss", "nl", "x", "mode", "cache", "group", "torch",
+                                   "closure", "param_matrix"])
 def test_optimizer_hypers_named_like_generated_locals(hyper, tmp_path):
+    """A hyper keeps its name as the constructor's keyword argument (the docs: "the hypers
+    are its keyword arguments"), whatever the step's own locals are called."""
     path = EXAMPLES / "sgd_momentum.nl"
     text = path.read_text()
     (first, _), = [(n, v) for s in pipeline.run(str(path), "check") for n, v in s.hypers[:1]]
     expected = run_spec(path, text, tmp_path / "original")
     got = run_spec(path, rename(text, {first: hyper}), tmp_path / "renamed")
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    renamed = tmp_path / "kwarg.nl"
+    renamed.write_text(rename(text, {first: hyper}))
+    assert hyper in inspect.signature(load_optimizer(str(renamed)).__init__).parameters
 
 
 def test_names_the_compiler_composes_are_refused():
@@ -165,12 +171,14 @@ def test_names_the_compiler_composes_are_refused():
     assert err.value.span.known
 
 
-def test_optimizer_hyper_params_is_refused():
+@pytest.mark.parametrize("name, says", [("params", "'params' holds the parameters"),
+                                        ("self", "'self' is the optimizer")])
+def test_optimizer_hyper_params_is_refused(name, says):
     text = (EXAMPLES / "sgd_momentum.nl").read_text()
     (first, _), = [(n, v) for s in pipeline.run("s.nl", "check", text=text) for n, v in
                    s.hypers[:1]]
-    with pytest.raises(NlcError, match="'params' holds the parameters") as err:
-        pipeline.run("s.nl", "check", text=rename(text, {first: "params"}))
+    with pytest.raises(NlcError, match=says) as err:
+        pipeline.run("s.nl", "check", text=rename(text, {first: name}))
     assert err.value.span.known
 
 

@@ -1,9 +1,11 @@
 """A checked optimizer spec -> the plan of a `torch.optim.Optimizer` subclass.
 
 Each level's state is a tensor shaped like the parameter, updated once per optimizer step by
-its derived rule (printed elementwise: `like(param)` states are matrices in the printer's
-sense, and every operation on them is entrywise); then the `apply` clauses give the new
-parameter. A level `over gradients u, inputs x` (DGD) sees each `nn.Linear` weight with the
+its derived rule (`like(param)` states are matrices in the printer's sense: entrywise
+operations, and reductions such as `sqnorm` over the whole matrix); then the `apply` clauses
+give the new parameter. The step sees every parameter-shaped tensor as a matrix
+(`nl.as_matrix`: a vector as a column, more than two axes flattened after the first) and
+stores states and the parameter in the parameter's own shape (`nl.like_param`). A level `over gradients u, inputs x` (DGD) sees each `nn.Linear` weight with the
 inputs and output gradients recorded for it, one sample at a time."""
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class OptimizerPlan:
     lines: list[int] = field(default_factory=list)
     hypers_used: list = field(default_factory=list)   # the hypers the step reads
     uses_t: bool = False
+    matrices_only: bool = False   # Newton-Schulz: a vector or scalar parameter is refused
 
 
 def _anchors(rule, level, plan, printer) -> list[str]:
@@ -44,7 +47,7 @@ def _anchors(rule, level, plan, printer) -> list[str]:
         plan.states.append((anchor.name, level.state.init))
         lines += [f"if (t - 1) % {every} == 0:  # level {level.name}'s chunk starts",
                   f"    state[{anchor.name!r}] = state[{state_name!r}].clone()",
-                  f"{local(anchor.name)} = state[{anchor.name!r}]"]
+                  f"{local(anchor.name)} = nl.as_matrix(state[{anchor.name!r}])"]
         printer.names[anchor.name] = local(anchor.name)
     return lines
 
@@ -55,7 +58,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     rules = {r.level: r for r in rules}
     levels = [lv for lv in spec.levels if lv.state is not None]
     hypers = [(n, local(n), literal(v)) for n, v in spec.hypers]
-    names = {n: local(n) for n, _ in spec.hypers} | {"param": "param", "t": "t"}
+    names = {n: local(n) for n, _ in spec.hypers} | {"param": "param_matrix", "t": "t"}
     overs = {lv.over for lv in levels if lv.over}
     inputs = {lv.inputs for lv in levels if lv.inputs}
     if len(overs) > 1 or len(inputs) > 1:
@@ -83,7 +86,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         rule = rules[lv.name]
         for n, _ in rule.states:  # the algorithm's own states (a momentum) start at zero
             plan.states.append((n, lv.state.init if n == lv.state.name else "zeros"))
-            body.append(f"{local(n)} = state[{n!r}]")
+            body.append(f"{local(n)} = nl.as_matrix(state[{n!r}])")
             printer.names[n] = local(n)
             printer.names[f"{n}_next"] = f"{local(n)}_next"
         body += _anchors(rule, lv, plan, printer)
@@ -94,13 +97,13 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     body += printer.assign(outputs)
     for lv in levels:
         for n, _ in rules[lv.name].states:
-            body.append(f"state[{n!r}] = {local(n)}_next")
+            body.append(f"state[{n!r}] = nl.like_param({local(n)}_next, param)")
     env = shapes.Env(values={n: () for n, _ in spec.hypers} | {"param": (), "t": (), grad: ()})
     apply_names = dict(names)
     for lv in levels:
         apply_names[lv.name] = local(lv.name)
         for n, _ in rules[lv.name].states:
-            apply_names[n] = f"state[{n!r}]"
+            apply_names[n] = f"nl.as_matrix(state[{n!r}])"
     applied = ContextPrinter(apply_names, inner_products([e for _, e, _ in applies], env), {},
                              owner="optimizer")
     if not applies:
@@ -109,5 +112,6 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         if target != "param":
             raise NlcError(f"only `apply param = ...` is emitted, not '{target}'", lv.span)
         code = applied.expr(expr)
-        body.append(f"param.copy_({code})  # spec:{expr.span.line}")
+        body.append(f"param.copy_(nl.like_param({code}, param))  # spec:{expr.span.line}")
+    plan.matrices_only = any("nl.newton_schulz(" in line for line in body)
     return plan

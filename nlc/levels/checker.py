@@ -238,6 +238,10 @@ class _DeclChecker(LevelChecker):
                 raise NlcError("an optimizer's hypers are keys of torch's parameter groups, "
                                "where 'params' holds the parameters", d.span,
                                hint="rename the hyper")
+            if self.is_optimizer and d.name == "self":
+                raise NlcError("an optimizer's hypers are the keyword arguments of its "
+                               "constructor, where 'self' is the optimizer", d.span,
+                               hint="rename the hyper")
             self.define(d.name, d.span, "hyper", ())
             self.hypers[d.name] = float(value)
             self.consts[d.name] = float(value)

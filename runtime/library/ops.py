@@ -346,6 +346,22 @@ def trace(x):
     return x.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
 
 
+def as_matrix(x: torch.Tensor) -> torch.Tensor:
+    """A parameter-shaped tensor as the matrix an optimizer's step sees: a matrix as it is,
+    a vector as a column, a scalar as [1, 1], more axes flattened after the first (a view
+    where the tensor's layout allows)."""
+    if x.dim() == 2:
+        return x
+    return x.reshape(-1, 1) if x.dim() < 2 else x.reshape(x.shape[0], -1)
+
+
+def like_param(x, param: torch.Tensor) -> torch.Tensor:
+    """An optimizer's value in `as_matrix(param)`'s shape (or broadcasting to it) back in the
+    parameter's own shape."""
+    return torch.broadcast_to(torch.as_tensor(x, dtype=param.dtype, device=param.device),
+                              as_matrix(param).shape).reshape(param.shape)
+
+
 def entries_sum(x):
     """The sum of all of x's entries, a 0-dim tensor: an optimizer's `total`, `dot` and
     `sqnorm`, which see the parameter as one vector."""
