@@ -51,7 +51,6 @@ class DeltaGradientDescent(torch.optim.Optimizer):
                     state["step"] = 0
                     state["W"] = param.detach().clone()
                 state["step"] += 1
-                param_matrix = nl.as_matrix(param)
                 for x, u in recorder.samples(param):
                     W = nl.as_matrix(state["W"])
                     W_next = (-lr / (1 + lr * nl.sqnorm(x))) * (((W @ x) + u) @ x.mT) + W

@@ -35,6 +35,7 @@ class OptimizerPlan:
     hypers_used: list = field(default_factory=list)   # the hypers the step reads
     uses_t: bool = False
     matrices_only: bool = False   # Newton-Schulz: a vector or scalar parameter is refused
+    uses_param: bool = False      # whether the step reads the parameter (as `param_matrix`)
 
 
 def _anchors(rule, level, plan, printer) -> list[str]:
@@ -114,4 +115,5 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         code = applied.expr(expr)
         body.append(f"param.copy_(nl.like_param({code}, param))  # spec:{expr.span.line}")
     plan.matrices_only = any("nl.newton_schulz(" in line for line in body)
+    plan.uses_param = any("param_matrix" in line for line in body)
     return plan
