@@ -8,6 +8,8 @@
 #      at (8, 2048), with most of the call for fla's autotune (our rows come first and are
 #      written as they finish); benchmarks/dual_mix.py;
 #   h: Hope's fastest LM row, profiled (issue 17);
+#   j: GLA forward + backward against fla's chunk_gla at (8, 2048) alone (after the backward
+#      state pass split along keys and dv's state part moved to the input-gradient kernel);
 #   i: Titans' row profiled again (full kernel names), Hope's row profiled, then GLA's
 #      forward + backward kernel by kernel against fla's at (8, 2048) (issue 16);
 #   a: dual_mix.py; Titans' fastest LM row on the tree before session 34's dual-form changes
@@ -69,6 +71,8 @@ if [ "$MODE" = g ]; then
   head -45 "$OUT/${TITANS}_profile.txt"
   gla_vs_fla "${GLA_SECONDS:-360}" "GLA:fla fused recurrent,GLA:ours recurrent"
   mix 40
+elif [ "$MODE" = j ]; then
+  gla_vs_fla "${GLA_SECONDS:-330}" "GLA:fla fused recurrent,GLA:ours recurrent"
 elif [ "$MODE" = i ]; then
   lm_rows 110 "$TITANS" profile
   lm_rows 200 hope_graphed_compiled_chunks_tf32 profile

@@ -40,7 +40,6 @@ from nlc.runtime.library.chunk_triton import (
     dot_precision,
     pow2,
     split_state_launch,
-    state_launch,
 )
 
 # The largest span of log decays within a diagonal block of 16 (in any channel) that its
@@ -350,13 +349,15 @@ def _dscores_kernel(v, do, amat, damat, dv, starts, ends,
 
 
 @triton.jit
-def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, bounds, offsets,
+def _state_grads_kernel(q, do, gc, dh, dht, dh0, bounds, offsets,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                        BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
-                        PREC: tl.constexpr):
-    """Per (V block, sequence, head), chunks in reverse: dS' of each chunk (dh), dv's state
-    part, and the initial state's gradient."""
-    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, 1)
+                        BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
+                        HAS_DHT: tl.constexpr, PREC: tl.constexpr):
+    """Per (V block x K block, sequence, head), chunks in reverse: dS' of each chunk (dh) and
+    the initial state's gradient. The key columns evolve apart, so the key axis splits
+    across programs as the value axis does; dv's state part is `_input_grads_kernel`'s, per
+    chunk in parallel (here it was a read-modify-write on this pass's serial path)."""
+    i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, NK)
     first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
     seq_bos, eos = tl.load(bounds + i_s), tl.load(bounds + i_s + 1)
     b_dS = _carried(dht, p_state, m_vk, HAS_DHT, BV, BK)
@@ -368,17 +369,11 @@ def _state_grads_kernel(q, k, do, gc, dv, dh, dht, dh0, bounds, offsets,
         bos = seq_bos + (i_c - first) * BT
         tok = bos + rows
         m_t = tok < eos
-        m_tv = m_t[:, None] & m_v[None, :]
         b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
         b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
         b_q = _rows(q, tok, m_t, i_h, o_k, m_k, H, K)
-        b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
-        b_do = tl.load(do + (tok * H + i_h)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-        p_dv = dv + (tok * H + i_h)[:, None] * V + o_v[None, :]
-        b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k.dtype)
-        b_dv = tl.load(p_dv, mask=m_tv, other=0.0) + tl.dot(
-            b_kd, tl.trans(b_dS.to(b_k.dtype)), input_precision=PREC)
-        tl.store(p_dv, b_dv, mask=m_tv)
+        b_do = tl.load(do + (tok * H + i_h)[:, None] * V + o_v[None, :],
+                       mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_qg = (b_q.to(tl.float32) * tl.exp(b_g)).to(b_q.dtype)
         b_dS = b_dS * tl.exp(b_G)[None, :] + tl.dot(tl.trans(b_do), b_qg, input_precision=PREC)
     tl.store(dh0 + p_state, b_dS, mask=m_vk)
@@ -545,12 +540,13 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
 
 
 @triton.jit
-def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, starts, ends,
+def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dv, dq, dk, dld, starts, ends,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, FLOOR: tl.constexpr,
                         PREC: tl.constexpr):
     """Per (chunk, head): dq, dk (inter-chunk parts added to the intra ones) and dg, summed
-    back into the log decays' gradient."""
+    back into the log decays' gradient; dv's state part, (K * e^(G - g)) dS'^T, added to
+    its intra part (`_dscores_kernel`'s) in place."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -565,6 +561,8 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)   # dO S
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)  # V dS'
     b_dGs = tl.zeros([BK], dtype=tl.float32)      # column sums of dS' * S
+    b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
+    b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k.dtype)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -579,9 +577,12 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, start
         b_dq += tl.dot(b_do, b_S.to(b_do.dtype), input_precision=PREC)
         b_dks += tl.dot(b_v.to(tl.float32), b_dSe, input_precision=PREC)
         b_dGs += tl.sum(b_dSe * b_S.to(tl.float32), 0)
+        b_dv = tl.load(dv + p_tv, mask=m_tv, other=0.0) + tl.dot(
+            b_kd, tl.trans(b_dSe.to(b_kd.dtype)), input_precision=PREC)
+        tl.store(dv + p_tv, b_dv, mask=m_tv)
     p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
     qf = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
+    kf = b_k.to(tl.float32)
     b_dq = b_dq * tl.exp(b_g) + tl.load(dqi + p_tk, mask=m_tk, other=0.0)
     b_dkst = b_dks * tl.exp(b_G[None, :] - b_g)
     b_dk = b_dkst + tl.load(dki + p_tk, mask=m_tk, other=0.0)
@@ -708,10 +709,11 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
                              BT=BT, BV=min(BV, 32), PREC=prec, num_warps=4)
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
-    BVs, warps = state_launch(BV, S * H)
-    _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
-        q, k, do, gc, dv, dh, dht, dh0, table.bounds, table.offsets, H=H, K=K,
-        V=V, BT=BT, BK=BK, BV=BVs, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
+    BKs, BVs, warps = split_state_launch(BK, pow2(V), S * H)
+    NK = triton.cdiv(K, BKs)
+    _state_grads_kernel[(triton.cdiv(V, BVs) * NK, S * H)](
+        q, do, gc, dh, dht, dh0, table.bounds, table.offsets, H=H, K=K, V=V, BT=BT, BK=BKs,
+        BV=BVs, NK=NK, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
     dqi = torch.empty(N, H, K, **f32)
     dki = torch.empty(N, H, K, **f32)
     launch_intra_grads((NC, H), q, k, gc, gc, damat, dqi, dki, table.starts, table.ends, H=H,
@@ -720,7 +722,7 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)
     _input_grads_kernel[(NC, H)](
-        q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, table.starts, table.ends, H=H, K=K,
+        q, k, v, ld, gc, h, do, dh, dqi, dki, dv, dq, dk, dld, table.starts, table.ends, H=H, K=K,
         V=V, BT=BT, BK=BK, BV=min(BV, 32), FLOOR=LOG_DECAY_FLOOR, PREC=prec,
         num_warps=8 if BK >= 128 else 4)
     return dq, dk, dv.to(v.dtype), dld, dh0
