@@ -119,3 +119,45 @@ def test_the_batched_group_traces_as_one_graph(hope):
     torch._dynamo.reset()
     compiled = torch.compile(layer, backend="eager", fullgraph=True)
     assert torch.allclose(compiled(x), layer(x), rtol=0, atol=1e-12)
+
+
+VECTOR_START = """
+layer R {
+  dims d_model = 8, d = 6
+  param W_k, W_q : [d_model, d]
+  param W_o : [d, d_model]
+  context from x {
+    k = l2norm(x @ W_k)
+    q = l2norm(x @ W_q)
+  }
+  level g every 1 token, gradients at chunk(4) {
+    state G : vector[d] = learned(std = 0.5)
+    objective l2(G(k), dot(mem, q))
+    algorithm gd(lr = 0.1)
+    read start G(q)
+  }
+  level mem {
+    state S : matrix[d, d] = learned(std = 0.5)
+    objective l2(S(k), g * q)
+    algorithm gd(lr = 0.1)
+    read before S(q)
+  }
+  output mem @ W_o
+}
+"""
+
+
+def test_a_vector_memory_read_at_the_chunk_start_in_a_loop_compiles_and_agrees(tmp_path):
+    """A vector memory's application <G, q> is a scalar, which no batched application shares
+    (compiling this group failed: the shared-read search took its shape)."""
+    path = tmp_path / "vector_start.nl"
+    path.write_text(VECTOR_START)
+    module = load_module(str(path))
+    torch.manual_seed(0)
+    recurrent = module.R(mode="recurrent").double()
+    chunked = module.R(mode="chunked").double()
+    chunked.load_state_dict(recurrent.state_dict())
+    x = torch.randn(2, 13, 8, dtype=F64)
+    want, got = recurrent(x), chunked(x)
+    assert want.abs().max() > 1e-3
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -46,6 +46,8 @@ def application(printer) -> tuple | None:
             applied = FORM_RULES[rule.form.kind].apply(rule.form, tensors, x)
         except ValueError:  # shapes that do not fit the memory's input
             continue
+        if not isinstance(applied, sp.MatrixExpr):  # a vector memory's <G, x>: a scalar,
+            continue                                 # which no batched application shares
         if applied in nodes and applied.free_symbols - set(tensors):  # it reads an input
             found.add(applied)
     if len(found) != 1:

@@ -175,6 +175,9 @@ class _DeclChecker(LevelChecker):
         if not self.is_optimizer and not records:
             raise NlcError(f"layer '{self.decl.name}' has no level", self.decl.span,
                            hint="add: level memory every 1 token { state ... }")
+        if self.is_optimizer and not any(r.applies for r in records):
+            raise NlcError(f"optimizer '{self.decl.name}' never writes the parameter",
+                           self.decl.span, hint="give a level an 'apply param = ...' clause")
         if not self.is_optimizer and output is None:
             raise NlcError(f"layer '{self.decl.name}' has no 'output'", self.decl.span,
                            hint="e.g. output memory @ W_o")
@@ -257,6 +260,10 @@ class _DeclChecker(LevelChecker):
         return tuple(dims)
 
     def param_stmt(self, stmt: ast.Param, level: str) -> None:
+        if self.is_optimizer:
+            raise NlcError("an optimizer has no parameters of its own: the training loop "
+                           "that would learn them runs above it", stmt.span,
+                           hint="use a hyper (a constant), e.g. hyper scale = 1")
         shape = self.shape_of(stmt.shape)
         init = None
         if stmt.init is not None:
@@ -287,6 +294,10 @@ class _DeclChecker(LevelChecker):
         return stmt.value
 
     def transfer_stmt(self, stmt: ast.Transfer) -> None:
+        if self.is_optimizer:
+            raise NlcError("transfer edges are not compiled for optimizers: their levels "
+                           "exchange values by name (another level's name in an 'apply')",
+                           stmt.span)
         levels = {lv.name for lv in self.graph.levels}
         for name in (stmt.source, stmt.target):
             if name not in levels:

@@ -32,6 +32,7 @@ from nlc.levels.shapes import Env, infer
 from nlc.levels.terms import const_eval, make_term
 from nlc.syntax import ast
 from nlc.syntax.format import format_expr
+from nlc.syntax.walk import nodes
 
 TransferMode = vocab.TransferMode
 
@@ -75,6 +76,13 @@ class LevelChecker:
     def check_levels(self, levels: list[ast.Level]) -> list[LevelRecord]:
         """Check each level's head, then its read and its rules in schedule order, so that a
         level using another's output sees that output's shape first."""
+        spans = {lv.name: lv.span for lv in levels}
+        for state in (s for lv in levels for s in lv.body if isinstance(s, ast.State)):
+            if state.name in spans:  # before the schedule, which would call it a self-loop
+                raise NlcError(f"'{state.name}' is already defined (a level, line "
+                               f"{spans[state.name].line})", state.span,
+                               hint="a state needs a name of its own: its level's name holds "
+                                    "the level's read")
         valued = {lv.name for lv in levels if read_clause(lv) is not None
                   or (self.is_optimizer and any(isinstance(s, ast.State) for s in lv.body))}
         steps = schedule(levels, valued)
@@ -218,6 +226,13 @@ class LevelChecker:
                 raise NlcError("'apply' belongs in an optimizer's level", clause.span)
             if clause.target != "param":
                 raise NlcError(f"'apply' updates 'param', not '{clause.target}'", clause.span)
+            product = next((n for n in nodes((clause.values[0],)) if isinstance(n, ast.BinOp)
+                            and n.op is ast.BinOpKind.MATMUL), None)
+            if product is not None:
+                raise NlcError("'@' has no meaning in 'apply': an optimizer's values are shaped "
+                               "like the parameter and combine entry by entry", product.span,
+                               hint="use '*' for an entrywise product, or dot(a, b) for the "
+                                    "sum over all entries")
             shape = infer(clause.values[0], env)
             if shape not in ((), head.param_shape):
                 raise NlcError(f"'apply' must give a value shaped like the parameter "
@@ -259,6 +274,10 @@ class LevelChecker:
         if stmt.init is not None:
             term = make_term(stmt.init, vocab.INITS, "initial state", env, self.consts)
             init = term.kind
+            if init == "learned" and self.is_optimizer:
+                raise NlcError("an optimizer's state is not learned: no training level runs "
+                               "above an optimizer", stmt.init.span,
+                               hint="start it at zeros or at the parameter (= param)")
             if init == "learned":
                 scheme = term.get("scheme")
                 draw = (scheme, float(term.get("std")) if scheme == "normal" else None)
@@ -346,6 +365,8 @@ class LevelChecker:
         if len(set(kinds)) != len(kinds):
             raise NlcError("the same retention is listed twice", found[0].span)
         for t in terms:
+            if t.kind == "kl":
+                self.check_kl(t, state)
             if t.kind in ("decay", "weight_decay"):
                 self.check_gate(t.get("alpha"), env, state, "decay gate", rows=True)
                 if _gate_rows(state, (t,), env) and t.get("order") == "proximal":
@@ -355,6 +376,17 @@ class LevelChecker:
             if t.kind == "erase":
                 self.check_erase(t, env, state)
         return tuple(t for t in terms if t.kind != "none")
+
+    def check_kl(self, term: Term, state: StateRecord) -> None:
+        """kl keeps the state on the simplex through log W: it needs a start with positive
+        entries (`learned` is normalized onto the simplex), not zeros."""
+        if self.is_optimizer:
+            raise NlcError("'kl' keeps a memory on the simplex, and an optimizer's state starts "
+                           "at zeros or at the parameter, where log W is not finite", term.span)
+        if state.init == "zeros":
+            raise NlcError("'kl' takes log W of the state, and the state starts at zeros "
+                           "(log 0 = -inf: every entry NaN after the first step)", term.span,
+                           hint=f"start it on the simplex: state {state.name} : ... = learned")
 
     def check_erase(self, term: Term, env: Env, state: StateRecord) -> None:
         """erase(k, rate): k is an input of the memory's first map; rate a scalar or one per
