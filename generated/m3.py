@@ -72,10 +72,10 @@ class M3(torch.optim.Optimizer):
                 M2_0 = nl.as_matrix(state["M2_0"])
                 M1 = nl.as_matrix(state["M1"])
                 V = nl.as_matrix(state["V"])
-                M2_next = b3 * g + M2
-                slow = M2_0
                 M1_next = (-b1) * (-g) + M1
                 fast = M1_next
+                M2_next = b3 * g + M2
+                slow = M2_0
                 V_next = (-b2) * (-(g * g)) + V
                 state["M2"] = nl.like_param(M2_next, param)
                 state["M1"] = nl.like_param(M1_next, param)

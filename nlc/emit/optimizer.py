@@ -82,7 +82,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     anchored = any(rules[lv.name].anchors for lv in levels)
     plan.hypers_used = [h for h in hypers if h[0] in needed]
     plan.uses_t = "t" in needed or anchored
-    outputs = []
+    writes, values = {}, {}
     for lv in levels:
         rule = rules[lv.name]
         for n, _ in rule.states:  # the algorithm's own states (a momentum) start at zero
@@ -91,10 +91,13 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
             printer.names[n] = local(n)
             printer.names[f"{n}_next"] = f"{local(n)}_next"
         body += _anchors(rule, lv, plan, printer)
-        for n, expr in rule.next_state:
-            outputs.append((f"{local(n)}_next", expr))
-        if lv in reads:
-            outputs.append((local(lv.name), rule.read))
+        writes[lv.name] = [(f"{local(n)}_next", expr) for n, expr in rule.next_state]
+        if lv in reads:  # another level's rule or an apply uses this level's value by name
+            values[lv.name] = [(local(lv.name), rule.read)]
+            printer.names[lv.name] = local(lv.name)
+    # in the schedule's order, so that a level's rule sees the values it names computed
+    outputs = [line for step, name in spec.schedule
+               for line in (writes if step == "write" else values).get(name, [])]
     body += printer.assign(outputs)
     for lv in levels:
         for n, _ in rules[lv.name].states:
