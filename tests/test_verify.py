@@ -314,3 +314,17 @@ def test_a_retention_verifies_under_either_spelling():
     assert spelled != titans
     levels, report = _levels(spelled)
     assert report.claim_holds, levels
+
+
+def test_an_average_of_the_parameter_is_not_adams_moment():
+    """Adam's moments average the gradient and its square; the same recurrence over `param`
+    and `param * param` is another optimizer, and `claims adam` must fail (it verified)."""
+    text = (EXAMPLES / "adam.nl").read_text()
+    changed = text.replace("objective dot(m, g)", "objective dot(m, param)").replace(
+        "objective dot(v, g * g)", "objective dot(v, param * param)")
+    assert changed.count("param * param") == 1 and "dot(m, param)" in changed
+    (report,) = verify_module(parse(changed, "not_adam.nl"), "not_adam.nl")
+    assert not report.claim_holds
+    assert all(not level.matches for level in report.levels)
+    (report,) = verify_module(parse(text, "adam.nl"), "adam.nl")
+    assert report.claim_holds

@@ -147,6 +147,15 @@ def roles_of(rule: UpdateRule) -> Roles:
                  a=rule.role("erase_rate"), pairs=rule.role("steps"))
 
 
+def _learns_from_gradients(rule: UpdateRule, spec, roles: Roles) -> bool:
+    """Whether an optimizer level's data (the target or gradient term its entry binds) comes
+    from its gradients and not from the parameter: an average of `param` is not Adam's
+    moment, though the recurrence has the same form."""
+    data = [r for r in (roles.v, roles.g) if r is not None]
+    names = {s.name for r in data for s in r.free_symbols if hasattr(s, "name")}
+    return spec.graph.level(rule.level).over in names and "param" not in names
+
+
 def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
     roles, gk = roles_of(rule), gate_kind(rule, spec)
     out = []
@@ -162,6 +171,8 @@ def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
         if e.every != "any" and (e.every == "chunk") != (rule.period > 1):
             continue
         if e.objective is not None and e.objective != rule.role("objective"):
+            continue
+        if e.kind == "optimizer" and not _learns_from_gradients(rule, spec, roles):
             continue
         if (e.id in ("softmax_attention", "sliding_window")
                 and (e.id == "sliding_window") != bool(rule.role("window"))):
