@@ -43,6 +43,19 @@ def read_spec(path: str) -> str:
         raise NlcError(f"not UTF-8 text (byte {err.start})", path=path) from None
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file (a config, a summary), or an error naming it and saying why it cannot
+    be read: missing, unreadable, or bytes that are not UTF-8."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise NlcError(f"{path}: cannot read {what} ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NlcError(f"{path}: {what} is not UTF-8 text (byte {err.start})") from None
+
+
 def read_bounded(path: str, limit: int) -> bytes | None:
     """At most `limit + 1` bytes of a regular file; None when `path` is not a regular file.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -94,7 +93,7 @@ def config_from_args(args):
         config = _read_config(Path(args.config))
     out = Path(args.out) if args.out else None
     if args.resume and out is not None and (out / "config.json").is_file():
-        config = _read_config(out / "config.json")
+        config = _run_copies(_read_config(out / "config.json"), out, args)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name not in SPEC_FIELDS and getattr(args, f.name) is not None}
     config = dataclasses.replace(config, spec=args.spec, **given)
@@ -107,17 +106,29 @@ def config_from_args(args):
     return config.validate()
 
 
+def _run_copies(config, out: Path, args):
+    """The run's config with each --mlp and --optimizer spec file that no flag names and that
+    cannot be found from here (a path relative to where the run started) replaced by the
+    run's copy of it, RUN/mlp.nl or RUN/optimizer.nl, which the checkpoints were trained with."""
+    from nlc.runtime.trainer.checkpoint import SIDE_SPECS, is_spec_file
+    changes = {}
+    for name in SIDE_SPECS:
+        path, copy = getattr(config, name), out / f"{name}.nl"
+        if getattr(args, name) is None and is_spec_file(path) and not Path(path).exists() \
+                and copy.is_file():
+            changes[name] = str(copy)
+    return dataclasses.replace(config, **changes)
+
+
 def _read_config(path: Path):
+    from nlc.fileio import read_text
     from nlc.runtime.trainer.config import TrainConfig
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise NlcError(f"{path}: cannot read config ({err.strerror})") from None
-    return TrainConfig.from_json(text, str(path))
+    return TrainConfig.from_json(read_text(path, "config"), str(path))
 
 
 def cmd_train(args) -> int:
     from nlc.factories import factories_for
+    from nlc.runtime.trainer.progress import strict_json
     from nlc.runtime.trainer.train import train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
@@ -129,9 +140,9 @@ def cmd_train(args) -> int:
         return _relaunch(args)
     summary = train(config, **factories_for(config), resume=args.resume,
                     progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"out": config.out, "final_loss": summary["final_loss"],
-                          **summary["eval"]}))
+    if int(os.environ.get("RANK", "0")) == 0:  # strict JSON: a diverged loss is null
+        print(strict_json({"out": config.out, "final_loss": summary["final_loss"],
+                           **summary["eval"]}))
     if summary["diverged_at"] is not None:
         if args.quiet:  # else the progress output said it already
             print(f"nlc train: {summary['divergence']}", file=sys.stderr)
@@ -175,6 +186,7 @@ def cmd_eval(args) -> int:
     from nlc.runtime.trainer.lengths import evaluate_lengths
     from nlc.runtime.trainer.mixers import sha256_text, spec_text
     from nlc.runtime.trainer.model import LanguageModel
+    from nlc.runtime.trainer.progress import strict_json
     from nlc.runtime.trainer.tasks import make_task
     from nlc.runtime.trainer.train import autocast_for, evaluate
 
@@ -203,8 +215,8 @@ def cmd_eval(args) -> int:
                   if config.niah_eval_lengths else None)
     if args.json:
         lengths = {"eval_lengths": at_lengths} if at_lengths else {}
-        print(json.dumps({"run": str(run), "step": checkpoint.step, **metrics, **lengths},
-                         sort_keys=True))
+        print(strict_json({"run": str(run), "step": checkpoint.step, **metrics, **lengths},
+                          sort_keys=True))
     else:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"{run} step {checkpoint.step}: {shown}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nlc.errors import NlcError
+from nlc.fileio import read_text
 
 ATTENTION = "builtin:attention"
 
@@ -201,7 +202,7 @@ def read_summary(run: Path, config) -> dict | None:
     if not saved.is_file():
         return None
     from nlc.runtime.trainer.config import TrainConfig
-    theirs = TrainConfig.from_json(saved.read_text(encoding="utf-8"), str(saved))
+    theirs = TrainConfig.from_json(read_text(saved, "config"), str(saved))
     # the device may change between calls; the trainer fills in the task's vocabulary
     theirs = dataclasses.replace(theirs, device=config.device,
                                  vocab_size=config.vocab_size or theirs.vocab_size)
@@ -209,13 +210,26 @@ def read_summary(run: Path, config) -> dict | None:
         raise NlcError(f"{run}: holds a run with other settings; choose another --out",
                        hint="a run folder is reused only for the very same run")
     summary = run / "summary.json"  # written when a run ends: done, stopped or diverged
-    return json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
+    return summary_of(summary) if summary.is_file() else None
+
+
+def summary_of(path: Path) -> dict:
+    """A run's summary.json, or an error naming it when it is not a JSON object."""
+    try:
+        summary = json.loads(read_text(path, "summary"))
+    except json.JSONDecodeError as err:
+        raise NlcError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(summary, dict):
+        raise NlcError(f"{path}: expected a JSON object, the summary of a run")
+    return summary
 
 
 def finished(point: Point, config, returncode: int, elapsed: float) -> dict:
     summary_path = Path(config.out) / "summary.json"
-    summary = (json.loads(summary_path.read_text(encoding="utf-8"))
-               if summary_path.is_file() else None)
+    try:
+        summary = summary_of(summary_path) if summary_path.is_file() else None
+    except NlcError:  # reported as a failed run, with its log's last line
+        summary = None
     if returncode == 0 and summary is not None:
         return record(point, summary, "ok", elapsed, config)
     if returncode == 1 and summary is not None and summary.get("diverged_at") is not None:

@@ -173,11 +173,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = None) -> Checkpoint:
+def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = None,
+                    side_specs: dict | None = None) -> Checkpoint:
     """Read and check a checkpoint folder; refuse (NlcError) anything incomplete or foreign.
 
     With `config`, its shape fields (config.SHAPE_FIELDS) must equal the checkpoint's; with
-    `spec_sha256`, so must the spec's hash.
+    `spec_sha256`, so must the spec's hash. `side_specs` maps "mlp" and "optimizer" to the
+    record of the spec file used now (`{"path", "text", "sha256"}`, None for a builtin):
+    those are compared by content rather than by path (`check_side_specs`).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -210,7 +213,9 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
                        f"spec {state['spec'].get('path')!r})",
                        hint="train into a new --out folder, or restore the spec it was trained on")
     if config is not None:
-        check_shape(state_file, state["config"], config)
+        check_shape(state_file, state["config"], config, skip=tuple(side_specs or ()))
+        if side_specs:
+            check_side_specs(state_file, state, config, side_specs)
     tensors = {}
     for name in TENSOR_FILES:
         try:
@@ -234,13 +239,58 @@ def check_file(path: Path, expected: dict) -> None:
         raise NlcError(f"{path}: corrupt checkpoint file (sha256 differs from state.json)")
 
 
-def check_shape(state_file: Path, saved: dict, config) -> None:
+def check_shape(state_file: Path, saved: dict, config, skip: tuple = ()) -> None:
     from nlc.runtime.trainer.config import SHAPE_FIELDS
     differ = [f"{name} {saved.get(name)!r} in the checkpoint, {getattr(config, name)!r} now"
-              for name in SHAPE_FIELDS if saved.get(name) != getattr(config, name)]
+              for name in SHAPE_FIELDS
+              if name not in skip and saved.get(name) != getattr(config, name)]
     if differ:
-        raise NlcError(f"{state_file}: written for another model shape: " + "; ".join(differ),
-                       hint="train into a new --out folder, or use the run's config")
+        refuse_shape(state_file, differ)
+
+
+def refuse_shape(state_file: Path, differ: list[str]):
+    raise NlcError(f"{state_file}: written for another model shape: " + "; ".join(differ),
+                   hint="train into a new --out folder, or use the run's config")
+
+
+SIDE_SPECS = ("mlp", "optimizer")  # spec files besides the mixer's; a run copies each to NAME.nl
+
+
+def check_side_specs(state_file: Path, state: dict, config, side_specs: dict) -> None:
+    """The --mlp and --optimizer specs must be those the checkpoint was trained with. A spec
+    file is compared by the sha256 of its text, whatever its path (the run's own copy
+    RUN/mlp.nl is the same spec as the file it was copied from); a builtin by its name. A
+    checkpoint that records no hash (written before nlc recorded them) is compared with the
+    run's copy, else by path."""
+    from nlc.runtime.trainer.mixers import sha256_text, spec_text
+    run = state_file.parent.parent.parent
+    for name, record in side_specs.items():
+        before, now = state["config"].get(name), getattr(config, name)
+        saved = state["spec"].get(name)
+        copy = run / f"{name}.nl"
+        if isinstance(saved, dict) and isinstance(saved.get("sha256"), str):
+            trained = saved["sha256"]
+        elif isinstance(before, str) and is_spec_file(before) and copy.is_file():
+            trained = sha256_text(spec_text(str(copy)))
+        else:
+            trained = None
+        if record is None or trained is None:  # a builtin, or nothing to compare but names
+            if before != now:
+                refuse_shape(state_file, [f"{name} {before!r} in the checkpoint, {now!r} now"])
+            continue
+        if trained != record["sha256"]:
+            shown = f"its copy {copy}" if copy.is_file() else f"recorded in {state_file}"
+            raise NlcError(
+                f"{now}: differs from the --{name} spec the run {run} was trained with "
+                f"({shown}; sha256 {trained[:16]}... there, {record['sha256'][:16]}... now)",
+                hint=(f"resume with --{name} {copy} (the run's copy), or restore {now}"
+                      if copy.is_file() else f"restore {now}")
+                + "; to train the changed spec, choose another --out")
+
+
+def is_spec_file(name: str) -> bool:
+    """Whether a --mlp or --optimizer value names a spec file (not a builtin, none or adamw)."""
+    return name.lower() not in ("none", "adamw") and not name.startswith("builtin:")
 
 
 def rebuild_optimizer_state(saved: dict, tensors: dict) -> dict:
@@ -294,7 +344,7 @@ def check_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) ->
     saved = checkpoint.state["optimizer"]
     where = checkpoint.path / "optimizer.safetensors"
     cls = type(optimizer)
-    if saved["class"] != f"{cls.__module__}.{cls.__qualname__}":
+    if class_key(saved["class"]) != class_key(f"{cls.__module__}.{cls.__qualname__}"):
         raise NlcError(f"{where}: state of optimizer {saved['class']}, this run uses "
                        f"{cls.__module__}.{cls.__qualname__}")
     shapes = [list(p.shape) for group in optimizer.param_groups for p in group["params"]]
@@ -302,6 +352,15 @@ def check_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) ->
     if saved["param_shapes"] != shapes or [len(g["params"]) for g in saved["param_groups"]] != sizes:
         raise NlcError(f"{where}: optimizer state for other parameters "
                        f"({len(saved['param_shapes'])} saved, {len(shapes)} now, or other shapes)")
+
+
+def class_key(name: str) -> str:
+    """An optimizer class's name as checkpoints compare it. A class compiled from a spec lives
+    in a module named after the spec's file (`nlc_generated_o.SGDMomentum` for o.nl), which
+    differs for the run's copy optimizer.nl: that name is left out, since the spec's text is
+    compared by hash (`check_side_specs`)."""
+    module, _, qualname = name.rpartition(".")
+    return f"nlc_generated.{qualname}" if module.startswith("nlc_generated_") else name
 
 
 # ---- files -----------------------------------------------------------------------------

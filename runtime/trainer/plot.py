@@ -22,16 +22,24 @@ def load_curves(run: str | Path) -> dict:
     if not path.is_file():
         raise NlcError(f"{path}: missing; is {run} a run folder of nlc train?")
     records = read_metrics(path)
-    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    train = [(r["step"], r["loss"]) for r in records
+             if r.get("kind") == "train" and _number(r.get("loss"))]
     evals = [r for r in records if r.get("kind") == "eval"]
     metric = next((m for m in ("accuracy", "bits_per_byte") if evals and m in evals[0]), "loss")
     return {"name": Path(run).name, "train": train, "metric": metric,
-            "eval": [(r["step"], r[metric]) for r in evals if metric in r]}
+            "eval": [(r["step"], r[metric]) for r in evals if _number(r.get(metric))]}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = None) -> Path:
     """Draw the runs' curves into `output` (PNG); return its path."""
     curves = [load_curves(run) for run in runs]
+    if Path(output).is_dir():  # refused before matplotlib is imported or anything is drawn
+        raise NlcError(f"{output}: is a folder; -o names the PNG file to write",
+                       hint=f"pass -o {Path(output) / 'curves.png'}")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -57,7 +65,11 @@ def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = No
         fig.suptitle(title)
     fig.tight_layout()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, format="png")
-    plt.close(fig)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, format="png")
+    except OSError as err:  # a read-only or full destination
+        raise NlcError(f"{output}: cannot write the plot ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)
     return output

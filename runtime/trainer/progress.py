@@ -15,9 +15,12 @@ so the file reads as if the run had never stopped.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
+
+from nlc.errors import NlcError
 
 
 def format_duration(seconds: float) -> str:
@@ -96,17 +99,42 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.write(strict_json(record, sort_keys=True) + "\n")
+
+
+def strict_json(value, **options) -> str:
+    """`json.dumps` writing a float that is not finite (a diverged loss) as null: JSON has no
+    NaN or Infinity, and strict readers (`jq`, browsers) refuse Python's spelling of them."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a killed writer) is skipped."""
+    """The records of a metrics.jsonl. A line that is no record is skipped: a torn last line
+    (a killed writer), and as it, bytes that are not UTF-8 JSON, a JSON value that is not an
+    object, or a "step" that is not a whole number."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise NlcError(f"{path}: cannot read the run's metrics ({err.strerror})") from None
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in data.splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
+        step = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            records.append(record)
     return records
 
 
@@ -117,4 +145,4 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    write_atomic(path, "".join(strict_json(r, sort_keys=True) + "\n" for r in kept))

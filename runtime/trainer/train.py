@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -45,13 +44,24 @@ from nlc.runtime.trainer.optim import (
     set_lr,
     step_levels,
 )
-from nlc.runtime.trainer.progress import MetricsLog, ProgressBar, read_metrics, truncate_metrics
+from nlc.runtime.trainer.progress import (
+    MetricsLog,
+    ProgressBar,
+    read_metrics,
+    strict_json,
+    truncate_metrics,
+)
 from nlc.runtime.trainer.segments import check_carriable, forward_segments, fresh_caches
 from nlc.runtime.trainer.tasks import IGNORE, make_task
 
 from nlc import __version__
 from nlc.errors import NlcError
 from nlc.fileio import write_atomic
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run folders are not locked
+    fcntl = None
 
 
 def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimizer_class=None,
@@ -70,8 +80,9 @@ def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimize
     compiling = scan.COMPILE_CHUNKS
     try:
         scan.set_compile_chunks(compiling or config.compile_chunks)  # for this run only
-        summary = _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume,
-                         progress)
+        with contextlib.ExitStack() as held:  # the run folder's lock, until the run ends
+            summary = _train(config, world, mixer_factory, mlp_factory, optimizer_class,
+                             resume, progress, held)
         # ranks leave together: one that closed its connections while another still wrote
         # its summary could abort the other's transport threads at exit
         distributed.barrier(world)
@@ -81,7 +92,8 @@ def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimize
         distributed.teardown(world)
 
 
-def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, progress):
+def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, progress,
+           held: contextlib.ExitStack):
     task = make_task(config)
     if config.vocab_size == 0:
         config = dataclasses.replace(config, vocab_size=task.vocab_size)
@@ -100,13 +112,14 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     if optimizer_class is None:
         optimizer_class = optimizer_class_for(config)
     out = Path(config.out)
-    latest = ckpt.latest_checkpoint(out)
-    if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
-        raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
-                       "or choose another --out")
+    _refuse_started(out, resume)
     created = not out.exists()
     check_run_folder(out, resume)
     try:  # a run refused from here on leaves no empty folder it made behind
+        lock_run_folder(out, world, held)
+        # looked at again under the lock: a run into the same folder may have begun meanwhile
+        latest = _refuse_started(out, resume)
+        check_run_folder(out, resume)
         if resume and latest is None:
             _refuse_restart_over(out, config)
         distributed.barrier(world)  # every rank has looked before rank 0 writes anything
@@ -120,7 +133,10 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
 
         start = 0
         if resume and latest is not None:
-            checkpoint = ckpt.read_checkpoint(latest, config, spec["sha256"])
+            checkpoint = ckpt.read_checkpoint(
+                latest, config, spec["sha256"],
+                side_specs={name: spec.get(name) for name in ckpt.SIDE_SPECS})
+            _refuse_changed_copies(out, spec_copies(config, spec))
             ckpt.apply_checkpoint(checkpoint, model, optimizer)
             start = checkpoint.step
     except BaseException:
@@ -130,11 +146,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.json", config.to_json())
-        if not config.spec.startswith("builtin:"):
-            write_atomic(out / "spec.nl", spec["text"])
-        for name, path in (("mlp.nl", config.mlp), ("optimizer.nl", config.optimizer)):
-            if path.lower() not in ("none", "adamw") and not path.startswith("builtin:"):
-                write_atomic(out / name, spec_text(path))
+        for name, text in spec_copies(config, spec).items():
+            write_atomic(out / name, text)
         truncate_metrics(out / "metrics.jsonl", start)
     distributed.barrier(world)
 
@@ -155,7 +168,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     last_eval, loss_value = {}, float("nan")
     if start >= config.steps:  # resumed a finished run: report it again
         trained_losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")
-                          if r.get("kind") == "train"]
+                          if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
         loss_value = trained_losses[-1] if trained_losses else loss_value
         last_eval = evaluate(model, task, world, autocast)
         bar.message(f"nothing to train: the run is at step {start} of {config.steps}")
@@ -235,13 +248,47 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     if at_lengths is not None:
         summary["eval_lengths"] = at_lengths
     if world.is_main:
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        bar.message(f"done: {done} steps, loss {loss_value:.4f}, "
-                    f"{format_metrics(last_eval)}; {out}")
+        write_atomic(out / "summary.json", strict_json(summary, indent=2, sort_keys=True) + "\n")
+        shown = [f"loss {loss_value:.4f}"] if math.isfinite(loss_value) else []
+        shown += [format_metrics(last_eval)] if last_eval else []
+        shown += [f"diverged at step {diverged}"] if diverged is not None else []
+        bar.message(f"done: {done} steps, {', '.join(shown)}; {out}" if shown
+                    else f"done: {done} steps; {out}")
     return summary
 
 
 RUN_FILES = ("config.json", "spec.nl", "mlp.nl", "optimizer.nl", "summary.json")
+
+
+def _refuse_started(out: Path, resume: bool):
+    """Refuse a new run into a folder that holds one; return the latest checkpoint (or None)."""
+    latest = ckpt.latest_checkpoint(out)
+    if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
+        raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
+                       "or choose another --out")
+    return latest
+
+
+def lock_run_folder(out: Path, world, held: contextlib.ExitStack) -> None:
+    """One run at a time in a run folder: rank 0 holds an exclusive `flock` on the folder
+    until `held` closes (the run's end). The kernel drops the lock when the process dies, so
+    a killed run leaves nothing that blocks the next. A second run into the folder is
+    refused before it writes anything; a file system without locks leaves runs unguarded."""
+    busy = False
+    if world.is_main and fcntl is not None:
+        fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+        held.callback(os.close, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = True
+        except OSError:  # no locks here (some network file systems)
+            pass
+    if distributed.all_reduce_sums({"busy": float(busy)}, world)["busy"]:
+        raise NlcError(f"{out}: another nlc train is running in this run folder",
+                       hint="wait for it to end (then --resume continues it), or choose "
+                            "another --out")
 
 
 def _refuse_restart_over(out: Path, config) -> None:
@@ -388,7 +435,9 @@ def report_divergence(model, batch, world, config, out: Path, done: int, optimiz
     return (f"{what} not finite at step {done}: the run diverged; {where}. "
             f"Not saving that step; the last finite weights are {saved}. "
             f"To resume from them: nlc train {source} --out {out} --resume "
-            f"--lr {config.lr / 10:g} (or a smaller --grad-clip)")
+            f"--lr {config.lr / 10:g} "
+            + ("(or a smaller --grad-clip)" if config.grad_clip > 0
+               else "(or clip the gradients: --grad-clip 1)"))
 
 
 @torch.no_grad()
@@ -420,9 +469,37 @@ def forward(model, inputs: torch.Tensor, config) -> torch.Tensor:
 
 
 def spec_record(config) -> dict:
-    """What checkpoints store about the mixer's spec: path, text, sha256."""
+    """What checkpoints store about the specs: the mixer's path, text and sha256, and under
+    "mlp" and "optimizer" the same for the --mlp and --optimizer spec files (absent for
+    builtins), so that a resumed run compares them by content, not by path."""
     text = spec_text(config.spec)
-    return {"path": config.spec, "text": text, "sha256": sha256_text(text)}
+    record = {"path": config.spec, "text": text, "sha256": sha256_text(text)}
+    for name in ckpt.SIDE_SPECS:
+        path = getattr(config, name)
+        if ckpt.is_spec_file(path):
+            text = spec_text(path)
+            record[name] = {"path": path, "text": text, "sha256": sha256_text(text)}
+    return record
+
+
+def spec_copies(config, spec: dict) -> dict:
+    """The run folder's copies of the spec files: file name -> text."""
+    copies = {} if config.spec.startswith("builtin:") else {"spec.nl": spec["text"]}
+    for name in ckpt.SIDE_SPECS:
+        if name in spec:
+            copies[f"{name}.nl"] = spec[name]["text"]
+    return copies
+
+
+def _refuse_changed_copies(out: Path, copies: dict) -> None:
+    """A run resumed from a checkpoint never overwrites its copies of the specs with other
+    text: the checkpoints were trained with the copies' text (`nlc eval` compiles them)."""
+    for name, text in copies.items():
+        copy = out / name
+        if copy.is_file() and spec_text(str(copy)) != text:
+            raise NlcError(f"{copy}: the run's copy of a spec differs from the spec this run "
+                           "resumes with; it is not overwritten",
+                           hint=f"resume with the copy as the spec, or move {copy} away")
 
 
 def autocast_for(config, device: torch.device):

@@ -1,0 +1,192 @@
+"""`nlc train / eval` on bad or racing input: a changed --mlp or --optimizer spec on resume,
+two runs into one folder, bytes that are not UTF-8 JSON, a diverged run's JSON. Each is a
+clear `error: ...` (exit 2) or a strict result, never a traceback, and loses nothing."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlc.train_cli import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TINY = ["--task", "mqar", "--steps", "2", "--batch-size", "4", "--seq-len", "32",
+        "--d-model", "16", "--n-layers", "1", "--mqar-vocab-size", "64",
+        "--mqar-num-kv-pairs", "2", "--eval-examples", "8", "--log-interval", "2",
+        "--checkpoint-interval", "2", "--warmup", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def no_nan(text: str):
+    """Strict JSON: Python's NaN and Infinity are refused."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+# ---- 1. --mlp and --optimizer specs compared by content on resume -------------------------
+
+@pytest.fixture
+def spec_run(tmp_path, monkeypatch, capsys):
+    """A finished run (relative paths, as typed) with an --mlp and an --optimizer spec."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(EXAMPLES / "linear_attention.nl", "m.nl")
+    shutil.copy(EXAMPLES / "sgd_momentum.nl", "o.nl")
+    assert main(["train", "builtin:attention", *TINY, "--mlp", "m.nl", "--optimizer", "o.nl",
+                 "--out", "run"]) == 0
+    capsys.readouterr()
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["mlp", "optimizer"])
+def test_resume_refuses_an_edited_spec_and_keeps_the_runs_copy(spec_run, capsys, name):
+    edited = Path("m.nl" if name == "mlp" else "o.nl")
+    copy = Path("run") / f"{name}.nl"
+    kept = copy.read_text()
+    metrics = Path("run/metrics.jsonl").read_text()
+    edited.write_text(edited.read_text() + "# edited after the run\n")
+    assert main(["train", "builtin:attention", "--out", "run", "--resume", "--steps", "4",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{edited}: differs from the --{name} spec the run run was trained with" in err
+    assert f"resume with --{name} {copy}" in err and "Traceback" not in err
+    assert copy.read_text() == kept and Path("run/metrics.jsonl").read_text() == metrics
+    # the run's own copy is the same spec, whatever its path
+    assert main(["train", "builtin:attention", "--out", "run", "--resume", "--steps", "4",
+                 "--quiet", f"--{name}", str(copy)]) == 0
+    assert copy.read_text() == kept
+    assert json.loads(Path("run/summary.json").read_text())["steps"] == 4
+
+
+def test_resume_from_another_folder_uses_the_runs_copies(spec_run, monkeypatch, capsys):
+    """The run's config names m.nl and o.nl relative to where it started: from elsewhere
+    they are not found, and the run's copies are used."""
+    (spec_run / "elsewhere").mkdir()
+    monkeypatch.chdir(spec_run / "elsewhere")
+    assert main(["train", "builtin:attention", "--out", "../run", "--resume", "--steps", "4",
+                 "--quiet"]) == 0
+    config = json.loads((spec_run / "run" / "config.json").read_text())
+    assert (config["mlp"], config["optimizer"]) == ("../run/mlp.nl", "../run/optimizer.nl")
+    assert (spec_run / "run" / "mlp.nl").read_text() == (spec_run / "m.nl").read_text()
+
+
+# ---- 2. one run at a time in a run folder -------------------------------------------------
+
+def hold(folder: Path) -> int:
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    fd = hold(out)  # as a run in progress does
+    try:
+        for extra in ([], ["--resume", "--steps", "4"]):
+            capsys.readouterr()
+            assert main(["train", "builtin:attention", *TINY, "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"{out}: " in err and "Traceback" not in err
+        assert "another nlc train is running in this run folder" in err
+        new = tmp_path / "new"
+        new.mkdir()
+        fd_new = hold(new)
+        try:
+            assert main(["train", "builtin:attention", *TINY, "--out", str(new)]) == 2
+            assert "another nlc train is running" in capsys.readouterr().err
+            assert list(new.iterdir()) == []
+        finally:
+            os.close(fd_new)
+    finally:
+        os.close(fd)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # released at the end of a run (and by the kernel when a holder dies): resuming works
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out), "--resume",
+                 "--steps", "4"]) == 0
+
+
+# ---- 4. bytes that are not UTF-8, JSON lines that are not records -------------------------
+
+def test_a_config_that_is_not_utf8_is_refused_with_its_name(tmp_path, capsys):
+    bad = tmp_path / "bin.json"
+    bad.write_bytes(b"\xff\xfe{}")
+    assert main(["train", "builtin:attention", *TINY, "--config", str(bad),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: config is not UTF-8 text (byte 0)" in err and "internal error" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_runs_config_that_is_not_utf8_is_refused_on_resume_and_eval(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    (out / "config.json").write_bytes(b"{\"task\": \"mq\xe4r\"}")
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert f"{out / 'config.json'}: config is not UTF-8 text" in capsys.readouterr().err
+    assert main(["eval", str(out)]) == 2
+    assert f"{out / 'config.json'}: config is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_metrics_lines_that_are_no_records_are_skipped_as_torn_lines(tmp_path, capsys):
+    from nlc.runtime.trainer.plot import load_curves
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b"\xff\n[1]\n\"text\"\n{\"kind\": \"train\", \"step\": \"2\", \"loss\": 1}\n"
+                b"{\"kind\": \"train\", \"step\": 2}\n{\"kind\": \"eval\", \"step\": 2}\n")
+    curves = load_curves(out)
+    assert [s for s, _ in curves["train"]] == [2] and [s for s, _ in curves["eval"]] == [2]
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", "--out", str(out), "--resume", "--steps", "4",
+                 "--quiet"]) == 0
+    records = [no_nan(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 2, 4]  # no "loss": kept
+
+
+# ---- 5. a diverged run's JSON --------------------------------------------------------------
+
+def test_a_diverged_run_writes_strict_json_and_a_fitting_hint(tmp_path, capsys):
+    out = tmp_path / "wild"
+    args = ["train", "builtin:attention", *TINY, "--out", str(out), "--warmup", "0",
+            "--checkpoint-interval", "1", "--grad-clip", "0", "--log-interval", "100"]
+    assert main([*args, "--steps", "1"]) == 0
+    capsys.readouterr()
+    args.remove("--quiet")
+    assert main([*args, "--resume", "--steps", "20", "--lr", "1e30"]) == 1
+    stdout, err = capsys.readouterr()
+    assert no_nan(stdout)["final_loss"] is None
+    summary = no_nan((out / "summary.json").read_text())
+    assert summary["final_loss"] is None and summary["diverged_at"] is not None
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        no_nan(line)
+    done = next(line for line in err.splitlines() if line.startswith("done:"))
+    assert "nan" not in done and ", ;" not in done
+    assert f"diverged at step {summary['diverged_at']}" in done
+    assert "smaller --grad-clip" not in err and "--grad-clip 1" in err
+
+
+# ---- 6. plot destinations ------------------------------------------------------------------
+
+def test_plot_into_a_folder_is_refused_before_drawing(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(out), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: is a folder; -o names the PNG file to write" in err
