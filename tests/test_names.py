@@ -278,6 +278,7 @@ HOSTILE_FILES = [
     "b\nimport os; os.mkdir('PWNED')\n.nl",
     "c\\\"\"\"+__import__('os').mkdir('PWNED')#.nl",
     "d'''; __import__(\"os\").mkdir(\"PWNED\"); '''.nl",
+    "gl\u00fcck_\u6f22.nl",  # not hostile, but not ASCII: compile failed on it
 ]
 
 

@@ -54,9 +54,9 @@ def py_literal(value: str) -> PyLiteral:
     """A Python literal that evaluates to `value` (any text: a file name, a path)."""
     if not isinstance(value, str):
         raise TypeError(f"py_literal takes a str, got {type(value).__name__}")
-    source = repr(value)
+    source = ascii(value)  # repr with non-ASCII characters escaped: `ü.nl` is '\xfc.nl'
     if not _PRINTABLE.fullmatch(source) or ast.literal_eval(source) != value:
-        raise AssertionError(f"repr of {value!r} is not a one-line literal")
+        raise AssertionError(f"ascii() of {value!r} is not a one-line literal")
     return PyLiteral(source)
 
 
