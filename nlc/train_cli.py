@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="train data-parallel on N local processes (relaunches via torchrun)")
+                   help="train data-parallel on N local processes (relaunches itself as N ranks, "
+                        "as torchrun --standalone would)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in dataclasses.fields(TrainConfig):
         if f.name not in SPEC_FIELDS:
@@ -134,7 +135,7 @@ def cmd_train(args) -> int:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
     config = config_from_args(args)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        if config.batch_size % args.nproc:  # refused here, not after torchrun has started
+        if config.batch_size % args.nproc:  # refused here, not after the ranks have started
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
                            f"ranks", hint="use a --batch-size divisible by --nproc")
         return _relaunch(args)
@@ -154,9 +155,10 @@ def cmd_train(args) -> int:
 
 
 def _relaunch(args) -> int:
-    """Run the same command under torchrun with `args.nproc` processes on this machine."""
+    """Run the same command as `args.nproc` ranks on this machine; the first failing rank's
+    exit status is the command's."""
     from nlc.runtime.trainer.config import TrainConfig
-    from nlc.runtime.trainer.distributed import torchrun_command
+    from nlc.runtime.trainer.distributed import launch_local
     argv = ["train", args.spec]
     for item in args.defines:
         argv += ["-D", item]
@@ -174,7 +176,7 @@ def _relaunch(args) -> int:
             argv += [flag, *value]
         else:
             argv += [flag, str(value)]
-    return subprocess.call(torchrun_command(args.nproc, argv))
+    return launch_local(args.nproc, argv)
 
 
 def cmd_eval(args) -> int:

@@ -133,15 +133,16 @@ def test_plot_without_matplotlib_says_what_to_install(run, tmp_path, monkeypatch
 
 
 def test_relaunch_rebuilds_the_command(monkeypatch, tmp_path):
-    import subprocess
+    from nlc.runtime.trainer import distributed
     seen = {}
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.setattr(distributed, "launch_local",
+                        lambda n, argv: seen.update(n=n, cmd=distributed.rank_command(argv)) or 0)
     assert main(["train", "builtin:attention", "--nproc", "3", "--steps", "7", "--no-bf16",
                  "--batch-size", "6",
                  "--lm-files", "a", "b", "-D", "heads=2", "--out", str(tmp_path)]) == 0
     cmd = seen["cmd"]
-    assert "--nproc_per_node=3" in cmd and "--nproc" not in cmd
+    assert seen["n"] == 3 and "--nproc" not in cmd
     tail = cmd[cmd.index("nlc.train_cli") + 1:]
     assert tail[:4] == ["train", "builtin:attention", "-D", "heads=2"]
     for flag in (["--steps", "7"], ["--no-bf16"], ["--lm-files", "a", "b"]):

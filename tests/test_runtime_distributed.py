@@ -3,6 +3,8 @@ as one process on the same global batch, within 1e-6; only rank 0 writes."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from nlc.runtime.trainer import distributed
@@ -50,8 +52,25 @@ def test_ranks_slice_one_global_batch():
         distributed.local_slice(batch, distributed.World(rank=0, world_size=3))
 
 
-def test_torchrun_command_relaunches_this_module():
-    command = distributed.torchrun_command(2, ["train", "x.nl"])
-    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    assert "--nproc_per_node=2" in command and command[-4:] == ["-m", "nlc.train_cli",
-                                                                 "train", "x.nl"]
+def test_a_refusal_in_the_ranks_exits_2_without_a_launcher_traceback(tmp_path, capfd):
+    """Every rank refuses a run folder that holds a run; the command exits 2 (the launcher,
+    torchrun's, had exited 1 with a traceback of its own)."""
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "metrics.jsonl").write_text("")
+    assert main(ARGS + ["--out", str(tmp_path / "taken"), "--nproc", "2"]) == 2
+    err = capfd.readouterr().err
+    assert "already holds a run" in err and "Traceback" not in err
+
+
+def test_the_first_failing_rank_decides_and_stops_the_others(tmp_path):
+    """A rank that fails stops a rank left waiting (here: one that would sleep an hour; were
+    it not stopped, this test would not end)."""
+    script = tmp_path / "rank.py"
+    script.write_text("import os, sys, time\n"
+                      "sys.exit(3) if os.environ['RANK'] == '1' else time.sleep(3600)\n")
+    command = distributed.rank_command
+    try:
+        distributed.rank_command = lambda args: [sys.executable, str(script)]
+        assert distributed.launch_local(2, [], grace=0.5) == 3
+    finally:
+        distributed.rank_command = command

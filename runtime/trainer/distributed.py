@@ -1,4 +1,4 @@
-"""Data parallel training over torch.distributed, launched by torchrun.
+"""Data parallel training over torch.distributed, launched by torchrun or `launch_local`.
 
     torchrun --standalone --nproc_per_node 2 -m nlc.train_cli train SPEC --task mqar
     nlc train SPEC --task mqar --nproc 2            (the same, relaunched for you)
@@ -13,7 +13,10 @@ gradient is the single-process gradient of the whole batch. Only rank 0 writes.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -109,7 +112,51 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """`python -m torch.distributed.run` on this machine running `nlc.train_cli ARGS`."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "nlc.train_cli", *args]
+def rank_command(args: list[str]) -> list[str]:
+    """One rank of `nlc train --nproc N`: `python -m nlc.train_cli ARGS`."""
+    return [sys.executable, "-m", "nlc.train_cli", *args]
+
+
+def launch_local(nproc: int, args: list[str], grace: float = 10.0) -> int:
+    """Run `rank_command(args)` as `nproc` ranks on this machine with the variables torchrun
+    would set (a free local MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE). The exit status is the
+    first failing rank's (2 for a refused input; torchrun's launcher answered any failure
+    with a traceback of its own and status 1). When a rank fails, the others get `grace`
+    seconds to end on their own (they usually refuse the same input), then are stopped: a
+    rank left waiting in a collective would never return."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
+    ranks = [subprocess.Popen(rank_command(args), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(nproc)]
+    status = 0
+    try:
+        while True:
+            codes = [p.poll() for p in ranks]  # every rank polled: any() would stop early
+            status = next((c for c in codes if c), 0)
+            if status or None not in codes:
+                break
+            time.sleep(0.05)
+    except KeyboardInterrupt:  # the ranks got the same Ctrl-C and save what they can
+        status = 130
+    finally:
+        _stop(ranks, grace)
+    return status
+
+
+def _stop(ranks: list, grace: float) -> None:
+    """Wait up to `grace` seconds for the ranks to end, then terminate (and kill) the rest."""
+    deadline = time.monotonic() + grace
+    for p in ranks:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.terminate()
+    for p in ranks:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
