@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -51,6 +52,16 @@ def golden(update_goldens):
         assert text == expected, f"output differs from {path.relative_to(ROOT)}"
 
     return compare
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (the runtime's tests: a run's speed on a busy machine
+    does not change its numbers, and two cores shared with CI are not fought over)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def assert_chunked_gradients_equal_recurrent(layer, x, tol: float = 1e-10) -> None:

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from nlc.train_cli import main
 
@@ -22,12 +21,7 @@ TINY = ["--task", "mqar", "--steps", "2", "--batch-size", "4", "--seq-len", "32"
         "--checkpoint-interval", "2", "--warmup", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def no_nan(text: str):

@@ -20,12 +20,8 @@ from nlc.runtime.trainer.train import train
 from nlc.errors import NlcError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from threads
-    yield
-    torch.set_num_threads(threads)
+# one thread (conftest.py): the machine is shared; tiny models gain nothing from threads
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out, **changes) -> TrainConfig:

@@ -18,12 +18,7 @@ TINY = ["--task", "mqar", "--steps", "4", "--batch-size", "4", "--seq-len", "32"
         "--checkpoint-interval", "2", "--warmup", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ from nlc.factories import mixer_from_spec, optimizer_from_spec
 SMALL = TrainConfig(vocab_size=50, d_model=32, n_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_language_model_shapes_and_causality():

@@ -19,12 +19,7 @@ TINY = ["--task", "mqar", "--steps", "4", "--batch-size", "4", "--seq-len", "32"
         "--checkpoint-interval", "2", "--keep-last", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def refused(argv, capsys, *expected: str) -> str:

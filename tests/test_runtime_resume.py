@@ -12,19 +12,14 @@ import sys
 import time
 
 import pytest
-import torch
 from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer.config import TrainConfig
 from nlc.runtime.trainer.progress import read_metrics
 from nlc.runtime.trainer.train import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the killed subprocess runs with one thread too: same arithmetic
-    yield
-    torch.set_num_threads(threads)
+# one thread (conftest.py): the killed subprocess runs with one thread too: same arithmetic
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out, **changes) -> TrainConfig:

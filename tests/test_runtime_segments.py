@@ -45,12 +45,7 @@ CONFIG = {"task": "mqar", "vocab_size": 0, "d_model": 8, "n_layers": 1, "mlp": "
           "checkpoint_interval": 0, "log_interval": 1, "warmup": 0, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture
