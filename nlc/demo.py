@@ -54,6 +54,8 @@ def find_examples(folder: str | None) -> list[Path]:
         files = sorted(c.glob("*.nl"))
         if files:
             return files
+    if folder:
+        raise NlcError(f"--examples {folder}: no *.nl specs there")
     raise NlcError("no examples/*.nl found; run from the repository root or pass --examples DIR")
 
 
@@ -64,6 +66,11 @@ def run_demo(examples: str | None = None, quick: bool = False,
     from nlc.verify.report import verify_table
     from nlc.verify.verify import verify_module
 
+    if steps is not None and steps < 1:  # refused before minutes of work, as is the --out
+        raise NlcError(f"--steps must be at least 1, got {steps}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise NlcError(f"--out {out}: a file is there, not a folder",
+                       hint="choose another --out")
     start = stage_start = time.perf_counter()
     files = find_examples(examples)
     if toy_only:

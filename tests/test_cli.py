@@ -365,3 +365,20 @@ def test_fmt_write_through_a_symlink_keeps_the_link(tmp_path, good):
     assert proc.returncode == 0, proc.stderr
     assert link.is_symlink() and link.resolve() == target
     assert target.read_text() == nlc("fmt", str(good)).stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--out", "{file}"], "a file is there, not a folder"),
+    (["--toy", "--out", "{file}"], "a file is there, not a folder"),
+    (["--examples", "{empty}"], "no *.nl specs there")])
+def test_demo_refuses_its_arguments_before_any_work(args, says, tmp_path, capsys):
+    """`--steps 0` meant the default 800, and a file as --out failed after minutes of work."""
+    from nlc.cli import main
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "empty").mkdir()
+    args = [a.format(file=tmp_path / "file", empty=tmp_path / "empty") for a in args]
+    assert main(["demo", *args]) == 2
+    err = capsys.readouterr()
+    assert says in err.err and "1. check" not in err.out
+    assert (tmp_path / "file").read_text() == "keep me"
