@@ -184,3 +184,13 @@ def test_plot_into_a_folder_is_refused_before_drawing(tmp_path, capsys):
     assert main(["plot", str(out), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{out}: is a folder; -o names the PNG file to write" in err
+
+
+def test_plot_to_a_name_that_is_not_png_is_refused(tmp_path, capsys):
+    """`-o x.pdf` wrote PNG bytes under a .pdf name."""
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(out), "-o", str(tmp_path / "x.pdf")]) == 2
+    assert "writes a PNG image; name the file *.png" in capsys.readouterr().err
+    assert not (tmp_path / "x.pdf").exists()

@@ -40,6 +40,9 @@ def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = No
     if Path(output).is_dir():  # refused before matplotlib is imported or anything is drawn
         raise NlcError(f"{output}: is a folder; -o names the PNG file to write",
                        hint=f"pass -o {Path(output) / 'curves.png'}")
+    if Path(output).suffix.lower() != ".png":  # the file is a PNG whatever its name says
+        raise NlcError(f"{output}: nlc plot writes a PNG image; name the file *.png",
+                       hint=f"pass -o {Path(output).with_suffix('.png')}")
     try:
         import matplotlib
         matplotlib.use("Agg")
