@@ -95,6 +95,10 @@ def config_from_args(args):
     out = Path(args.out) if args.out else None
     if args.resume and out is not None and (out / "config.json").is_file():
         config = _run_copies(_read_config(out / "config.json"), out, args)
+        if args.task is not None and args.task != config.task:  # before any size check
+            raise NlcError(f"--task {args.task}: the run in {out} trains on {config.task}, "
+                           "and a resumed run keeps its task",
+                           hint="drop --task to resume it, or start a new run (another --out)")
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name not in SPEC_FIELDS and getattr(args, f.name) is not None}
     config = dataclasses.replace(config, spec=args.spec, **given)

@@ -194,3 +194,14 @@ def test_plot_to_a_name_that_is_not_png_is_refused(tmp_path, capsys):
     assert main(["plot", str(out), "-o", str(tmp_path / "x.pdf")]) == 2
     assert "writes a PNG image; name the file *.png" in capsys.readouterr().err
     assert not (tmp_path / "x.pdf").exists()
+
+
+def test_resuming_with_another_task_names_the_task(tmp_path, capsys):
+    """The refusal spoke of vocab_size (the lm task's 256 against the run's 64)."""
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", "--task", "lm", "--out", str(out),
+                 "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--task lm: the run in {out} trains on mqar" in err and "vocab_size" not in err
