@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -115,7 +114,8 @@ def _run_copies(config, out: Path, args):
     """The run's config with each --mlp and --optimizer spec file that no flag names and that
     cannot be found from here (a path relative to where the run started) replaced by the
     run's copy of it, RUN/mlp.nl or RUN/optimizer.nl, which the checkpoints were trained with."""
-    from nlc.runtime.trainer.checkpoint import SIDE_SPECS, is_spec_file
+    from nlc.runtime.trainer.checkpoint import SIDE_SPECS
+    from nlc.runtime.trainer.mixers import is_spec_file
     changes = {}
     for name in SIDE_SPECS:
         path, copy = getattr(config, name), out / f"{name}.nl"

@@ -5,8 +5,13 @@ its derived rule (`like(param)` states are matrices in the printer's sense: entr
 operations, and reductions such as `sqnorm` over the whole matrix); then the `apply` clauses
 give the new parameter. The step sees every parameter-shaped tensor as a matrix
 (`nl.as_matrix`: a vector as a column, more than two axes flattened after the first) and
-stores states and the parameter in the parameter's own shape (`nl.like_param`). A level `over gradients u, inputs x` (DGD) sees each `nn.Linear` weight with the
-inputs and output gradients recorded for it, one sample at a time."""
+stores states and the parameter in the parameter's own shape (`nl.like_param`). A level
+`over gradients u, inputs x` (DGD) sees each `nn.Linear` weight with the inputs and output
+gradients recorded for it, one sample at a time.
+
+The constructor's keyword arguments are the hypers' spec names as written (docs/emit.md),
+not placeholders: `__init__` binds no other name but `self` and `params`, which the checker
+refuses as an optimizer's hypers."""
 
 from __future__ import annotations
 

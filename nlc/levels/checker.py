@@ -41,6 +41,12 @@ TransferMode = vocab.TransferMode
 LAYER_ARGUMENTS = frozenset({"self", "mode", "chunk_size", "nl", "torch", "F", "nn", "math"})
 
 
+# names an optimizer's hypers may not take, and why: its constructor's own arguments
+OPTIMIZER_RESERVED = {
+    "params": "are keys of torch's parameter groups, where 'params' holds the parameters",
+    "self": "are the keyword arguments of its constructor, where 'self' is the optimizer"}
+
+
 @dataclass(frozen=True)
 class Spec:
     """A checked declaration: what derivation and emission consume."""
@@ -237,13 +243,8 @@ class _DeclChecker(LevelChecker):
                 raise NlcError(f"hyper '{d.name}' = {value:.4g} is larger than 2^53 = "
                                f"{MAX_NUMBER:,}, the largest number a spec may use",
                                d.value.span if d.name not in self.overrides else d.span)
-            if self.is_optimizer and d.name == "params":
-                raise NlcError("an optimizer's hypers are keys of torch's parameter groups, "
-                               "where 'params' holds the parameters", d.span,
-                               hint="rename the hyper")
-            if self.is_optimizer and d.name == "self":
-                raise NlcError("an optimizer's hypers are the keyword arguments of its "
-                               "constructor, where 'self' is the optimizer", d.span,
+            if self.is_optimizer and d.name in OPTIMIZER_RESERVED:
+                raise NlcError(f"an optimizer's hypers {OPTIMIZER_RESERVED[d.name]}", d.span,
                                hint="rename the hyper")
             self.define(d.name, d.span, "hyper", ())
             self.hypers[d.name] = float(value)

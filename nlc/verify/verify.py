@@ -18,6 +18,7 @@ import sympy as sp
 from nlc.catalog.models import ENTRIES, CatalogEntry, Roles
 from nlc.derive import derive
 from nlc.derive.engine import LevelDerivation, derive_level
+from nlc.derive.matfuncs import free_names
 from nlc.derive.rule import UpdateRule
 from nlc.derive.symbols import SymbolTable
 from nlc.errors import NlcError
@@ -151,8 +152,7 @@ def _learns_from_gradients(rule: UpdateRule, spec, roles: Roles) -> bool:
     """Whether an optimizer level's data (the target or gradient term its entry binds) comes
     from its gradients and not from the parameter: an average of `param` is not Adam's
     moment, though the recurrence has the same form."""
-    data = [r for r in (roles.v, roles.g) if r is not None]
-    names = {s.name for r in data for s in r.free_symbols if hasattr(s, "name")}
+    names = free_names([r for r in (roles.v, roles.g) if r is not None])
     return spec.graph.level(rule.level).over in names and "param" not in names
 
 

@@ -262,7 +262,7 @@ def check_side_specs(state_file: Path, state: dict, config, side_specs: dict) ->
     RUN/mlp.nl is the same spec as the file it was copied from); a builtin by its name. A
     checkpoint that records no hash (written before nlc recorded them) is compared with the
     run's copy, else by path."""
-    from nlc.runtime.trainer.mixers import sha256_text, spec_text
+    from nlc.runtime.trainer.mixers import is_spec_file, sha256_text, spec_text
     run = state_file.parent.parent.parent
     for name, record in side_specs.items():
         before, now = state["config"].get(name), getattr(config, name)
@@ -286,11 +286,6 @@ def check_side_specs(state_file: Path, state: dict, config, side_specs: dict) ->
                 hint=(f"resume with --{name} {copy} (the run's copy), or restore {now}"
                       if copy.is_file() else f"restore {now}")
                 + "; to train the changed spec, choose another --out")
-
-
-def is_spec_file(name: str) -> bool:
-    """Whether a --mlp or --optimizer value names a spec file (not a builtin, none or adamw)."""
-    return name.lower() not in ("none", "adamw") and not name.startswith("builtin:")
 
 
 def rebuild_optimizer_state(saved: dict, tensors: dict) -> dict:

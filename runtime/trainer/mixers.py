@@ -62,6 +62,12 @@ def is_builtin(name: str) -> bool:
     return name.startswith("builtin:") or name == "none"
 
 
+def is_spec_file(name: str) -> bool:
+    """Whether a --mlp or --optimizer value names a spec file: not a builtin, `none` or
+    `adamw` (those two in any case, as the flags take them)."""
+    return not is_builtin(name) and name.lower() not in ("none", "adamw")
+
+
 def mixer_factory_for(config) -> ModuleFactory:
     """The mixer `config.spec` names, when it is a builtin; a spec file must come compiled."""
     if not config.spec.startswith("builtin:"):

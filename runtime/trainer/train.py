@@ -34,7 +34,13 @@ from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer import distributed
 from nlc.runtime.trainer.config import TrainConfig
 from nlc.runtime.trainer.lengths import evaluate_lengths
-from nlc.runtime.trainer.mixers import mixer_factory_for, mlp_factory_for, sha256_text, spec_text
+from nlc.runtime.trainer.mixers import (
+    is_spec_file,
+    mixer_factory_for,
+    mlp_factory_for,
+    sha256_text,
+    spec_text,
+)
 from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.optim import (
     build_optimizer,
@@ -476,7 +482,7 @@ def spec_record(config) -> dict:
     record = {"path": config.spec, "text": text, "sha256": sha256_text(text)}
     for name in ckpt.SIDE_SPECS:
         path = getattr(config, name)
-        if ckpt.is_spec_file(path):
+        if is_spec_file(path):
             text = spec_text(path)
             record[name] = {"path": path, "text": text, "sha256": sha256_text(text)}
     return record
