@@ -204,6 +204,20 @@ def test_channel_forward_launch_table(monkeypatch, launch, chunk, packed):
     check_against_token_loop(("decay", "channel", 65, chunk, 32, 48, True, packed))
 
 
+@needs_kernels
+@pytest.mark.parametrize("packed", [False, True])
+def test_channel_backward_split_along_keys(monkeypatch, packed):
+    """chunk_channel's input-gradient kernel splits the key axis across programs
+    (chunk_decay_triton.BACKWARD): key and value blocks of 16 make three key blocks of the 48
+    keys here and three value blocks of the 40 values (the last one partial); dv, which sums
+    over the keys, is the scores-gradient kernel's whole. Output, state and every gradient
+    still match the token loop."""
+    from nlc.runtime.library import chunk_decay_triton
+    monkeypatch.setitem(chunk_decay_triton.BACKWARD, "input_BK", 16)
+    monkeypatch.setitem(chunk_decay_triton.BACKWARD, "input_BV", 16)
+    check_against_token_loop(("decay", "channel", 65, 16, 48, 40, True, packed))
+
+
 def check_against_token_loop(case):
     family, decay, T, chunk, K, V, with_h0, packed = case
     torch.manual_seed(T + K)

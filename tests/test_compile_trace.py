@@ -21,7 +21,7 @@ PROBE = Path(__file__).with_name("compile_trace_probe.py")
 WRITES = {
     "chunk_decay_triton._cumsum_kernel": "gc",
     "chunk_decay_triton._dscores_kernel": "damat dv",
-    "chunk_decay_triton._input_grads_kernel": "dk dld dq dv",
+    "chunk_decay_triton._input_grads_kernel": "dk dld dq",
     "chunk_decay_triton._intra_grads_kernel": "dki dki2 dqi dqi2",
     "chunk_decay_triton._output_kernel": "o",
     "chunk_decay_triton._scores_kernel": "amat amat2",

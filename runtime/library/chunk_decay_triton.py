@@ -322,10 +322,14 @@ def _output_kernel(q, v, gc, h, amat, o, v2, amat2, starts, ends,
 
 # --------------------------------------------------------------------------- backward
 @triton.jit
-def _dscores_kernel(v, do, amat, damat, dv, starts, ends,
+def _dscores_kernel(v, do, amat, damat, dv, starts, ends, k, gc, dh,
                     H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                    PREC: tl.constexpr):
-    """Per (chunk, head): dA = lower(dO V^T) and the intra-chunk part of dv, A^T dO."""
+                    PREC: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+                    STATE: tl.constexpr):
+    """Per (chunk, head): dA = lower(dO V^T) and the intra-chunk part of dv, A^T dO; with
+    STATE (the channel family, whose dS' `dh` is then known) dv's state part too,
+    (K * e^(G - g)) dS'^T, so that dv is written once and the input-gradient kernel may
+    split the key axis."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
@@ -335,6 +339,14 @@ def _dscores_kernel(v, do, amat, damat, dv, starts, ends,
     p_A = ((i_c * H + i_h) * BT + rows[:, None]) * BT + rows[None, :]
     b_A = tl.load(amat + p_A)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    if STATE:
+        o_k = tl.arange(0, BK)
+        m_k = o_k < K
+        b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+        b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
+        b_kd = (b_k.to(tl.float32)
+                * tl.exp(b_G[None, :] - _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)))
+        b_kd = b_kd.to(b_k.dtype)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
@@ -343,6 +355,10 @@ def _dscores_kernel(v, do, amat, damat, dv, starts, ends,
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
         b_dA += tl.dot(b_do, tl.trans(b_v.to(b_do.dtype)), input_precision=PREC)
         b_dv = tl.dot(tl.trans(b_A.to(b_do.dtype)), b_do, input_precision=PREC)
+        if STATE:
+            p_vk = ((i_c * H + i_h) * V + o_v[:, None]) * K + o_k[None, :]
+            b_dSe = tl.load(dh + p_vk, mask=(o_v < V)[:, None] & m_k[None, :], other=0.0)
+            b_dv += tl.dot(b_kd, tl.trans(b_dSe.to(b_kd.dtype)), input_precision=PREC)
         tl.store(dv + p_tv, b_dv, mask=m_tv)
     b_dA = tl.where(rows[:, None] >= rows[None, :], b_dA, 0.0)
     tl.store(damat + p_A, b_dA)
@@ -355,7 +371,7 @@ def _state_grads_kernel(q, do, gc, dh, dht, dh0, bounds, offsets,
                         HAS_DHT: tl.constexpr, PREC: tl.constexpr):
     """Per (V block x K block, sequence, head), chunks in reverse: dS' of each chunk (dh) and
     the initial state's gradient. The key columns evolve apart, so the key axis splits
-    across programs as the value axis does; dv's state part is `_input_grads_kernel`'s, per
+    across programs as the value axis does; dv's state part is `_dscores_kernel`'s, per
     chunk in parallel (here it was a read-modify-write on this pass's serial path)."""
     i_s, i_h, o_k, o_v, m_k, m_v, m_vk, p_state = _state_block(H, K, V, BK, BV, NK)
     first, last = tl.load(offsets + i_s), tl.load(offsets + i_s + 1)
@@ -540,29 +556,26 @@ def _intra_grads_kernel(q, k, gq, gc, damat, dqi, dki, starts, ends, H: tl.const
 
 
 @triton.jit
-def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dv, dq, dk, dld, starts, ends,
+def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, starts, ends,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, FLOOR: tl.constexpr,
                         PREC: tl.constexpr):
-    """Per (chunk, head): dq, dk (inter-chunk parts added to the intra ones) and dg, summed
-    back into the log decays' gradient; dv's state part, (K * e^(G - g)) dS'^T, added to
-    its intra part (`_dscores_kernel`'s) in place."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    """Per (chunk x K block, head): dq, dk (inter-chunk parts added to the intra ones) and dg,
+    summed back into the log decays' gradient. Every term is per key channel, so the key
+    axis splits across programs (dv, which sums over it, is `_dscores_kernel`'s)."""
+    NK: tl.constexpr = (K + BK - 1) // BK
+    i_c, i_k, i_h = tl.program_id(0) // NK, tl.program_id(0) % NK, tl.program_id(1)
     bos = tl.load(starts + i_c)
     eos = tl.load(ends + i_c)
     rows = tl.arange(0, BT)
     tok = bos + rows
     m_t = tok < eos
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
-    b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
-    b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)   # dO S
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)  # V dS'
     b_dGs = tl.zeros([BK], dtype=tl.float32)      # column sums of dS' * S
-    b_k = _rows(k, tok, m_t, i_h, o_k, m_k, H, K)
-    b_kd = (b_k.to(tl.float32) * tl.exp(b_G[None, :] - b_g)).to(b_k.dtype)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -575,14 +588,13 @@ def _input_grads_kernel(q, k, v, ld, gc, h, do, dh, dqi, dki, dv, dq, dk, dld, s
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
         b_dq += tl.dot(b_do, b_S.to(b_do.dtype), input_precision=PREC)
-        b_dks += tl.dot(b_v.to(tl.float32), b_dSe, input_precision=PREC)
+        b_dks += tl.dot(b_v.to(b_do.dtype), b_dSe.to(b_do.dtype), input_precision=PREC)
         b_dGs += tl.sum(b_dSe * b_S.to(tl.float32), 0)
-        b_dv = tl.load(dv + p_tv, mask=m_tv, other=0.0) + tl.dot(
-            b_kd, tl.trans(b_dSe.to(b_kd.dtype)), input_precision=PREC)
-        tl.store(dv + p_tv, b_dv, mask=m_tv)
+    b_G = _last_g(gc, bos, eos, i_h, o_k, m_k, H, K, BT)
+    b_g = _g_rows(gc, tok, m_t, b_G, i_h, o_k, m_k, H, K)
     p_tk = (tok * H + i_h)[:, None] * K + o_k[None, :]
     qf = _rows(q, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
-    kf = b_k.to(tl.float32)
+    kf = _rows(k, tok, m_t, i_h, o_k, m_k, H, K).to(tl.float32)
     b_dq = b_dq * tl.exp(b_g) + tl.load(dqi + p_tk, mask=m_tk, other=0.0)
     b_dkst = b_dks * tl.exp(b_G[None, :] - b_g)
     b_dk = b_dkst + tl.load(dki + p_tk, mask=m_tk, other=0.0)
@@ -624,6 +636,14 @@ FORWARD = {"cumsum_warps": 4, "scores_warps": 2, "scores_split": True,
            **json.loads(os.environ.get("NLC_CHANNEL_FORWARD", "{}"))}
 
 
+# chunk_channel's backward launch: warps of `_dscores_kernel` (which adds dv's state part
+# over the whole key axis; None: 8 for keys of 128 or more, else 4) and the input-gradient kernel's key and value blocks and warps
+# (the key axis split across programs). Untimed on a GPU as set here (session 38).
+# NLC_CHANNEL_BACKWARD='{"input_BK": 128, ...}' sets them for a run.
+BACKWARD = {"dscores_warps": None, "input_BK": 64, "input_BV": 64, "input_warps": 4,
+            **json.loads(os.environ.get("NLC_CHANNEL_BACKWARD", "{}"))}
+
+
 def _state_launch(BK: int, BV: int, programs: int) -> tuple[int, int, int]:
     """(K block, V block, warps) of the forward's state pass."""
     if programs < STATE_PASSES["few"]:
@@ -652,6 +672,15 @@ def launch_scores(grid, q, k, gq, gc, amat, starts, ends, *, H, K, BT, BK, STRIC
                          STRICT=STRICT, PREC=PREC, k2=k2, q2=q2, amat2=amat2, PAIR=PAIR,
                          SPLIT=split, DIAG_DOT=_diag_dot(q), DIAG_SPAN=DIAG_SPAN,
                          SAME_G=gq is gc, num_warps=num_warps)
+
+
+def launch_dscores(grid, v, do, amat, damat, dv, starts, ends, *, H, V, BT, BV, PREC,
+                   k=None, gc=None, dh=None, K=16, BK=16, num_warps=4):
+    """`_dscores_kernel` on `grid` (chunks, heads); given the state gradients `dh` (with k
+    and the cumulative log decays gc), dv's state part too."""
+    _dscores_kernel[grid](v, do, amat, damat, dv, starts, ends, k, gc, dh, H=H, V=V, BT=BT,
+                          BV=BV, PREC=PREC, K=K, BK=BK, STATE=dh is not None,
+                          num_warps=num_warps)
 
 
 def launch_intra_grads(grid, q, k, gq, gc, damat, dqi, dki, starts, ends, *, H, K, BT, BK,
@@ -703,10 +732,6 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
     dev = q.device
     NC, S = table.chunks, table.sequences
     f32 = {"dtype": torch.float32, "device": dev}
-    damat = torch.empty(NC, H, BT, BT, **f32)
-    dv = torch.empty(N, H, V, **f32)
-    _dscores_kernel[(NC, H)](v, do, amat, damat, dv, table.starts, table.ends, H=H, V=V,
-                             BT=BT, BV=min(BV, 32), PREC=prec, num_warps=4)
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
     BKs, BVs, warps = split_state_launch(BK, pow2(V), S * H)
@@ -714,6 +739,11 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
     _state_grads_kernel[(triton.cdiv(V, BVs) * NK, S * H)](
         q, do, gc, dh, dht, dh0, table.bounds, table.offsets, H=H, K=K, V=V, BT=BT, BK=BKs,
         BV=BVs, NK=NK, HAS_DHT=dht is not None, PREC=prec, num_warps=warps)
+    damat = torch.empty(NC, H, BT, BT, **f32)
+    dv = torch.empty(N, H, V, **f32)
+    launch_dscores((NC, H), v, do, amat, damat, dv, table.starts, table.ends, H=H, V=V, BT=BT,
+                   BV=min(BV, 32), PREC=prec, k=k, gc=gc, dh=dh, K=K, BK=BK,
+                   num_warps=BACKWARD["dscores_warps"] or (8 if BK >= 128 else 4))
     dqi = torch.empty(N, H, K, **f32)
     dki = torch.empty(N, H, K, **f32)
     launch_intra_grads((NC, H), q, k, gc, gc, damat, dqi, dki, table.starts, table.ends, H=H,
@@ -721,10 +751,11 @@ def _backward(q, k, v, ld, saved, do, dht, table, BT):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dld = torch.empty(N, H, K, **f32)
-    _input_grads_kernel[(NC, H)](
-        q, k, v, ld, gc, h, do, dh, dqi, dki, dv, dq, dk, dld, table.starts, table.ends, H=H, K=K,
-        V=V, BT=BT, BK=BK, BV=min(BV, 32), FLOOR=LOG_DECAY_FLOOR, PREC=prec,
-        num_warps=8 if BK >= 128 else 4)
+    BKi = min(BK, BACKWARD["input_BK"])
+    _input_grads_kernel[(NC * triton.cdiv(K, BKi), H)](
+        q, k, v, ld, gc, h, do, dh, dqi, dki, dq, dk, dld, table.starts, table.ends, H=H, K=K,
+        V=V, BT=BT, BK=BKi, BV=min(pow2(V), BACKWARD["input_BV"]), FLOOR=LOG_DECAY_FLOOR,
+        PREC=prec, num_warps=BACKWARD["input_warps"])
     return dq, dk, dv.to(v.dtype), dld, dh0
 
 

@@ -30,12 +30,12 @@ import triton.language as tl
 from nlc.runtime.library.chunk_decay_triton import (
     COLUMNS,
     _cumsum_kernel,
-    _dscores_kernel,
     _g_rows,
     _last_g,
     _output_kernel,
     _put,
     _rows,
+    launch_dscores,
     launch_intra_grads,
     launch_scores,
 )
@@ -318,10 +318,10 @@ def _backward(q, k, v, a, b, ld, saved, do, dht, table, BT):
     dpqk, dpqb = torch.empty(NC, H, BT, BT, **f32), torch.empty(NC, H, BT, BT, **f32)
     dva = torch.empty(N, H, V, **f32)  # P_qk^T dO
     dd = torch.empty(N, H, V, **f32)   # dU: P_qb^T dO, then the state part
-    _dscores_kernel[(NC, H)](v, do, pqk, dpqk, dva, **rows, H=H, V=V, BT=BT, BV=min(BV, 32),
-                             PREC=prec, num_warps=4)
-    _dscores_kernel[(NC, H)](d, do, pqb, dpqb, dd, **rows, H=H, V=V, BT=BT, BV=min(BV, 32),
-                             PREC=prec, num_warps=4)
+    launch_dscores((NC, H), v, do, pqk, dpqk, dva, **rows, H=H, V=V, BT=BT, BV=min(BV, 32),
+                   PREC=prec)
+    launch_dscores((NC, H), d, do, pqb, dpqb, dd, **rows, H=H, V=V, BT=BT, BV=min(BV, 32),
+                   PREC=prec)
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](

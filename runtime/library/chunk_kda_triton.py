@@ -32,13 +32,13 @@ import triton.language as tl
 from nlc.runtime.library.chunk_decay_triton import (
     ROWS,
     _cumsum_kernel,
-    _dscores_kernel,
     _g_rows,
     _last_g,
     _output_kernel,
     _put,
     _rows,
     chunk_channel,
+    launch_dscores,
     launch_intra_grads,
     launch_scores,
 )
@@ -383,8 +383,8 @@ def _backward(q, k, v, beta, ld, saved, do, dht, table, BT):
     rows = {"starts": table.starts, "ends": table.ends}
     dscores = torch.empty(NC, H, BT, BT, **f32)
     dd = torch.empty(N, H, V, **f32)  # dDelta: the in-chunk part, then the state part
-    _dscores_kernel[(NC, H)](d, do, scores, dscores, dd, **rows, H=H, V=V, BT=BT,
-                             BV=min(BV, 32), PREC=prec, num_warps=4)
+    launch_dscores((NC, H), d, do, scores, dscores, dd, **rows, H=H, V=V, BT=BT,
+                             BV=min(BV, 32), PREC=prec)
     dh = torch.empty(NC, H, V, K, **f32)
     dh0 = torch.empty(S, H, V, K, **f32)
     _state_grads_kernel[(triton.cdiv(V, BVs), S * H)](
