@@ -81,6 +81,19 @@ def read_bounded(path: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
+def writable_folder(path: Path, what: str = "the output folder") -> None:
+    """Create `path` and its parents and check a file can be made in it, so that a read-only
+    place or a path under a file is refused before long work, not after it."""
+    if path.exists() and not path.is_dir():
+        raise NlcError(f"cannot write {what}: a file, not a folder", path=str(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise NlcError(f"cannot write {what}: {(err.strerror or str(err)).lower()}",
+                       path=str(path)) from None
+
+
 def current_umask() -> int:
     mask = os.umask(0)  # the only portable way to read it is to set it
     os.umask(mask)

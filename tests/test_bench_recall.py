@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,31 @@ def test_bad_input_is_a_located_error_and_exit_2(tmp_path, capsys, args, message
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o" / "runs").exists()
+
+
+@pytest.mark.parametrize("under, says", [
+    ("", "cannot write the output folder: a file, not a folder"),
+    ("sub", "cannot write the output folder: not a directory"),
+])
+def test_an_output_under_a_file_is_refused_before_any_run(tmp_path, capsys, under, says):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    out = afile / under if under else afile
+    assert main(["bench", "recall", "attention", "--quick", "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert f"{out}: error: {says}" in captured.err and "Traceback" not in captured.err
+    assert "start" not in captured.out and afile.read_text() == "keep"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
+def test_a_read_only_output_folder_is_refused_before_any_run(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    out = locked / "o"
+    assert main(["bench", "recall", "attention", "--quick", "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert f"{out}: error: cannot write the output folder: permission denied" in captured.err
+    assert "start" not in captured.out
 
 
 @pytest.mark.parametrize("option", [["--lrs", "-1"], ["--widths", "0"], ["--jobs", "x"],

@@ -356,6 +356,20 @@ def test_compiled_spec_never_shadows_a_module_or_is_a_keyword(tmp_path, good, st
     assert run.returncode == 0, run.stderr
 
 
+def test_a_spec_named_in_another_script_compiles_to_an_ascii_module(tmp_path, good):
+    """Accents are dropped (`délta` -> `delta`); a name with no ASCII letter or digit left
+    is `spec_` and a hash of it, so two such names do not collide (both were `_____`)."""
+    specs = [tmp_path / f"{stem}.nl" for stem in ("délta", "δέλτα", "ΔΈΛΤΑ")]
+    for spec in specs:
+        spec.write_text(good.read_text())
+    out = tmp_path / "out"
+    proc = nlc("compile", *map(str, specs), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    modules = sorted(p.stem for p in out.glob("*.py") if not p.stem.startswith("nlc_kernel_"))
+    assert modules[0] == "delta" and len(modules) == 3
+    assert all(re.fullmatch(r"spec_[0-9a-f]{8}", name) for name in modules[1:]), modules
+
+
 def test_fmt_write_through_a_symlink_keeps_the_link(tmp_path, good):
     target = tmp_path / "target.nl"
     target.write_text(GOOD.replace("  level memory", "level   memory"))

@@ -68,6 +68,59 @@ def test_round_trip_cases(text):
     round_trip(text)
 
 
+SPREAD_OVER_LINES = """\
+layer A {  # the layer
+  dims d_model = 8,
+       d_k = 4  # dims
+  hyper eta = 0.5,
+        mu = 0.1  # hypers
+  param W : [d_model,
+             d_k]  # weights
+
+  context from x {  # context
+    k = x
+        @ W  # keys
+  }  # end context
+
+  level memory
+      every 1 token {  # the level
+    state S : matrix[d_k,
+                     d_k] = zeros  # state
+    objective l2(S(k),  # prediction
+                 k)  # objective
+    algorithm gd(lr = eta)  # algorithm
+  }  # end level
+
+  output memory @ W  # output
+}
+"""
+
+
+def test_a_trailing_comment_stays_on_the_statement_it_ends():
+    """Each statement written over several lines becomes one line that keeps the comment
+    ending it; an earlier comment inside it goes above it, not onto the next statement."""
+    assert round_trip(SPREAD_OVER_LINES) == """\
+layer A {  # the layer
+  dims d_model = 8, d_k = 4  # dims
+  hyper eta = 0.5, mu = 0.1  # hypers
+  param W : [d_model, d_k]  # weights
+
+  context from x {  # context
+    k = x @ W  # keys
+  }  # end context
+
+  level memory every 1 token {  # the level
+    state S : matrix[d_k, d_k] = zeros  # state
+    # prediction
+    objective l2(S(k), k)  # objective
+    algorithm gd(lr = eta)  # algorithm
+  }  # end level
+
+  output memory @ W  # output
+}
+"""
+
+
 # ---------------------------------------------------------------- random specs from the grammar
 
 SCALE = float(os.environ.get("NLC_FUZZ_SCALE", "1"))  # > 1: more cases, and random ones

@@ -44,6 +44,7 @@ def refused(argv, capsys, *expected: str) -> str:
     (["--cuda-graphs", "--device", "cpu"], "cuda_graphs needs a CUDA device; this run is on cpu"),
     (["--tf32", "--device", "cpu"], "tf32 needs a CUDA device; this run is on cpu"),
     (["--compile-chunks", "--compile"], "compile_chunks and compile cannot be combined"),
+    (["--d-model", "200000"], "--d-model 200000, --n-layers 1: the model's parameters"),
 ])
 def test_bad_flags_are_refused(flags, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where a run with --out "" once went
@@ -60,6 +61,18 @@ def test_out_at_or_under_a_file_is_refused(tmp_path, capsys):
     refused(["train", "builtin:attention", *TINY, "--out", str(afile / "sub")], capsys,
             "cannot create the run folder (Not a directory)")
     assert afile.read_text() == "keep"
+
+
+def test_an_allocation_that_fails_at_build_names_the_size(tmp_path, monkeypatch, capsys):
+    from nlc.runtime.trainer import memory
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 149.00 GiB")
+    monkeypatch.setattr(memory, "memory_of", lambda device: None)  # no check before building
+    monkeypatch.setattr(torch.nn.Module, "to", out_of_memory)
+    refused(["train", "builtin:attention", *TINY, "--d-model", "200000", "--out",
+             str(tmp_path / "run")], capsys, "the model's parameters alone need 1,788.2 GiB")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_folder_with_files_a_run_writes_is_not_overwritten(tmp_path, monkeypatch, capsys):

@@ -134,6 +134,7 @@ def run_sweep(args, protocol, name: str):
     """Check the specs and every run's config, then run the points; return (settings, out,
     models, runs)."""
     from nlc.bench import runs
+    from nlc.fileio import writable_folder
     from nlc.levels import parse_overrides
     settings = settings_from_args(args)
     protocol.check_settings(settings)
@@ -143,6 +144,8 @@ def run_sweep(args, protocol, name: str):
     for point in points:  # every run's config and folder are valid before the first starts
         config = protocol.config_for(point, settings, out, settings.devices[0])
         runs.read_summary(Path(config.out), config)
+    for folder in (out, out / "runs"):  # found out now, not after the first run
+        writable_folder(folder)
     print(f"nlc bench {name}: {len(points)} runs ({len(models)} models x "
           f"{len(settings.widths)} widths x {len(settings.lrs)} lrs x {len(settings.seeds)} "
           f"seeds), {settings.jobs} at a time; {out}", flush=True)

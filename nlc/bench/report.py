@@ -140,10 +140,14 @@ def write_files(out: Path, name: str, table: str, runs_table: str, data: dict,
                 draw) -> dict[str, Path]:
     """OUT/NAME.md, .csv, .json and .png (drawn by `draw(path)`); return them by kind."""
     files = {kind: out / f"{name}.{kind}" for kind in ("md", "csv", "json", "png")}
-    write_atomic(files["md"], table)
-    write_atomic(files["csv"], runs_table)
-    write_atomic(files["json"], json.dumps(data, indent=2, sort_keys=True) + "\n")
-    draw(files["png"])
+    try:
+        write_atomic(files["md"], table)
+        write_atomic(files["csv"], runs_table)
+        write_atomic(files["json"], json.dumps(data, indent=2, sort_keys=True) + "\n")
+        draw(files["png"])
+    except OSError as err:
+        raise NlcError(f"cannot write the report: {(err.strerror or str(err)).lower()}",
+                       path=str(out)) from None
     return files
 
 

@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tokenize
+import unicodedata
 from pathlib import Path
 
 import jinja2
@@ -171,11 +172,17 @@ IMPORTED = frozenset({"torch", "triton", "nlc", "numpy", "sympy", "networkx", "l
 
 
 def spec_module_name(path: str) -> str:
-    """The generated file's module name: the spec's stem, made an identifier; `spec_` goes
-    before a stem that is not one (`1x`), a Python keyword (`import`) or the name of a module
-    it would shadow when imported from its folder (`torch`, `math`)."""
+    """The generated file's module name: the spec's stem, made an ASCII identifier (accents
+    dropped, `délta` -> `delta`; other symbols made `_`); `spec_` goes before a stem that is
+    not one (`1x`), a Python keyword (`import`) or the name of a module it would shadow when
+    imported from its folder (`torch`, `math`). A stem with no ASCII letter or digit left
+    (`δέλτα`) is `spec_` and a hash of it: stable, and not the same for another such stem."""
     stem = Path(path).stem
-    name = "".join(c if c.isalnum() and c.isascii() or c == "_" else "_" for c in stem)
-    plain = name and not name[0].isdigit() and not keyword.iskeyword(name) \
+    letters = "".join(c for c in unicodedata.normalize("NFKD", stem)
+                      if not unicodedata.combining(c))
+    name = "".join(c if c.isalnum() and c.isascii() or c == "_" else "_" for c in letters)
+    if not name.strip("_"):
+        return f"spec_{hashlib.sha256(stem.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    plain = not name[0].isdigit() and not keyword.iskeyword(name) \
         and name not in sys.stdlib_module_names and name not in IMPORTED
     return name if plain else f"spec_{name}"

@@ -81,16 +81,22 @@ class _Printer:
         while self.comments and self.comments[0][0] < line:
             self.out.append(indent + self.comments.pop(0)[1].rstrip())
 
-    def _trailing(self, line: int) -> str:
-        if self.comments and self.comments[0][0] == line:
-            return "  " + self.comments.pop(0)[1].rstrip()
-        return ""
+    def _line(self, text: str, first: int, last: int, indent: str) -> None:
+        """`text`, printed as one line from source lines first..last: the last comment on
+        those lines ends it, any earlier one (a statement written over several lines) goes
+        on its own line above it, so no comment moves to a neighbouring statement."""
+        self._flush_before(first, indent)
+        ends = []
+        while self.comments and self.comments[0][0] <= last:
+            ends.append(self.comments.pop(0)[1].rstrip())
+        self.out.extend(indent + comment for comment in ends[:-1])
+        self.out.append(indent + text + ("  " + ends[-1] if ends else ""))
 
-    def emit(self, text: str, node, indent: str) -> None:
+    def emit(self, text: str, node, indent: str, last: int | None = None) -> None:
+        """One statement; a block's header passes `last`, the line its `{` is on."""
         span = getattr(node, "span", None)
         if span is not None and span.known:
-            self._flush_before(span.line, indent)
-            self.out.append(indent + text + self._trailing(span.line))
+            self._line(text, span.line, last or span.end_line, indent)
         else:
             self.out.append(indent + text)
 
@@ -98,7 +104,9 @@ class _Printer:
         span = node.span
         if span.known:
             self._flush_before(span.end_line, indent + "  ")
-        self.out.append(indent + "}" + (self._trailing(span.end_line) if span.known else ""))
+            self._line("}", span.end_line, span.end_line, indent)
+        else:
+            self.out.append(indent + "}")
 
     def module(self, m: ast.Module) -> str:
         for i, decl in enumerate(m.decls):
@@ -110,7 +118,7 @@ class _Printer:
 
     def decl(self, d: ast.Decl) -> None:
         claims = f" claims {d.claims}" if d.claims else ""
-        self.emit(f"{d.kind.value} {d.name}{claims} {{", d, "")
+        self.emit(f"{d.kind.value} {d.name}{claims} {{", d, "", d.span.line)
         previous = None
         for stmt in d.body:
             block = isinstance(stmt, (ast.Context, ast.Level))
@@ -130,7 +138,7 @@ class _Printer:
             init = f" = {format_expr(s.init)}" if s.init is not None else ""
             self.emit(f"param {', '.join(s.names)} : [{shape}]{init}", s, indent)
         elif isinstance(s, ast.Context):
-            self.emit(f"context from {', '.join(s.sources)} {{", s, indent)
+            self.emit(f"context from {', '.join(s.sources)} {{", s, indent, s.span.line)
             for a in s.body:
                 self.emit(f"{a.name} = {format_expr(a.value)}", a, indent + "  ")
             self.close(s, indent)
@@ -146,7 +154,8 @@ class _Printer:
                 head += f" every {count} {s.every.unit.value}{plural}"
             if s.chunk is not None:
                 head += f", gradients at chunk({format_expr(s.chunk)})"
-            self.emit(head + " {", s, indent)
+            parts = [p.span.end_line for p in (s.every, s.chunk) if p is not None]
+            self.emit(head + " {", s, indent, max([s.span.line, *parts]))
             for item in s.body:
                 self.stmt(item, indent + "  ")
             self.close(s, indent)

@@ -5,6 +5,7 @@ tests/test_runtime_layout.py checks the imports).
 
     config.py       TrainConfig: every knob, saved as RUN/config.json
     model.py        LanguageModel: embedding, blocks of norm -> mixer -> norm -> MLP, head
+    memory.py       a model too large for memory refused with its size, before it is built
     mixers.py       builtin mixers and MLPs as module factories; the spec text a run keeps
     optim.py        AdamW or a given (compiled) optimizer class; warmup + cosine schedule
     spec_optim.py   a compiled optimizer beside AdamW for the parameters it cannot take

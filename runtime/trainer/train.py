@@ -34,6 +34,7 @@ from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer import distributed
 from nlc.runtime.trainer.config import TrainConfig
 from nlc.runtime.trainer.lengths import evaluate_lengths
+from nlc.runtime.trainer.memory import build_model, check_fits
 from nlc.runtime.trainer.mixers import (
     is_spec_file,
     mixer_factory_for,
@@ -41,7 +42,6 @@ from nlc.runtime.trainer.mixers import (
     sha256_text,
     spec_text,
 )
-from nlc.runtime.trainer.model import LanguageModel
 from nlc.runtime.trainer.optim import (
     build_optimizer,
     due,
@@ -117,6 +117,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     mlp_factory = mlp_factory or mlp_factory_for(config)
     if optimizer_class is None:
         optimizer_class = optimizer_class_for(config)
+    check_fits(config, mixer_factory, mlp_factory, world.device)
     out = Path(config.out)
     _refuse_started(out, resume)
     created = not out.exists()
@@ -132,7 +133,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
 
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        model = LanguageModel(config, mixer_factory, mlp_factory).to(world.device)
+        model = build_model(config, mixer_factory, mlp_factory, world.device)
         if config.carry_state:
             check_carriable(model)
         optimizer = build_optimizer(model, config, optimizer_class)
