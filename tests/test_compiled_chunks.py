@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import test_chunk_triton  # noqa: F401  sets TRITON_INTERPRET=1 before any test loads triton
 import torch
 from nlc.runtime.library import scan
 

@@ -523,14 +523,14 @@ def test_custom_ops_pass_torch_library_opcheck():
     """The custom ops' fake implementations, autograd registration and dispatch agree with
     their real ones (`torch.library.opcheck`), for a read with pairs of both shapes and
     the scan."""
-    from nlc.runtime.library import dual_ops
+    from nlc.runtime.library import dual_ops, dual_triton
     T, R, K = 15, 16, 48
     leaves = leaves_as(read_inputs(T, R, K), torch.float32)
     B = leaves["W"].shape[0]
     pieces = [leaves["W"], leaves["Wm"], leaves["c0"].squeeze(-1), leaves["r0"].squeeze(-2)]
     x = leaves["xW"].squeeze(-1)
-    torch.library.opcheck(dual_ops.dual_read_op,
-                          (x, leaves["phi"], leaves["psi"], pieces, [0, 2], [0]))
+    packed = dual_triton.pack(((0, 2), (0,)), x, leaves["phi"], leaves["psi"], pieces)
+    torch.library.opcheck(dual_ops.dual_read_op, tuple(t.contiguous() for t in packed))
     g = torch.Generator().manual_seed(0)
     step = torch.rand(B, T, 2, 3, 3, generator=g).to(DEVICE).requires_grad_()
     add = torch.randn(B, T, 2, 3, 2, generator=g).to(DEVICE).requires_grad_()

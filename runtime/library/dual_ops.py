@@ -20,43 +20,34 @@ import torch
 from nlc.runtime.library import dual_triton as kernels
 
 
-def _layout(same: list[int], terms: list[int]) -> tuple:
-    return tuple(same), tuple(terms)
-
-
 @torch.library.custom_op("nlc::dual_read", mutates_args=())
-def dual_read_op(x: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
-                 pieces: list[torch.Tensor], same: list[int],
-                 terms: list[int]) -> torch.Tensor:
-    """`dual_triton.DualProduct`'s forward."""
+def dual_read_op(x: torch.Tensor, starts: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
+                 cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The read of `dual_triton.pack`'s six tensors (contiguous), as `DualProduct`'s
+    forward. The traced code packs them: Inductor fuses those copies, and the scatters of
+    their gradients, with the code around them (inside the op they were about 33 copy
+    launches per chunk and layer in Titans' LM step, docs/perf.md, eleventh batch)."""
     kernels.LAUNCHES["read_op"] += 1
-    return kernels.read_forward(_layout(same, terms), x, phi, psi, pieces)
+    return kernels.packed_forward([x, starts, phi, psi, cols, rows])
 
 
 @dual_read_op.register_fake
-def _(x, phi, psi, pieces, same, terms):
-    other = pieces[len(same)] if terms else pieces[0]
-    return x.new_empty(*x.shape[:3], pieces[0].shape[-2],
-                       dtype=torch.result_type(x, other))
+def _(x, starts, phi, psi, cols, rows):
+    other = cols if cols.shape[3] else starts
+    return x.new_empty(*x.shape[:3], starts.shape[-2], dtype=torch.result_type(x, other))
 
 
 @torch.library.custom_op("nlc::dual_read_grads", mutates_args=())
-def dual_read_grads_op(x: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
-                       pieces: list[torch.Tensor], same: list[int], terms: list[int],
+def dual_read_grads_op(x: torch.Tensor, starts: torch.Tensor, phi: torch.Tensor,
+                       psi: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor,
                        do: torch.Tensor) -> list[torch.Tensor]:
-    """`dual_triton.DualProduct`'s backward: the gradients of x, phi, psi and each piece (an
-    op returns no None: psi's is zeros where no pair reads it)."""
-    grads = kernels.read_backward(_layout(same, terms), x, phi, psi, pieces, do)
-    if grads[2] is None:
-        grads[2] = torch.zeros_like(psi)
-    # the pieces' gradients are slices of one tensor each: an op's outputs may not share
-    # storage, so each slice gets its own
-    return [g.clone() if g._is_view() else g for g in grads]
+    """`dual_read_op`'s backward: the float32 gradients of its six inputs."""
+    return kernels.packed_backward([x, starts, phi, psi, cols, rows], do)
 
 
 @dual_read_grads_op.register_fake
-def _(x, phi, psi, pieces, same, terms, do):
-    return [_dense(t) for t in (x, phi, psi, *pieces)]
+def _(x, starts, phi, psi, cols, rows, do):
+    return [t.new_empty(t.shape, dtype=torch.float32) for t in (x, starts, phi, psi, cols, rows)]
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -66,16 +57,13 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def _read_context(ctx, inputs, output):
-    x, phi, psi, pieces, same, terms = inputs
-    ctx.save_for_backward(x, phi, psi, *pieces)
-    ctx.layout = (same, terms)
+    ctx.save_for_backward(*inputs)
 
 
 def _read_backward(ctx, do):
-    x, phi, psi, *pieces = ctx.saved_tensors
-    same, terms = ctx.layout
-    dx, dphi, dpsi, *dpieces = dual_read_grads_op(x, phi, psi, pieces, same, terms, do)
-    return dx, dphi, dpsi if terms else None, dpieces, None, None
+    inputs = ctx.saved_tensors
+    grads = dual_read_grads_op(*inputs, do)
+    return tuple(g.to(t.dtype) for g, t in zip(grads, inputs, strict=True))
 
 
 dual_read_op.register_autograd(_read_backward, setup_context=_read_context)

@@ -450,11 +450,12 @@ def _pointers(tensors):
     return [t if t.numel() else tensors[0] for t in tensors]
 
 
-def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
-    """The kernels' inputs, contiguous: x `[B, T, H, K]`, starts `[B, H, M, R, K]`, phi
-    `[B, T, H, M]`, psi `[B, T, H, P, T]`, cols `[B, T, H, P, R]`, rows `[B, T, H, P, K]`.
-    Built for each kernel launch and dropped after it: the autograd function keeps its
-    inputs as given (views of tensors the graph holds anyway), not these copies."""
+def pack(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
+    """The kernels' inputs, in their order, as torch ops: x `[B, T, H, K]`, starts
+    `[B, H, M, R, K]`, phi `[B, T, H, M]`, psi `[B, T, H, P, T]`, cols `[B, T, H, P, R]`,
+    rows `[B, T, H, P, K]`; views where they can be, not yet contiguous. Compiled code packs
+    in the traced graph (`dual_read`), where Inductor fuses the copies and their gradients'
+    scatters, instead of inside the kernels' op."""
     same, terms = layout
     M, P = len(same), len(terms)
     starts, cols, rows = pieces[:M], pieces[M:M + P], pieces[M + P:]
@@ -463,10 +464,16 @@ def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
 
     def stack(xs, width):
         return _stack(xs, 3) if xs else x.new_zeros(B, T, H, 0, width)
+    return [x, _stack(starts, 2), _stack([phi[..., m] for m in same], -1),
+            stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
+
+
+def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
+    """`pack`'s tensors, contiguous. Built for each kernel launch and dropped after it: the
+    autograd function keeps its inputs as given (views of tensors the graph holds anyway),
+    not these copies."""
     # a stack of permuted tensors keeps their order of strides: make each one contiguous
-    packed = [x, _stack(starts, 2), _stack([phi[..., m] for m in same], -1),
-              stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
-    return [t.contiguous() for t in packed]
+    return [t.contiguous() for t in pack(layout, x, phi, psi, pieces)]
 
 
 def _stack(xs, dim):
@@ -476,6 +483,8 @@ def _stack(xs, dim):
     (dual.py, `_chunk_end`), which a stack copied for every read, forward and backward."""
     if len(xs) == 1:
         return xs[0].unsqueeze(dim)
+    if torch.compiler.is_compiling():  # traced: Inductor plans the copy, storages are fake
+        return torch.stack(xs, dim)
     view = _slices_view(xs, dim)
     return view if view is not None else torch.stack(xs, dim)
 
@@ -511,34 +520,29 @@ def _scatter(into: torch.Tensor, index, values: torch.Tensor) -> torch.Tensor:
     return into
 
 
-def _read_launch(layout, packed: list) -> tuple:
+def _read_launch(packed: list) -> tuple:
     """The reads' result dtype and their kernels' sizes and tiles, from `_packed`'s inputs."""
     x, starts, cols = packed[0], packed[1], packed[4]
-    B, T, H, K = x.shape
-    M, P, R = len(layout[0]), len(layout[1]), starts.shape[-2]
+    _, T, H, K = x.shape
+    M, P, R = starts.shape[2], cols.shape[3], starts.shape[-2]
     dtype = torch.result_type(x, cols) if P else torch.result_type(x, starts)
     return dtype, {"H": H, "M": M, "P": P, **_product_tiles(T, R, K, dtype)}
 
 
-def read_forward(layout, x, phi, psi, pieces) -> torch.Tensor:
-    """`DualProduct`'s forward: the read `[B, T, H, R]` in the inputs' result dtype."""
-    inputs = _packed(layout, x, phi, psi, pieces)
-    dtype, dims = _read_launch(layout, inputs)
-    B, T, H, _ = x.shape
-    out = torch.empty(B, T, H, dims["R"], dtype=torch.float32, device=x.device)
+def packed_forward(packed: list) -> torch.Tensor:
+    """The read `[B, T, H, R]` in the inputs' result dtype, from `_packed`'s tensors."""
+    dtype, dims = _read_launch(packed)
+    B, T, H, _ = packed[0].shape
+    out = torch.empty(B, T, H, dims["R"], dtype=torch.float32, device=packed[0].device)
     _product_fwd[(triton.cdiv(dims["R"], dims["BR"]), B * H)](
-        *_pointers(inputs), out, T, **dims, num_warps=WARPS)
+        *_pointers(packed), out, T, **dims, num_warps=WARPS)
     LAUNCHES["product_fwd"] += 1
     return out.to(dtype)
 
 
-def read_backward(layout, x, phi, psi, pieces, do) -> list:
-    """`DualProduct`'s backward: the gradients of x, phi, psi (None when no pair reads it)
-    and each piece, each in its input's dtype."""
-    same, terms = layout
-    saved = (x, phi, psi, *pieces)
-    packed = _packed(layout, x, phi, psi, pieces)
-    _, dims = _read_launch(layout, packed)
+def packed_backward(packed: list, do: torch.Tensor) -> list[torch.Tensor]:
+    """The float32 gradients of `_packed`'s six tensors, in their shapes, contiguous."""
+    _, dims = _read_launch(packed)
     x, starts, phi, psi, cols, rows = _pointers(packed)
     B, T, H, K = x.shape
     do = do.contiguous()
@@ -554,6 +558,22 @@ def read_backward(layout, x, phi, psi, pieces, do) -> list:
     _product_bwd_keys[(triton.cdiv(K, dims["BK"]), B * H)](
         x, starts, phi, rows, do, gated_, dx, drows_, T, **dims, num_warps=WARPS)
     LAUNCHES["product_bwd"] += 1
+    return [dx, dstarts, dphi, dpsi, dcols, drows]
+
+
+def read_forward(layout, x, phi, psi, pieces) -> torch.Tensor:
+    """`DualProduct`'s forward: the read `[B, T, H, R]` in the inputs' result dtype."""
+    return packed_forward(_packed(layout, x, phi, psi, pieces))
+
+
+def read_backward(layout, x, phi, psi, pieces, do) -> list:
+    """`DualProduct`'s backward: the gradients of x, phi, psi (None when no pair reads it)
+    and each piece, each in its input's dtype."""
+    same, terms = layout
+    saved = (x, phi, psi, *pieces)
+    dx, dstarts, dphi, dpsi, dcols, drows = packed_backward(
+        _packed(layout, x, phi, psi, pieces), do)
+    f32 = {"dtype": torch.float32, "device": x.device}
     # back to the inputs as given: phi's and psi's columns, one piece per start and pair
     dphi_all = _scatter(torch.zeros(saved[1].shape, **f32), same, dphi)
     dpsi_all = torch.zeros(saved[2].shape, **f32)
@@ -599,9 +619,10 @@ def dual_read(state, x: torch.Tensor) -> torch.Tensor:
               *(_full(row, like).squeeze(-2) for _, _, row in pairs)]
     layout = (same, tuple(d for d, _, _ in pairs))
     x = _full(x, like).squeeze(-1)
-    if torch.compiler.is_compiling():  # traced code calls the kernels as custom ops
+    if torch.compiler.is_compiling():  # traced code packs, then calls the kernels' op
         from nlc.runtime.library.dual_ops import dual_read_op
-        out = dual_read_op(x, state.phi, state.psi, pieces, list(layout[0]), list(layout[1]))
+        packed = [t.contiguous() for t in pack(layout, x, state.phi, state.psi, pieces)]
+        out = dual_read_op(*packed)
     else:
         out = DualProduct.apply(layout, x, state.phi, state.psi, *pieces)
     return out.unsqueeze(-1)
