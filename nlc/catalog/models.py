@@ -282,17 +282,21 @@ entry(id="memora", title="Memora",
       update=_memora, objective="l2", loss=Loss("l2"))
 
 # ---------------------------------------------------------------- optimizers
+# (their levels; what each optimizer's `apply` makes of them is nlc/catalog/applies.py)
 
 
 entry(id="sgd_momentum", kind="optimizer", title="SGD with momentum as a memory of gradients",
       citation="Behrouz et al., Nested Learning, NeurIPS 2025: m = alpha m - eta g",
       form="like", gate="any", needs=("g", "beta"), family="decay",
       update=lambda r: ((r.alpha if r.alpha is not None else 1) * r.S[0] - r.beta * r.g,))
-entry(id="adam_moment", kind="optimizer", title="Adam's moments as exponential averages",
-      citation="Kingma & Ba, Adam, ICLR 2015, Algorithm 1: m = b1 m + (1 - b1) g "
-               "(and v with g^2)",
-      form="like", gate="constant", needs=("v", "alpha"), family="decay",
-      update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * r.v,))
+entry(id="adam_first_moment", kind="optimizer", title="Adam's first moment",
+      citation="Kingma & Ba, Adam, ICLR 2015, Algorithm 1: m = b1 m + (1 - b1) g",
+      form="like", gate="constant", needs=("g", "alpha"), family="decay",
+      update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * r.g,))
+entry(id="adam_second_moment", kind="optimizer", title="Adam's second moment",
+      citation="Kingma & Ba, Adam, ICLR 2015, Algorithm 1: v = b2 v + (1 - b2) g^2 (entrywise)",
+      form="like", gate="constant", needs=("g", "alpha"), family="decay",
+      update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * sp.HadamardProduct(r.g, r.g),))
 
 
 def _dgd(r: Roles):
@@ -307,8 +311,8 @@ entry(id="dgd", kind="optimizer", title="Delta gradient descent",
 
 
 entry(id="muon", kind="optimizer", title="Muon's momentum buffer",
-      citation="Jordan et al., Muon (2024): B = mu B + g; the parameter then moves by "
-               "-lr NewtonSchulz5(B), stated in the spec's apply",
+      citation="Jordan et al., Muon (2024): B = mu B + g (the parameter then moves by "
+               "-lr NewtonSchulz5(B): nlc/catalog/applies.py)",
       form="like", gate="constant", needs=("g", "alpha"), family="decay",
       update=lambda r: (r.alpha * r.S[0] + r.g,))
 

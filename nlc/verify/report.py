@@ -11,17 +11,25 @@ def _symbolic(value) -> str:
     return {True: "equal", False: "differs", None: "numeric only"}[value]
 
 
+def _rows(r: SpecReport):
+    """(name, comparisons) of each level, then of an optimizer's apply lines."""
+    for lv in r.levels:
+        yield lv.level, lv.matches
+    if r.apply is not None:
+        yield "apply", r.apply.matches
+
+
 def verify_table(reports: list[SpecReport], errors: list[str]) -> str:
     header = ("spec", "claims", "level", "equals", "symbolic", "max rel err", "verdict", "time")
     rows = []
     for r in reports:
-        for i, lv in enumerate(r.levels):
-            best = lv.matches[0] if lv.matches else None
+        for i, (name, matches) in enumerate(_rows(r)):
+            best = matches[0] if matches else None
             rows.append((
                 f"{r.path}:{r.spec}" if i == 0 else "",
                 (r.claims or "-") if i == 0 else "",
-                lv.level,
-                ", ".join(c.entry.id for c in lv.matches) or "new variant",
+                name,
+                ", ".join(c.entry.id for c in matches) or "new variant",
                 _symbolic(best.symbolic) if best else "-",
                 f"{best.numeric:.1e}" if best else "-",
                 r.verdict if i == 0 else "",
@@ -32,6 +40,7 @@ def verify_table(reports: list[SpecReport], errors: list[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    lines += [r.apply.differs for r in reports if r.claims and r.apply and r.apply.differs]
     ok = sum(1 for r in reports if r.claims and r.claim_holds)
     claimed = sum(1 for r in reports if r.claims)
     lines.append(f"{ok}/{claimed} claims verified; {len(errors)} file(s) with errors")
@@ -46,6 +55,12 @@ def verify_json(reports: list[SpecReport], errors: list[str]) -> str:
                     "equals": [{"entry": c.entry.id, "symbolic": c.symbolic,
                                 "numeric_relative_error": c.numeric} for c in lv.matches],
                     "nearest": lv.nearest, "differs": lv.differs} for lv in r.levels],
+        "apply": None if r.apply is None else {
+            "lines": [{"line": span.line, "column": span.column, "text": text}
+                      for span, text in r.apply.lines],
+            "equals": [{"entry": c.entry.id, "symbolic": c.symbolic,
+                        "numeric_relative_error": c.numeric} for c in r.apply.matches],
+            "differs": r.apply.differs},
     } for r in reports], "errors": errors}
     return json.dumps(data, indent=2) + "\n"
 
@@ -62,4 +77,11 @@ def identify_text(reports: list[SpecReport]) -> str:
                 lines.append(f"{name}: new variant; nearest: {', '.join(lv.nearest) or 'none'}")
                 if lv.differs:
                     lines.append(f"  {lv.differs}")
+        if r.apply is not None:
+            for c in r.apply.matches:
+                lines.append(f"{r.spec}.apply: this is {c.entry.title} ({c.entry.citation})")
+            if not r.apply.matches:
+                lines.append(f"{r.spec}.apply: new variant")
+            if r.apply.differs:
+                lines.append(f"  {r.apply.differs}")
     return "\n".join(lines) + "\n"

@@ -5,7 +5,8 @@ alternation, so a transposed index cannot pass), derived, and each level compare
 catalog entries bound to its roles: symbolically at two assignments, numerically in float64
 at three larger ones. MLP memories are compared by parts (nlc/verify/mlp.py): numerically
 end to end first, then the chain rule, the loss and the rule around the gradient, each
-symbolically."""
+symbolically. An optimizer's `apply` lines are compared with the catalog's update of the
+optimizer its levels are (nlc/verify/apply.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from nlc.catalog.applies import ApplyEntry
 from nlc.catalog.models import ENTRIES, CatalogEntry, Roles
 from nlc.derive import derive
 from nlc.derive.engine import LevelDerivation, derive_level
 from nlc.derive.matfuncs import free_names
 from nlc.derive.rule import UpdateRule
 from nlc.derive.symbols import SymbolTable
-from nlc.errors import NlcError
+from nlc.errors import NlcError, Span
 from nlc.levels import check
 from nlc.syntax import ast
 from nlc.syntax.walk import names_used
@@ -36,10 +38,11 @@ TOLERANCE = 1e-12  # float64 relative error
 
 @dataclass
 class Comparison:
-    entry: CatalogEntry
+    entry: CatalogEntry | ApplyEntry
     symbolic: bool | None
     numeric: float
     ok: bool
+    note: str = ""    # why an update was not compared (its hypers do not bind)
 
 
 @dataclass
@@ -51,12 +54,24 @@ class LevelReport:
 
 
 @dataclass
+class ApplyReport:
+    """An optimizer's `apply` lines against the catalog's updates (nlc/verify/apply.py)."""
+    lines: list[tuple[Span, str]]   # each line, where and as written
+    matches: list[Comparison] = field(default_factory=list)
+    differs: str = ""               # located: which line differs from which update, and how
+
+    def answers(self, claim: str) -> bool:
+        return any(_claimed(c.entry.id, claim) for c in self.matches)
+
+
+@dataclass
 class SpecReport:
     path: str
     spec: str
     claims: str | None
     levels: list[LevelReport]
     seconds: float
+    apply: ApplyReport | None = None  # an optimizer's
 
     @property
     def verdict(self) -> str:
@@ -70,7 +85,8 @@ class SpecReport:
             return True
         claimed = [lv for lv in self.levels if any(_claimed(c.entry.id, self.claims)
                                                    for c in lv.matches)]
-        return bool(claimed) and len(claimed) == len(self.levels)
+        applied = self.apply is None or self.apply.answers(self.claims)
+        return bool(claimed) and len(claimed) == len(self.levels) and applied
 
 
 def _claimed(entry_id: str, claim: str) -> bool:
@@ -322,8 +338,12 @@ def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecRepo
             if not report.matches:
                 report.nearest, report.differs = nearest(rule, spec)
             levels.append(report)
+        applied = None
+        if spec.kind.value == "optimizer":
+            from nlc.verify.apply import verify_apply
+            applied = verify_apply(module, spec, levels, path, rng)
         reports.append(SpecReport(path, spec.name, spec.claims, levels,
-                                  time.perf_counter() - start))
+                                  time.perf_counter() - start, applied))
     return reports
 
 
