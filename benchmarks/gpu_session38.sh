@@ -52,3 +52,13 @@ elif [ "$MODE" = b ]; then
   head -40 "$OUT/${TITANS}_profile.txt"
   lm_rows 200 hope_graphed_compiled_chunks_tf32
 fi
+# c: Titans' row on this tree alone (b's was overwritten by Hope's row in lm_rows.md), then
+#    GLA's backward launch sweep (chunk_decay_triton.BACKWARD) at both shapes
+if [ "$MODE" = c ]; then
+  lm_rows 110 "$TITANS"
+  cp "$OUT/lm_rows.md" "$OUT/lm_titans.md"
+  for shape in 8,2048,16,128 1,16384,16,128; do
+    timeout 170 python3 "$REPO/benchmarks/kernel_profile.py" --shape $shape --models gla \
+      --sweep --no-profile 2>&1 | grep -v -i warn
+  done
+fi

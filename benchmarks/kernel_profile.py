@@ -6,7 +6,9 @@ torch.profiler, so a slow backward can be pinned on one kernel.
                                         [--sweep] [--forward] [--sweep-forward]
 
 --sweep also times our forward + backward under each launch configuration of the
-input-gradient kernel (chunk_delta_triton.INPUT_GRADS), with the float32 kernel's gradients
+input-gradient kernel (chunk_delta_triton.INPUT_GRADS; for gla, chunk_decay_triton.BACKWARD:
+its input-gradient kernel's key and value blocks and warps, the scores-gradient kernel's
+warps), with the float32 kernel's gradients
 as the reference for the bf16 ones; --sweep-states does the same for the sequential state
 passes' launch when few sequences x heads are in flight (chunk_triton.STATE_PASSES; for
 gla, its forward's state pass, which splits the key axis too, by forward time, with
@@ -180,10 +182,16 @@ def main():
         if a.sweep_forward:
             forward_sweep(model, args, (B, T, H, D))
         if a.sweep:
+            from nlc.runtime.library import chunk_decay_triton as cdc
             from nlc.runtime.library import chunk_delta_triton as cdt
             print(f"\n{model} ours {(B, T, H, D)} bf16, input-gradient launch sweep:")
-            best = sweep(args, cdt.INPUT_GRADS,
-                         {"BV": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2, 3)})
+            if model == "gla":  # chunk_channel's backward launch table
+                best = sweep(args, cdc.BACKWARD,
+                             {"input_BK": (32, 64, 128), "input_BV": (32, 64),
+                              "input_warps": (4, 8), "dscores_warps": (4, 8)})
+            else:
+                best = sweep(args, cdt.INPUT_GRADS,
+                             {"BV": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2, 3)})
             if a.best_to and model == a.models.split(",")[0]:
                 Path(a.best_to).write_text(json.dumps(best))
         if a.sweep_states:
