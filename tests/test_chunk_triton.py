@@ -167,6 +167,16 @@ def test_chunked_triton_matches_token_loop(case):
 
 
 @needs_kernels
+@pytest.mark.parametrize("case", [("delta", "scalar", 15, 16, 256, 256, True, False),
+                                  ("decay", "channel", 15, 16, 256, 256, True, True)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_chunked_triton_at_the_widest_keys_and_values(case):
+    """K = V = 256, the widest the kernels take (chunk_triton.MAX_DIM): values in several
+    programs' blocks, and the channel family's input gradients in four key blocks."""
+    check_against_token_loop(case)
+
+
+@needs_kernels
 @pytest.mark.parametrize("case", [("decay", "scalar", 65, 16, 48, 32, True, True),
                                   ("decay", "none", 63, 32, 40, 16, False, False),
                                   ("decay", "channel", 65, 16, 48, 32, True, False)],
