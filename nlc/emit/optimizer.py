@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.names import local
-from nlc.derive.matfuncs import free_names
+from nlc.derive.matfuncs import NewtonSchulz, free_names
 from nlc.emit.torch_printer import TorchPrinter
 from nlc.errors import NlcError
 from nlc.levels import shapes
@@ -122,6 +122,9 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
             raise NlcError(f"only `apply param = ...` is emitted, not '{target}'", lv.span)
         code = applied.expr(expr)
         body.append(f"param.copy_(nl.like_param({code}, param))  # spec:{expr.span.line}")
-    plan.matrices_only = any("nl.newton_schulz(" in line for line in body)
-    plan.uses_param = any("param_matrix" in line for line in body)
+    derived = [e for lv in levels for _, e in rules[lv.name].next_state]
+    derived += [rules[lv.name].read for lv in reads]
+    plan.matrices_only = any(e.has(NewtonSchulz) for e in derived) or any(
+        "newton_schulz5" in names_used(e) for _, e, _ in applies)
+    plan.uses_param = "param" in needed
     return plan
