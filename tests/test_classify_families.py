@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+import torch
 from conftest import EXAMPLES
 
 from nlc import pipeline
@@ -67,7 +68,9 @@ def rebuilt(family, S):
 CASES = [  # (objective, order, steps, channel gate) -> family, transition
     ("l2(S(k), v)", "before", 2, False, KernelFamily.PRODUCT, "delta"),
     ("l2(S(k), v)", "before", 3, False, KernelFamily.PRODUCT, "delta"),
-    ("l2(S(k), v)", "parallel", 2, False, KernelFamily.PRODUCT, "delta"),
+    # a scalar gate at the old state: beta would be b / a, infinite at a = 0 (chunked NaN)
+    ("l2(S(k), v)", "parallel", 2, False, KernelFamily.PRODUCT, "dplr"),
+    ("l2(S(k), v)", "parallel", 1, False, KernelFamily.DPLR, "dplr"),
     ("l2(S(k), v)", "before", 2, True, KernelFamily.PRODUCT, "delta"),
     ("l2(S(k), v)", "parallel", 2, True, KernelFamily.PRODUCT, "dplr"),
     ("l2(S(k), v)", "parallel", 1, True, KernelFamily.DPLR, "dplr"),
@@ -115,3 +118,56 @@ def test_elementwise_needs_a_closed_error(tmp_path):
     text = variant("huber(S(k), v, delta = beta, switch = entries)", "before", 1)
     _, family = classified(tmp_path, text)
     assert family.family is KernelFamily.FROZEN_GRADIENT
+
+
+ZERO_GATE = """layer ParallelGate {
+  dims d_model = 8, d_k = 4, d_v = 4
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param w_g : [d_model]
+  param W_o : [d_v, d_model]
+  context from x { q = x @ W_q; k = l2norm(x @ W_k); v = x @ W_v; g = GATE }
+  level memory {
+    state M : matrix[d_v, d_k] = zeros
+    objective l2(M(k), v)
+    retention RETENTION
+    algorithm gd(lr = 0.5STEPS)
+    read M(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+@pytest.mark.parametrize("gate, retention, steps", [
+    ("relu(tanh(x @ w_g))", "decay(g, order = parallel)", ""),     # gates of exactly 0
+    ("relu(tanh(x @ w_g))", "decay(g, order = parallel)", ", steps = 3"),
+    ("1 - relu(tanh(x @ w_g))", "weight_decay(g)", ""),           # Titans' 1 - alpha, alpha = 1
+])
+def test_a_gate_at_the_old_state_reaching_zero_keeps_the_chunked_form_exact(
+        gate, retention, steps, tmp_path):
+    """A scalar gate at the old state (`order = parallel`, weight_decay's default) divided
+    the rate as a delta rule's beta = b / a: at a gate of exactly 0 the chunked form was NaN
+    for the whole chunk. It is now a decay beside a rank-one term (dplr), whose chunked form
+    equals the token loop in float64, output and gradients, with several gates at 0."""
+    from nlc.emit import load_module
+    spec = tmp_path / "parallel_gate.nl"
+    spec.write_text(ZERO_GATE.replace("GATE", gate).replace("RETENTION", retention)
+                    .replace("STEPS", steps))
+    module = load_module(str(spec))
+    torch.manual_seed(0)
+    x = torch.randn(2, 37, 8, dtype=torch.float64)
+    outs = {}
+    for mode in ("recurrent", "chunked"):
+        torch.manual_seed(1)
+        layer = module.ParallelGate(mode=mode).double()
+        with torch.no_grad():
+            layer.w_g.normal_(std=2.0)
+        xx = x.clone().requires_grad_()
+        y = layer(xx)
+        outs[mode] = (y, *torch.autograd.grad(y.square().sum(), [xx, *layer.parameters()]))
+    gates = torch.relu(torch.tanh(x @ layer.w_g.detach().reshape(-1)))
+    assert (gates == 0).sum() > 5
+    for got, want in zip(outs["chunked"], outs["recurrent"], strict=True):
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)

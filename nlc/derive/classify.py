@@ -101,6 +101,18 @@ def _over(coef, gate):
     return sp.Add(*[t / gate for t in sp.Add.make_args(coef)])
 
 
+def _divided(coef, quotient, gate) -> bool:
+    """Whether `quotient` (coef / gate) divides by the gate or a factor of it where coef did
+    not: a rate written at the old state (`order = parallel`, S (a I - b k k^T)) is b / a as
+    a delta rule's beta, infinite at a gate of 0, which the chunked forms then multiply by
+    the gate's products (0 * inf = NaN). Such a rule is kept as what it is, a decay beside a
+    rank-one term (family dplr)."""
+    def divisors(expr):
+        return {p.base for p in sp.sympify(expr).atoms(sp.Pow)
+                if p.exp.is_negative and (p.base == gate or sp.sympify(gate).has(p.base))}
+    return bool(divisors(quotient) - divisors(coef))
+
+
 def _row_of(m):
     """The column c of a row m = c^T, a transposed column or a product of transposed columns
     entry by entry ((a * k)^T, which SymPy writes a^T * k^T); None for any other factor."""
@@ -189,8 +201,8 @@ def _classify(rule: UpdateRule) -> Classification:
         coef, diag, u, w = rank_one[0]
         gate_matches = (kind == "scalar" and diag is None) or (kind == "channel" and diag is not None
                                                               and (diag == gate or sp.simplify(diag - gate) == sp.ZeroMatrix(*gate.shape)))
-        if u == w and gate_matches:
-            beta = _over(-coef, gate if kind == "scalar" else 1)
+        beta = _over(-coef, gate if kind == "scalar" else 1)
+        if u == w and gate_matches and not _divided(-coef, beta, gate):
             return Classification(KernelFamily.DELTA, base + (("beta", beta), ("key", u)),
                                   "S' = S D (I - beta k k^T) + B")
         left = u if diag is None else sp.HadamardProduct(diag, u)
@@ -233,9 +245,10 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
     base = tuple((n, v) for n, v in base if n != "bias") + (("bias", value * key.T),)
     diag_ok = all((kind == "scalar" and d is None) or (kind == "channel" and d == gate)
                   for _, d, _, _ in rank_one)
-    if diag_ok and all(u == key for _, _, u, _ in rank_one):
-        total = sp.Add(*[c for c, *_ in rank_one])
-        beta = _over(-total, gate) if kind == "scalar" else -total
+    total = sp.Add(*[c for c, *_ in rank_one])
+    beta = _over(-total, gate) if kind == "scalar" else -total
+    if diag_ok and all(u == key for _, _, u, _ in rank_one) and not _divided(-total, beta,
+                                                                             gate):
         return Classification(KernelFamily.PRODUCT, base + (("beta", beta), ("key", key),
                                                            ("rank", len(rank_one)),
                                                            ("transition", "delta")),
