@@ -59,7 +59,9 @@ def test_ordering_c_labelled_gated_deltanet_is_refused():
     levels, report = _levels(wrong)
     assert not report.claim_holds
     assert "gated_deltanet" not in levels["memory"]
-    assert "titans_linear" in levels["memory"]  # ordering C is Titans' linear memory
+    # ordering C is Titans' linear memory, whose loss has no 1/2 (scale = 2)
+    levels, _ = _levels(wrong.replace("l2(S(k), v)", "l2(S(k), v, scale = 2)"))
+    assert "titans_linear" in levels["memory"]
 
 
 def test_titans_with_a_half_is_refused():
@@ -306,6 +308,7 @@ def test_a_retention_verifies_under_either_spelling():
     gated = (EXAMPLES / "gated_deltanet.nl").read_text()
     linear = re.sub(r"retention decay\(alpha(, order = before)?\)",
                     "retention weight_decay(1 - alpha, order = parallel)", gated)
+    linear = linear.replace("l2(S(k), v)", "l2(S(k), v, scale = 2)")  # Titans' loss
     assert linear != gated
     levels, _ = _levels(linear)
     assert "titans_linear" in levels["memory"]
@@ -328,3 +331,22 @@ def test_an_average_of_the_parameter_is_not_adams_moment():
     assert all(not level.matches for level in report.levels)
     (report,) = verify_module(parse(text, "adam.nl"), "adam.nl")
     assert report.claim_holds
+
+
+@pytest.mark.parametrize("example, edit, said", [
+    ("gated_deltanet", (r"decay\(alpha(, order = before)?\)", "decay(alpha, order = parallel)"),
+     "the gate's order = parallel (gated_deltanet: order = before)"),
+    ("gated_deltanet", (r"algorithm gd\(lr = beta\)", "algorithm gd(lr = beta, steps = 3)"),
+     "3 steps per token (gated_deltanet: one)"),
+    ("memora", (r"kl\((\w+)\)", r"weight_decay(\1)"), "retention weight_decay (memora: kl)"),
+])
+def test_a_variant_on_every_compared_axis_names_what_it_writes_otherwise(example, edit, said):
+    """The nearest model's line named "the algorithm, the read or an argument" for a level
+    that differs from it in the gate's order, its steps per token or a retention the entry
+    names: it now says which."""
+    text = (EXAMPLES / f"{example}.nl").read_text()
+    variant = re.sub(*edit, text)
+    assert variant != text
+    (report,) = [r for r in _verify(variant) if r.levels]
+    assert any(said in level.differs for level in report.levels), \
+        [level.differs for level in report.levels]

@@ -56,6 +56,7 @@ class CatalogEntry:
     loss: Loss | None = None  # the paper's loss, whose gradient `Roles.grad` gives
     rate: str = "scalar"      # the learning rate beta, if needed: scalar | row (per output channel)
     every: str = "any"        # the level's period: any | one (every step) | chunk (> 1)
+    retention: str | None = None  # a retention the paper's update has that no gate shows (kl)
 
 
 def _I(n):
@@ -112,10 +113,13 @@ entry(id="kda", title="Kimi Delta Attention",
                                                            - r.beta * _outer(r.k, r.k))
                         + r.beta * _outer(r.v, r.k),))
 entry(id="titans_linear", title="Titans, linear memory without momentum (ordering C)",
-      citation="Behrouz, Zhong, Mirrokni, Titans, arXiv:2501.00663 (2025), linear case",
+      citation="Behrouz, Zhong, Mirrokni, Titans, arXiv:2501.00663 (2025), eqs. 12-14 with a "
+               "linear memory and no momentum: loss ||M k - v||^2, M = (1 - alpha) M - "
+               "theta grad = M ((1 - alpha) I - 2 theta k k^T) + 2 theta v k^T",
       form="matrix", gate="scalar", needs=("k", "v", "beta", "alpha"), family="dplr",
-      update=lambda r: (r.S[0] * (r.alpha * _I(r.k.shape[0]) - r.beta * _outer(r.k, r.k))
-                        + r.beta * _outer(r.v, r.k),))
+      update=lambda r: (r.S[0] * (r.alpha * _I(r.k.shape[0]) - 2 * r.beta * _outer(r.k, r.k))
+                        + 2 * r.beta * _outer(r.v, r.k),),
+      objective="l2", loss=Loss("l2", scale=2))  # ||M k - v||^2: no 1/2, as titans
 
 entry(id="rwkv7", title="RWKV-7",
       citation="Peng et al., RWKV-7 'Goose' with Expressive Dynamic State Evolution, "
@@ -279,7 +283,7 @@ entry(id="memora", title="Memora",
       citation="Behrouz et al., Miras, arXiv:2504.13173 (2025), eq. 27: W = Softmax(alpha "
                "log W - eta grad l2)",
       form="mlp", gate="any", needs=("k", "v", "beta", "alpha"), family="frozen-gradient",
-      update=_memora, objective="l2", loss=Loss("l2"))
+      update=_memora, objective="l2", loss=Loss("l2"), retention="kl")
 
 # ---------------------------------------------------------------- optimizers
 # (their levels; what each optimizer's `apply` makes of them is nlc/catalog/applies.py)

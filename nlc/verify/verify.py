@@ -402,6 +402,41 @@ def _objective_arguments(objective, entry: CatalogEntry) -> str:
     return "the difference is in the algorithm, the read or an argument nlc does not compare"
 
 
+# the order of a gate against the step that a family's update has by construction: a delta
+# rule decays first (S D (I - b k k^T)); a dplr rule and the frozen-gradient MLP memories
+# take decay and step at the old state
+ENTRY_ORDER = {"delta": "before", "product": "before", "dplr": "parallel",
+               "frozen-gradient": "parallel"}
+
+
+def _written_differences(level, entry: CatalogEntry) -> list[str]:
+    """What the spec writes that the entry's update has otherwise and the compared axes do
+    not see: the gate's order against the step (with a regression objective, where the
+    orders differ), a retention the entry names (Memora's kl), the level's frequency, the
+    steps per token."""
+    differ = []
+    orders = {r.get("order") for r in level.retentions
+              if r.kind in ("decay", "weight_decay") and "order" in dict(r.args)}
+    theirs = ENTRY_ORDER.get(entry.family)
+    if theirs and entry.gate != "none" and level.objective is not None \
+            and level.objective.kind in REGRESSION and orders and orders != {theirs}:
+        mine = "/".join(sorted(orders))
+        differ.append(f"the gate's order = {mine} ({entry.id}: order = {theirs})")
+    kinds = {r.kind for r in level.retentions}
+    if entry.retention and entry.retention not in kinds:
+        mine = ", ".join(sorted(kinds)) or "none"
+        differ.append(f"retention {mine} ({entry.id}: {entry.retention})")
+    if level.period > 1 and entry.every != "chunk":
+        differ.append(f"an update every {level.period} {level.unit}s ({entry.id}: every "
+                      f"token)")
+    steps = 1 + len(level.later_steps)
+    if level.algorithm is not None and "steps" in dict(level.algorithm.args):
+        steps *= int(level.algorithm.get("steps"))
+    if steps > 1 and entry.family != "product":
+        differ.append(f"{steps} steps per token ({entry.id}: one)")
+    return differ
+
+
 def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
     """The three catalog entries of the spec's kind closest to the level on the axes of the
     design space (memory form, objective, retention gate, momentum, rate), and one line
@@ -422,8 +457,10 @@ def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
         return [], ""
     _, _, first, diffs = best[0]
     if not diffs:
-        line = f"{first.title}, on every axis nlc compares: " + _objective_arguments(
-            spec.graph.level(rule.level).objective, first)
+        level = spec.graph.level(rule.level)
+        written = _written_differences(level, first)
+        line = f"{first.title}, on every axis nlc compares: " + (
+            "; ".join(written) if written else _objective_arguments(level.objective, first))
     else:
         added = [p for p in diffs.values() if p.startswith("+")]
         other = [p for p in diffs.values() if not p.startswith("+")]
