@@ -536,6 +536,14 @@ class LevelChecker:
             if vocab.ALGORITHMS[alg].arg(name) is not None:
                 self.check_gate(algorithm.get(name), env, state, name.replace("lr", "learning rate"),
                                 rows=name == "lr" and alg in ("gd", "implicit"))
+        rate = algorithm.get("lr") if vocab.ALGORITHMS[alg].arg("lr") is not None else None
+        per_row = state.form.output_shape != state.form.input_shape  # [d, d]: per input
+        if alg == "implicit" and form == "matrix" and isinstance(rate, ast.Expr) \
+                and infer(rate, env) not in ((), state.form.output_shape if per_row else ()):
+            raise NlcError("the implicit step is solved with a scalar rate or, on a matrix "
+                           "memory, one per output channel; a rate per input channel couples "
+                           "the channels of the step", rate.span,
+                           hint="use gd for a rate per input channel")
 
 
 _ONE_CLAUSE_HINTS = {
