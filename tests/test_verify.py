@@ -350,3 +350,35 @@ def test_a_variant_on_every_compared_axis_names_what_it_writes_otherwise(example
     (report,) = [r for r in _verify(variant) if r.levels]
     assert any(said in level.differs for level in report.levels), \
         [level.differs for level in report.levels]
+
+
+HGRN2_PAPER = """layer HGRN2 claims gla {
+  dims d_model = 16, d_k = 4, d_v = 3
+  param W_f, W_q : [d_model, d_k]
+  param W_i : [d_model, d_v]
+  param W_out : [d_v, d_model]
+  context from x { f = sigmoid(x @ W_f); k = 1 - f; q = x @ W_q; v = x @ W_i }
+  level memory {
+    state W : matrix[d_k, d_v] = zeros
+    objective dot(W(v), k)
+    retention decay(GATE)
+    algorithm gd(lr = 1)
+    read q @ W
+  }
+  output memory @ W_out
+}
+"""
+
+
+def test_a_state_read_as_q_at_w_takes_its_gate_per_row_as_a_channel_gate():
+    """HGRN2 in its paper's layout (Qin et al. 2024, eq. 5: S [d_k, d_v], S' = Diag(f) S +
+    (1 - f) i^T, read q^T S) is GLA on S^T: its forget gate per row of W decays the input
+    channels of the state as compared. It was taken as a row gate, which no entry has."""
+    (report,) = [r for r in _verify(HGRN2_PAPER.replace("GATE", "f")) if r.levels]
+    assert report.claim_holds, [lv.differs for lv in report.levels]
+    # a gate per column of W (per output channel of S = W^T) is not GLA
+    other = HGRN2_PAPER.replace("GATE", "g").replace("k = 1 - f;", "k = 1 - f; g = "
+                                                    "sigmoid(x @ W_g);")
+    other = other.replace("param W_i : [d_model, d_v]", "param W_i, W_g : [d_model, d_v]")
+    (report,) = [r for r in _verify(other) if r.levels]
+    assert not report.claim_holds

@@ -121,25 +121,36 @@ def data_dependent(spec) -> set[str]:
     return out | token
 
 
+def _read_transposed(rule: UpdateRule) -> bool:
+    """Whether the level reads its matrix as `q @ W`: then it is compared as S = W^T
+    (`as_read`), whose input channels are W's rows."""
+    from nlc.derive.execution import transposed_rule
+    return transposed_rule(rule) is not None
+
+
+def _side(rows: bool, rule: UpdateRule) -> str:
+    """channel (one per input channel of the state as compared) or row (per output channel)."""
+    return "row" if rows != _read_transposed(rule) else "channel"
+
+
 def gate_kind(rule: UpdateRule, spec) -> str:
     """none, constant, scalar, channel (one per input channel) or row (one per output
-    channel: no catalog model has one)."""
+    channel: no catalog model has one), of the state as `as_read` compares it."""
     gate = rule.role("gate")
     if gate is None:
         return "none"
-    if spec.graph.level(rule.level).gate_rows:
-        return "row"
     if isinstance(gate, sp.MatrixExpr):
-        return "channel"
+        return _side(spec.graph.level(rule.level).gate_rows, rule)
     names = {getattr(s, "name", None) for s in sp.sympify(gate).free_symbols}
     return "scalar" if names & data_dependent(spec) else "constant"
 
 
 def rate_kind(rule: UpdateRule, spec) -> str:
-    """scalar, channel (one per input channel) or row (one per output channel)."""
-    if spec.graph.level(rule.level).rate_rows:
-        return "row"
-    return "channel" if isinstance(rule.role("lr"), sp.MatrixExpr) else "scalar"
+    """scalar, channel (one per input channel) or row (one per output channel), of the state
+    as `as_read` compares it."""
+    if not isinstance(rule.role("lr"), sp.MatrixExpr):
+        return "scalar"
+    return _side(spec.graph.level(rule.level).rate_rows, rule)
 
 
 def form_matches(entry: CatalogEntry, rule: UpdateRule) -> bool:
