@@ -481,7 +481,8 @@ def _draw_std(s) -> str:
 
 
 def _init_code(attr: str, init, shape) -> str:
-    """The parameter's initialization (vocab.PARAM_INITS); the default scales by fan-in."""
+    """The parameter's initialization (vocab.PARAM_INITS); by default zeros for up to one
+    axis, else normal with std (second axis)^-0.5 (docs/language.md, Initializers)."""
     if init is None:
         if len(shape) <= 1:
             return f"nn.init.zeros_({attr})"
