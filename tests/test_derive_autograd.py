@@ -710,3 +710,13 @@ def test_conv_in_a_rule_is_a_located_error():
         (spec,) = pipeline.run(None, "check", text=text)
         derive(spec, {})
     assert "conv" in info.value.message and info.value.span.known
+
+
+def test_a_read_of_the_chunk_start_state_is_labelled_so():
+    """A level every C tokens reads its chunk-start state S_0, which derive printed as a read
+    "(after the write)"; gradients at a chunk with a read of the new state keep that label."""
+    c = Combo(form="matrix", d_k=3, d_v=4)
+    slow = derived_rule(c.spec_text().replace("every 1 token", "every 4 tokens"))
+    assert "every 4 tokens" in slow.to_text()
+    assert "(of the chunk-start state)" in slow.to_text()
+    assert "(after the write)" in derived_rule(c.spec_text()).to_text()

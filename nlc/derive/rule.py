@@ -65,7 +65,10 @@ class UpdateRule:
         for (name, _), text in zip(self.next_state, texts):
             lines.append(f"  {name}' = {text}")
         if self.read is not None:
+            starts = {getattr(a, "name", str(a)) for _, a in self.anchors}
             which = "before the write" if self.read_before else "after the write"
+            if starts & {getattr(x, "name", None) for x in self.read.free_symbols}:
+                which = "of the chunk-start state"
             lines.append(f"  read = {texts[-1]}    ({which})")
         if where:
             lines.append("  where")
