@@ -151,6 +151,15 @@ def test_define_unknown_name(good):
     assert "did you mean 'd_k'?" in proc.stderr
 
 
+def test_an_empty_spec_with_a_define_says_it_declares_nothing(tmp_path):
+    """`nlc train` passes -D d_model to every spec: an empty one got an error about that -D,
+    which the user never wrote, instead of the spec's own problem."""
+    empty = tmp_path / "empty.nl"
+    empty.write_text("# nothing yet\n")
+    proc = nlc("check", str(empty), "-D", "d_model=16")
+    assert_user_error(proc, f"{empty}:1:1: error: the spec declares nothing")
+
+
 def test_define_overrides_a_dim(good):
     proc = nlc("graph", str(good), "--format", "json", "-D", "d_k=16", "-D", "d_v=16")
     assert proc.returncode == 0, proc.stderr

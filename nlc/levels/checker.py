@@ -370,15 +370,15 @@ def check(module: ast.Module, overrides: dict[str, float] | None = None) -> list
         if decl.kind is ast.DeclKind.LAYER:
             layers[decl.name] = decl
         specs.append(spec)
+    if not specs:  # before the overrides: `nlc train` passes -D d_model to every spec
+        raise NlcError("the spec declares nothing", Span(1, 1, 1, 2),
+                       hint="start with: layer NAME { ... }")
     known = {name for s in specs for name, _ in s.dims + s.hypers}
     for name in overrides:
         if name not in known:
             raise NlcError(f"-D {name}: no dim or hyper of that name in this spec "
                            f"(it has {', '.join(sorted(known)) or 'none'})",
                            hint=did_you_mean(name, known))
-    if not specs:
-        raise NlcError("the spec declares nothing", Span(1, 1, 1, 2),
-                       hint="start with: layer NAME { ... }")
     return specs
 
 

@@ -207,11 +207,12 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
     for name in TENSOR_FILES:
         check_file(path / name, state["files"][name])
     if spec_sha256 is not None and state["spec"].get("sha256") != spec_sha256:
-        raise NlcError(f"{state_file}: written for another spec (sha256 "
-                       f"{str(state['spec'].get('sha256'))[:16]}..., this spec "
-                       f"{spec_sha256[:16]}...; "
-                       f"spec {state['spec'].get('path')!r})",
-                       hint="train into a new --out folder, or restore the spec it was trained on")
+        raise NlcError(f"{state_file}: written for another spec: trained on "
+                       f"{state['spec'].get('path')!r} as it was then (sha256 "
+                       f"{str(state['spec'].get('sha256'))[:16]}...), the spec given now has "
+                       f"sha256 {spec_sha256[:16]}... (the whole text counts, comments too)",
+                       hint="train into a new --out folder, or resume with the run's own copy "
+                            "of the spec it was trained on, RUN/spec.nl")
     if config is not None:
         check_shape(state_file, state["config"], config, skip=tuple(side_specs or ()))
         if side_specs:
