@@ -32,6 +32,9 @@ def mixer_from_spec(path: str, **dims) -> ModuleFactory:
     """
     if path.startswith("builtin:"):
         return builtin_mixer(path, **dims)
+    if Path(path).is_dir():
+        raise NlcError(f"{path}: a folder, not a spec file",
+                       hint="name one .nl file; nlc train trains one layer spec")
     if not Path(path).is_file():
         raise NlcError(f"{path}: no such spec file (or use one of {', '.join(BUILTINS)})")
     from nlc.emit import load_layer

@@ -196,6 +196,26 @@ def test_plot_to_a_name_that_is_not_png_is_refused(tmp_path, capsys):
     assert not (tmp_path / "x.pdf").exists()
 
 
+def test_plot_under_a_file_empty_name_or_no_lines_is_refused(tmp_path, capsys):
+    """`-o curves.png/x.png` said "File exists", `-o ''` said ": is a folder", and a run
+    without a training or eval line gave an empty PNG and exit 0."""
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    (tmp_path / "curves.png").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["plot", str(out), "-o", str(tmp_path / "curves.png" / "x.png")]) == 2
+    assert "curves.png: error: cannot write the plot's folder: a file, not a folder" in \
+        capsys.readouterr().err
+    assert main(["plot", str(out), "-o", ""]) == 2
+    assert "-o is empty" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text("not json\n")
+    assert main(["plot", str(empty), "-o", str(tmp_path / "e.png")]) == 2
+    assert "no training or eval line to plot yet" in capsys.readouterr().err
+    assert not (tmp_path / "e.png").exists()
+
+
 def test_resuming_with_another_task_names_the_task(tmp_path, capsys):
     """The refusal spoke of vocab_size (the lm task's 256 against the run's 64)."""
     out = tmp_path / "r"

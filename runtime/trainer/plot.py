@@ -14,6 +14,7 @@ from pathlib import Path
 from nlc.runtime.trainer.progress import read_metrics
 
 from nlc.errors import NlcError
+from nlc.fileio import writable_folder
 
 
 def load_curves(run: str | Path) -> dict:
@@ -37,12 +38,19 @@ def _number(value) -> bool:
 def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = None) -> Path:
     """Draw the runs' curves into `output` (PNG); return its path."""
     curves = [load_curves(run) for run in runs]
+    for run, c in zip(runs, curves, strict=True):
+        if not c["train"] and not c["eval"]:
+            raise NlcError(f"{Path(run) / 'metrics.jsonl'}: no training or eval line to plot "
+                           "yet")
+    if not str(output):
+        raise NlcError("-o is empty; it names the PNG file to write", hint="pass -o curves.png")
     if Path(output).is_dir():  # refused before matplotlib is imported or anything is drawn
         raise NlcError(f"{output}: is a folder; -o names the PNG file to write",
                        hint=f"pass -o {Path(output) / 'curves.png'}")
     if Path(output).suffix.lower() != ".png":  # the file is a PNG whatever its name says
         raise NlcError(f"{output}: nlc plot writes a PNG image; name the file *.png",
                        hint=f"pass -o {Path(output).with_suffix('.png')}")
+    writable_folder(Path(output).parent, "the plot's folder")  # not under a file, say
     try:
         import matplotlib
         matplotlib.use("Agg")
