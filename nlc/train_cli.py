@@ -204,6 +204,8 @@ def cmd_eval(args) -> int:
                                  ("niah_depth_bands", args.niah_depth_bands)) if v is not None}
     config = dataclasses.replace(config, **changes).validate()
     path = Path(args.checkpoint) if args.checkpoint else ckpt.latest_checkpoint(run)
+    if path is not None and not path.exists() and (run / "checkpoints" / path).is_dir():
+        path = run / "checkpoints" / path  # a checkpoint named as in the run's folder
     if path is None:
         raise NlcError(f"{run}: no checkpoint to evaluate (no {run / 'checkpoints'}/step_*)")
     # the run's own copies of the specs, compiled here: the checkpoint is tied to that text
@@ -219,13 +221,18 @@ def cmd_eval(args) -> int:
         metrics = evaluate(model, make_task(config), world, autocast)
     at_lengths = (evaluate_lengths(model, config, world, autocast)
                   if config.niah_eval_lengths else None)
+    # a checkpoint from elsewhere (another run of the same spec and shape) is named as such
+    own = path.resolve().parent == (run / "checkpoints").resolve()
     if args.json:
         lengths = {"eval_lengths": at_lengths} if at_lengths else {}
-        print(strict_json({"run": str(run), "step": checkpoint.step, **metrics, **lengths},
-                          sort_keys=True))
+        where = {} if own else {"checkpoint": str(path)}
+        print(strict_json({"run": str(run), "step": checkpoint.step, **where, **metrics,
+                           **lengths}, sort_keys=True))
     else:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"{run} step {checkpoint.step}: {shown}")
+        label = f"{run} step {checkpoint.step}" if own else \
+            f"{path} (step {checkpoint.step}, in {run}'s model)"
+        print(f"{label}: {shown}")
         for length, r in (at_lengths or {}).items():
             bands = " ".join("-" if a is None else f"{a:.3f}" for a in r["bands"])
             print(f"  length {length}: accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  "

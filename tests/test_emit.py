@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,16 @@ def test_attention_continues_a_packed_batch(mode, window):
     o, _ = attention(*rest, scale=0.5, window=window, state=state, mode=mode)
     for b in range(2):
         assert rel(o[b:b + 1], alone[b]) < 1e-12, b
+
+
+def test_a_loaded_module_leaves_no_folder_behind():
+    """load_module writes the generated source to a private temporary folder: it is kept
+    while the process runs and removed at exit (every `nlc train` of a spec had left one)."""
+    code = ("from nlc.emit import load_module; import os; "
+            f"m = load_module({str(EXAMPLES / 'deltanet.nl')!r}); "
+            "assert os.path.isfile(m.__file__); print(os.path.dirname(m.__file__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip())
+    assert folder.name.startswith("nlc-") and not folder.exists()

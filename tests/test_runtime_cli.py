@@ -67,6 +67,19 @@ def test_eval_reports_the_latest_checkpoint(run, capsys):
     assert result["loss"] == pytest.approx(summary["eval"]["loss"], abs=1e-6)
 
 
+def test_eval_names_a_checkpoint_by_its_folder_and_labels_one_from_elsewhere(run, tmp_path,
+                                                                            capsys):
+    """--checkpoint step_00000002 (as the run's folder names it) was looked for in the current
+    folder; a checkpoint of another run was reported as this run's step."""
+    import shutil
+    assert main(["eval", str(run), "--checkpoint", "step_00000002"]) == 0
+    assert capsys.readouterr().out.startswith(f"{run} step 2: ")
+    other = tmp_path / "other"
+    shutil.copytree(run / "checkpoints" / "step_00000004", other / "step_00000004")
+    assert main(["eval", str(run), "--checkpoint", str(other / "step_00000004")]) == 0
+    assert capsys.readouterr().out.startswith(f"{other / 'step_00000004'} (step 4, in {run}'s")
+
+
 def test_resume_extends_a_run(run, tmp_path, capsys):
     import shutil
     copy = tmp_path / "copy"

@@ -6,7 +6,9 @@ the runtime uses to train a spec)."""
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -195,6 +197,9 @@ def load_module(path: str, overrides: dict | None = None):
     stem = spec_module_name(path)
     name = f"nlc_generated_{stem}"
     directory = Path(tempfile.mkdtemp(prefix="nlc-"))
+    # kept while the process runs (Triton reads a kernel's source when its module is imported,
+    # which may come later), removed at exit: each load had left a folder in the temp dir
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     for module, source in outputs.items():
         (directory / f"{module}.py").write_text(source)
     target = directory / f"{name}.py"
