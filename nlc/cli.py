@@ -142,7 +142,7 @@ def cmd_compile(args) -> int:
     specs share is written once (nlc.emit.merge_outputs)."""
     import time
 
-    from nlc.emit import compile_outputs, merge_outputs
+    from nlc.emit import compile_outputs, merge_outputs, refuse_overwriting_by_hand
     from nlc.fileio import write_atomic
     compiled = []
     for path in args.files:
@@ -151,6 +151,8 @@ def cmd_compile(args) -> int:
         compiled.append((path, outputs, time.perf_counter() - start))
     files = merge_outputs([(path, outputs) for path, outputs, _ in compiled])
     out = Path(args.output)
+    for module in files:  # all looked at before any is written
+        refuse_overwriting_by_hand(out / f"{module}.py")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nlc.errors import NlcError
+from nlc.fileio import writable_folder
 
 TRAINED = ("linear_attention", "deltanet", "gated_deltanet", "softmax_attention")
 # small per-head sizes so that four models train in a few minutes on two cores
@@ -73,6 +74,7 @@ def run_demo(examples: str | None = None, quick: bool = False,
                        hint="choose another --out")
     start = stage_start = time.perf_counter()
     files = find_examples(examples)
+    writable_folder(Path(out), "the --out folder")  # under a file, read-only: refused now
     if toy_only:
         return 0 if delta_momentum_toy(files[0].parent, Path(out)) else 1
     print(f"nlc demo: {len(files)} example specs in {files[0].parent}\n")

@@ -98,6 +98,18 @@ def test_resume_extends_a_run(run, tmp_path, capsys):
         "final_loss"]
 
 
+def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path, capsys):
+    """It once rewrote summary.json (elapsed 0, tokens_per_s 0) and config.json's steps."""
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    before = {name: (copy / name).read_bytes() for name in ("config.json", "summary.json")}
+    for extra in ([], ["--steps", "2"]):
+        assert main(["train", "builtin:attention", "--out", str(copy), "--resume", *extra]) == 0
+        assert "nothing to train" in capsys.readouterr().err
+        assert {name: (copy / name).read_bytes() for name in before} == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "builtin:attention", "--steps", "0"], "steps must be at least 1"),
     (["train", "builtin:attention", *TINY, "--mqar-num-kv-pairs", "9"], "mqar_num_kv_pairs"),
@@ -170,14 +182,14 @@ def test_time_budget_ends_the_run_early_with_an_eval(tmp_path, capsys):
 
 
 def test_a_diverging_run_stops_saves_nothing_and_exits_1(tmp_path, capsys):
-    """At lr 1e30 the first step makes the weights huge: the run stops at the first
+    """At lr 1e6 the first step makes the weights huge: the run stops at the first
     non-finite loss or gradient, keeps the checkpoint it had, and says so."""
     out = tmp_path / "wild"
     args = ["train", "builtin:attention", *TINY, "--out", str(out), "--warmup", "0",
             "--checkpoint-interval", "1", "--grad-clip", "0"]
     args[args.index("--steps") + 1] = "20"
     assert main([*args, "--steps", "1"]) == 0
-    assert main([*args, "--resume", "--lr", "1e30"]) == 1
+    assert main([*args, "--resume", "--lr", "1e6"]) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["diverged_at"] is not None and summary["diverged_at"] < 20
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())

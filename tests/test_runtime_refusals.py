@@ -33,6 +33,8 @@ def refused(argv, capsys, *expected: str) -> str:
 
 @pytest.mark.parametrize("flags, message", [
     (["--lr", "nan"], "lr must be a finite number, got nan"),
+    (["--lr", "1e300"], "lr must be positive and at most 1e+06, got 1e+300"),
+    (["--lr", "1e38"], "lr must be positive and at most 1e+06, got 1e+38"),
     (["--beta1", "2"], "beta1 must be in [0, 1), got 2.0"),
     (["--mqar-power-a", "nan"], "mqar_power_a must be a finite number"),
     (["--mqar-power-a", "0"], "mqar_power_a must be positive"),
@@ -203,3 +205,30 @@ def test_a_kill_while_pruning_leaves_no_partial_checkpoint(run, monkeypatch):
     assert list(folder.glob(".trash-step_*"))
     ckpt.prune(folder, keep_last=1)
     assert sorted(p.name for p in folder.iterdir()) == ["step_00000004"]
+
+
+def test_a_hyper_set_to_zero_under_a_division_is_refused_before_training(tmp_path, capsys):
+    """gla.nl computes `1 / tau`: with -D tau=0 the generated forward once raised
+    ZeroDivisionError after the run folder was written."""
+    from conftest import ROOT
+    out = tmp_path / "g"
+    assert main(["train", str(ROOT / "examples" / "gla.nl"), *TINY, "-D", "heads=2", "-D", "d_k=8",
+                 "-D", "d_v=8", "-D", "tau=0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "gla.nl:22:47: error: division by zero in '1 / tau': hyper 'tau' is 0" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("builtin, define", [
+    ("builtin:attention", "heads=-2"), ("builtin:attention", "heads=0"),
+    ("builtin:attention", "heads=2.5"), ("builtin:mlp", "ratio=-1"), ("builtin:mlp", "ratio=0"),
+    ("builtin:mlp", "ratio=0.5"),
+])
+def test_a_builtins_bad_define_is_refused_before_any_file(builtin, define, tmp_path, capsys):
+    """heads=0 once fell back to the default, 2.5 to 2, and ratio=0.5 trained a zero-width
+    layer; negative values were internal errors."""
+    out = tmp_path / "r"
+    name, value = define.split("=")
+    refused(["train", builtin, *TINY, "-D", define, "--out", str(out)], capsys,
+            f"-D {name}={float(value):g}: {builtin}'s {name} must be a positive whole number")
+    assert not out.exists()

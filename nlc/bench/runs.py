@@ -118,6 +118,7 @@ def train_config(point: Point, settings, out: Path, device: str, task: str, **fi
 
 def check_sweep(settings, lists: tuple[str, ...] = ()) -> None:
     """Every list of the sweep holds a value; the numbers are in range."""
+    from nlc.runtime.trainer.config import MAX_LR
     s = settings
     for name in ("widths", "lrs", "seeds", "devices", *lists):
         if not getattr(s, name):
@@ -125,6 +126,8 @@ def check_sweep(settings, lists: tuple[str, ...] = ()) -> None:
     if min(s.widths) < 1 or min(s.seeds) < 0 or min(s.lrs) <= 0 or s.jobs < 1:
         raise NlcError("widths and --jobs must be positive, learning rates positive, "
                        "seeds not negative")
+    if max(s.lrs) > MAX_LR:
+        raise NlcError(f"--lrs: learning rates must be at most {MAX_LR:g}, got {max(s.lrs):g}")
 
 
 class Runner:

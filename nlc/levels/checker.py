@@ -99,7 +99,7 @@ class _DeclChecker(LevelChecker):
         self.hypers: dict[str, float] = {}
         self.consts: dict[str, float] = {}      # dims and hypers, for constant expressions
         self.dim_consts: dict[str, float] = {}  # dims only, for shapes
-        self.env = Env()
+        self.env = Env(consts=self.consts)  # the same dict, filled as dims and hypers are read
         self.params: list[ParamRecord] = []
         self.context: list[ContextVar] = []
         self.graph = LevelGraph(decl.name)

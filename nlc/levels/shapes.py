@@ -14,6 +14,7 @@ from nlc.levels import vocab
 from nlc.levels.records import Dim, MemoryForm, Shape, shape_text
 from nlc.syntax import ast
 from nlc.syntax.format import format_expr
+from nlc.syntax.walk import names_used, nodes
 
 
 @dataclass
@@ -24,9 +25,11 @@ class Env:
     memories: dict[str, MemoryForm] = field(default_factory=dict)  # states that can be applied
     kinds: dict[str, str] = field(default_factory=dict)           # name -> what it is (messages)
     allow_memories: bool = False
+    consts: dict[str, float] = field(default_factory=dict)        # dim and hyper -> its value
 
     def child(self, **changes) -> Env:
-        env = Env(dict(self.values), dict(self.memories), dict(self.kinds), self.allow_memories)
+        env = Env(dict(self.values), dict(self.memories), dict(self.kinds), self.allow_memories,
+                  self.consts)
         for key, value in changes.items():
             setattr(env, key, value)
         return env
@@ -62,15 +65,36 @@ def _number_only(expr: ast.Expr) -> bool:
     return isinstance(expr, ast.BinOp) and _number_only(expr.left) and _number_only(expr.right)
 
 
-def _check_numbers(expr: ast.BinOp) -> None:
+def _check_numbers(expr: ast.BinOp, env: Env) -> None:
     """Refuse arithmetic on written numbers that has no finite value (`1 / 0`, `(-1) ^ 0.5`)
-    and a division by a written zero: generated code would compute inf or nan from them."""
+    and a division by a written zero or by dims and hypers whose values (after -D) make 0:
+    generated code would compute inf or nan from them, or raise ZeroDivisionError."""
     from nlc.levels.terms import const_eval  # (terms imports this module)
     if _number_only(expr):
         const_eval(expr, {})
     elif expr.op is ast.BinOpKind.DIV and _number_only(expr.right) \
             and const_eval(expr.right, {}) == 0:
         raise NlcError("division by zero", expr.right.span)
+    elif expr.op is ast.BinOpKind.DIV and _constant(expr.right, env) \
+            and const_eval(expr.right, env.consts) == 0:
+        divisor = format_expr(expr.right)
+        names = sorted(names_used(expr.right))
+        if isinstance(expr.right, ast.Name):
+            what = f"{env.kinds[divisor]} '{divisor}' is 0"
+        else:
+            values = ", ".join(f"{n} = {env.consts[n]:g}" for n in names)
+            what = f"'{divisor}' is 0 (with {values})"
+        raise NlcError(f"division by zero in '{format_expr(expr)}': {what}", expr.span,
+                       hint="give it a value other than 0 (in the spec or with -D)")
+
+
+def _constant(expr: ast.Expr, env: Env) -> bool:
+    """Made of numbers, dims and hypers only, at least one of them a name."""
+    names = names_used(expr)
+    return bool(names) and all(env.kinds.get(n) in ("dim", "hyper") and n in env.consts
+                               for n in names) \
+        and all(isinstance(n, (ast.Num, ast.Name, ast.Neg, ast.BinOp)) for n in nodes(expr)
+                if hasattr(n, "__dataclass_fields__"))
 
 
 def infer(expr: ast.Expr, env: Env) -> Shape:
@@ -89,7 +113,7 @@ def infer(expr: ast.Expr, env: Env) -> Shape:
         return infer(expr.operand, env)
     if isinstance(expr, ast.BinOp):
         left, right = infer(expr.left, env), infer(expr.right, env)
-        _check_numbers(expr)
+        _check_numbers(expr, env)
         if expr.op is ast.BinOpKind.MATMUL:
             if not left or not right:
                 raise NlcError("'@' needs a vector or matrix on both sides", expr.span,

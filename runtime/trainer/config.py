@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from nlc.errors import NlcError
 
 TASKS = ("mqar", "niah", "lm")
+# Above this no optimizer step is meaningful, and Adam overflows float32 well before 1e38.
+MAX_LR = 1e6
 
 # Fields that fix the shapes of the weights and optimizer state: a checkpoint written under
 # other values cannot be loaded, and resuming refuses it (runtime/trainer/checkpoint.py).
@@ -136,8 +138,8 @@ class TrainConfig:
         if not 0 <= self.carry_state <= self.seq_len:
             raise NlcError(f"carry_state must be between 0 (off) and seq_len {self.seq_len}, "
                            f"got {self.carry_state}")
-        if self.lr <= 0:
-            raise NlcError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise NlcError(f"lr must be positive and at most {MAX_LR:g}, got {self.lr:g}")
         if self.cuda_graphs and self.compile:
             raise NlcError("cuda_graphs and compile cannot be combined",
                            hint="pass one of --cuda-graphs and --compile")

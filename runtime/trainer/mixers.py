@@ -35,6 +35,12 @@ def builtin_mixer(name: str, **dims) -> ModuleFactory:
     if extra:
         raise NlcError(f"{name} has no dim(s) {', '.join(extra)} "
                        f"(it takes {', '.join(sorted(allowed))})")
+    meaning = {"heads": "the number of attention heads",
+               "ratio": "the hidden width is ratio * d_model"}
+    for dim, value in dims.items():
+        if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+            raise NlcError(f"-D {dim}={value:g}: {name}'s {dim} must be a positive whole number "
+                           f"({meaning[dim]})")
     if name == "builtin:attention":
         heads = int(dims["heads"]) if "heads" in dims else None
 

@@ -150,7 +150,9 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         if created and world.is_main and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
-    if world.is_main:
+    # resumed a finished run: report it again, and leave its files as they are
+    nothing_to_train = start >= config.steps
+    if world.is_main and not nothing_to_train:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.json", config.to_json())
         for name, text in spec_copies(config, spec).items():
@@ -173,7 +175,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     tokens_per_step = config.batch_size * config.seq_len
     began = window_start = time.perf_counter()
     last_eval, loss_value = {}, float("nan")
-    if start >= config.steps:  # resumed a finished run: report it again
+    if nothing_to_train:
         trained_losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")
                           if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
         loss_value = trained_losses[-1] if trained_losses else loss_value
@@ -255,7 +257,9 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     if at_lengths is not None:
         summary["eval_lengths"] = at_lengths
     if world.is_main:
-        write_atomic(out / "summary.json", strict_json(summary, indent=2, sort_keys=True) + "\n")
+        if not nothing_to_train or not (out / "summary.json").exists():
+            write_atomic(out / "summary.json",
+                         strict_json(summary, indent=2, sort_keys=True) + "\n")
         shown = [f"loss {loss_value:.4f}"] if math.isfinite(loss_value) else []
         shown += [format_metrics(last_eval)] if last_eval else []
         shown += [f"diverged at step {diverged}"] if diverged is not None else []
