@@ -115,7 +115,10 @@ def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path
     (["train", "builtin:attention", *TINY, "--mqar-num-kv-pairs", "9"], "mqar_num_kv_pairs"),
     (["train", "no_such.nl", *TINY], "no_such.nl: no such spec file"),
     (["train", "builtin:attention", *TINY, "-D", "heads"], "-D expects NAME=VALUE"),
-    (["train", "builtin:attention", *TINY, "--task", "niah"], "niah needs seq_len >="),
+    (["train", "builtin:attention", "--task", "niah", "--steps", "4", "--seq-len", "32",
+      "--d-model", "16"], "niah needs seq_len >="),
+    (["train", "builtin:attention", *TINY, "--task", "niah"],
+     "mqar_vocab_size is an option of the mqar task; this run's task is niah"),
     (["eval", "nowhere"], "nowhere/config.json: cannot read config"),
     (["plot", "nowhere", "-o", "x.png"], "nowhere/metrics.jsonl: missing"),
 ])
@@ -159,7 +162,7 @@ def test_relaunch_rebuilds_the_command(monkeypatch, tmp_path):
     monkeypatch.setattr(distributed, "launch_local",
                         lambda n, argv: seen.update(n=n, cmd=distributed.rank_command(argv)) or 0)
     assert main(["train", "builtin:attention", "--nproc", "3", "--steps", "7", "--no-bf16",
-                 "--batch-size", "6",
+                 "--batch-size", "6", "--task", "lm",
                  "--lm-files", "a", "b", "-D", "heads=2", "--out", str(tmp_path)]) == 0
     cmd = seen["cmd"]
     assert seen["n"] == 3 and "--nproc" not in cmd

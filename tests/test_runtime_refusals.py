@@ -47,6 +47,9 @@ def refused(argv, capsys, *expected: str) -> str:
     (["--tf32", "--device", "cpu"], "tf32 needs a CUDA device; this run is on cpu"),
     (["--compile-chunks", "--compile"], "compile_chunks and compile cannot be combined"),
     (["--d-model", "200000"], "--d-model 200000, --n-layers 1: the model's parameters"),
+    (["--weight-decay", "-1"], "weight_decay must not be negative, got -1"),
+    (["--task", "lm", "--mqar-vocab-size", "99"],
+     "mqar_vocab_size is an option of the mqar task; this run's task is lm"),
 ])
 def test_bad_flags_are_refused(flags, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where a run with --out "" once went

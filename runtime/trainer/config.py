@@ -151,8 +151,9 @@ class TrainConfig:
             raise NlcError("cuda_graphs and carry_state cannot be combined: a graph replays "
                            "one fixed call, and carried segments pass states between calls",
                            hint="pass one of --cuda-graphs and --carry-state")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.time_budget < 0:
-            raise NlcError("grad_clip, weight_decay and time_budget must not be negative")
+        for name in ("grad_clip", "weight_decay", "time_budget"):
+            if getattr(self, name) < 0:
+                raise NlcError(f"{name} must not be negative, got {getattr(self, name):g}")
         for name in ("beta1", "beta2", "lm_val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise NlcError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -161,6 +162,7 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise NlcError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         self._validate_niah_lengths()
+        self._validate_task_options()
         if self.mqar_power_a <= 0:
             raise NlcError(f"mqar_power_a must be positive, got {self.mqar_power_a}")
         if not self.out.strip():
@@ -188,6 +190,20 @@ class TrainConfig:
                            f"{shortest})")
         if len(set(lengths)) != len(lengths):
             raise NlcError(f"niah_eval_lengths: a length given twice in {lengths}")
+
+    def _validate_task_options(self) -> None:
+        """An option of another task (`--mqar-vocab-size` with `--task lm`) set away from its
+        default would be ignored: refuse it rather than train without it."""
+        for f in dataclasses.fields(self):
+            task = f.name.split("_")[0]
+            if task not in TASKS or task == self.task:
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+                else f.default
+            if getattr(self, f.name) != default:
+                raise NlcError(f"{f.name} is an option of the {task} task; this run's task is "
+                               f"{self.task}", hint=f"drop --{f.name.replace('_', '-')}, or "
+                                                    f"pass --task {task}")
 
     def _validate_overrides(self, where: str = "config") -> None:
         for name, value in self.spec_overrides.items():

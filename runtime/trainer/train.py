@@ -260,8 +260,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         if not nothing_to_train or not (out / "summary.json").exists():
             write_atomic(out / "summary.json",
                          strict_json(summary, indent=2, sort_keys=True) + "\n")
-        shown = [f"loss {loss_value:.4f}"] if math.isfinite(loss_value) else []
-        shown += [format_metrics(last_eval)] if last_eval else []
+        shown = [f"training loss {loss_value:.4f}"] if math.isfinite(loss_value) else []
+        shown += [f"eval {format_metrics(last_eval)}"] if last_eval else []
         shown += [f"diverged at step {diverged}"] if diverged is not None else []
         bar.message(f"done: {done} steps, {', '.join(shown)}; {out}" if shown
                     else f"done: {done} steps; {out}")
