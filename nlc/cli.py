@@ -144,6 +144,9 @@ def cmd_compile(args) -> int:
 
     from nlc.emit import compile_outputs, merge_outputs, refuse_overwriting_by_hand
     from nlc.fileio import write_atomic
+    if not args.output.strip():  # '' would write into the current folder
+        raise NlcError("-o is empty; it names the folder to write the modules into",
+                       hint="pass -o generated (or -o . for the current folder)")
     compiled = []
     for path in args.files:
         start = time.perf_counter()

@@ -423,3 +423,10 @@ def test_demo_refuses_its_arguments_before_any_work(args, says, tmp_path, capsys
     err = capsys.readouterr()
     assert says in err.err and "1. check" not in err.out
     assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_compile_to_an_empty_output_is_refused(tmp_path, good):
+    """`-o ''` wrote the modules into the current folder."""
+    proc = nlc("compile", str(good), "-o", "", cwd=tmp_path)
+    assert_user_error(proc, "nlc: error: -o is empty")
+    assert [p.name for p in tmp_path.iterdir()] == [good.name]  # nothing written beside it
