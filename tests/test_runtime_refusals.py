@@ -95,6 +95,14 @@ def test_a_config_with_a_non_numeric_override_is_refused(tmp_path, capsys):
             f"{config}: spec_overrides: 'd_k' must map to a finite number, got 'abc'")
 
 
+def test_a_config_with_a_nan_names_its_file_and_field(tmp_path, capsys):
+    """JSON's NaN parses; the refusal named neither the file nor where it came from."""
+    config = tmp_path / "c.json"
+    config.write_text('{"lr": NaN}')
+    refused(["train", "builtin:attention", *TINY, "--config", str(config)], capsys,
+            f"{config}: field 'lr' must be a finite number, got nan")
+
+
 def test_a_spec_file_name_too_long_for_the_file_system(tmp_path, capsys):
     spec = tmp_path / ("a" * 241 + ".nl")
     spec.write_text((__import__("conftest").EXAMPLES / "deltanet.nl").read_text())

@@ -250,4 +250,6 @@ def _coerce(name: str, value, kind: type, where: str):
         return float(value)
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         raise NlcError(f"{where}: field '{name}' must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):  # JSON's NaN and Infinity parse
+        raise NlcError(f"{where}: field '{name}' must be a finite number, got {value!r}")
     return value
