@@ -48,6 +48,8 @@ def refused(argv, capsys, *expected: str) -> str:
     (["--compile-chunks", "--compile"], "compile_chunks and compile cannot be combined"),
     (["--d-model", "200000"], "--d-model 200000, --n-layers 1: the model's parameters"),
     (["--weight-decay", "-1"], "weight_decay must not be negative, got -1"),
+    (["--device", "cuda:abc"], "unknown device 'cuda:abc' (expected auto, cpu, cuda or cuda:N)"),
+    (["--device", "cudax"], "unknown device 'cudax'"),
     (["--task", "lm", "--mqar-vocab-size", "99"],
      "mqar_vocab_size is an option of the mqar task; this run's task is lm"),
 ])

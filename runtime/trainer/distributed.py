@@ -13,6 +13,7 @@ gradient is the single-process gradient of the whole batch. Only rank 0 writes.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,16 +45,20 @@ class World:
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise NlcError(f"unknown device '{name}' (expected auto, cpu, cuda or cuda:N)")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise NlcError(f"device '{name}' asked for, but this torch sees no CUDA device")
         if name == "cuda":
             name = f"cuda:{local_rank}"
+        count = torch.cuda.device_count()
+        if int(name.split(":")[1]) >= count:
+            raise NlcError(f"device '{name}': this machine has {count} CUDA device"
+                           f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
         device = torch.device(name)
         torch.cuda.set_device(device)
         return device
-    if name != "cpu":
-        raise NlcError(f"unknown device '{name}' (expected auto, cpu, cuda or cuda:N)")
     return torch.device("cpu")
 
 
