@@ -92,6 +92,7 @@ def test_the_best_lr_is_the_best_mean_over_seeds_and_divergence_is_reported():
     (["attention", "--pairs", "40"], "mqar needs 1 <= 4 * mqar_num_kv_pairs <= seq_len"),
     (["attention", "--stop-accuracy", "2"], "--stop-accuracy must be in [0, 1]"),
     (["attention", "--lrs", "1e300"], "--lrs: learning rates must be at most 1e+06, got 1e+300"),
+    (["attention", "--device", "tpu"], "unknown device 'tpu'"),  # was a failed run each
     ([DELTANET, DELTANET], "two specs are both named deltanet"),
 ])
 def test_bad_input_is_a_located_error_and_exit_2(tmp_path, capsys, args, message):

@@ -144,6 +144,9 @@ def run_sweep(args, protocol, name: str):
     for point in points:  # every run's config and folder are valid before the first starts
         config = protocol.config_for(point, settings, out, settings.devices[0])
         runs.read_summary(Path(config.out), config)
+    from nlc.runtime.trainer.distributed import pick_device
+    for device in settings.devices:  # 'tpu', or cuda on a machine without one
+        pick_device(device)
     for folder in (out, out / "runs"):  # found out now, not after the first run
         writable_folder(folder)
     print(f"nlc bench {name}: {len(points)} runs ({len(models)} models x "
