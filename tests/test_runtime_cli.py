@@ -119,6 +119,9 @@ def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path
       "--d-model", "16"], "niah needs seq_len >="),
     (["train", "builtin:attention", *TINY, "--task", "niah"],
      "mqar_vocab_size is an option of the mqar task; this run's task is niah"),
+    (["train", "builtin:attention", "--task", "niah", "--seq-len", "128", "--eval-examples",
+      "2", "--niah-eval-lengths", "128", "--niah-depth-bands", "4"],
+     "niah_depth_bands 4 is more than eval_examples 2: a band would hold no needle"),
     (["eval", "nowhere"], "nowhere/config.json: cannot read config"),
     (["plot", "nowhere", "-o", "x.png"], "nowhere/metrics.jsonl: missing"),
 ])

@@ -190,6 +190,10 @@ class TrainConfig:
                            f"{shortest})")
         if len(set(lengths)) != len(lengths):
             raise NlcError(f"niah_eval_lengths: a length given twice in {lengths}")
+        if self.niah_depth_bands > self.eval_examples:  # a band would hold no needle
+            raise NlcError(f"niah_depth_bands {self.niah_depth_bands} is more than "
+                           f"eval_examples {self.eval_examples}: a band would hold no needle",
+                           hint="pass fewer --niah-depth-bands or more --eval-examples")
 
     def _validate_task_options(self) -> None:
         """An option of another task (`--mqar-vocab-size` with `--task lm`) set away from its
