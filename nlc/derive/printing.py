@@ -263,5 +263,6 @@ def paper_text(exprs: list) -> tuple[list[str], list[str]]:
         names[body] = function_name(body, set(names.values()))
     printer = PaperStrPrinter(names)
     where = [f"{printer.doprint(s)} = {printer.doprint(d)}" for s, d in definitions]
-    where += [f"{names[b]}(r) = {printer.doprint(b)}" for b in bodies]
+    where += [f"{names[b]}(r) = {printer.doprint(b)}" for b in bodies
+              if printer.doprint(b) != f"{names[b]}(r)"]  # not `tanh(r) = tanh(r)`
     return [_display(printer.doprint(e)) for e in shown], [_display(w) for w in where]
