@@ -259,10 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         err.located("nlc", None)  # not tied to a file: a bad command line (-D)
         print(err.render(), file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        from nlc.train_cli import RESUME_HINT
-        print(f"nlc: interrupted{RESUME_HINT if args.command == 'train' else ''}",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:
+        from nlc.train_cli import interrupted_line
+        print(interrupted_line(err, args.command), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK

@@ -7,13 +7,16 @@ print the accuracy table and write a plot; last, the delta-momentum toy (nlc/del
 momentum, delta momentum and DGD compiled from their specs on a loss with two minima, a few
 seconds) with its plot. `--toy` runs the toy alone. `--quick` trains on a smaller MQAR for fewer steps
 (CI runs the demo that way): about a minute on two cores, and softmax attention still solves
-it. Each run shows its progress (step, loss, tokens/s, ETA) on stderr."""
+it. Each run shows its progress (step, loss, tokens/s, ETA) on stderr. Run again over the same
+--out, the demo reports the runs it finished before (evaluated again, not retrained); an earlier
+run with other settings (another --steps, --quick or spec text) or one that did not finish is
+never replaced: the demo refuses, naming its folder, before any work."""
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,9 @@ def run_demo(examples: str | None = None, quick: bool = False,
     writable_folder(Path(out), "the --out folder")  # under a file, read-only: refused now
     if toy_only:
         return 0 if delta_momentum_toy(files[0].parent, Path(out)) else 1
+    budget = QUICK if quick else FULL
+    budget = replace(budget, steps=steps or budget.steps)
+    refuse_replacing_runs(files, Path(out), budget)
     print(f"nlc demo: {len(files)} example specs in {files[0].parent}\n")
     print("1. check + derive + classify")
     underived = []
@@ -102,8 +108,7 @@ def run_demo(examples: str | None = None, quick: bool = False,
     stage_start = _stage_done(stage_start)
     compiled = compile_examples(files, Path(out) / "generated")
     stage_start = _stage_done(stage_start)
-    budget = QUICK if quick else FULL
-    trained = train_examples(files, Path(out), replace(budget, steps=steps or budget.steps))
+    trained = train_examples(files, Path(out), budget)
     stage_start = _stage_done(stage_start)
     toy = delta_momentum_toy(files[0].parent, Path(out))
     _stage_done(stage_start)
@@ -197,24 +202,15 @@ def delta_momentum_toy(examples: Path, out: Path) -> bool:
 
 
 def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
-    """(name, accuracy, final train loss, seconds) of one model trained under `budget`."""
+    """(name, accuracy, final train loss, seconds) of one model trained under `budget`; a
+    run finished before with the same settings is resumed, so it is evaluated and reported
+    again (refuse_replacing_runs has refused any other earlier run)."""
     from nlc.factories import factories_for
-    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.checkpoint import latest_checkpoint
     from nlc.runtime.trainer.train import train
-    dims = {k: float(v) for k, v in DEMO_DIMS.items() if k in _dims_of(path)}
-    if run.exists():
-        import shutil
-        shutil.rmtree(run)
-    steps = budget.steps
-    config = TrainConfig(spec=str(path), spec_overrides=dims, task="mqar", steps=steps,
-                         batch_size=budget.batch_size, seq_len=budget.seq_len, d_model=64,
-                         n_layers=2, mqar_vocab_size=budget.vocab_size,
-                         mqar_num_kv_pairs=budget.num_kv_pairs, lr=budget.lr,
-                         warmup=max(steps // 10, 1), eval_interval=max(steps // 5, 1),
-                         checkpoint_interval=0, eval_examples=256, device="cpu",
-                         log_interval=max(steps // 10, 1), out=str(run))
+    config = demo_config(path, run, budget)
     start = time.perf_counter()
-    summary = train(config, **factories_for(config))
+    summary = train(config, **factories_for(config), resume=latest_checkpoint(run) is not None)
     accuracy = (summary.get("eval") or {}).get("accuracy", float("nan"))
     return (name, accuracy, summary.get("final_loss", float("nan")),
             time.perf_counter() - start)
@@ -223,3 +219,47 @@ def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
 def _dims_of(path: Path) -> set[str]:
     from nlc import pipeline
     return {n for spec in pipeline.run(str(path), "check") for n, _ in spec.dims}
+
+
+def demo_config(path: Path, run: Path, budget: Budget):
+    """The TrainConfig of the demo's run of the spec `path` into `run`."""
+    from nlc.runtime.trainer.config import TrainConfig
+    dims = {k: float(v) for k, v in DEMO_DIMS.items() if k in _dims_of(path)}
+    steps = budget.steps
+    return TrainConfig(spec=str(path), spec_overrides=dims, task="mqar", steps=steps,
+                       batch_size=budget.batch_size, seq_len=budget.seq_len, d_model=64,
+                       n_layers=2, mqar_vocab_size=budget.vocab_size,
+                       mqar_num_kv_pairs=budget.num_kv_pairs, lr=budget.lr,
+                       warmup=max(steps // 10, 1), eval_interval=max(steps // 5, 1),
+                       checkpoint_interval=0, eval_examples=256, device="cpu",
+                       log_interval=max(steps // 10, 1), out=str(run))
+
+
+def refuse_replacing_runs(files: list[Path], out: Path, budget: Budget) -> None:
+    """Before any work: refuse when a run folder the demo trains into holds an earlier run
+    it would not simply report again (other settings or spec text, or unfinished), naming
+    the folder. The demo never deletes or restarts a run."""
+    from nlc.fileio import read_text
+    from nlc.runtime.trainer.checkpoint import latest_checkpoint
+    from nlc.runtime.trainer.config import TrainConfig
+    by_name = {p.stem: p for p in files}
+    for name in (n for n in TRAINED if n in by_name):
+        run = out / f"mqar_{name}"
+        if not run.is_dir() or not any(run.iterdir()):
+            continue
+        hint = f"choose another --out, or delete {run} to train it again"
+        if not (run / "config.json").is_file() or latest_checkpoint(run) is None:
+            raise NlcError(f"{run}: holds an earlier run that did not finish (no checkpoint "
+                           "to report); the demo does not replace it", hint=hint)
+        now = demo_config(by_name[name], run, budget)
+        then = TrainConfig.from_json(read_text(run / "config.json", "config"),
+                                     str(run / "config.json"))
+        differ = [f"{k} {getattr(then, k)!r} there, {getattr(now, k)!r} now"
+                  for k in (f.name for f in fields(now)) if k not in ("spec", "out", "vocab_size")
+                  and getattr(then, k) != getattr(now, k)]
+        copy = run / "spec.nl"
+        if copy.is_file() and copy.read_text() != by_name[name].read_text():
+            differ.append(f"the text of {by_name[name]} differs from the run's copy {copy}")
+        if differ:
+            raise NlcError(f"{run}: holds an earlier demo run with other settings ("
+                           f"{'; '.join(differ)}); the demo does not replace it", hint=hint)

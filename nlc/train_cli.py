@@ -21,8 +21,24 @@ from nlc.errors import NlcError
 EXIT_OK = 0
 EXIT_DIVERGED = 1  # the loss or the gradients stopped being finite
 SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
-# what an interrupted `nlc train` adds to "nlc: interrupted" (here and in nlc/cli.py)
-RESUME_HINT = "; `nlc train ... --out RUN --resume` continues from the run's latest checkpoint"
+# what an interrupted `nlc train` adds to "nlc: interrupted" before its run folder is known
+BEFORE_TRAINING_HINT = ("; `nlc train ... --out RUN --resume` continues from the run's latest "
+                        "checkpoint")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with what the run folder holds then (`resume_hint`), for the
+    "nlc: interrupted" line here and in nlc/cli.py."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
+
+
+def interrupted_line(err: KeyboardInterrupt, command: str) -> str:
+    hint = err.hint if isinstance(err, Interrupted) else \
+        BEFORE_TRAINING_HINT if command == "train" else ""
+    return f"nlc: interrupted{hint}"
 
 
 def register(subparsers) -> None:
@@ -92,6 +108,8 @@ def config_from_args(args):
     if args.config:
         config = _read_config(Path(args.config))
     out = Path(args.out) if args.out else None
+    if args.resume and out is not None and not (out / "config.json").is_file():
+        _refuse_missing_config(out)
     if args.resume and out is not None and (out / "config.json").is_file():
         config = _run_copies(_read_config(out / "config.json"), out, args)
         if args.task is not None and args.task != config.task:  # before any size check
@@ -108,6 +126,20 @@ def config_from_args(args):
         name = args.spec.split(":", 1)[1] if args.spec.startswith("builtin:") else Path(args.spec).stem
         config = dataclasses.replace(config, out=str(Path("runs") / f"{name}-{config.task}"))
     return config.validate()
+
+
+def _refuse_missing_config(out: Path) -> None:
+    """A run resumes with the settings of its config.json: one with checkpoints but no
+    config.json is refused, rather than resumed under the defaults (whose model shape the
+    checkpoint would then refuse). Without checkpoints, train() says there is nothing to
+    resume."""
+    from nlc.runtime.trainer.checkpoint import latest_checkpoint
+    latest = latest_checkpoint(out) if out.is_dir() else None
+    if latest is not None:
+        raise NlcError(f"{out / 'config.json'}: missing; --resume takes the run's settings "
+                       "from it",
+                       hint=f"restore it (a copy is the \"config\" of {latest / 'state.json'}), "
+                            "or start a new run with another --out")
 
 
 def _run_copies(config, out: Path, args):
@@ -143,8 +175,11 @@ def cmd_train(args) -> int:
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
                            f"ranks", hint="use a --batch-size divisible by --nproc")
         return _relaunch(args)
-    summary = train(config, **factories_for(config), resume=args.resume,
-                    progress=not args.quiet)
+    try:
+        summary = train(config, **factories_for(config), resume=args.resume,
+                        progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise Interrupted(resume_hint(Path(config.out))) from None
     if int(os.environ.get("RANK", "0")) == 0:  # strict JSON: a diverged loss is null
         print(strict_json({"out": config.out, "final_loss": summary["final_loss"],
                            **summary["eval"]}))
@@ -156,6 +191,18 @@ def cmd_train(args) -> int:
               f"the run diverged (see {config.out}/metrics.jsonl)", file=sys.stderr)
         return EXIT_DIVERGED
     return EXIT_OK
+
+
+def resume_hint(out: Path) -> str:
+    """What follows "nlc: interrupted" for a run into `out`: how to continue it from its
+    latest checkpoint, or that none was written, so nothing is saved to resume from."""
+    from nlc.runtime.trainer.checkpoint import latest_checkpoint
+    latest = latest_checkpoint(out)
+    if latest is None:
+        return (f"; no checkpoint was written to {out}, so nothing is saved and the run cannot "
+                f"be resumed; delete {out} (or choose another --out) to start it over")
+    return (f"; `nlc train ... --out {out} --resume` continues from its latest checkpoint, "
+            f"{latest.name}")
 
 
 def _relaunch(args) -> int:
@@ -261,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         err.located("nlc", None)
         print(err.render(), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"nlc: interrupted{RESUME_HINT}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(interrupted_line(err, args.command), file=sys.stderr)
         return 130
     except Exception as err:  # a bug, not a user error
         if os.environ.get("NLC_DEBUG") == "1":

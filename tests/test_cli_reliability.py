@@ -96,7 +96,9 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_changes_nothing(tmp_path
             assert main(["train", "builtin:attention", *TINY, "--out", str(out), *extra]) == 2
             err = capsys.readouterr().err
             assert f"{out}: " in err and "Traceback" not in err
-        assert "another nlc train is running in this run folder" in err
+            # checked first: not "already holds a run; pass --resume", which then fails too
+            assert "another nlc train is running in this run folder" in err, extra
+            assert "already holds a run" not in err
         new = tmp_path / "new"
         new.mkdir()
         fd_new = hold(new)
@@ -225,3 +227,75 @@ def test_resuming_with_another_task_names_the_task(tmp_path, capsys):
                  "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"--task lm: the run in {out} trains on mqar" in err and "vocab_size" not in err
+
+
+# ---- 5. --resume with nothing to resume from ----------------------------------------------
+
+@pytest.mark.parametrize("stopped", ["finished", "interrupted"])
+def test_resume_with_metrics_but_no_checkpoint_is_refused_alike(tmp_path, capsys, stopped):
+    """A finished run whose checkpoints are gone and a run interrupted before its first
+    checkpoint: both would start over and replace the metrics; both are refused alike."""
+    out = tmp_path / "run"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    shutil.rmtree(out / "checkpoints")
+    if stopped == "interrupted":  # as Ctrl-C before the first checkpoint leaves it
+        (out / "summary.json").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds a run's metrics up to step 2 but no checkpoint to resume from" in err
+    assert f"delete {out} to start the run over" in err and "another --out" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_into_a_folder_without_a_run_is_refused_even_quiet(tmp_path, capsys):
+    """`--resume --out <typo>` used to start a new run, saying so only without --quiet."""
+    for out in (tmp_path / "typo", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        assert main(["train", "builtin:attention", *TINY, "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: nothing to resume: no run in this folder" in err
+        assert "drop --resume to start a new run" in err
+    assert not (tmp_path / "typo").exists() and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_resume_without_the_runs_config_names_it_missing(tmp_path, capsys):
+    """Not "written for another model shape" (the defaults' vocab_size against the run's)."""
+    out = tmp_path / "run"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    (out / "config.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", "--out", str(out), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'config.json'}: missing; --resume takes the run's settings from it" in err
+    assert "step_00000002/state.json" in err and "another model shape" not in err
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_an_interrupted_train_says_whether_it_can_be_resumed(tmp_path, monkeypatch, capsys,
+                                                            saved):
+    """Ctrl-C before the first checkpoint saved nothing: the message no longer says that
+    --resume continues from the run's latest checkpoint."""
+    from nlc import cli
+    from nlc.runtime.trainer import train as trainer
+    out = tmp_path / "run"
+    if saved:
+        assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+
+    def interrupted(config, **kwargs):
+        Path(config.out).mkdir(exist_ok=True)
+        with open(Path(config.out) / "metrics.jsonl", "a") as f:
+            f.write('{"kind": "train", "step": 1, "loss": 4.0}\n')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "train", interrupted)
+    capsys.readouterr()
+    assert cli.main(["train", "builtin:attention", *TINY, "--out", str(out),
+                     *(["--resume", "--steps", "4"] if saved else [])]) == 130
+    err = capsys.readouterr().err
+    if saved:
+        assert f"--out {out} --resume` continues from its latest checkpoint, step_00000002" in err
+    else:
+        assert f"no checkpoint was written to {out}, so nothing is saved" in err
+        assert "cannot be resumed" in err and "continues from" not in err

@@ -81,8 +81,8 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_losses(tmp_path):
 
 def test_resume_without_checkpoints_never_replaces_a_runs_metrics(tmp_path):
     """--resume with no checkpoint left (deleted, or never kept) would start over at step 0
-    and rewrite metrics.jsonl: refused, and the metrics stay as they were. A run stopped
-    before its first checkpoint still restarts."""
+    and rewrite metrics.jsonl: refused, and the metrics stay as they were. So is a run
+    stopped before its first checkpoint: its metrics would be replaced too."""
     from nlc.errors import NlcError
     out = tmp_path / "run"
     train(tiny(out, steps=6), progress=False)
@@ -96,8 +96,10 @@ def test_resume_without_checkpoints_never_replaces_a_runs_metrics(tmp_path):
     train(tiny(early, steps=2), progress=False)
     shutil.rmtree(early / "checkpoints")  # (a finished run saves its last step too)
     (early / "summary.json").unlink()
-    summary = train(tiny(early, steps=4), resume=True, progress=False)
-    assert summary["resumed_from"] == 0
+    before = (early / "metrics.jsonl").read_bytes()
+    with pytest.raises(NlcError, match="no checkpoint to resume from"):
+        train(tiny(early, steps=4), resume=True, progress=False)
+    assert (early / "metrics.jsonl").read_bytes() == before
 
 
 @pytest.mark.parametrize("where", ["checkpoints", "metrics.jsonl", "checkpoints/step_00000003"])

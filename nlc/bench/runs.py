@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -181,8 +182,12 @@ class Runner:
 
     def launch(self, config) -> tuple[subprocess.Popen, float, object]:
         run = Path(config.out)
+        # a run with a checkpoint resumes; one stopped before its first starts over (the
+        # folder is the benchmark's: nlc train refuses to resume or overwrite it)
+        resume = any((run / "checkpoints").glob("step_*"))
+        if not resume and run.is_dir():
+            shutil.rmtree(run)
         run.mkdir(parents=True, exist_ok=True)
-        resume = (run / "config.json").is_file()
         config_file = run.parent / f"{run.name}.json"
         config_file.write_text(config.to_json(), encoding="utf-8")
         argv = [sys.executable, "-m", "nlc.train_cli", "train", config.spec,

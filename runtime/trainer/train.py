@@ -78,7 +78,7 @@ def train(config: TrainConfig, *, mixer_factory=None, mlp_factory=None, optimize
     constructed as `cls(params, lr=...)`. Left out, they are the builtins `config.spec`,
     `config.mlp` and `config.optimizer` name; a spec file named there must be given here,
     compiled (`nlc.factories.factories_for(config)`: the trainer never compiles). With
-    `resume`, continue from the run's latest checkpoint (a run without one starts from 0).
+    `resume`, continue from the run's latest checkpoint (a folder without one is refused).
     """
     config.validate()
     from nlc.runtime.library import scan
@@ -119,16 +119,15 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         optimizer_class = optimizer_class_for(config)
     check_fits(config, mixer_factory, mlp_factory, world.device)
     out = Path(config.out)
-    _refuse_started(out, resume)
     created = not out.exists()
-    check_run_folder(out, resume)
+    make_run_folder(out)
     try:  # a run refused from here on leaves no empty folder it made behind
+        # the lock first: a folder another run is writing is refused as such, whatever it holds
         lock_run_folder(out, world, held)
-        # looked at again under the lock: a run into the same folder may have begun meanwhile
         latest = _refuse_started(out, resume)
         check_run_folder(out, resume)
         if resume and latest is None:
-            _refuse_restart_over(out, config)
+            _refuse_nothing_to_resume(out)
         distributed.barrier(world)  # every rank has looked before rank 0 writes anything
 
         torch.manual_seed(config.seed)
@@ -168,10 +167,10 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     autocast = autocast_for(config, world.device)
     log = MetricsLog(out / "metrics.jsonl", enabled=world.is_main)
     bar = ProgressBar(config.steps, start, config.log_interval, enabled=progress and world.is_main)
-    if resume and latest is None:  # a first launch with --resume, or a mistyped --out
-        bar.message(f"{out}: no checkpoint to resume from; starting a new run")
+    steps = (f"at step {start} of {config.steps}" if nothing_to_train
+             else f"steps {start + 1}..{config.steps}")
     bar.message(f"{config.task}: {model.num_parameters():,} parameters, {config.spec}, "
-                f"{world.world_size} rank(s) on {world.device}, steps {start + 1}..{config.steps}")
+                f"{world.world_size} rank(s) on {world.device}, {steps}")
     tokens_per_step = config.batch_size * config.seq_len
     began = window_start = time.perf_counter()
     last_eval, loss_value = {}, float("nan")
@@ -302,25 +301,39 @@ def lock_run_folder(out: Path, world, held: contextlib.ExitStack) -> None:
                             "another --out")
 
 
-def _refuse_restart_over(out: Path, config) -> None:
-    """--resume without a checkpoint starts from step 0 (a run stopped before its first
-    checkpoint, or a first launch), which rewrites metrics.jsonl: refused when the metrics go
-    past where a first checkpoint would have been (a finished or checkpointed run's, whose
-    checkpoints are gone), since they would be lost."""
+def _refuse_nothing_to_resume(out: Path) -> None:
+    """--resume needs a checkpoint. Without one the run would start over at step 0: refused
+    when the folder holds a run's metrics (they would be replaced, however far they go) and
+    when it holds no run at all (a mistyped --out, or a first launch with --resume)."""
     metrics = out / "metrics.jsonl"
     steps = [r.get("step", 0) for r in read_metrics(metrics)] if metrics.is_file() else []
-    first = config.checkpoint_interval or config.steps
-    if steps and max(steps) >= first:
+    start_over = f"choose another --out, or delete {out} to start the run over"
+    if steps:
         raise NlcError(f"{out}: holds a run's metrics up to step {max(steps)} but no checkpoint "
-                       "to resume from; starting over would replace them",
-                       hint="choose another --out, or move the folder away to start again")
+                       "to resume from; starting over would replace them", hint=start_over)
+    if any((out / name).exists() for name in ("metrics.jsonl", *RUN_FILES)):
+        raise NlcError(f"{out}: holds a run that wrote no checkpoint; nothing to resume",
+                       hint=start_over)
+    raise NlcError(f"{out}: nothing to resume: no run in this folder",
+                   hint="check --out, or drop --resume to start a new run")
+
+
+def make_run_folder(out: Path) -> None:
+    """Create the run folder (the lock is taken on it); refuse a --out that is a file, under
+    a file or unwritable, before any work."""
+    if out.exists() and not out.is_dir():
+        raise NlcError(f"{out}: --out names a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NlcError(f"{out}: cannot create the run folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise NlcError(f"{out}: the run folder is not writable")
 
 
 def check_run_folder(out: Path, resume: bool) -> None:
-    """Refuse a --out a run cannot be written to, before any work: a file, a path under a
-    file, an unwritable place; and a folder holding files a new run would overwrite."""
-    if out.exists() and not out.is_dir():
-        raise NlcError(f"{out}: --out names a file, not a folder")
+    """Refuse a run folder whose parts are of the wrong kind, and one holding files a new run
+    would overwrite, before any work."""
     # what a run writes, found as something else (a file where its folders go, or the
     # reverse): refused before any work, since writing there would fail or overwrite it
     checkpoints = out / "checkpoints"
@@ -337,12 +350,6 @@ def check_run_folder(out: Path, resume: bool) -> None:
         if clash:
             raise NlcError(f"{out}: holds {', '.join(clash)}, which a new run would overwrite; "
                            "choose another --out (or --resume a run)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NlcError(f"{out}: cannot create the run folder ({err.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise NlcError(f"{out}: the run folder is not writable")
 
 
 def train_step(trained, model, optimizer, batch, world, config, autocast, step: int = 0):
