@@ -58,3 +58,12 @@ time_slow_chunked() {
     --models "momentum delta,row-decay delta,RWKV-7,KDA" --shapes "8,2048,16,128" \
     --check "ours chunked" --skip "$skip" --out "$1"
 }
+
+# lm_rows SECONDS ROWS [profile]: LM rows of lm_throughput.py on this tree, into
+# $OUT/lm_rows.md (profile: one more step of each row into $OUT/ROW_profile.txt)
+lm_rows() {
+  local extra=()
+  [ "${3:-}" = profile ] && extra=(--profile-to "$OUT")
+  timeout "$1" python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 --rows "$2" \
+    --out "$OUT/lm_rows.md" "${extra[@]}" | tail -4
+}

@@ -46,14 +46,6 @@ titans_before() {
     --out "$OUT/lm_titans_base.md" | tail -1
 }
 
-# lm_rows SECONDS ROWS: LM rows of lm_throughput.py on this tree, into $OUT/lm_rows.md
-# (a third argument, "profile", profiles one more step of each row into $OUT/ROW_profile.txt)
-lm_rows() {
-  local extra=()
-  [ "${3:-}" = profile ] && extra=(--profile-to "$OUT")
-  timeout "$1" python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 --rows "$2" \
-    --out "$OUT/lm_rows.md" "${extra[@]}" | tail -4
-}
 
 # gla_vs_fla SECONDS SKIP: GLA forward and forward + backward against fla's chunk_gla at
 # (8, 2048); our rows come first and print as they finish

@@ -19,14 +19,6 @@ source benchmarks/gpu_common.sh
 start_session
 export TRITON_CACHE_AUTOTUNING=1
 
-# lm_rows SECONDS ROWS [profile]: LM rows of lm_throughput.py on this tree, into
-# $OUT/lm_rows.md (profile: one more step of each row into $OUT/ROW_profile.txt)
-lm_rows() {
-  local extra=()
-  [ "${3:-}" = profile ] && extra=(--profile-to "$OUT")
-  timeout "$1" python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 --rows "$2" \
-    --out "$OUT/lm_rows.md" "${extra[@]}" | tail -4
-}
 
 # lm_rows_at TAR SECONDS ROWS: the same rows on the tree a `git archive` tar holds
 lm_rows_at() {
