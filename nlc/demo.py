@@ -72,6 +72,10 @@ def run_demo(examples: str | None = None, quick: bool = False,
 
     if steps is not None and steps < 1:  # refused before minutes of work, as is the --out
         raise NlcError(f"--steps must be at least 1, got {steps}")
+    if toy_only and (steps is not None or quick):  # the toy trains no model: they would do nothing
+        raise NlcError(f"--toy runs the delta-momentum toy alone, which takes no "
+                       f"{'--steps' if steps is not None else '--quick'}",
+                       hint="drop it, or drop --toy to train the example models")
     if Path(out).exists() and not Path(out).is_dir():
         raise NlcError(f"--out {out}: a file is there, not a folder",
                        hint="choose another --out")

@@ -70,3 +70,13 @@ def test_the_demo_toy_prints_and_plots(tmp_path, capsys):
     for spec in delta_toy.SPECS.values():
         assert f"of starts end in the global basin  ({spec})" in text
     assert (tmp_path / "delta_momentum.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("extra, says", [(["--steps", "5"], "takes no --steps"),
+                                         (["--quick"], "takes no --quick")])
+def test_the_toy_alone_refuses_training_options(tmp_path, capsys, extra, says):
+    """`nlc demo --toy --steps 5` ran the toy and ignored --steps without a word."""
+    from nlc.cli import main
+    assert main(["demo", "--toy", *extra, "--out", str(tmp_path / "d")]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
