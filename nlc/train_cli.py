@@ -107,7 +107,8 @@ def config_from_args(args):
     config = TrainConfig()
     if args.config:
         config = _read_config(Path(args.config))
-    out = Path(args.out) if args.out else None
+    out = Path(args.out) if args.out else Path(config.out) if args.config else \
+        _default_out(args.spec, args.task or config.task)
     if args.resume and out is not None and not (out / "config.json").is_file():
         _refuse_missing_config(out)
     if args.resume and out is not None and (out / "config.json").is_file():
@@ -123,9 +124,14 @@ def config_from_args(args):
         from nlc.levels import parse_overrides
         config = dataclasses.replace(config, spec_overrides=parse_overrides(args.defines))
     if args.out is None and not args.config:
-        name = args.spec.split(":", 1)[1] if args.spec.startswith("builtin:") else Path(args.spec).stem
-        config = dataclasses.replace(config, out=str(Path("runs") / f"{name}-{config.task}"))
+        config = dataclasses.replace(config, out=str(_default_out(args.spec, config.task)))
     return config.validate()
+
+
+def _default_out(spec: str, task: str) -> Path:
+    """runs/<spec name>-<task>: where a run without --out goes, and what --resume reads."""
+    name = spec.split(":", 1)[1] if spec.startswith("builtin:") else Path(spec).stem
+    return Path("runs") / f"{name}-{task}"
 
 
 def _refuse_missing_config(out: Path) -> None:

@@ -338,3 +338,16 @@ def test_an_optimizer_given_as_the_layer_and_the_reverse_say_so(tmp_path, capsys
     assert main(["train", deltanet, "--optimizer", deltanet, "--steps", "1",
                  "--out", str(tmp_path / "b")]) == 2
     assert "holds layer declarations, no optimizer" in capsys.readouterr().err
+
+
+def test_resume_without_out_reads_the_default_run_folder(tmp_path, monkeypatch, capsys):
+    """A run without --out goes to runs/<spec>-<task>; --resume without --out ignored that
+    folder's config.json and resumed under the defaults (another model shape)."""
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "builtin:attention", *TINY, "--quiet"]
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "attention-mqar" / "config.json").is_file()
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", "--resume", "--steps", "6", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "runs" / "attention-mqar" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["resumed_from"] == 4
