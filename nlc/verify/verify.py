@@ -184,14 +184,14 @@ def _learns_from_gradients(rule: UpdateRule, spec, roles: Roles) -> bool:
 
 
 def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
-    roles, gk = roles_of(rule), gate_kind(rule, spec)
+    roles, gk, rk = roles_of(rule), gate_kind(rule, spec), rate_kind(rule, spec)
     out = []
     for e in ENTRIES:
         if not form_matches(e, rule):
             continue
         if e.gate not in ("any", gk) or e.kind != spec.kind.value:
             continue
-        if "beta" in e.needs and e.rate != rate_kind(rule, spec):
+        if "beta" in e.needs and e.rate != rk:
             continue
         if any(getattr(roles, r) is None for r in e.needs):
             continue
@@ -426,8 +426,7 @@ def _written_differences(level, entry: CatalogEntry) -> list[str]:
     orders differ), a retention the entry names (Memora's kl), the level's frequency, the
     steps per token."""
     differ = []
-    orders = {r.get("order") for r in level.retentions
-              if r.kind in ("decay", "weight_decay") and "order" in dict(r.args)}
+    orders = {r.get("order") for r in level.retentions if r.kind in ("decay", "weight_decay")}
     theirs = ENTRY_ORDER.get(entry.family)
     if theirs and entry.gate != "none" and level.objective is not None \
             and level.objective.kind in REGRESSION and orders and orders != {theirs}:

@@ -637,11 +637,11 @@ FORWARD = {"cumsum_warps": 4, "scores_warps": 2, "scores_split": True,
 
 
 # chunk_channel's backward launch: warps of `_dscores_kernel` (which adds dv's state part
-# over the whole key axis; None: 8 for keys of 128 or more, else 4) and the input-gradient kernel's key and value blocks and warps
-# (the key axis split across programs). With it GLA's forward + backward is 0.86x fla's
-# chunk_gla at (8, 2048, 16, 128) and 0.78x at (1, 16384, 16, 128) on an H100
-# (docs/perf.md, twelfth batch); the input-gradient kernel went from 1396 to 770 us. Not
-# swept: these are the values first written.
+# over the whole key axis; None: 8 for keys of 128 or more, else 4) and the input-gradient
+# kernel's key and value blocks and warps (the key axis split across programs). With it
+# GLA's forward + backward is 0.86x fla's chunk_gla at (8, 2048, 16, 128) and 0.78x at
+# (1, 16384, 16, 128) on an H100 (docs/perf.md, twelfth batch); the input-gradient kernel
+# went from 1396 to 770 us. Not swept: these are the values first written.
 # NLC_CHANNEL_BACKWARD='{"input_BK": 128, ...}' sets them for a run.
 BACKWARD = {"dscores_warps": None, "input_BK": 64, "input_BV": 64, "input_warps": 4,
             **json.loads(os.environ.get("NLC_CHANNEL_BACKWARD", "{}"))}

@@ -469,9 +469,9 @@ def pack(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
 
 
 def _packed(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
-    """`pack`'s tensors, contiguous. Built for each kernel launch and dropped after it: the
-    autograd function keeps its inputs as given (views of tensors the graph holds anyway),
-    not these copies."""
+    """`pack`'s tensors, contiguous. Eager reads build them for each kernel launch and drop
+    them after it: the autograd function keeps its inputs as given (views of tensors the
+    graph holds anyway), not these copies. Traced code builds them in the graph."""
     # a stack of permuted tensors keeps their order of strides: make each one contiguous
     return [t.contiguous() for t in pack(layout, x, phi, psi, pieces)]
 
@@ -621,8 +621,7 @@ def dual_read(state, x: torch.Tensor) -> torch.Tensor:
     x = _full(x, like).squeeze(-1)
     if torch.compiler.is_compiling():  # traced code packs, then calls the kernels' op
         from nlc.runtime.library.dual_ops import dual_read_op
-        packed = [t.contiguous() for t in pack(layout, x, state.phi, state.psi, pieces)]
-        out = dual_read_op(*packed)
+        out = dual_read_op(*_packed(layout, x, state.phi, state.psi, pieces))
     else:
         out = DualProduct.apply(layout, x, state.phi, state.psi, *pieces)
     return out.unsqueeze(-1)
