@@ -149,6 +149,12 @@ ROWS = {
                                              "NLC_COMPILE_CHUNKS=1, NLC_COMPILE_DUAL_KERNELS=1, "
                                              "--tf32", lambda: _spec("titans", d_head=64),
                                              "graphs"),
+    # the same with each compiled chunk's activations kept (Inductor chooses what to save):
+    # no forward pass of the chunk again in the backward pass, at some memory
+    "titans_graphed_compiled_kernels_tf32_kept": ("nlc examples/titans.nl, CUDA graphs, "
+                                                  "NLC_COMPILE_CHUNKS=1, NLC_RECOMPUTE_CHUNKS=0, "
+                                                  "--tf32", lambda: _spec("titans", d_head=64),
+                                                  "graphs"),
     # Hope's chunks spent about half of a step in cuBLAS's float32 GEMMs on the FMA units
     # (docs/perf.md, ninth batch): the same with --tf32
     "hope_graphed_compiled_chunks_tf32": ("nlc examples/hope.nl, CUDA graphs, "
@@ -171,6 +177,9 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
                                         "NLC_COMPILE_DUAL_KERNELS": "0"},
        "titans_graphed_compiled_kernels_tf32": {"NLC_COMPILE_CHUNKS": "1",
                                                 "NLC_COMPILE_DUAL_KERNELS": "1"},
+       "titans_graphed_compiled_kernels_tf32_kept": {"NLC_COMPILE_CHUNKS": "1",
+                                                     "NLC_COMPILE_DUAL_KERNELS": "1",
+                                                     "NLC_RECOMPUTE_CHUNKS": "0"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "hope_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "titans_graphed_terms_kernels": {"NLC_TERMS_TRITON": "1"},
@@ -181,7 +190,7 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"},
        "titans_graphed_dual_tf32x3": {"NLC_DUAL_PREC": "tf32x3"}}
 TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
-             "titans_graphed_compiled_kernels_tf32",
+             "titans_graphed_compiled_kernels_tf32", "titans_graphed_compiled_kernels_tf32_kept",
              "hope_graphed_compiled_chunks_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
 
 
@@ -218,6 +227,12 @@ def run_row(name: str, steps: int, B: int, T: int, profile_to: str | None = None
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40,
                                           max_name_column_width=400)
         Path(profile_to, f"{name}_profile.txt").write_text(f"{label}\n{table}\n")
+        # every kernel in launch order (start and duration in us): where the forward graph
+        # ends and the backward begins, and which kernels repeat per chunk
+        kernels = sorted((e.time_range.start, e.time_range.elapsed_us(), e.name)
+                         for e in prof.events() if e.device_type.name == "CUDA")
+        Path(profile_to, f"{name}_kernels.tsv").write_text(
+            "".join(f"{t:.1f}\t{d:.1f}\t{n[:120]}\n" for t, d, n in kernels))
     return {"label": label, "tokens_per_s": B * T / warm[len(warm) // 2],
             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
             "first_step_s": times[0] + capture,
