@@ -160,47 +160,66 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     # whether the scan kernel runs is decided once: a chunk is never longer than `chunk`
     kernels = _scan_kernels({"step": step}, len(order), len(terms), min(chunk, T))
     eyes = _eyes(step, add, chunk, read_before, kernels)
+    # the coefficients restart at each chunk start and do not depend on the carried state:
+    # every chunk's scan runs before the chunk loop, side by side (the PyTorch scan's
+    # intermediates are recomputed in the backward pass, not kept)
+    coefficients = _maybe_checkpoint(_chunk_coefficients, kernels is None and _needs_grad(
+        {"step": step, "add": add}), step, add, chunk, eyes["tokens"], kernels)
     outputs, stacks = [], {}
     run = compiled_chunk(_dual_chunk)
-    # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`); the
-    # coefficient scan inside is then not checkpointed a second time
+    # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`) and the
+    # chunks' coefficients
     whole = _recompute(tokens, state, consts)
-    for part, steps, adds in zip(_chunks(tokens, chunk), _by_chunk(step, chunk),
-                                 _by_chunk(add, chunk)):
+    for part, (phis, psis) in zip(_chunks(tokens, chunk), coefficients):
         anchor = _anchor(state, anchors)
         o, (state, stacks) = _maybe_checkpoint(run, whole, outer, read, consts, state, stacks,
-                                               part, steps, adds, terms, eyes, kernels,
-                                               anchors, read_before, not whole)
+                                               part, phis, psis, terms, eyes, anchors,
+                                               read_before)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
-def _dual_chunk(outer, read, consts, state, stacks, part, step, add, terms, eyes, kernels,
-                anchors, read_before, scan_recompute):
+def _dual_chunk(outer, read, consts, state, stacks, part, phis, psis, terms, eyes, anchors,
+                read_before):
     """One chunk of `dual_chunked`: its reads and the state after its last token, from the
-    chunk's transitions (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`; `eyes`: `_eyes`;
-    `kernels`: `_scan_kernels`' answer for the call; `stacks`: `_chunk_end`'s;
-    `scan_recompute`: the coefficient scan is recomputed in the backward pass)."""
+    chunk's coefficients (phis `[B, T, H, n, n]`, psis `[B, T, H, n, T, d]`:
+    `_chunk_coefficients`; `eyes`: `_eyes`; `stacks`: `_chunk_end`'s)."""
     order = list(state)
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
     if set(pairs) != set(terms):
         raise ValueError(f"dual_chunked: the combine reads the terms {terms}, the outer "
                          f"products give {list(pairs)}")
-    # the scan's intermediates are [B, T, H, n, T, d] per doubling step: recompute them in
-    # the backward pass instead of keeping them (long sequences: many chunks); the scan
-    # kernel keeps none, and inside a recomputed chunk the scan is not checkpointed again
-    if _traced_without_kernels():
-        kernels = None  # a compiled chunk traces the PyTorch scan
-    phis, psis = _maybe_checkpoint(_scan, scan_recompute and _needs_grad({"step": step,
-                                                                          "add": add})
-                                   and kernels is None, step, add, eyes["tokens"], kernels)
     seen = _before(phis, psis, eyes["states"]) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
     stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
                for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
     return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], psis[:, -1])
+
+
+def _chunk_coefficients(step, add, chunk: int, here, kernels) -> list[tuple]:
+    """(Phi, Psi) of each chunk of `chunk` tokens (`_scan` from the chunk's start), from every
+    token's transition (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`). The chunks run as one
+    scan of a batch of (chunks x B) sequences, not one launch per chunk inside the chunk loop
+    (there a scan kernel had one program per (batch, head) and most of the GPU idle:
+    docs/perf.md), and a shorter last chunk as one more."""
+    B, T = step.shape[:2]
+    full = T // chunk * chunk
+    out = []
+    if full:
+        phi, psi = _scan(*(_chunk_major(x[:, :full], chunk) for x in (step, add)), here,
+                         kernels)
+        out.extend(zip(phi.unflatten(0, (-1, B)).unbind(0), psi.unflatten(0, (-1, B)).unbind(0)))
+    if full < T:
+        out.append(_scan(step[:, full:], add[:, full:], here, kernels))
+    return out
+
+
+def _chunk_major(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """x `[B, T, ...]` (T a multiple of `chunk`) as `[T / chunk * B, chunk, ...]`, chunk by
+    chunk, each chunk's B sequences together."""
+    return x.unflatten(1, (-1, chunk)).transpose(0, 1).flatten(0, 1)
 
 
 def _eyes(step, add, chunk: int, read_before: bool, kernels) -> dict:
@@ -211,21 +230,6 @@ def _eyes(step, add, chunk: int, read_before: bool, kernels) -> dict:
     like = {"dtype": step.dtype, "device": step.device}
     return {"tokens": None if kernels is not None else torch.eye(chunk, **like),
             "states": torch.eye(n, **like) if read_before else None}
-
-
-def _by_chunk(x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
-    """x `[B, T, ...]` in chunks of `chunk` tokens along axis 1, each contiguous: one copy
-    into chunk-major order `[T / chunk, B, chunk, ...]` for all of them (the scan kernel
-    takes contiguous inputs: a chunk of x itself is not, for B > 1, and would be copied once
-    per chunk, and again when the chunk is recomputed)."""
-    full = x.shape[1] // chunk * chunk
-    parts = []
-    if full:
-        major = x[:, :full].unflatten(1, (full // chunk, chunk)).transpose(0, 1).contiguous()
-        parts.extend(major.unbind(0))
-    if full < x.shape[1]:
-        parts.append(x[:, full:].contiguous())
-    return parts
 
 
 def _combine_reads(combine, order, inputs) -> tuple[list[str], list[str]]:
