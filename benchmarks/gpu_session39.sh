@@ -17,3 +17,9 @@ if [ "$MODE" = a ]; then
   head -60 "$OUT/${TITANS}_profile.txt" | cut -c1-220
   lm_rows 150 "${TITANS}_kept"
 fi
+#   b: the same row after the coefficient scan left the chunk loop (one scan for every chunk),
+#      profiled
+if [ "$MODE" = b ]; then
+  lm_rows 150 "$TITANS" profile
+  head -40 "$OUT/${TITANS}_profile.txt" | cut -c1-160
+fi
