@@ -23,3 +23,15 @@ if [ "$MODE" = b ]; then
   lm_rows 150 "$TITANS" profile
   head -40 "$OUT/${TITANS}_profile.txt" | cut -c1-160
 fi
+#   c: the dual reads' tiles and warps at Titans' LM shapes (benchmarks/dual_read_sweep.py),
+#      then titans-pytorch against our Titans layer (as gpu_session33.sh f; needs
+#      .carry/whl_titans) after the scan left the chunk loop
+if [ "$MODE" = c ]; then
+  timeout 200 python3 "$REPO/benchmarks/dual_read_sweep.py" 2>&1 | grep -v -i warn
+  WHEELS=$(ls "$REPO"/.carry/whl_titans/*.whl | grep -v '/numpy-')
+  python3 -c 'import numpy' 2>/dev/null || WHEELS="$WHEELS $(ls "$REPO"/.carry/whl_titans/numpy-*.whl)"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site $WHEELS 2>&1 \
+    | grep -v 'already exists' || true
+  timeout 300 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
+    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md"
+fi
