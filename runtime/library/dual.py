@@ -52,9 +52,13 @@ class DualState:
     and the chunk's outer products; `nl.mm(S, x)` reads it (`product`)."""
 
     def __init__(self, name: str, phi: torch.Tensor, psi: torch.Tensor, start: State,
-                 pairs: dict[str, Pairs], order: list[str], terms: list[str]):
+                 pairs: dict[str, Pairs], order: list[str], terms: list[str],
+                 stacks: dict | None = None):
         self.name, self.phi, self.psi, self.start = name, phi, psi, start
         self.pairs, self.order, self.terms = pairs, order, terms
+        # the start states of one shape stacked `[B, H, G, r, c]`, by their indices in
+        # `order` (`_chunk_end`'s): the kernels read them as they are
+        self.stacks = stacks or {}
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """S_t @ x_t for every token t: x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
@@ -192,7 +196,7 @@ def _dual_chunk(outer, read, consts, state, stacks, part, phis, psis, terms, eye
                          f"products give {list(pairs)}")
     seen = _before(phis, psis, eyes["states"]) if read_before else (phis, psis)
     seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
-    stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms)
+    stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms, stacks)
                for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
     return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], psis[:, -1])

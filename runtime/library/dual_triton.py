@@ -405,8 +405,10 @@ def _product_bwd_keys(x, starts, phi, rows, do, gated, dx, drows, T, H: tl.const
 # the FMA units, whose [C, C] score tiles and accumulators need narrow R and K blocks to stay
 # in registers (Titans' [256, 64] layer at a chunk of 64 on sm_90: no spills at 32 x 16 and 8
 # warps, up to 11 KB a thread at 64 x 64 and 4; benchmarks/kernel_resources.py); the tensor
-# cores' modes take 64 x 64.
-TILES = {"ieee": (32, 16), "tf32": (64, 64), "tf32x3": (32, 32)}
+# cores' modes take larger ones. TF32's R blocks of 128 and K blocks of 32 (8 warps) ran
+# Titans' two reads per chunk, forward + backward at batch 16 x 8 heads, in 367 us against
+# 390 at 64 x 64, the fastest of 18 settings (H100, benchmarks/dual_read_sweep.py).
+TILES = {"ieee": (32, 16), "tf32": (128, 32), "tf32x3": (32, 32)}
 WARPS = 8
 # float32 inputs' products: exact (`ieee`, the default), or on the tensor cores as three TF32
 # products (`tf32x3`) or one (`tf32`); NLC_DUAL_PREC or `set_float32_precision` (`nlc train
@@ -455,16 +457,18 @@ def pack(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
     `[B, H, M, R, K]`, phi `[B, T, H, M]`, psi `[B, T, H, P, T]`, cols `[B, T, H, P, R]`,
     rows `[B, T, H, P, K]`; views where they can be, not yet contiguous. Compiled code packs
     in the traced graph (`dual_read`), where Inductor fuses the copies and their gradients'
-    scatters, instead of inside the kernels' op."""
-    same, terms = layout
+    scatters, instead of inside the kernels' op. `layout`: `_layout`'s."""
+    same, terms, stacked = layout
     M, P = len(same), len(terms)
-    starts, cols, rows = pieces[:M], pieces[M:M + P], pieces[M + P:]
+    first = 1 if stacked else M
+    starts, cols, rows = pieces[:first], pieces[first:first + P], pieces[first + P:]
     B, T, H, K = x.shape
     R = starts[0].shape[-2]
 
     def stack(xs, width):
         return _stack(xs, 3) if xs else x.new_zeros(B, T, H, 0, width)
-    return [x, _stack(starts, 2), _stack([phi[..., m] for m in same], -1),
+    return [x, starts[0] if stacked else _stack(starts, 2),
+            _stack([phi[..., m] for m in same], -1),
             stack([psi[..., d] for d in terms], T), stack(cols, R), stack(rows, K)]
 
 
@@ -569,7 +573,7 @@ def read_forward(layout, x, phi, psi, pieces) -> torch.Tensor:
 def read_backward(layout, x, phi, psi, pieces, do) -> list:
     """`DualProduct`'s backward: the gradients of x, phi, psi (None when no pair reads it)
     and each piece, each in its input's dtype."""
-    same, terms = layout
+    same, terms, stacked = layout
     saved = (x, phi, psi, *pieces)
     dx, dstarts, dphi, dpsi, dcols, drows = packed_backward(
         _packed(layout, x, phi, psi, pieces), do)
@@ -580,15 +584,16 @@ def read_backward(layout, x, phi, psi, pieces, do) -> list:
     for p, d in enumerate(terms):
         dpsi_all[..., d] += dpsi[:, :, :, p]
     grads = (dx, dphi_all, dpsi_all if terms else None,  # no pair: psi is not read
-             *dstarts.unbind(2), *dcols.unbind(3), *drows.unbind(3))
+             *((dstarts,) if stacked else dstarts.unbind(2)), *dcols.unbind(3),
+             *drows.unbind(3))
     return [g if g is None else g.to(t.dtype) for g, t in zip(grads, saved, strict=True)]
 
 
 class DualProduct(torch.autograd.Function):
     """The module docstring's read of one chunk, `[B, T, H, R]`, from x `[B, T, H, K]`, phi
     `[B, T, H, n]`, psi `[B, T, H, T, d]` and the pieces: the M chunk-start states
-    `[B, H, R, K]`, then the P pairs' columns `[B, T, H, R]`, then their rows `[B, T, H, K]`.
-    `layout` = (the phi column of each start, the psi term of each pair)."""
+    `[B, H, R, K]` (or all of them stacked, `[B, H, M, R, K]`), then the P pairs' columns
+    `[B, T, H, R]`, then their rows `[B, T, H, K]`. `layout`: `_layout`'s."""
 
     @staticmethod
     def forward(ctx, layout, x, phi, psi, *pieces):
@@ -600,6 +605,14 @@ class DualProduct(torch.autograd.Function):
     def backward(ctx, do):
         x, phi, psi, *pieces = ctx.saved_tensors
         return (None, *read_backward(ctx.layout, x, phi, psi, pieces, do))
+
+
+def _layout(same: tuple, terms: tuple, stacked: bool) -> tuple:
+    """How a read's pieces map to the kernels' inputs: the phi column of each start, the psi
+    term of each pair, and whether the starts come as one stacked tensor (the previous
+    chunk's end states, `dual._chunk_end`'s stacks: no copy to stack them, in the forward
+    pass nor in the backward's scatter of their gradients) or one piece each."""
+    return same, terms, stacked
 
 
 def dual_read(state, x: torch.Tensor) -> torch.Tensor:
@@ -614,14 +627,17 @@ def dual_read(state, x: torch.Tensor) -> torch.Tensor:
     pairs = [(d, col, row) for d, term in enumerate(state.terms)
              for col, row in _matching(state.pairs[term], (R, K))]
     like = state.phi
-    pieces = [*(state.start[state.order[m]].expand(B, H, R, K) for m in same),
-              *(_full(col, like).squeeze(-1) for _, col, _ in pairs),
+    stacked = state.stacks.get(same)
+    starts = ([stacked] if stacked is not None
+              else [state.start[state.order[m]].expand(B, H, R, K) for m in same])
+    pieces = [*starts, *(_full(col, like).squeeze(-1) for _, col, _ in pairs),
               *(_full(row, like).squeeze(-2) for _, _, row in pairs)]
-    layout = (same, tuple(d for d, _, _ in pairs))
+    layout = _layout(same, tuple(d for d, _, _ in pairs), stacked is not None)
     x = _full(x, like).squeeze(-1)
     if torch.compiler.is_compiling():  # traced code packs, then calls the kernels' op
         from nlc.runtime.library.dual_ops import dual_read_op
         out = dual_read_op(*_packed(layout, x, state.phi, state.psi, pieces))
     else:
+        LAUNCHES["stacked_starts"] += stacked is not None  # (not in traced code: no break)
         out = DualProduct.apply(layout, x, state.phi, state.psi, *pieces)
     return out.unsqueeze(-1)
