@@ -35,3 +35,8 @@ if [ "$MODE" = c ]; then
   timeout 300 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
     --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md"
 fi
+#   d: Titans' row after the reads took the stacked start states and the TF32 tiles changed,
+#      profiled
+if [ "$MODE" = d ]; then
+  lm_rows 150 "$TITANS" profile
+fi
