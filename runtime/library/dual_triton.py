@@ -405,10 +405,11 @@ def _product_bwd_keys(x, starts, phi, rows, do, gated, dx, drows, T, H: tl.const
 # the FMA units, whose [C, C] score tiles and accumulators need narrow R and K blocks to stay
 # in registers (Titans' [256, 64] layer at a chunk of 64 on sm_90: no spills at 32 x 16 and 8
 # warps, up to 11 KB a thread at 64 x 64 and 4; benchmarks/kernel_resources.py); the tensor
-# cores' modes take larger ones. TF32's R blocks of 128 and K blocks of 32 (8 warps) ran
-# Titans' two reads per chunk, forward + backward at batch 16 x 8 heads, in 367 us against
-# 390 at 64 x 64, the fastest of 18 settings (H100, benchmarks/dual_read_sweep.py).
-TILES = {"ieee": (32, 16), "tf32": (128, 32), "tf32x3": (32, 32)}
+# cores' modes take 64 x 64. (R blocks of 128 and K blocks of 32 ran Titans' two reads per
+# chunk in 367 us against 390 when timed alone, their inputs in L2, benchmarks/
+# dual_read_sweep.py; inside the LM step the backward kernels were 17% slower: docs/perf.md,
+# thirteenth batch.)
+TILES = {"ieee": (32, 16), "tf32": (64, 64), "tf32x3": (32, 32)}
 WARPS = 8
 # float32 inputs' products: exact (`ieee`, the default), or on the tensor cores as three TF32
 # products (`tf32x3`) or one (`tf32`); NLC_DUAL_PREC or `set_float32_precision` (`nlc train
