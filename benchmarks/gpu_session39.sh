@@ -40,3 +40,10 @@ fi
 if [ "$MODE" = d ]; then
   lm_rows 150 "$TITANS" profile
 fi
+#   e: Titans' row after the pairs kernel split its pieces (tiles back at 64 x 64), profiled;
+#      TTT-MLP's row
+if [ "$MODE" = e ]; then
+  lm_rows 150 "$TITANS" profile
+  cp "$OUT/lm_rows.md" "$OUT/lm_titans.md"
+  lm_rows 150 ttt_mlp_graphed_compiled_chunks
+fi
