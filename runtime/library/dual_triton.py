@@ -322,25 +322,21 @@ def _product_bwd_pairs(x, starts, phi, psi, cols, rows, do, dphi, dpsi, gated, s
                        H: tl.constexpr, M: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
                        K: tl.constexpr, CP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
                        PREC: tl.constexpr):
-    """Per (batch, head) and piece: the pairs' (piece 0) G_p = dO Col_p^T over R blocks,
-    S_p = X Row_p^T; dpsi_p = G_p * S_p, and (scratch) psi_p * G_p, psi_p * S_p; or start
-    m's (piece 1 + m) dphi_m = rowsum(dO * X S0_m^T). The pieces run in separate programs:
-    in one, a program per (batch, head) left most of an H100 idle at Titans' LM batch."""
-    i_bh, piece = tl.program_id(0), tl.program_id(1)
+    """Per (batch, head): G_p = dO Col_p^T over R blocks, S_p = X Row_p^T; dpsi_p = G_p * S_p,
+    and (scratch) psi_p * G_p, psi_p * S_p; dphi_m = rowsum(dO * X S0_m^T)."""
+    i_bh = tl.program_id(0)
     tok, m_t = _tokens(i_bh, T, H, CP)
     o_j = tl.arange(0, CP)
     m_tj = m_t[:, None] & (o_j[None, :] < T)
-    if piece == 0:
-        for p in tl.static_range(P):
-            s = _scores(x, rows, tok, m_t, p, P, K, CP, BK, PREC)
-            g = _scores(do, cols, tok, m_t, p, P, R, CP, BR, PREC)
-            w = _pair_tile(psi, tok, m_t, p, P, T, CP).to(tl.float32)
-            p_tj = (tok[:, None] * P + p) * T + o_j[None, :]
-            tl.store(dpsi + p_tj, g * s, mask=m_tj)
-            tl.store(gated + p_tj, w * g, mask=m_tj)
-            tl.store(scored + p_tj, w * s, mask=m_tj)
-    else:
-        m = piece - 1
+    for p in tl.static_range(P):
+        s = _scores(x, rows, tok, m_t, p, P, K, CP, BK, PREC)
+        g = _scores(do, cols, tok, m_t, p, P, R, CP, BR, PREC)
+        w = _pair_tile(psi, tok, m_t, p, P, T, CP).to(tl.float32)
+        p_tj = (tok[:, None] * P + p) * T + o_j[None, :]
+        tl.store(dpsi + p_tj, g * s, mask=m_tj)
+        tl.store(gated + p_tj, w * g, mask=m_tj)
+        tl.store(scored + p_tj, w * s, mask=m_tj)
+    for m in tl.static_range(M):
         acc = tl.zeros([CP], dtype=tl.float32)
         for r0 in range(0, R, BR):
             o_r = r0 + tl.arange(0, BR)
@@ -560,9 +556,8 @@ def packed_backward(packed: list, do: torch.Tensor) -> list[torch.Tensor]:
     gated, scored = torch.empty_like(dpsi), torch.empty_like(dpsi)
     dpsi_, gated_, scored_, dcols_, drows_ = _pointers(
         [dx, dpsi, gated, scored, dcols, drows])[1:]
-    _product_bwd_pairs[(B * H, 1 + dims["M"])](x, starts, phi, psi, cols, rows, do, dphi,
-                                               dpsi_, gated_, scored_, T, **dims,
-                                               num_warps=WARPS)
+    _product_bwd_pairs[(B * H,)](x, starts, phi, psi, cols, rows, do, dphi, dpsi_, gated_,
+                                 scored_, T, **dims, num_warps=WARPS)
     _product_bwd_rows[(triton.cdiv(dims["R"], dims["BR"]), B * H)](
         x, phi, do, scored_, dstarts, dcols_, T, **dims, num_warps=WARPS)
     _product_bwd_keys[(triton.cdiv(K, dims["BK"]), B * H)](
