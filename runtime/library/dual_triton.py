@@ -608,6 +608,98 @@ class DualProduct(torch.autograd.Function):
         return (None, *read_backward(ctx.layout, x, phi, psi, pieces, do))
 
 
+# --------------------------------------------------------------------------- the chunk end
+@triton.jit
+def _chunk_end_fwd(starts, coefs, weights, cols, rows, out, T, H: tl.constexpr,
+                   G: tl.constexpr, P: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
+                   CP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Per (R x K block, batch and head), for each of the G states of one shape:
+    S_g = sum_m coefs[g, m] S0_m + sum_p (w_gp * Col_p)^T Row_p, with w_gp `[C]` the last
+    token's coefficients of pair p's tokens (psi), Col_p `[C, R]` and Row_p `[C, K]`."""
+    i_rk, i_bh = tl.program_id(0), tl.program_id(1)
+    n_k = tl.cdiv(K, BK)
+    o_r = (i_rk // n_k) * BR + tl.arange(0, BR)
+    o_k = (i_rk % n_k) * BK + tl.arange(0, BK)
+    m_rk = (o_r < R)[:, None] & (o_k < K)[None, :]
+    tok, m_t = _tokens(i_bh, T, H, CP)
+    o_t = tl.arange(0, CP)
+    for g in tl.static_range(G):
+        acc = tl.zeros([BR, BK], dtype=tl.float32)
+        for m in tl.static_range(G):
+            c = tl.load(coefs + (i_bh * G + g) * G + m).to(tl.float32)
+            s0 = tl.load(starts + ((i_bh * G + m) * R + o_r[:, None]) * K + o_k[None, :],
+                         mask=m_rk, other=0.0)
+            acc += c * s0.to(tl.float32)
+        for p in tl.static_range(P):
+            w = tl.load(weights + ((i_bh * G + g) * P + p) * T + o_t, mask=o_t < T,
+                        other=0.0).to(tl.float32)
+            col = tl.load(cols + (tok[:, None] * P + p) * R + o_r[None, :],
+                          mask=m_t[:, None] & (o_r < R)[None, :], other=0.0).to(tl.float32)
+            row = tl.load(rows + (tok[:, None] * P + p) * K + o_k[None, :],
+                          mask=m_t[:, None] & (o_k < K)[None, :], other=0.0).to(tl.float32)
+            acc += tl.dot(tl.trans(w[:, None] * col), row, input_precision=PREC)
+        tl.store(out + ((i_bh * G + g) * R + o_r[:, None]) * K + o_k[None, :], acc, mask=m_rk)
+
+
+def end_forward(starts, coefs, weights, cols, rows) -> torch.Tensor:
+    """The states after a chunk `[B, H, G, R, K]` (float32), from the kernels' layout:
+    starts `[B, H, G, R, K]`, coefs `[B, H, G, G]`, weights `[B, H, G, P, T]`, cols
+    `[B, T, H, P, R]`, rows `[B, T, H, P, K]` (`chunk_end`)."""
+    B, H, G, R, K = starts.shape
+    T, P = cols.shape[1], cols.shape[3]
+    dims = _product_tiles(T, R, K, torch.float32)
+    out = torch.empty(B, H, G, R, K, dtype=torch.float32, device=starts.device)
+    grid = (triton.cdiv(R, dims["BR"]) * triton.cdiv(K, dims["BK"]), B * H)
+    inputs = [t.contiguous() for t in (starts, coefs, weights, cols, rows)]
+    _chunk_end_fwd[grid](*_pointers(inputs), out, T, H, G, P, **dims, num_warps=WARPS)
+    LAUNCHES["chunk_end_fwd"] += 1
+    return out
+
+
+def end_backward(starts, coefs, weights, cols, rows, dout) -> tuple:
+    """`end_forward`'s gradients, as PyTorch products (the batched matrix products of the
+    PyTorch form's backward; traced code compiles them with the code around them)."""
+    cols_, rows_ = cols.permute(0, 2, 3, 1, 4), rows.permute(0, 2, 3, 1, 4)  # [B, H, P, T, .]
+    dstarts = torch.einsum("bhgm,bhgrk->bhmrk", coefs, dout)
+    dcoefs = torch.einsum("bhgrk,bhmrk->bhgm", dout, starts)
+    # each pair's tokens t against each state g: (dS_g Row_p^T)[r, t]
+    back = torch.einsum("bhgrk,bhptk->bhgptr", dout, rows_)
+    dweights = (back * cols_.unsqueeze(2)).sum(-1)
+    dcols = (weights.unsqueeze(-1) * back).sum(2)
+    drows = torch.einsum("bhgpt,bhptr,bhgrk->bhptk", weights, cols_, dout)
+    return (dstarts, dcoefs, dweights, dcols.permute(0, 3, 1, 2, 4),
+            drows.permute(0, 3, 1, 2, 4))
+
+
+class ChunkEnd(torch.autograd.Function):
+    """`end_forward` with `end_backward`."""
+
+    @staticmethod
+    def forward(ctx, starts, coefs, weights, cols, rows):
+        ctx.save_for_backward(starts, coefs, weights, cols, rows)
+        return end_forward(starts, coefs, weights, cols, rows)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return end_backward(*ctx.saved_tensors, dout)
+
+
+def chunk_end(starts, coefs, weights, cols, rows) -> torch.Tensor:
+    """dual.py's `_chunk_end` for the G states of one shape by a kernel: the mix of their
+    start states and the pairs' weighted products in one pass over each output tile, where
+    the PyTorch form took six launches (two copies, two matrix products, two sums: 73 us of
+    a Titans chunk's 225 us forward on an H100, docs/perf.md, thirteenth batch). Traced code
+    calls it as a custom op (dual_ops.py)."""
+    if torch.compiler.is_compiling():
+        from nlc.runtime.library.dual_ops import dual_chunk_end_op
+        return dual_chunk_end_op(starts, coefs, weights, cols, rows)
+    return ChunkEnd.apply(starts, coefs, weights, cols, rows)
+
+
+def end_fits(T: int) -> bool:
+    return product_fits(T)
+
+
 def _layout(same: tuple, terms: tuple, stacked: bool) -> tuple:
     """How a read's pieces map to the kernels' inputs: the phi column of each start, the psi
     term of each pair, and whether the starts come as one stacked tensor (the previous
