@@ -47,3 +47,7 @@ if [ "$MODE" = e ]; then
   cp "$OUT/lm_rows.md" "$OUT/lm_titans.md"
   lm_rows 150 ttt_mlp_graphed_compiled_chunks
 fi
+#   f: Titans' row after the chunk end became a kernel, profiled
+if [ "$MODE" = f ]; then
+  lm_rows 150 "$TITANS" profile
+fi
