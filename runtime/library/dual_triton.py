@@ -613,31 +613,32 @@ class DualProduct(torch.autograd.Function):
 def _chunk_end_fwd(starts, coefs, weights, cols, rows, out, T, H: tl.constexpr,
                    G: tl.constexpr, P: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
                    CP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Per (R x K block, batch and head, state g of the G of one shape):
+    """Per (R x K block, batch and head), for each of the G states of one shape:
     S_g = sum_m coefs[g, m] S0_m + sum_p (w_gp * Col_p)^T Row_p, with w_gp `[C]` the last
     token's coefficients of pair p's tokens (psi), Col_p `[C, R]` and Row_p `[C, K]`."""
-    i_rk, i_bh, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_rk, i_bh = tl.program_id(0), tl.program_id(1)
     n_k = tl.cdiv(K, BK)
     o_r = (i_rk // n_k) * BR + tl.arange(0, BR)
     o_k = (i_rk % n_k) * BK + tl.arange(0, BK)
     m_rk = (o_r < R)[:, None] & (o_k < K)[None, :]
     tok, m_t = _tokens(i_bh, T, H, CP)
     o_t = tl.arange(0, CP)
-    acc = tl.zeros([BR, BK], dtype=tl.float32)
-    for m in tl.static_range(G):
-        c = tl.load(coefs + (i_bh * G + g) * G + m).to(tl.float32)
-        s0 = tl.load(starts + ((i_bh * G + m) * R + o_r[:, None]) * K + o_k[None, :],
-                     mask=m_rk, other=0.0)
-        acc += c * s0.to(tl.float32)
-    for p in tl.static_range(P):
-        w = tl.load(weights + ((i_bh * G + g) * P + p) * T + o_t, mask=o_t < T,
-                    other=0.0).to(tl.float32)
-        col = tl.load(cols + (tok[:, None] * P + p) * R + o_r[None, :],
-                      mask=m_t[:, None] & (o_r < R)[None, :], other=0.0).to(tl.float32)
-        row = tl.load(rows + (tok[:, None] * P + p) * K + o_k[None, :],
-                      mask=m_t[:, None] & (o_k < K)[None, :], other=0.0).to(tl.float32)
-        acc += tl.dot(tl.trans(w[:, None] * col), row, input_precision=PREC)
-    tl.store(out + ((i_bh * G + g) * R + o_r[:, None]) * K + o_k[None, :], acc, mask=m_rk)
+    for g in tl.static_range(G):
+        acc = tl.zeros([BR, BK], dtype=tl.float32)
+        for m in tl.static_range(G):
+            c = tl.load(coefs + (i_bh * G + g) * G + m).to(tl.float32)
+            s0 = tl.load(starts + ((i_bh * G + m) * R + o_r[:, None]) * K + o_k[None, :],
+                         mask=m_rk, other=0.0)
+            acc += c * s0.to(tl.float32)
+        for p in tl.static_range(P):
+            w = tl.load(weights + ((i_bh * G + g) * P + p) * T + o_t, mask=o_t < T,
+                        other=0.0).to(tl.float32)
+            col = tl.load(cols + (tok[:, None] * P + p) * R + o_r[None, :],
+                          mask=m_t[:, None] & (o_r < R)[None, :], other=0.0).to(tl.float32)
+            row = tl.load(rows + (tok[:, None] * P + p) * K + o_k[None, :],
+                          mask=m_t[:, None] & (o_k < K)[None, :], other=0.0).to(tl.float32)
+            acc += tl.dot(tl.trans(w[:, None] * col), row, input_precision=PREC)
+        tl.store(out + ((i_bh * G + g) * R + o_r[:, None]) * K + o_k[None, :], acc, mask=m_rk)
 
 
 def end_forward(starts, coefs, weights, cols, rows) -> torch.Tensor:
@@ -648,7 +649,7 @@ def end_forward(starts, coefs, weights, cols, rows) -> torch.Tensor:
     T, P = cols.shape[1], cols.shape[3]
     dims = _product_tiles(T, R, K, torch.float32)
     out = torch.empty(B, H, G, R, K, dtype=torch.float32, device=starts.device)
-    grid = (triton.cdiv(R, dims["BR"]) * triton.cdiv(K, dims["BK"]), B * H, G)
+    grid = (triton.cdiv(R, dims["BR"]) * triton.cdiv(K, dims["BK"]), B * H)
     inputs = [t.contiguous() for t in (starts, coefs, weights, cols, rows)]
     _chunk_end_fwd[grid](*_pointers(inputs), out, T, H, G, P, **dims, num_warps=WARPS)
     LAUNCHES["chunk_end_fwd"] += 1
@@ -656,30 +657,18 @@ def end_forward(starts, coefs, weights, cols, rows) -> torch.Tensor:
 
 
 def end_backward(starts, coefs, weights, cols, rows, dout) -> tuple:
-    """`end_forward`'s gradients, as the PyTorch form's backward computes them: elementwise
-    sums for the mix and one batched matrix product per pair for each of its two factors
-    (einsum's contractions over G went to cuBLAS's batched GEMV at about 100 us a launch)."""
-    from nlc.runtime.library.dual import _mix
-    B, H, G, R, K = starts.shape
-    flat = dout.flatten(-2)                                              # [B, H, G, R K]
-    dstarts = _mix(coefs.transpose(-1, -2), flat).unflatten(-1, (R, K))
-    dcoefs = (flat.unsqueeze(3) * starts.flatten(-2).unsqueeze(2)).sum(-1)  # [B, H, G, G]
-    dweights, dcols, drows = [], [], []
-    for p in range(cols.shape[3]):
-        col = cols[:, :, :, p].permute(0, 2, 1, 3)                       # [B, H, T, R]
-        row = rows[:, :, :, p].permute(0, 2, 1, 3)                       # [B, H, T, K]
-        w = weights[:, :, :, p]                                          # [B, H, G, T]
-        # the forward's (w_g * Col)^T Row for all g as one [G R, T] @ [T, K] product
-        dwc = (dout.flatten(2, 3) @ row.transpose(-1, -2)).unflatten(2, (G, R))  # [B,H,G,R,T]
-        wc = (w.unsqueeze(3) * col.transpose(-1, -2).unsqueeze(2))       # [B, H, G, R, T]
-        dweights.append((dwc * col.transpose(-1, -2).unsqueeze(2)).sum(3))
-        dcols.append((dwc * w.unsqueeze(3)).sum(2).permute(0, 3, 1, 2))  # [B, T, H, R]
-        drows.append((wc.flatten(2, 3).transpose(-1, -2) @ dout.flatten(2, 3))
-                     .permute(0, 2, 1, 3))                               # [B, T, H, K]
-
-    def stack(xs, like):
-        return torch.stack(xs, 3) if xs else torch.zeros_like(like)
-    return (dstarts, dcoefs, stack(dweights, weights), stack(dcols, cols), stack(drows, rows))
+    """`end_forward`'s gradients, as PyTorch products (the batched matrix products of the
+    PyTorch form's backward; traced code compiles them with the code around them)."""
+    cols_, rows_ = cols.permute(0, 2, 3, 1, 4), rows.permute(0, 2, 3, 1, 4)  # [B, H, P, T, .]
+    dstarts = torch.einsum("bhgm,bhgrk->bhmrk", coefs, dout)
+    dcoefs = torch.einsum("bhgrk,bhmrk->bhgm", dout, starts)
+    # each pair's tokens t against each state g: (dS_g Row_p^T)[r, t]
+    back = torch.einsum("bhgrk,bhptk->bhgptr", dout, rows_)
+    dweights = (back * cols_.unsqueeze(2)).sum(-1)
+    dcols = (weights.unsqueeze(-1) * back).sum(2)
+    drows = torch.einsum("bhgpt,bhptr,bhgrk->bhptk", weights, cols_, dout)
+    return (dstarts, dcoefs, dweights, dcols.permute(0, 3, 1, 2, 4),
+            drows.permute(0, 3, 1, 2, 4))
 
 
 class ChunkEnd(torch.autograd.Function):
@@ -701,10 +690,9 @@ def chunk_end(starts, coefs, weights, cols, rows) -> torch.Tensor:
     the PyTorch form took six launches (two copies, two matrix products, two sums: 73 us of
     a Titans chunk's 225 us forward on an H100, docs/perf.md, thirteenth batch). Traced code
     calls it as a custom op (dual_ops.py)."""
-    if torch.compiler.is_compiling():  # the layout's copies in the traced graph (`pack`)
+    if torch.compiler.is_compiling():
         from nlc.runtime.library.dual_ops import dual_chunk_end_op
-        return dual_chunk_end_op(*(t.contiguous() for t in (starts, coefs, weights, cols,
-                                                               rows)))
+        return dual_chunk_end_op(starts, coefs, weights, cols, rows)
     return ChunkEnd.apply(starts, coefs, weights, cols, rows)
 
 
