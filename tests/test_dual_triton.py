@@ -360,8 +360,7 @@ def compare_op(name: str, chunk: int, T: int, monkeypatch, gates=None, splits=No
     gated = ("scan_bwd",) if name.startswith("titans") else ()
     # past the first chunk, reads take the previous chunk's stacked end states as they are
     later = ("stacked_starts",) if max(b - a for a, b in zip(splits, splits[1:])) > chunk else ()
-    assert ran(before, "scan_fwd", "product_fwd", "product_bwd", "chunk_end_fwd", *gated,
-               *later)
+    assert ran(before, "scan_fwd", "product_fwd", "product_bwd", *gated, *later)
     return got, want
 
 
@@ -521,51 +520,6 @@ def test_compiled_code_calls_the_kernels_as_custom_ops(what, monkeypatch):
         assert close(got_grads[n], ref, TOL), n
 
 
-def end_inputs(seed: int = 0) -> dict:
-    """A chunk end's inputs for three states of one shape [R, K] = [5, 3] (G = 3) and two
-    (column, row) pairs, one of them broadcast over the heads, in float64."""
-    g = torch.Generator().manual_seed(seed)
-    B, T, H, R, K, n = 2, 7, 2, 5, 3, 4
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-    return {"phi": r(B, H, n, n), "psi": r(B, H, n, T, 2), "S0": r(B, H, R, K),
-            "S1": r(1, H, R, K), "S3": r(B, H, R, K), "S2": r(B, H, K, R),
-            "c0": r(B, T, H, R, 1), "r0": r(B, T, H, 1, K), "c1": r(B, T, 1, R, 1),
-            "r1": r(B, T, H, 1, K), "c2": r(B, T, H, K, 1), "r2": r(B, T, H, 1, R)}
-
-
-def end_run(leaves: dict):
-    from nlc.runtime.library.dual import _chunk_end
-    order = ["S0", "S1", "S2", "S3"]
-    state = {n: leaves[n] for n in order}
-    pairs = {"d0": [(leaves["c0"], leaves["r0"]), (leaves["c1"], leaves["r1"])],
-             "d1": [(leaves["c2"], leaves["r2"])]}
-    new, _ = _chunk_end(state, {}, pairs, order, ["d0", "d1"], leaves["phi"], leaves["psi"])
-    outs = [new[n] for n in order]
-    return outs, grads_of(outs, leaves)
-
-
-@needs_kernels
-def test_chunk_end_kernel_matches_the_pytorch_chunk_end(monkeypatch):
-    """The states after a chunk by the kernel (three states of one shape, one learned and
-    broadcast over the batch; two pairs of one term, a second term of the other shape's
-    state): every state and the gradients of phi, psi, the start states and each column and
-    row, against the PyTorch form in float64."""
-    values = end_inputs()
-    monkeypatch.setenv("NLC_TRITON", "0")
-    want, want_grads = end_run(leaves_as(values, torch.float64))
-    monkeypatch.setenv("NLC_TRITON", "force")
-    before = launches()
-    got, got_grads = end_run(leaves_as(values, torch.float32))
-    assert ran(before, "chunk_end_fwd")
-    for x, ref in zip(got, want, strict=True):
-        assert rel(x, ref) < TOL
-    assert got_grads.keys() == want_grads.keys()
-    for n, ref in want_grads.items():
-        assert close(got_grads[n], ref, TOL), n
-
-
 @needs_kernels
 def test_custom_ops_pass_torch_library_opcheck():
     """The custom ops' fake implementations, autograd registration and dispatch agree with
@@ -583,11 +537,3 @@ def test_custom_ops_pass_torch_library_opcheck():
     step = torch.rand(B, T, 2, 3, 3, generator=g).to(DEVICE).requires_grad_()
     add = torch.randn(B, T, 2, 3, 2, generator=g).to(DEVICE).requires_grad_()
     torch.library.opcheck(dual_ops.dual_scan_op, (step, add))
-    end = leaves_as(end_inputs(), torch.float32)
-    B, T, H = end["c0"].shape[:3]
-    ends = (torch.stack([end["S0"], end["S3"]], 2), end["phi"][:, :, :2, :2].contiguous(),
-            end["psi"][:, :, :2, :, :1].permute(0, 1, 2, 4, 3).contiguous(),
-            end["c0"].squeeze(-1).unsqueeze(3).contiguous(),
-            end["r0"].squeeze(-2).unsqueeze(3).contiguous())
-    torch.library.opcheck(dual_ops.dual_chunk_end_op, tuple(t.detach().requires_grad_()
-                                                            for t in ends))

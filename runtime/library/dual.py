@@ -368,20 +368,14 @@ def _chunk_end(state, stacks, pairs, order, terms, phi, psi):
     from those: its start states need no stack (a copy per chunk, which a chunk whose
     activations are kept would keep for the backward pass); only the first chunk stacks."""
     new, stacked = {}, {}
-    kernels = _kernels(phi)
     for group in _shape_groups(state, order):
         shape = state[order[group[0]]].shape[-2:]
         coefs = _pick(_pick(phi, 2, group), 3, group)                   # [B, H, G, G]
         starts = stacks.get(tuple(group))
         if starts is None:
             starts = torch.stack(torch.broadcast_tensors(*(state[order[m]] for m in group)), 2)
-        weights = _pick(psi, 2, group)                                  # [B, H, G, T, d]
-        if kernels is not None and kernels.end_fits(psi.shape[-2]):
-            total = _end_by_kernel(kernels, starts, coefs, weights, pairs, terms, shape)
-            new.update({order[m]: s for m, s in zip(group, total.unbind(2))})
-            stacked[tuple(group)] = total
-            continue
         total = _mix(coefs, starts.flatten(-2)).unflatten(-1, shape)     # [B, H, G, r, c]
+        weights = _pick(psi, 2, group)                                  # [B, H, G, T, d]
         for dd, term in enumerate(terms):
             for col, row in _matching(pairs[term], shape):
                 cols = col.squeeze(-1).permute(0, 2, 3, 1).unsqueeze(2)  # [B, H, 1, r, T]
@@ -391,24 +385,6 @@ def _chunk_end(state, stacks, pairs, order, terms, phi, psi):
         new.update({order[m]: s for m, s in zip(group, total.unbind(2))})
         stacked[tuple(group)] = total
     return {name: new[name] for name in order}, stacked
-
-
-def _end_by_kernel(kernels, starts, coefs, weights, pairs, terms, shape) -> torch.Tensor:
-    """`_chunk_end`'s states of one shape `[B, H, G, r, c]` by dual_triton's kernel, from
-    the kernel's layout: per (column, row) pair of a term of that shape, its weights
-    `[B, H, G, T]` (the term's column of psi), columns `[B, T, H, r]` and rows `[B, T, H, c]`."""
-    B, H, G, T = weights.shape[:4]
-    found = [(dd, col, row) for dd, term in enumerate(terms)
-             for col, row in _matching(pairs[term], shape)]
-
-    def stack(xs, like):
-        return kernels._stack(xs, 3) if xs else like
-    w = stack([weights[..., dd] for dd, _, _ in found], weights.new_zeros(B, H, G, 0, T))
-    cols = stack([col.expand(B, T, H, *col.shape[-2:]).squeeze(-1) for _, col, _ in found],
-                 weights.new_zeros(B, T, H, 0, shape[0]))
-    rows = stack([row.expand(B, T, H, *row.shape[-2:]).squeeze(-2) for _, _, row in found],
-                 weights.new_zeros(B, T, H, 0, shape[1]))
-    return kernels.chunk_end(starts.expand(B, H, G, *shape), coefs, w, cols, rows)
 
 
 def _mix(coefs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -111,27 +111,3 @@ def _scan_backward(ctx, dphi, dpsi):
 
 
 dual_scan_op.register_autograd(_scan_backward, setup_context=_scan_context)
-
-
-@torch.library.custom_op("nlc::dual_chunk_end", mutates_args=())
-def dual_chunk_end_op(starts: torch.Tensor, coefs: torch.Tensor, weights: torch.Tensor,
-                      cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """`dual_triton.ChunkEnd`'s forward; its backward is PyTorch, traced with the chunk."""
-    kernels.LAUNCHES["chunk_end_op"] += 1
-    return kernels.end_forward(starts, coefs, weights, cols, rows)
-
-
-@dual_chunk_end_op.register_fake
-def _(starts, coefs, weights, cols, rows):
-    return starts.new_empty(starts.shape, dtype=torch.float32)
-
-
-def _end_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _end_backward(ctx, dout):
-    return kernels.end_backward(*ctx.saved_tensors, dout)
-
-
-dual_chunk_end_op.register_autograd(_end_backward, setup_context=_end_context)
