@@ -56,6 +56,7 @@ WRITES = {
     "chunk_rows_triton._state_grads_kernel": "dh dh0",
     "chunk_rows_triton._states_kernel": "h ht",
     "context_triton._conv_bwd": "dw dx",
+    "context_triton._conv_dpre": "dpre",
     "context_triton._conv_fwd": "y",
     "context_triton._row_bwd": "dg dx",
     "context_triton._row_fwd": "y",

@@ -285,11 +285,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from nlc.runtime.library import context_triton as ct
 conv = dict(H=8, D=64, W=4, BT=64, BD=64, ACT=1, NORM=1, VARLEN=True, EPS=1e-6)
+taps = dict(H=8, D=64, W=4, BT=64, BD=64, VARLEN=True)
 row = dict(D=64, BR=64, BD=64, ACT=0, NORM=2, GATE=1, EPS=1e-6)
 for fn, pointers, ints, consts in [
-        (ct._conv_fwd, "x w starts y", "N T", conv), (ct._conv_bwd, "x w starts dy dx dw", "N T", conv),
+        (ct._conv_fwd, "x w starts y", "N T", conv), (ct._conv_dpre, "x w starts dy dpre", "N T", conv),
+        (ct._conv_bwd, "x w starts dpre dx dw", "N T", taps),
         (ct._row_fwd, "x g y", "R", row), (ct._row_bwd, "x g dy dx dg", "R", row)]:
-    sig = {p: "*i32" if p == "starts" else "*fp32" if p in ("w", "dw") else "*bf16"
+    sig = {p: "*i32" if p == "starts" else "*fp32" if p in ("w", "dw", "dpre") else "*bf16"
            for p in pointers.split()}
     sig |= dict.fromkeys(ints.split(), "i32") | dict.fromkeys(consts, "constexpr")
     built = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),

@@ -132,11 +132,33 @@ def _conv_fwd(x, w, starts, y, N, T, H: tl.constexpr, D: tl.constexpr, W: tl.con
 
 
 @triton.jit
-def _conv_bwd(x, w, starts, dy, dx, dw, N, T, H: tl.constexpr, D: tl.constexpr,
-              W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
-              NORM: tl.constexpr, VARLEN: tl.constexpr, EPS: tl.constexpr):
+def _conv_dpre(x, w, starts, dy, dpre, N, T, H: tl.constexpr, D: tl.constexpr,
+               W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
+               NORM: tl.constexpr, VARLEN: tl.constexpr, EPS: tl.constexpr):
+    """The backward's first pass: dpre[t], the gradient before the activation (float32),
+    from the recomputed convolution at t."""
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    tok = i_t * BT + tl.arange(0, BT).to(tl.int64)
+    ch = tl.arange(0, BD)
+    m_t, m_d = tok < N, ch < D
+    mask = m_t[:, None] & m_d[None, :]
+    here = (tok * H + i_h)[:, None] * D + ch[None, :]
+    start = _start(starts, tok, m_t, T, VARLEN)
+    pre = _conv_at(x, w, tok, start, m_t, ch, m_d, i_h, H, D, W, BT, BD)
+    g = tl.load(dy + here, mask=mask, other=0).to(tl.float32)
+    if NORM != 0:
+        n, r = _normalize(_act(pre, ACT), m_d, D, NORM, EPS)
+        g = _norm_grad(n, r, g, D, NORM)
+    tl.store(dpre + here, _act_grad(pre, g, ACT), mask=mask)
+
+
+@triton.jit
+def _conv_bwd(x, w, starts, dpre, dx, dw, N, T, H: tl.constexpr, D: tl.constexpr,
+              W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, VARLEN: tl.constexpr):
     """dx[t] = sum_j w[W-1-j] dpre[t+j], dw[W-1-j] = sum_t dpre[t+j] x[t], over t + j in t's
-    sequence; dpre (the gradient before the activation) is recomputed at each t + j."""
+    sequence, from `_conv_dpre`'s dpre: recomputing dpre at each t + j here (W convolutions
+    of W taps per token) made this pass 6x the forward's time (280 against 48 us in Titans'
+    LM step on an H100, docs/perf.md, thirteenth batch)."""
     i_t, i_h = tl.program_id(0), tl.program_id(1)
     tok = i_t * BT + tl.arange(0, BT).to(tl.int64)
     ch = tl.arange(0, BD)
@@ -150,13 +172,8 @@ def _conv_bwd(x, w, starts, dy, dx, dw, N, T, H: tl.constexpr, D: tl.constexpr,
         in_range = m_t & (later < N)
         start = _start(starts, later, in_range, T, VARLEN)
         ok = in_range & (start <= tok)  # t + j is in t's sequence
-        pre = _conv_at(x, w, later, start, ok, ch, m_d, i_h, H, D, W, BT, BD)
-        g = tl.load(dy + (later * H + i_h)[:, None] * D + ch[None, :],
-                    mask=ok[:, None] & m_d[None, :], other=0).to(tl.float32)
-        if NORM != 0:
-            n, r = _normalize(_act(pre, ACT), m_d, D, NORM, EPS)
-            g = _norm_grad(n, r, g, D, NORM)
-        g = _act_grad(pre, g, ACT)
+        g = tl.load(dpre + (later * H + i_h)[:, None] * D + ch[None, :],
+                    mask=ok[:, None] & m_d[None, :], other=0)
         wv = tl.load(w + (i_h * D + ch) * W + (W - 1 - j), mask=m_d, other=0).to(tl.float32)
         dxv += g * wv[None, :]
         tl.store(dw + ((i_t * H + i_h) * D + ch) * W + (W - 1 - j), tl.sum(g * xv, axis=0),
@@ -205,9 +222,12 @@ class ShortConv(torch.autograd.Function):
         grid = (triton.cdiv(N, BT), H)
         dx = torch.empty_like(x)
         dw = torch.empty(grid[0], H, D, W, device=x.device, dtype=torch.float32)
-        _conv_bwd[grid](x, weight, starts if starts is not None else x, dy.contiguous(), dx, dw,
-                        N, T, H, D, W, BT, BD, ACTS[ctx.act], NORMS[ctx.norm],
-                        starts is not None, EPS)
+        dpre = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        starts_ = starts if starts is not None else x
+        _conv_dpre[grid](x, weight, starts_, dy.contiguous(), dpre, N, T, H, D, W, BT, BD,
+                         ACTS[ctx.act], NORMS[ctx.norm], starts is not None, EPS)
+        _conv_bwd[grid](x, weight, starts_, dpre, dx, dw, N, T, H, D, W, BT, BD,
+                        starts is not None)
         _count("short_conv_bwd")
         return dx, dw.sum(0).to(weight.dtype), None, None, None
 
