@@ -51,3 +51,19 @@ fi
 if [ "$MODE" = f ]; then
   lm_rows 150 "$TITANS" profile
 fi
+#   g: the session's last tree: Titans' row profiled, TTT-MLP's and Hope's rows, then
+#      titans-pytorch against our layer (needs .carry/whl_titans)
+if [ "$MODE" = g ]; then
+  lm_rows 150 "$TITANS" profile
+  cp "$OUT/lm_rows.md" "$OUT/lm_titans.md"
+  lm_rows 120 ttt_mlp_graphed_compiled_chunks
+  cp "$OUT/lm_rows.md" "$OUT/lm_ttt_mlp.md"
+  lm_rows 200 hope_graphed_compiled_chunks_tf32
+  WHEELS=$(ls "$REPO"/.carry/whl_titans/*.whl | grep -v '/numpy-')
+  python3 -c 'import numpy' 2>/dev/null || WHEELS="$WHEELS $(ls "$REPO"/.carry/whl_titans/numpy-*.whl)"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site $WHEELS 2>&1 \
+    | grep -v 'already exists' || true
+  timeout 200 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
+    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
+    | head -12
+fi
