@@ -67,3 +67,13 @@ lm_rows() {
   timeout "$1" python3 "$REPO/benchmarks/lm_throughput.py" --steps 3 --batch 16 --rows "$2" \
     --out "$OUT/lm_rows.md" "${extra[@]}" | tail -4
 }
+
+# install_titans_pytorch: titans-pytorch 0.5.5 and its dependencies from .carry/whl_titans
+# (benchmarks/gpu_session26.sh lists them), numpy only where the machine has none
+install_titans_pytorch() {
+  local wheels
+  wheels=$(ls "$REPO"/.carry/whl_titans/*.whl | grep -v '/numpy-')
+  python3 -c 'import numpy' 2>/dev/null || wheels="$wheels $(ls "$REPO"/.carry/whl_titans/numpy-*.whl)"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site $wheels 2>&1 \
+    | grep -v 'already exists' || true
+}

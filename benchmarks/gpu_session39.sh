@@ -28,10 +28,7 @@ fi
 #      .carry/whl_titans) after the scan left the chunk loop
 if [ "$MODE" = c ]; then
   timeout 200 python3 "$REPO/benchmarks/dual_read_sweep.py" 2>&1 | grep -v -i warn
-  WHEELS=$(ls "$REPO"/.carry/whl_titans/*.whl | grep -v '/numpy-')
-  python3 -c 'import numpy' 2>/dev/null || WHEELS="$WHEELS $(ls "$REPO"/.carry/whl_titans/numpy-*.whl)"
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site $WHEELS 2>&1 \
-    | grep -v 'already exists' || true
+  install_titans_pytorch
   timeout 300 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
     --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md"
 fi
@@ -59,10 +56,7 @@ if [ "$MODE" = g ]; then
   lm_rows 120 ttt_mlp_graphed_compiled_chunks
   cp "$OUT/lm_rows.md" "$OUT/lm_ttt_mlp.md"
   lm_rows 200 hope_graphed_compiled_chunks_tf32
-  WHEELS=$(ls "$REPO"/.carry/whl_titans/*.whl | grep -v '/numpy-')
-  python3 -c 'import numpy' 2>/dev/null || WHEELS="$WHEELS $(ls "$REPO"/.carry/whl_titans/numpy-*.whl)"
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site $WHEELS 2>&1 \
-    | grep -v 'already exists' || true
+  install_titans_pytorch
   timeout 200 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
     --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
     | head -12

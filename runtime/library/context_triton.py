@@ -116,19 +116,27 @@ def _conv_at(x, w, tok, start, ok, ch, m_d, i_h, H: tl.constexpr, D: tl.constexp
 
 # --------------------------------------------------------------------------- convolution
 @triton.jit
-def _conv_fwd(x, w, starts, y, N, T, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
-              BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, NORM: tl.constexpr,
-              VARLEN: tl.constexpr, EPS: tl.constexpr):
+def _token_block(N, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """A convolution program's block (one per BT tokens and head): the head, the tokens and
+    channels with their masks, the [BT, BD] mask and the block's offsets `[B T, H, D]`."""
     i_t, i_h = tl.program_id(0), tl.program_id(1)
     tok = i_t * BT + tl.arange(0, BT).to(tl.int64)
     ch = tl.arange(0, BD)
     m_t, m_d = tok < N, ch < D
+    return (i_t, i_h, tok, ch, m_t, m_d, m_t[:, None] & m_d[None, :],
+            (tok * H + i_h)[:, None] * D + ch[None, :])
+
+
+@triton.jit
+def _conv_fwd(x, w, starts, y, N, T, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+              BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, NORM: tl.constexpr,
+              VARLEN: tl.constexpr, EPS: tl.constexpr):
+    _, i_h, tok, ch, m_t, m_d, mask, here = _token_block(N, H, D, BT, BD)
     start = _start(starts, tok, m_t, T, VARLEN)
     a = _act(_conv_at(x, w, tok, start, m_t, ch, m_d, i_h, H, D, W, BT, BD), ACT)
     if NORM != 0:
         a, _ = _normalize(a, m_d, D, NORM, EPS)
-    tl.store(y + (tok * H + i_h)[:, None] * D + ch[None, :], a.to(y.dtype.element_ty),
-             mask=m_t[:, None] & m_d[None, :])
+    tl.store(y + here, a.to(y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -137,12 +145,7 @@ def _conv_dpre(x, w, starts, dy, dpre, N, T, H: tl.constexpr, D: tl.constexpr,
                NORM: tl.constexpr, VARLEN: tl.constexpr, EPS: tl.constexpr):
     """The backward's first pass: dpre[t], the gradient before the activation (float32),
     from the recomputed convolution at t."""
-    i_t, i_h = tl.program_id(0), tl.program_id(1)
-    tok = i_t * BT + tl.arange(0, BT).to(tl.int64)
-    ch = tl.arange(0, BD)
-    m_t, m_d = tok < N, ch < D
-    mask = m_t[:, None] & m_d[None, :]
-    here = (tok * H + i_h)[:, None] * D + ch[None, :]
+    _, i_h, tok, ch, m_t, m_d, mask, here = _token_block(N, H, D, BT, BD)
     start = _start(starts, tok, m_t, T, VARLEN)
     pre = _conv_at(x, w, tok, start, m_t, ch, m_d, i_h, H, D, W, BT, BD)
     g = tl.load(dy + here, mask=mask, other=0).to(tl.float32)
@@ -159,12 +162,7 @@ def _conv_bwd(x, w, starts, dpre, dx, dw, N, T, H: tl.constexpr, D: tl.constexpr
     sequence, from `_conv_dpre`'s dpre: recomputing dpre at each t + j here (W convolutions
     of W taps per token) made this pass 6x the forward's time (280 against 48 us in Titans'
     LM step on an H100, docs/perf.md, thirteenth batch)."""
-    i_t, i_h = tl.program_id(0), tl.program_id(1)
-    tok = i_t * BT + tl.arange(0, BT).to(tl.int64)
-    ch = tl.arange(0, BD)
-    m_t, m_d = tok < N, ch < D
-    mask = m_t[:, None] & m_d[None, :]
-    here = (tok * H + i_h)[:, None] * D + ch[None, :]
+    i_t, i_h, tok, ch, m_t, m_d, mask, here = _token_block(N, H, D, BT, BD)
     xv = tl.load(x + here, mask=mask, other=0).to(tl.float32)
     dxv = tl.zeros([BT, BD], dtype=tl.float32)
     for j in tl.static_range(W):
