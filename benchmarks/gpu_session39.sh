@@ -61,3 +61,7 @@ if [ "$MODE" = g ]; then
     --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
     | head -12
 fi
+#   h: Titans' row after the chunks kept only the coefficients they read
+if [ "$MODE" = h ]; then
+  lm_rows 150 "$TITANS"
+fi
