@@ -59,16 +59,9 @@ class DualState:
         # the start states of one shape stacked `[B, H, G, r, c]`, by their indices in
         # `order` (`_chunk_end`'s): the kernels read them as they are
         self.stacks = stacks or {}
-        self.seen: set | None = None  # `_read_plan`'s record of the states read
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """S_t @ x_t for every token t: x `[B, T, H, k, 1]` -> `[B, T, H, r, 1]`."""
-        if self.psi is None:
-            raise ValueError(f"dual_chunked: the read meets state {self.name}, which the "
-                             "read's dry run did not (a read must meet the same states "
-                             "in every chunk)")
-        if self.seen is not None:
-            self.seen.add(self.name)
         kernels = _kernels(self.phi)
         if kernels is not None and kernels.product_fits(self.phi.shape[1]):
             return kernels.dual_read(self, x)
@@ -171,111 +164,60 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     # whether the scan kernel runs is decided once: a chunk is never longer than `chunk`
     kernels = _scan_kernels({"step": step}, len(order), len(terms), min(chunk, T))
     eyes = _eyes(step, add, chunk, read_before, kernels)
-    parts = list(_chunks(tokens, chunk))
-    plan = _read_plan(outer, read, {**consts, **_wide(_anchor(state, anchors)), **parts[0]},
-                      state, terms, lead, parts[0][next(iter(parts[0]))].shape[1])
     # the coefficients restart at each chunk start and do not depend on the carried state:
     # every chunk's scan runs before the chunk loop, side by side (the PyTorch scan's
     # intermediates are recomputed in the backward pass, not kept)
     coefficients = _maybe_checkpoint(_chunk_coefficients, kernels is None and _needs_grad(
-        {"step": step, "add": add}), step, add, chunk, eyes["tokens"], kernels, plan)
+        {"step": step, "add": add}), step, add, chunk, eyes["tokens"], kernels)
     outputs, stacks = [], {}
     run = compiled_chunk(_dual_chunk)
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`) and the
     # chunks' coefficients
     whole = _recompute(tokens, state, consts)
-    for part, coefs in zip(parts, coefficients):
+    for part, (phis, psis) in zip(_chunks(tokens, chunk), coefficients):
         anchor = _anchor(state, anchors)
         o, (state, stacks) = _maybe_checkpoint(run, whole, outer, read, consts, state, stacks,
-                                               part, coefs, terms, eyes, anchors, read_before)
+                                               part, phis, psis, terms, eyes, anchors,
+                                               read_before)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
-def _dual_chunk(outer, read, consts, state, stacks, part, coefs, terms, eyes, anchors,
+def _dual_chunk(outer, read, consts, state, stacks, part, phis, psis, terms, eyes, anchors,
                 read_before):
     """One chunk of `dual_chunked`: its reads and the state after its last token, from the
-    chunk's coefficients (`_chunk_coefficients`' phis, last Psi and the reads' Psi columns;
-    `eyes`: `_eyes`; `stacks`: `_chunk_end`'s)."""
-    phis, last, reads = coefs
+    chunk's coefficients (phis `[B, T, H, n, n]`, psis `[B, T, H, n, T, d]`:
+    `_chunk_coefficients`; `eyes`: `_eyes`; `stacks`: `_chunk_end`'s)."""
     order = list(state)
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
     if set(pairs) != set(terms):
         raise ValueError(f"dual_chunked: the combine reads the terms {terms}, the outer "
                          f"products give {list(pairs)}")
-    seen, reads = _before(phis, reads, eyes["states"]) if read_before else (phis, reads)
-    seen_phi = seen.unbind(-2)
-    stacked = {}
-    for i, n in enumerate(order):
-        columns, ds = reads.get(i, (None, []))
-        stacked[n] = DualState(n, seen_phi[i], columns, state, pairs, order,
-                               [terms[d] for d in ds], stacks)
+    seen = _before(phis, psis, eyes["states"]) if read_before else (phis, psis)
+    seen_phi, seen_psi = seen[0].unbind(-2), seen[1].unbind(-3)
+    stacked = {n: DualState(n, seen_phi[i], seen_psi[i], state, pairs, order, terms, stacks)
+               for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
-    return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], last)
+    return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], psis[:, -1])
 
 
-def _read_plan(outer, read, inputs: dict, state: State, terms: list, lead, T: int) -> dict:
-    """For each state the read meets (by index in the state's order), the terms of that
-    state's shape (by index in `terms`): the only columns of Psi the reads use. Found by
-    running `outer` and `read` once on meta tensors (nothing computed, nothing launched).
-    The chunks then keep those columns, `[B, T, H, T, P]` per read state, instead of the
-    whole Psi `[B, T, H, n, T, d]` (Titans: 2 of its 4 states, 1 of 2 terms each)."""
-    meta = {n: _meta(x) for n, x in inputs.items()}
-    pairs = outer(meta)
-    order, seen = list(state), set()
-    B, _, H = lead
-    start = {n: _meta(x) for n, x in state.items()}
-    probes = {}
-    for n in order:
-        probe = DualState(n, torch.empty(B, T, H, len(order), device="meta"),
-                          torch.empty(B, T, H, T, len(terms), device="meta"), start, pairs,
-                          order, terms)
-        probe.seen = seen
-        probes[n] = probe
-    read(probes, meta)
-    return {i: [d for d, term in enumerate(terms) if _matching(pairs[term], state[n].shape[-2:])]
-            for i, n in enumerate(order) if n in seen}
-
-
-def _chunk_coefficients(step, add, chunk: int, here, kernels, plan: dict) -> list[tuple]:
-    """The coefficients each chunk of `chunk` tokens keeps (`_scan` from the chunk's start),
-    from every token's transition (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`): per chunk,
-    (Phi `[B, C, H, n, n]`, Psi after the chunk's last token `[B, H, n, C, d]` for
-    `_chunk_end`, and per state in `plan` its columns of Psi with their terms: `_columns`).
-    The chunks run as one scan of a batch of (chunks x B) sequences, not one launch per
-    chunk inside the chunk loop (there a scan kernel had one program per (batch, head) and
-    most of the GPU idle: docs/perf.md), and a shorter last chunk as one more."""
+def _chunk_coefficients(step, add, chunk: int, here, kernels) -> list[tuple]:
+    """(Phi, Psi) of each chunk of `chunk` tokens (`_scan` from the chunk's start), from every
+    token's transition (step `[B, T, H, n, n]`, add `[B, T, H, n, d]`). The chunks run as one
+    scan of a batch of (chunks x B) sequences, not one launch per chunk inside the chunk loop
+    (there a scan kernel had one program per (batch, head) and most of the GPU idle:
+    docs/perf.md), and a shorter last chunk as one more."""
     B, T = step.shape[:2]
     full = T // chunk * chunk
     out = []
     if full:
-        out.extend(_per_chunk(*_scan(*(_chunk_major(x[:, :full], chunk) for x in (step, add)),
-                                     here, kernels), plan, B))
+        phi, psi = _scan(*(_chunk_major(x[:, :full], chunk) for x in (step, add)), here,
+                         kernels)
+        out.extend(zip(phi.unflatten(0, (-1, B)).unbind(0), psi.unflatten(0, (-1, B)).unbind(0)))
     if full < T:
-        out.extend(_per_chunk(*_scan(step[:, full:], add[:, full:], here, kernels), plan, B))
+        out.append(_scan(step[:, full:], add[:, full:], here, kernels))
     return out
-
-
-def _per_chunk(phi, psi, plan: dict, B: int) -> list[tuple]:
-    """`_chunk_coefficients`' tuples from a scan of (chunks x B) sequences."""
-    chunks = phi.shape[0] // B
-
-    def split(x):
-        return x.unflatten(0, (chunks, B)).unbind(0)
-    columns = {i: split(_columns(psi, i, ds)) for i, ds in plan.items()}
-    return [(p, last, {i: (c[k], ds) for (i, c), ds in zip(columns.items(), plan.values())})
-            for k, (p, last) in enumerate(zip(split(phi), split(psi[:, -1].contiguous())))]
-
-
-def _columns(psi: torch.Tensor, i: int, ds: list) -> torch.Tensor:
-    """State i's columns of Psi `[B, T, H, n, T, d]` for the terms ds, `[B, T, H, T, P]`: a
-    copy laid out `[B, T, H, P, T]`, so that one term's column is contiguous as the read
-    kernels take it."""
-    cols = [psi[:, :, :, i, :, d] for d in ds]
-    if not cols:
-        return psi.new_zeros(*psi.shape[:3], psi.shape[-2], 0)
-    return torch.stack(cols, 3).transpose(-1, -2)
 
 
 def _chunk_major(x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -386,9 +328,8 @@ def _kernels(ref: torch.Tensor):
     custom ops (dual_ops.py); with NLC_COMPILE_DUAL_KERNELS=0 it traces the PyTorch forms
     instead, and Inductor fuses them."""
     # float32 only: half-precision reads made an illegal memory access in their backward on
-    # an H200 (2026-12-05); dual_chunked runs in float32 under autocast anyway. Meta tensors
-    # (`_read_plan`'s dry run) take the PyTorch forms.
-    if (not triton_enabled(ref) or ref.dtype != torch.float32 or ref.is_meta
+    # an H200 (2026-12-05); dual_chunked runs in float32 under autocast anyway
+    if (not triton_enabled(ref) or ref.dtype != torch.float32
             or _traced_without_kernels()):
         return None
     try:
@@ -408,15 +349,13 @@ def _scan_kernels(inputs: dict, n: int, d: int, T: int):
     return kernels if kernels is not None and kernels.scan_fits(n, d, T) else None
 
 
-def _before(phis, reads: dict, eye=None):
-    """The coefficients of the states each token's read sees before its own write: Phi, and
-    the reads' columns of Psi (`_chunk_coefficients`')."""
+def _before(phis, psis, eye=None):
+    """The coefficients of the states each token's read sees before its own write."""
     if eye is None:
         eye = torch.eye(phis.shape[-1], dtype=phis.dtype, device=phis.device)
     first = eye.expand(phis.shape[0], 1, *phis.shape[2:])
     return (torch.cat([first, phis[:, :-1]], 1),
-            {i: (torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], 1), ds)
-             for i, (c, ds) in reads.items()})
+            torch.cat([torch.zeros_like(psis[:, :1]), psis[:, :-1]], 1))
 
 
 def _chunk_end(state, stacks, pairs, order, terms, phi, psi):

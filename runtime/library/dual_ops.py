@@ -86,29 +86,28 @@ def _(step, add):
 
 
 @torch.library.custom_op("nlc::dual_scan_grads", mutates_args=())
-def dual_scan_grads_op(step: torch.Tensor, add: torch.Tensor, dphi: torch.Tensor,
-                       dpsi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`dual_triton.CoefficientScan`'s backward (it scans again: nothing but the inputs is
-    kept)."""
-    return kernels.rescan_backward(step, add, dphi, dpsi)
+def dual_scan_grads_op(step: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor,
+                       dphi: torch.Tensor, dpsi: torch.Tensor,
+                       add_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dual_triton.CoefficientScan`'s backward."""
+    return kernels.scan_backward(step, phi, psi, dphi, dpsi, add_dtype)
 
 
 @dual_scan_grads_op.register_fake
-def _(step, add, dphi, dpsi):
-    return _dense(step), _dense(add)
+def _(step, phi, psi, dphi, dpsi, add_dtype):
+    return _dense(step), psi.new_empty(*step.shape[:4], psi.shape[-1], dtype=add_dtype)
 
 
 def _scan_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(inputs[0], *output)
+    ctx.add_dtype = inputs[1].dtype
 
 
 def _scan_backward(ctx, dphi, dpsi):
-    step, add = ctx.saved_tensors
-    B, T, H, n = step.shape[:4]
-    like = {"dtype": torch.promote_types(step.dtype, add.dtype), "device": step.device}
-    dphi = torch.zeros(B, T, H, n, n, **like) if dphi is None else dphi
-    dpsi = torch.zeros(B, T, H, n, T, add.shape[-1], **like) if dpsi is None else dpsi
-    return dual_scan_grads_op(step, add, dphi, dpsi)
+    step, phi, psi = ctx.saved_tensors
+    dphi = torch.zeros_like(phi) if dphi is None else dphi
+    dpsi = torch.zeros_like(psi) if dpsi is None else dpsi
+    return dual_scan_grads_op(step, phi, psi, dphi, dpsi, ctx.add_dtype)
 
 
 dual_scan_op.register_autograd(_scan_backward, setup_context=_scan_context)

@@ -213,26 +213,19 @@ def scan_backward(step, phi, psi, dphi, dpsi, add_dtype):
 
 class CoefficientScan(torch.autograd.Function):
     """step `[B, T, H, n, n]`, add `[B, T, H, n, d]` -> Phi `[B, T, H, n, n]`,
-    Psi `[B, T, H, n, T, d]` (the module docstring's scan). It keeps its inputs and scans
-    again in the backward pass: Psi is T times the size of add, and dual.py keeps only the
-    parts of it the chunks read (`_chunk_coefficients`)."""
+    Psi `[B, T, H, n, T, d]` (the module docstring's scan)."""
 
     @staticmethod
     def forward(ctx, step, add):
-        ctx.save_for_backward(step, add)
-        return scan_forward(step, add)
+        phi, psi = scan_forward(step, add)
+        ctx.save_for_backward(step, phi, psi)
+        ctx.add_dtype = add.dtype
+        return phi, psi
 
     @staticmethod
     def backward(ctx, dphi, dpsi):
-        step, add = ctx.saved_tensors
-        return rescan_backward(step, add, dphi, dpsi)
-
-
-def rescan_backward(step, add, dphi, dpsi):
-    """The scan's gradients (dstep, dadd) from its inputs: the forward scan again, then
-    `scan_backward`."""
-    phi, psi = scan_forward(step, add)
-    return scan_backward(step, phi, psi, dphi, dpsi, add.dtype)
+        step, phi, psi = ctx.saved_tensors
+        return scan_backward(step, phi, psi, dphi, dpsi, ctx.add_dtype)
 
 
 def coefficient_scan(step: torch.Tensor, add: torch.Tensor):

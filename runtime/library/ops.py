@@ -508,9 +508,8 @@ def outer_terms(module_file: str, name: str, fallback, token_names: tuple, ancho
     pairs. The kernels run only when asked (`chunk_triton.opted_in`: NLC_TERMS_TRITON=1 on
     CUDA): on an H100 they made the Titans and Hope LM steps slower (docs/perf.md)."""
     def terms(inputs: dict) -> dict:
-        ref = inputs[token_names[0]]
-        if torch.compiler.is_compiling() or ref.is_meta or not opted_in(ref,
-                                                                          "NLC_TERMS_TRITON"):
+        if torch.compiler.is_compiling() or not opted_in(inputs[token_names[0]],
+                                                          "NLC_TERMS_TRITON"):
             return fallback(inputs)
         return kernels(module_file, name).LAUNCHER.terms(fallback, token_names, anchor_names,
                                                          layout, inputs)
