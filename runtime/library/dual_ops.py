@@ -1,8 +1,9 @@
 """The dual chunk form's Triton kernels (dual_triton.py) as torch.library custom ops, for code
 that torch.compile traces.
 
-A compiled chunk (`NLC_COMPILE_CHUNKS=1`, `--compile-chunks`, `nlc train --compile`) calls
-the scan and the reads through these ops: opaque calls inside the compiled graph, with
+A compiled chunk (`NLC_COMPILE_CHUNKS=1`, `--compile-chunks`) calls the reads through these
+ops, and a compiled model (`nlc train --compile`) the reads and the scan (which runs before
+the chunk loop, outside compiled chunks): opaque calls inside the compiled graph, with
 their own forward and backward (the backward a second op, wired by `register_autograd`) and
 shapes from the fake implementations below. So compiled chunks read through the kernels and
 take `--tf32`'s products there. Titans' LM step on an H200 (docs/perf.md, eighth batch):
