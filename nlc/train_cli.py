@@ -109,9 +109,9 @@ def config_from_args(args):
         config = _read_config(Path(args.config))
     out = Path(args.out) if args.out else Path(config.out) if args.config else \
         _default_out(args.spec, args.task or config.task)
-    if args.resume and out is not None and not (out / "config.json").is_file():
+    if args.resume and not (out / "config.json").is_file():
         _refuse_missing_config(out)
-    if args.resume and out is not None and (out / "config.json").is_file():
+    elif args.resume:
         config = _run_copies(_read_config(out / "config.json"), out, args)
         if args.task is not None and args.task != config.task:  # before any size check
             raise NlcError(f"--task {args.task}: the run in {out} trains on {config.task}, "
@@ -124,7 +124,7 @@ def config_from_args(args):
         from nlc.levels import parse_overrides
         config = dataclasses.replace(config, spec_overrides=parse_overrides(args.defines))
     if args.out is None and not args.config:
-        config = dataclasses.replace(config, out=str(_default_out(args.spec, config.task)))
+        config = dataclasses.replace(config, out=str(out))
     return config.validate()
 
 

@@ -458,7 +458,10 @@ def pack(layout, x, phi, psi, pieces) -> list[torch.Tensor]:
     `[B, H, M, R, K]`, phi `[B, T, H, M]`, psi `[B, T, H, P, T]`, cols `[B, T, H, P, R]`,
     rows `[B, T, H, P, K]`; views where they can be, not yet contiguous. Compiled code packs
     in the traced graph (`dual_read`), where Inductor fuses the copies and their gradients'
-    scatters, instead of inside the kernels' op. `layout`: `_layout`'s."""
+    scatters, instead of inside the kernels' op. `layout`: (the phi column of each start,
+    the psi term of each pair, whether the starts come as one stacked tensor: the previous
+    chunk's end states, `dual._chunk_end`'s stacks, which then need no copy to stack them,
+    in the forward pass nor in the backward's scatter of their gradients)."""
     same, terms, stacked = layout
     M, P = len(same), len(terms)
     first = 1 if stacked else M
@@ -594,7 +597,7 @@ class DualProduct(torch.autograd.Function):
     """The module docstring's read of one chunk, `[B, T, H, R]`, from x `[B, T, H, K]`, phi
     `[B, T, H, n]`, psi `[B, T, H, T, d]` and the pieces: the M chunk-start states
     `[B, H, R, K]` (or all of them stacked, `[B, H, M, R, K]`), then the P pairs' columns
-    `[B, T, H, R]`, then their rows `[B, T, H, K]`. `layout`: `_layout`'s."""
+    `[B, T, H, R]`, then their rows `[B, T, H, K]`. `layout`: `pack`'s."""
 
     @staticmethod
     def forward(ctx, layout, x, phi, psi, *pieces):
@@ -606,14 +609,6 @@ class DualProduct(torch.autograd.Function):
     def backward(ctx, do):
         x, phi, psi, *pieces = ctx.saved_tensors
         return (None, *read_backward(ctx.layout, x, phi, psi, pieces, do))
-
-
-def _layout(same: tuple, terms: tuple, stacked: bool) -> tuple:
-    """How a read's pieces map to the kernels' inputs: the phi column of each start, the psi
-    term of each pair, and whether the starts come as one stacked tensor (the previous
-    chunk's end states, `dual._chunk_end`'s stacks: no copy to stack them, in the forward
-    pass nor in the backward's scatter of their gradients) or one piece each."""
-    return same, terms, stacked
 
 
 def dual_read(state, x: torch.Tensor) -> torch.Tensor:
@@ -633,7 +628,7 @@ def dual_read(state, x: torch.Tensor) -> torch.Tensor:
               else [state.start[state.order[m]].expand(B, H, R, K) for m in same])
     pieces = [*starts, *(_full(col, like).squeeze(-1) for _, col, _ in pairs),
               *(_full(row, like).squeeze(-2) for _, _, row in pairs)]
-    layout = _layout(same, tuple(d for d, _, _ in pairs), stacked is not None)
+    layout = (same, tuple(d for d, _, _ in pairs), stacked is not None)
     x = _full(x, like).squeeze(-1)
     if torch.compiler.is_compiling():  # traced code packs, then calls the kernels' op
         from nlc.runtime.library.dual_ops import dual_read_op
