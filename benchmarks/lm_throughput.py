@@ -155,11 +155,23 @@ ROWS = {
                                                   "NLC_COMPILE_CHUNKS=1, NLC_RECOMPUTE_CHUNKS=0, "
                                                   "--tf32", lambda: _spec("titans", d_head=64),
                                                   "graphs"),
+    # the checkpoint around each compiled chunk instead of inside it (how chunks were
+    # recomputed before scan.chunk_runner): the backward pass runs the chunk's whole forward
+    # again, the chunk end and the reads' outputs included
+    "titans_graphed_compiled_kernels_tf32_outside": (("nlc examples/titans.nl, CUDA graphs, "
+                                                      "NLC_COMPILE_CHUNKS=1, "
+                                                      "NLC_CHECKPOINT_OUTSIDE=1, --tf32"),
+                                                     lambda: _spec("titans", d_head=64),
+                                                     "graphs"),
     # Hope's chunks spent about half of a step in cuBLAS's float32 GEMMs on the FMA units
     # (docs/perf.md, ninth batch): the same with --tf32
     "hope_graphed_compiled_chunks_tf32": ("nlc examples/hope.nl, CUDA graphs, "
                                           "NLC_COMPILE_CHUNKS=1, --tf32",
                                           lambda: _spec("hope", d_head=64), "graphs"),
+    "hope_graphed_compiled_chunks_tf32_outside": (("nlc examples/hope.nl, CUDA graphs, "
+                                                   "NLC_COMPILE_CHUNKS=1, "
+                                                   "NLC_CHECKPOINT_OUTSIDE=1, --tf32"),
+                                                  lambda: _spec("hope", d_head=64), "graphs"),
     "yaad": ("nlc examples/yaad.nl", lambda: _spec("yaad", d_head=64), False),
     "memora": ("nlc examples/memora.nl", lambda: _spec("memora", d_head=64), False),
 }
@@ -180,6 +192,11 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_kernels_tf32_kept": {"NLC_COMPILE_CHUNKS": "1",
                                                      "NLC_COMPILE_DUAL_KERNELS": "1",
                                                      "NLC_RECOMPUTE_CHUNKS": "0"},
+       "titans_graphed_compiled_kernels_tf32_outside": {"NLC_COMPILE_CHUNKS": "1",
+                                                        "NLC_COMPILE_DUAL_KERNELS": "1",
+                                                        "NLC_CHECKPOINT_OUTSIDE": "1"},
+       "hope_graphed_compiled_chunks_tf32_outside": {"NLC_COMPILE_CHUNKS": "1",
+                                                     "NLC_CHECKPOINT_OUTSIDE": "1"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "hope_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "titans_graphed_terms_kernels": {"NLC_TERMS_TRITON": "1"},
@@ -189,9 +206,11 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_kept": {"NLC_RECOMPUTE_CHUNKS": "0"},
        "gated_deltanet_unfused": {"NLC_CONTEXT_TRITON": "0"},
        "titans_graphed_dual_tf32x3": {"NLC_DUAL_PREC": "tf32x3"}}
+# run as `nlc train --tf32` does (train.use_tf32)
 TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
              "titans_graphed_compiled_kernels_tf32", "titans_graphed_compiled_kernels_tf32_kept",
-             "hope_graphed_compiled_chunks_tf32"}  # run as `nlc train --tf32` does (train.use_tf32)
+             "hope_graphed_compiled_chunks_tf32", "titans_graphed_compiled_kernels_tf32_outside",
+             "hope_graphed_compiled_chunks_tf32_outside"}
 
 
 def run_row(name: str, steps: int, B: int, T: int, profile_to: str | None = None) -> dict:

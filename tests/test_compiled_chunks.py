@@ -134,3 +134,48 @@ def test_train_compile_chunks_flag_compiles_the_chunk_bodies_for_its_run(tmp_pat
     assert bodies, "no chunk body reached torch.compile"
     assert not scan.COMPILE_CHUNKS
     assert scan.compiled_chunk(_step) is _step
+
+
+def test_recomputed_compiled_chunks_rerun_only_what_their_backward_reads(monkeypatch):
+    """A compiled chunk that is recomputed compiles the checkpointed body
+    (`scan.chunk_runner`): its backward recomputes what the gradients need, not the whole
+    chunk. Titans' chunk end (the next chunk's start states: one product per term and shape)
+    is not needed to differentiate it, so the backward runs fewer batched products than with
+    the checkpoint around the compiled chunk (`NLC_CHECKPOINT_OUTSIDE=1`, which runs the
+    chunk's whole forward again); outputs and gradients are the same."""
+    from test_dual_triton import launches  # noqa: F401  sets TRITON_INTERPRET=1
+    from torch.profiler import profile
+    titans = load_module(str(EXAMPLES / "titans.nl"), SMALL)
+    torch.manual_seed(0)
+    layer = titans.Titans()
+    x = torch.randn(1, 128, 16)
+    monkeypatch.setenv("NLC_TRITON", "force")
+    monkeypatch.setenv("NLC_RECOMPUTE_CHUNKS", "1")
+    monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+
+    def backward_products(outside: str):
+        monkeypatch.setenv("NLC_CHECKPOINT_OUTSIDE", outside)
+        monkeypatch.setattr(scan, "_COMPILED", {})
+        torch._dynamo.reset()
+        try:
+            xx = x.clone().requires_grad_()
+            y = layer(xx)
+            with profile() as prof:
+                grads = torch.autograd.grad(y.square().sum(), [xx, *layer.parameters()],
+                                            allow_unused=True)
+        finally:
+            torch._dynamo.reset()
+        count = sum(e.name == "aten::bmm" for e in prof.events())
+        return y, grads, count
+
+    y_in, g_in, inside = backward_products("0")
+    y_out, g_out, outside = backward_products("1")
+    # two chunks, each chunk end two products (the memory's two layers): four fewer
+    assert inside == outside - 4, (inside, outside)
+    assert torch.equal(y_in, y_out)
+    for a, b in zip(g_in, g_out):
+        assert (a is None) == (b is None)
+        if a is not None:  # float32, summed in another order
+            err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+            assert err < 1e-6, err

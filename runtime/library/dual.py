@@ -41,7 +41,7 @@ from nlc.runtime.library.scan import (
     _resume,
     _suspend,
     _wide,
-    compiled_chunk,
+    chunk_runner,
 )
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
@@ -170,15 +170,13 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     coefficients = _maybe_checkpoint(_chunk_coefficients, kernels is None and _needs_grad(
         {"step": step, "add": add}), step, add, chunk, eyes["tokens"], kernels)
     outputs, stacks = [], {}
-    run = compiled_chunk(_dual_chunk)
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`) and the
     # chunks' coefficients
-    whole = _recompute(tokens, state, consts)
+    run = chunk_runner(_dual_chunk, _recompute(tokens, state, consts))
     for part, (phis, psis) in zip(_chunks(tokens, chunk), coefficients):
         anchor = _anchor(state, anchors)
-        o, (state, stacks) = _maybe_checkpoint(run, whole, outer, read, consts, state, stacks,
-                                               part, phis, psis, terms, eyes, anchors,
-                                               read_before)
+        o, (state, stacks) = run(outer, read, consts, state, stacks, part, phis, psis, terms,
+                                 eyes, anchors, read_before)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 

@@ -201,12 +201,42 @@ def compiled_chunk(body: Callable) -> Callable:
     (a sequence's last, shorter chunk compiles its own). Compiling takes minutes on a small
     CPU, and on the CPU the chunk runs no faster, so it is off unless asked for. A model
     compiled as a whole (`nlc train --compile`) traces the body in its own graph instead."""
-    asked = COMPILE_CHUNKS or os.environ.get("NLC_COMPILE_CHUNKS", "") == "1"
-    if not asked or torch.compiler.is_compiling():
+    if not _compile_asked():
         return body
     if body not in _COMPILED:
         _COMPILED[body] = torch.compile(body, dynamic=False)
     return _COMPILED[body]
+
+
+def _compile_asked() -> bool:
+    return ((COMPILE_CHUNKS or os.environ.get("NLC_COMPILE_CHUNKS", "") == "1")
+            and not torch.compiler.is_compiling())
+
+
+def chunk_runner(body: Callable, recompute: bool) -> Callable:
+    """`body` as a chunked driver runs each chunk: compiled (`compiled_chunk`) or not, and,
+    with `recompute`, recomputed in the backward pass (`_maybe_checkpoint`). A compiled chunk
+    that is recomputed compiles the checkpointed body: the compiler's partitioner then
+    recomputes only what the chunk's backward reads, not the whole chunk (the reads' outputs
+    and the chunk's end state are not needed to differentiate them), where a checkpoint
+    around the compiled chunk would run all of its forward again. `NLC_CHECKPOINT_OUTSIDE=1`
+    keeps the checkpoint around the compiled chunk (for side-by-side timings)."""
+    if not recompute:
+        return compiled_chunk(body)
+    if not _compile_asked() or os.environ.get("NLC_CHECKPOINT_OUTSIDE") == "1":
+        return functools.partial(_maybe_checkpoint, compiled_chunk(body), True)
+    key = (body, "recomputed")
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_checkpointed(body), dynamic=False)
+    return _COMPILED[key]
+
+
+def _checkpointed(body: Callable) -> Callable:
+    @functools.wraps(body)
+    def run(*args):
+        return torch.utils.checkpoint.checkpoint(body, *args, use_reentrant=False,
+                                                 preserve_rng_state=False)
+    return run
 
 
 @_float32
@@ -248,13 +278,13 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
         return drive({**consts, **wide, **piece, **count}), read_piece(wide, piece)
 
     outputs = []
-    run = compiled_chunk(_frozen_chunk)
+    run = chunk_runner(_frozen_chunk, recompute)
     parts = list(_chunks(tokens, chunk))
     for i, part in enumerate(parts):
         if not additive:
-            o, state, anchor = _maybe_checkpoint(run, recompute, (drive, combine, read),
-                                                 (transition, pairs, read_before, lazy_read),
-                                                 consts, anchors, state, part)
+            o, state, anchor = run((drive, combine, read),
+                                   (transition, pairs, read_before, lazy_read), consts, anchors,
+                                   state, part)
             outputs.append(o)
             continue
         anchor = _anchor(state, anchors)
@@ -419,12 +449,11 @@ def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk:
                            builds_per_token=not all(m.transition and m.pairs for m in members))
 
     order = member_batch.tails_together(members)  # one order for every batch: one stack
-    run = compiled_chunk(_coupled_chunk)
+    run = chunk_runner(_coupled_chunk, recompute)
 
     anchor = {}
     for part in _chunks(tokens, chunk):
-        read, current, anchor = _maybe_checkpoint(run, recompute, members, order, consts,
-                                                  current, part)
+        read, current, anchor = run(members, order, consts, current, part)
         for m in members:
             outputs[m.name].append(read[m.name])
     finals = {m.name: _suspend(current[m.name], anchor.get(m.name, {}), position[m.name] + T,

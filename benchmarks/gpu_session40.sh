@@ -1,0 +1,32 @@
+#!/bin/bash
+# GPU work of session 40 (issue 17): compiled chunks recomputed through a checkpoint inside the
+# compiled code (scan.chunk_runner), against the checkpoint around it (NLC_CHECKPOINT_OUTSIDE=1),
+# side by side in one call. One mode per device call (each under 10 minutes; run from the
+# repository root with OUT set and the wheels carried, see benchmarks/gpu_common.sh):
+#   a: Titans' fastest LM row profiled, the same with the checkpoint outside, TTT-MLP's row
+#   b: Hope's fastest LM row, the same with the checkpoint outside, then titans-pytorch
+#      against our Titans layer (needs .carry/whl_titans)
+set -u
+MODE=${1:-a}
+REPO=$(pwd)
+source benchmarks/gpu_common.sh
+start_session
+
+TITANS=titans_graphed_compiled_kernels_tf32
+HOPE=hope_graphed_compiled_chunks_tf32
+if [ "$MODE" = a ]; then
+  lm_rows 150 "$TITANS" profile
+  cp "$OUT/lm_rows.md" "$OUT/lm_titans.md"
+  lm_rows 120 "${TITANS}_outside"
+  cp "$OUT/lm_rows.md" "$OUT/lm_titans_outside.md"
+  lm_rows 120 ttt_mlp_graphed_compiled_chunks
+fi
+if [ "$MODE" = b ]; then
+  lm_rows 180 "$HOPE"
+  cp "$OUT/lm_rows.md" "$OUT/lm_hope.md"
+  lm_rows 180 "${HOPE}_outside"
+  install_titans_pytorch
+  timeout 150 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
+    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
+    | head -12
+fi
