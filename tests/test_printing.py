@@ -7,6 +7,7 @@ import sympy as sp
 
 from conftest import EXAMPLES
 from nlc import pipeline
+from nlc.derive import printing
 from nlc.derive.printing import R, _shared_names, function_name
 
 HUBER_MLP = (EXAMPLES / "ttt_mlp.nl").read_text().replace(
@@ -44,7 +45,21 @@ def test_named_subexpressions_substitute_back_to_the_derived_rule():
 
 def test_small_rules_print_as_before():
     text = rules((EXAMPLES / "gated_deltanet.nl").read_text(), "gdn.nl")[0].to_text()
-    assert "  S' = alpha*S + (-beta)*((alpha*S*k - v)*k.T)\n" in text and "where" not in text
+    assert "  S' = alpha*S - beta*(alpha*S*k - v)*k.T\n" in text and "where" not in text
+
+
+def test_signs_are_multiplied_out_of_products():
+    """A gradient step of rate 1 on -<S k, v> is -(-v k^T): printed as v*k.T, and a step
+    of rate lr on a gradient -g as lr*g, not with the signs nested in parentheses."""
+    text = rules((EXAMPLES / "linear_attention.nl").read_text(), "la.nl")[0].to_text()
+    assert "  S' = v*k.T + S\n" in text and "-(-" not in text, text
+    S, g = sp.MatrixSymbol("S", 3, 3), sp.MatrixSymbol("g", 3, 3)
+    lr = sp.Symbol("lr")
+    step = sp.MatMul(-lr, sp.MatMul(-1, g, evaluate=False), evaluate=False)
+    assert printing.sstr(sp.MatAdd(S, step, evaluate=False)) == "lr*g + S"
+    assert printing.sstr(sp.MatMul(-1, step, evaluate=False)) == "-lr*g"
+    assert printing.latex(sp.MatAdd(S, sp.MatMul(-1, step, evaluate=False),
+                                    evaluate=False)) == "- lr g + S"
 
 
 def test_function_names():

@@ -14,16 +14,37 @@ from sympy.printing.precedence import PRECEDENCE, precedence, precedence_traditi
 from sympy.printing.str import StrPrinter
 
 
+def _signed(expr) -> tuple[bool, list]:
+    """A product's sign and its factors with every sign taken out, without doit(): its
+    numbers (multiplied into one leading coefficient), a scalar factor's minus (-lr) and a
+    nested product's sign, so that -(-v*k.T) prints as v*k.T and (-lr)*(-g) as lr*g."""
+    negative, number, factors = False, sp.Integer(1), []
+    for a in expr.args:
+        if isinstance(a, sp.MatMul):
+            inner, more = _signed(a)
+            negative ^= inner
+            if more and more[0].is_Number:
+                number, more = number * more[0], more[1:]
+            factors += more
+        elif a.is_Number:
+            negative ^= bool(a.is_extended_negative)
+            number *= abs(a)
+        elif isinstance(a, sp.Mul) and not a.is_Matrix and a.could_extract_minus_sign():
+            negative = not negative
+            factors.append(-a)
+        else:
+            factors.append(a)
+    return negative, ([number] if number != 1 or not factors else []) + factors
+
+
 def _negative_product(expr) -> bool:
-    c = expr.args[0]
-    return bool(c.is_Number and c.is_extended_negative)
+    return _signed(expr)[0]
 
 
 def _negated(expr):
-    """-expr for a product with a negative leading coefficient, without doit()."""
-    args = list(expr.args)
-    args = args[1:] if args[0] == -1 else [-args[0], *args[1:]]
-    return args[0] if len(args) == 1 else sp.MatMul(*args, evaluate=False)
+    """-expr for a product that prints with a minus sign, without doit()."""
+    factors = _signed(expr)[1]
+    return factors[0] if len(factors) == 1 else sp.MatMul(*factors, evaluate=False)
 
 
 def _entries_summed(expr):
@@ -55,12 +76,9 @@ class RuleStrPrinter(StrPrinter):
         return self._print(item)
 
     def _print_MatMul(self, expr):
-        args = list(expr.args)
-        sign = ""
-        if _negative_product(expr):
-            sign = "-"
-            args = args[1:] if args[0] == -1 else [-args[0], *args[1:]]
-        return sign + "*".join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in args)
+        negative, args = _signed(expr)
+        return ("-" if negative else "") + "*".join(
+            self.parenthesize(a, PRECEDENCE["Mul"]) for a in args)
 
     def _print_Trace(self, expr):
         summed = _entries_summed(expr)
@@ -103,11 +121,8 @@ class RuleLatexPrinter(LatexPrinter):
         return tex
 
     def _print_MatMul(self, expr):
-        args = list(expr.args)
-        sign = ""
-        if _negative_product(expr):
-            sign = "- "
-            args = args[1:] if args[0] == -1 else [-args[0], *args[1:]]
+        negative, args = _signed(expr)
+        sign = "- " if negative else ""
 
         def part(x):
             if isinstance(x, sp.Mul) and not isinstance(x, sp.MatMul):
