@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(err.render(), file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt as err:
-        from nlc.train_cli import interrupted_line
-        print(interrupted_line(err, args.command), file=sys.stderr)
+        from nlc.train_cli import say_interrupted
+        say_interrupted(err, args.command)
         return 130
     except BrokenPipeError:
         return EXIT_OK

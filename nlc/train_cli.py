@@ -36,9 +36,19 @@ class Interrupted(KeyboardInterrupt):
 
 
 def interrupted_line(err: KeyboardInterrupt, command: str) -> str:
+    """The "nlc: interrupted" line, or "" in a data-parallel rank other than the first: every
+    rank of `--nproc N` gets the same Ctrl-C, and the line is said once."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return ""
     hint = err.hint if isinstance(err, Interrupted) else \
         BEFORE_TRAINING_HINT if command == "train" else ""
     return f"nlc: interrupted{hint}"
+
+
+def say_interrupted(err: KeyboardInterrupt, command: str) -> None:
+    line = interrupted_line(err, command)
+    if line:
+        print(line, file=sys.stderr)
 
 
 def register(subparsers) -> None:
@@ -315,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err.render(), file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        print(interrupted_line(err, args.command), file=sys.stderr)
+        say_interrupted(err, args.command)
         return 130
     except Exception as err:  # a bug, not a user error
         if os.environ.get("NLC_DEBUG") == "1":

@@ -299,3 +299,9 @@ def test_an_interrupted_train_says_whether_it_can_be_resumed(tmp_path, monkeypat
     else:
         assert f"no checkpoint was written to {out}, so nothing is saved" in err
         assert "cannot be resumed" in err and "continues from" not in err
+    # a second data-parallel rank (`--nproc 2`) gets the same Ctrl-C and says nothing: the
+    # first rank's line is the command's
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", "builtin:attention", *TINY, "--out", str(out),
+                     *(["--resume", "--steps", "4"] if saved else [])]) == 130
+    assert "interrupted" not in capsys.readouterr().err
