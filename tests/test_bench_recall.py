@@ -94,6 +94,8 @@ def test_the_best_lr_is_the_best_mean_over_seeds_and_divergence_is_reported():
     (["attention", "--lrs", "1e300"], "--lrs: learning rates must be at most 1e+06, got 1e+300"),
     (["attention", "--device", "tpu"], "unknown device 'tpu'"),  # was a failed run each
     ([DELTANET, DELTANET], "two specs are both named deltanet"),
+    (["attention", "--widths", "32", "15"],  # was a failed run, the reason only in its log
+     "--widths 15: builtin:attention: d_model 15 must split into 1 heads of even width"),
 ])
 def test_bad_input_is_a_located_error_and_exit_2(tmp_path, capsys, args, message):
     assert main(["bench", "recall", *args, "--quick", "-o", str(tmp_path / "o")]) == 2

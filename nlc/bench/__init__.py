@@ -141,6 +141,7 @@ def run_sweep(args, protocol, name: str):
     out = Path(args.out)
     models = runs.models_for(args.specs, parse_overrides(args.defines), tuple(args.scale))
     points = runs.points_for(models, settings)
+    runs.check_widths(points)
     for point in points:  # every run's config and folder are valid before the first starts
         config = protocol.config_for(point, settings, out, settings.devices[0])
         runs.read_summary(Path(config.out), config)

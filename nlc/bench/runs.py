@@ -288,6 +288,20 @@ def latest_step(run: Path) -> int:
     return max(steps, default=0)
 
 
+def check_widths(points: list[Point]) -> None:
+    """Refuse, before any run starts, a width the builtin attention cannot take (its default
+    heads, one per 64 channels, must split it into heads of even width): each such run would
+    fail on its own, with the reason only in its log."""
+    from nlc.runtime.trainer.model import attention_heads
+    for width in sorted({p.width for p in points if p.model.spec == ATTENTION}):
+        try:
+            attention_heads(width)
+        except ValueError as err:
+            raise NlcError(f"--widths {width}: builtin:attention: {err}",
+                           hint="an even width under 128, or any multiple of 64, splits "
+                                "evenly (one head per 64 channels)") from None
+
+
 def points_for(models: list[Model], settings) -> list[Point]:
     """Every (model, width, learning rate, seed) of `settings`, in that order."""
     return [Point(m, w, lr, seed) for m in models for w in settings.widths

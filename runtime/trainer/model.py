@@ -60,6 +60,16 @@ def rotate(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+def attention_heads(d_model: int, heads: int | None = None) -> int:
+    """The heads of `CausalSelfAttention` at width d_model (by default one per 64 channels);
+    ValueError unless they split it evenly into heads of even width (rotary positions turn
+    channel pairs)."""
+    heads = heads or max(1, d_model // 64)
+    if d_model % heads or (d_model // heads) % 2:
+        raise ValueError(f"d_model {d_model} must split into {heads} heads of even width")
+    return heads
+
+
 class CausalSelfAttention(nn.Module):
     """Softmax attention (Vaswani et al. 2017) with rotary positions: `builtin:attention`.
 
@@ -68,10 +78,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, heads: int | None = None):
         super().__init__()
-        heads = heads or max(1, d_model // 64)
-        if d_model % heads or (d_model // heads) % 2:
-            raise ValueError(f"d_model {d_model} must split into {heads} heads of even width")
-        self.heads = heads
+        self.heads = attention_heads(d_model, heads)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.proj = nn.Linear(d_model, d_model, bias=False)
         for layer in (self.qkv, self.proj):
