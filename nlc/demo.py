@@ -7,10 +7,12 @@ print the accuracy table and write a plot; last, the delta-momentum toy (nlc/del
 momentum, delta momentum and DGD compiled from their specs on a loss with two minima, a few
 seconds) with its plot. `--toy` runs the toy alone. `--quick` trains on a smaller MQAR for fewer steps
 (CI runs the demo that way): about a minute on two cores, and softmax attention still solves
-it. Each run shows its progress (step, loss, tokens/s, ETA) on stderr. Run again over the same
---out, the demo reports the runs it finished before (evaluated again, not retrained); an earlier
-run with other settings (another --steps, --quick or spec text) or one that did not finish is
-never replaced: the demo refuses, naming its folder, before any work."""
+it. Each run shows its progress (step, loss, tokens/s, ETA) on stderr and writes a checkpoint
+at each evaluation. Run again over the same --out, the demo reports the runs it finished before
+(evaluated again, not retrained) and continues an interrupted run from its latest checkpoint;
+an earlier run with other settings (another --steps, --quick or spec text), or one stopped
+before its first checkpoint, is never replaced: the demo refuses, naming its folder, before
+any work."""
 
 from __future__ import annotations
 
@@ -207,8 +209,9 @@ def delta_momentum_toy(examples: Path, out: Path) -> bool:
 
 def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
     """(name, accuracy, final train loss, seconds) of one model trained under `budget`; a
-    run finished before with the same settings is resumed, so it is evaluated and reported
-    again (refuse_replacing_runs has refused any other earlier run)."""
+    run started before with the same settings is resumed from its latest checkpoint: a
+    finished one is evaluated and reported again, an interrupted one trains on to the end
+    (refuse_replacing_runs has refused any other earlier run)."""
     from nlc.factories import factories_for
     from nlc.runtime.trainer.checkpoint import latest_checkpoint
     from nlc.runtime.trainer.train import train
@@ -235,14 +238,16 @@ def demo_config(path: Path, run: Path, budget: Budget):
                        n_layers=2, mqar_vocab_size=budget.vocab_size,
                        mqar_num_kv_pairs=budget.num_kv_pairs, lr=budget.lr,
                        warmup=max(steps // 10, 1), eval_interval=max(steps // 5, 1),
-                       checkpoint_interval=0, eval_examples=256, device="cpu",
+                       checkpoint_interval=max(steps // 5, 1), eval_examples=256, device="cpu",
                        log_interval=max(steps // 10, 1), out=str(run))
 
 
 def refuse_replacing_runs(files: list[Path], out: Path, budget: Budget) -> None:
     """Before any work: refuse when a run folder the demo trains into holds an earlier run
-    it would not simply report again (other settings or spec text, or unfinished), naming
-    the folder. The demo never deletes or restarts a run."""
+    it would neither report again nor continue (other settings or spec text, or stopped
+    before its first checkpoint), naming the folder. The demo never deletes or restarts a
+    run. How often runs are checkpointed is not a setting compared (earlier demos wrote only a
+    final checkpoint)."""
     from nlc.fileio import read_text
     from nlc.runtime.trainer.checkpoint import latest_checkpoint
     from nlc.runtime.trainer.config import TrainConfig
@@ -253,13 +258,15 @@ def refuse_replacing_runs(files: list[Path], out: Path, budget: Budget) -> None:
             continue
         hint = f"choose another --out, or delete {run} to train it again"
         if not (run / "config.json").is_file() or latest_checkpoint(run) is None:
-            raise NlcError(f"{run}: holds an earlier run that did not finish (no checkpoint "
-                           "to report); the demo does not replace it", hint=hint)
+            raise NlcError(f"{run}: holds an earlier run stopped before its first checkpoint "
+                           "(nothing to continue from); the demo does not replace it",
+                           hint=hint)
         now = demo_config(by_name[name], run, budget)
         then = TrainConfig.from_json(read_text(run / "config.json", "config"),
                                      str(run / "config.json"))
         differ = [f"{k} {getattr(then, k)!r} there, {getattr(now, k)!r} now"
-                  for k in (f.name for f in fields(now)) if k not in ("spec", "out", "vocab_size")
+                  for k in (f.name for f in fields(now))
+                  if k not in ("spec", "out", "vocab_size", "checkpoint_interval")
                   and getattr(then, k) != getattr(now, k)]
         copy = run / "spec.nl"
         if copy.is_file() and copy.read_text() != by_name[name].read_text():

@@ -24,6 +24,9 @@ SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
 # what an interrupted `nlc train` adds to "nlc: interrupted" before its run folder is known
 BEFORE_TRAINING_HINT = ("; `nlc train ... --out RUN --resume` continues from the run's latest "
                         "checkpoint")
+# and what an interrupted `nlc demo` adds (nlc/demo.py: runs are checkpointed as they train)
+DEMO_HINT = ("; `nlc demo` again with the same options and --out continues each unfinished "
+             "run from its latest checkpoint")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,7 +44,7 @@ def interrupted_line(err: KeyboardInterrupt, command: str) -> str:
     if int(os.environ.get("RANK", "0")) > 0:
         return ""
     hint = err.hint if isinstance(err, Interrupted) else \
-        BEFORE_TRAINING_HINT if command == "train" else ""
+        {"train": BEFORE_TRAINING_HINT, "demo": DEMO_HINT}.get(command, "")
     return f"nlc: interrupted{hint}"
 
 

@@ -4,6 +4,7 @@ naming the folder, before any work."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -54,11 +55,44 @@ def test_a_demo_with_other_settings_refuses_before_any_work(demo, capsys):
     assert files(run) == before
 
 
-def test_a_demo_over_an_unfinished_run_refuses(demo, capsys):
+def test_a_demo_over_a_run_stopped_before_its_first_checkpoint_refuses(demo, capsys):
     command, run = demo
     shutil.rmtree(run / "checkpoints")
     (run / "summary.json").unlink()
     before = files(run)
     assert main(command) == 2
-    assert f"{run}: holds an earlier run that did not finish" in capsys.readouterr().err
+    assert f"{run}: holds an earlier run stopped before its first checkpoint" in \
+        capsys.readouterr().err
     assert files(run) == before
+
+
+def losses(run: Path) -> list:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").open())
+            if r["kind"] == "train"]
+
+
+def test_a_demo_run_again_continues_an_interrupted_run(demo, capsys):
+    """The demo checkpoints its runs as they train: a run interrupted after step 2 (its last
+    checkpoint and summary not yet written) trains on from step 2 when the demo is run again,
+    to the losses of the run that was not interrupted."""
+    command, run = demo
+    whole = losses(run)
+    last = sorted((run / "checkpoints").iterdir())
+    assert len(last) == 3, last  # one per evaluation: every step of 3
+    shutil.rmtree(last[-1])
+    (run / "summary.json").unlink()
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert "steps 3..3" in err and "nothing to train" not in err, err
+    assert (run / "summary.json").is_file() and losses(run) == whole
+
+
+def test_an_interrupted_demo_says_how_to_continue(monkeypatch, capsys):
+    from nlc import demo as demo_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo_module, "run_demo", interrupted)
+    assert main(["demo", "--quick"]) == 130
+    err = capsys.readouterr().err
+    assert "nlc: interrupted; `nlc demo` again with the same options and --out continues" in err
