@@ -3,7 +3,8 @@
 # compiled code (scan.chunk_runner), against the checkpoint around it (NLC_CHECKPOINT_OUTSIDE=1),
 # side by side in one call. One mode per device call (each under 10 minutes; run from the
 # repository root with OUT set and the wheels carried, see benchmarks/gpu_common.sh):
-#   a: Titans' fastest LM row profiled, the same with the checkpoint outside, TTT-MLP's row
+#   a: Titans' fastest LM row profiled, the same with the checkpoint outside, the same with
+#      the reads' outputs kept (NLC_SAVE_READS=1), TTT-MLP's row
 #   b: Hope's fastest LM row, the same with the checkpoint outside, then titans-pytorch
 #      against our Titans layer (needs .carry/whl_titans)
 set -u
@@ -19,7 +20,9 @@ if [ "$MODE" = a ]; then
   cp "$OUT/lm_rows.md" "$OUT/lm_titans.md"
   lm_rows 120 "${TITANS}_outside"
   cp "$OUT/lm_rows.md" "$OUT/lm_titans_outside.md"
-  lm_rows 120 ttt_mlp_graphed_compiled_chunks
+  lm_rows 120 "${TITANS}_saved_reads"
+  cp "$OUT/lm_rows.md" "$OUT/lm_titans_saved_reads.md"
+  lm_rows 100 ttt_mlp_graphed_compiled_chunks
 fi
 if [ "$MODE" = b ]; then
   lm_rows 180 "$HOPE"

@@ -232,11 +232,31 @@ def chunk_runner(body: Callable, recompute: bool) -> Callable:
 
 
 def _checkpointed(body: Callable) -> Callable:
+    saved = _saved_ops()
+    options = {} if not saved else {"context_fn": functools.partial(
+        torch.utils.checkpoint.create_selective_checkpoint_contexts,
+        functools.partial(_save_policy, saved))}
+
     @functools.wraps(body)
     def run(*args):
         return torch.utils.checkpoint.checkpoint(body, *args, use_reentrant=False,
-                                                 preserve_rng_state=False)
+                                                 preserve_rng_state=False, **options)
     return run
+
+
+def _saved_ops() -> tuple:
+    """The ops whose outputs a recomputed compiled chunk keeps rather than recomputes:
+    `NLC_SAVE_READS=1` keeps the dual form's reads (runtime/library/dual_ops.py), an
+    experiment in memory against time (docs/perf.md); by default nothing."""
+    if os.environ.get("NLC_SAVE_READS") != "1":
+        return ()
+    from nlc.runtime.library import dual_ops  # noqa: F401  registers nlc::dual_read
+    return (torch.ops.nlc.dual_read.default,)
+
+
+def _save_policy(saved: tuple, ctx, op, *args, **kwargs):
+    policy = torch.utils.checkpoint.CheckpointPolicy
+    return policy.MUST_SAVE if op in saved else policy.PREFER_RECOMPUTE
 
 
 @_float32
