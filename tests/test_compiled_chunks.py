@@ -9,6 +9,7 @@ code generation), which keeps the test short."""
 
 from __future__ import annotations
 
+import collections
 import functools
 from pathlib import Path
 
@@ -136,6 +137,40 @@ def test_train_compile_chunks_flag_compiles_the_chunk_bodies_for_its_run(tmp_pat
     assert scan.compiled_chunk(_step) is _step
 
 
+def _titans_backward(monkeypatch, **env):
+    """Titans' layer (two chunks of 64 tokens) with compiled chunks (`aot_eager`), recomputed
+    in the backward pass, the dual kernels in the interpreter and `env` set: its output, its
+    gradients, and the ops its backward pass ran, counted by name."""
+    from test_dual_triton import launches  # noqa: F401  sets TRITON_INTERPRET=1
+    from torch.profiler import profile
+    titans = load_module(str(EXAMPLES / "titans.nl"), SMALL)
+    torch.manual_seed(0)
+    layer = titans.Titans()
+    x = torch.randn(1, 128, 16, requires_grad=True)
+    env = {"NLC_TRITON": "force", "NLC_RECOMPUTE_CHUNKS": "1", "NLC_COMPILE_CHUNKS": "1", **env}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr(scan, "_COMPILED", {})
+    torch._dynamo.reset()
+    try:
+        y = layer(x)
+        with profile() as prof:
+            grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()],
+                                        allow_unused=True)
+    finally:
+        torch._dynamo.reset()
+    return y, grads, collections.Counter(e.name for e in prof.events())
+
+
+def _same_gradients(ga, gb):
+    for a, b in zip(ga, gb):
+        assert (a is None) == (b is None)
+        if a is not None:  # float32, summed in another order
+            err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+            assert err < 1e-6, err
+
+
 def test_recomputed_compiled_chunks_rerun_only_what_their_backward_reads(monkeypatch):
     """A compiled chunk that is recomputed compiles the checkpointed body
     (`scan.chunk_runner`): its backward recomputes what the gradients need, not the whole
@@ -143,39 +178,20 @@ def test_recomputed_compiled_chunks_rerun_only_what_their_backward_reads(monkeyp
     is not needed to differentiate it, so the backward runs fewer batched products than with
     the checkpoint around the compiled chunk (`NLC_CHECKPOINT_OUTSIDE=1`, which runs the
     chunk's whole forward again); outputs and gradients are the same."""
-    from test_dual_triton import launches  # noqa: F401  sets TRITON_INTERPRET=1
-    from torch.profiler import profile
-    titans = load_module(str(EXAMPLES / "titans.nl"), SMALL)
-    torch.manual_seed(0)
-    layer = titans.Titans()
-    x = torch.randn(1, 128, 16)
-    monkeypatch.setenv("NLC_TRITON", "force")
-    monkeypatch.setenv("NLC_RECOMPUTE_CHUNKS", "1")
-    monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-
-    def backward_products(outside: str):
-        monkeypatch.setenv("NLC_CHECKPOINT_OUTSIDE", outside)
-        monkeypatch.setattr(scan, "_COMPILED", {})
-        torch._dynamo.reset()
-        try:
-            xx = x.clone().requires_grad_()
-            y = layer(xx)
-            with profile() as prof:
-                grads = torch.autograd.grad(y.square().sum(), [xx, *layer.parameters()],
-                                            allow_unused=True)
-        finally:
-            torch._dynamo.reset()
-        count = sum(e.name == "aten::bmm" for e in prof.events())
-        return y, grads, count
-
-    y_in, g_in, inside = backward_products("0")
-    y_out, g_out, outside = backward_products("1")
+    y_in, g_in, inside = _titans_backward(monkeypatch, NLC_CHECKPOINT_OUTSIDE="0")
+    y_out, g_out, outside = _titans_backward(monkeypatch, NLC_CHECKPOINT_OUTSIDE="1")
     # two chunks, each chunk end two products (the memory's two layers): four fewer
-    assert inside == outside - 4, (inside, outside)
+    assert inside["aten::bmm"] == outside["aten::bmm"] - 4, (inside, outside)
     assert torch.equal(y_in, y_out)
-    for a, b in zip(g_in, g_out):
-        assert (a is None) == (b is None)
-        if a is not None:  # float32, summed in another order
-            err = ((a.double() - b.double()).norm() / b.double().norm()).item()
-            assert err < 1e-6, err
+    _same_gradients(g_in, g_out)
+
+
+def test_saved_reads_are_not_run_again_in_the_backward_pass(monkeypatch):
+    """`NLC_SAVE_READS=1`: the recomputed compiled chunks keep the dual reads' outputs (a
+    selective checkpoint policy), so the backward pass calls the read op no more (it calls
+    it once per read and chunk without it); the gradients are the same."""
+    _, g_saved, saved = _titans_backward(monkeypatch, NLC_SAVE_READS="1")
+    _, g_again, again = _titans_backward(monkeypatch, NLC_SAVE_READS="0")
+    # two chunks of two reads (the memory's two layers)
+    assert (saved["nlc::dual_read"], again["nlc::dual_read"]) == (0, 4)
+    _same_gradients(g_saved, g_again)
