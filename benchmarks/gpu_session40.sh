@@ -24,6 +24,14 @@ if [ "$MODE" = a ]; then
   cp "$OUT/lm_rows.md" "$OUT/lm_titans_saved_reads.md"
   lm_rows 100 ttt_mlp_graphed_compiled_chunks
 fi
+#   c: Titans' rows on another card: the default, the reads kept (narrow, all), the checkpoint
+#      outside
+if [ "$MODE" = c ]; then
+  for row in "$TITANS" "${TITANS}_saved_narrow" "${TITANS}_saved_reads" "${TITANS}_outside"; do
+    lm_rows 120 "$row"
+    cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
+  done
+fi
 if [ "$MODE" = b ]; then
   lm_rows 180 "$HOPE"
   cp "$OUT/lm_rows.md" "$OUT/lm_hope.md"

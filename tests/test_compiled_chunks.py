@@ -189,9 +189,13 @@ def test_recomputed_compiled_chunks_rerun_only_what_their_backward_reads(monkeyp
 def test_saved_reads_are_not_run_again_in_the_backward_pass(monkeypatch):
     """`NLC_SAVE_READS=1`: the recomputed compiled chunks keep the dual reads' outputs (a
     selective checkpoint policy), so the backward pass calls the read op no more (it calls
-    it once per read and chunk without it); the gradients are the same."""
-    _, g_saved, saved = _titans_backward(monkeypatch, NLC_SAVE_READS="1")
+    it once per read and chunk without it); `narrow` keeps only the second layer's (16
+    outputs from 32 inputs here; the first layer's reads 32 from 8); the gradients are the
+    same."""
     _, g_again, again = _titans_backward(monkeypatch, NLC_SAVE_READS="0")
+    _, g_saved, saved = _titans_backward(monkeypatch, NLC_SAVE_READS="1")
+    _, g_narrow, narrow = _titans_backward(monkeypatch, NLC_SAVE_READS="narrow")
     # two chunks of two reads (the memory's two layers)
-    assert (saved["nlc::dual_read"], again["nlc::dual_read"]) == (0, 4)
+    assert [c["nlc::dual_read"] for c in (again, saved, narrow)] == [4, 0, 2]
     _same_gradients(g_saved, g_again)
+    _same_gradients(g_narrow, g_again)

@@ -232,10 +232,14 @@ def chunk_runner(body: Callable, recompute: bool) -> Callable:
 
 
 def _checkpointed(body: Callable) -> Callable:
-    saved = _saved_ops()
-    options = {} if not saved else {"context_fn": functools.partial(
-        torch.utils.checkpoint.create_selective_checkpoint_contexts,
-        functools.partial(_save_policy, saved))}
+    save = os.environ.get("NLC_SAVE_READS", "")
+    options = {}
+    if save in ("1", "narrow"):
+        from nlc.runtime.library import dual_ops
+        policy = functools.partial(_save_reads, dual_ops.dual_read_op._opoverload,
+                                   save == "narrow")
+        options["context_fn"] = functools.partial(
+            torch.utils.checkpoint.create_selective_checkpoint_contexts, policy)
 
     @functools.wraps(body)
     def run(*args):
@@ -244,19 +248,18 @@ def _checkpointed(body: Callable) -> Callable:
     return run
 
 
-def _saved_ops() -> tuple:
-    """The ops whose outputs a recomputed compiled chunk keeps rather than recomputes:
-    `NLC_SAVE_READS=1` keeps the dual form's reads (runtime/library/dual_ops.py), an
-    experiment in memory against time (docs/perf.md); by default nothing."""
-    if os.environ.get("NLC_SAVE_READS") != "1":
-        return ()
-    from nlc.runtime.library import dual_ops  # noqa: F401  registers nlc::dual_read
-    return (torch.ops.nlc.dual_read.default,)
-
-
-def _save_policy(saved: tuple, ctx, op, *args, **kwargs):
+def _save_reads(read, narrow: bool, ctx, op, *args, **kwargs):
+    """What a recomputed compiled chunk keeps with `NLC_SAVE_READS` (an experiment in memory
+    against time, docs/perf.md; by default it keeps nothing but its inputs): `1` keeps the
+    dual form's reads' outputs (`read`, runtime/library/dual_ops.py), so the backward pass does
+    not run them again; `narrow` only those no wider than their input (Titans' second layer:
+    64 floats a token and head, where the first layer's read is 256), the cheaper half."""
     policy = torch.utils.checkpoint.CheckpointPolicy
-    return policy.MUST_SAVE if op in saved else policy.PREFER_RECOMPUTE
+    if op is not read:
+        return policy.PREFER_RECOMPUTE
+    x, starts = args[:2]
+    keep = not narrow or starts.shape[-2] <= x.shape[-1]
+    return policy.MUST_SAVE if keep else policy.PREFER_RECOMPUTE
 
 
 @_float32
