@@ -32,6 +32,14 @@ if [ "$MODE" = c ]; then
     cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
   done
 fi
+#   d: Titans' default row and the narrow reads kept, then Hope's row and the same with the
+#      checkpoint outside
+if [ "$MODE" = d ]; then
+  for row in "$TITANS" "${TITANS}_saved_narrow" "$HOPE" "${HOPE}_outside"; do
+    lm_rows 150 "$row"
+    cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
+  done
+fi
 if [ "$MODE" = b ]; then
   lm_rows 180 "$HOPE"
   cp "$OUT/lm_rows.md" "$OUT/lm_hope.md"
