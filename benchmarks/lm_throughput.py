@@ -165,7 +165,7 @@ ROWS = {
                                                      "graphs"),
     # the reads' outputs kept by the recomputed compiled chunks (NLC_SAVE_READS=1): the
     # backward pass does not run the reads again, at 10 KiB per token and layer; `narrow`
-    # keeps only the second layer's, 2 KiB
+    # (the default since the fourteenth batch) keeps only the second layer's, 2 KiB; `0` none
     "titans_graphed_compiled_kernels_tf32_saved_reads": (("nlc examples/titans.nl, CUDA "
                                                           "graphs, NLC_COMPILE_CHUNKS=1, "
                                                           "NLC_SAVE_READS=1, --tf32"),
@@ -176,6 +176,11 @@ ROWS = {
                                                            "NLC_SAVE_READS=narrow, --tf32"),
                                                           lambda: _spec("titans", d_head=64),
                                                           "graphs"),
+    "titans_graphed_compiled_kernels_tf32_saved_none": (("nlc examples/titans.nl, CUDA "
+                                                         "graphs, NLC_COMPILE_CHUNKS=1, "
+                                                         "NLC_SAVE_READS=0, --tf32"),
+                                                        lambda: _spec("titans", d_head=64),
+                                                        "graphs"),
     # Hope's chunks spent about half of a step in cuBLAS's float32 GEMMs on the FMA units
     # (docs/perf.md, ninth batch): the same with --tf32
     "hope_graphed_compiled_chunks_tf32": ("nlc examples/hope.nl, CUDA graphs, "
@@ -214,6 +219,9 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_kernels_tf32_saved_narrow": {"NLC_COMPILE_CHUNKS": "1",
                                                              "NLC_COMPILE_DUAL_KERNELS": "1",
                                                              "NLC_SAVE_READS": "narrow"},
+       "titans_graphed_compiled_kernels_tf32_saved_none": {"NLC_COMPILE_CHUNKS": "1",
+                                                           "NLC_COMPILE_DUAL_KERNELS": "1",
+                                                           "NLC_SAVE_READS": "0"},
        "hope_graphed_compiled_chunks_tf32_outside": {"NLC_COMPILE_CHUNKS": "1",
                                                      "NLC_CHECKPOINT_OUTSIDE": "1"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
@@ -231,7 +239,8 @@ TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
              "hope_graphed_compiled_chunks_tf32", "titans_graphed_compiled_kernels_tf32_outside",
              "hope_graphed_compiled_chunks_tf32_outside",
              "titans_graphed_compiled_kernels_tf32_saved_reads",
-             "titans_graphed_compiled_kernels_tf32_saved_narrow"}
+             "titans_graphed_compiled_kernels_tf32_saved_narrow",
+             "titans_graphed_compiled_kernels_tf32_saved_none"}
 
 
 def run_row(name: str, steps: int, B: int, T: int, profile_to: str | None = None) -> dict:

@@ -178,24 +178,27 @@ def test_recomputed_compiled_chunks_rerun_only_what_their_backward_reads(monkeyp
     is not needed to differentiate it, so the backward runs fewer batched products than with
     the checkpoint around the compiled chunk (`NLC_CHECKPOINT_OUTSIDE=1`, which runs the
     chunk's whole forward again); outputs and gradients are the same."""
-    y_in, g_in, inside = _titans_backward(monkeypatch, NLC_CHECKPOINT_OUTSIDE="0")
-    y_out, g_out, outside = _titans_backward(monkeypatch, NLC_CHECKPOINT_OUTSIDE="1")
+    # (no reads kept: NLC_SAVE_READS=0, so the two placements run the same reads)
+    y_in, g_in, inside = _titans_backward(monkeypatch, NLC_CHECKPOINT_OUTSIDE="0",
+                                          NLC_SAVE_READS="0")
+    y_out, g_out, outside = _titans_backward(monkeypatch, NLC_CHECKPOINT_OUTSIDE="1",
+                                             NLC_SAVE_READS="0")
     # two chunks, each chunk end two products (the memory's two layers): four fewer
     assert inside["aten::bmm"] == outside["aten::bmm"] - 4, (inside, outside)
     assert torch.equal(y_in, y_out)
     _same_gradients(g_in, g_out)
 
 
-def test_saved_reads_are_not_run_again_in_the_backward_pass(monkeypatch):
-    """`NLC_SAVE_READS=1`: the recomputed compiled chunks keep the dual reads' outputs (a
-    selective checkpoint policy), so the backward pass calls the read op no more (it calls
-    it once per read and chunk without it); `narrow` keeps only the second layer's (16
-    outputs from 32 inputs here; the first layer's reads 32 from 8); the gradients are the
-    same."""
-    _, g_again, again = _titans_backward(monkeypatch, NLC_SAVE_READS="0")
-    _, g_saved, saved = _titans_backward(monkeypatch, NLC_SAVE_READS="1")
-    _, g_narrow, narrow = _titans_backward(monkeypatch, NLC_SAVE_READS="narrow")
+def test_narrow_reads_are_kept_and_not_run_again_in_the_backward_pass(monkeypatch):
+    """Recomputed compiled chunks keep the outputs of the dual reads no wider than their
+    input (a selective checkpoint policy, `NLC_SAVE_READS=narrow`, the default): Titans'
+    second layer reads 16 outputs from 32 inputs here and is not run again in the backward
+    pass, its first layer (32 from 8) is. `=1` keeps every read, `=0` none; the gradients
+    are the same."""
+    _, g_default, default = _titans_backward(monkeypatch)
+    _, g_none, none = _titans_backward(monkeypatch, NLC_SAVE_READS="0")
+    _, g_all, kept = _titans_backward(monkeypatch, NLC_SAVE_READS="1")
     # two chunks of two reads (the memory's two layers)
-    assert [c["nlc::dual_read"] for c in (again, saved, narrow)] == [4, 0, 2]
-    _same_gradients(g_saved, g_again)
-    _same_gradients(g_narrow, g_again)
+    assert [c["nlc::dual_read"] for c in (none, default, kept)] == [4, 2, 0]
+    _same_gradients(g_default, g_none)
+    _same_gradients(g_all, g_none)

@@ -232,7 +232,7 @@ def chunk_runner(body: Callable, recompute: bool) -> Callable:
 
 
 def _checkpointed(body: Callable) -> Callable:
-    save = os.environ.get("NLC_SAVE_READS", "")
+    save = os.environ.get("NLC_SAVE_READS", "narrow")
     options = {}
     if save in ("1", "narrow"):
         from nlc.runtime.library import dual_ops
@@ -249,11 +249,14 @@ def _checkpointed(body: Callable) -> Callable:
 
 
 def _save_reads(read, narrow: bool, ctx, op, *args, **kwargs):
-    """What a recomputed compiled chunk keeps with `NLC_SAVE_READS` (an experiment in memory
-    against time, docs/perf.md; by default it keeps nothing but its inputs): `1` keeps the
-    dual form's reads' outputs (`read`, runtime/library/dual_ops.py), so the backward pass does
-    not run them again; `narrow` only those no wider than their input (Titans' second layer:
-    64 floats a token and head, where the first layer's read is 256), the cheaper half."""
+    """Which outputs a recomputed compiled chunk keeps besides its inputs, so that its
+    backward pass does not run them again (a selective checkpoint policy): the dual form's
+    reads (`read`, runtime/library/dual_ops.py) no wider than their input, by default or with
+    `NLC_SAVE_READS=narrow` (Titans' second layer: 64 floats a token and head, where the
+    first layer's read is 256; 2 KiB a token and layer); every read with `=1` (10 KiB);
+    none with `=0`. Titans' LM step on an H100: 220.2k tokens/s keeping none, 225.1k keeping
+    the narrow reads at 0.2 GiB more, 230.4k keeping all at 1.2 GiB more (docs/perf.md,
+    fourteenth batch)."""
     policy = torch.utils.checkpoint.CheckpointPolicy
     if op is not read:
         return policy.PREFER_RECOMPUTE
