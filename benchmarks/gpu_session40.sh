@@ -40,6 +40,18 @@ if [ "$MODE" = d ]; then
     cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
   done
 fi
+#   e: Titans' default row (the narrow reads kept) and the same keeping none, then
+#      titans-pytorch against our Titans layer (needs .carry/whl_titans)
+if [ "$MODE" = e ]; then
+  for row in "$TITANS" "${TITANS}_saved_none"; do
+    lm_rows 120 "$row"
+    cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
+  done
+  install_titans_pytorch
+  timeout 150 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
+    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
+    | head -12
+fi
 if [ "$MODE" = b ]; then
   lm_rows 180 "$HOPE"
   cp "$OUT/lm_rows.md" "$OUT/lm_hope.md"
