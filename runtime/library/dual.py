@@ -172,7 +172,7 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     outputs, stacks = [], {}
     # recomputing whole chunks keeps only the chunk-start states (`recompute_chunks`) and the
     # chunks' coefficients
-    run = chunk_runner(_dual_chunk, _recompute(tokens, state, consts))
+    run = chunk_runner(_dual_chunk, _recompute(tokens, state, consts), reads=True)
     for part, (phis, psis) in zip(_chunks(tokens, chunk), coefficients):
         anchor = _anchor(state, anchors)
         o, (state, stacks) = run(outer, read, consts, state, stacks, part, phis, psis, terms,

@@ -213,28 +213,29 @@ def _compile_asked() -> bool:
             and not torch.compiler.is_compiling())
 
 
-def chunk_runner(body: Callable, recompute: bool) -> Callable:
+def chunk_runner(body: Callable, recompute: bool, reads: bool = False) -> Callable:
     """`body` as a chunked driver runs each chunk: compiled (`compiled_chunk`) or not, and,
     with `recompute`, recomputed in the backward pass (`_maybe_checkpoint`). A compiled chunk
     that is recomputed compiles the checkpointed body: the compiler's partitioner then
     recomputes only what the chunk's backward reads, not the whole chunk (the reads' outputs
     and the chunk's end state are not needed to differentiate them), where a checkpoint
     around the compiled chunk would run all of its forward again. `NLC_CHECKPOINT_OUTSIDE=1`
-    keeps the checkpoint around the compiled chunk (for side-by-side timings)."""
+    keeps the checkpoint around the compiled chunk (for side-by-side timings). `reads`: the
+    body calls the dual form's reads, of which it keeps some (`_save_reads`)."""
     if not recompute:
         return compiled_chunk(body)
     if not _compile_asked() or os.environ.get("NLC_CHECKPOINT_OUTSIDE") == "1":
         return functools.partial(_maybe_checkpoint, compiled_chunk(body), True)
     key = (body, "recomputed")
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_checkpointed(body), dynamic=False)
+        _COMPILED[key] = torch.compile(_checkpointed(body, reads), dynamic=False)
     return _COMPILED[key]
 
 
-def _checkpointed(body: Callable) -> Callable:
+def _checkpointed(body: Callable, reads: bool) -> Callable:
     save = os.environ.get("NLC_SAVE_READS", "narrow")
     options = {}
-    if save in ("1", "narrow"):
+    if reads and save in ("1", "narrow"):
         from nlc.runtime.library import dual_ops
         policy = functools.partial(_save_reads, dual_ops.dual_read_op._opoverload,
                                    save == "narrow")
