@@ -155,41 +155,11 @@ ROWS = {
                                                   "NLC_COMPILE_CHUNKS=1, NLC_RECOMPUTE_CHUNKS=0, "
                                                   "--tf32", lambda: _spec("titans", d_head=64),
                                                   "graphs"),
-    # the checkpoint around each compiled chunk instead of inside it (how chunks were
-    # recomputed before scan.chunk_runner): the backward pass runs the chunk's whole forward
-    # again, the chunk end and the reads' outputs included
-    "titans_graphed_compiled_kernels_tf32_outside": (("nlc examples/titans.nl, CUDA graphs, "
-                                                      "NLC_COMPILE_CHUNKS=1, "
-                                                      "NLC_CHECKPOINT_OUTSIDE=1, --tf32"),
-                                                     lambda: _spec("titans", d_head=64),
-                                                     "graphs"),
-    # the reads' outputs kept by the recomputed compiled chunks (NLC_SAVE_READS=1): the
-    # backward pass does not run the reads again, at 10 KiB per token and layer; `narrow`
-    # (the default since the fourteenth batch) keeps only the second layer's, 2 KiB; `0` none
-    "titans_graphed_compiled_kernels_tf32_saved_reads": (("nlc examples/titans.nl, CUDA "
-                                                          "graphs, NLC_COMPILE_CHUNKS=1, "
-                                                          "NLC_SAVE_READS=1, --tf32"),
-                                                         lambda: _spec("titans", d_head=64),
-                                                         "graphs"),
-    "titans_graphed_compiled_kernels_tf32_saved_narrow": (("nlc examples/titans.nl, CUDA "
-                                                           "graphs, NLC_COMPILE_CHUNKS=1, "
-                                                           "NLC_SAVE_READS=narrow, --tf32"),
-                                                          lambda: _spec("titans", d_head=64),
-                                                          "graphs"),
-    "titans_graphed_compiled_kernels_tf32_saved_none": (("nlc examples/titans.nl, CUDA "
-                                                         "graphs, NLC_COMPILE_CHUNKS=1, "
-                                                         "NLC_SAVE_READS=0, --tf32"),
-                                                        lambda: _spec("titans", d_head=64),
-                                                        "graphs"),
     # Hope's chunks spent about half of a step in cuBLAS's float32 GEMMs on the FMA units
     # (docs/perf.md, ninth batch): the same with --tf32
     "hope_graphed_compiled_chunks_tf32": ("nlc examples/hope.nl, CUDA graphs, "
                                           "NLC_COMPILE_CHUNKS=1, --tf32",
                                           lambda: _spec("hope", d_head=64), "graphs"),
-    "hope_graphed_compiled_chunks_tf32_outside": (("nlc examples/hope.nl, CUDA graphs, "
-                                                   "NLC_COMPILE_CHUNKS=1, "
-                                                   "NLC_CHECKPOINT_OUTSIDE=1, --tf32"),
-                                                  lambda: _spec("hope", d_head=64), "graphs"),
     "yaad": ("nlc examples/yaad.nl", lambda: _spec("yaad", d_head=64), False),
     "memora": ("nlc examples/memora.nl", lambda: _spec("memora", d_head=64), False),
 }
@@ -210,20 +180,6 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
        "titans_graphed_compiled_kernels_tf32_kept": {"NLC_COMPILE_CHUNKS": "1",
                                                      "NLC_COMPILE_DUAL_KERNELS": "1",
                                                      "NLC_RECOMPUTE_CHUNKS": "0"},
-       "titans_graphed_compiled_kernels_tf32_outside": {"NLC_COMPILE_CHUNKS": "1",
-                                                        "NLC_COMPILE_DUAL_KERNELS": "1",
-                                                        "NLC_CHECKPOINT_OUTSIDE": "1"},
-       "titans_graphed_compiled_kernels_tf32_saved_reads": {"NLC_COMPILE_CHUNKS": "1",
-                                                            "NLC_COMPILE_DUAL_KERNELS": "1",
-                                                            "NLC_SAVE_READS": "1"},
-       "titans_graphed_compiled_kernels_tf32_saved_narrow": {"NLC_COMPILE_CHUNKS": "1",
-                                                             "NLC_COMPILE_DUAL_KERNELS": "1",
-                                                             "NLC_SAVE_READS": "narrow"},
-       "titans_graphed_compiled_kernels_tf32_saved_none": {"NLC_COMPILE_CHUNKS": "1",
-                                                           "NLC_COMPILE_DUAL_KERNELS": "1",
-                                                           "NLC_SAVE_READS": "0"},
-       "hope_graphed_compiled_chunks_tf32_outside": {"NLC_COMPILE_CHUNKS": "1",
-                                                     "NLC_CHECKPOINT_OUTSIDE": "1"},
        "titans_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "hope_graphed_torch_terms": {"NLC_TERMS_TRITON": "0"},
        "titans_graphed_terms_kernels": {"NLC_TERMS_TRITON": "1"},
@@ -236,11 +192,25 @@ ENV = {"titans_compiled_chunks": {"NLC_COMPILE_CHUNKS": "1"},
 # run as `nlc train --tf32` does (train.use_tf32)
 TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
              "titans_graphed_compiled_kernels_tf32", "titans_graphed_compiled_kernels_tf32_kept",
-             "hope_graphed_compiled_chunks_tf32", "titans_graphed_compiled_kernels_tf32_outside",
-             "hope_graphed_compiled_chunks_tf32_outside",
-             "titans_graphed_compiled_kernels_tf32_saved_reads",
-             "titans_graphed_compiled_kernels_tf32_saved_narrow",
-             "titans_graphed_compiled_kernels_tf32_saved_none"}
+             "hope_graphed_compiled_chunks_tf32"}
+
+# Variants of the fastest rows, named by a suffix, each setting one more variable:
+# `_outside`: the checkpoint around each compiled chunk instead of inside it (how chunks were
+# recomputed before scan.chunk_runner: the backward pass runs the chunk's whole forward
+# again, the chunk end and the reads' outputs included); `_saved_reads`, `_saved_narrow`,
+# `_saved_none`: what the recomputed compiled chunks keep of the dual reads' outputs (all,
+# 10 KiB per token and layer; those no wider than their input, 2 KiB, the default since the
+# fourteenth batch; none), not run again in the backward pass
+VARIANTS = {"_outside": {"NLC_CHECKPOINT_OUTSIDE": "1"}, "_saved_reads": {"NLC_SAVE_READS": "1"},
+            "_saved_narrow": {"NLC_SAVE_READS": "narrow"}, "_saved_none": {"NLC_SAVE_READS": "0"}}
+for _base, _suffixes in (("titans_graphed_compiled_kernels_tf32", tuple(VARIANTS)),
+                         ("hope_graphed_compiled_chunks_tf32", ("_outside",))):
+    for _suffix in _suffixes:
+        _label, _build, _mode = ROWS[_base]
+        _set = ", ".join(f"{k}={v}" for k, v in VARIANTS[_suffix].items())
+        ROWS[_base + _suffix] = (_label.replace(", --tf32", f", {_set}, --tf32"), _build, _mode)
+        ENV[_base + _suffix] = {**ENV[_base], **VARIANTS[_suffix]}
+        TF32_ROWS.add(_base + _suffix)
 
 
 def run_row(name: str, steps: int, B: int, T: int, profile_to: str | None = None) -> dict:
