@@ -52,6 +52,10 @@ if [ "$MODE" = e ]; then
     --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
     | head -12
 fi
+#   f: Titans' default row alone (for an H200, in what device time is left)
+if [ "$MODE" = f ]; then
+  lm_rows 110 "$TITANS"
+fi
 if [ "$MODE" = b ]; then
   lm_rows 180 "$HOPE"
   cp "$OUT/lm_rows.md" "$OUT/lm_hope.md"
