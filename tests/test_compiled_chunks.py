@@ -13,6 +13,7 @@ import collections
 import functools
 from pathlib import Path
 
+import pytest
 import test_chunk_triton  # noqa: F401  sets TRITON_INTERPRET=1 before any test loads triton
 import torch
 from nlc.runtime.library import scan
@@ -202,3 +203,12 @@ def test_narrow_reads_are_kept_and_not_run_again_in_the_backward_pass(monkeypatc
     assert [c["nlc::dual_read"] for c in (none, default, kept)] == [4, 2, 0]
     _same_gradients(g_default, g_none)
     _same_gradients(g_all, g_none)
+
+
+def test_an_unknown_read_policy_is_refused_by_name(monkeypatch):
+    from nlc.errors import NlcError
+    monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
+    monkeypatch.setenv("NLC_SAVE_READS", "yes")
+    monkeypatch.setattr(scan, "_COMPILED", {})
+    with pytest.raises(NlcError, match="NLC_SAVE_READS='yes': expected 0 .*, narrow .* or 1"):
+        scan.chunk_runner(_step, True, reads=True)

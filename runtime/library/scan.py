@@ -234,6 +234,10 @@ def chunk_runner(body: Callable, recompute: bool, reads: bool = False) -> Callab
 
 def _checkpointed(body: Callable, reads: bool) -> Callable:
     save = os.environ.get("NLC_SAVE_READS", "narrow")
+    if save not in ("0", "narrow", "1"):
+        from nlc.errors import NlcError
+        raise NlcError(f"NLC_SAVE_READS={save!r}: expected 0 (keep no read), narrow (the "
+                       "default) or 1 (keep every read)")
     options = {}
     if reads and save in ("1", "narrow"):
         from nlc.runtime.library import dual_ops
