@@ -38,20 +38,14 @@ class Interrupted(KeyboardInterrupt):
         self.hint = hint
 
 
-def interrupted_line(err: KeyboardInterrupt, command: str) -> str:
-    """The "nlc: interrupted" line, or "" in a data-parallel rank other than the first: every
-    rank of `--nproc N` gets the same Ctrl-C, and the line is said once."""
+def say_interrupted(err: KeyboardInterrupt, command: str) -> None:
+    """Print the "nlc: interrupted" line on stderr, except in a data-parallel rank other than
+    the first: every rank of `--nproc N` gets the same Ctrl-C, and the line is said once."""
     if int(os.environ.get("RANK", "0")) > 0:
-        return ""
+        return
     hint = err.hint if isinstance(err, Interrupted) else \
         {"train": BEFORE_TRAINING_HINT, "demo": DEMO_HINT}.get(command, "")
-    return f"nlc: interrupted{hint}"
-
-
-def say_interrupted(err: KeyboardInterrupt, command: str) -> None:
-    line = interrupted_line(err, command)
-    if line:
-        print(line, file=sys.stderr)
+    print(f"nlc: interrupted{hint}", file=sys.stderr)
 
 
 def register(subparsers) -> None:
