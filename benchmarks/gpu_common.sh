@@ -77,3 +77,23 @@ install_titans_pytorch() {
   python3 -m pip install -q --no-index --no-deps --target /tmp/site $wheels 2>&1 \
     | grep -v 'already exists' || true
 }
+
+# lm_rows_each SECONDS ROW...: each row as lm_rows does, its table kept as $OUT/lm_ROW.md
+lm_rows_each() {
+  local seconds=$1 row
+  shift
+  for row in "$@"; do
+    lm_rows "$seconds" "$row"
+    cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
+  done
+}
+
+# titans_pytorch_fast SECONDS: titans-pytorch against our Titans layer
+# (benchmarks/titans_pytorch.py --fast: dim 512, 4 heads of 128, chunk 64, B 4 x 2048) into
+# $OUT/titans_pytorch_fast.md, titans-pytorch installed first (needs .carry/whl_titans)
+titans_pytorch_fast() {
+  install_titans_pytorch
+  timeout "$1" python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
+    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
+    | head -12
+}

@@ -6,7 +6,6 @@
 #      row with the compiled chunks' activations kept instead of recomputed (speed, peak).
 set -u
 MODE=${1:-a}
-REPO=$(pwd)
 source benchmarks/gpu_common.sh
 start_session
 
@@ -56,10 +55,7 @@ if [ "$MODE" = g ]; then
   lm_rows 120 ttt_mlp_graphed_compiled_chunks
   cp "$OUT/lm_rows.md" "$OUT/lm_ttt_mlp.md"
   lm_rows 200 hope_graphed_compiled_chunks_tf32
-  install_titans_pytorch
-  timeout 200 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
-    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
-    | head -12
+  titans_pytorch_fast 200
 fi
 #   h: Titans' row after the chunks kept only the coefficients they read
 if [ "$MODE" = h ]; then

@@ -9,7 +9,6 @@
 #      against our Titans layer (needs .carry/whl_titans)
 set -u
 MODE=${1:-a}
-REPO=$(pwd)
 source benchmarks/gpu_common.sh
 start_session
 
@@ -27,41 +26,24 @@ fi
 #   c: Titans' rows on another card: the default, the reads kept (narrow, all), the checkpoint
 #      outside
 if [ "$MODE" = c ]; then
-  for row in "$TITANS" "${TITANS}_saved_narrow" "${TITANS}_saved_reads" "${TITANS}_outside"; do
-    lm_rows 120 "$row"
-    cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
-  done
+  lm_rows_each 120 "$TITANS" "${TITANS}_saved_narrow" "${TITANS}_saved_reads" "${TITANS}_outside"
 fi
 #   d: Titans' default row and the narrow reads kept, then Hope's row and the same with the
 #      checkpoint outside
 if [ "$MODE" = d ]; then
-  for row in "$TITANS" "${TITANS}_saved_narrow" "$HOPE" "${HOPE}_outside"; do
-    lm_rows 150 "$row"
-    cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
-  done
+  lm_rows_each 150 "$TITANS" "${TITANS}_saved_narrow" "$HOPE" "${HOPE}_outside"
 fi
 #   e: Titans' default row (the narrow reads kept) and the same keeping none, then
 #      titans-pytorch against our Titans layer (needs .carry/whl_titans)
 if [ "$MODE" = e ]; then
-  for row in "$TITANS" "${TITANS}_saved_none"; do
-    lm_rows 120 "$row"
-    cp "$OUT/lm_rows.md" "$OUT/lm_$row.md"
-  done
-  install_titans_pytorch
-  timeout 150 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
-    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
-    | head -12
+  lm_rows_each 120 "$TITANS" "${TITANS}_saved_none"
+  titans_pytorch_fast 150
 fi
 #   f: Titans' default row alone (for an H200, in what device time is left)
 if [ "$MODE" = f ]; then
   lm_rows 110 "$TITANS"
 fi
 if [ "$MODE" = b ]; then
-  lm_rows 180 "$HOPE"
-  cp "$OUT/lm_rows.md" "$OUT/lm_hope.md"
-  lm_rows 180 "${HOPE}_outside"
-  install_titans_pytorch
-  timeout 150 python3 "$REPO/benchmarks/titans_pytorch.py" --B 4 --T 2048 --dim 512 --heads 4 \
-    --dim-heads 128 --repeat 5 --device cuda --fast --out "$OUT/titans_pytorch_fast.md" \
-    | head -12
+  lm_rows_each 180 "$HOPE" "${HOPE}_outside"
+  titans_pytorch_fast 150
 fi
