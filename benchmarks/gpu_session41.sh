@@ -1,0 +1,18 @@
+#!/bin/bash
+# GPU work of session 41 (issue 17): the issue's table on one card, in one call. One mode per
+# device call (each under 10 minutes; run from the repository root with OUT set and the
+# wheels carried, see benchmarks/gpu_common.sh):
+#   a: the LM rows the issue names (DeltaNet, Titans' default row, Hope's fastest row), Titans
+#      with every read kept, then titans-pytorch against our Titans layer (needs
+#      .carry/whl_titans)
+set -u
+MODE=${1:-a}
+source benchmarks/gpu_common.sh
+start_session
+
+TITANS=titans_graphed_compiled_kernels_tf32
+HOPE=hope_graphed_compiled_chunks_tf32
+if [ "$MODE" = a ]; then
+  lm_rows_each 150 deltanet "$TITANS" "${TITANS}_saved_reads" "$HOPE"
+  titans_pytorch_fast 150
+fi
