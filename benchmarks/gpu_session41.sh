@@ -5,6 +5,9 @@
 #   a: the LM rows the issue names (DeltaNet, Titans' default row, Hope's fastest row), Titans
 #      with every read kept, then titans-pytorch against our Titans layer (needs
 #      .carry/whl_titans)
+#   b: Titans' default row beside the same with Inductor settings for the compiled chunks
+#      (NLC_CHUNK_INDUCTOR): independent kernels as one launch, kernels' launch settings
+#      tuned, products' kernels chosen by timing
 set -u
 MODE=${1:-a}
 source benchmarks/gpu_common.sh
@@ -15,4 +18,8 @@ HOPE=hope_graphed_compiled_chunks_tf32
 if [ "$MODE" = a ]; then
   lm_rows_each 150 deltanet "$TITANS" "${TITANS}_saved_reads" "$HOPE"
   titans_pytorch_fast 150
+fi
+if [ "$MODE" = b ]; then
+  lm_rows_each 110 "$TITANS" "${TITANS}_combo" "${TITANS}_tuned"
+  lm_rows_each 200 "${TITANS}_autotuned"
 fi

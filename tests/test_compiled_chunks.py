@@ -212,3 +212,47 @@ def test_an_unknown_read_policy_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(scan, "_COMPILED", {})
     with pytest.raises(NlcError, match="NLC_SAVE_READS='yes': expected 0 .*, narrow .* or 1"):
         scan.chunk_runner(_step, True, reads=True)
+
+
+def test_inductor_settings_reach_the_compiled_chunks(monkeypatch):
+    """`NLC_CHUNK_INDUCTOR` (name=value pairs, spaces between them) becomes torch.compile's
+    Inductor options for every compiled chunk body, each value of its setting's type."""
+    asked = []
+
+    def compile_(fn, **kwargs):
+        asked.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(scan, "_COMPILED", {})
+    monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
+    monkeypatch.setenv("NLC_CHUNK_INDUCTOR", " combo_kernels=1  max_autotune_gemm_backends="
+                                             "TRITON,ATEN triton.cudagraphs=0 "
+                                             "max_autotune_subproc_result_timeout_seconds=61 "
+                                             "max_fusion_size=20")
+    scan.chunk_runner(_step, recompute=False)
+    scan.chunk_runner(_step, recompute=True)
+    want = {"combo_kernels": True, "max_autotune_gemm_backends": "TRITON,ATEN",
+            "triton.cudagraphs": False, "max_autotune_subproc_result_timeout_seconds": 61.0,
+            "max_fusion_size": 20}
+    assert [a["options"] for a in asked] == [want, want]
+    monkeypatch.delenv("NLC_CHUNK_INDUCTOR")
+    monkeypatch.setattr(scan, "_COMPILED", {})
+    scan.chunk_runner(_step, recompute=False)
+    assert asked[-1]["options"] is None
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("combo_kernels=yes", "combo_kernels takes 0 or 1, not 'yes'"),
+    ("no_such_setting=1", "'no_such_setting' is not a torch._inductor.config setting"),
+    ("triton.nothing=1", "'triton.nothing' is not a torch._inductor.config setting"),
+    ("triton=1", r"'triton' is a group of settings: name one of them \(triton.SETTING\)"),
+    ("combo_kernels", "'combo_kernels' is not name=value"),
+    ("max_autotune_subproc_result_timeout_seconds=soon", "takes a number, not 'soon'"),
+    ("max_fusion_size=2.5", "max_fusion_size takes an integer, not '2.5'"),
+])
+def test_inductor_settings_refused_by_name(monkeypatch, text, problem):
+    from nlc.errors import NlcError
+    monkeypatch.setenv("NLC_CHUNK_INDUCTOR", text)
+    with pytest.raises(NlcError, match=f"NLC_CHUNK_INDUCTOR=.*{problem}"):
+        scan.inductor_options()

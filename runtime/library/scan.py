@@ -204,9 +204,69 @@ def compiled_chunk(body: Callable) -> Callable:
     if not _compile_asked():
         return body
     if body not in _COMPILED:
-        _COMPILED[body] = torch.compile(body, dynamic=False)
+        _COMPILED[body] = _compile(body)
     return _COMPILED[body]
 
+
+def _compile(fn: Callable) -> Callable:
+    return torch.compile(fn, dynamic=False, options=inductor_options() or None)
+
+
+def inductor_options() -> dict:
+    """Inductor settings for compiled chunks from `NLC_CHUNK_INDUCTOR`, `name=value` pairs
+    separated by spaces, each a setting of `torch._inductor.config` with a value of its type
+    (booleans as 0 or 1): for instance `combo_kernels=1` (independent small kernels launched
+    as one) or `coordinate_descent_tuning=1` (each generated kernel's launch settings tuned
+    on the device). A chunk is dozens of kernels of a few microseconds each (docs/perf.md),
+    which these settings address. Unset: Inductor's defaults."""
+    text = os.environ.get("NLC_CHUNK_INDUCTOR", "").strip()
+    options, problems = {}, []
+    for item in text.split():
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or not name or not value:
+            problems.append(f"{item!r} is not name=value")
+            continue
+        parsed = _setting(name, value)
+        if isinstance(parsed, str) and parsed.startswith("!"):
+            problems.append(parsed[1:])
+        else:
+            options[name] = parsed
+    if problems:
+        from nlc.errors import NlcError
+        raise NlcError(f"NLC_CHUNK_INDUCTOR={text!r}: " + "; ".join(problems))
+    return options
+
+
+def _setting(name: str, value: str):
+    """`value` as the type of Inductor's setting `name`, or a problem (prefixed with '!')."""
+    from torch._inductor import config
+    current = config
+    for part in name.split("."):  # a setting of a part of the config: `triton.cudagraphs`
+        if part.startswith("_") or not hasattr(current, part):
+            return f"!{name!r} is not a torch._inductor.config setting"
+        current = getattr(current, part)
+    if isinstance(current, bool):
+        if value not in ("0", "1"):
+            return f"!{name} takes 0 or 1, not {value!r}"
+        return value == "1"
+    if isinstance(current, (int, float)):
+        kind = type(current)
+        try:
+            return kind(value)
+        except ValueError:
+            return f"!{name} takes {'an integer' if kind is int else 'a number'}, not {value!r}"
+    if current is None:  # unset, of no given type: a number if it reads as one
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+    if isinstance(current, str):
+        return value
+    if not callable(current) and hasattr(current, "__dict__"):  # a group: `triton`
+        return f"!{name!r} is a group of settings: name one of them ({name}.SETTING)"
+    return f"!{name} is a {type(current).__name__} setting, which NLC_CHUNK_INDUCTOR cannot set"
 
 def _compile_asked() -> bool:
     return ((COMPILE_CHUNKS or os.environ.get("NLC_COMPILE_CHUNKS", "") == "1")
@@ -228,7 +288,7 @@ def chunk_runner(body: Callable, recompute: bool, reads: bool = False) -> Callab
         return functools.partial(_maybe_checkpoint, compiled_chunk(body), True)
     key = (body, "recomputed")
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_checkpointed(body, reads), dynamic=False)
+        _COMPILED[key] = _compile(_checkpointed(body, reads))
     return _COMPILED[key]
 
 
