@@ -23,3 +23,12 @@ if [ "$MODE" = b ]; then
   lm_rows_each 110 "$TITANS" "${TITANS}_combo" "${TITANS}_tuned"
   lm_rows_each 200 "${TITANS}_autotuned"
 fi
+#   c: Titans' default row with combo kernels and the products' kernels chosen by timing
+#      together (NLC_CHUNK_INDUCTOR set around the row), then the launch-settings tuning alone
+#      with more time to compile
+if [ "$MODE" = c ]; then
+  NLC_CHUNK_INDUCTOR="combo_kernels=1 max_autotune=1 max_autotune_gemm_backends=TRITON,ATEN" \
+    lm_rows 220 "$TITANS"
+  cp "$OUT/lm_rows.md" "$OUT/lm_titans_combo_autotuned.md"
+  lm_rows_each 250 "${TITANS}_tuned"
+fi
