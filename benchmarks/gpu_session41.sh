@@ -32,3 +32,7 @@ if [ "$MODE" = c ]; then
   cp "$OUT/lm_rows.md" "$OUT/lm_titans_combo_autotuned.md"
   lm_rows_each 250 "${TITANS}_tuned"
 fi
+#   d: Hope's fastest row and the same with combo kernels
+if [ "$MODE" = d ]; then
+  lm_rows_each 170 "$HOPE" "${HOPE}_combo"
+fi
