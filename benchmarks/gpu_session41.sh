@@ -36,3 +36,11 @@ fi
 if [ "$MODE" = d ]; then
   lm_rows_each 170 "$HOPE" "${HOPE}_combo"
 fi
+#   e: issue 17's table at this tree (combo kernels the default): DeltaNet, Titans' default
+#      row and the same with Inductor's defaults, Hope's row, titans-pytorch against our
+#      Titans layer
+if [ "$MODE" = e ]; then
+  lm_rows_each 100 deltanet "$TITANS" "${TITANS}_plain"
+  lm_rows_each 140 "$HOPE"
+  titans_pytorch_fast 150
+fi

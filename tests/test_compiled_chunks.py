@@ -236,7 +236,11 @@ def test_inductor_settings_reach_the_compiled_chunks(monkeypatch):
             "triton.cudagraphs": False, "max_autotune_subproc_result_timeout_seconds": 61.0,
             "max_fusion_size": 20}
     assert [a["options"] for a in asked] == [want, want]
-    monkeypatch.delenv("NLC_CHUNK_INDUCTOR")
+    monkeypatch.delenv("NLC_CHUNK_INDUCTOR")  # unset: combo kernels (scan.CHUNK_INDUCTOR)
+    monkeypatch.setattr(scan, "_COMPILED", {})
+    scan.chunk_runner(_step, recompute=False)
+    assert asked[-1]["options"] == {"combo_kernels": True}
+    monkeypatch.setenv("NLC_CHUNK_INDUCTOR", "")  # empty: Inductor's defaults
     monkeypatch.setattr(scan, "_COMPILED", {})
     scan.chunk_runner(_step, recompute=False)
     assert asked[-1]["options"] is None

@@ -212,14 +212,20 @@ def _compile(fn: Callable) -> Callable:
     return torch.compile(fn, dynamic=False, options=inductor_options() or None)
 
 
+# compiled chunks' Inductor settings unless NLC_CHUNK_INDUCTOR says otherwise: Titans' LM step
+# on an H100 224.3k tokens/s without, 229.3k with (docs/perf.md, fifteenth batch)
+CHUNK_INDUCTOR = "combo_kernels=1"
+
+
 def inductor_options() -> dict:
     """Inductor settings for compiled chunks from `NLC_CHUNK_INDUCTOR`, `name=value` pairs
     separated by spaces, each a setting of `torch._inductor.config` with a value of its type
     (booleans as 0 or 1): for instance `combo_kernels=1` (independent small kernels launched
     as one) or `coordinate_descent_tuning=1` (each generated kernel's launch settings tuned
     on the device). A chunk is dozens of kernels of a few microseconds each (docs/perf.md),
-    which these settings address. Unset: Inductor's defaults."""
-    text = os.environ.get("NLC_CHUNK_INDUCTOR", "").strip()
+    which these settings address. Unset, it is CHUNK_INDUCTOR; set empty, Inductor's
+    defaults."""
+    text = os.environ.get("NLC_CHUNK_INDUCTOR", CHUNK_INDUCTOR).strip()
     options, problems = {}, []
     for item in text.split():
         name, sep, value = (x.strip() for x in item.partition("="))
