@@ -10,7 +10,6 @@ code generation), which keeps the test short."""
 from __future__ import annotations
 
 import collections
-import functools
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,18 @@ from nlc.emit import load_module
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = {"d_model": 16.0, "heads": 2.0, "d_head": 8.0}
+
+
+TORCH_COMPILE = torch.compile  # the tests replace it
+
+
+def _compile_on(backend):
+    """torch.compile on `backend` (`aot_eager` generates no code, which keeps the tests
+    short) without the Inductor settings compiled chunks ask for (scan.inductor_options),
+    which other backends do not take."""
+    def run(fn, options=None, **kwargs):
+        return TORCH_COMPILE(fn, backend=backend, **kwargs)
+    return run
 
 
 def _step(layer, x):
@@ -57,7 +68,7 @@ def test_hope_chunks_compile_once_per_kind_and_match_eager(tmp_path, monkeypatch
 
     monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
     monkeypatch.setattr(scan, "_COMPILED", {})
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    monkeypatch.setattr(torch, "compile", _compile_on(backend))
     torch._dynamo.reset()
     try:
         y1, g1 = _step(layer, x)
@@ -96,7 +107,7 @@ def test_titans_compiled_chunks_can_read_through_the_dual_kernels(monkeypatch):
     monkeypatch.setenv("NLC_COMPILE_CHUNKS", "1")
     monkeypatch.delenv("NLC_COMPILE_DUAL_KERNELS", raising=False)
     monkeypatch.setattr(scan, "_COMPILED", {})
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr(torch, "compile", _compile_on("aot_eager"))
     torch._dynamo.reset()
     before = launches()
     try:
@@ -149,7 +160,7 @@ def _titans_backward(monkeypatch, **env):
     env = {"NLC_TRITON": "force", "NLC_RECOMPUTE_CHUNKS": "1", "NLC_COMPILE_CHUNKS": "1", **env}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr(torch, "compile", _compile_on("aot_eager"))
     monkeypatch.setattr(scan, "_COMPILED", {})
     torch._dynamo.reset()
     try:
