@@ -37,10 +37,9 @@ if [ "$MODE" = d ]; then
   lm_rows_each 170 "$HOPE" "${HOPE}_combo"
 fi
 #   e: issue 17's table at this tree (combo kernels the default): DeltaNet, Titans' default
-#      row and the same with Inductor's defaults, Hope's row, titans-pytorch against our
-#      Titans layer
+#      row and the same with Inductor's defaults, titans-pytorch against our Titans layer
+#      (Hope's row is mode d's)
 if [ "$MODE" = e ]; then
   lm_rows_each 100 deltanet "$TITANS" "${TITANS}_plain"
-  lm_rows_each 140 "$HOPE"
   titans_pytorch_fast 150
 fi
