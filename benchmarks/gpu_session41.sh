@@ -43,3 +43,7 @@ if [ "$MODE" = e ]; then
   lm_rows_each 100 deltanet "$TITANS" "${TITANS}_plain"
   titans_pytorch_fast 150
 fi
+#   f: Titans' default row (combo kernels) and the same with Inductor's defaults, side by side
+if [ "$MODE" = f ]; then
+  lm_rows_each 120 "$TITANS" "${TITANS}_plain"
+fi
