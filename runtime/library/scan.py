@@ -228,15 +228,13 @@ def inductor_options() -> dict:
     text = os.environ.get("NLC_CHUNK_INDUCTOR", CHUNK_INDUCTOR).strip()
     options, problems = {}, []
     for item in text.split():
-        name, sep, value = (x.strip() for x in item.partition("="))
-        if not sep or not name or not value:
-            problems.append(f"{item!r} is not name=value")
-            continue
-        parsed = _setting(name, value)
-        if isinstance(parsed, str) and parsed.startswith("!"):
-            problems.append(parsed[1:])
-        else:
-            options[name] = parsed
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name or not value:
+                raise ValueError(f"{item!r} is not name=value")
+            options[name] = _setting(name, value)
+        except ValueError as problem:
+            problems.append(str(problem))
     if problems:
         from nlc.errors import NlcError
         raise NlcError(f"NLC_CHUNK_INDUCTOR={text!r}: " + "; ".join(problems))
@@ -244,23 +242,23 @@ def inductor_options() -> dict:
 
 
 def _setting(name: str, value: str):
-    """`value` as the type of Inductor's setting `name`, or a problem (prefixed with '!')."""
+    """`value` as the type of Inductor's setting `name`; ValueError names what is wrong."""
     from torch._inductor import config
     current = config
     for part in name.split("."):  # a setting of a part of the config: `triton.cudagraphs`
         if part.startswith("_") or not hasattr(current, part):
-            return f"!{name!r} is not a torch._inductor.config setting"
+            raise ValueError(f"{name!r} is not a torch._inductor.config setting")
         current = getattr(current, part)
     if isinstance(current, bool):
         if value not in ("0", "1"):
-            return f"!{name} takes 0 or 1, not {value!r}"
+            raise ValueError(f"{name} takes 0 or 1, not {value!r}")
         return value == "1"
     if isinstance(current, (int, float)):
-        kind = type(current)
         try:
-            return kind(value)
+            return type(current)(value)
         except ValueError:
-            return f"!{name} takes {'an integer' if kind is int else 'a number'}, not {value!r}"
+            kind = "an integer" if isinstance(current, int) else "a number"
+            raise ValueError(f"{name} takes {kind}, not {value!r}") from None
     if current is None:  # unset, of no given type: a number if it reads as one
         for kind in (int, float):
             try:
@@ -271,8 +269,10 @@ def _setting(name: str, value: str):
     if isinstance(current, str):
         return value
     if not callable(current) and hasattr(current, "__dict__"):  # a group: `triton`
-        return f"!{name!r} is a group of settings: name one of them ({name}.SETTING)"
-    return f"!{name} is a {type(current).__name__} setting, which NLC_CHUNK_INDUCTOR cannot set"
+        raise ValueError(f"{name!r} is a group of settings: name one of them ({name}.SETTING)")
+    raise ValueError(f"{name} is a {type(current).__name__} setting, which NLC_CHUNK_INDUCTOR "
+                     "cannot set")
+
 
 def _compile_asked() -> bool:
     return ((COMPILE_CHUNKS or os.environ.get("NLC_COMPILE_CHUNKS", "") == "1")
