@@ -47,3 +47,10 @@ fi
 if [ "$MODE" = f ]; then
   lm_rows_each 120 "$TITANS" "${TITANS}_plain"
 fi
+#   g: what Titans' layer keeps for its backward pass on the GPU's path (the fused context
+#      kernels, the dual kernels, bf16 autocast, compiled chunks), by kind
+if [ "$MODE" = g ]; then
+  NLC_COMPILE_CHUNKS=1 NLC_COMPILE_DUAL_KERNELS=1 timeout 300 python3 \
+    "$REPO/benchmarks/saved_activations.py" --specs titans --B 4 --T 2048 --device cuda \
+    --bf16 --breakdown | tee "$OUT/saved_titans_cuda.md"
+fi
