@@ -178,10 +178,12 @@ def _read_config(path: Path):
 
 def cmd_train(args) -> int:
     from nlc.factories import factories_for
+    from nlc.runtime.library import scan
     from nlc.runtime.trainer.progress import strict_json
     from nlc.runtime.trainer.train import train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
+    scan.check_settings()  # the environment's settings for chunked levels
     config = config_from_args(args)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         if config.batch_size % args.nproc:  # refused here, not after the ranks have started

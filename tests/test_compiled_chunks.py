@@ -271,3 +271,22 @@ def test_inductor_settings_refused_by_name(monkeypatch, text, problem):
     monkeypatch.setenv("NLC_CHUNK_INDUCTOR", text)
     with pytest.raises(NlcError, match=f"NLC_CHUNK_INDUCTOR=.*{problem}"):
         scan.inductor_options()
+
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("NLC_CHUNK_INDUCTOR", "combo_kernels=yes", "combo_kernels takes 0 or 1, not 'yes'"),
+    ("NLC_SAVE_READS", "all", "NLC_SAVE_READS='all': expected 0"),
+])
+def test_train_refuses_bad_chunk_settings_before_its_run_starts(tmp_path, monkeypatch, capsys,
+                                                                name, value, problem):
+    """`nlc train` reads the chunked levels' settings from the environment before it makes
+    the run's folder: exit 2 with the variable named, and no folder left behind."""
+    from nlc.train_cli import main
+    monkeypatch.setenv(name, value)
+    out = tmp_path / "run"
+    code = main(["train", str(EXAMPLES / "titans.nl"), "--task", "lm", "--steps", "1",
+                 "--d-model", "16", "--n-layers", "1", "--batch-size", "2", "--seq-len", "64",
+                 "--out", str(out), "--quiet", "-D", "heads=2", "-D", "d_head=8"])
+    assert code == 2
+    assert problem in capsys.readouterr().err
+    assert not out.exists()

@@ -298,12 +298,25 @@ def chunk_runner(body: Callable, recompute: bool, reads: bool = False) -> Callab
     return _COMPILED[key]
 
 
-def _checkpointed(body: Callable, reads: bool) -> Callable:
+def check_settings() -> None:
+    """Refuse a bad NLC_SAVE_READS or NLC_CHUNK_INDUCTOR now (`nlc train` asks before its
+    run starts), not when the first chunk compiles, after the run's folder and model are
+    made."""
+    _reads_kept()
+    inductor_options()
+
+
+def _reads_kept() -> str:
     save = os.environ.get("NLC_SAVE_READS", "narrow")
     if save not in ("0", "narrow", "1"):
         from nlc.errors import NlcError
         raise NlcError(f"NLC_SAVE_READS={save!r}: expected 0 (keep no read), narrow (the "
                        "default) or 1 (keep every read)")
+    return save
+
+
+def _checkpointed(body: Callable, reads: bool) -> Callable:
+    save = _reads_kept()
     options = {}
     if reads and save in ("1", "narrow"):
         from nlc.runtime.library import dual_ops
