@@ -39,16 +39,11 @@ LM_TOKENS, LM_LAYERS = 16 * 2048, 4
 HEAD_DIMS = {"gated_deltanet": {"d_k": 64, "d_v": 64}}  # others: d_head
 
 
-def kept_bytes(layer: torch.nn.Module, x: torch.Tensor, bf16: bool = False) -> int:
-    """Bytes of the tensors alive after the forward pass, beyond the parameters and x: what
-    autograd saved (the hook turns each into a Python object gc can see) and what a
-    checkpointed chunk holds for its recomputation (its inputs)."""
-    return sum(n for n, _ in kept_storages(layer, x, bf16).values())
-
-
 def kept_storages(layer: torch.nn.Module, x: torch.Tensor, bf16: bool = False) -> dict:
-    """`kept_bytes`' storages: (bytes, (shape, dtype, the operation that made the tensor))
-    of each, under bf16 autocast on x's device with `bf16`."""
+    """The storages alive after the forward pass, beyond the parameters and x: what autograd
+    saved (the hook turns each into a Python object gc can see) and what a checkpointed chunk
+    holds for its recomputation (its inputs). Each as (bytes, (shape, dtype, the operation
+    that made the tensor)); under bf16 autocast on x's device with `bf16`."""
     before = _storages()
     with (torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
           torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)):
@@ -120,7 +115,8 @@ def main() -> None:
             x = torch.randn(args.B, args.T, 512, device=device, requires_grad=True)
             storages = kept_storages(layer, x, args.bf16)
             per_token[flag] = sum(n for n, _ in storages.values()) / tokens
-            details[name] = storages
+            if flag == "1":  # the breakdown is of the recomputed chunks
+                details[name] = storages
         lm = {f: b * LM_TOKENS * LM_LAYERS / 2 ** 30 for f, b in per_token.items()}
         print(f"| examples/{name}.nl | {per_token['0'] / 1024:.1f} | "
               f"{per_token['1'] / 1024:.1f} | {lm['0']:.1f} | {lm['1']:.1f} |")
