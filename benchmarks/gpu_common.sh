@@ -88,6 +88,16 @@ lm_rows_each() {
   done
 }
 
+# lm_rows_at TAR SECONDS ROWS: the same rows on the tree a `git archive` tar in .carry holds
+# (`git archive -o .carry/base_REV.tar REV`), installed beside this one, into $OUT/lm_base.md
+lm_rows_at() {
+  rm -rf /tmp/base /tmp/nlc_base && mkdir -p /tmp/base && tar -xf "$REPO/.carry/$1" -C /tmp/base
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
+    /tmp/base
+  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout "$2" python3 /tmp/base/benchmarks/lm_throughput.py \
+    --steps 3 --batch 16 --rows "$3" --out "$OUT/lm_base.md" | tail -1
+}
+
 # titans_pytorch_fast SECONDS: titans-pytorch against our Titans layer
 # (benchmarks/titans_pytorch.py --fast: dim 512, 4 heads of 128, chunk 64, B 4 x 2048) into
 # $OUT/titans_pytorch_fast.md, titans-pytorch installed first (needs .carry/whl_titans)

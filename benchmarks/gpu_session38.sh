@@ -20,15 +20,6 @@ start_session
 export TRITON_CACHE_AUTOTUNING=1
 
 
-# lm_rows_at TAR SECONDS ROWS: the same rows on the tree a `git archive` tar holds
-lm_rows_at() {
-  rm -rf /tmp/base /tmp/nlc_base && mkdir -p /tmp/base && tar -xf "$REPO/.carry/$1" -C /tmp/base
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/nlc_base \
-    /tmp/base
-  PYTHONPATH=/tmp/nlc_base:/tmp/site timeout "$2" python3 /tmp/base/benchmarks/lm_throughput.py \
-    --steps 3 --batch 16 --rows "$3" --out "$OUT/lm_base.md" | tail -1
-}
-
 TITANS=titans_graphed_compiled_kernels_tf32
 if [ "$MODE" = a ]; then
   timeout "${GLA_SECONDS:-420}" python3 "$REPO/benchmarks/gpu_chunked.py" --skip-cold \

@@ -25,6 +25,7 @@ import datetime
 import gc
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 
@@ -36,7 +37,13 @@ from nlc.factories import mixer_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 LM_TOKENS, LM_LAYERS = 16 * 2048, 4
-HEAD_DIMS = {"gated_deltanet": {"d_k": 64, "d_v": 64}}  # others: d_head
+
+
+def head_dims(spec: Path) -> dict:
+    """Heads of 64: `d_k` and `d_v` where the spec names its heads' widths so (DeltaNet and
+    the other matrix memories), else `d_head`."""
+    declared = re.search(r"\bd_k\s*=", spec.read_text())
+    return {"d_k": 64, "d_v": 64} if declared else {"d_head": 64}
 
 
 def kept_storages(layer: torch.nn.Module, x: torch.Tensor, bf16: bool = False) -> dict:
@@ -109,7 +116,7 @@ def main() -> None:
         for flag in ("0", "1"):
             os.environ["NLC_RECOMPUTE_CHUNKS"] = flag
             torch.manual_seed(0)
-            dims = HEAD_DIMS.get(name, {"d_head": 64})
+            dims = head_dims(ROOT / "examples" / f"{name}.nl")
             layer = mixer_from_spec(str(ROOT / "examples" / f"{name}.nl"), heads=8,
                                     **dims)(512).to(device)
             x = torch.randn(args.B, args.T, 512, device=device, requires_grad=True)

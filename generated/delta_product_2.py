@@ -307,9 +307,10 @@ class GatedDeltaProduct(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -321,7 +322,7 @@ class GatedDeltaProduct(nn.Module):
         )  # spec:21
         k1 = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k1),
+                nl.head_matmul(xh, self.W_k1, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -333,7 +334,7 @@ class GatedDeltaProduct(nn.Module):
         )  # spec:22
         k2 = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k2),
+                nl.head_matmul(xh, self.W_k2, xm),
                 self.conv2,
                 cu_seqlens,
                 convs,
@@ -345,22 +346,36 @@ class GatedDeltaProduct(nn.Module):
         )  # spec:23
         v1 = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v1), self.conv3, cu_seqlens, convs, "conv3", act="silu"
+                nl.head_matmul(xh, self.W_v1, xm),
+                self.conv3,
+                cu_seqlens,
+                convs,
+                "conv3",
+                act="silu",
             ),
             ref,
         )  # spec:24
         v2 = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v2), self.conv4, cu_seqlens, convs, "conv4", act="silu"
+                nl.head_matmul(xh, self.W_v2, xm),
+                self.conv4,
+                cu_seqlens,
+                convs,
+                "conv4",
+                act="silu",
             ),
             ref,
         )  # spec:25
-        beta1 = nl.per_token(2 * torch.sigmoid(nl.head_matmul(xh, self.w_beta1)), ref)  # spec:26
-        beta2 = nl.per_token(2 * torch.sigmoid(nl.head_matmul(xh, self.w_beta2)), ref)  # spec:27
+        beta1 = nl.per_token(
+            2 * torch.sigmoid(nl.head_matmul(xh, self.w_beta1, xm)), ref
+        )  # spec:26
+        beta2 = nl.per_token(
+            2 * torch.sigmoid(nl.head_matmul(xh, self.w_beta2, xm)), ref
+        )  # spec:27
         alpha = nl.per_token(
             torch.exp(
                 -torch.exp(self.A_log[:, None])
-                * F.softplus(nl.head_matmul(xh, self.w_alpha) + self.dt_bias[:, None])
+                * F.softplus(nl.head_matmul(xh, self.w_alpha, xm) + self.dt_bias[:, None])
             ),
             ref,
         )  # spec:28

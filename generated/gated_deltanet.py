@@ -247,9 +247,10 @@ class GatedDeltaNet(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -261,7 +262,7 @@ class GatedDeltaNet(nn.Module):
         )  # spec:18
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -273,15 +274,15 @@ class GatedDeltaNet(nn.Module):
         )  # spec:19
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:20
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta)), ref)  # spec:21
+        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:21
         alpha = nl.per_token(
             torch.exp(
                 -torch.exp(self.A_log[:, None])
-                * F.softplus(nl.head_matmul(xh, self.w_alpha) + self.dt_bias[:, None])
+                * F.softplus(nl.head_matmul(xh, self.w_alpha, xm) + self.dt_bias[:, None])
             ),
             ref,
         )  # spec:22
@@ -298,7 +299,7 @@ class GatedDeltaNet(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:25
         out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm)), self.W_o
         )  # spec:33
         if cache is not None:
             cache["states"] = {

@@ -902,15 +902,16 @@ class SelfModifyingTitans(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         h = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_x), self.conv0, cu_seqlens, convs, "conv0", act="silu"
+                nl.head_matmul(xh, self.W_x, xm), self.conv0, cu_seqlens, convs, "conv0", act="silu"
             ),
             ref,
         )  # spec:38
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,

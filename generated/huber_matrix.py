@@ -225,9 +225,10 @@ class HuberMatrix(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -239,7 +240,7 @@ class HuberMatrix(nn.Module):
         )  # spec:17
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -251,12 +252,12 @@ class HuberMatrix(nn.Module):
         )  # spec:18
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:19
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta)), ref)  # spec:20
-        alpha = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_alpha)), ref)  # spec:21
+        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:20
+        alpha = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm)), ref)  # spec:21
         memory, memory_final = memory_op(
             q,
             k,

@@ -255,9 +255,10 @@ class KDA(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -269,7 +270,7 @@ class KDA(nn.Module):
         )  # spec:26
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -281,16 +282,16 @@ class KDA(nn.Module):
         )  # spec:27
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:28
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta)), ref)  # spec:29
+        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:29
         alpha = nl.per_token(
             torch.exp(
                 -torch.exp(self.A_log[:, None])
                 * F.softplus(
-                    nl.head_matmul(nl.head_matmul(xh, self.W_a1), self.W_a2) + self.dt_bias
+                    nl.head_matmul(nl.head_matmul(xh, self.W_a1, xm), self.W_a2) + self.dt_bias
                 )
             ),
             ref,
@@ -309,7 +310,7 @@ class KDA(nn.Module):
         )  # spec:33
         out = nl.head_matmul_sum(
             nl.gated_norm(
-                memory, nl.head_matmul(nl.head_matmul(xh, self.W_g1), self.W_g2), act="sigmoid"
+                memory, nl.head_matmul(nl.head_matmul(xh, self.W_g1, xm), self.W_g2), act="sigmoid"
             ),
             self.W_o,
         )  # spec:41

@@ -299,20 +299,26 @@ class LinearAttention(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.elu1(
-                nl.short_conv(nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0")
+                nl.short_conv(
+                    nl.head_matmul(xh, self.W_q, xm), self.conv0, cu_seqlens, convs, "conv0"
+                )
             ),
             ref,
         )  # spec:18
         k = nl.per_token(
             nl.elu1(
-                nl.short_conv(nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1")
+                nl.short_conv(
+                    nl.head_matmul(xh, self.W_k, xm), self.conv1, cu_seqlens, convs, "conv1"
+                )
             ),
             ref,
         )  # spec:19
         v = nl.per_token(
-            nl.short_conv(nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2"), ref
+            nl.short_conv(nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2"),
+            ref,
         )  # spec:20
         memory, memory_final = memory_op(
             q,

@@ -228,20 +228,21 @@ class Longhorn(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0", act="silu"
+                nl.head_matmul(xh, self.W_q, xm), self.conv0, cu_seqlens, convs, "conv0", act="silu"
             ),
             ref,
         )  # spec:17
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1", act="silu"
+                nl.head_matmul(xh, self.W_k, xm), self.conv1, cu_seqlens, convs, "conv1", act="silu"
             ),
             ref,
         )  # spec:18
-        v = nl.per_token(nl.head_matmul(xh, self.W_v), ref)  # spec:19
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta)), ref)  # spec:20
+        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:19
+        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:20
         memory, memory_final = memory_op(
             q,
             k,

@@ -216,21 +216,22 @@ class LonghornChannel(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q), self.conv0, cu_seqlens, convs, "conv0", act="silu"
+                nl.head_matmul(xh, self.W_q, xm), self.conv0, cu_seqlens, convs, "conv0", act="silu"
             ),
             ref,
         )  # spec:20
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k), self.conv1, cu_seqlens, convs, "conv1", act="silu"
+                nl.head_matmul(xh, self.W_k, xm), self.conv1, cu_seqlens, convs, "conv1", act="silu"
             ),
             ref,
         )  # spec:21
-        v = nl.per_token(nl.head_matmul(xh, self.W_v), ref)  # spec:22
+        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:22
         beta = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.W_beta) + self.b_beta), ref
+            torch.sigmoid(nl.head_matmul(xh, self.W_beta, xm) + self.b_beta), ref
         )  # spec:23
         memory, memory_final = memory_op(
             q,

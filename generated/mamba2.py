@@ -245,26 +245,27 @@ class Mamba2(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_x), self.conv0, cu_seqlens, convs, "conv0", act="silu"
+                nl.head_matmul(xh, self.W_x, xm), self.conv0, cu_seqlens, convs, "conv0", act="silu"
             ),
             ref,
         )  # spec:20
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_B), self.conv1, cu_seqlens, convs, "conv1", act="silu"
+                nl.head_matmul(xh, self.W_B, xm), self.conv1, cu_seqlens, convs, "conv1", act="silu"
             ),
             ref,
         )  # spec:21
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_C), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_C, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:22
         dt = nl.per_token(
-            F.softplus(nl.head_matmul(xh, self.w_dt) + self.dt_bias[:, None]), ref
+            F.softplus(nl.head_matmul(xh, self.w_dt, xm) + self.dt_bias[:, None]), ref
         )  # spec:23
         alpha = nl.per_token(torch.exp(-dt * torch.exp(self.A_log[:, None])), ref)  # spec:24
         memory, memory_final = memory_op(
@@ -280,7 +281,7 @@ class Mamba2(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:27
         out = nl.head_matmul_sum(
-            nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(nl.head_matmul(xh, self.W_z))),
+            nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(nl.head_matmul(xh, self.W_z, xm))),
             self.W_o,
         )  # spec:35
         if cache is not None:

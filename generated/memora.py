@@ -267,9 +267,10 @@ class Memora(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -281,7 +282,7 @@ class Memora(nn.Module):
         )  # spec:24
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -293,15 +294,15 @@ class Memora(nn.Module):
         )  # spec:25
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:26
         eta = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_eta) + self.b_eta[:, None]), ref
+            torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm) + self.b_eta[:, None]), ref
         )  # spec:27
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_alpha) + self.b_alpha[:, None]), ref
+            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]), ref
         )  # spec:28
         memory, memory_final = memory_op(
             q,

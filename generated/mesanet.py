@@ -223,9 +223,10 @@ class MesaNet(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -235,11 +236,11 @@ class MesaNet(nn.Module):
             ),
             ref,
         )  # spec:21
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta)), ref)  # spec:22
+        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:22
         k = nl.per_token(
             torch.sqrt(beta)
             * nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -252,11 +253,11 @@ class MesaNet(nn.Module):
         v = nl.per_token(
             torch.sqrt(beta)
             * nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:24
-        gamma = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_gamma)), ref)  # spec:25
+        gamma = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_gamma, xm)), ref)  # spec:25
         memory, memory_final = memory_op(
             q,
             k,
@@ -269,7 +270,7 @@ class MesaNet(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:28
         out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm)), self.W_o
         )  # spec:36
         if cache is not None:
             cache["states"] = {

@@ -274,9 +274,10 @@ class Moneta(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -288,7 +289,7 @@ class Moneta(nn.Module):
         )  # spec:27
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -300,13 +301,13 @@ class Moneta(nn.Module):
         )  # spec:28
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:29
-        eta = nl.per_token(0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_eta)), ref)  # spec:30
+        eta = nl.per_token(0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm)), ref)  # spec:30
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_alpha) + self.b_alpha[:, None]), ref
+            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]), ref
         )  # spec:31
         memory, memory_final = memory_op(
             q,

@@ -387,9 +387,10 @@ class Titans(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -401,7 +402,7 @@ class Titans(nn.Module):
         )  # spec:31
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -413,14 +414,16 @@ class Titans(nn.Module):
         )  # spec:32
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:33
-        theta = nl.per_token(0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_theta)), ref)  # spec:34
-        eta = nl.per_token(0.9 * torch.sigmoid(nl.head_matmul(xh, self.w_eta)), ref)  # spec:35
+        theta = nl.per_token(
+            0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_theta, xm)), ref
+        )  # spec:34
+        eta = nl.per_token(0.9 * torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm)), ref)  # spec:35
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_alpha) + self.b_alpha[:, None]), ref
+            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]), ref
         )  # spec:36
         memory, memory_final = memory_op(
             q,
@@ -436,7 +439,7 @@ class Titans(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:39
         out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g)), self.W_o
+            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm)), self.W_o
         )  # spec:47
         if cache is not None:
             cache["states"] = {

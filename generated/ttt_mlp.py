@@ -310,11 +310,12 @@ class TTTMLP(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        q = nl.per_token(nl.head_matmul(xh, self.W_q), ref)  # spec:17
-        k = nl.per_token(nl.head_matmul(xh, self.W_k), ref)  # spec:18
-        v = nl.per_token(nl.head_matmul(xh, self.W_v), ref)  # spec:19
+        xm = nl.matmul_input(xh)  # x cast once for its projections
+        q = nl.per_token(nl.head_matmul(xh, self.W_q, xm), ref)  # spec:17
+        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm), ref)  # spec:18
+        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:19
         eta = nl.per_token(
-            0.1 * torch.sigmoid(nl.head_matmul(xh, self.w_lr)) / self.d_head, ref
+            0.1 * torch.sigmoid(nl.head_matmul(xh, self.w_lr, xm)) / self.d_head, ref
         )  # spec:20
         memory, memory_final = memory_op(
             q,

@@ -271,9 +271,10 @@ class Yaad(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
+        xm = nl.matmul_input(xh)  # x cast once for its projections
         q = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_q),
+                nl.head_matmul(xh, self.W_q, xm),
                 self.conv0,
                 cu_seqlens,
                 convs,
@@ -285,7 +286,7 @@ class Yaad(nn.Module):
         )  # spec:30
         k = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_k),
+                nl.head_matmul(xh, self.W_k, xm),
                 self.conv1,
                 cu_seqlens,
                 convs,
@@ -297,15 +298,15 @@ class Yaad(nn.Module):
         )  # spec:31
         v = nl.per_token(
             nl.short_conv(
-                nl.head_matmul(xh, self.W_v), self.conv2, cu_seqlens, convs, "conv2", act="silu"
+                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
         )  # spec:32
-        eta = nl.per_token(0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_eta)), ref)  # spec:33
+        eta = nl.per_token(0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm)), ref)  # spec:33
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_alpha) + self.b_alpha[:, None]), ref
+            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]), ref
         )  # spec:34
-        delta = nl.per_token(F.softplus(nl.head_matmul(xh, self.w_delta)), ref)  # spec:35
+        delta = nl.per_token(F.softplus(nl.head_matmul(xh, self.w_delta, xm)), ref)  # spec:35
         memory, memory_final = memory_op(
             q,
             k,

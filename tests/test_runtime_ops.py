@@ -45,3 +45,50 @@ def test_head_matmul_shared_input_equals_per_head_products():
     w_o = torch.randn(4, 5, 3, dtype=torch.float64)
     summed = sum(a[..., h, :] @ w_o[h] for h in range(4))
     assert (nl.head_matmul_sum(a, w_o) - summed).abs().max() < 1e-12
+
+
+def _saved_half_copies_of(x: torch.Tensor, fn) -> tuple[torch.Tensor, int]:
+    """fn(x) under CPU bf16 autocast, and how many distinct bf16 storages the size of x
+    autograd saved for the backward pass."""
+    storages = set()
+
+    def pack(t):
+        if t.dtype == torch.bfloat16 and t.numel() == x.numel():
+            storages.add(t.untyped_storage().data_ptr())
+        return t
+    with (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+          torch.autocast("cpu", dtype=torch.bfloat16)):
+        y = fn(x)
+    return y, len(storages)
+
+
+def test_projections_of_x_share_one_cast_under_autocast(monkeypatch):
+    """A generated layer's projections of x keep one bf16 copy of x for the backward pass
+    (nl.matmul_input), not one per projection as autocast alone does, and give the same
+    outputs and gradients as autocast's own casts."""
+    from nlc.factories import mixer_from_spec
+    from tests.conftest import EXAMPLES
+    torch.manual_seed(0)
+    layer = mixer_from_spec(str(EXAMPLES / "titans.nl"), heads=2, d_head=8)(24)
+    x = torch.randn(2, 12, 24, requires_grad=True)  # no other tensor of its size
+
+    def run():
+        y, copies = _saved_half_copies_of(x, layer)
+        grads = torch.autograd.grad(y.float().square().sum(), [x, *layer.parameters()])
+        return y, grads, copies
+    shared, shared_grads, shared_copies = run()
+    monkeypatch.setattr(nl, "matmul_input", lambda x: None)  # autocast casts per projection
+    alone, alone_grads, alone_copies = run()
+    assert shared_copies == 1
+    assert alone_copies == 7  # W_q, W_k, W_v, w_theta, w_eta, w_alpha, W_g
+    assert torch.equal(shared, alone)
+    for a, b in zip(shared_grads, alone_grads):
+        assert torch.equal(a, b)
+
+
+def test_matmul_input_only_casts_under_autocast():
+    x = torch.randn(3, 4)
+    assert nl.matmul_input(x) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert nl.matmul_input(x).dtype == torch.bfloat16
+        assert nl.matmul_input(x.bfloat16()) is None

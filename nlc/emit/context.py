@@ -30,6 +30,19 @@ def literal(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 2 ** 53 else repr(value)
 
 
+def is_x(e: ast.Expr) -> bool:
+    """Whether `e` is the layer's input x itself."""
+    return isinstance(e, ast.Name) and e.id == "x"
+
+
+def x_projections(exprs, params) -> int:
+    """How many products `x @ P` (P a parameter) the expressions hold."""
+    from nlc.syntax.walk import nodes
+    return sum(1 for e in exprs for n in nodes(e)
+               if isinstance(n, ast.BinOp) and n.op is ast.BinOpKind.MATMUL and is_x(n.left)
+               and isinstance(n.right, ast.Name) and n.right.id in params)
+
+
 @dataclass
 class ContextPrinter:
     """Prints spec expressions; `names` maps spec names to code; `inner` holds the `a @ b`
@@ -41,6 +54,7 @@ class ContextPrinter:
     convs: object = None                         # the plan's ConvPlans, in printing order
     owner: str = "context"
     constants: frozenset = frozenset()
+    shared_x: str = ""                           # x cast once for its projections (nl.matmul_input)
 
     def expr(self, e: ast.Expr) -> str:
         return self._print(e)[0]
@@ -90,7 +104,8 @@ class ContextPrinter:
     def _matmul(self, e: ast.BinOp) -> str:
         right = e.right
         if isinstance(right, ast.Name) and right.id in self.params:
-            return f"nl.head_matmul({self.expr(e.left)}, {self.names[right.id]})"
+            low = f", {self.shared_x}" if self.shared_x and is_x(e.left) else ""
+            return f"nl.head_matmul({self.expr(e.left)}, {self.names[right.id]}{low})"
         if e in self.inner:
             return f"nl.inner({self.expr(e.left)}, {self.expr(right)})"
         raise NlcError("'@' in generated code needs a parameter on its right "

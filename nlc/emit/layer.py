@@ -11,7 +11,7 @@ import sympy as sp
 
 from nlc.derive.execution import Attention
 from nlc.derive.symbols import shifted_name
-from nlc.emit.context import ContextPrinter, literal
+from nlc.emit.context import ContextPrinter, literal, x_projections
 from nlc.emit.group_reads import shared_reads
 from nlc.emit.levels import (
     READ_LAYOUT,
@@ -362,9 +362,15 @@ class LayerPrinter:
         consts = frozenset(self.defaults) | frozenset(n for n, _ in spec.hypers)
         convs = iter(plan.convs)
         lines = []
+        # x is cast once under autocast for all its projections, not once per projection
+        printed = [s.expr for s in plan.forward if isinstance(s, (ContextStep, OutputStep))]
+        shared = "xm" if x_projections(printed, params) > 1 else ""
+        if shared:
+            lines.append(f"{shared} = nl.matmul_input(xh)  # x cast once for its projections")
         for step in plan.forward:
             if isinstance(step, ContextStep):
-                printer = ContextPrinter(names, plan.inner, params, convs, constants=consts)
+                printer = ContextPrinter(names, plan.inner, params, convs, constants=consts,
+                                         shared_x=shared)
                 lines.append(f"{local(step.name)} = nl.per_token({printer.expr(step.expr)}, "
                              f"ref)  # spec:{step.line}")
                 names[step.name] = local(step.name)
@@ -380,7 +386,7 @@ class LayerPrinter:
                 names |= {n: local(n) for n in gp.members}
             elif isinstance(step, OutputStep):
                 out = ContextPrinter(names, plan.inner, params, convs, owner="output",
-                                     constants=consts)
+                                     constants=consts, shared_x=shared)
                 if step.projection:
                     lines.append(f"out = nl.head_matmul_sum({out.expr(step.expr)}, "
                                  f"{names[step.projection]})  # spec:{step.line}")

@@ -132,8 +132,40 @@ def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> None:
 
 
 # --------------------------------------------------------------- context generation
-def head_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`a @ W` per head: a `[..., H|1, m]`, W `[H, m]` (-> `[..., H, 1]`) or `[H, m, n]`."""
+def matmul_input(x: torch.Tensor) -> torch.Tensor | None:
+    """x as autocast casts it for a matrix product, made once for all of a layer's
+    projections of x (`head_matmul`'s `low`), or None when autocast leaves x as it is. Autocast
+    casts a matrix product's float32 input anew for each product and each product keeps its
+    copy for the backward pass: seven projections of x kept seven half-precision copies of
+    it (docs/runtime.md)."""
+    device = x.device.type
+    if not (x.is_floating_point() and torch.is_autocast_enabled(device)):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    return None if x.dtype == dtype else x.detach().to(dtype)
+
+
+class _SharedCast(torch.autograd.Function):
+    """`low` (x cast once, `matmul_input`) standing in for x: forward the shared copy itself,
+    backward the gradient in x's dtype, as autocast's own cast would give it (each
+    projection's gradient reaches x in float32, summed there, not in bf16)."""
+
+    @staticmethod
+    def forward(ctx, x, low):
+        ctx.dtype = x.dtype
+        return low.view_as(low)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype), None
+
+
+def head_matmul(a: torch.Tensor, w: torch.Tensor, low: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """`a @ W` per head: a `[..., H|1, m]`, W `[H, m]` (-> `[..., H, 1]`) or `[H, m, n]`.
+    `low`: a as `matmul_input` cast it, shared with the layer's other projections of a."""
+    if low is not None:
+        a = _SharedCast.apply(a, low)
     heads = max(a.shape[-2], w.shape[0])
     if a.shape[-2] == 1 and w.shape[0] == heads:
         # one input for every head (the layer's x): one matrix product with the heads' weights
@@ -635,6 +667,7 @@ __all__ = [
     "layernorm",
     "log_gate",
     "log_uniform",
+    "matmul_input",
     "mean",
     "mid_chunk",
     "mixing",
