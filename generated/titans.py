@@ -399,6 +399,7 @@ class Titans(nn.Module):
                 norm="l2",
             ),
             ref,
+            keep_precision=True,
         )  # spec:31
         k = nl.per_token(
             nl.short_conv(
@@ -411,19 +412,25 @@ class Titans(nn.Module):
                 norm="l2",
             ),
             ref,
+            keep_precision=True,
         )  # spec:32
         v = nl.per_token(
             nl.short_conv(
                 nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
             ),
             ref,
+            keep_precision=True,
         )  # spec:33
         theta = nl.per_token(
-            0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_theta, xm)), ref
+            0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_theta, xm)), ref, keep_precision=True
         )  # spec:34
-        eta = nl.per_token(0.9 * torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm)), ref)  # spec:35
+        eta = nl.per_token(
+            0.9 * torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm)), ref, keep_precision=True
+        )  # spec:35
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]), ref
+            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]),
+            ref,
+            keep_precision=True,
         )  # spec:36
         memory, memory_final = memory_op(
             q,

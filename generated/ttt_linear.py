@@ -269,11 +269,13 @@ class TTTLinear(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         xm = nl.matmul_input(xh)  # x cast once for its projections
-        q = nl.per_token(nl.head_matmul(xh, self.W_q, xm), ref)  # spec:18
-        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm), ref)  # spec:19
-        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:20
+        q = nl.per_token(nl.head_matmul(xh, self.W_q, xm), ref, keep_precision=True)  # spec:18
+        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm), ref, keep_precision=True)  # spec:19
+        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref, keep_precision=True)  # spec:20
         eta = nl.per_token(
-            1 * torch.sigmoid(nl.head_matmul(xh, self.w_lr, xm)) / self.d_head, ref
+            1 * torch.sigmoid(nl.head_matmul(xh, self.w_lr, xm)) / self.d_head,
+            ref,
+            keep_precision=True,
         )  # spec:21
         memory, memory_final = memory_op(
             q,

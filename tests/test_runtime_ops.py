@@ -92,3 +92,48 @@ def test_matmul_input_only_casts_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert nl.matmul_input(x).dtype == torch.bfloat16
         assert nl.matmul_input(x.bfloat16()) is None
+
+
+def _kept_bytes(layer, x) -> tuple[torch.Tensor, int]:
+    """layer(x) under CPU bf16 autocast, and the bytes of the storages kept alive for the
+    backward pass (benchmarks/saved_activations.py's count: what autograd saved and what
+    checkpointed chunks hold)."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+    spec = importlib.util.spec_from_file_location(
+        "saved_activations", ROOT / "benchmarks" / "saved_activations.py")
+    counting = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(counting)
+    kept = counting.kept_storages(layer, x, bf16=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    return y, sum(n for n, _ in kept.values())
+
+
+def test_dual_levels_get_their_tokens_in_half_precision(monkeypatch):
+    """Context values read only by dual-form levels stay bf16 under autocast
+    (`keep_precision`) and each chunk casts its own tokens: a recomputed chunk keeps the bf16
+    values, not a float32 copy of q, k and v; the outputs and gradients do not change."""
+    from nlc.factories import mixer_from_spec
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("NLC_RECOMPUTE_CHUNKS", "1")
+    torch.manual_seed(0)
+    B, T, H, D = 2, 150, 2, 8
+    layer = mixer_from_spec(str(EXAMPLES / "titans.nl"), heads=H, d_head=D)(24)
+    x = torch.randn(B, T, 24, requires_grad=True)
+
+    def run():
+        y, kept = _kept_bytes(layer, x)
+        grads = torch.autograd.grad(y.float().square().sum(), [x, *layer.parameters()])
+        return y, grads, kept
+    low, low_grads, low_kept = run()
+    per_token = nl.per_token
+    monkeypatch.setattr(nl, "per_token", lambda value, like, keep_precision=False:
+                        per_token(value, like))  # cast to float32 as every value was
+    wide, wide_grads, wide_kept = run()
+    assert torch.equal(low, wide)
+    for a, b in zip(low_grads, wide_grads):
+        assert torch.equal(a, b)
+    # q, k and v: 4 bytes a value kept before, at most 2 now
+    assert wide_kept - low_kept >= 3 * B * T * H * D * 2

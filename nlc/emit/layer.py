@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from nlc.derive.execution import Attention
+from nlc.derive.execution import Attention, FrozenSplit
 from nlc.derive.symbols import shifted_name
 from nlc.emit.context import ContextPrinter, literal, x_projections
 from nlc.emit.group_reads import shared_reads
@@ -24,6 +24,7 @@ from nlc.emit.names import local
 from nlc.emit.render import prose
 from nlc.errors import NlcError
 from nlc.plan.records import ContextStep, GroupCall, LevelCall, OutputStep, ShiftStep
+from nlc.syntax.walk import names_used
 
 
 def size_code(expr, name) -> str:
@@ -367,12 +368,14 @@ class LayerPrinter:
         shared = "xm" if x_projections(printed, params) > 1 else ""
         if shared:
             lines.append(f"{shared} = nl.matmul_input(xh)  # x cast once for its projections")
+        cast_in_chunks = _dual_only(plan)
         for step in plan.forward:
             if isinstance(step, ContextStep):
                 printer = ContextPrinter(names, plan.inner, params, convs, constants=consts,
                                          shared_x=shared)
+                keep = ", keep_precision=True" if step.name in cast_in_chunks else ""
                 lines.append(f"{local(step.name)} = nl.per_token({printer.expr(step.expr)}, "
-                             f"ref)  # spec:{step.line}")
+                             f"ref{keep})  # spec:{step.line}")
                 names[step.name] = local(step.name)
             elif isinstance(step, ShiftStep):
                 lines.append(_shift_line(step))
@@ -460,6 +463,29 @@ class LayerPrinter:
 
 def _shifted_names(step: ShiftStep) -> list[str]:
     return [shifted_name(step.value, j) for j in range(1, step.shifts + 1)]
+
+
+def _dual_only(plan) -> set[str]:
+    """The context values read only by levels in the dual chunk form: those cast each chunk
+    of their tokens to float32 themselves (nl.dual_chunked), so under autocast the values stay
+    in half precision until then, and a chunk recomputed in the backward pass keeps their
+    half-precision values, not a float32 copy of the whole sequence."""
+    users: dict[str, list[bool]] = {}
+    for step in plan.forward:
+        if isinstance(step, (ContextStep, OutputStep)):
+            read, dual = names_used(step.expr), False
+        elif isinstance(step, ShiftStep):
+            read, dual = {step.value}, False
+        elif isinstance(step, LevelCall):
+            lp = plan.level(step.level)
+            dual = (isinstance(lp.execution, FrozenSplit) and lp.execution.dual
+                    and step.segments is None)
+            read = {t.name for t in lp.tokens}
+        else:  # a group's members run other chunk forms
+            read, dual = {t.name for t in plan.group(step.group).tokens}, False
+        for name in read:
+            users.setdefault(name, []).append(dual)
+    return {name for name, dual in users.items() if all(dual)}
 
 
 def _shift_line(step: ShiftStep) -> str:

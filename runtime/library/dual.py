@@ -34,7 +34,7 @@ from nlc.runtime.library.scan import (
     State,
     _anchor,
     _chunks,
-    _float32,
+    _float32_by_chunk,
     _maybe_checkpoint,
     _needs_grad,
     _recompute,
@@ -142,14 +142,17 @@ def _full(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.expand(*like.shape[:3], *x.shape[-2:])
 
 
-@_float32
+@_float32_by_chunk
 def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dict,
                  state: State, *, consts: dict | None = None,
-                 anchors: tuple[tuple[str, str], ...], chunk: int, read_before: bool = False):
+                 anchors: tuple[tuple[str, str], ...], chunk: int, read_before: bool = False,
+                 cast: torch.dtype | None = None):
     """A frozen-gradient level over whole chunks in the dual form. `outer(inputs)` gives each
     chunk-start term as (column, row) pairs per token, `combine(state, inputs)` adds one
     token's terms (linear, scalar coefficients), `read(states, inputs)` reads with
-    `nl.mm(state, x)`."""
+    `nl.mm(state, x)`. Under autocast (`cast`, set by `_float32_by_chunk`) each chunk casts
+    its own tokens to float32: a recomputed chunk keeps them as they came (bf16 under an LM
+    step's autocast, nl.per_token's `keep_precision`)."""
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
@@ -159,7 +162,8 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     terms, gates = _combine_reads(combine, order, {**consts, **tokens})
     lead = torch.broadcast_shapes(*(x.shape[:3] for x in tokens.values()))
     # (a combine that reads no gate still needs a tensor for the basis' dtype and device)
-    used = {**consts, **{g: tokens[g] for g in gates}} or dict(tokens)
+    used = {**consts, **{g: _cast(tokens[g], cast) for g in gates}} or {
+        name: _cast(x, cast) for name, x in tokens.items()}
     step, add = _transitions(combine, used, order, terms, lead)
     # whether the scan kernel runs is decided once: a chunk is never longer than `chunk`
     kernels = _scan_kernels({"step": step}, len(order), len(terms), min(chunk, T))
@@ -176,17 +180,19 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     for part, (phis, psis) in zip(_chunks(tokens, chunk), coefficients):
         anchor = _anchor(state, anchors)
         o, (state, stacks) = run(outer, read, consts, state, stacks, part, phis, psis, terms,
-                                 eyes, anchors, read_before)
+                                 eyes, anchors, read_before, cast)
         outputs.append(o)
     return torch.cat(outputs, 1), _suspend(state, anchor, position + T, anchors)
 
 
 def _dual_chunk(outer, read, consts, state, stacks, part, phis, psis, terms, eyes, anchors,
-                read_before):
+                read_before, cast=None):
     """One chunk of `dual_chunked`: its reads and the state after its last token, from the
     chunk's coefficients (phis `[B, T, H, n, n]`, psis `[B, T, H, n, T, d]`:
-    `_chunk_coefficients`; `eyes`: `_eyes`; `stacks`: `_chunk_end`'s)."""
+    `_chunk_coefficients`; `eyes`: `_eyes`; `stacks`: `_chunk_end`'s); its tokens cast to
+    `cast` first."""
     order = list(state)
+    part = {name: _cast(x, cast) for name, x in part.items()}
     chunk_inputs = {**consts, **_wide(_anchor(state, anchors)), **part}
     pairs = outer(chunk_inputs)
     if set(pairs) != set(terms):
@@ -198,6 +204,10 @@ def _dual_chunk(outer, read, consts, state, stacks, part, phis, psis, terms, eye
                for i, n in enumerate(order)}
     o = read(stacked, chunk_inputs)
     return o, _chunk_end(state, stacks, pairs, order, terms, phis[:, -1], psis[:, -1])
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return x if dtype is None or not x.is_floating_point() else x.to(dtype)
 
 
 def _chunk_coefficients(step, add, chunk: int, here, kernels) -> list[tuple]:

@@ -468,9 +468,14 @@ def output(o: torch.Tensor, kind: str) -> torch.Tensor:
     return o[..., 0, 0] if kind == "scalar" else o[..., 0]
 
 
-def per_token(value, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a context value to `[B, T, H, last]` (e.g. a per-head constant `[H, 1]`)."""
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+def per_token(value, like: torch.Tensor, keep_precision: bool = False) -> torch.Tensor:
+    """Broadcast a context value to `[B, T, H, last]` (e.g. a per-head constant `[H, 1]`), in
+    like's dtype; with `keep_precision` a floating tensor keeps its own (a bf16 value under
+    autocast stays bf16 for an op that casts it where it uses it: the dual chunk form)."""
+    if keep_precision and torch.is_tensor(value) and value.is_floating_point():
+        value = value.to(like.device)
+    else:
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     while value.dim() < 4:
         value = value.unsqueeze(0)
     return value.expand(*like.shape[:3], value.shape[-1])

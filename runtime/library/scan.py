@@ -28,12 +28,36 @@ def _float32(driver):
     thousands of tokens drifts in bf16 (Titans' MLP memory diverged in a bf16 LM run)."""
     @functools.wraps(driver)
     def run(*args, **kwargs):
-        if not (torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")):
+        device = _autocast_device()
+        if device is None:
             return driver(*args, **kwargs)
-        device = "cuda" if torch.is_autocast_enabled("cuda") else "cpu"
         with torch.autocast(device, enabled=False):
             return driver(*_to_float32(args), **_to_float32(kwargs))
     return run
+
+
+def _float32_by_chunk(driver):
+    """`_float32` for a driver `driver(..., tokens, state, *, cast, ...)` that casts its
+    tokens itself where it uses them (`cast`: float32 under autocast, else None): everything
+    else is cast before it runs. A chunk recomputed in the backward pass then keeps the
+    half-precision tokens it was given, not float32 copies of the whole sequence."""
+    @functools.wraps(driver)
+    def run(*args, **kwargs):
+        device = _autocast_device()
+        if device is None:
+            return driver(*args, cast=None, **kwargs)
+        *rest, tokens, state = args
+        with torch.autocast(device, enabled=False):
+            return driver(*rest, tokens, _to_float32(state), cast=torch.float32,
+                          **_to_float32(kwargs))
+    return run
+
+
+def _autocast_device() -> str | None:
+    for device in ("cuda", "cpu"):
+        if torch.is_autocast_enabled(device):
+            return device
+    return None
 
 
 def _to_float32(value):
