@@ -195,16 +195,16 @@ layer Fusing {
 def test_printer_fuses_the_compositions_wherever_a_spec_writes_them(tmp_path):
     source = compile_spec(str(tmp_path / "fusing.nl"), text=FUSING_SPEC)
     squashed = " ".join(source.split()).replace("( ", "(").replace(" )", ")")
-    assert "nl.l2norm(nl.head_matmul(xh, self.W_q), act=\"silu\")" in squashed
+    assert "nl.l2norm(nl.head_matmul(xh, self.W_q, xm), act=\"silu\")" in squashed
     assert "self.conv0, cu_seqlens, convs, \"conv0\", norm=\"l2\")" in squashed
     assert "self.conv1, cu_seqlens, convs, \"conv1\", act=\"silu\")" in squashed
-    assert "nl.gated_norm(memory, nl.head_matmul(xh, self.W_g))" in squashed
+    assert "nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm))" in squashed
     assert "F.silu" not in source and "nl.rmsnorm" not in source
     other = FUSING_SPEC.replace("silu(x @ W_g) * rmsnorm(memory)",
                                 "layernorm(memory) * sigmoid(x @ W_g)")
     source = compile_spec(str(tmp_path / "fusing.nl"), text=other)
     squashed = " ".join(source.split()).replace("( ", "(").replace(" )", ")")
-    assert ("nl.gated_norm(memory, nl.head_matmul(xh, self.W_g), norm=\"layer\", "
+    assert ("nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm), norm=\"layer\", "
             "act=\"sigmoid\")") in squashed
 
 
