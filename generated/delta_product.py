@@ -250,39 +250,20 @@ class DeltaProduct(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh, self.W_q, self.W_k, self.W_v, self.w_beta, self.w_alpha
+        )  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv0,
-                cu_seqlens,
-                convs,
-                "conv0",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"), ref
         )  # spec:17
         k = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"), ref
         )  # spec:18
         v = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"), ref
         )  # spec:19
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:20
-        alpha = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm)), ref)  # spec:21
+        beta = nl.per_token(torch.sigmoid(xp[3]), ref)  # spec:20
+        alpha = nl.per_token(torch.sigmoid(xp[4]), ref)  # spec:21
         memory, memory_final = memory_op(
             q,
             k,

@@ -307,76 +307,36 @@ class GatedDeltaProduct(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh,
+            self.W_q,
+            self.W_k1,
+            self.W_k2,
+            self.W_v1,
+            self.W_v2,
+            self.w_beta1,
+            self.w_beta2,
+            self.w_alpha,
+        )  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv0,
-                cu_seqlens,
-                convs,
-                "conv0",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"), ref
         )  # spec:21
         k1 = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k1, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"), ref
         )  # spec:22
         k2 = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k2, xm),
-                self.conv2,
-                cu_seqlens,
-                convs,
-                "conv2",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu", norm="l2"), ref
         )  # spec:23
         v1 = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_v1, xm),
-                self.conv3,
-                cu_seqlens,
-                convs,
-                "conv3",
-                act="silu",
-            ),
-            ref,
+            nl.short_conv(xp[3], self.conv3, cu_seqlens, convs, "conv3", act="silu"), ref
         )  # spec:24
         v2 = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_v2, xm),
-                self.conv4,
-                cu_seqlens,
-                convs,
-                "conv4",
-                act="silu",
-            ),
-            ref,
+            nl.short_conv(xp[4], self.conv4, cu_seqlens, convs, "conv4", act="silu"), ref
         )  # spec:25
-        beta1 = nl.per_token(
-            2 * torch.sigmoid(nl.head_matmul(xh, self.w_beta1, xm)), ref
-        )  # spec:26
-        beta2 = nl.per_token(
-            2 * torch.sigmoid(nl.head_matmul(xh, self.w_beta2, xm)), ref
-        )  # spec:27
+        beta1 = nl.per_token(2 * torch.sigmoid(xp[5]), ref)  # spec:26
+        beta2 = nl.per_token(2 * torch.sigmoid(xp[6]), ref)  # spec:27
         alpha = nl.per_token(
-            torch.exp(
-                -torch.exp(self.A_log[:, None])
-                * F.softplus(nl.head_matmul(xh, self.w_alpha, xm) + self.dt_bias[:, None])
-            ),
+            torch.exp(-torch.exp(self.A_log[:, None]) * F.softplus(xp[7] + self.dt_bias[:, None])),
             ref,
         )  # spec:28
         memory, memory_final = memory_op(

@@ -247,43 +247,21 @@ class GatedDeltaNet(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh, self.W_q, self.W_k, self.W_v, self.w_beta, self.w_alpha, self.W_g
+        )  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv0,
-                cu_seqlens,
-                convs,
-                "conv0",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"), ref
         )  # spec:18
         k = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"), ref
         )  # spec:19
         v = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"), ref
         )  # spec:20
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:21
+        beta = nl.per_token(torch.sigmoid(xp[3]), ref)  # spec:21
         alpha = nl.per_token(
-            torch.exp(
-                -torch.exp(self.A_log[:, None])
-                * F.softplus(nl.head_matmul(xh, self.w_alpha, xm) + self.dt_bias[:, None])
-            ),
+            torch.exp(-torch.exp(self.A_log[:, None]) * F.softplus(xp[4] + self.dt_bias[:, None])),
             ref,
         )  # spec:22
         memory, memory_final = memory_op(
@@ -298,9 +276,7 @@ class GatedDeltaNet(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:25
-        out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm)), self.W_o
-        )  # spec:33
+        out = nl.head_matmul_sum(nl.gated_norm(memory, xp[5]), self.W_o)  # spec:33
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

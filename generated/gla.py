@@ -228,14 +228,14 @@ class GLA(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
-        q = nl.per_token(nl.head_matmul(xh, self.W_q, xm), ref)  # spec:19
-        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm), ref)  # spec:20
-        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:21
+        xp = nl.head_projections(
+            xh, self.W_q, self.W_k, self.W_v, self.W_a1, self.W_r
+        )  # x @ each, at once
+        q = nl.per_token(xp[0], ref)  # spec:19
+        k = nl.per_token(xp[1], ref)  # spec:20
+        v = nl.per_token(xp[2], ref)  # spec:21
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(nl.head_matmul(xh, self.W_a1, xm), self.W_a2) + self.b_a)
-            ** (1 / 16),
-            ref,
+            torch.sigmoid(nl.head_matmul(xp[3], self.W_a2) + self.b_a) ** (1 / 16), ref
         )  # spec:22
         memory, memory_final = memory_op(
             q,
@@ -248,9 +248,7 @@ class GLA(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:25
-        out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_r, xm), norm="layer"), self.W_o
-        )  # spec:33
+        out = nl.head_matmul_sum(nl.gated_norm(memory, xp[4], norm="layer"), self.W_o)  # spec:33
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -902,24 +902,12 @@ class SelfModifyingTitans(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(xh, self.W_x, self.W_q)  # x @ each, at once
         h = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_x, xm), self.conv0, cu_seqlens, convs, "conv0", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu"), ref
         )  # spec:38
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"), ref
         )  # spec:39
         outs, finals = SelfModifyingTitans_k_v_eta_alpha_group_op(
             h,

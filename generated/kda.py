@@ -255,44 +255,23 @@ class KDA(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh, self.W_q, self.W_k, self.W_v, self.w_beta, self.W_a1, self.W_g1
+        )  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv0,
-                cu_seqlens,
-                convs,
-                "conv0",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"), ref
         )  # spec:26
         k = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"), ref
         )  # spec:27
         v = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"), ref
         )  # spec:28
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:29
+        beta = nl.per_token(torch.sigmoid(xp[3]), ref)  # spec:29
         alpha = nl.per_token(
             torch.exp(
                 -torch.exp(self.A_log[:, None])
-                * F.softplus(
-                    nl.head_matmul(nl.head_matmul(xh, self.W_a1, xm), self.W_a2) + self.dt_bias
-                )
+                * F.softplus(nl.head_matmul(xp[4], self.W_a2) + self.dt_bias)
             ),
             ref,
         )  # spec:30
@@ -309,10 +288,7 @@ class KDA(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:33
         out = nl.head_matmul_sum(
-            nl.gated_norm(
-                memory, nl.head_matmul(nl.head_matmul(xh, self.W_g1, xm), self.W_g2), act="sigmoid"
-            ),
-            self.W_o,
+            nl.gated_norm(memory, nl.head_matmul(xp[5], self.W_g2), act="sigmoid"), self.W_o
         )  # spec:41
         if cache is not None:
             cache["states"] = {

@@ -216,23 +216,15 @@ class LonghornChannel(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(xh, self.W_q, self.W_k, self.W_v, self.W_beta)  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm), self.conv0, cu_seqlens, convs, "conv0", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu"), ref
         )  # spec:20
         k = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k, xm), self.conv1, cu_seqlens, convs, "conv1", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu"), ref
         )  # spec:21
-        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:22
-        beta = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.W_beta, xm) + self.b_beta), ref
-        )  # spec:23
+        v = nl.per_token(xp[2], ref)  # spec:22
+        beta = nl.per_token(torch.sigmoid(xp[3] + self.b_beta), ref)  # spec:23
         memory, memory_final = memory_op(
             q,
             k,

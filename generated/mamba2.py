@@ -245,28 +245,19 @@ class Mamba2(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh, self.W_x, self.W_B, self.W_C, self.w_dt, self.W_z
+        )  # x @ each, at once
         v = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_x, xm), self.conv0, cu_seqlens, convs, "conv0", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu"), ref
         )  # spec:20
         k = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_B, xm), self.conv1, cu_seqlens, convs, "conv1", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu"), ref
         )  # spec:21
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_C, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"), ref
         )  # spec:22
-        dt = nl.per_token(
-            F.softplus(nl.head_matmul(xh, self.w_dt, xm) + self.dt_bias[:, None]), ref
-        )  # spec:23
+        dt = nl.per_token(F.softplus(xp[3] + self.dt_bias[:, None]), ref)  # spec:23
         alpha = nl.per_token(torch.exp(-dt * torch.exp(self.A_log[:, None])), ref)  # spec:24
         memory, memory_final = memory_op(
             q,
@@ -281,8 +272,7 @@ class Mamba2(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:27
         out = nl.head_matmul_sum(
-            nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(nl.head_matmul(xh, self.W_z, xm))),
-            self.W_o,
+            nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(xp[4])), self.W_o
         )  # spec:35
         if cache is not None:
             cache["states"] = {

@@ -223,41 +223,24 @@ class MesaNet(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh, self.W_q, self.w_beta, self.W_k, self.W_v, self.w_gamma, self.W_g
+        )  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv0,
-                cu_seqlens,
-                convs,
-                "conv0",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"), ref
         )  # spec:21
-        beta = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_beta, xm)), ref)  # spec:22
+        beta = nl.per_token(torch.sigmoid(xp[1]), ref)  # spec:22
         k = nl.per_token(
             torch.sqrt(beta)
-            * nl.short_conv(
-                nl.head_matmul(xh, self.W_k, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
+            * nl.short_conv(xp[2], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"),
             ref,
         )  # spec:23
         v = nl.per_token(
             torch.sqrt(beta)
-            * nl.short_conv(
-                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
-            ),
+            * nl.short_conv(xp[3], self.conv2, cu_seqlens, convs, "conv2", act="silu"),
             ref,
         )  # spec:24
-        gamma = nl.per_token(torch.sigmoid(nl.head_matmul(xh, self.w_gamma, xm)), ref)  # spec:25
+        gamma = nl.per_token(torch.sigmoid(xp[4]), ref)  # spec:25
         memory, memory_final = memory_op(
             q,
             k,
@@ -269,9 +252,7 @@ class MesaNet(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:28
-        out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm)), self.W_o
-        )  # spec:36
+        out = nl.head_matmul_sum(nl.gated_norm(memory, xp[5]), self.W_o)  # spec:36
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -217,10 +217,10 @@ class RetNet(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
-        q = nl.per_token(nl.head_matmul(xh, self.W_q, xm), ref)  # spec:15
-        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm) / math.sqrt(self.d_k), ref)  # spec:16
-        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:17
+        xp = nl.head_projections(xh, self.W_q, self.W_k, self.W_v, self.W_g)  # x @ each, at once
+        q = nl.per_token(xp[0], ref)  # spec:15
+        k = nl.per_token(xp[1] / math.sqrt(self.d_k), ref)  # spec:16
+        v = nl.per_token(xp[2], ref)  # spec:17
         gamma = nl.per_token(1 - 2.0 ** (-5 - self.head), ref)  # spec:18
         memory, memory_final = memory_op(
             q,
@@ -233,9 +233,7 @@ class RetNet(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:21
-        out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm), norm="layer"), self.W_o
-        )  # spec:29
+        out = nl.head_matmul_sum(nl.gated_norm(memory, xp[3], norm="layer"), self.W_o)  # spec:29
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

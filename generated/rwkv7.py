@@ -252,17 +252,16 @@ class Rwkv7(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
-        r = nl.per_token(nl.head_matmul(xh, self.W_r, xm), ref)  # spec:23
-        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm), ref)  # spec:24
-        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:25
+        xp = nl.head_projections(
+            xh, self.W_r, self.W_k, self.W_v, self.W_d, self.W_a, self.W_g
+        )  # x @ each, at once
+        r = nl.per_token(xp[0], ref)  # spec:23
+        k = nl.per_token(xp[1], ref)  # spec:24
+        v = nl.per_token(xp[2], ref)  # spec:25
         w = nl.per_token(
-            torch.exp(-math.exp(-0.5) * torch.sigmoid(nl.head_matmul(xh, self.W_d, xm) + self.b_d)),
-            ref,
+            torch.exp(-math.exp(-0.5) * torch.sigmoid(xp[3] + self.b_d)), ref
         )  # spec:26
-        a_1 = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.W_a, xm) + self.b_a), ref
-        )  # spec:27
+        a_1 = nl.per_token(torch.sigmoid(xp[4] + self.b_a), ref)  # spec:27
         kh = nl.per_token(nl.l2norm(k * self.xi), ref)  # spec:28
         kt = nl.per_token(k * (1 + (a_1 - 1) * self.k_a), ref)  # spec:29
         memory, memory_final = memory_op(
@@ -279,9 +278,7 @@ class Rwkv7(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:32
         out = nl.head_matmul_sum(
-            (nl.rmsnorm(memory) + nl.inner(r, self.rho * kt) * v)
-            * torch.sigmoid(nl.head_matmul(xh, self.W_g, xm)),
-            self.W_o,
+            (nl.rmsnorm(memory) + nl.inner(r, self.rho * kt) * v) * torch.sigmoid(xp[5]), self.W_o
         )  # spec:40
         if cache is not None:
             cache["states"] = {

@@ -158,10 +158,10 @@ class SlidingWindow(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
-        q = nl.per_token(nl.head_matmul(xh, self.W_q, xm), ref)  # spec:14
-        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm), ref)  # spec:15
-        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref)  # spec:16
+        xp = nl.head_projections(xh, self.W_q, self.W_k, self.W_v)  # x @ each, at once
+        q = nl.per_token(xp[0], ref)  # spec:14
+        k = nl.per_token(xp[1], ref)  # spec:15
+        v = nl.per_token(xp[2], ref)  # spec:16
         memory, memory_final = memory_op(
             q,
             k,

@@ -387,50 +387,28 @@ class Titans(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh, self.W_q, self.W_k, self.W_v, self.w_theta, self.w_eta, self.w_alpha, self.W_g
+        )  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv0,
-                cu_seqlens,
-                convs,
-                "conv0",
-                act="silu",
-                norm="l2",
-            ),
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"),
             ref,
             keep_precision=True,
         )  # spec:31
         k = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"),
             ref,
             keep_precision=True,
         )  # spec:32
         v = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
-            ),
+            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"),
             ref,
             keep_precision=True,
         )  # spec:33
-        theta = nl.per_token(
-            0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_theta, xm)), ref, keep_precision=True
-        )  # spec:34
-        eta = nl.per_token(
-            0.9 * torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm)), ref, keep_precision=True
-        )  # spec:35
+        theta = nl.per_token(0.01 * torch.sigmoid(xp[3]), ref, keep_precision=True)  # spec:34
+        eta = nl.per_token(0.9 * torch.sigmoid(xp[4]), ref, keep_precision=True)  # spec:35
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]),
-            ref,
-            keep_precision=True,
+            torch.sigmoid(xp[5] + self.b_alpha[:, None]), ref, keep_precision=True
         )  # spec:36
         memory, memory_final = memory_op(
             q,
@@ -445,9 +423,7 @@ class Titans(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:39
-        out = nl.head_matmul_sum(
-            nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm)), self.W_o
-        )  # spec:47
+        out = nl.head_matmul_sum(nl.gated_norm(memory, xp[6]), self.W_o)  # spec:47
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

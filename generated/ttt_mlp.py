@@ -310,14 +310,12 @@ class TTTMLP(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
-        q = nl.per_token(nl.head_matmul(xh, self.W_q, xm), ref, keep_precision=True)  # spec:17
-        k = nl.per_token(nl.head_matmul(xh, self.W_k, xm), ref, keep_precision=True)  # spec:18
-        v = nl.per_token(nl.head_matmul(xh, self.W_v, xm), ref, keep_precision=True)  # spec:19
+        xp = nl.head_projections(xh, self.W_q, self.W_k, self.W_v, self.w_lr)  # x @ each, at once
+        q = nl.per_token(xp[0], ref, keep_precision=True)  # spec:17
+        k = nl.per_token(xp[1], ref, keep_precision=True)  # spec:18
+        v = nl.per_token(xp[2], ref, keep_precision=True)  # spec:19
         eta = nl.per_token(
-            0.1 * torch.sigmoid(nl.head_matmul(xh, self.w_lr, xm)) / self.d_head,
-            ref,
-            keep_precision=True,
+            0.1 * torch.sigmoid(xp[3]) / self.d_head, ref, keep_precision=True
         )  # spec:20
         memory, memory_final = memory_op(
             q,

@@ -271,42 +271,21 @@ class Yaad(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
-        xm = nl.matmul_input(xh)  # x cast once for its projections
+        xp = nl.head_projections(
+            xh, self.W_q, self.W_k, self.W_v, self.w_eta, self.w_alpha, self.w_delta
+        )  # x @ each, at once
         q = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_q, xm),
-                self.conv0,
-                cu_seqlens,
-                convs,
-                "conv0",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"), ref
         )  # spec:30
         k = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_k, xm),
-                self.conv1,
-                cu_seqlens,
-                convs,
-                "conv1",
-                act="silu",
-                norm="l2",
-            ),
-            ref,
+            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"), ref
         )  # spec:31
         v = nl.per_token(
-            nl.short_conv(
-                nl.head_matmul(xh, self.W_v, xm), self.conv2, cu_seqlens, convs, "conv2", act="silu"
-            ),
-            ref,
+            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"), ref
         )  # spec:32
-        eta = nl.per_token(0.01 * torch.sigmoid(nl.head_matmul(xh, self.w_eta, xm)), ref)  # spec:33
-        alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xh, self.w_alpha, xm) + self.b_alpha[:, None]), ref
-        )  # spec:34
-        delta = nl.per_token(F.softplus(nl.head_matmul(xh, self.w_delta, xm)), ref)  # spec:35
+        eta = nl.per_token(0.01 * torch.sigmoid(xp[3]), ref)  # spec:33
+        alpha = nl.per_token(torch.sigmoid(xp[4] + self.b_alpha[:, None]), ref)  # spec:34
+        delta = nl.per_token(F.softplus(xp[5]), ref)  # spec:35
         memory, memory_final = memory_op(
             q,
             k,

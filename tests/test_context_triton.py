@@ -195,16 +195,17 @@ layer Fusing {
 def test_printer_fuses_the_compositions_wherever_a_spec_writes_them(tmp_path):
     source = compile_spec(str(tmp_path / "fusing.nl"), text=FUSING_SPEC)
     squashed = " ".join(source.split()).replace("( ", "(").replace(" )", ")")
-    assert "nl.l2norm(nl.head_matmul(xh, self.W_q, xm), act=\"silu\")" in squashed
+    assert "xp = nl.head_projections(xh, self.W_q, self.W_k, self.W_v, self.W_g)" in squashed
+    assert "nl.l2norm(xp[0], act=\"silu\")" in squashed
     assert "self.conv0, cu_seqlens, convs, \"conv0\", norm=\"l2\")" in squashed
     assert "self.conv1, cu_seqlens, convs, \"conv1\", act=\"silu\")" in squashed
-    assert "nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm))" in squashed
+    assert "nl.gated_norm(memory, xp[3])" in squashed
     assert "F.silu" not in source and "nl.rmsnorm" not in source
     other = FUSING_SPEC.replace("silu(x @ W_g) * rmsnorm(memory)",
                                 "layernorm(memory) * sigmoid(x @ W_g)")
     source = compile_spec(str(tmp_path / "fusing.nl"), text=other)
     squashed = " ".join(source.split()).replace("( ", "(").replace(" )", ")")
-    assert ("nl.gated_norm(memory, nl.head_matmul(xh, self.W_g, xm), norm=\"layer\", "
+    assert ("nl.gated_norm(memory, xp[3], norm=\"layer\", "
             "act=\"sigmoid\")") in squashed
 
 

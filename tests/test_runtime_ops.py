@@ -62,36 +62,39 @@ def _saved_half_copies_of(x: torch.Tensor, fn) -> tuple[torch.Tensor, int]:
     return y, len(storages)
 
 
-def test_projections_of_x_share_one_cast_under_autocast(monkeypatch):
-    """A generated layer's projections of x keep one bf16 copy of x for the backward pass
-    (nl.matmul_input), not one per projection as autocast alone does, and give the same
-    outputs and gradients as autocast's own casts."""
+def test_head_projections_equal_each_projection_alone():
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 1, 6, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(4, 6, 5, dtype=torch.float64, requires_grad=True),
+               torch.randn(4, 6, dtype=torch.float64, requires_grad=True),
+               torch.randn(4, 6, 3, dtype=torch.float64, requires_grad=True)]
+    fused = nl.head_projections(x, *weights)
+    alone = [nl.head_matmul(x, w) for w in weights]
+    for f, a in zip(fused, alone):
+        assert f.shape == a.shape and f.is_contiguous()
+        assert (f - a).abs().max() < 1e-12
+    probes = [torch.randn_like(a) for a in alone]
+    g_fused = torch.autograd.grad(sum((f * p).sum() for f, p in zip(fused, probes)), [x, *weights])
+    g_alone = torch.autograd.grad(sum((a * p).sum() for a, p in zip(alone, probes)), [x, *weights])
+    for f, a in zip(g_fused, g_alone):
+        assert (f - a).abs().max() < 1e-12
+
+
+def test_generated_layer_keeps_one_half_copy_of_x_under_autocast():
+    """A generated layer's projections of x run as one product (nl.head_projections): under
+    autocast x is cast once and one bf16 copy of it is kept for the backward pass, where a
+    product per projection kept one copy each (Titans: seven)."""
     from nlc.factories import mixer_from_spec
     from tests.conftest import EXAMPLES
     torch.manual_seed(0)
     layer = mixer_from_spec(str(EXAMPLES / "titans.nl"), heads=2, d_head=8)(24)
     x = torch.randn(2, 12, 24, requires_grad=True)  # no other tensor of its size
-
-    def run():
-        y, copies = _saved_half_copies_of(x, layer)
-        grads = torch.autograd.grad(y.float().square().sum(), [x, *layer.parameters()])
-        return y, grads, copies
-    shared, shared_grads, shared_copies = run()
-    monkeypatch.setattr(nl, "matmul_input", lambda x: None)  # autocast casts per projection
-    alone, alone_grads, alone_copies = run()
-    assert shared_copies == 1
-    assert alone_copies == 7  # W_q, W_k, W_v, w_theta, w_eta, w_alpha, W_g
-    assert torch.equal(shared, alone)
-    for a, b in zip(shared_grads, alone_grads):
-        assert torch.equal(a, b)
-
-
-def test_matmul_input_only_casts_under_autocast():
-    x = torch.randn(3, 4)
-    assert nl.matmul_input(x) is None
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert nl.matmul_input(x).dtype == torch.bfloat16
-        assert nl.matmul_input(x.bfloat16()) is None
+    _, copies = _saved_half_copies_of(x, layer)
+    assert copies == 1
+    _, copies = _saved_half_copies_of(
+        x, lambda x: sum(nl.head_matmul(x[:, :, None], w).float().sum()
+                         for w in (layer.W_q, layer.W_k, layer.W_v)))
+    assert copies == 3  # what autocast does with a product per projection
 
 
 def _kept_bytes(layer, x) -> tuple[torch.Tensor, int]:

@@ -7,7 +7,7 @@ numbers are printed from their parsed values, never copied from the spec text.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nlc import functions
 from nlc.errors import NlcError
@@ -35,12 +35,25 @@ def is_x(e: ast.Expr) -> bool:
     return isinstance(e, ast.Name) and e.id == "x"
 
 
-def x_projections(exprs, params) -> int:
-    """How many products `x @ P` (P a parameter) the expressions hold."""
-    from nlc.syntax.walk import nodes
-    return sum(1 for e in exprs for n in nodes(e)
-               if isinstance(n, ast.BinOp) and n.op is ast.BinOpKind.MATMUL and is_x(n.left)
-               and isinstance(n.right, ast.Name) and n.right.id in params)
+def x_projections(exprs, params) -> list[str]:
+    """The parameters P of the products `x @ P` the expressions hold, each once, in the order
+    the expressions first use them."""
+    found: list[str] = []
+
+    def visit(node):
+        if isinstance(node, (list, tuple)):
+            for child in node:
+                visit(child)
+            return
+        if (isinstance(node, ast.BinOp) and node.op is ast.BinOpKind.MATMUL
+                and is_x(node.left) and isinstance(node.right, ast.Name)
+                and node.right.id in params and node.right.id not in found):
+            found.append(node.right.id)
+        for name in getattr(node, "__dataclass_fields__", ()):
+            if name != "span":
+                visit(getattr(node, name))
+    visit(list(exprs))
+    return found
 
 
 @dataclass
@@ -54,7 +67,7 @@ class ContextPrinter:
     convs: object = None                         # the plan's ConvPlans, in printing order
     owner: str = "context"
     constants: frozenset = frozenset()
-    shared_x: str = ""                           # x cast once for its projections (nl.matmul_input)
+    projected: dict = field(default_factory=dict)  # param -> code of x @ param, made beforehand
 
     def expr(self, e: ast.Expr) -> str:
         return self._print(e)[0]
@@ -104,8 +117,9 @@ class ContextPrinter:
     def _matmul(self, e: ast.BinOp) -> str:
         right = e.right
         if isinstance(right, ast.Name) and right.id in self.params:
-            low = f", {self.shared_x}" if self.shared_x and is_x(e.left) else ""
-            return f"nl.head_matmul({self.expr(e.left)}, {self.names[right.id]}{low})"
+            if is_x(e.left) and right.id in self.projected:
+                return self.projected[right.id]
+            return f"nl.head_matmul({self.expr(e.left)}, {self.names[right.id]})"
         if e in self.inner:
             return f"nl.inner({self.expr(e.left)}, {self.expr(right)})"
         raise NlcError("'@' in generated code needs a parameter on its right "

@@ -363,16 +363,19 @@ class LayerPrinter:
         consts = frozenset(self.defaults) | frozenset(n for n, _ in spec.hypers)
         convs = iter(plan.convs)
         lines = []
-        # x is cast once under autocast for all its projections, not once per projection
+        # x's projections as one matrix product, made before the values that use them
         printed = [s.expr for s in plan.forward if isinstance(s, (ContextStep, OutputStep))]
-        shared = "xm" if x_projections(printed, params) > 1 else ""
-        if shared:
-            lines.append(f"{shared} = nl.matmul_input(xh)  # x cast once for its projections")
+        fused = x_projections(printed, params)
+        projected = {}
+        if len(fused) > 1:
+            projected = {p: f"xp[{i}]" for i, p in enumerate(fused)}
+            weights = ", ".join(names[p] for p in fused)
+            lines.append(f"xp = nl.head_projections(xh, {weights})  # x @ each, at once")
         cast_in_chunks = _dual_only(plan)
         for step in plan.forward:
             if isinstance(step, ContextStep):
                 printer = ContextPrinter(names, plan.inner, params, convs, constants=consts,
-                                         shared_x=shared)
+                                         projected=projected)
                 keep = ", keep_precision=True" if step.name in cast_in_chunks else ""
                 lines.append(f"{local(step.name)} = nl.per_token({printer.expr(step.expr)}, "
                              f"ref{keep})  # spec:{step.line}")
@@ -389,7 +392,7 @@ class LayerPrinter:
                 names |= {n: local(n) for n in gp.members}
             elif isinstance(step, OutputStep):
                 out = ContextPrinter(names, plan.inner, params, convs, owner="output",
-                                     constants=consts, shared_x=shared)
+                                     constants=consts, projected=projected)
                 if step.projection:
                     lines.append(f"out = nl.head_matmul_sum({out.expr(step.expr)}, "
                                  f"{names[step.projection]})  # spec:{step.line}")

@@ -132,48 +132,35 @@ def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> None:
 
 
 # --------------------------------------------------------------- context generation
-def matmul_input(x: torch.Tensor) -> torch.Tensor | None:
-    """x as autocast casts it for a matrix product, made once for all of a layer's
-    projections of x (`head_matmul`'s `low`), or None when autocast leaves x as it is. Autocast
-    casts a matrix product's float32 input anew for each product and each product keeps its
-    copy for the backward pass: seven projections of x kept seven half-precision copies of
-    it (docs/runtime.md)."""
-    device = x.device.type
-    if not (x.is_floating_point() and torch.is_autocast_enabled(device)):
-        return None
-    dtype = torch.get_autocast_dtype(device)
-    return None if x.dtype == dtype else x.detach().to(dtype)
+def head_projections(a: torch.Tensor, *weights: torch.Tensor) -> list[torch.Tensor]:
+    """`head_matmul(a, W)` for each W at once, a `[..., 1, m]` (the layer's input, shared by
+    the heads): one matrix product with every W's heads side by side, its result split into
+    views, one per W. Under autocast a is cast once and kept once for the backward pass, whose
+    input gradient is one product rather than one per W summed in float32 (docs/runtime.md)."""
+    wide = [_side_by_side(w) for w in weights]
+    out = a[..., 0, :] @ (wide[0] if len(wide) == 1 else torch.cat(wide, 1))
+    if len(wide) == 1:
+        pieces = [out]
+    else:  # each its own copy: an op that keeps a view for its backward pass keeps only it
+        pieces = [p.contiguous() for p in out.split([w.shape[1] for w in wide], -1)]
+    return [p.unflatten(-1, (w.shape[0], w.shape[2])) if w.dim() == 3 else p.unsqueeze(-1)
+            for p, w in zip(pieces, weights)]
 
 
-class _SharedCast(torch.autograd.Function):
-    """`low` (x cast once, `matmul_input`) standing in for x: forward the shared copy itself,
-    backward the gradient in x's dtype, as autocast's own cast would give it (each
-    projection's gradient reaches x in float32, summed there, not in bf16)."""
-
-    @staticmethod
-    def forward(ctx, x, low):
-        ctx.dtype = x.dtype
-        return low.view_as(low)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.to(ctx.dtype), None
+def _side_by_side(w: torch.Tensor) -> torch.Tensor:
+    """W `[H, m]` or `[H, m, n]` as `[m, H]` or `[m, H * n]`: its heads side by side."""
+    if w.dim() == 2:
+        return w.mT
+    return w.permute(1, 0, 2).reshape(w.shape[1], w.shape[0] * w.shape[2])
 
 
-def head_matmul(a: torch.Tensor, w: torch.Tensor, low: torch.Tensor | None = None
-                ) -> torch.Tensor:
-    """`a @ W` per head: a `[..., H|1, m]`, W `[H, m]` (-> `[..., H, 1]`) or `[H, m, n]`.
-    `low`: a as `matmul_input` cast it, shared with the layer's other projections of a."""
-    if low is not None:
-        a = _SharedCast.apply(a, low)
+def head_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`a @ W` per head: a `[..., H|1, m]`, W `[H, m]` (-> `[..., H, 1]`) or `[H, m, n]`."""
     heads = max(a.shape[-2], w.shape[0])
     if a.shape[-2] == 1 and w.shape[0] == heads:
         # one input for every head (the layer's x): one matrix product with the heads' weights
         # side by side, instead of a copy of the input per head
-        if w.dim() == 2:
-            return (a[..., 0, :] @ w.mT).unsqueeze(-1)
-        wide = w.permute(1, 0, 2).reshape(w.shape[1], heads * w.shape[2])
-        return (a[..., 0, :] @ wide).unflatten(-1, (heads, w.shape[2]))
+        return head_projections(a, w)[0]
     a = a.expand(*a.shape[:-2], heads, a.shape[-1])
     if w.dim() == 2:
         return torch.einsum("...hm,hm->...h", a, w.expand(heads, -1)).unsqueeze(-1)
@@ -662,6 +649,7 @@ __all__ = [
     "gelu_grad",
     "head_matmul",
     "head_matmul_sum",
+    "head_projections",
     "init_state",
     "inner",
     "inv_softplus_uniform",
@@ -672,7 +660,6 @@ __all__ = [
     "layernorm",
     "log_gate",
     "log_uniform",
-    "matmul_input",
     "mean",
     "mid_chunk",
     "mixing",
