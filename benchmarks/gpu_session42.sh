@@ -4,9 +4,9 @@
 # with OUT set and the wheels carried, see benchmarks/gpu_common.sh):
 #   a: Titans' default row on the tree before this session's changes (x's projections as one
 #      product, the dual form's tokens cast by chunk; .carry/base_b520c0f.tar, made by
-#      `git archive -o .carry/base_b520c0f.tar b520c0f`), then on this tree, the same with
-#      every read kept, and DeltaNet
-#   b: Hope's fastest row, then titans-pytorch against our Titans layer (needs
+#      `git archive -o .carry/base_b520c0f.tar b520c0f`), then on this tree, and the same with
+#      every read kept
+#   b: DeltaNet's and Hope's rows, then titans-pytorch against our Titans layer (needs
 #      .carry/whl_titans)
 #   c: what Titans' layer keeps for its backward pass on the GPU's path (the fused context
 #      kernels, the dual kernels, bf16 autocast, compiled chunks), by kind
@@ -20,9 +20,9 @@ HOPE=hope_graphed_compiled_chunks_tf32
 if [ "$MODE" = a ]; then
   lm_rows_at base_b520c0f.tar 110 "$TITANS"
   lm_rows_each 110 "$TITANS" "${TITANS}_saved_reads"
-  lm_rows_each 90 deltanet
 fi
 if [ "$MODE" = b ]; then
+  lm_rows_each 90 deltanet
   lm_rows_each 170 "$HOPE"
   titans_pytorch_fast 150
 fi
