@@ -2,10 +2,10 @@
 # GPU work of session 42 (issue 17): the issue's table on one card, in calls back to back on
 # one machine. One mode per device call (each under 10 minutes; run from the repository root
 # with OUT set and the wheels carried, see benchmarks/gpu_common.sh):
-#   a: Titans' default row on this tree, then on the tree before this session's changes (x's projections as one
-#      product, the dual form's tokens cast by chunk; .carry/base_b520c0f.tar, made by
-#      `git archive -o .carry/base_b520c0f.tar b520c0f`), then on this tree with every read
-#      kept (the rows most needed first: the device time left may end the call)
+#   a: Titans' default row on this tree; then on the tree before this session's changes (x's
+#      projections as one product, the dual form's tokens cast by chunk; .carry/base_b520c0f.tar,
+#      made by `git archive -o .carry/base_b520c0f.tar b520c0f`); then on this tree with every
+#      read kept (the rows most needed first: the device time left may end the call)
 #   b: DeltaNet's and Hope's rows, then titans-pytorch against our Titans layer (needs
 #      .carry/whl_titans)
 #   c: what Titans' layer keeps for its backward pass on the GPU's path (the fused context
