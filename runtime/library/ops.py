@@ -135,8 +135,9 @@ def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> None:
 def head_projections(a: torch.Tensor, *weights: torch.Tensor) -> list[torch.Tensor]:
     """`head_matmul(a, W)` for each W at once, a `[..., 1, m]` (the layer's input, shared by
     the heads): one matrix product with every W's heads side by side, its result split into
-    views, one per W. Under autocast a is cast once and kept once for the backward pass, whose
-    input gradient is one product rather than one per W summed in float32 (docs/runtime.md)."""
+    one contiguous piece per W. Under autocast a is cast once and kept once for the backward
+    pass, whose input gradient is one product rather than one per W summed in float32
+    (docs/runtime.md)."""
     wide = [_side_by_side(w) for w in weights]
     out = a[..., 0, :] @ (wide[0] if len(wide) == 1 else torch.cat(wide, 1))
     if len(wide) == 1:

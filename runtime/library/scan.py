@@ -10,6 +10,7 @@ running state to a loop."""
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import os
 from collections.abc import Callable
@@ -37,19 +38,22 @@ def _float32(driver):
 
 
 def _float32_by_chunk(driver):
-    """`_float32` for a driver `driver(..., tokens, state, *, cast, ...)` that casts its
-    tokens itself where it uses them (`cast`: float32 under autocast, else None): everything
-    else is cast before it runs. A chunk recomputed in the backward pass then keeps the
+    """`_float32` for a driver with arguments `tokens` and `cast` that casts its tokens itself
+    where it uses them (`cast`: float32 under autocast, else None): every other argument is
+    cast before it runs. A chunk recomputed in the backward pass then keeps the
     half-precision tokens it was given, not float32 copies of the whole sequence."""
+    signature = inspect.signature(driver)
+
     @functools.wraps(driver)
     def run(*args, **kwargs):
         device = _autocast_device()
         if device is None:
             return driver(*args, cast=None, **kwargs)
-        *rest, tokens, state = args
+        given = signature.bind(*args, **kwargs).arguments
+        given = {name: value if name == "tokens" else _to_float32(value)
+                 for name, value in given.items()}
         with torch.autocast(device, enabled=False):
-            return driver(*rest, tokens, _to_float32(state), cast=torch.float32,
-                          **_to_float32(kwargs))
+            return driver(**given, cast=torch.float32)
     return run
 
 
