@@ -229,13 +229,13 @@ class GLA(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         xp = nl.head_projections(
-            xh, self.W_q, self.W_k, self.W_v, self.W_a1, self.W_r
+            xh, self.W_q, self.W_k, self.W_v, self.W_r, self.W_a1
         )  # x @ each, at once
         q = nl.per_token(xp[0], ref)  # spec:19
         k = nl.per_token(xp[1], ref)  # spec:20
         v = nl.per_token(xp[2], ref)  # spec:21
         alpha = nl.per_token(
-            torch.sigmoid(nl.head_matmul(xp[3], self.W_a2) + self.b_a) ** (1 / 16), ref
+            torch.sigmoid(nl.head_matmul(xp[4], self.W_a2) + self.b_a) ** (1 / 16), ref
         )  # spec:22
         memory, memory_final = memory_op(
             q,
@@ -248,7 +248,7 @@ class GLA(nn.Module):
             mode=mode,
             chunk_size=self.chunk_size,
         )  # spec:25
-        out = nl.head_matmul_sum(nl.gated_norm(memory, xp[4], norm="layer"), self.W_o)  # spec:33
+        out = nl.head_matmul_sum(nl.gated_norm(memory, xp[3], norm="layer"), self.W_o)  # spec:33
         if cache is not None:
             cache["states"] = {
                 "memory": memory_final,

@@ -246,18 +246,18 @@ class Mamba2(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         xp = nl.head_projections(
-            xh, self.W_x, self.W_B, self.W_C, self.w_dt, self.W_z
+            xh, self.W_x, self.W_z, self.W_B, self.W_C, self.w_dt
         )  # x @ each, at once
         v = nl.per_token(
             nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu"), ref
         )  # spec:20
         k = nl.per_token(
-            nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu"), ref
+            nl.short_conv(xp[2], self.conv1, cu_seqlens, convs, "conv1", act="silu"), ref
         )  # spec:21
         q = nl.per_token(
-            nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"), ref
+            nl.short_conv(xp[3], self.conv2, cu_seqlens, convs, "conv2", act="silu"), ref
         )  # spec:22
-        dt = nl.per_token(F.softplus(xp[3] + self.dt_bias[:, None]), ref)  # spec:23
+        dt = nl.per_token(F.softplus(xp[4] + self.dt_bias[:, None]), ref)  # spec:23
         alpha = nl.per_token(torch.exp(-dt * torch.exp(self.A_log[:, None])), ref)  # spec:24
         memory, memory_final = memory_op(
             q,
@@ -272,7 +272,7 @@ class Mamba2(nn.Module):
             chunk_size=self.chunk_size,
         )  # spec:27
         out = nl.head_matmul_sum(
-            nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(xp[4])), self.W_o
+            nl.rmsnorm((memory + self.D[:, None] * v) * F.silu(xp[1])), self.W_o
         )  # spec:35
         if cache is not None:
             cache["states"] = {

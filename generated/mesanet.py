@@ -224,20 +224,20 @@ class MesaNet(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         xp = nl.head_projections(
-            xh, self.W_q, self.w_beta, self.W_k, self.W_v, self.w_gamma, self.W_g
+            xh, self.W_q, self.W_k, self.W_v, self.w_beta, self.w_gamma, self.W_g
         )  # x @ each, at once
         q = nl.per_token(
             nl.short_conv(xp[0], self.conv0, cu_seqlens, convs, "conv0", act="silu", norm="l2"), ref
         )  # spec:21
-        beta = nl.per_token(torch.sigmoid(xp[1]), ref)  # spec:22
+        beta = nl.per_token(torch.sigmoid(xp[3]), ref)  # spec:22
         k = nl.per_token(
             torch.sqrt(beta)
-            * nl.short_conv(xp[2], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"),
+            * nl.short_conv(xp[1], self.conv1, cu_seqlens, convs, "conv1", act="silu", norm="l2"),
             ref,
         )  # spec:23
         v = nl.per_token(
             torch.sqrt(beta)
-            * nl.short_conv(xp[3], self.conv2, cu_seqlens, convs, "conv2", act="silu"),
+            * nl.short_conv(xp[2], self.conv2, cu_seqlens, convs, "conv2", act="silu"),
             ref,
         )  # spec:24
         gamma = nl.per_token(torch.sigmoid(xp[4]), ref)  # spec:25

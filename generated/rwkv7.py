@@ -253,15 +253,15 @@ class Rwkv7(nn.Module):
         xh = x[:, :, None, :]
         ref = xh.expand(-1, -1, self.heads, -1)
         xp = nl.head_projections(
-            xh, self.W_r, self.W_k, self.W_v, self.W_d, self.W_a, self.W_g
+            xh, self.W_r, self.W_k, self.W_d, self.W_a, self.W_v, self.W_g
         )  # x @ each, at once
         r = nl.per_token(xp[0], ref)  # spec:23
         k = nl.per_token(xp[1], ref)  # spec:24
-        v = nl.per_token(xp[2], ref)  # spec:25
+        v = nl.per_token(xp[4], ref)  # spec:25
         w = nl.per_token(
-            torch.exp(-math.exp(-0.5) * torch.sigmoid(xp[3] + self.b_d)), ref
+            torch.exp(-math.exp(-0.5) * torch.sigmoid(xp[2] + self.b_d)), ref
         )  # spec:26
-        a_1 = nl.per_token(torch.sigmoid(xp[4] + self.b_a), ref)  # spec:27
+        a_1 = nl.per_token(torch.sigmoid(xp[3] + self.b_a), ref)  # spec:27
         kh = nl.per_token(nl.l2norm(k * self.xi), ref)  # spec:28
         kt = nl.per_token(k * (1 + (a_1 - 1) * self.k_a), ref)  # spec:29
         memory, memory_final = memory_op(

@@ -36,24 +36,13 @@ def is_x(e: ast.Expr) -> bool:
 
 
 def x_projections(exprs, params) -> list[str]:
-    """The parameters P of the products `x @ P` the expressions hold, each once, in the order
-    the expressions first use them."""
-    found: list[str] = []
-
-    def visit(node):
-        if isinstance(node, (list, tuple)):
-            for child in node:
-                visit(child)
-            return
-        if (isinstance(node, ast.BinOp) and node.op is ast.BinOpKind.MATMUL
-                and is_x(node.left) and isinstance(node.right, ast.Name)
-                and node.right.id in params and node.right.id not in found):
-            found.append(node.right.id)
-        for name in getattr(node, "__dataclass_fields__", ()):
-            if name != "span":
-                visit(getattr(node, name))
-    visit(list(exprs))
-    return found
+    """The parameters P of the products `x @ P` the expressions hold, in `params`' order (the
+    order the spec declares them)."""
+    from nlc.syntax.walk import nodes
+    used = {n.right.id for n in nodes(tuple(exprs))
+            if isinstance(n, ast.BinOp) and n.op is ast.BinOpKind.MATMUL and is_x(n.left)
+            and isinstance(n.right, ast.Name)}
+    return [p for p in params if p in used]
 
 
 @dataclass

@@ -139,10 +139,10 @@ def head_projections(a: torch.Tensor, *weights: torch.Tensor) -> list[torch.Tens
     pass, whose input gradient is one product rather than one per W summed in float32
     (docs/runtime.md)."""
     wide = [_side_by_side(w) for w in weights]
-    out = a[..., 0, :] @ (wide[0] if len(wide) == 1 else torch.cat(wide, 1))
     if len(wide) == 1:
-        pieces = [out]
+        pieces = [a[..., 0, :] @ wide[0]]
     else:  # each its own copy: an op that keeps a view for its backward pass keeps only it
+        out = a[..., 0, :] @ torch.cat(wide, 1)
         pieces = [p.contiguous() for p in out.split([w.shape[1] for w in wide], -1)]
     return [p.unflatten(-1, (w.shape[0], w.shape[2])) if w.dim() == 3 else p.unsqueeze(-1)
             for p, w in zip(pieces, weights)]
