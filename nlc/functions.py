@@ -2,7 +2,7 @@
 
 | stage | reads |
 |---|---|
-| check (nlc/levels/vocab.py, shapes.py) | the name, the kind (elementwise or over the last axis), the doc |
+| check (nlc/levels/vocab.py, shapes.py, level_checker.py) | the name, the kind (elementwise or over the last axis), the doc; an MLP memory's activation at 0 (`value_at_zero`) |
 | derive (nlc/derive/symbols.py, matfuncs.py) | `sympy`: the scalar function as SymPy text in `x`; `column`: a function of a whole column's entries |
 | verify (nlc/derive/evaluate.py) | `numpy`: a column function on a NumPy vector (elementwise ones go through SymPy) |
 | emit (nlc/emit/context.py, torch_printer.py) | `torch`: the call generated code makes on a tensor; `math`: the call on a number known at compile time; `grad`: the call for the derivative, which a derived backward (an MLP memory's) makes instead of printing the derivative's formula |
@@ -10,7 +10,7 @@
 Adding an activation or a norm is one `register(...)` here (and a test); the Triton and
 PyTorch printers print the derived SymPy expressions, so they need nothing new. The SymPy
 text is the compiler's own (never a spec's) and is parsed once, lazily, so that `nlc check`
-loads no SymPy."""
+loads no SymPy (except to refuse an MLP memory that starts at zeros)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,14 @@ def register(function: Function) -> Function:
 def unregister(name: str) -> None:
     """Remove a function (tests that register one of their own)."""
     REGISTRY.pop(name)
+
+
+def value_at_zero(name: str) -> float:
+    """f(0) of an elementwise function, or of an MLP memory's `identity` activation, from its
+    SymPy form: whether an MLP memory that starts at zeros can move (nlc/levels)."""
+    if name == "identity":
+        return 0.0
+    return float(REGISTRY[name].scalar()(0))
 
 
 def of_kind(kind: Kind) -> tuple[str, ...]:

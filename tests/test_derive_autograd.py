@@ -110,6 +110,11 @@ class Combo:
         flags = "".join([", residual" if self.residual else "", ", norm" if self.norm else ""])
         return f"mlp({widths}, act = {self.act}{flags})"
 
+    def init_text(self) -> str:
+        """The step is derived at any state; an MLP of two or more layers that starts at zeros
+        never moves and is refused, so it starts learned."""
+        return "learned" if self.form == "mlp" and self.hidden else "zeros"
+
     def objective_text(self) -> str:
         s = self.state_name
         target = self.target if self.form == "vector" else "v"
@@ -173,7 +178,7 @@ class Combo:
             *gate_line,
             "  }",
             f"  level memory every 1 token{chunk} {{",
-            f"    state {s} : {self.form_text()} = zeros",
+            f"    state {s} : {self.form_text()} = {self.init_text()}",
             f"    objective {self.objective_text()}",
             f"    retention {self.retention_text()}",
             f"    algorithm {self.algorithm_text()}",

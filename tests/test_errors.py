@@ -93,3 +93,63 @@ def test_no_stale_error_goldens(update_goldens):
             p.unlink()
         return
     assert not stale, f"goldens without a spec: {[p.name for p in stale]}"
+
+
+# ---------------------------------------------------------------- refused at check, not later
+MLP_LAYER = """layer L {
+  dims d_model = 8, d_k = 4
+  param W_k : [d_model, d_k]
+  param W_o : [d_k, d_model]
+  context from x {
+    k = x @ W_k
+  }
+  level slow every 4 tokens {
+    state S : mlp(d_k -> 8 -> d_k, act = gelu) = learned
+    objective l2(S(k), k)
+    algorithm gd(lr = 0.1)
+    read S(k)
+  }
+  level fast {
+    state F : STATE
+    objective l2(F(k), k)
+    algorithm gd(lr = 0.1)
+    read F(k)
+  }
+  TRANSFER
+  output (fast + slow) @ W_o
+}
+"""
+
+
+def _check(text: str):
+    from nlc import pipeline
+    return pipeline.run("spec.nl", "check", text=text)
+
+
+@pytest.mark.parametrize("state, transfer", [
+    ("mlp(d_k -> d_k, act = gelu) = zeros", ""),            # one layer: W k moves
+    ("mlp(d_k -> 8 -> d_k, act = gelu) = zeros", "transfer slow -> fast : init"),
+    ("mlp(d_k -> 8 -> d_k, act = tanh) = learned", ""),
+])
+def test_an_mlp_memory_that_can_move_passes_check(state, transfer):
+    _check(MLP_LAYER.replace("STATE", state).replace("TRANSFER", transfer))
+
+
+def test_an_mlp_memory_at_the_default_start_is_refused_at_its_state():
+    """No `= ...` is zeros: the error points at the state and says so."""
+    from nlc.errors import NlcError
+    text = MLP_LAYER.replace("STATE", "mlp(d_k -> 8 -> d_k, act = relu)").replace("TRANSFER", "")
+    with pytest.raises(NlcError) as info:
+        _check(text)
+    err = info.value
+    assert (err.span.line, err.span.column) == (15, 5)
+    assert "since relu(0) = 0" in err.message
+    assert err.hint.startswith("a state without '= ...' starts at zeros")
+
+
+def test_an_optimizer_state_is_its_own_prediction():
+    """like(param) states are plain values in their objective (Adam's `dot(m, g)`); only a
+    layer's memory must be applied."""
+    text = (ROOT / "examples" / "adam.nl").read_text(encoding="utf-8")
+    assert "objective dot(m, g)" in text
+    _check(text)

@@ -35,9 +35,8 @@ from nlc.derive.symbols import (
 )
 from nlc.errors import NlcError
 from nlc.levels.records import LevelRecord, Term
+from nlc.levels.vocab import MAX_WINDOW  # also refused at check; plan reads it from here
 from nlc.syntax import ast
-
-MAX_WINDOW = 16  # omega windows are unrolled symbolically
 
 
 def _scale(factor, tensor):

@@ -188,6 +188,7 @@ class _DeclChecker(LevelChecker):
             raise NlcError(f"layer '{self.decl.name}' has no 'output'", self.decl.span,
                            hint="e.g. output memory @ W_o")
         self.check_frequencies()
+        self.check_learns(levels)
         self.check_composed_names(records)
         cycle = self.graph.find_cycle(keep=lambda e: e.explicit or e.source == TRAIN)
         if cycle:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nlc import functions
 from nlc.errors import NlcError
 from nlc.levels import vocab
 from nlc.levels.graph import Edge
@@ -117,6 +118,28 @@ class LevelChecker:
         self.steps, self.loops = steps, frozenset(loops)
         return records
 
+    def check_learns(self, levels: list[ast.Level]) -> None:
+        """An MLP memory of two or more layers that starts at zeros, with an activation that
+        is 0 at 0, never moves: the last weight's gradient is e act(0)^T = 0 and every other
+        weight's passes back through the last weight, 0. Refused unless an init or generate
+        edge gives it another start (run after the transfer lines)."""
+        seeded = {e.target for e in self.graph.edges
+                  if e.mode in (TransferMode.INIT, TransferMode.GENERATE)}
+        for stmt in levels:
+            state = self.graph.level(stmt.name).state
+            if state is None or state.form.kind != "mlp" or len(state.form.dims) < 3 \
+                    or state.init != "zeros" or stmt.name in seeded:
+                continue
+            if functions.value_at_zero(state.form.act) != 0:
+                continue
+            written = next(s for s in stmt.body if isinstance(s, ast.State))
+            raise NlcError(f"an MLP memory that starts at zeros never learns: every weight's "
+                           f"gradient is zero there, since {state.form.act}(0) = 0; start it "
+                           "`= learned`", (written.init or written).span,
+                           hint=("a state without '= ...' starts at zeros; " if written.init is
+                                 None else "") + f"state {state.name} : mlp(...) = learned draws "
+                                "it normal(0.02) and meta-learns it")
+
     def level_head(self, stmt: ast.Level) -> _Head:
         """Frequency, gradient names and state of a level: what its read and rules need."""
         unit = Frequency.STEP if self.is_optimizer else Frequency.TOKEN
@@ -213,7 +236,7 @@ class LevelChecker:
         if head.state is None:
             return (), (), (), ()
         clauses, env, state = head.clauses, head.env, head.state
-        objectives = self.objectives(clauses, env, stmt)
+        objectives = self.objectives(clauses, env, stmt, state)
         retentions = self.retentions(clauses, env, state)
         algorithms = self.algorithms(clauses, env, stmt, len(objectives))
         for objective, algorithm in zip(objectives, algorithms):
@@ -329,20 +352,27 @@ class LevelChecker:
         spelled = _form_exprs(stmt.form, vocab.FORMS[kind])
         return MemoryForm(kind, self.shape_of(spelled))
 
-    def objectives(self, clauses, env: Env, stmt: ast.Level) -> tuple[Term, ...]:
+    def objectives(self, clauses, env: Env, stmt: ast.Level,
+                   state: StateRecord) -> tuple[Term, ...]:
         """The objective of each step of a token: one, or several joined by `then`."""
         found = clauses[ast.ClauseKind.OBJECTIVE]
         if not found:
             raise NlcError(f"level '{stmt.name}' has a state but no objective", stmt.span,
                            hint="e.g. objective l2(S(k), v)")
         values = found[0].values
-        return tuple(self.objective(v, env, found[0].span if len(values) == 1 else v.span)
+        return tuple(self.objective(v, env, found[0].span if len(values) == 1 else v.span, state)
                      for v in values)
 
-    def objective(self, value: ast.Expr, env: Env, span) -> Term:
+    def objective(self, value: ast.Expr, env: Env, span, state: StateRecord) -> Term:
         term = make_term(value, vocab.OBJECTIVES, "objective", env, self.consts)
+        if term.kind == "omega" and term.get("window") > vocab.MAX_WINDOW:
+            raise NlcError(f"omega windows longer than {vocab.MAX_WINDOW} tokens are not derived "
+                           "symbolically yet", term.span,
+                           hint=f"window = {vocab.MAX_WINDOW} at most: derivation unrolls the "
+                                "window, one term per token")
         inner = term.get("loss") if term.kind == "omega" else term
         pred, target = inner.get("prediction"), inner.get("target")
+        _check_prediction(pred, state)
         a, b = infer(pred, env), infer(target, env)
         if a != b:
             hint = None
@@ -553,6 +583,28 @@ _ONE_CLAUSE_HINTS = {
     ast.ClauseKind.ALGORITHM: "one algorithm for all steps, or one per objective joined by "
                               "'then': algorithm gd(lr = b1) then gd(lr = b2)",
 }
+
+
+def _check_prediction(pred: ast.Expr, state: StateRecord) -> None:
+    """The gradient is taken through the prediction, so it must be the memory applied to an
+    input, `S(k)`; an optimizer's like(param) state is its own prediction (`dot(m, g)`). A
+    cache's prediction is not differentiated (the non-parametric solve reads its target)."""
+    name, form = state.name, state.form
+    if form.kind == "cache" or (isinstance(pred, ast.Call) and pred.func == name):
+        return
+    if isinstance(pred, ast.Name) and pred.id == name:
+        if form.kind == "like":
+            return
+        value = {"vector": f"<{name}, k>", "diagonal": f"{name} * k"}.get(form.kind, f"{name} k")
+        raise NlcError(f"apply the memory to its input: {name}(k), which is {value} (a layer's "
+                       f"{form.kind} memory is not its own prediction)", pred.span,
+                       hint="a bare state is the prediction only in an optimizer's level, as "
+                            f"in dot(m, g); a running sum of the keys is dot({name}(k), 1)")
+    raise NlcError(f"the prediction must be the memory applied to an input, e.g. {name}(k), "
+                   f"not '{format_expr(pred)}'", pred.span,
+                   hint="the gradient is taken through the prediction alone: an mlp form's "
+                        "residual and norm flags add the input and a norm; other terms go in "
+                        "the read")
 
 
 def _form_exprs(form: ast.Expr, entry: vocab.Entry) -> tuple[ast.Expr, ...]:

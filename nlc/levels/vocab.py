@@ -67,6 +67,7 @@ UNIT_INTERVAL = dict(low=0.0, high=1.0)
 PRED, TARGET = Arg("prediction", ArgKind.EXPR), Arg("target", ArgKind.EXPR)
 SCALE = Arg("scale", ArgKind.NUMBER, 1.0, **POSITIVE)
 WEIGHT = Arg("weight", ArgKind.EXPR, None)  # per-token weight of the loss (non-parametric kernel)
+MAX_WINDOW = 16  # omega windows are unrolled symbolically, a term per token (derive/engine.py)
 
 # ------------------------------------------------------------------ memory forms
 FORMS: dict[str, Entry] = dict([
@@ -108,7 +109,7 @@ OBJECTIVES: dict[str, Entry] = dict([
        Arg("delta", ArgKind.EXPR, 1.0, **POSITIVE), SCALE,
        Arg("switch", ArgKind.CHOICE, "entries", choices=("entries", "norm"))),
     _e("omega", "sum over the last `window` tokens of the inner loss, weighted (Atlas)",
-       Arg("loss", ArgKind.TERM), Arg("window", ArgKind.INT, low=1, high=4096),
+       Arg("loss", ArgKind.TERM), Arg("window", ArgKind.INT, low=1),
        Arg("decay", ArgKind.EXPR, 1.0)),
     _e("ridge", "sum over the whole history of 1/2||prediction - target||^2 + reg/2 ||S||^2"
        " (Mesa)", PRED, TARGET, Arg("reg", ArgKind.NUMBER, 1.0, **POSITIVE)),
@@ -173,6 +174,12 @@ SPECIAL_FUNCTIONS: dict[str, Entry] = dict(
 )
 FUNCTIONS = functions.View(lambda f: Entry(f.name, (Arg("x", ArgKind.EXPR),), f.doc),
                            SPECIAL_FUNCTIONS)
+# functions a paper writes that the language has not, and how to spell them (a hint)
+SPELLED_OTHERWISE: dict[str, str] = {
+    "max": "there is no max: max(a, 1) is 1 + relu(a - 1)",
+    "min": "there is no min: min(a, 1) is 1 - relu(1 - a)",
+    "clamp": "there is no clamp: clamp(a, 0, 1) is relu(a) - relu(a - 1)",
+}
 
 # ------------------------------------------------------------------ parameter initializers
 PARAM_INITS: dict[str, Entry] = dict([
