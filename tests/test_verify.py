@@ -382,3 +382,98 @@ def test_a_state_read_as_q_at_w_takes_its_gate_per_row_as_a_channel_gate():
     other = other.replace("param W_i : [d_model, d_v]", "param W_i, W_g : [d_model, d_v]")
     (report,) = [r for r in _verify(other) if r.levels]
     assert not report.claim_holds
+
+
+@pytest.mark.parametrize("read, said", [
+    # RWKV-6's read: before the write, with the bonus of the current token (Peng et al. 2024)
+    ("read before S(q) + dot(q, k) * v",
+     ["it reads before the write", "its read is not the memory applied to the query"]),
+    ("read before S(q)", ["it reads before the write"]),
+    ("read 2 * S(q)", ["its read is not the memory applied to the query"]),
+])
+def test_a_claimed_update_with_another_read_is_refused_and_the_read_named(read, said):
+    """verify compared the update only: GLA's update read before the write, with a bonus
+    term (RWKV-6), verified as GLA. The read is compared with the paper's, the memory
+    applied to the query after the write, and the line says how it differs."""
+    text = (EXAMPLES / "gla.nl").read_text()
+    variant = text.replace("read S(q)", read)
+    assert variant != text
+    (report,) = [r for r in _verify(variant) if r.levels]
+    assert not report.claim_holds
+    (level,) = report.levels
+    assert level.nearest[0] == "gla"
+    assert level.differs.startswith("Gated linear attention's update;"), level.differs
+    for phrase in said:
+        assert phrase in level.differs, level.differs
+    if "before" not in read:
+        assert "reads before" not in level.differs
+
+
+def test_an_mlp_memory_read_before_its_write_is_not_titans():
+    text = (EXAMPLES / "titans.nl").read_text()
+    variant = re.sub(r"read M\(q\)", "read before M(q)", text)
+    assert variant != text
+    (report,) = [r for r in _verify(variant) if r.levels]
+    assert not report.claim_holds
+    assert "it reads before the write" in report.levels[0].differs
+
+
+def test_monetas_read_applies_its_normalized_weights():
+    """Moneta reads W = A / ||A||_4^2 of its state A (Miras eqs. 24-25): the example
+    verifies with that read, and the catalog's read of the raw state would not be it."""
+    import numpy as np
+
+    from nlc.catalog.models import ENTRIES
+    (moneta,) = [e for e in ENTRIES if e.id == "moneta"]
+    (report,) = [r for r in _verify((EXAMPLES / "moneta.nl").read_text()) if r.levels]
+    assert report.claim_holds
+    a = np.random.default_rng(0).normal(size=(3, 3))
+    assert not np.allclose(moneta.read_weights(a), a)
+
+
+def test_an_erase_is_an_axis_of_the_nearest_model():
+    """Mamba2's update with an erase (Comba's inner decay, as an erase of rate dt * 0.5) was
+    "Mamba2, on every axis nlc compares": the erase was not an axis."""
+    text = (EXAMPLES / "mamba2.nl").read_text()
+    variant = text.replace("retention decay(alpha)",
+                           "retention decay(alpha, order = parallel), erase(key = k, rate = dt * 0.5)")
+    assert variant != text
+    (report,) = [r for r in _verify(variant) if r.levels]
+    assert not report.claim_holds
+    assert "+ an erase" in report.levels[0].differs, report.levels[0].differs
+
+
+def test_an_omega_window_is_named_where_the_rest_is_the_nearest_model():
+    text = (EXAMPLES / "gated_deltanet.nl").read_text()
+    variant = text.replace("objective l2(S(k), v)", "objective omega(l2(S(k), v), window = 3)")
+    variant = variant.replace("claims gated_deltanet", "")
+    assert variant != text
+    (report,) = [r for r in _verify(variant) if r.levels]
+    (level,) = report.levels
+    assert not level.matches
+    assert "the losses of a window of 3 tokens (gated_deltanet: the token's own)" in \
+        level.differs, level.differs
+
+
+def test_a_failed_claim_says_how_the_level_differs_from_the_claimed_entry(tmp_path):
+    """A failed claim's line described the nearest entry, not the claimed one, and the
+    verify table printed no line at all."""
+    text = (EXAMPLES / "gated_deltanet.nl").read_text()
+    claimed = text.replace("claims gated_deltanet", "claims titans_linear").replace(
+        "decay(alpha, order = before)", "decay(alpha, order = parallel)")
+    assert claimed != text
+    (report,) = [r for r in _verify(claimed) if r.levels]
+    assert not report.claim_holds
+    assert report.levels[0].nearest[0] == "titans_linear"
+    assert "scale = 1 (titans_linear: scale = 2)" in report.levels[0].differs
+    path = tmp_path / "claimed.nl"
+    path.write_text(claimed)
+    out = _nlc("verify", str(path))
+    assert out.returncode == 1
+    assert "memory: not titans_linear: " in out.stdout, out.stdout
+    # a level that is another model: the line says why it is not the claimed one
+    path.write_text((EXAMPLES / "deltanet.nl").read_text().replace("claims deltanet",
+                                                                    "claims gated_deltanet"))
+    out = _nlc("verify", str(path))
+    assert out.returncode == 1
+    assert "memory: not gated_deltanet: " in out.stdout, out.stdout

@@ -57,6 +57,12 @@ class CatalogEntry:
     rate: str = "scalar"      # the learning rate beta, if needed: scalar | row (per output channel)
     every: str = "any"        # the level's period: any | one (every step) | chunk (> 1)
     retention: str | None = None  # a retention the paper's update has that no gate shows (kl)
+    # the paper's output: the memory applied to the query after the token's write ("after")
+    # or before it ("before"); None where no read is compared (`entry` says which)
+    read: str | None = "after"
+    # the weights the read applies, from each carried tensor (float64 arrays): Moneta's
+    # W = A / ||A||_q^(q-2); None where the read applies the state itself
+    read_weights: Callable | None = None
 
 
 def _I(n):
@@ -71,6 +77,11 @@ ENTRIES: list[CatalogEntry] = []
 
 
 def entry(**kw):
+    """Add an entry. An optimizer's levels are read by its `apply` lines, compared on their
+    own (nlc/catalog/applies.py); a solve entry's update states its read; a cache entry's
+    kernel is its read: none of them has a read compared apart."""
+    if kw.get("kind") == "optimizer" or kw["family"] in ("solve", "nonparametric"):
+        kw.setdefault("read", None)
     ENTRIES.append(CatalogEntry(**kw))
 
 
@@ -241,6 +252,11 @@ def _lq_normalized(a, q: int):
     return a * (sum(a.applyfunc(lambda e: sp.Abs(e) ** q)) ** sp.Rational(1, q)) ** (2 - q)
 
 
+def _lq_normalized_numeric(a, q: int):
+    """`_lq_normalized` of a float64 array (the read's weights)."""
+    return a * float((abs(a) ** q).sum()) ** ((2 - q) / q)
+
+
 def _moneta(r: Roles):
     at = r.S0 or r.S
     grads = r.grad(tuple(_lq_normalized(a, 4) for a in at))
@@ -251,7 +267,8 @@ entry(id="moneta", title="Moneta",
       citation="Behrouz et al., It's All Connected (Miras), arXiv:2504.13173 (2025), eqs. "
                "24-25: l_3 attentional bias, A = alpha A - eta grad l_3(W), W = A / ||A||_4^2",
       form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha"), family="frozen-gradient",
-      update=_moneta, objective="lp", loss=Loss("lp", p=3))
+      update=_moneta, objective="lp", loss=Loss("lp", p=3),
+      read_weights=lambda a: _lq_normalized_numeric(a, 4))
 
 
 def _yaad(r: Roles):

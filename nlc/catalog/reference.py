@@ -97,6 +97,18 @@ def mlp_forward_numeric(form, weights: list[Dual], x: np.ndarray) -> Dual:
     return h + x if form.residual else h
 
 
+def memory_read(form, tensors: list[np.ndarray], q: np.ndarray) -> np.ndarray:
+    """The memory applied to a query, as the papers read it (float64): a matrix S q, a
+    vector <z, q>, an MLP its forward pass at q."""
+    if form.kind == "matrix":
+        return tensors[0] @ q
+    if form.kind == "vector":
+        return tensors[0].reshape(1, -1) @ q
+    if form.kind == "mlp":
+        return mlp_forward_numeric(form, [Dual.constant(w, 1) for w in tensors], q).val
+    raise ValueError(f"no read for a {form.kind} memory")
+
+
 # ---------------------------------------------------------------- gradients
 def explicit_grad(form, tensors, x, scalar_of_prediction) -> list[sp.Matrix]:
     """d scalar(M(x)) / d W for every weight entry, by sympy.diff on explicit matrices."""

@@ -40,6 +40,9 @@ def verify_table(reports: list[SpecReport], errors: list[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    lines += [f"{r.path}:{r.spec}.{lv.level}: not {r.claims}: {lv.differs}" for r in reports
+              if r.claims and not r.claim_holds for lv in r.levels
+              if lv.differs and not any(c.entry.id.startswith(r.claims) for c in lv.matches)]
     lines += [r.apply.differs for r in reports if r.claims and r.apply and r.apply.differs]
     ok = sum(1 for r in reports if r.claims and r.claim_holds)
     claimed = sum(1 for r in reports if r.claims)

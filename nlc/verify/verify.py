@@ -29,6 +29,7 @@ from nlc.syntax import ast
 from nlc.syntax.walk import names_used
 from nlc.verify import mlp
 from nlc.verify.equality import numeric_error, opaque_gradient, symbolic_equal
+from nlc.verify.read import read_difference
 
 SYMBOLIC_DIMS = ((2, 3), (3, 2))
 NUMERIC_DIMS = ((4, 7), (7, 4), (16, 16))
@@ -43,6 +44,7 @@ class Comparison:
     numeric: float
     ok: bool
     note: str = ""    # why an update was not compared (its hypers do not bind)
+    read: str = ""    # how the level's read differs from the entry's (nlc/verify/read.py)
 
 
 @dataclass
@@ -248,17 +250,20 @@ def compare_all(entries: list[CatalogEntry], module, decl_name: str, level: str,
                         symbolic[entry.id] = None
             if symbolic[entry.id] is False:
                 live.remove(entry)
+    reads: dict[str, str] = {}
     for pair in NUMERIC_DIMS:
         if not live:
             break
         rule, positive = _rule_at(module, decl_name, level, pair)
         rule = as_read(rule)
-        ours = _derived_values(rule)
+        ours, roles = _derived_values(rule), roles_of(rule)
         for entry in live:
             error = max(numeric_error(a, b, rng, positive)
-                        for a, b in zip(ours, entry.update(roles_of(rule))))
+                        for a, b in zip(ours, entry.update(roles)))
             worst[entry.id] = max(worst[entry.id], error)
-    return [_comparison(e, symbolic[e.id], worst[e.id]) for e in entries]
+            reads[entry.id] = reads.get(entry.id) or read_difference(rule, roles, entry, rng,
+                                                                     positive)
+    return [_comparison(e, symbolic[e.id], worst[e.id], reads.get(e.id, "")) for e in entries]
 
 
 def as_read(rule: UpdateRule) -> UpdateRule:
@@ -278,9 +283,13 @@ def as_read(rule: UpdateRule) -> UpdateRule:
     return replace(turned, roles=tuple((swap.get(n, n), r) for n, r in turned.roles))
 
 
-def _comparison(entry: CatalogEntry, symbolic: bool | None, error: float) -> Comparison:
+def _comparison(entry: CatalogEntry, symbolic: bool | None, error: float,
+                read: str = "") -> Comparison:
+    """The verdict on one entry: its update equal (symbolically where decided, and within
+    TOLERANCE numerically) and its read the same (`read` says how it differs)."""
     error = error if symbolic is not False else float("inf")
-    return Comparison(entry, symbolic, error, symbolic is not False and error < TOLERANCE)
+    return Comparison(entry, symbolic, error,
+                      symbolic is not False and error < TOLERANCE and not read, read=read)
 
 
 def _rule_at(module, decl_name: str, level: str, pair, gradient=None):
@@ -301,6 +310,7 @@ def _compare_mlp(entries: list[CatalogEntry], module, decl_name: str, level: str
     chain rule, the loss and the rule around the gradient, symbolically."""
     worst: dict[str, float] = {e.id: 0.0 for e in entries}
     symbolic: dict[str, bool | None] = {e.id: None for e in entries}
+    reads: dict[str, str] = {}
     live = list(entries)
     for pair in NUMERIC_DIMS:
         if not live:
@@ -308,6 +318,8 @@ def _compare_mlp(entries: list[CatalogEntry], module, decl_name: str, level: str
         rule, positive = _rule_at(module, decl_name, level, pair)
         values, roles = _derived_values(rule), roles_of(rule)
         for entry in list(live):
+            reads[entry.id] = reads.get(entry.id) or read_difference(rule, roles, entry, rng,
+                                                                     positive)
             for scalars in SCALAR_RANGES:
                 error = mlp.numeric_error(rule, values, entry, roles, rng, positive, scalars)
                 worst[entry.id] = max(worst[entry.id], error)
@@ -315,7 +327,8 @@ def _compare_mlp(entries: list[CatalogEntry], module, decl_name: str, level: str
                     live.remove(entry)
                     break
     if not live:
-        return [_comparison(e, symbolic[e.id], worst[e.id]) for e in entries]
+        return [_comparison(e, symbolic[e.id], worst[e.id], reads.get(e.id, ""))
+                for e in entries]
     chain = mlp.chain_rule_equal(len(form.dims) - 1, form.residual, form.norm)
     parts: dict[str, list] = {e.id: [chain] for e in live}
     for i, pair in enumerate(SYMBOLIC_DIMS):
@@ -330,7 +343,8 @@ def _compare_mlp(entries: list[CatalogEntry], module, decl_name: str, level: str
             parts[entry.id].append(mlp.algebra_equal(rule, values, entry, roles))
     for entry in live:
         symbolic[entry.id] = mlp._verdict(parts[entry.id])
-    return [_comparison(e, symbolic[e.id], worst[e.id]) for e in entries]
+    return [_comparison(e, symbolic[e.id], worst[e.id], reads.get(e.id, ""))
+            for e in entries]
 
 
 def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecReport]:
@@ -346,8 +360,17 @@ def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecRepo
             found = compare_all(candidates(rule, spec), module, spec.name, rule.level, rng,
                                 rule.form)
             report.matches = [c for c in found if c.ok]
-            if not report.matches:
-                report.nearest, report.differs = nearest(rule, spec)
+            read_only = sorted((c for c in found if not c.ok and c.read
+                                and c.numeric < TOLERANCE and c.symbolic is not False),
+                               key=lambda c: not _claimed(c.entry.id, spec.claims or ""))
+            if not report.matches and read_only:  # the update is the entry's, the read not
+                report.nearest = [c.entry.id for c in read_only]
+                report.differs = f"{read_only[0].entry.title}'s update; {read_only[0].read}"
+            elif not report.matches:
+                report.nearest, report.differs = nearest(rule, spec, spec.claims)
+            elif spec.claims and not any(_claimed(c.entry.id, spec.claims)
+                                         for c in report.matches):
+                _, report.differs = nearest(rule, spec, spec.claims)  # why not the claim
             levels.append(report)
         applied = None
         if spec.kind.value == "optimizer":
@@ -359,24 +382,36 @@ def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecRepo
 
 
 # the objective a published affine recurrence is the one gradient step of
-OBJECTIVE_OF_FAMILY = {"decay": "dot", "delta": "l2", "dplr": "l2", "product": "l2"}
+OBJECTIVE_OF_FAMILY = {"decay": "dot", "delta": "l2", "dplr": "l2", "product": "l2",
+                       "elementwise": "l2"}
 # how far apart two points of the design space are, per axis that differs; objectives that
 # regress the memory's output on a target are closer to each other than to `dot`
-AXIS_WEIGHTS = {"form": 4, "objective": 2, "gate": 1, "momentum": 1, "rate": 0.5}
+AXIS_WEIGHTS = {"form": 4, "objective": 2, "gate": 1, "erase": 1, "momentum": 1, "rate": 0.5}
 REGRESSION = frozenset({"l2", "lp", "huber", "lq", "kl"})
+
+
+def _objective_kind(level) -> str | None:
+    """The loss a level regresses with (an omega window's inner loss: the window is told
+    apart by `_written_differences`)."""
+    term = level.objective
+    if term is not None and term.kind == "omega":
+        term = term.get("loss")
+    return term.kind if term is not None else None
 
 
 def _axes_of_level(rule: UpdateRule, spec) -> dict:
     level = spec.graph.level(rule.level)
-    return {"form": rule.form.kind, "objective": level.objective.kind if level.objective
-            else None, "gate": gate_kind(rule, spec),
+    return {"form": rule.form.kind, "objective": _objective_kind(level),
+            "gate": gate_kind(rule, spec),
+            "erase": any(r.kind == "erase" for r in level.retentions),
             "momentum": any(n.endswith("_mom") for n, _ in rule.states),
             "rate": rule.role("lr") is not None and rule.role("lr") != 1}
 
 
 def _axes_of_entry(entry: CatalogEntry) -> dict:
     return {"objective": entry.objective or OBJECTIVE_OF_FAMILY.get(entry.family),
-            "gate": entry.gate, "momentum": "eta" in entry.needs, "rate": "beta" in entry.needs}
+            "gate": entry.gate, "erase": "kappa" in entry.needs,
+            "momentum": "eta" in entry.needs, "rate": "beta" in entry.needs}
 
 
 def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str, str]:
@@ -388,6 +423,8 @@ def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str,
         out["objective"] = f"objective {mine['objective']} ({theirs['objective']} there)"
     if entry.gate != "any" and mine["gate"] != entry.gate:
         out["gate"] = f"a {mine['gate']} retention gate ({entry.gate} there)"
+    if mine["erase"] != theirs["erase"]:
+        out["erase"] = "+ an erase" if mine["erase"] else "without an erase"
     if mine["momentum"] != theirs["momentum"]:
         out["momentum"] = "+ momentum" if mine["momentum"] else "without momentum"
     if mine["rate"] != theirs["rate"]:
@@ -436,6 +473,10 @@ def _written_differences(level, entry: CatalogEntry) -> list[str]:
     if entry.retention and entry.retention not in kinds:
         mine = ", ".join(sorted(kinds)) or "none"
         differ.append(f"retention {mine} ({entry.id}: {entry.retention})")
+    if level.objective is not None and level.objective.kind == "omega":
+        window = int(level.objective.get("window"))
+        differ.append(f"the losses of a window of {window} tokens ({entry.id}: the token's "
+                      f"own)")
     if level.period > 1 and entry.every != "chunk":
         differ.append(f"an update every {level.period} {level.unit}s ({entry.id}: every "
                       f"token)")
@@ -447,10 +488,12 @@ def _written_differences(level, entry: CatalogEntry) -> list[str]:
     return differ
 
 
-def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
+def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str], str]:
     """The three catalog entries of the spec's kind closest to the level on the axes of the
-    design space (memory form, objective, retention gate, momentum, rate), and one line
-    saying how the level differs from the closest: "Gated DeltaNet + momentum"."""
+    design space (memory form, objective, retention gate, erase, momentum, rate), and one
+    line saying how the level differs from the closest: "Gated DeltaNet + momentum". The
+    entries a failed `claim` names come first: the line then says how the level differs
+    from what the spec claims."""
     mine = _axes_of_level(rule, spec)
     pool = [e for e in ENTRIES if e.kind == spec.kind.value]
     scored = []
@@ -461,7 +504,7 @@ def nearest(rule: UpdateRule, spec) -> tuple[list[str], str]:
                 <= REGRESSION:
             distance -= AXIS_WEIGHTS["objective"] / 2
         scored.append((distance, i, e, diffs))
-    scored.sort(key=lambda t: t[:2])
+    scored.sort(key=lambda t: (not (claim and _claimed(t[2].id, claim)), *t[:2]))
     best = scored[:3]
     if not best:
         return [], ""
