@@ -62,6 +62,7 @@ class AffineChunk:
     beta: object | None = None      # the delta rule's rate
     transposed: bool = False        # the state is W = S^T, read q^T W: the math runs on S
     row_decay: object | None = None  # a decay per row (output channel), Diag(g) S
+    rest: object | None = None      # the read's terms that do not meet the state, added
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
@@ -70,7 +71,7 @@ class AffineChunk:
         on = " on the transposed state" if self.transposed else ""
         rows = f", row decay {_s(self.row_decay)}" if self.row_decay is not None else ""
         return (f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, "
-                f"{gate}{beta}{rows}")
+                f"{gate}{beta}{rows}{_rest(self.rest)}")
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,13 @@ class ProductChunk:
     decay: object                   # the first step's gate (1: none)
     decay_kind: str                 # scalar
     family: str = "delta"           # the family whose chunked form and kernels run it
+    rest: object | None = None      # the read's terms that do not meet the state, added
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"scalar decay {_s(self.decay)} on the first"
         steps = ", ".join(f"({_s(v)} {_s(k)}^T, beta = {_s(b)})" for v, k, b in self.steps)
         return (f"chunked delta over {len(self.steps)} steps per token: q = {_s(self.query)}, "
-                f"steps {steps}, {gate}")
+                f"steps {steps}, {gate}{_rest(self.rest)}")
 
 
 @dataclass(frozen=True)
@@ -133,11 +135,12 @@ class DplrChunk:
     decay: object                   # the gate D (1: none)
     decay_kind: str                 # none | scalar | channel
     family: str = "dplr"
+    rest: object | None = None      # the read's terms that do not meet the state, added
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
         return (f"chunked dplr: q = {_s(self.query)}, input {_s(self.value)} {_s(self.key)}^T, "
-                f"a = {_s(self.a)}, b = {_s(self.b)}, {gate}")
+                f"a = {_s(self.a)}, b = {_s(self.b)}, {gate}{_rest(self.rest)}")
 
 
 @dataclass(frozen=True)
@@ -152,12 +155,14 @@ class FusedRecurrent:
     error: object | None = None     # elementwise: e(p, y), in the kernel's p and y
     order: str | None = None        # elementwise: the prediction at S D (before) or S
     rate: str = "scalar"            # elementwise: the rate per token, or one per row
+    rest: object | None = None      # the read's terms that do not meet the state, added
 
     def to_text(self) -> str:
         extras = ", ".join(f"{n} = {_s(e)}" for n, e in self.extras)
         error = f", error {_s(self.error)}" if self.error is not None else ""
         rows = ", one rate per row" if self.rate == "row" else ""
-        return f"fused recurrent {self.family}: q = {_s(self.query)}, {extras}{error}{rows}"
+        return (f"fused recurrent {self.family}: q = {_s(self.query)}, {extras}{error}{rows}"
+                f"{_rest(self.rest)}")
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,11 @@ class Classified:
 def _s(e) -> str:
     from nlc.derive.printing import sstr
     return sstr(e)
+
+
+def _rest(rest) -> str:
+    """The read's terms beside the state's, as the plan's text says them."""
+    return "" if rest is None else f", read + {_s(rest)}"
 
 
 class _NoChunkedForm(Exception):
@@ -381,13 +391,28 @@ def transposed_rule(rule: UpdateRule) -> UpdateRule | None:
 
 # ------------------------------------------------------------------ affine families
 def _read_query(rule: UpdateRule):
-    """read = c * S_next q (matrix) or <z_next, q> (vector) -> c * q."""
+    """read = c * S_next q (matrix) or <z_next, q> (vector), plus terms that do not meet the
+    state (RWKV-6's bonus <r, u * k> v) -> (c * q, the sum of those terms or None). The
+    chunked forms read S q; the rest is added to each token's read."""
     (name, S), = rule.states
     target = sp.MatrixSymbol(f"{name}_next" if not rule.read_before else name, *S.shape)
+    states = {S, target, sp.MatrixSymbol(f"{name}_next", *S.shape)}
     read = rule.read
-    if isinstance(read, Dot) and target in read.args:
-        return read.args[1] if read.args[0] == target else read.args[0]
-    coef, mats = split_term(read)
+    terms = read.args if isinstance(read, (sp.MatAdd, sp.Add)) else (read,)
+    meets = [t for t in terms if any(t.has(X) for X in states)]
+    rest = [t for t in terms if not any(t.has(X) for X in states)]
+    if len(meets) != 1:
+        raise _NoChunkedForm("the read is not the state applied to a query")
+    rest = (sp.MatAdd(*rest).doit() if isinstance(read, sp.MatAdd) else sp.Add(*rest)) \
+        if rest else None
+    return _query_of(meets[0], target), rest
+
+
+def _query_of(term, target):
+    """c * target q or <target, q> -> c * q."""
+    if isinstance(term, Dot) and target in term.args:
+        return term.args[1] if term.args[0] == target else term.args[0]
+    coef, mats = split_term(term)
     if len(mats) == 2 and mats[0] == target and not mats[1].has(target):
         return coef * mats[1] if coef != 1 else mats[1]
     raise _NoChunkedForm("the read is not the state applied to a query")
@@ -417,14 +442,15 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
     if isinstance(bias, sp.ZeroMatrix):
         raise _NoChunkedForm("the state has no input term")
     terms = _bias_terms(bias, vector=rule.form.kind == "vector")
-    query = _read_query(rule)
+    query, rest = _read_query(rule)
     beta = None
     if fam is KernelFamily.DELTA:
         if len(terms) != 1 or terms[0][1] != family.param("key"):
             raise _NoChunkedForm("the input term's key is not the delta rule's key")
         beta = family.param("beta")
     return AffineChunk(fam.value, query, terms, family.param("decay"),
-                       family.param("decay_kind"), beta, row_decay=family.param("row_decay"))
+                       family.param("decay_kind"), beta, row_decay=family.param("row_decay"),
+                       rest=rest)
 
 
 def _substeps(rule, family: Classification) -> ProductChunk:
@@ -439,7 +465,8 @@ def _substeps(rule, family: Classification) -> ProductChunk:
         if len(terms) != 1 or terms[0][1] != key:
             raise _NoChunkedForm(f"the input term's key of step {i + 1} is not its delta key")
         steps.append((terms[0][0], key, beta))
-    return ProductChunk(_read_query(rule), tuple(steps), family.param("decay"), "scalar")
+    query, rest = _read_query(rule)
+    return ProductChunk(query, tuple(steps), family.param("decay"), "scalar", rest=rest)
 
 
 def _dplr(rule, family: Classification) -> DplrChunk:
@@ -454,8 +481,9 @@ def _dplr(rule, family: Classification) -> DplrChunk:
         raise _NoChunkedForm("the input is several outer products: no dplr kernel")
     gate = family.param("decay")
     kind = "none" if gate == 1 else family.param("decay_kind")
-    return DplrChunk(_read_query(rule), terms[0][0], terms[0][1], family.param("a"),
-                     family.param("b"), gate, kind)
+    query, rest = _read_query(rule)
+    return DplrChunk(query, terms[0][0], terms[0][1], family.param("a"), family.param("b"),
+                     gate, kind, rest=rest)
 
 
 def _fused(rule, family: Classification) -> FusedRecurrent:
@@ -468,9 +496,10 @@ def _fused(rule, family: Classification) -> FusedRecurrent:
     error = error.xreplace(dict(zip(ERROR_ARGS, sp.symbols("p y"))))
     gate = family.param("decay")
     kind = "none" if gate == 1 else family.param("decay_kind")
-    return FusedRecurrent("elementwise", _read_query(rule), family.param("target"),
-                          family.param("key"), gate, kind, (("rate", family.param("rate")),),
-                          error, family.param("order"), family.param("rate_kind") or "scalar")
+    query, rest = _read_query(rule)
+    return FusedRecurrent("elementwise", query, family.param("target"), family.param("key"),
+                          gate, kind, (("rate", family.param("rate")),), error,
+                          family.param("order"), family.param("rate_kind") or "scalar", rest)
 
 
 # ------------------------------------------------------------------ the solve family

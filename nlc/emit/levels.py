@@ -246,16 +246,31 @@ class LevelPrinter:
         kernel = self.plan.kernel
         return [f"kernels = nl.kernels(__file__, {kernel.module!r})",
                 f"o, S = kernels.fused_recurrent({', '.join(args)})",
-                f"return {read}.unsqueeze(-1).to(ref.dtype), {{{name!r}: {final}}}"]
+                f"return {self._plus_rest(read)}.unsqueeze(-1).to(ref.dtype), "
+                f"{{{name!r}: {final}}}"]
+
+    def _rest_output(self) -> list:
+        """("rest", the read's terms beside the state's), when the read has them."""
+        rest = getattr(self.plan.execution, "rest", None)
+        return [] if rest is None else [("rest", rest)]
+
+    def _plus_rest(self, read: str) -> str:
+        """The chunk's read with the read's terms beside the state's added (RWKV-6's bonus),
+        computed per token from the chunk's inputs (`_rest_output`, bound as `rest`)."""
+        if getattr(self.plan.execution, "rest", None) is None:
+            return read
+        return f"({read} + nl.vec({self._rest_code}, ref))"
 
     def _chunk_values(self, outputs, decay) -> tuple[list[str], dict[str, str]]:
         """Lines that unpack a chunk's inputs and compute each (name, expression) of
         `outputs` and, for a gate other than 1, `log_decay`; name -> the code holding it."""
         gated = decay != 1
         printer = TorchPrinter(self.names())
+        outputs = outputs + self._rest_output()
         lines = self._chunk_inputs(outputs + ([("gate", decay)] if gated else []))
         lines.append("ref = nl.reference(tokens)")
         computed, v = self._bind(printer, outputs)
+        self._rest_code = v.get("rest")
         lines += computed
         if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
             lines.append(f"log_decay = nl.log_gate({printer.expr(decay)})")
@@ -308,7 +323,7 @@ class LevelPrinter:
                              f"read_before={rb}, chunk_size=chunk_size)")
                 if i:
                     lines.append("o, S = o + o_i, S + S_i")
-        return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
+        return lines + [f"return {self._plus_rest('o')}.unsqueeze(-1), {{{name!r}: {final}}}"]
 
     def row_decay_chunked(self, ex: AffineChunk) -> list[str]:
         """The decay or delta family with a decay per row (output channel), folded into the
@@ -337,7 +352,7 @@ class LevelPrinter:
             if i:
                 lines.append("o, S = o + o_i, S + S_i")
         final = "S.mT" if ex.transposed else "S"
-        return lines + [f"return o.unsqueeze(-1), {{{name!r}: {final}}}"]
+        return lines + [f"return {self._plus_rest('o')}.unsqueeze(-1), {{{name!r}: {final}}}"]
 
     def product_chunked(self, ex: ProductChunk) -> list[str]:
         """n delta steps per token: the delta rule's chunked form (and, on CUDA, its kernels)
@@ -367,7 +382,7 @@ class LevelPrinter:
             lines += [f"    {line}" for line in self._kernel_call(args, name, read="sub.read(o)")]
         lines.append(f"o, S = nl.delta_chunked(sub.q, sub.k, sub.v, sub.beta, sub.g, "
                      f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
-        return lines + [f"return sub.read(o).unsqueeze(-1), {{{name!r}: S}}"]
+        return lines + [f"return {self._plus_rest('sub.read(o)')}.unsqueeze(-1), {{{name!r}: S}}"]
 
     def joint_chunked(self, ex: JointChunk) -> list[str]:
         """Several jointly affine states: the joint chunked form over their stack
@@ -424,7 +439,7 @@ class LevelPrinter:
         lines.append(f"o, S = nl.dplr_chunked({', '.join(args + ab)}, {decay}, "
                      f"initial_state={state}, read_before={self.rule.read_before}, "
                      "chunk_size=chunk_size)")
-        return lines + [f"return o.unsqueeze(-1), {{{name!r}: S}}"]
+        return lines + [f"return {self._plus_rest('o')}.unsqueeze(-1), {{{name!r}: S}}"]
 
     def fused_recurrent(self, ex: FusedRecurrent) -> list[str]:
         """An elementwise error: CUDA tensors go to the fused recurrent kernel, others to the
@@ -433,10 +448,11 @@ class LevelPrinter:
             return []
         gated = ex.decay != 1
         outputs = [("query", ex.query), ("value0", ex.value), ("key0", ex.key)]
-        outputs += list(ex.extras)
+        outputs += list(ex.extras) + self._rest_output()
         if gated:
             outputs.append(("log_decay", sp.log(ex.decay)))
         fused, v = self._bind(TorchPrinter(self.names()), outputs)
+        self._rest_code = v.get("rest")
         args = [f"nl.vec({v['query']}, ref)", f"nl.vec({v['key0']}, ref)",
                 f"nl.vec({v['value0']}, ref)"]
         if gated:
