@@ -118,7 +118,23 @@ def test_an_update_hyper_written_as_a_number_is_named():
     report = _report(text, "muon.nl")
     assert not report.claim_holds
     assert report.apply.differs.endswith(
-        "is not Muon's update: its own hypers are lr, the apply's (those no level reads) none")
+        "is not Muon's update: it takes 1 hyper(s) of its own (lr), the apply lines read 0 "
+        "that no level reads (none): a number in a hyper's place is not the paper's hyper: "
+        "name it")
+
+
+def test_a_hyper_the_update_does_not_have_is_named():
+    """AdamW's decoupled weight decay in Adam's apply line: not Adam, and the line says
+    which hypers the apply reads beyond Adam's."""
+    text = (EXAMPLES / "adam.nl").read_text()
+    assert "hyper lr" in text
+    variant = text.replace("hyper lr", "hyper wd = 0.01, lr").replace(
+        "apply param = param - lr *", "apply param = param - lr * wd * param - lr *")
+    assert variant != text
+    report = _report(variant)
+    assert not report.claim_holds
+    assert "the apply lines read 3 that no level reads (eps, lr, wd): a hyper the update " \
+        "does not have" in report.apply.differs, report.apply.differs
 
 
 def test_apply_lines_are_composed_in_order():

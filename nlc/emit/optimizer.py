@@ -117,11 +117,13 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
                              owner="optimizer")
     if not applies:
         raise NlcError(f"optimizer '{spec.name}' has no `apply param = ...` clause", spec.span)
-    for target, expr, lv in applies:
+    for i, (target, expr, lv) in enumerate(applies):
         if target != "param":
             raise NlcError(f"only `apply param = ...` is emitted, not '{target}'", lv.span)
         code = applied.expr(expr)
         body.append(f"param.copy_(nl.like_param({code}, param))  # spec:{expr.span.line}")
+        if i + 1 < len(applies) and "param" in needed:  # the next line sees this one's write:
+            body.append("param_matrix = nl.as_matrix(param)")  # a copy where no view exists
     derived = [e for lv in levels for _, e in rules[lv.name].next_state]
     derived += [rules[lv.name].read for lv in reads]
     plan.matrices_only = any(e.has(NewtonSchulz) for e in derived) or any(

@@ -162,8 +162,11 @@ def compare(entry: ApplyEntry, bindings: list[tuple[str, ...]], steps: dict,
             if tried[-1].ok:
                 return tried[-1]
     if not tried:
-        note = (f"its own hypers are {_listed(entry.hypers)}, the apply's (those no level "
-                f"reads) {_listed(own)}")
+        why = ("a number in a hyper's place is not the paper's hyper: name it"
+               if len(own) < len(entry.hypers) else
+               "a hyper the update does not have (a weight decay) makes another optimizer")
+        note = (f"it takes {len(entry.hypers)} hyper(s) of its own ({_listed(entry.hypers)}), "
+                f"the apply lines read {len(own)} that no level reads ({_listed(own)}): {why}")
         return Comparison(entry, False, float("inf"), False, note)
     return min(tried, key=_closeness)
 
