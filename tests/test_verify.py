@@ -280,7 +280,8 @@ def test_nearest_is_ranked_by_the_axes_that_differ():
     (level,) = verify_module(parse((EXAMPLES / "lp_matrix.nl").read_text(), "lp_matrix.nl"),
                              "lp_matrix.nl")[0].levels
     assert level.nearest[0] == "gated_deltanet"
-    assert level.differs == "Gated DeltaNet with objective lp (l2 there)"
+    assert level.differs == ("Gated DeltaNet with objective lp (l2 there); the gate's order = "
+                             "parallel (gated_deltanet: order = before)")
 
 
 @pytest.mark.parametrize("example, old, new, says", [
@@ -477,3 +478,29 @@ def test_a_failed_claim_says_how_the_level_differs_from_the_claimed_entry(tmp_pa
     out = _nlc("verify", str(path))
     assert out.returncode == 1
     assert "memory: not gated_deltanet: " in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("algorithm, said, unsaid", [
+    ("newton_schulz(lr = beta, momentum = 0.9)",
+     ["Gated DeltaNet + momentum", "its step orthogonalized by Newton-Schulz",
+      "the losses of a window of 3 tokens"], ["steps per token"]),
+    ("newton_schulz(lr = beta)",  # momentum 0 by default: no momentum
+     ["its step orthogonalized by Newton-Schulz"], ["+ momentum", "steps per token"]),
+    ("momentum(lr = beta, momentum = 0.9)",
+     ["Gated DeltaNet + momentum", "the losses of a window of 3 tokens"], ["Newton-Schulz"]),
+])
+def test_the_nearest_line_names_what_the_axes_do_not_see_beside_them(algorithm, said, unsaid):
+    """Atlas-style memories: with momentum on the axes the window went unnamed, Newton-Schulz
+    was never named, its iteration count read as 5 steps per token, and a momentum of 0
+    read as momentum."""
+    text = (EXAMPLES / "gated_deltanet.nl").read_text().replace("claims gated_deltanet", "")
+    variant = text.replace("objective l2(S(k), v)",
+                           "objective omega(l2(S(k), v), window = 3)").replace(
+        "algorithm gd(lr = beta)", f"algorithm {algorithm}")
+    assert variant.count("window = 3") == 1 and algorithm in variant
+    (report,) = [r for r in _verify(variant) if r.levels]
+    (level,) = report.levels
+    for phrase in said:
+        assert phrase in level.differs, level.differs
+    for phrase in unsaid:
+        assert phrase not in level.differs, level.differs

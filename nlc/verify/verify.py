@@ -404,7 +404,8 @@ def _axes_of_level(rule: UpdateRule, spec) -> dict:
     return {"form": rule.form.kind, "objective": _objective_kind(level),
             "gate": gate_kind(rule, spec),
             "erase": any(r.kind == "erase" for r in level.retentions),
-            "momentum": any(n.endswith("_mom") for n, _ in rule.states),
+            "momentum": any(n.endswith("_mom") for n, _ in rule.states)
+            and rule.role("momentum") != 0,  # newton_schulz's default momentum is 0
             "rate": rule.role("lr") is not None and rule.role("lr") != 1}
 
 
@@ -477,11 +478,15 @@ def _written_differences(level, entry: CatalogEntry) -> list[str]:
         window = int(level.objective.get("window"))
         differ.append(f"the losses of a window of {window} tokens ({entry.id}: the token's "
                       f"own)")
+    if level.algorithm is not None and level.algorithm.kind == "newton_schulz":
+        differ.append(f"its step orthogonalized by Newton-Schulz ({entry.id}: a gradient "
+                      "step)")
     if level.period > 1 and entry.every != "chunk":
         differ.append(f"an update every {level.period} {level.unit}s ({entry.id}: every "
                       f"token)")
     steps = 1 + len(level.later_steps)
-    if level.algorithm is not None and "steps" in dict(level.algorithm.args):
+    if level.algorithm is not None and level.algorithm.kind != "newton_schulz" \
+            and "steps" in dict(level.algorithm.args):  # Newton-Schulz's are its iterations
         steps *= int(level.algorithm.get("steps"))
     if steps > 1 and entry.family != "product":
         differ.append(f"{steps} steps per token ({entry.id}: one)")
@@ -509,13 +514,14 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     if not best:
         return [], ""
     _, _, first, diffs = best[0]
+    level = spec.graph.level(rule.level)
+    written = _written_differences(level, first)
     if not diffs:
-        level = spec.graph.level(rule.level)
-        written = _written_differences(level, first)
         line = f"{first.title}, on every axis nlc compares: " + (
             "; ".join(written) if written else _objective_arguments(level.objective, first))
-    else:
+    else:  # the axes that differ, then what the spec writes otherwise beyond them
         added = [p for p in diffs.values() if p.startswith("+")]
         other = [p for p in diffs.values() if not p.startswith("+")]
         line = " ".join([first.title, *added] + (["with " + ", ".join(other)] if other else []))
+        line += "".join(f"; {w}" for w in written)
     return [e.id for _, _, e, _ in best], line
