@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 from nlc.errors import NlcError, Span, did_you_mean
-from nlc.levels import vocab
+from nlc.levels import sugar, vocab
 from nlc.levels.graph import Edge, LevelGraph
 from nlc.levels.level_checker import LevelChecker
 from nlc.levels.composed import composed_names
@@ -367,6 +367,7 @@ def check(module: ast.Module, overrides: dict[str, float] | None = None) -> list
         if decl.name in seen:
             raise NlcError(f"'{decl.name}' is declared twice in this file", decl.span)
         seen[decl.name] = decl
+        decl = sugar.rewrite(decl)  # max, min and clamp in their relu form
         spec = _DeclChecker(decl, overrides, layers).run()
         if decl.kind is ast.DeclKind.LAYER:
             layers[decl.name] = decl

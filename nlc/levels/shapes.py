@@ -155,8 +155,7 @@ def _function(expr: ast.Call, env: Env) -> Shape:
                        hint="outside it, the level's name is the value it reads")
     if entry is None:
         raise NlcError(f"unknown function '{expr.func}'", expr.span,
-                       hint=vocab.SPELLED_OTHERWISE.get(expr.func) or did_you_mean(
-                           expr.func, list(vocab.FUNCTIONS) + list(env.memories)))
+                       hint=did_you_mean(expr.func, list(vocab.FUNCTIONS) + list(env.memories)))
     positional, keywords = expr.positional, {k.name: k for k in expr.keywords}
     for name in keywords:
         if entry.arg(name) is None:

@@ -174,12 +174,6 @@ SPECIAL_FUNCTIONS: dict[str, Entry] = dict(
 )
 FUNCTIONS = functions.View(lambda f: Entry(f.name, (Arg("x", ArgKind.EXPR),), f.doc),
                            SPECIAL_FUNCTIONS)
-# functions a paper writes that the language has not, and how to spell them (a hint)
-SPELLED_OTHERWISE: dict[str, str] = {
-    "max": "there is no max: max(a, 1) is 1 + relu(a - 1)",
-    "min": "there is no min: min(a, 1) is 1 - relu(1 - a)",
-    "clamp": "there is no clamp: clamp(a, 0, 1) is relu(a) - relu(a - 1)",
-}
 
 # ------------------------------------------------------------------ parameter initializers
 PARAM_INITS: dict[str, Entry] = dict([
