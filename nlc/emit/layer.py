@@ -138,6 +138,7 @@ class PrintedLayer:
     shared: list            # PrintedShared
     history: bool = False   # the forward reads earlier tokens' context (a cache keeps them)
     fixed: list = field(default_factory=list)  # (size, compiled value): in periods, chunks
+    relations: list = field(default_factory=list)  # (why, size, size): sizes kept equal
 
 
 class LayerPrinter:
@@ -181,7 +182,21 @@ class LayerPrinter:
             any(isinstance(step, ContextStep) for step in plan.forward),
             "heads" in self.defaults, shared,
             any(isinstance(step, ShiftStep) for step in plan.forward),
-            self.fixed_sizes())
+            self.fixed_sizes(), self.relations())
+
+    def relations(self) -> list[tuple[str, str, str]]:
+        """(why, size, size) that a layer built with other dims must keep equal: a generate
+        transfer's source reads as many numbers as its target's weights hold."""
+        out = []
+        for step in self.plan.forward:
+            seg = getattr(step, "segments", None)
+            if seg is None or seg.sizes is None:
+                continue
+            read, weights = (size_code(s, lambda n: n) for s in seg.sizes)
+            out.append((f"level {seg.source} generates the weights of level {step.level}, so "
+                        f"the size of its read, {read}, must equal theirs, {weights}", read,
+                        weights))
+        return out
 
     def fixed_sizes(self) -> list[tuple[str, int]]:
         """The sizes a level's period or gradient chunk is spelled with, and their compiled

@@ -239,6 +239,8 @@ class LevelChecker:
         objectives = self.objectives(clauses, env, stmt, state)
         retentions = self.retentions(clauses, env, state)
         algorithms = self.algorithms(clauses, env, stmt, len(objectives))
+        if state.form.kind == "cache":
+            self.check_cache(stmt, head, objectives[0], retentions)
         for objective, algorithm in zip(objectives, algorithms):
             self.check_fit(state, objective, retentions, algorithm, env)
         if len(objectives) > 1:
@@ -507,6 +509,39 @@ class LevelChecker:
             if term.kind == "kl":
                 raise NlcError("several objectives per token are derived for retentions other "
                                "than kl", term.span)
+
+    def check_cache(self, stmt: ast.Level, head: _Head, objective: Term, retentions) -> None:
+        """A cache is attention: every token's read weighs all cached tokens up to and
+        including its own, every token. What would change that is refused, not dropped: a
+        retention (no state decays; a forget gate on the logits, FoX, needs positions, which
+        the language has not), a period or gradient chunk, a read before the write or at the
+        chunk start, and a read with another query than the objective's prediction."""
+        for term in retentions:
+            if term.kind != "none":
+                raise NlcError(f"a cache takes no retention: attention keeps every token, and "
+                               f"'{term.kind}' would be dropped", term.span,
+                               hint="a gate on the attention logits (Forgetting Transformer) "
+                                    "needs the tokens' positions, which the language does not "
+                                    "have (docs/language.md, section 21)")
+        if head.period > 1 or head.chunk is not None:
+            raise NlcError("a cache is read and written every token: no 'every C tokens' or "
+                           "'gradients at chunk(b)'", stmt.span)
+        clause = read_clause(stmt)
+        if clause is None:
+            return
+        if clause.when in ("before", "start"):
+            raise NlcError(f"a cache's read includes the token's own key and value; 'read "
+                           f"{clause.when}' would be dropped", clause.span)
+        name = head.state.name
+        reads = [n for n in nodes((clause.values[0],))
+                 if isinstance(n, ast.Call) and n.func == name]
+        pred = objective.get("prediction")
+        if isinstance(pred, ast.Call) and pred.func == name and reads \
+                and any(format_expr(r) != format_expr(pred) for r in reads):
+            raise NlcError(f"a cache is read with the query its objective predicts from: "
+                           f"{format_expr(pred)}", reads[0].span,
+                           hint="the objective's prediction names the query and its weight the "
+                                "keys; read with another query means another objective")
 
     def check_fit(self, state: StateRecord, objective: Term, retentions, algorithm: Term,
                   env: Env) -> None:

@@ -464,7 +464,8 @@ class _LayerPlanner:
                            f"({_shapes_text(own)}: {size} numbers at the spec's dims), so "
                            "its read must "
                            f"be a vector of {size}", edge.span)
-        return Segments(period, source, "generate", shapes=own)
+        return Segments(period, source, "generate", shapes=own,
+                        sizes=(dim_size(out[0]), sp.Add(*[r * c for _, r, c in own])))
 
 
 ZERO_KEY_FORMS = ("matrix", "vector", "diagonal")  # gradient: the error times the key

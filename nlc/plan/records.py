@@ -210,6 +210,9 @@ class Segments:
     mode: str | None = None                          # init | generate
     pairs: tuple[tuple[str, str], ...] = ()          # init: (source state, own state)
     shapes: tuple[tuple[str, object, object], ...] = ()  # generate: own states
+    # generate: (the source's read size, the own states' total size), sizes of the dims that
+    # must stay equal in a layer built with other dims
+    sizes: tuple[object, object] | None = None
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,13 @@ def check_compiled_sizes(layer: str, sizes: dict) -> None:
                              f"with -D {name}={given} instead")
 
 
+def check_equal_sizes(layer: str, why: str, left: int, right: int) -> None:
+    """Refuse, with a ValueError that says why, dims under which two sizes the spec keeps
+    equal differ (a generate transfer's read and the weights it fills)."""
+    if left != right:
+        raise ValueError(f"{layer}: {why}; with these dims they are {left} and {right}")
+
+
 def check_input(x, d_model: int, cu_seqlens=None) -> None:
     """Refuse a layer input that the generated code would misread, with a ValueError that
     says what was expected (called once, first thing, by every generated `forward`).
@@ -630,6 +637,7 @@ __all__ = [
     "Member",
     "attention",
     "check_compiled_sizes",
+    "check_equal_sizes",
     "check_input",
     "check_sizes",
     "column",
