@@ -5,6 +5,7 @@
 # carried, see benchmarks/gpu_common.sh):
 #   a: the LM rows of the issue's table: Titans (x's projections as one product and the dual
 #      form's tokens cast by chunk, unmeasured on a GPU so far), DeltaNet, Hope
+#   t: Titans' row alone, then with every read kept (for a call with little device time left)
 #   b: titans-pytorch against our Titans layer (needs .carry/whl_titans); Titans with every
 #      read kept (NLC_SAVE_READS=1: the default if it fits 12 GiB and is faster); Titans on
 #      b520c0f, the tree before session 42's changes (.carry/base_b520c0f.tar)
@@ -19,6 +20,10 @@ if [ "$MODE" = a ]; then
   lm_rows_each 110 "$TITANS"
   lm_rows_each 90 deltanet
   lm_rows_each 170 "$HOPE"
+fi
+if [ "$MODE" = t ]; then
+  lm_rows_each 110 "$TITANS"
+  lm_rows_each 110 "${TITANS}_saved_reads"
 fi
 if [ "$MODE" = b ]; then
   titans_pytorch_fast 150
