@@ -117,7 +117,7 @@ def cms_fast_read(states, inputs):
 
 
 def cms_fast_initial_state(batch, heads, ref, d_hidden, d_model):
-    """Level `cms_fast`'s default initial state (zeros)."""
+    """Level `cms_fast`'s default initial state (zeros; the layer passes its learned cms_fast_M1_W1_init, cms_fast_M1_W2_init)."""
     return {
         "M1_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
         "M1_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
@@ -233,7 +233,7 @@ def cms_mid_read(states, inputs):
 
 
 def cms_mid_initial_state(batch, heads, ref, d_hidden, d_model):
-    """Level `cms_mid`'s default initial state (zeros)."""
+    """Level `cms_mid`'s default initial state (zeros; the layer passes its learned cms_mid_M2_W1_init, cms_mid_M2_W2_init)."""
     return {
         "M2_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
         "M2_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
@@ -349,7 +349,7 @@ def cms_slow_read(states, inputs):
 
 
 def cms_slow_initial_state(batch, heads, ref, d_hidden, d_model):
-    """Level `cms_slow`'s default initial state (zeros)."""
+    """Level `cms_slow`'s default initial state (zeros; the layer passes its learned cms_slow_M3_W1_init, cms_slow_M3_W2_init)."""
     return {
         "M3_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
         "M3_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),

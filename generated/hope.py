@@ -197,7 +197,7 @@ def SelfModifyingTitans_k_read_token(state, inputs):
 
 
 def SelfModifyingTitans_k_initial_state(batch, heads, ref, d_head):
-    """Level `k`'s default initial state (zeros)."""
+    """Level `k`'s default initial state (zeros; the layer passes its learned k_K_W1_init, k_K_W2_init)."""
     return {
         "K_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
         "K_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
@@ -271,7 +271,7 @@ def SelfModifyingTitans_v_read_token(state, inputs):
 
 
 def SelfModifyingTitans_v_initial_state(batch, heads, ref, d_head):
-    """Level `v`'s default initial state (zeros)."""
+    """Level `v`'s default initial state (zeros; the layer passes its learned v_V_W1_init, v_V_W2_init)."""
     return {
         "V_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
         "V_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
@@ -355,7 +355,7 @@ def SelfModifyingTitans_eta_read_tail(inputs, applied):
 
 
 def SelfModifyingTitans_eta_initial_state(batch, heads, ref, d_head):
-    """Level `eta`'s default initial state (zeros)."""
+    """Level `eta`'s default initial state (zeros; the layer passes its learned eta_E_W1_init, eta_E_W2_init)."""
     return {
         "E_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
         "E_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
@@ -439,7 +439,7 @@ def SelfModifyingTitans_alpha_read_tail(inputs, applied):
 
 
 def SelfModifyingTitans_alpha_initial_state(batch, heads, ref, d_head):
-    """Level `alpha`'s default initial state (zeros)."""
+    """Level `alpha`'s default initial state (zeros; the layer passes its learned alpha_A_W1_init, alpha_A_W2_init)."""
     return {
         "A_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
         "A_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
@@ -515,7 +515,7 @@ def SelfModifyingTitans_memory_read(states, inputs):
 
 
 def SelfModifyingTitans_memory_initial_state(batch, heads, ref, d_head):
-    """Level `memory`'s default initial state (zeros)."""
+    """Level `memory`'s default initial state (zeros; the layer passes its learned memory_M_W1_init, memory_M_W2_init)."""
     return {
         "M_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
         "M_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
@@ -1060,7 +1060,7 @@ def ContinuumMemory_cms_fast_read(states, inputs):
 
 
 def ContinuumMemory_cms_fast_initial_state(batch, heads, ref, d_hidden, d_model):
-    """Level `cms_fast`'s default initial state (zeros)."""
+    """Level `cms_fast`'s default initial state (zeros; the layer passes its learned cms_fast_M1_W1_init, cms_fast_M1_W2_init)."""
     return {
         "M1_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
         "M1_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
@@ -1180,7 +1180,7 @@ def ContinuumMemory_cms_mid_read(states, inputs):
 
 
 def ContinuumMemory_cms_mid_initial_state(batch, heads, ref, d_hidden, d_model):
-    """Level `cms_mid`'s default initial state (zeros)."""
+    """Level `cms_mid`'s default initial state (zeros; the layer passes its learned cms_mid_M2_W1_init, cms_mid_M2_W2_init)."""
     return {
         "M2_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
         "M2_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
@@ -1300,7 +1300,7 @@ def ContinuumMemory_cms_slow_read(states, inputs):
 
 
 def ContinuumMemory_cms_slow_initial_state(batch, heads, ref, d_hidden, d_model):
-    """Level `cms_slow`'s default initial state (zeros)."""
+    """Level `cms_slow`'s default initial state (zeros; the layer passes its learned cms_slow_M3_W1_init, cms_slow_M3_W2_init)."""
     return {
         "M3_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
         "M3_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),
@@ -1420,7 +1420,7 @@ def ContinuumMemory_cms_slowest_read(states, inputs):
 
 
 def ContinuumMemory_cms_slowest_initial_state(batch, heads, ref, d_hidden, d_model):
-    """Level `cms_slowest`'s default initial state (zeros)."""
+    """Level `cms_slowest`'s default initial state (zeros; the layer passes its learned cms_slowest_M4_W1_init, cms_slowest_M4_W2_init)."""
     return {
         "M4_W1": nl.init_state("zeros", (d_hidden, d_model), batch, heads, ref),
         "M4_W2": nl.init_state("zeros", (d_model, d_hidden), batch, heads, ref),

@@ -88,7 +88,7 @@ def memory_step(state, inputs):
 
 
 def memory_initial_state(batch, heads, ref, d_head):
-    """Level `memory`'s default initial state (zeros)."""
+    """Level `memory`'s default initial state (zeros; the layer passes its learned memory_M_W1_init, memory_M_W2_init)."""
     return {
         "M_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
         "M_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),

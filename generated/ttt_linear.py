@@ -100,7 +100,7 @@ def memory_read(states, inputs):
 
 
 def memory_initial_state(batch, heads, ref, d_head):
-    """Level `memory`'s default initial state (zeros)."""
+    """Level `memory`'s default initial state (zeros; the layer passes its learned memory_W_W1_init)."""
     return {
         "W_W1": nl.init_state("zeros", (d_head, d_head), batch, heads, ref),
     }
