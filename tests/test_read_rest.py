@@ -123,3 +123,26 @@ def test_the_fused_recurrent_kernel_adds_the_terms_too(tmp_path):
     calls, out_err, grad_err = done.stdout.split()[-3:]
     assert int(calls) >= 1
     assert float(out_err) < 1e-5 and float(grad_err) < 1e-5
+
+
+def test_rwkv6s_op_equals_flas_naive_recurrence(tmp_path):
+    """Checked against a reference outside this repo: fla-core's naive RWKV-6 recurrence
+    (`naive_recurrent_rwkv6`: o_t = (h + u k_t^T v_t)^T q_t, h = h Diag(e^w_t) + k_t^T v_t,
+    its state [K, V], ours [V, K]), which computes in float32: 1e-5."""
+    naive = pytest.importorskip("fla.ops.rwkv6.recurrent_naive")
+    from nlc.emit import load_module
+    module = load_module(str(_spec(tmp_path, "rwkv6")))
+    B, T, H, K, V = 2, 37, 2, 8, 8
+    g = torch.Generator().manual_seed(0)
+    r, k, v = (torch.randn(B, T, H, d, generator=g) for d in (K, K, V))
+    log_w = -torch.rand(B, T, H, K, generator=g).mul(2).exp()
+    u = torch.randn(H, K, generator=g)
+    S0 = torch.randn(B, H, V, K, generator=g)
+    ref, ref_final = naive.naive_recurrent_rwkv6(
+        *(x.transpose(1, 2) for x in (r, k, v, log_w)), u, scale=1.0,
+        initial_state=S0.mT.clone(), output_final_state=True)
+    for mode in ("recurrent", "chunked"):
+        o, final = module.wkv_op(r, k, v, log_w.exp(), u=u, initial_state={"S": S0},
+                                 output_final_state=True, mode=mode, chunk_size=16)
+        assert rel(o, ref.transpose(1, 2)) < 1e-5, mode
+        assert rel(final["S"], ref_final.mT) < 1e-5, mode
