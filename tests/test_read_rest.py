@@ -55,6 +55,10 @@ VARIANTS = {
                     "read S(r) + dot(r, u * k) * v"),
     # the delta rule with a term of the value alone
     "delta": ("objective l2(S(k), v)", "retention none", "beta", "read S(r) + 0.5 * v"),
+    # RWKV-7's transition (dplr) with its bonus in the read, not the output
+    "dplr": ("objective dot(S(k), v)",
+             "retention decay(w, order = parallel), erase(key = k, rate = beta)", "1",
+             "read S(r) + dot(r, u * k) * v"),
 }
 
 
