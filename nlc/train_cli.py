@@ -22,8 +22,8 @@ EXIT_OK = 0
 EXIT_DIVERGED = 1  # the loss or the gradients stopped being finite
 SPEC_FIELDS = ("spec", "spec_overrides")  # given as SPEC and -D, not as --flags
 # what an interrupted `nlc train` adds to "nlc: interrupted" before its run folder is known
-BEFORE_TRAINING_HINT = ("; `nlc train ... --out RUN --resume` continues from the run's latest "
-                        "checkpoint")
+BEFORE_TRAINING_HINT = ("; it stopped before training began, so this call trained nothing: run "
+                        "it again (a run given --resume continues from its latest checkpoint)")
 # and what an interrupted `nlc demo` adds (nlc/demo.py: runs are checkpointed as they train)
 DEMO_HINT = ("; `nlc demo` again with the same options and --out continues each unfinished "
              "run from its latest checkpoint")
@@ -190,6 +190,9 @@ def cmd_train(args) -> int:
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
                            f"ranks", hint="use a --batch-size divisible by --nproc")
         return _relaunch(args)
+    if not args.quiet and int(os.environ.get("RANK", "0")) == 0 and not config.spec.startswith(
+            "builtin:"):  # an MLP memory's spec takes 10 to 20 s to compile, in silence
+        print(f"nlc train: compiling {config.spec} ...", file=sys.stderr, flush=True)
     try:
         summary = train(config, **factories_for(config), resume=args.resume,
                         progress=not args.quiet)
@@ -212,6 +215,8 @@ def resume_hint(out: Path) -> str:
     """What follows "nlc: interrupted" for a run into `out`: how to continue it from its
     latest checkpoint, or that none was written, so nothing is saved to resume from."""
     from nlc.runtime.trainer.checkpoint import latest_checkpoint
+    if not out.exists():
+        return f"; {out} was not written yet, so nothing is saved: run the command again"
     latest = latest_checkpoint(out)
     if latest is None:
         return (f"; no checkpoint was written to {out}, so nothing is saved and the run cannot "

@@ -305,3 +305,36 @@ def test_an_interrupted_train_says_whether_it_can_be_resumed(tmp_path, monkeypat
     assert cli.main(["train", "builtin:attention", *TINY, "--out", str(out),
                      *(["--resume", "--steps", "4"] if saved else [])]) == 130
     assert "interrupted" not in capsys.readouterr().err
+
+
+def test_an_interrupt_before_the_run_folder_exists_says_nothing_was_saved(tmp_path, monkeypatch,
+                                                                         capsys):
+    """Ctrl-C before the trainer wrote the run folder said to delete a folder that was not
+    there; before the run's settings were known, it said to resume a run that never began."""
+    from nlc import cli
+    from nlc.runtime.trainer import train as trainer
+    out = tmp_path / "never"
+
+    def interrupted(config, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert cli.main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"{out} was not written yet, so nothing is saved: run the command again" in err
+    assert "delete" not in err and not out.exists()
+    from nlc.train_cli import BEFORE_TRAINING_HINT
+    assert "trained nothing" in BEFORE_TRAINING_HINT and "--out RUN" not in BEFORE_TRAINING_HINT
+
+
+def test_train_says_it_is_compiling_a_spec(tmp_path, capsys):
+    """An MLP memory's spec compiles for 10 to 20 s before the first progress line: train
+    says so first (not with --quiet, not for builtin mixers)."""
+    spec = tmp_path / "tiny.nl"
+    spec.write_text((EXAMPLES / "deltanet.nl").read_text())
+    loud = [a for a in TINY if a != "--quiet"]
+    assert main(["train", str(spec), *loud, "--out", str(tmp_path / "run")]) == 0
+    assert f"nlc train: compiling {spec} ..." in capsys.readouterr().err
+    assert main(["train", str(spec), *TINY, "--out", str(tmp_path / "quiet")]) == 0
+    assert "compiling" not in capsys.readouterr().err
+    assert main(["train", "builtin:attention", *loud, "--out", str(tmp_path / "b")]) == 0
+    assert "compiling" not in capsys.readouterr().err
