@@ -96,6 +96,12 @@ def test_resume_extends_a_run(run, tmp_path, capsys):
     assert "nothing to train: the run is at step 6 of 6" in err
     assert json.loads(out)["final_loss"] == json.loads((copy / "summary.json").read_text())[
         "final_loss"]
+    # a lower --steps does not take the run back, and says so
+    assert main(["train", "builtin:attention", "--out", str(copy), "--resume", "--steps",
+                 "4"]) == 0
+    err = capsys.readouterr().err
+    assert "the run is at step 6, past --steps 4 (a resume trains up to --steps; it never " \
+        "goes back)" in err, err
 
 
 def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path, capsys):

@@ -179,7 +179,11 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                           if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
         loss_value = trained_losses[-1] if trained_losses else loss_value
         last_eval = evaluate(model, task, world, autocast)
-        bar.message(f"nothing to train: the run is at step {start} of {config.steps}")
+        bar.message(f"nothing to train: the run is at step {start} of {config.steps}"
+                    if start == config.steps else
+                    f"nothing to train: the run is at step {start}, past --steps "
+                    f"{config.steps} (a resume trains up to --steps; it never goes back); "
+                    f"its latest checkpoint is evaluated again")
     done, diverged, divergence = start, None, None
     for step in range(start, config.steps):
         lr = lr_at(step, config)
