@@ -264,6 +264,9 @@ def cmd_eval(args) -> int:
     from nlc.runtime.trainer.train import autocast_for, evaluate
 
     run = Path(args.run)
+    if not (run / "config.json").exists():  # no run at all, not a damaged one
+        what = "no such folder" if not run.exists() else "it has no config.json"
+        raise NlcError(f"{run}: {what}; is it a run folder of nlc train?")
     config = _read_config(run / "config.json")
     changes = {k: v for k, v in (("eval_examples", args.eval_examples),
                                  ("device", args.device),

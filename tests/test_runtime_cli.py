@@ -128,7 +128,7 @@ def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path
     (["train", "builtin:attention", "--task", "niah", "--seq-len", "128", "--eval-examples",
       "2", "--niah-eval-lengths", "128", "--niah-depth-bands", "4"],
      "niah_depth_bands 4 is more than eval_examples 2: a band would hold no needle"),
-    (["eval", "nowhere"], "nowhere/config.json: cannot read config"),
+    (["eval", "nowhere"], "nowhere: no such folder; is it a run folder of nlc train?"),
     (["plot", "nowhere", "-o", "x.png"], "nowhere/metrics.jsonl: missing"),
 ])
 def test_user_errors_exit_2_with_a_message(argv, message, tmp_path, capsys):
