@@ -247,8 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None):
+    """The command line, with an unknown option refused by its command's own parser (its
+    usage line, and the option it nearly spells): argparse left it to the top-level one."""
+    import argparse
+
+    from nlc.errors import did_you_mean
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subparsers.choices.get(getattr(args, "command", None), parser)
+    near = [did_you_mean(x.split("=")[0], list(sub._option_string_actions))
+            for x in extra if x.startswith("--")]
+    hints = "".join(f"; {h}" for h in near if h)
+    sub.error(f"unrecognized arguments: {' '.join(extra)}{hints}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     if args.command == "check" and args.dump and not args.stop_after:
         args.stop_after = "check"
     try:

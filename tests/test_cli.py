@@ -430,3 +430,12 @@ def test_compile_to_an_empty_output_is_refused(tmp_path, good):
     proc = nlc("compile", str(good), "-o", "", cwd=tmp_path)
     assert_user_error(proc, "nlc: error: -o is empty")
     assert [p.name for p in tmp_path.iterdir()] == [good.name]  # nothing written beside it
+
+
+def test_an_unknown_option_is_refused_by_its_command_with_a_near_spelling():
+    """`nlc train SPEC --stepz 5` printed the top-level usage and no hint."""
+    proc = nlc("train", "examples/deltanet.nl", "--stepz", "5")
+    assert proc.returncode == 2
+    assert "nlc train: error: unrecognized arguments: --stepz 5; did you mean '--steps'?" in \
+        proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
