@@ -170,3 +170,10 @@ def test_optimizer_mismatch_is_refused_before_anything_is_assigned(run):
 def test_a_run_folder_is_not_overwritten_without_resume(run):
     with pytest.raises(NlcError, match="already holds a run; pass --resume"):
         train(tiny(run), progress=False)
+
+
+def test_a_shape_refusal_writes_the_settings_as_a_user_does():
+    """spec_overrides were printed as a dict of floats: {'heads': 2.0} ... {'heads': 4.0}."""
+    from nlc.runtime.trainer.checkpoint import _setting
+    assert _setting({"heads": 4.0, "d_k": 16.0}) == "-D d_k=16 -D heads=4"
+    assert _setting({}) == "none" and _setting(16) == "16" and _setting(0.5) == "0.5"

@@ -240,9 +240,20 @@ def check_file(path: Path, expected: dict) -> None:
         raise NlcError(f"{path}: corrupt checkpoint file (sha256 differs from state.json)")
 
 
+def _setting(value) -> str:
+    """A config value as a user writes it: the spec's overrides as -D flags, whole floats
+    without their '.0' ({'heads': 4.0} is `-D heads=4`)."""
+    def number(v):
+        return f"{v:g}" if isinstance(v, float) else repr(v)
+    if isinstance(value, dict):
+        return " ".join(f"-D {k}={number(v)}" for k, v in sorted(value.items())) or "none"
+    return number(value)
+
+
 def check_shape(state_file: Path, saved: dict, config, skip: tuple = ()) -> None:
     from nlc.runtime.trainer.config import SHAPE_FIELDS
-    differ = [f"{name} {saved.get(name)!r} in the checkpoint, {getattr(config, name)!r} now"
+    differ = [f"{name} {_setting(saved.get(name))} in the checkpoint, "
+              f"{_setting(getattr(config, name))} now"
               for name in SHAPE_FIELDS
               if name not in skip and saved.get(name) != getattr(config, name)]
     if differ:
