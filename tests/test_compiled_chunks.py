@@ -202,18 +202,18 @@ def test_recomputed_compiled_chunks_rerun_only_what_their_backward_reads(monkeyp
 
 
 def test_narrow_reads_are_kept_and_not_run_again_in_the_backward_pass(monkeypatch):
-    """Recomputed compiled chunks keep the outputs of the dual reads no wider than their
-    input (a selective checkpoint policy, `NLC_SAVE_READS=narrow`, the default): Titans'
-    second layer reads 16 outputs from 32 inputs here and is not run again in the backward
-    pass, its first layer (32 from 8) is. `=1` keeps every read, `=0` none; the gradients
-    are the same."""
+    """Recomputed compiled chunks keep the outputs of the dual reads (a selective
+    checkpoint policy): every read by default (`NLC_SAVE_READS=1`); with `=narrow` those no
+    wider than their input: Titans' second layer reads 16 outputs from 32 inputs here and is
+    not run again in the backward pass, its first layer (32 from 8) is; `=0` none. The
+    gradients are the same."""
     _, g_default, default = _titans_backward(monkeypatch)
     _, g_none, none = _titans_backward(monkeypatch, NLC_SAVE_READS="0")
-    _, g_all, kept = _titans_backward(monkeypatch, NLC_SAVE_READS="1")
+    _, g_narrow, narrow = _titans_backward(monkeypatch, NLC_SAVE_READS="narrow")
     # two chunks of two reads (the memory's two layers)
-    assert [c["nlc::dual_read"] for c in (none, default, kept)] == [4, 2, 0]
+    assert [c["nlc::dual_read"] for c in (none, narrow, default)] == [4, 2, 0]
     _same_gradients(g_default, g_none)
-    _same_gradients(g_all, g_none)
+    _same_gradients(g_narrow, g_none)
 
 
 def test_an_unknown_read_policy_is_refused_by_name(monkeypatch):

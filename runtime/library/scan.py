@@ -335,11 +335,11 @@ def check_settings() -> None:
 
 
 def _reads_kept() -> str:
-    save = os.environ.get("NLC_SAVE_READS", "narrow")
+    save = os.environ.get("NLC_SAVE_READS", "1")
     if save not in ("0", "narrow", "1"):
         from nlc.errors import NlcError
         raise NlcError(f"NLC_SAVE_READS={save!r}: expected 0 (keep no read), narrow (the "
-                       "default) or 1 (keep every read)")
+                       "reads no wider than their input) or 1 (keep every read, the default)")
     return save
 
 
@@ -363,12 +363,12 @@ def _checkpointed(body: Callable, reads: bool) -> Callable:
 def _save_reads(read, narrow: bool, ctx, op, *args, **kwargs):
     """Which outputs a recomputed compiled chunk keeps besides its inputs, so that its
     backward pass does not run them again (a selective checkpoint policy): the dual form's
-    reads (`read`, runtime/library/dual_ops.py) no wider than their input, by default or with
-    `NLC_SAVE_READS=narrow` (Titans' second layer: 64 floats a token and head, where the
-    first layer's read is 256; 2 KiB a token and layer); every read with `=1` (10 KiB);
-    none with `=0`. Titans' LM step on an H100: 220.2k tokens/s keeping none, 225.1k keeping
-    the narrow reads at 0.2 GiB more, 230.4k keeping all at 1.2 GiB more (docs/perf.md,
-    fourteenth batch)."""
+    reads (`read`, runtime/library/dual_ops.py), every one by default or with
+    `NLC_SAVE_READS=1` (10 KiB a token and layer in Titans); with `=narrow` those no wider
+    than their input (Titans' second layer: 64 floats a token and head, where the first
+    layer's read is 256; 2 KiB); none with `=0`. Titans' LM step on an H100: 240.0k tokens/s
+    at 10.5 GiB keeping the narrow reads, 245.4k at 11.5 GiB keeping all (docs/perf.md,
+    sixteenth batch)."""
     policy = torch.utils.checkpoint.CheckpointPolicy
     if op is not read:
         return policy.PREFER_RECOMPUTE
