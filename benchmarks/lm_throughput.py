@@ -199,8 +199,9 @@ TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
 # recomputed before scan.chunk_runner: the backward pass runs the chunk's whole forward
 # again, the chunk end and the reads' outputs included); `_saved_reads`, `_saved_narrow`,
 # `_saved_none`: what the recomputed compiled chunks keep of the dual reads' outputs (all,
-# 10 KiB per token and layer; those no wider than their input, 2 KiB, the default since the
-# fourteenth batch; none), not run again in the backward pass; `_combo`, `_tuned`,
+# 10 KiB per token and layer, the default since the sixteenth batch; those no wider than
+# their input, 2 KiB, the default from the fourteenth; none), not run again in the backward
+# pass; `_combo`, `_tuned`,
 # `_autotuned`: Inductor settings for the compiled chunks (scan.inductor_options): independent
 # kernels launched as one (the default since the fifteenth batch), each kernel's launch
 # settings tuned, the products' kernels chosen by timing Triton's against cuBLAS's; `_plain`:
