@@ -179,6 +179,7 @@ def _read_config(path: Path):
 def cmd_train(args) -> int:
     from nlc.factories import factories_for
     from nlc.runtime.library import scan
+    from nlc.runtime.trainer.mixers import is_builtin
     from nlc.runtime.trainer.progress import strict_json
     from nlc.runtime.trainer.train import train
     if args.nproc < 1:
@@ -190,12 +191,12 @@ def cmd_train(args) -> int:
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
                            f"ranks", hint="use a --batch-size divisible by --nproc")
         return _relaunch(args)
-    if not args.quiet and int(os.environ.get("RANK", "0")) == 0 and not config.spec.startswith(
-            "builtin:"):  # an MLP memory's spec takes 10 to 20 s to compile, in silence
-        print(f"nlc train: compiling {config.spec} ...", file=sys.stderr, flush=True)
     try:
-        summary = train(config, **factories_for(config), resume=args.resume,
-                        progress=not args.quiet)
+        factories = factories_for(config)  # refuses a missing spec file before saying more
+        if not args.quiet and int(os.environ.get("RANK", "0")) == 0 \
+                and not is_builtin(config.spec):  # an MLP memory compiles for 10-20 s, silently
+            print(f"nlc train: compiling {config.spec} ...", file=sys.stderr, flush=True)
+        summary = train(config, **factories, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(Path(config.out))) from None
     if int(os.environ.get("RANK", "0")) == 0:  # strict JSON: a diverged loss is null

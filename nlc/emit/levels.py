@@ -113,6 +113,13 @@ def _unpack(names, source: str, used: set[str]) -> list[str]:
     return [f"{local(n)} = {source}[{n!r}]" for n in names if n in used]
 
 
+def _plus_rest(read: str, v: dict[str, str]) -> str:
+    """A chunk's read with the read's terms beside the state's added (RWKV-6's bonus), where
+    the level has them: computed per token from the chunk's inputs, bound as `rest`
+    (`LevelPrinter._rest_output`)."""
+    return f"({read} + nl.vec({v['rest']}, ref))" if "rest" in v else read
+
+
 class LevelPrinter:
     def __init__(self, plan, spec_dims: dict[str, int] | None = None):
         self.plan, self.rule = plan, plan.rule
@@ -241,25 +248,18 @@ class LevelPrinter:
         return _unpack(tokens, "tokens", used) + _unpack(
             [p.name for p in self.plan.params] + list(self.plan.sizes), "consts", used)
 
-    def _kernel_call(self, args: list[str], name: str, final: str = "S",
+    def _kernel_call(self, args: list[str], name: str, v: dict[str, str], final: str = "S",
                      read: str = "o") -> list[str]:
         kernel = self.plan.kernel
         return [f"kernels = nl.kernels(__file__, {kernel.module!r})",
                 f"o, S = kernels.fused_recurrent({', '.join(args)})",
-                f"return {self._plus_rest(read)}.unsqueeze(-1).to(ref.dtype), "
+                f"return {_plus_rest(read, v)}.unsqueeze(-1).to(ref.dtype), "
                 f"{{{name!r}: {final}}}"]
 
     def _rest_output(self) -> list:
         """("rest", the read's terms beside the state's), when the read has them."""
         rest = getattr(self.plan.execution, "rest", None)
         return [] if rest is None else [("rest", rest)]
-
-    def _plus_rest(self, read: str) -> str:
-        """The chunk's read with the read's terms beside the state's added (RWKV-6's bonus),
-        computed per token from the chunk's inputs (`_rest_output`, bound as `rest`)."""
-        if getattr(self.plan.execution, "rest", None) is None:
-            return read
-        return f"({read} + nl.vec({self._rest_code}, ref))"
 
     def _chunk_values(self, outputs, decay) -> tuple[list[str], dict[str, str]]:
         """Lines that unpack a chunk's inputs and compute each (name, expression) of
@@ -270,7 +270,6 @@ class LevelPrinter:
         lines = self._chunk_inputs(outputs + ([("gate", decay)] if gated else []))
         lines.append("ref = nl.reference(tokens)")
         computed, v = self._bind(printer, outputs)
-        self._rest_code = v.get("rest")
         lines += computed
         if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
             lines.append(f"log_decay = nl.log_gate({printer.expr(decay)})")
@@ -308,7 +307,7 @@ class LevelPrinter:
             form = f', chunked="{kernel.chunked}"' if kernel.chunked else ""
             lines.append(f"if nl.use_triton(ref{form}, key_width={state}.shape[-1]):"
                          "  # CUDA: the fused recurrent Triton kernel")
-            lines += [f"    {line}" for line in self._kernel_call(args, name, final)]
+            lines += [f"    {line}" for line in self._kernel_call(args, name, v, final)]
         if delta:
             lines.append(f"o, S = nl.delta_chunked(nl.vec({v['query']}, ref), "
                          f"nl.vec({v['key0']}, ref), nl.vec({v['value0']}, ref), "
@@ -323,7 +322,7 @@ class LevelPrinter:
                              f"read_before={rb}, chunk_size=chunk_size)")
                 if i:
                     lines.append("o, S = o + o_i, S + S_i")
-        return lines + [f"return {self._plus_rest('o')}.unsqueeze(-1), {{{name!r}: {final}}}"]
+        return lines + [f"return {_plus_rest('o', v)}.unsqueeze(-1), {{{name!r}: {final}}}"]
 
     def row_decay_chunked(self, ex: AffineChunk) -> list[str]:
         """The decay or delta family with a decay per row (output channel), folded into the
@@ -352,7 +351,7 @@ class LevelPrinter:
             if i:
                 lines.append("o, S = o + o_i, S + S_i")
         final = "S.mT" if ex.transposed else "S"
-        return lines + [f"return {self._plus_rest('o')}.unsqueeze(-1), {{{name!r}: {final}}}"]
+        return lines + [f"return {_plus_rest('o', v)}.unsqueeze(-1), {{{name!r}: {final}}}"]
 
     def product_chunked(self, ex: ProductChunk) -> list[str]:
         """n delta steps per token: the delta rule's chunked form (and, on CUDA, its kernels)
@@ -379,10 +378,11 @@ class LevelPrinter:
             form = f', chunked="{kernel.chunked}"' if kernel.chunked else ""
             lines.append(f"if nl.use_triton(sub.ref{form}, key_width={state}.shape[-1]):"
                          "  # CUDA: the delta rule's fused recurrent Triton kernel")
-            lines += [f"    {line}" for line in self._kernel_call(args, name, read="sub.read(o)")]
+            lines += [f"    {line}"
+                      for line in self._kernel_call(args, name, v, read="sub.read(o)")]
         lines.append(f"o, S = nl.delta_chunked(sub.q, sub.k, sub.v, sub.beta, sub.g, "
                      f"initial_state={state}, read_before={rb}, chunk_size=chunk_size)")
-        return lines + [f"return {self._plus_rest('sub.read(o)')}.unsqueeze(-1), {{{name!r}: S}}"]
+        return lines + [f"return {_plus_rest('sub.read(o)', v)}.unsqueeze(-1), {{{name!r}: S}}"]
 
     def joint_chunked(self, ex: JointChunk) -> list[str]:
         """Several jointly affine states: the joint chunked form over their stack
@@ -435,11 +435,11 @@ class LevelPrinter:
             form = f', chunked="{kernel.chunked}"' if kernel.chunked else ""
             lines.append(f"if nl.use_triton(ref{form}, key_width={state}.shape[-1]):"
                          "  # CUDA: the fused recurrent Triton kernel")
-            lines += [f"    {line}" for line in self._kernel_call(fused, name)]
+            lines += [f"    {line}" for line in self._kernel_call(fused, name, v)]
         lines.append(f"o, S = nl.dplr_chunked({', '.join(args + ab)}, {decay}, "
                      f"initial_state={state}, read_before={self.rule.read_before}, "
                      "chunk_size=chunk_size)")
-        return lines + [f"return {self._plus_rest('o')}.unsqueeze(-1), {{{name!r}: S}}"]
+        return lines + [f"return {_plus_rest('o', v)}.unsqueeze(-1), {{{name!r}: S}}"]
 
     def fused_recurrent(self, ex: FusedRecurrent) -> list[str]:
         """An elementwise error: CUDA tensors go to the fused recurrent kernel, others to the
@@ -452,7 +452,6 @@ class LevelPrinter:
         if gated:
             outputs.append(("log_decay", sp.log(ex.decay)))
         fused, v = self._bind(TorchPrinter(self.names()), outputs)
-        self._rest_code = v.get("rest")
         args = [f"nl.vec({v['query']}, ref)", f"nl.vec({v['key0']}, ref)",
                 f"nl.vec({v['value0']}, ref)"]
         if gated:
@@ -465,7 +464,7 @@ class LevelPrinter:
         lines = self._chunk_inputs(outputs) + ["ref = nl.reference(tokens)"]
         lines.append(f"if nl.use_triton(ref, key_width=state[{name!r}].shape[-1]):"
                      "  # CUDA tensors: the fused recurrent Triton kernel")
-        lines += [f"    {line}" for line in fused + self._kernel_call(args, name)]
+        lines += [f"    {line}" for line in fused + self._kernel_call(args, name, v)]
         return lines + [(f"return nl.recurrent({self.plan.fn}_step, tokens, state, "
                          "consts=consts)")]
 

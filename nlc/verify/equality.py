@@ -187,6 +187,9 @@ def symbolic_equal(a, b, builder: Explicit | None = None) -> bool | None:
     return None if undecided else True
 
 
+TOLERANCE = 1e-12  # float64 relative error: what verify counts as equal numerically
+
+
 def _draw(atom, rng: np.random.Generator, positive: bool, scalars=(0.05, 0.95)):
     if isinstance(atom, sp.MatrixSymbol):
         shape = tuple(int(n) for n in atom.shape)

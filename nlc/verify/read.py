@@ -18,9 +18,7 @@ from nlc.catalog.models import CatalogEntry, Roles
 from nlc.catalog.reference import memory_read
 from nlc.derive.evaluate import Evaluator
 from nlc.derive.rule import UpdateRule
-from nlc.verify.equality import _draw, _inputs
-
-TOLERANCE = 1e-12
+from nlc.verify.equality import TOLERANCE, _draw, _inputs
 
 # where a read meets the state, as the verdict says it
 WHEN = {"after": "after the write", "before": "before the write",

@@ -28,13 +28,12 @@ from nlc.levels import check
 from nlc.syntax import ast
 from nlc.syntax.walk import names_used
 from nlc.verify import mlp
-from nlc.verify.equality import numeric_error, opaque_gradient, symbolic_equal
+from nlc.verify.equality import TOLERANCE, numeric_error, opaque_gradient, symbolic_equal
 from nlc.verify.read import read_difference
 
 SYMBOLIC_DIMS = ((2, 3), (3, 2))
 NUMERIC_DIMS = ((4, 7), (7, 4), (16, 16))
 SCALAR_RANGES = ((0.05, 0.95), (2.0, 20.0))  # gates and rates; then large, past thresholds
-TOLERANCE = 1e-12  # float64 relative error
 
 
 @dataclass
