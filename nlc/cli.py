@@ -24,35 +24,54 @@ def _overrides(args) -> dict:
     return parse_overrides(args.defines)
 
 
+def _each_file(files: list[str], work) -> int:
+    """`work(path)` for every file, a refused one reported (located) without stopping the
+    others: EXIT_USER if any was refused, else the worst status `work` returned."""
+    status = EXIT_OK
+    for path in files:
+        try:
+            status = max(status, work(path) or EXIT_OK)
+        except NlcError as err:
+            if os.environ.get("NLC_DEBUG") == "1" or len(files) == 1:
+                raise  # one file: main() reports it, as for every command
+            print(err.located(path, None).render(), file=sys.stderr)
+            status = EXIT_USER
+    return status
+
+
 def cmd_check(args) -> int:
     from nlc import pipeline
     options = {"overrides": _overrides(args)}
-    if args.stop_after:
-        for path in args.files:
+
+    def check_one(path: str) -> int:
+        if args.stop_after:
             out = pipeline.run(path, args.stop_after, options)
             if args.dump:
                 sys.stdout.write(pipeline.STAGES[args.stop_after].dump(out))
-        return EXIT_OK
-    for path in args.files:
+            return EXIT_OK
         specs = pipeline.run(path, "check", options)
         summary = ", ".join(f"{s.kind.value} {s.name} ({len(s.levels)} level"
                             f"{'' if len(s.levels) == 1 else 's'})" for s in specs)
         print(f"{path}: ok: {summary}")
-    return EXIT_OK
+        return EXIT_OK
+    return _each_file(args.files, check_one)
 
 
 def cmd_fmt(args) -> int:
     from nlc.pipeline import read_spec
     from nlc.syntax import format_module, parse
-    status = EXIT_OK
-    for path in args.files:
+
+    def fmt_one(path: str) -> int:
         text = read_spec(path)
         comments: list = []
-        formatted = format_module(parse(text, path, comments), comments)
+        try:
+            formatted = format_module(parse(text, path, comments), comments)
+        except NlcError as err:
+            raise err.located(path, text) from None
         if args.check:
             if formatted != text:
                 print(f"{path}: would reformat")
-                status = 1
+                return 1
         elif args.write:
             if formatted != text:
                 from nlc.fileio import write_atomic
@@ -60,7 +79,8 @@ def cmd_fmt(args) -> int:
                 print(f"{path}: reformatted")
         else:
             sys.stdout.write(formatted)
-    return status
+        return EXIT_OK
+    return _each_file(args.files, fmt_one)
 
 
 def cmd_graph(args) -> int:
@@ -131,7 +151,7 @@ def cmd_verify(args) -> int:
 
 def cmd_identify(args) -> int:
     from nlc.verify.report import identify_text
-    reports, errors = _verify_files([args.file], progress=False)
+    reports, errors = _verify_files(args.files, progress=False)
     sys.stdout.write(identify_text(reports))
     return EXIT_USER if errors else EXIT_OK
 
@@ -238,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("identify", help="name the published models a spec's levels equal")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_identify)
 
     from nlc import bench, train_cli
@@ -259,8 +279,8 @@ def _parse(argv: list[str] | None):
         return args
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     sub = subparsers.choices.get(getattr(args, "command", None), parser)
-    near = [did_you_mean(x.split("=")[0], list(sub._option_string_actions))
-            for x in extra if x.startswith("--")]
+    options = [o for o in sub._option_string_actions if o not in ("-h", "--help")]
+    near = [did_you_mean(x.split("=")[0], options) for x in extra if x.startswith("--")]
     hints = "".join(f"; {h}" for h in near if h)
     sub.error(f"unrecognized arguments: {' '.join(extra)}{hints}")
 

@@ -92,7 +92,8 @@ def run_demo(examples: str | None = None, quick: bool = False,
     print(f"nlc demo: {len(files)} example specs in {files[0].parent}\n")
     print("1. check + derive + classify")
     underived = []
-    for path in files:
+    for i, path in enumerate(files, 1):  # an MLP memory derives for 10-30 s: say which
+        print(f"   [{i}/{len(files)}] {path.stem}", file=sys.stderr, flush=True)
         try:
             items = pipeline.run(str(path), "classify")
         except NlcError as err:  # a construct the engine does not derive yet: say which
@@ -168,7 +169,8 @@ def train_examples(files: list[Path], out: Path, budget: Budget) -> bool:
         print(f"   {name:<18} {acc:>9.3f} {loss:>11.3f} {secs:>7.1f}s")
     values = budget.vocab_size - budget.vocab_size // 2
     print(f"   chance: {1 / values:.3f} (any of the {values} values), "
-          f"{1 / budget.num_kv_pairs:.3f} (any value in the context)")
+          f"{1 / budget.num_kv_pairs:.3f} (any value in the context); docs/results.md "
+          "discusses these numbers (why a model scores low at this budget)")
     try:
         from nlc.runtime.trainer.plot import plot_runs
         png = plot_runs(runs, out / "mqar.png", title="MQAR, nlc demo")

@@ -54,7 +54,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("train", help="train a spec's layer on mqar, niah or lm",
                               description="Train a language model whose mixer is SPEC.")
-    p.add_argument("spec", metavar="SPEC", help="a layer spec (.nl) or builtin:attention")
+    p.add_argument("spec", metavar="SPEC", nargs="?",
+                   help="a layer spec (.nl) or builtin:attention (with --resume and --out, "
+                        "the run's own by default)")
     p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
                    help="override a dim or hyper of the spec (repeatable)")
     p.add_argument("--config", metavar="FILE.json", help="start from this config file")
@@ -114,6 +116,10 @@ def config_from_args(args):
     config = TrainConfig()
     if args.config:
         config = _read_config(Path(args.config))
+    if args.spec is None and not (args.resume and (args.out or args.config)):
+        raise NlcError("SPEC is missing: nlc train SPEC [options]",
+                       hint="a layer spec (.nl) or builtin:attention; `nlc train --out RUN "
+                            "--resume` continues RUN with its own spec")
     out = Path(args.out) if args.out else Path(config.out) if args.config else \
         _default_out(args.spec, args.task or config.task)
     if args.resume and not (out / "config.json").is_file():
@@ -126,13 +132,35 @@ def config_from_args(args):
                            hint="drop --task to resume it, or start a new run (another --out)")
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name not in SPEC_FIELDS and getattr(args, f.name) is not None}
-    config = dataclasses.replace(config, spec=args.spec, **given)
+    spec = args.spec if args.spec is not None else _run_spec(config, out)
+    config = dataclasses.replace(config, spec=spec, **given)
     if args.defines:
         from nlc.levels import parse_overrides
         config = dataclasses.replace(config, spec_overrides=parse_overrides(args.defines))
     if args.out is None and not args.config:
         config = dataclasses.replace(config, out=str(out))
-    return config.validate()
+    try:
+        return config.validate()
+    except NlcError as err:  # name the flags the user typed, not the config's fields
+        import re
+        typed = {f.name for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+        def flag(m) -> str:  # a field's name, not the same word in prose ("its task is")
+            word = m[1]
+            named = "_" in word or m.start() == 0 or word in ("compile", "tf32")
+            return f"--{word.replace('_', '-')}" if word in typed and named else word
+        err.message = re.sub(r"(?<![\w-])([a-z][a-z0-9_]*)\b", flag, err.message)
+        raise
+
+
+def _run_spec(config, out: Path) -> str:
+    """A resumed run's spec when the command names none: the one it was started with, or its
+    copy RUN/spec.nl where that path is gone (or relative to another folder)."""
+    from nlc.runtime.trainer.mixers import is_spec_file
+    if is_spec_file(config.spec) and not Path(config.spec).exists() \
+            and (out / "spec.nl").is_file():
+        return str(out / "spec.nl")
+    return config.spec
 
 
 def _default_out(spec: str, task: str) -> Path:
@@ -222,7 +250,7 @@ def resume_hint(out: Path) -> str:
     if latest is None:
         return (f"; no checkpoint was written to {out}, so nothing is saved and the run cannot "
                 f"be resumed; delete {out} (or choose another --out) to start it over")
-    return (f"; `nlc train ... --out {out} --resume` continues from its latest checkpoint, "
+    return (f"; `nlc train --out {out} --resume` continues from its latest checkpoint, "
             f"{latest.name}")
 
 
@@ -231,7 +259,7 @@ def _relaunch(args) -> int:
     exit status is the command's."""
     from nlc.runtime.trainer.config import TrainConfig
     from nlc.runtime.trainer.distributed import launch_local
-    argv = ["train", args.spec]
+    argv = ["train"] + ([args.spec] if args.spec is not None else [])
     for item in args.defines:
         argv += ["-D", item]
     if args.config:
@@ -266,7 +294,8 @@ def cmd_eval(args) -> int:
 
     run = Path(args.run)
     if not (run / "config.json").exists():  # no run at all, not a damaged one
-        what = "no such folder" if not run.exists() else "it has no config.json"
+        what = "no such folder" if not run.exists() else \
+            "a file, not a folder" if not run.is_dir() else "it has no config.json"
         raise NlcError(f"{run}: {what}; is it a run folder of nlc train?")
     config = _read_config(run / "config.json")
     changes = {k: v for k, v in (("eval_examples", args.eval_examples),

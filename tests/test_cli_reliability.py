@@ -338,3 +338,91 @@ def test_train_says_it_is_compiling_a_spec(tmp_path, capsys):
     assert "compiling" not in capsys.readouterr().err
     assert main(["train", "builtin:attention", *loud, "--out", str(tmp_path / "b")]) == 0
     assert "compiling" not in capsys.readouterr().err
+
+
+def test_ctrl_c_finishes_the_step_and_saves_it(tmp_path, capsys):
+    """The first Ctrl-C (SIGINT) of a run stops at the end of the step it came in and saves
+    that step as a checkpoint: before, every step since the last checkpoint was lost (all of
+    them before the first), and the folder then said 'pass --resume', which was refused."""
+    import signal
+    import threading
+    out = tmp_path / "run"
+    from nlc.runtime.trainer import train as trainer
+    real_step = trainer.train_step
+    calls = []
+
+    def step_then_interrupt(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # as a user's Ctrl-C, in the middle of the run
+            signal.raise_signal(signal.SIGINT)
+        return result
+    assert threading.current_thread() is threading.main_thread()
+    from nlc import cli
+    trainer.train_step, saved_step = step_then_interrupt, real_step
+    try:
+        code = cli.main(["train", "builtin:attention", *TINY, "--steps", "50",
+                     "--checkpoint-interval", "1000", "--out", str(out)])
+    finally:
+        trainer.train_step = saved_step
+    assert code == 130
+    err = capsys.readouterr().err
+    assert f"--out {out} --resume` continues from its latest checkpoint, step_00000003" in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000003"]
+    assert main(["train", "builtin:attention", *TINY, "--steps", "5", "--out", str(out),
+                 "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["resumed_from"] == 3
+
+
+def test_a_folder_with_metrics_and_no_checkpoint_is_not_told_to_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 4.0}\n')
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "saved no checkpoint, so it cannot be resumed" in err and "pass --resume" not in err
+
+
+def test_plot_into_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
+    """`-o /nonexistent/dir/x.png` made the folders and said "wrote"."""
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    target = tmp_path / "typo" / "dir" / "x.png"
+    assert main(["plot", str(out), "-o", str(target)]) == 2
+    assert f"its folder {target.parent} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_damaged_latest_checkpoint_says_how_to_resume_from_the_one_before(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--steps", "4", "--checkpoint-interval",
+                 "2", "--out", str(out)]) == 0
+    latest = out / "checkpoints" / "step_00000004"
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", *TINY, "--steps", "6", "--out", str(out),
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"delete {latest} to resume from step_00000002, the checkpoint before it" in err, err
+
+
+def test_resume_takes_the_runs_own_spec_when_none_is_named(tmp_path, monkeypatch, capsys):
+    """`nlc train --out RUN --resume` demanded SPEC, though the run keeps its own; from
+    another folder, where the spec's relative path is gone, the run's copy RUN/spec.nl is
+    the one resumed. Without --resume a missing SPEC is refused, saying so."""
+    spec = tmp_path / "mine.nl"
+    spec.write_text((Path(__file__).parents[1] / "examples" / "deltanet.nl").read_text())
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    small = ["-D", "d_model=16", "-D", "heads=2", "-D", "d_k=8", "-D", "d_v=8"]
+    assert main(["train", "mine.nl", *small, *TINY, "--d-model", "16", "--out", str(out)]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 0
+    assert json.loads((out / "summary.json").read_text())["resumed_from"] == 2
+    assert main(["train", "--task", "mqar"]) == 2
+    assert "SPEC is missing" in capsys.readouterr().err

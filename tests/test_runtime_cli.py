@@ -117,17 +117,17 @@ def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "builtin:attention", "--steps", "0"], "steps must be at least 1"),
+    (["train", "builtin:attention", "--steps", "0"], "--steps must be at least 1"),
     (["train", "builtin:attention", *TINY, "--mqar-num-kv-pairs", "9"], "mqar_num_kv_pairs"),
     (["train", "no_such.nl", *TINY], "no_such.nl: no such spec file"),
     (["train", "builtin:attention", *TINY, "-D", "heads"], "-D expects NAME=VALUE"),
     (["train", "builtin:attention", "--task", "niah", "--steps", "4", "--seq-len", "32",
       "--d-model", "16"], "niah needs seq_len >="),
     (["train", "builtin:attention", *TINY, "--task", "niah"],
-     "mqar_vocab_size is an option of the mqar task; this run's task is niah"),
+     "--mqar-vocab-size is an option of the mqar task; this run's task is niah"),
     (["train", "builtin:attention", "--task", "niah", "--seq-len", "128", "--eval-examples",
       "2", "--niah-eval-lengths", "128", "--niah-depth-bands", "4"],
-     "niah_depth_bands 4 is more than eval_examples 2: a band would hold no needle"),
+     "--niah-depth-bands 4 is more than --eval-examples 2: a band would hold no needle"),
     (["eval", "nowhere"], "nowhere: no such folder; is it a run folder of nlc train?"),
     (["plot", "nowhere", "-o", "x.png"], "nowhere/metrics.jsonl: missing"),
 ])

@@ -59,7 +59,8 @@ def test_a_refusal_in_the_ranks_exits_2_without_a_launcher_traceback(tmp_path, c
     (tmp_path / "taken" / "metrics.jsonl").write_text("")
     assert main(ARGS + ["--out", str(tmp_path / "taken"), "--nproc", "2"]) == 2
     err = capfd.readouterr().err
-    assert "already holds a run" in err and "Traceback" not in err
+    assert "holds the metrics of a run that saved no checkpoint" in err
+    assert "Traceback" not in err
 
 
 def test_the_first_failing_rank_decides_and_stops_the_others(tmp_path):

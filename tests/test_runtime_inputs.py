@@ -76,6 +76,14 @@ def test_step_with_a_wrong_width_is_refused(layer):
         layer.step(x_of(1, 5))
 
 
+def test_step_with_a_sequence_names_the_shape_given(layer):
+    """step() added the token axis first, so [2, 10, d] was reported as [2, 1, 10, d]."""
+    with pytest.raises(ValueError, match=r"step\(\) decodes one token: expected x as "
+                                         r"\[B, \d+\], got shape \[2, 10, \d+\] "
+                                         r"\(use forward\(\) for a sequence"):
+        layer.step(torch.randn(2, 10, layer.d_model))
+
+
 def test_check_input_accepts_a_good_input():
     nl.check_input(x_of(2, 3, 8), 8)
     nl.check_input(x_of(1, 3, 8), 8, torch.tensor([0, 1, 3]))

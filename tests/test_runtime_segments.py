@@ -160,7 +160,7 @@ def test_the_cli_flag(spec, tmp_path, capsys):
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert saved["carry_state"] == 32
     assert main(args[:3] + ["1000"] + args[4:-2] + ["--out", str(tmp_path / "bad")]) == 2
-    assert "carry_state must be between 0 (off) and seq_len 128" in capsys.readouterr().err
+    assert "--carry-state must be between 0 (off) and --seq-len 128" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch without gloo")

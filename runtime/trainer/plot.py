@@ -50,7 +50,11 @@ def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = No
     if Path(output).suffix.lower() != ".png":  # the file is a PNG whatever its name says
         raise NlcError(f"{output}: nlc plot writes a PNG image; name the file *.png",
                        hint=f"pass -o {Path(output).with_suffix('.png')}")
-    writable_folder(Path(output).parent, "the plot's folder")  # not under a file, say
+    folder = Path(output).parent
+    if not folder.exists():  # a mistyped -o made folders wherever it pointed
+        raise NlcError(f"{output}: its folder {folder} does not exist",
+                       hint="create it first, or write the plot into a folder that exists")
+    writable_folder(folder, "the plot's folder")  # not under a file, say
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -77,7 +81,6 @@ def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = No
     fig.tight_layout()
     output = Path(output)
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(output, format="png")
     except OSError as err:  # a read-only or full destination
         raise NlcError(f"{output}: cannot write the plot ({err.strerror or err})") from None

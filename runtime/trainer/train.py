@@ -24,6 +24,8 @@ import math
 import os
 import platform
 import random
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -139,9 +141,12 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
 
         start = 0
         if resume and latest is not None:
-            checkpoint = ckpt.read_checkpoint(
-                latest, config, spec["sha256"],
-                side_specs={name: spec.get(name) for name in ckpt.SIDE_SPECS})
+            try:
+                checkpoint = ckpt.read_checkpoint(
+                    latest, config, spec["sha256"],
+                    side_specs={name: spec.get(name) for name in ckpt.SIDE_SPECS})
+            except NlcError as err:
+                raise _with_earlier(err, out, latest) from None
             _refuse_changed_copies(out, spec_copies(config, spec))
             ckpt.apply_checkpoint(checkpoint, model, optimizer)
             start = checkpoint.step
@@ -185,62 +190,72 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                     f"{config.steps} (a resume trains up to --steps; it never goes back); "
                     f"its latest checkpoint is evaluated again")
     done, diverged, divergence = start, None, None
-    for step in range(start, config.steps):
-        lr = lr_at(step, config)
-        set_lr(optimizer, lr)
-        batch = task.train_batch(step)
-        loss_sum, n_targets, grad_norm, bad_gradients = train_step(
-            trained, model, optimizer, batch, world, config, autocast, step)
-        done = step + 1
-        if not math.isfinite(grad_norm):  # a non-finite loss or gradient: no update was made
-            diverged = done
-            loss = loss_sum * world.world_size / max(1, n_targets)
-            log.write({"kind": "diverged", "step": done, "loss": loss,
-                       **({"nonfinite_gradients": bad_gradients} if bad_gradients else {})})
-            divergence = report_divergence(model, batch, world, config, out, done, optimizer,
-                                           spec, loss, bad_gradients)
-            bar.message(divergence)
-            break
-        solved = False
-        flags = distributed.all_reduce_sums(
-            {"late": float(config.time_budget > 0
-                           and time.perf_counter() - began > config.time_budget)}, world)
-        out_of_time = flags["late"] > 0
-        last = done == config.steps or out_of_time
-        now = time.perf_counter()
-        # the bar shows every step (it decides when to print): this rank's loss, the mean rate
-        shown_loss = loss_sum * world.world_size / max(1, n_targets)
-        if done % config.log_interval == 0 or last:
-            total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
-            loss_value = shown_loss = total["loss_sum"] / max(1, n_targets)
-            steps_in_window = done - max(start, done - config.log_interval)
-            rate = steps_in_window * tokens_per_step / max(now - window_start, 1e-9)
-            window_start = now
-            log.write({"kind": "train", "step": done, "loss": loss_value, "lr": lr,
-                       "grad_norm": grad_norm, "tokens_per_s": rate,
-                       "elapsed_s": now - began})
-        bar.update(done, shown_loss, lr, (done - start) * tokens_per_step / max(now - began, 1e-9))
-        if last or (config.eval_interval and done % config.eval_interval == 0):
-            last_eval = evaluate(model, task, world, autocast)
-            log.write({"kind": "eval", "step": done, **last_eval})
-            bar.message(f"eval at step {done}: " + format_metrics(last_eval))
-            solved = reached(last_eval, config) and not last
-            last = last or solved
-        if last or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
-            if world.is_main:
-                ckpt.save_checkpoint(out, done, model, optimizer, config, spec,
-                                     {"next_step": done, "seed": config.seed,
-                                      "world_size": world.world_size})
-            distributed.barrier(world)
-        if out_of_time and done < config.steps:
-            bar.message(f"time budget of {config.time_budget:g} s spent: stopping at step {done} "
-                        f"of {config.steps}")
-            break
-        if solved:
-            bar.message(f"eval accuracy {last_eval['accuracy']:.4f} reached --stop-accuracy "
-                        f"{config.stop_accuracy:g}: stopping at step {done} of {config.steps}")
-            break
+    stop = _StopAtStepEnd(world) if not nothing_to_train else contextlib.nullcontext()
+    with stop:
+        for step in range(start, config.steps):
+            lr = lr_at(step, config)
+            set_lr(optimizer, lr)
+            batch = task.train_batch(step)
+            loss_sum, n_targets, grad_norm, bad_gradients = train_step(
+                trained, model, optimizer, batch, world, config, autocast, step)
+            done = step + 1
+            if not math.isfinite(grad_norm):  # a non-finite loss or gradient: no update was made
+                diverged = done
+                loss = loss_sum * world.world_size / max(1, n_targets)
+                log.write({"kind": "diverged", "step": done, "loss": loss,
+                           **({"nonfinite_gradients": bad_gradients} if bad_gradients else {})})
+                divergence = report_divergence(model, batch, world, config, out, done, optimizer,
+                                               spec, loss, bad_gradients)
+                bar.message(divergence)
+                break
+            solved = False
+            flags = distributed.all_reduce_sums(
+                {"late": float(config.time_budget > 0
+                               and time.perf_counter() - began > config.time_budget)}, world)
+            out_of_time = flags["late"] > 0
+            interrupted = getattr(stop, "requested", False)
+            last = done == config.steps or out_of_time or interrupted
+            now = time.perf_counter()
+            # the bar shows every step (it decides when to print): this rank's loss, the mean rate
+            shown_loss = loss_sum * world.world_size / max(1, n_targets)
+            if done % config.log_interval == 0 or last:
+                total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
+                loss_value = shown_loss = total["loss_sum"] / max(1, n_targets)
+                steps_in_window = done - max(start, done - config.log_interval)
+                rate = steps_in_window * tokens_per_step / max(now - window_start, 1e-9)
+                window_start = now
+                log.write({"kind": "train", "step": done, "loss": loss_value, "lr": lr,
+                           "grad_norm": grad_norm, "tokens_per_s": rate,
+                           "elapsed_s": now - began})
+            bar.update(done, shown_loss, lr,
+                       (done - start) * tokens_per_step / max(now - began, 1e-9))
+            if interrupted:  # save this step and stop: no evaluation to wait for
+                bar.message(f"interrupted: saving step {done} of {config.steps}")
+            elif last or (config.eval_interval and done % config.eval_interval == 0):
+                last_eval = evaluate(model, task, world, autocast)
+                log.write({"kind": "eval", "step": done, **last_eval})
+                bar.message(f"eval at step {done}: " + format_metrics(last_eval))
+                solved = reached(last_eval, config) and not last
+                last = last or solved
+            if last or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
+                if world.is_main:
+                    ckpt.save_checkpoint(out, done, model, optimizer, config, spec,
+                                         {"next_step": done, "seed": config.seed,
+                                          "world_size": world.world_size})
+                distributed.barrier(world)
+            if interrupted:
+                break
+            if out_of_time and done < config.steps:
+                bar.message(f"time budget of {config.time_budget:g} s spent: stopping at step "
+                            f"{done} of {config.steps}")
+                break
+            if solved:
+                bar.message(f"eval accuracy {last_eval['accuracy']:.4f} reached --stop-accuracy "
+                            f"{config.stop_accuracy:g}: stopping at step {done} of {config.steps}")
+                break
     bar.close()
+    if getattr(stop, "requested", False):  # Ctrl-C: the step it came in finished and is saved
+        raise KeyboardInterrupt
 
     elapsed = time.perf_counter() - began
     at_lengths = None  # after the clock: tokens/s is training's
@@ -266,20 +281,68 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         shown = [f"training loss {loss_value:.4f}"] if math.isfinite(loss_value) else []
         shown += [f"eval {format_metrics(last_eval)}"] if last_eval else []
         shown += [f"diverged at step {diverged}"] if diverged is not None else []
-        bar.message(f"done: {done} steps, {', '.join(shown)}; {out}" if shown
-                    else f"done: {done} steps; {out}")
+        steps = f"{done} step{'' if done == 1 else 's'}"
+        bar.message(f"done: {steps}, {', '.join(shown)}; {out}" if shown
+                    else f"done: {steps}; {out}")
     return summary
+
+
+class _StopAtStepEnd:
+    """The first Ctrl-C of a single-process run finishes the step it came in, saves a
+    checkpoint of it and then stops as a KeyboardInterrupt (an interrupt inside the
+    optimizer's step would leave half-updated weights; one before the first checkpoint
+    lost every step). A second Ctrl-C stops at once. Data-parallel ranks and other threads
+    keep Python's own handling."""
+
+    def __init__(self, world):
+        self.requested = False
+        self.active = world.world_size == 1 and threading.current_thread() is \
+            threading.main_thread()
+        self.previous = None
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # the second one
+            signal.signal(signal.SIGINT, self.previous)
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 RUN_FILES = ("config.json", "spec.nl", "mlp.nl", "optimizer.nl", "summary.json")
 
 
+DAMAGED = ("corrupt", "truncated", "missing", "not a complete")
+
+
+def _with_earlier(err: NlcError, out: Path, latest: Path) -> NlcError:
+    """A damaged latest checkpoint's refusal, with how to resume from the one before it."""
+    earlier = [d for d in ckpt.checkpoint_dirs(out) if d != latest]
+    if err.hint is None and any(word in err.message for word in DAMAGED):
+        err.hint = (f"delete {latest} to resume from {earlier[-1].name}, the checkpoint "
+                    "before it" if earlier else f"{latest} is the run's only checkpoint: "
+                    "start the run over (another --out)")
+    return err
+
+
 def _refuse_started(out: Path, resume: bool):
     """Refuse a new run into a folder that holds one; return the latest checkpoint (or None)."""
     latest = ckpt.latest_checkpoint(out)
-    if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
+    if not resume and latest is not None:
         raise NlcError(f"{out}: already holds a run; pass --resume to continue it, "
                        "or choose another --out")
+    if not resume and (out / "metrics.jsonl").exists():  # killed before its first checkpoint
+        raise NlcError(f"{out}: holds the metrics of a run that saved no checkpoint, so it "
+                       "cannot be resumed", hint=f"delete {out} to start it over, or choose "
+                                                 "another --out")
     return latest
 
 
