@@ -11,7 +11,7 @@ import sys
 import torch
 
 from conftest import ROOT
-from nlc.emit import load_layer
+from nlc.emit import load_layer, load_optimizer
 
 # mLSTM's normalized read (Beck et al. 2024, xLSTM, eq. for h_t): C q / max(|n . q|, 1)
 MLSTM = """layer MLSTM {
@@ -53,8 +53,8 @@ SPELLINGS = {
     "written": {"MIN_GATE": "min(exp(x @ w_i), 2)",
                 "CLAMP_GATE": "clamp(x @ w_f, 0.1, 0.9)",
                 "MAX_NORM": "max(abs(normalizer), 1)"},
-    "relu": {"MIN_GATE": "exp(x @ w_i) - relu(exp(x @ w_i) - 2)",
-             "CLAMP_GATE": "0.1 + relu(x @ w_f - 0.1) - relu(x @ w_f - 0.9)",
+    "relu": {"MIN_GATE": "2 - relu(2 - exp(x @ w_i))",
+             "CLAMP_GATE": "0.9 - relu(0.9 - (0.1 + relu(x @ w_f - 0.1)))",
              "MAX_NORM": "(1 + relu(abs(normalizer) - 1))"},
 }
 
@@ -104,3 +104,36 @@ def test_a_call_with_the_wrong_number_of_values_is_located(tmp_path):
     assert f"{path}:13:9: error: clamp takes 3 values, clamp(x, lo, hi), by position" in \
         done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# SGD with each gradient entry clipped, and its step bounded (Adan-style masks and schedules
+# are written with min of the step count t)
+CLIPPED = """optimizer Clipped {
+  hyper lr = 0.5, c = 2
+  level buf over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, max(g, -c))
+    retention decay(0)
+    algorithm gd(lr = 1)
+    apply param = param - lr * min(t, 1) * (clamp(g, -1, 1) + min(m, c))
+  }
+}
+"""
+
+
+def test_the_bounds_come_back_exactly_however_large_the_value(tmp_path):
+    """Each form keeps the fixed argument outside its relu: clamp(3e7, -1, 1) is 1 in
+    float32, not 0 (the form lo + relu(x - lo) - relu(x - hi) cancelled), and the same for
+    max and min against a hyper, in a level's rule and in `apply`."""
+    path = tmp_path / "clipped.nl"
+    path.write_text(CLIPPED)
+    cls = load_optimizer(str(path))
+    for scale in (3e7, -3e7, float("inf"), 0.25):
+        w = torch.nn.Parameter(torch.zeros(4))
+        opt = cls([w])
+        w.grad = torch.full((4,), scale)
+        opt.step()
+        clipped = max(-1.0, min(scale, 1.0))
+        m = max(scale, -2.0)  # the buffer: the clipped-below gradient
+        want = -0.5 * (clipped + min(m, 2.0))
+        assert torch.equal(w.detach(), torch.full((4,), want)), (scale, w)

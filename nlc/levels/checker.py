@@ -336,11 +336,13 @@ class _DeclChecker(LevelChecker):
     def model(self) -> Spec:
         blocks: list[str] = []
         for stmt in self.decl.body:
-            if isinstance(stmt, ast.Dims):
-                self.dims_stmt(stmt)
-            elif isinstance(stmt, ast.Hyper):
-                self.hyper_stmt(stmt)
-            elif isinstance(stmt, ast.Block):
+            if isinstance(stmt, (ast.Dims, ast.Hyper)):  # they were accepted and ignored
+                what = "dims" if isinstance(stmt, ast.Dims) else "hypers"
+                raise NlcError(f"a model's {what} do not reach its layers: each layer takes "
+                               "its own", stmt.span,
+                               hint=f"set the {what} in each layer, or with -D NAME=VALUE, "
+                                    "which sets them in every layer of the file")
+            if isinstance(stmt, ast.Block):
                 for name in stmt.layers:
                     if name not in self.layers:
                         raise NlcError(f"'{name}' is not a layer of this file", stmt.span,
@@ -348,13 +350,22 @@ class _DeclChecker(LevelChecker):
                 blocks.extend(stmt.layers)
             else:
                 what = type(stmt).__name__.lower()
-                raise NlcError(f"a model holds dims, hypers and blocks, not a {what}", stmt.span)
+                raise NlcError(f"a model holds blocks, not a {what}", stmt.span)
         if not blocks:
             raise NlcError(f"model '{self.decl.name}' has no block", self.decl.span,
                            hint="e.g. block Mixer -> CMS")
         return Spec(self.decl.kind, self.decl.name, None, tuple(self.dims.items()),
                     tuple(self.hypers.items()), (), (), None, tuple(blocks), self.graph,
                     self.decl.span)
+
+
+def _same_width(model: Spec, specs: dict) -> None:
+    """A model adds its layers' outputs to one residual stream: they share d_model."""
+    widths = {name: dict(specs[name].dims).get("d_model") for name in model.blocks}
+    if len(set(widths.values())) > 1:
+        shown = ", ".join(f"{name}: {w}" for name, w in widths.items())
+        raise NlcError(f"the layers of model '{model.name}' differ in d_model ({shown})",
+                       model.span, hint="a model's layers share one width")
 
 
 def check(module: ast.Module, overrides: dict[str, float] | None = None) -> list[Spec]:
@@ -371,6 +382,8 @@ def check(module: ast.Module, overrides: dict[str, float] | None = None) -> list
         spec = _DeclChecker(decl, overrides, layers).run()
         if decl.kind is ast.DeclKind.LAYER:
             layers[decl.name] = decl
+        if decl.kind is ast.DeclKind.MODEL:
+            _same_width(spec, {s.name: s for s in specs})
         specs.append(spec)
     if not specs:  # before the overrides: `nlc train` passes -D d_model to every spec
         raise NlcError("the spec declares nothing", Span(1, 1, 1, 2),

@@ -258,6 +258,14 @@ class LevelChecker:
                                "like the parameter and combine entry by entry", product.span,
                                hint="use '*' for an entrywise product, or dot(a, b) for the "
                                     "sum over all entries")
+            norm = next((n for n in nodes((clause.values[0],)) if isinstance(n, ast.Call)
+                         and n.func in functions.of_kind(functions.Kind.VECTORWISE)), None)
+            if norm is not None:  # compile refused it; check says so first
+                raise NlcError(f"{norm.func}() acts on a vector's last axis, which an "
+                               "optimizer's values do not have (they are shaped like the "
+                               "parameter)", norm.span,
+                               hint="normalize by the whole parameter instead, e.g. "
+                                    "g / sqrt(sqnorm(g) + eps)")
             shape = infer(clause.values[0], env)
             if shape not in ((), head.param_shape):
                 raise NlcError(f"'apply' must give a value shaped like the parameter "
@@ -277,12 +285,18 @@ class LevelChecker:
         if used & ({c.name for c in self.context} | {p.name for p in self.params}):
             self.graph.add_edge(Edge(TRAIN, stmt.name, TransferMode.CONTEXT, False, stmt.span))
         states = (head.state,) if head.state is not None else ()
+        rows = _rate_rows(head.state, algorithm, head.env)
+        shrink = next((t for t in retentions if t.kind == "elastic_net"), None)
+        if rows and shrink is not None:  # derive refused it; check says so first
+            raise NlcError("elastic_net shrinks entry by entry at the step's rate: it is not "
+                           "derived with a rate per output channel", shrink.span,
+                           hint="make the learning rate a scalar or one per input channel")
         return LevelRecord(stmt.name, head.unit, head.period, head.chunk, stmt.over, states,
                            objective, retentions, algorithm, expr, before, applies,
                            tuple(p.name for p in self.params if p.level == stmt.name), out_shape,
                            stmt.span, stmt.inputs,
                            getattr(read_clause(stmt), "when", None) == "start",
-                           _rate_rows(head.state, algorithm, head.env),
+                           rows,
                            tuple(zip(objectives[1:], algorithms[1:])),
                            _gate_rows(head.state, retentions, head.env),
                            self._fixed_dims(stmt))
@@ -317,7 +331,7 @@ class LevelChecker:
         if init == "param" and form.kind != "like":
             raise NlcError("only an optimizer state shaped like(param) can start as the "
                            "parameter", stmt.init.span)
-        if form.kind == "cache" and init != "zeros":
+        if form.kind == "cache" and stmt.init is not None:  # `= zeros` too: it means nothing
             raise NlcError("a cache starts empty; drop its initial state", stmt.init.span)
         self.define(stmt.name, stmt.span, "state")
         return StateRecord(stmt.name, form, init, stmt.span, draw)
@@ -595,8 +609,10 @@ class LevelChecker:
         if alg == "gd" and algorithm.get("steps") > 1 and form != "matrix":
             raise NlcError("several gradient steps per token are supported for matrix memories",
                            span)
-        if any(t.kind == "lq" for t in retentions) and form != "mlp" and form != "matrix":
-            raise NlcError("lq normalization needs a matrix or MLP memory", span)
+        lq = next((t for t in retentions if t.kind == "lq"), None)
+        if lq is not None and form != "mlp" and form != "matrix":
+            raise NlcError("lq normalization needs a matrix or MLP memory",
+                           lq.span if lq.span.known else span)
         for name in ("lr", "momentum"):
             if vocab.ALGORITHMS[alg].arg(name) is not None:
                 self.check_gate(algorithm.get(name), env, state, name.replace("lr", "learning rate"),

@@ -127,8 +127,14 @@ def infer(expr: ast.Expr, env: Env) -> Shape:
             return _apply_memory(expr, env)
         return _function(expr, env)
     if isinstance(expr, ast.Index):
-        raise NlcError(f"'{expr.base}[...]' is a memory form; it can only follow 'state NAME :'",
-                       expr.span)
+        from nlc.levels.vocab import FORMS
+        if expr.base in FORMS:  # matrix[d_v, d_k] written where a value goes
+            raise NlcError(f"'{expr.base}[...]' is a memory form; it can only follow "
+                           "'state NAME :'", expr.span)
+        raise NlcError(f"'{expr.base}[...]': values cannot be indexed, sliced or concatenated",
+                       expr.span, hint="a value with parts is several values: write one "
+                                       "context value or level per part (docs/language.md, "
+                                       "section 21)")
     if isinstance(expr, (ast.Keyword, ast.Chain)):
         raise NlcError("a keyword argument or '->' chain can only appear inside a call", expr.span)
     raise AssertionError(type(expr).__name__)

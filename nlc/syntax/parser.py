@@ -102,7 +102,14 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     if tok.type == "THEN":
         hint = "'then' joins the steps of an objective or an algorithm; " + hint
     if tok.type == "NAME":
-        return NlcError(f"unexpected name '{shown}'", span, hint=hint)
+        from nlc.errors import did_you_mean
+        keywords = [t.lower() for t in err.expected if t not in _TERMINAL_WORDS
+                    and t.lower().isidentifier()]  # `objectve` where `objective` may go
+        near = did_you_mean(shown, keywords)
+        return NlcError(f"unexpected name '{shown}'", span,
+                        hint=f"{near} {hint}" if near else hint)
+    if "RPAR" in err.expected and _unclosed(text, tok.start_pos):
+        hint = "a '(' before it is not closed; " + hint  # `read S(q` then the next line
     if tok.type == "NUMBER":
         return NlcError(f"unexpected number '{shown}'", span, hint=hint)
     if shown.isidentifier():  # a keyword of the language
@@ -110,6 +117,14 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
             hint += f" ('{shown}' is a keyword and cannot be used as a name)"
         return NlcError(f"unexpected keyword '{shown}'", span, hint=hint)
     return NlcError(f"unexpected '{shown}'", span, hint=hint)
+
+
+def _unclosed(text: str, pos: int) -> bool:
+    """Whether the statement before `pos` (back to a '{', '}' or ';') opens more '(' than it
+    closes."""
+    start = max(text.rfind(c, 0, pos) for c in "{};") + 1
+    segment = text[start:pos]
+    return segment.count("(") > segment.count(")")
 
 
 def _check_depth(tree: Tree) -> None:
