@@ -89,6 +89,21 @@ def test_model_layers_of_different_widths_are_refused(tmp_path):
     assert err.value.span.line == text.splitlines().index("model Hybrid {") + 1
 
 
+def test_check_refuses_what_compile_would(tmp_path, capsys):
+    """Layers of two widths passed `nlc check` and failed at compile; a model's dims were
+    accepted and never reached its layers (its layers kept their own d_model)."""
+    spec = tmp_path / "hybrid.nl"
+    spec.write_text(hybrid(16, 32))
+    assert main(["check", str(spec)]) == 2
+    assert "differ in d_model (SlidingWindow: 16, DeltaNet: 32)" in capsys.readouterr().err
+    text = hybrid(16, 16).replace("model Hybrid {\n", "model Hybrid {\n  dims d_model = 64\n")
+    spec.write_text(text)
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err
+    line = text.splitlines().index("  dims d_model = 64") + 1
+    assert f"{spec}:{line}:3: error: a model's dims do not reach its layers" in err, err
+
+
 def test_train_eval_plot_a_model_spec(tmp_path):
     run = tmp_path / "run"
     dims = [arg for name, v in HOPE_SMALL.items() if name != "d_model"

@@ -52,7 +52,7 @@ def test_signs_are_multiplied_out_of_products():
     """A gradient step of rate 1 on -<S k, v> is -(-v k^T): printed as v*k.T, and a step
     of rate lr on a gradient -g as lr*g, not with the signs nested in parentheses."""
     text = rules((EXAMPLES / "linear_attention.nl").read_text(), "la.nl")[0].to_text()
-    assert "  S' = v*k.T + S\n" in text and "-(-" not in text, text
+    assert "  S' = S + v*k.T\n" in text and "-(-" not in text, text
     S, g = sp.MatrixSymbol("S", 3, 3), sp.MatrixSymbol("g", 3, 3)
     lr = sp.Symbol("lr")
     step = sp.MatMul(-lr, sp.MatMul(-1, g, evaluate=False), evaluate=False)
@@ -80,3 +80,19 @@ def test_an_lq_norm_prints_as_the_sum_of_its_entries():
     text, tex = rule.to_text(), rule.to_latex()
     assert "Trace" not in text and "sum(phi1(M_W1))" in text, text
     assert r"\operatorname{tr}" not in tex and r"\operatorname{sum}" in tex
+
+
+def test_numbers_leave_hadamard_products_and_zero_terms_drop():
+    """HGRN's input -((-c) ⊙ inp) printed as written by SymPy, a momentum of 0 left
+    `0*S_mom`, and the family line printed SymPy's repr (HadamardPower(g, 2), Lambda)."""
+    from nlc.derive.printing import paper_text
+    c, x, h, lam = (sp.MatrixSymbol(n, 3, 1) for n in ("c", "inp", "h", "lam"))
+    S, U, V = (sp.MatrixSymbol(n, 3, 3) for n in ("S", "S_mom", "G"))
+    (text,), _ = paper_text([sp.MatAdd(-sp.HadamardProduct(-c, x), sp.HadamardProduct(lam, h))])
+    assert text == "c ⊙ inp + lam ⊙ h", text
+    (text,), _ = paper_text([sp.MatAdd(sp.MatMul(0, U), -V)])
+    assert text == "-G", text
+    adam = rules((EXAMPLES / "adam.nl").read_text(), "adam.nl")
+    from nlc.derive.classify import classify
+    line = classify(adam[1]).to_text()
+    assert "HadamardPower" not in line and "g^⊙2" in line, line

@@ -504,3 +504,76 @@ def test_the_nearest_line_names_what_the_axes_do_not_see_beside_them(algorithm, 
         assert phrase in level.differs, level.differs
     for phrase in unsaid:
         assert phrase not in level.differs, level.differs
+
+
+def test_a_self_generated_target_is_not_the_model_whose_rule_it_shares():
+    """DeltaNet with the value read from its own state, `l2(S(k), S(q))` (a self-generated
+    target, as Hope's memories have), derives S (I - b k k^T + b q k^T): DeltaNet's rule at
+    v = S q, which verified as DeltaNet. The catalog's models take their values from the
+    tokens; the line names the difference."""
+    text = (EXAMPLES / "deltanet.nl").read_text()
+    variant = re.sub(r"objective l2\(S\(k\), v\)", "objective l2(S(k), S(q))", text)
+    assert variant != text
+    (report,) = [r for r in _verify(variant) if r.levels]
+    (level,) = report.levels
+    assert not report.claim_holds and not level.matches
+    assert "its value computed from its own state (deltanet: from the tokens)" in \
+        level.differs, level.differs
+    (report,) = [r for r in _verify(text) if r.levels]
+    assert report.claim_holds
+
+
+def test_a_cache_with_another_weight_names_the_weight():
+    """Based's Taylor kernel as a cache's weight was "on every axis nlc compares: the
+    difference is in the algorithm, the read or an argument nlc does not compare"."""
+    text = (EXAMPLES / "softmax_attention.nl").read_text()
+    variant = text.replace("weight = exp(dot(q, k) / sqrt(d_k))", "weight = 1 + dot(q, k)")
+    variant = variant.replace("claims softmax_attention", "")
+    assert variant != text
+    (report,) = [r for r in _verify(variant) if r.levels]
+    (level,) = report.levels
+    assert not level.matches
+    assert "the weight 1 + dot(q, k) (softmax_attention: exp of the scaled dot product" in \
+        level.differs, level.differs
+
+
+def test_a_rate_per_output_channel_is_named_against_a_rate_per_token():
+    """KDA with beta : [d_v] read "on every axis nlc compares: the difference is in the
+    algorithm, the read or an argument"; derive knew the rate was per row."""
+    text = (EXAMPLES / "kda.nl").read_text()
+    variant = re.sub(r"param w_beta : \[d_model\]", "param w_beta : [d_model, d_v]", text)
+    assert variant != text, "kda.nl's rate parameter moved: update this test"
+    (report,) = [r for r in _verify(variant) if r.levels]
+    (level,) = report.levels
+    assert not report.claim_holds
+    assert "with a rate per output channel (kda: one rate per token)" in level.differs, \
+        level.differs
+
+
+def test_a_learned_gate_the_same_at_every_token_is_not_glas():
+    """GLA's gate per channel depends on the input; linear attention with a learned decay
+    per channel, exp(-exp(a_log)), was "this is Gated linear attention"."""
+    text = (EXAMPLES / "gla.nl").read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith("alpha = ")]
+    assert len(lines) == 1, "gla.nl's gate line moved: update this test"
+    variant = text.replace(lines[0], "    alpha = exp(-exp(a_log))").replace(
+        "  param W_o", "  param a_log : [d_k]\n  param W_o", 1).replace("claims gla", "")
+    (report,) = [r for r in _verify(variant) if r.levels]
+    (level,) = report.levels
+    assert not level.matches
+    assert "a constant per-channel retention gate" in level.differs, level.differs
+
+
+def test_an_optimizer_level_that_learns_from_more_than_its_gradient_says_from_what():
+    """SGD momentum of g / (sqrt(v) + eps) read "on every axis nlc compares: the difference
+    is in the algorithm, the read or an argument nlc does not compare"."""
+    text = (EXAMPLES / "sgd_momentum.nl").read_text()
+    objective = [ln for ln in text.splitlines() if ln.strip().startswith("objective ")]
+    assert len(objective) == 1, "sgd_momentum.nl's objective moved: update this test"
+    variant = text.replace(objective[0], objective[0].replace("g)", "g / (1 + g * g))"))
+    assert variant != text
+    (report,) = [r for r in _verify(variant.replace("claims sgd_momentum", "")) if r.levels]
+    level = report.levels[0]
+    assert not level.matches
+    assert "it learns from " in level.differs and "(sgd_momentum: from the gradient g)" in \
+        level.differs, level.differs

@@ -54,8 +54,17 @@ class Classification:
         return dict(self.params).get(name, default)
 
     def to_text(self) -> str:
-        shown = ", ".join(f"{k}={sstr(v)}" for k, v in self.params)
+        shown = ", ".join(f"{k}={_shown(v)}" for k, v in self.params)
         return f"{self.family.value}" + (f" ({shown})" if shown else "") + f": {self.reason}"
+
+
+def _shown(value) -> str:
+    """A parameter as the rule prints (⊙, named functions), not as SymPy's repr
+    (HadamardProduct(Lambda(r, sqrt(r)).(v), g))."""
+    if isinstance(value, sp.Basic) and not value.is_Atom:
+        from nlc.derive.printing import term_text
+        return term_text(value)
+    return sstr(value)
 
 
 def split_term(term):

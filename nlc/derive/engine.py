@@ -86,7 +86,8 @@ class LevelDerivation:
         lower.memories = (state_name,)
         if self.form.kind in ("vector", "diagonal", "matrix", "like"):
             names[state_name] = self.memory_map(tensors)[0]
-            names.setdefault(self.level.name, names[state_name])
+            if self.level.read is None:  # an optimizer level without `read` reads its state
+                names.setdefault(self.level.name, names[state_name])
         return lower
 
     def value(self, v, lower: Lowering):
@@ -229,11 +230,7 @@ class LevelDerivation:
 def _post(d: LevelDerivation, tensors, lower):
     """Maps applied after the step: elastic-net shrinkage, KL (softmax) retention."""
     if "elastic_net" in d.retentions:
-        t = d.retentions["elastic_net"]
-        if d.level.rate_rows:
-            raise NlcError("elastic_net shrinks entry by entry at the step's rate: it is not "
-                           "derived with a rate per output channel", t.span,
-                           hint="make the learning rate a scalar or one per input channel")
+        t = d.retentions["elastic_net"]  # check refused it with a rate per output channel
         rate = d.roles["lr"]
         shrink = ret.elastic_net_map(rate, d.value(t.get("l1"), lower), d.value(t.get("l2"), lower))
         tensors = tuple(shrink(w) for w in tensors)

@@ -82,9 +82,12 @@ class RuleStrPrinter(StrPrinter):
 
     def _print_Trace(self, expr):
         summed = _entries_summed(expr)
-        if summed is None:
-            return super()._print_Trace(expr)
+        if summed is None:  # StrPrinter has no Trace of its own
+            return f"Trace({self._print(expr.arg)})"
         return f"sum({self._print(summed)})"
+
+    def _print_DiagMatrix(self, expr):  # a gate per channel: Diag(g), as papers write it
+        return f"Diag({self._print(expr.args[0])})"
 
     def _print_MatAdd(self, expr):
         parts = []
@@ -135,6 +138,9 @@ class RuleLatexPrinter(LatexPrinter):
         if summed is None:
             return super()._print_Trace(expr)
         return rf"\operatorname{{sum}}\left({self._print(summed)}\right)"
+
+    def _print_DiagMatrix(self, expr):
+        return rf"\operatorname{{Diag}}\left({self._print(expr.args[0])}\right)"
 
 
 def sstr(expr) -> str:
@@ -215,6 +221,10 @@ class PaperStrPrinter(RuleStrPrinter):
     def _print_HadamardProduct(self, expr):
         return " ⊙ ".join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
 
+    def _print_HadamardPower(self, expr):  # g^⊙2, the entrywise square
+        base, exp = expr.args
+        return f"{self.parenthesize(base, PRECEDENCE['Pow'])}^⊙{self._print(exp)}"
+
     def _print_Abs(self, expr):
         return f"|{self._print(expr.args[0])}|"
 
@@ -260,11 +270,66 @@ def _shared_names(exprs) -> tuple[dict, list]:
     return mapping, definitions
 
 
+def _tidy(expr):
+    """The text's expression: numbers out of Hadamard products (-((-c) ⊙ x) is c ⊙ x) and
+    terms times 0 dropped (a momentum of 0 left `0*S_mom`); the rule itself is unchanged."""
+    if not isinstance(expr, sp.MatrixExpr):
+        return expr
+
+    def pull(h):
+        coef, parts = sp.Integer(1), []
+        for arg in h.args:
+            c, rest = arg.as_coeff_mmul() if isinstance(arg, sp.MatMul) else (1, arg)
+            if not sp.sympify(c).is_number:  # only numbers move (a symbol's factor stays)
+                c, rest = 1, arg
+            coef, parts = coef * c, [*parts, rest.doit() if isinstance(rest, sp.MatMul) else rest]
+        return sp.MatMul(coef, sp.HadamardProduct(*parts)).doit() if coef != 1 else h
+
+    def is_zero_term(e):
+        return isinstance(e, sp.MatMul) and e.args[0] == 0
+
+    def is_unit_term(e):
+        return isinstance(e, sp.MatMul) and e.args[0] == 1
+
+    def nested(e):  # -1 * (-1 * h): numbers only, as pulling them out leaves them
+        return isinstance(e, sp.MatMul) and len(e.args) == 2 and e.args[0].is_number \
+            and isinstance(e.args[1], sp.MatMul) and e.args[1].args[0].is_number
+
+    def flat(e):  # -1 * (-1 * h) -> 1 * h
+        inner = e.args[1]
+        return sp.MatMul(e.args[0] * inner.args[0], *inner.args[1:])
+
+    def drop_zero_terms(e):
+        kept = [a for a in e.args if not is_zero_term(a)]
+        return sp.MatAdd(*kept) if len(kept) > 1 else kept[0] if kept else e
+
+    def scaled_factor(e):  # (-c) ⊙ x
+        return isinstance(e, sp.HadamardProduct) and any(
+            isinstance(a, sp.MatMul) and a.args[0].is_number and a.args[0] != 1 for a in e.args)
+
+    steps = [(scaled_factor, pull), (nested, flat),
+             (is_unit_term, lambda e: sp.MatMul(*e.args[1:]) if len(e.args) > 2 else e.args[1]),
+             (lambda e: isinstance(e, sp.MatAdd) and any(map(is_zero_term, e.args)),
+              drop_zero_terms)]
+    for query, change in steps:  # a step that finds nothing leaves the expression as it is
+        if any(query(n) for n in sp.preorder_traversal(expr)):
+            expr = expr.replace(query, change)
+    return expr
+
+
+def term_text(expr, where: bool = True) -> str:
+    """One expression on one line as `nlc derive` prints it (⊙, named functions), the
+    definitions of the functions it names after it in parentheses unless `where` is off."""
+    (text,), lines = paper_text([expr])
+    return f"{text} (where {'; '.join(lines)})" if where and lines else text
+
+
 def paper_text(exprs: list) -> tuple[list[str], list[str]]:
     """The expressions as text, and the `where` lines they need: shared subexpressions
     (x1 = ...) and elementwise functions (gelu'(r) = ...)."""
     from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+    exprs = [_tidy(e) for e in exprs]
     mapping, definitions = _shared_names(exprs)
     shown = [e.xreplace(mapping) for e in exprs]
     bodies = []

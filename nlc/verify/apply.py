@@ -19,6 +19,7 @@ the numbers decide, with the tensors the update takes a root of drawn positive (
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -232,6 +233,8 @@ def _closeness(c: Comparison):
 def _how(quoted: str, c: Comparison) -> str:
     if c.note:
         return f"{quoted} is not {c.entry.title}: {c.note}"
-    how = "symbolically different" if c.symbolic is False else "numerically different"
-    return (f"{quoted} differs from {c.entry.title} ({c.entry.citation}): {how}, max rel err "
-            f"{c.numeric:.1e}")
+    if c.symbolic is False or not math.isfinite(c.numeric):  # no error to report
+        how = "symbolically different"
+    else:
+        how = f"numerically different, max rel err {c.numeric:.1e}"
+    return f"{quoted} differs from {c.entry.title} ({c.entry.citation}): {how}"

@@ -52,6 +52,11 @@ def _tensors(rule: UpdateRule, when: str) -> list:
 def read_difference(rule: UpdateRule, roles: Roles, entry: CatalogEntry,
                     rng: np.random.Generator, positive: bool) -> str:
     """Empty if the level reads as the entry's paper does, else why not, in words."""
+    if entry.kind == "optimizer":  # its value is its state after the write (Adam's moment;
+        # M3's slow momentum, every C steps, holds its chunk-start value through the chunk)
+        when = _when(rule, rule.read) if rule.read is not None else "after"
+        return f"it reads {WHEN[when]} ({entry.id} is its state after the write)" \
+            if when == "before" else ""
     if entry.read is None:
         return ""
     theirs = f"{entry.id} reads the memory applied to the query {WHEN[entry.read]}"

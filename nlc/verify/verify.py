@@ -26,6 +26,7 @@ from nlc.derive.symbols import SymbolTable
 from nlc.errors import NlcError, Span
 from nlc.levels import check
 from nlc.syntax import ast
+from nlc.syntax.format import format_expr
 from nlc.syntax.walk import names_used
 from nlc.verify import mlp
 from nlc.verify.equality import TOLERANCE, numeric_error, opaque_gradient, symbolic_equal
@@ -140,10 +141,12 @@ def gate_kind(rule: UpdateRule, spec) -> str:
     gate = rule.role("gate")
     if gate is None:
         return "none"
-    if isinstance(gate, sp.MatrixExpr):
-        return _side(spec.graph.level(rule.level).gate_rows, rule)
     names = {getattr(s, "name", None) for s in sp.sympify(gate).free_symbols}
-    return "scalar" if names & data_dependent(spec) else "constant"
+    fixed = not names & data_dependent(spec)  # the same at every token, learned or not
+    if isinstance(gate, sp.MatrixExpr):  # per channel: GLA's depends on the input
+        side = _side(spec.graph.level(rule.level).gate_rows, rule)
+        return f"constant per-{side}" if fixed else side
+    return "constant" if fixed else "scalar"
 
 
 def rate_kind(rule: UpdateRule, spec) -> str:
@@ -184,14 +187,79 @@ def _learns_from_gradients(rule: UpdateRule, spec, roles: Roles) -> bool:
     return spec.graph.level(rule.level).over in names and "param" not in names
 
 
+def reads_own_state(rule: UpdateRule, roles: Roles) -> list[str]:
+    """The roles (key, value, rate, ...) that the level computes from its own state, as a
+    self-generated target `l2(S(k), S(q))` does: a catalog model takes them from the tokens,
+    so a level whose value is S q is not DeltaNet though its rule is DeltaNet's at v = S q."""
+    own = {n for n, _ in rule.states} | {a.name for _, a in rule.anchors}
+    data = {"key": roles.k, "value": roles.v, "query": roles.q, "rate": roles.beta,
+            "gate": roles.alpha, "momentum": roles.eta, "erase key": roles.kappa,
+            "erase rate": roles.a}
+    return [name for name, r in data.items()
+            if r is not None and isinstance(r, sp.Basic) and free_names([r]) & own]
+
+
+def follows_the_step(rule: UpdateRule, roles: Roles) -> list[str]:
+    """An optimizer level's gate, rate or momentum that changes with the step count `t`: the
+    catalog's optimizers hold them constant (Adam's b2), so `decay(1 - t ^ c)` is another
+    optimizer (Adafactor's schedule), though each step has Adam's form."""
+    data = {"gate": roles.alpha, "rate": roles.beta, "momentum": roles.eta}
+    return [name for name, r in data.items()
+            if r is not None and isinstance(r, sp.Basic) and "t" in free_names([r])]
+
+
+def _role_differences(rule: UpdateRule, spec, level, entry: CatalogEntry):
+    """What the level's roles hold otherwise than `entry`'s, in words: (the lines that lead
+    the nearest-model line, the lines that end it)."""
+    roles, optimizer = roles_of(rule), spec.kind.value == "optimizer"
+    front, back = [], []
+    stepped = follows_the_step(rule, roles) if optimizer else []
+    if stepped:
+        front.append(f"its {' and '.join(stepped)} changing with the step t "
+                     f"({entry.id}: constant)")
+    if roles.alpha == 0 and entry.gate != "none":
+        front.append(f"a gate of 0, which keeps nothing of the state ({entry.id}: an average)")
+    own = reads_own_state(rule, roles)
+    if own:  # a self-generated target: the rule is the entry's at a value of the state
+        front.append(f"its {' and '.join(own)} computed from its own state "
+                     f"({entry.id}: from the tokens)")
+    if optimizer and level.read_before:
+        back.append(f"it reads before the write ({entry.id}: its state after)")
+    learned = _learns_from(roles, level) if optimizer else None
+    if learned:  # Adam's moment of g / (sqrt(v) + eps): the data is not the gradient
+        back.append(f"it learns from {learned} ({entry.id}: from the gradient {level.over})")
+    return front, back
+
+
+def _learns_from(roles: Roles, level) -> str | None:
+    """What an optimizer level learns from, in words, when it is more than its gradient
+    (or its square): None for the gradient itself."""
+    from nlc.derive.printing import term_text
+    data = roles.v if roles.v is not None else roles.g  # the objective's target first
+    if data is None or not isinstance(data, sp.Basic):
+        return None
+    grads = [x for x in data.free_symbols if getattr(x, "name", None) == level.over]
+    if free_names([data]) <= {level.over} and grads:  # g, -g, g * g: an entry's own data
+        g = grads[0]
+        plain = {g, -g, sp.HadamardProduct(g, g), sp.HadamardPower(g, 2)}
+        if data in plain or data.doit() in plain:
+            return None
+    return term_text(data)
+
+
 def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
     roles, gk, rk = roles_of(rule), gate_kind(rule, spec), rate_kind(rule, spec)
+    if reads_own_state(rule, roles) or (spec.kind.value == "optimizer"
+                                        and follows_the_step(rule, roles)):
+        return []
     out = []
     for e in ENTRIES:
         if not form_matches(e, rule):
             continue
         if e.gate not in ("any", gk) or e.kind != spec.kind.value:
             continue
+        if e.gate != "none" and roles.alpha is not None and roles.alpha == 0:
+            continue  # decay(0) keeps nothing: an average with b1 = 0 is no average
         if "beta" in e.needs and e.rate != rk:
             continue
         if any(getattr(roles, r) is None for r in e.needs):
@@ -405,7 +473,8 @@ def _axes_of_level(rule: UpdateRule, spec) -> dict:
             "erase": any(r.kind == "erase" for r in level.retentions),
             "momentum": any(n.endswith("_mom") for n, _ in rule.states)
             and rule.role("momentum") != 0,  # newton_schulz's default momentum is 0
-            "rate": rule.role("lr") is not None and rule.role("lr") != 1}
+            "rate": rule.role("lr") is not None and rule.role("lr") != 1,
+            "rate_kind": rate_kind(rule, spec)}
 
 
 def _axes_of_entry(entry: CatalogEntry) -> dict:
@@ -429,7 +498,13 @@ def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str,
         out["momentum"] = "+ momentum" if mine["momentum"] else "without momentum"
     if mine["rate"] != theirs["rate"]:
         out["rate"] = "a learning rate" if mine["rate"] else "no learning rate"
+    elif mine["rate"] and "beta" in entry.needs and mine["rate_kind"] != entry.rate:
+        out["rate"] = f"{RATE_WORDS[mine['rate_kind']]} ({entry.id}: {RATE_WORDS[entry.rate]})"
     return out
+
+
+RATE_WORDS = {"scalar": "one rate per token", "row": "a rate per output channel",
+              "channel": "a rate per input channel"}
 
 
 def _objective_arguments(objective, entry: CatalogEntry) -> str:
@@ -477,6 +552,10 @@ def _written_differences(level, entry: CatalogEntry) -> list[str]:
         window = int(level.objective.get("window"))
         differ.append(f"the losses of a window of {window} tokens ({entry.id}: the token's "
                       f"own)")
+    weight = dict(level.objective.args).get("weight") if level.objective is not None else None
+    if entry.family == "nonparametric" and isinstance(weight, ast.Expr):
+        differ.append(f"the weight {format_expr(weight)} ({entry.id}: exp of the scaled "
+                      "dot product of query and key)")
     if level.algorithm is not None and level.algorithm.kind == "newton_schulz":
         differ.append(f"its step orthogonalized by Newton-Schulz ({entry.id}: a gradient "
                       "step)")
@@ -514,7 +593,8 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
         return [], ""
     _, _, first, diffs = best[0]
     level = spec.graph.level(rule.level)
-    written = _written_differences(level, first)
+    front, back = _role_differences(rule, spec, level, first)
+    written = front + _written_differences(level, first) + back
     if not diffs:
         line = f"{first.title}, on every axis nlc compares: " + (
             "; ".join(written) if written else _objective_arguments(level.objective, first))
