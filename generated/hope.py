@@ -958,6 +958,7 @@ class SelfModifyingTitans(nn.Module):
 
     def step(self, x, cache=None):
         """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
+        nl.check_step_input(x, self.d_model)
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache
 
@@ -1706,6 +1707,7 @@ class ContinuumMemory(nn.Module):
 
     def step(self, x, cache=None):
         """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
+        nl.check_step_input(x, self.d_model)
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache
 
@@ -1737,5 +1739,6 @@ class Hope(nn.Module):
 
     def step(self, x, cache=None):
         """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        nl.check_step_input(x, self.d_model)
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

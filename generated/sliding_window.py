@@ -181,5 +181,6 @@ class SlidingWindow(nn.Module):
 
     def step(self, x, cache=None):
         """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
+        nl.check_step_input(x, self.d_model)
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

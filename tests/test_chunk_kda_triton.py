@@ -264,3 +264,43 @@ def test_kda_kernels_rerun_in_a_fresh_interpreter_process():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            __file__], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("chunk", [32, 64])
+def test_kda_pytorch_chunked_strong_decays_by_blocks_of_16(chunk):
+    """A chunk longer than 16 whose log decays span beyond SAFE_SPAN takes the blocked
+    factorization (chunked._blocked_scores: each block of 16 exact, the rows after it
+    factored against the block's last decay), not the [C, C, K] product; it equals the
+    token loop, at a length that ends mid-chunk."""
+    from nlc.runtime.library import chunked
+    x = {n: None if t is None else t.double().cpu()
+         for n, t in kda_inputs(1, 100, 16, 8, 1, seed=5).items()}
+    x["ld"] = x["ld"] * 8.0
+    calls = []
+    blocked = chunked._blocked_scores
+    chunked._blocked_scores = lambda *a: calls.append(1) or blocked(*a)
+    try:
+        weights = (torch.randn(1, 100, 2, 8, dtype=torch.float64),
+                   torch.randn(1, 2, 8, 16, dtype=torch.float64))
+        errors = errors_against_loop(torch_kda(chunk), x, weights, [0, 100])
+    finally:
+        chunked._blocked_scores = blocked
+    assert calls and max(errors.values()) < 1e-10, errors
+
+
+def test_blocked_scores_equal_the_exact_product_and_refuse_growth():
+    """The blocked scores against the exact masked product on strong decays (float64), both
+    causal masks; a decay above 1 (a factor could overflow) gets None."""
+    from nlc.runtime.library import chunked
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, 64, 8, dtype=torch.float64, generator=g) for _ in range(2))
+    ld = -torch.rand(2, 3, 64, 8, dtype=torch.float64, generator=g) * 6
+    cum = ld.cumsum(-2)
+    for strict, read in ((False, cum), (True, cum - ld)):
+        exact = chunked._masked_exp((read.unsqueeze(-2) - cum.unsqueeze(-3)).movedim(-1, -3),
+                                    strict)
+        want = torch.einsum("...tk,...sk,...kts->...ts", q, k, exact)
+        got = chunked._blocked_scores(q, k, read, cum)
+        got = got.masked_fill(~chunked._causal(64, strict, got.device), 0.0)
+        assert (got - want).abs().max() < 1e-12 * want.abs().max(), strict
+    assert chunked._blocked_scores(q, k, (-ld).cumsum(-2), (-ld).cumsum(-2)) is None

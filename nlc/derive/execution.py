@@ -45,6 +45,21 @@ from nlc.derive.rule import UpdateRule
 
 
 @dataclass(frozen=True)
+class EntrywiseScan:
+    """h' = a * h + b entry by entry, a vector or diagonal memory with a scalar or
+    per-channel decay whose input is not an outer product, or whose read is not the state
+    applied to a query (HGRN's `read h`): every token's state by the blocked scan of
+    runtime/library/entrywise_scan.py, then the read of each."""
+    decay: object                   # a (1: none)
+    decay_kind: str                 # scalar | channel
+    bias: object                    # b, free of the state
+
+    def to_text(self) -> str:
+        gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
+        return f"entrywise scan: h' = a h + {_s(self.bias)}, {gate}"
+
+
+@dataclass(frozen=True)
 class TokenLoop:
     reason: str
 
@@ -230,7 +245,7 @@ class SolveChunk:
                 f"by {how}")
 
 
-Execution = (AffineChunk | JointChunk | ProductChunk | DplrChunk | FusedRecurrent | FrozenSplit
+Execution = (AffineChunk | EntrywiseScan | JointChunk | ProductChunk | DplrChunk | FusedRecurrent | FrozenSplit
              | Attention | SolveChunk | TokenLoop)
 
 
@@ -250,6 +265,13 @@ class Classified:
 def _s(e) -> str:
     from nlc.derive.printing import sstr
     return sstr(e)
+
+
+def _paper(e) -> str:
+    """A term as `nlc derive` prints it, in ASCII for the generated code's docstring: the
+    entrywise product as `.*` (c .* inp, not HadamardProduct(c, inp))."""
+    from nlc.derive.printing import term_text
+    return term_text(e, where=False).replace(" ⊙ ", " .* ").replace("⊙", ".*")
 
 
 def _rest(rest) -> str:
@@ -291,7 +313,7 @@ def execution(rule: UpdateRule, family: Classification,
             return replace(found, transposed=True)
     try:
         if fam in (KernelFamily.DECAY, KernelFamily.DELTA):
-            return _affine(rule, family, fam)
+            return _affine_or_scan(rule, family, fam)
         if fam is KernelFamily.DPLR and rule.form.kind == "matrix":
             return _dplr(rule, family)
         if fam is KernelFamily.ELEMENTWISE and rule.form.kind == "matrix":
@@ -344,7 +366,7 @@ def _joint(rule: UpdateRule) -> JointChunk:
                 else:
                     rank[j][i] += coef
             else:
-                raise _NoChunkedForm(f"the term {sp.sstr(term)[:60]} is not X, X k k^T or "
+                raise _NoChunkedForm(f"the term {_paper(term)[:60]} is not X, X k k^T or "
                                      "v k^T")
     if len(keys) != 1:
         raise _NoChunkedForm("the states' terms do not share one key")
@@ -433,7 +455,8 @@ def _bias_terms(bias, vector: bool):
             left = sp.HadamardProduct(mats[0].args[0], mats[1])
             out.append((coef * left if coef != 1 else left, mats[2].arg))
         else:
-            raise _NoChunkedForm(f"the input term {sp.sstr(term)[:60]} is not an outer product")
+            raise _NoChunkedForm(f"the input term {_paper(term)[:60]} is not an outer "
+                                 "product")
     return tuple(out)
 
 
@@ -451,6 +474,21 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
     return AffineChunk(fam.value, query, terms, family.param("decay"),
                        family.param("decay_kind"), beta, row_decay=family.param("row_decay"),
                        rest=rest)
+
+
+def _affine_or_scan(rule, family: Classification, fam: KernelFamily):
+    """The decay family's chunked form; for a vector or diagonal memory that it does not take
+    (an entrywise input, a bare read), the entrywise scan."""
+    try:
+        return _affine(rule, family, fam)
+    except _NoChunkedForm:
+        if fam is not KernelFamily.DECAY or rule.form.kind not in ("vector", "diagonal") \
+                or len(rule.states) != 1 or rule.anchors or rule.period != 1 \
+                or family.param("row_decay") is not None \
+                or family.param("decay_kind") not in ("scalar", "channel"):
+            raise
+        return EntrywiseScan(family.param("decay"), family.param("decay_kind"),
+                             family.param("bias"))
 
 
 def _substeps(rule, family: Classification) -> ProductChunk:

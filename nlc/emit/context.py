@@ -109,6 +109,11 @@ class ContextPrinter:
             if is_x(e.left) and right.id in self.projected:
                 return self.projected[right.id]
             return f"nl.head_matmul({self.expr(e.left)}, {self.names[right.id]})"
+        if isinstance(right, ast.Call) and right.func == "detach" and len(right.args) == 1 \
+                and isinstance(right.args[0], ast.Name) and right.args[0].id in self.params:
+            # x @ detach(P): the parameter without its gradient (a frozen projection)
+            weight = f"{self.names[right.args[0].id]}.detach()"
+            return f"nl.head_matmul({self.expr(e.left)}, {weight})"
         if e in self.inner:
             return f"nl.inner({self.expr(e.left)}, {self.expr(right)})"
         raise NlcError("'@' in generated code needs a parameter on its right "
@@ -126,14 +131,12 @@ class ContextPrinter:
         if e.func in CONSTANT_CALLS and x is not None and self.constant(x):
             return f"{CONSTANT_CALLS[e.func]}({self.expr(x)})"
         if e.func in CALLS and x is not None and self.constant(x):
-            return f"{CALLS[e.func]}(torch.tensor(float({self.expr(x)})))"
+            # a Python number again, computed in float64 (a float32 tensor here rounded
+            # every factor it met)
+            return (f"float({CALLS[e.func]}(torch.tensor(float({self.expr(x)}), "
+                    "dtype=torch.float64)))")
         if self.owner == "optimizer" and e.func in ("total", "dot", "sqnorm"):
             return self._entries_sum(e, args, kw)
-        if self.owner == "optimizer" and e.func in functions.of_kind(functions.Kind.VECTORWISE):
-            raise NlcError(f"{e.func}() acts on a vector's last axis, which an optimizer's "
-                           "values do not have (they are shaped like the parameter)", e.span,
-                           hint="normalize by the whole parameter instead, e.g. "
-                                "g / sqrt(sqnorm(g) + eps)")
         fused = self._fused(e)
         if fused is not None:
             return fused

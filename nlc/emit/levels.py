@@ -16,6 +16,7 @@ from nlc.derive.execution import (
     AffineChunk,
     Attention,
     DplrChunk,
+    EntrywiseScan,
     FrozenSplit,
     FusedRecurrent,
     JointChunk,
@@ -162,6 +163,8 @@ class LevelPrinter:
             out.chunked = self.dplr_chunked(ex)
         elif isinstance(ex, FusedRecurrent):
             out.chunked = self.fused_recurrent(ex)
+        elif isinstance(ex, EntrywiseScan):
+            out.chunked = self.scan_chunked(ex)
         elif isinstance(ex, SolveChunk):
             out.chunked = self.solve_chunked(ex)
         elif isinstance(ex, FrozenSplit):
@@ -261,13 +264,15 @@ class LevelPrinter:
         rest = getattr(self.plan.execution, "rest", None)
         return [] if rest is None else [("rest", rest)]
 
-    def _chunk_values(self, outputs, decay) -> tuple[list[str], dict[str, str]]:
-        """Lines that unpack a chunk's inputs and compute each (name, expression) of
-        `outputs` and, for a gate other than 1, `log_decay`; name -> the code holding it."""
+    def _chunk_values(self, outputs, decay, also=()) -> tuple[list[str], dict[str, str]]:
+        """Lines that unpack a chunk's inputs (those of `also`'s expressions too) and compute
+        each (name, expression) of `outputs` and, for a gate other than 1, `log_decay`;
+        name -> the code holding it."""
         gated = decay != 1
         printer = TorchPrinter(self.names())
         outputs = outputs + self._rest_output()
-        lines = self._chunk_inputs(outputs + ([("gate", decay)] if gated else []))
+        lines = self._chunk_inputs(outputs + ([("gate", decay)] if gated else [])
+                                   + [("also", e) for e in also])
         lines.append("ref = nl.reference(tokens)")
         computed, v = self._bind(printer, outputs)
         lines += computed
@@ -323,6 +328,26 @@ class LevelPrinter:
                 if i:
                     lines.append("o, S = o + o_i, S + S_i")
         return lines + [f"return {_plus_rest('o', v)}.unsqueeze(-1), {{{name!r}: {final}}}"]
+
+    def scan_chunked(self, ex: EntrywiseScan) -> list[str]:
+        """Every token's state by the entrywise scan (nl.scan_chunked), then every read at
+        once, printed from the rule with the states in place of the state."""
+        (name, _), = self.rule.states
+        read = self.rule.read
+        lines, v = self._chunk_values([("bias", ex.bias)], ex.decay, also=[read])
+        decay = "None"
+        if ex.decay != 1:  # a scalar gate [B, T, H, 1, 1] (or a number), or one per channel
+            decay = ("nl.flat(log_decay, ref)[..., None]" if ex.decay_kind == "scalar"
+                     else "nl.vec(log_decay, ref)")
+        lines.append(f"states, final = nl.scan_chunked(nl.vec({v['bias']}, ref), {decay}, "
+                     f"initial_state=state[{name!r}])")
+        names = self.names()
+        names[f"{name}_next"] = "states"
+        if self.rule.read_before:  # the read meets each token's state before its write
+            lines.append(f"before = nl.states_before(states, state[{name!r}])")
+            names[name] = "before"
+        lines += TorchPrinter(names, chunk=True).assign([("o", read)])
+        return lines + [f"return o, {{{name!r}: final}}"]
 
     def row_decay_chunked(self, ex: AffineChunk) -> list[str]:
         """The decay or delta family with a decay per row (output channel), folded into the

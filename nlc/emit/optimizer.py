@@ -42,6 +42,11 @@ class OptimizerPlan:
     matrices_only: bool = False   # Newton-Schulz: a vector or scalar parameter is refused
     uses_param: bool = False      # whether the step reads the parameter (as `param_matrix`)
 
+    @property
+    def uses_math(self) -> bool:
+        """Whether the step calls Python's math (a function of hypers and `t` alone)."""
+        return any("math." in line for line in self.update + self.per_sample)
+
 
 def _anchors(rule, level, plan, printer) -> list[str]:
     """A level `every C steps` takes its gradients at the state of the chunk's first step:
@@ -77,7 +82,8 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         names[inp] = local(inp)
     plan = OptimizerPlan(spec.name, hypers, [], gradient=local(grad), inputs=inp and local(inp))
     body = plan.per_sample if inp else plan.update
-    printer = TorchPrinter(dict(names), prefix="tmp")
+    numbers = frozenset(n for n, _ in spec.hypers) | {"t"}  # Python numbers at each step
+    printer = TorchPrinter(dict(names), prefix="tmp", numbers=numbers)
     applies = [(target, expr, lv) for lv in levels for target, expr in lv.applies]
     # a level's read is printed when the apply clauses or another level's rule use it
     needed = set().union(*(names_used(e) for _, e, _ in applies)) | free_names(
@@ -114,7 +120,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         for n, _ in rules[lv.name].states:
             apply_names[n] = f"nl.as_matrix(state[{n!r}])"
     applied = ContextPrinter(apply_names, inner_products([e for _, e, _ in applies], env), {},
-                             owner="optimizer")
+                             owner="optimizer", constants=numbers)
     if not applies:
         raise NlcError(f"optimizer '{spec.name}' has no `apply param = ...` clause", spec.span)
     for i, (target, expr, lv) in enumerate(applies):

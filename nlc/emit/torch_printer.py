@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.printing.pycode import PythonCodePrinter
 
 from nlc.derive.classify import split_shift
 from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total, free_names
@@ -69,6 +70,29 @@ def _library_calls(registered: tuple) -> dict:
     return calls
 
 
+def _is_literal(code: str) -> bool:
+    try:
+        float(code)
+    except ValueError:
+        return False
+    return True
+
+
+class _NumberPrinter(PythonCodePrinter):
+    """A function of Python numbers as Python code (`math.sqrt(1 - b2**t)`); a step is
+    relu's derivative, 0 at 0, as `_print_Heaviside` prints it for tensors."""
+
+    def __init__(self, names: dict[str, str]):
+        super().__init__({"fully_qualified_modules": True, "standard": "python3"})
+        self.names = names
+
+    def _print_Symbol(self, e) -> str:
+        return self.names[e.name]
+
+    def _print_Heaviside(self, e) -> str:
+        return f"(1 if {self._print(e.args[0])} > 0 else 0)"
+
+
 @dataclass(frozen=True)
 class _Solved:
     """A^-1 times the factors after it in a product (`rhs`), printed as one solve."""
@@ -112,9 +136,14 @@ class TorchPrinter:
     expression that holds it; `prefix` names the temporaries."""
 
     def __init__(self, names: dict[str, str] | None = None, prefix: str = "t",
-                 chunk: bool = False):
+                 chunk: bool = False, numbers: frozenset = frozenset()):
         self.names = dict(names or {})
         self.prefix = prefix
+        # names that hold Python numbers, not tensors: an optimizer's hypers and step count
+        # `t`, and every name printed as a literal (a layer's compiled-in hypers and dims);
+        # a function of these alone is printed with Python's math (torch.sqrt takes no float)
+        self.numbers = frozenset(numbers) | {n for n, code in self.names.items()
+                                             if _is_literal(code)}
         # chunk code: matrices shared by a chunk's tokens meet per-token columns, so products
         # go through nl.mm, which does not copy the shared matrix once per token
         self.chunk = chunk
@@ -169,6 +198,8 @@ class TorchPrinter:
             if name not in self.names:
                 raise NlcError(f"generated code has no value for '{name}'")
             return self.names[name]
+        if self._of_numbers(e):
+            return _NumberPrinter(self.names).doprint(e)
         method = getattr(self, f"_print_{type(e).__name__}", None)
         if method is not None:
             return method(e)
@@ -176,6 +207,16 @@ class TorchPrinter:
         if head is not None:
             return f"{head}({', '.join(self.expr(a) for a in e.args)})"
         raise NlcError(f"cannot emit PyTorch code for '{type(e).__name__}' in {sp.sstr(e)[:80]}")
+
+    def _of_numbers(self, e) -> bool:
+        """Whether `e` calls a function (exp, a square root, max, a step) of names that all
+        hold Python numbers."""
+        if not isinstance(e, sp.Basic) or isinstance(e, sp.MatrixExpr) or not e.free_symbols \
+                or any(s.name not in self.numbers for s in e.free_symbols):
+            return False
+        return any(isinstance(n, (sp.Function, sp.Piecewise))
+                   or (isinstance(n, sp.Pow) and (n.base == sp.E or not n.exp.is_integer))
+                   for n in sp.preorder_traversal(e))
 
     def _sum(self, args) -> str:
         parts = []
@@ -343,7 +384,8 @@ class TorchPrinter:
             self.lines.append(f"{name} = {code}")
             self.cache[arg] = name
             code = name
-        inner = TorchPrinter({**self.names, holder.name: code}, prefix=f"{self.prefix}_")
+        inner = TorchPrinter({**self.names, holder.name: code}, prefix=f"{self.prefix}_",
+                             numbers=self.numbers)
         return inner.expr(body.xreplace({var: holder}))
 
     def _extremum(self, e, pairwise: str, clamp: str) -> str:

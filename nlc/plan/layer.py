@@ -16,6 +16,7 @@ from nlc.derive.execution import (
     AffineChunk,
     Attention,
     DplrChunk,
+    EntrywiseScan,
     FrozenSplit,
     FusedRecurrent,
     JointChunk,
@@ -344,6 +345,10 @@ class _LayerPlanner:
                          "tensors go to the fused recurrent Triton kernel")
         elif isinstance(ex, TokenLoop):
             notes.append(f"no chunk-parallel form: {ex.reason}")
+        elif isinstance(ex, EntrywiseScan):
+            notes.append("an entrywise recurrence h' = a * h + b: the chunked mode computes "
+                         "every token's state by a blocked scan (nl.scan_chunked), then the "
+                         "reads at once")
         elif isinstance(ex, AffineChunk) and ex.row_decay is not None:
             notes.append("a decay per row (output channel): the chunked form folds it into the "
                          "values and reads (nl.row_decay_chunked); CUDA tensors run its chunked "
@@ -499,10 +504,6 @@ def layer_plan(spec, classified, spec_name: str, prefix: str = "", stem: str = "
 
 
 def model_plan(spec, layers: list[LayerPlan]) -> ModelPlan:
+    """The model of checked layers: check refused layers of two widths."""
     widths = {plan.name: {s.name: s.default for s in plan.sizes}["d_model"] for plan in layers}
-    sizes = {widths[name] for name in spec.blocks}
-    if len(sizes) != 1:
-        shown = ", ".join(f"{name}: {widths[name]}" for name in spec.blocks)
-        raise NlcError(f"the layers of model '{spec.name}' differ in d_model ({shown})",
-                       spec.span, hint="a model's layers share one width")
-    return ModelPlan(spec.name, tuple(spec.blocks), sizes.pop(), spec.span.line)
+    return ModelPlan(spec.name, tuple(spec.blocks), widths[spec.blocks[0]], spec.span.line)

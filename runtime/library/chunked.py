@@ -106,8 +106,43 @@ def _scores(q, k, g_read, g, strict: bool):
     if span < SAFE_SPAN:  # factor e^{g_t - g_s} into q and k: one matmul
         scores = (q * torch.exp(g_read - ref)) @ (k * torch.exp(ref - g)).mT
         return scores.masked_fill(~_causal(g.shape[-2], strict, g.device), 0.0)
+    blocked = _blocked_scores(q, k, g_read, g)
+    if blocked is not None:
+        return blocked.masked_fill(~_causal(g.shape[-2], strict, g.device), 0.0)
     decay = _masked_exp((g_read.unsqueeze(-2) - g.unsqueeze(-3)).movedim(-1, -3), strict)
     return torch.einsum("...tk,...sk,...kts->...ts", q, k, decay)
+
+
+SUB_BLOCK = 16
+
+
+def _blocked_scores(q, k, g_read, g):
+    """q_t . (k_s e^{g_read_t - g_s}) for s <= t (the diagonal) and every t after s's block,
+    by blocks of 16 key columns: the block's own [16, 16] decays exactly, and the rows after
+    it factored against the log decay r at the block's last token, e^{g_read_t - r} and
+    e^{r - g_s}, both at most 1 where no decay exceeds 1 (a long decay underflows to 0, as
+    its true value does). None when a factor could exceed 1 (a decay above 1): then the
+    exact [C, C, K] product runs. A chunk's span beyond SAFE_SPAN (Kimi Delta Attention's
+    strong decays over 64 tokens) sent every chunk to that product before."""
+    C = g.shape[-2]
+    if C % SUB_BLOCK or C <= SUB_BLOCK:
+        return None
+    parts = []
+    for start in range(0, C, SUB_BLOCK):
+        end = start + SUB_BLOCK
+        ref = g[..., end - 1:end, :]
+        inside, after = ref - g[..., start:end, :], g_read[..., end:, :] - ref
+        if inside.amax() > 0 or (after.numel() and after.amax() > 0):
+            return None
+        diagonal = _masked_exp((g_read[..., start:end, :].unsqueeze(-2)
+                                - g[..., start:end, :].unsqueeze(-3)).movedim(-1, -3), False)
+        block = [torch.einsum("...tk,...sk,...kts->...ts", q[..., start:end, :],
+                              k[..., start:end, :], diagonal)]
+        if end < C:
+            block.append((q[..., end:, :] * torch.exp(after))
+                         @ (k[..., start:end, :] * torch.exp(inside)).mT)
+        parts.append(F.pad(torch.cat(block, -2), (0, 0, start, 0)))  # rows before: 0
+    return torch.cat(parts, -1)
 
 
 def common_dtype(*tensors):

@@ -29,6 +29,7 @@ from nlc.runtime.library.chunk_triton import (
 )
 from nlc.runtime.library.chunked import decay_chunked, delta_chunked, dplr_chunked
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum, token_sum
+from nlc.runtime.library.entrywise_scan import scan_chunked, states_before
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
 from nlc.runtime.library.rows import row_decay_chunked
@@ -83,6 +84,15 @@ def check_equal_sizes(layer: str, why: str, left: int, right: int) -> None:
     equal differ (a generate transfer's read and the weights it fills)."""
     if left != right:
         raise ValueError(f"{layer}: {why}; with these dims they are {left} and {right}")
+
+
+def check_step_input(x, d_model: int) -> None:
+    """Refuse a `step()` input that is not one token per sequence, `[B, d_model]`, saying so
+    about the tensor given (forward's check would see it with a token axis added)."""
+    if isinstance(x, torch.Tensor) and x.dim() != 2:
+        raise ValueError(f"step() decodes one token: expected x as [B, {d_model}], got shape "
+                         f"{list(x.shape)}" + (" (use forward() for a sequence [B, T, "
+                                               f"{d_model}])" if x.dim() == 3 else ""))
 
 
 def check_input(x, d_model: int, cu_seqlens=None) -> None:
@@ -639,6 +649,7 @@ __all__ = [
     "check_compiled_sizes",
     "check_equal_sizes",
     "check_input",
+    "check_step_input",
     "check_sizes",
     "column",
     "coupled",
@@ -686,6 +697,7 @@ __all__ = [
     "rmsnorm",
     "row_decay_chunked",
     "scalar",
+    "scan_chunked",
     "segments",
     "shifted_solve",
     "short_conv",
@@ -694,6 +706,7 @@ __all__ = [
     "softmax",
     "sqnorm",
     "state_from",
+    "states_before",
     "substeps",
     "sum_all",
     "tanh_grad",

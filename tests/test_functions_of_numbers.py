@@ -1,0 +1,74 @@
+"""A function of values that are Python numbers when the generated code runs (a layer's
+hypers, compiled in; an optimizer's hypers and step count `t`) is printed with Python's math:
+`torch.sqrt(1 - b2**t)` raised "sqrt(): argument 'input' must be Tensor, not float" at the
+first step, in a level's rule and in `apply` alike, and so did relu, max, min and clamp."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nlc.emit import load_layer, load_optimizer
+from test_chunk_triton import rel
+
+# Adam's bias corrections written as square roots and exponentials of t, a rate bounded with
+# min(t, ...) (a warm-up), and exp / log / relu of t in the apply line
+OPTIMIZER = """optimizer Scheduled {
+  hyper lr = 0.1, b2 = 0.9, warm = 3
+  level mom over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, g)
+    algorithm gd(lr = sqrt(1 - b2 ^ t) * min(t / warm, 1))
+    apply param = param - lr * exp(-t) * log(2 + t) * relu(t - 1.5) * m / sqrt(1 - b2 ^ t)
+  }
+}
+"""
+
+LAYER = """layer Rated {
+  dims d_model = 8, d_k = 4
+  hyper eta = 0.25
+  param W_k, W_q : [d_model, d_k]
+  param W_o : [d_k, d_model]
+  context from x {
+    k = l2norm(x @ W_k)
+    q = x @ W_q
+  }
+  level memory every 1 token {
+    state S : matrix[d_k, d_k] = zeros
+    objective l2(S(k), q)
+    algorithm gd(lr = sqrt(eta) * min(eta, 1) * exp(-eta))
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+def test_an_optimizers_functions_of_t_and_its_hypers_run(tmp_path):
+    path = tmp_path / "scheduled.nl"
+    path.write_text(OPTIMIZER)
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = load_optimizer(str(path))([w])
+    m, want = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    for t in range(1, 6):
+        w.grad = g.clone()
+        opt.step()
+        m = m + math.sqrt(1 - 0.9 ** t) * min(t / 3, 1) * g
+        want = want - 0.1 * math.exp(-t) * math.log(2 + t) * max(t - 1.5, 0) * m \
+            / math.sqrt(1 - 0.9 ** t)
+        assert rel(w.detach(), want) < 1e-14, t
+    assert want.abs().max() > 0
+
+
+def test_a_layers_rate_of_hypers_alone_runs_in_every_mode(tmp_path):
+    path = tmp_path / "rated.nl"
+    path.write_text(LAYER)
+    cls = load_layer(str(path))
+    x = torch.randn(2, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for mode in ("chunked", "recurrent"):
+        torch.manual_seed(0)
+        outs.append(cls(mode=mode, chunk_size=4).double()(x))
+    assert rel(outs[0], outs[1]) < 1e-12 and outs[0].abs().max() > 0
