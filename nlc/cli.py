@@ -201,9 +201,29 @@ def cmd_demo(args) -> int:
     return run_demo(args.examples, args.quick, args.out, args.steps, args.toy)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that lists its option strings (`options`), for the did-you-mean of
+    an unknown option, and its commands' parsers by name (`commands`)."""
+
+    def __init__(self, *args, **kwargs):
+        self.options: list[str] = []
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        self.options.extend(o for o in action.option_strings if o not in ("-h", "--help"))
+        return action
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        self.commands = action.choices  # name -> parser, filled by add_parser
+        return action
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nlc.pipeline import STAGES
-    parser = argparse.ArgumentParser(prog="nlc", description="nested-learning architecture compiler")
+    parser = _Parser(prog="nlc", description="nested-learning architecture compiler")
     parser.add_argument("--version", action="version", version=f"nlc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -270,17 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse(argv: list[str] | None):
     """The command line, with an unknown option refused by its command's own parser (its
     usage line, and the option it nearly spells): argparse left it to the top-level one."""
-    import argparse
-
     from nlc.errors import did_you_mean
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    sub = subparsers.choices.get(getattr(args, "command", None), parser)
-    options = [o for o in sub._option_string_actions if o not in ("-h", "--help")]
-    near = [did_you_mean(x.split("=")[0], options) for x in extra if x.startswith("--")]
+    sub = parser.commands.get(getattr(args, "command", None), parser)
+    near = [did_you_mean(x.split("=")[0], sub.options) for x in extra if x.startswith("--")]
     hints = "".join(f"; {h}" for h in near if h)
     sub.error(f"unrecognized arguments: {' '.join(extra)}{hints}")
 
