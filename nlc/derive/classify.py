@@ -144,8 +144,10 @@ def classify(rule: UpdateRule) -> Classification:
 
 def _classify(rule: UpdateRule) -> Classification:
     if rule.kind == "nonparametric":
+        gate = rule.role("gate")  # decay(f): the cached weights forget (FoX)
         return Classification(KernelFamily.NONPARAMETRIC,
-                              (("kernel", rule.role("kernel")), ("window", rule.role("window"))),
+                              (("kernel", rule.role("kernel")), ("window", rule.role("window")),
+                               *((("decay", gate),) if gate is not None else ())),
                               "solved over the cached tokens")
     if rule.kind == "solve":
         return Classification(KernelFamily.SOLVE, (), "exact ridge regression")

@@ -17,7 +17,7 @@ from nlc.derive import retention as ret
 from nlc.derive.budget import check_size, clause
 from nlc.derive.forms import FORM_RULES, tensor_names, tensor_shapes
 from nlc.derive.losses import P, T, error_signal, loss_derivative, loss_of
-from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax
+from nlc.derive.matfuncs import NewtonSchulz, RowSoftmax, free_names
 from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
 from nlc.derive.steps import delta_step_parts, repeat_delta_step
@@ -561,11 +561,25 @@ def _nonparametric(d: LevelDerivation) -> UpdateRule:
     # the key is the cached token's vector in the kernel: the one that is not the query
     others = [s for s in sp.sympify(kernel).atoms(sp.MatrixSymbol) if s != query]
     key = others[0] if len(others) == 1 else None
-    d.roles.update(kernel=kernel, value=lower(term.get("target")), key=key, query=query,
+    value = lower(term.get("target"))
+    d.roles.update(kernel=kernel, value=value, key=key, query=query,
                    window=lv.algorithm.get("window"))
+    gates = d.gates()  # decay(f): the role "gate" is f
+    gate = gates[0].factor if gates else None
+    cached = [sstr(x) for x in (key, value) if x is not None]
+    reader = [sstr(x) for x in (query,) if x is not None]
+    constants = {n for n, _ in (*d.spec.dims, *d.spec.hypers)}
+    others = sorted(n for n in free_names([kernel])
+                    if n not in {*cached, *reader, *constants})
+    whose = (f"{', '.join(cached)} the cached token's" if cached else "") \
+        + (f" and {reader[0]} the reading token's" if reader else "") \
+        + (f"; {', '.join(others)} in w: not per cached token (compile takes w = "
+           "exp(c <q, k>) only)" if others else "")
+    forget = "" if gate is None else \
+        f", times the decay {sstr(gate)} of every later token up to the reading one"
     d.notes.append("read = sum_i w_i v_i / sum_i w_i over the cached tokens (SymPy solved "
-                   f"the weighted least squares to {sstr(solution)}); w = {sstr(kernel)} "
-                   "with k, v the cached token's and q the reading token's"
+                   f"the weighted least squares to {sstr(solution)}); w_i = {sstr(kernel)}"
+                   f"{forget}, with {whose}"
                    + (f"; window {lv.algorithm.get('window')}" if lv.algorithm.get("window") else ""))
     return _rule(d, "nonparametric", {}, None, states=())
 

@@ -216,11 +216,13 @@ class Attention:
     scale: object                   # c, a number or an expression of dims; None: not exp(c <q, k>)
     window: int | None
     kernel: object = None
+    decay: object = None            # decay(f): each cached token's weight times f at every later token
 
     def to_text(self) -> str:
         if self.scale is None:
             return f"attention: kernel {_s(self.kernel)} is not exp(c <q, k>)"
-        return f"attention: softmax, scale {_s(self.scale)}, window {self.window}"
+        forget = "" if self.decay is None else f", forget gate {_s(self.decay)}"
+        return f"attention: softmax, scale {_s(self.scale)}, window {self.window}{forget}"
 
 
 @dataclass(frozen=True)
@@ -793,7 +795,8 @@ def _attention(rule: UpdateRule) -> Attention:
                 scale = coef
     roles = [rule.role(r) for r in ("query", "key", "value")]
     names = [r.name if isinstance(r, (sp.Symbol, sp.MatrixSymbol)) else "" for r in roles]
-    return Attention(*names, scale, int(window) if window else None, kernel)
+    return Attention(*names, scale, int(window) if window else None, kernel,
+                     rule.role("gate"))
 
 
 __all__ = ["AffineChunk", "Attention", "Classified", "DplrChunk", "Execution", "FrozenSplit",

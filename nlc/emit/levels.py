@@ -148,7 +148,8 @@ class LevelPrinter:
         if isinstance(ex, Attention):
             out.attention = {"scale": _number_code(ex.scale),
                              "window": ex.window,
-                             "query": ex.query, "key": ex.key, "value": ex.value}
+                             "query": ex.query, "key": ex.key, "value": ex.value,
+                             "log_decay": self.attention_log_decay(ex)}
             return out
         out.step = self.step()
         if plan.group:
@@ -328,6 +329,14 @@ class LevelPrinter:
                 if i:
                     lines.append("o, S = o + o_i, S + S_i")
         return lines + [f"return {_plus_rest('o', v)}.unsqueeze(-1), {{{name!r}: {final}}}"]
+
+    def attention_log_decay(self, ex: Attention) -> str:
+        """The forget gate's log per token and head, as code over the op's tokens
+        (`[B, T, H, 1, 1]`), or "None" without `decay(f)`."""
+        if ex.decay is None:
+            return "None"
+        names = self.names({n: f"tokens[{n!r}]" for n in self.inputs})
+        return f"nl.log_gate({TorchPrinter(names).expr(ex.decay)})"
 
     def scan_chunked(self, ex: EntrywiseScan) -> list[str]:
         """Every token's state by the entrywise scan (nl.scan_chunked), then every read at

@@ -267,6 +267,10 @@ class _DeclChecker(LevelChecker):
                            "that would learn them runs above it", stmt.span,
                            hint="use a hyper (a constant), e.g. hyper scale = 1")
         shape = self.shape_of(stmt.shape)
+        if len(shape) > 2:  # derive's symbols are scalars, vectors and matrices
+            raise NlcError(f"a parameter has at most 2 axes (per head); "
+                           f"{', '.join(stmt.names)} has {len(shape)}", stmt.shape[2].span,
+                           hint="split it into several parameters of 2 axes")
         init = None
         if stmt.init is not None:
             init = make_term(stmt.init, vocab.PARAM_INITS, "initializer", self.env, self.consts)

@@ -526,17 +526,25 @@ class LevelChecker:
 
     def check_cache(self, stmt: ast.Level, head: _Head, objective: Term, retentions) -> None:
         """A cache is attention: every token's read weighs all cached tokens up to and
-        including its own, every token. What would change that is refused, not dropped: a
-        retention (no state decays; a forget gate on the logits, FoX, needs positions, which
-        the language has not), a period or gradient chunk, a read before the write or at the
-        chunk start, and a read with another query than the objective's prediction."""
+        including its own, every token. `decay(f)` multiplies every cached token's weight by
+        the scalar gate f at each later token (the Forgetting Transformer's forget gate: token
+        s weighs exp(c q_t . k_s) prod_{s<j<=t} f_j). What would change that is refused, not
+        dropped: another retention, a decay per channel or at another order (parallel would
+        weigh each token by its own gate too), a period or gradient chunk, a read before the
+        write or at the chunk start, and a read with another query than the objective's
+        prediction."""
         for term in retentions:
-            if term.kind != "none":
-                raise NlcError(f"a cache takes no retention: attention keeps every token, and "
-                               f"'{term.kind}' would be dropped", term.span,
-                               hint="a gate on the attention logits (Forgetting Transformer) "
-                                    "needs the tokens' positions, which the language does not "
-                                    "have (docs/language.md, section 21)")
+            if term.kind != "decay":
+                raise NlcError(f"a cache takes no '{term.kind}' retention: attention keeps "
+                               f"every token; its only retention is decay(f)", term.span,
+                               hint="decay(f) with a scalar gate f multiplies every cached "
+                                    "token's weight by f at each later token (the Forgetting "
+                                    "Transformer)")
+            if term.get("order") != "before":
+                raise NlcError(f"a cache's decay is taken at the default order (before): each "
+                               f"token's own entry is not gated; 'order = "
+                               f"{term.get('order')}' would gate it too", term.span,
+                               hint="drop the order")
         if head.period > 1 or head.chunk is not None:
             raise NlcError("a cache is read and written every token: no 'every C tokens' or "
                            "'gradients at chunk(b)'", stmt.span)

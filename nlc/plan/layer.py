@@ -309,12 +309,17 @@ class _LayerPlanner:
         used = free_names(exprs)
         if isinstance(ex, Attention) and ex.scale is not None:
             used |= {s.name for s in ex.scale.free_symbols}
+        if isinstance(ex, Attention) and ex.decay is not None:  # the forget gate's names
+            used |= free_names([ex.decay])
         numbers = tuple((n, self.hypers[n]) for n in sorted(used & set(self.hypers)))
         sizes = tuple(sorted(used & set(self.dims)))
         params = sorted(used & set(self.param_shapes))
         known = set(state_names) | {f"{n}_next" for n in state_names} | set(anchor_names) \
             | set(self.hypers) | set(self.dims) | set(params)
-        symbols = {s.name: s for e in exprs for s in e.atoms(sp.Symbol, sp.MatrixSymbol)}
+        gates = [sp.sympify(ex.decay)] if isinstance(ex, Attention) and ex.decay is not None \
+            else []
+        symbols = {s.name: s for e in exprs + gates
+                   for s in e.atoms(sp.Symbol, sp.MatrixSymbol)}
         roles = [rule.role(r) for r in ("query", "key", "value")]
         first = [r.name for r in roles if isinstance(r, (sp.Symbol, sp.MatrixSymbol))]
         order = sorted(used - known, key=lambda n: (first.index(n) if n in first else 3, n))
@@ -334,6 +339,9 @@ class _LayerPlanner:
                                    "to emit attention", level.span)
             tokens = list({n: TokenInput(n, "vector", rule.role(r).shape[0]) for n, r in
                            ((ex.query, "query"), (ex.key, "key"), (ex.value, "value"))}.values())
+            if ex.decay is not None:  # the forget gate's inputs: scalars per token and head
+                tokens += [TokenInput(n, "scalar") for n in sorted(free_names(gates) - known)
+                           if all(t.name != n for t in tokens)]
             read_kind = "vector"
         elif rule.read is None:
             raise NlcError(f"level '{level.name}' has no read; emission needs one", level.span)
