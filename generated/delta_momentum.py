@@ -25,6 +25,8 @@ class DeltaMomentum(torch.optim.Optimizer):
     `opt.step(recorder=recorder)`; samples are applied one at a time, in order.
     """
 
+    matrices_only = False  # vectors and scalars need another optimizer
+
     def __init__(self, params, lr=0.01, mu=0.9):
         super().__init__(
             params,

@@ -25,6 +25,8 @@ class DeltaGradientDescent(torch.optim.Optimizer):
     `opt.step(recorder=recorder)`; samples are applied one at a time, in order.
     """
 
+    matrices_only = False  # vectors and scalars need another optimizer
+
     def __init__(self, params, lr=0.1):
         super().__init__(
             params,

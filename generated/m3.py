@@ -20,6 +20,8 @@ SPEC = "m3.nl"
 class M3(torch.optim.Optimizer):
     """M3 from `m3.nl`: `M3(params, lr=0.02, b1=0.9, b2=0.999, b3=0.1, alpha=0.5, eps=1e-08)`."""
 
+    matrices_only = True  # vectors and scalars need another optimizer
+
     def __init__(self, params, lr=0.02, b1=0.9, b2=0.999, b3=0.1, alpha=0.5, eps=1e-08):
         super().__init__(
             params,

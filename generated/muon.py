@@ -20,6 +20,8 @@ SPEC = "muon.nl"
 class Muon(torch.optim.Optimizer):
     """Muon from `muon.nl`: `Muon(params, lr=0.02, mu=0.95)`."""
 
+    matrices_only = True  # vectors and scalars need another optimizer
+
     def __init__(self, params, lr=0.02, mu=0.95):
         super().__init__(
             params,

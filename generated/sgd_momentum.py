@@ -20,6 +20,8 @@ SPEC = "sgd_momentum.nl"
 class SGDMomentum(torch.optim.Optimizer):
     """SGDMomentum from `sgd_momentum.nl`: `SGDMomentum(params, lr=0.01, mu=0.9)`."""
 
+    matrices_only = False  # vectors and scalars need another optimizer
+
     def __init__(self, params, lr=0.01, mu=0.9):
         super().__init__(
             params,

@@ -132,3 +132,45 @@ def test_a_level_every_c_steps_keeps_its_chunk_start_state(tmp_path):
         m2 = m2 + (0.99 - 1) * anchor + g
         expected = expected - 0.02 * (m1 + m2)
         torch.testing.assert_close(param.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def _compiled(tmp_path, text: str, name: str):
+    from nlc.emit import load_optimizer
+    path = tmp_path / f"{name}.nl"
+    path.write_text(text)
+    return path, load_optimizer(str(path))
+
+
+def test_a_compiled_optimizer_that_fails_is_reported_not_replaced_by_adamw(tmp_path):
+    """A compiled class whose step raises stops the run before training, with the error; it
+    had been swapped for AdamW on every parameter in silence (a helper's run reported the
+    losses of plain AdamW)."""
+    from nlc.runtime.trainer.spec_optim import build_spec_optimizer
+    _, cls = _compiled(tmp_path, MULTI_FREQUENCY, "two_momenta")
+
+    class Broken(cls):
+        def step(self, closure=None):
+            raise TypeError("clamp_min() received an invalid combination of arguments")
+    Broken.__module__ = cls.__module__
+    config = tiny(tmp_path / "x", optimizer="broken.nl")
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(3, 4))], "every": 1}]
+    with pytest.raises(NlcError, match=r"broken.nl: Broken fails its first step on a "
+                                       r"parameter of shape \[3, 4\]: TypeError: clamp_min"):
+        build_spec_optimizer(groups, config, Broken)
+
+
+def test_an_optimizer_without_lr_is_refused_with_its_hypers(tmp_path):
+    path, cls = _compiled(tmp_path, MULTI_FREQUENCY.replace("hyper lr", "hyper eta")
+                              .replace("- lr *", "- eta *"), "eta")
+    from nlc.runtime.trainer.spec_optim import build_spec_optimizer
+    config = tiny(tmp_path / "x", optimizer=str(path))
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(3))], "every": 1}]
+    with pytest.raises(NlcError, match="has no hyper 'lr'.*its hypers are eta, mu1, mu2"):
+        build_spec_optimizer(groups, config, cls)
+
+
+def test_the_run_says_which_parameters_adamw_takes(tmp_path, capsys):
+    compiled_train(tiny(tmp_path / "x", steps=1, checkpoint_interval=0), progress=True)
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert "optimizer: Muon takes" in text and "AdamW takes the" in text, text

@@ -2,11 +2,13 @@
 AdamW for the rest.
 
 Muon's update orthogonalizes a matrix (Newton-Schulz); a bias or a norm's gain (1-D) has no
-such update, and Muon users train those with AdamW. `SpecWithAdamW` does that for any compiled
-optimizer: each parameter shape is probed once (one step of the spec's class on a copy with a
-random gradient); a shape the class fails on goes to AdamW, with the run's betas and weight
-decay. One optimizer object holds both, so checkpoints, `set_lr` and the level periods
-(`every`) see one list of parameter groups and one state.
+such update, and Muon users train those with AdamW. `SpecWithAdamW` does that for a compiled
+optimizer that says so (its class's `matrices_only`): the vectors and scalars go to AdamW,
+with the run's betas and weight decay, and the run says how many went where. Every other
+parameter is the spec's: each shape is tried once (one step on a copy, a random gradient),
+and a class that fails there stops the run with the error, before training: it is never
+replaced by AdamW in silence. One optimizer object holds both, so checkpoints, `set_lr` and
+the level periods (`every`) see one list of parameter groups and one state.
 
 An optimizer whose `step` needs a recorder of each `nn.Linear`'s inputs and output gradients
 (delta gradient descent, examples/dgd.nl) is refused with the reason: the trainer does not
@@ -28,17 +30,26 @@ def needs_recorder(cls: type[torch.optim.Optimizer]) -> bool:
     return "recorder" in inspect.signature(cls.step).parameters
 
 
-def accepts(cls: type[torch.optim.Optimizer], shape: torch.Size, cache: dict) -> bool:
-    """Whether one step of `cls` runs on a parameter of `shape` (cached per shape)."""
-    if shape not in cache:
-        probe = torch.nn.Parameter(torch.zeros(shape))
-        probe.grad = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        try:
-            cls([probe], lr=1e-3).step()
-            cache[shape] = bool(torch.isfinite(probe).all())
-        except (IndexError, RuntimeError, ValueError, TypeError):
-            cache[shape] = False
-    return cache[shape]
+def accepts(cls: type[torch.optim.Optimizer], param: torch.Tensor) -> bool:
+    """Whether `cls` takes `param`: every parameter, or only matrices for a class that
+    orthogonalizes them (`matrices_only`, set by the compiler)."""
+    return not getattr(cls, "matrices_only", False) or param.dim() >= 2
+
+
+def try_step(cls: type[torch.optim.Optimizer], shape: torch.Size, name: str) -> None:
+    """One step of `cls` on a copy of a parameter of `shape` with a random gradient: an
+    error there stops the run now, located, instead of at the first training step."""
+    g = torch.Generator().manual_seed(0)
+    probe = torch.nn.Parameter(torch.randn(shape, generator=g))
+    probe.grad = torch.randn(shape, generator=g)
+    try:
+        cls([probe], lr=1e-3).step()
+    except Exception as err:  # noqa: BLE001 - any failure of the compiled class is reported
+        raise NlcError(f"{name}: {cls.__name__} fails its first step on a parameter of shape "
+                       f"{list(shape)}: {type(err).__name__}: {err}",
+                       hint="the spec compiled to a class that does not run; nlc train "
+                            "does not replace it (rerun with NLC_DEBUG=1 for the traceback, "
+                            "or train with --optimizer adamw)") from err
 
 
 class SpecWithAdamW(torch.optim.Optimizer):
@@ -89,11 +100,19 @@ def build_spec_optimizer(groups: list, config, spec_class) -> torch.optim.Optimi
                        "does not record them",
                        hint="use it from Python with a LinearRecorder, or train with "
                             "--optimizer adamw")
-    cache: dict = {}
+    if "lr" not in inspect.signature(spec_class.__init__).parameters:
+        hypers = [n for n in inspect.signature(spec_class.__init__).parameters
+                  if n not in ("self", "params")]
+        raise NlcError(f"{config.optimizer}: {spec_class.__name__} has no hyper 'lr', and nlc "
+                       f"train sets the learning rate (--lr, warmup, schedule) through it; its "
+                       f"hypers are {', '.join(hypers) or 'none'}",
+                       hint="name the spec's step size lr (hyper lr = ...)")
     spec_groups, adamw_groups = [], []
+    for shape in {p.shape for g in groups for p in g["params"] if accepts(spec_class, p)}:
+        try_step(spec_class, shape, config.optimizer)
     for group in groups:
-        takes = [p for p in group["params"] if accepts(spec_class, p.shape, cache)]
-        rest = [p for p in group["params"] if not accepts(spec_class, p.shape, cache)]
+        takes = [p for p in group["params"] if accepts(spec_class, p)]
+        rest = [p for p in group["params"] if not accepts(spec_class, p)]
         if takes:
             spec_groups.append({"params": takes, "every": group["every"]})
         decay = [p for p in rest if p.dim() >= 2]
@@ -104,5 +123,10 @@ def build_spec_optimizer(groups: list, config, spec_class) -> torch.optim.Optimi
                                      "every": group["every"]})
     if not adamw_groups:
         return spec_class(spec_groups, lr=config.lr)
-    return SpecWithAdamW(spec_class, spec_groups, adamw_groups, config.lr,
-                         (config.beta1, config.beta2))
+    optimizer = SpecWithAdamW(spec_class, spec_groups, adamw_groups, config.lr,
+                              (config.beta1, config.beta2))
+    n_spec = sum(len(g["params"]) for g in spec_groups)
+    n_adamw = sum(len(g["params"]) for g in adamw_groups)
+    optimizer.split_note = (f"{spec_class.__name__} takes {n_spec} matrices; AdamW takes the "
+                            f"{n_adamw} vectors and scalars it does not (biases, gains)")
+    return optimizer

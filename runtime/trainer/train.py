@@ -176,6 +176,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
              else f"steps {start + 1}..{config.steps}")
     bar.message(f"{config.task}: {model.num_parameters():,} parameters, {config.spec}, "
                 f"{world.world_size} rank(s) on {world.device}, {steps}")
+    if getattr(optimizer, "split_note", None):  # a compiled optimizer beside AdamW
+        bar.message(f"optimizer: {optimizer.split_note}")
     tokens_per_step = config.batch_size * config.seq_len
     began = window_start = time.perf_counter()
     last_eval, loss_value = {}, float("nan")
