@@ -39,6 +39,13 @@ def _each_file(files: list[str], work) -> int:
     return status
 
 
+def _contents(spec) -> str:
+    """What `nlc check` says a checked declaration holds: a model its blocks, else levels."""
+    if spec.kind.value == "model":
+        return " -> ".join(spec.blocks)
+    return f"{len(spec.levels)} level{'' if len(spec.levels) == 1 else 's'}"
+
+
 def cmd_check(args) -> int:
     from nlc import pipeline
     options = {"overrides": _overrides(args)}
@@ -48,10 +55,11 @@ def cmd_check(args) -> int:
             out = pipeline.run(path, args.stop_after, options)
             if args.dump:
                 sys.stdout.write(pipeline.STAGES[args.stop_after].dump(out))
+            else:
+                print(f"{path}: ok up to {args.stop_after}")
             return EXIT_OK
         specs = pipeline.run(path, "check", options)
-        summary = ", ".join(f"{s.kind.value} {s.name} ({len(s.levels)} level"
-                            f"{'' if len(s.levels) == 1 else 's'})" for s in specs)
+        summary = ", ".join(f"{s.kind.value} {s.name} ({_contents(s)})" for s in specs)
         print(f"{path}: ok: {summary}")
         return EXIT_OK
     return _each_file(args.files, check_one)

@@ -314,8 +314,19 @@ def test_stop_after_parse_dump(good):
 def test_stop_after_parse_skips_check(tmp_path):
     path = tmp_path / "unchecked.nl"
     path.write_text(GOOD.replace("read S(q)", "read S(qq)"))
-    assert nlc("check", "--stop-after", "parse", str(path)).returncode == 0
+    done = nlc("check", "--stop-after", "parse", str(path))
+    assert done.returncode == 0 and f"{path}: ok up to parse" in done.stdout
     assert nlc("check", "--stop-after", "check", str(path)).returncode == 2
+
+
+def test_a_model_may_come_before_the_layers_it_stacks(tmp_path):
+    """It was refused: "'L' is not a layer of this file" for a layer declared below it."""
+    name = GOOD.split("layer ", 1)[1].split()[0]
+    path = tmp_path / "model_first.nl"
+    path.write_text(f"model Stack {{\n  block {name} -> {name}\n}}\n\n" + GOOD)
+    done = nlc("check", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"model Stack ({name} -> {name}), layer {name} (1 level)" in done.stdout
 
 
 def test_stop_after_check_dump(good):

@@ -72,3 +72,36 @@ def test_a_layers_rate_of_hypers_alone_runs_in_every_mode(tmp_path):
         torch.manual_seed(0)
         outs.append(cls(mode=mode, chunk_size=4).double()(x))
     assert rel(outs[0], outs[1]) < 1e-12 and outs[0].abs().max() > 0
+
+
+# min and max of t beside a tensor (in the objective's target and a retention gate): the
+# printer took the bare max for a tensor's, torch.clamp_min(1 - t / warm, 0), and the first
+# step raised "clamp_min() received an invalid combination of arguments"
+BESIDE = """optimizer Warm {
+  hyper lr = 0.1, warm = 10
+  level m1 over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, g * min(t / warm, 1))
+    retention decay(max(1 - 1 / t, 0.5))
+    algorithm gd(lr = 0.1)
+    apply param = param - lr * m
+  }
+}
+"""
+
+
+def test_min_and_max_of_t_beside_a_tensor_run(tmp_path):
+    path = tmp_path / "warm.nl"
+    path.write_text(BESIDE)
+    cls = load_optimizer(str(path))
+    param = torch.nn.Parameter(torch.zeros(4, 3, dtype=torch.float64))
+    opt = cls([param])
+    m = torch.zeros(4, 3, dtype=torch.float64)
+    expected = param.detach().clone()
+    for t in range(1, 8):
+        g = torch.randn(4, 3, dtype=torch.float64)
+        param.grad = g.clone()
+        opt.step()
+        m = max(1 - 1 / t, 0.5) * m + 0.1 * g * min(t / 10, 1)
+        expected = expected - 0.1 * m
+        assert rel(param.detach(), expected) < 1e-14

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.core.function import Application
 from sympy.printing.pycode import PythonCodePrinter
 
 from nlc.derive.classify import split_shift
@@ -214,7 +215,7 @@ class TorchPrinter:
         if not isinstance(e, sp.Basic) or isinstance(e, sp.MatrixExpr) or not e.free_symbols \
                 or any(s.name not in self.numbers for s in e.free_symbols):
             return False
-        return any(isinstance(n, (sp.Function, sp.Piecewise))
+        return any(isinstance(n, (Application, sp.Piecewise))  # Max and Min are not Functions
                    or (isinstance(n, sp.Pow) and (n.base == sp.E or not n.exp.is_integer))
                    for n in sp.preorder_traversal(e))
 

@@ -376,19 +376,22 @@ def check(module: ast.Module, overrides: dict[str, float] | None = None) -> list
     """Check every declaration of a module; the first problem raises a located NlcError."""
     overrides = dict(overrides or {})
     seen: dict[str, ast.Decl] = {}
-    layers: dict[str, ast.Decl] = {}
-    specs = []
     for decl in module.decls:
         if decl.name in seen:
             raise NlcError(f"'{decl.name}' is declared twice in this file", decl.span)
         seen[decl.name] = decl
-        decl = sugar.rewrite(decl)  # max, min and clamp in their relu form
+    # a model may come before the layers it stacks: the layers and optimizers first, then
+    # the models, the specs in the file's order
+    layers = {d.name: d for d in module.decls if d.kind is ast.DeclKind.LAYER}
+    checked: dict[int, Spec] = {}
+    models = [i for i, d in enumerate(module.decls) if d.kind is ast.DeclKind.MODEL]
+    for i in [i for i in range(len(module.decls)) if i not in models] + models:
+        decl = sugar.rewrite(module.decls[i])  # max, min and clamp in their relu form
         spec = _DeclChecker(decl, overrides, layers).run()
-        if decl.kind is ast.DeclKind.LAYER:
-            layers[decl.name] = decl
         if decl.kind is ast.DeclKind.MODEL:
-            _same_width(spec, {s.name: s for s in specs})
-        specs.append(spec)
+            _same_width(spec, {s.name: s for s in checked.values()})
+        checked[i] = spec
+    specs = [checked[i] for i in sorted(checked)]
     if not specs:  # before the overrides: `nlc train` passes -D d_model to every spec
         raise NlcError("the spec declares nothing", Span(1, 1, 1, 2),
                        hint="start with: layer NAME { ... }")

@@ -236,6 +236,17 @@ class LevelChecker:
         if head.state is None:
             return (), (), (), ()
         clauses, env, state = head.clauses, head.env, head.state
+        if self.is_optimizer:  # `g @ g` was typed a scalar and computed g^T g
+            kinds = (ast.ClauseKind.OBJECTIVE, ast.ClauseKind.RETENTION,
+                     ast.ClauseKind.ALGORITHM, ast.ClauseKind.READ)
+            product = next((n for kind in kinds for clause in clauses[kind]
+                            for n in nodes(tuple(clause.values)) if isinstance(n, ast.BinOp)
+                            and n.op is ast.BinOpKind.MATMUL), None)
+            if product is not None:
+                raise NlcError("'@' has no meaning in an optimizer's rules: its values are "
+                               "shaped like the parameter and combine entry by entry",
+                               product.span, hint="use '*' for an entrywise product, or "
+                                                  "dot(a, b) for the sum over all entries")
         objectives = self.objectives(clauses, env, stmt, state)
         retentions = self.retentions(clauses, env, state)
         algorithms = self.algorithms(clauses, env, stmt, len(objectives))

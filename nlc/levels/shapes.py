@@ -107,6 +107,10 @@ def infer(expr: ast.Expr, env: Env) -> Shape:
         if expr.id in env.memories:
             raise NlcError(f"memory '{expr.id}' must be applied to an input, e.g. {expr.id}(k)",
                            expr.span)
+        if env.kinds.get(expr.id) == "state":  # another level's state
+            raise NlcError(f"'{expr.id}' is another level's state, which only its own level "
+                           "names", expr.span, hint="outside its level, write the level's "
+                                                    "name: it holds the level's read")
         raise NlcError(f"unknown name '{expr.id}'", expr.span,
                        hint=did_you_mean(expr.id, list(env.values) + list(env.memories)))
     if isinstance(expr, ast.Neg):
