@@ -115,10 +115,13 @@ SWAPPED = (SPEC.replace("objective dot(W(v), k)", "objective l2(W(v), k)")
 
 def test_identify_compares_the_read_side(tmp_path):
     """The transposed read of linear attention's write is linear attention (here Mamba2's
-    scalar gate); the swapped-role delta rule read as W^T q is not DeltaNet: as S = W^T its
-    transition multiplies S on the left, S' = (I - b v v^T) S + b v k^T."""
+    scalar gate: its update and read, only its rate not tied to the gate); the swapped-role
+    delta rule read as W^T q is not DeltaNet: as S = W^T its transition multiplies S on the
+    left, S' = (I - b v v^T) S + b v k^T."""
     same = _verify(tmp_path, SPEC, "same")
-    assert [c.entry.id for c in same.matches] == ["mamba2"]
+    assert same.nearest == ["mamba2"] and "with a constant rate 1" in same.differs
+    tied = _verify(tmp_path, SPEC.replace("gd(lr = 1)", "gd(lr = 1 - alpha)"), "tied")
+    assert [c.entry.id for c in tied.matches] == ["mamba2"]
     swapped = _verify(tmp_path, SWAPPED, "swapped")
     assert swapped.matches == []
     assert "deltanet" in swapped.nearest

@@ -577,3 +577,40 @@ def test_an_optimizer_level_that_learns_from_more_than_its_gradient_says_from_wh
     assert not level.matches
     assert "it learns from " in level.differs and "(sgd_momentum: from the gradient g)" in \
         level.differs, level.differs
+
+
+def test_an_ssd_recurrence_whose_gate_does_not_come_from_its_rate_is_not_mamba2():
+    """mLSTM's memory without its normalizer, S = f S + i v k^T with a sigmoid forget gate and
+    an exponential input gate of their own, has Mamba2's form but not its parameterization
+    (exp(dt A) and dt): identify said "this is Mamba2". examples/mamba2.nl stays Mamba2."""
+    mlstm = '''layer MLSTM {
+  dims d_model = 16, heads = 2, d_k = 4, d_v = 4
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  param w_i, w_f : [d_model]
+  context from x {
+    q = x @ W_q
+    k = x @ W_k
+    v = x @ W_v
+    i = exp(x @ w_i)
+    f = sigmoid(x @ w_f)
+  }
+  level memory every 1 token {
+    state C : matrix[d_v, d_k] = zeros
+    objective dot(C(k), v)
+    retention decay(f)
+    algorithm gd(lr = i)
+    read C(q)
+  }
+  output memory @ W_o
+}
+'''
+    (report,) = _verify(mlstm, "mlstm.nl")
+    (level,) = report.levels
+    assert level.matches == [] and level.nearest == ["mamba2"]
+    assert "a gate and a rate that share no input" in level.differs
+    shared = mlstm.replace("i = exp(x @ w_i)\n    f = sigmoid(x @ w_f)",
+                           "f = sigmoid(x @ w_f)\n    i = exp(x @ w_i) * f")
+    (report,) = _verify(shared, "mlstm_shared.nl")
+    assert [c.entry.id for c in report.levels[0].matches] == ["mamba2"]

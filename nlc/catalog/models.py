@@ -63,6 +63,9 @@ class CatalogEntry:
     # the weights the read applies, from each carried tensor (float64 arrays): Moneta's
     # W = A / ||A||_q^(q-2); None where the read applies the state itself
     read_weights: Callable | None = None
+    # how the paper derives its gate from its rate, where it does (Mamba2's exp(dt A) of the
+    # rate dt): a level whose gate and rate share no input is another model of the same form
+    tie: str | None = None
 
 
 def _I(n):
@@ -102,6 +105,7 @@ entry(id="mamba2", title="Mamba2 (SSD)",
       citation="Dao & Gu, Transformers are SSMs, ICML 2024, the SSD recurrence "
                "h = exp(dt A) h + dt B x",
       form="matrix", gate="scalar", needs=("k", "v", "alpha", "beta"), family="decay",
+      tie="its decay exp(dt A) comes from its rate dt",
       update=lambda r: (r.alpha * r.S[0] + r.beta * _outer(r.v, r.k),))
 entry(id="gla", title="Gated linear attention",
       citation="Yang et al., Gated Linear Attention Transformers, ICML 2024, S = S Diag(a) + v k^T",

@@ -123,6 +123,34 @@ def data_dependent(spec) -> set[str]:
     return out | token
 
 
+def untied(rule: UpdateRule, spec, entry: CatalogEntry) -> str:
+    """Empty if the entry states no tie between its gate and rate, or the level's gate and
+    rate share an input (a context value or parameter, followed through the context: Mamba2's
+    alpha = exp(-dt exp(A_log)) uses its rate dt); else why the level is not the entry."""
+    if entry.tie is None:
+        return ""
+    roles = roles_of(rule)
+    gate, rate = roles.alpha, roles.beta
+    if not isinstance(gate, sp.Basic) or not isinstance(rate, sp.Basic):
+        return ""
+    defined = {var.name: names_used(var.expr) for var in spec.context}
+
+    def inputs(names: set[str]) -> set[str]:  # the names and every name they are made of
+        out, todo = set(), list(names)
+        while todo:
+            name = todo.pop()
+            if name not in out:
+                out.add(name)
+                todo.extend(defined.get(name, ()))
+        return out - {"x"} - {n for n, _ in (*spec.dims, *spec.hypers)}
+
+    if inputs(free_names([gate])) & inputs(free_names([rate])):
+        return ""
+    how = "a gate and a rate that share no input" if inputs(free_names([rate])) else \
+        f"a constant rate {rate}"
+    return f"{entry.title}'s recurrence with {how} ({entry.id}: {entry.tie})"
+
+
 def _read_transposed(rule: UpdateRule) -> bool:
     """Whether the level reads its matrix as `q @ W`: then it is compared as S = W^T
     (`as_read`), whose input channels are W's rows."""
@@ -427,10 +455,18 @@ def verify_module(module: ast.Module, path: str, seed: int = 0) -> list[SpecRepo
             found = compare_all(candidates(rule, spec), module, spec.name, rule.level, rng,
                                 rule.form)
             report.matches = [c for c in found if c.ok]
+            loose = [(c, untied(rule, spec, c.entry)) for c in report.matches]
+            loose = [(c, why) for c, why in loose if why]
+            if loose:  # the form is the entry's, the parameterization another model's
+                dropped = {id(c) for c, _ in loose}
+                report.matches = [c for c in report.matches if id(c) not in dropped]
             read_only = sorted((c for c in found if not c.ok and c.read
                                 and c.numeric < TOLERANCE and c.symbolic is not False),
                                key=lambda c: not _claimed(c.entry.id, spec.claims or ""))
-            if not report.matches and read_only:  # the update is the entry's, the read not
+            if not report.matches and loose:
+                report.nearest = [c.entry.id for c, _ in loose]
+                report.differs = loose[0][1]
+            elif not report.matches and read_only:  # the update is the entry's, the read not
                 report.nearest = [c.entry.id for c in read_only]
                 report.differs = f"{read_only[0].entry.title}'s update; {read_only[0].read}"
             elif not report.matches:
