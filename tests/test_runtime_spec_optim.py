@@ -174,3 +174,46 @@ def test_the_run_says_which_parameters_adamw_takes(tmp_path, capsys):
     err = capsys.readouterr()
     text = err.out + err.err
     assert "optimizer: Muon takes" in text and "AdamW takes the" in text, text
+
+
+OWN_NAME = """optimizer OwnName {
+  hyper lr = 0.1
+  level fast over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, g)
+    retention decay(0.9)
+    algorithm gd(lr = 1)
+    apply param = param - lr * FAST
+  }
+  level slow over gradients g every 3 steps {
+    state M : like(param) = zeros
+    objective dot(M, g)
+    retention decay(0.5)
+    algorithm gd(lr = 1)
+    apply param = param - lr * SLOW
+  }
+}
+"""
+
+
+def test_a_level_names_itself_in_its_own_apply(tmp_path):
+    """A level's name in its own `apply` is its read after this step's write, as in another
+    level's apply: the state after the write for a level every step (the same as naming the
+    state), the chunk-start state for a level every 3 steps. It was refused as a loop."""
+    named = OWN_NAME.replace("FAST", "fast").replace("SLOW", "slow")
+    _, by_name = _compiled(tmp_path, named, "by_name")
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(4, 2, dtype=torch.float64))
+    opt = by_name([w])
+    m, M = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64)
+    want = torch.zeros(4, 2, dtype=torch.float64)
+    for t in range(1, 8):
+        g = torch.randn(4, 2, dtype=torch.float64)
+        w.grad = g.clone()
+        opt.step()
+        if (t - 1) % 3 == 0:
+            anchor = M.clone()
+        m = 0.9 * m + g
+        M = M + (0.5 - 1) * anchor + g
+        want = want - 0.1 * anchor - 0.1 * m
+        torch.testing.assert_close(w.detach(), want, rtol=1e-13, atol=1e-13)

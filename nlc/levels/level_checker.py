@@ -236,6 +236,13 @@ class LevelChecker:
         if head.state is None:
             return (), (), (), ()
         clauses, env, state = head.clauses, head.env, head.state
+        named = next((n for clause in (c for cs in clauses.values() for c in cs)
+                      for n in nodes(tuple(clause.values))
+                      if isinstance(n, ast.Name) and n.id == "head"), None)
+        if named is not None:  # derive has no head index: the context computes with it
+            raise NlcError("'head' is known in the context block only", named.span,
+                           hint="name a context value made from it (e.g. gamma = 1 - 2 ^ "
+                                "(-5 - head)) and use that name here")
         if self.is_optimizer:  # `g @ g` was typed a scalar and computed g^T g
             kinds = (ast.ClauseKind.OBJECTIVE, ast.ClauseKind.RETENTION,
                      ast.ClauseKind.ALGORITHM, ast.ClauseKind.READ)
@@ -277,7 +284,11 @@ class LevelChecker:
                                "parameter)", norm.span,
                                hint="normalize by the whole parameter instead, e.g. "
                                     "g / sqrt(sqnorm(g) + eps)")
-            shape = infer(clause.values[0], env)
+            apply_env = env
+            if stmt.name not in env.values:  # its own name: its read after this step's write
+                apply_env = env.child()
+                apply_env.values[stmt.name] = self.level_read(stmt, head)[2]
+            shape = infer(clause.values[0], apply_env)
             if shape not in ((), head.param_shape):
                 raise NlcError(f"'apply' must give a value shaped like the parameter "
                                f"({shape_text(head.param_shape)}), got {shape_text(shape)}",

@@ -51,7 +51,12 @@ def level_uses(level: ast.Level, levels: set[str]) -> tuple[list[ast.Name], list
     in_read = [n for n in names_in(read) if n.id in levels] if read else []
     rest = tuple(item for item in level.body if item is not read)
     in_rules = [n for n in names_in((level.every, level.chunk, rest)) if n.id in levels]
-    return in_read, in_rules
+    # an optimizer level's own name in its `apply` is its read after this step's write,
+    # which the apply (after the write) can take: no loop
+    own_applied = {id(n) for c in rest if isinstance(c, ast.Clause)
+                   and c.kind is ast.ClauseKind.APPLY for n in names_in(c)
+                   if n.id == level.name}
+    return in_read, [n for n in in_rules if id(n) not in own_applied]
 
 
 def schedule(levels: list[ast.Level], valued: set[str]) -> tuple[Step, ...]:
@@ -98,15 +103,6 @@ def _loop_error(cycle, g: nx.DiGraph, by_name: dict[str, ast.Level]) -> NlcError
     hint = f"a loop can close only through outputs read before the write: 'read before' in " \
            f"level '{after[0]}'"
     if len(involved) == 1:
-        level = by_name[involved[0]]
-        applies = [c for c in level.body if isinstance(c, ast.Clause)
-                   and c.kind is ast.ClauseKind.APPLY
-                   and level.name in {n.id for v in c.values for n in names_in(v)}]
-        state = next((c.name for c in level.body if isinstance(c, ast.State)), None)
-        if applies and state is not None:  # an optimizer applying its own level's read
-            hint = (f"in its own apply, write the state '{state}' (its value after this "
-                    f"step) rather than the level's name")
-            span = applies[0].span
         return NlcError(f"level '{involved[0]}' uses its own output in its update, but reads "
                         "after its write", span, hint=hint)
     return NlcError(f"levels {quoted} use each other's outputs in a loop within one token",

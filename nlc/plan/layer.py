@@ -329,14 +329,20 @@ class _LayerPlanner:
                   for n in order]
         notes = []
         if isinstance(ex, Attention):
+            weight = dict(level.objective.args).get("weight") if level.objective else None
+            where = getattr(weight, "span", None) or level.span  # the kernel as written
             if ex.scale is None:
                 raise NlcError(f"level '{level.name}': only exponential dot-product kernels "
                                f"exp(c <q, k>) are emitted, not {sp.sstr(ex.kernel)}",
-                               level.span)
+                               where, hint="a kernel that is a polynomial of q . k (Based's "
+                               "Taylor kernel) runs as linear attention on a feature map: "
+                               "docs/language.md, section 21")
             for role in ("query", "key", "value"):
                 if not getattr(ex, role):
                     raise NlcError(f"level '{level.name}': the {role} must be a context value "
-                                   "to emit attention", level.span)
+                                   "to emit attention", where,
+                                   hint=f"name it in the context block (e.g. {role[0]} = ...) "
+                                        "and use that name in the objective and read")
             tokens = list({n: TokenInput(n, "vector", rule.role(r).shape[0]) for n, r in
                            ((ex.query, "query"), (ex.key, "key"), (ex.value, "value"))}.values())
             if ex.decay is not None:  # the forget gate's inputs: scalars per token and head
