@@ -614,3 +614,15 @@ def test_an_ssd_recurrence_whose_gate_does_not_come_from_its_rate_is_not_mamba2(
                            "f = sigmoid(x @ w_f)\n    i = exp(x @ w_i) * f")
     (report,) = _verify(shared, "mlstm_shared.nl")
     assert [c.entry.id for c in report.levels[0].matches] == ["mamba2"]
+
+
+def test_a_delta_rule_with_gradients_at_the_chunk_start_says_so():
+    """identify said only that the difference was 'in the algorithm, the read or an argument
+    nlc does not compare'."""
+    text = (EXAMPLES / "deltanet.nl").read_text().replace(
+        "level memory every 1 token {", "level memory every 1 token, gradients at chunk(4) {")
+    (report,) = _verify(text, "deltanet_chunk.nl")
+    (level,) = report.levels
+    assert level.matches == [] and level.nearest[0] == "deltanet"
+    assert "its gradients at the start of chunks of 4 tokens (deltanet: at each token's " \
+        "state)" in level.differs

@@ -54,7 +54,8 @@ def _apply_line(text: str) -> tuple[int, str]:
 
 def test_every_claimed_optimizer_has_an_update_and_mutations():
     assert OPTIMIZERS == ["adam", "dgd", "m3", "muon", "sgd_momentum"]
-    assert sorted(e.id for e in APPLIES) == OPTIMIZERS
+    # and PyTorch's SGD with momentum, which tests below write (no example of its own)
+    assert sorted(e.id for e in APPLIES) == sorted(OPTIMIZERS + ["sgd_momentum_buffer"])
     assert {m[0] for m in MUTATIONS if m[1] == "sign flipped"} == set(OPTIMIZERS)
 
 
@@ -77,7 +78,9 @@ def test_a_wrong_apply_fails_at_its_line(name, kind, old, new):
     report = _report(wrong, f"{name}.nl")
     assert not report.claim_holds, kind
     assert all(any(c.entry.id.startswith(name) for c in lv.matches) for lv in report.levels)
-    assert not report.apply.matches
+    # not the claimed update (Muon without its orthogonalization is PyTorch's SGD)
+    assert all(c.entry.id == "sgd_momentum_buffer" for c in report.apply.matches)
+    assert bool(report.apply.matches) == (kind == "orthogonalization dropped")
     line, written = _apply_line(wrong)
     assert report.apply.differs.startswith(f"{name}.nl:{line}:"), report.apply.differs
     assert f": '{written}' differs from " in report.apply.differs
@@ -174,3 +177,26 @@ def test_an_unclaimed_optimizer_is_compared_with_nothing_it_does_not_bind():
     report = _report((EXAMPLES / "delta_momentum.nl").read_text())
     assert report.apply is not None and not report.apply.matches
     assert report.apply.differs == "" and report.verdict == "no claim"
+
+
+TORCH_SGD = """optimizer TorchSGD {
+  hyper lr = 0.01, mu = 0.9
+  level buffer over gradients g every 1 step {
+    state B : like(param) = zeros
+    objective dot(B, g)
+    retention decay(mu)
+    algorithm gd(lr = 1)
+    apply param = param - lr * buffer
+  }
+}
+"""
+
+
+def test_sgd_with_momentum_in_pytorchs_form_is_identified():
+    """B = mu B + g, W = W - lr B (torch.optim.SGD): identify called the update a new variant
+    that differs from Muon's. A sign flipped in its apply is caught at the line."""
+    report = _report(TORCH_SGD, "torch_sgd.nl")
+    (match,) = report.apply.matches
+    assert match.entry.id == "sgd_momentum_buffer" and match.symbolic is True
+    flipped = _report(TORCH_SGD.replace("param - lr", "param + lr"), "torch_sgd.nl")
+    assert not flipped.apply.matches and "9:" in flipped.apply.differs

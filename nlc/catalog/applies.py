@@ -99,6 +99,11 @@ apply_entry(id="adam", title="Adam's update",
 apply_entry(id="sgd_momentum", title="SGD with momentum's update",
             citation="Behrouz et al., Nested Learning, NeurIPS 2025, eqs. 10-13: W = W + m",
             levels=("sgd_momentum",), hypers=(), apply=lambda r: r.W + r.levels[0].S[0])
+apply_entry(id="sgd_momentum_buffer", title="SGD with momentum's update, as torch.optim.SGD "
+                                             "writes it",
+            citation="Polyak's heavy ball (1964) in PyTorch's form (torch.optim.SGD with "
+                     "momentum mu, no dampening): B = mu B + g, W = W - lr B",
+            levels=("muon",), hypers=("lr",), apply=lambda r: r.W - r.hypers["lr"] * r.levels[0].S[0])
 apply_entry(id="dgd", title="Delta gradient descent's update",
             citation="Behrouz et al., Nested Learning, NeurIPS 2025: the parameter is the "
                       "memory W after its proximal step",

@@ -38,7 +38,7 @@ CATALOG_TITLES = {
     "adam_first_moment": "Adam's first moment",
     "adam_second_moment": "Adam's second moment",
     "dgd": "Delta gradient descent",
-    "muon": "Muon's momentum buffer",
+    "muon": "the momentum buffer B = mu B + g (Muon's, torch.optim.SGD's)",
     "m3_fast": "M3's fast momentum",
     "m3_slow": "M3's slow momentum",
     "m3_second_moment": "M3's second moment",

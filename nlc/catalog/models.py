@@ -335,9 +335,10 @@ entry(id="dgd", kind="optimizer", title="Delta gradient descent",
       form="like_matrix", gate="none", needs=("k", "v", "beta"), family="delta", update=_dgd)
 
 
-entry(id="muon", kind="optimizer", title="Muon's momentum buffer",
+entry(id="muon", kind="optimizer", title="the momentum buffer B = mu B + g (Muon's, "
+                                           "torch.optim.SGD's)",
       citation="Jordan et al., Muon (2024): B = mu B + g (the parameter then moves by "
-               "-lr NewtonSchulz5(B): nlc/catalog/applies.py)",
+               "-lr NewtonSchulz5(B), or by -lr B in torch.optim.SGD: nlc/catalog/applies.py)",
       form="like", gate="constant", needs=("g", "alpha"), family="decay",
       update=lambda r: (r.alpha * r.S[0] + r.g,))
 

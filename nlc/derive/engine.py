@@ -639,5 +639,7 @@ def _every_chunk(d: LevelDerivation, new: dict, read, anchor):
         update = new[w.name].xreplace(at_start)
         change = sp.MatAdd(update, -a).doit() if isinstance(a, sp.MatrixExpr) else update - a
         summed[w.name] = add(w, change)
-    d.notes.append("every C tokens: each token adds rule(S_0) - S_0 to the state; reads see S_0")
+    unit = "step" if d.level.unit == "step" else "token"
+    d.notes.append(f"every C {unit}s: each {unit} adds rule(S_0) - S_0 to the state; reads see "
+                   "S_0")
     return {**new, **summed}, read.xreplace(at_start) if read is not None else None

@@ -241,6 +241,9 @@ def _role_differences(rule: UpdateRule, spec, level, entry: CatalogEntry):
     the nearest-model line, the lines that end it)."""
     roles, optimizer = roles_of(rule), spec.kind.value == "optimizer"
     front, back = [], []
+    if rule.grad_chunk and entry.family != "frozen-gradient":  # steps at each token's state
+        front.append(f"its gradients at the start of chunks of {rule.grad_chunk} tokens "
+                     f"({entry.id}: at each token's state)")
     stepped = follows_the_step(rule, roles) if optimizer else []
     if stepped:
         front.append(f"its {' and '.join(stepped)} changing with the step t "
@@ -249,8 +252,9 @@ def _role_differences(rule: UpdateRule, spec, level, entry: CatalogEntry):
         front.append(f"a gate of 0, which keeps nothing of the state ({entry.id}: an average)")
     own = reads_own_state(rule, roles)
     if own:  # a self-generated target: the rule is the entry's at a value of the state
+        source = "the gradients" if optimizer else "the tokens"
         front.append(f"its {' and '.join(own)} computed from its own state "
-                     f"({entry.id}: from the tokens)")
+                     f"({entry.id}: from {source})")
     if optimizer and level.read_before:
         back.append(f"it reads before the write ({entry.id}: its state after)")
     learned = _learns_from(roles, level) if optimizer else None
@@ -533,7 +537,8 @@ def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str,
     if mine["momentum"] != theirs["momentum"]:
         out["momentum"] = "+ momentum" if mine["momentum"] else "without momentum"
     if mine["rate"] != theirs["rate"]:
-        out["rate"] = "a learning rate" if mine["rate"] else "no learning rate"
+        out["rate"] = "a learning rate" if mine["rate"] else \
+            "a learning rate of 1" if rule.role("lr") == 1 else "no learning rate"
     elif mine["rate"] and "beta" in entry.needs and mine["rate_kind"] != entry.rate:
         out["rate"] = f"{RATE_WORDS[mine['rate_kind']]} ({entry.id}: {RATE_WORDS[entry.rate]})"
     return out
