@@ -781,10 +781,9 @@ def _only_left_factor(expr, names: set[str]) -> bool:
 
 
 # ------------------------------------------------------------------ attention
-def _attention(rule: UpdateRule) -> Attention:
-    """The non-parametric family: softmax attention when the kernel is exp(c <q, k>)."""
-    kernel, window = rule.role("kernel"), rule.role("window")
-    scale = None
+def softmax_scale(kernel):
+    """c where a cache's kernel is exp(c <q, k>) with c a number or an expression of dims
+    (softmax attention), else None."""
     if isinstance(kernel, sp.exp):
         arg = kernel.args[0]
         dots = list(arg.atoms(Dot))
@@ -792,7 +791,14 @@ def _attention(rule: UpdateRule) -> Attention:
             coef = sp.simplify(arg / dots[0])
             if not coef.has(Dot) and not coef.atoms(sp.MatrixSymbol) \
                     and all(s.is_positive for s in coef.free_symbols):  # numbers and dims
-                scale = coef
+                return coef
+    return None
+
+
+def _attention(rule: UpdateRule) -> Attention:
+    """The non-parametric family: softmax attention when the kernel is exp(c <q, k>)."""
+    kernel, window = rule.role("kernel"), rule.role("window")
+    scale = softmax_scale(kernel)
     roles = [rule.role(r) for r in ("query", "key", "value")]
     names = [r.name if isinstance(r, (sp.Symbol, sp.MatrixSymbol)) else "" for r in roles]
     return Attention(*names, scale, int(window) if window else None, kernel,

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nlc.derive.matfuncs import NewtonSchulz, free_names
 from nlc.emit.context import ContextPrinter, literal
 from nlc.emit.names import local
-from nlc.derive.matfuncs import NewtonSchulz, free_names
 from nlc.emit.torch_printer import TorchPrinter
 from nlc.errors import NlcError
 from nlc.levels import shapes

@@ -18,12 +18,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 import sympy as sp
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.core.function import Application
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.printing.pycode import PythonCodePrinter
 
 from nlc.derive.classify import split_shift
-from nlc.derive.matfuncs import ColumnMap, Dot, Mean, Total, free_names
+from nlc.derive.matfuncs import Dot, Mean, Total, free_names
 from nlc.derive.symbols import internal
 from nlc.errors import NlcError
 

@@ -20,6 +20,7 @@ from nlc.catalog.applies import ApplyEntry
 from nlc.catalog.models import ENTRIES, CatalogEntry, Roles
 from nlc.derive import derive
 from nlc.derive.engine import LevelDerivation, derive_level
+from nlc.derive.execution import softmax_scale
 from nlc.derive.matfuncs import free_names
 from nlc.derive.rule import UpdateRule
 from nlc.derive.symbols import SymbolTable
@@ -573,7 +574,8 @@ ENTRY_ORDER = {"delta": "before", "product": "before", "dplr": "parallel",
                "frozen-gradient": "parallel"}
 
 
-def _written_differences(level, entry: CatalogEntry) -> list[str]:
+def _written_differences(level, entry: CatalogEntry, rule: UpdateRule | None = None
+                         ) -> list[str]:
     """What the spec writes that the entry's update has otherwise and the compared axes do
     not see: the gate's order against the step (with a regression objective, where the
     orders differ), a retention the entry names (Memora's kl), the level's frequency, the
@@ -594,7 +596,8 @@ def _written_differences(level, entry: CatalogEntry) -> list[str]:
         differ.append(f"the losses of a window of {window} tokens ({entry.id}: the token's "
                       f"own)")
     weight = dict(level.objective.args).get("weight") if level.objective is not None else None
-    if entry.family == "nonparametric" and isinstance(weight, ast.Expr):
+    if entry.family == "nonparametric" and isinstance(weight, ast.Expr) \
+            and (rule is None or softmax_scale(rule.role("kernel")) is None):  # not exp(c q.k)
         differ.append(f"the weight {format_expr(weight)} ({entry.id}: exp of the scaled "
                       "dot product of query and key)")
     if level.algorithm is not None and level.algorithm.kind == "newton_schulz":
@@ -635,7 +638,7 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     _, _, first, diffs = best[0]
     level = spec.graph.level(rule.level)
     front, back = _role_differences(rule, spec, level, first)
-    written = front + _written_differences(level, first) + back
+    written = front + _written_differences(level, first, rule) + back
     if not diffs:
         line = f"{first.title}, on every axis nlc compares: " + (
             "; ".join(written) if written else _objective_arguments(level.objective, first))
