@@ -238,3 +238,35 @@ def test_half_precision_tokens_with_a_float32_state_compute_in_float32():
     half, state = row_decay_chunked_torch(*tokens, log_decay, initial_state=h0, chunk_size=16)
     assert half.dtype == state.dtype == torch.float32
     assert ((half - full).norm() / full.norm()).item() < 3e-2
+
+
+@pytest.mark.parametrize("above_one", [False, True])
+def test_strong_row_decays_run_by_blocks_and_keep_their_gradients(above_one):
+    """Row decays whose logs span more than SAFE_SPAN in a chunk of 64 take the blocks of 16
+    tokens (rows._blocked_weighted); a decay above 1 anywhere takes the masked ratios. Both
+    equal the token loop, outputs and every gradient."""
+    from nlc.runtime.library import rows
+    q, k, v, beta, g = _inputs(100, seed=3, sharp=8.0)
+    if above_one:
+        g = g * 1.2
+    span = -g[:, :64].log().sum(1).max()
+    assert span > rows.SAFE_SPAN
+    blocked = rows._blocked_weighted
+    taken = []
+    rows._blocked_weighted = lambda *a: taken.append(blocked(*a)) or taken[-1]
+    # gradients by the log decay (the op's input): well scaled at decays of 1e-29
+    try:
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, beta, g.log())]
+        got = row_decay_chunked(*leaves, chunk_size=64)
+    finally:
+        rows._blocked_weighted = blocked
+    assert taken and all((t is None) == above_one for t in taken)
+    ref_leaves = [x.clone().requires_grad_() for x in (q, k, v, beta, g.log())]
+    want = _loop(*ref_leaves[:4], ref_leaves[4].exp(), torch.zeros(B, H, V, K, dtype=F64))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    w = [torch.randn_like(x) for x in got]
+    grads = torch.autograd.grad(sum((x * y).sum() for x, y in zip(got, w)), leaves)
+    ref = torch.autograd.grad(sum((x * y).sum() for x, y in zip(want, w)), ref_leaves)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -19,9 +19,10 @@ are separate functions a kernel can mirror."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
-from nlc.runtime.library.chunked import (SAFE_SPAN, _causal, _masked_exp, _merge, _pad, _split,
-                                         common_dtype, unit_lower_inverse)
+from nlc.runtime.library.chunked import (SAFE_SPAN, SUB_BLOCK, _causal, _masked_exp, _merge,
+                                         _pad, _split, common_dtype, unit_lower_inverse)
 
 
 def intra(k, beta):
@@ -38,13 +39,46 @@ def intra(k, beta):
 
 def _weighted(M, g_read, g, v, strict: bool):
     """sum_r M[t, r] exp(g_read_t - g_r) * v_r per row: `[..., C, V]`. Factored through a
-    reference row while the chunk's log decays span less than SAFE_SPAN, else masked per row."""
+    reference row while the chunk's log decays span less than SAFE_SPAN, else by blocks of 16
+    tokens r (`_blocked_weighted`), else (a decay above 1) masked per row."""
     ref = g[..., :1, :]
     if (g - ref).abs().amax() < SAFE_SPAN:
         masked = M.masked_fill(~_causal(M.shape[-1], strict, M.device), 0.0)
         return torch.exp(g_read - ref) * (masked @ (torch.exp(ref - g) * v))
+    blocked = _blocked_weighted(M, g_read, g, v, strict)
+    if blocked is not None:
+        return blocked
     ratio = _masked_exp((g_read.unsqueeze(-2) - g.unsqueeze(-3)).movedim(-1, -3), strict)
     return torch.einsum("...ts,...vts,...sv->...tv", M, ratio, v)
+
+
+def _blocked_weighted(M, g_read, g, v, strict: bool):
+    """`_weighted` by blocks of SUB_BLOCK tokens r: inside a block the ratios exactly
+    (`[..., V, 16, 16]`), and for the reads after it both factors against the block's last
+    log decay, exp(g_read_t - ref) and exp(ref - g_r), each at most 1 where no decay exceeds
+    1 (a long decay underflows to 0, as its true value does). None where a factor could
+    exceed 1, or the chunk is not a whole number of blocks. Strong row decays (a span of 30
+    and more in a chunk) built `[..., V, C, C]` ratios for every chunk before: 4.8x slower
+    than a scalar gate's chunk on the CPU."""
+    C = g.shape[-2]
+    if C % SUB_BLOCK or C <= SUB_BLOCK:
+        return None
+    parts = []
+    for start in range(0, C, SUB_BLOCK):
+        end = start + SUB_BLOCK
+        ref = g[..., end - 1:end, :]
+        inside, after = ref - g[..., start:end, :], g_read[..., end:, :] - ref
+        if inside.amax() > 0 or (after.numel() and after.amax() > 0):
+            return None
+        ratio = _masked_exp((g_read[..., start:end, :].unsqueeze(-2)
+                             - g[..., start:end, :].unsqueeze(-3)).movedim(-1, -3), strict)
+        block = [torch.einsum("...ts,...vts,...sv->...tv", M[..., start:end, start:end],
+                              ratio, v[..., start:end, :])]
+        if end < C:
+            block.append(torch.exp(after) * (M[..., end:, start:end]
+                                             @ (torch.exp(inside) * v[..., start:end, :])))
+        parts.append(F.pad(torch.cat(block, -2), (0, 0, start, 0)))  # reads before: 0
+    return sum(parts)
 
 
 def outputs(q, k, v, g, g_read, inv, w, S0, strict: bool):
