@@ -216,6 +216,7 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         self.options: list[str] = []
         self.commands: dict[str, _Parser] = {}
+        kwargs.setdefault("allow_abbrev", False)  # `--step 10` was taken as --steps, silently
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):

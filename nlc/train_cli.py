@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -133,10 +134,14 @@ def config_from_args(args):
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name not in SPEC_FIELDS and getattr(args, f.name) is not None}
     spec = args.spec if args.spec is not None else _run_spec(config, out)
+    if "lm_files" in given:  # absolute: `nlc eval RUN` and a resume work from any folder
+        given["lm_files"] = [str(Path(p).resolve()) for p in given["lm_files"]]
     config = dataclasses.replace(config, spec=spec, **given)
-    if args.defines:
+    if args.defines:  # on a resume, added to the run's own (they replaced them)
         from nlc.levels import parse_overrides
-        config = dataclasses.replace(config, spec_overrides=parse_overrides(args.defines))
+        base = dict(config.spec_overrides) if args.resume else {}
+        config = dataclasses.replace(config, spec_overrides={**base,
+                                                             **parse_overrides(args.defines)})
     if args.out is None and not args.config:
         config = dataclasses.replace(config, out=str(out))
     try:
@@ -154,11 +159,11 @@ def config_from_args(args):
 
 
 def _run_spec(config, out: Path) -> str:
-    """A resumed run's spec when the command names none: the one it was started with, or its
-    copy RUN/spec.nl where that path is gone (or relative to another folder)."""
+    """A resumed run's spec when the command names none: its copy RUN/spec.nl, the text it
+    was trained on (the path it was started with may have been edited since, moved, or be
+    relative to another folder), else that path (a builtin mixer has no copy)."""
     from nlc.runtime.trainer.mixers import is_spec_file
-    if is_spec_file(config.spec) and not Path(config.spec).exists() \
-            and (out / "spec.nl").is_file():
+    if is_spec_file(config.spec) and (out / "spec.nl").is_file():
         return str(out / "spec.nl")
     return config.spec
 
@@ -337,6 +342,12 @@ def cmd_eval(args) -> int:
             bands = " ".join("-" if a is None else f"{a:.3f}" for a in r["bands"])
             print(f"  length {length}: accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  "
                   f"by depth band {bands}")
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # a model whose outputs overflow: the numbers printed are no evaluation
+        print(f"nlc eval: {', '.join(bad)} not finite: the model's outputs overflow at step "
+              f"{checkpoint.step} (a gate above 1 or a rate too large grows the state); "
+              "nlc train's divergence report names the level", file=sys.stderr)
+        return 1
     return EXIT_OK
 
 

@@ -340,10 +340,13 @@ def test_train_says_it_is_compiling_a_spec(tmp_path, capsys):
     assert "compiling" not in capsys.readouterr().err
 
 
-def test_ctrl_c_finishes_the_step_and_saves_it(tmp_path, capsys):
-    """The first Ctrl-C (SIGINT) of a run stops at the end of the step it came in and saves
-    that step as a checkpoint: before, every step since the last checkpoint was lost (all of
-    them before the first), and the folder then said 'pass --resume', which was refused."""
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_finishes_the_step_and_saves_it(tmp_path, capsys, signum):
+    """The first Ctrl-C (SIGINT) or SIGTERM (kill, timeout, a scheduler) of a run stops at
+    the end of the step it came in and saves that step as a checkpoint: before, every step
+    since the last checkpoint was lost (all of them before the first; SIGTERM killed the
+    process with nothing saved), and the folder then said 'pass --resume', which was
+    refused."""
     import signal
     import threading
     out = tmp_path / "run"
@@ -355,7 +358,7 @@ def test_ctrl_c_finishes_the_step_and_saves_it(tmp_path, capsys):
         result = real_step(*args, **kwargs)
         calls.append(1)
         if len(calls) == 3:  # as a user's Ctrl-C, in the middle of the run
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(getattr(signal, signum))
         return result
     assert threading.current_thread() is threading.main_thread()
     from nlc import cli

@@ -245,7 +245,7 @@ def test_unsupported_combination_is_a_located_error(tmp_path):
     with pytest.raises(NlcError) as err:
         compile_spec(str(spec))
     text = err.value.render()
-    assert "exponential dot-product" in text and "bad.nl:8:" in text
+    assert "exponential dot-product" in text and "bad.nl:10:36:" in text  # at the weight
 
 
 def test_cli_compile_errors(tmp_path, capsys):

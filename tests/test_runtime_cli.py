@@ -252,8 +252,10 @@ def test_a_run_diverging_in_a_level_names_it_and_leaves_weights_to_evaluate(tmp_
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000000"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["diverged_at"] == 1 and "level(s) memory" in summary["divergence"]
-    assert main(["eval", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["step"] == 0
+    # the saved weights evaluate, and the gate above 1 overflows them too: said, exit 1
+    assert main(["eval", str(out), "--json"]) == 1
+    done = capsys.readouterr()
+    assert json.loads(done.out)["step"] == 0 and "not finite" in done.err
 
 
 def test_a_run_with_an_mlp_spec_evaluates_from_its_own_copy(tmp_path, monkeypatch, capsys):
@@ -357,3 +359,27 @@ def test_resume_without_out_reads_the_default_run_folder(tmp_path, monkeypatch, 
     assert main(["train", "builtin:attention", "--resume", "--steps", "6", "--quiet"]) == 0
     summary = json.loads((tmp_path / "runs" / "attention-mqar" / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["resumed_from"] == 4
+
+
+def test_an_lm_run_evaluates_and_resumes_from_another_folder(tmp_path, monkeypatch, capsys):
+    """--lm-files given relative to where the run started are saved absolute: `nlc eval RUN`
+    from elsewhere said 'corpus: no such file or folder'."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (data / name).write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    monkeypatch.chdir(data)
+    out = tmp_path / "run"
+    args = ["train", "builtin:attention", "--task", "lm", "--steps", "1", "--batch-size", "2",
+            "--seq-len", "16", "--d-model", "16", "--n-layers", "1", "--eval-examples", "2",
+            "--quiet", "--lm-files", "a.txt", "b.txt", "c.txt", "--out", str(out)]
+    assert main(args) == 0
+    saved = json.loads((out / "config.json").read_text())["lm_files"]
+    assert saved == [str(data / n) for n in ("a.txt", "b.txt", "c.txt")]
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(out)]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--steps", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", "--task", "lm", "--lm-files", "data/a.txt",
+                 "--out", str(tmp_path / "one"), "--quiet"]) == 2
+    assert "split the text into two files or more" in capsys.readouterr().err

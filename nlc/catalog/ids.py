@@ -43,6 +43,7 @@ CATALOG_TITLES = {
     "m3_slow": "M3's slow momentum",
     "m3_second_moment": "M3's second moment",
     "softmax_attention": "Softmax attention (Nadaraya-Watson)",
+    "forgetting_transformer": "Forgetting Transformer (softmax attention with a forget gate)",
     "sliding_window": "Sliding-window attention",
 }
 

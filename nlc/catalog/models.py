@@ -380,6 +380,12 @@ entry(id="softmax_attention", title="Softmax attention (Nadaraya-Watson)",
                "||v_i - o||^2 (Miras, arXiv:2504.13173)",
       form="cache", gate="none", needs=("k", "q"), family="nonparametric",
       update=_softmax_kernel)
+entry(id="forgetting_transformer", title="Forgetting Transformer (softmax attention with a "
+                                          "forget gate)",
+      citation="Lin, Nikishin, He, Courville, Forgetting Transformer, ICLR 2025, eq. 5: "
+               "weights exp(q k_i / sqrt(d) + sum_{i<j<=t} log f_j), f a sigmoid per head",
+      form="cache", gate="scalar", needs=("k", "q", "alpha"), family="nonparametric",
+      update=_softmax_kernel)
 entry(id="sliding_window", title="Sliding-window attention",
       citation="Beltagy et al., Longformer, arXiv:2004.05150 (2020): softmax over the last w "
                "tokens",

@@ -222,6 +222,10 @@ class LevelChecker:
         the write), so that another level's `apply` can use it by the level's name."""
         clause = read_clause(stmt)
         if clause is not None:
+            cache = head.state is not None and head.state.form.kind == "cache"
+            if cache and clause.when in ("before", "start"):  # before the chunk-start message
+                raise NlcError(f"a cache's read includes the token's own key and value; 'read "
+                               f"{clause.when}' would be dropped", clause.span)
             if clause.when == "start" and head.chunk is None and head.period == 1:
                 raise NlcError("'read start' reads the state at the chunk start: the level needs "
                                "'gradients at chunk(b)' or 'every C tokens'", clause.span)
@@ -408,6 +412,13 @@ class LevelChecker:
                            "symbolically yet", term.span,
                            hint=f"window = {vocab.MAX_WINDOW} at most: derivation unrolls the "
                                 "window, one term per token")
+        decay = term.get("decay") if term.kind == "omega" else None
+        if isinstance(decay, ast.Expr) and infer(decay, env) != ():  # raised to the j-th power
+            raise NlcError(f"an omega window's decay is a scalar, raised to the j-th power for "
+                           f"the token j back; '{format_expr(decay)}' is "
+                           f"{shape_text(infer(decay, env))}", decay.span,
+                           hint="a weight per channel goes into the inner loss: "
+                                "l2(S(k), v, weight = ...) weighs each token's loss")
         inner = term.get("loss") if term.kind == "omega" else term
         pred, target = inner.get("prediction"), inner.get("target")
         _check_prediction(pred, state)
@@ -451,9 +462,10 @@ class LevelChecker:
         if self.is_optimizer:
             raise NlcError("'kl' keeps a memory on the simplex, and an optimizer's state starts "
                            "at zeros or at the parameter, where log W is not finite", term.span)
-        if state.init == "zeros":
-            raise NlcError("'kl' takes log W of the state, and the state starts at zeros "
-                           "(log 0 = -inf: every entry NaN after the first step)", term.span,
+        if state.init != "learned":  # zeros, identity's off-diagonal, normal's negatives
+            raise NlcError(f"'kl' takes log W of the state, and a start '{state.init}' has "
+                           f"entries that are not positive (log 0 = -inf, the log of a "
+                           f"negative NaN: every gradient NaN)", term.span,
                            hint=f"start it on the simplex: state {state.name} : ... = learned")
 
     def check_erase(self, term: Term, env: Env, state: StateRecord) -> None:
@@ -573,10 +585,7 @@ class LevelChecker:
         clause = read_clause(stmt)
         if clause is None:
             return
-        if clause.when in ("before", "start"):
-            raise NlcError(f"a cache's read includes the token's own key and value; 'read "
-                           f"{clause.when}' would be dropped", clause.span)
-        name = head.state.name
+        name = head.state.name  # a read before or at the start: refused by level_read
         reads = [n for n in nodes((clause.values[0],))
                  if isinstance(n, ast.Call) and n.func == name]
         pred = objective.get("prediction")
@@ -586,6 +595,13 @@ class LevelChecker:
                            f"{format_expr(pred)}", reads[0].span,
                            hint="the objective's prediction names the query and its weight the "
                                 "keys; read with another query means another objective")
+        value = clause.values[0]
+        if not (isinstance(value, ast.Call) and value.func == name):  # `2 * C(q)` read as C(q)
+            raise NlcError(f"a cache's read is the cache applied to the query, "
+                           f"{format_expr(pred) if isinstance(pred, ast.Call) else name + '(q)'}"
+                           f", alone: '{format_expr(value)}' would be read as that",
+                           value.span, hint=f"apply the rest where the level's name is used, "
+                                            f"e.g. output (2 * {stmt.name}) @ W_o")
 
     def check_fit(self, state: StateRecord, objective: Term, retentions, algorithm: Term,
                   env: Env) -> None:

@@ -111,6 +111,11 @@ def infer(expr: ast.Expr, env: Env) -> Shape:
             raise NlcError(f"'{expr.id}' is another level's state, which only its own level "
                            "names", expr.span, hint="outside its level, write the level's "
                                                     "name: it holds the level's read")
+        if expr.id == "t":  # an optimizer's step count
+            raise NlcError("unknown name 't': the step count t exists in optimizers only",
+                           expr.span, hint="a layer has no position index (docs/language.md, "
+                                           "section 21); a forget gate, retention decay(f), "
+                                           "weighs tokens by distance")
         raise NlcError(f"unknown name '{expr.id}'", expr.span,
                        hint=did_you_mean(expr.id, list(env.values) + list(env.memories)))
     if isinstance(expr, ast.Neg):
@@ -158,14 +163,21 @@ def _apply_memory(expr: ast.Call, env: Env) -> Shape:
     return form.output_shape
 
 
+# papers' names for functions the language spells otherwise
+OTHER_NAMES = {"swish": "silu", "normalize": "l2norm", "rms_norm": "rmsnorm",
+               "layer_norm": "layernorm", "sigmoid_linear": "silu"}
+
+
 def _function(expr: ast.Call, env: Env) -> Shape:
     entry = vocab.FUNCTIONS.get(expr.func)
     if entry is None and env.kinds.get(expr.func) == "state":  # a memory outside its level
         raise NlcError(f"memory '{expr.func}' can only be applied inside its level", expr.span,
                        hint="outside it, the level's name is the value it reads")
     if entry is None:
+        other = OTHER_NAMES.get(expr.func)  # a paper's name for one of the functions
         raise NlcError(f"unknown function '{expr.func}'", expr.span,
-                       hint=did_you_mean(expr.func, list(vocab.FUNCTIONS) + list(env.memories)))
+                       hint=f"did you mean '{other}'? (the same function)" if other else
+                       did_you_mean(expr.func, list(vocab.FUNCTIONS) + list(env.memories)))
     positional, keywords = expr.positional, {k.name: k for k in expr.keywords}
     for name in keywords:
         if entry.arg(name) is None:

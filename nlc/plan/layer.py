@@ -25,7 +25,7 @@ from nlc.derive.execution import (
     TokenLoop,
 )
 from nlc.derive.forms import tensor_names
-from nlc.derive.matfuncs import free_names
+from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.symbols import dim_size, shifted_name, unshifted
 from nlc.errors import NlcError
 from nlc.levels import shapes
@@ -334,9 +334,7 @@ class _LayerPlanner:
             if ex.scale is None:
                 raise NlcError(f"level '{level.name}': only exponential dot-product kernels "
                                f"exp(c <q, k>) are emitted, not {sp.sstr(ex.kernel)}",
-                               where, hint="a kernel that is a polynomial of q . k (Based's "
-                               "Taylor kernel) runs as linear attention on a feature map: "
-                               "docs/language.md, section 21")
+                               where, hint=_kernel_hint(ex.kernel))
             for role in ("query", "key", "value"):
                 if not getattr(ex, role):
                     raise NlcError(f"level '{level.name}': the {role} must be a context value "
@@ -515,6 +513,21 @@ def layer_plan(spec, classified, spec_name: str, prefix: str = "", stem: str = "
     """`prefix` names the level functions when one file holds several layers; `stem` is the
     generated module's name (its Triton kernels go to `<stem>_<level>_triton.py`)."""
     return _LayerPlanner(spec, classified, spec_name, prefix, stem).plan()
+
+
+def _kernel_hint(kernel) -> str:
+    """What to write instead of a cache kernel that is not exp(c <q, k>), by its shape."""
+    if kernel == 1 or not sp.sympify(kernel).atoms(Dot):
+        return "give the objective a weight, e.g. weight = exp(dot(q, k) / sqrt(d_k))"
+    if isinstance(kernel, sp.exp):  # exp of more than c <q, k>: a bias or a scale per token
+        return ("a bias that decays with distance is a forget gate, `retention decay(f)` on "
+                "the cache (section 10 of docs/language.md); the kernel's scale must be a "
+                "number or an expression of dims")
+    if sp.sympify(kernel).is_polynomial(*sp.sympify(kernel).atoms(Dot)):
+        return ("a polynomial of q . k (Based's Taylor kernel) runs as linear attention on a "
+                "feature map: docs/language.md, section 21")
+    return ("other kernels (a sigmoid of q . k: stick-breaking attention, whose weights are "
+            "not normalized) cannot be emitted: docs/language.md, section 21")
 
 
 def model_plan(spec, layers: list[LayerPlan]) -> ModelPlan:

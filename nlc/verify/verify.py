@@ -303,7 +303,7 @@ def candidates(rule: UpdateRule, spec) -> list[CatalogEntry]:
             continue
         if e.kind == "optimizer" and not _learns_from_gradients(rule, spec, roles):
             continue
-        if (e.id in ("softmax_attention", "sliding_window")
+        if (e.family == "nonparametric"  # a window is sliding-window attention's alone
                 and (e.id == "sliding_window") != bool(rule.role("window"))):
             continue
         out.append(e)
@@ -600,6 +600,11 @@ def _written_differences(level, entry: CatalogEntry, rule: UpdateRule | None = N
             and (rule is None or softmax_scale(rule.role("kernel")) is None):  # not exp(c q.k)
         differ.append(f"the weight {format_expr(weight)} ({entry.id}: exp of the scaled "
                       "dot product of query and key)")
+    window = level.algorithm.get("window") if level.algorithm is not None \
+        and level.algorithm.kind == "nonparametric" else 0
+    if entry.family == "nonparametric" and bool(window) != (entry.id == "sliding_window"):
+        differ.append(f"a window of {window} tokens ({entry.id}: every token)" if window else
+                      f"every token ({entry.id}: a window)")
     if level.algorithm is not None and level.algorithm.kind == "newton_schulz":
         differ.append(f"its step orthogonalized by Newton-Schulz ({entry.id}: a gradient "
                       "step)")

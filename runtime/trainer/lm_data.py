@@ -50,7 +50,9 @@ def split_files(files: list[Path], val_fraction: float) -> tuple[list[Path], lis
     """(train, val): the ceil(fraction * n) files with the smallest name hashes are held out."""
     if len(files) < 2 or val_fraction <= 0:
         raise NlcError(f"lm needs at least 2 files and lm_val_fraction > 0 to hold some out; "
-                       f"got {len(files)} file(s)")
+                       f"got {len(files)} file(s)",
+                       hint="split the text into two files or more (a whole file is held out "
+                            "for evaluation), or pass a folder that holds several")
     ranked = sorted(files, key=lambda p: (hashlib.sha256(p.name.encode()).hexdigest(), str(p)))
     n_val = min(len(files) - 1, max(1, math.ceil(val_fraction * len(files))))
     held = set(ranked[:n_val])
@@ -73,19 +75,22 @@ class ByteCorpus:
     train: torch.Tensor  # uint8
     val: torch.Tensor
     files: int
+    held_out: tuple[str, ...] = ()  # the held-out files' names, for messages
 
     @staticmethod
     def load(paths: list[str], val_fraction: float) -> ByteCorpus:
         files = collect_files(paths) if paths else stdlib_sources()
         train_files, val_files = split_files(files, val_fraction)
-        return ByteCorpus(read_bytes(train_files), read_bytes(val_files), len(files))
+        return ByteCorpus(read_bytes(train_files), read_bytes(val_files), len(files),
+                          tuple(str(p) for p in val_files))
 
     def train_batch(self, generator: torch.Generator, batch_size: int, seq_len: int):
         """Windows of seq_len + 1 bytes at uniform random offsets: (inputs, targets)."""
         limit = self.train.numel() - seq_len - 1
         if limit < 1:
             raise NlcError(f"the lm training text has {self.train.numel()} bytes, fewer than "
-                           f"seq_len + 2 = {seq_len + 2}")
+                           f"seq_len + 2 = {seq_len + 2}",
+                           hint="give more text (--lm-files) or a shorter --seq-len")
         starts = torch.randint(0, limit, (batch_size,), generator=generator)
         return self._windows(self.train, starts, seq_len)
 
@@ -93,8 +98,12 @@ class ByteCorpus:
         """How many disjoint windows of the held-out text the eval set uses."""
         available = (self.val.numel() - 1) // seq_len
         if available < 1:
+            shown = ", ".join(self.held_out[:3]) + (", ..." if len(self.held_out) > 3 else "")
             raise NlcError(f"the held-out lm text has {self.val.numel()} bytes, fewer than "
-                           f"seq_len + 1 = {seq_len + 1}")
+                           f"seq_len + 1 = {seq_len + 1}",
+                           hint=f"the held-out file(s) {shown} need more text (the files "
+                                f"with the smallest name hashes are held out), or use a "
+                                f"shorter --seq-len")
         return min(count, available)
 
     def eval_batch(self, first: int, size: int, seq_len: int):

@@ -290,32 +290,40 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
 
 
 class _StopAtStepEnd:
-    """The first Ctrl-C of a single-process run finishes the step it came in, saves a
-    checkpoint of it and then stops as a KeyboardInterrupt (an interrupt inside the
-    optimizer's step would leave half-updated weights; one before the first checkpoint
-    lost every step). A second Ctrl-C stops at once. Data-parallel ranks and other threads
-    keep Python's own handling."""
+    """The first Ctrl-C (SIGINT) or SIGTERM (`kill`, `timeout`, a scheduler's preemption) of
+    a single-process run finishes the step it came in, saves a checkpoint of it and then
+    stops as a KeyboardInterrupt (an interrupt inside the optimizer's step would leave
+    half-updated weights; one before the first checkpoint lost every step, and SIGTERM
+    killed the run with nothing saved). A second signal stops at once. Data-parallel ranks
+    and other threads keep Python's own handling."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, world):
         self.requested = False
         self.active = world.world_size == 1 and threading.current_thread() is \
             threading.main_thread()
-        self.previous = None
+        self.previous: dict = {}
 
     def __enter__(self):
         if self.active:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:  # the second one
-            signal.signal(signal.SIGINT, self.previous)
+            self._restore()
             raise KeyboardInterrupt
         self.requested = True
 
+    def _restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
     def __exit__(self, *exc):
         if self.active:
-            signal.signal(signal.SIGINT, self.previous)
+            self._restore()
         return False
 
 
