@@ -178,12 +178,21 @@ def cmd_compile(args) -> int:
     compiled = []
     for path in args.files:
         start = time.perf_counter()
-        outputs = compile_outputs(path, _overrides(args))
+        try:
+            outputs = compile_outputs(path, _overrides(args))
+        except NlcError as err:
+            if len(args.files) > 1:  # the others compiled, or were not reached: say so
+                unwritten = "nothing was written (a refused compile writes no file)"
+                err.hint = f"{err.hint}; {unwritten}" if err.hint else unwritten
+            raise
         compiled.append((path, outputs, time.perf_counter() - start))
     files = merge_outputs([(path, outputs) for path, outputs, _ in compiled])
     out = Path(args.output)
     for module in files:  # all looked at before any is written
         refuse_overwriting_by_hand(out / f"{module}.py")
+    if out.exists() and not out.is_dir():
+        raise NlcError(f"-o {args.output} names a file, not a folder",
+                       hint="pass a folder for the generated modules")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

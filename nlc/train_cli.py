@@ -206,7 +206,15 @@ def _run_copies(config, out: Path, args):
 def _read_config(path: Path):
     from nlc.fileio import read_text
     from nlc.runtime.trainer.config import TrainConfig
-    return TrainConfig.from_json(read_text(path, "config"), str(path))
+    try:
+        return TrainConfig.from_json(read_text(path, "config"), str(path))
+    except NlcError as err:  # a run's config.json: its checkpoints keep a copy
+        if path.name == "config.json" and (path.parent / "checkpoints").is_dir() \
+                and not err.hint:
+            err.hint = (f"each checkpoint's state.json in {path.parent / 'checkpoints'} holds "
+                        f"the run's config under \"config\"; restore config.json from the "
+                        f"latest one")
+        raise
 
 
 def cmd_train(args) -> int:

@@ -429,3 +429,20 @@ def test_resume_takes_the_runs_own_spec_when_none_is_named(tmp_path, monkeypatch
     assert json.loads((out / "summary.json").read_text())["resumed_from"] == 2
     assert main(["train", "--task", "mqar"]) == 2
     assert "SPEC is missing" in capsys.readouterr().err
+
+
+def test_plotting_runs_of_two_tasks_is_refused(tmp_path, capsys):
+    """mqar's accuracy and lm's bits per byte were drawn on one axis labelled with both."""
+    from nlc.errors import NlcError
+    from nlc.runtime.trainer.plot import plot_runs
+    runs = []
+    for task, metric in (("mqar", "accuracy"), ("lm", "bits_per_byte")):
+        run = tmp_path / task
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(
+            json.dumps({"kind": "train", "step": 1, "loss": 4.0}) + "\n"
+            + json.dumps({"kind": "eval", "step": 1, metric: 0.5}) + "\n")
+        runs.append(run)
+    with pytest.raises(NlcError, match=r"different metrics \(accuracy, bits_per_byte\)"):
+        plot_runs(runs, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

@@ -62,6 +62,9 @@ def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = No
     except ImportError:
         raise NlcError("nlc plot needs matplotlib: pip install matplotlib") from None
     metrics = sorted({c["metric"] for c in curves if c["eval"]})
+    if len(metrics) > 1:  # mqar's accuracy and lm's bits per byte on one axis mean nothing
+        raise NlcError(f"the runs evaluate different metrics ({', '.join(metrics)}): their "
+                       f"tasks differ", hint="plot the runs of each task separately")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for c in curves:
         if c["train"]:
@@ -71,7 +74,7 @@ def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = No
             steps, values = zip(*c["eval"])
             right.plot(steps, values, marker="o", markersize=3, label=c["name"], linewidth=1.2)
     left.set(xlabel="step", ylabel="training loss (nats per target)", title="training loss")
-    right.set(xlabel="step", ylabel=" / ".join(metrics) or "eval", title="evaluation")
+    right.set(xlabel="step", ylabel=metrics[0] if metrics else "eval", title="evaluation")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.lines:
