@@ -116,6 +116,26 @@ def _scores(q, k, g_read, g, strict: bool):
 SUB_BLOCK = 16
 
 
+def sub_blocks(g_read, g):
+    """A chunk's tokens s by blocks of SUB_BLOCK, each (start, end, inside, after): r - g_s for
+    the block's own tokens and g_read_t - r for the tokens after it, r the log decay at the
+    block's last token, so that e^{g_read_t - g_s} = e^{after} e^{inside} factors through r.
+    Both are at most 0 where no decay exceeds 1. None where one exceeds 0 (a decay above 1),
+    or the chunk is not several whole blocks."""
+    C = g.shape[-2]
+    if C % SUB_BLOCK or C <= SUB_BLOCK:
+        return None
+    blocks = []
+    for start in range(0, C, SUB_BLOCK):
+        end = start + SUB_BLOCK
+        ref = g[..., end - 1:end, :]
+        inside, after = ref - g[..., start:end, :], g_read[..., end:, :] - ref
+        if inside.amax() > 0 or (after.numel() and after.amax() > 0):
+            return None
+        blocks.append((start, end, inside, after))
+    return blocks
+
+
 def _blocked_scores(q, k, g_read, g):
     """q_t . (k_s e^{g_read_t - g_s}) for s <= t (the diagonal) and every t after s's block,
     by blocks of 16 key columns: the block's own [16, 16] decays exactly, and the rows after
@@ -124,16 +144,11 @@ def _blocked_scores(q, k, g_read, g):
     its true value does). None when a factor could exceed 1 (a decay above 1): then the
     exact [C, C, K] product runs. A chunk's span beyond SAFE_SPAN (Kimi Delta Attention's
     strong decays over 64 tokens) sent every chunk to that product before."""
-    C = g.shape[-2]
-    if C % SUB_BLOCK or C <= SUB_BLOCK:
+    blocks = sub_blocks(g_read, g)
+    if blocks is None:
         return None
-    parts = []
-    for start in range(0, C, SUB_BLOCK):
-        end = start + SUB_BLOCK
-        ref = g[..., end - 1:end, :]
-        inside, after = ref - g[..., start:end, :], g_read[..., end:, :] - ref
-        if inside.amax() > 0 or (after.numel() and after.amax() > 0):
-            return None
+    C, parts = g.shape[-2], []
+    for start, end, inside, after in blocks:
         diagonal = _masked_exp((g_read[..., start:end, :].unsqueeze(-2)
                                 - g[..., start:end, :].unsqueeze(-3)).movedim(-1, -3), False)
         block = [torch.einsum("...tk,...sk,...kts->...ts", q[..., start:end, :],

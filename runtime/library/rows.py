@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from nlc.runtime.library.chunk_triton import LOG_DECAY_FLOOR, chunked_kernel_for
-from nlc.runtime.library.chunked import (SAFE_SPAN, SUB_BLOCK, _causal, _masked_exp, _merge,
-                                         _pad, _split, common_dtype, unit_lower_inverse)
+from nlc.runtime.library.chunked import (SAFE_SPAN, _causal, _masked_exp, _merge, _pad, _split,
+                                         common_dtype, sub_blocks, unit_lower_inverse)
 
 
 def intra(k, beta):
@@ -60,16 +60,11 @@ def _blocked_weighted(M, g_read, g, v, strict: bool):
     exceed 1, or the chunk is not a whole number of blocks. Strong row decays (a span of 30
     and more in a chunk) built `[..., V, C, C]` ratios for every chunk before: 4.8x slower
     than a scalar gate's chunk on the CPU."""
-    C = g.shape[-2]
-    if C % SUB_BLOCK or C <= SUB_BLOCK:
+    blocks = sub_blocks(g_read, g)
+    if blocks is None:
         return None
-    parts = []
-    for start in range(0, C, SUB_BLOCK):
-        end = start + SUB_BLOCK
-        ref = g[..., end - 1:end, :]
-        inside, after = ref - g[..., start:end, :], g_read[..., end:, :] - ref
-        if inside.amax() > 0 or (after.numel() and after.amax() > 0):
-            return None
+    C, parts = g.shape[-2], []
+    for start, end, inside, after in blocks:
         ratio = _masked_exp((g_read[..., start:end, :].unsqueeze(-2)
                              - g[..., start:end, :].unsqueeze(-3)).movedim(-1, -3), strict)
         block = [torch.einsum("...ts,...vts,...sv->...tv", M[..., start:end, start:end],
