@@ -384,8 +384,9 @@ def check(module: ast.Module, overrides: dict[str, float] | None = None) -> list
     # the models, the specs in the file's order
     layers = {d.name: d for d in module.decls if d.kind is ast.DeclKind.LAYER}
     checked: dict[int, Spec] = {}
-    models = [i for i, d in enumerate(module.decls) if d.kind is ast.DeclKind.MODEL]
-    for i in [i for i in range(len(module.decls)) if i not in models] + models:
+    models_last = sorted(range(len(module.decls)),
+                         key=lambda i: module.decls[i].kind is ast.DeclKind.MODEL)
+    for i in models_last:
         decl = sugar.rewrite(module.decls[i])  # max, min and clamp in their relu form
         spec = _DeclChecker(decl, overrides, layers).run()
         if decl.kind is ast.DeclKind.MODEL:

@@ -51,6 +51,11 @@ class _Head:
     param_shape: Shape
 
 
+def _first(values, test):
+    """The first node of a clause's values that passes `test`, or None."""
+    return next((n for n in nodes(tuple(values)) if test(n)), None)
+
+
 class LevelChecker:
     """The level-checking half of `_DeclChecker` (checker.py)."""
 
@@ -240,21 +245,18 @@ class LevelChecker:
         if head.state is None:
             return (), (), (), ()
         clauses, env, state = head.clauses, head.env, head.state
-        named = next((n for clause in (c for cs in clauses.values() for c in cs)
-                      for n in nodes(tuple(clause.values))
-                      if isinstance(n, ast.Name) and n.id == "head"), None)
-        if named is not None:  # derive has no head index: the context computes with it
-            raise NlcError("'head' is known in the context block only", named.span,
-                           hint="name a context value made from it (e.g. gamma = 1 - 2 ^ "
-                                "(-5 - head)) and use that name here")
-        if self.is_optimizer:  # `g @ g` was typed a scalar and computed g^T g
-            kinds = (ast.ClauseKind.OBJECTIVE, ast.ClauseKind.RETENTION,
-                     ast.ClauseKind.ALGORITHM, ast.ClauseKind.READ)
-            product = next((n for kind in kinds for clause in clauses[kind]
-                            for n in nodes(tuple(clause.values)) if isinstance(n, ast.BinOp)
-                            and n.op is ast.BinOpKind.MATMUL), None)
-            if product is not None:
-                raise NlcError("'@' has no meaning in an optimizer's rules: its values are "
+        for clause in (c for found in clauses.values() for c in found):
+            named = _first(clause.values, lambda n: isinstance(n, ast.Name) and n.id == "head")
+            if named is not None:  # derive has no head index: the context computes with it
+                raise NlcError("'head' is known in the context block only", named.span,
+                               hint="name a context value made from it (e.g. gamma = 1 - 2 ^ "
+                                    "(-5 - head)) and use that name here")
+            product = _first(clause.values, lambda n: isinstance(n, ast.BinOp)
+                             and n.op is ast.BinOpKind.MATMUL)
+            if self.is_optimizer and product is not None:  # `g @ g` computed g^T g
+                where = "'apply'" if clause.kind is ast.ClauseKind.APPLY else \
+                    "an optimizer's rules"
+                raise NlcError(f"'@' has no meaning in {where}: an optimizer's values are "
                                "shaped like the parameter and combine entry by entry",
                                product.span, hint="use '*' for an entrywise product, or "
                                                   "dot(a, b) for the sum over all entries")
@@ -273,15 +275,8 @@ class LevelChecker:
                 raise NlcError("'apply' belongs in an optimizer's level", clause.span)
             if clause.target != "param":
                 raise NlcError(f"'apply' updates 'param', not '{clause.target}'", clause.span)
-            product = next((n for n in nodes((clause.values[0],)) if isinstance(n, ast.BinOp)
-                            and n.op is ast.BinOpKind.MATMUL), None)
-            if product is not None:
-                raise NlcError("'@' has no meaning in 'apply': an optimizer's values are shaped "
-                               "like the parameter and combine entry by entry", product.span,
-                               hint="use '*' for an entrywise product, or dot(a, b) for the "
-                                    "sum over all entries")
-            norm = next((n for n in nodes((clause.values[0],)) if isinstance(n, ast.Call)
-                         and n.func in functions.of_kind(functions.Kind.VECTORWISE)), None)
+            norm = _first(clause.values, lambda n: isinstance(n, ast.Call)
+                          and n.func in functions.of_kind(functions.Kind.VECTORWISE))
             if norm is not None:  # compile refused it; check says so first
                 raise NlcError(f"{norm.func}() acts on a vector's last axis, which an "
                                "optimizer's values do not have (they are shaped like the "

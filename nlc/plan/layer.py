@@ -306,18 +306,17 @@ class _LayerPlanner:
         state_names = [n for n, _ in rule.states]
         anchor_names = [a.name for _, a in rule.anchors]
         exprs = [e for _, e in rule.next_state] + ([rule.read] if rule.read is not None else [])
-        used = free_names(exprs)
+        # a cache's forget gate: its names are the op's inputs beside the query, key, value
+        gates = [sp.sympify(ex.decay)] if isinstance(ex, Attention) and ex.decay is not None \
+            else []
+        used = free_names(exprs + gates)
         if isinstance(ex, Attention) and ex.scale is not None:
             used |= {s.name for s in ex.scale.free_symbols}
-        if isinstance(ex, Attention) and ex.decay is not None:  # the forget gate's names
-            used |= free_names([ex.decay])
         numbers = tuple((n, self.hypers[n]) for n in sorted(used & set(self.hypers)))
         sizes = tuple(sorted(used & set(self.dims)))
         params = sorted(used & set(self.param_shapes))
         known = set(state_names) | {f"{n}_next" for n in state_names} | set(anchor_names) \
             | set(self.hypers) | set(self.dims) | set(params)
-        gates = [sp.sympify(ex.decay)] if isinstance(ex, Attention) and ex.decay is not None \
-            else []
         symbols = {s.name: s for e in exprs + gates
                    for s in e.atoms(sp.Symbol, sp.MatrixSymbol)}
         roles = [rule.role(r) for r in ("query", "key", "value")]
@@ -343,9 +342,8 @@ class _LayerPlanner:
                                         "and use that name in the objective and read")
             tokens = list({n: TokenInput(n, "vector", rule.role(r).shape[0]) for n, r in
                            ((ex.query, "query"), (ex.key, "key"), (ex.value, "value"))}.values())
-            if ex.decay is not None:  # the forget gate's inputs: scalars per token and head
-                tokens += [TokenInput(n, "scalar") for n in sorted(free_names(gates) - known)
-                           if all(t.name != n for t in tokens)]
+            tokens += [TokenInput(n, "scalar") for n in sorted(free_names(gates) - known)
+                       if all(t.name != n for t in tokens)]  # scalars per token and head
             read_kind = "vector"
         elif rule.read is None:
             raise NlcError(f"level '{level.name}' has no read; emission needs one", level.span)

@@ -574,8 +574,7 @@ ENTRY_ORDER = {"delta": "before", "product": "before", "dplr": "parallel",
                "frozen-gradient": "parallel"}
 
 
-def _written_differences(level, entry: CatalogEntry, rule: UpdateRule | None = None
-                         ) -> list[str]:
+def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[str]:
     """What the spec writes that the entry's update has otherwise and the compared axes do
     not see: the gate's order against the step (with a regression objective, where the
     orders differ), a retention the entry names (Memora's kl), the level's frequency, the
@@ -597,7 +596,7 @@ def _written_differences(level, entry: CatalogEntry, rule: UpdateRule | None = N
                       f"own)")
     weight = dict(level.objective.args).get("weight") if level.objective is not None else None
     if entry.family == "nonparametric" and isinstance(weight, ast.Expr) \
-            and (rule is None or softmax_scale(rule.role("kernel")) is None):  # not exp(c q.k)
+            and softmax_scale(rule.role("kernel")) is None:  # not exp(c q.k)
         differ.append(f"the weight {format_expr(weight)} ({entry.id}: exp of the scaled "
                       "dot product of query and key)")
     window = level.algorithm.get("window") if level.algorithm is not None \

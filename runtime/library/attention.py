@@ -10,8 +10,8 @@ With a forget gate (`decay(f)` on the cache; the Forgetting Transformer), token 
 token t is multiplied by f_j for every s < j <= t: the logits get the bias G_t - G_s, G the
 cumulative log gate, and the cache keeps `state["g"]` (`[B, H, S]`), each cached token's
 log decay since it was written, G_last - G_s (at most 0), so that a continuation's bias is
-exact without a growing sum. The
-bias is added in at least float32 (in bfloat16 a bias of -100 would be off by 0.5)."""
+exact without a growing sum. The bias is added in at least float32 (in bfloat16 a bias of
+-100 would be off by 0.5)."""
 
 from __future__ import annotations
 

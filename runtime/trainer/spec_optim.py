@@ -100,9 +100,9 @@ def build_spec_optimizer(groups: list, config, spec_class) -> torch.optim.Optimi
                        "does not record them",
                        hint="use it from Python with a LinearRecorder, or train with "
                             "--optimizer adamw")
-    if "lr" not in inspect.signature(spec_class.__init__).parameters:
-        hypers = [n for n in inspect.signature(spec_class.__init__).parameters
-                  if n not in ("self", "params")]
+    hypers = [n for n in inspect.signature(spec_class.__init__).parameters
+              if n not in ("self", "params")]
+    if "lr" not in hypers:
         raise NlcError(f"{config.optimizer}: {spec_class.__name__} has no hyper 'lr', and nlc "
                        f"train sets the learning rate (--lr, warmup, schedule) through it; its "
                        f"hypers are {', '.join(hypers) or 'none'}",
