@@ -130,7 +130,25 @@ def _row_of(m):
     if isinstance(m, sp.HadamardProduct) and m.shape[0] == 1 \
             and all(isinstance(f, sp.Transpose) and _is_column(f.arg) for f in m.args):
         return sp.HadamardProduct(*[f.arg for f in m.args])
+    if isinstance(m, sp.HadamardProduct) and m.shape[0] == 1:  # with a function of a row
+        return sp.HadamardProduct(*[_column_of(f) for f in m.args])  # (Comba's (beta/s)^T)
     return None
+
+
+def _column_of(row):
+    """A row (a transposed column, a scalar times one, an entrywise function of one) as
+    the column it transposes."""
+    if isinstance(row, sp.Transpose):
+        return row.arg
+    if isinstance(row, sp.MatMul):
+        scalars = [a for a in row.args if not isinstance(a, sp.MatrixExpr)]
+        (mat,) = [a for a in row.args if isinstance(a, sp.MatrixExpr)]
+        return sp.Mul(*scalars) * _column_of(mat)
+    if isinstance(row, ElementwiseApplyFunction):
+        return ElementwiseApplyFunction(row.function, _column_of(row.expr))
+    if isinstance(row, sp.HadamardProduct):
+        return sp.HadamardProduct(*[_column_of(f) for f in row.args])
+    return sp.Transpose(row)
 
 
 def _is_column(m) -> bool:
@@ -163,7 +181,7 @@ def _classify(rule: UpdateRule) -> Classification:
     if rule.steps:
         return _steps(rule)
     name, S = rule.states[0]
-    terms = expand_terms(rule.next_of(name))
+    terms = expand_terms(rule.next_of(name), hadamard=S.shape[1] == 1)
     elementwise = _elementwise(S, terms)
     if elementwise is None:
         elementwise = _row_rate(S, terms)
@@ -178,10 +196,11 @@ def _classify(rule: UpdateRule) -> Classification:
             bias.append(term)
             continue
         coef, mats = split_term(term)
-        if isinstance(term, sp.HadamardProduct) and S in term.args:
-            others = [a for a in term.args if a != S]
-            if len(others) == 1 and _is_column(others[0]) and not others[0].has(S):
-                decay.append(("channel", others[0]))
+        if len(mats) == 1 and isinstance(mats[0], sp.HadamardProduct) and S in mats[0].args:
+            others = [a for a in mats[0].args if a != S]  # a vector state times columns
+            if all(_is_column(a) and not a.has(S) for a in others) and not coef.has(S):
+                gate = others[0] if len(others) == 1 else sp.HadamardProduct(*others)
+                decay.append(("channel", gate if coef == 1 else coef * gate))
                 continue
         if not mats or mats[0] != S or any(m.has(S) for m in mats[1:]) or coef.has(S):
             return Classification(KernelFamily.FROZEN_GRADIENT, (), "not affine in the state")
@@ -197,12 +216,10 @@ def _classify(rule: UpdateRule) -> Classification:
             rank_one.append((coef, diag[0].args[0] if diag else None, tail[0], _row_of(tail[1])))
         else:
             return Classification(KernelFamily.FROZEN_GRADIENT, (), "state factor not recognised")
-    if len(decay) != 1 or len({(c[0]) for c in decay}) > 1:
-        if not decay:
-            return Classification(KernelFamily.FROZEN_GRADIENT, (), "no decay term")
-        if any(kind == "channel" for kind, _ in decay):
-            return Classification(KernelFamily.FROZEN_GRADIENT, (), "several decay terms")
-        decay = [("scalar", sp.Add(*[c for _, c in decay]))]
+    if not decay:
+        return Classification(KernelFamily.FROZEN_GRADIENT, (), "no decay term")
+    if len(decay) > 1:
+        decay = [_merged(S, decay)]
     kind, gate = decay[0]
     b = sp.MatAdd(*bias).doit() if bias else sp.ZeroMatrix(*S.shape)
     base = (("decay", gate), ("decay_kind", kind), ("bias", b))
@@ -220,6 +237,17 @@ def _classify(rule: UpdateRule) -> Classification:
         return Classification(KernelFamily.DPLR, base + (("a", coef * left), ("b", w)),
                               "S' = S (D + a b^T) + B")
     return _product(S, kind, gate, rank_one, bias, base)
+
+
+def _merged(S, decay: list) -> tuple:
+    """Several decay terms as one: scalars summed (c S + d S = (c + d) S); with a gate per
+    channel among them, S Diag(a) + c S = S Diag(a + c 1) (a diagonal memory's l2 step,
+    h - r ⊙ (h - i), decays h by 1 - r)."""
+    if all(kind == "scalar" for kind, _ in decay):
+        return "scalar", sp.Add(*[c for _, c in decay])
+    n = S.shape[0] if S.shape[1] == 1 else S.shape[1]
+    gates = [g if kind == "channel" else g * sp.OneMatrix(n, 1) for kind, g in decay]
+    return "channel", sp.MatAdd(*gates)
 
 
 def jointly_affine(rule: UpdateRule) -> bool:

@@ -1,0 +1,135 @@
+"""Rules that are affine in the state but written so that SymPy does not show it at once:
+each must be classified into its chunked family and equal the paper's recurrence, written
+here token by token, in float64.
+
+- HGRN (Qin, Yang, Zhong, NeurIPS 2023, eqs. 3-6) as a diagonal memory stepped on the l2
+  objective at a rate per channel: h - (1 - f) ⊙ (h ⊙ 1 - i) ⊙ 1 is f ⊙ h + (1 - f) ⊙ i, a
+  decay per channel (entrywise products distributed over the sum before classifying).
+- Comba (an erase along p = k ⊙ sigmoid(c) at the rate beta / sigmoid(c) beside a dot
+  objective on k): S' = alpha S (I - beta p k^T) + beta v k^T, whose rank-one row is
+  (beta / s ⊙ p)^T, a function of a row: family dplr.
+Before, both ran token by token ("not affine in the state", "state factor not recognised")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nlc import pipeline
+from nlc.derive import derive
+from nlc.derive.classify import classify
+from nlc.emit import load_layer
+from test_chunk_triton import rel
+
+HGRN = """layer HGRN {
+  dims d_model = 12, heads = 2, d_h = 5
+  hyper lb = 0.5
+  param W_f, W_i, W_g : [d_model, d_h]
+  param one_h : [d_h] = ones
+  param W_o : [d_h, d_model]
+  context from x {
+    f = lb + (1 - lb) * sigmoid(x @ W_f)
+    i = silu(x @ W_i)
+    g = sigmoid(x @ W_g)
+    ones = detach(one_h)
+  }
+  level memory every 1 token {
+    state h : diagonal[d_h] = zeros
+    objective l2(h(ones), i)
+    retention none
+    algorithm gd(lr = 1 - f)
+    read h(ones)
+  }
+  output (memory * g) @ W_o
+}
+"""
+
+COMBA = """layer Comba {
+  dims d_model = 12, heads = 2, d_k = 4, d_v = 3
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param w_beta, w_a : [d_model]
+  param c : [d_k] = zeros
+  param W_o : [d_v, d_model]
+  context from x {
+    q = l2norm(x @ W_q)
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+    s = sigmoid(c)
+    p = k * s
+    beta = sigmoid(x @ w_beta)
+    alpha = sigmoid(x @ w_a + 2)
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    objective dot(S(k), v)
+    retention decay(alpha, order = before), erase(key = p, rate = beta / s)
+    algorithm gd(lr = beta)
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+def _layer(tmp_path, text, name, mode):
+    path = tmp_path / f"{name}.nl"
+    path.write_text(text)
+    torch.manual_seed(0)
+    layer = load_layer(str(path))(mode=mode, chunk_size=4).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in layer.named_parameters():
+            if n != "one_h":
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return path, layer
+
+
+def _hgrn_reference(P, x, lb=0.5):
+    out = 0
+    for h in range(P["W_f"].shape[0]):
+        f = lb + (1 - lb) * torch.sigmoid(x @ P["W_f"][h])
+        i, g = F.silu(x @ P["W_i"][h]), torch.sigmoid(x @ P["W_g"][h])
+        state, hs = torch.zeros(x.shape[0], f.shape[-1], dtype=x.dtype), []
+        for t in range(x.shape[1]):
+            state = f[:, t] * state + (1 - f[:, t]) * i[:, t]
+            hs.append(state)
+        out = out + (torch.stack(hs, 1) * g) @ P["W_o"][h]
+    return out
+
+
+def _l2norm(z):  # docs/language.md: z / sqrt(sum z^2 + 1e-6)
+    return z / torch.sqrt(z.square().sum(-1, keepdim=True) + 1e-6)
+
+
+def _comba_reference(P, x):
+    out = 0
+    for h in range(P["W_q"].shape[0]):
+        q, k = (_l2norm(x @ P[w][h]) for w in ("W_q", "W_k"))
+        v = x @ P["W_v"][h]
+        p = k * torch.sigmoid(P["c"][h])
+        beta = torch.sigmoid(x @ P["w_beta"][h])
+        alpha = torch.sigmoid(x @ P["w_a"][h] + 2)
+        S, o = torch.zeros(x.shape[0], v.shape[-1], k.shape[-1], dtype=x.dtype), []
+        for t in range(x.shape[1]):
+            a, b = alpha[:, t, None, None], beta[:, t, None, None]
+            S = a * S - b * (a * S @ p[:, t, :, None] - v[:, t, :, None]) * k[:, t, None, :]
+            o.append((S @ q[:, t, :, None])[..., 0])
+        out = out + torch.stack(o, 1) @ P["W_o"][h]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["chunked", "recurrent"])
+@pytest.mark.parametrize("name, text, reference, family", [
+    ("hgrn", HGRN, _hgrn_reference, "decay"),
+    ("comba", COMBA, _comba_reference, "dplr")])
+def test_the_rule_is_chunked_and_equals_the_paper(tmp_path, mode, name, text, reference,
+                                                   family):
+    path, layer = _layer(tmp_path, text, name, mode)
+    (checked,) = pipeline.run(str(path), "check")
+    (rule,) = derive(checked)
+    assert classify(rule).family.value == family
+    x = torch.randn(2, 11, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    P = {n: p.detach() for n, p in layer.named_parameters()}
+    assert rel(layer(x), reference(P, x)) < 1e-10
