@@ -444,6 +444,31 @@ def test_an_erase_is_an_axis_of_the_nearest_model():
     assert "+ an erase" in report.levels[0].differs, report.levels[0].differs
 
 
+def test_nearest_sees_spellings_gates_from_levels_and_other_retentions():
+    """Hope's levels were nearest to Memora (their gates, reads of the levels eta and alpha,
+    were taken for constants); a plain residual MLP memory was nearest to Memora (its kl
+    retention was no axis, and an MLP without TTT's norm counted as another form); Comba's
+    dot objective with an erase was "Mamba2 + an erase"; a kl or lq retention went unnamed."""
+    hope = verify_module(parse((EXAMPLES / "hope.nl").read_text(), "hope.nl"), "hope.nl")
+    levels = {lv.level: lv for r in hope for lv in r.levels}
+    assert levels["memory"].nearest[0] == "titans", levels["memory"].differs
+    assert levels["cms_fast"].nearest[0] == "ttt_mlp"
+    assert "no norm on the output" in levels["cms_fast"].differs
+    comba = (EXAMPLES / "gated_deltanet.nl").read_text().replace(
+        "objective l2(S(k), v)", "objective dot(S(k), v)").replace(
+        "retention decay(alpha, order = before)",
+        "retention decay(alpha, order = before), erase(key = 0.5 * k, rate = beta)")
+    comba = re.sub(r" claims \w+", "", comba)
+    (level,) = [lv for r in _verify(comba) for lv in r.levels]
+    assert level.nearest[0] == "gated_deltanet", level.differs
+    assert "the erase along (1/2)*k, not the key k" in level.differs, level.differs
+    kl = (EXAMPLES / "lp_matrix.nl").read_text().replace(
+        "retention decay(alpha, order = parallel)", "retention kl(alpha)").replace(
+        "= zeros", "= learned")
+    (level,) = [lv for r in _verify(kl) for lv in r.levels]
+    assert "retention kl (gated_deltanet: none beyond its gate)" in level.differs, level.differs
+
+
 def test_an_omega_window_is_named_where_the_rest_is_the_nearest_model():
     text = (EXAMPLES / "gated_deltanet.nl").read_text()
     variant = text.replace("objective l2(S(k), v)", "objective omega(l2(S(k), v), window = 3)")

@@ -56,7 +56,7 @@ class CatalogEntry:
     loss: Loss | None = None  # the paper's loss, whose gradient `Roles.grad` gives
     rate: str = "scalar"      # the learning rate beta, if needed: scalar | row (per output channel)
     every: str = "any"        # the level's period: any | one (every step) | chunk (> 1)
-    retention: str | None = None  # a retention the paper's update has that no gate shows (kl)
+    retention: str | None = None  # a retention the paper's update has that no gate shows (kl, lq)
     # the paper's output: the memory applied to the query after the token's write ("after")
     # or before it ("before"); None where no read is compared (`entry` says which)
     read: str | None = "after"
@@ -271,7 +271,7 @@ entry(id="moneta", title="Moneta",
       citation="Behrouz et al., It's All Connected (Miras), arXiv:2504.13173 (2025), eqs. "
                "24-25: l_3 attentional bias, A = alpha A - eta grad l_3(W), W = A / ||A||_4^2",
       form="mlp", gate="scalar", needs=("k", "v", "beta", "alpha"), family="frozen-gradient",
-      update=_moneta, objective="lp", loss=Loss("lp", p=3),
+      update=_moneta, objective="lp", loss=Loss("lp", p=3), retention="lq",
       read_weights=lambda a: _lq_normalized_numeric(a, 4))
 
 

@@ -22,6 +22,7 @@ from nlc.derive import derive
 from nlc.derive.engine import LevelDerivation, derive_level
 from nlc.derive.execution import softmax_scale
 from nlc.derive.matfuncs import free_names
+from nlc.derive.printing import sstr
 from nlc.derive.rule import UpdateRule
 from nlc.derive.symbols import SymbolTable
 from nlc.errors import NlcError, Span
@@ -115,8 +116,9 @@ def instantiate(module: ast.Module, decl_name: str, pair: tuple[int, int]):
 
 
 def data_dependent(spec) -> set[str]:
-    """Context names whose value depends on the token (through the input x or gradients)."""
-    token = {"x"} | {lv.over for lv in spec.levels if lv.over}
+    """Context names whose value depends on the token (through the input x, gradients or a
+    level's read: Hope's gates are the reads of its levels eta and alpha)."""
+    token = {"x"} | {lv.over for lv in spec.levels if lv.over} | {lv.name for lv in spec.levels}
     out: set[str] = set()
     for var in spec.context:  # in order: a context var uses only earlier ones
         if names_used(var.expr) & (token | out):
@@ -528,12 +530,18 @@ def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str,
     """axis -> what differs from `entry`, in words (empty: the same point on every axis)."""
     theirs, out = _axes_of_entry(entry), {}
     if not form_matches(entry, rule):
-        out["form"] = f"a {mine['form']} memory ({entry.id}: {entry.form})"
-    if theirs["objective"] and mine["objective"] != theirs["objective"]:
+        out["form"] = _form_words(entry, rule) if _mlp_apart(entry, rule) else \
+            f"a {mine['form']} memory ({entry.id}: {entry.form})"
+    if _erase_for_l2(mine, theirs):  # S k k^T from the erase, not from the loss
+        key, along = rule.role("key"), rule.role("erase_key")
+        out["objective"] = f"a dot objective with an erase ({entry.id}: l2, whose gradient " \
+            f"is the erase)" + ("" if along is None or key is None or along == key else
+                                f", the erase along {sstr(along)}, not the key {sstr(key)}")
+    elif theirs["objective"] and mine["objective"] != theirs["objective"]:
         out["objective"] = f"objective {mine['objective']} ({theirs['objective']} there)"
     if entry.gate != "any" and mine["gate"] != entry.gate:
         out["gate"] = f"a {mine['gate']} retention gate ({entry.gate} there)"
-    if mine["erase"] != theirs["erase"]:
+    if mine["erase"] != theirs["erase"] and not _erase_for_l2(mine, theirs):
         out["erase"] = "+ an erase" if mine["erase"] else "without an erase"
     if mine["momentum"] != theirs["momentum"]:
         out["momentum"] = "+ momentum" if mine["momentum"] else "without momentum"
@@ -543,6 +551,40 @@ def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str,
     elif mine["rate"] and "beta" in entry.needs and mine["rate_kind"] != entry.rate:
         out["rate"] = f"{RATE_WORDS[mine['rate_kind']]} ({entry.id}: {RATE_WORDS[entry.rate]})"
     return out
+
+
+def _erase_for_l2(mine: dict, theirs: dict) -> bool:
+    """A dot objective with an erase against an l2 entry without one: the same delta step
+    written two ways (docs/language.md: `erase(k, beta)` beside `dot` is DeltaNet)."""
+    return mine["objective"] == "dot" and mine["erase"] and theirs["objective"] == "l2" \
+        and not theirs["erase"]
+
+
+def _mlp_apart(entry: CatalogEntry, rule: UpdateRule) -> bool:
+    """Whether the level's memory and the entry's are both MLPs that differ only in the norm,
+    the residual or the depth: a smaller step in the design space than another form."""
+    return rule.form.kind == "mlp" and entry.form in ("mlp", "mlp1", "mlp2")
+
+
+def _form_words(entry: CatalogEntry, rule: UpdateRule) -> str:
+    """How an MLP memory differs from an entry's MLP of a fixed shape, in words."""
+    return "an MLP with " + ", ".join(_mlp_parts(entry, rule))
+
+
+def _mlp_parts(entry: CatalogEntry, rule: UpdateRule) -> list[str]:
+    """Each way an MLP memory differs from an entry's MLP (`_mlp_apart`), in words."""
+    if entry.form == "mlp":
+        return []
+    form, depth = rule.form, len(rule.form.dims) - 1
+    want = 1 if entry.form == "mlp1" else 2
+    parts = []
+    if depth != want:
+        parts.append(f"{depth} layers ({entry.id}: {want})")
+    if not form.norm:
+        parts.append(f"no norm on the output ({entry.id}: a layer norm)")
+    if not form.residual:
+        parts.append(f"no residual ({entry.id}: x + ...)")
+    return parts
 
 
 RATE_WORDS = {"scalar": "one rate per token", "row": "a rate per output channel",
@@ -574,6 +616,10 @@ ENTRY_ORDER = {"delta": "before", "product": "before", "dplr": "parallel",
                "frozen-gradient": "parallel"}
 
 
+# retentions the gate and erase axes compare; any other is named where it differs
+GATED = frozenset({"decay", "weight_decay", "erase", "none"})
+
+
 def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[str]:
     """What the spec writes that the entry's update has otherwise and the compared axes do
     not see: the gate's order against the step (with a regression objective, where the
@@ -587,9 +633,10 @@ def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[s
         mine = "/".join(sorted(orders))
         differ.append(f"the gate's order = {mine} ({entry.id}: order = {theirs})")
     kinds = {r.kind for r in level.retentions}
-    if entry.retention and entry.retention not in kinds:
+    shown = kinds - GATED  # what no gate axis shows: kl, lq, elastic_net, ...
+    if entry.retention and entry.retention not in kinds or shown - {entry.retention}:
         mine = ", ".join(sorted(kinds)) or "none"
-        differ.append(f"retention {mine} ({entry.id}: {entry.retention})")
+        differ.append(f"retention {mine} ({entry.id}: {entry.retention or 'none beyond its gate'})")
     if level.objective is not None and level.objective.kind == "omega":
         window = int(level.objective.get("window"))
         differ.append(f"the losses of a window of {window} tokens ({entry.id}: the token's "
@@ -626,11 +673,18 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     entries a failed `claim` names come first: the line then says how the level differs
     from what the spec claims."""
     mine = _axes_of_level(rule, spec)
+    retentions = {r.kind for r in spec.graph.level(rule.level).retentions}
     pool = [e for e in ENTRIES if e.kind == spec.kind.value]
     scored = []
     for i, e in enumerate(pool):
         diffs = _differences(mine, e, rule)
         distance = sum(AXIS_WEIGHTS[a] for a in diffs)
+        if _erase_for_l2(mine, _axes_of_entry(e)):
+            distance -= AXIS_WEIGHTS["objective"] - 0.5
+        if "form" in diffs and _mlp_apart(e, rule):  # MLPs apart by a norm or a layer
+            distance += len(_mlp_parts(e, rule)) - AXIS_WEIGHTS["form"]
+        if e.retention and e.retention not in retentions:  # Memora's kl: a whole geometry
+            distance += 1.5
         if "objective" in diffs and {mine["objective"], _axes_of_entry(e)["objective"]} \
                 <= REGRESSION:
             distance -= AXIS_WEIGHTS["objective"] / 2
@@ -647,8 +701,8 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
         line = f"{first.title}, on every axis nlc compares: " + (
             "; ".join(written) if written else _objective_arguments(level.objective, first))
     else:  # the axes that differ, then what the spec writes otherwise beyond them
-        added = [p for p in diffs.values() if p.startswith("+")]
-        other = [p for p in diffs.values() if not p.startswith("+")]
+        added = [p for p in diffs.values() if p.startswith(("+", "without "))]
+        other = [p for p in diffs.values() if p not in added]
         line = " ".join([first.title, *added] + (["with " + ", ".join(other)] if other else []))
         line += "".join(f"; {w}" for w in written)
     return [e.id for _, _, e, _ in best], line
