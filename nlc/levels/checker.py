@@ -335,6 +335,13 @@ class _DeclChecker(LevelChecker):
                                f"'{e.target}' ({dst.frequency_text()}) and cannot {e.mode.value} it",
                                e.span, hint="an init or generate edge goes from a slower level to "
                                "a faster (or equally fast) one")
+            chunk = dst.grad_chunk
+            if src.unit == Frequency.TOKEN and chunk and src.period % chunk:
+                raise NlcError(f"level '{e.target}' restarts every {src.period} tokens (the "
+                               f"{e.mode.value} from '{e.source}'), but takes its gradients at "
+                               f"chunks of {chunk}: a chunk would straddle a restart and take "
+                               f"its gradients at the state from before it", e.span,
+                               hint=f"make {e.source}'s period a multiple of {chunk}")
 
     # ------------------------------------------------------------ models
     def model(self) -> Spec:

@@ -441,6 +441,8 @@ class LevelChecker:
         for t in terms:
             if t.kind == "kl":
                 self.check_kl(t, state)
+            if t.kind == "lq":
+                self.check_lq(t, state)
             if t.kind in ("decay", "weight_decay"):
                 self.check_gate(t.get("alpha"), env, state, "decay gate", rows=True)
                 if _gate_rows(state, (t,), env) and t.get("order") == "proximal":
@@ -462,6 +464,17 @@ class LevelChecker:
                            f"entries that are not positive (log 0 = -inf, the log of a "
                            f"negative NaN: every gradient NaN)", term.span,
                            hint=f"start it on the simplex: state {state.name} : ... = learned")
+
+    def check_lq(self, term: Term, state: StateRecord) -> None:
+        """lq divides the state by a power of its norm, 0 / 0 at a state of zeros (q > 2);
+        below q = 2 its gradient is infinite there."""
+        q = term.get("q")
+        if state.form.kind in ("matrix", "mlp") and state.init == "zeros" and isinstance(q, (int, float)) and q != 2:
+            raise NlcError(f"'lq(q = {q:g})' applies A / ||A||_q^{q - 2:g} to the state, which "
+                           f"is not finite at the start '= zeros' (every output NaN from the "
+                           f"first token)", term.span,
+                           hint=f"start it away from zero: state {state.name} : ... = learned "
+                                f"(or identity)")
 
     def check_erase(self, term: Term, env: Env, state: StateRecord) -> None:
         """erase(k, rate): k is an input of the memory's first map; rate a scalar or one per
