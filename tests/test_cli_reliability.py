@@ -446,3 +446,29 @@ def test_plotting_runs_of_two_tasks_is_refused(tmp_path, capsys):
     with pytest.raises(NlcError, match=r"different metrics \(accuracy, bits_per_byte\)"):
         plot_runs(runs, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_run_folder_where_writes_fail_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A folder that exists but takes no files (root passes os.access there: /sys/kernel) was
+    an internal error at the first write; now it is refused with the reason, exit 2."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the run folder is not writable (Permission denied)" in err
+    assert "Traceback" not in err and list(out.iterdir()) == []
+
+
+def test_a_warmup_longer_than_a_tenth_of_the_steps_is_said(tmp_path, capsys):
+    args = [a for a in TINY if a != "--quiet"]
+    args[args.index("--warmup") + 1] = "50"
+    assert main(["train", "builtin:attention", *args, "--out", str(tmp_path / "run")]) == 0
+    assert "warmup: 0 step(s), a tenth of --steps 2 (--warmup 50 is longer)" in \
+        capsys.readouterr().err

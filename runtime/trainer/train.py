@@ -25,6 +25,7 @@ import os
 import platform
 import random
 import signal
+import tempfile
 import threading
 import time
 import warnings
@@ -51,6 +52,7 @@ from nlc.runtime.trainer.optim import (
     optimizer_class_for,
     set_lr,
     step_levels,
+    warmup_steps,
 )
 from nlc.runtime.trainer.progress import (
     MetricsLog,
@@ -178,6 +180,9 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                 f"{world.world_size} rank(s) on {world.device}, {steps}")
     if getattr(optimizer, "split_note", None):  # a compiled optimizer beside AdamW
         bar.message(f"optimizer: {optimizer.split_note}")
+    if warmup_steps(config) < config.warmup:
+        bar.message(f"warmup: {warmup_steps(config)} step(s), a tenth of --steps {config.steps} "
+                    f"(--warmup {config.warmup} is longer)")
     tokens_per_step = config.batch_size * config.seq_len
     began = window_start = time.perf_counter()
     last_eval, loss_value = {}, float("nan")
@@ -283,7 +288,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         shown = [f"training loss {loss_value:.4f}"] if math.isfinite(loss_value) else []
         shown += [f"eval {format_metrics(last_eval)}"] if last_eval else []
         shown += [f"diverged at step {diverged}"] if diverged is not None else []
-        steps = f"{done} step{'' if done == 1 else 's'}"
+        trained_steps = done - (diverged is not None)  # the diverged step made no update
+        steps = f"{trained_steps} step{'' if trained_steps == 1 else 's'}"
         bar.message(f"done: {steps}, {', '.join(shown)}; {out}" if shown
                     else f"done: {steps}; {out}")
     return summary
@@ -404,8 +410,13 @@ def make_run_folder(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NlcError(f"{out}: cannot create the run folder ({err.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise NlcError(f"{out}: the run folder is not writable")
+    try:  # a file written and removed: os.access says yes to root where writes still fail
+        probe, name = tempfile.mkstemp(prefix=".nlc_probe.", dir=out)
+        os.close(probe)
+        os.unlink(name)
+    except OSError as err:
+        raise NlcError(f"{out}: the run folder is not writable ({err.strerror})",
+                       hint="choose another --out") from None
 
 
 def check_run_folder(out: Path, resume: bool) -> None:
