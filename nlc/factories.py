@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from nlc.runtime.trainer.mixers import BUILTINS, builtin_block_mlp, builtin_mixer, is_builtin
+from nlc.runtime.trainer.mixers import (builtin_block_mlp, builtin_mixer, is_builtin,
+                                        missing_spec_hint)
 from nlc.runtime.trainer.model import ModuleFactory
 
 from nlc.errors import NlcError
@@ -36,7 +37,7 @@ def mixer_from_spec(path: str, **dims) -> ModuleFactory:
         raise NlcError(f"{path}: a folder, not a spec file",
                        hint="name one .nl file; nlc train trains one layer spec")
     if not Path(path).is_file():
-        raise NlcError(f"{path}: no such spec file (or use one of {', '.join(BUILTINS)})")
+        raise NlcError(f"{path}: no such spec file", hint=missing_spec_hint(path))
     from nlc.emit import load_layer
     compiled: dict[int, type] = {}
 

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a spec's layer on mqar, niah or lm",
                               description="Train a language model whose mixer is SPEC.")
     p.add_argument("spec", metavar="SPEC", nargs="?",
-                   help="a layer spec (.nl) or builtin:attention (with --resume and --out, "
+                   help="a layer spec (.nl), builtin:attention or builtin:mlp (with --resume and --out, "
                         "the run's own by default)")
     p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
                    help="override a dim or hyper of the spec (repeatable)")
@@ -95,7 +95,9 @@ def register(subparsers) -> None:
 def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -> None:
     from nlc.runtime.trainer.config import TASKS
     flag = "--" + f.name.replace("_", "-")
-    text = f"{f.metadata.get('help', '')} (default: {default!r})"
+    text = f.metadata.get("help", "")
+    if "(default:" not in text:  # a help that says its default in words keeps it
+        text += f" (default: {default!r})"
     if f.name == "out":  # the Python API's default differs: the CLI names the run
         text = "the run folder (default: runs/<spec name>-<task>)"
     if isinstance(default, bool):
@@ -154,6 +156,11 @@ def config_from_args(args):
             word = m[1]
             named = "_" in word or m.start() == 0 or word in ("compile", "tf32")
             return f"--{word.replace('_', '-')}" if word in typed and named else word
+        first = re.match(r"[a-z][a-z0-9_]*", err.message)
+        source = out / "config.json" if args.resume else args.config
+        if source and first and first[0] in {f.name for f in dataclasses.fields(TrainConfig)} \
+                and first[0] not in typed:  # a value the file holds, not a flag
+            err.message = f"{source}: {err.message}"
         err.message = re.sub(r"(?<![\w-])([a-z][a-z0-9_]*)\b", flag, err.message)
         raise
 

@@ -472,3 +472,22 @@ def test_a_warmup_longer_than_a_tenth_of_the_steps_is_said(tmp_path, capsys):
     assert main(["train", "builtin:attention", *args, "--out", str(tmp_path / "run")]) == 0
     assert "warmup: 0 step(s), a tenth of --steps 2 (--warmup 50 is longer)" in \
         capsys.readouterr().err
+
+
+def test_a_missing_spec_suggests_the_builtin_and_a_bad_file_config_names_the_file(
+        tmp_path, capsys):
+    assert main(["train", "attention", *TINY, "--out", str(tmp_path / "a")]) == 2
+    assert "did you mean 'builtin:attention'?" in capsys.readouterr().err
+    assert main(["train", "builtin:attention", *TINY, "--mlp", "nothere.nl",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "(--mlp also takes none)" in capsys.readouterr().err
+    config = tmp_path / "c.json"
+    config.write_text('{"d_model": -3}')
+    args = [a for a in TINY if a not in ("--d-model", "16")]
+    assert main(["train", "builtin:attention", *args, "--config", str(config),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert f"{config}: d_model must be at least 1, got -3" in capsys.readouterr().err
+    assert main(["train", "builtin:attention", *args, "--d-model", "-3",
+                 "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--d-model must be at least 1, got -3" in err and str(config) not in err

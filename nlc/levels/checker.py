@@ -212,11 +212,23 @@ class _DeclChecker(LevelChecker):
                                        "and generated code)", span,
                                        hint="rename it")
 
+    def constant(self, d) -> float:
+        """A dim's or hyper's value: its -D override, else its expression, which may use only
+        the dims and hypers defined before it."""
+        value = self.overrides.get(d.name)
+        if value is not None:
+            return value
+        later = {e.name for stmt in self.decl.body if isinstance(stmt, (ast.Dims, ast.Hyper))
+                 for e in stmt.defs} - set(self.consts)
+        for name in sorted(names_used(d.value) & later):
+            raise NlcError(f"'{name}' is used before it is defined: dims and hypers are "
+                           f"defined in order", d.value.span,
+                           hint=f"define '{name}' before '{d.name}'")
+        return const_eval(d.value, self.consts)
+
     def dims_stmt(self, stmt: ast.Dims) -> None:
         for d in stmt.defs:
-            value = self.overrides.get(d.name)
-            if value is None:
-                value = const_eval(d.value, self.consts)
+            value = self.constant(d)
             if not float(value).is_integer() or value < 1:
                 raise NlcError(f"dim '{d.name}' must be a positive whole number, got {value:g}",
                                d.value.span if d.name not in self.overrides else d.span)
@@ -237,9 +249,7 @@ class _DeclChecker(LevelChecker):
 
     def hyper_stmt(self, stmt: ast.Hyper) -> None:
         for d in stmt.defs:
-            value = self.overrides.get(d.name)
-            if value is None:
-                value = const_eval(d.value, self.consts)
+            value = self.constant(d)
             if abs(value) > MAX_NUMBER:  # generated code prints it; see names.check_number
                 raise NlcError(f"hyper '{d.name}' = {value:.4g} is larger than 2^53 = "
                                f"{MAX_NUMBER:,}, the largest number a spec may use",

@@ -46,5 +46,6 @@ def check_number(text: str, span: Span) -> float:
     if exact > MAX_NUMBER:  # generated code prints it as a Python int, which torch refuses
         raise NlcError(f"number '{text[:40]}' is larger than 2^53 = {MAX_NUMBER:,}, the largest "
                        "number a spec may write", span,
-                       hint="scale the quantity down, e.g. divide the parameter's init instead")
+                       hint="write a smaller number (a dim is at most 2^20; scale a hyper or an "
+                            "init down and multiply where it is used)")
     return value

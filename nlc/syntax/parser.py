@@ -134,7 +134,9 @@ def _check_depth(tree: Tree) -> None:
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise NlcError(f"spec is nested too deeply (more than {MAX_DEPTH} levels)", _span(node.meta))
+            raise NlcError(f"spec is nested too deeply (more than {MAX_DEPTH} levels)",
+                           _span(node.meta), hint="each operator of a chain such as a + b + c "
+                           "nests one level: split a long expression into context values")
         stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
 
 

@@ -320,7 +320,11 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
     unexpected = sorted(set(checkpoint.model) - set(expected))
     if missing or unexpected:
         raise NlcError(f"{where}: tensors do not match the model (missing: "
-                       f"{', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})")
+                       f"{', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})",
+                       hint="the model is rebuilt from the run's config.json (its spec, mlp and "
+                            "dims); a run trained from Python with a mixer_factory of its own "
+                            "records spec = builtin:attention, and is evaluated or resumed from "
+                            "Python with the same factory (docs/runtime.md)")
     for name, tensor in expected.items():
         if tuple(checkpoint.model[name].shape) != tuple(tensor.shape):
             raise NlcError(f"{where}: tensor {name} has shape {list(checkpoint.model[name].shape)},"

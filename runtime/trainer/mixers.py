@@ -96,12 +96,19 @@ def needs_compiling(path: str, argument: str) -> NlcError:
                          "nlc train does")
 
 
+def missing_spec_hint(path: str) -> str:
+    """What a SPEC or --mlp that names no file may have meant."""
+    if f"builtin:{path}" in BUILTINS:
+        return f"did you mean 'builtin:{path}'?"
+    return f"a .nl file, or one of {', '.join(BUILTINS)} (--mlp also takes none)"
+
+
 def spec_text(path: str) -> str:
     """The text a run's checkpoints are tied to: the spec file's contents, or the builtin name."""
     if is_builtin(path):
         return path + "\n"
     if not Path(path).exists():
-        raise NlcError(f"{path}: no such spec file (or use one of {', '.join(BUILTINS)})")
+        raise NlcError(f"{path}: no such spec file", hint=missing_spec_hint(path))
     # bounded, and refuses devices and FIFOs; newlines normalized as text-mode reading did,
     # so the hash a checkpoint is tied to is unchanged
     return read_spec(path).replace("\r\n", "\n").replace("\r", "\n")
