@@ -651,3 +651,13 @@ def test_a_delta_rule_with_gradients_at_the_chunk_start_says_so():
     assert level.matches == [] and level.nearest[0] == "deltanet"
     assert "its gradients at the start of chunks of 4 tokens (deltanet: at each token's " \
         "state)" in level.differs
+
+
+def test_identify_says_which_constants_of_the_paper_it_does_not_compare():
+    """Lightning attention's decays (another constant per head) were "this is RetNet" with no
+    word that RetNet's own decays 1 - 2^(-5-h) were not compared."""
+    from nlc.verify.report import identify_text
+    text = identify_text(_verify((EXAMPLES / "retnet.nl").read_text()))
+    assert "this is RetNet" in text
+    assert "the recurrence is compared, not the paper's constants: its decays per head, " \
+        "1 - 2^(-5-h)" in text

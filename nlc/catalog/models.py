@@ -66,6 +66,9 @@ class CatalogEntry:
     # how the paper derives its gate from its rate, where it does (Mamba2's exp(dt A) of the
     # rate dt): a level whose gate and rate share no input is another model of the same form
     tie: str | None = None
+    # constants the paper fixes that verify does not compare (it compares the recurrence):
+    # said beside "this is", so a spec with other constants is not taken for the paper's
+    constants: str | None = None
 
 
 def _I(n):
@@ -100,6 +103,7 @@ entry(id="linear_attention_normalizer", title="Linear attention normalizer z = z
 entry(id="retnet", title="RetNet",
       citation="Sun et al., Retentive Network, arXiv:2307.08621 (2023), recurrent retention",
       form="matrix", gate="constant", needs=("k", "v", "alpha"), family="decay",
+      constants="its decays per head, 1 - 2^(-5-h) for head h = 0, 1, ...",
       update=lambda r: (r.alpha * r.S[0] + _outer(r.v, r.k),))
 entry(id="mamba2", title="Mamba2 (SSD)",
       citation="Dao & Gu, Transformers are SSMs, ICML 2024, the SSD recurrence "

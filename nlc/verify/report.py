@@ -76,6 +76,9 @@ def identify_text(reports: list[SpecReport]) -> str:
             if lv.matches:
                 for c in lv.matches:
                     lines.append(f"{name}: this is {c.entry.title} ({c.entry.citation})")
+                    if c.entry.constants:
+                        lines.append(f"  the recurrence is compared, not the paper's constants: "
+                                     f"{c.entry.constants}")
             else:
                 lines.append(f"{name}: new variant; nearest: {', '.join(lv.nearest) or 'none'}")
                 if lv.differs:
