@@ -133,3 +133,52 @@ def test_the_rule_is_chunked_and_equals_the_paper(tmp_path, mode, name, text, re
     x = torch.randn(2, 11, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     P = {n: p.detach() for n, p in layer.named_parameters()}
     assert rel(layer(x), reference(P, x)) < 1e-10
+
+
+NORMED = """layer Normed {
+  dims d_model = 8, d_k = 4, d_v = 4
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  context from x {
+    q = x @ W_q
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S(k), v)
+    algorithm gd(lr = 0.5)
+    read READ
+  }
+  output memory @ W_o
+}
+"""
+
+
+def test_a_read_scaled_by_the_states_norm_is_no_query(tmp_path):
+    """`S(q) / sqrt(total(S(q) * S(q)))` was taken for the delta rule read at the query
+    q / |S q|, whose code named the next state before computing it (a NameError in the
+    chunked mode); it runs token by token now, and equals the recurrent mode."""
+    path = tmp_path / "normed.nl"
+    path.write_text(NORMED.replace("READ", "S(q) / sqrt(total(S(q) * S(q)) + 1)"))
+    cls = load_layer(str(path))
+    torch.manual_seed(0)
+    chunked = cls(mode="chunked", chunk_size=4).double()
+    recurrent = cls(mode="recurrent").double()
+    recurrent.load_state_dict(chunked.state_dict())
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    assert rel(chunked(x), recurrent(x)) < 1e-12
+
+
+def test_an_expression_without_a_finite_value_is_refused_where_it_is_written(tmp_path):
+    """`S(q) / sqrt(... * 0)` is 1/0 for every input: SymPy's complex infinity reached the
+    printer, an internal error; it is refused, located."""
+    from nlc.errors import NlcError
+
+    path = tmp_path / "zero.nl"
+    path.write_text(NORMED.replace("READ", "S(q) / sqrt(total(S(q) * S(q)) * 0)"))
+    (checked,) = pipeline.run(str(path), "check")
+    with pytest.raises(NlcError, match="has no finite value for any input") as err:
+        derive(checked)
+    assert err.value.span.line == 15

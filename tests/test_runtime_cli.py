@@ -383,3 +383,23 @@ def test_an_lm_run_evaluates_and_resumes_from_another_folder(tmp_path, monkeypat
     assert main(["train", "builtin:attention", "--task", "lm", "--lm-files", "data/a.txt",
                  "--out", str(tmp_path / "one"), "--quiet"]) == 2
     assert "split the text into two files or more" in capsys.readouterr().err
+
+
+def test_a_nonfinite_output_with_finite_states_says_so():
+    """A layer whose states stay finite while its output is NaN (a read dividing by a norm
+    of zero) named no level, and the line pointed only at rates and gates."""
+    import torch
+
+    from nlc.runtime.trainer.diverged import _where
+
+    class ZeroNorm(torch.nn.Module):  # the generated calling convention: cache["states"]
+        def initial_state(self, batch):
+            return {}
+
+        def forward(self, x, cache=None):
+            if cache is not None:
+                cache["states"] = {"memory": {"S": torch.zeros(2, 2)}}
+            return x / x.sum() * 0 / 0
+
+    assert "every level's state is finite" in _where(ZeroNorm(), torch.ones(1, 3))
+    assert _where(torch.nn.Identity(), torch.ones(1, 3)) == ""

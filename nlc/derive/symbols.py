@@ -236,6 +236,14 @@ class Lowering:
         raise NlcError(f"'{format_expr(e)}' cannot be derived", e.span)
 
     def binop(self, e: ast.BinOp):
+        out = self._binop(e)
+        if isinstance(out, sp.Basic) and out.has(sp.zoo, sp.nan, sp.oo):
+            raise NlcError(f"'{format_expr(e)}' has no finite value for any input: it divides "
+                           f"by zero or takes a power of zero that is not finite", e.span,
+                           hint="a factor that is 0 for every input (such as '* 0') makes it so")
+        return out
+
+    def _binop(self, e: ast.BinOp):
         a, b = self(e.left), self(e.right)
         op = e.op
         if op is ast.BinOpKind.ADD:

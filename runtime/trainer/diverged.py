@@ -60,6 +60,18 @@ def nonfinite_levels(mixer: torch.nn.Module, x: torch.Tensor) -> list[str]:
     return sorted(name for name, state in cache.get("states", {}).items() if not _finite(state))
 
 
+def _where(module: torch.nn.Module, x: torch.Tensor) -> str:
+    """Which levels of a generated layer reached a non-finite state; where none did, that
+    the reads or the output made the values (a division by a norm that is zero)."""
+    levels = nonfinite_levels(module, x)
+    if levels:
+        return f"; level(s) {', '.join(levels)} reached a non-finite state"
+    if callable(getattr(module, "initial_state", None)):
+        return ("; every level's state is finite, so a read, a context value or the output "
+                "made it (a division by zero, such as a norm of a zero state?)")
+    return ""
+
+
 @torch.no_grad()
 def locate_nonfinite(model: torch.nn.Module, tokens: torch.Tensor) -> str:
     """One line naming where `model` first produces non-finite values on `tokens`."""
@@ -74,18 +86,13 @@ def locate_nonfinite(model: torch.nn.Module, tokens: torch.Tensor) -> str:
         h = block.norm1(x)
         out = first_output(block.mixer(h))
         if not _finite(out):
-            levels = nonfinite_levels(block.mixer, h)
-            where = f"; level(s) {', '.join(levels)} reached a non-finite state" if levels else ""
-            return f"the first non-finite output is blocks.{i}.mixer's{where}"
+            return f"the first non-finite output is blocks.{i}.mixer's{_where(block.mixer, h)}"
         x = x + out
         if block.mlp is not None:
             h = block.norm2(x)
             out = first_output(block.mlp(h))
             if not _finite(out):
-                levels = nonfinite_levels(block.mlp, h)
-                where = (f"; level(s) {', '.join(levels)} reached a non-finite state"
-                         if levels else "")
-                return f"the first non-finite output is blocks.{i}.mlp's{where}"
+                return f"the first non-finite output is blocks.{i}.mlp's{_where(block.mlp, h)}"
             x = x + out
     if not _finite(model.head(model.norm(x))):
         return "the first non-finite output is the head's (the logits)"
