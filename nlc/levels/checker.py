@@ -86,6 +86,8 @@ def _parse_override(text: str) -> tuple[str, float]:
         raise NlcError(f"-D {name}: '{value}' is not a number") from None
     if not math.isfinite(number):
         raise NlcError(f"-D {name}: value must be finite")
+    if number.is_integer() and abs(number) <= 2 ** 53:  # a run's config.json says d_k: 32
+        return name, int(number)
     return name, number
 
 
