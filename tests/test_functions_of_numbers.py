@@ -105,3 +105,35 @@ def test_min_and_max_of_t_beside_a_tensor_run(tmp_path):
         m = max(1 - 1 / t, 0.5) * m + 0.1 * g * min(t / 10, 1)
         expected = expected - 0.1 * m
         assert rel(param.detach(), expected) < 1e-14
+
+
+NESTED = """optimizer Nested {
+  hyper lr = 0.1, warm = 10
+  level sgd over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, g)
+    retention decay(0)
+    algorithm gd(lr = 1)
+    apply param = param - lr * (clamp(t / warm, 0, 1) + sqrt(max(t - 3, 0))
+                                + min(max(t / warm, 0.5), 1)) * m
+  }
+}
+"""
+
+
+def test_functions_of_functions_of_t_run(tmp_path):
+    """clamp(t / warm, 0, 1) is relu of relu, and sqrt(max(t - 3, 0)) a root of a max: the
+    inner call was a Python number and the outer one a torch call on it (TypeError at the
+    first step), while check and compile accepted the spec."""
+    path = tmp_path / "nested.nl"
+    path.write_text(NESTED)
+    param = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = load_optimizer(str(path))([param])
+    expected = torch.zeros(3, dtype=torch.float64)
+    for t in range(1, 8):
+        g = torch.randn(3, dtype=torch.float64)
+        param.grad = g.clone()
+        opt.step()
+        scale = min(max(t / 10, 0), 1) + math.sqrt(max(t - 3, 0)) + min(max(t / 10, 0.5), 1)
+        expected = expected - 0.1 * scale * g
+        assert rel(param.detach(), expected) < 1e-14

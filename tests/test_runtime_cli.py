@@ -403,3 +403,18 @@ def test_a_nonfinite_output_with_finite_states_says_so():
 
     assert "every level's state is finite" in _where(ZeroNorm(), torch.ones(1, 3))
     assert _where(torch.nn.Identity(), torch.ones(1, 3)) == ""
+
+
+def test_a_diverging_model_spec_is_located_and_saved(tmp_path, capsys):
+    """A compiled `model` keeps its norms and residuals inside it (its block has no norm1):
+    locating the blow-up called None, an internal error with no checkpoint saved."""
+    spec = tmp_path / "boom_model.nl"
+    spec.write_text(BOOM.replace("RATE", "100000") + "\nmodel Twice {\n  block Boom -> Boom\n}\n")
+    out = tmp_path / "boom_model"
+    args = ["train", str(spec), *TINY, "--out", str(out), "--checkpoint-interval", "100"]
+    args[args.index("--seq-len") + 1] = "64"
+    args[args.index("--mqar-vocab-size") + 1] = "128"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "the first non-finite output is blocks.0.mixer's" in err and "internal" not in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000000"]

@@ -121,8 +121,10 @@ class ContextPrinter:
 
     def constant(self, e: ast.Expr) -> bool:
         """Whether `e` only involves numbers, dims and hypers."""
-        from nlc.syntax.walk import names_used
-        return all(n in self.constants for n in names_used(e))
+        from nlc.syntax.walk import nodes
+        found = nodes(e)  # a call of a function of numbers is one too: clamp's nested relu
+        return all(n.id in self.constants for n in found if isinstance(n, ast.Name)) and all(
+            n.func in CALLS or n.func in CONSTANT_CALLS for n in found if isinstance(n, ast.Call))
 
     def _call(self, e: ast.Call) -> str:
         args = e.positional

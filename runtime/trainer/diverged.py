@@ -47,17 +47,19 @@ def describe_gradients(loss: float, names) -> str:
             "--seq-len, --carry-state segments, or gates that retain less)")
 
 
-def nonfinite_levels(mixer: torch.nn.Module, x: torch.Tensor) -> list[str]:
-    """Levels of a generated layer whose final state on input `x` is not finite (none for
-    modules without per-level states, such as the builtins)."""
+def nonfinite_levels(mixer: torch.nn.Module, x: torch.Tensor) -> list[str] | None:
+    """Levels of a generated layer whose final state on input `x` is not finite; None for
+    modules whose levels' states are not known (the builtins, a compiled model)."""
     if not callable(getattr(mixer, "initial_state", None)):
-        return []
+        return None
     cache: dict = {}
     try:
         mixer(x, cache=cache)
     except (TypeError, RuntimeError):  # not the generated calling convention
-        return []
-    return sorted(name for name, state in cache.get("states", {}).items() if not _finite(state))
+        return None
+    if not isinstance(cache.get("states"), dict):
+        return None
+    return sorted(name for name, state in cache["states"].items() if not _finite(state))
 
 
 def _where(module: torch.nn.Module, x: torch.Tensor) -> str:
@@ -66,7 +68,7 @@ def _where(module: torch.nn.Module, x: torch.Tensor) -> str:
     levels = nonfinite_levels(module, x)
     if levels:
         return f"; level(s) {', '.join(levels)} reached a non-finite state"
-    if callable(getattr(module, "initial_state", None)):
+    if levels is not None:
         return ("; every level's state is finite, so a read, a context value or the output "
                 "made it (a division by zero, such as a norm of a zero state?)")
     return ""
@@ -83,11 +85,12 @@ def locate_nonfinite(model: torch.nn.Module, tokens: torch.Tensor) -> str:
     if not _finite(x):
         return "the embedding's output is not finite"
     for i, block in enumerate(model.blocks):
-        h = block.norm1(x)
+        inside = block.norm1 is None  # a compiled model: its norms and residuals inside it
+        h = x if inside else block.norm1(x)
         out = first_output(block.mixer(h))
         if not _finite(out):
             return f"the first non-finite output is blocks.{i}.mixer's{_where(block.mixer, h)}"
-        x = x + out
+        x = out if inside else x + out
         if block.mlp is not None:
             h = block.norm2(x)
             out = first_output(block.mlp(h))
