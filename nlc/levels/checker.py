@@ -92,10 +92,12 @@ def _parse_override(text: str) -> tuple[str, float]:
 
 
 class _DeclChecker(LevelChecker):
-    def __init__(self, decl: ast.Decl, overrides: dict[str, float], layers: dict[str, ast.Decl]):
+    def __init__(self, decl: ast.Decl, overrides: dict[str, float], layers: dict[str, ast.Decl],
+                 decls: tuple = ()):
         self.decl = decl
         self.overrides = overrides
         self.layers = layers
+        self.kinds = {d.name: d.kind.value for d in decls}  # what a non-layer name is
         self.defined: dict[str, Span] = {}
         self.dims: dict[str, int] = {}
         self.hypers: dict[str, float] = {}
@@ -368,8 +370,12 @@ class _DeclChecker(LevelChecker):
             if isinstance(stmt, ast.Block):
                 for name in stmt.layers:
                     if name not in self.layers:
-                        raise NlcError(f"'{name}' is not a layer of this file", stmt.span,
-                                       hint=did_you_mean(name, self.layers))
+                        kind = self.kinds.get(name)
+                        raise NlcError(f"'{name}' is {'an' if kind == 'optimizer' else 'a'} "
+                                       f"{kind}, not a layer: a block composes layers" if kind
+                                       else f"'{name}' is not a layer of this file", stmt.span,
+                                       hint=did_you_mean(name, self.layers)
+                                       or f"the layers here: {', '.join(self.layers) or 'none'}")
                 blocks.extend(stmt.layers)
             else:
                 what = type(stmt).__name__.lower()
@@ -407,7 +413,7 @@ def check(module: ast.Module, overrides: dict[str, float] | None = None) -> list
                          key=lambda i: module.decls[i].kind is ast.DeclKind.MODEL)
     for i in models_last:
         decl = sugar.rewrite(module.decls[i])  # max, min and clamp in their relu form
-        spec = _DeclChecker(decl, overrides, layers).run()
+        spec = _DeclChecker(decl, overrides, layers, module.decls).run()
         if decl.kind is ast.DeclKind.MODEL:
             _same_width(spec, {s.name: s for s in checked.values()})
         checked[i] = spec

@@ -422,6 +422,10 @@ class LevelChecker:
             hint = None
             if a and b and [d.size for d in a] == [d.size for d in b]:
                 hint = "the sizes agree here, but the dimensions are declared differently"
+            elif a and not b:  # broadcasting stops at an objective's two sides
+                hint = ("an objective's target has the prediction's shape (a number does not "
+                        "broadcast there): a target of ones is a context value or parameter "
+                        "of ones")
             raise NlcError(f"shape mismatch in objective {inner.kind}: prediction "
                            f"'{format_expr(pred)}' is {shape_text(a)} but target "
                            f"'{format_expr(target)}' is {shape_text(b)}", span, hint=hint)
