@@ -169,6 +169,8 @@ def test_cli_verify_ok_and_mismatch(tmp_path):
     import json
     data = json.loads(bad.stdout)
     assert data["specs"][0]["verdict"] == "MISMATCH"
+    table = _nlc("verify", str(wrong))  # the row's "equals deltanet, equal" is not a pass
+    assert "MISMATCH: not gated_deltanet" in table.stdout
 
 
 def test_the_light_catalog_ids_match_the_catalog():

@@ -19,6 +19,14 @@ def _rows(r: SpecReport):
         yield "apply", r.apply.matches
 
 
+def _verdict_cell(r: SpecReport) -> str:
+    """The verdict, and for a failed claim which claim: the columns before it describe what
+    the level equals ("equals gla, equal, 0.0e+00"), which reads as a success otherwise."""
+    if r.claims and not r.claim_holds:
+        return f"{r.verdict}: not {r.claims}"
+    return r.verdict
+
+
 def verify_table(reports: list[SpecReport], errors: list[str]) -> str:
     header = ("spec", "claims", "level", "equals", "symbolic", "max rel err", "verdict", "time")
     rows = []
@@ -32,7 +40,7 @@ def verify_table(reports: list[SpecReport], errors: list[str]) -> str:
                 ", ".join(c.entry.id for c in matches) or "new variant",
                 _symbolic(best.symbolic) if best else "-",
                 f"{best.numeric:.1e}" if best else "-",
-                r.verdict if i == 0 else "",
+                _verdict_cell(r) if i == 0 else "",
                 f"{r.seconds:.2f}s" if i == 0 else "",
             ))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else \
