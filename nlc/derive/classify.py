@@ -271,13 +271,16 @@ def _product(S, kind, gate, rank_one, bias, base) -> Classification:
     every step, (I - b k k^T)^n = I - c k k^T for a scalar c, so the product of the steps'
     transitions is one delta (or dplr) transition and their inputs one outer product v' k^T
     (Siems et al., DeltaProduct, arXiv:2502.10297, 2025, with n equal Householder factors)."""
-    reason = f"{len(rank_one)} rank-one terms: a product of delta steps per token"
+    reason = f"{len(rank_one)} rank-one terms"
     keys = {w for *_, w in rank_one}
     bias_terms = [split_term(t) for t in bias]
     if len(keys) != 1 or any(len(m) != 2 or not isinstance(m[1], sp.Transpose)
                              or m[1].arg not in keys for _, m in bias_terms):
         return Classification(KernelFamily.PRODUCT, base + (("rank", len(rank_one)),),
-                              reason + " with several keys")
+                              reason + " per token with several keys, all at the state "
+                              "before the token (an omega window's tokens, an erase beside "
+                              "an l2 loss)")
+    reason += ": a product of delta steps per token"
     (key,) = keys
     value = sp.MatAdd(*[c * m[0] if c != 1 else m[0] for c, m in bias_terms]) if bias_terms \
         else sp.ZeroMatrix(*S.shape[:1], 1)
