@@ -663,3 +663,28 @@ def test_identify_says_which_constants_of_the_paper_it_does_not_compare():
     assert "this is RetNet" in text
     assert "the recurrence is compared, not the paper's constants: its decays per head, " \
         "1 - 2^(-5-h)" in text
+
+
+def test_a_moment_of_squares_is_nearest_a_second_moment():
+    """AdaBelief's s = b2 s + (1 - b2) (g - m)^2 was nearest SGD's momentum: Adam's moments'
+    rate 1 - b2 counted as a difference, and squares as data were no axis."""
+    text = """optimizer AdaBelief {
+  hyper lr = 0.001, b1 = 0.9, b2 = 0.999
+  level first_moment over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective l2(m, g)
+    retention decay(b1, order = parallel)
+    algorithm gd(lr = 1 - b1)
+  }
+  level belief over gradients g every 1 step {
+    state s : like(param) = zeros
+    objective l2(s, (g - first_moment) * (g - first_moment))
+    retention decay(b2, order = parallel)
+    algorithm gd(lr = 1 - b2)
+    apply param = param - lr * first_moment / (sqrt(belief) + 0.00000001)
+  }
+}
+"""
+    levels = {lv.level: lv for r in _verify(text) for lv in r.levels}
+    assert levels["belief"].nearest[0] == "adam_second_moment", levels["belief"].differs
+    assert "(adam_second_moment: from g ⊙ g)" in levels["belief"].differs

@@ -69,6 +69,8 @@ class CatalogEntry:
     # constants the paper fixes that verify does not compare (it compares the recurrence):
     # said beside "this is", so a spec with other constants is not taken for the paper's
     constants: str | None = None
+    # an average: the rate is 1 - the gate (Adam's moments), so a level's rate is no difference
+    ema: bool = False
 
 
 def _I(n):
@@ -320,11 +322,11 @@ entry(id="sgd_momentum", kind="optimizer", title="SGD with momentum as a memory 
       update=lambda r: ((r.alpha if r.alpha is not None else 1) * r.S[0] - r.beta * r.g,))
 entry(id="adam_first_moment", kind="optimizer", title="Adam's first moment",
       citation="Kingma & Ba, Adam, ICLR 2015, Algorithm 1: m = b1 m + (1 - b1) g",
-      form="like", gate="constant", needs=("g", "alpha"), family="decay",
+      form="like", gate="constant", needs=("g", "alpha"), family="decay", ema=True,
       update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * r.g,))
 entry(id="adam_second_moment", kind="optimizer", title="Adam's second moment",
       citation="Kingma & Ba, Adam, ICLR 2015, Algorithm 1: v = b2 v + (1 - b2) g^2 (entrywise)",
-      form="like", gate="constant", needs=("g", "alpha"), family="decay",
+      form="like", gate="constant", needs=("g", "alpha"), family="decay", ema=True,
       update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * sp.HadamardProduct(r.g, r.g),))
 
 

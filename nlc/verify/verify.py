@@ -262,8 +262,22 @@ def _role_differences(rule: UpdateRule, spec, level, entry: CatalogEntry):
         back.append(f"it reads before the write ({entry.id}: its state after)")
     learned = _learns_from(roles, level) if optimizer else None
     if learned:  # Adam's moment of g / (sqrt(v) + eps): the data is not the gradient
-        back.append(f"it learns from {learned} ({entry.id}: from the gradient {level.over})")
+        theirs = f"{level.over} ⊙ {level.over}" if "second_moment" in entry.id else \
+            f"the gradient {level.over}"
+        back.append(f"it learns from {learned} ({entry.id}: from {theirs})")
     return front, back
+
+
+def _learns_squares(rule: UpdateRule) -> bool:
+    """Whether an optimizer level learns from an entrywise square (g ⊙ g, (g - m)^2)."""
+    roles = roles_of(rule)
+    data = roles.v if roles.v is not None else roles.g
+    if not isinstance(data, sp.Basic):
+        return False
+    if isinstance(data, sp.HadamardPower):
+        return data.exp == 2
+    return isinstance(data, sp.HadamardProduct) and len(data.args) == 2 \
+        and data.args[0] == data.args[1]
 
 
 def _learns_from(roles: Roles, level) -> str | None:
@@ -523,7 +537,7 @@ def _axes_of_level(rule: UpdateRule, spec) -> dict:
 def _axes_of_entry(entry: CatalogEntry) -> dict:
     return {"objective": entry.objective or OBJECTIVE_OF_FAMILY.get(entry.family),
             "gate": entry.gate, "erase": "kappa" in entry.needs,
-            "momentum": "eta" in entry.needs, "rate": "beta" in entry.needs}
+            "momentum": "eta" in entry.needs, "rate": "beta" in entry.needs or entry.ema}
 
 
 def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str, str]:
@@ -674,6 +688,7 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     from what the spec claims."""
     mine = _axes_of_level(rule, spec)
     retentions = {r.kind for r in spec.graph.level(rule.level).retentions}
+    squared = _learns_squares(rule) if spec.kind.value == "optimizer" else None
     pool = [e for e in ENTRIES if e.kind == spec.kind.value]
     scored = []
     for i, e in enumerate(pool):
@@ -685,6 +700,8 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
             distance += len(_mlp_parts(e, rule)) - AXIS_WEIGHTS["form"]
         if e.retention and e.retention not in retentions:  # Memora's kl: a whole geometry
             distance += 1.5
+        if squared is not None and squared != ("second_moment" in e.id):
+            distance += 0.5  # a moment of squares (AdaBelief's (g - m)^2) is a second moment
         if "objective" in diffs and {mine["objective"], _axes_of_entry(e)["objective"]} \
                 <= REGRESSION:
             distance -= AXIS_WEIGHTS["objective"] / 2
