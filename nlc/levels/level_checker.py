@@ -380,10 +380,12 @@ class LevelChecker:
             if narrow is not None:  # a [1, 1] weight is a scalar to SymPy: no chain rule
                 raise NlcError(f"an MLP memory's widths must be at least 2, got {narrow} = 1",
                                widths.span, hint="use a vector or matrix memory for width 1")
-            if term.get("residual") and dims[0].size != dims[-1].size:
+            if term.get("residual") and dims[0] != dims[-1]:  # by spelling, as every shape
                 raise NlcError(f"a residual MLP adds its input to its output, but its widths go "
                                f"from {dims[0]} = {dims[0].size} to {dims[-1]} = {dims[-1].size}",
-                               widths.span, hint="the first and last widths must be equal")
+                               widths.span, hint="the first and last widths must be equal" if
+                               dims[0].size != dims[-1].size else "shapes compare by spelling "
+                               "(so -D can change one): write the same name at both ends")
             return MemoryForm("mlp", dims, term.get("act"), term.get("residual"),
                               term.get("norm"))
         spelled = _form_exprs(stmt.form, vocab.FORMS[kind])
@@ -658,6 +660,10 @@ class LevelChecker:
             if form == "mlp":
                 raise NlcError("the implicit (proximal) step has no closed form for an MLP memory",
                                span, hint="use gd or momentum, with 'gradients at chunk(b)'")
+            if form == "diagonal":
+                raise NlcError("the implicit step is solved for matrix, vector and optimizer "
+                               "memories, not diagonal", span,
+                               hint="a diagonal memory steps with gd")
             if obj not in ("l2", "dot"):
                 raise NlcError(f"the implicit step is solved in closed form for l2 and dot, not "
                                f"{obj}", span, hint="use gd for this objective")

@@ -165,7 +165,8 @@ def _apply_memory(expr: ast.Call, env: Env) -> Shape:
 
 # papers' names for functions the language spells otherwise
 OTHER_NAMES = {"swish": "silu", "normalize": "l2norm", "rms_norm": "rmsnorm",
-               "layer_norm": "layernorm", "sigmoid_linear": "silu"}
+               "layer_norm": "layernorm", "sigmoid_linear": "silu", "maximum": "max",
+               "minimum": "min", "clip": "clamp", "sum": "total"}
 
 
 def _function(expr: ast.Call, env: Env) -> Shape:
