@@ -225,3 +225,17 @@ def test_generated_specs_round_trip(spec, data):
     layout = data.draw(st.lists(LAYOUT, min_size=len(pieces), max_size=len(pieces)))
     text = "".join(p + sep for p, sep in zip(pieces, layout))
     round_trip(text)
+
+
+def test_a_trailing_comment_ends_the_last_statement_of_its_line():
+    """`param a ...; param b ...  # c` gave the comment to `a`, and `layer B { dims ... # c`
+    to the layer's header: the comment ends the statement written last on its line."""
+    text = ("layer B { dims d_model = 8  # the width\n"
+            "  param W_a : [d_model, d_model]; param W_b : [d_model, d_model]  # second\n"
+            "  level m { state S : matrix[d_model, d_model]\n"
+            "    objective dot(S(x), x)\n    algorithm gd(lr = 1)\n    read S(x) }\n"
+            "  output m @ W_a @ W_b\n}\n")
+    out = round_trip(text)
+    assert "layer B {\n" in out
+    assert "  dims d_model = 8  # the width\n" in out
+    assert "  param W_a : [d_model, d_model]\n  param W_b : [d_model, d_model]  # second\n" in out

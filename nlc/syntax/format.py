@@ -73,21 +73,29 @@ def format_expr(e: ast.Expr) -> str:
 
 
 class _Printer:
-    def __init__(self, comments: list[tuple[int, str]]):
+    def __init__(self, comments: list[tuple[int, str]], starts: frozenset = frozenset()):
         self.comments = sorted(comments)  # (line, text)
         self.out: list[str] = []
+        # where every printed statement starts, (line, column): a comment ends the last
+        # statement of its line, so one that another statement follows on the line leaves it
+        self.starts = starts
+        self.seen: set[tuple[int, int]] = set()
 
     def _flush_before(self, line: int, indent: str) -> None:
         while self.comments and self.comments[0][0] < line:
             self.out.append(indent + self.comments.pop(0)[1].rstrip())
 
-    def _line(self, text: str, first: int, last: int, indent: str) -> None:
+    def _line(self, text: str, first: int, last: int, indent: str,
+              after: tuple[int, int] = (0, 0)) -> None:
         """`text`, printed as one line from source lines first..last: the last comment on
         those lines ends it, any earlier one (a statement written over several lines) goes
-        on its own line above it, so no comment moves to a neighbouring statement."""
+        on its own line above it, so no comment moves to a neighbouring statement. A comment
+        on line `last` where a statement starts after `after` is that statement's."""
         self._flush_before(first, indent)
+        followed = any(line == last and (line, col) > after for line, col in self.starts)
         ends = []
-        while self.comments and self.comments[0][0] <= last:
+        while self.comments and (self.comments[0][0] < last
+                                 or self.comments[0][0] == last and not followed):
             ends.append(self.comments.pop(0)[1].rstrip())
         self.out.extend(indent + comment for comment in ends[:-1])
         self.out.append(indent + text + ("  " + ends[-1] if ends else ""))
@@ -96,7 +104,11 @@ class _Printer:
         """One statement; a block's header passes `last`, the line its `{` is on."""
         span = getattr(node, "span", None)
         if span is not None and span.known:
-            self._line(text, span.line, last or span.end_line, indent)
+            self.seen.add((span.line, span.column))
+            after = (span.line, span.column) if last else (span.end_line, span.end_column - 1)
+            if last and last != span.line:  # a header over several lines: its `{` on `last`
+                after = (last, 0)
+            self._line(text, span.line, last or span.end_line, indent, after)
         else:
             self.out.append(indent + text)
 
@@ -104,7 +116,8 @@ class _Printer:
         span = node.span
         if span.known:
             self._flush_before(span.end_line, indent + "  ")
-            self._line("}", span.end_line, span.end_line, indent)
+            self._line("}", span.end_line, span.end_line, indent,
+                       (span.end_line, span.end_column - 1))
         else:
             self.out.append(indent + "}")
 
@@ -184,4 +197,6 @@ class _Printer:
 
 def format_module(module: ast.Module, comments: list[tuple[int, str]] = ()) -> str:
     """Canonical text of a module; `comments` are ``(line, text)`` pairs from `parse_with_comments`."""
-    return _Printer(list(comments)).module(module)
+    dry = _Printer([])  # a first pass finds where each printed statement starts
+    dry.module(module)
+    return _Printer(list(comments), frozenset(dry.seen)).module(module)
