@@ -288,6 +288,11 @@ class _DeclChecker(LevelChecker):
         init = None
         if stmt.init is not None:
             init = make_term(stmt.init, vocab.PARAM_INITS, "initializer", self.env, self.consts)
+            bounds = init.kind in ("uniform", "log_uniform", "inv_softplus_uniform")
+            low, high = (init.get("low"), init.get("high")) if bounds else (None, None)
+            if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+                raise NlcError(f"{init.kind}(low = {low:g}, high = {high:g}): low is above high",
+                               init.span, hint="write the smaller bound first")
         for name in stmt.names:
             self.define(name, stmt.span, "parameter", shape)
             self.params.append(ParamRecord(name, shape, init, level, stmt.span))
