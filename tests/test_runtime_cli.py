@@ -236,18 +236,23 @@ BOOM = """layer Boom {
 """
 
 
-def test_a_run_diverging_in_a_level_names_it_and_leaves_weights_to_evaluate(tmp_path, capsys):
-    """A delta rule at rate 1e5 overflows within the first sequence: the run names the level
-    whose state went non-finite, saves the weights it had (there is no earlier checkpoint)
-    and the run folder evaluates."""
-    spec = tmp_path / "boom.nl"
-    spec.write_text(BOOM.replace("RATE", "100000"))
-    out = tmp_path / "boom"
+def _diverge(text: str, out, capsys) -> str:
+    """Train the spec `text` into `out` until it diverges (exit 1); what it printed."""
+    spec = out.parent / f"{out.name}.nl"
+    spec.write_text(text)
     args = ["train", str(spec), *TINY, "--out", str(out), "--checkpoint-interval", "100"]
     args[args.index("--seq-len") + 1] = "64"
     args[args.index("--mqar-vocab-size") + 1] = "128"
     assert main(args) == 1
-    err = capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+def test_a_run_diverging_in_a_level_names_it_and_leaves_weights_to_evaluate(tmp_path, capsys):
+    """A delta rule at rate 1e5 overflows within the first sequence: the run names the level
+    whose state went non-finite, saves the weights it had (there is no earlier checkpoint)
+    and the run folder evaluates."""
+    out = tmp_path / "boom"
+    err = _diverge(BOOM.replace("RATE", "100000"), out, capsys)
     assert "blocks.0.mixer" in err and "level(s) memory reached a non-finite state" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000000"]
     summary = json.loads((out / "summary.json").read_text())
@@ -408,13 +413,8 @@ def test_a_nonfinite_output_with_finite_states_says_so():
 def test_a_diverging_model_spec_is_located_and_saved(tmp_path, capsys):
     """A compiled `model` keeps its norms and residuals inside it (its block has no norm1):
     locating the blow-up called None, an internal error with no checkpoint saved."""
-    spec = tmp_path / "boom_model.nl"
-    spec.write_text(BOOM.replace("RATE", "100000") + "\nmodel Twice {\n  block Boom -> Boom\n}\n")
     out = tmp_path / "boom_model"
-    args = ["train", str(spec), *TINY, "--out", str(out), "--checkpoint-interval", "100"]
-    args[args.index("--seq-len") + 1] = "64"
-    args[args.index("--mqar-vocab-size") + 1] = "128"
-    assert main(args) == 1
-    err = capsys.readouterr().err
+    err = _diverge(BOOM.replace("RATE", "100000") + "\nmodel Twice {\n  block Boom -> Boom\n}\n",
+                   out, capsys)
     assert "the first non-finite output is blocks.0.mixer's" in err and "internal" not in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000000"]
