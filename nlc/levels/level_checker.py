@@ -380,12 +380,10 @@ class LevelChecker:
             if narrow is not None:  # a [1, 1] weight is a scalar to SymPy: no chain rule
                 raise NlcError(f"an MLP memory's widths must be at least 2, got {narrow} = 1",
                                widths.span, hint="use a vector or matrix memory for width 1")
-            if term.get("residual") and dims[0] != dims[-1]:  # by spelling, as every shape
+            if term.get("residual") and dims[0].size != dims[-1].size:  # by size: the ends
                 raise NlcError(f"a residual MLP adds its input to its output, but its widths go "
                                f"from {dims[0]} = {dims[0].size} to {dims[-1]} = {dims[-1].size}",
-                               widths.span, hint="the first and last widths must be equal" if
-                               dims[0].size != dims[-1].size else "shapes compare by spelling "
-                               "(so -D can change one): write the same name at both ends")
+                               widths.span, hint="the first and last widths must be equal")
             return MemoryForm("mlp", dims, term.get("act"), term.get("residual"),
                               term.get("norm"))
         spelled = _form_exprs(stmt.form, vocab.FORMS[kind])
