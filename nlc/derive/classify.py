@@ -219,7 +219,11 @@ def _classify(rule: UpdateRule) -> Classification:
     if not decay:
         return Classification(KernelFamily.FROZEN_GRADIENT, (), "no decay term")
     if len(decay) > 1:
-        decay = [_merged(S, decay)]
+        if any(kind == "channel" for kind, _ in decay):  # 1 - r k^2: a gate of any sign
+            return Classification(KernelFamily.FROZEN_GRADIENT, (), "several decay terms per "
+                                  "channel (their sum may be 0 or negative, which the chunked "
+                                  "forms' log decays cannot take)")
+        decay = [("scalar", sp.Add(*[c for _, c in decay]))]
     kind, gate = decay[0]
     b = sp.MatAdd(*bias).doit() if bias else sp.ZeroMatrix(*S.shape)
     base = (("decay", gate), ("decay_kind", kind), ("bias", b))
@@ -237,17 +241,6 @@ def _classify(rule: UpdateRule) -> Classification:
         return Classification(KernelFamily.DPLR, base + (("a", coef * left), ("b", w)),
                               "S' = S (D + a b^T) + B")
     return _product(S, kind, gate, rank_one, bias, base)
-
-
-def _merged(S, decay: list) -> tuple:
-    """Several decay terms as one: scalars summed (c S + d S = (c + d) S); with a gate per
-    channel among them, S Diag(a) + c S = S Diag(a + c 1) (a diagonal memory's l2 step,
-    h - r ⊙ (h - i), decays h by 1 - r)."""
-    if all(kind == "scalar" for kind, _ in decay):
-        return "scalar", sp.Add(*[c for _, c in decay])
-    n = S.shape[0] if S.shape[1] == 1 else S.shape[1]
-    gates = [g if kind == "channel" else g * sp.OneMatrix(n, 1) for kind, g in decay]
-    return "channel", sp.MatAdd(*gates)
 
 
 def jointly_affine(rule: UpdateRule) -> bool:
