@@ -3,11 +3,11 @@ each is classified as below and equals the paper's recurrence, written here toke
 in float64, in both modes.
 
 - HGRN (Qin, Yang, Zhong, NeurIPS 2023, eqs. 3-6) as a diagonal memory stepped on the l2
-  objective at a rate per channel: h - (1 - f) ⊙ (h ⊙ 1 - i) ⊙ 1 is f ⊙ h + (1 - f) ⊙ i.
-  Its decay terms h and -(1 - f) ⊙ h are found (entrywise products distributed over the
-  sum), but their sum is a gate that the chunked forms' log decays cannot take in general
-  (an l2 step's 1 - r k^2 may be negative: Atlas' diagonal omega window), so it runs token
-  by token, and equals the paper in both modes.
+  objective at a rate per channel: h - (1 - f) ⊙ (h ⊙ 1 - i) ⊙ 1 is f ⊙ h + (1 - f) ⊙ i,
+  but as an l2 step its gate is 1 - r k^2, of any sign (Atlas' diagonal omega window),
+  which the chunked forms' log decays cannot take: it runs token by token, and equals the
+  paper in both modes. Spelled `decay(1 - f)`, a gate of the spec's own, it stays one decay
+  per channel (entrywise products are not distributed over the gate's sum).
 - Comba (an erase along p = k ⊙ sigmoid(c) at the rate beta / sigmoid(c) beside a dot
   objective on k): S' = alpha S (I - beta p k^T) + beta v k^T, whose rank-one row is
   (beta / s ⊙ p)^T, a function of a row: family dplr.
@@ -185,3 +185,16 @@ def test_an_expression_without_a_finite_value_is_refused_where_it_is_written(tmp
     with pytest.raises(NlcError, match="has no finite value for any input") as err:
         derive(checked)
     assert err.value.span.line == 15
+
+
+def test_a_gate_written_as_a_sum_stays_one_decay_per_channel(tmp_path):
+    """Distributing entrywise products over sums split decay(1 - f) on a diagonal memory into
+    h and -f ⊙ h, two decay terms, and the level ran token by token."""
+    path = tmp_path / "hgrn_decay.nl"
+    path.write_text(HGRN.replace("objective l2(h(ones), i)", "objective dot(h(ones), i)")
+                    .replace("retention none", "retention decay(1 - f)")
+                    .replace("gd(lr = 1 - f)", "gd(lr = 1)"))
+    (checked,) = pipeline.run(str(path), "check")
+    (rule,) = derive(checked)
+    found = classify(rule)
+    assert found.family.value == "decay" and found.param("decay_kind") == "channel"

@@ -181,7 +181,7 @@ def _classify(rule: UpdateRule) -> Classification:
     if rule.steps:
         return _steps(rule)
     name, S = rule.states[0]
-    terms = expand_terms(rule.next_of(name), hadamard=S.shape[1] == 1)
+    terms = expand_terms(rule.next_of(name))
     elementwise = _elementwise(S, terms)
     if elementwise is None:
         elementwise = _row_rate(S, terms)
