@@ -71,6 +71,8 @@ class CatalogEntry:
     constants: str | None = None
     # an average: the rate is 1 - the gate (Adam's moments), so a level's rate is no difference
     ema: bool = False
+    # an optimizer level whose data is the gradient's square g ⊙ g (a second moment)
+    squares: bool = False
 
 
 def _I(n):
@@ -326,7 +328,7 @@ entry(id="adam_first_moment", kind="optimizer", title="Adam's first moment",
       update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * r.g,))
 entry(id="adam_second_moment", kind="optimizer", title="Adam's second moment",
       citation="Kingma & Ba, Adam, ICLR 2015, Algorithm 1: v = b2 v + (1 - b2) g^2 (entrywise)",
-      form="like", gate="constant", needs=("g", "alpha"), family="decay", ema=True,
+      form="like", gate="constant", needs=("g", "alpha"), family="decay", squares=True, ema=True,
       update=lambda r: (r.alpha * r.S[0] + (1 - r.alpha) * sp.HadamardProduct(r.g, r.g),))
 
 
@@ -367,7 +369,7 @@ entry(id="m3_slow", kind="optimizer", title="M3's slow momentum",
 entry(id="m3_second_moment", kind="optimizer", title="M3's second moment",
       citation="Behrouz et al., Nested Learning, NeurIPS 2025, Algorithm 1 (M3): "
                "V = V + b2 g^2 every step",
-      form="like", gate="none", needs=("g", "beta"), family="decay", every="one",
+      form="like", gate="none", needs=("g", "beta"), family="decay", squares=True, every="one",
       update=lambda r: (r.S[0] + r.beta * sp.HadamardProduct(r.g, r.g),))
 
 

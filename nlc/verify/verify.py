@@ -262,8 +262,7 @@ def _role_differences(rule: UpdateRule, spec, level, entry: CatalogEntry):
         back.append(f"it reads before the write ({entry.id}: its state after)")
     learned = _learns_from(roles, level) if optimizer else None
     if learned:  # Adam's moment of g / (sqrt(v) + eps): the data is not the gradient
-        theirs = f"{level.over} ⊙ {level.over}" if "second_moment" in entry.id else \
-            f"the gradient {level.over}"
+        theirs = f"{level.over} ⊙ {level.over}" if entry.squares else f"the gradient {level.over}"
         back.append(f"it learns from {learned} ({entry.id}: from {theirs})")
     return front, back
 
@@ -692,18 +691,17 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     pool = [e for e in ENTRIES if e.kind == spec.kind.value]
     scored = []
     for i, e in enumerate(pool):
-        diffs = _differences(mine, e, rule)
+        diffs, theirs = _differences(mine, e, rule), _axes_of_entry(e)
         distance = sum(AXIS_WEIGHTS[a] for a in diffs)
-        if _erase_for_l2(mine, _axes_of_entry(e)):
+        if _erase_for_l2(mine, theirs):
             distance -= AXIS_WEIGHTS["objective"] - 0.5
         if "form" in diffs and _mlp_apart(e, rule):  # MLPs apart by a norm or a layer
             distance += len(_mlp_parts(e, rule)) - AXIS_WEIGHTS["form"]
         if e.retention and e.retention not in retentions:  # Memora's kl: a whole geometry
             distance += 1.5
-        if squared is not None and squared != ("second_moment" in e.id):
+        if squared is not None and squared != e.squares:
             distance += 0.5  # a moment of squares (AdaBelief's (g - m)^2) is a second moment
-        if "objective" in diffs and {mine["objective"], _axes_of_entry(e)["objective"]} \
-                <= REGRESSION:
+        if "objective" in diffs and {mine["objective"], theirs["objective"]} <= REGRESSION:
             distance -= AXIS_WEIGHTS["objective"] / 2
         scored.append((distance, i, e, diffs))
     scored.sort(key=lambda t: (not (claim and _claimed(t[2].id, claim)), *t[:2]))
