@@ -222,10 +222,6 @@ class Lowering:
                 return self.names[e.id]
             if e.id in self.table.values:
                 return self.table.values[e.id]
-            if e.id == "head":  # a per-head constant the context computes with
-                raise NlcError("'head' is known in the context block only", e.span,
-                               hint="name a context value made from it (e.g. gamma = 1 - 2 ^ "
-                                    "(-5 - head)) and use that name here")
             raise NlcError(f"'{e.id}' cannot be used in a derivation here", e.span)
         if isinstance(e, ast.Neg):
             return -self(e.operand)
