@@ -222,9 +222,10 @@ class _DeclChecker(LevelChecker):
         value = self.overrides.get(d.name)
         if value is not None:
             return value
+        unknown = names_used(d.value) - set(self.consts)
         later = {e.name for stmt in self.decl.body if isinstance(stmt, (ast.Dims, ast.Hyper))
-                 for e in stmt.defs} - set(self.consts)
-        for name in sorted(names_used(d.value) & later):
+                 for e in stmt.defs} if unknown else set()
+        for name in sorted(unknown & later):
             raise NlcError(f"'{name}' is used before it is defined: dims and hypers are "
                            f"defined in order", d.value.span,
                            hint=f"define '{name}' before '{d.name}'")

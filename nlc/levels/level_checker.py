@@ -473,7 +473,8 @@ class LevelChecker:
         """lq divides the state by a power of its norm, 0 / 0 at a state of zeros (q > 2);
         below q = 2 its gradient is infinite there."""
         q = term.get("q")
-        if state.form.kind in ("matrix", "mlp") and state.init == "zeros" and isinstance(q, (int, float)) and q != 2:
+        at_zero = state.form.kind in ("matrix", "mlp") and state.init == "zeros"
+        if at_zero and isinstance(q, (int, float)) and q != 2:
             raise NlcError(f"'lq(q = {q:g})' applies A / ||A||_q^{q - 2:g} to the state, which "
                            f"is not finite at the start '= zeros' (every output NaN from the "
                            f"first token)", term.span,

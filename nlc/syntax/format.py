@@ -73,13 +73,13 @@ def format_expr(e: ast.Expr) -> str:
 
 
 class _Printer:
-    def __init__(self, comments: list[tuple[int, str]], starts: frozenset = frozenset()):
+    def __init__(self, comments: list[tuple[int, str]], last_starts: dict | None = None):
         self.comments = sorted(comments)  # (line, text)
         self.out: list[str] = []
-        # where every printed statement starts, (line, column): a comment ends the last
-        # statement of its line, so one that another statement follows on the line leaves it
-        self.starts = starts
-        self.seen: set[tuple[int, int]] = set()
+        # line -> the column where the last printed statement on it starts: a comment ends
+        # the last statement of its line, so one that another statement follows leaves it
+        self.last_starts = last_starts or {}
+        self.seen: dict[int, int] = {}
 
     def _flush_before(self, line: int, indent: str) -> None:
         while self.comments and self.comments[0][0] < line:
@@ -92,7 +92,7 @@ class _Printer:
         on its own line above it, so no comment moves to a neighbouring statement. A comment
         on line `last` where a statement starts after `after` is that statement's."""
         self._flush_before(first, indent)
-        followed = any(line == last and (line, col) > after for line, col in self.starts)
+        followed = last in self.last_starts and (last, self.last_starts[last]) > after
         ends = []
         while self.comments and (self.comments[0][0] < last
                                  or self.comments[0][0] == last and not followed):
@@ -104,7 +104,7 @@ class _Printer:
         """One statement; a block's header passes `last`, the line its `{` is on."""
         span = getattr(node, "span", None)
         if span is not None and span.known:
-            self.seen.add((span.line, span.column))
+            self.seen[span.line] = max(self.seen.get(span.line, 0), span.column)
             after = (span.line, span.column) if last else (span.end_line, span.end_column - 1)
             if last and last != span.line:  # a header over several lines: its `{` on `last`
                 after = (last, 0)
@@ -199,4 +199,4 @@ def format_module(module: ast.Module, comments: list[tuple[int, str]] = ()) -> s
     """Canonical text of a module; `comments` are ``(line, text)`` pairs from `parse_with_comments`."""
     dry = _Printer([])  # a first pass finds where each printed statement starts
     dry.module(module)
-    return _Printer(list(comments), frozenset(dry.seen)).module(module)
+    return _Printer(list(comments), dry.seen).module(module)
