@@ -198,3 +198,13 @@ def test_a_gate_written_as_a_sum_stays_one_decay_per_channel(tmp_path):
     (rule,) = derive(checked)
     found = classify(rule)
     assert found.family.value == "decay" and found.param("decay_kind") == "channel"
+
+
+def test_the_l2_spelling_says_why_it_runs_token_by_token(tmp_path):
+    """HGRN's l2 step is affine per channel; derive called it "not affine in the state"."""
+    path = tmp_path / "hgrn.nl"
+    path.write_text(HGRN)
+    (checked,) = pipeline.run(str(path), "check")
+    (rule,) = derive(checked)
+    reason = classify(rule).reason
+    assert "sum under an entrywise product" in reason and "0 or negative" in reason

@@ -203,7 +203,7 @@ def _classify(rule: UpdateRule) -> Classification:
                 decay.append(("channel", gate if coef == 1 else coef * gate))
                 continue
         if not mats or mats[0] != S or any(m.has(S) for m in mats[1:]) or coef.has(S):
-            return Classification(KernelFamily.FROZEN_GRADIENT, (), "not affine in the state")
+            return Classification(KernelFamily.FROZEN_GRADIENT, (), _not_affine(S, term))
         rest = mats[1:]
         diag = [m for m in rest[:1] if isinstance(m, sp.DiagMatrix)]
         tail = rest[len(diag):]
@@ -241,6 +241,20 @@ def _classify(rule: UpdateRule) -> Classification:
         return Classification(KernelFamily.DPLR, base + (("a", coef * left), ("b", w)),
                               "S' = S (D + a b^T) + B")
     return _product(S, kind, gate, rank_one, bias, base)
+
+
+def _not_affine(S, term) -> str:
+    """Why a term of the state's rule is not a factor times the state. An l2 step on a vector
+    memory, (S ⊙ k - v) ⊙ k, keeps the state inside a sum under an entrywise product: it is
+    affine per channel, with the gate 1 - r ⊙ k ⊙ k, but that gate may be 0 or negative."""
+    nested = any(isinstance(e, sp.HadamardProduct)
+                 and any(isinstance(a, sp.MatAdd) and a.has(S) for a in e.args)
+                 for e in sp.preorder_traversal(term))
+    if nested:
+        return ("the state sits in a sum under an entrywise product (an l2 step on a vector "
+                "memory: a gate per channel, 1 - r ⊙ k ⊙ k, that may be 0 or negative, which "
+                "the chunked forms' log decays cannot take)")
+    return "not affine in the state"
 
 
 def jointly_affine(rule: UpdateRule) -> bool:
