@@ -31,8 +31,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x.float() * scale).type_as(x) * self.weight
+        # in float32 (the residual stream is float32 under autocast): one fused kernel each
+        # way on a GPU, where the written-out formula was six over the whole activation
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)
 
 
 class MLP(nn.Module):
