@@ -1,0 +1,22 @@
+#!/bin/bash
+# GPU work of session 47 (issue 17). Run from the repository root with OUT set and the wheels
+# carried (benchmarks/gpu_common.sh).
+#   p: Titans' LM step (issue 17's shape) with one step profiled: ROW_profile.txt and the
+#      kernel timeline ROW_kernels.tsv in $OUT, to see where its time goes
+#   t: the issue's whole table in one run, as benchmarks/gpu_session46.sh
+set -u
+source benchmarks/gpu_common.sh
+start_session
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+case "${1:-t}" in
+  p)
+    lm_rows 150 titans_graphed_compiled_kernels_tf32 profile
+    ;;
+  t)
+    titans_pytorch_fast 150
+    lm_rows_each 110 titans_graphed_compiled_kernels_tf32
+    lm_rows_each 90 deltanet
+    lm_rows_each 170 hope_graphed_compiled_chunks_tf32
+    ;;
+esac
