@@ -3,7 +3,9 @@
 # carried (benchmarks/gpu_common.sh).
 #   p: Titans' LM step (issue 17's shape) with one step profiled: ROW_profile.txt and the
 #      kernel timeline ROW_kernels.tsv in $OUT, to see where its time goes
-#   t: the issue's whole table in one run, as benchmarks/gpu_session46.sh
+#   t: the issue's whole table in one run, as benchmarks/gpu_session46.sh, then Titans' and
+#      DeltaNet's LM rows on the tree before the fused RMSNorm (.carry/base_822cd6f.tar, made
+#      by `git archive -o .carry/base_822cd6f.tar 822cd6f`), side by side
 set -u
 source benchmarks/gpu_common.sh
 start_session
@@ -18,5 +20,6 @@ case "${1:-t}" in
     lm_rows_each 110 titans_graphed_compiled_kernels_tf32
     lm_rows_each 90 deltanet
     lm_rows_each 170 hope_graphed_compiled_chunks_tf32
+    lm_rows_at base_822cd6f.tar 200 titans_graphed_compiled_kernels_tf32,deltanet
     ;;
 esac
