@@ -105,6 +105,46 @@ def test_every_c_tokens_changes_state_only_at_multiples_of_c(tmp_path):
         assert changed == (t % C == 0), t
 
 
+READ_STATE_ALONE = """layer Every4Diag {
+  dims d_model = 8
+  param W_k : [d_model, d_model]
+  context from x {
+    k = x @ W_k
+  }
+  level memory every 4 tokens {
+    state h : diagonal[d_model] = zeros
+    objective dot(h(k), x)
+    retention decay(0.5)
+    algorithm gd(lr = 1)
+    read h
+  }
+  output memory
+}
+"""
+
+
+@pytest.mark.parametrize("T", [1, 4, 17])
+def test_a_read_of_the_state_alone_gives_every_token_its_chunks_state(tmp_path, T):
+    """`read h` at `every 4 tokens` reads the chunk-start state: the chunked mode returned
+    one row per chunk ([B, 5, d] at T = 17), not one per token."""
+    module = module_of(tmp_path, READ_STATE_ALONE)
+    layer = module.Every4Diag().double()
+    x = torch.randn(2, T, 8, dtype=F64)
+    k = x @ layer.W_k[0]
+    h, start, expected = torch.zeros(2, 8, dtype=F64), None, []
+    for t in range(T):
+        if t % 4 == 0:
+            start = h.clone()
+        h = h + (-0.5 * start + k[:, t] * x[:, t])  # decay(0.5) and the dot step, at h_0
+        expected.append(start)
+    expected = torch.stack(expected, 1)
+    for mode in ("chunked", "recurrent"):
+        layer.mode = mode
+        out = layer(x)
+        assert out.shape == expected.shape, mode
+        assert rel(out, expected) < 1e-12, mode
+
+
 CONSTANT_TERMS = {
     # a retention or algorithm whose rule has a term built from the chunk-start state and
     # constants alone: the same at every token of a chunk, so it counts once per token

@@ -110,6 +110,13 @@ def _wide(anchor: dict) -> dict:
     return {a: x.unsqueeze(1) for a, x in anchor.items()}
 
 
+def _per_token(o: torch.Tensor, part: dict) -> torch.Tensor:
+    """A chunk's reads `[B, C, ...]`: a read of the chunk-start state alone (`read h` at
+    `every C tokens`) has a token axis of 1 (`_wide`), the same for every token."""
+    C = _any_tensor(part).shape[1]
+    return o.expand(-1, C, *o.shape[2:]) if o.shape[1] == 1 != C else o
+
+
 def _chunks(tokens: dict, size: int):
     """The tokens (axis 1) in consecutive parts of `size`: one split per tensor, whose
     backward is one concatenation (a slice per part would zero-fill a full-size gradient
@@ -409,7 +416,7 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
                            builds_per_token=not (transition and pairs and lazy_read))
 
     def read_piece(wide, piece):
-        return read({}, {**consts, **wide, **piece})
+        return _per_token(read({}, {**consts, **wide, **piece}), piece)
 
     def one_piece(wide, piece):  # `drive` sums its terms over the piece's tokens itself
         count = {PIECE_TOKENS: _any_tensor(piece).shape[1]}
@@ -452,7 +459,7 @@ def _frozen_chunk(functions, options, consts, anchors, state, part):
         terms = (pairs or drive)({**consts, **wide, **part})
         stacked, state = _affine(transition({**consts, **wide, **part, **terms}), state,
                                  read_before, terms if pairs else None, lazy_read)
-        return read(stacked, {**consts, **wide, **part}), state, anchor
+        return _per_token(read(stacked, {**consts, **wide, **part}), part), state, anchor
     driven = drive({**consts, **wide, **part})
     seen = []
     for token, terms in zip(_tokens(part), _tokens(driven)):
@@ -462,7 +469,7 @@ def _frozen_chunk(functions, options, consts, anchors, state, part):
         if not read_before:
             seen.append(state)
     stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
-    return read(stacked, {**consts, **wide, **part}), state, anchor
+    return _per_token(read(stacked, {**consts, **wide, **part}), part), state, anchor
 
 
 def _affine(transitions: dict, state: State, read_before: bool | None, pairs: dict | None,
