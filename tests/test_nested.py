@@ -594,3 +594,40 @@ def test_pending_slow_gradients_survive_a_checkpoint(tmp_path):
     assert torch.equal(fresh.W_o.grad, pending)
     assert fresh.W_q.grad is None
     assert all("pending_grad" not in s for s in fresh_optimizer.state.values())
+
+
+CONV_SCALAR = """layer ConvScalar {
+  dims d_model = 8
+  param w_in : [d_model]
+  context from x {
+    u = conv(x @ w_in, 4)
+  }
+  level memory {
+    state h : diagonal[d_model] = zeros
+    objective dot(h(x), u * x)
+    retention decay(0.5)
+    algorithm gd(lr = 1)
+    read h
+  }
+  output memory
+}
+"""
+
+
+def test_a_scalar_per_token_is_convolved_as_one_channel(tmp_path):
+    """`conv(x @ w_in, 4)` of a scalar per token (Mamba-1 with a head per channel) passed
+    check and was refused at compile ("needs a vector per token")."""
+    layer = module_of(tmp_path, CONV_SCALAR).ConvScalar().double()
+    assert layer.conv0.shape == (1, 1, 4)
+    x = torch.randn(2, 9, 8, dtype=F64)
+    s, w = x @ layer.w_in[0], layer.conv0[0, 0].detach()
+    h, expected = torch.zeros(2, 8, dtype=F64), []
+    for t in range(9):
+        u = sum(w[3 - j] * s[:, t - j] for j in range(4) if t >= j)
+        h = 0.5 * h + u[:, None] * x[:, t] * x[:, t]
+        expected.append(h)
+    assert rel(layer(x), torch.stack(expected, 1)) < 1e-12
+    cache, steps = {}, []
+    for t in range(9):
+        steps.append(layer.step(x[:, t], cache)[0])
+    assert rel(torch.stack(steps, 1).reshape(2, 9, 8), torch.stack(expected, 1)) < 1e-12

@@ -211,6 +211,9 @@ def _function(expr: ast.Call, env: Env) -> Shape:
     x = shapes["x"]
     if expr.func in functions.of_kind(functions.Kind.VECTORWISE) and not x:
         raise NlcError(f"{expr.func}() needs a vector, got a scalar", expr.span)
+    if expr.func == "conv" and len(x) > 1:
+        raise NlcError("conv() needs a scalar or a vector per token (a channel each), got a "
+                       "matrix", expr.span)
     if expr.func == "newton_schulz5" and len(x) != 2 and x != (Dim("param", -1),):
         raise NlcError("newton_schulz5() needs a matrix", expr.span)
     return x

@@ -90,10 +90,10 @@ def _convs(spec, env) -> tuple[ConvPlan, ...]:
                 kw = {k.name: k.value for k in e.keywords}
                 x = e.positional[0] if e.positional else kw["x"]
                 width = e.positional[1] if len(e.positional) > 1 else kw["width"]
-                channels = shapes.infer(x, env)
-                if len(channels) != 1:
-                    raise NlcError("conv() in generated code needs a vector per token", e.span)
-                found.append(ConvPlan(f"conv{len(found)}", dim_size(channels[0]),
+                channels = shapes.infer(x, env)  # check refused a matrix
+                # a scalar per token is one channel (Mamba-1's per-channel heads)
+                found.append(ConvPlan(f"conv{len(found)}",
+                                      dim_size(channels[0]) if channels else 1,
                                       shapes.constant_int(width), e.span.line))
             for a in e.args:
                 visit(a.value if isinstance(a, ast.Keyword) else a)
