@@ -76,6 +76,51 @@ COMBA = """layer Comba {
 """
 
 
+CHANNEL_BETA = """layer ChannelBeta {
+  dims d_model = 12, heads = 2, d_k = 4, d_v = 3
+  param W_q, W_k, W_b : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  context from x {
+    q = l2norm(x @ W_q)
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+    beta = sigmoid(x @ W_b)
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    RULE
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+CHANNEL_BETA_L2 = CHANNEL_BETA.replace("RULE", "objective l2(S(k), v)\n    algorithm gd(lr = beta)")
+CHANNEL_BETA_ERASE = CHANNEL_BETA.replace(
+    "RULE", "objective dot(S(k), v)\n    retention erase(k, beta)\n    algorithm gd(lr = beta)")
+
+META_KEY = """layer MetaKey {
+  dims d_model = 12, heads = 2, d_k = 4, d_v = 3
+  param W_q, W_a : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]
+  context from x {
+    q = x @ W_q
+    v = x @ W_v
+    a = sigmoid(x @ W_a)
+  }
+  level memory every 1 token {
+    state S : matrix[d_v, d_k] = zeros
+    objective dot(S(1 - a), v)
+    retention decay(a)
+    algorithm gd(lr = 1)
+    read S(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
 def _layer(tmp_path, text, name, mode):
     path = tmp_path / f"{name}.nl"
     path.write_text(text)
@@ -123,10 +168,41 @@ def _comba_reference(P, x):
     return out
 
 
+def _channel_beta_reference(P, x):
+    """DeltaNet with a rate per key channel: S' = S (I - k (beta ⊙ k)^T) + v (beta ⊙ k)^T."""
+    out = 0
+    for h in range(P["W_q"].shape[0]):
+        q, k = (_l2norm(x @ P[w][h]) for w in ("W_q", "W_k"))
+        v, beta = x @ P["W_v"][h], torch.sigmoid(x @ P["W_b"][h])
+        S, o = torch.zeros(x.shape[0], v.shape[-1], k.shape[-1], dtype=x.dtype), []
+        for t in range(x.shape[1]):
+            bk = (beta[:, t] * k[:, t])[:, None, :]
+            S = S - (S @ k[:, t, :, None] - v[:, t, :, None]) * bk
+            o.append((S @ q[:, t, :, None])[..., 0])
+        out = out + torch.stack(o, 1) @ P["W_o"][h]
+    return out
+
+
+def _meta_key_reference(P, x):
+    """A decay per key channel a with the key 1 - a (MetaLA): S' = S Diag(a) + v (1 - a)^T."""
+    out = 0
+    for h in range(P["W_q"].shape[0]):
+        q, v, a = x @ P["W_q"][h], x @ P["W_v"][h], torch.sigmoid(x @ P["W_a"][h])
+        S, o = torch.zeros(x.shape[0], v.shape[-1], q.shape[-1], dtype=x.dtype), []
+        for t in range(x.shape[1]):
+            S = S * a[:, t, None, :] + v[:, t, :, None] * (1 - a[:, t, None, :])
+            o.append((S @ q[:, t, :, None])[..., 0])
+        out = out + torch.stack(o, 1) @ P["W_o"][h]
+    return out
+
+
 @pytest.mark.parametrize("mode", ["chunked", "recurrent"])
 @pytest.mark.parametrize("name, text, reference, family", [
     ("hgrn", HGRN, _hgrn_reference, "frozen-gradient"),
-    ("comba", COMBA, _comba_reference, "dplr")])
+    ("comba", COMBA, _comba_reference, "dplr"),
+    ("channel_beta_l2", CHANNEL_BETA_L2, _channel_beta_reference, "dplr"),
+    ("channel_beta_erase", CHANNEL_BETA_ERASE, _channel_beta_reference, "dplr"),
+    ("meta_key", META_KEY, _meta_key_reference, "decay")])
 def test_the_rule_is_chunked_and_equals_the_paper(tmp_path, mode, name, text, reference,
                                                    family):
     path, layer = _layer(tmp_path, text, name, mode)
@@ -208,3 +284,18 @@ def test_the_l2_spelling_says_why_it_runs_token_by_token(tmp_path):
     (rule,) = derive(checked)
     reason = classify(rule).reason
     assert "sum under an entrywise product" in reason and "0 or negative" in reason
+
+
+@pytest.mark.parametrize("text", [CHANNEL_BETA_L2, CHANNEL_BETA_ERASE, META_KEY])
+def test_a_key_spelled_inline_or_scaled_by_a_rate_per_channel_is_chunked(tmp_path, text):
+    """`gd(lr = beta)` with a `[d_k]` beta on an l2 step (v k^T Diag(beta), "state factor not
+    recognised") and `S(1 - a)` (v 1^T - v a^T, "v*1 is not an outer product") ran token by
+    token; the same rules spelled `erase(k, beta)` or with `kk = 1 - a` in the context were
+    chunked. The execution plan is the chunked affine form now."""
+    from nlc.derive.execution import AffineChunk, DplrChunk, execution
+
+    path = tmp_path / "spelled.nl"
+    path.write_text(text)
+    (checked,) = pipeline.run(str(path), "check")
+    (rule,) = derive(checked)
+    assert isinstance(execution(rule, classify(rule)), (AffineChunk, DplrChunk))

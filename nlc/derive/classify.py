@@ -122,7 +122,7 @@ def _divided(coef, quotient, gate) -> bool:
     return bool(divisors(quotient) - divisors(coef))
 
 
-def _row_of(m):
+def row_of(m):
     """The column c of a row m = c^T, a transposed column or a product of transposed columns
     entry by entry ((a * k)^T, which SymPy writes a^T * k^T); None for any other factor."""
     if isinstance(m, sp.Transpose) and _is_column(m.arg):
@@ -191,7 +191,7 @@ def _classify(rule: UpdateRule) -> Classification:
     if rowed is not None:
         return rowed
     decay, rank_one, bias = [], [], []
-    for term in terms:
+    for term in map(_row_scaled, terms):
         if not term.has(S):
             bias.append(term)
             continue
@@ -212,8 +212,8 @@ def _classify(rule: UpdateRule) -> Classification:
                 decay.append(("channel", coef * diag[0].args[0] if coef != 1 else diag[0].args[0]))
             else:
                 decay.append(("scalar", coef))
-        elif len(tail) == 2 and _is_column(tail[0]) and _row_of(tail[1]) is not None:
-            rank_one.append((coef, diag[0].args[0] if diag else None, tail[0], _row_of(tail[1])))
+        elif len(tail) == 2 and _is_column(tail[0]) and row_of(tail[1]) is not None:
+            rank_one.append((coef, diag[0].args[0] if diag else None, tail[0], row_of(tail[1])))
         else:
             return Classification(KernelFamily.FROZEN_GRADIENT, (), "state factor not recognised")
     if not decay:
@@ -241,6 +241,18 @@ def _classify(rule: UpdateRule) -> Classification:
         return Classification(KernelFamily.DPLR, base + (("a", coef * left), ("b", w)),
                               "S' = S (D + a b^T) + B")
     return _product(S, kind, gate, rank_one, bias, base)
+
+
+def _row_scaled(term):
+    """... k^T Diag(r) -> ... (r ⊙ k)^T: a rate per input channel (`gd(lr = beta)` with a
+    `[d_k]` beta) scales the key of each outer product it meets, as `erase(k, beta)` writes
+    it, so both spellings are the same rank-one term."""
+    coef, mats = split_term(term)
+    if len(mats) < 2 or not isinstance(mats[-1], sp.DiagMatrix) \
+            or not isinstance(mats[-2], sp.Transpose) or not _is_column(mats[-2].arg):
+        return term
+    row = sp.Transpose(sp.HadamardProduct(mats[-1].args[0], mats[-2].arg))
+    return sp.MatMul(coef, *mats[:-2], row) if coef != 1 else sp.MatMul(*mats[:-2], row)
 
 
 def _not_affine(S, term) -> str:
@@ -458,14 +470,14 @@ def _row_rate(S, terms) -> Classification | None:
     for t in rowed:
         c, m = split_term(t)
         (preds if t.has(S) else targets).append((c, m[1:]))
-    if len(preds) != 1 or any(len(m) != 2 or _row_of(m[1]) is None for _, m in targets):
+    if len(preds) != 1 or any(len(m) != 2 or row_of(m[1]) is None for _, m in targets):
         return None
     c, m = preds[0]
-    if len(m) < 3 or m[0] != S or _row_of(m[-1]) is None or m[-2] != _row_of(m[-1]) \
+    if len(m) < 3 or m[0] != S or row_of(m[-1]) is None or m[-2] != row_of(m[-1]) \
             or c.has(S):
         return None
     key, middle = m[-2], m[1:-2]
-    if any(_row_of(tm[1]) != key for _, tm in targets):
+    if any(row_of(tm[1]) != key for _, tm in targets):
         return None
     # the step's coefficient: the targets' (y k^T, times the rate and the loss's scale);
     # the prediction's is the same at P = S and gate times it at P = gate S (order before)

@@ -36,6 +36,7 @@ from nlc.derive.classify import (
     Classification,
     KernelFamily,
     classify,
+    row_of,
     split_shift,
     split_term,
 )
@@ -445,14 +446,16 @@ def _query_of(term, target):
 
 def _bias_terms(bias, vector: bool):
     terms = bias.args if isinstance(bias, sp.MatAdd) else (bias,)
+    if not vector and any(isinstance(m, sp.OneMatrix) for t in terms for m in split_term(t)[1]):
+        terms = _gather_keys(terms)
     out = []
     for term in terms:
         coef, mats = split_term(term)
         if vector and len(mats) == 1:
             out.append((coef, mats[0]))
-        elif len(mats) == 2 and isinstance(mats[1], sp.Transpose):
+        elif len(mats) == 2 and row_of(mats[1]) is not None:  # v k^T, v (beta ⊙ k)^T
             left = coef * mats[0] if coef != 1 else mats[0]
-            out.append((left, mats[1].arg))
+            out.append((left, row_of(mats[1])))
         elif len(mats) == 3 and isinstance(mats[0], sp.DiagMatrix) \
                 and isinstance(mats[2], sp.Transpose):  # Diag(r) v k^T, a rate per row
             left = sp.HadamardProduct(mats[0].args[0], mats[1])
@@ -461,6 +464,20 @@ def _bias_terms(bias, vector: bool):
             raise _NoChunkedForm(f"the input term {_paper(term)[:60]} is not an outer "
                                  "product")
     return tuple(out)
+
+
+def _gather_keys(terms) -> tuple:
+    """A key with a constant part, `S(1 - a)`, reaches the input as v 1^T - v a^T: the row
+    of ones alone is no key a chunked form takes. The terms with the same column are one
+    outer product again, v (1 - a)^T."""
+    keys: dict = {}
+    for term in terms:
+        coef, mats = split_term(term)
+        if len(mats) != 2 or not isinstance(mats[1], (sp.Transpose, sp.OneMatrix)):
+            return terms
+        row = mats[1].T if isinstance(mats[1], sp.OneMatrix) else mats[1].arg
+        keys.setdefault(mats[0], []).append(coef * row if coef != 1 else row)
+    return tuple(sp.MatMul(col, sp.Transpose(sp.MatAdd(*rows))) for col, rows in keys.items())
 
 
 def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
