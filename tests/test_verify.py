@@ -300,7 +300,7 @@ def test_a_variant_on_every_axis_names_the_objective_argument_that_differs(examp
     text = re.sub(r" claims \w+", "", text.replace(old, new))
     (level,) = verify_module(parse(text, "variant.nl"), "variant.nl")[0].levels
     assert not level.matches and level.nearest[0] == example
-    assert level.differs.endswith("on every axis nlc compares: " + says)
+    assert level.differs.endswith("on every axis nlc compares, but " + says)
 
 
 def test_a_retention_verifies_under_either_spelling():

@@ -138,8 +138,40 @@ def test_a_hyper_the_update_does_not_have_is_named():
     assert variant != text
     report = _report(variant)
     assert not report.claim_holds
-    assert "the apply lines read 3 that no level reads (eps, lr, wd): a hyper the update " \
-        "does not have" in report.apply.differs, report.apply.differs
+    assert "the apply lines read 3 that no level reads (eps, lr, wd): the update has no " \
+        "hyper for wd" in report.apply.differs, report.apply.differs
+
+
+def test_fewer_hypers_without_a_number_say_only_the_counts():
+    """An apply that reads fewer hypers than the update, with no number in a hyper's place,
+    was told "a number in a hyper's place is not the paper's hyper"."""
+    text = (EXAMPLES / "adam.nl").read_text().replace(" + eps)", ")")
+    report = _report(text)
+    assert not report.claim_holds
+    assert report.apply.differs.endswith(
+        "is not Adam's update: it takes 2 hyper(s) of its own (lr, eps), the apply lines read "
+        "1 that no level reads (lr)"), report.apply.differs
+
+
+def test_a_claim_whose_levels_are_partly_there_names_the_missing_one():
+    """RMSprop claiming Adam: its one level equals Adam's second moment, and verify said "no
+    levels of RMSprop equal its levels"."""
+    text = """optimizer RMSprop claims adam {
+  hyper lr = 0.01, alpha = 0.99, eps = 1e-8
+  level sq over gradients g every 1 step {
+    state v : like(param) = zeros
+    objective dot(v, g * g)
+    retention decay(alpha)
+    algorithm gd(lr = 1 - alpha)
+    apply param = param - lr * g / (sqrt(v) + eps)
+  }
+}
+"""
+    report = _report(text, "rmsprop.nl")
+    assert not report.claim_holds
+    assert report.apply.differs.endswith(
+        "is not compared with Adam's update: no level of RMSprop equals adam_first_moment "
+        "(sq equals adam_second_moment)"), report.apply.differs
 
 
 def test_apply_lines_are_composed_in_order():
@@ -170,7 +202,8 @@ def test_adams_second_moment_averages_the_squared_gradient():
     assert not report.claim_holds
     levels = {lv.level: [c.entry.id for c in lv.matches] for lv in report.levels}
     assert levels == {"first_moment": ["adam_first_moment"], "second_moment": []}
-    assert "no levels of Adam equal its levels" in report.apply.differs
+    assert "no level of Adam equals adam_second_moment (first_moment equals " \
+        "adam_first_moment)" in report.apply.differs
 
 
 def test_an_unclaimed_optimizer_is_compared_with_nothing_it_does_not_bind():

@@ -32,7 +32,8 @@ from nlc.derive.matfuncs import NewtonSchulz, free_names
 from nlc.derive.symbols import Lowering, SymbolTable
 from nlc.errors import NlcError
 from nlc.syntax.format import format_expr
-from nlc.syntax.walk import names_used
+from nlc.syntax import ast
+from nlc.syntax.walk import names_used, nodes
 from nlc.verify.equality import Explicit, _draw, _inputs, explicit, symbolic_equal
 from nlc.verify.verify import (
     NUMERIC_DIMS,
@@ -163,13 +164,21 @@ def compare(entry: ApplyEntry, bindings: list[tuple[str, ...]], steps: dict,
             if tried[-1].ok:
                 return tried[-1]
     if not tried:
-        why = ("a number in a hyper's place is not the paper's hyper: name it"
-               if len(own) < len(entry.hypers) else
-               "a hyper the update does not have (a weight decay) makes another optimizer")
         note = (f"it takes {len(entry.hypers)} hyper(s) of its own ({_listed(entry.hypers)}), "
-                f"the apply lines read {len(own)} that no level reads ({_listed(own)}): {why}")
+                f"the apply lines read {len(own)} that no level reads ({_listed(own)})")
+        extra = [h for h in own if h not in entry.hypers]
+        if len(own) < len(entry.hypers) and _numbers(steps[SYMBOLIC_DIMS[0]]):
+            note += ": a number in a hyper's place is not the paper's hyper: name it"
+        elif len(own) > len(entry.hypers) and extra:
+            note += f": the update has no hyper for {_listed(extra)}"
         return Comparison(entry, False, float("inf"), False, note)
     return min(tried, key=_closeness)
+
+
+def _numbers(step: OptimizerStep) -> bool:
+    """Whether the apply lines hold a number other than a small whole one (1 - b, 2 g)."""
+    return any(isinstance(n, ast.Num) and not (n.is_int and abs(n.value) <= 2)
+               for lv in step.spec.levels for _, e in lv.applies for n in nodes(e))
 
 
 def _listed(names) -> str:
@@ -191,7 +200,7 @@ def verify_apply(module, spec, levels: list[LevelReport], path: str,
             return report
         compared = [compare(e, b, steps, rng) for e, b in bound]
     report.matches = [c for c in compared if c.ok]
-    report.differs = _differs(report, spec, compared, path)
+    report.differs = _differs(report, spec, compared, path, levels)
     return report
 
 
@@ -205,7 +214,8 @@ def _quoted(report: ApplyReport, path: str) -> str:
     return quoted
 
 
-def _differs(report: ApplyReport, spec, compared: list[Comparison], path: str) -> str:
+def _differs(report: ApplyReport, spec, compared: list[Comparison], path: str,
+             levels: list[LevelReport]) -> str:
     """Where the apply differs from the update it claims (else from the closest one it
     was compared with), and how; empty if it does not."""
     claim = spec.claims
@@ -221,8 +231,14 @@ def _differs(report: ApplyReport, spec, compared: list[Comparison], path: str) -
                 f"'{claim}'")
     tried = [c for c in compared if _claimed(c.entry.id, claim)]
     if not tried:
-        return (f"{_quoted(report, path)} is not compared with {entries[0].title}: no levels "
-                f"of {spec.name} equal its levels ({', '.join(entries[0].levels)})")
+        wanted = entries[0].levels
+        found = {e: [lv.level for lv in levels if e in {c.entry.id for c in lv.matches}]
+                 for e in wanted}
+        missing = [e for e in wanted if not found[e]]
+        have = "; ".join(f"{', '.join(found[e])} equals {e}" for e in wanted if found[e])
+        return (f"{_quoted(report, path)} is not compared with {entries[0].title}: no level "
+                f"of {spec.name} equals {' or '.join(missing) or 'its levels'}"
+                + (f" ({have})" if have and missing else ""))
     return _how(_quoted(report, path), tried[0])
 
 

@@ -713,7 +713,7 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     front, back = _role_differences(rule, spec, level, first)
     written = front + _written_differences(level, first, rule) + back
     if not diffs:
-        line = f"{first.title}, on every axis nlc compares: " + (
+        line = f"{first.title} on every axis nlc compares, but " + (
             "; ".join(written) if written else _objective_arguments(level.objective, first))
     else:  # the axes that differ, then what the spec writes otherwise beyond them
         added = [p for p in diffs.values() if p.startswith(("+", "without "))]
