@@ -22,8 +22,12 @@ def const_eval(expr: ast.Expr, consts: dict[str, float]) -> float:
     if isinstance(expr, ast.Name):
         if expr.id in consts:
             return consts[expr.id]
+        hint = ("a parameter's sizes are no dims: an optimizer's state is `like(param)`, "
+                "and factored statistics (Adafactor's row and column moments) cannot be "
+                "written (docs/language.md, section 21)"
+                if expr.id in ("param_out", "param_in") else did_you_mean(expr.id, consts))
         raise NlcError(f"'{expr.id}' is not a constant (a number, dim or hyper)", expr.span,
-                       hint=did_you_mean(expr.id, consts))
+                       hint=hint)
     if isinstance(expr, ast.Neg):
         return -const_eval(expr.operand, consts)
     if isinstance(expr, ast.BinOp) and expr.op is not ast.BinOpKind.MATMUL:
