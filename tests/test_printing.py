@@ -68,6 +68,10 @@ def test_function_names():
     assert function_name(sp.diff(gelu, R), set()) == "gelu'"
     assert function_name(sp.diff(gelu, R), {"gelu'"}) == "gelu'1"
     assert function_name(R ** 3, set()) == "phi1"
+    # a plain exp or sign is its own name, not phi1 defined as it (Mamba-1's exp(A_log))
+    assert function_name(sp.exp(R), set()) == "exp"
+    assert function_name(sp.sign(R), set()) == "sign"
+    assert function_name(sp.exp(2 * R), set()) == "phi1"
     huber = sp.Piecewise((R, sp.Abs(R) <= sp.Symbol("delta")),
                          (sp.Symbol("delta") * sp.sign(R), True))
     assert function_name(huber, set()) == "huber'"

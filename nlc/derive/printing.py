@@ -188,7 +188,9 @@ def _huber_threshold(body):
 def function_name(body, taken: set[str]) -> str:
     """A name for the elementwise function `r -> body`: gelu, gelu', huber', ... or phi1."""
     name = None
-    if _huber_threshold(body) is not None:
+    if isinstance(body, (sp.exp, sp.log, sp.sign, sp.tanh)) and body.args == (R,):
+        name = type(body).__name__  # exp(...) reads better than phi1 defined as exp
+    elif _huber_threshold(body) is not None:
         name = "huber'"
     elif sp.count_ops(body) < 60:
         for known, ref in _known_functions().items():
