@@ -284,6 +284,9 @@ def test_the_l2_spelling_says_why_it_runs_token_by_token(tmp_path):
     (rule,) = derive(checked)
     reason = classify(rule).reason
     assert "sum under an entrywise product" in reason and "0 or negative" in reason
+    from nlc.derive.execution import TokenLoop, execution
+    loop = execution(rule, classify(rule))  # the generated module's note says the same
+    assert isinstance(loop, TokenLoop) and "sum under an entrywise product" in loop.reason
 
 
 @pytest.mark.parametrize("text", [CHANNEL_BETA_L2, CHANNEL_BETA_ERASE, META_KEY])

@@ -257,15 +257,15 @@ def _row_scaled(term):
 
 def _not_affine(S, term) -> str:
     """Why a term of the state's rule is not a factor times the state. An l2 step on a vector
-    memory, (S ⊙ k - v) ⊙ k, keeps the state inside a sum under an entrywise product: it is
-    affine per channel, with the gate 1 - r ⊙ k ⊙ k, but that gate may be 0 or negative."""
+    memory, (S * k - v) * k entry by entry, keeps the state in a sum under an entrywise
+    product: it is affine per channel, with the gate 1 - r k^2, which may be 0 or negative."""
     nested = any(isinstance(e, sp.HadamardProduct)
                  and any(isinstance(a, sp.MatAdd) and a.has(S) for a in e.args)
                  for e in sp.preorder_traversal(term))
     if nested:
         return ("the state sits in a sum under an entrywise product (an l2 step on a vector "
-                "memory: a gate per channel, 1 - r ⊙ k ⊙ k, that may be 0 or negative, which "
-                "the chunked forms' log decays cannot take)")
+                "memory: a gate per channel, 1 - r k^2, that may be 0 or negative, which the "
+                "chunked forms' log decays cannot take)")
     return "not affine in the state"
 
 

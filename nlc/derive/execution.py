@@ -333,6 +333,9 @@ def execution(rule: UpdateRule, family: Classification,
         except _NoChunkedForm as why:
             states = ", ".join(n for n, _ in rule.states)
             return TokenLoop(f"the states ({states}) are jointly affine per token, but {why}")
+    if fam is KernelFamily.FROZEN_GRADIENT and len(rule.states) == 1:  # why it is no
+        # affine family's (an MLP's tensors are simply not affine in the state)
+        return TokenLoop(f"{family.reason}, and its gradients are not frozen per chunk")
     return TokenLoop("the rule is not affine in the state and its gradients are not "
                      "frozen per chunk")
 
