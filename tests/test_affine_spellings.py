@@ -3,11 +3,12 @@ each is classified as below and equals the paper's recurrence, written here toke
 in float64, in both modes.
 
 - HGRN (Qin, Yang, Zhong, NeurIPS 2023, eqs. 3-6) as a diagonal memory stepped on the l2
-  objective at a rate per channel: h - (1 - f) ⊙ (h ⊙ 1 - i) ⊙ 1 is f ⊙ h + (1 - f) ⊙ i,
-  but as an l2 step its gate is 1 - r k^2, of any sign (Atlas' diagonal omega window),
-  which the chunked forms' log decays cannot take: it runs token by token, and equals the
-  paper in both modes. Spelled `decay(1 - f)`, a gate of the spec's own, it stays one decay
-  per channel (entrywise products are not distributed over the gate's sum).
+  objective at a rate per channel: h - (1 - f) ⊙ (h ⊙ 1 - i) ⊙ 1 is f ⊙ h + (1 - f) ⊙ i.
+  As an l2 step its gate is 1 - r k^2, of any sign (Atlas' diagonal omega window), which
+  the chunked forms' log decays cannot take: it runs the entrywise scan with products of
+  the gates (`signed`), and equals the paper in both modes. Spelled `decay(1 - f)`, a gate
+  of the spec's own, it stays one decay per channel (entrywise products are distributed
+  only where the state sits in a sum under one).
 - Comba (an erase along p = k ⊙ sigmoid(c) at the rate beta / sigmoid(c) beside a dot
   objective on k): S' = alpha S (I - beta p k^T) + beta v k^T, whose rank-one row is
   (beta / s ⊙ p)^T, a function of a row: family dplr.
@@ -198,7 +199,7 @@ def _meta_key_reference(P, x):
 
 @pytest.mark.parametrize("mode", ["chunked", "recurrent"])
 @pytest.mark.parametrize("name, text, reference, family", [
-    ("hgrn", HGRN, _hgrn_reference, "frozen-gradient"),
+    ("hgrn", HGRN, _hgrn_reference, "decay"),
     ("comba", COMBA, _comba_reference, "dplr"),
     ("channel_beta_l2", CHANNEL_BETA_L2, _channel_beta_reference, "dplr"),
     ("channel_beta_erase", CHANNEL_BETA_ERASE, _channel_beta_reference, "dplr"),
@@ -276,17 +277,60 @@ def test_a_gate_written_as_a_sum_stays_one_decay_per_channel(tmp_path):
     assert found.family.value == "decay" and found.param("decay_kind") == "channel"
 
 
-def test_the_l2_spelling_says_why_it_runs_token_by_token(tmp_path):
-    """HGRN's l2 step is affine per channel; derive called it "not affine in the state"."""
-    path = tmp_path / "hgrn.nl"
-    path.write_text(HGRN)
+DIAG_L2 = """layer DiagL2 {
+  dims d_model = 8, d_h = 4
+  param W_k, W_v : [d_model, d_h]
+  param w_b : [d_model]
+  param W_o : [d_h, d_model]
+  context from x {
+    k = x @ W_k
+    v = x @ W_v
+    b = sigmoid(x @ w_b)
+  }
+  level memory {
+    state h : diagonal[d_h] = zeros
+    objective l2(h(k), v)
+    algorithm gd(lr = b)
+    read h
+  }
+  output memory @ W_o
+}
+"""
+
+
+@pytest.mark.parametrize("T", [1, 17, 40])
+def test_an_l2_step_with_gates_below_zero_runs_the_signed_scan(tmp_path, T):
+    """h' = h - b (h ⊙ k - v) ⊙ k decays h by 1 - b k^2, here mostly negative: the chunked
+    mode's entrywise scan multiplies the gates (no logs) and equals the recurrence; before,
+    the level ran token by token ("not affine in the state")."""
+    from nlc.derive.execution import EntrywiseScan, execution
+
+    path = tmp_path / "diag_l2.nl"
+    path.write_text(DIAG_L2)
     (checked,) = pipeline.run(str(path), "check")
     (rule,) = derive(checked)
-    reason = classify(rule).reason
-    assert "sum under an entrywise product" in reason and "0 or negative" in reason
-    from nlc.derive.execution import TokenLoop, execution
-    loop = execution(rule, classify(rule))  # the generated module's note says the same
-    assert isinstance(loop, TokenLoop) and "sum under an entrywise product" in loop.reason
+    plan = execution(rule, classify(rule))
+    assert isinstance(plan, EntrywiseScan) and plan.signed
+    layer = load_layer(str(path))(mode="chunked").double()
+    with torch.no_grad():
+        layer.W_k.mul_(3.0)
+    x = torch.randn(2, T, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    k, v = x @ layer.W_k[0], x @ layer.W_v[0]
+    b = torch.sigmoid(x @ layer.w_b[0])[..., None]
+    assert (1 - b * k * k < 0).float().mean() > 0.3  # the gates the log forms cannot take
+    h, hs = torch.zeros(2, 4, dtype=torch.float64), []
+    for t in range(T):
+        h = h - b[:, t] * (h * k[:, t] - v[:, t]) * k[:, t]
+        hs.append(h)
+    expected = torch.stack(hs, 1) @ layer.W_o[0]
+    out = layer(x)
+    assert rel(out, expected) < 1e-12
+    grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
+    layer.mode = "recurrent"
+    out = layer(x)
+    assert rel(out, expected) < 1e-12
+    for g, ref in zip(grads, torch.autograd.grad(out.square().sum(), list(layer.parameters()))):
+        assert rel(g, ref) < 1e-10
 
 
 @pytest.mark.parametrize("text", [CHANNEL_BETA_L2, CHANNEL_BETA_ERASE, META_KEY])

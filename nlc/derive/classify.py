@@ -182,6 +182,8 @@ def _classify(rule: UpdateRule) -> Classification:
         return _steps(rule)
     name, S = rule.states[0]
     terms = expand_terms(rule.next_of(name))
+    if S.shape[1] == 1 and any(_state_in_entrywise_sum(S, t) for t in terms):
+        terms = expand_terms(rule.next_of(name), hadamard=True)  # (h ⊙ k - v) ⊙ k
     elementwise = _elementwise(S, terms)
     if elementwise is None:
         elementwise = _row_rate(S, terms)
@@ -218,15 +220,13 @@ def _classify(rule: UpdateRule) -> Classification:
             return Classification(KernelFamily.FROZEN_GRADIENT, (), "state factor not recognised")
     if not decay:
         return Classification(KernelFamily.FROZEN_GRADIENT, (), "no decay term")
+    signed = len(decay) > 1 and any(kind == "channel" for kind, _ in decay)
     if len(decay) > 1:
-        if any(kind == "channel" for kind, _ in decay):  # 1 - r k^2: a gate of any sign
-            return Classification(KernelFamily.FROZEN_GRADIENT, (), "several decay terms per "
-                                  "channel (their sum may be 0 or negative, which the chunked "
-                                  "forms' log decays cannot take)")
-        decay = [("scalar", sp.Add(*[c for _, c in decay]))]
+        decay = [_merged(S, decay)]
     kind, gate = decay[0]
     b = sp.MatAdd(*bias).doit() if bias else sp.ZeroMatrix(*S.shape)
-    base = (("decay", gate), ("decay_kind", kind), ("bias", b))
+    base = (("decay", gate), ("decay_kind", kind), ("bias", b)) + ((("signed", True),)
+                                                                   if signed else ())
     if not rank_one:
         return Classification(KernelFamily.DECAY, base, f"S' = S D + B with {kind} D")
     if len(rank_one) == 1:
@@ -243,6 +243,24 @@ def _classify(rule: UpdateRule) -> Classification:
     return _product(S, kind, gate, rank_one, bias, base)
 
 
+def _merged(S, decay: list) -> tuple:
+    """Several decay terms as one gate: scalars summed (c S + d S = (c + d) S); with a gate
+    per channel among them, S Diag(a) + c S = S Diag(a + c 1): a vector memory's l2 step,
+    h - r ⊙ (h ⊙ k - v) ⊙ k, decays h by 1 - r k^2, a gate that may be 0 or negative
+    (marked `signed`: the chunked forms' log decays cannot take it)."""
+    if all(kind == "scalar" for kind, _ in decay):
+        return "scalar", sp.Add(*[c for _, c in decay])
+    n = S.shape[0] if S.shape[1] == 1 else S.shape[1]
+    gates = [g if kind == "channel" else g * sp.OneMatrix(n, 1) for kind, g in decay]
+    return "channel", sp.MatAdd(*gates)
+
+
+def _state_in_entrywise_sum(S, term) -> bool:
+    return any(isinstance(e, sp.HadamardProduct)
+               and any(isinstance(a, sp.MatAdd) and a.has(S) for a in e.args)
+               for e in sp.preorder_traversal(term))
+
+
 def _row_scaled(term):
     """... k^T Diag(r) -> ... (r ⊙ k)^T: a rate per input channel (`gd(lr = beta)` with a
     `[d_k]` beta) scales the key of each outer product it meets, as `erase(k, beta)` writes
@@ -256,16 +274,9 @@ def _row_scaled(term):
 
 
 def _not_affine(S, term) -> str:
-    """Why a term of the state's rule is not a factor times the state. An l2 step on a vector
-    memory, (S * k - v) * k entry by entry, keeps the state in a sum under an entrywise
-    product: it is affine per channel, with the gate 1 - r k^2, which may be 0 or negative."""
-    nested = any(isinstance(e, sp.HadamardProduct)
-                 and any(isinstance(a, sp.MatAdd) and a.has(S) for a in e.args)
-                 for e in sp.preorder_traversal(term))
-    if nested:
-        return ("the state sits in a sum under an entrywise product (an l2 step on a vector "
-                "memory: a gate per channel, 1 - r k^2, that may be 0 or negative, which the "
-                "chunked forms' log decays cannot take)")
+    """Why a term of the state's rule is not a factor times the state."""
+    if _state_in_entrywise_sum(S, term):  # distributed for vector memories only
+        return "the state sits in a sum under an entrywise product"
     return "not affine in the state"
 
 

@@ -54,10 +54,12 @@ class EntrywiseScan:
     decay: object                   # a (1: none)
     decay_kind: str                 # scalar | channel
     bias: object                    # b, free of the state
+    signed: bool = False            # a may be 0 or negative: products of gates, no logs
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
-        return f"entrywise scan: h' = a h + {_s(self.bias)}, {gate}"
+        signed = " (of any sign)" if self.signed else ""
+        return f"entrywise scan: h' = a h + {_s(self.bias)}, {gate}{signed}"
 
 
 @dataclass(frozen=True)
@@ -484,6 +486,10 @@ def _gather_keys(terms) -> tuple:
 
 
 def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
+    if family.param("signed"):
+        raise _NoChunkedForm("its gate per channel is a sum of decay terms (1 - r k^2 for an "
+                             "l2 step), which may be 0 or negative, and the chunked forms "
+                             "take log decays")
     bias = family.param("bias")
     if isinstance(bias, sp.ZeroMatrix):
         raise _NoChunkedForm("the state has no input term")
@@ -511,7 +517,7 @@ def _affine_or_scan(rule, family: Classification, fam: KernelFamily):
                 or family.param("decay_kind") not in ("scalar", "channel"):
             raise
         return EntrywiseScan(family.param("decay"), family.param("decay_kind"),
-                             family.param("bias"))
+                             family.param("bias"), bool(family.param("signed")))
 
 
 def _substeps(rule, family: Classification) -> ProductChunk:

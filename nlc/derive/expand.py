@@ -13,8 +13,10 @@ import sympy as sp
 _STRUCTURE = (sp.MatMul, sp.MatAdd, sp.Transpose, sp.HadamardProduct)
 
 
-def expand_terms(expr) -> tuple:
-    """The terms of `expr` with matrix products distributed over sums, scalars untouched."""
+def expand_terms(expr, hadamard: bool = False) -> tuple:
+    """The terms of `expr` with matrix products distributed over sums, scalars untouched;
+    with `hadamard`, entrywise products too ((h - i) ⊙ g = h ⊙ g - i ⊙ g, which SymPy's
+    expand leaves whole: a vector memory's l2 step)."""
     placeholders: dict = {}
     memo: dict = {}
 
@@ -37,9 +39,35 @@ def expand_terms(expr) -> tuple:
         return out
 
     expanded = sp.expand(mask(expr))
+    if hadamard:
+        expanded = sp.expand(_spread(expanded))
     back = {d: e for e, d in placeholders.items()}
     terms = expanded.args if isinstance(expanded, sp.MatAdd) else (expanded,)
     return tuple(t.xreplace(back) for t in terms)
+
+
+def _spread(e):
+    """Entrywise products distributed over the sums among their factors, scalar
+    coefficients pulled out in front: (a + c b) ⊙ g -> a ⊙ g + c (b ⊙ g)."""
+    if not isinstance(e, sp.MatrixExpr) or e.is_Atom:
+        return e
+    args = [_spread(a) for a in e.args]
+    if not isinstance(e, sp.HadamardProduct):
+        return e.func(*args) if args != list(e.args) else e
+    coef, factors = sp.Integer(1), []
+    for a in args:
+        mats = [m for m in a.args if isinstance(m, sp.MatrixExpr)] \
+            if isinstance(a, sp.MatMul) else []
+        if len(mats) == 1:
+            coef *= sp.Mul(*[m for m in a.args if not isinstance(m, sp.MatrixExpr)])
+            a = mats[0]
+        factors.append(a)
+    for i, a in enumerate(factors):
+        if isinstance(a, sp.MatAdd):
+            terms = [_spread(sp.HadamardProduct(*factors[:i], t, *factors[i + 1:]))
+                     for t in a.args]
+            return coef * sp.MatAdd(*terms)
+    return coef * sp.HadamardProduct(*factors) if coef != 1 else sp.HadamardProduct(*factors)
 
 
 def tree_size(expr, limit: int | None = None) -> int:

@@ -265,10 +265,11 @@ class LevelPrinter:
         rest = getattr(self.plan.execution, "rest", None)
         return [] if rest is None else [("rest", rest)]
 
-    def _chunk_values(self, outputs, decay, also=()) -> tuple[list[str], dict[str, str]]:
+    def _chunk_values(self, outputs, decay, also=(), log=True) -> tuple[list[str], dict[str, str]]:
         """Lines that unpack a chunk's inputs (those of `also`'s expressions too) and compute
-        each (name, expression) of `outputs` and, for a gate other than 1, `log_decay`;
-        name -> the code holding it."""
+        each (name, expression) of `outputs` and, for a gate other than 1, `log_decay` (the
+        gate itself as `gate`, without `log`: a gate of any sign); name -> the code holding
+        it."""
         gated = decay != 1
         printer = TorchPrinter(self.names())
         outputs = outputs + self._rest_output()
@@ -277,7 +278,9 @@ class LevelPrinter:
         lines.append("ref = nl.reference(tokens)")
         computed, v = self._bind(printer, outputs)
         lines += computed
-        if gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
+        if gated and not log:
+            lines.append(f"gate = {printer.expr(decay)}")
+        elif gated:  # log of the gate, finite (with a zero gradient) where the gate is 0
             lines.append(f"log_decay = nl.log_gate({printer.expr(decay)})")
         return lines, v
 
@@ -343,13 +346,15 @@ class LevelPrinter:
         once, printed from the rule with the states in place of the state."""
         (name, _), = self.rule.states
         read = self.rule.read
-        lines, v = self._chunk_values([("bias", ex.bias)], ex.decay, also=[read])
-        decay = "None"
+        lines, v = self._chunk_values([("bias", ex.bias)], ex.decay, also=[read],
+                                      log=not ex.signed)
+        decay, gate = "None", "log_decay" if not ex.signed else "gate"
         if ex.decay != 1:  # a scalar gate [B, T, H, 1, 1] (or a number), or one per channel
-            decay = ("nl.flat(log_decay, ref)[..., None]" if ex.decay_kind == "scalar"
-                     else "nl.vec(log_decay, ref)")
+            decay = (f"nl.flat({gate}, ref)[..., None]" if ex.decay_kind == "scalar"
+                     else f"nl.vec({gate}, ref)")
+        signed = ", signed=True" if ex.signed else ""
         lines.append(f"states, final = nl.scan_chunked(nl.vec({v['bias']}, ref), {decay}, "
-                     f"initial_state=state[{name!r}])")
+                     f"initial_state=state[{name!r}]{signed})")
         names = self.names()
         names[f"{name}_next"] = "states"
         if self.rule.read_before:  # the read meets each token's state before its write
