@@ -59,6 +59,15 @@ VARIANTS = {
     "dplr": ("objective dot(S(k), v)",
              "retention decay(w, order = parallel), erase(key = k, rate = beta)", "1",
              "read S(r) + dot(r, u * k) * v"),
+    # a read that is a function of S r (`after_read`): it ran token by token on every device
+    "rmsnorm_delta": ("objective l2(S(k), v)", "retention none", "beta", "read rmsnorm(S(r))"),
+    "softmax_decay": ("objective dot(S(k), v)", "retention decay(w)", "1",
+                      "read softmax(S(r))"),
+    "before_l2norm": ("objective dot(S(k), v)", "retention decay(w)", "1",
+                      "read before l2norm(S(r)) + v"),
+    "gated_dplr": ("objective dot(S(k), v)",
+                   "retention decay(w, order = parallel), erase(key = k, rate = beta)", "1",
+                   "read silu(S(r)) * sigmoid(v)"),
 }
 
 
@@ -115,10 +124,12 @@ print(len(calls), rel(y, z), rel(gx, hx))
 """
 
 
-def test_the_fused_recurrent_kernel_adds_the_terms_too(tmp_path):
-    """RWKV-6 with Triton forced, a short input (the fused recurrent kernel's path): in
-    float32 under the interpreter it equals the PyTorch forms."""
-    path = _spec(tmp_path, "rwkv6")
+@pytest.mark.parametrize("name", ["rwkv6", "rmsnorm_delta"])
+def test_the_fused_recurrent_kernel_adds_the_terms_too(tmp_path, name):
+    """RWKV-6 (and a read that is a function of S r) with Triton forced, a short input (the
+    fused recurrent kernel's path): in float32 under the interpreter it equals the PyTorch
+    forms."""
+    path = _spec(tmp_path, name)
     env = dict(os.environ, TRITON_INTERPRET="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     done = subprocess.run([sys.executable, "-c", KERNEL, str(path)], check=False,
@@ -150,3 +161,15 @@ def test_rwkv6s_op_equals_flas_naive_recurrence(tmp_path):
                                  output_final_state=True, mode=mode, chunk_size=16)
         assert rel(o, ref.transpose(1, 2)) < 1e-5, mode
         assert rel(final["S"], ref_final.mT) < 1e-5, mode
+
+
+def test_a_read_with_the_state_in_two_products_runs_token_by_token(tmp_path):
+    """`S(r) * total(S(k))` meets the state twice: no chunked form, and the note says why."""
+    path = tmp_path / "twice.nl"
+    path.write_text(SPEC.replace("OBJECTIVE", "objective dot(S(k), v)")
+                    .replace("RETENTION", "retention decay(w)").replace("RATE", "1")
+                    .replace("READ", "read S(r) * total(S(k))"))
+    cls = load_layer(str(path))
+    doc = sys.modules[cls.__module__].__doc__
+    assert "no chunk-parallel form: the read is not a function of the state applied to one " \
+        "query" in doc, doc

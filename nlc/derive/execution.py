@@ -45,6 +45,10 @@ from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.rule import UpdateRule
 
 
+# the name of S q, the chunked forms' output, in a read that is a function of it (no spec
+# name has a space)
+READ_O = "S q"
+
 @dataclass(frozen=True)
 class EntrywiseScan:
     """h' = a * h + b entry by entry, a vector or diagonal memory with a scalar or
@@ -81,6 +85,7 @@ class AffineChunk:
     transposed: bool = False        # the state is W = S^T, read q^T W: the math runs on S
     row_decay: object | None = None  # a decay per row (output channel), Diag(g) S
     rest: object | None = None      # the read's terms that do not meet the state, added
+    post: object | None = None      # the read as a function of S q (READ_O), or None
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
@@ -89,7 +94,7 @@ class AffineChunk:
         on = " on the transposed state" if self.transposed else ""
         rows = f", row decay {_s(self.row_decay)}" if self.row_decay is not None else ""
         return (f"chunked {self.family}{on}: q = {_s(self.query)}, inputs {terms}, "
-                f"{gate}{beta}{rows}{_rest(self.rest)}")
+                f"{gate}{beta}{rows}{_rest(self.rest)}{_post(self.post)}")
 
 
 @dataclass(frozen=True)
@@ -103,12 +108,13 @@ class ProductChunk:
     decay_kind: str                 # scalar
     family: str = "delta"           # the family whose chunked form and kernels run it
     rest: object | None = None      # the read's terms that do not meet the state, added
+    post: object | None = None      # the read as a function of S q (READ_O), or None
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"scalar decay {_s(self.decay)} on the first"
         steps = ", ".join(f"({_s(v)} {_s(k)}^T, beta = {_s(b)})" for v, k, b in self.steps)
         return (f"chunked delta over {len(self.steps)} steps per token: q = {_s(self.query)}, "
-                f"steps {steps}, {gate}{_rest(self.rest)}")
+                f"steps {steps}, {gate}{_rest(self.rest)}{_post(self.post)}")
 
 
 @dataclass(frozen=True)
@@ -154,11 +160,13 @@ class DplrChunk:
     decay_kind: str                 # none | scalar | channel
     family: str = "dplr"
     rest: object | None = None      # the read's terms that do not meet the state, added
+    post: object | None = None      # the read as a function of S q (READ_O), or None
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
         return (f"chunked dplr: q = {_s(self.query)}, input {_s(self.value)} {_s(self.key)}^T, "
-                f"a = {_s(self.a)}, b = {_s(self.b)}, {gate}{_rest(self.rest)}")
+                f"a = {_s(self.a)}, b = {_s(self.b)}, {gate}{_rest(self.rest)}"
+                f"{_post(self.post)}")
 
 
 @dataclass(frozen=True)
@@ -282,6 +290,11 @@ def _paper(e) -> str:
 def _rest(rest) -> str:
     """The read's terms beside the state's, as the plan's text says them."""
     return "" if rest is None else f", read + {_s(rest)}"
+
+
+def _post(post) -> str:
+    """The read as a function of S q, as the plan's text says it."""
+    return "" if post is None else f", read = {_s(post)}"
 
 
 class _NoChunkedForm(Exception):
@@ -420,10 +433,13 @@ def transposed_rule(rule: UpdateRule) -> UpdateRule | None:
 
 
 # ------------------------------------------------------------------ affine families
-def _read_query(rule: UpdateRule):
+def _read_query(rule: UpdateRule, post: bool = False):
     """read = c * S_next q (matrix) or <z_next, q> (vector), plus terms that do not meet the
-    state (RWKV-6's bonus <r, u * k> v) -> (c * q, the sum of those terms or None). The
-    chunked forms read S q; the rest is added to each token's read."""
+    state (RWKV-6's bonus <r, u * k> v) -> (c * q, the sum of those terms or None, None). The
+    chunked forms read S q; the rest is added to each token's read. With `post`, a read that
+    is a function of one product S q (`rmsnorm(S(q))`, GSA's `softmax(K(q))`) gives
+    (q, None, the read with READ_O in place of S q): the chunked form computes S q, then the
+    function of it."""
     (name, S), = rule.states
     target = sp.MatrixSymbol(f"{name}_next" if not rule.read_before else name, *S.shape)
     states = {S, target, sp.MatrixSymbol(f"{name}_next", *S.shape)}
@@ -431,11 +447,36 @@ def _read_query(rule: UpdateRule):
     terms = read.args if isinstance(read, (sp.MatAdd, sp.Add)) else (read,)
     meets = [t for t in terms if any(t.has(X) for X in states)]
     rest = [t for t in terms if not any(t.has(X) for X in states)]
-    if len(meets) != 1:
-        raise _NoChunkedForm("the read is not the state applied to a query")
+    try:
+        if len(meets) != 1:
+            raise _NoChunkedForm("the read is not the state applied to a query")
+        query = _query_of(meets[0], target)
+    except _NoChunkedForm:
+        if not post:
+            raise
+        return _read_of_product(read, target, states)
     rest = (sp.MatAdd(*rest).doit() if isinstance(read, sp.MatAdd) else sp.Add(*rest)) \
         if rest else None
-    return _query_of(meets[0], target), rest
+    return query, rest, None
+
+
+def _read_of_product(read, target, states):
+    """(q, None, post) when the state meets the read only in one product `target * q` (a
+    matrix state, a column q free of the state); else no chunked form."""
+    products = {n for n in sp.preorder_traversal(read) if isinstance(n, sp.MatMul)
+                and len(n.args) == 2 and n.args[0] == target and _column(n.args[1])
+                and not any(n.args[1].has(X) for X in states)}
+    if len(products) == 1 and target.shape[1] != 1:
+        (product,) = products
+        out = sp.MatrixSymbol(READ_O, target.shape[0], 1)
+        post = read.xreplace({product: out})
+        if not any(post.has(X) for X in states):
+            return product.args[1], None, post
+    raise _NoChunkedForm("the read is not a function of the state applied to one query")
+
+
+def _column(m) -> bool:
+    return isinstance(m, sp.MatrixExpr) and m.shape[1] == 1
 
 
 def _query_of(term, target):
@@ -494,7 +535,7 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
     if isinstance(bias, sp.ZeroMatrix):
         raise _NoChunkedForm("the state has no input term")
     terms = _bias_terms(bias, vector=rule.form.kind == "vector")
-    query, rest = _read_query(rule)
+    query, rest, post = _read_query(rule, post=True)
     beta = None
     if fam is KernelFamily.DELTA:
         if len(terms) != 1 or terms[0][1] != family.param("key"):
@@ -502,7 +543,7 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
         beta = family.param("beta")
     return AffineChunk(fam.value, query, terms, family.param("decay"),
                        family.param("decay_kind"), beta, row_decay=family.param("row_decay"),
-                       rest=rest)
+                       rest=rest, post=post)
 
 
 def _affine_or_scan(rule, family: Classification, fam: KernelFamily):
@@ -532,8 +573,9 @@ def _substeps(rule, family: Classification) -> ProductChunk:
         if len(terms) != 1 or terms[0][1] != key:
             raise _NoChunkedForm(f"the input term's key of step {i + 1} is not its delta key")
         steps.append((terms[0][0], key, beta))
-    query, rest = _read_query(rule)
-    return ProductChunk(query, tuple(steps), family.param("decay"), "scalar", rest=rest)
+    query, rest, post = _read_query(rule, post=True)
+    return ProductChunk(query, tuple(steps), family.param("decay"), "scalar", rest=rest,
+                        post=post)
 
 
 def _dplr(rule, family: Classification) -> DplrChunk:
@@ -548,9 +590,9 @@ def _dplr(rule, family: Classification) -> DplrChunk:
         raise _NoChunkedForm("the input is several outer products: no dplr kernel")
     gate = family.param("decay")
     kind = "none" if gate == 1 else family.param("decay_kind")
-    query, rest = _read_query(rule)
+    query, rest, post = _read_query(rule, post=True)
     return DplrChunk(query, terms[0][0], terms[0][1], family.param("a"), family.param("b"),
-                     gate, kind, rest=rest)
+                     gate, kind, rest=rest, post=post)
 
 
 def _fused(rule, family: Classification) -> FusedRecurrent:
@@ -563,7 +605,7 @@ def _fused(rule, family: Classification) -> FusedRecurrent:
     error = error.xreplace(dict(zip(ERROR_ARGS, sp.symbols("p y"))))
     gate = family.param("decay")
     kind = "none" if gate == 1 else family.param("decay_kind")
-    query, rest = _read_query(rule)
+    query, rest, _ = _read_query(rule)
     return FusedRecurrent("elementwise", query, family.param("target"), family.param("key"),
                           gate, kind, (("rate", family.param("rate")),), error,
                           family.param("order"), family.param("rate_kind") or "scalar", rest)

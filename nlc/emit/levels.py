@@ -18,6 +18,7 @@ from nlc.derive.execution import (
     DplrChunk,
     EntrywiseScan,
     FrozenSplit,
+    READ_O,
     FusedRecurrent,
     JointChunk,
     ProductChunk,
@@ -74,6 +75,7 @@ class PrintedLevel:
     batched: str | None = None      # a group member's shared pairs and transition, as code
     step: list[str] = field(default_factory=list)
     chunked: list[str] = field(default_factory=list)
+    after_read: list[str] = field(default_factory=list)  # the read as a function of S q
     frozen: dict[str, list[str]] = field(default_factory=dict)
     read_token: list[str] = field(default_factory=list)
     read_tail: list[str] = field(default_factory=list)  # a group member's read after its memory
@@ -168,6 +170,8 @@ class LevelPrinter:
             out.chunked = self.scan_chunked(ex)
         elif isinstance(ex, SolveChunk):
             out.chunked = self.solve_chunked(ex)
+        if getattr(ex, "post", None) is not None:
+            out.after_read = self.after_read(ex.post)
         elif isinstance(ex, FrozenSplit):
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
@@ -228,6 +232,13 @@ class LevelPrinter:
         lines += TorchPrinter(self.names()).assign(outputs)
         new = ", ".join(f"{n!r}: {local(n)}_next" for n in self.state_names)
         return lines + [f"return {{{new}}}, o"]
+
+    def after_read(self, post) -> list[str]:
+        """The read of every token from the chunked form's S q (`o`, `[B, T, H, d, 1]`) and
+        the chunk's inputs: a read that is a function of S q (`rmsnorm(S(q))`)."""
+        lines = self._chunk_inputs([("post", post)])
+        printer = TorchPrinter(self.names({READ_O: "o"}))
+        return lines + printer.assign([("read", post)]) + ["return read"]
 
     def read_token(self) -> list[str]:
         """The read of one token before any write (a coupled group's members read first)."""
