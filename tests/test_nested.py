@@ -152,6 +152,11 @@ CONSTANT_TERMS = {
     "weight_decay": "retention weight_decay(0.05)\n    algorithm gd(lr = 0.5)",
     "momentum": "algorithm momentum(lr = 0.5, momentum = 0.9)",
     "mlp": "retention weight_decay(0.05)\n    algorithm gd(lr = 0.1)",  # 0.5 diverges
+    # momentum keeps a second state per token (not the summed form): its chunk ran only the
+    # first token of each chunk when a term was of the chunk-start state alone
+    "momentum_weight_decay": "retention weight_decay(0.05)\n"
+                             "    algorithm momentum(lr = 0.1, momentum = 0.8)",
+    "mlp_momentum": "retention decay(0.95)\n    algorithm momentum(lr = 0.02, momentum = 0.5)",
 }
 
 
@@ -161,7 +166,7 @@ def test_every_c_tokens_counts_a_constant_term_once_per_token(tmp_path, rule, C)
     """The chunked form sums a chunk's terms at once; a term that is the same at every token
     (0.1 S0 of decay(0.9)) must count once per token, as in the recurrent form and `step`,
     also over a last chunk cut short (T = 101) and a chunk summed in two pieces."""
-    state = ("mlp(d_k -> 8 -> d_k, act = gelu, residual) = learned" if rule == "mlp"
+    state = ("mlp(d_k -> 8 -> d_k, act = gelu, residual) = learned" if rule.startswith("mlp")
              else "matrix[d_k, d_k] = zeros")
     text = TEMPLATE.format(C=C, output="slow @ W_o", levels=f"""
   level slow every C tokens {{

@@ -111,9 +111,11 @@ def _wide(anchor: dict) -> dict:
 
 
 def _per_token(o: torch.Tensor, part: dict) -> torch.Tensor:
-    """A chunk's reads `[B, C, ...]`: a read of the chunk-start state alone (`read h` at
-    `every C tokens`) has a token axis of 1 (`_wide`), the same for every token."""
+    """A chunk's reads or terms `[B, C, ...]`: one of the chunk-start state alone (`read h`
+    at `every C tokens`) has a token axis of 1 (`_wide`), the same for every token."""
     C = _any_tensor(part).shape[1]
+    if not torch.is_tensor(o) or o.dim() < 2:
+        return o
     return o.expand(-1, C, *o.shape[2:]) if o.shape[1] == 1 != C else o
 
 
@@ -460,7 +462,9 @@ def _frozen_chunk(functions, options, consts, anchors, state, part):
         stacked, state = _affine(transition({**consts, **wide, **part, **terms}), state,
                                  read_before, terms if pairs else None, lazy_read)
         return _per_token(read(stacked, {**consts, **wide, **part}), part), state, anchor
-    driven = drive({**consts, **wide, **part})
+    # a term of the chunk-start state alone (a decay's -c S_0) has a token axis of 1: each
+    # token adds it (zip over the unbound tokens would stop after the first)
+    driven = {k: _per_token(v, part) for k, v in drive({**consts, **wide, **part}).items()}
     seen = []
     for token, terms in zip(_tokens(part), _tokens(driven)):
         if read_before:
