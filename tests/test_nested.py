@@ -397,6 +397,74 @@ def test_init_edge_restarts_the_target_from_the_source_state(tmp_path):
         assert rel(torch.stack(steps, 1)[0], expected) < 1e-12
 
 
+CHAIN = """layer Chain {
+  dims d_model = 4
+  param W_k, W_v : [d_model, d_model]
+  context from x {
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+  }
+  level a every 8 tokens {
+    state P : matrix[d_model, d_model] = zeros
+    objective l2(P(k), v)
+    algorithm gd(lr = 0.3)
+    read P(k)
+  }
+  level b every 4 tokens {
+    state Q : matrix[d_model, d_model] = zeros
+    objective l2(Q(k), v)
+    algorithm gd(lr = 0.3)
+    read Q(k)
+  }
+  level c every 1 token {
+    state S : matrix[d_model, d_model] = zeros
+    objective l2(S(k), v)
+    algorithm gd(lr = 0.5)
+    read S(k)
+  }
+  transfer a -> b : init
+  transfer b -> c : init
+  output c + b + a
+}
+"""
+
+
+def test_a_chain_of_init_edges_restarts_each_level_at_its_sources_period(tmp_path):
+    """a (every 8) starts b (every 4), which starts c (every token). b ran in segments of 8
+    only, so c's restarts every 4 tokens looked up b's states by the wrong index (an
+    IndexError past 4 tokens); b is cut at 4 now and restarts from a at 8."""
+    layer = module_of(tmp_path, CHAIN).Chain().double()
+    x = torch.randn(2, 21, 4, dtype=F64)
+    k = (x @ layer.W_k[0]) / torch.sqrt(((x @ layer.W_k[0]) ** 2).sum(-1, keepdim=True) + 1e-6)
+    v = x @ layer.W_v[0]
+    P, Q, S = (torch.zeros(2, 4, 4, dtype=F64) for _ in range(3))
+    outs = []
+    for t in range(21):
+        kt, vt = k[:, t, :, None], v[:, t, :, None]
+        if t % 8 == 0:
+            P0 = P.clone()
+            Q = P0.clone()        # b restarts from a's state at a's chunk start
+        if t % 4 == 0:
+            Q0 = Q.clone()
+            S = Q0.clone()        # c restarts from b's state at b's chunk start
+        P = P - 0.3 * (P0 @ kt - vt) @ kt.mT
+        Q = Q - 0.3 * (Q0 @ kt - vt) @ kt.mT
+        S = S - 0.5 * (S @ kt - vt) @ kt.mT
+        outs.append((S @ kt + Q0 @ kt + P0 @ kt)[..., 0])
+    expected = torch.stack(outs, 1)
+    with torch.no_grad():
+        for mode in ("chunked", "recurrent"):
+            layer.mode = mode
+            assert rel(layer(x), expected) < 1e-12, mode
+            cache = {}
+            split = torch.cat([layer(x[:, :13], cache=cache), layer(x[:, 13:], cache=cache)], 1)
+            assert rel(split, expected) < 1e-12, mode
+        cache, steps = {}, []
+        for t in range(21):
+            steps.append(layer.step(x[:, t], cache)[0])
+        assert rel(torch.stack(steps, 1), expected) < 1e-12
+
+
 GENERATE = """
 layer Hyper {
   dims d_model = 6, d_k = 4, d_w = 16

@@ -449,13 +449,15 @@ class LayerPrinter:
             seg = step.segments
             reset = ""
             if seg.mode == "init":
-                reset = (f", reset=lambda i, s, state: nl.state_from({seg.source}_starts[i], "
+                reset = (f", reset=lambda s, state: nl.state_from({seg.source}_starts[s], "
                          f"state, {seg.pairs!r})")
             elif seg.mode == "generate":
                 shapes = ", ".join(f"({n!r}, {size_code(r, _attr)}, {size_code(c, _attr)})"
                                    for n, r, c in seg.shapes)
-                reset = (f", reset=lambda i, s, state: nl.weights_from("
+                reset = (f", reset=lambda s, state: nl.weights_from("
                          f"{names[seg.source]}[:, s], state, ({shapes},))")
+            if seg.every not in (None, seg.period):  # cut finer than its restarts
+                reset += f", every={seg.every}"
             args += ["initial_state=state", "output_final_state=True", "mode=mode",
                      "chunk_size=self.chunk_size"]
             lines = [f"{target}, {lp.name}_final, {lp.name}_starts = nl.segments(  "

@@ -6,6 +6,8 @@ that read each other's outputs, and the forward's steps. Emit prints what this r
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import replace
 
 import networkx as nx
@@ -461,6 +463,9 @@ class _LayerPlanner:
         if edge is None:
             return Segments(period)
         src = next(p for p in planned if p.name == source)
+        cut = period
+        if any(e.source == level.name for e in self.into.values()):  # a link of a chain:
+            cut = math.gcd(period, level.period)  # its own targets restart at its period
         if edge.mode.value == "init":
             mine = [(s.name, s.rows, s.cols) for s in lp.states]
             theirs = [(s.name, s.rows, s.cols) for s in src.states]
@@ -468,8 +473,8 @@ class _LayerPlanner:
                 raise NlcError(f"'{source}' cannot initialize '{level.name}': their states "
                                f"differ ({_shapes_text(theirs)} vs {_shapes_text(mine)})",
                                edge.span)
-            return Segments(period, source, "init",
-                            tuple((t[0], m[0]) for t, m in zip(theirs, mine)))
+            return Segments(cut, source, "init",
+                            tuple((t[0], m[0]) for t, m in zip(theirs, mine)), every=period)
         own = tuple((s.name, s.rows, s.cols) for s in lp.states)
         at_spec = {sp.Symbol(n, positive=True): v for n, v in self.dims.items()}
         size = sp.Add(*[r * c for _, r, c in own]).xreplace(at_spec)
@@ -479,8 +484,9 @@ class _LayerPlanner:
                            f"({_shapes_text(own)}: {size} numbers at the spec's dims), so "
                            "its read must "
                            f"be a vector of {size}", edge.span)
-        return Segments(period, source, "generate", shapes=own,
-                        sizes=(dim_size(out[0]), sp.Add(*[r * c for _, r, c in own])))
+        return Segments(cut, source, "generate", shapes=own,
+                        sizes=(dim_size(out[0]), sp.Add(*[r * c for _, r, c in own])),
+                        every=period)
 
 
 ZERO_KEY_FORMS = ("matrix", "vector", "diagonal")  # gradient: the error times the key

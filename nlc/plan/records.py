@@ -203,7 +203,9 @@ class ShiftStep:
 
 @dataclass(frozen=True)
 class Segments:
-    """A level run in segments that end at `period` (init / generate transfers)."""
+    """A level run in segments that end at multiples of `period` (init / generate transfers);
+    a target restarts from its source at multiples of `every` (the source's period, when a
+    level both takes its state from one level and hands it to another: it is cut at both)."""
 
     period: int
     source: str | None = None
@@ -213,6 +215,7 @@ class Segments:
     # generate: (the source's read size, the own states' total size), sizes of the dims that
     # must stay equal in a layer built with other dims
     sizes: tuple[object, object] | None = None
+    every: int | None = None                         # restarts (None: at every `period`)
 
 
 @dataclass(frozen=True)

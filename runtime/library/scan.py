@@ -652,19 +652,21 @@ def _coupled_chunk(members: list[Member], order: list[Member], consts: dict, cur
 
 
 def segments(run: Callable, T: int, period: int, state, *, offset: int = 0,
-             reset: Callable | None = None):
+             reset: Callable | None = None, every: int | None = None):
     """Run a level over segments that end at multiples of `period` (counted from `offset`, the
     tokens already seen): `run(start, end, state) -> (o, final)`. At each segment that starts
-    on a boundary, `reset(i, start, state)` may replace the state (a transfer from another
-    level: init or generate). Returns the outputs, the final state and the state every
-    segment started with."""
-    outs, starts = [], []
+    on a multiple of `every` (default `period`), `reset(start, state)` may replace the state
+    (a transfer from another level: init or generate). Returns the outputs, the final state
+    and the state each segment started with, by its start (a target's reset looks its
+    source's state up there)."""
+    every = every or period
+    outs, starts = [], {}
     start = 0
     while start < T:
         end = min(T, start + period - (offset + start) % period)
-        if reset is not None and (offset + start) % period == 0:
-            state = reset(len(starts), start, state)
-        starts.append(state)
+        if reset is not None and (offset + start) % every == 0:
+            state = reset(start, state)
+        starts[start] = state
         o, state = run(start, end, state)
         outs.append(o)
         start = end
