@@ -362,6 +362,14 @@ class _DeclChecker(LevelChecker):
                                f"chunks of {chunk}: a chunk would straddle a restart and take "
                                f"its gradients at the state from before it", e.span,
                                hint=f"make {e.source}'s period a multiple of {chunk}")
+            if src.unit == dst.unit == Frequency.TOKEN and dst.period > 1 \
+                    and src.period % dst.period:
+                raise NlcError(f"level '{e.target}' restarts every {src.period} tokens (the "
+                               f"{e.mode.value} from '{e.source}'), but updates every "
+                               f"{dst.period} tokens: a chunk would straddle a restart, its "
+                               "tokens after it reading and stepping from the state before it",
+                               e.span, hint=f"make {e.source}'s period a multiple of "
+                               f"{dst.period}")
 
     # ------------------------------------------------------------ models
     def model(self) -> Spec:

@@ -338,10 +338,13 @@ class _LayerPlanner:
                                where, hint=_kernel_hint(ex.kernel))
             for role in ("query", "key", "value"):
                 if not getattr(ex, role):
-                    raise NlcError(f"level '{level.name}': the {role} must be a context value "
-                                   "to emit attention", where,
+                    raise NlcError(f"level '{level.name}': the {role} must be one name (a "
+                                   "context value or another level's read) to emit "
+                                   f"attention, not {sp.sstr(rule.role(role))[:60]}",
+                                   level.objective.span if level.objective else where,
                                    hint=f"name it in the context block (e.g. {role[0]} = ...) "
-                                        "and use that name in the objective and read")
+                                        "and use that name in the objective and read; an "
+                                        "expression of a level's read cannot be cached")
             tokens = list({n: TokenInput(n, "vector", rule.role(r).shape[0]) for n, r in
                            ((ex.query, "query"), (ex.key, "key"), (ex.value, "value"))}.values())
             tokens += [TokenInput(n, "scalar") for n in sorted(free_names(gates) - known)
