@@ -26,10 +26,12 @@ from nlc.runtime.trainer.model import ModuleFactory
 from nlc.errors import NlcError
 
 
-def mixer_from_spec(path: str, **dims) -> ModuleFactory:
+def mixer_from_spec(path: str, name: str = "", /, **dims) -> ModuleFactory:
     """A factory `d_model -> nn.Module` for a layer spec (`.nl`) or a builtin name.
 
-    `dims` override the spec's dims and hypers (as `nlc train -D NAME=VALUE` does).
+    `name` picks a layer or model of the file by name (`nlc train --layer NAME`; default:
+    its one layer, or its one model); `dims` override the spec's dims and hypers (as
+    `nlc train -D NAME=VALUE` does).
     """
     if path.startswith("builtin:"):
         return builtin_mixer(path, **dims)
@@ -38,7 +40,7 @@ def mixer_from_spec(path: str, **dims) -> ModuleFactory:
                        hint="name one .nl file; nlc train trains one layer spec")
     if not Path(path).is_file():
         raise NlcError(f"{path}: no such spec file", hint=missing_spec_hint(path))
-    from nlc.emit import load_layer
+    from nlc.emit import load_declaration
     compiled: dict[int, type] = {}
 
     def layer(d_model: int):
@@ -48,7 +50,8 @@ def mixer_from_spec(path: str, **dims) -> ModuleFactory:
                            f"width {d_model}; set the width with --d-model")
         if d_model not in compiled:
             try:
-                compiled[d_model] = load_layer(path, **{**dims, "d_model": d_model})
+                compiled[d_model] = load_declaration(path, name, "layer",
+                                                     {**dims, "d_model": d_model})
             except OSError as err:  # the generated module's file, named after the spec
                 raise NlcError(f"{path}: cannot write the compiled module ({err.strerror}); "
                                "is the spec's file name too long?") from None
@@ -79,7 +82,8 @@ def factories_for(config) -> dict:
     """`train`'s keyword arguments for `config`: its mixer and block MLP as factories, its
     optimizer as a class (None for AdamW), each compiled when it names a spec file."""
     optimizer = config.optimizer
-    return {"mixer_factory": mixer_from_spec(config.spec, **config.spec_overrides),
+    return {"mixer_factory": mixer_from_spec(config.spec, config.layer,
+                                             **config.spec_overrides),
             "mlp_factory": block_mlp_factory(config.mlp, config.mlp_ratio),
             "optimizer_class": (None if optimizer.lower() == "adamw"
                                 else optimizer_from_spec(optimizer))}

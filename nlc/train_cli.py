@@ -333,7 +333,7 @@ def cmd_eval(args) -> int:
     checkpoint = ckpt.read_checkpoint(path, config, sha256_text(spec_text(spec)))
     world = World(device=pick_device(config.device))
     mlp = str(run / "mlp.nl") if (run / "mlp.nl").is_file() else config.mlp
-    model = LanguageModel(config, mixer_from_spec(spec, **config.spec_overrides),
+    model = LanguageModel(config, mixer_from_spec(spec, config.layer, **config.spec_overrides),
                           block_mlp_factory(mlp, config.mlp_ratio)).to(world.device)
     ckpt.apply_checkpoint(checkpoint, model, restore_rng=False)
     autocast = autocast_for(config, world.device)

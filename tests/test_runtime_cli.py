@@ -418,3 +418,73 @@ def test_a_diverging_model_spec_is_located_and_saved(tmp_path, capsys):
                    out, capsys)
     assert "the first non-finite output is blocks.0.mixer's" in err and "internal" not in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000000"]
+
+
+TWO_MODELS = """layer A {
+  dims d_model = 16, d_k = 4
+  param W_k, W_v, W_q : [d_model, d_k]
+  param W_o : [d_k, d_model]
+  context from x {
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+    q = x @ W_q
+  }
+  level memory {
+    state S : matrix[d_k, d_k] = zeros
+    objective dot(S(k), v)
+    retention decay(0.9)
+    algorithm gd(lr = 1)
+    read S(q)
+  }
+  output memory @ W_o
+}
+model One {
+  block A
+}
+model Two {
+  block A -> A
+}
+"""
+
+
+def test_layer_picks_a_declaration_of_a_file_with_several(tmp_path, capsys):
+    """A file with two models was refused by nlc train; --layer NAME picks one (or the layer
+    alone), is kept in the run's config for eval and resume, and a resume that names
+    another is refused as another model shape."""
+    spec = tmp_path / "two.nl"
+    spec.write_text(TWO_MODELS)
+    assert main(["train", str(spec), *TINY, "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "found 2 models (One, Two)" in err and "--layer NAME" in err
+    assert main(["train", str(spec), *TINY, "--out", str(tmp_path / "x"), "--layer", "Three"]) == 2
+    assert "no layer or model named 'Three' in the spec (it has A, One, Two)" in \
+        capsys.readouterr().err
+    for name in ("Two", "A"):
+        out = tmp_path / name
+        assert main(["train", str(spec), *TINY, "--out", str(out), "--layer", name]) == 0
+        assert json.loads((out / "config.json").read_text())["layer"] == name
+        assert main(["eval", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(spec), "--out", str(tmp_path / "Two"), "--resume", "--steps", "6",
+                 "--layer", "One"]) == 2
+    assert "layer 'Two' in the checkpoint, 'One' now" in capsys.readouterr().err
+    assert main(["train", "builtin:attention", *TINY, "--out", str(tmp_path / "b"),
+                 "--layer", "A"]) == 2
+    assert "builtin:attention has none" in capsys.readouterr().err
+
+
+def test_a_run_written_before_layer_existed_still_evaluates_and_resumes(run, tmp_path):
+    """Checkpoints from before `layer` was a config field have no such key: it counts as its
+    default, not as another model shape."""
+    import shutil
+    copy = tmp_path / "old"
+    shutil.copytree(run, copy)
+    for state in copy.glob("checkpoints/*/state.json"):
+        data = json.loads(state.read_text())
+        del data["config"]["layer"]
+        state.write_text(json.dumps(data))
+    config = json.loads((copy / "config.json").read_text())
+    del config["layer"]
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(copy)]) == 0
+    assert main(["train", "builtin:attention", "--out", str(copy), "--resume", "--steps", "6"]) == 0

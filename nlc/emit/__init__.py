@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nlc.errors import NlcError
+from nlc.errors import NlcError, did_you_mean
 
 
 def compile_spec(path: str, overrides: dict | None = None, text: str | None = None) -> str:
@@ -231,19 +231,29 @@ def load_module(path: str, overrides: dict | None = None):
     return module
 
 
-def _only_class(module, kind: str, path: str):
-    """The spec's one layer (or optimizer); in a file with a `model`, the model."""
+def _only_class(module, kind: str, path: str, name: str = ""):
+    """The spec's one layer (or optimizer); in a file with a `model`, the model; with `name`,
+    the declaration of that name."""
     import torch
     base = torch.nn.Module if kind == "layer" else torch.optim.Optimizer
     found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, base)
              and v.__module__ == module.__name__]
+    names = ", ".join(v.__name__ for v in found)
+    if name:
+        for v in found:
+            if v.__name__ == name:
+                return v
+        raise NlcError(f"no {kind} or model named '{name}' in the spec (it has {names})",
+                       path=path, hint=did_you_mean(name, [v.__name__ for v in found]))
     models = [v for v in found if getattr(v, "residual", False)]
     if len(models) == 1:
         return models[0]
     if len(found) != 1:
-        what = f"{len(models)} models" if models else f"{len(found)} {kind}s and no model"
+        what = (f"{len(models)} models ({', '.join(v.__name__ for v in models)})" if models
+                else f"{len(found)} {kind}s ({names}) and no model")
         raise NlcError(f"expected one {kind} or one model in the spec, found {what}",
-                       path=path, hint="a `model` declaration composes the layers of a file")
+                       path=path, hint="pick one with --layer NAME (nlc train), or compose "
+                                       "the layers in one `model`")
     return found[0]
 
 
@@ -275,9 +285,15 @@ def load_optimizer(path: str, **overrides):
     return _load_class(path, overrides, "optimizer")
 
 
-def _load_class(path: str, overrides: dict, kind: str):
+def load_declaration(path: str, name: str, kind: str, overrides: dict):
+    """The class of the layer (or model, or optimizer: `kind`) named `name` in a spec, or as
+    `load_layer` picks it when `name` is empty; `overrides` set dims / hypers (like -D)."""
+    return _load_class(path, overrides, kind, name)
+
+
+def _load_class(path: str, overrides: dict, kind: str, name: str = ""):
     try:
-        return _only_class(load_module(path, overrides), kind, path)
+        return _only_class(load_module(path, overrides), kind, path, name)
     except NlcError:
         _refuse_other_kind(path, kind)
         raise

@@ -252,11 +252,13 @@ def _setting(value) -> str:
 
 
 def check_shape(state_file: Path, saved: dict, config, skip: tuple = ()) -> None:
-    from nlc.runtime.trainer.config import SHAPE_FIELDS
-    differ = [f"{name} {_setting(saved.get(name))} in the checkpoint, "
+    from nlc.runtime.trainer.config import SHAPE_FIELDS, TrainConfig
+    # a field newer than the checkpoint (`layer`) had its default when it was written
+    defaults = {name: getattr(TrainConfig(), name) for name in SHAPE_FIELDS}
+    differ = [f"{name} {_setting(saved.get(name, defaults[name]))} in the checkpoint, "
               f"{_setting(getattr(config, name))} now"
               for name in SHAPE_FIELDS
-              if name not in skip and saved.get(name) != getattr(config, name)]
+              if name not in skip and saved.get(name, defaults[name]) != getattr(config, name)]
     if differ:
         refuse_shape(state_file, differ)
 

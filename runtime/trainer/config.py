@@ -20,7 +20,7 @@ MAX_LR = 1e6
 # Fields that fix the shapes of the weights and optimizer state: a checkpoint written under
 # other values cannot be loaded, and resuming refuses it (runtime/trainer/checkpoint.py).
 SHAPE_FIELDS = ("task", "vocab_size", "d_model", "n_layers", "mlp", "mlp_ratio", "optimizer",
-                "spec_overrides")
+                "spec_overrides", "layer")
 
 
 @dataclass
@@ -30,6 +30,9 @@ class TrainConfig:
         "help": "the mixer: a layer spec (.nl) or builtin:attention"})
     spec_overrides: dict = field(default_factory=dict, metadata={
         "help": "dims/hypers of the spec to override (nlc train -D NAME=VALUE)"})
+    layer: str = field(default="", metadata={
+        "help": "the layer or model of SPEC to train, by name (default: the file's one layer, "
+                "or its one model)"})
     mlp: str = field(default="builtin:mlp", metadata={
         "help": "the block's second half: builtin:mlp, none, or a layer spec such as CMS"})
     optimizer: str = field(default="adamw", metadata={
@@ -170,6 +173,9 @@ class TrainConfig:
                            hint="pass --out runs/NAME (a run never writes into the current "
                                 "folder by accident)")
         self._validate_overrides()
+        if self.layer and self.spec.startswith("builtin:"):
+            raise NlcError(f"layer names a declaration of a .nl spec; {self.spec} has none",
+                           hint="drop --layer, or pass a spec file")
         return self
 
     def _validate_niah_lengths(self) -> None:

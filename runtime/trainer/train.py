@@ -176,7 +176,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     bar = ProgressBar(config.steps, start, config.log_interval, enabled=progress and world.is_main)
     steps = (f"at step {start} of {config.steps}" if nothing_to_train
              else f"steps {start + 1}..{config.steps}")
-    bar.message(f"{config.task}: {model.num_parameters():,} parameters, {config.spec}, "
+    mixer = f"{config.spec} ({config.layer})" if config.layer else config.spec
+    bar.message(f"{config.task}: {model.num_parameters():,} parameters, {mixer}, "
                 f"{world.world_size} rank(s) on {world.device}, {steps}")
     if getattr(optimizer, "split_note", None):  # a compiled optimizer beside AdamW
         bar.message(f"optimizer: {optimizer.split_note}")
