@@ -488,3 +488,23 @@ def test_a_run_written_before_layer_existed_still_evaluates_and_resumes(run, tmp
     (copy / "config.json").write_text(json.dumps(config))
     assert main(["eval", str(copy)]) == 0
     assert main(["train", "builtin:attention", "--out", str(copy), "--resume", "--steps", "6"]) == 0
+
+
+def test_an_update_that_writes_non_finite_weights_saves_none_of_them(tmp_path, capsys):
+    """Adam with eps = 0 divides 0 by 0 for a parameter without gradient: the weights after
+    step 1 hold NaN. They were saved as "the last finite weights"; now the message names the
+    optimizer's update, and the checkpoint saved before them stays the latest."""
+    from conftest import EXAMPLES
+    adam = tmp_path / "adam0.nl"
+    adam.write_text((EXAMPLES / "adam.nl").read_text().replace("eps = 1e-8", "eps = 0"))
+    out = tmp_path / "nan"
+    args = ["train", "builtin:attention", *TINY, "--out", str(out), "--checkpoint-interval", "1",
+            "--optimizer", str(adam)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "the weights are not finite after step 1: the optimizer's update at step 1 made " \
+        "parameters non-finite" in err, err
+    assert "Not saving these weights; no checkpoint was saved before them" in err
+    assert not list(out.glob("checkpoints/step_*"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "diverged" and records[-1]["step"] == 1

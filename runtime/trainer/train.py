@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer import distributed
 from nlc.runtime.trainer.config import TrainConfig
+from nlc.runtime.trainer.diverged import nonfinite_parameters
 from nlc.runtime.trainer.lengths import evaluate_lengths
 from nlc.runtime.trainer.memory import build_model, check_fits
 from nlc.runtime.trainer.mixers import (
@@ -246,6 +247,14 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                 solved = reached(last_eval, config) and not last
                 last = last or solved
             if last or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
+                bad = nonfinite_parameters(model)  # an update that wrote them: not saved
+                if bad:
+                    diverged = done
+                    log.write({"kind": "diverged", "step": done, "nonfinite_parameters": bad})
+                    divergence = _diverged_in_update(
+                        config, out, done, f"the weights are not finite after step {done}", bad)
+                    bar.message(divergence)
+                    break
                 if world.is_main:
                     ckpt.save_checkpoint(out, done, model, optimizer, config, spec,
                                          {"next_step": done, "seed": config.seed,
@@ -527,6 +536,10 @@ def report_divergence(model, batch, world, config, out: Path, done: int, optimiz
     else:
         what = "the loss is"
         where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
+    bad = nonfinite_parameters(model)
+    if bad and done > 1:  # the previous update wrote them: these weights are not finite
+        return _diverged_in_update(config, out, done - 1, f"{what} not finite at step {done}",
+                                   bad)
     last = done - 1
     saved = out / "checkpoints" / f"step_{last:08d}"
     if world.is_main and not saved.is_dir():
@@ -545,6 +558,21 @@ def report_divergence(model, batch, world, config, out: Path, done: int, optimiz
             f"--lr {config.lr / 10:g} "
             + ("(or a smaller --grad-clip)" if config.grad_clip > 0
                else "(or clip the gradients: --grad-clip 1)"))
+
+
+def _diverged_in_update(config, out: Path, step: int, lead: str, bad: list[str]) -> str:
+    """The optimizer's update of `step` left non-finite parameters (a division by zero in a
+    compiled optimizer, eps = 0): nothing is saved, and the latest checkpoint, if any, is the
+    one to resume from."""
+    latest = ckpt.latest_checkpoint(out)
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    text = (f"{lead}: the optimizer's update at step {step} "
+            f"made parameters non-finite ({', '.join(bad[:3])}{more}); look at the "
+            f"optimizer ({config.optimizer}: a division by a zero eps, a rate too large). "
+            "Not saving these weights; ")
+    if latest is None:
+        return text + "no checkpoint was saved before them"
+    return text + f"the latest checkpoint is {latest}, to resume from with a fixed optimizer"
 
 
 @torch.no_grad()
