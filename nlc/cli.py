@@ -337,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-    except Exception as err:  # a compiler bug, not a user error
+    except Exception as err:  # a bug, not a user error, unless the machine failed
+        from nlc.errors import machine_error
+        said = machine_error(err)
+        if said is not None and os.environ.get("NLC_DEBUG") != "1":
+            print(f"nlc: error: {said}", file=sys.stderr)
+            return EXIT_USER
         if os.environ.get("NLC_DEBUG") == "1":
             raise
         print(f"nlc: internal error: {type(err).__name__}: {err}\n"

@@ -85,3 +85,26 @@ def did_you_mean(name: str, candidates) -> str | None:
     if close:
         return f"did you mean '{close[0]}'?"
     return None
+
+
+def machine_error(err: BaseException) -> str | None:
+    """The message for a failure of the machine rather than of nlc (a full disk, a folder that
+    cannot be written, memory that cannot be allocated), or None for any other exception: the
+    command line prints it as an error, not as a bug."""
+    text = str(err)
+    if "No space left on device" in text or getattr(err, "errno", None) == 28:
+        return (f"no space left on the device{_at(err)}: free some, or write the run "
+                "elsewhere (--out); the checkpoints already written are kept")
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and (
+            "out of memory" in text or "can't allocate memory" in text)):
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(err).__name__
+        return (f"out of memory: {first}; a smaller --batch-size, --seq-len or --d-model, or "
+                "smaller dims (-D), needs less")
+    if isinstance(err, OSError) and not isinstance(err, BrokenPipeError):
+        return f"{err.strerror or text}{_at(err)}"
+    return None
+
+
+def _at(err) -> str:
+    name = getattr(err, "filename", None)
+    return f" ({name})" if name else ""

@@ -491,3 +491,29 @@ def test_a_missing_spec_suggests_the_builtin_and_a_bad_file_config_names_the_fil
                  "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "--d-model must be at least 1, got -3" in err and str(config) not in err
+
+
+@pytest.mark.parametrize("failure, said", [
+    (OSError(28, "No space left on device", "runs/x/checkpoints/.step_6.tmp"),
+     "nlc: error: no space left on the device (runs/x/checkpoints/.step_6.tmp)"),
+    (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"),
+     "nlc: error: no space left on the device"),
+    (PermissionError(1, "Operation not permitted", "run/metrics.jsonl"),
+     "nlc: error: Operation not permitted (run/metrics.jsonl)"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 "
+                  "bytes"), "nlc: error: out of memory: DefaultCPUAllocator"),
+    (MemoryError(), "nlc: error: out of memory")])
+def test_a_machine_failure_is_an_error_not_a_bug(monkeypatch, capsys, failure, said):
+    """A full disk, a file that cannot be written or memory that cannot be allocated was
+    "internal error ... this is a bug in nlc" (exit 3)."""
+    from nlc import cli, train_cli
+
+    def fail(args):
+        raise failure
+
+    monkeypatch.setattr(train_cli, "cmd_train", fail)
+    monkeypatch.delenv("NLC_DEBUG", raising=False)
+    for main in (cli.main, train_cli.main):
+        assert main(["train", "builtin:attention"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(said) and "bug" not in err, err
