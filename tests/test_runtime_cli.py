@@ -508,3 +508,12 @@ def test_an_update_that_writes_non_finite_weights_saves_none_of_them(tmp_path, c
     assert not list(out.glob("checkpoints/step_*"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["kind"] == "diverged" and records[-1]["step"] == 1
+
+
+@pytest.mark.parametrize("where", [".", "/"])
+def test_a_run_into_the_current_or_root_folder_is_refused(tmp_path, monkeypatch, capsys, where):
+    """`--out /` wrote config.json, metrics.jsonl and checkpoints/ into the root folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "builtin:attention", *TINY, "--out", where]) == 2
+    assert "--out names the current, home or root folder" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

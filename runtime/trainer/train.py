@@ -416,6 +416,12 @@ def make_run_folder(out: Path) -> None:
     a file or unwritable, before any work."""
     if out.exists() and not out.is_dir():
         raise NlcError(f"{out}: --out names a file, not a folder")
+    where = out.resolve()
+    if where in (Path.cwd().resolve(), Path(where.anchor), Path.home().resolve()) \
+            and not (out / "config.json").is_file():  # (a run's own folder may be the cwd)
+        raise NlcError(f"{out}: --out names the current, home or root folder; a run writes "
+                       "config.json, metrics.jsonl, summary.json and checkpoints/ into it",
+                       hint="pass a folder of its own, e.g. --out runs/NAME")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
