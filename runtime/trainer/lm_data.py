@@ -48,7 +48,11 @@ def collect_files(paths: list[str]) -> list[Path]:
 
 def split_files(files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
     """(train, val): the ceil(fraction * n) files with the smallest name hashes are held out."""
-    if len(files) < 2 or val_fraction <= 0:
+    if val_fraction <= 0:
+        raise NlcError(f"--lm-val-fraction must be above 0 for an lm run, got {val_fraction:g}: "
+                       "the held-out files are its evaluation set",
+                       hint="drop it (the default holds out a tenth of the files, at least one)")
+    if len(files) < 2:
         raise NlcError(f"lm needs at least 2 files and lm_val_fraction > 0 to hold some out; "
                        f"got {len(files)} file(s)",
                        hint="split the text into two files or more (a whole file is held out "
