@@ -449,5 +449,8 @@ def parse_overrides(items: list[str]) -> dict[str, float]:
     for item in items:
         name, value = _parse_override(item)
         check_identifier(name, Span.none(), defining=False)
+        if name in out and out[name] != value:  # the last would win without a word
+            raise NlcError(f"-D {name} given twice ({out[name]:g} and {value:g})",
+                           hint="give each dim or hyper once")
         out[name] = value
     return out
