@@ -4,6 +4,7 @@ as one process on the same global batch, within 1e-6; only rank 0 writes."""
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 import torch
@@ -75,3 +76,33 @@ def test_the_first_failing_rank_decides_and_stops_the_others(tmp_path):
         assert distributed.launch_local(2, [], grace=0.5) == 3
     finally:
         distributed.rank_command = command
+
+def test_sigterm_to_the_launcher_reaches_the_ranks_as_ctrl_c(tmp_path):
+    """`kill` of `nlc train --nproc 2`'s launcher killed it alone: its ranks trained on to the
+    end as orphans. Each rank now gets the SIGINT a terminal's Ctrl-C sends, and the launcher
+    waits for them and exits with 130."""
+    import signal
+    import subprocess
+
+    rank = tmp_path / "rank.py"
+    rank.write_text(
+        "import os, sys, time, pathlib\n"
+        "out = pathlib.Path(sys.argv[1]) / os.environ['RANK']\n"
+        "out.write_text('started')\n"
+        "try:\n"
+        "    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n"
+        "    out.write_text('interrupted')\n"
+        "    sys.exit(130)\n")
+    launcher = ("import sys\n"
+                "from nlc.runtime.trainer import distributed\n"
+                f"distributed.rank_command = lambda args: [sys.executable, {str(rank)!r}, "
+                f"{str(tmp_path)!r}]\n"
+                "sys.exit(distributed.launch_local(2, [], grace=20))\n")
+    proc = subprocess.Popen([sys.executable, "-c", launcher])
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / r).exists() for r in "01") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130
+    assert [(tmp_path / r).read_text() for r in "01"] == ["interrupted", "interrupted"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -137,6 +138,7 @@ def launch_local(nproc: int, args: list[str], grace: float = 10.0) -> int:
     ranks = [subprocess.Popen(rank_command(args), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
              for r in range(nproc)]
     status = 0
+    previous = _forward_sigterm(ranks)
     try:
         while True:
             codes = [p.poll() for p in ranks]  # every rank polled: any() would stop early
@@ -147,8 +149,28 @@ def launch_local(nproc: int, args: list[str], grace: float = 10.0) -> int:
     except KeyboardInterrupt:  # the ranks got the same Ctrl-C and save what they can
         status = 130
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         _stop(ranks, grace)
     return status
+
+
+def _forward_sigterm(ranks: list):
+    """SIGTERM to the launcher (`kill`, a scheduler) reaches the ranks as the Ctrl-C a
+    terminal sends them all: they stop as on Ctrl-C, and the launcher waits for them (it
+    died alone, and the ranks trained on to the end). Returns the handler it replaced (None
+    off the main thread, where none can be set)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def forward(signum, frame):
+        for p in ranks:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, forward)
 
 
 def _stop(ranks: list, grace: float) -> None:
