@@ -35,11 +35,7 @@ def mixer_from_spec(path: str, name: str = "", /, **dims) -> ModuleFactory:
     """
     if path.startswith("builtin:"):
         return builtin_mixer(path, **dims)
-    if Path(path).is_dir():
-        raise NlcError(f"{path}: a folder, not a spec file",
-                       hint="name one .nl file; nlc train trains one layer spec")
-    if not Path(path).is_file():
-        raise NlcError(f"{path}: no such spec file", hint=missing_spec_hint(path))
+    _refuse_not_a_file(path, "spec file", missing_spec_hint(path))
     from nlc.emit import load_declaration
     compiled: dict[int, type] = {}
 
@@ -59,6 +55,20 @@ def mixer_from_spec(path: str, name: str = "", /, **dims) -> ModuleFactory:
     return layer
 
 
+def _refuse_not_a_file(path: str, what: str, hint: str) -> None:
+    """A spec path that names no regular file: nothing, a folder, a device."""
+    if not path.strip():
+        raise NlcError(f"the {what} is an empty path", hint=hint)
+    if Path(path).is_dir():
+        raise NlcError(f"{path}: a folder, not a{'n' if what[0] in 'aeiou' else ''} {what}",
+                       hint="name one .nl file")
+    if Path(path).exists() and not Path(path).is_file():
+        raise NlcError(f"{path}: not a regular file (a device or a pipe), so no {what}",
+                       hint="name a .nl file")
+    if not Path(path).is_file():
+        raise NlcError(f"{path}: no such {what}", hint=hint)
+
+
 def block_mlp_factory(name: str, ratio: int) -> ModuleFactory:
     """The second half of each block: `builtin:mlp` (width ratio*d), `none`, or a spec."""
     if is_builtin(name):
@@ -68,8 +78,7 @@ def block_mlp_factory(name: str, ratio: int) -> ModuleFactory:
 
 def optimizer_from_spec(path: str, **overrides) -> type[torch.optim.Optimizer]:
     """The `torch.optim.Optimizer` subclass compiled from an optimizer spec."""
-    if not Path(path).is_file():
-        raise NlcError(f"{path}: no such optimizer spec (or use --optimizer adamw)")
+    _refuse_not_a_file(path, "optimizer spec", "an optimizer spec (.nl), or --optimizer adamw")
     from nlc.emit import load_optimizer
     cls = load_optimizer(path, **overrides)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):

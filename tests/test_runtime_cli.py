@@ -120,6 +120,11 @@ def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path
     (["train", "builtin:attention", "--steps", "0"], "--steps must be at least 1"),
     (["train", "builtin:attention", *TINY, "--mqar-num-kv-pairs", "9"], "mqar_num_kv_pairs"),
     (["train", "no_such.nl", *TINY], "no_such.nl: no such spec file"),
+    (["train", "/dev/null", *TINY], "/dev/null: not a regular file (a device or a pipe), so no "
+                                    "spec file"),
+    (["train", "", *TINY], "the spec file is an empty path"),
+    (["train", "builtin:attention", *TINY, "--optimizer", "/"], "/: a folder, not an optimizer "
+                                                                  "spec"),
     (["train", "builtin:attention", *TINY, "-D", "heads"], "-D expects NAME=VALUE"),
     (["train", "builtin:attention", "--task", "niah", "--steps", "4", "--seq-len", "32",
       "--d-model", "16"], "niah needs seq_len >="),

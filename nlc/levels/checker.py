@@ -256,8 +256,8 @@ class _DeclChecker(LevelChecker):
         for d in stmt.defs:
             value = self.constant(d)
             if abs(value) > MAX_NUMBER:  # generated code prints it; see names.check_number
-                raise NlcError(f"hyper '{d.name}' = {value:.4g} is larger than 2^53 = "
-                               f"{MAX_NUMBER:,}, the largest number a spec may use",
+                raise NlcError(f"hyper '{d.name}' = {value:.4g} is beyond 2^53 = "
+                               f"{MAX_NUMBER:,} in size, the largest a spec may use",
                                d.value.span if d.name not in self.overrides else d.span)
             if self.is_optimizer and d.name in OPTIMIZER_RESERVED:
                 raise NlcError(f"an optimizer's hypers {OPTIMIZER_RESERVED[d.name]}", d.span,
