@@ -83,6 +83,9 @@ def register(subparsers) -> None:
                         "in segments of the training length with their states carried")
     p.add_argument("--niah-depth-bands", type=int, metavar="N",
                    help="depth bands of the needles at those lengths (default: the run's)")
+    p.add_argument("--lm-files", nargs="+", metavar="PATH",
+                   help="an lm run: its text files or folders, where they have moved since "
+                        "(default: the run's; the same files, split as in training)")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("plot", help="plot runs' loss and eval curves to a PNG")
@@ -322,6 +325,10 @@ def cmd_eval(args) -> int:
                                  ("device", args.device),
                                  ("niah_eval_lengths", args.niah_eval_lengths),
                                  ("niah_depth_bands", args.niah_depth_bands)) if v is not None}
+    if args.lm_files:
+        if config.task != "lm":
+            raise NlcError(f"--lm-files is an option of the lm task; {run} is a {config.task} run")
+        changes["lm_files"] = [str(Path(p).resolve()) for p in args.lm_files]
     config = dataclasses.replace(config, **changes).validate()
     path = Path(args.checkpoint) if args.checkpoint else ckpt.latest_checkpoint(run)
     if path is not None and not path.exists() and (run / "checkpoints" / path).is_dir():

@@ -522,3 +522,23 @@ def test_a_run_into_the_current_or_root_folder_is_refused(tmp_path, monkeypatch,
     assert main(["train", "builtin:attention", *TINY, "--out", where]) == 2
     assert "--out names the current, home or root folder" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_eval_of_an_lm_run_whose_files_moved_takes_them_from_lm_files(tmp_path, capsys):
+    """`nlc eval` of an lm run whose --lm-files moved had no way to name the new place."""
+    data = tmp_path / "text"
+    data.mkdir()
+    for i in range(3):
+        (data / f"f{i}.txt").write_text("the quick brown fox jumps over the lazy dog. " * 30)
+    out = tmp_path / "lm"
+    assert main(["train", "builtin:attention", "--task", "lm", "--lm-files", str(data),
+                 "--steps", "2", "--d-model", "16", "--n-layers", "1", "--batch-size", "2",
+                 "--seq-len", "32", "-D", "heads=2", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    data.rename(tmp_path / "moved")
+    assert main(["eval", str(out), "--json"]) == 2
+    assert "--lm-files NEW" in capsys.readouterr().err
+    assert main(["eval", str(out), "--json", "--lm-files", str(tmp_path / "moved")]) == 0
+    moved = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert moved["loss"] == pytest.approx([r for r in logged if r["kind"] == "eval"][-1]["loss"])

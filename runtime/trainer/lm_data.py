@@ -40,7 +40,9 @@ def collect_files(paths: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise NlcError(f"{name}: no such file or folder (lm_files)")
+            raise NlcError(f"{name}: no such file or folder (lm_files)",
+                           hint="where the run's text has moved: --lm-files NEW with nlc eval "
+                                "or with nlc train --resume")
     if not files:
         raise NlcError(f"no files under {', '.join(paths)} (lm_files)")
     return files
