@@ -517,3 +517,31 @@ def test_a_machine_failure_is_an_error_not_a_bug(monkeypatch, capsys, failure, s
         assert main(["train", "builtin:attention"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(said) and "bug" not in err, err
+
+
+def test_ctrl_c_during_an_evaluation_saves_that_step_and_trains_no_more(tmp_path, capsys):
+    """A Ctrl-C that came while a step's evaluation ran let the run train one more step
+    before it stopped; it now saves the evaluated step and stops there."""
+    import signal
+    out = tmp_path / "run"
+    from nlc.runtime.trainer import train as trainer
+    real_evaluate = trainer.evaluate
+    calls = []
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
+    from nlc import cli
+    trainer.evaluate = evaluate_then_interrupt
+    try:
+        code = cli.main(["train", "builtin:attention", *TINY, "--steps", "50",
+                         "--eval-interval", "2", "--checkpoint-interval", "1000",
+                         "--out", str(out)])
+    finally:
+        trainer.evaluate = real_evaluate
+    assert code == 130
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 2

@@ -246,7 +246,11 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                 bar.message(f"eval at step {done}: " + format_metrics(last_eval))
                 solved = reached(last_eval, config) and not last
                 last = last or solved
-            if last or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
+                if getattr(stop, "requested", False):  # a Ctrl-C during the eval
+                    interrupted = True
+                    bar.message(f"interrupted: saving step {done} of {config.steps}")
+            if last or interrupted or (config.checkpoint_interval
+                                       and done % config.checkpoint_interval == 0):
                 bad = nonfinite_parameters(model)  # an update that wrote them: not saved
                 if bad:
                     diverged = done
