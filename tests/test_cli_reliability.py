@@ -545,3 +545,20 @@ def test_ctrl_c_during_an_evaluation_saves_that_step_and_trains_no_more(tmp_path
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 2
+
+
+def test_plotting_mqar_and_niah_runs_together_is_refused(tmp_path):
+    """Both evaluate an accuracy, so the metric check let them onto one axis."""
+    from nlc.errors import NlcError
+    from nlc.runtime.trainer.plot import plot_runs
+    runs = []
+    for task in ("mqar", "niah"):
+        run = tmp_path / task
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"task": task}))
+        (run / "metrics.jsonl").write_text(
+            json.dumps({"kind": "train", "step": 1, "loss": 4.0}) + "\n"
+            + json.dumps({"kind": "eval", "step": 1, "accuracy": 0.5}) + "\n")
+        runs.append(run)
+    with pytest.raises(NlcError, match=r"different tasks \(mqar, niah\)"):
+        plot_runs(runs, tmp_path / "x.png")

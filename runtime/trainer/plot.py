@@ -27,8 +27,17 @@ def load_curves(run: str | Path) -> dict:
              if r.get("kind") == "train" and _number(r.get("loss"))]
     evals = [r for r in records if r.get("kind") == "eval"]
     metric = next((m for m in ("accuracy", "bits_per_byte") if evals and m in evals[0]), "loss")
-    return {"name": Path(run).name, "train": train, "metric": metric,
+    return {"name": Path(run).name, "train": train, "metric": metric, "task": _task(run),
             "eval": [(r["step"], r[metric]) for r in evals if _number(r.get(metric))]}
+
+
+def _task(run) -> str | None:
+    """The run's task from its config.json, or None where it cannot be read."""
+    import json
+    try:
+        return json.loads((Path(run) / "config.json").read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _number(value) -> bool:
@@ -65,6 +74,10 @@ def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = No
     if len(metrics) > 1:  # mqar's accuracy and lm's bits per byte on one axis mean nothing
         raise NlcError(f"the runs evaluate different metrics ({', '.join(metrics)}): their "
                        f"tasks differ", hint="plot the runs of each task separately")
+    tasks = sorted({c["task"] for c in curves if c["task"]})
+    if len(tasks) > 1:  # mqar's and niah's accuracies are of different tasks
+        raise NlcError(f"the runs are of different tasks ({', '.join(tasks)})",
+                       hint="plot the runs of each task separately")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for c in curves:
         if c["train"]:
