@@ -211,9 +211,10 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
                        f"{state['spec'].get('path')!r} as it was then (sha256 "
                        f"{str(state['spec'].get('sha256'))[:16]}...), the spec given now has "
                        f"sha256 {spec_sha256[:16]}... (the whole text counts, comments too)",
-                       hint=f"train into a new --out folder, or resume with the run's own "
-                            f"copy of the spec it was trained on, {Path(path).parent.parent}"
-                            f"/spec.nl (`nlc train --out RUN --resume` takes it)")
+                       hint=f"`nlc eval RUN` and `nlc train --out RUN --resume` compile the "
+                            f"run's own copy, {Path(path).parent.parent}/spec.nl; if that copy "
+                            f"was edited, the text trained on is in {state_file} ('spec', "
+                            "'text'); or train into a new --out folder")
     if config is not None:
         check_shape(state_file, state["config"], config, skip=tuple(side_specs or ()))
         if side_specs:
