@@ -67,11 +67,13 @@ def test_mixer_from_spec_compiles_through_nlc_emit(tmp_path, monkeypatch):
     spec.write_text("layer Mine {}\n")
     calls = []
 
-    def load_layer(path, **overrides):
+    def load_declaration(path, name, kind, overrides):
+        assert (name, kind) == ("", "layer")
         calls.append((path, overrides))
         return TupleMixer
 
-    monkeypatch.setitem(sys.modules, "nlc.emit", types.SimpleNamespace(load_layer=load_layer))
+    monkeypatch.setitem(sys.modules, "nlc.emit",
+                        types.SimpleNamespace(load_declaration=load_declaration))
     factory = mixer_from_spec(str(spec), heads=4)
     assert isinstance(factory(16), TupleMixer) and isinstance(factory(16), TupleMixer)
     assert calls == [(str(spec), {"heads": 4, "d_model": 16})]  # compiled once per width

@@ -135,11 +135,13 @@ def launch_local(nproc: int, args: list[str], grace: float = 10.0) -> int:
         port = probe.getsockname()[1]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
-    ranks = [subprocess.Popen(rank_command(args), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r in range(nproc)]
+    ranks: list = []
     status = 0
-    previous = _forward_sigterm(ranks)
+    previous = _forward_sigterm(ranks)  # before the first rank starts: none is left behind
     try:
+        for r in range(nproc):
+            ranks.append(subprocess.Popen(rank_command(args),
+                                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
         while True:
             codes = [p.poll() for p in ranks]  # every rank polled: any() would stop early
             status = next((c for c in codes if c), 0)
