@@ -88,8 +88,8 @@ def test_sigterm_to_the_launcher_reaches_the_ranks_as_ctrl_c(tmp_path):
     rank.write_text(
         "import os, sys, time, pathlib\n"
         "out = pathlib.Path(sys.argv[1]) / os.environ['RANK']\n"
-        "out.write_text('started')\n"
-        "try:\n"
+        "try:\n"  # the Ctrl-C may come as soon as 'started' is written
+        "    out.write_text('started')\n"
         "    time.sleep(120)\n"
         "except KeyboardInterrupt:\n"
         "    out.write_text('interrupted')\n"
