@@ -74,13 +74,18 @@ def _where(module: torch.nn.Module, x: torch.Tensor) -> str:
     return ""
 
 
+def listed(names: list[str]) -> str:
+    """The first three names, and how many more."""
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"{', '.join(names[:3])}{more}"
+
+
 @torch.no_grad()
 def locate_nonfinite(model: torch.nn.Module, tokens: torch.Tensor) -> str:
     """One line naming where `model` first produces non-finite values on `tokens`."""
     bad = nonfinite_parameters(model)
     if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        return f"non-finite parameters: {', '.join(bad[:3])}{more}"
+        return f"non-finite parameters: {listed(bad)}"
     x = model.embed(tokens)
     if not _finite(x):
         return "the embedding's output is not finite"

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from nlc.runtime.trainer import checkpoint as ckpt
 from nlc.runtime.trainer import distributed
 from nlc.runtime.trainer.config import TrainConfig
-from nlc.runtime.trainer.diverged import nonfinite_parameters
+from nlc.runtime.trainer.diverged import listed, nonfinite_parameters
 from nlc.runtime.trainer.lengths import evaluate_lengths
 from nlc.runtime.trainer.memory import build_model, check_fits
 from nlc.runtime.trainer.mixers import (
@@ -541,15 +541,15 @@ def report_divergence(model, batch, world, config, out: Path, done: int, optimiz
     last finite weights (step done - 1) unless a checkpoint of that step exists, so there is a
     run to evaluate and to resume."""
     from nlc.runtime.trainer.diverged import describe_gradients, locate_nonfinite
-    if math.isfinite(loss):  # the forward pass was fine: the backward pass overflowed
-        what, where = "the gradients are", describe_gradients(loss, bad_gradients)
-    else:
-        what = "the loss is"
-        where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
+    what = "the gradients are" if math.isfinite(loss) else "the loss is"
     bad = nonfinite_parameters(model)
     if bad and done > 1:  # the previous update wrote them: these weights are not finite
         return _diverged_in_update(config, out, done - 1, f"{what} not finite at step {done}",
                                    bad)
+    if math.isfinite(loss):  # the forward pass was fine: the backward pass overflowed
+        where = describe_gradients(loss, bad_gradients)
+    else:
+        where = locate_nonfinite(model, distributed.local_slice(batch[0], world).to(world.device))
     last = done - 1
     saved = out / "checkpoints" / f"step_{last:08d}"
     if world.is_main and not saved.is_dir():
@@ -575,9 +575,8 @@ def _diverged_in_update(config, out: Path, step: int, lead: str, bad: list[str])
     compiled optimizer, eps = 0): nothing is saved, and the latest checkpoint, if any, is the
     one to resume from."""
     latest = ckpt.latest_checkpoint(out)
-    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     text = (f"{lead}: the optimizer's update at step {step} "
-            f"made parameters non-finite ({', '.join(bad[:3])}{more}); look at the "
+            f"made parameters non-finite ({listed(bad)}); look at the "
             f"optimizer ({config.optimizer}: a division by a zero eps, a rate too large). "
             "Not saving these weights; ")
     if latest is None:
