@@ -76,8 +76,8 @@ def split_term(term):
         scalars = [a for a in term.args if not isinstance(a, sp.MatrixExpr)]
         mats = []
         for m in (a for a in term.args if isinstance(a, sp.MatrixExpr)):
-            if mats and _is_column(m) and isinstance(mats[-1], sp.Transpose) \
-                    and _is_column(mats[-1].arg):
+            if mats and is_column(m) and isinstance(mats[-1], sp.Transpose) \
+                    and is_column(mats[-1].arg):
                 scalars.append(Dot(mats.pop().arg, m))
             else:
                 mats.append(m)
@@ -125,10 +125,10 @@ def _divided(coef, quotient, gate) -> bool:
 def row_of(m):
     """The column c of a row m = c^T, a transposed column or a product of transposed columns
     entry by entry ((a * k)^T, which SymPy writes a^T * k^T); None for any other factor."""
-    if isinstance(m, sp.Transpose) and _is_column(m.arg):
+    if isinstance(m, sp.Transpose) and is_column(m.arg):
         return m.arg
     if isinstance(m, sp.HadamardProduct) and m.shape[0] == 1 \
-            and all(isinstance(f, sp.Transpose) and _is_column(f.arg) for f in m.args):
+            and all(isinstance(f, sp.Transpose) and is_column(f.arg) for f in m.args):
         return sp.HadamardProduct(*[f.arg for f in m.args])
     if isinstance(m, sp.HadamardProduct) and m.shape[0] == 1:  # with a function of a row
         return sp.HadamardProduct(*[_column_of(f) for f in m.args])  # (Comba's (beta/s)^T)
@@ -151,7 +151,7 @@ def _column_of(row):
     return sp.Transpose(row)
 
 
-def _is_column(m) -> bool:
+def is_column(m) -> bool:
     return isinstance(m, sp.MatrixExpr) and m.shape[1] == 1
 
 
@@ -200,7 +200,7 @@ def _classify(rule: UpdateRule) -> Classification:
         coef, mats = split_term(term)
         if len(mats) == 1 and isinstance(mats[0], sp.HadamardProduct) and S in mats[0].args:
             others = [a for a in mats[0].args if a != S]  # a vector state times columns
-            if all(_is_column(a) and not a.has(S) for a in others) and not coef.has(S):
+            if all(is_column(a) and not a.has(S) for a in others) and not coef.has(S):
                 gate = others[0] if len(others) == 1 else sp.HadamardProduct(*others)
                 decay.append(("channel", gate if coef == 1 else coef * gate))
                 continue
@@ -214,7 +214,7 @@ def _classify(rule: UpdateRule) -> Classification:
                 decay.append(("channel", coef * diag[0].args[0] if coef != 1 else diag[0].args[0]))
             else:
                 decay.append(("scalar", coef))
-        elif len(tail) == 2 and _is_column(tail[0]) and row_of(tail[1]) is not None:
+        elif len(tail) == 2 and is_column(tail[0]) and row_of(tail[1]) is not None:
             rank_one.append((coef, diag[0].args[0] if diag else None, tail[0], row_of(tail[1])))
         else:
             return Classification(KernelFamily.FROZEN_GRADIENT, (), "state factor not recognised")
@@ -267,7 +267,7 @@ def _row_scaled(term):
     it, so both spellings are the same rank-one term."""
     coef, mats = split_term(term)
     if len(mats) < 2 or not isinstance(mats[-1], sp.DiagMatrix) \
-            or not isinstance(mats[-2], sp.Transpose) or not _is_column(mats[-2].arg):
+            or not isinstance(mats[-2], sp.Transpose) or not is_column(mats[-2].arg):
         return term
     row = sp.Transpose(sp.HadamardProduct(mats[-1].args[0], mats[-2].arg))
     return sp.MatMul(coef, *mats[:-2], row) if coef != 1 else sp.MatMul(*mats[:-2], row)
@@ -430,7 +430,7 @@ def _elementwise(S, terms) -> Classification | None:
     kind, gate = found
     rate, mats = split_term(errors[0])
     if len(mats) != 2 or not isinstance(mats[0], ElementwiseApplyFunction) \
-            or not isinstance(mats[1], sp.Transpose) or not _is_column(mats[1].arg) \
+            or not isinstance(mats[1], sp.Transpose) or not is_column(mats[1].arg) \
             or rate.has(S) or mats[1].arg.has(S):
         return None
     error, key = mats[0], mats[1].arg

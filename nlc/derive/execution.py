@@ -36,6 +36,7 @@ from nlc.derive.classify import (
     Classification,
     KernelFamily,
     classify,
+    is_column,
     row_of,
     split_shift,
     split_term,
@@ -44,10 +45,10 @@ from nlc.derive.expand import expand_terms
 from nlc.derive.matfuncs import Dot, free_names
 from nlc.derive.rule import UpdateRule
 
-
 # the name of S q, the chunked forms' output, in a read that is a function of it (no spec
 # name has a space)
 READ_O = "S q"
+
 
 @dataclass(frozen=True)
 class EntrywiseScan:
@@ -447,14 +448,11 @@ def _read_query(rule: UpdateRule, post: bool = False):
     terms = read.args if isinstance(read, (sp.MatAdd, sp.Add)) else (read,)
     meets = [t for t in terms if any(t.has(X) for X in states)]
     rest = [t for t in terms if not any(t.has(X) for X in states)]
-    try:
-        if len(meets) != 1:
-            raise _NoChunkedForm("the read is not the state applied to a query")
-        query = _query_of(meets[0], target)
-    except _NoChunkedForm:
-        if not post:
-            raise
-        return _read_of_product(read, target, states)
+    query = _query_of(meets[0], target) if len(meets) == 1 else None
+    if query is None:
+        if post:
+            return _read_of_product(read, target, states)
+        raise _NoChunkedForm("the read is not the state applied to a query")
     rest = (sp.MatAdd(*rest).doit() if isinstance(read, sp.MatAdd) else sp.Add(*rest)) \
         if rest else None
     return query, rest, None
@@ -464,7 +462,7 @@ def _read_of_product(read, target, states):
     """(q, None, post) when the state meets the read only in one product `target * q` (a
     matrix state, a column q free of the state); else no chunked form."""
     products = {n for n in sp.preorder_traversal(read) if isinstance(n, sp.MatMul)
-                and len(n.args) == 2 and n.args[0] == target and _column(n.args[1])
+                and len(n.args) == 2 and n.args[0] == target and is_column(n.args[1])
                 and not any(n.args[1].has(X) for X in states)}
     if len(products) == 1 and target.shape[1] != 1:
         (product,) = products
@@ -475,19 +473,16 @@ def _read_of_product(read, target, states):
     raise _NoChunkedForm("the read is not a function of the state applied to one query")
 
 
-def _column(m) -> bool:
-    return isinstance(m, sp.MatrixExpr) and m.shape[1] == 1
-
 
 def _query_of(term, target):
-    """c * target q or <target, q> -> c * q."""
+    """c * target q or <target, q> -> c * q; None for any other term."""
     if isinstance(term, Dot) and target in term.args:
         return term.args[1] if term.args[0] == target else term.args[0]
     coef, mats = split_term(term)
     if len(mats) == 2 and mats[0] == target and not mats[1].has(target) \
             and not coef.has(target):  # a scale made of the state (a norm) is no query's
         return coef * mats[1] if coef != 1 else mats[1]
-    raise _NoChunkedForm("the read is not the state applied to a query")
+    return None
 
 
 def _bias_terms(bias, vector: bool):

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from nlc.derive.execution import (
+    READ_O,
     AffineChunk,
     Attention,
     DplrChunk,
     EntrywiseScan,
     FrozenSplit,
-    READ_O,
     FusedRecurrent,
     JointChunk,
     ProductChunk,
@@ -170,8 +170,6 @@ class LevelPrinter:
             out.chunked = self.scan_chunked(ex)
         elif isinstance(ex, SolveChunk):
             out.chunked = self.solve_chunked(ex)
-        if getattr(ex, "post", None) is not None:
-            out.after_read = self.after_read(ex.post)
         elif isinstance(ex, FrozenSplit):
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
@@ -180,6 +178,8 @@ class LevelPrinter:
                 self.outer_kernel(out, ex)
         elif isinstance(ex, TokenLoop):
             self.step_kernel(out)
+        if getattr(ex, "post", None) is not None:  # the chunked forms' read of S q
+            out.after_read = self.after_read(ex.post)
         return out
 
     def outer_kernel(self, out: PrintedLevel, ex: FrozenSplit) -> None:

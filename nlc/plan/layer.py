@@ -7,7 +7,6 @@ that read each other's outputs, and the forward's steps. Emit prints what this r
 from __future__ import annotations
 
 import math
-
 from dataclasses import replace
 
 import networkx as nx

@@ -113,9 +113,9 @@ def _wide(anchor: dict) -> dict:
 def _per_token(o: torch.Tensor, part: dict) -> torch.Tensor:
     """A chunk's reads or terms `[B, C, ...]`: one of the chunk-start state alone (`read h`
     at `every C tokens`) has a token axis of 1 (`_wide`), the same for every token."""
-    C = _any_tensor(part).shape[1]
     if not torch.is_tensor(o) or o.dim() < 2:
         return o
+    C = _any_tensor(part).shape[1]
     return o.expand(-1, C, *o.shape[2:]) if o.shape[1] == 1 != C else o
 
 
