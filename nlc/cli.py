@@ -11,7 +11,7 @@ from pathlib import Path
 from nlc import __version__
 from nlc.errors import NlcError
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 3, 2
+EXIT_OK, EXIT_USER = 0, 2  # and 3 for a bug: nlc.errors.report_unexpected
 
 
 def _add_spec_options(p: argparse.ArgumentParser) -> None:
@@ -338,17 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as err:  # a bug, not a user error, unless the machine failed
-        from nlc.errors import machine_error
-        said = machine_error(err)
-        if said is not None and os.environ.get("NLC_DEBUG") != "1":
-            print(f"nlc: error: {said}", file=sys.stderr)
-            return EXIT_USER
-        if os.environ.get("NLC_DEBUG") == "1":
-            raise
-        print(f"nlc: internal error: {type(err).__name__}: {err}\n"
-              "  this is a bug in nlc; rerun with NLC_DEBUG=1 for the traceback",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        from nlc.errors import report_unexpected
+        return report_unexpected(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

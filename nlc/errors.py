@@ -87,6 +87,22 @@ def did_you_mean(name: str, candidates) -> str | None:
     return None
 
 
+def report_unexpected(err: Exception) -> int:
+    """The command line's answer to an exception that is no NlcError: a machine's failure as
+    an error (exit 2), anything else as a bug in nlc (exit 3); NLC_DEBUG=1 raises it."""
+    import os
+    import sys
+    if os.environ.get("NLC_DEBUG") == "1":
+        raise err
+    said = machine_error(err)
+    if said is not None:
+        print(f"nlc: error: {said}", file=sys.stderr)
+        return 2
+    print(f"nlc: internal error: {type(err).__name__}: {err}\n"
+          "  this is a bug in nlc; rerun with NLC_DEBUG=1 for the traceback", file=sys.stderr)
+    return 3
+
+
 def machine_error(err: BaseException) -> str | None:
     """The message for a failure of the machine rather than of nlc (a full disk, a folder that
     cannot be written, memory that cannot be allocated), or None for any other exception: the

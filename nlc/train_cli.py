@@ -398,16 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         say_interrupted(err, args.command)
         return 130
     except Exception as err:  # a bug, not a user error, unless the machine failed
-        from nlc.errors import machine_error
-        said = machine_error(err)
-        if said is not None and os.environ.get("NLC_DEBUG") != "1":
-            print(f"nlc: error: {said}", file=sys.stderr)
-            return 2
-        if os.environ.get("NLC_DEBUG") == "1":
-            raise
-        print(f"nlc: internal error: {type(err).__name__}: {err}\n"
-              "  this is a bug in nlc; rerun with NLC_DEBUG=1 for the traceback", file=sys.stderr)
-        return 3
+        from nlc.errors import report_unexpected
+        return report_unexpected(err)
 
 
 if __name__ == "__main__":  # pragma: no cover
