@@ -548,3 +548,64 @@ def test_every_adjoint_rule_against_autograd():
     for name, w in zip(leaves, want):
         got = scope[found.grads[name]]
         assert got.shape == w.shape and rel(got, w) < 1e-12, name
+
+
+DIAG_L2 = """layer DiagL2 {
+  dims d_model = 8, heads = 2, d_h = 4
+  param W_k, W_v : [d_model, d_h]
+  param w_b : [d_model]
+  param W_o : [d_h, d_model]
+  context from x {
+    k = x @ W_k
+    v = x @ W_v
+    b = sigmoid(x @ w_b)
+  }
+  level memory {
+    state h : diagonal[d_h] = zeros
+    objective l2(h(k), v)
+    algorithm gd(lr = b)
+    read h
+  }
+  output memory @ W_o
+}
+"""
+
+
+@needs_interpreter
+@pytest.mark.parametrize("T", [1, 17, 40])
+def test_an_entrywise_scan_level_sends_forced_tensors_to_its_step_kernel(tmp_path,
+                                                                         monkeypatch, T):
+    """A diagonal memory on an l2 step runs the entrywise scan in the chunked mode, and its
+    printed step kernel for CUDA tensors (one kernel beat the PyTorch scan on an H100,
+    docs/perf.md): forced here, the kernel path in float32 equals the float64 recurrence,
+    output and every parameter gradient, and both kernels ran; unforced, the scan runs."""
+    import sys
+
+    from nlc.emit import load_layer
+    path = tmp_path / "diag_l2.nl"
+    path.write_text(DIAG_L2)
+    cls = load_layer(str(path))
+    doc = sys.modules[cls.__module__].__doc__
+    assert "entrywise recurrence" in doc and "fused step kernel" in doc, doc
+    assert "other tensors run the scan" in " ".join(doc.split())
+    torch.manual_seed(0)
+    layer = cls(mode="recurrent").double()
+    with torch.no_grad():
+        layer.W_k.mul_(3.0)  # gates 1 - b k^2 below zero, as the scan's signed form takes
+    x = torch.randn(2, T, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(T))
+
+    def outputs(dtype):
+        model = layer.to(dtype)
+        y = model(x.to(dtype))
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)).sum()
+        return [y, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    want = outputs(torch.float64)
+    layer.mode = "chunked"
+    for flag, launches in (("0", (0, 0)), ("force", (1, 1))):
+        monkeypatch.setenv("NLC_TRITON", flag)
+        before = dict(step_launch.LAUNCHES)
+        got = outputs(torch.float32)
+        ran = tuple(step_launch.LAUNCHES[k] - before.get(k, 0) for k in ("forward", "backward"))
+        assert ran == launches, flag
+        assert max(rel(g, w) for g, w in zip(got, want)) < TOL, flag
