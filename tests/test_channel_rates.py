@@ -343,7 +343,7 @@ def test_longhorn_per_channel_verifies_against_the_catalog():
 
 @pytest.mark.parametrize("algorithm, retention, message", [
     ("momentum", "none", "learning rate 'beta' is [d_v]; it must be a scalar or [d_k]"),
-    ("gd", "elastic_net(l1 = 0.1)", "not derived with a rate per output channel"),
+    ("gd", "elastic_net(l1 = 0.1)", "with a rate per channel each channel would need its own"),
 ])
 def test_rate_per_value_channel_refusals_are_located(algorithm, retention, message):
     text = longhorn(algorithm, retention)

@@ -230,7 +230,7 @@ class LevelDerivation:
 def _post(d: LevelDerivation, tensors, lower):
     """Maps applied after the step: elastic-net shrinkage, KL (softmax) retention."""
     if "elastic_net" in d.retentions:
-        t = d.retentions["elastic_net"]  # check refused it with a rate per output channel
+        t = d.retentions["elastic_net"]  # check refused it with a per-channel rate
         rate = d.roles["lr"]
         shrink = ret.elastic_net_map(rate, d.value(t.get("l1"), lower), d.value(t.get("l2"), lower))
         tensors = tuple(shrink(w) for w in tensors)

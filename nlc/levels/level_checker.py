@@ -308,10 +308,11 @@ class LevelChecker:
         states = (head.state,) if head.state is not None else ()
         rows = _rate_rows(head.state, algorithm, head.env)
         shrink = next((t for t in retentions if t.kind == "elastic_net"), None)
-        if rows and shrink is not None:  # derive refused it; check says so first
-            raise NlcError("elastic_net shrinks entry by entry at the step's rate: it is not "
-                           "derived with a rate per output channel", shrink.span,
-                           hint="make the learning rate a scalar or one per input channel")
+        if shrink is not None and _rate_shape(algorithm, head.env) not in (None, ()):
+            raise NlcError("elastic_net's threshold is the step's rate times l1, derived for "
+                           "one rate: with a rate per channel each channel would need its own",
+                           shrink.span, hint="make the learning rate a scalar (a per-channel "
+                           "rate works without elastic_net)")
         return LevelRecord(stmt.name, head.unit, head.period, head.chunk, stmt.over, states,
                            objective, retentions, algorithm, expr, before, applies,
                            tuple(p.name for p in self.params if p.level == stmt.name), out_shape,
@@ -745,14 +746,19 @@ def _gate_rows(state: StateRecord | None, retentions, env: Env) -> bool:
     return False
 
 
+def _rate_shape(algorithm: Term | None, env: Env) -> tuple | None:
+    """The shape of a level's learning rate; None where it has none or it is a constant."""
+    if algorithm is None or not vocab.ALGORITHMS[algorithm.kind].arg("lr"):
+        return None
+    rate = algorithm.get("lr")
+    return infer(rate, env) if isinstance(rate, ast.Expr) else None
+
+
 def _rate_rows(state: StateRecord | None, algorithm: Term | None, env: Env) -> bool:
     """Whether a matrix memory's learning rate is one per output channel (its rows): spelled
     as the output dim and not as the input one (`matrix[d, d]` with a rate [d] is per input
     channel)."""
-    if state is None or algorithm is None or state.form.kind != "matrix":
+    if state is None or state.form.kind != "matrix":
         return False
-    rate = algorithm.get("lr") if vocab.ALGORITHMS[algorithm.kind].arg("lr") else None
-    if not isinstance(rate, ast.Expr):
-        return False
-    shape = infer(rate, env)
+    shape = _rate_shape(algorithm, env)
     return shape == state.form.output_shape and shape != state.form.input_shape
