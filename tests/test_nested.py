@@ -208,6 +208,56 @@ def test_every_c_tokens_counts_a_constant_term_once_per_token(tmp_path, rule, C)
     assert rel(torch.stack(steps, 1), expected) < 1e-10
 
 
+FREE_OF_THE_STATE = {
+    # every C tokens, rules in which no term reads the chunk-start state (a dot objective):
+    # "nothing depends on the chunk-start state" sent them to the token loop
+    "gd": "retention none\n    algorithm gd(lr = 0.3)",
+    "momentum": "retention none\n    algorithm momentum(lr = 0.3, momentum = 0.8)",
+    "momentum_decay": "retention decay(a)\n    algorithm momentum(lr = 0.3, momentum = 0.8)",
+}
+
+
+@pytest.mark.parametrize("rule", sorted(FREE_OF_THE_STATE))
+def test_every_c_tokens_with_terms_free_of_the_state_runs_chunked(tmp_path, rule):
+    """A Hebbian level every C tokens runs the frozen chunk form, equal to the token loop
+    and `step` (101 tokens, C = 8: a last chunk cut short), and for gd to the definition:
+    each token reads its chunk's start, and a chunk adds 0.3 sum_t v_t k_t^T at its end."""
+    text = TEMPLATE.format(C=8, output="slow @ W_o", levels=f"""
+  level slow every C tokens {{
+    state S : matrix[d_k, d_k] = zeros
+    objective dot(S(k), v)
+    {FREE_OF_THE_STATE[rule]}
+    read S(q)
+  }}""")
+    module = module_of(tmp_path, text, f"free_{rule}")
+    assert "no chunk-parallel form" not in module.__doc__, module.__doc__
+    layer = module.Mem().double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(2, 101, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for mode in ("recurrent", "chunked"):
+        layer.mode = mode
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        outs[mode] = (out, *torch.autograd.grad(out.square().sum(), [xi, *layer.parameters()]))
+    for got, want in zip(outs["chunked"], outs["recurrent"]):
+        assert rel(got, want) < 1e-10
+    cache = {}
+    steps = [layer.step(x[:, t], cache)[0] for t in range(101)]
+    assert rel(torch.stack(steps, 1), outs["recurrent"][0]) < 1e-10
+    if rule == "gd":
+        q, k, v, _ = projections(layer, x[:1])
+        S, pending, reads = torch.zeros(4, 4, dtype=F64), torch.zeros(4, 4, dtype=F64), []
+        for t in range(101):
+            reads.append(S @ q[0, t])
+            pending = pending + 0.3 * torch.outer(v[0, t], k[0, t])
+            if (t + 1) % 8 == 0:
+                S, pending = S + pending, torch.zeros_like(pending)
+        assert rel(outs["chunked"][0][:1], torch.stack(reads) @ layer.W_o[0]) < 1e-10
+
+
 def test_a_period_spelled_with_a_dim_refuses_another_value_at_construction(tmp_path):
     """`every C tokens` is compiled in as a number: Mem(C=8) would silently keep 4, so the
     constructor refuses it and says to recompile; the compiled value is accepted."""

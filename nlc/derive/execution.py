@@ -652,6 +652,7 @@ def _frozen(rule: UpdateRule, constants: frozenset[str]) -> FrozenSplit:
     states = [n for n, _ in rule.states]
     current = set(states) | {f"{n}_next" for n in states}
     anchors = {a.name for _, a in rule.anchors}
+    tokens = free_names([e for _, e in rule.next_state]) - anchors - current - constants
     table: dict = {}
     memo: dict = {}
 
@@ -660,28 +661,30 @@ def _frozen(rule: UpdateRule, constants: frozenset[str]) -> FrozenSplit:
             memo[e] = free_names([e])
         return memo[e]
 
-    def hoist(e):
+    def hoist(e, source=anchors):
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol)) or e.is_number:
             return e
         used = names_of(e)
-        if used & anchors and not used & current:
+        if used & source and not used & current:
             if e not in table:
                 name = f"drive{len(table)}"
                 table[e] = (sp.MatrixSymbol(name, *e.shape)
                             if isinstance(e, sp.MatrixExpr) else sp.Symbol(name))
             return table[e]
         if isinstance(e, ElementwiseApplyFunction):
-            return ElementwiseApplyFunction(e.function, hoist(e.expr))
+            return ElementwiseApplyFunction(e.function, hoist(e.expr, source))
         if not e.args:
             return e
-        return e.func(*[hoist(a) for a in e.args])
+        return e.func(*[hoist(a, source) for a in e.args])
 
     combined = tuple((n, hoist(e)) for n, e in rule.next_state)
+    if not table:  # no term reads the chunk-start state (a dot objective every C tokens):
+        # the terms of the tokens alone are the chunk's drives
+        combined = tuple((n, hoist(e, tokens)) for n, e in rule.next_state)
     if not table:
-        raise _NoChunkedForm("nothing depends on the chunk-start state")
+        raise _NoChunkedForm("no term of the update depends on the tokens")
     drive = tuple((sym, e) for e, sym in table.items())
     outer = tuple((sym.name, tuple(_outer_or_term(t) for t in _terms(e))) for sym, e in drive)
-    tokens = free_names([e for _, e in rule.next_state]) - anchors - current - constants
     # `every C tokens`: each state plus chunk-start terms only, so a chunk's terms can be
     # summed before they are combined (a momentum that runs per token, U' = m U + drive, is
     # not: its chunk goes token by token)

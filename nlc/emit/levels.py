@@ -196,8 +196,10 @@ class LevelPrinter:
             return
         out.outer_kernel, out.outer_source = kernel.module, kernel.source
         out.outer_names = outer_arguments(kernel, anchors=True)
-        out.notes.append(prose("its chunk-start terms (the MLP at the anchors, the error "
-                               "signals and the backward pass through the MLP) have Triton "
+        what = ("the MLP at the anchors, the error signals and the backward pass through the "
+                "MLP" if self.rule.form.kind == "mlp" else "every token's terms at the chunk-start "
+                "state")
+        out.notes.append(prose(f"its chunk-start terms ({what}) have Triton "
                                f"kernels in {kernel.module}.py, forward and backward; they "
                                f"run on CUDA when {TERMS_FLAG}=1 asks, else the batched "
                                "PyTorch terms run"))
