@@ -67,7 +67,9 @@ def _prepare(q, k, v, log_decay, chunk):
     if log_decay is None:
         log_decay = q.new_zeros(q.shape[:3])
     # a decay of 0 has log -inf, and -inf - -inf is NaN: clamp where e^x is 0 in float32
-    # anyway (the clamp's gradient is 0 there, as the true one is)
+    # anyway. The gradient of the log is then 0, as it is at -inf; that of the gate itself
+    # is not (d(a S)/da = S), so a gate of exactly 0 gets 0 here and its true value from
+    # the recurrent form (docs/language.md)
     log_decay = log_decay.clamp_min(LOG_DECAY_FLOOR)
     if log_decay.dim() == 3:
         log_decay = log_decay.unsqueeze(-1)
