@@ -101,6 +101,11 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
                         "in order: objective l2(S(k1), v1) then l2(S(k2), v2)")
     if tok.type == "THEN":
         hint = "'then' joins the steps of an objective or an algorithm; " + hint
+    opened = _unclosed(text, tok.start_pos) if "RPAR" in err.expected else None
+    if opened is not None:  # `read S(q` then the next line
+        line = text.count("\n", 0, opened) + 1
+        col = opened - (text.rfind("\n", 0, opened) + 1) + 1
+        hint = f"the '(' at {line}:{col} is not closed; " + hint
     if tok.type == "NAME":
         from nlc.errors import did_you_mean
         keywords = [t.lower() for t in err.expected if t not in _TERMINAL_WORDS
@@ -108,8 +113,6 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
         near = did_you_mean(shown, keywords)
         return NlcError(f"unexpected name '{shown}'", span,
                         hint=f"{near} {hint}" if near else hint)
-    if "RPAR" in err.expected and _unclosed(text, tok.start_pos):
-        hint = "a '(' before it is not closed; " + hint  # `read S(q` then the next line
     if tok.type == "NUMBER":
         return NlcError(f"unexpected number '{shown}'", span, hint=hint)
     if shown.isidentifier():  # a keyword of the language
@@ -119,12 +122,23 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     return NlcError(f"unexpected '{shown}'", span, hint=hint)
 
 
-def _unclosed(text: str, pos: int) -> bool:
-    """Whether the statement before `pos` (back to a '{', '}' or ';') opens more '(' than it
-    closes."""
+def _unclosed(text: str, pos: int) -> int | None:
+    """The offset of the last '(' that the statement before `pos` (back to a '{', '}' or
+    ';') leaves open; None when it closes them all."""
     start = max(text.rfind(c, 0, pos) for c in "{};") + 1
-    segment = text[start:pos]
-    return segment.count("(") > segment.count(")")
+    opened: list[int] = []
+    i = start
+    while i < pos:
+        if text[i] == "#":  # a comment's parentheses do not count
+            end = text.find("\n", i, pos)
+            i = pos if end < 0 else end
+            continue
+        if text[i] == "(":
+            opened.append(i)
+        elif text[i] == ")" and opened:
+            opened.pop()
+        i += 1
+    return opened[-1] if opened else None
 
 
 def _check_depth(tree: Tree) -> None:
