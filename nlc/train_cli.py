@@ -59,7 +59,8 @@ def register(subparsers) -> None:
                    help="a layer spec (.nl), builtin:attention or builtin:mlp (with --resume and --out, "
                         "the run's own by default)")
     p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a dim or hyper of the spec (repeatable)")
+                   help="override a dim or hyper of SPEC (repeatable; --mlp and --optimizer "
+                        "specs keep their own)")
     p.add_argument("--config", metavar="FILE.json", help="start from this config file")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
@@ -230,7 +231,7 @@ def _read_config(path: Path):
 def cmd_train(args) -> int:
     from nlc.factories import factories_for
     from nlc.runtime.library import scan
-    from nlc.runtime.trainer.mixers import is_builtin
+    from nlc.runtime.trainer.mixers import is_builtin, is_spec_file
     from nlc.runtime.trainer.progress import strict_json
     from nlc.runtime.trainer.train import train
     if args.nproc < 1:
@@ -250,6 +251,13 @@ def cmd_train(args) -> int:
         summary = train(config, **factories, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(Path(config.out))) from None
+    except NlcError as err:
+        if err.message.startswith("-D ") and (is_spec_file(config.mlp)
+                                              or is_spec_file(config.optimizer)):
+            err.hint = ((err.hint + "; ") if err.hint else "") + (
+                "-D sets SPEC's dims and hypers only: the --mlp and --optimizer specs keep "
+                "their own (edit those files to change them)")
+        raise
     if int(os.environ.get("RANK", "0")) == 0:  # strict JSON: a diverged loss is null
         print(strict_json({"out": config.out, "final_loss": summary["final_loss"],
                            **summary["eval"]}))

@@ -358,6 +358,17 @@ def test_an_optimizer_given_as_the_layer_and_the_reverse_say_so(tmp_path, capsys
     assert "holds layer declarations, no optimizer" in capsys.readouterr().err
 
 
+def test_a_define_aimed_at_the_mlp_spec_says_where_defines_go(tmp_path, capsys):
+    """-D d_hidden with --mlp cms.nl (whose dim it is): the refusal says -D reaches SPEC only."""
+    from conftest import ROOT
+    deltanet, cms = str(ROOT / "examples" / "deltanet.nl"), str(ROOT / "examples" / "cms.nl")
+    assert main(["train", deltanet, "--mlp", cms, "-D", "d_hidden=32", *TINY,
+                 "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "-D d_hidden: no dim or hyper of that name" in err
+    assert "-D sets SPEC's dims and hypers only" in err and "Traceback" not in err
+
+
 def test_resume_without_out_reads_the_default_run_folder(tmp_path, monkeypatch, capsys):
     """A run without --out goes to runs/<spec>-<task>; --resume without --out ignored that
     folder's config.json and resumed under the defaults (another model shape)."""
