@@ -154,14 +154,18 @@ def config_from_args(args):
         return config.validate()
     except NlcError as err:  # name the flags the user typed, not the config's fields
         import re
-        typed = {f.name for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        typed = {n for n in fields if getattr(args, n, None) is not None}
+        source = out / "config.json" if args.resume else args.config
+
         def flag(m) -> str:  # a field's name, not the same word in prose ("its task is")
             word = m[1]
             named = "_" in word or m.start() == 0 or word in ("compile", "tf32")
-            return f"--{word.replace('_', '-')}" if word in typed and named else word
+            # a default's field (mqar_num_kv_pairs) by the flag that changes it
+            untyped_default = "_" in word and word in fields and not source
+            return f"--{word.replace('_', '-')}" if (word in typed and named) \
+                or untyped_default else word
         first = re.match(r"[a-z][a-z0-9_]*", err.message)
-        source = out / "config.json" if args.resume else args.config
         if source and first and first[0] in {f.name for f in dataclasses.fields(TrainConfig)} \
                 and first[0] not in typed:  # a value the file holds, not a flag
             err.message = f"{source}: {err.message}"

@@ -118,7 +118,7 @@ def test_a_resume_with_nothing_to_train_leaves_the_run_files_alone(run, tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "builtin:attention", "--steps", "0"], "--steps must be at least 1"),
-    (["train", "builtin:attention", *TINY, "--mqar-num-kv-pairs", "9"], "mqar_num_kv_pairs"),
+    (["train", "builtin:attention", *TINY, "--mqar-num-kv-pairs", "9"], "4 * --mqar-num-kv-pairs <= --seq-len, got 9 pairs"),
     (["train", "no_such.nl", *TINY], "no_such.nl: no such spec file"),
     (["train", "/dev/null", *TINY], "/dev/null: not a regular file (a device or a pipe), so no "
                                     "spec file"),

@@ -214,6 +214,9 @@ class TrainConfig:
                 raise NlcError(f"{f.name} is an option of the {task} task; this run's task is "
                                f"{self.task}", hint=f"drop --{f.name.replace('_', '-')}, or "
                                                     f"pass --task {task}")
+        if self.task == "mqar":  # before a run starts, so that the CLI names the flags
+            from nlc.runtime.trainer.mqar import check_mqar
+            check_mqar(self.seq_len, self.mqar_vocab_size, self.mqar_num_kv_pairs)
 
     def _validate_overrides(self, where: str = "config") -> None:
         for name, value in self.spec_overrides.items():
