@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -151,6 +152,28 @@ def test_a_run_stops_at_the_first_eval_that_reaches_stop_accuracy(tmp_path, monk
     summary = trainer.train(config, progress=False)
     assert summary["steps"] == 2 and summary["eval"]["accuracy"] == 0.995
     assert (tmp_path / "r" / "checkpoints" / "step_00000002").is_dir()
+
+
+def test_an_early_stop_logs_its_step_and_its_rate_counts_the_steps_run(tmp_path, monkeypatch):
+    """Stopped by --stop-accuracy at step 5 with lines every 4 steps: the run's last train
+    line is step 5's (there was none, and final_loss was null), and its tokens/s counts the
+    one step since step 4's line (it counted a whole interval, 4x too high; so did a Ctrl-C)."""
+    from nlc.runtime.trainer import train as trainer
+    from nlc.runtime.trainer.config import TrainConfig
+    from nlc.runtime.trainer.progress import read_metrics
+    evals = iter([0.5, 0.5, 0.5, 0.5, 0.995])
+    monkeypatch.setattr(trainer, "evaluate",
+                        lambda *a, **k: {"loss": 1.0, "accuracy": next(evals)})
+    config = TrainConfig(steps=8, eval_interval=1, log_interval=4, stop_accuracy=0.99,
+                         batch_size=2, seq_len=16, d_model=8, n_layers=1, mqar_vocab_size=32,
+                         mqar_num_kv_pairs=2, checkpoint_interval=0, out=str(tmp_path / "r"))
+    summary = trainer.train(config, progress=False)
+    lines = {r["step"]: r for r in read_metrics(tmp_path / "r" / "metrics.jsonl")
+             if r["kind"] == "train"}
+    assert summary["steps"] == 5 and sorted(lines) == [4, 5]
+    assert summary["final_loss"] == lines[5]["loss"] and math.isfinite(lines[5]["loss"])
+    seconds = lines[5]["elapsed_s"] - lines[4]["elapsed_s"]
+    assert lines[5]["tokens_per_s"] == pytest.approx(2 * 16 / seconds, rel=1e-9)
 
 
 def test_a_diverged_and_a_failed_run_are_reported_as_such(tmp_path):

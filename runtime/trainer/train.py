@@ -187,6 +187,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                     f"(--warmup {config.warmup} is longer)")
     tokens_per_step = config.batch_size * config.seq_len
     began = window_start = time.perf_counter()
+    window_step = start  # the step the rate's window starts after
     last_eval, loss_value = {}, float("nan")
     if nothing_to_train:
         trained_losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")
@@ -199,6 +200,16 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                     f"{config.steps} (a resume trains up to --steps; it never goes back); "
                     f"its latest checkpoint is evaluated again")
     done, diverged, divergence = start, None, None
+
+    def log_train():  # this step's train line: the loss over ranks, the rate since the last
+        nonlocal loss_value, shown_loss, window_start, window_step
+        total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
+        loss_value = shown_loss = total["loss_sum"] / max(1, n_targets)
+        rate = (done - window_step) * tokens_per_step / max(now - window_start, 1e-9)
+        window_start, window_step = now, done
+        log.write({"kind": "train", "step": done, "loss": loss_value, "lr": lr,
+                   "grad_norm": grad_norm, "tokens_per_s": rate, "elapsed_s": now - began})
+
     stop = _StopAtStepEnd(world) if not nothing_to_train else contextlib.nullcontext()
     with stop:
         for step in range(start, config.steps):
@@ -228,14 +239,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
             # the bar shows every step (it decides when to print): this rank's loss, the mean rate
             shown_loss = loss_sum * world.world_size / max(1, n_targets)
             if done % config.log_interval == 0 or last:
-                total = distributed.all_reduce_sums({"loss_sum": loss_sum}, world)
-                loss_value = shown_loss = total["loss_sum"] / max(1, n_targets)
-                steps_in_window = done - max(start, done - config.log_interval)
-                rate = steps_in_window * tokens_per_step / max(now - window_start, 1e-9)
-                window_start = now
-                log.write({"kind": "train", "step": done, "loss": loss_value, "lr": lr,
-                           "grad_norm": grad_norm, "tokens_per_s": rate,
-                           "elapsed_s": now - began})
+                log_train()
             bar.update(done, shown_loss, lr,
                        (done - start) * tokens_per_step / max(now - began, 1e-9))
             if interrupted:  # save this step and stop: no evaluation to wait for
@@ -245,6 +249,8 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
                 log.write({"kind": "eval", "step": done, **last_eval})
                 bar.message(f"eval at step {done}: " + format_metrics(last_eval))
                 solved = reached(last_eval, config) and not last
+                if solved and window_step != done:  # the run ends here: its train line too
+                    log_train()
                 last = last or solved
                 if getattr(stop, "requested", False):  # a Ctrl-C during the eval
                     interrupted = True
