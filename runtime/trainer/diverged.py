@@ -43,8 +43,9 @@ def describe_gradients(loss: float, names) -> str:
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     first = f"; non-finite gradients in {listed}" if names else ""
     return (f"the loss is finite ({loss:.4g}) but the backward pass overflowed{first} "
-            "(a recurrence that amplifies gradients over a long sequence: a shorter "
-            "--seq-len, --carry-state segments, or gates that retain less)")
+            "(weights grown by a learning rate too large for the model: a lower --lr; or a "
+            "recurrence that amplifies gradients over a long sequence: a shorter --seq-len, "
+            "--carry-state segments, or gates that retain less)")
 
 
 def nonfinite_levels(mixer: torch.nn.Module, x: torch.Tensor) -> list[str] | None:
