@@ -117,6 +117,14 @@ def test_missing_metadata_is_refused(run):
         ckpt.read_checkpoint(latest_files(run))
 
 
+def test_a_checkpoint_folder_that_does_not_exist_is_named_as_such(run):
+    """Not 'state.json: missing; ... not a complete checkpoint': the hint lists the run's."""
+    latest = latest_files(run)
+    with pytest.raises(NlcError, match="step_99: no such checkpoint folder") as err:
+        ckpt.read_checkpoint(latest.parent / "step_99")
+    assert latest.name in err.value.hint
+
+
 def test_other_spec_is_refused(run):
     with pytest.raises(NlcError, match="written for another spec") as err:
         ckpt.read_checkpoint(latest_files(run), spec_sha256=sha256_text("layer Other {}\n"))

@@ -187,6 +187,12 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
 
     path = Path(path)
     state_file = path / "state.json"
+    if not path.is_dir():
+        siblings = sorted(p.name for p in path.parent.glob("step_*")) if path.parent.is_dir() \
+            else []
+        raise NlcError(f"{path}: no such checkpoint folder", hint=(
+            f"{path.parent} holds {', '.join(siblings[-3:])}" if siblings else
+            "a checkpoint is a folder RUN/checkpoints/step_NNNNNNNN"))
     if not state_file.is_file():
         raise NlcError(f"{state_file}: missing; {path} is not a complete checkpoint")
     try:

@@ -41,8 +41,8 @@ def collect_files(paths: list[str]) -> list[Path]:
             files.append(path)
         else:
             raise NlcError(f"{name}: no such file or folder (lm_files)",
-                           hint="where the run's text has moved: --lm-files NEW with nlc eval "
-                                "or with nlc train --resume")
+                           hint="check the path; for a run whose text moved after it started, "
+                                "pass --lm-files NEW to nlc eval or nlc train --resume")
     if not files:
         raise NlcError(f"no files under {', '.join(paths)} (lm_files)")
     return files
