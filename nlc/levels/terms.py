@@ -119,7 +119,8 @@ def _value(call: ast.Call, arg: vocab.Arg, expr: ast.Expr, env: Env, consts) -> 
         except NlcError:
             return expr
         if not arg.in_range(value):
-            raise NlcError(f"{where} must be {arg.range_text()}, got {value:g}", expr.span)
+            raise NlcError(f"{where} must be {arg.range_text()}, got {value:g}"
+                           f"{_named(expr, value)}", expr.span)
         return expr
     if arg.kind is vocab.ArgKind.TERM:
         from nlc.levels.vocab import OBJECTIVES
@@ -139,5 +140,11 @@ def _value(call: ast.Call, arg: vocab.Arg, expr: ast.Expr, env: Env, consts) -> 
             raise NlcError(f"{where} must be a whole number, got {value:g}", expr.span)
         value = int(value)
     if not arg.in_range(value):
-        raise NlcError(f"{where} must be {arg.range_text()}, got {value:g}", expr.span)
+        raise NlcError(f"{where} must be {arg.range_text()}, got {value:g}{_named(expr, value)}",
+                       expr.span)
     return value
+
+
+def _named(expr: ast.Expr, value: float) -> str:
+    """' (b1 = 1.5)' where the argument is a name (a hyper, perhaps set by -D), else ''."""
+    return f" ({expr.id} = {value:g})" if isinstance(expr, ast.Name) else ""
