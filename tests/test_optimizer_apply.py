@@ -61,3 +61,36 @@ def test_each_apply_line_sees_the_parameter_the_line_before_left(tmp_path):
             opt.step()
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), (a - b).abs().max()
+
+
+DIM_RULE = """optimizer DimRule {
+  dims k = 4
+  hyper lr = 0.1
+  level mom over gradients g every 1 step {
+    state m : like(param) = zeros
+    objective dot(m, g / k)
+    retention decay(1 - 1 / k)
+    algorithm gd(lr = 1)
+    apply param = param - lr * k * m
+  }
+}
+"""
+
+
+def test_a_dim_in_an_optimizer_rule_is_compiled_in_as_its_number(tmp_path):
+    """`dims k` in a rule and an apply (an EMA of weight 1/k): compile said "generated code
+    has no value for 'k'", unlocated, after check had passed; -D k=2 sets it too."""
+    path = tmp_path / "dim_rule.nl"
+    path.write_text(DIM_RULE)
+    for k in (4, 2):
+        cls = load_optimizer(str(path), **({"k": float(k)} if k != 4 else {}))
+        (p,) = _parameters(0)[3:]
+        want, m = p.detach().clone(), torch.zeros_like(p)
+        opt = cls([p])
+        for step in range(3):
+            grad = torch.full_like(p, float(step + 1))
+            p.grad = grad.clone()
+            opt.step()
+            m = (1 - 1 / k) * m + grad / k
+            want = want - 0.1 * k * m
+            assert torch.allclose(p.detach(), want, rtol=1e-13, atol=0), (k, step)

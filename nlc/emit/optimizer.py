@@ -69,7 +69,9 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     rules = {r.level: r for r in rules}
     levels = [lv for lv in spec.levels if lv.state is not None]
     hypers = [(n, local(n), literal(v)) for n, v in spec.hypers]
-    names = {n: local(n) for n, _ in spec.hypers} | {"param": "param_matrix", "t": "t"}
+    # a dim is a constant of the spec: compiled in as its number (`decay(1 - 1 / k)`)
+    dims = {n: literal(v) for n, v in spec.dims}
+    names = dims | {n: local(n) for n, _ in spec.hypers} | {"param": "param_matrix", "t": "t"}
     overs = {lv.over for lv in levels if lv.over}
     inputs = {lv.inputs for lv in levels if lv.inputs}
     if len(overs) > 1 or len(inputs) > 1:
@@ -82,7 +84,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
         names[inp] = local(inp)
     plan = OptimizerPlan(spec.name, hypers, [], gradient=local(grad), inputs=inp and local(inp))
     body = plan.per_sample if inp else plan.update
-    numbers = frozenset(n for n, _ in spec.hypers) | {"t"}  # Python numbers at each step
+    numbers = frozenset(n for n, _ in spec.hypers) | {"t"} | set(dims)  # Python numbers
     printer = TorchPrinter(dict(names), prefix="tmp", numbers=numbers)
     applies = [(target, expr, lv) for lv in levels for target, expr in lv.applies]
     # a level's read is printed when the apply clauses or another level's rule use it
@@ -113,7 +115,8 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     for lv in levels:
         for n, _ in rules[lv.name].states:
             body.append(f"state[{n!r}] = nl.like_param({local(n)}_next, param)")
-    env = shapes.Env(values={n: () for n, _ in spec.hypers} | {"param": (), "t": (), grad: ()})
+    env = shapes.Env(values={n: () for n in [*dims, *(n for n, _ in spec.hypers)]}
+                     | {"param": (), "t": (), grad: ()})
     apply_names = dict(names)
     for lv in levels:
         apply_names[lv.name] = local(lv.name)
