@@ -369,6 +369,19 @@ def test_a_define_aimed_at_the_mlp_spec_says_where_defines_go(tmp_path, capsys):
     assert "-D sets SPEC's dims and hypers only" in err and "Traceback" not in err
 
 
+def test_an_optimizer_file_with_two_optimizers_says_one_per_file(tmp_path, capsys):
+    """Its hint pointed at --layer (which picks SPEC's declaration) and at a `model`."""
+    from conftest import ROOT
+    two = tmp_path / "two.nl"
+    two.write_text((ROOT / "examples" / "adam.nl").read_text() + "\n"
+                   + (ROOT / "examples" / "sgd_momentum.nl").read_text())
+    assert main(["train", "builtin:attention", "--optimizer", str(two), *TINY,
+                 "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "expected one optimizer in the spec, found 2" in err and "--layer" not in err
+    assert "a file of its own" in err
+
+
 def test_resume_without_out_reads_the_default_run_folder(tmp_path, monkeypatch, capsys):
     """A run without --out goes to runs/<spec>-<task>; --resume without --out ignored that
     folder's config.json and resumed under the defaults (another model shape)."""

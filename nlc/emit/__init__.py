@@ -248,6 +248,10 @@ def _only_class(module, kind: str, path: str, name: str = ""):
     models = [v for v in found if getattr(v, "residual", False)]
     if len(models) == 1:
         return models[0]
+    if len(found) != 1 and kind == "optimizer":
+        raise NlcError(f"expected one optimizer in the spec, found {len(found)} ({names})",
+                       path=path, hint="an optimizer spec file holds one optimizer: put each "
+                                       "in a file of its own")
     if len(found) != 1:
         what = (f"{len(models)} models ({', '.join(v.__name__ for v in models)})" if models
                 else f"{len(found)} {kind}s ({names}) and no model")
