@@ -423,6 +423,10 @@ class LevelChecker:
             hint = None
             if a and b and [d.size for d in a] == [d.size for d in b]:
                 hint = "the sizes agree here, but the dimensions are declared differently"
+            elif a and not b and state.form.kind == "like":  # an optimizer: no context
+                hint = ("an objective's target has the prediction's shape (a number does not "
+                        "broadcast there): spell a number x as g * 0 + x, with g the name after "
+                        "`over gradients`")
             elif a and not b:  # broadcasting stops at an objective's two sides
                 hint = ("an objective's target has the prediction's shape (a number does not "
                         "broadcast there): a target of ones is a context value or parameter "
