@@ -20,7 +20,7 @@ SPEC = "adam.nl"
 class Adam(torch.optim.Optimizer):
     """Adam from `adam.nl`: `Adam(params, lr=0.001, b1=0.9, b2=0.999, eps=1e-08)`."""
 
-    matrices_only = False  # vectors and scalars need another optimizer
+    matrices_only = False  # it takes parameters of every shape
 
     def __init__(self, params, lr=0.001, b1=0.9, b2=0.999, eps=1e-08):
         super().__init__(

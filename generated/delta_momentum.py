@@ -25,7 +25,7 @@ class DeltaMomentum(torch.optim.Optimizer):
     `opt.step(recorder=recorder)`; samples are applied one at a time, in order.
     """
 
-    matrices_only = False  # vectors and scalars need another optimizer
+    matrices_only = False  # it takes parameters of every shape
 
     def __init__(self, params, lr=0.01, mu=0.9):
         super().__init__(

@@ -20,7 +20,7 @@ SPEC = "sgd_momentum.nl"
 class SGDMomentum(torch.optim.Optimizer):
     """SGDMomentum from `sgd_momentum.nl`: `SGDMomentum(params, lr=0.01, mu=0.9)`."""
 
-    matrices_only = False  # vectors and scalars need another optimizer
+    matrices_only = False  # it takes parameters of every shape
 
     def __init__(self, params, lr=0.01, mu=0.9):
         super().__init__(
