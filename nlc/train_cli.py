@@ -246,6 +246,10 @@ def cmd_train(args) -> int:
         if config.batch_size % args.nproc:  # refused here, not after the ranks have started
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
                            f"ranks", hint="use a --batch-size divisible by --nproc")
+        if is_spec_file(config.spec):  # its errors once, not once per rank
+            from nlc import pipeline
+            pipeline.run(config.spec, "check", {"overrides": {**config.spec_overrides,
+                                                              "d_model": config.d_model}})
         return _relaunch(args)
     try:
         factories = factories_for(config)  # refuses a missing spec file before saying more

@@ -64,6 +64,17 @@ def test_a_refusal_in_the_ranks_exits_2_without_a_launcher_traceback(tmp_path, c
     assert "Traceback" not in err
 
 
+def test_a_spec_error_is_told_once_before_the_ranks_start(tmp_path, capfd):
+    """-D foo with --nproc 2: the launcher checks the spec first (each rank printed it)."""
+    from conftest import ROOT
+    argv = ["train", str(ROOT / "examples" / "deltanet.nl"), *ARGS[2:], "-D", "foo=1",
+            "--out", str(tmp_path / "r"), "--nproc", "2"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert err.count("-D foo: no dim or hyper of that name") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_first_failing_rank_decides_and_stops_the_others(tmp_path):
     """A rank that fails stops a rank left waiting (here: one that would sleep an hour; were
     it not stopped, this test would not end)."""
