@@ -122,13 +122,17 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
     mlp_factory = mlp_factory or mlp_factory_for(config)
     if optimizer_class is None:
         optimizer_class = optimizer_class_for(config)
-    check_fits(config, mixer_factory, mlp_factory, world.device)
     out = Path(config.out)
+    locked = out.is_dir()
+    if locked:  # a folder another run is writing is refused before the model is compiled
+        lock_run_folder(out, world, held)
+    check_fits(config, mixer_factory, mlp_factory, world.device)
     created = not out.exists()
     make_run_folder(out)
     try:  # a run refused from here on leaves no empty folder it made behind
         # the lock first: a folder another run is writing is refused as such, whatever it holds
-        lock_run_folder(out, world, held)
+        if not locked:
+            lock_run_folder(out, world, held)
         latest = _refuse_started(out, resume)
         check_run_folder(out, resume)
         if resume and latest is None:
