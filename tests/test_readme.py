@@ -108,3 +108,16 @@ def test_every_benchmark_script_the_results_and_perf_docs_name_exists():
         missing = sorted(c for c in cited if not (ROOT / c).is_file())
         assert not missing, f"{doc} cites {missing}"
     assert "benchmarks/mlp_memory_sensitivity.py" in (ROOT / "docs/results.md").read_text()
+
+
+def test_the_identify_example_in_prose_is_what_identify_prints(tmp_path, capsys):
+    """"a Gated DeltaNet whose step goes through a momentum buffer prints `nearest: ...` and
+    `Gated DeltaNet + momentum`": examples/gated_deltanet.nl with `momentum` for `gd`."""
+    text = (ROOT / "examples" / "gated_deltanet.nl").read_text(encoding="utf-8")
+    text = text.replace(" claims gated_deltanet", "").replace(
+        "algorithm gd(lr = beta)", "algorithm momentum(lr = beta, momentum = 0.9)")
+    (tmp_path / "variant.nl").write_text(text)
+    main(["identify", str(tmp_path / "variant.nl")])
+    first, second = capsys.readouterr().out.splitlines()[:2]
+    nearest = re.search(r"prints `(nearest: [^`]*)` and\s+`([^`]*)`", README)
+    assert nearest and first.endswith(nearest[1]) and second.strip() == nearest[2]
