@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -123,7 +124,9 @@ def config_from_args(args):
     config = TrainConfig()
     if args.config:
         config = _read_config(Path(args.config))
-    if args.spec is None and not (args.resume and (args.out or args.config)):
+    spec_in_file = bool(args.config) and "spec" in json.loads(
+        Path(args.config).read_text(encoding="utf-8"))  # read above: a JSON object
+    if args.spec is None and not spec_in_file and not (args.resume and (args.out or args.config)):
         raise NlcError("SPEC is missing: nlc train SPEC [options]",
                        hint="a layer spec (.nl) or builtin:attention; `nlc train --out RUN "
                             "--resume` continues RUN with its own spec")

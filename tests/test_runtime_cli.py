@@ -382,6 +382,16 @@ def test_an_optimizer_file_with_two_optimizers_says_one_per_file(tmp_path, capsy
     assert "a file of its own" in err
 
 
+def test_a_saved_config_with_a_spec_needs_no_spec_argument(run, tmp_path):
+    """`nlc train --config RUN/config.json --out NEW` starts a new run of the file's spec
+    (it said "SPEC is missing" though the file names it)."""
+    out = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.json"), "--out", str(out),
+                 "--steps", "1", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["spec"] == "builtin:attention" and config["spec_overrides"] == {"heads": 2.0}
+
+
 def test_resume_without_out_reads_the_default_run_folder(tmp_path, monkeypatch, capsys):
     """A run without --out goes to runs/<spec>-<task>; --resume without --out ignored that
     folder's config.json and resumed under the defaults (another model shape)."""
