@@ -310,6 +310,11 @@ def _parse(argv: list[str] | None):
     usage line, and the option it nearly spells): argparse left it to the top-level one."""
     from nlc.errors import did_you_mean
     parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    if words and not words[0].startswith("-") and words[0] not in parser.commands:
+        near = did_you_mean(words[0], list(parser.commands))
+        parser.error(f"unknown command '{words[0]}'" + (f"; {near}" if near else "")
+                     + f" (commands: {', '.join(parser.commands)})")
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args

@@ -450,3 +450,10 @@ def test_an_unknown_option_is_refused_by_its_command_with_a_near_spelling():
     assert "nlc train: error: unrecognized arguments: --stepz 5; did you mean '--steps'?" in \
         proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_command_gets_a_near_spelling():
+    """`nlc chek` got argparse's invalid choice list and no hint, unlike `--stp`."""
+    proc = nlc("chek", "examples/deltanet.nl")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "nlc: error: unknown command 'chek'; did you mean 'check'?" in proc.stderr
