@@ -238,7 +238,8 @@ class _DeclChecker(LevelChecker):
                 raise NlcError(f"dim '{d.name}' must be a positive whole number, got {value:g}",
                                d.value.span if d.name not in self.overrides else d.span)
             if value > 1 << 20:
-                raise NlcError(f"dim '{d.name}' = {int(value)} is larger than 1048576 (2^20)",
+                shown = f"{int(value)}" if value < 1e15 else f"{value:.4g}"  # not 300 digits
+                raise NlcError(f"dim '{d.name}' = {shown} is larger than 1048576 (2^20)",
                                d.span)
             if d.name in LAYER_ARGUMENTS and self.decl.kind is ast.DeclKind.LAYER:
                 raise NlcError(f"dim '{d.name}' would be an argument of the layer's "
