@@ -77,6 +77,9 @@ class RuleStrPrinter(StrPrinter):
 
     def _print_MatMul(self, expr):
         negative, args = _signed(expr)
+        if len(args) > 1 and isinstance(args[-1], sp.OneMatrix) \
+                and not any(isinstance(a, sp.MatrixExpr) for a in args[:-1]):
+            args = args[:-1]  # a number times a column of ones: the number, broadcast
         return ("-" if negative else "") + "*".join(
             self.parenthesize(a, PRECEDENCE["Mul"]) for a in args)
 
