@@ -282,7 +282,7 @@ def test_nearest_is_ranked_by_the_axes_that_differ():
     (level,) = verify_module(parse((EXAMPLES / "lp_matrix.nl").read_text(), "lp_matrix.nl"),
                              "lp_matrix.nl")[0].levels
     assert level.nearest[0] == "gated_deltanet"
-    assert level.differs == ("Gated DeltaNet with objective lp (l2 there); the gate's order = "
+    assert level.differs == ("Gated DeltaNet with objective lp (gated_deltanet: l2); the gate's order = "
                              "parallel (gated_deltanet: order = before)")
 
 

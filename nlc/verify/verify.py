@@ -551,9 +551,10 @@ def _differences(mine: dict, entry: CatalogEntry, rule: UpdateRule) -> dict[str,
             f"is the erase)" + ("" if along is None or key is None or along == key else
                                 f", the erase along {sstr(along)}, not the key {sstr(key)}")
     elif theirs["objective"] and mine["objective"] != theirs["objective"]:
-        out["objective"] = f"objective {mine['objective']} ({theirs['objective']} there)"
+        out["objective"] = f"objective {mine['objective']} ({entry.id}: {theirs['objective']})"
     if entry.gate != "any" and mine["gate"] != entry.gate:
-        out["gate"] = f"a {mine['gate']} retention gate ({entry.gate} there)"
+        out["gate"] = f"a {mine['gate']} retention gate ({entry.id}: " \
+            f"{'no gate' if entry.gate == 'none' else entry.gate})"
     if mine["erase"] != theirs["erase"] and not _erase_for_l2(mine, theirs):
         out["erase"] = "+ an erase" if mine["erase"] else "without an erase"
     if mine["momentum"] != theirs["momentum"]:
