@@ -102,16 +102,18 @@ def cmd_graph(args) -> int:
 def cmd_derive(args) -> int:
     from nlc import pipeline
     classified = pipeline.run(args.file, "classify", {"overrides": _overrides(args)})
-    items = [(c.rule, c.family) for _, found in classified for c in found]
+    items = [(c.rule, c.family, c.execution) for _, found in classified for c in found]
     if args.format == "json":
         import json
-        data = [rule.to_json_data() | {"family": c.family.value} for rule, c in items]
+        data = [rule.to_json_data() | {"family": c.family.value} for rule, c, _ in items]
         print(json.dumps(data, indent=2))
         return EXIT_OK
-    for rule, c in items:
+    for rule, c, ex in items:
         sys.stdout.write(rule.to_latex() if args.format == "latex" else rule.to_text())
-        if args.format == "text":
+        if args.format == "text":  # the family, and the form the chunked mode runs
             print(f"  family: {c.to_text()}")
+            runs = ex.to_text()  # a frozen split's drives are the rule's terms above
+            print(f"  runs as {runs.split(': ')[0] if runs.startswith('frozen split') else runs}")
     return EXIT_OK
 
 
