@@ -165,8 +165,9 @@ def train_examples(files: list[Path], out: Path, budget: Budget) -> bool:
     finally:
         torch.set_num_threads(threads)
     print(f"   {'model':<18} {'accuracy':>9} {'train loss':>11} {'time':>8}")
-    for name, acc, loss, secs in rows:
-        print(f"   {name:<18} {acc:>9.3f} {loss:>11.3f} {secs:>7.1f}s")
+    for name, acc, loss, secs in rows:  # a run finished before: no time of this call's
+        shown = f"{secs:>7.1f}s" if secs is not None else f"{'before':>8}"
+        print(f"   {name:<18} {acc:>9.3f} {loss:>11.3f} {shown}")
     values = budget.vocab_size - budget.vocab_size // 2
     print(f"   chance: {1 / values:.3f} (any of the {values} values), "
           f"{1 / budget.num_kv_pairs:.3f} (any value in the context); docs/results.md "
@@ -210,10 +211,11 @@ def delta_momentum_toy(examples: Path, out: Path) -> bool:
 
 
 def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
-    """(name, accuracy, final train loss, seconds) of one model trained under `budget`; a
-    run started before with the same settings is resumed from its latest checkpoint: a
-    finished one is evaluated and reported again, an interrupted one trains on to the end
-    (refuse_replacing_runs has refused any other earlier run)."""
+    """(name, accuracy, final train loss, seconds; None for a run finished before) of one
+    model trained under `budget`; a run started before with the same settings is resumed
+    from its latest checkpoint: a finished one is evaluated and reported again, an
+    interrupted one trains on to the end (refuse_replacing_runs has refused any other
+    earlier run)."""
     from nlc.factories import factories_for
     from nlc.runtime.trainer.checkpoint import latest_checkpoint
     from nlc.runtime.trainer.train import train
@@ -221,8 +223,9 @@ def _train_one(name: str, path: Path, run: Path, budget: Budget) -> tuple:
     start = time.perf_counter()
     summary = train(config, **factories_for(config), resume=latest_checkpoint(run) is not None)
     accuracy = (summary.get("eval") or {}).get("accuracy", float("nan"))
+    finished_before = summary.get("resumed_from") == summary.get("steps")
     return (name, accuracy, summary.get("final_loss", float("nan")),
-            time.perf_counter() - start)
+            None if finished_before else time.perf_counter() - start)
 
 
 def _dims_of(path: Path) -> set[str]:

@@ -42,6 +42,9 @@ def test_a_demo_run_again_reports_its_finished_runs(demo, capsys):
     assert "steps 1..3" not in err and "steps 4..3" not in err
     assert "nothing to train: the run is at step 3 of 3" in err
     assert "softmax_attention" in out
+    table = out.split("train loss")[1]  # the accuracy table's rows
+    row = next(line for line in table.splitlines() if line.strip().startswith("softmax_attention"))
+    assert row.rstrip().endswith("before")  # not this call's second of evaluation
     assert files(run) == before  # metrics, checkpoints, summary: as they were
 
 
