@@ -36,6 +36,8 @@ def mixer_from_spec(path: str, name: str = "", /, **dims) -> ModuleFactory:
     if path.startswith("builtin:"):
         return builtin_mixer(path, **dims)
     _refuse_not_a_file(path, "spec file", missing_spec_hint(path))
+    if name and dims:
+        _refuse_overrides_of_others(path, name, dims)
     from nlc.emit import load_declaration
     compiled: dict[int, type] = {}
 
@@ -67,6 +69,30 @@ def _refuse_not_a_file(path: str, what: str, hint: str) -> None:
                        hint="name a .nl file")
     if not Path(path).is_file():
         raise NlcError(f"{path}: no such {what}", hint=hint)
+
+
+def _refuse_overrides_of_others(path: str, name: str, dims: dict) -> None:
+    """-D names that the file knows but the declaration `name` (and the layers its blocks
+    use) does not: with --layer the others are not trained, so the override would do
+    nothing."""
+    from nlc import pipeline
+    specs = {s.name: s for s in pipeline.run(path, "check", {"overrides": dims})}
+    if name not in specs:
+        return  # load_declaration names the declarations there are
+    own, todo = set(), [name]
+    while todo:
+        spec = specs.get(todo.pop())
+        if spec is not None:
+            own |= {n for n, _ in spec.dims + spec.hypers}
+            todo += [b for b in spec.blocks if b in specs]
+    for key in dims:
+        if key not in own:
+            owners = sorted(s.name for s in specs.values()
+                            if key in {n for n, _ in s.dims + s.hypers})
+            raise NlcError(f"-D {key}: not a dim or hyper of {name}, the declaration --layer "
+                           f"trains (it is {', '.join(owners)}'s)",
+                           hint=f"drop -D {key}, or train {owners[0]} with --layer "
+                                f"{owners[0]}")
 
 
 def block_mlp_factory(name: str, ratio: int) -> ModuleFactory:

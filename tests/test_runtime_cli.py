@@ -392,6 +392,18 @@ def test_a_saved_config_with_a_spec_needs_no_spec_argument(run, tmp_path):
     assert config["spec"] == "builtin:attention" and config["spec_overrides"] == {"heads": 2.0}
 
 
+def test_a_define_of_a_declaration_layer_does_not_train_is_refused(tmp_path, capsys):
+    """hope.nl --layer SelfModifyingTitans -D d_hidden=64: d_hidden is ContinuumMemory's,
+    which is not trained; the run went ahead and the override did nothing."""
+    from conftest import ROOT
+    hope = str(ROOT / "examples" / "hope.nl")
+    assert main(["train", hope, "--layer", "SelfModifyingTitans", "-D", "d_hidden=64",
+                 *TINY, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "-D d_hidden: not a dim or hyper of SelfModifyingTitans" in err
+    assert "it is ContinuumMemory's" in err and not (tmp_path / "a").exists()
+
+
 def test_resume_without_out_reads_the_default_run_folder(tmp_path, monkeypatch, capsys):
     """A run without --out goes to runs/<spec>-<task>; --resume without --out ignored that
     folder's config.json and resumed under the defaults (another model shape)."""
