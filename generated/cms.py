@@ -549,7 +549,7 @@ class ContinuumMemory(nn.Module):
         mode = self.mode if cache is None or x.shape[1] > 1 else "recurrent"
         xh = x[:, :, None, :]
         cms_fast, cms_fast_final = cms_fast_op(
-            xh,
+            xh.expand(-1, -1, self.heads, -1),
             W_k1=self.W_k1,
             W_v1=self.W_v1,
             d_hidden=self.d_hidden,

@@ -754,3 +754,40 @@ def test_a_scalar_per_token_is_convolved_as_one_channel(tmp_path):
     for t in range(9):
         steps.append(layer.step(x[:, t], cache)[0])
     assert rel(torch.stack(steps, 1).reshape(2, 9, 8), torch.stack(expected, 1)) < 1e-12
+
+
+INLINE_X = """layer Inline {
+  dims d_model = 8, heads = 2, d_k = 4
+  param W_k, W_v : [d_model, d_k]
+  param W_o : [d_k, d_model]
+  level mem every 1 token {
+    state S : matrix[d_k, d_k]
+    objective l2(S(x @ W_k), x @ W_v)
+    algorithm gd(lr = 0.5)
+    read S(x @ W_k)
+  }
+  output mem @ W_o
+}
+"""
+
+
+def test_a_level_that_projects_x_itself_runs_each_head_with_its_parameters(tmp_path):
+    """`x @ W_k` inside a level's clauses with 2 heads: the op got x with one head and
+    refused the per-head W_k ('it must be per head, [1, ...]'). Each head is its own delta
+    rule on its own projections, summed through W_o, in both modes."""
+    layer = module_of(tmp_path, INLINE_X, "inline").Inline().double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(2, 19, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
+    expected = torch.zeros(2, 19, 8, dtype=F64)
+    for h in range(2):
+        k, v = x @ layer.W_k[h], x @ layer.W_v[h]
+        S = torch.zeros(2, 4, 4, dtype=F64)
+        for t in range(19):
+            kt = k[:, t, :, None]
+            S = S - 0.5 * (S @ kt - v[:, t, :, None]) @ kt.transpose(1, 2)
+            expected[:, t] += (S @ kt)[..., 0] @ layer.W_o[h]
+    for mode in ("recurrent", "chunked"):
+        layer.mode = mode
+        assert rel(layer(x), expected) < 1e-12, mode

@@ -426,7 +426,10 @@ class LayerPrinter:
         from nlc.levels.records import TRAIN
         args = []
         for i in tokens:
-            code = names.get(i.name, local(i.name)) + part
+            code = names.get(i.name, local(i.name))
+            if code == "xh" and params:  # x with the heads of the op's per-head parameters
+                code = "xh.expand(-1, -1, self.heads, -1)"
+            code += part
             if i.name in cut or (TRAIN in cut and i.name in self.plan.context_names):
                 code += ".detach()"
             args.append(f"{code}[..., 0]" if i.kind == "scalar" else code)
