@@ -331,3 +331,93 @@ def test_a_loaded_module_leaves_no_folder_behind():
     assert done.returncode == 0, done.stderr
     folder = Path(done.stdout.strip())
     assert folder.name.startswith("nlc-") and not folder.exists()
+
+
+LOOPS = """layer Loops {
+  dims d_model = 16, heads = 2, d_k = 8
+  param W_q, W_k, W_v : [d_model, d_k]
+  param w_b : [d_model]
+  param W_o : [d_k, d_model]
+  context from x {
+    q = l2norm(x @ W_q)
+    k = l2norm(x @ W_k)
+    v = l2norm(x @ W_v)
+    beta = sigmoid(x @ w_b - 3)
+  }
+  level a every 1 token {
+    state A : matrix[d_k, d_k] = identity
+    objective l2(A(k), b)
+    retention decay(0.95)
+    algorithm gd(lr = beta)
+    read before l2norm(A(q))
+  }
+  level b every 1 token {
+    state Bm : mlp(d_k -> 2 * d_k -> d_k, act = silu, residual) = learned(std = 0.2)
+    objective l2(Bm(a), v)
+    algorithm momentum(lr = beta, momentum = 0.5)
+    read before Bm(q)
+  }
+  level d every 1 token {
+    state D : diagonal[d_k] = zeros
+    objective l2(D(k), v - d)
+    algorithm gd(lr = beta)
+    read before D(q) + q
+  }
+  level g every 1 token, gradients at chunk(4) {
+    state G : mlp(d_k -> d_k -> d_k -> d_k, act = tanh) = learned(std = 0.2)
+    objective l2(G(k), v)
+    algorithm gd(lr = 0.01)
+    read start total(G(q)) / d_k + h
+  }
+  level h every 1 token, gradients at chunk(4) {
+    state H : mlp(d_k -> d_k, act = tanh, residual) = learned(std = 0.2)
+    objective l2(H(k), v * g)
+    algorithm gd(lr = 0.01)
+    read start total(H(q)) / d_k
+  }
+  output (a + b + d + g * v) @ W_o
+}
+"""
+
+
+def test_a_group_prints_only_what_it_calls(tmp_path):
+    """Levels in a token-by-token loop printed their own chunked forms (a blocked scan, an
+    after-read), and a dual-form member of a chunked group its outer terms: functions
+    nothing called, beside a note that said the scan ran. Every top-level function of the
+    module is used, and no note claims a form the group does not run."""
+    import re
+    path = tmp_path / "loops.nl"
+    path.write_text(LOOPS)
+    source = compile_outputs(str(path))["loops"]
+    defined = re.findall(r"^def (\w+)\(", source, flags=re.M)
+    unused = [f for f in defined if len(re.findall(rf"\b{f}\b", source)) < 2]
+    assert not unused, unused
+    assert "blocked scan" not in source and "Triton kernels in nlc_outer" not in source
+    assert source.count("runs token by token with the levels it reads in a loop") == 3
+    assert "runs with h, g as one group" in source
+
+
+def test_a_group_members_read_may_use_an_earlier_members_read(tmp_path):
+    """In LOOPS, g's read adds h's read (h, g: one chunked group). Both group forms read
+    all members at once and g's read found no 'h' (KeyError). The chunked group equals the
+    token loop and step, output and every gradient, in float64."""
+    from nlc.emit import load_layer
+    path = tmp_path / "loops.nl"
+    path.write_text(LOOPS)
+    cls = load_layer(str(path))
+    x = torch.randn(2, 21, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for mode in ("chunked", "recurrent"):
+        torch.manual_seed(0)
+        layer = cls(mode=mode).double()
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        grads = torch.autograd.grad(y.square().sum(), [xi, *layer.parameters()],
+                                    allow_unused=True)
+        runs.append([y, *(g for g in grads if g is not None)])
+    assert len(runs[0]) == len(runs[1])
+    for got, want in zip(*runs):
+        assert ((got - want).norm() / want.norm()).item() < 1e-12
+    cache: dict = {}
+    steps = torch.stack([layer.step(x[:, t], cache)[0] for t in range(21)], 1)
+    assert ((steps - runs[1][0]).norm() / runs[1][0].norm()).item() < 1e-12

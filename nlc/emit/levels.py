@@ -175,7 +175,7 @@ class LevelPrinter:
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
             out.lazy_read = ex.low_rank and ex.left_read
-            if ex.dual or (ex.low_rank and not plan.group):
+            if (ex.dual or ex.low_rank) and not plan.group:  # a group's members: no dual
                 self.outer_kernel(out, ex)
         elif isinstance(ex, TokenLoop):
             self.step_kernel(out)
@@ -730,8 +730,8 @@ class LevelPrinter:
             read = _unpack(self.state_names, "states", used) + self._inputs(used)
             read += TorchPrinter(read_names, chunk=True).assign([("o", self.rule.read)])
             out["read"] = read + ["return o"]
-        if ex.dual:  # never with `additive` (nlc/derive/execution.py)
-            out["outer"] = self.outer_drive(ex)
+        if ex.dual and not self.plan.group:  # never with `additive` (execution.py); a
+            out["outer"] = self.outer_drive(ex)  # group's members run drive and combine
         return out
 
     def summed_drive(self, ex: FrozenSplit) -> list[str]:

@@ -451,7 +451,12 @@ class _LayerPlanner:
         note = (f"runs token by token with the levels it reads in a loop ({names})"
                 if chunk is None else
                 f"runs with {names} as one group, a chunk of {chunk} tokens at a time")
-        lps = [replace(lp, notes=lp.notes + (note,)) for lp in lps]
+        if chunk is None:  # the group's token loop runs the members' steps alone: their
+            # own chunked forms and kernels would be printed and never called
+            lps = [replace(lp, execution=TokenLoop(note), kernel=None, notes=(note,))
+                   for lp in lps]
+        else:
+            lps = [replace(lp, notes=lp.notes + (note,)) for lp in lps]
         fn = self.prefix + "_".join(lv.name for lv in group) + "_group"
         return GroupPlan(fn, tuple(lv.name for lv in group), tuple(tokens.values()),
                          tuple(params.values()), chunk, group[0].span.line), lps

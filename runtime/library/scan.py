@@ -569,8 +569,10 @@ def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict |
         for m in members:
             if m.anchors and (position[m.name] + t) % m.every == 0:
                 anchor[m.name] = _anchor(current[m.name], m.anchors)
-        read = {m.name: m.read(current[m.name], {**inputs, **anchor[m.name]}) for m in members}
-        inputs |= read
+        read = {}
+        for m in members:  # in the group's order: a read that uses an earlier member's sees it
+            read[m.name] = m.read(current[m.name], {**inputs, **anchor[m.name]})
+            inputs |= read
         for m in members:
             current[m.name], _ = m.step(current[m.name], {**inputs, **anchor[m.name]})
             outputs[m.name].append(read[m.name])
@@ -620,13 +622,13 @@ def _coupled_chunk(members: list[Member], order: list[Member], consts: dict, cur
     inputs = {**consts, **part}
     stacks = member_batch.Stacks(current)
     read = {}
-    for batch in member_batch.read_batches(order):
-        if len(batch) > 1:
+    for batch in member_batch.read_batches(order):  # in the group's order: a read that
+        if len(batch) > 1:                           # uses an earlier member's sees it
             read |= member_batch.reads(batch, inputs, part, stacks)
         else:
             m, = batch
             read[m.name] = m.read(current[m.name], {**inputs, **wide[m.name]})
-    inputs |= read
+        inputs |= read
     current = dict(current)
     batches: dict = {}
     for m in order:
