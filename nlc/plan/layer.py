@@ -477,9 +477,13 @@ class _LayerPlanner:
             mine = [(s.name, s.rows, s.cols) for s in lp.states]
             theirs = [(s.name, s.rows, s.cols) for s in src.states]
             if [m[1:] for m in mine] != [t[1:] for t in theirs]:
+                buffers = [n for n, *_ in mine + theirs if n.endswith("_mom")]
                 raise NlcError(f"'{source}' cannot initialize '{level.name}': their states "
                                f"differ ({_shapes_text(theirs)} vs {_shapes_text(mine)})",
-                               edge.span)
+                               edge.span, hint=None if not buffers else (
+                                   f"{', '.join(buffers)} {'is' if len(buffers) == 1 else 'are'}"
+                                   " momentum's buffer: an init edge copies every state one "
+                                   "for one, so both levels need momentum or neither"))
             return Segments(cut, source, "init",
                             tuple((t[0], m[0]) for t, m in zip(theirs, mine)), every=period)
         own = tuple((s.name, s.rows, s.cols) for s in lp.states)
