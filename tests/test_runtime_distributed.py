@@ -91,7 +91,7 @@ def test_the_first_failing_rank_decides_and_stops_the_others(tmp_path):
 def test_sigterm_to_the_launcher_reaches_the_ranks_as_ctrl_c(tmp_path):
     """`kill` of `nlc train --nproc 2`'s launcher killed it alone: its ranks trained on to the
     end as orphans. Each rank now gets the SIGINT a terminal's Ctrl-C sends, and the launcher
-    waits for them and exits with 130."""
+    waits for them and exits with 130, also when the launcher started with SIGINT ignored."""
     import signal
     import subprocess
 
@@ -110,7 +110,10 @@ def test_sigterm_to_the_launcher_reaches_the_ranks_as_ctrl_c(tmp_path):
                 f"distributed.rank_command = lambda args: [sys.executable, {str(rank)!r}, "
                 f"{str(tmp_path)!r}]\n"
                 "sys.exit(distributed.launch_local(2, [], grace=20))\n")
-    proc = subprocess.Popen([sys.executable, "-c", launcher])
+    # started as a shell's background job is (`nlc train --nproc 2 &`): SIGINT ignored, which
+    # its ranks inherited, so the forwarded Ctrl-C did nothing (a CI run in the background)
+    proc = subprocess.Popen([sys.executable, "-c", launcher],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 60
     while not all((tmp_path / r).exists() for r in "01") and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -141,7 +141,8 @@ def launch_local(nproc: int, args: list[str], grace: float = 10.0) -> int:
     try:
         for r in range(nproc):
             ranks.append(subprocess.Popen(rank_command(args),
-                                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
+                                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                          preexec_fn=_hear_ctrl_c))
         while True:
             codes = [p.poll() for p in ranks]  # every rank polled: any() would stop early
             status = next((c for c in codes if c), 0)
@@ -155,6 +156,14 @@ def launch_local(nproc: int, args: list[str], grace: float = 10.0) -> int:
             signal.signal(signal.SIGTERM, previous)
         _stop(ranks, grace)
     return status
+
+
+def _hear_ctrl_c() -> None:
+    """In a rank, before it runs: Ctrl-C (SIGINT) at its default. A launcher started in the
+    background by a shell (`nlc train --nproc 2 &`) has SIGINT ignored, its ranks inherit
+    that, and Python then installs no KeyboardInterrupt: the forwarded Ctrl-C did nothing and
+    the ranks were terminated after the grace period, unsaved."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _forward_sigterm(ranks: list):
