@@ -101,6 +101,7 @@ def cmd_graph(args) -> int:
 
 def cmd_derive(args) -> int:
     from nlc import pipeline
+    from nlc.derive.execution import FrozenSplit
     classified = pipeline.run(args.file, "classify", {"overrides": _overrides(args)})
     items = [(c.rule, c.family, c.execution) for _, found in classified for c in found]
     if args.format == "json":
@@ -112,8 +113,8 @@ def cmd_derive(args) -> int:
         sys.stdout.write(rule.to_latex() if args.format == "latex" else rule.to_text())
         if args.format == "text":  # the family, and the form the chunked mode runs
             print(f"  family: {c.to_text()}")
-            runs = ex.to_text()  # a frozen split's drives are the rule's terms above
-            print(f"  runs as {runs.split(': ')[0] if runs.startswith('frozen split') else runs}")
+            # a frozen split's drives are the rule's terms printed above
+            print(f"  runs as {ex.kind_text if isinstance(ex, FrozenSplit) else ex.to_text()}")
     return EXIT_OK
 
 

@@ -169,8 +169,7 @@ def config_from_args(args):
             return f"--{word.replace('_', '-')}" if (word in typed and named) \
                 or untyped_default else word
         first = re.match(r"[a-z][a-z0-9_]*", err.message)
-        if source and first and first[0] in {f.name for f in dataclasses.fields(TrainConfig)} \
-                and first[0] not in typed:  # a value the file holds, not a flag
+        if source and first and first[0] in fields and first[0] not in typed:  # a value the file holds, not a flag
             err.message = f"{source}: {err.message}"
         err.message = re.sub(r"(?<![\w-])([a-z][a-z0-9_]*)\b", flag, err.message)
         raise

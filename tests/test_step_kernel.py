@@ -550,27 +550,6 @@ def test_every_adjoint_rule_against_autograd():
         assert got.shape == w.shape and rel(got, w) < 1e-12, name
 
 
-DIAG_L2 = """layer DiagL2 {
-  dims d_model = 8, heads = 2, d_h = 4
-  param W_k, W_v : [d_model, d_h]
-  param w_b : [d_model]
-  param W_o : [d_h, d_model]
-  context from x {
-    k = x @ W_k
-    v = x @ W_v
-    b = sigmoid(x @ w_b)
-  }
-  level memory {
-    state h : diagonal[d_h] = zeros
-    objective l2(h(k), v)
-    algorithm gd(lr = b)
-    read h
-  }
-  output memory @ W_o
-}
-"""
-
-
 @needs_interpreter
 @pytest.mark.parametrize("T", [1, 17, 40])
 def test_an_entrywise_scan_level_sends_forced_tensors_to_its_step_kernel(tmp_path,
@@ -582,8 +561,11 @@ def test_an_entrywise_scan_level_sends_forced_tensors_to_its_step_kernel(tmp_pat
     import sys
 
     from nlc.emit import load_layer
+    from test_affine_spellings import DIAG_L2  # the same spec, here with two heads
+    text = DIAG_L2.replace("dims d_model = 8, d_h = 4", "dims d_model = 8, heads = 2, d_h = 4")
+    assert "heads = 2" in text
     path = tmp_path / "diag_l2.nl"
-    path.write_text(DIAG_L2)
+    path.write_text(text)
     cls = load_layer(str(path))
     doc = sys.modules[cls.__module__].__doc__
     assert "entrywise recurrence" in doc and "fused step kernel" in doc, doc

@@ -211,13 +211,18 @@ class FrozenSplit:
     low_rank: bool = False
     left_read: bool = False
 
-    def to_text(self) -> str:
-        from nlc.derive.printing import paper_text
+    @property
+    def kind_text(self) -> str:
+        """Which frozen split, without its drives: `frozen split (dual form)`."""
         how = "summed per chunk" if self.additive else "dual form" if self.dual \
             else "affine per state, chunk-parallel" if self.transitions else "per token"
+        return f"frozen split ({how})"
+
+    def to_text(self) -> str:
+        from nlc.derive.printing import paper_text
         texts, where = paper_text([e for _, e in self.drive])
         shown = "; ".join(f"{s.name} = {t}" for (s, _), t in zip(self.drive, texts))
-        return f"frozen split ({how}): {shown}" + (f"; where {'; '.join(where)}" if where else "")
+        return f"{self.kind_text}: {shown}" + (f"; where {'; '.join(where)}" if where else "")
 
 
 @dataclass(frozen=True)
@@ -471,7 +476,6 @@ def _read_of_product(read, target, states):
         if not any(post.has(X) for X in states):
             return product.args[1], None, post
     raise _NoChunkedForm("the read is not a function of the state applied to one query")
-
 
 
 def _query_of(term, target):

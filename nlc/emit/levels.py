@@ -207,7 +207,8 @@ class LevelPrinter:
     def step_kernel(self, out: PrintedLevel, scan: bool = False) -> None:
         """A token-loop level's fused step kernel (nlc/emit/step_render.py), or the note
         saying why it keeps only the PyTorch loop; with `scan`, an entrywise-scan level's,
-        for CUDA tensors (2.7 ms against the scan's 4.2 ms, docs/perf.md), or nothing."""
+        for CUDA tensors (3.4 ms against the scan's 5.5 ms at T = 2048 on one H100,
+        docs/perf.md's twentieth batch), or nothing."""
         from nlc.emit.step_render import EVERY, StepPrintError, step_kernel
         try:
             kernel = step_kernel(self.plan, self.spec_dims)

@@ -115,8 +115,7 @@ def optimizer_plan(spec, rules) -> OptimizerPlan:
     for lv in levels:
         for n, _ in rules[lv.name].states:
             body.append(f"state[{n!r}] = nl.like_param({local(n)}_next, param)")
-    env = shapes.Env(values={n: () for n in [*dims, *(n for n, _ in spec.hypers)]}
-                     | {"param": (), "t": (), grad: ()})
+    env = shapes.Env(values=dict.fromkeys([*numbers, "param", grad], ()))
     apply_names = dict(names)
     for lv in levels:
         apply_names[lv.name] = local(lv.name)

@@ -571,8 +571,8 @@ def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict |
                 anchor[m.name] = _anchor(current[m.name], m.anchors)
         read = {}
         for m in members:  # in the group's order: a read that uses an earlier member's sees it
-            read[m.name] = m.read(current[m.name], {**inputs, **anchor[m.name]})
-            inputs |= read
+            read[m.name] = inputs[m.name] = m.read(current[m.name],
+                                                   {**inputs, **anchor[m.name]})
         for m in members:
             current[m.name], _ = m.step(current[m.name], {**inputs, **anchor[m.name]})
             outputs[m.name].append(read[m.name])
@@ -624,11 +624,12 @@ def _coupled_chunk(members: list[Member], order: list[Member], consts: dict, cur
     read = {}
     for batch in member_batch.read_batches(order):  # in the group's order: a read that
         if len(batch) > 1:                           # uses an earlier member's sees it
-            read |= member_batch.reads(batch, inputs, part, stacks)
+            got = member_batch.reads(batch, inputs, part, stacks)
         else:
             m, = batch
-            read[m.name] = m.read(current[m.name], {**inputs, **wide[m.name]})
-        inputs |= read
+            got = {m.name: m.read(current[m.name], {**inputs, **wide[m.name]})}
+        read |= got
+        inputs |= got
     current = dict(current)
     batches: dict = {}
     for m in order:

@@ -40,8 +40,7 @@ def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
 def describe_gradients(loss: float, names) -> str:
     """Where a backward pass with a finite loss went non-finite, in one clause."""
     names = list(names)
-    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    first = f"; non-finite gradients in {listed}" if names else ""
+    first = f"; non-finite gradients in {listed(names)}" if names else ""
     return (f"the loss is finite ({loss:.4g}) but the backward pass overflowed{first} "
             "(weights grown by a learning rate too large for the model: a lower --lr; or a "
             "recurrence that amplifies gradients over a long sequence: a shorter --seq-len, "
