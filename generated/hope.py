@@ -725,7 +725,20 @@ def SelfModifyingTitans_k_v_eta_alpha_group_op(
         return nl.coupled(members, tokens, state, consts=consts)
 
     def chunked(tokens, state):
-        return nl.coupled_chunked(members, tokens, state, chunk=16, consts=consts)
+        return nl.coupled_chunked(
+            members,
+            tokens,
+            state,
+            chunk=16,
+            consts=consts,
+            fused=nl.FusedGroup(
+                ("k", "v", "eta", "alpha"),
+                (("K_W1", "K_W2"), ("V_W1", "V_W2"), ("E_W1", "E_W2"), ("A_W1", "A_W2")),
+                "h",
+                (True, True),
+                ("b_eta", "b_alpha"),
+            ),
+        )
 
     mid = any(nl.mid_chunk(s, 16) for s in initial_state.values())
     run = recurrent if mode == "recurrent" or mid else chunked

@@ -12,6 +12,7 @@ import sympy as sp
 from nlc.derive.execution import Attention, FrozenSplit
 from nlc.derive.symbols import shifted_name
 from nlc.emit.context import ContextPrinter, literal, x_projections
+from nlc.emit.fused_group import fused_group
 from nlc.emit.group_reads import shared_reads
 from nlc.emit.levels import (
     READ_LAYOUT,
@@ -116,6 +117,7 @@ class PrintedGroup:
     size_defaults: list
     chunk: int | None
     line: int
+    fused: str | None = None  # nl.FusedGroup(...): the fused group kernels' proposal
 
 
 @dataclass
@@ -369,7 +371,8 @@ class LayerPrinter:
             [local(d) for d in dict.fromkeys(read.values())
              if any(d in lp.op_sizes for lp in members)],
             [local(d) for d in keyword],
-            [str(self.defaults[d]) for d in keyword], gp.chunk, gp.line)
+            [str(self.defaults[d]) for d in keyword], gp.chunk, gp.line,
+            fused_group(gp, {lp.name: lp for lp in members}))
 
     # ------------------------------------------------------------ the forward
     def forward(self) -> list[str]:

@@ -583,17 +583,27 @@ def coupled(members: list[Member], tokens: dict, states: dict, *, consts: dict |
 
 @_float32
 def coupled_chunked(members: list[Member], tokens: dict, states: dict, *, chunk: int,
-                    consts: dict | None = None):
+                    consts: dict | None = None, fused=None):
     """The chunk-parallel form of a coupled group whose members all update every `chunk`
     tokens and read their chunk-start state: per chunk, every read for all its tokens at
     once, then every member's chunk-start terms at once, then the cheap per-token sums.
-    Equal to `coupled` (exactly, up to rounding): nothing in a chunk sees the chunk's writes."""
+    Equal to `coupled` (exactly, up to rounding): nothing in a chunk sees the chunk's writes.
+    `fused` (a fused_group.FusedGroup, from the compiler) lets the fused group kernels take
+    every whole chunk but the last, where they run (runtime/library/fused_group.py)."""
     consts = dict(consts or {})
     current, position = {}, {}
     for m in members:
         current[m.name], _, position[m.name] = _resume(states[m.name], m.anchors)
     T = next(iter(tokens.values())).shape[1]
     outputs = {m.name: [] for m in members}
+    if fused is not None:
+        from nlc.runtime.library import fused_group
+        ran = fused_group.run(fused, members, tokens, current, consts, chunk)
+        if ran is not None:
+            reads, current, done = ran
+            for name, o in reads.items():
+                outputs[name].append(o)
+            tokens = {name: x[:, done:] for name, x in tokens.items()}
     # members whose chunks build only their last states (affine transitions on outer
     # products) keep what they compute; others are recomputed in the backward pass
     recompute = _recompute(tokens, consts, *current.values(),
