@@ -49,10 +49,11 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return out[..., 0] if r == 1 else out
 
 
-def _biases(fused: FusedGroup, consts: dict, B: int, H: int) -> torch.Tensor:
-    """The rate's and retention's biases per row `[B H, 2]` (parameters `[H, 1, 1]`)."""
-    per_head = torch.stack([torch.as_tensor(consts[b]).reshape(-1).expand(H)
-                            for b in fused.biases], -1)
+def _biases(fused: FusedGroup, consts: dict, B: int, H: int, like: torch.Tensor) -> torch.Tensor:
+    """The rate's and retention's biases per row `[B H, 2]` (parameters `[H, 1, 1]`, or
+    numbers), float32 on like's device."""
+    per_head = torch.stack([torch.as_tensor(consts[b], device=like.device).float()
+                            .reshape(-1).expand(H) for b in fused.biases], -1)
     return per_head.repeat(B, 1)
 
 
@@ -142,7 +143,7 @@ def run(fused: FusedGroup, members: list, tokens: dict, current: dict, consts: d
                       for n, (_, s2) in zip(fused.members, fused.states)], 2).reshape(N, 4, d, F)
     tf32 = h.is_cuda and torch.backends.cuda.matmul.allow_tf32
     k, v, eta, alpha, W1n, W2n = mlp_group_triton.group_chunks(
-        rows, W1, W2, _biases(fused, consts, B, H).float(), chunk=chunk,
+        rows, W1, W2, _biases(fused, consts, B, H, h), chunk=chunk,
         norm_k=fused.norms[0], norm_v=fused.norms[1], precision="tf32" if tf32 else "ieee")
     reads = {}
     for name, o in zip(fused.members, (k, v, eta, alpha)):
