@@ -448,6 +448,35 @@ def test_plotting_runs_of_two_tasks_is_refused(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_a_run_named_twice_is_drawn_once_and_same_named_runs_get_their_paths(tmp_path):
+    """`nlc plot RUN RUN` drew RUN's curves twice, with two legend entries; runs a/r and b/r
+    both showed as "r"."""
+    pytest.importorskip("matplotlib")
+    from nlc.runtime.trainer import plot
+    drawn = []
+    real = plot.load_curves
+
+    def spy(run):
+        curves = real(run)
+        drawn.append(curves)
+        return curves
+    runs = []
+    for parent in ("a", "b"):
+        run = tmp_path / parent / "r"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(
+            json.dumps({"kind": "train", "step": 1, "loss": 4.0}) + "\n")
+        runs.append(run)
+    import unittest.mock
+    with unittest.mock.patch.object(plot, "load_curves", spy):
+        plot.plot_runs([runs[0], runs[0], tmp_path / "a" / ".." / "a" / "r"], tmp_path / "x.png")
+    assert len(drawn) == 1 and drawn[0]["name"] == "r"
+    drawn.clear()
+    with unittest.mock.patch.object(plot, "load_curves", spy):
+        plot.plot_runs(runs, tmp_path / "y.png")
+    assert [c["name"] for c in drawn] == [str(runs[0]), str(runs[1])]
+
+
 def test_a_run_folder_where_writes_fail_is_refused_before_any_work(tmp_path, monkeypatch,
                                                                      capsys):
     """A folder that exists but takes no files (root passes os.access there: /sys/kernel) was

@@ -45,8 +45,14 @@ def _number(value) -> bool:
 
 
 def plot_runs(runs: list[str | Path], output: str | Path, title: str | None = None) -> Path:
-    """Draw the runs' curves into `output` (PNG); return its path."""
+    """Draw the runs' curves into `output` (PNG); return its path. A run named twice is drawn
+    once; runs whose folders share a name are labelled by the paths given."""
+    runs = list({Path(r).resolve(): r for r in reversed(runs)}.values())[::-1]
     curves = [load_curves(run) for run in runs]
+    names = [c["name"] for c in curves]
+    for run, c in zip(runs, curves, strict=True):
+        if names.count(c["name"]) > 1:
+            c["name"] = str(run)
     for run, c in zip(runs, curves, strict=True):
         if not c["train"] and not c["eval"]:
             raise NlcError(f"{Path(run) / 'metrics.jsonl'}: no training or eval line to plot "
