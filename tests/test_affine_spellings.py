@@ -346,3 +346,55 @@ def test_a_key_spelled_inline_or_scaled_by_a_rate_per_channel_is_chunked(tmp_pat
     (checked,) = pipeline.run(str(path), "check")
     (rule,) = derive(checked)
     assert isinstance(execution(rule, classify(rule)), (AffineChunk, DplrChunk))
+
+
+def _projections(inline: bool) -> str:
+    """DeltaNet with its key, value and query made in the level's clauses or in the context."""
+    k, v, q = ("l2norm(x @ W_k)", "x @ W_v", "l2norm(x @ W_q)") if inline else ("k", "v", "q")
+    context = "" if inline else """
+  context from x {
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+    q = l2norm(x @ W_q)
+  }"""
+    return f"""layer Projected {{
+  dims d_model = 12, heads = 2, d_k = 4, d_v = 3
+  param W_q, W_k : [d_model, d_k]
+  param W_v : [d_model, d_v]
+  param W_o : [d_v, d_model]{context}
+  level memory every 1 token {{
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S({k}), {v})
+    algorithm gd(lr = 0.5)
+    read S({q})
+  }}
+  output memory @ W_o
+}}
+"""
+
+
+def test_a_value_projected_inside_the_level_is_chunked(tmp_path):
+    """`l2(S(l2norm(x @ W_k)), x @ W_v)` reaches the input as (W_v^T x) k^T: three factors,
+    "not an outer product", so it ran token by token where the same rule through the context
+    ran chunked delta. It is chunked now and equals the context spelling and its own token
+    loop, output and every gradient, in float64."""
+    from nlc.derive.execution import AffineChunk, execution
+
+    path = tmp_path / "inline.nl"
+    path.write_text(_projections(inline=True))
+    (checked,) = pipeline.run(str(path), "check")
+    (rule,) = derive(checked)
+    assert isinstance(execution(rule, classify(rule)), AffineChunk)
+    inline = load_layer(str(path))().double()
+    (tmp_path / "context.nl").write_text(_projections(inline=False))
+    context = load_layer(str(tmp_path / "context.nl"))().double()
+    context.load_state_dict(inline.state_dict())
+    x = torch.randn(2, 40, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got = inline(x)
+    grads = torch.autograd.grad(got.square().sum(), list(inline.parameters()))
+    assert rel(got, context(x)) < 1e-12
+    for g, ref in zip(grads, torch.autograd.grad(context(x).square().sum(),
+                                                 list(context.parameters()))):
+        assert rel(g, ref) < 1e-10
+    inline.mode = "recurrent"
+    assert rel(got, inline(x)) < 1e-12

@@ -505,6 +505,8 @@ def _bias_terms(bias, vector: bool):
                 and isinstance(mats[2], sp.Transpose):  # Diag(r) v k^T, a rate per row
             left = sp.HadamardProduct(mats[0].args[0], mats[1])
             out.append((coef * left if coef != 1 else left, mats[2].arg))
+        elif (split := _outer(term)) is not None and row_of(split[1]) is not None:
+            out.append((split[0], row_of(split[1])))  # (W_v^T x) k^T: a column made inline
         else:
             raise _NoChunkedForm(f"the input term {_paper(term)[:60]} is not an outer "
                                  "product")
