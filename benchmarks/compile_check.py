@@ -2,6 +2,7 @@
 without a GPU: the fused step kernels (nlc_step_*.py: forward and printed backward) and the
 chunk-start terms kernels (nlc_outer_*.py), each with the warps its launcher picks, and the
 runtime kernels not yet run on a GPU (the affine combine, runtime/library/affine_triton.py;
+the fused group kernels, runtime/library/mlp_group_triton.py;
 benchmarks/kernel_resources.py covers the others), and print cuobjdump's registers and
 spills, or the compiler's error.
 
@@ -78,6 +79,18 @@ def affine_kernels():
             yield f"affine {name} C={C}", kernel, {**tiles, **extra}, 8, ints
 
 
+def group_kernels():
+    """runtime/library/mlp_group_triton.py's kernels at Hope's shapes (d_head 64, F 256, chunks
+    of 16, TF32 products as `nlc train --tf32` runs them), with the launchers' blocks and
+    warps."""
+    from nlc.runtime.library import mlp_group_triton as m
+    shape = {"F": 256, "D": 64, "C": 16, "NORM_K": True, "NORM_V": True, "PREC": "tf32"}
+    for name, kernel, (block, warps), extra in (
+            ("forward", m._forward_kernel, m.FORWARD_LAUNCH, {"SAVE": True}),
+            ("backward", m._backward_kernel, m.BACKWARD_LAUNCH, {})):
+        yield f"group {name}", kernel, {**shape, **extra, "BF": block}, warps, ("n_chunks", "N")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*")
@@ -92,6 +105,7 @@ def main() -> int:
             for d in map(int, args.d.split(","))]
     if not args.modules:
         runs.append(("runtime", 64, affine_kernels()))
+        runs.append(("runtime", 64, group_kernels()))
     for stem, d, found in runs:
         for name, kernel, consts, warps, scalars in found:
             try:
