@@ -142,8 +142,10 @@ def _column_of(row):
         return row.arg
     if isinstance(row, sp.MatMul):
         scalars = [a for a in row.args if not isinstance(a, sp.MatrixExpr)]
-        (mat,) = [a for a in row.args if isinstance(a, sp.MatrixExpr)]
-        return sp.Mul(*scalars) * _column_of(mat)
+        mats = [a for a in row.args if isinstance(a, sp.MatrixExpr)]
+        if len(mats) > 1:  # x^T W_a, a projection written inline: (W_a^T x)
+            return sp.Mul(*scalars) * sp.Transpose(sp.MatMul(*mats)).doit()
+        return sp.Mul(*scalars) * _column_of(mats[0])
     if isinstance(row, ElementwiseApplyFunction):
         return ElementwiseApplyFunction(row.function, _column_of(row.expr))
     if isinstance(row, sp.HadamardProduct):

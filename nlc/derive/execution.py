@@ -483,9 +483,10 @@ def _query_of(term, target):
     if isinstance(term, Dot) and target in term.args:
         return term.args[1] if term.args[0] == target else term.args[0]
     coef, mats = split_term(term)
-    if len(mats) == 2 and mats[0] == target and not mats[1].has(target) \
+    if len(mats) >= 2 and mats[0] == target and not any(m.has(target) for m in mats[1:]) \
             and not coef.has(target):  # a scale made of the state (a norm) is no query's
-        return coef * mats[1] if coef != 1 else mats[1]
+        query = mats[1] if len(mats) == 2 else sp.MatMul(*mats[1:])  # S (W_q^T x): inline
+        return coef * query if coef != 1 else query
     return None
 
 

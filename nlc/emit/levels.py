@@ -29,7 +29,7 @@ from nlc.derive.matfuncs import free_names
 from nlc.emit.context import literal
 from nlc.emit.names import local
 from nlc.emit.render import prose
-from nlc.emit.torch_printer import TorchPrinter
+from nlc.emit.torch_printer import Names, TorchPrinter
 
 # the environment switch that sends chunk-start terms to their Triton kernels
 # (runtime/library/ops.py, outer_terms)
@@ -136,7 +136,9 @@ class LevelPrinter:
         names = {n: local(n) for n in self.state_names + self.anchor_names + self.inputs}
         names |= {f"{n}_next": f"{local(n)}_next" for n in self.state_names}
         names |= {n: literal(v) for n, v in self.plan.numbers}
-        return names | (extra or {})
+        out = Names(names | (extra or {}))
+        out.numbers = frozenset(self.plan.sizes)  # dims the rule uses as numbers: Python ints
+        return out
 
     def _inputs(self, used: set[str], source: str = "inputs", anchors: bool = True):
         return _unpack(self.inputs + (self.anchor_names if anchors else []), source, used)

@@ -58,6 +58,28 @@ def library_call(body) -> str | None:
     return _library_calls(tuple(functions.REGISTRY.values())).get(body)
 
 
+_U = sp.Wild(internal("u"))
+
+
+def registered_call(e) -> tuple[str, object] | None:
+    """(library call, argument) when the scalar expression `e` is a registered elementwise
+    function applied to one argument, as a rule written inline derives it (softplus(z) is
+    log(1 + exp(z)), elu1 a Piecewise): the library's call is stable where the formula
+    overflows."""
+    from nlc import functions
+    for f in functions.REGISTRY.values():
+        if f.kind is not functions.Kind.ELEMENTWISE:
+            continue
+        pattern = f.scalar()(_U)
+        if type(pattern) is not type(e):
+            continue
+        found = e.match(pattern)
+        if found and _U in found and not found[_U].has(_U) \
+                and sp.simplify(pattern.xreplace({_U: found[_U]}) - e) == 0:
+            return f.torch, found[_U]
+    return None
+
+
 @functools.cache
 def _library_calls(registered: tuple) -> dict:
     from nlc import functions
@@ -132,6 +154,19 @@ def _transposes(e) -> int:
     return sum(isinstance(n, sp.Transpose) for n in sp.preorder_traversal(e))
 
 
+class Names(dict):
+    """A printer's names (symbol -> code) that also says which hold Python numbers (a level's
+    dims, passed as ints): a function of those alone is printed with Python's math. Kept
+    through `names | {...}`."""
+
+    numbers: frozenset = frozenset()
+
+    def __or__(self, other):
+        out = Names(dict.__or__(self, other))
+        out.numbers = self.numbers
+        return out
+
+
 class TorchPrinter:
     """Print expressions as assignment lines. `names` maps a symbol's name to the Python
     expression that holds it; `prefix` names the temporaries."""
@@ -144,7 +179,8 @@ class TorchPrinter:
         # `t`, and every name printed as a literal (a layer's compiled-in hypers and dims);
         # a function of these alone is printed with Python's math (torch.sqrt takes no float)
         self.numbers = frozenset(numbers) | {n for n, code in self.names.items()
-                                             if _is_literal(code)}
+                                             if _is_literal(code)} \
+            | getattr(names, "numbers", frozenset())
         # chunk code: matrices shared by a chunk's tokens meet per-token columns, so products
         # go through nl.mm, which does not copy the shared matrix once per token
         self.chunk = chunk
@@ -201,6 +237,10 @@ class TorchPrinter:
             return self.names[name]
         if self._of_numbers(e):
             return _NumberPrinter(self.names).doprint(e)
+        if isinstance(e, (sp.log, sp.Piecewise)) and not isinstance(e, sp.MatrixExpr):
+            call = registered_call(e)
+            if call is not None:  # softplus as log(1 + exp(z)) overflows at z = 100
+                return f"{call[0]}({self.expr(call[1])})"
         method = getattr(self, f"_print_{type(e).__name__}", None)
         if method is not None:
             return method(e)

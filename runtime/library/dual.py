@@ -162,7 +162,8 @@ def dual_chunked(outer: Callable, combine: Callable, read: Callable, tokens: dic
     terms, gates = _combine_reads(combine, order, {**consts, **tokens})
     lead = torch.broadcast_shapes(*(x.shape[:3] for x in tokens.values()))
     # (a combine that reads no gate still needs a tensor for the basis' dtype and device)
-    used = {**consts, **{g: _cast(tokens[g], cast) for g in gates}} or {
+    # (a gate written inline reads parameters too: consts, already in `used`)
+    used = {**consts, **{g: _cast(tokens[g], cast) for g in gates if g in tokens}} or {
         name: _cast(x, cast) for name, x in tokens.items()}
     step, add = _transitions(combine, used, order, terms, lead)
     # whether the scan kernel runs is decided once: a chunk is never longer than `chunk`
