@@ -197,6 +197,9 @@ def test_hopes_layer_on_the_kernels_equals_it_without(hope, monkeypatch):
     assert rel(y, y_ref) < 1e-5
     for name, ref in grads_ref.items():
         assert rel(grads[name], ref) < 1e-5, name
+    # float64 keeps the PyTorch form (the kernels would compute it in float32)
+    y64, _ = _layer_run(hope, monkeypatch, True, F64, [40, 30])
+    assert len(calls) == 1 and rel(y64, y_ref) < 1e-12
 
 
 def test_kernels_rerun_in_a_fresh_interpreter_process():

@@ -10,7 +10,8 @@ random float64 input, with random biases, and compares every read and last state
 that differs anywhere runs its PyTorch chunked form, as one that was never named.
 
 The kernels run only where asked (`opted_in`: NLC_GROUP_KERNEL=1 on CUDA tensors, every
-device with NLC_TRITON=force): they have not been timed on a GPU yet (docs/perf.md). They
+device with NLC_TRITON=force unless NLC_GROUP_KERNEL=0), on float32 or half-precision tokens
+(float64 keeps the PyTorch form): they have not been timed on a GPU yet (docs/perf.md). They
 take every whole chunk but the last; the last chunk (whole or not) runs the PyTorch chunked
 form, which leaves the final state's anchors and position as it always does."""
 
@@ -120,8 +121,8 @@ def run(fused: FusedGroup, members: list, tokens: dict, current: dict, consts: d
     if set(tokens) != {fused.token}:
         return None
     h = tokens[fused.token]
-    if not opted_in(h, "NLC_GROUP_KERNEL"):
-        return None
+    if not opted_in(h, "NLC_GROUP_KERNEL") or h.dtype == torch.float64:
+        return None  # (the kernels compute in float32: float64 keeps the PyTorch form)
     B, T, H, d, _ = h.shape
     done = (T - 1) // chunk * chunk
     first = current[fused.members[0]][fused.states[0][0]]
