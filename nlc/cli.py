@@ -103,7 +103,9 @@ def cmd_derive(args) -> int:
     from nlc import pipeline
     from nlc.derive.execution import FrozenSplit
     classified = pipeline.run(args.file, "classify", {"overrides": _overrides(args)})
-    items = [(c.rule, c.family, c.execution) for _, found in classified for c in found]
+    planned = _planned_executions(classified, args.file)
+    items = [(c.rule, c.family, planned.get((spec.name, c.rule.level), c.execution))
+             for spec, found in classified for c in found]
     if args.format == "json":
         import json
         data = [rule.to_json_data() | {"family": c.family.value} for rule, c, _ in items]
@@ -116,6 +118,20 @@ def cmd_derive(args) -> int:
             # a frozen split's drives are the rule's terms printed above
             print(f"  runs as {ex.kind_text if isinstance(ex, FrozenSplit) else ex.to_text()}")
     return EXIT_OK
+
+
+def _planned_executions(classified, path: str) -> dict:
+    """(layer, level) -> the form the plan runs the level as: a level in a loop of outputs
+    runs with its group (token by token, or the group's chunks), whatever its own rule
+    allows. Empty where planning refuses the file (derive still prints each rule)."""
+    from nlc import pipeline
+    from nlc.errors import NlcError
+    try:
+        plans = pipeline.STAGES["plan"].run(classified, {"path": path})
+    except NlcError:
+        return {}
+    return {(layer.name, lp.name): lp.execution for layer in plans.layers
+            for lp in layer.levels}
 
 
 def _spec_files(paths: list[str]) -> list[str]:

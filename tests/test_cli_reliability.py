@@ -591,3 +591,19 @@ def test_plotting_mqar_and_niah_runs_together_is_refused(tmp_path):
         runs.append(run)
     with pytest.raises(NlcError, match=r"different tasks \(mqar, niah\)"):
         plot_runs(runs, tmp_path / "x.png")
+
+
+def test_derive_says_a_group_member_runs_with_its_group(tmp_path, capsys):
+    """A level of a loop of outputs runs as its group does: Hope with one generating memory
+    reading `before` runs the whole group token by token, but derive printed each member's
+    own chunk-parallel form ('runs as frozen split')."""
+    from nlc.cli import main as nlc_main
+    text = (Path(__file__).resolve().parents[1] / "examples" / "hope.nl").read_text()
+    spec = tmp_path / "hope_before.nl"
+    spec.write_text(text.replace("read start sigmoid(total(A(h))", "read before sigmoid(total(A(h))"))
+    assert nlc_main(["derive", str(spec)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "runs as" in ln]
+    assert sum("in a loop (k, v, eta, alpha)" in ln for ln in lines) == 4
+    assert nlc_main(["derive", str(Path(__file__).resolve().parents[1] / "examples"
+                                   / "hope.nl")]) == 0
+    assert "token loop" not in capsys.readouterr().out
