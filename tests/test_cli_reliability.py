@@ -278,8 +278,9 @@ def test_an_interrupted_train_says_whether_it_can_be_resumed(tmp_path, monkeypat
                                                             saved):
     """Ctrl-C before the first checkpoint saved nothing: the message no longer says that
     --resume continues from the run's latest checkpoint."""
-    from nlc import cli
     from nlc.runtime.trainer import train as trainer
+
+    from nlc import cli
     out = tmp_path / "run"
     if saved:
         assert main(["train", "builtin:attention", *TINY, "--out", str(out)]) == 0
@@ -311,8 +312,9 @@ def test_an_interrupt_before_the_run_folder_exists_says_nothing_was_saved(tmp_pa
                                                                          capsys):
     """Ctrl-C before the trainer wrote the run folder said to delete a folder that was not
     there; before the run's settings were known, it said to resume a run that never began."""
-    from nlc import cli
     from nlc.runtime.trainer import train as trainer
+
+    from nlc import cli
     out = tmp_path / "never"
 
     def interrupted(config, **kwargs):
@@ -433,8 +435,9 @@ def test_resume_takes_the_runs_own_spec_when_none_is_named(tmp_path, monkeypatch
 
 def test_plotting_runs_of_two_tasks_is_refused(tmp_path, capsys):
     """mqar's accuracy and lm's bits per byte were drawn on one axis labelled with both."""
-    from nlc.errors import NlcError
     from nlc.runtime.trainer.plot import plot_runs
+
+    from nlc.errors import NlcError
     runs = []
     for task, metric in (("mqar", "accuracy"), ("lm", "bits_per_byte")):
         run = tmp_path / task
@@ -578,8 +581,9 @@ def test_ctrl_c_during_an_evaluation_saves_that_step_and_trains_no_more(tmp_path
 
 def test_plotting_mqar_and_niah_runs_together_is_refused(tmp_path):
     """Both evaluate an accuracy, so the metric check let them onto one axis."""
-    from nlc.errors import NlcError
     from nlc.runtime.trainer.plot import plot_runs
+
+    from nlc.errors import NlcError
     runs = []
     for task in ("mqar", "niah"):
         run = tmp_path / task

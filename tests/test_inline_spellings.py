@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_chunk_triton import rel
 
 from nlc import pipeline
 from nlc.derive import derive
 from nlc.derive.classify import classify
 from nlc.derive.execution import TokenLoop, execution
 from nlc.emit import load_layer
-from test_chunk_triton import rel
 
 F64 = torch.float64
 
