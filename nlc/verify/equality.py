@@ -155,6 +155,7 @@ def explicit(x, builder: Explicit | None = None) -> sp.ImmutableMatrix:
 
 
 SIMPLIFY_OPS = 60
+EXPAND_SECONDS = 5.0  # a difference SymPy cannot expand in this long is left to the numbers
 _TRANSCENDENTAL = (sp.Abs, sp.sign, sp.Piecewise, sp.erf, sp.Max, sp.exp, sp.log)
 
 
@@ -169,7 +170,9 @@ def symbolic_equal(a, b, builder: Explicit | None = None) -> bool | None:
         d = x - y
         if d == 0:
             continue
-        d = sp.expand(name_derivatives(d))
+        d = _expanded(name_derivatives(d))
+        if d is None:  # expand ran for minutes on an inline DeltaNet's claim (the l2norm's
+            return None  # square root over a sum): the numerical check decides
         if d == 0:
             continue
         if d.has(sp.Piecewise):  # zero if every branch is, whatever the conditions
@@ -178,13 +181,47 @@ def symbolic_equal(a, b, builder: Explicit | None = None) -> bool | None:
                 continue
         if d.has(*_TRANSCENDENTAL):
             # small remainders only: simplify takes minutes on large ones
-            if sp.count_ops(d) < SIMPLIFY_OPS and sp.simplify(d) == 0:
+            if _small(d, SIMPLIFY_OPS) and sp.simplify(d) == 0:
                 continue
             undecided = True
             continue
         if sp.cancel(sp.together(d)) != 0:  # decisive for rational functions
             return False
     return None if undecided else True
+
+
+class _Slow(Exception):
+    pass
+
+
+def _expanded(d):
+    """sp.expand(d), or None past EXPAND_SECONDS (where a timer can be armed: the main
+    thread, no other timer running; elsewhere expand runs unbounded, as before)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "setitimer") or signal.getitimer(signal.ITIMER_REAL)[0]:
+        return sp.expand(d)
+
+    def expire(signum, frame):
+        raise _Slow
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, EXPAND_SECONDS)
+    try:
+        return sp.expand(d)
+    except _Slow:
+        return None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _small(e, limit: int) -> bool:
+    """Whether e has fewer than `limit` nodes, counted only up to the limit."""
+    for i, _ in enumerate(sp.preorder_traversal(e)):
+        if i >= limit:
+            return False
+    return True
 
 
 TOLERANCE = 1e-12  # float64 relative error: what verify counts as equal numerically
