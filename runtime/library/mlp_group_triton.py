@@ -117,6 +117,25 @@ def _error(k, v, w1p, w2p, fr, fc, di, F: tl.constexpr, D: tl.constexpr, BF: tl.
     return e
 
 
+@triton.jit
+def _sweep(k, eta, alpha, rows, eye, keep, C: tl.constexpr, D: tl.constexpr,
+           KEEP: tl.constexpr):
+    """P = M_1 ... M_C and the rows U_t = k_t^T M_{t+1} ... M_C, M_t = alpha_t I - eta_t k_t
+    k_t^T, from the last token back; with KEEP each step's right factor M_{t+1} ... M_C
+    goes to `keep` + t D D (the backward pass's)."""
+    Q = eye
+    U = tl.zeros([C, D], tl.float32)
+    for i in range(C):
+        t = C - 1 - i
+        if KEEP:
+            tl.store(keep + t * D * D, Q)
+        kt = _row(k, rows, t)
+        u = tl.sum(kt[:, None] * Q, 0)
+        U = tl.where(rows[:, None] == t, u[None, :], U)
+        Q = _entry(alpha, rows, t) * Q - _entry(eta, rows, t) * kt[:, None] * u[None, :]
+    return Q, U
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _forward_kernel(h, W1, W2, ck1, ck2, bias, out_k, out_v, out_eta, out_alpha, T, n_chunks,
@@ -151,15 +170,7 @@ def _forward_kernel(h, W1, W2, ck1, ck2, bias, out_k, out_v, out_eta, out_alpha,
         tl.store(out_eta + n * T + tok, eta, mask=valid)
         tl.store(out_alpha + n * T + tok, alpha, mask=valid)
 
-        # the sweep: P = M_1 ... M_C, U_t = k_t^T M_{t+1} ... M_C
-        Q = eye
-        U = tl.zeros([C, D], tl.float32)
-        for i in range(C):
-            t = C - 1 - i
-            kt = _row(k, rows, t)
-            u = tl.sum(kt[:, None] * Q, 0)
-            U = tl.where(rows[:, None] == t, u[None, :], U)
-            Q = _entry(alpha, rows, t) * Q - _entry(eta, rows, t) * kt[:, None] * u[None, :]
+        Q, U = _sweep(k, eta, alpha, rows, eye, eye, C, D, False)
         A, after = _decays(alpha, rows, C)
         ce = eta * after
 
@@ -207,17 +218,7 @@ def _backward_kernel(h, ck1, ck2, bias, d_k, d_v, d_eta, d_alpha, dW1, dW2, dh, 
         base_s = (c * N + n) * 4 * S1
         k, v, eta, alpha, sk, sv = _group_reads(h_c, ck1, ck2, base_s, base_s, bias + n * 2,
                                                 valid, fr, fc, di, F, D, BF, NORM_K, NORM_V, PREC)
-        # the sweep again, keeping each step's right factor
-        Q = eye
-        U = tl.zeros([C, D], tl.float32)
-        for i in range(C):
-            t = C - 1 - i
-            tl.store(sq + t * D * D, Q)
-            kt = _row(k, rows, t)
-            u = tl.sum(kt[:, None] * Q, 0)
-            U = tl.where(rows[:, None] == t, u[None, :], U)
-            Q = _entry(alpha, rows, t) * Q - _entry(eta, rows, t) * kt[:, None] * u[None, :]
-        P = Q
+        P, U = _sweep(k, eta, alpha, rows, eye, sq, C, D, True)  # keeping the right factors
         A, after = _decays(alpha, rows, C)
         ce = eta * after
 
