@@ -73,10 +73,15 @@ def registered_call(e) -> tuple[str, object] | None:
         pattern = f.scalar()(_U)
         if type(pattern) is not type(e):
             continue
-        found = e.match(pattern)
-        if found and _U in found and not found[_U].has(_U) \
-                and sp.simplify(pattern.xreplace({_U: found[_U]}) - e) == 0:
-            return f.torch, found[_U]
+        try:
+            found = e.match(pattern)
+            if not found or _U not in found or isinstance(found[_U], sp.MatrixExpr) \
+                    or found[_U].has(_U) \
+                    or sp.simplify(pattern.xreplace({_U: found[_U]}) - e) != 0:
+                continue
+        except TypeError:  # a match that mixes a matrix into a scalar's place
+            continue
+        return f.torch, found[_U]
     return None
 
 
