@@ -181,7 +181,7 @@ def symbolic_equal(a, b, builder: Explicit | None = None) -> bool | None:
                 continue
         if d.has(*_TRANSCENDENTAL):
             # small remainders only: simplify takes minutes on large ones
-            if _small(d, SIMPLIFY_OPS) and sp.simplify(d) == 0:
+            if sp.count_ops(d) < SIMPLIFY_OPS and sp.simplify(d) == 0:
                 continue
             undecided = True
             continue
@@ -214,14 +214,6 @@ def _expanded(d):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def _small(e, limit: int) -> bool:
-    """Whether e has fewer than `limit` nodes, counted only up to the limit."""
-    for i, _ in enumerate(sp.preorder_traversal(e)):
-        if i >= limit:
-            return False
-    return True
 
 
 TOLERANCE = 1e-12  # float64 relative error: what verify counts as equal numerically

@@ -71,7 +71,6 @@ def verified(fused: FusedGroup, members: list, consts: dict, H: int, d: int, F: 
     f64 = torch.float64
     T = chunk + 3
     h = torch.randn(1, T, H, d, 1, generator=g, dtype=f64)
-    by_name = {m.name: m for m in members}
     W1 = torch.randn(H, 4, F, d, generator=g, dtype=f64) / d ** 0.5
     W2 = torch.randn(H, 4, d, F, generator=g, dtype=f64) / F ** 0.5
     states = {name: {s1: W1[:, i][None], s2: W2[:, i][None]}
@@ -81,8 +80,7 @@ def verified(fused: FusedGroup, members: list, consts: dict, H: int, d: int, F: 
     for j, b in enumerate(fused.biases):
         own[b] = bias[:, j, None, None]
     try:
-        reads, finals = coupled([by_name[n] for n in by_name], {fused.token: h}, states,
-                                consts=own)
+        reads, finals = coupled(members, {fused.token: h}, states, consts=own)
     except (KeyError, RuntimeError, ValueError):  # the proposal does not fit the members
         _VERIFIED[key] = False
         return False

@@ -385,8 +385,8 @@ class _GroupChunks(torch.autograd.Function):
         T = h.shape[1]
         n_chunks = -(-T // chunk)
         h = h.contiguous()
-        W1n = W1.detach().float().contiguous().clone()
-        W2n = W2.detach().float().contiguous().clone()
+        W1n = W1.detach().float().clone(memory_format=torch.contiguous_format)
+        W2n = W2.detach().float().clone(memory_format=torch.contiguous_format)
         save = any(ctx.needs_input_grad[:4])
         ck1 = W1n.new_empty((n_chunks, N, 4, F, D) if save else (1,))
         ck2 = W1n.new_empty((n_chunks, N, 4, D, F) if save else (1,))
