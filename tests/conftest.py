@@ -6,6 +6,9 @@ regenerate them with ``python -m pytest --update-goldens`` and review the diff.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,14 @@ GOLDENS = TESTS / "goldens"
 def pytest_addoption(parser):
     parser.addoption("--update-goldens", action="store_true", default=False,
                      help="rewrite golden files from the current output instead of comparing")
+
+
+def scratch_dir(prefix: str = "nlc-test-") -> Path:
+    """A fresh temporary folder, removed when the test process exits (for files that must
+    outlive one test: a compiled module imported later, a spec cached for the session)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 def example_paths() -> list[Path]:

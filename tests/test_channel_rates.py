@@ -24,7 +24,7 @@ import sys
 import pytest
 import sympy as sp
 import torch
-from conftest import ROOT
+from conftest import ROOT, scratch_dir
 
 from nlc import pipeline
 from nlc.derive.classify import KernelFamily
@@ -93,9 +93,7 @@ def longhorn(algorithm="implicit", retention="none"):
 @functools.cache
 def spec_path(text: str) -> str:
     """Write a spec once per session (a cached temporary file: load_module compiles it)."""
-    import tempfile
-    directory = tempfile.mkdtemp(prefix="nlc-rates-")
-    path = os.path.join(directory, "rates.nl")
+    path = os.path.join(scratch_dir("nlc-rates-"), "rates.nl")
     with open(path, "w") as f:
         f.write(text)
     return path

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import scratch_dir
 from nlc.runtime.library import dual
 from test_chunk_triton import (  # sets TRITON_INTERPRET=1 (neither import above loads triton)
     DEVICE,
@@ -75,13 +76,12 @@ def generic_combine(n: int, d: int):
 def small_op(name: str, chunk: int = 16, read_before: bool = False):
     """examples/<name>.nl at d_head 8 (MLP 8 -> 32 -> 8), gradients at chunks of `chunk`,
     its read after the write (as written) or before it."""
-    import tempfile
     text = (EXAMPLES / f"{name.split()[0]}.nl").read_text()
     text = text.replace("chunk(64)", f"chunk({chunk})").replace("chunk(16)", f"chunk({chunk})")
     if read_before:
         text = text.replace("    read M(q)", "    read before M(q)")
         assert "read before" in text
-    path = Path(tempfile.mkdtemp()) / f"{name.split()[0]}_{chunk}{'_before' * read_before}.nl"
+    path = scratch_dir() / f"{name.split()[0]}_{chunk}{'_before' * read_before}.nl"
     path.write_text(text)
     module = load_module(str(path), {"d_model": 16.0, "heads": 2.0, "d_head": 8.0})
     assert f"read_before={read_before}" in Path(module.__file__).read_text()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-from pathlib import Path
 
+from conftest import example_paths, scratch_dir
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from conftest import example_paths
 from nlc import pipeline
 from nlc.errors import NlcError
 from nlc.syntax import format_module, parse
@@ -54,7 +52,7 @@ def tokens(data: bytes) -> list[bytes]:
     return TOKEN.findall(data)
 
 
-_TMP = Path(tempfile.mkdtemp(prefix="nlc-fuzz-"))
+_TMP = scratch_dir("nlc-fuzz-")
 
 
 def run_one(data: bytes) -> None:

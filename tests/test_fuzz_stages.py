@@ -23,13 +23,13 @@ import random
 import re
 import signal
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import scratch_dir
 
 from nlc import pipeline
 from nlc.emit import compile_outputs
@@ -162,7 +162,7 @@ def _alarm(signum, frame):
 
 
 def _import(outputs: dict[str, str], stem: str):
-    directory = Path(tempfile.mkdtemp(prefix="nlc-fuzz-"))
+    directory = scratch_dir("nlc-fuzz-")
     for module, source in outputs.items():
         (directory / f"{module}.py").write_text(source)
     name = f"nlc_fuzz_{stem}"
@@ -217,7 +217,7 @@ def _step(recurrent, x, out) -> None:
 
 def run_case(case: Case) -> tuple[str, str, str]:
     """(stage, outcome, detail): the stage where the case ended and how."""
-    path = Path(tempfile.mkdtemp(prefix="nlc-fuzz-")) / f"{case.example}.nl"
+    path = scratch_dir("nlc-fuzz-") / f"{case.example}.nl"
     path.write_text(case.text)
     stage = "check"
     previous = signal.signal(signal.SIGALRM, _alarm)

@@ -192,6 +192,7 @@ class _DeclChecker(LevelChecker):
             raise NlcError(f"layer '{self.decl.name}' has no 'output'", self.decl.span,
                            hint="e.g. output memory @ W_o")
         self.check_frequencies()
+        self.check_loop_transfers()
         self.check_learns(levels)
         self.check_composed_names(records)
         cycle = self.graph.find_cycle(keep=lambda e: e.explicit or e.source == TRAIN)
@@ -371,6 +372,34 @@ class _DeclChecker(LevelChecker):
                                "tokens after it reading and stepping from the state before it",
                                e.span, hint=f"make {e.source}'s period a multiple of "
                                f"{dst.period}")
+
+    def check_loop_transfers(self) -> None:
+        """Levels that use each other's outputs in a loop (or a level its own) run as one
+        group over the whole sequence: no level restarts one of them from its state, and
+        none of them hands its state on at a period. Such an edge was refused only at compile;
+        an init or generate edge that closes a loop counts (the target runs after its source)."""
+        import networkx as nx
+        seeding = (TransferMode.INIT, TransferMode.GENERATE)
+        data = nx.DiGraph()
+        data.add_nodes_from(r.name for r in self.graph.levels if r.name != TRAIN)
+        data.add_edges_from((e.source, e.target) for e in self.graph.edges
+                            if e.source in data and e.target in data
+                            and (e.mode is TransferMode.CONTEXT or e.mode in seeding))
+        for part in nx.strongly_connected_components(data):
+            if len(part) == 1 and not part & self.loops:
+                continue
+            for e in self.graph.edges:
+                if e.explicit and e.mode in seeding and e.source != TRAIN \
+                        and {e.source, e.target} & part:
+                    name = e.target if e.target in part else e.source
+                    what = "uses its own output" if len(part) == 1 else \
+                        f"is in a loop of outputs ({', '.join(sorted(part))})"
+                    raise NlcError(f"level '{name}' {what}, which runs as one group over the "
+                                   f"whole sequence; the {e.mode.value} edge '{e.source} -> "
+                                   f"{e.target}' would hand a state across at a period, "
+                                   "which a group does not do",
+                                   e.span, hint="start the level '= learned' (meta-learned by "
+                                   "train) instead, or break the loop")
 
     # ------------------------------------------------------------ models
     def model(self) -> Spec:
