@@ -32,13 +32,13 @@ MODES_SPEC = """layer Mixer {
     v = x @ W_v
   }
   level slow every 4 tokens {
-    state S : matrix[d_k, d_k] = zeros
+    state S : matrix[d_k, d_k] = learned
     objective l2(S(k), v)
     algorithm gd(lr = 0.5)
     read S(q)
   }
   level fast every 1 token {
-    state F : matrix[d_k, d_k] = learned
+    state F : matrix[d_k, d_k] = zeros
     objective l2(F(k), slow)
     algorithm gd(lr = 0.5)
     read F(q)
@@ -150,7 +150,8 @@ def test_text_marks_stated_edges():
     assert out.startswith("model Stack: Mixer -> Other -> Mixer\n  block 1: layer Mixer")
     assert "  block 3: layer Mixer: 3 levels, 7 edges" in out
     assert "    edges (* stated by 'transfer')" in out
-    assert "      train -> fast  [context, init, backprop*]" in out
+    assert "      train -> fast  [context, backprop*]" in out
+    assert "      train -> slow  [context, init]" in out
     assert "      slow  -> fast  [context, direct*, generate*]" in out
     # a layer that a model uses is drawn inside it, not again alone
     assert out.count("layer Other") == 1
@@ -257,8 +258,9 @@ def test_hope_dot_clusters_and_styles(capsys):
 
 def test_dot_styles_every_mode():
     out = draw(specs_of(MODES_SPEC), "dot")
-    assert ('"b1.train" -> "b1.fast" [label="context, init, backprop*", style="dashed", '
-            'color="firebrick", fontcolor="firebrick"];') in out
+    assert '"b1.train" -> "b1.slow" [label="context, init", style="dashed"];' in out
+    assert ('"b1.train" -> "b1.fast" [label="context, backprop*", color="firebrick", '
+            'fontcolor="firebrick"];') in out
     assert ('"b1.slow" -> "b1.fast" [label="context, direct*, generate*", style="dotted", '
             'penwidth="2.5"];') in out
     for label in ("context", "init", "backprop", "direct", "generate", "next block",
@@ -331,7 +333,9 @@ def test_mermaid_styles_every_mode():
     out = draw(specs_of(MODES_SPEC), "mermaid")
     assert "b2_end[" in out  # a level called `end` gets a prefixed id
     assert "  b1_slow -.->|context, direct*, generate*| b1_fast" in out
-    assert "  linkStyle 1,5 stroke-dasharray:8 4,stroke:firebrick,color:firebrick" in out
+    assert "  b1_train -.->|context, init| b1_slow" in out
+    assert "  linkStyle 0,4,10 stroke-dasharray:8 4" in out
+    assert "  linkStyle 1,5,11 stroke:firebrick,color:firebrick" in out
     assert "  linkStyle 2,6 stroke-dasharray:2 3,stroke-width:3px" in out
 
 

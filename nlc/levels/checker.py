@@ -192,6 +192,7 @@ class _DeclChecker(LevelChecker):
             raise NlcError(f"layer '{self.decl.name}' has no 'output'", self.decl.span,
                            hint="e.g. output memory @ W_o")
         self.check_frequencies()
+        self.check_seeds()
         self.check_loop_transfers()
         self.check_learns(levels)
         self.check_composed_names(records)
@@ -372,6 +373,34 @@ class _DeclChecker(LevelChecker):
                                "tokens after it reading and stepping from the state before it",
                                e.span, hint=f"make {e.source}'s period a multiple of "
                                f"{dst.period}")
+
+    def check_seeds(self) -> None:
+        """A level takes its initial state from one place. An init or generate edge from a
+        level replaces the target's state at every restart, the first included, so a learned
+        start (train's init edge) beside it would never be read: its parameter would get no
+        gradient. Refused, as two levels seeding one are."""
+        seeding = (TransferMode.INIT, TransferMode.GENERATE)
+        by_target: dict[str, list[Edge]] = {}
+        for e in self.graph.edges:
+            if e.mode in seeding:
+                by_target.setdefault(e.target, []).append(e)
+        for target, edges in by_target.items():
+            levels = [e for e in edges if e.source != TRAIN]
+            if len(levels) > 1:
+                raise NlcError(f"level '{target}' gets its state from two levels "
+                               f"('{levels[0].source}' and '{levels[1].source}')",
+                               levels[1].span, hint="keep one of the transfers")
+            trained = [e for e in edges if e.source == TRAIN]
+            if levels and trained:
+                e = levels[0]
+                learned = f"has a learned start ('transfer train -> {target} : init')" \
+                    if trained[0].explicit else "starts '= learned' (meta-learned by train)"
+                raise NlcError(f"level '{target}' {learned}, but the {e.mode.value} edge "
+                               f"'{e.source} -> {target}' replaces its state at every "
+                               "restart, the first included: the learned start would never "
+                               "be read", e.span,
+                               hint=f"start '{target}' '= zeros' (the edge supplies its "
+                               "state), or drop one of the two")
 
     def check_loop_transfers(self) -> None:
         """Levels that use each other's outputs in a loop (or a level its own) run as one
