@@ -282,8 +282,10 @@ class Classified:
 
 
 def _s(e) -> str:
-    from nlc.derive.printing import sstr
-    return sstr(e)
+    """An expression as `nlc derive` prints a rule (⊙, functions by name with their
+    definitions after them), not as SymPy's internals (HadamardProduct, Lambda)."""
+    from nlc.derive.printing import term_text
+    return term_text(e)
 
 
 def _paper(e) -> str:
