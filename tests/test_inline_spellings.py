@@ -9,6 +9,8 @@ Found by writing layers from papers with only docs/language.md at hand:
 - `gradients at chunk(C)` with `decay(sigmoid(x @ w_a + 2))`: KeyError 'w_a' at run time;
 - `read S(x @ W_q)`: token by token, "the read is not a function of the state applied to
   one query";
+- `dot(S(silu(x @ W_k)), x @ W_v)`: token by token, "the input term ... is not an outer
+  product" (a function of an inline projection was no key);
 - `gd(lr = softplus(x @ w_a))`: printed as log(1 + exp(z)), inf at z = 100 in float32
   (elu1 as a where of exp(z): a NaN gradient)."""
 
@@ -67,6 +69,13 @@ CHUNK_GATE = _spec("""  level memory every 1 token, gradients at chunk(4) {
     read S(q)
   }
 """)
+FUNCTION_KEY = _spec("""  level memory {
+    state S : matrix[d_v, d_k] = zeros
+    objective dot(S(silu(x @ W_k)), x @ W_v)
+    algorithm gd(lr = 1)
+    read S(silu(x @ W_q))
+  }
+""", context="")
 SOFTPLUS = _spec("""  level memory {
     state S : matrix[d_v, d_k] = zeros
     objective l2(S(k), v)
@@ -105,7 +114,8 @@ def _both_modes(layer, x):
 @pytest.mark.parametrize("name, text, chunked", [
     ("sqrt of a dim", SQRT_DIM, True),
     ("inline erase rate and query", ERASE_RATE, True),
-    ("inline gate, gradients at chunks", CHUNK_GATE, True)])
+    ("inline gate, gradients at chunks", CHUNK_GATE, True),
+    ("a function of an inline key", FUNCTION_KEY, True)])
 def test_an_inline_spelling_runs_and_equals_its_token_loop(tmp_path, name, text, chunked):
     path, layer = _layer(tmp_path, text)
     (checked,) = pipeline.run(str(path), "check")

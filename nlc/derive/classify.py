@@ -132,6 +132,8 @@ def row_of(m):
         return sp.HadamardProduct(*[f.arg for f in m.args])
     if isinstance(m, sp.HadamardProduct) and m.shape[0] == 1:  # with a function of a row
         return sp.HadamardProduct(*[_column_of(f) for f in m.args])  # (Comba's (beta/s)^T)
+    if isinstance(m, ElementwiseApplyFunction) and m.shape[0] == 1:  # silu(x^T W_k): a key
+        return _column_of(m)                                          # made inline
     return None
 
 

@@ -282,10 +282,13 @@ class Classified:
 
 
 def _s(e) -> str:
-    """An expression as `nlc derive` prints a rule (⊙, functions by name with their
-    definitions after them), not as SymPy's internals (HadamardProduct, Lambda)."""
-    from nlc.derive.printing import term_text
-    return term_text(e)
+    """An expression as `nlc derive` prints a rule (⊙, functions by name), not as SymPy's
+    internals (HadamardProduct, Lambda); an unnamed function's definition follows it (the
+    named ones, silu or gelu, are defined under the rule above)."""
+    from nlc.derive.printing import NAMED_FUNCTIONS, paper_text
+    (text,), lines = paper_text([e])
+    lines = [w for w in lines if not w.startswith(tuple(f"{n}(r) =" for n in NAMED_FUNCTIONS))]
+    return f"{text} (where {'; '.join(lines)})" if lines else text
 
 
 def _paper(e) -> str:
