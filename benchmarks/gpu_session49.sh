@@ -22,6 +22,6 @@ case "${1:-g}" in
     titans_pytorch_fast 150
     lm_rows_each 110 titans_graphed_compiled_kernels_tf32
     lm_rows_each 90 deltanet
-    lm_rows_each 170 hope_graphed_compiled_chunks_tf32
+    lm_rows_each 170 hope_graphed_compiled_chunks_tf32_group
     ;;
 esac

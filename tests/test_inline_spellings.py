@@ -11,6 +11,8 @@ Found by writing layers from papers with only docs/language.md at hand:
   one query";
 - `dot(S(silu(x @ W_k)), x @ W_v)`: token by token, "the input term ... is not an outer
   product" (a function of an inline projection was no key);
+- `l2(S(k), x @ W_v)` with `momentum(...)`: token by token, "the term ... is not X, X k k^T
+  or v k^T" (the joint chunked form took only a named value);
 - `gd(lr = softplus(x @ w_a))`: printed as log(1 + exp(z)), inf at z = 100 in float32
   (elu1 as a where of exp(z): a NaN gradient)."""
 
@@ -76,6 +78,13 @@ FUNCTION_KEY = _spec("""  level memory {
     read S(silu(x @ W_q))
   }
 """, context="")
+MOMENTUM_VALUE = _spec("""  level memory {
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S(k), x @ W_v)
+    algorithm momentum(lr = 0.5, momentum = 0.9)
+    read S(q)
+  }
+""")
 SOFTPLUS = _spec("""  level memory {
     state S : matrix[d_v, d_k] = zeros
     objective l2(S(k), v)
@@ -115,7 +124,8 @@ def _both_modes(layer, x):
     ("sqrt of a dim", SQRT_DIM, True),
     ("inline erase rate and query", ERASE_RATE, True),
     ("inline gate, gradients at chunks", CHUNK_GATE, True),
-    ("a function of an inline key", FUNCTION_KEY, True)])
+    ("a function of an inline key", FUNCTION_KEY, True),
+    ("an inline value with momentum", MOMENTUM_VALUE, True)])
 def test_an_inline_spelling_runs_and_equals_its_token_loop(tmp_path, name, text, chunked):
     path, layer = _layer(tmp_path, text)
     (checked,) = pipeline.run(str(path), "check")

@@ -397,6 +397,11 @@ def _joint(rule: UpdateRule) -> JointChunk:
                     values[i].append(coef * rest[0] if coef != 1 else rest[0])
                 else:
                     rank[j][i] += coef
+            elif j is None and (split := _outer(term)) is not None \
+                    and row_of(split[1]) is not None \
+                    and not any(split[0].has(X) for X in tensors):  # (W_v^T x) k^T: inline
+                keys.add(row_of(split[1]))
+                values[i].append(split[0])
             else:
                 raise _NoChunkedForm(f"the term {_paper(term)[:60]} is not X, X k k^T or "
                                      "v k^T")
