@@ -6,6 +6,7 @@
 #   l: the Hope LM row with the group on the fused kernels (NLC_GROUP_KERNEL=1) and without,
 #      each in a fresh process
 #   t: the issue's whole table in one run (as session 48's `t`)
+#   s: benchmarks/hope_group_launch.py: the group kernels' launch shapes, timed
 set -u
 source benchmarks/gpu_common.sh
 start_session
@@ -17,6 +18,9 @@ case "${1:-g}" in
   l)
     lm_rows_each 200 hope_graphed_compiled_chunks_tf32_group hope_graphed_compiled_chunks_tf32
     cat "$OUT"/lm_hope*.md
+    ;;
+  s)
+    timeout 420 python3 "$REPO/benchmarks/hope_group_launch.py"
     ;;
   t)
     titans_pytorch_fast 150
