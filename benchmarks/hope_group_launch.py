@@ -15,8 +15,8 @@ import triton
 
 from nlc.runtime.library import mlp_group_triton as group
 
-FORWARD = [(16, 4), (16, 8), (32, 4), (32, 8), (64, 8)]
-BACKWARD = [(16, 4), (16, 8), (32, 8)]
+FORWARD = [(32, 8), (64, 4), (64, 8), (64, 16), (128, 8), (128, 16)]
+BACKWARD = [(32, 4), (32, 8), (32, 16), (64, 8), (64, 16)]
 
 
 def leaves(B, H, T, d):
