@@ -15,8 +15,8 @@ import triton
 
 from nlc.runtime.library import mlp_group_triton as group
 
-FORWARD = [(32, 8), (64, 4), (64, 8), (64, 16), (128, 8), (128, 16)]
-BACKWARD = [(32, 4), (32, 8), (32, 16), (64, 8), (64, 16)]
+FORWARD = [(128, 4), (128, 8), (256, 4), (256, 8)]
+BACKWARD = [(64, 4), (64, 8), (128, 4), (128, 8)]
 
 
 def leaves(B, H, T, d):
