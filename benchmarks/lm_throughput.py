@@ -205,18 +205,19 @@ TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
 # `_autotuned`: Inductor settings for the compiled chunks (scan.inductor_options): independent
 # kernels launched as one (the default since the fifteenth batch), each kernel's launch
 # settings tuned, the products' kernels chosen by timing Triton's against cuBLAS's; `_plain`:
-# Inductor's defaults; `_group`: Hope's generating memories on the fused group kernels
-# (runtime/library/fused_group.py, opt-in until timed)
-VARIANTS = {"_group": {"NLC_GROUP_KERNEL": "1"},"_outside": {"NLC_CHECKPOINT_OUTSIDE": "1"}, "_saved_reads": {"NLC_SAVE_READS": "1"},
+# Inductor's defaults; `_group` / `_nogroup`: Hope's generating memories on the fused group
+# kernels (runtime/library/fused_group.py, on by default on CUDA since session 50) or not
+VARIANTS = {"_group": {"NLC_GROUP_KERNEL": "1"}, "_nogroup": {"NLC_GROUP_KERNEL": "0"},
+            "_outside": {"NLC_CHECKPOINT_OUTSIDE": "1"}, "_saved_reads": {"NLC_SAVE_READS": "1"},
             "_saved_narrow": {"NLC_SAVE_READS": "narrow"}, "_saved_none": {"NLC_SAVE_READS": "0"},
             "_combo": {"NLC_CHUNK_INDUCTOR": "combo_kernels=1"},
             "_plain": {"NLC_CHUNK_INDUCTOR": ""},
             "_tuned": {"NLC_CHUNK_INDUCTOR": "coordinate_descent_tuning=1"},
             "_autotuned": {"NLC_CHUNK_INDUCTOR": "max_autotune=1 "
                                                  "max_autotune_gemm_backends=TRITON,ATEN"}}
-for _base, _suffixes in (("titans_graphed_compiled_kernels_tf32", tuple(VARIANTS)[1:]),
+for _base, _suffixes in (("titans_graphed_compiled_kernels_tf32", tuple(VARIANTS)[2:]),
                          ("hope_graphed_compiled_chunks_tf32",
-                          ("_outside", "_combo", "_plain", "_tuned", "_group"))):
+                          ("_outside", "_combo", "_plain", "_tuned", "_group", "_nogroup"))):
     for _suffix in _suffixes:
         _label, _build, _mode = ROWS[_base]
         _set = ", ".join(f"{k}={v}" for k, v in VARIANTS[_suffix].items())

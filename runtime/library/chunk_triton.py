@@ -208,16 +208,19 @@ def triton_enabled(ref: torch.Tensor) -> bool:
     return flag == "force" or (ref.is_cuda and flag != "0")
 
 
-def opted_in(ref: torch.Tensor, flag: str) -> bool:
+def opted_in(ref: torch.Tensor, flag: str, default: bool = False) -> bool:
     """For kernels that run only when asked: `flag`=1 (the environment variable) on CUDA
     tensors unless NLC_TRITON=0, NLC_TRITON=force anywhere (how the tests run them), never
-    with `flag`=0. The chunk-start terms kernels lost to the PyTorch terms in their first
-    GPU timing, and the affine combine kernels are not yet checked on a GPU (docs/perf.md)."""
+    with `flag`=0; with `default`, an unset `flag` counts as 1 (kernels that won their GPU
+    timing: the fused group kernels). The chunk-start terms kernels lost to the PyTorch terms
+    in their first GPU timing, and the affine combine kernels are not yet checked on a GPU
+    (docs/perf.md)."""
     import os
     value = os.environ.get(flag)
     if value == "0":
         return False
-    return os.environ.get("NLC_TRITON") == "force" or (value == "1" and triton_enabled(ref))
+    asked = value == "1" or (value is None and default)
+    return os.environ.get("NLC_TRITON") == "force" or (asked and triton_enabled(ref))
 
 
 def has_chunked_kernel(family: str, decay: str) -> bool:

@@ -119,7 +119,7 @@ def run(fused: FusedGroup, members: list, tokens: dict, current: dict, consts: d
     if set(tokens) != {fused.token}:
         return None
     h = tokens[fused.token]
-    if not opted_in(h, "NLC_GROUP_KERNEL") or h.dtype == torch.float64:
+    if not opted_in(h, "NLC_GROUP_KERNEL", default=True) or h.dtype == torch.float64:
         return None  # (the kernels compute in float32: float64 keeps the PyTorch form)
     B, T, H, d, _ = h.shape
     done = (T - 1) // chunk * chunk

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 from nlc.runtime.library.ops import EPS
 
 
@@ -357,12 +358,28 @@ def _backward_kernel(h, ck1, ck2, bias, d_k, d_v, d_eta, d_alpha, dW1, dW2, dh, 
 
 
 # --------------------------------------------------------------------------- launch
-# (block of F, warps) per kernel: compiled for sm_90 by Triton 3.6 at d 64, F 256, C 16 (the
-# GPU image's version; 255 registers a thread in every setting tried), the forward spills 16
-# bytes a thread at (32, 8) against 0.6 to 4 KB at (32, 4), (64, 4) and (64, 8); the backward
-# 0.8 KB at (16, 8) against 1.1 to 10 KB at (16, 16), (32, 4 to 16) and (64, 4 to 8)
-FORWARD_LAUNCH = (32, 8)
-BACKWARD_LAUNCH = (16, 8)
+# (block of F, warps) per kernel, timed on an H200 with Triton 3.6 at Hope's shape (B 16, 8
+# heads, T 2048, d 64, F 256, C 16, TF32; benchmarks/hope_group_launch.py, docs/perf.md): the
+# forward takes 17.1 ms at (64, 8) against 23.6 at (32, 8), 31.8 to 37.9 at (16, 4 or 8) and
+# 15.6 at (128, 8); the backward 62.3 ms at (64, 8) against 80.8 at (32, 8) and 109.5 at
+# (16, 8). The larger blocks spill registers (0.6 to 10 KB a thread) and still win: fewer,
+# larger products. A block the card cannot hold (128 or more in the backward at d 64) is
+# halved until it fits (_launch).
+FORWARD_LAUNCH = (64, 8)
+BACKWARD_LAUNCH = (64, 8)
+
+
+def _launch(kernel, N: int, shape: tuple[int, int], *args, **meta):
+    """kernel[(N,)](*args, BF=..., num_warps=..., **meta) at the block of F (meta's F) that
+    `shape` asks for, halved while the card's shared memory or registers cannot hold it."""
+    block, warps = min(meta["F"], shape[0]), shape[1]
+    while True:
+        try:
+            return kernel[(N,)](*args, BF=block, num_warps=warps, **meta)
+        except OutOfResources:
+            if block <= 16:
+                raise
+            block //= 2
 
 
 def _launch_shape(W1: torch.Tensor, chunk: int):
@@ -381,7 +398,6 @@ class _GroupChunks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, W1, W2, bias, chunk, norm_k, norm_v, precision):
         N, F, D = _launch_shape(W1, chunk)
-        BF, warps = min(F, FORWARD_LAUNCH[0]), FORWARD_LAUNCH[1]
         T = h.shape[1]
         n_chunks = -(-T // chunk)
         h = h.contiguous()
@@ -395,9 +411,9 @@ class _GroupChunks(torch.autograd.Function):
         eta = h.new_empty(N, T, dtype=torch.float32)
         alpha = torch.empty_like(eta)
         bias32 = bias.detach().float().contiguous()
-        _forward_kernel[(N,)](h, W1n, W2n, ck1, ck2, bias32, k, v, eta, alpha, T, n_chunks, N,
-                              F=F, D=D, C=chunk, BF=BF, NORM_K=norm_k, NORM_V=norm_v,
-                              SAVE=save, PREC=precision, num_warps=warps)
+        _launch(_forward_kernel, N, FORWARD_LAUNCH, h, W1n, W2n, ck1, ck2, bias32, k, v, eta,
+                alpha, T, n_chunks, N, F=F, D=D, C=chunk, NORM_K=norm_k, NORM_V=norm_v,
+                SAVE=save, PREC=precision)
         ctx.save_for_backward(h, ck1, ck2, bias32)
         ctx.config = (chunk, norm_k, norm_v, precision, n_chunks, bias.dtype)
         return k, v, eta, alpha, W1n, W2n
@@ -408,7 +424,6 @@ class _GroupChunks(torch.autograd.Function):
         chunk, norm_k, norm_v, precision, n_chunks, bias_dtype = ctx.config
         N, T, D = h.shape
         F = ck1.shape[3]
-        BF, warps = min(F, BACKWARD_LAUNCH[0]), BACKWARD_LAUNCH[1]
 
         def grad(x, shape):
             return (torch.zeros(shape, device=h.device, dtype=torch.float32) if x is None
@@ -420,9 +435,9 @@ class _GroupChunks(torch.autograd.Function):
         dh = torch.zeros(N, T, D, device=h.device, dtype=torch.float32)
         dbias = torch.zeros(N, 2, device=h.device, dtype=torch.float32)
         scratch = torch.empty(N, chunk, D, D, device=h.device, dtype=torch.float32)
-        _backward_kernel[(N,)](h, ck1, ck2, bias, dk, dv, deta, dalpha, gW1, gW2, dh, dbias,
-                               scratch, T, n_chunks, N, F=F, D=D, C=chunk, BF=BF,
-                               NORM_K=norm_k, NORM_V=norm_v, PREC=precision, num_warps=warps)
+        _launch(_backward_kernel, N, BACKWARD_LAUNCH, h, ck1, ck2, bias, dk, dv, deta, dalpha,
+                gW1, gW2, dh, dbias, scratch, T, n_chunks, N, F=F, D=D, C=chunk, NORM_K=norm_k,
+                NORM_V=norm_v, PREC=precision)
         return dh.to(h.dtype), gW1, gW2, dbias.to(bias_dtype), None, None, None, None
 
 
