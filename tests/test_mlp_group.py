@@ -207,3 +207,30 @@ def test_kernels_rerun_in_a_fresh_interpreter_process():
     if INTERPRETED or DEVICE != "cpu":
         pytest.skip("the kernels run in this process")
     rerun_under_interpreter(__file__)
+
+
+@pytest.mark.parametrize("group_flag, triton_flag, on_cuda, runs", [
+    (None, None, True, True),       # on by default on CUDA
+    (None, None, False, False),     # not on the CPU
+    ("0", None, True, False),       # NLC_GROUP_KERNEL=0 turns them off
+    (None, "0", True, False),       # so does NLC_TRITON=0
+    ("0", "force", False, False),   # even when forced
+    (None, "force", False, True),   # forced anywhere (how these tests run them)
+])
+def test_the_group_kernels_run_by_default_on_cuda(monkeypatch, group_flag, triton_flag,
+                                                   on_cuda, runs):
+    """The opt-in rule of runtime/library/chunk_triton.opted_in with its default on, as the
+    fused group asks it (the device is stood in for: triton_enabled says whether a tensor is
+    on a card Triton runs on, and whether NLC_TRITON=0)."""
+    from nlc.runtime.library import chunk_triton
+    for name, value in (("NLC_GROUP_KERNEL", group_flag), ("NLC_TRITON", triton_flag)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(chunk_triton, "triton_enabled",
+                        lambda ref: on_cuda and triton_flag != "0")
+    ref = torch.zeros(1)
+    assert chunk_triton.opted_in(ref, "NLC_GROUP_KERNEL", default=True) == runs
+    # kernels without the default still wait to be asked
+    assert not chunk_triton.opted_in(ref, "NLC_AFFINE_TRITON") or triton_flag == "force"

@@ -9,9 +9,10 @@ steps: the definition) and the kernels' closed form (runtime/library/mlp_group.p
 random float64 input, with random biases, and compares every read and last state. A group
 that differs anywhere runs its PyTorch chunked form, as one that was never named.
 
-The kernels run only where asked (`opted_in`: NLC_GROUP_KERNEL=1 on CUDA tensors, every
-device with NLC_TRITON=force unless NLC_GROUP_KERNEL=0), on float32 or half-precision tokens
-(float64 keeps the PyTorch form): they have not been timed on a GPU yet (docs/perf.md). They
+The kernels run by default on CUDA tensors (`opted_in` with default: unless
+NLC_GROUP_KERNEL=0 or NLC_TRITON=0; every device with NLC_TRITON=force), on float32 or
+half-precision tokens (float64 keeps the PyTorch form): on an H200 they took Hope's LM step
+from 27.8k to 34.4k tokens/s (docs/perf.md, twenty-first batch). They
 take every whole chunk but the last; the last chunk (whole or not) runs the PyTorch chunked
 form, which leaves the final state's anchors and position as it always does."""
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources
 from nlc.runtime.library.ops import EPS
+from triton.runtime.errors import OutOfResources
 
 
 # --------------------------------------------------------------------------- device helpers
