@@ -83,6 +83,8 @@ class LevelChecker:
         """Check each level's head, then its read and its rules in schedule order, so that a
         level using another's output sees that output's shape first."""
         spans = {lv.name: lv.span for lv in levels}
+        for level in levels:
+            _no_conv(level)
         for state in (s for lv in levels for s in lv.body if isinstance(s, ast.State)):
             if state.name in spans:  # before the schedule, which would call it a self-loop
                 raise NlcError(f"'{state.name}' is already defined (a level, line "
@@ -766,3 +768,19 @@ def _rate_rows(state: StateRecord | None, algorithm: Term | None, env: Env) -> b
         return False
     shape = _rate_shape(algorithm, env)
     return shape == state.form.output_shape and shape != state.form.input_shape
+
+
+def _no_conv(level: ast.Level) -> None:
+    """A convolution runs over time, so it belongs in the context block: inside a level's
+    clause it reached derive, which refused it after check had said ok."""
+    stack = [level.body]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Call) and n.func == "conv":
+            raise NlcError("'conv(...)' runs over time, not within one token's rule", n.span,
+                           hint="compute it in the context block and use its name here")
+        if isinstance(n, (tuple, list)):
+            stack.extend(reversed(n))  # source order: the first conv is the one named
+        elif hasattr(n, "__dataclass_fields__"):
+            stack.extend(reversed([getattr(n, f) for f in n.__dataclass_fields__
+                                   if f != "span"]))
