@@ -18,6 +18,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from nlc.catalog.reference import Loss
+from nlc.derive.matfuncs import Dot  # <a, b> as one node: a^T b's element is a Sum
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ entry(id="deltaproduct_gated", title="Gated DeltaProduct (gate before the first 
 
 
 def _longhorn(r):
-    eps = r.beta / (1 + r.beta * (r.k.T * r.k)[0, 0])
+    eps = r.beta / (1 + r.beta * Dot(r.k, r.k))
     return (r.S[0] - eps * (r.S[0] * r.k - r.v) * r.k.T,)
 
 
@@ -210,7 +211,7 @@ def _longhorn_channel(r):
     """Row i solves its own implicit regression at rate beta_i: s_i = s_i - eps_i (s_i^T k -
     v_i) k^T with eps_i = beta_i / (1 + beta_i k^T k)."""
     b = sp.Dummy("b")
-    eps = ElementwiseApplyFunction(sp.Lambda(b, b / (1 + b * (r.k.T * r.k)[0, 0])), r.beta)
+    eps = ElementwiseApplyFunction(sp.Lambda(b, b / (1 + b * Dot(r.k, r.k))), r.beta)
     return (r.S[0] - sp.DiagMatrix(eps) * (r.S[0] * r.k - r.v) * r.k.T,)
 
 
@@ -333,7 +334,7 @@ entry(id="adam_second_moment", kind="optimizer", title="Adam's second moment",
 
 
 def _dgd(r: Roles):
-    eps = r.beta / (1 + r.beta * (r.k.T * r.k)[0, 0])
+    eps = r.beta / (1 + r.beta * Dot(r.k, r.k))
     return (r.S[0] * (_I(r.k.shape[0]) - eps * _outer(r.k, r.k)) + eps * _outer(r.v, r.k),)
 
 
@@ -380,7 +381,7 @@ def by_id(name: str) -> CatalogEntry | None:
 # ---------------------------------------------------------------- non-parametric
 def _softmax_kernel(r: Roles):
     d = r.k.shape[0]
-    return (sp.exp((r.q.T * r.k)[0, 0] / sp.sqrt(d)),)
+    return (sp.exp(Dot(r.q, r.k) / sp.sqrt(d)),)
 
 
 entry(id="softmax_attention", title="Softmax attention (Nadaraya-Watson)",
