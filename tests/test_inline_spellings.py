@@ -13,6 +13,8 @@ Found by writing layers from papers with only docs/language.md at hand:
   product" (a function of an inline projection was no key);
 - `l2(S(k), x @ W_v)` with `momentum(...)`: token by token, "the term ... is not X, X k k^T
   or v k^T" (the joint chunked form took only a named value);
+- `l2(S(x @ W_k), x @ W_v)` with `implicit(lr = beta)` (Longhorn written inline): token by
+  token, "state factor not recognised" (the key's outer product was four factors);
 - `gd(lr = softplus(x @ w_a))`: printed as log(1 + exp(z)), inf at z = 100 in float32
   (elu1 as a where of exp(z): a NaN gradient)."""
 
@@ -85,6 +87,13 @@ MOMENTUM_VALUE = _spec("""  level memory {
     read S(q)
   }
 """)
+IMPLICIT_KEY = _spec("""  level memory {
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S(x @ W_k), x @ W_v)
+    algorithm implicit(lr = sigmoid(x @ w_a))
+    read S(x @ W_q)
+  }
+""", context="")
 SOFTPLUS = _spec("""  level memory {
     state S : matrix[d_v, d_k] = zeros
     objective l2(S(k), v)
@@ -125,7 +134,8 @@ def _both_modes(layer, x):
     ("inline erase rate and query", ERASE_RATE, True),
     ("inline gate, gradients at chunks", CHUNK_GATE, True),
     ("a function of an inline key", FUNCTION_KEY, True),
-    ("an inline value with momentum", MOMENTUM_VALUE, True)])
+    ("an inline value with momentum", MOMENTUM_VALUE, True),
+    ("an inline key with the implicit step", IMPLICIT_KEY, True)])
 def test_an_inline_spelling_runs_and_equals_its_token_loop(tmp_path, name, text, chunked):
     path, layer = _layer(tmp_path, text)
     (checked,) = pipeline.run(str(path), "check")

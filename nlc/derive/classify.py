@@ -132,8 +132,8 @@ def row_of(m):
         return sp.HadamardProduct(*[f.arg for f in m.args])
     if isinstance(m, sp.HadamardProduct) and m.shape[0] == 1:  # with a function of a row
         return sp.HadamardProduct(*[_column_of(f) for f in m.args])  # (Comba's (beta/s)^T)
-    if isinstance(m, ElementwiseApplyFunction) and m.shape[0] == 1:  # silu(x^T W_k): a key
-        return _column_of(m)                                          # made inline
+    if isinstance(m, (ElementwiseApplyFunction, sp.MatMul)) and m.shape[0] == 1:  # x^T W_k,
+        return _column_of(m)                             # silu(x^T W_k): a key made inline
     return None
 
 
@@ -218,8 +218,8 @@ def _classify(rule: UpdateRule) -> Classification:
                 decay.append(("channel", coef * diag[0].args[0] if coef != 1 else diag[0].args[0]))
             else:
                 decay.append(("scalar", coef))
-        elif len(tail) == 2 and is_column(tail[0]) and row_of(tail[1]) is not None:
-            rank_one.append((coef, diag[0].args[0] if diag else None, tail[0], row_of(tail[1])))
+        elif (pair := _column_row(tail)) is not None:
+            rank_one.append((coef, diag[0].args[0] if diag else None, *pair))
         else:
             return Classification(KernelFamily.FROZEN_GRADIENT, (), "state factor not recognised")
     if not decay:
@@ -245,6 +245,17 @@ def _classify(rule: UpdateRule) -> Classification:
         return Classification(KernelFamily.DPLR, base + (("a", coef * left), ("b", w)),
                               "S' = S (D + a b^T) + B")
     return _product(S, kind, gate, rank_one, bias, base)
+
+
+def _column_row(factors: list):
+    """(u, w) with the product of `factors` == u w^T, u a column and w^T a row (k k^T, or a
+    key written inline, (W_k^T x) (x^T W_k)); None for any other product."""
+    for i in range(1, len(factors)):
+        if factors[i - 1].shape[1] == 1 and factors[i].shape[0] == 1:
+            u = factors[0] if i == 1 else sp.MatMul(*factors[:i])
+            w = row_of(factors[i] if i == len(factors) - 1 else sp.MatMul(*factors[i:]))
+            return (u, w) if w is not None else None
+    return None
 
 
 def _merged(S, decay: list) -> tuple:
