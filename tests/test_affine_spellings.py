@@ -398,3 +398,55 @@ def test_a_value_projected_inside_the_level_is_chunked(tmp_path):
         assert rel(g, ref) < 1e-10
     inline.mode = "recurrent"
     assert rel(got, inline(x)) < 1e-12
+
+
+MLP_ERASE_BEFORE = """layer M {
+  dims d_model = 16, heads = 2, d_head = 8
+  param W_q, W_k, W_v : [d_model, d_head]
+  param w_a, w_e : [d_model]
+  param W_o : [d_head, d_model]
+  context from x {
+    q = l2norm(x @ W_q)
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+    alpha = sigmoid(x @ w_a + 3)
+    eta = 0.1 * sigmoid(x @ w_e)
+  }
+  level memory every 1 token, gradients at chunk(4) {
+    state M : mlp(d_head -> 2 * d_head -> d_head, act = gelu, residual) = learned
+    objective l2(M(k), v)
+    retention decay(alpha, order = ORDER), erase(k, eta)
+    algorithm gd(lr = eta)
+    read M(q)
+  }
+  output memory @ W_o
+}
+"""
+
+
+@pytest.mark.parametrize("order", ["before", "parallel"])
+def test_an_mlp_erase_with_the_decay_before_runs_without_a_token_loop(tmp_path, order):
+    """With `order = before` the erase's term is -eta (alpha W) k k^T: the decay's scalar sat
+    inside a nested product, so the combine was no affine transition and the chunk ran a
+    per-token loop (`frozen split (per token)`). Both orders now run the chunk-parallel
+    affine form, equal to their own token loop (output and every gradient, float64)."""
+    from nlc.derive.execution import FrozenSplit, execution
+
+    path = tmp_path / "mlp.nl"
+    path.write_text(MLP_ERASE_BEFORE.replace("ORDER", order))
+    (checked,) = pipeline.run(str(path), "check")
+    (rule,) = derive(checked)
+    found = execution(rule, classify(rule))
+    assert isinstance(found, FrozenSplit) and found.transitions is not None
+    torch.manual_seed(0)
+    layer = load_layer(str(path))(chunk_size=4).double()
+    x = torch.randn(2, 23, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for mode in ("chunked", "recurrent"):
+        layer.mode = mode
+        y = layer(x)
+        outs.append((y, torch.autograd.grad(y.square().sum(), list(layer.parameters()))))
+    (y, grads), (y_ref, grads_ref) = outs
+    assert rel(y, y_ref) < 1e-12
+    for g, ref in zip(grads, grads_ref):
+        assert rel(g, ref) < 1e-10

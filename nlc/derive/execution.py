@@ -733,6 +733,10 @@ def _transitions(combined, current: set[str], drives: set[str]) -> tuple | None:
                 continue
             coef, mats = split_term(term)
             mats = [f for m in mats for f in _factors(m)]
+            # a nested product's scalars (alpha in -eta (alpha W) k k^T: the decay taken
+            # before the erase, `order = before`) join the coefficient
+            coef *= sp.Mul(*[f for f in mats if not isinstance(f, sp.MatrixExpr)])
+            mats = [f for f in mats if isinstance(f, sp.MatrixExpr)]
             if _uses(coef, current) or not mats \
                     or not (isinstance(mats[0], sp.MatrixSymbol) and mats[0].name == name) \
                     or _uses(sp.MatMul(*mats[1:]) if mats[1:] else sp.Integer(0), current):
