@@ -247,15 +247,22 @@ def _classify(rule: UpdateRule) -> Classification:
     return _product(S, kind, gate, rank_one, bias, base)
 
 
+def row_turn(factors: list) -> int | None:
+    """The first i where the product of `factors` turns from a column (factors[:i]) to a
+    row (factors[i:]): an outer product's split; None when it never does."""
+    return next((i for i in range(1, len(factors))
+                 if factors[i - 1].shape[1] == 1 and factors[i].shape[0] == 1), None)
+
+
 def _column_row(factors: list):
     """(u, w) with the product of `factors` == u w^T, u a column and w^T a row (k k^T, or a
     key written inline, (W_k^T x) (x^T W_k)); None for any other product."""
-    for i in range(1, len(factors)):
-        if factors[i - 1].shape[1] == 1 and factors[i].shape[0] == 1:
-            u = factors[0] if i == 1 else sp.MatMul(*factors[:i])
-            w = row_of(factors[i] if i == len(factors) - 1 else sp.MatMul(*factors[i:]))
-            return (u, w) if w is not None else None
-    return None
+    i = row_turn(factors)
+    if i is None:
+        return None
+    u = factors[0] if i == 1 else sp.MatMul(*factors[:i])
+    w = row_of(factors[i] if i == len(factors) - 1 else sp.MatMul(*factors[i:]))
+    return (u, w) if w is not None else None
 
 
 def _merged(S, decay: list) -> tuple:

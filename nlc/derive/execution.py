@@ -38,6 +38,7 @@ from nlc.derive.classify import (
     classify,
     is_column,
     row_of,
+    row_turn,
     split_shift,
     split_term,
 )
@@ -398,9 +399,9 @@ def _joint(rule: UpdateRule) -> JointChunk:
                 else:
                     rank[j][i] += coef
             elif j is None and (split := _outer(term)) is not None \
-                    and row_of(split[1]) is not None \
+                    and (key := row_of(split[1])) is not None \
                     and not any(split[0].has(X) for X in tensors):  # (W_v^T x) k^T: inline
-                keys.add(row_of(split[1]))
+                keys.add(key)
                 values[i].append(split[0])
             else:
                 raise _NoChunkedForm(f"the term {_paper(term)[:60]} is not X, X k k^T or "
@@ -812,14 +813,14 @@ def _outer(term):
     factors = _factors(product)
     coef *= sp.Mul(*[f for f in factors if not isinstance(f, sp.MatrixExpr)])
     factors = [f for f in factors if isinstance(f, sp.MatrixExpr)]
-    for i in range(1, len(factors)):
-        # test the split on the shapes first: building every product is quadratic in depth
-        if factors[i - 1].shape[1] == 1 and factors[i].shape[0] == 1:
-            col, row = sp.MatMul(*factors[:i]), sp.MatMul(*factors[i:])
-            col = col.doit() if len(factors[:i]) == 1 else col
-            row = row.doit() if len(factors[i:]) == 1 else row
-            return (coef * col if coef != 1 else col), row
-    return None
+    # the split is found on the shapes first: building every product is quadratic in depth
+    i = row_turn(factors)
+    if i is None:
+        return None
+    col, row = sp.MatMul(*factors[:i]), sp.MatMul(*factors[i:])
+    col = col.doit() if len(factors[:i]) == 1 else col
+    row = row.doit() if len(factors[i:]) == 1 else row
+    return (coef * col if coef != 1 else col), row
 
 
 def _linear_in(expr, names: set[str]) -> bool:

@@ -28,7 +28,7 @@ from nlc.levels.records import (
     Term,
     shape_text,
 )
-from nlc.levels.schedule import READ, level_uses, names_in, read_clause, schedule
+from nlc.levels.schedule import READ, level_uses, names_in, nodes_in, read_clause, schedule
 from nlc.levels.shapes import Env, infer
 from nlc.levels.terms import const_eval, make_term
 from nlc.syntax import ast
@@ -773,14 +773,7 @@ def _rate_rows(state: StateRecord | None, algorithm: Term | None, env: Env) -> b
 def _no_conv(level: ast.Level) -> None:
     """A convolution runs over time, so it belongs in the context block: inside a level's
     clause it reached derive, which refused it after check had said ok."""
-    stack = [level.body]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, ast.Call) and n.func == "conv":
+    for n in nodes_in(level.body):
+        if isinstance(n, ast.Call) and n.func == "conv":  # the first in source order
             raise NlcError("'conv(...)' runs over time, not within one token's rule", n.span,
                            hint="compute it in the context block and use its name here")
-        if isinstance(n, (tuple, list)):
-            stack.extend(reversed(n))  # source order: the first conv is the one named
-        elif hasattr(n, "__dataclass_fields__"):
-            stack.extend(reversed([getattr(n, f) for f in n.__dataclass_fields__
-                                   if f != "span"]))

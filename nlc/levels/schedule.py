@@ -30,19 +30,23 @@ def reads_before(level: ast.Level) -> bool:
     return clause is not None and clause.when in ("before", "start")
 
 
-def names_in(node) -> list[ast.Name]:
-    """Every `Name` under `node`, in source order (iterative: trees are depth-limited)."""
-    out, stack = [], [node]
+def nodes_in(node):
+    """Every AST node under `node` (itself included), in source order (iterative: trees are
+    depth-limited)."""
+    stack = [node]
     while stack:
         n = stack.pop()
-        if isinstance(n, ast.Name):
-            out.append(n)
-        elif isinstance(n, (tuple, list)):
+        if isinstance(n, (tuple, list)):
             stack.extend(reversed(n))
         elif hasattr(n, "__dataclass_fields__"):
+            yield n
             stack.extend(reversed([getattr(n, f) for f in n.__dataclass_fields__
                                    if f != "span"]))
-    return out
+
+
+def names_in(node) -> list[ast.Name]:
+    """Every `Name` under `node`, in source order."""
+    return [n for n in nodes_in(node) if isinstance(n, ast.Name)]
 
 
 def level_uses(level: ast.Level, levels: set[str]) -> tuple[list[ast.Name], list[ast.Name]]:

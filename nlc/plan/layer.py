@@ -126,9 +126,7 @@ def _transfers(spec):
                                    "parameters are not a level's output", e.span)
                 learned.add(e.target)
                 continue
-            if e.target in into:
-                raise NlcError(f"level '{e.target}' gets its state from two levels", e.span)
-            into[e.target] = e
+            into[e.target] = e  # one per target: check refuses a second (check_seeds)
     return direct, into, learned
 
 
@@ -180,12 +178,8 @@ class _LayerPlanner:
             group = [lv for lv in group if lv.name in self.rules]
             if not group:
                 continue
-            names = {lv.name for lv in group}
+            # (no init / generate edge touches a coupled group: check_loop_transfers)
             coupled = len(group) > 1 or group[0].name in spec.loops
-            if coupled and segmented & names:
-                edge = next(e for t, e in self.into.items() if {t, e.source} & names)
-                raise NlcError("init / generate edges between levels in a loop of outputs "
-                               "are not emitted", edge.span)
             lps = [self.level(lv, coupled) for lv in group]
             if coupled:
                 gp, lps = self.group(group, lps)

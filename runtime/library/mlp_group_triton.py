@@ -369,13 +369,20 @@ FORWARD_LAUNCH = (64, 8)
 BACKWARD_LAUNCH = (64, 8)
 
 
+_FITTING: dict = {}  # (kernel, shape, meta, device) -> the block that fit
+
+
 def _launch(kernel, N: int, shape: tuple[int, int], *args, **meta):
     """kernel[(N,)](*args, BF=..., num_warps=..., **meta) at the block of F (meta's F) that
-    `shape` asks for, halved while the card's shared memory or registers cannot hold it."""
-    block, warps = min(meta["F"], shape[0]), shape[1]
+    `shape` asks for, halved while the card's shared memory or registers cannot hold it;
+    the block that fit is remembered, so a later call does not fail its way down again."""
+    key = (kernel, shape, tuple(sorted(meta.items())), args[0].device)
+    block, warps = _FITTING.get(key, min(meta["F"], shape[0])), shape[1]
     while True:
         try:
-            return kernel[(N,)](*args, BF=block, num_warps=warps, **meta)
+            done = kernel[(N,)](*args, BF=block, num_warps=warps, **meta)
+            _FITTING[key] = block
+            return done
         except OutOfResources:
             if block <= 16:
                 raise
