@@ -22,55 +22,28 @@ imported: run the script once per setting."""
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import importlib.util
 import os
 import platform
-import statistics
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import hope_common
+
 NAMES = (("k", "K"), ("v", "V"), ("eta", "E"), ("alpha", "A"))
 # the correctness table's columns: outputs, last states, gradients
 COLUMNS = ["k", "v", "eta", "alpha", "W1 end", "W2 end", "dh", "dW1", "dW2", "dbias"]
 
 
-def parse():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--B", type=int, default=16)
-    p.add_argument("--H", type=int, default=8)
-    p.add_argument("--T", type=int, default=2048)
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--compile-chunks", action="store_true")
-    p.add_argument("--skip-torch", action="store_true", help="time the kernels only")
-    p.add_argument("--out", default=None, help="append the table to this file")
-    return p.parse_args()
-
-
-ARGS = parse()
+ARGS = hope_common.parse(__doc__.splitlines()[0], skip_torch=True)
 if ARGS.compile_chunks:
     os.environ["NLC_COMPILE_CHUNKS"] = "1"
 
 import torch
+from hope_common import check, gradients, hope_module, timed_step
 from nlc.runtime.library import mlp_group, mlp_group_triton
 
 GROUP = mlp_group.Group(tails=("l2norm", "l2norm", ("sigmoid_mean", 0), ("sigmoid_mean", 1)),
                         key=0, value=1, rate=2, retention=3)
-
-
-def hope_module():
-    spec = importlib.util.spec_from_file_location("hope_generated", ROOT / "generated/hope.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def rel(a, b) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 def inputs(B, H, T, d, device, dtype, seed=0):
@@ -123,60 +96,6 @@ def torch_form(module, B, H):
     return run
 
 
-def gradients(fn, leaves, weights):
-    leaves = [x.detach().clone().requires_grad_() for x in leaves]
-    outs = fn(*leaves)
-    loss = sum((o.double() * w).sum() for o, w in zip(outs, weights))
-    return outs, torch.autograd.grad(loss, leaves)
-
-
-def check(label, got, ref):
-    outs_g, grads_g = got
-    outs_r, grads_r = ref
-    errs = [rel(a, b) for a, b in zip(outs_g, outs_r)] + [rel(a, b) for a, b in zip(grads_g, grads_r)]
-    print(f"| {label} | " + " | ".join(f"{e:.1e}" for e in errs) + f" | {max(errs):.1e} |")
-
-
-def timed_step(fn, leaves, weights, repeat):
-    """Median ms of forward + backward, replayed as a CUDA graph (eager if capture fails),
-    and the peak GiB of one eager step."""
-    leaves = [x.detach().clone().requires_grad_() for x in leaves]
-
-    def step():
-        outs = fn(*leaves)
-        loss = sum((o.float() * w).sum() for o, w in zip(outs, weights))
-        return torch.autograd.grad(loss, leaves)
-
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
-    how = "CUDA graph"
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        run = graph.replay
-    except Exception as error:  # noqa: BLE001 - reported, then timed eagerly
-        how = f"eager (capture failed: {type(error).__name__})"
-        run = step
-    times = []
-    for _ in range(repeat + 1):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times[1:]), peak, how
 
 
 def main() -> None:

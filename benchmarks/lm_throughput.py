@@ -206,8 +206,10 @@ TF32_ROWS = {"titans_graphed_tf32", "titans_graphed_compiled_tf32",
 # kernels launched as one (the default since the fifteenth batch), each kernel's launch
 # settings tuned, the products' kernels chosen by timing Triton's against cuBLAS's; `_plain`:
 # Inductor's defaults; `_group` / `_nogroup`: Hope's generating memories on the fused group
-# kernels (runtime/library/fused_group.py, on by default on CUDA since session 50) or not
+# kernels (runtime/library/fused_group.py, on by default on CUDA since session 50) or not;
+# `_walk`: Hope's main memory on the walk kernels as well (runtime/library/fused_walk.py)
 VARIANTS = {"_group": {"NLC_GROUP_KERNEL": "1"}, "_nogroup": {"NLC_GROUP_KERNEL": "0"},
+            "_walk": {"NLC_GROUP_KERNEL": "1", "NLC_WALK_KERNEL": "1"},
             "_outside": {"NLC_CHECKPOINT_OUTSIDE": "1"}, "_saved_reads": {"NLC_SAVE_READS": "1"},
             "_saved_narrow": {"NLC_SAVE_READS": "narrow"}, "_saved_none": {"NLC_SAVE_READS": "0"},
             "_combo": {"NLC_CHUNK_INDUCTOR": "combo_kernels=1"},
@@ -215,9 +217,12 @@ VARIANTS = {"_group": {"NLC_GROUP_KERNEL": "1"}, "_nogroup": {"NLC_GROUP_KERNEL"
             "_tuned": {"NLC_CHUNK_INDUCTOR": "coordinate_descent_tuning=1"},
             "_autotuned": {"NLC_CHUNK_INDUCTOR": "max_autotune=1 "
                                                  "max_autotune_gemm_backends=TRITON,ATEN"}}
-for _base, _suffixes in (("titans_graphed_compiled_kernels_tf32", tuple(VARIANTS)[2:]),
+_HOPE_ONLY = ("_group", "_nogroup", "_walk")
+for _base, _suffixes in (("titans_graphed_compiled_kernels_tf32",
+                          tuple(v for v in VARIANTS if v not in _HOPE_ONLY)),
                          ("hope_graphed_compiled_chunks_tf32",
-                          ("_outside", "_combo", "_plain", "_tuned", "_group", "_nogroup"))):
+                          ("_outside", "_combo", "_plain", "_tuned", "_group", "_nogroup",
+                           "_walk"))):
     for _suffix in _suffixes:
         _label, _build, _mode = ROWS[_base]
         _set = ", ".join(f"{k}={v}" for k, v in VARIANTS[_suffix].items())

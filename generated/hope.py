@@ -584,6 +584,7 @@ def SelfModifyingTitans_memory_op(
             transition=SelfModifyingTitans_memory_transition,
             pairs=SelfModifyingTitans_memory_pairs,
             lazy_read=True,
+            walk=nl.MLPWalk("M_W1", "M_W2", "gelu", True, "q"),
         )
 
     run = recurrent if mode == "recurrent" or nl.mid_chunk(state, 64) else chunked

@@ -27,6 +27,7 @@ from nlc.derive.execution import (
 )
 from nlc.derive.matfuncs import free_names
 from nlc.emit.context import literal
+from nlc.emit.fused_walk import mlp_walk
 from nlc.emit.names import local
 from nlc.emit.render import prose
 from nlc.emit.torch_printer import Names, TorchPrinter
@@ -71,6 +72,7 @@ class PrintedLevel:
     kernels: tuple | None = None    # (chunked Triton entry, fused recurrent module) names
     additive: bool = False
     lazy_read: bool = False         # the chunk's reads meet its states unbuilt (AffineStates)
+    walk: str | None = None         # nl.MLPWalk(...): the walk kernels' proposal
     cores: dict = field(default_factory=dict)   # kind -> (shared function, its tensors' names)
     batched: str | None = None      # a group member's shared pairs and transition, as code
     step: list[str] = field(default_factory=list)
@@ -177,6 +179,7 @@ class LevelPrinter:
             out.frozen = self.frozen(ex)
             out.additive = ex.additive
             out.lazy_read = ex.low_rank and ex.left_read
+            out.walk = mlp_walk(plan)
             if (ex.dual or ex.low_rank) and not plan.group:  # a group's members: no dual
                 self.outer_kernel(out, ex)
         elif isinstance(ex, TokenLoop):

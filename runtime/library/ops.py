@@ -31,6 +31,7 @@ from nlc.runtime.library.chunked import decay_chunked, delta_chunked, dplr_chunk
 from nlc.runtime.library.dual import dual_chunked, mm, outer_sum, token_sum
 from nlc.runtime.library.entrywise_scan import scan_chunked, states_before
 from nlc.runtime.library.fused_group import FusedGroup
+from nlc.runtime.library.fused_walk import MLPWalk
 from nlc.runtime.library.joint import joint_chunked, joint_values, mixing
 from nlc.runtime.library.op_inputs import op_shapes
 from nlc.runtime.library.rows import row_decay_chunked
@@ -646,6 +647,7 @@ __all__ = [
     "PIECE_TOKENS",
     "LinearRecorder",
     "FusedGroup",
+    "MLPWalk",
     "Member",
     "attention",
     "check_compiled_sizes",

@@ -391,7 +391,7 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
                    *, consts: dict | None = None, anchors: tuple[tuple[str, str], ...],
                    chunk: int, read_before: bool = False, additive: bool = False,
                    transition: Callable | None = None, pairs: Callable | None = None,
-                   lazy_read: bool = False, final: bool = True):
+                   lazy_read: bool = False, final: bool = True, walk=None):
     """The frozen-gradient chunk form: per chunk, `drive(inputs)` computes every term that
     depends on the chunk-start state (the anchors) for all tokens at once; `combine(state,
     inputs)` adds one token's terms to the running state; `read(states, inputs)` reads every
@@ -407,7 +407,9 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     right, input for all tokens of a chunk), replaces the per-token loop by the chunk-parallel
     form of runtime/library/affine_chunk.py. With `pairs(inputs)` (the drives as per-token
     outer products) no per-token matrix is built, and with `lazy_read` the reads meet the
-    states through `nl.mm` without building them either."""
+    states through `nl.mm` without building them either. `walk` (a fused_walk.MLPWalk, from
+    the compiler) lets the walk kernels take the chunks where they run
+    (runtime/library/fused_walk.py)."""
     consts = dict(consts or {})
     state, anchor, position = _resume(state, anchors)
     T = next(iter(tokens.values())).shape[1]
@@ -427,11 +429,12 @@ def frozen_chunked(drive: Callable, combine: Callable, read: Callable, tokens: d
     outputs = []
     run = chunk_runner(_frozen_chunk, recompute)
     parts = list(_chunks(tokens, chunk))
+    functions, options = (drive, combine, read), (transition, pairs, read_before, lazy_read)
+    if _walks(walk, functions, options, consts, anchors, state, parts[0]):
+        run = functools.partial(_maybe_checkpoint, _walk_chunk, recompute, walk)
     for i, part in enumerate(parts):
         if not additive:
-            o, state, anchor = run((drive, combine, read),
-                                   (transition, pairs, read_before, lazy_read), consts, anchors,
-                                   state, part)
+            o, state, anchor = run(functions, options, consts, anchors, state, part)
             outputs.append(o)
             continue
         anchor = _anchor(state, anchors)
@@ -474,6 +477,37 @@ def _frozen_chunk(functions, options, consts, anchors, state, part):
             seen.append(state)
     stacked = {name: torch.stack([s[name] for s in seen], 1) for name in state}
     return _per_token(read(stacked, {**consts, **wide, **part}), part), state, anchor
+
+
+def _walks(walk, functions, options, consts, anchors, state, part) -> bool:
+    """Whether the walk kernels take this level's chunks (runtime/library/fused_walk.py)."""
+    transition, pairs, read_before, lazy_read = options
+    if walk is None or not (transition and pairs and lazy_read and read_before):
+        return False
+    from nlc.runtime.library import fused_walk
+    if not fused_walk.wanted(walk, part[walk.token]):
+        return False
+
+    def printed(start, small, own):  # the chunked form as printed, for the check
+        wide = _wide(_anchor(start, anchors))
+        terms = pairs({**own, **wide, **small})
+        moves = transition({**own, **wide, **small, **terms})
+        stacked, last = _affine(moves, start, read_before, terms, lazy_read)
+        return _per_token(functions[2](stacked, {**own, **wide, **small}), small), moves, \
+            terms, last
+    return fused_walk.verified(walk, (functions, options), printed, consts, state, part)
+
+
+def _walk_chunk(walk, functions, options, consts, anchors, state, part):
+    """One chunk of `frozen_chunked` on the walk kernels: (reads, state, anchors)."""
+    from nlc.runtime.library import fused_walk
+    transition, pairs = options[:2]
+    anchor = _anchor(state, anchors)
+    wide = _wide(anchor)
+    terms = pairs({**consts, **wide, **part})
+    moves = transition({**consts, **wide, **part, **terms})
+    reads, last = fused_walk.chunk(walk, state, part[walk.token], moves, terms)
+    return _per_token(reads, part), {**state, **last}, anchor
 
 
 def _affine(transitions: dict, state: State, read_before: bool | None, pairs: dict | None,
