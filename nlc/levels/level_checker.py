@@ -436,6 +436,13 @@ class LevelChecker:
             raise NlcError(f"shape mismatch in objective {inner.kind}: prediction "
                            f"'{format_expr(pred)}' is {shape_text(a)} but target "
                            f"'{format_expr(target)}' is {shape_text(b)}", span, hint=hint)
+        delta = inner.get("delta") if inner.kind == "huber" else None
+        if isinstance(delta, ast.Expr) and infer(delta, env) != ():
+            raise NlcError(f"a huber objective's delta is one threshold per token (a scalar); "
+                           f"'{format_expr(delta)}' is {shape_text(infer(delta, env))}",
+                           delta.span,
+                           hint="a threshold per channel is not derived: give a scalar, "
+                                "e.g. the channels' mean, total(x) / d for x of size d")
         return term
 
     def retentions(self, clauses, env: Env, state: StateRecord) -> tuple[Term, ...]:
