@@ -63,6 +63,7 @@ class LevelDerivation:
         self.memory_map: Callable = lambda tensors: tensors
         self.steps: tuple = ()         # `objective a then b` (`_later_steps`)
         self.step_state = None
+        self.window_terms: tuple = ()  # an omega window's earlier tokens' gradients
         if "lq" in self.retentions:
             q = self.value(self.retentions["lq"].get("q"), None)
             self.memory_map = lambda tensors: tuple(ret.lq_normalize(w, q) for w in tensors)
@@ -113,9 +114,13 @@ class LevelDerivation:
                                "symbolically yet", obj.span)
             decay = self.value(obj.get("decay"), self.lowering(tensors))
         total = self._gradient_at(tensors, self.lowering(tensors), record_roles=True)
+        earlier = []
         for j in range(1, window):
             g = self._gradient_at(tensors, self.lowering(tensors, shift=j), record_roles=False)
+            earlier.append(g)
             total = tuple(add(a, scaled(decay ** j, x)) for a, x in zip(total, g))
+        if earlier:
+            self.window_terms = tuple(earlier)
         return total
 
     def _gradient_at(self, tensors, lower: Lowering, record_roles: bool) -> tuple:
@@ -603,7 +608,8 @@ def _rule(d: LevelDerivation, kind: str, next_state: dict, read, states=None, an
     states = tuple((s.name, s) for s in (states if states is not None else d.tensors))
     return UpdateRule(d.spec.name, lv.name, d.form, kind, states, tuple(next_state.items()),
                       read, lv.read_before, tuple(d.roles.items()), lv.unit, lv.period,
-                      lv.grad_chunk, anchors, tuple(d.notes), lv.span, d.steps, d.step_state)
+                      lv.grad_chunk, anchors, tuple(d.notes), lv.span, d.steps, d.step_state,
+                      d.window_terms)
 
 
 def derive_level(spec, level: LevelRecord, table: SymbolTable,

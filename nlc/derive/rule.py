@@ -43,6 +43,10 @@ class UpdateRule:
     # next state is their composition, and classify reads the product family off them
     steps: tuple[object, ...] = ()
     step_state: object = None
+    # an omega window: the gradient of the token j back's loss (one per memory tensor), for
+    # j = 1 .. window - 1, before the window's decay; plan checks that each vanishes where
+    # the generated layer gives that token's context as zeros (before a sequence's start)
+    window_terms: tuple[tuple[object, ...], ...] = ()
 
     def role(self, name: str, default=None):
         return dict(self.roles).get(name, default)

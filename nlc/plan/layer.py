@@ -275,24 +275,21 @@ class _LayerPlanner:
         if not shifted:
             return
         obj = windows[0] if windows else level.objective
-        key = rule.role("key")
         why = None
         if level.later_steps:
             why = "with several steps per token (`then`) the terms are not checked to vanish"
-        elif rule.form.kind not in ZERO_KEY_FORMS:
-            why = f"a {rule.form.kind} memory's gradient need not vanish at zero context"
-        elif key is None or not _vanishes(key, context):
-            why = (f"the key of {format_expr(obj.get('loss').get('prediction'))} is not zero "
-                   "at zero context, so the window's terms before a sequence's first token "
-                   "would not vanish")
+        else:
+            why = _window_terms_vanish(rule, context, self.dims,
+                                       format_expr(obj.get("loss").get("prediction")))
         if why:
             raise NlcError(f"level '{level.name}': the omega window reads earlier tokens "
                            f"({', '.join(shifted[:4])}{', ...' if len(shifted) > 4 else ''}), "
                            f"which generated layers give as zeros before a sequence's first "
                            f"token; {why}", obj.span,
-                           hint="compile takes an omega window on a matrix, vector or diagonal "
-                                "memory whose key is zero at zero context (S(k), S(a * k), "
-                                "S(tanh(k)))")
+                           hint="compile takes an omega window whose earlier tokens' terms are "
+                                "zero at zero context: a key that is zero there (S(k), "
+                                "S(tanh(k)), M(k) for an MLP memory), and a weight and target "
+                                "that are finite there (no division by a context value)")
 
     def level(self, level, coupled: bool) -> LevelPlan:
         c = self.rules[level.name]
@@ -494,19 +491,50 @@ class _LayerPlanner:
                         every=period)
 
 
-ZERO_KEY_FORMS = ("matrix", "vector", "diagonal")  # gradient: the error times the key
+def _window_terms_vanish(rule, context: set, dims: dict, prediction: str) -> str | None:
+    """Why an omega window's earlier tokens' terms do not all vanish where the generated
+    layer gives their context as zeros (before a sequence's first token), else None.
 
+    Each term (the gradient of the loss j tokens back, `rule.window_terms`) is evaluated in
+    float64 with that token's context at zero and everything else (the state, the current
+    token's context, the other tokens') drawn at random, twice: it must be exactly finite
+    and zero. A term that reads its zeros through a division (k / a, weight = 1 / a) is
+    0/0 there, and one whose memory maps zero to a constant (an MLP with a sigmoid) is not
+    zero."""
+    import numpy as np
 
-def _vanishes(key, context: set) -> bool:
-    """Whether `key` is zero when every context value is: substituted and simplified only
-    as far as zeros go (an elementwise f with f(0) = 0 of zeros is zeros)."""
-    from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-    zeros = {s: sp.ZeroMatrix(*s.shape) if isinstance(s, sp.MatrixSymbol) else sp.Integer(0)
-             for s in key.atoms(sp.Symbol, sp.MatrixSymbol) if s.name in context}
-    zero = key.xreplace(zeros).doit().replace(
-        lambda e: isinstance(e, ElementwiseApplyFunction) and e.expr.is_ZeroMatrix
-        and e.function(0) == 0, lambda e: sp.ZeroMatrix(*e.shape)).doit()
-    return zero == 0 or getattr(zero, "is_ZeroMatrix", False)
+    from nlc.derive.evaluate import Evaluator
+    from nlc.derive.symbols import unshifted
+    from nlc.verify.equality import _inputs
+
+    for j, terms in enumerate(rule.window_terms, 1):
+        sizes = {x: sp.Integer(dims[x.name]) for t in terms for x in t.atoms(sp.Symbol)
+                 if x.name in dims}
+        terms = [t.xreplace(sizes) for t in terms]  # concrete shapes, to evaluate
+        atoms = _inputs(terms)
+        for seed in (0, 1):
+            rng = np.random.default_rng(seed)
+            env = {}
+            for a in atoms:
+                shape = tuple(int(n) for n in a.shape) if isinstance(a, sp.MatrixSymbol) \
+                    else ()
+                zero = unshifted(a.name) in context and a.name.endswith(f"_m{j}")
+                env[a] = np.zeros(shape) if zero else (
+                    rng.normal(0.0, 0.5, shape) if shape else rng.uniform(0.05, 0.95))
+            try:
+                with np.errstate(all="ignore"):
+                    values = [np.asarray(Evaluator(env)(t), float) for t in terms]
+            except (KeyError, TypeError, ValueError, NotImplementedError):
+                return "its earlier tokens' terms could not be evaluated to check that they vanish"
+            if not all(np.isfinite(v).all() for v in values):
+                return (f"the term of the token {j} back is not defined at zero context (it "
+                        "divides by, or takes a log of, a context value that is zero there)")
+            if any(np.abs(v).max(initial=0.0) > 1e-12 for v in values):
+                return (f"the term of the token {j} back is not zero at zero context (the "
+                        f"memory's prediction {prediction} at a zero input, its target or its "
+                        "weight does not vanish there), so the window's terms before a "
+                        "sequence's first token would not vanish")
+    return None
 
 
 def _kernel(family, decay, read_before, **more) -> KernelPlan:
