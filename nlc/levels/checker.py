@@ -20,12 +20,22 @@ from dataclasses import dataclass, field
 
 from nlc.errors import NlcError, Span, did_you_mean
 from nlc.levels import sugar, vocab
+from nlc.levels.composed import composed_names
 from nlc.levels.graph import Edge, LevelGraph
 from nlc.levels.level_checker import LevelChecker
-from nlc.levels.composed import composed_names
 from nlc.levels.limits import check_sizes
-from nlc.levels.records import (PARAM_SHAPE, TRAIN, ContextVar, Dim, Frequency, LevelRecord,
-                                ParamRecord, Shape, shape_text)
+from nlc.levels.records import (
+    PARAM_SHAPE,
+    TRAIN,
+    ContextVar,
+    Dim,
+    Frequency,
+    LevelRecord,
+    ParamRecord,
+    Shape,
+    shape_text,
+)
+from nlc.levels.schedule import nodes_in, reads_before
 from nlc.levels.shapes import Env, infer
 from nlc.levels.terms import const_eval, make_term
 from nlc.syntax import ast
@@ -193,7 +203,7 @@ class _DeclChecker(LevelChecker):
                            hint="e.g. output memory @ W_o")
         self.check_frequencies()
         self.check_seeds()
-        self.check_loop_transfers()
+        self.check_loop_transfers(levels)
         self.check_learns(levels)
         self.check_composed_names(records)
         cycle = self.graph.find_cycle(keep=lambda e: e.explicit or e.source == TRAIN)
@@ -306,7 +316,16 @@ class _DeclChecker(LevelChecker):
             if source not in self.env.values:
                 raise NlcError(f"context source '{source}' is not defined", stmt.span,
                                hint="a layer's input is 'x'; an optimizer level reads its gradients")
+        levels = {lv.name for lv in self.decl.body if isinstance(lv, ast.Level)}
         for a in stmt.body:
+            for node in nodes_in(a.value):
+                if isinstance(node, ast.Name) and node.id in levels \
+                        and node.id not in self.env.values:
+                    raise NlcError(f"the context block uses level '{node.id}': context values "
+                                   "are computed from the input and parameters before any "
+                                   "level runs, so they cannot read a level", node.span,
+                                   hint=f"use '{node.id}' inside another level (its name holds "
+                                        "its read) or in the output")
             shape = infer(a.value, self.env)
             self.define(a.name, a.span, "context", shape)
             self.context.append(ContextVar(a.name, a.value, shape, a.span))
@@ -402,11 +421,14 @@ class _DeclChecker(LevelChecker):
                                hint=f"start '{target}' '= zeros' (the edge supplies its "
                                "state), or drop one of the two")
 
-    def check_loop_transfers(self) -> None:
+    def check_loop_transfers(self, levels: list[ast.Level]) -> None:
         """Levels that use each other's outputs in a loop (or a level its own) run as one
         group over the whole sequence: no level restarts one of them from its state, and
         none of them hands its state on at a period. Such an edge was refused only at compile;
-        an init or generate edge that closes a loop counts (the target runs after its source)."""
+        an init or generate edge that closes a loop counts (the target runs after its source).
+        In a group every member reads before any member writes, so a member that reads after
+        its write is refused here (compile refused it after check and derive had passed: the
+        schedule alone allows a loop that one `before` read closes)."""
         import networkx as nx
         seeding = (TransferMode.INIT, TransferMode.GENERATE)
         data = nx.DiGraph()
@@ -414,9 +436,26 @@ class _DeclChecker(LevelChecker):
         data.add_edges_from((e.source, e.target) for e in self.graph.edges
                             if e.source in data and e.target in data
                             and (e.mode is TransferMode.CONTEXT or e.mode in seeding))
+        outputs = nx.DiGraph(data.subgraph(data.nodes))  # the loops of outputs alone
+        outputs.remove_edges_from([(e.source, e.target) for e in self.graph.edges
+                                   if e.mode in seeding and e.explicit])
+        loops = [part for part in nx.strongly_connected_components(outputs)
+                 if len(part) > 1 or part & self.loops]
+        grouped = {n for part in loops for n in part}
+        for lv in levels:
+            if lv.name in grouped and not reads_before(lv):
+                part = next(p for p in loops if lv.name in p)
+                raise NlcError(f"level '{lv.name}' reads after its write, but it is in a loop of "
+                               f"levels that use each other's outputs ({', '.join(sorted(part))}),"
+                               " which runs as one group in which every level reads before any "
+                               "level writes", lv.span,
+                               hint=f"make '{lv.name}' read before (or start, with gradients at "
+                                    "chunk)")
         for part in nx.strongly_connected_components(data):
             if len(part) == 1 and not part & self.loops:
                 continue
+            if not part & grouped:  # the seeding edges themselves close the loop
+                self._seeding_cycle(data.subgraph(part), seeding)
             for e in self.graph.edges:
                 if e.explicit and e.mode in seeding and e.source != TRAIN \
                         and {e.source, e.target} & part:
@@ -429,6 +468,25 @@ class _DeclChecker(LevelChecker):
                                    "which a group does not do",
                                    e.span, hint="start the level '= learned' (meta-learned by "
                                    "train) instead, or break the loop")
+
+    def _seeding_cycle(self, part, seeding) -> None:
+        """Refuse a loop that init or generate edges close: each level runs over the whole
+        sequence in turn, and in this loop every level waits for another one first."""
+        import networkx as nx
+        cycle = nx.find_cycle(part)
+        path = " -> ".join([cycle[0][0], *(b for _, b in cycle)])
+        closing = next(e for e in self.graph.edges if e.explicit and e.mode in seeding
+                       and (e.source, e.target) in cycle)
+        uses = [f"'{b}' uses the output of '{a}'" for a, b in cycle
+                if (a, b) != (closing.source, closing.target)
+                and not any(e.explicit and e.mode in seeding and (e.source, e.target) == (a, b)
+                            for e in self.graph.edges)]
+        why = "; ".join(uses) if uses else "every edge of it is an init or generate edge"
+        raise NlcError(f"levels form a cycle: {path}, closed by the {closing.mode.value} edge "
+                       f"'{closing.source} -> {closing.target}' ({why}); each level runs over "
+                       "the whole sequence in turn, so none of them could run first",
+                       closing.span, hint=f"start '{closing.target}' from a level that does "
+                       f"not depend on it, or '= learned' (meta-learned by train)")
 
     # ------------------------------------------------------------ models
     def model(self) -> Spec:
