@@ -15,6 +15,8 @@ Found by writing layers from papers with only docs/language.md at hand:
   or v k^T" (the joint chunked form took only a named value);
 - `l2(S(x @ W_k), x @ W_v)` with `implicit(lr = beta)` (Longhorn written inline): token by
   token, "state factor not recognised" (the key's outer product was four factors);
+- `l2(S(k), v - u)`: token by token, "the input term's key is not the delta rule's key"
+  (beta v k^T - beta u k^T: two terms with one key);
 - `gd(lr = softplus(x @ w_a))`: printed as log(1 + exp(z)), inf at z = 100 in float32
   (elu1 as a where of exp(z): a NaN gradient)."""
 
@@ -94,6 +96,13 @@ IMPLICIT_KEY = _spec("""  level memory {
     read S(x @ W_q)
   }
 """, context="")
+TARGET_DIFFERENCE = _spec("""  level memory {
+    state S : matrix[d_v, d_k] = zeros
+    objective l2(S(k), v - x @ W_v / 2)
+    algorithm gd(lr = sigmoid(x @ w_a))
+    read S(q)
+  }
+""")
 SOFTPLUS = _spec("""  level memory {
     state S : matrix[d_v, d_k] = zeros
     objective l2(S(k), v)
@@ -135,7 +144,8 @@ def _both_modes(layer, x):
     ("inline gate, gradients at chunks", CHUNK_GATE, True),
     ("a function of an inline key", FUNCTION_KEY, True),
     ("an inline value with momentum", MOMENTUM_VALUE, True),
-    ("an inline key with the implicit step", IMPLICIT_KEY, True)])
+    ("an inline key with the implicit step", IMPLICIT_KEY, True),
+    ("a target written as a difference", TARGET_DIFFERENCE, True)])
 def test_an_inline_spelling_runs_and_equals_its_token_loop(tmp_path, name, text, chunked):
     path, layer = _layer(tmp_path, text)
     (checked,) = pipeline.run(str(path), "check")

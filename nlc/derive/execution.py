@@ -91,7 +91,7 @@ class AffineChunk:
 
     def to_text(self) -> str:
         gate = "no decay" if self.decay == 1 else f"{self.decay_kind} decay {_s(self.decay)}"
-        terms = ", ".join(f"{_s(v)} {_s(k)}^T" for v, k in self.terms)
+        terms = ", ".join(f"{_factor(v)} {_factor(k)}^T" for v, k in self.terms)
         beta = f", beta = {_s(self.beta)}" if self.beta is not None else ""
         on = " on the transposed state" if self.transposed else ""
         rows = f", row decay {_s(self.row_decay)}" if self.row_decay is not None else ""
@@ -290,6 +290,11 @@ def _s(e) -> str:
     (text,), lines = paper_text([e])
     lines = [w for w in lines if not w.startswith(tuple(f"{n}(r) =" for n in NAMED_FUNCTIONS))]
     return f"{text} (where {'; '.join(lines)})" if lines else text
+
+
+def _factor(e) -> str:
+    """`_s` of a column or row of an outer product, in parentheses where it is a sum."""
+    return f"({_s(e)})" if isinstance(e, (sp.MatAdd, sp.Add)) else _s(e)
 
 
 def _paper(e) -> str:
@@ -539,6 +544,17 @@ def _gather_keys(terms) -> tuple:
     return tuple(sp.MatMul(col, sp.Transpose(sp.MatAdd(*rows))) for col, rows in keys.items())
 
 
+def _merge_rows(terms) -> tuple:
+    """Input terms (column, row) with the same row as one term, their columns summed: a
+    target written as a difference, l2(S(k), v - u), reaches the input as beta v k^T -
+    beta u k^T, one outer product with the column beta (v - u)."""
+    rows: dict = {}
+    for left, row in terms:
+        rows.setdefault(row, []).append(left)
+    return tuple((lefts[0] if len(lefts) == 1 else sp.MatAdd(*lefts), row)
+                 for row, lefts in rows.items())
+
+
 def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
     if family.param("signed"):
         raise _NoChunkedForm("its gate per channel is a sum of decay terms (1 - r k^2 for an "
@@ -551,6 +567,7 @@ def _affine(rule, family: Classification, fam: KernelFamily) -> AffineChunk:
     query, rest, post = _read_query(rule, post=True)
     beta = None
     if fam is KernelFamily.DELTA:
+        terms = _merge_rows(terms)  # l2(S(k), v - u): beta v k^T - beta u k^T, one key
         if len(terms) != 1 or terms[0][1] != family.param("key"):
             raise _NoChunkedForm("the input term's key is not the delta rule's key")
         beta = family.param("beta")
@@ -582,7 +599,7 @@ def _substeps(rule, family: Classification) -> ProductChunk:
     for i, (beta, key, bias) in enumerate(family.param("steps")):
         if isinstance(bias, sp.ZeroMatrix):
             raise _NoChunkedForm(f"step {i + 1} has no input term")
-        terms = _bias_terms(bias, vector=False)
+        terms = _merge_rows(_bias_terms(bias, vector=False))
         if len(terms) != 1 or terms[0][1] != key:
             raise _NoChunkedForm(f"the input term's key of step {i + 1} is not its delta key")
         steps.append((terms[0][0], key, beta))

@@ -83,6 +83,9 @@ class RuleStrPrinter(StrPrinter):
         return ("-" if negative else "") + "*".join(
             self.parenthesize(a, PRECEDENCE["Mul"]) for a in args)
 
+    def _print_OneMatrix(self, expr):  # a row of ones prints as the transposed column
+        return "1.T" if expr.shape[0] == 1 and expr.shape[1] != 1 else "1"
+
     def _print_Trace(self, expr):
         summed = _entries_summed(expr)
         if summed is None:  # StrPrinter has no Trace of its own
