@@ -481,6 +481,12 @@ def test_an_omega_window_is_named_where_the_rest_is_the_nearest_model():
     assert not level.matches
     assert "the losses of a window of 3 tokens (gated_deltanet: the token's own)" in \
         level.differs, level.differs
+    # the gate's order is named beside the window, as without one (it went unnamed)
+    parallel = variant.replace("decay(alpha, order = before)", "decay(alpha, order = parallel)")
+    assert parallel != variant
+    (report,) = [r for r in _verify(parallel) if r.levels]
+    assert "the gate's order = parallel (gated_deltanet: order = before)" in \
+        report.levels[0].differs, report.levels[0].differs
 
 
 def test_a_failed_claim_says_how_the_level_differs_from_the_claimed_entry(tmp_path):

@@ -642,8 +642,11 @@ def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[s
     differ = []
     orders = {r.get("order") for r in level.retentions if r.kind in ("decay", "weight_decay")}
     theirs = ENTRY_ORDER.get(entry.family)
-    if theirs and entry.gate != "none" and level.objective is not None \
-            and level.objective.kind in REGRESSION and orders and orders != {theirs}:
+    loss = level.objective
+    if loss is not None and loss.kind == "omega":  # a window of the inner loss
+        loss = loss.get("loss")
+    if theirs and entry.gate != "none" and loss is not None \
+            and loss.kind in REGRESSION and orders and orders != {theirs}:
         mine = "/".join(sorted(orders))
         differ.append(f"the gate's order = {mine} ({entry.id}: order = {theirs})")
     kinds = {r.kind for r in level.retentions}
