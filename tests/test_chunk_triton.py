@@ -518,6 +518,8 @@ def test_use_triton_leaves_long_inputs_to_the_chunked_kernels(monkeypatch):
     assert not use_triton(long, chunked="decay/channel")
     assert use_triton(short, chunked="delta/scalar")
     assert use_triton(long)  # levels without a chunked form keep their recurrent kernel
+    # float64 tokens keep the PyTorch forms: the kernels raised their dtype error
+    assert not use_triton(short.double()) and use_triton(short.half())
     monkeypatch.setenv("NLC_TRITON", "0")
     assert not use_triton(short, chunked="delta/scalar") and not use_triton(short)
 

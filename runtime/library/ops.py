@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from nlc.runtime.library.attention import attention
 from nlc.runtime.library.chunk_triton import (
     CHUNKED_MIN_TOKENS,
+    SUPPORTED_DTYPES,
     has_chunked_kernel,
     opted_in,
     triton_enabled,
@@ -517,8 +518,9 @@ def use_triton(ref: torch.Tensor, chunked: str | None = None, key_width: int = 0
     the dispatch). `chunked` ("family/decay", e.g. "delta/scalar") names the level's chunked
     form: training-length inputs then skip the recurrent kernel, and the chunked form
     (`delta_chunked`, `decay_chunked`, `dplr_chunked`) runs its chunked Triton kernels instead. A state
-    wider than `KEY_TILE` keys runs the PyTorch forms."""
-    if not triton_enabled(ref) or key_width > KEY_TILE:
+    wider than `KEY_TILE` keys runs the PyTorch forms, and so do float64 tokens (the kernels
+    take half precision and float32: a float64 layer on a GPU raised their dtype error)."""
+    if not triton_enabled(ref) or key_width > KEY_TILE or ref.dtype not in SUPPORTED_DTYPES:
         return False
     if chunked is not None and ref.shape[1] >= CHUNKED_MIN_TOKENS:
         return not has_chunked_kernel(*chunked.split("/"))
