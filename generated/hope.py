@@ -1727,7 +1727,7 @@ class ContinuumMemory(nn.Module):
 
 
 class Hope(nn.Module):
-    """Hope from `hope.nl` (spec:131): SelfModifyingTitans -> ContinuumMemory, each layer applied as `x + layer(rmsnorm(x))`; `forward(x [B, T, 256]) -> [B, T, 256]`.
+    """Hope from `hope.nl` (spec:131): SelfModifyingTitans -> ContinuumMemory, each layer applied as `x + layer(rmsnorm(x))`; `forward(x [B, T, d_model]) -> [B, T, d_model]` (d_model 256 by default).
 
     The residual connections are inside: `residual = True` tells the runtime to add none around it."""
 
@@ -1745,14 +1745,14 @@ class Hope(nn.Module):
         self.norms = nn.ModuleList([nn.RMSNorm(d_model, eps=1e-6) for _ in self.layers])
 
     def forward(self, x, cu_seqlens=None, cache=None):
-        """x `[B, T, 256]` -> `[B, T, 256]`; with a `cache` dict, continue from it and update it."""
+        """x `[B, T, d_model]` -> `[B, T, d_model]`; with a `cache` dict, continue from it and update it."""
         for i, (norm, layer) in enumerate(zip(self.norms, self.layers)):
             inner = None if cache is None else cache.setdefault(i, {})
             x = x + layer(norm(x), cu_seqlens=cu_seqlens, cache=inner)
         return x
 
     def step(self, x, cache=None):
-        """Decode one token: x `[B, 256]` -> (`[B, 256]`, cache); start with `cache=None`."""
+        """Decode one token: x `[B, d_model]` -> (`[B, d_model]`, cache); start with `cache=None`."""
         nl.check_step_input(x, self.d_model)
         cache = {} if cache is None else cache
         return self.forward(x[:, None], cache=cache)[:, 0], cache

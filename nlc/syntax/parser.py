@@ -88,7 +88,13 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     if isinstance(err, UnexpectedEOF):
         lines = text.rstrip(" \t\f\r\n").split("\n")  # lines as the lexer counts them
         span = Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
-        return NlcError("unexpected end of file", span, hint=f"expected {_words(err.expected)}")
+        hint = f"expected {_words(err.expected)}"
+        brace = _unclosed(text, len(text), "{", "}", whole=True)
+        if brace is not None and "RBRACE" in err.expected:  # a block left open
+            line = text.count("\n", 0, brace) + 1
+            col = brace - (text.rfind("\n", 0, brace) + 1) + 1
+            hint = f"the '{{' at {line}:{col} is not closed: add '}}'; " + hint
+        return NlcError("unexpected end of file", span, hint=hint)
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     if tok.type == "$END":
@@ -122,20 +128,21 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     return NlcError(f"unexpected '{shown}'", span, hint=hint)
 
 
-def _unclosed(text: str, pos: int) -> int | None:
-    """The offset of the last '(' that the statement before `pos` (back to a '{', '}' or
-    ';') leaves open; None when it closes them all."""
-    start = max(text.rfind(c, 0, pos) for c in "{};") + 1
+def _unclosed(text: str, pos: int, open_: str = "(", close: str = ")",
+              whole: bool = False) -> int | None:
+    """The offset of the last `open_` that the statement before `pos` (back to a '{', '}' or
+    ';'; the whole text with `whole`) leaves open; None when it closes them all."""
+    start = 0 if whole else max(text.rfind(c, 0, pos) for c in "{};") + 1
     opened: list[int] = []
     i = start
     while i < pos:
-        if text[i] == "#":  # a comment's parentheses do not count
+        if text[i] == "#":  # a comment's brackets do not count
             end = text.find("\n", i, pos)
             i = pos if end < 0 else end
             continue
-        if text[i] == "(":
+        if text[i] == open_:
             opened.append(i)
-        elif text[i] == ")" and opened:
+        elif text[i] == close and opened:
             opened.pop()
         i += 1
     return opened[-1] if opened else None
