@@ -125,6 +125,7 @@ def test_hope_layer_with_the_affine_kernels_matches_without(monkeypatch):
     from nlc.runtime.library.affine_triton import LAUNCHES
     run = hope_layer_run()
     monkeypatch.setenv("NLC_TRITON", "force")
+    monkeypatch.setenv("NLC_WALK_KERNEL", "0")  # the main memory here, not on the walk kernels
     monkeypatch.setenv("NLC_AFFINE_TRITON", "0")
     want = run()
     monkeypatch.delenv("NLC_AFFINE_TRITON")
