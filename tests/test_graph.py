@@ -354,3 +354,45 @@ def test_language_reference_shows_real_output(capsys):
     doc = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
     shown = "$ nlc graph examples/titans.nl\n" + graph(EXAMPLES / "titans.nl", "text", capsys)
     assert shown in fenced(doc, "")
+
+
+LOOP_WITH_A_SLOW_LEVEL = """layer LoopDiag {
+  dims d_model = 8, heads = 2, d_k = 4
+  param W_q, W_k, W_v : [d_model, d_k]
+  param W_o : [d_k, d_model]
+  context from x {
+    q = l2norm(x @ W_q)
+    k = l2norm(x @ W_k)
+    v = x @ W_v
+  }
+  level amem every 1 token {
+    state S : matrix[d_k, d_k] = zeros
+    objective l2(S(k), v * gmem)
+    algorithm gd(lr = 0.5)
+    read before S(q)
+  }
+  level gmem every PERIOD tokens {
+    state D : diagonal[d_k] = learned(std = 0.5)
+    objective l2(D(amem), v)
+    algorithm gd(lr = 0.1)
+    read sigmoid(D(q))
+  }
+  output (amem * gmem) @ W_o
+}
+"""
+
+
+@pytest.mark.parametrize("period, ok", [(8, True), (1, False)])
+def test_a_loop_takes_a_slow_levels_plain_read_as_its_chunk_start(tmp_path, capsys, period, ok):
+    """In a loop of outputs every level reads before any writes. A level every 8 tokens reads
+    its chunk-start state with a plain `read` (as `read start`): it compiles; the same level
+    every token reads after its write, which check refuses (compile used to, after check and
+    derive had passed)."""
+    path = tmp_path / "loop.nl"
+    path.write_text(LOOP_WITH_A_SLOW_LEVEL.replace("PERIOD", str(period)))
+    assert main(["check", str(path)]) == (0 if ok else 2)
+    err = capsys.readouterr().err
+    if ok:
+        assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 0
+    else:
+        assert "level 'gmem' reads after its write, but it is in a loop" in err, err

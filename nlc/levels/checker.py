@@ -403,12 +403,21 @@ class _DeclChecker(LevelChecker):
         for e in self.graph.edges:
             if e.mode in seeding:
                 by_target.setdefault(e.target, []).append(e)
+        for e in self.graph.edges:
+            if e.explicit and e.source == TRAIN and e.mode is TransferMode.GENERATE:
+                raise NlcError(f"a 'generate' edge from train is not emitted: train has no "
+                               f"output to cut into '{e.target}''s weights (its parameters "
+                               "are not a level's read)", e.span,
+                               hint=f"to learn '{e.target}''s start, write 'transfer train -> "
+                                    f"{e.target} : init' or start it '= learned'")
         for target, edges in by_target.items():
             levels = [e for e in edges if e.source != TRAIN]
             if len(levels) > 1:
-                raise NlcError(f"level '{target}' gets its state from two levels "
-                               f"('{levels[0].source}' and '{levels[1].source}')",
-                               levels[1].span, hint="keep one of the transfers")
+                a, b = levels[0], levels[1]
+                what = f"two levels ('{a.source}' and '{b.source}')" if a.source != b.source \
+                    else f"two edges of level '{a.source}' ({a.mode.value} and {b.mode.value})"
+                raise NlcError(f"level '{target}' gets its state from {what}",
+                               b.span, hint="keep one of the transfers")
             trained = [e for e in edges if e.source == TRAIN]
             if levels and trained:
                 e = levels[0]
@@ -443,7 +452,9 @@ class _DeclChecker(LevelChecker):
                  if len(part) > 1 or part & self.loops]
         grouped = {n for part in loops for n in part}
         for lv in levels:
-            if lv.name in grouped and not reads_before(lv):
+            record = self.graph.level(lv.name)
+            start = record.unit != Frequency.TOKEN or record.period > 1  # every read: its
+            if lv.name in grouped and not reads_before(lv) and not start:  # chunk's start
                 part = next(p for p in loops if lv.name in p)
                 raise NlcError(f"level '{lv.name}' reads after its write, but it is in a loop of "
                                f"levels that use each other's outputs ({', '.join(sorted(part))}),"

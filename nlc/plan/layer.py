@@ -482,10 +482,11 @@ class _LayerPlanner:
         size = sp.Add(*[r * c for _, r, c in own]).xreplace(at_spec)
         out = env.values[source]
         if src.read_kind != "vector" or len(out) != 1 or out[0].size != size:
+            reads = f"a vector of {out[0].size}" if src.read_kind == "vector" \
+                and len(out) == 1 else f"{src.read_kind} {list(d.size for d in out)}"
             raise NlcError(f"'{source}' generates the weights of '{level.name}' "
-                           f"({_shapes_text(own)}: {size} numbers at the spec's dims), so "
-                           "its read must "
-                           f"be a vector of {size}", edge.span)
+                           f"({_shapes_text(own)}: {size} numbers at these dims), so "
+                           f"its read must be a vector of {size}; it reads {reads}", edge.span)
         return Segments(cut, source, "generate", shapes=own,
                         sizes=(dim_size(out[0]), sp.Add(*[r * c for _, r, c in own])),
                         every=period)
