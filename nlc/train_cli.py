@@ -244,6 +244,10 @@ def cmd_train(args) -> int:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
     scan.check_settings()  # the environment's settings for chunked levels
     config = config_from_args(args)
+    out = Path(config.out)
+    if args.resume and not (out.is_dir() and any(out.iterdir())):  # before compiling the
+        raise NlcError(f"{out}: nothing to resume: no run in this folder",  # spec and its -D
+                       hint="check --out, or drop --resume to start a new run")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         if config.batch_size % args.nproc:  # refused here, not after the ranks have started
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
@@ -355,7 +359,8 @@ def cmd_eval(args) -> int:
         raise NlcError(f"{run}: no checkpoint to evaluate (no {run / 'checkpoints'}/step_*)")
     # the run's own copies of the specs, compiled here: the checkpoint is tied to that text
     spec = str(run / "spec.nl") if (run / "spec.nl").is_file() else config.spec
-    checkpoint = ckpt.read_checkpoint(path, config, sha256_text(spec_text(spec)))
+    checkpoint = ckpt.read_checkpoint(path, config, sha256_text(spec_text(spec)),
+                                      optimizer=False)  # an evaluation needs no optimizer
     world = World(device=pick_device(config.device))
     mlp = str(run / "mlp.nl") if (run / "mlp.nl").is_file() else config.mlp
     model = LanguageModel(config, mixer_from_spec(spec, config.layer, **config.spec_overrides),

@@ -5,12 +5,14 @@ clear `error: ...` (exit 2) or a strict result, never a traceback, and loses not
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from nlc.train_cli import main
 
@@ -411,6 +413,52 @@ def test_a_damaged_latest_checkpoint_says_how_to_resume_from_the_one_before(tmp_
                  "--resume"]) == 2
     err = capsys.readouterr().err
     assert f"delete {latest} to resume from step_00000002, the checkpoint before it" in err, err
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_and_the_run_left_as_it_was(tmp_path,
+                                                                             capsys):
+    """A checkpoint whose weights hold NaN (its hashes rewritten to match) was loaded, and
+    the resume blamed the optimizer's first step, rewriting summary.json with an empty
+    evaluation; eval blamed a gate. Both now refuse it as corrupt, naming the tensor, and
+    change no file; the resume says which checkpoint to resume from instead."""
+    from safetensors.torch import load_file, save_file
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--steps", "4", "--checkpoint-interval",
+                 "2", "--out", str(out)]) == 0
+    latest = out / "checkpoints" / "step_00000004"
+    weights = latest / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(weights))
+    state = json.loads((latest / "state.json").read_text())
+    state["files"]["model.safetensors"] = {
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "bytes": weights.stat().st_size}
+    (latest / "state.json").write_text(json.dumps(state))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "builtin:attention", *TINY, "--steps", "6", "--out", str(out),
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"tensor {name} holds non-finite values" in err, err
+    assert f"delete {latest} to resume from step_00000002" in err, err
+    assert main(["eval", str(out)]) == 2
+    assert f"tensor {name} holds non-finite values" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_eval_does_not_read_the_optimizer_state(tmp_path, capsys):
+    """An evaluation needs the weights only: a damaged optimizer.safetensors refused it."""
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *TINY, "--steps", "2", "--out", str(out)]) == 0
+    state = out / "checkpoints" / "step_00000002" / "optimizer.safetensors"
+    state.write_bytes(state.read_bytes()[:50])
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert main(["train", "builtin:attention", *TINY, "--steps", "4", "--out", str(out),
+                 "--resume"]) == 2
+    assert "optimizer.safetensors: truncated" in capsys.readouterr().err
 
 
 def test_resume_takes_the_runs_own_spec_when_none_is_named(tmp_path, monkeypatch, capsys):

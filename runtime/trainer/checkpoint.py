@@ -45,7 +45,7 @@ class Checkpoint:
     path: Path
     state: dict  # state.json
     model: dict  # name -> tensor
-    optimizer: dict  # the optimizer's state_dict, rebuilt
+    optimizer: dict | None  # the optimizer's state_dict, rebuilt (None: not read)
 
     @property
     def step(self) -> int:
@@ -174,13 +174,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = None,
-                    side_specs: dict | None = None) -> Checkpoint:
+                    side_specs: dict | None = None, optimizer: bool = True) -> Checkpoint:
     """Read and check a checkpoint folder; refuse (NlcError) anything incomplete or foreign.
 
     With `config`, its shape fields (config.SHAPE_FIELDS) must equal the checkpoint's; with
     `spec_sha256`, so must the spec's hash. `side_specs` maps "mlp" and "optimizer" to the
     record of the spec file used now (`{"path", "text", "sha256"}`, None for a builtin):
-    those are compared by content rather than by path (`check_side_specs`).
+    those are compared by content rather than by path (`check_side_specs`). Without
+    `optimizer` (an evaluation) the optimizer's tensors are neither read nor checked.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -210,7 +211,8 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
         raise NlcError(f"{state_file}: corrupt checkpoint metadata (missing "
                        f"{', '.join(missing)})")
     check_state(state_file, state)
-    for name in TENSOR_FILES:
+    files = TENSOR_FILES if optimizer else ("model.safetensors",)
+    for name in files:
         check_file(path / name, state["files"][name])
     if spec_sha256 is not None and state["spec"].get("sha256") != spec_sha256:
         raise NlcError(f"{state_file}: written for another spec: trained on "
@@ -226,11 +228,13 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
         if side_specs:
             check_side_specs(state_file, state, config, side_specs)
     tensors = {}
-    for name in TENSOR_FILES:
+    for name in files:
         try:
             tensors[name] = load_file(str(path / name))
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise NlcError(f"{path / name}: corrupt checkpoint tensors ({err})") from None
+    if not optimizer:
+        return Checkpoint(path, state, tensors["model.safetensors"], None)
     check_optimizer_tensors(path / "optimizer.safetensors", tensors["optimizer.safetensors"],
                             state["optimizer"]["param_shapes"])
     return Checkpoint(path, state, tensors["model.safetensors"],
@@ -328,12 +332,13 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
     missing = sorted(set(expected) - set(checkpoint.model))
     unexpected = sorted(set(checkpoint.model) - set(expected))
     if missing or unexpected:
+        foreign = str(checkpoint.state.get("config", {}).get("spec", "")).startswith("builtin:")
         raise NlcError(f"{where}: tensors do not match the model (missing: "
                        f"{', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})",
                        hint="the model is rebuilt from the run's config.json (its spec, mlp and "
                             "dims); a run trained from Python with a mixer_factory of its own "
                             "records spec = builtin:attention, and is evaluated or resumed from "
-                            "Python with the same factory (docs/runtime.md)")
+                            "Python with the same factory (docs/runtime.md)" if foreign else None)
     for name, tensor in expected.items():
         if tuple(checkpoint.model[name].shape) != tuple(tensor.shape):
             raise NlcError(f"{where}: tensor {name} has shape {list(checkpoint.model[name].shape)},"
@@ -341,8 +346,12 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
         if checkpoint.model[name].dtype != tensor.dtype:  # refused, never silently cast
             raise NlcError(f"{where}: tensor {name} has dtype {checkpoint.model[name].dtype}, "
                            f"the model has {tensor.dtype}")
+    check_finite(where, checkpoint.model)
     if optimizer is not None:
         check_optimizer(checkpoint, optimizer)
+        check_finite(checkpoint.path / "optimizer.safetensors",
+                     {f"state {i} {k}": v for i, entries in checkpoint.optimizer["state"].items()
+                      for k, v in dict(entries).items()})
     model.load_state_dict(checkpoint.model, strict=True)
     if optimizer is not None:
         saved = dict(checkpoint.optimizer)
@@ -359,6 +368,16 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
             params[index].grad = grad.to(params[index].device, params[index].dtype)
     if restore_rng:
         set_rng_state(checkpoint.state["rng"])
+
+
+def check_finite(where: Path, tensors: dict) -> None:
+    """Refuse a checkpoint whose floating tensors hold NaN or inf: nothing trained or
+    evaluated from it could be finite (a resume blamed the optimizer's first step for it)."""
+    for name, t in tensors.items():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise NlcError(f"{where}: corrupt checkpoint: tensor {name} holds non-finite "
+                           "values (NaN or inf), so nothing resumed or evaluated from it can be "
+                           "finite")
 
 
 def check_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:

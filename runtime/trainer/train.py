@@ -155,7 +155,10 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
             except NlcError as err:
                 raise _with_earlier(err, out, latest) from None
             _refuse_changed_copies(out, spec_copies(config, spec))
-            ckpt.apply_checkpoint(checkpoint, model, optimizer)
+            try:
+                ckpt.apply_checkpoint(checkpoint, model, optimizer)
+            except NlcError as err:  # its tensors do not fit the model, or are not finite
+                raise _with_earlier(err, out, latest, always=True) from None
             start = checkpoint.step
     except BaseException:
         if created and world.is_main and out.is_dir() and not any(out.iterdir()):
@@ -363,10 +366,11 @@ RUN_FILES = ("config.json", "spec.nl", "mlp.nl", "optimizer.nl", "summary.json")
 DAMAGED = ("corrupt", "truncated", "missing", "not a complete")
 
 
-def _with_earlier(err: NlcError, out: Path, latest: Path) -> NlcError:
-    """A damaged latest checkpoint's refusal, with how to resume from the one before it."""
+def _with_earlier(err: NlcError, out: Path, latest: Path, always: bool = False) -> NlcError:
+    """A damaged latest checkpoint's refusal, with how to resume from the one before it
+    (`always`: whatever the message, for a checkpoint whose tensors do not load)."""
     earlier = [d for d in ckpt.checkpoint_dirs(out) if d != latest]
-    if err.hint is None and any(word in err.message for word in DAMAGED):
+    if err.hint is None and (always or any(word in err.message for word in DAMAGED)):
         err.hint = (f"delete {latest} to resume from {earlier[-1].name}, the checkpoint "
                     "before it" if earlier else f"{latest} is the run's only checkpoint: "
                     "start the run over (another --out)")
