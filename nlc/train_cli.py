@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -259,6 +260,7 @@ def cmd_train(args) -> int:
         return _relaunch(args)
     try:
         factories = factories_for(config)  # refuses a missing spec file before saying more
+        config = _spec_optimizer_settings(config, factories["optimizer_class"], args)
         if not args.quiet and int(os.environ.get("RANK", "0")) == 0 \
                 and not is_builtin(config.spec):  # an MLP memory compiles for 10-20 s, silently
             print(f"nlc train: compiling {config.spec} ...", file=sys.stderr, flush=True)
@@ -283,6 +285,39 @@ def cmd_train(args) -> int:
               f"the run diverged (see {config.out}/metrics.jsonl)", file=sys.stderr)
         return EXIT_DIVERGED
     return EXIT_OK
+
+
+ADAMW_FLAGS = (("weight_decay", "--weight-decay"), ("beta1", "--beta1"), ("beta2", "--beta2"))
+
+
+def _spec_optimizer_settings(config, optimizer_class, args):
+    """With an optimizer compiled from a spec: its own `lr` is the peak learning rate unless
+    --lr (or a --config file's lr, or the resumed run's) sets one, and the run says which;
+    --weight-decay, --beta1 and --beta2, AdamW's, are refused where no AdamW runs (they were
+    ignored in silence; a spec that takes matrices only trains the rest with AdamW, which
+    they set)."""
+    if optimizer_class is None:
+        return config
+    given_in_file = set()
+    if args.config:
+        given_in_file = set(json.loads(Path(args.config).read_text(encoding="utf-8")))
+    if not getattr(optimizer_class, "matrices_only", False):
+        for field, flag in ADAMW_FLAGS:
+            if getattr(args, field) is not None:
+                raise NlcError(f"{flag} sets AdamW's {field.replace('_', ' ')}, and "
+                               f"{config.optimizer} ({optimizer_class.__name__}) trains every "
+                               "parameter: no AdamW runs",
+                               hint=f"its hypers are the spec's: edit {config.optimizer}")
+    if args.lr is not None or "lr" in given_in_file or args.resume:
+        return config
+    default = inspect.signature(optimizer_class.__init__).parameters.get("lr")
+    if default is None or not isinstance(default.default, (int, float)) \
+            or isinstance(default.default, bool):
+        return config
+    if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"nlc train: peak learning rate {default.default:g}, {config.optimizer}'s own lr "
+              "(--lr sets another)", file=sys.stderr, flush=True)
+    return dataclasses.replace(config, lr=float(default.default)).validate()
 
 
 def resume_hint(out: Path) -> str:

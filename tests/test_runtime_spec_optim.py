@@ -217,3 +217,41 @@ def test_a_level_names_itself_in_its_own_apply(tmp_path):
         M = M + (0.5 - 1) * anchor + g
         want = want - 0.1 * anchor - 0.1 * m
         torch.testing.assert_close(w.detach(), want, rtol=1e-13, atol=1e-13)
+
+
+CLI_TINY = ["--task", "mqar", "--steps", "2", "--batch-size", "4", "--seq-len", "32",
+            "--d-model", "16", "--n-layers", "1", "--mqar-vocab-size", "64",
+            "--mqar-num-kv-pairs", "2", "--eval-interval", "0", "--warmup", "0",
+            "--checkpoint-interval", "0", "--device", "cpu"]
+
+
+def test_a_spec_optimizers_own_lr_is_the_peak_unless_lr_is_given(tmp_path, capsys):
+    """--lr's default (1e-3) replaced the spec's own lr in silence (SGD momentum's 0.01,
+    Muon's 0.02); the spec's lr is the peak now, and the run says so; --lr still sets
+    another."""
+    import json
+    sgd = str(EXAMPLES / "sgd_momentum.nl")
+    own = tmp_path / "own"
+    assert main(["train", "builtin:attention", *CLI_TINY, "--optimizer", sgd,
+                 "--out", str(own)]) == 0
+    assert "peak learning rate 0.01, " in capsys.readouterr().err
+    assert json.loads((own / "config.json").read_text())["lr"] == 0.01
+    given = tmp_path / "given"
+    assert main(["train", "builtin:attention", *CLI_TINY, "--optimizer", sgd, "--lr", "0.003",
+                 "--out", str(given)]) == 0
+    assert "peak learning rate" not in capsys.readouterr().err
+    assert json.loads((given / "config.json").read_text())["lr"] == 0.003
+
+
+@pytest.mark.parametrize("flag", ["--weight-decay", "--beta1", "--beta2"])
+def test_adamws_flags_are_refused_where_no_adamw_runs(tmp_path, capsys, flag):
+    """SGD momentum trains every parameter, so AdamW's settings would change nothing (they
+    were ignored in silence); Muon leaves the vectors to AdamW, which they set."""
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *CLI_TINY, "--optimizer",
+                 str(EXAMPLES / "sgd_momentum.nl"), flag, "0.5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} sets AdamW's" in err and "no AdamW runs" in err, err
+    assert not out.exists()
+    assert main(["train", "builtin:attention", *CLI_TINY, "--optimizer",
+                 str(EXAMPLES / "muon.nl"), flag, "0.5", "--out", str(tmp_path / "m")]) == 0
