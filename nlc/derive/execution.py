@@ -292,6 +292,16 @@ def _s(e) -> str:
     return f"{text} (where {'; '.join(lines)})" if lines else text
 
 
+def _clipped(term, most: int = 100) -> str:
+    """`_paper` of a term for a refusal: cut at a term boundary with "..." where long (it was
+    cut at 60 characters, in the middle of an expression)."""
+    text = _paper(term)
+    if len(text) <= most:
+        return text
+    cut = max(text.rfind(" + ", 0, most), text.rfind(" - ", 0, most))
+    return (text[:cut] if cut > 20 else text[:most]) + " ..."
+
+
 def _factor(e) -> str:
     """`_s` of a column or row of an outer product, in parentheses where it is a sum."""
     return f"({_s(e)})" if isinstance(e, (sp.MatAdd, sp.Add)) else _s(e)
@@ -409,7 +419,7 @@ def _joint(rule: UpdateRule) -> JointChunk:
                 keys.add(key)
                 values[i].append(split[0])
             else:
-                raise _NoChunkedForm(f"the term {_paper(term)[:60]} is not X, X k k^T or "
+                raise _NoChunkedForm(f"the term {_clipped(term)} is not X, X k k^T or "
                                      "v k^T")
     if len(keys) != 1:
         raise _NoChunkedForm("the states' terms do not share one key")
@@ -525,7 +535,7 @@ def _bias_terms(bias, vector: bool):
         elif (split := _outer(term)) is not None and row_of(split[1]) is not None:
             out.append((split[0], row_of(split[1])))  # (W_v^T x) k^T: a column made inline
         else:
-            raise _NoChunkedForm(f"the input term {_paper(term)[:60]} is not an outer "
+            raise _NoChunkedForm(f"the input term {_clipped(term)} is not an outer "
                                  "product")
     return tuple(out)
 
