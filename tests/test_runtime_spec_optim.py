@@ -255,3 +255,19 @@ def test_adamws_flags_are_refused_where_no_adamw_runs(tmp_path, capsys, flag):
     assert not out.exists()
     assert main(["train", "builtin:attention", *CLI_TINY, "--optimizer",
                  str(EXAMPLES / "muon.nl"), flag, "0.5", "--out", str(tmp_path / "m")]) == 0
+
+
+def test_an_optimizer_whose_first_step_is_not_finite_is_refused_before_training(tmp_path,
+                                                                                capsys):
+    """Adam with b2 = 1 divides by 1 - b2^t = 0 at its first step: the run trained into NaN
+    (check cannot see it); the first step on a probe refuses it now, naming the hypers."""
+    spec = tmp_path / "adam_b2.nl"
+    text = (EXAMPLES / "adam.nl").read_text()
+    spec.write_text(text.replace("b2 = 0.999", "b2 = 1"))
+    assert spec.read_text() != text
+    out = tmp_path / "r"
+    assert main(["train", "builtin:attention", *CLI_TINY, "--optimizer", str(spec),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "first step on a parameter of shape" in err and "made it non-finite" in err, err
+    assert "b2 = 1" in err and not out.exists()

@@ -36,20 +36,33 @@ def accepts(cls: type[torch.optim.Optimizer], param: torch.Tensor) -> bool:
     return not getattr(cls, "matrices_only", False) or param.dim() >= 2
 
 
-def try_step(cls: type[torch.optim.Optimizer], shape: torch.Size, name: str) -> None:
+def try_step(cls: type[torch.optim.Optimizer], shape: torch.Size, name: str,
+             lr: float = 1e-3) -> None:
     """One step of `cls` on a copy of a parameter of `shape` with a random gradient: an
-    error there stops the run now, located, instead of at the first training step."""
+    error there, or a parameter that is no longer finite (a hyper that divides by zero at
+    the first step, Adam's 1 - b2^t with b2 = 1), stops the run now, located, instead of at
+    the first training step."""
     g = torch.Generator().manual_seed(0)
     probe = torch.nn.Parameter(torch.randn(shape, generator=g))
     probe.grad = torch.randn(shape, generator=g)
     try:
-        cls([probe], lr=1e-3).step()
+        cls([probe], lr=lr).step()
     except Exception as err:  # noqa: BLE001 - any failure of the compiled class is reported
         raise NlcError(f"{name}: {cls.__name__} fails its first step on a parameter of shape "
                        f"{list(shape)}: {type(err).__name__}: {err}",
                        hint="the spec compiled to a class that does not run; nlc train "
                             "does not replace it (rerun with NLC_DEBUG=1 for the traceback, "
                             "or train with --optimizer adamw)") from err
+    if not torch.isfinite(probe.detach()).all():
+        hypers = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+                  if n not in ("self", "params", "lr")
+                  and p.default is not inspect.Parameter.empty}
+        shown = ", ".join(f"{n} = {v:g}" if isinstance(v, float) else f"{n} = {v}"
+                          for n, v in hypers.items())
+        raise NlcError(f"{name}: {cls.__name__}'s first step on a parameter of shape "
+                       f"{list(shape)} (a random gradient, lr {lr:g}) made it non-finite "
+                       "(NaN or inf)", hint=f"a hyper that divides by zero at the first step? "
+                       f"its hypers: {shown or 'none besides lr'}")
 
 
 class SpecWithAdamW(torch.optim.Optimizer):
@@ -109,7 +122,7 @@ def build_spec_optimizer(groups: list, config, spec_class) -> torch.optim.Optimi
                        hint="name the spec's step size lr (hyper lr = ...)")
     spec_groups, adamw_groups = [], []
     for shape in {p.shape for g in groups for p in g["params"] if accepts(spec_class, p)}:
-        try_step(spec_class, shape, config.optimizer)
+        try_step(spec_class, shape, config.optimizer, config.lr)
     for group in groups:
         takes = [p for p in group["params"] if accepts(spec_class, p)]
         rest = [p for p in group["params"] if not accepts(spec_class, p)]
