@@ -567,6 +567,32 @@ def test_generate_edge_makes_the_target_weights(tmp_path):
     assert layer.hypernet_H_init.grad.abs().sum() > 0   # the hypernetwork learns through them
 
 
+def test_a_short_segment_runs_token_by_token_and_equals_the_chunked_form(tmp_path,
+                                                                        monkeypatch):
+    """A level restarted every token by a generate edge from a level every token ran the
+    chunked form on 1-token segments (40x slower than token by token on the CPU): segments
+    shorter than SHORT_SEGMENT run token by token. The chunked mode's result is the token
+    loop's; the target's op is called with mode="recurrent" on its 1-token segments."""
+    from nlc.runtime.library import scan
+    module = module_of(tmp_path, GENERATE.replace("every 4 tokens", "every 1 token"), "hyper1")
+    modes = []
+    real = scan.segment_mode
+    monkeypatch.setattr(module.nl, "segment_mode",
+                        lambda mode, n: modes.append(real(mode, n)) or real(mode, n))
+    x = torch.randn(2, 9, 6, dtype=F64, generator=torch.Generator().manual_seed(3))
+    outs = []
+    for mode in ("chunked", "recurrent"):
+        torch.manual_seed(2)
+        layer = module.Hyper(mode=mode).double()
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        outs.append([y, *torch.autograd.grad(y.square().sum(), [xi, *layer.parameters()])])
+    assert len(modes) >= 2 * 9 and set(modes) == {"recurrent"}  # 9 segments a mode, or more
+    for a, b in zip(*outs):
+        assert rel(a, b) < 1e-12
+    assert real("chunked", scan.SHORT_SEGMENT) == "chunked"
+
+
 def test_generate_edge_checks_the_size(tmp_path):
     bad = GENERATE.replace("d_w = 16", "d_w = 12")
     with pytest.raises(NlcError, match="read must be a vector of 16"):

@@ -464,8 +464,8 @@ class LayerPrinter:
                          f"{names[seg.source]}[:, s], state, ({shapes},))")
             if seg.every not in (None, seg.period):  # cut finer than its restarts
                 reset += f", every={seg.every}"
-            args += ["initial_state=state", "output_final_state=True", "mode=mode",
-                     "chunk_size=self.chunk_size"]
+            args += ["initial_state=state", "output_final_state=True",
+                     "mode=nl.segment_mode(mode, e - s)", "chunk_size=self.chunk_size"]
             lines = [f"{target}, {lp.name}_final, {lp.name}_starts = nl.segments(  "
                      f"# spec:{lp.line}",
                      f"    lambda s, e, state: {lp.fn}_op({', '.join(args)}),",

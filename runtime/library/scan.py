@@ -698,6 +698,17 @@ def _coupled_chunk(members: list[Member], order: list[Member], consts: dict, cur
     return read, current, anchor
 
 
+SHORT_SEGMENT = 8  # tokens: a segment shorter than this runs its level token by token
+
+
+def segment_mode(mode: str, length: int) -> str:
+    """The mode a segment of `length` tokens runs in: a short one token by token (the chunked
+    forms' setup per call, a triangular solve, cost 15 ms a call on the CPU, and a level
+    restarted every token by an init or generate edge ran 40x slower chunked than token by
+    token), else `mode`. Both forms compute the same rule."""
+    return "recurrent" if length < SHORT_SEGMENT else mode
+
+
 def segments(run: Callable, T: int, period: int, state, *, offset: int = 0,
              reset: Callable | None = None, every: int | None = None):
     """Run a level over segments that end at multiples of `period` (counted from `offset`, the
