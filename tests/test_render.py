@@ -74,7 +74,7 @@ def test_unexpected_eof_points_after_the_last_token():
     assert shown[0] == "t.nl:2:13: error: unexpected end of file"
     assert shown[1] == "    dims d = 3"
     assert shown[2] == "              ^"
-    assert shown[3].startswith("  hint: expected ")
+    assert shown[3].startswith("  hint: the '{' at 1:9 is not closed: add '}'; expected ")
 
 
 def test_did_you_mean():
