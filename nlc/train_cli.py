@@ -118,6 +118,14 @@ def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default) -
         p.add_argument(flag, type=type(default), default=None, metavar=f.name.upper(), help=text)
 
 
+def _keys_in_config_file(args) -> set[str]:
+    """The fields a --config file sets (none without one; config_from_args reads it first,
+    refusing one that is not a JSON object)."""
+    if not args.config:
+        return set()
+    return set(json.loads(Path(args.config).read_text(encoding="utf-8")))
+
+
 def config_from_args(args):
     """The run's config: defaults < --config file < the run's config.json (--resume) < flags."""
     from nlc.runtime.trainer.config import TrainConfig
@@ -125,8 +133,7 @@ def config_from_args(args):
     config = TrainConfig()
     if args.config:
         config = _read_config(Path(args.config))
-    spec_in_file = bool(args.config) and "spec" in json.loads(
-        Path(args.config).read_text(encoding="utf-8"))  # read above: a JSON object
+    spec_in_file = "spec" in _keys_in_config_file(args)
     if args.spec is None and not spec_in_file and not (args.resume and (args.out or args.config)):
         raise NlcError("SPEC is missing: nlc train SPEC [options]",
                        hint="a layer spec (.nl) or builtin:attention; `nlc train --out RUN "
@@ -240,15 +247,14 @@ def cmd_train(args) -> int:
     from nlc.runtime.library import scan
     from nlc.runtime.trainer.mixers import is_builtin, is_spec_file
     from nlc.runtime.trainer.progress import strict_json
-    from nlc.runtime.trainer.train import train
+    from nlc.runtime.trainer.train import refuse_nothing_to_resume, train
     if args.nproc < 1:
         raise NlcError(f"--nproc must be at least 1, got {args.nproc}")
     scan.check_settings()  # the environment's settings for chunked levels
     config = config_from_args(args)
     out = Path(config.out)
-    if args.resume and not (out.is_dir() and any(out.iterdir())):  # before compiling the
-        raise NlcError(f"{out}: nothing to resume: no run in this folder",  # spec and its -D
-                       hint="check --out, or drop --resume to start a new run")
+    if args.resume and not (out.is_dir() and any(out.iterdir())):  # said before compiling
+        refuse_nothing_to_resume(out)                                # the spec and its -D
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         if config.batch_size % args.nproc:  # refused here, not after the ranks have started
             raise NlcError(f"batch_size {config.batch_size} does not split over {args.nproc} "
@@ -298,9 +304,6 @@ def _spec_optimizer_settings(config, optimizer_class, args):
     they set)."""
     if optimizer_class is None:
         return config
-    given_in_file = set()
-    if args.config:
-        given_in_file = set(json.loads(Path(args.config).read_text(encoding="utf-8")))
     if not getattr(optimizer_class, "matrices_only", False):
         for field, flag in ADAMW_FLAGS:
             if getattr(args, field) is not None:
@@ -308,7 +311,7 @@ def _spec_optimizer_settings(config, optimizer_class, args):
                                f"{config.optimizer} ({optimizer_class.__name__}) trains every "
                                "parameter: no AdamW runs",
                                hint=f"its hypers are the spec's: edit {config.optimizer}")
-    if args.lr is not None or "lr" in given_in_file or args.resume:
+    if args.lr is not None or "lr" in _keys_in_config_file(args) or args.resume:
         return config
     default = inspect.signature(optimizer_class.__init__).parameters.get("lr")
     if default is None or not isinstance(default.default, (int, float)) \

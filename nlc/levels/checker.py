@@ -445,9 +445,10 @@ class _DeclChecker(LevelChecker):
         data.add_edges_from((e.source, e.target) for e in self.graph.edges
                             if e.source in data and e.target in data
                             and (e.mode is TransferMode.CONTEXT or e.mode in seeding))
+        seeded = {(e.source, e.target) for e in self.graph.edges
+                  if e.explicit and e.mode in seeding}
         outputs = nx.DiGraph(data.subgraph(data.nodes))  # the loops of outputs alone
-        outputs.remove_edges_from([(e.source, e.target) for e in self.graph.edges
-                                   if e.mode in seeding and e.explicit])
+        outputs.remove_edges_from(seeded)
         loops = [part for part in nx.strongly_connected_components(outputs)
                  if len(part) > 1 or part & self.loops]
         grouped = {n for part in loops for n in part}
@@ -466,7 +467,7 @@ class _DeclChecker(LevelChecker):
             if len(part) == 1 and not part & self.loops:
                 continue
             if not part & grouped:  # the seeding edges themselves close the loop
-                self._seeding_cycle(data.subgraph(part), seeding)
+                self._seeding_cycle(data.subgraph(part), seeded)
             for e in self.graph.edges:
                 if e.explicit and e.mode in seeding and e.source != TRAIN \
                         and {e.source, e.target} & part:
@@ -480,18 +481,16 @@ class _DeclChecker(LevelChecker):
                                    e.span, hint="start the level '= learned' (meta-learned by "
                                    "train) instead, or break the loop")
 
-    def _seeding_cycle(self, part, seeding) -> None:
-        """Refuse a loop that init or generate edges close: each level runs over the whole
-        sequence in turn, and in this loop every level waits for another one first."""
+    def _seeding_cycle(self, part, seeded: set) -> None:
+        """Refuse a loop that init or generate edges (`seeded`: their (source, target)) close:
+        each level runs over the whole sequence in turn, and in this loop every level waits
+        for another one first."""
         import networkx as nx
         cycle = nx.find_cycle(part)
         path = " -> ".join([cycle[0][0], *(b for _, b in cycle)])
-        closing = next(e for e in self.graph.edges if e.explicit and e.mode in seeding
-                       and (e.source, e.target) in cycle)
-        uses = [f"'{b}' uses the output of '{a}'" for a, b in cycle
-                if (a, b) != (closing.source, closing.target)
-                and not any(e.explicit and e.mode in seeding and (e.source, e.target) == (a, b)
-                            for e in self.graph.edges)]
+        closing = next(e for e in self.graph.edges if e.explicit and e.mode in
+                       (TransferMode.INIT, TransferMode.GENERATE) and (e.source, e.target) in cycle)
+        uses = [f"'{b}' uses the output of '{a}'" for a, b in cycle if (a, b) not in seeded]
         why = "; ".join(uses) if uses else "every edge of it is an init or generate edge"
         raise NlcError(f"levels form a cycle: {path}, closed by the {closing.mode.value} edge "
                        f"'{closing.source} -> {closing.target}' ({why}); each level runs over "

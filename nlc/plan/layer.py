@@ -120,10 +120,7 @@ def _transfers(spec):
         if e.mode is TransferMode.DIRECT:
             direct.setdefault(e.target, set()).add(e.source)
         elif e.mode in (TransferMode.INIT, TransferMode.GENERATE):
-            if e.source == TRAIN:
-                if e.mode is TransferMode.GENERATE:
-                    raise NlcError("a 'generate' edge from train is not emitted: train's "
-                                   "parameters are not a level's output", e.span)
+            if e.source == TRAIN:  # an init (check refuses a generate from train)
                 learned.add(e.target)
                 continue
             into[e.target] = e  # one per target: check refuses a second (check_seeds)
@@ -483,7 +480,7 @@ class _LayerPlanner:
         out = env.values[source]
         if src.read_kind != "vector" or len(out) != 1 or out[0].size != size:
             reads = f"a vector of {out[0].size}" if src.read_kind == "vector" \
-                and len(out) == 1 else f"{src.read_kind} {list(d.size for d in out)}"
+                and len(out) == 1 else f"{src.read_kind} {[d.size for d in out]}"
             raise NlcError(f"'{source}' generates the weights of '{level.name}' "
                            f"({_shapes_text(own)}: {size} numbers at these dims), so "
                            f"its read must be a vector of {size}; it reads {reads}", edge.span)
@@ -506,7 +503,7 @@ def _window_terms_vanish(rule, context: set, dims: dict, prediction: str) -> str
 
     from nlc.derive.evaluate import Evaluator
     from nlc.derive.symbols import unshifted
-    from nlc.verify.equality import _inputs
+    from nlc.verify.equality import _draw, _inputs
 
     for j, terms in enumerate(rule.window_terms, 1):
         sizes = {x: sp.Integer(dims[x.name]) for t in terms for x in t.atoms(sp.Symbol)
@@ -515,13 +512,9 @@ def _window_terms_vanish(rule, context: set, dims: dict, prediction: str) -> str
         atoms = _inputs(terms)
         for seed in (0, 1):
             rng = np.random.default_rng(seed)
-            env = {}
-            for a in atoms:
-                shape = tuple(int(n) for n in a.shape) if isinstance(a, sp.MatrixSymbol) \
-                    else ()
-                zero = unshifted(a.name) in context and a.name.endswith(f"_m{j}")
-                env[a] = np.zeros(shape) if zero else (
-                    rng.normal(0.0, 0.5, shape) if shape else rng.uniform(0.05, 0.95))
+            env = {a: np.zeros(tuple(int(n) for n in getattr(a, "shape", ())))
+                   if unshifted(a.name) in context and a.name.endswith(f"_m{j}")
+                   else _draw(a, rng, positive=False) for a in atoms}
             try:
                 with np.errstate(all="ignore"):
                     values = [np.asarray(Evaluator(env)(t), float) for t in terms]

@@ -176,6 +176,14 @@ class AffineStates:
         return every.movedim(2, 1)
 
 
+def weighted(inputs: dict, pairs: dict) -> list:
+    """A state's input term as outer products: `inputs` maps each drive to its coefficient
+    in the transition, `pairs` each drive to its (column, row) pairs; a coefficient of the
+    number 1 is no product (it would be a kernel for nothing)."""
+    return [(col if isinstance(coef, (int, float)) and coef == 1 else coef * col, row)
+            for drive, coef in inputs.items() for col, row in pairs[drive]]
+
+
 def low_rank(W0, retain, erase, left, right, pairs, *, read_before: bool | None,
              shared: dict | None = None):
     """`states` with the inputs as outer products, pairs of (column `[B, C, H, r, 1]`, row

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from nlc.runtime.library import affine_chunk
 from nlc.runtime.library.chunk_triton import opted_in
 
 
@@ -58,8 +59,7 @@ def _pieces(walk: MLPWalk, transitions: dict, pairs: dict):
     out = {}
     for name in (walk.first, walk.second):
         retain, erase, left, right, inputs = transitions[name]
-        weighted = [(col if isinstance(coef, (int, float)) and coef == 1 else coef * col, row)
-                    for drive, coef in inputs.items() for col, row in pairs[drive]]
+        weighted = affine_chunk.weighted(inputs, pairs)
         if len(weighted) != 1 or (erase is not None and name == walk.second):
             return None
         out[name] = (retain, erase, left, right, weighted[0])

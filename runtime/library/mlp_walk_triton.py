@@ -65,6 +65,13 @@ def _write(w1, w2, tok, c1, c2, e, u, w, col1, row1, col2, row2, fr, di, F: tl.c
 
 
 @triton.jit
+def _write_adjoint(g, w, col, row):
+    """For W' = c W + col row^T + ..., given G = dL/dW': dL/dc = <G, W>, dL/dcol = G row and
+    dL/drow = G^T col (either map's blocks)."""
+    return tl.sum(tl.sum(g * w, 1), 0), tl.sum(g * row[None, :], 1), tl.sum(g * col[:, None], 0)
+
+
+@triton.jit
 def _forward_kernel(W1, W2, x, c1, c2, e, u, w, col1, row1, col2, row2, y_part, C,
                     F: tl.constexpr, D: tl.constexpr, BF: tl.constexpr, ERASE: tl.constexpr,
                     ACT: tl.constexpr):
@@ -126,18 +133,18 @@ def _backward_kernel(W1, W2, x, c1, c2, e, u, w, col1, row1, col2, row2, dy, G1,
         ct1 = tl.load(c1 + tok)
         ct2 = tl.load(c2 + tok)
         # W2_t = c2 W2 + col2 row2^T
-        tl.store(dc2 + part, tl.sum(tl.sum(g2 * w2, 1), 0))
-        r2 = tl.load(row2 + tok * F + fr)
-        cl2 = tl.load(col2 + tok * D + di)
-        tl.store(dcol2 + part * D + di, tl.sum(g2 * r2[None, :], 1))
-        tl.store(drow2 + tok * F + fr, tl.sum(g2 * cl2[:, None], 0))
+        d_c, d_col, d_row = _write_adjoint(g2, w2, tl.load(col2 + tok * D + di),
+                                           tl.load(row2 + tok * F + fr))
+        tl.store(dc2 + part, d_c)
+        tl.store(dcol2 + part * D + di, d_col)
+        tl.store(drow2 + tok * F + fr, d_row)
         g2 = ct2 * g2
         # W1_t = c1 W1 + e (W1 u) w^T + col1 row1^T
-        tl.store(dc1 + part, tl.sum(tl.sum(g1 * w1, 1), 0))
-        r1 = tl.load(row1 + tok * D + di)
-        cl1 = tl.load(col1 + tok * F + fr)
-        tl.store(dcol1 + tok * F + fr, tl.sum(g1 * r1[None, :], 1))
-        tl.store(drow1 + part * D + di, tl.sum(g1 * cl1[:, None], 0))
+        d_c, d_col, d_row = _write_adjoint(g1, w1, tl.load(col1 + tok * F + fr),
+                                           tl.load(row1 + tok * D + di))
+        tl.store(dc1 + part, d_c)
+        tl.store(dcol1 + tok * F + fr, d_col)
+        tl.store(drow1 + part * D + di, d_row)
         g1_prev = ct1 * g1
         if ERASE:
             ut = tl.load(u + tok * D + di)

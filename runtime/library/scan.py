@@ -489,23 +489,25 @@ def _walks(walk, functions, options, consts, anchors, state, part) -> bool:
         return False
 
     def printed(start, small, own):  # the chunked form as printed, for the check
-        wide = _wide(_anchor(start, anchors))
-        terms = pairs({**own, **wide, **small})
-        moves = transition({**own, **wide, **small, **terms})
-        stacked, last = _affine(moves, start, read_before, terms, lazy_read)
-        return _per_token(functions[2](stacked, {**own, **wide, **small}), small), moves, \
-            terms, last
+        reads, last, _ = _frozen_chunk(functions, options, own, anchors, start, small)
+        terms, moves = _moves(options, own, _wide(_anchor(start, anchors)), small)
+        return reads, moves, terms, last
     return fused_walk.verified(walk, (functions, options), printed, consts, state, part)
+
+
+def _moves(options, consts, wide, part) -> tuple[dict, dict]:
+    """A chunk's drives as outer products and its transitions (`options`' pairs and
+    transition functions), from its chunk-start tensors `wide`."""
+    transition, pairs = options[:2]
+    terms = pairs({**consts, **wide, **part})
+    return terms, transition({**consts, **wide, **part, **terms})
 
 
 def _walk_chunk(walk, functions, options, consts, anchors, state, part):
     """One chunk of `frozen_chunked` on the walk kernels: (reads, state, anchors)."""
     from nlc.runtime.library import fused_walk
-    transition, pairs = options[:2]
     anchor = _anchor(state, anchors)
-    wide = _wide(anchor)
-    terms = pairs({**consts, **wide, **part})
-    moves = transition({**consts, **wide, **part, **terms})
+    terms, moves = _moves(options, consts, _wide(anchor), part)
     reads, last = fused_walk.chunk(walk, state, part[walk.token], moves, terms)
     return _per_token(reads, part), {**state, **last}, anchor
 
@@ -526,19 +528,13 @@ def _affine(transitions: dict, state: State, read_before: bool | None, pairs: di
                 seen[name] = torch.cat([state[name][:, None], every[:, :-1]], 1) \
                     if read_before else every
             continue
-        weighted = [(col if _one(coef) else coef * col, row) for drive, coef in inputs.items()
-                    for col, row in pairs[drive]]
+        weighted = affine_chunk.weighted(inputs, pairs)
         states, last[name] = affine_chunk.low_rank(state[name], retain, erase, left, right,
                                                    weighted, read_before=read_before,
                                                    shared=shared)
         if states is not None:
             seen[name] = states if lazy else states.materialize()
     return seen, last
-
-
-def _one(x) -> bool:
-    """Whether a coefficient is the number 1 (a product with it would be a kernel for nothing)."""
-    return isinstance(x, (int, float)) and x == 1
 
 
 def _batched_members(members: list, inputs: dict, per_token: dict, wide: dict,

@@ -136,7 +136,7 @@ def _train(config, world, mixer_factory, mlp_factory, optimizer_class, resume, p
         latest = _refuse_started(out, resume)
         check_run_folder(out, resume)
         if resume and latest is None:
-            _refuse_nothing_to_resume(out)
+            refuse_nothing_to_resume(out)
         distributed.barrier(world)  # every rank has looked before rank 0 writes anything
 
         torch.manual_seed(config.seed)
@@ -412,7 +412,7 @@ def lock_run_folder(out: Path, world, held: contextlib.ExitStack) -> None:
                             "another --out")
 
 
-def _refuse_nothing_to_resume(out: Path) -> None:
+def refuse_nothing_to_resume(out: Path) -> None:
     """--resume needs a checkpoint. Without one the run would start over at step 0: refused
     when the folder holds a run's metrics (they would be replaced, however far they go) and
     when it holds no run at all (a mistyped --out, or a first launch with --resume)."""
