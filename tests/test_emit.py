@@ -104,6 +104,14 @@ def test_initial_state_and_packed_sequences(case):
     separate = torch.cat([layer(a), layer(b)], 1)
     # packing changes the shapes of the products (other rounding), not the math
     assert rel(packed, separate) < rounding_tol(layer, b, layer(b))
+    # a packed prefill with a cache, continued as a batch of one row per sequence
+    cache = {}
+    layer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 13, 40]), cache=cache)
+    more = torch.randn(2, 3, layer.d_model, dtype=torch.float64)
+    continued = layer(more, cache=cache)
+    for row, seq in enumerate((a, b)):
+        alone = layer(torch.cat([seq, more[row:row + 1]], 1))[:, seq.shape[1]:]
+        assert rel(continued[row:row + 1], alone) < rounding_tol(layer, b, layer(b)), row
 
 
 def written_only_after(case, T: int) -> set[str]:
@@ -421,3 +429,23 @@ def test_a_group_members_read_may_use_an_earlier_members_read(tmp_path):
     cache: dict = {}
     steps = torch.stack([layer.step(x[:, t], cache)[0] for t in range(21)], 1)
     assert ((steps - runs[1][0]).norm() / runs[1][0].norm()).item() < 1e-12
+
+
+@pytest.mark.parametrize("example", ["memora.nl", "moneta.nl"])
+def test_an_op_whose_retention_needs_a_start_refuses_none(example):
+    """kl (Memora) and lq with q = 4 (Moneta) are not finite at a state of zeros: their op
+    takes no default start (it output NaN from the first token); given the layer's learned
+    start it runs."""
+    module = small_module(EXAMPLES / example)
+    layer = layer_of((EXAMPLES / example, next(n for n in dir(module) if n[0].isupper()
+                                               and hasattr(getattr(module, n), "step"))))
+    B, T, H, D = 1, 5, layer.heads, layer.d_head
+    q, k, v = (torch.randn(B, T, H, D, dtype=torch.float64) for _ in range(3))
+    gates = [torch.rand(B, T, H, dtype=torch.float64) for _ in range(2)]
+    names = module.memory_op.__code__.co_varnames[:module.memory_op.__code__.co_argcount]
+    inputs = dict(zip(names, [q, k, v, *gates]))
+    with pytest.raises(ValueError, match="no default initial_state: level 'memory'"):
+        module.memory_op(**inputs)
+    start = layer.initial_state(B)["memory"]
+    o, _ = module.memory_op(**inputs, initial_state=start)
+    assert torch.isfinite(o).all()

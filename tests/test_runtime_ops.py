@@ -32,6 +32,31 @@ def test_short_conv_paths_equal_the_definition():
     assert (packed[:, 4:] - _conv_reference(x[:1, 4:], weight)).abs().max() < 1e-12
 
 
+def test_short_conv_packed_with_a_cache_continues_each_sequence():
+    """Packed sequences with a cache (decoding several prompts at once): each sequence's
+    outputs equal its own convolution, the cache keeps W-1 inputs per sequence, and later
+    calls (packed again, with sequences shorter than W-1, or a batch of one token each)
+    continue every sequence as if it had been run whole."""
+    torch.manual_seed(0)
+    weight = torch.randn(3, 5, 4, dtype=torch.float64)
+    whole = [torch.randn(1, n, 3, 5, dtype=torch.float64) for n in (6, 3, 9)]
+    cache = {}
+    done = [0, 0, 0]
+    for lengths in ((4, 1, 5), (1, 1, 3)):  # packed calls: 1-token sequences use the cache
+        parts = [seq[:, s:s + n] for seq, s, n in zip(whole, done, lengths)]
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+        out = nl.short_conv(torch.cat(parts, 1), weight, cu_seqlens=cu, cache=cache, key="c")
+        assert cache["c"].shape == (3, 3, 3, 5)
+        for i, (seq, s, n) in enumerate(zip(whole, done, lengths)):
+            reference = _conv_reference(seq[:, :s + n], weight)[:, s:]
+            assert (out[:, cu[i]:cu[i + 1]] - reference).abs().max() < 1e-12
+        done = [s + n for s, n in zip(done, lengths)]
+    step = torch.cat([seq[:, d:d + 1] for seq, d in zip(whole, done)])  # one token each
+    out = nl.short_conv(step, weight, cache=cache, key="c")
+    for i, (seq, d) in enumerate(zip(whole, done)):
+        assert (out[i] - _conv_reference(seq[:, :d + 1], weight)[0, d:]).abs().max() < 1e-12
+
+
 def test_head_matmul_shared_input_equals_per_head_products():
     torch.manual_seed(0)
     x = torch.randn(2, 7, 1, 6, dtype=torch.float64)

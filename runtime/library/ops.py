@@ -226,14 +226,9 @@ def _short_conv(x, weight, cu_seqlens, cache, key) -> torch.Tensor:
     width = weight.shape[-1]
     B, T, H, D = x.shape
     if cache is not None and width > 1:
-        past = cache.get(key)
-        if past is None:
-            past = x.new_zeros(x.shape[0], width - 1, *x.shape[2:])
-        elif past.shape[:1] + past.shape[2:] != x.shape[:1] + x.shape[2:]:
-            raise ValueError(f"the cache's convolution inputs {key!r} are {list(past.shape)}, "
-                             f"but this call's are [B, {width - 1}, H, D] = "
-                             f"{[B, width - 1, H, D]}: a cache continues only the batch and "
-                             "the layer (heads and sizes) that filled it")
+        if cu_seqlens is not None:
+            return _packed_conv_cached(x, weight, cu_seqlens, cache, key)
+        past = _conv_past(cache, key, x, B, width)
         x = torch.cat([past, x], dim=1)
         cache[key] = x[:, -(width - 1):]
     if cu_seqlens is None and H == weight.shape[0]:
@@ -251,6 +246,46 @@ def _short_conv(x, weight, cu_seqlens, cache, key) -> torch.Tensor:
         keep = (pos >= j).to(x.dtype)[None, :, None, None]
         out = out + shifted * keep * weight[..., width - 1 - j]
     return out[:, x.shape[1] - T:]
+
+
+def _conv_past(cache, key, x, rows: int, width: int) -> torch.Tensor:
+    """The W-1 inputs a cache holds before each of `rows` sequences, `[rows, W-1, H, D]`
+    (zeros where the cache has none yet)."""
+    past = cache.get(key)
+    if past is None:
+        return x.new_zeros(rows, width - 1, *x.shape[2:])
+    if past.shape != (rows, width - 1, *x.shape[2:]):
+        raise ValueError(f"the cache's convolution inputs {key!r} are {list(past.shape)}, "
+                         f"but this call's are [sequences, W-1, H, D] = "
+                         f"{[rows, width - 1, *x.shape[2:]]}: a cache continues only the "
+                         "sequences and the layer (heads and sizes) that filled it")
+    return past
+
+
+def _packed_conv_cached(x, weight, cu_seqlens, cache, key) -> torch.Tensor:
+    """The convolution of packed sequences (x `[1, T, H, D]`) continuing a cache that holds
+    each sequence's W-1 earlier inputs (`[sequences, W-1, H, D]`, as the memories' states are
+    kept one per sequence); the cache then holds each sequence's last W-1 inputs."""
+    width, T = weight.shape[-1], x.shape[1]
+    cu = cu_seqlens.to(x.device).long()
+    past = _conv_past(cache, key, x, len(cu) - 1, width)
+    pos = positions(T, cu, x.device)
+    seq = torch.searchsorted(cu[1:], torch.arange(T, device=x.device), right=True)
+    out = x * weight[..., width - 1]
+    for j in range(1, width):
+        shifted = F.pad(x, (0, 0, 0, 0, j, 0))[0, :T]
+        earlier = past[seq, (width - 1 - j + pos).clamp(max=width - 2)]  # before its start
+        term = torch.where((pos >= j)[:, None, None], shifted, earlier)
+        out = out + term[None] * weight[..., width - 1 - j]
+    lengths, rows = cu[1:] - cu[:-1], torch.arange(len(cu) - 1, device=x.device)
+    last = []
+    for i in range(width - 1):  # the i-th of the W-1 inputs kept: inputs or the cache's
+        back = width - 1 - i  # tokens before each sequence's end
+        idx = (cu[1:] - back).clamp(min=0)
+        last.append(torch.where((lengths >= back)[:, None, None], x[0, idx],
+                                past[rows, (i + lengths).clamp(max=width - 2)]))
+    cache[key] = torch.stack(last, dim=1)
+    return out
 
 
 def positions(T: int, cu_seqlens, device) -> torch.Tensor:

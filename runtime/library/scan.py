@@ -131,7 +131,9 @@ def _chunks(tokens: dict, size: int):
 
 def mid_chunk(state: State, every: int | None) -> bool:
     """Whether a saved state stopped inside a chunk (then only the recurrent form goes on)."""
-    return bool(every) and int(state.get(POSITION, 0)) % every != 0
+    position = state.get(POSITION, 0)
+    rows = position if isinstance(position, tuple) else (position,)
+    return bool(every) and any(int(p) % every != 0 for p in rows)
 
 
 SEGMENT = 16  # tokens per segment of a token loop recomputed in the backward pass
@@ -745,6 +747,8 @@ def weights_from(o: torch.Tensor, target: State, shapes: tuple[tuple[str, int, i
 def _slice(state, i: int):
     if isinstance(state, dict):
         return {name: _slice(s, i) for name, s in state.items()}
+    if isinstance(state, tuple):  # positions, one per row
+        return state[i]
     return state[i:i + 1] if torch.is_tensor(state) else state
 
 
@@ -754,24 +758,42 @@ def _join(parts: list):
         return {name: _join([p[name] for p in parts]) for name in first}
     if torch.is_tensor(first):
         return torch.cat(parts)
-    # positions: packed sequences end at different ones, so a joined state restarts chunks
-    return first if all(p == first for p in parts) else 0
+    # positions: packed sequences end at different ones, so the joined state keeps one per
+    # row (a tuple), and a later call runs its rows one by one (`varlen`)
+    rows = [r for p in parts for r in (p if isinstance(p, tuple) else (p,))]
+    return rows[0] if all(r == rows[0] for r in rows) else tuple(rows)
+
+
+def _rows_apart(state) -> bool:
+    """Whether a state's rows stand at different positions (left by packed sequences)."""
+    if isinstance(state, dict):
+        return any(_rows_apart(s) for s in state.values())
+    return isinstance(state, tuple)
 
 
 def varlen(run: Callable, tokens: dict, state: State, cu_seqlens):
     """Run `run(tokens, state) -> (out, final)` on each packed sequence of a `[1, T, ...]`
-    batch separately; states are `[N, ...]` for N sequences."""
-    if cu_seqlens is None:
+    batch separately; states are `[N, ...]` for N sequences. A batch whose rows a packed
+    call left at different positions inside their chunks runs row by row."""
+    if cu_seqlens is None and _rows_apart(state):
+        rows = next(iter(tokens.values())).shape[0]
+        parts = [({name: x[i:i + 1] for name, x in tokens.items()}, i) for i in range(rows)]
+    elif cu_seqlens is None:
         return run(tokens, state)
-    bounds = [int(b) for b in cu_seqlens.tolist()]
-    if next(iter(tokens.values())).shape[0] != 1:
-        raise ValueError("with cu_seqlens the batch size must be 1 (sequences packed along T)")
+    else:
+        if next(iter(tokens.values())).shape[0] != 1:
+            raise ValueError("with cu_seqlens the batch size must be 1 (sequences packed "
+                             "along T)")
+        parts = [({name: x[:, start:end] for name, x in tokens.items()}, i)
+                 for i, (start, end) in enumerate(itertools.pairwise(
+                     int(b) for b in cu_seqlens.tolist()))]
     outs, finals = [], []
-    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
-        part = {name: x[:, start:end] for name, x in tokens.items()}
+    for part, i in parts:
         out, final = run(part, _slice(state, i))
         outs.append(out)
         finals.append(final)
+    axis = 1 if cu_seqlens is not None else 0
     if isinstance(outs[0], dict):
-        return {name: torch.cat([o[name] for o in outs], 1) for name in outs[0]}, _join(finals)
-    return torch.cat(outs, 1), _join(finals)
+        return ({name: torch.cat([o[name] for o in outs], axis) for name in outs[0]},
+                _join(finals))
+    return torch.cat(outs, axis), _join(finals)
