@@ -72,7 +72,7 @@ def memory_step(state, inputs):
 
 
 def memory_initial_state(batch, heads, ref, d_head):
-    """Level `memory`'s default initial state (zeros; the layer passes its learned memory_M_W1_init, memory_M_W2_init)."""
+    """Level `memory`'s default initial state (zeros, a placeholder the op refuses; the layer passes its learned memory_M_W1_init, memory_M_W2_init)."""
     return {
         "M_W1": nl.init_state("zeros", (4 * d_head, d_head), batch, heads, ref),
         "M_W2": nl.init_state("zeros", (d_head, 4 * d_head), batch, heads, ref),
@@ -104,7 +104,6 @@ def memory_op(
         initial_state,
         cu_seqlens,
     )
-    d_head = dims["d_head"]
     tokens = {
         "q": nl.column(q),
         "k": nl.column(k),
@@ -114,7 +113,9 @@ def memory_op(
     }
     consts = {}
     if initial_state is None:
-        initial_state = memory_initial_state(batch, heads, tokens["q"], d_head)
+        raise ValueError(
+            "memory_op has no default initial_state: level 'memory' keeps its memory by a retention that is not finite at a state of zeros (kl takes its log, lq divides by a power of its norm); pass initial_state= (the layer passes its learned start)"
+        )
     state = dict(initial_state)
 
     def recurrent(tokens, state):

@@ -233,7 +233,9 @@ class LayerPrinter:
             anchors=repr(tuple(lp.anchors)), anchor_every=lp.anchor_every,
             read_kind=lp.read_kind, read_layout=READ_LAYOUT[lp.read_kind],
             read_before=lp.read_before, group=lp.group, parallel=lp.parallel,
-            default_init=(", ".join(sorted({s.init for s in lp.states})) or "an empty cache")
+            default_init=(", ".join(sorted({"zeros, a placeholder the op refuses"
+                                            if s.init == "given" else s.init
+                                            for s in lp.states})) or "an empty cache")
             + ("; the layer passes its learned "
                + ", ".join(s.learned.attr for s in lp.states if s.learned)
                if any(s.learned for s in lp.states) else ""),

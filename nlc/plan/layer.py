@@ -370,6 +370,8 @@ class _LayerPlanner:
         for name, S in rule.states:
             rows, cols = S.shape
             op_init = init if name in memory and init in ("zeros", "identity") else "zeros"
+            if name in memory and init == "learned" and _needs_a_start(level):
+                op_init = "given"  # the op's caller passes the start (the layer its learned one)
             learned = None
             if name in memory and init == "learned":
                 simplex = any(t.kind == "kl" for t in level.retentions)
@@ -565,3 +567,10 @@ def model_plan(spec, layers: list[LayerPlan]) -> ModelPlan:
     """The model of checked layers: check refused layers of two widths."""
     widths = {plan.name: {s.name: s.default for s in plan.sizes}["d_model"] for plan in layers}
     return ModelPlan(spec.name, tuple(spec.blocks), widths[spec.blocks[0]], spec.span.line)
+
+
+def _needs_a_start(level) -> bool:
+    """Whether a learned memory's retention is not finite at a state of zeros (kl takes its
+    log, lq with q != 2 divides by a power of its norm), so its op has no default start."""
+    return any(t.kind == "kl" or (t.kind == "lq" and t.get("q") != 2)
+               for t in level.retentions)

@@ -76,7 +76,7 @@ class StatePlan:
     name: str
     rows: object
     cols: object
-    init: str               # the op's default: zeros | identity
+    init: str               # the op's default: zeros | identity | given (none: the caller's)
     learned: LearnedState | None = None
 
 
@@ -153,8 +153,10 @@ class LevelPlan:
 
     @property
     def op_sizes(self) -> tuple[str, ...]:
-        """Every dim the op needs: its states' shapes and the numbers its rule uses."""
-        return _dims_of([x for st in self.states for x in (st.rows, st.cols)]
+        """Every dim the op needs: its default states' shapes and the numbers its rule
+        uses."""
+        return _dims_of([x for st in self.states if st.init != "given"
+                         for x in (st.rows, st.cols)]
                         + [sp.Symbol(d) for d in self.sizes])
 
     @property
