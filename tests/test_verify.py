@@ -694,3 +694,19 @@ def test_a_moment_of_squares_is_nearest_a_second_moment():
     levels = {lv.level: lv for r in _verify(text) for lv in r.levels}
     assert levels["belief"].nearest[0] == "adam_second_moment", levels["belief"].differs
     assert "(adam_second_moment: from g ⊙ g)" in levels["belief"].differs
+
+
+def test_a_gated_implicit_step_is_named_as_the_difference():
+    """Longhorn with a forget gate is Gated DeltaNet's point on every compared axis, and
+    identify said "the difference is in the algorithm, the read or an argument nlc does not
+    compare": the line names the implicit step, and the plain gradient step says the other."""
+    text = re.sub(r" claims \w+", "", (EXAMPLES / "longhorn.nl").read_text())
+    text = text.replace("beta = sigmoid(x @ w_beta)",
+                        "beta = sigmoid(x @ w_beta)\n    a = sigmoid(x @ w_beta + 3)")
+    gated = text.replace("retention none", "retention decay(a)")
+    (level,) = verify_module(parse(gated, "gated.nl"), "gated.nl")[0].levels
+    assert not level.matches
+    assert "an implicit step (gated_deltanet: a gradient step)" in level.differs, level.differs
+    explicit = gated.replace("algorithm implicit(lr = beta)", "algorithm gd(lr = beta)")
+    (level,) = verify_module(parse(explicit, "explicit.nl"), "explicit.nl")[0].levels
+    assert [m.entry.id for m in level.matches] == ["gated_deltanet"]  # the step was the difference

@@ -74,6 +74,9 @@ class CatalogEntry:
     ema: bool = False
     # an optimizer level whose data is the gradient's square g ⊙ g (a second moment)
     squares: bool = False
+    # the step the paper takes: a gradient step ("gd") or the implicit (proximal) one that
+    # solves for the new state (Longhorn); identify names a level that takes the other
+    step: str = "gd"
 
 
 def _I(n):
@@ -181,7 +184,8 @@ def _longhorn(r):
 entry(id="longhorn", title="Longhorn",
       citation="Liu et al., Longhorn: SSMs are Amortized Online Learners, arXiv:2407.14207 "
                "(2024), closed-form implicit update",
-      form="matrix", gate="none", needs=("k", "v", "beta"), family="delta", update=_longhorn)
+      form="matrix", gate="none", needs=("k", "v", "beta"), family="delta", update=_longhorn,
+      step="implicit")
 
 
 def _mesa(r: Roles):
@@ -220,7 +224,7 @@ entry(id="longhorn_channel", title="Longhorn with a beta per value channel",
                "value channel, beta_t in (0, 1)^d_v (before the paper's diagonal approximation "
                "of k k^T)",
       form="matrix", gate="none", needs=("k", "v", "beta"), family="elementwise",
-      update=_longhorn_channel, rate="row")
+      update=_longhorn_channel, rate="row", step="implicit")
 
 # ---------------------------------------------------------------- non-affine memories
 

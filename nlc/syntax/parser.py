@@ -122,10 +122,24 @@ def _syntax_error(err: UnexpectedInput, text: str) -> NlcError:
     if tok.type == "NUMBER":
         return NlcError(f"unexpected number '{shown}'", span, hint=hint)
     if shown.isidentifier():  # a keyword of the language
-        if "NAME" in err.expected:
+        brace = (_unclosed(text, tok.start_pos, "{", "}", whole=True)
+                 if "RBRACE" in err.expected else None)
+        if brace is not None and shown in _BLOCK_STARTS:  # `level` inside an unclosed block
+            line = text.count("\n", 0, brace) + 1
+            col = brace - (text.rfind("\n", 0, brace) + 1) + 1
+            hint = (f"the block opened by the '{{' at {line}:{col} is still open here: is its "
+                    f"'}}' missing? " + hint)
+        elif "NAME" in err.expected:
             hint += f" ('{shown}' is a keyword and cannot be used as a name)"
         return NlcError(f"unexpected keyword '{shown}'", span, hint=hint)
     return NlcError(f"unexpected '{shown}'", span, hint=hint)
+
+
+# keywords that begin a declaration or a block's statement: one inside a block that does not
+# take it most often means the block before it was left open
+_BLOCK_STARTS = {"layer", "model", "optimizer", "level", "context", "output", "dims", "hyper",
+                 "param", "transfer", "block", "state", "objective", "retention", "algorithm",
+                 "read", "apply"}
 
 
 def _unclosed(text: str, pos: int, open_: str = "(", close: str = ")",

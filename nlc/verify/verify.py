@@ -634,6 +634,15 @@ ENTRY_ORDER = {"delta": "before", "product": "before", "dplr": "parallel",
 GATED = frozenset({"decay", "weight_decay", "erase", "none"})
 
 
+STEP_WORDS = {"gd": "a gradient step", "implicit": "an implicit step"}
+
+
+def _step_kind(level) -> str | None:
+    """The level's step as the catalog names it ("gd", "implicit"), None for any other."""
+    kind = level.algorithm.kind if level.algorithm is not None else None
+    return kind if kind in STEP_WORDS else None
+
+
 def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[str]:
     """What the spec writes that the entry's update has otherwise and the compared axes do
     not see: the gate's order against the step (with a regression objective, where the
@@ -668,6 +677,9 @@ def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[s
     if entry.family == "nonparametric" and bool(window) != (entry.id == "sliding_window"):
         differ.append(f"a window of {window} tokens ({entry.id}: every token)" if window else
                       f"every token ({entry.id}: a window)")
+    step = _step_kind(level)
+    if step is not None and entry.kind == "layer" and step != entry.step:
+        differ.append(f"{STEP_WORDS[step]} ({entry.id}: {STEP_WORDS[entry.step]})")
     if level.algorithm is not None and level.algorithm.kind == "newton_schulz":
         differ.append(f"its step orthogonalized by Newton-Schulz ({entry.id}: a gradient "
                       "step)")
@@ -703,6 +715,9 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
             distance += len(_mlp_parts(e, rule)) - AXIS_WEIGHTS["form"]
         if e.retention and e.retention not in retentions:  # Memora's kl: a whole geometry
             distance += 1.5
+        step = _step_kind(spec.graph.level(rule.level))
+        if step is not None and e.kind == "layer" and step != e.step:
+            distance += 1  # a gradient step and an implicit one: another update
         if squared is not None and squared != e.squares:
             distance += 0.5  # a moment of squares (AdaBelief's (g - m)^2) is a second moment
         if "objective" in diffs and {mine["objective"], theirs["objective"]} <= REGRESSION:
@@ -717,8 +732,9 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     front, back = _role_differences(rule, spec, level, first)
     written = front + _written_differences(level, first, rule) + back
     if not diffs:
-        line = f"{first.title} on every axis nlc compares, but " + (
-            "; ".join(written) if written else _objective_arguments(level.objective, first))
+        line = (f"{first.title} but for " + "; ".join(written) if written else
+                f"{first.title} on every axis nlc compares, but "
+                + _objective_arguments(level.objective, first))
     else:  # the axes that differ, then what the spec writes otherwise beyond them
         added = [p for p in diffs.values() if p.startswith(("+", "without "))]
         other = [p for p in diffs.values() if p not in added]
