@@ -40,16 +40,19 @@ def weights(run):
 
 def test_muon_trains_matrices_and_adamw_the_vectors(tmp_path):
     from nlc.runtime.trainer.model import LanguageModel
-    from nlc.runtime.trainer.optim import build_optimizer
-    config = dataclasses.replace(tiny(tmp_path / "x"), vocab_size=64)
+    from nlc.runtime.trainer.optim import build_optimizer, decays
+    config = dataclasses.replace(tiny(tmp_path / "x"), vocab_size=64,
+                                 spec=str(EXAMPLES / "deltanet.nl"))
     given = factories_for(config)
     model = LanguageModel(config, given["mixer_factory"], given["mlp_factory"])
     optimizer = build_optimizer(model, config, given["optimizer_class"])
     assert isinstance(optimizer, SpecWithAdamW) and type(optimizer.spec).__name__ == "Muon"
     by_spec = {id(p) for g in optimizer.spec.param_groups for p in g["params"]}
     by_adamw = {id(p) for g in optimizer.adamw.param_groups for p in g["params"]}
+    matrices = decays(model)  # a layer's per-head [d_model] is a vector, [heads, d_model]
+    assert any(p.dim() == 2 and not matrices[p] for p in model.parameters())
     for p in model.parameters():
-        assert (id(p) in by_spec) == (p.dim() == 2) and (id(p) in by_adamw) == (p.dim() < 2)
+        assert (id(p) in by_spec) == matrices[p] and (id(p) in by_adamw) == (not matrices[p])
 
 
 def test_a_muon_run_resumes_exactly(tmp_path):

@@ -60,7 +60,7 @@ def build_optimizer(model: torch.nn.Module, config,
                    {"params": no_decay, "weight_decay": 0.0, "every": every}]
     if optimizer_class is not None and optimizer_class.__module__.startswith("nlc_generated_"):
         from nlc.runtime.trainer.spec_optim import build_spec_optimizer  # compiled from a spec
-        return build_spec_optimizer(groups, config, optimizer_class)
+        return build_spec_optimizer(groups, config, optimizer_class, decayed)
     if optimizer_class is not None:  # a class of the caller's: all parameters, as given
         return optimizer_class(groups, lr=config.lr)
     # foreach=False: one parameter at a time, the same arithmetic on every machine

@@ -30,10 +30,12 @@ def needs_recorder(cls: type[torch.optim.Optimizer]) -> bool:
     return "recorder" in inspect.signature(cls.step).parameters
 
 
-def accepts(cls: type[torch.optim.Optimizer], param: torch.Tensor) -> bool:
+def accepts(cls: type[torch.optim.Optimizer], param: torch.Tensor, matrix: bool) -> bool:
     """Whether `cls` takes `param`: every parameter, or only matrices for a class that
-    orthogonalizes them (`matrices_only`, set by the compiler)."""
-    return not getattr(cls, "matrices_only", False) or param.dim() >= 2
+    orthogonalizes them (`matrices_only`, set by the compiler). `matrix`: whether the
+    parameter is one (optim.decays: a generated layer's `[d_model]` is a `[heads, d_model]`
+    tensor, a vector per head, not a matrix)."""
+    return not getattr(cls, "matrices_only", False) or matrix
 
 
 def try_step(cls: type[torch.optim.Optimizer], shape: torch.Size, name: str,
@@ -104,8 +106,15 @@ class SpecWithAdamW(torch.optim.Optimizer):
         return loss
 
 
-def build_spec_optimizer(groups: list, config, spec_class) -> torch.optim.Optimizer:
-    """Split each level's group (`every` kept) between the spec's class and AdamW."""
+def build_spec_optimizer(groups: list, config, spec_class,
+                         matrices: dict | None = None) -> torch.optim.Optimizer:
+    """Split each level's group (`every` kept) between the spec's class and AdamW.
+    `matrices`: parameter -> whether it is a matrix (optim.decays; by the tensor's rank where
+    it is not given)."""
+    matrices = matrices or {}
+
+    def matrix(p) -> bool:
+        return matrices.get(p, p.dim() >= 2)
     if needs_recorder(spec_class):
         raise NlcError(f"{config.optimizer}: {spec_class.__name__} updates each nn.Linear "
                        "weight from the layer's inputs and output gradients, one sample at a "
@@ -121,15 +130,16 @@ def build_spec_optimizer(groups: list, config, spec_class) -> torch.optim.Optimi
                        f"hypers are {', '.join(hypers) or 'none'}",
                        hint="name the spec's step size lr (hyper lr = ...)")
     spec_groups, adamw_groups = [], []
-    for shape in {p.shape for g in groups for p in g["params"] if accepts(spec_class, p)}:
+    for shape in {p.shape for g in groups for p in g["params"]
+                  if accepts(spec_class, p, matrix(p))}:
         try_step(spec_class, shape, config.optimizer, config.lr)
     for group in groups:
-        takes = [p for p in group["params"] if accepts(spec_class, p)]
-        rest = [p for p in group["params"] if not accepts(spec_class, p)]
+        takes = [p for p in group["params"] if accepts(spec_class, p, matrix(p))]
+        rest = [p for p in group["params"] if not accepts(spec_class, p, matrix(p))]
         if takes:
             spec_groups.append({"params": takes, "every": group["every"]})
-        decay = [p for p in rest if p.dim() >= 2]
-        no_decay = [p for p in rest if p.dim() < 2]
+        decay = [p for p in rest if matrix(p)]
+        no_decay = [p for p in rest if not matrix(p)]
         for params, weight_decay in ((decay, config.weight_decay), (no_decay, 0.0)):
             if params:
                 adamw_groups.append({"params": params, "weight_decay": weight_decay,
