@@ -467,7 +467,8 @@ def test_a_diverging_model_spec_is_located_and_saved(tmp_path, capsys):
     out = tmp_path / "boom_model"
     err = _diverge(BOOM.replace("RATE", "100000") + "\nmodel Twice {\n  block Boom -> Boom\n}\n",
                    out, capsys)
-    assert "the first non-finite output is blocks.0.mixer's" in err and "internal" not in err
+    assert "the first non-finite output is blocks.0.mixer's (its layer 0, Boom); level(s)" in err
+    assert "internal" not in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000000"]
 
 

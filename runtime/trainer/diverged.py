@@ -64,7 +64,17 @@ def nonfinite_levels(mixer: torch.nn.Module, x: torch.Tensor) -> list[str] | Non
 
 def _where(module: torch.nn.Module, x: torch.Tensor) -> str:
     """Which levels of a generated layer reached a non-finite state; where none did, that
-    the reads or the output made the values (a division by a norm that is zero)."""
+    the reads or the output made the values (a division by a norm that is zero). In a
+    generated model (`model Name { block A -> B }`: its layers and norms inside), its first
+    layer whose output is not finite, and that layer's levels."""
+    if getattr(module, "residual", False) and hasattr(module, "layers"):
+        for j, (norm, layer) in enumerate(zip(module.norms, module.layers)):
+            h = norm(x)
+            out = first_output(layer(h))
+            if not _finite(out):
+                return f" (its layer {j}, {type(layer).__name__}){_where(layer, h)}"
+            x = x + out
+        return ""
     levels = nonfinite_levels(module, x)
     if levels:
         return f"; level(s) {', '.join(levels)} reached a non-finite state"
