@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ def parse(description: str, skip_torch: bool = False):
 def hope_module():
     spec = importlib.util.spec_from_file_location("hope_generated", ROOT / "generated/hope.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # compiled chunks: Dynamo imports the module by name
     spec.loader.exec_module(module)
     return module
 

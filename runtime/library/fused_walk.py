@@ -12,9 +12,9 @@ transitions, drives and read) and the walk token by token (`walk_reference`, the
 mathematics), and compares every read and last state. A level that differs anywhere keeps
 its chunked form, as one that was never named.
 
-The kernels run where asked: NLC_WALK_KERNEL=1 on CUDA tensors (not yet on by default: they
-have not been timed on a GPU), any device with NLC_TRITON=force (how the tests run them under
-TRITON_INTERPRET=1)."""
+The kernels run where asked: NLC_WALK_KERNEL=1 on CUDA tensors (not by default: on an H100
+they are 1.30x slower than the PyTorch chunked form, docs/perf.md's twenty-third batch), any
+device with NLC_TRITON=force (how the tests run them under TRITON_INTERPRET=1)."""
 
 from __future__ import annotations
 
