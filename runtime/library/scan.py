@@ -746,29 +746,35 @@ def weights_from(o: torch.Tensor, target: State, shapes: tuple[tuple[str, int, i
 
 def _slice(state, i: int):
     if isinstance(state, dict):
-        return {name: _slice(s, i) for name, s in state.items()}
-    if isinstance(state, tuple):  # positions, one per row
-        return state[i]
+        return {name: s[i] if name == POSITION and isinstance(s, tuple) else _slice(s, i)
+                for name, s in state.items()}
     return state[i:i + 1] if torch.is_tensor(state) else state
 
 
 def _join(parts: list):
     first = parts[0]
     if isinstance(first, dict):
-        return {name: _join([p[name] for p in parts]) for name in first}
+        return {name: _join_positions([p[name] for p in parts]) if name == POSITION
+                else _join([p[name] for p in parts]) for name in first}
     if torch.is_tensor(first):
         return torch.cat(parts)
-    # positions: packed sequences end at different ones, so the joined state keeps one per
-    # row (a tuple), and a later call runs its rows one by one (`varlen`)
+    return first
+
+
+def _join_positions(parts: list):
+    """Packed sequences end at different positions inside their chunks: the joined state
+    keeps one per row (a tuple) where they differ, and a later call runs its rows one by one
+    (`varlen`)."""
     rows = [r for p in parts for r in (p if isinstance(p, tuple) else (p,))]
     return rows[0] if all(r == rows[0] for r in rows) else tuple(rows)
 
 
 def _rows_apart(state) -> bool:
     """Whether a state's rows stand at different positions (left by packed sequences)."""
-    if isinstance(state, dict):
-        return any(_rows_apart(s) for s in state.values())
-    return isinstance(state, tuple)
+    if not isinstance(state, dict):
+        return False
+    return isinstance(state.get(POSITION), tuple) or any(_rows_apart(s)
+                                                          for s in state.values())
 
 
 def varlen(run: Callable, tokens: dict, state: State, cu_seqlens):
