@@ -342,3 +342,27 @@ def test_the_keywords_docs_list_are_the_grammars_and_none_can_be_defined():
         refused = rf"'{word}' is a (Python )?keyword|unexpected keyword '{word}'"
         with pytest.raises(NlcError, match=refused):
             pipeline.run("deltanet.nl", "check", {}, text=spec)
+
+
+def test_a_name_that_begins_with_a_keyword_is_one_name():
+    """`read after_gate * S(q)` lexed as `read after _gate * S(q)`, a read after the write of
+    another value, in silence; `token_emb` was "unexpected keyword 'token'"."""
+    text = EXAMPLES.joinpath("deltanet.nl").read_text()
+    gated = text.replace("beta = sigmoid(x @ w_beta)",
+                         "beta = sigmoid(x @ w_beta)\n    after_gate = sigmoid(x @ w_beta)\n"
+                         "    token_emb = beta")
+    gated = gated.replace("read S(q)", "read after_gate * S(q)")
+    gated = gated.replace("gd(lr = beta)", "gd(lr = token_emb)")
+    assert "read after_gate * S(q)" in gated and "token_emb)" in gated
+    level = next(iter(pipeline.run("gated.nl", "check", {}, text=gated))).levels[0]
+    assert not level.read_before and not level.read_start  # the default time
+    assert "Name(id='after_gate')" in repr(level.read), level.read
+
+
+@pytest.mark.parametrize("name", ["__m", "__dk", "__W"])
+def test_names_python_would_mangle_are_refused(name):
+    """`__m` inside a generated class body is renamed `_Class__m` by Python: a level named so
+    compiled and failed at import (NameError), a dim so named could not be passed."""
+    text = EXAMPLES.joinpath("deltanet.nl").read_text().replace("W_o", name)
+    with pytest.raises(NlcError, match="may not start with two underscores"):
+        pipeline.run("deltanet.nl", "check", {}, text=text)

@@ -172,6 +172,12 @@ class LevelChecker:
             if not size.is_integer() or size < 1:
                 raise NlcError(f"gradient chunk must be a positive whole number, got {size:g}",
                                stmt.chunk.span)
+            if size > vocab.MAX_GRAD_CHUNK:
+                shown = f"{int(size)}" if size < 1e15 else f"{size:.4g}"
+                raise NlcError(f"gradient chunk {shown} is larger than {vocab.MAX_GRAD_CHUNK}: "
+                               f"its chunked form holds [chunk, chunk] products per head",
+                               stmt.chunk.span, hint="Titans and TTT take mini-batches of 16 "
+                               "to 64 tokens")
             if unit != Frequency.TOKEN or period != 1:
                 raise NlcError("'gradients at chunk(b)' needs a level that updates every token",
                                stmt.chunk.span,

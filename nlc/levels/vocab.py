@@ -68,6 +68,9 @@ PRED, TARGET = Arg("prediction", ArgKind.EXPR), Arg("target", ArgKind.EXPR)
 SCALE = Arg("scale", ArgKind.NUMBER, 1.0, **POSITIVE)
 WEIGHT = Arg("weight", ArgKind.EXPR, None)  # per-token weight of the loss (non-parametric kernel)
 MAX_WINDOW = 16  # omega windows are unrolled symbolically, a term per token (derive/engine.py)
+# a gradient chunk's forms hold [C, C] products per head (the masked reads of the dual form):
+# 4096 is 16M numbers per head and sequence, beyond any published mini-batch (16 to 64)
+MAX_GRAD_CHUNK = 4096
 
 # ------------------------------------------------------------------ memory forms
 FORMS: dict[str, Entry] = dict([

@@ -17,14 +17,18 @@ _BUILTINS = frozenset(dir(builtins))
 
 
 def check_identifier(name: str, span: Span, *, defining: bool) -> None:
-    """Reject names that are not plain ASCII identifiers, are too long, are dunders or
-    Python keywords, and (for names the spec defines) shadow a Python builtin."""
+    """Reject names that are not plain ASCII identifiers, are too long, start with two
+    underscores (dunders, and names Python mangles in a class body) or are Python keywords, and (for names the spec defines) shadow a Python builtin."""
     if not (name.isascii() and name.isidentifier()):
         raise NlcError(f"'{name}' is not an ASCII identifier", span)
     if len(name) > MAX_NAME_LENGTH:
         raise NlcError(f"name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}", span)
     if name.startswith("__") and name.endswith("__"):
         raise NlcError(f"'{name}': names of the form __x__ are reserved", span)
+    if name.startswith("__"):  # Python renames `__x` inside a class body to `_Class__x`
+        raise NlcError(f"'{name}': a name may not start with two underscores (Python mangles "
+                       f"such names inside the generated classes)", span,
+                       hint=f"rename it, e.g. '{name.lstrip('_') or 'x'}'")
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise NlcError(f"'{name}' is a Python keyword and cannot be used as a name", span,
                        hint=f"rename it, e.g. '{name}_'")

@@ -43,7 +43,12 @@ def language_keywords() -> frozenset[str]:
     """The words the grammar spells out (`layer`, `level`, `tokens`...): some lex as names
     where only a name can follow, so the checker refuses them as names (docs/language.md,
     section 1)."""
-    return frozenset(re.findall(r'"([A-Za-z_]+)"', _grammar_text()))
+    text = _grammar_text()
+    spelled = re.findall(r'"([A-Za-z_]+)"', text)
+    # and the words of the terminals written as patterns ending at a word's end: UNIT's
+    # `/(tokens|token|steps|step)(?![A-Za-z0-9_])/`, READ_WHEN's
+    alternatives = re.findall(r"/\(([A-Za-z_|]+)\)\(\?!", text)
+    return frozenset(spelled + [w for a in alternatives for w in a.split("|")])
 
 
 _comment_sinks: list[list[tuple[int, str]]] = []
