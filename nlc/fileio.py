@@ -43,13 +43,21 @@ def read_spec(path: str) -> str:
         raise NlcError(f"not UTF-8 text (byte {err.start})", path=path) from None
 
 
+MAX_TEXT_BYTES = 16 << 20  # a config or a summary is a few KiB
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     """A UTF-8 text file (a config, a summary), or an error naming it and saying why it cannot
-    be read: missing, unreadable, or bytes that are not UTF-8."""
+    be read: missing, unreadable, not a regular file (`/dev/zero`, a FIFO), larger than
+    MAX_TEXT_BYTES, or bytes that are not UTF-8."""
     try:
-        data = Path(path).read_bytes()
+        data = read_bounded(str(path), MAX_TEXT_BYTES)
     except OSError as err:
         raise NlcError(f"{path}: cannot read {what} ({err.strerror})") from None
+    if data is None:
+        raise NlcError(f"{path}: {what} is not a regular file (a device, FIFO or socket)")
+    if len(data) > MAX_TEXT_BYTES:
+        raise NlcError(f"{path}: {what} is larger than {MAX_TEXT_BYTES >> 20} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

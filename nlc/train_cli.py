@@ -123,7 +123,8 @@ def _keys_in_config_file(args) -> set[str]:
     refusing one that is not a JSON object)."""
     if not args.config:
         return set()
-    return set(json.loads(Path(args.config).read_text(encoding="utf-8")))
+    from nlc.fileio import read_text
+    return set(json.loads(read_text(args.config, "config")))
 
 
 def config_from_args(args):

@@ -589,3 +589,34 @@ def test_eval_of_an_lm_run_whose_files_moved_takes_them_from_lm_files(tmp_path, 
     moved = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert moved["loss"] == pytest.approx([r for r in logged if r["kind"] == "eval"][-1]["loss"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_special_files_in_place_of_a_run_s_files_are_refused_not_read(tmp_path, capsys):
+    """A run's config.json, a --config file or a checkpoint's state.json that is a FIFO hung
+    for ever, and /dev/zero read until memory ran out: each is refused as not a regular
+    file, exit status 2."""
+    from nlc.runtime.trainer.checkpoint import read_checkpoint
+    from nlc.runtime.trainer.progress import read_metrics
+
+    from nlc.errors import NlcError
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)
+    os.mkfifo(run / "config.json")
+    os.mkfifo(run / "checkpoints" / "step_00000001" / "state.json")
+    os.mkfifo(run / "metrics.jsonl")
+    assert main(["eval", str(run)]) == 2
+    assert "config is not a regular file" in capsys.readouterr().err
+    assert main(["train", "--config", str(run / "config.json"), "--out",
+                 str(tmp_path / "new")]) == 2
+    assert "config is not a regular file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(NlcError, match="not a regular file"):
+        read_checkpoint(run / "checkpoints" / "step_00000001")
+    with pytest.raises(NlcError, match="not a regular file"):
+        read_metrics(run / "metrics.jsonl")
+    if os.path.exists("/dev/zero"):
+        (run / "config.json").unlink()
+        (run / "config.json").symlink_to("/dev/zero")
+        assert main(["eval", str(run)]) == 2
+        assert "config is not a regular file" in capsys.readouterr().err

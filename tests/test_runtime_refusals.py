@@ -168,6 +168,39 @@ def test_edited_state_values_are_refused(run, change, message, capsys):
     refused(["train", "builtin:attention", *TINY, "--out", str(run), "--resume"], capsys, message)
 
 
+def set_group(key, value):
+    return lambda s: s["optimizer"]["param_groups"][0].__setitem__(key, value)
+
+
+def first_scalar(name, value):
+    return lambda s: s["optimizer"]["scalars"].__setitem__("0", {name: value})
+
+
+@pytest.mark.parametrize("change, message", [
+    (set_group("betas", "xx"), "'optimizer.param_groups[0].betas' is 'xx'"),
+    (set_group("eps", "abc"), "'optimizer.param_groups[0].eps' is 'abc'"),
+    (set_group("maximize", True), "'optimizer.param_groups[0].maximize' is True"),  # ascent
+    (set_group("every", 10 ** 30), "'optimizer.param_groups[0].every' is 10000"),  # frozen
+    (set_group("amsgrad", None), "'optimizer.param_groups[0].amsgrad' is None"),
+    (lambda s: s["optimizer"]["param_groups"][0].pop("weight_decay"), "has settings"),
+    (lambda s: s["optimizer"]["param_groups"][0].__setitem__(
+        "params", [0] * len(s["optimizer"]["param_groups"][0]["params"])),
+     "'optimizer.param_groups[0].params' must be [0, 1"),
+    (first_scalar("exp_avg", 5), "'optimizer.scalars.0.exp_avg' is also a tensor"),
+    (first_scalar("count", "x"), "'optimizer.scalars.0.count' must be a finite number"),
+    (lambda s: s["rng"]["python"].__setitem__(0, 10 ** 30), "'rng.python' is not a state"),
+])
+def test_edited_optimizer_settings_are_refused_at_resume(run, change, message, capsys):
+    """Each crashed the resume with an internal error, or (maximize, every) trained on in
+    silence with the loss climbing or a level frozen; refused, naming the field, and the run
+    folder left as it was."""
+    edit_state(run, change)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    refused(["train", "builtin:attention", *TINY, "--out", str(run), "--resume"], capsys,
+            "state.json: corrupt checkpoint metadata", message)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def rename_first_key(tensors):
     key = next(iter(tensors))
     tensors["bogus"] = tensors.pop(key)

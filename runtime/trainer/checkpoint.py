@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -34,6 +35,7 @@ from nlc.runtime.trainer.checkpoint_state import TENSOR_FILES, check_optimizer_t
 
 from nlc import __version__
 from nlc.errors import NlcError
+from nlc.fileio import read_text
 
 FORMAT = "nlc-checkpoint/1"
 
@@ -195,10 +197,11 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
             f"{path.parent} holds {', '.join(siblings[-3:])}" if siblings else
             "a checkpoint is a folder RUN/checkpoints/step_NNNNNNNN"))
     if not state_file.is_file():
-        raise NlcError(f"{state_file}: missing; {path} is not a complete checkpoint")
+        why = "not a regular file" if state_file.exists() else "missing"
+        raise NlcError(f"{state_file}: {why}; {path} is not a complete checkpoint")
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        state = json.loads(read_text(state_file, "checkpoint metadata"))
+    except json.JSONDecodeError as err:
         raise NlcError(f"{state_file}: corrupt or truncated checkpoint metadata "
                        f"({err.__class__.__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -238,7 +241,8 @@ def read_checkpoint(path: str | Path, config=None, spec_sha256: str | None = Non
     check_optimizer_tensors(path / "optimizer.safetensors", tensors["optimizer.safetensors"],
                             state["optimizer"]["param_shapes"])
     return Checkpoint(path, state, tensors["model.safetensors"],
-                      rebuild_optimizer_state(state["optimizer"], tensors["optimizer.safetensors"]))
+                      rebuild_optimizer_state(state["optimizer"], tensors["optimizer.safetensors"],
+                                              state_file))
 
 
 def check_file(path: Path, expected: dict) -> None:
@@ -314,12 +318,17 @@ def check_side_specs(state_file: Path, state: dict, config, side_specs: dict) ->
                 + "; to train the changed spec, choose another --out")
 
 
-def rebuild_optimizer_state(saved: dict, tensors: dict) -> dict:
+def rebuild_optimizer_state(saved: dict, tensors: dict, where: Path) -> dict:
     state: dict = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     for index, entries in saved["scalars"].items():
+        both = sorted(set(entries) & set(state.get(int(index), {})))
+        if both:  # a number standing in for a tensor of the optimizer's state
+            raise NlcError(f"{where}: corrupt checkpoint metadata: "
+                           f"'optimizer.scalars.{index}.{both[0]}' "
+                           f"is also a tensor of parameter {index} in optimizer.safetensors")
         state.setdefault(int(index), {}).update(entries)
     return {"state": state, "param_groups": saved["param_groups"]}
 
@@ -392,6 +401,55 @@ def check_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) ->
     if saved["param_shapes"] != shapes or [len(g["params"]) for g in saved["param_groups"]] != sizes:
         raise NlcError(f"{where}: optimizer state for other parameters "
                        f"({len(saved['param_shapes'])} saved, {len(shapes)} now, or other shapes)")
+    check_groups(checkpoint.path / "state.json", saved, optimizer)
+
+
+# group settings a resume takes from the checkpoint as saved: the learning rate (the
+# schedule's) and its starting value
+SCHEDULED = ("lr", "initial_lr")
+
+
+def check_groups(where: Path, saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """The saved parameter groups against this run's optimizer, built from the same config:
+    each group lists its parameters in order, has the same settings, each a value of the same
+    kind (a finite number, a list of as many, or a flag or None equal to this run's: a saved
+    `maximize: true` would climb the loss, `every` freeze a level), and each parameter's
+    non-tensor state (`scalars`) finite numbers not named like its tensors."""
+    def refuse(what: str):
+        raise NlcError(f"{where}: corrupt checkpoint metadata: {what}")
+    start = 0
+    for i, (theirs, mine) in enumerate(zip(saved["param_groups"], optimizer.param_groups)):
+        if theirs["params"] != list(range(start, start + len(mine["params"]))):
+            refuse(f"'optimizer.param_groups[{i}].params' must be "
+                   f"{list(range(start, start + len(mine['params'])))}")
+        start += len(mine["params"])
+        keys = set(mine) - {"params"}
+        if set(theirs) - {"params"} - set(SCHEDULED) != keys - set(SCHEDULED):
+            refuse(f"'optimizer.param_groups[{i}]' has settings "
+                   f"{sorted(set(theirs) - {'params'})}, this run's optimizer "
+                   f"{sorted(keys)}")
+        for key in sorted(keys - set(SCHEDULED)):
+            if not _same_kind(theirs[key], mine[key]):
+                refuse(f"'optimizer.param_groups[{i}].{key}' is {theirs[key]!r}; this run's "
+                       f"optimizer has {mine[key]!r}")
+    for index, values in saved["scalars"].items():
+        for name, value in values.items():
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):
+                refuse(f"'optimizer.scalars.{index}.{name}' must be a finite number")
+
+
+def _same_kind(saved, mine) -> bool:
+    """Whether a saved group setting can stand for this run's: numbers for numbers (finite),
+    lists of as many numbers for tuples, anything else (flags, None, the period) equal."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(mine, (tuple, list)):
+        return isinstance(saved, (tuple, list)) and len(saved) == len(mine) and all(
+            number(a) for a in saved)
+    if number(mine) and not (isinstance(mine, int) and not isinstance(mine, bool)):
+        return number(saved)
+    return saved == mine and type(saved) is type(mine)
 
 
 def class_key(name: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import random
 from pathlib import Path
 
 import torch
@@ -119,7 +120,8 @@ def _check_rng(rng, refuse) -> None:
     if len(_decode(rng.get("torch"), refuse, "rng.torch")) != size:
         refuse(f"'rng.torch' must decode to {size} bytes")
     python = rng.get("python")
-    if not (isinstance(python, list) and len(python) == 3 and _whole(python[0])
+    if not (isinstance(python, list) and len(python) == 3
+            and python[0] == random.getstate()[0] and _whole(python[0])
             and isinstance(python[1], list) and len(python[1]) == MT_STATE_WORDS
             and all(_whole(w) and w < 2 ** 32 for w in python[1][:-1])
             and _whole(python[1][-1]) and python[1][-1] <= MT_STATE_WORDS - 1

@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 
 from nlc.errors import NlcError
+from nlc.fileio import read_bounded
+
+MAX_CORPUS_FILE_BYTES = 8 << 30  # one --lm-files file, read whole
 
 
 def stdlib_sources() -> list[Path]:
@@ -70,9 +73,16 @@ def read_bytes(files: list[Path]) -> torch.Tensor:
     chunks = []
     for path in files:
         try:
-            chunks.append(path.read_bytes() + b"\n")
+            data = read_bounded(str(path), MAX_CORPUS_FILE_BYTES)
         except OSError as err:
             raise NlcError(f"{path}: cannot read ({err.strerror})") from None
+        if data is None:
+            raise NlcError(f"{path}: not a regular file (a device, FIFO or socket)")
+        if len(data) > MAX_CORPUS_FILE_BYTES:
+            raise NlcError(f"{path}: larger than {MAX_CORPUS_FILE_BYTES >> 30} GiB, which "
+                           "--lm-files reads whole into memory",
+                           hint="split it into smaller files, or train on a part")
+        chunks.append(data + b"\n")
     return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
 
 

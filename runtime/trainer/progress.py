@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 from nlc.errors import NlcError
+from nlc.fileio import read_bounded
+
+MAX_METRICS_BYTES = 1 << 30  # a metrics.jsonl of a long run is a few MiB
 
 
 def format_duration(seconds: float) -> str:
@@ -123,9 +126,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     (a killed writer), and as it, bytes that are not UTF-8 JSON, a JSON value that is not an
     object, or a "step" that is not a whole number."""
     try:
-        data = Path(path).read_bytes()
+        data = read_bounded(str(path), MAX_METRICS_BYTES)
     except OSError as err:
         raise NlcError(f"{path}: cannot read the run's metrics ({err.strerror})") from None
+    if data is None or len(data) > MAX_METRICS_BYTES:
+        raise NlcError(f"{path}: the run's metrics are not a regular file of at most "
+                       f"{MAX_METRICS_BYTES >> 30} GiB")
     records = []
     for line in data.splitlines():
         try:
