@@ -33,6 +33,8 @@ def refused(argv, capsys, *expected: str) -> str:
 
 @pytest.mark.parametrize("flags, message", [
     (["--lr", "nan"], "lr must be a finite number, got nan"),
+    (["--n-layers", "10000000"], "--n-layers must be at most 4096, got 10000000"),
+    (["--eval-examples", "1000000000"], "--eval-examples must be at most 16777216"),
     (["--lr", "1e300"], "lr must be positive and at most 1e+06, got 1e+300"),
     (["--lr", "1e38"], "lr must be positive and at most 1e+06, got 1e+38"),
     (["--beta1", "2"], "beta1 must be in [0, 1), got 2.0"),

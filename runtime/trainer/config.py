@@ -16,6 +16,11 @@ from nlc.errors import NlcError
 TASKS = ("mqar", "niah", "lm")
 # Above this no optimizer step is meaningful, and Adam overflows float32 well before 1e38.
 MAX_LR = 1e6
+# sizes beyond any run one machine can hold (a config.json is a file anyone may edit: 10^7
+# layers ended in an allocator's bad_alloc, 10^9 eval examples ran for hours)
+MAX_SIZES = {"d_model": 1 << 20, "n_layers": 1 << 12, "batch_size": 1 << 20,
+             "seq_len": 1 << 24, "vocab_size": 1 << 24, "mlp_ratio": 1 << 8,
+             "eval_examples": 1 << 24, "steps": 1 << 40, "keep_last": 1 << 20}
 
 # Fields that fix the shapes of the weights and optimizer state: a checkpoint written under
 # other values cannot be loaded, and resuming refuses it (runtime/trainer/checkpoint.py).
@@ -134,6 +139,9 @@ class TrainConfig:
         for name in ("warmup", "eval_interval", "checkpoint_interval", "vocab_size", "mlp_ratio"):
             if getattr(self, name) < 0:
                 raise NlcError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name, most in MAX_SIZES.items():  # a config.json is a file anyone may edit
+            if getattr(self, name) > most:
+                raise NlcError(f"{name} must be at most {most}, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
