@@ -66,6 +66,7 @@ class NlcError(Exception):
                     text, col = text[start:start + 160], span.column - start
                 else:
                     col = span.column
+                width = max(1, min(width, len(text) - col + 1))  # the caret stays under the text
                 lines.append(f"  {text}")
                 lines.append("  " + " " * (col - 1) + "^" * width)
         if self.hint:

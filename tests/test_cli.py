@@ -377,7 +377,7 @@ def test_a_leading_byte_order_mark_is_read_past(tmp_path, good):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("stem", ["torch", "import", "math"])
+@pytest.mark.parametrize("stem", ["torch", "import", "math", "typing_extensions", "__init__"])
 def test_compiled_spec_never_shadows_a_module_or_is_a_keyword(tmp_path, good, stem):
     """torch.nl's module beside the other generated files would shadow torch for them
     (import torch then finds it), import.nl's could not be imported by name: both get

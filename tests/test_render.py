@@ -44,6 +44,14 @@ def test_render_long_line_is_windowed():
     assert shown[caret.index("^")] == "$"
 
 
+def test_render_long_span_on_a_long_line_stays_in_the_window():
+    """A 100,000-character span (a chain of unary minus) printed a caret line as long."""
+    source = "a = " + "-" * 100_000 + "x"
+    err = NlcError("m", Span(1, 5, 1, 100_005), path="f", source=source)
+    _, shown, caret = err.render().splitlines()
+    assert len(caret) <= len(shown) <= 2 + 160
+
+
 def test_located_keeps_the_first_path():
     err = NlcError("m", Span(1, 1, 1, 2)).located("a.nl", "x")
     assert err.located("b.nl", "y").path == "a.nl"

@@ -166,16 +166,25 @@ def render(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
 
 
-# top-level packages the generated code, the runtime and the compiler import, which a module
-# of the same name beside them would shadow (the standard library's are in sys)
-IMPORTED = frozenset({"torch", "triton", "nlc", "numpy", "sympy", "networkx", "lark", "jinja2"})
+# top-level packages the generated code, the runtime and the compiler import, and those they
+# import in turn, which a module of the same name beside them would shadow (the standard
+# library's are in sys). A fixed list, so that a spec's module name does not depend on what
+# the machine has installed.
+IMPORTED = frozenset({
+    "torch", "triton", "nlc", "numpy", "sympy", "networkx", "lark", "jinja2", "safetensors",
+    "typing_extensions", "filelock", "fsspec", "mpmath", "markupsafe", "setuptools",
+    "pkg_resources", "packaging", "einops", "fla", "ruff", "pytest", "_pytest", "pluggy",
+    "matplotlib", "PIL", "yaml", "requests", "certifi", "urllib3", "idna", "charset_normalizer",
+    "nvidia", "cuda", "functorch", "torchgen", "tqdm", "six", "dateutil", "pyparsing",
+})
 
 
 def spec_module_name(path: str) -> str:
     """The generated file's module name: the spec's stem, made an ASCII identifier (accents
     dropped, `délta` -> `delta`; other symbols made `_`); `spec_` goes before a stem that is
-    not one (`1x`), a Python keyword (`import`) or the name of a module it would shadow when
-    imported from its folder (`torch`, `math`). A stem with no ASCII letter or digit left
+    not one (`1x`), a Python keyword (`import`), a name starting with `__` (`__init__`) or the
+    name of a module it would shadow when imported from its folder (`torch`, `math`,
+    `typing_extensions`). A stem with no ASCII letter or digit left
     (`δέλτα`) is `spec_` and a hash of it: stable, and not the same for another such stem."""
     stem = Path(path).stem
     letters = "".join(c for c in unicodedata.normalize("NFKD", stem)
@@ -184,5 +193,6 @@ def spec_module_name(path: str) -> str:
     if not name.strip("_"):
         return f"spec_{hashlib.sha256(stem.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
     plain = not name[0].isdigit() and not keyword.iskeyword(name) \
-        and name not in sys.stdlib_module_names and name not in IMPORTED
+        and name not in sys.stdlib_module_names and name not in IMPORTED \
+        and not name.startswith("__")  # `__init__` would make the folder a package
     return name if plain else f"spec_{name}"
