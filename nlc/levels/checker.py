@@ -347,14 +347,15 @@ class _DeclChecker(LevelChecker):
                            "exchange values by name (another level's name in an 'apply')",
                            stmt.span)
         levels = {lv.name for lv in self.graph.levels}
-        for name in (stmt.source, stmt.target):
+        where = stmt.parts or (stmt.span,) * 3  # the name's own span where the parser gave it
+        for name, span in zip((stmt.source, stmt.target), where):
             if name not in levels:
-                raise NlcError(f"'{name}' is not a level", stmt.span,
+                raise NlcError(f"'{name}' is not a level", span,
                                hint=did_you_mean(name, levels) or f"levels: {', '.join(sorted(levels))}")
         try:
             mode = TransferMode(stmt.mode)
         except ValueError:
-            raise NlcError(f"unknown transfer mode '{stmt.mode}'", stmt.span,
+            raise NlcError(f"unknown transfer mode '{stmt.mode}'", where[2],
                            hint=did_you_mean(stmt.mode, [m.value for m in TransferMode])
                            or f"known: {', '.join(m.value for m in TransferMode)}") from None
         if stmt.source == stmt.target:

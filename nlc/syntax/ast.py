@@ -228,6 +228,7 @@ class Transfer:
     target: str
     mode: str
     span: Span = _SPAN
+    parts: tuple[Span, ...] = field(default=(), compare=False, repr=False)  # each name's span
 
 
 @dataclass(frozen=True, slots=True)

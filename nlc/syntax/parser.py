@@ -289,7 +289,8 @@ class _ToAst(Transformer):
 
     def transfer_stmt(self, meta, children):
         src, dst, mode = children
-        return ast.Transfer(_ident(src), _ident(dst), _ident(mode), _span(meta))
+        return ast.Transfer(_ident(src), _ident(dst), _ident(mode), _span(meta),
+                            tuple(_span(t) for t in (src, dst, mode)))
 
     def block_stmt(self, meta, children):
         return ast.Block(tuple(_ident(c) for c in children), _span(meta))
