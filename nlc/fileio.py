@@ -46,18 +46,27 @@ def read_spec(path: str) -> str:
 MAX_TEXT_BYTES = 16 << 20  # a config or a summary is a few KiB
 
 
-def read_text(path: str | Path, what: str = "file") -> str:
-    """A UTF-8 text file (a config, a summary), or an error naming it and saying why it cannot
-    be read: missing, unreadable, not a regular file (`/dev/zero`, a FIFO), larger than
-    MAX_TEXT_BYTES, or bytes that are not UTF-8."""
+def read_regular(path: str | Path, limit: int, what: str = "file",
+                 hint: str | None = None) -> bytes:
+    """A regular file's bytes, at most `limit` of them, or an error naming it and saying why
+    it cannot be read: missing, unreadable, not a regular file (`/dev/zero`, a FIFO, which
+    would exhaust memory or block), or larger than `limit` (with `hint`)."""
     try:
-        data = read_bounded(str(path), MAX_TEXT_BYTES)
+        data = read_bounded(str(path), limit)
     except OSError as err:
         raise NlcError(f"{path}: cannot read {what} ({err.strerror})") from None
     if data is None:
         raise NlcError(f"{path}: {what} is not a regular file (a device, FIFO or socket)")
-    if len(data) > MAX_TEXT_BYTES:
-        raise NlcError(f"{path}: {what} is larger than {MAX_TEXT_BYTES >> 20} MiB")
+    if len(data) > limit:
+        size = f"{limit >> 30} GiB" if limit >= 1 << 30 else f"{limit >> 20} MiB"
+        raise NlcError(f"{path}: {what} is larger than {size}", hint=hint)
+    return data
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file (a config, a summary), or an error naming it and saying why it cannot
+    be read: as `read_regular` (at most MAX_TEXT_BYTES), or bytes that are not UTF-8."""
+    data = read_regular(path, MAX_TEXT_BYTES, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

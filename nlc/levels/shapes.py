@@ -182,10 +182,7 @@ def _function(expr: ast.Call, env: Env) -> Shape:
     positional, keywords = expr.positional, {k.name: k for k in expr.keywords}
     for name in keywords:
         if entry.arg(name) is None:
-            names = [a.name for a in entry.args]
-            raise NlcError(f"{expr.func}() has no argument '{name}'", keywords[name].span,
-                           hint=did_you_mean(name, names)
-                           or f"its arguments: {', '.join(names) or 'none'}")
+            raise entry.unknown_argument(name, keywords[name].span)
     if len(positional) > len(entry.args):
         raise NlcError(f"{expr.func}() takes at most {len(entry.args)} arguments, "
                        f"got {len(positional)}", expr.span)

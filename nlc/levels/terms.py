@@ -75,10 +75,7 @@ def make_term(call: ast.Expr, table: dict[str, vocab.Entry], kind: str, env: Env
         if isinstance(item, ast.Keyword):
             arg = entry.arg(item.name)
             if arg is None:
-                names = [a.name for a in entry.args]
-                raise NlcError(f"{call.func}() has no argument '{item.name}'", item.span,
-                               hint=did_you_mean(item.name, names)
-                               or f"its arguments: {', '.join(names) or 'none'}")
+                raise entry.unknown_argument(item.name, item.span)
             if item.name in given:
                 raise NlcError(f"argument '{item.name}' given twice", item.span)
             given[item.name] = item.value

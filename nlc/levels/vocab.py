@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from nlc import functions
+from nlc.errors import NlcError, did_you_mean
 
 
 class ArgKind(Enum):
@@ -56,6 +57,14 @@ class Entry:
 
     def arg(self, name: str) -> Arg | None:
         return next((a for a in self.args if a.name == name), None)
+
+    def unknown_argument(self, name: str, span) -> NlcError:
+        """The error for `name(..., <name> = ...)` that this entry does not take: the nearest
+        argument, or the list of them."""
+        names = [a.name for a in self.args]
+        return NlcError(f"{self.name}() has no argument '{name}'", span,
+                        hint=did_you_mean(name, names)
+                        or f"its arguments: {', '.join(names) or 'none'}")
 
 
 def _e(name: str, doc: str, *args: Arg) -> tuple[str, Entry]:

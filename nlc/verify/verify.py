@@ -637,10 +637,10 @@ GATED = frozenset({"decay", "weight_decay", "erase", "none"})
 STEP_WORDS = {"gd": "a gradient step", "implicit": "an implicit step"}
 
 
-def _step_kind(level) -> str | None:
-    """The level's step as the catalog names it ("gd", "implicit"), None for any other."""
+def _other_step(level, entry: CatalogEntry) -> str | None:
+    """The level's step ("gd", "implicit") where it is not the layer entry's; else None."""
     kind = level.algorithm.kind if level.algorithm is not None else None
-    return kind if kind in STEP_WORDS else None
+    return kind if kind in STEP_WORDS and entry.kind == "layer" and kind != entry.step else None
 
 
 def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[str]:
@@ -677,8 +677,8 @@ def _written_differences(level, entry: CatalogEntry, rule: UpdateRule) -> list[s
     if entry.family == "nonparametric" and bool(window) != (entry.id == "sliding_window"):
         differ.append(f"a window of {window} tokens ({entry.id}: every token)" if window else
                       f"every token ({entry.id}: a window)")
-    step = _step_kind(level)
-    if step is not None and entry.kind == "layer" and step != entry.step:
+    step = _other_step(level, entry)
+    if step is not None:
         differ.append(f"{STEP_WORDS[step]} ({entry.id}: {STEP_WORDS[entry.step]})")
     if level.algorithm is not None and level.algorithm.kind == "newton_schulz":
         differ.append(f"its step orthogonalized by Newton-Schulz ({entry.id}: a gradient "
@@ -702,7 +702,8 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     entries a failed `claim` names come first: the line then says how the level differs
     from what the spec claims."""
     mine = _axes_of_level(rule, spec)
-    retentions = {r.kind for r in spec.graph.level(rule.level).retentions}
+    level = spec.graph.level(rule.level)
+    retentions = {r.kind for r in level.retentions}
     squared = _learns_squares(rule) if spec.kind.value == "optimizer" else None
     pool = [e for e in ENTRIES if e.kind == spec.kind.value]
     scored = []
@@ -715,8 +716,7 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
             distance += len(_mlp_parts(e, rule)) - AXIS_WEIGHTS["form"]
         if e.retention and e.retention not in retentions:  # Memora's kl: a whole geometry
             distance += 1.5
-        step = _step_kind(spec.graph.level(rule.level))
-        if step is not None and e.kind == "layer" and step != e.step:
+        if _other_step(level, e) is not None:
             distance += 1  # a gradient step and an implicit one: another update
         if squared is not None and squared != e.squares:
             distance += 0.5  # a moment of squares (AdaBelief's (g - m)^2) is a second moment
@@ -728,7 +728,6 @@ def nearest(rule: UpdateRule, spec, claim: str | None = None) -> tuple[list[str]
     if not best:
         return [], ""
     _, _, first, diffs = best[0]
-    level = spec.graph.level(rule.level)
     front, back = _role_differences(rule, spec, level, first)
     written = front + _written_differences(level, first, rule) + back
     if not diffs:

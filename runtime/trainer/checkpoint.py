@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from nlc.runtime.trainer.checkpoint_state import TENSOR_FILES, check_optimizer_tensors, check_state
+from nlc.runtime.trainer.checkpoint_state import (TENSOR_FILES, check_optimizer_tensors,
+                                                  check_state, finite_number)
 
 from nlc import __version__
 from nlc.errors import NlcError
@@ -406,7 +407,7 @@ def check_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) ->
 
 # group settings a resume takes from the checkpoint as saved: the learning rate (the
 # schedule's) and its starting value
-SCHEDULED = ("lr", "initial_lr")
+SCHEDULED = frozenset({"lr", "initial_lr"})
 
 
 def check_groups(where: Path, saved: dict, optimizer: torch.optim.Optimizer) -> None:
@@ -424,31 +425,28 @@ def check_groups(where: Path, saved: dict, optimizer: torch.optim.Optimizer) -> 
                    f"{list(range(start, start + len(mine['params'])))}")
         start += len(mine["params"])
         keys = set(mine) - {"params"}
-        if set(theirs) - {"params"} - set(SCHEDULED) != keys - set(SCHEDULED):
+        if set(theirs) - {"params"} - SCHEDULED != keys - SCHEDULED:
             refuse(f"'optimizer.param_groups[{i}]' has settings "
                    f"{sorted(set(theirs) - {'params'})}, this run's optimizer "
                    f"{sorted(keys)}")
-        for key in sorted(keys - set(SCHEDULED)):
+        for key in sorted(keys - SCHEDULED):
             if not _same_kind(theirs[key], mine[key]):
                 refuse(f"'optimizer.param_groups[{i}].{key}' is {theirs[key]!r}; this run's "
                        f"optimizer has {mine[key]!r}")
     for index, values in saved["scalars"].items():
         for name, value in values.items():
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value)):
+            if not finite_number(value):
                 refuse(f"'optimizer.scalars.{index}.{name}' must be a finite number")
 
 
 def _same_kind(saved, mine) -> bool:
     """Whether a saved group setting can stand for this run's: numbers for numbers (finite),
     lists of as many numbers for tuples, anything else (flags, None, the period) equal."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if isinstance(mine, (tuple, list)):
         return isinstance(saved, (tuple, list)) and len(saved) == len(mine) and all(
-            number(a) for a in saved)
-    if number(mine) and not (isinstance(mine, int) and not isinstance(mine, bool)):
-        return number(saved)
+            finite_number(a) for a in saved)
+    if isinstance(mine, float) and math.isfinite(mine):
+        return finite_number(saved)
     return saved == mine and type(saved) is type(mine)
 
 

@@ -27,7 +27,8 @@ def _whole(value, at_least: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
 
 
-def _number(value) -> bool:
+def finite_number(value) -> bool:
+    """A JSON number (not a flag) that is finite."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
 
@@ -79,7 +80,7 @@ def _check_optimizer(saved, refuse) -> None:
         if "every" in group and not _whole(group["every"], 1):
             refuse(f"'optimizer.param_groups[{i}].every' must be a whole number >= 1, "
                    f"got {group['every']!r}")
-        if "lr" in group and not _number(group["lr"]):
+        if "lr" in group and not finite_number(group["lr"]):
             refuse(f"'optimizer.param_groups[{i}].lr' must be a finite number")
     scalars = saved.get("scalars")
     if not (isinstance(scalars, dict) and all(
@@ -125,7 +126,7 @@ def _check_rng(rng, refuse) -> None:
             and isinstance(python[1], list) and len(python[1]) == MT_STATE_WORDS
             and all(_whole(w) and w < 2 ** 32 for w in python[1][:-1])
             and _whole(python[1][-1]) and python[1][-1] <= MT_STATE_WORDS - 1
-            and (python[2] is None or _number(python[2]))):
+            and (python[2] is None or finite_number(python[2]))):
         refuse("'rng.python' is not a state of Python's random module")
     cuda = rng.get("cuda", [])
     if not isinstance(cuda, list):

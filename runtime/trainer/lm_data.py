@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nlc.errors import NlcError
-from nlc.fileio import read_bounded
+from nlc.fileio import read_regular
 
 MAX_CORPUS_FILE_BYTES = 8 << 30  # one --lm-files file, read whole
 
@@ -72,16 +72,9 @@ def read_bytes(files: list[Path]) -> torch.Tensor:
     """The files' bytes, concatenated in order with a newline between files, as uint8."""
     chunks = []
     for path in files:
-        try:
-            data = read_bounded(str(path), MAX_CORPUS_FILE_BYTES)
-        except OSError as err:
-            raise NlcError(f"{path}: cannot read ({err.strerror})") from None
-        if data is None:
-            raise NlcError(f"{path}: not a regular file (a device, FIFO or socket)")
-        if len(data) > MAX_CORPUS_FILE_BYTES:
-            raise NlcError(f"{path}: larger than {MAX_CORPUS_FILE_BYTES >> 30} GiB, which "
-                           "--lm-files reads whole into memory",
-                           hint="split it into smaller files, or train on a part")
+        data = read_regular(path, MAX_CORPUS_FILE_BYTES, "the text file",
+                            hint="--lm-files reads each file whole into memory: split it "
+                                 "into smaller files, or train on a part")
         chunks.append(data + b"\n")
     return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
 

@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from nlc.errors import NlcError
-from nlc.fileio import read_bounded
+from nlc.fileio import read_regular
 
 MAX_METRICS_BYTES = 1 << 30  # a metrics.jsonl of a long run is a few MiB
 
@@ -125,13 +124,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl. A line that is no record is skipped: a torn last line
     (a killed writer), and as it, bytes that are not UTF-8 JSON, a JSON value that is not an
     object, or a "step" that is not a whole number."""
-    try:
-        data = read_bounded(str(path), MAX_METRICS_BYTES)
-    except OSError as err:
-        raise NlcError(f"{path}: cannot read the run's metrics ({err.strerror})") from None
-    if data is None or len(data) > MAX_METRICS_BYTES:
-        raise NlcError(f"{path}: the run's metrics are not a regular file of at most "
-                       f"{MAX_METRICS_BYTES >> 30} GiB")
+    data = read_regular(path, MAX_METRICS_BYTES, "the run's metrics")
     records = []
     for line in data.splitlines():
         try:
